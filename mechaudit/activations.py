@@ -1,0 +1,99 @@
+"""Capture layer activations with forward hooks, streaming over the data in batches.
+
+Nothing here holds the whole dataset's activations: :func:`unit_statistics` keeps running sums per unit.
+A check that needs per-sample activations asks for them explicitly (:func:`per_sample_activations`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .model_view import Layer, ModelView, units_view
+
+
+def batches(inputs: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
+    for start in range(0, inputs.shape[0], batch_size):
+        yield start, inputs[start:start + batch_size].to(device, non_blocking=True)
+
+
+@contextmanager
+def hooked(view: ModelView, layers: list[Layer], sink: Callable[[Layer, torch.Tensor], None]):
+    """Call ``sink(layer, output)`` for every forward of each layer while the context is open."""
+    handles = [view.module(layer).register_forward_hook(_forward_to(layer, sink)) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _forward_to(layer: Layer, sink):
+    def hook(_module: nn.Module, _inputs, output):
+        sink(layer, output.detach())
+    return hook
+
+
+@dataclass
+class UnitStats:
+    """Running statistics of one layer's units over the audit data (float64 sums, on the CPU)."""
+
+    count: int
+    max: torch.Tensor          # (units,) largest activation anywhere
+    min: torch.Tensor          # (units,) smallest activation anywhere
+    active: torch.Tensor       # (units,) samples in which the unit is > 0 at some position
+    total: torch.Tensor        # (units, positions) sum over samples
+
+    @property
+    def mean_map(self) -> torch.Tensor:
+        """Mean activation per unit and position (used for mean ablation)."""
+        return self.total / max(self.count, 1)
+
+    @property
+    def active_fraction(self) -> torch.Tensor:
+        return self.active / max(self.count, 1)
+
+
+def unit_statistics(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,
+                    device: torch.device) -> dict[str, UnitStats]:
+    """One streaming pass over ``inputs`` computing :class:`UnitStats` for every layer."""
+    stats: dict[str, UnitStats] = {}
+
+    def accumulate(layer: Layer, output: torch.Tensor) -> None:
+        units = units_view(output, layer).double()
+        per_sample_max = units.amax(dim=2)
+        batch = UnitStats(units.shape[0], per_sample_max.amax(0).cpu(), units.amin(dim=(0, 2)).cpu(),
+                          (per_sample_max > 0).sum(0).cpu(), units.sum(0).cpu())
+        previous = stats.get(layer.name)
+        stats[layer.name] = batch if previous is None else UnitStats(
+            previous.count + batch.count, torch.maximum(previous.max, batch.max),
+            torch.minimum(previous.min, batch.min), previous.active + batch.active, previous.total + batch.total)
+
+    with hooked(view, layers, accumulate), torch.no_grad():
+        for _, batch in batches(inputs, batch_size, device):
+            view.model(batch)
+    return stats
+
+
+def per_sample_activations(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,
+                           device: torch.device) -> dict[str, torch.Tensor]:
+    """Per-sample unit activations (mean over positions), shape (samples, units), on the CPU."""
+    chunks: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
+
+    def keep(layer: Layer, output: torch.Tensor) -> None:
+        chunks[layer.name].append(units_view(output, layer).mean(dim=2).float().cpu())
+
+    with hooked(view, layers, keep), torch.no_grad():
+        for _, batch in batches(inputs, batch_size, device):
+            view.model(batch)
+    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+def model_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The model's outputs for all inputs, on the CPU."""
+    with torch.no_grad():
+        return torch.cat([model(batch).float().cpu() for _, batch in batches(inputs, batch_size, device)])

@@ -1,0 +1,67 @@
+"""What a check receives: the model, its view, the data, and shared artifacts computed once, on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from .activations import UnitStats, model_outputs, unit_statistics
+from .loading import AuditData
+from .model_view import ModelView
+
+
+@dataclass
+class AuditContext:
+    view: ModelView
+    data: AuditData
+    task: str
+    class_names: tuple[str, ...]
+    device: torch.device
+    batch_size: int
+    max_samples: int
+    seed: int
+    _artifacts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.view.model
+
+    @cached_property
+    def outputs(self) -> torch.Tensor:
+        """Model outputs on the whole audit set (CPU)."""
+        return model_outputs(self.model, self.data.inputs, self.batch_size, self.device)
+
+    @cached_property
+    def predictions(self) -> torch.Tensor:
+        return self.outputs.argmax(dim=-1)
+
+    @cached_property
+    def accuracy(self) -> float:
+        assert self.data.labels is not None
+        return float((self.predictions == self.data.labels).float().mean())
+
+    @cached_property
+    def unit_stats(self) -> dict[str, UnitStats]:
+        """Streaming per-unit statistics of every audited layer (one pass, shared by all checks)."""
+        return unit_statistics(self.view, self.view.layers, self.data.inputs, self.batch_size, self.device)
+
+    def sample_indices(self, limit: int | None = None) -> torch.Tensor:
+        """A seeded, sorted subset of at most ``limit`` (default: ``max_samples``) sample indices."""
+        n, limit = len(self.data), min(limit or self.max_samples, self.max_samples)
+        if n <= limit:
+            return torch.arange(n)
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(n, generator=generator)[:limit].sort().values
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if index < len(self.class_names) else str(index)
+
+    def artifact(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Compute a shared artifact once per audit (e.g. attributions used by several rules)."""
+        if key not in self._artifacts:
+            self._artifacts[key] = compute()
+        return self._artifacts[key]

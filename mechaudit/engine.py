@@ -1,0 +1,222 @@
+"""The audit engine: load, check the inputs fit, plan the rules, run them in isolation, collect the result."""
+
+from __future__ import annotations
+
+import platform
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .context import AuditContext
+from .errors import InputError
+from .findings import AuditResult, Finding, RuleRun
+from .loading import AuditData, load_data, load_model
+from .model_view import ModelView
+from .rulebook import Rule, Rulebook, load_rulebook
+from .spec import AuditSpec
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda", "CUDA is not available on this machine")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def prepare(spec: AuditSpec) -> tuple[AuditContext, dict]:
+    """Load the model and data and check that they fit each other; raises :class:`InputError` if not."""
+    options = spec.options
+    seed_everything(options.seed)
+    device = resolve_device(options.device)
+    search_path = spec.source.parent if spec.source else Path.cwd()
+    max_bytes = options.max_file_mb * 2**20
+    loaded = load_model(spec.model, trust_pickle=options.trust_pickle, search_path=search_path, max_bytes=max_bytes)
+    data = load_data(spec.data, spec.task, max_bytes)
+    model = loaded.module.to(device)
+    view = _discover(model, data, device, options.layers)
+    context = AuditContext(view, data, spec.task, spec.class_names, device, options.batch_size,
+                           options.max_samples, options.seed)
+    _check_outputs(context)
+    inputs = {"model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.hashes},
+              "data": {"sha256": data.hashes, "samples": len(data), "sample_shape": list(data.inputs.shape[1:])}}
+    return context, inputs
+
+
+def _discover(model: torch.nn.Module, data: AuditData, device: torch.device, layers: tuple[str, ...]) -> ModelView:
+    sample = data.inputs[:2].to(device)
+    try:
+        return ModelView.discover(model, sample, layers)
+    except InputError:
+        raise
+    except Exception as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError("data", f"inputs of shape {tuple(data.inputs.shape[1:])} per sample do not fit the model "
+                                 f"({type(exc).__name__}: {message})") from None
+
+
+def _check_outputs(context: AuditContext) -> None:
+    try:
+        outputs = context.outputs
+    except Exception as exc:
+        raise InputError("model", f"forward pass failed on the audit data ({type(exc).__name__}: {exc})") from None
+    if not torch.isfinite(outputs).all():
+        raise InputError("model", "produced NaN or infinite outputs on the audit data")
+    labels = context.data.labels
+    if context.task == "classification":
+        if outputs.dim() != 2:
+            raise InputError("model", f"output shape {tuple(outputs.shape)} is not (samples, classes)")
+        classes = outputs.shape[1]
+        if context.class_names and len(context.class_names) != classes:
+            raise InputError("task.class_names", f"names {len(context.class_names)} classes; the model has {classes}")
+        if labels is not None and (labels.min() < 0 or labels.max() >= classes):
+            raise InputError("data: labels", f"values must lie in 0..{classes - 1}; found "
+                                             f"{int(labels.min())}..{int(labels.max())}")
+
+
+def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool = False,
+              command: str = "") -> AuditResult:
+    """Run every selected rule of ``rulebook`` on the spec's model and data."""
+    options = spec.options
+    rulebook = rulebook or load_rulebook(options.rulebook)
+    rules = rulebook.select(options.select, options.ignore, options.extend_select)
+    started = datetime.now(timezone.utc)
+    context, inputs = prepare(spec)
+    runs = [_run_rule(rule, context, options.rule_timeout) for rule in _progress(rules, progress)]
+    metadata = {
+        "tool": {"name": "mechaudit", "version": __version__},
+        "rulebook": {"name": rulebook.name, "sha256": rulebook.sha256},
+        **inputs,
+        "task": spec.task,
+        "class_names": list(spec.class_names),
+        "scope": dict(spec.scope),
+        "components": context.view.describe(),
+        "seed": options.seed,
+        "device": str(context.device),
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "platform": platform.platform()},
+        "command": command,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    findings = [finding for run in runs for finding in run.findings]
+    return AuditResult(findings, runs, metadata, fail_on=options.fail_on)
+
+
+def _progress(rules: list[Rule], enabled: bool):
+    """The rules, wrapped in a progress bar on a terminal."""
+    if not enabled:
+        return rules
+    from tqdm import tqdm
+
+    return tqdm(rules, unit="rule", file=sys.stderr, leave=False)
+
+
+class RuleTimeout(Exception):
+    """A rule ran past its time budget (``rule-timeout``)."""
+
+
+@contextmanager
+def _time_budget(seconds: int):
+    """Raise :class:`RuleTimeout` in the main thread after ``seconds`` (0: no budget; other threads: none)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_signum, _frame):
+        raise RuleTimeout(f"exceeded its time budget of {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0) -> RuleRun:
+    """Run one rule in isolation: a missing need skips it; an exception, out-of-memory or time-out becomes an
+    ``error`` finding. On CUDA, an out-of-memory error is retried once with half the batch size."""
+    start = time.perf_counter()
+    missing = _missing_needs(rule, context)
+    if missing:
+        finding = Finding(rule.id, rule.severity, "skipped", f"skipped: {missing}")
+        return RuleRun(rule.id, "skipped", 0.0, [finding], reason=missing)
+    retried = False
+    while True:
+        seed_everything(context.seed)
+        try:
+            with _time_budget(timeout):
+                findings = rule.check.run(context, rule) or [
+                    Finding(rule.id, rule.severity, "pass", "nothing to report")]
+            break
+        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+            if context.device.type == "cuda" and not retried and context.batch_size > 1:
+                retried = True
+                context.batch_size = max(1, context.batch_size // 2)
+                torch.cuda.empty_cache()
+                continue
+            return _error_run(rule, start, f"ran out of memory ({type(exc).__name__}); lower --batch-size or "
+                                           "--max-samples", exc)
+        except RuleTimeout as exc:
+            return _error_run(rule, start, str(exc), exc)
+        except Exception as exc:  # crash isolation: one broken check never stops the audit
+            return _error_run(rule, start, f"check '{rule.check.name}' failed: {type(exc).__name__}: {exc}", exc)
+    return RuleRun(rule.id, _worst_status(findings), time.perf_counter() - start, findings)
+
+
+def _error_run(rule: Rule, start: float, message: str, exc: BaseException) -> RuleRun:
+    message = message.splitlines()[0] if message else type(exc).__name__
+    trace = "".join(traceback.format_exception(exc, limit=-3))
+    finding = Finding(rule.id, rule.severity, "error", message, evidence={"traceback": trace})
+    return RuleRun(rule.id, "error", time.perf_counter() - start, [finding], reason=message)
+
+
+def _worst_status(findings: list[Finding]) -> str:
+    for status in ("error", "fail", "pass", "skipped"):
+        if any(f.status == status for f in findings):
+            return status
+    return "pass"
+
+
+_NEED_PROVIDERS: dict[str, Callable[[AuditContext], bool]] = {
+    "labels": lambda c: c.data.labels is not None and (c.task != "classification" or c.data.labels.unique().numel() > 1),
+    "layers": lambda c: bool(c.view.hidden_layers),
+    "classification": lambda c: c.task == "classification",
+}
+_NEED_REASONS = {
+    "labels": "the spec declares no labels, or they hold a single class",
+    "masks": "the spec declares no input masks ([data.masks])",
+    "concepts": "the spec declares no concept labels ([data.concepts])",
+    "protected": "the spec declares no protected attributes ([data.protected])",
+    "pairs": "the spec declares no counterfactual pairs ([data.pairs])",
+    "spatial": "the inputs are not spatial (N, C, H[, W])",
+    "layers": "the model has no auditable hidden layers (Linear or Conv modules)",
+    "classification": "the task is not classification",
+}
+
+
+def _missing_needs(rule: Rule, context: AuditContext) -> str | None:
+    for need in rule.check.needs:
+        provided = _NEED_PROVIDERS[need](context) if need in _NEED_PROVIDERS else context.data.has(need)
+        if not provided:
+            return _NEED_REASONS[need]
+    return None

@@ -1,0 +1,128 @@
+"""Findings and the audit result: plain data, serialised by the report writers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["info", "warning", "error"]
+Status = Literal["pass", "fail", "error", "skipped"]
+
+SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
+STATUSES: tuple[str, ...] = ("pass", "fail", "error", "skipped")
+FAMILIES = {"D": "decomposition", "L": "localization", "R": "recomposition"}
+
+
+def severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a finding applies: a layer (module path), optionally one unit of it.
+
+    ``component`` is the address a user types: ``features.3`` for a layer, ``features.3:ch17`` for a unit,
+    ``input:watermark`` for a declared input region.
+    """
+
+    component: str
+    layer: str | None = None
+    unit: str | None = None
+
+    @classmethod
+    def of_layer(cls, layer: str) -> "Location":
+        return cls(component=layer, layer=layer)
+
+    @classmethod
+    def of_unit(cls, layer: str, unit: str) -> "Location":
+        return cls(component=f"{layer}:{unit}", layer=layer, unit=unit)
+
+
+@dataclass
+class Finding:
+    """One verdict of one rule, at one location."""
+
+    rule_id: str
+    severity: str
+    status: str
+    message: str
+    location: Location | None = None
+    metric: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failing(self) -> bool:
+        return self.status in ("fail", "error")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["value"] = to_jsonable(_finite_or_none(self.value))
+        data["threshold"] = to_jsonable(_finite_or_none(self.threshold))
+        data["evidence"] = to_jsonable(self.evidence)
+        return data
+
+
+@dataclass
+class RuleRun:
+    """How one rule went: its findings and the time it took."""
+
+    rule_id: str
+    status: str
+    seconds: float
+    findings: list[Finding]
+    reason: str | None = None
+
+
+@dataclass
+class AuditResult:
+    """Everything an audit produced, plus what is needed to reproduce and verify it."""
+
+    findings: list[Finding]
+    rules: list[RuleRun]
+    metadata: dict[str, Any]
+    fail_on: str = "error"
+
+    @property
+    def gate_failed(self) -> bool:
+        """True when a finding at or above ``fail_on`` failed, or a rule errored (unless ``fail_on`` is never)."""
+        if self.fail_on == "never":
+            return False
+        floor = severity_rank(self.fail_on)
+        return any(
+            f.status == "error" or (f.status == "fail" and severity_rank(f.severity) >= floor) for f in self.findings
+        )
+
+    @property
+    def complete(self) -> bool:
+        return not any(r.status == "error" for r in self.rules)
+
+    def counts(self) -> dict[str, int]:
+        counts = {status: 0 for status in STATUSES}
+        for finding in self.findings:
+            counts[finding.status] += 1
+        return counts
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy / torch scalars and arrays, tuples and dataclasses into JSON-ready values."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return to_jsonable(value.tolist())
+    if isinstance(value, float):
+        return round(value, 6) if math.isfinite(value) else None
+    if isinstance(value, Location):
+        return asdict(value)
+    return value

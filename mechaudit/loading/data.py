@@ -1,0 +1,147 @@
+"""Turn a :class:`~mechaudit.spec.DataSpec` into validated tensors: inputs, labels and named groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..spec import DataRef, DataSpec
+from .arrays import is_csv, read_arrays
+from .files import DEFAULT_MAX_BYTES
+from .hashing import sha256_file
+
+
+@dataclass
+class AuditData:
+    """The audit dataset. Groups are optional; rules that need one are skipped when it is absent."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor | None = None
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    concepts: dict[str, torch.Tensor] = field(default_factory=dict)
+    protected: dict[str, torch.Tensor] = field(default_factory=dict)
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+    feature_names: list[str] | None = None
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def is_spatial(self) -> bool:
+        """Inputs with a channel axis and at least one spatial axis (N, C, H[, W])."""
+        return self.inputs.dim() >= 3
+
+    def has(self, need: str) -> bool:
+        """Whether the data can provide what a rule needs."""
+        return {
+            "labels": self.labels is not None,
+            "masks": bool(self.masks),
+            "concepts": bool(self.concepts),
+            "protected": bool(self.protected),
+            "pairs": self.pairs is not None,
+            "spatial": self.is_spatial,
+        }[need]
+
+
+def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEFAULT_MAX_BYTES) -> AuditData:
+    """Read and validate every array the spec names; every file read is hashed."""
+    cache: dict[Path, dict[str, np.ndarray]] = {}
+
+    def _read(ref: DataRef) -> np.ndarray:
+        if ref.file not in cache:
+            cache[ref.file] = read_arrays(ref.file, max_bytes)
+        return _require_key(cache[ref.file], ref.key, ref.file)
+
+    main = cache[spec.file] = read_arrays(spec.file, max_bytes)
+    csv_mode = is_csv(spec.file)
+    label_key = spec.labels if spec.labels is not None else ("labels" if "labels" in main else None)
+    feature_names: list[str] | None = None
+    if csv_mode:
+        grouped = {ref.key for group in (spec.concepts, spec.pairs) for ref in group.values() if ref.file == spec.file}
+        names = spec.inputs if isinstance(spec.inputs, list) else [
+            c for c in main if c != label_key and c not in grouped]
+        for name in names:
+            _require_key(main, name, spec.file)
+        if not names:
+            raise InputError(str(spec.file), "CSV has no input columns")
+        raw_inputs = np.stack([main[name] for name in names], axis=1)
+        feature_names = list(names)
+    else:
+        key = spec.inputs if isinstance(spec.inputs, str) else "inputs"
+        raw_inputs = _require_key(main, key, spec.file)
+    inputs = _as_tensor(raw_inputs, f"{spec.file}: inputs", integer=task == "next-token")
+    if inputs.dim() < 2 or inputs.shape[0] == 0:
+        raise InputError(f"{spec.file}: inputs", f"need at least one sample and one feature, got shape {tuple(inputs.shape)}")
+    n = inputs.shape[0]
+    data = AuditData(inputs=inputs, feature_names=feature_names)
+    if label_key is not None:
+        labels = _as_tensor(_require_key(main, label_key, spec.file), f"{spec.file}: labels '{label_key}'",
+                            integer=task != "regression")
+        data.labels = _per_sample(labels, n, f"{spec.file}: labels '{label_key}'")
+    for name, ref in spec.masks.items():
+        data.masks[name] = _mask(_read(ref), inputs, f"mask '{name}'")
+    for name, ref in spec.concepts.items():
+        data.concepts[name] = _per_sample(_as_tensor(_read(ref), f"concept '{name}'", integer=True), n, f"concept '{name}'")
+    for name, ref in spec.protected.items():
+        data.protected[name] = _per_sample(_as_tensor(_read(ref), f"protected '{name}'"), n, f"protected '{name}'")
+    if spec.pairs:
+        clean = _as_tensor(_read(spec.pairs["clean"]), "pairs 'clean'", integer=task == "next-token")
+        corrupted = _as_tensor(_read(spec.pairs["corrupted"]), "pairs 'corrupted'", integer=task == "next-token")
+        if clean.shape != corrupted.shape:
+            raise InputError("pairs", f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} differ in shape")
+        if clean.shape[1:] != inputs.shape[1:]:
+            raise InputError("pairs", f"sample shape {tuple(clean.shape[1:])} differs from inputs {tuple(inputs.shape[1:])}")
+        data.pairs = (clean, corrupted)
+    files = {spec.file} | {ref.file for group in (spec.masks, spec.concepts, spec.protected, spec.pairs)
+                           for ref in group.values()}
+    data.hashes = {str(path): sha256_file(path) for path in sorted(files)}
+    return data
+
+
+def _require_key(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
+    if key not in arrays:
+        available = ", ".join(sorted(arrays)[:12]) or "none"
+        raise InputError(str(path), f"has no array '{key}' (it has: {available})")
+    return arrays[key]
+
+
+def _as_tensor(array: np.ndarray, what: str, integer: bool = False) -> torch.Tensor:
+    if array.dtype.kind not in "biuf":
+        raise InputError(what, f"has dtype {array.dtype}; expected numbers")
+    if array.dtype.kind == "f":
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        if bad:
+            raise InputError(what, f"contains {bad} NaN or infinite value{'s' if bad > 1 else ''}")
+    if integer:
+        if array.dtype.kind == "f" and not np.all(np.equal(np.mod(array, 1), 0)):
+            raise InputError(what, "must hold whole numbers (class indices)")
+        return torch.from_numpy(np.ascontiguousarray(array)).long()
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _per_sample(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    values = values.squeeze(-1) if values.dim() == 2 and values.shape[1] == 1 else values
+    if values.dim() != 1 or values.shape[0] != n:
+        raise InputError(what, f"has shape {tuple(values.shape)}; expected one value per sample ({n},)")
+    return values
+
+
+def _mask(array: np.ndarray, inputs: torch.Tensor, what: str) -> torch.Tensor:
+    mask = _as_tensor(array, what)
+    sample_shape = inputs.shape[1:]
+    if mask.shape not in (sample_shape, inputs.shape):
+        try:
+            mask = torch.broadcast_to(mask, sample_shape).clone()
+        except RuntimeError:
+            raise InputError(what, f"has shape {tuple(mask.shape)}; expected {tuple(sample_shape)} "
+                                   f"or {tuple(inputs.shape)} to match the inputs") from None
+    if mask.min() < 0 or mask.max() > 1:
+        raise InputError(what, "values must lie in [0, 1]")
+    if mask.sum() == 0:
+        raise InputError(what, "is empty (all zeros)")
+    return mask

@@ -1,0 +1,28 @@
+"""``findings.json``: the machine-readable result. Its schema is ``mechaudit/schemas/findings.schema.json``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..findings import AuditResult, to_jsonable
+
+SCHEMA_VERSION = "1.0"
+
+
+def result_to_dict(result: AuditResult) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "verdict": "fail" if result.gate_failed else "pass",
+        "fail_on": result.fail_on,
+        "complete": result.complete,
+        "counts": result.counts(),
+        "metadata": to_jsonable(result.metadata),
+        "rules": [{"id": r.rule_id, "status": r.status, "seconds": round(r.seconds, 4), "reason": r.reason}
+                  for r in result.rules],
+        "findings": [f.to_dict() for f in result.findings],
+    }
+
+
+def render_json(result: AuditResult) -> str:
+    return json.dumps(result_to_dict(result), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

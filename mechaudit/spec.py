@@ -1,0 +1,273 @@
+"""The audit spec: which model, which data, which task, which options.
+
+A spec is a TOML file (see README, "The spec format"); the same essentials can come from command-line flags,
+and defaults from ``[tool.mechaudit]`` in the nearest ``pyproject.toml``. Precedence: flags > spec > pyproject.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+TASKS = ("classification", "regression", "next-token")
+FAIL_ON = ("info", "warning", "error", "never")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """An array in a data file: ``key`` in ``file`` (a column name for CSV files)."""
+
+    file: Path
+    key: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    factory: str | None = None
+    factory_args: dict[str, Any] = field(default_factory=dict)
+    weights: Path | None = None
+    torchscript: Path | None = None
+    pickle: Path | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    file: Path
+    inputs: str | list[str] | None = None
+    labels: str | None = None
+    masks: dict[str, DataRef] = field(default_factory=dict)
+    concepts: dict[str, DataRef] = field(default_factory=dict)
+    protected: dict[str, DataRef] = field(default_factory=dict)
+    pairs: dict[str, DataRef] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run the audit; every field can also be set in ``[tool.mechaudit]`` and on the command line."""
+
+    rulebook: str = "default"
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    extend_select: tuple[str, ...] = ()
+    layers: tuple[str, ...] = ()
+    fail_on: str = "error"
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 256
+    max_samples: int = 2048
+    rule_timeout: int = 600
+    max_file_mb: int = 4096
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    model: ModelSpec
+    data: DataSpec
+    task: str = "classification"
+    class_names: tuple[str, ...] = ()
+    scope: dict[str, str] = field(default_factory=dict)
+    options: Options = field(default_factory=Options)
+    source: Path | None = None
+
+
+_OPTION_TYPES: dict[str, Any] = {
+    "rulebook": str,
+    "select": list,
+    "ignore": list,
+    "extend_select": list,
+    "layers": list,
+    "fail_on": str,
+    "seed": int,
+    "device": str,
+    "batch_size": int,
+    "max_samples": int,
+    "rule_timeout": int,
+    "max_file_mb": int,
+    "trust_pickle": bool,
+}
+_GROUPS = ("masks", "concepts", "protected", "pairs")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning every failure into an :class:`InputError` naming the file."""
+    if not path.exists():
+        raise InputError(str(path), "file not found")
+    if not path.is_file():
+        raise InputError(str(path), "is not a file")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(str(path), f"not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read ({exc.strerror})") from None
+
+
+def _check_keys(table: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise InputError(where, f"must be a table, not {type(table).__name__}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise InputError(where, f"unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
+    return table
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        raise InputError(where, f"must be {kind.__name__}, not {type(value).__name__} ({value!r})")
+    if kind is list and not all(isinstance(v, str) for v in value):
+        raise InputError(where, "must be a list of strings")
+    return value
+
+
+def parse_options(table: dict[str, Any], where: str, base: Options | None = None) -> Options:
+    """Validate an options table (``[audit]`` of a spec, ``[tool.mechaudit]``) over ``base``."""
+    table = {k.replace("-", "_"): v for k, v in _check_keys(table, _option_keys(), where).items()}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        value = _typed(value, _OPTION_TYPES[key], f"{where}.{key}")
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return validate_options(replace(base or Options(), **values), where)
+
+
+def _option_keys() -> set[str]:
+    names = {f.name for f in fields(Options)}
+    return names | {n.replace("_", "-") for n in names}
+
+
+def validate_options(options: Options, where: str = "options") -> Options:
+    if options.fail_on not in FAIL_ON:
+        raise InputError(f"{where}.fail-on", f"'{options.fail_on}' is not one of {', '.join(FAIL_ON)}")
+    if options.device not in DEVICES:
+        raise InputError(f"{where}.device", f"'{options.device}' is not one of {', '.join(DEVICES)}")
+    if options.batch_size < 1:
+        raise InputError(f"{where}.batch-size", "must be at least 1")
+    if options.max_samples < 1:
+        raise InputError(f"{where}.max-samples", "must be at least 1")
+    if options.rule_timeout < 0:
+        raise InputError(f"{where}.rule-timeout", "must be 0 (no limit) or a number of seconds")
+    if options.max_file_mb < 1:
+        raise InputError(f"{where}.max-file-mb", "must be at least 1")
+    if not 0 <= options.seed < 2**32:
+        raise InputError(f"{where}.seed", "must be between 0 and 2**32 - 1")
+    return options
+
+
+def pyproject_options(start: Path) -> Options:
+    """Options from ``[tool.mechaudit]`` in the nearest ``pyproject.toml`` at or above ``start``."""
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            table = read_toml(candidate).get("tool", {}).get("mechaudit")
+            return parse_options(table, f"{candidate} [tool.mechaudit]") if table is not None else Options()
+    return Options()
+
+
+def project_root(spec_file: Path) -> Path:
+    """The directory a spec's paths must stay inside: the nearest ancestor with pyproject.toml or .git."""
+    for directory in (spec_file.parent, *spec_file.parents):
+        if (directory / "pyproject.toml").exists() or (directory / ".git").exists():
+            return directory
+    return spec_file.parent
+
+
+class _PathResolver:
+    def __init__(self, spec_file: Path) -> None:
+        self.base = spec_file.parent.resolve()
+        self.root = project_root(spec_file.resolve())
+        self.spec_file = spec_file
+
+    def __call__(self, value: Any, where: str) -> Path:
+        value = _typed(value, str, where)
+        path = (self.base / value).resolve()
+        if not path.is_relative_to(self.root):
+            raise InputError(where, f"path '{value}' leaves the project directory {self.root}")
+        return path
+
+
+def load_spec(path: Path, base: Options | None = None) -> AuditSpec:
+    """Parse and validate a spec file; paths in it are relative to the file."""
+    raw = read_toml(path)
+    name = str(path)
+    _check_keys(raw, {"model", "data", "task", "audit", "scope"}, name)
+    for section in ("model", "data"):
+        if section not in raw:
+            raise InputError(name, f"missing section [{section}]")
+    resolve = _PathResolver(path)
+    model = _parse_model(raw["model"], f"{name} [model]", resolve, default_name=path.stem)
+    data = _parse_data(raw["data"], f"{name} [data]", resolve)
+    task, class_names = _parse_task(raw.get("task", {}), f"{name} [task]")
+    scope = {k: _typed(v, str, f"{name} [scope].{k}") for k, v in _check_keys(
+        raw.get("scope", {}), {"intended_use", "out_of_scope", "owner", "notes"}, f"{name} [scope]").items()}
+    options = parse_options(raw.get("audit", {}), f"{name} [audit]", base)
+    return AuditSpec(model, data, task, class_names, scope, options, source=path.resolve())
+
+
+def _parse_model(table: Any, where: str, resolve: _PathResolver, default_name: str) -> ModelSpec:
+    table = _check_keys(table, {"name", "factory", "factory_args", "weights", "torchscript", "pickle"}, where)
+    sources = [k for k in ("factory", "torchscript", "pickle") if k in table]
+    if len(sources) != 1:
+        raise InputError(where, "name exactly one of 'factory', 'torchscript' or 'pickle'")
+    if "weights" in table and "factory" not in table:
+        raise InputError(where, "'weights' goes with 'factory'")
+    factory = _typed(table["factory"], str, f"{where}.factory") if "factory" in table else None
+    if factory is not None and ":" not in factory:
+        raise InputError(f"{where}.factory", f"'{factory}' is not of the form module:callable")
+    return ModelSpec(
+        name=_typed(table.get("name", default_name), str, f"{where}.name"),
+        factory=factory,
+        factory_args=_typed(table.get("factory_args", {}), dict, f"{where}.factory_args"),
+        weights=resolve(table["weights"], f"{where}.weights") if "weights" in table else None,
+        torchscript=resolve(table["torchscript"], f"{where}.torchscript") if "torchscript" in table else None,
+        pickle=resolve(table["pickle"], f"{where}.pickle") if "pickle" in table else None,
+    )
+
+
+def _parse_data(table: Any, where: str, resolve: _PathResolver) -> DataSpec:
+    table = _check_keys(table, {"file", "inputs", "labels", *_GROUPS}, where)
+    if "file" not in table:
+        raise InputError(where, "missing key 'file'")
+    file = resolve(table["file"], f"{where}.file")
+    inputs = table.get("inputs")
+    if inputs is not None and not isinstance(inputs, (str, list)):
+        raise InputError(f"{where}.inputs", "must be a key or a list of CSV columns")
+    if isinstance(inputs, list):
+        _typed(inputs, list, f"{where}.inputs")
+    labels = _typed(table["labels"], str, f"{where}.labels") if "labels" in table else None
+    groups: dict[str, dict[str, DataRef]] = {}
+    for group in _GROUPS:
+        entries = _typed(table.get(group, {}), dict, f"{where}.{group}")
+        groups[group] = {name: _parse_ref(ref, f"{where}.{group}.{name}", file, resolve) for name, ref in entries.items()}
+    if groups["pairs"] and set(groups["pairs"]) != {"clean", "corrupted"}:
+        raise InputError(f"{where}.pairs", "must name exactly 'clean' and 'corrupted'")
+    return DataSpec(file=file, inputs=inputs, labels=labels, **groups)
+
+
+def _parse_ref(value: Any, where: str, default_file: Path, resolve: _PathResolver) -> DataRef:
+    if isinstance(value, str):
+        return DataRef(default_file, value)
+    table = _check_keys(value, {"file", "key"}, where)
+    if "key" not in table:
+        raise InputError(where, "missing key 'key'")
+    file = resolve(table["file"], f"{where}.file") if "file" in table else default_file
+    return DataRef(file, _typed(table["key"], str, f"{where}.key"))
+
+
+def _parse_task(table: Any, where: str) -> tuple[str, tuple[str, ...]]:
+    table = _check_keys(table, {"kind", "class_names"}, where)
+    kind = _typed(table.get("kind", "classification"), str, f"{where}.kind")
+    if kind not in TASKS:
+        raise InputError(f"{where}.kind", f"'{kind}' is not one of {', '.join(TASKS)}")
+    names = tuple(_typed(table.get("class_names", []), list, f"{where}.class_names"))
+    if len(set(names)) != len(names):
+        raise InputError(f"{where}.class_names", "class names must be unique")
+    return kind, names

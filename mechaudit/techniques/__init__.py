@@ -1,0 +1,1 @@
+"""Reusable interpretability techniques, usable from a notebook without the rule engine."""

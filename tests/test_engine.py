@@ -1,0 +1,118 @@
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from mechaudit.checks.registry import CHECKS, register
+from mechaudit.engine import run_audit
+from mechaudit.errors import InputError
+from mechaudit.findings import Finding
+from mechaudit.report.json_report import result_to_dict
+from mechaudit.rulebook import load_rulebook
+from mechaudit.spec import load_spec
+
+from conftest import write_project
+
+RAISING_BOOK = '''
+name = "raising"
+[rules.D900]
+name = "always-raises"
+check = "test_raises"
+severity = "warning"
+[rules.D900.docs]
+summary = "s"
+what = "w"
+why = "y"
+how = "h"
+fix = "f"
+references = ["r"]
+'''
+
+
+@dataclass(frozen=True)
+class _NoParams:
+    pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def raising_check():
+    @register("test_raises", _NoParams)
+    def _raise(context, rule):
+        raise RuntimeError("boom")
+    yield
+    CHECKS.pop("test_raises")
+
+
+def _book_with_raising_rule(tmp_path: Path):
+    default = (load_rulebook("default").path).read_text()
+    body = default.split("\n[rules.D101]", 1)[1]
+    path = tmp_path / "book.toml"
+    path.write_text(RAISING_BOOK + "\n[rules.D101]" + body)
+    return load_rulebook(str(path))
+
+
+def test_a_check_that_raises_becomes_an_error_finding_and_the_audit_goes_on(tmp_path: Path) -> None:
+    project = write_project(tmp_path, data_table='labels = "labels"')
+    result = run_audit(load_spec(project.spec), _book_with_raising_rule(tmp_path))
+    by_rule = {run.rule_id: run for run in result.rules}
+    assert by_rule["D900"].status == "error" and "boom" in by_rule["D900"].findings[0].message
+    assert by_rule["D101"].status == "pass" and by_rule["L202"].status == "fail"
+    assert result.gate_failed and not result.complete
+
+
+def test_missing_needs_skip_with_reason(tmp_path: Path) -> None:
+    project = write_project(tmp_path)
+    result = run_audit(load_spec(project.spec))
+    l201 = next(run for run in result.rules if run.rule_id == "L201")
+    assert l201.status == "skipped" and "no input masks" in l201.reason
+
+
+def test_fail_on_levels(tmp_path: Path) -> None:
+    project = write_project(tmp_path, factory_args={"dead": 4})
+    spec = load_spec(project.spec)
+    warning_fail = run_audit(replace(spec, options=replace(spec.options, fail_on="warning")))
+    assert any(f.status == "fail" and f.severity == "warning" for f in warning_fail.findings)
+    assert warning_fail.gate_failed
+    assert not run_audit(spec).gate_failed  # default: only errors fail the gate
+    assert not run_audit(replace(spec, options=replace(spec.options, fail_on="never"))).gate_failed
+
+
+def test_results_are_deterministic_apart_from_times(tmp_path: Path) -> None:
+    project = write_project(tmp_path)
+    runs = [result_to_dict(run_audit(load_spec(project.spec))) for _ in range(2)]
+    for run in runs:
+        for key in ("started_at", "finished_at"):
+            run["metadata"].pop(key)
+        for rule in run["rules"]:
+            rule.pop("seconds")
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("arrays_labels, message", [(5, "values must lie in 0..1"), (-1, "values must lie in 0..1")])
+def test_labels_out_of_range(tmp_path: Path, arrays_labels: int, message: str) -> None:
+    from conftest import toy_arrays
+    arrays = toy_arrays(20)
+    arrays["labels"][3] = arrays_labels
+    project = write_project(tmp_path, arrays=arrays)
+    with pytest.raises(InputError, match=message):
+        run_audit(load_spec(project.spec))
+
+
+def test_inputs_that_do_not_fit_the_model(tmp_path: Path) -> None:
+    import numpy as np
+    project = write_project(tmp_path, arrays={"inputs": np.ones((5, 7), np.float32)})
+    with pytest.raises(InputError, match=r"inputs of shape \(7,\) per sample do not fit the model"):
+        run_audit(load_spec(project.spec))
+
+
+def test_forward_that_raises_is_an_input_error(tmp_path: Path) -> None:
+    project = write_project(tmp_path, factory="fixtures.toy_models:exploding")
+    with pytest.raises(InputError, match="forward exploded"):
+        run_audit(load_spec(project.spec))
+
+
+def test_finding_to_dict_is_json_ready() -> None:
+    import numpy as np
+    finding = Finding("D101", "warning", "pass", "m", value=np.float32(0.5), evidence={"a": np.arange(3)})
+    data = finding.to_dict()
+    assert data["value"] == 0.5 and data["evidence"] == {"a": [0, 1, 2]}

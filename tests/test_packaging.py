@@ -1,0 +1,39 @@
+"""A non-editable install into a fresh venv finds the rulebooks, templates and embedded examples."""
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_wheel_ships_rules_templates_and_examples(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO)],
+                   check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("mechaudit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "mechaudit/_data/rules/default.toml" in names
+    assert "mechaudit/_data/templates/report.html.j2" in names
+    assert "mechaudit/examples/digits/digits.safetensors" in names
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True)
+    probe = ("import mechaudit, mechaudit.resources as r; "
+             "print(mechaudit.__file__); print(r.data_dir('rules')); print(r.data_dir('templates'))")
+    lines = subprocess.run([python, "-c", probe], cwd=tmp_path, check=True, capture_output=True,
+                           text=True).stdout.splitlines()
+    assert all(str(env_dir) in line for line in lines), lines
+    rules = subprocess.run([env_dir / "bin" / "mechaudit", "rules"], cwd=tmp_path, capture_output=True, text=True)
+    assert rules.returncode == 0 and "L201" in rules.stdout
+    out = tmp_path / "report"
+    audit = subprocess.run([env_dir / "bin" / "mechaudit", "audit", "--example", "digits-control", "--out", str(out),
+                            "--format", "json,html", "-q"], cwd=tmp_path, capture_output=True, text=True)
+    assert audit.returncode == 0, audit.stderr
+    assert (out / "findings.json").is_file() and (out / "report.html").is_file()
