@@ -67,7 +67,7 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     """Run the rulebook on a model and its audit data (a SPEC file, --example NAME, or quick-run flags)."""
     from .engine import run_audit
     from .output import write_bundle
-    from .report import FORMATS, WRITERS
+    from .report import FORMATS, build_bundle
     from .report.console import summary_lines
 
     chosen = _csv(formats) or ()
@@ -82,7 +82,7 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     result = run_audit(audit_spec, rulebook, progress=not quiet and sys.stderr.isatty() and not os.environ.get("CI"),
                        command=command)
     if out is not None:
-        write_bundle(out, {WRITERS[f][0]: WRITERS[f][1](result) for f in chosen})
+        write_bundle(out, build_bundle(result, chosen))
     if not quiet:
         for line in summary_lines(result, verbose):
             click.echo(line)
