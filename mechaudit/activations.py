@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import InputError
 from .model_view import Layer, ModelView, units_view
 
 
@@ -95,5 +96,11 @@ def per_sample_activations(view: ModelView, layers: list[Layer], inputs: torch.T
 
 def model_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     """The model's outputs for all inputs, on the CPU."""
+    parts = []
     with torch.no_grad():
-        return torch.cat([model(batch).float().cpu() for _, batch in batches(inputs, batch_size, device)])
+        for _, batch in batches(inputs, batch_size, device):
+            output = model(batch)
+            if not isinstance(output, torch.Tensor):
+                raise InputError("model", f"returns a {type(output).__name__}; expected a tensor of outputs")
+            parts.append(output.float().cpu())
+    return torch.cat(parts)

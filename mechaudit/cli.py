@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .errors import InputError
 from .examples import EXAMPLES, example_spec
-from .rulebook import Rule, load_rulebook
+from .rulebook import load_rulebook
 from .spec import AuditSpec, DataRef, DataSpec, ModelSpec, load_spec, pyproject_options, validate_options
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -45,7 +45,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--mask", "masks", multiple=True, metavar="NAME=KEY", help="Quick run: a forbidden input region.")
 @click.option("--task", type=click.Choice(["classification", "regression", "next-token"]), help="Quick run: the task.")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory for the reports (replaced atomically).")
-@click.option("--format", "formats", default="json", show_default=True, help="Comma-separated: json, html.")
+@click.option("--format", "formats", default="json", show_default=True,
+              help="Comma-separated: json, html, pdf, sarif, junit, github (github also prints to stdout).")
 @click.option("--fail-on", type=click.Choice(["info", "warning", "error", "never"]), help="Gate threshold [error].")
 @click.option("--select", help="Rule ids or prefixes to run (comma-separated), e.g. D,L201.")
 @click.option("--ignore", help="Rule ids or prefixes to skip.")
@@ -56,7 +57,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run the model [auto].")
 @click.option("--batch-size", type=int, help="Samples per forward pass [256].")
 @click.option("--max-samples", type=int, help="Cap on samples used by per-sample analyses [2048].")
+@click.option("--rule-timeout", type=int, help="Seconds a rule may run before it becomes an error (0: none) [600].")
+@click.option("--max-file-mb", type=int, help="Refuse input files larger than this many MiB [4096].")
 @click.option("--trust-pickle", is_flag=True, default=None, help="Allow loading a fully pickled model (runs code).")
+@click.option("--waivers", type=click.Path(path_type=Path), help="Waiver file (TOML) for known, accepted failures.")
+@click.option("--baseline", type=click.Path(path_type=Path), help="Report changes since this findings.json or bundle.")
+@click.option("--tolerance", help="With --baseline: metric rise tolerated, e.g. 0.02 or flip_rate=0.02,default=0.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--verbose", "-v", is_flag=True, help="List passing findings too.")
 @click.pass_context
@@ -67,26 +73,50 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     """Run the rulebook on a model and its audit data (a SPEC file, --example NAME, or quick-run flags)."""
     from .engine import run_audit
     from .output import write_bundle
-    from .report import FORMATS, build_bundle
+    from .report import FORMATS, build_bundle, check_formats
     from .report.console import summary_lines
 
+    baseline, tolerance = flags.pop("baseline"), flags.pop("tolerance")
     chosen = _csv(formats) or ()
     unknown = [f for f in chosen if f not in FORMATS]
     if unknown:
         raise InputError(f"--format {unknown[0]}", f"unknown format (available: {', '.join(FORMATS)})")
-    if out is None and formats != "json":
+    if out is None and set(chosen) - {"json", "github"}:
         raise InputError("--format", "needs --out DIR to write reports into")
+    check_formats(chosen)  # e.g. pdf without WeasyPrint: one line, before the audit runs
+    old = _load_baseline(baseline)  # a bad baseline fails before the audit runs
     audit_spec = _spec_from(spec, example, model_source, weights, data, inputs_key, labels_key, masks, task, flags)
     rulebook = load_rulebook(audit_spec.options.rulebook)
     command = "mechaudit " + shlex.join(sys.argv[1:])
     result = run_audit(audit_spec, rulebook, progress=not quiet and sys.stderr.isatty() and not os.environ.get("CI"),
                        command=command)
+    if old is not None:
+        result.baseline = _baseline_diff(old, result, baseline, audit_spec.options.tolerance, tolerance)
     if out is not None:
         write_bundle(out, build_bundle(result, chosen))
     if not quiet:
         for line in summary_lines(result, verbose):
             click.echo(line)
+    if "github" in chosen:  # workflow commands: the Actions runner reads them from stdout
+        from .report.github import render_github
+
+        click.echo(render_github(result), nl=False)
     ctx.exit(EXIT_FAIL if result.gate_failed else EXIT_PASS)
+
+
+def _load_baseline(path: Path | None):
+    from .diff import load_result
+
+    return load_result(path) if path is not None else None
+
+
+def _baseline_diff(old: dict, result, path: Path, configured: tuple, flag: str | None) -> dict:
+    from .config import parse_tolerance_flag
+    from .diff import diff_results
+    from .report.json_report import result_to_dict
+
+    tolerance = {**dict(configured), **(parse_tolerance_flag(flag) if flag else {})}
+    return diff_results(old, result_to_dict(result), tolerance, old_label=str(path), new_label="this audit")
 
 
 def _spec_from(spec: Path | None, example: str | None, model_source: str | None, weights: Path | None,
@@ -104,6 +134,8 @@ def _spec_from(spec: Path | None, example: str | None, model_source: str | None,
     else:
         audit_spec = _quick_spec(model_source, weights, data, inputs_key, labels_key, masks, task, base)
     overrides = {key: value for key, value in flags.items() if value is not None}
+    if "waivers" in overrides:  # relative to the working directory, like every path on the command line
+        overrides["waivers"] = str(Path(overrides["waivers"]).resolve())
     for key in ("select", "ignore", "extend_select", "layers"):
         if key in overrides:
             overrides[key] = _csv(overrides[key])
@@ -135,49 +167,150 @@ def _quick_spec(model_source: str, weights: Path | None, data: Path | None, inpu
     return AuditSpec(model=model, data=data_spec, task=task or "classification", options=base)
 
 
+_CONFIG_HELP = "A spec or pyproject.toml whose configuration applies [the pyproject.toml above the working directory]."
+
+
+def _effective(rulebook: str | None, config: Path | None):
+    """The configuration in effect: options, where they came from, the rulebook with overrides, selected ids."""
+    from .config import effective_rulebook, load_options
+
+    options, source = load_options(config)
+    book = effective_rulebook(options, rulebook)
+    selected = {r.id for r in book.select(options.select, options.ignore, options.extend_select)}
+    return options, source, book, selected
+
+
 @cli.command()
-@click.option("--rulebook", default="default", show_default=True, help="Built-in name or path.")
+@click.option("--rulebook", help="Built-in name or path [the configuration's rulebook, else default].")
+@click.option("--config", type=click.Path(path_type=Path), help=_CONFIG_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def rules(rulebook: str, fmt: str) -> None:
-    """List the rules of a rulebook."""
-    book = load_rulebook(rulebook)
+def rules(rulebook: str | None, config: Path | None, fmt: str) -> None:
+    """List the rules of a rulebook as the configuration sets them (severity, parameters, selection)."""
+    from .config import override_sources
+
+    options, source, book, selected = _effective(rulebook, config)
+    sources = override_sources(options.rules)
     if fmt == "json":
-        click.echo(json.dumps({"rulebook": book.name, "sha256": book.sha256,
-                               "rules": [_rule_json(r) for r in book.rules.values()]}, indent=2))
+        click.echo(json.dumps({"rulebook": book.name, "sha256": book.sha256, "config": source,
+                               "fail_on": options.fail_on,
+                               "rules": [{**r.describe(), "selected": r.id in selected,
+                                          "overrides": sources.get(r.id, {})} for r in book.rules.values()]},
+                              indent=2))
         return
     for rule in book.rules.values():
-        click.echo(f"{rule.id}  {rule.name:<26} {rule.severity:<8} {rule.family:<14} {rule.docs.summary}")
-
-
-def _rule_json(rule: Rule) -> dict:
-    docs = {k: v for k, v in vars(rule.docs).items()}
-    docs["references"] = list(rule.docs.references)
-    return {"id": rule.id, "name": rule.name, "family": rule.family, "check": rule.check.name,
-            "severity": rule.severity, "needs": list(rule.check.needs), "params": rule.params_dict(), "docs": docs}
+        marks = ("" if rule.id in selected else " [not selected]") + (" [configured]" if rule.id in sources else "")
+        click.echo(f"{rule.id}  {rule.name:<26} {rule.severity:<8} {rule.family:<14} {rule.docs.summary}{marks}")
 
 
 @cli.command()
 @click.argument("rule_id")
-@click.option("--rulebook", default="default", show_default=True, help="Built-in name or path.")
-def explain(rule_id: str, rulebook: str) -> None:
+@click.option("--rulebook", help="Built-in name or path [the configuration's rulebook, else default].")
+@click.option("--config", type=click.Path(path_type=Path), help=_CONFIG_HELP)
+def explain(rule_id: str, rulebook: str | None, config: Path | None) -> None:
     """Print a rule's documentation and effective parameters."""
-    book = load_rulebook(rulebook)
+    from .config import override_sources
+
+    options, source, book, selected = _effective(rulebook, config)
+    configured = override_sources(options.rules).get(rule_id.upper(), {})
     rule = book.rules.get(rule_id.upper())
     if rule is None:
         raise InputError(f"rule '{rule_id}'", f"not in rulebook '{book.name}' (see `mechaudit rules`)")
     docs = rule.docs
-    click.echo(f"{rule.id} {rule.name} ({rule.family}, severity {rule.severity}, check {rule.check.name})\n")
+    click.echo(f"{rule.id} {rule.name} ({rule.family}, severity {rule.severity}, check {rule.check.name})")
+    click.echo(f"rulebook {book.name}; configuration: {source}; "
+               f"{'selected' if rule.id in selected else 'not selected'}"
+               + (f"; severity set in {configured['severity']}" if "severity" in configured else "") + "\n")
     click.echo(f"{docs.summary}\n")
     for title, text in (("What it checks", docs.what), ("Why it matters", docs.why),
                         ("How it is measured", docs.how), ("How to fix it", docs.fix)):
         click.echo(f"## {title}\n{text}\n")
     click.echo("## Parameters")
     for key, value in rule.params_dict().items():
-        click.echo(f"  {key} = {value!r}")
+        click.echo(f"  {key} = {value!r}" + (f"  (set in {configured[key]})" if key in configured else ""))
     click.echo(f"\n## Needs\n  {', '.join(rule.check.needs) or 'nothing beyond a model and inputs'}\n")
     click.echo("## References")
     for ref in docs.references:
         click.echo(f"  - {ref}")
+
+
+@cli.command()
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
+@click.option("--tolerance", help="Metric rise tolerated: 0.02, or flip_rate=0.02,default=0 [config, else 0].")
+@click.option("--fail-on", type=click.Choice(["info", "warning", "error", "never"]),
+              help="Gate for 'new failing finding' [NEW's fail_on].")
+@click.option("--config", type=click.Path(path_type=Path), help=_CONFIG_HELP)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
+@click.pass_context
+def diff(ctx: click.Context, old: Path, new: Path, fmt: str, tolerance: str | None, fail_on: str | None,
+         config: Path | None, output: Path | None) -> None:
+    """Compare two audits (findings.json files or bundles): exit 1 on a new failing finding or a regression."""
+    from .config import load_options, parse_tolerance_flag
+    from .diff import diff_lines, diff_results, load_result, render_diff_html
+
+    options, _ = load_options(config)
+    tolerances = {**dict(options.tolerance), **(parse_tolerance_flag(tolerance) if tolerance else {})}
+    result = diff_results(load_result(old), load_result(new), tolerances, fail_on, str(old), str(new))
+    if fmt == "json":
+        text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+    elif fmt == "html":
+        text = render_diff_html(result)
+    else:
+        text = "\n".join(diff_lines(result)) + "\n"
+    if output is not None:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"--output {output}", f"cannot be written ({exc.strerror})") from None
+    else:
+        click.echo(text, nl=False)
+    ctx.exit(EXIT_FAIL if result["verdict"] == "fail" else EXIT_PASS)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--model-card", "model_card", type=click.Path(path_type=Path), default=Path("README.md"),
+              show_default=True, help="The model card to write or update.")
+@click.option("--report-url", help="Where the full report lives [the bundle's path, relative to the card].")
+def card(bundle: Path, model_card: Path, report_url: str | None) -> None:
+    """Write the audit in BUNDLE into a model card: a delimited section and model-index metadata (idempotent)."""
+    from .card import update_model_card
+
+    changed = update_model_card(bundle, model_card, report_url)
+    click.echo(f"{model_card}: {'updated' if changed else 'already up to date'}")
+
+
+@cli.command()
+@click.argument("spec", required=False, type=click.Path(path_type=Path))
+@click.option("--example", help="Edit an embedded example's model.")
+@click.option("--suppress", required=True, help="Comma-separated unit addresses to suppress (mean output).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Edited weights (.safetensors).")
+def edit(spec: Path | None, example: str | None, suppress: str, out: Path) -> None:
+    """Simulate suppressing units: print before/after metrics and write edited weights (a simulation)."""
+    from .edit_command import NOTICE, edit_model
+
+    audit_spec = _spec_from(spec, example, None, None, None, None, None, (), None, {})
+    report = edit_model(audit_spec, list(_csv(suppress) or ()), out)
+    click.echo(NOTICE)
+    for key in report["before"]:
+        click.echo(f"{key}: {report['before'][key]:.4f} -> {report['after'][key]:.4f} (mean ablation per position), "
+                   f"{report['after_weights'][key]:.4f} (the edited weights)")
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--no-inputs", is_flag=True, help="Do not re-hash the model and data files the manifest records.")
+@click.pass_context
+def verify(ctx: click.Context, directory: Path, no_inputs: bool) -> None:
+    """Check a bundle (an audit's --out DIR) against its manifest.json: exit 0 intact, 1 on any mismatch."""
+    from .verify import verify_bundle
+
+    outcome = verify_bundle(directory, check_inputs=not no_inputs)
+    for line in outcome.lines():
+        click.echo(line)
+    ctx.exit(EXIT_PASS if outcome.ok else EXIT_FAIL)
 
 
 @cli.command()

@@ -12,6 +12,7 @@ import torch
 from .activations import UnitStats, model_outputs, unit_statistics
 from .loading import AuditData
 from .model_view import ModelView
+from .spec import BehaviourSpec
 
 
 @dataclass
@@ -24,6 +25,7 @@ class AuditContext:
     batch_size: int
     max_samples: int
     seed: int
+    behaviour: BehaviourSpec | None = None
     _artifacts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -59,6 +61,10 @@ class AuditContext:
 
     def class_name(self, index: int) -> str:
         return self.class_names[index] if index < len(self.class_names) else str(index)
+
+    def cached(self, key: str) -> Any | None:
+        """An artifact another rule already computed, or None (e.g. the semantic dictionary, for labels)."""
+        return self._artifacts.get(key)
 
     def artifact(self, key: str, compute: Callable[[], Any]) -> Any:
         """Compute a shared artifact once per audit (e.g. attributions used by several rules)."""

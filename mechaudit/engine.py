@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,13 @@ from . import __version__
 from .context import AuditContext
 from .errors import InputError
 from .findings import AuditResult, Finding, RuleRun
-from .loading import AuditData, load_data, load_model
+from .config import apply_overrides, override_summary
+from .loading import AuditData, LoadedModel, load_data, load_model
 from .model_view import ModelView
 from .rulebook import Rule, Rulebook, load_rulebook
+from .sources import source_locations
 from .spec import AuditSpec
+from .waivers import apply_waivers, load_waivers
 
 
 def seed_everything(seed: int) -> None:
@@ -41,23 +44,39 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def prepare(spec: AuditSpec) -> tuple[AuditContext, dict]:
-    """Load the model and data and check that they fit each other; raises :class:`InputError` if not."""
+def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
+            data: AuditData | None = None) -> tuple[AuditContext, dict]:
+    """Load the model and data (unless given, as by :func:`mechaudit.audit`) and check that they fit each other;
+    raises :class:`InputError` if not."""
     options = spec.options
     seed_everything(options.seed)
     device = resolve_device(options.device)
     search_path = spec.source.parent if spec.source else Path.cwd()
     max_bytes = options.max_file_mb * 2**20
-    loaded = load_model(spec.model, trust_pickle=options.trust_pickle, search_path=search_path, max_bytes=max_bytes)
-    data = load_data(spec.data, spec.task, max_bytes)
-    model = loaded.module.to(device)
+    if loaded is None:
+        loaded = load_model(spec.model, trust_pickle=options.trust_pickle, search_path=search_path,
+                            max_bytes=max_bytes)
+    if data is None:
+        data = load_data(spec.data, spec.task, max_bytes)
+    try:
+        model = loaded.module.to(device)
+    except Exception as exc:
+        raise InputError(f"model {loaded.name}", f"cannot be moved to {device} ({type(exc).__name__}: "
+                                                 f"{_first_line(exc)})") from None
     view = _discover(model, data, device, options.layers)
     context = AuditContext(view, data, spec.task, spec.class_names, device, options.batch_size,
-                           options.max_samples, options.seed)
+                           options.max_samples, options.seed, behaviour=spec.behaviour)
     _check_outputs(context)
     inputs = {"model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.hashes},
-              "data": {"sha256": data.hashes, "samples": len(data), "sample_shape": list(data.inputs.shape[1:])}}
+              "data": {"sha256": data.hashes, "samples": len(data), "sample_shape": list(data.inputs.shape[1:]),
+                       "groups": _declared_groups(data)}}
     return context, inputs
+
+
+def _declared_groups(data: AuditData) -> dict:
+    """Which optional groups the audit data provides, by the names the spec gives them (shown in reports)."""
+    return {"labels": data.labels is not None, "masks": sorted(data.masks), "concepts": sorted(data.concepts),
+            "protected": sorted(data.protected), "pairs": data.pairs is not None}
 
 
 def _discover(model: torch.nn.Module, data: AuditData, device: torch.device, layers: tuple[str, ...]) -> ModelView:
@@ -67,16 +86,23 @@ def _discover(model: torch.nn.Module, data: AuditData, device: torch.device, lay
     except InputError:
         raise
     except Exception as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError("data", f"inputs of shape {tuple(data.inputs.shape[1:])} per sample do not fit the model "
-                                 f"({type(exc).__name__}: {message})") from None
+        raise InputError("model", f"forward pass failed on audit inputs of shape {tuple(data.inputs.shape[1:])} "
+                                  f"per sample; do the inputs fit the model? ({type(exc).__name__}: "
+                                  f"{_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _check_outputs(context: AuditContext) -> None:
     try:
         outputs = context.outputs
+    except InputError:
+        raise
     except Exception as exc:
-        raise InputError("model", f"forward pass failed on the audit data ({type(exc).__name__}: {exc})") from None
+        raise InputError("model", f"forward pass failed on the audit data ({type(exc).__name__}: "
+                                  f"{_first_line(exc)})") from None
     if not torch.isfinite(outputs).all():
         raise InputError("model", "produced NaN or infinite outputs on the audit data")
     labels = context.data.labels
@@ -92,22 +118,30 @@ def _check_outputs(context: AuditContext) -> None:
 
 
 def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool = False,
-              command: str = "") -> AuditResult:
-    """Run every selected rule of ``rulebook`` on the spec's model and data."""
+              command: str = "", *, loaded: LoadedModel | None = None, data: AuditData | None = None,
+              today: date | None = None) -> AuditResult:
+    """Run every selected rule of ``rulebook`` (with the options' per-rule overrides) on the spec's model and
+    data, then apply the options' waiver file (expiry judged against ``today``, default the local date)."""
     options = spec.options
-    rulebook = rulebook or load_rulebook(options.rulebook)
+    rulebook = apply_overrides(rulebook or load_rulebook(options.rulebook), options.rules)
     rules = rulebook.select(options.select, options.ignore, options.extend_select)
+    waiver_file = load_waivers(Path(options.waivers)) if options.waivers else None  # bad file: fail before running
     started = datetime.now(timezone.utc)
-    context, inputs = prepare(spec)
+    context, inputs = prepare(spec, loaded, data)
     runs = [_run_rule(rule, context, options.rule_timeout) for rule in _progress(rules, progress)]
     metadata = {
         "tool": {"name": "mechaudit", "version": __version__},
-        "rulebook": {"name": rulebook.name, "sha256": rulebook.sha256},
+        "rulebook": {"name": rulebook.name, "sha256": rulebook.sha256,
+                     "rules": {rule.id: rule.describe() for rule in rules},
+                     **({"overrides": override_summary(options.rules)} if options.rules else {})},
         **inputs,
         "task": spec.task,
         "class_names": list(spec.class_names),
         "scope": dict(spec.scope),
         "components": context.view.describe(),
+        "locations": source_locations(spec.source, context.model, [layer.name for layer in context.view.layers],
+                                      [rule.id for rule in rules],
+                                      {"select": options.select, "extend_select": options.extend_select}),
         "seed": options.seed,
         "device": str(context.device),
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
@@ -117,7 +151,8 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     findings = [finding for run in runs for finding in run.findings]
-    return AuditResult(findings, runs, metadata, fail_on=options.fail_on)
+    result = AuditResult(findings, runs, metadata, fail_on=options.fail_on)
+    return apply_waivers(result, waiver_file, today) if waiver_file is not None else result
 
 
 def _progress(rules: list[Rule], enabled: bool):
@@ -201,6 +236,7 @@ _NEED_PROVIDERS: dict[str, Callable[[AuditContext], bool]] = {
     "labels": lambda c: c.data.labels is not None and (c.task != "classification" or c.data.labels.unique().numel() > 1),
     "layers": lambda c: bool(c.view.hidden_layers),
     "classification": lambda c: c.task == "classification",
+    "behaviour": lambda c: c.behaviour is not None,
 }
 _NEED_REASONS = {
     "labels": "the spec declares no labels, or they hold a single class",
@@ -211,6 +247,7 @@ _NEED_REASONS = {
     "spatial": "the inputs are not spatial (N, C, H[, W])",
     "layers": "the model has no auditable hidden layers (Linear or Conv modules)",
     "classification": "the task is not classification",
+    "behaviour": "the spec declares no [behaviour] for circuit rules to explain",
 }
 
 

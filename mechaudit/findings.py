@@ -52,13 +52,23 @@ class Finding:
     value: float | None = None
     threshold: float | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: The waiver that matched this finding (see :mod:`mechaudit.waivers`): ``{id, rule, component, justification,
+    #: approver, expires, state}``; ``state`` is ``active`` (the finding is waived) or ``expired`` (it is not).
+    waiver: dict[str, Any] | None = None
 
     @property
     def failing(self) -> bool:
         return self.status in ("fail", "error")
 
+    @property
+    def waived(self) -> bool:
+        """True when an active, unexpired waiver covers this finding: it keeps its status but does not gate."""
+        return self.waiver is not None and self.waiver.get("state") == "active"
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if self.waiver is None:
+            del data["waiver"]  # optional in findings.json: only written when a waiver matched
         data["value"] = to_jsonable(_finite_or_none(self.value))
         data["threshold"] = to_jsonable(_finite_or_none(self.threshold))
         data["evidence"] = to_jsonable(self.evidence)
@@ -84,16 +94,24 @@ class AuditResult:
     rules: list[RuleRun]
     metadata: dict[str, Any]
     fail_on: str = "error"
+    #: The waiver file applied (:func:`mechaudit.waivers.apply_waivers`): ``{file, sha256, entries}``, or None.
+    waivers: dict[str, Any] | None = None
+    #: The comparison with a baseline result (:func:`mechaudit.diff.diff_results`), or None.
+    baseline: dict[str, Any] | None = None
 
     @property
     def gate_failed(self) -> bool:
-        """True when a finding at or above ``fail_on`` failed, or a rule errored (unless ``fail_on`` is never)."""
-        if self.fail_on == "never":
+        """True when a finding at or above ``fail_on`` failed, or a rule errored (unless ``fail_on`` is never).
+
+        A finding covered by an active waiver never fails the gate."""
+        return any(self.fails_gate(f) for f in self.findings)
+
+    def fails_gate(self, finding: Finding) -> bool:
+        """Whether this one finding makes the gate fail (see :attr:`gate_failed`)."""
+        if self.fail_on == "never" or finding.waived:
             return False
-        floor = severity_rank(self.fail_on)
-        return any(
-            f.status == "error" or (f.status == "fail" and severity_rank(f.severity) >= floor) for f in self.findings
-        )
+        return finding.status == "error" or (
+            finding.status == "fail" and severity_rank(finding.severity) >= severity_rank(self.fail_on))
 
     @property
     def complete(self) -> bool:

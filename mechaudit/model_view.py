@@ -57,6 +57,13 @@ def units_view(output: torch.Tensor, layer: Layer) -> torch.Tensor:
     return output.movedim(-1, 1).flatten(2)
 
 
+def from_units_view(units: torch.Tensor, like: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """Inverse of :func:`units_view`: back to the shape of the layer output ``like``."""
+    if layer.kind == "conv" or like.dim() == 2:
+        return units.reshape(like.shape)
+    return units.reshape(like.movedim(-1, 1).shape).movedim(1, -1)
+
+
 class ModelView:
     """The layers of a model that the audit can address, in the order the forward pass runs them."""
 

@@ -50,6 +50,13 @@ class Rule:
     def params_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
 
+    def describe(self) -> dict[str, Any]:
+        """The rule as plain data, as `mechaudit rules --format json` and the result's metadata show it."""
+        docs = {**dataclasses.asdict(self.docs), "references": list(self.docs.references)}
+        return {"id": self.id, "name": self.name, "family": self.family, "check": self.check.name,
+                "severity": self.severity, "needs": list(self.check.needs), "params": self.params_dict(),
+                "docs": docs}
+
 
 @dataclass(frozen=True)
 class Rulebook:

@@ -64,6 +64,30 @@ class Options:
     rule_timeout: int = 600
     max_file_mb: int = 4096
     trust_pickle: bool = False
+    #: A waiver file (absolute path once parsed; relative paths are relative to the file that declares them).
+    waivers: str = ""
+    #: Per-rule overrides ``[rules.<ID>]``, in rising precedence: ``(rule_id, where, table)``; see mechaudit.config.
+    rules: tuple[tuple[str, str, dict[str, Any]], ...] = ()
+    #: Regression tolerance for ``mechaudit diff`` / ``--baseline``, per metric: ``((metric or "default", value), ...)``.
+    tolerance: tuple[tuple[str, float], ...] = ()
+
+
+BEHAVIOURS = ("predicted_logit", "class_logit", "logit_diff", "loss")
+BEHAVIOUR_SAMPLES = ("all", "target")
+
+
+@dataclass(frozen=True)
+class BehaviourSpec:
+    """The behaviour that circuit rules explain (``[behaviour]``): a class logit, a logit difference, the loss.
+
+    ``target`` and ``contrast`` are class names (or indices); ``samples = "target"`` restricts the behaviour to
+    the samples labelled ``target``.
+    """
+
+    kind: str = "predicted_logit"
+    target: str | None = None
+    contrast: str | None = None
+    samples: str = "all"
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,7 @@ class AuditSpec:
     scope: dict[str, str] = field(default_factory=dict)
     options: Options = field(default_factory=Options)
     source: Path | None = None
+    behaviour: BehaviourSpec | None = None
 
 
 _OPTION_TYPES: dict[str, Any] = {
@@ -91,7 +116,9 @@ _OPTION_TYPES: dict[str, Any] = {
     "rule_timeout": int,
     "max_file_mb": int,
     "trust_pickle": bool,
+    "waivers": str,
 }
+_MERGED_OPTIONS = ("rules", "tolerance")  # tables merged over the lower levels by mechaudit.config
 _GROUPS = ("masks", "concepts", "protected", "pairs")
 
 
@@ -134,6 +161,11 @@ def parse_options(table: dict[str, Any], where: str, base: Options | None = None
     table = {k.replace("-", "_"): v for k, v in _check_keys(table, _option_keys(), where).items()}
     values: dict[str, Any] = {}
     for key, value in table.items():
+        if key in _MERGED_OPTIONS:
+            from .config import merge_option
+
+            values[key] = merge_option(key, value, f"{where}.{key}", getattr(base or Options(), key))
+            continue
         value = _typed(value, _OPTION_TYPES[key], f"{where}.{key}")
         values[key] = tuple(value) if isinstance(value, list) else value
     return validate_options(replace(base or Options(), **values), where)
@@ -168,7 +200,12 @@ def pyproject_options(start: Path) -> Options:
         candidate = directory / "pyproject.toml"
         if candidate.is_file():
             table = read_toml(candidate).get("tool", {}).get("mechaudit")
-            return parse_options(table, f"{candidate} [tool.mechaudit]") if table is not None else Options()
+            if table is None:
+                return Options()
+            options = parse_options(table, f"{candidate} [tool.mechaudit]")
+            if options.waivers:  # relative to the pyproject.toml that names it
+                options = replace(options, waivers=str(candidate.parent.resolve() / options.waivers))
+            return options
     return Options()
 
 
@@ -198,7 +235,7 @@ def load_spec(path: Path, base: Options | None = None) -> AuditSpec:
     """Parse and validate a spec file; paths in it are relative to the file."""
     raw = read_toml(path)
     name = str(path)
-    _check_keys(raw, {"model", "data", "task", "audit", "scope"}, name)
+    _check_keys(raw, {"model", "data", "task", "audit", "scope", "behaviour"}, name)
     for section in ("model", "data"):
         if section not in raw:
             raise InputError(name, f"missing section [{section}]")
@@ -209,7 +246,10 @@ def load_spec(path: Path, base: Options | None = None) -> AuditSpec:
     scope = {k: _typed(v, str, f"{name} [scope].{k}") for k, v in _check_keys(
         raw.get("scope", {}), {"intended_use", "out_of_scope", "owner", "notes"}, f"{name} [scope]").items()}
     options = parse_options(raw.get("audit", {}), f"{name} [audit]", base)
-    return AuditSpec(model, data, task, class_names, scope, options, source=path.resolve())
+    if "waivers" in raw.get("audit", {}):
+        options = replace(options, waivers=str(resolve(options.waivers, f"{name} [audit].waivers")))
+    behaviour = parse_behaviour(raw["behaviour"], f"{name} [behaviour]") if "behaviour" in raw else None
+    return AuditSpec(model, data, task, class_names, scope, options, source=path.resolve(), behaviour=behaviour)
 
 
 def _parse_model(table: Any, where: str, resolve: _PathResolver, default_name: str) -> ModelSpec:
@@ -260,6 +300,21 @@ def _parse_ref(value: Any, where: str, default_file: Path, resolve: _PathResolve
         raise InputError(where, "missing key 'key'")
     file = resolve(table["file"], f"{where}.file") if "file" in table else default_file
     return DataRef(file, _typed(table["key"], str, f"{where}.key"))
+
+
+def parse_behaviour(table: Any, where: str) -> BehaviourSpec:
+    table = _check_keys(table, {"kind", "target", "contrast", "samples"}, where)
+    values = {key: _typed(value, str, f"{where}.{key}") for key, value in table.items()}
+    behaviour = BehaviourSpec(**values)
+    if behaviour.kind not in BEHAVIOURS:
+        raise InputError(f"{where}.kind", f"'{behaviour.kind}' is not one of {', '.join(BEHAVIOURS)}")
+    if behaviour.samples not in BEHAVIOUR_SAMPLES:
+        raise InputError(f"{where}.samples", f"'{behaviour.samples}' is not one of {', '.join(BEHAVIOUR_SAMPLES)}")
+    if behaviour.kind == "class_logit" and behaviour.target is None:
+        raise InputError(where, "kind 'class_logit' needs 'target' (a class name)")
+    if behaviour.samples == "target" and behaviour.target is None:
+        raise InputError(where, "samples = 'target' needs 'target'")
+    return behaviour
 
 
 def _parse_task(table: Any, where: str) -> tuple[str, tuple[str, ...]]:

@@ -72,5 +72,17 @@ def cli(capsys):
     return run
 
 
+def rulebook_with(tmp_path: Path, checks: dict[str, str]):
+    """The default rulebook plus a rule per ``{rule_id: check_name}``, loaded from a file in ``tmp_path``."""
+    from mechaudit.rulebook import load_rulebook
+
+    docs = 'summary = "s"\nwhat = "w"\nwhy = "y"\nhow = "h"\nfix = "f"\nreferences = ["r"]\n'
+    extra = "".join(f'[rules.{rule_id}]\nname = "test-{check}"\ncheck = "{check}"\nseverity = "warning"\n'
+                    f'[rules.{rule_id}.docs]\n{docs}\n' for rule_id, check in checks.items())
+    path = tmp_path / "book.toml"
+    path.write_text(load_rulebook("default").path.read_text() + "\n" + extra)
+    return load_rulebook(str(path))
+
+
 def read_findings(out: Path) -> dict:
     return json.loads((out / "findings.json").read_text(encoding="utf-8"))

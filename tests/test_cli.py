@@ -57,7 +57,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(cli, tmp_path: Path) -> N
     cases.append((unknown.spec, (), "unknown key 'turbo'"))
     # inputs whose shape does not fit the model
     shape = write_project(tmp_path / "shape", arrays={"inputs": np.ones((4, 9), np.float32)})
-    cases.append((shape.spec, (), "do not fit the model"))
+    cases.append((shape.spec, (), "do the inputs fit the model"))
     # NaN in the data
     arrays = toy_arrays(10)
     arrays["inputs"][2, 1] = np.nan
@@ -97,5 +97,5 @@ def test_out_is_replaced_atomically_and_holds_requested_formats(cli, project) ->
     (out / "stale.txt").write_text("old report")
     result = cli("audit", project.spec, "--out", out, "--format", "json,html", "-q")
     assert result.code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["findings.json", "manifest.json", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "findings.json", "manifest.json", "report.html"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.")]

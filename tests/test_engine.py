@@ -8,26 +8,9 @@ from mechaudit.engine import run_audit
 from mechaudit.errors import InputError
 from mechaudit.findings import Finding
 from mechaudit.report.json_report import result_to_dict
-from mechaudit.rulebook import load_rulebook
 from mechaudit.spec import load_spec
 
-from conftest import write_project
-
-RAISING_BOOK = '''
-name = "raising"
-[rules.D900]
-name = "always-raises"
-check = "test_raises"
-severity = "warning"
-[rules.D900.docs]
-summary = "s"
-what = "w"
-why = "y"
-how = "h"
-fix = "f"
-references = ["r"]
-'''
-
+from conftest import rulebook_with, write_project
 
 @dataclass(frozen=True)
 class _NoParams:
@@ -43,17 +26,9 @@ def raising_check():
     CHECKS.pop("test_raises")
 
 
-def _book_with_raising_rule(tmp_path: Path):
-    default = (load_rulebook("default").path).read_text()
-    body = default.split("\n[rules.D101]", 1)[1]
-    path = tmp_path / "book.toml"
-    path.write_text(RAISING_BOOK + "\n[rules.D101]" + body)
-    return load_rulebook(str(path))
-
-
 def test_a_check_that_raises_becomes_an_error_finding_and_the_audit_goes_on(tmp_path: Path) -> None:
     project = write_project(tmp_path, data_table='labels = "labels"')
-    result = run_audit(load_spec(project.spec), _book_with_raising_rule(tmp_path))
+    result = run_audit(load_spec(project.spec), rulebook_with(tmp_path, {"D900": "test_raises"}))
     by_rule = {run.rule_id: run for run in result.rules}
     assert by_rule["D900"].status == "error" and "boom" in by_rule["D900"].findings[0].message
     assert by_rule["D101"].status == "pass" and by_rule["L202"].status == "fail"
@@ -68,7 +43,7 @@ def test_missing_needs_skip_with_reason(tmp_path: Path) -> None:
 
 
 def test_fail_on_levels(tmp_path: Path) -> None:
-    project = write_project(tmp_path, factory_args={"dead": 4})
+    project = write_project(tmp_path, factory_args={"dead": 5})
     spec = load_spec(project.spec)
     warning_fail = run_audit(replace(spec, options=replace(spec.options, fail_on="warning")))
     assert any(f.status == "fail" and f.severity == "warning" for f in warning_fail.findings)
@@ -101,7 +76,7 @@ def test_labels_out_of_range(tmp_path: Path, arrays_labels: int, message: str) -
 def test_inputs_that_do_not_fit_the_model(tmp_path: Path) -> None:
     import numpy as np
     project = write_project(tmp_path, arrays={"inputs": np.ones((5, 7), np.float32)})
-    with pytest.raises(InputError, match=r"inputs of shape \(7,\) per sample do not fit the model"):
+    with pytest.raises(InputError, match=r"audit inputs of shape \(7,\) per sample; do the inputs fit the model"):
         run_audit(load_spec(project.spec))
 
 

@@ -9,7 +9,7 @@ SCHEMA = json.loads((REPO / "mechaudit" / "schemas" / "findings.schema.json").re
 
 
 def test_findings_json_validates_against_its_schema(cli, tmp_path: Path) -> None:
-    project = write_project(tmp_path, factory_args={"dead": 4}, data_table='labels = "labels"')
+    project = write_project(tmp_path, factory_args={"dead": 5}, data_table='labels = "labels"')
     assert cli("audit", project.spec, "--out", project.out(), "-q").code == 0
     data = read_findings(project.out())
     jsonschema.validate(data, SCHEMA)
@@ -26,6 +26,8 @@ def test_html_escapes_hostile_strings(cli, tmp_path: Path) -> None:
     project.spec.write_text(text)
     assert cli("audit", project.spec, "--out", project.out(), "--format", "html,json", "-q").code == 0
     html = (project.out() / "report.html").read_text(encoding="utf-8")
-    assert "<script>" not in html and "<img src=x" not in html
+    script = (REPO / "templates" / "report.js").read_text(encoding="utf-8")
+    assert html.count("<script") == 1 and f"<script>{script}</script>" in html  # only the report's own filter
+    assert "<script>alert" not in html and "<img src=x" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert html.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; \u00e9\u4e2d") == 2  # class name and scope

@@ -66,9 +66,10 @@ def test_unknown_builtin_rulebook() -> None:
 def test_select_and_ignore_by_id_and_prefix() -> None:
     book = load_rulebook("default")
     ids = lambda rules: [r.id for r in rules]  # noqa: E731
-    assert ids(book.select(("L",))) == ["L201", "L202"]
-    assert ids(book.select((), ("L2",))) == ["D101"]
-    assert ids(book.select(("D",), (), ("L202",))) == ["D101", "L202"]
-    assert ids(book.select(("ALL",), ("L201",))) == ["D101", "L202"]
+    every = list(book.rules)
+    assert ids(book.select(("L",))) == [r for r in every if r.startswith("L")]
+    assert ids(book.select((), ("L2",))) == [r for r in every if not r.startswith("L2")]
+    assert ids(book.select(("D101",), (), ("L202",))) == ["D101", "L202"]
+    assert ids(book.select(("ALL",), ("L201",))) == [r for r in every if r != "L201"]
     with pytest.raises(InputError, match="matches no rule"):
         book.select(("X999",))

@@ -15,7 +15,8 @@ from .registry import param, register
 @dataclass(frozen=True)
 class CriticalUnitsParams:
     max_accuracy_drop: float = param(0.1, low=0.0, high=1.0, doc="fail a unit whose ablation drops accuracy more")
-    modes: str = param("zero,mean", choices=("zero", "mean", "zero,mean"), doc="ablation values to try")
+    modes: str = param("zero,mean", choices=("zero", "mean", "zero,mean"), doc="ablations measured and reported")
+    flag_on: str = param("mean", choices=("zero", "mean", "any"), doc="which ablation's drop flags a unit")
     top_k: int = param(10, low=1, doc="units listed per layer in the evidence")
 
 
@@ -35,26 +36,28 @@ def critical_units(context: AuditContext, rule) -> list[Finding]:
                                        list(range(layer.size)), values.float(), context.batch_size, context.device)
             accuracy = (outputs.argmax(-1) == labels).float().mean(dim=1)
             drops[mode] = base_accuracy - accuracy
-        worst = torch.stack(list(drops.values())).amax(dim=0)
-        ranked = worst.argsort(descending=True).tolist()
+        if params.flag_on != "any" and params.flag_on not in drops:
+            raise ValueError(f"flag_on = '{params.flag_on}' needs '{params.flag_on}' in modes = '{params.modes}'")
+        drop = torch.stack(list(drops.values())).amax(dim=0) if params.flag_on == "any" else drops[params.flag_on]
+        ranked = drop.argsort(descending=True).tolist()
         table = [{"unit": layer.address(u), **{f"{m}_drop": float(d[u]) for m, d in drops.items()}}
                  for u in ranked[:params.top_k]]
-        critical = [u for u in ranked if worst[u] > params.max_accuracy_drop]
+        critical = [u for u in ranked if drop[u] > params.max_accuracy_drop]
         for unit in critical:
             findings.append(Finding(
                 rule.id, rule.severity, "fail",
-                f"ablating {layer.address(unit)} alone drops accuracy by {float(worst[unit]):.1%} "
+                f"{params.flag_on} ablation of {layer.address(unit)} alone drops accuracy by {float(drop[unit]):.1%} "
                 f"(from {base_accuracy:.1%})",
                 location=Location.of_unit(layer.name, layer.unit_name(unit)),
-                metric="accuracy_drop", value=float(worst[unit]), threshold=params.max_accuracy_drop,
+                metric="accuracy_drop", value=float(drop[unit]), threshold=params.max_accuracy_drop,
                 evidence={"base_accuracy": base_accuracy, **{f"{m}_drop": float(d[unit]) for m, d in drops.items()}},
             ))
         if not critical:
             findings.append(Finding(
                 rule.id, rule.severity, "pass",
-                f"no single unit of {layer.name} is critical (largest drop {float(worst.max()):.1%})",
+                f"no single unit of {layer.name} is critical (largest drop {float(drop.max()):.1%})",
                 location=Location.of_layer(layer.name),
-                metric="accuracy_drop", value=float(worst.max()), threshold=params.max_accuracy_drop,
+                metric="accuracy_drop", value=float(drop.max()), threshold=params.max_accuracy_drop,
                 evidence={"base_accuracy": base_accuracy, "samples": len(indices), "top_units": table},
             ))
     return findings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..findings import AuditResult
+from ..waivers import describe_waiver, waiver_problems
 
 _COLORS = {"fail": "red", "error": "magenta", "skipped": "yellow", "pass": "green"}
 
@@ -16,10 +17,22 @@ def summary_lines(result: AuditResult, verbose: bool = False) -> list[str]:
             continue
         where = finding.location.component if finding.location else "model"
         status = click.style(finding.status.upper(), fg=_COLORS[finding.status])
-        lines.append(f"{finding.rule_id} {status} [{finding.severity}] {where}: {finding.message}")
+        line = f"{finding.rule_id} {status} [{finding.severity}] {where}: {finding.message}"
+        if finding.waiver is not None:  # waived findings are shown, marked, never hidden
+            mark = "WAIVED" if finding.waived else "WAIVER EXPIRED"
+            line += f" {click.style(mark, fg='cyan' if finding.waived else 'red')} ({describe_waiver(finding.waiver)})"
+        lines.append(line)
+    lines += [f"warning: {problem}" for problem in waiver_problems(result.waivers)]
+    if result.baseline is not None:
+        summary = result.baseline["summary"]
+        lines.append(f"since the baseline: {summary['new_failures']} new failing, {summary['regressions']} "
+                     f"regressed, {summary['resolved']} resolved, {summary['changed']} changed "
+                     f"(`mechaudit diff` gates on it)")
     counts = result.counts()
     verdict = click.style("FAIL", fg="red", bold=True) if result.gate_failed else click.style("PASS", fg="green",
                                                                                                bold=True)
+    if result.waivers is not None and result.waivers["waived"]:
+        counts = {**counts, "waived": result.waivers["waived"]}
     lines.append(f"{verdict}: {len(result.rules)} rules, " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
                  + ("" if result.complete else " (audit incomplete: a rule errored)"))
     return lines

@@ -21,6 +21,9 @@ def result_to_dict(result: AuditResult) -> dict[str, Any]:
         "rules": [{"id": r.rule_id, "status": r.status, "seconds": round(r.seconds, 4), "reason": r.reason}
                   for r in result.rules],
         "findings": [f.to_dict() for f in result.findings],
+        # optional: only when a waiver file was applied / a baseline was given
+        **({"waivers": to_jsonable(result.waivers)} if result.waivers is not None else {}),
+        **({"baseline": to_jsonable(result.baseline)} if result.baseline is not None else {}),
     }
 
 

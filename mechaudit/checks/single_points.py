@@ -1,0 +1,71 @@
+"""R304: single points of failure in the circuit, and the backups that compensate when a unit is removed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..context import AuditContext
+from ..findings import Finding, Location
+from ..techniques.node_ablation import behaviour_under_ablation, distance
+from .circuit_common import circuit_problem, circuit_scores, hidden_nodes, mean_values
+from .registry import param, register
+
+
+@dataclass(frozen=True)
+class SinglePointsParams:
+    samples: int = param(512, low=1, doc="samples (or pairs) the behaviour is measured on")
+    candidates: int = param(10, low=1, doc="top circuit units examined (pairs: candidates squared)")
+    max_single_loss: float = param(0.5, low=0.0, high=1.0, doc="fail a unit whose removal alone loses more")
+    min_compensation: float = param(0.1, low=0.0, high=1.0, doc="report a backup whose effect rises by more")
+
+
+@register("single_points", SinglePointsParams, needs=("layers", "behaviour", "classification"))
+def single_points(context: AuditContext, rule) -> list[Finding]:
+    params: SinglePointsParams = rule.params
+    problem = circuit_problem(context, params.samples)
+    scores = circuit_scores(context, params.samples)
+    values = mean_values(context)
+    nodes = hidden_nodes(context)
+    top = sorted(nodes, key=lambda n: -abs(scores.nodes.get(n, 0.0)))[:params.candidates]
+
+    def m(ablate: tuple[str, ...]) -> torch.Tensor:
+        return behaviour_under_ablation(context.view, problem.inputs, problem.targets, problem.behaviour,
+                                        list(ablate), values, context.batch_size, context.device)
+
+    m_model, m_empty = m(()), m(tuple(nodes))
+    span = distance(m_empty, m_model)
+    if span < 1e-12:
+        raise ValueError("the behaviour is the same with every unit ablated: nothing to lose")
+    alone = {n: m((n,)) for n in top}
+    loss = {n: distance(alone[n], m_model) / span for n in top}
+    backups = []
+    for first in top:
+        for second in top:
+            if first == second:
+                continue
+            effect_alone = loss[second]
+            effect_without_first = distance(m((first, second)), alone[first]) / span
+            if effect_without_first - effect_alone > params.min_compensation:
+                backups.append({"removed": first, "backup": second, "effect_alone": effect_alone,
+                                "effect_when_removed": effect_without_first})
+    table = [{"component": n, "behaviour_lost": loss[n]} for n in top]
+    failing = [n for n in top if loss[n] > params.max_single_loss]
+    findings = [Finding(
+        rule.id, rule.severity, "fail",
+        f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
+        location=Location.of_unit(*n.split(":", 1)), metric="behaviour_lost", value=loss[n],
+        threshold=params.max_single_loss,
+        evidence={"units": table, "backups": [b for b in backups if b["removed"] == n]},
+    ) for n in failing]
+    if not failing:
+        worst = max(top, key=lambda n: loss[n])
+        findings.append(Finding(
+            rule.id, rule.severity, "pass",
+            f"no single unit carries the {problem.description} alone (largest loss {loss[worst]:.0%}, {worst}); "
+            f"{len(backups)} backup relation(s) found",
+            metric="behaviour_lost", value=loss[worst], threshold=params.max_single_loss,
+            evidence={"units": table, "backups": backups},
+        ))
+    return findings

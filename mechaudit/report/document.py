@@ -1,0 +1,272 @@
+"""The reviewer report as data: what the HTML and PDF templates show, built once per result.
+
+Everything comes from the result itself (``findings.json``'s content, with the rules' documentation recorded in
+``metadata.rulebook.rules``), so a report can be rendered without the rulebook file. A few evidence keys are
+hooks that every report understands (``docs/report-evidence.md``): ``circuit`` and ``semantic_dictionary`` fill
+section 7, ``caveats`` adds to the limitations.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..findings import FAMILIES, SEVERITIES, STATUSES, AuditResult, severity_rank
+from ..techniques.attribution import METHODS as ATTRIBUTION_METHODS
+from .figures import DRAWERS, Figure, circuit_figure, slug
+from .json_report import result_to_dict
+
+SANITY_RULE = "L203"  # attribution sanity (model-parameter randomisation); until it exists, "not checked"
+CIRCUIT, DICTIONARY, CAVEATS, TRACEBACK = "circuit", "semantic_dictionary", "caveats", "traceback"
+HOOKS = (CIRCUIT, DICTIONARY, CAVEATS)
+HIGHLIGHTS = 3
+HEADER_CHARS = 60
+
+
+@dataclass
+class FindingView:
+    """One finding as the report shows it: its data, the figures drawn from its evidence, its caveats."""
+
+    index: int
+    data: dict[str, Any]
+    family: str
+    check: str | None
+    gates: bool
+    figures: list[Figure] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        return f"finding-{self.index + 1}"
+
+    @property
+    def prefix(self) -> str:
+        """The start of this finding's figure file names: ``03-L201-input-watermark``."""
+        return f"{self.index + 1:02d}-{slug(self.data['rule_id'])}-{slug(self.where)}"
+
+    @property
+    def where(self) -> str:
+        return self.data["location"]["component"] if self.data.get("location") else "model"
+
+    @property
+    def excess(self) -> float | None:
+        """``value / threshold`` when both are known and the threshold is positive."""
+        value, threshold = self.data.get("value"), self.data.get("threshold")
+        if value is None or not threshold or threshold <= 0:
+            return None
+        return value / threshold
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """A 95% interval for the value: ``evidence.interval`` if the rule gives one, else a Wilson score
+        interval for a rate over samples (a metric named ``*_rate`` with an integer ``evidence.samples``)."""
+        evidence, value = self.data["evidence"], self.data.get("value")
+        given = evidence.get("interval")
+        if isinstance(given, list) and len(given) == 2 and all(isinstance(v, (int, float)) for v in given):
+            return float(given[0]), float(given[1])
+        samples = evidence.get("samples")
+        if value is None or not str(self.data.get("metric")).endswith("_rate") or not isinstance(samples, int) \
+                or samples <= 0 or not 0 <= value <= 1:
+            return None
+        return wilson_interval(value, samples)
+
+    @property
+    def attribution_based(self) -> bool:
+        return self.data["evidence"].get("method") in ATTRIBUTION_METHODS
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        """The evidence left for the generic tables: hooks are shown in their own sections."""
+        return {k: v for k, v in self.data["evidence"].items() if k not in HOOKS and k != TRACEBACK}
+
+
+@dataclass
+class RuleView:
+    """One selected rule: how it ran, its documentation and parameters (when recorded), its findings."""
+
+    id: str
+    status: str
+    seconds: float
+    reason: str | None
+    declared: dict[str, Any] | None
+    findings: list[FindingView]
+
+    @property
+    def family(self) -> str:
+        return FAMILIES.get(self.id[0], "other")
+
+    @property
+    def name(self) -> str:
+        return self.declared["name"] if self.declared else ""
+
+    @property
+    def check(self) -> str | None:
+        return self.declared["check"] if self.declared else None
+
+    @property
+    def severity(self) -> str:
+        if self.declared:
+            return self.declared["severity"]
+        return self.findings[0].data["severity"] if self.findings else "info"
+
+    @property
+    def docs(self) -> dict[str, Any] | None:
+        return self.declared.get("docs") if self.declared else None
+
+
+@dataclass(frozen=True)
+class Sanity:
+    """Whether attributions were checked for sanity (rule L203), in words."""
+
+    checked: bool
+    passed: bool
+    text: str
+
+
+@dataclass
+class Document:
+    """Everything the templates read."""
+
+    result: dict[str, Any]
+    rules: list[RuleView]
+    findings: list[FindingView]
+    sanity: Sanity
+    notes: list[str]  # problems met while drawing the report (a figure that could not be drawn)
+    circuits: list[tuple[FindingView, dict, Figure | None]]
+    dictionaries: list[tuple[FindingView, list]]
+    figures: list[Figure]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.result["metadata"]
+
+    @property
+    def families(self) -> dict[str, list[RuleView]]:
+        """The rules of each family, every family present (an empty one says so in the report)."""
+        return {name: [r for r in self.rules if r.family == name] for name in FAMILIES.values()}
+
+    @property
+    def highlights(self) -> list[FindingView]:
+        """The most important findings: those that fail the gate, then by severity and by how far past the limit."""
+        failing = [f for f in self.findings if f.data["status"] in ("fail", "error")]
+        failing.sort(key=lambda f: (not f.gates, -severity_rank(f.data["severity"]), -(f.excess or 0), f.index))
+        return failing[:HIGHLIGHTS]
+
+    @property
+    def severity_counts(self) -> dict[str, dict[str, int]]:
+        """Findings per severity (most severe first) and status."""
+        counts = {sev: {status: 0 for status in STATUSES} for sev in reversed(SEVERITIES)}
+        for finding in self.findings:
+            counts[finding.data["severity"]][finding.data["status"]] += 1
+        return counts
+
+    def failing_at(self, layer: str) -> list[FindingView]:
+        """The findings located in ``layer`` (or one of its units) that failed or errored."""
+        return [f for f in self.findings
+                if f.data["status"] in ("fail", "error") and (f.data.get("location") or {}).get("layer") == layer]
+
+    @property
+    def skipped(self) -> list[RuleView]:
+        return [r for r in self.rules if r.status == "skipped"]
+
+    @property
+    def errored(self) -> list[RuleView]:
+        return [r for r in self.rules if r.status == "error"]
+
+    @property
+    def weights_digest(self) -> str:
+        """The SHA-256 of the (first) model file, or a note when the model came from code alone."""
+        digests = [d for _, d in sorted(self.meta["model"]["sha256"].items())]
+        return digests[0] if digests else ""
+
+    @property
+    def header_title(self) -> str:
+        name = str(self.meta["model"]["name"])
+        return name if len(name) <= HEADER_CHARS else name[:HEADER_CHARS - 1] + "\u2026"
+
+
+_cache: tuple[weakref.ref, Document] | None = None
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``rate`` observed on ``n`` trials."""
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def build_document(result: AuditResult) -> Document:
+    """The report's data for ``result``; built once and shared by the HTML, the PDF and ``figures/``."""
+    global _cache
+    if _cache is not None and _cache[0]() is result:
+        return _cache[1]
+    document = _build(result)
+    _cache = (weakref.ref(result), document)
+    return document
+
+
+def figure_files(result: AuditResult) -> dict[str, str]:
+    """The evidence figures as files of the bundle: ``figures/<name>.svg``."""
+    return {f"figures/{figure.name}": figure.svg for figure in build_document(result).figures}
+
+
+def _build(result: AuditResult) -> Document:
+    data = result_to_dict(result)
+    declared = data["metadata"].get("rulebook", {}).get("rules", {})
+    layer_order = [c["layer"] for c in data["metadata"].get("components", [])]
+    findings = [_finding_view(i, f, result, declared) for i, f in enumerate(data["findings"])]
+    rules = [RuleView(r["id"], r["status"], r["seconds"], r["reason"], declared.get(r["id"]),
+                      [f for f in findings if f.data["rule_id"] == r["id"]]) for r in data["rules"]]
+    sanity = _sanity(next((r for r in rules if r.id == SANITY_RULE), None))
+    notes: list[str] = []
+    circuits, dictionaries = [], []
+    for view in findings:
+        _draw(view, notes)
+        evidence = view.data["evidence"]
+        if isinstance(evidence.get(CIRCUIT), dict):
+            figure = _guarded(lambda: circuit_figure(evidence[CIRCUIT], layer_order, view.prefix), view, notes)
+            circuits.append((view, evidence[CIRCUIT], figure))
+            if figure:
+                view.figures.append(figure)
+        if isinstance(evidence.get(DICTIONARY), list):
+            dictionaries.append((view, evidence[DICTIONARY]))
+        if view.attribution_based and not sanity.passed:
+            view.caveats.append(f"attribution-based ({evidence['method']}); attribution sanity {sanity.text}")
+    figures = [figure for view in findings for figure in view.figures]
+    return Document(data, rules, findings, sanity, notes, circuits, dictionaries, figures)
+
+
+def _finding_view(index: int, data: dict, result: AuditResult, declared: dict) -> FindingView:
+    rule = declared.get(data["rule_id"])
+    caveats = data["evidence"].get(CAVEATS)
+    return FindingView(index, data, FAMILIES.get(data["rule_id"][0], "other"), rule["check"] if rule else None,
+                       gates=result.fails_gate(result.findings[index]),
+                       caveats=[str(c) for c in caveats] if isinstance(caveats, list) else [])
+
+
+def _draw(view: FindingView, notes: list[str]) -> None:
+    """Draw the figures of a finding whose check has a drawer; a drawer that fails costs its figure only."""
+    drawer = DRAWERS.get(view.check or "")
+    if drawer is not None and view.data["status"] not in ("error", "skipped"):
+        view.figures.extend(_guarded(lambda: drawer(view.data, view.prefix), view, notes) or [])
+
+
+def _guarded(draw, view: FindingView, notes: list[str]):
+    try:
+        return draw()
+    except Exception as exc:  # a figure is evidence, not the verdict: never lose the report over it
+        notes.append(f"{view.data['rule_id']} at {view.where}: a figure could not be drawn "
+                     f"({type(exc).__name__}: {exc})")
+        return None
+
+
+def _sanity(run: RuleView | None) -> Sanity:
+    if run is None:
+        return Sanity(False, False, f"not checked ({SANITY_RULE} not run)")
+    if run.status == "pass":
+        return Sanity(True, True, f"checked: {SANITY_RULE} passed")
+    if run.status == "fail":
+        return Sanity(True, False, f"FAILED ({SANITY_RULE}): attribution-based evidence is not reliable")
+    return Sanity(False, False, f"not checked ({SANITY_RULE} {run.status}: {run.reason or 'no reason given'})")

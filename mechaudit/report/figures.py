@@ -1,0 +1,277 @@
+"""Evidence figures: small, deterministic SVG charts drawn with matplotlib from a finding's evidence.
+
+A figure is drawn only where the evidence's shape is known: :data:`DRAWERS` maps a check name to the function
+that draws its findings, and :func:`circuit_figure` draws the ``circuit`` evidence hook (see
+``docs/report-evidence.md``). The SVG keeps its text as text (no embedded fonts), carries no date, and takes its
+element ids from a salt derived from the figure's name, so the same evidence gives the same bytes and two
+figures inlined in one page never share an id.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_RC = {
+    "svg.fonttype": "none",
+    "text.parse_math": False,  # '$' in a component or class name is text, not TeX
+    "font.family": "DejaVu Sans",
+    "font.size": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 9,
+    "axes.titleweight": "bold",
+}
+PASS_COLOR, FAIL_COLOR, NEUTRAL_COLOR, LIMIT_COLOR = "#4c78a8", "#c62828", "#9e9e9e", "#333333"
+MAX_BARS = 256  # above this, a histogram replaces one bar per unit
+LABEL_CHARS = 28  # tick labels
+TITLE_NAME_CHARS = 32  # a component's name inside a figure title
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One evidence figure: its file name under ``figures/``, a title, a caption and the SVG document."""
+
+    name: str
+    title: str
+    caption: str
+    svg: str
+
+    @property
+    def inline(self) -> str:
+        """The ``<svg>`` element alone, ready to inline in HTML (no XML prolog, no DOCTYPE)."""
+        return self.svg[self.svg.index("<svg"):]
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe rendering of a component or rule name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:limit] or "x"
+
+
+def short_label(text: Any, limit: int = LABEL_CHARS) -> str:
+    """``text`` cut in the middle to at most ``limit`` characters, keeping its end (a unit's ``:u12``)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    tail = min(8, limit // 3)
+    return text[:limit - tail - 1] + "\u2026" + text[-tail:]
+
+
+def render_svg(name: str, draw: Callable[[Any], None], size: tuple[float, float] = (6.4, 2.6)) -> str:
+    """Draw on a fresh matplotlib figure (no pyplot, no global backend) and return deterministic SVG text."""
+    import matplotlib
+    from matplotlib.figure import Figure as MplFigure
+
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": name}):
+        figure = MplFigure(figsize=size, layout="constrained")
+        draw(figure)
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    return _tidy(buffer.getvalue())
+
+
+def _tidy(svg: str) -> str:
+    """Drop the RDF metadata block and the ``<g>`` ids (``figure_1``, ``axes_1``: the same in every figure)."""
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
+    return re.sub(r'<g id="[^"]*"', "<g", svg)
+
+
+def _title(figure: Any, text: str) -> None:
+    """A title centred on the whole figure (an axes title would shift right of long tick labels)."""
+    figure.suptitle(text, fontsize=9, fontweight="bold")
+
+
+def _limit_line(ax: Any, value: float, label: str) -> None:
+    """A dashed vertical line at ``value`` across horizontal bars: the limit, or the no-reliance level."""
+    ax.axvline(value, color=LIMIT_COLOR, linestyle="--", linewidth=1, label=label)
+
+
+# -- one drawer per check: (finding as in findings.json, figure name prefix) -> figures ---------------------------
+
+def dead_units_figures(finding: dict, prefix: str) -> list[Figure]:
+    """D101: the share of samples on which each unit activates; dead units (never active) in red."""
+    fractions = finding["evidence"].get("active_fraction_per_unit")
+    if not _numbers(fractions):
+        return []
+    layer = finding["location"]["component"] if finding.get("location") else "layer"
+    threshold = finding.get("threshold")
+
+    def draw(figure: Any) -> None:
+        ax = figure.subplots()
+        if len(fractions) <= MAX_BARS:
+            colors = [FAIL_COLOR if f <= 0 else PASS_COLOR for f in fractions]
+            ax.bar(range(len(fractions)), [max(f, 0.004) for f in fractions], color=colors, width=0.8)
+            ax.set_xlabel("unit index")
+            ax.set_xlim(-0.8, len(fractions) - 0.2)
+        else:
+            ax.hist(fractions, bins=40, range=(0, 1), color=PASS_COLOR)
+            ax.set_xlabel("share of samples on which a unit activates")
+        ax.set_ylabel("active share" if len(fractions) <= MAX_BARS else "units")
+        _title(figure, f"Activity of the units of {short_label(layer, TITLE_NAME_CHARS)}")
+
+    dead = sum(1 for f in fractions if f <= 0)
+    caption = (f"Share of audit samples on which each of the {len(fractions)} units activates; red bars are dead "
+               f"units ({dead}, i.e. {dead / len(fractions):.0%}"
+               + (f", limit {threshold:.0%})." if isinstance(threshold, (int, float)) else ")."))
+    return [Figure(f"{prefix}-activity.svg", f"Unit activity, {layer}", caption, render_svg(prefix, draw))]
+
+
+def forbidden_input_figures(finding: dict, prefix: str) -> list[Figure]:
+    """L201: attribution share inside the region and flip rate, per predicted class, against the region's area."""
+    evidence = finding["evidence"]
+    rows, area = evidence.get("per_class"), evidence.get("mask_area_share")
+    if not _rows(rows, ("predicted_class", "attribution_share_in_mask", "flip_rate")) or not _number(area):
+        return []
+    region = finding["location"]["component"] if finding.get("location") else "region"
+
+    def draw(figure: Any) -> None:
+        left, right = figure.subplots(1, 2, sharey=True)
+        labels = [short_label(r["predicted_class"], 14) for r in rows]
+        y = range(len(rows))
+        left.barh(y, [r["attribution_share_in_mask"] or 0 for r in rows], color=PASS_COLOR)
+        _limit_line(left, area, "region's share of the input")
+        left.set_yticks(list(y), labels)
+        left.invert_yaxis()
+        left.set_xlabel("attribution share in region")
+        left.set_ylabel("predicted class")
+        left.legend(loc="lower right", frameon=False)
+        right.barh(y, [r["flip_rate"] or 0 for r in rows], color=FAIL_COLOR)
+        right.set_xlabel("predictions flipped without region")
+        right.set_xlim(0, 1)
+        _title(figure, f"Reliance on {short_label(region, TITLE_NAME_CHARS)} by predicted class")
+
+    caption = (f"Left: share of the absolute attribution that falls inside {region}, per predicted class; the "
+               f"dashed line is the region's share of the input ({area:.1%}), what a model that ignores it would "
+               "show. Right: share of each class's predictions that change when the region is replaced by the "
+               "baseline.")
+    height = 1.2 + 0.22 * len(rows)
+    return [Figure(f"{prefix}-per-class.svg", f"Reliance on {region} by class", caption,
+                   render_svg(prefix, draw, (6.4, height)))]
+
+
+def critical_units_figures(finding: dict, prefix: str) -> list[Figure]:
+    """L202: accuracy drop per ablated unit (top units of a layer) or per ablation mode (one critical unit)."""
+    evidence, threshold = finding["evidence"], finding.get("threshold")
+    rows = evidence.get("top_units")
+    modes = sorted(k for k in evidence if k.endswith("_drop") and _number(evidence[k]))
+    where = finding["location"]["component"] if finding.get("location") else "model"
+    if _rows(rows, ("unit",)) and rows:
+        labels = [short_label(r["unit"]) for r in rows]
+        columns = [k for k in rows[0] if k.endswith("_drop")]
+        series = {k.removesuffix("_drop"): [r.get(k) or 0 for r in rows] for k in columns}
+        title, caption = (f"Accuracy drop per ablated unit of {short_label(where, TITLE_NAME_CHARS)}",
+                          f"The {len(rows)} units of {where} whose ablation costs the most accuracy, by ablation "
+                          "mode; the dashed line is the rule's limit.")
+    elif modes:
+        labels = [k.removesuffix("_drop") + " ablation" for k in modes]
+        series = {"drop": [evidence[k] for k in modes]}
+        title, caption = (f"Accuracy drop when ablating {short_label(where, TITLE_NAME_CHARS)}",
+                          f"Accuracy lost when {where} alone is ablated, by ablation mode; the dashed line is the "
+                          "rule's limit.")
+    else:
+        return []
+
+    def draw(figure: Any) -> None:
+        ax = figure.subplots()
+        height = 0.8 / len(series)
+        for i, (mode, values) in enumerate(series.items()):
+            ax.barh([y + i * height for y in range(len(labels))], values, height=height, label=mode,
+                    color=(PASS_COLOR, NEUTRAL_COLOR, FAIL_COLOR)[i % 3])
+        if _number(threshold):
+            _limit_line(ax, threshold, "limit")
+        ax.set_yticks([y + (len(series) - 1) * height / 2 for y in range(len(labels))], labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("accuracy drop")
+        ax.legend(loc="lower right", frameon=False)
+        _title(figure, title)
+
+    size = (6.4, 1.0 + 0.22 * len(labels) * max(1, len(series) * 0.6))
+    return [Figure(f"{prefix}-ablation.svg", title, caption, render_svg(prefix, draw, size))]
+
+
+DRAWERS: dict[str, Callable[[dict, str], list[Figure]]] = {
+    "dead_units": dead_units_figures,
+    "forbidden_input": forbidden_input_figures,
+    "critical_units": critical_units_figures,
+}
+
+
+def circuit_figure(circuit: dict, layer_order: Sequence[str], prefix: str) -> Figure | None:
+    """The ``circuit`` evidence hook as a layered graph: one column per layer, edges weighted by |weight|."""
+    nodes, edges = circuit.get("nodes"), circuit.get("edges", [])
+    if not _rows(nodes, ("id",)) or not nodes or not _rows(edges, ("source", "target")):
+        return None
+    columns = _columns(nodes, layer_order)
+    position: dict[str, tuple[float, float]] = {}
+    for column, members in enumerate(columns):
+        for row, node in enumerate(members):
+            position[str(node["id"])] = (column, -(row - (len(members) - 1) / 2))
+    heaviest = max((abs(_weight(e)) for e in edges), default=0) or 1.0
+
+    def draw(figure: Any) -> None:
+        ax = figure.subplots()
+        for edge in edges:
+            start, end = position.get(str(edge["source"])), position.get(str(edge["target"]))
+            if start and end:
+                weight = _weight(edge)
+                ax.plot([start[0], end[0]], [start[1], end[1]], color=PASS_COLOR if weight >= 0 else FAIL_COLOR,
+                        linewidth=0.5 + 3 * abs(weight) / heaviest, alpha=0.7, zorder=1)
+        for node in nodes:
+            x, y = position[str(node["id"])]
+            ax.scatter([x], [y], s=160, color="white", edgecolors=LIMIT_COLOR, zorder=2)
+            ax.annotate(short_label(node.get("label") or node["id"], 22), (x, y), xytext=(0, -13),
+                        textcoords="offset points", ha="center", va="top", fontsize=7)
+        ax.set_xticks(range(len(columns)), [short_label(_layer_of(m[0]), 18) for m in columns])
+        ax.set_yticks([])
+        ax.spines["left"].set_visible(False)
+        ax.margins(x=0.15, y=0.3)
+
+    tallest = max(len(m) for m in columns)
+    return Figure(f"{prefix}-circuit.svg", "Circuit",
+                  "Nodes are components, one column per layer in forward order (inputs first); edge width is "
+                  "the magnitude of the edge's score, blue positive, red negative."
+                  + (f" {circuit['left_out_edges']} weaker edges are left out." if circuit.get("left_out_edges")
+                     else ""),
+                  render_svg(prefix, draw, (6.4, 1.2 + 0.55 * tallest)))
+
+
+def _weight(edge: dict) -> float:
+    value = edge.get("score", edge.get("weight"))
+    return float(value) if _number(value) else 0.0
+
+
+def _layer_of(node: dict) -> str:
+    return str(node.get("layer") or str(node["id"]).split(":")[0])
+
+
+def _columns(nodes: list[dict], layer_order: Sequence[str]) -> list[list[dict]]:
+    """Nodes grouped by layer, ordered by ``depth`` when every node has one, else inputs first, then the model's
+    layers in forward order, then anything else."""
+    rank = {layer: i for i, layer in enumerate(layer_order)}
+    groups: dict[str, list[dict]] = {}
+    for node in nodes:
+        groups.setdefault(_layer_of(node), []).append(node)
+    by_depth = all(_number(n.get("depth")) for n in nodes)
+
+    def order(layer: str) -> tuple[float, int]:
+        if by_depth:
+            return (groups[layer][0]["depth"], 0)
+        if layer.startswith("input"):
+            return (0, 0)
+        return (1, rank[layer]) if layer in rank else (2, list(groups).index(layer))
+    return [groups[layer] for layer in sorted(groups, key=order)]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(values: Any) -> bool:
+    return isinstance(values, list) and bool(values) and all(_number(v) for v in values)
+
+
+def _rows(rows: Any, keys: tuple[str, ...]) -> bool:
+    return isinstance(rows, list) and all(isinstance(r, dict) and all(k in r for k in keys) for r in rows)

@@ -1,0 +1,45 @@
+"""Assertions for a project's own tests (pytest or unittest): fail with the findings listed.
+
+>>> result = mechaudit.audit(model, inputs, labels=labels, rulebook="compliance")   # doctest: +SKIP
+>>> assert_audit_passes(result)
+AssertionError: mechaudit gate failed (fail on error): 1 failing finding
+  L201 fail [error] input:watermark: 17.8% of predictions change ... (flip_rate 0.178 > 0.05)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .findings import AuditResult, Finding
+from .waivers import describe_waiver
+
+
+def gate_failures(result: AuditResult, fail_on: str | None = None) -> list[Finding]:
+    """The findings that fail the gate (at ``fail_on``, default the result's own; waived ones never do)."""
+    judged = replace(result, fail_on=fail_on) if fail_on else result
+    return [f for f in result.findings if judged.fails_gate(f)]
+
+
+def format_finding(finding: Finding) -> str:
+    where = finding.location.component if finding.location else "model"
+    line = f"{finding.rule_id} {finding.status} [{finding.severity}] {where}: {finding.message}"
+    if finding.value is not None and finding.threshold is not None:
+        line += f" ({finding.metric} {finding.value:.4g} > {finding.threshold:.4g})"
+    if finding.waiver is not None:
+        line += f"; {describe_waiver(finding.waiver)}"
+    return line
+
+
+def assert_audit_passes(result: AuditResult, fail_on: str | None = None) -> None:
+    """Raise :class:`AssertionError` listing every finding that fails the gate; return quietly otherwise."""
+    __tracebackhide__ = True  # pytest: show the assertion, not this helper
+    failing = gate_failures(result, fail_on)
+    if failing:
+        level = fail_on or result.fail_on
+        plural = "s" if len(failing) != 1 else ""
+        lines = [f"mechaudit gate failed (fail on {level}): {len(failing)} failing finding{plural}"]
+        lines += [f"  {format_finding(f)}" for f in failing]
+        raise AssertionError("\n".join(lines))
+
+
+__all__ = ["assert_audit_passes", "format_finding", "gate_failures"]

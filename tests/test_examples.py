@@ -1,0 +1,56 @@
+"""The embedded examples end to end: the shortcut model fails L201, its control passes every rule."""
+
+from pathlib import Path
+
+import pytest
+
+from mechaudit.examples import EXAMPLES
+
+from conftest import read_findings
+
+
+@pytest.fixture(scope="module")
+def audits(tmp_path_factory) -> dict[str, tuple[int, dict]]:
+    from mechaudit.cli import main
+
+    results = {}
+    for name in ("digits", "digits-control"):
+        out = tmp_path_factory.mktemp(name) / "out"
+        code = main(["audit", "--example", name, "--format", "json", "--out", str(out), "-q"])
+        results[name] = (code, read_findings(out))
+    return results
+
+
+def test_digits_fails_the_gate_on_l201(audits) -> None:
+    code, data = audits["digits"]
+    assert code == 1 and data["verdict"] == "fail"
+    assert {"D101", "L201", "L202"} <= {f["rule_id"] for f in data["findings"]}
+    l201 = {f["metric"]: f for f in data["findings"] if f["rule_id"] == "L201"}
+    assert l201["attribution_ratio"]["status"] == "fail" and l201["attribution_ratio"]["value"] > 1.5
+    assert l201["flip_rate"]["status"] == "fail" and l201["flip_rate"]["value"] > 0.1
+    assert l201["flip_rate"]["location"]["component"] == "input:watermark"
+
+
+def test_digits_control_passes_every_rule(audits) -> None:
+    code, data = audits["digits-control"]
+    assert code == 0 and data["verdict"] == "pass"
+    statuses = {r["id"]: r["status"] for r in data["rules"]}
+    assert {statuses[r] for r in ("D101", "L201", "L202")} == {"pass"}
+    assert set(statuses.values()) <= {"pass", "skipped"}, statuses  # every rule passes or says why it cannot run
+    assert all(r["reason"] for r in data["rules"] if r["status"] == "skipped")
+    l201 = {f["metric"]: f["value"] for f in data["findings"] if f["rule_id"] == "L201"}
+    assert l201["attribution_ratio"] < 1.2 and l201["flip_rate"] < 0.03
+
+
+def test_shortcut_puts_more_attribution_in_the_watermark_than_its_control(audits) -> None:
+    ratio = {name: next(f["value"] for f in data["findings"] if f.get("metric") == "attribution_ratio")
+             for name, (_, data) in audits.items()}
+    assert ratio["digits"] > 1.8 * ratio["digits-control"]
+
+
+def test_examples_record_their_inputs(audits) -> None:
+    _, data = audits["digits"]
+    model_files = data["metadata"]["model"]["sha256"]
+    assert [Path(p).name for p in model_files] == ["digits.safetensors"]
+    assert [Path(p).name for p in data["metadata"]["data"]["sha256"]] == ["audit_data.npz"]
+    assert set(EXAMPLES) == {"digits", "digits-control"}

@@ -1,0 +1,81 @@
+"""The PDF report (WeasyPrint, from the HTML templates): text, first page, page count, page bounds, escaping.
+
+Poppler's tools read it back: pdftotext for the text, pdftoppm to render page 1, pdfinfo for the pages. Page 1
+is kept as a PNG test artifact; its path is printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from report_cases import (HOSTILE_LONG, HOSTILE_QUOTES, HOSTILE_SCRIPT, audit_project, example_result,
+                          hostile_project, require_binary)
+
+A4 = (595.3, 841.9)  # points
+RIGHT_EDGE = A4[0] - 15 / 25.4 * 72 + 1  # the 15 mm right margin of print.css, plus a point of rounding
+
+
+@pytest.fixture(scope="module")
+def digits_pdf(tmp_path_factory) -> Path:
+    pytest.importorskip("weasyprint", reason="WeasyPrint is not installed (pip install -e .[pdf])")
+    from mechaudit.report import render_pdf
+
+    path = tmp_path_factory.mktemp("pdf") / "report.pdf"
+    path.write_bytes(render_pdf(example_result("digits")))
+    return path
+
+
+def _run(*command: str | Path) -> str:
+    return subprocess.run([str(c) for c in command], check=True, capture_output=True, text=True).stdout
+
+
+def test_pdf_text_holds_verdict_and_every_finding(digits_pdf: Path) -> None:
+    text = _run(require_binary("pdftotext"), "-layout", digits_pdf, "-")
+    assert "Verdict: FAIL" in text and "Contents" in text
+    for finding in example_result("digits").findings:
+        assert finding.rule_id in text
+        if finding.location:
+            assert finding.location.component in text
+    pages = int(re.search(r"Pages:\s+(\d+)", _run(require_binary("pdfinfo"), digits_pdf)).group(1))
+    assert 5 <= pages <= 60
+    assert f"Page 2 of {pages}" in text  # page numbers, with the total
+    assert re.search(r"sha256 [0-9a-f]{12}", text)  # the running header's short hash
+
+
+def test_first_page_renders(digits_pdf: Path) -> None:
+    stem = digits_pdf.parent / "page"
+    _run(require_binary("pdftoppm"), "-png", "-r", "60", "-f", "1", "-l", "1", "-singlefile", digits_pdf, stem)
+    png = stem.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    print(f"\nPDF page 1: {png}")
+
+
+def test_every_word_stays_on_an_a4_page(digits_pdf: Path) -> None:
+    _assert_within_pages(digits_pdf)
+
+
+@pytest.mark.slow
+def test_hostile_strings_in_the_pdf(tmp_path: Path) -> None:
+    pytest.importorskip("weasyprint", reason="WeasyPrint is not installed (pip install -e .[pdf])")
+    from mechaudit.report import render_pdf
+
+    pdf = tmp_path / "hostile.pdf"
+    pdf.write_bytes(render_pdf(audit_project(hostile_project(tmp_path / "p"))))
+    text = _run(require_binary("pdftotext"), pdf, "-")
+    assert HOSTILE_SCRIPT in text and HOSTILE_QUOTES in text  # shown as text, not interpreted
+    assert HOSTILE_LONG[:3] in text  # non-ASCII (Latin and CJK) has glyphs: fonts-droid-fallback in .ci/run
+    _assert_within_pages(pdf)
+
+
+def _assert_within_pages(pdf: Path) -> None:
+    """Every word lies inside an A4 page's text area: long names wrap (or are cut) instead of running off."""
+    boxes = _run(require_binary("pdftotext"), "-bbox", pdf, "-")
+    sizes = {(round(float(w), 1), round(float(h), 1)) for w, h in re.findall(r'<page width="([\d.]+)" height="([\d.]+)"',
+                                                                            boxes)}
+    assert sizes == {A4}
+    for x_max, word in re.findall(r'xMax="([\d.]+)"[^>]*>([^<]*)<', boxes):
+        assert float(x_max) <= RIGHT_EDGE, word
