@@ -25,7 +25,7 @@ def batches(inputs: torch.Tensor, batch_size: int, device: torch.device) -> Iter
 @contextmanager
 def hooked(view: ModelView, layers: list[Layer], sink: Callable[[Layer, torch.Tensor], None]):
     """Call ``sink(layer, output)`` for every forward of each layer while the context is open."""
-    handles = [view.module(layer).register_forward_hook(_forward_to(layer, sink)) for layer in layers]
+    handles = [view.hook(layer, _forward_to(layer, sink)) for layer in layers]
     try:
         yield
     finally:
@@ -34,7 +34,7 @@ def hooked(view: ModelView, layers: list[Layer], sink: Callable[[Layer, torch.Te
 
 
 def _forward_to(layer: Layer, sink):
-    def hook(_module: nn.Module, _inputs, output):
+    def hook(output: torch.Tensor, _inputs: tuple) -> None:
         sink(layer, output.detach())
     return hook
 

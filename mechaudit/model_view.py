@@ -3,11 +3,20 @@
 Layers are Linear and Conv modules, addressed by their module path (``features.3``). Their units are addressed
 as ``features.3:ch17`` (a Conv channel) or ``classifier.0:u42`` (a Linear unit). The same string is used in the
 CLI, the JSON, and every report.
+
+Attention blocks are layers of kind ``heads``, addressed by the attention module's path; a head is
+``encoder.layer.2.attention:h5``. A head's activation is its slice of the attention output *before* the output
+projection, read at the projection's input (the layer's hook ``site``). Recognised: modules with a head count
+(``num_heads``, ``n_heads``, ``n_head``, ``num_attention_heads``, on the module or its ``self`` child) and an
+output projection (``output.dense``, ``c_proj``, ``o_proj``, ``out_proj``, ``out``) that runs in the forward
+pass: Hugging Face BERT- and GPT-2-style blocks and the like. torch's ``nn.MultiheadAttention`` is not: it
+applies ``out_proj``'s weights without calling the module, so there is no input to hook.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +24,10 @@ from torch import nn
 
 from .errors import InputError
 
-_UNIT_PREFIX = {"linear": "u", "conv": "ch"}
-_ADDRESS = re.compile(r"^(?P<layer>[^:\s]+)(?::(?P<prefix>u|ch)(?P<index>\d+))?$")
+_UNIT_PREFIX = {"linear": "u", "conv": "ch", "heads": "h"}
+_ADDRESS = re.compile(r"^(?P<layer>[^:\s]+)(?::(?P<prefix>u|ch|h)(?P<index>\d+))?$")
+_HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads")
+_OUT_PROJECTIONS = ("output.dense", "c_proj", "o_proj", "out_proj", "out")
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,8 @@ class Layer:
     size: int
     order: int
     is_output: bool = False
+    #: Module path whose forward is hooked, when not ``name`` (heads: the output projection, hooked at its input).
+    site: str = ""
 
     @property
     def prefix(self) -> str:
@@ -49,7 +62,13 @@ def layer_kind(module: nn.Module) -> str | None:
 
 
 def units_view(output: torch.Tensor, layer: Layer) -> torch.Tensor:
-    """Reshape a layer's output to (samples, units, positions); positions are spatial cells or tokens."""
+    """Reshape a layer's output to (samples, units, positions); positions are spatial cells or tokens.
+
+    Heads: the concatenated head outputs (samples, tokens, heads * head dim) become (samples, heads, tokens *
+    head dim), so that a head is one unit whose positions are its output vector at every token."""
+    if layer.kind == "heads":
+        n, heads = output.shape[0], layer.size
+        return output.reshape(n, -1, heads, output.shape[-1] // heads).transpose(1, 2).reshape(n, heads, -1)
     if layer.kind == "conv":
         return output.flatten(2) if output.dim() > 2 else output.unsqueeze(-1)
     if output.dim() == 2:
@@ -59,9 +78,66 @@ def units_view(output: torch.Tensor, layer: Layer) -> torch.Tensor:
 
 def from_units_view(units: torch.Tensor, like: torch.Tensor, layer: Layer) -> torch.Tensor:
     """Inverse of :func:`units_view`: back to the shape of the layer output ``like``."""
+    if layer.kind == "heads":
+        n, heads = like.shape[0], layer.size
+        return units.reshape(n, heads, -1, like.shape[-1] // heads).transpose(1, 2).reshape(like.shape)
     if layer.kind == "conv" or like.dim() == 2:
         return units.reshape(like.shape)
     return units.reshape(like.movedim(-1, 1).shape).movedim(1, -1)
+
+
+LayerHook = Callable[[torch.Tensor, tuple], "torch.Tensor | None"]
+"""``fn(activation, site_inputs)``: called on every forward of a layer; a tensor it returns replaces the activation."""
+
+
+def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.hooks.RemovableHandle:
+    """Hook ``layer`` at its site module: the one place where mechaudit reads or overwrites an activation.
+
+    Linear/Conv: a forward hook, the activation is the module's output. Heads: a forward pre-hook on the output
+    projection, the activation is its input (the concatenated heads); a returned tensor replaces that input.
+    """
+    if layer.kind == "heads":
+        def pre_hook(_module: nn.Module, args: tuple):
+            replaced = fn(args[0], args)
+            return None if replaced is None else (replaced, *args[1:])
+        return site.register_forward_pre_hook(pre_hook)
+
+    def hook(_module: nn.Module, args: tuple, output):
+        return fn(output, args)
+    return site.register_forward_hook(hook)
+
+
+def attention_blocks(model: nn.Module) -> dict[str, tuple[str, int]]:
+    """Recognised attention blocks: module path -> (output projection path, number of heads)."""
+    modules = dict(model.named_modules())
+    blocks = {}
+    for name, module in modules.items():
+        heads = _head_count(module)
+        for relative in _OUT_PROJECTIONS if heads else ():
+            path = f"{name}.{relative}" if name else relative
+            width = _input_width(modules.get(path))
+            if width and width % heads == 0:
+                blocks[name] = (path, heads)
+                break
+    return blocks
+
+
+def _head_count(module: nn.Module) -> int | None:
+    for owner in (module, getattr(module, "self", None)):  # BERT keeps the count on attention.self
+        for attribute in _HEAD_COUNTS:
+            value = getattr(owner, attribute, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def _input_width(module: nn.Module | None) -> int | None:
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    weight = getattr(module, "weight", None)  # Hugging Face's Conv1D (GPT-2): weight (in, out), attribute nx
+    if isinstance(getattr(module, "nx", None), int) and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return module.nx
+    return None
 
 
 class ModelView:
@@ -75,13 +151,19 @@ class ModelView:
 
     @classmethod
     def discover(cls, model: nn.Module, sample: torch.Tensor, only: tuple[str, ...] = ()) -> "ModelView":
-        """Run ``sample`` through ``model`` once, recording which Linear/Conv layers run and in what order."""
+        """Run ``sample`` through ``model`` once, recording which Linear/Conv layers and attention blocks run and
+        in what order (an attention block when its output projection runs)."""
         candidates = {name: m for name, m in model.named_modules() if name and layer_kind(m)}
-        unknown = [name for name in only if name not in candidates]
+        blocks = attention_blocks(model)
+        unknown = [name for name in only if name not in candidates and name not in blocks]
         if unknown:
-            raise InputError("layers", f"'{unknown[0]}' is not a Linear or Conv module of the model")
-        seen: list[tuple[str, torch.Tensor]] = []
+            raise InputError("layers", f"'{unknown[0]}' is not a Linear or Conv module (nor an attention block) "
+                                       "of the model")
+        seen: list[tuple[str, torch.Tensor | None]] = []
         handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in candidates.items()]
+        sites = dict(model.named_modules())
+        handles += [sites[site].register_forward_pre_hook(_head_recorder(name, seen))
+                    for name, (site, _) in blocks.items()]
         try:
             with torch.no_grad():
                 output = model(sample)
@@ -91,9 +173,12 @@ class ModelView:
         order: dict[str, int] = {}
         for name, _ in seen:
             order.setdefault(name, len(order))
-        last = seen[-1] if seen else None
+        last = next((item for item in reversed(seen) if item[0] not in blocks), None)
         layers = []
         for name, index in order.items():
+            if name in blocks:
+                layers.append(Layer(name, "heads", blocks[name][1], index, site=blocks[name][0]))
+                continue
             module = candidates[name]
             kind = layer_kind(module)
             size = module.out_features if kind == "linear" else module.out_channels
@@ -111,6 +196,14 @@ class ModelView:
 
     def module(self, layer: Layer | str) -> nn.Module:
         return self._modules[layer if isinstance(layer, str) else layer.name]
+
+    def site(self, layer: Layer) -> nn.Module:
+        """The module whose forward is hooked for ``layer`` (itself, or a head block's output projection)."""
+        return self._modules[layer.site or layer.name]
+
+    def hook(self, layer: Layer, fn: LayerHook) -> torch.utils.hooks.RemovableHandle:
+        """:func:`register_hook` at ``layer``'s site."""
+        return register_hook(self.site(layer), layer, fn)
 
     def layer(self, name: str) -> Layer:
         if name not in self._by_name:
@@ -140,4 +233,11 @@ def _recorder(name: str, seen: list):
     def hook(_module, _inputs, output):
         if isinstance(output, torch.Tensor):
             seen.append((name, output))
+    return hook
+
+
+def _head_recorder(name: str, seen: list):
+    def hook(_module, args):
+        if args and isinstance(args[0], torch.Tensor):
+            seen.append((name, None))
     return hook

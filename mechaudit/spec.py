@@ -45,6 +45,7 @@ class DataSpec:
     concepts: dict[str, DataRef] = field(default_factory=dict)
     protected: dict[str, DataRef] = field(default_factory=dict)
     pairs: dict[str, DataRef] = field(default_factory=dict)
+    cues: dict[str, DataRef] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Options:
     tolerance: tuple[tuple[str, float], ...] = ()
 
 
-BEHAVIOURS = ("predicted_logit", "class_logit", "logit_diff", "loss")
+BEHAVIOURS = ("predicted_logit", "class_logit", "label_logit", "logit_diff", "loss")
 BEHAVIOUR_SAMPLES = ("all", "target")
 
 
@@ -81,13 +82,16 @@ class BehaviourSpec:
     """The behaviour that circuit rules explain (``[behaviour]``): a class logit, a logit difference, the loss.
 
     ``target`` and ``contrast`` are class names (or indices); ``samples = "target"`` restricts the behaviour to
-    the samples labelled ``target``.
+    the samples labelled ``target``; ``label_logit`` is the logit of each sample's own label. For a next-token
+    model (outputs (samples, positions, vocabulary)) the behaviour reads the logits at token ``position``
+    (default -1, the last), where the label is the correct next token.
     """
 
     kind: str = "predicted_logit"
     target: str | None = None
     contrast: str | None = None
     samples: str = "all"
+    position: int = -1
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ _OPTION_TYPES: dict[str, Any] = {
     "waivers": str,
 }
 _MERGED_OPTIONS = ("rules", "tolerance")  # tables merged over the lower levels by mechaudit.config
-_GROUPS = ("masks", "concepts", "protected", "pairs")
+_GROUPS = ("masks", "concepts", "protected", "pairs", "cues")
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -289,6 +293,8 @@ def _parse_data(table: Any, where: str, resolve: _PathResolver) -> DataSpec:
         groups[group] = {name: _parse_ref(ref, f"{where}.{group}.{name}", file, resolve) for name, ref in entries.items()}
     if groups["pairs"] and set(groups["pairs"]) != {"clean", "corrupted"}:
         raise InputError(f"{where}.pairs", "must name exactly 'clean' and 'corrupted'")
+    if groups["cues"] and set(groups["cues"]) != {"with_cue", "without_cue"}:
+        raise InputError(f"{where}.cues", "must name exactly 'with_cue' and 'without_cue'")
     return DataSpec(file=file, inputs=inputs, labels=labels, **groups)
 
 
@@ -303,8 +309,9 @@ def _parse_ref(value: Any, where: str, default_file: Path, resolve: _PathResolve
 
 
 def parse_behaviour(table: Any, where: str) -> BehaviourSpec:
-    table = _check_keys(table, {"kind", "target", "contrast", "samples"}, where)
-    values = {key: _typed(value, str, f"{where}.{key}") for key, value in table.items()}
+    table = _check_keys(table, {"kind", "target", "contrast", "samples", "position"}, where)
+    values = {key: _typed(value, int if key == "position" else str, f"{where}.{key}")
+              for key, value in table.items()}
     behaviour = BehaviourSpec(**values)
     if behaviour.kind not in BEHAVIOURS:
         raise InputError(f"{where}.kind", f"'{behaviour.kind}' is not one of {', '.join(BEHAVIOURS)}")

@@ -8,6 +8,7 @@ that cannot be reached is reported, not counted as a mismatch. A missing or malf
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -46,7 +47,7 @@ def verify_bundle(directory: Path, check_inputs: bool = True) -> Verification:
     """Compare ``directory`` with its manifest; raises :class:`InputError` when there is no valid manifest."""
     files, inputs = load_manifest(directory)
     outcome = Verification(directory)
-    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() or p.is_symlink()}
+    present = _present(directory)
     for name, digest in sorted(files.items()):
         path = directory / name
         if name not in present:
@@ -61,6 +62,16 @@ def verify_bundle(directory: Path, check_inputs: bool = True) -> Verification:
     if check_inputs:
         _check_inputs(inputs, outcome)
     return outcome
+
+
+def _present(directory: Path) -> set[str]:
+    """Every file (and link) under ``directory``, as a relative POSIX path; links to folders are not followed."""
+    found = set()
+    for root, folders, files in os.walk(directory):
+        links = [name for name in folders if os.path.islink(os.path.join(root, name))]
+        for name in (*files, *links):
+            found.add((Path(root) / name).relative_to(directory).as_posix())
+    return found
 
 
 def load_manifest(directory: Path) -> tuple[dict[str, str], dict]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
-
 from conftest import Project, write_project
+
 from mechaudit.engine import run_audit
 from mechaudit.examples import EXAMPLES, example_spec
 from mechaudit.findings import AuditResult
@@ -21,7 +21,7 @@ def weights_present(name: str) -> bool:
     return spec.model.weights is None or spec.model.weights.is_file()
 
 
-@lru_cache(maxsize=None)
+@cache
 def example_result(name: str) -> AuditResult:
     """The result of ``mechaudit audit --example NAME`` (in process, so torch is imported once). Do not mutate."""
     if name not in EXAMPLES or not weights_present(name):

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from report_cases import audit_project, example_result, hostile_project, require_binary
 
 from mechaudit.report import render_html
-from report_cases import audit_project, example_result, hostile_project, require_binary
 
 CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-dev-shm-usage", "--window-size=1280,1600")

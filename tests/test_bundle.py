@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import write_project
+from report_cases import audit_project
+
 from mechaudit.report import build_bundle
 from mechaudit.report.document import build_document
-from report_cases import audit_project
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_manifest_lists_every_file_and_input(bundle) -> None:
 
 
 def test_verify_passes_on_an_intact_bundle_and_names_every_mismatch(cli, bundle) -> None:
-    project, out = bundle
+    _, out = bundle
     intact = cli("verify", out)
     assert intact.code == 0 and intact.out.startswith("OK: ") and "1 inputs re-hashed" in intact.out
     figure = next((out / "figures").iterdir())
@@ -94,3 +94,5 @@ def test_figures_are_deterministic_and_small(tmp_path: Path) -> None:
         assert "<dc:date>" not in svg and "<metadata>" not in svg  # no date, no creator block
         assert "<text" in svg and "font-face" not in svg and len(svg) < 100_000  # text stays text: no glyph paths
     assert build_document(first) is build_document(first)  # built once, shared by html, pdf and figures/
+    first.fail_on = "never"
+    assert build_document(first).result["fail_on"] == "never"  # a changed result is not served from the cache

@@ -9,12 +9,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from conftest import REPO
+from report_cases import (
+    HOSTILE_LONG,
+    HOSTILE_QUOTES,
+    HOSTILE_SCRIPT,
+    audit_project,
+    example_result,
+    hostile_project,
+)
+
 from mechaudit.findings import AuditResult, Finding, Location, RuleRun
 from mechaudit.report import build_bundle, render_html
 from mechaudit.report.document import build_document
 from mechaudit.report.json_report import result_to_dict
-from report_cases import (HOSTILE_LONG, HOSTILE_QUOTES, HOSTILE_SCRIPT, audit_project, example_result,
-                          hostile_project)
 
 SECTIONS = ("identity", "summary", "scope", "architecture", "method", "findings", "circuit", "limitations",
             "appendix")
@@ -82,7 +89,7 @@ def test_hostile_strings_are_escaped_everywhere(tmp_path: Path) -> None:
         assert escaped in section[:section.index("</section>")], where
     assert "q&#39;uo&#34;te&amp;amp;&lt;b&gt;" in html  # model name and a layer name
     assert HOSTILE_LONG in html  # non-ASCII kept as text, not mangled
-    svg = "".join(re.findall(r"<svg.*?</svg>", html, flags=re.S))
+    svg = "".join(re.findall(r"<svg.*?</svg>", html, flags=re.DOTALL))
     assert "&lt;script&gt;" in svg and "<script" not in svg  # figure labels are escaped by matplotlib too
     long_header = build_document(result).header_title
     assert len(long_header) <= 60  # the PDF's running header is cut, the body wraps (overflow-wrap)

@@ -11,9 +11,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from report_cases import (HOSTILE_LONG, HOSTILE_QUOTES, HOSTILE_SCRIPT, audit_project, example_result,
-                          hostile_project, require_binary)
+from report_cases import (
+    HOSTILE_LONG,
+    HOSTILE_QUOTES,
+    HOSTILE_SCRIPT,
+    audit_project,
+    example_result,
+    hostile_project,
+    require_binary,
+)
 
 A4 = (595.3, 841.9)  # points
 RIGHT_EDGE = A4[0] - 15 / 25.4 * 72 + 1  # the 15 mm right margin of print.css, plus a point of rounding

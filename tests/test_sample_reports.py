@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import REPO
+from report_cases import example_result
+
 from mechaudit.examples import EXAMPLES
 from mechaudit.report.json_report import result_to_dict
 from mechaudit.verify import verify_bundle
-from report_cases import example_result
 
 SAMPLES = REPO / "sample_reports"
 REGENERATE = "python scripts/sample_reports.py"

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from ..context import AuditContext
-from ..techniques.circuits import (Behaviour, CircuitScores, edge_attribution, logit_difference, negative_loss,
-                                   target_logit)
+from ..findings import Finding
+from ..techniques.circuits import (Behaviour, CircuitScores, at_position, edge_attribution, logit_difference,
+                                   logits_at, negative_loss, target_logit)
 
 
 @dataclass
@@ -26,14 +27,22 @@ class CircuitProblem:
 def class_index(context: AuditContext, name: str) -> int:
     if name in context.class_names:
         return context.class_names.index(name)
-    if name.isdigit() and int(name) < context.outputs.shape[1]:
+    if name.isdigit() and int(name) < context.outputs.shape[-1]:
         return int(name)
     raise ValueError(f"behaviour names class '{name}', which is neither a class name nor an index")
 
 
 def circuit_problem(context: AuditContext, samples: int) -> CircuitProblem:
-    """Build (once per audit) the tensors for the spec's ``[behaviour]``."""
-    return context.artifact(f"circuit_problem:{samples}", lambda: _build_problem(context, samples))
+    """Build (once per audit) the tensors for the spec's ``[behaviour]``; for a next-token model, the behaviour
+    reads the logits at the declared token position."""
+    def build() -> CircuitProblem:
+        problem = _build_problem(context, samples)
+        if context.task == "next-token":
+            position = context.behaviour.position
+            problem.behaviour = at_position(problem.behaviour, position)
+            problem.description += f" at token position {position}"
+        return problem
+    return context.artifact(f"circuit_problem:{samples}", build)
 
 
 def _build_problem(context: AuditContext, samples: int) -> CircuitProblem:
@@ -44,6 +53,8 @@ def _build_problem(context: AuditContext, samples: int) -> CircuitProblem:
         clean, corrupted = data.pairs
         keep = torch.arange(clean.shape[0])[:min(samples, clean.shape[0])]
         inputs, reference, labels = clean[keep], corrupted[keep], None
+        if data.labels is not None and clean.shape == data.inputs.shape and torch.equal(clean, data.inputs):
+            labels = data.labels[keep]  # the clean prompts are the audit inputs: the labels are theirs
     else:
         keep = context.sample_indices(samples)
         inputs, reference = data.inputs[keep], None
@@ -56,10 +67,17 @@ def _build_problem(context: AuditContext, samples: int) -> CircuitProblem:
         if not chosen.any():
             raise ValueError(f"no audit sample is labelled '{spec.target}'")
         inputs, labels = inputs[chosen], labels[chosen]
+        reference = reference[chosen] if reference is not None else None
     predicted = _predict(context, inputs)
     n = inputs.shape[0]
     if spec.kind == "predicted_logit":
         return CircuitProblem(inputs, predicted, target_logit, reference, "logit of the predicted class", labels)
+    if spec.kind == "label_logit":
+        if labels is None:
+            raise ValueError("behaviour kind 'label_logit' needs labels (with pairs: the clean prompts must be the "
+                             "audit inputs)")
+        what = "correct next token" if context.task == "next-token" else "labelled class"
+        return CircuitProblem(inputs, labels, target_logit, reference, f"logit of the {what}", labels)
     if spec.kind == "class_logit":
         return CircuitProblem(inputs, torch.full((n,), target), target_logit, reference,
                               f"logit of class '{context.class_name(target)}'", labels)
@@ -81,13 +99,15 @@ def _build_problem(context: AuditContext, samples: int) -> CircuitProblem:
 def _predict(context: AuditContext, inputs: torch.Tensor) -> torch.Tensor:
     from ..activations import model_outputs
 
-    return model_outputs(context.model, inputs, context.batch_size, context.device).argmax(-1)
+    outputs = model_outputs(context.model, inputs, context.batch_size, context.device)
+    return logits_at(outputs, context.behaviour.position).argmax(-1)
 
 
 def _runner_up(context: AuditContext, inputs: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     from ..activations import model_outputs
 
-    outputs = model_outputs(context.model, inputs, context.batch_size, context.device)
+    outputs = logits_at(model_outputs(context.model, inputs, context.batch_size, context.device),
+                        context.behaviour.position).clone()
     outputs[torch.arange(len(first)), first] = float("-inf")
     return outputs.argmax(-1)
 
@@ -100,6 +120,20 @@ def circuit_scores(context: AuditContext, samples: int) -> CircuitScores:
                                 reference=problem.reference, masks=context.data.masks,
                                 batch_size=context.batch_size, device=context.device)
     return context.artifact(f"circuit_scores:{samples}", compute)
+
+
+def carries_behaviour(span: float, m_model: torch.Tensor) -> bool:
+    """Whether ablating every audited unit changes the behaviour (mean change ``span``) beyond rounding."""
+    return span > 1e-6 * max(1.0, float(m_model.abs().mean()))
+
+
+def not_carried(rule, problem: CircuitProblem, span: float, metric: str, threshold: float) -> Finding:
+    """A pass: no audited unit carries the behaviour (ablating them all leaves it as it is), so there is no
+    circuit to be unfaithful and no unit to lose; e.g. a control model without the mechanism."""
+    return Finding(rule.id, rule.severity, "pass",
+                   f"ablating every audited unit leaves the {problem.description} unchanged (mean change "
+                   f"{span:.2g}): no circuit among the audited layers carries it", metric=metric, value=0.0,
+                   threshold=threshold, evidence={"behaviour_change_when_all_ablated": span, "carried": False})
 
 
 def hidden_nodes(context: AuditContext) -> list[str]:

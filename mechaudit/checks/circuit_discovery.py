@@ -18,7 +18,7 @@ class CircuitDiscoveryParams:
     top_nodes: int = param(10, low=1, doc="nodes listed in the evidence table")
 
 
-@register("circuit_discovery", CircuitDiscoveryParams, needs=("layers", "behaviour", "classification"))
+@register("circuit_discovery", CircuitDiscoveryParams, needs=("layers", "behaviour", "logits"))
 def circuit_discovery(context: AuditContext, rule) -> list[Finding]:
     params: CircuitDiscoveryParams = rule.params
     problem = circuit_problem(context, params.samples)

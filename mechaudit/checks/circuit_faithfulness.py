@@ -8,8 +8,9 @@ import torch
 
 from ..context import AuditContext
 from ..findings import Finding
-from ..techniques.node_ablation import behaviour_under_ablation, curve_area, faithfulness
-from .circuit_common import circuit_problem, circuit_scores, hidden_nodes, mean_values
+from ..techniques.node_ablation import behaviour_under_ablation, curve_area, distance, faithfulness
+from .circuit_common import (carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values,
+                             not_carried)
 from .registry import param, register
 
 SIZES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
@@ -25,7 +26,7 @@ class CircuitFaithfulnessParams:
     minimality_nodes: int = param(12, low=0, doc="circuit nodes whose minimality contribution is measured")
 
 
-@register("circuit_faithfulness", CircuitFaithfulnessParams, needs=("layers", "behaviour", "classification"))
+@register("circuit_faithfulness", CircuitFaithfulnessParams, needs=("layers", "behaviour", "logits"))
 def circuit_faithfulness(context: AuditContext, rule) -> list[Finding]:
     params: CircuitFaithfulnessParams = rule.params
     problem = circuit_problem(context, params.samples)
@@ -44,6 +45,9 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Finding]:
         return faithfulness(m([n for n in nodes if n not in keep]), m_model, m_empty)
 
     m_model, m_empty = m([]), m(nodes)
+    span = distance(m_empty, m_model)
+    if not carries_behaviour(span, m_model):
+        return [not_carried(rule, problem, span, "unfaithfulness", 1.0 - params.min_faithfulness)]
     size = max(1, round(params.circuit_fraction * len(nodes)))
     circuit = set(ranked[:size])
     f_circuit = f(circuit)

@@ -32,7 +32,7 @@ def critical_units(context: AuditContext, rule) -> list[Finding]:
         drops = {}
         for mode in params.modes.split(","):
             values = torch.zeros_like(stats.mean_map) if mode == "zero" else stats.mean_map
-            outputs = ablation_outputs(context.model, context.view.module(layer), layer, inputs,
+            outputs = ablation_outputs(context.model, context.view.site(layer), layer, inputs,
                                        list(range(layer.size)), values.float(), context.batch_size, context.device)
             accuracy = (outputs.argmax(-1) == labels).float().mean(dim=1)
             drops[mode] = base_accuracy - accuracy

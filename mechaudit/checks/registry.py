@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-NEEDS = ("labels", "masks", "concepts", "protected", "pairs", "spatial", "layers", "classification", "behaviour")
+NEEDS = ("labels", "masks", "concepts", "protected", "pairs", "spatial", "layers", "classification", "behaviour",
+         "logits", "cues")
 
 
 def param(default: Any, *, low: float | None = None, high: float | None = None,

@@ -9,7 +9,8 @@ import torch
 from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.node_ablation import behaviour_under_ablation, distance
-from .circuit_common import circuit_problem, circuit_scores, hidden_nodes, mean_values
+from .circuit_common import (carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values,
+                             not_carried)
 from .registry import param, register
 
 
@@ -21,7 +22,7 @@ class SinglePointsParams:
     min_compensation: float = param(0.1, low=0.0, high=1.0, doc="report a backup whose effect rises by more")
 
 
-@register("single_points", SinglePointsParams, needs=("layers", "behaviour", "classification"))
+@register("single_points", SinglePointsParams, needs=("layers", "behaviour", "logits"))
 def single_points(context: AuditContext, rule) -> list[Finding]:
     params: SinglePointsParams = rule.params
     problem = circuit_problem(context, params.samples)
@@ -36,8 +37,8 @@ def single_points(context: AuditContext, rule) -> list[Finding]:
 
     m_model, m_empty = m(()), m(tuple(nodes))
     span = distance(m_empty, m_model)
-    if span < 1e-12:
-        raise ValueError("the behaviour is the same with every unit ablated: nothing to lose")
+    if not carries_behaviour(span, m_model):
+        return [not_carried(rule, problem, span, "behaviour_lost", params.max_single_loss)]
     alone = {n: m((n,)) for n in top}
     loss = {n: distance(alone[n], m_model) / span for n in top}
     backups = []

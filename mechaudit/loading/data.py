@@ -25,6 +25,8 @@ class AuditData:
     concepts: dict[str, torch.Tensor] = field(default_factory=dict)
     protected: dict[str, torch.Tensor] = field(default_factory=dict)
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: Prompts that differ only in a cue the output must not depend on: (with the cue, without it).
+    cues: tuple[torch.Tensor, torch.Tensor] | None = None
     feature_names: list[str] | None = None
     hashes: dict[str, str] = field(default_factory=dict)
 
@@ -44,6 +46,7 @@ class AuditData:
             "concepts": bool(self.concepts),
             "protected": bool(self.protected),
             "pairs": self.pairs is not None,
+            "cues": self.cues is not None,
             "spatial": self.is_spatial,
         }[need]
 
@@ -90,17 +93,28 @@ def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEF
     for name, ref in spec.protected.items():
         data.protected[name] = _per_sample(_as_tensor(_read(ref), f"protected '{name}'"), n, f"protected '{name}'")
     if spec.pairs:
-        clean = _as_tensor(_read(spec.pairs["clean"]), "pairs 'clean'", integer=task == "next-token")
-        corrupted = _as_tensor(_read(spec.pairs["corrupted"]), "pairs 'corrupted'", integer=task == "next-token")
-        if clean.shape != corrupted.shape:
-            raise InputError("pairs", f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} differ in shape")
-        if clean.shape[1:] != inputs.shape[1:]:
-            raise InputError("pairs", f"sample shape {tuple(clean.shape[1:])} differs from inputs {tuple(inputs.shape[1:])}")
-        data.pairs = (clean, corrupted)
-    files = {spec.file} | {ref.file for group in (spec.masks, spec.concepts, spec.protected, spec.pairs)
+        data.pairs = _pair(_read(spec.pairs["clean"]), _read(spec.pairs["corrupted"]), inputs, "pairs",
+                           ("clean", "corrupted"))
+    if spec.cues:
+        data.cues = _pair(_read(spec.cues["with_cue"]), _read(spec.cues["without_cue"]), inputs, "cues",
+                          ("with_cue", "without_cue"))
+    files = {spec.file} | {ref.file for group in (spec.masks, spec.concepts, spec.protected, spec.pairs, spec.cues)
                            for ref in group.values()}
     data.hashes = {str(path): sha256_file(path) for path in sorted(files)}
     return data
+
+
+def _pair(first: np.ndarray, second: np.ndarray, inputs: torch.Tensor, group: str,
+          names: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two arrays of paired samples, shaped like the inputs (and of their dtype: token ids stay integers)."""
+    integer = not inputs.is_floating_point()
+    a = _as_tensor(first, f"{group} '{names[0]}'", integer=integer)
+    b = _as_tensor(second, f"{group} '{names[1]}'", integer=integer)
+    if a.shape != b.shape:
+        raise InputError(group, f"{names[0]} {tuple(a.shape)} and {names[1]} {tuple(b.shape)} differ in shape")
+    if a.shape[1:] != inputs.shape[1:]:
+        raise InputError(group, f"sample shape {tuple(a.shape[1:])} differs from inputs {tuple(inputs.shape[1:])}")
+    return a, b
 
 
 def _require_key(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The reviewer report as data: what the HTML and PDF templates show, built once per result.
+"""The reviewer report as data: what the HTML and PDF templates show, built once per result and shared.
 
 Everything comes from the result itself (``findings.json``'s content, with the rules' documentation recorded in
 ``metadata.rulebook.rules``), so a report can be rendered without the rulebook file. A few evidence keys are
@@ -8,8 +8,10 @@ section 7, ``caveats`` adds to the limitations.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,7 @@ from .json_report import result_to_dict
 
 SANITY_RULE = "L203"  # attribution sanity (model-parameter randomisation); until it exists, "not checked"
 CIRCUIT, DICTIONARY, CAVEATS, TRACEBACK = "circuit", "semantic_dictionary", "caveats", "traceback"
-HOOKS = (CIRCUIT, DICTIONARY, CAVEATS)
+HOOKS = {CIRCUIT: dict, DICTIONARY: list, CAVEATS: list}  # evidence keys with a section of their own, by shape
 HIGHLIGHTS = 3
 HEADER_CHARS = 60
 
@@ -78,8 +80,12 @@ class FindingView:
 
     @property
     def evidence(self) -> dict[str, Any]:
-        """The evidence left for the generic tables: hooks are shown in their own sections."""
-        return {k: v for k, v in self.data["evidence"].items() if k not in HOOKS and k != TRACEBACK}
+        """The evidence left for the generic tables: hooks (of their documented shape) have their own sections."""
+        return {k: v for k, v in self.data["evidence"].items() if not is_hook(k, v) and k != TRACEBACK}
+
+    @property
+    def in_section_7(self) -> bool:
+        return any(is_hook(k, v) for k, v in self.data["evidence"].items() if k in (CIRCUIT, DICTIONARY))
 
 
 @dataclass
@@ -177,7 +183,7 @@ class Document:
 
     @property
     def weights_digest(self) -> str:
-        """The SHA-256 of the (first) model file, or a note when the model came from code alone."""
+        """The SHA-256 of the (first) model file; empty when the model was built by code alone."""
         digests = [d for _, d in sorted(self.meta["model"]["sha256"].items())]
         return digests[0] if digests else ""
 
@@ -187,7 +193,11 @@ class Document:
         return name if len(name) <= HEADER_CHARS else name[:HEADER_CHARS - 1] + "\u2026"
 
 
-_cache: tuple[weakref.ref, Document] | None = None
+_cache: tuple[str, Document] | None = None  # (digest of the result's JSON, its document)
+
+
+def is_hook(key: str, value: Any) -> bool:
+    return key in HOOKS and isinstance(value, HOOKS[key])
 
 
 def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -198,13 +208,14 @@ def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]
 
 
 def build_document(result: AuditResult) -> Document:
-    """The report's data for ``result``; built once and shared by the HTML, the PDF and ``figures/``."""
+    """The report's data for ``result``; built once per content and shared by the HTML, the PDF and ``figures/``
+    (a result changed in between, e.g. by a waiver, gets a new document)."""
     global _cache
-    if _cache is not None and _cache[0]() is result:
-        return _cache[1]
-    document = _build(result)
-    _cache = (weakref.ref(result), document)
-    return document
+    data = result_to_dict(result)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    if _cache is None or _cache[0] != digest:
+        _cache = (digest, _build(result, data))
+    return _cache[1]
 
 
 def figure_files(result: AuditResult) -> dict[str, str]:
@@ -212,8 +223,7 @@ def figure_files(result: AuditResult) -> dict[str, str]:
     return {f"figures/{figure.name}": figure.svg for figure in build_document(result).figures}
 
 
-def _build(result: AuditResult) -> Document:
-    data = result_to_dict(result)
+def _build(result: AuditResult, data: dict[str, Any]) -> Document:
     declared = data["metadata"].get("rulebook", {}).get("rules", {})
     layer_order = [c["layer"] for c in data["metadata"].get("components", [])]
     findings = [_finding_view(i, f, result, declared) for i, f in enumerate(data["findings"])]
@@ -225,16 +235,14 @@ def _build(result: AuditResult) -> Document:
     for view in findings:
         _draw(view, notes)
         evidence = view.data["evidence"]
-        if isinstance(evidence.get(CIRCUIT), dict):
-            figure = _guarded(lambda: circuit_figure(evidence[CIRCUIT], layer_order, view.prefix), view, notes)
-            circuits.append((view, evidence[CIRCUIT], figure))
-            if figure:
-                view.figures.append(figure)
-        if isinstance(evidence.get(DICTIONARY), list):
+        if is_hook(CIRCUIT, evidence.get(CIRCUIT)):
+            figure = _guarded(circuit_figure, (evidence[CIRCUIT], layer_order, view.prefix), view, notes)
+            circuits.append((view, evidence[CIRCUIT], figure))  # drawn in section 7, not on the finding's card
+        if is_hook(DICTIONARY, evidence.get(DICTIONARY)):
             dictionaries.append((view, evidence[DICTIONARY]))
         if view.attribution_based and not sanity.passed:
             view.caveats.append(f"attribution-based ({evidence['method']}); attribution sanity {sanity.text}")
-    figures = [figure for view in findings for figure in view.figures]
+    figures = [figure for view in findings for figure in view.figures] + [fig for _, _, fig in circuits if fig]
     return Document(data, rules, findings, sanity, notes, circuits, dictionaries, figures)
 
 
@@ -243,20 +251,21 @@ def _finding_view(index: int, data: dict, result: AuditResult, declared: dict) -
     caveats = data["evidence"].get(CAVEATS)
     return FindingView(index, data, FAMILIES.get(data["rule_id"][0], "other"), rule["check"] if rule else None,
                        gates=result.fails_gate(result.findings[index]),
-                       caveats=[str(c) for c in caveats] if isinstance(caveats, list) else [])
+                       caveats=[str(c) for c in caveats] if is_hook(CAVEATS, caveats) else [])
 
 
 def _draw(view: FindingView, notes: list[str]) -> None:
     """Draw the figures of a finding whose check has a drawer; a drawer that fails costs its figure only."""
     drawer = DRAWERS.get(view.check or "")
     if drawer is not None and view.data["status"] not in ("error", "skipped"):
-        view.figures.extend(_guarded(lambda: drawer(view.data, view.prefix), view, notes) or [])
+        view.figures.extend(_guarded(drawer, (view.data, view.prefix), view, notes) or [])
 
 
-def _guarded(draw, view: FindingView, notes: list[str]):
+def _guarded(draw: Callable[..., Any], args: tuple, view: FindingView, notes: list[str]) -> Any:
+    """``draw(*args)``, or None with a note when it fails."""
     try:
-        return draw()
-    except Exception as exc:  # a figure is evidence, not the verdict: never lose the report over it
+        return draw(*args)
+    except Exception as exc:  # noqa: BLE001  a figure is evidence, not the verdict: never lose the report over it
         notes.append(f"{view.data['rule_id']} at {view.where}: a figure could not be drawn "
                      f"({type(exc).__name__}: {exc})")
         return None

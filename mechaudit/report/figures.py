@@ -75,7 +75,7 @@ def render_svg(name: str, draw: Callable[[Any], None], size: tuple[float, float]
 
 def _tidy(svg: str) -> str:
     """Drop the RDF metadata block and the ``<g>`` ids (``figure_1``, ``axes_1``: the same in every figure)."""
-    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.DOTALL)
     return re.sub(r'<g id="[^"]*"', "<g", svg)
 
 
@@ -163,14 +163,14 @@ def critical_units_figures(finding: dict, prefix: str) -> list[Figure]:
         columns = [k for k in rows[0] if k.endswith("_drop")]
         series = {k.removesuffix("_drop"): [r.get(k) or 0 for r in rows] for k in columns}
         title, caption = (f"Accuracy drop per ablated unit of {short_label(where, TITLE_NAME_CHARS)}",
-                          f"The {len(rows)} units of {where} whose ablation costs the most accuracy, by ablation "
-                          "mode; the dashed line is the rule's limit.")
+                          (f"The {len(rows)} units of {where} whose ablation costs the most accuracy, by ablation "
+                           "mode; the dashed line is the rule's limit."))
     elif modes:
         labels = [k.removesuffix("_drop") + " ablation" for k in modes]
         series = {"drop": [evidence[k] for k in modes]}
         title, caption = (f"Accuracy drop when ablating {short_label(where, TITLE_NAME_CHARS)}",
-                          f"Accuracy lost when {where} alone is ablated, by ablation mode; the dashed line is the "
-                          "rule's limit.")
+                          (f"Accuracy lost when {where} alone is ablated, by ablation mode; the dashed line is the "
+                           "rule's limit."))
     else:
         return []
 
@@ -222,7 +222,8 @@ def circuit_figure(circuit: dict, layer_order: Sequence[str], prefix: str) -> Fi
         for node in nodes:
             x, y = position[str(node["id"])]
             ax.scatter([x], [y], s=160, color="white", edgecolors=LIMIT_COLOR, zorder=2)
-            ax.annotate(short_label(node.get("label") or node["id"], 22), (x, y), xytext=(0, -13),
+            text = short_label(node["id"], 22) + (f"\n{short_label(node['label'], 22)}" if node.get("label") else "")
+            ax.annotate(text, (x, y), xytext=(0, -13),
                         textcoords="offset points", ha="center", va="top", fontsize=7)
         ax.set_xticks(range(len(columns)), [short_label(_layer_of(m[0]), 18) for m in columns])
         ax.set_yticks([])

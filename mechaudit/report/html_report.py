@@ -64,13 +64,9 @@ def format_number(value: Any, digits: int = 4) -> str:
     """Numbers for people: integers as they are, floats to ``digits`` significant digits; n/a for null."""
     if value is None:
         return "n/a"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.{digits}g}"
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.{digits}g}"
+    return str(value)
 
 
 def inline_code(text: Any) -> Markup:

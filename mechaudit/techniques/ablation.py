@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..activations import batches
-from ..model_view import Layer, units_view
+from ..model_view import Layer, from_units_view, register_hook, units_view
 
 
 def ablation_outputs(model: nn.Module, module: nn.Module, layer: Layer, inputs: torch.Tensor, units: list[int],
@@ -42,7 +42,7 @@ def _ablated_forward(model: nn.Module, module: nn.Module, layer: Layer, batch: t
         view[torch.arange(k, device=batch.device), :, index] = values[index].to(view.dtype).unsqueeze(1)
         return _restore(view.reshape(k * n, layer.size, -1), output, layer)
 
-    handle = module.register_forward_hook(overwrite)
+    handle = register_hook(module, layer, lambda output, args: overwrite(module, args, output))
     try:
         with torch.no_grad():
             repeated = batch.repeat(k, *([1] * (batch.dim() - 1)))
@@ -53,7 +53,4 @@ def _ablated_forward(model: nn.Module, module: nn.Module, layer: Layer, batch: t
 
 def _restore(units: torch.Tensor, like: torch.Tensor, layer: Layer) -> torch.Tensor:
     """Inverse of :func:`units_view`."""
-    if layer.kind == "conv" or like.dim() == 2:
-        return units.reshape(like.shape)
-    moved = like.movedim(-1, 1)
-    return units.reshape(moved.shape).movedim(1, -1)
+    return from_units_view(units, like, layer)

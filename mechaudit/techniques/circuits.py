@@ -49,6 +49,18 @@ def negative_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -F.cross_entropy(outputs, targets, reduction="none")
 
 
+def logits_at(outputs: torch.Tensor, position: int) -> torch.Tensor:
+    """Next-token logits (samples, positions, vocabulary) at one position; other outputs unchanged."""
+    return outputs[:, position] if outputs.dim() == 3 else outputs
+
+
+def at_position(behaviour: Behaviour, position: int) -> Behaviour:
+    """``behaviour`` read from the logits at token ``position`` of a next-token model."""
+    def read(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return behaviour(logits_at(outputs, position), targets)
+    return read
+
+
 @dataclass
 class CircuitScores:
     """Attribution-patching scores of every node and edge (summed over samples), and the behaviour itself."""
@@ -85,11 +97,10 @@ class _Recorder:
         self.outputs: dict[str, torch.Tensor] = {}
         self.handles = []
         for layer in layers:
-            module = view.module(layer)
-            self.handles.append(module.register_forward_hook(self._hook(layer.name, keep_grad)))
+            self.handles.append(view.hook(layer, self._hook(layer.name, keep_grad)))
 
     def _hook(self, name: str, keep_grad: bool):
-        def hook(_module: nn.Module, args, output):
+        def hook(output: torch.Tensor, args: tuple) -> None:
             self.inputs[name] = args[0].detach()
             if keep_grad and output.requires_grad:
                 output.retain_grad()
@@ -196,7 +207,8 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                 previous = layer
                 continue
             split = _unit_columns(delta_in, module, previous.size)
-            convolution_ok = isinstance(module, nn.Linear) or (module.groups == 1 and module.padding_mode == "zeros")
+            convolution_ok = layer.kind == "linear" or (layer.kind == "conv" and module.groups == 1
+                                                        and module.padding_mode == "zeros")
             if split is None or not convolution_ok:
                 if (previous.name, layer.name) not in unconnected:
                     unconnected.append((previous.name, layer.name))

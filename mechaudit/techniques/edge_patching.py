@@ -86,12 +86,12 @@ def _patched_forward(view: ModelView, batch: torch.Tensor, chunk: list[tuple[str
     for name, items in by_layer.items():
         layer = view.layer(name)
 
-        def hook(_module, _inputs, output, layer=layer, items=items):
+        def hook(output, _inputs, layer=layer, items=items):
             units = units_view(output, layer).reshape(k, n, layer.size, -1).clone()
             for index, unit, addition in items:
                 units[index, :, unit] += addition.reshape(n, -1)
             return from_units_view(units.reshape(k * n, layer.size, -1), output, layer)
-        handles.append(view.module(name).register_forward_hook(hook))
+        handles.append(view.hook(layer, hook))
     try:
         with torch.no_grad():
             return view.model(batch.repeat(k, *([1] * (batch.dim() - 1)))).float().reshape(k, n, -1)

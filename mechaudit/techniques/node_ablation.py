@@ -26,11 +26,11 @@ def ablated(view: ModelView, nodes: Iterable[str], values: dict[str, torch.Tenso
         index = torch.tensor(sorted(units))
         replacement = values[name]
 
-        def hook(_module, _inputs, output, layer=layer, index=index, replacement=replacement):
+        def hook(output, _inputs, layer=layer, index=index, replacement=replacement):
             units_out = units_view(output, layer).clone()
             units_out[:, index.to(output.device)] = replacement[index].to(units_out.dtype).to(output.device)
             return from_units_view(units_out, output, layer)
-        handles.append(view.module(name).register_forward_hook(hook))
+        handles.append(view.hook(layer, hook))
     try:
         yield
     finally:
