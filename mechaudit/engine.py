@@ -236,7 +236,8 @@ _NEED_PROVIDERS: dict[str, Callable[[AuditContext], bool]] = {
     "labels": lambda c: c.data.labels is not None and (c.task != "classification" or c.data.labels.unique().numel() > 1),
     "layers": lambda c: bool(c.view.hidden_layers),
     "classification": lambda c: c.task == "classification",
-    "logits": lambda c: c.task in ("classification", "next-token"),
+    "logits": lambda c: c.task in ("classification", "next-token") or (
+        c.behaviour is not None and c.behaviour.kind == "similarity"),
     "behaviour": lambda c: c.behaviour is not None,
 }
 _NEED_REASONS = {
@@ -248,7 +249,8 @@ _NEED_REASONS = {
     "spatial": "the inputs are not spatial (N, C, H[, W])",
     "layers": "the model has no auditable hidden layers (Linear or Conv modules)",
     "classification": "the task is not classification",
-    "logits": "the task is regression: the behaviour is read from logits (classification or next-token)",
+    "logits": "the task is regression: the behaviour is read from logits (classification or next-token), or is a "
+              "similarity of embeddings",
     "cues": "the spec declares no cue pairs ([data.cues])",
     "behaviour": "the spec declares no [behaviour] for circuit rules to explain",
 }

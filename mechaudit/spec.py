@@ -46,6 +46,9 @@ class DataSpec:
     protected: dict[str, DataRef] = field(default_factory=dict)
     pairs: dict[str, DataRef] = field(default_factory=dict)
     cues: dict[str, DataRef] = field(default_factory=dict)
+    #: For JSONL text data: the tokenizer, ``{"path": Path}`` or ``{"package": name, "subdir": dir}``.
+    tokenizer: dict[str, Any] | None = None
+    max_length: int = 64
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class Options:
     tolerance: tuple[tuple[str, float], ...] = ()
 
 
-BEHAVIOURS = ("predicted_logit", "class_logit", "label_logit", "logit_diff", "loss")
+BEHAVIOURS = ("predicted_logit", "class_logit", "label_logit", "logit_diff", "loss", "similarity")
 BEHAVIOUR_SAMPLES = ("all", "target")
 
 
@@ -84,7 +87,8 @@ class BehaviourSpec:
     ``target`` and ``contrast`` are class names (or indices); ``samples = "target"`` restricts the behaviour to
     the samples labelled ``target``; ``label_logit`` is the logit of each sample's own label. For a next-token
     model (outputs (samples, positions, vocabulary)) the behaviour reads the logits at token ``position``
-    (default -1, the last), where the label is the correct next token.
+    (default -1, the last), where the label is the correct next token. ``similarity`` (encoders, with pairs): the
+    cosine similarity of each clean prompt's output to its paired prompt's output on the unmodified model.
     """
 
     kind: str = "predicted_logit"
@@ -277,10 +281,16 @@ def _parse_model(table: Any, where: str, resolve: _PathResolver, default_name: s
 
 
 def _parse_data(table: Any, where: str, resolve: _PathResolver) -> DataSpec:
-    table = _check_keys(table, {"file", "inputs", "labels", *_GROUPS}, where)
+    table = _check_keys(table, {"file", "inputs", "labels", "tokenizer", "max_length", *_GROUPS}, where)
     if "file" not in table:
         raise InputError(where, "missing key 'file'")
     file = resolve(table["file"], f"{where}.file")
+    tokenizer = _parse_tokenizer(table["tokenizer"], f"{where}.tokenizer", resolve) if "tokenizer" in table else None
+    if file.suffix.lower() == ".jsonl" and tokenizer is None:
+        raise InputError(where, "JSONL text data needs 'tokenizer' (a local directory, or { package, subdir })")
+    max_length = _typed(table.get("max_length", 64), int, f"{where}.max_length")
+    if max_length < 1:
+        raise InputError(f"{where}.max_length", "must be at least 1")
     inputs = table.get("inputs")
     if inputs is not None and not isinstance(inputs, (str, list)):
         raise InputError(f"{where}.inputs", "must be a key or a list of CSV columns")
@@ -295,7 +305,17 @@ def _parse_data(table: Any, where: str, resolve: _PathResolver) -> DataSpec:
         raise InputError(f"{where}.pairs", "must name exactly 'clean' and 'corrupted'")
     if groups["cues"] and set(groups["cues"]) != {"with_cue", "without_cue"}:
         raise InputError(f"{where}.cues", "must name exactly 'with_cue' and 'without_cue'")
-    return DataSpec(file=file, inputs=inputs, labels=labels, **groups)
+    return DataSpec(file=file, inputs=inputs, labels=labels, **groups, tokenizer=tokenizer, max_length=max_length)
+
+
+def _parse_tokenizer(value: Any, where: str, resolve: _PathResolver) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"path": resolve(value, where)}
+    table = _check_keys(value, {"package", "subdir"}, where)
+    if "package" not in table:
+        raise InputError(where, "must be a directory or a table { package = NAME, subdir = DIR }")
+    return {"package": _typed(table["package"], str, f"{where}.package"),
+            "subdir": _typed(table.get("subdir", ""), str, f"{where}.subdir")}
 
 
 def _parse_ref(value: Any, where: str, default_file: Path, resolve: _PathResolver) -> DataRef:

@@ -53,4 +53,4 @@ def test_examples_record_their_inputs(audits) -> None:
     model_files = data["metadata"]["model"]["sha256"]
     assert [Path(p).name for p in model_files] == ["digits.safetensors"]
     assert [Path(p).name for p in data["metadata"]["data"]["sha256"]] == ["audit_data.npz"]
-    assert set(EXAMPLES) == {"digits", "digits-control"}
+    assert set(EXAMPLES) == {"digits", "digits-control", "induction", "induction-control"}

@@ -8,8 +8,8 @@ import torch
 
 from ..context import AuditContext
 from ..findings import Finding
-from ..techniques.circuits import (Behaviour, CircuitScores, at_position, edge_attribution, logit_difference,
-                                   logits_at, negative_loss, target_logit)
+from ..techniques.circuits import (Behaviour, CircuitScores, at_position, cosine_similarity, edge_attribution,
+                                   logit_difference, logits_at, negative_loss, target_logit)
 
 
 @dataclass
@@ -68,6 +68,14 @@ def _build_problem(context: AuditContext, samples: int) -> CircuitProblem:
             raise ValueError(f"no audit sample is labelled '{spec.target}'")
         inputs, labels = inputs[chosen], labels[chosen]
         reference = reference[chosen] if reference is not None else None
+    if spec.kind == "similarity":
+        if reference is None:
+            raise ValueError("behaviour kind 'similarity' needs prompt pairs ([data.pairs])")
+        from ..activations import model_outputs
+
+        partner = model_outputs(context.model, reference, context.batch_size, context.device)
+        return CircuitProblem(inputs, partner, cosine_similarity, reference,
+                              "cosine similarity of each prompt to its pair", labels)
     predicted = _predict(context, inputs)
     n = inputs.shape[0]
     if spec.kind == "predicted_logit":
@@ -127,12 +135,12 @@ def carries_behaviour(span: float, m_model: torch.Tensor) -> bool:
     return span > 1e-6 * max(1.0, float(m_model.abs().mean()))
 
 
-def not_carried(rule, problem: CircuitProblem, span: float, metric: str, threshold: float) -> Finding:
-    """A pass: no audited unit carries the behaviour (ablating them all leaves it as it is), so there is no
-    circuit to be unfaithful and no unit to lose; e.g. a control model without the mechanism."""
+def not_carried(rule, problem: CircuitProblem, span: float, metric: str, threshold: float | None) -> Finding:
+    """A pass: no audited unit carries the behaviour (ablating them all leaves it as it is, every attribution is
+    0), so there is no circuit to draw, to be unfaithful or to lose; e.g. a control model without the mechanism."""
     return Finding(rule.id, rule.severity, "pass",
-                   f"ablating every audited unit leaves the {problem.description} unchanged (mean change "
-                   f"{span:.2g}): no circuit among the audited layers carries it", metric=metric, value=0.0,
+                   f"the {problem.description} does not depend on the audited units (mean change when all are "
+                   f"ablated: {span:.2g}): no circuit among the audited layers carries it", metric=metric, value=0.0,
                    threshold=threshold, evidence={"behaviour_change_when_all_ablated": span, "carried": False})
 
 

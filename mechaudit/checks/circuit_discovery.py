@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..context import AuditContext
 from ..findings import Finding
 from ..techniques.circuits import circuit_graph, graph_to_json
-from .circuit_common import circuit_problem, circuit_scores, semantic_labels
+from .circuit_common import circuit_problem, circuit_scores, not_carried, semantic_labels
 from .registry import param, register
 
 
@@ -23,13 +23,17 @@ def circuit_discovery(context: AuditContext, rule) -> list[Finding]:
     params: CircuitDiscoveryParams = rule.params
     problem = circuit_problem(context, params.samples)
     scores = circuit_scores(context, params.samples)
-    if not scores.edges or not any(scores.edges.values()):
-        raise ValueError("no edge could be scored: the audited layers are not connected by Linear/Conv inputs "
-                         f"that edge attribution can split ({scores.unconnected})")
+    if not any(scores.edges.values()) and not any(scores.nodes.values()):
+        return [not_carried(rule, problem, 0.0, "circuit_edges", None)]  # e.g. a control without the mechanism
     labels = semantic_labels(context)
     graph = circuit_graph(scores, params.max_edges, labels)
     hidden = {layer.name for layer in context.view.hidden_layers}
     ranked = scores.top_nodes(params.top_nodes, exclude_layers=tuple(set(scores.node_layer.values()) - hidden))
+    if not any(scores.edges.values()):  # e.g. post-LayerNorm transformers: edges cannot be split, nodes can
+        depth = {layer.name: index + 1 for index, layer in enumerate(scores.layers)}
+        for node in ranked:
+            graph.add_node(node, layer=scores.node_layer[node], depth=depth[scores.node_layer[node]],
+                           score=scores.nodes[node], label=labels.get(node, ""))
     table = [{"component": node, "layer": scores.node_layer[node], "score": scores.nodes[node] / scores.samples,
               "label": labels.get(node, "")} for node in ranked]
     return [Finding(
@@ -40,5 +44,6 @@ def circuit_discovery(context: AuditContext, rule) -> list[Finding]:
         evidence={"behaviour": problem.description, "samples": scores.samples,
                   "reference": "counterfactual pairs" if problem.reference is not None else "mean activations",
                   "circuit": graph_to_json(graph), "top_nodes": table,
-                  "unconnected_layers": [list(pair) for pair in scores.unconnected]},
+                  "unconnected_layers": [list(pair) for pair in scores.unconnected],
+                  "edges_scored": any(scores.edges.values())},
     )]

@@ -54,13 +54,14 @@ class AuditData:
 def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEFAULT_MAX_BYTES) -> AuditData:
     """Read and validate every array the spec names; every file read is hashed."""
     cache: dict[Path, dict[str, np.ndarray]] = {}
+    read = _reader(spec, max_bytes)
 
     def _read(ref: DataRef) -> np.ndarray:
         if ref.file not in cache:
-            cache[ref.file] = read_arrays(ref.file, max_bytes)
+            cache[ref.file] = read(ref.file)
         return _require_key(cache[ref.file], ref.key, ref.file)
 
-    main = cache[spec.file] = read_arrays(spec.file, max_bytes)
+    main = cache[spec.file] = read(spec.file)
     csv_mode = is_csv(spec.file)
     label_key = spec.labels if spec.labels is not None else ("labels" if "labels" in main else None)
     feature_names: list[str] | None = None
@@ -102,6 +103,31 @@ def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEF
                            for ref in group.values()}
     data.hashes = {str(path): sha256_file(path) for path in sorted(files)}
     return data
+
+
+def _reader(spec: DataSpec, max_bytes: int):
+    """``path -> {key: array}``: array files as they are, JSONL files tokenized (their text fields are the keys the
+    spec names for inputs, pairs and cues)."""
+    tokenizer = None
+
+    def read(path: Path) -> dict[str, np.ndarray]:
+        nonlocal tokenizer
+        if path.suffix.lower() != ".jsonl":
+            return read_arrays(path, max_bytes)
+        from .text import jsonl_arrays, load_tokenizer
+
+        if tokenizer is None:
+            from .huggingface import model_directory
+
+            where = spec.tokenizer or {}
+            directory = where["path"] if "path" in where else model_directory(
+                package=where["package"], subdir=where["subdir"], require="")
+            tokenizer = load_tokenizer(directory)
+        fields = {ref.key for group in (spec.pairs, spec.cues) for ref in group.values() if ref.file == path}
+        if path == spec.file:
+            fields.add(spec.inputs if isinstance(spec.inputs, str) else "inputs")
+        return jsonl_arrays(path, tokenizer, fields, spec.max_length, max_bytes)
+    return read
 
 
 def _pair(first: np.ndarray, second: np.ndarray, inputs: torch.Tensor, group: str,

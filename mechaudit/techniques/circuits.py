@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model_view import Layer, ModelView, units_view
+from .head_edges import StreamRecorder, edges_from_heads
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``behaviour(outputs, targets) -> per-sample metric m``; higher means more of the behaviour."""
@@ -47,6 +48,11 @@ def logit_difference(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 def negative_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -F.cross_entropy(outputs, targets, reduction="none")
+
+
+def cosine_similarity(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``targets`` holds one embedding per sample (e.g. the paired prompt's): the outputs' cosine similarity to it."""
+    return F.cosine_similarity(outputs.flatten(1).float(), targets.flatten(1).float(), dim=1)
 
 
 def logits_at(outputs: torch.Tensor, position: int) -> torch.Tensor:
@@ -161,13 +167,15 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
         batch = inputs[start:start + batch_size].to(device)
         batch_targets = targets[start:start + batch_size].to(device)
         recorder = _Recorder(view, layers, keep_grad=True)
+        streams = StreamRecorder(view, layers)  # attention blocks' residual streams, for edges from heads
         try:
             with torch.enable_grad():
                 clean_input = batch.clone().requires_grad_(batch.is_floating_point())
                 metric = behaviour(model(clean_input), batch_targets)
-                metric.sum().backward()
+                metric.sum().backward(retain_graph=bool(streams.handles))
         finally:
             recorder.close()
+            streams.close()
         total_behaviour += float(metric.detach().sum())
         if reference is not None:
             ref_batch = reference[start:start + batch_size].to(device)
@@ -206,15 +214,20 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                             edges[key] = edges.get(key, 0.0) + score
                 previous = layer
                 continue
-            split = _unit_columns(delta_in, module, previous.size)
+            from_heads = edges_from_heads(view, previous, layer, x_in, recorder.outputs, ref_outputs, streams,
+                                          grad) if previous.kind == "heads" else None
+            split = None if previous.kind == "heads" else _unit_columns(delta_in, module, previous.size)
             convolution_ok = layer.kind == "linear" or (layer.kind == "conv" and module.groups == 1
                                                         and module.padding_mode == "zeros")
-            if split is None or not convolution_ok:
+            if from_heads is None and (split is None or not convolution_ok):
                 if (previous.name, layer.name) not in unconnected:
                     unconnected.append((previous.name, layer.name))
             else:
-                contribution = _contributions(module, split)  # (n, U, V, P')
-                scores = torch.einsum("nuvp,nvp->nuv", contribution, v_grad).abs().sum(0)
+                if from_heads is not None:
+                    scores = from_heads
+                else:
+                    contribution = _contributions(module, split)  # (n, U, V, P')
+                    scores = torch.einsum("nuvp,nvp->nuv", contribution, v_grad).abs().sum(0)
                 for (u, v), score in zip(torch.cartesian_prod(torch.arange(scores.shape[0]),
                                                               torch.arange(scores.shape[1])).tolist(),
                                          scores.flatten().tolist()):

