@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from . import __version__
+from .config import apply_overrides, override_summary
 from .context import AuditContext
 from .errors import InputError
 from .findings import AuditResult, Finding, RuleRun
-from .config import apply_overrides, override_summary
 from .loading import AuditData, LoadedModel, load_data, load_model
 from .model_view import ModelView
 from .rulebook import Rule, Rulebook, load_rulebook
@@ -233,7 +233,8 @@ def _worst_status(findings: list[Finding]) -> str:
 
 
 _NEED_PROVIDERS: dict[str, Callable[[AuditContext], bool]] = {
-    "labels": lambda c: c.data.labels is not None and (c.task != "classification" or c.data.labels.unique().numel() > 1),
+    "labels": lambda c: c.data.labels is not None and (
+        c.task != "classification" or c.data.labels.unique().numel() > 1),
     "layers": lambda c: bool(c.view.hidden_layers),
     "classification": lambda c: c.task == "classification",
     "logits": lambda c: c.task in ("classification", "next-token") or (

@@ -225,8 +225,8 @@ class ModelView:
         return layer, unit
 
     def describe(self) -> list[dict]:
-        return [{"layer": l.name, "kind": l.kind, "units": l.size, "unit_prefix": l.prefix, "output": l.is_output}
-                for l in self.layers]
+        return [{"layer": layer.name, "kind": layer.kind, "units": layer.size, "unit_prefix": layer.prefix,
+                 "output": layer.is_output} for layer in self.layers]
 
 
 def _recorder(name: str, seen: list):

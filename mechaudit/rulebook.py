@@ -68,7 +68,8 @@ class Rulebook:
 
     def select(self, select: tuple[str, ...] = (), ignore: tuple[str, ...] = (),
                extend_select: tuple[str, ...] = ()) -> list[Rule]:
-        """Rules chosen by id or prefix, as in ruff: ``select`` (default: all) plus ``extend_select``, minus ``ignore``."""
+        """Rules chosen by id or prefix, as in ruff: ``select`` (default: all) plus ``extend_select``, minus
+        ``ignore``."""
         for selector in (*select, *ignore, *extend_select):
             if selector != "ALL" and not any(rule_id.startswith(selector) for rule_id in self.rules):
                 raise InputError(f"rule selector '{selector}'", f"matches no rule in rulebook '{self.name}'")
@@ -94,7 +95,8 @@ def load_rulebook(name_or_path: str) -> Rulebook:
     rules_table = raw.get("rules")
     if not isinstance(rules_table, dict) or not rules_table:
         raise InputError(where, "declares no [rules.<ID>] tables")
-    rules = {rule_id: _parse_rule(rule_id, table, f"{where} [rules.{rule_id}]") for rule_id, table in rules_table.items()}
+    rules = {rule_id: _parse_rule(rule_id, table, f"{where} [rules.{rule_id}]")
+             for rule_id, table in rules_table.items()}
     return Rulebook(
         name=_string(raw.get("name", path.stem), f"{where} name"),
         description=_string(raw.get("description", ""), f"{where} description"),

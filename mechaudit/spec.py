@@ -6,10 +6,11 @@ and defaults from ``[tool.mechaudit]`` in the nearest ``pyproject.toml``. Preced
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import InputError
 
@@ -72,7 +73,8 @@ class Options:
     waivers: str = ""
     #: Per-rule overrides ``[rules.<ID>]``, in rising precedence: ``(rule_id, where, table)``; see mechaudit.config.
     rules: tuple[tuple[str, str, dict[str, Any]], ...] = ()
-    #: Regression tolerance for ``mechaudit diff`` / ``--baseline``, per metric: ``((metric or "default", value), ...)``.
+    #: Regression tolerance for ``mechaudit diff`` / ``--baseline``, per metric:
+    #: ``((metric or "default", value), ...)``.
     tolerance: tuple[tuple[str, float], ...] = ()
 
 
@@ -300,7 +302,8 @@ def _parse_data(table: Any, where: str, resolve: _PathResolver) -> DataSpec:
     groups: dict[str, dict[str, DataRef]] = {}
     for group in _GROUPS:
         entries = _typed(table.get(group, {}), dict, f"{where}.{group}")
-        groups[group] = {name: _parse_ref(ref, f"{where}.{group}.{name}", file, resolve) for name, ref in entries.items()}
+        groups[group] = {name: _parse_ref(ref, f"{where}.{group}.{name}", file, resolve)
+                         for name, ref in entries.items()}
     if groups["pairs"] and set(groups["pairs"]) != {"clean", "corrupted"}:
         raise InputError(f"{where}.pairs", "must name exactly 'clean' and 'corrupted'")
     if groups["cues"] and set(groups["cues"]) != {"with_cue", "without_cue"}:

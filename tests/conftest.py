@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from fixtures.toy_models import signal_labels
+
 from mechaudit.cli import main
 
 REPO = Path(__file__).resolve().parent.parent

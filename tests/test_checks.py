@@ -3,14 +3,13 @@
 from pathlib import Path
 
 import torch
-
-from mechaudit.engine import run_audit
-from mechaudit.spec import load_spec
-from mechaudit.techniques.ablation import ablation_outputs
-from mechaudit.model_view import ModelView
+from conftest import write_project
 from fixtures.toy_models import signal_mlp
 
-from conftest import write_project
+from mechaudit.engine import run_audit
+from mechaudit.model_view import ModelView
+from mechaudit.spec import load_spec
+from mechaudit.techniques.ablation import ablation_outputs
 
 
 def _audit(tmp_path: Path, select: str, **factory_args):

@@ -5,8 +5,6 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 from conftest import read_findings, toy_arrays, write_project
 
 

@@ -2,6 +2,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from conftest import rulebook_with, write_project
 
 from mechaudit.checks.registry import CHECKS, register
 from mechaudit.engine import run_audit
@@ -10,7 +11,6 @@ from mechaudit.findings import Finding
 from mechaudit.report.json_report import result_to_dict
 from mechaudit.spec import load_spec
 
-from conftest import rulebook_with, write_project
 
 @dataclass(frozen=True)
 class _NoParams:

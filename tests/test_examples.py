@@ -3,10 +3,9 @@
 from pathlib import Path
 
 import pytest
+from conftest import read_findings
 
 from mechaudit.examples import EXAMPLES
-
-from conftest import read_findings
 
 
 @pytest.fixture(scope="module")

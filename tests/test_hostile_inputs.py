@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
-from fixtures.toy_models import signal_mlp
 from conftest import read_findings, toy_arrays, write_project
+from fixtures.toy_models import signal_mlp
+from safetensors.torch import save_file
 
 
 @dataclass

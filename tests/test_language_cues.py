@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
+from conftest import write_project
 from fixtures.cue_models import cue_pairs, cued
+
 from mechaudit.engine import run_audit
 from mechaudit.model_view import ModelView
 from mechaudit.spec import load_spec
 from mechaudit.techniques.cue_sensitivity import cue_sensitivity
-
-from conftest import write_project
 
 
 def _project(tmp_path: Path, factory: str) -> Path:

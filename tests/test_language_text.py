@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_project
 
 from mechaudit.errors import InputError
 from mechaudit.loading.text import jsonl_arrays, read_jsonl
 from mechaudit.spec import load_spec
-
-from conftest import write_project
 
 
 def _write(path: Path, lines: list[str]) -> Path:

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.toy_models import mlp
 from safetensors.torch import save_file
 
-from fixtures.toy_models import mlp
 from mechaudit.errors import InputError
 from mechaudit.loading import load_data, load_model
 from mechaudit.spec import DataRef, DataSpec, ModelSpec

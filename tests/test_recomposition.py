@@ -7,16 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_project
+from fixtures.planted_circuit import PLANTED_EDGES, PLANTED_NODES, planted, planted_data
 from sklearn.metrics import roc_auc_score
 
-from fixtures.planted_circuit import PLANTED_EDGES, PLANTED_NODES, planted, planted_data
 from mechaudit.engine import run_audit
 from mechaudit.model_view import ModelView
 from mechaudit.spec import load_spec
 from mechaudit.techniques.circuits import edge_attribution, target_logit
 from mechaudit.techniques.edge_patching import exact_edge_effects
-
-from conftest import write_project
 
 BEHAVIOUR = '[behaviour]\nkind = "class_logit"\ntarget = "0"\n'
 

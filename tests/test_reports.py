@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import jsonschema
-
 from conftest import REPO, read_findings, write_project
 
 SCHEMA = json.loads((REPO / "mechaudit" / "schemas" / "findings.schema.json").read_text())

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, read_findings, rulebook_with, write_project
 
 from mechaudit.checks.registry import CHECKS, register
 from mechaudit.engine import run_audit
 from mechaudit.spec import load_spec
-
-from conftest import REPO, read_findings, rulebook_with, write_project
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,10 @@
 from pathlib import Path
 
 import pytest
+from conftest import write_project
 
 from mechaudit.errors import InputError
 from mechaudit.spec import Options, load_spec, parse_options, pyproject_options
-
-from conftest import write_project
 
 
 def test_spec_parses_model_data_task_groups(tmp_path: Path) -> None:

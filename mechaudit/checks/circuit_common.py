@@ -8,8 +8,17 @@ import torch
 
 from ..context import AuditContext
 from ..findings import Finding
-from ..techniques.circuits import (Behaviour, CircuitScores, at_position, cosine_similarity, edge_attribution,
-                                   logit_difference, logits_at, negative_loss, target_logit)
+from ..techniques.circuits import (
+    Behaviour,
+    CircuitScores,
+    at_position,
+    cosine_similarity,
+    edge_attribution,
+    logit_difference,
+    logits_at,
+    negative_loss,
+    target_logit,
+)
 
 
 @dataclass

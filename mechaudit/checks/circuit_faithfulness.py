@@ -9,8 +9,7 @@ import torch
 from ..context import AuditContext
 from ..findings import Finding
 from ..techniques.node_ablation import behaviour_under_ablation, curve_area, distance, faithfulness
-from .circuit_common import (carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values,
-                             not_carried)
+from .circuit_common import carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values, not_carried
 from .registry import param, register
 
 SIZES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)

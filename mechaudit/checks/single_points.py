@@ -9,8 +9,7 @@ import torch
 from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.node_ablation import behaviour_under_ablation, distance
-from .circuit_common import (carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values,
-                             not_carried)
+from .circuit_common import carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values, not_carried
 from .registry import param, register
 
 

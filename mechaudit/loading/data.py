@@ -80,7 +80,8 @@ def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEF
         raw_inputs = _require_key(main, key, spec.file)
     inputs = _as_tensor(raw_inputs, f"{spec.file}: inputs", integer=task == "next-token")
     if inputs.dim() < 2 or inputs.shape[0] == 0:
-        raise InputError(f"{spec.file}: inputs", f"need at least one sample and one feature, got shape {tuple(inputs.shape)}")
+        raise InputError(f"{spec.file}: inputs",
+                         f"need at least one sample and one feature, got shape {tuple(inputs.shape)}")
     n = inputs.shape[0]
     data = AuditData(inputs=inputs, feature_names=feature_names)
     if label_key is not None:
@@ -90,7 +91,8 @@ def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEF
     for name, ref in spec.masks.items():
         data.masks[name] = _mask(_read(ref), inputs, f"mask '{name}'")
     for name, ref in spec.concepts.items():
-        data.concepts[name] = _per_sample(_as_tensor(_read(ref), f"concept '{name}'", integer=True), n, f"concept '{name}'")
+        concept = _as_tensor(_read(ref), f"concept '{name}'", integer=True)
+        data.concepts[name] = _per_sample(concept, n, f"concept '{name}'")
     for name, ref in spec.protected.items():
         data.protected[name] = _per_sample(_as_tensor(_read(ref), f"protected '{name}'"), n, f"protected '{name}'")
     if spec.pairs:

@@ -90,7 +90,8 @@ def _load_weights(module: nn.Module, path: Path) -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            raise InputError(str(path), "holds more than tensors; refusing to unpickle it (save a state_dict)") from None
+            raise InputError(str(path),
+                             "holds more than tensors; refusing to unpickle it (save a state_dict)") from None
         except Exception as exc:
             raise InputError(str(path), f"not a readable state_dict ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from ..findings import AuditResult
 from .circuit_files import circuit_files
 from .document import figure_files
-from .html_report import render_html
 from .github import render_github
+from .html_report import render_html
 from .json_report import render_json
 from .junit import render_junit
 from .manifest import MANIFEST, build_manifest

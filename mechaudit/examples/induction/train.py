@@ -29,8 +29,17 @@ from ...activations import unit_statistics
 from ...model_view import ModelView
 from ...techniques.circuits import target_logit
 from ...techniques.node_ablation import ablated
-from .model import (D_MODEL, N_HEADS, PLANTED_HEADS, SEQ_LEN, VOCAB, AttentionOnlyTransformer, build,
-                    random_sequences, repeated_sequences)
+from .model import (
+    D_MODEL,
+    N_HEADS,
+    PLANTED_HEADS,
+    SEQ_LEN,
+    VOCAB,
+    AttentionOnlyTransformer,
+    build,
+    random_sequences,
+    repeated_sequences,
+)
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
