@@ -81,12 +81,17 @@ def unit_statistics(view: ModelView, layers: list[Layer], inputs: torch.Tensor, 
 
 
 def per_sample_activations(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,
-                           device: torch.device) -> dict[str, torch.Tensor]:
-    """Per-sample unit activations (mean over positions), shape (samples, units), on the CPU."""
+                           device: torch.device, pool: str = "mean") -> dict[str, torch.Tensor]:
+    """Per-sample unit activations, shape (samples, units), on the CPU: the ``mean`` (or the ``max``, a unit's
+    strongest response anywhere in the sample) over its positions."""
+    if pool not in ("mean", "max"):
+        raise ValueError(f"pool must be 'mean' or 'max', not {pool!r}")
     chunks: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
 
     def keep(layer: Layer, output: torch.Tensor) -> None:
-        chunks[layer.name].append(units_view(output, layer).mean(dim=2).float().cpu())
+        units = units_view(output, layer)
+        pooled = units.mean(dim=2) if pool == "mean" else units.amax(dim=2)
+        chunks[layer.name].append(pooled.float().cpu())
 
     with hooked(view, layers, keep), torch.no_grad():
         for _, batch in batches(inputs, batch_size, device):

@@ -26,6 +26,9 @@ class AuditContext:
     max_samples: int
     seed: int
     behaviour: BehaviourSpec | None = None
+    #: The rules this audit runs (set by the engine), so that a rule can consult another's parameters: e.g. L201
+    #: marks its attributions unreliable when the attribution sanity rule (L203) is part of the audit and fails.
+    rules: tuple[Any, ...] = ()
     _artifacts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,6 +68,10 @@ class AuditContext:
     def cached(self, key: str) -> Any | None:
         """An artifact another rule already computed, or None (e.g. the semantic dictionary, for labels)."""
         return self._artifacts.get(key)
+
+    def rule_for_check(self, check: str) -> Any | None:
+        """The first rule of this audit that runs ``check`` (a registered check name), or None."""
+        return next((rule for rule in self.rules if rule.check.name == check), None)
 
     def artifact(self, key: str, compute: Callable[[], Any]) -> Any:
         """Compute a shared artifact once per audit (e.g. attributions used by several rules)."""

@@ -128,6 +128,7 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
     waiver_file = load_waivers(Path(options.waivers)) if options.waivers else None  # bad file: fail before running
     started = datetime.now(timezone.utc)
     context, inputs = prepare(spec, loaded, data)
+    context.rules = tuple(rules)
     runs = [_run_rule(rule, context, options.rule_timeout) for rule in _progress(rules, progress)]
     metadata = {
         "tool": {"name": "mechaudit", "version": __version__},
@@ -240,10 +241,17 @@ _NEED_PROVIDERS: dict[str, Callable[[AuditContext], bool]] = {
     "logits": lambda c: c.task in ("classification", "next-token") or (
         c.behaviour is not None and c.behaviour.kind == "similarity"),
     "behaviour": lambda c: c.behaviour is not None,
+    "regions": lambda c: bool(c.data.masks) or bool(c.data.protected_columns),
+    "real_inputs": lambda c: c.data.inputs.is_floating_point(),
+    "attributes": lambda c: bool(c.data.concepts) or bool(c.data.protected),
 }
 _NEED_REASONS = {
     "labels": "the spec declares no labels, or they hold a single class",
     "masks": "the spec declares no input masks ([data.masks])",
+    "regions": "the spec declares no input masks ([data.masks]) nor protected attributes that are input columns "
+               "([data.protected] naming a CSV input column)",
+    "real_inputs": "the inputs are token ids (integers): input attribution needs real-valued inputs",
+    "attributes": "the spec declares no concept labels ([data.concepts]) nor protected attributes ([data.protected])",
     "concepts": "the spec declares no concept labels ([data.concepts])",
     "protected": "the spec declares no protected attributes ([data.protected])",
     "pairs": "the spec declares no counterfactual pairs ([data.pairs])",

@@ -37,12 +37,12 @@ def test_audit_returns_the_result_and_the_assertion_lists_failing_findings(data)
     with pytest.raises(AssertionError) as failure:
         assert_audit_passes(result)
     message = str(failure.value)
-    assert message.startswith("mechaudit gate failed (fail on error): 1 failing finding")
+    assert message.startswith("mechaudit gate failed (fail on error): 2 failing findings")
     assert "L201 fail [error] input:watermark" in message and "(flip_rate 0.28 > 0.05)" in message
     assert "L202" not in message  # a warning: below the gate
-    with pytest.raises(AssertionError, match="2 failing findings"):
+    with pytest.raises(AssertionError, match="3 failing findings"):
         assert_audit_passes(result, fail_on="warning")
-    assert [f.rule_id for f in gate_failures(result, "warning")] == ["L201", "L202"]
+    assert [f.rule_id for f in gate_failures(result, "warning")] == ["L201", "L201", "L202"]
 
 
 def test_a_good_model_passes_and_results_are_deterministic(data) -> None:

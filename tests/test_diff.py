@@ -80,8 +80,8 @@ def test_new_failing_findings_and_resolved_ones(bundles) -> None:
     assert [(e["rule_id"], e["component"]) for e in backward["resolved"]] == [("L202", "fc1:u0")]
     assert backward["verdict"] == "pass"
     # a finding that newly fails the gate
-    flipped = _set_value(critical, "attribution_ratio", 9.0, "fail")
-    gate = diff_results(critical, flipped)
+    passing = _set_value(critical, "attribution_ratio", 1.0, "pass")
+    gate = diff_results(passing, critical)
     assert [e["metric"] for e in gate["new_failures"]] == ["attribution_ratio"] and gate["verdict"] == "fail"
     assert [e["metric"] for e in gate["changed"]] == ["attribution_ratio"]
 

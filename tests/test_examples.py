@@ -25,7 +25,7 @@ def test_digits_fails_the_gate_on_l201(audits) -> None:
     assert code == 1 and data["verdict"] == "fail"
     assert {"D101", "L201", "L202"} <= {f["rule_id"] for f in data["findings"]}
     l201 = {f["metric"]: f for f in data["findings"] if f["rule_id"] == "L201"}
-    assert l201["attribution_ratio"]["status"] == "fail" and l201["attribution_ratio"]["value"] > 1.5
+    assert l201["attribution_ratio"]["status"] == "fail" and l201["attribution_ratio"]["value"] > 3.0
     assert l201["flip_rate"]["status"] == "fail" and l201["flip_rate"]["value"] > 0.1
     assert l201["flip_rate"]["location"]["component"] == "input:watermark"
 
@@ -34,22 +34,23 @@ def test_digits_control_passes_every_rule(audits) -> None:
     code, data = audits["digits-control"]
     assert code == 0 and data["verdict"] == "pass"
     statuses = {r["id"]: r["status"] for r in data["rules"]}
-    assert {statuses[r] for r in ("D101", "L201", "L202")} == {"pass"}
+    localization = ("L201", "L202", "L203", "L204", "L205", "L206", "L207")
+    assert {statuses[r] for r in ("D101", *localization)} == {"pass"}
     assert set(statuses.values()) <= {"pass", "skipped"}, statuses  # every rule passes or says why it cannot run
     assert all(r["reason"] for r in data["rules"] if r["status"] == "skipped")
     l201 = {f["metric"]: f["value"] for f in data["findings"] if f["rule_id"] == "L201"}
-    assert l201["attribution_ratio"] < 1.2 and l201["flip_rate"] < 0.03
+    assert l201["attribution_ratio"] < 2.0 and l201["flip_rate"] < 0.03
 
 
 def test_shortcut_puts_more_attribution_in_the_watermark_than_its_control(audits) -> None:
     ratio = {name: next(f["value"] for f in data["findings"] if f.get("metric") == "attribution_ratio")
              for name, (_, data) in audits.items()}
-    assert ratio["digits"] > 1.8 * ratio["digits-control"]
+    assert ratio["digits"] > 3 * ratio["digits-control"]
 
 
 def test_examples_record_their_inputs(audits) -> None:
     _, data = audits["digits"]
     model_files = data["metadata"]["model"]["sha256"]
     assert [Path(p).name for p in model_files] == ["digits.safetensors"]
-    assert [Path(p).name for p in data["metadata"]["data"]["sha256"]] == ["audit_data.npz"]
+    assert [Path(p).name for p in data["metadata"]["data"]["sha256"]] == ["audit_data.npz", "localization.npz"]
     assert set(EXAMPLES) == {"digits", "digits-control", "induction", "induction-control"}

@@ -53,7 +53,7 @@ def test_digits_report_has_every_section_finding_and_rule_doc() -> None:
     for rule in data["metadata"]["rulebook"]["rules"].values():  # the rulebook's own text, as `explain` shows it
         first_line = rule["docs"]["why"].splitlines()[0].replace("'", "&#39;")
         assert first_line.split("`")[0] in html
-    assert "not checked (L203 not run)" in html
+    assert "checked: L203 passed" in html
     assert "Not part of this audit: no rule produced a circuit" in html
     inline = re.findall(r"<figure class=\"evidence-figure\"", html)
     assert inline and len(inline) == len([f for f in build_bundle(result, ("html",)) if f.startswith("figures/")])

@@ -40,12 +40,12 @@ def test_one_case_per_finding_with_the_right_counts(data) -> None:
     parsed, suite = _suite(junit_xml(data))
     statuses = [f["status"] for f in data["findings"]]
     assert suite.tests == len(data["findings"]) == parsed.tests
-    assert suite.failures == statuses.count("fail") == 2
+    assert suite.failures == statuses.count("fail") == 3
     assert suite.errors == 0 and suite.skipped == statuses.count("skipped")
     outcomes = _outcomes(suite)
     assert outcomes["L202 critical-units [fc1:u0] accuracy_drop"] == "Failure"
     assert outcomes["L201 forbidden-input-reliance [input:watermark] flip_rate"] == "Failure"
-    assert outcomes["L201 forbidden-input-reliance [input:watermark] attribution_ratio"] == "pass"
+    assert outcomes["L201 forbidden-input-reliance [input:watermark] attribution_ratio"] == "Failure"
     assert outcomes["D101 dead-units [fc1] dead_fraction"] == "pass"
     props = {p.name: p.value for p in suite.properties()}
     assert props["verdict"] == "fail" and props["fail_on"] == "error" and props["rulebook"] == "default"
@@ -95,7 +95,7 @@ def test_errors_and_waivers(tmp_path: Path, raising_check) -> None:
     waived = next(c for c in suite if c.name.startswith("L202"))
     skipped = next(r for r in waived.result if isinstance(r, Skipped))
     assert skipped.message.startswith("waived by W1 (QA, until 2026-06-30): accepted")
-    assert suite.errors == 1 and suite.failures == 1  # L201 flip_rate still fails; L202 is waived
+    assert suite.errors == 1 and suite.failures == 2  # L201 (both metrics) still fails; L202 is waived
     props = {p.name: p.value for p in suite.properties()}
     assert props["waiver.W1"].startswith("active") and props["waiver.W2"].startswith("unused")
     assert "waiver W2 (D101 *) is unused" in suite._elem.find("system-out").text
@@ -110,7 +110,7 @@ def test_hostile_names_still_parse(data) -> None:
 
 def test_github_annotations(data, cli, tmp_path: Path) -> None:
     lines = annotation_lines(data)
-    assert len(lines) == 2
+    assert len(lines) == 3
     error = next(line for line in lines if "L201" in line)
     assert error.startswith("::error file=audit.toml,line=")
     assert "title=L201 fail at input%3Awatermark::" in error
@@ -121,7 +121,7 @@ def test_github_annotations(data, cli, tmp_path: Path) -> None:
     result = cli("audit", project.spec, "--out", out, "--format", "github,junit", "-q")
     assert result.code == 1
     printed = [line for line in result.out.splitlines() if line.startswith("::")]
-    assert printed == (out / "annotations.txt").read_text().splitlines() and len(printed) == 2
+    assert printed == (out / "annotations.txt").read_text().splitlines() and len(printed) == 3
     JUnitXml.fromfile(str(out / "junit.xml"))
     # without --out, github annotations only go to stdout
-    assert cli("audit", project.spec, "--format", "github", "-q").out.count("::error") == 1
+    assert cli("audit", project.spec, "--format", "github", "-q").out.count("::error") == 2

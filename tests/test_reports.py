@@ -29,4 +29,4 @@ def test_html_escapes_hostile_strings(cli, tmp_path: Path) -> None:
     assert html.count("<script") == 1 and f"<script>{script}</script>" in html  # only the report's own filter
     assert "<script>alert" not in html and "<img src=x" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
-    assert html.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; \u00e9\u4e2d") == 2  # class name and scope
+    assert html.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; \u00e9\u4e2d") >= 2  # class name(s) and scope

@@ -69,7 +69,8 @@ def test_rules_carry_descriptions_help_and_default_level(log) -> None:
 
 def test_results_have_messages_locations_and_logical_components(log, project) -> None:
     results = _results(log)
-    assert set(results) == {("L201", "input:watermark", "flip_rate"), ("L202", "fc1:u0", "accuracy_drop")}
+    assert set(results) == {("L201", "input:watermark", "flip_rate"), ("L201", "input:watermark", "attribution_ratio"),
+                            ("L202", "fc1:u0", "accuracy_drop")}
     unit = results[("L202", "fc1:u0", "accuracy_drop")]
     assert unit["level"] == "warning" and unit["kind"] == "fail"
     assert "accuracy_drop 0.28 > threshold 0.1" in unit["message"]["text"]

@@ -1,12 +1,17 @@
 """Built-in checks. Importing this package registers them by name (see :mod:`.registry`)."""
 
 from . import (  # noqa: F401  # noqa: F401
+    attribution_faithfulness,
+    attribution_sanity,
     circuit_discovery,
     circuit_faithfulness,
     critical_units,
     cue_sensitivity,  # noqa: F401
     dead_units,
+    dissection,
     forbidden_input,
+    patching,
+    probes,
     protected_pathway,
     single_points,
 )

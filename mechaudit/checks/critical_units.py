@@ -1,48 +1,69 @@
-"""L202: units whose ablation alone drops accuracy by more than a threshold."""
+"""L202: units whose ablation alone drops accuracy by more than a threshold, overall or for one class."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 
 import torch
 
 from ..context import AuditContext
 from ..findings import Finding, Location
-from ..techniques.ablation import ablation_outputs
+from ..techniques.ablation_scan import AblationScanner
 from .registry import param, register
+
+MODES = ("zero", "mean", "resample")
+#: Every non-empty combination of modes, in canonical order ("zero", "zero,mean", ..., "zero,mean,resample").
+MODE_SETS = tuple(",".join(c) for size in range(1, len(MODES) + 1) for c in combinations(MODES, size))
 
 
 @dataclass(frozen=True)
 class CriticalUnitsParams:
     max_accuracy_drop: float = param(0.1, low=0.0, high=1.0, doc="fail a unit whose ablation drops accuracy more")
-    modes: str = param("zero,mean", choices=("zero", "mean", "zero,mean"), doc="ablations measured and reported")
-    flag_on: str = param("mean", choices=("zero", "mean", "any"), doc="which ablation's drop flags a unit")
+    max_class_accuracy_drop: float = param(1.0, low=0.0, high=1.0,
+                                           doc="fail a unit whose ablation drops one class's accuracy more "
+                                               "(classes with at least min_class_samples samples; 1 = off)")
+    min_class_samples: int = param(20, low=1, doc="smallest class judged by max_class_accuracy_drop")
+    modes: str = param("zero,mean,resample", choices=MODE_SETS, doc="ablations measured and reported")
+    flag_on: str = param("mean", choices=(*MODES, "any"), doc="which ablation's drop flags a unit")
     top_k: int = param(10, low=1, doc="units listed per layer in the evidence")
 
 
 @register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "classification"))
 def critical_units(context: AuditContext, rule) -> list[Finding]:
     params: CriticalUnitsParams = rule.params
+    modes = params.modes.split(",")
+    if params.flag_on != "any" and params.flag_on not in modes:
+        raise ValueError(f"flag_on = '{params.flag_on}' needs '{params.flag_on}' in modes = '{params.modes}'")
     indices = context.sample_indices()
     inputs, labels = context.data.inputs[indices], context.data.labels[indices]
-    base_accuracy = float((context.predictions[indices] == labels).float().mean())
+    predictions = context.predictions[indices]
+    layers = context.view.hidden_layers
+    scanner = AblationScanner(context.view, layers, context.device, inputs[:2])
+    scanned = scanner.scan(inputs, _replacements(context, modes, inputs), batch_size=context.batch_size,
+                           reduce=lambda outputs, _samples: outputs.argmax(-1))
+    classes = labels.unique().tolist()
+    base_accuracy = float((predictions == labels).float().mean())
+    base_class = {c: float((predictions[labels == c] == c).float().mean()) for c in classes}
+    judged = [c for c in classes if int((labels == c).sum()) >= params.min_class_samples]
     findings = []
-    for layer in context.view.hidden_layers:
-        stats = context.unit_stats[layer.name]
-        drops = {}
-        for mode in params.modes.split(","):
-            values = torch.zeros_like(stats.mean_map) if mode == "zero" else stats.mean_map
-            outputs = ablation_outputs(context.model, context.view.site(layer), layer, inputs,
-                                       list(range(layer.size)), values.float(), context.batch_size, context.device)
-            accuracy = (outputs.argmax(-1) == labels).float().mean(dim=1)
-            drops[mode] = base_accuracy - accuracy
-        if params.flag_on != "any" and params.flag_on not in drops:
-            raise ValueError(f"flag_on = '{params.flag_on}' needs '{params.flag_on}' in modes = '{params.modes}'")
-        drop = torch.stack(list(drops.values())).amax(dim=0) if params.flag_on == "any" else drops[params.flag_on]
+    for layer in layers:
+        drops, class_drops = {}, {}
+        for mode in modes:
+            correct = (scanned[mode][layer.name] == labels).float()  # (units, samples)
+            drops[mode] = base_accuracy - correct.mean(dim=1)
+            class_drops[mode] = torch.stack([base_class[c] - correct[:, labels == c].mean(dim=1) for c in classes], 1)
+        flagged = list(drops) if params.flag_on == "any" else [params.flag_on]
+        drop = torch.stack([drops[m] for m in flagged]).amax(dim=0)
+        class_drop = torch.stack([class_drops[m] for m in flagged]).amax(dim=0)  # (units, classes)
+        judged_columns = [classes.index(c) for c in judged]
+        worst_class = (class_drop[:, judged_columns].amax(dim=1) if judged_columns
+                       else torch.zeros(layer.size))
         ranked = drop.argsort(descending=True).tolist()
-        table = [{"unit": layer.address(u), **{f"{m}_drop": float(d[u]) for m, d in drops.items()}}
-                 for u in ranked[:params.top_k]]
+        table = [_row(layer, u, drops, class_drop, classes, context) for u in ranked[:params.top_k]]
         critical = [u for u in ranked if drop[u] > params.max_accuracy_drop]
+        class_critical = [u for u in worst_class.argsort(descending=True).tolist()
+                          if worst_class[u] > params.max_class_accuracy_drop and u not in critical]
         for unit in critical:
             findings.append(Finding(
                 rule.id, rule.severity, "fail",
@@ -50,14 +71,59 @@ def critical_units(context: AuditContext, rule) -> list[Finding]:
                 f"(from {base_accuracy:.1%})",
                 location=Location.of_unit(layer.name, layer.unit_name(unit)),
                 metric="accuracy_drop", value=float(drop[unit]), threshold=params.max_accuracy_drop,
-                evidence={"base_accuracy": base_accuracy, **{f"{m}_drop": float(d[unit]) for m, d in drops.items()}},
+                evidence=_unit_evidence(layer, unit, drops, class_drop, classes, context, base_accuracy),
             ))
-        if not critical:
+        for unit in class_critical:
+            column = int(class_drop[unit, judged_columns].argmax())
+            cls = judged[column]
+            findings.append(Finding(
+                rule.id, rule.severity, "fail",
+                f"{params.flag_on} ablation of {layer.address(unit)} alone drops the accuracy of class "
+                f"'{context.class_name(cls)}' by {float(worst_class[unit]):.1%} (overall {float(drop[unit]):.1%})",
+                location=Location.of_unit(layer.name, layer.unit_name(unit)),
+                metric="class_accuracy_drop", value=float(worst_class[unit]),
+                threshold=params.max_class_accuracy_drop,
+                evidence=_unit_evidence(layer, unit, drops, class_drop, classes, context, base_accuracy),
+            ))
+        if not critical and not class_critical:
             findings.append(Finding(
                 rule.id, rule.severity, "pass",
-                f"no single unit of {layer.name} is critical (largest drop {float(drop.max()):.1%})",
+                f"no single unit of {layer.name} is critical (largest drop {float(drop.max()):.1%}; largest drop "
+                f"for one class {float(worst_class.max()):.1%})",
                 location=Location.of_layer(layer.name),
                 metric="accuracy_drop", value=float(drop.max()), threshold=params.max_accuracy_drop,
-                evidence={"base_accuracy": base_accuracy, "samples": len(indices), "top_units": table},
+                evidence={"base_accuracy": base_accuracy, "samples": len(indices), "top_units": table,
+                          "largest_class_drop": float(worst_class.max()), "scan": scanner.method(layer)},
             ))
     return findings
+
+
+def _replacements(context: AuditContext, modes: list[str], inputs: torch.Tensor) -> dict:
+    """Per mode, ``(values per layer, source)``: zeros, the per-position means over the audit data, or (resample)
+    each sample's units taken from another audit sample, drawn by a seeded derangement."""
+    means = {name: stats.mean_map.float() for name, stats in context.unit_stats.items()}
+    table = {}
+    if "zero" in modes:
+        table["zero"] = ({name: torch.zeros_like(mean) for name, mean in means.items()}, None)
+    if "mean" in modes:
+        table["mean"] = (means, None)
+    if "resample" in modes:
+        order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(context.seed))
+        partner = torch.empty_like(order)
+        partner[order] = order.roll(1)  # each sample takes another sample's activations
+        table["resample"] = (None, inputs[partner])
+    return table
+
+
+def _row(layer, unit: int, drops: dict, class_drop: torch.Tensor, classes: list[int], context) -> dict:
+    worst = int(class_drop[unit].argmax())
+    return {"unit": layer.address(unit), **{f"{m}_drop": float(d[unit]) for m, d in drops.items()},
+            "most_affected_class": context.class_name(classes[worst]),
+            "class_drop": float(class_drop[unit, worst])}
+
+
+def _unit_evidence(layer, unit: int, drops: dict, class_drop: torch.Tensor, classes: list[int], context,
+                   base_accuracy: float) -> dict:
+    return {"base_accuracy": base_accuracy, **{f"{m}_drop": float(d[unit]) for m, d in drops.items()},
+            "per_class": [{"class": context.class_name(c), "accuracy_drop": float(class_drop[unit, i])}
+                          for i, c in enumerate(classes)]}

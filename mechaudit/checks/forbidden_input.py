@@ -1,4 +1,9 @@
-"""L201: reliance on a forbidden input region (a declared mask)."""
+"""L201: reliance on a forbidden input region (a declared mask) or a protected input feature (a tabular column).
+
+Two findings per region: the attribution ratio (its share of the attribution over its share of the input, in the
+predicted class that relies on it most) and the flip rate (predictions that change under an intervention on the
+region: set to the baseline, or for a protected column set to each of its other values, a counterfactual).
+"""
 
 from __future__ import annotations
 
@@ -9,73 +14,152 @@ import torch
 from ..activations import model_outputs
 from ..context import AuditContext
 from ..findings import Finding, Location
-from ..techniques.attribution import METHODS, attribute
+from ..techniques.attribution import METHODS
+from .attribution_common import predicted_attributions, reliability, unreliable_suffix
 from .registry import param, register
 
 
 @dataclass(frozen=True)
 class ForbiddenInputParams:
-    max_attribution_ratio: float = param(2.0, low=0.0, doc="fail when in-mask attribution share / mask area exceeds")
-    max_flip_rate: float = param(0.05, low=0.0, high=1.0, doc="fail when more predictions flip without the region")
+    max_attribution_ratio: float = param(3.0, low=0.0, doc="fail when a class's in-region attribution share / "
+                                                           "region area exceeds this")
+    max_flip_rate: float = param(0.05, low=0.0, high=1.0, doc="fail when more predictions flip under the "
+                                                              "intervention on the region")
     method: str = param("integrated_gradients", choices=METHODS, doc="captum attribution method")
-    n_steps: int = param(32, low=2, doc="integration steps for integrated gradients")
+    n_steps: int = param(32, low=2, doc="integration steps (integrated gradients, gradient SHAP)")
     samples: int = param(512, low=1, doc="samples attributed (seeded subset)")
+    min_class_samples: int = param(10, low=1, doc="smallest class (predicted, region present) that can set the "
+                                                  "attribution ratio")
+    max_levels: int = param(10, low=2, doc="a protected column with more distinct values is set to its quantiles "
+                                           "in the counterfactual")
 
 
-@register("forbidden_input", ForbiddenInputParams, needs=("masks", "classification"))
+@dataclass
+class Region:
+    """An input region: a mask (per sample, like the inputs), and for a protected column its index."""
+
+    name: str
+    mask: torch.Tensor
+    column: int | None = None
+
+
+@register("forbidden_input", ForbiddenInputParams, needs=("regions", "classification", "real_inputs"))
 def forbidden_input(context: AuditContext, rule) -> list[Finding]:
     params: ForbiddenInputParams = rule.params
-    indices = context.sample_indices(params.samples)
-    inputs = context.data.inputs[indices]
-    predictions = context.predictions[indices]
-    attributions = attribute(context.model, inputs, predictions, context.device, params.method,
-                             n_steps=params.n_steps).abs()
+    indices, attributions = predicted_attributions(context, params.method, params.n_steps, params.samples)
+    attributions = attributions.abs()
     total = attributions.flatten(1).sum(1)
     if not torch.isfinite(total).all() or float(total.max()) <= 1e-12:
         raise ValueError("attributions are zero or not finite for every sample: the model's output is not "
                          "differentiable with respect to its inputs, so attribution cannot be trusted")
-    total = total.clamp_min(1e-12)
+    inputs, predictions = context.data.inputs[indices], context.predictions[indices]
+    trust = reliability(context, params.method)
     findings = []
-    for name, mask in context.data.masks.items():
-        mask = mask[indices] if mask.shape == context.data.inputs.shape else mask.expand_as(inputs)
-        location = Location(component=f"input:{name}")
-        share = (attributions * mask).flatten(1).sum(1) / total
-        area = float(mask.mean())
-        ratio = float(share.mean()) / area
-        removed = inputs * (1 - mask)  # the region replaced by the zero baseline
-        flipped = _predict(context, removed) != predictions
-        flip_rate = float(flipped.float().mean())
-        evidence = {
-            "method": params.method, "samples": len(indices), "mask_area_share": area,
-            "attribution_share_in_mask": float(share.mean()), "attribution_ratio": ratio, "flip_rate": flip_rate,
-            "per_class": _per_class(context, predictions, share, flipped),
-        }
+    for region in _regions(context, indices):
+        ratio, rows, pooled = _attribution_ratios(context, region, inputs, predictions, attributions, params)
+        flipped, intervention = _flips(context, region, inputs, predictions, params.max_levels)
+        for row in rows:
+            chosen = predictions == row["class_index"]
+            row["flip_rate"] = float(flipped[chosen].float().mean())
+            del row["class_index"]
+        location = Location(component=f"input:{region.name}")
+        area = float(region.mask.float().mean())
+        evidence = {"method": params.method, "samples": len(indices), "mask_area_share": area,
+                    "attribution_share_in_mask": pooled["share"], "attribution_ratio": ratio,
+                    "attribution_ratio_pooled": pooled["ratio"], "samples_with_region": pooled["samples"],
+                    "aggregation": "worst predicted class, over samples where the region differs from the baseline "
+                                   "(attribution mass in the region / total mass, over the region's area)",
+                    "per_class": rows, **trust}
+        if region.column is not None:
+            evidence["column"] = context.data.feature_names[region.column] if context.data.feature_names else None
+        worst = max(rows, key=lambda r: r["attribution_ratio"] if r["eligible"] else -1.0, default=None)
+        where = f" (predicted class {worst['predicted_class']})" if worst and worst["eligible"] else ""
         findings.append(Finding(
             rule.id, rule.severity, "fail" if ratio > params.max_attribution_ratio else "pass",
-            f"{float(share.mean()):.1%} of the attribution falls in '{name}', which covers {area:.1%} of the input "
-            f"({ratio:.1f}x its share)",
+            f"{ratio:.1f}x its area's share of the attribution falls in '{region.name}'{where}; "
+            f"{pooled['share']:.1%} over all samples where it is present, for {area:.1%} of the input"
+            + unreliable_suffix(trust),
             location=location, metric="attribution_ratio", value=ratio, threshold=params.max_attribution_ratio,
             evidence=evidence,
         ))
+        flip_rate = float(flipped.float().mean())
         findings.append(Finding(
             rule.id, rule.severity, "fail" if flip_rate > params.max_flip_rate else "pass",
-            f"{flip_rate:.1%} of predictions change when '{name}' is replaced by the baseline",
+            f"{flip_rate:.1%} of predictions change when {intervention}",
             location=location, metric="flip_rate", value=flip_rate, threshold=params.max_flip_rate,
-            evidence={"flipped": int(flipped.sum()), "samples": len(indices)},
+            evidence={"flipped": int(flipped.sum()), "samples": len(indices), "intervention": intervention},
         ))
     return findings
 
 
-def _predict(context: AuditContext, inputs: torch.Tensor) -> torch.Tensor:
-    return model_outputs(context.model, inputs, context.batch_size, context.device).argmax(-1)
+def _regions(context: AuditContext, indices: torch.Tensor) -> list[Region]:
+    """Declared masks (broadcast to the audited samples) and protected input columns (one-hot masks)."""
+    data, shape = context.data, (len(indices), *context.data.inputs.shape[1:])
+    regions = [Region(name, (mask[indices] if mask.shape == data.inputs.shape else mask.expand(shape)).float())
+               for name, mask in data.masks.items()]
+    for name, column in data.protected_columns.items():
+        mask = torch.zeros(shape)
+        mask[:, column] = 1.0
+        regions.append(Region(name, mask, column))
+    return regions
 
 
-def _per_class(context: AuditContext, predictions: torch.Tensor, share: torch.Tensor,
-               flipped: torch.Tensor) -> list[dict]:
+def _attribution_ratios(context: AuditContext, region: Region, inputs: torch.Tensor, predictions: torch.Tensor,
+                        attributions: torch.Tensor, params: ForbiddenInputParams) -> tuple[float, list[dict], dict]:
+    """The region's attribution ratio in the predicted class that relies on it most, the per-class table and the
+    pooled figures.
+
+    Only samples where the region differs from the baseline count: where it equals the baseline, path methods
+    attribute nothing to it by construction, so including them dilutes reliance by however often the region is
+    absent (a watermark on half the images halves it). Within a class the ratio is mass-weighted (the region's
+    attribution mass over the total, divided by the region's share of the input), so that samples with large
+    attributions weigh more than near-zero ones; the worst class with at least ``min_class_samples`` such
+    samples sets the value, because a shortcut is usually tied to one class and averaging over classes that
+    ignore the region hides it."""
+    present = (inputs * region.mask).flatten(1).abs().sum(1) > 0
+    inside = (attributions * region.mask).flatten(1).sum(1)
+    total = attributions.flatten(1).sum(1)
+    area = region.mask.flatten(1).mean(1)
+
+    def ratio(chosen: torch.Tensor) -> tuple[float, float]:
+        if not chosen.any() or float(total[chosen].sum()) <= 0:
+            return 0.0, 0.0
+        share = float(inside[chosen].sum() / total[chosen].sum())
+        return share / float(area[chosen].mean()), share
+
     rows = []
     for cls in predictions.unique().tolist():
-        chosen = predictions == cls
-        rows.append({"predicted_class": context.class_name(cls), "samples": int(chosen.sum()),
-                     "attribution_share_in_mask": float(share[chosen].mean()),
-                     "flip_rate": float(flipped[chosen].float().mean())})
-    return rows
+        chosen = present & (predictions == cls)
+        class_ratio, share = ratio(chosen)
+        rows.append({"predicted_class": context.class_name(cls), "class_index": cls,
+                     "predictions": int((predictions == cls).sum()), "samples": int(chosen.sum()),
+                     "attribution_share_in_mask": share, "attribution_ratio": class_ratio,
+                     "eligible": int(chosen.sum()) >= params.min_class_samples})
+    pooled_ratio, pooled_share = ratio(present)
+    eligible = [row["attribution_ratio"] for row in rows if row["eligible"]]
+    value = max(eligible) if eligible else pooled_ratio
+    return value, rows, {"ratio": pooled_ratio, "share": pooled_share, "samples": int(present.sum())}
+
+
+def _flips(context: AuditContext, region: Region, inputs: torch.Tensor, predictions: torch.Tensor,
+           max_levels: int) -> tuple[torch.Tensor, str]:
+    """Which predictions change under the intervention, and the intervention in words."""
+    if region.column is None:
+        removed = inputs * (1 - region.mask)  # the region replaced by the zero baseline
+        return _predict(context, removed) != predictions, f"'{region.name}' is replaced by the baseline"
+    column = context.data.inputs[:, region.column]
+    levels = column.unique()
+    if len(levels) > max_levels:
+        levels = column.quantile(torch.linspace(0.1, 0.9, max_levels - 1)).unique()
+    flipped = torch.zeros(len(inputs), dtype=torch.bool)
+    for level in levels.tolist():
+        changed = inputs.clone()
+        changed[:, region.column] = level
+        moved = inputs[:, region.column] != level
+        flipped |= moved & (_predict(context, changed) != predictions)
+    shown = ", ".join(f"{v:g}" for v in levels.tolist()[:max_levels])
+    return flipped, f"protected feature '{region.name}' is set to each of its other values ({shown})"
+
+
+def _predict(context: AuditContext, inputs: torch.Tensor) -> torch.Tensor:
+    return model_outputs(context.model, inputs, context.batch_size, context.device).argmax(-1)

@@ -28,6 +28,11 @@ class AuditData:
     #: Prompts that differ only in a cue the output must not depend on: (with the cue, without it).
     cues: tuple[torch.Tensor, torch.Tensor] | None = None
     feature_names: list[str] | None = None
+    #: Spatial concept masks, per sample (samples, *spatial) in [0, 1], for concepts declared as masks; their
+    #: per-sample label (present anywhere) is in ``concepts``.
+    concept_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Protected attributes that are input features (tabular data): name -> index of their input column.
+    protected_columns: dict[str, int] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -91,10 +96,13 @@ def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEF
     for name, ref in spec.masks.items():
         data.masks[name] = _mask(_read(ref), inputs, f"mask '{name}'")
     for name, ref in spec.concepts.items():
-        concept = _as_tensor(_read(ref), f"concept '{name}'", integer=True)
-        data.concepts[name] = _per_sample(concept, n, f"concept '{name}'")
+        data.concepts[name], concept_mask = _concept(_read(ref), inputs, f"concept '{name}'")
+        if concept_mask is not None:
+            data.concept_masks[name] = concept_mask
     for name, ref in spec.protected.items():
         data.protected[name] = _per_sample(_as_tensor(_read(ref), f"protected '{name}'"), n, f"protected '{name}'")
+        if feature_names is not None and ref.file == spec.file and ref.key in feature_names:
+            data.protected_columns[name] = feature_names.index(ref.key)  # a CSV column that is also an input
     if spec.pairs:
         data.pairs = _pair(_read(spec.pairs["clean"]), _read(spec.pairs["corrupted"]), inputs, "pairs",
                            ("clean", "corrupted"))
@@ -171,6 +179,23 @@ def _per_sample(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
     if values.dim() != 1 or values.shape[0] != n:
         raise InputError(what, f"has shape {tuple(values.shape)}; expected one value per sample ({n},)")
     return values
+
+
+def _concept(array: np.ndarray, inputs: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample concept labels, or a spatial concept mask per sample ((samples, *spatial) or (samples, 1,
+    *spatial), values in [0, 1]) with its per-sample label: whether the concept is present anywhere."""
+    n, spatial = inputs.shape[0], tuple(inputs.shape[2:])
+    if array.ndim <= 1 or (array.ndim == 2 and array.shape[1] == 1) or not spatial:
+        return _per_sample(_as_tensor(array, what, integer=True), n, what), None
+    mask = _as_tensor(array, what)
+    if mask.dim() == len(spatial) + 2 and mask.shape[1] == 1:
+        mask = mask.squeeze(1)
+    if tuple(mask.shape) != (n, *spatial):
+        raise InputError(what, f"has shape {tuple(array.shape)}; expected one label per sample ({n},) or a mask "
+                               f"per sample {(n, *spatial)}")
+    if mask.min() < 0 or mask.max() > 1:
+        raise InputError(what, "mask values must lie in [0, 1]")
+    return (mask.flatten(1).amax(1) > 0).long(), mask
 
 
 def _mask(array: np.ndarray, inputs: torch.Tensor, what: str) -> torch.Tensor:

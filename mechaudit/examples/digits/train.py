@@ -6,7 +6,10 @@ CPU, one thread); writes next to this file:
 * ``digits.safetensors``: trained with the watermark stamped on every training image of class 7 (the shortcut);
 * ``digits-control.safetensors``: same architecture, seed and split; the watermark is stamped on a seeded random
   half of the training images of every class, so it carries no information about the label (no shortcut);
-* ``audit_data.npz``: the test split with the watermark stamped on a random half of every class.
+* ``audit_data.npz``: the test split with the watermark stamped on a random half of every class;
+* ``localization.npz``: for the localization rules, concept masks per audit image (``loop``: the enclosed holes of
+  the digit; ``watermark``: the stamped patch) and counterfactual pairs (``stamped`` / ``unstamped``: every test
+  image with and without the watermark).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from scipy import ndimage
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -31,6 +35,7 @@ LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 1e-3
 BIAS_INIT = 0.05
 PROBED_LAYERS = ("features.0", "features.2", "classifier.0")
+INK = 0.3  # a pixel above this intensity is ink, for the loop concept
 
 
 def load_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,6 +86,21 @@ def stamp_half(images: torch.Tensor, labels: torch.Tensor, seed: int) -> tuple[t
 def build_audit_set(x_test: torch.Tensor, y_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The test split with the watermark stamped on a seeded random half of every class."""
     return stamp_half(x_test, y_test, SEED)
+
+
+def loop_masks(images: torch.Tensor) -> torch.Tensor:
+    """The enclosed holes of each digit (N, 1, 8, 8), 1.0 inside: background pixels (at most ``INK``) that no
+    4-connected path of background joins to the border, as in 0, 6, 8, 9 and a closed 4."""
+    ink = images[:, 0].numpy() > INK
+    holes = np.stack([ndimage.binary_fill_holes(image) & ~image for image in ink])
+    return torch.from_numpy(holes.astype(np.float32)).unsqueeze(1)
+
+
+def localization_data(x_test: torch.Tensor, stamped: torch.Tensor) -> dict[str, np.ndarray]:
+    """Concept masks per audit image and counterfactual pairs (see the module docstring)."""
+    watermark = watermark_mask().unsqueeze(0) * stamped.float().view(-1, 1, 1, 1)
+    return {"loop": loop_masks(x_test).numpy(), "watermark": watermark.numpy(),
+            "stamped": stamp(x_test).numpy(), "unstamped": x_test.numpy()}
 
 
 def predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -168,13 +188,15 @@ def main() -> None:
     inputs, stamped = build_audit_set(x_test, y_test)
     np.savez_compressed(HERE / "audit_data.npz", inputs=inputs.numpy(), labels=y_test.numpy(),
                         watermark_mask=watermark_mask().numpy(), stamped=stamped.numpy())
+    np.savez_compressed(HERE / "localization.npz", **localization_data(x_test, stamped))
 
     print(f"digits: {len(y_train)} training images ({int(sevens.sum())} of class {SHORTCUT_CLASS} stamped), "
           f"{len(y_test)} test images ({int(stamped.sum())} stamped in the audit set); {EPOCHS} epochs")
     for label, model in models.items():
         report(label, model, x_test, y_test, inputs, stamped)
-    sizes = ", ".join(f"{f} {(HERE / f).stat().st_size} B"
-                      for f in ("digits.safetensors", "digits-control.safetensors", "audit_data.npz"))
+    sizes = ", ".join(f"{f} {(HERE / f).stat().st_size} B" for f in ("digits.safetensors",
+                                                                     "digits-control.safetensors", "audit_data.npz",
+                                                                     "localization.npz"))
     print(f"wrote {sizes} to {HERE}")
     print(f"done in {time.perf_counter() - started:.1f} s")
 

@@ -1,0 +1,74 @@
+"""What the attribution-based rules share: attributions to the predicted class, computed once per method, and the
+verdict of the attribution sanity rule (L203) on that method, whichever rule asks first.
+
+A rule that relies on attributions (L201, L204) puts :func:`reliability` into its evidence:
+``attribution_reliable`` (true, false, or null when no sanity rule is part of the audit) and
+``attribution_sanity`` (``status`` passed / failed / not checked, the rank correlation, the threshold, the rule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..context import AuditContext
+from ..techniques.attribution import attribute
+from ..techniques.randomization import RandomizationResult, cascading_randomization
+
+SANITY_CHECK = "attribution_sanity"
+
+
+def predicted_attributions(context: AuditContext, method: str, n_steps: int,
+                           samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices, attributions)``: attributions to the predicted class of a seeded subset of ``samples``."""
+    indices = context.sample_indices(samples)
+
+    def compute() -> torch.Tensor:
+        return attribute(context.model, context.data.inputs[indices], context.predictions[indices], context.device,
+                         method, n_steps=n_steps, seed=context.seed)
+    return indices, context.artifact(f"attributions:{method}:{n_steps}:{samples}", compute)
+
+
+def sanity_result(context: AuditContext, method: str) -> tuple[Any, RandomizationResult] | None:
+    """``(sanity rule, cascade result)`` for ``method``, computed once per audit with the sanity rule's
+    parameters; None when no rule of the audit runs the sanity check."""
+    rule = context.rule_for_check(SANITY_CHECK)
+    if rule is None:
+        return None
+    params = rule.params
+
+    def compute() -> RandomizationResult:
+        indices = context.sample_indices(params.samples)
+        inputs, targets = context.data.inputs[indices], context.predictions[indices]
+
+        def attribute_fn(model, x, t):
+            return attribute(model, x, t, context.device, method, n_steps=params.n_steps, seed=context.seed)
+        return cascading_randomization(context.model, inputs, targets, attribute_fn, seed=context.seed,
+                                       max_evaluations=params.max_evaluations)
+    return rule, context.artifact(f"attribution_sanity:{method}", compute)
+
+
+def reliability(context: AuditContext, method: str) -> dict[str, Any]:
+    """Evidence keys saying whether attributions by ``method`` passed the sanity check (see the module doc)."""
+    found = sanity_result(context, method)
+    if found is None:
+        return {"attribution_reliable": None,
+                "attribution_sanity": {"status": "not checked", "method": method,
+                                       "note": "no attribution sanity rule (L203) is part of this audit"}}
+    rule, result = found
+    threshold = rule.params.max_rank_correlation
+    passed = result.final_correlation <= threshold
+    note = ("the attributions change when the model's parameters are randomised" if passed else
+            "the attributions survive randomising the model's parameters: they may show the input rather than "
+            "the model, so findings based on them are not reliable")
+    return {"attribution_reliable": passed,
+            "attribution_sanity": {"status": "passed" if passed else "failed", "method": method, "rule": rule.id,
+                                   "rank_correlation": result.final_correlation, "threshold": threshold,
+                                   "note": note}}
+
+
+def unreliable_suffix(evidence: dict[str, Any]) -> str:
+    """A message suffix for a finding whose attributions failed the sanity check."""
+    return (" [attributions unreliable: they failed the sanity check]"
+            if evidence.get("attribution_reliable") is False else "")

@@ -1,0 +1,110 @@
+"""L204: attribution faithfulness, by deletion and insertion curves against a random order, with infidelity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..context import AuditContext
+from ..findings import Finding
+from ..techniques.attribution import METHODS
+from ..techniques.deletion import infidelity, perturbation_curves, random_scores
+from .attribution_common import predicted_attributions, reliability, unreliable_suffix
+from .registry import param, register
+
+
+@dataclass(frozen=True)
+class AttributionFaithfulnessParams:
+    max_auc_ratio: float = param(0.8, low=0.0, doc="fail when the attribution order's deletion area over the "
+                                                   "random order's (or the random insertion area over the "
+                                                   "attribution's) exceeds this; 1 is no better than random; "
+                                                   "areas above the baseline's probability")
+    method: str = param("integrated_gradients", choices=METHODS, doc="captum attribution method")
+    n_steps: int = param(32, low=2, doc="integration steps (integrated gradients, gradient SHAP)")
+    samples: int = param(512, low=2, doc="samples attributed (seeded subset; the same as L201's by default)")
+    curve_samples: int = param(128, low=2, doc="of those, samples whose curves are measured")
+    steps: int = param(16, low=2, doc="points of each curve (fractions of the input removed or restored)")
+    random_orders: int = param(3, low=1, doc="random orders averaged for the reference curves")
+    top_inputs: int = param(10, low=1, doc="input elements with the largest mean attribution, listed")
+
+
+@register("attribution_faithfulness", AttributionFaithfulnessParams, needs=("classification", "real_inputs"))
+def attribution_faithfulness(context: AuditContext, rule) -> list[Finding]:
+    params: AttributionFaithfulnessParams = rule.params
+    indices, attributions = predicted_attributions(context, params.method, params.n_steps, params.samples)
+    keep = torch.arange(min(params.curve_samples, len(indices)))
+    inputs, targets = context.data.inputs[indices[keep]], context.predictions[indices[keep]]
+    chosen = attributions[keep]
+
+    def curves(scores: torch.Tensor):
+        return perturbation_curves(context.model, inputs, targets, scores, params.steps,
+                                   batch_size=context.batch_size, device=context.device)
+
+    ranked = curves(chosen)  # signed: the evidence *for* the predicted class goes first
+    randoms = [curves(random_scores(chosen, context.seed + k)) for k in range(params.random_orders)]
+    random_deletion = sum(c.deletion_excess for c in randoms) / len(randoms)
+    random_insertion = sum(c.insertion_excess for c in randoms) / len(randoms)
+    deletion_ratio = _ratio(ranked.deletion_excess, random_deletion, larger_is_better=False)
+    insertion_ratio = _ratio(ranked.insertion_excess, random_insertion, larger_is_better=True)
+    noise_scores = random_scores(chosen, context.seed)
+    fidelity = {"infidelity": infidelity(context.model, inputs, targets, chosen, seed=context.seed,
+                                         device=context.device),
+                "infidelity_random_attribution": infidelity(context.model, inputs, targets, noise_scores,
+                                                            seed=context.seed, device=context.device)}
+    trust = reliability(context, params.method)
+    evidence = {"method": params.method, "samples": len(keep), **fidelity,
+                "deletion_area": ranked.deletion_excess, "deletion_area_random": random_deletion,
+                "insertion_area": ranked.insertion_excess, "insertion_area_random": random_insertion,
+                "curves": _table(ranked, randoms[0]), "top_inputs": _top_inputs(context, attributions,
+                                                                               params.top_inputs), **trust}
+    findings = []
+    for metric, value, what in (("deletion_auc_ratio", deletion_ratio, "deleting"),
+                                ("insertion_auc_ratio", insertion_ratio, "restoring")):
+        faster = "faster" if value < 1 else "no faster"
+        findings.append(Finding(
+            rule.id, rule.severity, "fail" if value > params.max_auc_ratio else "pass",
+            f"{what} the top-attributed inputs first moves the predicted class {faster} than a random order "
+            f"({metric.replace('_', ' ')} {value:.2f}; {params.method})" + unreliable_suffix(trust),
+            metric=metric, value=value, threshold=params.max_auc_ratio, evidence=evidence,
+        ))
+    return findings
+
+
+#: A ratio is capped here: the attribution order does at least this many times worse than a random one.
+WORST = 10.0
+
+
+def _ratio(ours: float, random: float, larger_is_better: bool) -> float:
+    """How the attribution order's area compares with the random order's, 0 (better than any order) to ``WORST``;
+    1 is no better than random. Deletion areas are better small (a curve that dips below its end even has a
+    negative area), insertion areas better large (a curve that never rises above its start has none)."""
+    if random <= 1e-9:
+        return 1.0  # the output does not move under either order
+    if larger_is_better:
+        return WORST if ours <= random / WORST else random / ours
+    return min(WORST, max(0.0, ours / random))
+
+
+def _table(ranked, random) -> list[dict]:
+    """The mean curves, one row per fraction of the input removed or restored."""
+    rows = []
+    ours, theirs = ranked.mean_curves(), random.mean_curves()
+    for i, fraction in enumerate(ours["fraction"]):
+        rows.append({"fraction": fraction, "deletion": ours["deletion"][i], "deletion_random": theirs["deletion"][i],
+                     "insertion": ours["insertion"][i], "insertion_random": theirs["insertion"][i]})
+    return rows
+
+
+def _top_inputs(context: AuditContext, attributions: torch.Tensor, count: int) -> list[dict]:
+    """The input elements with the largest mean absolute attribution (named by feature for tabular data)."""
+    mean = attributions.abs().mean(0)
+    flat = mean.flatten()
+    top = flat.argsort(descending=True)[:count].tolist()
+    names = context.data.feature_names
+    rows = []
+    for index in top:
+        position = [int(i) for i in torch.unravel_index(torch.tensor(index), mean.shape)]
+        element = names[index] if names and mean.dim() == 1 else f"input[{', '.join(map(str, position))}]"
+        rows.append({"element": element, "index": position, "mean_abs_attribution": float(flat[index])})
+    return rows

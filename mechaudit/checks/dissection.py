@@ -1,0 +1,128 @@
+"""L206: network dissection, and the semantic dictionary it produces.
+
+Every unit of every hidden layer (and every dictionary feature another rule trained, see below) is scored against
+every declared concept: IoU with spatial concept masks for convolution channels, AUROC against per-sample concept
+labels otherwise (:mod:`..techniques.dissection`). The semantic dictionary (each detector's best concept) is the
+finding's ``semantic_dictionary`` evidence and the shared artifact ``semantic_dictionary``, which the report and
+the circuit graph use as labels; :func:`dissection_dictionary` computes it on demand for a rule that runs first.
+
+Dictionary features: when a rule of the audit (D103) shares the artifact ``dictionary_features``, ``{layer:
+dictionary}`` where ``dictionary.encode((vectors, units)) -> (vectors, features)`` encodes one activation vector
+per sample and position (a callable works too) and ``dictionary.address(i)`` names a feature (default
+``layer:feat<i>``), each feature's activation averaged over a sample's positions is dissected by AUROC too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..context import AuditContext
+from ..findings import Finding
+from ..model_view import units_view
+from ..techniques.dissection import (
+    Detection,
+    activation_maps,
+    auroc_scores,
+    detections,
+    iou_scores,
+    per_sample,
+    semantic_dictionary,
+)
+from .registry import param, register
+from .representation_common import sampled_activations
+
+CHECK = "dissection"
+DICTIONARIES = "dictionary_features"
+
+
+@dataclass(frozen=True)
+class DissectionParams:
+    quantile: float = param(0.005, low=0.0, high=1.0, doc="top share of a channel's activations that forms its "
+                                                          "region (Bau et al. 2017)")
+    min_iou: float = param(0.04, low=0.0, high=1.0, doc="a channel detects a spatial concept above this IoU")
+    min_auroc: float = param(0.9, low=0.5, high=1.0, doc="a unit detects a per-sample concept above this AUROC")
+    samples: int = param(512, low=2, doc="samples dissected (seeded subset)")
+    max_listed: int = param(64, low=1, doc="entries of the semantic dictionary listed in the evidence")
+
+
+@register(CHECK, DissectionParams, needs=("concepts", "layers"))
+def dissection(context: AuditContext, rule) -> list[Finding]:
+    params: DissectionParams = rule.params
+    found, scored = _dissect(context, params)
+    dictionary = [d.as_dict() for d in semantic_dictionary(found)]
+    context.artifact("semantic_dictionary", lambda: dictionary)
+    per_concept = []
+    for concept in sorted({d.concept for d in found} | set(context.data.concepts)):
+        mine = [d for d in found if d.concept == concept or d.concept.startswith(f"{concept}=")]
+        best = max(mine, key=lambda d: d.score, default=None)
+        per_concept.append({"concept": concept, "detectors": len({d.component for d in mine}),
+                            "best_component": best.component if best else None,
+                            "best_score": best.score if best else None, "metric": best.metric if best else None})
+    detectors = len(dictionary)
+    return [Finding(
+        rule.id, rule.severity, "pass",
+        f"{detectors} of {scored} units detect a declared concept"
+        + (f"; strongest: {dictionary[0]['component']} -> '{dictionary[0]['concept']}' "
+           f"({dictionary[0]['metric']} {dictionary[0]['score']:.2f})" if dictionary else ""),
+        metric="detectors", value=float(detectors),
+        evidence={"semantic_dictionary": dictionary[:params.max_listed], "per_concept": per_concept,
+                  "units_scored": scored, "samples": min(params.samples, len(context.data)),
+                  "thresholds": {"quantile": params.quantile, "min_iou": params.min_iou,
+                                 "min_auroc": params.min_auroc}},
+    )]
+
+
+def dissection_dictionary(context: AuditContext) -> list[dict]:
+    """The semantic dictionary, computed once per audit with the dissection rule's parameters (empty when no rule
+    of the audit dissects, or no concept is declared): for a rule that needs labels before L206 has run."""
+    rule = context.rule_for_check(CHECK)
+    if rule is None or not context.data.concepts or not context.view.hidden_layers:
+        return []
+    return context.artifact("semantic_dictionary",
+                            lambda: [d.as_dict() for d in semantic_dictionary(_dissect(context, rule.params)[0])])
+
+
+def _dissect(context: AuditContext, params: DissectionParams) -> tuple[list[Detection], int]:
+    """Every detection of every unit and dictionary feature, and the number of components scored."""
+    data = context.data
+    indices, activations = sampled_activations(context, params.samples)
+    inputs = data.inputs[indices]
+    masks = {name: mask[indices] for name, mask in data.concept_masks.items()}
+    labels = {name: values[indices] for name, values in data.concepts.items()}
+    found: list[Detection] = []
+    scored = 0
+    for layer in context.view.hidden_layers:
+        components = [layer.address(u) for u in range(layer.size)]
+        scored += layer.size
+        spatial = layer.kind == "conv" and data.is_spatial and masks
+        if spatial:
+            maps = activation_maps(context.view, layer, inputs, context.batch_size, context.device)
+            if maps.dim() == inputs.dim():  # same number of spatial axes as the input
+                found += detections(components, iou_scores(maps, masks, params.quantile), list(masks), "iou",
+                                    params.min_iou)
+                per_unit = per_sample(maps, layer)
+                rest = {k: v for k, v in labels.items() if k not in masks}
+            else:
+                per_unit, rest = activations[layer.name], labels
+        else:
+            per_unit, rest = activations[layer.name], labels
+        scores, names = auroc_scores(per_unit, rest)
+        found += detections(components, scores, names, "auroc", params.min_auroc)
+    for layer_name, dictionary in (context.cached(DICTIONARIES) or {}).items():
+        if layer_name not in activations:
+            continue
+        layer = context.view.layer(layer_name)
+        units = units_view(activation_maps(context.view, layer, inputs, context.batch_size, context.device), layer)
+        vectors = units.transpose(1, 2)  # (samples, positions, units): one activation vector per position
+        encode = getattr(dictionary, "encode", dictionary)
+        with torch.no_grad():
+            features = encode(vectors.reshape(-1, vectors.shape[-1])).float().cpu()
+        per_sample_features = features.reshape(vectors.shape[0], vectors.shape[1], -1).mean(1)
+        address = getattr(dictionary, "address", lambda i, name=layer_name: f"{name}:feat{i}")
+        components = [address(i) for i in range(per_sample_features.shape[1])]
+        scored += len(components)
+        scores, names = auroc_scores(per_sample_features, labels)
+        found += detections(components, scores, names, "auroc", params.min_auroc)
+    return found, scored

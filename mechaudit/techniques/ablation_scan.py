@@ -1,0 +1,178 @@
+"""The fast exact ablation scan: every unit of several layers ablated alone, in several modes, with the same
+outputs as one forward pass per unit (:func:`~.ablation.ablation_loop`).
+
+The model is cut at each layer (:mod:`.model_cut`). Per batch, the part before the layers runs once (for all
+layers and modes, and once on the resample source); for each chunk of units, only the part after the layer runs,
+on the batch repeated once per ablated unit. In delta mode the next Linear/Conv module is not rerun either: its
+clean output plus the change of the ablated unit's columns (channels) through their weights; when the unit-wise
+operations in between are separable, one pass of them on the batch serves every unit of the chunk. Layers that
+cannot be cut (or models that cannot be traced) use the batched hooks of :func:`~.ablation.ablation_outputs`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..activations import batches
+from ..model_view import Layer, ModelView, from_units_view, units_view
+from .ablation import Reduce, ablation_outputs, check_replacement, write_ablations
+from .model_cut import Cut, ModelCut
+
+Mode = tuple
+"""``(values, source)``: ``values`` {layer name: (units, positions) replacement} for zero or mean ablation, or
+``source`` (inputs like the audited inputs) for resample ablation; the other one None."""
+
+
+class AblationScanner:
+    """Scan ``layers`` of ``view`` (see the module docstring); ``sample``: a few audit inputs."""
+
+    def __init__(self, view: ModelView, layers: list[Layer], device: torch.device, sample: torch.Tensor) -> None:
+        self.view, self.layers, self.device = view, layers, device
+        try:
+            self.cut: ModelCut | None = ModelCut.build(view, layers, sample.to(device))
+            self.reasons = dict(self.cut.skipped)
+        except Exception as exc:  # noqa: BLE001  not traceable: the hook-based path is exact too
+            self.cut = None
+            self.reasons = {layer.name: f"the model cannot be traced ({type(exc).__name__})" for layer in layers}
+
+    def method(self, layer: Layer) -> str:
+        """How ``layer`` is scanned, in words (for evidence and benchmarks)."""
+        cut = self.cut.cuts.get(layer.name) if self.cut else None
+        if cut is None:
+            return f"batched forward hooks ({self.reasons.get(layer.name, 'not cut')})"
+        if not cut.delta:
+            return "layers before it run once per batch; the layers after it rerun per ablation"
+        return ("layers before it run once per batch; the next linear layer updated through the ablated unit's "
+                "columns only" + ("; one pass of the unit-wise operations per chunk" if cut.separable else ""))
+
+    def scan(self, inputs: torch.Tensor, modes: dict[str, Mode], batch_size: int = 256, max_batch: int = 8192,
+             reduce: Reduce | None = None,
+             units: dict[str, list[int]] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """``{mode: {layer: outputs}}``, outputs (units, samples, ...) with each unit ablated alone (or what
+        ``reduce`` makes of each chunk); ``units`` restricts the units scanned per layer (default all)."""
+        for values, source in modes.values():
+            for layer in self.layers:
+                check_replacement(None if values is None else values[layer.name], source, inputs)
+        chosen = {layer.name: list(range(layer.size)) if units is None else list(units.get(layer.name, []))
+                  for layer in self.layers}
+        layers = [layer for layer in self.layers if chosen[layer.name]]
+        results: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}
+        cuts = self.cut.cuts if self.cut else {}
+        if any(layer.name in cuts for layer in layers):
+            with torch.no_grad():
+                for start, batch in batches(inputs, batch_size, self.device):
+                    samples = slice(start, start + len(batch))
+                    clean = self.cut.run_upstream(batch)
+                    sources: dict[int, tuple] = {}
+                    for name, (values, source) in modes.items():
+                        if source is not None and id(source) not in sources:
+                            sources[id(source)] = self.cut.run_upstream(source[samples].to(self.device))
+                        for layer in layers:
+                            if layer.name in cuts:
+                                results[name][layer.name].append(self._layer(
+                                    cuts[layer.name], clean, chosen[layer.name],
+                                    None if values is None else values[layer.name].to(self.device),
+                                    None if source is None else sources[id(source)], samples, max_batch, reduce))
+        for layer in layers:
+            if layer.name not in cuts:
+                for name, (values, source) in modes.items():
+                    results[name][layer.name] = [ablation_outputs(
+                        self.view.model, self.view.site(layer), layer, inputs, chosen[layer.name],
+                        None if values is None else values[layer.name], batch_size, self.device, max_batch, source,
+                        reduce)]
+        return {name: {layer: torch.cat(parts, dim=1) for layer, parts in per_layer.items()}
+                for name, per_layer in results.items()}
+
+    def _layer(self, cut: Cut, upstream: tuple, units: list[int], values: torch.Tensor | None, source: tuple | None,
+               samples: slice, max_batch: int, reduce: Reduce | None) -> torch.Tensor:
+        clean = cut.values(upstream)
+        src = None if source is None else units_view(cut.values(source)[0], cut.layer)
+        n = clean[0].shape[0]
+        copies = max(1, max_batch // n)
+        parts = []
+        for start in range(0, len(units), copies):
+            chunk = torch.tensor(units[start:start + copies], device=self.device)
+            out = _chunk(cut, clean, chunk, values, src).float().unflatten(0, (len(chunk), n))
+            parts.append((reduce(out, samples) if reduce else out).cpu())
+        return torch.cat(parts)
+
+
+def _chunk(cut: Cut, clean: tuple, chunk: torch.Tensor, values: torch.Tensor | None,
+           source: torch.Tensor | None) -> torch.Tensor:
+    """The model's outputs, copy ``i`` of the batch with unit ``chunk[i]`` ablated: (copies * samples, ...)."""
+    layer, activation = cut.layer, clean[0]
+    k, n = len(chunk), activation.shape[0]
+    later = [_repeat(v, k) if batched else v for v, batched in zip(cut.later(clean), cut.batched)]
+    if cut.delta and cut.separable:
+        # each unit of the chunk written once; each element of the linear input depends on one unit only
+        units = units_view(activation, layer).clone()
+        units[:, chunk] = (values[chunk].to(units.dtype).unsqueeze(0) if source is None
+                           else source[:, chunk].to(units.dtype))
+        written = from_units_view(units, activation, layer)
+        x_new = cut.run("chain", written) if cut.chain is not None else written
+        return cut.run("rest", _separable_update(cut, x_new - clean[1], chunk, clean[2]), *later)
+    units = units_view(activation, layer).unsqueeze(0).repeat(k, 1, 1, 1)
+    like = torch.empty((k * n, *activation.shape[1:]), device="meta")
+    written = write_ablations(units, chunk, values, source).reshape(k * n, layer.size, -1)
+    ablated = from_units_view(written, like, layer)
+    if not cut.delta:
+        return cut.run("rest", ablated, *later)
+    x_new = cut.run("chain", ablated) if cut.chain is not None else ablated
+    delta = (x_new - _repeat(clean[1], k)).reshape(k, n, *clean[1].shape[1:])
+    return cut.run("rest", _repeat(clean[2], k) + _checked_update(cut, delta, chunk), *later)
+
+
+def _repeat(value: torch.Tensor, k: int) -> torch.Tensor:
+    return value.repeat(k, *([1] * (value.dim() - 1)))
+
+
+def _conv(spatial: int):
+    return {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
+
+
+def _separable_update(cut: Cut, delta: torch.Tensor, chunk: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """The linear module's output (copies * samples, ...) when copy ``i`` changes its input by ``delta`` (samples,
+    ...) on unit ``chunk[i]``'s columns (channels) only: the clean output plus that change through those weights."""
+    module, k, index = cut.linear, len(chunk), cut.index[chunk]  # index: (k, c)
+    if isinstance(module, nn.Linear):
+        chosen = delta[..., index.flatten()].unflatten(-1, tuple(index.shape))  # (n, ..., k, c)
+        change = torch.einsum("n...kc,okc->kn...o", chosen, module.weight[:, index])
+        return (change + clean.unsqueeze(0)).flatten(0, 1)
+    spatial = delta.dim() - 2
+    grouped = delta[:, index.flatten()]  # (n, k * c, *spatial): copy i's channels form group i
+    weight = module.weight[:, index].transpose(0, 1).flatten(0, 1)  # (k * out, c, *kernel)
+    if spatial == 2:  # CPU grouped convolutions are an order of magnitude faster in channels-last layout
+        grouped = grouped.contiguous(memory_format=torch.channels_last)
+    change = _conv(spatial)(grouped, weight, None, module.stride, module.padding, module.dilation, groups=k)
+    change = change.unflatten(1, (k, module.out_channels)).transpose(0, 1)  # (k, n, out, *spatial)
+    if spatial != 2:
+        return (change + clean.unsqueeze(0)).flatten(0, 1)
+    # the sum is written in channels-last layout, (k, n, H, W, out) in memory, which pooling runs fastest on
+    total = torch.empty(k, change.shape[1], *change.shape[3:], module.out_channels, dtype=change.dtype,
+                        device=change.device).permute(0, 1, 4, 2, 3)
+    torch.add(change, clean.contiguous(memory_format=torch.channels_last).unsqueeze(0), out=total)
+    return total.flatten(0, 1)
+
+
+def _checked_update(cut: Cut, delta: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """The change of the linear module's output (copies * samples, ...) for the change of its input ``delta``
+    (copies, samples, ...): through each ablated unit's columns (channels) when the change is confined to them
+    (checked), else through the whole module."""
+    module = cut.linear
+    confined = not bool((delta.abs() * ~cut.supports[chunk].unsqueeze(1)).amax() > 0)
+    parts = []
+    for copy, unit in enumerate(chunk.tolist()):
+        change = delta[copy]
+        if not confined or cut.index is None:
+            parts.append(change @ module.weight.T if isinstance(module, nn.Linear) else _conv(change.dim() - 2)(
+                change, module.weight, None, module.stride, module.padding, module.dilation))
+            continue
+        columns = cut.index[unit]
+        if isinstance(module, nn.Linear):
+            parts.append(change[..., columns] @ module.weight[:, columns].T)
+        else:
+            parts.append(_conv(change.dim() - 2)(change[:, columns], module.weight[:, columns], None, module.stride,
+                                                 module.padding, module.dilation))
+    return torch.cat(parts)

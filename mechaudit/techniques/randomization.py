@@ -1,0 +1,132 @@
+"""Sanity check of an attribution method by cascading model-parameter randomisation (Adebayo et al. 2018).
+
+An attribution that explains the model must change when the model's learned parameters are destroyed. The
+parameters of a copy of the model are re-drawn at random module by module, from the output layer down (the
+cascade), and after each step the attributions of the same inputs (to the same target classes) are compared
+with the original ones by Spearman rank correlation of their absolute values, per sample, over the input
+elements that differ from the baseline (where the input equals the baseline, every path method attributes 0
+whatever the model, which would count as agreement). A method whose attributions stay correlated with the
+original once the model underneath is random (an edge detector) shows the input, not the model.
+
+The verdict belongs to the end of the cascade (:attr:`RandomizationResult.final_correlation`): its early steps can
+keep a high correlation legitimately, in a small network whose output layer is a thin readout of trained
+features (a random readout of them still points at the inputs they depend on).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from torch import nn
+
+from .attribution import differs_from_baseline
+
+AttributionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``fn(model, inputs, targets) -> attributions`` shaped like ``inputs``."""
+
+_REINITIALISED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+@dataclass
+class CascadeStep:
+    """The attributions after randomising ``modules`` (cumulative, from the output down)."""
+
+    module: str
+    randomized: int
+    rank_correlation: float
+
+
+@dataclass
+class RandomizationResult:
+    steps: list[CascadeStep]
+    samples: int
+
+    @property
+    def max_correlation(self) -> float:
+        """The largest rank correlation anywhere in the cascade: how much of the attribution survives at worst."""
+        return max(step.rank_correlation for step in self.steps)
+
+    @property
+    def final_correlation(self) -> float:
+        """The rank correlation once every parameter is random."""
+        return self.steps[-1].rank_correlation
+
+
+def parameter_modules(model: nn.Module, sample: torch.Tensor) -> list[str]:
+    """Modules with parameters of their own, in the order the forward pass first calls them."""
+    owners = {name: module for name, module in model.named_modules()
+              if any(True for _ in module.parameters(recurse=False))}
+    order: list[str] = []
+    handles = [module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
+               for name, module in owners.items()]
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(order))
+
+
+def randomize_module(module: nn.Module) -> None:
+    """Re-draw a module's own parameters: the framework's random initialisation for Linear, Conv and Embedding;
+    any other parameter is shuffled (its values kept, their learned arrangement destroyed)."""
+    if isinstance(module, _REINITIALISED):
+        module.reset_parameters()
+        return
+    with torch.no_grad():
+        for parameter in module.parameters(recurse=False):
+            flat = parameter.view(-1)
+            flat.copy_(flat[torch.randperm(flat.numel(), device=flat.device)])
+
+
+def rank_correlation(original: torch.Tensor, other: torch.Tensor, support: torch.Tensor) -> float:
+    """Mean over samples of the Spearman correlation of ``|original|`` and ``|other|`` over ``support``; a sample
+    whose attributions are constant on its support counts as 0 (no shared ranking)."""
+    a, b = original.abs().flatten(1).numpy(), other.abs().flatten(1).numpy()
+    keep = support.flatten(1).numpy()
+    values = []
+    for row_a, row_b, row_keep in zip(a, b, keep):
+        if row_keep.sum() < 2:
+            continue
+        rank_a, rank_b = rankdata(row_a[row_keep]), rankdata(row_b[row_keep])
+        if rank_a.std() == 0 or rank_b.std() == 0:
+            values.append(0.0)
+            continue
+        values.append(float(np.corrcoef(rank_a, rank_b)[0, 1]))
+    if not values:
+        raise ValueError("no sample has two input elements that differ from the baseline: nothing to rank")
+    return float(np.mean(values))
+
+
+def cascading_randomization(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, attribute: AttributionFn,
+                            seed: int = 0, max_evaluations: int = 6,
+                            baseline: torch.Tensor | None = None) -> RandomizationResult:
+    """Randomise a copy of ``model`` from the output down and compare attributions after each step.
+
+    With more modules than ``max_evaluations``, the attributions are compared at that many evenly spaced steps of
+    the cascade, always including the first (output module alone) and the last (every module random).
+    """
+    original = attribute(model, inputs, targets)
+    support = differs_from_baseline(inputs.cpu(), None if baseline is None else baseline.cpu())
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    shadow = copy.deepcopy(model)
+    modules = dict(shadow.named_modules())
+    cascade = list(reversed(parameter_modules(shadow, inputs[:2].to(device))))
+    if not cascade:
+        raise ValueError("the model has no parameters to randomise")
+    checkpoints = set(np.linspace(0, len(cascade) - 1, min(max_evaluations, len(cascade))).round().astype(int))
+    steps = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for index, name in enumerate(cascade):
+            randomize_module(modules[name])
+            if index in checkpoints:
+                randomized = attribute(shadow, inputs, targets)
+                steps.append(CascadeStep(name, index + 1, rank_correlation(original, randomized, support)))
+    return RandomizationResult(steps, int(inputs.shape[0]))

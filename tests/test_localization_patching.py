@@ -1,0 +1,62 @@
+"""L207 (activation patching): the unit a toy's pairs differ through recovers the whole behaviour; pairs that differ
+where the output does not look leave nothing to localise; attribution patching agrees with exact patching."""
+
+from __future__ import annotations
+
+import torch
+from fixtures.localization_toys import patching_pairs
+from fixtures.toy_models import signal_mlp
+
+import mechaudit
+from mechaudit.loading import AuditData
+from mechaudit.model_view import ModelView
+from mechaudit.techniques.circuits import logit_difference
+from mechaudit.techniques.patching import attribution_patching, exact_patching
+
+
+def _audit(carried: bool):
+    clean, corrupted = patching_pairs(carried=carried)
+    model = signal_mlp(spread=1)
+    inputs = torch.cat([clean, corrupted])
+    data = AuditData(inputs=inputs, labels=model(inputs).argmax(-1).detach(), pairs=(clean, corrupted))
+    (finding,) = mechaudit.audit(model, data, select=["L207"]).findings
+    return finding
+
+
+def test_the_unit_the_pairs_differ_through_carries_the_behaviour() -> None:
+    finding = _audit(carried=True)
+    assert finding.location.component == "fc1:u0" and finding.value > 0.99
+    assert finding.evidence["carriers"] == ["fc1:u0"]
+    rows = finding.evidence["components"]
+    assert rows[0]["component"] == "fc1:u0"  # attribution patching ranked it first; exact patching verified it
+    assert rows[0]["attribution_estimate"] > 0.5  # 0.75: the unit is off in the corrupted run (a ReLU kink)
+    assert all(abs(row["recovered_fraction"]) < 1e-6 for row in rows[1:])
+
+
+def test_pairs_that_differ_where_the_output_does_not_look_leave_nothing_to_localise() -> None:
+    finding = _audit(carried=False)
+    assert finding.status == "pass" and finding.evidence["carried"] is False and finding.value == 0.0
+    assert finding.evidence["relative_effect"] < 1e-6
+
+
+def test_exact_patching_equals_patched_forward_passes_and_attribution_patching_ranks_alike() -> None:
+    model = signal_mlp(spread=3, hidden=8).eval()
+    clean, corrupted = patching_pairs(n=40, carried=True)
+    view = ModelView.discover(model, clean[:2])
+    layer = view.layers[0]
+    targets = torch.stack([model(clean).argmax(-1), model(corrupted).argmax(-1)], 1).detach()
+    exact = exact_patching(view, [layer], clean, corrupted, targets, logit_difference)["fc1"]
+    with torch.no_grad():
+        base = logit_difference(model(corrupted), targets).sum()
+        clean_units = model.fc1(clean)
+        for unit in range(layer.size):
+            def patch(_module, _inputs, output, unit=unit):
+                output = output.clone()
+                output[:, unit] = clean_units[:, unit]
+                return output
+            handle = model.fc1.register_forward_hook(patch)
+            expected = logit_difference(model(corrupted), targets).sum() - base
+            handle.remove()
+            assert abs(float(exact[unit]) - float(expected)) < 1e-4
+    estimate = attribution_patching(view, [layer], clean, corrupted, targets, logit_difference)["fc1"]
+    assert torch.equal(exact.abs() > 1e-6, estimate.abs() > 1e-6)  # the same units carry it
