@@ -48,6 +48,7 @@ class UnitStats:
     min: torch.Tensor          # (units,) smallest activation anywhere
     active: torch.Tensor       # (units,) samples in which the unit is > 0 at some position
     total: torch.Tensor        # (units, positions) sum over samples
+    always: torch.Tensor | None = None  # (units,) samples in which the unit is > 0 at every position
 
     @property
     def mean_map(self) -> torch.Tensor:
@@ -57,6 +58,11 @@ class UnitStats:
     @property
     def active_fraction(self) -> torch.Tensor:
         return self.active / max(self.count, 1)
+
+    @property
+    def always_fraction(self) -> torch.Tensor:
+        """Share of samples on which the unit is > 0 at every position (never switched off)."""
+        return (self.always if self.always is not None else torch.zeros_like(self.active)) / max(self.count, 1)
 
 
 def unit_statistics(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,
@@ -68,11 +74,12 @@ def unit_statistics(view: ModelView, layers: list[Layer], inputs: torch.Tensor, 
         units = units_view(output, layer).double()
         per_sample_max = units.amax(dim=2)
         batch = UnitStats(units.shape[0], per_sample_max.amax(0).cpu(), units.amin(dim=(0, 2)).cpu(),
-                          (per_sample_max > 0).sum(0).cpu(), units.sum(0).cpu())
+                          (per_sample_max > 0).sum(0).cpu(), units.sum(0).cpu(), (units.amin(dim=2) > 0).sum(0).cpu())
         previous = stats.get(layer.name)
         stats[layer.name] = batch if previous is None else UnitStats(
             previous.count + batch.count, torch.maximum(previous.max, batch.max),
-            torch.minimum(previous.min, batch.min), previous.active + batch.active, previous.total + batch.total)
+            torch.minimum(previous.min, batch.min), previous.active + batch.active, previous.total + batch.total,
+            previous.always + batch.always)
 
     with hooked(view, layers, accumulate), torch.no_grad():
         for _, batch in batches(inputs, batch_size, device):

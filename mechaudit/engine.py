@@ -152,7 +152,8 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     findings = [finding for run in runs for finding in run.findings]
-    result = AuditResult(findings, runs, metadata, fail_on=options.fail_on)
+    result = AuditResult(findings, runs, metadata, fail_on=options.fail_on,
+                         attachments=dict(context.cached("attachments") or {}))
     return apply_waivers(result, waiver_file, today) if waiver_file is not None else result
 
 
@@ -244,6 +245,7 @@ _NEED_PROVIDERS: dict[str, Callable[[AuditContext], bool]] = {
     "regions": lambda c: bool(c.data.masks) or bool(c.data.protected_columns),
     "real_inputs": lambda c: c.data.inputs.is_floating_point(),
     "attributes": lambda c: bool(c.data.concepts) or bool(c.data.protected),
+    "layer_pairs": lambda c: len(c.view.hidden_layers) >= 2,
 }
 _NEED_REASONS = {
     "labels": "the spec declares no labels, or they hold a single class",
@@ -253,6 +255,7 @@ _NEED_REASONS = {
     "real_inputs": "the inputs are token ids (integers): input attribution needs real-valued inputs",
     "attributes": "the spec declares no concept labels ([data.concepts]) nor protected attributes ([data.protected])",
     "concepts": "the spec declares no concept labels ([data.concepts])",
+    "layer_pairs": "the model has fewer than two audited hidden layers to compare",
     "protected": "the spec declares no protected attributes ([data.protected])",
     "pairs": "the spec declares no counterfactual pairs ([data.pairs])",
     "spatial": "the inputs are not spatial (N, C, H[, W])",

@@ -98,6 +98,8 @@ class AuditResult:
     waivers: dict[str, Any] | None = None
     #: The comparison with a baseline result (:func:`mechaudit.diff.diff_results`), or None.
     baseline: dict[str, Any] | None = None
+    #: Binary files rules produced for the output directory (relative path -> bytes), e.g. the dictionaries of D103.
+    attachments: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def gate_failed(self) -> bool:

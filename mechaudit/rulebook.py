@@ -42,6 +42,9 @@ class Rule:
     severity: str
     params: Any
     docs: RuleDocs
+    #: An opt-in rule runs only when a selector names it explicitly (its id or a prefix of two characters or more,
+    #: e.g. ``D10``), not under the default selection (all rules) nor a one-letter family prefix.
+    opt_in: bool = False
 
     @property
     def family(self) -> str:
@@ -55,7 +58,7 @@ class Rule:
         docs = {**dataclasses.asdict(self.docs), "references": list(self.docs.references)}
         return {"id": self.id, "name": self.name, "family": self.family, "check": self.check.name,
                 "severity": self.severity, "needs": list(self.check.needs), "params": self.params_dict(),
-                "docs": docs}
+                "opt_in": self.opt_in, "docs": docs}
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,16 @@ class Rulebook:
         for selector in (*select, *ignore, *extend_select):
             if selector != "ALL" and not any(rule_id.startswith(selector) for rule_id in self.rules):
                 raise InputError(f"rule selector '{selector}'", f"matches no rule in rulebook '{self.name}'")
-        chosen = [r for r in self.rules.values() if _matches(r.id, select or ("ALL",)) or _matches(r.id, extend_select)]
+        chosen = [r for r in self.rules.values()
+                  if _chooses(r, select or ("ALL",)) or _chooses(r, extend_select)]
         return [r for r in chosen if not _matches(r.id, ignore)]
+
+
+def _chooses(rule: Rule, selectors: tuple[str, ...]) -> bool:
+    """Whether ``selectors`` choose ``rule``: an opt-in rule needs a selector of two characters or more."""
+    if rule.opt_in:
+        return any(len(s) >= 2 and s != "ALL" and rule.id.startswith(s) for s in selectors)
+    return _matches(rule.id, selectors)
 
 
 def _matches(rule_id: str, selectors: tuple[str, ...]) -> bool:
@@ -109,7 +120,7 @@ def load_rulebook(name_or_path: str) -> Rulebook:
 def _parse_rule(rule_id: str, table: Any, where: str) -> Rule:
     if not RULE_ID.match(rule_id):
         raise InputError(where, f"rule id '{rule_id}' must be D, L or R followed by three digits")
-    _only(table, {"name", "check", "severity", "params", "docs"}, where)
+    _only(table, {"name", "check", "severity", "params", "docs", "opt_in"}, where)
     for key in ("name", "check", "severity", "docs"):
         if key not in table:
             raise InputError(where, f"missing key '{key}'")
@@ -127,7 +138,14 @@ def _parse_rule(rule_id: str, table: Any, where: str) -> Rule:
         severity=severity,
         params=parse_params(check.params, table.get("params", {}), f"{where}.params"),
         docs=_parse_docs(table["docs"], f"{where}.docs"),
+        opt_in=_flag(table.get("opt_in", False), f"{where}.opt_in"),
     )
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(where, f"must be true or false, not {value!r}")
+    return value
 
 
 def parse_params(params_type: type, table: Any, where: str, base: Any = None) -> Any:

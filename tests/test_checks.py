@@ -20,14 +20,14 @@ def _audit(tmp_path: Path, select: str, **factory_args):
 
 def test_d101_flags_a_layer_with_planted_dead_units(tmp_path: Path) -> None:
     result = _audit(tmp_path / "a", "D101", spread=2, dead=5)
-    (finding,) = result.findings
+    (finding,) = [f for f in result.findings if f.metric == "dead_fraction"]
     assert finding.status == "fail" and finding.value == 5 / 8
     assert finding.evidence["dead_units"] == ["fc1:u3", "fc1:u4", "fc1:u5", "fc1:u6", "fc1:u7"]
 
 
 def test_d101_control_without_dead_units_passes(tmp_path: Path) -> None:
     result = _audit(tmp_path / "b", "D101", spread=2, dead=0)
-    (finding,) = result.findings
+    (finding,) = [f for f in result.findings if f.metric == "dead_fraction"]
     assert finding.status == "pass" and finding.value == 0.0
 
 

@@ -218,7 +218,8 @@ def _evidence(digits) -> dict:
         "activation_maximization": [{"component": "conv:u0", "image": [[0.0, 1.0], [0.5, 0.2]], "objective": 2.5,
                                      "objective_start": 0.1}],
         "tuning_curves": [
-            {"component": "conv:u0", **oriented_grating_curve(lambda b: conv(b)[:, 0].mean(dim=(1, 2)), (1, 8, 8))},
+            {"component": "conv:u0",
+             **oriented_grating_curve(lambda b: torch.relu(conv(b))[:, 0].mean(dim=(1, 2)), (1, 8, 8))},
             {"component": "conv:u1", **patch_position_curve(lambda b: b[:, 0, :2, :2].sum(dim=(1, 2)), (1, 8, 8))},
         ],
         "layer_map": {"layer": "conv", **layer_map(images.flatten(1), labels, tsne=False)},

@@ -36,7 +36,11 @@ def test_digits_control_passes_every_rule(audits) -> None:
     statuses = {r["id"]: r["status"] for r in data["rules"]}
     localization = ("L201", "L202", "L203", "L204", "L205", "L206", "L207")
     assert {statuses[r] for r in ("D101", *localization)} == {"pass"}
-    assert set(statuses.values()) <= {"pass", "skipped"}, statuses  # every rule passes or says why it cannot run
+    # every rule that judges the model passes or says why it cannot run; the decomposition rules D102-D106
+    # describe its structure and may warn (the control's conv channels are not class-selective, for one)
+    judging = {rule: status for rule, status in statuses.items() if rule == "D101" or not rule.startswith("D")}
+    assert set(judging.values()) <= {"pass", "skipped"}, statuses
+    assert {f["severity"] for f in data["findings"] if f["status"] == "fail"} <= {"warning", "info"}
     assert all(r["reason"] for r in data["rules"] if r["status"] == "skipped")
     l201 = {f["metric"]: f["value"] for f in data["findings"] if f["rule_id"] == "L201"}
     assert l201["attribution_ratio"] < 2.0 and l201["flip_rate"] < 0.03

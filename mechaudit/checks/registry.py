@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 NEEDS = ("labels", "masks", "concepts", "protected", "pairs", "spatial", "layers", "classification", "behaviour",
-         "logits", "cues", "regions", "real_inputs", "attributes")
+         "logits", "cues", "regions", "real_inputs", "attributes", "layer_pairs")
 
 
 def param(default: Any, *, low: float | None = None, high: float | None = None,

@@ -49,6 +49,7 @@ def build_bundle(result: AuditResult, formats: tuple[str, ...]) -> dict[str, str
         if extras is not None:
             files.update(extras(result))
     files.update(circuit_files(result))
+    files.update(result.attachments)
     files[MANIFEST] = build_manifest(result, files)
     return files
 

@@ -192,10 +192,20 @@ def critical_units_figures(finding: dict, prefix: str) -> list[Figure]:
     return [Figure(f"{prefix}-ablation.svg", title, caption, render_svg(prefix, draw, size))]
 
 
+def _decomposition(finding: dict, prefix: str) -> list[Figure]:
+    """D102-D104: exemplars, activation maximisation and layer maps (see :mod:`.decomposition_figures`)."""
+    from .decomposition_figures import decomposition_figures
+
+    return decomposition_figures(finding, prefix)
+
+
 DRAWERS: dict[str, Callable[[dict, str], list[Figure]]] = {
     "dead_units": dead_units_figures,
     "forbidden_input": forbidden_input_figures,
     "critical_units": critical_units_figures,
+    "polysemantic_units": _decomposition,
+    "dictionary_features": _decomposition,
+    "dimensionality": _decomposition,
 }
 
 

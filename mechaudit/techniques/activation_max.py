@@ -48,8 +48,8 @@ def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, sh
         model.train(was_training)
         model.zero_grad(set_to_none=True)
     grey = image[0].detach().float().mean(0).cpu()
-    return {"objective": round(objective_end, 4), "objective_start": round(objective_start, 4), "steps": int(steps),
-            "image": [[round(float(v), 4) for v in row] for row in grey]}
+    return {"objective": round(objective_end, 4) + 0.0, "objective_start": round(objective_start, 4) + 0.0,
+            "steps": int(steps), "image": [[round(float(v), 4) + 0.0 for v in row] for row in grey]}
 
 
 def _objective_fn(model: nn.Module, captured: list[torch.Tensor], unit: int, direction: torch.Tensor | None):

@@ -113,4 +113,4 @@ def _label(labels: torch.Tensor | None, index: int, class_names: list[str] | Non
 def _round(value: torch.Tensor | float) -> float | None:
     """``value`` to 4 decimals; ``None`` (JSON ``null``) when it is not finite."""
     value = float(value)
-    return round(value, 4) if value == value and abs(value) != float("inf") else None
+    return round(value, 4) + 0.0 if value == value and abs(value) != float("inf") else None

@@ -74,4 +74,4 @@ def _separation(points: np.ndarray, names: list[str] | None) -> float | None:
 
 
 def _rounded(points: np.ndarray) -> list[list[float]]:
-    return [[round(float(x), 4), round(float(y), 4)] for x, y in np.nan_to_num(points)]
+    return [[round(float(x), 4) + 0.0, round(float(y), 4) + 0.0] for x, y in np.nan_to_num(points)]  # no -0.0

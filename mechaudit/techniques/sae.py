@@ -340,3 +340,45 @@ def layer_stream(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size
                 view.model(batch)
             yield from captured
     return stream
+
+
+def tensor_stream(vectors: torch.Tensor, chunk: int = 8192) -> Stream:
+    """A :data:`Stream` over vectors already in memory (small layers), in chunks of ``chunk``."""
+
+    def stream() -> Iterator[torch.Tensor]:
+        for start in range(0, vectors.shape[0], chunk):
+            yield vectors[start:start + chunk]
+    return stream
+
+
+def seed_agreement(first: torch.Tensor, second: torch.Tensor, alive_first: torch.Tensor,
+                   alive_second: torch.Tensor) -> torch.Tensor:
+    """For each live direction of ``first`` (features, dims), its largest cosine similarity with a live direction
+    of ``second``: how far two dictionaries trained with different seeds agree (Paulo and Belrose 2025)."""
+    a = first[alive_first]
+    b = second[alive_second]
+    if not len(a) or not len(b):
+        return torch.zeros(len(a))
+    return (a @ b.T).amax(1)
+
+
+@torch.no_grad()
+def pooled_features(dictionary: Dictionary, stream: Stream, positions: int, pool: str = "max") -> torch.Tensor:
+    """Per-sample feature activations (samples, features): the vectors of a stream taken ``positions`` at a time
+    (one sample's positions, in order), pooled by ``max`` or ``mean``."""
+    parts = []
+    for chunk in stream():
+        features = dictionary.encode(chunk).float().cpu()
+        features = features.reshape(-1, positions, features.shape[1])
+        parts.append(features.amax(1) if pool == "max" else features.mean(1))
+    return torch.cat(parts)
+
+
+def distinct_directions(directions: torch.Tensor, max_cosine: float = 0.9) -> int:
+    """How many of ``directions`` (n, dims, unit norm) differ: greedily, a direction counts unless its cosine
+    similarity with one already counted exceeds ``max_cosine`` (duplicated features count once)."""
+    kept: list[torch.Tensor] = []
+    for direction in directions:
+        if all(float(direction @ other) <= max_cosine for other in kept):
+            kept.append(direction)
+    return len(kept)

@@ -7,8 +7,9 @@
 * :func:`feature_sweep_curve`: one tabular feature swept over its 1st-99th percentile range at the dataset's
   median sample (a partial-dependence slice, Friedman 2001).
 
-``response(batch) -> (batch,)`` gives the unit's response (e.g. a channel's spatial mean). Every curve is a
-JSON-ready dict with values rounded to 4 decimals.
+``response(batch) -> (batch,)`` gives the unit's response (e.g. a channel's spatial mean; the probes are CPU float
+tensors, ``response`` moves them to the model's device). Every curve is a JSON-ready dict with values rounded to 4
+decimals.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def oriented_grating_curve(response: Response, shape: tuple[int, int, int], angl
 
     count = len(phase_values)
     per_probe = _respond(response, [(a, p) for a in degrees for p in phase_values], probes, digits=None)
-    responses = [round(sum(per_probe[i:i + count]) / count, 4) for i in range(0, len(per_probe), count)]
+    responses = [round(sum(per_probe[i:i + count]) / count, 4) + 0.0 for i in range(0, len(per_probe), count)]
     return {"factor": "grating orientation", "frequency": round(float(frequency), 4), "angles": degrees,
             "response": responses}
 
@@ -94,7 +95,7 @@ def feature_sweep_curve(response: Response, inputs: torch.Tensor, feature: int, 
 
     responses = _respond(response, values.tolist(), probes)
     return {"factor": feature_name or f"x{feature}", "feature": int(feature),
-            "values": [round(v, 4) for v in values.tolist()], "response": responses}
+            "values": [round(v, 4) + 0.0 for v in values.tolist()], "response": responses}
 
 
 def _respond(response: Response, settings: list, probes: Callable[[list], torch.Tensor],
@@ -104,5 +105,5 @@ def _respond(response: Response, settings: list, probes: Callable[[list], torch.
     with torch.no_grad():
         for start in range(0, len(settings), BATCH):
             values = response(probes(settings[start:start + BATCH])).detach().float().flatten().cpu()
-            out += [float(v) if digits is None else round(float(v), digits) for v in torch.nan_to_num(values)]
+            out += [float(v) if digits is None else round(float(v), digits) + 0.0 for v in torch.nan_to_num(values)]
     return out

@@ -1,0 +1,188 @@
+"""D103: dictionary features. A sparse autoencoder per hidden layer, and whether its features are evidence.
+
+A dictionary is evidence for a decomposition when it (1) explains the layer (fraction of variance unexplained,
+FVU, at most ``max_fvu``), (2) is reproducible: a second dictionary trained with another seed finds the same
+directions (mean best cosine similarity of live features, ``min_seed_agreement``); a dictionary that is free to
+pick any basis (too little sparsity for the data) reconstructs well but its directions change from seed to seed,
+so a low FVU alone is not evidence; and (3) when labels exist, reads the labels more purely than the layer's own
+units (mean purity of the top-activating samples, as in D102). The dictionaries are shared with later rules (the
+artifact ``dictionary_features``: L206 dissects their features) and written to the output directory as
+``dictionaries/<layer>.safetensors``; a feature's address is ``layer:featN``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..context import AuditContext
+from ..findings import Finding, Location
+from ..model_view import Layer
+from ..techniques.sae import (
+    Dictionary,
+    SAEConfig,
+    distinct_directions,
+    evaluate,
+    layer_stream,
+    pooled_features,
+    seed_agreement,
+    tensor_stream,
+    train_dictionary,
+)
+from ..techniques.selectivity import label_selectivity
+from .decomposition_common import CLASSES, pooled_activations, reading_labels
+from .decomposition_evidence import exemplars, maximised_features
+from .registry import param, register
+
+DICTIONARIES = "dictionary_features"
+ATTACHMENTS = "attachments"
+STABLE_COSINE = 0.9  # two features are the same direction above this cosine similarity
+
+
+@dataclass(frozen=True)
+class DictionaryParams:
+    max_fvu: float = param(0.3, low=0.0, high=1.0, doc="fail a dictionary that leaves more of the variance "
+                                                       "unexplained")
+    min_seed_agreement: float = param(0.8, low=0.0, high=1.0, doc="fail a dictionary whose live features agree "
+                                                                  "less (mean best cosine) with a second seed's")
+    kind: str = param("topk", choices=("topk", "l1"), doc="sparsity: TopK (Gao et al. 2024) or L1")
+    expansion: int = param(4, low=1, doc="features per unit of the layer")
+    k: int = param(4, low=1, doc="topk: active features per vector (at most an eighth of the layer's units)")
+    l1: float = param(1e-3, low=0.0, doc="l1: the penalty")
+    steps: int = param(800, low=1, doc="optimiser steps per dictionary")
+    batch: int = param(512, low=1, doc="vectors per optimiser step")
+    samples: int = param(1024, low=2, doc="samples whose activation vectors train the dictionaries (seeded)")
+    dense_frequency: float = param(0.5, low=0.0, high=1.0, doc="a feature active on more vectors is dense")
+    labels: str = param(CLASSES, doc="purity is read against 'classes' or a declared concept's name")
+    top: int = param(20, low=2, doc="top-activating samples read per unit or feature")
+    memory_vectors: int = param(4_000_000, low=1, doc="activation values held in memory at most; above, the "
+                                                      "activations are streamed from the model")
+
+
+@register("dictionary_features", DictionaryParams, needs=("layers",))
+def dictionary_features(context: AuditContext, rule) -> list[Finding]:
+    params: DictionaryParams = rule.params
+    indices = context.sample_indices(params.samples)
+    labels, names = _labels(context, params, indices)
+    unit_indices, unit_activations = pooled_activations(context, params.samples, pool="max")
+    if not torch.equal(unit_indices, indices):
+        raise RuntimeError("units and features were read on different samples")
+    dictionaries: dict[str, Dictionary] = {}
+    findings = []
+    for layer in context.view.hidden_layers:
+        stream, positions = _stream(context, layer, indices, params)
+        config = SAEConfig(features=params.expansion * layer.size, kind=params.kind,
+                           k=max(1, min(params.k, layer.size // 8)), l1=params.l1, steps=params.steps,
+                           batch=params.batch, seed=context.seed)
+        dictionary = train_dictionary(stream, config, layer.name, context.device)
+        twin = train_dictionary(stream, SAEConfig(**{**config.__dict__, "seed": context.seed + 1}), layer.name,
+                                context.device)
+        stats, twin_stats = evaluate(dictionary, stream), evaluate(twin, stream)
+        alive = stats.frequency > 0
+        agreement = seed_agreement(dictionary.decoder, twin.decoder, alive, twin_stats.frequency > 0)
+        mean_agreement = float(agreement.mean()) if len(agreement) else 0.0
+        stable_mask = agreement > STABLE_COSINE
+        stable = int(stable_mask.sum())
+        represented = distinct_directions(dictionary.decoder[alive][stable_mask], STABLE_COSINE)
+        dictionaries[layer.name] = dictionary
+        evidence = {
+            "layer": layer.name, "units": layer.size, "features": dictionary.size, "kind": config.kind,
+            "k": config.k if config.kind == "topk" else None, "l1": config.l1 if config.kind == "l1" else None,
+            "steps": config.steps, "vectors": stats.vectors, "positions_per_sample": positions,
+            "fvu": stats.fvu, "l0": stats.l0, "live_features": int(alive.sum()),
+            "dead_features": len(stats.dead()), "dense_features": len(stats.dense(params.dense_frequency)),
+            "seed_agreement": mean_agreement, "stable_features": stable, "represented_features": represented,
+            "file": f"dictionaries/{_file_name(layer.name)}.safetensors", "address": f"{layer.name}:feat<N>",
+        }
+        features = pooled_features(dictionary, stream, positions, "max")
+        if labels is not None:
+            evidence.update(_purity(features, dictionary, unit_activations[layer.name], labels, names, params.top))
+        shown = _most_used(features, evidence)
+        evidence["exemplars"] = exemplars(context, indices, features, shown, [dictionary.address(f) for f in shown])
+        evidence["activation_maximization"] = maximised_features(context, layer, dictionary, shown)
+        findings += _findings(rule, params, layer, evidence)
+    context.artifact(DICTIONARIES, dict).update(dictionaries)  # shared with later rules (L206)
+    context.artifact(ATTACHMENTS, dict).update(
+        {f"dictionaries/{_file_name(name)}.safetensors": _serialise(d) for name, d in dictionaries.items()})
+    return findings
+
+
+def _findings(rule, params: DictionaryParams, layer: Layer, evidence: dict) -> list[Finding]:
+    where, fvu, agreement = Location.of_layer(layer.name), evidence["fvu"], evidence["seed_agreement"]
+    figures = ("exemplars", "activation_maximization")  # drawn once per layer, on its first finding
+    summary = {key: value for key, value in evidence.items() if key not in figures}
+    findings = [
+        Finding(rule.id, rule.severity, "fail" if fvu > params.max_fvu else "pass",
+                f"the dictionary of {layer.name} ({evidence['features']} features, L0 {evidence['l0']:.1f}) leaves "
+                f"{fvu:.1%} of the variance unexplained; {evidence['live_features']} features live, "
+                f"{evidence['dead_features']} dead, {evidence['dense_features']} dense",
+                location=where, metric="fvu", value=fvu, threshold=params.max_fvu, evidence=evidence),
+        Finding(rule.id, rule.severity, "fail" if 1 - agreement > 1 - params.min_seed_agreement else "pass",
+                f"a second seed's dictionary of {layer.name} finds the same directions with mean cosine "
+                f"{agreement:.2f}; {evidence['stable_features']} features are stable (cosine > {STABLE_COSINE}), "
+                f"{evidence['represented_features']} distinct directions for {layer.size} units"
+                + ("" if agreement >= params.min_seed_agreement
+                   else ": the features depend on the seed and are not evidence"),
+                location=where, metric="instability", value=1 - agreement, threshold=1 - params.min_seed_agreement,
+                evidence=summary),
+    ]
+    if evidence.get("feature_purity") is not None and evidence.get("unit_purity") is not None:
+        gap = evidence["unit_purity"] - evidence["feature_purity"]
+        findings.append(Finding(
+            rule.id, rule.severity, "fail" if gap >= 0 else "pass",
+            f"dictionary features of {layer.name} read the {params.labels} "
+            f"{'more' if gap < 0 else 'no more'} purely than its units (mean purity {evidence['feature_purity']:.2f} "
+            f"against {evidence['unit_purity']:.2f})",
+            location=where, metric="purity_gap", value=gap, threshold=0.0, evidence=summary))
+    return findings
+
+
+def _labels(context: AuditContext, params: DictionaryParams, indices: torch.Tensor):
+    if params.labels == CLASSES and context.data.labels is None:
+        return None, []
+    labels, names = reading_labels(context, params.labels)
+    return labels[indices], names
+
+
+def _stream(context: AuditContext, layer: Layer, indices: torch.Tensor, params: DictionaryParams):
+    """The layer's activation vectors on the sampled inputs: held in memory when small, else streamed."""
+    inputs = context.data.inputs[indices]
+    streamed = layer_stream(context.view, layer, inputs, context.batch_size, context.device)
+    first = next(iter(streamed()))
+    positions = first.shape[0] // min(context.batch_size, len(inputs))
+    if len(inputs) * positions * first.shape[1] > params.memory_vectors:
+        return streamed, positions
+    vectors = torch.cat(list(streamed()))
+    return tensor_stream(vectors, positions * max(1, 8192 // positions)), positions
+
+
+def _most_used(features: torch.Tensor, evidence: dict, count: int = 4) -> list[int]:
+    """The features shown to a reviewer: the purest (when labels exist), else the most often active."""
+    purest = [int(row["component"].rsplit("feat", 1)[1]) for row in evidence.get("purest_features", [])]
+    return purest[:count] or (features > 0).float().mean(0).argsort(descending=True)[:count].tolist()
+
+
+def _purity(features: torch.Tensor, dictionary: Dictionary, unit_values: torch.Tensor, labels: torch.Tensor,
+            names: list[str], top: int) -> dict:
+    """Mean purity of the scored features and of the scored units, on the same samples and labels."""
+    feature_scores = label_selectivity(features, labels, top)
+    unit_scores = label_selectivity(unit_values, labels, top)
+    ranked = feature_scores.purity.nan_to_num(-1).argsort(descending=True)[:8].tolist()
+    def mean(scores) -> float | None:
+        return scores.mean_purity() if bool(scores.scored.any()) else None
+    return {"feature_purity": mean(feature_scores), "unit_purity": mean(unit_scores),
+            "scored_features": int(feature_scores.scored.sum()), "scored_units": int(unit_scores.scored.sum()),
+            "purest_features": [{"component": dictionary.address(f), "label": names[int(feature_scores.top_label[f])],
+                                 "purity": round(float(feature_scores.purity[f]), 3)}
+                                for f in ranked if feature_scores.scored[f]]}
+
+
+def _file_name(layer: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in layer)
+
+
+def _serialise(dictionary: Dictionary) -> bytes:
+    from safetensors.torch import save
+
+    return save(dictionary.tensors(), metadata=dictionary.metadata())

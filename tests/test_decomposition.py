@@ -1,0 +1,153 @@
+"""Decomposition rules (D101 dense units, D102-D106) against planted ground truth, each with a control."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures.superposition import Passthrough, isolated_features, planted_dictionary_data, train_toy
+
+import mechaudit
+from mechaudit.techniques.sae import SAEConfig, evaluate, seed_agreement, tensor_stream, train_dictionary
+
+
+def _findings(result, rule: str, metric: str) -> list:
+    return [f for f in result.findings if f.rule_id == rule and f.metric == metric]
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[torch.Tensor, torch.Tensor]:
+    return planted_dictionary_data()
+
+
+def _recovery(truth: torch.Tensor, decoder: torch.Tensor) -> tuple[float, float]:
+    best = (truth @ decoder.T).amax(1)
+    return float(best.mean()), float((best > 0.9).float().mean())
+
+
+def test_the_dictionary_recovers_planted_sparse_directions(planted) -> None:
+    vectors, truth = planted
+    dictionary = train_dictionary(tensor_stream(vectors), SAEConfig(features=128, k=4, steps=800))
+    mean, share = _recovery(truth, dictionary.decoder)
+    assert mean >= 0.95 and share >= 0.9
+
+
+def test_an_under_regularised_dictionary_reconstructs_well_but_is_caught(planted) -> None:
+    """k = dims: a better FVU than the sparse dictionary, wrong directions, and D103 fails it on seed agreement."""
+    vectors, truth = planted
+    stream = tensor_stream(vectors)
+    sparse = train_dictionary(stream, SAEConfig(features=128, k=4, steps=800))
+    dense = train_dictionary(stream, SAEConfig(features=128, k=32, steps=800))
+    assert evaluate(dense, stream).fvu < evaluate(sparse, stream).fvu  # good FVU alone is not evidence
+    assert _recovery(truth, dense.decoder)[0] < 0.95
+    twin = train_dictionary(stream, SAEConfig(features=128, k=32, steps=800, seed=1))
+    everything = torch.ones(128, dtype=torch.bool)
+    assert float(seed_agreement(dense.decoder, twin.decoder, everything, everything).mean()) < 0.6
+
+    labels = torch.zeros(len(vectors), dtype=torch.long)
+    labels[::2] = 1
+    audits = {k: mechaudit.audit(Passthrough(32), vectors[:4000], labels=labels[:4000], select=["D103"],
+                                 rules={"D103": {"k": k, "expansion": 4, "samples": 4000}}) for k in (4, 32)}
+    # the rule caps k at an eighth of the layer's units (4 of 32); the under-regularised case lifts the cap
+    sparse_finding = _findings(audits[4], "D103", "instability")[0]
+    assert sparse_finding.status == "pass" and sparse_finding.evidence["seed_agreement"] > 0.9
+    assert sparse_finding.evidence["represented_features"] > 32  # more features than units
+
+
+def test_d103_fails_a_dictionary_free_to_pick_any_basis() -> None:
+    """Dense Gaussian activations: no sparse directions exist; the dictionary reconstructs, but depends on the seed."""
+    vectors = torch.randn(4000, 32, generator=torch.Generator().manual_seed(0))
+    labels = (vectors[:, 0] > 0).long()
+    result = mechaudit.audit(Passthrough(32), vectors, labels=labels, select=["D103"],
+                             rules={"D103": {"samples": 4000}})
+    finding = _findings(result, "D103", "instability")[0]
+    assert finding.status == "fail" and finding.evidence["fvu"] < 0.6
+
+
+@pytest.fixture(scope="module")
+def toys() -> dict[str, mechaudit.AuditResult]:
+    x, labels = isolated_features()
+    return {name: mechaudit.audit(train_toy(sparsity), x, labels=labels, select=["D102", "D103"])
+            for name, sparsity in (("sparse", 0.99), ("dense", 0.0))}
+
+
+def test_superposition_more_represented_features_than_units_and_polysemantic(toys) -> None:
+    poly = _findings(toys["sparse"], "D102", "polysemantic_share")[0]
+    assert poly.status == "fail" and poly.value > 0.5
+    dictionary = _findings(toys["sparse"], "D103", "fvu")[0].evidence
+    assert dictionary["represented_features"] > dictionary["units"] == 5
+    assert dictionary["feature_purity"] > dictionary["unit_purity"]
+
+
+def test_dense_features_no_superposition_control(toys) -> None:
+    poly = _findings(toys["dense"], "D102", "polysemantic_share")[0]
+    assert poly.status == "pass" and poly.value == 0.0
+    assert _findings(toys["dense"], "D103", "fvu")[0].evidence["represented_features"] <= 5
+
+
+class TwoLayers(torch.nn.Module):
+    def __init__(self, first: torch.Tensor, second: torch.Tensor, relu: bool = True) -> None:
+        super().__init__()
+        self.relu = relu
+        self.a = torch.nn.Linear(first.shape[1], first.shape[0])
+        self.b = torch.nn.Linear(second.shape[1], second.shape[0])
+        self.head = torch.nn.Linear(second.shape[0], 2)
+        with torch.no_grad():
+            self.a.weight.copy_(first)
+            self.a.bias.zero_()
+            self.b.weight.copy_(second)
+            self.b.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.a(x)
+        return self.head(self.b(torch.relu(hidden) if self.relu else hidden))
+
+
+def _data(n: int = 2000, dims: int = 16) -> torch.Tensor:
+    return torch.randn(n, dims, generator=torch.Generator().manual_seed(3))
+
+
+def test_d104_flags_a_collapsed_layer_and_not_a_full_rank_one() -> None:
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(16, 16, generator=g)
+    rank_one = torch.randn(16, 1, generator=g) @ torch.randn(1, 16, generator=g)
+    result = mechaudit.audit(TwoLayers(full, rank_one), _data(), select=["D104"])
+    by_layer = {f.location.component: f for f in result.findings}
+    assert by_layer["b"].status == "fail" and by_layer["b"].evidence["components_99"] == 1
+    assert by_layer["a"].status == "pass" and by_layer["a"].evidence["components_90"] >= 8
+
+
+def test_d105_finds_planted_modules_and_warns_on_independent_units() -> None:
+    g = torch.Generator().manual_seed(0)
+    sources = torch.randn(3000, 2, generator=g)
+    grouped = sources.repeat_interleave(6, 1) + 0.3 * torch.randn(3000, 12, generator=g)  # two groups of six
+    result = mechaudit.audit(Passthrough(12), grouped, select=["D105"])
+    finding = result.findings[0]
+    assert finding.status == "pass" and finding.evidence["modularity"] > 0.3
+    modules = sorted(sorted(int(u.split(":u")[1]) for u in m["units"]) for m in finding.evidence["modules"])
+    assert modules == [list(range(6)), list(range(6, 12))]
+    control = mechaudit.audit(Passthrough(12), torch.randn(3000, 12, generator=g), select=["D105"]).findings[0]
+    assert control.status == "fail" and control.evidence["modularity"] < 0.1
+
+
+def test_d106_flags_a_layer_that_copies_the_previous_one_and_not_an_unrelated_one() -> None:
+    g = torch.Generator().manual_seed(1)
+    first = torch.randn(16, 16, generator=g)
+    copy = torch.linalg.qr(torch.randn(16, 16, generator=g))[0]  # a rotation: CKA 1 with its input
+    same = mechaudit.audit(TwoLayers(first, copy, relu=False), _data(), select=["D106"]).findings[0]
+    assert same.status == "fail" and same.value > 0.95
+    sparse = torch.zeros(16, 16)
+    sparse[0, 0] = 1.0  # reads one unit of sixteen
+    other = mechaudit.audit(TwoLayers(first, sparse, relu=False), _data(), select=["D106"]).findings[0]
+    assert other.status == "pass" and other.value < 0.5
+
+
+def test_d101_flags_a_layer_that_never_switches_off_and_passes_a_rectified_one() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(500, 16, generator=g)  # positive inputs
+    always_on = TwoLayers(torch.eye(16) + 0.01, torch.randn(16, 16, generator=g))
+    with torch.no_grad():
+        always_on.a.bias.fill_(1.0)
+    result = mechaudit.audit(always_on, x, select=["D101"])
+    dense = {f.location.component: f for f in result.findings if f.metric == "dense_fraction"}
+    assert dense["a"].status == "fail" and dense["a"].value == 1.0
+    assert dense["b"].status == "pass" and dense["b"].value < 0.5  # random weights: units switch off
