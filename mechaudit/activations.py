@@ -48,7 +48,7 @@ class UnitStats:
     min: torch.Tensor          # (units,) smallest activation anywhere
     active: torch.Tensor       # (units,) samples in which the unit is > 0 at some position
     total: torch.Tensor        # (units, positions) sum over samples
-    always: torch.Tensor | None = None  # (units,) samples in which the unit is > 0 at every position
+    always: torch.Tensor       # (units,) samples in which the unit is > 0 at every position
 
     @property
     def mean_map(self) -> torch.Tensor:
@@ -62,7 +62,7 @@ class UnitStats:
     @property
     def always_fraction(self) -> torch.Tensor:
         """Share of samples on which the unit is > 0 at every position (never switched off)."""
-        return (self.always if self.always is not None else torch.zeros_like(self.active)) / max(self.count, 1)
+        return self.always / max(self.count, 1)
 
 
 def unit_statistics(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,

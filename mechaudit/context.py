@@ -29,6 +29,8 @@ class AuditContext:
     #: The rules this audit runs (set by the engine), so that a rule can consult another's parameters: e.g. L201
     #: marks its attributions unreliable when the attribution sanity rule (L203) is part of the audit and fails.
     rules: tuple[Any, ...] = ()
+    #: Binary files rules write into the output directory (relative path -> bytes), e.g. D103's dictionaries.
+    attachments: dict[str, bytes] = field(default_factory=dict)
     _artifacts: dict[str, Any] = field(default_factory=dict)
 
     @property

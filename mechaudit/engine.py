@@ -153,7 +153,7 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
     }
     findings = [finding for run in runs for finding in run.findings]
     result = AuditResult(findings, runs, metadata, fail_on=options.fail_on,
-                         attachments=dict(context.cached("attachments") or {}))
+                         attachments=dict(context.attachments))
     return apply_waivers(result, waiver_file, today) if waiver_file is not None else result
 
 

@@ -1,6 +1,7 @@
 """What the decomposition rules (D102-D106) share: per-sample activations of every hidden layer on a seeded subset
 of the audit data, pooled over positions by the mean or by the max (a unit's strongest response anywhere in the
-sample), computed once per audit; and the labels components are read against."""
+sample), computed once per audit (the mean-pooled ones also serve L205 and L206, see :mod:`.representation_common`);
+and the labels components are read against."""
 
 from __future__ import annotations
 
@@ -36,10 +37,3 @@ def reading_labels(context: AuditContext, source: str) -> tuple[torch.Tensor, li
     values = context.data.concepts[source].long()
     levels = values.unique(sorted=True)
     return torch.searchsorted(levels, values), [f"{source}={v}" for v in levels.tolist()]
-
-
-def effective_labels(distribution: torch.Tensor) -> torch.Tensor:
-    """The perplexity of each row of a label distribution: the effective number of labels (1 for one label, k for
-    k equally frequent ones)."""
-    logs = torch.where(distribution > 0, distribution.log(), torch.zeros_like(distribution))
-    return torch.exp(-(distribution * logs).sum(-1))

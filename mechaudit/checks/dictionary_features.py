@@ -36,7 +36,6 @@ from .decomposition_evidence import exemplars, maximised_features
 from .registry import param, register
 
 DICTIONARIES = "dictionary_features"
-ATTACHMENTS = "attachments"
 STABLE_COSINE = 0.9  # two features are the same direction above this cosine similarity
 
 
@@ -63,11 +62,8 @@ class DictionaryParams:
 @register("dictionary_features", DictionaryParams, needs=("layers",))
 def dictionary_features(context: AuditContext, rule) -> list[Finding]:
     params: DictionaryParams = rule.params
-    indices = context.sample_indices(params.samples)
+    indices, unit_activations = pooled_activations(context, params.samples, pool="max")
     labels, names = _labels(context, params, indices)
-    unit_indices, unit_activations = pooled_activations(context, params.samples, pool="max")
-    if not torch.equal(unit_indices, indices):
-        raise RuntimeError("units and features were read on different samples")
     dictionaries: dict[str, Dictionary] = {}
     findings = []
     for layer in context.view.hidden_layers:
@@ -96,14 +92,16 @@ def dictionary_features(context: AuditContext, rule) -> list[Finding]:
             "file": f"dictionaries/{_file_name(layer.name)}.safetensors", "address": f"{layer.name}:feat<N>",
         }
         features = pooled_features(dictionary, stream, positions, "max")
+        purest: list[int] = []
         if labels is not None:
-            evidence.update(_purity(features, dictionary, unit_activations[layer.name], labels, names, params.top))
-        shown = _most_used(features, evidence)
+            purity, purest = _purity(features, dictionary, unit_activations[layer.name], labels, names, params.top)
+            evidence.update(purity)
+        shown = purest[:4] or (features > 0).float().mean(0).argsort(descending=True)[:4].tolist()
         evidence["exemplars"] = exemplars(context, indices, features, shown, [dictionary.address(f) for f in shown])
         evidence["activation_maximization"] = maximised_features(context, layer, dictionary, shown)
         findings += _findings(rule, params, layer, evidence)
     context.artifact(DICTIONARIES, dict).update(dictionaries)  # shared with later rules (L206)
-    context.artifact(ATTACHMENTS, dict).update(
+    context.attachments.update(
         {f"dictionaries/{_file_name(name)}.safetensors": _serialise(d) for name, d in dictionaries.items()})
     return findings
 
@@ -149,34 +147,28 @@ def _stream(context: AuditContext, layer: Layer, indices: torch.Tensor, params: 
     """The layer's activation vectors on the sampled inputs: held in memory when small, else streamed."""
     inputs = context.data.inputs[indices]
     streamed = layer_stream(context.view, layer, inputs, context.batch_size, context.device)
-    first = next(iter(streamed()))
-    positions = first.shape[0] // min(context.batch_size, len(inputs))
-    if len(inputs) * positions * first.shape[1] > params.memory_vectors:
+    positions = context.unit_stats[layer.name].total.shape[1]
+    if len(inputs) * positions * layer.size > params.memory_vectors:
         return streamed, positions
     vectors = torch.cat(list(streamed()))
     return tensor_stream(vectors, positions * max(1, 8192 // positions)), positions
 
 
-def _most_used(features: torch.Tensor, evidence: dict, count: int = 4) -> list[int]:
-    """The features shown to a reviewer: the purest (when labels exist), else the most often active."""
-    purest = [int(row["component"].rsplit("feat", 1)[1]) for row in evidence.get("purest_features", [])]
-    return purest[:count] or (features > 0).float().mean(0).argsort(descending=True)[:count].tolist()
-
-
 def _purity(features: torch.Tensor, dictionary: Dictionary, unit_values: torch.Tensor, labels: torch.Tensor,
-            names: list[str], top: int) -> dict:
-    """Mean purity of the scored features and of the scored units, on the same samples and labels."""
+            names: list[str], top: int) -> tuple[dict, list[int]]:
+    """Mean purity of the scored features and of the scored units, on the same samples and labels; and the
+    purest scored features, purest first (shown to the reviewer)."""
     feature_scores = label_selectivity(features, labels, top)
     unit_scores = label_selectivity(unit_values, labels, top)
-    ranked = feature_scores.purity.nan_to_num(-1).argsort(descending=True)[:8].tolist()
+    ranked = [f for f in feature_scores.purity.nan_to_num(-1).argsort(descending=True)[:8].tolist()
+              if feature_scores.scored[f]]
+
     def mean(scores) -> float | None:
         return scores.mean_purity() if bool(scores.scored.any()) else None
     return {"feature_purity": mean(feature_scores), "unit_purity": mean(unit_scores),
             "scored_features": int(feature_scores.scored.sum()), "scored_units": int(unit_scores.scored.sum()),
             "purest_features": [{"component": dictionary.address(f), "label": names[int(feature_scores.top_label[f])],
-                                 "purity": round(float(feature_scores.purity[f]), 3)}
-                                for f in ranked if feature_scores.scored[f]]}
-
+                                 "purity": round(float(feature_scores.purity[f]), 3)} for f in ranked]}, ranked
 
 def _file_name(layer: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in layer)

@@ -30,11 +30,11 @@ from ..techniques.dissection import (
     per_sample,
     semantic_dictionary,
 )
+from .dictionary_features import DICTIONARIES
 from .registry import param, register
 from .representation_common import sampled_activations
 
 CHECK = "dissection"
-DICTIONARIES = "dictionary_features"
 
 
 @dataclass(frozen=True)

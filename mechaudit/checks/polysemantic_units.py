@@ -9,7 +9,7 @@ import torch
 from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.selectivity import label_selectivity
-from .decomposition_common import CLASSES, effective_labels, pooled_activations, reading_labels
+from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .decomposition_evidence import exemplars
 from .registry import param, register
 
@@ -41,7 +41,7 @@ def polysemantic_units(context: AuditContext, rule) -> list[Finding]:
         strong = torch.where(values >= params.strong * values.amax(0).clamp_min(1e-12), values,
                              torch.zeros_like(values))
         scores = label_selectivity(strong, labels, params.top, params.min_active)
-        spread = effective_labels(scores.distribution)
+        spread = scores.effective_labels
         scored = scores.scored
         poly = scored & (spread > params.max_effective_labels)
         count = int(scored.sum())

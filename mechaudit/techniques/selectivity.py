@@ -41,6 +41,13 @@ class Selectivity:
     def scored(self) -> torch.Tensor:
         return ~torch.isnan(self.purity)
 
+    @property
+    def effective_labels(self) -> torch.Tensor:
+        """(components,) perplexity of the label distribution: the effective number of labels (1 for one label,
+        k for k equally frequent ones)."""
+        logs = torch.where(self.distribution > 0, self.distribution.log(), torch.zeros_like(self.distribution))
+        return torch.exp(-(self.distribution * logs).sum(-1))
+
     def mean_purity(self) -> float:
         """Mean purity over the scored components (NaN when none is)."""
         return float(self.purity[self.scored].mean()) if self.scored.any() else math.nan
