@@ -284,17 +284,23 @@ def card(bundle: Path, model_card: Path, report_url: str | None) -> None:
 @cli.command()
 @click.argument("spec", required=False, type=click.Path(path_type=Path))
 @click.option("--example", help="Edit an embedded example's model.")
-@click.option("--suppress", required=True, help="Comma-separated unit addresses to suppress (mean output).")
+@click.option("--suppress", help="Comma-separated unit addresses to suppress (mean output).")
+@click.option("--erase", metavar="REGION", help="A declared input region whose direction is erased (with --layer).")
+@click.option("--layer", help="The Linear layer whose weights take the --erase edit.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Edited weights (.safetensors).")
-def edit(spec: Path | None, example: str | None, suppress: str, out: Path) -> None:
-    """Simulate suppressing units: print before/after metrics and write edited weights (a simulation)."""
+def edit(spec: Path | None, example: str | None, suppress: str | None, erase: str | None, layer: str | None,
+         out: Path) -> None:
+    """Simulate an edit (suppress units, or erase a region's direction at a layer): print before/after metrics and
+    write the edited weights (a simulation, not a retrained model)."""
     from .edit_command import NOTICE, edit_model
 
     audit_spec = _spec_from(spec, example, None, None, None, None, None, (), None, {})
-    report = edit_model(audit_spec, list(_csv(suppress) or ()), out)
-    click.echo(NOTICE)
+    report = edit_model(audit_spec, out, list(_csv(suppress) or ()), erase, layer)
+    click.echo(f"{NOTICE}: {report['edit']}")
+    if "evaluated_samples" in report:
+        click.echo(f"measured on {report['evaluated_samples']} held-out audit samples")
     for key in report["before"]:
-        click.echo(f"{key}: {report['before'][key]:.4f} -> {report['after'][key]:.4f} (mean ablation per position), "
+        click.echo(f"{key}: {report['before'][key]:.4f} -> {report['after'][key]:.4f} (simulated), "
                    f"{report['after_weights'][key]:.4f} (the edited weights)")
     click.echo(f"wrote {out}")
 

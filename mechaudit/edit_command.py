@@ -1,4 +1,8 @@
-"""``mechaudit edit``: write a what-if edit (units suppressed to their mean output) into a copy of the weights."""
+"""``mechaudit edit``: write a what-if edit into a copy of the weights, with before / after on the audit data.
+
+Two edits: units suppressed to their mean output (``--suppress``), or a region's direction erased at a Linear
+layer (``--erase REGION --layer LAYER``, directional ablation; the direction is estimated on the even-numbered
+audit samples and every figure is measured on the odd-numbered ones)."""
 
 from __future__ import annotations
 
@@ -7,59 +11,92 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from .checks.circuit_common import mean_values
 from .engine import prepare
 from .errors import InputError
 from .spec import AuditSpec
-from .techniques.edits import suppressed_state_dict, what_if_suppressed
+from .techniques.direction_edit import projected, projected_linear_state, region_direction
+from .techniques.edits import measure, suppressed_state_dict, what_if_suppressed
 
-NOTICE = "SIMULATION by mechaudit edit: units suppressed to their mean output; not a retrained model"
+NOTICE = "SIMULATION by mechaudit edit: not a retrained model"
 
 
-def edit_model(spec: AuditSpec, units: list[str], out: Path) -> dict:
-    """Suppress ``units`` (addresses), measure before/after on the audit data, write the edited weights."""
+def edit_model(spec: AuditSpec, out: Path, units: list[str] = (), erase: str | None = None,
+               layer: str | None = None) -> dict:
+    """Apply one edit (``units`` to suppress, or ``erase`` a region at ``layer``), measure before / after (as a
+    hook and with the edited weights), and write the edited weights to ``out``."""
     if out.suffix != ".safetensors":
         raise InputError(str(out), "the edited weights are written as .safetensors")
+    if bool(units) == bool(erase):
+        raise InputError("edit", "give either units to suppress or a region to erase (with its layer)")
     context, _ = prepare(spec)
-    for address in units:
-        layer, unit = context.view.resolve(address)
-        if unit is None:
-            raise InputError(f"address '{address}'", "name a unit (layer:uN or layer:chN), not a whole layer")
-    values = mean_values(context)
-    mask = next(iter(context.data.masks.values()), None)
-    report = what_if_suppressed(context.view, units, values, context.data.inputs, context.data.labels, mask,
-                                context.batch_size, context.device)
     try:
-        state = suppressed_state_dict(context.view, units, values)
+        if units:
+            report, state, label = _suppress(context, list(units))
+        else:
+            report, state, label = _erase(context, erase, layer)
     except ValueError as exc:
         raise InputError("edit", str(exc)) from None
     edited = copy.deepcopy(context.model)
     edited.load_state_dict({k: v.to(context.device) for k, v in state.items()})
-    report["after_weights"] = _measure(edited, context, mask)
+    report["after_weights"] = measure(edited, *report.pop("measured_on"), context.batch_size, context.device)
+    report["edit"] = label
+    _write(state, out, label)
+    return report
+
+
+def _suppress(context, units: list[str]) -> tuple[dict, dict, str]:
+    for address in units:
+        _, unit = context.view.resolve(address)
+        if unit is None:
+            raise InputError(f"address '{address}'", "name a unit (layer:uN or layer:chN), not a whole layer")
+    values = mean_values(context)
+    mask = next(iter(context.data.masks.values()), None)
+    data = context.data
+    report = what_if_suppressed(context.view, units, values, data.inputs, data.labels, mask, context.batch_size,
+                                context.device)
+    report["measured_on"] = (data.inputs, data.labels, mask)
+    state = suppressed_state_dict(context.view, units, values)
+    return report, state, f"units suppressed to their mean output: {', '.join(units)}"
+
+
+def _erase(context, region: str, layer_name: str | None) -> tuple[dict, dict, str]:
+    data = context.data
+    if region not in data.masks:
+        raise InputError(f"region '{region}'", f"is not declared; the spec declares: {', '.join(data.masks) or 'none'}")
+    if layer_name is None:
+        raise InputError("edit", "--erase needs --layer: the Linear layer whose weights take the edit")
+    layer, _ = context.view.resolve(layer_name)
+    inputs, labels = data.inputs, data.labels
+    mask = data.masks[region].expand_as(inputs) if data.masks[region].shape != inputs.shape else data.masks[region]
+    fit, held = torch.arange(0, len(inputs), 2), torch.arange(1, len(inputs), 2)
+    if len(held) == 0:
+        raise InputError("edit", "the audit data needs at least 2 samples (one to estimate, one to measure)")
+    direction = region_direction(context.view, layer, inputs[fit], mask[fit], context.batch_size, context.device)
+    if direction is None:
+        raise InputError(f"region '{region}'", f"removing it does not change {layer.name}: nothing to erase")
+    state = projected_linear_state(context.view, direction)
+    measured_on = (inputs[held], labels[held] if labels is not None else None, mask[held])
+    before = measure(context.model, *measured_on, context.batch_size, context.device)
+    with projected(context.view, [direction]):
+        after = measure(context.model, *measured_on, context.batch_size, context.device)
+    report = {"before": before, "after": after, "evaluated_samples": len(held), "simulation": True,
+              "measured_on": measured_on}
+    return report, state, f"direction of region '{region}' erased at {layer.name}"
+
+
+def _write(state: dict, out: Path, label: str) -> None:
+    """Write atomically: a temporary file in the same directory, renamed into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(handle)
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, temporary,
-                  metadata={"mechaudit_edit": NOTICE, "suppressed": ",".join(units)})
+                  metadata={"mechaudit_edit": NOTICE, "edit": label})
         os.replace(temporary, out)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    return report
-
-
-def _measure(model, context, mask) -> dict:
-    """Accuracy and region flip rate of ``model`` on the audit data."""
-    from .activations import model_outputs
-    from .techniques.edits import region_flip_rate
-
-    result = {}
-    if context.data.labels is not None:
-        predictions = model_outputs(model, context.data.inputs, context.batch_size, context.device).argmax(-1)
-        result["accuracy"] = float((predictions == context.data.labels).float().mean())
-    if mask is not None:
-        result["flip_rate"] = region_flip_rate(model, context.data.inputs, mask, context.batch_size, context.device)
-    return result

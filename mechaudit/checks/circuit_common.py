@@ -41,24 +41,26 @@ def class_index(context: AuditContext, name: str) -> int:
     raise ValueError(f"behaviour names class '{name}', which is neither a class name nor an index")
 
 
-def circuit_problem(context: AuditContext, samples: int) -> CircuitProblem:
-    """Build (once per audit) the tensors for the spec's ``[behaviour]``; for a next-token model, the behaviour
-    reads the logits at the declared token position."""
+def circuit_problem(context: AuditContext, samples: int, use_pairs: bool = True) -> CircuitProblem:
+    """Build (once per audit) the tensors for the spec's ``[behaviour]``: on the declared pairs' clean inputs
+    (reference: their corrupted twins) when there are pairs and ``use_pairs``, else on the audit inputs; for a
+    next-token model, the behaviour reads the logits at the declared token position."""
     def build() -> CircuitProblem:
-        problem = _build_problem(context, samples)
+        problem = _build_problem(context, samples, use_pairs)
         if context.task == "next-token":
             position = context.behaviour.position
             problem.behaviour = at_position(problem.behaviour, position)
             problem.description += f" at token position {position}"
         return problem
-    return context.artifact(f"circuit_problem:{samples}", build)
+    paired = use_pairs and context.data.pairs is not None
+    return context.artifact(f"circuit_problem:{samples}:{'pairs' if paired else 'inputs'}", build)
 
 
-def _build_problem(context: AuditContext, samples: int) -> CircuitProblem:
+def _build_problem(context: AuditContext, samples: int, use_pairs: bool) -> CircuitProblem:
     spec = context.behaviour
     assert spec is not None
     data = context.data
-    if data.pairs is not None:
+    if data.pairs is not None and use_pairs:
         clean, corrupted = data.pairs
         keep = torch.arange(clean.shape[0])[:min(samples, clean.shape[0])]
         inputs, reference, labels = clean[keep], corrupted[keep], None
@@ -129,14 +131,16 @@ def _runner_up(context: AuditContext, inputs: torch.Tensor, first: torch.Tensor)
     return outputs.argmax(-1)
 
 
-def circuit_scores(context: AuditContext, samples: int) -> CircuitScores:
-    """Edge attribution patching scores for the declared behaviour (shared by R301-R304)."""
+def circuit_scores(context: AuditContext, samples: int, use_pairs: bool = True) -> CircuitScores:
+    """Edge attribution patching scores for the declared behaviour (shared by R301-R304): on :func:`circuit_problem`,
+    against the pairs' corrupted inputs, or the mean over the inputs when there are no pairs (or not ``use_pairs``)."""
     def compute() -> CircuitScores:
-        problem = circuit_problem(context, samples)
+        problem = circuit_problem(context, samples, use_pairs)
         return edge_attribution(context.view, problem.inputs, problem.targets, problem.behaviour,
                                 reference=problem.reference, masks=context.data.masks,
                                 batch_size=context.batch_size, device=context.device)
-    return context.artifact(f"circuit_scores:{samples}", compute)
+    paired = use_pairs and context.data.pairs is not None
+    return context.artifact(f"circuit_scores:{samples}:{'pairs' if paired else 'inputs'}", compute)
 
 
 def carries_behaviour(span: float, m_model: torch.Tensor) -> bool:

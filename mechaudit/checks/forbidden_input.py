@@ -15,6 +15,7 @@ from ..activations import model_outputs
 from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.attribution import METHODS
+from ..techniques.edits import what_if_erased
 from .attribution_common import predicted_attributions, reliability, unreliable_suffix
 from .registry import param, register
 
@@ -32,6 +33,10 @@ class ForbiddenInputParams:
                                                   "attribution ratio")
     max_levels: int = param(10, low=2, doc="a protected column with more distinct values is set to its quantiles "
                                            "in the counterfactual")
+    what_if: bool = param(True, doc="when the flip rate fails, simulate erasing the region's direction at each "
+                                    "hidden layer and report before / after")
+    max_accuracy_cost: float = param(0.05, low=0.0, high=1.0, doc="largest accuracy drop (region removed) of the "
+                                                                  "recommended what-if edit")
 
 
 @dataclass
@@ -83,13 +88,39 @@ def forbidden_input(context: AuditContext, rule) -> list[Finding]:
             evidence=evidence,
         ))
         flip_rate = float(flipped.float().mean())
+        failed = flip_rate > params.max_flip_rate
+        evidence = {"flipped": int(flipped.sum()), "samples": len(indices), "intervention": intervention}
+        suffix = ""
+        if failed and region.column is None and params.what_if:
+            edit = what_if_erased(context.view, context.view.hidden_layers, inputs, _labels(context, indices),
+                                  region.mask, context.batch_size, context.device, params.max_accuracy_cost)
+            if edit is not None:
+                evidence["what_if"] = edit
+                suffix = _what_if_summary(edit)
         findings.append(Finding(
-            rule.id, rule.severity, "fail" if flip_rate > params.max_flip_rate else "pass",
-            f"{flip_rate:.1%} of predictions change when {intervention}",
+            rule.id, rule.severity, "fail" if failed else "pass",
+            f"{flip_rate:.1%} of predictions change when {intervention}{suffix}",
             location=location, metric="flip_rate", value=flip_rate, threshold=params.max_flip_rate,
-            evidence={"flipped": int(flipped.sum()), "samples": len(indices), "intervention": intervention},
+            evidence=evidence,
         ))
     return findings
+
+
+def _labels(context: AuditContext, indices: torch.Tensor) -> torch.Tensor | None:
+    return context.data.labels[indices] if context.data.labels is not None else None
+
+
+def _what_if_summary(edit: dict) -> str:
+    """One clause for the message: the recommended directional ablation and what it leaves, held out."""
+    best = next(row for row in edit["layers"] if row["layer"] == edit["best"])
+    before, after = edit["before"], best["after"]
+    text = (f"; erasing its direction at {best['layer']} (a simulation, measured on {edit['evaluated_samples']} "
+            f"held-out samples) leaves {after['flip_rate']:.1%} (from {before['flip_rate']:.1%})")
+    if "accuracy_region_removed" in after:
+        text += (f", accuracy without the region {before['accuracy_region_removed']:.1%} -> "
+                 f"{after['accuracy_region_removed']:.1%}")
+    units = ", ".join(unit["component"] for unit in best["units"][:3])
+    return text + f"; its trace is strongest in {units}"
 
 
 def _regions(context: AuditContext, indices: torch.Tensor) -> list[Region]:

@@ -1,4 +1,9 @@
-"""R303: how much of the behaviour's attribution flows from a protected input region, and what-if it were cut."""
+"""R303: how much of the behaviour's attribution flows from a protected input region, and what-if it were cut.
+
+The flow is measured on the audit inputs against their mean, never on the declared pairs: pairs that differ only
+in the region would route all of their difference through it by construction. Two what-if edits are reported:
+mean ablation of the pathway's units, and directional ablation of the region's trace at each layer (which removes
+the region's effect where unit ablation, in a dense layer, cannot)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from dataclasses import dataclass
 from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.circuits import INPUT, attribution_flow
-from ..techniques.edits import what_if_suppressed
+from ..techniques.edits import what_if_erased, what_if_suppressed
 from .circuit_common import circuit_problem, circuit_scores, hidden_nodes, mean_values
 from .registry import param, register
 
@@ -22,8 +27,8 @@ class ProtectedPathwayParams:
 @register("protected_pathway", ProtectedPathwayParams, needs=("layers", "behaviour", "masks", "classification"))
 def protected_pathway(context: AuditContext, rule) -> list[Finding]:
     params: ProtectedPathwayParams = rule.params
-    problem = circuit_problem(context, params.samples)
-    scores = circuit_scores(context, params.samples)
+    problem = circuit_problem(context, params.samples, use_pairs=False)
+    scores = circuit_scores(context, params.samples, use_pairs=False)
     output_layer = context.view.layers[-1].name
     sinks = {n: s for n, s in scores.nodes.items() if scores.node_layer[n] == output_layer and s}
     if not sinks:
@@ -39,8 +44,10 @@ def protected_pathway(context: AuditContext, rule) -> list[Finding]:
         share = flow.get(region, 0.0) / inputs_total
         specific = _region_specific_units(scores, flow, hidden, region)
         pathway = sorted(specific, key=lambda n: -specific[n])
-        edit = what_if_suppressed(context.view, pathway[:params.edit_nodes], mean_values(context), problem.inputs,
-                                  problem.labels, mask, context.batch_size, context.device)
+        units_edit = what_if_suppressed(context.view, pathway[:params.edit_nodes], mean_values(context),
+                                        problem.inputs, problem.labels, mask, context.batch_size, context.device)
+        direction_edit = what_if_erased(context.view, context.view.hidden_layers, problem.inputs, problem.labels,
+                                        mask, context.batch_size, context.device)
         findings.append(Finding(
             rule.id, rule.severity, "fail" if share > params.max_share else "pass",
             f"{share:.0%} of the attribution of the {problem.description} flows from '{name}' "
@@ -51,7 +58,7 @@ def protected_pathway(context: AuditContext, rule) -> list[Finding]:
             evidence={"region_area_share": float(mask.mean()),
                       "pathway": [{"component": n, "share_from_region": specific[n], "flow": flow[n]}
                                   for n in pathway[:10]],
-                      "what_if": edit},
+                      "what_if_units": units_edit, "what_if_direction": direction_edit},
         ))
     return findings
 
