@@ -87,17 +87,28 @@ def unit_statistics(view: ModelView, layers: list[Layer], inputs: torch.Tensor, 
     return stats
 
 
+POOLS = ("mean", "max", "first", "last")
+
+
 def per_sample_activations(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,
                            device: torch.device, pool: str = "mean") -> dict[str, torch.Tensor]:
     """Per-sample unit activations, shape (samples, units), on the CPU: the ``mean`` (or the ``max``, a unit's
-    strongest response anywhere in the sample) over its positions."""
-    if pool not in ("mean", "max"):
-        raise ValueError(f"pool must be 'mean' or 'max', not {pool!r}")
+    strongest response anywhere in the sample) over its positions, or its activation at the ``first`` or ``last``
+    position (for token models: the first or last token; a head's output vector there, averaged)."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
     chunks: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
 
     def keep(layer: Layer, output: torch.Tensor) -> None:
         units = units_view(output, layer)
-        pooled = units.mean(dim=2) if pool == "mean" else units.amax(dim=2)
+        if pool in ("first", "last"):
+            index = 0 if pool == "first" else -1
+            if layer.kind == "heads":  # positions are (tokens, head dims)
+                pooled = units.reshape(*units.shape[:2], output.shape[1], -1)[:, :, index].mean(-1)
+            else:
+                pooled = units[..., index]
+        else:
+            pooled = units.mean(dim=2) if pool == "mean" else units.amax(dim=2)
         chunks[layer.name].append(pooled.float().cpu())
 
     with hooked(view, layers, keep), torch.no_grad():

@@ -42,9 +42,20 @@ class AuditContext:
         """Model outputs on the whole audit set (CPU)."""
         return model_outputs(self.model, self.data.inputs, self.batch_size, self.device)
 
+    @property
+    def token_position(self) -> int:
+        """The token position a next-token model is judged at: the behaviour's, else the last."""
+        return self.behaviour.position if self.behaviour is not None else -1
+
+    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The logits a prediction is read from (``outputs`` (..., [positions,] classes)): for a next-token model,
+        those at :attr:`token_position`."""
+        return outputs[..., self.token_position, :] if self.task == "next-token" and outputs.dim() >= 3 else outputs
+
     @cached_property
     def predictions(self) -> torch.Tensor:
-        return self.outputs.argmax(dim=-1)
+        """Predicted class per sample (for a next-token model: the predicted token at :attr:`token_position`)."""
+        return self.logits(self.outputs).argmax(dim=-1)
 
     @cached_property
     def accuracy(self) -> float:

@@ -11,6 +11,11 @@ projection, read at the projection's input (the layer's hook ``site``). Recognis
 output projection (``output.dense``, ``c_proj``, ``o_proj``, ``out_proj``, ``out``) that runs in the forward
 pass: Hugging Face BERT- and GPT-2-style blocks and the like. torch's ``nn.MultiheadAttention`` is not: it
 applies ``out_proj``'s weights without calling the module, so there is no input to hook.
+
+The residual stream is a layer of kind ``stream``: any other module named in ``[audit] layers`` whose output (or
+the first element of its output tuple) is one vector per token, (samples, tokens, width), such as a transformer
+block (``encoder.layer.2``, ``blocks.1``). Its units are the stream's dimensions, ``blocks.1:d17``, and its
+positions the tokens. Streams are only audited when named: they are not Linear or Conv modules.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from torch import nn
 
 from .errors import InputError
 
-_UNIT_PREFIX = {"linear": "u", "conv": "ch", "heads": "h"}
-_ADDRESS = re.compile(r"^(?P<layer>[^:\s]+)(?::(?P<prefix>u|ch|h)(?P<index>\d+))?$")
+_UNIT_PREFIX = {"linear": "u", "conv": "ch", "heads": "h", "stream": "d"}
+_ADDRESS = re.compile(r"^(?P<layer>[^:\s]+)(?::(?P<prefix>u|ch|h|d)(?P<index>\d+))?$")
 _HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads")
 _OUT_PROJECTIONS = ("output.dense", "c_proj", "o_proj", "out_proj", "out")
 
@@ -102,6 +107,15 @@ def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.h
             return None if replaced is None else (replaced, *args[1:])
         return site.register_forward_pre_hook(pre_hook)
 
+    if layer.kind == "stream":
+        def stream_hook(_module: nn.Module, args: tuple, output):
+            first = output[0] if isinstance(output, tuple) else output
+            replaced = fn(first, args)
+            if replaced is None:
+                return None
+            return (replaced, *output[1:]) if isinstance(output, tuple) else replaced
+        return site.register_forward_hook(stream_hook)
+
     def hook(_module: nn.Module, args: tuple, output):
         return fn(output, args)
     return site.register_forward_hook(hook)
@@ -153,14 +167,16 @@ class ModelView:
     def discover(cls, model: nn.Module, sample: torch.Tensor, only: tuple[str, ...] = ()) -> "ModelView":
         """Run ``sample`` through ``model`` once, recording which Linear/Conv layers and attention blocks run and
         in what order (an attention block when its output projection runs)."""
-        candidates = {name: m for name, m in model.named_modules() if name and layer_kind(m)}
+        modules = dict(model.named_modules())
+        candidates = {name: m for name, m in modules.items() if name and layer_kind(m)}
         blocks = attention_blocks(model)
-        unknown = [name for name in only if name not in candidates and name not in blocks]
+        streams = [name for name in only if name not in candidates and name not in blocks and name in modules]
+        unknown = [name for name in only if name not in candidates and name not in blocks and name not in streams]
         if unknown:
-            raise InputError("layers", f"'{unknown[0]}' is not a Linear or Conv module (nor an attention block) "
-                                       "of the model")
+            raise InputError("layers", f"'{unknown[0]}' is not a module of the model")
         seen: list[tuple[str, torch.Tensor | None]] = []
         handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in candidates.items()]
+        handles += [modules[name].register_forward_hook(_recorder(name, seen, stream=True)) for name in streams]
         sites = dict(model.named_modules())
         handles += [sites[site].register_forward_pre_hook(_head_recorder(name, seen))
                     for name, (site, _) in blocks.items()]
@@ -173,11 +189,18 @@ class ModelView:
         order: dict[str, int] = {}
         for name, _ in seen:
             order.setdefault(name, len(order))
-        last = next((item for item in reversed(seen) if item[0] not in blocks), None)
+        missing = [name for name in streams if name not in order]
+        if missing:
+            raise InputError("layers", f"'{missing[0]}' is not a Linear or Conv module, an attention block, nor a "
+                                       "module whose output is one vector per token (samples, tokens, width)")
+        last = next((item for item in reversed(seen) if item[0] not in blocks and item[0] not in streams), None)
         layers = []
         for name, index in order.items():
             if name in blocks:
                 layers.append(Layer(name, "heads", blocks[name][1], index, site=blocks[name][0]))
+                continue
+            if name in streams:
+                layers.append(Layer(name, "stream", int(dict(seen)[name].shape[-1]), index))
                 continue
             module = candidates[name]
             kind = layer_kind(module)
@@ -229,9 +252,14 @@ class ModelView:
                  "output": layer.is_output} for layer in self.layers]
 
 
-def _recorder(name: str, seen: list):
+def _recorder(name: str, seen: list, stream: bool = False):
+    """Record a module's output; for a stream, the first element of a tuple output, only if (samples, tokens, w)."""
     def hook(_module, _inputs, output):
-        if isinstance(output, torch.Tensor):
+        if stream:
+            output = output[0] if isinstance(output, tuple) and output else output
+            if isinstance(output, torch.Tensor) and output.dim() == 3:
+                seen.append((name, output))
+        elif isinstance(output, torch.Tensor):
             seen.append((name, output))
     return hook
 

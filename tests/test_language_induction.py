@@ -107,6 +107,16 @@ def test_circuit_rules_recover_the_planted_heads(audits) -> None:
     assert {f["location"]["component"] for f in by_rule["R304"] if f["status"] == "fail"} == PLANTED
 
 
+def test_head_ablation_rule_flags_exactly_the_planted_heads(audits) -> None:
+    """L202 on a next-token model: accuracy of the next token at the behaviour's position, per head."""
+    _, data = audits["induction"]
+    l202 = [f for f in data["findings"] if f["rule_id"] == "L202"]
+    assert {f["location"]["component"] for f in l202 if f["status"] == "fail"} == PLANTED
+    assert all(f["value"] > 0.8 for f in l202 if f["status"] == "fail")      # each alone breaks the copying
+    _, control = audits["induction-control"]
+    assert {f["status"] for f in control["findings"] if f["rule_id"] == "L202"} == {"pass"}
+
+
 def test_control_audit_passes_every_rule(audits) -> None:
     code, data = audits["induction-control"]
     assert code == 0 and data["verdict"] == "pass"

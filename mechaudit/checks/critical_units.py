@@ -1,4 +1,8 @@
-"""L202: units whose ablation alone drops accuracy by more than a threshold, overall or for one class."""
+"""L202: units whose ablation alone drops accuracy by more than a threshold, overall or for one class.
+
+Units are any audited components: neurons, channels, attention heads. For a next-token model, accuracy is that of
+the next token at the behaviour's position (the last when no behaviour is declared), and a "class" is a target
+token."""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ class CriticalUnitsParams:
     top_k: int = param(10, low=1, doc="units listed per layer in the evidence")
 
 
-@register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "classification"))
+@register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits"))
 def critical_units(context: AuditContext, rule) -> list[Finding]:
     params: CriticalUnitsParams = rule.params
     modes = params.modes.split(",")
@@ -41,7 +45,7 @@ def critical_units(context: AuditContext, rule) -> list[Finding]:
     layers = context.view.hidden_layers
     scanner = AblationScanner(context.view, layers, context.device, inputs[:2])
     scanned = scanner.scan(inputs, _replacements(context, modes, inputs), batch_size=context.batch_size,
-                           reduce=lambda outputs, _samples: outputs.argmax(-1))
+                           reduce=lambda outputs, _samples: context.logits(outputs).argmax(-1))
     classes = labels.unique().tolist()
     base_accuracy = float((predictions == labels).float().mean())
     base_class = {c: float((predictions[labels == c] == c).float().mean()) for c in classes}

@@ -67,9 +67,9 @@ def dictionary_features(context: AuditContext, rule) -> list[Finding]:
     dictionaries: dict[str, Dictionary] = {}
     findings = []
     for layer in context.view.hidden_layers:
-        stream, positions = _stream(context, layer, indices, params)
-        config = SAEConfig(features=params.expansion * layer.size, kind=params.kind,
-                           k=max(1, min(params.k, layer.size // 8)), l1=params.l1, steps=params.steps,
+        stream, positions, width = _stream(context, layer, indices, params)
+        config = SAEConfig(features=params.expansion * width, kind=params.kind,
+                           k=max(1, min(params.k, width // 8)), l1=params.l1, steps=params.steps,
                            batch=params.batch, seed=context.seed)
         dictionary = train_dictionary(stream, config, layer.name, context.device)
         twin = train_dictionary(stream, SAEConfig(**{**config.__dict__, "seed": context.seed + 1}), layer.name,
@@ -83,7 +83,7 @@ def dictionary_features(context: AuditContext, rule) -> list[Finding]:
         represented = distinct_directions(dictionary.decoder[alive][stable_mask], STABLE_COSINE)
         dictionaries[layer.name] = dictionary
         evidence = {
-            "layer": layer.name, "units": layer.size, "features": dictionary.size, "kind": config.kind,
+            "layer": layer.name, "units": layer.size, "width": width, "features": dictionary.size, "kind": config.kind,
             "k": config.k if config.kind == "topk" else None, "l1": config.l1 if config.kind == "l1" else None,
             "steps": config.steps, "vectors": stats.vectors, "positions_per_sample": positions,
             "fvu": stats.fvu, "l0": stats.l0, "live_features": int(alive.sum()),
@@ -119,7 +119,7 @@ def _findings(rule, params: DictionaryParams, layer: Layer, evidence: dict) -> l
         Finding(rule.id, rule.severity, "fail" if 1 - agreement > 1 - params.min_seed_agreement else "pass",
                 f"a second seed's dictionary of {layer.name} finds the same directions with mean cosine "
                 f"{agreement:.2f}; {evidence['stable_features']} features are stable (cosine > {STABLE_COSINE}), "
-                f"{evidence['represented_features']} distinct directions for {layer.size} units"
+                f"{evidence['represented_features']} distinct directions in {evidence['width']} dimensions"
                 + ("" if agreement >= params.min_seed_agreement
                    else ": the features depend on the seed and are not evidence"),
                 location=where, metric="instability", value=1 - agreement, threshold=1 - params.min_seed_agreement,
@@ -144,14 +144,16 @@ def _labels(context: AuditContext, params: DictionaryParams, indices: torch.Tens
 
 
 def _stream(context: AuditContext, layer: Layer, indices: torch.Tensor, params: DictionaryParams):
-    """The layer's activation vectors on the sampled inputs: held in memory when small, else streamed."""
+    """The layer's activation vectors on the sampled inputs (held in memory when small, else streamed), the number
+    of vectors per sample and their width (units; for attention heads, the concatenated head outputs)."""
     inputs = context.data.inputs[indices]
     streamed = layer_stream(context.view, layer, inputs, context.batch_size, context.device)
-    positions = context.unit_stats[layer.name].total.shape[1]
-    if len(inputs) * positions * layer.size > params.memory_vectors:
-        return streamed, positions
+    one = next(iter(layer_stream(context.view, layer, inputs[:1], 1, context.device)()))
+    positions, width = one.shape
+    if len(inputs) * positions * width > params.memory_vectors:
+        return streamed, positions, width
     vectors = torch.cat(list(streamed()))
-    return tensor_stream(vectors, positions * max(1, 8192 // positions)), positions
+    return tensor_stream(vectors, positions * max(1, 8192 // positions)), positions, width
 
 
 def _purity(features: torch.Tensor, dictionary: Dictionary, unit_values: torch.Tensor, labels: torch.Tensor,

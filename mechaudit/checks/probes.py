@@ -26,12 +26,18 @@ class ProbesParams:
     shuffles: int = param(2, low=1, doc="probes on shuffled labels, for the chance level")
     samples: int = param(2048, low=4, doc="samples probed (seeded subset)")
     max_levels: int = param(10, low=2, doc="an attribute with more distinct values is cut into quartiles")
+    position: str = param("mean", choices=("mean", "first", "last"),
+                          doc="what a unit contributes per sample: its mean over positions (tokens), or its "
+                              "activation at the first (e.g. [CLS]) or last token")
+
+
+_READ = {"mean": "mean over positions", "first": "at the first position", "last": "at the last position"}
 
 
 @register("probes", ProbesParams, needs=("attributes",))
 def probes(context: AuditContext, rule) -> list[Finding]:
     params: ProbesParams = rule.params
-    indices, activations = sampled_activations(context, params.samples)
+    indices, activations = sampled_activations(context, params.samples, params.position)
     output_layer = next((layer.name for layer in context.view.layers if layer.is_output), None)
     attributes = [(name, values, "concept") for name, values in context.data.concepts.items()]
     attributes += [(name, values, "protected") for name, values in context.data.protected.items()]
@@ -48,8 +54,9 @@ def probes(context: AuditContext, rule) -> list[Finding]:
                             "features": int(matrix.shape[1])})
         evidence = {"attribute": name, "kind": kind, "samples": len(indices), "classes": result.classes,
                     "folds": result.folds, "profile": profile,
-                    "probe": "logistic regression on standardised activations (mean over positions), balanced "
-                             "accuracy, chance-corrected with shuffled labels"}
+                    "position": params.position,
+                    "probe": f"logistic regression on standardised activations ({_READ[params.position]}), "
+                             "balanced accuracy, chance-corrected with shuffled labels"}
         at_output = profile[-1]
         best = max(profile, key=lambda row: row["decodability"])
         location = Location.of_layer(best["layer"]) if best["layer"] != OUTPUT else Location(component=OUTPUT)

@@ -12,14 +12,16 @@ from .decomposition_common import pooled_activations
 OUTPUT = "output"
 
 
-def sampled_activations(context: AuditContext, samples: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(indices, {layer: (samples, units)})``: each unit's activation averaged over its positions, for the hidden
-    layers, plus ``"output"``: the model's outputs (for a next-token model, at the behaviour's position)."""
-    indices, pooled = pooled_activations(context, samples)
+def sampled_activations(context: AuditContext, samples: int,
+                        pool: str = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(indices, {layer: (samples, units)})``: each unit's activation averaged over its positions (or taken at
+    the ``first`` or ``last`` one), for the hidden layers, plus ``"output"``: the model's outputs (for a next-token
+    model, at the behaviour's position)."""
+    indices, pooled = pooled_activations(context, samples, pool)
 
     def compute() -> dict[str, torch.Tensor]:
         activations = dict(pooled)
         position = context.behaviour.position if context.behaviour is not None else -1
         activations[OUTPUT] = logits_at(context.outputs[indices], position).flatten(1)
         return activations
-    return indices, context.artifact(f"per_sample_activations:{samples}", compute)
+    return indices, context.artifact(f"per_sample_activations:{pool}:{samples}", compute)

@@ -204,7 +204,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
             delta_in = ref_inputs[layer.name] - x_in
             v_grad = units_view(grad, layer)  # (n, V, P')
             if previous is None:
-                if _reads_model_input(module, x_in, batch):
+                if layer.kind in ("linear", "conv") and _reads_model_input(module, x_in, batch):
                     delta_full = ref_batch - batch
                     for region, mask in regions.items():
                         contribution = _contributions(module, _by_channel(delta_full * mask.to(device), module))
@@ -216,7 +216,8 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                 continue
             from_heads = edges_from_heads(view, previous, layer, x_in, recorder.outputs, ref_outputs, streams,
                                           grad) if previous.kind == "heads" else None
-            split = None if previous.kind == "heads" else _unit_columns(delta_in, module, previous.size)
+            split = None if "stream" in (previous.kind, layer.kind) or previous.kind == "heads" else _unit_columns(
+                delta_in, module, previous.size)
             convolution_ok = layer.kind == "linear" or (layer.kind == "conv" and module.groups == 1
                                                         and module.padding_mode == "zeros")
             if from_heads is None and (split is None or not convolution_ok):

@@ -91,6 +91,9 @@ def suppressed_state_dict(view: ModelView, nodes: list[str], values: dict[str, t
     state = {name: tensor.detach().clone().cpu() for name, tensor in view.model.state_dict().items()}
     for address in nodes:
         layer, unit = view.resolve(address)
+        if layer.kind == "stream":
+            raise ValueError(f"{address} is a dimension of the residual stream, which no single weight writes (the "
+                             "what-if simulation still applies)")
         if layer.kind == "heads":
             raise ValueError(f"{address} is an attention head: a weight edit would change its output projection "
                              f"{layer.site}, which is not written yet (the what-if simulation still applies)")

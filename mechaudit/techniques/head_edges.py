@@ -73,7 +73,8 @@ def edges_from_heads(view: ModelView, upstream: Layer, layer: Layer, linear_inpu
     ``layer``'s activation."""
     stream_in, attention_out = streams.inputs.get(upstream.name), streams.outputs.get(upstream.name)
     read = streams.inputs.get(layer.name) if layer.kind == "heads" else linear_input
-    if layer.kind == "conv" or read is None or stream_in is None or not isinstance(attention_out, torch.Tensor):
+    if layer.kind not in ("heads", "linear") or read is None or stream_in is None or not isinstance(
+            attention_out, torch.Tensor):
         return None
     if not is_additive(read, stream_in, attention_out):
         return None

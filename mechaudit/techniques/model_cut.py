@@ -135,6 +135,8 @@ class _Plan:
 
 def _plan(layer: Layer, nodes: list[fx.Node], modules: dict[str, nn.Module]) -> _Plan | str:
     """Where to cut for ``layer``, or why it cannot be cut."""
+    if layer.kind == "stream":
+        return "a residual stream may be a tuple's first element: scanned with hooks"
     if layer.kind == "heads":
         sites = [n for n in nodes if n.op == "call_module" and n.target == layer.site]
         if len(sites) != 1 or len(sites[0].args) != 1 or sites[0].kwargs or not isinstance(sites[0].args[0], fx.Node):
