@@ -11,15 +11,14 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from .checks.circuit_common import mean_values
 from .engine import prepare
 from .errors import InputError
 from .spec import AuditSpec
-from .techniques.direction_edit import projected, projected_linear_state, region_direction
-from .techniques.edits import measure, suppressed_state_dict, what_if_suppressed
+from .techniques.direction_edit import projected_linear_state
+from .techniques.edits import HeldOut, erased, measure, suppressed_state_dict, what_if_suppressed
 
 NOTICE = "SIMULATION by mechaudit edit: not a retrained model"
 
@@ -35,57 +34,57 @@ def edit_model(spec: AuditSpec, out: Path, units: list[str] = (), erase: str | N
     context, _ = prepare(spec)
     try:
         if units:
-            report, state, label = _suppress(context, list(units))
+            report, state, label, measure_edited = _suppress(context, list(units))
         else:
-            report, state, label = _erase(context, erase, layer)
+            report, state, label, measure_edited = _erase(context, erase, layer)
     except ValueError as exc:
         raise InputError("edit", str(exc)) from None
     edited = copy.deepcopy(context.model)
     edited.load_state_dict({k: v.to(context.device) for k, v in state.items()})
-    report["after_weights"] = measure(edited, *report.pop("measured_on"), context.batch_size, context.device)
+    report["after_weights"] = measure_edited(edited)
     report["edit"] = label
     _write(state, out, label)
     return report
 
 
-def _suppress(context, units: list[str]) -> tuple[dict, dict, str]:
+def _suppress(context, units: list[str]):
+    """The suppression report, weights and label, and how to measure a model on the same data."""
     for address in units:
         _, unit = context.view.resolve(address)
         if unit is None:
             raise InputError(f"address '{address}'", "name a unit (layer:uN or layer:chN), not a whole layer")
     values = mean_values(context)
-    mask = next(iter(context.data.masks.values()), None)
-    data = context.data
+    data, mask = context.data, next(iter(context.data.masks.values()), None)
     report = what_if_suppressed(context.view, units, values, data.inputs, data.labels, mask, context.batch_size,
                                 context.device)
-    report["measured_on"] = (data.inputs, data.labels, mask)
     state = suppressed_state_dict(context.view, units, values)
-    return report, state, f"units suppressed to their mean output: {', '.join(units)}"
+
+    def measure_edited(model):
+        return measure(model, data.inputs, data.labels, mask, context.batch_size, context.device)
+    return report, state, f"units suppressed to their mean output: {', '.join(units)}", measure_edited
 
 
-def _erase(context, region: str, layer_name: str | None) -> tuple[dict, dict, str]:
+def _erase(context, region: str, layer_name: str | None):
+    """The erasure report (held out), weights and label, and how to measure a model on the held-out samples."""
     data = context.data
     if region not in data.masks:
         raise InputError(f"region '{region}'", f"is not declared; the spec declares: {', '.join(data.masks) or 'none'}")
     if layer_name is None:
         raise InputError("edit", "--erase needs --layer: the Linear layer whose weights take the edit")
     layer, _ = context.view.resolve(layer_name)
-    inputs, labels = data.inputs, data.labels
-    mask = data.masks[region].expand_as(inputs) if data.masks[region].shape != inputs.shape else data.masks[region]
-    fit, held = torch.arange(0, len(inputs), 2), torch.arange(1, len(inputs), 2)
-    if len(held) == 0:
+    if len(data.inputs) < 2:
         raise InputError("edit", "the audit data needs at least 2 samples (one to estimate, one to measure)")
-    direction = region_direction(context.view, layer, inputs[fit], mask[fit], context.batch_size, context.device)
+    samples = HeldOut.split(data.inputs, data.labels, data.masks[region])
+    before = samples.measure(context.model, context.batch_size, context.device)
+    direction, after = erased(context.view, layer, samples, context.batch_size, context.device)
     if direction is None:
         raise InputError(f"region '{region}'", f"removing it does not change {layer.name}: nothing to erase")
     state = projected_linear_state(context.view, direction)
-    measured_on = (inputs[held], labels[held] if labels is not None else None, mask[held])
-    before = measure(context.model, *measured_on, context.batch_size, context.device)
-    with projected(context.view, [direction]):
-        after = measure(context.model, *measured_on, context.batch_size, context.device)
-    report = {"before": before, "after": after, "evaluated_samples": len(held), "simulation": True,
-              "measured_on": measured_on}
-    return report, state, f"direction of region '{region}' erased at {layer.name}"
+    report = {"before": before, "after": after, "evaluated_samples": len(samples.inputs), "simulation": True}
+
+    def measure_edited(model):
+        return samples.measure(model, context.batch_size, context.device)
+    return report, state, f"direction of region '{region}' erased at {layer.name}", measure_edited
 
 
 def _write(state: dict, out: Path, label: str) -> None:

@@ -44,14 +44,16 @@ class RegionDirection:
         return [{"component": self.layer.address(u), "share": float(shares[u])} for u in order]
 
 
-def _layer_means(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size: int,
-                 device: torch.device) -> torch.Tensor:
+def _layer_mean(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size: int,
+                device: torch.device) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The layer's mean activation over ``inputs``, flattened (float64), and one sample's activation shape."""
     total: torch.Tensor | None = None
+    shape: tuple[int, ...] = ()
 
     def keep(output: torch.Tensor, _args: tuple) -> None:
-        nonlocal total
+        nonlocal total, shape
         flat = output.detach().flatten(1).double().sum(0).cpu()
-        total = flat if total is None else total + flat
+        total, shape = (flat if total is None else total + flat), tuple(output.shape[1:])
 
     handle = view.hook(layer, keep)
     try:
@@ -61,33 +63,21 @@ def _layer_means(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size
     finally:
         handle.remove()
     assert total is not None
-    return total / inputs.shape[0]
+    return total / inputs.shape[0], shape
 
 
 def region_direction(view: ModelView, layer: Layer, inputs: torch.Tensor, mask: torch.Tensor, batch_size: int,
                      device: torch.device) -> RegionDirection | None:
     """The direction of ``mask``'s region at ``layer``, estimated on ``inputs``; None when removing the region
     does not change the layer at all (nothing to erase)."""
-    present = _layer_means(view, layer, inputs, batch_size, device)
-    removed = _layer_means(view, layer, inputs * (1 - mask), batch_size, device)
+    present, shape = _layer_mean(view, layer, inputs, batch_size, device)
+    removed, _ = _layer_mean(view, layer, inputs * (1 - mask), batch_size, device)
     change = present - removed
     strength = float(change.norm())
     if strength <= 1e-12 * max(1.0, float(present.norm())):
         return None
     direction = (change / strength).float()
-    shape = _activation_shape(view, layer, inputs[:1], device)
     return RegionDirection(layer, direction, float(removed.float() @ direction), strength, shape)
-
-
-def _activation_shape(view: ModelView, layer: Layer, sample: torch.Tensor, device: torch.device) -> tuple[int, ...]:
-    shape: list[tuple[int, ...]] = []
-    handle = view.hook(layer, lambda output, _args: shape.append(tuple(output.shape[1:])))
-    try:
-        with torch.no_grad():
-            view.model(sample.to(device))
-    finally:
-        handle.remove()
-    return shape[0]
 
 
 @contextmanager

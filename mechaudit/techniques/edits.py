@@ -4,12 +4,14 @@ weights where the architecture allows it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..activations import model_outputs
 from ..model_view import Layer, ModelView
-from .direction_edit import projected, region_direction
+from .direction_edit import RegionDirection, projected, region_direction
 from .node_ablation import ablated
 
 
@@ -37,33 +39,58 @@ def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None,
     return result
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """The samples a direction is estimated on (even-numbered) and those its effect is measured on (odd-numbered),
+    so that what-if figures are held out."""
+
+    fit_inputs: torch.Tensor
+    fit_mask: torch.Tensor
+    inputs: torch.Tensor
+    labels: torch.Tensor | None
+    mask: torch.Tensor
+
+    @classmethod
+    def split(cls, inputs: torch.Tensor, labels: torch.Tensor | None, mask: torch.Tensor) -> "HeldOut":
+        mask = mask.expand_as(inputs) if mask.shape != inputs.shape else mask
+        fit, held = torch.arange(0, len(inputs), 2), torch.arange(1, len(inputs), 2)
+        return cls(inputs[fit], mask[fit], inputs[held], labels[held] if labels is not None else None, mask[held])
+
+    def measure(self, model: nn.Module, batch_size: int, device: torch.device) -> dict:
+        return measure(model, self.inputs, self.labels, self.mask, batch_size, device)
+
+
+def erased(view: ModelView, layer: Layer, samples: HeldOut, batch_size: int,
+           device: torch.device) -> tuple[RegionDirection | None, dict | None]:
+    """The region's direction at ``layer`` (estimated on the fit half) and the held-out figures with it erased;
+    (None, None) when removing the region does not change the layer."""
+    edit = region_direction(view, layer, samples.fit_inputs, samples.fit_mask, batch_size, device)
+    if edit is None:
+        return None, None
+    with projected(view, [edit]):
+        return edit, samples.measure(view.model, batch_size, device)
+
+
 def what_if_erased(view: ModelView, layers: list[Layer], inputs: torch.Tensor, labels: torch.Tensor | None,
                    mask: torch.Tensor, batch_size: int, device: torch.device, max_accuracy_cost: float = 0.05,
                    top_units: int = 5) -> dict | None:
-    """Before / after erasing the region's direction at each layer in turn (a simulation).
-
-    The direction is estimated on the even-numbered samples and the effect measured on the odd-numbered ones, so
-    the figures are held out. The recommended edit (``best``) is the layer with the lowest flip rate whose
-    accuracy on region-removed inputs drops by at most ``max_accuracy_cost`` (any layer when none does).
-    None with fewer than 4 samples."""
+    """Before / after erasing the region's direction at each layer in turn (a simulation), on :class:`HeldOut`
+    samples. The recommended edit (``best``) is the layer with the lowest flip rate whose accuracy on
+    region-removed inputs drops by at most ``max_accuracy_cost`` (any layer when none does). None with fewer
+    than 4 samples."""
     if inputs.shape[0] < 4:
         return None
-    mask = mask.expand_as(inputs) if mask.shape != inputs.shape else mask
-    fit, held = torch.arange(0, inputs.shape[0], 2), torch.arange(1, inputs.shape[0], 2)
-    held_labels = labels[held] if labels is not None else None
-    before = measure(view.model, inputs[held], held_labels, mask[held], batch_size, device)
+    samples = HeldOut.split(inputs, labels, mask)
+    before = samples.measure(view.model, batch_size, device)
     rows = []
     for layer in layers:
-        edit = region_direction(view, layer, inputs[fit], mask[fit], batch_size, device)
-        if edit is None:
-            continue
-        with projected(view, [edit]):
-            after = measure(view.model, inputs[held], held_labels, mask[held], batch_size, device)
-        rows.append({"layer": layer.name, "after": after, "direction_strength": edit.strength,
-                     "units": edit.top_units(top_units)})
+        edit, after = erased(view, layer, samples, batch_size, device)
+        if edit is not None:
+            rows.append({"layer": layer.name, "after": after, "direction_strength": edit.strength,
+                         "units": edit.top_units(top_units)})
     if not rows:
         return None
-    key = "accuracy_region_removed" if held_labels is not None else None
+    key = "accuracy_region_removed" if samples.labels is not None else None
 
     def cost(row: dict) -> float:
         return before[key] - row["after"][key] if key else 0.0
@@ -71,8 +98,9 @@ def what_if_erased(view: ModelView, layers: list[Layer], inputs: torch.Tensor, l
     affordable = [row for row in rows if cost(row) <= max_accuracy_cost] or rows
     best = min(affordable, key=lambda row: (row["after"]["flip_rate"], cost(row)))
     return {"edit": "directional ablation of the region's mean effect on a layer (a simulation, not a retrained "
-                    "model)", "fit_samples": len(fit), "evaluated_samples": len(held), "before": before,
-            "best": best["layer"], "max_accuracy_cost": max_accuracy_cost, "layers": rows, "simulation": True}
+                    "model)", "fit_samples": len(samples.fit_inputs), "evaluated_samples": len(samples.inputs),
+            "before": before, "best": best["layer"], "max_accuracy_cost": max_accuracy_cost, "layers": rows,
+            "simulation": True}
 
 
 def what_if_suppressed(view: ModelView, nodes: list[str], values: dict[str, torch.Tensor], inputs: torch.Tensor,
