@@ -27,6 +27,7 @@ from .model_view import ModelView
 from .rulebook import Rule, Rulebook, load_rulebook
 from .sources import source_locations
 from .spec import AuditSpec
+from .torch_attention import without_fast_path
 from .waivers import apply_waivers, load_waivers
 
 
@@ -127,9 +128,10 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
     rules = rulebook.select(options.select, options.ignore, options.extend_select)
     waiver_file = load_waivers(Path(options.waivers)) if options.waivers else None  # bad file: fail before running
     started = datetime.now(timezone.utc)
-    context, inputs = prepare(spec, loaded, data)
-    context.rules = tuple(rules)
-    runs = [_run_rule(rule, context, options.rule_timeout) for rule in _progress(rules, progress)]
+    with without_fast_path():  # torch's fused attention would bypass the hooks on nn.MultiheadAttention heads
+        context, inputs = prepare(spec, loaded, data)
+        context.rules = tuple(rules)
+        runs = [_run_rule(rule, context, options.rule_timeout) for rule in _progress(rules, progress)]
     metadata = {
         "tool": {"name": "mechaudit", "version": __version__},
         "rulebook": {"name": rulebook.name, "sha256": rulebook.sha256,

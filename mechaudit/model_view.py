@@ -2,15 +2,16 @@
 
 Layers are Linear and Conv modules, addressed by their module path (``features.3``). Their units are addressed
 as ``features.3:ch17`` (a Conv channel) or ``classifier.0:u42`` (a Linear unit). The same string is used in the
-CLI, the JSON, and every report.
+CLI, the JSON, and every report. Hugging Face's ``Conv1D`` (GPT-2's ``h.0.mlp.c_fc``) is a Linear layer with its
+weight stored transposed (:mod:`mechaudit.linear_maps`): its neurons are ``h.0.mlp.c_fc:u300``.
 
 Attention blocks are layers of kind ``heads``, addressed by the attention module's path; a head is
 ``encoder.layer.2.attention:h5``. A head's activation is its slice of the attention output *before* the output
 projection, read at the projection's input (the layer's hook ``site``). Recognised: modules with a head count
 (``num_heads``, ``n_heads``, ``n_head``, ``num_attention_heads``, on the module or its ``self`` child) and an
 output projection (``output.dense``, ``c_proj``, ``o_proj``, ``out_proj``, ``out``) that runs in the forward
-pass: Hugging Face BERT- and GPT-2-style blocks and the like. torch's ``nn.MultiheadAttention`` is not: it
-applies ``out_proj``'s weights without calling the module, so there is no input to hook.
+pass: Hugging Face BERT- and GPT-2-style blocks and the like; and torch's ``nn.MultiheadAttention``, which
+applies ``out_proj``'s weights without calling the module and is hooked by :mod:`mechaudit.torch_attention`.
 
 The residual stream is a layer of kind ``stream``: any other module named in ``[audit] layers`` whose output (or
 the first element of its output tuple) is one vector per token, (samples, tokens, width), such as a transformer
@@ -27,7 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import linear_maps
 from .errors import InputError
+from .torch_attention import register_heads_hook, without_fast_path
 
 _UNIT_PREFIX = {"linear": "u", "conv": "ch", "heads": "h", "stream": "d"}
 _ADDRESS = re.compile(r"^(?P<layer>[^:\s]+)(?::(?P<prefix>u|ch|h|d)(?P<index>\d+))?$")
@@ -59,7 +62,7 @@ class Layer:
 
 
 def layer_kind(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Linear):
+    if linear_maps.is_linear(module):  # nn.Linear, and Hugging Face's Conv1D (GPT-2), its weight transposed
         return "linear"
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return "conv"
@@ -99,8 +102,11 @@ def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.h
     """Hook ``layer`` at its site module: the one place where mechaudit reads or overwrites an activation.
 
     Linear/Conv: a forward hook, the activation is the module's output. Heads: a forward pre-hook on the output
-    projection, the activation is its input (the concatenated heads); a returned tensor replaces that input.
+    projection, the activation is its input (the concatenated heads); a returned tensor replaces that input
+    (``nn.MultiheadAttention``: the same through :func:`~mechaudit.torch_attention.register_heads_hook`).
     """
+    if layer.kind == "heads" and isinstance(site, nn.MultiheadAttention):
+        return register_heads_hook(site, fn)
     if layer.kind == "heads":
         def pre_hook(_module: nn.Module, args: tuple):
             replaced = fn(args[0], args)
@@ -126,6 +132,9 @@ def attention_blocks(model: nn.Module) -> dict[str, tuple[str, int]]:
     modules = dict(model.named_modules())
     blocks = {}
     for name, module in modules.items():
+        if isinstance(module, nn.MultiheadAttention):  # hooked at the module itself (mechaudit.torch_attention)
+            blocks[name] = (name, module.num_heads)
+            continue
         heads = _head_count(module)
         for relative in _OUT_PROJECTIONS if heads else ():
             path = f"{name}.{relative}" if name else relative
@@ -146,12 +155,7 @@ def _head_count(module: nn.Module) -> int | None:
 
 
 def _input_width(module: nn.Module | None) -> int | None:
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    weight = getattr(module, "weight", None)  # Hugging Face's Conv1D (GPT-2): weight (in, out), attribute nx
-    if isinstance(getattr(module, "nx", None), int) and isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        return module.nx
-    return None
+    return linear_maps.in_features(module) if linear_maps.is_linear(module) else None
 
 
 class ModelView:
@@ -181,7 +185,7 @@ class ModelView:
         handles += [sites[site].register_forward_pre_hook(_head_recorder(name, seen))
                     for name, (site, _) in blocks.items()]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), without_fast_path():
                 output = model(sample)
         finally:
             for handle in handles:
@@ -204,7 +208,7 @@ class ModelView:
                 continue
             module = candidates[name]
             kind = layer_kind(module)
-            size = module.out_features if kind == "linear" else module.out_channels
+            size = linear_maps.out_features(module) if kind == "linear" else module.out_channels
             is_output = last is not None and name == last[0] and isinstance(output, torch.Tensor) and (
                 last[1].shape == output.shape)
             layers.append(Layer(name, kind, size, index, is_output))

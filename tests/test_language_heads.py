@@ -8,7 +8,7 @@ from torch import nn
 
 from mechaudit.errors import InputError
 from mechaudit.examples.induction.model import build
-from mechaudit.model_view import ModelView, attention_blocks, from_units_view, units_view
+from mechaudit.model_view import ModelView, from_units_view, units_view
 
 
 def _induction_view() -> tuple[nn.Module, ModelView, torch.Tensor]:
@@ -62,21 +62,43 @@ def test_hooking_a_head_is_the_same_as_removing_its_columns_of_the_output_projec
     assert torch.allclose(hooked, expected, atol=1e-5)
 
 
-def test_torch_multihead_attention_gets_no_heads() -> None:
-    """nn.MultiheadAttention applies out_proj's weights without calling it: nothing to hook (documented)."""
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_torch_multihead_attention_exposes_heads(batch_first: bool) -> None:
+    """nn.MultiheadAttention applies out_proj's weights without calling it: its heads are hooked at the module,
+    and hooking a head to zero is removing that head's columns of out_proj (samples first either way)."""
     class Model(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first)
             self.head = nn.Linear(8, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.attn(x, x, x)[0].mean(1))
+            x = x if batch_first else x.transpose(0, 1)
+            out = self.attn(x, x, x)[0]
+            return self.head((out if batch_first else out.transpose(0, 1)).mean(1))
 
+    torch.manual_seed(0)
     model = Model().eval()
-    assert "attn" in attention_blocks(model)           # recognised by its attributes ...
-    view = ModelView.discover(model, torch.randn(2, 4, 8))
-    assert [l.kind for l in view.layers] == ["linear"]  # ... but out_proj never runs, so it is not a layer
+    x = torch.randn(5, 4, 8)
+    view = ModelView.discover(model, x[:2])
+    layer = view.layer("attn")
+    assert [(l.name, l.kind, l.size) for l in view.layers] == [("attn", "heads", 2), ("head", "linear", 3)]
+    seen = []
+    handles = [view.hook(layer, lambda z, _args: seen.append(z.shape)),
+               view.hook(layer, lambda z, _args: from_units_view(
+                   units_view(z, layer).index_fill(1, torch.tensor([1]), 0.0), z, layer))]
+    with torch.no_grad():
+        hooked = model(x)
+    for handle in handles:
+        handle.remove()
+    assert seen == [(5, 4, 8)]
+    with torch.no_grad():
+        untouched = model(x)
+        model.attn.out_proj.weight[:, 4:8] = 0.0
+        expected = model(x)
+    assert torch.allclose(hooked, expected, atol=1e-6)
+    assert not torch.allclose(untouched, expected, atol=1e-3)   # the control: the head mattered
+    assert not model.attn._forward_hooks                         # every hook removed
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
@@ -109,3 +131,64 @@ def test_hugging_face_blocks_expose_heads(family: str) -> None:
             projection.weight[8:16, :] = 0.0
         expected = model(tokens).last_hidden_state
     assert torch.allclose(hooked, expected, atol=1e-5)
+
+
+def test_gpt2_mlp_neurons_are_linear_units() -> None:
+    """GPT-2's MLP is Hugging Face's Conv1D (weight stored (in, out)): its neurons are addressed and hooked like
+    any Linear unit, and hooking one to zero is zeroing its column of the stored weight and its bias."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2Model(config).eval()
+    tokens = torch.randint(0, 50, (2, 7))
+    view = ModelView.discover(model, tokens)
+    layer, unit = view.resolve("h.0.mlp.c_fc:u5")
+    assert (layer.kind, layer.size, unit) == ("linear", 128, 5)
+    handle = view.hook(layer, lambda z, _args: from_units_view(
+        units_view(z, layer).index_fill(1, torch.tensor([unit]), 0.0), z, layer))
+    with torch.no_grad():
+        hooked = model(tokens).last_hidden_state
+    handle.remove()
+    with torch.no_grad():
+        model.h[0].mlp.c_fc.weight[:, unit] = 0.0
+        model.h[0].mlp.c_fc.bias[unit] = 0.0
+        expected = model(tokens).last_hidden_state
+    assert torch.allclose(hooked, expected, atol=1e-5)
+
+
+def test_torch_transformer_encoder_is_audited_head_by_head() -> None:
+    """nn.TransformerEncoderLayer's fused fast path (eval, no gradients) never calls its attention module; the
+    audit switches it off, so heads are found, ablated and connected in the circuit, and restores it."""
+    from mechaudit.engine import run_audit
+    from mechaudit.loading import AuditData, LoadedModel
+    from mechaudit.rulebook import load_rulebook
+    from mechaudit.spec import AuditSpec, BehaviourSpec, DataSpec, ModelSpec, Options
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(20, 16)
+            layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.unembed = nn.Linear(16, 20)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.unembed(self.encoder(self.embed(tokens)))
+
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    tokens = torch.randint(0, 20, (48, 8))
+    data = AuditData(inputs=tokens, labels=torch.randint(0, 20, (48,)), pairs=(tokens, torch.randint(0, 20, (48, 8))))
+    spec = AuditSpec(model=ModelSpec(name="encoder"), data=DataSpec(file=__file__), task="next-token",
+                     options=Options(seed=0, select=("L202", "L207", "R301")), behaviour=BehaviourSpec(kind="label_logit"))
+    result = run_audit(spec, load_rulebook("default"), loaded=LoadedModel(model, "encoder", "test", {}), data=data)
+    assert torch.backends.mha.get_fastpath_enabled()
+    assert {r.status for r in result.rules} == {"pass"}
+    heads = [c["layer"] for c in result.metadata["components"] if c["kind"] == "heads"]
+    assert heads == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    assert {f.location.component for f in result.findings if f.rule_id == "L202"} >= set(heads)
+    (circuit,) = [f for f in result.findings if f.rule_id == "R301"]
+    assert circuit.evidence["unconnected_layers"] == []
+    sizes = [c["units"] for c in result.metadata["components"]]
+    assert f"strongest edges of {sum(a * b for a, b in zip(sizes, sizes[1:]))};" in circuit.message  # every pair

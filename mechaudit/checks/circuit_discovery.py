@@ -29,7 +29,7 @@ def circuit_discovery(context: AuditContext, rule) -> list[Finding]:
     graph = circuit_graph(scores, params.max_edges, labels)
     hidden = {layer.name for layer in context.view.hidden_layers}
     ranked = scores.top_nodes(params.top_nodes, exclude_layers=tuple(set(scores.node_layer.values()) - hidden))
-    if not any(scores.edges.values()):  # e.g. post-LayerNorm transformers: edges cannot be split, nodes can
+    if not any(scores.edges.values()):  # e.g. every layer pair unconnected: nodes are still scored
         depth = {layer.name: index + 1 for index, layer in enumerate(scores.layers)}
         for node in ranked:
             graph.add_node(node, layer=scores.node_layer[node], depth=depth[scores.node_layer[node]],

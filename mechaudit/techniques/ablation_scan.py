@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from .. import linear_maps
 from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, units_view
 from .ablation import Reduce, ablation_outputs, check_replacement, write_ablations
@@ -136,9 +136,9 @@ def _separable_update(cut: Cut, delta: torch.Tensor, chunk: torch.Tensor, clean:
     """The linear module's output (copies * samples, ...) when copy ``i`` changes its input by ``delta`` (samples,
     ...) on unit ``chunk[i]``'s columns (channels) only: the clean output plus that change through those weights."""
     module, k, index = cut.linear, len(chunk), cut.index[chunk]  # index: (k, c)
-    if isinstance(module, nn.Linear):
+    if linear_maps.is_linear(module):
         chosen = delta[..., index.flatten()].unflatten(-1, tuple(index.shape))  # (n, ..., k, c)
-        change = torch.einsum("n...kc,okc->kn...o", chosen, module.weight[:, index])
+        change = torch.einsum("n...kc,okc->kn...o", chosen, linear_maps.weight(module)[:, index])
         return (change + clean.unsqueeze(0)).flatten(0, 1)
     spatial = delta.dim() - 2
     grouped = delta[:, index.flatten()]  # (n, k * c, *spatial): copy i's channels form group i
@@ -166,12 +166,15 @@ def _checked_update(cut: Cut, delta: torch.Tensor, chunk: torch.Tensor) -> torch
     for copy, unit in enumerate(chunk.tolist()):
         change = delta[copy]
         if not confined or cut.index is None:
-            parts.append(change @ module.weight.T if isinstance(module, nn.Linear) else _conv(change.dim() - 2)(
-                change, module.weight, None, module.stride, module.padding, module.dilation))
+            if linear_maps.is_linear(module):
+                parts.append(change @ linear_maps.weight(module).T)
+            else:
+                parts.append(_conv(change.dim() - 2)(change, module.weight, None, module.stride, module.padding,
+                                                     module.dilation))
             continue
         columns = cut.index[unit]
-        if isinstance(module, nn.Linear):
-            parts.append(change[..., columns] @ module.weight[:, columns].T)
+        if linear_maps.is_linear(module):
+            parts.append(change[..., columns] @ linear_maps.weight(module)[:, columns].T)
         else:
             parts.append(_conv(change.dim() - 2)(change[:, columns], module.weight[:, columns], None, module.stride,
                                                  module.padding, module.dilation))

@@ -13,9 +13,10 @@ Scores are the sum over samples of the *absolute* per-sample effect: with a mean
 cancel across samples (a unit above its mean on half the data and below on the other half would score 0).
 
 The reference is the corrupted input of a counterfactual pair when pairs are declared, else the mean over the
-audit data (mean ablation). Edges need to know which part of a layer's input each upstream unit produced:
-this holds when only elementwise functions, pooling and flattening sit between the two layers (MLPs, CNNs);
-other layer pairs get no edges and are listed in :attr:`CircuitScores.unconnected`.
+audit data (mean ablation). Reading ``W_vu`` off the weights needs to know which part of a layer's input each
+upstream unit produced: this holds when only elementwise functions, pooling and flattening sit between the
+two layers (MLPs, CNNs). Other pairs (attention heads, LayerNorm, residual streams) are scored by autograd
+(:mod:`.gradient_edges`); pairs neither can score are listed in :attr:`CircuitScores.unconnected`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import linear_maps
 from ..model_view import Layer, ModelView, units_view
-from .head_edges import StreamRecorder, edges_from_heads
+from .gradient_edges import gradient_edges
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``behaviour(outputs, targets) -> per-sample metric m``; higher means more of the behaviour."""
@@ -120,7 +122,7 @@ class _Recorder:
 
 def _unit_columns(x_in: torch.Tensor, module: nn.Module, upstream_units: int) -> torch.Tensor | None:
     """View a layer's input as (samples, upstream units, positions), or None if it cannot be split by unit."""
-    if isinstance(module, nn.Linear):
+    if linear_maps.is_linear(module):
         features = x_in.shape[-1]
         if x_in.dim() != 2 or features % upstream_units:
             return None
@@ -133,8 +135,8 @@ def _unit_columns(x_in: torch.Tensor, module: nn.Module, upstream_units: int) ->
 def _contributions(module: nn.Module, delta: torch.Tensor) -> torch.Tensor:
     """Per upstream unit ``u`` and layer unit ``v``, the change of ``v``'s output caused by ``delta``'s part
     from ``u``: shape (samples, upstream units, layer units, positions)."""
-    if isinstance(module, nn.Linear):  # delta: (n, U, P); weight (V, U*P)
-        weight = module.weight.detach().reshape(module.out_features, delta.shape[1], delta.shape[2])
+    if linear_maps.is_linear(module):  # delta: (n, U, P); weight (V, U*P)
+        weight = linear_maps.weight(module).detach().reshape(-1, delta.shape[1], delta.shape[2])
         return torch.einsum("vup,nup->nuv", weight, delta).unsqueeze(-1)
     upstream = delta.shape[1]
     weight = module.weight.detach()  # (V, U / groups, *k)
@@ -167,15 +169,13 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
         batch = inputs[start:start + batch_size].to(device)
         batch_targets = targets[start:start + batch_size].to(device)
         recorder = _Recorder(view, layers, keep_grad=True)
-        streams = StreamRecorder(view, layers)  # attention blocks' residual streams, for edges from heads
         try:
             with torch.enable_grad():
                 clean_input = batch.clone().requires_grad_(batch.is_floating_point())
                 metric = behaviour(model(clean_input), batch_targets)
-                metric.sum().backward(retain_graph=bool(streams.handles))
+                metric.sum().backward(retain_graph=True)  # kept for the edges scored by autograd
         finally:
             recorder.close()
-            streams.close()
         total_behaviour += float(metric.detach().sum())
         if reference is not None:
             ref_batch = reference[start:start + batch_size].to(device)
@@ -214,21 +214,15 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                             edges[key] = edges.get(key, 0.0) + score
                 previous = layer
                 continue
-            from_heads = edges_from_heads(view, previous, layer, x_in, recorder.outputs, ref_outputs, streams,
-                                          grad) if previous.kind == "heads" else None
-            split = None if "stream" in (previous.kind, layer.kind) or previous.kind == "heads" else _unit_columns(
-                delta_in, module, previous.size)
-            convolution_ok = layer.kind == "linear" or (layer.kind == "conv" and module.groups == 1
-                                                        and module.padding_mode == "zeros")
-            if from_heads is None and (split is None or not convolution_ok):
+            scores = _weight_edges(previous, layer, module, delta_in, v_grad)
+            if scores is None:
+                upstream_out = recorder.outputs[previous.name]
+                scores = gradient_edges(previous, upstream_out, ref_outputs[previous.name].detach() -
+                                        upstream_out.detach(), layer, output, grad)
+            if scores is None:
                 if (previous.name, layer.name) not in unconnected:
                     unconnected.append((previous.name, layer.name))
             else:
-                if from_heads is not None:
-                    scores = from_heads
-                else:
-                    contribution = _contributions(module, split)  # (n, U, V, P')
-                    scores = torch.einsum("nuvp,nvp->nuv", contribution, v_grad).abs().sum(0)
                 for (u, v), score in zip(torch.cartesian_prod(torch.arange(scores.shape[0]),
                                                               torch.arange(scores.shape[1])).tolist(),
                                          scores.flatten().tolist()):
@@ -242,16 +236,31 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                          unconnected)
 
 
+def _weight_edges(previous: Layer, layer: Layer, module: nn.Module, delta_in: torch.Tensor,
+                  v_grad: torch.Tensor) -> torch.Tensor | None:
+    """Edge scores (U, V) read off ``layer``'s weights, when its input splits into the upstream units' parts
+    (MLPs, CNNs: only unit-wise functions, pooling and flattening between); else None."""
+    if "heads" in (previous.kind, layer.kind) or "stream" in (previous.kind, layer.kind):
+        return None
+    if layer.kind == "conv" and (module.groups != 1 or module.padding_mode != "zeros"):
+        return None
+    split = _unit_columns(delta_in, module, previous.size)
+    if split is None:
+        return None
+    contribution = _contributions(module, split)  # (n, U, V, P')
+    return torch.einsum("nuvp,nvp->nuv", contribution, v_grad).abs().sum(0)
+
+
 def _reads_model_input(module: nn.Module, x_in: torch.Tensor, batch: torch.Tensor) -> bool:
     """Whether the first audited layer is applied to the model's input itself (then input regions get edges)."""
-    shape_ok = x_in.dim() == 2 if isinstance(module, nn.Linear) else True
+    shape_ok = x_in.dim() == 2 if linear_maps.is_linear(module) else True
     return shape_ok and x_in.shape == batch.shape and torch.equal(x_in, batch)
 
 
 def _by_channel(delta: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """The model-input delta shaped for :func:`_contributions` (one pseudo-unit for Linear, channels for Conv);
     the caller sums over that axis, so a region node gathers all its channels."""
-    return delta.reshape(delta.shape[0], 1, -1) if isinstance(module, nn.Linear) else delta
+    return delta.reshape(delta.shape[0], 1, -1) if linear_maps.is_linear(module) else delta
 
 
 def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import linear_maps
 from ..activations import batches
 from ..model_view import Layer, ModelView, units_view
 
@@ -108,9 +109,10 @@ def projected_linear_state(view: ModelView, edit: RegionDirection) -> dict[str, 
                          "the direction edit cannot be written into its weights (only simulated, as in L201's what-if)")
     state = {name: tensor.detach().clone().cpu() for name, tensor in view.model.state_dict().items()}
     d = edit.direction.double()
-    weight, bias = state[f"{edit.layer.name}.weight"], state[f"{edit.layer.name}.bias"]
-    new_weight = weight.double() - torch.outer(d, d @ weight.double())
+    stored, bias = state[f"{edit.layer.name}.weight"], state[f"{edit.layer.name}.bias"]
+    weight = linear_maps.weight(module).detach().cpu().double()  # (out, in), also for Hugging Face's Conv1D
+    new_weight = linear_maps.stored(module, weight - torch.outer(d, d @ weight))
     new_bias = bias.double() - d * float(d @ bias.double()) + edit.reference * d
-    state[f"{edit.layer.name}.weight"] = new_weight.to(weight.dtype)
+    state[f"{edit.layer.name}.weight"] = new_weight.to(stored.dtype)
     state[f"{edit.layer.name}.bias"] = new_bias.to(bias.dtype)
     return state

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import linear_maps
 from ..activations import model_outputs
 from ..model_view import Layer, ModelView
 from .direction_edit import RegionDirection, projected, region_direction
@@ -128,6 +129,9 @@ def suppressed_state_dict(view: ModelView, nodes: list[str], values: dict[str, t
         weight, bias = f"{layer.name}.weight", f"{layer.name}.bias"
         if bias not in state:
             raise ValueError(f"{layer.name} has no bias, so {address} cannot be set to its mean by a weight edit")
-        state[weight][unit] = 0.0
+        if linear_maps.is_transposed(view.module(layer)):  # Hugging Face's Conv1D: weight (in, out)
+            state[weight][:, unit] = 0.0
+        else:
+            state[weight][unit] = 0.0
         state[bias][unit] = float(values[layer.name][unit].mean())
     return state

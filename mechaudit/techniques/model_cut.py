@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from .. import linear_maps
 from ..model_view import Layer, ModelView, from_units_view, units_view
 
 
@@ -73,7 +74,7 @@ class ModelCut:
     def build(cls, view: ModelView, layers: list[Layer], sample: torch.Tensor) -> ModelCut:
         """Trace ``view.model`` (raises when it cannot be traced) and cut it at each of ``layers`` that allows it.
         ``sample``: a few inputs, on the model's device."""
-        traced = fx.symbolic_trace(view.model)
+        traced = fx.GraphModule(view.model, _Tracer().trace(view.model))
         modules = dict(traced.named_modules())
         nodes = list(traced.graph.nodes)
         plans, skipped = {}, {}
@@ -116,6 +117,13 @@ class ModelCut:
             cuts[name] = cut
         layout = _same_in_channels_last(upstream, pair, ())
         return cls(upstream, cuts, layout, skipped)
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping Hugging Face's Conv1D a module call (like nn.Linear) rather than its addmm."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return linear_maps.is_linear(module) or super().is_leaf_module(module, qualified_name)
 
 
 @dataclass
@@ -177,7 +185,7 @@ def _unitwise_chain(activation: fx.Node, modules: dict[str, nn.Module]) -> tuple
 
 
 def _is_linear(module: nn.Module) -> bool:
-    if isinstance(module, nn.Linear):
+    if linear_maps.is_linear(module):
         return True
     return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups == 1
             and module.padding_mode == "zeros")
@@ -296,6 +304,6 @@ def _supports(cut: Cut, activation: torch.Tensor) -> None:
 def _reach(module: nn.Module, supports: torch.Tensor) -> torch.Tensor:
     """(units, columns or channels): which columns (Linear: last axis) or channels (Conv: first axis) of the
     linear module's input each unit reaches."""
-    if isinstance(module, nn.Linear):
+    if linear_maps.is_linear(module):
         return supports.reshape(supports.shape[0], -1, supports.shape[-1]).any(1)
     return supports.reshape(supports.shape[0], supports.shape[1], -1).any(2)

@@ -24,6 +24,7 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from .. import linear_maps
 from .attribution import differs_from_baseline
 
 AttributionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,6 +79,15 @@ def randomize_module(module: nn.Module) -> None:
     any other parameter is shuffled (its values kept, their learned arrangement destroyed)."""
     if isinstance(module, _REINITIALISED):
         module.reset_parameters()
+        return
+    if linear_maps.is_transposed(module):  # Hugging Face's Conv1D: drawn as an nn.Linear of its shape would be
+        fresh = nn.Linear(linear_maps.in_features(module), linear_maps.out_features(module),
+                          bias=getattr(module, "bias", None) is not None, device=module.weight.device,
+                          dtype=module.weight.dtype)
+        with torch.no_grad():
+            module.weight.copy_(linear_maps.stored(module, fresh.weight))
+            if fresh.bias is not None:
+                module.bias.copy_(fresh.bias)
         return
     with torch.no_grad():
         for parameter in module.parameters(recurse=False):
