@@ -51,3 +51,6 @@ def test_minilm_audit_runs_offline_end_to_end(tmp_path: Path, monkeypatch) -> No
     (r301,) = [f for f in data["findings"] if f["rule_id"] == "R301"]
     assert r301["evidence"]["top_nodes"][0]["component"].startswith("encoder.layer.")
     assert ":h" in r301["evidence"]["top_nodes"][0]["component"]
+    # head-to-head edges across BERT's LayerNorms and MLPs are scored (by autograd), none left unconnected
+    assert r301["evidence"]["edges_scored"] and r301["evidence"]["unconnected_layers"] == []
+    assert all(":h" in e["source"] and ":h" in e["target"] for e in r301["evidence"]["circuit"]["edges"])
