@@ -34,10 +34,10 @@ class HeadsHook:
     def __call__(self, module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: tuple):
         if self.running or not self.functions:
             return None
-        width = module.out_proj.weight.shape[1]
-        like = module.out_proj.weight
-        identity = {"out_proj.weight": torch.eye(width, dtype=like.dtype, device=like.device),
-                    "out_proj.bias": torch.zeros(width, dtype=like.dtype, device=like.device)}
+        weight, bias = module.out_proj.weight, module.out_proj.bias
+        identity = {"out_proj.weight": torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)}
+        if bias is not None:
+            identity["out_proj.bias"] = torch.zeros_like(bias)
         self.running = True
         try:
             heads = torch.func.functional_call(module, identity, args, kwargs)[0]
@@ -46,11 +46,11 @@ class HeadsHook:
         if not module.batch_first and heads.dim() == 3:  # (tokens, samples, width) -> samples first
             heads = heads.transpose(0, 1)
         for function in list(self.functions):
-            replaced = function(heads, args)
+            replaced = function(heads, (heads,))  # as for a real projection: its input is the heads
             heads = heads if replaced is None else replaced
         if not module.batch_first and heads.dim() == 3:
             heads = heads.transpose(0, 1)
-        return (F.linear(heads, module.out_proj.weight, module.out_proj.bias), *output[1:])
+        return (F.linear(heads, weight, bias), *output[1:])
 
 
 class _Handle:
@@ -66,7 +66,8 @@ class _Handle:
 
 
 def register_heads_hook(module: nn.MultiheadAttention, function: HeadsFn) -> _Handle:
-    """Call ``function(heads, args)`` on every forward of ``module``; a tensor it returns replaces the heads."""
+    """Call ``function(heads, (heads,))`` on every forward of ``module`` (the heads samples first, as the output
+    projection's input would be); a tensor it returns replaces the heads."""
     hook = _HOOKS.get(module)
     if hook is None:
         hook = _HOOKS[module] = HeadsHook(module)

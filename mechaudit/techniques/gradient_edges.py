@@ -12,9 +12,9 @@ come from the graph kept from the clean backward pass; per sample, one of
   respect to its cotangent), then ``score(u, v) = (J (z_u_ref - z_u)) . dm/dz_v`` for every ``v`` at once,
 
 whichever side has fewer units (the VJPs when an operation on the path has no double backward). Both give the
-same numbers; pairs with more than ``max_passes`` units on both
-sides are left unconnected. For an additive stream (``x + attn(x)``) this is exactly the direct-path score of a
-head's term ``W_O[:, u] z_u`` through the residual stream.
+same numbers. Pairs with more than ``max_passes`` units on both sides are left unconnected. For an additive
+stream (``x + attn(x)``) this is exactly the direct-path score of a head's term ``W_O[:, u] z_u`` through the
+residual stream.
 """
 
 from __future__ import annotations
