@@ -1,9 +1,9 @@
 """Linear maps over the last axis: ``nn.Linear`` and Hugging Face's ``Conv1D`` (GPT-2's ``c_fc``, ``c_proj``,
 ``c_attn``), which computes ``x @ W + b`` with its weight stored transposed, (in, out).
 
-Every place that reads or writes a linear layer's weight goes through :func:`weight` and :func:`stored`, so both
-kinds are one kind, ``linear``, everywhere: ``h.0.mlp.c_fc:u300`` is addressed, ablated, scored in circuits and
-edited exactly like ``classifier.0:u42``.
+Every place that reads or writes a linear layer's weight goes through :func:`weight`, :func:`out_in` and
+:func:`stored`, so both kinds are one kind, ``linear``, everywhere: ``h.0.mlp.c_fc:u300`` is addressed, ablated,
+scored in circuits and edited exactly like ``classifier.0:u42``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ def is_linear(module: nn.Module | None) -> bool:
 
 def weight(module: nn.Module) -> torch.Tensor:
     """The weight as (out features, in features), whatever the storage (a view: gradients flow)."""
-    return module.weight.t() if is_transposed(module) else module.weight
+    return out_in(module, module.weight)
+
+
+def out_in(module: nn.Module, stored_weight: torch.Tensor) -> torch.Tensor:
+    """``stored_weight`` (``module``'s weight, or a copy of it in a state dict) viewed as (out, in): writing into
+    the view writes the stored tensor."""
+    return stored_weight.t() if is_transposed(module) else stored_weight
 
 
 def stored(module: nn.Module, weight_out_in: torch.Tensor) -> torch.Tensor:

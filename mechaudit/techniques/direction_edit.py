@@ -110,7 +110,7 @@ def projected_linear_state(view: ModelView, edit: RegionDirection) -> dict[str, 
     state = {name: tensor.detach().clone().cpu() for name, tensor in view.model.state_dict().items()}
     d = edit.direction.double()
     stored, bias = state[f"{edit.layer.name}.weight"], state[f"{edit.layer.name}.bias"]
-    weight = linear_maps.weight(module).detach().cpu().double()  # (out, in), also for Hugging Face's Conv1D
+    weight = linear_maps.out_in(module, stored).double()  # (out, in), also for Hugging Face's Conv1D
     new_weight = linear_maps.stored(module, weight - torch.outer(d, d @ weight))
     new_bias = bias.double() - d * float(d @ bias.double()) + edit.reference * d
     state[f"{edit.layer.name}.weight"] = new_weight.to(stored.dtype)

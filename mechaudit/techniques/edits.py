@@ -129,9 +129,6 @@ def suppressed_state_dict(view: ModelView, nodes: list[str], values: dict[str, t
         weight, bias = f"{layer.name}.weight", f"{layer.name}.bias"
         if bias not in state:
             raise ValueError(f"{layer.name} has no bias, so {address} cannot be set to its mean by a weight edit")
-        if linear_maps.is_transposed(view.module(layer)):  # Hugging Face's Conv1D: weight (in, out)
-            state[weight][:, unit] = 0.0
-        else:
-            state[weight][unit] = 0.0
+        linear_maps.out_in(view.module(layer), state[weight])[unit] = 0.0  # Conv1D: a column of the stored weight
         state[bias][unit] = float(values[layer.name][unit].mean())
     return state
