@@ -1,4 +1,9 @@
-"""The ``mechaudit`` command line. Exit codes as in ruff: 0 gate passes, 1 gate fails, 2 bad usage or input."""
+"""The ``mechaudit`` command line. Exit codes as in ruff: 0 gate passes, 1 gate fails, 2 bad usage or input.
+
+Start-up stays light: this module imports only click and the plain-data modules (spec, examples); torch, the
+checks and the report writers are imported inside the command that needs them, so ``--help`` and shell
+completion never load them (``tests/test_cli_habits.py`` checks it).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import shlex
 import signal
 import sys
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +21,6 @@ import click
 from . import __version__
 from .errors import InputError
 from .examples import EXAMPLES, example_spec
-from .rulebook import load_rulebook
 from .spec import AuditSpec, DataRef, DataSpec, ModelSpec, load_spec, pyproject_options, validate_options
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -27,7 +32,7 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mechaudit")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks as well as the one-line errors (anywhere on the line).")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Audit a PyTorch model with a rulebook of mechanistic-interpretability checks."""
@@ -45,8 +50,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--mask", "masks", multiple=True, metavar="NAME=KEY", help="Quick run: a forbidden input region.")
 @click.option("--task", type=click.Choice(["classification", "regression", "next-token"]), help="Quick run: the task.")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory for the reports (replaced atomically).")
-@click.option("--format", "formats", default="json", show_default=True,
-              help="Comma-separated: json, html, pdf, sarif, junit, github (github also prints to stdout).")
+@click.option("--format", "formats",
+              help="Comma-separated: json, html, pdf, sarif, junit, github [json with --out]. Without --out, json "
+                   "prints findings.json to stdout (the summary goes to stderr); github always prints to stdout.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="Read [tool.mechaudit] from this file instead of the pyproject.toml found from the spec upward.")
+@click.option("--isolated", is_flag=True, help="Ignore every pyproject.toml: the spec and flags only.")
+@click.option("--sarif-keep-waived", is_flag=True,
+              help="SARIF: keep waived findings as results with an accepted suppression [left out].")
+@click.option("--pdf-variant", type=click.Choice(["pdf/a-3b", "pdf/ua-1"]),
+              help="PDF: an archival (PDF/A-3b) or accessible (PDF/UA-1) variant, via WeasyPrint.")
 @click.option("--fail-on", type=click.Choice(["info", "warning", "error", "never"]), help="Gate threshold [error].")
 @click.option("--select", help="Rule ids or prefixes to run (comma-separated), e.g. D,L201.")
 @click.option("--ignore", help="Rule ids or prefixes to skip.")
@@ -68,24 +81,33 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.pass_context
 def audit(ctx: click.Context, spec: Path | None, example: str | None, model_source: str | None,
           weights: Path | None, data: Path | None, inputs_key: str | None, labels_key: str | None,
-          masks: tuple[str, ...], task: str | None, out: Path | None, formats: str, quiet: bool, verbose: bool,
+          masks: tuple[str, ...], task: str | None, out: Path | None, formats: str | None, config_file: Path | None,
+          isolated: bool, sarif_keep_waived: bool, pdf_variant: str | None, quiet: bool, verbose: bool,
           **flags) -> None:
     """Run the rulebook on a model and its audit data (a SPEC file, --example NAME, or quick-run flags)."""
     from .engine import run_audit
     from .output import write_bundle
-    from .report import FORMATS, build_bundle, check_formats
+    from .report import FORMATS, ReportSettings, build_bundle, check_formats
     from .report.console import summary_lines
+    from .rulebook import load_rulebook
 
     baseline, tolerance = flags.pop("baseline"), flags.pop("tolerance")
-    chosen = _csv(formats) or ()
+    chosen = _csv(formats) or (("json",) if out is not None else ())
     unknown = [f for f in chosen if f not in FORMATS]
     if unknown:
         raise InputError(f"--format {unknown[0]}", f"unknown format (available: {', '.join(FORMATS)})")
     if out is None and set(chosen) - {"json", "github"}:
         raise InputError("--format", "needs --out DIR to write reports into")
+    json_to_stdout = out is None and "json" in chosen
+    if json_to_stdout and "github" in chosen:
+        raise InputError("--format json,github", "both print to stdout without --out; give --out DIR")
     check_formats(chosen)  # e.g. pdf without WeasyPrint: one line, before the audit runs
+    if isolated and config_file is not None:
+        raise InputError("--isolated", "ignores every configuration file; it does not combine with --config")
     old = _load_baseline(baseline)  # a bad baseline fails before the audit runs
-    audit_spec = _spec_from(spec, example, model_source, weights, data, inputs_key, labels_key, masks, task, flags)
+    base = _base_options(spec, config_file, isolated)
+    audit_spec = _spec_from(spec, example, model_source, weights, data, inputs_key, labels_key, masks, task, flags,
+                            base)
     rulebook = load_rulebook(audit_spec.options.rulebook)
     command = "mechaudit " + shlex.join(sys.argv[1:])
     result = run_audit(audit_spec, rulebook, progress=not quiet and sys.stderr.isatty() and not os.environ.get("CI"),
@@ -93,15 +115,37 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     if old is not None:
         result.baseline = _baseline_diff(old, result, baseline, audit_spec.options.tolerance, tolerance)
     if out is not None:
-        write_bundle(out, build_bundle(result, chosen))
-    if not quiet:
+        from .sources import repository_root
+
+        settings = ReportSettings(sarif_keep_waived=sarif_keep_waived, pdf_variant=pdf_variant, bundle_dir=out,
+                                  project_root=repository_root(audit_spec.source or Path.cwd()))
+        write_bundle(out, build_bundle(result, chosen, settings))
+    if not quiet:  # machine output owns stdout: the summary goes to stderr then
         for line in summary_lines(result, verbose):
-            click.echo(line)
+            click.echo(line, err=json_to_stdout)
+    if json_to_stdout:
+        from .report.json_report import render_json
+
+        click.echo(render_json(result), nl=False)
     if "github" in chosen:  # workflow commands: the Actions runner reads them from stdout
-        from .report.github import render_github
+        from .report.github import render_github, write_step_summary
 
         click.echo(render_github(result), nl=False)
+        write_step_summary(result)
     ctx.exit(EXIT_FAIL if result.gate_failed else EXIT_PASS)
+
+
+def _base_options(spec: Path | None, config_file: Path | None, isolated: bool):
+    """The configuration under the spec: ``--config FILE``, none with ``--isolated``, else the nearest
+    ``pyproject.toml`` from the spec's directory upward (from the working directory without a spec), as in ruff."""
+    from .config import config_file_options
+    from .spec import Options
+
+    if isolated:
+        return Options()
+    if config_file is not None:
+        return config_file_options(config_file)
+    return pyproject_options(spec.resolve().parent if spec is not None else Path.cwd())
 
 
 def _load_baseline(path: Path | None):
@@ -121,11 +165,12 @@ def _baseline_diff(old: dict, result, path: Path, configured: tuple, flag: str |
 
 def _spec_from(spec: Path | None, example: str | None, model_source: str | None, weights: Path | None,
                data: Path | None, inputs_key: str | None, labels_key: str | None, masks: tuple[str, ...],
-               task: str | None, flags: dict) -> AuditSpec:
+               task: str | None, flags: dict, base=None) -> AuditSpec:
     sources = [name for name, given in (("SPEC", spec), ("--example", example), ("--model", model_source)) if given]
     if len(sources) != 1:
         raise InputError("audit", "give exactly one of SPEC, --example NAME or --model (with --data)")
-    base = pyproject_options(Path.cwd())
+    if base is None:
+        base = pyproject_options(spec.resolve().parent if spec is not None else Path.cwd())
     if spec is not None or example is not None:
         path = spec if spec is not None else example_spec(example)
         audit_spec = load_spec(path, base)
@@ -328,11 +373,11 @@ def examples() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: turns bad input into one line on stderr and exit code 2, never a traceback."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    argv, debug = _hoist_debug(list(sys.argv[1:] if argv is None else argv))
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = cli.main(args=argv, prog_name="mechaudit", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="mechaudit", standalone_mode=False,
+                        color=False if os.environ.get("NO_COLOR") else None)  # https://no-color.org
         return code if isinstance(code, int) else EXIT_PASS
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -344,19 +389,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except InputError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         click.echo(f"mechaudit: error: {exc}", err=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
         click.echo("mechaudit: interrupted; no output was written", err=True)
         return 130
-    except Exception as exc:  # a bug in mechaudit, not bad input: still one line
+    except Exception as exc:  # a bug in mechaudit, not bad input: still one line (after the traceback with --debug)
         if debug:
-            raise
+            traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else ""
         click.echo(f"mechaudit: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
                    err=True)
         return EXIT_ERROR
+
+
+def _hoist_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """``--debug`` is accepted anywhere before ``--``: moved to the group, where click reads it."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    if debug:
+        argv = ["--debug", *(a for a in argv[:end] if a != "--debug"), *argv[end:]]
+    return argv, debug
 
 
 def _terminate(signum, _frame) -> None:

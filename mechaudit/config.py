@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import InputError
 from .findings import SEVERITIES
-from .spec import Options, load_spec, pyproject_options, read_toml
+from .spec import Options, load_spec, pyproject_options, read_toml, tool_options
 
 RULE_OVERRIDE_EXTRA = ("severity",)
 
@@ -147,7 +147,19 @@ def load_options(config: Path | None, cwd: Path | None = None) -> tuple[Options,
         raise InputError(str(config), "file not found")
     if config.name == "pyproject.toml":
         return pyproject_options(config.resolve().parent), f"{config} [tool.mechaudit]"
-    return load_spec(config, pyproject_options(cwd)).options, f"{config} [audit] over pyproject.toml"
+    base = pyproject_options(config.resolve().parent)  # the spec's own configuration, wherever we run from
+    return load_spec(config, base).options, f"{config} [audit] over pyproject.toml"
+
+
+def config_file_options(path: Path) -> Options:
+    """``audit --config FILE``: the ``[tool.mechaudit]`` table of ``FILE`` (a pyproject.toml or any TOML file),
+    used instead of the discovered pyproject.toml."""
+    if not path.is_file():
+        raise InputError(f"--config {path}", "file not found")
+    table = read_toml(path).get("tool", {}).get("mechaudit")
+    if table is None:
+        raise InputError(f"--config {path}", "has no [tool.mechaudit] table")
+    return tool_options(table, path)
 
 
 def effective_rulebook(options: Options, rulebook: str | None = None):

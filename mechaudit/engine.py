@@ -25,7 +25,7 @@ from .findings import AuditResult, Finding, RuleRun
 from .loading import AuditData, LoadedModel, load_data, load_model
 from .model_view import ModelView
 from .rulebook import Rule, Rulebook, load_rulebook
-from .sources import source_locations
+from .sources import anchor_files, source_locations
 from .spec import AuditSpec
 from .torch_attention import without_fast_path
 from .waivers import apply_waivers, load_waivers
@@ -144,7 +144,8 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
         "components": context.view.describe(),
         "locations": source_locations(spec.source, context.model, [layer.name for layer in context.view.layers],
                                       [rule.id for rule in rules],
-                                      {"select": options.select, "extend_select": options.extend_select}),
+                                      {"select": options.select, "extend_select": options.extend_select},
+                                      anchors=anchor_files(spec)),
         "seed": options.seed,
         "device": str(context.device),
         "environment": {"torch": torch.__version__, "python": platform.python_version(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Severity = Literal["info", "warning", "error"]
@@ -124,6 +125,36 @@ class AuditResult:
         for finding in self.findings:
             counts[finding.status] += 1
         return counts
+
+    def save(self, out: str | Path, formats: tuple[str, ...] = ("json",), *, sarif_keep_waived: bool = False,
+             pdf_variant: str | None = None) -> Path:
+        """Write the bundle (``formats`` of json, html, pdf, sarif, junit, github; manifest.json and the in-toto
+        statement always) into directory ``out``, atomically, exactly as ``mechaudit audit --out`` does."""
+        from .output import write_bundle
+        from .report import FORMATS, ReportSettings, build_bundle, check_formats
+        from .sources import repository_root
+
+        unknown = [name for name in formats if name not in FORMATS]
+        if unknown:
+            raise ValueError(f"unknown format {unknown[0]!r} (available: {', '.join(FORMATS)})")
+        check_formats(tuple(formats))
+        out = Path(out)
+        settings = ReportSettings(sarif_keep_waived=sarif_keep_waived, pdf_variant=pdf_variant, bundle_dir=out,
+                                  project_root=repository_root(Path.cwd()))
+        write_bundle(out, build_bundle(self, tuple(formats), settings))
+        return out
+
+    def to_sarif(self, *, keep_waived: bool = False) -> str:
+        """The SARIF 2.1.0 log of this result (what ``--format sarif`` writes to ``findings.sarif``)."""
+        from .report.sarif import render_sarif
+
+        return render_sarif(self, keep_waived=keep_waived)
+
+    def to_json(self) -> str:
+        """``findings.json``'s content."""
+        from .report.json_report import render_json
+
+        return render_json(self)
 
 
 def _finite_or_none(value: float | None) -> float | None:

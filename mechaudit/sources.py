@@ -30,8 +30,9 @@ def repository_root(start: Path) -> Path:
 
 
 def source_locations(spec_file: Path | None, model: nn.Module, layers: list[str], rule_ids: list[str],
-                     selectors: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-    """``{"spec": {uri, rules: {id: line}, inputs: {name: line}}, "layers": {layer: {uri, line, symbol}}}``.
+                     selectors: dict[str, tuple[str, ...]], anchors: tuple[Path | None, ...] = ()) -> dict[str, Any]:
+    """``{"spec": {uri, rules: {id: line}, inputs: {name: line}}, "layers": {layer: {uri, line, symbol}}}``,
+    and without a spec ``"anchor": {uri}``: the first of ``anchors`` (model and data files) in the repository.
 
     ``selectors`` holds the ``select`` / ``extend_select`` in effect, to find the spec line that enabled a rule.
     """
@@ -39,6 +40,10 @@ def source_locations(spec_file: Path | None, model: nn.Module, layers: list[str]
     locations: dict[str, Any] = {}
     if spec_file is not None and spec_file.resolve().is_relative_to(root):
         locations["spec"] = _spec_lines(spec_file.resolve(), root, rule_ids, selectors)
+    else:
+        inside = [p.resolve() for p in anchors if p is not None and p.is_file() and p.resolve().is_relative_to(root)]
+        if inside:
+            locations["anchor"] = {"uri": inside[0].relative_to(root).as_posix()}
     layer_lines = {}
     cache: dict[type, tuple[str, int, list[str]] | None] = {}
     modules = dict(model.named_modules())
@@ -105,6 +110,21 @@ def _spec_lines(spec_file: Path, root: Path, rule_ids: list[str],
         if table == "data" and key.split(".")[0] in ("masks", "concepts", "protected", "pairs") and "." in key:
             inputs.setdefault(key.split(".", 1)[1], line)
     return {"uri": spec_file.relative_to(root).as_posix(), "rules": rules, "inputs": inputs}
+
+
+def anchor_files(spec) -> tuple[Path | None, ...]:
+    """The files a result may point at when nothing better is known: the model file, the factory's module,
+    the weights, the data file (an :class:`~mechaudit.spec.AuditSpec`'s)."""
+    model, module = spec.model, None
+    if model.factory and ":" in model.factory:
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(model.factory.split(":")[0])
+            module = Path(found.origin) if found is not None and found.origin else None
+        except (ImportError, ValueError):
+            module = None
+    return (model.torchscript, model.pickle, module, model.weights, spec.data.file)
 
 
 def _matches(rule_id: str, selector: str) -> bool:

@@ -210,13 +210,16 @@ def pyproject_options(start: Path) -> Options:
         candidate = directory / "pyproject.toml"
         if candidate.is_file():
             table = read_toml(candidate).get("tool", {}).get("mechaudit")
-            if table is None:
-                return Options()
-            options = parse_options(table, f"{candidate} [tool.mechaudit]")
-            if options.waivers:  # relative to the pyproject.toml that names it
-                options = replace(options, waivers=str(candidate.parent.resolve() / options.waivers))
-            return options
+            return Options() if table is None else tool_options(table, candidate)
     return Options()
+
+
+def tool_options(table: Any, source: Path) -> Options:
+    """Options from the ``[tool.mechaudit]`` table of ``source``; a waiver file is relative to ``source``."""
+    options = parse_options(table, f"{source} [tool.mechaudit]")
+    if options.waivers:  # relative to the file that names it
+        options = replace(options, waivers=str(source.parent.resolve() / options.waivers))
+    return options
 
 
 def project_root(spec_file: Path) -> Path:

@@ -114,14 +114,22 @@ def test_fingerprints_are_stable_across_runs_and_lines_but_follow_the_component(
     assert len({fingerprint("L202", f"fc1:u{i}", "accuracy_drop") for i in range(8)}) == 8
 
 
-def test_waived_results_are_suppressed_not_hidden(tmp_path: Path) -> None:
+def test_waived_results_are_left_out_by_default_or_kept_suppressed(tmp_path: Path) -> None:
     project = failing_project(tmp_path / "p", local_model=False)
     waivers = write_waivers(tmp_path / "w.toml",
                             {"rule": "L202", "component": "fc1", "justification": "one unit by design",
                              "approver": "QA lead", "expires": "2026-12-31"},
                             {"rule": "L201", "justification": "old", "approver": "QA", "expires": "2025-01-01"})
-    log = sarif_log(audit_dict(project.spec, waivers=str(waivers)))
+    data = audit_dict(project.spec, waivers=str(waivers))
+    default = sarif_log(data)
+    jsonschema.validate(default, SARIF_SCHEMA)
+    assert ("L202", "fc1:u0", "accuracy_drop") not in _results(default)  # GitHub would open an alert for it
+    assert ("L201", "input:watermark", "flip_rate") in _results(default)  # an expired waiver waives nothing
+    assert default["runs"][0]["properties"]["waivedOmitted"] == 1
+    assert not any("suppressions" in r for r in default["runs"][0]["results"])
+    log = sarif_log(data, keep_waived=True)
     jsonschema.validate(log, SARIF_SCHEMA)
+    assert log["runs"][0]["properties"]["waivedOmitted"] == 0
     results = _results(log)
     waived = results[("L202", "fc1:u0", "accuracy_drop")]
     assert waived["suppressions"] == [{"kind": "external", "status": "accepted", "justification": "one unit by design",
@@ -142,3 +150,63 @@ def test_cli_writes_findings_sarif(cli, tmp_path: Path) -> None:
     log = json.loads((out / "findings.sarif").read_text(encoding="utf-8"))
     jsonschema.validate(log, SARIF_SCHEMA)
     assert json.loads((out / "manifest.json").read_text())["files"]["findings.sarif"]
+
+
+def _identities(log: dict) -> list[tuple]:
+    """(rule, file, line, fingerprint) of each result: what GitHub code scanning tells alerts apart by."""
+    keys = []
+    for result in log["runs"][0]["results"]:
+        physical = result["locations"][0]["physicalLocation"]  # every result has one (GitHub needs it)
+        keys.append((result["ruleId"], physical["artifactLocation"]["uri"], physical["region"]["startLine"],
+                     result["partialFingerprints"]["primaryLocationLineHash"]))
+    return keys
+
+
+def test_every_result_is_its_own_alert_with_a_physical_location(example_logs, log) -> None:
+    for name in ("digits", "induction"):
+        keys = _identities(example_logs[name])
+        assert keys and len(set(keys)) == len(keys), name
+        # several results share a (rule, line) — e.g. heads of different blocks at `class Attention(` — so GitHub's
+        # own line hash would merge them; the per-result hash keeps them apart
+        assert len({k[:3] for k in keys}) < len(keys) or name == "digits"
+    keys = _identities(log)
+    assert len(set(keys)) == len(keys) == 3
+    hashes = [r["partialFingerprints"] for r in log["runs"][0]["results"]]
+    assert all(h["primaryLocationLineHash"] == h[FINGERPRINT][:16] + ":1" for h in hashes)
+
+
+def test_a_quick_run_points_at_the_model_file(cli, tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import numpy as np
+    import torch
+    from conftest import toy_arrays
+    from fixtures.toy_models import signal_mlp
+
+    (tmp_path / "pyproject.toml").write_text("")
+    torch.jit.script(signal_mlp(spread=1)).save(str(tmp_path / "model.pt"))
+    arrays = toy_arrays(200)
+    np.savez(tmp_path / "data.npz", **arrays, mask=np.array([1, 0, 0, 0], np.float32))
+    monkeypatch.chdir(tmp_path)
+    result = cli("audit", "--model", "model.pt", "--data", "data.npz", "--mask", "watermark=mask",
+                 "--format", "sarif", "--out", "out", "-q")
+    assert result.code == 1, result.err
+    log = json.loads((tmp_path / "out" / "findings.sarif").read_text(encoding="utf-8"))
+    jsonschema.validate(log, SARIF_SCHEMA)
+    keys = _identities(log)
+    assert keys and len(set(keys)) == len(keys)
+    assert {k[1:3] for k in keys} == {("model.pt", 1)}
+
+
+def test_rule_descriptions_fit_githubs_limit() -> None:
+    from mechaudit.report.sarif import MAX_DESCRIPTION, _descriptor
+    from mechaudit.resources import builtin_rulebooks
+    from mechaudit.rulebook import load_rulebook
+
+    lengths = []
+    for name in builtin_rulebooks():
+        for rule in load_rulebook(name).rules.values():
+            text = _descriptor(rule.id, rule.describe(), rule.severity)["fullDescription"]["text"]
+            lengths.append(len(text))
+            assert text == rule.docs.what or text.endswith("\u2026")
+    assert max(lengths) <= MAX_DESCRIPTION

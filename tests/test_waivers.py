@@ -183,7 +183,8 @@ def test_cli_waivers_from_flag_spec_and_pyproject(cli, tmp_path: Path, monkeypat
     # from [tool.mechaudit] (relative to the pyproject.toml), then from the spec's [audit] (relative to the spec)
     (project.dir / "pyproject.toml").write_text('[tool.mechaudit]\nwaivers = "waivers.toml"\n')
     monkeypatch.chdir(tmp_path)
-    assert cli("audit", project.spec, "-q").code == 1  # the pyproject above the working directory: none
+    assert cli("audit", project.spec, "-q").code == 0  # the pyproject above the spec, wherever we run from
+    assert cli("audit", project.spec, "-q", "--isolated").code == 1  # no pyproject at all
     monkeypatch.chdir(project.dir)
     assert cli("audit", project.spec, "-q").code == 0
     (project.dir / "pyproject.toml").write_text("")

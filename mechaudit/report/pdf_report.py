@@ -2,6 +2,11 @@
 
 WeasyPrint is an optional extra (``pip install 'mechaudit[pdf]'``); :func:`require_weasyprint` turns its absence
 into one clear line before any audit runs. Nothing is fetched while typesetting: every URL is refused.
+
+The document information and XMP metadata carry the title, author ("mechaudit"), subject and keywords (from the
+HTML ``<title>`` and ``<meta>`` tags); ``findings.json`` and ``manifest.json`` travel inside the PDF as embedded
+files. ``variant`` is WeasyPrint's ``pdf_variant``: ``pdf/a-3b`` (archival, embedded files allowed) or
+``pdf/ua-1`` (tagged, accessible); tags are written for every variant.
 """
 
 from __future__ import annotations
@@ -28,7 +33,19 @@ def _refuse(url: str, *args, **kwargs):
     raise ValueError(f"the report fetches nothing (refused {url[:80]!r})")
 
 
-def render_pdf(result: AuditResult) -> bytes:
+PDF_VARIANTS = ("pdf/a-3b", "pdf/ua-1")
+_DESCRIPTIONS = {"findings.json": "The audit's machine-readable findings (mechaudit findings.json)",
+                 "manifest.json": "SHA-256 of the bundle's other files and of the audit inputs"}
+
+
+def render_pdf(result: AuditResult, variant: str | None = None,
+               attachments: dict[str, str | bytes] | None = None) -> bytes:
+    """The report as PDF, with ``attachments`` (name -> content) embedded as files."""
     weasyprint = require_weasyprint()
+    if variant is not None and variant not in PDF_VARIANTS:
+        raise InputError("--pdf-variant", f"'{variant}' is not one of {', '.join(PDF_VARIANTS)}")
     html = weasyprint.HTML(string=render_report(result, "pdf"), url_fetcher=_refuse, media_type="print")
-    return html.write_pdf()
+    files = [weasyprint.Attachment(string=content if isinstance(content, str) else content.decode("utf-8"),
+                                   name=name, description=_DESCRIPTIONS.get(name, name), relationship="Data")
+             for name, content in (attachments or {}).items()]
+    return html.write_pdf(pdf_variant=variant, pdf_tags=True, attachments=files or None)

@@ -5,11 +5,20 @@
 - ``results``: the findings that did not pass (``fail`` and ``error``). Each points at a file of the user's
   repository (relative to ``%SRCROOT%``, the repository root: the nearest ancestor of the spec with ``.git`` or
   ``pyproject.toml``): the line of the model class that defines the layer, or the spec line that declares the
-  input or enables the rule. Its logical location is the component address. ``partialFingerprints`` hash the
-  rule id, component address and metric (never line contents), so an alert keeps its identity across runs.
-- A waived finding carries an accepted external ``suppression`` with the justification; an expired waiver is
-  not a suppression, and the message says it expired. Skipped rules, rule errors, expired and unused waivers
-  are ``toolExecutionNotifications`` of the invocation.
+  input or enables the rule, else (a quick run without a spec) line 1 of the model or data file. Its logical
+  location is the component address.
+- Identity: GitHub code scanning tells alerts apart by ``partialFingerprints.primaryLocationLineHash``, which its
+  upload action otherwise derives from the text of the result's line (``fingerprints.ts`` in codeql-action), so
+  two heads or units reported at the same ``class Attention(`` line would merge into one alert. Each result
+  therefore carries its own ``primaryLocationLineHash``: a hash of rule id, component address and metric (never
+  line contents), in the action's ``<hex>:<n>`` shape; the action keeps a value it finds (it logs a notice that it
+  differs from its own). The same hash is also under ``mechaudit/v1`` for other consumers.
+- Waived findings are left out of ``results`` (GitHub is reported to open alerts for suppressed results) and
+  counted in ``run.properties.waivedOmitted``; ``keep_waived`` (``--sarif-keep-waived``) keeps them with an
+  accepted external ``suppression`` and the justification. An expired waiver is not a suppression, and the
+  message says it expired. Skipped rules, rule errors, expired and unused waivers are
+  ``toolExecutionNotifications`` of the invocation.
+- ``fullDescription`` is at most 1,024 characters (GitHub's limit); the full documentation is in ``help``.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schem
 INFORMATION_URI = "https://pypi.org/project/mechaudit/"
 LEVELS = {"error": "error", "warning": "warning", "info": "note"}
 FINGERPRINT = "mechaudit/v1"
+LINE_HASH = "primaryLocationLineHash"
 SRCROOT = "%SRCROOT%"
+MAX_DESCRIPTION = 1024  # GitHub code scanning rejects longer rule descriptions
 
 
 def fingerprint(rule_id: str, component: str | None, metric: str | None) -> str:
@@ -34,12 +45,12 @@ def fingerprint(rule_id: str, component: str | None, metric: str | None) -> str:
     return hashlib.sha256(f"{rule_id}\x00{component or ''}\x00{metric or ''}".encode()).hexdigest()
 
 
-def render_sarif(result: AuditResult) -> str:
-    return json.dumps(sarif_log(result_to_dict(result)), indent=2, ensure_ascii=False) + "\n"
+def render_sarif(result: AuditResult, keep_waived: bool = False) -> str:
+    return json.dumps(sarif_log(result_to_dict(result), keep_waived), indent=2, ensure_ascii=False) + "\n"
 
 
-def sarif_log(data: dict[str, Any]) -> dict[str, Any]:
-    """The SARIF log of one result (a ``findings.json`` content)."""
+def sarif_log(data: dict[str, Any], keep_waived: bool = False) -> dict[str, Any]:
+    """The SARIF log of one result (a ``findings.json`` content); waived findings only with ``keep_waived``."""
     meta = data["metadata"]
     declared = meta.get("rulebook", {}).get("rules") or {}
     rule_ids = sorted({*declared, *(f["rule_id"] for f in data["findings"]), *(r["id"] for r in data["rules"])})
@@ -47,8 +58,9 @@ def sarif_log(data: dict[str, Any]) -> dict[str, Any]:
     severities = {f["rule_id"]: f["severity"] for f in data["findings"]}
     rules = [_descriptor(rule_id, declared.get(rule_id), severities.get(rule_id, "warning")) for rule_id in rule_ids]
     baseline = _baseline_states(data.get("baseline"))
-    results = [_result(f, index, meta.get("locations") or {}, baseline)
-               for f in data["findings"] if f["status"] in ("fail", "error")]
+    reported = [f for f in data["findings"] if f["status"] in ("fail", "error")]
+    shown = [f for f in reported if keep_waived or (f.get("waiver") or {}).get("state") != "active"]
+    results = [_result(f, index, meta.get("locations") or {}, baseline) for f in shown]
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "mechaudit", "version": meta["tool"]["version"],
                             "semanticVersion": meta["tool"]["version"], "informationUri": INFORMATION_URI,
@@ -59,7 +71,8 @@ def sarif_log(data: dict[str, Any]) -> dict[str, Any]:
         "invocations": [_invocation(data)],
         "results": results,
         "properties": {"verdict": data["verdict"], "failOn": data["fail_on"], "complete": data["complete"],
-                       "counts": data["counts"], "model": meta["model"]["name"],
+                       "counts": data["counts"], "waivedOmitted": len(reported) - len(shown),
+                       "model": meta["model"]["name"],
                        "modelSha256": meta["model"]["sha256"], "dataSha256": meta["data"]["sha256"],
                        "rulebook": {"name": meta["rulebook"]["name"], "sha256": meta["rulebook"]["sha256"]}},
     }
@@ -83,7 +96,7 @@ def _descriptor(rule_id: str, rule: dict[str, Any] | None, severity: str) -> dic
         "id": rule_id,
         "name": "".join(part.capitalize() for part in rule["name"].split("-")),
         "shortDescription": {"text": docs["summary"]},
-        "fullDescription": {"text": docs["what"]},
+        "fullDescription": {"text": _clip(docs["what"], MAX_DESCRIPTION)},
         "help": {"text": text, "markdown": markdown},
         "defaultConfiguration": {"level": LEVELS[rule["severity"]]},
         "properties": {"tags": [rule["family"], "mechanistic-interpretability"], "check": rule["check"],
@@ -101,6 +114,7 @@ def _result(finding: dict[str, Any], index: dict[str, int], locations: dict[str,
     waiver = finding.get("waiver")
     if waiver and waiver["state"] == "expired":
         message += f" [waiver {waiver['id']} expired on {waiver['expires']}; it no longer waives]"
+    identity = fingerprint(finding["rule_id"], component, finding.get("metric"))
     sarif_location: dict[str, Any] = {}
     physical = physical_location(finding["rule_id"], location, locations)
     if physical is not None:
@@ -115,7 +129,7 @@ def _result(finding: dict[str, Any], index: dict[str, int], locations: dict[str,
         "level": "error" if finding["status"] == "error" else LEVELS[finding["severity"]],
         "message": {"text": message},
         "locations": [sarif_location] if sarif_location else [],
-        "partialFingerprints": {FINGERPRINT: fingerprint(finding["rule_id"], component, finding.get("metric"))},
+        "partialFingerprints": {FINGERPRINT: identity, LINE_HASH: f"{identity[:16]}:1"},
         "properties": {"status": finding["status"], "severity": finding["severity"], "component": component,
                        "metric": finding.get("metric"), "value": finding.get("value"),
                        "threshold": finding.get("threshold")},
@@ -136,7 +150,8 @@ def _result(finding: dict[str, Any], index: dict[str, int], locations: dict[str,
 def physical_location(rule_id: str, location: dict[str, Any],
                       locations: dict[str, Any]) -> dict[str, Any] | None:
     """Where a finding points in the repository: its layer's model class line, else the spec line declaring its
-    input, else the spec line enabling its rule; None when there is neither a spec nor a class in the repository."""
+    input, else the spec line enabling its rule, else line 1 of the model or data file (a quick run); None when
+    nothing of the audit lies in the repository (an in-memory model audited through the Python API)."""
     layer, component = location.get("layer"), location.get("component") or ""
     spec = locations.get("spec") or {}
     if layer and layer in (locations.get("layers") or {}):
@@ -146,7 +161,17 @@ def physical_location(rule_id: str, location: dict[str, Any],
         return _region(spec["uri"], spec["inputs"][component[6:]])
     if spec:
         return _region(spec["uri"], (spec.get("rules") or {}).get(rule_id, 1))
+    if locations.get("anchor"):
+        return _region(locations["anchor"]["uri"], 1)
     return None
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters at a word boundary, with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + "\u2026"
 
 
 def _region(uri: str, line: int) -> dict[str, Any]:
