@@ -6,7 +6,8 @@
   the first time): the verdict, counts, key findings, the SHA-256 of the model, data, rulebook and report files,
   and where the full report lives;
 - the ``model-index`` key of the YAML front matter (created if missing): one result whose task type is
-  ``mechanistic-audit``, with one metric per rule and metric (the worst value over the components). Results
+  ``mechanistic-audit``, with one metric per rule and metric (the worst value over the components), and a
+  ``source`` only with an http(s) ``--report-url`` (Hugging Face rejects a source without a url). Results
   of other tasks already under ``model-index`` are kept; only the key's own text is rewritten, and only when
   its content changes.
 
@@ -191,10 +192,10 @@ def model_index_results(data: dict[str, Any], report: str) -> dict[str, Any]:
         "task": {"type": TASK_TYPE, "name": "Mechanistic audit (mechaudit)"},
         "dataset": {"type": "mechaudit-audit-data", "name": f"{meta['model']['name']} audit data"},
         "metrics": metrics,
-        "source": {"name": f"mechaudit {meta['tool']['version']}, rulebook {meta['rulebook']['name']}"},
     }
-    if re.match(r"^https?://", report):
-        result["source"]["url"] = report
+    if re.match(r"^https?://", report):  # Hugging Face requires a source's url with its name: none without one
+        result["source"] = {"name": f"mechaudit {meta['tool']['version']}, rulebook {meta['rulebook']['name']}",
+                            "url": report}
     return result
 
 

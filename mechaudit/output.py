@@ -22,6 +22,7 @@ def write_bundle(out: Path, files: dict[str, str | bytes]) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        staging.chmod(_directory_mode())  # mkdtemp makes 0700; --out is an ordinary directory
     except OSError as exc:
         raise InputError(str(out), f"cannot write output here ({exc.strerror})") from None
     try:
@@ -33,6 +34,13 @@ def write_bundle(out: Path, files: dict[str, str | bytes]) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _directory_mode() -> int:
+    """The mode ``mkdir`` would give a new directory: 0777 less the process umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

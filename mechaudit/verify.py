@@ -1,8 +1,11 @@
 """``mechaudit verify DIR``: check an evidence bundle against its ``manifest.json``.
 
-Every file the manifest lists must be there with the same SHA-256, and no other file may be (the manifest itself
-aside). The inputs it records (model and data files) are re-hashed where they can still be reached; an input
-that cannot be reached is reported, not counted as a mismatch. A missing or malformed manifest is bad input.
+Every file the manifest lists must be there with the same SHA-256, and no other file may be (the manifest and
+the in-toto statement aside); the statement's subjects, when it is there, must match the files too. The inputs
+it records (model and data files, relative to the project root that ``inputs.root`` locates from the bundle)
+are re-hashed: a changed input and an input that cannot be reached any more (moved, deleted, or a bundle
+copied away from its project) are mismatches; ``--no-inputs`` skips them. In-memory inputs (``<inputs>``, from
+the Python API) cannot be re-hashed and are noted. A missing or malformed manifest is bad input.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from pathlib import Path, PurePosixPath
 
 from .errors import InputError
 from .loading.hashing import sha256_file
-from .report.manifest import MANIFEST
+from .report.attestation import STATEMENT
+from .report.manifest import FILE_INPUTS, MANIFEST
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-FILE_INPUTS = ("model", "data")  # input groups recorded as {path: digest}; the rulebook is recorded by name
 
 
 @dataclass
@@ -58,10 +61,26 @@ def verify_bundle(directory: Path, check_inputs: bool = True) -> Verification:
             outcome.problems.append(f"changed: {name}")
         else:
             outcome.matched += 1
-    outcome.problems.extend(f"not in the manifest: {name}" for name in sorted(present - set(files) - {MANIFEST}))
+    outcome.problems.extend(f"not in the manifest: {name}"
+                            for name in sorted(present - set(files) - {MANIFEST, STATEMENT}))
+    if STATEMENT in present:
+        _check_statement(directory, {**files, MANIFEST: sha256_file(directory / MANIFEST)}, outcome)
     if check_inputs:
-        _check_inputs(inputs, outcome)
+        _check_inputs(directory, inputs, outcome)
     return outcome
+
+
+def _check_statement(directory: Path, expected: dict[str, str], outcome: Verification) -> None:
+    """The in-toto statement must name exactly the bundle's files (manifest included) with their digests."""
+    try:
+        statement = json.loads((directory / STATEMENT).read_text(encoding="utf-8"))
+        subjects = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        outcome.problems.append(f"{STATEMENT}: not an in-toto statement with named sha256 subjects")
+        return
+    for name in sorted(set(expected) | set(subjects)):
+        if subjects.get(name) != expected.get(name):
+            outcome.problems.append(f"{STATEMENT}: subject {name} does not match the bundle")
 
 
 def _present(directory: Path) -> set[str]:
@@ -103,13 +122,19 @@ def _safe_relative(name: str) -> bool:
         and name != MANIFEST
 
 
-def _check_inputs(inputs: dict, outcome: Verification) -> None:
+def _check_inputs(directory: Path, inputs: dict, outcome: Verification) -> None:
+    root = inputs.get("root")
+    base = directory / root if isinstance(root, str) else directory
     for group in FILE_INPUTS:
         recorded = inputs.get(group)
         for name, digest in (recorded.items() if isinstance(recorded, dict) else ()):
-            path = Path(name)
+            if name.startswith("<"):
+                outcome.notes.append(f"input held in memory by the audit, not re-hashed: {name}")
+                continue
+            path = base / name  # an absolute name (an input outside the project) stays as it is
             if not path.is_file():
-                outcome.notes.append(f"input not reachable, not re-hashed: {name}")
+                outcome.problems.append(f"input not reachable (moved or deleted?): {name} "
+                                        "(--no-inputs checks the bundle alone)")
             elif sha256_file(path) != digest:
                 outcome.problems.append(f"input changed since the audit: {name}")
             else:

@@ -29,10 +29,12 @@ def _sha(path: Path) -> str:
 def test_manifest_lists_every_file_and_input(bundle) -> None:
     project, out = bundle
     manifest = json.loads((out / "manifest.json").read_text())
-    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json",
+                                                                                         "statement.intoto.json"}
     assert set(manifest["files"]) == written and any(name.startswith("figures/") for name in written)
     assert all(_sha(out / name) == digest for name, digest in manifest["files"].items())
-    assert manifest["inputs"]["data"] == {str(project / "data.npz"): _sha(project / "data.npz")}
+    # inputs relative to the project root, which is found from the bundle by inputs.root
+    assert manifest["inputs"]["data"] == {"data.npz": _sha(project / "data.npz")} and manifest["inputs"]["root"] == ".."
     html = (out / "report.html").read_text(encoding="utf-8")
     for name in (n for n in written if n.startswith("figures/")):  # the same SVG, inline and as a file
         svg = (out / name).read_text(encoding="utf-8")
@@ -57,11 +59,47 @@ def test_verify_rehashes_reachable_inputs(cli, bundle) -> None:
     project, out = bundle
     (project / "data.npz").write_bytes(b"changed")
     changed = cli("verify", out)
-    assert changed.code == 1 and f"input changed since the audit: {project / 'data.npz'}" in changed.out
+    assert changed.code == 1 and "input changed since the audit: data.npz" in changed.out
     assert cli("verify", out, "--no-inputs").code == 0
     (project / "data.npz").unlink()
     gone = cli("verify", out)
-    assert gone.code == 0 and "input not reachable, not re-hashed" in gone.out
+    assert gone.code == 1 and "input not reachable (moved or deleted?): data.npz" in gone.out
+    assert cli("verify", out, "--no-inputs").code == 0
+
+
+def test_a_moved_project_verifies_and_a_moved_input_is_unreachable(cli, bundle, tmp_path: Path) -> None:
+    project, out = bundle
+    moved = tmp_path / "elsewhere" / "p"
+    moved.parent.mkdir()
+    project.rename(moved)  # the repository moved with its bundle: every input is still found
+    intact = cli("verify", moved / "out")
+    assert intact.code == 0 and "1 inputs re-hashed and unchanged" in intact.out
+    (moved / "data.npz").rename(moved / "data-moved.npz")
+    result = cli("verify", moved / "out")
+    assert result.code == 1 and "input not reachable (moved or deleted?): data.npz" in result.out
+    assert cli("verify", moved / "out", "--no-inputs").code == 0
+
+
+def test_the_in_toto_statement_covers_every_file_and_validates(cli, bundle) -> None:
+    import jsonschema
+
+    from mechaudit.report.attestation import PREDICATE_TYPE
+
+    _, out = bundle
+    statement = json.loads((out / "statement.intoto.json").read_text())
+    schema = json.loads((Path(__file__).parent / "schemas" / "in-toto-statement-v1.schema.json").read_text())
+    jsonschema.validate(statement, schema, format_checker=jsonschema.FormatChecker())
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"statement.intoto.json"}
+    assert {s["name"]: s["digest"]["sha256"] for s in statement["subject"]} == {n: _sha(out / n) for n in files}
+    assert statement["_type"] == "https://in-toto.io/Statement/v1" and statement["predicateType"] == PREDICATE_TYPE
+    assert statement["predicate"]["verdict"] == "pass" and statement["predicate"]["inputs"]["data"]
+    manifest = out / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"1.1"', '"1.0"'))
+    result = cli("verify", out)  # the statement no longer matches the manifest it signed
+    assert result.code == 1 and "statement.intoto.json: subject manifest.json does not match" in result.out
+    for bad in ("{", json.dumps({"subject": "x"})):
+        (out / "statement.intoto.json").write_text(bad)
+        assert "not an in-toto statement" in cli("verify", out).out
 
 
 @pytest.mark.parametrize("manifest, problem", [

@@ -155,3 +155,22 @@ def test_bad_cards_are_refused_and_left_alone(cli, bundle, tmp_path: Path, conte
 def test_missing_bundle(cli, tmp_path: Path) -> None:
     result = cli("card", tmp_path / "nope", "--model-card", tmp_path / "README.md")
     assert result.code == 2 and "bundle directory" in result.err and not (tmp_path / "README.md").exists()
+
+
+@pytest.mark.parametrize("report_url", [None, "https://example.org/audit/"])
+def test_huggingface_hub_reads_the_card_back(cli, bundle, tmp_path: Path, report_url: str | None) -> None:
+    hub = pytest.importorskip("huggingface_hub", reason="huggingface_hub is not installed (pip install -e .[test])")
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    card = tmp_path / "README.md"
+    card.write_text(CARD, encoding="utf-8")
+    assert cli("card", bundle, "--model-card", card, *(["--report-url", report_url] if report_url else [])).code == 0
+    loaded = hub.ModelCard.load(card)  # raises on a model-index Hugging Face cannot read
+    name, results = model_index_to_eval_results(_front(card.read_text(encoding="utf-8"))["model-index"])
+    ours = [r for r in results if r.task_type == "mechanistic-audit"]
+    assert ours and name == loaded.data.model_name
+    assert {r.source_url for r in ours} == {report_url}
+    assert all(r.source_name is None for r in ours) if report_url is None else all(r.source_name for r in ours)
+    assert {r.metric_type for r in ours} >= {"flip_rate", "accuracy_drop"}
+    assert [r.metric_value for r in ours] == [r.metric_value for r in loaded.data.eval_results
+                                             if r.task_type == "mechanistic-audit"]
