@@ -95,5 +95,6 @@ def test_out_is_replaced_atomically_and_holds_requested_formats(cli, project) ->
     (out / "stale.txt").write_text("old report")
     result = cli("audit", project.spec, "--out", out, "--format", "json,html", "-q")
     assert result.code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["figures", "findings.json", "manifest.json", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "findings.json", "manifest.json", "report.html",
+                                                     "statement.intoto.json"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.")]

