@@ -103,3 +103,19 @@ def test_import_mechaudit_stays_light() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "audit" in done.stdout
+
+
+def test_a_result_saves_its_bundle_and_sarif_through_public_methods(data, tmp_path: Path, cli) -> None:
+    import json
+
+    result = mechaudit.audit(signal_mlp(spread=1), data["inputs"], labels=data["labels"], masks={"watermark": MASK},
+                             max_samples=200)
+    out = result.save(tmp_path / "bundle", formats=("json", "sarif"))
+    assert json.loads((out / "findings.json").read_text()) == json.loads(result.to_json())
+    assert (out / "findings.sarif").read_text() == result.to_sarif()
+    sarif_rules = [r["ruleId"] for r in json.loads(result.to_sarif())["runs"][0]["results"]]
+    assert sarif_rules == [f.rule_id for f in result.findings if f.status in ("fail", "error")] and "L201" in sarif_rules
+    verified = cli("verify", out)  # in-memory inputs cannot be re-hashed: noted, not a mismatch
+    assert verified.code == 0 and "input held in memory by the audit, not re-hashed: <inputs>" in verified.out
+    with pytest.raises(ValueError, match="unknown format 'xml'"):
+        result.save(tmp_path / "other", formats=("xml",))
