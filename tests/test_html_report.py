@@ -143,3 +143,35 @@ def test_pdf_without_weasyprint_is_one_clean_line(cli, project, monkeypatch) -> 
     result = cli("audit", project.spec, "--out", project.out(), "--format", "json,pdf")
     assert result.code == 2 and len(result.error_lines) == 1
     assert "pip install 'mechaudit[pdf]'" in result.err and not project.out().exists()
+
+
+def _luminance(colour: str) -> float:
+    hexes = colour.lstrip("#")
+    hexes = "".join(c * 2 for c in hexes) if len(hexes) == 3 else hexes
+    channels = [int(hexes[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(first: str, second: str) -> float:
+    high, low = sorted((_luminance(first), _luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_text_colours_meet_wcag_aa_contrast() -> None:
+    """Every text colour of the stylesheets against its rule's background, else against white and the table
+    heads it also sits on: at least 4.5:1 (WCAG 2 AA, what axe-core's color-contrast rule checks)."""
+    assert round(_contrast("#888", "#fff"), 2) == 3.54 and round(_contrast("#000", "#fff"), 1) == 21.0
+    low = []
+    for sheet in ("report.css", "print.css"):
+        css = (REPO / "templates" / sheet).read_text(encoding="utf-8")
+        for selector, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
+            colour = re.search(r"(?<![-\w])color:\s*(#[0-9a-fA-F]{3,6})\b", body)
+            if colour is None:
+                continue
+            own = re.search(r"background(?:-color)?:\s*(#[0-9a-fA-F]{3,6})\b", body)
+            grounds = [own.group(1)] if own else ["#ffffff", "#f0f1f4"]
+            worst = min(_contrast(colour.group(1), ground) for ground in grounds)
+            if worst < 4.5:
+                low.append(f"{sheet} {selector.strip()}: {colour.group(1)} {worst:.2f}:1")
+    assert not low, low
