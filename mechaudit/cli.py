@@ -170,7 +170,7 @@ def _spec_from(spec: Path | None, example: str | None, model_source: str | None,
     if len(sources) != 1:
         raise InputError("audit", "give exactly one of SPEC, --example NAME or --model (with --data)")
     if base is None:
-        base = pyproject_options(spec.resolve().parent if spec is not None else Path.cwd())
+        base = _base_options(spec, None, False)
     if spec is not None or example is not None:
         path = spec if spec is not None else example_spec(example)
         audit_spec = load_spec(path, base)
