@@ -30,7 +30,8 @@ def repository_root(start: Path) -> Path:
 
 
 def source_locations(spec_file: Path | None, model: nn.Module, layers: list[str], rule_ids: list[str],
-                     selectors: dict[str, tuple[str, ...]], anchors: tuple[Path | None, ...] = ()) -> dict[str, Any]:
+                     selectors: dict[str, tuple[str, ...]],
+                     anchors: tuple[Path | str | None, ...] = ()) -> dict[str, Any]:
     """``{"spec": {uri, rules: {id: line}, inputs: {name: line}}, "layers": {layer: {uri, line, symbol}}}``,
     and without a spec ``"anchor": {uri}``: the first of ``anchors`` (model and data files) in the repository.
 
@@ -41,7 +42,8 @@ def source_locations(spec_file: Path | None, model: nn.Module, layers: list[str]
     if spec_file is not None and spec_file.resolve().is_relative_to(root):
         locations["spec"] = _spec_lines(spec_file.resolve(), root, rule_ids, selectors)
     else:
-        inside = [p.resolve() for p in anchors if p is not None and p.is_file() and p.resolve().is_relative_to(root)]
+        files = [Path(p).resolve() for p in anchors if p is not None and Path(p).is_file()]
+        inside = [p for p in files if p.is_relative_to(root)]
         if inside:
             locations["anchor"] = {"uri": inside[0].relative_to(root).as_posix()}
     layer_lines = {}
