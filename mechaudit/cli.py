@@ -42,7 +42,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command()
 @click.argument("spec", required=False, type=click.Path(path_type=Path))
 @click.option("--example", help="Audit an embedded example instead of a spec (see `mechaudit examples`).")
-@click.option("--model", "model_source", help="Quick run: a factory module:callable, or a TorchScript / pickle file.")
+@click.option("--model", "model_source", help="Quick run: a factory module:callable, a TorchScript/ONNX/pickle file.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Quick run: weights for the factory.")
 @click.option("--data", type=click.Path(path_type=Path), help="Quick run: data file (.npz, .safetensors, .pt, .csv).")
 @click.option("--inputs", "inputs_key", help="Quick run: key of the inputs in the data file [inputs].")
@@ -200,7 +200,8 @@ def _quick_spec(model_source: str, weights: Path | None, data: Path | None, inpu
         path = Path(model_source).resolve()
         from .loading.model import _is_torchscript
 
-        kind = "torchscript" if path.is_file() and _is_torchscript(path) else "pickle"
+        kind = "onnx" if path.suffix.lower() == ".onnx" else (
+            "torchscript" if path.is_file() and _is_torchscript(path) else "pickle")
         model = ModelSpec(name=path.stem, **{kind: path})
     mask_refs = {}
     for item in masks:

@@ -59,6 +59,8 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
                             max_bytes=max_bytes)
     if data is None:
         data = load_data(spec.data, spec.task, max_bytes)
+    conversion = {"conversion": loaded.conversion_check(data.inputs[:options.max_samples])} if (
+        loaded.conversion_check is not None) else {}  # the converted module against its original (ONNX), on CPU
     try:
         model = loaded.module.to(device)
     except Exception as exc:
@@ -68,7 +70,7 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
     context = AuditContext(view, data, spec.task, spec.class_names, device, options.batch_size,
                            options.max_samples, options.seed, behaviour=spec.behaviour)
     _check_outputs(context)
-    inputs = {"model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.hashes},
+    inputs = {"model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.hashes, **conversion},
               "data": {"sha256": data.hashes, "samples": len(data), "sample_shape": list(data.inputs.shape[1:]),
                        "groups": _declared_groups(data)}}
     return context, inputs

@@ -35,6 +35,9 @@ class ModelSpec:
     weights: Path | None = None
     torchscript: Path | None = None
     pickle: Path | None = None
+    #: An ONNX file (mechaudit.loading.onnx), converted to a module; ``forward_kwargs`` binds its other inputs.
+    onnx: Path | None = None
+    forward_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -266,12 +269,15 @@ def load_spec(path: Path, base: Options | None = None) -> AuditSpec:
 
 
 def _parse_model(table: Any, where: str, resolve: _PathResolver, default_name: str) -> ModelSpec:
-    table = _check_keys(table, {"name", "factory", "factory_args", "weights", "torchscript", "pickle"}, where)
-    sources = [k for k in ("factory", "torchscript", "pickle") if k in table]
+    table = _check_keys(table, {"name", "factory", "factory_args", "weights", "torchscript", "pickle", "onnx",
+                                "forward_kwargs"}, where)
+    sources = [k for k in ("factory", "torchscript", "pickle", "onnx") if k in table]
     if len(sources) != 1:
-        raise InputError(where, "name exactly one of 'factory', 'torchscript' or 'pickle'")
+        raise InputError(where, "name exactly one of 'factory', 'torchscript', 'pickle' or 'onnx'")
     if "weights" in table and "factory" not in table:
         raise InputError(where, "'weights' goes with 'factory'")
+    if "forward_kwargs" in table and "onnx" not in table:
+        raise InputError(where, "'forward_kwargs' goes with 'onnx'")
     factory = _typed(table["factory"], str, f"{where}.factory") if "factory" in table else None
     if factory is not None and ":" not in factory:
         raise InputError(f"{where}.factory", f"'{factory}' is not of the form module:callable")
@@ -282,6 +288,8 @@ def _parse_model(table: Any, where: str, resolve: _PathResolver, default_name: s
         weights=resolve(table["weights"], f"{where}.weights") if "weights" in table else None,
         torchscript=resolve(table["torchscript"], f"{where}.torchscript") if "torchscript" in table else None,
         pickle=resolve(table["pickle"], f"{where}.pickle") if "pickle" in table else None,
+        onnx=resolve(table["onnx"], f"{where}.onnx") if "onnx" in table else None,
+        forward_kwargs=_typed(table.get("forward_kwargs", {}), dict, f"{where}.forward_kwargs"),
     )
 
 

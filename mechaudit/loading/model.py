@@ -1,4 +1,4 @@
-"""Load a model from a factory plus weights, a TorchScript file, or (opted in) a pickled module.
+"""Load a model from a factory plus weights, a TorchScript file, an ONNX file, or (opted in) a pickled module.
 
 Weights are read with safetensors or ``torch.load(weights_only=True)``: neither runs code from the file.
 A fully pickled module can run arbitrary code when loaded, so it needs ``--trust-pickle``.
@@ -11,6 +11,7 @@ import pickle
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,9 @@ class LoadedModel:
     name: str
     source: str
     hashes: dict[str, str]
+    #: For a converted model (ONNX): compares the module with the original on the audit inputs, returns the record
+    #: kept in the result's metadata (``model.conversion``) and raises InputError on a mismatch.
+    conversion_check: Callable[[torch.Tensor], dict] | None = None
 
 
 def load_model(spec: ModelSpec, trust_pickle: bool = False, search_path: Path | None = None,
@@ -46,6 +50,10 @@ def load_model(spec: ModelSpec, trust_pickle: bool = False, search_path: Path | 
             _load_weights(module, spec.weights)
             hashes[str(spec.weights)] = sha256_file(spec.weights)
         source = spec.factory
+    elif spec.onnx:
+        from .onnx import load_onnx
+
+        return load_onnx(spec.onnx, spec.name, spec.forward_kwargs, max_bytes)
     elif spec.torchscript:
         module = _from_torchscript(_check_file(spec.torchscript, "TorchScript model"))
         hashes, source = {str(spec.torchscript): sha256_file(spec.torchscript)}, str(spec.torchscript)
