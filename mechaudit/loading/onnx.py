@@ -26,6 +26,7 @@ import re
 import sys
 import types
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ CONTROL_FLOW = ("If", "Loop", "Scan")
 #: Conversion check: the module's output may differ from onnxruntime's by at most ATOL + RTOL * |onnxruntime's|,
 #: elementwise. float32 conversions measured here differ by under 1e-5 relative (see docs/onnx.md).
 ATOL, RTOL = 1e-4, 1e-3
+#: The newest default-domain opset whose operator versions onnx2torch 1.5.15 converts (but GreaterOrEqual and
+#: LessOrEqual, at version 16); a newer file is moved to it with onnx.version_converter when it needs to be.
+CONVERTER_OPSET = 17
 #: A constant given in forward_kwargs may hold at most this many elements.
 MAX_KWARG_ELEMENTS = 2**26
 _RESERVED = set(dir(fx.GraphModule)) | {"initializers", "forward_kwargs"}
@@ -91,17 +95,18 @@ def load_onnx(path: Path, name: str, forward_kwargs: dict[str, Any] | None = Non
 
     onnx, onnx2torch, _ = require_onnx()
     proto = read_onnx(path, max_bytes)
-    check_operators(proto, path)
+    convertible = check_operators(proto, path)
     inputs = graph_inputs(proto)
     audited, extras = _bind(inputs, forward_kwargs or {}, path, max_bytes)
     try:
-        module = onnx2torch.convert(proto)
+        module = onnx2torch.convert(convertible)
     except Exception as exc:
         raise InputError(str(path), f"cannot be converted to a torch module ({type(exc).__name__}: "
                                     f"{_first_line(exc)})") from None
     output = proto.graph.output[0].name
-    module = _prepare_module(module, proto, audited, extras, [i.name for i in inputs])
-    check = ConversionCheck(path, proto.SerializeToString(), audited, extras, output, module)
+    module = _prepare_module(module, convertible, audited, extras, [i.name for i in inputs])
+    opsets = (_default_opset(proto), _default_opset(convertible))
+    check = ConversionCheck(path, proto.SerializeToString(), audited, extras, output, module, opsets)
     return LoadedModel(module.eval(), name, str(path), {str(path): sha256_file(path)}, conversion_check=check)
 
 
@@ -124,26 +129,55 @@ def read_onnx(path: Path, max_bytes: int = DEFAULT_MAX_BYTES):
     return proto
 
 
-def check_operators(proto, path: Path) -> None:
-    """Raise one line naming the first node that cannot be converted: control flow, or an unsupported operator."""
-    _, onnx2torch, _ = require_onnx()
+def check_operators(proto, path: Path):
+    """The proto to convert (``proto``, or ``proto`` moved to opset :data:`CONVERTER_OPSET` by
+    ``onnx.version_converter`` when one of its operator versions has no converter), or one line naming the first
+    node that cannot be converted: control flow, or an unsupported operator."""
+    for index, node in enumerate(proto.graph.node):
+        if node.op_type in CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+            raise InputError(str(path), f"{_node(node, index)} is an '{node.op_type}' (control flow), which cannot be "
+                                        "converted to a module with fixed layers; export the model without "
+                                        "data-dependent control flow (one branch per file)")
+    unsupported = _unsupported_node(proto)
+    if unsupported is not None and _default_opset(proto) > CONVERTER_OPSET:
+        from onnx import version_converter
+
+        try:
+            older = version_converter.convert_version(proto, CONVERTER_OPSET)
+        except Exception:  # no adapter for some operator: report the original node
+            older = None
+        if older is not None and _unsupported_node(older) is None:
+            return older
+    if unsupported is not None:
+        index, node, opset = unsupported
+        domain = node.domain or ""
+        op = f"{domain}::{node.op_type}" if domain not in ("", "ai.onnx") else node.op_type
+        raise InputError(str(path), f"{_node(node, index)}: operator '{op}' (opset {opset}) is not supported by "
+                                    f"onnx2torch {version('onnx2torch')}; see README, 'ONNX models'")
+    return proto
+
+
+def _default_opset(proto) -> int:
+    return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), 0)
+
+
+def _unsupported_node(proto):
+    """``(index, node, opset)`` of the first node onnx2torch has no converter for, or None."""
+    require_onnx()
     from onnx2torch.node_converters import get_converter
 
     opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
     for index, node in enumerate(proto.graph.node):
-        where = f"node '{node.name}'" if node.name else f"node #{index} (unnamed)"
-        if node.op_type in CONTROL_FLOW and node.domain in ("", "ai.onnx"):
-            raise InputError(str(path), f"{where} is an '{node.op_type}' (control flow), which cannot be converted "
-                                        "to a module with fixed layers; export the model without data-dependent "
-                                        "control flow (one branch per file)")
         domain = node.domain or ""
         try:
             get_converter(domain=domain, operation_type=node.op_type, version=opsets.get(domain, 1))
         except NotImplementedError:
-            op = f"{domain}::{node.op_type}" if domain not in ("", "ai.onnx") else node.op_type
-            raise InputError(str(path), f"{where}: operator '{op}' (opset {opsets.get(domain, '?')}) is not "
-                                        f"supported by onnx2torch {onnx2torch.__version__}; see README, "
-                                        "'ONNX models'") from None
+            return index, node, opsets.get(domain, "?")
+    return None
+
+
+def _node(node, index: int) -> str:
+    return f"node '{node.name}'" if node.name else f"node #{index} (unnamed)"
 
 
 def graph_inputs(proto) -> list[GraphInput]:
@@ -382,9 +416,9 @@ class ConversionCheck:
     """Compares the converted module with onnxruntime on the audit inputs (the graph's first output)."""
 
     def __init__(self, path: Path, model_bytes: bytes, audited: GraphInput, extras: list[Constant], output: str,
-                 module: nn.Module) -> None:
+                 module: nn.Module, opsets: tuple[int, int]) -> None:
         self.path, self.model_bytes, self.audited = path, model_bytes, audited
-        self.extras, self.output, self.module = extras, output, module
+        self.extras, self.output, self.module, self.opsets = extras, output, module, opsets
 
     def __call__(self, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, Any]:
         onnxruntime = require_onnx()[2]
@@ -410,8 +444,14 @@ class ConversionCheck:
                 except Exception as exc:
                     raise InputError(str(self.path), f"the converted module fails on the audit inputs "
                                                      f"({type(exc).__name__}: {_first_line(exc)})") from None
-        return compare_outputs(np.concatenate(converted), np.concatenate(reference), self.path, self.output,
-                               onnxruntime.__version__)
+        record = compare_outputs(np.concatenate(converted), np.concatenate(reference), self.path, self.output,
+                                 onnxruntime.__version__)
+        record["opset"] = self.opsets[0]
+        if self.opsets[0] != self.opsets[1]:
+            record["converted_to_opset"] = self.opsets[1]
+            record["summary"] += (f"; converted from opset {self.opsets[0]} to {self.opsets[1]} by "
+                                  "onnx.version_converter")
+        return record
 
 
 def compare_outputs(converted: np.ndarray, reference: np.ndarray, path: Path, output: str,
