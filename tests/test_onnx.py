@@ -218,3 +218,92 @@ def test_graph_inputs_beyond_the_audited_tensor_come_from_forward_kwargs(tmp_pat
     wrong = _stateful_project(tmp_path / "wrong", "forward_kwargs = { gain = 2.0, rate = 16000 }")
     result = cli("audit", wrong.spec)
     assert result.code == 2 and "forward_kwargs.rate: is not an input of the graph" in result.err
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_the_digits_example_exported_to_onnx_audits_to_the_statuses_of_the_pytorch_original(tmp_path: Path) -> None:
+    import shutil
+
+    from mechaudit.examples import example_spec
+    from mechaudit.loading import load_model
+
+    original = load_spec(example_spec("digits"))
+    for name in ("audit_data.npz", "localization.npz"):
+        shutil.copy(original.source.parent / name, tmp_path / name)
+    export(load_model(original.model, search_path=original.source.parent).module, torch.zeros(2, 1, 8, 8),
+           tmp_path / "digits.onnx")
+    text = original.source.read_text(encoding="utf-8")
+    text = re.sub(r'factory = .*\nweights = .*\n', 'onnx = "digits.onnx"\n', text)
+    (tmp_path / "digits.toml").write_text(text, encoding="utf-8")
+    from_onnx = run_audit(load_spec(tmp_path / "digits.toml"))
+    from_torch = run_audit(original)
+    _assert_same_findings(from_onnx, from_torch)
+    assert {f.status for f in from_torch.findings} >= {"pass", "fail", "skipped"}  # a comparison with teeth
+    assert from_onnx.gate_failed and from_onnx.metadata["model"]["conversion"]["passed"]
+    assert [c["layer"] for c in from_onnx.metadata["components"]] == [
+        "features.0.Conv", "features.2.Conv", "classifier.0.Gemm", "classifier.2.Gemm"]
+
+
+def _packaged_onnx(name: str) -> Path:
+    """An ONNX file shipped in the silero-vad wheel (MIT), located without importing the package."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None:
+        pytest.skip('needs silero-vad (in the extra: pip install "mechaudit[onnx]")')
+    return Path(spec.submodule_search_locations[0]) / "data" / name
+
+
+VAD_SPEC = """[model]
+name = "silero-vad 6.2.3, 16 kHz sequence model (ONNX)"
+onnx = "silero_vad_16k_sequence.onnx"
+# The LSTM's initial state: graph inputs beside the audio chunks.
+forward_kwargs = { h = { shape = [1, 1, 128] }, c = { shape = [1, 1, 128] } }
+
+[data]
+file = "audio.npz"
+inputs = "chunks"
+labels = "speech"
+
+[task]
+kind = "regression"
+"""
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_a_voice_activity_detector_shipped_on_pypi_is_audited_from_its_onnx_file(tmp_path: Path, cli) -> None:
+    import shutil
+
+    from fixtures.onnx_models import synthetic_speech
+
+    from mechaudit.loading.onnx import load_onnx
+
+    shutil.copy(_packaged_onnx("silero_vad_16k_sequence.onnx"), tmp_path)  # a spec's files stay in its project
+    chunks, speech = synthetic_speech()
+    np.savez(tmp_path / "audio.npz", chunks=chunks, speech=speech)
+    (tmp_path / "vad.toml").write_text(VAD_SPEC, encoding="utf-8")
+    out = tmp_path / "out"
+    result = cli("audit", tmp_path / "vad.toml", "--out", out, "--format", "json,html", "-q")
+    assert result.code == 0, result.err
+    findings = read_findings(out)
+    layers = ["stft.Conv", "encoder.0.Conv", "encoder.1.Conv", "encoder.2.Conv", "encoder.3.Conv", "output.Conv"]
+    assert [c["layer"] for c in findings["metadata"]["components"]] == layers
+    assert {f["location"]["component"] for f in findings["findings"] if f["rule_id"] == "D101"} == set(layers)
+    conversion = findings["metadata"]["model"]["conversion"]
+    assert conversion["passed"] and conversion["output"] == "speech_probs" and conversion["samples"] == len(chunks)
+    assert conversion["max_abs_diff"] < ATOL  # measured 6e-8: the LSTM runs as torch's nn.LSTM
+    assert "Conversion check" in (out / "report.html").read_text(encoding="utf-8")
+    loaded = load_onnx(tmp_path / "silero_vad_16k_sequence.onnx", "vad",
+                       {"h": {"shape": [1, 1, 128]}, "c": {"shape": [1, 1, 128]}})
+    with torch.no_grad():
+        probability = loaded.module(torch.from_numpy(chunks)).numpy()
+    assert probability[speech == 1].mean() > 0.6 > 0.3 > probability[speech == 0].mean()  # measured 0.81 vs 0.13
+
+
+@needs_onnx
+def test_the_detectors_file_with_control_flow_is_refused_in_one_line(tmp_path: Path, cli) -> None:
+    np.savez(tmp_path / "audio.npz", chunks=np.zeros((4, 576), np.float32))
+    result = cli("audit", "--model", _packaged_onnx("silero_vad.onnx"), "--data", tmp_path / "audio.npz",
+                 "--task", "regression")
+    assert result.code == 2 and len(result.error_lines) == 1
+    assert "node 'If_0' is an 'If' (control flow)" in result.error_lines[0]

@@ -25,6 +25,7 @@ import importlib.util
 import re
 import sys
 import types
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -78,7 +79,10 @@ def _import_onnx2torch() -> types.ModuleType:
             stub = types.ModuleType(f"onnx2torch.node_converters.{name}")
             stub.__all__ = []
             sys.modules[stub.__name__] = stub
-    return importlib.import_module("onnx2torch")
+    module = importlib.import_module("onnx2torch")
+    from . import onnx_ops  # noqa: F401  (registers the LSTM converter onnx2torch lacks)
+
+    return module
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ def load_onnx(path: Path, name: str, forward_kwargs: dict[str, Any] | None = Non
     from .model import LoadedModel
 
     onnx, onnx2torch, _ = require_onnx()
+    # onnx2torch's Slice indexes with a list, which torch warns about on every call: noise for the user
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"onnx2torch\.")
     proto = read_onnx(path, max_bytes)
     convertible = check_operators(proto, path)
     inputs = graph_inputs(proto)
@@ -305,6 +311,9 @@ def _prepare_module(module: fx.GraphModule, proto, audited: GraphInput, extras: 
     if isinstance(output.args[0], (list, tuple)):
         output.args = (output.args[0][0],)
     _fuse_linear(module)
+    from .onnx_ops import replace_pads
+
+    replace_pads(module)
     graph.eliminate_dead_code()
     _rename_after_nodes(module, proto)
     module.delete_all_unused_submodules()
