@@ -307,3 +307,77 @@ def test_the_detectors_file_with_control_flow_is_refused_in_one_line(tmp_path: P
                  "--task", "regression")
     assert result.code == 2 and len(result.error_lines) == 1
     assert "node 'If_0' is an 'If' (control flow)" in result.error_lines[0]
+
+
+@needs_onnx
+def test_waivers_and_reports_address_onnx_layers_by_their_paths(tmp_path: Path, cli) -> None:
+    import jsonschema
+    from fixtures.compliance import write_waivers
+
+    torch.manual_seed(0)
+    project, _ = _project(tmp_path, SmallCNN(), torch.randn(120, 1, 8, 8))
+    waivers = write_waivers(tmp_path / "w.toml", {"rule": "L202", "component": "features.0.Conv",
+                                                  "justification": "accepted", "approver": "QA",
+                                                  "expires": "2999-12-31"})
+    out = tmp_path / "out"
+    result = cli("audit", project.spec, "--select", "L202", "--waivers", waivers, "--fail-on", "warning", "--out",
+                 out, "-q")
+    assert result.code == 1  # features.2.Conv's critical units are not waived
+    findings = read_findings(out)
+    failing = [f for f in findings["findings"] if f["status"] == "fail"]
+    waived = {f["location"]["component"] for f in failing if f.get("waiver", {}).get("state") == "active"}
+    assert waived and all(c.startswith("features.0.Conv:ch") for c in waived)
+    assert any(f["location"]["component"].startswith("features.2.Conv:ch") and "waiver" not in f for f in failing)
+    schema = json.loads((Path(mechaudit.__file__).parent / "schemas" / "findings.schema.json").read_text())
+    jsonschema.validate(findings, schema)
+
+
+class _Recurrent(torch.nn.Module):
+    """(N, 6, 4) -> (N, 2): an LSTM over six steps (bidirectional or not) read at its last step."""
+
+    def __init__(self, bidirectional: bool) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 5, batch_first=True, bidirectional=bidirectional)
+        self.head = torch.nn.Linear(10 if bidirectional else 5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(torch.nn.functional.pad(x, (1, 1), mode="reflect")[..., 1:-1])[0][:, -1])
+
+
+@needs_onnx
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_an_lstm_converts_to_torchs_own_and_matches_the_original(tmp_path: Path, bidirectional: bool) -> None:
+    from mechaudit.loading.onnx import load_onnx
+
+    torch.manual_seed(0)
+    model, inputs = _Recurrent(bidirectional).eval(), torch.randn(16, 6, 4)
+    loaded = load_onnx(export(model, inputs[:2], tmp_path / "lstm.onnx"), "lstm")
+    assert any(isinstance(m, torch.nn.LSTM) for m in loaded.module.modules())
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(inputs), model(inputs), atol=1e-6)
+    assert loaded.conversion_check(inputs)["max_abs_diff"] < 1e-6
+
+
+def test_without_the_extra_loading_an_onnx_file_says_how_to_install_it(tmp_path: Path, monkeypatch, cli) -> None:
+    import mechaudit.loading.onnx as onnx_loader
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(onnx_loader.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx2torch" else real(name, *a))
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((2, 4), np.float32))
+    result = cli("audit", "--model", tmp_path / "m.onnx", "--data", tmp_path / "d.npz")
+    assert result.code == 2
+    assert result.error_lines == ['mechaudit: error: onnx2torch: is not installed: pip install "mechaudit[onnx]"']
+
+
+@pytest.mark.parametrize("model_table, message", [
+    ('onnx = "m.onnx"\nfactory = "a:b"', "name exactly one of 'factory', 'torchscript', 'pickle' or 'onnx'"),
+    ('factory = "a:b"\nforward_kwargs = { sr = 16000 }', "'forward_kwargs' goes with 'onnx'"),
+    ('onnx = "../m.onnx"', "leaves the project directory"),
+])
+def test_spec_errors_for_onnx_models(tmp_path: Path, model_table: str, message: str) -> None:
+    project = write_project(tmp_path / "p", model_table=model_table)
+    (tmp_path / "p" / "pyproject.toml").write_text("")
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_spec(project.spec)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from onnx2torch.node_converters.pad import OnnxPadDynamic, _onnx_padding_to_torch
+from onnx2torch.node_converters.pad import OnnxPadDynamic
 from onnx2torch.node_converters.registry import add_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
@@ -79,25 +79,74 @@ def _convert_lstm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return OperationConverterResult(torch_module=OnnxLSTM(lstm), onnx_mapping=mapping)
 
 
+_TORCH_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
 class PadAnyRank(nn.Module, OnnxToTorchModule):
-    """ONNX ``Pad`` (pads given as an input) in reflect or edge mode on a tensor of any rank. onnx2torch's own
-    refuses to reflect-pad the last axis of a 2-D tensor, as ``torch.onnx.export`` writes an STFT's padding; torch
-    pads the last one to three axes, so the pairs of the leading axes that are not padded are dropped."""
+    """ONNX ``Pad`` (pads, and from opset 18 axes, given as inputs) on a tensor of any rank, in every mode
+    (``wrap`` is torch's ``circular``). onnx2torch's own refuses to reflect-pad the last axis of a 2-D tensor, as
+    ``torch.onnx.export`` writes an STFT's padding: torch pads the last one to three axes, so the pairs of the
+    leading axes that are not padded are dropped."""
 
     def __init__(self, mode: str) -> None:
         super().__init__()
         self.mode = mode
 
-    def forward(self, x: torch.Tensor, pads: torch.Tensor, constant_value: float | None = 0.0) -> torch.Tensor:
-        torch_pads = _onnx_padding_to_torch(pads.tolist())
+    def forward(self, x: torch.Tensor, pads: torch.Tensor, constant_value: torch.Tensor | None = None,
+                axes: torch.Tensor | None = None) -> torch.Tensor:
+        rank, pads = x.dim(), [int(p) for p in pads.tolist()]
+        axes = [int(a) % rank for a in axes.tolist()] if axes is not None else list(range(len(pads) // 2))
+        begin, end = [0] * rank, [0] * rank
+        for axis, before, after in zip(axes, pads[:len(axes)], pads[len(axes):]):
+            begin[axis], end[axis] = before, after
+        torch_pads = [amount for axis in reversed(range(rank)) for amount in (begin[axis], end[axis])]
         while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:
             torch_pads = torch_pads[:-2]
+        if self.mode == "constant":
+            value = float(constant_value) if constant_value is not None and constant_value.numel() else 0.0
+            return F.pad(x, torch_pads, value=value)
         return F.pad(x, torch_pads, mode=self.mode)
 
 
+@add_converter(operation_type="Pad", version=18)
+@add_converter(operation_type="Pad", version=19)
+@add_converter(operation_type="Pad", version=21)
+def _convert_pad(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    mode = node.attributes.get("mode", "constant")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    if mode not in _TORCH_PAD_MODES:
+        raise NotImplementedError(f"Pad node '{node.name}' uses mode '{mode}', which is not supported")
+    return OperationConverterResult(torch_module=PadAnyRank(_TORCH_PAD_MODES[mode]),
+                                    onnx_mapping=OnnxMapping(inputs=node.input_values, outputs=node.output_values))
+
+
 def replace_pads(module: torch.fx.GraphModule) -> None:
-    """Swap onnx2torch's reflect/edge ``Pad`` modules for :class:`PadAnyRank` (constant padding is left as is)."""
+    """Swap onnx2torch's reflect/edge ``Pad`` modules (opsets 11-17) for :class:`PadAnyRank`."""
     for name, child in list(module.named_modules()):
         if isinstance(child, OnnxPadDynamic) and child.mode in ("reflect", "replicate"):
             parent, _, leaf = name.rpartition(".")
             setattr(module.get_submodule(parent) if parent else module, leaf, PadAnyRank(child.mode))
+
+
+#: Operator versions that only admitted new element types (float8, int4, bfloat16, strings) over the version
+#: onnx2torch converts: the same converter serves them. The conversion check still compares every output.
+TYPE_ONLY_VERSIONS = {"Cast": (19, 21), "Constant": (19, 21), "ConstantOfShape": (20, 21), "Equal": (19,),
+                      "Identity": (19, 21), "Reshape": (19, 21), "Shape": (19, 21), "Flatten": (21,),
+                      "Transpose": (21,), "Unsqueeze": (21,), "Squeeze": (21,), "IsInf": (20,), "IsNaN": (20,),
+                      "GreaterOrEqual": (16,), "LessOrEqual": (16,)}
+
+
+def _register_type_only_versions() -> None:
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
+
+    for op, versions in TYPE_ONLY_VERSIONS.items():
+        known = sorted(d.version for d in _CONVERTER_REGISTRY if d.domain == "" and d.operation_type == op)
+        for version in versions:
+            older = [v for v in known if v < version]
+            if older and OperationDescription("", op, version) not in _CONVERTER_REGISTRY:
+                add_converter(operation_type=op, version=version)(
+                    _CONVERTER_REGISTRY[OperationDescription("", op, older[-1])])
+
+
+_register_type_only_versions()
