@@ -218,6 +218,19 @@ def test_graph_inputs_beyond_the_audited_tensor_come_from_forward_kwargs(tmp_pat
     wrong = _stateful_project(tmp_path / "wrong", "forward_kwargs = { gain = 2.0, rate = 16000 }")
     result = cli("audit", wrong.spec)
     assert result.code == 2 and "forward_kwargs.rate: is not an input of the graph" in result.err
+    shaped = _stateful_project(tmp_path / "shaped", "forward_kwargs = { gain = 2.0, state = [[1.0, 2.0]] }")
+    result = cli("audit", shaped.spec)
+    assert result.code == 2 and "forward_kwargs.state: has shape [1, 2]; the graph declares [2, 'batch', 4]" in result.err
+
+
+@needs_onnx
+def test_audit_inputs_of_another_shape_than_the_graph_input_are_one_line(tmp_path: Path, cli) -> None:
+    torch.manual_seed(0)
+    export(SmallCNN(), torch.zeros(2, 1, 8, 8), tmp_path / "model.onnx")
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((4, 1, 6, 6), np.float32))
+    result = cli("audit", "--model", tmp_path / "model.onnx", "--data", tmp_path / "d.npz")
+    assert result.code == 2 and len(result.error_lines) == 1
+    assert "graph input 'x' is ['batch', 1, 8, 8]; the audit inputs are [4, 1, 6, 6]" in result.err
 
 
 @needs_onnx

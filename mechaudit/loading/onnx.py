@@ -89,7 +89,8 @@ def _import_onnx2torch() -> types.ModuleType:
 class GraphInput:
     name: str
     dtype: np.dtype
-    dims: tuple[int | str, ...]  # a symbolic dimension is its name ("batch"), an unknown one ""
+    #: A symbolic dimension is its name ("batch"), an unknown one ""; None when the graph declares no shape.
+    dims: tuple[int | str, ...] | None
 
 
 def load_onnx(path: Path, name: str, forward_kwargs: dict[str, Any] | None = None,
@@ -198,7 +199,8 @@ def graph_inputs(proto) -> list[GraphInput]:
         tensor = value.type.tensor_type
         if not value.type.HasField("tensor_type"):
             raise InputError(f"graph input '{value.name}'", "is not a tensor (sequences and maps are not supported)")
-        dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim)
+        dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim) if (
+            tensor.HasField("shape")) else None
         found.append(GraphInput(value.name, np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
     return found
 
@@ -266,9 +268,9 @@ def _constant(graph_input: GraphInput, value: Any, max_bytes: int) -> Constant:
     if array.nbytes > max_bytes or array.size > MAX_KWARG_ELEMENTS:
         raise InputError(where, f"holds more than {MAX_KWARG_ELEMENTS} elements")
     declared = graph_input.dims
-    if len(declared) != array.ndim or any(
+    if declared is not None and (len(declared) != array.ndim or any(
             isinstance(d, int) and d > 0 and i not in batch_dims and d != array.shape[i]
-            for i, d in enumerate(declared)):
+            for i, d in enumerate(declared))):
         raise InputError(where, f"has shape {list(array.shape)}; the graph declares {list(declared)}")
     return Constant(graph_input.name, torch.from_numpy(array.copy()), batch_dims)
 
@@ -435,6 +437,7 @@ class ConversionCheck:
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3
         session = onnxruntime.InferenceSession(self.model_bytes, options, providers=["CPUExecutionProvider"])
+        _check_shape(self.audited, tuple(inputs.shape), self.path)
         first = self.audited.dims[0] if self.audited.dims else None
         step = first if isinstance(first, int) and first > 0 else batch_size
         converted, reference = [], []
@@ -461,6 +464,17 @@ class ConversionCheck:
             record["summary"] += (f"; converted from opset {self.opsets[0]} to {self.opsets[1]} by "
                                   "onnx.version_converter")
         return record
+
+
+def _check_shape(audited: GraphInput, shape: tuple[int, ...], path: Path) -> None:
+    """The audit inputs must have the rank and the fixed per-sample sizes the graph declares for its input."""
+    declared = audited.dims
+    if declared is None:
+        return
+    fixed = [isinstance(d, int) and d > 0 for d in declared]
+    if len(declared) != len(shape) or any(f and d != s for f, d, s in zip(fixed[1:], declared[1:], shape[1:])):
+        raise InputError(str(path), f"graph input '{audited.name}' is {list(declared)}; the audit inputs are "
+                                    f"{list(shape)} (samples first)")
 
 
 def compare_outputs(converted: np.ndarray, reference: np.ndarray, path: Path, output: str,
