@@ -304,7 +304,7 @@ def test_a_voice_activity_detector_shipped_on_pypi_is_audited_from_its_onnx_file
     assert {f["location"]["component"] for f in findings["findings"] if f["rule_id"] == "D101"} == set(layers)
     conversion = findings["metadata"]["model"]["conversion"]
     assert conversion["passed"] and conversion["output"] == "speech_probs" and conversion["samples"] == len(chunks)
-    assert conversion["max_abs_diff"] < ATOL  # measured 6e-8: the LSTM runs as torch's nn.LSTM
+    assert conversion["max_abs_diff"] < ATOL  # measured 1.2e-6: the LSTM runs as torch's nn.LSTM
     assert "Conversion check" in (out / "report.html").read_text(encoding="utf-8")
     loaded = load_onnx(tmp_path / "silero_vad_16k_sequence.onnx", "vad",
                        {"h": {"shape": [1, 1, 128]}, "c": {"shape": [1, 1, 128]}})
