@@ -394,3 +394,40 @@ def test_spec_errors_for_onnx_models(tmp_path: Path, model_table: str, message: 
     (tmp_path / "p" / "pyproject.toml").write_text("")
     with pytest.raises(InputError, match=re.escape(message)):
         load_spec(project.spec)
+
+
+@needs_onnx
+@pytest.mark.parametrize("mode, numpy_mode", [("constant", "constant"), ("reflect", "reflect"),
+                                              ("replicate", "edge"), ("circular", "wrap")])
+@pytest.mark.parametrize("shape, pads, axes", [((3, 7), [0, 2, 0, 3], None), ((2, 3, 5), [1, 2], [-1]),
+                                               ((2, 3, 4, 5), [1, 2, 2, 1], [2, 3])])
+def test_pad_follows_onnx_on_any_rank_and_axes(mode: str, numpy_mode: str, shape, pads, axes) -> None:
+    from mechaudit.loading.onnx import require_onnx
+
+    require_onnx()
+    from mechaudit.loading.onnx_ops import PadAnyRank
+
+    x = torch.arange(float(np.prod(shape))).reshape(shape)
+    axes_list = list(range(len(shape))) if axes is None else [a % len(shape) for a in axes]
+    widths = [(0, 0)] * len(shape)
+    for i, axis in enumerate(axes_list):
+        widths[axis] = (pads[i], pads[i + len(axes_list)])
+    kwargs = {"constant_values": 7.0} if mode == "constant" else {}
+    expected = np.pad(x.numpy(), widths, mode=numpy_mode, **kwargs)
+    padded = PadAnyRank(mode)(x, torch.tensor(pads), torch.tensor(7.0) if mode == "constant" else None,
+                              torch.tensor(axes) if axes is not None else None)
+    assert np.array_equal(padded.numpy(), expected)
+
+
+@needs_onnx
+def test_weights_in_external_data_files_are_refused(tmp_path: Path, cli) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    export(SmallCNN(), torch.zeros(2, 1, 8, 8), tmp_path / "model.onnx")
+    onnx.save(onnx.load(str(tmp_path / "model.onnx")), str(tmp_path / "external.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((4, 1, 8, 8), np.float32))
+    result = cli("audit", "--model", tmp_path / "external.onnx", "--data", tmp_path / "d.npz")
+    assert result.code == 2 and len(result.error_lines) == 1
+    assert "keeps weights in external data files" in result.err
