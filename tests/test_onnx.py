@@ -262,7 +262,7 @@ def _packaged_onnx(name: str) -> Path:
     """An ONNX file shipped in the silero-vad wheel (MIT), located without importing the package."""
     spec = importlib.util.find_spec("silero_vad")
     if spec is None:
-        pytest.skip('needs silero-vad (in the extra: pip install "mechaudit[onnx]")')
+        pytest.skip('needs silero-vad (pip install "mechaudit[test-models]")')
     return Path(spec.submodule_search_locations[0]) / "data" / name
 
 
