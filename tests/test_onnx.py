@@ -115,6 +115,10 @@ def test_a_quick_run_audits_an_onnx_file_and_reports_its_conversion_check(tmp_pa
     assert model["conversion"]["passed"]
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Conversion check" in html and "matches onnxruntime" in html
+    from mechaudit.loading import sha256_file
+
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert list(manifest["inputs"]["model"].values()) == [sha256_file(tmp_path / "model.onnx")]
 
 
 @needs_onnx
