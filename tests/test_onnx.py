@@ -16,7 +16,8 @@ from fixtures.onnx_models import SmallCNN, TinyBlock, export, with_node
 import mechaudit
 from mechaudit.engine import run_audit
 from mechaudit.errors import InputError
-from mechaudit.loading.onnx import ATOL, compare_outputs, readable_path
+from mechaudit.loading.onnx_check import ATOL, compare_outputs
+from mechaudit.loading.onnx_module import readable_path
 from mechaudit.spec import load_spec
 
 needs_onnx = pytest.mark.skipif(
