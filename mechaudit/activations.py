@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .model_view import Layer, ModelView, units_view
+from .model_view import Layer, ModelView, installed, units_view
 
 
 def batches(inputs: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
@@ -25,12 +25,8 @@ def batches(inputs: torch.Tensor, batch_size: int, device: torch.device) -> Iter
 @contextmanager
 def hooked(view: ModelView, layers: list[Layer], sink: Callable[[Layer, torch.Tensor], None]):
     """Call ``sink(layer, output)`` for every forward of each layer while the context is open."""
-    handles = [view.hook(layer, _forward_to(layer, sink)) for layer in layers]
-    try:
+    with installed(view.hook(layer, _forward_to(layer, sink)) for layer in layers):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _forward_to(layer: Layer, sink):

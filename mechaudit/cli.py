@@ -375,7 +375,14 @@ def examples() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: turns bad input into one line on stderr and exit code 2, never a traceback."""
     argv, debug = _hoist_debug(list(sys.argv[1:] if argv is None else argv))
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv, debug)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # an embedding program (or a test) gets its own handler back
+
+
+def _main(argv: list[str], debug: bool) -> int:
     try:
         code = cli.main(args=argv, prog_name="mechaudit", standalone_mode=False,
                         color=False if os.environ.get("NO_COLOR") else None)  # https://no-color.org

@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from .errors import InputError
 from .findings import AuditResult, Finding, RuleRun
 from .loading import AuditData, LoadedModel, load_data, load_model
 from .model_view import ModelView
+from .needs import missing_need
 from .rulebook import Rule, Rulebook, load_rulebook
 from .sources import anchor_files, source_locations
 from .spec import AuditSpec
@@ -198,7 +198,7 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0) -> RuleRun:
     """Run one rule in isolation: a missing need skips it; an exception, out-of-memory or time-out becomes an
     ``error`` finding. On CUDA, an out-of-memory error is retried once with half the batch size."""
     start = time.perf_counter()
-    missing = _missing_needs(rule, context)
+    missing = missing_need(rule.check.needs, context)
     if missing:
         finding = Finding(rule.id, rule.severity, "skipped", f"skipped: {missing}")
         return RuleRun(rule.id, "skipped", 0.0, [finding], reason=missing)
@@ -237,45 +237,3 @@ def _worst_status(findings: list[Finding]) -> str:
         if any(f.status == status for f in findings):
             return status
     return "pass"
-
-
-_NEED_PROVIDERS: dict[str, Callable[[AuditContext], bool]] = {
-    "labels": lambda c: c.data.labels is not None and (
-        c.task != "classification" or c.data.labels.unique().numel() > 1),
-    "layers": lambda c: bool(c.view.hidden_layers),
-    "classification": lambda c: c.task == "classification",
-    "logits": lambda c: c.task in ("classification", "next-token") or (
-        c.behaviour is not None and c.behaviour.kind == "similarity"),
-    "behaviour": lambda c: c.behaviour is not None,
-    "regions": lambda c: bool(c.data.masks) or bool(c.data.protected_columns),
-    "real_inputs": lambda c: c.data.inputs.is_floating_point(),
-    "attributes": lambda c: bool(c.data.concepts) or bool(c.data.protected),
-    "layer_pairs": lambda c: len(c.view.hidden_layers) >= 2,
-}
-_NEED_REASONS = {
-    "labels": "the spec declares no labels, or they hold a single class",
-    "masks": "the spec declares no input masks ([data.masks])",
-    "regions": "the spec declares no input masks ([data.masks]) nor protected attributes that are input columns "
-               "([data.protected] naming a CSV input column)",
-    "real_inputs": "the inputs are token ids (integers): input attribution needs real-valued inputs",
-    "attributes": "the spec declares no concept labels ([data.concepts]) nor protected attributes ([data.protected])",
-    "concepts": "the spec declares no concept labels ([data.concepts])",
-    "layer_pairs": "the model has fewer than two audited hidden layers to compare",
-    "protected": "the spec declares no protected attributes ([data.protected])",
-    "pairs": "the spec declares no counterfactual pairs ([data.pairs])",
-    "spatial": "the inputs are not spatial (N, C, H[, W])",
-    "layers": "the model has no auditable hidden layers (Linear or Conv modules)",
-    "classification": "the task is not classification",
-    "logits": "the task is regression: the behaviour is read from logits (classification or next-token), or is a "
-              "similarity of embeddings",
-    "cues": "the spec declares no cue pairs ([data.cues])",
-    "behaviour": "the spec declares no [behaviour] for circuit rules to explain",
-}
-
-
-def _missing_needs(rule: Rule, context: AuditContext) -> str | None:
-    for need in rule.check.needs:
-        provided = _NEED_PROVIDERS[need](context) if need in _NEED_PROVIDERS else context.data.has(need)
-        if not provided:
-            return _NEED_REASONS[need]
-    return None

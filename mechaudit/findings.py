@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-Severity = Literal["info", "warning", "error"]
-Status = Literal["pass", "fail", "error", "skipped"]
+from typing import Any
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
 STATUSES: tuple[str, ...] = ("pass", "fail", "error", "skipped")

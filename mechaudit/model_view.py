@@ -21,19 +21,18 @@ positions the tokens. Streams are only audited when named: they are not Linear o
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import linear_maps
+from .addresses import UNIT_PREFIXES, format_address, parse_address
 from .errors import InputError
 from .torch_attention import register_heads_hook, without_fast_path
 
-_UNIT_PREFIX = {"linear": "u", "conv": "ch", "heads": "h", "stream": "d"}
-_ADDRESS = re.compile(r"^(?P<layer>[^:\s]+)(?::(?P<prefix>u|ch|h|d)(?P<index>\d+))?$")
 _HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads")
 _OUT_PROJECTIONS = ("output.dense", "c_proj", "o_proj", "out_proj", "out")
 
@@ -52,10 +51,10 @@ class Layer:
 
     @property
     def prefix(self) -> str:
-        return _UNIT_PREFIX[self.kind]
+        return UNIT_PREFIXES[self.kind]
 
     def address(self, unit: int) -> str:
-        return f"{self.name}:{self.unit_name(unit)}"
+        return format_address(self.name, self.prefix, unit)
 
     def unit_name(self, unit: int) -> str:
         return f"{self.prefix}{unit}"
@@ -127,6 +126,18 @@ def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.h
     return site.register_forward_hook(hook)
 
 
+@contextmanager
+def installed(handles: Iterable[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
+    """Keep hooks installed while the context is open, then remove them, also on an exception.
+
+    Pass a generator (``installed(view.hook(layer, fn) for layer in layers)``): the hooks are installed inside the
+    context, so one that fails to install never leaves the earlier ones behind."""
+    with ExitStack() as stack:
+        for handle in handles:
+            stack.callback(handle.remove)
+        yield
+
+
 def attention_blocks(model: nn.Module) -> dict[str, tuple[str, int]]:
     """Recognised attention blocks: module path -> (output projection path, number of heads)."""
     modules = dict(model.named_modules())
@@ -184,12 +195,8 @@ class ModelView:
         sites = dict(model.named_modules())
         handles += [sites[site].register_forward_pre_hook(_head_recorder(name, seen))
                     for name, (site, _) in blocks.items()]
-        try:
-            with torch.no_grad(), without_fast_path():
-                output = model(sample)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with installed(handles), torch.no_grad(), without_fast_path():
+            output = model(sample)
         order: dict[str, int] = {}
         for name, _ in seen:
             order.setdefault(name, len(order))
@@ -239,14 +246,17 @@ class ModelView:
 
     def resolve(self, address: str) -> tuple[Layer, int | None]:
         """Parse ``features.3`` or ``features.3:ch17`` into (layer, unit index or None)."""
-        match = _ADDRESS.match(address)
-        if not match or match["layer"] not in self._by_name:
+        try:
+            parsed = parse_address(address)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.layer not in self._by_name:
             raise InputError(f"address '{address}'", "names no auditable layer of the model")
-        layer = self._by_name[match["layer"]]
-        if match["index"] is None:
+        layer = self._by_name[parsed.layer]
+        if parsed.index is None:
             return layer, None
-        unit = int(match["index"])
-        if match["prefix"] != layer.prefix or unit >= layer.size:
+        unit = parsed.index
+        if parsed.prefix != layer.prefix or unit >= layer.size:
             raise InputError(f"address '{address}'", f"layer {layer.name} has units {layer.prefix}0..{layer.prefix}"
                                                     f"{layer.size - 1}")
         return layer, unit

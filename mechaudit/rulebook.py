@@ -42,8 +42,8 @@ class Rule:
     severity: str
     params: Any
     docs: RuleDocs
-    #: An opt-in rule runs only when a selector names it explicitly (its id or a prefix of two characters or more,
-    #: e.g. ``D10``), not under the default selection (all rules) nor a one-letter family prefix.
+    #: An opt-in rule runs only when a selector covers it explicitly (its id or any prefix of it, as in ruff: ``D``,
+    #: ``D10``, ``D103``, or ``ALL``), not under the default selection (no ``select``: every other rule).
     opt_in: bool = False
 
     @property
@@ -71,21 +71,14 @@ class Rulebook:
 
     def select(self, select: tuple[str, ...] = (), ignore: tuple[str, ...] = (),
                extend_select: tuple[str, ...] = ()) -> list[Rule]:
-        """Rules chosen by id or prefix, as in ruff: ``select`` (default: all) plus ``extend_select``, minus
-        ``ignore``."""
+        """Rules chosen by id or prefix, as in ruff: ``select`` (default: every rule that is not opt-in) plus
+        ``extend_select``, minus ``ignore``. An explicit selector chooses every rule it covers, opt-in or not."""
         for selector in (*select, *ignore, *extend_select):
             if selector != "ALL" and not any(rule_id.startswith(selector) for rule_id in self.rules):
                 raise InputError(f"rule selector '{selector}'", f"matches no rule in rulebook '{self.name}'")
         chosen = [r for r in self.rules.values()
-                  if _chooses(r, select or ("ALL",)) or _chooses(r, extend_select)]
+                  if (_matches(r.id, select) if select else not r.opt_in) or _matches(r.id, extend_select)]
         return [r for r in chosen if not _matches(r.id, ignore)]
-
-
-def _chooses(rule: Rule, selectors: tuple[str, ...]) -> bool:
-    """Whether ``selectors`` choose ``rule``: an opt-in rule needs a selector of two characters or more."""
-    if rule.opt_in:
-        return any(len(s) >= 2 and s != "ALL" and rule.id.startswith(s) for s in selectors)
-    return _matches(rule.id, selectors)
 
 
 def _matches(rule_id: str, selectors: tuple[str, ...]) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 
 import tomllib
 
+from .addresses import parse_address
 from .errors import InputError
 from .findings import AuditResult, Finding
 
@@ -120,10 +121,16 @@ def _parse_entry(entry: Any, index: int, where: str) -> Waiver:
     values = {key: _text(entry[key], f"{where}.{key}") for key in _KEYS if key in entry and key != "expires"}
     if not _RULE_ID.match(values["rule"]):
         raise InputError(f"{where}.rule", f"'{values['rule']}' is not a rule id (D, L or R followed by three digits)")
+    component = values.get("component", ALL)
+    if component != ALL:
+        try:
+            parse_address(component)
+        except ValueError as exc:
+            raise InputError(f"{where}.component", str(exc)) from None
     return Waiver(
         id=values.get("id", f"W{index + 1}"),
         rule=values["rule"],
-        component=values.get("component", ALL),
+        component=component,
         justification=values["justification"],
         approver=values["approver"],
         expires=_date(entry["expires"], f"{where}.expires"),

@@ -98,3 +98,20 @@ def test_out_is_replaced_atomically_and_holds_requested_formats(cli, project) ->
     assert sorted(p.name for p in out.iterdir()) == ["figures", "findings.json", "manifest.json", "report.html",
                                                      "statement.intoto.json"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.")]
+
+
+def test_main_restores_the_signal_handler_it_installs() -> None:
+    """An embedding program (a notebook, a test runner) keeps its own SIGTERM handler after ``cli.main``."""
+    import signal
+
+    from mechaudit.cli import main
+
+    def own_handler(_signum, _frame) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own_handler)
+    try:
+        assert main(["examples"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is own_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)

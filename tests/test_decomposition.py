@@ -7,7 +7,15 @@ import torch
 from fixtures.superposition import Passthrough, isolated_features, planted_dictionary_data, train_toy
 
 import mechaudit
-from mechaudit.techniques.sae import SAEConfig, evaluate, seed_agreement, tensor_stream, train_dictionary
+from mechaudit.techniques.sae import (
+    SAEConfig,
+    evaluate,
+    load_dictionary,
+    save_dictionary,
+    seed_agreement,
+    tensor_stream,
+    train_dictionary,
+)
 
 
 def _findings(result, rule: str, metric: str) -> list:
@@ -24,6 +32,7 @@ def _recovery(truth: torch.Tensor, decoder: torch.Tensor) -> tuple[float, float]
     return float(best.mean()), float((best > 0.9).float().mean())
 
 
+@pytest.mark.slow  # trains sparse autoencoders: seconds alone, minutes on a loaded machine
 def test_the_dictionary_recovers_planted_sparse_directions(planted) -> None:
     vectors, truth = planted
     dictionary = train_dictionary(tensor_stream(vectors), SAEConfig(features=128, k=4, steps=800))
@@ -31,6 +40,7 @@ def test_the_dictionary_recovers_planted_sparse_directions(planted) -> None:
     assert mean >= 0.95 and share >= 0.9
 
 
+@pytest.mark.slow  # trains sparse autoencoders: seconds alone, minutes on a loaded machine
 def test_an_under_regularised_dictionary_reconstructs_well_but_is_caught(planted) -> None:
     """k = dims: a better FVU than the sparse dictionary, wrong directions, and D103 fails it on seed agreement."""
     vectors, truth = planted
@@ -53,6 +63,7 @@ def test_an_under_regularised_dictionary_reconstructs_well_but_is_caught(planted
     assert sparse_finding.evidence["represented_features"] > 32  # more features than units
 
 
+@pytest.mark.slow  # trains sparse autoencoders: seconds alone, minutes on a loaded machine
 def test_d103_fails_a_dictionary_free_to_pick_any_basis() -> None:
     """Dense Gaussian activations: no sparse directions exist; the dictionary reconstructs, but depends on the seed."""
     vectors = torch.randn(4000, 32, generator=torch.Generator().manual_seed(0))
@@ -70,6 +81,7 @@ def toys() -> dict[str, mechaudit.AuditResult]:
             for name, sparsity in (("sparse", 0.99), ("dense", 0.0))}
 
 
+@pytest.mark.slow  # trains sparse autoencoders: seconds alone, minutes on a loaded machine
 def test_superposition_more_represented_features_than_units_and_polysemantic(toys) -> None:
     poly = _findings(toys["sparse"], "D102", "polysemantic_share")[0]
     assert poly.status == "fail" and poly.value > 0.5
@@ -78,6 +90,7 @@ def test_superposition_more_represented_features_than_units_and_polysemantic(toy
     assert dictionary["feature_purity"] > dictionary["unit_purity"]
 
 
+@pytest.mark.slow  # trains sparse autoencoders: seconds alone, minutes on a loaded machine
 def test_dense_features_no_superposition_control(toys) -> None:
     poly = _findings(toys["dense"], "D102", "polysemantic_share")[0]
     assert poly.status == "pass" and poly.value == 0.0
@@ -151,3 +164,14 @@ def test_d101_flags_a_layer_that_never_switches_off_and_passes_a_rectified_one()
     dense = {f.location.component: f for f in result.findings if f.metric == "dense_fraction"}
     assert dense["a"].status == "fail" and dense["a"].value == 1.0
     assert dense["b"].status == "pass" and dense["b"].value < 0.5  # random weights: units switch off
+
+
+def test_a_saved_dictionary_loads_back_and_encodes_the_same(tmp_path) -> None:
+    """``dictionaries/<layer>.safetensors`` (D103) read back in a notebook: the same features for the same vectors."""
+    vectors = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
+    dictionary = train_dictionary(tensor_stream(vectors), SAEConfig(features=16, k=2, steps=20), "fc1")
+    save_dictionary(dictionary, tmp_path / "fc1.safetensors")
+    loaded = load_dictionary(tmp_path / "fc1.safetensors")
+    assert (loaded.layer, loaded.config, loaded.address(3)) == ("fc1", dictionary.config, "fc1:feat3")
+    assert torch.equal(loaded.encode(vectors), dictionary.encode(vectors))
+

@@ -66,19 +66,23 @@ def test_unknown_builtin_rulebook() -> None:
 def test_select_and_ignore_by_id_and_prefix() -> None:
     book = load_rulebook("default")
     ids = lambda rules: [r.id for r in rules]  # noqa: E731
-    every = [rule.id for rule in book.rules.values() if not rule.opt_in]
-    assert ids(book.select(("L",))) == [r for r in every if r.startswith("L")]
-    assert ids(book.select((), ("L2",))) == [r for r in every if not r.startswith("L2")]
+    default = [rule.id for rule in book.rules.values() if not rule.opt_in]
+    assert ids(book.select(("L",))) == [r for r in book.rules if r.startswith("L")]
+    assert ids(book.select((), ("L2",))) == [r for r in default if not r.startswith("L2")]
     assert ids(book.select(("D101",), (), ("L202",))) == ["D101", "L202"]
-    assert ids(book.select(("ALL",), ("L201",))) == [r for r in every if r != "L201"]
+    assert ids(book.select(("ALL",), ("L201",))) == [r for r in book.rules if r != "L201"]
     with pytest.raises(InputError, match="matches no rule"):
         book.select(("X999",))
 
 
-def test_opt_in_rules_run_only_when_named() -> None:
+def test_opt_in_rules_run_only_when_a_selector_covers_them() -> None:
     book = load_rulebook("default")
     ids = [r.id for r in book.select()]
     assert "D101" in ids and not {"D102", "D103", "D104", "D105", "D106"} & set(ids)
-    assert "D102" not in [r.id for r in book.select(("D",))]  # a family letter does not opt in
-    assert [r.id for r in book.select(("D10",))] == ["D101", "D102", "D103", "D104", "D105", "D106"]
+    every_d = ["D101", "D102", "D103", "D104", "D105", "D106"]
+    for selector in ("D", "D1", "D10"):  # as in ruff, a prefix selects every rule under it, opt-in included
+        assert [r.id for r in book.select((selector,))] == every_d
+        assert [r.id for r in book.select((), (), (selector,))] == ids[:1] + every_d[1:] + ids[1:]
+    assert [r.id for r in book.select(("D103",))] == ["D103"]
     assert "D103" in [r.id for r in book.select((), (), ("D103",))]
+    assert "D102" not in [r.id for r in book.select(("D",), ("D102",))]

@@ -26,7 +26,7 @@ def predicted_attributions(context: AuditContext, method: str, n_steps: int,
 
     def compute() -> torch.Tensor:
         return attribute(context.model, context.data.inputs[indices], context.predictions[indices], context.device,
-                         method, n_steps=n_steps, seed=context.seed)
+                         method, n_steps=n_steps, seed=context.seed, internal_batch_size=context.batch_size)
     return indices, context.artifact(f"attributions:{method}:{n_steps}:{samples}", compute)
 
 
@@ -43,7 +43,8 @@ def sanity_result(context: AuditContext, method: str) -> tuple[Any, Randomizatio
         inputs, targets = context.data.inputs[indices], context.predictions[indices]
 
         def attribute_fn(model, x, t):
-            return attribute(model, x, t, context.device, method, n_steps=params.n_steps, seed=context.seed)
+            return attribute(model, x, t, context.device, method, n_steps=params.n_steps, seed=context.seed,
+                             internal_batch_size=context.batch_size)
         return cascading_randomization(context.model, inputs, targets, attribute_fn, seed=context.seed,
                                        max_evaluations=params.max_evaluations)
     return rule, context.artifact(f"attribution_sanity:{method}", compute)

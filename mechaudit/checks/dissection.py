@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..addresses import FEATURE_PREFIX, format_address
 from ..context import AuditContext
 from ..findings import Finding
 from ..model_view import units_view
@@ -120,7 +121,7 @@ def _dissect(context: AuditContext, params: DissectionParams) -> tuple[list[Dete
         with torch.no_grad():
             features = encode(vectors.reshape(-1, vectors.shape[-1])).float().cpu()
         per_sample_features = features.reshape(vectors.shape[0], vectors.shape[1], -1).mean(1)
-        address = getattr(dictionary, "address", lambda i, name=layer_name: f"{name}:feat{i}")
+        address = getattr(dictionary, "address", lambda i, name=layer_name: format_address(name, FEATURE_PREFIX, i))
         components = [address(i) for i in range(per_sample_features.shape[1])]
         scored += len(components)
         scores, names = auroc_scores(per_sample_features, labels)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..activations import model_outputs
+from ..addresses import input_address
 from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.attribution import METHODS
@@ -67,7 +68,7 @@ def forbidden_input(context: AuditContext, rule) -> list[Finding]:
             chosen = predictions == row["class_index"]
             row["flip_rate"] = float(flipped[chosen].float().mean())
             del row["class_index"]
-        location = Location(component=f"input:{region.name}")
+        location = Location(component=input_address(region.name))
         area = float(region.mask.float().mean())
         evidence = {"method": params.method, "samples": len(indices), "mask_area_share": area,
                     "attribution_share_in_mask": pooled["share"], "attribution_ratio": ratio,

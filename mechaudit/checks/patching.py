@@ -15,6 +15,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ..activations import model_outputs
+from ..addresses import parse_address
 from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
@@ -76,12 +77,12 @@ def patching(context: AuditContext, rule) -> list[Finding]:
     agreement = float(spearmanr(estimates, exacts).correlation) if varied else None
     carriers = [row["component"] for row in rows if row["recovered_fraction"] >= params.min_recovered]
     top = rows[0]
-    layer_name, unit_name = top["component"].split(":")
+    address = parse_address(top["component"])
     return [Finding(
         rule.id, rule.severity, "pass",
         f"patching {top['component']} alone recovers {top['recovered_fraction']:.0%} of the {description}; "
         f"{len(carriers)} component(s) recover at least {params.min_recovered:.0%}",
-        location=Location.of_unit(layer_name, unit_name),
+        location=Location.of_unit(address.layer, address.unit),
         metric="top_recovered_fraction", value=top["recovered_fraction"],
         evidence={**evidence, "carried": True, "carriers": carriers, "components": rows,
                   "verified": len(rows), "scored": len(components),

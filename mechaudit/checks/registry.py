@@ -7,8 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-NEEDS = ("labels", "masks", "concepts", "protected", "pairs", "spatial", "layers", "classification", "behaviour",
-         "logits", "cues", "regions", "real_inputs", "attributes", "layer_pairs")
+from ..needs import NEEDS
 
 
 def param(default: Any, *, low: float | None = None, high: float | None = None,
@@ -41,7 +40,3 @@ def register(name: str, params: type, needs: tuple[str, ...] = ()) -> Callable:
         return run
     return decorate
 
-
-def describe_params(params_type: type) -> list[dict[str, Any]]:
-    return [{"name": f.name, "default": f.default, "type": type(f.default).__name__, **f.metadata}
-            for f in dataclasses.fields(params_type)]

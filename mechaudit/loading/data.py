@@ -43,18 +43,6 @@ class AuditData:
         """Inputs with a channel axis and at least one spatial axis (N, C, H[, W])."""
         return self.inputs.dim() >= 3
 
-    def has(self, need: str) -> bool:
-        """Whether the data can provide what a rule needs."""
-        return {
-            "labels": self.labels is not None,
-            "masks": bool(self.masks),
-            "concepts": bool(self.concepts),
-            "protected": bool(self.protected),
-            "pairs": self.pairs is not None,
-            "cues": self.cues is not None,
-            "spatial": self.is_spatial,
-        }[need]
-
 
 def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEFAULT_MAX_BYTES) -> AuditData:
     """Read and validate every array the spec names; every file read is hashed."""

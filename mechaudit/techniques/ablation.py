@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..activations import batches
-from ..model_view import Layer, from_units_view, register_hook, units_view
+from ..model_view import Layer, from_units_view, installed, register_hook, units_view
 
 Reduce = Callable[[torch.Tensor, slice], torch.Tensor]
 """``reduce(outputs, samples)``: applied to each chunk of outputs (ablations, samples, ...) before it is kept, with
@@ -47,12 +47,9 @@ def check_replacement(values: torch.Tensor | None, source: torch.Tensor | None, 
 def _capture(model: nn.Module, module: nn.Module, layer: Layer, batch: torch.Tensor) -> torch.Tensor:
     """``layer``'s activation on ``batch`` as (samples, units, positions)."""
     captured = []
-    handle = register_hook(module, layer, lambda output, _args: captured.append(units_view(output, layer).detach()))
-    try:
-        with torch.no_grad():
-            model(batch)
-    finally:
-        handle.remove()
+    with installed([register_hook(module, layer, lambda output, _args: captured.append(
+            units_view(output, layer).detach()))]), torch.no_grad():
+        model(batch)
     return captured[0]
 
 
@@ -71,12 +68,8 @@ def ablation_loop(model: nn.Module, module: nn.Module, layer: Layer, inputs: tor
                 view = units_view(output, layer).clone()
                 view[:, unit] = (values[unit].to(device, view.dtype) if src is None else src[:, unit])
                 return from_units_view(view, output, layer)
-            handle = register_hook(module, layer, overwrite)
-            try:
-                with torch.no_grad():
-                    results[row].append(model(batch).float().cpu())
-            finally:
-                handle.remove()
+            with installed([register_hook(module, layer, overwrite)]), torch.no_grad():
+                results[row].append(model(batch).float().cpu())
     return torch.stack([torch.cat(parts) for parts in results])
 
 
@@ -114,10 +107,6 @@ def _ablated_forward(model: nn.Module, module: nn.Module, layer: Layer, batch: t
         written = write_ablations(view, chunk, values, source)
         return from_units_view(written.reshape(k * n, layer.size, -1), output, layer)
 
-    handle = register_hook(module, layer, overwrite)
-    try:
-        with torch.no_grad():
-            repeated = batch.repeat(k, *([1] * (batch.dim() - 1)))
-            return model(repeated).float().cpu().unflatten(0, (k, n))
-    finally:
-        handle.remove()
+    with installed([register_hook(module, layer, overwrite)]), torch.no_grad():
+        repeated = batch.repeat(k, *([1] * (batch.dim() - 1)))
+        return model(repeated).float().cpu().unflatten(0, (k, n))

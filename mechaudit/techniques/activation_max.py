@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model_view import installed
+
 
 def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, shape: tuple[int, ...],
                         direction: torch.Tensor | None = None, steps: int = 128, lr: float = 0.05, jitter: int = 1,
@@ -33,18 +35,17 @@ def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, sh
     start = 0.5 * (low + high) + 0.01 * (high - low) * torch.randn((1, *shape), generator=generator)
     image = start.clamp(low, high).to(device)
     captured: list[torch.Tensor] = []
-    handle = layer_module.register_forward_hook(lambda _m, _i, out: captured.append(_first(out)))
     was_training = model.training
     model.eval()
     try:
-        objective = _objective_fn(model, captured, unit, direction)
-        with torch.no_grad():
-            objective_start = float(objective(image))
-        image = _ascend(objective, image, steps, lr, jitter, blur_every, generator, (low, high))
-        with torch.no_grad():
-            objective_end = float(objective(image))
+        with installed([layer_module.register_forward_hook(lambda _m, _i, out: captured.append(_first(out)))]):
+            objective = _objective_fn(model, captured, unit, direction)
+            with torch.no_grad():
+                objective_start = float(objective(image))
+            image = _ascend(objective, image, steps, lr, jitter, blur_every, generator, (low, high))
+            with torch.no_grad():
+                objective_end = float(objective(image))
     finally:
-        handle.remove()
         model.train(was_training)
         model.zero_grad(set_to_none=True)
     grey = image[0].detach().float().mean(0).cpu()

@@ -12,8 +12,9 @@ Methods (``METHODS``), each a captum class with the same call:
 * ``lrp`` (Bach et al. 2015): layer-wise relevance propagation (epsilon rule); only models made of modules
   captum has rules for (Linear, Conv, ReLU, pooling): anything else raises a ``ValueError`` saying so.
 
-``ATTRIBUTORS`` maps each name to a function ``(model, batch, targets, baseline, n_steps) -> attributions``; a
-notebook can add its own there and check it with :mod:`.randomization`.
+``ATTRIBUTORS`` maps each name to a function ``(model, batch, targets, baseline, n_steps, internal_batch_size) ->
+attributions`` (``internal_batch_size``: at most this many inputs per forward pass, captum's argument, where the
+method evaluates several inputs per sample); a notebook can add its own there and check it with :mod:`.randomization`.
 """
 
 from __future__ import annotations
@@ -24,36 +25,36 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-Attributor = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+Attributor = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
 
-def _integrated_gradients(model, batch, targets, baseline, n_steps):
+def _integrated_gradients(model, batch, targets, baseline, n_steps, internal_batch_size):
     from captum.attr import IntegratedGradients
 
     return IntegratedGradients(model).attribute(batch, baselines=baseline, target=targets, n_steps=n_steps,
-                                                internal_batch_size=batch.shape[0] * 8)
+                                                internal_batch_size=internal_batch_size)
 
 
-def _saliency(model, batch, targets, baseline, n_steps):
+def _saliency(model, batch, targets, baseline, n_steps, internal_batch_size):
     from captum.attr import Saliency
 
     return Saliency(model).attribute(batch, target=targets, abs=False)
 
 
-def _deeplift(model, batch, targets, baseline, n_steps):
+def _deeplift(model, batch, targets, baseline, n_steps, internal_batch_size):
     from captum.attr import DeepLift
 
     return DeepLift(model).attribute(batch, baselines=baseline, target=targets)
 
 
-def _gradient_shap(model, batch, targets, baseline, n_steps):
+def _gradient_shap(model, batch, targets, baseline, n_steps, internal_batch_size):
     from captum.attr import GradientShap
 
     return GradientShap(model).attribute(batch, baselines=baseline[:1], target=targets, n_samples=n_steps,
                                          stdevs=0.0)
 
 
-def _lrp(model, batch, targets, baseline, n_steps):
+def _lrp(model, batch, targets, baseline, n_steps, internal_batch_size):
     from captum.attr import LRP
 
     try:
@@ -75,8 +76,12 @@ METHODS: tuple[str, ...] = tuple(ATTRIBUTORS)
 
 def attribute(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, device: torch.device,
               method: str = "integrated_gradients", baseline: torch.Tensor | None = None, n_steps: int = 32,
-              batch_size: int = 64, seed: int = 0) -> torch.Tensor:
+              batch_size: int = 64, seed: int = 0, internal_batch_size: int | None = None) -> torch.Tensor:
     """Attribution of each input element to the ``targets`` logits, shape like ``inputs`` (CPU).
+
+    ``batch_size`` samples are attributed at a time; ``internal_batch_size`` (default ``8 * batch_size``) bounds
+    the inputs per forward pass of a method that evaluates several per sample (integrated gradients' steps): the
+    rules pass the audit's ``--batch-size``.
 
     ``baseline`` (default zeros) is broadcast to the inputs. Stochastic methods draw from a generator seeded with
     ``seed``, so the same call gives the same attributions whatever ran before it.
@@ -95,7 +100,8 @@ def attribute(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, dev
             target = targets[start:start + batch_size].to(device)
             base = (torch.zeros_like(batch) if baseline is None
                     else baseline.to(device, batch.dtype).expand_as(batch).contiguous())
-            parts.append(run(model, batch, target, base, n_steps).detach().float().cpu())
+            parts.append(run(model, batch, target, base, n_steps, internal_batch_size or batch.shape[0] * 8)
+                         .detach().float().cpu())
     model.zero_grad(set_to_none=True)
     return torch.cat(parts)
 

@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import linear_maps
-from ..model_view import Layer, ModelView, units_view
+from ..addresses import INPUT, input_address
+from ..model_view import Layer, ModelView, installed, units_view
 from .gradient_edges import gradient_edges
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``behaviour(outputs, targets) -> per-sample metric m``; higher means more of the behaviour."""
 
-INPUT = "input"
 
 
 def target_logit(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -90,10 +90,10 @@ def _input_nodes(masks: dict[str, torch.Tensor], sample_shape: torch.Size) -> di
     """Input regions as nodes: one per declared mask and ``input:rest`` for the remainder (or one ``input``)."""
     if not masks:
         return {INPUT: torch.ones(sample_shape)}
-    regions = {f"{INPUT}:{name}": mask.expand(sample_shape) for name, mask in masks.items()}
+    regions = {input_address(name): mask.expand(sample_shape) for name, mask in masks.items()}
     rest = (1 - torch.stack(list(regions.values())).amax(0)).clamp_min(0)
     if rest.sum() > 0:
-        regions[f"{INPUT}:rest"] = rest
+        regions[input_address("rest")] = rest
     return regions
 
 
@@ -103,9 +103,11 @@ class _Recorder:
     def __init__(self, view: ModelView, layers: list[Layer], keep_grad: bool) -> None:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = []
-        for layer in layers:
-            self.handles.append(view.hook(layer, self._hook(layer.name, keep_grad)))
+        self._view, self._layers, self._keep_grad = view, layers, keep_grad
+
+    def recording(self):
+        """The context within which the forward passes are recorded."""
+        return installed(self._view.hook(layer, self._hook(layer.name, self._keep_grad)) for layer in self._layers)
 
     def _hook(self, name: str, keep_grad: bool):
         def hook(output: torch.Tensor, args: tuple) -> None:
@@ -114,10 +116,6 @@ class _Recorder:
                 output.retain_grad()
             self.outputs[name] = output
         return hook
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def _unit_columns(x_in: torch.Tensor, module: nn.Module, upstream_units: int) -> torch.Tensor | None:
@@ -169,22 +167,16 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
         batch = inputs[start:start + batch_size].to(device)
         batch_targets = targets[start:start + batch_size].to(device)
         recorder = _Recorder(view, layers, keep_grad=True)
-        try:
-            with torch.enable_grad():
-                clean_input = batch.clone().requires_grad_(batch.is_floating_point())
-                metric = behaviour(model(clean_input), batch_targets)
-                metric.sum().backward(retain_graph=True)  # kept for the edges scored by autograd
-        finally:
-            recorder.close()
+        with recorder.recording(), torch.enable_grad():
+            clean_input = batch.clone().requires_grad_(batch.is_floating_point())
+            metric = behaviour(model(clean_input), batch_targets)
+            metric.sum().backward(retain_graph=True)  # kept for the edges scored by autograd
         total_behaviour += float(metric.detach().sum())
         if reference is not None:
             ref_batch = reference[start:start + batch_size].to(device)
             ref = _Recorder(view, layers, keep_grad=False)
-            try:
-                with torch.no_grad():
-                    model(ref_batch)
-            finally:
-                ref.close()
+            with ref.recording(), torch.no_grad():
+                model(ref_batch)
             ref_inputs, ref_outputs = ref.inputs, ref.outputs
         else:
             ref_batch = means[INPUT].expand_as(batch)
@@ -269,18 +261,15 @@ def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int,
     sums: dict[str, dict[str, torch.Tensor]] = {"in": {}, "out": {}}
     input_sum = torch.zeros(inputs.shape[1:], dtype=torch.float64)
     recorder = _Recorder(view, view.layers, keep_grad=False)
-    try:
-        with torch.no_grad():
-            for start in range(0, inputs.shape[0], batch_size):
-                batch = inputs[start:start + batch_size].to(device)
-                view.model(batch)
-                input_sum += batch.double().sum(0).cpu()
-                for kind, store in (("in", recorder.inputs), ("out", recorder.outputs)):
-                    for name, value in store.items():
-                        total = value.double().sum(0)
-                        sums[kind][name] = sums[kind][name] + total if name in sums[kind] else total
-    finally:
-        recorder.close()
+    with recorder.recording(), torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            batch = inputs[start:start + batch_size].to(device)
+            view.model(batch)
+            input_sum += batch.double().sum(0).cpu()
+            for kind, store in (("in", recorder.inputs), ("out", recorder.outputs)):
+                for name, value in store.items():
+                    total = value.double().sum(0)
+                    sums[kind][name] = sums[kind][name] + total if name in sums[kind] else total
     n = inputs.shape[0]
     means = {kind: {name: (total / n).float().unsqueeze(0) for name, total in store.items()}
              for kind, store in sums.items()}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..activations import batches, hooked
-from ..model_view import ModelView, from_units_view, units_view
+from ..model_view import ModelView, from_units_view, installed, units_view
 from .circuits import CircuitScores, edge_attribution, logits_at
 
 
@@ -123,7 +123,7 @@ def patched(view: ModelView, nodes: list[str], source: torch.Tensor) -> Iterator
     recorded: dict[str, torch.Tensor] = {}
     with hooked(view, layers, lambda layer, output: recorded.__setitem__(layer.name, units_view(output, layer))):
         view.model(source)
-    handles = []
+    hooks = []
     for layer in layers:
         index = torch.tensor(sorted(by_layer[layer.name]), device=source.device)
 
@@ -131,9 +131,6 @@ def patched(view: ModelView, nodes: list[str], source: torch.Tensor) -> Iterator
             units = units_view(output, layer).clone()
             units[:, index] = recorded[layer.name][:, index].to(units.dtype)
             return from_units_view(units, output, layer)
-        handles.append(view.hook(layer, replace))
-    try:
+        hooks.append((layer, replace))
+    with installed(view.hook(layer, fn) for layer, fn in hooks):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()

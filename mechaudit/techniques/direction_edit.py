@@ -20,7 +20,7 @@ import torch
 
 from .. import linear_maps
 from ..activations import batches
-from ..model_view import Layer, ModelView, units_view
+from ..model_view import Layer, ModelView, installed, units_view
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,9 @@ def _layer_mean(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size:
         flat = output.detach().flatten(1).double().sum(0).cpu()
         total, shape = (flat if total is None else total + flat), tuple(output.shape[1:])
 
-    handle = view.hook(layer, keep)
-    try:
-        with torch.no_grad():
-            for _, batch in batches(inputs, batch_size, device):
-                view.model(batch)
-    finally:
-        handle.remove()
+    with installed([view.hook(layer, keep)]), torch.no_grad():
+        for _, batch in batches(inputs, batch_size, device):
+            view.model(batch)
     assert total is not None
     return total / inputs.shape[0], shape
 
@@ -84,19 +80,13 @@ def region_direction(view: ModelView, layer: Layer, inputs: torch.Tensor, mask: 
 @contextmanager
 def projected(view: ModelView, edits: list[RegionDirection]):
     """Within the context, each edit's direction is ablated at its layer: ``h' = h - ((h . d) - r) d``."""
-    handles = []
-    for edit in edits:
-        def hook(output: torch.Tensor, _args: tuple, edit: RegionDirection = edit) -> torch.Tensor:
-            flat = output.flatten(1)
-            direction = edit.direction.to(device=flat.device, dtype=flat.dtype)
-            coordinate = flat @ direction - edit.reference
-            return (flat - coordinate[:, None] * direction).view_as(output)
-        handles.append(view.hook(edit.layer, hook))
-    try:
+    def hook(output: torch.Tensor, _args: tuple, edit: RegionDirection) -> torch.Tensor:
+        flat = output.flatten(1)
+        direction = edit.direction.to(device=flat.device, dtype=flat.dtype)
+        coordinate = flat @ direction - edit.reference
+        return (flat - coordinate[:, None] * direction).view_as(output)
+    with installed(view.hook(edit.layer, lambda output, args, edit=edit: hook(output, args, edit)) for edit in edits):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def projected_linear_state(view: ModelView, edit: RegionDirection) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model_view import ModelView, from_units_view, units_view
+from ..model_view import ModelView, from_units_view, installed, units_view
 from .circuits import INPUT, Behaviour, _by_channel, _contributions, _mean_trace, _Recorder, _unit_columns
 
 
@@ -27,19 +27,13 @@ def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: to
         batch = inputs[start:start + batch_size].to(device)
         batch_targets = targets[start:start + batch_size].to(device)
         recorder = _Recorder(view, view.layers, keep_grad=False)
-        try:
-            with torch.no_grad():
-                base = behaviour(model(batch), batch_targets)
-        finally:
-            recorder.close()
+        with recorder.recording(), torch.no_grad():
+            base = behaviour(model(batch), batch_targets)
         if reference is not None:
             ref = _Recorder(view, view.layers, keep_grad=False)
             ref_batch = reference[start:start + batch_size].to(device)
-            try:
-                with torch.no_grad():
-                    model(ref_batch)
-            finally:
-                ref.close()
+            with ref.recording(), torch.no_grad():
+                model(ref_batch)
             ref_inputs = ref.inputs
         else:
             ref_batch = means[INPUT].expand_as(batch)
@@ -82,7 +76,7 @@ def _patched_forward(view: ModelView, batch: torch.Tensor, chunk: list[tuple[str
     for index, ((_, target), addition) in enumerate(zip(chunk, additions)):
         layer, unit = view.resolve(target)
         by_layer.setdefault(layer.name, []).append((index, unit, addition))
-    handles = []
+    hooks = []
     for name, items in by_layer.items():
         layer = view.layer(name)
 
@@ -91,10 +85,6 @@ def _patched_forward(view: ModelView, batch: torch.Tensor, chunk: list[tuple[str
             for index, unit, addition in items:
                 units[index, :, unit] += addition.reshape(n, -1)
             return from_units_view(units.reshape(k * n, layer.size, -1), output, layer)
-        handles.append(view.hook(layer, hook))
-    try:
-        with torch.no_grad():
-            return view.model(batch.repeat(k, *([1] * (batch.dim() - 1)))).float().reshape(k, n, -1)
-    finally:
-        for handle in handles:
-            handle.remove()
+        hooks.append((layer, hook))
+    with installed(view.hook(layer, fn) for layer, fn in hooks), torch.no_grad():
+        return view.model(batch.repeat(k, *([1] * (batch.dim() - 1)))).float().reshape(k, n, -1)

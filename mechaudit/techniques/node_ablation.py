@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..model_view import ModelView, from_units_view, units_view
+from ..model_view import ModelView, from_units_view, installed, units_view
 from .circuits import Behaviour
 
 
@@ -20,7 +20,7 @@ def ablated(view: ModelView, nodes: Iterable[str], values: dict[str, torch.Tenso
     for address in nodes:
         layer, unit = view.resolve(address)
         by_layer.setdefault(layer.name, []).append(unit)
-    handles = []
+    hooks = []
     for name, units in by_layer.items():
         layer = view.layer(name)
         index = torch.tensor(sorted(units))
@@ -30,12 +30,9 @@ def ablated(view: ModelView, nodes: Iterable[str], values: dict[str, torch.Tenso
             units_out = units_view(output, layer).clone()
             units_out[:, index.to(output.device)] = replacement[index].to(units_out.dtype).to(output.device)
             return from_units_view(units_out, output, layer)
-        handles.append(view.hook(layer, hook))
-    try:
+        hooks.append((layer, hook))
+    with installed(view.hook(layer, fn) for layer, fn in hooks):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def behaviour_under_ablation(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..activations import batches
-from ..model_view import Layer, ModelView, units_view
+from ..model_view import Layer, ModelView, installed, units_view
 from .ablation_scan import AblationScanner
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -87,14 +87,10 @@ def _with_gradients(view: ModelView, layers: list[Layer], inputs: torch.Tensor, 
         if output.requires_grad:
             output.retain_grad()
         kept[name] = output
-    handles = [view.hook(layer, lambda output, _args, name=layer.name: keep(output, name)) for layer in layers]
-    try:
-        with torch.enable_grad():
-            start = inputs.clone().requires_grad_(inputs.is_floating_point())
-            metric(view.model(start).float(), targets).sum().backward()
-    finally:
-        for handle in handles:
-            handle.remove()
+    with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name)) for layer in layers), \
+            torch.enable_grad():
+        start = inputs.clone().requires_grad_(inputs.is_floating_point())
+        metric(view.model(start).float(), targets).sum().backward()
     view.model.zero_grad(set_to_none=True)
     outputs = {name: value.detach() for name, value in kept.items()}
     grads = {name: value.grad if value.grad is not None else torch.zeros_like(value) for name, value in kept.items()}

@@ -25,6 +25,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from .. import linear_maps
+from ..model_view import installed
 from .attribution import differs_from_baseline
 
 AttributionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,14 +64,9 @@ def parameter_modules(model: nn.Module, sample: torch.Tensor) -> list[str]:
     owners = {name: module for name, module in model.named_modules()
               if any(True for _ in module.parameters(recurse=False))}
     order: list[str] = []
-    handles = [module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
-               for name, module in owners.items()]
-    try:
-        with torch.no_grad():
-            model(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with installed(module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
+                   for name, module in owners.items()), torch.no_grad():
+        model(sample)
     return list(dict.fromkeys(order))
 
 

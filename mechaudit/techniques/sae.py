@@ -33,13 +33,13 @@ import torch
 from torch import nn
 
 from ..activations import batches, hooked
+from ..addresses import FEATURE_PREFIX, format_address
 from ..model_view import Layer, ModelView, units_view
 
 Stream = Callable[[], Iterable[torch.Tensor]]
 """A fresh pass over the data on every call: an iterable of (n, d) chunks of activation vectors."""
 
 KINDS = ("topk", "l1")
-FEATURE_PREFIX = "feat"
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class Dictionary:
         return self.sae.decoder.shape[1]
 
     def address(self, feature: int) -> str:
-        return f"{self.layer}:{FEATURE_PREFIX}{feature}"
+        return format_address(self.layer, FEATURE_PREFIX, feature)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
