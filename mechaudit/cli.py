@@ -229,13 +229,18 @@ def _effective(rulebook: str | None, config: Path | None):
 @cli.command()
 @click.option("--rulebook", help="Built-in name or path [the configuration's rulebook, else default].")
 @click.option("--config", type=click.Path(path_type=Path), help=_CONFIG_HELP)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+              show_default=True, help="markdown: the README's rule table.")
 def rules(rulebook: str | None, config: Path | None, fmt: str) -> None:
     """List the rules of a rulebook as the configuration sets them (severity, parameters, selection)."""
     from .config import override_sources
+    from .rulebook import markdown_table
 
     options, source, book, selected = _effective(rulebook, config)
     sources = override_sources(options.rules)
+    if fmt == "markdown":
+        click.echo(markdown_table(list(book.rules.values())))
+        return
     if fmt == "json":
         click.echo(json.dumps({"rulebook": book.name, "sha256": book.sha256, "config": source,
                                "fail_on": options.fail_on,
@@ -255,6 +260,7 @@ def rules(rulebook: str | None, config: Path | None, fmt: str) -> None:
 def explain(rule_id: str, rulebook: str | None, config: Path | None) -> None:
     """Print a rule's documentation and effective parameters."""
     from .config import override_sources
+    from .rulebook import allowed_values
 
     options, source, book, selected = _effective(rulebook, config)
     configured = override_sources(options.rules).get(rule_id.upper(), {})
@@ -271,8 +277,13 @@ def explain(rule_id: str, rulebook: str | None, config: Path | None) -> None:
                         ("How it is measured", docs.how), ("How to fix it", docs.fix)):
         click.echo(f"## {title}\n{text}\n")
     click.echo("## Parameters")
-    for key, value in rule.params_dict().items():
-        click.echo(f"  {key} = {value!r}" + (f"  (set in {configured[key]})" if key in configured else ""))
+    for item in rule.parameters():
+        key, value = item["name"], item["value"]
+        bounds = allowed_values(item)
+        origin = (f"set in {configured[key]}" if key in configured else
+                  f"set by rulebook {book.name}" if value != item["default"] else "default")
+        click.echo(f"  {key} = {value!r}  ({origin}{'; ' + bounds if bounds else ''})"
+                   + (f"\n      {item['doc']}" if item["doc"] else ""))
     click.echo(f"\n## Needs\n  {', '.join(rule.check.needs) or 'nothing beyond a model and inputs'}\n")
     click.echo("## References")
     for ref in docs.references:

@@ -1,4 +1,14 @@
-"""Rulebooks: TOML files that declare rules (id, check, severity, parameters, documentation).
+"""Rulebooks: TOML files that select rules and may override their severity and parameters.
+
+A rule is defined once, beside its check (:mod:`mechaudit.checks`: id, name, default severity, parameters with their
+defaults and docs, documentation). A rulebook holds:
+
+* ``name``, ``description``;
+* ``select``: the rules it holds, by id or prefix (default ``["ALL"]``);
+* ``[rules.ID]``: overrides of a rule it holds: ``severity``, ``opt_in``, ``note`` (a paragraph appended to the
+  rule's "how it is measured", e.g. why a compliance rulebook sets what it sets) and ``[rules.ID.params]``;
+* or a rule of its own: ``[rules.ID]`` with ``check`` (a registered check), and ``name``, ``severity`` and
+  ``docs`` unless that check defines a rule to take them from.
 
 A rulebook is validated completely when it is loaded: an unknown check, an unknown key, a wrongly typed or
 out-of-range parameter is rejected with a message naming the rule and the key.
@@ -14,24 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from . import checks  # noqa: F401  (registers the built-in checks)
-from .checks.registry import CHECKS, Check
+from .checks.registry import CHECKS, DOC_SECTIONS, Check, RuleDefinition, RuleDocs, rule_definitions
 from .errors import InputError
 from .findings import FAMILIES, SEVERITIES
 from .resources import builtin_rulebooks, rulebook_path
 from .spec import read_toml
 
+__all__ = ["DOC_SECTIONS", "RULE_ID", "Rule", "RuleDocs", "Rulebook", "load_rulebook", "parse_params"]
+
 RULE_ID = re.compile(r"^[DLR]\d{3}$")
-DOC_SECTIONS = ("summary", "what", "why", "how", "fix", "references")
-
-
-@dataclass(frozen=True)
-class RuleDocs:
-    summary: str
-    what: str
-    why: str
-    how: str
-    fix: str
-    references: tuple[str, ...]
+_OVERRIDES = {"severity", "params", "opt_in", "note"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,12 @@ class Rule:
 
     def params_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
+
+    def parameters(self) -> list[dict[str, Any]]:
+        """Each parameter: ``name``, effective ``value``, the check's ``default``, its one-line ``doc`` and its
+        ``low``/``high`` range or ``choices`` (as ``mechaudit explain`` prints them)."""
+        return [{"name": f.name, "value": getattr(self.params, f.name), "default": f.default, **f.metadata}
+                for f in dataclasses.fields(self.params)]
 
     def describe(self) -> dict[str, Any]:
         """The rule as plain data, as `mechaudit rules --format json` and the result's metadata show it."""
@@ -85,6 +93,25 @@ def _matches(rule_id: str, selectors: tuple[str, ...]) -> bool:
     return any(s == "ALL" or rule_id.startswith(s) for s in selectors)
 
 
+def allowed_values(parameter: dict[str, Any]) -> str:
+    """A parameter's choices or range in words (``one of a, b``, ``0.0..1.0``, ``2..``), or "" when unbounded."""
+    if parameter.get("choices"):
+        return f"one of {', '.join(parameter['choices'])}"
+    low, high = parameter.get("low"), parameter.get("high")
+    if low is None and high is None:
+        return ""
+    return f"{'' if low is None else low}..{'' if high is None else high}"
+
+
+def markdown_table(rules: list[Rule]) -> str:
+    """The rules as the README's Markdown table (``mechaudit rules --format markdown``), from their definitions."""
+    rows = ["| id | name | severity | what it flags |", "| --- | --- | --- | --- |"]
+    for rule in rules:
+        summary = rule.docs.summary.replace("|", "\\|") + (" *(opt-in)*" if rule.opt_in else "")
+        rows.append(f"| {rule.id} | {rule.name} | {rule.severity} | {summary} |")
+    return "\n".join(rows)
+
+
 def load_rulebook(name_or_path: str) -> Rulebook:
     """Load a built-in rulebook by name (``default``) or any rulebook file by path."""
     path = Path(name_or_path)
@@ -95,49 +122,97 @@ def load_rulebook(name_or_path: str) -> Rulebook:
         path = rulebook_path(name_or_path)
     raw = read_toml(path)
     where = str(path)
-    _only(raw, {"name", "description", "rules"}, where)
-    rules_table = raw.get("rules")
-    if not isinstance(rules_table, dict) or not rules_table:
-        raise InputError(where, "declares no [rules.<ID>] tables")
-    rules = {rule_id: _parse_rule(rule_id, table, f"{where} [rules.{rule_id}]")
-             for rule_id, table in rules_table.items()}
+    _only(raw, {"name", "description", "select", "rules"}, where)
+    tables = raw.get("rules", {})
+    if not isinstance(tables, dict):
+        raise InputError(f"{where} rules", "must be a table of [rules.<ID>] tables")
+    select = _strings(raw.get("select", ["ALL"]), f"{where} select")
+    defined = rule_definitions()
+    for rule_id in tables:
+        if not RULE_ID.match(rule_id):
+            raise InputError(f"{where} [rules.{rule_id}]", f"rule id '{rule_id}' must be D, L or R followed by three "
+                                                           "digits")
+    known = set(defined) | set(tables)
+    for selector in select:
+        if selector != "ALL" and not any(rule_id.startswith(selector) for rule_id in known):
+            raise InputError(f"{where} select", f"'{selector}' matches no rule")
+    rules = {}
+    for rule_id in sorted(known):
+        table, at = tables.get(rule_id, {}), f"{where} [rules.{rule_id}]"
+        if rule_id in defined:
+            if not _matches(rule_id, tuple(select)):
+                if rule_id in tables:
+                    raise InputError(at, "overrides a rule that the rulebook's `select` leaves out")
+                continue
+            rules[rule_id] = _defined_rule(*defined[rule_id], table, at)
+        else:
+            rules[rule_id] = _declared_rule(rule_id, table, at)
+    if not rules:
+        raise InputError(where, "holds no rule")
     return Rulebook(
         name=_string(raw.get("name", path.stem), f"{where} name"),
         description=_string(raw.get("description", ""), f"{where} description"),
-        rules=dict(sorted(rules.items())),
+        rules=rules,
         sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
         path=path,
     )
 
 
-def _parse_rule(rule_id: str, table: Any, where: str) -> Rule:
-    if not RULE_ID.match(rule_id):
-        raise InputError(where, f"rule id '{rule_id}' must be D, L or R followed by three digits")
-    _only(table, {"name", "check", "severity", "params", "docs", "opt_in"}, where)
-    for key in ("name", "check", "severity", "docs"):
-        if key not in table:
-            raise InputError(where, f"missing key '{key}'")
+def _defined_rule(check: Check, definition: RuleDefinition, table: Any, where: str) -> Rule:
+    """A rule defined by its check, with the rulebook's overrides (``table``)."""
+    _only(table, _OVERRIDES, where, hint=f"rule {definition.id} is defined by check '{check.name}'; a rulebook may "
+                                         "override its severity, opt_in, note and params")
+    return _rule(definition.id, definition.name, check, definition.docs, definition.severity, definition.opt_in,
+                 table, where)
+
+
+def _declared_rule(rule_id: str, table: Any, where: str) -> Rule:
+    """A rule the rulebook declares itself: a registered check under an id of its own."""
+    _only(table, _OVERRIDES | {"name", "check", "docs"}, where)
+    if "check" not in table:
+        raise InputError(where, "missing key 'check' (the rule is not defined by a check: say which check it runs)")
     check_name = _string(table["check"], f"{where}.check")
     if check_name not in CHECKS:
         raise InputError(f"{where}.check", f"unknown check '{check_name}' (known: {', '.join(sorted(CHECKS))})")
-    severity = _string(table["severity"], f"{where}.severity")
-    if severity not in SEVERITIES:
-        raise InputError(f"{where}.severity", f"'{severity}' is not one of {', '.join(SEVERITIES)}")
     check = CHECKS[check_name]
+    base = check.rule
+    for key in ("name", "severity", "docs"):
+        if key not in table and base is None:
+            raise InputError(where, f"missing key '{key}'")
+    name = _string(table["name"], f"{where}.name") if "name" in table else base.name
+    docs = _parse_docs(table["docs"], f"{where}.docs") if "docs" in table else base.docs
+    return _rule(rule_id, name, check, docs, base.severity if base else "warning", base.opt_in if base else False,
+                 table, where)
+
+
+def _rule(rule_id: str, name: str, check: Check, docs: RuleDocs, severity: str, opt_in: bool, table: dict,
+          where: str) -> Rule:
+    if "severity" in table:
+        severity = _string(table["severity"], f"{where}.severity")
+        if severity not in SEVERITIES:
+            raise InputError(f"{where}.severity", f"'{severity}' is not one of {', '.join(SEVERITIES)}")
+    if "note" in table:
+        docs = dataclasses.replace(docs, how=f"{docs.how}\n{_string(table['note'], f'{where}.note').strip()}")
     return Rule(
         id=rule_id,
-        name=_string(table["name"], f"{where}.name"),
+        name=name,
         check=check,
         severity=severity,
         params=parse_params(check.params, table.get("params", {}), f"{where}.params"),
-        docs=_parse_docs(table["docs"], f"{where}.docs"),
-        opt_in=_flag(table.get("opt_in", False), f"{where}.opt_in"),
+        docs=docs,
+        opt_in=_flag(table.get("opt_in", opt_in), f"{where}.opt_in"),
     )
 
 
 def _flag(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise InputError(where, f"must be true or false, not {value!r}")
+    return value
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(where, "must be a list of rule ids or prefixes")
     return value
 
 
@@ -170,15 +245,15 @@ def _parse_docs(table: Any, where: str) -> RuleDocs:
     refs = table["references"]
     if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
         raise InputError(f"{where}.references", "must be a non-empty list of strings")
-    return RuleDocs(*(_string(table[s], f"{where}.{s}").strip() for s in DOC_SECTIONS[:-1]), tuple(refs))
+    return RuleDocs(*(_string(table[s], f"{where}.{s}") for s in DOC_SECTIONS[:-1]), tuple(refs))
 
 
-def _only(table: Any, allowed: set[str], where: str) -> None:
+def _only(table: Any, allowed: set[str], where: str, hint: str = "") -> None:
     if not isinstance(table, dict):
         raise InputError(where, f"must be a table, not {type(table).__name__}")
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise InputError(where, f"unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
+        raise InputError(where, f"unknown key '{unknown[0]}' ({hint or 'allowed: ' + ', '.join(sorted(allowed))})")
 
 
 def _string(value: Any, where: str) -> str:

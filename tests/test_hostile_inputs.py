@@ -219,7 +219,7 @@ def rulebook_with_duplicate_rule_ids(d: Path, monkeypatch: pytest.MonkeyPatch):
 def rulebook_threshold_out_of_range(d: Path, monkeypatch: pytest.MonkeyPatch):
     from mechaudit.resources import rulebook_path
     d.mkdir(parents=True)
-    text = rulebook_path("default").read_text().replace("max_dead_fraction = 0.5", "max_dead_fraction = 1.5")
+    text = rulebook_path("default").read_text() + "\n[rules.D101.params]\nmax_dead_fraction = 1.5\n"
     (d / "book.toml").write_text(text)
     return spec_args(write_project(d)) + ["--rulebook", d / "book.toml"], Rejected("1.5 is outside [0.0, 1.0]")
 

@@ -1,18 +1,23 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from mechaudit.checks import rule_definitions
 from mechaudit.errors import InputError
-from mechaudit.rulebook import load_rulebook
+from mechaudit.rulebook import RULE_ID, load_rulebook, markdown_table
 
 GOOD_RULE = '''
+select = ["D101", "D9"]
 [rules.D101]
-name = "dead-units"
-check = "dead_units"
 severity = "warning"
 [rules.D101.params]
 max_dead_fraction = 0.5
-[rules.D101.docs]
+[rules.D901]
+name = "dead-units-strict"
+check = "dead_units"
+severity = "error"
+[rules.D901.docs]
 summary = "s"
 what = "w"
 why = "y"
@@ -38,22 +43,42 @@ def test_default_rulebook_is_valid_and_documented() -> None:
 
 def test_custom_rulebook_loads_and_casts_ints_to_floats(tmp_path: Path) -> None:
     book = load_rulebook(str(write(tmp_path, GOOD_RULE.replace("0.5", "1"))))
+    assert list(book.rules) == ["D101", "D901"]
     assert book.rules["D101"].params.max_dead_fraction == 1.0
+    assert book.rules["D901"].check is book.rules["D101"].check and book.rules["D901"].docs.how == "h"
+
+
+def test_a_rulebook_only_selects_and_overrides_rules_defined_by_their_checks(tmp_path: Path) -> None:
+    """Defaults, docs and names come from the check; a rulebook that omits a parameter gets the code's default."""
+    default = load_rulebook("default")
+    bare = load_rulebook(str(write(tmp_path, 'select = ["D101", "R303"]\n[rules.R303]\nnote = "n"\n')))
+    assert list(bare.rules) == ["D101", "R303"]
+    for rule_id in bare.rules:
+        assert bare.rules[rule_id].params == default.rules[rule_id].params
+    assert bare.rules["D101"].params.max_dead_fraction == 0.5 and bare.rules["R303"].params.max_share == 0.3
+    assert bare.rules["R303"].docs.how == default.rules["R303"].docs.how + "\nn"
+    for key in ("docs", "check", "name"):
+        with pytest.raises(InputError, match=f"unknown key '{key}'.*defined by check"):
+            load_rulebook(str(write(tmp_path, f'[rules.D101]\n{key} = "x"\n')))
+    with pytest.raises(InputError, match="leaves out"):
+        load_rulebook(str(write(tmp_path, 'select = ["L"]\n[rules.D101]\nseverity = "error"\n')))
 
 
 @pytest.mark.parametrize("old, new, message", [
     ('check = "dead_units"', 'check = "nonsense"', "unknown check 'nonsense'"),
+    ('check = "dead_units"', '', "missing key 'check'"),
     ('severity = "warning"', 'severity = "fatal"', "not one of"),
     ("max_dead_fraction = 0.5", 'max_dead_fraction = "high"', "must be float"),
     ("max_dead_fraction = 0.5", "max_dead_fraction = 3.0", "outside"),
     ("max_dead_fraction = 0.5", "colour = 1", "unknown key 'colour'"),
-    ('name = "dead-units"', 'name = "dead-units"\nextra = 1', "unknown key 'extra'"),
-    ("[rules.D101]", "[rules.X1]", "must be D, L or R"),
+    ('name = "dead-units-strict"', 'name = "dead-units-strict"\nextra = 1', "unknown key 'extra'"),
+    ("[rules.D901]", "[rules.X1]", "must be D, L or R"),
     ('fix = "f"\n', "", "missing documentation section 'fix'"),
+    ('select = ["D101", "D9"]', 'select = ["Q"]', "'Q' matches no rule"),
 ])
 def test_rulebook_validation_rejects(tmp_path: Path, old: str, new: str, message: str) -> None:
     text = GOOD_RULE.replace(old, new)
-    text = text.replace("[rules.D101.", "[rules.X1.") if "X1" in new else text
+    text = text.replace("[rules.D901.", "[rules.X1.") if "X1" in new else text
     with pytest.raises(InputError, match=message):
         load_rulebook(str(write(tmp_path, text)))
 
@@ -86,3 +111,24 @@ def test_opt_in_rules_run_only_when_a_selector_covers_them() -> None:
     assert [r.id for r in book.select(("D103",))] == ["D103"]
     assert "D103" in [r.id for r in book.select((), (), ("D103",))]
     assert "D102" not in [r.id for r in book.select(("D",), ("D102",))]
+
+
+def test_the_readme_rule_table_is_the_one_the_code_generates() -> None:
+    """The README's table comes from the rules' definitions (`mechaudit rules --format markdown`): regenerate it
+    when a rule changes."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    begin = readme.index("<!-- rule table:")
+    shown = readme[readme.index("\n", begin) + 1:readme.index("<!-- end of rule table -->")].strip()
+    assert shown == markdown_table(list(load_rulebook("default").rules.values())), \
+        "README rule table is stale: paste `mechaudit rules --format markdown` between its markers"
+
+
+def test_every_rule_is_defined_once_beside_its_check_with_documented_parameters() -> None:
+    definitions = rule_definitions()
+    assert set(definitions) == set(load_rulebook("default").rules)
+    for rule_id, (check, definition) in definitions.items():
+        assert definition.id == rule_id and RULE_ID.match(rule_id)
+        docs = definition.docs
+        assert docs.summary and docs.what and docs.why and docs.how and docs.fix and docs.references, rule_id
+        for field in dataclasses.fields(check.params):
+            assert field.metadata.get("doc"), f"{rule_id}: parameter {field.name} has no doc"

@@ -1,25 +1,12 @@
-"""Built-in checks. Importing this package registers them by name (see :mod:`.registry`)."""
+"""Built-in checks, one module per rule. Importing this package imports every module in it, which registers its
+check and the rule the check defines (see :mod:`.registry`): adding a rule is adding a module."""
 
-from . import (  # noqa: F401
-    attribution_faithfulness,
-    attribution_sanity,
-    circuit_discovery,
-    circuit_faithfulness,
-    critical_units,
-    cue_sensitivity,
-    dead_units,
-    dictionary_features,
-    dimensionality,
-    dissection,
-    forbidden_input,
-    functional_modules,
-    layer_redundancy,
-    patching,
-    polysemantic_units,
-    probes,
-    protected_pathway,
-    single_points,
-)
-from .registry import CHECKS, Check, register
+import importlib
+import pkgutil
 
-__all__ = ["CHECKS", "Check", "register"]
+from .registry import CHECKS, Check, RuleDefinition, RuleDocs, register, rule_definitions
+
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["CHECKS", "Check", "RuleDefinition", "RuleDocs", "register", "rule_definitions"]

@@ -13,10 +13,54 @@ from ..context import AuditContext
 from ..findings import Finding
 from ..techniques.attribution import METHODS
 from .attribution_common import SANITY_CHECK, sanity_result
-from .registry import param, register
+from .registry import RuleDefinition, RuleDocs, param, register
 
 #: Checks whose rules attribute with a ``method`` parameter, whose method this rule therefore checks too.
 ATTRIBUTION_CHECKS = ("forbidden_input", "attribution_faithfulness")
+
+
+DOCS = RuleDocs(
+    summary="The attributions do not depend on the model: attribution-based findings cannot be trusted.",
+    what="""
+Each attribution method the audit relies on (this rule's `method` and the `method` of every attribution-based
+rule of the audit: L201, L204) is checked by cascading model-parameter randomisation: the parameters of a copy of
+the model are re-drawn module by module, from the output layer down, and after each step the attributions of
+`samples` audit samples (to their original predicted classes) are compared with the original ones by the Spearman
+rank correlation of their absolute values, per sample, over the input elements that differ from the baseline. One
+finding per method: it fails when the correlation once the whole model is random exceeds `max_rank_correlation`;
+the evidence holds the whole cascade. When it fails, the attribution-based findings of the audit say so in their
+evidence (`attribution_reliable: false`, `attribution_sanity.status: "failed"`) and message, whatever the order
+the rules run in.
+""",
+    why="""
+An attribution map can look plausible and still not depend on the model: an edge detector applied to the input
+produces convincing saliency maps of any image. A finding built on such attributions (a shortcut, a faithful
+explanation) describes the input, not the model, and must not be relied on.
+""",
+    how="""
+Cascading model-parameter randomisation (Adebayo et al. 2018): Linear, Conv and Embedding modules are
+re-initialised with their own initialisation, other parameters shuffled; at most `max_evaluations` steps of the
+cascade are compared, always the first and the last. Elements equal to the baseline are left out of the ranking:
+path methods give them 0 whatever the model, which would count as agreement (with them, integrated gradients keep
+0.89 on `digits` with every weight random). The verdict reads the end of the cascade: small networks keep high
+correlations in early steps legitimately (the tabular toys of the tests keep 0.83-0.98 after randomising only their
+16-to-2 output layer, even with plain gradients, because a random readout of trained features still points at the
+inputs they depend on). Measured (64 samples, 5 randomisation seeds): once every parameter is random, integrated
+gradients, DeepLift, gradient SHAP and LRP keep 0.34-0.42 on `digits` and `digits-control` (the part of the
+ranking that comes from the input's own magnitudes), at most 0.44 on the tabular toys and about 0 on sparse parity;
+saliency at most 0.16; an edge detector on the input that ignores the model (tests) keeps 1.00 at every step.
+0.6 separates them.
+""",
+    fix="""
+Do not rely on the failing method: choose another one (`method` of L201 and L204), check its sanity, and re-audit.
+Findings that do not rest on attributions (L201's flip rate, L202, L207) stand.
+""",
+    references=(
+        "Adebayo, Gilmer, Muelly, Goodfellow, Hardt, Kim (2018). Sanity Checks for Saliency Maps. NeurIPS.",
+        "Kindermans et al. (2019). The (Un)reliability of Saliency Methods. In Explainable AI, Springer.",
+    ),
+)
+RULE = RuleDefinition("L203", "attribution-sanity", "warning", DOCS)
 
 
 @dataclass(frozen=True)
@@ -31,7 +75,7 @@ class AttributionSanityParams:
     max_evaluations: int = param(6, low=2, doc="cascade steps at which attributions are compared")
 
 
-@register(SANITY_CHECK, AttributionSanityParams, needs=("classification", "real_inputs"))
+@register(SANITY_CHECK, AttributionSanityParams, needs=("classification", "real_inputs"), rule=RULE)
 def attribution_sanity(context: AuditContext, rule) -> list[Finding]:
     params: AttributionSanityParams = rule.params
     methods = [params.method]

@@ -14,11 +14,66 @@ import torch
 from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.ablation_scan import AblationScanner
-from .registry import param, register
+from .registry import RuleDefinition, RuleDocs, param, register
 
 MODES = ("zero", "mean", "resample")
 #: Every non-empty combination of modes, in canonical order ("zero", "zero,mean", ..., "zero,mean,resample").
 MODE_SETS = tuple(",".join(c) for size in range(1, len(MODES) + 1) for c in combinations(MODES, size))
+
+
+DOCS = RuleDocs(
+    summary="A single unit's ablation alone breaks the model's accuracy, overall or for one class.",
+    what="""
+Every unit of every hidden layer is ablated on its own, by zero ablation, mean ablation (its mean activation
+per position over the audit data) and resample ablation (its activation on another audit sample, a seeded
+derangement of the samples), and accuracy is measured again, overall and per class (by label). All drops are
+reported; a unit whose `flag_on` ablation (default: mean; `any` takes the worst) drops accuracy by more than
+`max_accuracy_drop` is flagged at its address (`accuracy_drop`), and so is a unit that drops the accuracy of one
+class with at least `min_class_samples` samples by more than `max_class_accuracy_drop` (`class_accuracy_drop`;
+1, the default here, judges no class: the per-class drops are reported, the compliance rulebook judges them).
+Units are any audited components: neurons, channels, attention heads (`blocks.1.attn:h3`), residual-stream
+dimensions. For a next-token model, accuracy is that of the next token at the `[behaviour]` position (the last
+when none is declared). On the embedded `induction` model exactly the planted previous-token head
+(`blocks.0.attn:h2`, drop 89%) and induction head (`blocks.1.attn:h3`, 91%) fail; its control, which never
+learnt to copy (accuracy 2.7%), has no critical head.
+""",
+    why="""
+A unit that the whole model depends on is a single point of failure: a small weight perturbation,
+quantisation error or adversarial input that hits it can break the model, and it marks where a behaviour is
+localised, which a reviewer should know about. A unit that one class depends on breaks the model for that class
+(a group of people, a kind of input) while overall accuracy hides it.
+""",
+    how="""
+Exact ablation (Meyes et al. 2019; mean ablation as in Wang et al. 2022; resample ablation as in causal
+scrubbing, Chan et al. 2022). Mean ablation flags by default because zero is often far outside a unit's range,
+so zero ablation measures the damage of an impossible input as much as the unit's role (Wang et al. 2022). The
+scan is exact and fast (`benchmarks/ablation_speed.py`): the model is traced (torch.fx) and cut at each layer, the
+layers before it run once per batch for every mode, only the layers after it run on the batch repeated once per
+ablated unit, and when only unit-wise operations lead to the next Linear or Conv layer, that layer's output is
+updated through the ablated unit's columns alone; models that cannot be traced use batched forward hooks. On
+`digits`, every unit of every layer in the three modes: 11-14x faster than one forward pass per unit, largest
+difference in outputs 6.7e-6. Thresholds, from measurement: on `digits-control` the largest mean ablation drop is
+1.7 points (zero ablation: 28 points, for `classifier.0:u12`, whose mean activation is large; resample: 9.7 points
+for `features.0:ch7`), on `digits` 7.8 points; 10 points flags a unit the model cannot do without. Per class,
+mean ablation costs one class at most 14.3 points on `digits-control` (`classifier.0:u3`, class 8) and 40 points
+on `digits` (`classifier.0:u12`, class 2; three units above 25 points). This rulebook reports those drops and
+does not judge them (a class of 20 samples moves 5 points per sample, so its drops are noisy at the default
+gate); the compliance rulebook does.
+""",
+    fix="""
+Add redundancy (dropout, wider layers), or make sure the critical unit encodes something intended: look at
+what activates it (its top-activating samples, its label in L206's semantic dictionary) and at the classes it
+affects.
+""",
+    references=(
+        "Meyes, Lu, de Puiseau, Meisen (2019). Ablation Studies in Artificial Neural Networks. arXiv:1901.08644",
+        "Wang et al. (2022). Interpretability in the Wild: a Circuit for Indirect Object Identification in "
+        "GPT-2 small. arXiv:2211.00593",
+        "Chan et al. (2022). Causal Scrubbing: a method for rigorously testing interpretability hypotheses. "
+        "Alignment Forum.",
+    ),
+)
+RULE = RuleDefinition("L202", "critical-units", "warning", DOCS)
 
 
 @dataclass(frozen=True)
@@ -33,7 +88,7 @@ class CriticalUnitsParams:
     top_k: int = param(10, low=1, doc="units listed per layer in the evidence")
 
 
-@register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits"))
+@register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits"), rule=RULE)
 def critical_units(context: AuditContext, rule) -> list[Finding]:
     params: CriticalUnitsParams = rule.params
     modes = params.modes.split(",")

@@ -6,20 +6,60 @@ from dataclasses import dataclass
 
 from ..context import AuditContext
 from ..findings import Finding, Location
-from .registry import param, register
+from .registry import RuleDefinition, RuleDocs, param, register
+
+DOCS = RuleDocs(
+    summary="A layer has many units that never activate on the audit data.",
+    what="""
+For every hidden Linear or Conv layer, the share of units (channels for Conv) whose output never exceeds
+`activation_threshold` on any audit sample or position. The finding fails when that share exceeds
+`max_dead_fraction`.
+A second finding per layer reports its dense units: units above 0 at every position on more than
+`dense_share` of the samples (always on, so their nonlinearity never acts); it fails when more than
+`max_dense_fraction` of the layer is dense.
+""",
+    why="""
+A dead unit contributes nothing to the computation on the audited distribution: it wastes capacity, and a
+large dead share often means a training problem (too high a learning rate, a bad initialisation, a dying
+ReLU) or an audit set that does not exercise the model. Dead units also distort per-unit statistics that
+other rules rely on.
+""",
+    how="""
+One streaming pass over the audit data with forward hooks records each unit's maximum output over all
+samples and positions (the outputs of Linear/Conv modules, i.e. before the nonlinearity, so "never above 0"
+means "never passes a ReLU"). Following Lu et al. (2019) on dying ReLU. Threshold, from measurement: the
+embedded models have no dead units in their conv layers, and 25% (`digits-control`) and 37.5% (`digits`) of
+`classifier.0` dead; across the training settings we tried for them (learning rates 3e-4 to 3e-3), 22% to
+53% of that layer died while the control still reached 97-99% accuracy, and 19-38% were dead at
+initialisation already. A dead minority is therefore normal for ReLU networks; the rule flags a layer that
+is *mostly* dead (more than half its units), where capacity is clearly lost.
+Dense units, measured: `classifier.0` has 9% (`digits`) and 22% (`digits-control`) dense units and the conv
+layers none; a planted layer with a positive bias on positive inputs is 100% dense. A mostly dense layer
+(more than half) computes a nearly linear function: the limit is 0.5, as for dead units.
+""",
+    fix="""
+Check that the audit data covers the model's intended inputs. If it does, retrain with a lower learning
+rate, a leaky activation or better initialisation, or prune the dead units.
+""",
+    references=(
+        "Lu, Shin, Su, Karniadakis (2019). Dying ReLU and Initialization: Theory and Numerical Examples. "
+        "arXiv:1903.06733",
+    ),
+)
+RULE = RuleDefinition("D101", "dead-units", "warning", DOCS)
 
 
 @dataclass(frozen=True)
 class DeadUnitsParams:
     activation_threshold: float = param(0.0, doc="a unit is active on a sample when its output exceeds this")
-    max_dead_fraction: float = param(0.25, low=0.0, high=1.0, doc="fail a layer whose dead share exceeds this")
+    max_dead_fraction: float = param(0.5, low=0.0, high=1.0, doc="fail a layer whose dead share exceeds this")
     max_listed: int = param(32, low=0, doc="dead (and dense) units listed in the evidence, per layer")
     dense_share: float = param(0.99, low=0.0, high=1.0, doc="a unit above 0 at every position of more than this "
                                                             "share of the samples is dense (always on)")
     max_dense_fraction: float = param(0.5, low=0.0, high=1.0, doc="fail a layer whose dense share exceeds this")
 
 
-@register("dead_units", DeadUnitsParams, needs=("layers",))
+@register("dead_units", DeadUnitsParams, needs=("layers",), rule=RULE)
 def dead_units(context: AuditContext, rule) -> list[Finding]:
     params: DeadUnitsParams = rule.params
     findings = []

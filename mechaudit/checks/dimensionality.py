@@ -9,7 +9,38 @@ from ..findings import Finding, Location
 from ..techniques.dimensionality import spectrum
 from ..techniques.layer_map import layer_map
 from .decomposition_common import pooled_activations
-from .registry import param, register
+from .registry import RuleDefinition, RuleDocs, param, register
+
+DOCS = RuleDocs(
+    summary="A layer's representation has collapsed onto a few directions.",
+    what="""
+For every hidden layer, the PCA spectrum of its per-sample activations (the mean over positions), the number of
+components holding 90% and 99% of the variance, and the effective rank. The finding fails when the collapse,
+one minus the effective rank over the number of live (varying) units, exceeds `max_collapse`.
+""",
+    why="""
+A collapsed layer carries far fewer independent directions than it has units: capacity is wasted, and
+decompositions of it (units, dictionary features) describe a handful of directions many times over. Collapse
+also follows from over-regularisation or a bottleneck that was not intended.
+""",
+    how="""
+Effective rank as in Roy and Vetterli (2007): the exponential of the entropy of the normalised PCA spectrum.
+Measured: a planted rank-one layer has collapse 0.94 (one component holds 99% of the variance), a random
+full-rank layer on Gaussian inputs 0.39. On `digits` the collapse is 0.82 (`features.0`), 0.89
+(`features.2`) and 0.76 (`classifier.0`), below the limit of 0.9, which flags only layers that use about one
+direction in ten.
+""",
+    fix="""
+Check for an unintended bottleneck or an over-strong weight decay; a layer that really needs few dimensions can
+be narrowed.
+""",
+    references=(
+        "Roy, Vetterli (2007). The effective rank: A measure of effective dimensionality. EUSIPCO.",
+        "Jing, Vincent, LeCun, Tian (2022). Understanding Dimensional Collapse in Contrastive "
+        "Self-supervised Learning. ICLR.",
+    ),
+)
+RULE = RuleDefinition("D104", "representation-dimensionality", "warning", DOCS, opt_in=True)
 
 
 @dataclass(frozen=True)
@@ -21,7 +52,7 @@ class DimensionalityParams:
     map_points: int = param(300, low=0, doc="samples drawn in the 2-D map of each layer (PCA and t-SNE); 0: none")
 
 
-@register("dimensionality", DimensionalityParams, needs=("layers",))
+@register("dimensionality", DimensionalityParams, needs=("layers",), rule=RULE)
 def dimensionality(context: AuditContext, rule) -> list[Finding]:
     params: DimensionalityParams = rule.params
     indices, activations = pooled_activations(context, params.samples)

@@ -32,10 +32,52 @@ from ..techniques.dissection import (
     semantic_dictionary,
 )
 from .dictionary_features import DICTIONARIES
-from .registry import param, register
+from .registry import RuleDefinition, RuleDocs, param, register
 from .representation_common import sampled_activations
 
 CHECK = "dissection"
+
+
+DOCS = RuleDocs(
+    summary="Which units detect which declared concepts: the semantic dictionary that labels the other findings.",
+    what="""
+Every unit of every hidden layer is scored against every declared concept. Spatial concepts (a mask per sample,
+`[data.concepts]` arrays shaped like the inputs' spatial axes) against convolution channels: the channel's
+activation map is upsampled to the input's resolution and thresholded at the channel's top `quantile` of
+activations over the dataset, and compared with the concept masks by intersection over union over the dataset;
+the channel detects the concept above `min_iou`. Per-sample concept labels, and units without spatial positions
+(Linear units, attention heads, dictionary features another rule shared as the artifact `dictionary_features`):
+the AUROC of the unit's activation as a score for the concept; a detector above `min_auroc`. The semantic
+dictionary (each detector's best concept, e.g. `features.0:ch0` -> `watermark`, IoU 0.12) is the finding's
+`semantic_dictionary` evidence and the audit's shared artifact of that name, which the report and the circuit
+graph use as labels. This rule describes; it does not judge.
+""",
+    why="""
+A unit's address says where, not what. Labels from dissection let a reviewer read the other findings (a critical
+unit, a circuit node, a patching result) as concepts, and show whether a model represents a concept it should
+not use (a watermark, a protected attribute).
+""",
+    how="""
+Network dissection (Bau, Zhou, Khosla, Oliva, Torralba 2017) with the paper's top quantile (0.005) and IoU
+threshold (0.04); the AUROC threshold 0.9 is the conventional mark of an excellent detector. Measured on the
+embedded examples (concepts `loop`, the enclosed holes of a digit, and `watermark`, the stamped patch):
+`features.0:ch0` detects the watermark with IoU 0.12 in both `digits` and `digits-control` (the control saw
+watermarks too, they just carried no label), `features.2:ch8` the loops (IoU 0.10 and 0.11); the best AUROC of a
+`classifier.0` unit is 0.71 for `loop` and 0.84 (0.68 in the control) for the watermark: no Linear detector. In
+the tests a planted square detector is found (channel 0 of a convolution summing a 3x3 neighbourhood) and
+nothing is found against masks drawn elsewhere.
+""",
+    fix="""
+Nothing to fix by itself. If a unit detects a concept the model must not use, check with L201 (the input
+region), L205 (what the output carries) and L207 (what carries the behaviour) whether it is used.
+""",
+    references=(
+        "Bau, Zhou, Khosla, Oliva, Torralba (2017). Network Dissection: Quantifying Interpretability of Deep "
+        "Visual Representations. CVPR.",
+        "Mu, Andreas (2020). Compositional Explanations of Neurons. NeurIPS.",
+    ),
+)
+RULE = RuleDefinition("L206", "network-dissection", "info", DOCS)
 
 
 @dataclass(frozen=True)
@@ -48,7 +90,7 @@ class DissectionParams:
     max_listed: int = param(64, low=1, doc="entries of the semantic dictionary listed in the evidence")
 
 
-@register(CHECK, DissectionParams, needs=("concepts", "layers"))
+@register(CHECK, DissectionParams, needs=("concepts", "layers"), rule=RULE)
 def dissection(context: AuditContext, rule) -> list[Finding]:
     params: DissectionParams = rule.params
     found, scored = _dissect(context, params)

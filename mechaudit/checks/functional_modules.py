@@ -10,7 +10,40 @@ from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.coactivation import functional_modules as find_modules
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
-from .registry import param, register
+from .registry import RuleDefinition, RuleDocs, param, register
+
+DOCS = RuleDocs(
+    summary="A layer's units form no groups that activate together.",
+    what="""
+For every hidden layer, units are clustered by co-activation (agglomerative clustering with scikit-learn on one
+minus the Pearson correlation of their per-sample activations) and each clustering of 2 to `max_modules` modules
+is scored by its modularity on the co-activation graph (networkx; an edge where the correlation exceeds
+`min_correlation`). The best clustering's modules are listed with the class each responds to most. The finding
+is evidence (pass) when the modularity reaches `min_modularity`, and a warning when it does not: the layer has no
+functional structure.
+""",
+    why="""
+Modules are the middle level of a decomposition: groups of units that work together are easier to label, to
+ablate and to place in a circuit than single units. A layer without any grouping gives a reviewer no handle
+between single units and the whole layer.
+""",
+    how="""
+Modularity (Newman 2006) of co-activation graphs, as applied to neural networks by Watanabe et al. (2018) and
+Filan et al. (2021). Measured: two planted groups of six co-varying units give modularity 0.5 and are recovered
+exactly; twelve independent units give 0 (no edge above the correlation floor). On `digits` the modularity is
+0.13, 0.21 and 0.38 (`features.0`, `features.2`, `classifier.0`).
+""",
+    fix="""
+Informative rather than a defect: without modules, read the layer through dictionary features (D103) or single
+units.
+""",
+    references=(
+        "Newman (2006). Modularity and community structure in networks. PNAS 103(23).",
+        "Filan, Casper, Hod, Wild, Critch, Russell (2021). Clusterability in Neural Networks. arXiv:2103.03386",
+        "Watanabe, Hiramatsu, Kashino (2018). Modular representation of layered neural networks. Neural Networks 97.",
+    ),
+)
+RULE = RuleDefinition("D105", "functional-modules", "warning", DOCS, opt_in=True)
 
 
 @dataclass(frozen=True)
@@ -23,7 +56,7 @@ class FunctionalModulesParams:
     samples: int = param(2048, low=4, doc="samples read (seeded subset)")
 
 
-@register("functional_modules", FunctionalModulesParams, needs=("layers",))
+@register("functional_modules", FunctionalModulesParams, needs=("layers",), rule=RULE)
 def functional_modules(context: AuditContext, rule) -> list[Finding]:
     params: FunctionalModulesParams = rule.params
     indices, activations = pooled_activations(context, params.samples)

@@ -14,8 +14,58 @@ from dataclasses import dataclass
 from ..context import AuditContext
 from ..findings import Finding, Location
 from ..techniques.probes import as_classes, probe, reduce_features
-from .registry import param, register
+from .registry import RuleDefinition, RuleDocs, param, register
 from .representation_common import OUTPUT, sampled_activations
+
+DOCS = RuleDocs(
+    summary="A protected attribute can be read from the model's output (and where concepts live, layer by layer).",
+    what="""
+For every declared concept (`[data.concepts]`) and protected attribute (`[data.protected]`), a linear probe per
+audited layer and on the model's output: a scikit-learn logistic regression on the standardised per-sample
+activations (each unit averaged over its positions; wide layers reduced to 256 principal components),
+cross-validated over `folds` stratified folds and scored by balanced accuracy, chance-corrected with the same
+probe trained on shuffled labels (`shuffles` times): decodability = (score - shuffled) / (1 - shuffled), 0 at
+chance, 1 perfect. An attribute with more than `max_levels` values is cut into quartiles. The evidence holds the
+profile across layers. Concepts are reported; a protected attribute fails when its decodability from the output,
+the layer that feeds every decision, exceeds `max_decodability`.
+""",
+    why="""
+A protected attribute (sex, age, ethnicity) that the decision can be decoded from shapes the decision, directly or
+through proxies, whatever the inputs say. Decodable in a hidden layer only, it may still be discarded downstream:
+a protected input column passes through the first layer of any network, used or not. The profile also says
+where a concept is represented, which is where to look for it (L206) or to intervene.
+""",
+    how="""
+Linear probes (Alain and Bengio 2016; Belinkov 2022) with a chance level from shuffled labels in the spirit of
+control tasks (Hewitt and Liang 2019); decodability of protected attributes from representations as in Elazar and
+Goldberg (2018). Measured (`tests/test_localization_attribution.py`, tabular toys): the model whose label leaks
+`sex` gives decodability 0.93 from its output (1.00 and 0.99 in its hidden layers); its control 0.00 from the
+output, although `sex`, an input column, stays decodable in its first layer (1.00) and partly in its second
+(0.66). On the embedded examples, the concept `watermark` is decodable at 0.97 from the output of `digits`, which
+relies on it, and 0.32 from its control's (1.00 in both first layers); `loop` at 0.48 and 0.55. 0.3 lies between
+the control's 0.00 and the leak's 0.93.
+For token models `position` chooses what a unit contributes per sample: the mean over tokens (default), or
+its activation at the `first` token (a [CLS] summary) or the `last` one (where a next-token model reads); residual
+streams are audited by naming their blocks in `[audit] layers` (layer kind `stream`, units `block:dN`). On a toy
+where only the first token carries the concept, the stream's decodability is 1.00 at `first`, 0.01 at `last` and
+0.19 for `mean` (`tests/test_language_streams.py`).
+""",
+    fix="""
+Remove the attribute's information from what the decision is computed from: drop it and its proxies from the
+inputs, re-balance the training data, or train adversarially against the probe (adversarial removal, Elazar and
+Goldberg 2018; iterative nullspace projection, Ravfogel et al. 2020); then re-audit. If the dependence is
+legitimate (a medical risk that depends on age), document it and waive the finding with a justification.
+""",
+    references=(
+        "Alain, Bengio (2016). Understanding intermediate layers using linear classifier probes. arXiv:1610.01644",
+        "Belinkov (2022). Probing Classifiers: Promises, Shortcomings, and Advances. Computational Linguistics 48(1).",
+        "Hewitt, Liang (2019). Designing and Interpreting Probes with Control Tasks. EMNLP.",
+        "Elazar, Goldberg (2018). Adversarial Removal of Demographic Attributes from Text Data. EMNLP.",
+        "Ravfogel, Elazar, Gonen, Twiton, Goldberg (2020). Null It Out: Guarding Protected Attributes by "
+        "Iterative Nullspace Projection. ACL.",
+    ),
+)
+RULE = RuleDefinition("L205", "concept-probes", "warning", DOCS)
 
 
 @dataclass(frozen=True)
@@ -34,7 +84,7 @@ class ProbesParams:
 _READ = {"mean": "mean over positions", "first": "at the first position", "last": "at the last position"}
 
 
-@register("probes", ProbesParams, needs=("attributes",))
+@register("probes", ProbesParams, needs=("attributes",), rule=RULE)
 def probes(context: AuditContext, rule) -> list[Finding]:
     params: ProbesParams = rule.params
     indices, activations = sampled_activations(context, params.samples, params.position)
