@@ -195,8 +195,9 @@ def _time_budget(seconds: int):
 
 
 def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0) -> RuleRun:
-    """Run one rule in isolation: a missing need skips it; an exception, out-of-memory or time-out becomes an
-    ``error`` finding. On CUDA, an out-of-memory error is retried once with half the batch size."""
+    """Run one rule in isolation: a missing need skips it; its check's measurements become its findings (judged by
+    :class:`~mechaudit.findings.Measurement`: above the threshold fails); an exception, out-of-memory or time-out
+    becomes an ``error`` finding. On CUDA, an out-of-memory error is retried once with half the batch size."""
     start = time.perf_counter()
     missing = missing_need(rule.check.needs, context)
     if missing:
@@ -207,7 +208,7 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0) -> RuleRun:
         seed_everything(context.seed)
         try:
             with _time_budget(timeout):
-                findings = rule.check.run(context, rule) or [
+                findings = [m.finding(rule.id, rule.severity) for m in rule.check.run(context, rule)] or [
                     Finding(rule.id, rule.severity, "pass", "nothing to report")]
             break
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:

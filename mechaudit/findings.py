@@ -74,6 +74,31 @@ class Finding:
 
 
 @dataclass
+class Measurement:
+    """What a check measured at one location. The engine turns it into a :class:`Finding` of the rule, by one rule:
+    the finding fails when ``value > threshold`` (lower is better: a check whose metric improves upward reports
+    its complement, e.g. ``instability = 1 - seed agreement``). A measurement without a threshold, or one the check
+    could not judge (``judged=False``, e.g. too few units to say), passes: it describes."""
+
+    message: str
+    location: Location | None = None
+    metric: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    judged: bool = True
+
+    @property
+    def failed(self) -> bool:
+        return (self.judged and self.value is not None and self.threshold is not None
+                and float(self.value) > float(self.threshold))
+
+    def finding(self, rule_id: str, severity: str) -> Finding:
+        return Finding(rule_id, severity, "fail" if self.failed else "pass", self.message, self.location,
+                       self.metric, self.value, self.threshold, self.evidence)
+
+
+@dataclass
 class RuleRun:
     """How one rule went: its findings and the time it took."""
 

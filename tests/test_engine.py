@@ -7,7 +7,7 @@ from conftest import rulebook_with, write_project
 from mechaudit.checks.registry import CHECKS, register
 from mechaudit.engine import run_audit
 from mechaudit.errors import InputError
-from mechaudit.findings import Finding
+from mechaudit.findings import Finding, Location, Measurement
 from mechaudit.report.json_report import result_to_dict
 from mechaudit.spec import load_spec
 
@@ -91,3 +91,19 @@ def test_finding_to_dict_is_json_ready() -> None:
     finding = Finding("D101", "warning", "pass", "m", value=np.float32(0.5), evidence={"a": np.arange(3)})
     data = finding.to_dict()
     assert data["value"] == 0.5 and data["evidence"] == {"a": [0, 1, 2]}
+
+
+@pytest.mark.parametrize("value, threshold, judged, status", [
+    (0.6, 0.5, True, "fail"),
+    (0.5, 0.5, True, "pass"),  # at the threshold passes, for every metric (D103's purity_gap once failed at 0)
+    (0.0, 0.0, True, "pass"),
+    (-0.1, 0.0, True, "pass"),
+    (3.0, None, True, "pass"),  # descriptive: no threshold
+    (0.9, 0.5, False, "pass"),  # not judged (e.g. too few units)
+    (None, 0.5, True, "pass"),
+])
+def test_the_engine_judges_every_measurement_by_one_rule(value, threshold, judged, status) -> None:
+    measured = Measurement("m", Location.of_layer("fc1"), "metric", value, threshold, {"k": 1}, judged=judged)
+    finding = measured.finding("D101", "warning")
+    assert (finding.rule_id, finding.severity, finding.status) == ("D101", "warning", status)
+    assert (finding.metric, finding.value, finding.threshold, finding.evidence) == ("metric", value, threshold, {"k": 1})

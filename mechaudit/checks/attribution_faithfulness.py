@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import AuditContext
-from ..findings import Finding
+from ..findings import Measurement
 from ..techniques.attribution import METHODS
 from ..techniques.deletion import infidelity, perturbation_curves, random_scores
 from .attribution_common import predicted_attributions, reliability, unreliable_suffix
@@ -73,7 +73,7 @@ class AttributionFaithfulnessParams:
 
 
 @register("attribution_faithfulness", AttributionFaithfulnessParams, needs=("classification", "real_inputs"), rule=RULE)
-def attribution_faithfulness(context: AuditContext, rule) -> list[Finding]:
+def attribution_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     params: AttributionFaithfulnessParams = rule.params
     indices, attributions = predicted_attributions(context, params.method, params.n_steps, params.samples)
     keep = torch.arange(min(params.curve_samples, len(indices)))
@@ -105,8 +105,7 @@ def attribution_faithfulness(context: AuditContext, rule) -> list[Finding]:
     for metric, value, what in (("deletion_auc_ratio", deletion_ratio, "deleting"),
                                 ("insertion_auc_ratio", insertion_ratio, "restoring")):
         faster = "faster" if value < 1 else "no faster"
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if value > params.max_auc_ratio else "pass",
+        findings.append(Measurement(
             f"{what} the top-attributed inputs first moves the predicted class {faster} than a random order "
             f"({metric.replace('_', ' ')} {value:.2f}; {params.method})" + unreliable_suffix(trust),
             metric=metric, value=value, threshold=params.max_auc_ratio, evidence=evidence,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..context import AuditContext
-from ..findings import Finding
+from ..findings import Measurement
 from ..techniques.attribution import METHODS
 from .attribution_common import SANITY_CHECK, sanity_result
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -76,7 +76,7 @@ class AttributionSanityParams:
 
 
 @register(SANITY_CHECK, AttributionSanityParams, needs=("classification", "real_inputs"), rule=RULE)
-def attribution_sanity(context: AuditContext, rule) -> list[Finding]:
+def attribution_sanity(context: AuditContext, rule) -> list[Measurement]:
     params: AttributionSanityParams = rule.params
     methods = [params.method]
     for other in context.rules:
@@ -89,8 +89,7 @@ def attribution_sanity(context: AuditContext, rule) -> list[Finding]:
         failed = value > params.max_rank_correlation
         verdict = ("they survive randomising the model: attributions by this method are not reliable" if failed
                    else "they change with the model")
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if failed else "pass",
+        findings.append(Measurement(
             f"{method} attributions keep a rank correlation of {value:.2f} with the original once every "
             f"parameter of the model is randomised ({result.steps[-1].randomized} modules, from the output down); "
             f"{verdict}",

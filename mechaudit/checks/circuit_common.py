@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import AuditContext
-from ..findings import Finding
+from ..findings import Measurement
 from ..techniques.circuits import (
     Behaviour,
     CircuitScores,
@@ -148,11 +148,10 @@ def carries_behaviour(span: float, m_model: torch.Tensor) -> bool:
     return span > 1e-6 * max(1.0, float(m_model.abs().mean()))
 
 
-def not_carried(rule, problem: CircuitProblem, span: float, metric: str, threshold: float | None) -> Finding:
+def not_carried(rule, problem: CircuitProblem, span: float, metric: str, threshold: float | None) -> Measurement:
     """A pass: no audited unit carries the behaviour (ablating them all leaves it as it is, every attribution is
     0), so there is no circuit to draw, to be unfaithful or to lose; e.g. a control model without the mechanism."""
-    return Finding(rule.id, rule.severity, "pass",
-                   f"the {problem.description} does not depend on the audited units (mean change when all are "
+    return Measurement(f"the {problem.description} does not depend on the audited units (mean change when all are "
                    f"ablated: {span:.2g}): no circuit among the audited layers carries it", metric=metric, value=0.0,
                    threshold=threshold, evidence={"behaviour_change_when_all_ablated": span, "carried": False})
 

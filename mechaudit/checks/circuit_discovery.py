@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..context import AuditContext
-from ..findings import Finding
+from ..findings import Measurement
 from ..techniques.circuits import circuit_graph, graph_to_json
 from .circuit_common import circuit_problem, circuit_scores, not_carried, semantic_labels
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -61,7 +61,7 @@ class CircuitDiscoveryParams:
 
 
 @register("circuit_discovery", CircuitDiscoveryParams, needs=("layers", "behaviour", "logits"), rule=RULE)
-def circuit_discovery(context: AuditContext, rule) -> list[Finding]:
+def circuit_discovery(context: AuditContext, rule) -> list[Measurement]:
     params: CircuitDiscoveryParams = rule.params
     problem = circuit_problem(context, params.samples)
     scores = circuit_scores(context, params.samples)
@@ -78,8 +78,7 @@ def circuit_discovery(context: AuditContext, rule) -> list[Finding]:
                            score=scores.nodes[node], label=labels.get(node, ""))
     table = [{"component": node, "layer": scores.node_layer[node], "score": scores.nodes[node] / scores.samples,
               "label": labels.get(node, "")} for node in ranked]
-    return [Finding(
-        rule.id, rule.severity, "pass",
+    return [Measurement(
         f"circuit of the {problem.description}: {graph.number_of_nodes()} nodes, {graph.number_of_edges()} "
         f"strongest edges of {len(scores.edges)}; top node {ranked[0] if ranked else 'none'}",
         metric="circuit_edges", value=float(graph.number_of_edges()),

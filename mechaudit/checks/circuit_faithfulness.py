@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import AuditContext
-from ..findings import Finding
+from ..findings import Measurement
 from ..techniques.node_ablation import behaviour_under_ablation, curve_area, distance, faithfulness
 from .circuit_common import carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values, not_carried
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -66,7 +66,7 @@ class CircuitFaithfulnessParams:
 
 
 @register("circuit_faithfulness", CircuitFaithfulnessParams, needs=("layers", "behaviour", "logits"), rule=RULE)
-def circuit_faithfulness(context: AuditContext, rule) -> list[Finding]:
+def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     params: CircuitFaithfulnessParams = rule.params
     problem = circuit_problem(context, params.samples)
     scores = circuit_scores(context, params.samples)
@@ -100,9 +100,7 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Finding]:
     if f_circuit != f_circuit:  # nan: the behaviour does not change when everything is ablated
         raise ValueError("the behaviour is the same with every unit ablated: nothing for a circuit to explain")
     gap = 1.0 - f_circuit
-    failed = gap > 1.0 - params.min_faithfulness
-    return [Finding(
-        rule.id, rule.severity, "fail" if failed else "pass",
+    return [Measurement(
         f"the top {size} of {len(nodes)} units ({params.circuit_fraction:.0%}) reproduce {f_circuit:.0%} of the "
         f"{problem.description} (random circuits of that size: "
         f"{sum(random_f) / len(random_f) if random_f else float('nan'):.0%}); at least "

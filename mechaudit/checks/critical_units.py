@@ -12,7 +12,7 @@ from itertools import combinations
 import torch
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.ablation_scan import AblationScanner
 from .registry import RuleDefinition, RuleDocs, param, register
 
@@ -89,7 +89,7 @@ class CriticalUnitsParams:
 
 
 @register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits"), rule=RULE)
-def critical_units(context: AuditContext, rule) -> list[Finding]:
+def critical_units(context: AuditContext, rule) -> list[Measurement]:
     params: CriticalUnitsParams = rule.params
     modes = params.modes.split(",")
     if params.flag_on != "any" and params.flag_on not in modes:
@@ -124,8 +124,7 @@ def critical_units(context: AuditContext, rule) -> list[Finding]:
         class_critical = [u for u in worst_class.argsort(descending=True).tolist()
                           if worst_class[u] > params.max_class_accuracy_drop and u not in critical]
         for unit in critical:
-            findings.append(Finding(
-                rule.id, rule.severity, "fail",
+            findings.append(Measurement(
                 f"{params.flag_on} ablation of {layer.address(unit)} alone drops accuracy by {float(drop[unit]):.1%} "
                 f"(from {base_accuracy:.1%})",
                 location=Location.of_unit(layer.name, layer.unit_name(unit)),
@@ -135,8 +134,7 @@ def critical_units(context: AuditContext, rule) -> list[Finding]:
         for unit in class_critical:
             column = int(class_drop[unit, judged_columns].argmax())
             cls = judged[column]
-            findings.append(Finding(
-                rule.id, rule.severity, "fail",
+            findings.append(Measurement(
                 f"{params.flag_on} ablation of {layer.address(unit)} alone drops the accuracy of class "
                 f"'{context.class_name(cls)}' by {float(worst_class[unit]):.1%} (overall {float(drop[unit]):.1%})",
                 location=Location.of_unit(layer.name, layer.unit_name(unit)),
@@ -145,8 +143,7 @@ def critical_units(context: AuditContext, rule) -> list[Finding]:
                 evidence=_unit_evidence(layer, unit, drops, class_drop, classes, context, base_accuracy),
             ))
         if not critical and not class_critical:
-            findings.append(Finding(
-                rule.id, rule.severity, "pass",
+            findings.append(Measurement(
                 f"no single unit of {layer.name} is critical (largest drop {float(drop.max()):.1%}; largest drop "
                 f"for one class {float(worst_class.max()):.1%})",
                 location=Location.of_layer(layer.name),

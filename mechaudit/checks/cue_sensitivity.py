@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.circuits import circuit_graph, graph_to_json
 from ..techniques.cue_sensitivity import cue_sensitivity
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -68,7 +68,7 @@ class CueSensitivityParams:
 
 
 @register("cue_sensitivity", CueSensitivityParams, needs=("layers", "cues", "logits"), rule=RULE)
-def cue_sensitivity_check(context: AuditContext, rule) -> list[Finding]:
+def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
     params: CueSensitivityParams = rule.params
     with_cue, without_cue = (half[:params.samples] for half in context.data.cues)
     position = context.behaviour.position if context.behaviour is not None else -1
@@ -80,11 +80,9 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Finding]:
     pathway_graph = graph_to_json(graph.subgraph(n for n in graph if n in keep).copy())
     table = [{"component": node, "score": scores.nodes[node] / scores.samples,
               "share": scores.nodes[node] / (sum(scores.nodes[n] for n in keep) or 1.0)} for node in result.pathway]
-    failed = result.pathway_flip_rate > params.max_flip_rate
     where = result.pathway[0] if result.pathway else None
     location = Location.of_unit(*where.split(":", 1)) if where else None
-    return [Finding(
-        rule.id, rule.severity, "fail" if failed else "pass",
+    return [Measurement(
         f"the cue flips {result.total_flip_rate:.1%} of {result.samples} predictions; through "
         f"{len(result.pathway)} component(s) ({', '.join(result.pathway[:3]) or 'none'}) alone it flips "
         f"{result.pathway_flip_rate:.1%} and carries {result.pathway_share:.0%} of the output's change",

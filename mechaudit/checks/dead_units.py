@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -60,16 +60,14 @@ class DeadUnitsParams:
 
 
 @register("dead_units", DeadUnitsParams, needs=("layers",), rule=RULE)
-def dead_units(context: AuditContext, rule) -> list[Finding]:
+def dead_units(context: AuditContext, rule) -> list[Measurement]:
     params: DeadUnitsParams = rule.params
     findings = []
     for layer in context.view.hidden_layers:
         stats = context.unit_stats[layer.name]
         dead = (stats.max <= params.activation_threshold).nonzero().flatten().tolist()
         fraction = len(dead) / layer.size
-        failed = fraction > params.max_dead_fraction
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if failed else "pass",
+        findings.append(Measurement(
             f"{len(dead)} of {layer.size} units of {layer.name} never activate ({fraction:.0%})",
             location=Location.of_layer(layer.name),
             metric="dead_fraction", value=fraction, threshold=params.max_dead_fraction,
@@ -83,8 +81,7 @@ def dead_units(context: AuditContext, rule) -> list[Finding]:
         ))
         dense = (stats.always_fraction > params.dense_share).nonzero().flatten().tolist()
         dense_fraction = len(dense) / layer.size
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if dense_fraction > params.max_dense_fraction else "pass",
+        findings.append(Measurement(
             f"{len(dense)} of {layer.size} units of {layer.name} never switch off ({dense_fraction:.0%} dense: above 0 "
             f"everywhere on more than {params.dense_share:.0%} of the samples)",
             location=Location.of_layer(layer.name),

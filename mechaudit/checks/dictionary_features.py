@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..model_view import Layer
 from ..techniques.sae import (
     Dictionary,
@@ -41,7 +41,7 @@ STABLE_COSINE = 0.9  # two features are the same direction above this cosine sim
 
 DOCS = RuleDocs(
     summary="""
-A layer's sparse dictionary does not explain it, is not reproducible, or reads no purer than its units.
+A layer's sparse dictionary does not explain it, is not reproducible, or reads less purely than its units.
 """,
     what="""
 For every hidden layer, a sparse autoencoder (TopK by default; `kind = "l1"` for an L1 penalty) with `expansion`
@@ -50,10 +50,10 @@ samples, held in memory when small and otherwise streamed from the model batch b
 layer: `fvu`, the fraction of variance unexplained (fails above `max_fvu`); `instability`, one minus the mean
 best cosine similarity between the live features and those of a second dictionary trained with another seed
 (fails above `1 - min_seed_agreement`); `purity_gap`, the mean purity of the units' top samples minus that of the
-features' (fails at 0 or above: features no purer than units). The evidence reports L0, live, dead and dense
-features, and the *represented features*: the distinct directions among features both seeds find (cosine above
-0.9). Each dictionary is written to the output directory as `dictionaries/<layer>.safetensors` and shared with
-later rules: L206 dissects its features, addressed `layer:featN`.
+features' (fails above 0, like every metric above its threshold: features less pure than units). The evidence
+reports L0, live, dead and dense features, and the *represented features*: the distinct directions among
+features both seeds find (cosine above 0.9). Each dictionary is written to the output directory as
+`dictionaries/<layer>.safetensors` and shared with later rules: L206 dissects its features, addressed `layer:featN`.
 """,
     why="""
 Dictionary features are the parts many explanations are made of, but a dictionary is only evidence when it
@@ -110,7 +110,7 @@ class DictionaryParams:
 
 
 @register("dictionary_features", DictionaryParams, needs=("layers",), rule=RULE)
-def dictionary_features(context: AuditContext, rule) -> list[Finding]:
+def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
     params: DictionaryParams = rule.params
     indices, unit_activations = pooled_activations(context, params.samples, pool="max")
     labels, names = _labels(context, params, indices)
@@ -156,18 +156,16 @@ def dictionary_features(context: AuditContext, rule) -> list[Finding]:
     return findings
 
 
-def _findings(rule, params: DictionaryParams, layer: Layer, evidence: dict) -> list[Finding]:
+def _findings(rule, params: DictionaryParams, layer: Layer, evidence: dict) -> list[Measurement]:
     where, fvu, agreement = Location.of_layer(layer.name), evidence["fvu"], evidence["seed_agreement"]
     figures = ("exemplars", "activation_maximization")  # drawn once per layer, on its first finding
     summary = {key: value for key, value in evidence.items() if key not in figures}
     findings = [
-        Finding(rule.id, rule.severity, "fail" if fvu > params.max_fvu else "pass",
-                f"the dictionary of {layer.name} ({evidence['features']} features, L0 {evidence['l0']:.1f}) leaves "
+        Measurement(f"the dictionary of {layer.name} ({evidence['features']} features, L0 {evidence['l0']:.1f}) leaves "
                 f"{fvu:.1%} of the variance unexplained; {evidence['live_features']} features live, "
                 f"{evidence['dead_features']} dead, {evidence['dense_features']} dense",
                 location=where, metric="fvu", value=fvu, threshold=params.max_fvu, evidence=evidence),
-        Finding(rule.id, rule.severity, "fail" if 1 - agreement > 1 - params.min_seed_agreement else "pass",
-                f"a second seed's dictionary of {layer.name} finds the same directions with mean cosine "
+        Measurement(f"a second seed's dictionary of {layer.name} finds the same directions with mean cosine "
                 f"{agreement:.2f}; {evidence['stable_features']} features are stable (cosine > {STABLE_COSINE}), "
                 f"{evidence['represented_features']} distinct directions in {evidence['width']} dimensions"
                 + ("" if agreement >= params.min_seed_agreement
@@ -177,10 +175,10 @@ def _findings(rule, params: DictionaryParams, layer: Layer, evidence: dict) -> l
     ]
     if evidence.get("feature_purity") is not None and evidence.get("unit_purity") is not None:
         gap = evidence["unit_purity"] - evidence["feature_purity"]
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if gap >= 0 else "pass",
+        findings.append(Measurement(
             f"dictionary features of {layer.name} read the {params.labels} "
-            f"{'more' if gap < 0 else 'no more'} purely than its units (mean purity {evidence['feature_purity']:.2f} "
+            f"{'more purely than' if gap < 0 else 'exactly as purely as' if gap == 0 else 'less purely than'} its "
+            f"units (mean purity {evidence['feature_purity']:.2f} "
             f"against {evidence['unit_purity']:.2f})",
             location=where, metric="purity_gap", value=gap, threshold=0.0, evidence=summary))
     return findings

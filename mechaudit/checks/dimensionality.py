@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.dimensionality import spectrum
 from ..techniques.layer_map import layer_map
 from .decomposition_common import pooled_activations
@@ -53,7 +53,7 @@ class DimensionalityParams:
 
 
 @register("dimensionality", DimensionalityParams, needs=("layers",), rule=RULE)
-def dimensionality(context: AuditContext, rule) -> list[Finding]:
+def dimensionality(context: AuditContext, rule) -> list[Measurement]:
     params: DimensionalityParams = rule.params
     indices, activations = pooled_activations(context, params.samples)
     findings = []
@@ -67,8 +67,8 @@ def dimensionality(context: AuditContext, rule) -> list[Finding]:
         message = (f"{layer.name}: effective rank {rank:.1f} of {live} live units ({share:.0%}); {c90} principal "
                    f"components hold 90% of the variance, {c99} hold 99%"
                    + ("; the layer has collapsed onto a few directions" if collapsed else ""))
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if collapsed else "pass", message, location=Location.of_layer(layer.name),
+        findings.append(Measurement(
+            message, location=Location.of_layer(layer.name),
             metric="collapse", value=collapse, threshold=params.max_collapse,
             evidence={"samples": len(indices), "units": layer.size, "live_units": live, "effective_rank": rank,
                       "effective_rank_share": share,

@@ -20,7 +20,7 @@ import torch
 
 from ..addresses import FEATURE_PREFIX, format_address
 from ..context import AuditContext
-from ..findings import Finding
+from ..findings import Measurement
 from ..model_view import units_view
 from ..techniques.dissection import (
     Detection,
@@ -91,7 +91,7 @@ class DissectionParams:
 
 
 @register(CHECK, DissectionParams, needs=("concepts", "layers"), rule=RULE)
-def dissection(context: AuditContext, rule) -> list[Finding]:
+def dissection(context: AuditContext, rule) -> list[Measurement]:
     params: DissectionParams = rule.params
     found, scored = _dissect(context, params)
     dictionary = [d.as_dict() for d in semantic_dictionary(found)]
@@ -104,8 +104,7 @@ def dissection(context: AuditContext, rule) -> list[Finding]:
                             "best_component": best.component if best else None,
                             "best_score": best.score if best else None, "metric": best.metric if best else None})
     detectors = len(dictionary)
-    return [Finding(
-        rule.id, rule.severity, "pass",
+    return [Measurement(
         f"{detectors} of {scored} units detect a declared concept"
         + (f"; strongest: {dictionary[0]['component']} -> '{dictionary[0]['concept']}' "
            f"({dictionary[0]['metric']} {dictionary[0]['score']:.2f})" if dictionary else ""),

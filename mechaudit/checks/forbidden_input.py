@@ -14,7 +14,7 @@ import torch
 from ..activations import model_outputs
 from ..addresses import input_address
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.attribution import METHODS
 from ..techniques.edits import what_if_erased
 from .attribution_common import predicted_attributions, reliability, unreliable_suffix
@@ -124,7 +124,7 @@ class Region:
 
 
 @register("forbidden_input", ForbiddenInputParams, needs=("regions", "classification", "real_inputs"), rule=RULE)
-def forbidden_input(context: AuditContext, rule) -> list[Finding]:
+def forbidden_input(context: AuditContext, rule) -> list[Measurement]:
     params: ForbiddenInputParams = rule.params
     indices, attributions = predicted_attributions(context, params.method, params.n_steps, params.samples)
     attributions = attributions.abs()
@@ -154,8 +154,7 @@ def forbidden_input(context: AuditContext, rule) -> list[Finding]:
             evidence["column"] = context.data.feature_names[region.column] if context.data.feature_names else None
         worst = max(rows, key=lambda r: r["attribution_ratio"] if r["eligible"] else -1.0, default=None)
         where = f" (predicted class {worst['predicted_class']})" if worst and worst["eligible"] else ""
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if ratio > params.max_attribution_ratio else "pass",
+        findings.append(Measurement(
             f"{ratio:.1f}x its area's share of the attribution falls in '{region.name}'{where}; "
             f"{pooled['share']:.1%} over all samples where it is present, for {area:.1%} of the input"
             + unreliable_suffix(trust),
@@ -172,8 +171,7 @@ def forbidden_input(context: AuditContext, rule) -> list[Finding]:
             if edit is not None:
                 evidence["what_if"] = edit
                 suffix = _what_if_summary(edit)
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if failed else "pass",
+        findings.append(Measurement(
             f"{flip_rate:.1%} of predictions change when {intervention}{suffix}",
             location=location, metric="flip_rate", value=flip_rate, threshold=params.max_flip_rate,
             evidence=evidence,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.coactivation import functional_modules as find_modules
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -57,7 +57,7 @@ class FunctionalModulesParams:
 
 
 @register("functional_modules", FunctionalModulesParams, needs=("layers",), rule=RULE)
-def functional_modules(context: AuditContext, rule) -> list[Finding]:
+def functional_modules(context: AuditContext, rule) -> list[Measurement]:
     params: FunctionalModulesParams = rule.params
     indices, activations = pooled_activations(context, params.samples)
     labelled = context.data.labels is not None
@@ -75,10 +75,10 @@ def functional_modules(context: AuditContext, rule) -> list[Finding]:
                    f"{found.modularity:.2f}" + ("; the units form no groups" if unstructured else ""))
         if not judged:
             message = f"{layer.name}: {len(found.live_units)} live unit(s), too few to group"
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if unstructured else "pass", message,
+        findings.append(Measurement(
+            message,
             location=Location.of_layer(layer.name), metric="unstructured", value=1.0 - found.modularity,
-            threshold=1.0 - params.min_modularity,
+            threshold=1.0 - params.min_modularity, judged=judged,
             evidence={"samples": len(indices), "modularity": found.modularity, "live_units": len(found.live_units),
                       "edges": found.graph.number_of_edges(), "min_correlation": params.min_correlation,
                       "modules": modules,

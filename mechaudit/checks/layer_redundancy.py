@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.cka import cka_matrix
 from .decomposition_common import pooled_activations
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -46,7 +46,7 @@ class LayerRedundancyParams:
 
 
 @register("layer_redundancy", LayerRedundancyParams, needs=("layers", "layer_pairs"), rule=RULE)
-def layer_redundancy(context: AuditContext, rule) -> list[Finding]:
+def layer_redundancy(context: AuditContext, rule) -> list[Measurement]:
     params: LayerRedundancyParams = rule.params
     layers = context.view.hidden_layers
     indices, activations = pooled_activations(context, params.samples)
@@ -57,8 +57,7 @@ def layer_redundancy(context: AuditContext, rule) -> list[Finding]:
     for i in range(len(names) - 1):
         value = matrix[i][i + 1]
         redundant = value > params.max_cka
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if redundant else "pass",
+        findings.append(Measurement(
             f"{names[i]} and {names[i + 1]} have linear CKA {value:.2f}"
             + ("; the second adds little to the first: a candidate for pruning or a sign of a skipped update"
                if redundant else ""),

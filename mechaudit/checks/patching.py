@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 from ..activations import model_outputs
 from ..addresses import parse_address
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
 from ..techniques.patching import attribution_patching, exact_patching, metric_totals
 from .circuit_common import circuit_problem, class_index
@@ -81,7 +81,7 @@ class PatchingParams:
 
 
 @register("patching", PatchingParams, needs=("pairs", "layers", "logits"), rule=RULE)
-def patching(context: AuditContext, rule) -> list[Finding]:
+def patching(context: AuditContext, rule) -> list[Measurement]:
     params: PatchingParams = rule.params
     clean, corrupted, targets, metric, description = _problem(context, params)
     layers = context.view.hidden_layers
@@ -92,8 +92,7 @@ def patching(context: AuditContext, rule) -> list[Finding]:
     relative = abs(totals.effect) / max(abs(totals.clean), 1e-12)
     evidence["relative_effect"] = relative
     if relative < params.min_effect:
-        return [Finding(rule.id, rule.severity, "pass",
-                        f"the counterfactual barely changes the {description} ({relative:.1%} of its clean size): "
+        return [Measurement(f"the counterfactual barely changes the {description} ({relative:.1%} of its clean size): "
                         "no component carries a difference to localise",
                         metric="top_recovered_fraction", value=0.0, evidence={**evidence, "carried": False})]
     estimated = attribution_patching(context.view, layers, clean, corrupted, targets, metric, batch, device)
@@ -121,8 +120,7 @@ def patching(context: AuditContext, rule) -> list[Finding]:
     carriers = [row["component"] for row in rows if row["recovered_fraction"] >= params.min_recovered]
     top = rows[0]
     address = parse_address(top["component"])
-    return [Finding(
-        rule.id, rule.severity, "pass",
+    return [Measurement(
         f"patching {top['component']} alone recovers {top['recovered_fraction']:.0%} of the {description}; "
         f"{len(carriers)} component(s) recover at least {params.min_recovered:.0%}",
         location=Location.of_unit(address.layer, address.unit),

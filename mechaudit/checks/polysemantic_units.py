@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.selectivity import label_selectivity
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .decomposition_evidence import exemplars
@@ -67,7 +67,7 @@ class PolysemanticParams:
 
 
 @register("polysemantic_units", PolysemanticParams, needs=("layers", "labels"), rule=RULE)
-def polysemantic_units(context: AuditContext, rule) -> list[Finding]:
+def polysemantic_units(context: AuditContext, rule) -> list[Measurement]:
     params: PolysemanticParams = rule.params
     indices, activations = pooled_activations(context, params.samples, pool="max")
     labels, names = reading_labels(context, params.labels)
@@ -85,14 +85,13 @@ def polysemantic_units(context: AuditContext, rule) -> list[Finding]:
         share = float(poly.sum()) / count if count else 0.0
         failed = share > params.max_polysemantic_share
         listed = sorted(poly.nonzero().flatten().tolist(), key=lambda u: -float(spread[u]))[:params.max_listed]
-        status = "fail" if failed else "pass"
         message = (f"{int(poly.sum())} of {count} scored units of {layer.name} are polysemantic ({share:.0%}): their "
                    f"strongest activations spread over more than {params.max_effective_labels:g} {params.labels}"
                    + ("; read dictionary features (D103), not neurons, in this layer" if failed else ""))
         if not count:
             message = f"no unit of {layer.name} is active on {params.min_active} samples: nothing to read"
-        findings.append(Finding(
-            rule.id, rule.severity, status, message, location=Location.of_layer(layer.name),
+        findings.append(Measurement(
+            message, location=Location.of_layer(layer.name),
             metric="polysemantic_share", value=share, threshold=params.max_polysemantic_share,
             evidence={
                 "labels": params.labels, "samples": len(indices), "strong_share_of_max": params.strong,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.probes import as_classes, probe, reduce_features
 from .registry import RuleDefinition, RuleDocs, param, register
 from .representation_common import OUTPUT, sampled_activations
@@ -85,7 +85,7 @@ _READ = {"mean": "mean over positions", "first": "at the first position", "last"
 
 
 @register("probes", ProbesParams, needs=("attributes",), rule=RULE)
-def probes(context: AuditContext, rule) -> list[Finding]:
+def probes(context: AuditContext, rule) -> list[Measurement]:
     params: ProbesParams = rule.params
     indices, activations = sampled_activations(context, params.samples, params.position)
     output_layer = next((layer.name for layer in context.view.layers if layer.is_output), None)
@@ -111,8 +111,7 @@ def probes(context: AuditContext, rule) -> list[Finding]:
         best = max(profile, key=lambda row: row["decodability"])
         location = Location.of_layer(best["layer"]) if best["layer"] != OUTPUT else Location(component=OUTPUT)
         if kind == "concept":
-            findings.append(Finding(
-                rule.id, rule.severity, "pass",
+            findings.append(Measurement(
                 f"concept '{name}' is most decodable in {best['layer']} (decodability {best['decodability']:.2f}; "
                 f"{at_output['decodability']:.2f} from the output)",
                 location=location, metric="concept_decodability", value=best["decodability"], evidence=evidence,
@@ -120,8 +119,7 @@ def probes(context: AuditContext, rule) -> list[Finding]:
             continue
         value = at_output["decodability"]
         failed = value > params.max_decodability
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if failed else "pass",
+        findings.append(Measurement(
             f"protected attribute '{name}' is {'decodable' if failed else 'not decodable'} from the model's output "
             f"(decodability {value:.2f}); most decodable in {best['layer']} ({best['decodability']:.2f})",
             location=Location.of_layer(at_output["layer"]) if at_output["layer"] != OUTPUT

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.circuits import INPUT, attribution_flow
 from ..techniques.edits import what_if_erased, what_if_suppressed
 from .circuit_common import circuit_problem, circuit_scores, hidden_nodes, mean_values
@@ -68,7 +68,7 @@ class ProtectedPathwayParams:
 
 @register("protected_pathway", ProtectedPathwayParams, needs=("layers", "behaviour", "masks", "classification"),
           rule=RULE)
-def protected_pathway(context: AuditContext, rule) -> list[Finding]:
+def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
     params: ProtectedPathwayParams = rule.params
     problem = circuit_problem(context, params.samples, use_pairs=False)
     scores = circuit_scores(context, params.samples, use_pairs=False)
@@ -91,8 +91,7 @@ def protected_pathway(context: AuditContext, rule) -> list[Finding]:
                                         problem.inputs, problem.labels, mask, context.batch_size, context.device)
         direction_edit = what_if_erased(context.view, context.view.hidden_layers, problem.inputs, problem.labels,
                                         mask, context.batch_size, context.device)
-        findings.append(Finding(
-            rule.id, rule.severity, "fail" if share > params.max_share else "pass",
+        findings.append(Measurement(
             f"{share:.0%} of the attribution of the {problem.description} flows from '{name}' "
             f"(which covers {float(mask.mean()):.0%} of the input); the units most specific to it: "
             f"{', '.join(pathway[:3]) or 'none'}",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import AuditContext
-from ..findings import Finding, Location
+from ..findings import Location, Measurement
 from ..techniques.node_ablation import behaviour_under_ablation, distance
 from .circuit_common import carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values, not_carried
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -55,7 +55,7 @@ class SinglePointsParams:
 
 
 @register("single_points", SinglePointsParams, needs=("layers", "behaviour", "logits"), rule=RULE)
-def single_points(context: AuditContext, rule) -> list[Finding]:
+def single_points(context: AuditContext, rule) -> list[Measurement]:
     params: SinglePointsParams = rule.params
     problem = circuit_problem(context, params.samples)
     scores = circuit_scores(context, params.samples)
@@ -85,8 +85,7 @@ def single_points(context: AuditContext, rule) -> list[Finding]:
                                 "effect_when_removed": effect_without_first})
     table = [{"component": n, "behaviour_lost": loss[n]} for n in top]
     failing = [n for n in top if loss[n] > params.max_single_loss]
-    findings = [Finding(
-        rule.id, rule.severity, "fail",
+    findings = [Measurement(
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
         location=Location.of_unit(*n.split(":", 1)), metric="behaviour_lost", value=loss[n],
         threshold=params.max_single_loss,
@@ -94,8 +93,7 @@ def single_points(context: AuditContext, rule) -> list[Finding]:
     ) for n in failing]
     if not failing:
         worst = max(top, key=lambda n: loss[n])
-        findings.append(Finding(
-            rule.id, rule.severity, "pass",
+        findings.append(Measurement(
             f"no single unit carries the {problem.description} alone (largest loss {loss[worst]:.0%}, {worst}); "
             f"{len(backups)} backup relation(s) found",
             metric="behaviour_lost", value=loss[worst], threshold=params.max_single_loss,
