@@ -113,7 +113,8 @@ def _unknown_kinds_result() -> AuditResult:
                           "caveats": ["measured on a synthetic probe set"]}),
         Finding("D199", "info", "error", "check 'x' failed: ValueError: boom", evidence={"traceback": "Trace <x>"}),
         Finding("L299", "error", "skipped", "skipped: the spec declares no concept labels ([data.concepts])"),
-        Finding("L203", "warning", "pass", "attributions depend on the weights"),
+        Finding("L298", "warning", "pass", "an attribution-based rule under a new id",
+                evidence={"attribution_sanity": {"status": "passed", "method": "saliency", "rule": "L903"}}),
     ]
     rules = [RuleRun(f.rule_id, f.status, 0.1, [f], reason="no concepts" if f.status == "skipped" else None)
              for f in findings]
@@ -124,7 +125,7 @@ def _unknown_kinds_result() -> AuditResult:
 
 def test_any_finding_renders_generically_with_its_hooks() -> None:
     html = render_html(_unknown_kinds_result())
-    for rule_id in ("R399", "D199", "L299", "L203"):
+    for rule_id in ("R399", "D199", "L299", "L298"):
         assert f"mechaudit explain {rule_id}" in html
     assert "<th>a</th><th>b</th><th>c</th>" in html  # a list of dicts is a table
     assert "and 68 more (in findings.json)" in html  # long lists are cut, saying so
@@ -134,7 +135,7 @@ def test_any_finding_renders_generically_with_its_hooks() -> None:
     assert "Not part of this audit" not in circuit
     limits = html[html.index('<section id="limitations"'):]
     assert "measured on a synthetic probe set" in limits and "no concepts" in limits
-    assert "checked: L203 passed" in html
+    assert "checked: L903 passed" in html  # read from the evidence: the report knows no rule id
     assert "95% interval" in html  # a *_rate metric over samples gets a Wilson interval
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -72,7 +73,25 @@ class AttributionFaithfulnessParams:
     top_inputs: int = param(10, low=1, doc="input elements with the largest mean attribution, listed")
 
 
-@register("attribution_faithfulness", AttributionFaithfulnessParams, needs=("classification", "real_inputs"), rule=RULE)
+class AttributionFaithfulnessEvidence(TypedDict, total=False):
+    """The evidence of L204's findings (each finding holds some of these keys)."""
+
+    attribution_reliable: bool
+    attribution_sanity: dict
+    curves: list
+    deletion_area: float
+    deletion_area_random: float
+    infidelity: float
+    infidelity_random_attribution: float
+    insertion_area: float
+    insertion_area_random: float
+    method: str
+    samples: int
+    top_inputs: list
+
+
+@register("attribution_faithfulness", AttributionFaithfulnessParams, needs=("classification", "real_inputs"), rule=RULE,
+          evidence=AttributionFaithfulnessEvidence)
 def attribution_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     params: AttributionFaithfulnessParams = rule.params
     indices, attributions = predicted_attributions(context, params.method, params.n_steps, params.samples)

@@ -8,6 +8,7 @@ attribution-based rule of the audit (L201, L204). Those rules read the same resu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Measurement
@@ -75,7 +76,18 @@ class AttributionSanityParams:
     max_evaluations: int = param(6, low=2, doc="cascade steps at which attributions are compared")
 
 
-@register(SANITY_CHECK, AttributionSanityParams, needs=("classification", "real_inputs"), rule=RULE)
+class AttributionSanityEvidence(TypedDict, total=False):
+    """The evidence of L203's findings (each finding holds some of these keys)."""
+
+    attribution_method: str
+    cascade: list
+    largest_rank_correlation: float
+    samples: int
+    used_by: list
+
+
+@register(SANITY_CHECK, AttributionSanityParams, needs=("classification", "real_inputs"), rule=RULE,
+          evidence=AttributionSanityEvidence)
 def attribution_sanity(context: AuditContext, rule) -> list[Measurement]:
     params: AttributionSanityParams = rule.params
     methods = [params.method]

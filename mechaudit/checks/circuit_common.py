@@ -167,8 +167,11 @@ def mean_values(context: AuditContext) -> dict[str, torch.Tensor]:
 
 
 def semantic_labels(context: AuditContext) -> dict[str, str]:
-    """Labels from network dissection (L206) or dictionary features, when a rule computed them earlier."""
-    entries = context.cached("semantic_dictionary") or []
+    """Labels from network dissection (the semantic dictionary, computed on first use with the dissection rule's
+    parameters when that rule is part of the audit, whatever the rule order)."""
+    from .dissection import dissection_dictionary
+
+    entries = dissection_dictionary(context)
     labels = {}
     for entry in entries if isinstance(entries, list) else []:
         if isinstance(entry, dict) and "component" in entry and "concept" in entry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Measurement
@@ -60,7 +61,22 @@ class CircuitDiscoveryParams:
     top_nodes: int = param(10, low=1, doc="nodes listed in the evidence table")
 
 
-@register("circuit_discovery", CircuitDiscoveryParams, needs=("layers", "behaviour", "logits"), rule=RULE)
+class CircuitDiscoveryEvidence(TypedDict, total=False):
+    """The evidence of R301's findings (each finding holds some of these keys)."""
+
+    behaviour: str
+    behaviour_change_when_all_ablated: float
+    carried: bool
+    circuit: dict
+    edges_scored: bool
+    reference: str
+    samples: int
+    top_nodes: list
+    unconnected_layers: list
+
+
+@register("circuit_discovery", CircuitDiscoveryParams, needs=("layers", "behaviour", "logits"), rule=RULE,
+          evidence=CircuitDiscoveryEvidence)
 def circuit_discovery(context: AuditContext, rule) -> list[Measurement]:
     params: CircuitDiscoveryParams = rule.params
     problem = circuit_problem(context, params.samples)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -65,7 +66,27 @@ class CircuitFaithfulnessParams:
     minimality_nodes: int = param(12, low=0, doc="circuit nodes whose minimality contribution is measured")
 
 
-@register("circuit_faithfulness", CircuitFaithfulnessParams, needs=("layers", "behaviour", "logits"), rule=RULE)
+class CircuitFaithfulnessEvidence(TypedDict, total=False):
+    """The evidence of R302's findings (each finding holds some of these keys)."""
+
+    ablation: str
+    behaviour_change_when_all_ablated: float
+    candidate_units: int
+    carried: bool
+    circuit: list
+    circuit_size: int
+    completeness: float
+    curve: list
+    curve_area: float
+    faithfulness: float
+    m_empty: float
+    m_model: float
+    minimality: list
+    random_faithfulness: list
+
+
+@register("circuit_faithfulness", CircuitFaithfulnessParams, needs=("layers", "behaviour", "logits"), rule=RULE,
+          evidence=CircuitFaithfulnessEvidence)
 def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     params: CircuitFaithfulnessParams = rule.params
     problem = circuit_problem(context, params.samples)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+from typing import TypedDict
 
 import torch
 
@@ -88,7 +89,22 @@ class CriticalUnitsParams:
     top_k: int = param(10, low=1, doc="units listed per layer in the evidence")
 
 
-@register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits"), rule=RULE)
+class CriticalUnitsEvidence(TypedDict, total=False):
+    """The evidence of L202's findings (each finding holds some of these keys)."""
+
+    base_accuracy: float
+    largest_class_drop: float
+    mean_drop: float
+    per_class: list
+    resample_drop: float
+    samples: int
+    scan: str
+    top_units: list
+    zero_drop: float
+
+
+@register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits"), rule=RULE,
+          evidence=CriticalUnitsEvidence)
 def critical_units(context: AuditContext, rule) -> list[Measurement]:
     params: CriticalUnitsParams = rule.params
     modes = params.modes.split(",")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
@@ -67,7 +68,21 @@ class CueSensitivityParams:
     max_edges: int = param(20, low=1, doc="strongest pathway edges kept in the evidence graph")
 
 
-@register("cue_sensitivity", CueSensitivityParams, needs=("layers", "cues", "logits"), rule=RULE)
+class CueSensitivityEvidence(TypedDict, total=False):
+    """The evidence of L208's findings (each finding holds some of these keys)."""
+
+    pairs: int
+    pathway: list
+    pathway_change: float
+    pathway_graph: dict
+    pathway_share: float
+    total_change: float
+    total_flip_rate: float
+    unconnected_layers: list
+
+
+@register("cue_sensitivity", CueSensitivityParams, needs=("layers", "cues", "logits"), rule=RULE,
+          evidence=CueSensitivityEvidence)
 def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
     params: CueSensitivityParams = rule.params
     with_cue, without_cue = (half[:params.samples] for half in context.data.cues)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
@@ -59,7 +60,21 @@ class DeadUnitsParams:
     max_dense_fraction: float = param(0.5, low=0.0, high=1.0, doc="fail a layer whose dense share exceeds this")
 
 
-@register("dead_units", DeadUnitsParams, needs=("layers",), rule=RULE)
+class DeadUnitsEvidence(TypedDict, total=False):
+    """The evidence of D101's findings (each finding holds some of these keys)."""
+
+    active_fraction_per_unit: list
+    always_on_fraction_per_unit: list
+    dead_count: int
+    dead_units: list
+    dense_count: int
+    dense_units: list
+    samples: int
+    units: int
+
+
+@register("dead_units", DeadUnitsParams, needs=("layers",), rule=RULE,
+          evidence=DeadUnitsEvidence)
 def dead_units(context: AuditContext, rule) -> list[Measurement]:
     params: DeadUnitsParams = rule.params
     findings = []

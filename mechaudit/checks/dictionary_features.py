@@ -13,6 +13,7 @@ artifact ``dictionary_features``: L206 dissects their features) and written to t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -109,7 +110,40 @@ class DictionaryParams:
                                                       "activations are streamed from the model")
 
 
-@register("dictionary_features", DictionaryParams, needs=("layers",), rule=RULE)
+class DictionaryFeaturesEvidence(TypedDict, total=False):
+    """The evidence of D103's findings (each finding holds some of these keys)."""
+
+    activation_maximization: list
+    address: str
+    dead_features: int
+    dense_features: int
+    exemplars: list
+    feature_purity: float
+    features: int
+    file: str
+    fvu: float
+    k: int | None
+    kind: str
+    l0: float
+    l1: float | None
+    layer: str
+    live_features: int
+    positions_per_sample: int
+    purest_features: list
+    represented_features: int
+    scored_features: int
+    scored_units: int
+    seed_agreement: float
+    stable_features: int
+    steps: int
+    unit_purity: float
+    units: int
+    vectors: int
+    width: int
+
+
+@register("dictionary_features", DictionaryParams, needs=("layers",), rule=RULE,
+          evidence=DictionaryFeaturesEvidence)
 def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
     params: DictionaryParams = rule.params
     indices, unit_activations = pooled_activations(context, params.samples, pool="max")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
@@ -52,7 +53,23 @@ class DimensionalityParams:
     map_points: int = param(300, low=0, doc="samples drawn in the 2-D map of each layer (PCA and t-SNE); 0: none")
 
 
-@register("dimensionality", DimensionalityParams, needs=("layers",), rule=RULE)
+class DimensionalityEvidence(TypedDict, total=False):
+    """The evidence of D104's findings (each finding holds some of these keys)."""
+
+    components_90: int
+    components_99: int
+    effective_rank: float
+    effective_rank_share: float
+    explained_variance: list
+    layer_map: dict
+    live_units: int
+    pooling: str
+    samples: int
+    units: int
+
+
+@register("dimensionality", DimensionalityParams, needs=("layers",), rule=RULE,
+          evidence=DimensionalityEvidence)
 def dimensionality(context: AuditContext, rule) -> list[Measurement]:
     params: DimensionalityParams = rule.params
     indices, activations = pooled_activations(context, params.samples)

@@ -15,6 +15,7 @@ per sample and position (a callable works too) and ``dictionary.address(i)`` nam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -36,6 +37,7 @@ from .registry import RuleDefinition, RuleDocs, param, register
 from .representation_common import sampled_activations
 
 CHECK = "dissection"
+SEMANTIC_DICTIONARY = "semantic_dictionary"  # the artifact: a list of {component, concept, score, metric}
 
 
 DOCS = RuleDocs(
@@ -90,12 +92,23 @@ class DissectionParams:
     max_listed: int = param(64, low=1, doc="entries of the semantic dictionary listed in the evidence")
 
 
-@register(CHECK, DissectionParams, needs=("concepts", "layers"), rule=RULE)
+class DissectionEvidence(TypedDict, total=False):
+    """The evidence of L206's findings (each finding holds some of these keys)."""
+
+    per_concept: list
+    samples: int
+    semantic_dictionary: list
+    thresholds: dict
+    units_scored: int
+
+
+@register(CHECK, DissectionParams, needs=("concepts", "layers"), rule=RULE,
+          evidence=DissectionEvidence)
 def dissection(context: AuditContext, rule) -> list[Measurement]:
     params: DissectionParams = rule.params
     found, scored = _dissect(context, params)
     dictionary = [d.as_dict() for d in semantic_dictionary(found)]
-    context.artifact("semantic_dictionary", lambda: dictionary)
+    context.artifact(SEMANTIC_DICTIONARY, lambda: dictionary)
     per_concept = []
     for concept in sorted({d.concept for d in found} | set(context.data.concepts)):
         mine = [d for d in found if d.concept == concept or d.concept.startswith(f"{concept}=")]
@@ -122,7 +135,7 @@ def dissection_dictionary(context: AuditContext) -> list[dict]:
     rule = context.rule_for_check(CHECK)
     if rule is None or not context.data.concepts or not context.view.hidden_layers:
         return []
-    return context.artifact("semantic_dictionary",
+    return context.artifact(SEMANTIC_DICTIONARY,
                             lambda: [d.as_dict() for d in semantic_dictionary(_dissect(context, rule.params)[0])])
 
 

@@ -8,6 +8,7 @@ region: set to the baseline, or for a protected column set to each of its other 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -123,7 +124,28 @@ class Region:
     column: int | None = None
 
 
-@register("forbidden_input", ForbiddenInputParams, needs=("regions", "classification", "real_inputs"), rule=RULE)
+class ForbiddenInputEvidence(TypedDict, total=False):
+    """The evidence of L201's findings (each finding holds some of these keys)."""
+
+    aggregation: str
+    attribution_ratio: float
+    attribution_ratio_pooled: float
+    attribution_reliable: bool
+    attribution_sanity: dict
+    attribution_share_in_mask: float
+    column: str | None
+    flipped: int
+    intervention: str
+    mask_area_share: float
+    method: str
+    per_class: list
+    samples: int
+    samples_with_region: int
+    what_if: dict
+
+
+@register("forbidden_input", ForbiddenInputParams, needs=("regions", "classification", "real_inputs"), rule=RULE,
+          evidence=ForbiddenInputEvidence)
 def forbidden_input(context: AuditContext, rule) -> list[Measurement]:
     params: ForbiddenInputParams = rule.params
     indices, attributions = predicted_attributions(context, params.method, params.n_steps, params.samples)

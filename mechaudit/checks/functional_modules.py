@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -56,7 +57,20 @@ class FunctionalModulesParams:
     samples: int = param(2048, low=4, doc="samples read (seeded subset)")
 
 
-@register("functional_modules", FunctionalModulesParams, needs=("layers",), rule=RULE)
+class FunctionalModulesEvidence(TypedDict, total=False):
+    """The evidence of D105's findings (each finding holds some of these keys)."""
+
+    edges: int
+    live_units: int
+    method: str
+    min_correlation: float
+    modularity: float
+    modules: list
+    samples: int
+
+
+@register("functional_modules", FunctionalModulesParams, needs=("layers",), rule=RULE,
+          evidence=FunctionalModulesEvidence)
 def functional_modules(context: AuditContext, rule) -> list[Measurement]:
     params: FunctionalModulesParams = rule.params
     indices, activations = pooled_activations(context, params.samples)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
@@ -45,7 +46,18 @@ class LayerRedundancyParams:
     samples: int = param(2048, low=4, doc="samples read (seeded subset)")
 
 
-@register("layer_redundancy", LayerRedundancyParams, needs=("layers", "layer_pairs"), rule=RULE)
+class LayerRedundancyEvidence(TypedDict, total=False):
+    """The evidence of D106's findings (each finding holds some of these keys)."""
+
+    cka: list
+    layers: list
+    pooling: str
+    previous_layer: str
+    samples: int
+
+
+@register("layer_redundancy", LayerRedundancyParams, needs=("layers", "layer_pairs"), rule=RULE,
+          evidence=LayerRedundancyEvidence)
 def layer_redundancy(context: AuditContext, rule) -> list[Measurement]:
     params: LayerRedundancyParams = rule.params
     layers = context.view.hidden_layers

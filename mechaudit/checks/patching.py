@@ -10,6 +10,7 @@ the components that carry the behaviour by their exact recovered fractions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 from scipy.stats import spearmanr
@@ -80,7 +81,25 @@ class PatchingParams:
                                                 "share of its clean size, below which there is nothing to localise")
 
 
-@register("patching", PatchingParams, needs=("pairs", "layers", "logits"), rule=RULE)
+class PatchingEvidence(TypedDict, total=False):
+    """The evidence of L207's findings (each finding holds some of these keys)."""
+
+    behaviour: str
+    carried: bool
+    carriers: list
+    components: list
+    metric_clean: float
+    metric_corrupted: float
+    pairs: int
+    rank_correlation_attribution_exact: float
+    relative_effect: float
+    samples: int
+    scored: int
+    verified: int
+
+
+@register("patching", PatchingParams, needs=("pairs", "layers", "logits"), rule=RULE,
+          evidence=PatchingEvidence)
 def patching(context: AuditContext, rule) -> list[Measurement]:
     params: PatchingParams = rule.params
     clean, corrupted, targets, metric, description = _problem(context, params)

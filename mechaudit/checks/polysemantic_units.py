@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -66,7 +67,26 @@ class PolysemanticParams:
     max_listed: int = param(16, low=0, doc="polysemantic units listed in the evidence, per layer")
 
 
-@register("polysemantic_units", PolysemanticParams, needs=("layers", "labels"), rule=RULE)
+class PolysemanticUnitsEvidence(TypedDict, total=False):
+    """The evidence of D102's findings (each finding holds some of these keys)."""
+
+    effective_labels_per_unit: list
+    exemplars: list
+    labels: str
+    mean_purity: float
+    monosemantic_units: list
+    most_read_per_unit: int
+    polysemantic_count: int
+    polysemantic_units: list
+    purity_per_unit: list
+    samples: int
+    scored_units: int
+    strong_share_of_max: float
+    units: int
+
+
+@register("polysemantic_units", PolysemanticParams, needs=("layers", "labels"), rule=RULE,
+          evidence=PolysemanticUnitsEvidence)
 def polysemantic_units(context: AuditContext, rule) -> list[Measurement]:
     params: PolysemanticParams = rule.params
     indices, activations = pooled_activations(context, params.samples, pool="max")

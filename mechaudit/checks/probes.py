@@ -10,6 +10,7 @@ the first layer of any network), decodable from the output it shapes the decisio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
@@ -84,7 +85,21 @@ class ProbesParams:
 _READ = {"mean": "mean over positions", "first": "at the first position", "last": "at the last position"}
 
 
-@register("probes", ProbesParams, needs=("attributes",), rule=RULE)
+class ProbesEvidence(TypedDict, total=False):
+    """The evidence of L205's findings (each finding holds some of these keys)."""
+
+    attribute: str
+    classes: int
+    folds: int
+    kind: str
+    position: str
+    probe: str
+    profile: list
+    samples: int
+
+
+@register("probes", ProbesParams, needs=("attributes",), rule=RULE,
+          evidence=ProbesEvidence)
 def probes(context: AuditContext, rule) -> list[Measurement]:
     params: ProbesParams = rule.params
     indices, activations = sampled_activations(context, params.samples, params.position)

@@ -8,6 +8,7 @@ the region's effect where unit ablation, in a dense layer, cannot)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
@@ -66,8 +67,18 @@ class ProtectedPathwayParams:
     edit_nodes: int = param(3, low=0, doc="units on the protected pathway suppressed in the what-if edit")
 
 
+class ProtectedPathwayEvidence(TypedDict, total=False):
+    """The evidence of R303's findings (each finding holds some of these keys)."""
+
+    pathway: list
+    region_area_share: float
+    what_if_direction: dict | None
+    what_if_units: dict | None
+
+
 @register("protected_pathway", ProtectedPathwayParams, needs=("layers", "behaviour", "masks", "classification"),
-          rule=RULE)
+          rule=RULE,
+          evidence=ProtectedPathwayEvidence)
 def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
     params: ProtectedPathwayParams = rule.params
     problem = circuit_problem(context, params.samples, use_pairs=False)

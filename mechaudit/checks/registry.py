@@ -55,21 +55,31 @@ class RuleDefinition:
 
 @dataclass(frozen=True)
 class Check:
-    """A check: the function that runs it, its parameter dataclass, what it needs from the model and data, and the
-    rule it implements (None for a check registered without one, e.g. in tests)."""
+    """A check: the function that runs it, its parameter dataclass, what it needs from the model and data, the
+    rule it implements (None for a check registered without one, e.g. in tests), and its evidence contract: a
+    ``TypedDict`` (``total=False``) of every key its findings' evidence may hold. The report's figure drawer
+    (:data:`mechaudit.report.figures.DRAWERS`) and template (``templates/findings/<name>.html.j2``) are registered
+    under the check's name and read only keys of that contract (``tests/test_evidence_contracts.py``)."""
 
     name: str
     run: Callable[..., list]
     params: type
     needs: tuple[str, ...]
     rule: RuleDefinition | None = None
+    evidence: type | None = None
+
+    @property
+    def evidence_keys(self) -> frozenset[str]:
+        """The keys of :attr:`evidence` (empty without a contract)."""
+        return frozenset(getattr(self.evidence, "__annotations__", {}))
 
 
 CHECKS: dict[str, Check] = {}
 
 
-def register(name: str, params: type, needs: tuple[str, ...] = (), rule: RuleDefinition | None = None) -> Callable:
-    """Decorator: ``@register("dead_units", DeadUnitsParams, needs=("layers",), rule=RuleDefinition(...))``."""
+def register(name: str, params: type, needs: tuple[str, ...] = (), rule: RuleDefinition | None = None,
+             evidence: type | None = None) -> Callable:
+    """Decorator: ``@register("dead_units", DeadUnitsParams, needs=("layers",), rule=RULE, evidence=...)``."""
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"check {name}: unknown needs {sorted(unknown)}")
@@ -79,7 +89,7 @@ def register(name: str, params: type, needs: tuple[str, ...] = (), rule: RuleDef
             raise ValueError(f"check {name}: rule {rule.id} is already defined by check {taken}")
 
     def decorate(run: Callable) -> Callable:
-        CHECKS[name] = Check(name, run, params, needs, rule)
+        CHECKS[name] = Check(name, run, params, needs, rule, evidence)
         return run
     return decorate
 

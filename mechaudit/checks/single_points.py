@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -54,7 +55,17 @@ class SinglePointsParams:
     min_compensation: float = param(0.1, low=0.0, high=1.0, doc="report a backup whose effect rises by more")
 
 
-@register("single_points", SinglePointsParams, needs=("layers", "behaviour", "logits"), rule=RULE)
+class SinglePointsEvidence(TypedDict, total=False):
+    """The evidence of R304's findings (each finding holds some of these keys)."""
+
+    backups: list
+    behaviour_change_when_all_ablated: float
+    carried: bool
+    units: list
+
+
+@register("single_points", SinglePointsParams, needs=("layers", "behaviour", "logits"), rule=RULE,
+          evidence=SinglePointsEvidence)
 def single_points(context: AuditContext, rule) -> list[Measurement]:
     params: SinglePointsParams = rule.params
     problem = circuit_problem(context, params.samples)

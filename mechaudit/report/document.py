@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..findings import FAMILIES, SEVERITIES, STATUSES, AuditResult, severity_rank
-from ..techniques.attribution import METHODS as ATTRIBUTION_METHODS
 from .figures import DRAWERS, Figure, circuit_figure, slug
 from .json_report import result_to_dict
 
-SANITY_RULE = "L203"  # attribution sanity (model-parameter randomisation); until it exists, "not checked"
 CIRCUIT, DICTIONARY, CAVEATS, TRACEBACK = "circuit", "semantic_dictionary", "caveats", "traceback"
-HOOKS = {CIRCUIT: dict, DICTIONARY: list, CAVEATS: list}  # evidence keys with a section of their own, by shape
+#: The evidence of a finding that rests on attributions: the sanity verdict on its method (``status`` passed /
+#: failed / not checked, the ``rule`` that checked it, a ``note``), see :mod:`mechaudit.checks.attribution_common`.
+SANITY = "attribution_sanity"
+HOOKS = {CIRCUIT: dict, DICTIONARY: list, CAVEATS: list, SANITY: dict}  # evidence keys the report reads, by shape
 HIGHLIGHTS = 3
 HEADER_CHARS = 60
 
@@ -76,12 +77,13 @@ class FindingView:
 
     @property
     def attribution_based(self) -> bool:
-        return self.data["evidence"].get("method") in ATTRIBUTION_METHODS
+        return is_hook(SANITY, self.data["evidence"].get(SANITY))
 
     @property
     def evidence(self) -> dict[str, Any]:
         """The evidence left for the generic tables: hooks (of their documented shape) have their own sections."""
-        return {k: v for k, v in self.data["evidence"].items() if not is_hook(k, v) and k != TRACEBACK}
+        return {k: v for k, v in self.data["evidence"].items()
+                if (not is_hook(k, v) or k == SANITY) and k != TRACEBACK}
 
     @property
     def in_section_7(self) -> bool:
@@ -124,7 +126,7 @@ class RuleView:
 
 @dataclass(frozen=True)
 class Sanity:
-    """Whether attributions were checked for sanity (rule L203), in words."""
+    """Whether the attributions that findings rest on were checked for sanity, in words (from their evidence)."""
 
     checked: bool
     passed: bool
@@ -229,7 +231,7 @@ def _build(result: AuditResult, data: dict[str, Any]) -> Document:
     findings = [_finding_view(i, f, result, declared) for i, f in enumerate(data["findings"])]
     rules = [RuleView(r["id"], r["status"], r["seconds"], r["reason"], declared.get(r["id"]),
                       [f for f in findings if f.data["rule_id"] == r["id"]]) for r in data["rules"]]
-    sanity = _sanity(next((r for r in rules if r.id == SANITY_RULE), None))
+    sanity = _sanity([f.data["evidence"][SANITY] for f in findings if f.attribution_based])
     notes: list[str] = []
     circuits, dictionaries = [], []
     for view in findings:
@@ -271,11 +273,15 @@ def _guarded(draw: Callable[..., Any], args: tuple, view: FindingView, notes: li
         return None
 
 
-def _sanity(run: RuleView | None) -> Sanity:
-    if run is None:
-        return Sanity(False, False, f"not checked ({SANITY_RULE} not run)")
-    if run.status == "pass":
-        return Sanity(True, True, f"checked: {SANITY_RULE} passed")
-    if run.status == "fail":
-        return Sanity(True, False, f"FAILED ({SANITY_RULE}): attribution-based evidence is not reliable")
-    return Sanity(False, False, f"not checked ({SANITY_RULE} {run.status}: {run.reason or 'no reason given'})")
+def _sanity(verdicts: list[dict]) -> Sanity:
+    """The sanity of the attributions, from the ``attribution_sanity`` evidence of the findings that rest on them:
+    failed if any method failed, checked if every one passed, else not checked (with the first reason given)."""
+    checkers = ", ".join(sorted({str(v["rule"]) for v in verdicts if v.get("rule")})) or "the sanity rule"
+    if not verdicts:
+        return Sanity(False, False, "not checked (no finding of this audit rests on attributions)")
+    if any(v.get("status") == "failed" for v in verdicts):
+        return Sanity(True, False, f"FAILED ({checkers}): attribution-based evidence is not reliable")
+    if all(v.get("status") == "passed" for v in verdicts):
+        return Sanity(True, True, f"checked: {checkers} passed")
+    unchecked = next(v for v in verdicts if v.get("status") != "passed")
+    return Sanity(False, False, f"not checked ({unchecked.get('note') or 'no reason given'})")
