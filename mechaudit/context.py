@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -13,6 +13,18 @@ from .activations import UnitStats, model_outputs, unit_statistics
 from .loading import AuditData
 from .model_view import ModelView
 from .spec import BehaviourSpec
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Artifact(Generic[T]):
+    """A typed artifact several rules share (attributions, the sanity verdict, the semantic dictionary, circuit
+    scores, ...): ``compute(context, *args)`` runs once per audit and arguments, on first use, whichever rule asks
+    first, so no rule depends on another having run before it. Read it with :meth:`AuditContext.shared`."""
+
+    name: str
+    compute: Callable[..., T]
 
 
 @dataclass
@@ -26,12 +38,12 @@ class AuditContext:
     max_samples: int
     seed: int
     behaviour: BehaviourSpec | None = None
-    #: The rules this audit runs (set by the engine), so that a rule can consult another's parameters: e.g. L201
-    #: marks its attributions unreliable when the attribution sanity rule (L203) is part of the audit and fails.
+    #: The rules this audit runs (set by the engine), so that a shared artifact can use another rule's parameters:
+    #: e.g. L201 marks its attributions unreliable when the attribution sanity rule is part of the audit and fails.
     rules: tuple[Any, ...] = ()
     #: Binary files rules write into the output directory (relative path -> bytes), e.g. D103's dictionaries.
     attachments: dict[str, bytes] = field(default_factory=dict)
-    _artifacts: dict[str, Any] = field(default_factory=dict)
+    _artifacts: dict[tuple, Any] = field(default_factory=dict)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -78,16 +90,13 @@ class AuditContext:
     def class_name(self, index: int) -> str:
         return self.class_names[index] if index < len(self.class_names) else str(index)
 
-    def cached(self, key: str) -> Any | None:
-        """An artifact another rule already computed, or None (e.g. the semantic dictionary, for labels)."""
-        return self._artifacts.get(key)
-
     def rule_for_check(self, check: str) -> Any | None:
         """The first rule of this audit that runs ``check`` (a registered check name), or None."""
         return next((rule for rule in self.rules if rule.check.name == check), None)
 
-    def artifact(self, key: str, compute: Callable[[], Any]) -> Any:
-        """Compute a shared artifact once per audit (e.g. attributions used by several rules)."""
+    def shared(self, artifact: Artifact[T], *args: Hashable) -> T:
+        """``artifact`` for ``args``, computed on first use and kept for the rest of the audit."""
+        key = (artifact.name, args)
         if key not in self._artifacts:
-            self._artifacts[key] = compute()
+            self._artifacts[key] = artifact.compute(self, *args)
         return self._artifacts[key]

@@ -56,7 +56,10 @@ def test_the_semantic_dictionary_is_a_shared_artifact() -> None:
 
     context, _ = prepare(load_spec(example_spec("digits")))
     context.rules = tuple(load_rulebook("default").select(("L206",)))
+    from mechaudit.checks.dissection import DISSECTION
+
     entries = dissection_dictionary(context)
-    assert context.cached("semantic_dictionary") is entries
+    shared = context.shared(DISSECTION, context.rules[0].params)  # computed on first use, then kept
+    assert context.shared(DISSECTION, context.rules[0].params) is shared and entries == dissection_dictionary(context)
     labels = {row["component"]: row["concept"] for row in entries}
     assert labels["features.0:ch0"] == "watermark" and labels["features.2:ch8"] == "loop"

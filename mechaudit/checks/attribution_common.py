@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..context import AuditContext
+from ..context import Artifact, AuditContext
 from ..techniques.attribution import attribute
 from ..techniques.randomization import RandomizationResult, cascading_randomization
 
@@ -22,12 +22,13 @@ SANITY_CHECK = "attribution_sanity"
 def predicted_attributions(context: AuditContext, method: str, n_steps: int,
                            samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(indices, attributions)``: attributions to the predicted class of a seeded subset of ``samples``."""
-    indices = context.sample_indices(samples)
+    return context.sample_indices(samples), context.shared(ATTRIBUTIONS, method, n_steps, samples)
 
-    def compute() -> torch.Tensor:
-        return attribute(context.model, context.data.inputs[indices], context.predictions[indices], context.device,
-                         method, n_steps=n_steps, seed=context.seed, internal_batch_size=context.batch_size)
-    return indices, context.artifact(f"attributions:{method}:{n_steps}:{samples}", compute)
+
+def _attributions(context: AuditContext, method: str, n_steps: int, samples: int) -> torch.Tensor:
+    indices = context.sample_indices(samples)
+    return attribute(context.model, context.data.inputs[indices], context.predictions[indices], context.device,
+                     method, n_steps=n_steps, seed=context.seed, internal_batch_size=context.batch_size)
 
 
 def sanity_result(context: AuditContext, method: str) -> tuple[Any, RandomizationResult] | None:
@@ -36,18 +37,24 @@ def sanity_result(context: AuditContext, method: str) -> tuple[Any, Randomizatio
     rule = context.rule_for_check(SANITY_CHECK)
     if rule is None:
         return None
-    params = rule.params
+    return rule, context.shared(SANITY, method, rule.params)
 
-    def compute() -> RandomizationResult:
-        indices = context.sample_indices(params.samples)
-        inputs, targets = context.data.inputs[indices], context.predictions[indices]
 
-        def attribute_fn(model, x, t):
-            return attribute(model, x, t, context.device, method, n_steps=params.n_steps, seed=context.seed,
-                             internal_batch_size=context.batch_size)
-        return cascading_randomization(context.model, inputs, targets, attribute_fn, seed=context.seed,
-                                       max_evaluations=params.max_evaluations)
-    return rule, context.artifact(f"attribution_sanity:{method}", compute)
+def _sanity(context: AuditContext, method: str, params: Any) -> RandomizationResult:
+    indices = context.sample_indices(params.samples)
+    inputs, targets = context.data.inputs[indices], context.predictions[indices]
+
+    def attribute_fn(model, x, t):
+        return attribute(model, x, t, context.device, method, n_steps=params.n_steps, seed=context.seed,
+                         internal_batch_size=context.batch_size)
+    return cascading_randomization(context.model, inputs, targets, attribute_fn, seed=context.seed,
+                                   max_evaluations=params.max_evaluations)
+
+
+#: Attributions to the predicted class of a seeded subset, by (method, n_steps, samples).
+ATTRIBUTIONS: Artifact[torch.Tensor] = Artifact("attributions", _attributions)
+#: The cascading-randomisation verdict on a method, by (method, the sanity rule's parameters).
+SANITY: Artifact[RandomizationResult] = Artifact("attribution_sanity", _sanity)
 
 
 def reliability(context: AuditContext, method: str) -> dict[str, Any]:

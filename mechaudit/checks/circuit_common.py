@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..context import AuditContext
+from ..context import Artifact, AuditContext
 from ..findings import Measurement
 from ..techniques.circuits import (
     Behaviour,
@@ -45,15 +45,19 @@ def circuit_problem(context: AuditContext, samples: int, use_pairs: bool = True)
     """Build (once per audit) the tensors for the spec's ``[behaviour]``: on the declared pairs' clean inputs
     (reference: their corrupted twins) when there are pairs and ``use_pairs``, else on the audit inputs; for a
     next-token model, the behaviour reads the logits at the declared token position."""
-    def build() -> CircuitProblem:
-        problem = _build_problem(context, samples, use_pairs)
-        if context.task == "next-token":
-            position = context.behaviour.position
-            problem.behaviour = at_position(problem.behaviour, position)
-            problem.description += f" at token position {position}"
-        return problem
-    paired = use_pairs and context.data.pairs is not None
-    return context.artifact(f"circuit_problem:{samples}:{'pairs' if paired else 'inputs'}", build)
+    return context.shared(CIRCUIT_PROBLEM, samples, use_pairs and context.data.pairs is not None)
+
+
+def _problem(context: AuditContext, samples: int, paired: bool) -> CircuitProblem:
+    problem = _build_problem(context, samples, paired)
+    if context.task == "next-token":
+        position = context.behaviour.position
+        problem.behaviour = at_position(problem.behaviour, position)
+        problem.description += f" at token position {position}"
+    return problem
+
+
+CIRCUIT_PROBLEM: Artifact[CircuitProblem] = Artifact("circuit_problem", _problem)
 
 
 def _build_problem(context: AuditContext, samples: int, use_pairs: bool) -> CircuitProblem:
@@ -134,13 +138,17 @@ def _runner_up(context: AuditContext, inputs: torch.Tensor, first: torch.Tensor)
 def circuit_scores(context: AuditContext, samples: int, use_pairs: bool = True) -> CircuitScores:
     """Edge attribution patching scores for the declared behaviour (shared by R301-R304): on :func:`circuit_problem`,
     against the pairs' corrupted inputs, or the mean over the inputs when there are no pairs (or not ``use_pairs``)."""
-    def compute() -> CircuitScores:
-        problem = circuit_problem(context, samples, use_pairs)
-        return edge_attribution(context.view, problem.inputs, problem.targets, problem.behaviour,
-                                reference=problem.reference, masks=context.data.masks,
-                                batch_size=context.batch_size, device=context.device)
-    paired = use_pairs and context.data.pairs is not None
-    return context.artifact(f"circuit_scores:{samples}:{'pairs' if paired else 'inputs'}", compute)
+    return context.shared(CIRCUIT_SCORES, samples, use_pairs and context.data.pairs is not None)
+
+
+def _scores(context: AuditContext, samples: int, paired: bool) -> CircuitScores:
+    problem = circuit_problem(context, samples, paired)
+    return edge_attribution(context.view, problem.inputs, problem.targets, problem.behaviour,
+                            reference=problem.reference, masks=context.data.masks,
+                            batch_size=context.batch_size, device=context.device)
+
+
+CIRCUIT_SCORES: Artifact[CircuitScores] = Artifact("circuit_scores", _scores)
 
 
 def carries_behaviour(span: float, m_model: torch.Tensor) -> bool:

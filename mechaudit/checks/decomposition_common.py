@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..activations import per_sample_activations
-from ..context import AuditContext
+from ..context import Artifact, AuditContext
 
 CLASSES = "classes"
 
@@ -16,12 +16,16 @@ CLASSES = "classes"
 def pooled_activations(context: AuditContext, samples: int,
                        pool: str = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(indices, {layer: (samples, units)})`` for the hidden layers, pooled over positions by ``pool``."""
-    indices = context.sample_indices(samples)
+    return context.sample_indices(samples), context.shared(POOLED_ACTIVATIONS, samples, pool)
 
-    def compute() -> dict[str, torch.Tensor]:
-        return per_sample_activations(context.view, context.view.hidden_layers, context.data.inputs[indices],
-                                      context.batch_size, context.device, pool=pool)
-    return indices, context.artifact(f"pooled_activations:{pool}:{samples}", compute)
+
+def _pooled(context: AuditContext, samples: int, pool: str) -> dict[str, torch.Tensor]:
+    return per_sample_activations(context.view, context.view.hidden_layers,
+                                  context.data.inputs[context.sample_indices(samples)], context.batch_size,
+                                  context.device, pool=pool)
+
+
+POOLED_ACTIVATIONS: Artifact[dict[str, torch.Tensor]] = Artifact("pooled_activations", _pooled)
 
 
 def reading_labels(context: AuditContext, source: str) -> tuple[torch.Tensor, list[str]]:

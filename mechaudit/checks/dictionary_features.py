@@ -17,7 +17,7 @@ from typing import TypedDict
 
 import torch
 
-from ..context import AuditContext
+from ..context import Artifact, AuditContext
 from ..findings import Location, Measurement
 from ..model_view import Layer
 from ..techniques.sae import (
@@ -36,7 +36,7 @@ from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .decomposition_evidence import exemplars, maximised_features
 from .registry import RuleDefinition, RuleDocs, param, register
 
-DICTIONARIES = "dictionary_features"
+CHECK = "dictionary_features"
 STABLE_COSINE = 0.9  # two features are the same direction above this cosine similarity
 
 
@@ -142,7 +142,7 @@ class DictionaryFeaturesEvidence(TypedDict, total=False):
     width: int
 
 
-@register("dictionary_features", DictionaryParams, needs=("layers",), rule=RULE,
+@register(CHECK, DictionaryParams, needs=("layers",), rule=RULE,
           evidence=DictionaryFeaturesEvidence)
 def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
     params: DictionaryParams = rule.params
@@ -150,14 +150,11 @@ def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
     labels, names = _labels(context, params, indices)
     dictionaries: dict[str, Dictionary] = {}
     findings = []
+    trained = context.shared(LEARNED_DICTIONARIES, params)
     for layer in context.view.hidden_layers:
         stream, positions, width = _stream(context, layer, indices, params)
-        config = SAEConfig(features=params.expansion * width, kind=params.kind,
-                           k=max(1, min(params.k, width // 8)), l1=params.l1, steps=params.steps,
-                           batch=params.batch, seed=context.seed)
-        dictionary = train_dictionary(stream, config, layer.name, context.device)
-        twin = train_dictionary(stream, SAEConfig(**{**config.__dict__, "seed": context.seed + 1}), layer.name,
-                                context.device)
+        dictionary, twin = trained[layer.name]
+        config = dictionary.config
         stats, twin_stats = evaluate(dictionary, stream), evaluate(twin, stream)
         alive = stats.frequency > 0
         agreement = seed_agreement(dictionary.decoder, twin.decoder, alive, twin_stats.frequency > 0)
@@ -184,7 +181,6 @@ def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
         evidence["exemplars"] = exemplars(context, indices, features, shown, [dictionary.address(f) for f in shown])
         evidence["activation_maximization"] = maximised_features(context, layer, dictionary, shown)
         findings += _findings(rule, params, layer, evidence)
-    context.artifact(DICTIONARIES, dict).update(dictionaries)  # shared with later rules (L206)
     context.attachments.update(
         {f"dictionaries/{_file_name(name)}.safetensors": _serialise(d) for name, d in dictionaries.items()})
     return findings
@@ -223,6 +219,35 @@ def _labels(context: AuditContext, params: DictionaryParams, indices: torch.Tens
         return None, []
     labels, names = reading_labels(context, params.labels)
     return labels[indices], names
+
+
+def _train(context: AuditContext, params: DictionaryParams) -> dict[str, tuple[Dictionary, Dictionary]]:
+    """Per hidden layer, its dictionary and a twin trained with the next seed (for seed agreement)."""
+    indices = context.sample_indices(params.samples)
+    trained = {}
+    for layer in context.view.hidden_layers:
+        stream, _, width = _stream(context, layer, indices, params)
+        config = SAEConfig(features=params.expansion * width, kind=params.kind,
+                           k=max(1, min(params.k, width // 8)), l1=params.l1, steps=params.steps,
+                           batch=params.batch, seed=context.seed)
+        trained[layer.name] = (
+            train_dictionary(stream, config, layer.name, context.device),
+            train_dictionary(stream, SAEConfig(**{**config.__dict__, "seed": context.seed + 1}), layer.name,
+                             context.device))
+    return trained
+
+
+#: The learned dictionaries of D103, by its parameters: computed on first use, by D103 or by a rule that dissects
+#: their features (L206), whichever runs first.
+LEARNED_DICTIONARIES: Artifact[dict[str, tuple[Dictionary, Dictionary]]] = Artifact("learned_dictionaries", _train)
+
+
+def learned_dictionaries(context: AuditContext) -> dict[str, Dictionary]:
+    """The dictionaries the audit's dictionary rule learns (none when no rule of the audit runs this check)."""
+    rule = context.rule_for_check(CHECK)
+    if rule is None or not context.view.hidden_layers:
+        return {}
+    return {name: pair[0] for name, pair in context.shared(LEARNED_DICTIONARIES, rule.params).items()}
 
 
 def _stream(context: AuditContext, layer: Layer, indices: torch.Tensor, params: DictionaryParams):

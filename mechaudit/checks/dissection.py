@@ -3,13 +3,14 @@
 Every unit of every hidden layer (and every dictionary feature another rule trained, see below) is scored against
 every declared concept: IoU with spatial concept masks for convolution channels, AUROC against per-sample concept
 labels otherwise (:mod:`..techniques.dissection`). The semantic dictionary (each detector's best concept) is the
-finding's ``semantic_dictionary`` evidence and the shared artifact ``semantic_dictionary``, which the report and
-the circuit graph use as labels; :func:`dissection_dictionary` computes it on demand for a rule that runs first.
+finding's ``semantic_dictionary`` evidence and, through :func:`dissection_dictionary` (the shared artifact
+:data:`DISSECTION`, computed on first use whatever the rule order), the circuit graph's labels.
 
-Dictionary features: when a rule of the audit (D103) shares the artifact ``dictionary_features``, ``{layer:
-dictionary}`` where ``dictionary.encode((vectors, units)) -> (vectors, features)`` encodes one activation vector
-per sample and position (a callable works too) and ``dictionary.address(i)`` names a feature (default
-``layer:feat<i>``), each feature's activation averaged over a sample's positions is dissected by AUROC too.
+Dictionary features: when a rule of the audit (D103) learns dictionaries (the shared artifact
+:data:`~.dictionary_features.LEARNED_DICTIONARIES`, computed on first use), ``{layer: dictionary}`` where
+``dictionary.encode((vectors, units)) -> (vectors, features)`` encodes one activation vector per sample and
+position (a callable works too) and ``dictionary.address(i)`` names a feature (default ``layer:feat<i>``), each
+feature's activation averaged over a sample's positions is dissected by AUROC too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TypedDict
 import torch
 
 from ..addresses import FEATURE_PREFIX, format_address
-from ..context import AuditContext
+from ..context import Artifact, AuditContext
 from ..findings import Measurement
 from ..model_view import units_view
 from ..techniques.dissection import (
@@ -32,12 +33,11 @@ from ..techniques.dissection import (
     per_sample,
     semantic_dictionary,
 )
-from .dictionary_features import DICTIONARIES
+from .dictionary_features import learned_dictionaries
 from .registry import RuleDefinition, RuleDocs, param, register
 from .representation_common import sampled_activations
 
 CHECK = "dissection"
-SEMANTIC_DICTIONARY = "semantic_dictionary"  # the artifact: a list of {component, concept, score, metric}
 
 
 DOCS = RuleDocs(
@@ -106,9 +106,8 @@ class DissectionEvidence(TypedDict, total=False):
           evidence=DissectionEvidence)
 def dissection(context: AuditContext, rule) -> list[Measurement]:
     params: DissectionParams = rule.params
-    found, scored = _dissect(context, params)
+    found, scored = context.shared(DISSECTION, params)
     dictionary = [d.as_dict() for d in semantic_dictionary(found)]
-    context.artifact(SEMANTIC_DICTIONARY, lambda: dictionary)
     per_concept = []
     for concept in sorted({d.concept for d in found} | set(context.data.concepts)):
         mine = [d for d in found if d.concept == concept or d.concept.startswith(f"{concept}=")]
@@ -130,13 +129,12 @@ def dissection(context: AuditContext, rule) -> list[Measurement]:
 
 
 def dissection_dictionary(context: AuditContext) -> list[dict]:
-    """The semantic dictionary, computed once per audit with the dissection rule's parameters (empty when no rule
-    of the audit dissects, or no concept is declared): for a rule that needs labels before L206 has run."""
+    """The semantic dictionary, computed once per audit with the dissection rule's parameters, on first use by
+    whichever rule asks (empty when no rule of the audit dissects, or no concept is declared)."""
     rule = context.rule_for_check(CHECK)
     if rule is None or not context.data.concepts or not context.view.hidden_layers:
         return []
-    return context.artifact(SEMANTIC_DICTIONARY,
-                            lambda: [d.as_dict() for d in semantic_dictionary(_dissect(context, rule.params)[0])])
+    return [d.as_dict() for d in semantic_dictionary(context.shared(DISSECTION, rule.params)[0])]
 
 
 def _dissect(context: AuditContext, params: DissectionParams) -> tuple[list[Detection], int]:
@@ -165,7 +163,7 @@ def _dissect(context: AuditContext, params: DissectionParams) -> tuple[list[Dete
             per_unit, rest = activations[layer.name], labels
         scores, names = auroc_scores(per_unit, rest)
         found += detections(components, scores, names, "auroc", params.min_auroc)
-    for layer_name, dictionary in (context.cached(DICTIONARIES) or {}).items():
+    for layer_name, dictionary in learned_dictionaries(context).items():
         if layer_name not in activations:
             continue
         layer = context.view.layer(layer_name)
@@ -181,3 +179,8 @@ def _dissect(context: AuditContext, params: DissectionParams) -> tuple[list[Dete
         scores, names = auroc_scores(per_sample_features, labels)
         found += detections(components, scores, names, "auroc", params.min_auroc)
     return found, scored
+
+
+#: Every detection of every unit and dictionary feature and the number of components scored, by the dissection
+#: rule's parameters: the semantic dictionary, computed on first use by L206 or by a rule that labels with it.
+DISSECTION: Artifact[tuple[list[Detection], int]] = Artifact("dissection", _dissect)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..context import AuditContext
+from ..context import Artifact, AuditContext
 from ..techniques.circuits import logits_at
 from .decomposition_common import pooled_activations
 
@@ -17,11 +17,15 @@ def sampled_activations(context: AuditContext, samples: int,
     """``(indices, {layer: (samples, units)})``: each unit's activation averaged over its positions (or taken at
     the ``first`` or ``last`` one), for the hidden layers, plus ``"output"``: the model's outputs (for a next-token
     model, at the behaviour's position)."""
-    indices, pooled = pooled_activations(context, samples, pool)
+    return context.sample_indices(samples), context.shared(SAMPLED_ACTIVATIONS, samples, pool)
 
-    def compute() -> dict[str, torch.Tensor]:
-        activations = dict(pooled)
-        position = context.behaviour.position if context.behaviour is not None else -1
-        activations[OUTPUT] = logits_at(context.outputs[indices], position).flatten(1)
-        return activations
-    return indices, context.artifact(f"per_sample_activations:{pool}:{samples}", compute)
+
+def _sampled(context: AuditContext, samples: int, pool: str) -> dict[str, torch.Tensor]:
+    indices, pooled = pooled_activations(context, samples, pool)
+    activations = dict(pooled)
+    position = context.behaviour.position if context.behaviour is not None else -1
+    activations[OUTPUT] = logits_at(context.outputs[indices], position).flatten(1)
+    return activations
+
+
+SAMPLED_ACTIVATIONS: Artifact[dict[str, torch.Tensor]] = Artifact("per_sample_activations", _sampled)
