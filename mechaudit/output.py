@@ -1,7 +1,8 @@
 """The output directory (``--out``): checked before the audit runs, replaced atomically after it.
 
 ``--out`` is only ever replaced when it is absent, empty, or a previous mechaudit bundle: a directory whose
-``manifest.json`` was written by mechaudit and which holds nothing the manifest does not list. Anything else
+``manifest.json`` was written by mechaudit and which holds nothing the manifest does not list (its in-toto
+statement aside). Anything else
 (the working directory, a directory holding the spec, a mount point, a directory with other files) is refused
 before the audit runs, as is a place that cannot be written. Every file is written into a temporary directory
 beside ``--out`` and swapped in with two renames, with SIGINT/SIGTERM held back between them; temporaries left by
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from .errors import InputError
 from .interrupts import raising
+from .report.attestation import STATEMENT
+from .report.manifest import MANIFEST
 
-MANIFEST = "manifest.json"
 _PROBE_BYTES = 1 << 16
 _LEGACY_STALE_SECONDS = 3600  # temporaries named without a process id: stale once this old
 
@@ -68,7 +70,7 @@ def foreign_entry(directory: Path) -> str | None:
     listed = _manifest_files(directory / MANIFEST)
     if listed is None:
         return f"'{sorted(entries)[0]}' is there and no manifest.json written by mechaudit"
-    extra = sorted(entries - listed - {MANIFEST})
+    extra = sorted(entries - listed - {MANIFEST, STATEMENT})
     return f"'{extra[0]}' is not listed in its manifest.json" if extra else None
 
 
