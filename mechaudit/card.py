@@ -28,6 +28,7 @@ import yaml
 
 from .diff import load_result
 from .errors import InputError
+from .text_safety import markdown_safe
 
 BEGIN = "<!-- mechaudit:begin -->"
 END = "<!-- mechaudit:end -->"
@@ -228,18 +229,20 @@ def section_lines(data: dict[str, Any], hashes: dict[str, str], report: str) -> 
         waiver = finding.get("waiver")
         note = ""
         if waiver:
-            note = (f" Waived by {waiver['id']} ({waiver['approver']}, until {waiver['expires']})."
-                    if waiver["state"] == "active" else f" Waiver {waiver['id']} expired on {waiver['expires']}.")
-        lines.append(f"- **{finding['rule_id']}** {name} {finding['status'].upper()} [{finding['severity']}] at "
-                     f"`{where}`: {_one_line(finding['message'])}{measured}.{note}".replace("  ", " "))
+            wid, approver, expires = (markdown_safe(waiver.get(k, "")) for k in ("id", "approver", "expires"))
+            note = (f" Waived by {wid} ({approver}, until {expires})."
+                    if waiver["state"] == "active" else f" Waiver {wid} expired on {expires}.")
+        lines.append(f"- **{_one_line(finding['rule_id'])}** {_one_line(name)} {finding['status'].upper()} "
+                     f"[{finding['severity']}] at `{_code(where)}`: {_one_line(finding['message'])}{measured}."
+                     f"{note}".replace("  ", " "))
     if len(key) > KEY_FINDINGS:
         lines.append(f"- ... and {len(key) - KEY_FINDINGS} more in the full report.")
     lines += ["", "### Hashes (SHA-256)", "", "| what | SHA-256 |", "| --- | --- |"]
     for path, digest in sorted(meta["model"]["sha256"].items()):
-        lines.append(f"| model `{_basename(path)}` | `{digest}` |")
+        lines.append(f"| model `{_code(_basename(path))}` | `{digest}` |")
     for path, digest in sorted(meta["data"]["sha256"].items()):
-        lines.append(f"| data `{_basename(path)}` | `{digest}` |")
-    lines.append(f"| rulebook `{meta['rulebook']['name']}` | `{meta['rulebook']['sha256']}` |")
+        lines.append(f"| data `{_code(_basename(path))}` | `{digest}` |")
+    lines.append(f"| rulebook `{_code(meta['rulebook']['name'])}` | `{meta['rulebook']['sha256']}` |")
     for name, digest in hashes.items():
         lines.append(f"| {name} | `{digest}` |")
     lines += ["", (f"Full report: [{report}]({report}). Written by `mechaudit card`; edits between the markers "
@@ -248,7 +251,12 @@ def section_lines(data: dict[str, Any], hashes: dict[str, str], report: str) -> 
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split()).rstrip(".").replace("|", "\\|")
+    return markdown_safe(str(text).rstrip(". \n"))
+
+
+def _code(text: str) -> str:
+    """``text`` for inside a Markdown code span: one line, no backtick to close the span early."""
+    return " ".join(str(text).split()).replace("`", "'")
 
 
 def _basename(path: str) -> str:

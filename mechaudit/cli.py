@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import sys
 import traceback
 from dataclasses import replace
@@ -86,7 +85,7 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
           **flags) -> None:
     """Run the rulebook on a model and its audit data (a SPEC file, --example NAME, or quick-run flags)."""
     from .engine import run_audit
-    from .output import write_bundle
+    from .output import check_out_dir, write_bundle
     from .report import FORMATS, ReportSettings, build_bundle, check_formats
     from .report.console import summary_lines
     from .rulebook import load_rulebook
@@ -104,6 +103,8 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     check_formats(chosen)  # e.g. pdf without WeasyPrint: one line, before the audit runs
     if isolated and config_file is not None:
         raise InputError("--isolated", "ignores every configuration file; it does not combine with --config")
+    if out is not None:
+        check_out_dir(out, spec)  # never replaced unless empty, absent or a previous report; writable
     old = _load_baseline(baseline)  # a bad baseline fails before the audit runs
     base = _base_options(spec, config_file, isolated)
     audit_spec = _spec_from(spec, example, model_source, weights, data, inputs_key, labels_key, masks, task, flags,
@@ -119,7 +120,7 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
 
         settings = ReportSettings(sarif_keep_waived=sarif_keep_waived, pdf_variant=pdf_variant, bundle_dir=out,
                                   project_root=repository_root(audit_spec.source or Path.cwd()))
-        write_bundle(out, build_bundle(result, chosen, settings))
+        write_bundle(out, build_bundle(result, chosen, settings), spec)
     if not quiet:  # machine output owns stdout: the summary goes to stderr then
         for line in summary_lines(result, verbose):
             click.echo(line, err=json_to_stdout)
@@ -314,7 +315,9 @@ def diff(ctx: click.Context, old: Path, new: Path, fmt: str, tolerance: str | No
     elif fmt == "html":
         text = render_diff_html(result)
     else:
-        text = "\n".join(diff_lines(result)) + "\n"
+        from .text_safety import terminal_safe
+
+        text = "\n".join(terminal_safe(line) for line in diff_lines(result)) + "\n"
     if output is not None:
         try:
             output.write_text(text, encoding="utf-8")
@@ -385,15 +388,20 @@ def examples() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: turns bad input into one line on stderr and exit code 2, never a traceback."""
-    argv, debug = _hoist_debug(list(sys.argv[1:] if argv is None else argv))
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    from .interrupts import install_handlers, restore_handlers
+
+    previous = install_handlers()  # SIGINT -> 130, SIGTERM -> 143; a KeyboardInterrupt raised by a model is not one
     try:
-        return _main(argv, debug)
+        return _main(argv)
     finally:
-        signal.signal(signal.SIGTERM, previous)  # an embedding program (or a test) gets its own handler back
+        restore_handlers(previous)
 
 
-def _main(argv: list[str], debug: bool) -> int:
+def _main(argv: list[str] | None) -> int:
+    from .interrupts import MESSAGE, interruption
+    from .text_safety import terminal_safe
+
+    argv, debug = _hoist_debug(list(sys.argv[1:] if argv is None else argv))
     try:
         code = cli.main(args=argv, prog_name="mechaudit", standalone_mode=False,
                         color=False if os.environ.get("NO_COLOR") else None)  # https://no-color.org
@@ -401,25 +409,29 @@ def _main(argv: list[str], debug: bool) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"mechaudit: error: {exc.format_message()}", err=True)
+        click.echo(f"mechaudit: error: {terminal_safe(exc.format_message())}", err=True)
         return EXIT_ERROR
-    except click.exceptions.Abort:
-        click.echo("mechaudit: interrupted; no output was written", err=True)
-        return 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        click.echo(MESSAGE, err=True)
+        signal_exit = interruption(exc)
+        return signal_exit.exit_code if signal_exit is not None else 130
     except InputError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"mechaudit: error: {exc}", err=True)
+        click.echo(f"mechaudit: error: {terminal_safe(str(exc))}", err=True)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        click.echo("mechaudit: interrupted; no output was written", err=True)
-        return 130
+    except SystemExit as exc:  # only a model's code calls sys.exit: never let it decide the exit code
+        if debug:
+            traceback.print_exc()
+        click.echo(f"mechaudit: error: code run by the audit called sys.exit({terminal_safe(repr(exc.code))}); "
+                   "no output was written", err=True)
+        return EXIT_ERROR
     except Exception as exc:  # a bug in mechaudit, not bad input: still one line (after the traceback with --debug)
         if debug:
             traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else ""
-        click.echo(f"mechaudit: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
-                   err=True)
+        click.echo(f"mechaudit: internal error: {type(exc).__name__}: {terminal_safe(first)} "
+                   "(rerun with --debug for details)", err=True)
         return EXIT_ERROR
 
 
@@ -430,10 +442,6 @@ def _hoist_debug(argv: list[str]) -> tuple[list[str], bool]:
     if debug:
         argv = ["--debug", *(a for a in argv[:end] if a != "--debug"), *argv[end:]]
     return argv, debug
-
-
-def _terminate(signum, _frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def load_result(path: Path) -> dict[str, Any]:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(str(file), f"not valid JSON ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise InputError(str(file), "not valid JSON (nested too deeply)") from None
     except OSError as exc:
         raise InputError(str(file), f"cannot be read ({exc.strerror})") from None
     _check_shape(data, str(file))
@@ -39,7 +41,7 @@ def load_result(path: Path) -> dict[str, Any]:
     if manifest.is_file():
         try:
             recorded = json.loads(manifest.read_text(encoding="utf-8")).get("files", {}).get(file.name)
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
             raise InputError(str(manifest), "not a valid manifest.json") from None
         if recorded is not None and recorded != hashlib.sha256(raw).hexdigest():
             raise InputError(str(file), f"does not match the SHA-256 recorded in {manifest}: the bundle was altered")

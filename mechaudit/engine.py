@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -21,6 +22,8 @@ from .config import apply_overrides, override_summary
 from .context import AuditContext
 from .errors import InputError
 from .findings import AuditResult, Finding, RuleRun
+from .interrupts import Interrupted
+from .isolation import ModelGuard
 from .loading import AuditData, LoadedModel, load_data, load_model
 from .model_view import ModelView
 from .needs import missing_need
@@ -46,17 +49,19 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
-            data: AuditData | None = None) -> tuple[AuditContext, dict]:
+            data: AuditData | None = None, guard: ModelGuard | None = None) -> tuple[AuditContext, dict]:
     """Load the model and data (unless given, as by :func:`mechaudit.audit`) and check that they fit each other;
-    raises :class:`InputError` if not."""
+    raises :class:`InputError` if not. Loading and the first forward passes share the rule time-out; ``guard``
+    attaches to the model before its first forward pass."""
     options = spec.options
     seed_everything(options.seed)
     device = resolve_device(options.device)
     search_path = spec.source.parent if spec.source else Path.cwd()
     max_bytes = options.max_file_mb * 2**20
     if loaded is None:
-        loaded = load_model(spec.model, trust_pickle=options.trust_pickle, search_path=search_path,
-                            max_bytes=max_bytes)
+        with _bounded("model: loading it", options.rule_timeout):
+            loaded = load_model(spec.model, trust_pickle=options.trust_pickle, search_path=search_path,
+                                max_bytes=max_bytes)
     if data is None:
         data = load_data(spec.data, spec.task, max_bytes)
     conversion = {"conversion": loaded.conversion_check(data.inputs[:options.max_samples])} if (
@@ -66,10 +71,15 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
     except Exception as exc:
         raise InputError(f"model {loaded.name}", f"cannot be moved to {device} ({type(exc).__name__}: "
                                                  f"{_first_line(exc)})") from None
-    view = _discover(model, data, device, options.layers)
-    context = AuditContext(view, data, spec.task, spec.class_names, device, options.batch_size,
-                           options.max_samples, options.seed, behaviour=spec.behaviour)
-    _check_outputs(context)
+    if guard is not None:
+        guard.attach(model)
+    with _bounded("model: the first forward passes on the audit data", options.rule_timeout):
+        view = _discover(model, data, device, options.layers)
+        context = AuditContext(view, data, spec.task, spec.class_names, device, options.batch_size,
+                               options.max_samples, options.seed, behaviour=spec.behaviour)
+        if guard is not None:
+            guard.restore()
+        _check_outputs(context)
     inputs = {"model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.hashes, **conversion},
               "data": {"sha256": data.hashes, "samples": len(data), "sample_shape": list(data.inputs.shape[1:]),
                        "groups": _declared_groups(data)}}
@@ -86,9 +96,9 @@ def _discover(model: torch.nn.Module, data: AuditData, device: torch.device, lay
     sample = data.inputs[:2].to(device)
     try:
         return ModelView.discover(model, sample, layers)
-    except InputError:
+    except (InputError, Interrupted, RuleTimeout):
         raise
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:
         raise InputError("model", f"forward pass failed on audit inputs of shape {tuple(data.inputs.shape[1:])} "
                                   f"per sample; do the inputs fit the model? ({type(exc).__name__}: "
                                   f"{_first_line(exc)})") from None
@@ -98,16 +108,28 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+_LARGE_INPUT = 1e15  # far beyond any normalised data; squares and products of such values overflow float32
+
+
 def _check_outputs(context: AuditContext) -> None:
     try:
         outputs = context.outputs
-    except InputError:
+    except (InputError, Interrupted, RuleTimeout):
         raise
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:
         raise InputError("model", f"forward pass failed on the audit data ({type(exc).__name__}: "
                                   f"{_first_line(exc)})") from None
     if not torch.isfinite(outputs).all():
+        largest = float(context.data.inputs.abs().max()) if context.data.inputs.is_floating_point() else 0.0
+        if largest > _LARGE_INPUT:  # finite inputs whose scale overflows float32 arithmetic: the data's fault
+            raise InputError("data: inputs", f"reach |x| = {largest:.3g}, and the model's outputs overflow to NaN "
+                                             "or infinity on them; rescale (normalise) the data")
         raise InputError("model", "produced NaN or infinite outputs on the audit data")
+    if outputs.dim() == 0 or outputs.shape[0] != len(context.data):
+        rows = outputs.shape[0] if outputs.dim() else "no"
+        raise InputError("model", f"returned {rows} output rows for {len(context.data)} samples (in batches of "
+                                  f"{context.batch_size}); the first axis of the output must be the samples, one "
+                                  "row each (does forward reduce over the batch?)")
     labels = context.data.labels
     if context.task == "classification":
         if outputs.dim() != 2:
@@ -130,10 +152,12 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
     rules = rulebook.select(options.select, options.ignore, options.extend_select)
     waiver_file = load_waivers(Path(options.waivers)) if options.waivers else None  # bad file: fail before running
     started = datetime.now(timezone.utc)
-    with without_fast_path():  # torch's fused attention would bypass the hooks on nn.MultiheadAttention heads
-        context, inputs = prepare(spec, loaded, data)
+    # torch's fused attention would bypass the hooks on nn.MultiheadAttention heads
+    with without_fast_path(), ModelGuard() as guard:
+        context, inputs = prepare(spec, loaded, data, guard)
         context.rules = tuple(rules)
-        runs = [_run_rule(rule, context, options.rule_timeout) for rule in _progress(rules, progress)]
+        runs = [_run_rule(rule, context, options.rule_timeout, guard.restore)
+                for rule in _progress(rules, progress)]
     metadata = {
         "tool": {"name": "mechaudit", "version": __version__},
         "rulebook": {"name": rulebook.name, "sha256": rulebook.sha256,
@@ -171,8 +195,10 @@ def _progress(rules: list[Rule], enabled: bool):
     return tqdm(rules, unit="rule", file=sys.stderr, leave=False)
 
 
-class RuleTimeout(Exception):
-    """A rule ran past its time budget (``rule-timeout``)."""
+class RuleTimeout(BaseException):
+    """A rule ran past its time budget (``rule-timeout``). A ``BaseException``, like ``KeyboardInterrupt``, so that
+    no ``except Exception`` in a technique or in the model's code can swallow it; it is also raised again every
+    second until the budget's context ends, in case code catches everything."""
 
 
 @contextmanager
@@ -186,7 +212,7 @@ def _time_budget(seconds: int):
         raise RuleTimeout(f"exceeded its time budget of {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
     try:
         yield
     finally:
@@ -194,10 +220,23 @@ def _time_budget(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0) -> RuleRun:
+@contextmanager
+def _bounded(what: str, seconds: int):
+    """A time budget outside a rule: running past it is bad input (a factory or forward that never returns)."""
+    try:
+        with _time_budget(seconds):
+            yield
+    except RuleTimeout:
+        raise InputError(what, f"did not finish within --rule-timeout ({seconds} s)") from None
+
+
+def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
+              restore: Callable[[], None] | None = None) -> RuleRun:
     """Run one rule in isolation: a missing need skips it; its check's measurements become its findings (judged by
     :class:`~mechaudit.findings.Measurement`: above the threshold fails); an exception, out-of-memory or time-out
-    becomes an ``error`` finding. On CUDA, an out-of-memory error is retried once with half the batch size."""
+    becomes an ``error`` finding, as does a ``SystemExit`` or ``KeyboardInterrupt`` that the model's code raises (a real
+    interrupt stops the audit). ``restore`` puts the model's state back first. On CUDA, an out-of-memory error is
+    retried once with half the batch size."""
     start = time.perf_counter()
     missing = missing_need(rule.check.needs, context)
     if missing:
@@ -206,6 +245,8 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0) -> RuleRun:
     retried = False
     while True:
         seed_everything(context.seed)
+        if restore is not None:
+            restore()
         try:
             with _time_budget(timeout):
                 findings = [m.finding(rule.id, rule.severity) for m in rule.check.run(context, rule)] or [
@@ -221,6 +262,12 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0) -> RuleRun:
                                            "--max-samples", exc)
         except RuleTimeout as exc:
             return _error_run(rule, start, str(exc), exc)
+        except Interrupted:
+            raise
+        except (KeyboardInterrupt, SystemExit) as exc:  # raised by the model's code, not a signal
+            raised = f"sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+            return _error_run(rule, start, f"check '{rule.check.name}' stopped: code it ran (the model's?) raised "
+                                           f"{raised}", exc)
         except Exception as exc:  # crash isolation: one broken check never stops the audit
             return _error_run(rule, start, f"check '{rule.check.name}' failed: {type(exc).__name__}: {exc}", exc)
     return RuleRun(rule.id, _worst_status(findings), time.perf_counter() - start, findings)

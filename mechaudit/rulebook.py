@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +229,8 @@ def parse_params(params_type: type, table: Any, where: str, base: Any = None) ->
             value = float(value)
         if type(value) is not expected:
             raise InputError(f"{where}.{key}", f"must be {expected.__name__}, not {type(value).__name__} ({value!r})")
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes every range check
+            raise InputError(f"{where}.{key}", f"{value} is not a finite number")
         low, high, choices = spec.metadata.get("low"), spec.metadata.get("high"), spec.metadata.get("choices")
         if low is not None and value < low or high is not None and value > high:
             raise InputError(f"{where}.{key}", f"{value} is outside [{low}, {high}]")

@@ -142,9 +142,15 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(str(path), "is not a file")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if text.startswith("\ufeff"):
+            raise InputError(str(path), "starts with a UTF-8 byte-order mark, which TOML does not allow; save it "
+                                        "as UTF-8 without BOM")
+        return tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(str(path), f"not valid TOML ({exc})") from None
+    except RecursionError:
+        raise InputError(str(path), "not valid TOML (nested too deeply)") from None
     except OSError as exc:
         raise InputError(str(path), f"cannot be read ({exc.strerror})") from None
 
@@ -264,8 +270,14 @@ def load_spec(path: Path, base: Options | None = None) -> AuditSpec:
     options = parse_options(raw.get("audit", {}), f"{name} [audit]", base)
     if "waivers" in raw.get("audit", {}):
         options = replace(options, waivers=str(resolve(options.waivers, f"{name} [audit].waivers")))
+    if "rulebook" in raw.get("audit", {}) and _is_path(options.rulebook):  # a file, not a built-in name
+        options = replace(options, rulebook=str(resolve(options.rulebook, f"{name} [audit].rulebook")))
     behaviour = parse_behaviour(raw["behaviour"], f"{name} [behaviour]") if "behaviour" in raw else None
     return AuditSpec(model, data, task, class_names, scope, options, source=path.resolve(), behaviour=behaviour)
+
+
+def _is_path(rulebook: str) -> bool:
+    return rulebook.endswith(".toml") or "/" in rulebook or "\\" in rulebook
 
 
 def _parse_model(table: Any, where: str, resolve: _PathResolver, default_name: str) -> ModelSpec:
@@ -328,8 +340,10 @@ def _parse_tokenizer(value: Any, where: str, resolve: _PathResolver) -> dict[str
     table = _check_keys(value, {"package", "subdir"}, where)
     if "package" not in table:
         raise InputError(where, "must be a directory or a table { package = NAME, subdir = DIR }")
-    return {"package": _typed(table["package"], str, f"{where}.package"),
-            "subdir": _typed(table.get("subdir", ""), str, f"{where}.subdir")}
+    subdir = _typed(table.get("subdir", ""), str, f"{where}.subdir")
+    if Path(subdir).is_absolute() or ".." in Path(subdir).parts:
+        raise InputError(f"{where}.subdir", f"'{subdir}' leaves the package directory (give a path inside it)")
+    return {"package": _typed(table["package"], str, f"{where}.package"), "subdir": subdir}
 
 
 def _parse_ref(value: Any, where: str, default_file: Path, resolve: _PathResolver) -> DataRef:

@@ -3,9 +3,12 @@
 Every file the manifest lists must be there with the same SHA-256, and no other file may be (the manifest and
 the in-toto statement aside); the statement's subjects, when it is there, must match the files too. The inputs
 it records (model and data files, relative to the project root that ``inputs.root`` locates from the bundle)
-are re-hashed: a changed input and an input that cannot be reached any more (moved, deleted, or a bundle
-copied away from its project) are mismatches; ``--no-inputs`` skips them. In-memory inputs (``<inputs>``, from
-the Python API) cannot be re-hashed and are noted. A missing or malformed manifest is bad input.
+are re-hashed: a changed input and an input that cannot be reached any more (moved, deleted) are mismatches;
+``--no-inputs`` skips them. A manifest comes from elsewhere, so only inputs inside the bundle's own project
+(the nearest folder above the bundle holding ``pyproject.toml`` or ``.git``, else the bundle's parent) and at
+most :data:`MAX_INPUT_BYTES` are read; any other (an input outside the project, a bundle copied away from it)
+is noted, without revealing whether it exists. In-memory inputs (``<inputs>``, from the Python API) cannot be
+re-hashed and are noted. A missing or malformed manifest is bad input.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import InputError
+from .loading.files import DEFAULT_MAX_BYTES
 from .loading.hashing import sha256_file
 from .report.attestation import STATEMENT
 from .report.manifest import FILE_INPUTS, MANIFEST
+from .spec import project_root
+from .text_safety import terminal_safe
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+MAX_INPUT_BYTES = DEFAULT_MAX_BYTES  # --max-file-mb's default: inputs larger than an audit reads are not re-hashed
 
 
 @dataclass
@@ -43,7 +50,7 @@ class Verification:
         inputs = f", {self.inputs_matched} inputs re-hashed and unchanged" if self.inputs_matched else ""
         verdict = (f"OK: {self.matched} files match {self.directory / MANIFEST}{inputs}" if self.ok else
                    f"FAILED: {len(self.problems)} mismatches against {self.directory / MANIFEST}")
-        return [*self.problems, *self.notes, verdict]
+        return [terminal_safe(line) for line in (*self.problems, *self.notes, verdict)]
 
 
 def verify_bundle(directory: Path, check_inputs: bool = True) -> Verification:
@@ -104,6 +111,8 @@ def load_manifest(directory: Path) -> tuple[dict[str, str], dict]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(str(path), f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(str(path), "not valid JSON (nested too deeply)") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict):
         raise InputError(str(path), "has no 'files' table")
@@ -123,6 +132,7 @@ def _safe_relative(name: str) -> bool:
 
 
 def _check_inputs(directory: Path, inputs: dict, outcome: Verification) -> None:
+    confined = project_root(directory.resolve())
     root = inputs.get("root")
     base = directory / root if isinstance(root, str) else directory
     for group in FILE_INPUTS:
@@ -132,9 +142,13 @@ def _check_inputs(directory: Path, inputs: dict, outcome: Verification) -> None:
                 outcome.notes.append(f"input held in memory by the audit, not re-hashed: {name}")
                 continue
             path = base / name  # an absolute name (an input outside the project) stays as it is
-            if not path.is_file():
+            if not path.resolve().is_relative_to(confined):
+                outcome.notes.append(f"input outside the project root {confined}, not re-hashed: {name}")
+            elif not path.is_file():
                 outcome.problems.append(f"input not reachable (moved or deleted?): {name} "
                                         "(--no-inputs checks the bundle alone)")
+            elif path.stat().st_size > MAX_INPUT_BYTES:
+                outcome.notes.append(f"input larger than {MAX_INPUT_BYTES // 2**20} MiB, not re-hashed: {name}")
             elif sha256_file(path) != digest:
                 outcome.problems.append(f"input changed since the audit: {name}")
             else:

@@ -92,7 +92,8 @@ def parse_waivers(text: str, where: str = "waivers") -> tuple[Waiver, ...]:
     try:
         raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = "nested too deeply" if isinstance(exc, RecursionError) else \
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(where, f"not valid TOML ({message})") from None
     unknown = sorted(set(raw) - {"waiver"})
     if unknown:

@@ -91,8 +91,7 @@ def test_usage_errors(cli, project, tmp_path: Path) -> None:
 
 def test_out_is_replaced_atomically_and_holds_requested_formats(cli, project) -> None:
     out = project.out()
-    out.mkdir()
-    (out / "stale.txt").write_text("old report")
+    assert cli("audit", project.spec, "--out", out, "--format", "sarif", "-q").code == 0  # a previous report
     result = cli("audit", project.spec, "--out", out, "--format", "json,html", "-q")
     assert result.code == 0
     assert sorted(p.name for p in out.iterdir()) == ["figures", "findings.json", "manifest.json", "report.html",

@@ -159,7 +159,13 @@ def _as_tensor(array: np.ndarray, what: str, integer: bool = False) -> torch.Ten
         if array.dtype.kind == "f" and not np.all(np.equal(np.mod(array, 1), 0)):
             raise InputError(what, "must hold whole numbers (class indices)")
         return torch.from_numpy(np.ascontiguousarray(array)).long()
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(array, dtype=np.float32)
+    if array.size and not np.isfinite(converted).all():  # finite before: beyond float32's range
+        largest = float(np.abs(array.astype(np.float64)).max())
+        raise InputError(what, f"holds values up to {largest:.3g}, beyond the float32 range the model computes in "
+                               "(about 3.4e38); rescale the data")
+    return torch.from_numpy(converted)
 
 
 def _per_sample(values: torch.Tensor, n: int, what: str) -> torch.Tensor:

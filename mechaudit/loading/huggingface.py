@@ -53,6 +53,8 @@ def model_directory(path: str | Path | None = None, package: str | None = None, 
     else:
         base = Path(path)
     directory = base / subdir
+    if package is not None and not directory.resolve().is_relative_to(base):
+        raise InputError(f"package {package} subdir '{subdir}'", "leaves the package directory")
     if not directory.is_dir() or (require and not (directory / require).is_file()):
         raise InputError(str(directory), f"is not a local model directory (no {require or 'such directory'})")
     return directory

@@ -7,6 +7,8 @@ A fully pickled module can run arbitrary code when loaded, so it needs ``--trust
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import pickle
 import sys
 import warnings
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..interrupts import Interrupted
 from ..spec import ModelSpec
 from .files import DEFAULT_MAX_BYTES, check_input_file
 from .hashing import sha256_file
@@ -43,6 +46,7 @@ def load_model(spec: ModelSpec, trust_pickle: bool = False, search_path: Path | 
         return check_input_file(path, what, max_bytes)
 
     if spec.factory:
+        _refuse_unpickling_arguments(spec.factory, spec.factory_args, trust_pickle)
         module = _from_factory(spec.factory, spec.factory_args, search_path)
         hashes = {}
         if spec.weights is not None:
@@ -64,25 +68,120 @@ def load_model(spec: ModelSpec, trust_pickle: bool = False, search_path: Path | 
     return LoadedModel(module.eval(), spec.name, source, hashes)
 
 
+#: Factory arguments that make a loader unpickle (run code from a file): they need ``--trust-pickle`` like a pickled
+#: model does, since the spec names the loader but not what the file it reads contains.
+_UNPICKLING_ARGUMENTS = {"weights_only": False, "allow_pickle": True, "trust_remote_code": True}
+
+
+def _refuse_unpickling_arguments(target: str, kwargs: dict, trust_pickle: bool) -> None:
+    if trust_pickle:
+        return
+    for key, value in _nested_items(kwargs):
+        if key == "pickle_module" or (key in _UNPICKLING_ARGUMENTS and value is _UNPICKLING_ARGUMENTS[key]):
+            raise InputError(f"model factory {target}", f"factory_args {key} = {str(value).lower()} lets the factory "
+                                                        "unpickle (run code from a file); pass --trust-pickle only "
+                                                        "if you trust the file")
+
+
+def _nested_items(table: dict):
+    for key, value in table.items():
+        yield key, value
+        if isinstance(value, dict):
+            yield from _nested_items(value)
+
+
+#: Spec folders added to ``sys.path`` (at its end) by this process.
+_SPEC_FOLDERS: set[str] = set()
+
+
+def _import_factory_module(module_name: str, search_path: Path | None):
+    """Import the factory's module. The spec's folder is searched after the installed packages (appended to
+    ``sys.path``), so a ``captum.py`` beside a spec never replaces the real package. A factory module that lives
+    beside the spec is loaded from there by file path (never a same-named module of another spec's folder), and
+    one that has the name of an installed module is an error, not a silent swap."""
+    if search_path is not None:
+        folder = search_path.resolve()
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
+        _SPEC_FOLDERS.add(str(folder))
+        top = module_name.split(".")[0]
+        local = _local_module(folder, top)
+        if local is not None:
+            installed = _installed_origin(top, folder)
+            if installed is not None:
+                raise InputError(f"model factory {module_name}", f"'{local.name}' beside the spec has the name of "
+                                                                 f"the installed module {installed}; rename it")
+            _load_from_file(top, local, folder)
+    return importlib.import_module(module_name)
+
+
+def _local_module(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / f"{name}.py", folder / name):
+        if candidate.is_file() or (candidate / "__init__.py").is_file():
+            return candidate
+    return None
+
+
+def _installed_origin(name: str, folder: Path) -> str | None:
+    """Where ``name`` would be imported from, spec folders aside (None: nowhere)."""
+    if name in sys.builtin_module_names:
+        return "(built in)"
+    others = [entry for entry in sys.path if entry not in _SPEC_FOLDERS and Path(entry or ".").resolve() != folder]
+    found = importlib.machinery.PathFinder.find_spec(name, others)
+    if found is None:
+        return None
+    return found.origin or next(iter(found.submodule_search_locations or []), name)
+
+
+def _load_from_file(name: str, path: Path, folder: Path) -> None:
+    """Make ``sys.modules[name]`` the module at ``path`` (a file or a package folder)."""
+    current = sys.modules.get(name)
+    current_file = getattr(current, "__file__", None)
+    if current_file and Path(current_file).resolve().is_relative_to(folder):
+        return
+    location = path if path.is_file() else path / "__init__.py"
+    spec = importlib.util.spec_from_file_location(name, location, submodule_search_locations=None if path.is_file()
+                                                  else [str(path)])
+    module = importlib.util.module_from_spec(spec)
+    for key in [key for key in sys.modules if key == name or key.startswith(f"{name}.")]:
+        del sys.modules[key]
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
 def _from_factory(target: str, kwargs: dict, search_path: Path | None) -> nn.Module:
     module_name, _, attr = target.partition(":")
-    if search_path is not None and str(search_path) not in sys.path:
-        sys.path.insert(0, str(search_path))
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        factory = getattr(_import_factory_module(module_name, search_path), attr)
+    except InputError:
+        raise
     except ImportError as exc:
         raise InputError(f"model factory {target}", f"cannot import module '{module_name}' ({exc})") from None
     except AttributeError:
         raise InputError(f"model factory {target}", f"module '{module_name}' has no attribute '{attr}'") from None
-    except Exception as exc:  # the user's module raised while importing
-        raise InputError(f"model factory {target}", f"importing it raised {type(exc).__name__}: {exc}") from None
+    except Interrupted:
+        raise
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:  # the user's module raised while importing
+        raise InputError(f"model factory {target}", f"importing it raised {_raised(exc)}") from None
     try:
         module = factory(**kwargs)
-    except Exception as exc:
-        raise InputError(f"model factory {target}", f"raised {type(exc).__name__}: {exc}") from None
+    except Interrupted:
+        raise
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:
+        raise InputError(f"model factory {target}", f"raised {_raised(exc)}") from None
     if not isinstance(module, nn.Module):
         raise InputError(f"model factory {target}", f"returned {type(module).__name__}, not a torch.nn.Module")
     return module
+
+
+def _raised(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (it called sys.exit({exc.code!r}))"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _load_weights(module: nn.Module, path: Path) -> None:

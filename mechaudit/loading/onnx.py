@@ -58,7 +58,7 @@ def _import_onnx2torch() -> types.ModuleType:
     (the operators are reported as unsupported) and every other converter works."""
     if "onnx2torch" not in sys.modules:
         try:
-            import torchvision  # noqa: F401
+            importlib.import_module("torchvision")  # onnx2torch's dependency, not ours: only probed here
         except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
             for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
                 del sys.modules[name]

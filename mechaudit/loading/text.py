@@ -25,7 +25,8 @@ def read_jsonl(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict]:
     check_input_file(path, "JSONL data", max_bytes)
     records = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # split at line feeds only: str.splitlines() also splits at U+2028 / U+2029, which JSON strings may hold raw
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except UnicodeDecodeError:
         raise InputError(str(path), "is not UTF-8 text") from None
     for number, line in enumerate(lines, start=1):
@@ -35,6 +36,8 @@ def read_jsonl(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}:{number}", f"not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InputError(f"{path}:{number}", "not valid JSON (nested too deeply)") from None
         if not isinstance(record, dict):
             raise InputError(f"{path}:{number}", "each line must be a JSON object")
         records.append(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..findings import AuditResult
+from ..text_safety import terminal_safe
 from ..waivers import describe_waiver, waiver_problems
 
 _COLORS = {"fail": "red", "error": "magenta", "skipped": "yellow", "pass": "green"}
@@ -15,14 +16,15 @@ def summary_lines(result: AuditResult, verbose: bool = False) -> list[str]:
     for finding in result.findings:
         if finding.status == "pass" and not verbose:
             continue
-        where = finding.location.component if finding.location else "model"
+        where = terminal_safe(finding.location.component if finding.location else "model")
         status = click.style(finding.status.upper(), fg=_COLORS[finding.status])
-        line = f"{finding.rule_id} {status} [{finding.severity}] {where}: {finding.message}"
+        line = f"{finding.rule_id} {status} [{finding.severity}] {where}: {terminal_safe(finding.message)}"
         if finding.waiver is not None:  # waived findings are shown, marked, never hidden
             mark = "WAIVED" if finding.waived else "WAIVER EXPIRED"
-            line += f" {click.style(mark, fg='cyan' if finding.waived else 'red')} ({describe_waiver(finding.waiver)})"
+            waiver = terminal_safe(describe_waiver(finding.waiver))
+            line += f" {click.style(mark, fg='cyan' if finding.waived else 'red')} ({waiver})"
         lines.append(line)
-    lines += [f"warning: {problem}" for problem in waiver_problems(result.waivers)]
+    lines += [f"warning: {terminal_safe(problem)}" for problem in waiver_problems(result.waivers)]
     if result.baseline is not None:
         summary = result.baseline["summary"]
         lines.append(f"since the baseline: {summary['new_failures']} new failing, {summary['regressions']} "
