@@ -67,7 +67,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--layers", help="Only audit these layers (comma-separated module paths).")
 @click.option("--seed", type=int, help="Seed for every random source [0].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run the model [auto].")
-@click.option("--batch-size", type=int, help="Samples per forward pass [256].")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Precision of the model's forward passes; statistics stay float32 [float32].")
+@click.option("--batch-size", type=int, help="Samples per forward pass [256; lowered to fit CUDA memory].")
 @click.option("--max-samples", type=int, help="Cap on samples used by per-sample analyses [2048].")
 @click.option("--rule-timeout", type=int, help="Seconds a rule may run before it becomes an error (0: none) [600].")
 @click.option("--max-file-mb", type=int, help="Refuse input files larger than this many MiB [4096].")
@@ -113,6 +115,8 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     command = "mechaudit " + shlex.join(sys.argv[1:])
     result = run_audit(audit_spec, rulebook, progress=not quiet and sys.stderr.isatty() and not os.environ.get("CI"),
                        command=command)
+    if not _main_rank():  # under torchrun, rank 0 alone writes the bundle and prints
+        ctx.exit(EXIT_FAIL if result.gate_failed else EXIT_PASS)
     if old is not None:
         result.baseline = _baseline_diff(old, result, baseline, audit_spec.options.tolerance, tolerance)
     if out is not None:
@@ -409,30 +413,41 @@ def _main(argv: list[str] | None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"mechaudit: error: {terminal_safe(exc.format_message())}", err=True)
+        _say(f"mechaudit: error: {terminal_safe(exc.format_message())}")
         return EXIT_ERROR
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
-        click.echo(MESSAGE, err=True)
+        _say(MESSAGE)
         signal_exit = interruption(exc)
         return signal_exit.exit_code if signal_exit is not None else 130
     except InputError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"mechaudit: error: {terminal_safe(str(exc))}", err=True)
+        _say(f"mechaudit: error: {terminal_safe(str(exc))}")
         return EXIT_ERROR
     except SystemExit as exc:  # only a model's code calls sys.exit: never let it decide the exit code
         if debug:
             traceback.print_exc()
-        click.echo(f"mechaudit: error: code run by the audit called sys.exit({terminal_safe(repr(exc.code))}); "
-                   "no output was written", err=True)
+        _say(f"mechaudit: error: code run by the audit called sys.exit({terminal_safe(repr(exc.code))}); "
+             "no output was written")
         return EXIT_ERROR
     except Exception as exc:  # a bug in mechaudit, not bad input: still one line (after the traceback with --debug)
         if debug:
             traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else ""
-        click.echo(f"mechaudit: internal error: {type(exc).__name__}: {terminal_safe(first)} "
-                   "(rerun with --debug for details)", err=True)
+        _say(f"mechaudit: internal error: {type(exc).__name__}: {terminal_safe(first)} "
+             "(rerun with --debug for details)")
         return EXIT_ERROR
+
+
+def _main_rank() -> bool:
+    """Whether this process prints and writes: always, except for ranks other than 0 under ``torchrun``."""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+
+
+def _say(line: str) -> None:
+    """One line on stderr, from rank 0 only (another rank's failure reaches rank 0 through the collectives)."""
+    if _main_rank():
+        click.echo(line, err=True)
 
 
 def _hoist_debug(argv: list[str]) -> tuple[list[str], bool]:

@@ -9,7 +9,8 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from .activations import UnitStats, model_outputs, unit_statistics
+from . import sharded
+from .activations import UnitStats
 from .loading import AuditData
 from .model_view import ModelView
 from .spec import BehaviourSpec
@@ -51,8 +52,8 @@ class AuditContext:
 
     @cached_property
     def outputs(self) -> torch.Tensor:
-        """Model outputs on the whole audit set (CPU)."""
-        return model_outputs(self.model, self.data.inputs, self.batch_size, self.device)
+        """Model outputs on the whole audit set (CPU; under torchrun, each rank computes its shard)."""
+        return sharded.outputs(self.model, self.data.inputs, self.batch_size, self.device)
 
     @property
     def token_position(self) -> int:
@@ -76,8 +77,9 @@ class AuditContext:
 
     @cached_property
     def unit_stats(self) -> dict[str, UnitStats]:
-        """Streaming per-unit statistics of every audited layer (one pass, shared by all checks)."""
-        return unit_statistics(self.view, self.view.layers, self.data.inputs, self.batch_size, self.device)
+        """Streaming per-unit statistics of every audited layer (one pass, shared by all checks; under torchrun,
+        each rank streams over its shard)."""
+        return sharded.statistics(self.view, self.view.layers, self.data.inputs, self.batch_size, self.device)
 
     def sample_indices(self, limit: int | None = None) -> torch.Tensor:
         """A seeded, sorted subset of at most ``limit`` (default: ``max_samples``) sample indices."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .config import apply_overrides, override_summary
 from .context import AuditContext
 from .errors import InputError
@@ -25,8 +25,10 @@ from .findings import AuditResult, Finding, RuleRun
 from .interrupts import Interrupted
 from .isolation import ModelGuard
 from .loading import AuditData, LoadedModel, load_data, load_model
+from .memory import batch_size_for, halve_batch, report_retries, retried_note
 from .model_view import ModelView
 from .needs import missing_need
+from .precision import cast_forward, dispatched, input_device
 from .rulebook import Rule, Rulebook, load_rulebook
 from .sources import anchor_files, source_locations
 from .spec import AuditSpec
@@ -44,8 +46,8 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda", "CUDA is not available on this machine")
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return distributed.local_device(torch.device(requested))  # under torchrun on CUDA: the local rank's GPU
 
 
 def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
@@ -58,32 +60,45 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
     device = resolve_device(options.device)
     search_path = spec.source.parent if spec.source else Path.cwd()
     max_bytes = options.max_file_mb * 2**20
-    if loaded is None:
-        with _bounded("model: loading it", options.rule_timeout):
-            loaded = load_model(spec.model, trust_pickle=options.trust_pickle, search_path=search_path,
-                                max_bytes=max_bytes)
-    if data is None:
-        data = load_data(spec.data, spec.task, max_bytes)
-    conversion = {"conversion": loaded.conversion_check(data.inputs[:options.max_samples])} if (
-        loaded.conversion_check is not None) else {}  # the converted module against its original (ONNX), on CPU
-    try:
-        model = loaded.module.to(device)
-    except Exception as exc:
-        raise InputError(f"model {loaded.name}", f"cannot be moved to {device} ({type(exc).__name__}: "
-                                                 f"{_first_line(exc)})") from None
-    if guard is not None:
-        guard.attach(model)
+    with distributed.step():  # a rank that cannot load stops every rank
+        if loaded is None:
+            with _bounded("model: loading it", options.rule_timeout):
+                loaded = load_model(spec.model, trust_pickle=options.trust_pickle, search_path=search_path,
+                                    max_bytes=max_bytes)
+        if data is None:
+            data = load_data(spec.data, spec.task, max_bytes)
+        conversion = {"conversion": loaded.conversion_check(data.inputs[:options.max_samples])} if (
+            loaded.conversion_check is not None) else {}  # the converted module against its original (ONNX), on CPU
+        model = _place(loaded, device, options.dtype)
+        device = input_device(model, device)
+        if guard is not None:
+            guard.attach(model)
     with _bounded("model: the first forward passes on the audit data", options.rule_timeout):
-        view = _discover(model, data, device, options.layers)
-        context = AuditContext(view, data, spec.task, spec.class_names, device, options.batch_size,
+        with distributed.step():
+            view = _discover(model, data, device, options.layers)
+            batch_size = batch_size_for(model, data.inputs[:2], device, options.batch_size)
+        context = AuditContext(view, data, spec.task, spec.class_names, device, batch_size,
                                options.max_samples, options.seed, behaviour=spec.behaviour)
         if guard is not None:
             guard.restore()
-        _check_outputs(context)
+        _check_outputs(context)  # under torchrun: the sharded outputs, gathered
     inputs = {"model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.hashes, **conversion},
               "data": {"sha256": data.hashes, "samples": len(data), "sample_shape": list(data.inputs.shape[1:]),
                        "groups": _declared_groups(data)}}
     return context, inputs
+
+
+def _place(loaded: LoadedModel, device: torch.device, dtype: str) -> torch.nn.Module:
+    """The model on ``device`` with its forward passes in ``dtype``; a model that accelerate already dispatched
+    over devices (``device_map``) stays where it is."""
+    try:
+        model = loaded.module if dispatched(loaded.module) else loaded.module.to(device)
+        return cast_forward(model, dtype)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"model {loaded.name}", f"cannot be moved to {device} in {dtype} ({type(exc).__name__}: "
+                                                 f"{_first_line(exc)})") from None
 
 
 def _declared_groups(data: AuditData) -> dict:
@@ -153,11 +168,16 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
     waiver_file = load_waivers(Path(options.waivers)) if options.waivers else None  # bad file: fail before running
     started = datetime.now(timezone.utc)
     # torch's fused attention would bypass the hooks on nn.MultiheadAttention heads
-    with without_fast_path(), ModelGuard() as guard:
+    with distributed.session(resolve_device(options.device)), without_fast_path(), ModelGuard() as guard:
         context, inputs = prepare(spec, loaded, data, guard)
         context.rules = tuple(rules)
-        runs = [_run_rule(rule, context, options.rule_timeout, guard.restore)
-                for rule in _progress(rules, progress)]
+        if distributed.active() and context.view.layers:
+            context.unit_stats  # sharded artifacts are built by all ranks together, before any rule runs
+        with distributed.step():
+            runs = [_run_rule(rule, context, options.rule_timeout, guard.restore)
+                    for rule in _progress(rules, progress and distributed.is_main())]
+        ranks_agree = distributed.same_everywhere([(f.rule_id, f.status, f.message) for r in runs for f in r.findings])
+        parallel = {"world_size": distributed.world_size(), "ranks_agree": ranks_agree}
     metadata = {
         "tool": {"name": "mechaudit", "version": __version__},
         "rulebook": {"name": rulebook.name, "sha256": rulebook.sha256,
@@ -174,6 +194,10 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
                                       anchors=anchor_files(spec)),
         "seed": options.seed,
         "device": str(context.device),
+        "dtype": options.dtype,
+        "batch_size": options.batch_size if context.batch_size == options.batch_size else
+        {"requested": options.batch_size, "used": context.batch_size},
+        **({"distributed": parallel} if parallel["world_size"] > 1 else {}),
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "platform": platform.platform()},
         "command": command,
@@ -235,14 +259,14 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
     """Run one rule in isolation: a missing need skips it; its check's measurements become its findings (judged by
     :class:`~mechaudit.findings.Measurement`: above the threshold fails); an exception, out-of-memory or time-out
     becomes an ``error`` finding, as does a ``SystemExit`` or ``KeyboardInterrupt`` that the model's code raises (a real
-    interrupt stops the audit). ``restore`` puts the model's state back first. On CUDA, an out-of-memory error is
-    retried once with half the batch size."""
+    interrupt stops the audit). ``restore`` puts the model's state back first. An out-of-memory error is retried
+    once with half the batch size, and the retry is reported in the findings (:mod:`mechaudit.memory`)."""
     start = time.perf_counter()
     missing = missing_need(rule.check.needs, context)
     if missing:
         finding = Finding(rule.id, rule.severity, "skipped", f"skipped: {missing}")
         return RuleRun(rule.id, "skipped", 0.0, [finding], reason=missing)
-    retried = False
+    retries: list[dict] = []
     while True:
         seed_everything(context.seed)
         if restore is not None:
@@ -253,13 +277,11 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
                     Finding(rule.id, rule.severity, "pass", "nothing to report")]
             break
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-            if context.device.type == "cuda" and not retried and context.batch_size > 1:
-                retried = True
-                context.batch_size = max(1, context.batch_size // 2)
-                torch.cuda.empty_cache()
+            if not retries and context.batch_size > 1:
+                retries.append(halve_batch(context, exc))
                 continue
-            return _error_run(rule, start, f"ran out of memory ({type(exc).__name__}); lower --batch-size or "
-                                           "--max-samples", exc)
+            return _error_run(rule, start, f"ran out of memory ({type(exc).__name__}"
+                                           f"{retried_note(retries)}); lower --batch-size or --max-samples", exc)
         except RuleTimeout as exc:
             return _error_run(rule, start, str(exc), exc)
         except Interrupted:
@@ -270,7 +292,8 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
                                            f"{raised}", exc)
         except Exception as exc:  # crash isolation: one broken check never stops the audit
             return _error_run(rule, start, f"check '{rule.check.name}' failed: {type(exc).__name__}: {exc}", exc)
-    return RuleRun(rule.id, _worst_status(findings), time.perf_counter() - start, findings)
+    return RuleRun(rule.id, _worst_status(findings), time.perf_counter() - start, report_retries(findings, retries),
+                   reason=retried_note(retries).lstrip("; ") or None)
 
 
 def _error_run(rule: Rule, start: float, message: str, exc: BaseException) -> RuleRun:

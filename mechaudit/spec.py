@@ -17,6 +17,7 @@ from .errors import InputError
 TASKS = ("classification", "regression", "next-token")
 FAIL_ON = ("info", "warning", "error", "never")
 DEVICES = ("auto", "cpu", "cuda")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Options:
     fail_on: str = "error"
     seed: int = 0
     device: str = "auto"
+    #: The dtype of the model's forward passes (float32, bfloat16, float16); statistics stay in float32.
+    dtype: str = "float32"
     batch_size: int = 256
     max_samples: int = 2048
     rule_timeout: int = 600
@@ -124,6 +127,7 @@ _OPTION_TYPES: dict[str, Any] = {
     "fail_on": str,
     "seed": int,
     "device": str,
+    "dtype": str,
     "batch_size": int,
     "max_samples": int,
     "rule_timeout": int,
@@ -200,6 +204,8 @@ def validate_options(options: Options, where: str = "options") -> Options:
         raise InputError(f"{where}.fail-on", f"'{options.fail_on}' is not one of {', '.join(FAIL_ON)}")
     if options.device not in DEVICES:
         raise InputError(f"{where}.device", f"'{options.device}' is not one of {', '.join(DEVICES)}")
+    if options.dtype not in DTYPE_NAMES:
+        raise InputError(f"{where}.dtype", f"'{options.dtype}' is not one of {', '.join(DTYPE_NAMES)}")
     if options.batch_size < 1:
         raise InputError(f"{where}.batch-size", "must be at least 1")
     if options.max_samples < 1:

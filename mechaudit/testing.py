@@ -43,3 +43,23 @@ def assert_audit_passes(result: AuditResult, fail_on: str | None = None) -> None
 
 
 __all__ = ["assert_audit_passes", "format_finding", "gate_failures"]
+
+
+def compare_findings(first: dict, second: dict) -> tuple[list[str], float]:
+    """Compare two audits' ``findings.json`` contents (e.g. CPU vs CUDA, one process vs ``torchrun``): the
+    findings whose status differs (or that only one audit has), and the largest relative difference of their values
+    (``|a - b| / max(|a|, |b|, 1e-12)``)."""
+    def keyed(result: dict) -> dict:
+        return {(f["rule_id"], (f.get("location") or {}).get("component"), f.get("metric")): f
+                for f in result["findings"]}
+
+    a, b = keyed(first), keyed(second)
+    differ = [f"{key[0]} {key[1] or 'model'}: only in one audit" for key in a.keys() ^ b.keys()]
+    largest = 0.0
+    for key in a.keys() & b.keys():
+        if a[key]["status"] != b[key]["status"]:
+            differ.append(f"{key[0]} {key[1] or 'model'}: {a[key]['status']} vs {b[key]['status']}")
+        x, y = a[key].get("value"), b[key].get("value")
+        if x is not None and y is not None:
+            largest = max(largest, abs(x - y) / max(abs(x), abs(y), 1e-12))
+    return sorted(differ), largest
