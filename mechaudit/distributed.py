@@ -72,7 +72,7 @@ def session(device: torch.device) -> Iterator[None]:
         return
     if not dist.is_available():
         raise InputError("torchrun", "this PyTorch build has no torch.distributed")
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = os.environ.get("MECHAUDIT_DIST_BACKEND") or backend_for(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=int(os.environ.get("MECHAUDIT_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
@@ -81,6 +81,13 @@ def session(device: torch.device) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def backend_for(device: torch.device) -> str:
+    """``nccl`` when every rank of this node has a GPU of its own, else ``gloo`` (the CPU; NCCL refuses two ranks
+    on one GPU, so several ranks sharing a GPU exchange their parts through host memory)."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return "nccl" if device.type == "cuda" and ranks_here <= torch.cuda.device_count() else "gloo"
 
 
 def _comm_device() -> torch.device:

