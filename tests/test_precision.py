@@ -113,3 +113,13 @@ def test_audit_in_half_precision_on_cpu_keeps_statuses(tmp_path: Path, dtype: st
 def test_batch_size_adapts_to_cuda_memory(tmp_path: Path) -> None:
     result = _audit(tmp_path, {}, device="cuda", batch_size=10**6)
     assert result.metadata["batch_size"]["used"] < 10**6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: compares CUDA findings with the CPU's")
+def test_cuda_findings_have_the_cpu_statuses() -> None:
+    from mechaudit.examples import EXAMPLES
+
+    spec = load_spec(EXAMPLES["digits"].spec)
+    results = [run_audit(replace(spec, options=replace(spec.options, device=device))) for device in ("cpu", "cuda")]
+    assert [(f.rule_id, f.status) for f in results[1].findings] == [(f.rule_id, f.status) for f in results[0].findings]
