@@ -391,7 +391,6 @@ def test_without_the_extra_loading_an_onnx_file_says_how_to_install_it(tmp_path:
 
 @pytest.mark.parametrize("model_table, message", [
     ('onnx = "m.onnx"\nfactory = "a:b"', "name exactly one of 'factory', 'torchscript', 'pickle' or 'onnx'"),
-    ('factory = "a:b"\nforward_kwargs = { sr = 16000 }', "'forward_kwargs' goes with 'onnx'"),
     ('onnx = "../m.onnx"', "leaves the project directory"),
 ])
 def test_spec_errors_for_onnx_models(tmp_path: Path, model_table: str, message: str) -> None:
