@@ -6,7 +6,8 @@ normalisation, an attention product, the model's output) has no such state, so a
 only layers whose output reaches a rectifier through operations that keep each unit's sign region (dropout,
 pooling, flattening, reshaping).
 
-Found by tracing the model with ``torch.fx`` (functional and module activations alike). When the model cannot be
+Found by tracing the model with ``torch.fx`` (functional and module activations alike; a model that is a
+``torch.fx.GraphModule`` already, such as a converted ONNX graph, by its own graph). When the model cannot be
 traced, by the order in which leaf modules run: the first one after the layer that is not a pass-through
 (functional activations are invisible there, so such a layer is ``unknown``).
 
@@ -73,8 +74,8 @@ def following_activations(view: ModelView, layers: list[Layer], sample: torch.Te
     rest = [layer for layer in layers if layer.name not in found]
     if not rest:
         return found
-    try:
-        graph = _Tracer().trace(view.model)
+    try:  # a converted graph (ONNX) is a GraphModule already: its own graph, which may not trace again
+        graph = view.model.graph if isinstance(view.model, fx.GraphModule) else _Tracer().trace(view.model)
     except Exception:  # noqa: BLE001  not traceable: the order in which modules run
         return {**found, **_by_module_order(view, rest, sample)}
     modules = dict(view.model.named_modules())
