@@ -24,8 +24,8 @@ from torch import nn
 from .errors import InputError
 from .findings import AuditResult
 from .loading import AuditData, LoadedModel
-from .loading.data import _as_tensor, _mask, _per_sample
-from .spec import TASKS, AuditSpec, DataSpec, ModelSpec, Options, parse_options
+from .loading.data import _as_tensor, _mask, task_labels
+from .spec import TASKS, AuditSpec, DataSpec, ModelSpec, Options, check_output, parse_options
 
 API = "mechaudit.audit()"
 
@@ -33,7 +33,8 @@ API = "mechaudit.audit()"
 def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labels: Any = None,
           masks: Mapping[str, Any] | None = None, task: str = "classification", class_names: tuple[str, ...] = (),
           rulebook: Any = None, name: str | None = None, config: str | Path | None = None,
-          baseline: str | Path | dict | None = None, today: dt.date | None = None, **options: Any) -> AuditResult:
+          baseline: str | Path | dict | None = None, today: dt.date | None = None, output: str | int = "mean",
+          **options: Any) -> AuditResult:
     """Audit ``model`` on ``data`` (an :class:`~mechaudit.loading.AuditData`, or the inputs as a tensor or array
     with ``labels`` and ``masks`` beside them) and return the result.
 
@@ -43,7 +44,8 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
     ``rules`` (per-rule overrides ``{"L201": {"max_flip_rate": 0.02}}``), ``waivers`` (a waiver file),
     ``tolerance``. ``config`` reads a ``pyproject.toml`` or spec first (options given here win). ``baseline``
     (a findings.json, a bundle or its content) adds the diff against it as ``result.baseline``. The model is
-    put in eval mode for the audit and its training mode restored afterwards.
+    put in eval mode for the audit and its training mode restored afterwards. ``output`` (regression with several
+    outputs per sample): ``"mean"`` or an output index, as ``[task] output`` in a spec.
     """
     from .config import load_options
     from .diff import diff_results, load_result
@@ -55,6 +57,7 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
         raise InputError(API, f"model must be a torch.nn.Module, not {type(model).__name__}")
     if task not in TASKS:
         raise InputError(f"{API} task", f"'{task}' is not one of {', '.join(TASKS)}")
+    check_output(output, f"{API} output")
     base = load_options(Path(config))[0] if config is not None else Options()
     table = {key: list(value) if isinstance(value, (tuple, list)) else value for key, value in options.items()}
     if isinstance(table.get("waivers"), Path):
@@ -66,7 +69,7 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
     audit_data = data if isinstance(data, AuditData) else _audit_data(data, labels, masks, task)
     label = name or type(model).__name__
     spec = AuditSpec(model=ModelSpec(name=label), data=DataSpec(file=Path("<memory>")), task=task,
-                     class_names=tuple(class_names), options=resolved, source=None)
+                     class_names=tuple(class_names), options=resolved, source=None, output=output)
     loaded = LoadedModel(model, label, f"{type(model).__module__}.{type(model).__qualname__} (in memory)",
                          {"<state_dict>": _state_digest(model)})
     training = model.training
@@ -99,8 +102,7 @@ def _audit_data(inputs: Any, labels: Any, masks: Mapping[str, Any] | None, task:
     data = AuditData(inputs=tensor)
     if labels is not None:
         label_array = _numpy(labels, "labels")
-        data.labels = _per_sample(_as_tensor(label_array, f"{API} labels", integer=task != "regression"),
-                                  tensor.shape[0], f"{API} labels")
+        data.labels = task_labels(label_array, tensor.shape[0], task, f"{API} labels")
         hashes["<labels>"] = _digest(label_array)
     for mask_name, mask in (masks or {}).items():
         mask_array = _numpy(mask, f"mask '{mask_name}'")

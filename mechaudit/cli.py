@@ -19,7 +19,7 @@ import click
 
 from . import __version__
 from .errors import InputError
-from .examples import EXAMPLES, example_spec
+from .examples import EXAMPLES, REAL_MODELS, example_spec
 from .spec import AuditSpec, DataRef, DataSpec, ModelSpec, load_spec, pyproject_options, validate_options
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -388,6 +388,9 @@ def examples() -> None:
     """List the embedded examples."""
     for example in EXAMPLES.values():
         click.echo(f"{example.name:<16} {example.description}")
+    click.echo("\nReal pretrained models (their weights come from a package):")
+    for example in REAL_MODELS.values():
+        click.echo(f"{example.name:<16} {example.description} Needs: {example.needs}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,8 @@ class AuditContext:
     max_samples: int
     seed: int
     behaviour: BehaviourSpec | None = None
+    #: Regression: how several outputs per sample become one value per sample ("mean" or an output index).
+    output: str | int = "mean"
     #: The rules this audit runs (set by the engine), so that a shared artifact can use another rule's parameters:
     #: e.g. L201 marks its attributions unreliable when the attribution sanity rule is part of the audit and fails.
     rules: tuple[Any, ...] = ()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import random
+import re
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ from .precision import cast_forward, dispatched, input_device
 from .rulebook import Rule, Rulebook, load_rulebook
 from .sources import anchor_files, source_locations
 from .spec import AuditSpec
+from .techniques.output_reduction import check_reduction, output_count
 from .torch_attention import without_fast_path
 from .waivers import apply_waivers, load_waivers
 
@@ -61,12 +63,12 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
     search_path = spec.source.parent if spec.source else Path.cwd()
     max_bytes = options.max_file_mb * 2**20
     with distributed.step():  # a rank that cannot load stops every rank
+        if data is None:  # first: every check that needs only the spec and the data files fails before the model loads
+            data = load_data(spec.data, spec.task, max_bytes)
         if loaded is None:
             with _bounded("model: loading it", options.rule_timeout):
                 loaded = load_model(spec.model, trust_pickle=options.trust_pickle, search_path=search_path,
                                     max_bytes=max_bytes)
-        if data is None:
-            data = load_data(spec.data, spec.task, max_bytes)
         conversion = {"conversion": loaded.conversion_check(data.inputs[:options.max_samples])} if (
             loaded.conversion_check is not None) else {}  # the converted module against its original (ONNX), on CPU
         model = _place(loaded, device, options.dtype)
@@ -78,7 +80,7 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
             view = _discover(model, data, device, options.layers)
             batch_size = batch_size_for(model, data.inputs[:2], device, options.batch_size)
         context = AuditContext(view, data, spec.task, spec.class_names, device, batch_size,
-                               options.max_samples, options.seed, behaviour=spec.behaviour)
+                               options.max_samples, options.seed, behaviour=spec.behaviour, output=spec.output)
         if guard is not None:
             guard.restore()
         _check_outputs(context)  # under torchrun: the sharded outputs, gathered
@@ -120,7 +122,15 @@ def _discover(model: torch.nn.Module, data: AuditData, device: torch.device, lay
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The message of ``exc`` in one line (for TorchScript, the model's own error, which comes last), with a hint
+    when the forward pass wants more arguments."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if lines[0].startswith("The following operation failed in the TorchScript") else lines[0]
+    if re.search(r"missing \d+ required (positional|keyword-only) argument|Expected a value for argument", line):
+        line += " (pass it with [model] forward_kwargs)"
+    return line
 
 
 _LARGE_INPUT = 1e15  # far beyond any normalised data; squares and products of such values overflow float32
@@ -155,6 +165,20 @@ def _check_outputs(context: AuditContext) -> None:
         if labels is not None and (labels.min() < 0 or labels.max() >= classes):
             raise InputError("data: labels", f"values must lie in 0..{classes - 1}; found "
                                              f"{int(labels.min())}..{int(labels.max())}")
+    if context.task == "regression":
+        _check_regression(outputs, labels, context.output)
+
+
+def _check_regression(outputs: torch.Tensor, labels: torch.Tensor | None, output: str | int) -> None:
+    """Several targets per sample must match the model's outputs; ``[task] output`` must name one of them."""
+    try:
+        check_reduction(outputs, output)
+    except ValueError as exc:
+        raise InputError("task.output", str(exc)) from None
+    if labels is not None and labels.dim() > 1 and labels[0].numel() != output_count(outputs):
+        raise InputError("data: labels", f"hold {labels[0].numel()} targets per sample {tuple(labels.shape[1:])}; "
+                                         f"the model gives {output_count(outputs)} outputs per sample "
+                                         f"{tuple(outputs.shape[1:])}")
 
 
 def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool = False,
@@ -188,6 +212,7 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
         "class_names": list(spec.class_names),
         "scope": dict(spec.scope),
         "components": context.view.describe(),
+        **({"skipped_layers": dict(context.view.skipped)} if context.view.skipped else {}),
         "locations": source_locations(spec.source, context.model, [layer.name for layer in context.view.layers],
                                       [rule.id for rule in rules],
                                       {"select": options.select, "extend_select": options.extend_select},
@@ -233,7 +258,8 @@ def _time_budget(seconds: int):
         return
 
     def expire(_signum, _frame):
-        raise RuleTimeout(f"exceeded its time budget of {seconds} s")
+        raise RuleTimeout(f"exceeded its time budget of {seconds} s; lift it with --rule-timeout SECONDS "
+                          "(0: no limit) or rule-timeout in [audit] / [tool.mechaudit]")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
@@ -291,7 +317,10 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
             return _error_run(rule, start, f"check '{rule.check.name}' stopped: code it ran (the model's?) raised "
                                            f"{raised}", exc)
         except Exception as exc:  # crash isolation: one broken check never stops the audit
-            return _error_run(rule, start, f"check '{rule.check.name}' failed: {type(exc).__name__}: {exc}", exc)
+            layer = getattr(exc, "failed_layer", None)
+            where = f" at layer {layer}" if layer else ""
+            return _error_run(rule, start, f"check '{rule.check.name}' failed{where}: {type(exc).__name__}: {exc}",
+                              exc)
     return RuleRun(rule.id, _worst_status(findings), time.perf_counter() - start, report_retries(findings, retries),
                    reason=retried_note(retries).lstrip("; ") or None)
 

@@ -17,6 +17,11 @@ The residual stream is a layer of kind ``stream``: any other module named in ``[
 the first element of its output tuple) is one vector per token, (samples, tokens, width), such as a transformer
 block (``encoder.layer.2``, ``blocks.1``). Its units are the stream's dimensions, ``blocks.1:d17``, and its
 positions the tokens. Streams are only audited when named: they are not Linear or Conv modules.
+
+Discovery skips, with the reason in :attr:`ModelView.skipped`, a module whose output has no batch axis (a Linear
+layer applied to a constant, such as a learned scale) and a module that runs more than once per forward pass (a
+weight-shared block applied at every step): its statistics would mix calls, and an intervention would hit every
+call at once. Naming such a module in ``[audit] layers`` is an error that says why.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.h
     projection, the activation is its input (the concatenated heads); a returned tensor replaces that input
     (``nn.MultiheadAttention``: the same through :func:`~mechaudit.torch_attention.register_heads_hook`).
     """
+    fn = _naming_layer(layer, fn)
     if layer.kind == "heads" and isinstance(site, nn.MultiheadAttention):
         return register_heads_hook(site, fn)
     if layer.kind == "heads":
@@ -136,6 +142,18 @@ def installed(handles: Iterable[torch.utils.hooks.RemovableHandle]) -> Iterator[
         for handle in handles:
             stack.callback(handle.remove)
         yield
+
+
+def _naming_layer(layer: Layer, fn: LayerHook) -> LayerHook:
+    """``fn``, with any exception it raises tagged with the layer (``failed_layer``), which the engine names."""
+    def call(activation: torch.Tensor, args: tuple):
+        try:
+            return fn(activation, args)
+        except Exception as exc:
+            if getattr(exc, "failed_layer", None) is None:
+                exc.failed_layer = layer.name  # type: ignore[attr-defined]
+            raise
+    return call
 
 
 def attention_blocks(model: nn.Module) -> dict[str, tuple[str, int]]:
@@ -172,9 +190,11 @@ def _input_width(module: nn.Module | None) -> int | None:
 class ModelView:
     """The layers of a model that the audit can address, in the order the forward pass runs them."""
 
-    def __init__(self, model: nn.Module, layers: list[Layer]) -> None:
+    def __init__(self, model: nn.Module, layers: list[Layer], skipped: dict[str, str] | None = None) -> None:
         self.model = model
         self.layers = layers
+        #: Modules left out of the audit: module path -> why (see the module docstring).
+        self.skipped = dict(skipped or {})
         self._by_name = {layer.name: layer for layer in layers}
         self._modules = dict(model.named_modules())
 
@@ -183,6 +203,10 @@ class ModelView:
         """Run ``sample`` through ``model`` once, recording which Linear/Conv layers and attention blocks run and
         in what order (an attention block when its output projection runs)."""
         modules = dict(model.named_modules())
+        scripted = _scripted(modules)
+        inside = [name for name in only if any(name == s or name.startswith(f"{s}.") or not s for s in scripted)]
+        if inside:
+            raise InputError("layers", f"'{inside[0]}' is inside a TorchScript module: {SCRIPTED}")
         candidates = {name: m for name, m in modules.items() if name and layer_kind(m)}
         blocks = attention_blocks(model)
         streams = [name for name in only if name not in candidates and name not in blocks and name in modules]
@@ -197,6 +221,12 @@ class ModelView:
                     for name, (site, _) in blocks.items()]
         with installed(handles), torch.no_grad(), without_fast_path():
             output = model(sample)
+        skipped = {name or "(the whole model)": SCRIPTED for name in scripted}
+        skipped.update(_unauditable(seen, sample.shape[0]))
+        named = [name for name in only if name in skipped]
+        if named:
+            raise InputError("layers", f"'{named[0]}' cannot be audited: {skipped[named[0]]}")
+        seen = [item for item in seen if item[0] not in skipped]
         order: dict[str, int] = {}
         for name, _ in seen:
             order.setdefault(name, len(order))
@@ -221,7 +251,7 @@ class ModelView:
             layers.append(Layer(name, kind, size, index, is_output))
         if only:
             layers = [layer for layer in layers if layer.name in only]
-        return cls(model, layers)
+        return cls(model, layers, skipped)
 
     @property
     def hidden_layers(self) -> list[Layer]:
@@ -264,6 +294,37 @@ class ModelView:
     def describe(self) -> list[dict]:
         return [{"layer": layer.name, "kind": layer.kind, "units": layer.size, "unit_prefix": layer.prefix,
                  "output": layer.is_output} for layer in self.layers]
+
+
+SCRIPTED = ("ScriptModules refuse forward hooks, so no layer inside a TorchScript archive can be audited; rules "
+            "on inputs and outputs still run (load the model from its Python code, a factory plus weights, to audit "
+            "its layers)")
+
+
+def _scripted(modules: dict[str, nn.Module]) -> list[str]:
+    """The outermost TorchScript modules (path "" for a whole scripted model)."""
+    found: list[str] = []
+    for name, module in modules.items():
+        if isinstance(module, torch.jit.ScriptModule) and not any(
+                not outer or name.startswith(f"{outer}.") for outer in found):
+            found.append(name)
+    return found
+
+
+def _unauditable(seen: list[tuple[str, torch.Tensor | None]], batch: int) -> dict[str, str]:
+    """Modules that ran but cannot be audited, with the reason: no batch axis, or several calls per forward."""
+    calls: dict[str, int] = {}
+    reasons = {}
+    for name, output in seen:
+        calls[name] = calls.get(name, 0) + 1
+        if output is not None and (output.dim() == 0 or output.shape[0] != batch):
+            reasons[name] = (f"its output {tuple(output.shape)} has no batch axis (it does not follow the {batch} "
+                             "samples of the forward pass: applied to a constant?)")
+    for name, count in calls.items():
+        if count > 1:
+            reasons.setdefault(name, f"it runs {count} times per forward pass (a shared block?): its statistics would "
+                                      "mix the calls; mechaudit audits modules called once")
+    return reasons
 
 
 def _recorder(name: str, seen: list, stream: bool = False):

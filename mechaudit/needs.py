@@ -39,9 +39,11 @@ NEEDS: dict[str, Need] = {need.name: need for need in (
     Need("behaviour", lambda c: c.behaviour is not None,
          "the spec declares no [behaviour] for circuit rules to explain"),
     Need("logits", lambda c: c.task in ("classification", "next-token") or (
-        c.behaviour is not None and c.behaviour.kind == "similarity"),
+        c.behaviour is not None and c.behaviour.kind in ("similarity", "output")),
         "the task is regression: the behaviour is read from logits (classification or next-token), or is a "
-        "similarity of embeddings"),
+        "similarity of embeddings, or a regression output ([behaviour] kind = \"output\")"),
+    Need("predictions", lambda c: c.task != "regression",
+         "the task is regression: the rule counts changed class predictions"),
     Need("cues", lambda c: c.data.cues is not None, "the spec declares no cue pairs ([data.cues])"),
     Need("regions", lambda c: bool(c.data.masks) or bool(c.data.protected_columns),
          "the spec declares no input masks ([data.masks]) nor protected attributes that are input columns "
@@ -57,4 +59,8 @@ NEEDS: dict[str, Need] = {need.name: need for need in (
 
 def missing_need(needs: tuple[str, ...], context: "AuditContext") -> str | None:
     """The skip reason of the first of ``needs`` the audit does not provide, or None when it provides all."""
-    return next((NEEDS[need].reason for need in needs if not NEEDS[need].provided(context)), None)
+    missing = next((need for need in needs if not NEEDS[need].provided(context)), None)
+    if missing is None:
+        return None
+    left_out = context.view.skipped if missing in ("layers", "layer_pairs") else {}
+    return NEEDS[missing].reason + "".join(f"; left out: {name} ({why})" for name, why in list(left_out.items())[:2])

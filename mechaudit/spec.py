@@ -36,8 +36,10 @@ class ModelSpec:
     weights: Path | None = None
     torchscript: Path | None = None
     pickle: Path | None = None
-    #: An ONNX file (mechaudit.loading.onnx), converted to a module; ``forward_kwargs`` binds its other inputs.
+    #: An ONNX file (mechaudit.loading.onnx), converted to a module.
     onnx: Path | None = None
+    #: Keyword arguments every forward call gets, e.g. ``{"sr": 16000}`` (mechaudit.loading.forward_kwargs; for
+    #: ONNX: the graph's other inputs).
     forward_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,7 +86,7 @@ class Options:
     tolerance: tuple[tuple[str, float], ...] = ()
 
 
-BEHAVIOURS = ("predicted_logit", "class_logit", "label_logit", "logit_diff", "loss", "similarity")
+BEHAVIOURS = ("predicted_logit", "class_logit", "label_logit", "logit_diff", "loss", "similarity", "output")
 BEHAVIOUR_SAMPLES = ("all", "target")
 
 
@@ -97,6 +99,7 @@ class BehaviourSpec:
     model (outputs (samples, positions, vocabulary)) the behaviour reads the logits at token ``position``
     (default -1, the last), where the label is the correct next token. ``similarity`` (encoders, with pairs): the
     cosine similarity of each clean prompt's output to its paired prompt's output on the unmodified model.
+    ``output`` (regression): the model's output reduced to one value per sample as ``[task] output`` says.
     """
 
     kind: str = "predicted_logit"
@@ -116,6 +119,9 @@ class AuditSpec:
     options: Options = field(default_factory=Options)
     source: Path | None = None
     behaviour: BehaviourSpec | None = None
+    #: Regression with several outputs per sample: how rules that need one value per sample read them, ``"mean"``
+    #: or an output index (:mod:`mechaudit.techniques.output_reduction`).
+    output: str | int = "mean"
 
 
 _OPTION_TYPES: dict[str, Any] = {
@@ -270,7 +276,7 @@ def load_spec(path: Path, base: Options | None = None) -> AuditSpec:
     resolve = _PathResolver(path)
     model = _parse_model(raw["model"], f"{name} [model]", resolve, default_name=path.stem)
     data = _parse_data(raw["data"], f"{name} [data]", resolve)
-    task, class_names = _parse_task(raw.get("task", {}), f"{name} [task]")
+    task, class_names, output = _parse_task(raw.get("task", {}), f"{name} [task]")
     scope = {k: _typed(v, str, f"{name} [scope].{k}") for k, v in _check_keys(
         raw.get("scope", {}), {"intended_use", "out_of_scope", "owner", "notes"}, f"{name} [scope]").items()}
     options = parse_options(raw.get("audit", {}), f"{name} [audit]", base)
@@ -279,7 +285,11 @@ def load_spec(path: Path, base: Options | None = None) -> AuditSpec:
     if "rulebook" in raw.get("audit", {}) and _is_path(options.rulebook):  # a file, not a built-in name
         options = replace(options, rulebook=str(resolve(options.rulebook, f"{name} [audit].rulebook")))
     behaviour = parse_behaviour(raw["behaviour"], f"{name} [behaviour]") if "behaviour" in raw else None
-    return AuditSpec(model, data, task, class_names, scope, options, source=path.resolve(), behaviour=behaviour)
+    if behaviour is not None and behaviour.kind == "output" and task != "regression":
+        raise InputError(f"{name} [behaviour].kind", "'output' is a regression model's behaviour; a classifier's "
+                                                    "is read from its logits")
+    return AuditSpec(model, data, task, class_names, scope, options, source=path.resolve(), behaviour=behaviour,
+                     output=output)
 
 
 def _is_path(rulebook: str) -> bool:
@@ -294,8 +304,6 @@ def _parse_model(table: Any, where: str, resolve: _PathResolver, default_name: s
         raise InputError(where, "name exactly one of 'factory', 'torchscript', 'pickle' or 'onnx'")
     if "weights" in table and "factory" not in table:
         raise InputError(where, "'weights' goes with 'factory'")
-    if "forward_kwargs" in table and "onnx" not in table:
-        raise InputError(where, "'forward_kwargs' goes with 'onnx'")
     factory = _typed(table["factory"], str, f"{where}.factory") if "factory" in table else None
     if factory is not None and ":" not in factory:
         raise InputError(f"{where}.factory", f"'{factory}' is not of the form module:callable")
@@ -303,12 +311,25 @@ def _parse_model(table: Any, where: str, resolve: _PathResolver, default_name: s
         name=_typed(table.get("name", default_name), str, f"{where}.name"),
         factory=factory,
         factory_args=_typed(table.get("factory_args", {}), dict, f"{where}.factory_args"),
-        weights=resolve(table["weights"], f"{where}.weights") if "weights" in table else None,
+        weights=_parse_weights(table["weights"], f"{where}.weights", resolve) if "weights" in table else None,
         torchscript=resolve(table["torchscript"], f"{where}.torchscript") if "torchscript" in table else None,
         pickle=resolve(table["pickle"], f"{where}.pickle") if "pickle" in table else None,
         onnx=resolve(table["onnx"], f"{where}.onnx") if "onnx" in table else None,
         forward_kwargs=_typed(table.get("forward_kwargs", {}), dict, f"{where}.forward_kwargs"),
     )
+
+
+def _parse_weights(value: Any, where: str, resolve: _PathResolver) -> Path:
+    """A weights file: a path in the project, or ``{ package = NAME, path = FILE }`` inside an installed package."""
+    if isinstance(value, str):
+        return resolve(value, where)
+    table = _check_keys(value, {"package", "path"}, where)
+    if set(table) != {"package", "path"}:
+        raise InputError(where, "must be a path or a table { package = NAME, path = FILE }")
+    from .loading.packaged import packaged_file
+
+    return packaged_file(_typed(table["package"], str, f"{where}.package"), _typed(table["path"], str,
+                                                                                    f"{where}.path"), where)
 
 
 def _parse_data(table: Any, where: str, resolve: _PathResolver) -> DataSpec:
@@ -378,12 +399,22 @@ def parse_behaviour(table: Any, where: str) -> BehaviourSpec:
     return behaviour
 
 
-def _parse_task(table: Any, where: str) -> tuple[str, tuple[str, ...]]:
-    table = _check_keys(table, {"kind", "class_names"}, where)
+def check_output(value: Any, where: str) -> str | int:
+    """``[task] output``: ``"mean"`` or an output index."""
+    if value != "mean" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise InputError(where, f"must be \"mean\" or an output index (0, 1, ...), not {value!r}")
+    return value
+
+
+def _parse_task(table: Any, where: str) -> tuple[str, tuple[str, ...], str | int]:
+    table = _check_keys(table, {"kind", "class_names", "output"}, where)
     kind = _typed(table.get("kind", "classification"), str, f"{where}.kind")
     if kind not in TASKS:
         raise InputError(f"{where}.kind", f"'{kind}' is not one of {', '.join(TASKS)}")
     names = tuple(_typed(table.get("class_names", []), list, f"{where}.class_names"))
     if len(set(names)) != len(names):
         raise InputError(f"{where}.class_names", "class names must be unique")
-    return kind, names
+    output = check_output(table.get("output", "mean"), f"{where}.output")
+    if "output" in table and kind != "regression":
+        raise InputError(f"{where}.output", "applies to regression only (classifiers are read by their logits)")
+    return kind, names, output

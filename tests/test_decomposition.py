@@ -163,7 +163,11 @@ def test_d101_flags_a_layer_that_never_switches_off_and_passes_a_rectified_one()
     result = mechaudit.audit(always_on, x, select=["D101"])
     dense = {f.location.component: f for f in result.findings if f.metric == "dense_fraction"}
     assert dense["a"].status == "fail" and dense["a"].value == 1.0
-    assert dense["b"].status == "pass" and dense["b"].value < 0.5  # random weights: units switch off
+    assert "b" not in dense  # read by a Linear layer, not a rectifier: listed as not judged
+    control = TwoLayers(torch.randn(16, 16, generator=g), torch.randn(16, 16, generator=g))
+    result = mechaudit.audit(control, x, select=["D101"])
+    dense = {f.location.component: f for f in result.findings if f.metric == "dense_fraction"}
+    assert dense["a"].status == "pass" and dense["a"].value < 0.5  # random weights: units switch off
 
 
 def test_a_saved_dictionary_loads_back_and_encodes_the_same(tmp_path) -> None:

@@ -14,21 +14,27 @@ import torch
 
 from ..context import Artifact, AuditContext
 from ..techniques.attribution import attribute
+from ..techniques.baselines import Baseline
 from ..techniques.randomization import RandomizationResult, cascading_randomization
 
 SANITY_CHECK = "attribution_sanity"
 
 
-def predicted_attributions(context: AuditContext, method: str, n_steps: int,
-                           samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(indices, attributions)``: attributions to the predicted class of a seeded subset of ``samples``."""
-    return context.sample_indices(samples), context.shared(ATTRIBUTIONS, method, n_steps, samples)
+def predicted_attributions(context: AuditContext, method: str, n_steps: int, samples: int,
+                           baseline: Baseline | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices, attributions)``: attributions to the predicted class of a seeded subset of ``samples``, relative
+    to ``baseline`` (default zero)."""
+    chosen = None if baseline is None or baseline.is_zero else (baseline.kind, baseline.value, baseline.sigma)
+    return context.sample_indices(samples), context.shared(ATTRIBUTIONS, method, n_steps, samples, chosen)
 
 
-def _attributions(context: AuditContext, method: str, n_steps: int, samples: int) -> torch.Tensor:
+def _attributions(context: AuditContext, method: str, n_steps: int, samples: int,
+                  baseline: tuple[str, float, float] | None) -> torch.Tensor:
     indices = context.sample_indices(samples)
-    return attribute(context.model, context.data.inputs[indices], context.predictions[indices], context.device,
-                     method, n_steps=n_steps, seed=context.seed, internal_batch_size=context.batch_size)
+    inputs = context.data.inputs[indices]
+    reference = None if baseline is None else Baseline(*baseline, context.data.inputs, context.seed).fill(inputs)
+    return attribute(context.model, inputs, context.predictions[indices], context.device, method,
+                     baseline=reference, n_steps=n_steps, seed=context.seed, internal_batch_size=context.batch_size)
 
 
 def sanity_result(context: AuditContext, method: str) -> tuple[Any, RandomizationResult] | None:

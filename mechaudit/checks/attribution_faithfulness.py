@@ -12,6 +12,7 @@ from ..findings import Measurement
 from ..techniques.attribution import METHODS
 from ..techniques.deletion import infidelity, perturbation_curves, random_scores
 from .attribution_common import predicted_attributions, reliability, unreliable_suffix
+from .input_baseline import BaselineParams, input_baseline
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -43,6 +44,8 @@ both signs); a random attribution 0.89-1.11; the reversed integrated gradients a
 input alone beat a random order (an edge detector 0.34-0.41 and 0.55-0.59 on the digits, the input itself 0.24-0.46
 and 0.53-0.64): deletion curves reward them, which is why L203 checks sanity too. 0.8 fails an attribution barely
 better than a random order.
+Baseline: the parameter `baseline` (as in L201; default `zero`) sets what deleted elements are set to (and the
+attributions' reference); the evidence names it.
 """,
     fix="""
 Choose another attribution method (`method`), more integration steps, or a baseline that means "absent" for these
@@ -59,7 +62,7 @@ RULE = RuleDefinition("L204", "attribution-faithfulness", "warning", DOCS)
 
 
 @dataclass(frozen=True)
-class AttributionFaithfulnessParams:
+class AttributionFaithfulnessParams(BaselineParams):
     max_auc_ratio: float = param(0.8, low=0.0, doc="fail when the attribution order's deletion area over the "
                                                    "random order's (or the random insertion area over the "
                                                    "attribution's) exceeds this; 1 is no better than random; "
@@ -76,6 +79,7 @@ class AttributionFaithfulnessParams:
 class AttributionFaithfulnessEvidence(TypedDict, total=False):
     """The evidence of L204's findings (each finding holds some of these keys)."""
 
+    baseline: dict
     attribution_reliable: bool
     attribution_sanity: dict
     curves: list
@@ -94,13 +98,15 @@ class AttributionFaithfulnessEvidence(TypedDict, total=False):
           evidence=AttributionFaithfulnessEvidence)
 def attribution_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     params: AttributionFaithfulnessParams = rule.params
-    indices, attributions = predicted_attributions(context, params.method, params.n_steps, params.samples)
+    baseline = input_baseline(context, params)
+    indices, attributions = predicted_attributions(context, params.method, params.n_steps, params.samples, baseline)
     keep = torch.arange(min(params.curve_samples, len(indices)))
     inputs, targets = context.data.inputs[indices[keep]], context.predictions[indices[keep]]
     chosen = attributions[keep]
+    reference = None if baseline.is_zero else baseline.fill(inputs)  # what deleted elements are set to
 
     def curves(scores: torch.Tensor):
-        return perturbation_curves(context.model, inputs, targets, scores, params.steps,
+        return perturbation_curves(context.model, inputs, targets, scores, params.steps, reference,
                                    batch_size=context.batch_size, device=context.device)
 
     ranked = curves(chosen)  # signed: the evidence *for* the predicted class goes first
@@ -115,7 +121,7 @@ def attribution_faithfulness(context: AuditContext, rule) -> list[Measurement]:
                 "infidelity_random_attribution": infidelity(context.model, inputs, targets, noise_scores,
                                                             seed=context.seed, device=context.device)}
     trust = reliability(context, params.method)
-    evidence = {"method": params.method, "samples": len(keep), **fidelity,
+    evidence = {"method": params.method, "samples": len(keep), "baseline": baseline.describe(), **fidelity,
                 "deletion_area": ranked.deletion_excess, "deletion_area_random": random_deletion,
                 "insertion_area": ranked.insertion_excess, "insertion_area_random": random_insertion,
                 "curves": _table(ranked, randoms[0]), "top_inputs": _top_inputs(context, attributions,

@@ -19,6 +19,8 @@ from ..techniques.circuits import (
     negative_loss,
     target_logit,
 )
+from ..techniques.output_reduction import describe as describe_reduction
+from ..techniques.output_reduction import reduced_output, reduction_targets
 
 
 @dataclass
@@ -91,6 +93,9 @@ def _build_problem(context: AuditContext, samples: int, use_pairs: bool) -> Circ
         partner = model_outputs(context.model, reference, context.batch_size, context.device)
         return CircuitProblem(inputs, partner, cosine_similarity, reference,
                               "cosine similarity of each prompt to its pair", labels)
+    if spec.kind == "output":
+        return CircuitProblem(inputs, reduction_targets(context.output, inputs.shape[0]), reduced_output, reference,
+                              f"regression output: {describe_reduction(context.output)}", labels)
     predicted = _predict(context, inputs)
     n = inputs.shape[0]
     if spec.kind == "predicted_logit":

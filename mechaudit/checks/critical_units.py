@@ -103,7 +103,7 @@ class CriticalUnitsEvidence(TypedDict, total=False):
     zero_drop: float
 
 
-@register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits"), rule=RULE,
+@register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits", "predictions"), rule=RULE,
           evidence=CriticalUnitsEvidence)
 def critical_units(context: AuditContext, rule) -> list[Measurement]:
     params: CriticalUnitsParams = rule.params

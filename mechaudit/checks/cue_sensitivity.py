@@ -81,7 +81,7 @@ class CueSensitivityEvidence(TypedDict, total=False):
     unconnected_layers: list
 
 
-@register("cue_sensitivity", CueSensitivityParams, needs=("layers", "cues", "logits"), rule=RULE,
+@register("cue_sensitivity", CueSensitivityParams, needs=("layers", "cues", "logits", "predictions"), rule=RULE,
           evidence=CueSensitivityEvidence)
 def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
     params: CueSensitivityParams = rule.params

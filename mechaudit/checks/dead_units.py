@@ -1,12 +1,16 @@
-"""D101: units that never activate on the audit data (dead), and units that never switch off (dense)."""
+"""D101: units that never activate on the audit data (dead), and units that never switch off (dense).
+
+Judged only in layers whose output reaches a rectifying nonlinearity (:mod:`..techniques.nonlinearity`); residual
+streams, attention heads and layers read by sums or normalisations are listed as not judged."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TypedDict
 
-from ..context import AuditContext
+from ..context import Artifact, AuditContext
 from ..findings import Location, Measurement
+from ..techniques.nonlinearity import Following, following_activations
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -18,6 +22,11 @@ For every hidden Linear or Conv layer, the share of units (channels for Conv) wh
 A second finding per layer reports its dense units: units above 0 at every position on more than
 `dense_share` of the samples (always on, so their nonlinearity never acts); it fails when more than
 `max_dense_fraction` of the layer is dense.
+Only layers whose output reaches a rectifying nonlinearity (ReLU, ReLU6, GELU, SiLU, Hardswish, Mish), through
+dropout, pooling or reshaping alone, are judged: elsewhere (a residual stream, attention heads, a layer added to
+a residual or normalised) no unit can be dead, and one finding lists those layers as not judged. When the model
+cannot be traced and no activation module runs right after a layer, it is judged, and the evidence says that
+"dead" then means never above `activation_threshold` at the layer's output.
 """,
     why="""
 A dead unit contributes nothing to the computation on the audited distribution: it wastes capacity, and a
@@ -50,6 +59,14 @@ rate, a leaky activation or better initialisation, or prune the dead units.
 RULE = RuleDefinition("D101", "dead-units", "warning", DOCS)
 
 
+def _following(context: AuditContext) -> dict[str, Following]:
+    return following_activations(context.view, context.view.hidden_layers, context.data.inputs[:2].to(context.device))
+
+
+#: What each hidden layer's output reaches (a rectifier or not), found once per audit.
+FOLLOWING: Artifact[dict[str, Following]] = Artifact("following_activations", _following)
+
+
 @dataclass(frozen=True)
 class DeadUnitsParams:
     activation_threshold: float = param(0.0, doc="a unit is active on a sample when its output exceeds this")
@@ -71,6 +88,8 @@ class DeadUnitsEvidence(TypedDict, total=False):
     dense_units: list
     samples: int
     units: int
+    activation: str
+    not_judged: dict
 
 
 @register("dead_units", DeadUnitsParams, needs=("layers",), rule=RULE,
@@ -78,8 +97,21 @@ class DeadUnitsEvidence(TypedDict, total=False):
 def dead_units(context: AuditContext, rule) -> list[Measurement]:
     params: DeadUnitsParams = rule.params
     findings = []
+    following = context.shared(FOLLOWING)
+    not_judged = {name: f.what for name, f in following.items() if f.kind == "other"}
+    if not_judged:
+        findings.append(Measurement(
+            f"dead and dense units not judged in {len(not_judged)} layer(s) not followed by a rectifying "
+            f"nonlinearity (ReLU, GELU, SiLU, ...): {', '.join(list(not_judged)[:5])}"
+            + (", ..." if len(not_judged) > 5 else ""),
+            evidence={"not_judged": not_judged}, judged=False))
     for layer in context.view.hidden_layers:
+        if layer.name in not_judged:
+            continue
         stats = context.unit_stats[layer.name]
+        activation = following[layer.name].what if following[layer.name].rectified else (
+            f"unknown ({following[layer.name].what}): dead means never above activation_threshold at the layer's "
+            "output")
         dead = (stats.max <= params.activation_threshold).nonzero().flatten().tolist()
         fraction = len(dead) / layer.size
         findings.append(Measurement(
@@ -92,6 +124,7 @@ def dead_units(context: AuditContext, rule) -> list[Measurement]:
                 "units": layer.size,
                 "samples": stats.count,
                 "active_fraction_per_unit": stats.active_fraction,
+                "activation": activation,
             },
         ))
         dense = (stats.always_fraction > params.dense_share).nonzero().flatten().tolist()
@@ -102,7 +135,7 @@ def dead_units(context: AuditContext, rule) -> list[Measurement]:
             location=Location.of_layer(layer.name),
             metric="dense_fraction", value=dense_fraction, threshold=params.max_dense_fraction,
             evidence={"dense_units": [layer.address(u) for u in dense[:params.max_listed]],
-                      "dense_count": len(dense), "units": layer.size, "samples": stats.count,
+                      "dense_count": len(dense), "units": layer.size, "samples": stats.count, "activation": activation,
                       "always_on_fraction_per_unit": [round(float(v), 4) for v in stats.always_fraction]},
         ))
     return findings

@@ -15,6 +15,7 @@ from ..findings import Location, Measurement
 from ..techniques.circuits import INPUT, attribution_flow
 from ..techniques.edits import what_if_erased, what_if_suppressed
 from .circuit_common import circuit_problem, circuit_scores, hidden_nodes, mean_values
+from .input_baseline import BaselineParams, input_baseline
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -45,6 +46,8 @@ holding the circuit's inputs carries 100%, a region of distractor inputs 0%. 0.3
 specific units leaves the flip rate at 19.2% (from 18.9%) and lowers accuracy from 80.6% to 74.7%, while
 erasing the watermark's direction at `features.0` lowers it to 0.6% on held-out samples at no accuracy cost
 without the watermark (`tests/test_recomposition_edits.py`). Error severity in the compliance rulebook.
+Baseline: the parameter `baseline` (as in L201; default `zero`) sets what the what-if edits replace the region
+by; the evidence names it.
 """,
     fix="""
 Retrain without the dependency (remove or decorrelate the region), or, as a stopgap documented in the
@@ -61,7 +64,7 @@ RULE = RuleDefinition("R303", "protected-pathway", "warning", DOCS)
 
 
 @dataclass(frozen=True)
-class ProtectedPathwayParams:
+class ProtectedPathwayParams(BaselineParams):
     samples: int = param(512, low=1, doc="samples (or pairs) the behaviour is measured on")
     max_share: float = param(0.3, low=0.0, high=1.0, doc="fail when a protected region carries more of the flow")
     edit_nodes: int = param(3, low=0, doc="units on the protected pathway suppressed in the what-if edit")
@@ -70,6 +73,7 @@ class ProtectedPathwayParams:
 class ProtectedPathwayEvidence(TypedDict, total=False):
     """The evidence of R303's findings (each finding holds some of these keys)."""
 
+    baseline: dict
     pathway: list
     region_area_share: float
     what_if_direction: dict | None
@@ -90,6 +94,7 @@ def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
     flow = attribution_flow(scores, sinks)
     inputs_total = sum(v for n, v in flow.items() if scores.node_layer.get(n) == INPUT) or 1.0
     hidden = hidden_nodes(context)
+    baseline = input_baseline(context, params)
     findings = []
     for name, mask in context.data.masks.items():
         region = f"{INPUT}:{name}"
@@ -99,9 +104,10 @@ def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
         specific = _region_specific_units(scores, flow, hidden, region)
         pathway = sorted(specific, key=lambda n: -specific[n])
         units_edit = what_if_suppressed(context.view, pathway[:params.edit_nodes], mean_values(context),
-                                        problem.inputs, problem.labels, mask, context.batch_size, context.device)
+                                        problem.inputs, problem.labels, mask, context.batch_size, context.device,
+                                        remove=baseline.remove)
         direction_edit = what_if_erased(context.view, context.view.hidden_layers, problem.inputs, problem.labels,
-                                        mask, context.batch_size, context.device)
+                                        mask, context.batch_size, context.device, remove=baseline.remove)
         findings.append(Measurement(
             f"{share:.0%} of the attribution of the {problem.description} flows from '{name}' "
             f"(which covers {float(mask.mean()):.0%} of the input); the units most specific to it: "
@@ -111,7 +117,8 @@ def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
             evidence={"region_area_share": float(mask.mean()),
                       "pathway": [{"component": n, "share_from_region": specific[n], "flow": flow[n]}
                                   for n in pathway[:10]],
-                      "what_if_units": units_edit, "what_if_direction": direction_edit},
+                      "what_if_units": units_edit, "what_if_direction": direction_edit,
+                      "baseline": baseline.describe()},
         ))
     return findings
 

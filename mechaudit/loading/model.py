@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..interrupts import Interrupted
 from ..spec import ModelSpec
 from .files import DEFAULT_MAX_BYTES, check_input_file
+from .forward_kwargs import bind_forward_kwargs
 from .hashing import sha256_file
 
 
@@ -65,6 +66,7 @@ def load_model(spec: ModelSpec, trust_pickle: bool = False, search_path: Path | 
         assert spec.pickle is not None
         module = _from_pickle(_check_file(spec.pickle, "pickled model"), trust_pickle)
         hashes, source = {str(spec.pickle): sha256_file(spec.pickle)}, str(spec.pickle)
+    module = bind_forward_kwargs(module, spec.forward_kwargs)
     return LoadedModel(module.eval(), spec.name, source, hashes)
 
 

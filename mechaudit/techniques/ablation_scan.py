@@ -18,7 +18,7 @@ from .. import linear_maps
 from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, units_view
 from .ablation import Reduce, ablation_outputs, check_replacement, write_ablations
-from .model_cut import Cut, ModelCut
+from .model_cut import Cut, ModelCut, quiet_fx
 
 Mode = tuple
 """``(values, source)``: ``values`` {layer name: (units, positions) replacement} for zero or mean ablation, or
@@ -31,11 +31,40 @@ class AblationScanner:
     def __init__(self, view: ModelView, layers: list[Layer], device: torch.device, sample: torch.Tensor) -> None:
         self.view, self.layers, self.device = view, layers, device
         try:
-            self.cut: ModelCut | None = ModelCut.build(view, layers, sample.to(device))
+            with quiet_fx():
+                self.cut: ModelCut | None = ModelCut.build(view, layers, sample.to(device))
             self.reasons = dict(self.cut.skipped)
         except Exception as exc:  # noqa: BLE001  not traceable: the hook-based path is exact too
             self.cut = None
             self.reasons = {layer.name: f"the model cannot be traced ({type(exc).__name__})" for layer in layers}
+        if self.cut is not None:
+            self._verify(sample.to(device))
+
+    def _verify(self, sample: torch.Tensor) -> None:
+        """Zero-ablate a layer's first and last unit on ``sample`` through its cut and through hooks; a cut that
+        raises or disagrees is dropped, so that layer is scanned with hooks."""
+        for layer in self.layers:
+            cut = self.cut.cuts.get(layer.name)
+            if cut is None:
+                continue
+            units = sorted({0, layer.size - 1})
+            try:
+                with torch.no_grad(), quiet_fx():
+                    clean = cut.values(self.cut.run_upstream(sample))
+                    values = torch.zeros_like(units_view(clean[0], layer)[0])
+                    got = _chunk(cut, clean, torch.tensor(units, device=self.device), values, None).float().cpu()
+                expected = ablation_outputs(self.view.model, self.view.site(layer), layer, sample, units, values,
+                                            len(sample), self.device).flatten(0, 1)
+                agrees = got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+                why = "its traced cut disagrees with forward hooks"
+            except Exception as exc:  # noqa: BLE001  any failure of the traced path: the hooks are exact
+                agrees, why = False, f"its traced cut failed ({type(exc).__name__}: {_first_line(exc)})"
+            if not agrees:
+                self._drop(layer, why)
+
+    def _drop(self, layer: Layer, why: str) -> None:
+        self.cut.cuts.pop(layer.name, None)
+        self.reasons[layer.name] = why
 
     def method(self, layer: Layer) -> str:
         """How ``layer`` is scanned, in words (for evidence and benchmarks)."""
@@ -59,7 +88,7 @@ class AblationScanner:
                   for layer in self.layers}
         layers = [layer for layer in self.layers if chosen[layer.name]]
         results: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}
-        cuts = self.cut.cuts if self.cut else {}
+        cuts = dict(self.cut.cuts) if self.cut else {}
         if any(layer.name in cuts for layer in layers):
             with torch.no_grad():
                 for start, batch in batches(inputs, batch_size, self.device):
@@ -70,11 +99,23 @@ class AblationScanner:
                         if source is not None and id(source) not in sources:
                             sources[id(source)] = self.cut.run_upstream(source[samples].to(self.device))
                         for layer in layers:
-                            if layer.name in cuts:
-                                results[name][layer.name].append(self._layer(
-                                    cuts[layer.name], clean, chosen[layer.name],
-                                    None if values is None else values[layer.name].to(self.device),
-                                    None if source is None else sources[id(source)], samples, max_batch, reduce))
+                            if layer.name not in cuts:
+                                continue
+                            try:
+                                with quiet_fx():
+                                    part = self._layer(
+                                        cuts[layer.name], clean, chosen[layer.name],
+                                        None if values is None else values[layer.name].to(self.device),
+                                        None if source is None else sources[id(source)], samples, max_batch, reduce)
+                            except (torch.cuda.OutOfMemoryError, MemoryError):
+                                raise
+                            except Exception as exc:  # noqa: BLE001  fall back to the exact hooks for this layer
+                                self._drop(layer, f"its traced cut failed ({type(exc).__name__}: {_first_line(exc)})")
+                                cuts.pop(layer.name)
+                                for mode in results:
+                                    results[mode][layer.name] = []
+                                continue
+                            results[name][layer.name].append(part)
         for layer in layers:
             if layer.name not in cuts:
                 for name, (values, source) in modes.items():
@@ -122,6 +163,10 @@ def _chunk(cut: Cut, clean: tuple, chunk: torch.Tensor, values: torch.Tensor | N
     x_new = cut.run("chain", ablated) if cut.chain is not None else ablated
     delta = (x_new - _repeat(clean[1], k)).reshape(k, n, *clean[1].shape[1:])
     return cut.run("rest", _repeat(clean[2], k) + _checked_update(cut, delta, chunk), *later)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 def _repeat(value: torch.Tensor, k: int) -> torch.Tensor:

@@ -83,8 +83,9 @@ def attribute(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, dev
     the inputs per forward pass of a method that evaluates several per sample (integrated gradients' steps): the
     rules pass the audit's ``--batch-size``.
 
-    ``baseline`` (default zeros) is broadcast to the inputs. Stochastic methods draw from a generator seeded with
-    ``seed``, so the same call gives the same attributions whatever ran before it.
+    ``baseline`` (default zeros) is broadcast to the inputs, or gives one baseline per sample (shaped like them).
+    Stochastic methods draw from a generator seeded with ``seed``, so the same call gives the same attributions
+    whatever ran before it.
     """
     if method not in ATTRIBUTORS:
         raise ValueError(f"unknown attribution method '{method}' (known: {', '.join(ATTRIBUTORS)})")
@@ -98,8 +99,11 @@ def attribute(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, dev
         for start in range(0, inputs.shape[0], batch_size):
             batch = inputs[start:start + batch_size].to(device).requires_grad_(True)
             target = targets[start:start + batch_size].to(device)
-            base = (torch.zeros_like(batch) if baseline is None
-                    else baseline.to(device, batch.dtype).expand_as(batch).contiguous())
+            if baseline is not None and baseline.shape == inputs.shape:  # one baseline per sample
+                base = baseline[start:start + batch_size].to(device, batch.dtype)
+            else:
+                base = (torch.zeros_like(batch) if baseline is None
+                        else baseline.to(device, batch.dtype).expand_as(batch).contiguous())
             parts.append(run(model, batch, target, base, n_steps, internal_batch_size or batch.shape[0] * 8)
                          .detach().float().cpu())
     model.zero_grad(set_to_none=True)

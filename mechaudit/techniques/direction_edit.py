@@ -21,6 +21,7 @@ import torch
 from .. import linear_maps
 from ..activations import batches
 from ..model_view import Layer, ModelView, installed, units_view
+from .baselines import Removal, remove_zero
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,11 @@ def _layer_mean(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size:
 
 
 def region_direction(view: ModelView, layer: Layer, inputs: torch.Tensor, mask: torch.Tensor, batch_size: int,
-                     device: torch.device) -> RegionDirection | None:
+                     device: torch.device, remove: Removal = remove_zero) -> RegionDirection | None:
     """The direction of ``mask``'s region at ``layer``, estimated on ``inputs``; None when removing the region
     does not change the layer at all (nothing to erase)."""
     present, shape = _layer_mean(view, layer, inputs, batch_size, device)
-    removed, _ = _layer_mean(view, layer, inputs * (1 - mask), batch_size, device)
+    removed, _ = _layer_mean(view, layer, remove(inputs, mask), batch_size, device)
     change = present - removed
     strength = float(change.norm())
     if strength <= 1e-12 * max(1.0, float(present.norm())):

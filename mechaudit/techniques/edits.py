@@ -12,31 +12,32 @@ from torch import nn
 from .. import linear_maps
 from ..activations import model_outputs
 from ..model_view import Layer, ModelView
+from .baselines import Removal, remove_zero
 from .direction_edit import RegionDirection, projected, region_direction
 from .node_ablation import ablated
 
 
 def region_flip_rate(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, batch_size: int,
-                     device: torch.device) -> float:
-    """Fraction of predictions that change when the masked region is set to the zero baseline."""
+                     device: torch.device, remove: Removal = remove_zero) -> float:
+    """Fraction of predictions that change when the masked region is set to the baseline (default zero)."""
     before = model_outputs(model, inputs, batch_size, device).argmax(-1)
-    after = model_outputs(model, inputs * (1 - mask), batch_size, device).argmax(-1)
+    after = model_outputs(model, remove(inputs, mask), batch_size, device).argmax(-1)
     return float((before != after).float().mean())
 
 
 def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None, mask: torch.Tensor | None,
-            batch_size: int, device: torch.device) -> dict:
+            batch_size: int, device: torch.device, remove: Removal = remove_zero) -> dict:
     """Accuracy (on the inputs as given and with the region removed) and the region's flip rate."""
     result = {}
     if labels is not None:
         shown = {"accuracy": inputs}
         if mask is not None:
-            shown["accuracy_region_removed"] = inputs * (1 - mask)
+            shown["accuracy_region_removed"] = remove(inputs, mask)
         for key, batch in shown.items():
             predictions = model_outputs(model, batch, batch_size, device).argmax(-1)
             result[key] = float((predictions == labels).float().mean())
     if mask is not None:
-        result["flip_rate"] = region_flip_rate(model, inputs, mask, batch_size, device)
+        result["flip_rate"] = region_flip_rate(model, inputs, mask, batch_size, device, remove)
     return result
 
 
@@ -50,22 +51,25 @@ class HeldOut:
     inputs: torch.Tensor
     labels: torch.Tensor | None
     mask: torch.Tensor
+    remove: Removal = remove_zero
 
     @classmethod
-    def split(cls, inputs: torch.Tensor, labels: torch.Tensor | None, mask: torch.Tensor) -> "HeldOut":
+    def split(cls, inputs: torch.Tensor, labels: torch.Tensor | None, mask: torch.Tensor,
+              remove: Removal = remove_zero) -> "HeldOut":
         mask = mask.expand_as(inputs) if mask.shape != inputs.shape else mask
         fit, held = torch.arange(0, len(inputs), 2), torch.arange(1, len(inputs), 2)
-        return cls(inputs[fit], mask[fit], inputs[held], labels[held] if labels is not None else None, mask[held])
+        return cls(inputs[fit], mask[fit], inputs[held], labels[held] if labels is not None else None, mask[held],
+                   remove)
 
     def measure(self, model: nn.Module, batch_size: int, device: torch.device) -> dict:
-        return measure(model, self.inputs, self.labels, self.mask, batch_size, device)
+        return measure(model, self.inputs, self.labels, self.mask, batch_size, device, self.remove)
 
 
 def erased(view: ModelView, layer: Layer, samples: HeldOut, batch_size: int,
            device: torch.device) -> tuple[RegionDirection | None, dict | None]:
     """The region's direction at ``layer`` (estimated on the fit half) and the held-out figures with it erased;
     (None, None) when removing the region does not change the layer."""
-    edit = region_direction(view, layer, samples.fit_inputs, samples.fit_mask, batch_size, device)
+    edit = region_direction(view, layer, samples.fit_inputs, samples.fit_mask, batch_size, device, samples.remove)
     if edit is None:
         return None, None
     with projected(view, [edit]):
@@ -74,14 +78,14 @@ def erased(view: ModelView, layer: Layer, samples: HeldOut, batch_size: int,
 
 def what_if_erased(view: ModelView, layers: list[Layer], inputs: torch.Tensor, labels: torch.Tensor | None,
                    mask: torch.Tensor, batch_size: int, device: torch.device, max_accuracy_cost: float = 0.05,
-                   top_units: int = 5) -> dict | None:
+                   top_units: int = 5, remove: Removal = remove_zero) -> dict | None:
     """Before / after erasing the region's direction at each layer in turn (a simulation), on :class:`HeldOut`
     samples. The recommended edit (``best``) is the layer with the lowest flip rate whose accuracy on
     region-removed inputs drops by at most ``max_accuracy_cost`` (any layer when none does). None with fewer
     than 4 samples."""
     if inputs.shape[0] < 4:
         return None
-    samples = HeldOut.split(inputs, labels, mask)
+    samples = HeldOut.split(inputs, labels, mask, remove)
     before = samples.measure(view.model, batch_size, device)
     rows = []
     for layer in layers:
@@ -106,11 +110,11 @@ def what_if_erased(view: ModelView, layers: list[Layer], inputs: torch.Tensor, l
 
 def what_if_suppressed(view: ModelView, nodes: list[str], values: dict[str, torch.Tensor], inputs: torch.Tensor,
                        labels: torch.Tensor | None, mask: torch.Tensor | None, batch_size: int,
-                       device: torch.device) -> dict:
+                       device: torch.device, remove: Removal = remove_zero) -> dict:
     """Accuracy and region flip rate before and after mean-ablating ``nodes`` (a simulation)."""
-    before = measure(view.model, inputs, labels, mask, batch_size, device)
+    before = measure(view.model, inputs, labels, mask, batch_size, device, remove)
     with ablated(view, nodes, values):
-        after = measure(view.model, inputs, labels, mask, batch_size, device)
+        after = measure(view.model, inputs, labels, mask, batch_size, device, remove)
     return {"suppressed": list(nodes), "before": before, "after": after, "simulation": True}
 
 

@@ -16,13 +16,26 @@ after the cut does not follow the batch (a batch size read before the layer and 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
 
 from .. import linear_maps
+from ..loading import forward_kwargs
 from ..model_view import Layer, ModelView, from_units_view, units_view
+
+
+@contextlib.contextmanager
+def quiet_fx() -> Iterator[None]:
+    """Keep torch.fx from printing a traced module's traceback to stderr when it raises: callers catch the error
+    and fall back to forward hooks, so the traceback would only alarm the user."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 @dataclass
@@ -55,6 +68,8 @@ class Cut:
         """Run ``chain`` or ``rest``, in channels-last layout where that gives the same values (faster on CPU)."""
         if part in self.channels_last:
             value = value.contiguous(memory_format=torch.channels_last)
+        else:  # e.g. ``x.view(x.size(0), -1)`` needs the default layout the model was written for
+            value = value.contiguous()
         return getattr(self, part)(value, *others)
 
 
@@ -124,6 +139,18 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return linear_maps.is_linear(module) or super().is_leaf_module(module, qualified_name)
+
+    def trace(self, root, concrete_args=None):
+        """Trace with the model's bound ``[model] forward_kwargs`` as constants."""
+        bound = getattr(root, forward_kwargs.ATTRIBUTE, None) if isinstance(root, nn.Module) else None
+        if concrete_args is not None or not bound:
+            return super().trace(root, concrete_args)
+        graph = super().trace(root, dict(bound))
+        for node in graph.nodes:  # torch.fx keeps them as placeholders checked against the value: default to it
+            base = re.sub(r"_\d+$", "", str(node.target))
+            if node.op == "placeholder" and base in bound:
+                node.args = (bound[base],)
+        return graph
 
 
 @dataclass

@@ -60,14 +60,28 @@ class RandomizationResult:
 
 
 def parameter_modules(model: nn.Module, sample: torch.Tensor) -> list[str]:
-    """Modules with parameters of their own, in the order the forward pass first calls them."""
+    """Modules with parameters of their own, in the order the forward pass first calls them (in a TorchScript
+    archive, which refuses forward hooks: the order they are defined in)."""
     owners = {name: module for name, module in model.named_modules()
               if any(True for _ in module.parameters(recurse=False))}
+    if any(isinstance(module, torch.jit.ScriptModule) for module in model.modules()):
+        return list(owners)
     order: list[str] = []
     with installed(module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
                    for name, module in owners.items()), torch.no_grad():
         model(sample)
     return list(dict.fromkeys(order))
+
+
+def _as_leaves(model: nn.Module) -> nn.Module:
+    """A deep copy of a TorchScript module holds its parameters as non-leaf tensors (torch warns whenever their
+    gradients are read): make them parameters again, in place, in the copy."""
+    for module in model.modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            for name, parameter in list(module.named_parameters(recurse=False)):
+                if not parameter.is_leaf:
+                    setattr(module, name, nn.Parameter(parameter.detach(), requires_grad=parameter.requires_grad))
+    return model
 
 
 def randomize_module(module: nn.Module) -> None:
@@ -121,7 +135,7 @@ def cascading_randomization(model: nn.Module, inputs: torch.Tensor, targets: tor
     original = attribute(model, inputs, targets)
     support = differs_from_baseline(inputs.cpu(), None if baseline is None else baseline.cpu())
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    shadow = copy.deepcopy(model)
+    shadow = _as_leaves(copy.deepcopy(model))
     modules = dict(shadow.named_modules())
     cascade = list(reversed(parameter_modules(shadow, inputs[:2].to(device))))
     if not cascade:
