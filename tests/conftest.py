@@ -15,7 +15,6 @@ from fixtures.toy_models import signal_labels
 from mechaudit.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
 
 
 @dataclass

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 from conftest import write_project
+from fixtures.exactness import assert_equal_up_to_rounding
 from fixtures.toy_models import signal_mlp
 
 from mechaudit.engine import run_audit
@@ -61,4 +62,4 @@ def test_batched_ablation_equals_one_forward_per_unit() -> None:
         with torch.no_grad():
             expected = model(inputs)
         handle.remove()
-        assert torch.allclose(batched[unit], expected, atol=1e-6)
+        assert_equal_up_to_rounding(batched[unit], expected)

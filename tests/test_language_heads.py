@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures.exactness import assert_equal_up_to_rounding
 from torch import nn
 
 from mechaudit.errors import InputError
@@ -59,7 +60,7 @@ def test_hooking_a_head_is_the_same_as_removing_its_columns_of_the_output_projec
     with torch.no_grad():
         model.blocks[1].attn.out.weight[:, 32:48] = 0.0
         expected = model(tokens)
-    assert torch.allclose(hooked, expected, atol=1e-5)
+    assert_equal_up_to_rounding(hooked, expected)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -96,7 +97,7 @@ def test_torch_multihead_attention_exposes_heads(batch_first: bool) -> None:
         untouched = model(x)
         model.attn.out_proj.weight[:, 4:8] = 0.0
         expected = model(x)
-    assert torch.allclose(hooked, expected, atol=1e-6)
+    assert_equal_up_to_rounding(hooked, expected)
     assert not torch.allclose(untouched, expected, atol=1e-3)   # the control: the head mattered
     assert not model.attn._forward_hooks                         # every hook removed
 
@@ -130,7 +131,7 @@ def test_hugging_face_blocks_expose_heads(family: str) -> None:
         else:
             projection.weight[8:16, :] = 0.0
         expected = model(tokens).last_hidden_state
-    assert torch.allclose(hooked, expected, atol=1e-5)
+    assert_equal_up_to_rounding(hooked, expected)
 
 
 def test_gpt2_mlp_neurons_are_linear_units() -> None:
@@ -154,7 +155,7 @@ def test_gpt2_mlp_neurons_are_linear_units() -> None:
         model.h[0].mlp.c_fc.weight[:, unit] = 0.0
         model.h[0].mlp.c_fc.bias[unit] = 0.0
         expected = model(tokens).last_hidden_state
-    assert torch.allclose(hooked, expected, atol=1e-5)
+    assert_equal_up_to_rounding(hooked, expected)
 
 
 def test_torch_transformer_encoder_is_audited_head_by_head() -> None:

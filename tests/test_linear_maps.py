@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures.exactness import assert_equal_up_to_rounding
 from torch import nn
 
 from mechaudit import linear_maps
@@ -106,5 +107,5 @@ def test_weight_edit_of_a_conv1d_unit_matches_its_ablation() -> None:
     edited = MLP(transposed=True).eval()
     edited.load_state_dict(suppressed_state_dict(view, ["fc1:u3", "fc1:u9"], values))
     with torch.no_grad():
-        assert torch.allclose(edited(inputs), hooked, atol=1e-5)
+        assert_equal_up_to_rounding(edited(inputs), hooked)
         assert not torch.allclose(twin(inputs), hooked, atol=1e-3)  # the control: the edit changes the output

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.exactness import assert_equal_up_to_rounding
 from safetensors.torch import load_file
 from torch import nn
 
@@ -109,7 +110,7 @@ def test_the_fast_scan_equals_one_forward_pass_per_unit(name: str) -> None:
         for mode, (values, src) in modes.items():
             expected = ablation_loop(model, view.site(layer), layer, inputs, list(range(layer.size)),
                                      None if values is None else values[layer.name], 32, CPU, source=src)
-            assert (scanned[mode][layer.name] - expected).abs().max() < 1e-5, (layer.name, mode)
+            assert_equal_up_to_rounding(scanned[mode][layer.name], expected, msg=f"{layer.name} {mode}")
     methods = {layer.name: scanner.method(layer) for layer in layers}
     if name in ("batch size first", "branching"):
         assert all(m.startswith("batched forward hooks") for m in methods.values()), methods
@@ -130,7 +131,7 @@ def test_the_scan_of_attention_heads_equals_one_forward_pass_per_head() -> None:
     for layer in view.layers:
         expected = ablation_loop(model, view.site(layer), layer, inputs, list(range(layer.size)),
                                  stats[layer.name].mean_map.float(), 32, CPU)
-        assert (scanned["mean"][layer.name] - expected).abs().max() < 1e-4
+        assert_equal_up_to_rounding(scanned["mean"][layer.name], expected, msg=layer.name)
 
 
 class ThreeClasses(nn.Module):

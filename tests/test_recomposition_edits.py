@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.exactness import assert_equal_up_to_rounding
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -93,7 +94,7 @@ def test_direction_folded_into_linear_weights_matches_the_simulation() -> None:
     with torch.no_grad():
         folded = context.model(data.inputs)
     context.model.load_state_dict(original)
-    assert torch.allclose(simulated, folded, atol=1e-4)
+    assert_equal_up_to_rounding(folded, simulated)
     with pytest.raises(ValueError, match="only simulated"):
         projected_linear_state(view, region_direction(view, view.layer("features.0"), data.inputs,
                                                       data.masks["watermark"], 256, context.device))
