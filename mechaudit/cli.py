@@ -114,7 +114,7 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     rulebook = load_rulebook(audit_spec.options.rulebook)
     command = "mechaudit " + shlex.join(sys.argv[1:])
     result = run_audit(audit_spec, rulebook, progress=not quiet and sys.stderr.isatty() and not os.environ.get("CI"),
-                       command=command)
+                       command=command, baseline=baseline)
     if not _main_rank():  # under torchrun, rank 0 alone writes the bundle and prints
         ctx.exit(EXIT_FAIL if result.gate_failed else EXIT_PASS)
     if old is not None:
