@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fixtures.drift_models import baseline_model, changed_second_layer, drift_data, fine_tuned
@@ -94,3 +95,17 @@ def test_renamed_layers_are_matched_by_best_match() -> None:
     current = {"body.first": centred_gram(a * 2), "encoder.2": centred_gram(b), "body.second": centred_gram(b + a)}
     pairs = match_layers(current, baseline)
     assert pairs == {"body.first": ("encoder.0", "best match"), "encoder.2": ("encoder.2", "name")}
+
+
+def test_audit_baseline_on_the_command_line_compares_fingerprints(cli, tmp_path: Path) -> None:
+    x, y = drift_data()
+    np.savez(tmp_path / "d.npz", inputs=x.numpy(), labels=y.numpy())
+    flags = ("--data", tmp_path / "d.npz", "--select", "D107", "--rulebook", "compliance")
+    old = tmp_path / "old"
+    assert cli("audit", "--model", "fixtures.drift_models:baseline_model", *flags, "--out", old).code == 0
+    assert (old / FILE).is_file()
+    same = cli("audit", "--model", "fixtures.drift_models:baseline_model", *flags, "--baseline", old, "-q")
+    assert same.code == 0, same.err
+    changed = cli("audit", "--model", "fixtures.drift_models:changed_model", *flags, "--baseline", old,
+                  "--out", tmp_path / "new")
+    assert changed.code == 1 and "D107" in changed.out  # compliance: a changed mechanism blocks the release
