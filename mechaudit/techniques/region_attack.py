@@ -37,7 +37,8 @@ def attack_curves(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, ep
         from art.attacks.evasion import ProjectedGradientDescent
         from art.estimators.classification import PyTorchClassifier
     except ImportError:
-        raise RuntimeError("attacks need the Adversarial Robustness Toolbox: pip install 'mechaudit[attacks]'") from None
+        raise RuntimeError("attacks need the Adversarial Robustness Toolbox: "
+                           "pip install 'mechaudit[attacks]'") from None
 
     before = model_outputs(model, inputs, batch_size, device).argmax(-1)
     classifier = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(inputs.shape[1:]),
