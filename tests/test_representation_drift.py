@@ -109,3 +109,17 @@ def test_audit_baseline_on_the_command_line_compares_fingerprints(cli, tmp_path:
     changed = cli("audit", "--model", "fixtures.drift_models:changed_model", *flags, "--baseline", old,
                   "--out", tmp_path / "new")
     assert changed.code == 1 and "D107" in changed.out  # compliance: a changed mechanism blocks the release
+
+
+def test_the_report_draws_drift_layer_by_layer(trained, tmp_path: Path) -> None:
+    from mechaudit.report.figures import representation_drift_figures
+    from mechaudit.report.json_report import result_to_dict
+
+    bundle = _bundle(trained["base"], tmp_path)
+    x, y = drift_data()
+    result = mechaudit.audit(trained["changed"], x, labels=y, select=["D107"], baseline=bundle)
+    first, second = result_to_dict(result)["findings"]
+    assert [r["layer"] for r in first["evidence"]["by_layer"]] == ["0", "2"] and "by_layer" not in second["evidence"]
+    figure = representation_drift_figures(first, "d107")[0]
+    assert "<svg" in figure.svg and "Changed: 2." in figure.caption
+    assert representation_drift_figures(second, "d107") == []

@@ -63,3 +63,17 @@ def test_digits_watermark_is_attackable_and_the_control_is_not(cli, tmp_path) ->
         values[example] = (finding["status"], finding["value"])
     assert values["digits"][0] == "fail" and values["digits"][1] > 0.15
     assert values["digits-control"][0] == "pass" and values["digits-control"][1] < 0.06
+
+
+def test_the_report_draws_the_three_curves() -> None:
+    from mechaudit.report.figures import weakness_attack_figures
+    from mechaudit.report.json_report import result_to_dict
+
+    x = torch.rand(50, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(8)
+    mask[0] = 1.0
+    result = mechaudit.audit(_toy(True), x, labels=(x[:, 1:].sum(1) > 3.5).long(), masks={"tag": mask},
+                             select=["R305"], rules={"R305": {"epsilons": "0.5,1.0", "steps": 5}})
+    finding = result_to_dict(result)["findings"][0]
+    figures = weakness_attack_figures(finding, "r305")
+    assert len(figures) == 1 and figures[0].svg.count("<path") >= 3 and "input:tag" in figures[0].caption

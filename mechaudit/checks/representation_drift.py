@@ -81,6 +81,7 @@ class RepresentationDriftEvidence(TypedDict, total=False):
     """The evidence of D107's findings (each finding holds some of these keys)."""
 
     baseline_layer: str
+    by_layer: list
     cka: float
     file: str
     layers: list
@@ -115,7 +116,7 @@ def representation_drift(context: AuditContext, rule) -> list[Measurement]:
                          "data, seed or 'samples'): representations of different samples do not compare")
     pairs = match_layers(current.grams, baseline.grams)
     unmatched = [name for name in baseline.grams if name not in {b for b, _ in pairs.values()}]
-    findings = []
+    findings, table = [], []
     for name, gram in current.grams.items():
         if name not in pairs:
             findings.append(Measurement(f"{name} has no counterpart in the baseline (more layers than it has)",
@@ -126,12 +127,16 @@ def representation_drift(context: AuditContext, rule) -> list[Measurement]:
         drift = 1.0 - cka
         label = "" if counterpart == name else f" (matched to {counterpart} by {how})"
         verdict = ("; the mechanism changed: re-review this layer's findings" if drift > params.max_drift else "")
+        table.append({"layer": name, "baseline_layer": counterpart, "cka": round(cka, 6), "rsa": round(rsa, 6)})
         findings.append(Measurement(
             f"{name} has linear CKA {cka:.3f} and RSA {rsa:.3f} with the baseline{label}{verdict}",
             location=Location.of_layer(name), metric="drift", value=drift, threshold=params.max_drift,
             evidence={**common, "cka": round(cka, 6), "rsa": round(rsa, 6), "baseline_layer": counterpart,
                       "matched_by": how, "unmatched_baseline_layers": unmatched},
         ))
+    first = next((f for f in findings if f.value is not None), None)
+    if first is not None:  # the layer-by-layer figure, drawn once
+        first.evidence["by_layer"] = table
     return findings
 
 
