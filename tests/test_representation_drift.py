@@ -5,6 +5,7 @@ vs a fine-tune that keeps the mechanism and the same weights (CKA 1.0)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ def trained() -> dict[str, nn.Module]:
 
 
 def _bundle(model: nn.Module, where: Path) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
     x, y = drift_data()
     result = mechaudit.audit(model, x, labels=y, select=["D107"])
     for name, content in build_bundle(result, ("json",)).items():
@@ -123,3 +125,14 @@ def test_the_report_draws_drift_layer_by_layer(trained, tmp_path: Path) -> None:
     figure = representation_drift_figures(first, "d107")[0]
     assert "<svg" in figure.svg and "Changed: 2." in figure.caption
     assert representation_drift_figures(second, "d107") == []
+
+
+def test_diff_compares_two_bundles_fingerprints(cli, trained, tmp_path: Path) -> None:
+    old = _bundle(trained["base"], tmp_path / "old")
+    new = _bundle(trained["changed"], tmp_path / "new")
+    text = cli("diff", old, new).out
+    assert "drift        0: linear CKA 1.000" in text and "drift        2: linear CKA 0.3" in text
+    data = json.loads(cli("diff", old, new, "--format", "json").out)
+    assert [r["layer"] for r in data["representation_drift"]["layers"]] == ["0", "2"]
+    (new / FILE).unlink()
+    assert "representation_drift" not in json.loads(cli("diff", old, new, "--format", "json").out)

@@ -11,11 +11,9 @@ from ..findings import Location, Measurement
 from ..techniques.fingerprints import (
     Fingerprints,
     centred_gram,
+    compare,
     deserialise,
-    gram_cka,
-    gram_rsa,
     inputs_digest,
-    match_layers,
     serialise,
 )
 from .decomposition_common import pooled_activations
@@ -111,29 +109,28 @@ def representation_drift(context: AuditContext, rule) -> list[Measurement]:
                             f"{current.samples} samples; {why}", judged=False,
                             evidence={**common, "layers": list(current.grams)})]
     baseline = deserialise(baseline_file.read_bytes(), str(baseline_file))
-    if baseline.inputs_sha256 != current.inputs_sha256:
-        raise ValueError(f"the baseline's fingerprints ({baseline_file}) were taken on other samples (other audit "
-                         "data, seed or 'samples'): representations of different samples do not compare")
-    pairs = match_layers(current.grams, baseline.grams)
-    unmatched = [name for name in baseline.grams if name not in {b for b, _ in pairs.values()}]
-    findings, table = [], []
-    for name, gram in current.grams.items():
-        if name not in pairs:
+    try:
+        rows = {row["layer"]: row for row in compare(current, baseline)}
+    except ValueError as exc:
+        raise ValueError(f"{baseline_file}: {exc}") from None
+    unmatched = [name for name in baseline.grams if name not in {row["baseline_layer"] for row in rows.values()}]
+    findings = []
+    for name in current.grams:
+        if name not in rows:
             findings.append(Measurement(f"{name} has no counterpart in the baseline (more layers than it has)",
                                         location=Location.of_layer(name), judged=False, evidence=common))
             continue
-        counterpart, how = pairs[name]
-        cka, rsa = gram_cka(gram, baseline.grams[counterpart]), gram_rsa(gram, baseline.grams[counterpart])
-        drift = 1.0 - cka
-        label = "" if counterpart == name else f" (matched to {counterpart} by {how})"
+        row = rows[name]
+        drift = 1.0 - row["cka"]
+        label = "" if row["baseline_layer"] == name else f" (matched to {row['baseline_layer']} by {row['matched_by']})"
         verdict = ("; the mechanism changed: re-review this layer's findings" if drift > params.max_drift else "")
-        table.append({"layer": name, "baseline_layer": counterpart, "cka": round(cka, 6), "rsa": round(rsa, 6)})
         findings.append(Measurement(
-            f"{name} has linear CKA {cka:.3f} and RSA {rsa:.3f} with the baseline{label}{verdict}",
+            f"{name} has linear CKA {row['cka']:.3f} and RSA {row['rsa']:.3f} with the baseline{label}{verdict}",
             location=Location.of_layer(name), metric="drift", value=drift, threshold=params.max_drift,
-            evidence={**common, "cka": round(cka, 6), "rsa": round(rsa, 6), "baseline_layer": counterpart,
-                      "matched_by": how, "unmatched_baseline_layers": unmatched},
+            evidence={**common, "cka": row["cka"], "rsa": row["rsa"], "baseline_layer": row["baseline_layer"],
+                      "matched_by": row["matched_by"], "unmatched_baseline_layers": unmatched},
         ))
+    table = [{key: row[key] for key in ("layer", "baseline_layer", "cka", "rsa")} for row in rows.values()]
     first = next((f for f in findings if f.value is not None), None)
     if first is not None:  # the layer-by-layer figure, drawn once
         first.evidence["by_layer"] = table
@@ -145,3 +142,13 @@ def _baseline_file(baseline: Path | None) -> Path | None:
     if baseline is None:
         return None
     return (baseline if baseline.is_dir() else baseline.parent) / FILE
+
+
+def bundle_drift(old: Path, new: Path) -> list[dict] | None:
+    """``mechaudit diff``: the layer-by-layer comparison of two bundles' fingerprints (see
+    :func:`~mechaudit.techniques.fingerprints.compare`), or None when either holds none."""
+    files = [_baseline_file(path) for path in (old, new)]
+    if not all(file is not None and file.is_file() for file in files):
+        return None
+    baseline, current = (deserialise(file.read_bytes(), str(file)) for file in files)
+    return compare(current, baseline)

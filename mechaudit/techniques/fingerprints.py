@@ -121,3 +121,17 @@ def match_layers(current: dict[str, torch.Tensor], baseline: dict[str, torch.Ten
             matched[name] = (counterpart, "best match")
             free.remove(counterpart)
     return {name: matched[name] for name in current if name in matched}
+
+
+def compare(current: Fingerprints, baseline: Fingerprints) -> list[dict]:
+    """Per current layer with a counterpart in ``baseline`` (:func:`match_layers`): ``{layer, baseline_layer,
+    matched_by, cka, rsa}``. ``ValueError`` when the two were taken on different samples."""
+    if baseline.inputs_sha256 != current.inputs_sha256:
+        raise ValueError("the fingerprints were taken on other samples (other audit data, seed or 'samples'): "
+                         "representations of different samples do not compare")
+    rows = []
+    for name, (counterpart, how) in match_layers(current.grams, baseline.grams).items():
+        old, new = baseline.grams[counterpart], current.grams[name]
+        rows.append({"layer": name, "baseline_layer": counterpart, "matched_by": how,
+                     "cka": round(gram_cka(new, old), 6), "rsa": round(gram_rsa(new, old), 6)})
+    return rows
