@@ -46,6 +46,15 @@ def test_an_attack_through_the_region_flips_the_shortcut_model_only() -> None:
     assert smallest["region"] is not None and control[0].evidence["smallest_epsilon"]["region"] is None
 
 
+def test_a_mask_per_sample_is_read_for_the_attacked_samples() -> None:
+    x = torch.rand(200, 8, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(200, 8)
+    masks[:, 0] = 1.0
+    result = mechaudit.audit(_toy(True), x, labels=(x[:, 1:].sum(1) > 3.5).long(), masks={"tag": masks},
+                             select=["R305"], rules={"R305": {"epsilons": "0.5", "samples": 64, "steps": 5}})
+    assert [f.status for f in result.findings] == ["fail"] and result.findings[0].evidence["samples"] == 64
+
+
 def test_bad_budgets_are_an_error_finding() -> None:
     findings = _audit(_toy(True), epsilons="0.1,abc")
     assert [f.status for f in findings] == ["error"] and "comma-separated" in findings[0].message

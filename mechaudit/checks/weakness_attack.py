@@ -90,13 +90,16 @@ class WeaknessAttackEvidence(TypedDict, total=False):
 def weakness_attack(context: AuditContext, rule) -> list[Measurement]:
     params: WeaknessAttackParams = rule.params
     budgets = _budgets(params.epsilons, params.epsilon)
-    inputs = context.data.inputs[context.sample_indices(params.samples)]
+    indices = context.sample_indices(params.samples)
+    inputs = context.data.inputs[indices]
     low, high = float(context.data.inputs.min()), float(context.data.inputs.max())
     if high <= low:
         raise ValueError("the audit inputs are constant: no input range to perturb within")
     classes = int(context.logits(context.outputs).shape[-1])
     findings = []
     for name, mask in context.data.masks.items():
+        if mask.shape == context.data.inputs.shape:  # one mask per sample
+            mask = mask[indices]
         curves = attack_curves(context.model, inputs, mask, [e * (high - low) for e in budgets], (low, high),
                                classes, params.steps, context.batch_size, context.device, context.seed)
         rates = curves.flip_rates
