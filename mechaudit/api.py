@@ -75,7 +75,8 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
     training = model.training
     model.eval()
     try:
-        result = run_audit(spec, book, command=API, loaded=loaded, data=audit_data, today=today)
+        result = run_audit(spec, book, command=API, loaded=loaded, data=audit_data, today=today,
+                           baseline=Path(baseline) if isinstance(baseline, (str, Path)) else None)
     finally:
         model.train(training)
     if baseline is not None:

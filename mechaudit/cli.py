@@ -114,7 +114,7 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     rulebook = load_rulebook(audit_spec.options.rulebook)
     command = "mechaudit " + shlex.join(sys.argv[1:])
     result = run_audit(audit_spec, rulebook, progress=not quiet and sys.stderr.isatty() and not os.environ.get("CI"),
-                       command=command)
+                       command=command, baseline=baseline)
     if not _main_rank():  # under torchrun, rank 0 alone writes the bundle and prints
         ctx.exit(EXIT_FAIL if result.gate_failed else EXIT_PASS)
     if old is not None:
@@ -314,6 +314,9 @@ def diff(ctx: click.Context, old: Path, new: Path, fmt: str, tolerance: str | No
     options, _ = load_options(config)
     tolerances = {**dict(options.tolerance), **(parse_tolerance_flag(tolerance) if tolerance else {})}
     result = diff_results(load_result(old), load_result(new), tolerances, fail_on, str(old), str(new))
+    drift = _representation_drift(old, new)
+    if drift is not None:
+        result["representation_drift"] = drift
     if fmt == "json":
         text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
     elif fmt == "html":
@@ -330,6 +333,18 @@ def diff(ctx: click.Context, old: Path, new: Path, fmt: str, tolerance: str | No
     else:
         click.echo(text, nl=False)
     ctx.exit(EXIT_FAIL if result["verdict"] == "fail" else EXIT_PASS)
+
+
+def _representation_drift(old: Path, new: Path) -> dict | None:
+    """Layer-by-layer CKA/RSA between two bundles audited with D107 (informational: it does not change the diff's
+    verdict), or None when either bundle holds no fingerprints."""
+    from .checks.representation_drift import bundle_drift
+
+    try:
+        rows = bundle_drift(old, new)
+    except ValueError as exc:
+        return {"error": str(exc).splitlines()[0]}
+    return None if rows is None else {"layers": rows}
 
 
 @cli.command()

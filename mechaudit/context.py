@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -46,6 +47,9 @@ class AuditContext:
     rules: tuple[Any, ...] = ()
     #: Binary files rules write into the output directory (relative path -> bytes), e.g. D103's dictionaries.
     attachments: dict[str, bytes] = field(default_factory=dict)
+    #: The baseline audit (a bundle directory or its findings.json) given with ``--baseline``, or None: D107 reads
+    #: the representation fingerprints stored beside it.
+    baseline: Path | None = None
     _artifacts: dict[tuple, Any] = field(default_factory=dict)
 
     @property

@@ -195,6 +195,12 @@ def diff_lines(diff: dict[str, Any]) -> list[str]:
     for name in CATEGORIES:
         for entry in diff[name]:
             lines.append(f"  {name:<12} {_where(entry)}: {_state(entry['old'])} -> {_state(entry['new'])}")
+    drift = diff.get("representation_drift") or {}
+    if drift.get("error"):
+        lines.append(f"  drift        not compared: {drift['error']}")
+    for row in drift.get("layers", []):
+        lines.append(f"  drift        {row['layer']}: linear CKA {row['cka']:.3f}, RSA {row['rsa']:.3f} with "
+                     f"{row['baseline_layer']} (D107 fingerprints)")
     summary = diff["summary"]
     counts = ", ".join(f"{summary[name]} {name}" for name in (*CATEGORIES, "unchanged"))
     if diff["verdict"] == "fail":

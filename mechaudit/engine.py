@@ -183,9 +183,10 @@ def _check_regression(outputs: torch.Tensor, labels: torch.Tensor | None, output
 
 def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool = False,
               command: str = "", *, loaded: LoadedModel | None = None, data: AuditData | None = None,
-              today: date | None = None) -> AuditResult:
+              today: date | None = None, baseline: Path | None = None) -> AuditResult:
     """Run every selected rule of ``rulebook`` (with the options' per-rule overrides) on the spec's model and
-    data, then apply the options' waiver file (expiry judged against ``today``, default the local date)."""
+    data, then apply the options' waiver file (expiry judged against ``today``, default the local date).
+    ``baseline`` (a previous bundle or its findings.json) is where rules that compare with it read from (D107)."""
     options = spec.options
     rulebook = apply_overrides(rulebook or load_rulebook(options.rulebook), options.rules)
     rules = rulebook.select(options.select, options.ignore, options.extend_select)
@@ -195,6 +196,7 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
     with distributed.session(resolve_device(options.device)), without_fast_path(), ModelGuard() as guard:
         context, inputs = prepare(spec, loaded, data, guard)
         context.rules = tuple(rules)
+        context.baseline = baseline
         if distributed.active() and context.view.layers:
             context.unit_stats  # sharded artifacts are built by all ranks together, before any rule runs
         with distributed.step():

@@ -99,7 +99,7 @@ def test_rules_and_explain_show_the_effective_configuration(cli, tmp_path: Path,
     project = _project(tmp_path, audit='[audit.rules.L201]\nmax_flip_rate = 0.01\n')
     plain = json.loads(cli("rules", "--format", "json").out)
     assert all(r["selected"] != r["opt_in"] and not r["overrides"] for r in plain["rules"])
-    assert {r["id"] for r in plain["rules"] if r["opt_in"]} == {"D102", "D103", "D104", "D105", "D106"}
+    assert {r["id"] for r in plain["rules"] if r["opt_in"]} == {"D102", "D103", "D104", "D105", "D106", "D107", "R305"}
     monkeypatch.chdir(project.dir)  # the pyproject above the working directory
     listing = json.loads(cli("rules", "--format", "json").out)
     by_id = {r["id"]: r for r in listing["rules"]}

@@ -192,6 +192,66 @@ def critical_units_figures(finding: dict, prefix: str) -> list[Figure]:
     return [Figure(f"{prefix}-ablation.svg", title, caption, render_svg(prefix, draw, size))]
 
 
+def representation_drift_figures(finding: dict, prefix: str) -> list[Figure]:
+    """D107: linear CKA and RSA with the baseline, layer by layer (drawn on the first layer's finding)."""
+    rows, threshold = finding["evidence"].get("by_layer"), finding.get("threshold")
+    if not _rows(rows, ("layer", "cka", "rsa")) or not _number(threshold):
+        return []
+
+    def draw(figure: Any) -> None:
+        ax = figure.subplots()
+        y = range(len(rows))
+        ax.barh([i - 0.2 for i in y], [r["cka"] for r in rows], height=0.4, label="linear CKA",
+                color=[FAIL_COLOR if r["cka"] < 1 - threshold else PASS_COLOR for r in rows])
+        ax.barh([i + 0.2 for i in y], [r["rsa"] for r in rows], height=0.4, label="RSA (Spearman)", color=NEUTRAL_COLOR)
+        _limit_line(ax, 1 - threshold, f"CKA limit {1 - threshold:.2f}")
+        ax.set_yticks(list(y), [short_label(r["layer"]) for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlim(min(0.0, *(r["rsa"] for r in rows)), 1.0)
+        ax.set_xlabel("similarity with the baseline's layer")
+        ax.legend(loc="lower left", frameon=False)
+        _title(figure, "Representation drift since the baseline, layer by layer")
+
+    changed = [r["layer"] for r in rows if r["cka"] < 1 - threshold]
+    caption = ("Linear CKA (coloured; red below the limit) and RSA (grey) between each layer's representation of "
+               "the fingerprinted samples and its baseline counterpart's; 1 is the same representation up to "
+               "rotation and scale. " + (f"Changed: {', '.join(changed)}." if changed else "No layer changed."))
+    return [Figure(f"{prefix}-drift.svg", "Representation drift by layer", caption,
+                   render_svg(prefix, draw, (6.4, 1.2 + 0.3 * len(rows))))]
+
+
+def weakness_attack_figures(finding: dict, prefix: str) -> list[Figure]:
+    """R305: flip rate against epsilon for the region attack, the whole-input attack and noise in the region."""
+    evidence, threshold = finding["evidence"], finding.get("threshold")
+    epsilons, rates = evidence.get("epsilons"), evidence.get("flip_rates")
+    kinds = {"region": ("PGD in the region", FAIL_COLOR), "whole_input": ("PGD on the whole input", NEUTRAL_COLOR),
+             "noise": ("noise in the region", PASS_COLOR)}
+    if not _numbers(epsilons) or not isinstance(rates, dict) or not all(
+            _numbers(rates.get(k)) and len(rates[k]) == len(epsilons) for k in kinds):
+        return []
+    region = finding["location"]["component"] if finding.get("location") else "region"
+
+    def draw(figure: Any) -> None:
+        ax = figure.subplots()
+        for kind, (label, color) in kinds.items():
+            ax.plot(epsilons, rates[kind], marker="o", color=color, label=label)
+        if _number(threshold):
+            ax.axhline(threshold, color=LIMIT_COLOR, linestyle="--", linewidth=1, label="limit")
+        if _number(evidence.get("judged_epsilon")):
+            ax.axvline(evidence["judged_epsilon"], color=LIMIT_COLOR, linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("epsilon (share of the input range, L-infinity)")
+        ax.set_ylabel("predictions flipped")
+        ax.legend(loc="upper left", frameon=False)
+        _title(figure, f"Attacks through {short_label(region, TITLE_NAME_CHARS)}")
+
+    caption = (f"Share of predictions changed by projected gradient descent confined to {region} (red), by the "
+               "same attack over the whole input (grey) and by random noise of the same size in the region "
+               "(blue), per budget epsilon; the dashed line is the limit, the dotted one the judged budget.")
+    return [Figure(f"{prefix}-attacks.svg", f"Attacks through {region}", caption, render_svg(prefix, draw))]
+
+
 def _decomposition(finding: dict, prefix: str) -> list[Figure]:
     """D102-D104: exemplars, activation maximisation and layer maps (see :mod:`.decomposition_figures`)."""
     from .decomposition_figures import decomposition_figures
@@ -203,6 +263,8 @@ DRAWERS: dict[str, Callable[[dict, str], list[Figure]]] = {
     "dead_units": dead_units_figures,
     "forbidden_input": forbidden_input_figures,
     "critical_units": critical_units_figures,
+    "representation_drift": representation_drift_figures,
+    "weakness_attack": weakness_attack_figures,
     "polysemantic_units": _decomposition,
     "dictionary_features": _decomposition,
     "dimensionality": _decomposition,

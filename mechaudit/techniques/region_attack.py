@@ -1,0 +1,64 @@
+"""Attacks confined to an input region: projected gradient descent (Madry et al. 2018) in an L-infinity ball,
+through the Adversarial Robustness Toolbox (ART), with the perturbation masked to the region, against the same
+attack over the whole input and against random noise of the same size in the region. Each yields the share of
+predictions that change, per budget epsilon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..activations import model_outputs
+
+KINDS = ("region", "whole_input", "noise")
+
+
+@dataclass(frozen=True)
+class AttackCurves:
+    """Flip rates per epsilon (absolute, in input units) for each kind of perturbation."""
+
+    epsilons: list[float]
+    flip_rates: dict[str, list[float]]
+
+    def smallest_epsilon(self, kind: str, share: float) -> float | None:
+        """The smallest epsilon whose flip rate reaches ``share`` for ``kind``, or None when none does."""
+        return next((e for e, r in zip(self.epsilons, self.flip_rates[kind]) if r >= share), None)
+
+
+def attack_curves(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, epsilons: list[float],
+                  clip: tuple[float, float], classes: int, steps: int, batch_size: int, device: torch.device,
+                  seed: int) -> AttackCurves:
+    """Flip rates (against the model's own predictions on ``inputs``) of PGD confined to ``mask``, PGD over the
+    whole input, and random-sign noise of size epsilon in ``mask``, for each epsilon; inputs stay in ``clip``."""
+    try:
+        from art.attacks.evasion import ProjectedGradientDescent
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:
+        raise RuntimeError("attacks need the Adversarial Robustness Toolbox: "
+                           "pip install 'mechaudit[attacks]'") from None
+
+    before = model_outputs(model, inputs, batch_size, device).argmax(-1)
+    classifier = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(inputs.shape[1:]),
+                                   nb_classes=classes, clip_values=clip,
+                                   device_type="gpu" if device.type == "cuda" else "cpu")
+    x = inputs.detach().cpu().numpy().astype(np.float32)
+    y = before.cpu().numpy()
+    region = np.broadcast_to(mask.detach().cpu().numpy().astype(np.float32), x.shape).copy()
+    generator = torch.Generator().manual_seed(seed)
+    rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
+
+    def flips(perturbed: np.ndarray) -> float:
+        after = model_outputs(model, torch.from_numpy(perturbed).to(inputs.dtype), batch_size, device).argmax(-1)
+        return float((after != before).float().mean())
+
+    for eps in epsilons:
+        attack = ProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=eps / 4, max_iter=steps,
+                                          num_random_init=0, batch_size=batch_size, verbose=False)
+        rates["region"].append(flips(attack.generate(x=x, y=y, mask=region)))
+        rates["whole_input"].append(flips(attack.generate(x=x, y=y)))
+        signs = torch.randint(0, 2, x.shape, generator=generator).numpy().astype(np.float32) * 2 - 1
+        rates["noise"].append(flips(np.clip(x + eps * signs * region, *clip).astype(np.float32)))
+    return AttackCurves(list(epsilons), rates)
