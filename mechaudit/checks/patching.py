@@ -21,7 +21,8 @@ from ..context import AuditContext
 from ..findings import Location, Measurement
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
 from ..techniques.patching import attribution_patching, exact_patching, metric_totals
-from .circuit_common import circuit_problem, class_index
+from ..techniques.uncertainty import behaviour_presence
+from .circuit_common import behaviour_absent, circuit_problem, class_index
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -110,6 +111,9 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
                 "metric_corrupted": totals.corrupted / totals.pairs, "samples": totals.pairs}
     relative = abs(totals.effect) / max(abs(totals.clean), 1e-12)
     evidence["relative_effect"] = relative
+    found = behaviour_presence(*totals.per_pair)
+    if not found.present:
+        return [behaviour_absent(found, description, "clean minus corrupted inputs of the pairs")]
     if relative < params.min_effect:
         return [Measurement(f"the counterfactual barely changes the {description} ({relative:.1%} of its clean size): "
                         "no component carries a difference to localise",

@@ -10,7 +10,17 @@ import torch
 from ..context import AuditContext
 from ..findings import Location, Measurement
 from ..techniques.node_ablation import behaviour_under_ablation, distance
-from .circuit_common import carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values, not_carried
+from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
+from .circuit_common import (
+    absent_in,
+    carries_behaviour,
+    circuit_problem,
+    circuit_scores,
+    hidden_nodes,
+    mean_values,
+    not_carried,
+    presence,
+)
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -79,10 +89,16 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
                                         list(ablate), values, context.batch_size, context.device)
 
     m_model, m_empty = m(()), m(tuple(nodes))
+    found = presence(context, problem, m_model, m_empty)
+    if not found.present:
+        return [absent_in(found, problem)]
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):
         return [not_carried(rule, problem, span, "behaviour_lost", params.max_single_loss)]
     alone = {n: m((n,)) for n in top}
+
+    def lost_interval(node: str):
+        return bootstrap_ratio_of_mean_distances((alone[node], m_model), (m_empty, m_model), seed=context.seed)
     loss = {n: distance(alone[n], m_model) / span for n in top}
     backups = []
     for first in top:
@@ -99,7 +115,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     findings = [Measurement(
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
         location=Location.of_unit(*n.split(":", 1)), metric="behaviour_lost", value=loss[n],
-        threshold=params.max_single_loss,
+        threshold=params.max_single_loss, interval=lost_interval(n),
         evidence={"units": table, "backups": [b for b in backups if b["removed"] == n]},
     ) for n in failing]
     if not failing:
@@ -108,6 +124,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
             f"no single unit carries the {problem.description} alone (largest loss {loss[worst]:.0%}, {worst}); "
             f"{len(backups)} backup relation(s) found",
             metric="behaviour_lost", value=loss[worst], threshold=params.max_single_loss,
+            interval=lost_interval(worst),
             evidence={"units": table, "backups": backups},
         ))
     return findings
