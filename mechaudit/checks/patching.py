@@ -112,6 +112,7 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     relative = abs(totals.effect) / max(abs(totals.clean), 1e-12)
     evidence["relative_effect"] = relative
     found = behaviour_presence(*totals.per_pair)
+    evidence["presence"] = found.to_dict()
     if not found.present:
         return [behaviour_absent(found, description, "clean minus corrupted inputs of the pairs")]
     if relative < params.min_effect:
