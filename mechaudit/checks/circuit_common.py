@@ -166,13 +166,13 @@ def not_carried(rule, problem: CircuitProblem, span: float, metric: str, thresho
                    threshold=threshold, evidence={"behaviour_change_when_all_ablated": span, "carried": False})
 
 
-def presence(context: AuditContext, problem: CircuitProblem, m_model: torch.Tensor,
-             m_empty: torch.Tensor) -> Presence:
+def presence(context: AuditContext, problem: CircuitProblem, m_model: torch.Tensor) -> Presence | None:
     """Is the declared behaviour there (:func:`~mechaudit.techniques.uncertainty.behaviour_presence`)? With pairs,
-    the gap is the behaviour on the clean inputs minus on their corrupted twins; without, minus with every audited
-    unit ablated (``m_empty``)."""
+    the gap is the behaviour on the clean inputs minus on their corrupted twins. None without pairs (or for a
+    similarity behaviour, whose reference is the partner itself): the reference is then the ablated model, whose
+    signed gap is about 0 by construction under mean ablation, and :func:`carries_behaviour` judges instead."""
     if problem.reference is None or problem.behaviour is cosine_similarity:
-        return behaviour_presence(m_model, m_empty)
+        return None
     corrupted = behaviour_under_ablation(context.view, problem.reference, problem.targets, problem.behaviour, [], {},
                                          context.batch_size, context.device)
     return behaviour_presence(m_model, corrupted)
@@ -185,14 +185,14 @@ def absent_in(found: Presence, problem: CircuitProblem) -> Measurement:
     return behaviour_absent(found, problem.description, against)
 
 
-def behaviour_absent(found: Presence, description: str, against: str) -> Measurement:
+def behaviour_absent(found: Presence, description: str, against: str, evidence: dict | None = None) -> Measurement:
     """The one finding of a rule whose metric divides by a behaviour that is not there (its gap within sampling
     noise): it fails, and no ratio is computed. ``against`` names what the gap compares with."""
     return Measurement(
         f"the declared behaviour ({description}) is absent or too weak to measure: {against}, "
         f"{found.describe()}; no fraction of it is reported",
         metric="behaviour_absent", value=1.0, threshold=0.0,
-        evidence={"presence": found.to_dict(), "gap_against": against, "carried": False})
+        evidence={**(evidence or {}), "presence": found.to_dict(), "gap_against": against, "carried": False})
 
 
 def hidden_nodes(context: AuditContext) -> list[str]:

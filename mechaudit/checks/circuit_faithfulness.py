@@ -85,6 +85,8 @@ class CircuitFaithfulnessEvidence(TypedDict, total=False):
     carried: bool
     circuit: list
     circuit_size: int
+    gap_against: str
+    presence: dict
     completeness: float
     curve: list
     curve_area: float
@@ -115,8 +117,8 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
         return faithfulness(m([n for n in nodes if n not in keep]), m_model, m_empty)
 
     m_model, m_empty = m([]), m(nodes)
-    found = presence(context, problem, m_model, m_empty)
-    if not found.present:
+    found = presence(context, problem, m_model)
+    if found is not None and not found.present:
         return [absent_in(found, problem)]
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):

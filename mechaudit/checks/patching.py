@@ -89,9 +89,11 @@ class PatchingEvidence(TypedDict, total=False):
     carried: bool
     carriers: list
     components: list
+    gap_against: str
     metric_clean: float
     metric_corrupted: float
     pairs: int
+    presence: dict
     rank_correlation_attribution_exact: float
     relative_effect: float
     samples: int
@@ -114,7 +116,7 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     found = behaviour_presence(*totals.per_pair)
     evidence["presence"] = found.to_dict()
     if not found.present:
-        return [behaviour_absent(found, description, "clean minus corrupted inputs of the pairs")]
+        return [behaviour_absent(found, description, "clean minus corrupted inputs of the pairs", evidence)]
     if relative < params.min_effect:
         return [Measurement(f"the counterfactual barely changes the {description} ({relative:.1%} of its clean size): "
                         "no component carries a difference to localise",

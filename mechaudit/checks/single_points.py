@@ -71,6 +71,8 @@ class SinglePointsEvidence(TypedDict, total=False):
     backups: list
     behaviour_change_when_all_ablated: float
     carried: bool
+    gap_against: str
+    presence: dict
     units: list
 
 
@@ -89,8 +91,8 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
                                         list(ablate), values, context.batch_size, context.device)
 
     m_model, m_empty = m(()), m(tuple(nodes))
-    found = presence(context, problem, m_model, m_empty)
-    if not found.present:
+    found = presence(context, problem, m_model)
+    if found is not None and not found.present:
         return [absent_in(found, problem)]
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):
