@@ -36,6 +36,10 @@ when f(C) is below `min_faithfulness` (reported as `unfaithfulness = 1 - f(C)` a
 min_faithfulness`). Evidence: completeness f(M without C) (low is better: the behaviour needs the circuit),
 each circuit unit's minimality contribution f(C) - f(C without it), the faithfulness-versus-size curve and
 its area (as in MIB), and random circuits of the same size for comparison.
+With pairs, the behaviour must first be present: its clean-minus-corrupted gap must exceed 3 standard errors of
+the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
+faithfulness is computed (`induction-control`). The unfaithfulness carries a 95% bootstrap interval over the
+samples.
 """,
     why="""
 A circuit that does not reproduce the model's behaviour when everything else is removed is not an

@@ -39,6 +39,8 @@ dimensions. For a next-token model, accuracy is that of the next token at the `[
 when none is declared). On the embedded `induction` model exactly the planted previous-token head
 (`blocks.0.attn:h2`, drop 89%) and induction head (`blocks.1.attn:h3`, 91%) fail; its control, which never
 learnt to copy (accuracy 2.7%), has no critical head.
+Each drop carries a 95% percentile-bootstrap interval over the audit samples (200 resamples; the largest of the
+flagged modes, for one unit, or the layer's largest drop for the "no critical unit" finding).
 """,
     why="""
 A unit that the whole model depends on is a single point of failure: a small weight perturbation,

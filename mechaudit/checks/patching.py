@@ -37,6 +37,11 @@ logit of `target`. Attribution patching scores every component at once; exact pa
 exact fractions the evidence lists with the estimates and their rank correlation; components recovering at least
 `min_recovered` carry the behaviour. When the pair changes the metric by less than `min_effect` of its clean
 size, there is nothing to localise. This rule describes; it does not judge.
+Before any fraction, the behaviour must be present: the mean over pairs of the metric on the clean minus on the
+corrupted input must exceed 3 standard errors of those paired differences (`mechaudit.techniques.uncertainty.
+behaviour_presence`); otherwise one finding, `behaviour_absent` (a fail), names the gap and its noise and no
+fraction is computed: a ratio of noise over noise (a model that never learned the behaviour "recovering 260%"
+of it) says nothing. `induction-control` (gap exactly 0) and pairs that differ by symmetric noise give it.
 """,
     why="""
 Attributions say which inputs matter; patching says which internal components carry the difference between two

@@ -30,6 +30,9 @@ For the `candidates` strongest circuit units, the share of the behaviour lost wh
 (m(M) - m(M without u)) / (m(M) - m(empty)); a unit losing more than `max_single_loss` is a single point of
 failure. For each pair (a, b), b is a backup of a when b's effect rises by more than `min_compensation`
 once a is ablated (its effect measured with a already removed).
+With pairs, the behaviour must first be present: its clean-minus-corrupted gap must exceed 3 standard errors of
+the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
+loss is computed (`induction-control`). Each loss carries a 95% bootstrap interval over the samples.
 """,
     why="""
 A behaviour that hangs on one unit breaks under a small perturbation of that unit; backups mean that
