@@ -72,12 +72,15 @@ def _audit(tmp_path, example: str, *args: str) -> tuple[int, dict]:
 
 
 @pytest.mark.slow
-def test_intervals_in_every_output_format(tmp_path) -> None:
+def test_intervals_in_every_output_format(tmp_path, capsys) -> None:
     """digits: every gated metric of L201, L202, D101 carries its interval in findings.json (schema-valid), SARIF
-    result properties, JUnit, the HTML report and the console line of an uncertain verdict."""
+    result properties, JUnit, the HTML and PDF reports and the console, where an uncertain pass is listed too."""
     out = tmp_path / "out"
-    code = main(["audit", "--example", "digits", "--out", str(out), "--format", "json,sarif,junit,html", "-q"])
+    formats = "json,sarif,junit,html" + (",pdf" if _has("weasyprint") and _has("pypdf") else "")
+    code = main(["audit", "--example", "digits", "--out", str(out), "--format", formats])
     assert code == 1
+    console = capsys.readouterr().out
+    assert "95% interval" in console and "PASS" in console and "[uncertain: the 95% interval" in console
     data = json.loads((out / "findings.json").read_text())
     gated = [f for f in data["findings"] if f["rule_id"] in ("L201", "L202", "D101")]
     assert gated and all(f["interval"]["low"] <= f["value"] <= f["interval"]["high"] for f in gated)
@@ -96,6 +99,15 @@ def test_intervals_in_every_output_format(tmp_path) -> None:
     assert "UNCERTAIN" in "".join(texts)
     html = (out / "report.html").read_text()
     assert "percentile bootstrap" in html and "badge-uncertain" in html
+    if "pdf" in formats:
+        import pypdf
+        text = " ".join(page.extract_text() for page in pypdf.PdfReader(out / "report.pdf").pages)
+        assert "percentile bootstrap" in " ".join(text.split()) and "uncertain" in text
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
 
 
 @pytest.mark.slow
