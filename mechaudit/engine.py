@@ -301,7 +301,8 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
             restore()
         try:
             with _time_budget(timeout):
-                findings = [m.finding(rule.id, rule.severity) for m in rule.check.run(context, rule)] or [
+                findings = [m.finding(rule.id, rule.severity, rule.uncertain)
+                            for m in rule.check.run(context, rule)] or [
                     Finding(rule.id, rule.severity, "pass", "nothing to report")]
             break
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:

@@ -53,6 +53,12 @@ class Finding:
     #: The waiver that matched this finding (see :mod:`mechaudit.waivers`): ``{id, rule, component, justification,
     #: approver, expires, state}``; ``state`` is ``active`` (the finding is waived) or ``expired`` (it is not).
     waiver: dict[str, Any] | None = None
+    #: The metric's confidence interval ``{low, high, method, level}`` (see :mod:`mechaudit.techniques.uncertainty`),
+    #: or None where the rule gives none.
+    interval: dict[str, Any] | None = None
+    #: ``certain`` or ``uncertain`` (the interval straddles the threshold: the verdict could go either way) for a
+    #: judged metric with an interval; None otherwise. How an uncertain verdict gates is the rulebook's ``uncertain``.
+    confidence: str | None = None
 
     @property
     def failing(self) -> bool:
@@ -67,6 +73,9 @@ class Finding:
         data = asdict(self)
         if self.waiver is None:
             del data["waiver"]  # optional in findings.json: only written when a waiver matched
+        for optional in ("interval", "confidence"):  # only written where the rule measured an interval
+            if data[optional] is None:
+                del data[optional]
         data["value"] = to_jsonable(_finite_or_none(self.value))
         data["threshold"] = to_jsonable(_finite_or_none(self.threshold))
         data["evidence"] = to_jsonable(self.evidence)
@@ -87,15 +96,37 @@ class Measurement:
     threshold: float | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     judged: bool = True
+    #: The value's confidence interval (:class:`mechaudit.techniques.uncertainty.Interval`), or None.
+    interval: Any = None
 
     @property
     def failed(self) -> bool:
         return (self.judged and self.value is not None and self.threshold is not None
                 and float(self.value) > float(self.threshold))
 
-    def finding(self, rule_id: str, severity: str) -> Finding:
-        return Finding(rule_id, severity, "fail" if self.failed else "pass", self.message, self.location,
-                       self.metric, self.value, self.threshold, self.evidence)
+    @property
+    def confidence(self) -> str | None:
+        """``uncertain`` when the interval straddles the threshold, ``certain`` when it lies on one side, None when
+        there is no judged threshold or no interval."""
+        if self.interval is None or not self.judged or self.threshold is None or self.value is None:
+            return None
+        return "uncertain" if self.interval.straddles(float(self.threshold)) else "certain"
+
+    def finding(self, rule_id: str, severity: str, uncertain: str = "point") -> Finding:
+        """The rule's finding. ``uncertain`` is the rulebook's gate for a verdict whose interval straddles the
+        threshold: ``point`` judges the point estimate (the finding is flagged uncertain), ``fail`` fails it."""
+        status = "fail" if self.failed else "pass"
+        message = self.message
+        if self.confidence == "uncertain":
+            low, high = self.interval.low, self.interval.high
+            message += (f" [uncertain: the {self.interval.level:.0%} interval {low:.3g}..{high:.3g} straddles "
+                        f"{self.threshold:g}")
+            if uncertain == "fail" and status == "pass":
+                status, message = "fail", message + "; this rulebook fails an uncertain pass"
+            message += "]"
+        return Finding(rule_id, severity, status, message, self.location, self.metric, self.value, self.threshold,
+                       self.evidence, interval=self.interval.to_dict() if self.interval is not None else None,
+                       confidence=self.confidence)
 
 
 @dataclass

@@ -5,6 +5,9 @@ defaults and docs, documentation). A rulebook holds:
 
 * ``name``, ``description``;
 * ``select``: the rules it holds, by id or prefix (default ``["ALL"]``);
+* ``uncertain``: how a verdict whose confidence interval straddles its threshold gates: ``"point"`` (default) judges
+  the point estimate and flags the finding uncertain; ``"fail"`` fails an uncertain pass (a release gate should not
+  pass on a coin flip). See ``docs/findings-json.md``;
 * ``[rules.ID]``: overrides of a rule it holds: ``severity``, ``opt_in``, ``note`` (a paragraph appended to the
   rule's "how it is measured", e.g. why a compliance rulebook sets what it sets) and ``[rules.ID.params]``;
 * or a rule of its own: ``[rules.ID]`` with ``check`` (a registered check), and ``name``, ``severity`` and
@@ -34,6 +37,7 @@ from .spec import read_toml
 __all__ = ["DOC_SECTIONS", "RULE_ID", "Rule", "RuleDocs", "Rulebook", "load_rulebook", "parse_params"]
 
 RULE_ID = re.compile(r"^[DLR]\d{3}$")
+UNCERTAIN = ("point", "fail")
 _OVERRIDES = {"severity", "params", "opt_in", "note"}
 
 
@@ -48,6 +52,8 @@ class Rule:
     #: An opt-in rule runs only when a selector covers it explicitly (its id or any prefix of it, as in ruff: ``D``,
     #: ``D10``, ``D103``, or ``ALL``), not under the default selection (no ``select``: every other rule).
     opt_in: bool = False
+    #: The rulebook's gate for an uncertain verdict (``point`` or ``fail``; see the module docs).
+    uncertain: str = "point"
 
     @property
     def family(self) -> str:
@@ -67,7 +73,7 @@ class Rule:
         docs = {**dataclasses.asdict(self.docs), "references": list(self.docs.references)}
         return {"id": self.id, "name": self.name, "family": self.family, "check": self.check.name,
                 "severity": self.severity, "needs": list(self.check.needs), "params": self.params_dict(),
-                "opt_in": self.opt_in, "docs": docs}
+                "opt_in": self.opt_in, "uncertain": self.uncertain, "docs": docs}
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,10 @@ def load_rulebook(name_or_path: str) -> Rulebook:
         path = rulebook_path(name_or_path)
     raw = read_toml(path)
     where = str(path)
-    _only(raw, {"name", "description", "select", "rules"}, where)
+    _only(raw, {"name", "description", "select", "rules", "uncertain"}, where)
+    uncertain = _string(raw.get("uncertain", "point"), f"{where} uncertain")
+    if uncertain not in UNCERTAIN:
+        raise InputError(f"{where} uncertain", f"'{uncertain}' is not one of {', '.join(UNCERTAIN)}")
     tables = raw.get("rules", {})
     if not isinstance(tables, dict):
         raise InputError(f"{where} rules", "must be a table of [rules.<ID>] tables")
@@ -148,6 +157,7 @@ def load_rulebook(name_or_path: str) -> Rulebook:
             rules[rule_id] = _defined_rule(*defined[rule_id], table, at)
         else:
             rules[rule_id] = _declared_rule(rule_id, table, at)
+        rules[rule_id] = dataclasses.replace(rules[rule_id], uncertain=uncertain)
     if not rules:
         raise InputError(where, "holds no rule")
     return Rulebook(

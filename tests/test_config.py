@@ -149,7 +149,8 @@ def test_the_compliance_rulebook_is_the_default_made_strict() -> None:
                 assert value <= base.params_dict()[key], (rule_id, key)
             if key.startswith("min_") and isinstance(value, float):
                 assert value >= base.params_dict()[key], (rule_id, key)
-    assert compliance.rules["L201"].params.max_flip_rate == 0.03
+    assert compliance.rules["L201"].params.max_flip_rate == 0.04  # clears the control's 95% interval (to 3.1%)
+    assert {r.uncertain for r in compliance.rules.values()} == {"fail"}
     assert compliance.rules["L202"].severity == "error"
 
 

@@ -41,6 +41,8 @@ def test_l208_fails_the_cued_model_and_reports_the_pathway(tmp_path: Path) -> No
     result = run_audit(load_spec(_project(tmp_path, "cued")))
     (finding,) = [f for f in result.findings if f.rule_id == "L208"]
     assert finding.status == "fail" and finding.value > 0.3
+    assert finding.interval["low"] <= finding.value <= finding.interval["high"]  # bootstrap over the pairs
+    assert finding.interval["low"] > 0.05 and finding.confidence == "certain"
     assert finding.location.component == "fc1:u2"
     assert [row["component"] for row in finding.evidence["pathway"]] == ["fc1:u2"]
 

@@ -117,13 +117,36 @@ def test_head_ablation_rule_flags_exactly_the_planted_heads(audits) -> None:
     assert {f["status"] for f in control["findings"] if f["rule_id"] == "L202"} == {"pass"}
 
 
-def test_control_audit_passes_every_rule(audits) -> None:
+def test_control_audit_reports_the_absent_behaviour_and_no_ratio(audits) -> None:
+    """The control never learned to copy (accuracy < 0.1, clean and corrupted prompts give the same logit): every
+    rule that divides by the behaviour (L207 patching, R302 faithfulness, R304 behaviour lost) reports that it is
+    absent, once, with its gap and noise, and no fraction; the others pass, and so does the gate (those rules are
+    info / warning)."""
     code, data = audits["induction-control"]
     assert code == 0 and data["verdict"] == "pass"
     statuses = {r["id"]: r["status"] for r in data["rules"]}
-    assert set(statuses.values()) <= {"pass", "skipped"}, statuses
+    dividing = {"L207", "R302", "R304"}
+    assert {rule: statuses[rule] for rule in dividing} == dict.fromkeys(dividing, "fail"), statuses
+    assert {s for rule, s in statuses.items() if rule not in dividing} <= {"pass", "skipped"}, statuses
     assert all(r["reason"] for r in data["rules"] if r["status"] == "skipped")
-    assert all(f["value"] == 0.0 for f in data["findings"] if f["rule_id"] in ("R301", "R302", "R304"))
+    for rule in dividing:
+        (finding,) = [f for f in data["findings"] if f["rule_id"] == rule]
+        assert finding["metric"] == "behaviour_absent" and "absent or too weak" in finding["message"]
+        presence = finding["evidence"]["presence"]
+        assert presence["present"] is False and abs(presence["gap"]) <= 3 * presence["standard_error"]
+        assert not any(key in finding["evidence"] for key in ("faithfulness", "units", "components"))
+    (r301,) = [f for f in data["findings"] if f["rule_id"] == "R301"]
+    assert r301["value"] == 0.0
+
+
+def test_trained_model_passes_the_presence_check_and_keeps_its_ratios(audits) -> None:
+    """The control of the test above: the trained model's gap stands far out of its noise."""
+    _, data = audits["induction"]
+    for rule in ("L207", "R302", "R304"):
+        findings = [f for f in data["findings"] if f["rule_id"] == rule]
+        assert findings and all(f["metric"] != "behaviour_absent" for f in findings)
+    (l207,) = [f for f in data["findings"] if f["rule_id"] == "L207"]
+    assert l207["metric"] == "top_recovered_fraction" and l207["value"] > 0.9
 
 
 def test_training_sequences_repeat_at_a_varying_period() -> None:

@@ -35,9 +35,12 @@ def test_the_unit_the_pairs_differ_through_carries_the_behaviour() -> None:
 
 
 def test_pairs_that_differ_where_the_output_does_not_look_leave_nothing_to_localise() -> None:
+    """The pairs change nothing the output reads: the behaviour to localise is absent (issue 24), one finding
+    that says so and no recovered fraction."""
     finding = _audit(carried=False)
-    assert finding.status == "pass" and finding.evidence["carried"] is False and finding.value == 0.0
-    assert finding.evidence["relative_effect"] < 1e-6
+    assert finding.status == "fail" and finding.metric == "behaviour_absent" and finding.evidence["carried"] is False
+    assert finding.evidence["relative_effect"] < 1e-6 and not finding.evidence["presence"]["present"]
+    assert "components" not in finding.evidence
 
 
 def test_exact_patching_equals_patched_forward_passes_and_attribution_patching_ranks_alike() -> None:

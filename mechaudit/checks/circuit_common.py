@@ -19,8 +19,10 @@ from ..techniques.circuits import (
     negative_loss,
     target_logit,
 )
+from ..techniques.node_ablation import behaviour_under_ablation
 from ..techniques.output_reduction import describe as describe_reduction
 from ..techniques.output_reduction import reduced_output, reduction_targets
+from ..techniques.uncertainty import Presence, behaviour_presence
 
 
 @dataclass
@@ -167,6 +169,35 @@ def not_carried(rule, problem: CircuitProblem, span: float, metric: str, thresho
     return Measurement(f"the {problem.description} does not depend on the audited units (mean change when all are "
                    f"ablated: {span:.2g}): no circuit among the audited layers carries it", metric=metric, value=0.0,
                    threshold=threshold, evidence={"behaviour_change_when_all_ablated": span, "carried": False})
+
+
+def presence(context: AuditContext, problem: CircuitProblem, m_model: torch.Tensor) -> Presence | None:
+    """Is the declared behaviour there (:func:`~mechaudit.techniques.uncertainty.behaviour_presence`)? With pairs,
+    the gap is the behaviour on the clean inputs minus on their corrupted twins. None without pairs (or for a
+    similarity behaviour, whose reference is the partner itself): the reference is then the ablated model, whose
+    signed gap is about 0 by construction under mean ablation, and :func:`carries_behaviour` judges instead."""
+    if problem.reference is None or problem.behaviour is cosine_similarity:
+        return None
+    corrupted = behaviour_under_ablation(context.view, problem.reference, problem.targets, problem.behaviour, [], {},
+                                         context.batch_size, context.device)
+    return behaviour_presence(m_model, corrupted)
+
+
+def absent_in(found: Presence, problem: CircuitProblem) -> Measurement:
+    """:func:`behaviour_absent` for a circuit rule's problem."""
+    against = ("clean minus corrupted inputs of the declared pairs" if problem.reference is not None
+               and problem.behaviour is not cosine_similarity else "intact minus every audited unit ablated")
+    return behaviour_absent(found, problem.description, against)
+
+
+def behaviour_absent(found: Presence, description: str, against: str, evidence: dict | None = None) -> Measurement:
+    """The one finding of a rule whose metric divides by a behaviour that is not there (its gap within sampling
+    noise): it fails, and no ratio is computed. ``against`` names what the gap compares with."""
+    return Measurement(
+        f"the declared behaviour ({description}) is absent or too weak to measure: {against}, "
+        f"{found.describe()}; no fraction of it is reported",
+        metric="behaviour_absent", value=1.0, threshold=0.0,
+        evidence={**(evidence or {}), "presence": found.to_dict(), "gap_against": against, "carried": False})
 
 
 def hidden_nodes(context: AuditContext) -> list[str]:

@@ -10,7 +10,17 @@ import torch
 from ..context import AuditContext
 from ..findings import Measurement
 from ..techniques.node_ablation import behaviour_under_ablation, curve_area, distance, faithfulness
-from .circuit_common import carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values, not_carried
+from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
+from .circuit_common import (
+    absent_in,
+    carries_behaviour,
+    circuit_problem,
+    circuit_scores,
+    hidden_nodes,
+    mean_values,
+    not_carried,
+    presence,
+)
 from .registry import RuleDefinition, RuleDocs, param, register
 
 SIZES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
@@ -26,6 +36,10 @@ when f(C) is below `min_faithfulness` (reported as `unfaithfulness = 1 - f(C)` a
 min_faithfulness`). Evidence: completeness f(M without C) (low is better: the behaviour needs the circuit),
 each circuit unit's minimality contribution f(C) - f(C without it), the faithfulness-versus-size curve and
 its area (as in MIB), and random circuits of the same size for comparison.
+With pairs, the behaviour must first be present: its clean-minus-corrupted gap must exceed 3 standard errors of
+the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
+faithfulness is computed (`induction-control`). The unfaithfulness carries a 95% bootstrap interval over the
+samples.
 """,
     why="""
 A circuit that does not reproduce the model's behaviour when everything else is removed is not an
@@ -75,6 +89,8 @@ class CircuitFaithfulnessEvidence(TypedDict, total=False):
     carried: bool
     circuit: list
     circuit_size: int
+    gap_against: str
+    presence: dict
     completeness: float
     curve: list
     curve_area: float
@@ -105,12 +121,16 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
         return faithfulness(m([n for n in nodes if n not in keep]), m_model, m_empty)
 
     m_model, m_empty = m([]), m(nodes)
+    found = presence(context, problem, m_model)
+    if found is not None and not found.present:
+        return [absent_in(found, problem)]
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):
         return [not_carried(rule, problem, span, "unfaithfulness", 1.0 - params.min_faithfulness)]
     size = max(1, round(params.circuit_fraction * len(nodes)))
     circuit = set(ranked[:size])
-    f_circuit = f(circuit)
+    m_circuit = m([n for n in nodes if n not in circuit])
+    f_circuit = faithfulness(m_circuit, m_model, m_empty)
     completeness = faithfulness(m(sorted(circuit)), m_model, m_empty)  # f(M \ C): the model without the circuit
     curve = [(fraction, f(set(ranked[:round(fraction * len(nodes))]))) for fraction in SIZES]
     generator = torch.Generator().manual_seed(context.seed)
@@ -127,6 +147,7 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
         f"{sum(random_f) / len(random_f) if random_f else float('nan'):.0%}); at least "
         f"{params.min_faithfulness:.0%} required",
         metric="unfaithfulness", value=gap, threshold=1.0 - params.min_faithfulness,
+        interval=bootstrap_ratio_of_mean_distances((m_circuit, m_model), (m_empty, m_model), seed=context.seed),
         evidence={"faithfulness": f_circuit, "completeness": completeness, "circuit_size": size,
                   "candidate_units": len(nodes), "m_model": float(m_model.mean()), "m_empty": float(m_empty.mean()),
                   "random_faithfulness": random_f, "circuit": sorted(circuit, key=ranked.index),

@@ -9,6 +9,7 @@ from ..context import AuditContext
 from ..findings import Location, Measurement
 from ..techniques.circuits import circuit_graph, graph_to_json
 from ..techniques.cue_sensitivity import cue_sensitivity
+from ..techniques.uncertainty import bootstrap_mean
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -102,6 +103,7 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
         f"{len(result.pathway)} component(s) ({', '.join(result.pathway[:3]) or 'none'}) alone it flips "
         f"{result.pathway_flip_rate:.1%} and carries {result.pathway_share:.0%} of the output's change",
         location=location, metric="cue_flip_rate", value=result.pathway_flip_rate, threshold=params.max_flip_rate,
+        interval=bootstrap_mean(result.pathway_flips, seed=context.seed) if result.pathway_flips is not None else None,
         evidence={"pairs": result.samples, "total_flip_rate": result.total_flip_rate,
                   "total_change": result.total_change, "pathway_change": result.pathway_change,
                   "pathway_share": result.pathway_share, "pathway": table, "pathway_graph": pathway_graph,

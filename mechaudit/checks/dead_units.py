@@ -11,6 +11,7 @@ from typing import TypedDict
 from ..context import Artifact, AuditContext
 from ..findings import Location, Measurement
 from ..techniques.nonlinearity import Following, following_activations
+from ..techniques.uncertainty import bootstrap_mean
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -35,6 +36,9 @@ ReLU) or an audit set that does not exercise the model. Dead units also distort 
 other rules rely on.
 """,
     how="""
+Each share carries a 95% percentile-bootstrap interval over the layer's units (200-500 resamples, seeded): the
+per-unit statistics come from one streaming pass that keeps no per-sample maxima, so the interval says how much
+the share rests on a few units, not how it would move with other audit samples.
 One streaming pass over the audit data with forward hooks records each unit's maximum output over all
 samples and positions (the outputs of Linear/Conv modules, i.e. before the nonlinearity, so "never above 0"
 means "never passes a ReLU"). Following Lu et al. (2019) on dying ReLU. Threshold, from measurement: the
@@ -118,6 +122,7 @@ def dead_units(context: AuditContext, rule) -> list[Measurement]:
             f"{len(dead)} of {layer.size} units of {layer.name} never activate ({fraction:.0%})",
             location=Location.of_layer(layer.name),
             metric="dead_fraction", value=fraction, threshold=params.max_dead_fraction,
+            interval=bootstrap_mean(stats.max <= params.activation_threshold, over="units", seed=context.seed),
             evidence={
                 "dead_units": [layer.address(u) for u in dead[:params.max_listed]],
                 "dead_count": len(dead),
@@ -134,6 +139,7 @@ def dead_units(context: AuditContext, rule) -> list[Measurement]:
             f"everywhere on more than {params.dense_share:.0%} of the samples)",
             location=Location.of_layer(layer.name),
             metric="dense_fraction", value=dense_fraction, threshold=params.max_dense_fraction,
+            interval=bootstrap_mean(stats.always_fraction > params.dense_share, over="units", seed=context.seed),
             evidence={"dense_units": [layer.address(u) for u in dense[:params.max_listed]],
                       "dense_count": len(dense), "units": layer.size, "samples": stats.count, "activation": activation,
                       "always_on_fraction_per_unit": [round(float(v), 4) for v in stats.always_fraction]},

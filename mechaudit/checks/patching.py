@@ -21,7 +21,8 @@ from ..context import AuditContext
 from ..findings import Location, Measurement
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
 from ..techniques.patching import attribution_patching, exact_patching, metric_totals
-from .circuit_common import circuit_problem, class_index
+from ..techniques.uncertainty import behaviour_presence
+from .circuit_common import behaviour_absent, circuit_problem, class_index
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -36,6 +37,11 @@ logit of `target`. Attribution patching scores every component at once; exact pa
 exact fractions the evidence lists with the estimates and their rank correlation; components recovering at least
 `min_recovered` carry the behaviour. When the pair changes the metric by less than `min_effect` of its clean
 size, there is nothing to localise. This rule describes; it does not judge.
+Before any fraction, the behaviour must be present: the mean over pairs of the metric on the clean minus on the
+corrupted input must exceed 3 standard errors of those paired differences (`mechaudit.techniques.uncertainty.
+behaviour_presence`); otherwise one finding, `behaviour_absent` (a fail), names the gap and its noise and no
+fraction is computed: a ratio of noise over noise (a model that never learned the behaviour "recovering 260%"
+of it) says nothing. `induction-control` (gap exactly 0) and pairs that differ by symmetric noise give it.
 """,
     why="""
 Attributions say which inputs matter; patching says which internal components carry the difference between two
@@ -88,9 +94,11 @@ class PatchingEvidence(TypedDict, total=False):
     carried: bool
     carriers: list
     components: list
+    gap_against: str
     metric_clean: float
     metric_corrupted: float
     pairs: int
+    presence: dict
     rank_correlation_attribution_exact: float
     relative_effect: float
     samples: int
@@ -110,6 +118,10 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
                 "metric_corrupted": totals.corrupted / totals.pairs, "samples": totals.pairs}
     relative = abs(totals.effect) / max(abs(totals.clean), 1e-12)
     evidence["relative_effect"] = relative
+    found = behaviour_presence(*totals.per_pair)
+    evidence["presence"] = found.to_dict()
+    if not found.present:
+        return [behaviour_absent(found, description, "clean minus corrupted inputs of the pairs", evidence)]
     if relative < params.min_effect:
         return [Measurement(f"the counterfactual barely changes the {description} ({relative:.1%} of its clean size): "
                         "no component carries a difference to localise",

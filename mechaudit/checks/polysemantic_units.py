@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TypedDict
 
+import numpy as np
 import torch
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
 from ..techniques.selectivity import label_selectivity
+from ..techniques.uncertainty import Interval, bootstrap
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .decomposition_evidence import exemplars
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -113,6 +116,7 @@ def polysemantic_units(context: AuditContext, rule) -> list[Measurement]:
         findings.append(Measurement(
             message, location=Location.of_layer(layer.name),
             metric="polysemantic_share", value=share, threshold=params.max_polysemantic_share,
+            interval=_share_interval(strong, labels, params, context.seed) if count else None,
             evidence={
                 "labels": params.labels, "samples": len(indices), "strong_share_of_max": params.strong,
                 "most_read_per_unit": params.top,
@@ -129,6 +133,18 @@ def polysemantic_units(context: AuditContext, rule) -> list[Measurement]:
             },
         ))
     return findings
+
+
+def _share_interval(strong: torch.Tensor, labels: torch.Tensor, params, seed: int) -> Interval | None:
+    """Bootstrap interval of the polysemantic share over the samples: each resample rescores every unit."""
+    def share(indices: np.ndarray) -> float:
+        picked = torch.from_numpy(indices)
+        scores = label_selectivity(strong[picked], labels[picked], params.top, params.min_active)
+        poly = scores.scored & (scores.effective_labels > params.max_effective_labels)
+        count = int(scores.scored.sum())
+        return float(poly.sum()) / count if count else math.nan
+
+    return bootstrap(share, len(labels), seed=seed, resamples=200)
 
 
 def _top_labels(distribution, names: list[str], count: int = 3) -> list[dict]:

@@ -10,7 +10,17 @@ import torch
 from ..context import AuditContext
 from ..findings import Location, Measurement
 from ..techniques.node_ablation import behaviour_under_ablation, distance
-from .circuit_common import carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values, not_carried
+from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
+from .circuit_common import (
+    absent_in,
+    carries_behaviour,
+    circuit_problem,
+    circuit_scores,
+    hidden_nodes,
+    mean_values,
+    not_carried,
+    presence,
+)
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -20,6 +30,9 @@ For the `candidates` strongest circuit units, the share of the behaviour lost wh
 (m(M) - m(M without u)) / (m(M) - m(empty)); a unit losing more than `max_single_loss` is a single point of
 failure. For each pair (a, b), b is a backup of a when b's effect rises by more than `min_compensation`
 once a is ablated (its effect measured with a already removed).
+With pairs, the behaviour must first be present: its clean-minus-corrupted gap must exceed 3 standard errors of
+the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
+loss is computed (`induction-control`). Each loss carries a 95% bootstrap interval over the samples.
 """,
     why="""
 A behaviour that hangs on one unit breaks under a small perturbation of that unit; backups mean that
@@ -61,6 +74,8 @@ class SinglePointsEvidence(TypedDict, total=False):
     backups: list
     behaviour_change_when_all_ablated: float
     carried: bool
+    gap_against: str
+    presence: dict
     units: list
 
 
@@ -79,10 +94,16 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
                                         list(ablate), values, context.batch_size, context.device)
 
     m_model, m_empty = m(()), m(tuple(nodes))
+    found = presence(context, problem, m_model)
+    if found is not None and not found.present:
+        return [absent_in(found, problem)]
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):
         return [not_carried(rule, problem, span, "behaviour_lost", params.max_single_loss)]
     alone = {n: m((n,)) for n in top}
+
+    def lost_interval(node: str):
+        return bootstrap_ratio_of_mean_distances((alone[node], m_model), (m_empty, m_model), seed=context.seed)
     loss = {n: distance(alone[n], m_model) / span for n in top}
     backups = []
     for first in top:
@@ -99,7 +120,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     findings = [Measurement(
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
         location=Location.of_unit(*n.split(":", 1)), metric="behaviour_lost", value=loss[n],
-        threshold=params.max_single_loss,
+        threshold=params.max_single_loss, interval=lost_interval(n),
         evidence={"units": table, "backups": [b for b in backups if b["removed"] == n]},
     ) for n in failing]
     if not failing:
@@ -108,6 +129,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
             f"no single unit carries the {problem.description} alone (largest loss {loss[worst]:.0%}, {worst}); "
             f"{len(backups)} backup relation(s) found",
             metric="behaviour_lost", value=loss[worst], threshold=params.max_single_loss,
+            interval=lost_interval(worst),
             evidence={"units": table, "backups": backups},
         ))
     return findings

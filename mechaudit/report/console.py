@@ -7,6 +7,7 @@ import click
 from ..findings import AuditResult
 from ..text_safety import terminal_safe
 from ..waivers import describe_waiver, waiver_problems
+from .intervals import interval_text
 
 _COLORS = {"fail": "red", "error": "magenta", "skipped": "yellow", "pass": "green"}
 
@@ -14,11 +15,13 @@ _COLORS = {"fail": "red", "error": "magenta", "skipped": "yellow", "pass": "gree
 def summary_lines(result: AuditResult, verbose: bool = False) -> list[str]:
     lines = []
     for finding in result.findings:
-        if finding.status == "pass" and not verbose:
+        if finding.status == "pass" and not verbose and finding.confidence != "uncertain":
             continue
         where = terminal_safe(finding.location.component if finding.location else "model")
         status = click.style(finding.status.upper(), fg=_COLORS[finding.status])
         line = f"{finding.rule_id} {status} [{finding.severity}] {where}: {terminal_safe(finding.message)}"
+        if finding.interval is not None and finding.confidence != "uncertain":  # an uncertain message names it
+            line += f" ({interval_text(finding.to_dict())})"
         if finding.waiver is not None:  # waived findings are shown, marked, never hidden
             mark = "WAIVED" if finding.waived else "WAIVER EXPIRED"
             waiver = terminal_safe(describe_waiver(finding.waiver))

@@ -63,9 +63,12 @@ class FindingView:
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """A 95% interval for the value: ``evidence.interval`` if the rule gives one, else a Wilson score
-        interval for a rate over samples (a metric named ``*_rate`` with an integer ``evidence.samples``)."""
+        """A 95% interval for the value: the finding's ``interval`` (or ``evidence.interval``) if the rule gives one,
+        else a Wilson score interval for a rate over samples (a metric named ``*_rate`` with an integer
+        ``evidence.samples``)."""
         evidence, value = self.data["evidence"], self.data.get("value")
+        if self.data.get("interval"):
+            return float(self.data["interval"]["low"]), float(self.data["interval"]["high"])
         given = evidence.get("interval")
         if isinstance(given, list) and len(given) == 2 and all(isinstance(v, (int, float)) for v in given):
             return float(given[0]), float(given[1])

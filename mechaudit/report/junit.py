@@ -17,6 +17,7 @@ from typing import Any
 
 from ..findings import FAMILIES, AuditResult
 from ..waivers import describe_waiver, waiver_problems
+from .intervals import comparison, interval_text
 from .json_report import result_to_dict
 
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # characters XML 1.0 cannot hold
@@ -120,9 +121,11 @@ def _detail(finding: dict[str, Any], rule: dict[str, Any]) -> str:
     if finding.get("location"):
         lines.append(f"component: {finding['location']['component']}")
     if finding.get("value") is not None:
-        comparison = ">" if finding["status"] == "fail" else "<="
-        limit = "" if finding.get("threshold") is None else f" {comparison} threshold {finding['threshold']:.6g}"
+        limit = ("" if finding.get("threshold") is None
+                 else f" {comparison(finding)} threshold {finding['threshold']:.6g}")
         lines.append(f"{finding.get('metric') or 'value'} = {finding['value']:.6g}{limit}")
+        if finding.get("interval"):
+            lines.append(f"{interval_text(finding)} ({finding['interval']['method']})")
     waiver = finding.get("waiver")
     if waiver:
         lines.append(describe_waiver(waiver))

@@ -29,6 +29,7 @@ import re
 from typing import Any
 
 from ..findings import AuditResult
+from .intervals import comparison, interval_text
 from .json_report import result_to_dict
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -110,7 +111,8 @@ def _result(finding: dict[str, Any], index: dict[str, int], locations: dict[str,
     component = location.get("component")
     message = finding["message"]
     if finding.get("value") is not None and finding.get("threshold") is not None:
-        message += f" ({finding['metric']} {finding['value']:.4g} > threshold {finding['threshold']:.4g})"
+        message += (f" ({finding['metric']} {finding['value']:.4g} {comparison(finding)} threshold "
+                    f"{finding['threshold']:.4g}{'; ' + interval_text(finding) if finding.get('interval') else ''})")
     waiver = finding.get("waiver")
     if waiver and waiver["state"] == "expired":
         message += f" [waiver {waiver['id']} expired on {waiver['expires']}; it no longer waives]"
@@ -134,6 +136,9 @@ def _result(finding: dict[str, Any], index: dict[str, int], locations: dict[str,
                        "metric": finding.get("metric"), "value": finding.get("value"),
                        "threshold": finding.get("threshold")},
     }
+    if finding.get("interval"):
+        result["properties"]["interval"] = finding["interval"]
+        result["properties"]["confidence"] = finding.get("confidence")
     if baseline is not None:  # new / updated / unchanged since the baseline given with --baseline
         key = (finding["rule_id"], component or "", finding.get("metric") or "")
         result["baselineState"] = baseline.get(key, "unchanged")

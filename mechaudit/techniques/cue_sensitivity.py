@@ -41,6 +41,8 @@ class CueResult:
     pathway_flip_rate: float
     pathway_change: float               # the same change, with only the pathway carrying the cue
     scores: CircuitScores
+    #: Per pair, whether the prediction flips with only the pathway carrying the cue (for its interval).
+    pathway_flips: torch.Tensor | None = None
 
     @property
     def pathway_share(self) -> float:
@@ -84,6 +86,7 @@ def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.
         pathway_flip_rate=float((patched_logits.argmax(-1) != targets).float().mean()),
         pathway_change=float((patched_logits[rows, targets] - base).abs().mean()),
         scores=scores,
+        pathway_flips=(patched_logits.argmax(-1) != targets).cpu(),
     )
 
 

@@ -35,6 +35,8 @@ class PatchingTotals:
     clean: float
     corrupted: float
     pairs: int
+    #: The metric per pair on the clean and on the corrupted inputs (for the behaviour presence test).
+    per_pair: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def effect(self) -> float:
@@ -44,14 +46,15 @@ class PatchingTotals:
 def metric_totals(view: ModelView, clean: torch.Tensor, corrupted: torch.Tensor, targets: torch.Tensor,
                   metric: Metric, batch_size: int = 256, device: torch.device | None = None) -> PatchingTotals:
     device = device or torch.device("cpu")
-    sums = []
+    values = []
     for inputs in (clean, corrupted):
-        total = 0.0
+        parts = []
         with torch.no_grad():
             for start, batch in batches(inputs, batch_size, device):
-                total += float(metric(view.model(batch).float(), targets[start:start + len(batch)].to(device)).sum())
-        sums.append(total)
-    return PatchingTotals(sums[0], sums[1], int(clean.shape[0]))
+                parts.append(metric(view.model(batch).float(), targets[start:start + len(batch)].to(device)).cpu())
+        values.append(torch.cat(parts).double() if parts else torch.zeros(0, dtype=torch.float64))
+    return PatchingTotals(float(values[0].sum()), float(values[1].sum()), int(clean.shape[0]),
+                          (values[0], values[1]))
 
 
 def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, corrupted: torch.Tensor,
