@@ -10,6 +10,7 @@ import torch
 from ..context import AuditContext
 from ..findings import Measurement
 from ..techniques.node_ablation import behaviour_under_ablation, curve_area, distance, faithfulness
+from ..techniques.connected_circuits import connected_circuit, random_like
 from .circuit_common import carries_behaviour, circuit_problem, circuit_scores, hidden_nodes, mean_values, not_carried
 from .registry import RuleDefinition, RuleDocs, param, register
 
@@ -76,6 +77,9 @@ class CircuitFaithfulnessEvidence(TypedDict, total=False):
     circuit: list
     circuit_size: int
     completeness: float
+    construction: str
+    smallest_faithful_size: float
+    smallest_faithful_units: int
     curve: list
     curve_area: float
     faithfulness: float
@@ -95,7 +99,6 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     values = mean_values(context)
     if params.ablation == "zero":
         values = {name: torch.zeros_like(v) for name, v in values.items()}
-    ranked = sorted(nodes, key=lambda n: -abs(scores.nodes.get(n, 0.0)))
 
     def m(ablate: list[str]) -> torch.Tensor:
         return behaviour_under_ablation(context.view, problem.inputs, problem.targets, problem.behaviour, ablate,
@@ -108,29 +111,45 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):
         return [not_carried(rule, problem, span, "unfaithfulness", 1.0 - params.min_faithfulness)]
-    size = max(1, round(params.circuit_fraction * len(nodes)))
-    circuit = set(ranked[:size])
-    f_circuit = f(circuit)
-    completeness = faithfulness(m(sorted(circuit)), m_model, m_empty)  # f(M \ C): the model without the circuit
-    curve = [(fraction, f(set(ranked[:round(fraction * len(nodes))]))) for fraction in SIZES]
     generator = torch.Generator().manual_seed(context.seed)
-    random_f = [f({nodes[i] for i in torch.randperm(len(nodes), generator=generator)[:size].tolist()})
-                for _ in range(params.random_circuits)]
-    minimality = [{"component": node, "contribution": f_circuit - f(circuit - {node})}
-                  for node in ranked[:min(size, params.minimality_nodes)]]
+
+    def circuit_of(fraction: float) -> list[str]:
+        return connected_circuit(scores, nodes, round(fraction * len(nodes)))[0]
+
+    size = max(1, round(params.circuit_fraction * len(nodes)))
+    ranked_circuit, from_paths = connected_circuit(scores, nodes, size)
+    circuit = set(ranked_circuit)
+    f_circuit = f(circuit)
     if f_circuit != f_circuit:  # nan: the behaviour does not change when everything is ablated
         raise ValueError("the behaviour is the same with every unit ablated: nothing for a circuit to explain")
+    completeness = faithfulness(m(sorted(circuit)), m_model, m_empty)  # f(M \ C): the model without the circuit
+    random_f = [f(random_like(ranked_circuit, nodes, scores.node_layer, generator))
+                for _ in range(params.random_circuits)]
+    curve = []
+    for fraction in SIZES:
+        members = circuit_of(fraction)
+        curve.append({"size": len(members) / len(nodes), "units": len(members), "faithfulness": f(set(members)),
+                      "random": f(random_like(members, nodes, scores.node_layer, generator))})
+    smallest = next((point for point in curve if point["faithfulness"] >= params.min_faithfulness), None)
+    minimality = [{"component": node, "contribution": f_circuit - f(circuit - {node})}
+                  for node in ranked_circuit[:min(len(circuit), params.minimality_nodes)]]
+    random_mean = sum(random_f) / len(random_f) if random_f else float("nan")
+    needs = (f"the smallest circuit reaching it has {smallest['units']} units ({smallest['size']:.0%})"
+             if smallest else "no circuit reaches it")
     gap = 1.0 - f_circuit
     return [Measurement(
-        f"the top {size} of {len(nodes)} units ({params.circuit_fraction:.0%}) reproduce {f_circuit:.0%} of the "
-        f"{problem.description} (random circuits of that size: "
-        f"{sum(random_f) / len(random_f) if random_f else float('nan'):.0%}); at least "
-        f"{params.min_faithfulness:.0%} required",
+        f"the {'connected ' if from_paths else ''}circuit of {len(circuit)} of {len(nodes)} units "
+        f"({len(circuit) / len(nodes):.0%}) reproduces {f_circuit:.0%} of the {problem.description} (random "
+        f"circuits of that size and layers: {random_mean:.0%}); {params.min_faithfulness:.0%} required: {needs}",
         metric="unfaithfulness", value=gap, threshold=1.0 - params.min_faithfulness,
-        evidence={"faithfulness": f_circuit, "completeness": completeness, "circuit_size": size,
+        evidence={"faithfulness": f_circuit, "completeness": completeness, "circuit_size": len(circuit),
                   "candidate_units": len(nodes), "m_model": float(m_model.mean()), "m_empty": float(m_empty.mean()),
-                  "random_faithfulness": random_f, "circuit": sorted(circuit, key=ranked.index),
-                  "curve": [{"size": s, "faithfulness": v} for s, v in curve],
-                  "curve_area": curve_area(list(SIZES), [v for _, v in curve]),
+                  "random_faithfulness": random_f, "circuit": ranked_circuit,
+                  "construction": "edges on input-to-output paths" if from_paths else
+                  "top nodes by score (some audited layers are not joined by scored edges)",
+                  "curve": curve, "curve_area": curve_area([p["size"] for p in curve],
+                                                           [p["faithfulness"] for p in curve]),
+                  "smallest_faithful_size": smallest["size"] if smallest else None,
+                  "smallest_faithful_units": smallest["units"] if smallest else None,
                   "minimality": minimality, "ablation": params.ablation},
     )]
