@@ -32,8 +32,8 @@ from torch import nn
 
 from . import linear_maps
 from .addresses import UNIT_PREFIXES, format_address, parse_address
-from .errors import InputError
 from .attention_heads import find_attention_blocks
+from .errors import InputError
 from .torch_attention import register_heads_hook, without_fast_path
 
 
