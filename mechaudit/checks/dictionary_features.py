@@ -12,7 +12,7 @@ artifact ``dictionary_features``: L206 dissects their features) and written to t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypedDict
 
 import torch
@@ -31,6 +31,7 @@ from ..techniques.sae import (
     tensor_stream,
     train_dictionary,
 )
+from ..techniques.sae_sweep import SizeChoice, choose_size
 from ..techniques.selectivity import label_selectivity
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .decomposition_evidence import exemplars, maximised_features
@@ -38,6 +39,9 @@ from .registry import RuleDefinition, RuleDocs, param, register
 
 CHECK = "dictionary_features"
 STABLE_COSINE = 0.9  # two features are the same direction above this cosine similarity
+SWEEP_EXPANSIONS = (2, 4, 8, 16)  # features per unit tried when `expansion` is 0
+SWEEP_KS = (1, 2, 4, 8, 16, 32)  # active features per vector tried when `k` is 0 (at most half the units)
+MAX_SWEEP_FEATURES = 16384  # larger dictionaries are not tried
 
 
 DOCS = RuleDocs(
@@ -97,8 +101,11 @@ class DictionaryParams:
     min_seed_agreement: float = param(0.8, low=0.0, high=1.0, doc="fail a dictionary whose live features agree "
                                                                   "less (mean best cosine) with a second seed's")
     kind: str = param("topk", choices=("topk", "l1"), doc="sparsity: TopK (Gao et al. 2024) or L1")
-    expansion: int = param(4, low=1, doc="features per unit of the layer")
-    k: int = param(4, low=1, doc="topk: active features per vector (at most an eighth of the layer's units)")
+    expansion: int = param(0, low=0, doc="features per unit of the layer (0: chosen from the data by a sweep)")
+    k: int = param(0, low=0, doc="topk: active features per vector (0: chosen from the data by a sweep)")
+    sweep_steps: int = param(300, low=1, doc="optimiser steps per dictionary of the size and sparsity sweep")
+    sweep_vectors: int = param(16384, low=10, doc="activation vectors the sweep trains and evaluates on (a fifth "
+                                                  "held out)")
     l1: float = param(1e-3, low=0.0, doc="l1: the penalty")
     steps: int = param(800, low=1, doc="optimiser steps per dictionary")
     batch: int = param(512, low=1, doc="vectors per optimiser step")
@@ -134,6 +141,7 @@ class DictionaryFeaturesEvidence(TypedDict, total=False):
     scored_features: int
     scored_units: int
     seed_agreement: float
+    size_choice: dict
     stable_features: int
     steps: int
     unit_purity: float
@@ -153,7 +161,7 @@ def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
     trained = context.shared(LEARNED_DICTIONARIES, params)
     for layer in context.view.hidden_layers:
         stream, positions, width = _stream(context, layer, indices, params)
-        dictionary, twin = trained[layer.name]
+        dictionary, twin, choice = trained[layer.name]
         config = dictionary.config
         stats, twin_stats = evaluate(dictionary, stream), evaluate(twin, stream)
         alive = stats.frequency > 0
@@ -171,6 +179,7 @@ def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
             "dead_features": len(stats.dead()), "dense_features": len(stats.dense(params.dense_frequency)),
             "seed_agreement": mean_agreement, "stable_features": stable, "represented_features": represented,
             "file": f"dictionaries/{_file_name(layer.name)}.safetensors", "address": f"{layer.name}:feat<N>",
+            "size_choice": choice or {"reason": "expansion and k given in the rule's parameters"},
         }
         features = pooled_features(dictionary, stream, positions, "max")
         purest: list[int] = []
@@ -221,25 +230,48 @@ def _labels(context: AuditContext, params: DictionaryParams, indices: torch.Tens
     return labels[indices], names
 
 
-def _train(context: AuditContext, params: DictionaryParams) -> dict[str, tuple[Dictionary, Dictionary]]:
-    """Per hidden layer, its dictionary and a twin trained with the next seed (for seed agreement)."""
+def _train(context: AuditContext, params: DictionaryParams) -> dict[str, tuple[Dictionary, Dictionary, dict | None]]:
+    """Per hidden layer, its dictionary, a twin trained with the next seed (for seed agreement), and the size and
+    sparsity sweep's choice (None when both are given)."""
     indices = context.sample_indices(params.samples)
     trained = {}
     for layer in context.view.hidden_layers:
         stream, _, width = _stream(context, layer, indices, params)
-        config = SAEConfig(features=params.expansion * width, kind=params.kind,
-                           k=max(1, min(params.k, width // 8)), l1=params.l1, steps=params.steps,
-                           batch=params.batch, seed=context.seed)
+        base = SAEConfig(features=max(1, params.expansion) * width, kind=params.kind,
+                         k=max(1, params.k or width // 8), l1=params.l1, steps=params.steps,
+                         batch=params.batch, seed=context.seed)
+        choice = _choose(stream, base, width, params, context.device)
+        config = base if choice is None else replace(base, features=choice.expansion * width, k=choice.k)
         trained[layer.name] = (
             train_dictionary(stream, config, layer.name, context.device),
-            train_dictionary(stream, SAEConfig(**{**config.__dict__, "seed": context.seed + 1}), layer.name,
-                             context.device))
+            train_dictionary(stream, replace(config, seed=context.seed + 1), layer.name, context.device),
+            None if choice is None else choice.as_evidence())
     return trained
+
+
+def _choose(stream, base: SAEConfig, width: int, params: DictionaryParams, device) -> SizeChoice | None:
+    """The sweep over the sizes and sparsities not given (:mod:`mechaudit.techniques.sae_sweep`), or None."""
+    if params.expansion and (params.k or params.kind != "topk"):
+        return None
+    expansions = (params.expansion,) if params.expansion else (
+        tuple(e for e in SWEEP_EXPANSIONS if e * width <= MAX_SWEEP_FEATURES) or SWEEP_EXPANSIONS[:1])
+    ks = (base.k,) if params.k or params.kind != "topk" else (
+        tuple(k for k in SWEEP_KS if k <= max(1, width // 2)))
+    vectors, count = [], 0
+    for chunk in stream():
+        vectors.append(chunk.float().cpu())
+        count += chunk.shape[0]
+        if count >= params.sweep_vectors:
+            break
+    return choose_size(torch.cat(vectors), replace(base, steps=params.sweep_steps), fvu_target=params.max_fvu,
+                       min_agreement=params.min_seed_agreement, k_ref=max(1, width // 8), ks=ks,
+                       expansions=expansions, max_vectors=params.sweep_vectors, device=device)
 
 
 #: The learned dictionaries of D103, by its parameters: computed on first use, by D103 or by a rule that dissects
 #: their features (L206), whichever runs first.
-LEARNED_DICTIONARIES: Artifact[dict[str, tuple[Dictionary, Dictionary]]] = Artifact("learned_dictionaries", _train)
+LEARNED_DICTIONARIES: Artifact[dict[str, tuple[Dictionary, Dictionary, dict | None]]] = Artifact(
+    "learned_dictionaries", _train)
 
 
 def learned_dictionaries(context: AuditContext) -> dict[str, Dictionary]:
@@ -247,7 +279,7 @@ def learned_dictionaries(context: AuditContext) -> dict[str, Dictionary]:
     rule = context.rule_for_check(CHECK)
     if rule is None or not context.view.hidden_layers:
         return {}
-    return {name: pair[0] for name, pair in context.shared(LEARNED_DICTIONARIES, rule.params).items()}
+    return {name: trio[0] for name, trio in context.shared(LEARNED_DICTIONARIES, rule.params).items()}
 
 
 def _stream(context: AuditContext, layer: Layer, indices: torch.Tensor, params: DictionaryParams):
