@@ -79,6 +79,9 @@ def test_r301_r302_r304_on_the_planted_circuit(tmp_path: Path) -> None:
     assert {row["component"] for row in discovery.evidence["top_nodes"][:3]} == PLANTED_NODES
     (faithful,) = rules["R302"]
     assert faithful.status == "pass" and faithful.evidence["faithfulness"] >= 0.95
+    assert set(faithful.evidence["circuit"]) == PLANTED_NODES  # the sparse path, found as a connected circuit
+    assert faithful.evidence["construction"] == "edges on input-to-output paths"
+    assert faithful.evidence["smallest_faithful_units"] <= 3
     assert max(faithful.evidence["random_faithfulness"]) < 0.5
     assert faithful.evidence["completeness"] < 0.05
     spof = {f.location.component: f.value for f in rules["R304"] if f.status == "fail"}
