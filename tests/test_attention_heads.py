@@ -77,3 +77,24 @@ def test_plain_mlp_is_neither_heads_nor_noted() -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     view = ModelView.discover(model, torch.randn(2, 4))
     assert [layer.kind for layer in view.layers] == ["linear", "linear"] and not view.notes
+
+
+class Pooled(nn.Module):
+    """Float inputs (samples, 5 tokens * 16): the unsplit attention block, then a classifier on the mean token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.head = FusedAttention(record="none"), nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(x.reshape(x.shape[0], 5, 16)).mean(1))
+
+
+def test_the_audit_states_why_attention_is_audited_as_plain_units() -> None:
+    import mechaudit
+
+    torch.manual_seed(0)
+    result = mechaudit.audit(Pooled().eval(), torch.randn(16, 80), select=["D101"])
+    notes = {c["layer"]: c.get("note", "") for c in result.metadata["components"]}
+    assert notes["attn.qkv"].startswith("attn computes attention but its heads are not split")
+    assert notes["head"] == ""
