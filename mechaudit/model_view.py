@@ -10,8 +10,8 @@ Attention blocks are layers of kind ``heads``, addressed by the attention module
 projection, read at the projection's input (the layer's hook ``site``). Recognised (:mod:`mechaudit.attention_heads`):
 modules with an output projection that runs in the forward pass and a head count read from the module (a count or
 a head size), or from the model's ``config`` for modules holding query/key/value projections (fused, as GPT-2's
-``c_attn`` or a ``qkv`` Linear, or separate): Hugging Face BERT- and GPT-2-style blocks, timm-style ``qkv``/``proj``
-blocks and the like; and torch's ``nn.MultiheadAttention``, which applies ``out_proj``'s weights without calling
+``c_attn`` or a ``qkv`` Linear, or separate): Hugging Face BERT-, GPT-2-, Llama- and GPT-NeoX-style blocks,
+``qkv``/``proj`` blocks and the like; and torch's ``nn.MultiheadAttention``, which applies ``out_proj``'s weights without calling
 the module and is hooked by :mod:`mechaudit.torch_attention`. A module that computes attention but whose heads
 cannot be split is named in :attr:`ModelView.notes` (and the audit's component list), not passed over in silence.
 
