@@ -11,9 +11,10 @@ projection, read at the projection's input (the layer's hook ``site``). Recognis
 modules with an output projection that runs in the forward pass and a head count read from the module (a count or
 a head size), or from the model's ``config`` for modules holding query/key/value projections (fused, as GPT-2's
 ``c_attn`` or a ``qkv`` Linear, or separate): Hugging Face BERT-, GPT-2-, Llama- and GPT-NeoX-style blocks,
-``qkv``/``proj`` blocks and the like; and torch's ``nn.MultiheadAttention``, which applies ``out_proj``'s weights without calling
-the module and is hooked by :mod:`mechaudit.torch_attention`. A module that computes attention but whose heads
-cannot be split is named in :attr:`ModelView.notes` (and the audit's component list), not passed over in silence.
+``qkv``/``proj`` blocks and the like; and torch's ``nn.MultiheadAttention``, which applies ``out_proj``'s weights
+without calling the module and is hooked by :mod:`mechaudit.torch_attention`. A module that computes attention
+but whose heads cannot be split is named in :attr:`ModelView.notes` (and the audit's component list), not passed
+over in silence.
 
 The residual stream is a layer of kind ``stream``: any other module named in ``[audit] layers`` whose output (or
 the first element of its output tuple) is one vector per token, (samples, tokens, width), such as a transformer
