@@ -19,7 +19,7 @@ from torch import nn
 
 from . import linear_maps
 
-HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads", "heads", "nheads", "n_heads_q")
+HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads")  # not `heads`: too often something else
 HEAD_SIZES = ("head_dim", "head_size", "attention_head_size", "d_head", "dim_head")
 OUT_PROJECTIONS = ("output.dense", "c_proj", "o_proj", "out_proj", "out", "proj", "dense", "o", "wo", "to_out",
                    "to_out.0")
