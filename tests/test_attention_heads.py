@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pytest
 import torch
 from torch import nn
 
-from mechaudit.model_view import ModelView, from_units_view, units_view
+from mechaudit.model_view import ModelView
 
 
 class FusedAttention(nn.Module):
@@ -100,32 +99,3 @@ def test_the_audit_states_why_attention_is_audited_as_plain_units() -> None:
     assert notes["attn.qkv"].startswith("attn computes attention but its heads are not split")
     assert notes["head"] == ""
 
-
-@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
-def test_hugging_face_blocks_without_a_head_count_attribute_expose_heads(family: str) -> None:
-    """Llama keeps only ``head_dim`` on its attention (GQA: 4 query heads, 2 key-value heads), GPT-NeoX a head size
-    and the config; their heads are found, and hooking one equals removing its columns of the output projection."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    if family == "llama":
-        config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=4, num_key_value_heads=2)
-        model, block, site = transformers.LlamaModel(config), "layers.0.self_attn", "o_proj"
-    else:
-        config = transformers.GPTNeoXConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                            num_attention_heads=4)
-        model, block, site = transformers.GPTNeoXModel(config), "layers.0.attention", "dense"
-    model.eval()
-    tokens = torch.randint(0, 50, (2, 6))
-    view = ModelView.discover(model, tokens)
-    layer = view.layer(block)
-    assert (layer.kind, layer.size, layer.site) == ("heads", 4, f"{block}.{site}")
-    handle = view.hook(layer, lambda z, _args: from_units_view(
-        units_view(z, layer).index_fill(1, torch.tensor([1]), 0.0), z, layer))
-    with torch.no_grad():
-        hooked = model(tokens).last_hidden_state
-    handle.remove()
-    with torch.no_grad():
-        dict(model.named_modules())[f"{block}.{site}"].weight[:, 8:16] = 0.0
-        expected = model(tokens).last_hidden_state
-    assert torch.allclose(hooked, expected, atol=1e-5)
