@@ -7,11 +7,14 @@ weight stored transposed (:mod:`mechaudit.linear_maps`): its neurons are ``h.0.m
 
 Attention blocks are layers of kind ``heads``, addressed by the attention module's path; a head is
 ``encoder.layer.2.attention:h5``. A head's activation is its slice of the attention output *before* the output
-projection, read at the projection's input (the layer's hook ``site``). Recognised: modules with a head count
-(``num_heads``, ``n_heads``, ``n_head``, ``num_attention_heads``, on the module or its ``self`` child) and an
-output projection (``output.dense``, ``c_proj``, ``o_proj``, ``out_proj``, ``out``) that runs in the forward
-pass: Hugging Face BERT- and GPT-2-style blocks and the like; and torch's ``nn.MultiheadAttention``, which
-applies ``out_proj``'s weights without calling the module and is hooked by :mod:`mechaudit.torch_attention`.
+projection, read at the projection's input (the layer's hook ``site``). Recognised (:mod:`mechaudit.attention_heads`):
+modules with an output projection that runs in the forward pass and a head count read from the module (a count or
+a head size), or from the model's ``config`` for modules holding query/key/value projections (fused, as GPT-2's
+``c_attn`` or a ``qkv`` Linear, or separate): Hugging Face BERT-, GPT-2-, Llama- and GPT-NeoX-style blocks,
+``qkv``/``proj`` blocks and the like; and torch's ``nn.MultiheadAttention``, which applies ``out_proj``'s weights
+without calling the module and is hooked by :mod:`mechaudit.torch_attention`. A module that computes attention
+but whose heads cannot be split is named in :attr:`ModelView.notes` (and the audit's component list), not passed
+over in silence.
 
 The residual stream is a layer of kind ``stream``: any other module named in ``[audit] layers`` whose output (or
 the first element of its output tuple) is one vector per token, (samples, tokens, width), such as a transformer
@@ -35,11 +38,9 @@ from torch import nn
 
 from . import linear_maps
 from .addresses import UNIT_PREFIXES, format_address, parse_address
+from .attention_heads import find_attention_blocks
 from .errors import InputError
 from .torch_attention import register_heads_hook, without_fast_path
-
-_HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads")
-_OUT_PROJECTIONS = ("output.dense", "c_proj", "o_proj", "out_proj", "out")
 
 
 @dataclass(frozen=True)
@@ -158,43 +159,20 @@ def _naming_layer(layer: Layer, fn: LayerHook) -> LayerHook:
 
 def attention_blocks(model: nn.Module) -> dict[str, tuple[str, int]]:
     """Recognised attention blocks: module path -> (output projection path, number of heads)."""
-    modules = dict(model.named_modules())
-    blocks = {}
-    for name, module in modules.items():
-        if isinstance(module, nn.MultiheadAttention):  # hooked at the module itself (mechaudit.torch_attention)
-            blocks[name] = (name, module.num_heads)
-            continue
-        heads = _head_count(module)
-        for relative in _OUT_PROJECTIONS if heads else ():
-            path = f"{name}.{relative}" if name else relative
-            width = _input_width(modules.get(path))
-            if width and width % heads == 0:
-                blocks[name] = (path, heads)
-                break
-    return blocks
-
-
-def _head_count(module: nn.Module) -> int | None:
-    for owner in (module, getattr(module, "self", None)):  # BERT keeps the count on attention.self
-        for attribute in _HEAD_COUNTS:
-            value = getattr(owner, attribute, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    return None
-
-
-def _input_width(module: nn.Module | None) -> int | None:
-    return linear_maps.in_features(module) if linear_maps.is_linear(module) else None
+    return find_attention_blocks(model).blocks
 
 
 class ModelView:
     """The layers of a model that the audit can address, in the order the forward pass runs them."""
 
-    def __init__(self, model: nn.Module, layers: list[Layer], skipped: dict[str, str] | None = None) -> None:
+    def __init__(self, model: nn.Module, layers: list[Layer], skipped: dict[str, str] | None = None,
+                 notes: dict[str, str] | None = None) -> None:
         self.model = model
         self.layers = layers
         #: Modules left out of the audit: module path -> why (see the module docstring).
         self.skipped = dict(skipped or {})
+        #: Module path -> why it is not audited as it might be expected (attention whose heads are not split).
+        self.notes = dict(notes or {})
         self._by_name = {layer.name: layer for layer in layers}
         self._modules = dict(model.named_modules())
 
@@ -208,7 +186,8 @@ class ModelView:
         if inside:
             raise InputError("layers", f"'{inside[0]}' is inside a TorchScript module: {SCRIPTED}")
         candidates = {name: m for name, m in modules.items() if name and layer_kind(m)}
-        blocks = attention_blocks(model)
+        found = find_attention_blocks(model)
+        blocks = found.blocks
         streams = [name for name in only if name not in candidates and name not in blocks and name in modules]
         unknown = [name for name in only if name not in candidates and name not in blocks and name not in streams]
         if unknown:
@@ -251,7 +230,7 @@ class ModelView:
             layers.append(Layer(name, kind, size, index, is_output))
         if only:
             layers = [layer for layer in layers if layer.name in only]
-        return cls(model, layers, skipped)
+        return cls(model, layers, skipped, found.notes)
 
     @property
     def hidden_layers(self) -> list[Layer]:
@@ -292,8 +271,17 @@ class ModelView:
         return layer, unit
 
     def describe(self) -> list[dict]:
+        """One entry per layer; a layer inside an attention block whose heads are not split carries its note."""
         return [{"layer": layer.name, "kind": layer.kind, "units": layer.size, "unit_prefix": layer.prefix,
-                 "output": layer.is_output} for layer in self.layers]
+                 "output": layer.is_output, **({"note": note} if (note := self.note(layer.name)) else {})}
+                for layer in self.layers]
+
+    def note(self, name: str) -> str | None:
+        """The note on the attention block that holds (or is) the module ``name``, if any."""
+        for block, note in self.notes.items():
+            if name == block or name.startswith(f"{block}."):
+                return f"{block} {note}"
+        return None
 
 
 SCRIPTED = ("ScriptModules refuse forward hooks, so no layer inside a TorchScript archive can be audited; rules "

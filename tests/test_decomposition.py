@@ -179,3 +179,22 @@ def test_a_saved_dictionary_loads_back_and_encodes_the_same(tmp_path) -> None:
     assert (loaded.layer, loaded.config, loaded.address(3)) == ("fc1", dictionary.config, "fc1:feat3")
     assert torch.equal(loaded.encode(vectors), dictionary.encode(vectors))
 
+
+
+@pytest.mark.slow  # trains sparse autoencoders (a sweep of about 10 small ones, then the two kept): ~30 s alone
+def test_d103_chooses_dictionary_size_and_sparsity_from_the_data(tmp_path) -> None:
+    """A 16-wide layer whose vectors are sparse combinations of 128 planted directions, about 4 active each: the
+    fixed choice (k = width / 8 = 2, 4 features per unit) recovers few of them; the sweep chooses a larger
+    dictionary and k from held-out FVU and seed agreement, states the choice, and recovers them."""
+    vectors, truth = planted_dictionary_data(dims=16, directions=128, p=4 / 128, n=6000)
+    fixed = train_dictionary(tensor_stream(vectors), SAEConfig(features=64, k=2, steps=800))
+    assert _recovery(truth, fixed.decoder)[1] < 0.6              # the control: the old fixed size misses them
+    result = mechaudit.audit(Passthrough(16), vectors, select=["D103"], rules={"D103": {"samples": 6000}})
+    evidence = _findings(result, "D103", "fvu")[0].evidence
+    choice = evidence["size_choice"]
+    assert choice["k"] >= 4 and choice["expansion"] >= 8 and "held-out FVU" in choice["reason"]
+    assert {"size", "sparsity"} == {c["stage"] for c in choice["candidates"]}
+    assert (evidence["k"], evidence["features"]) == (choice["k"], 16 * choice["expansion"])
+    (tmp_path / "layer.safetensors").write_bytes(result.attachments["dictionaries/layer.safetensors"])
+    mean, share = _recovery(truth, load_dictionary(tmp_path / "layer.safetensors").decoder)
+    assert mean >= 0.93 and share >= 0.85

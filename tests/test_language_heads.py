@@ -102,11 +102,21 @@ def test_torch_multihead_attention_exposes_heads(batch_first: bool) -> None:
     assert not model.attn._forward_hooks                         # every hook removed
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "gpt_neox"])
 def test_hugging_face_blocks_expose_heads(family: str) -> None:
+    """Llama keeps only ``head_dim`` on its attention (GQA: 4 query heads, 2 key-value heads), GPT-NeoX a head size
+    and the config (mechaudit.attention_heads): their heads are found all the same."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    if family == "bert":
+    if family == "llama":
+        config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2)
+        model, block, site = transformers.LlamaModel(config), "layers.1.self_attn", "o_proj"
+    elif family == "gpt_neox":
+        config = transformers.GPTNeoXConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4)
+        model, block, site = transformers.GPTNeoXModel(config), "layers.1.attention", "dense"
+    elif family == "bert":
         config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                          intermediate_size=64, max_position_embeddings=16)
         model, block, site = transformers.BertModel(config), "encoder.layer.1.attention", "output.dense"
@@ -126,10 +136,10 @@ def test_hugging_face_blocks_expose_heads(family: str) -> None:
     handle.remove()
     projection = dict(model.named_modules())[f"{block}.{site}"]
     with torch.no_grad():  # the same head removed from the projection's weights (Conv1D stores them transposed)
-        if family == "bert":
-            projection.weight[:, 8:16] = 0.0
-        else:
+        if family == "gpt2":
             projection.weight[8:16, :] = 0.0
+        else:
+            projection.weight[:, 8:16] = 0.0
         expected = model(tokens).last_hidden_state
     assert_equal_up_to_rounding(hooked, expected)
 

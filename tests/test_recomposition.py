@@ -80,6 +80,9 @@ def test_r301_r302_r304_on_the_planted_circuit(tmp_path: Path) -> None:
     assert {row["component"] for row in discovery.evidence["top_nodes"][:3]} == PLANTED_NODES
     (faithful,) = rules["R302"]
     assert faithful.status == "pass" and faithful.evidence["faithfulness"] >= 0.95
+    assert set(faithful.evidence["circuit"]) == PLANTED_NODES  # the sparse path, found as a connected circuit
+    assert faithful.evidence["construction"] == "edges on input-to-output paths"
+    assert faithful.evidence["smallest_faithful_units"] <= 3
     assert max(faithful.evidence["random_faithfulness"]) < 0.5
     assert faithful.evidence["completeness"] < 0.05
     spof = {f.location.component: f.value for f in rules["R304"] if f.status == "fail"}
@@ -165,3 +168,37 @@ def test_edit_writes_labelled_weights_and_reports_before_after(cli, tmp_path: Pa
                                 scale=float(x[:, 0].abs().max()))  # a mean: rounding scales with its terms
     bad = cli("edit", spec, "--suppress", "fc1:u99", "--out", out)
     assert bad.code == 2 and "fc1:u99" in bad.err
+
+
+def _spread_project(tmp_path: Path) -> Path:
+    x = torch.rand(256, 4, generator=torch.Generator().manual_seed(0)).numpy()
+    project = write_project(tmp_path, arrays={"inputs": x}, data_table="",
+                            model_table='factory = "fixtures.planted_circuit:spread"',
+                            extra=BEHAVIOUR + '[audit]\nselect = ["R302"]\n'
+                                  '[audit.rules.R302]\ncircuit_fraction = 0.2\nrandom_circuits = 2\n')
+    return project.spec
+
+
+def test_r302_distributed_mechanism_gets_a_connected_circuit_and_its_size(tmp_path: Path) -> None:
+    """Importance spread over every unit: the top 4 nodes by score are the 4 units of fc1 and none of fc2 (a
+    circuit that recovers nothing); the connected circuit holds units of both layers, each on an input-to-output
+    path, recovers part of the behaviour, and the curve says how many units the behaviour needs."""
+    from fixtures.planted_circuit import spread
+
+    x = torch.rand(256, 4, generator=torch.Generator().manual_seed(0))
+    view = ModelView.discover(spread().eval(), x[:2])
+    scores = edge_attribution(view, x, torch.zeros(len(x), dtype=torch.long), target_logit)
+    hidden = [l.address(u) for l in view.hidden_layers for u in range(l.size)]
+    assert {n.split(":")[0] for n in sorted(hidden, key=lambda n: -scores.nodes[n])[:4]} == {"fc1"}  # the old pick
+    (finding,) = run_audit(load_spec(_spread_project(tmp_path))).findings
+    evidence = finding.evidence
+    circuit = evidence["circuit"]
+    assert {n.split(":")[0] for n in circuit} == {"fc1", "fc2"}
+    assert evidence["construction"] == "edges on input-to-output paths"
+    assert evidence["faithfulness"] > 0.02 and len(evidence["random_faithfulness"]) == 2
+    assert finding.status == "fail"                                    # 20% of the units cannot carry it
+    assert evidence["smallest_faithful_units"] is not None and evidence["smallest_faithful_units"] > 4
+    assert "the smallest circuit reaching it has" in finding.message
+    faithfulness = [p["faithfulness"] for p in evidence["curve"]]
+    assert faithfulness[-1] == pytest.approx(1.0) and faithfulness[0] == pytest.approx(0.0, abs=1e-6)
+    assert all(set(p) >= {"size", "units", "faithfulness", "random"} for p in evidence["curve"])

@@ -9,6 +9,7 @@ import torch
 
 from ..context import AuditContext
 from ..findings import Measurement
+from ..techniques.connected_circuits import connected_circuit, random_like
 from ..techniques.node_ablation import behaviour_under_ablation, curve_area, distance, faithfulness
 from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
 from .circuit_common import (
@@ -29,13 +30,21 @@ SIZES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 DOCS = RuleDocs(
     summary="The circuit alone does not reproduce the behaviour: no compact mechanism explains it.",
     what="""
-The circuit is the top `circuit_fraction` of hidden units by R301's node score. Every unit outside it is
-ablated (mean ablation by default) and the behaviour measured: faithfulness f(C) = (m(C) - m(empty)) /
-(m(M) - m(empty)), where M is the full model and `empty` has every hidden unit ablated. The finding fails
-when f(C) is below `min_faithfulness` (reported as `unfaithfulness = 1 - f(C)` against `1 -
-min_faithfulness`). Evidence: completeness f(M without C) (low is better: the behaviour needs the circuit),
-each circuit unit's minimality contribution f(C) - f(C without it), the faithfulness-versus-size curve and
-its area (as in MIB), and random circuits of the same size for comparison.
+The circuit is a subgraph, built as ACDC and edge attribution patching build theirs: R301's edges are added
+strongest first, and a hidden unit joins the circuit only when it lies on a path of kept edges from the inputs
+(the input nodes, or the first audited layer's units) to the last audited layer; the fewest edges whose path
+units reach `circuit_fraction` of the hidden units make the circuit (it may hold a unit or two more). Where some
+audited layers are joined by no scored edge (R301's `unconnected_layers`), no path exists and the circuit is the
+top units by node score instead (evidence `construction`). Every unit outside it is ablated (mean ablation by
+default) and the behaviour measured: faithfulness f(C) = (m(C) - m(empty)) / (m(M) - m(empty)), where M is the
+full model and `empty` has every hidden unit ablated. The finding fails when f(C) is below `min_faithfulness`
+(reported as `unfaithfulness = 1 - f(C)` against `1 - min_faithfulness`), and always shows random circuits with
+as many units in each layer beside it. Evidence: completeness f(M without C) (low is better: the behaviour needs
+the circuit), each circuit unit's minimality contribution f(C) - f(C without it), the faithfulness-versus-size
+curve (connected circuits of 0-100% of the units, each with a random circuit of the same size and layers) and
+its area (as in MIB), and the smallest circuit on the curve that reaches `min_faithfulness`
+(`smallest_faithful_units`), so that a distributed mechanism reads "needs 75% of the units", not only "fails at
+30%".
 With pairs, the behaviour must first be present: its clean-minus-corrupted gap must exceed 3 standard errors of
 the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
 faithfulness is computed (`induction-control`). The unfaithfulness carries a 95% bootstrap interval over the
@@ -54,7 +63,12 @@ f = 1.00 at 30% of the units, random circuits of that size 0.00, completeness 0.
 dense CNN, the logit of class 7 needs most of its 56 units: f = 0.21 (shortcut model) and 0.30 (control) at
 30%, 0.64 and 0.51 at 50%, 1.00 and 0.94 at 75%; this rule reports that as not compact. The default
 threshold 0.8 at 30% is the one the issue sets; lower it or raise `circuit_fraction` for models known to be
-distributed.
+distributed. Top units by node score are not a circuit where importance is spread: on a network whose 4 first-
+layer units each carry a quarter of the behaviour and 16 second-layer units a sixteenth each, the top 20% by
+score are the 4 first-layer units, which recover 0% (every second-layer unit ablated); the connected circuit of
+that size holds units of both layers and recovers 5% (random circuits of the same layers: 4%), and the curve
+shows the behaviour needs all 20 units (`tests/test_recomposition.py`). Cost: per audit 2 + `random_circuits` +
+16 (the curve and its random twins) + `minimality_nodes` ablated forward passes over `samples`.
 """,
     fix="""
 Declare a narrower behaviour (one class, a logit difference on counterfactual pairs), audit the layers
@@ -92,6 +106,9 @@ class CircuitFaithfulnessEvidence(TypedDict, total=False):
     gap_against: str
     presence: dict
     completeness: float
+    construction: str
+    smallest_faithful_size: float
+    smallest_faithful_units: int
     curve: list
     curve_area: float
     faithfulness: float
@@ -111,7 +128,6 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     values = mean_values(context)
     if params.ablation == "zero":
         values = {name: torch.zeros_like(v) for name, v in values.items()}
-    ranked = sorted(nodes, key=lambda n: -abs(scores.nodes.get(n, 0.0)))
 
     def m(ablate: list[str]) -> torch.Tensor:
         return behaviour_under_ablation(context.view, problem.inputs, problem.targets, problem.behaviour, ablate,
@@ -127,31 +143,47 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):
         return [not_carried(rule, problem, span, "unfaithfulness", 1.0 - params.min_faithfulness)]
+    generator = torch.Generator().manual_seed(context.seed)
+
+    def circuit_of(fraction: float) -> list[str]:
+        return connected_circuit(scores, nodes, round(fraction * len(nodes)))[0]
+
     size = max(1, round(params.circuit_fraction * len(nodes)))
-    circuit = set(ranked[:size])
+    ranked_circuit, from_paths = connected_circuit(scores, nodes, size)
+    circuit = set(ranked_circuit)
     m_circuit = m([n for n in nodes if n not in circuit])
     f_circuit = faithfulness(m_circuit, m_model, m_empty)
-    completeness = faithfulness(m(sorted(circuit)), m_model, m_empty)  # f(M \ C): the model without the circuit
-    curve = [(fraction, f(set(ranked[:round(fraction * len(nodes))]))) for fraction in SIZES]
-    generator = torch.Generator().manual_seed(context.seed)
-    random_f = [f({nodes[i] for i in torch.randperm(len(nodes), generator=generator)[:size].tolist()})
-                for _ in range(params.random_circuits)]
-    minimality = [{"component": node, "contribution": f_circuit - f(circuit - {node})}
-                  for node in ranked[:min(size, params.minimality_nodes)]]
     if f_circuit != f_circuit:  # nan: the behaviour does not change when everything is ablated
         raise ValueError("the behaviour is the same with every unit ablated: nothing for a circuit to explain")
+    completeness = faithfulness(m(sorted(circuit)), m_model, m_empty)  # f(M \ C): the model without the circuit
+    random_f = [f(random_like(ranked_circuit, nodes, scores.node_layer, generator))
+                for _ in range(params.random_circuits)]
+    curve = []
+    for fraction in SIZES:
+        members = circuit_of(fraction)
+        curve.append({"size": len(members) / len(nodes), "units": len(members), "faithfulness": f(set(members)),
+                      "random": f(random_like(members, nodes, scores.node_layer, generator))})
+    smallest = next((point for point in curve if point["faithfulness"] >= params.min_faithfulness), None)
+    minimality = [{"component": node, "contribution": f_circuit - f(circuit - {node})}
+                  for node in ranked_circuit[:min(len(circuit), params.minimality_nodes)]]
+    random_mean = sum(random_f) / len(random_f) if random_f else float("nan")
+    needs = (f"the smallest circuit reaching it has {smallest['units']} units ({smallest['size']:.0%})"
+             if smallest else "no circuit reaches it")
     gap = 1.0 - f_circuit
     return [Measurement(
-        f"the top {size} of {len(nodes)} units ({params.circuit_fraction:.0%}) reproduce {f_circuit:.0%} of the "
-        f"{problem.description} (random circuits of that size: "
-        f"{sum(random_f) / len(random_f) if random_f else float('nan'):.0%}); at least "
-        f"{params.min_faithfulness:.0%} required",
+        f"the {'connected ' if from_paths else ''}circuit of {len(circuit)} of {len(nodes)} units "
+        f"({len(circuit) / len(nodes):.0%}) reproduces {f_circuit:.0%} of the {problem.description} (random "
+        f"circuits of that size and layers: {random_mean:.0%}); {params.min_faithfulness:.0%} required: {needs}",
         metric="unfaithfulness", value=gap, threshold=1.0 - params.min_faithfulness,
         interval=bootstrap_ratio_of_mean_distances((m_circuit, m_model), (m_empty, m_model), seed=context.seed),
-        evidence={"faithfulness": f_circuit, "completeness": completeness, "circuit_size": size,
+        evidence={"faithfulness": f_circuit, "completeness": completeness, "circuit_size": len(circuit),
                   "candidate_units": len(nodes), "m_model": float(m_model.mean()), "m_empty": float(m_empty.mean()),
-                  "random_faithfulness": random_f, "circuit": sorted(circuit, key=ranked.index),
-                  "curve": [{"size": s, "faithfulness": v} for s, v in curve],
-                  "curve_area": curve_area(list(SIZES), [v for _, v in curve]),
+                  "random_faithfulness": random_f, "circuit": ranked_circuit,
+                  "construction": "edges on input-to-output paths" if from_paths else
+                  "top nodes by score (some audited layers are not joined by scored edges)",
+                  "curve": curve, "curve_area": curve_area([p["size"] for p in curve],
+                                                           [p["faithfulness"] for p in curve]),
+                  "smallest_faithful_size": smallest["size"] if smallest else None,
+                  "smallest_faithful_units": smallest["units"] if smallest else None,
                   "minimality": minimality, "ablation": params.ablation},
     )]
