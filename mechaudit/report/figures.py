@@ -120,7 +120,51 @@ def dead_units_figures(finding: dict, prefix: str) -> list[Figure]:
 
 
 def forbidden_input_figures(finding: dict, prefix: str) -> list[Figure]:
-    """L201: attribution share inside the region and flip rate, per predicted class, against the region's area."""
+    """L201: reliance per predicted class (the attribution-ratio finding) and the what-if edit (the flip-rate
+    finding, when it carries one)."""
+    return _reliance_figures(finding, prefix) + _what_if_figures(finding, prefix)
+
+
+def _what_if_figures(finding: dict, prefix: str) -> list[Figure]:
+    """L201's what-if edit: flip rate and accuracy without the region, before and after erasing the region's
+    direction at each hidden layer (held-out samples)."""
+    edit = finding["evidence"].get("what_if")
+    if not isinstance(edit, dict) or not _rows(edit.get("layers"), ("layer", "after")) or not edit["layers"]:
+        return []
+    before = edit.get("before") or {}
+    metrics = [(key, text) for key, text in (("flip_rate", "predictions flipped without region"),
+                                             ("accuracy_region_removed", "accuracy without region"))
+               if _number(before.get(key))]
+    if not metrics:
+        return []
+    labels = ["before"] + [short_label(row["layer"], 16) + (" *" if row["layer"] == edit.get("best") else "")
+                           for row in edit["layers"]]
+
+    def draw(figure: Any) -> None:
+        axes = figure.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+        for ax, (key, text) in zip(axes, metrics):
+            values = [before[key]] + [row["after"].get(key) or 0 for row in edit["layers"]]
+            colors = [NEUTRAL_COLOR] + [FAIL_COLOR if key == "flip_rate" else PASS_COLOR] * len(edit["layers"])
+            y = range(len(values))
+            ax.barh(y, values, color=colors)
+            for i, value in enumerate(values):
+                ax.annotate(f"{value:.1%}", (value, i), xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=7)
+            ax.set_yticks(list(y), labels)
+            ax.set_xlim(0, 1.15)
+            ax.set_xlabel(text)
+        axes[0].invert_yaxis()
+        _title(figure, "What if the region's direction were erased at one layer")
+
+    caption = (f"Before: the model as it is; each other bar: its direction erased at that layer (a simulation, "
+               f"not a retrained model), measured on {edit.get('evaluated_samples')} held-out samples; * marks the "
+               f"recommended layer (lowest flip rate whose accuracy cost is at most "
+               f"{edit.get('max_accuracy_cost', 0):.0%}).")
+    return [Figure(f"{prefix}-what-if.svg", "What-if edit", caption,
+                   render_svg(prefix + "-what-if", draw, (6.4, 1.1 + 0.25 * len(labels))))]
+
+
+def _reliance_figures(finding: dict, prefix: str) -> list[Figure]:
     evidence = finding["evidence"]
     rows, area = evidence.get("per_class"), evidence.get("mask_area_share")
     if not _rows(rows, ("predicted_class", "attribution_share_in_mask", "flip_rate")) or not _number(area):
