@@ -75,3 +75,18 @@ def test_an_example_bundle_carries_no_absolute_path_of_the_machine(tmp_path: Pat
     meta = json.loads(files["findings.json"])["metadata"]
     for group in ("model", "data"):
         assert all(not re.match(r"^(/|[A-Za-z]:\\\\)", key) for key in meta[group]["sha256"]), meta[group]
+
+
+def test_heatmaps_show_where_the_model_looks_with_the_region_outlined() -> None:
+    result = example_result("digits")
+    ratio = next(f for f in result.findings if f.rule_id == "L201" and f.metric == "attribution_ratio")
+    maps = ratio.evidence["attribution_maps"]
+    assert len(maps["mean_per_class"]) == len(maps["classes"]) and maps["samples"]
+    assert tuple(maps["mask"].shape) == (8, 8) and float(maps["mask"].sum()) > 0  # pooled no finer than the input
+    # class 7 (the planted shortcut) puts a larger share of its mean map inside the mask than the pooled classes
+    seven = maps["mean_per_class"][maps["classes"].index("7")]
+    share = lambda m: float((m * maps["mask"]).sum() / m.sum())  # noqa: E731
+    assert share(seven) > 2 * sum(share(m) for m in maps["mean_per_class"]) / len(maps["mean_per_class"])
+    figure = next(f for f in build_document(result).figures if f.name.endswith("-heatmaps.svg"))
+    assert "<image" not in figure.svg and "outline" in figure.caption  # vector cells: nothing for the PDF to fetch
+    assert "mean_per_class" not in render_html(result)  # drawn, never dumped as JSON

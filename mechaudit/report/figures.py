@@ -122,7 +122,39 @@ def dead_units_figures(finding: dict, prefix: str) -> list[Figure]:
 def forbidden_input_figures(finding: dict, prefix: str) -> list[Figure]:
     """L201: reliance per predicted class (the attribution-ratio finding) and the what-if edit (the flip-rate
     finding, when it carries one)."""
-    return _reliance_figures(finding, prefix) + _what_if_figures(finding, prefix)
+    return _reliance_figures(finding, prefix) + _heatmap_figures(finding, prefix) + _what_if_figures(finding, prefix)
+
+
+def _heatmap_figures(finding: dict, prefix: str) -> list[Figure]:
+    """L201 on images: where the model looks, as mean absolute attribution per predicted class and for a few
+    samples, the declared region outlined."""
+    maps = finding["evidence"].get("attribution_maps")
+    if not isinstance(maps, dict) or not isinstance(maps.get("mean_per_class"), list) or not maps["mean_per_class"]:
+        return []
+    panels = [(f"class {c}", m) for c, m in zip(maps["classes"], maps["mean_per_class"])]
+    panels += [(f"sample ({s['predicted_class']})", s["map"]) for s in maps.get("samples") or []]
+    outline = _outline(maps["mask"])
+    region = finding["location"]["component"] if finding.get("location") else "region"
+    columns = min(len(panels), 7)
+    rows = -(-len(panels) // columns)
+
+    def draw(figure: Any) -> None:
+        axes = figure.subplots(rows, columns, squeeze=False)
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for ax, (title, image) in zip(axes.flat, panels):
+            ax.pcolormesh(image, cmap="magma", edgecolors="face", linewidth=0)  # vector: no raster
+            ax.contour(*outline, levels=[0.5], colors="#00e5ff", linewidths=1.2)
+            ax.set_aspect("equal")
+            ax.invert_yaxis()
+            ax.set_title(short_label(title, 22), fontsize=7, fontweight="normal")
+        _title(figure, f"Where the model looks, {short_label(region, TITLE_NAME_CHARS)} outlined")
+
+    caption = (f"Mean absolute attribution ({finding['evidence'].get('method', 'attribution')}, to the predicted "
+               f"class) over the input, per predicted class, then {len(maps.get('samples') or [])} samples where "
+               f"the region is present; brighter is more attribution; the cyan outline is {region}.")
+    return [Figure(f"{prefix}-heatmaps.svg", "Attribution heatmaps", caption,
+                   render_svg(prefix + "-heatmaps", draw, (6.4, 0.4 + 1.05 * rows)))]
 
 
 def _what_if_figures(finding: dict, prefix: str) -> list[Figure]:
@@ -162,6 +194,15 @@ def _what_if_figures(finding: dict, prefix: str) -> list[Figure]:
                f"{edit.get('max_accuracy_cost', 0):.0%}).")
     return [Figure(f"{prefix}-what-if.svg", "What-if edit", caption,
                    render_svg(prefix + "-what-if", draw, (6.4, 1.1 + 0.25 * len(labels))))]
+
+
+def _outline(mask: list) -> tuple:
+    """The mask padded with zeros on cell centres (x, y, z) for ``contour``: a region at the border closes."""
+    import numpy as np
+
+    padded = np.pad(np.asarray(mask, dtype=float), 1)
+    rows, columns = padded.shape
+    return np.arange(columns) - 0.5, np.arange(rows) - 0.5, padded
 
 
 def _reliance_figures(finding: dict, prefix: str) -> list[Figure]:
