@@ -90,3 +90,17 @@ def test_heatmaps_show_where_the_model_looks_with_the_region_outlined() -> None:
     figure = next(f for f in build_document(result).figures if f.name.endswith("-heatmaps.svg"))
     assert "<image" not in figure.svg and "outline" in figure.caption  # vector cells: nothing for the PDF to fetch
     assert "mean_per_class" not in render_html(result)  # drawn, never dumped as JSON
+
+
+def test_the_circuit_reads_from_the_inputs_to_the_behaviour_with_widths_by_score() -> None:
+    from mechaudit.report.figures import circuit_figure
+
+    circuit = {"nodes": [{"id": "a:h0", "layer": "a"}, {"id": "b:h1", "layer": "b"}, {"id": "b:h2", "layer": "b"}],
+               "edges": [{"source": "a:h0", "target": "b:h1", "score": 2.0},
+                         {"source": "a:h0", "target": "b:h2", "score": -0.5}],
+               "behaviour": "logit of 7"}
+    figure = circuit_figure(circuit, ["a", "b"], "01-R301-model")
+    assert ">inputs<" in figure.svg and ">logit of 7<" in figure.svg  # the ends, as text (svg.fonttype none)
+    widths = sorted(float(w) for w in re.findall(r"stroke-width: ([\d.]+)", figure.svg))
+    assert widths[-1] > 2 * widths[0]  # the strongest edge is drawn widest
+    assert "widest: 2" in figure.caption

@@ -367,6 +367,8 @@ def circuit_figure(circuit: dict, layer_order: Sequence[str], prefix: str) -> Fi
         for row, node in enumerate(members):
             position[str(node["id"])] = (column, -(row - (len(members) - 1) / 2))
     heaviest = max((abs(_weight(e)) for e in edges), default=0) or 1.0
+    named = circuit.get("behaviour")
+    behaviour = short_label(named if isinstance(named, str) and named else "output", 18)
 
     def draw(figure: Any) -> None:
         ax = figure.subplots()
@@ -376,6 +378,13 @@ def circuit_figure(circuit: dict, layer_order: Sequence[str], prefix: str) -> Fi
                 weight = _weight(edge)
                 ax.plot([start[0], end[0]], [start[1], end[1]], color=PASS_COLOR if weight >= 0 else FAIL_COLOR,
                         linewidth=0.5 + 3 * abs(weight) / heaviest, alpha=0.7, zorder=1)
+        ends = ((-1, "inputs", columns[0]), (len(columns), behaviour, columns[-1]))
+        for x_end, text, members in ends:  # where the circuit reads from and what it computes
+            for node in members:
+                x, y = position[str(node["id"])]
+                ax.plot([x_end, x], [0, y], color=NEUTRAL_COLOR, linestyle=":", linewidth=0.8, zorder=0)
+            ax.annotate(text, (x_end, 0), ha="center", va="center", fontsize=7,
+                        bbox={"boxstyle": "round", "facecolor": "#f0f1f4", "edgecolor": NEUTRAL_COLOR})
         for node in nodes:
             x, y = position[str(node["id"])]
             ax.scatter([x], [y], s=160, color="white", edgecolors=LIMIT_COLOR, zorder=2)
@@ -383,14 +392,17 @@ def circuit_figure(circuit: dict, layer_order: Sequence[str], prefix: str) -> Fi
             ax.annotate(text, (x, y), xytext=(0, -13),
                         textcoords="offset points", ha="center", va="top", fontsize=7)
         ax.set_xticks(range(len(columns)), [short_label(_layer_of(m[0]), 18) for m in columns])
+        ax.set_xlim(-1.6, len(columns) + 0.6)
         ax.set_yticks([])
         ax.spines["left"].set_visible(False)
-        ax.margins(x=0.15, y=0.3)
+        ax.margins(y=0.3)
 
     tallest = max(len(m) for m in columns)
     return Figure(f"{prefix}-circuit.svg", "Circuit",
-                  "Nodes are components, one column per layer in forward order (inputs first); edge width is "
-                  "the magnitude of the edge's score, blue positive, red negative."
+                  "Read left to right: the inputs, the components one column per layer in forward order, and the "
+                  "behaviour the circuit computes (dotted lines join them to the first and last layer). Edge width "
+                  f"is proportional to the magnitude of the edge's score (the widest: {heaviest:.3g}), blue positive, "
+                  "red negative."
                   + (f" {circuit['left_out_edges']} weaker edges are left out." if circuit.get("left_out_edges")
                      else ""),
                   render_svg(prefix, draw, (6.4, 1.2 + 0.55 * tallest)))
