@@ -104,3 +104,19 @@ def test_the_circuit_reads_from_the_inputs_to_the_behaviour_with_widths_by_score
     widths = sorted(float(w) for w in re.findall(r"stroke-width: ([\d.]+)", figure.svg))
     assert widths[-1] > 2 * widths[0]  # the strongest edge is drawn widest
     assert "widest: 2" in figure.caption
+
+
+def test_evidence_of_an_unknown_shape_gets_the_generic_story() -> None:
+    from types import SimpleNamespace
+
+    from mechaudit.report.story import stories
+
+    data = {"rule_id": "L201", "status": "fail", "metric": "flip_rate", "value": 0.5, "threshold": None,
+            "message": "half flip", "evidence": {"flipped": "many", "what_if": {"layers": [{"layer": 3}]}}}
+    view = SimpleNamespace(data=data, where="input:x", anchor="finding-1", gates=True, check="forbidden_input")
+    rule = SimpleNamespace(name="forbidden-input-reliance", docs={"summary": "Relies on a region."})
+    [story] = stories([view], {"L201": rule})
+    assert story.text == "50.0% of predictions change when it is removed (limit n/a)."  # what is there, no None
+    data.update(metric="attribution_ratio", value=2.0, threshold="three")  # a shape the narrator cannot tell
+    [story] = stories([view], {"L201": rule})
+    assert story.text == "Relies on a region. Half flip."

@@ -48,9 +48,10 @@ def forbidden_input_story(findings: list[dict]) -> list[str]:
     flips = by_metric.get("flip_rate")
     if flips and isinstance(flips.get("value"), (int, float)):
         evidence = flips["evidence"]
-        sentences.append(f"{_pct(flips['value'])} of predictions ({evidence.get('flipped')} of "
-                         f"{evidence.get('samples')}) change when {evidence.get('intervention', 'it is removed')} "
-                         f"(limit {_pct(flips.get('threshold'))}).")
+        counts = (f" ({evidence['flipped']} of {evidence['samples']})" if isinstance(evidence.get("flipped"), int)
+                  and isinstance(evidence.get("samples"), int) else "")
+        sentences.append(f"{_pct(flips['value'])} of predictions{counts} change when "
+                         f"{evidence.get('intervention', 'it is removed')} (limit {_pct(flips.get('threshold'))}).")
         sentences.extend(_what_if_sentences(evidence.get("what_if")))
     return sentences
 
@@ -94,6 +95,14 @@ def generic_story(findings: list[dict], summary: str) -> list[str]:
 NARRATORS: dict[str, Callable[[list[dict]], list[str]]] = {"forbidden_input": forbidden_input_story}
 
 
+def _told(narrator: Callable[[list[dict]], list[str]], findings: list[dict]) -> list[str]:
+    """The narrator's sentences, or none (the generic story then) when the evidence is not the shape it knows."""
+    try:
+        return narrator(findings)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return []
+
+
 def stories(views: list[Any], rules: dict[str, Any]) -> list[Story]:
     """One story per (rule, component) with a failing or errored finding, in the order of the findings.
 
@@ -109,7 +118,7 @@ def stories(views: list[Any], rules: dict[str, Any]) -> list[Story]:
         narrator = NARRATORS.get(members[0].check or "")
         data = [v.data for v in members]
         errored = any(d["status"] == "error" for d in data)
-        sentences = [] if narrator is None or errored else narrator(data)
+        sentences = [] if narrator is None or errored else _told(narrator, data)
         if not sentences:
             summary = (rule.docs or {}).get("summary", "") if rule is not None else ""
             sentences = generic_story(data, summary)
