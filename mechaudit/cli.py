@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import traceback
 from dataclasses import replace
@@ -20,6 +19,7 @@ import click
 from . import __version__
 from .errors import InputError
 from .examples import EXAMPLES, REAL_MODELS, example_spec
+from .portable import portable_command
 from .spec import AuditSpec, DataRef, DataSpec, ModelSpec, load_spec, pyproject_options, validate_options
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -112,7 +112,7 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     audit_spec = _spec_from(spec, example, model_source, weights, data, inputs_key, labels_key, masks, task, flags,
                             base)
     rulebook = load_rulebook(audit_spec.options.rulebook)
-    command = "mechaudit " + shlex.join(sys.argv[1:])
+    command = "mechaudit " + portable_command(sys.argv[1:], Path.cwd())
     result = run_audit(audit_spec, rulebook, progress=not quiet and sys.stderr.isatty() and not os.environ.get("CI"),
                        command=command, baseline=baseline)
     if not _main_rank():  # under torchrun, rank 0 alone writes the bundle and prints

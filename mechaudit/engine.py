@@ -29,10 +29,11 @@ from .loading import AuditData, LoadedModel, load_data, load_model
 from .memory import batch_size_for, halve_batch, report_retries, retried_note
 from .model_view import ModelView
 from .needs import missing_need
+from .portable import relative_keys
 from .precision import cast_forward, dispatched, input_device
 from .rulebook import Rule, Rulebook, load_rulebook
-from .sources import anchor_files, source_locations
-from .spec import AuditSpec
+from .sources import anchor_files, repository_root, source_locations
+from .spec import AuditSpec, project_root
 from .techniques.output_reduction import check_reduction, output_count
 from .torch_attention import without_fast_path
 from .waivers import apply_waivers, load_waivers
@@ -84,8 +85,11 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
         if guard is not None:
             guard.restore()
         _check_outputs(context)  # under torchrun: the sharded outputs, gathered
-    inputs = {"model": {"name": loaded.name, "source": loaded.source, "sha256": loaded.hashes, **conversion},
-              "data": {"sha256": data.hashes, "samples": len(data), "sample_shape": list(data.inputs.shape[1:]),
+    root = project_root(spec.source) if spec.source is not None else repository_root(Path.cwd())
+    inputs = {"model": {"name": loaded.name, "source": loaded.source, "sha256": relative_keys(loaded.hashes, root),
+                        **conversion},
+              "data": {"sha256": relative_keys(data.hashes, root), "samples": len(data),
+                       "sample_shape": list(data.inputs.shape[1:]),
                        "groups": _declared_groups(data)}}
     return context, inputs
 

@@ -27,3 +27,7 @@
   form.hidden = false;
   apply();
 }());
+/* Printing from the browser shows every rule's folded documentation. */
+window.addEventListener("beforeprint", function () {
+  document.querySelectorAll("details").forEach(function (fold) { fold.open = true; });
+});

@@ -114,3 +114,29 @@ def _keep_screenshot(driver, artifacts: Path) -> None:
         for png in artifacts.glob("*.png"):
             shutil.copy(png, target / png.name)
     print(f"\nbrowser screenshots: {artifacts}")
+
+
+@pytest.mark.parametrize("width", [1300, 390])
+def test_no_horizontal_overflow_and_non_empty_figures(page, width: int) -> None:
+    """At a desktop and a phone width (390 px), the page never scrolls sideways and every figure has a size."""
+    driver, url, _, artifacts = page
+    driver.set_window_size(width, 1600)
+    driver.get(url)
+    try:
+        inner = driver.execute_script("return window.innerWidth")
+        assert inner <= width
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= inner
+        wide = driver.execute_script(
+            "return [...document.querySelectorAll('main *')].filter(e => e.getBoundingClientRect().right > "
+            "window.innerWidth + 1 && !e.closest('table.data, table.counts')).map(e => e.tagName + '.' + e.className)"
+            ".slice(0, 5)")
+        assert wide == []
+        sizes = driver.execute_script(
+            "return [...document.querySelectorAll('.evidence-figure svg')].map(s => [s.getBoundingClientRect().width,"
+            " s.getBoundingClientRect().height, s.querySelectorAll('path, text, image').length])")
+        assert sizes and all(w > 50 and h > 30 and n > 0 for w, h, n in sizes), sizes
+        assert [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
+        driver.save_screenshot(str(artifacts / f"report-{width}px.png"))
+    finally:
+        driver.set_window_size(1280, 1600)
+        driver.get(url)

@@ -158,6 +158,32 @@ class ForbiddenInputEvidence(TypedDict, total=False):
     samples: int
     samples_with_region: int
     what_if: dict
+    attribution_maps: dict
+
+
+MAP_SIDE = 32  # attribution maps in the evidence are pooled to at most this many pixels a side
+MAP_SAMPLES = 3
+
+
+def _attribution_maps(attributions: torch.Tensor, mask: torch.Tensor, predictions: torch.Tensor,
+                      present: torch.Tensor, class_name) -> dict | None:
+    """For image inputs (samples, channels, height, width): the mean absolute attribution per predicted class
+    and of a few samples where the region is present (summed over channels, pooled to at most ``MAP_SIDE``
+    pixels a side), with the region's mask; None for other inputs."""
+    if attributions.dim() != 4:
+        return None
+    height, width = attributions.shape[-2:]
+    size = (min(height, MAP_SIDE), min(width, MAP_SIDE))
+
+    def pooled(maps: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(maps.sum(1, keepdim=True).float(), size)[:, 0]
+    maps, region = pooled(attributions), pooled(mask[:1])[0]
+    classes = predictions.unique().tolist()
+    chosen = present.nonzero().flatten()[:MAP_SAMPLES].tolist()
+    return {"classes": [class_name(c) for c in classes],
+            "mean_per_class": [maps[predictions == c].mean(0) for c in classes],
+            "samples": [{"predicted_class": class_name(int(predictions[i])), "map": maps[i]} for i in chosen],
+            "mask": region}
 
 
 @register("forbidden_input", ForbiddenInputParams, needs=("regions", "classification", "real_inputs"), rule=RULE,
@@ -190,6 +216,10 @@ def forbidden_input(context: AuditContext, rule) -> list[Measurement]:
                     "aggregation": "worst predicted class, over samples where the region differs from the baseline "
                                    "(attribution mass in the region / total mass, over the region's area)",
                     "per_class": rows, "baseline": baseline.describe(), **trust}
+        present = ((inputs - baseline.fill(inputs)) * region.mask).flatten(1).abs().sum(1) > 0
+        maps = _attribution_maps(attributions, region.mask, predictions, present, context.class_name)
+        if maps is not None:
+            evidence["attribution_maps"] = maps
         if region.column is not None:
             evidence["column"] = context.data.feature_names[region.column] if context.data.feature_names else None
         worst = max(rows, key=lambda r: r["attribution_ratio"] if r["eligible"] else -1.0, default=None)

@@ -18,6 +18,7 @@ from typing import Any
 from ..findings import FAMILIES, SEVERITIES, STATUSES, AuditResult, severity_rank
 from .figures import DRAWERS, Figure, circuit_figure, slug
 from .json_report import result_to_dict
+from .story import Story, stories
 
 CIRCUIT, DICTIONARY, CAVEATS, TRACEBACK = "circuit", "semantic_dictionary", "caveats", "traceback"
 #: The evidence of a finding that rests on attributions: the sanity verdict on its method (``status`` passed /
@@ -148,6 +149,7 @@ class Document:
     circuits: list[tuple[FindingView, dict, Figure | None]]
     dictionaries: list[tuple[FindingView, list]]
     figures: list[Figure]
+    stories: list[Story] = field(default_factory=list)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -177,6 +179,23 @@ class Document:
         """The findings located in ``layer`` (or one of its units) that failed or errored."""
         return [f for f in self.findings
                 if f.data["status"] in ("fail", "error") and (f.data.get("location") or {}).get("layer") == layer]
+
+    @property
+    def passed(self) -> list[tuple[RuleView, FindingView | None]]:
+        """The rules that ran and passed, each with its finding closest to its limit (None when none has one)."""
+        rows = []
+        for rule in self.rules:
+            if rule.status == "pass" and all(f.data["status"] == "pass" for f in rule.findings):
+                measured = [f for f in rule.findings if f.excess is not None]
+                rows.append((rule, max(measured, key=lambda f: f.excess or 0) if measured else None))
+        return rows
+
+    @property
+    def front_circuit(self) -> tuple[FindingView, dict, Figure] | None:
+        """The circuit the front page shows: the first drawn one, preferring a failing finding's."""
+        drawn = [c for c in self.circuits if c[2] is not None]
+        drawn.sort(key=lambda c: c[0].data["status"] not in ("fail", "error"))
+        return drawn[0] if drawn else None
 
     @property
     def skipped(self) -> list[RuleView]:
@@ -248,7 +267,8 @@ def _build(result: AuditResult, data: dict[str, Any]) -> Document:
         if view.attribution_based and not sanity.passed:
             view.caveats.append(f"attribution-based ({evidence['method']}); attribution sanity {sanity.text}")
     figures = [figure for view in findings for figure in view.figures] + [fig for _, _, fig in circuits if fig]
-    return Document(data, rules, findings, sanity, notes, circuits, dictionaries, figures)
+    told = stories(findings, {rule.id: rule for rule in rules})
+    return Document(data, rules, findings, sanity, notes, circuits, dictionaries, figures, told)
 
 
 def _finding_view(index: int, data: dict, result: AuditResult, declared: dict) -> FindingView:

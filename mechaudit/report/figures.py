@@ -120,7 +120,92 @@ def dead_units_figures(finding: dict, prefix: str) -> list[Figure]:
 
 
 def forbidden_input_figures(finding: dict, prefix: str) -> list[Figure]:
-    """L201: attribution share inside the region and flip rate, per predicted class, against the region's area."""
+    """L201: reliance per predicted class (the attribution-ratio finding) and the what-if edit (the flip-rate
+    finding, when it carries one)."""
+    return _reliance_figures(finding, prefix) + _heatmap_figures(finding, prefix) + _what_if_figures(finding, prefix)
+
+
+def _heatmap_figures(finding: dict, prefix: str) -> list[Figure]:
+    """L201 on images: where the model looks, as mean absolute attribution per predicted class and for a few
+    samples, the declared region outlined."""
+    maps = finding["evidence"].get("attribution_maps")
+    if not isinstance(maps, dict) or not isinstance(maps.get("mean_per_class"), list) or not maps["mean_per_class"]:
+        return []
+    panels = [(f"class {c}", m) for c, m in zip(maps["classes"], maps["mean_per_class"])]
+    panels += [(f"sample ({s['predicted_class']})", s["map"]) for s in maps.get("samples") or []]
+    outline = _outline(maps["mask"])
+    region = finding["location"]["component"] if finding.get("location") else "region"
+    columns = min(len(panels), 7)
+    rows = -(-len(panels) // columns)
+
+    def draw(figure: Any) -> None:
+        axes = figure.subplots(rows, columns, squeeze=False)
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for ax, (title, image) in zip(axes.flat, panels):
+            ax.pcolormesh(image, cmap="magma", edgecolors="face", linewidth=0)  # vector: no raster
+            ax.contour(*outline, levels=[0.5], colors="#00e5ff", linewidths=1.2)
+            ax.set_aspect("equal")
+            ax.invert_yaxis()
+            ax.set_title(short_label(title, 22), fontsize=7, fontweight="normal")
+        _title(figure, f"Where the model looks, {short_label(region, TITLE_NAME_CHARS)} outlined")
+
+    caption = (f"Mean absolute attribution ({finding['evidence'].get('method', 'attribution')}, to the predicted "
+               f"class) over the input, per predicted class, then {len(maps.get('samples') or [])} samples where "
+               f"the region is present; brighter is more attribution; the cyan outline is {region}.")
+    return [Figure(f"{prefix}-heatmaps.svg", "Attribution heatmaps", caption,
+                   render_svg(prefix + "-heatmaps", draw, (6.4, 0.4 + 1.05 * rows)))]
+
+
+def _what_if_figures(finding: dict, prefix: str) -> list[Figure]:
+    """L201's what-if edit: flip rate and accuracy without the region, before and after erasing the region's
+    direction at each hidden layer (held-out samples)."""
+    edit = finding["evidence"].get("what_if")
+    if not isinstance(edit, dict) or not _rows(edit.get("layers"), ("layer", "after")) or not edit["layers"]:
+        return []
+    before = edit.get("before") or {}
+    metrics = [(key, text) for key, text in (("flip_rate", "predictions flipped without region"),
+                                             ("accuracy_region_removed", "accuracy without region"))
+               if _number(before.get(key))]
+    if not metrics:
+        return []
+    labels = ["before"] + [short_label(row["layer"], 16) + (" *" if row["layer"] == edit.get("best") else "")
+                           for row in edit["layers"]]
+
+    def draw(figure: Any) -> None:
+        axes = figure.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+        for ax, (key, text) in zip(axes, metrics):
+            values = [before[key]] + [row["after"].get(key) or 0 for row in edit["layers"]]
+            colors = [NEUTRAL_COLOR] + [FAIL_COLOR if key == "flip_rate" else PASS_COLOR] * len(edit["layers"])
+            y = range(len(values))
+            ax.barh(y, values, color=colors)
+            for i, value in enumerate(values):
+                ax.annotate(f"{value:.1%}", (value, i), xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=7)
+            ax.set_yticks(list(y), labels)
+            ax.set_xlim(0, 1.15)
+            ax.set_xlabel(text)
+        axes[0].invert_yaxis()
+        _title(figure, "What if the region's direction were erased at one layer")
+
+    caption = (f"Before: the model as it is; each other bar: its direction erased at that layer (a simulation, "
+               f"not a retrained model), measured on {edit.get('evaluated_samples')} held-out samples; * marks the "
+               f"recommended layer (lowest flip rate whose accuracy cost is at most "
+               f"{edit.get('max_accuracy_cost', 0):.0%}).")
+    return [Figure(f"{prefix}-what-if.svg", "What-if edit", caption,
+                   render_svg(prefix + "-what-if", draw, (6.4, 1.1 + 0.25 * len(labels))))]
+
+
+def _outline(mask: list) -> tuple:
+    """The mask padded with zeros on cell centres (x, y, z) for ``contour``: a region at the border closes."""
+    import numpy as np
+
+    padded = np.pad(np.asarray(mask, dtype=float), 1)
+    rows, columns = padded.shape
+    return np.arange(columns) - 0.5, np.arange(rows) - 0.5, padded
+
+
+def _reliance_figures(finding: dict, prefix: str) -> list[Figure]:
     evidence = finding["evidence"]
     rows, area = evidence.get("per_class"), evidence.get("mask_area_share")
     if not _rows(rows, ("predicted_class", "attribution_share_in_mask", "flip_rate")) or not _number(area):
@@ -282,6 +367,8 @@ def circuit_figure(circuit: dict, layer_order: Sequence[str], prefix: str) -> Fi
         for row, node in enumerate(members):
             position[str(node["id"])] = (column, -(row - (len(members) - 1) / 2))
     heaviest = max((abs(_weight(e)) for e in edges), default=0) or 1.0
+    named = circuit.get("behaviour")
+    behaviour = short_label(named if isinstance(named, str) and named else "output", 18)
 
     def draw(figure: Any) -> None:
         ax = figure.subplots()
@@ -291,6 +378,13 @@ def circuit_figure(circuit: dict, layer_order: Sequence[str], prefix: str) -> Fi
                 weight = _weight(edge)
                 ax.plot([start[0], end[0]], [start[1], end[1]], color=PASS_COLOR if weight >= 0 else FAIL_COLOR,
                         linewidth=0.5 + 3 * abs(weight) / heaviest, alpha=0.7, zorder=1)
+        ends = ((-1, "inputs", columns[0]), (len(columns), behaviour, columns[-1]))
+        for x_end, text, members in ends:  # where the circuit reads from and what it computes
+            for node in members:
+                x, y = position[str(node["id"])]
+                ax.plot([x_end, x], [0, y], color=NEUTRAL_COLOR, linestyle=":", linewidth=0.8, zorder=0)
+            ax.annotate(text, (x_end, 0), ha="center", va="center", fontsize=7,
+                        bbox={"boxstyle": "round", "facecolor": "#f0f1f4", "edgecolor": NEUTRAL_COLOR})
         for node in nodes:
             x, y = position[str(node["id"])]
             ax.scatter([x], [y], s=160, color="white", edgecolors=LIMIT_COLOR, zorder=2)
@@ -298,14 +392,17 @@ def circuit_figure(circuit: dict, layer_order: Sequence[str], prefix: str) -> Fi
             ax.annotate(text, (x, y), xytext=(0, -13),
                         textcoords="offset points", ha="center", va="top", fontsize=7)
         ax.set_xticks(range(len(columns)), [short_label(_layer_of(m[0]), 18) for m in columns])
+        ax.set_xlim(-1.6, len(columns) + 0.6)
         ax.set_yticks([])
         ax.spines["left"].set_visible(False)
-        ax.margins(x=0.15, y=0.3)
+        ax.margins(y=0.3)
 
     tallest = max(len(m) for m in columns)
     return Figure(f"{prefix}-circuit.svg", "Circuit",
-                  "Nodes are components, one column per layer in forward order (inputs first); edge width is "
-                  "the magnitude of the edge's score, blue positive, red negative."
+                  "Read left to right: the inputs, the components one column per layer in forward order, and the "
+                  "behaviour the circuit computes (dotted lines join them to the first and last layer). Edge width "
+                  f"is proportional to the magnitude of the edge's score (the widest: {heaviest:.3g}), blue positive, "
+                  "red negative."
                   + (f" {circuit['left_out_edges']} weaker edges are left out." if circuit.get("left_out_edges")
                      else ""),
                   render_svg(prefix, draw, (6.4, 1.2 + 0.55 * tallest)))

@@ -24,6 +24,19 @@ from .document import build_document
 from .evidence import evidence_blocks
 
 MEDIA = ("html", "pdf")
+#: The report's sections in order (HTML and PDF alike): the front (verdict and mechanism), the evidence, then the
+#: appendix. A template under ``templates/sections/<id>.html.j2`` renders each.
+SECTIONS = (
+    ("summary", "Verdict and mechanism"),
+    ("findings", "Evidence per rule"),
+    ("circuit", "Circuit and semantic dictionary"),
+    ("limitations", "Limitations"),
+    ("identity", "Appendix: identity and attestation"),
+    ("scope", "Appendix: intended use and scope"),
+    ("architecture", "Appendix: components audited"),
+    ("method", "Appendix: method and parameters"),
+    ("appendix", "Appendix: reproduce"),
+)
 TEMPLATE = "report.html.j2"
 SCRIPT = "report.js"
 
@@ -46,7 +59,13 @@ def render_report(result: AuditResult, medium: str) -> str:
     script = (data_dir("templates") / SCRIPT).read_text(encoding="utf-8") if medium == "html" else ""
     return environment().get_template(TEMPLATE).render(
         doc=build_document(result), medium=medium, script=Markup(script), csp=content_security_policy(script),
-        evidence_blocks=evidence_blocks)
+        evidence_blocks=evidence_blocks, sections=SECTIONS, section_ref=section_ref)
+
+
+def section_ref(section: str) -> Markup:
+    """A link to a section by id, with its number: ``<a href="#limitations">section 4</a>``."""
+    number = next(i for i, (name, _) in enumerate(SECTIONS, 1) if name == section)
+    return Markup(f'<a href="#{section}">section {number}</a>')
 
 
 def render_html(result: AuditResult) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..findings import AuditResult
+from ..portable import relative_to_root
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = "1.1"
@@ -33,16 +34,8 @@ def manifest_dict(result: AuditResult, files: dict[str, str | bytes], bundle_dir
     if bundle_dir is not None and project_root is not None:
         inputs["root"] = Path(os.path.relpath(project_root.resolve(), bundle_dir.resolve())).as_posix()
     for group in FILE_INPUTS:
-        inputs[group] = {_relative(name, project_root): digest
+        inputs[group] = {relative_to_root(name, project_root): digest
                          for name, digest in sorted(meta[group]["sha256"].items())}
     inputs["rulebook"] = {meta["rulebook"]["name"]: meta["rulebook"]["sha256"]}
     return {"manifest_version": MANIFEST_VERSION, "tool": meta["tool"],
             "files": {name: sha256_bytes(content) for name, content in sorted(files.items())}, "inputs": inputs}
-
-
-def _relative(name: str, root: Path | None) -> str:
-    if root is None or name.startswith("<"):
-        return name
-    path = Path(name)
-    root = root.resolve()
-    return path.relative_to(root).as_posix() if path.is_absolute() and path.is_relative_to(root) else name

@@ -1,0 +1,36 @@
+"""Paths as a bundle records them: relative to the project root, absolute only for what lies outside it.
+
+A report moved to another machine (or a sample report checked into a repository) must not carry the absolute
+paths of the machine that made it; inputs inside the spec's project are recorded relative to its root (the
+nearest ancestor of the spec with ``pyproject.toml`` or ``.git``), like the manifest does.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+
+def relative_to_root(name: str, root: Path | None) -> str:
+    """``name`` relative to ``root`` when it is an absolute path inside it; anything else unchanged."""
+    if root is None or name.startswith("<") or not os.path.isabs(name):
+        return name
+    path, root = Path(name).resolve(), root.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else name
+
+
+def relative_keys(hashes: dict[str, str], root: Path | None) -> dict[str, str]:
+    """A ``{path: digest}`` table keyed relative to ``root`` (see :func:`relative_to_root`)."""
+    return {relative_to_root(name, root): digest for name, digest in hashes.items()}
+
+
+def portable_command(argv: list[str], cwd: Path) -> str:
+    """The command line as a shell string, with absolute paths under ``cwd`` made relative to it (also in
+    ``--opt=/path``), so that it reads the same on every machine that runs it from the project directory."""
+    def part(arg: str) -> str:
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg.split("=", 1)
+            return f"{key}={relative_to_root(value, cwd)}"
+        return relative_to_root(arg, cwd)
+    return shlex.join(part(arg) for arg in argv)
