@@ -129,9 +129,15 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     if params.ablation == "zero":
         values = {name: torch.zeros_like(v) for name, v in values.items()}
 
+    measured: dict[frozenset[str], torch.Tensor] = {}  # the curve's ends and the circuit recur: one pass per set
+
     def m(ablate: list[str]) -> torch.Tensor:
-        return behaviour_under_ablation(context.view, problem.inputs, problem.targets, problem.behaviour, ablate,
-                                        values, context.batch_size, context.device)
+        key = frozenset(ablate)
+        if key not in measured:
+            measured[key] = behaviour_under_ablation(context.view, problem.inputs, problem.targets,
+                                                     problem.behaviour, ablate, values, context.batch_size,
+                                                     context.device)
+        return measured[key]
 
     def f(keep: set[str]) -> float:
         return faithfulness(m([n for n in nodes if n not in keep]), m_model, m_empty)

@@ -201,8 +201,9 @@ def forbidden_input(context: AuditContext, rule) -> list[Measurement]:
     trust = reliability(context, params.method)
     findings = []
     for region in _regions(context, indices):
-        ratio, rows, pooled, ratio_interval = _attribution_ratios(context, region, inputs, predictions, attributions,
-                                                                  params, baseline)
+        present = ((inputs - baseline.fill(inputs)) * region.mask).flatten(1).abs().sum(1) > 0  # differs from baseline
+        ratio, rows, pooled, ratio_interval = _attribution_ratios(context, region, present, predictions, attributions,
+                                                                  params)
         flipped, intervention = _flips(context, region, inputs, predictions, params.max_levels, baseline)
         for row in rows:
             chosen = predictions == row["class_index"]
@@ -216,7 +217,6 @@ def forbidden_input(context: AuditContext, rule) -> list[Measurement]:
                     "aggregation": "worst predicted class, over samples where the region differs from the baseline "
                                    "(attribution mass in the region / total mass, over the region's area)",
                     "per_class": rows, "baseline": baseline.describe(), **trust}
-        present = ((inputs - baseline.fill(inputs)) * region.mask).flatten(1).abs().sum(1) > 0
         maps = _attribution_maps(attributions, region.mask, predictions, present, context.class_name)
         if maps is not None:
             evidence["attribution_maps"] = maps
@@ -280,9 +280,9 @@ def _regions(context: AuditContext, indices: torch.Tensor) -> list[Region]:
     return regions
 
 
-def _attribution_ratios(context: AuditContext, region: Region, inputs: torch.Tensor, predictions: torch.Tensor,
-                        attributions: torch.Tensor, params: ForbiddenInputParams,
-                        baseline: Baseline) -> tuple[float, list[dict], dict, Interval | None]:
+def _attribution_ratios(context: AuditContext, region: Region, present: torch.Tensor, predictions: torch.Tensor,
+                        attributions: torch.Tensor, params: ForbiddenInputParams
+                        ) -> tuple[float, list[dict], dict, Interval | None]:
     """The region's attribution ratio in the predicted class that relies on it most, the per-class table, the
     pooled figures and the ratio's bootstrap interval over the samples (the worst class chosen anew in each).
 
@@ -292,13 +292,12 @@ def _attribution_ratios(context: AuditContext, region: Region, inputs: torch.Ten
     attribution mass over the total, divided by the region's share of the input), so that samples with large
     attributions weigh more than near-zero ones; the worst class with at least ``min_class_samples`` such
     samples sets the value, because a shortcut is usually tied to one class and averaging over classes that
-    ignore the region hides it."""
-    present = ((inputs - baseline.fill(inputs)) * region.mask).flatten(1).abs().sum(1) > 0
+    ignore the region hides it. ``present`` marks the samples where the region differs from the baseline."""
     inside = (attributions * region.mask).flatten(1).sum(1)
     total = attributions.flatten(1).sum(1)
     area = region.mask.flatten(1).mean(1)
 
-    ones = torch.ones(len(inputs))
+    ones = torch.ones(len(present))
 
     def ratio(chosen: torch.Tensor, weight: torch.Tensor = ones) -> tuple[float, float]:
         """The mass-weighted ratio over the chosen samples, each counted ``weight`` times (a bootstrap resample)."""
@@ -317,7 +316,7 @@ def _attribution_ratios(context: AuditContext, region: Region, inputs: torch.Ten
         return max(eligible) if eligible else ratio(present, weight)[0]
 
     def resampled(indices: np.ndarray) -> float:
-        return worst(torch.bincount(torch.from_numpy(indices), minlength=len(inputs)).float())
+        return worst(torch.bincount(torch.from_numpy(indices), minlength=len(present)).float())
 
     rows = []
     for cls in classes:
@@ -328,7 +327,7 @@ def _attribution_ratios(context: AuditContext, region: Region, inputs: torch.Ten
                      "attribution_share_in_mask": share, "attribution_ratio": class_ratio,
                      "eligible": int(chosen.sum()) >= params.min_class_samples})
     pooled_ratio, pooled_share = ratio(present)
-    interval = bootstrap(resampled, len(inputs), seed=context.seed, resamples=200)
+    interval = bootstrap(resampled, len(present), seed=context.seed, resamples=200)
     return worst(), rows, {"ratio": pooled_ratio, "share": pooled_share, "samples": int(present.sum())}, interval
 
 
