@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .addresses import parse_address
+
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
 STATUSES: tuple[str, ...] = ("pass", "fail", "error", "skipped")
 FAMILIES = {"D": "decomposition", "L": "localization", "R": "recomposition"}
@@ -35,6 +37,14 @@ class Location:
     @classmethod
     def of_unit(cls, layer: str, unit: str) -> "Location":
         return cls(component=f"{layer}:{unit}", layer=layer, unit=unit)
+
+    @classmethod
+    def of_address(cls, text: str) -> "Location":
+        """The location an address names (:func:`~mechaudit.addresses.parse_address`; ``ValueError`` if none)."""
+        address = parse_address(text)
+        if address.is_input:
+            return cls(component=str(address))
+        return cls.of_layer(address.layer) if address.unit is None else cls.of_unit(address.layer, address.unit)
 
 
 @dataclass

@@ -183,6 +183,35 @@ def presence(context: AuditContext, problem: CircuitProblem, m_model: torch.Tens
     return behaviour_presence(m_model, corrupted)
 
 
+@dataclass
+class References:
+    """What R302 and R304 both start from: the behaviour of the intact model, of the model with every hidden unit
+    mean-ablated, and whether the behaviour is there at all (:func:`presence`)."""
+
+    intact: torch.Tensor
+    all_ablated: torch.Tensor
+    presence: Presence | None
+
+
+def references(context: AuditContext, samples: int) -> References:
+    """The :class:`References` of :func:`circuit_problem` (``samples``), computed once per audit."""
+    return context.shared(REFERENCES, samples)
+
+
+def _references(context: AuditContext, samples: int) -> References:
+    problem = circuit_problem(context, samples)
+
+    def run(ablate: list[str]) -> torch.Tensor:
+        return behaviour_under_ablation(context.view, problem.inputs, problem.targets, problem.behaviour, ablate,
+                                        mean_values(context), context.batch_size, context.device)
+
+    intact = run([])
+    return References(intact, run(hidden_nodes(context)), presence(context, problem, intact))
+
+
+REFERENCES: Artifact[References] = Artifact("circuit_references", _references)
+
+
 def absent_in(found: Presence, problem: CircuitProblem) -> Measurement:
     """:func:`behaviour_absent` for a circuit rule's problem."""
     against = ("clean minus corrupted inputs of the declared pairs" if problem.reference is not None

@@ -20,7 +20,7 @@ from .circuit_common import (
     hidden_nodes,
     mean_values,
     not_carried,
-    presence,
+    references,
 )
 from .registry import RuleDefinition, RuleDocs, param, register
 
@@ -67,8 +67,9 @@ distributed. Top units by node score are not a circuit where importance is sprea
 layer units each carry a quarter of the behaviour and 16 second-layer units a sixteenth each, the top 20% by
 score are the 4 first-layer units, which recover 0% (every second-layer unit ablated); the connected circuit of
 that size holds units of both layers and recovers 5% (random circuits of the same layers: 4%), and the curve
-shows the behaviour needs all 20 units (`tests/test_recomposition.py`). Cost: per audit 2 + `random_circuits` +
-16 (the curve and its random twins) + `minimality_nodes` ablated forward passes over `samples`.
+shows the behaviour needs all 20 units (`tests/test_recomposition.py`). Cost: per audit at most 2 + `random_circuits`
++ 16 (the curve and its random twins) + `minimality_nodes` ablated forward passes over `samples` (each ablated
+set is measured once, and the intact and fully ablated model are shared with R304).
 """,
     fix="""
 Declare a narrower behaviour (one class, a logit difference on counterfactual pairs), audit the layers
@@ -129,7 +130,11 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     if params.ablation == "zero":
         values = {name: torch.zeros_like(v) for name, v in values.items()}
 
-    measured: dict[frozenset[str], torch.Tensor] = {}  # the curve's ends and the circuit recur: one pass per set
+    shared = references(context, params.samples)  # with R304: the intact and the mean-ablated model, presence
+    m_model, found = shared.intact, shared.presence
+    measured = {frozenset(): m_model}  # the curve's ends and the circuit recur: one pass per ablated set
+    if params.ablation == "mean":
+        measured[frozenset(nodes)] = shared.all_ablated
 
     def m(ablate: list[str]) -> torch.Tensor:
         key = frozenset(ablate)
@@ -142,8 +147,7 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     def f(keep: set[str]) -> float:
         return faithfulness(m([n for n in nodes if n not in keep]), m_model, m_empty)
 
-    m_model, m_empty = m([]), m(nodes)
-    found = presence(context, problem, m_model)
+    m_empty = m(nodes)
     if found is not None and not found.present:
         return [absent_in(found, problem)]
     span = distance(m_empty, m_model)

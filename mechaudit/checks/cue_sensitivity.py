@@ -97,7 +97,7 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
     table = [{"component": node, "score": scores.nodes[node] / scores.samples,
               "share": scores.nodes[node] / (sum(scores.nodes[n] for n in keep) or 1.0)} for node in result.pathway]
     where = result.pathway[0] if result.pathway else None
-    location = Location.of_unit(*where.split(":", 1)) if where else None
+    location = Location.of_address(where) if where else None
     return [Measurement(
         f"the cue flips {result.total_flip_rate:.1%} of {result.samples} predictions; through "
         f"{len(result.pathway)} component(s) ({', '.join(result.pathway[:3]) or 'none'}) alone it flips "

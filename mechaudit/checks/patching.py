@@ -16,7 +16,6 @@ import torch
 from scipy.stats import spearmanr
 
 from ..activations import model_outputs
-from ..addresses import parse_address
 from ..context import AuditContext
 from ..findings import Location, Measurement
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
@@ -150,11 +149,10 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     agreement = float(spearmanr(estimates, exacts).correlation) if varied else None
     carriers = [row["component"] for row in rows if row["recovered_fraction"] >= params.min_recovered]
     top = rows[0]
-    address = parse_address(top["component"])
     return [Measurement(
         f"patching {top['component']} alone recovers {top['recovered_fraction']:.0%} of the {description}; "
         f"{len(carriers)} component(s) recover at least {params.min_recovered:.0%}",
-        location=Location.of_unit(address.layer, address.unit),
+        location=Location.of_address(top["component"]),
         metric="top_recovered_fraction", value=top["recovered_fraction"],
         evidence={**evidence, "carried": True, "carriers": carriers, "components": rows,
                   "verified": len(rows), "scored": len(components),

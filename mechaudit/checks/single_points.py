@@ -19,7 +19,7 @@ from .circuit_common import (
     hidden_nodes,
     mean_values,
     not_carried,
-    presence,
+    references,
 )
 from .registry import RuleDefinition, RuleDocs, param, register
 
@@ -89,12 +89,18 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     nodes = hidden_nodes(context)
     top = sorted(nodes, key=lambda n: -abs(scores.nodes.get(n, 0.0)))[:params.candidates]
 
-    def m(ablate: tuple[str, ...]) -> torch.Tensor:
-        return behaviour_under_ablation(context.view, problem.inputs, problem.targets, problem.behaviour,
-                                        list(ablate), values, context.batch_size, context.device)
+    shared = references(context, params.samples)
+    m_model, m_empty, found = shared.intact, shared.all_ablated, shared.presence
+    measured = {frozenset(): m_model, frozenset(nodes): m_empty}  # a pair ablated in either order: one pass
 
-    m_model, m_empty = m(()), m(tuple(nodes))
-    found = presence(context, problem, m_model)
+    def m(ablate: tuple[str, ...]) -> torch.Tensor:
+        key = frozenset(ablate)
+        if key not in measured:
+            measured[key] = behaviour_under_ablation(context.view, problem.inputs, problem.targets,
+                                                     problem.behaviour, list(ablate), values, context.batch_size,
+                                                     context.device)
+        return measured[key]
+
     if found is not None and not found.present:
         return [absent_in(found, problem)]
     span = distance(m_empty, m_model)
@@ -119,7 +125,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     failing = [n for n in top if loss[n] > params.max_single_loss]
     findings = [Measurement(
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
-        location=Location.of_unit(*n.split(":", 1)), metric="behaviour_lost", value=loss[n],
+        location=Location.of_address(n), metric="behaviour_lost", value=loss[n],
         threshold=params.max_single_loss, interval=lost_interval(n),
         evidence={"units": table, "backups": [b for b in backups if b["removed"] == n]},
     ) for n in failing]
