@@ -28,7 +28,7 @@ import yaml
 
 from .diff import load_result
 from .errors import InputError
-from .text_safety import markdown_safe
+from .text_safety import markdown_code, markdown_safe
 
 BEGIN = "<!-- mechaudit:begin -->"
 END = "<!-- mechaudit:end -->"
@@ -233,16 +233,17 @@ def section_lines(data: dict[str, Any], hashes: dict[str, str], report: str) -> 
             note = (f" Waived by {wid} ({approver}, until {expires})."
                     if waiver["state"] == "active" else f" Waiver {wid} expired on {expires}.")
         lines.append(f"- **{_one_line(finding['rule_id'])}** {_one_line(name)} {finding['status'].upper()} "
-                     f"[{finding['severity']}] at `{_code(where)}`: {_one_line(finding['message'])}{measured}."
+                     f"[{finding['severity']}] at `{markdown_code(where)}`: {_one_line(finding['message'])}{measured}."
                      f"{note}".replace("  ", " "))
     if len(key) > KEY_FINDINGS:
         lines.append(f"- ... and {len(key) - KEY_FINDINGS} more in the full report.")
     lines += ["", "### Hashes (SHA-256)", "", "| what | SHA-256 |", "| --- | --- |"]
     for path, digest in sorted(meta["model"]["sha256"].items()):
-        lines.append(f"| model `{_code(_basename(path))}` | `{digest}` |")
+        lines.append(f"| model `{markdown_code(_basename(path), table=True)}` | `{digest}` |")
     for path, digest in sorted(meta["data"]["sha256"].items()):
-        lines.append(f"| data `{_code(_basename(path))}` | `{digest}` |")
-    lines.append(f"| rulebook `{_code(meta['rulebook']['name'])}` | `{meta['rulebook']['sha256']}` |")
+        lines.append(f"| data `{markdown_code(_basename(path), table=True)}` | `{digest}` |")
+    rulebook = meta["rulebook"]
+    lines.append(f"| rulebook `{markdown_code(rulebook['name'], table=True)}` | `{rulebook['sha256']}` |")
     for name, digest in hashes.items():
         lines.append(f"| {name} | `{digest}` |")
     lines += ["", (f"Full report: [{report}]({report}). Written by `mechaudit card`; edits between the markers "
@@ -252,11 +253,6 @@ def section_lines(data: dict[str, Any], hashes: dict[str, str], report: str) -> 
 
 def _one_line(text: str) -> str:
     return markdown_safe(str(text).rstrip(". \n"))
-
-
-def _code(text: str) -> str:
-    """``text`` for inside a Markdown code span: one line, no backtick to close the span early."""
-    return " ".join(str(text).split()).replace("`", "'")
 
 
 def _basename(path: str) -> str:

@@ -31,3 +31,11 @@ def markdown_safe(text: str) -> str:
     """``text`` as literal inline Markdown: one line, markup characters backslash-escaped (``<`` too, so no HTML
     comment such as a model card's section marker can be formed)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", terminal_safe(" ".join(str(text).split())))
+
+
+
+def markdown_code(text: str, table: bool = False) -> str:
+    """``text`` for inside a Markdown code span: one line, no backtick to close the span early; in a table cell,
+    pipes escaped too."""
+    text = " ".join(str(text).split()).replace("`", "'")
+    return text.replace("|", "\\|") if table else text

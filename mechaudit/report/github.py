@@ -21,12 +21,13 @@ counts, every finding that did not pass) to the job's summary page.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from ..findings import AuditResult
+from ..findings import AuditResult, severity_rank
+from ..text_safety import markdown_code, markdown_safe
 from ..waivers import describe_waiver
+from .intervals import measured_suffix
 from .json_report import result_to_dict
 from .sarif import LEVELS, physical_location
 
@@ -58,18 +59,15 @@ def _all_annotations(data: dict[str, Any]) -> list[str]:
     """One command per finding that did not pass and per waiver problem, the most severe findings first."""
     locations = data["metadata"].get("locations") or {}
     lines = []
-    order = {"error": 0, "warning": 1, "info": 2}
     failing = [f for f in data["findings"] if f["status"] in ("fail", "error")]
     failing.sort(key=lambda f: ((f.get("waiver") or {}).get("state") == "active", f["status"] != "error",
-                                order[f["severity"]]))
+                                -severity_rank(f["severity"])))
     for finding in failing:
         waiver = finding.get("waiver")
         location = finding.get("location") or {}
         where = location.get("component") or "model"
         title = f"{finding['rule_id']} {finding['status']} at {where}"
-        message = finding["message"]
-        if finding.get("value") is not None and finding.get("threshold") is not None:
-            message += f" ({finding['metric']} {finding['value']:.4g} > threshold {finding['threshold']:.4g})"
+        message = finding["message"] + measured_suffix(finding)
         if waiver and waiver["state"] == "active":
             command, title = "notice", f"{title} (waived)"
             message += f"; {describe_waiver(waiver)}"
@@ -123,8 +121,8 @@ def step_summary(data: dict[str, Any]) -> str:
     meta = data["metadata"]
     verdict = "FAIL" if data["verdict"] == "fail" else "PASS"
     counts = ", ".join(f"{n} {status}" for status, n in data["counts"].items() if n)
-    lines = [f"## mechaudit: {verdict} — {_md(meta['model']['name'])}", "",
-             f"Rulebook `{_md(meta['rulebook']['name'])}`, gate fails on `{data['fail_on']}`"
+    lines = [f"## mechaudit: {verdict} — {markdown_safe(meta['model']['name'])}", "",
+             f"Rulebook `{markdown_safe(meta['rulebook']['name'])}`, gate fails on `{data['fail_on']}`"
              f"{'' if data['complete'] else ' (audit incomplete: a rule errored)'}. Findings: {counts}.", ""]
     failing = [f for f in data["findings"] if f["status"] in ("fail", "error")]
     if failing:
@@ -132,20 +130,10 @@ def step_summary(data: dict[str, Any]) -> str:
         for finding in failing[:SUMMARY_ROWS]:
             waiver = finding.get("waiver") or {}
             status = finding["status"] + (" (waived)" if waiver.get("state") == "active" else "")
-            message = finding["message"]
-            if finding.get("value") is not None and finding.get("threshold") is not None:
-                message += f" ({finding['metric']} {finding['value']:.4g} > threshold {finding['threshold']:.4g})"
+            message = finding["message"] + measured_suffix(finding)
             component = (finding.get("location") or {}).get("component") or "model"
-            lines.append(f"| {finding['rule_id']} | {status} | {finding['severity']} | `{_md(component, code=True)}` "
-                         f"| {_md(message)} |")
+            lines.append(f"| {finding['rule_id']} | {status} | {finding['severity']} | "
+                         f"`{markdown_code(component, table=True)}` | {markdown_safe(message)} |")
         if len(failing) > SUMMARY_ROWS:
             lines.append(f"\n{len(failing) - SUMMARY_ROWS} more in findings.json.")
     return "\n".join(lines) + "\n\n"
-
-
-def _md(text: str, code: bool = False) -> str:
-    """One table cell on one line, pipes escaped; outside code spans, markdown and HTML characters escaped too."""
-    text = " ".join(str(text).split())
-    if code:
-        return text.replace("`", "'").replace("|", "\\|")
-    return re.sub(r"([\\`*_\[\]<>#!|])", r"\\\1", text)

@@ -19,3 +19,12 @@ def interval_text(finding: dict[str, Any]) -> str:
 def comparison(finding: dict[str, Any]) -> str:
     """``>`` when the value is above its threshold, else ``<=`` (an uncertain pass failed by the rulebook is ``<=``)."""
     return ">" if finding["value"] > finding["threshold"] else "<="
+
+
+def measured_suffix(finding: dict[str, Any]) -> str:
+    """`` (metric 0.28 > threshold 0.1; 95% interval ...)`` for a finding with a value and a threshold, else ""."""
+    if finding.get("value") is None or finding.get("threshold") is None:
+        return ""
+    interval = f"; {interval_text(finding)}" if finding.get("interval") else ""
+    return (f" ({finding['metric']} {finding['value']:.4g} {comparison(finding)} threshold "
+            f"{finding['threshold']:.4g}{interval})")

@@ -29,7 +29,7 @@ import re
 from typing import Any
 
 from ..findings import AuditResult
-from .intervals import comparison, interval_text
+from .intervals import measured_suffix
 from .json_report import result_to_dict
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -109,10 +109,7 @@ def _result(finding: dict[str, Any], index: dict[str, int], locations: dict[str,
             baseline: dict[tuple, str] | None) -> dict[str, Any]:
     location = finding.get("location") or {}
     component = location.get("component")
-    message = finding["message"]
-    if finding.get("value") is not None and finding.get("threshold") is not None:
-        message += (f" ({finding['metric']} {finding['value']:.4g} {comparison(finding)} threshold "
-                    f"{finding['threshold']:.4g}{'; ' + interval_text(finding) if finding.get('interval') else ''})")
+    message = finding["message"] + measured_suffix(finding)
     waiver = finding.get("waiver")
     if waiver and waiver["state"] == "expired":
         message += f" [waiver {waiver['id']} expired on {waiver['expires']}; it no longer waives]"
