@@ -63,7 +63,7 @@ def foreign_entry(directory: Path) -> str | None:
     """Why ``directory`` is not replaceable (the first thing in it that a mechaudit bundle does not hold), or None
     when it is empty or a previous bundle."""
     try:
-        entries = _files(directory)
+        entries = present_files(directory, strict=True)
     except OSError as exc:
         return f"cannot be listed: {exc.strerror}"
     if not entries:
@@ -75,10 +75,11 @@ def foreign_entry(directory: Path) -> str | None:
     return f"'{extra[0]}' is not listed in its manifest.json" if extra else None
 
 
-def _files(directory: Path) -> set[str]:
-    """Every file and link under ``directory`` (relative POSIX paths); links to folders are not followed."""
+def present_files(directory: Path, strict: bool = False) -> set[str]:
+    """Every file and link under ``directory`` (relative POSIX paths); links to folders are not followed. ``strict``:
+    a folder that cannot be read raises instead of being passed over."""
     found = set()
-    for root, folders, files in os.walk(directory, onerror=_raise):
+    for root, folders, files in os.walk(directory, onerror=_raise if strict else None):
         links = [name for name in folders if os.path.islink(os.path.join(root, name))]
         found.update((Path(root) / name).relative_to(directory).as_posix() for name in (*files, *links))
     return found

@@ -14,7 +14,6 @@ re-hashed and are noted. A missing or malformed manifest is bad input.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -22,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from .errors import InputError
 from .loading.files import DEFAULT_MAX_BYTES
 from .loading.hashing import sha256_file
+from .output import present_files
 from .report.attestation import STATEMENT
 from .report.manifest import FILE_INPUTS, MANIFEST
 from .spec import project_root
@@ -57,7 +57,7 @@ def verify_bundle(directory: Path, check_inputs: bool = True) -> Verification:
     """Compare ``directory`` with its manifest; raises :class:`InputError` when there is no valid manifest."""
     files, inputs = load_manifest(directory)
     outcome = Verification(directory)
-    present = _present(directory)
+    present = present_files(directory)
     for name, digest in sorted(files.items()):
         path = directory / name
         if name not in present:
@@ -88,16 +88,6 @@ def _check_statement(directory: Path, expected: dict[str, str], outcome: Verific
     for name in sorted(set(expected) | set(subjects)):
         if subjects.get(name) != expected.get(name):
             outcome.problems.append(f"{STATEMENT}: subject {name} does not match the bundle")
-
-
-def _present(directory: Path) -> set[str]:
-    """Every file (and link) under ``directory``, as a relative POSIX path; links to folders are not followed."""
-    found = set()
-    for root, folders, files in os.walk(directory):
-        links = [name for name in folders if os.path.islink(os.path.join(root, name))]
-        for name in (*files, *links):
-            found.add((Path(root) / name).relative_to(directory).as_posix())
-    return found
 
 
 def load_manifest(directory: Path) -> tuple[dict[str, str], dict]:
