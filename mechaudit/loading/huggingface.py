@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..precision import DTYPES
 
 
 def require_transformers():
@@ -73,9 +74,9 @@ def placement(device_map: str | dict | None = None, max_memory: dict | None = No
     and in a ``dtype``; empty when none is given."""
     kwargs: dict = {}
     if dtype is not None:
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise InputError("factory_args.dtype", f"'{dtype}' is not one of float32, bfloat16, float16")
-        kwargs["dtype"] = getattr(torch, dtype)
+        if dtype not in DTYPES:
+            raise InputError("factory_args.dtype", f"'{dtype}' is not one of {', '.join(DTYPES)}")
+        kwargs["dtype"] = DTYPES[dtype]
     if device_map is None:
         if max_memory is not None or offload_folder is not None:
             raise InputError("factory_args", "max_memory and offload_folder need a device_map")

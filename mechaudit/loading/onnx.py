@@ -29,7 +29,7 @@ from ..errors import InputError
 from .files import DEFAULT_MAX_BYTES, check_input_file
 from .hashing import sha256_file
 from .onnx_check import ConversionCheck
-from .onnx_module import prepare_module
+from .onnx_module import expand_batch, prepare_module
 
 INSTALL = 'pip install "mechaudit[onnx]"'
 #: Operators that make the graph's structure depend on data: no module with fixed layers can represent them.
@@ -201,10 +201,7 @@ class Constant:
     batch_dims: tuple[int, ...]
 
     def expanded(self, batch: int) -> torch.Tensor:
-        shape = list(self.value.shape)
-        for dim in self.batch_dims:
-            shape[dim] = batch
-        return self.value.expand(shape)
+        return expand_batch(self.value, self.batch_dims, batch)
 
 
 def _bind(inputs: list[GraphInput], kwargs: dict[str, Any], path: Path,

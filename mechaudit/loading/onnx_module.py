@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 _RESERVED = set(dir(fx.GraphModule)) | {"initializers", "forward_kwargs"}
 
 
+def expand_batch(value: torch.Tensor, batch_dims: tuple[int, ...], batch: int) -> torch.Tensor:
+    """``value`` with its ``batch_dims`` (size 1) expanded to ``batch``, without copying."""
+    shape = list(value.shape)
+    for dim in batch_dims:
+        shape[dim] = batch
+    return value.expand(shape)
+
+
 class BoundInput(nn.Module):
     """A graph input bound to a constant (``forward_kwargs``), sized to the audited batch at every call."""
 
@@ -32,10 +40,7 @@ class BoundInput(nn.Module):
         self.batch_dims = constant.batch_dims
 
     def forward(self, audited: torch.Tensor) -> torch.Tensor:
-        shape = list(self.value.shape)
-        for dim in self.batch_dims:
-            shape[dim] = audited.shape[0]
-        return self.value.expand(shape)
+        return expand_batch(self.value, self.batch_dims, audited.shape[0])
 
 
 def prepare_module(module: fx.GraphModule, proto, audited: GraphInput, extras: list[Constant],
