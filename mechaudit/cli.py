@@ -120,10 +120,8 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     if old is not None:
         result.baseline = _baseline_diff(old, result, baseline, audit_spec.options.tolerance, tolerance)
     if out is not None:
-        from .sources import repository_root
-
         settings = ReportSettings(sarif_keep_waived=sarif_keep_waived, pdf_variant=pdf_variant, bundle_dir=out,
-                                  project_root=repository_root(audit_spec.source or Path.cwd()))
+                                  project_root=result.project_root)
         write_bundle(out, build_bundle(result, chosen, settings), spec)
     if not quiet:  # machine output owns stdout: the summary goes to stderr then
         for line in summary_lines(result, verbose):

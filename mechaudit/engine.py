@@ -32,7 +32,7 @@ from .needs import missing_need
 from .portable import relative_keys
 from .precision import cast_forward, dispatched, input_device
 from .rulebook import Rule, Rulebook, load_rulebook
-from .sources import anchor_files, repository_root, source_locations
+from .sources import anchor_files, source_locations
 from .spec import AuditSpec, project_root
 from .techniques.output_reduction import check_reduction, output_count
 from .torch_attention import without_fast_path
@@ -85,7 +85,7 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
         if guard is not None:
             guard.restore()
         _check_outputs(context)  # under torchrun: the sharded outputs, gathered
-    root = project_root(spec.source) if spec.source is not None else repository_root(Path.cwd())
+    root = project_root(spec.source or Path.cwd())
     inputs = {"model": {"name": loaded.name, "source": loaded.source, "sha256": relative_keys(loaded.hashes, root),
                         **conversion},
               "data": {"sha256": relative_keys(data.hashes, root), "samples": len(data),
@@ -237,7 +237,7 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
     }
     findings = [finding for run in runs for finding in run.findings]
     result = AuditResult(findings, runs, metadata, fail_on=options.fail_on,
-                         attachments=dict(context.attachments))
+                         attachments=dict(context.attachments), project_root=project_root(spec.source or Path.cwd()))
     return apply_waivers(result, waiver_file, today) if waiver_file is not None else result
 
 

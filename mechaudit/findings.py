@@ -164,6 +164,9 @@ class AuditResult:
     baseline: dict[str, Any] | None = None
     #: Binary files rules produced for the output directory (relative path -> bytes), e.g. the dictionaries of D103.
     attachments: dict[str, bytes] = field(default_factory=dict)
+    #: The project the audit's input paths are keyed relative to (the spec's, else the working directory's); not
+    #: written to findings.json. None for a result built by hand: :meth:`save` then takes the working directory's.
+    project_root: Path | None = None
 
     @property
     def gate_failed(self) -> bool:
@@ -195,7 +198,7 @@ class AuditResult:
         statement always) into directory ``out``, atomically, exactly as ``mechaudit audit --out`` does."""
         from .output import write_bundle
         from .report import FORMATS, ReportSettings, build_bundle, check_formats
-        from .sources import repository_root
+        from .spec import project_root
 
         unknown = [name for name in formats if name not in FORMATS]
         if unknown:
@@ -203,7 +206,7 @@ class AuditResult:
         check_formats(tuple(formats))
         out = Path(out)
         settings = ReportSettings(sarif_keep_waived=sarif_keep_waived, pdf_variant=pdf_variant, bundle_dir=out,
-                                  project_root=repository_root(Path.cwd()))
+                                  project_root=self.project_root or project_root(Path.cwd()))
         write_bundle(out, build_bundle(self, tuple(formats), settings))
         return out
 

@@ -15,18 +15,10 @@ from typing import Any
 
 from torch import nn
 
+from .spec import project_root
+
 _HEADER = re.compile(r"^\s*\[\[?\s*(?P<name>[^\[\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*(?P<key>[A-Za-z0-9_\-\"'.]+?)\s*=")
-
-
-def repository_root(start: Path) -> Path:
-    """The nearest directory at or above ``start`` (a file or directory) with ``.git`` or ``pyproject.toml``."""
-    start = start.resolve()
-    first = start if start.is_dir() else start.parent
-    for directory in (first, *first.parents):
-        if (directory / ".git").exists() or (directory / "pyproject.toml").exists():
-            return directory
-    return first
 
 
 def source_locations(spec_file: Path | None, model: nn.Module, layers: list[str], rule_ids: list[str],
@@ -37,7 +29,7 @@ def source_locations(spec_file: Path | None, model: nn.Module, layers: list[str]
 
     ``selectors`` holds the ``select`` / ``extend_select`` in effect, to find the spec line that enabled a rule.
     """
-    root = repository_root(spec_file if spec_file is not None else Path.cwd())
+    root = project_root(spec_file if spec_file is not None else Path.cwd())
     locations: dict[str, Any] = {}
     if spec_file is not None and spec_file.resolve().is_relative_to(root):
         locations["spec"] = _spec_lines(spec_file.resolve(), root, rule_ids, selectors)

@@ -243,12 +243,16 @@ def tool_options(table: Any, source: Path) -> Options:
     return options
 
 
-def project_root(spec_file: Path) -> Path:
-    """The directory a spec's paths must stay inside: the nearest ancestor with pyproject.toml or .git."""
-    for directory in (spec_file.parent, *spec_file.parents):
+def project_root(path: Path) -> Path:
+    """The project ``path`` (a spec or other file, or a directory) lies in: the nearest directory at or above it
+    with pyproject.toml or .git, else the file's own folder. A spec's paths must stay inside it; reports and
+    manifests key paths relative to it."""
+    path = path.resolve()
+    first = path if path.is_dir() else path.parent
+    for directory in (first, *first.parents):
         if (directory / "pyproject.toml").exists() or (directory / ".git").exists():
             return directory
-    return spec_file.parent
+    return first
 
 
 class _PathResolver:

@@ -122,7 +122,7 @@ def _safe_relative(name: str) -> bool:
 
 
 def _check_inputs(directory: Path, inputs: dict, outcome: Verification) -> None:
-    confined = project_root(directory.resolve())
+    confined = project_root(directory.resolve().parent)  # the project the bundle lies in
     root = inputs.get("root")
     base = directory / root if isinstance(root, str) else directory
     for group in FILE_INPUTS:
