@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..findings import FAMILIES, SEVERITIES, STATUSES, AuditResult, severity_rank
+from ..findings import FAMILIES, AuditResult
 from .figures import DRAWERS, Figure, circuit_figure, slug
 from .json_report import result_to_dict
 from .story import Story, stories
@@ -24,8 +24,7 @@ CIRCUIT, DICTIONARY, CAVEATS, TRACEBACK = "circuit", "semantic_dictionary", "cav
 #: The evidence of a finding that rests on attributions: the sanity verdict on its method (``status`` passed /
 #: failed / not checked, the ``rule`` that checked it, a ``note``), see :mod:`mechaudit.checks.attribution_common`.
 SANITY = "attribution_sanity"
-HOOKS = {CIRCUIT: dict, DICTIONARY: list, CAVEATS: list, SANITY: dict}  # evidence keys the report reads, by shape
-HIGHLIGHTS = 3
+HOOKS = {CIRCUIT: dict, DICTIONARY: list, CAVEATS: list}  # evidence with sections of its own, by shape
 HEADER_CHARS = 60
 
 
@@ -81,16 +80,16 @@ class FindingView:
 
     @property
     def attribution_based(self) -> bool:
-        return is_hook(SANITY, self.data["evidence"].get(SANITY))
+        return isinstance(self.data["evidence"].get(SANITY), dict)
 
     @property
     def evidence(self) -> dict[str, Any]:
         """The evidence left for the generic tables: hooks (of their documented shape) have their own sections."""
         return {k: v for k, v in self.data["evidence"].items()
-                if (not is_hook(k, v) or k == SANITY) and k != TRACEBACK}
+                if not is_hook(k, v) and k != TRACEBACK}
 
     @property
-    def in_section_7(self) -> bool:
+    def in_circuit_section(self) -> bool:
         return any(is_hook(k, v) for k, v in self.data["evidence"].items() if k in (CIRCUIT, DICTIONARY))
 
 
@@ -159,21 +158,6 @@ class Document:
     def families(self) -> dict[str, list[RuleView]]:
         """The rules of each family, every family present (an empty one says so in the report)."""
         return {name: [r for r in self.rules if r.family == name] for name in FAMILIES.values()}
-
-    @property
-    def highlights(self) -> list[FindingView]:
-        """The most important findings: those that fail the gate, then by severity and by how far past the limit."""
-        failing = [f for f in self.findings if f.data["status"] in ("fail", "error")]
-        failing.sort(key=lambda f: (not f.gates, -severity_rank(f.data["severity"]), -(f.excess or 0), f.index))
-        return failing[:HIGHLIGHTS]
-
-    @property
-    def severity_counts(self) -> dict[str, dict[str, int]]:
-        """Findings per severity (most severe first) and status."""
-        counts = {sev: {status: 0 for status in STATUSES} for sev in reversed(SEVERITIES)}
-        for finding in self.findings:
-            counts[finding.data["severity"]][finding.data["status"]] += 1
-        return counts
 
     def failing_at(self, layer: str) -> list[FindingView]:
         """The findings located in ``layer`` (or one of its units) that failed or errored."""
