@@ -88,12 +88,17 @@ class Rulebook:
                extend_select: tuple[str, ...] = ()) -> list[Rule]:
         """Rules chosen by id or prefix, as in ruff: ``select`` (default: every rule that is not opt-in) plus
         ``extend_select``, minus ``ignore``. An explicit selector chooses every rule it covers, opt-in or not."""
-        for selector in (*select, *ignore, *extend_select):
-            if selector != "ALL" and not any(rule_id.startswith(selector) for rule_id in self.rules):
-                raise InputError(f"rule selector '{selector}'", f"matches no rule in rulebook '{self.name}'")
+        unmatched = _unmatched((*select, *ignore, *extend_select), self.rules)
+        if unmatched is not None:
+            raise InputError(f"rule selector '{unmatched}'", f"matches no rule in rulebook '{self.name}'")
         chosen = [r for r in self.rules.values()
                   if (_matches(r.id, select) if select else not r.opt_in) or _matches(r.id, extend_select)]
         return [r for r in chosen if not _matches(r.id, ignore)]
+
+
+def _unmatched(selectors: tuple[str, ...] | list[str], rule_ids) -> str | None:
+    """The first selector (an id or prefix; ``ALL`` matches everything) that matches none of ``rule_ids``."""
+    return next((s for s in selectors if s != "ALL" and not any(r.startswith(s) for r in rule_ids)), None)
 
 
 def _matches(rule_id: str, selectors: tuple[str, ...]) -> bool:
@@ -143,9 +148,9 @@ def load_rulebook(name_or_path: str) -> Rulebook:
             raise InputError(f"{where} [rules.{rule_id}]", f"rule id '{rule_id}' must be D, L or R followed by three "
                                                            "digits")
     known = set(defined) | set(tables)
-    for selector in select:
-        if selector != "ALL" and not any(rule_id.startswith(selector) for rule_id in known):
-            raise InputError(f"{where} select", f"'{selector}' matches no rule")
+    unmatched = _unmatched(select, known)
+    if unmatched is not None:
+        raise InputError(f"{where} select", f"'{unmatched}' matches no rule")
     rules = {}
     for rule_id in sorted(known):
         table, at = tables.get(rule_id, {}), f"{where} [rules.{rule_id}]"
