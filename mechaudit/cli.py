@@ -18,7 +18,7 @@ import click
 
 from . import __version__
 from .errors import InputError
-from .examples import EXAMPLES, REAL_MODELS, example_spec
+from .examples import EDIT_EXAMPLES, EXAMPLES, REAL_MODELS, example_spec
 from .portable import portable_command
 from .spec import AuditSpec, DataRef, DataSpec, ModelSpec, load_spec, pyproject_options, validate_options
 
@@ -363,15 +363,33 @@ def card(bundle: Path, model_card: Path, report_url: str | None) -> None:
 @click.option("--example", help="Edit an embedded example's model.")
 @click.option("--suppress", help="Comma-separated unit addresses to suppress (mean output).")
 @click.option("--erase", metavar="REGION", help="A declared input region whose direction is erased (with --layer).")
-@click.option("--layer", help="The Linear layer whose weights take the --erase edit.")
+@click.option("--rome", is_flag=True, help="Rewrite facts (the spec's [[edit.facts]], or --prompt ...) by a rank-one "
+                                           "edit of the MLP layer causal tracing points to (ROME).")
+@click.option("--layer", help="--erase: the Linear layer whose weights take the edit; --rome: the MLP output "
+                              "projection to edit [the layer causal tracing picks].")
+@click.option("--prompt", "fact_prompt", metavar="IDS", help="--rome: a fact's prompt, comma-separated token ids.")
+@click.option("--subject", metavar="IDS", help="--rome: the subject's token ids in the prompt.")
+@click.option("--target-new", type=int, metavar="ID", help="--rome: the attribute token to write.")
+@click.option("--target-true", type=int, metavar="ID", help="--rome: the attribute it replaces [the prediction].")
+@click.option("--paraphrase", multiple=True, metavar="IDS", help="--rome: a paraphrase of the prompt (repeatable).")
+@click.option("--unrelated", multiple=True, metavar="IDS",
+              help="--rome: a prompt that must keep its answer (repeatable) [audit prompts without the subject].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Edited weights (.safetensors).")
-def edit(spec: Path | None, example: str | None, suppress: str | None, erase: str | None, layer: str | None,
-         out: Path) -> None:
-    """Simulate an edit (suppress units, or erase a region's direction at a layer): print before/after metrics and
-    write the edited weights (a simulation, not a retrained model)."""
+def edit(spec: Path | None, example: str | None, suppress: str | None, erase: str | None, rome: bool,
+         layer: str | None, out: Path, **fact) -> None:
+    """Simulate an edit (suppress units, erase a region's direction at a layer, or rewrite facts with --rome):
+    print before/after metrics and write the edited weights (a simulation, not a retrained model)."""
     from .edit_command import NOTICE, edit_model
 
     audit_spec = _spec_from(spec, example, None, None, None, None, None, (), None, {})
+    given = [k for k, v in fact.items() if v not in (None, ())]
+    if rome:
+        if suppress or erase:
+            raise InputError("--rome", "does not combine with --suppress or --erase")
+        _rome(audit_spec, out, layer, fact if given else None)
+        return
+    if given:
+        raise InputError(f"--{given[0].replace('fact_', '').replace('_', '-')}", "goes with --rome")
     report = edit_model(audit_spec, out, list(_csv(suppress) or ()), erase, layer)
     click.echo(f"{NOTICE}: {report['edit']}")
     if "evaluated_samples" in report:
@@ -380,6 +398,38 @@ def edit(spec: Path | None, example: str | None, suppress: str | None, erase: st
         click.echo(f"{key}: {report['before'][key]:.4f} -> {report['after'][key]:.4f} (simulated), "
                    f"{report['after_weights'][key]:.4f} (the edited weights)")
     click.echo(f"wrote {out}")
+
+
+def _rome(audit_spec: AuditSpec, out: Path, layer: str | None, fact: dict | None) -> None:
+    """``edit --rome``: the facts of the spec, or the one on the command line; before / after per fact."""
+    from .edit_command import NOTICE, edit_facts_command
+    from .fact_edit import summary_lines
+    from .spec import EditSpec, parse_fact
+
+    edit = audit_spec.edit or EditSpec()
+    if fact is not None:
+        missing = [o for o, k in (("--prompt", "fact_prompt"), ("--subject", "subject"), ("--target-new", "target_new"))
+                   if fact[k] is None]
+        if missing:
+            raise InputError("--rome", f"a fact on the command line needs --prompt, --subject and --target-new "
+                                       f"(missing {missing[0]})")
+        table = {"prompt": _ids(fact["fact_prompt"], "--prompt"), "subject": _ids(fact["subject"], "--subject"),
+                 "paraphrases": [_ids(p, "--paraphrase") for p in fact["paraphrase"]],
+                 "unrelated": [_ids(p, "--unrelated") for p in fact["unrelated"]]}
+        table.update({k: fact[k] for k in ("target_new", "target_true") if fact[k] is not None})
+        edit = replace(edit, facts=(parse_fact(table, "command line"),))
+    report = edit_facts_command(audit_spec, out, edit, layer)
+    click.echo(f"{NOTICE}: {report['edit']}")
+    for line in summary_lines(report["facts"]):
+        click.echo(line)
+    click.echo(f"wrote {out} and {report['page']}")
+
+
+def _ids(text: str | None, option: str) -> list:
+    """Comma-separated token ids (left as text where not integers, for parse_fact's message)."""
+    if text is None:
+        return []
+    return [int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in text.split(",") if v.strip()]
 
 
 @cli.command()
@@ -404,6 +454,9 @@ def examples() -> None:
     click.echo("\nReal pretrained models (their weights come from a package):")
     for example in REAL_MODELS.values():
         click.echo(f"{example.name:<16} {example.description} Needs: {example.needs}")
+    click.echo("\nModels to edit (mechaudit edit --example NAME):")
+    for example in EDIT_EXAMPLES.values():
+        click.echo(f"{example.name:<16} {example.description}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,22 +1,26 @@
 """``mechaudit edit``: write a what-if edit into a copy of the weights, with before / after on the audit data.
 
-Two edits: units suppressed to their mean output (``--suppress``), or a region's direction erased at a Linear
+Three edits: units suppressed to their mean output (``--suppress``), a region's direction erased at a Linear
 layer (``--erase REGION --layer LAYER``, directional ablation; the direction is estimated on the even-numbered
-audit samples and every figure is measured on the odd-numbered ones)."""
+audit samples and every figure is measured on the odd-numbered ones), or facts rewritten by a rank-one edit of an
+MLP (``--rome``, :mod:`mechaudit.fact_edit`; measured on the fact's prompts, paraphrases and unrelated prompts,
+with an HTML page of its causal traces and measures beside the weights)."""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from .checks.circuit_common import mean_values
 from .engine import prepare
 from .errors import InputError
-from .spec import AuditSpec
+from .spec import AuditSpec, EditSpec
 from .techniques.direction_edit import projected_linear_state
 from .techniques.edits import HeldOut, erased, measure, suppressed_state_dict, what_if_suppressed
 
@@ -87,15 +91,62 @@ def _erase(context, region: str, layer_name: str | None):
     return report, state, f"direction of region '{region}' erased at {layer.name}", measure_edited
 
 
-def _write(state: dict, out: Path, label: str) -> None:
-    """Write atomically: a temporary file in the same directory, renamed into place."""
+def edit_facts_command(spec: AuditSpec, out: Path, edit: EditSpec, layer: str | None = None) -> dict:
+    """Write ``edit``'s facts into a copy of the model (ROME), measure each before and after, and write the
+    weights to ``out`` and the page of traces and measures beside them (``out`` with ``.html``)."""
+    from .fact_edit import edit_facts
+    from .report.edit_figures import edit_page
+
+    if out.suffix != ".safetensors":
+        raise InputError(str(out), "the edited weights are written as .safetensors")
+    if spec.task != "next-token":
+        raise InputError("edit --rome", f"edits facts of a next-token model; the spec's task is '{spec.task}'")
+    context, _ = prepare(spec)
+    inputs = context.data.inputs
+    if inputs.dtype not in (torch.int64, torch.int32):
+        raise InputError("edit --rome", "the audit inputs must be token ids (integers)")
+    key_data = inputs[context.sample_indices()]
+    edited, records = edit_facts(context.model, edit, key_data, inputs, context.device, layer, context.seed)
+    facts = [record.to_dict() for record in records]
+    label = "facts rewritten by a rank-one edit (ROME): " + "; ".join(
+        f"{r['prompt']} -> {r['target_new']} (was {r['target_true']}) at {r['layer']}" for r in facts)
+    report = {"edit": label, "facts": facts, "page": str(out.with_suffix(".html"))}
+    state = {name: tensor.detach().cpu() for name, tensor in edited.state_dict().items()}
+    page = edit_page(spec.model.name, label, facts, NOTICE)
+    _write(state, out, label, {"facts": json.dumps([{k: v for k, v in f.items() if k != "trace"} for f in facts])},
+           extra=(out.with_suffix(".html"), page))
+    return report
+
+
+def _write(state: dict, out: Path, label: str, metadata: dict | None = None,
+           extra: tuple[Path, str] | None = None) -> None:
+    """Write atomically: temporary files in the same directory, renamed into place (``extra``, a text file
+    written beside the weights, first)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(handle)
+    temporaries = []
     try:
-        save_file({k: v.contiguous() for k, v in state.items()}, temporary,
-                  metadata={"mechaudit_edit": NOTICE, "edit": label})
-        os.replace(temporary, out)
+        if extra is not None:
+            page = _temporary(extra[0], temporaries)
+            Path(page).write_text(extra[1], encoding="utf-8")
+        weights = _temporary(out, temporaries)
+        save_file({k: v.contiguous() for k, v in state.items()}, weights,
+                  metadata={"mechaudit_edit": NOTICE, "edit": label, **(metadata or {})})
+        umask = os.umask(0)
+        os.umask(umask)
+        for temporary in temporaries:  # as readable as a plainly created file (mkstemp makes them 0600)
+            os.chmod(temporary, 0o666 & ~umask)
+        if extra is not None:
+            os.replace(page, extra[0])
+        os.replace(weights, out)
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+
+def _temporary(path: Path, created: list[str]) -> str:
+    """A temporary file beside ``path``."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    created.append(temporary)
+    return temporary

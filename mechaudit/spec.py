@@ -110,6 +110,36 @@ class BehaviourSpec:
 
 
 @dataclass(frozen=True)
+class FactSpec:
+    """One fact to edit (``[[edit.facts]]``), prompts as token ids: ``prompt`` ends where the attribute comes,
+    ``subject`` is a run of its tokens, ``target_new`` the attribute token to write; ``target_true`` the one it
+    replaces (default: the model's prediction); ``paraphrases`` measure generalisation; ``unrelated`` prompts
+    measure specificity (default: the audit prompts that do not contain the subject)."""
+
+    prompt: tuple[int, ...]
+    subject: tuple[int, ...]
+    target_new: int
+    target_true: int | None = None
+    paraphrases: tuple[tuple[int, ...], ...] = ()
+    unrelated: tuple[tuple[int, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """``[edit]``: the facts ``mechaudit edit --rome`` writes, and where (module paths; found when not given)."""
+
+    facts: tuple[FactSpec, ...] = ()
+    #: The projection that takes the edit (e.g. ``blocks.0.mlp.2``); default: the layer causal tracing picks.
+    layer: str | None = None
+    #: The token embedding that causal tracing corrupts (default: the largest nn.Embedding).
+    embedding: str | None = None
+    #: The list of blocks (default: the longest ModuleList of identical blocks).
+    blocks: str | None = None
+    #: The MLP output projection inside each block (default: the last linear map of its MLP).
+    projection: str | None = None
+
+
+@dataclass(frozen=True)
 class AuditSpec:
     model: ModelSpec
     data: DataSpec
@@ -122,6 +152,8 @@ class AuditSpec:
     #: Regression with several outputs per sample: how rules that need one value per sample read them, ``"mean"``
     #: or an output index (:mod:`mechaudit.techniques.output_reduction`).
     output: str | int = "mean"
+    #: ``[edit]``: facts for ``mechaudit edit --rome``, or None.
+    edit: EditSpec | None = None
 
 
 _OPTION_TYPES: dict[str, Any] = {
@@ -273,7 +305,7 @@ def load_spec(path: Path, base: Options | None = None) -> AuditSpec:
     """Parse and validate a spec file; paths in it are relative to the file."""
     raw = read_toml(path)
     name = str(path)
-    _check_keys(raw, {"model", "data", "task", "audit", "scope", "behaviour"}, name)
+    _check_keys(raw, {"model", "data", "task", "audit", "scope", "behaviour", "edit"}, name)
     for section in ("model", "data"):
         if section not in raw:
             raise InputError(name, f"missing section [{section}]")
@@ -292,8 +324,9 @@ def load_spec(path: Path, base: Options | None = None) -> AuditSpec:
     if behaviour is not None and behaviour.kind == "output" and task != "regression":
         raise InputError(f"{name} [behaviour].kind", "'output' is a regression model's behaviour; a classifier's "
                                                     "is read from its logits")
+    edit = parse_edit(raw["edit"], f"{name} [edit]") if "edit" in raw else None
     return AuditSpec(model, data, task, class_names, scope, options, source=path.resolve(), behaviour=behaviour,
-                     output=output)
+                     output=output, edit=edit)
 
 
 def _is_path(rulebook: str) -> bool:
@@ -422,3 +455,60 @@ def _parse_task(table: Any, where: str) -> tuple[str, tuple[str, ...], str | int
     if "output" in table and kind != "regression":
         raise InputError(f"{where}.output", "applies to regression only (classifiers are read by their logits)")
     return kind, names, output
+
+
+_FACT_KEYS = {"prompt", "subject", "target_new", "target_true", "paraphrases", "unrelated"}
+
+
+def parse_edit(table: Any, where: str) -> EditSpec:
+    """``[edit]``: module paths (strings) and ``[[edit.facts]]``."""
+    table = _check_keys(table, {"facts", "layer", "embedding", "blocks", "projection"}, where)
+    paths = {key: _typed(table[key], str, f"{where}.{key}") for key in ("layer", "embedding", "blocks", "projection")
+             if key in table}
+    facts = table.get("facts", [])
+    if not isinstance(facts, list):
+        raise InputError(f"{where}.facts", "must be an array of tables ([[edit.facts]])")
+    return EditSpec(tuple(parse_fact(fact, f"{where}.facts[{i}]") for i, fact in enumerate(facts)), **paths)
+
+
+def parse_fact(table: Any, where: str) -> FactSpec:
+    """One ``[[edit.facts]]`` table; the subject must occur in the prompt and in every paraphrase."""
+    table = _check_keys(table, _FACT_KEYS, where)
+    for key in ("prompt", "subject", "target_new"):
+        if key not in table:
+            raise InputError(where, f"missing key '{key}'")
+    prompt, subject = _token_ids(table["prompt"], f"{where}.prompt"), _token_ids(table["subject"], f"{where}.subject")
+    paraphrases = _prompt_list(table.get("paraphrases", []), f"{where}.paraphrases")
+    for label, tokens in (("prompt", prompt), *((f"paraphrases[{i}]", p) for i, p in enumerate(paraphrases))):
+        if subject_end(tokens, subject) is None:
+            raise InputError(f"{where}.{label}", f"does not contain the subject's tokens {list(subject)}")
+    new = _token_id(table["target_new"], f"{where}.target_new")
+    true = _token_id(table["target_true"], f"{where}.target_true") if "target_true" in table else None
+    if true == new:
+        raise InputError(f"{where}.target_new", "is the same token as target_true: nothing to edit")
+    return FactSpec(prompt, subject, new, true, paraphrases,
+                    _prompt_list(table.get("unrelated", []), f"{where}.unrelated"))
+
+
+def subject_end(tokens: tuple[int, ...], subject: tuple[int, ...]) -> int | None:
+    """The position of the subject's last token in ``tokens`` (its last occurrence), or None."""
+    n = len(subject)
+    return next((i + n - 1 for i in range(len(tokens) - n, -1, -1) if tokens[i:i + n] == subject), None)
+
+
+def _token_id(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InputError(where, f"must be a token id (an integer >= 0), not {value!r}")
+    return value
+
+
+def _token_ids(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise InputError(where, f"must be a non-empty list of token ids, not {value!r}")
+    return tuple(_token_id(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+
+def _prompt_list(value: Any, where: str) -> tuple[tuple[int, ...], ...]:
+    if not isinstance(value, list):
+        raise InputError(where, f"must be a list of prompts (lists of token ids), not {value!r}")
+    return tuple(_token_ids(v, f"{where}[{i}]") for i, v in enumerate(value))

@@ -1,5 +1,6 @@
 """Embedded examples, audited with ``--example NAME``: models with a planted mechanism and their controls
-(:data:`EXAMPLES`), and real pretrained models from PyPI packages (:data:`REAL_MODELS`)."""
+(:data:`EXAMPLES`), real pretrained models from PyPI packages (:data:`REAL_MODELS`), and the model that
+``mechaudit edit --rome`` edits (:data:`EDIT_EXAMPLES`)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,20 @@ REAL_MODELS: dict[str, Example] = {
 }
 
 
+#: Examples of ``mechaudit edit`` beyond the audit examples (their model is edited, not audited by the rulebook).
+EDIT_EXAMPLES: dict[str, Example] = {
+    example.name: example
+    for example in (
+        Example("facts", _HERE / "facts" / "facts.toml",
+                "3-block transformer storing 24 synthetic subject -> attribute facts; `mechaudit edit --example "
+                "facts --rome --out edited.safetensors` rewrites one (causal tracing, then ROME)."),
+    )
+}
+
+
 def example_spec(name: str) -> Path:
-    found = EXAMPLES.get(name) or REAL_MODELS.get(name)
+    found = EXAMPLES.get(name) or REAL_MODELS.get(name) or EDIT_EXAMPLES.get(name)
     if found is None:
-        raise InputError(f"--example {name}", f"no such example (available: {', '.join([*EXAMPLES, *REAL_MODELS])})")
+        available = ", ".join([*EXAMPLES, *REAL_MODELS, *EDIT_EXAMPLES])
+        raise InputError(f"--example {name}", f"no such example (available: {available})")
     return found.spec
