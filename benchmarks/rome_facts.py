@@ -24,8 +24,10 @@ from mechaudit.spec import EditSpec, FactSpec
 
 HERE = Path(fact_edit.__file__).parent / "examples" / "facts"
 VARIANTS = {
-    "shipped (norm clamp 4, no penalty, layer by MLP trace)": {},
-    "L2 penalty 1e-3 on v* (the first version)": {"value_penalty": 1e-3},
+    "shipped (layer by the hidden-state trace, norm clamp 4, no penalty)": {},
+    "layer by the MLP-output trace": {"locate_by": "mlp"},
+    "no norm clamp": {"clamp": 0.0},
+    "L2 penalty 1e-3 on v* - W k* (the first version)": {"value_penalty": 1e-3},
     "edit at the last block (control)": {"layer": "blocks.2.mlp.2"},
 }
 
@@ -38,7 +40,7 @@ def main() -> None:
     truth = facts()
     original = fact_edit.rank_one_edit
     for label, variant in VARIANTS.items():
-        options = {k: v for k, v in variant.items() if k != "layer"}
+        options = {k: v for k, v in variant.items() if k not in ("layer", "locate_by")}
         fact_edit.rank_one_edit = functools.partial(original, **options)
         scores, layers = [], Counter()
         for subject in range(SUBJECTS):
@@ -46,7 +48,7 @@ def main() -> None:
             fact = FactSpec(tuple(tokens), tuple(tokens[1:3]), ATTR_BASE + (int(truth[subject]) + 1) % ATTRIBUTES,
                             paraphrases=tuple(tuple(prompt(subject, t)) for t in range(1, TEMPLATES)))
             _, records = fact_edit.edit_facts(model, EditSpec((fact,)), inputs, inputs, torch.device("cpu"),
-                                              variant.get("layer"))
+                                              variant.get("layer"), locate_by=variant.get("locate_by", "hidden"))
             after = records[0].after
             layers[records[0].layer] += 1
             scores.append((after["efficacy"]["predicts_new"], after["generalisation"]["predicts_new"],
