@@ -74,6 +74,21 @@ def test_digits_watermark_is_attackable_and_the_control_is_not(cli, tmp_path) ->
     assert values["digits-control"][0] == "pass" and values["digits-control"][1] < 0.06
 
 
+@pytest.mark.slow  # the unit scan and PGD driving three units of each model at six budgets
+def test_digits_critical_units_are_reachable_and_the_controls_less(cli, tmp_path) -> None:
+    import json
+
+    units = {}
+    for example in ("digits", "digits-control"):
+        out = tmp_path / example
+        cli("audit", "--example", example, "--select", "R305", "--out", out, "-q")
+        findings = json.loads((out / "findings.json").read_text())["findings"]
+        units[example] = [(f["status"], f["value"]) for f in findings if f["evidence"]["target"] == "unit"]
+    assert len(units["digits"]) == 3 and len(units["digits-control"]) == 3
+    assert "fail" in [status for status, _ in units["digits"]] and max(v for _, v in units["digits"]) > 0.1
+    assert all(status == "pass" for status, _ in units["digits-control"])
+
+
 def test_the_report_draws_the_three_curves() -> None:
     from mechaudit.report.figures import weakness_attack_figures
     from mechaudit.report.json_report import result_to_dict
@@ -86,3 +101,63 @@ def test_the_report_draws_the_three_curves() -> None:
     finding = result_to_dict(result)["findings"][0]
     figures = weakness_attack_figures(finding, "r305")
     assert len(figures) == 1 and figures[0].svg.count("<path") >= 3 and "input:tag" in figures[0].caption
+
+
+class _ThroughUnit(nn.Module):
+    """Class 1 when features 1-7 sum above 3.75: through hidden unit ``hidden:u0`` (planted), or through a skip
+    connection while the hidden unit reads feature 0 and feeds nothing (the control)."""
+
+    def __init__(self, through_unit: bool) -> None:
+        super().__init__()
+        self.hidden, self.out, self.skip = nn.Linear(8, 2), nn.Linear(2, 2), nn.Linear(8, 2)
+        with torch.no_grad():
+            for layer in (self.hidden, self.out, self.skip):
+                layer.weight.zero_()
+                layer.bias.zero_()
+            if through_unit:
+                self.hidden.weight[0, 1:], self.hidden.bias[0] = 1.0, -3.5
+                self.out.weight[1, 0], self.out.bias[1] = 4.0, -1.0
+            else:  # the hidden unit reads feature 0, which nothing else uses
+                self.hidden.weight[0, 0], self.hidden.bias[0] = 1.0, -0.5
+                self.skip.weight[1, 1:], self.skip.bias[1] = 4.0, -15.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x))) + self.skip(x)
+
+
+def _unit_audit(model: nn.Module, **rules) -> list:
+    x = torch.rand(200, 8, generator=torch.Generator().manual_seed(0))
+    result = mechaudit.audit(model, x, labels=(x[:, 1:].sum(1) > 3.75).long(), select=["R305"],
+                             rules={"R305": {"epsilons": "0.1,0.5", "steps": 10, "units": 1, **rules}})
+    return result.findings
+
+
+def test_an_attack_that_drives_the_deciding_unit_flips_the_model_that_decides_through_it() -> None:
+    planted, control = _unit_audit(_ThroughUnit(True), units=2), _unit_audit(_ThroughUnit(False), units=2)
+    assert [f.status for f in planted] == ["fail", "fail"] and [f.status for f in control] == ["pass", "pass"]
+    found = {f.location.component: f.evidence for f in planted}
+    assert set(found) == {"hidden:u0", "out:u1"}  # the deciding unit and the logit it writes
+    assert found["hidden:u0"]["ablation_flip_rate"] > 0.2 and found["hidden:u0"]["flip_rates"]["component"][0] > 0.3
+    for finding in control:
+        assert finding.evidence["flip_rates"]["component"] == [0.0, 0.0]  # its hidden unit feeds nothing
+        assert finding.evidence["flip_rates"]["whole_input"][0] > 0.3  # it is as fragile through its input
+
+
+def test_declared_components_are_attacked_together() -> None:
+    findings = _unit_audit(_ThroughUnit(True), units=0, components="hidden:u0, hidden:u1")
+    assert len(findings) == 1 and findings[0].evidence["target"] == "components"
+    assert findings[0].evidence["units"] == ["hidden:u0", "hidden:u1"] and findings[0].status == "fail"
+    bad = _unit_audit(_ThroughUnit(True), units=0, components="hidden")
+    assert [f.status for f in bad] == ["error"] and "must name units" in bad[0].message
+
+
+def test_the_report_draws_the_unit_attack_curves() -> None:
+    from mechaudit.report.figures import weakness_attack_figures
+    from mechaudit.report.json_report import result_to_dict
+
+    x = torch.rand(50, 8, generator=torch.Generator().manual_seed(0))
+    result = mechaudit.audit(_ThroughUnit(True), x, select=["R305"],
+                             rules={"R305": {"epsilons": "0.1,0.5", "steps": 3, "units": 0,
+                                             "components": "hidden:u0"}})
+    figures = weakness_attack_figures(result_to_dict(result)["findings"][0], "r305")
+    assert len(figures) == 1 and figures[0].svg.count("<path") >= 3 and "hidden:u0" in figures[0].caption

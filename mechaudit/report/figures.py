@@ -311,6 +311,9 @@ def weakness_attack_figures(finding: dict, prefix: str) -> list[Figure]:
     epsilons, rates = evidence.get("epsilons"), evidence.get("flip_rates")
     kinds = {"region": ("PGD in the region", FAIL_COLOR), "whole_input": ("PGD on the whole input", NEUTRAL_COLOR),
              "noise": ("noise in the region", PASS_COLOR)}
+    if isinstance(rates, dict) and "component" in rates:  # R305 on units: PGD driving them; noise on the whole input
+        kinds = {"component": ("PGD driving the unit(s)", FAIL_COLOR), "whole_input": kinds["whole_input"],
+                 "noise": ("noise on the whole input", PASS_COLOR)}
     if not _numbers(epsilons) or not isinstance(rates, dict) or not all(
             _numbers(rates.get(k)) and len(rates[k]) == len(epsilons) for k in kinds):
         return []
@@ -334,6 +337,11 @@ def weakness_attack_figures(finding: dict, prefix: str) -> list[Figure]:
     caption = (f"Share of predictions changed by projected gradient descent confined to {region} (red), by the "
                "same attack over the whole input (grey) and by random noise of the same size in the region "
                "(blue), per budget epsilon; the dashed line is the limit, the dotted one the judged budget.")
+    if "component" in kinds:
+        region = ", ".join(map(str, evidence.get("units") or [region]))
+        caption = (f"Share of predictions changed by projected gradient descent that drives {region} towards and "
+                   "past its mean (red), by PGD on the model's output over the whole input (grey) and by random "
+                   "noise of the same size (blue), per budget epsilon; dashed: the limit, dotted: the judged budget.")
     return [Figure(f"{prefix}-attacks.svg", f"Attacks through {region}", caption, render_svg(prefix, draw))]
 
 

@@ -33,32 +33,57 @@ def attack_curves(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, ep
                   seed: int) -> AttackCurves:
     """Flip rates (against the model's own predictions on ``inputs``) of PGD confined to ``mask``, PGD over the
     whole input, and random-sign noise of size epsilon in ``mask``, for each epsilon; inputs stay in ``clip``."""
+    before = model_outputs(model, inputs, batch_size, device).argmax(-1)
+    x, y = inputs.detach().cpu().numpy().astype(np.float32), before.cpu().numpy()
+    region = np.broadcast_to(mask.detach().cpu().numpy().astype(np.float32), x.shape).copy()
+    generator = torch.Generator().manual_seed(seed)
+    rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    flips = _flips(model, before, inputs.dtype, batch_size, device)
+    for eps, attack in _attacks(model, inputs, epsilons, clip, classes, steps, batch_size, device):
+        rates["region"].append(flips(attack.generate(x=x, y=y, mask=region)))
+        rates["whole_input"].append(flips(attack.generate(x=x, y=y)))
+        signs = torch.randint(0, 2, x.shape, generator=generator).numpy().astype(np.float32) * 2 - 1
+        rates["noise"].append(flips(np.clip(x + eps * signs * region, *clip).astype(np.float32)))
+    return AttackCurves(list(epsilons), rates)
+
+
+def untargeted_curves(model: nn.Module, inputs: torch.Tensor, epsilons: list[float], clip: tuple[float, float],
+                      classes: int, steps: int, batch_size: int, device: torch.device, seed: int) -> AttackCurves:
+    """Flip rates of PGD over the whole input (``whole_input``) and of random-sign noise of size epsilon over the
+    whole input (``noise``): what an attack on a component is read against."""
+    before = model_outputs(model, inputs, batch_size, device).argmax(-1)
+    x, y = inputs.detach().cpu().numpy().astype(np.float32), before.cpu().numpy()
+    generator = torch.Generator().manual_seed(seed)
+    rates: dict[str, list[float]] = {"whole_input": [], "noise": []}
+    flips = _flips(model, before, inputs.dtype, batch_size, device)
+    for eps, attack in _attacks(model, inputs, epsilons, clip, classes, steps, batch_size, device):
+        rates["whole_input"].append(flips(attack.generate(x=x, y=y)))
+        signs = torch.randint(0, 2, x.shape, generator=generator).numpy().astype(np.float32) * 2 - 1
+        rates["noise"].append(flips(np.clip(x + eps * signs, *clip).astype(np.float32)))
+    return AttackCurves(list(epsilons), rates)
+
+
+def _flips(model: nn.Module, before: torch.Tensor, dtype: torch.dtype, batch_size: int, device: torch.device):
+    """The share of predictions that ``perturbed`` inputs change from ``before``."""
+    def flips(perturbed) -> float:
+        perturbed = torch.from_numpy(perturbed) if isinstance(perturbed, np.ndarray) else perturbed
+        after = model_outputs(model, perturbed.to(dtype), batch_size, device).argmax(-1)
+        return float((after != before).float().mean())
+    return flips
+
+
+def _attacks(model: nn.Module, inputs: torch.Tensor, epsilons: list[float], clip: tuple[float, float], classes: int,
+             steps: int, batch_size: int, device: torch.device):
+    """``(epsilon, ART's untargeted PGD at that budget)`` for each epsilon: steps of epsilon/4, no random start."""
     try:
         from art.attacks.evasion import ProjectedGradientDescent
         from art.estimators.classification import PyTorchClassifier
     except ImportError:
         raise RuntimeError("attacks need the Adversarial Robustness Toolbox: "
                            "pip install 'mechaudit[attacks]'") from None
-
-    before = model_outputs(model, inputs, batch_size, device).argmax(-1)
     classifier = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(inputs.shape[1:]),
                                    nb_classes=classes, clip_values=clip,
                                    device_type="gpu" if device.type == "cuda" else "cpu")
-    x = inputs.detach().cpu().numpy().astype(np.float32)
-    y = before.cpu().numpy()
-    region = np.broadcast_to(mask.detach().cpu().numpy().astype(np.float32), x.shape).copy()
-    generator = torch.Generator().manual_seed(seed)
-    rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
-
-    def flips(perturbed: np.ndarray) -> float:
-        after = model_outputs(model, torch.from_numpy(perturbed).to(inputs.dtype), batch_size, device).argmax(-1)
-        return float((after != before).float().mean())
-
     for eps in epsilons:
-        attack = ProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=eps / 4, max_iter=steps,
-                                          num_random_init=0, batch_size=batch_size, verbose=False)
-        rates["region"].append(flips(attack.generate(x=x, y=y, mask=region)))
-        rates["whole_input"].append(flips(attack.generate(x=x, y=y)))
-        signs = torch.randint(0, 2, x.shape, generator=generator).numpy().astype(np.float32) * 2 - 1
-        rates["noise"].append(flips(np.clip(x + eps * signs * region, *clip).astype(np.float32)))
-    return AttackCurves(list(epsilons), rates)
+        yield eps, ProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=eps / 4, max_iter=steps,
+                                            num_random_init=0, batch_size=batch_size, verbose=False)
