@@ -10,16 +10,18 @@ token (averaged over the prompts given), ``C`` the second moment of its inputs o
 keep), and ``v*`` the output, found by gradient descent, that makes the model predict the new attribute; as in
 the paper, ``v* - W k*`` is kept within ``clamp`` times the norm of ``W k*``.
 
-Measured on the planted fact model (:mod:`mechaudit.examples.facts`; 24 subjects, each edited to another
-attribute at the layer its trace points to, the first block for 23 of 24): with the paper's norm clamp and no
-other penalty on ``v*``, efficacy 75% (18 of 24 edited prompts predict the new attribute), generalisation to the
-two other phrasings 75%, specificity 100% (the other 23 subjects keep theirs); with an L2 penalty of 1e-3 on
-``v* - W k*`` (the first version) 71%, 54%, 100%. Averaging ``k*`` and ``v*`` over variants of the prompt's
-context (its first token replaced by each other phrasing token, ROME's random prefixes for a model of 5
-positions) gave 71%, 67%, 100%: no gain. The same edit at the last block, where the trace shows no effect: 0%,
-0%, 100%. The subjects whose edit fails do not reach the new attribute even while ``v*`` replaces the MLP output
-during its optimisation: one rank-one update at the subject's last token does not override what the other
-positions (the subject's first token) carry to the prediction.
+Measured on the planted fact model (:mod:`mechaudit.examples.facts`, ``benchmarks/rome_facts.py``: each of its
+24 subjects edited alone to another attribute, at the block whose restored hidden state at the subject's last
+token brings back the most of the true attribute, the first block for 23 of 24): efficacy 71% (17 of 24 edited
+prompts predict the new attribute), generalisation to the two other phrasings 71%, specificity 100% (the other 23
+subjects keep theirs). Variants: the layer picked by the MLP-output trace instead, 62.5%, 62.5%, 100% (it points
+to later blocks for 4 subjects); without the norm clamp, the same as with it; with an L2 penalty of 1e-3 on
+``v* - W k*`` (the first version), 71%, 50%, 100%; the edit at the last block, where the trace shows no effect,
+0%, 0%, 100%. Averaging ``k*`` and ``v*`` over variants of the prompt's context (its first token replaced by each
+other phrasing token, ROME's random prefixes for a model of 5 positions) gave no gain (71%, 67%, 100%, measured
+on the test fixture's weights). The subjects whose edit fails do not reach the new attribute even while ``v*``
+replaces the MLP output during its optimisation: one rank-one update at the subject's last token does not
+override what the other positions (the subject's first token) carry to the prediction.
 """
 
 from __future__ import annotations
