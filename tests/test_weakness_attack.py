@@ -161,3 +161,17 @@ def test_the_report_draws_the_unit_attack_curves() -> None:
                                              "components": "hidden:u0"}})
     figures = weakness_attack_figures(result_to_dict(result)["findings"][0], "r305")
     assert len(figures) == 1 and figures[0].svg.count("<path") >= 3 and "hidden:u0" in figures[0].caption
+
+
+def test_the_compliance_rulebook_gates_on_regions_and_declared_components_not_on_found_units() -> None:
+    x = torch.rand(100, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(8)
+    mask[0] = 1.0
+    fast = {"epsilons": "0.1,0.5", "steps": 5}
+    found = mechaudit.audit(_ThroughUnit(True), x, masks={"tag": mask}, rulebook="compliance", select=["R305"],
+                            rules={"R305": fast})
+    assert [f.evidence["target"] for f in found.findings] == ["region"]  # units = 0 in the compliance rulebook
+    declared = mechaudit.audit(_ThroughUnit(True), x, masks={"tag": mask}, rulebook="compliance", select=["R305"],
+                               rules={"R305": {**fast, "components": "hidden:u0"}})
+    assert [(f.evidence["target"], f.status, f.severity) for f in declared.findings][1] == ("components", "fail",
+                                                                                            "error")
