@@ -106,3 +106,27 @@ def test_bad_rome_options_are_one_line_errors(cli, tmp_path: Path, args: tuple, 
     result = cli("edit", spec, *args, "--out", out)
     assert result.code == 2 and message in result.err and result.err.count("\n") == 1, result.err
     assert not out.exists()
+
+
+def test_the_modules_are_found_on_gpt2_and_a_rank_one_edit_of_its_conv1d_is_the_linear_one() -> None:
+    transformers = pytest.importorskip("transformers")
+    from mechaudit.fact_edit import find_modules
+    from mechaudit.spec import EditSpec
+    from mechaudit.techniques.rome import RankOneEdit
+
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
+                                     eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    modules = find_modules(model, EditSpec())
+    assert modules.embedding[0] == "transformer.wte"
+    assert [name for name, _ in modules.projections] == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
+    conv = modules.projections[0][1]
+    linear = torch.nn.Linear(conv.nx, conv.nf)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.t())
+        linear.bias.copy_(conv.bias)
+    edit = RankOneEdit(torch.randn(conv.nf), torch.randn(conv.nx))
+    edit.apply(conv)
+    edit.apply(linear)
+    x = torch.randn(3, conv.nx)
+    torch.testing.assert_close(conv(x), linear(x))
