@@ -130,3 +130,9 @@ def test_the_modules_are_found_on_gpt2_and_a_rank_one_edit_of_its_conv1d_is_the_
     edit.apply(linear)
     x = torch.randn(3, conv.nx)
     torch.testing.assert_close(conv(x), linear(x))
+
+
+def test_rome_needs_a_next_token_model(cli, tmp_path: Path) -> None:
+    result = cli("edit", "--example", "digits", "--rome", "--prompt", "1,2", "--subject", "1", "--target-new", "3",
+                 "--out", tmp_path / "x.safetensors")
+    assert result.code == 2 and "next-token model" in result.err and result.err.count("\n") == 1

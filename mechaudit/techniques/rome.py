@@ -19,9 +19,11 @@ to later blocks for 4 subjects); without the norm clamp, the same as with it; wi
 ``v* - W k*`` (the first version), 71%, 50%, 100%; the edit at the last block, where the trace shows no effect,
 0%, 0%, 100%. Averaging ``k*`` and ``v*`` over variants of the prompt's context (its first token replaced by each
 other phrasing token, ROME's random prefixes for a model of 5 positions) gave no gain (71%, 67%, 100%, measured
-on the test fixture's weights). The subjects whose edit fails do not reach the new attribute even while ``v*``
-replaces the MLP output during its optimisation: one rank-one update at the subject's last token does not
-override what the other positions (the subject's first token) carry to the prediction.
+on the test fixture's weights), and neither did editing at the subject's first token (58% at the first block).
+Five of the 7 failures ask for attribute 4, which only one of the 24 subjects has in the training facts: the
+edited output ``v*`` does not reach it even while it replaces the MLP output during its optimisation, so what
+fails is the model's capacity to produce a rare attribute from one position, not the choice of ``k*`` or ``C``;
+one (subject 7) is the subject whose trace points to the second block, where no edit takes.
 """
 
 from __future__ import annotations
