@@ -53,14 +53,14 @@ def component_attack(view: ModelView, units: list[tuple[Layer, int]], means: dic
         with installed(view.hook(layer, capture(layer, chosen)) for layer, chosen in by_layer.values()):
             with torch.no_grad():
                 model(clean)
-            signs = {name: torch.where(captured[name] >= _at(means, scales, name, by_layer)[0], 1.0, -1.0)
-                     for name in by_layer}
+            at = {name: tuple(t.to(captured[name].device, captured[name].dtype)
+                              for t in _at(means, scales, name, by_layer)) for name in by_layer}
+            signs = {name: torch.where(captured[name] >= at[name][0], 1.0, -1.0) for name in by_layer}
             x = clean.clone()
             for _ in range(steps):
                 x.requires_grad_(True)
                 model(x)
-                objective = sum((signs[name] * (captured[name] - mean) / scale).sum()
-                                for name, (mean, scale) in ((n, _at(means, scales, n, by_layer)) for n in by_layer))
+                objective = sum((signs[name] * (captured[name] - at[name][0]) / at[name][1]).sum() for name in at)
                 gradient, = torch.autograd.grad(objective, x)
                 with torch.no_grad():
                     x = x - epsilon / 4 * gradient.sign()
