@@ -1,7 +1,7 @@
 """ROME on the embedded fact model: every one of its 24 subjects edited to another attribute (one at a time), with
 CounterFact's measures averaged over the subjects, for the edit as shipped and for variants.
 
-    python benchmarks/rome_facts.py
+    python benchmarks/rome_facts.py [VARIANT INDEX ...]
 
 Prints, per variant: efficacy (share of edited prompts predicting the new attribute), generalisation (share of
 the two other phrasings predicting it), specificity (share of the other subjects' prompts whose prediction is
@@ -11,6 +11,7 @@ unchanged), and the layers the edits went to.
 from __future__ import annotations
 
 import functools
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -28,8 +29,22 @@ VARIANTS = {
     "layer by the MLP-output trace": {"locate_by": "mlp"},
     "no norm clamp": {"clamp": 0.0},
     "L2 penalty 1e-3 on v* - W k* (the first version)": {"value_penalty": 1e-3},
+    "C from 2048 random token sequences (ROME's many-text estimate) instead of the audit prompts":
+        {"key_data": "random"},
+    "C from the prompts cut after the subject (positions 0-2)": {"key_data": "subject"},
     "edit at the last block (control)": {"layer": "blocks.2.mlp.2"},
 }
+
+
+def _key_data(kind: str | None, inputs: torch.Tensor) -> torch.Tensor:
+    """The token ids whose projection inputs estimate C: the audit prompts, random sequences, or the prompts cut
+    after the subject's last token (the subjects' keys and what precedes them)."""
+    if kind == "random":
+        generator = torch.Generator().manual_seed(0)
+        return torch.randint(1, int(inputs.max()) + 1, (2048, inputs.shape[1]), generator=generator)
+    if kind == "subject":
+        return inputs[:, :3]
+    return inputs
 
 
 def main() -> None:
@@ -39,15 +54,19 @@ def main() -> None:
     inputs = torch.from_numpy(np.load(HERE / "audit_data.npz")["inputs"])
     truth = facts()
     original = fact_edit.rank_one_edit
-    for label, variant in VARIANTS.items():
-        options = {k: v for k, v in variant.items() if k not in ("layer", "locate_by")}
+    chosen = [int(i) for i in sys.argv[1:]] or range(len(VARIANTS))
+    for index, (label, variant) in enumerate(VARIANTS.items()):
+        if index not in chosen:
+            continue
+        options = {k: v for k, v in variant.items() if k not in ("layer", "locate_by", "key_data")}
+        keys = _key_data(variant.get("key_data"), inputs)
         fact_edit.rank_one_edit = functools.partial(original, **options)
         scores, layers = [], Counter()
         for subject in range(SUBJECTS):
             tokens = prompt(subject, 0)
             fact = FactSpec(tuple(tokens), tuple(tokens[1:3]), ATTR_BASE + (int(truth[subject]) + 1) % ATTRIBUTES,
                             paraphrases=tuple(tuple(prompt(subject, t)) for t in range(1, TEMPLATES)))
-            _, records = fact_edit.edit_facts(model, EditSpec((fact,)), inputs, inputs, torch.device("cpu"),
+            _, records = fact_edit.edit_facts(model, EditSpec((fact,)), keys, inputs, torch.device("cpu"),
                                               variant.get("layer"), locate_by=variant.get("locate_by", "hidden"))
             after = records[0].after
             layers[records[0].layer] += 1
