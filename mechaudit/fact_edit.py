@@ -18,7 +18,7 @@ from torch import nn
 from . import linear_maps
 from .errors import InputError
 from .spec import EditSpec, FactSpec, subject_end
-from .techniques.rome import causal_trace, last_logits, projection_inputs, rank_one_edit, second_moment
+from .techniques.rome import causal_trace, key_second_moment, last_logits, rank_one_edit
 
 MLP_NAMES = ("mlp", "ffn", "feed_forward", "feedforward", "fc")
 
@@ -58,9 +58,10 @@ def find_modules(model: nn.Module, edit: EditSpec) -> FactModules:
             raise InputError("edit --rome", "the model has no list of identical blocks; name it in [edit].blocks")
         name, blocks_module = max(lists, key=lambda item: len(item[1]))
         blocks = [(f"{name}.{n}", m) for n, m in blocks_module.named_children()]
-    projections = [(f"{name}.{_projection_path(block, edit.projection, name)}",
-                    dict(block.named_modules())[_projection_path(block, edit.projection, name)])
-                   for name, block in blocks]
+    projections = []
+    for name, block in blocks:
+        path = _projection_path(block, edit.projection, name)
+        projections.append((f"{name}.{path}", block.get_submodule(path)))
     return FactModules(embedding, blocks, projections)
 
 
@@ -123,7 +124,7 @@ def edit_facts(model: nn.Module, edit: EditSpec, key_data: torch.Tensor, audit_p
         index = names.index(chosen) if chosen is not None else traces["located"][locate_by]
         name, projection = modules.projections[index]
         if name not in moments:
-            moments[name] = second_moment(projection_inputs(edited, projection, key_data.to(device)))
+            moments[name] = key_second_moment(edited, projection, key_data.to(device))
         rank_one_edit(edited, projection, _tensor([fact.prompt], device), subject_end(fact.prompt, fact.subject),
                       fact.target_new, moment=moments[name]).apply(projection)
         records.append(FactEdit(fact, true, name, traces, {}))

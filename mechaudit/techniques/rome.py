@@ -144,6 +144,19 @@ def second_moment(keys: torch.Tensor, regularisation: float = 1e-2) -> torch.Ten
     return moment + regularisation * torch.eye(len(moment), dtype=torch.float64, device=moment.device)
 
 
+def key_second_moment(model: nn.Module, projection: nn.Module, tokens: torch.Tensor, batch_size: int = 64,
+                      regularisation: float = 1e-2) -> torch.Tensor:
+    """:func:`second_moment` of ``projection``'s inputs at every position of ``tokens``, accumulated over batches
+    of ``batch_size`` sequences (one forward pass per batch, never the whole set at once)."""
+    total, count = None, 0
+    for start in range(0, len(tokens), batch_size):
+        keys = projection_inputs(model, projection, tokens[start:start + batch_size]).flatten(0, -2).double()
+        total = keys.T @ keys if total is None else total + keys.T @ keys
+        count += len(keys)
+    moment = total / count
+    return moment + regularisation * torch.eye(len(moment), dtype=torch.float64, device=moment.device)
+
+
 def rank_one_edit(model: nn.Module, projection: nn.Module, prompts: torch.Tensor, subject_position: int,
                   new_target: int, key_data: torch.Tensor | None = None, steps: int = 200, lr: float = 0.1,
                   regularisation: float = 1e-2, clamp: float = 4.0, moment: torch.Tensor | None = None,
