@@ -175,3 +175,10 @@ def test_the_compliance_rulebook_gates_on_regions_and_declared_components_not_on
                                rules={"R305": {**fast, "components": "hidden:u0"}})
     assert [(f.evidence["target"], f.status, f.severity) for f in declared.findings][1] == ("components", "fail",
                                                                                             "error")
+
+
+def test_nothing_to_attack_is_said_not_judged() -> None:
+    x = torch.rand(50, 8, generator=torch.Generator().manual_seed(0))
+    result = mechaudit.audit(_ThroughUnit(True), x, rulebook="compliance", select=["R305"])
+    assert [(f.status, f.value) for f in result.findings] == [("pass", None)]
+    assert result.findings[0].message.startswith("nothing to attack")
