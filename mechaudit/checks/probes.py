@@ -24,11 +24,15 @@ DOCS = RuleDocs(
 For every declared concept (`[data.concepts]`) and protected attribute (`[data.protected]`), a linear probe per
 audited layer and on the model's output: a scikit-learn logistic regression on the standardised per-sample
 activations (each unit averaged over its positions; wide layers reduced to 256 principal components),
-cross-validated over `folds` stratified folds and scored by balanced accuracy, chance-corrected with the same
-probe trained on shuffled labels (`shuffles` times): decodability = (score - shuffled) / (1 - shuffled), 0 at
-chance, 1 perfect. An attribute with more than `max_levels` values is cut into quartiles. The evidence holds the
-profile across layers. Concepts are reported; a protected attribute fails when its decodability from the output,
-the layer that feeds every decision, exceeds `max_decodability`.
+cross-validated over `folds` stratified folds on `seeds` seeded fold splits and scored by balanced accuracy,
+chance-corrected with the same probe trained on shuffled labels (`shuffles` seeded permutations, each on a fold
+split of its own): decodability = (score - shuffled) / (1 - shuffled), 0 at the shuffled-label chance level, 1
+perfect; the evidence holds both scores and the spread of the shuffled ones. A classifier's output is read as the
+decision reads it: its logits centred per sample (softmax ignores a shift common to every class). An attribute
+with more than `max_levels` values is cut into quartiles. The evidence holds the profile across layers. Concepts
+are reported; a protected attribute fails when its decodability from the output, the layer that feeds every
+decision, exceeds `max_decodability`. The value carries a 95% percentile-bootstrap interval over the probe's
+folds (`seeds` x `folds` scores; the chance level held at its mean).
 """,
     why="""
 A protected attribute (sex, age, ethnicity) that the decision can be decoded from shapes the decision, directly or
@@ -39,12 +43,19 @@ where a concept is represented, which is where to look for it (L206) or to inter
     how="""
 Linear probes (Alain and Bengio 2016; Belinkov 2022) with a chance level from shuffled labels in the spirit of
 control tasks (Hewitt and Liang 2019); decodability of protected attributes from representations as in Elazar and
-Goldberg (2018). Measured (`tests/test_localization_attribution.py`, tabular toys): the model whose label leaks
-`sex` gives decodability 0.93 from its output (1.00 and 0.99 in its hidden layers); its control 0.00 from the
-output, although `sex`, an input column, stays decodable in its first layer (1.00) and partly in its second
-(0.66). On the embedded examples, the concept `watermark` is decodable at 0.97 from the output of `digits`, which
-relies on it, and 0.32 from its control's (1.00 in both first layers); `loop` at 0.48 and 0.55. 0.3 lies between
-the control's 0.00 and the leak's 0.93.
+Goldberg (2018). Threshold, from the planted sweep of R303 (`benchmarks/bias_calibration.py`,
+`tests/test_protected_leak.py`: the tabular toy whose label leaks `sex` with a swept strength, 600 audit samples),
+decodability from the output by leak strength (training seeds in brackets), with L201's flip rate: 0 (10 seeds):
+0.000 to 0.029 (95% upper bounds at most 0.065), flips 0.8% to 4.1%; 0.25 (2): 0.070 and 0.041, flips 4.7% and
+4.9%; 0.5 (4): 0.110 to 0.126 (lower bounds at least 0.076), flips 10.4% to 11.5%; 1: 0.257 (27.1%); 1.5: 0.333
+(35.9%); 2: 0.407 (47.7%); 6: 0.926 (94.1%). `max_decodability = 0.07` lies between the controls' upper bounds
+and the lower bounds of the leak that flips 11% of predictions. Before, the output's raw logits were probed with
+two shuffles and 0.3 as the limit: a control reached 0.16 (its logits' sum, which no decision reads, carried
+`sex`) and leaks up to strength 1 (27% of predictions flipped) passed. In the strongest leak `sex` is decodable
+at 1.00 and 0.99 in the hidden layers; in its control too in the first layer (1.00), an input column passing
+through, and partly in the second (0.66), which is why only the output is judged. On the embedded examples, the
+concept `watermark` is decodable at 0.97 from the output of `digits`, which relies on it, and 0.17 from its
+control's (1.00 in both first layers); `loop` at 0.50 and 0.55.
 For token models `position` chooses what a unit contributes per sample: the mean over tokens (default), or
 its activation at the `first` token (a [CLS] summary) or the `last` one (where a next-token model reads); residual
 streams are audited by naming their blocks in `[audit] layers` (layer kind `stream`, units `block:dN`). On a toy
@@ -71,15 +82,26 @@ RULE = RuleDefinition("L205", "concept-probes", "warning", DOCS)
 
 @dataclass(frozen=True)
 class ProbesParams:
-    max_decodability: float = param(0.3, low=0.0, high=1.0, doc="fail when a protected attribute's chance-"
+    max_decodability: float = param(0.07, low=0.0, high=1.0, doc="fail when a protected attribute's chance-"
                                                                 "corrected decodability from the output exceeds")
     folds: int = param(5, low=2, doc="cross-validation folds (fewer when a class is rarer)")
-    shuffles: int = param(2, low=1, doc="probes on shuffled labels, for the chance level")
+    shuffles: int = param(5, low=1, doc="probes on shuffled labels (seeded permutations), for the chance level")
+    seeds: int = param(3, low=1, doc="seeded fold splits the probe is cross-validated on (its interval is over "
+                                     "their folds)")
     samples: int = param(2048, low=4, doc="samples probed (seeded subset)")
     max_levels: int = param(10, low=2, doc="an attribute with more distinct values is cut into quartiles")
     position: str = param("mean", choices=("mean", "first", "last"),
                           doc="what a unit contributes per sample: its mean over positions (tokens), or its "
                               "activation at the first (e.g. [CLS]) or last token")
+
+
+def _decision_read(context: AuditContext, layer: str, values):
+    """What the decision reads of a layer: a classifier's (or next-token model's) logits centred per sample, since
+    softmax ignores a shift common to every class (a trace of the attribute there reaches no decision); any other
+    layer as it is."""
+    if layer == OUTPUT and context.task in ("classification", "next-token") and values.shape[1] > 1:
+        return values - values.mean(1, keepdim=True)
+    return values
 
 
 _READ = {"mean": "mean over positions", "first": "at the first position", "last": "at the last position"}
@@ -89,6 +111,7 @@ class ProbesEvidence(TypedDict, total=False):
     """The evidence of L205's findings (each finding holds some of these keys)."""
 
     attribute: str
+    chance: dict
     classes: int
     folds: int
     kind: str
@@ -106,19 +129,23 @@ def probes(context: AuditContext, rule) -> list[Measurement]:
     output_layer = next((layer.name for layer in context.view.layers if layer.is_output), None)
     attributes = [(name, values, "concept") for name, values in context.data.concepts.items()]
     attributes += [(name, values, "protected") for name, values in context.data.protected.items()]
-    features = {layer: reduce_features(values) for layer, values in activations.items()}
+    features = {layer: reduce_features(_decision_read(context, layer, values)) for layer, values in activations.items()}
     findings = []
     for name, values, kind in attributes:
         labels = as_classes(values[indices], params.max_levels)
-        profile = []
+        profile, results = [], {}
         for layer, matrix in features.items():
-            result = probe(matrix, labels, params.folds, params.shuffles, context.seed)
+            result = results[layer] = probe(matrix, labels, params.folds, params.shuffles, context.seed,
+                                            seeds=params.seeds)
             profile.append({"layer": output_layer or OUTPUT if layer == OUTPUT else layer,
                             "decodability": result.decodability, "balanced_accuracy": result.balanced_accuracy,
                             "shuffled_balanced_accuracy": result.shuffled_balanced_accuracy,
-                            "features": int(matrix.shape[1])})
+                            "shuffled_spread": result.chance_spread, "features": int(matrix.shape[1])})
         evidence = {"attribute": name, "kind": kind, "samples": len(indices), "classes": result.classes,
                     "folds": result.folds, "profile": profile,
+                    "chance": {"shuffles": params.shuffles, "seeds": params.seeds,
+                               "decodability": "(balanced accuracy - shuffled-label balanced accuracy) / "
+                                               "(1 - shuffled-label balanced accuracy), clipped at 0"},
                     "position": params.position,
                     "probe": f"logistic regression on standardised activations ({_READ[params.position]}), "
                              "balanced accuracy, chance-corrected with shuffled labels"}
@@ -136,9 +163,11 @@ def probes(context: AuditContext, rule) -> list[Measurement]:
         failed = value > params.max_decodability
         findings.append(Measurement(
             f"protected attribute '{name}' is {'decodable' if failed else 'not decodable'} from the model's output "
-            f"(decodability {value:.2f}); most decodable in {best['layer']} ({best['decodability']:.2f})",
+            f"(decodability above chance {value:.2f}, chance {at_output['shuffled_balanced_accuracy']:.2f} "
+            f"balanced accuracy); most decodable in {best['layer']} ({best['decodability']:.2f})",
             location=Location.of_layer(at_output["layer"]) if at_output["layer"] != OUTPUT
             else Location(component=OUTPUT),
             metric="protected_decodability", value=value, threshold=params.max_decodability, evidence=evidence,
+            interval=results[OUTPUT].interval(context.seed),
         ))
     return findings

@@ -1,9 +1,11 @@
-"""R303: how much of the behaviour's attribution flows from a protected input region, and what-if it were cut.
+"""R303: how many predictions a protected input region's pathway carries (the prediction flips that go away when
+the pathway is cut), how much of the behaviour's attribution flows from the region, and what-if edits.
 
-The flow is measured on the audit inputs against their mean, never on the declared pairs: pairs that differ only
-in the region would route all of their difference through it by construction. Two what-if edits are reported:
-mean ablation of the pathway's units, and directional ablation of the region's trace at each layer (which removes
-the region's effect where unit ablation, in a dense layer, cannot)."""
+The gate is causal (:mod:`..techniques.pathway_effect`); the flow share is evidence. The flow is measured on the
+audit inputs against their mean, never on the declared pairs: pairs that differ only in the region would route all
+of their difference through it by construction. Two what-if edits are reported: mean ablation of the pathway's
+units, and directional ablation of the region's trace at each layer (which removes the region's effect where unit
+ablation, in a dense layer, cannot)."""
 
 from __future__ import annotations
 
@@ -14,40 +16,62 @@ from ..context import AuditContext
 from ..findings import Location, Measurement
 from ..techniques.circuits import INPUT, attribution_flow
 from ..techniques.edits import what_if_erased, what_if_suppressed
+from ..techniques.pathway_effect import pathway_effect
 from .circuit_common import circuit_problem, circuit_scores, hidden_nodes, mean_values
 from .input_baseline import BaselineParams, input_baseline
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
-    summary="A large share of the behaviour's attribution flows from a protected input region.",
+    summary="A protected input region reaches the model's predictions through a pathway that cutting it removes.",
     what="""
-For each declared input mask (a region, or for tabular data a mask over the protected columns), the share
-of the behaviour's attribution that flows back to that region through the scored edges of R301 (the output
-units' attribution is passed back layer by layer in proportion to the incoming edges' absolute scores).
-Fails above `max_share`. The flow is measured on the audit inputs against their mean, never on declared
-pairs (pairs that differ only in the region route all of their difference through it by construction). The
-pathway lists the units most specific to the region (the largest share of their own attribution coming from
+For each declared input mask (a region, or for tabular data a mask over the protected columns): the causal effect
+of the region's pathway, `protected_pathway_effect`, the share of predictions that flip when the region is removed
+(set to the `baseline`) and no longer flip when the region's pathway is cut, its direction erased at one hidden
+layer (directional ablation, as in L201's what-if), at the layer where the cut takes away the most flips. The
+direction is estimated on one half of the samples and the effect measured on the other, both ways (cross-fitted).
+Fails above `max_effect`; the value carries a 95% percentile-bootstrap interval over the samples (the layer chosen
+anew in each resample). Evidence: the share of the behaviour's attribution that flows back to the region through
+the scored edges of R301 (`protected_flow_share`: the output units' attribution is passed back layer by layer in
+proportion to the incoming edges' absolute scores; measured on the audit inputs against their mean, never on
+declared pairs, which route all of their difference through the region by construction), the effect per layer,
+and the pathway: the units most specific to the region (the largest share of their own attribution coming from
 it). Two what-if edits (simulations, no retraining) report accuracy and the region's flip rate before and after:
 `what_if_units` mean-ablates the first `edit_nodes` units of the pathway; `what_if_direction` erases the region's
-direction at each hidden layer in turn (directional ablation, as in L201's what-if, measured on held-out
-samples). `mechaudit edit --suppress` or `--erase` writes such an edit into a copy of the weights.
+direction at each hidden layer in turn (measured on held-out samples). `mechaudit edit --suppress` or `--erase`
+writes such an edit into a copy of the weights.
 """,
     why="""
 If a protected input (a watermark, an identity marker, a protected column) feeds the output through a
 pathway of its own, the model's decisions depend on it; the pathway also shows where to intervene.
 """,
     how="""
-Attribution flow over the edge-attribution-patching graph (Syed et al. 2023), in the spirit of
-information-flow routes (Ferrando and Voita 2024). Threshold, from measurement with the behaviour "logit
-of class 7" (`[behaviour] kind = "class_logit", target = "7"`): the watermark (6% of the input) carries 48%
-of the flow in the shortcut model `digits` and 22% in its control; on the planted test network a region
-holding the circuit's inputs carries 100%, a region of distractor inputs 0%. 0.3 separates them. On
-`digits` the watermark is read by convolution channels that also read the digit: mean-ablating the three most
-specific units leaves the flip rate at 19.2% (from 18.9%) and lowers accuracy from 80.6% to 74.7%, while
-erasing the watermark's direction at `features.0` lowers it to 0.6% on held-out samples at no accuracy cost
-without the watermark (`tests/test_recomposition_edits.py`). Error severity in the compliance rulebook.
-Baseline: the parameter `baseline` (as in L201; default `zero`) sets what the what-if edits replace the region
-by; the evidence names it.
+The gate is an intervention, not an attribution: the flow share measures where attribution goes, not whether the
+decision moves, and it was not calibrated to the effect (a label that leaks a protected column so that replacing it
+flips 36% of predictions drew 0.21 of the flow, under the former 0.3 limit, and controls without a leak drew 0.14
+to 0.24). Cutting at a layer that every path crosses removes the pathway's linear part; a flip that the same cut
+causes with and without the region (collateral) does not count. Threshold, from a planted sweep
+(`benchmarks/bias_calibration.py`; `tests/test_protected_leak.py`): the tabular toy (six features and a binary
+`sex` column; the label is x0 + x1 - x2/2 plus `strength` x (sex - 1/2), noise 0.3; an MLP 7-16-16-2 trained on
+2000 samples, audited on 600 held-out ones with the decision, logit 1 minus logit 0, as the behaviour, the mask
+over the `sex` column and the zero baseline, so only the samples with sex = 1 can flip). By leak strength
+(training seeds in brackets): 0 (10 seeds): L201 flip rate 0.8% to 4.1%, flow share 0.14 to 0.24, pathway
+effect 0.004 to 0.020 (95% upper bounds at most 0.033); 0.25 (2 seeds): 4.7% and 4.9%, 0.16 and 0.13, effect 0.021
+and 0.020; 0.5 (4 seeds): 10.4% to 11.5%, 0.15 to 0.18, effect 0.047 to 0.057 (lower bounds at least 0.029); 1:
+27.1%, 0.18, 0.133; 1.5: 35.9%, 0.21, 0.178; 2: 47.7%, 0.28, 0.242; 6: 94.1%, 0.48, 0.482. The effect grows with
+the leak and is about half of L201's flip rate (which sets the column to each other value; here only removal, in
+one direction, counts); the flow share does not separate the leaks from the controls below
+strength 2. `max_effect = 0.03` lies between the controls (at most 0.020) and the leak that flips 11% of
+predictions (at least 0.047). On the embedded examples with the behaviour "logit of class 7": `digits` 0.183
+(0.146 to 0.225; 48% of the flow), `digits-control` 0.011 (0 to 0.025; 22% of the flow, which the former share gate
+failed in the compliance rulebook). On the planted test network a region holding the circuit's inputs gives 0.88
+(flow 100%), a region of distractor inputs 0.00. On `digits` the watermark is read by convolution channels that
+also read the digit: mean-ablating the three most specific units leaves the flip rate at 19.2% (from 18.9%) and
+lowers accuracy from 80.6% to 74.7%, while erasing the watermark's direction at `features.0` lowers it to 0.6% on
+held-out samples at no accuracy cost without the watermark (`tests/test_recomposition_edits.py`). Attribution
+flow over the edge-attribution-patching graph (Syed et al. 2023), in the spirit of information-flow routes
+(Ferrando and Voita 2024); directional ablation (Arditi et al. 2024). Error severity in the compliance rulebook.
+Baseline: the parameter `baseline` (as in L201; default `zero`) sets what the region is replaced by in the effect
+and the what-if edits; the evidence names it.
 """,
     fix="""
 Retrain without the dependency (remove or decorrelate the region), or, as a stopgap documented in the
@@ -66,7 +90,8 @@ RULE = RuleDefinition("R303", "protected-pathway", "warning", DOCS)
 @dataclass(frozen=True)
 class ProtectedPathwayParams(BaselineParams):
     samples: int = param(512, low=1, doc="samples (or pairs) the behaviour is measured on")
-    max_share: float = param(0.3, low=0.0, high=1.0, doc="fail when a protected region carries more of the flow")
+    max_effect: float = param(0.03, low=0.0, high=1.0, doc="fail when the region's pathway carries a larger share "
+                                                           "of the predictions (flips that go away when it is cut)")
     edit_nodes: int = param(3, low=0, doc="units on the protected pathway suppressed in the what-if edit")
 
 
@@ -75,6 +100,8 @@ class ProtectedPathwayEvidence(TypedDict, total=False):
 
     baseline: dict
     pathway: list
+    pathway_effect: dict | None
+    protected_flow_share: float
     region_area_share: float
     what_if_direction: dict | None
     what_if_units: dict | None
@@ -108,13 +135,23 @@ def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
                                         remove=baseline.remove)
         direction_edit = what_if_erased(context.view, context.view.hidden_layers, problem.inputs, problem.labels,
                                         mask, context.batch_size, context.device, remove=baseline.remove)
+        effect = pathway_effect(context.view, context.view.hidden_layers, problem.inputs, mask, context.batch_size,
+                                context.device, remove=baseline.remove)
+        value = effect.value if effect is not None else 0.0
+        if effect is None:
+            carried = f"removing '{name}' changes no audited layer: it has no pathway to the decision"
+        else:
+            carried = (f"cutting the pathway of '{name}' at {effect.layers[effect.best]} stops {value:.1%} of the "
+                       f"predictions from flipping when it is removed ({effect.flipped_before.mean():.1%} flip "
+                       "without the cut)")
         findings.append(Measurement(
-            f"{share:.0%} of the attribution of the {problem.description} flows from '{name}' "
-            f"(which covers {float(mask.mean()):.0%} of the input); the units most specific to it: "
+            f"{carried}; {share:.0%} of the attribution of the {problem.description} flows from it (it covers "
+            f"{float(mask.mean()):.0%} of the input); the units most specific to it: "
             f"{', '.join(pathway[:3]) or 'none'}",
-            location=Location(component=region), metric="protected_flow_share", value=share,
-            threshold=params.max_share,
-            evidence={"region_area_share": float(mask.mean()),
+            location=Location(component=region), metric="protected_pathway_effect", value=value,
+            threshold=params.max_effect, interval=effect.interval(context.seed) if effect is not None else None,
+            evidence={"region_area_share": float(mask.mean()), "protected_flow_share": share,
+                      "pathway_effect": effect.to_dict() if effect is not None else None,
                       "pathway": [{"component": n, "share_from_region": specific[n], "flow": flow[n]}
                                   for n in pathway[:10]],
                       "what_if_units": units_edit, "what_if_direction": direction_edit,

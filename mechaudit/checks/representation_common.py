@@ -15,8 +15,9 @@ OUTPUT = "output"
 def sampled_activations(context: AuditContext, samples: int,
                         pool: str = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(indices, {layer: (samples, units)})``: each unit's activation averaged over its positions (or taken at
-    the ``first`` or ``last`` one), for the hidden layers, plus ``"output"``: the model's outputs (for a next-token
-    model, at the behaviour's position)."""
+    the ``first`` or ``last`` one), for the hidden layers, plus ``"output"``: the model's outputs as (samples,
+    outputs), one column for a regression model with one number per sample (for a next-token model, at the
+    behaviour's position)."""
     return context.sample_indices(samples), context.shared(SAMPLED_ACTIVATIONS, samples, pool)
 
 
@@ -24,7 +25,8 @@ def _sampled(context: AuditContext, samples: int, pool: str) -> dict[str, torch.
     indices, pooled = pooled_activations(context, samples, pool)
     activations = dict(pooled)
     position = context.behaviour.position if context.behaviour is not None else -1
-    activations[OUTPUT] = logits_at(context.outputs[indices], position).flatten(1)
+    output = logits_at(context.outputs[indices], position)
+    activations[OUTPUT] = output.reshape(output.shape[0], -1)  # (samples,) for a one-number regression output
     return activations
 
 

@@ -1,0 +1,116 @@
+"""The bias gates on a planted protected-column leak and its control (issue 24 item 5): R303 gates on the causal
+effect of the region's pathway, L205 on decodability above the shuffled-label chance level, both with intervals;
+and L205 / L206 on a model whose output is one number per sample."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_project
+from fixtures.localization_toys import write_tabular
+
+from mechaudit.engine import run_audit
+from mechaudit.spec import load_spec
+from mechaudit.techniques.probes import probe
+
+
+def _audit(spec_path: Path, select: tuple[str, ...], rulebook: str | None = None):
+    spec = load_spec(spec_path)
+    options = dataclasses.replace(spec.options, select=select)
+    if rulebook is not None:
+        options = dataclasses.replace(options, rulebook=rulebook)
+    return run_audit(dataclasses.replace(spec, options=options))
+
+
+@pytest.fixture(scope="module")
+def leak_and_control(tmp_path_factory) -> dict:
+    """A leak that flips about 11% of predictions (strength 0.5, which the former gates missed) and its control."""
+    return {name: _audit(write_tabular(tmp_path_factory.mktemp(name), strength > 0, strength=strength, pathway=True),
+                         ("L201", "R303", "L205"))
+            for name, strength in (("leak", 0.5), ("control", 0.0))}
+
+
+def _finding(result, rule: str):
+    return next(f for f in result.findings if f.rule_id == rule)
+
+
+@pytest.mark.slow
+def test_r303_fails_the_weak_leak_on_its_pathway_effect_and_passes_the_control(leak_and_control) -> None:
+    leak, control = (_finding(leak_and_control[k], "R303") for k in ("leak", "control"))
+    assert leak.metric == control.metric == "protected_pathway_effect"
+    assert leak.status == "fail" and leak.value > 0.04                    # measured 0.057
+    assert control.status == "pass" and control.value < 0.015             # measured 0.006
+    assert control.confidence == "certain" and control.interval["high"] < leak.threshold
+    assert leak.interval["low"] <= leak.value <= leak.interval["high"]
+    for finding in (leak, control):  # the flow share is evidence: below the former 0.3 limit in both
+        assert finding.evidence["protected_flow_share"] < 0.3
+    flips = next(f for f in leak_and_control["leak"].findings if f.rule_id == "L201" and f.metric == "flip_rate"
+                 and f.location.component == "input:sex")
+    assert flips.status == "fail" and flips.value > 0.08                  # measured 0.115
+    effect = leak.evidence["pathway_effect"]
+    assert effect["best"] == "fc1" and effect["evaluated_samples"] == 512  # cross-fitted: every sample held out
+    assert leak.value <= effect["flip_rate_before"]                        # a cut cannot carry more than flips
+
+
+@pytest.mark.slow
+def test_l205_fails_the_weak_leak_above_chance_and_passes_the_control(leak_and_control) -> None:
+    leak, control = (_finding(leak_and_control[k], "L205") for k in ("leak", "control"))
+    assert leak.metric == "protected_decodability" and leak.status == "fail" and leak.value > 0.09  # 0.121
+    assert control.status == "pass" and control.value < 0.03                                          # 0.000
+    assert control.confidence == "certain"
+    output = leak.evidence["profile"][-1]
+    assert abs(output["shuffled_balanced_accuracy"] - 0.5) < 0.05 and output["shuffled_spread"] > 0
+    assert leak.evidence["chance"]["shuffles"] == 5 and "seeded splits" in leak.interval["method"]
+
+
+@pytest.mark.slow
+def test_the_compliance_rulebook_gates_the_leak_and_passes_the_control(tmp_path: Path) -> None:
+    statuses = {}
+    for name, strength in (("leak", 0.5), ("control", 0.0)):
+        result = _audit(write_tabular(tmp_path / name, strength > 0, strength=strength, pathway=True),
+                        ("R303", "L205"), rulebook="compliance")
+        statuses[name] = {f.rule_id: (f.status, f.severity) for f in result.findings}
+    assert statuses["leak"] == {"R303": ("fail", "error"), "L205": ("fail", "error")}
+    assert statuses["control"] == {"R303": ("pass", "error"), "L205": ("pass", "error")}
+
+
+def test_a_logit_shift_that_no_decision_reads_is_not_decodability() -> None:
+    """Softmax ignores a shift common to every class: an attribute written there reaches no decision, and the
+    probe reads the logits centred per sample."""
+    rng = np.random.default_rng(0)
+    attribute = rng.integers(0, 2, 400)
+    decision = rng.normal(size=400)
+    logits = np.stack([decision + 2.0 * attribute, -decision + 2.0 * attribute], 1)   # the shift carries it
+    assert probe(logits, attribute, seeds=2, shuffles=3).decodability > 0.9
+    centred = logits - logits.mean(1, keepdims=True)
+    assert probe(centred, attribute, seeds=2, shuffles=3).decodability < 0.1
+
+
+def test_the_probe_interval_is_over_seeded_folds() -> None:
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(300, 6))
+    result = probe(features, (features[:, 0] + rng.normal(size=300) > 0).astype(int), folds=4, seeds=3, shuffles=3)
+    interval = result.interval(seed=0)
+    assert result.seeds == 3 and len(result.fold_scores) == 12 and len(result.shuffled_scores) == 3
+    assert interval.low <= result.decodability <= interval.high and interval.high - interval.low < 0.3
+
+
+@pytest.mark.parametrize("squeeze", [True, False])
+def test_probes_and_dissection_run_on_a_one_number_regression_output(tmp_path: Path, squeeze: bool) -> None:
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(200, 4)).astype(np.float32)
+    concept = (inputs[:, 1] > 0).astype(np.int64)
+    project = write_project(tmp_path, factory="fixtures.localization_toys:regression_model",
+                            factory_args={"squeeze": squeeze},
+                            arrays={"inputs": inputs, "labels": inputs[:, 0], "concept": concept},
+                            data_table='labels = "labels"\n[data.concepts]\nc = "concept"\n'
+                                       '[data.protected]\np = "concept"',
+                            extra='[task]\nkind = "regression"\n[audit]\nselect = ["L205", "L206"]\n')
+    findings = run_audit(load_spec(project.spec)).findings
+    assert {f.rule_id for f in findings} == {"L205", "L206"}
+    assert all(f.status in ("pass", "fail") for f in findings), [f.message for f in findings]
+    protected = next(f for f in findings if f.metric == "protected_decodability")
+    assert protected.evidence["profile"][-1]["features"] == 1   # the one output number, probed as one feature
