@@ -69,3 +69,57 @@ def test_every_finding_of_the_examples_keeps_to_its_contract_and_renders(name: s
                 f"the report reads '{key}' from {view.check}'s evidence, which its contract does not declare"
     for view in document.findings:
         assert view.anchor in html
+
+
+class _ReadRecorder(dict):
+    """Evidence that records every key a drawer reads (``get`` or ``[]``), present or not."""
+
+    def __init__(self, evidence: dict) -> None:
+        super().__init__(evidence)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def undeclared_figure_inputs(check: str, finding: dict) -> set[str]:
+    """The evidence keys the figures of ``check`` read from ``finding`` (or name as their sources) that the check's
+    evidence contract does not declare."""
+    evidence = _ReadRecorder(finding["evidence"])
+    figures = DRAWERS[check]({**finding, "evidence": evidence}, "00-test")
+    used = evidence.read | {key for figure in figures for key in figure.sources}
+    return used - CHECKS[check].evidence_keys - REPORT_KEYS
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_every_figure_reads_only_declared_evidence(name: str) -> None:
+    """Each drawer, run on every finding of the examples, reads only keys its check's contract declares: a figure
+    input that no check records fails here."""
+    document = build_document(example_result(name))
+    drawn = 0
+    for view in document.findings:
+        if view.check in DRAWERS and view.data["status"] not in ("error", "skipped"):
+            assert not undeclared_figure_inputs(view.check, view.data), \
+                f"{view.data['rule_id']}'s figures read {sorted(undeclared_figure_inputs(view.check, view.data))}, " \
+                f"which {CHECKS[view.check].evidence.__name__} does not declare"
+            drawn += len(view.figures)
+    assert drawn or name not in ("digits", "induction"), f"the {name} example draws no figure"
+
+
+def test_a_figure_reading_an_undeclared_key_is_caught(monkeypatch) -> None:
+    """The check above can fail: a drawer that reads a key no check declares (e.g. attention weights a check
+    never records) is reported."""
+    from mechaudit.report.figures import Figure
+
+    def drawer(finding: dict, prefix: str) -> list:
+        finding["evidence"].get("attention_weights_of_every_head")
+        return [Figure(f"{prefix}-x.svg", "x", "x", "<svg/>", sources=("made_up_key",))]
+
+    monkeypatch.setitem(DRAWERS, "dead_units", drawer)
+    finding = {"rule_id": "D101", "evidence": {"dead_units": []}, "location": None, "status": "pass"}
+    assert undeclared_figure_inputs("dead_units", finding) == {"attention_weights_of_every_head", "made_up_key"}

@@ -17,6 +17,7 @@ from ..context import AuditContext
 from ..findings import Location, Measurement
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
+from .decomposition_evidence import PICTURED_UNITS, unit_pictures
 from .registry import RuleDefinition, RuleDocs, param, register
 
 MODES = ("zero", "mean", "resample")
@@ -105,6 +106,10 @@ class CriticalUnitsEvidence(TypedDict, total=False):
     scan: str
     top_units: list
     zero_drop: float
+    attention_patterns: list  # pictures of the flagged unit (decomposition_evidence.unit_pictures)
+    exemplars: list
+    activation_maximization: list
+    tuning_curves: list
 
 
 @register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits", "predictions"), rule=RULE,
@@ -154,7 +159,8 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
                 f"(from {base_accuracy:.1%})",
                 location=Location.of_unit(layer.name, layer.unit_name(unit)),
                 metric="accuracy_drop", value=float(drop[unit]), threshold=params.max_accuracy_drop,
-                evidence=_unit_evidence(layer, unit, drops, class_drop, classes, context, base_accuracy),
+                evidence=_unit_evidence(layer, unit, drops, class_drop, classes, context, base_accuracy)
+                | (unit_pictures(context, [layer.address(unit)]) if unit in critical[:PICTURED_UNITS] else {}),
                 interval=interval(unit),
             ))
         for unit in class_critical:

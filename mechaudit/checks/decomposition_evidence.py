@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
+from ..activations import batches, hooked
 from ..context import AuditContext
-from ..model_view import Layer
+from ..model_view import Layer, installed, units_view
 from ..techniques.activation_max import maximize_activation
 from ..techniques.exemplars import top_exemplars
 from ..techniques.sae import Dictionary
@@ -41,3 +42,152 @@ def maximised_features(context: AuditContext, layer: Layer, dictionary: Dictiona
                                      value_range=(low, high))
         rows.append({"component": dictionary.address(feature), **result})
     return rows
+
+
+# -- pictures of the units a finding names (L201's trace, L202's critical units, L207's carrier heads) -------------
+
+PICTURED_UNITS = 3  # units pictured per finding
+PICTURED_EXEMPLARS = 6  # exemplars per unit
+PATTERN_SAMPLES = 64  # samples (or pairs) averaged in an attention pattern
+PATTERN_TOKENS = 32  # positions shown of an attention pattern (the first ones)
+TUNING_SIDE = 64  # patch-position tuning only for images at most this many pixels a side (probes stay cheap)
+TUNING_SAMPLES = 64  # samples a region sweep averages over
+
+
+def unit_pictures(context: AuditContext, addresses: list[str], inputs: torch.Tensor | None = None,
+                  labels: torch.Tensor | None = None, region: tuple[str, torch.Tensor] | None = None) -> dict:
+    """Evidence a reviewer looks at for the units at ``addresses`` (at most :data:`PICTURED_UNITS`): attention
+    patterns for heads (averaged over ``inputs``, default the audit samples); for other units on image inputs, the
+    top-activating exemplars with each one's receptive field, an activation-maximisation image and a tuning curve:
+    along the value of a declared ``region`` ``(name, mask per input)`` when one is given, else (units of a Linear
+    layer) along the position of a bright patch; on token inputs, exemplar contexts with the activating token
+    marked. Keys: ``attention_patterns``, ``exemplars``, ``activation_maximization``, ``tuning_curves``; only those
+    that apply."""
+    if inputs is None:
+        indices = context.sample_indices()
+        inputs = context.data.inputs[indices]
+        labels = context.data.labels[indices] if context.data.labels is not None else None
+    evidence: dict[str, list] = {}
+    for address in addresses[:PICTURED_UNITS]:
+        layer, unit = context.view.resolve(address)
+        if unit is None:
+            continue
+        if layer.kind == "heads":
+            rows = [_pattern(context, layer, unit, inputs[:PATTERN_SAMPLES])]
+        else:
+            rows = []
+            for key, row in _unit_rows(context, layer, unit, inputs, labels, region).items():
+                evidence.setdefault(key, []).append(row)
+        evidence.setdefault("attention_patterns", []).extend(r for r in rows if r is not None)
+    return {key: rows for key, rows in evidence.items() if rows}
+
+
+def _pattern(context: AuditContext, layer: Layer, head: int, inputs: torch.Tensor) -> dict | None:
+    """The mean attention pattern of one head over ``inputs``, and that of the first sample with its tokens."""
+    from ..techniques.attention_patterns import head_patterns
+
+    block = dict(context.model.named_modules())[layer.name]
+    weights = head_patterns(context.model, block, layer.size, inputs, context.device)
+    if weights is None:
+        return None
+    shown = weights[:, head, :PATTERN_TOKENS, :PATTERN_TOKENS]
+    tokens = inputs[0, :PATTERN_TOKENS].tolist() if inputs.dim() == 2 and not inputs.is_floating_point() else None
+    return {"component": layer.address(head), "samples": int(weights.shape[0]), "positions": int(weights.shape[-1]),
+            "mean": _rounded(shown.mean(0)), "example": _rounded(shown[0]),
+            "example_tokens": [str(t) for t in tokens] if tokens is not None else None}
+
+
+def _unit_rows(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor, labels: torch.Tensor | None,
+               region: tuple[str, torch.Tensor] | None) -> dict[str, dict]:
+    """One row per picture kind for one (non-head) unit."""
+    from ..techniques.tuning import patch_position_curve, region_sweep_curve
+
+    name, image = layer.address(unit), inputs.dim() == 4 and inputs.is_floating_point()
+    maps = _unit_maps(context, layer, unit, inputs)  # (samples, positions)
+    class_names = list(context.class_names) or None
+    rows: dict[str, dict] = {}
+    if image:
+        [row] = top_exemplars(maps.amax(1, keepdim=True), inputs, labels, [0], [name], top=PICTURED_EXEMPLARS,
+                              class_names=class_names)
+        if maps.shape[1] > 1 and layer.kind == "conv":
+            _receptive_fields(context, layer, unit, inputs, maps, row)
+        rows["exemplars"] = row
+        module = dict(context.model.named_modules())[layer.name]
+        low, high = float(inputs.min()), float(inputs.max())
+        rows["activation_maximization"] = {"component": name, **maximize_activation(
+            context.model, module, unit, tuple(inputs.shape[1:]), steps=MAX_STEPS, seed=context.seed,
+            device=context.device, value_range=(low, high), centre=layer.kind == "conv")}
+
+        def response(batch: torch.Tensor) -> torch.Tensor:
+            return _unit_maps(context, layer, unit, batch).mean(1)
+        if region is not None:
+            rows["tuning_curves"] = {"component": name, **region_sweep_curve(
+                response, inputs[:TUNING_SAMPLES], region[1][:TUNING_SAMPLES], low, high, region=region[0])}
+        elif layer.kind != "conv" and max(inputs.shape[-2:]) <= TUNING_SIDE:  # a conv map's mean ignores position
+            rows["tuning_curves"] = {"component": name, **patch_position_curve(
+                lambda batch: response(batch * (high - low) + low), tuple(inputs.shape[1:]))}
+    elif inputs.dim() == 2 and not inputs.is_floating_point() and maps.shape[1] == inputs.shape[1]:
+        tokens = [[str(t) for t in sample] for sample in inputs.tolist()]
+        [rows["exemplars"]] = top_exemplars(maps.amax(1, keepdim=True), inputs, labels, [0], [name],
+                                            top=PICTURED_EXEMPLARS, class_names=class_names, tokens=tokens,
+                                            positions=maps.argmax(1))
+    elif inputs.dim() == 2 and inputs.is_floating_point():
+        [rows["exemplars"]] = top_exemplars(maps.amax(1, keepdim=True), inputs, labels, [0], [name],
+                                            top=PICTURED_EXEMPLARS, class_names=class_names,
+                                            feature_names=context.data.feature_names)
+    return rows
+
+
+def _unit_maps(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor) -> torch.Tensor:
+    """The unit's activation at every position, ``(samples, positions)``, on the CPU."""
+    parts: list[torch.Tensor] = []
+    with hooked(context.view, [layer], lambda _l, out: parts.append(units_view(out, layer)[:, unit].float().cpu())), \
+            torch.no_grad():
+        for _, batch in batches(inputs, context.batch_size, context.device):
+            context.model(batch)
+    return torch.cat(parts)
+
+
+def _receptive_fields(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor, maps: torch.Tensor,
+                      row: dict) -> None:
+    """Add to each image exemplar the input box that can change the unit at its peak position (the support of the
+    gradient there, in tile pixels ``[top, left, bottom, right]``, exclusive), when it is smaller than the image."""
+    chosen = torch.tensor([e["sample"] for e in row["exemplars"]])
+    peaks = maps[chosen].argmax(1)
+    batch = inputs[chosen].to(context.device).float().requires_grad_(True)
+    captured: list[torch.Tensor] = []
+    with installed([context.view.hook(layer, lambda out, _args: captured.append(out))]), torch.enable_grad():
+        context.model(batch)
+        picked = units_view(captured[-1], layer)[torch.arange(len(chosen)), unit, peaks.to(captured[-1].device)]
+        (gradient,) = torch.autograd.grad(picked.sum(), [batch])
+    support = gradient.detach().abs().sum(1).cpu()  # (exemplars, H, W)
+    height, width = inputs.shape[-2:]
+    tile_rows, tile_cols = len(row["exemplars"][0]["tile"]), len(row["exemplars"][0]["tile"][0])
+    for exemplar, mask in zip(row["exemplars"], support):
+        rows, cols = (mask > mask.max() * 1e-6).nonzero(as_tuple=True)
+        if len(rows) == 0 or (len(rows.unique()) == height and len(cols.unique()) == width):
+            continue
+        exemplar["receptive_field"] = [round(float(rows.min()) * tile_rows / height, 2),
+                                       round(float(cols.min()) * tile_cols / width, 2),
+                                       round(float(rows.max() + 1) * tile_rows / height, 2),
+                                       round(float(cols.max() + 1) * tile_cols / width, 2)]
+
+
+def layer_atlas(context: AuditContext, layer: Layer, inputs: torch.Tensor, labels: list[str] | None,
+                marked: torch.Tensor | None = None) -> dict | None:
+    """The activation atlas of ``layer`` over image ``inputs`` (see :mod:`mechaudit.techniques.atlas`), or None for
+    other inputs."""
+    from ..techniques.atlas import activation_atlas
+
+    if inputs.dim() != 4 or not inputs.is_floating_point() or len(inputs) < 4:
+        return None
+    parts: list[torch.Tensor] = []
+    with hooked(context.view, [layer], lambda _l, out: parts.append(units_view(out, layer).float().cpu())), \
+            torch.no_grad():
+        for _, batch in batches(inputs, context.batch_size, context.device):
+            context.model(batch)
+    return {"layer": layer.name, **activation_atlas(torch.cat(parts), inputs, labels, marked, seed=context.seed)}
+
+
+def _rounded(values: torch.Tensor) -> list:
+    return [[round(float(v), 3) for v in row] for row in values]

@@ -23,6 +23,7 @@ from ..techniques.baselines import Baseline
 from ..techniques.edits import what_if_erased
 from ..techniques.uncertainty import Interval, bootstrap, bootstrap_mean
 from .attribution_common import predicted_attributions, reliability, unreliable_suffix
+from .decomposition_evidence import layer_atlas, unit_pictures
 from .input_baseline import BaselineParams, input_baseline
 from .registry import RuleDefinition, RuleDocs, param, register
 
@@ -159,6 +160,11 @@ class ForbiddenInputEvidence(TypedDict, total=False):
     samples_with_region: int
     what_if: dict
     attribution_maps: dict
+    attribution_per_column: dict
+    activation_atlas: dict
+    exemplars: list
+    activation_maximization: list
+    tuning_curves: list
 
 
 MAP_SIDE = 32  # attribution maps in the evidence are pooled to at most this many pixels a side
@@ -166,10 +172,10 @@ MAP_SAMPLES = 3
 
 
 def _attribution_maps(attributions: torch.Tensor, mask: torch.Tensor, predictions: torch.Tensor,
-                      present: torch.Tensor, class_name) -> dict | None:
+                      present: torch.Tensor, class_name, inputs: torch.Tensor) -> dict | None:
     """For image inputs (samples, channels, height, width): the mean absolute attribution per predicted class
-    and of a few samples where the region is present (summed over channels, pooled to at most ``MAP_SIDE``
-    pixels a side), with the region's mask; None for other inputs."""
+    and of a few samples where the region is present, each with its input (summed, resp. averaged, over channels,
+    pooled to at most ``MAP_SIDE`` pixels a side), with the region's mask; None for other inputs."""
     if attributions.dim() != 4:
         return None
     height, width = attributions.shape[-2:]
@@ -182,8 +188,24 @@ def _attribution_maps(attributions: torch.Tensor, mask: torch.Tensor, prediction
     chosen = present.nonzero().flatten()[:MAP_SAMPLES].tolist()
     return {"classes": [class_name(c) for c in classes],
             "mean_per_class": [maps[predictions == c].mean(0) for c in classes],
-            "samples": [{"predicted_class": class_name(int(predictions[i])), "map": maps[i]} for i in chosen],
+            "samples": [{"predicted_class": class_name(int(predictions[i])), "map": maps[i],
+                         "input": pooled(inputs[i:i + 1].float() / inputs.shape[1])[0]} for i in chosen],
             "mask": region}
+
+
+def _attribution_per_column(attributions: torch.Tensor, predictions: torch.Tensor, class_name,
+                            feature_names: list[str] | None, column: int) -> dict | None:
+    """For tables (samples, columns): each column's share of the mean absolute attribution, per predicted class
+    (at most ``MAP_SIDE`` columns: the region's and the largest others); None for other inputs."""
+    if attributions.dim() != 2:
+        return None
+    share = attributions / attributions.sum(1, keepdim=True).clamp_min(1e-12)
+    order = [column] + [c for c in share.mean(0).argsort(descending=True).tolist() if c != column][:MAP_SIDE - 1]
+    classes = predictions.unique().tolist()
+    return {"columns": [feature_names[c] if feature_names and c < len(feature_names) else f"x{c}" for c in order],
+            "region_column": 0, "classes": [class_name(c) for c in classes],
+            "mean_share_per_class": [[round(float(v), 4) for v in share[predictions == c][:, order].mean(0)]
+                                     for c in classes]}
 
 
 @register("forbidden_input", ForbiddenInputParams, needs=("regions", "classification", "real_inputs"), rule=RULE,
@@ -217,11 +239,13 @@ def forbidden_input(context: AuditContext, rule) -> list[Measurement]:
                     "aggregation": "worst predicted class, over samples where the region differs from the baseline "
                                    "(attribution mass in the region / total mass, over the region's area)",
                     "per_class": rows, "baseline": baseline.describe(), **trust}
-        maps = _attribution_maps(attributions, region.mask, predictions, present, context.class_name)
+        maps = _attribution_maps(attributions, region.mask, predictions, present, context.class_name, inputs)
         if maps is not None:
             evidence["attribution_maps"] = maps
         if region.column is not None:
             evidence["column"] = context.data.feature_names[region.column] if context.data.feature_names else None
+            evidence["attribution_per_column"] = _attribution_per_column(
+                attributions, predictions, context.class_name, context.data.feature_names, region.column)
         worst = max(rows, key=lambda r: r["attribution_ratio"] if r["eligible"] else -1.0, default=None)
         where = f" (predicted class {worst['predicted_class']})" if worst and worst["eligible"] else ""
         findings.append(Measurement(
@@ -243,12 +267,26 @@ def forbidden_input(context: AuditContext, rule) -> list[Measurement]:
             if edit is not None:
                 evidence["what_if"] = edit
                 suffix = _what_if_summary(edit)
+                evidence.update(_trace_pictures(context, edit, inputs, _labels(context, indices), predictions,
+                                                present, (region.name, region.mask)))
         findings.append(Measurement(
             f"{flip_rate:.1%} of predictions change when {intervention}{suffix}",
             location=location, metric="flip_rate", value=flip_rate, threshold=params.max_flip_rate,
             evidence=evidence, interval=bootstrap_mean(flipped, seed=context.seed),
         ))
     return findings
+
+
+def _trace_pictures(context: AuditContext, edit: dict, inputs: torch.Tensor, labels: torch.Tensor | None,
+                    predictions: torch.Tensor, present: torch.Tensor, region: tuple[str, torch.Tensor]) -> dict:
+    """What the reviewer looks at for the layer where the region's trace is erased: its strongest units
+    (exemplars, activation maximisation, tuning along the region's value) and its activation atlas, the samples
+    with the region marked."""
+    best = next(row for row in edit["layers"] if row["layer"] == edit["best"])
+    pictures = unit_pictures(context, [unit["component"] for unit in best["units"]], inputs, labels, region)
+    atlas = layer_atlas(context, context.view.layer(best["layer"]), inputs,
+                        [context.class_name(int(p)) for p in predictions], present)
+    return {**pictures, **({"activation_atlas": atlas} if atlas else {})}
 
 
 def _labels(context: AuditContext, indices: torch.Tensor) -> torch.Tensor | None:

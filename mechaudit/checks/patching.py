@@ -22,6 +22,7 @@ from ..techniques.circuits import Behaviour, logit_difference, target_logit
 from ..techniques.patching import attribution_patching, exact_patching, metric_totals
 from ..techniques.uncertainty import behaviour_presence
 from .circuit_common import behaviour_absent, circuit_problem, class_index
+from .decomposition_evidence import unit_pictures
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -103,6 +104,7 @@ class PatchingEvidence(TypedDict, total=False):
     samples: int
     scored: int
     verified: int
+    attention_patterns: list  # of the carrier heads, over the clean inputs (decomposition_evidence.unit_pictures)
 
 
 @register("patching", PatchingParams, needs=("pairs", "layers", "logits"), rule=RULE,
@@ -156,7 +158,8 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
         metric="top_recovered_fraction", value=top["recovered_fraction"],
         evidence={**evidence, "carried": True, "carriers": carriers, "components": rows,
                   "verified": len(rows), "scored": len(components),
-                  "rank_correlation_attribution_exact": agreement},
+                  "rank_correlation_attribution_exact": agreement,
+                  **unit_pictures(context, [c for c in carriers if context.view.resolve(c)[0].kind == "heads"], clean)},
     )]
 
 

@@ -9,6 +9,7 @@ Olah et al. 2020 (tuning curves) and Carter et al. 2019 (maps of a layer's activ
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from .figures import (
     render_svg,
     short_label,
 )
+from .unit_figures import atlas_figure, attention_figure, token_contexts_figure
 
 MAX_COMPONENTS, MAX_EXEMPLARS, MAX_CURVES, MAX_IMAGE_SIDE, MAX_LEGEND = 6, 8, 6, 256, 12
 _DRAWN = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError)
@@ -42,7 +44,7 @@ def decomposition_figures(finding: dict, prefix: str) -> list[Figure]:
             except _DRAWN:  # malformed evidence that slipped through validation: no figure, never an error
                 figure = None
             if figure is not None:
-                figures.append(figure)
+                figures.append(replace(figure, sources=(key,)))
     return figures
 
 
@@ -59,6 +61,8 @@ def exemplars_figure(entries: Any, prefix: str) -> Figure | None:
     columns = max(len(tiles) for _, tiles in rows)
 
     def draw(figure: Any) -> None:
+        from matplotlib.patches import Rectangle
+
         axes = figure.subplots(len(rows), columns, squeeze=False)
         for r, (component, tiles) in enumerate(rows):
             for c in range(columns):
@@ -68,8 +72,11 @@ def exemplars_figure(entries: Any, prefix: str) -> Figure | None:
                 if c >= len(tiles):
                     ax.set_axis_off()
                     continue
-                image, activation, label = tiles[c]
+                image, activation, label, box = tiles[c]
                 ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                if box is not None:  # the input region that can change the unit where it peaks
+                    ax.add_patch(Rectangle((box[1] - 0.5, box[0] - 0.5), box[3] - box[1], box[2] - box[0],
+                                           fill=False, edgecolor=FAIL_COLOR, linewidth=1.2))
                 ax.set_title(_value(activation) + (f"\n{short_label(label, 12)}" if label is not None else ""),
                              fontsize=6, fontweight="normal")
                 if c == 0:
@@ -77,15 +84,19 @@ def exemplars_figure(entries: Any, prefix: str) -> Figure | None:
         _title(figure, "Top-activating samples per component")
 
     best = "; ".join(f"{short_label(name, TITLE_NAME_CHARS)} {_value(tiles[0][1])}" for name, tiles in rows)
+    boxed = any(tile[3] is not None for _, tiles in rows for tile in tiles)
     caption = (f"The {columns} audit samples that activate each of {len(rows)} components the most (one row per "
                "component, strongest first). Each tile is the sample's mean over channels scaled to [0, 1]; its "
-               f"title gives the activation and the sample's label. Highest activations: {best}.")
+               "title gives the activation (the component's largest over positions) and the sample's label"
+               + ("; the red box is the component's receptive field where it peaks (the input pixels whose gradient "
+                  "reaches it)" if boxed else "") + f". Highest activations: {best}.")
     size = (min(1.0 * columns + 0.8, 9.0), 0.6 + 1.05 * len(rows))
     return _figure(prefix, "exemplars", "Top-activating exemplars", caption, draw, size)
 
 
-def _tiles(exemplars: Any) -> list[tuple[np.ndarray, float | None, str | None]]:
-    """``(image, activation, label)`` of the exemplars with a valid ``tile``; empty if any lacks one."""
+def _tiles(exemplars: Any) -> list[tuple[np.ndarray, float | None, str | None, list[float] | None]]:
+    """``(image, activation, label, receptive field box)`` of the exemplars with a valid ``tile``; empty if any
+    lacks one."""
     if not isinstance(exemplars, list) or not exemplars:
         return []
     tiles = []
@@ -96,8 +107,10 @@ def _tiles(exemplars: Any) -> list[tuple[np.ndarray, float | None, str | None]]:
         image = _image(exemplar.get("tile"))
         if image is None:
             return []
-        label = exemplar.get("label")
-        tiles.append((image, None if activation is None else float(activation), None if label is None else str(label)))
+        label, box = exemplar.get("label"), exemplar.get("receptive_field")
+        box = [float(v) for v in box] if _numbers(box) and len(box) == 4 else None
+        tiles.append((image, None if activation is None else float(activation), None if label is None else str(label),
+                      box))
     return tiles
 
 
@@ -129,7 +142,7 @@ def activation_max_figure(entries: Any, prefix: str) -> Figure | None:
     caption = (f"For each of {len(items)} components, an input optimised by gradient ascent (with jitter, blur and "
                "clamping to the data range) to maximise its activation, shown as the mean over channels, each "
                f"scaled to its own range. Objective reached: {reached}{start_text}.")
-    size = (min(1.3 * len(items) + 0.6, 9.0), 2.0)
+    size = (6.4, 1.9) if len(items) <= 4 else (min(1.3 * len(items) + 0.6, 9.0), 2.0)
     return _figure(prefix, "activation-max", "Activation maximisation", caption, draw, size)
 
 
@@ -160,7 +173,7 @@ def tuning_figure(entries: Any, prefix: str) -> Figure | None:
             ax.set_title(short_label(component, 20), fontsize=7, fontweight="normal")
         _title(figure, "Tuning curves")
 
-    caption = "Response of each component as one factor of a synthetic input is swept: " + "; ".join(
+    caption = "Response of each component as one factor of its input is swept, the rest held fixed: " + "; ".join(
         _describe(c) for c in curves) + "."
     size = (min(2.4 * len(curves) + 0.6, 9.6), 2.4)
     return _figure(prefix, "tuning", "Tuning curves", caption, draw, size)
@@ -298,9 +311,16 @@ def _figure(prefix: str, kind: str, title: str, caption: str, draw: Callable[[An
     return Figure(f"{name}.svg", title, caption, render_svg(name, draw, size))
 
 
+def _exemplars(entries: Any, prefix: str) -> Figure | None:
+    """Image tiles, else token contexts."""
+    return exemplars_figure(entries, prefix) or token_contexts_figure(entries, prefix)
+
+
 _KEYS: dict[str, Callable[[Any, str], Figure | None]] = {
-    "exemplars": exemplars_figure,
+    "exemplars": _exemplars,
     "activation_maximization": activation_max_figure,
     "tuning_curves": tuning_figure,
     "layer_map": layer_map_figure,
+    "attention_patterns": attention_figure,
+    "activation_atlas": atlas_figure,
 }

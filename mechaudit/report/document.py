@@ -84,9 +84,11 @@ class FindingView:
 
     @property
     def evidence(self) -> dict[str, Any]:
-        """The evidence left for the generic tables: hooks (of their documented shape) have their own sections."""
+        """The evidence left for the generic tables: hooks (of their documented shape) have their own sections, and
+        keys a figure draws in full (its ``sources``) are in the figure (and in ``findings.json``)."""
+        drawn = {key for figure in self.figures for key in figure.sources}
         return {k: v for k, v in self.data["evidence"].items()
-                if not is_hook(k, v) and k != TRACEBACK}
+                if not is_hook(k, v) and k != TRACEBACK and k not in drawn}
 
     @property
     def in_circuit_section(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 _RC = {
@@ -39,6 +39,8 @@ class Figure:
     title: str
     caption: str
     svg: str
+    #: The evidence keys drawn in full by this figure: the report's evidence tables leave them out.
+    sources: tuple[str, ...] = ()
 
     @property
     def inline(self) -> str:
@@ -122,7 +124,17 @@ def dead_units_figures(finding: dict, prefix: str) -> list[Figure]:
 def forbidden_input_figures(finding: dict, prefix: str) -> list[Figure]:
     """L201: reliance per predicted class (the attribution-ratio finding) and the what-if edit (the flip-rate
     finding, when it carries one)."""
-    return _reliance_figures(finding, prefix) + _heatmap_figures(finding, prefix) + _what_if_figures(finding, prefix)
+    return (_reliance_figures(finding, prefix) + _heatmap_figures(finding, prefix) + _columns_figures(finding, prefix)
+            + _what_if_figures(finding, prefix) + _decomposition(finding, prefix))
+
+
+def _columns_figures(finding: dict, prefix: str) -> list[Figure]:
+    """L201 on tables: attribution share per input column and predicted class."""
+    from .unit_figures import columns_figure
+
+    region = finding["location"]["component"] if finding.get("location") else "region"
+    figure = columns_figure(finding["evidence"].get("attribution_per_column"), prefix, region)
+    return [replace(figure, sources=("attribution_per_column",))] if figure else []
 
 
 def _heatmap_figures(finding: dict, prefix: str) -> list[Figure]:
@@ -131,19 +143,22 @@ def _heatmap_figures(finding: dict, prefix: str) -> list[Figure]:
     maps = finding["evidence"].get("attribution_maps")
     if not isinstance(maps, dict) or not isinstance(maps.get("mean_per_class"), list) or not maps["mean_per_class"]:
         return []
-    panels = [(f"class {c}", m) for c, m in zip(maps["classes"], maps["mean_per_class"])]
-    panels += [(f"sample ({s['predicted_class']})", s["map"]) for s in maps.get("samples") or []]
+    panels = [(f"class {c}", m, "magma") for c, m in zip(maps["classes"], maps["mean_per_class"])]
+    for i, sample in enumerate(maps.get("samples") or [], 1):
+        if sample.get("input") is not None:
+            panels.append((f"#{i} input ({sample['predicted_class']})", sample["input"], "gray"))
+        panels.append((f"#{i} attribution", sample["map"], "magma"))
     outline = _outline(maps["mask"])
     region = finding["location"]["component"] if finding.get("location") else "region"
-    columns = min(len(panels), 7)
+    columns = min(len(panels), 8)
     rows = -(-len(panels) // columns)
 
     def draw(figure: Any) -> None:
         axes = figure.subplots(rows, columns, squeeze=False)
         for ax in axes.flat:
             ax.set_axis_off()
-        for ax, (title, image) in zip(axes.flat, panels):
-            ax.pcolormesh(image, cmap="magma", edgecolors="face", linewidth=0)  # vector: no raster
+        for ax, (title, image, colours) in zip(axes.flat, panels):
+            ax.pcolormesh(image, cmap=colours, edgecolors="face", linewidth=0)  # vector: no raster
             ax.contour(*outline, levels=[0.5], colors="#00e5ff", linewidths=1.2)
             ax.set_aspect("equal")
             ax.invert_yaxis()
@@ -152,7 +167,10 @@ def _heatmap_figures(finding: dict, prefix: str) -> list[Figure]:
 
     caption = (f"Mean absolute attribution ({finding['evidence'].get('method', 'attribution')}, to the predicted "
                f"class) over the input, per predicted class, then {len(maps.get('samples') or [])} samples where "
-               f"the region is present; brighter is more attribution; the cyan outline is {region}.")
+               "the region is present"
+               + (", each input (grey, titled with its predicted class) beside its attribution" if any(
+                   s.get("input") is not None for s in maps.get("samples") or []) else "")
+               + f"; brighter is more attribution; the cyan outline is {region}.")
     return [Figure(f"{prefix}-heatmaps.svg", "Attribution heatmaps", caption,
                    render_svg(prefix + "-heatmaps", draw, (6.4, 0.4 + 1.05 * rows)))]
 
@@ -274,7 +292,8 @@ def critical_units_figures(finding: dict, prefix: str) -> list[Figure]:
         _title(figure, title)
 
     size = (6.4, 1.0 + 0.22 * len(labels) * max(1, len(series) * 0.6))
-    return [Figure(f"{prefix}-ablation.svg", title, caption, render_svg(prefix, draw, size))]
+    return [Figure(f"{prefix}-ablation.svg", title, caption, render_svg(prefix, draw, size)),
+            *_decomposition(finding, prefix)]
 
 
 def representation_drift_figures(finding: dict, prefix: str) -> list[Figure]:
@@ -358,6 +377,7 @@ DRAWERS: dict[str, Callable[[dict, str], list[Figure]]] = {
     "critical_units": critical_units_figures,
     "representation_drift": representation_drift_figures,
     "weakness_attack": weakness_attack_figures,
+    "patching": _decomposition,
     "polysemantic_units": _decomposition,
     "dictionary_features": _decomposition,
     "dimensionality": _decomposition,

@@ -20,8 +20,12 @@ from ..model_view import installed
 def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, shape: tuple[int, ...],
                         direction: torch.Tensor | None = None, steps: int = 128, lr: float = 0.05, jitter: int = 1,
                         blur_every: int = 4, seed: int = 0, device: str | torch.device = "cpu",
-                        value_range: tuple[float, float] = (0.0, 1.0)) -> dict:
+                        value_range: tuple[float, float] = (0.0, 1.0), centre: bool = False) -> dict:
     """Optimise one image of ``shape`` ``(C, H, W)`` to maximise ``unit`` of ``layer_module`` (or ``direction``).
+
+    ``centre``: for a convolution, maximise the unit at the centre of its map (the "neuron" objective of Olah et
+    al. 2017: a pattern within one receptive field) instead of its mean over the map (the "channel" objective,
+    which a uniformly bright image often maximises).
 
     Returns ``{"objective", "objective_start", "steps", "image"}``; ``image`` is the optimised input's mean over
     channels as a 2-D list (4 decimals). The model's parameters get no gradients and its training mode is restored.
@@ -39,7 +43,7 @@ def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, sh
     model.eval()
     try:
         with installed([layer_module.register_forward_hook(lambda _m, _i, out: captured.append(_first(out)))]):
-            objective = _objective_fn(model, captured, unit, direction)
+            objective = _objective_fn(model, captured, unit, direction, centre)
             with torch.no_grad():
                 objective_start = float(objective(image))
             image = _ascend(objective, image, steps, lr, jitter, blur_every, generator, (low, high))
@@ -53,14 +57,18 @@ def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, sh
             "steps": int(steps), "image": [[round(float(v), 4) + 0.0 for v in row] for row in grey]}
 
 
-def _objective_fn(model: nn.Module, captured: list[torch.Tensor], unit: int, direction: torch.Tensor | None):
+def _objective_fn(model: nn.Module, captured: list[torch.Tensor], unit: int, direction: torch.Tensor | None,
+                  centre: bool = False):
     """``image -> scalar``: the unit's pooled activation, or the pooled activation's projection on ``direction``."""
     def objective(image: torch.Tensor) -> torch.Tensor:
         captured.clear()
         model(image)
         if not captured:
             raise RuntimeError("the layer did not run in the model's forward pass")
-        pooled = _pool(captured[-1])
+        output = captured[-1]
+        if centre and output.dim() == 4:
+            output = output[:, :, output.shape[2] // 2, output.shape[3] // 2]
+        pooled = _pool(output)
         if direction is None:
             if not 0 <= unit < pooled.shape[1]:
                 raise ValueError(f"unit {unit} out of range for a layer with {pooled.shape[1]} units")

@@ -4,6 +4,8 @@
 * :func:`oriented_grating_curve`: sinusoidal gratings at evenly spaced orientations, averaged over phase (the
   orientation tuning of Hubel & Wiesel 1962, as used on artificial units by Olah et al. 2020, "An Overview of Early
   Vision in InceptionV1", Distill);
+* :func:`region_sweep_curve`: a declared input region (a mask) set to evenly spaced values on real samples, the
+  rest of each sample kept (how a unit responds as a marked concept, e.g. a watermark, fades in);
 * :func:`feature_sweep_curve`: one tabular feature swept over its 1st-99th percentile range at the dataset's
   median sample (a partial-dependence slice, Friedman 2001).
 
@@ -74,6 +76,21 @@ def oriented_grating_curve(response: Response, shape: tuple[int, int, int], angl
     responses = [round(sum(per_probe[i:i + count]) / count, 4) + 0.0 for i in range(0, len(per_probe), count)]
     return {"factor": "grating orientation", "frequency": round(float(frequency), 4), "angles": degrees,
             "response": responses}
+
+
+def region_sweep_curve(response: Response, inputs: torch.Tensor, mask: torch.Tensor, low: float, high: float,
+                       points: int = 11, region: str = "region") -> dict:
+    """Mean response over ``inputs`` as the pixels where ``mask`` (broadcast to the inputs) is set are replaced by
+    each of ``points`` values from ``low`` to ``high``."""
+    inside = mask.bool().expand_as(inputs)
+    values = torch.linspace(float(low), float(high), max(2, int(points))).tolist()
+    out = []
+    with torch.no_grad():
+        for value in values:
+            responses = torch.cat([response(torch.where(inside[i:i + BATCH], value, inputs[i:i + BATCH]).float())
+                                   for i in range(0, len(inputs), BATCH)])
+            out.append(round(float(responses.float().mean()), 4) + 0.0)
+    return {"factor": f"value of {region}", "values": [round(v, 4) + 0.0 for v in values], "response": out}
 
 
 def feature_sweep_curve(response: Response, inputs: torch.Tensor, feature: int, points: int = 21,

@@ -1,0 +1,230 @@
+"""Figures of what units and heads do: attention patterns of heads, the activation atlas of a layer, exemplar
+token contexts with the activating token marked, and attribution per input column (tables).
+
+Each drawer takes one evidence value (validated first; a malformed one gives no figure) and a file-name prefix,
+like those of :mod:`.decomposition_figures`, which registers them by evidence key. Attention patterns follow
+Elhage et al. 2021 and Olsson et al. 2022; the atlas, Carter et al. 2019 ("Activation Atlas", Distill).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .figures import (
+    FAIL_COLOR,
+    NEUTRAL_COLOR,
+    PASS_COLOR,
+    TITLE_NAME_CHARS,
+    Figure,
+    _number,
+    _title,
+    render_svg,
+    short_label,
+)
+
+MAX_HEADS, MAX_CELLS, MAX_GRID, MAX_CONTEXTS, MAX_COLUMNS = 3, 256, 16, 6, 32
+
+
+def _matrix(value: Any, limit: int = 64) -> np.ndarray | None:
+    """A finite 2-D array from a rectangular list of lists of numbers, at most ``limit`` a side."""
+    if not isinstance(value, list) or not value or len(value) > limit or not isinstance(value[0], list):
+        return None
+    width = len(value[0])
+    if not 0 < width <= limit or not all(isinstance(r, list) and len(r) == width and all(_number(v) for v in r)
+                                         for r in value):
+        return None
+    array = np.asarray(value, dtype=float)
+    return array if np.isfinite(array).all() else None
+
+
+# -- attention patterns --------------------------------------------------------------------------------------------
+
+def attention_figure(entries: Any, prefix: str) -> Figure | None:
+    """Per head (at most 3): its mean attention pattern over the samples and that of one example with its tokens."""
+    if not isinstance(entries, list):
+        return None
+    heads = []
+    for entry in entries[:MAX_HEADS]:
+        if not isinstance(entry, dict) or "component" not in entry:
+            continue
+        mean, example = _matrix(entry.get("mean")), _matrix(entry.get("example"))
+        if mean is None or mean.shape[0] != mean.shape[1]:
+            continue
+        tokens = entry.get("example_tokens")
+        tokens = [str(t) for t in tokens] if isinstance(tokens, list) and example is not None \
+            and len(tokens) == example.shape[1] else None
+        heads.append((str(entry["component"]), mean, example if example is not None and example.shape == mean.shape
+                      else None, tokens, entry.get("samples")))
+    if not heads:
+        return None
+    columns = 1 + any(h[2] is not None for h in heads)
+
+    def draw(figure: Any) -> None:
+        axes = figure.subplots(len(heads), columns, squeeze=False)
+        for (name, mean, example, tokens, samples), row in zip(heads, axes):
+            panels = [(mean, f"{short_label(name, 24)}: mean over {samples} samples", None)]
+            if example is not None:
+                panels.append((example, f"{short_label(name, 24)}: one sample", tokens))
+            for ax, (matrix, title, labels) in zip(row, panels):
+                shown = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_title(title, fontsize=7, fontweight="normal")
+                ax.set_xlabel("key position (attended to)", fontsize=7)
+                ax.set_ylabel("query position", fontsize=7)
+                if labels is not None:
+                    ticks = range(0, len(labels), max(1, len(labels) // 16))
+                    ax.set_xticks(list(ticks), [short_label(labels[i], 4) for i in ticks], fontsize=5, rotation=90)
+                    ax.set_yticks(list(ticks), [short_label(labels[i], 4) for i in ticks], fontsize=5)
+                else:
+                    ax.tick_params(labelsize=6)
+            figure.colorbar(shown, ax=list(row), shrink=0.8, label="attention weight")
+        _title(figure, "Attention patterns of the flagged heads")
+
+    described = "; ".join(f"{name}: {_pattern_summary(mean)}" for name, mean, *_ in heads)
+    caption = ("Each row of a panel is a query position, each column a key position; the colour is the weight the "
+               "query gives the key (rows sum to 1). Left: the mean pattern over the samples; right: one sample, "
+               f"its tokens on the axes. {described}.")
+    return Figure(f"{prefix}-attention.svg", "Attention patterns", caption,
+                  render_svg(prefix + "-attention", draw, (6.4, 0.5 + 2.7 * len(heads))))
+
+
+def _pattern_summary(mean: np.ndarray) -> str:
+    """Which offset the pattern favours: the mean weight on the previous token, on itself, and on the first."""
+    rows = mean.shape[0]
+    previous = float(np.mean([mean[i, i - 1] for i in range(1, rows)])) if rows > 1 else 0.0
+    own = float(np.mean(np.diag(mean)))
+    first = float(mean[1:, 0].mean()) if rows > 1 else 0.0
+    return f"mean weight on the previous token {previous:.2f}, on itself {own:.2f}, on the first {first:.2f}"
+
+
+# -- activation atlas ----------------------------------------------------------------------------------------------
+
+def atlas_figure(atlas: Any, prefix: str) -> Figure | None:
+    """The atlas grid: each cell's mean input, titled with its dominant label; cells mostly marked framed in red."""
+    if not isinstance(atlas, dict) or not isinstance(atlas.get("cells"), list):
+        return None
+    grid = atlas.get("grid")
+    if not isinstance(grid, int) or not 0 < grid <= MAX_GRID:
+        return None
+    cells = [(c, image) for c in atlas["cells"][:MAX_CELLS]
+             if isinstance(c, dict) and isinstance(c.get("row"), int) and isinstance(c.get("col"), int)
+             and 0 <= c["row"] < grid and 0 <= c["col"] < grid and (image := _matrix(c.get("image"))) is not None]
+    if not cells:
+        return None
+    marked = all(_number(c.get("marked_share")) for c, _ in cells)
+    layer = str(atlas.get("layer", "layer"))
+
+    def draw(figure: Any) -> None:
+        axes = figure.subplots(grid, grid, squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.3})
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for cell, image in cells:
+            ax = axes[cell["row"], cell["col"]]
+            ax.set_axis_on()
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            share = cell.get("marked_share") if marked else None
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set_color(FAIL_COLOR if share is not None and share >= 0.5 else NEUTRAL_COLOR)
+                spine.set_linewidth(1.5 if share is not None and share >= 0.5 else 0.5)
+            label = f"{short_label(cell.get('label', ''), 6)} " if cell.get("label") is not None else ""
+            ax.set_title(f"{label}n={cell.get('count')}", fontsize=5, fontweight="normal", pad=1.5)
+        _title(figure, f"Activation atlas of {short_label(layer, TITLE_NAME_CHARS)}")
+
+    counts = [c.get("count") for c, _ in cells if isinstance(c.get("count"), int)]
+    caption = (f"The audit samples' activations at {layer} laid out in two dimensions ({atlas.get('method', '?')} of "
+               f"{atlas.get('samples', '?')} samples) and cut into a {grid}x{grid} grid; each drawn cell (at least "
+               f"{min(counts) if counts else '?'} samples) shows the mean input of the samples that fall in it, titled "
+               "with their most common predicted class and their number. Neighbouring cells are samples the layer "
+               "represents alike."
+               + (" Cells framed in red: at least half their samples carry the region." if marked else ""))
+    return Figure(f"{prefix}-atlas.svg", f"Activation atlas, {layer}", caption,
+                  render_svg(prefix + "-atlas", draw, (6.4, 4.8)))
+
+
+# -- token contexts ------------------------------------------------------------------------------------------------
+
+def token_contexts_figure(entries: Any, prefix: str) -> Figure | None:
+    """Exemplar token contexts, one line each, the activating token (``[[tok]]``) highlighted."""
+    if not isinstance(entries, list):
+        return None
+    rows = [(str(e["component"]), [x for x in e["exemplars"][:MAX_CONTEXTS] if _context(x)])
+            for e in entries[:MAX_HEADS] if isinstance(e, dict) and "component" in e
+            and isinstance(e.get("exemplars"), list)]
+    rows = [(name, items) for name, items in rows if items]
+    if not rows:
+        return None
+    lines = sum(1 + len(items) for _, items in rows)
+
+    def draw(figure: Any) -> None:
+        ax = figure.subplots()
+        ax.set_axis_off()
+        ax.set_xlim(0, 1)
+        ax.set_ylim(lines, 0)
+        y = 0.5
+        for name, items in rows:
+            ax.text(0, y, short_label(name, 40), fontsize=8, fontweight="bold", va="center")
+            y += 1
+            for item in items:
+                before, token, after = _context(item)
+                activation = item.get("activation")
+                ax.text(0.02, y, f"{activation:.3g}" if _number(activation) else "n/a", fontsize=7, va="center",
+                        family="DejaVu Sans Mono")
+                text = ax.text(0.12, y, before + " ", fontsize=7, va="center", family="DejaVu Sans Mono")
+                mark = ax.annotate(token, xycoords=text, xy=(1, 0.5), va="center", fontsize=7,
+                                   family="DejaVu Sans Mono", fontweight="bold",
+                                   bbox={"boxstyle": "square,pad=0.15", "facecolor": "#ffd54f", "edgecolor": "none"})
+                ax.annotate(" " + after, xycoords=mark, xy=(1, 0.5), va="center", fontsize=7,
+                            family="DejaVu Sans Mono")
+                y += 1
+        _title(figure, "Contexts that activate each component the most")
+
+    caption = ("For each component, the audit samples on which it activates the most (strongest first): its "
+               "activation, then the tokens around the position where it peaks, that token highlighted.")
+    return Figure(f"{prefix}-contexts.svg", "Top-activating contexts", caption,
+                  render_svg(prefix + "-contexts", draw, (6.4, 0.6 + 0.2 * lines)))
+
+
+def _context(exemplar: Any) -> tuple[str, str, str] | None:
+    text = exemplar.get("context") if isinstance(exemplar, dict) else None
+    if not isinstance(text, str) or "[[" not in text or "]]" not in text:
+        return None
+    before, rest = text.split("[[", 1)
+    token, after = rest.split("]]", 1)
+    return before.strip(), token, after.strip()
+
+
+# -- attribution per input column (tables) -------------------------------------------------------------------------
+
+def columns_figure(value: Any, prefix: str, region: str = "region") -> Figure | None:
+    """Share of the attribution per input column, one group of bars per predicted class; the region's column red."""
+    if not isinstance(value, dict):
+        return None
+    columns, classes, shares = value.get("columns"), value.get("classes"), value.get("mean_share_per_class")
+    if not (isinstance(columns, list) and 0 < len(columns) <= MAX_COLUMNS and isinstance(classes, list)
+            and 0 < len(classes) <= MAX_COLUMNS):
+        return None
+    matrix = _matrix(shares, MAX_COLUMNS)
+    if matrix is None or matrix.shape != (len(classes), len(columns)):
+        return None
+    marked = value.get("region_column")
+
+    def draw(figure: Any) -> None:
+        axes = figure.subplots(1, len(classes), sharey=True, squeeze=False)[0]
+        y = range(len(columns))
+        for ax, name, row in zip(axes, classes, matrix):
+            ax.barh(list(y), row, color=[FAIL_COLOR if i == marked else PASS_COLOR for i in y])
+            ax.set_title(f"predicted {short_label(name, 12)}", fontsize=7, fontweight="normal")
+            ax.set_xlabel("attribution share", fontsize=7)
+        axes[0].set_yticks(list(y), [short_label(c, 20) for c in columns])
+        axes[0].invert_yaxis()
+        _title(figure, "Attribution per input column")
+
+    caption = (f"Mean share of each input column in the absolute attribution, per predicted class (the {region} "
+               f"column in red, then the {len(columns) - 1} columns with most attribution); a model that ignores the "
+               "protected column gives it a bar near zero.")
+    return Figure(f"{prefix}-columns.svg", "Attribution per column", caption,
+                  render_svg(prefix + "-columns", draw, (6.4, 1.0 + 0.2 * len(columns))))
