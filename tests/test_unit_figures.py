@@ -17,7 +17,13 @@ from report_cases import example_result
 from mechaudit.engine import run_audit
 from mechaudit.examples.induction.model import AttentionOnlyTransformer
 from mechaudit.report.document import build_document
-from mechaudit.report.unit_figures import atlas_figure, attention_figure, columns_figure, token_contexts_figure
+from mechaudit.report.unit_figures import (
+    atlas_figure,
+    attention_figure,
+    columns_figure,
+    token_attention_figure,
+    token_contexts_figure,
+)
 from mechaudit.spec import load_spec
 from mechaudit.techniques.atlas import activation_atlas
 from mechaudit.techniques.attention_patterns import head_patterns
@@ -196,3 +202,11 @@ def test_tables_get_attribution_per_column_with_the_leaked_column_on_top(tabular
 def test_columns_figure_skips_malformed_evidence() -> None:
     assert columns_figure({"columns": ["a"], "classes": ["0"], "mean_share_per_class": [[0.1, 0.2]]}, "x") is None
     assert columns_figure({"columns": [], "classes": [], "mean_share_per_class": []}, "x") is None
+
+
+def test_token_attention_shades_the_tokens_the_last_position_reads() -> None:
+    pattern = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.9, 0.1]]
+    figure = token_attention_figure([{"component": "b.attn:h0", "mean": pattern, "example": pattern,
+                                      "example_tokens": ["a", "b", "c"]}], "01-x")
+    assert figure is not None and "token 1 (b, weight 0.90)" in figure.caption
+    assert token_attention_figure([{"component": "h", "example": pattern, "example_tokens": ["a"]}], "01-x") is None

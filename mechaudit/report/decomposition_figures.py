@@ -25,7 +25,7 @@ from .figures import (
     render_svg,
     short_label,
 )
-from .unit_figures import atlas_figure, attention_figure, token_contexts_figure
+from .unit_figures import atlas_figure, attention_figure, token_attention_figure, token_contexts_figure
 
 MAX_COMPONENTS, MAX_EXEMPLARS, MAX_CURVES, MAX_IMAGE_SIDE, MAX_LEGEND = 6, 8, 6, 256, 12
 _DRAWN = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError)
@@ -40,11 +40,10 @@ def decomposition_figures(finding: dict, prefix: str) -> list[Figure]:
     for key, drawer in _KEYS.items():
         if key in evidence:
             try:
-                figure = drawer(evidence[key], prefix)
+                drawn = drawer(evidence[key], prefix)
             except _DRAWN:  # malformed evidence that slipped through validation: no figure, never an error
-                figure = None
-            if figure is not None:
-                figures.append(replace(figure, sources=(key,)))
+                drawn = None
+            figures += [replace(f, sources=(key,)) for f in (drawn if isinstance(drawn, list) else [drawn]) if f]
     return figures
 
 
@@ -316,11 +315,12 @@ def _exemplars(entries: Any, prefix: str) -> Figure | None:
     return exemplars_figure(entries, prefix) or token_contexts_figure(entries, prefix)
 
 
-_KEYS: dict[str, Callable[[Any, str], Figure | None]] = {
+_KEYS: dict[str, Callable[[Any, str], Figure | list[Figure | None] | None]] = {
     "exemplars": _exemplars,
     "activation_maximization": activation_max_figure,
     "tuning_curves": tuning_figure,
     "layer_map": layer_map_figure,
-    "attention_patterns": attention_figure,
+    "attention_patterns": lambda entries, prefix: [attention_figure(entries, prefix),
+                                                   token_attention_figure(entries, prefix)],
     "activation_atlas": atlas_figure,
 }

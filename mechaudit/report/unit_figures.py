@@ -98,6 +98,54 @@ def _pattern_summary(mean: np.ndarray) -> str:
     return f"mean weight on the previous token {previous:.2f}, on itself {own:.2f}, on the first {first:.2f}"
 
 
+def token_attention_figure(entries: Any, prefix: str) -> Figure | None:
+    """Per head with tokens: the example's tokens, each highlighted by the weight the last position gives it."""
+    if not isinstance(entries, list):
+        return None
+    rows = []
+    for entry in entries[:MAX_HEADS]:
+        example = _matrix(entry.get("example")) if isinstance(entry, dict) else None
+        tokens = entry.get("example_tokens") if isinstance(entry, dict) else None
+        if example is not None and isinstance(tokens, list) and len(tokens) == example.shape[1] \
+                and "component" in entry:
+            rows.append((str(entry["component"]), [str(t) for t in tokens], example[-1]))
+    if not rows:
+        return None
+    per_line = 16
+    lines = sum(1 + -(-len(tokens) // per_line) for _, tokens, _ in rows)
+
+    def draw(figure: Any) -> None:
+        import matplotlib
+
+        colours = matplotlib.colormaps["Blues"]
+        ax = figure.subplots()
+        ax.set_axis_off()
+        ax.set_xlim(0, per_line)
+        ax.set_ylim(lines, 0)
+        y = 0.5
+        for name, tokens, weights in rows:
+            ax.text(0, y, f"{short_label(name, 40)}: weight from the last position", fontsize=7, fontweight="bold",
+                    va="center")
+            y += 1
+            for i, (token, weight) in enumerate(zip(tokens, weights)):
+                x = i % per_line
+                ax.text(x + 0.5, y, short_label(token, 6), ha="center", va="center", fontsize=6,
+                        family="DejaVu Sans Mono", color="white" if weight > 0.6 else "black",
+                        bbox={"boxstyle": "square,pad=0.25", "facecolor": colours(float(weight)),
+                              "edgecolor": FAIL_COLOR if i == len(tokens) - 1 else "#dddddd"})
+                if x == per_line - 1 and i < len(tokens) - 1:
+                    y += 1
+            y += 1
+        _title(figure, "Which tokens the last position attends to")
+
+    strongest = "; ".join(f"{name}: token {int(np.argmax(w))} ({tokens[int(np.argmax(w))]}, weight {w.max():.2f})"
+                          for name, tokens, w in rows)
+    caption = ("The tokens of one sample in order (16 a line), each shaded by the attention weight the last position "
+               f"(framed in red) gives it, for each flagged head. Strongest: {strongest}.")
+    return Figure(f"{prefix}-token-attention.svg", "Token attention", caption,
+                  render_svg(prefix + "-token-attention", draw, (6.4, 0.5 + 0.28 * lines)))
+
+
 # -- activation atlas ----------------------------------------------------------------------------------------------
 
 def atlas_figure(atlas: Any, prefix: str) -> Figure | None:
