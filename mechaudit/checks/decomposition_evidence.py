@@ -1,8 +1,11 @@
-"""Reviewer evidence the decomposition rules attach to their findings: top-activating exemplars of units or
-dictionary features, and activation maximisation of dictionary features for image models (drawn by
-:mod:`mechaudit.report.decomposition_figures`)."""
+"""Reviewer evidence rules attach to their findings: top-activating exemplars of units or dictionary features,
+activation maximisation, tuning curves, attention patterns of heads and activation atlases (drawn by
+:mod:`mechaudit.report.decomposition_figures` and :mod:`mechaudit.report.unit_figures`). Pictures illustrate a
+finding and never cost it: one that cannot be made is left out, with a warning."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -69,17 +72,21 @@ def unit_pictures(context: AuditContext, addresses: list[str], inputs: torch.Ten
         labels = context.data.labels[indices] if context.data.labels is not None else None
     evidence: dict[str, list] = {}
     for address in addresses[:PICTURED_UNITS]:
-        layer, unit = context.view.resolve(address)
-        if unit is None:
+        try:
+            layer, unit = context.view.resolve(address)
+            if unit is None:
+                continue
+            if layer.kind == "heads":
+                pictures = {"attention_patterns": _pattern(context, layer, unit, inputs[:PATTERN_SAMPLES])}
+            else:
+                pictures = _unit_rows(context, layer, unit, inputs, labels, region)
+        except Exception as exc:  # noqa: BLE001  pictures illustrate a finding; they never cost it
+            warnings.warn(f"no pictures of {address}: {type(exc).__name__}: {exc}", stacklevel=2)
             continue
-        if layer.kind == "heads":
-            rows = [_pattern(context, layer, unit, inputs[:PATTERN_SAMPLES])]
-        else:
-            rows = []
-            for key, row in _unit_rows(context, layer, unit, inputs, labels, region).items():
+        for key, row in pictures.items():
+            if row is not None:
                 evidence.setdefault(key, []).append(row)
-        evidence.setdefault("attention_patterns", []).extend(r for r in rows if r is not None)
-    return {key: rows for key, rows in evidence.items() if rows}
+    return evidence
 
 
 def _pattern(context: AuditContext, layer: Layer, head: int, inputs: torch.Tensor) -> dict | None:
@@ -177,16 +184,24 @@ def layer_atlas(context: AuditContext, layer: Layer, inputs: torch.Tensor, label
                 marked: torch.Tensor | None = None) -> dict | None:
     """The activation atlas of ``layer`` over image ``inputs`` (see :mod:`mechaudit.techniques.atlas`), or None for
     other inputs."""
-    from ..techniques.atlas import activation_atlas
+    from ..techniques.atlas import MAX_DIMENSIONS, activation_atlas
 
     if inputs.dim() != 4 or not inputs.is_floating_point() or len(inputs) < 4:
         return None
     parts: list[torch.Tensor] = []
-    with hooked(context.view, [layer], lambda _l, out: parts.append(units_view(out, layer).float().cpu())), \
-            torch.no_grad():
-        for _, batch in batches(inputs, context.batch_size, context.device):
-            context.model(batch)
-    return {"layer": layer.name, **activation_atlas(torch.cat(parts), inputs, labels, marked, seed=context.seed)}
+
+    def keep(_layer: Layer, output: torch.Tensor) -> None:
+        units = units_view(output, layer).float()
+        parts.append((units if units[0].numel() <= MAX_DIMENSIONS else units.mean(-1, keepdim=True)).cpu())
+    try:
+        with hooked(context.view, [layer], keep), torch.no_grad():
+            for _, batch in batches(inputs, context.batch_size, context.device):
+                context.model(batch)
+        atlas = activation_atlas(torch.cat(parts), inputs, labels, marked, seed=context.seed)
+    except Exception as exc:  # noqa: BLE001  the atlas illustrates a finding; it never costs it
+        warnings.warn(f"no activation atlas of {layer.name}: {type(exc).__name__}: {exc}", stacklevel=2)
+        return None
+    return {"layer": layer.name, **atlas}
 
 
 def _rounded(values: torch.Tensor) -> list:

@@ -69,5 +69,5 @@ def _layout(vectors: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
     if len(vectors) > TSNE_SAMPLES:
         return PCA(2, random_state=seed).fit_transform(vectors), "PCA"
     perplexity = min(30.0, (len(vectors) - 1) / 3)
-    layout = TSNE(2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500).fit_transform(vectors)
+    layout = TSNE(2, perplexity=perplexity, init="pca", random_state=seed, max_iter=300).fit_transform(vectors)
     return layout, "t-SNE"
