@@ -121,7 +121,7 @@ def test_atlas_cells_keep_apart_what_the_layer_keeps_apart() -> None:
     mixed = activation_atlas(torch.randn(n, 6, 1, generator=generator), images, labels, grid=2)
     assert min(c["label_share"] for c in mixed["cells"]) < 0.9
     figure = atlas_figure({"layer": "features.0", **atlas}, "01-x")
-    assert figure is not None and "Cells framed in red" in figure.caption and figure.svg.count("<image") == len(
+    assert figure is not None and "carry it more often than the 50%" in figure.caption and figure.svg.count("<image") == len(
         atlas["cells"])
 
 

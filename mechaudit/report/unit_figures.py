@@ -160,7 +160,9 @@ def atlas_figure(atlas: Any, prefix: str) -> Figure | None:
              and 0 <= c["row"] < grid and 0 <= c["col"] < grid and (image := _matrix(c.get("image"))) is not None]
     if not cells:
         return None
-    marked = all(_number(c.get("marked_share")) for c, _ in cells)
+    marked = all(_number(c.get("marked_share")) and isinstance(c.get("count"), int) for c, _ in cells)
+    overall = (sum(c["marked_share"] * c["count"] for c, _ in cells) / max(1, sum(c["count"] for c, _ in cells))
+               if marked else None)
     layer = str(atlas.get("layer", "layer"))
 
     def draw(figure: Any) -> None:
@@ -173,13 +175,15 @@ def atlas_figure(atlas: Any, prefix: str) -> Figure | None:
             ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            share = cell.get("marked_share") if marked else None
+            share = cell["marked_share"] if overall is not None else None
+            above = share is not None and share > overall
             for spine in ax.spines.values():
                 spine.set_visible(True)
-                spine.set_color(FAIL_COLOR if share is not None and share >= 0.5 else NEUTRAL_COLOR)
-                spine.set_linewidth(1.5 if share is not None and share >= 0.5 else 0.5)
+                spine.set_color(FAIL_COLOR if above else NEUTRAL_COLOR)
+                spine.set_linewidth(1.5 if above else 0.5)
             label = f"{short_label(cell.get('label', ''), 6)} " if cell.get("label") is not None else ""
-            ax.set_title(f"{label}n={cell.get('count')}", fontsize=5, fontweight="normal", pad=1.5)
+            marks = f" {share:.0%}" if share is not None else ""
+            ax.set_title(f"{label}n={cell.get('count')}{marks}", fontsize=5, fontweight="normal", pad=1.5)
         _title(figure, f"Activation atlas of {short_label(layer, TITLE_NAME_CHARS)}")
 
     counts = [c.get("count") for c, _ in cells if isinstance(c.get("count"), int)]
@@ -188,7 +192,8 @@ def atlas_figure(atlas: Any, prefix: str) -> Figure | None:
                f"{min(counts) if counts else '?'} samples) shows the mean input of the samples that fall in it, titled "
                "with their most common predicted class and their number. Neighbouring cells are samples the layer "
                "represents alike."
-               + (" Cells framed in red: at least half their samples carry the region." if marked else ""))
+               + (f" The percentage is the share of the cell's samples that carry the region; cells framed in red "
+                  f"carry it more often than the {overall:.0%} of all samples drawn." if overall is not None else ""))
     return Figure(f"{prefix}-atlas.svg", f"Activation atlas, {layer}", caption,
                   render_svg(prefix + "-atlas", draw, (6.4, 4.8)))
 
