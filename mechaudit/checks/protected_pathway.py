@@ -14,7 +14,7 @@ from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
-from ..techniques.circuits import INPUT, attribution_flow
+from ..techniques.circuits import INPUT, attribution_flow, source_shares
 from ..techniques.edits import what_if_erased, what_if_suppressed
 from ..techniques.pathway_effect import pathway_effect
 from .circuit_common import circuit_problem, circuit_scores, hidden_nodes, mean_values
@@ -165,5 +165,5 @@ def _region_specific_units(scores, flow: dict[str, float], hidden: list[str], re
     """For each unit carrying at least ``min_flow`` of the largest unit flow, the share of its own attribution
     that comes from ``region``: the units most specific to the region come first in its pathway."""
     floor = min_flow * max((flow.get(n, 0.0) for n in hidden), default=0.0)
-    return {node: attribution_flow(scores, {node: 1.0}).get(region, 0.0)
-            for node in hidden if flow.get(node, 0.0) > floor and floor > 0}
+    shares = source_shares(scores, region)
+    return {node: shares.get(node, 0.0) for node in hidden if flow.get(node, 0.0) > floor and floor > 0}
