@@ -39,6 +39,9 @@ it). Two what-if edits (simulations, no retraining) report accuracy and the regi
 `what_if_units` mean-ablates the first `edit_nodes` units of the pathway; `what_if_direction` erases the region's
 direction at each hidden layer in turn (measured on held-out samples). `mechaudit edit --suppress` or `--erase`
 writes such an edit into a copy of the weights.
+A pathway unit's address (`features.0:ch7`) is a node of R301's graph: its flow passes through the edges that
+patch what the next audited layer reads from it (after its nonlinearity); `what_if_units` mean-ablates the
+layer's own output (before the nonlinearity).
 """,
     why="""
 If a protected input (a watermark, an identity marker, a protected column) feeds the output through a
