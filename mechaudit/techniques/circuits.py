@@ -4,10 +4,13 @@ Nodes are the units of the audited layers (and the input, split by declared regi
 one layer to a unit of the next layer that reads it. Every node and edge is scored with two forward passes
 (clean and reference) and one backward pass:
 
-* node ``u``: ``(z_u_ref - z_u) . dm/dz_u``: the first-order change of the behaviour ``m`` when ``u`` is
-  patched to its reference value (attribution patching);
-* edge ``u -> v``: ``(W_vu (x_u_ref - x_u)) . dm/dz_v``: the same when only ``u``'s contribution to ``v``'s
-  input is patched, where ``x_u`` is the part of ``v``'s input that ``u`` produced.
+* edge ``u -> v``: ``(W_vu (x_u_ref - x_u)) . dm/dz_v``: the first-order change of the behaviour ``m`` when only
+  ``u``'s contribution to ``v``'s input is patched, where ``x_u`` is the part of ``v``'s input that ``u``
+  produced (after ``u``'s nonlinearity, pooling, flattening);
+* node ``u``: ``(x_u_ref - x_u) . dm/dx_u`` on that same tensor, the part of the next audited layer's input that
+  ``u`` produced: patching all of ``u``'s edges at once, so that a unit whose whole effect runs through one
+  edge scores that edge's score. Where the next layer's input does not split by unit (the last audited layer,
+  attention heads, residual streams, an unaudited module in between), on the unit's own output ``z_u``.
 
 Scores are the sum over samples of the *absolute* per-sample effect: with a mean reference, signed effects
 cancel across samples (a unit above its mean on half the data and below on the other half would score 0).
@@ -15,8 +18,11 @@ cancel across samples (a unit above its mean on half the data and below on the o
 The reference is the corrupted input of a counterfactual pair when pairs are declared, else the mean over the
 audit data (mean ablation). Reading ``W_vu`` off the weights needs to know which part of a layer's input each
 upstream unit produced: this holds when only elementwise functions, pooling and flattening sit between the
-two layers (MLPs, CNNs). Other pairs (attention heads, LayerNorm, residual streams) are scored by autograd
-(:mod:`.gradient_edges`); pairs neither can score are listed in :attr:`CircuitScores.unconnected`.
+two layers (MLPs, CNNs); those edges are matrix products (:mod:`.weight_edges`). Other pairs (attention heads,
+LayerNorm, residual streams) are scored by autograd (:mod:`.gradient_edges`); where both sides of such a pair
+are wider than ``max_passes``, only the edges into the downstream units with the highest node scores are
+scored. Pairs where the later layer does not depend on the earlier one are listed in
+:attr:`CircuitScores.unconnected`. Edge scores are held as one tensor per layer pair (:mod:`.edge_scores`).
 """
 
 from __future__ import annotations
