@@ -10,7 +10,11 @@
    the width (slope of log time against log width). The old method is skipped where its dense tensor alone would
    exceed 2 GiB. Also per width: R303's per-unit source shares (old: one dict flow per unit; new: one pass) and
    R302's connected circuit (old: dict graph; new: tensors).
-2. Exactness, on the embedded ``digits`` models: attribution patching against exact activation patching of every
+2. Wide pairs scored by autograd: two pre-LayerNorm transformer blocks (``d_model = width / 4``, MLP ``width``),
+   the pair (block 0's MLP neurons -> block 1's MLP neurons, across the residual stream and LayerNorm): before,
+   wider than 128 on both sides, it was left unconnected; now the edges into block 1's 128 best-scored neurons
+   are scored (time per width, and how many edges).
+3. Exactness, on the embedded ``digits`` models: attribution patching against exact activation patching of every
    edge (speed ratio, target >= 50x; Spearman rank correlation, target >= 0.9).
 """
 
@@ -107,6 +111,46 @@ def sweep(name: str, factory, shape: tuple[int, ...], positions: int) -> None:
                   f"{', '.join(str(r[0]) for r in rows if not math.isnan(r[column]))})")
 
 
+class Block(nn.Module):
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        d = width // 4
+        self.embed = nn.Embedding(64, d)
+        self.blocks = nn.Sequential(Block(d, width), Block(d, width))
+        self.unembed = nn.Linear(d, 64)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.unembed(self.blocks(self.embed(tokens)))[:, -1]
+
+
+def wide_pairs() -> None:
+    print("\nwide autograd pair (MLP neurons -> next block's MLP neurons), 32 prompts of 16 tokens")
+    for width in [w for w in WIDTHS if w >= 256][:3]:
+        torch.manual_seed(0)
+        model = Transformer(width).eval()
+        tokens = torch.randint(0, 64, (32, 16))
+        targets = model(tokens).argmax(1).detach()
+        view = ModelView.discover(model, tokens[:2], only=("blocks.0.mlp.0", "blocks.1.mlp.0"))
+        scores, seconds = timed(lambda: edge_attribution(view, tokens, targets, target_logit,
+                                                          reference=tokens.roll(1, 0)))
+        (choice,) = scores.edge_choice()
+        print(f"{width:>6} units per side: {seconds:.2f} s, {choice['edges']} of {width * width} edges scored, "
+              f"unconnected pairs: {len(scores.unconnected)}; {choice['method'][:60]}...")
+
+
 def exactness() -> None:
     print("\nattribution patching versus exact patching of every edge (digits)")
     for name in ("digits", "digits-control"):
@@ -134,6 +178,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "1")))
     sweep("MLP (3 hidden Linear layers of `width` units)", mlp, (64,), 1)
     sweep("CNN (3 conv layers of width/8 channels, 8x8)", cnn, (1, 8, 8), 64)
+    wide_pairs()
     exactness()
 
 
