@@ -66,12 +66,12 @@ def test_examples_record_their_inputs(audits) -> None:
 
 
 def test_the_flagship_shows_its_circuit_and_the_watermark_pathway(audits) -> None:
-    """Both specs declare a behaviour (the logit of class 7), so R301-R304 run in the main job; the watermark's
-    share of the attribution flow (R303) fails the shortcut model only."""
+    """Both specs declare a behaviour (the logit of class 7), so R301-R304 run in the main job; R303 (the effect
+    of cutting the watermark's pathway, with its share of the attribution flow) fails the shortcut model only."""
     statuses, flows = {}, {}
     for name, (_, data) in audits.items():
         statuses[name] = {r["id"]: r["status"] for r in data["rules"]}
-        flows[name] = next(f["value"] for f in data["findings"] if f["rule_id"] == "R303")
+        flows[name] = next(f for f in data["findings"] if f["rule_id"] == "R303")["evidence"]["protected_flow_share"]
         circuit = next(f for f in data["findings"] if f["rule_id"] == "R301")["evidence"]
         assert circuit["circuit"]["edges"] and not circuit["unconnected_layers"]
         assert {row["method"].split(":")[0] for row in circuit["edge_choice"]} == {"weights"}
