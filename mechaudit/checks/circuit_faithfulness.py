@@ -49,6 +49,10 @@ With pairs, the behaviour must first be present: its clean-minus-corrupted gap m
 the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
 faithfulness is computed (`induction-control`). The unfaithfulness carries a 95% bootstrap interval over the
 samples.
+Which tensor a unit's address (`fc1:u7`) means here: units are ranked and joined by R301's scores, which patch
+what the next audited layer reads from the unit (after its nonlinearity); the ablation that measures the circuit
+writes the layer's own output (the Linear/Conv output before its nonlinearity; for heads, the head's part of the
+output projection's input) with its mean over the audit data (or 0), as L202 and R304 do.
 """,
     why="""
 A circuit that does not reproduce the model's behaviour when everything else is removed is not an
@@ -60,8 +64,12 @@ Faithfulness is computed per sample, f(C) = 1 - E|m(C) - m(M)| / E|m(empty) - m(
 ratio above when every sample moves the same way and, unlike it, does not let opposite effects cancel
 under mean ablation. Measured: on the planted test network (3 circuit units among 10 hidden units)
 f = 1.00 at 30% of the units, random circuits of that size 0.00, completeness 0.00; on `digits`, a small
-dense CNN, the logit of class 7 needs most of its 56 units: f = 0.21 (shortcut model) and 0.30 (control) at
-30%, 0.64 and 0.51 at 50%, 1.00 and 0.94 at 75%; this rule reports that as not compact. The default
+dense CNN whose spec declares the logit of class 7 (edges scored on its stamped-versus-unstamped pairs), the
+behaviour needs most of its 56 units: f = 0.52 (shortcut model) and 0.30 (control) at 30%, 0.62 and 0.47 at
+50%, 1.00 and 0.92 at 75% (random circuits at 30%: 0.01 and 0.05); the smallest faithful circuit has 42 units
+in both. This rule reports both as not compact, so the control fails it as the shortcut model does: R302
+judges how compact the mechanism of the declared behaviour is, not whether it uses the watermark (R303 and
+L201 tell the two apart), and a 56-unit dense CNN computes a class logit with most of its units. The default
 threshold 0.8 at 30% is the one the issue sets; lower it or raise `circuit_fraction` for models known to be
 distributed. Top units by node score are not a circuit where importance is spread: on a network whose 4 first-
 layer units each carry a quarter of the behaviour and 16 second-layer units a sixteenth each, the top 20% by

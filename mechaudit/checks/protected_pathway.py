@@ -14,7 +14,7 @@ from typing import TypedDict
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
-from ..techniques.circuits import INPUT, attribution_flow
+from ..techniques.circuits import INPUT, attribution_flow, source_shares
 from ..techniques.edits import what_if_erased, what_if_suppressed
 from ..techniques.pathway_effect import pathway_effect
 from .circuit_common import circuit_problem, circuit_scores, hidden_nodes, mean_values
@@ -39,6 +39,9 @@ it). Two what-if edits (simulations, no retraining) report accuracy and the regi
 `what_if_units` mean-ablates the first `edit_nodes` units of the pathway; `what_if_direction` erases the region's
 direction at each hidden layer in turn (measured on held-out samples). `mechaudit edit --suppress` or `--erase`
 writes such an edit into a copy of the weights.
+A pathway unit's address (`features.0:ch7`) is a node of R301's graph: its flow passes through the edges that
+patch what the next audited layer reads from it (after its nonlinearity); `what_if_units` mean-ablates the
+layer's own output (before the nonlinearity).
 """,
     why="""
 If a protected input (a watermark, an identity marker, a protected column) feeds the output through a
@@ -165,5 +168,5 @@ def _region_specific_units(scores, flow: dict[str, float], hidden: list[str], re
     """For each unit carrying at least ``min_flow`` of the largest unit flow, the share of its own attribution
     that comes from ``region``: the units most specific to the region come first in its pathway."""
     floor = min_flow * max((flow.get(n, 0.0) for n in hidden), default=0.0)
-    return {node: attribution_flow(scores, {node: 1.0}).get(region, 0.0)
-            for node in hidden if flow.get(node, 0.0) > floor and floor > 0}
+    shares = source_shares(scores, region)
+    return {node: shares.get(node, 0.0) for node in hidden if flow.get(node, 0.0) > floor and floor > 0}

@@ -33,6 +33,9 @@ once a is ablated (its effect measured with a already removed).
 With pairs, the behaviour must first be present: its clean-minus-corrupted gap must exceed 3 standard errors of
 the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
 loss is computed (`induction-control`). Each loss carries a 95% bootstrap interval over the samples.
+A unit's address (`fc1:u7`) names the layer's own output (before its nonlinearity; a head's part of the output
+projection's input), which the ablation replaces by its mean; candidates are ranked by R301's node scores
+(measured on what the next audited layer reads from the unit).
 """,
     why="""
 A behaviour that hangs on one unit breaks under a small perturbation of that unit; backups mean that
@@ -45,7 +48,8 @@ et al. 2023 the self-repair that hides them). Losses are per-sample distances no
 Measured: on the planted test network the three circuit units are flagged (the shared downstream unit
 loses 100%, each of the two parallel units that read different inputs 78%), the distractors 0%; with the
 signal spread over 8 identical units no unit loses more than 12.5%; on `digits` (logit of class 7) the
-largest single loss is 46% (shortcut) and 44% (control). 0.5 flags a unit that carries most of it alone.
+largest single loss is 47% (shortcut) and 42% (control), as its spec declares it (edges scored on its
+stamped-versus-unstamped pairs). 0.5 flags a unit that carries most of it alone.
 """,
     fix="""
 Add redundancy where a single point of failure is unwanted (dropout, wider layers); read ablation-based

@@ -4,10 +4,13 @@ Nodes are the units of the audited layers (and the input, split by declared regi
 one layer to a unit of the next layer that reads it. Every node and edge is scored with two forward passes
 (clean and reference) and one backward pass:
 
-* node ``u``: ``(z_u_ref - z_u) . dm/dz_u``: the first-order change of the behaviour ``m`` when ``u`` is
-  patched to its reference value (attribution patching);
-* edge ``u -> v``: ``(W_vu (x_u_ref - x_u)) . dm/dz_v``: the same when only ``u``'s contribution to ``v``'s
-  input is patched, where ``x_u`` is the part of ``v``'s input that ``u`` produced.
+* edge ``u -> v``: ``(W_vu (x_u_ref - x_u)) . dm/dz_v``: the first-order change of the behaviour ``m`` when only
+  ``u``'s contribution to ``v``'s input is patched, where ``x_u`` is the part of ``v``'s input that ``u``
+  produced (after ``u``'s nonlinearity, pooling, flattening);
+* node ``u``: ``(x_u_ref - x_u) . dm/dx_u`` on that same tensor, the part of the next audited layer's input that
+  ``u`` produced: patching all of ``u``'s edges at once, so that a unit whose whole effect runs through one
+  edge scores that edge's score. Where the next layer's input does not split by unit (the last audited layer,
+  attention heads, residual streams, an unaudited module in between), on the unit's own output ``z_u``.
 
 Scores are the sum over samples of the *absolute* per-sample effect: with a mean reference, signed effects
 cancel across samples (a unit above its mean on half the data and below on the other half would score 0).
@@ -15,8 +18,11 @@ cancel across samples (a unit above its mean on half the data and below on the o
 The reference is the corrupted input of a counterfactual pair when pairs are declared, else the mean over the
 audit data (mean ablation). Reading ``W_vu`` off the weights needs to know which part of a layer's input each
 upstream unit produced: this holds when only elementwise functions, pooling and flattening sit between the
-two layers (MLPs, CNNs). Other pairs (attention heads, LayerNorm, residual streams) are scored by autograd
-(:mod:`.gradient_edges`); pairs neither can score are listed in :attr:`CircuitScores.unconnected`.
+two layers (MLPs, CNNs); those edges are matrix products (:mod:`.weight_edges`). Other pairs (attention heads,
+LayerNorm, residual streams) are scored by autograd (:mod:`.gradient_edges`); where both sides of such a pair
+are wider than ``max_passes``, only the edges into the downstream units with the highest node scores are
+scored. Pairs where the later layer does not depend on the earlier one are listed in
+:attr:`CircuitScores.unconnected`. Edge scores are held as one tensor per layer pair (:mod:`.edge_scores`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from torch import nn
 from .. import linear_maps
 from ..addresses import INPUT, input_address
 from ..model_view import Layer, ModelView, installed, units_view
-from .gradient_edges import gradient_edges
+from .edge_scores import EdgeBlock, EdgeScores
+from .gradient_edges import MAX_PASSES, gradient_edges, screened_gradient_edges
+from .weight_edges import input_edge_scores, weight_edge_scores
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``behaviour(outputs, targets) -> per-sample metric m``; higher means more of the behaviour."""
@@ -75,7 +83,7 @@ class CircuitScores:
 
     layers: list[Layer]
     nodes: dict[str, float]
-    edges: dict[tuple[str, str], float]
+    edges: EdgeScores
     node_layer: dict[str, str]
     behaviour: float
     samples: int
@@ -84,6 +92,13 @@ class CircuitScores:
     def top_nodes(self, count: int, exclude_layers: tuple[str, ...] = ()) -> list[str]:
         candidates = [n for n in self.nodes if self.node_layer[n] not in exclude_layers]
         return sorted(candidates, key=lambda n: -abs(self.nodes[n]))[:count]
+
+    def edge_choice(self) -> list[dict]:
+        """Per pair of consecutive node groups, how its edges were chosen and scored (unconnected pairs too)."""
+        return [block.describe() for block in self.edges.blocks] + [
+            {"source": a, "target": b, "edges": 0,
+             "method": "unconnected: the later layer's activation does not depend on the earlier one"}
+            for a, b in self.unconnected]
 
 
 def _input_nodes(masks: dict[str, torch.Tensor], sample_shape: torch.Size) -> dict[str, torch.Tensor]:
@@ -103,6 +118,7 @@ class _Recorder:
     def __init__(self, view: ModelView, layers: list[Layer], keep_grad: bool) -> None:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
+        self.read: dict[str, torch.Tensor] = {}  # the layer's input as the graph holds it (for its gradient)
         self._view, self._layers, self._keep_grad = view, layers, keep_grad
 
     def recording(self):
@@ -114,145 +130,210 @@ class _Recorder:
             self.inputs[name] = args[0].detach()
             if keep_grad and output.requires_grad:
                 output.retain_grad()
+            if keep_grad and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+                args[0].retain_grad()
+                self.read[name] = args[0]
             self.outputs[name] = output
         return hook
 
 
-def _unit_columns(x_in: torch.Tensor, module: nn.Module, upstream_units: int) -> torch.Tensor | None:
-    """View a layer's input as (samples, upstream units, positions), or None if it cannot be split by unit."""
-    if linear_maps.is_linear(module):
-        features = x_in.shape[-1]
-        if x_in.dim() != 2 or features % upstream_units:
-            return None
-        return x_in.reshape(x_in.shape[0], upstream_units, features // upstream_units)
-    if x_in.shape[1] != upstream_units:
-        return None
-    return x_in
+@dataclass
+class _Batch:
+    """One batch's clean run (activations, inputs and gradients recorded) and its reference activations."""
+
+    recorder: _Recorder
+    batch: torch.Tensor
+    ref_batch: torch.Tensor
+    ref_inputs: dict[str, torch.Tensor]
+    ref_outputs: dict[str, torch.Tensor]
+    metric_sum: float
+
+    def grad(self, layer: Layer) -> torch.Tensor:
+        output = self.recorder.outputs[layer.name]
+        return output.grad if output.grad is not None else torch.zeros_like(output)
+
+    def delta_in(self, layer: Layer) -> torch.Tensor:
+        return self.ref_inputs[layer.name] - self.recorder.inputs[layer.name]
+
+    def delta_out(self, layer: Layer) -> torch.Tensor:
+        return self.ref_outputs[layer.name].detach() - self.recorder.outputs[layer.name].detach()
 
 
-def _contributions(module: nn.Module, delta: torch.Tensor) -> torch.Tensor:
-    """Per upstream unit ``u`` and layer unit ``v``, the change of ``v``'s output caused by ``delta``'s part
-    from ``u``: shape (samples, upstream units, layer units, positions)."""
-    if linear_maps.is_linear(module):  # delta: (n, U, P); weight (V, U*P)
-        weight = linear_maps.weight(module).detach().reshape(-1, delta.shape[1], delta.shape[2])
-        return torch.einsum("vup,nup->nuv", weight, delta).unsqueeze(-1)
-    upstream = delta.shape[1]
-    weight = module.weight.detach()  # (V, U / groups, *k)
-    if module.groups != 1:
-        raise ValueError("grouped convolutions are not split into edges")
-    grouped = weight.transpose(0, 1).reshape(upstream * module.out_channels, 1, *weight.shape[2:])
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[delta.dim() - 2]
-    out = conv(delta, grouped, None, module.stride, module.padding, module.dilation, groups=upstream)
-    return out.reshape(out.shape[0], upstream, module.out_channels, -1)
+def _run(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
+         reference: torch.Tensor | None, means: dict | None, start: int, batch_size: int,
+         device: torch.device) -> _Batch:
+    """Forward and backward pass of the clean batch at ``start`` (graph kept), and the reference run or means."""
+    batch = inputs[start:start + batch_size].to(device)
+    batch_targets = targets[start:start + batch_size].to(device)
+    recorder = _Recorder(view, view.layers, keep_grad=True)
+    with recorder.recording(), torch.enable_grad():
+        clean_input = batch.clone().requires_grad_(batch.is_floating_point())
+        metric = behaviour(view.model(clean_input), batch_targets)
+        metric.sum().backward(retain_graph=True)  # kept for the edges scored by autograd
+    if reference is not None:
+        ref_batch = reference[start:start + batch_size].to(device)
+        ref = _Recorder(view, view.layers, keep_grad=False)
+        with ref.recording(), torch.no_grad():
+            view.model(ref_batch)
+        return _Batch(recorder, batch, ref_batch, ref.inputs, ref.outputs, float(metric.detach().sum()))
+    assert means is not None
+    return _Batch(recorder, batch, means[INPUT].expand_as(batch),
+                  {name: value.expand_as(recorder.inputs[name]) for name, value in means["in"].items()},
+                  {name: value.expand_as(recorder.outputs[name]) for name, value in means["out"].items()},
+                  float(metric.detach().sum()))
 
 
 def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
                      reference: torch.Tensor | None = None, masks: dict[str, torch.Tensor] | None = None,
-                     batch_size: int = 256, device: torch.device | None = None) -> CircuitScores:
+                     batch_size: int = 256, device: torch.device | None = None,
+                     max_passes: int = MAX_PASSES) -> CircuitScores:
     """Score every node and edge of ``view``'s layers for ``behaviour`` (see the module docstring).
 
     ``reference`` holds the corrupted inputs paired with ``inputs``; without it, the reference activations are
-    the means over ``inputs``.
+    the means over ``inputs``. Pairs scored by autograd with more than ``max_passes`` units on both sides get the
+    edges into their ``max_passes`` best-scored downstream units (one more forward and backward pass per batch).
     """
     device = device or torch.device("cpu")
     layers = view.layers
-    model = view.model
     means = None if reference is not None else _mean_trace(view, inputs, batch_size, device)
     regions = _input_nodes(masks or {}, inputs.shape[1:])
-    nodes: dict[str, float] = {}
-    edges: dict[tuple[str, str], float] = {}
+    node_sums = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
+    sums: dict[tuple[str, str], torch.Tensor] = {}
+    methods: dict[tuple[str, str], str] = {}
+    wide: list[tuple[Layer, Layer]] = []
     unconnected: list[tuple[str, str]] = []
     total_behaviour = 0.0
     for start in range(0, inputs.shape[0], batch_size):
-        batch = inputs[start:start + batch_size].to(device)
-        batch_targets = targets[start:start + batch_size].to(device)
-        recorder = _Recorder(view, layers, keep_grad=True)
-        with recorder.recording(), torch.enable_grad():
-            clean_input = batch.clone().requires_grad_(batch.is_floating_point())
-            metric = behaviour(model(clean_input), batch_targets)
-            metric.sum().backward(retain_graph=True)  # kept for the edges scored by autograd
-        total_behaviour += float(metric.detach().sum())
-        if reference is not None:
-            ref_batch = reference[start:start + batch_size].to(device)
-            ref = _Recorder(view, layers, keep_grad=False)
-            with ref.recording(), torch.no_grad():
-                model(ref_batch)
-            ref_inputs, ref_outputs = ref.inputs, ref.outputs
-        else:
-            ref_batch = means[INPUT].expand_as(batch)
-            ref_inputs = {name: value.expand_as(recorder.inputs[name]) for name, value in means["in"].items()}
-            ref_outputs = {name: value.expand_as(recorder.outputs[name]) for name, value in means["out"].items()}
-        previous: Layer | None = None
-        for layer in layers:
-            output = recorder.outputs[layer.name]
-            grad = output.grad if output.grad is not None else torch.zeros_like(output)
-            delta_out = ref_outputs[layer.name].detach() - output.detach()
-            node_scores = (units_view(delta_out, layer) * units_view(grad, layer)).sum(dim=2).abs().sum(0)
-            for unit, score in enumerate(node_scores.tolist()):
-                address = layer.address(unit)
-                nodes[address] = nodes.get(address, 0.0) + score
-            module = view.module(layer)
-            x_in = recorder.inputs[layer.name]
-            delta_in = ref_inputs[layer.name] - x_in
-            v_grad = units_view(grad, layer)  # (n, V, P')
-            if previous is None:
-                if layer.kind in ("linear", "conv") and _reads_model_input(module, x_in, batch):
-                    delta_full = ref_batch - batch
-                    for region, mask in regions.items():
-                        contribution = _contributions(module, _by_channel(delta_full * mask.to(device), module))
-                        scores = torch.einsum("nuvp,nvp->nv", contribution, v_grad).abs().sum(0)
-                        for unit, score in enumerate(scores.tolist()):
-                            key = (region, layer.address(unit))
-                            edges[key] = edges.get(key, 0.0) + score
-                previous = layer
+        run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
+        total_behaviour += run.metric_sum
+        for index, layer in enumerate(layers):
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            _add(node_sums, layer.name, _node_scores(view, run, layer, following))
+            if index == 0:
+                module = view.module(layer)
+                if layer.kind in ("linear", "conv") and _reads_model_input(module, run.recorder.inputs[layer.name],
+                                                                             run.batch):
+                    grad = units_view(run.grad(layer), layer)
+                    delta = run.ref_batch - run.batch
+                    scores = torch.stack([input_edge_scores(module, delta * mask.to(device), grad)
+                                          for mask in regions.values()])
+                    _add(sums, (INPUT, layer.name), scores)
+                    methods[(INPUT, layer.name)] = "weights: every edge from each input region"
                 continue
-            scores = _weight_edges(previous, layer, module, delta_in, v_grad)
-            if scores is None:
-                upstream_out = recorder.outputs[previous.name]
-                scores = gradient_edges(previous, upstream_out, ref_outputs[previous.name].detach() -
-                                        upstream_out.detach(), layer, output, grad)
-            if scores is None:
-                if (previous.name, layer.name) not in unconnected:
-                    unconnected.append((previous.name, layer.name))
+            previous = layers[index - 1]
+            pair = (previous.name, layer.name)
+            if pair in unconnected or previous in (w[0] for w in wide if w[1] is layer):
+                continue
+            scores, method = _pair_edges(view, run, previous, layer, max_passes)
+            if method == "wide":
+                wide.append((previous, layer))
+            elif scores is None:
+                unconnected.append(pair)
             else:
-                for (u, v), score in zip(torch.cartesian_prod(torch.arange(scores.shape[0]),
-                                                              torch.arange(scores.shape[1])).tolist(),
-                                         scores.flatten().tolist()):
-                    key = (previous.address(u), layer.address(v))
-                    edges[key] = edges.get(key, 0.0) + score
-            previous = layer
-        model.zero_grad(set_to_none=True)
+                _add(sums, pair, scores)
+                methods[pair] = method
+        view.model.zero_grad(set_to_none=True)
+        del run
+    for previous, layer in wide:
+        _screened_pair(view, inputs, targets, behaviour, reference, means, batch_size, device, previous, layer,
+                       node_sums, max_passes, sums, methods, unconnected)
+    nodes = {layer.address(u): score for layer in layers for u, score in enumerate(node_sums[layer.name].tolist())}
     node_layer = {layer.address(u): layer.name for layer in layers for u in range(layer.size)}
     node_layer.update({region: INPUT for region in regions})
-    return CircuitScores(layers, nodes, edges, node_layer, total_behaviour / inputs.shape[0], inputs.shape[0],
-                         unconnected)
+    addresses = {layer.name: [layer.address(u) for u in range(layer.size)] for layer in layers}
+    addresses[INPUT] = list(regions)
+    order = {layer.name: index for index, layer in enumerate(layers)}
+    blocks = [EdgeBlock(a, b, addresses[a], addresses[b], sums[(a, b)], methods[(a, b)],
+                        _scored_targets(methods[(a, b)])) for a, b in sorted(sums, key=lambda pair: order[pair[1]])]
+    return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, total_behaviour / inputs.shape[0],
+                         inputs.shape[0], unconnected)
 
 
-def _weight_edges(previous: Layer, layer: Layer, module: nn.Module, delta_in: torch.Tensor,
-                  v_grad: torch.Tensor) -> torch.Tensor | None:
-    """Edge scores (U, V) read off ``layer``'s weights, when its input splits into the upstream units' parts
-    (MLPs, CNNs: only unit-wise functions, pooling and flattening between); else None."""
+def _add(sums: dict, key, value: torch.Tensor) -> None:
+    value = value.detach().double().cpu()
+    sums[key] = sums[key] + value if key in sums else value
+
+
+def _scored_targets(method: str) -> int | None:
+    return int(method.split("edges into the ")[1].split(" ")[0]) if "edges into the " in method else None
+
+
+def _node_scores(view: ModelView, run: _Batch, layer: Layer, following: Layer | None) -> torch.Tensor:
+    """Per unit, the sum over samples of |(reference - clean) . dm/d(activation)| on the tensor the next audited
+    layer reads from it (after its nonlinearity, pooling, flattening: the same tensor its edges patch), when that
+    input splits by unit; else on the layer's own output (the last layer, heads, residual streams)."""
+    if following is not None and following.name in run.recorder.read:
+        split = _split_input(layer, following, view.module(following), run.delta_in(following))
+        read = run.recorder.read[following.name]
+        if split is not None and read.grad is not None:
+            grad = _split_input(layer, following, view.module(following), read.grad)
+            return (split * grad).flatten(2).sum(2).abs().sum(0)
+    delta, grad = run.delta_out(layer), run.grad(layer)
+    return (units_view(delta, layer) * units_view(grad, layer)).sum(dim=2).abs().sum(0)
+
+
+def _split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Tensor) -> torch.Tensor | None:
+    """``layer``'s input split by ``previous``'s units (samples, units, ...), when only unit-wise functions,
+    pooling and flattening sit between the two (MLPs, CNNs); else None."""
     if "heads" in (previous.kind, layer.kind) or "stream" in (previous.kind, layer.kind):
         return None
     if layer.kind == "conv" and (module.groups != 1 or module.padding_mode != "zeros"):
         return None
-    split = _unit_columns(delta_in, module, previous.size)
-    if split is None:
+    if linear_maps.is_linear(module):
+        features = x_in.shape[-1]
+        if x_in.dim() != 2 or features % previous.size:
+            return None
+        return x_in.reshape(x_in.shape[0], previous.size, features // previous.size)
+    if x_in.shape[1] != previous.size:
         return None
-    contribution = _contributions(module, split)  # (n, U, V, P')
-    return torch.einsum("nuvp,nvp->nuv", contribution, v_grad).abs().sum(0)
+    return x_in
+
+
+def _pair_edges(view: ModelView, run: _Batch, previous: Layer, layer: Layer,
+                max_passes: int) -> tuple[torch.Tensor | None, str]:
+    """Edge scores (U, V) of one batch and how they were found: from the weights when ``layer``'s input splits
+    by ``previous``'s units, else by autograd; ``(None, "wide")`` for an autograd pair too wide on both sides."""
+    module = view.module(layer)
+    v_grad = units_view(run.grad(layer), layer)
+    split = _split_input(previous, layer, module, run.delta_in(layer))
+    if split is not None:
+        return weight_edge_scores(module, split, v_grad), "weights: every edge, read off the layer's weights"
+    if min(previous.size, layer.size) > max_passes:
+        return None, "wide"
+    upstream_out = run.recorder.outputs[previous.name]
+    scores = gradient_edges(previous, upstream_out, run.delta_out(previous), layer,
+                            run.recorder.outputs[layer.name], run.grad(layer), max_passes)
+    return scores, "autograd: every edge"
+
+
+def _screened_pair(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
+                   reference: torch.Tensor | None, means: dict | None, batch_size: int, device: torch.device,
+                   previous: Layer, layer: Layer, node_sums: dict[str, torch.Tensor], max_passes: int,
+                   sums: dict, methods: dict, unconnected: list) -> None:
+    """Edges of a wide autograd pair: into the ``max_passes`` units of ``layer`` with the highest node scores,
+    from every unit of ``previous`` (one VJP per chosen unit and batch)."""
+    units = sorted(torch.topk(node_sums[layer.name].abs(), max_passes).indices.tolist())
+    block = torch.zeros(previous.size, layer.size, dtype=torch.float64)
+    for start in range(0, inputs.shape[0], batch_size):
+        run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
+        found = screened_gradient_edges(previous, run.recorder.outputs[previous.name], run.delta_out(previous),
+                                        layer, run.recorder.outputs[layer.name], run.grad(layer), units)
+        view.model.zero_grad(set_to_none=True)
+        if found is None:
+            unconnected.append((previous.name, layer.name))
+            return
+        block[:, units] += found.detach().double().cpu()
+    sums[(previous.name, layer.name)] = block
+    methods[(previous.name, layer.name)] = (
+        f"autograd, screened: edges into the {len(units)} of {layer.size} units of {layer.name} with the highest "
+        f"node scores, from all {previous.size} units of {previous.name}; edges into the other "
+        f"{layer.size - len(units)} units are not scored (0)")
 
 
 def _reads_model_input(module: nn.Module, x_in: torch.Tensor, batch: torch.Tensor) -> bool:
     """Whether the first audited layer is applied to the model's input itself (then input regions get edges)."""
     shape_ok = x_in.dim() == 2 if linear_maps.is_linear(module) else True
     return shape_ok and x_in.shape == batch.shape and torch.equal(x_in, batch)
-
-
-def _by_channel(delta: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """The model-input delta shaped for :func:`_contributions` (one pseudo-unit for Linear, channels for Conv);
-    the caller sums over that axis, so a region node gathers all its channels."""
-    return delta.reshape(delta.shape[0], 1, -1) if linear_maps.is_linear(module) else delta
 
 
 def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int,
@@ -283,11 +364,10 @@ def circuit_graph(scores: CircuitScores, max_edges: int, labels: dict[str, str] 
     Node attributes: ``layer``, ``score``, ``label`` (semantic label, when known), ``depth`` (0 = input);
     edge attribute: ``score``. ``graph.graph["left_out_edges"]`` counts the edges not kept.
     """
-    ranked = sorted(scores.edges.items(), key=lambda item: -abs(item[1]))
-    kept = [item for item in ranked if item[1] != 0.0][:max_edges]
+    kept = scores.edges.top(max_edges)
     depth = {layer.name: index + 1 for index, layer in enumerate(scores.layers)}
     depth[INPUT] = 0
-    graph = nx.DiGraph(behaviour=scores.behaviour, samples=scores.samples, left_out_edges=len(ranked) - len(kept))
+    graph = nx.DiGraph(behaviour=scores.behaviour, samples=scores.samples, left_out_edges=len(scores.edges) - len(kept))
     for (source, target), score in kept:
         for node in (source, target):
             if node not in graph:
@@ -313,20 +393,46 @@ def attribution_flow(scores: CircuitScores, sinks: dict[str, float]) -> dict[str
 
     ``sinks`` weights the output nodes (e.g. by their node scores); their shares start proportional to it, and
     each node passes its share to its sources in proportion to the incoming edges' |scores|. The input nodes'
-    shares then say how much of the behaviour comes from each input region.
+    shares then say how much of the behaviour comes from each input region. One matrix-vector product per layer
+    pair (the edges of a pair join consecutive node groups).
     """
-    incoming: dict[str, list[tuple[str, float]]] = {}
-    for (source, target), score in scores.edges.items():
-        incoming.setdefault(target, []).append((source, abs(score)))
+    groups = node_groups(scores)
     total_sink = sum(abs(w) for w in sinks.values()) or 1.0
-    share = {sink: abs(weight) / total_sink for sink, weight in sinks.items()}
-    for layer in reversed(scores.layers):
-        for node in [n for n, name in scores.node_layer.items() if name == layer.name]:
-            value = share.get(node, 0.0)
-            sources = incoming.get(node, [])
-            total = sum(weight for _, weight in sources)
-            if value == 0.0 or total == 0.0:
-                continue
-            for source, weight in sources:
-                share[source] = share.get(source, 0.0) + value * weight / total
-    return share
+    share = {name: torch.zeros(len(nodes), dtype=torch.float64) for name, nodes in groups.items()}
+    index = {name: {node: i for i, node in enumerate(nodes)} for name, nodes in groups.items()}
+    for sink, weight in sinks.items():
+        share[scores.node_layer[sink]][index[scores.node_layer[sink]][sink]] += abs(weight) / total_sink
+    for block in reversed(scores.edges.blocks):
+        share[block.source_layer] += _normalised(block.scores) @ share[block.target_layer]
+    return {node: value for name, nodes in groups.items() for node, value in zip(nodes, share[name].tolist())}
+
+
+def source_shares(scores: CircuitScores, source: str) -> dict[str, float]:
+    """For every node ``n``, the share of its attribution that flows back to ``source``: what
+    ``attribution_flow(scores, {n: 1.0})[source]`` gives, for all nodes at once (one pass forward through the
+    layer pairs: a node's share is its incoming edges' |score|-weighted mean of its sources' shares)."""
+    groups = node_groups(scores)
+    share = {name: torch.zeros(len(nodes), dtype=torch.float64) for name, nodes in groups.items()}
+    home = scores.node_layer[source]
+    position = groups[home].index(source)
+    share[home][position] = 1.0
+    for block in scores.edges.blocks:
+        share[block.target_layer] = share[block.target_layer] + _normalised(block.scores).T @ share[block.source_layer]
+        if block.target_layer == home:
+            share[home][position] = 1.0
+    return {node: value for name, nodes in groups.items() for node, value in zip(nodes, share[name].tolist())}
+
+
+def node_groups(scores: CircuitScores) -> dict[str, list[str]]:
+    """The nodes of each group (input regions, then each layer), in unit order."""
+    groups: dict[str, list[str]] = {}
+    for node, name in scores.node_layer.items():
+        groups.setdefault(name, []).append(node)
+    return groups
+
+
+def _normalised(block: torch.Tensor) -> torch.Tensor:
+    """|scores| with each target's column divided by its total (0 where a target has no scored edge)."""
+    magnitude = block.abs().double()
+    total = magnitude.sum(0, keepdim=True)
+    return torch.where(total > 0, magnitude / total.clamp_min(1e-300), torch.zeros_like(magnitude))

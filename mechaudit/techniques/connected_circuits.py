@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from ..addresses import INPUT
-from .circuits import CircuitScores
+from .circuits import CircuitScores, node_groups
 
 
 def connected_circuit(scores: CircuitScores, candidates: Sequence[str], size: int) -> tuple[list[str], bool]:
@@ -27,21 +27,22 @@ def connected_circuit(scores: CircuitScores, candidates: Sequence[str], size: in
     whether it was built from paths (False: the layers are not all joined by scored edges; top nodes instead)."""
     ranked = sorted(candidates, key=lambda n: -abs(scores.nodes.get(n, 0.0)))
     size = min(size, len(ranked))
-    edges = sorted(((e, abs(s)) for e, s in scores.edges.items() if s != 0.0), key=lambda item: -item[1])
+    ranks = scores.edges.ranks()
+    scored = sum(int(r.lt(len(scores.edges)).sum()) for r in ranks)
     if size <= 0:
-        return [], bool(edges) and not scores.unconnected
-    if not edges or scores.unconnected:
+        return [], bool(scored) and not scores.unconnected
+    if not scored or scores.unconnected:
         return ranked[:size], False
     wanted = set(candidates)
-    sources, sinks = _ends(scores, [edge for edge, _ in edges])
-    low, high = 1, len(edges)
+    sources = _sources(scores, ranks)
+    low, high = 1, scored
     while low < high:  # fewest strongest edges whose path nodes reach the size
         middle = (low + high) // 2
-        if len(_on_paths([e for e, _ in edges[:middle]], sources, sinks) & wanted) >= size:
+        if len(_on_paths(scores, ranks, middle, sources) & wanted) >= size:
             high = middle
         else:
             low = middle + 1
-    kept = _on_paths([e for e, _ in edges[:low]], sources, sinks) & wanted
+    kept = _on_paths(scores, ranks, low, sources) & wanted
     circuit = [node for node in ranked if node in kept]
     circuit += [node for node in ranked if node not in kept][:max(0, size - len(circuit))]
     return circuit, True
@@ -63,30 +64,31 @@ def random_like(circuit: Sequence[str], candidates: Sequence[str], node_layer: d
     return chosen
 
 
-def _ends(scores: CircuitScores, edges: list[tuple[str, str]]) -> tuple[set[str], set[str]]:
-    """Sources (input nodes, else the first layer's units) and sinks (the last layer's units)."""
-    inputs = {source for source, _ in edges if scores.node_layer.get(source) == INPUT}
-    first, last = scores.layers[0].name, scores.layers[-1].name
-    sources = inputs or {n for n, layer in scores.node_layer.items() if layer == first}
-    sinks = {n for n, layer in scores.node_layer.items() if layer == last}
-    return sources, sinks
+def _sources(scores: CircuitScores, ranks: list[torch.Tensor]) -> tuple[str, torch.Tensor]:
+    """The group paths start from and which of its nodes: the input regions with a scored edge, else every unit
+    of the first audited layer."""
+    for block, rank in zip(scores.edges.blocks, ranks):
+        if block.source_layer == INPUT:
+            starts = rank.lt(len(scores.edges)).any(1)
+            if starts.any():
+                return INPUT, starts
+    return scores.layers[0].name, torch.ones(scores.layers[0].size, dtype=torch.bool)
 
 
-def _on_paths(edges: list[tuple[str, str]], sources: set[str], sinks: set[str]) -> set[str]:
-    """Nodes that lie on a path from a source to a sink using only ``edges`` (sources and sinks included)."""
-    forward: dict[str, list[str]] = defaultdict(list)
-    backward: dict[str, list[str]] = defaultdict(list)
-    for source, target in edges:
-        forward[source].append(target)
-        backward[target].append(source)
-    return _reach(forward, sources) & _reach(backward, sinks)
-
-
-def _reach(adjacent: dict[str, list[str]], start: set[str]) -> set[str]:
-    seen, stack = set(start), list(start)
-    while stack:
-        for nxt in adjacent.get(stack.pop(), ()):
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return seen
+def _on_paths(scores: CircuitScores, ranks: list[torch.Tensor], count: int,
+              sources: tuple[str, torch.Tensor]) -> set[str]:
+    """Nodes on a path from a source to a sink (a unit of the last layer) using only the ``count`` strongest
+    edges (sources and sinks included): reachability forward and backward, one layer pair at a time."""
+    blocks = scores.edges.blocks
+    kept = [rank < count for rank in ranks]
+    forward = {name: torch.zeros(len(nodes), dtype=torch.bool) for name, nodes in node_groups(scores).items()}
+    backward = {name: reached.clone() for name, reached in forward.items()}
+    forward[sources[0]] = sources[1].clone()
+    backward[scores.layers[-1].name][:] = True
+    for block, edges in zip(blocks, kept):
+        forward[block.target_layer] |= (forward[block.source_layer].unsqueeze(1) & edges).any(0)
+    for block, edges in zip(reversed(blocks), reversed(kept)):
+        backward[block.source_layer] |= (backward[block.target_layer].unsqueeze(0) & edges).any(1)
+    groups = node_groups(scores)
+    return {node for name, nodes in groups.items()
+            for node, on in zip(nodes, (forward[name] & backward[name]).tolist()) if on}

@@ -94,7 +94,7 @@ def _summed(a: CircuitScores, b: CircuitScores) -> CircuitScores:
     """Attribution patching in both directions, added: a unit that is off (at a ReLU kink) in one run has no
     gradient there, so one direction alone can miss a component that only the cue switches on."""
     return replace(a, nodes={n: a.nodes[n] + b.nodes.get(n, 0.0) for n in a.nodes},
-                   edges={e: a.edges[e] + b.edges.get(e, 0.0) for e in a.edges}, samples=a.samples + b.samples)
+                   edges=a.edges + b.edges, samples=a.samples + b.samples)
 
 
 def _log_probs(view: ModelView, inputs: torch.Tensor, batch_size: int, device: torch.device, position: int,

@@ -7,9 +7,12 @@ downstream is recomputed. Several edges share one forward pass: the batch is rep
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from .. import linear_maps
 from ..model_view import ModelView, from_units_view, installed, units_view
-from .circuits import INPUT, Behaviour, _by_channel, _contributions, _mean_trace, _Recorder, _unit_columns
+from .circuits import INPUT, Behaviour, _mean_trace, _Recorder, _split_input
 
 
 def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: torch.Tensor, targets: torch.Tensor,
@@ -59,13 +62,27 @@ def _edge_addition(view: ModelView, order: dict[str, int], edge: tuple[str, str]
     module = view.module(layer)
     if source.startswith(INPUT):
         mask = (regions or {}).get(source, torch.ones(batch.shape[1:])).to(batch.device)
-        contribution = _contributions(module, _by_channel((ref_batch - batch) * mask, module)).sum(1)
-        return contribution[:, v]
+        return _contribution(module, (ref_batch - batch) * mask, v)
     upstream, u = view.resolve(source)
-    delta = _unit_columns(ref_inputs[layer.name] - inputs[layer.name], module, upstream.size)
-    only_u = torch.zeros_like(delta)
-    only_u[:, u] = delta[:, u]
-    return _contributions(module, only_u)[:, u, v]
+    delta = ref_inputs[layer.name] - inputs[layer.name]
+    split = _split_input(upstream, layer, module, delta)
+    if split is None:
+        raise ValueError(f"edge {source} -> {target}: the layer's input does not split by unit")
+    only_u = torch.zeros_like(split)
+    only_u[:, u] = split[:, u]
+    return _contribution(module, only_u.reshape(delta.shape), v)
+
+
+def _contribution(module: nn.Module, delta: torch.Tensor, v: int) -> torch.Tensor:
+    """The change of unit ``v``'s output (samples, positions) caused by the layer-input change ``delta``."""
+    if linear_maps.is_linear(module):
+        weight = linear_maps.weight(module).detach()[v]
+        return (delta.reshape(delta.shape[0], -1) @ weight).unsqueeze(-1)
+    if module.groups != 1:
+        raise ValueError("grouped convolutions are not split into edges")
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[delta.dim()]
+    out = conv(delta, module.weight.detach()[v:v + 1], None, module.stride, module.padding, module.dilation)
+    return out.flatten(1)
 
 
 def _patched_forward(view: ModelView, batch: torch.Tensor, chunk: list[tuple[str, str]],

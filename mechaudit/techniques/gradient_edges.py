@@ -12,7 +12,9 @@ come from the graph kept from the clean backward pass; per sample, one of
   respect to its cotangent), then ``score(u, v) = (J (z_u_ref - z_u)) . dm/dz_v`` for every ``v`` at once,
 
 whichever side has fewer units (the VJPs when an operation on the path has no double backward). Both give the
-same numbers. Pairs with more than ``max_passes`` units on both sides are left unconnected. For an additive
+same numbers. Pairs with more than ``max_passes`` units on both sides are screened: :func:`screened_gradient_edges`
+scores the edges into the ``max_passes`` downstream units the caller chose (by node score), one VJP each, from
+every upstream unit. For an additive
 stream (``x + attn(x)``) this is exactly the direct-path score of a head's term ``W_O[:, u] z_u`` through the
 residual stream.
 """
@@ -45,12 +47,21 @@ def gradient_edges(upstream: Layer, upstream_out: torch.Tensor, upstream_delta: 
     return _by_downstream_unit(*args)
 
 
+def screened_gradient_edges(upstream: Layer, upstream_out: torch.Tensor, upstream_delta: torch.Tensor, layer: Layer,
+                             out: torch.Tensor, grad: torch.Tensor, units: list[int]) -> torch.Tensor | None:
+    """Scores (upstream units, ``len(units)``): the edges into ``units`` of ``layer`` only (one VJP each), or None
+    when ``layer``'s activation does not depend on the upstream one."""
+    if not (upstream_out.requires_grad and out.requires_grad):
+        return None
+    return _by_downstream_unit(upstream, upstream_out, upstream_delta, layer, out, grad, units)
+
+
 def _by_downstream_unit(upstream: Layer, upstream_out: torch.Tensor, upstream_delta: torch.Tensor, layer: Layer,
-                        out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor | None:
+                        out: torch.Tensor, grad: torch.Tensor, units: list[int] | None = None) -> torch.Tensor | None:
     grad_units = units_view(grad, layer)
     delta_units = units_view(upstream_delta, upstream)
     columns = []
-    for unit in range(layer.size):
+    for unit in range(layer.size) if units is None else units:
         only = torch.zeros_like(grad_units)
         only[:, unit] = grad_units[:, unit]
         (through_v,) = torch.autograd.grad(out, upstream_out, grad_outputs=from_units_view(only, grad, layer),
