@@ -129,6 +129,42 @@ def test_d104_flags_a_collapsed_layer_and_not_a_full_rank_one() -> None:
     assert by_layer["a"].status == "pass" and by_layer["a"].evidence["components_90"] >= 8
 
 
+class FirstConv(torch.nn.Module):
+    """A first conv layer on one-channel images (32 channels, 3x3, ReLU), then a linear read-out."""
+
+    def __init__(self, filters: torch.Tensor) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, filters.shape[0], 3)
+        self.head = torch.nn.Linear(filters.shape[0], 10)
+        with torch.no_grad():
+            self.conv.weight.copy_(filters)
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def _images(n: int = 400) -> torch.Tensor:
+    """Smooth one-channel 12x12 images (blurred noise), like handwritten strokes at low resolution."""
+    noise = torch.randn(n, 1, 14, 14, generator=torch.Generator().manual_seed(4))
+    return torch.nn.functional.avg_pool2d(noise, 3, stride=1)
+
+
+def test_d104_reads_a_first_conv_layer_after_its_relu_per_position() -> None:
+    """The spatial mean of a one-channel conv's pre-activation is rank one whatever its filters; what the next
+    layer reads (after the ReLU, at each position) is not collapsed: it passes. Filters that are positive multiples
+    of one filter are collapsed after the ReLU too: they fail."""
+    g = torch.Generator().manual_seed(5)
+    healthy = mechaudit.audit(FirstConv(torch.randn(32, 1, 3, 3, generator=g)), _images(), select=["D104"])
+    finding = healthy.findings[0]
+    assert finding.status == "pass" and finding.value < 0.5 and finding.evidence["effective_rank"] > 4
+    assert "relu" in finding.evidence["measured_on"].lower() and finding.evidence["vectors"] == 400 * 100
+    one = torch.randn(1, 1, 3, 3, generator=g)
+    scales = torch.rand(32, 1, 1, 1, generator=g) + 0.5
+    collapsed = mechaudit.audit(FirstConv(scales * one), _images(), select=["D104"]).findings[0]
+    assert collapsed.status == "fail" and collapsed.evidence["effective_rank"] < 1.5
+
+
 def test_d105_finds_planted_modules_and_warns_on_independent_units() -> None:
     g = torch.Generator().manual_seed(0)
     sources = torch.randn(3000, 2, generator=g)
