@@ -17,38 +17,37 @@ from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
     summary="A layer's representation has collapsed onto fewer directions than it reads.",
-    what="""
-For every hidden layer, the PCA spectrum of what the next layer reads from it: the layer's output after the
+    what="""For every hidden layer, the PCA spectrum of what the next layer reads from it: the layer's output after the
 rectifying nonlinearity that follows it (ReLU, GELU, ...; none for residual streams and attention heads), at each
 position (a convolution's channels at each spatial cell, a token model's units at each token; attention heads:
 their concatenated outputs at each token), accumulated as a covariance matrix over `samples` audit samples. The
 effective rank of that spectrum is compared with the effective rank of what the layer itself reads (its input at
-each position; a 2-D convolution's input patches), capped by its number of live units: the *collapse* is
-`1 - log(effective rank) / log(reference)`, 0 when the layer keeps (or adds) as many directions as it reads, 1 when
-it keeps one, 0.5 when it keeps the square root of them; the finding fails when it exceeds `max_collapse`. A
-layer whose input cannot be read (no tensor argument) is compared with its live units. The evidence also gives the components that hold 90% and 99% of the variance.
+each position; a 2-D convolution's input patches), capped by its number of live units: the *collapse* is `1 -
+log(effective rank) / log(reference)`, 0 when the layer keeps (or adds) as many directions as it reads, 1 when it
+keeps one, 0.5 when it keeps the square root of them; the finding fails when it exceeds `max_collapse`. A layer
+whose input cannot be read (no tensor argument) is compared with its live units. The evidence also gives the
+components that hold 90% and 99% of the variance.
 """,
     why="""
 A collapsed layer carries far fewer independent directions than it receives: capacity is wasted, and
 decompositions of it (units, dictionary features) describe a handful of directions many times over. Collapse
 also follows from over-regularisation or a bottleneck that was not intended.
 """,
-    how="""
-Effective rank as in Roy and Vetterli (2007): the exponential of the entropy of the normalised PCA spectrum.
-Measured on what the next layer reads and per position, because pooling and pre-activations hide the structure:
-the spatial mean of a convolution's pre-activation is an affine function of the input's spatial mean, rank one for
-a one-channel input whatever its filters (a 32-channel first conv layer on 1-channel images read that way had
+    how="""Effective rank as in Roy and Vetterli (2007): the exponential of the entropy of the normalised PCA spectrum.
+Measured on what the next layer reads and per position, because pooling and pre-activations hide the structure: the
+spatial mean of a convolution's pre-activation is an affine function of the input's spatial mean, rank one for a
+one-channel input whatever its filters (a 32-channel first conv layer on 1-channel images read that way had
 effective rank 1.0 of 32; per position after its ReLU it has 9.4, collapse 0.0). And against the layer's input
-rather than its width, because the audit data bounds the directions any layer can show: 64 templated sentences give MiniLM's residual stream an
-effective rank of 17 to 38 per token (of 384), its attention heads 30 and its GELU neurons 20 to 37 (of 1536),
-about as many as the layers read (13 to 26): collapse 0.0 to 0.02 on `minilm` (previously, on token means
-against the width: 0.96 to 0.99, every layer "collapsed"). Measured: a planted rank-one layer behind a
-full-rank one, and a conv layer whose 32 filters are positive multiples of one filter, have collapse 1.0 (a
-healthy layer beside them: 0.10 and 0.0; `tests/test_decomposition.py`); on `digits` and `digits-control` the
-collapse is 0.27 (`features.0`), 0.26 and 0.28 (`features.2`), 0.34 and 0.36 (`classifier.0`, which narrows the
+rather than its width, because the audit data bounds the directions any layer can show: 64 templated sentences give
+MiniLM's residual stream an effective rank of 17 to 38 per token (of 384), its attention heads 30 and its GELU
+neurons 20 to 37 (of 1536), about as many as the layers read (13 to 26): collapse 0.0 to 0.02 on `minilm`
+(previously, on token means against the width: 0.96 to 0.99, every layer "collapsed"). Measured: a planted rank-one
+layer behind a full-rank one, and a conv layer whose 32 filters are positive multiples of one filter, have collapse
+1.0 (a healthy layer beside them: 0.10 and 0.0; `tests/test_decomposition.py`); on `digits` and `digits-control`
+the collapse is 0.27 (`features.0`), 0.26 and 0.28 (`features.2`), 0.34 and 0.36 (`classifier.0`, which narrows the
 flattened 256-value map to a few class directions). `max_collapse = 0.7` lies between them: a layer fails when it
-keeps fewer than reference^0.3 directions (fewer than 6 of 384, 2.5 of 20). Reference range of a
-healthy layer, measured on these examples and MiniLM: 0 to 0.4.
+keeps fewer than reference^0.3 directions (fewer than 6 of 384, 2.5 of 20). Reference range of a healthy layer,
+measured on these examples and MiniLM: 0 to 0.4.
 """,
     fix="""
 Check for an unintended bottleneck or an over-strong weight decay; a layer that really needs few dimensions can
