@@ -190,6 +190,50 @@ def test_d106_flags_a_layer_that_copies_the_previous_one_and_not_an_unrelated_on
     assert other.status == "pass" and other.value < 0.5
 
 
+class ResidualBlock(torch.nn.Module):
+    def __init__(self, width: int, scale: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.scale = scale
+        self.up, self.down = torch.nn.Linear(width, 4 * width), torch.nn.Linear(4 * width, width)
+        with torch.no_grad():
+            for linear in (self.up, self.down):
+                linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) / linear.in_features ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.down(torch.relu(self.up(x)))
+
+
+class ResidualStack(torch.nn.Module):
+    """Token vectors (samples, tokens, 8) through a residual stream of three blocks, then a read-out."""
+
+    def __init__(self, scales: tuple[float, ...]) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(6)
+        self.embed = torch.nn.Linear(8, 16)
+        self.blocks = torch.nn.ModuleList(ResidualBlock(16, s, g) for s in scales)
+        self.head = torch.nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(1))
+
+
+def test_d106_judges_a_residual_block_by_its_update_not_by_the_stream() -> None:
+    """Consecutive readings of a residual stream are similar by construction; a block whose update is scaled down to
+    1% of its twin's fails on its update share, and the same stack with every block whole passes."""
+    tokens = torch.randn(300, 6, 8, generator=torch.Generator().manual_seed(7))
+    streams = ["blocks.0", "blocks.1", "blocks.2"]
+    planted = mechaudit.audit(ResidualStack((1.0, 0.01, 1.0)), tokens, select=["D106"], layers=streams).findings
+    by_layer = {f.location.component: f for f in planted}
+    assert {f.metric for f in planted} == {"stream_unchanged"}
+    assert by_layer["blocks.1"].status == "fail" and by_layer["blocks.1"].evidence["update_share"] < 0.01
+    assert by_layer["blocks.2"].status == "pass"
+    control = mechaudit.audit(ResidualStack((1.0, 1.0, 1.0)), tokens, select=["D106"], layers=streams).findings
+    assert all(f.status == "pass" and f.evidence["update_share"] > 0.1 for f in control)
+
+
 def test_d101_flags_a_layer_that_never_switches_off_and_passes_a_rectified_one() -> None:
     g = torch.Generator().manual_seed(2)
     x = torch.rand(500, 16, generator=g)  # positive inputs
