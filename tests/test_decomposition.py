@@ -97,6 +97,34 @@ def test_dense_features_no_superposition_control(toys) -> None:
     assert _findings(toys["dense"], "D103", "fvu")[0].evidence["represented_features"] <= 5
 
 
+def _unit_responses(classes_per_unit: int, units: int = 8, classes: int = 10, n: int = 2000):
+    """Units that each respond to ``classes_per_unit`` of the classes (0: to none in particular, positive noise)."""
+    g = torch.Generator().manual_seed(8)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    noise = torch.rand(n, units, generator=g)
+    if not classes_per_unit:
+        return noise, labels
+    preferred = torch.stack([torch.randperm(classes, generator=g)[:classes_per_unit] for _ in range(units)])
+    hit = (labels.unsqueeze(1).unsqueeze(2) == preferred.unsqueeze(0)).any(2).float()
+    return hit * (1 + noise) + 0.1 * noise, labels
+
+
+def test_d102_judges_polysemanticity_only_where_the_classes_are_represented() -> None:
+    """Units that respond to four classes each are class-coded and polysemantic: the layer fails. Units whose
+    strongest activations come from every class alike (like a first conv layer's edge detectors) are not
+    class-coded: described (label information near chance), not judged, so the layer passes. Units that respond
+    to one class each are class-coded and monosemantic: they pass, judged."""
+    def finding(classes_per_unit: int):
+        x, labels = _unit_responses(classes_per_unit)
+        return mechaudit.audit(Passthrough(8, 10), x, labels=labels, select=["D102"]).findings[0]
+
+    poly, agnostic, mono = finding(4), finding(0), finding(1)
+    assert poly.status == "fail" and poly.evidence["label_coded"] and poly.evidence["label_information"] > 0.2
+    assert agnostic.status == "pass" and not agnostic.evidence["label_coded"] and agnostic.value > 0.5
+    assert agnostic.evidence["label_information"] < 0.05 and "not judged" in agnostic.message
+    assert mono.status == "pass" and mono.evidence["label_coded"] and mono.value == 0.0
+
+
 class TwoLayers(torch.nn.Module):
     def __init__(self, first: torch.Tensor, second: torch.Tensor, relu: bool = True) -> None:
         super().__init__()
