@@ -12,6 +12,7 @@ artifact ``dictionary_features``: L206 dissects their features) and written to t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TypedDict
 
@@ -20,6 +21,7 @@ import torch
 from ..context import Artifact, AuditContext
 from ..findings import Location, Measurement
 from ..model_view import Layer
+from ..techniques.activation_buffer import Buffer, fill_buffer
 from ..techniques.sae import (
     Dictionary,
     SAEConfig,
@@ -31,8 +33,9 @@ from ..techniques.sae import (
     tensor_stream,
     train_dictionary,
 )
-from ..techniques.sae_sweep import SizeChoice, choose_size
+from ..techniques.sae_sweep import SizeChoice, choose_size, training_cost
 from ..techniques.selectivity import label_selectivity
+from ..techniques.uncertainty import Interval
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .decomposition_evidence import exemplars, maximised_features
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -128,7 +131,14 @@ class DictionaryParams:
     labels: str = param(CLASSES, doc="purity is read against 'classes' or a declared concept's name")
     top: int = param(20, low=2, doc="top-activating samples read per unit or feature")
     memory_vectors: int = param(4_000_000, low=1, doc="activation values held in memory at most; above, the "
-                                                      "activations are streamed from the model")
+                                                      "training buffer is disk-backed (a temporary numpy memmap) and "
+                                                      "the activations are streamed from the model for evaluation")
+    buffer_values: int = param(64_000_000, low=1, doc="activation values the dictionaries train on at most (a "
+                                                      "seeded uniform subset of the vectors when there are more)")
+    budget_gmac: float = param(3000.0, low=0.0, doc="multiply-adds (billions) spent training dictionaries, all "
+                                                    "layers together, shared equally; 0: no bound")
+    seeds: int = param(3, low=2, doc="dictionaries trained per layer with consecutive seeds: the first is kept, "
+                                     "the spread of all gives each metric's interval")
 
 
 class DictionaryFeaturesEvidence(TypedDict, total=False):
@@ -155,6 +165,11 @@ class DictionaryFeaturesEvidence(TypedDict, total=False):
     scored_features: int
     scored_units: int
     seed_agreement: float
+    budget: dict
+    buffer: dict
+    fvu_per_seed: list
+    purity_gap_per_seed: list
+    seed_agreement_per_pair: list
     size_choice: dict
     stable_features: int
     steps: int
@@ -175,11 +190,14 @@ def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
     trained = context.shared(LEARNED_DICTIONARIES, params)
     for layer in context.view.hidden_layers:
         stream, positions, width = _stream(context, layer, indices, params)
-        dictionary, twin, choice = trained[layer.name]
+        found = trained[layer.name]
+        dictionary = found.dictionaries[0]
         config = dictionary.config
-        stats, twin_stats = evaluate(dictionary, stream), evaluate(twin, stream)
-        alive = stats.frequency > 0
-        agreement = seed_agreement(dictionary.decoder, twin.decoder, alive, twin_stats.frequency > 0)
+        stats = [evaluate(d, stream) for d in found.dictionaries]
+        alive = stats[0].frequency > 0
+        agreements = {(i, j): _agreement(found.dictionaries[i], found.dictionaries[j], stats[i], stats[j])
+                      for i in range(len(stats)) for j in range(i + 1, len(stats))}
+        agreement = agreements[(0, 1)]
         mean_agreement = float(agreement.mean()) if len(agreement) else 0.0
         stable_mask = agreement > STABLE_COSINE
         stable = int(stable_mask.sum())
@@ -188,18 +206,23 @@ def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
         evidence = {
             "layer": layer.name, "units": layer.size, "width": width, "features": dictionary.size, "kind": config.kind,
             "k": config.k if config.kind == "topk" else None, "l1": config.l1 if config.kind == "l1" else None,
-            "steps": config.steps, "vectors": stats.vectors, "positions_per_sample": positions,
-            "fvu": stats.fvu, "l0": stats.l0, "live_features": int(alive.sum()),
-            "dead_features": len(stats.dead()), "dense_features": len(stats.dense(params.dense_frequency)),
+            "steps": config.steps, "vectors": stats[0].vectors, "positions_per_sample": positions,
+            "fvu": stats[0].fvu, "l0": stats[0].l0, "live_features": int(alive.sum()),
+            "dead_features": len(stats[0].dead()), "dense_features": len(stats[0].dense(params.dense_frequency)),
             "seed_agreement": mean_agreement, "stable_features": stable, "represented_features": represented,
+            "fvu_per_seed": [s.fvu for s in stats],
+            "seed_agreement_per_pair": [float(a.mean()) if len(a) else 0.0 for a in agreements.values()],
             "file": f"dictionaries/{_file_name(layer.name)}.safetensors", "address": f"{layer.name}:feat<N>",
-            "size_choice": choice or {"reason": "expansion and k given in the rule's parameters"},
+            "size_choice": found.choice or {"reason": "expansion and k given in the rule's parameters"},
+            "budget": found.budget, "buffer": found.buffer,
         }
         features = pooled_features(dictionary, stream, positions, "max")
         purest: list[int] = []
         if labels is not None:
             purity, purest = _purity(features, dictionary, unit_activations[layer.name], labels, names, params.top)
             evidence.update(purity)
+            evidence["purity_gap_per_seed"] = _purity_gaps(found.dictionaries, features, stream, positions,
+                                                           unit_activations[layer.name], labels, names, params.top)
         shown = purest[:4] or (features > 0).float().mean(0).argsort(descending=True)[:4].tolist()
         evidence["exemplars"] = exemplars(context, indices, features, shown, [dictionary.address(f) for f in shown])
         evidence["activation_maximization"] = maximised_features(context, layer, dictionary, shown)
@@ -217,14 +240,15 @@ def _findings(rule, params: DictionaryParams, layer: Layer, evidence: dict) -> l
         Measurement(f"the dictionary of {layer.name} ({evidence['features']} features, L0 {evidence['l0']:.1f}) leaves "
                 f"{fvu:.1%} of the variance unexplained; {evidence['live_features']} features live, "
                 f"{evidence['dead_features']} dead, {evidence['dense_features']} dense",
-                location=where, metric="fvu", value=fvu, threshold=params.max_fvu, evidence=evidence),
+                location=where, metric="fvu", value=fvu, threshold=params.max_fvu, evidence=evidence,
+                interval=_seed_interval(evidence["fvu_per_seed"])),
         Measurement(f"a second seed's dictionary of {layer.name} finds the same directions with mean cosine "
                 f"{agreement:.2f}; {evidence['stable_features']} features are stable (cosine > {STABLE_COSINE}), "
                 f"{evidence['represented_features']} distinct directions in {evidence['width']} dimensions"
                 + ("" if agreement >= params.min_seed_agreement
                    else ": the features depend on the seed and are not evidence"),
                 location=where, metric="instability", value=1 - agreement, threshold=1 - params.min_seed_agreement,
-                evidence=summary),
+                evidence=summary, interval=_seed_interval([1 - a for a in evidence["seed_agreement_per_pair"]])),
     ]
     if evidence.get("feature_purity") is not None and evidence.get("unit_purity") is not None:
         gap = evidence["unit_purity"] - evidence["feature_purity"]
@@ -233,8 +257,35 @@ def _findings(rule, params: DictionaryParams, layer: Layer, evidence: dict) -> l
             f"{'more purely than' if gap < 0 else 'exactly as purely as' if gap == 0 else 'less purely than'} its "
             f"units (mean purity {evidence['feature_purity']:.2f} "
             f"against {evidence['unit_purity']:.2f})",
-            location=where, metric="purity_gap", value=gap, threshold=0.0, evidence=summary))
+            location=where, metric="purity_gap", value=gap, threshold=0.0, evidence=summary,
+            interval=_seed_interval(evidence.get("purity_gap_per_seed", []))))
     return findings
+
+
+def _agreement(first: Dictionary, second: Dictionary, first_stats, second_stats) -> torch.Tensor:
+    return seed_agreement(first.decoder, second.decoder, first_stats.frequency > 0, second_stats.frequency > 0)
+
+
+def _purity_gaps(dictionaries: list[Dictionary], features: torch.Tensor, stream, positions: int,
+                 unit_values: torch.Tensor, labels: torch.Tensor, names: list[str], top: int) -> list[float | None]:
+    """Per seed's dictionary (the first's pooled ``features`` given), unit purity minus feature purity."""
+    gaps: list[float | None] = []
+    for i, dictionary in enumerate(dictionaries):
+        pooled = features if i == 0 else pooled_features(dictionary, stream, positions, "max")
+        purity = _purity(pooled, dictionary, unit_values, labels, names, top)[0]
+        known = purity["unit_purity"] is not None and purity["feature_purity"] is not None
+        gaps.append(purity["unit_purity"] - purity["feature_purity"] if known else None)
+    return gaps
+
+
+def _seed_interval(values: list[float | None]) -> Interval | None:
+    """The range of a metric over the training seeds: a further seed's value falls inside it with probability
+    (n - 1) / (n + 1) for n seeds (order statistics of exchangeable draws), the interval's level."""
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    if len(known) < 2:
+        return None
+    return Interval(min(known), max(known), f"range over {len(known)} training seeds",
+                    (len(known) - 1) / (len(known) + 1))
 
 
 def _labels(context: AuditContext, params: DictionaryParams, indices: torch.Tensor):
@@ -244,26 +295,53 @@ def _labels(context: AuditContext, params: DictionaryParams, indices: torch.Tens
     return labels[indices], names
 
 
-def _train(context: AuditContext, params: DictionaryParams) -> dict[str, tuple[Dictionary, Dictionary, dict | None]]:
-    """Per hidden layer, its dictionary, a twin trained with the next seed (for seed agreement), and the size and
-    sparsity sweep's choice (None when both are given)."""
+@dataclass
+class Trained:
+    """One layer's dictionaries (one per seed, the first kept), the sweep's choice and the budget's account."""
+
+    dictionaries: list[Dictionary]
+    choice: dict | None
+    budget: dict
+    buffer: dict
+
+
+MIN_STEPS = 100  # the kept dictionaries train at least this many steps, whatever the budget
+
+
+def _train(context: AuditContext, params: DictionaryParams) -> dict[str, Trained]:
+    """Per hidden layer, its dictionaries (``seeds`` of them, for seed agreement and intervals) and the size and
+    sparsity sweep's choice (None when both are given), within the layer's share of the budget."""
     indices = context.sample_indices(params.samples)
+    layers = context.view.hidden_layers
+    budget = params.budget_gmac * 1e9 / max(len(layers), 1) if params.budget_gmac else math.inf
     trained = {}
-    for layer in context.view.hidden_layers:
-        stream, _, width = _stream(context, layer, indices, params)
-        base = SAEConfig(features=max(1, params.expansion) * width, kind=params.kind,
-                         k=max(1, params.k or width // 8), l1=params.l1, steps=params.steps,
-                         batch=params.batch, seed=context.seed)
-        choice = _choose(stream, base, width, params, context.device)
-        config = base if choice is None else replace(base, features=choice.expansion * width, k=choice.k)
-        trained[layer.name] = (
-            train_dictionary(stream, config, layer.name, context.device),
-            train_dictionary(stream, replace(config, seed=context.seed + 1), layer.name, context.device),
-            None if choice is None else choice.as_evidence())
+    for layer in layers:
+        stream, positions, width = _stream(context, layer, indices, params)
+        with fill_buffer(stream, len(indices) * positions, width, params.buffer_values, params.memory_vectors,
+                         context.seed) as buffer:
+            training = buffer.stream()
+            base = SAEConfig(features=max(1, params.expansion) * width, kind=params.kind,
+                             k=max(1, params.k or width // 8), l1=params.l1, steps=params.steps,
+                             batch=params.batch, seed=context.seed)
+            choice = _choose(buffer, base, width, params, context.device, budget / 2)
+            config = base if choice is None else replace(base, features=choice.expansion * width, k=choice.k)
+            spent = choice.cost if choice is not None else 0.0
+            per_step = training_cost(config.features, width, min(config.batch, buffer.count), 1)
+            affordable = int((budget - spent) / (params.seeds * per_step)) if math.isfinite(budget) else params.steps
+            config = replace(config, steps=max(MIN_STEPS, min(params.steps, affordable)))
+            dictionaries = [train_dictionary(training, replace(config, seed=context.seed + i), layer.name,
+                                             context.device) for i in range(params.seeds)]
+            spent += params.seeds * per_step * config.steps
+            trained[layer.name] = Trained(
+                dictionaries, None if choice is None else choice.as_evidence(),
+                {"gmac_spent": round(spent / 1e9, 2), "gmac_budget": round(budget / 1e9, 2) if math.isfinite(
+                    budget) else None, "steps": config.steps, "steps_asked": params.steps, "seeds": params.seeds},
+                buffer.describe())
     return trained
 
 
-def _choose(stream, base: SAEConfig, width: int, params: DictionaryParams, device) -> SizeChoice | None:
+def _choose(buffer: Buffer, base: SAEConfig, width: int, params: DictionaryParams, device,
+            budget: float) -> SizeChoice | None:
     """The sweep over the sizes and sparsities not given (:mod:`mechaudit.techniques.sae_sweep`), or None."""
     if params.expansion and (params.k or params.kind != "topk"):
         return None
@@ -271,21 +349,14 @@ def _choose(stream, base: SAEConfig, width: int, params: DictionaryParams, devic
         tuple(e for e in SWEEP_EXPANSIONS if e * width <= MAX_SWEEP_FEATURES) or SWEEP_EXPANSIONS[:1])
     ks = (base.k,) if params.k or params.kind != "topk" else (
         tuple(k for k in SWEEP_KS if k <= max(1, width // 2)))
-    vectors, count = [], 0
-    for chunk in stream():
-        vectors.append(chunk.float().cpu())
-        count += chunk.shape[0]
-        if count >= params.sweep_vectors:
-            break
-    return choose_size(torch.cat(vectors), replace(base, steps=params.sweep_steps), fvu_target=params.max_fvu,
-                       min_agreement=params.min_seed_agreement, k_ref=max(1, width // 8), ks=ks,
-                       expansions=expansions, max_vectors=params.sweep_vectors, device=device)
+    return choose_size(buffer.as_tensor(params.sweep_vectors), replace(base, steps=params.sweep_steps),
+                       fvu_target=params.max_fvu, min_agreement=params.min_seed_agreement, k_ref=max(1, width // 8),
+                       ks=ks, expansions=expansions, max_vectors=params.sweep_vectors, device=device, budget=budget)
 
 
 #: The learned dictionaries of D103, by its parameters: computed on first use, by D103 or by a rule that dissects
 #: their features (L206), whichever runs first.
-LEARNED_DICTIONARIES: Artifact[dict[str, tuple[Dictionary, Dictionary, dict | None]]] = Artifact(
-    "learned_dictionaries", _train)
+LEARNED_DICTIONARIES: Artifact[dict[str, Trained]] = Artifact("learned_dictionaries", _train)
 
 
 def learned_dictionaries(context: AuditContext) -> dict[str, Dictionary]:
@@ -293,7 +364,8 @@ def learned_dictionaries(context: AuditContext) -> dict[str, Dictionary]:
     rule = context.rule_for_check(CHECK)
     if rule is None or not context.view.hidden_layers:
         return {}
-    return {name: trio[0] for name, trio in context.shared(LEARNED_DICTIONARIES, rule.params).items()}
+    learned = context.shared(LEARNED_DICTIONARIES, rule.params)
+    return {name: trained.dictionaries[0] for name, trained in learned.items()}
 
 
 def _stream(context: AuditContext, layer: Layer, indices: torch.Tensor, params: DictionaryParams):
