@@ -328,7 +328,7 @@ def _train(context: AuditContext, params: DictionaryParams) -> dict[str, Trained
             spent = choice.cost if choice is not None else 0.0
             per_step = training_cost(config.features, width, min(config.batch, buffer.count), 1)
             affordable = int((budget - spent) / (params.seeds * per_step)) if math.isfinite(budget) else params.steps
-            config = replace(config, steps=max(MIN_STEPS, min(params.steps, affordable)))
+            config = replace(config, steps=min(params.steps, max(MIN_STEPS, affordable)))
             dictionaries = [train_dictionary(training, replace(config, seed=context.seed + i), layer.name,
                                              context.device) for i in range(params.seeds)]
             spent += params.seeds * per_step * config.steps

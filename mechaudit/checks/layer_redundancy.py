@@ -23,7 +23,8 @@ residual stream (layers of kind `stream` of the same width, e.g. `encoder.layer.
 similar by construction, the second being the first plus the block's update; for them the finding judges the
 update instead: per token, the variance of `stream_after - stream_before` over the variance of `stream_after`
 (the *update share*), and fails when the stream is left unchanged, one minus the update share above
-`1 - min_update_share`.
+`1 - min_update_share`. A stream reading after another kind of layer (a sublayer inside the block, such as its MLP)
+is reported and not judged: the stream carries the block's input past that sublayer.
 """,
     why="""
 A layer that repeats the previous one adds depth without adding computation: it can often be pruned, and a
@@ -104,10 +105,14 @@ def layer_redundancy(context: AuditContext, rule) -> list[Measurement]:
             continue
         value = matrix[i][i + 1]
         redundant = value > params.max_cka
+        into_stream = by_name[names[i + 1]].kind == "stream" and by_name[names[i]].kind != "stream"
         findings.append(Measurement(
             f"{names[i]} and {names[i + 1]} have linear CKA {value:.2f}"
-            + ("; the second adds little to the first: a candidate for pruning or a sign of a skipped update"
+            + (f"; not judged: {names[i + 1]} is a residual stream, which carries its input past {names[i]} (audit "
+               "two readings of the stream to judge the block by its update)" if into_stream else
+               "; the second adds little to the first: a candidate for pruning or a sign of a skipped update"
                if redundant else ""),
+            judged=not into_stream,
             location=Location.of_layer(names[i + 1]), metric="cka_with_previous", value=value,
             threshold=params.max_cka, evidence={**evidence, "previous_layer": names[i]},
         ))

@@ -13,8 +13,10 @@ Two stages, on at most ``max_vectors`` activation vectors of which a fifth is he
    largest tried.
 
 Cost: at most ``len(expansions) + 2 * (log2(len(ks)) + 2)`` dictionaries of ``steps`` steps each, and never more than
-``budget`` multiply-adds (:func:`training_cost`): a candidate that would exceed it is not trained, and the reason
-says so (the size stage keeps the largest size it could afford; the sparsity stage the best k tried).
+``budget`` multiply-adds (:func:`training_cost`): when the first two sizes and the bisection's usual probes would
+not fit, each candidate trains fewer steps (at least 50); a candidate that would still exceed it is not trained,
+and the reason says so (the size stage keeps the largest size it could afford; the sparsity stage the best k
+tried).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from .sae import SAEConfig, evaluate, seed_agreement, tensor_stream, train_dictionary
+
+MIN_SWEEP_STEPS = 50  # a candidate trains at least this many steps, whatever the budget
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,12 @@ class SizeChoice:
     points: tuple[SweepPoint, ...]
     reason: str
     cost: float = 0.0           #: multiply-adds spent training the candidates
+    steps: int = 0              #: optimiser steps per candidate
 
     def as_evidence(self) -> dict:
         return {"expansion": self.expansion, "k": self.k, "reason": self.reason,
-                "candidates": [asdict(point) for point in self.points], "gmac": round(self.cost / 1e9, 2)}
+                "candidates": [asdict(point) for point in self.points], "gmac": round(self.cost / 1e9, 2),
+                "steps": self.steps}
 
 
 def training_cost(features: int, dims: int, batch: int, steps: int) -> float:
@@ -73,6 +79,11 @@ def choose_size(vectors: torch.Tensor, base: SAEConfig, *, fvu_target: float, mi
     points: list[SweepPoint] = []
     spent = [0.0]
     batch = min(base.batch, len(train))
+    if math.isfinite(budget):  # fewer steps per candidate when the usual sweep would not fit the budget
+        probes = 2 * (math.ceil(math.log2(max(len(ks), 1))) + 1)
+        per_step = sum(training_cost(e * dims, dims, batch, 1) for e in expansions[:2]) + probes * training_cost(
+            expansions[0] * dims, dims, batch, 1)
+        base = replace(base, steps=min(base.steps, max(MIN_SWEEP_STEPS, int(budget / per_step))))
 
     def cost(expansion: int, fits: int = 1) -> float:
         return fits * training_cost(expansion * dims, dims, batch, base.steps)
@@ -84,7 +95,7 @@ def choose_size(vectors: torch.Tensor, base: SAEConfig, *, fvu_target: float, mi
         return dictionary, evaluate(dictionary, test_stream)
 
     def choice(expansion: int, k: int, reason: str) -> SizeChoice:
-        return SizeChoice(expansion, k, tuple(points), reason, spent[0])
+        return SizeChoice(expansion, k, tuple(points), reason, spent[0], base.steps)
 
     expansion = expansions[0]
     previous = None
