@@ -54,20 +54,30 @@ A layer's sparse dictionary does not explain it, is not reproducible, or reads l
     what="""
 For every hidden layer, a sparse autoencoder (TopK by default; `kind = "l1"` for an L1 penalty) with `expansion`
 features per unit and `k` active features per vector is trained on the layer's activation vectors (one per sample
-and position) of `samples` audit samples, held in memory when small and otherwise streamed from the model batch by
-batch. Three findings per layer: `fvu`, the fraction of variance unexplained (fails above `max_fvu`); `instability`,
-one minus the mean best cosine similarity between the live features and those of a second dictionary trained with
-another seed (fails above `1 - min_seed_agreement`); `purity_gap`, the mean purity of the units' top samples minus
-that of the features' (fails above 0, like every metric above its threshold: features less pure than units). The
-evidence reports L0, live, dead and dense features, and the *represented features*: the distinct directions among
-features both seeds find (cosine above 0.9). Each dictionary is written to the output directory as
-`dictionaries/<layer>.safetensors` and shared with later rules: L206 dissects its features, addressed `layer:featN`.
-`expansion` and `k` are chosen from the data unless given (0, the default): a sweep on `sweep_vectors` of the
-layer's vectors, a fifth held out, first over the size (2, 4, 8, 16 features per unit at k = units / 8: the
-smallest after which doubling lowers the held-out FVU by less than 10%), then over k (1, 2, 4, ... up to half the
-units, two seeds each: the smallest whose held-out FVU is at most `max_fvu` and whose seeds agree at
-`min_seed_agreement`, else the smallest reaching that FVU). The evidence's `size_choice` states the choice, why,
-and every candidate's FVU and seed agreement.
+and position) of `samples` audit samples. The vectors are gathered in one streamed pass into a bounded training
+buffer: at most `buffer_values` numbers (a seeded uniform subset of the vectors when there are more), in memory up
+to `memory_vectors` numbers and otherwise disk-backed (a numpy memmap in a temporary directory, removed after
+training); evaluation reads them from memory when small, else streams them from the model. Training is bounded by
+`budget_gmac` billion multiply-adds for the whole rule, shared equally by the layers: half for the sweep below
+(fewer steps per candidate, at least 50, when it would not fit; candidates that still would not fit are not tried),
+the rest for the kept dictionaries (fewer than `steps` steps, at least 100, when they would not fit); the
+evidence's `budget` states what was spent and the steps used. `seeds` dictionaries are trained with consecutive
+seeds; the first is kept and written; every gated metric carries the range over the seeds as its interval (FVU and
+purity gap per seed, instability per pair of seeds; for n seeds a further seed's value falls inside the range with
+probability (n - 1) / (n + 1), the interval's level: 0.5 for 3). Three findings per layer: `fvu`, the fraction of
+variance unexplained (fails above `max_fvu`); `instability`, one minus the mean best cosine similarity between the
+live features and those of a second dictionary trained with another seed (fails above `1 - min_seed_agreement`);
+`purity_gap`, the mean purity of the units' top samples minus that of the features' (fails above 0, like every
+metric above its threshold: features less pure than units). The evidence reports L0, live, dead and dense features,
+and the *represented features*: the distinct directions among features both seeds find (cosine above 0.9). Each
+dictionary is written to the output directory as `dictionaries/<layer>.safetensors` and shared with later rules:
+L206 dissects its features, addressed `layer:featN`. `expansion` and `k` are chosen from the data unless given (0,
+the default): a sweep on `sweep_vectors` of the layer's vectors, a fifth held out, first over the size (2, 4, 8, 16
+features per unit at k = units / 8: the smallest after which doubling lowers the held-out FVU by less than 10%),
+then over k (1, 2, 4, ... up to half the units, two seeds each, searched by bisection: the smallest whose held-out
+FVU is at most `max_fvu`, if its seeds agree at `min_seed_agreement`, else the next k up if its seeds do, else the
+smallest reaching that FVU). The evidence's `size_choice` states the choice, why, and every candidate's FVU and
+seed agreement.
 """,
     why="""
 Dictionary features are the parts many explanations are made of, but a dictionary is only evidence when it
@@ -76,22 +86,29 @@ and finds different directions from seed to seed), and when its features are mor
 they replace. A good FVU alone proves none of the last two.
 """,
     how="""
-Sparse autoencoders as in Bricken et al. (2023) and Cunningham et al. (2023), TopK with the AuxK loss of Gao et
-al. (2024); seed agreement following Paulo and Belrose (2025). A fixed `k` of an eighth of the layer's units and
-4 features per unit do not fit every layer: in a 16-wide layer whose vectors combine 128 planted directions,
-about 4 at a time, that dictionary recovers 37% of the directions (mean best cosine 0.83); the sweep chooses 8
-features per unit and k = 4 and recovers 95% (mean 0.95), while on the planted benchmark below it keeps the
-quality of the fixed choice (k = 2, 4 features per unit: 100% of the directions, mean 0.98; fixed k = 4: 0.99)
-(`tests/test_decomposition.py`). Cost of the sweep: at most 4 + 2 x 6 dictionaries of `sweep_steps` steps on at
+Sparse autoencoders as in Bricken et al. (2023) and Cunningham et al. (2023), TopK with the AuxK loss of Gao et al.
+(2024); seed agreement following Paulo and Belrose (2025). A fixed `k` of an eighth of the layer's units and 4
+features per unit do not fit every layer: in a 16-wide layer whose vectors combine 128 planted directions, about 4
+at a time, that dictionary recovers 37% of the directions (mean best cosine 0.83); the sweep chooses 8 features per
+unit and k = 4 and recovers 95% (mean 0.95), while on the planted benchmark below it keeps the quality of the fixed
+choice (k = 2, 4 features per unit: 100% of the directions, mean 0.98; fixed k = 4: 0.99)
+(`tests/test_decomposition.py`). Cost of the sweep: at most 4 + 2 x 4 dictionaries of `sweep_steps` steps on at
 most `sweep_vectors` vectors per layer (about 10 s per 16- or 32-wide layer on one CPU core, as much again as
-training the two kept dictionaries); give `expansion` and `k` to skip it.
-Thresholds from measurement on planted data (128 unit directions in 32 dimensions, each active with
-probability 0.02): the TopK dictionary (k = 4) recovers them (mean best cosine 0.994, all above 0.9) with seed
-agreement 0.95 to 0.97 and FVU 0.11; an under-regularised one (k = 32, or L1 with a penalty of 0 or 1e-3)
-reaches a better FVU (0.03 to 0.04) but recovers worse directions (mean 0.93) and agrees with its twin only at
-0.46 to 0.49: `min_seed_agreement = 0.8` separates them. On `digits` the conv layers' dictionaries agree at 0.92
-and 0.81, `classifier.0`'s at 0.74 (fails); FVU 0.03 to 0.13; features are not purer than units in the conv
-layers (gaps +0.04, +0.06) and barely in `classifier.0` (-0.01).
+training the kept dictionaries); give `expansion` and `k` to skip it. The budget leaves `digits` untouched (5 to 20
+of its 1,000 GMAC per layer spent). On MiniLM (64 sentences, 1,536 token vectors per 384-wide layer; two layers,
+`encoder.layer.1.attention` and `encoder.layer.2`) the rule used to take 225 s and more (sweeping up to 6,144
+features at 300 steps each); at the default budget of 3,000 GMAC it spends at most 1,500 GMAC per layer: 93 s of
+CPU for the two layers, peak RSS 0.6 GB (`python benchmarks/decomposition_speed.py --minilm`). The MiniLM
+dictionaries explain the layers (FVU 0.03 to 0.04) but with k = 4 their seeds agree at only 0.46 to 0.60; with k =
+1 (FVU 0.10) two seeds agree at 0.95: the sparsest dictionary that reaches `max_fvu` is the reproducible one, which
+the bisection finds when the budget lets it probe below k = 4. Thresholds from measurement on planted data (128
+unit directions in 32 dimensions, each active with probability 0.02): the TopK dictionary (k = 4) recovers them
+(mean best cosine 0.994, all above 0.9) with seed agreement 0.95 to 0.97 and FVU 0.11; an under-regularised one (k
+= 32, or L1 with a penalty of 0 or 1e-3) reaches a better FVU (0.03 to 0.04) but recovers worse directions (mean
+0.93) and agrees with its twin only at 0.46 to 0.49: `min_seed_agreement = 0.8` separates them. On `digits` (three
+seeds, ranges in brackets) the layers' dictionaries agree at 0.94 [0.94, 0.95], 0.86 [0.86, 0.91] and 0.91 [0.91,
+0.93] (`features.0`, `features.2`, `classifier.0`); FVU 0.08, 0.19, 0.14; features are not purer than units in the
+conv layers (gaps +0.03 [0.03, 0.05], +0.06 [0.04, 0.06]) and purer in `classifier.0` (-0.27).
 """,
     fix="""
 Raise `steps` or lower `k` (more sparsity; the sweep's `size_choice` shows each k's seed agreement) until two
