@@ -97,18 +97,21 @@ most `sweep_vectors` vectors per layer (about 10 s per 16- or 32-wide layer on o
 training the kept dictionaries); give `expansion` and `k` to skip it. The budget leaves `digits` untouched (5 to 20
 of its 1,000 GMAC per layer spent). On MiniLM (64 sentences, 1,536 token vectors per 384-wide layer; two layers,
 `encoder.layer.1.attention` and `encoder.layer.2`) the rule used to take 225 s and more (sweeping up to 6,144
-features at 300 steps each); at the default budget of 3,000 GMAC it spends at most 1,500 GMAC per layer: 93 s of
-CPU for the two layers, peak RSS 0.6 GB (`python benchmarks/decomposition_speed.py --minilm`). The MiniLM
-dictionaries explain the layers (FVU 0.03 to 0.04) but with k = 4 their seeds agree at only 0.46 to 0.60; with k =
-1 (FVU 0.10) two seeds agree at 0.95: the sparsest dictionary that reaches `max_fvu` is the reproducible one, which
-the bisection finds when the budget lets it probe below k = 4. Thresholds from measurement on planted data (128
-unit directions in 32 dimensions, each active with probability 0.02): the TopK dictionary (k = 4) recovers them
-(mean best cosine 0.994, all above 0.9) with seed agreement 0.95 to 0.97 and FVU 0.11; an under-regularised one (k
-= 32, or L1 with a penalty of 0 or 1e-3) reaches a better FVU (0.03 to 0.04) but recovers worse directions (mean
-0.93) and agrees with its twin only at 0.46 to 0.49: `min_seed_agreement = 0.8` separates them. On `digits` (three
-seeds, ranges in brackets) the layers' dictionaries agree at 0.94 [0.94, 0.95], 0.86 [0.86, 0.91] and 0.91 [0.91,
-0.93] (`features.0`, `features.2`, `classifier.0`); FVU 0.08, 0.19, 0.14; features are not purer than units in the
-conv layers (gaps +0.03 [0.03, 0.05], +0.06 [0.04, 0.06]) and purer in `classifier.0` (-0.27).
+features at 300 steps each), and its dictionaries (k = 4 when a budget stops the sweep early) explain the layers
+(FVU 0.03 to 0.04) but agree across seeds at only 0.46 to 0.60. At the default budget of 3,000 GMAC it spends 1,498
+GMAC per layer (sweep candidates at fewer steps, the three kept dictionaries at 326 steps): 94 s of CPU for the two
+layers, peak RSS 0.64 GB (`python benchmarks/decomposition_speed.py --minilm`; 831 s of wall time on a CPU shared
+by eight processes). The bisection chooses 2 features per unit and k = 1: FVU 0.12 [0.11, 0.14] and 0.08 [0.07,
+0.09], seed agreement 0.94 [0.93, 0.94] and 0.95 [0.95, 0.96]: a healthy model passes. Reference range on a real
+model: FVU 0.05 to 0.2, seed agreement 0.9 and above at the sparsest k that reaches `max_fvu`. Thresholds from
+measurement on planted data (128 unit directions in 32 dimensions, each active with probability 0.02): the TopK
+dictionary (k = 4) recovers them (mean best cosine 0.994, all above 0.9) with seed agreement 0.95 to 0.97 and FVU
+0.11; an under-regularised one (k = 32, or L1 with a penalty of 0 or 1e-3) reaches a better FVU (0.03 to 0.04) but
+recovers worse directions (mean 0.93) and agrees with its twin only at 0.46 to 0.49: `min_seed_agreement = 0.8`
+separates them. On `digits` (three seeds, ranges in brackets) the layers' dictionaries agree at 0.94 [0.94, 0.95],
+0.86 [0.86, 0.91] and 0.91 [0.91, 0.93] (`features.0`, `features.2`, `classifier.0`); FVU 0.08, 0.19, 0.14;
+features are not purer than units in the conv layers (gaps +0.03 [0.03, 0.05], +0.06 [0.04, 0.06]) and purer in
+`classifier.0` (-0.27).
 """,
     fix="""
 Raise `steps` or lower `k` (more sparsity; the sweep's `size_choice` shows each k's seed agreement) until two
