@@ -10,7 +10,7 @@ input, rank one whatever the filters).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from torch import nn
 from ..activations import batches, hooked
 from ..model_view import Layer, ModelView
 from .nonlinearity import Following
-from .sae import Stream, layer_vectors
+from .sae import layer_vectors
 
 #: Rectifiers by the words their module or function names contain (see :mod:`.nonlinearity`); Hugging Face's
 #: tanh-approximated GELUs are read as the exact GELU (they differ by less than 1e-3).
@@ -37,28 +37,11 @@ def rectifier_function(following: Following | None) -> Callable[[torch.Tensor], 
 
 
 def describe_tensor(layer: Layer, following: Following | None) -> str:
-    """In words, which tensor :func:`read_vector_stream` yields for ``layer``."""
+    """In words, which tensor :func:`read_and_input_covariances` reads as ``layer``'s output."""
     where = "each token" if layer.kind in ("heads", "stream") else "each position"
     if rectifier_function(following) is not None:
         return f"the output after the {following.what} that follows the layer, at {where}"
     return f"the layer's output (no rectifier follows it), at {where}"
-
-
-def read_vector_stream(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size: int,
-                       device: torch.device, following: Following | None = None) -> Stream:
-    """A stream (see :mod:`.sae`) of the vectors the next layer reads: one forward pass over ``inputs`` in
-    batches per call, each batch's (samples * positions, width) vectors, rectified when a rectifier follows."""
-    function = rectifier_function(following)
-
-    def stream() -> Iterator[torch.Tensor]:
-        for _, batch in batches(inputs, batch_size, device):
-            captured: list[torch.Tensor] = []
-            with hooked(view, [layer], lambda _layer, output: captured.append(layer_vectors(output, layer))), \
-                    torch.no_grad():
-                view.model(batch)
-            for vectors in captured:
-                yield function(vectors) if function is not None else vectors
-    return stream
 
 
 class RunningCovariance:
@@ -82,14 +65,6 @@ class RunningCovariance:
         return (self.gram - self.count * torch.outer(mean, mean)) / max(self.count - 1, 1)
 
 
-def streamed_covariance(stream: Stream) -> tuple[torch.Tensor, int]:
-    """One pass: the covariance of the streamed vectors and their count."""
-    running = RunningCovariance()
-    for chunk in stream():
-        running.add(chunk)
-    return running.covariance, running.count
-
-
 def input_vectors(module: nn.Module, value: torch.Tensor) -> torch.Tensor:
     """What ``module`` reads, as vectors: a 2-D convolution's input patches (channels x kernel cells, at each
     output position), else the input's last dimension (a token's or a sample's features); ``(n, width)``."""
@@ -104,7 +79,8 @@ def input_vectors(module: nn.Module, value: torch.Tensor) -> torch.Tensor:
 def read_and_input_covariances(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size: int,
                                device: torch.device, following: Following | None = None,
                                ) -> tuple[RunningCovariance, RunningCovariance | None]:
-    """One pass over ``inputs``: the covariance of the vectors the next layer reads (:func:`read_vector_stream`)
+    """One pass over ``inputs``: the covariance of the vectors the next layer reads (the
+    layer's output at each position, rectified when a rectifier follows)
     and of those the layer's module reads (:func:`input_vectors` of its first tensor argument; None when the
     module takes no tensor)."""
     module = view.model.get_submodule(layer.name)
