@@ -37,7 +37,7 @@ per token, as the block influence of Men et al. (2024) and the angular distance 
 On MiniLM (`minilm`, 64 sentences, 24 tokens each) consecutive stream readings have CKA 0.93 to 0.99 per token
 (0.97 on token means, where the rule proposed pruning a block), while each block's update carries 23% to 52% of the
 stream's variance (`encoder.layer.0` to `.5`): unchanged share 0.48 to 0.77, and every block passes. A planted
-block whose update is scaled down to 1% has update share 0.0001 and fails; its unscaled twin passes
+block whose update is scaled down to 1% has update share below 0.001 and fails; its unscaled twin passes
 (`tests/test_decomposition.py`). `min_update_share = 0.05`: a block that changes less than 5% of the stream's
 variance. Reference range of a healthy transformer block: update share 0.2 to 0.5.
 
