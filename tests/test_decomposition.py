@@ -97,6 +97,34 @@ def test_dense_features_no_superposition_control(toys) -> None:
     assert _findings(toys["dense"], "D103", "fvu")[0].evidence["represented_features"] <= 5
 
 
+def _unit_responses(classes_per_unit: int, units: int = 8, classes: int = 10, n: int = 2000):
+    """Units that each respond to ``classes_per_unit`` of the classes (0: to none in particular, positive noise)."""
+    g = torch.Generator().manual_seed(8)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    noise = torch.rand(n, units, generator=g)
+    if not classes_per_unit:
+        return noise, labels
+    preferred = torch.stack([torch.randperm(classes, generator=g)[:classes_per_unit] for _ in range(units)])
+    hit = (labels.unsqueeze(1).unsqueeze(2) == preferred.unsqueeze(0)).any(2).float()
+    return hit * (1 + noise) + 0.1 * noise, labels
+
+
+def test_d102_judges_polysemanticity_only_where_the_classes_are_represented() -> None:
+    """Units that respond to four classes each are class-coded and polysemantic: the layer fails. Units whose
+    strongest activations come from every class alike (like a first conv layer's edge detectors) are not
+    class-coded: described (label information near chance), not judged, so the layer passes. Units that respond
+    to one class each are class-coded and monosemantic: they pass, judged."""
+    def finding(classes_per_unit: int):
+        x, labels = _unit_responses(classes_per_unit)
+        return mechaudit.audit(Passthrough(8, 10), x, labels=labels, select=["D102"]).findings[0]
+
+    poly, agnostic, mono = finding(4), finding(0), finding(1)
+    assert poly.status == "fail" and poly.evidence["label_coded"] and poly.evidence["label_information"] > 0.2
+    assert agnostic.status == "pass" and not agnostic.evidence["label_coded"] and agnostic.value > 0.5
+    assert agnostic.evidence["label_information"] < 0.05 and "not judged" in agnostic.message
+    assert mono.status == "pass" and mono.evidence["label_coded"] and mono.value == 0.0
+
+
 class TwoLayers(torch.nn.Module):
     def __init__(self, first: torch.Tensor, second: torch.Tensor, relu: bool = True) -> None:
         super().__init__()
@@ -129,6 +157,42 @@ def test_d104_flags_a_collapsed_layer_and_not_a_full_rank_one() -> None:
     assert by_layer["a"].status == "pass" and by_layer["a"].evidence["components_90"] >= 8
 
 
+class FirstConv(torch.nn.Module):
+    """A first conv layer on one-channel images (32 channels, 3x3, ReLU), then a linear read-out."""
+
+    def __init__(self, filters: torch.Tensor) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, filters.shape[0], 3)
+        self.head = torch.nn.Linear(filters.shape[0], 10)
+        with torch.no_grad():
+            self.conv.weight.copy_(filters)
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def _images(n: int = 400) -> torch.Tensor:
+    """Smooth one-channel 12x12 images (blurred noise), like handwritten strokes at low resolution."""
+    noise = torch.randn(n, 1, 14, 14, generator=torch.Generator().manual_seed(4))
+    return torch.nn.functional.avg_pool2d(noise, 3, stride=1)
+
+
+def test_d104_reads_a_first_conv_layer_after_its_relu_per_position() -> None:
+    """The spatial mean of a one-channel conv's pre-activation is rank one whatever its filters; what the next
+    layer reads (after the ReLU, at each position) is not collapsed: it passes. Filters that are positive multiples
+    of one filter are collapsed after the ReLU too: they fail."""
+    g = torch.Generator().manual_seed(5)
+    healthy = mechaudit.audit(FirstConv(torch.randn(32, 1, 3, 3, generator=g)), _images(), select=["D104"])
+    finding = healthy.findings[0]
+    assert finding.status == "pass" and finding.value < 0.5 and finding.evidence["effective_rank"] > 4
+    assert "relu" in finding.evidence["measured_on"].lower() and finding.evidence["vectors"] == 400 * 100
+    one = torch.randn(1, 1, 3, 3, generator=g)
+    scales = torch.rand(32, 1, 1, 1, generator=g) + 0.5
+    collapsed = mechaudit.audit(FirstConv(scales * one), _images(), select=["D104"]).findings[0]
+    assert collapsed.status == "fail" and collapsed.evidence["effective_rank"] < 1.5
+
+
 def test_d105_finds_planted_modules_and_warns_on_independent_units() -> None:
     g = torch.Generator().manual_seed(0)
     sources = torch.randn(3000, 2, generator=g)
@@ -152,6 +216,50 @@ def test_d106_flags_a_layer_that_copies_the_previous_one_and_not_an_unrelated_on
     sparse[0, 0] = 1.0  # reads one unit of sixteen
     other = mechaudit.audit(TwoLayers(first, sparse, relu=False), _data(), select=["D106"]).findings[0]
     assert other.status == "pass" and other.value < 0.5
+
+
+class ResidualBlock(torch.nn.Module):
+    def __init__(self, width: int, scale: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.scale = scale
+        self.up, self.down = torch.nn.Linear(width, 4 * width), torch.nn.Linear(4 * width, width)
+        with torch.no_grad():
+            for linear in (self.up, self.down):
+                linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) / linear.in_features ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.down(torch.relu(self.up(x)))
+
+
+class ResidualStack(torch.nn.Module):
+    """Token vectors (samples, tokens, 8) through a residual stream of three blocks, then a read-out."""
+
+    def __init__(self, scales: tuple[float, ...]) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(6)
+        self.embed = torch.nn.Linear(8, 16)
+        self.blocks = torch.nn.ModuleList(ResidualBlock(16, s, g) for s in scales)
+        self.head = torch.nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(1))
+
+
+def test_d106_judges_a_residual_block_by_its_update_not_by_the_stream() -> None:
+    """Consecutive readings of a residual stream are similar by construction; a block whose update is scaled down to
+    1% of its twin's fails on its update share, and the same stack with every block whole passes."""
+    tokens = torch.randn(300, 6, 8, generator=torch.Generator().manual_seed(7))
+    streams = ["blocks.0", "blocks.1", "blocks.2"]
+    planted = mechaudit.audit(ResidualStack((1.0, 0.01, 1.0)), tokens, select=["D106"], layers=streams).findings
+    by_layer = {f.location.component: f for f in planted}
+    assert {f.metric for f in planted} == {"stream_unchanged"}
+    assert by_layer["blocks.1"].status == "fail" and by_layer["blocks.1"].evidence["update_share"] < 0.01
+    assert by_layer["blocks.2"].status == "pass"
+    control = mechaudit.audit(ResidualStack((1.0, 1.0, 1.0)), tokens, select=["D106"], layers=streams).findings
+    assert all(f.status == "pass" and f.evidence["update_share"] > 0.1 for f in control)
 
 
 def test_d101_flags_a_layer_that_never_switches_off_and_passes_a_rectified_one() -> None:

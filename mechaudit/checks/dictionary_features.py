@@ -12,6 +12,7 @@ artifact ``dictionary_features``: L206 dissects their features) and written to t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TypedDict
 
@@ -20,6 +21,7 @@ import torch
 from ..context import Artifact, AuditContext
 from ..findings import Location, Measurement
 from ..model_view import Layer
+from ..techniques.activation_buffer import Buffer, fill_buffer
 from ..techniques.sae import (
     Dictionary,
     SAEConfig,
@@ -31,8 +33,9 @@ from ..techniques.sae import (
     tensor_stream,
     train_dictionary,
 )
-from ..techniques.sae_sweep import SizeChoice, choose_size
+from ..techniques.sae_sweep import SizeChoice, choose_size, training_cost
 from ..techniques.selectivity import label_selectivity
+from ..techniques.uncertainty import Interval
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .decomposition_evidence import exemplars, maximised_features
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -51,20 +54,30 @@ A layer's sparse dictionary does not explain it, is not reproducible, or reads l
     what="""
 For every hidden layer, a sparse autoencoder (TopK by default; `kind = "l1"` for an L1 penalty) with `expansion`
 features per unit and `k` active features per vector is trained on the layer's activation vectors (one per sample
-and position) of `samples` audit samples, held in memory when small and otherwise streamed from the model batch by
-batch. Three findings per layer: `fvu`, the fraction of variance unexplained (fails above `max_fvu`); `instability`,
-one minus the mean best cosine similarity between the live features and those of a second dictionary trained with
-another seed (fails above `1 - min_seed_agreement`); `purity_gap`, the mean purity of the units' top samples minus
-that of the features' (fails above 0, like every metric above its threshold: features less pure than units). The
-evidence reports L0, live, dead and dense features, and the *represented features*: the distinct directions among
-features both seeds find (cosine above 0.9). Each dictionary is written to the output directory as
-`dictionaries/<layer>.safetensors` and shared with later rules: L206 dissects its features, addressed `layer:featN`.
-`expansion` and `k` are chosen from the data unless given (0, the default): a sweep on `sweep_vectors` of the
-layer's vectors, a fifth held out, first over the size (2, 4, 8, 16 features per unit at k = units / 8: the
-smallest after which doubling lowers the held-out FVU by less than 10%), then over k (1, 2, 4, ... up to half the
-units, two seeds each: the smallest whose held-out FVU is at most `max_fvu` and whose seeds agree at
-`min_seed_agreement`, else the smallest reaching that FVU). The evidence's `size_choice` states the choice, why,
-and every candidate's FVU and seed agreement.
+and position) of `samples` audit samples. The vectors are gathered in one streamed pass into a bounded training
+buffer: at most `buffer_values` numbers (a seeded uniform subset of the vectors when there are more), in memory up
+to `memory_vectors` numbers and otherwise disk-backed (a numpy memmap in a temporary directory, removed after
+training); evaluation reads them from memory when small, else streams them from the model. Training is bounded by
+`budget_gmac` billion multiply-adds for the whole rule, shared equally by the layers: half for the sweep below
+(fewer steps per candidate, at least 50, when it would not fit; candidates that still would not fit are not tried),
+the rest for the kept dictionaries (fewer than `steps` steps, at least 100, when they would not fit); the
+evidence's `budget` states what was spent and the steps used. `seeds` dictionaries are trained with consecutive
+seeds; the first is kept and written; every gated metric carries the range over the seeds as its interval (FVU and
+purity gap per seed, instability per pair of seeds; for n seeds a further seed's value falls inside the range with
+probability (n - 1) / (n + 1), the interval's level: 0.5 for 3). Three findings per layer: `fvu`, the fraction of
+variance unexplained (fails above `max_fvu`); `instability`, one minus the mean best cosine similarity between the
+live features and those of a second dictionary trained with another seed (fails above `1 - min_seed_agreement`);
+`purity_gap`, the mean purity of the units' top samples minus that of the features' (fails above 0, like every
+metric above its threshold: features less pure than units). The evidence reports L0, live, dead and dense features,
+and the *represented features*: the distinct directions among features both seeds find (cosine above 0.9). Each
+dictionary is written to the output directory as `dictionaries/<layer>.safetensors` and shared with later rules:
+L206 dissects its features, addressed `layer:featN`. `expansion` and `k` are chosen from the data unless given (0,
+the default): a sweep on `sweep_vectors` of the layer's vectors, a fifth held out, first over the size (2, 4, 8, 16
+features per unit at k = units / 8: the smallest after which doubling lowers the held-out FVU by less than 10%),
+then over k (1, 2, 4, ... up to half the units, two seeds each, searched by bisection: the smallest whose held-out
+FVU is at most `max_fvu`, if its seeds agree at `min_seed_agreement`, else the next k up if its seeds do, else the
+smallest reaching that FVU). The evidence's `size_choice` states the choice, why, and every candidate's FVU and
+seed agreement.
 """,
     why="""
 Dictionary features are the parts many explanations are made of, but a dictionary is only evidence when it
@@ -73,22 +86,32 @@ and finds different directions from seed to seed), and when its features are mor
 they replace. A good FVU alone proves none of the last two.
 """,
     how="""
-Sparse autoencoders as in Bricken et al. (2023) and Cunningham et al. (2023), TopK with the AuxK loss of Gao et
-al. (2024); seed agreement following Paulo and Belrose (2025). A fixed `k` of an eighth of the layer's units and
-4 features per unit do not fit every layer: in a 16-wide layer whose vectors combine 128 planted directions,
-about 4 at a time, that dictionary recovers 37% of the directions (mean best cosine 0.83); the sweep chooses 8
-features per unit and k = 4 and recovers 95% (mean 0.95), while on the planted benchmark below it keeps the
-quality of the fixed choice (k = 2, 4 features per unit: 100% of the directions, mean 0.98; fixed k = 4: 0.99)
-(`tests/test_decomposition.py`). Cost of the sweep: at most 4 + 2 x 6 dictionaries of `sweep_steps` steps on at
+Sparse autoencoders as in Bricken et al. (2023) and Cunningham et al. (2023), TopK with the AuxK loss of Gao et al.
+(2024); seed agreement following Paulo and Belrose (2025). A fixed `k` of an eighth of the layer's units and 4
+features per unit do not fit every layer: in a 16-wide layer whose vectors combine 128 planted directions, about 4
+at a time, that dictionary recovers 37% of the directions (mean best cosine 0.83); the sweep chooses 8 features per
+unit and k = 4 and recovers 95% (mean 0.95), while on the planted benchmark below it keeps the quality of the fixed
+choice (k = 2, 4 features per unit: 100% of the directions, mean 0.98; fixed k = 4: 0.99)
+(`tests/test_decomposition.py`). Cost of the sweep: at most 4 + 2 x 4 dictionaries of `sweep_steps` steps on at
 most `sweep_vectors` vectors per layer (about 10 s per 16- or 32-wide layer on one CPU core, as much again as
-training the two kept dictionaries); give `expansion` and `k` to skip it.
-Thresholds from measurement on planted data (128 unit directions in 32 dimensions, each active with
-probability 0.02): the TopK dictionary (k = 4) recovers them (mean best cosine 0.994, all above 0.9) with seed
-agreement 0.95 to 0.97 and FVU 0.11; an under-regularised one (k = 32, or L1 with a penalty of 0 or 1e-3)
-reaches a better FVU (0.03 to 0.04) but recovers worse directions (mean 0.93) and agrees with its twin only at
-0.46 to 0.49: `min_seed_agreement = 0.8` separates them. On `digits` the conv layers' dictionaries agree at 0.92
-and 0.81, `classifier.0`'s at 0.74 (fails); FVU 0.03 to 0.13; features are not purer than units in the conv
-layers (gaps +0.04, +0.06) and barely in `classifier.0` (-0.01).
+training the kept dictionaries); give `expansion` and `k` to skip it. The budget leaves `digits` untouched (5 to 20
+of its 1,000 GMAC per layer spent). On MiniLM (64 sentences, 1,536 token vectors per 384-wide layer; two layers,
+`encoder.layer.1.attention` and `encoder.layer.2`) the rule used to take 225 s and more (sweeping up to 6,144
+features at 300 steps each), and its dictionaries (k = 4 when a budget stops the sweep early) explain the layers
+(FVU 0.03 to 0.04) but agree across seeds at only 0.46 to 0.60. At the default budget of 3,000 GMAC it spends 1,498
+GMAC per layer (sweep candidates at fewer steps, the three kept dictionaries at 326 steps): 94 s of CPU for the two
+layers, peak RSS 0.64 GB (`python benchmarks/decomposition_speed.py --minilm`; 831 s of wall time on a CPU shared
+by eight processes). The bisection chooses 2 features per unit and k = 1: FVU 0.12 [0.11, 0.14] and 0.08 [0.07,
+0.09], seed agreement 0.94 [0.93, 0.94] and 0.95 [0.95, 0.96]: a healthy model passes. Reference range on a real
+model: FVU 0.05 to 0.2, seed agreement 0.9 and above at the sparsest k that reaches `max_fvu`. Thresholds from
+measurement on planted data (128 unit directions in 32 dimensions, each active with probability 0.02): the TopK
+dictionary (k = 4) recovers them (mean best cosine 0.994, all above 0.9) with seed agreement 0.95 to 0.97 and FVU
+0.11; an under-regularised one (k = 32, or L1 with a penalty of 0 or 1e-3) reaches a better FVU (0.03 to 0.04) but
+recovers worse directions (mean 0.93) and agrees with its twin only at 0.46 to 0.49: `min_seed_agreement = 0.8`
+separates them. On `digits` (three seeds, ranges in brackets) the layers' dictionaries agree at 0.94 [0.94, 0.95],
+0.86 [0.86, 0.91] and 0.91 [0.91, 0.93] (`features.0`, `features.2`, `classifier.0`); FVU 0.08, 0.19, 0.14;
+features are not purer than units in the conv layers (gaps +0.03 [0.03, 0.05], +0.06 [0.04, 0.06]) and purer in
+`classifier.0` (-0.27).
 """,
     fix="""
 Raise `steps` or lower `k` (more sparsity; the sweep's `size_choice` shows each k's seed agreement) until two
@@ -128,7 +151,14 @@ class DictionaryParams:
     labels: str = param(CLASSES, doc="purity is read against 'classes' or a declared concept's name")
     top: int = param(20, low=2, doc="top-activating samples read per unit or feature")
     memory_vectors: int = param(4_000_000, low=1, doc="activation values held in memory at most; above, the "
-                                                      "activations are streamed from the model")
+                                                      "training buffer is disk-backed (a temporary numpy memmap) and "
+                                                      "the activations are streamed from the model for evaluation")
+    buffer_values: int = param(64_000_000, low=1, doc="activation values the dictionaries train on at most (a "
+                                                      "seeded uniform subset of the vectors when there are more)")
+    budget_gmac: float = param(3000.0, low=0.0, doc="multiply-adds (billions) spent training dictionaries, all "
+                                                    "layers together, shared equally; 0: no bound")
+    seeds: int = param(3, low=2, doc="dictionaries trained per layer with consecutive seeds: the first is kept, "
+                                     "the spread of all gives each metric's interval")
 
 
 class DictionaryFeaturesEvidence(TypedDict, total=False):
@@ -155,6 +185,11 @@ class DictionaryFeaturesEvidence(TypedDict, total=False):
     scored_features: int
     scored_units: int
     seed_agreement: float
+    budget: dict
+    buffer: dict
+    fvu_per_seed: list
+    purity_gap_per_seed: list
+    seed_agreement_per_pair: list
     size_choice: dict
     stable_features: int
     steps: int
@@ -175,11 +210,14 @@ def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
     trained = context.shared(LEARNED_DICTIONARIES, params)
     for layer in context.view.hidden_layers:
         stream, positions, width = _stream(context, layer, indices, params)
-        dictionary, twin, choice = trained[layer.name]
+        found = trained[layer.name]
+        dictionary = found.dictionaries[0]
         config = dictionary.config
-        stats, twin_stats = evaluate(dictionary, stream), evaluate(twin, stream)
-        alive = stats.frequency > 0
-        agreement = seed_agreement(dictionary.decoder, twin.decoder, alive, twin_stats.frequency > 0)
+        stats = [evaluate(d, stream) for d in found.dictionaries]
+        alive = stats[0].frequency > 0
+        agreements = {(i, j): _agreement(found.dictionaries[i], found.dictionaries[j], stats[i], stats[j])
+                      for i in range(len(stats)) for j in range(i + 1, len(stats))}
+        agreement = agreements[(0, 1)]
         mean_agreement = float(agreement.mean()) if len(agreement) else 0.0
         stable_mask = agreement > STABLE_COSINE
         stable = int(stable_mask.sum())
@@ -188,18 +226,23 @@ def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
         evidence = {
             "layer": layer.name, "units": layer.size, "width": width, "features": dictionary.size, "kind": config.kind,
             "k": config.k if config.kind == "topk" else None, "l1": config.l1 if config.kind == "l1" else None,
-            "steps": config.steps, "vectors": stats.vectors, "positions_per_sample": positions,
-            "fvu": stats.fvu, "l0": stats.l0, "live_features": int(alive.sum()),
-            "dead_features": len(stats.dead()), "dense_features": len(stats.dense(params.dense_frequency)),
+            "steps": config.steps, "vectors": stats[0].vectors, "positions_per_sample": positions,
+            "fvu": stats[0].fvu, "l0": stats[0].l0, "live_features": int(alive.sum()),
+            "dead_features": len(stats[0].dead()), "dense_features": len(stats[0].dense(params.dense_frequency)),
             "seed_agreement": mean_agreement, "stable_features": stable, "represented_features": represented,
+            "fvu_per_seed": [s.fvu for s in stats],
+            "seed_agreement_per_pair": [float(a.mean()) if len(a) else 0.0 for a in agreements.values()],
             "file": f"dictionaries/{_file_name(layer.name)}.safetensors", "address": f"{layer.name}:feat<N>",
-            "size_choice": choice or {"reason": "expansion and k given in the rule's parameters"},
+            "size_choice": found.choice or {"reason": "expansion and k given in the rule's parameters"},
+            "budget": found.budget, "buffer": found.buffer,
         }
         features = pooled_features(dictionary, stream, positions, "max")
         purest: list[int] = []
         if labels is not None:
             purity, purest = _purity(features, dictionary, unit_activations[layer.name], labels, names, params.top)
             evidence.update(purity)
+            evidence["purity_gap_per_seed"] = _purity_gaps(found.dictionaries, features, stream, positions,
+                                                           unit_activations[layer.name], labels, names, params.top)
         shown = purest[:4] or (features > 0).float().mean(0).argsort(descending=True)[:4].tolist()
         evidence["exemplars"] = exemplars(context, indices, features, shown, [dictionary.address(f) for f in shown])
         evidence["activation_maximization"] = maximised_features(context, layer, dictionary, shown)
@@ -217,14 +260,15 @@ def _findings(rule, params: DictionaryParams, layer: Layer, evidence: dict) -> l
         Measurement(f"the dictionary of {layer.name} ({evidence['features']} features, L0 {evidence['l0']:.1f}) leaves "
                 f"{fvu:.1%} of the variance unexplained; {evidence['live_features']} features live, "
                 f"{evidence['dead_features']} dead, {evidence['dense_features']} dense",
-                location=where, metric="fvu", value=fvu, threshold=params.max_fvu, evidence=evidence),
+                location=where, metric="fvu", value=fvu, threshold=params.max_fvu, evidence=evidence,
+                interval=_seed_interval(evidence["fvu_per_seed"])),
         Measurement(f"a second seed's dictionary of {layer.name} finds the same directions with mean cosine "
                 f"{agreement:.2f}; {evidence['stable_features']} features are stable (cosine > {STABLE_COSINE}), "
                 f"{evidence['represented_features']} distinct directions in {evidence['width']} dimensions"
                 + ("" if agreement >= params.min_seed_agreement
                    else ": the features depend on the seed and are not evidence"),
                 location=where, metric="instability", value=1 - agreement, threshold=1 - params.min_seed_agreement,
-                evidence=summary),
+                evidence=summary, interval=_seed_interval([1 - a for a in evidence["seed_agreement_per_pair"]])),
     ]
     if evidence.get("feature_purity") is not None and evidence.get("unit_purity") is not None:
         gap = evidence["unit_purity"] - evidence["feature_purity"]
@@ -233,8 +277,35 @@ def _findings(rule, params: DictionaryParams, layer: Layer, evidence: dict) -> l
             f"{'more purely than' if gap < 0 else 'exactly as purely as' if gap == 0 else 'less purely than'} its "
             f"units (mean purity {evidence['feature_purity']:.2f} "
             f"against {evidence['unit_purity']:.2f})",
-            location=where, metric="purity_gap", value=gap, threshold=0.0, evidence=summary))
+            location=where, metric="purity_gap", value=gap, threshold=0.0, evidence=summary,
+            interval=_seed_interval(evidence.get("purity_gap_per_seed", []))))
     return findings
+
+
+def _agreement(first: Dictionary, second: Dictionary, first_stats, second_stats) -> torch.Tensor:
+    return seed_agreement(first.decoder, second.decoder, first_stats.frequency > 0, second_stats.frequency > 0)
+
+
+def _purity_gaps(dictionaries: list[Dictionary], features: torch.Tensor, stream, positions: int,
+                 unit_values: torch.Tensor, labels: torch.Tensor, names: list[str], top: int) -> list[float | None]:
+    """Per seed's dictionary (the first's pooled ``features`` given), unit purity minus feature purity."""
+    gaps: list[float | None] = []
+    for i, dictionary in enumerate(dictionaries):
+        pooled = features if i == 0 else pooled_features(dictionary, stream, positions, "max")
+        purity = _purity(pooled, dictionary, unit_values, labels, names, top)[0]
+        known = purity["unit_purity"] is not None and purity["feature_purity"] is not None
+        gaps.append(purity["unit_purity"] - purity["feature_purity"] if known else None)
+    return gaps
+
+
+def _seed_interval(values: list[float | None]) -> Interval | None:
+    """The range of a metric over the training seeds: a further seed's value falls inside it with probability
+    (n - 1) / (n + 1) for n seeds (order statistics of exchangeable draws), the interval's level."""
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    if len(known) < 2:
+        return None
+    return Interval(min(known), max(known), f"range over {len(known)} training seeds",
+                    (len(known) - 1) / (len(known) + 1))
 
 
 def _labels(context: AuditContext, params: DictionaryParams, indices: torch.Tensor):
@@ -244,26 +315,53 @@ def _labels(context: AuditContext, params: DictionaryParams, indices: torch.Tens
     return labels[indices], names
 
 
-def _train(context: AuditContext, params: DictionaryParams) -> dict[str, tuple[Dictionary, Dictionary, dict | None]]:
-    """Per hidden layer, its dictionary, a twin trained with the next seed (for seed agreement), and the size and
-    sparsity sweep's choice (None when both are given)."""
+@dataclass
+class Trained:
+    """One layer's dictionaries (one per seed, the first kept), the sweep's choice and the budget's account."""
+
+    dictionaries: list[Dictionary]
+    choice: dict | None
+    budget: dict
+    buffer: dict
+
+
+MIN_STEPS = 100  # the kept dictionaries train at least this many steps, whatever the budget
+
+
+def _train(context: AuditContext, params: DictionaryParams) -> dict[str, Trained]:
+    """Per hidden layer, its dictionaries (``seeds`` of them, for seed agreement and intervals) and the size and
+    sparsity sweep's choice (None when both are given), within the layer's share of the budget."""
     indices = context.sample_indices(params.samples)
+    layers = context.view.hidden_layers
+    budget = params.budget_gmac * 1e9 / max(len(layers), 1) if params.budget_gmac else math.inf
     trained = {}
-    for layer in context.view.hidden_layers:
-        stream, _, width = _stream(context, layer, indices, params)
-        base = SAEConfig(features=max(1, params.expansion) * width, kind=params.kind,
-                         k=max(1, params.k or width // 8), l1=params.l1, steps=params.steps,
-                         batch=params.batch, seed=context.seed)
-        choice = _choose(stream, base, width, params, context.device)
-        config = base if choice is None else replace(base, features=choice.expansion * width, k=choice.k)
-        trained[layer.name] = (
-            train_dictionary(stream, config, layer.name, context.device),
-            train_dictionary(stream, replace(config, seed=context.seed + 1), layer.name, context.device),
-            None if choice is None else choice.as_evidence())
+    for layer in layers:
+        stream, positions, width = _stream(context, layer, indices, params)
+        with fill_buffer(stream, len(indices) * positions, width, params.buffer_values, params.memory_vectors,
+                         context.seed) as buffer:
+            training = buffer.stream()
+            base = SAEConfig(features=max(1, params.expansion) * width, kind=params.kind,
+                             k=max(1, params.k or width // 8), l1=params.l1, steps=params.steps,
+                             batch=params.batch, seed=context.seed)
+            choice = _choose(buffer, base, width, params, context.device, budget / 2)
+            config = base if choice is None else replace(base, features=choice.expansion * width, k=choice.k)
+            spent = choice.cost if choice is not None else 0.0
+            per_step = training_cost(config.features, width, min(config.batch, buffer.count), 1)
+            affordable = int((budget - spent) / (params.seeds * per_step)) if math.isfinite(budget) else params.steps
+            config = replace(config, steps=min(params.steps, max(MIN_STEPS, affordable)))
+            dictionaries = [train_dictionary(training, replace(config, seed=context.seed + i), layer.name,
+                                             context.device) for i in range(params.seeds)]
+            spent += params.seeds * per_step * config.steps
+            trained[layer.name] = Trained(
+                dictionaries, None if choice is None else choice.as_evidence(),
+                {"gmac_spent": round(spent / 1e9, 2), "gmac_budget": round(budget / 1e9, 2) if math.isfinite(
+                    budget) else None, "steps": config.steps, "steps_asked": params.steps, "seeds": params.seeds},
+                buffer.describe())
     return trained
 
 
-def _choose(stream, base: SAEConfig, width: int, params: DictionaryParams, device) -> SizeChoice | None:
+def _choose(buffer: Buffer, base: SAEConfig, width: int, params: DictionaryParams, device,
+            budget: float) -> SizeChoice | None:
     """The sweep over the sizes and sparsities not given (:mod:`mechaudit.techniques.sae_sweep`), or None."""
     if params.expansion and (params.k or params.kind != "topk"):
         return None
@@ -271,21 +369,14 @@ def _choose(stream, base: SAEConfig, width: int, params: DictionaryParams, devic
         tuple(e for e in SWEEP_EXPANSIONS if e * width <= MAX_SWEEP_FEATURES) or SWEEP_EXPANSIONS[:1])
     ks = (base.k,) if params.k or params.kind != "topk" else (
         tuple(k for k in SWEEP_KS if k <= max(1, width // 2)))
-    vectors, count = [], 0
-    for chunk in stream():
-        vectors.append(chunk.float().cpu())
-        count += chunk.shape[0]
-        if count >= params.sweep_vectors:
-            break
-    return choose_size(torch.cat(vectors), replace(base, steps=params.sweep_steps), fvu_target=params.max_fvu,
-                       min_agreement=params.min_seed_agreement, k_ref=max(1, width // 8), ks=ks,
-                       expansions=expansions, max_vectors=params.sweep_vectors, device=device)
+    return choose_size(buffer.as_tensor(params.sweep_vectors), replace(base, steps=params.sweep_steps),
+                       fvu_target=params.max_fvu, min_agreement=params.min_seed_agreement, k_ref=max(1, width // 8),
+                       ks=ks, expansions=expansions, max_vectors=params.sweep_vectors, device=device, budget=budget)
 
 
 #: The learned dictionaries of D103, by its parameters: computed on first use, by D103 or by a rule that dissects
 #: their features (L206), whichever runs first.
-LEARNED_DICTIONARIES: Artifact[dict[str, tuple[Dictionary, Dictionary, dict | None]]] = Artifact(
-    "learned_dictionaries", _train)
+LEARNED_DICTIONARIES: Artifact[dict[str, Trained]] = Artifact("learned_dictionaries", _train)
 
 
 def learned_dictionaries(context: AuditContext) -> dict[str, Dictionary]:
@@ -293,7 +384,8 @@ def learned_dictionaries(context: AuditContext) -> dict[str, Dictionary]:
     rule = context.rule_for_check(CHECK)
     if rule is None or not context.view.hidden_layers:
         return {}
-    return {name: trio[0] for name, trio in context.shared(LEARNED_DICTIONARIES, rule.params).items()}
+    learned = context.shared(LEARNED_DICTIONARIES, rule.params)
+    return {name: trained.dictionaries[0] for name, trained in learned.items()}
 
 
 def _stream(context: AuditContext, layer: Layer, indices: torch.Tensor, params: DictionaryParams):

@@ -11,7 +11,7 @@ import torch
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
-from ..techniques.selectivity import label_selectivity
+from ..techniques.selectivity import label_information, label_selectivity
 from ..techniques.uncertainty import Interval, bootstrap
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .decomposition_evidence import exemplars
@@ -26,6 +26,13 @@ the classes, or a declared concept). The labels of those samples, re-weighted by
 frequency, form a distribution whose perplexity is the unit's *effective number of labels*. A unit above
 `max_effective_labels` is polysemantic; the finding fails (a warning) when more than `max_polysemantic_share` of
 the layer's scored units are. Units strongly active on fewer than `min_active` samples are not scored.
+
+Polysemantic *over the labels* is judged only where the units represent the labels at all: a layer is
+label-coded when its *label information* (one minus the scored units' mean log effective number of labels over
+the same with the labels shuffled, `chance_draws` seeded permutations: 0 at chance, 1 when every unit reads one
+label) is at least `min_label_information` and above every shuffled draw's. Elsewhere (early edge or texture
+detectors, whose strongest activations come from every class about equally) the finding describes the layer and
+is not judged.
 """,
     why="""
 A polysemantic unit responds to unrelated inputs, so reading the model neuron by neuron misleads: a label put on
@@ -40,7 +47,14 @@ Selectivity over top-activating samples, as in Olah et al. (2020) and the polyse
 (sparsity 0.99) four of five units spread over 2.8 to 3.9 effective labels; with dense features (the control)
 every unit stays at or below 2.0. `max_effective_labels = 2.5` separates them. On `digits` every conv channel
 spreads over 8.7 to 9.8 of the 10 classes and every scored unit of `classifier.0` over 2.8 to 8.6 (the same in
-`digits-control`): the CNN's units are not class-selective, and the rule warns on each layer.
+`digits-control`). Label information (`tests/test_decomposition.py`, digits measured with
+`mechaudit audit --example digits --select D102`): the conv layers of `digits` and `digits-control` 0.028 to
+0.032 (shuffled labels: -0.001 to 0.003; their channels detect strokes, not digits), `classifier.0` 0.24 and
+0.30, the superposition toy's hidden layer 0.65 (sparse) and 0.81 (dense); units planted to answer four
+of ten classes each 0.40, units that answer none 0.002. `min_label_information = 0.1` lies
+between them: the conv layers are described, not judged (they were all called polysemantic before), and
+`classifier.0` is judged (it is polysemantic: the rule warns). Reference range of a label-coded layer: 0.2 and
+above; of a layer that does not represent the labels: below 0.05.
 """,
     fix="""
 Not a defect to fix in the model: read the layer through its dictionary features (D103) and label those. If
@@ -68,6 +82,10 @@ class PolysemanticParams:
     min_active: int = param(5, low=1, doc="units strongly active on fewer samples are not scored")
     samples: int = param(2048, low=4, doc="samples read (seeded subset)")
     max_listed: int = param(16, low=0, doc="polysemantic units listed in the evidence, per layer")
+    min_label_information: float = param(0.1, low=0.0, high=1.0, doc="judge only layers whose units carry at least "
+                                                                      "this label information (0: chance, 1: each "
+                                                                      "unit reads one label)")
+    chance_draws: int = param(20, low=1, doc="shuffled-label draws that give the label information's chance level")
 
 
 class PolysemanticUnitsEvidence(TypedDict, total=False):
@@ -75,6 +93,9 @@ class PolysemanticUnitsEvidence(TypedDict, total=False):
 
     effective_labels_per_unit: list
     exemplars: list
+    label_coded: bool
+    label_information: float
+    label_information_chance: list
     labels: str
     mean_purity: float
     monosemantic_units: list
@@ -111,13 +132,25 @@ def polysemantic_units(context: AuditContext, rule) -> list[Measurement]:
         message = (f"{int(poly.sum())} of {count} scored units of {layer.name} are polysemantic ({share:.0%}): their "
                    f"strongest activations spread over more than {params.max_effective_labels:g} {params.labels}"
                    + ("; read dictionary features (D103), not neurons, in this layer" if failed else ""))
+        information = label_information(strong, labels, params.top, params.min_active, params.chance_draws,
+                                        context.seed)
+        coded = information.value >= params.min_label_information and information.value > information.chance_high
+        if not coded:
+            message = (f"the units of {layer.name} do not represent the {params.labels} (label information "
+                       f"{information.value:.3f}, chance up to {information.chance_high:.3f}, judged from "
+                       f"{params.min_label_information:g}): polysemanticity over the {params.labels} is not judged "
+                       f"here; {int(poly.sum())} of {count} units spread over more than "
+                       f"{params.max_effective_labels:g} of them")
         if not count:
             message = f"no unit of {layer.name} is active on {params.min_active} samples: nothing to read"
         findings.append(Measurement(
             message, location=Location.of_layer(layer.name),
             metric="polysemantic_share", value=share, threshold=params.max_polysemantic_share,
-            interval=_share_interval(strong, labels, params, context.seed) if count else None,
+            judged=coded and bool(count),
+            interval=_share_interval(strong, labels, params, context.seed) if count and coded else None,
             evidence={
+                "label_information": round(information.value, 4),
+                "label_information_chance": [round(v, 4) for v in information.chance], "label_coded": coded,
                 "labels": params.labels, "samples": len(indices), "strong_share_of_max": params.strong,
                 "most_read_per_unit": params.top,
                 "units": layer.size, "scored_units": count, "polysemantic_count": int(poly.sum()),

@@ -49,3 +49,15 @@ def spectrum(activations: torch.Tensor, tolerance: float = 1e-10) -> Spectrum:
     variances = torch.where(variances > tolerance * max(float(variances.max()), 1.0), variances,
                             torch.zeros_like(variances))
     return Spectrum(variances.float(), live)
+
+
+def spectrum_of_covariance(covariance: torch.Tensor, tolerance: float = 1e-10) -> Spectrum:
+    """The PCA spectrum from a (units, units) covariance matrix (e.g. accumulated over a stream of vectors): its
+    eigenvalues, largest first; a unit is live when its variance exceeds ``tolerance`` of the largest."""
+    covariance = covariance.double()
+    variances = torch.linalg.eigvalsh((covariance + covariance.T) / 2).flip(0).clamp_min(0)
+    diagonal = covariance.diagonal()
+    live = int((diagonal > tolerance * max(float(diagonal.max()), 1e-30)).sum()) if diagonal.numel() else 0
+    variances = torch.where(variances > tolerance * max(float(variances.max()), 1e-30), variances,
+                            torch.zeros_like(variances))
+    return Spectrum(variances.float(), live)

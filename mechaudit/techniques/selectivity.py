@@ -86,3 +86,34 @@ def label_selectivity(activations: torch.Tensor, labels: torch.Tensor, top: int 
     return Selectivity(torch.where(scored, purity, nan).float(), torch.where(scored, entropy, nan).float(),
                        torch.where(scored, top_label, torch.full_like(top_label, -1)), tops,
                        distribution.float())
+
+
+@dataclass(frozen=True)
+class LabelInformation:
+    """How much a layer's units know about the labels: ``value = 1 - mean log(effective labels) / mean
+    log(effective labels with shuffled labels)`` over the scored units, 0 at chance (units whose strongest
+    activations come from any label), 1 when each unit's come from one label; with the shuffled draws' values."""
+
+    value: float
+    chance: tuple[float, ...]   #: the same statistic for each shuffled draw (around 0)
+
+    @property
+    def chance_high(self) -> float:
+        return max(self.chance) if self.chance else 0.0
+
+
+def label_information(activations: torch.Tensor, labels: torch.Tensor, top: int, min_active: int,
+                      draws: int = 20, seed: int = 0) -> LabelInformation:
+    """:class:`LabelInformation` of the columns of ``activations`` (samples, components) for ``labels``, against
+    ``draws`` seeded permutations of the labels (the same top samples, labels shuffled)."""
+    def mean_log(labelled: torch.Tensor) -> float:
+        scores = label_selectivity(activations, labelled, top, min_active)
+        effective = scores.effective_labels[scores.scored]
+        return float(effective.clamp_min(1.0).log().mean()) if len(effective) else math.nan
+
+    generator = torch.Generator().manual_seed(seed)
+    nulls = [mean_log(labels[torch.randperm(len(labels), generator=generator)]) for _ in range(draws)]
+    null = sum(nulls) / len(nulls) if nulls else math.nan
+    if not null > 0:
+        return LabelInformation(0.0, ())
+    return LabelInformation(1.0 - mean_log(labels) / null, tuple(1.0 - n / null for n in nulls))
