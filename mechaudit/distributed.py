@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 #: Seconds a collective waits for the other ranks before the audit fails (``MECHAUDIT_DIST_TIMEOUT``).
 DEFAULT_TIMEOUT_S = 1800
@@ -154,7 +154,7 @@ def step() -> Iterator[None]:
 
 def _agree(failure: str | None) -> None:
     failures: list[str | None] = [None] * world_size()
-    dist.all_gather_object(failures, None if failure is None else (failure.strip().splitlines() or [""])[0])
+    dist.all_gather_object(failures, None if failure is None else first_line(failure))
     if failure is None:
         for index, message in enumerate(failures):
             if message is not None:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import first_line
 from .findings import Finding
 
 #: Share of the free device memory one batch's forward activations may take: attributions and scans hold
@@ -42,7 +43,7 @@ def halve_batch(context: Any, exc: BaseException) -> dict:
     context.batch_size = max(1, before // 2)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    first = (str(exc).strip().splitlines() or [""])[0]
+    first = first_line(str(exc))
     return {"error": f"{type(exc).__name__}: {first}".rstrip(": "), "batch_size": before,
             "retried_at": context.batch_size}
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..precision import DTYPES
 
 
@@ -101,7 +101,7 @@ def load_pretrained(directory: Path, **kwargs) -> nn.Module:
                                                        attn_implementation="eager", **kwargs)
     except (OSError, ValueError) as exc:
         raise InputError(str(directory), f"cannot be loaded offline ({type(exc).__name__}: "
-                                         f"{str(exc).strip().splitlines()[0]})") from None
+                                         f"{first_line(exc)})") from None
     return model.eval()
 
 

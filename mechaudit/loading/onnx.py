@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .files import DEFAULT_MAX_BYTES, check_input_file
 from .hashing import sha256_file
 from .onnx_check import ConversionCheck
@@ -257,8 +257,4 @@ def _constant(graph_input: GraphInput, value: Any, max_bytes: int) -> Constant:
             for i, d in enumerate(declared))):
         raise InputError(where, f"has shape {list(array.shape)}; the graph declares {list(declared)}")
     return Constant(graph_input.name, torch.from_numpy(array.copy()), batch_dims)
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 

@@ -28,7 +28,8 @@ class ConversionCheck:
         self.extras, self.output, self.module, self.opsets = extras, output, module, opsets
 
     def __call__(self, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, Any]:
-        from .onnx import first_line, require_onnx
+        from ..errors import first_line
+        from .onnx import require_onnx
 
         _check_shape(self.audited, tuple(inputs.shape), self.path)
         onnxruntime = require_onnx()[2]
