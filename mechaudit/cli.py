@@ -324,10 +324,9 @@ def diff(ctx: click.Context, old: Path, new: Path, fmt: str, tolerance: str | No
 
         text = "\n".join(terminal_safe(line) for line in diff_lines(result)) + "\n"
     if output is not None:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"--output {output}", f"cannot be written ({exc.strerror})") from None
+        from .output_file import is_diff_output, write_text_file
+
+        write_text_file(output, text, "--output", "diff", is_diff_output)
     else:
         click.echo(text, nl=False)
     ctx.exit(EXIT_FAIL if result["verdict"] == "fail" else EXIT_PASS)
@@ -382,6 +381,7 @@ def edit(spec: Path | None, example: str | None, suppress: str | None, erase: st
     from .edit_command import NOTICE, edit_model
 
     audit_spec = _spec_from(spec, example, None, None, None, None, None, (), None, {})
+    _check_edit_outputs(out, rome)
     given = [k for k, v in fact.items() if v not in (None, ())]
     if rome:
         if suppress or erase:
@@ -398,6 +398,15 @@ def edit(spec: Path | None, example: str | None, suppress: str | None, erase: st
         click.echo(f"{key}: {report['before'][key]:.4f} -> {report['after'][key]:.4f} (simulated), "
                    f"{report['after_weights'][key]:.4f} (the edited weights)")
     click.echo(f"wrote {out}")
+
+
+def _check_edit_outputs(out: Path, rome: bool) -> None:
+    """Refuse, before the edit runs, to replace a file that is not a previous ``mechaudit edit`` output."""
+    from .output_file import check_output_file, is_edit_page, is_edit_weights
+
+    check_output_file(out, "--out", "edit (edited weights)", is_edit_weights)
+    if rome:
+        check_output_file(out.with_suffix(".html"), "--out", "edit page", is_edit_page)
 
 
 def _rome(audit_spec: AuditSpec, out: Path, layer: str | None, fact: dict | None) -> None:
