@@ -268,10 +268,18 @@ def pyproject_options(start: Path) -> Options:
 
 
 def tool_options(table: Any, source: Path) -> Options:
-    """Options from the ``[tool.mechaudit]`` table of ``source``; a waiver file is relative to ``source``."""
-    options = parse_options(table, f"{source} [tool.mechaudit]")
+    """Options from the ``[tool.mechaudit]`` table of ``source``; a waiver file is relative to ``source``, and so
+    is a rulebook file (which must exist and stay inside ``source``'s project, as a spec's)."""
+    where = f"{source} [tool.mechaudit]"
+    options = parse_options(table, where)
     if options.waivers:  # relative to the file that names it
         options = replace(options, waivers=str(source.parent.resolve() / options.waivers))
+    if "rulebook" in table and _is_path(options.rulebook):  # a file, not a built-in name
+        rulebook = _PathResolver(source)(options.rulebook, f"{where}.rulebook")
+        if not rulebook.is_file():
+            raise InputError(f"{where}.rulebook", f"rulebook file '{options.rulebook}' not found (looked for "
+                                                  f"{rulebook}, relative to {source.name})")
+        options = replace(options, rulebook=str(rulebook))
     return options
 
 

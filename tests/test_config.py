@@ -123,6 +123,30 @@ def test_rules_and_explain_show_the_effective_configuration(cli, tmp_path: Path,
     assert cli("rules", "--rulebook", "compliance", "--format", "json").code == 0
 
 
+def test_a_pyproject_rulebook_file_is_relative_to_the_pyproject(cli, tmp_path: Path, monkeypatch) -> None:
+    project = tmp_path / "project"
+    (project / "books").mkdir(parents=True)
+    book = 'name = "mine"\nselect = ["D101"]\n'
+    (project / "books" / "mine.toml").write_text(book)
+    (project / "pyproject.toml").write_text('[tool.mechaudit]\nrulebook = "books/mine.toml"\n')
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "mine.toml").write_text('name = "decoy"\nselect = ["D102"]\n')  # beside the cwd
+    (project / "src").mkdir()
+    for cwd, config in ((project / "src", ()), (tmp_path, ("--config", project / "pyproject.toml"))):
+        monkeypatch.chdir(cwd)  # under the project, and outside it with --config
+        listing = json.loads(cli("rules", "--format", "json", *config).out)
+        assert listing["rulebook"] == "mine", cwd
+        assert [r["id"] for r in listing["rules"] if r["selected"]] == ["D101"]
+    (project / "pyproject.toml").write_text('[tool.mechaudit]\nrulebook = "books/missing.toml"\n')
+    missing = cli("rules", "--config", project / "pyproject.toml")
+    assert missing.code == 2 and missing.error_lines == [
+        f"mechaudit: error: {project / 'pyproject.toml'} [tool.mechaudit].rulebook: rulebook file 'books/missing.toml' "
+        f"not found (looked for {project / 'books' / 'missing.toml'}, relative to pyproject.toml)"]
+    (project / "pyproject.toml").write_text('[tool.mechaudit]\nrulebook = "../books/mine.toml"\n')
+    outside = cli("rules", "--config", project / "pyproject.toml")
+    assert outside.code == 2 and "leaves the project directory" in outside.err
+
+
 def test_tolerance_parsing() -> None:
     assert parse_tolerance_flag("0.02") == {"default": 0.02}
     assert parse_tolerance_flag("flip_rate=0.02, default=0.01") == {"flip_rate": 0.02, "default": 0.01}
