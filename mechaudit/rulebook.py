@@ -197,8 +197,8 @@ def _declared_rule(rule_id: str, table: Any, where: str) -> Rule:
             raise InputError(where, f"missing key '{key}'")
     name = _string(table["name"], f"{where}.name") if "name" in table else base.name
     docs = _parse_docs(table["docs"], f"{where}.docs") if "docs" in table else base.docs
-    return _rule(rule_id, name, check, docs, base.severity if base else "warning", base.opt_in if base else False,
-                 table, where)
+    severity = table["severity"] if base is None else base.severity  # without a base the table must give one
+    return _rule(rule_id, name, check, docs, severity, base.opt_in if base else False, table, where)
 
 
 def _rule(rule_id: str, name: str, check: Check, docs: RuleDocs, severity: str, opt_in: bool, table: dict,

@@ -132,3 +132,23 @@ def test_every_rule_is_defined_once_beside_its_check_with_documented_parameters(
         assert docs.summary and docs.what and docs.why and docs.how and docs.fix and docs.references, rule_id
         for field in dataclasses.fields(check.params):
             assert field.metadata.get("doc"), f"{rule_id}: parameter {field.name} has no doc"
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoParams:
+    pass
+
+
+def test_a_rule_over_a_check_without_a_definition_takes_its_severity_from_the_table(tmp_path: Path) -> None:
+    from mechaudit.checks.registry import CHECKS, register
+
+    register("test_bare_check", _NoParams)(lambda context, rule: [])
+    try:
+        docs = '[rules.D990.docs]\nsummary = "s"\nwhat = "w"\nwhy = "y"\nhow = "h"\nfix = "f"\nreferences = ["r"]\n'
+        head = 'select = ["D990"]\n[rules.D990]\nname = "bare"\ncheck = "test_bare_check"\n'
+        with pytest.raises(InputError, match="missing key 'severity'"):
+            load_rulebook(str(write(tmp_path, head + docs)))
+        rule = load_rulebook(str(write(tmp_path, head + 'severity = "error"\n' + docs))).rules["D990"]
+        assert rule.severity == "error" and rule.opt_in is False
+    finally:
+        CHECKS.pop("test_bare_check")
