@@ -38,53 +38,65 @@ class ReportSettings:
     project_root: Path | None = None
 
 
+#: Files written so far, by relative path (a writer that runs after the others reads them).
+Files = dict[str, str | bytes]
+
+
 @dataclass(frozen=True)
 class Writer:
     filename: str
-    render: Callable[[AuditResult], str | bytes]
+    #: The file's content from the result, the report settings and the files written before it.
+    render: Callable[[AuditResult, ReportSettings, Files], str | bytes]
     #: More files of the bundle that go with this format (the evidence figures: ``figures/*.svg``).
-    extras: Callable[[AuditResult], dict[str, str | bytes]] | None = None
+    extras: Callable[[AuditResult], Files] | None = None
     #: Raises :class:`~mechaudit.errors.InputError` when the format cannot be written here (a missing extra).
     preflight: Callable[[], object] | None = None
+    #: Written after every other file of the bundle (the PDF, which attaches some of them).
+    last: bool = False
+
+
+def _pdf(result: AuditResult, settings: ReportSettings, files: Files) -> bytes:
+    """The PDF, carrying ``findings.json`` and the manifest of the other files attached."""
+    attached = {"findings.json": files.get("findings.json") or render_json(result),
+                MANIFEST: _manifest(result, files, settings)[1]}
+    return render_pdf(result, variant=settings.pdf_variant, attachments=attached)
 
 
 WRITERS: dict[str, Writer] = {
-    "json": Writer("findings.json", render_json),
-    "html": Writer("report.html", render_html, extras=figure_files),
-    "pdf": Writer("report.pdf", render_pdf, extras=figure_files, preflight=require_weasyprint),
-    "sarif": Writer("findings.sarif", render_sarif),
-    "junit": Writer("junit.xml", render_junit),
-    "github": Writer("annotations.txt", render_github),  # also printed to stdout by `mechaudit audit`
+    "json": Writer("findings.json", lambda result, settings, files: render_json(result)),
+    "html": Writer("report.html", lambda result, settings, files: render_html(result), extras=figure_files),
+    "pdf": Writer("report.pdf", _pdf, extras=figure_files, preflight=require_weasyprint, last=True),
+    "sarif": Writer("findings.sarif",
+                    lambda result, settings, files: render_sarif(result, keep_waived=settings.sarif_keep_waived)),
+    "junit": Writer("junit.xml", lambda result, settings, files: render_junit(result)),
+    # also printed to stdout by `mechaudit audit`
+    "github": Writer("annotations.txt", lambda result, settings, files: render_github(result)),
 }
 FORMATS = tuple(WRITERS)
 
 
 def build_bundle(result: AuditResult, formats: tuple[str, ...],
-                 settings: ReportSettings | None = None) -> dict[str, str | bytes]:
+                 settings: ReportSettings | None = None) -> Files:
     """The files of an output directory (relative path -> content), ``manifest.json`` and the in-toto statement
-    included. The PDF comes last: it carries ``findings.json`` and the manifest of the other files attached."""
+    included. Writers marked ``last`` (the PDF) run after every other file is in place."""
     settings = settings or ReportSettings()
-    files: dict[str, str | bytes] = {}
-    for name in formats:
-        if name == "sarif":
-            files[WRITERS[name].filename] = render_sarif(result, keep_waived=settings.sarif_keep_waived)
-        elif name != "pdf":
-            files[WRITERS[name].filename] = WRITERS[name].render(result)
-    for extras in dict.fromkeys(WRITERS[f].extras for f in formats):  # each once, in format order
+    files: Files = {}
+    writers = [WRITERS[name] for name in formats]
+    for writer in (w for w in writers if not w.last):
+        files[writer.filename] = writer.render(result, settings, files)
+    for extras in dict.fromkeys(w.extras for w in writers):  # each once, in format order
         if extras is not None:
             files.update(extras(result))
     files.update(circuit_files(result))
     files.update(result.attachments)
-    if "pdf" in formats:
-        attached = {"findings.json": files.get("findings.json") or render_json(result),
-                    MANIFEST: _manifest(result, files, settings)[1]}
-        files[WRITERS["pdf"].filename] = render_pdf(result, variant=settings.pdf_variant, attachments=attached)
+    for writer in (w for w in writers if w.last):
+        files[writer.filename] = writer.render(result, settings, files)
     manifest, files[MANIFEST] = _manifest(result, files, settings)
     files[STATEMENT] = build_statement(result, files, manifest)
     return files
 
 
-def _manifest(result: AuditResult, files: dict[str, str | bytes], settings: ReportSettings) -> tuple[dict, str]:
+def _manifest(result: AuditResult, files: Files, settings: ReportSettings) -> tuple[dict, str]:
     manifest = manifest_dict(result, files, settings.bundle_dir, settings.project_root)
     return manifest, json.dumps(manifest, indent=2) + "\n"
 
