@@ -222,10 +222,13 @@ def circuit_references(sizes: Sizes, samples: int) -> Cost:
 
 # -- calibration ----------------------------------------------------------------------------------------------
 
-def measure(context: Any) -> tuple[Sizes, Calibration]:
+def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda run: run()) -> tuple[Sizes, Calibration]:
     """The audit's :class:`Sizes` and this machine's :class:`Calibration`: one hooked forward pass of a batch
-    (timed; it records each layer's activation size), one backward pass from the outputs to the first audited
-    activation (or to float inputs), and one timed matrix product."""
+    (timed; it records each layer's activation size), forward passes of one sample, one backward pass from the
+    outputs to the first audited activation (or to float inputs), and one timed matrix product. ``isolate(run)``
+    runs the calls the audit has not made before (one sample; gradients) and returns None where they fail: a model
+    may do, under gradients, what it never did in the first forward passes (the engine bounds and isolates them
+    like a rule)."""
     from .model_view import units_view
 
     view, data = context.view, context.data
@@ -242,7 +245,8 @@ def measure(context: Any) -> tuple[Sizes, Calibration]:
         output = view.model(batch)
     with torch.no_grad():
         whole = min(_timed(lambda: view.model(batch), context.device) for _ in range(2))
-        single = min(_timed(lambda: view.model(batch[:1]), context.device) for _ in range(2))
+        single = isolate(lambda: min(_timed(lambda: view.model(batch[:1]), context.device) for _ in range(2)))
+    single = whole / len(batch) if single is None else single  # None: no call overhead measured
     # t(b) = call + b * per_sample, from a batch of b and of one sample
     forward = max((whole - single) / (len(batch) - 1) if len(batch) > 1 else whole, whole / len(batch) / 4, 1e-9)
     call = max(single - forward, 0.0)
@@ -250,7 +254,7 @@ def measure(context: Any) -> tuple[Sizes, Calibration]:
                              not layer.is_output) for layer in view.layers)
     sizes = Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
                   int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks))
-    backward = _backward_seconds(context, batch)
+    backward = isolate(lambda: _backward_seconds(context, batch))
     calibration = Calibration(forward, backward if backward is not None else 2 * forward, _flop_seconds(), call,
                               backward is not None)
     return sizes, calibration

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ from .spec import AuditSpec, project_root
 from .techniques.output_reduction import check_reduction, output_count
 from .torch_attention import without_fast_path
 from .waivers import apply_waivers, load_waivers
+
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
@@ -208,8 +211,9 @@ def plan_audit(spec: AuditSpec, rulebook: Rulebook | None = None, *, loaded: Loa
 def _plan(context: AuditContext, rules: list[Rule], timeout: int) -> Plan:
     """Each rule's estimated cost against the rule time-out and the free memory (calibrated on this machine;
     under torchrun, the slowest rank's calibration and the smallest free memory, so every rank plans alike)."""
-    with _bounded("model: calibrating the cost model (one forward and backward pass)", timeout):
-        sizes, calibration = measure(context)
+    with _bounded("model: calibrating the cost model (forward passes of the audit data)", timeout):
+        sizes, calibration = measure(context, lambda run: _isolated(run, min(timeout or CALIBRATION_BUDGET,
+                                                                             CALIBRATION_BUDGET)))
     memory = available_bytes(context.device)
     if distributed.active():
         agreed = distributed.reduce(torch.tensor([calibration.forward_seconds, calibration.backward_seconds,
@@ -219,6 +223,23 @@ def _plan(context: AuditContext, rules: list[Rule], timeout: int) -> Plan:
         memory = int(distributed.reduce(torch.tensor([memory], dtype=torch.float64), "min").item())
     return plan_rules(rules, sizes, calibration, timeout, memory,
                       skipped=lambda rule: missing_need(rule.check.needs, context))
+
+
+#: Seconds the calibration's new calls of the model (one sample; a backward pass) may take before the plan does
+#: without them (a backward pass is then assumed to cost two forward passes).
+CALIBRATION_BUDGET = 60
+
+
+def _isolated(run: Callable[[], T], seconds: int) -> T | None:
+    """``run()``, or None when it fails, exceeds ``seconds`` or the model's code raises ``SystemExit`` or
+    ``KeyboardInterrupt`` (a real interrupt still stops the audit): as in a rule, the model decides nothing."""
+    try:
+        with _time_budget(seconds):
+            return run()
+    except Interrupted:
+        raise
+    except (Exception, RuleTimeout, KeyboardInterrupt, SystemExit):  # noqa: BLE001
+        return None
 
 
 def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool = False,
