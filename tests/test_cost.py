@@ -26,7 +26,7 @@ def data() -> dict:
 def slow_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """The audit calibrates to :data:`SLOW` (the sizes are still measured on the model)."""
     real = cost.measure
-    monkeypatch.setattr(engine, "measure", lambda context: (real(context)[0], SLOW))
+    monkeypatch.setattr(engine, "measure", lambda context, isolate: (real(context, isolate)[0], SLOW))
 
 
 def test_plan_prints_every_rule_and_runs_none(tmp_path, monkeypatch, capsys) -> None:
