@@ -10,31 +10,19 @@ sample) and the rule's parameters; a check without one gets :func:`generic_cost`
 statistics, the circuit scores, ...) are charged to the first rule of the audit that needs them; a rule that
 uses an artifact another rule defines (L201 reads L203's sanity verdict) names it with a cost of None.
 
-A :class:`Calibration`, measured once per audit on this machine (forward passes of one sample and of a batch, one
-backward pass, one matrix product), turns units into seconds. The plan (:func:`plan_rules`) compares each estimate
-with the rule
-time-out and the free memory: a rule that would not fit is *reduced* (its declared parameter, e.g. ``samples``,
-lowered until it fits; its findings say so) or *refused* (an ``error`` finding saying how to lift the budget)
-before it runs. The wall-clock time-out stays the backstop for estimates that are wrong.
+A :class:`Calibration`, measured once per audit on this machine (:mod:`mechaudit.calibration`), turns units into
+seconds; the plan (:mod:`mechaudit.planning`) holds each rule to the rule time-out and the free memory.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 #: Bytes per activation value: statistics and scans work in float32.
 VALUE_BYTES = 4
-#: Samples in the calibration batch (at most; the audit's batch size below that): per-sample time depends on the
-#: batch size (on a CPU, measured on digits: 8.5 us per sample-forward in batches of 64, 43 us in batches of 256).
-CALIBRATION_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -207,307 +195,26 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
     their references and one backward pass, then every edge of consecutive audited layers scored."""
     n = sizes.n(samples)
     layers = sizes.layers
-    edges = sum(2.0 * n * a.values * b.units for a, b in zip(layers, layers[1:]))
-    widest = max((a.values * b.units for a, b in zip(layers, layers[1:])), default=0)
-    part = Cost(forward=2 * n, backward=n, flops=edges, calls=3 * sizes.batches(n),
+    pairs = list(zip(layers, layers[1:]))
+    edges = sum(2.0 * n * a.values * b.units for a, b in pairs)
+    # pairs read off the weights hold (samples, U, V, positions of V) contributions (techniques.circuits)
+    widest = max((a.units * b.values for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}), default=0)
+    # pairs not read off the weights (heads, streams): min(U, V) backward passes between the two layers, each
+    # about one layer's share of the model (techniques.gradient_edges; pairs wider than 128 on both sides: none)
+    by_autograd = [min(a.units, b.units) for a, b in pairs
+                   if {"heads", "stream"} & {a.kind, b.kind} and min(a.units, b.units) <= GRADIENT_EDGE_PASSES]
+    share = 1.0 / max(1, len(layers))
+    part = Cost(forward=2 * n, backward=n * (1 + share * sum(by_autograd)), flops=edges,
+                calls=sizes.batches(n) * (3 + sum(by_autograd)),
                 peak_bytes=max(sizes.batch_bytes(n, 3), VALUE_BYTES * 3.0 * min(n, sizes.batch_size) * widest))
     return Cost(shared=(("circuit_scores", part),))
+
+
+#: techniques.gradient_edges.MAX_PASSES: wider pairs (on both sides) are left unconnected.
+GRADIENT_EDGE_PASSES = 128
 
 
 def circuit_references(sizes: Sizes, samples: int) -> Cost:
     """The shared references of R302 and R304: the behaviour of the intact model, of every hidden unit ablated,
     and on the references (presence)."""
     return Cost(shared=(("circuit_references", forwards(sizes, sizes.n(samples), 3)),))
-
-
-# -- calibration ----------------------------------------------------------------------------------------------
-
-def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda run: run()) -> tuple[Sizes, Calibration]:
-    """The audit's :class:`Sizes` and this machine's :class:`Calibration`: one hooked forward pass of a batch
-    (timed; it records each layer's activation size), forward passes of one sample, one backward pass from the
-    outputs to the first audited activation (or to float inputs), and one timed matrix product. ``isolate(run)``
-    runs the calls the audit has not made before (one sample; gradients) and returns None where they fail: a model
-    may do, under gradients, what it never did in the first forward passes (the engine bounds and isolates them
-    like a rule)."""
-    from .model_view import units_view
-
-    view, data = context.view, context.data
-    batch = data.inputs[:max(1, min(context.batch_size, len(data), CALIBRATION_SAMPLES))].to(context.device)
-    values: dict[str, int] = {}
-
-    def record(layer):
-        def hook(activation, _args):
-            values[layer.name] = int(units_view(activation, layer)[0].numel())
-        return hook
-    from .model_view import installed
-
-    with installed(view.hook(layer, record(layer)) for layer in view.layers), torch.no_grad():
-        output = view.model(batch)
-    with torch.no_grad():
-        whole = min(_timed(lambda: view.model(batch), context.device) for _ in range(2))
-        single = isolate(lambda: min(_timed(lambda: view.model(batch[:1]), context.device) for _ in range(2)))
-    single = whole / len(batch) if single is None else single  # None: no call overhead measured
-    # t(b) = call + b * per_sample, from a batch of b and of one sample
-    forward = max((whole - single) / (len(batch) - 1) if len(batch) > 1 else whole, whole / len(batch) / 4, 1e-9)
-    call = max(single - forward, 0.0)
-    layers = tuple(LayerSize(layer.name, layer.kind, layer.size, values.get(layer.name, layer.size),
-                             not layer.is_output) for layer in view.layers)
-    sizes = Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
-                  int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks))
-    backward = isolate(lambda: _backward_seconds(context, batch))
-    calibration = Calibration(forward, backward if backward is not None else 2 * forward, _flop_seconds(), call,
-                              backward is not None)
-    return sizes, calibration
-
-
-def _backward_seconds(context: Any, batch: torch.Tensor) -> float | None:
-    """Seconds per sample of a backward pass: the gradient of the summed outputs with respect to float inputs, or
-    where they do not reach the outputs (token ids stored as floats), to the first audited activation; None where
-    there is nothing to differentiate."""
-    seconds = _gradient_seconds(context, batch, to_inputs=True) if batch.is_floating_point() else None
-    if seconds is None and context.view.layers:
-        seconds = _gradient_seconds(context, batch, to_inputs=False)
-    return None if seconds is None else max(seconds / len(batch), 1e-9)
-
-
-def _gradient_seconds(context: Any, batch: torch.Tensor, to_inputs: bool) -> float | None:
-    """Seconds of one backward pass of ``batch`` to its inputs or to the first audited activation (the second of
-    two: the first checks the leaf reaches the outputs), or None when it does not."""
-    view = context.view
-    leaves: list[torch.Tensor] = []
-
-    def leaf(activation, _args):
-        if leaves:
-            return None
-        leaves.append(activation.detach().requires_grad_(True))
-        return leaves[-1]
-    if to_inputs:
-        batch = batch.clone().requires_grad_(True)
-        leaves.append(batch)
-    from .model_view import installed
-
-    try:
-        with torch.enable_grad(), installed([] if to_inputs else [view.hook(view.layers[0], leaf)]):
-            output = view.model(batch)
-        if not isinstance(output, torch.Tensor) or not output.is_floating_point() or not leaves:
-            return None
-        total = output.float().sum()
-        if not total.requires_grad or torch.autograd.grad(total, leaves, allow_unused=True,
-                                                          retain_graph=True)[0] is None:
-            return None
-        return _timed(lambda: torch.autograd.grad(total, leaves), context.device)
-    except RuntimeError:  # no path from the leaf to the outputs (e.g. integer operations in between)
-        return None
-
-
-def _flop_seconds(size: int = 256, repeats: int = 4) -> float:
-    """Seconds per floating-point operation of a float32 matrix product on the CPU (where mechaudit's own
-    arithmetic, dictionaries and similarity, mostly runs)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return max((time.perf_counter() - start) / (repeats * 2 * size ** 3), 1e-15)
-
-
-def _timed(run: Callable[[], Any], device: torch.device) -> float:
-    """Seconds ``run()`` takes (waiting for the GPU to finish)."""
-    _sync(device)
-    start = time.perf_counter()
-    run()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def available_bytes(device: torch.device) -> int:
-    """Free memory where the rules' tensors live: the device's on CUDA, else the machine's available memory."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # psutil is optional; POSIX knows the free pages
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
-# -- the plan -------------------------------------------------------------------------------------------------
-
-@dataclass
-class RulePlan:
-    """One rule's line in the plan: its estimate, and what the budget does to it (``run``, ``reduce``,
-    ``refuse`` or ``skip``); ``reduced`` maps a parameter to (its value, the value it runs with)."""
-
-    rule_id: str
-    forward: float
-    backward: float
-    flops: float
-    peak_bytes: float
-    seconds: float
-    action: str = "run"
-    reduced: dict[str, tuple[int, int]] = field(default_factory=dict)
-    reason: str = ""
-
-    def to_dict(self) -> dict:
-        return {"rule": self.rule_id, "action": self.action, "forward_passes": round(self.forward),
-                "backward_passes": round(self.backward), "flops": float(f"{self.flops:.3g}"),
-                "peak_bytes": int(self.peak_bytes), "estimated_seconds": round(self.seconds, 3),
-                **({"reduced": {k: {"from": a, "to": b} for k, (a, b) in self.reduced.items()}} if self.reduced
-                   else {}), **({"reason": self.reason} if self.reason else {})}
-
-    def label(self) -> dict:
-        """What a reduced rule's findings record (evidence ``budget_reduction``)."""
-        return {"reduced": {k: {"from": a, "to": b} for k, (a, b) in self.reduced.items()}, "reason": self.reason}
-
-
-@dataclass
-class Plan:
-    """The plan of an audit: the calibration, the budgets it was held to, and one :class:`RulePlan` per rule."""
-
-    calibration: Calibration
-    rule_timeout: int
-    memory_bytes: int
-    rules: list[RulePlan]
-
-    def to_dict(self) -> dict:
-        return {"calibration": self.calibration.to_dict(), "rule_timeout": self.rule_timeout,
-                "available_bytes": self.memory_bytes, "rules": [entry.to_dict() for entry in self.rules]}
-
-    def entry(self, rule_id: str) -> RulePlan | None:
-        return next((entry for entry in self.rules if entry.rule_id == rule_id), None)
-
-    def lines(self) -> list[str]:
-        """The plan as a table for the terminal."""
-        head = (f"plan: {len(self.rules)} rules; rule time-out {self.rule_timeout or 'none'}"
-                f"{' s' if self.rule_timeout else ''}; {_size(self.memory_bytes)} free; a sample-forward takes "
-                f"{self.calibration.forward_seconds * 1e3:.3g} ms, a sample-backward "
-                f"{self.calibration.backward_seconds * 1e3:.3g} ms"
-                f"{'' if self.calibration.backward_measured else ' (assumed: 2 forwards)'}")
-        rows = [f"{'rule':<6}{'action':<8}{'forward':>10}{'backward':>10}{'memory':>10}{'est. s':>9}  note"]
-        for e in self.rules:
-            note = "; ".join(filter(None, [", ".join(f"{k} {a} -> {b}" for k, (a, b) in e.reduced.items()),
-                                           e.reason]))
-            rows.append(f"{e.rule_id:<6}{e.action:<8}{_count(e.forward):>10}{_count(e.backward):>10}"
-                        f"{_size(e.peak_bytes):>10}{e.seconds:>9.3g}  {note}")
-        total = sum(e.seconds for e in self.rules if e.action in ("run", "reduce"))
-        return [head, *rows, f"estimated total: {total:.3g} s"]
-
-
-def plan_rules(rules: list, sizes: Sizes, calibration: Calibration, rule_timeout: int, memory_bytes: int,
-               skipped: Callable[[Any], str | None] = lambda rule: None) -> Plan:
-    """Estimate every rule in order (shared artifacts charged to the first rule that runs and needs them) and
-    decide, before anything runs, which fit the budgets as they are, which run reduced and which are refused.
-    ``skipped(rule)`` gives the reason a rule will be skipped (a missing need), or None."""
-    ready = {rule.id: skipped(rule) for rule in rules}
-    declared: dict[str, Cost] = {}  # the shared artifacts' costs, as the rules that define them declare them
-    for rule in rules:
-        if not ready[rule.id]:
-            for name, part in _model(rule).estimate(sizes, rule.params).shared:
-                if part is not None:
-                    declared.setdefault(name, part)
-    charged: set[str] = set()
-    entries = []
-    for rule in rules:
-        if ready[rule.id]:
-            entries.append(RulePlan(rule.id, 0, 0, 0, 0, 0.0, "skip", reason=ready[rule.id]))
-            continue
-        model = _model(rule)
-        entry = _judge(rule, model, sizes, calibration, rule_timeout, memory_bytes,
-                       lambda cost: _total(cost, charged, declared))
-        if entry.action != "refuse":
-            charged.update(name for name, _ in model.estimate(sizes, _params(rule, entry)).shared)
-        entries.append(entry)
-    return Plan(calibration, rule_timeout, memory_bytes, entries)
-
-
-def _model(rule: Any) -> RuleCost:
-    return getattr(rule.check, "cost", None) or GENERIC
-
-
-def _params(rule: Any, entry: RulePlan) -> Any:
-    return dataclasses.replace(rule.params, **{k: b for k, (_, b) in entry.reduced.items()})
-
-
-def _total(cost: Cost, charged: set[str], declared: dict[str, Cost]) -> Cost:
-    """``cost`` plus the shared costs not yet paid by an earlier rule (an artifact this rule only uses: at the
-    cost the defining rule declares)."""
-    total = Cost(cost.forward, cost.backward, cost.flops, cost.peak_bytes, cost.calls)
-    seen = set(charged)
-    for name, part in cost.shared:
-        part = part if part is not None else declared.get(name)
-        if name not in seen and part is not None:
-            seen.add(name)
-            total = total + part
-    return total
-
-
-def _judge(rule: Any, model: RuleCost, sizes: Sizes, calibration: Calibration, timeout: int, memory: int,
-           total: Callable[[Cost], Cost]) -> RulePlan:
-    def entry(params: Any) -> RulePlan:
-        cost = total(model.estimate(sizes, params))
-        return RulePlan(rule.id, cost.forward, cost.backward, cost.flops, cost.peak_bytes, cost.seconds(calibration))
-
-    def fits(plan: RulePlan) -> bool:
-        return (not timeout or plan.seconds <= timeout) and plan.peak_bytes <= memory
-
-    first = entry(rule.params)
-    if fits(first):
-        return first
-    over = _over(first, timeout, memory)
-    name = model.reduce
-    current = getattr(rule.params, name, None) if name else None
-    if isinstance(current, int) and current > model.floor:
-        low, high, best = model.floor, current - 1, None
-        while low <= high:  # the largest value that fits (estimates grow with the parameter)
-            middle = (low + high) // 2
-            trial = entry(dataclasses.replace(rule.params, **{name: middle}))
-            if fits(trial):
-                best, low = (middle, trial), middle + 1
-            else:
-                high = middle - 1
-        if best is not None:
-            value, plan = best
-            plan.action, plan.reduced = "reduce", {name: (current, value)}
-            plan.reason = f"{name} lowered from {current} to {value} to fit: as set, {over}"
-            return plan
-    first.action = "refuse"
-    lowest = f" (even with {name} = {model.floor})" if isinstance(current, int) and current > model.floor else ""
-    first.reason = f"refused before running: {over}{lowest}; {_lift(first, timeout, memory, name)}"
-    return first
-
-
-def _over(plan: RulePlan, timeout: int, memory: int) -> str:
-    """Which budget the estimate exceeds, in words."""
-    parts = []
-    if timeout and plan.seconds > timeout:
-        parts.append(f"an estimated {plan.seconds:.3g} s ({_count(plan.forward)} sample-forwards, "
-                     f"{_count(plan.backward)} sample-backwards) exceeds --rule-timeout {timeout} s")
-    if plan.peak_bytes > memory:
-        parts.append(f"an estimated peak of {_size(plan.peak_bytes)} exceeds the {_size(memory)} of free memory")
-    return " and ".join(parts)
-
-
-def _lift(plan: RulePlan, timeout: int, memory: int, name: str | None) -> str:
-    """How to lift the budget that refused ``plan``."""
-    if timeout and plan.seconds > timeout:
-        needed = int(math.ceil(plan.seconds * 1.5 / 60) * 60)
-        return (f"lift it with --rule-timeout {needed} (0: no limit)" +
-                (f" or lower the rule's {name}" if name else "") + " or --max-samples")
-    return "lower --batch-size or --max-samples, or audit fewer layers (--layers)"
-
-
-def _count(value: float) -> str:
-    return f"{value:.3g}" if value < 1e5 else f"{value:.2e}"
-
-
-def _size(value: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{int(value)} B"

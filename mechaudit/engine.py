@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from . import __version__, distributed
+from .calibration import available_bytes, measure
 from .config import apply_overrides, override_summary
 from .context import AuditContext
-from .cost import Plan, RulePlan, available_bytes, measure, plan_rules
 from .errors import InputError
 from .findings import AuditResult, Finding, RuleRun
 from .interrupts import Interrupted
@@ -32,6 +32,7 @@ from .loading import AuditData, LoadedModel, load_data, load_model
 from .memory import batch_size_for, halve_batch, report_retries, retried_note
 from .model_view import ModelView
 from .needs import missing_need
+from .planning import Plan, RulePlan, plan_rules
 from .portable import relative_keys
 from .precision import cast_forward, dispatched, input_device
 from .rulebook import Rule, Rulebook, load_rulebook

@@ -1,5 +1,6 @@
-"""The cost model and budgets (mechaudit/cost.py): the plan, refusal and reduction before a rule runs, and estimates
-that match the passes a rule really makes (counted by instrumenting the model, never by timing)."""
+"""The cost model and budgets (mechaudit/cost.py, calibration.py, planning.py): the plan, refusal and reduction
+before a rule runs, and estimates that match the passes a rule really makes (counted by instrumenting the model,
+never by timing)."""
 
 from dataclasses import replace
 
@@ -9,7 +10,7 @@ from conftest import toy_arrays, write_project
 from fixtures.toy_models import signal_mlp
 
 import mechaudit
-from mechaudit import cost, engine
+from mechaudit import calibration, cost, engine, planning
 from mechaudit.cli import main
 from mechaudit.cost import Calibration, Cost, RuleCost, Sizes
 
@@ -25,7 +26,7 @@ def data() -> dict:
 @pytest.fixture
 def slow_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """The audit calibrates to :data:`SLOW` (the sizes are still measured on the model)."""
-    real = cost.measure
+    real = calibration.measure
     monkeypatch.setattr(engine, "measure", lambda context, isolate: (real(context, isolate)[0], SLOW))
 
 
@@ -195,7 +196,7 @@ def test_a_shared_artifact_is_charged_to_the_first_rule_that_needs_it() -> None:
     shared = Cost(forward=500)
     defining = RuleCost(lambda sizes, params: Cost(forward=10, shared=(("thing", shared),)))
     using = RuleCost(lambda sizes, params: Cost(forward=1) + cost.uses("thing"))
-    plan = cost.plan_rules([_Rule("A1", using, Params()), _Rule("B1", defining, Params())], _sizes(), SLOW, 0,
+    plan = planning.plan_rules([_Rule("A1", using, Params()), _Rule("B1", defining, Params())], _sizes(), SLOW, 0,
                            2**40)
     assert [e.forward for e in plan.rules] == [501, 10]  # the user runs first: it pays for the artifact
 
@@ -208,7 +209,7 @@ def test_reduction_picks_the_largest_value_that_fits() -> None:
         samples: int = 1000
 
     linear = RuleCost(lambda sizes, params: Cost(forward=sizes.n(params.samples)), reduce="samples")
-    plan = cost.plan_rules([_Rule("A1", linear, Params())], _sizes(), replace(SLOW, forward_seconds=0.1), 30,
+    plan = planning.plan_rules([_Rule("A1", linear, Params())], _sizes(), replace(SLOW, forward_seconds=0.1), 30,
                            2**40)
     [entry] = plan.rules
     assert entry.action == "reduce" and entry.reduced == {"samples": (1000, 300)}
