@@ -19,6 +19,8 @@ CALIBRATION_SAMPLES = 256
 #: Seconds one calibration forward pass should take, at most, where one sample already takes long (a large model):
 #: its batch is cut to about this, down to two samples.
 CALIBRATION_SECONDS = 2.0
+#: The smallest calibration batch from which a model call's fixed overhead is told apart from its per-sample time.
+OVERHEAD_SAMPLES = 16
 
 
 def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda run: run()) -> tuple[Sizes, Calibration]:
@@ -52,10 +54,11 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
             hooked = _timed(lambda: outputs.append(view.model(batch)), context.device)
         whole = min(hooked, _timed(lambda: view.model(batch), context.device))  # the faster of two
     output = outputs[0]
-    single = whole / len(batch) if single is None else single  # None: no call overhead measured
-    # t(b) = call + b * per_sample, from a batch of b and of one sample
-    forward = max((whole - single) / (len(batch) - 1) if len(batch) > 1 else whole, whole / len(batch) / 4, 1e-9)
-    call = max(single - forward, 0.0)
+    if single is None or len(batch) < OVERHEAD_SAMPLES:  # a large model: one sample is mostly compute
+        forward, call = max(whole / len(batch), 1e-9), 0.0
+    else:  # t(b) = call + b * per_sample, from a batch of b and of one sample
+        forward = max((whole - single) / (len(batch) - 1), whole / len(batch) / 4, 1e-9)
+        call = max(single - forward, 0.0)
     layers = tuple(LayerSize(layer.name, layer.kind, layer.size, values.get(layer.name, layer.size),
                              not layer.is_output) for layer in view.layers)
     sizes = Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),

@@ -120,7 +120,8 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
                             base)
     rulebook = load_rulebook(audit_spec.options.rulebook)
     if plan_only:
-        for line in plan_audit(audit_spec, rulebook).lines():
+        plan = plan_audit(audit_spec, rulebook)
+        for line in plan.lines() if _main_rank() else []:
             click.echo(line)
         ctx.exit(EXIT_PASS)
     command = "mechaudit " + portable_command(sys.argv[1:], Path.cwd())

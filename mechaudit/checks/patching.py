@@ -110,9 +110,10 @@ class PatchingEvidence(TypedDict, total=False):
 
 def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
     """On ``samples`` pairs: the clean and corrupted runs, attribution patching (two forward and backward
-    passes), then the exact patch of the ``top_k`` candidates (one forward pass each)."""
+    passes), then the exact patch of the ``top_k`` candidates (the model after each one's layer: about half a
+    forward pass each)."""
     n = sizes.n(params.samples)
-    return forwards(sizes, n, 2 + params.top_k) + with_gradients(sizes, n, 2, copies=3)
+    return forwards(sizes, n, 2 + params.top_k / 2) + with_gradients(sizes, n, 2, copies=3)
 
 
 COST = RuleCost(_cost, reduce="samples")
