@@ -136,12 +136,18 @@ def _sync(device: torch.device) -> None:
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory where the rules' tensors live: the device's on CUDA, else the machine's available memory."""
+    """Free memory where the rules' tensors live: the device's on CUDA, else the machine's available memory
+    (Linux's ``MemAvailable``, else the free pages; without either, no memory budget)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # psutil is optional; POSIX knows the free pages
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return 2**62
