@@ -77,16 +77,23 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--waivers", type=click.Path(path_type=Path), help="Waiver file (TOML) for known, accepted failures.")
 @click.option("--baseline", type=click.Path(path_type=Path), help="Report changes since this findings.json or bundle.")
 @click.option("--tolerance", help="With --baseline: metric rise tolerated, e.g. 0.02 or flip_rate=0.02,default=0.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print the plan (each rule's estimated forward/backward passes, memory and seconds, and what the "
+                   "budgets reduce or refuse) and exit 0 without running any rule.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
-@click.option("--verbose", "-v", is_flag=True, help="List passing findings too.")
+@click.option("--verbose", "-v", is_flag=True, help="Print the plan before running; list passing findings too.")
 @click.pass_context
 def audit(ctx: click.Context, spec: Path | None, example: str | None, model_source: str | None,
           weights: Path | None, data: Path | None, inputs_key: str | None, labels_key: str | None,
           masks: tuple[str, ...], task: str | None, out: Path | None, formats: str | None, config_file: Path | None,
-          isolated: bool, sarif_keep_waived: bool, pdf_variant: str | None, quiet: bool, verbose: bool,
-          **flags) -> None:
-    """Run the rulebook on a model and its audit data (a SPEC file, --example NAME, or quick-run flags)."""
-    from .engine import run_audit
+          isolated: bool, sarif_keep_waived: bool, pdf_variant: str | None, plan_only: bool, quiet: bool,
+          verbose: bool, **flags) -> None:
+    """Run the rulebook on a model and its audit data (a SPEC file, --example NAME, or quick-run flags).
+
+    Before the rules run, each rule's cost is estimated (forward and backward passes, memory, seconds on this
+    machine); a rule that would exceed --rule-timeout or the free memory runs reduced (its findings say so) or is
+    refused with an error finding. --plan prints that plan and stops; -v prints it, then runs."""
+    from .engine import plan_audit, run_audit
     from .output import check_out_dir, write_bundle
     from .report import FORMATS, ReportSettings, build_bundle, check_formats
     from .report.console import summary_lines
@@ -112,9 +119,14 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
     audit_spec = _spec_from(spec, example, model_source, weights, data, inputs_key, labels_key, masks, task, flags,
                             base)
     rulebook = load_rulebook(audit_spec.options.rulebook)
+    if plan_only:
+        plan = plan_audit(audit_spec, rulebook)
+        for line in plan.lines() if _main_rank() else []:
+            click.echo(line)
+        ctx.exit(EXIT_PASS)
     command = "mechaudit " + portable_command(sys.argv[1:], Path.cwd())
     result = run_audit(audit_spec, rulebook, progress=not quiet and sys.stderr.isatty() and not os.environ.get("CI"),
-                       command=command, baseline=baseline)
+                       command=command, baseline=baseline, on_plan=_echo_plan if verbose and not quiet else None)
     if not _main_rank():  # under torchrun, rank 0 alone writes the bundle and prints
         ctx.exit(EXIT_FAIL if result.gate_failed else EXIT_PASS)
     if old is not None:
@@ -136,6 +148,12 @@ def audit(ctx: click.Context, spec: Path | None, example: str | None, model_sour
         click.echo(render_github(result), nl=False)
         write_step_summary(result)
     ctx.exit(EXIT_FAIL if result.gate_failed else EXIT_PASS)
+
+
+def _echo_plan(plan) -> None:
+    """``-v``: the plan on stderr, before the rules run (stdout may carry findings.json)."""
+    for line in plan.lines():
+        click.echo(line, err=True)
 
 
 def _base_options(spec: Path | None, config_file: Path | None, isolated: bool):

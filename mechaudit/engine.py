@@ -12,13 +12,16 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from . import __version__, distributed
+from .calibration import available_bytes, measure
 from .config import apply_overrides, override_summary
 from .context import AuditContext
 from .errors import InputError
@@ -29,6 +32,7 @@ from .loading import AuditData, LoadedModel, load_data, load_model
 from .memory import batch_size_for, halve_batch, report_retries, retried_note
 from .model_view import ModelView
 from .needs import missing_need
+from .planning import Plan, RulePlan, plan_rules
 from .portable import relative_keys
 from .precision import cast_forward, dispatched, input_device
 from .rulebook import Rule, Rulebook, load_rulebook
@@ -37,6 +41,8 @@ from .spec import AuditSpec, project_root
 from .techniques.output_reduction import check_reduction, output_count
 from .torch_attention import without_fast_path
 from .waivers import apply_waivers, load_waivers
+
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
@@ -185,15 +191,69 @@ def _check_regression(outputs: torch.Tensor, labels: torch.Tensor | None, output
                                          f"{tuple(outputs.shape[1:])}")
 
 
-def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool = False,
-              command: str = "", *, loaded: LoadedModel | None = None, data: AuditData | None = None,
-              today: date | None = None, baseline: Path | None = None) -> AuditResult:
-    """Run every selected rule of ``rulebook`` (with the options' per-rule overrides) on the spec's model and
-    data, then apply the options' waiver file (expiry judged against ``today``, default the local date).
-    ``baseline`` (a previous bundle or its findings.json) is where rules that compare with it read from (D107)."""
+def _selection(spec: AuditSpec, rulebook: Rulebook | None) -> tuple[Rulebook, list[Rule]]:
+    """The rulebook with the options' per-rule overrides, and the rules the options select from it."""
     options = spec.options
     rulebook = apply_overrides(rulebook or load_rulebook(options.rulebook), options.rules)
-    rules = rulebook.select(options.select, options.ignore, options.extend_select)
+    return rulebook, rulebook.select(options.select, options.ignore, options.extend_select)
+
+
+def plan_audit(spec: AuditSpec, rulebook: Rulebook | None = None, *, loaded: LoadedModel | None = None,
+               data: AuditData | None = None) -> Plan:
+    """Load the model and data, check they fit, and plan the selected rules (:mod:`mechaudit.cost`) without
+    running any."""
+    _, rules = _selection(spec, rulebook)
+    with distributed.session(resolve_device(spec.options.device)), without_fast_path(), ModelGuard() as guard:
+        context, _ = prepare(spec, loaded, data, guard)
+        context.rules = tuple(rules)
+        return _plan(context, rules, spec.options.rule_timeout)
+
+
+def _plan(context: AuditContext, rules: list[Rule], timeout: int) -> Plan:
+    """Each rule's estimated cost against the rule time-out and the free memory (calibrated on this machine;
+    under torchrun, the slowest rank's calibration and the smallest free memory, so every rank plans alike)."""
+    with _bounded("model: calibrating the cost model (forward passes of the audit data)", timeout):
+        sizes, calibration = measure(context, lambda run: _isolated(run, min(timeout or CALIBRATION_BUDGET,
+                                                                             CALIBRATION_BUDGET)))
+    memory = available_bytes(context.device)
+    if distributed.active():
+        agreed = distributed.reduce(torch.tensor([calibration.forward_seconds, calibration.backward_seconds,
+                                                  calibration.flop_seconds], dtype=torch.float64), "max").tolist()
+        calibration = replace(calibration, forward_seconds=agreed[0], backward_seconds=agreed[1],
+                              flop_seconds=agreed[2])
+        memory = int(distributed.reduce(torch.tensor([memory], dtype=torch.float64), "min").item())
+    return plan_rules(rules, sizes, calibration, timeout, memory,
+                      skipped=lambda rule: missing_need(rule.check.needs, context))
+
+
+#: Seconds the calibration's new calls of the model (one sample; a backward pass) may take before the plan does
+#: without them (a backward pass is then assumed to cost two forward passes).
+CALIBRATION_BUDGET = 60
+
+
+def _isolated(run: Callable[[], T], seconds: int) -> T | None:
+    """``run()``, or None when it fails, exceeds ``seconds`` or the model's code raises ``SystemExit`` or
+    ``KeyboardInterrupt`` (a real interrupt still stops the audit): as in a rule, the model decides nothing."""
+    try:
+        with _time_budget(seconds):
+            return run()
+    except Interrupted:
+        raise
+    except (Exception, RuleTimeout, KeyboardInterrupt, SystemExit):  # noqa: BLE001
+        return None
+
+
+def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool = False,
+              command: str = "", *, loaded: LoadedModel | None = None, data: AuditData | None = None,
+              today: date | None = None, baseline: Path | None = None,
+              on_plan: Callable[[Plan], None] | None = None) -> AuditResult:
+    """Run every selected rule of ``rulebook`` (with the options' per-rule overrides) on the spec's model and
+    data, then apply the options' waiver file (expiry judged against ``today``, default the local date).
+    ``baseline`` (a previous bundle or its findings.json) is where rules that compare with it read from (D107).
+    Before the rules run, their plan (:mod:`mechaudit.cost`) is made and given to ``on_plan``: a rule that would
+    exceed the rule time-out or the free memory runs reduced, or is refused with an ``error`` finding."""
+    options = spec.options
+    rulebook, rules = _selection(spec, rulebook)
     waiver_file = load_waivers(Path(options.waivers)) if options.waivers else None  # bad file: fail before running
     started = datetime.now(timezone.utc)
     # torch's fused attention would bypass the hooks on nn.MultiheadAttention heads
@@ -201,10 +261,13 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
         context, inputs = prepare(spec, loaded, data, guard)
         context.rules = tuple(rules)
         context.baseline = baseline
+        plan = _plan(context, rules, options.rule_timeout)
+        if on_plan is not None and distributed.is_main():
+            on_plan(plan)
         if distributed.active() and context.view.layers:
             context.unit_stats  # sharded artifacts are built by all ranks together, before any rule runs
         with distributed.step():
-            runs = [_run_rule(rule, context, options.rule_timeout, guard.restore)
+            runs = [_planned_run(rule, plan.entry(rule.id), context, options.rule_timeout, guard.restore)
                     for rule in _progress(rules, progress and distributed.is_main())]
         ranks_agree = distributed.same_everywhere([(f.rule_id, f.status, f.message) for r in runs for f in r.findings])
         parallel = {"world_size": distributed.world_size(), "ranks_agree": ranks_agree}
@@ -231,6 +294,7 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
         **({"distributed": parallel} if parallel["world_size"] > 1 else {}),
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "platform": platform.platform()},
+        "plan": plan.to_dict(),
         "command": command,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -284,6 +348,26 @@ def _bounded(what: str, seconds: int):
             yield
     except RuleTimeout:
         raise InputError(what, f"did not finish within --rule-timeout ({seconds} s)") from None
+
+
+def _planned_run(rule: Rule, entry: RulePlan | None, context: AuditContext, timeout: int,
+                 restore: Callable[[], None] | None) -> RuleRun:
+    """Run ``rule`` as its plan says: refused (an ``error`` finding, before it runs), reduced (its lowered
+    parameters; every finding says so in its message and in evidence ``budget_reduction``), or as it is."""
+    if entry is not None and entry.action == "refuse":
+        finding = Finding(rule.id, rule.severity, "error", entry.reason, evidence={"budget": entry.to_dict()})
+        return RuleRun(rule.id, "error", 0.0, [finding], reason=entry.reason)
+    if entry is None or entry.action != "reduce":
+        return _run_rule(rule, context, timeout, restore)
+    reduced = replace(rule, params=replace(rule.params, **{k: b for k, (_, b) in entry.reduced.items()}))
+    run = _run_rule(reduced, context, timeout, restore)
+    note = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in entry.reduced.items())
+    for finding in run.findings:
+        if finding.status != "skipped":
+            finding.message += f" [reduced to fit the budget: {note}]"
+            finding.evidence["budget_reduction"] = entry.label()
+    run.reason = "; ".join(filter(None, [run.reason, entry.reason]))
+    return run
 
 
 def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,

@@ -19,6 +19,9 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "findings"
 #: Keys every report understands, whatever the check (docs/report-evidence.md), and the engine's traceback.
 REPORT_KEYS = {"samples", "method", "interval", "caveats", "traceback", "circuit", "semantic_dictionary",
                "attribution_sanity"}
+#: Keys the engine adds to any rule's findings: its traceback, the out-of-memory retry, and the plan's reduction
+#: (``budget_reduction``) or refusal (``budget``) (mechaudit/cost.py).
+ENGINE_KEYS = {"traceback", "out_of_memory_retry", "budget_reduction", "budget"}
 
 
 def test_every_rule_declares_its_evidence() -> None:
@@ -45,7 +48,7 @@ def test_every_finding_of_the_examples_keeps_to_its_contract_and_renders(name: s
     checks = {rule_id: check for rule_id, (check, _) in rule_definitions().items()}
     for finding in result.findings:
         check = checks[finding.rule_id]
-        undeclared = set(finding.evidence) - check.evidence_keys - {"traceback", "out_of_memory_retry"}  # engine's
+        undeclared = set(finding.evidence) - check.evidence_keys - ENGINE_KEYS
         assert not undeclared, f"{finding.rule_id} evidence keys {sorted(undeclared)} are not in " \
                                f"{check.evidence.__name__}"
     read: list[tuple[int, str]] = []

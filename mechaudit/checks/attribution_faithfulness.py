@@ -8,6 +8,7 @@ from typing import TypedDict
 import torch
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, attributions, forwards, uses
 from ..findings import Measurement
 from ..techniques.attribution import METHODS
 from ..techniques.deletion import infidelity, perturbation_curves, random_scores
@@ -94,8 +95,19 @@ class AttributionFaithfulnessEvidence(TypedDict, total=False):
     top_inputs: list
 
 
+def _cost(sizes: Sizes, params: AttributionFaithfulnessParams) -> Cost:
+    """The shared attributions, then deletion and insertion curves (``steps`` + 1 points each) of ``curve_samples``
+    samples for the attribution order and ``random_orders`` random ones."""
+    curve = sizes.n(min(params.curve_samples, params.samples))
+    return (attributions(sizes, params.method, params.n_steps, params.samples)
+            + forwards(sizes, curve, 2 * (params.steps + 1) * (1 + params.random_orders)) + uses("attribution_sanity"))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("attribution_faithfulness", AttributionFaithfulnessParams, needs=("classification", "real_inputs"), rule=RULE,
-          evidence=AttributionFaithfulnessEvidence)
+          evidence=AttributionFaithfulnessEvidence, cost=COST)
 def attribution_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     params: AttributionFaithfulnessParams = rule.params
     baseline = input_baseline(context, params)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, sanity_cascade
 from ..findings import Measurement
 from ..techniques.attribution import METHODS
 from .attribution_common import SANITY_CHECK, sanity_result
@@ -86,8 +87,16 @@ class AttributionSanityEvidence(TypedDict, total=False):
     used_by: list
 
 
+def _cost(sizes: Sizes, params: AttributionSanityParams) -> Cost:
+    """Attributions of ``samples`` samples on the model and after each randomisation step (shared)."""
+    return sanity_cascade(sizes, params.samples, params.n_steps, params.max_evaluations)
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register(SANITY_CHECK, AttributionSanityParams, needs=("classification", "real_inputs"), rule=RULE,
-          evidence=AttributionSanityEvidence)
+          evidence=AttributionSanityEvidence, cost=COST)
 def attribution_sanity(context: AuditContext, rule) -> list[Measurement]:
     params: AttributionSanityParams = rule.params
     methods = [params.method]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, edge_scores, forwards
 from ..findings import Measurement
 from ..techniques.circuits import circuit_graph, graph_to_json
 from .circuit_common import circuit_problem, circuit_scores, not_carried, semantic_labels
@@ -89,8 +90,17 @@ class CircuitDiscoveryEvidence(TypedDict, total=False):
     unconnected_layers: list
 
 
+def _cost(sizes: Sizes, params: CircuitDiscoveryParams) -> Cost:
+    """The shared edge scores of ``samples`` samples (and the problem's outputs)."""
+    n = sizes.n(params.samples)
+    return forwards(sizes, n) + edge_scores(sizes, n)
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("circuit_discovery", CircuitDiscoveryParams, needs=("layers", "behaviour", "logits"), rule=RULE,
-          evidence=CircuitDiscoveryEvidence)
+          evidence=CircuitDiscoveryEvidence, cost=COST)
 def circuit_discovery(context: AuditContext, rule) -> list[Measurement]:
     params: CircuitDiscoveryParams = rule.params
     problem = circuit_problem(context, params.samples)

@@ -8,6 +8,7 @@ from typing import TypedDict
 import torch
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, circuit_references, edge_scores, forwards
 from ..findings import Measurement
 from ..techniques.connected_circuits import connected_circuit, random_like
 from ..techniques.node_ablation import behaviour_under_ablation, curve_area, distance, faithfulness
@@ -127,8 +128,19 @@ class CircuitFaithfulnessEvidence(TypedDict, total=False):
     random_faithfulness: list
 
 
+def _cost(sizes: Sizes, params: CircuitFaithfulnessParams) -> Cost:
+    """The shared edge scores and references, then one forward pass per ablated set: the circuit, its
+    complement, ``random_circuits``, two per curve point and one per ``minimality_nodes``."""
+    n = sizes.n(params.samples)
+    passes = 3 + params.random_circuits + 2 * len(SIZES) + params.minimality_nodes
+    return (edge_scores(sizes, n) + circuit_references(sizes, n) + forwards(sizes, n, passes))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("circuit_faithfulness", CircuitFaithfulnessParams, needs=("layers", "behaviour", "logits"), rule=RULE,
-          evidence=CircuitFaithfulnessEvidence)
+          evidence=CircuitFaithfulnessEvidence, cost=COST)
 def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     params: CircuitFaithfulnessParams = rule.params
     problem = circuit_problem(context, params.samples)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, stats_pass
 from ..findings import Location, Measurement
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
@@ -112,8 +113,22 @@ class CriticalUnitsEvidence(TypedDict, total=False):
     tuning_curves: list
 
 
+def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
+    """One forward pass (after the layer) per hidden unit and ablation mode over the audit's samples, in chunks
+    of up to 8192 batch copies (their activations and outputs in memory)."""
+    n, modes = sizes.n(), len(params.modes.split(","))
+    batch = min(n, sizes.batch_size) or 1
+    copies = max(1, 8192 // batch)
+    calls = sizes.batches(n) * modes * sum(-(-layer.units // copies) for layer in sizes.hidden)
+    return stats_pass(sizes) + Cost(forward=n * (modes * sizes.hidden_units + 1), calls=calls,
+                                    peak_bytes=min(copies, sizes.hidden_units) * batch * sizes.activation_bytes)
+
+
+COST = RuleCost(_cost)
+
+
 @register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits", "predictions"), rule=RULE,
-          evidence=CriticalUnitsEvidence)
+          evidence=CriticalUnitsEvidence, cost=COST)
 def critical_units(context: AuditContext, rule) -> list[Measurement]:
     params: CriticalUnitsParams = rule.params
     modes = params.modes.split(",")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, edge_scores, forwards
 from ..findings import Location, Measurement
 from ..techniques.circuits import circuit_graph, graph_to_json
 from ..techniques.cue_sensitivity import cue_sensitivity
@@ -82,8 +83,18 @@ class CueSensitivityEvidence(TypedDict, total=False):
     unconnected_layers: list
 
 
+def _cost(sizes: Sizes, params: CueSensitivityParams) -> Cost:
+    """On ``samples`` cue pairs: both sides' outputs and edge attribution in both directions."""
+    n = sizes.n(params.samples)
+    scored = edge_scores(sizes, n).shared[0][1]
+    return forwards(sizes, n, 2) + scored + scored
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("cue_sensitivity", CueSensitivityParams, needs=("layers", "cues", "logits", "predictions"), rule=RULE,
-          evidence=CueSensitivityEvidence)
+          evidence=CueSensitivityEvidence, cost=COST)
 def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
     params: CueSensitivityParams = rule.params
     with_cue, without_cue = (half[:params.samples] for half in context.data.cues)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ..context import Artifact, AuditContext
+from ..cost import Cost, RuleCost, Sizes, stats_pass
 from ..findings import Location, Measurement
 from ..techniques.nonlinearity import Following, following_activations
 from ..techniques.uncertainty import bootstrap_mean
@@ -96,8 +97,16 @@ class DeadUnitsEvidence(TypedDict, total=False):
     not_judged: dict
 
 
+def _cost(sizes: Sizes, params: DeadUnitsParams) -> Cost:
+    """The shared unit statistics only (one forward pass over the audit data)."""
+    return stats_pass(sizes)
+
+
+COST = RuleCost(_cost)
+
+
 @register("dead_units", DeadUnitsParams, needs=("layers",), rule=RULE,
-          evidence=DeadUnitsEvidence)
+          evidence=DeadUnitsEvidence, cost=COST)
 def dead_units(context: AuditContext, rule) -> list[Measurement]:
     params: DeadUnitsParams = rule.params
     findings = []

@@ -19,6 +19,7 @@ from typing import TypedDict
 import torch
 
 from ..context import Artifact, AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards
 from ..findings import Location, Measurement
 from ..model_view import Layer
 from ..techniques.activation_buffer import Buffer, fill_buffer
@@ -199,8 +200,25 @@ class DictionaryFeaturesEvidence(TypedDict, total=False):
     width: int
 
 
+def _cost(sizes: Sizes, params: DictionaryParams) -> Cost:
+    """Activations of ``samples`` samples, then per hidden layer the size sweep (when ``expansion`` or ``k`` is 0:
+    at most 16 dictionaries of ``sweep_steps`` steps) and two kept dictionaries of ``steps`` steps; a step is
+    about 6 x batch x width x features operations (forward and backward of encoder and decoder)."""
+    n = sizes.n(params.samples)
+    expansion = params.expansion or 8
+    flops = 0.0
+    for layer in sizes.hidden:
+        step = 6.0 * params.batch * layer.units * expansion * layer.units
+        sweep = 0 if params.expansion and params.k else 16 * params.sweep_steps
+        flops += step * (2 * params.steps + sweep)
+    return forwards(sizes, n) + Cost(flops=flops)
+
+
+COST = RuleCost(_cost)
+
+
 @register(CHECK, DictionaryParams, needs=("layers",), rule=RULE,
-          evidence=DictionaryFeaturesEvidence)
+          evidence=DictionaryFeaturesEvidence, cost=COST)
 def dictionary_features(context: AuditContext, rule) -> list[Measurement]:
     params: DictionaryParams = rule.params
     indices, unit_activations = pooled_activations(context, params.samples, pool="max")

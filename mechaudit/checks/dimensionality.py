@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards, unit_products
 from ..findings import Location, Measurement
 from ..techniques.dimensionality import spectrum_of_covariance
 from ..techniques.layer_map import layer_map
@@ -93,8 +94,17 @@ class DimensionalityEvidence(TypedDict, total=False):
     vectors: int
 
 
+def _cost(sizes: Sizes, params: DimensionalityParams) -> Cost:
+    """Activations of ``samples`` samples (one forward pass) and each layer's covariance spectrum."""
+    n = sizes.n(params.samples)
+    return forwards(sizes, n) + Cost(flops=unit_products(sizes, n))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("dimensionality", DimensionalityParams, needs=("layers",), rule=RULE,
-          evidence=DimensionalityEvidence)
+          evidence=DimensionalityEvidence, cost=COST)
 def dimensionality(context: AuditContext, rule) -> list[Measurement]:
     params: DimensionalityParams = rule.params
     indices = context.sample_indices(params.samples)

@@ -22,6 +22,7 @@ import torch
 
 from ..addresses import FEATURE_PREFIX, format_address
 from ..context import Artifact, AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards, stats_pass
 from ..findings import Measurement
 from ..model_view import units_view
 from ..techniques.dissection import (
@@ -102,8 +103,17 @@ class DissectionEvidence(TypedDict, total=False):
     units_scored: int
 
 
+def _cost(sizes: Sizes, params: DissectionParams) -> Cost:
+    """Activations of ``samples`` samples (one forward pass) against each concept mask."""
+    n = sizes.n(params.samples)
+    return forwards(sizes, n) + stats_pass(sizes)
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register(CHECK, DissectionParams, needs=("concepts", "layers"), rule=RULE,
-          evidence=DissectionEvidence)
+          evidence=DissectionEvidence, cost=COST)
 def dissection(context: AuditContext, rule) -> list[Measurement]:
     params: DissectionParams = rule.params
     found, scored = context.shared(DISSECTION, params)

@@ -17,6 +17,7 @@ import torch
 from ..activations import model_outputs
 from ..addresses import input_address
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, attributions, forwards, uses
 from ..findings import Location, Measurement
 from ..techniques.attribution import METHODS
 from ..techniques.baselines import Baseline
@@ -208,8 +209,20 @@ def _attribution_per_column(attributions: torch.Tensor, predictions: torch.Tenso
                                      for c in classes]}
 
 
+def _cost(sizes: Sizes, params: ForbiddenInputParams) -> Cost:
+    """The shared attributions of ``samples`` samples, L203's sanity cascade (when the audit runs it), and one
+    forward pass per region (or per level of a protected feature) and for the what-if edit."""
+    n = sizes.n(params.samples)
+    passes = max(1, sizes.regions) * (params.max_levels + 2)
+    return (attributions(sizes, params.method, params.n_steps, params.samples) + forwards(sizes, n, passes)
+            + uses("attribution_sanity"))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("forbidden_input", ForbiddenInputParams, needs=("regions", "classification", "real_inputs"), rule=RULE,
-          evidence=ForbiddenInputEvidence)
+          evidence=ForbiddenInputEvidence, cost=COST)
 def forbidden_input(context: AuditContext, rule) -> list[Measurement]:
     params: ForbiddenInputParams = rule.params
     baseline = input_baseline(context, params)

@@ -8,6 +8,7 @@ from typing import TypedDict
 import torch
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards, unit_products
 from ..findings import Location, Measurement
 from ..techniques.coactivation import functional_modules as find_modules
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
@@ -69,8 +70,17 @@ class FunctionalModulesEvidence(TypedDict, total=False):
     samples: int
 
 
+def _cost(sizes: Sizes, params: FunctionalModulesParams) -> Cost:
+    """Activations of ``samples`` samples (one forward pass) and each layer's unit correlations."""
+    n = sizes.n(params.samples)
+    return forwards(sizes, n) + Cost(flops=unit_products(sizes, n))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("functional_modules", FunctionalModulesParams, needs=("layers",), rule=RULE,
-          evidence=FunctionalModulesEvidence)
+          evidence=FunctionalModulesEvidence, cost=COST)
 def functional_modules(context: AuditContext, rule) -> list[Measurement]:
     params: FunctionalModulesParams = rule.params
     indices, activations = pooled_activations(context, params.samples)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards
 from ..findings import Location, Measurement
 from ..model_view import Layer
 from ..techniques.cka import cka_matrix
@@ -84,8 +85,18 @@ class LayerRedundancyEvidence(TypedDict, total=False):
     vectors: int
 
 
+def _cost(sizes: Sizes, params: LayerRedundancyParams) -> Cost:
+    """Activations of ``samples`` samples (one forward pass) and linear CKA of every pair of layers (Gram
+    matrices: samples² x values per layer)."""
+    n = sizes.n(params.samples)
+    return forwards(sizes, n) + Cost(flops=sum(2.0 * n * n * layer.values for layer in sizes.layers))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("layer_redundancy", LayerRedundancyParams, needs=("layers", "layer_pairs"), rule=RULE,
-          evidence=LayerRedundancyEvidence)
+          evidence=LayerRedundancyEvidence, cost=COST)
 def layer_redundancy(context: AuditContext, rule) -> list[Measurement]:
     params: LayerRedundancyParams = rule.params
     layers = context.view.hidden_layers

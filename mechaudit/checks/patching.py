@@ -17,6 +17,7 @@ from scipy.stats import spearmanr
 
 from ..activations import model_outputs
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards, with_gradients
 from ..findings import Location, Measurement
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
 from ..techniques.patching import attribution_patching, exact_patching, metric_totals
@@ -107,8 +108,19 @@ class PatchingEvidence(TypedDict, total=False):
     attention_patterns: list  # of the carrier heads, over the clean inputs (decomposition_evidence.unit_pictures)
 
 
+def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
+    """On ``samples`` pairs: the clean and corrupted runs, attribution patching (two forward and backward
+    passes), then the exact patch of the ``top_k`` candidates (the model after each one's layer: about half a
+    forward pass each)."""
+    n = sizes.n(params.samples)
+    return forwards(sizes, n, 2 + params.top_k / 2) + with_gradients(sizes, n, 2, copies=3)
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("patching", PatchingParams, needs=("pairs", "layers", "logits"), rule=RULE,
-          evidence=PatchingEvidence)
+          evidence=PatchingEvidence, cost=COST)
 def patching(context: AuditContext, rule) -> list[Measurement]:
     params: PatchingParams = rule.params
     clean, corrupted, targets, metric, description = _problem(context, params)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards, stats_pass, unit_products
 from ..findings import Location, Measurement
 from ..techniques.selectivity import label_information, label_selectivity
 from ..techniques.uncertainty import Interval, bootstrap
@@ -109,8 +110,17 @@ class PolysemanticUnitsEvidence(TypedDict, total=False):
     units: int
 
 
+def _cost(sizes: Sizes, params: PolysemanticParams) -> Cost:
+    """Activations of ``samples`` samples (one forward pass) and per-unit label statistics."""
+    n = sizes.n(params.samples)
+    return forwards(sizes, n) + stats_pass(sizes) + Cost(flops=unit_products(sizes, n))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("polysemantic_units", PolysemanticParams, needs=("layers", "labels"), rule=RULE,
-          evidence=PolysemanticUnitsEvidence)
+          evidence=PolysemanticUnitsEvidence, cost=COST)
 def polysemantic_units(context: AuditContext, rule) -> list[Measurement]:
     params: PolysemanticParams = rule.params
     indices, activations = pooled_activations(context, params.samples, pool="max")

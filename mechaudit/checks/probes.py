@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards
 from ..findings import Location, Measurement
 from ..techniques.probes import as_classes, probe, reduce_features
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -121,8 +122,20 @@ class ProbesEvidence(TypedDict, total=False):
     samples: int
 
 
+def _cost(sizes: Sizes, params: ProbesParams) -> Cost:
+    """Activations of ``samples`` samples (one forward pass) and linear probes per layer and attribute: ``folds``
+    x (1 + ``shuffles``) fits of about 100 iterations."""
+    n = sizes.n(params.samples)
+    fits = params.folds * (1 + params.shuffles) * 100
+    return forwards(sizes, n) + Cost(flops=sum(2.0 * fits * n * layer.units * params.max_levels
+                                               for layer in sizes.layers))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("probes", ProbesParams, needs=("attributes",), rule=RULE,
-          evidence=ProbesEvidence)
+          evidence=ProbesEvidence, cost=COST)
 def probes(context: AuditContext, rule) -> list[Measurement]:
     params: ProbesParams = rule.params
     indices, activations = sampled_activations(context, params.samples, params.position)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, edge_scores, forwards
 from ..findings import Location, Measurement
 from ..techniques.circuits import INPUT, attribution_flow, source_shares
 from ..techniques.edits import what_if_erased, what_if_suppressed
@@ -110,9 +111,18 @@ class ProtectedPathwayEvidence(TypedDict, total=False):
     what_if_units: dict | None
 
 
+def _cost(sizes: Sizes, params: ProtectedPathwayParams) -> Cost:
+    """The shared edge scores, then per region the attribution flow and what-if edits (``edit_nodes``)."""
+    n = sizes.n(params.samples)
+    return edge_scores(sizes, n) + forwards(sizes, n, 1 + max(1, sizes.regions) * (params.edit_nodes + 2))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("protected_pathway", ProtectedPathwayParams, needs=("layers", "behaviour", "masks", "classification"),
           rule=RULE,
-          evidence=ProtectedPathwayEvidence)
+          evidence=ProtectedPathwayEvidence, cost=COST)
 def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
     params: ProtectedPathwayParams = rule.params
     problem = circuit_problem(context, params.samples, use_pairs=False)

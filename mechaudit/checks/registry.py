@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..needs import NEEDS
+
+if TYPE_CHECKING:
+    from ..cost import RuleCost
 
 DOC_SECTIONS = ("summary", "what", "why", "how", "fix", "references")
 
@@ -57,9 +60,11 @@ class RuleDefinition:
 class Check:
     """A check: the function that runs it, its parameter dataclass, what it needs from the model and data, the
     rule it implements (None for a check registered without one, e.g. in tests), and its evidence contract: a
-    ``TypedDict`` (``total=False``) of every key its findings' evidence may hold. The report's figure drawer
-    (:data:`mechaudit.report.figures.DRAWERS`) and template (``templates/findings/<name>.html.j2``) are registered
-    under the check's name and read only keys of that contract (``tests/test_evidence_contracts.py``)."""
+    ``TypedDict`` (``total=False``) of every key its findings' evidence may hold; and its cost model
+    (:class:`~mechaudit.cost.RuleCost`; None: the generic estimate), which the audit's plan reads. The report's
+    figure drawer (:data:`mechaudit.report.figures.DRAWERS`) and template (``templates/findings/<name>.html.j2``)
+    are registered under the check's name and read only keys of that contract
+    (``tests/test_evidence_contracts.py``)."""
 
     name: str
     run: Callable[..., list]
@@ -67,6 +72,7 @@ class Check:
     needs: tuple[str, ...]
     rule: RuleDefinition | None = None
     evidence: type | None = None
+    cost: RuleCost | None = None
 
     @property
     def evidence_keys(self) -> frozenset[str]:
@@ -78,8 +84,9 @@ CHECKS: dict[str, Check] = {}
 
 
 def register(name: str, params: type, needs: tuple[str, ...] = (), rule: RuleDefinition | None = None,
-             evidence: type | None = None) -> Callable:
-    """Decorator: ``@register("dead_units", DeadUnitsParams, needs=("layers",), rule=RULE, evidence=...)``."""
+             evidence: type | None = None, cost: RuleCost | None = None) -> Callable:
+    """Decorator: ``@register("dead_units", DeadUnitsParams, needs=("layers",), rule=RULE, evidence=...,
+    cost=RuleCost(estimate))``."""
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"check {name}: unknown needs {sorted(unknown)}")
@@ -89,7 +96,7 @@ def register(name: str, params: type, needs: tuple[str, ...] = (), rule: RuleDef
             raise ValueError(f"check {name}: rule {rule.id} is already defined by check {taken}")
 
     def decorate(run: Callable) -> Callable:
-        CHECKS[name] = Check(name, run, params, needs, rule, evidence)
+        CHECKS[name] = Check(name, run, params, needs, rule, evidence, cost)
         return run
     return decorate
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards
 from ..findings import Location, Measurement
 from ..techniques.fingerprints import (
     Fingerprints,
@@ -90,8 +91,17 @@ class RepresentationDriftEvidence(TypedDict, total=False):
     unmatched_baseline_layers: list
 
 
+def _cost(sizes: Sizes, params: RepresentationDriftParams) -> Cost:
+    """Activations of ``samples`` samples (one forward pass) and their fingerprints (Gram matrices)."""
+    n = sizes.n(params.samples)
+    return forwards(sizes, n) + Cost(flops=sum(2.0 * n * n * layer.values for layer in sizes.layers))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("representation_drift", RepresentationDriftParams, needs=("layers",), rule=RULE,
-          evidence=RepresentationDriftEvidence)
+          evidence=RepresentationDriftEvidence, cost=COST)
 def representation_drift(context: AuditContext, rule) -> list[Measurement]:
     params: RepresentationDriftParams = rule.params
     indices, activations = pooled_activations(context, params.samples)

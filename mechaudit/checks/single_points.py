@@ -8,6 +8,7 @@ from typing import TypedDict
 import torch
 
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, circuit_references, edge_scores, forwards
 from ..findings import Location, Measurement
 from ..techniques.node_ablation import behaviour_under_ablation, distance
 from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
@@ -83,8 +84,18 @@ class SinglePointsEvidence(TypedDict, total=False):
     units: list
 
 
+def _cost(sizes: Sizes, params: SinglePointsParams) -> Cost:
+    """The shared edge scores and references, then one forward pass per candidate and per pair of candidates."""
+    n = sizes.n(params.samples)
+    k = params.candidates
+    return edge_scores(sizes, n) + circuit_references(sizes, n) + forwards(sizes, n, k + k * (k - 1) / 2)
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("single_points", SinglePointsParams, needs=("layers", "behaviour", "logits"), rule=RULE,
-          evidence=SinglePointsEvidence)
+          evidence=SinglePointsEvidence, cost=COST)
 def single_points(context: AuditContext, rule) -> list[Measurement]:
     params: SinglePointsParams = rule.params
     problem = circuit_problem(context, params.samples)

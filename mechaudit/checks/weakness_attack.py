@@ -11,6 +11,7 @@ import torch
 from ..activations import hooked, model_outputs
 from ..addresses import input_address
 from ..context import AuditContext
+from ..cost import Cost, RuleCost, Sizes, forwards, with_gradients
 from ..findings import Location, Measurement
 from ..model_view import units_view
 from ..techniques.component_attack import component_attack, unit_ablation_flips
@@ -129,8 +130,23 @@ class WeaknessAttackEvidence(TypedDict, total=False):
     units: list
 
 
+def _cost(sizes: Sizes, params: WeaknessAttackParams) -> Cost:
+    """Per region and budget: PGD confined to the region and over the whole input (``steps`` forward and
+    backward passes each) and random noise; per attacked unit (and the declared component) and budget, PGD on the
+    unit (``steps`` passes), after one ablation pass per hidden unit to find them; on ``samples`` samples."""
+    n = sizes.n(params.samples)
+    budgets = len([e for e in params.epsilons.split(",") if e.strip()]) + 2
+    regions = sizes.regions
+    targets = params.units + bool(params.components)
+    return (forwards(sizes, n, 1 + regions * budgets + (sizes.hidden_units if params.units else 0))
+            + with_gradients(sizes, n, (2 * regions + targets) * budgets * params.steps))
+
+
+COST = RuleCost(_cost, reduce="samples")
+
+
 @register("weakness_attack", WeaknessAttackParams, needs=("classification", "real_inputs"), rule=RULE,
-          evidence=WeaknessAttackEvidence)
+          evidence=WeaknessAttackEvidence, cost=COST)
 def weakness_attack(context: AuditContext, rule) -> list[Measurement]:
     params: WeaknessAttackParams = rule.params
     budgets = _budgets(params.epsilons, params.epsilon, params.component_epsilon)

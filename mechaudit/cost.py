@@ -1,0 +1,220 @@
+"""The cost model: what each rule will cost, estimated before it runs, and the plan that keeps rules in budget.
+
+Costs are counted in units that do not depend on the machine (:class:`Cost`): *sample-forwards* (one sample
+through one full forward pass of the model; a batch of 64 is 64), *sample-backwards*, *calls* of the model (each
+has a fixed overhead, which dominates on small models), arithmetic outside the model (floating-point operations:
+dictionary training, similarity, probes) and the peak working memory in bytes.
+Each rule's estimator lives beside its check (``register(..., cost=RuleCost(...))``) and reads only the audit's
+:class:`Sizes` (the audited layers with their widths and positions, the data size, the inputs and outputs per
+sample) and the rule's parameters; a check without one gets :func:`generic_cost`. Shared artifacts (the unit
+statistics, the circuit scores, ...) are charged to the first rule of the audit that needs them; a rule that
+uses an artifact another rule defines (L201 reads L203's sanity verdict) names it with a cost of None.
+
+A :class:`Calibration`, measured once per audit on this machine (:mod:`mechaudit.calibration`), turns units into
+seconds; the plan (:mod:`mechaudit.planning`) holds each rule to the rule time-out and the free memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: Bytes per activation value: statistics and scans work in float32.
+VALUE_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A rule's cost in machine-independent units; ``shared`` holds the costs of artifacts other rules share
+    (name -> cost, or None for an artifact whose cost another rule declares), paid once per audit by the first
+    rule that needs them."""
+
+    forward: float = 0.0
+    backward: float = 0.0
+    flops: float = 0.0
+    peak_bytes: float = 0.0
+    calls: float = 0.0
+    shared: tuple[tuple[str, "Cost | None"], ...] = ()
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.forward + other.forward, self.backward + other.backward, self.flops + other.flops,
+                    max(self.peak_bytes, other.peak_bytes), self.calls + other.calls, self.shared + other.shared)
+
+    def seconds(self, calibration: "Calibration") -> float:
+        """This cost (without ``shared``) in seconds on the calibrated machine."""
+        return (self.forward * calibration.forward_seconds + self.backward * calibration.backward_seconds
+                + self.flops * calibration.flop_seconds + self.calls * calibration.call_seconds)
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    """One audited layer as a cost estimate sees it: units, and activation values per sample (units × positions)."""
+
+    name: str
+    kind: str
+    units: int
+    values: int
+    hidden: bool
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What every estimator reads: the audit data's size and the model's audited layers, inputs and outputs."""
+
+    samples: int
+    max_samples: int
+    batch_size: int
+    layers: tuple[LayerSize, ...]
+    input_values: int
+    output_values: int
+    regions: int = 0
+
+    def n(self, requested: int | None = None) -> int:
+        """Samples a rule uses when it asks for ``requested`` (``context.sample_indices``'s rule)."""
+        return max(0, min(requested or self.max_samples, self.max_samples, self.samples))
+
+    @property
+    def hidden(self) -> tuple[LayerSize, ...]:
+        return tuple(layer for layer in self.layers if layer.hidden)
+
+    @property
+    def hidden_units(self) -> int:
+        return sum(layer.units for layer in self.hidden)
+
+    @property
+    def activation_bytes(self) -> float:
+        """Bytes per sample of every audited activation, the input and the output."""
+        return VALUE_BYTES * (sum(layer.values for layer in self.layers) + self.input_values + self.output_values)
+
+    def batches(self, samples: int) -> int:
+        """Model calls to run ``samples`` samples in batches."""
+        return math.ceil(samples / max(1, self.batch_size))
+
+    def batch_bytes(self, samples: int | None = None, copies: float = 1.0) -> float:
+        """Working memory of ``copies`` of a batch's activations (``samples`` default: the batch size)."""
+        return copies * self.activation_bytes * min(samples or self.batch_size, self.batch_size)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Seconds per sample-forward, per sample-backward, per floating-point operation and per call of the model
+    (its fixed overhead), measured on this machine; ``backward_measured`` is False where no backward pass could be
+    timed (then twice a forward)."""
+
+    forward_seconds: float
+    backward_seconds: float
+    flop_seconds: float
+    call_seconds: float = 0.0
+    backward_measured: bool = True
+
+    def to_dict(self) -> dict:
+        return {"forward_ms_per_sample": self.forward_seconds * 1e3,
+                "backward_ms_per_sample": self.backward_seconds * 1e3,
+                "ms_per_call": self.call_seconds * 1e3, "seconds_per_gflop": self.flop_seconds * 1e9,
+                "backward_measured": self.backward_measured}
+
+
+Estimator = Callable[[Sizes, Any], Cost]
+
+
+@dataclass(frozen=True)
+class RuleCost:
+    """A check's cost model: ``estimate(sizes, params)``, and the parameter the plan may lower (``reduce``, an
+    integer such as ``samples``) down to ``floor`` when the rule would not fit its budget."""
+
+    estimate: Estimator
+    reduce: str | None = None
+    floor: int = 32
+
+
+def stats_pass(sizes: Sizes) -> Cost:
+    """The shared unit statistics: one forward pass over the audit data."""
+    return Cost(shared=(("unit_stats", Cost(forward=sizes.samples, peak_bytes=sizes.batch_bytes())),))
+
+
+def generic_cost(sizes: Sizes, params: Any) -> Cost:
+    """For a check without its own estimator: two forward passes over the samples it uses (``params.samples``
+    where it has one), with one batch of activations in memory."""
+    n = sizes.n(getattr(params, "samples", None))
+    return Cost(forward=2 * n, peak_bytes=sizes.batch_bytes(n, 2))
+
+
+GENERIC = RuleCost(generic_cost)
+
+
+# -- building blocks the checks' estimators share ---------------------------------------------------------------
+
+def forwards(sizes: Sizes, samples: int, passes: float = 1.0) -> Cost:
+    """``passes`` forward passes over ``samples`` samples in batches, a batch of activations in memory."""
+    return Cost(forward=passes * samples, calls=passes * sizes.batches(samples),
+                peak_bytes=sizes.batch_bytes(samples, 2))
+
+
+def with_gradients(sizes: Sizes, samples: int, passes: float = 1.0, copies: float = 2.0) -> Cost:
+    """``passes`` forward and backward passes over ``samples`` samples; ``copies`` batches held for autograd."""
+    return Cost(forward=passes * samples, backward=passes * samples, calls=2 * passes * sizes.batches(samples),
+                peak_bytes=sizes.batch_bytes(samples, copies))
+
+
+def uses(artifact: str) -> Cost:
+    """A rule's use of an artifact whose cost another rule of the audit declares (charged to whichever runs
+    first); nothing when no rule of the audit declares it."""
+    return Cost(shared=((artifact, None),))
+
+
+#: Attribution methods that take one gradient per sample (the others take ``n_steps``).
+ONE_STEP_METHODS = ("saliency", "deeplift", "lrp")
+
+
+def attributions(sizes: Sizes, method: str, n_steps: int, samples: int) -> Cost:
+    """The shared input attributions of ``samples`` samples (captum, internal batches of 8 × the batch size)."""
+    n = sizes.n(samples)
+    steps = 1 if method in ONE_STEP_METHODS else n_steps
+    part = Cost(forward=n * steps, backward=n * steps, calls=2 * math.ceil(n * steps / (8 * max(1, sizes.batch_size))),
+                peak_bytes=sizes.batch_bytes(n, 16))
+    return Cost(shared=((f"attributions:{method}:{n_steps}:{n}", part),))
+
+
+def sanity_cascade(sizes: Sizes, samples: int, n_steps: int, evaluations: int) -> Cost:
+    """The shared randomisation cascade of the attribution sanity check: attributions of ``samples`` samples on
+    the original model and after each of ``evaluations`` randomisation steps."""
+    n = sizes.n(samples)
+    runs = [attributions(sizes, "integrated_gradients", n_steps, n).shared[0][1]] * (1 + evaluations)
+    return Cost(shared=(("attribution_sanity", sum(runs[1:], runs[0])),))
+
+
+def unit_products(sizes: Sizes, samples: int) -> float:
+    """Arithmetic of a per-layer (units × units) statistic over ``samples`` samples (covariances, correlations)."""
+    return sum(2.0 * samples * layer.units * layer.values for layer in sizes.hidden)
+
+
+def edge_scores(sizes: Sizes, samples: int) -> Cost:
+    """Edge attribution patching (``techniques.circuits.edge_attribution``): a forward pass of the inputs and of
+    their references and one backward pass, then every edge of consecutive audited layers scored."""
+    n = sizes.n(samples)
+    layers = sizes.layers
+    pairs = list(zip(layers, layers[1:]))
+    edges = sum(2.0 * n * a.values * b.units for a, b in pairs)
+    # pairs read off the weights hold (samples, U, V, positions of V) contributions (techniques.circuits)
+    widest = max((a.units * b.values for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}), default=0)
+    # pairs not read off the weights (heads, streams): min(U, V) backward passes between the two layers, each
+    # about one layer's share of the model (techniques.gradient_edges; pairs wider than 128 on both sides: none)
+    by_autograd = [min(a.units, b.units) for a, b in pairs
+                   if {"heads", "stream"} & {a.kind, b.kind} and min(a.units, b.units) <= GRADIENT_EDGE_PASSES]
+    share = 1.0 / max(1, len(layers))
+    part = Cost(forward=2 * n, backward=n * (1 + share * sum(by_autograd)), flops=edges,
+                calls=sizes.batches(n) * (3 + sum(by_autograd)),
+                peak_bytes=max(sizes.batch_bytes(n, 3), VALUE_BYTES * 3.0 * min(n, sizes.batch_size) * widest))
+    return Cost(shared=(("circuit_scores", part),))
+
+
+#: techniques.gradient_edges.MAX_PASSES: wider pairs (on both sides) are left unconnected.
+GRADIENT_EDGE_PASSES = 128
+
+
+def circuit_references(sizes: Sizes, samples: int) -> Cost:
+    """The shared references of R302 and R304: the behaviour of the intact model, of every hidden unit ablated,
+    and on the references (presence)."""
+    return Cost(shared=(("circuit_references", forwards(sizes, sizes.n(samples), 3)),))

@@ -1,0 +1,223 @@
+"""The cost model and budgets (mechaudit/cost.py, calibration.py, planning.py): the plan, refusal and reduction
+before a rule runs, and estimates that match the passes a rule really makes (counted by instrumenting the model,
+never by timing)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import toy_arrays, write_project
+from fixtures.toy_models import signal_mlp
+
+import mechaudit
+from mechaudit import calibration, cost, engine, planning
+from mechaudit.cli import main
+from mechaudit.cost import Calibration, Cost, RuleCost, Sizes
+
+#: A calibration that makes estimates deterministic: one sample-forward or -backward takes a second.
+SLOW = Calibration(forward_seconds=1.0, backward_seconds=1.0, flop_seconds=1e-12, call_seconds=0.0)
+
+
+@pytest.fixture
+def data() -> dict:
+    return toy_arrays(300)
+
+
+@pytest.fixture
+def slow_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit calibrates to :data:`SLOW` (the sizes are still measured on the model)."""
+    real = calibration.measure
+    monkeypatch.setattr(engine, "measure", lambda context, isolate: (real(context, isolate)[0], SLOW))
+
+
+def test_plan_prints_every_rule_and_runs_none(tmp_path, monkeypatch, capsys) -> None:
+    project = write_project(tmp_path)
+    monkeypatch.setattr(engine, "_run_rule", lambda *a, **k: pytest.fail("--plan ran a rule"))
+    code = main(["audit", str(project.spec), "--plan", "--extend-select", "D104", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("plan: ") and "sample-forward takes" in lines[0]
+    assert lines[1].split()[:6] == ["rule", "action", "forward", "backward", "memory", "est."]
+    assert {line.split()[0] for line in lines[2:-1]} >= {"D101", "D104", "L202", "R301"}
+    assert "R301  skip" in out  # no behaviour declared: the plan says the rule will be skipped, and why
+    assert lines[-1].startswith("estimated total: ")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_plan_with_bad_input_exits_2(tmp_path, capsys) -> None:
+    assert main(["audit", str(tmp_path / "missing.toml"), "--plan"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_verbose_prints_the_plan_before_running_and_findings_json_records_it(tmp_path, capsys) -> None:
+    project = write_project(tmp_path)
+    assert main(["audit", str(project.spec), "-v", "--select", "D101", "--format", "json"]) in (0, 1)
+    captured = capsys.readouterr()
+    assert captured.err.startswith("plan: 1 rules")
+    import json
+    result = json.loads(captured.out)
+    plan = result["metadata"]["plan"]
+    assert [entry["rule"] for entry in plan["rules"]] == ["D101"]
+    assert plan["rules"][0]["forward_passes"] == 400  # the unit statistics: one pass over the 400 samples
+    assert plan["calibration"]["forward_ms_per_sample"] > 0
+    assert result["rules"][0]["seconds"] >= 0  # beside the estimate, the measured time of the same rule
+
+
+def test_a_rule_over_the_time_budget_is_refused_before_it_runs(data, slow_machine, monkeypatch) -> None:
+    monkeypatch.setattr(engine, "_run_rule", lambda *a, **k: pytest.fail("a refused rule ran"))
+    result = mechaudit.audit(signal_mlp(), data["inputs"], labels=data["labels"], select=["L202"],
+                             rule_timeout=60)
+    [finding] = result.findings
+    assert finding.status == "error"
+    assert finding.message.startswith("refused before running: an estimated ")
+    assert "exceeds --rule-timeout 60 s" in finding.message and "lift it with --rule-timeout " in finding.message
+    assert finding.evidence["budget"]["action"] == "refuse"
+    assert result.rules[0].status == "error" and result.rules[0].seconds == 0.0
+
+
+def test_the_same_rule_runs_when_it_fits(data, slow_machine) -> None:
+    """The control: with no time-out (0) the slow calibration refuses nothing."""
+    result = mechaudit.audit(signal_mlp(), data["inputs"], labels=data["labels"], select=["L202"], rule_timeout=0)
+    assert {f.status for f in result.findings} <= {"pass", "fail"}
+    assert result.metadata["plan"]["rules"][0]["action"] == "run"
+
+
+def test_a_rule_over_the_free_memory_is_refused(data, monkeypatch) -> None:
+    monkeypatch.setattr(engine, "available_bytes", lambda device: 1024)
+    result = mechaudit.audit(signal_mlp(), data["inputs"], labels=data["labels"], select=["L202"])
+    [finding] = result.findings
+    assert finding.status == "error" and "of free memory" in finding.message
+    assert "lower --batch-size or --max-samples" in finding.message
+
+
+def test_a_reducible_rule_runs_reduced_and_says_so(data, slow_machine) -> None:
+    """D104 over 300 samples at a second each would take 300 s, past a 200 s budget: its ``samples`` is lowered
+    until the estimate fits, and every finding says so (message and evidence)."""
+    result = mechaudit.audit(signal_mlp(), data["inputs"], labels=data["labels"], select=["D104"],
+                             rule_timeout=200)
+    entry = result.metadata["plan"]["rules"][0]
+    assert entry["action"] == "reduce"
+    lowered = entry["reduced"]["samples"]
+    assert lowered["from"] == 2048 and 32 <= lowered["to"] < 200
+    assert entry["estimated_seconds"] <= 200
+    assert result.findings and all(f.status != "error" for f in result.findings)
+    for finding in result.findings:
+        assert finding.message.endswith(f"[reduced to fit the budget: samples 2048 -> {lowered['to']}]")
+        assert finding.evidence["budget_reduction"]["reduced"] == {"samples": lowered}
+        assert finding.evidence["samples"] == lowered["to"]  # the rule ran with the lowered parameter
+    assert "lowered from 2048" in result.rules[0].reason
+
+
+def test_refusal_names_the_floor_when_even_the_smallest_reduction_does_not_fit(data, slow_machine) -> None:
+    result = mechaudit.audit(signal_mlp(), data["inputs"], labels=data["labels"], select=["D104"], rule_timeout=10)
+    [finding] = result.findings
+    assert finding.status == "error" and "(even with samples = 32)" in finding.message
+
+
+# -- estimates against counted passes -----------------------------------------------------------------------------
+
+class Counter:
+    """Counts sample-forwards and sample-backwards through a model's output layer (every full or partial forward
+    pass runs it; a forward of a batch of 64 counts 64)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.forward = self.backward = 0
+        self.module = module
+
+    def __enter__(self) -> "Counter":
+        self.handles = [self.module.register_forward_hook(self._forward),
+                        self.module.register_full_backward_hook(self._backward)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _forward(self, _module, _args, output) -> None:
+        self.forward += output.shape[0]
+
+    def _backward(self, _module, _grad_input, grad_output) -> None:
+        self.backward += grad_output[0].shape[0]
+
+
+def _counted(rule_id: str, data: dict, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, "Counter"]:
+    """The plan's entry for ``rule_id`` and the passes counted while it ran."""
+    model = signal_mlp()
+    counted = {}
+    real_run = engine._run_rule
+
+    def counting(rule, context, *args, **kwargs):
+        with Counter(model.fc2) as counter:
+            run = real_run(rule, context, *args, **kwargs)
+        counted[rule.id] = counter
+        return run
+    monkeypatch.setattr(engine, "_run_rule", counting)
+    result = mechaudit.audit(model, data["inputs"], labels=data["labels"], select=[rule_id],
+                             extend_select=["D104"] if rule_id == "D104" else [], masks={"m": [1, 0, 0, 0]},
+                             rule_timeout=0)
+    entry = result.metadata["plan"]["rules"][0]
+    assert entry["action"] == "run"
+    assert counted[rule_id].forward > 0
+    return entry, counted[rule_id]
+
+
+@pytest.mark.parametrize("rule_id", ["D101", "D104", "L201", "L204"])
+def test_estimated_passes_are_within_a_factor_of_two_of_the_counted_ones(data, monkeypatch, rule_id) -> None:
+    entry, counter = _counted(rule_id, data, monkeypatch)
+    assert 0.5 <= entry["forward_passes"] / counter.forward <= 2.0, (entry, counter.forward)
+    if counter.backward or entry["backward_passes"]:
+        assert 0.5 <= entry["backward_passes"] / max(counter.backward, 1) <= 2.0, (entry, counter.backward)
+
+
+# -- the planner on its own -----------------------------------------------------------------------------------
+
+class _Check:
+    def __init__(self, model: RuleCost) -> None:
+        self.cost = model
+
+
+class _Rule:
+    def __init__(self, rule_id: str, model: RuleCost, params) -> None:
+        self.id, self.check, self.params = rule_id, _Check(model), params
+
+
+def _sizes() -> Sizes:
+    return Sizes(samples=1000, max_samples=1000, batch_size=100, layers=(), input_values=4, output_values=2)
+
+
+def test_a_shared_artifact_is_charged_to_the_first_rule_that_needs_it() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Params:
+        samples: int = 100
+
+    shared = Cost(forward=500)
+    defining = RuleCost(lambda sizes, params: Cost(forward=10, shared=(("thing", shared),)))
+    using = RuleCost(lambda sizes, params: Cost(forward=1) + cost.uses("thing"))
+    plan = planning.plan_rules([_Rule("A1", using, Params()), _Rule("B1", defining, Params())], _sizes(), SLOW, 0,
+                           2**40)
+    assert [e.forward for e in plan.rules] == [501, 10]  # the user runs first: it pays for the artifact
+
+
+def test_reduction_picks_the_largest_value_that_fits() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Params:
+        samples: int = 1000
+
+    linear = RuleCost(lambda sizes, params: Cost(forward=sizes.n(params.samples)), reduce="samples")
+    plan = planning.plan_rules([_Rule("A1", linear, Params())], _sizes(), replace(SLOW, forward_seconds=0.1), 30,
+                           2**40)
+    [entry] = plan.rules
+    assert entry.action == "reduce" and entry.reduced == {"samples": (1000, 300)}
+
+
+def test_the_ablation_scan_estimate_is_an_upper_bound(data, monkeypatch) -> None:
+    """L202 is estimated as one full forward pass per unit and mode; the scan runs only the part after the layer,
+    and through a Linear layer only the ablated unit's columns (measured here: 909 rows through the output layer
+    against 7,800 estimated), so its estimate bounds the work from above."""
+    entry, counter = _counted("L202", data, monkeypatch)
+    assert counter.forward <= entry["forward_passes"] <= 10 * counter.forward
