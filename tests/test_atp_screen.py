@@ -1,0 +1,129 @@
+"""Screen with gradients, confirm exactly (AtP*): L202 on a layer wider than the screen's threshold ablates only the
+screen's top-k and a calibration sample exactly, finds the planted critical unit (and would not with random
+scores), passes its control, reports the screen in its evidence, and scans every unit with ``exhaustive``; the
+ablation chunks stay within their output bound on a large-vocabulary model that cannot be traced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mechaudit
+from mechaudit.model_view import Layer
+from mechaudit.techniques import ablation, atp
+from mechaudit.techniques.ablation import ablation_loop, ablation_outputs
+
+WIDTH, CRITICAL = 300, 137
+
+
+class WideThreeClasses(nn.Module):
+    """300 hidden units: every one but the planted ones adds a little to class 0 (no single one matters), and
+    ``rare`` planted units starting at unit 137 alone decide class 2 (one planted unit: class 2 depends on it)."""
+
+    def __init__(self, rare: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, WIDTH), nn.Linear(WIDTH, 3)
+        planted = range(CRITICAL, CRITICAL + rare)
+        with torch.no_grad():
+            for tensor in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias):
+                tensor.zero_()
+            for unit in range(WIDTH):
+                if unit not in planted:
+                    self.fc1.weight[unit, 0] = 1.0
+                    self.fc2.weight[0, unit] = 1.0 / (WIDTH - rare)
+            self.fc2.bias[1] = 0.2
+            for unit in planted:
+                self.fc1.weight[unit, 2] = 1.0
+                self.fc1.bias[unit] = -1.4
+                self.fc2.weight[2, unit] = 20.0 / rare
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+SMALL_SCREEN = {"max_class_accuracy_drop": 0.25, "screen_top_k": 4, "calibration": 4}
+
+
+def _audit(rare: int, **params):
+    inputs = torch.randn(600, 4, generator=torch.Generator().manual_seed(0))
+    model = WideThreeClasses(rare).eval()
+    labels = model(inputs).argmax(-1).detach()
+    return mechaudit.audit(model, inputs, labels=labels, select=["L202"], rules={"L202": {**SMALL_SCREEN, **params}})
+
+
+def test_the_screen_puts_the_planted_critical_unit_in_its_top_k_and_only_the_chosen_units_are_ablated() -> None:
+    result = _audit(1)
+    (finding,) = [f for f in result.findings if f.status == "fail"]
+    assert finding.location.component == f"fc1:u{CRITICAL}" and finding.metric == "class_accuracy_drop"
+    screen = finding.evidence["screen"]
+    assert screen["method"].startswith("attribution patching")
+    assert screen["scored"] == WIDTH and screen["checked_exactly"] == 8 and screen["calibration"] == 4
+    assert f"fc1:u{CRITICAL}" in screen["checked"]
+    assert screen["top_k_recall"] == 1.0
+    assert screen["missed"]["unchecked"] == WIDTH - 8 and screen["missed"]["calibration_over_threshold"] == 0
+    assert 0 < screen["missed"]["unchecked_over_threshold_at_most"] < WIDTH - 8
+
+
+def test_with_random_screen_scores_the_planted_unit_is_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def random_scores(estimate: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+        return torch.rand(estimate.shape[0], generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(atp, "predicted_accuracy_drop", random_scores)
+    assert not [f for f in _audit(1).findings if f.status == "fail"]
+
+
+def test_control_with_backups_passes_with_the_screen_in_its_evidence() -> None:
+    result = _audit(4)
+    assert not [f for f in result.findings if f.status == "fail"]
+    (summary,) = result.findings
+    assert "after the screen" in summary.message
+    assert summary.evidence["screen"]["checked_exactly"] == 8
+    assert summary.evidence["largest_class_drop"] < 0.25
+
+
+def test_exhaustive_ablates_every_unit_exactly() -> None:
+    result = _audit(1, exhaustive=True)
+    (finding,) = [f for f in result.findings if f.status == "fail"]
+    assert finding.location.component == f"fc1:u{CRITICAL}"
+    assert finding.evidence["screen"]["checked_exactly"] == WIDTH
+    assert finding.evidence["screen"]["method"].startswith("exact ablation of every unit (exhaustive")
+
+
+def test_missed_effect_bound_is_the_rule_of_three_with_nothing_over_the_threshold() -> None:
+    missed = atp.missed_effect([0.0] * 100, unchecked=1000, threshold=0.1)
+    assert missed["unchecked_over_threshold_at_most"] == 30  # 1 - 0.05 ** (1 / 100) = 2.95%
+    assert atp.missed_effect([0.2] * 10, unchecked=50, threshold=0.1)["unchecked_over_threshold_at_most"] == 50
+
+
+class LargeVocabulary(nn.Module):
+    """A next-token model whose output (samples, tokens, 5000) dwarfs its hidden layer, and that cannot be traced
+    (data-dependent branch), so its ablations run through the batched hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.head = nn.Linear(4, 16), nn.Linear(16, 5000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.fc1(x))
+        return self.head(hidden) if float(x.sum()) > -1e9 else -self.head(hidden)
+
+
+def test_batched_hook_ablation_keeps_each_chunk_of_outputs_within_its_byte_bound(monkeypatch) -> None:
+    model = LargeVocabulary().eval()
+    inputs = torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(0))
+    layer = Layer("fc1", "linear", 16, 0)
+    sizes: list[int] = []
+    forward = ablation._ablated_forward
+
+    def counted(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        sizes.append(out.numel() * out.element_size())
+        return out
+    monkeypatch.setattr(ablation, "_ablated_forward", counted)
+    bound = 4 * 8 * 3 * 5000 * 4  # four copies' logits
+    values = torch.zeros(16, 3)
+    got = ablation_outputs(model, model.fc1, layer, inputs, list(range(16)), values, 8, torch.device("cpu"),
+                           max_output_bytes=bound, reduce=lambda out, _s: out.argmax(-1))
+    assert max(sizes) <= bound and len(sizes) == 5  # one copy to measure, then chunks of four
+    expected = ablation_loop(model, model.fc1, layer, inputs, list(range(16)), values).argmax(-1)
+    assert torch.equal(got, expected)
