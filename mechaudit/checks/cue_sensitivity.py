@@ -67,6 +67,11 @@ class CueSensitivityParams:
     coverage: float = param(0.8, low=0.0, high=1.0, doc="share of the attribution the pathway must cover")
     samples: int = param(512, low=1, doc="cue pairs measured (the first ones)")
     max_edges: int = param(20, low=1, doc="strongest pathway edges kept in the evidence graph")
+    exhaustive: bool = param(False, doc="patch every component alone exactly; otherwise more than 256 components "
+                                        "are screened by attribution patching (AtP*) and only its top_k and a random "
+                                        "calibration sample are patched alone")
+    calibration: int = param(32, low=0, doc="screened: seeded random sample of the other components, patched alone "
+                                            "to measure the screen's agreement and what it may miss")
 
 
 class CueSensitivityEvidence(TypedDict, total=False):
@@ -77,6 +82,7 @@ class CueSensitivityEvidence(TypedDict, total=False):
     pathway_change: float
     pathway_graph: dict
     pathway_share: float
+    screen: dict
     total_change: float
     total_flip_rate: float
     unconnected_layers: list
@@ -89,12 +95,13 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
     with_cue, without_cue = (half[:params.samples] for half in context.data.cues)
     position = context.behaviour.position if context.behaviour is not None else -1
     result = cue_sensitivity(context.view, with_cue, without_cue, position, params.top_k, params.coverage,
-                             context.batch_size, context.device)
+                             context.batch_size, context.device, params.exhaustive, params.calibration, context.seed)
     scores = result.scores
     graph = circuit_graph(scores, params.max_edges)
     keep = set(result.pathway)
     pathway_graph = graph_to_json(graph.subgraph(n for n in graph if n in keep).copy())
-    table = [{"component": node, "score": scores.nodes[node] / scores.samples,
+    changes = result.exact_changes or {}
+    table = [{"component": node, "score": scores.nodes[node] / scores.samples, "exact_change": changes.get(node),
               "share": scores.nodes[node] / (sum(scores.nodes[n] for n in keep) or 1.0)} for node in result.pathway]
     where = result.pathway[0] if result.pathway else None
     location = Location.of_address(where) if where else None
@@ -107,5 +114,5 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
         evidence={"pairs": result.samples, "total_flip_rate": result.total_flip_rate,
                   "total_change": result.total_change, "pathway_change": result.pathway_change,
                   "pathway_share": result.pathway_share, "pathway": table, "pathway_graph": pathway_graph,
-                  "unconnected_layers": [list(pair) for pair in scores.unconnected]},
+                  "unconnected_layers": [list(pair) for pair in scores.unconnected], "screen": result.screen},
     )]

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 import torch
-from scipy.stats import spearmanr
 
 from ..activations import model_outputs
 from ..context import AuditContext
 from ..findings import Location, Measurement
+from ..techniques import atp
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
 from ..techniques.patching import attribution_patching, exact_patching, metric_totals
 from ..techniques.uncertainty import behaviour_presence
@@ -79,7 +79,12 @@ class PatchingParams:
                         doc="without a [behaviour]: what is measured on each pair")
     target: str = param("", doc="target_logit: the class (name or index); default the clean prediction")
     samples: int = param(256, low=1, doc="pairs patched (the first ones)")
-    top_k: int = param(10, low=1, doc="components verified by exact patching")
+    top_k: int = param(10, low=1, doc="components listed; screened: the screen's top components patched exactly")
+    exhaustive: bool = param(False, doc="patch every component exactly; otherwise more than 256 components are "
+                                        "screened by attribution patching (AtP*) and only its top_k and a random "
+                                        "calibration sample are patched exactly")
+    calibration: int = param(32, low=0, doc="screened: seeded random sample of the other components, patched exactly "
+                                            "to measure the screen's agreement and what it may miss")
     min_recovered: float = param(0.1, low=0.0, high=1.0, doc="a component recovering at least this fraction of "
                                                              "the behaviour carries it")
     min_effect: float = param(0.1, low=0.0, doc="change of the metric between corrupted and clean inputs, as a "
@@ -102,6 +107,7 @@ class PatchingEvidence(TypedDict, total=False):
     relative_effect: float
     samples: int
     scored: int
+    screen: dict
     verified: int
 
 
@@ -127,27 +133,35 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
                         metric="top_recovered_fraction", value=0.0, evidence={**evidence, "carried": False})]
     estimated = attribution_patching(context.view, layers, clean, corrupted, targets, metric, batch, device)
     components = [(layer, unit) for layer in layers for unit in range(layer.size)]
+    names = [layer.address(unit) for layer, unit in components]
     estimate = torch.cat([estimated[layer.name] for layer in layers]) / totals.effect
-    ranked = estimate.argsort(descending=True).tolist()[:params.top_k]
+    screened = len(components) > atp.SCREEN_ABOVE and not params.exhaustive
+    selection = (atp.select(estimate, params.top_k, params.calibration, context.seed) if screened
+                 else atp.everything(len(components)))
     chosen: dict[str, list[int]] = {}
-    for index in ranked:
+    for index in selection.checked:
         layer, unit = components[index]
         chosen.setdefault(layer.name, []).append(unit)
     exact = exact_patching(context.view, [layer for layer in layers if layer.name in chosen], clean, corrupted,
                            targets, metric, chosen, batch, device)
     measured = {(name, unit): float(value) / totals.effect
                 for name, units in chosen.items() for unit, value in zip(units, exact[name].tolist())}
-    rows = []
-    for index in ranked:
-        layer, unit = components[index]
-        rows.append({"component": layer.address(unit), "layer": layer.name,
-                     "recovered_fraction": measured[(layer.name, unit)],
-                     "attribution_estimate": float(estimate[index])})
-    rows.sort(key=lambda row: -row["recovered_fraction"])
-    estimates, exacts = [r["attribution_estimate"] for r in rows], [r["recovered_fraction"] for r in rows]
-    varied = len(rows) > 2 and len(set(estimates)) > 1 and len(set(exacts)) > 1
-    agreement = float(spearmanr(estimates, exacts).correlation) if varied else None
-    carriers = [row["component"] for row in rows if row["recovered_fraction"] >= params.min_recovered]
+    fractions = {index: measured[(components[index][0].name, components[index][1])] for index in selection.checked}
+    ordered = sorted(selection.checked, key=lambda index: -fractions[index])
+    rows = [{"component": names[index], "layer": components[index][0].name,
+             "recovered_fraction": fractions[index], "attribution_estimate": float(estimate[index])}
+            for index in ordered[:params.top_k]]
+    if screened:
+        screen = atp.report(selection, estimate, fractions, names, "attribution patching (AtP*): (a_clean - "
+                            "a_corrupted) . dm/da, gradient averaged over both runs", threshold=params.min_recovered)
+        evidence["screen"] = screen.to_evidence()
+        agreement = screen.spearman
+    else:
+        why = "exhaustive = true" if params.exhaustive else f"at most {atp.SCREEN_ABOVE} components"
+        agreement = atp.report(selection, estimate, fractions, names, "").spearman
+        evidence["screen"] = {"method": f"exact patching of every component ({why})", "scored": len(components),
+                              "checked_exactly": len(components), "calibration": 0, "spearman": agreement}
+    carriers = [names[index] for index in ordered if fractions[index] >= params.min_recovered]
     top = rows[0]
     return [Measurement(
         f"patching {top['component']} alone recovers {top['recovered_fraction']:.0%} of the {description}; "
@@ -155,7 +169,7 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
         location=Location.of_address(top["component"]),
         metric="top_recovered_fraction", value=top["recovered_fraction"],
         evidence={**evidence, "carried": True, "carriers": carriers, "components": rows,
-                  "verified": len(rows), "scored": len(components),
+                  "verified": len(selection.checked), "scored": len(components),
                   "rank_correlation_attribution_exact": agreement},
     )]
 

@@ -9,6 +9,7 @@ import torch
 
 from ..context import AuditContext
 from ..findings import Location, Measurement
+from ..techniques import atp
 from ..techniques.node_ablation import behaviour_under_ablation, distance
 from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
 from .circuit_common import (
@@ -66,6 +67,11 @@ class SinglePointsParams:
     candidates: int = param(10, low=1, doc="top circuit units examined (pairs: candidates squared)")
     max_single_loss: float = param(0.5, low=0.0, high=1.0, doc="fail a unit whose removal alone loses more")
     min_compensation: float = param(0.1, low=0.0, high=1.0, doc="report a backup whose effect rises by more")
+    exhaustive: bool = param(False, doc="ablate every circuit unit alone exactly; otherwise more than 256 units are "
+                                        "screened by their attribution (AtP*) and only the top candidates and a "
+                                        "random calibration sample are ablated alone")
+    calibration: int = param(32, low=0, doc="screened: seeded random sample of the other units, ablated alone to "
+                                            "measure the screen's agreement and what it may miss")
 
 
 class SinglePointsEvidence(TypedDict, total=False):
@@ -76,6 +82,7 @@ class SinglePointsEvidence(TypedDict, total=False):
     carried: bool
     gap_against: str
     presence: dict
+    screen: dict
     units: list
 
 
@@ -87,7 +94,10 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     scores = circuit_scores(context, params.samples)
     values = mean_values(context)
     nodes = hidden_nodes(context)
-    top = sorted(nodes, key=lambda n: -abs(scores.nodes.get(n, 0.0)))[:params.candidates]
+    attribution = torch.tensor([abs(scores.nodes.get(n, 0.0)) for n in nodes])
+    screened = len(nodes) > atp.SCREEN_ABOVE and not params.exhaustive
+    selection = (atp.select(attribution, params.candidates, params.calibration, context.seed) if screened
+                 else atp.everything(len(nodes)))
 
     shared = references(context, params.samples)
     m_model, m_empty, found = shared.intact, shared.all_ablated, shared.presence
@@ -106,11 +116,14 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):
         return [not_carried(rule, problem, span, "behaviour_lost", params.max_single_loss)]
-    alone = {n: m((n,)) for n in top}
+    checked = [nodes[i] for i in selection.checked]
+    alone = {n: m((n,)) for n in checked}
 
     def lost_interval(node: str):
         return bootstrap_ratio_of_mean_distances((alone[node], m_model), (m_empty, m_model), seed=context.seed)
-    loss = {n: distance(alone[n], m_model) / span for n in top}
+    loss = {n: distance(alone[n], m_model) / span for n in checked}
+    screen = _screen_evidence(selection, attribution, loss, nodes, screened, params)
+    top = sorted(checked, key=lambda n: -loss[n])[:params.candidates]
     backups = []
     for first in top:
         for second in top:
@@ -127,7 +140,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
         location=Location.of_address(n), metric="behaviour_lost", value=loss[n],
         threshold=params.max_single_loss, interval=lost_interval(n),
-        evidence={"units": table, "backups": [b for b in backups if b["removed"] == n]},
+        evidence={"units": table, "backups": [b for b in backups if b["removed"] == n], "screen": screen},
     ) for n in failing]
     if not failing:
         worst = max(top, key=lambda n: loss[n])
@@ -136,6 +149,19 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
             f"{len(backups)} backup relation(s) found",
             metric="behaviour_lost", value=loss[worst], threshold=params.max_single_loss,
             interval=lost_interval(worst),
-            evidence={"units": table, "backups": backups},
+            evidence={"units": table, "backups": backups, "screen": screen},
         ))
     return findings
+
+
+def _screen_evidence(selection: atp.Selection, attribution: torch.Tensor, loss: dict[str, float], nodes: list[str],
+                     screened: bool, params: SinglePointsParams) -> dict:
+    """How the units ablated alone were chosen, and how the attribution ranking agrees with their exact losses."""
+    exact = {i: loss[nodes[i]] for i in selection.checked}
+    if screened:
+        method = "attribution (AtP*): |edge attribution patching node score|, the circuit rules' shared scores"
+        return atp.report(selection, attribution, exact, nodes, method, threshold=params.max_single_loss).to_evidence()
+    why = "exhaustive = true" if params.exhaustive else f"at most {atp.SCREEN_ABOVE} units"
+    return {"method": f"exact ablation of every circuit unit alone ({why})", "scored": len(nodes),
+            "checked_exactly": len(nodes), "calibration": 0,
+            "spearman": atp.report(selection, attribution, exact, nodes, "").spearman}
