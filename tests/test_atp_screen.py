@@ -1,15 +1,18 @@
 """Screen with gradients, confirm exactly (AtP*): L202 on a layer wider than the screen's threshold ablates only the
 screen's top-k and a calibration sample exactly, finds the planted critical unit (and would not with random
-scores), passes its control, reports the screen in its evidence, and scans every unit with ``exhaustive``; the
-ablation chunks stay within their output bound on a large-vocabulary model that cannot be traced."""
+scores), passes its control, reports the screen in its evidence, and scans every unit with ``exhaustive``; L207
+screens a wide layer the same way; the ablation chunks stay within their output bound on a large-vocabulary model that cannot be traced."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from fixtures.localization_toys import patching_pairs
+from fixtures.toy_models import signal_mlp
 from torch import nn
 
 import mechaudit
+from mechaudit.loading import AuditData
 from mechaudit.model_view import Layer
 from mechaudit.techniques import ablation, atp
 from mechaudit.techniques.ablation import ablation_loop, ablation_outputs
@@ -127,3 +130,27 @@ def test_batched_hook_ablation_keeps_each_chunk_of_outputs_within_its_byte_bound
     assert max(sizes) <= bound and len(sizes) == 5  # one copy to measure, then chunks of four
     expected = ablation_loop(model, model.fc1, layer, inputs, list(range(16)), values).argmax(-1)
     assert torch.equal(got, expected)
+
+
+def _patching(**params):
+    clean, corrupted = patching_pairs(carried=True)
+    model = signal_mlp(spread=1, hidden=WIDTH)
+    inputs = torch.cat([clean, corrupted])
+    data = AuditData(inputs=inputs, labels=model(inputs).argmax(-1).detach(), pairs=(clean, corrupted))
+    (finding,) = mechaudit.audit(model, data, select=["L207"], rules={"L207": params}).findings
+    return finding
+
+
+def test_l207_screens_a_wide_layer_and_confirms_the_carrier_exactly() -> None:
+    finding = _patching(top_k=5, calibration=10)
+    assert finding.location.component == "fc1:u0" and finding.value > 0.99
+    screen = finding.evidence["screen"]
+    assert screen["scored"] == WIDTH and screen["checked_exactly"] == 15 and screen["calibration"] == 10
+    assert finding.evidence["verified"] == 15 and screen["top_k_recall"] == 1.0
+    assert screen["missed"]["largest_calibration_effect"] < 1e-6  # no other unit carries anything
+
+
+def test_l207_exhaustive_patches_every_component() -> None:
+    finding = _patching(top_k=5, exhaustive=True)
+    assert finding.location.component == "fc1:u0"
+    assert finding.evidence["verified"] == WIDTH and finding.evidence["screen"]["checked_exactly"] == WIDTH

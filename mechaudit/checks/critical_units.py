@@ -212,10 +212,7 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list, in
         return selections, {}
 
     def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = context.logits(outputs)
-        right = logits.gather(-1, targets.view(-1, 1)).squeeze(-1)
-        other = logits.scatter(-1, targets.view(-1, 1), float("-inf")).amax(-1)
-        return right - other
+        return atp.label_margin(context.logits(outputs), targets)
     estimates = atp.ablation_estimates(context.view, screened, inputs, labels, margin,
                                        {m: replacements[m] for m in flagged}, context.batch_size, context.device)
     with torch.no_grad():
