@@ -32,9 +32,10 @@ For the counterfactual pairs (`[data.pairs]`, the first `samples`) and a metric,
 fraction of the metric it recovers is (sum of patched - sum of corrupted) / (sum of clean - sum of corrupted). The
 metric is the declared `[behaviour]` when there is one, else `metric`: the logit difference between the class
 predicted on the clean input and the one predicted on the corrupted input (its runner-up where both agree), or the
-logit of `target`. Attribution patching scores every component at once; exact patching verifies the `top_k`, whose
-exact fractions the evidence lists with the estimates and their rank correlation; components recovering at least
-`min_recovered` carry the behaviour. When the pair changes the metric by less than `min_effect` of its clean
+logit of `target`. Attribution patching scores every component at once; exact patching measures every component
+(at most 256 of them) or the screen's `top_k` and a calibration sample (more), and the evidence lists the `top_k`
+exact fractions with the estimates and their rank correlation; components recovering at least `min_recovered`
+carry the behaviour. When the pair changes the metric by less than `min_effect` of its clean
 size, there is nothing to localise. This rule describes; it does not judge.
 Before any fraction, the behaviour must be present: the mean over pairs of the metric on the clean minus on the
 corrupted input must exceed 3 standard errors of those paired differences (`mechaudit.techniques.uncertainty.
@@ -57,6 +58,17 @@ Measured (`benchmarks/patching_speed.py`, all components): rank correlation of a
 alone recovers 39% of it, 8 components at least 10%; on `digits-control` the watermark moves it by 3.6%, and on
 `induction-control` patching changes nothing: `min_effect = 0.1` separates those. In the tests, the unit a toy's
 pairs differ through recovers 100%.
+Screen, then confirm (AtP*, Kramar et al. 2024): with at most 256 components (every embedded example) or
+`exhaustive = true`, every component is patched exactly and the listed ones are the exact top `top_k`; with
+more, attribution patching scores all of them and only its `top_k` plus a seeded random `calibration` sample of
+the others are patched exactly. The `screen` evidence gives the components scored and checked exactly, the
+calibration size, Spearman of estimate and exact fraction over the checked ones, the recall of their exact top-k
+by the screen's, and the largest exact fraction in the calibration sample with a one-sided 95% Clopper-Pearson
+bound on how many unchecked components recover at least `min_recovered`. The gradient is the average of both
+runs' (a two-point path, against the ReLU kink where AtP* warns that plain attribution patching is blind); the
+QK fix does not apply (a head component is the head's output, after its softmax); GradDrop is not implemented.
+Measured on all 2x1024 `mlp.c_fc` neurons and 8 heads of a random-weight 2-layer GPT-2 (`benchmarks/
+atp_screen.py`): see that benchmark's output in the issue's closing note.
 """,
     fix="""
 Nothing to fix by itself: read which components carry the behaviour. If they carry a shortcut (a watermark, a
@@ -68,6 +80,8 @@ protected attribute), suppress or retrain them and re-audit (R303 simulates such
         "Nanda (2023). Attribution Patching: Activation Patching At Industrial Scale. "
         "https://www.neelnanda.io/mechanistic-interpretability/attribution-patching",
         "Syed, Rager, Conmy (2023). Attribution Patching Outperforms Automated Circuit Discovery. arXiv:2310.10348",
+        "Kramar, Lieberum, Shah, Nanda (2024). AtP*: An efficient and scalable method for localizing LLM behaviour "
+        "to components. arXiv:2403.00745",
     ),
 )
 RULE = RuleDefinition("L207", "activation-patching", "info", DOCS)

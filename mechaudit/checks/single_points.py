@@ -27,10 +27,10 @@ from .registry import RuleDefinition, RuleDocs, param, register
 DOCS = RuleDocs(
     summary="One unit alone carries most of the behaviour; some units are backups for others.",
     what="""
-For the `candidates` strongest circuit units, the share of the behaviour lost when each is ablated alone,
-(m(M) - m(M without u)) / (m(M) - m(empty)); a unit losing more than `max_single_loss` is a single point of
-failure. For each pair (a, b), b is a backup of a when b's effect rises by more than `min_compensation`
-once a is ablated (its effect measured with a already removed).
+For the `candidates` circuit units with the largest losses (see how it is measured), the share of the
+behaviour lost when each is ablated alone, (m(M) - m(M without u)) / (m(M) - m(empty)); a unit losing more than
+`max_single_loss` is a single point of failure. For each pair (a, b), b is a backup of a when b's effect rises by
+more than `min_compensation` once a is ablated (its effect measured with a already removed).
 With pairs, the behaviour must first be present: its clean-minus-corrupted gap must exceed 3 standard errors of
 the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
 loss is computed (`induction-control`). Each loss carries a 95% bootstrap interval over the samples.
@@ -47,6 +47,13 @@ Measured: on the planted test network the three circuit units are flagged (the s
 loses 100%, each of the two parallel units that read different inputs 78%), the distractors 0%; with the
 signal spread over 8 identical units no unit loses more than 12.5%; on `digits` (logit of class 7) the
 largest single loss is 46% (shortcut) and 44% (control). 0.5 flags a unit that carries most of it alone.
+Screen, then confirm (AtP*, Kramar et al. 2024): with at most 256 circuit units (every embedded example) or
+`exhaustive = true`, every unit is ablated alone exactly and the `candidates` with the largest exact losses are
+examined (and paired); with more, the circuit rules' attribution scores rank them, and only the top `candidates`
+and a seeded random `calibration` sample of the others are ablated alone. The `screen` evidence gives the units
+scored and ablated exactly, Spearman of |attribution| and exact loss, the recall of the exact top by the
+screen's, and the largest loss in the calibration sample with a one-sided 95% Clopper-Pearson bound on how many
+unchecked units lose more than `max_single_loss`.
 """,
     fix="""
 Add redundancy where a single point of failure is unwanted (dropout, wider layers); read ablation-based
@@ -56,6 +63,8 @@ findings together with the backups listed.
         "Wang et al. (2022). Interpretability in the Wild. arXiv:2211.00593",
         "McGrath et al. (2023). The Hydra Effect: Emergent Self-repair in Language Model Computations. "
         "arXiv:2307.15771",
+        "Kramar, Lieberum, Shah, Nanda (2024). AtP*: An efficient and scalable method for localizing LLM behaviour "
+        "to components. arXiv:2403.00745",
     ),
 )
 RULE = RuleDefinition("R304", "single-points-of-failure", "warning", DOCS)

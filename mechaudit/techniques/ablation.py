@@ -20,7 +20,7 @@ from torch import nn
 from ..activations import batches
 from ..model_view import Layer, from_units_view, installed, register_hook, units_view
 
-MAX_OUTPUT_BYTES = 1 << 28
+MAX_OUTPUT_BYTES = 1 << 29
 """Default bound on the model outputs of one chunk of ablations (float32 bytes, before ``reduce``): a chunk of
 next-token logits is copies x samples x tokens x vocabulary, 26 GB for 128 copies of 64 GPT-2 prompts of 16 tokens."""
 
