@@ -13,7 +13,7 @@ from torch import nn
 
 import mechaudit
 from mechaudit.loading import AuditData
-from mechaudit.model_view import Layer
+from mechaudit.model_view import Layer, ModelView
 from mechaudit.techniques import ablation, atp
 from mechaudit.techniques.ablation import ablation_loop, ablation_outputs
 
@@ -154,3 +154,13 @@ def test_l207_exhaustive_patches_every_component() -> None:
     finding = _patching(top_k=5, exhaustive=True)
     assert finding.location.component == "fc1:u0"
     assert finding.evidence["verified"] == WIDTH and finding.evidence["screen"]["checked_exactly"] == WIDTH
+
+
+def test_frozen_parameters_still_give_the_screen_its_gradients() -> None:
+    model = WideThreeClasses(1).eval().requires_grad_(False)
+    inputs = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    view = ModelView.discover(model, inputs[:2])
+    layer = view.hidden_layers[0]
+    _, grads = atp.activations_and_gradients(view, [layer], inputs, model(inputs).argmax(-1),
+                                             lambda out, t: out.gather(1, t.view(-1, 1)).squeeze(1))
+    assert grads["fc1"].abs().sum() > 0

@@ -44,13 +44,17 @@ Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def activations_and_gradients(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
                               metric: Metric) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Each layer's activation on ``inputs`` and the gradient of the summed metric with respect to it (samples
-    are independent in an evaluated model, so a sample's gradient is that of its own metric)."""
+    are independent in an evaluated model, so a sample's gradient is that of its own metric). A model with frozen
+    parameters still gets gradients: an activation that does not require one is made a leaf that does."""
     kept: dict[str, torch.Tensor] = {}
 
-    def keep(output: torch.Tensor, name: str) -> None:
-        if output.requires_grad:
-            output.retain_grad()
+    def keep(output: torch.Tensor, name: str) -> torch.Tensor | None:
+        if not output.requires_grad:  # frozen parameters before it: the gradient starts here
+            kept[name] = output.detach().requires_grad_(True)
+            return kept[name]
+        output.retain_grad()
         kept[name] = output
+        return None
     with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name)) for layer in layers), \
             torch.enable_grad():
         start = inputs.clone().requires_grad_(inputs.is_floating_point())
