@@ -20,6 +20,7 @@ from ..techniques import atp
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
 from .registry import RuleDefinition, RuleDocs, param, register
+from .screen_params import calibration_param, exhaustive_param
 
 MODES = ("zero", "mean", "resample")
 #: Every non-empty combination of modes, in canonical order ("zero", "zero,mean", ..., "zero,mean,resample").
@@ -82,9 +83,11 @@ most 256 units, every layer of the embedded examples, are ablated exactly, so th
 Measured (`benchmarks/atp_screen.py`, mean ablation, every unit): Spearman of screen and exact accuracy drop
 0.95 on `digits` (recall of the exact top 10: 0.8) and 1.00 on `induction` (its two planted heads are the
 screen's top two); the first-order margin change itself agrees with the exact one at 0.95 (`digits`, top-10
-recall 0.9). Of AtP*'s fixes, the QK fix does not apply (a head component is the head's output, after its
-softmax); cancellation over samples cannot happen (scored per sample); GradDrop (path-wise cancellation) is not
-implemented: the calibration bound states what any such failure could hide.
+recall 0.9); on the 2,048 `mlp.c_fc` neurons of a random-weight 2-layer, 256-wide GPT-2 0.86 (top-32 recall
+0.88), the screen 840x faster than the exact scan of every neuron. Of AtP*'s fixes, the QK fix does not apply
+(a head component is the head's output, after its softmax); cancellation over samples cannot happen (scored per
+sample); GradDrop (path-wise cancellation) is not implemented: the calibration bound states what any such
+failure could hide.
 """,
     fix="""
 Add redundancy (dropout, wider layers), or make sure the critical unit encodes something intended: look at
@@ -114,12 +117,9 @@ class CriticalUnitsParams:
     modes: str = param("zero,mean,resample", choices=MODE_SETS, doc="ablations measured and reported")
     flag_on: str = param("mean", choices=(*MODES, "any"), doc="which ablation's drop flags a unit")
     top_k: int = param(10, low=1, doc="units listed per layer in the evidence")
-    exhaustive: bool = param(False, doc="ablate every unit exactly; otherwise a layer of more than 256 units is "
-                                        "screened by attribution patching first (AtP*) and only its screen_top_k "
-                                        "and a random calibration sample are ablated exactly")
+    exhaustive: bool = exhaustive_param("ablated", "units of a layer")
     screen_top_k: int = param(64, low=1, doc="screened layers: units the screen ranks highest, ablated exactly")
-    calibration: int = param(64, low=0, doc="screened layers: seeded random sample of the other units, ablated "
-                                            "exactly to measure the screen's agreement and what it may miss")
+    calibration: int = calibration_param("ablated", 64)
 
 
 class CriticalUnitsEvidence(TypedDict, total=False):

@@ -11,6 +11,7 @@ from ..techniques.circuits import circuit_graph, graph_to_json
 from ..techniques.cue_sensitivity import cue_sensitivity
 from ..techniques.uncertainty import bootstrap_mean
 from .registry import RuleDefinition, RuleDocs, param, register
+from .screen_params import calibration_param, exhaustive_param
 
 DOCS = RuleDocs(
     summary="The output depends on a cue it must not depend on (hidden conditional behaviour), through a pathway.",
@@ -73,14 +74,12 @@ class CueSensitivityParams:
     max_flip_rate: float = param(0.05, low=0.0, high=1.0,
                                  doc="fail when more predictions flip with only the pathway carrying the cue")
     top_k: int = param(10, low=1, doc="most components in the pathway")
-    coverage: float = param(0.8, low=0.0, high=1.0, doc="share of the attribution the pathway must cover")
+    coverage: float = param(0.8, low=0.0, high=1.0,
+                            doc="share of the checked components' exact changes the pathway must cover")
     samples: int = param(512, low=1, doc="cue pairs measured (the first ones)")
     max_edges: int = param(20, low=1, doc="strongest pathway edges kept in the evidence graph")
-    exhaustive: bool = param(False, doc="patch every component alone exactly; otherwise more than 256 components "
-                                        "are screened by attribution patching (AtP*) and only its top_k and a random "
-                                        "calibration sample are patched alone")
-    calibration: int = param(32, low=0, doc="screened: seeded random sample of the other components, patched alone "
-                                            "to measure the screen's agreement and what it may miss")
+    exhaustive: bool = exhaustive_param("patched alone")
+    calibration: int = calibration_param("patched alone")
 
 
 class CueSensitivityEvidence(TypedDict, total=False):

@@ -23,6 +23,7 @@ from ..techniques.patching import attribution_patching, exact_patching, metric_t
 from ..techniques.uncertainty import behaviour_presence
 from .circuit_common import behaviour_absent, circuit_problem, class_index
 from .registry import RuleDefinition, RuleDocs, param, register
+from .screen_params import calibration_param, exhaustive_param
 
 DOCS = RuleDocs(
     summary="Which components carry the behaviour that separates the clean from the corrupted input of each pair.",
@@ -67,8 +68,10 @@ by the screen's, and the largest exact fraction in the calibration sample with a
 bound on how many unchecked components recover at least `min_recovered`. The gradient is the average of both
 runs' (a two-point path, against the ReLU kink where AtP* warns that plain attribution patching is blind); the
 QK fix does not apply (a head component is the head's output, after its softmax); GradDrop is not implemented.
-Measured on all 2x1024 `mlp.c_fc` neurons and 8 heads of a random-weight 2-layer GPT-2 (`benchmarks/
-atp_screen.py`): see that benchmark's output in the issue's closing note.
+Measured (`benchmarks/atp_screen.py`, every component patched both ways): on the 2,048 `mlp.c_fc` neurons and
+8 heads of a random-weight 2-layer, 256-wide GPT-2, Spearman 0.97 and recall of the exact top 32 by the screen's
+top 32 0.91, the screen 580x faster than exact patching of all; on `digits` 0.99 (top-10 recall 0.9), on
+`induction` 1.00 (its two heads the top two).
 """,
     fix="""
 Nothing to fix by itself: read which components carry the behaviour. If they carry a shortcut (a watermark, a
@@ -94,11 +97,8 @@ class PatchingParams:
     target: str = param("", doc="target_logit: the class (name or index); default the clean prediction")
     samples: int = param(256, low=1, doc="pairs patched (the first ones)")
     top_k: int = param(10, low=1, doc="components listed; screened: the screen's top components patched exactly")
-    exhaustive: bool = param(False, doc="patch every component exactly; otherwise more than 256 components are "
-                                        "screened by attribution patching (AtP*) and only its top_k and a random "
-                                        "calibration sample are patched exactly")
-    calibration: int = param(32, low=0, doc="screened: seeded random sample of the other components, patched exactly "
-                                            "to measure the screen's agreement and what it may miss")
+    exhaustive: bool = exhaustive_param("patched")
+    calibration: int = calibration_param("patched")
     min_recovered: float = param(0.1, low=0.0, high=1.0, doc="a component recovering at least this fraction of "
                                                              "the behaviour carries it")
     min_effect: float = param(0.1, low=0.0, doc="change of the metric between corrupted and clean inputs, as a "

@@ -23,6 +23,7 @@ from .circuit_common import (
     references,
 )
 from .registry import RuleDefinition, RuleDocs, param, register
+from .screen_params import calibration_param, exhaustive_param
 
 DOCS = RuleDocs(
     summary="One unit alone carries most of the behaviour; some units are backups for others.",
@@ -76,11 +77,8 @@ class SinglePointsParams:
     candidates: int = param(10, low=1, doc="top circuit units examined (pairs: candidates squared)")
     max_single_loss: float = param(0.5, low=0.0, high=1.0, doc="fail a unit whose removal alone loses more")
     min_compensation: float = param(0.1, low=0.0, high=1.0, doc="report a backup whose effect rises by more")
-    exhaustive: bool = param(False, doc="ablate every circuit unit alone exactly; otherwise more than 256 units are "
-                                        "screened by their attribution (AtP*) and only the top candidates and a "
-                                        "random calibration sample are ablated alone")
-    calibration: int = param(32, low=0, doc="screened: seeded random sample of the other units, ablated alone to "
-                                            "measure the screen's agreement and what it may miss")
+    exhaustive: bool = exhaustive_param("ablated alone")
+    calibration: int = calibration_param("ablated alone")
 
 
 class SinglePointsEvidence(TypedDict, total=False):
