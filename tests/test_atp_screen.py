@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import write_project
+from fixtures.cue_models import cue_pairs, cued
 from fixtures.localization_toys import patching_pairs
+from fixtures.planted_circuit import PLANTED_NODES, planted, planted_data
 from fixtures.toy_models import signal_mlp
 from torch import nn
 
 import mechaudit
+from mechaudit.engine import run_audit
 from mechaudit.loading import AuditData
 from mechaudit.model_view import Layer, ModelView
+from mechaudit.spec import load_spec
 from mechaudit.techniques import ablation, atp
 from mechaudit.techniques.ablation import ablation_loop, ablation_outputs
+from mechaudit.techniques.cue_sensitivity import cue_sensitivity
 
 WIDTH, CRITICAL = 300, 137
 
@@ -164,3 +170,32 @@ def test_frozen_parameters_still_give_the_screen_its_gradients() -> None:
     _, grads = atp.activations_and_gradients(view, [layer], inputs, model(inputs).argmax(-1),
                                              lambda out, t: out.gather(1, t.view(-1, 1)).squeeze(1))
     assert grads["fc1"].abs().sum() > 0
+
+
+def test_l208_screened_confirms_the_planted_pathway_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(atp, "SCREEN_ABOVE", 2)  # screen the toy's few components
+    with_cue, without_cue = cue_pairs()
+    model = cued()
+    view = ModelView.discover(model, without_cue[:2])
+    result = cue_sensitivity(view, with_cue, without_cue, top_k=2, calibration=2)
+    assert result.pathway == ["fc1:u2"] and result.pathway_share == pytest.approx(1.0, abs=1e-4)
+    assert result.screen["checked_exactly"] == 4 and result.screen["calibration"] == 2
+    assert result.screen["method"].startswith("attribution patching")
+    assert result.exact_changes["fc1:u2"] > 0 and result.exact_changes.get("fc1:u3", 0.0) == 0.0
+    exhaustive = cue_sensitivity(view, with_cue, without_cue, top_k=2, exhaustive=True)
+    assert exhaustive.pathway == ["fc1:u2"] and exhaustive.screen["checked_exactly"] == exhaustive.screen["scored"]
+
+
+def test_r304_screened_ablates_the_top_candidates_and_a_calibration_sample(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(atp, "SCREEN_ABOVE", 2)  # screen the planted circuit's few units
+    x = planted_data()
+    labels = planted().eval()(x).argmax(1).detach()
+    project = write_project(tmp_path, arrays={"inputs": x.numpy(), "labels": labels.numpy()},
+                            data_table='labels = "labels"\n', model_table='factory = "fixtures.planted_circuit:planted"',
+                            extra='[behaviour]\nkind = "class_logit"\ntarget = "0"\n[audit]\nselect = ["R304"]\n'
+                                  '[audit.rules.R304]\ncandidates = 3\ncalibration = 2\n')
+    result = run_audit(load_spec(project.spec))
+    failing = [f for f in result.findings if f.status == "fail"]
+    assert {f.location.component for f in failing} == PLANTED_NODES
+    screen = failing[0].evidence["screen"]
+    assert screen["checked_exactly"] == 5 and screen["calibration"] == 2 and screen["top_k_recall"] == 1.0
