@@ -152,6 +152,26 @@ def gpt2(layers_count: int, width: int, prompts: int, tokens: int, k: int) -> No
     def metric(outputs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         return logit_difference(outputs[:, -1] if outputs.dim() == 3 else outputs, chosen)
     l207(label + " heads+c_fc", view, view.layers, inputs, corrupted, pair_targets, metric, k, 64)
+    end_to_end(label, model, inputs, labels, names)
+
+
+def end_to_end(label: str, model, inputs: torch.Tensor, labels: torch.Tensor, names: list[str]) -> None:
+    """The whole L202 rule (three modes) as audited, screened by default and with ``exhaustive = true``: CPU
+    seconds, and whether the screened audit flags every unit the exhaustive one flags."""
+    import mechaudit
+
+    runs = {}
+    for exhaustive in (False, True):
+        seconds, result = timed(lambda exhaustive=exhaustive: mechaudit.audit(
+            model, inputs, labels=labels, task="next-token", layers=names, select=["L202"],
+            rules={"L202": {"exhaustive": exhaustive}}))
+        flagged = {f.location.component for f in result.findings if f.status == "fail"}
+        largest = max(f.value for f in result.findings if f.metric == "accuracy_drop")
+        runs[exhaustive] = (seconds, flagged, largest)
+    (fast, flagged, largest), (slow, every, every_largest) = runs[False], runs[True]
+    print(f"{label}: L202 audit screened {fast:.1f}s, exhaustive {slow:.1f}s ({slow / max(fast, 1e-9):.1f}x); "
+          f"units flagged {len(flagged)} screened / {len(every)} exhaustive, {len(every - flagged)} missed; "
+          f"largest drop {largest:.3f} / {every_largest:.3f}")
 
 
 def main() -> None:
