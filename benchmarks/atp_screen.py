@@ -163,8 +163,12 @@ def end_to_end(label: str, model, inputs: torch.Tensor, labels: torch.Tensor, na
     runs = {}
     for exhaustive in (False, True):
         seconds, result = timed(lambda exhaustive=exhaustive: mechaudit.audit(
-            model, inputs, labels=labels, task="next-token", layers=names, select=["L202"],
+            model, inputs, labels=labels, task="next-token", layers=names, select=["L202"], rule_timeout=0,
             rules={"L202": {"exhaustive": exhaustive}}))
+        errors = [f.message for f in result.findings if f.status == "error"]
+        if errors:
+            print(f"{label}: L202 (exhaustive = {exhaustive}) ended in an error: {errors[0]}")
+            return
         flagged = {f.location.component for f in result.findings if f.status == "fail"}
         largest = max(f.value for f in result.findings if f.metric == "accuracy_drop")
         runs[exhaustive] = (seconds, flagged, largest)
