@@ -158,6 +158,14 @@ def with_gradients(sizes: Sizes, samples: int, passes: float = 1.0, copies: floa
                 peak_bytes=sizes.batch_bytes(samples, copies))
 
 
+def checked_exactly(components: int, exhaustive: bool, top: int, calibration: int) -> int:
+    """How many of ``components`` a screened rule (L202, L207, R304) intervenes on exactly: every one up to the
+    screen's threshold or when ``exhaustive``, else the screen's ``top`` and a ``calibration`` sample."""
+    from .techniques.atp import SCREEN_ABOVE
+
+    return components if exhaustive or components <= SCREEN_ABOVE else min(components, top + calibration)
+
+
 def uses(artifact: str) -> Cost:
     """A rule's use of an artifact whose cost another rule of the audit declares (charged to whichever runs
     first); nothing when no rule of the audit declares it."""

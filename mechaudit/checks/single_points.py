@@ -8,8 +8,9 @@ from typing import TypedDict
 import torch
 
 from ..context import AuditContext
-from ..cost import Cost, RuleCost, Sizes, circuit_references, edge_scores, forwards
+from ..cost import Cost, RuleCost, Sizes, checked_exactly, circuit_references, edge_scores, forwards
 from ..findings import Location, Measurement
+from ..techniques import atp
 from ..techniques.node_ablation import behaviour_under_ablation, distance
 from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
 from .circuit_common import (
@@ -23,14 +24,15 @@ from .circuit_common import (
     references,
 )
 from .registry import RuleDefinition, RuleDocs, param, register
+from .screen_params import calibration_param, exhaustive_param
 
 DOCS = RuleDocs(
     summary="One unit alone carries most of the behaviour; some units are backups for others.",
     what="""
-For the `candidates` strongest circuit units, the share of the behaviour lost when each is ablated alone,
-(m(M) - m(M without u)) / (m(M) - m(empty)); a unit losing more than `max_single_loss` is a single point of
-failure. For each pair (a, b), b is a backup of a when b's effect rises by more than `min_compensation`
-once a is ablated (its effect measured with a already removed).
+For the `candidates` circuit units with the largest losses (see how it is measured), the share of the
+behaviour lost when each is ablated alone, (m(M) - m(M without u)) / (m(M) - m(empty)); a unit losing more than
+`max_single_loss` is a single point of failure. For each pair (a, b), b is a backup of a when b's effect rises by
+more than `min_compensation` once a is ablated (its effect measured with a already removed).
 With pairs, the behaviour must first be present: its clean-minus-corrupted gap must exceed 3 standard errors of
 the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
 loss is computed (`induction-control`). Each loss carries a 95% bootstrap interval over the samples.
@@ -51,6 +53,13 @@ loses 100%, each of the two parallel units that read different inputs 78%), the 
 signal spread over 8 identical units no unit loses more than 12.5%; on `digits` (logit of class 7) the
 largest single loss is 47% (shortcut) and 42% (control), as its spec declares it (edges scored on its
 stamped-versus-unstamped pairs). 0.5 flags a unit that carries most of it alone.
+Screen, then confirm (AtP*, Kramar et al. 2024): with at most 256 circuit units (every embedded example) or
+`exhaustive = true`, every unit is ablated alone exactly and the `candidates` with the largest exact losses are
+examined (and paired); with more, the circuit rules' attribution scores rank them, and only the top `candidates`
+and a seeded random `calibration` sample of the others are ablated alone. The `screen` evidence gives the units
+scored and ablated exactly, Spearman of |attribution| and exact loss, the recall of the exact top by the
+screen's, and the largest loss in the calibration sample with a one-sided 95% Clopper-Pearson bound on how many
+unchecked units lose more than `max_single_loss`.
 """,
     fix="""
 Add redundancy where a single point of failure is unwanted (dropout, wider layers); read ablation-based
@@ -60,6 +69,8 @@ findings together with the backups listed.
         "Wang et al. (2022). Interpretability in the Wild. arXiv:2211.00593",
         "McGrath et al. (2023). The Hydra Effect: Emergent Self-repair in Language Model Computations. "
         "arXiv:2307.15771",
+        "Kramar, Lieberum, Shah, Nanda (2024). AtP*: An efficient and scalable method for localizing LLM behaviour "
+        "to components. arXiv:2403.00745",
     ),
 )
 RULE = RuleDefinition("R304", "single-points-of-failure", "warning", DOCS)
@@ -71,6 +82,8 @@ class SinglePointsParams:
     candidates: int = param(10, low=1, doc="top circuit units examined (pairs: candidates squared)")
     max_single_loss: float = param(0.5, low=0.0, high=1.0, doc="fail a unit whose removal alone loses more")
     min_compensation: float = param(0.1, low=0.0, high=1.0, doc="report a backup whose effect rises by more")
+    exhaustive: bool = exhaustive_param("ablated alone")
+    calibration: int = calibration_param("ablated alone")
 
 
 class SinglePointsEvidence(TypedDict, total=False):
@@ -81,14 +94,17 @@ class SinglePointsEvidence(TypedDict, total=False):
     carried: bool
     gap_against: str
     presence: dict
+    screen: dict
     units: list
 
 
 def _cost(sizes: Sizes, params: SinglePointsParams) -> Cost:
-    """The shared edge scores and references, then one forward pass per candidate and per pair of candidates."""
+    """The shared edge scores and references, then one forward pass per unit ablated alone (every circuit unit
+    up to the screen's threshold, else the top candidates and a calibration sample) and per pair of candidates."""
     n = sizes.n(params.samples)
     k = params.candidates
-    return edge_scores(sizes, n) + circuit_references(sizes, n) + forwards(sizes, n, k + k * (k - 1) / 2)
+    alone = checked_exactly(sum(layer.units for layer in sizes.layers), params.exhaustive, k, params.calibration)
+    return edge_scores(sizes, n) + circuit_references(sizes, n) + forwards(sizes, n, alone + k * (k - 1) / 2)
 
 
 COST = RuleCost(_cost, reduce="samples")
@@ -102,7 +118,10 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     scores = circuit_scores(context, params.samples)
     values = mean_values(context)
     nodes = hidden_nodes(context)
-    top = sorted(nodes, key=lambda n: -abs(scores.nodes.get(n, 0.0)))[:params.candidates]
+    attribution = torch.tensor([abs(scores.nodes.get(n, 0.0)) for n in nodes])
+    screened = len(nodes) > atp.SCREEN_ABOVE and not params.exhaustive
+    selection = (atp.select(attribution, params.candidates, params.calibration, context.seed) if screened
+                 else atp.everything(len(nodes)))
 
     shared = references(context, params.samples)
     m_model, m_empty, found = shared.intact, shared.all_ablated, shared.presence
@@ -121,11 +140,14 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):
         return [not_carried(rule, problem, span, "behaviour_lost", params.max_single_loss)]
-    alone = {n: m((n,)) for n in top}
+    checked = [nodes[i] for i in selection.checked]
+    alone = {n: m((n,)) for n in checked}
 
     def lost_interval(node: str):
         return bootstrap_ratio_of_mean_distances((alone[node], m_model), (m_empty, m_model), seed=context.seed)
-    loss = {n: distance(alone[n], m_model) / span for n in top}
+    loss = {n: distance(alone[n], m_model) / span for n in checked}
+    screen = _screen_evidence(selection, attribution, loss, nodes, screened, params)
+    top = sorted(checked, key=lambda n: -loss[n])[:params.candidates]
     backups = []
     for first in top:
         for second in top:
@@ -142,7 +164,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
         location=Location.of_address(n), metric="behaviour_lost", value=loss[n],
         threshold=params.max_single_loss, interval=lost_interval(n),
-        evidence={"units": table, "backups": [b for b in backups if b["removed"] == n]},
+        evidence={"units": table, "backups": [b for b in backups if b["removed"] == n], "screen": screen},
     ) for n in failing]
     if not failing:
         worst = max(top, key=lambda n: loss[n])
@@ -151,6 +173,19 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
             f"{len(backups)} backup relation(s) found",
             metric="behaviour_lost", value=loss[worst], threshold=params.max_single_loss,
             interval=lost_interval(worst),
-            evidence={"units": table, "backups": backups},
+            evidence={"units": table, "backups": backups, "screen": screen},
         ))
     return findings
+
+
+def _screen_evidence(selection: atp.Selection, attribution: torch.Tensor, loss: dict[str, float], nodes: list[str],
+                     screened: bool, params: SinglePointsParams) -> dict:
+    """How the units ablated alone were chosen, and how the attribution ranking agrees with their exact losses."""
+    exact = {i: loss[nodes[i]] for i in selection.checked}
+    if screened:
+        method = "attribution (AtP*): |edge attribution patching node score|, the circuit rules' shared scores"
+        return atp.report(selection, attribution, exact, nodes, method, threshold=params.max_single_loss).to_evidence()
+    why = "exhaustive = true" if params.exhaustive else f"at most {atp.SCREEN_ABOVE} units"
+    return {"method": f"exact ablation of every circuit unit alone ({why})", "scored": len(nodes),
+            "checked_exactly": len(nodes), "calibration": 0,
+            "spearman": atp.report(selection, attribution, exact, nodes, "").spearman}

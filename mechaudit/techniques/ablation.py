@@ -12,13 +12,17 @@ Three ways to compute the same outputs:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from ..activations import batches
 from ..model_view import Layer, from_units_view, installed, register_hook, units_view
+
+MAX_OUTPUT_BYTES = 1 << 29
+"""Default bound on the model outputs of one chunk of ablations (float32 bytes, before ``reduce``): a chunk of
+next-token logits is copies x samples x tokens x vocabulary, 26 GB for 128 copies of 64 GPT-2 prompts of 16 tokens."""
 
 Reduce = Callable[[torch.Tensor, slice], torch.Tensor]
 """``reduce(outputs, samples)``: applied to each chunk of outputs (ablations, samples, ...) before it is kept, with
@@ -76,25 +80,43 @@ def ablation_loop(model: nn.Module, module: nn.Module, layer: Layer, inputs: tor
 def ablation_outputs(model: nn.Module, module: nn.Module, layer: Layer, inputs: torch.Tensor, units: list[int],
                      values: torch.Tensor | None, batch_size: int, device: torch.device,
                      max_batch: int = 8192, source: torch.Tensor | None = None,
-                     reduce: Reduce | None = None) -> torch.Tensor:
+                     reduce: Reduce | None = None, max_output_bytes: int = MAX_OUTPUT_BYTES) -> torch.Tensor:
     """Model outputs with each unit in ``units`` ablated alone: shape (len(units), samples, outputs).
 
     ``values`` holds the replacement per unit and position, shape (layer units, positions); zeros give zero
     ablation, the dataset mean gives mean ablation. Or ``source``, inputs like ``inputs``: each sample's unit takes
-    its value on the corresponding source sample (resample ablation).
+    its value on the corresponding source sample (resample ablation). Memory is bounded by :func:`chunked`:
+    at most ``max_batch`` rows per forward pass and ``max_output_bytes`` of outputs per chunk, each chunk reduced
+    (``reduce``, on the device) before the next one runs.
     """
     check_replacement(values, source, inputs)
     outputs = []
     for start, batch in batches(inputs, batch_size, device):
         src = None if source is None else _capture(model, module, layer, source[start:start + len(batch)].to(device))
-        copies = max(1, max_batch // batch.shape[0])
-        per_batch = []
-        for chunk_start in range(0, len(units), copies):
-            chunk = torch.tensor(units[chunk_start:chunk_start + copies], device=batch.device)
-            out = _ablated_forward(model, module, layer, batch, chunk, values, src)
-            per_batch.append(reduce(out, slice(start, start + len(batch))) if reduce else out)
+        samples = slice(start, start + len(batch))
+
+        def run(chunk: list[int], batch=batch, src=src) -> torch.Tensor:
+            return _ablated_forward(model, module, layer, batch, torch.tensor(chunk, device=batch.device), values, src)
+        per_batch = [(reduce(out, samples) if reduce else out).cpu()
+                     for out in chunked(units, len(batch), run, max_batch, max_output_bytes)]
         outputs.append(torch.cat(per_batch))
     return torch.cat(outputs, dim=1)
+
+
+def chunked(units: list[int], rows: int, run: Callable[[list[int]], torch.Tensor], max_batch: int,
+            max_output_bytes: int = MAX_OUTPUT_BYTES) -> Iterator[torch.Tensor]:
+    """``run(chunk)`` (outputs (len(chunk), rows, ...)) over consecutive chunks of ``units``, yielded one at a
+    time. The first chunk holds one unit; it measures the outputs' bytes per copy, and every later chunk holds as
+    many units as keep both its repeated batch (``copies * rows <= max_batch``) and its outputs (``<=
+    max_output_bytes``) within bounds (always at least one)."""
+    start, copies, limit = 0, 1, max(1, max_batch // max(rows, 1))
+    while start < len(units):
+        chunk = units[start:start + copies]
+        out = run(chunk)
+        yield out
+        start += len(chunk)
+        per_copy = max(1, out[0].numel() * out.element_size())
+        copies = max(1, min(limit, max_output_bytes // per_copy))
 
 
 def _ablated_forward(model: nn.Module, module: nn.Module, layer: Layer, batch: torch.Tensor, chunk: torch.Tensor,
@@ -109,4 +131,4 @@ def _ablated_forward(model: nn.Module, module: nn.Module, layer: Layer, batch: t
 
     with installed([register_hook(module, layer, overwrite)]), torch.no_grad():
         repeated = batch.repeat(k, *([1] * (batch.dim() - 1)))
-        return model(repeated).float().cpu().unflatten(0, (k, n))
+        return model(repeated).float().unflatten(0, (k, n))

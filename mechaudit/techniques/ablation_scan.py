@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .. import linear_maps
 from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, units_view
-from .ablation import Reduce, ablation_outputs, check_replacement, write_ablations
+from .ablation import MAX_OUTPUT_BYTES, Reduce, ablation_outputs, check_replacement, chunked, write_ablations
 from .model_cut import Cut, ModelCut, quiet_fx
 
 Mode = tuple
@@ -77,10 +77,12 @@ class AblationScanner:
                 "columns only" + ("; one pass of the unit-wise operations per chunk" if cut.separable else ""))
 
     def scan(self, inputs: torch.Tensor, modes: dict[str, Mode], batch_size: int = 256, max_batch: int = 8192,
-             reduce: Reduce | None = None,
-             units: dict[str, list[int]] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+             reduce: Reduce | None = None, units: dict[str, list[int]] | None = None,
+             max_output_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, dict[str, torch.Tensor]]:
         """``{mode: {layer: outputs}}``, outputs (units, samples, ...) with each unit ablated alone (or what
-        ``reduce`` makes of each chunk); ``units`` restricts the units scanned per layer (default all)."""
+        ``reduce`` makes of each chunk); ``units`` restricts the units scanned per layer (default all). Each chunk
+        of ablations repeats the batch at most ``max_batch`` rows and holds at most ``max_output_bytes`` of
+        outputs before ``reduce`` (:func:`~.ablation.chunked`)."""
         for values, source in modes.values():
             for layer in self.layers:
                 check_replacement(None if values is None else values[layer.name], source, inputs)
@@ -106,7 +108,8 @@ class AblationScanner:
                                     part = self._layer(
                                         cuts[layer.name], clean, chosen[layer.name],
                                         None if values is None else values[layer.name].to(self.device),
-                                        None if source is None else sources[id(source)], samples, max_batch, reduce)
+                                        None if source is None else sources[id(source)], samples, max_batch, reduce,
+                                        max_output_bytes)
                             except (torch.cuda.OutOfMemoryError, MemoryError):
                                 raise
                             except Exception as exc:  # noqa: BLE001  fall back to the exact hooks for this layer
@@ -122,22 +125,21 @@ class AblationScanner:
                     results[name][layer.name] = [ablation_outputs(
                         self.view.model, self.view.site(layer), layer, inputs, chosen[layer.name],
                         None if values is None else values[layer.name], batch_size, self.device, max_batch, source,
-                        reduce)]
+                        reduce, max_output_bytes)]
         return {name: {layer: torch.cat(parts, dim=1) for layer, parts in per_layer.items()}
                 for name, per_layer in results.items()}
 
     def _layer(self, cut: Cut, upstream: tuple, units: list[int], values: torch.Tensor | None, source: tuple | None,
-               samples: slice, max_batch: int, reduce: Reduce | None) -> torch.Tensor:
+               samples: slice, max_batch: int, reduce: Reduce | None, max_output_bytes: int) -> torch.Tensor:
         clean = cut.values(upstream)
         src = None if source is None else units_view(cut.values(source)[0], cut.layer)
         n = clean[0].shape[0]
-        copies = max(1, max_batch // n)
-        parts = []
-        for start in range(0, len(units), copies):
-            chunk = torch.tensor(units[start:start + copies], device=self.device)
-            out = _chunk(cut, clean, chunk, values, src).float().unflatten(0, (len(chunk), n))
-            parts.append((reduce(out, samples) if reduce else out).cpu())
-        return torch.cat(parts)
+
+        def run(chunk: list[int]) -> torch.Tensor:
+            index = torch.tensor(chunk, device=self.device)
+            return _chunk(cut, clean, index, values, src).float().unflatten(0, (len(chunk), n))
+        return torch.cat([(reduce(out, samples) if reduce else out).cpu()
+                          for out in chunked(units, n, run, max_batch, max_output_bytes)])
 
 
 def _chunk(cut: Cut, clean: tuple, chunk: torch.Tensor, values: torch.Tensor | None,

@@ -10,10 +10,14 @@ versus not, a swapped name), the technique
    change moves the output (Nanda 2023; Syed et al. 2023), with the edges between them. The gradient is taken in
    both runs and the scores added: a unit the cue switches on from below a ReLU's kink has no gradient in the
    cue-free run;
-3. takes the pathway, the fewest top components covering ``coverage`` of the total score (at most ``top_k``), and
-   measures exactly what flows through it: the cue-free prompts are run with only the pathway's activations
-   replaced by their cued values (activation patching). The flip rate of that run is the output's dependence on
-   the cue through the pathway.
+3. confirms the ranking exactly (screen, then confirm: AtP*, Kramar et al. 2024): each component is patched alone
+   (its cued activation written into the cue-free run) and the mean change of ``m`` measured: every component when
+   there are at most :data:`~.atp.SCREEN_ABOVE` (or ``exhaustive``), else the ``top_k`` by attribution and a seeded
+   random ``calibration`` sample of the others, whose agreement with the attribution is reported;
+4. takes the pathway, the fewest of those components, by exact change, covering ``coverage`` of their total (at
+   most ``top_k``), and measures exactly what flows through it: the cue-free prompts are run with only the
+   pathway's activations replaced by their cued values (activation patching). The flip rate of that run is the
+   output's dependence on the cue through the pathway.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 
 from ..activations import batches, hooked
 from ..model_view import ModelView, from_units_view, installed, units_view
+from . import atp
 from .circuits import CircuitScores, edge_attribution, logits_at
 
 
@@ -43,6 +48,10 @@ class CueResult:
     scores: CircuitScores
     #: Per pair, whether the prediction flips with only the pathway carrying the cue (for its interval).
     pathway_flips: torch.Tensor | None = None
+    #: The change (as ``total_change``) with one component alone carrying the cue, per component patched exactly.
+    exact_changes: dict[str, float] | None = None
+    #: How the exactly patched components were chosen and how the attribution agrees with them (evidence).
+    screen: dict | None = None
 
     @property
     def pathway_share(self) -> float:
@@ -52,7 +61,8 @@ class CueResult:
 
 def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.Tensor, position: int = -1,
                     top_k: int = 10, coverage: float = 0.8, batch_size: int = 256,
-                    device: torch.device | None = None) -> CueResult:
+                    device: torch.device | None = None, exhaustive: bool = False, calibration: int = 32,
+                    seed: int = 0) -> CueResult:
     """Measure and localise the output's dependence on the cue (see the module docstring)."""
     device = device or torch.device("cpu")
     without_logits = _log_probs(view, without_cue, batch_size, device, position)
@@ -68,16 +78,25 @@ def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.
     scores = _summed(forward, backward)
     hidden = {layer.name for layer in view.hidden_layers}
     ranked = [n for n in sorted(scores.nodes, key=lambda n: -scores.nodes[n]) if scores.node_layer[n] in hidden]
-    total = sum(scores.nodes[n] for n in ranked)
-    pathway: list[str] = []
-    for node in ranked[:top_k]:
-        if scores.nodes[node] <= 0 or sum(scores.nodes[n] for n in pathway) >= coverage * total:
-            break
-        pathway.append(node)
-    patched_logits = _log_probs(view, without_cue, batch_size, device, position,
-                                patch=(pathway, with_cue)) if pathway else without_logits
+    attribution = torch.tensor([scores.nodes[n] for n in ranked], dtype=torch.float64)
+    screened = len(ranked) > atp.SCREEN_ABOVE and not exhaustive
+    selection = atp.select(attribution, top_k, calibration, seed) if screened else atp.everything(len(ranked))
     rows = torch.arange(len(targets))
     base = without_logits[rows, targets]
+    exact = {i: _patched_change(view, without_cue, with_cue, [ranked[i]], targets, base, batch_size, device,
+                                position) for i in selection.checked}
+    by_exact = sorted(exact, key=lambda i: -exact[i])
+    total = sum(max(exact[i], 0.0) for i in by_exact)
+    pathway: list[str] = []
+    covered = 0.0
+    for i in by_exact[:top_k]:
+        if exact[i] <= 0 or covered >= coverage * total:
+            break
+        pathway.append(ranked[i])
+        covered += exact[i]
+    screen = _screen_evidence(selection, attribution, exact, ranked, screened, exhaustive)
+    patched_logits = _log_probs(view, without_cue, batch_size, device, position,
+                                patch=(pathway, with_cue)) if pathway else without_logits
     return CueResult(
         samples=len(targets),
         total_flip_rate=float((with_logits.argmax(-1) != targets).float().mean()),
@@ -87,7 +106,28 @@ def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.
         pathway_change=float((patched_logits[rows, targets] - base).abs().mean()),
         scores=scores,
         pathway_flips=(patched_logits.argmax(-1) != targets).cpu(),
+        exact_changes={ranked[i]: value for i, value in exact.items()},
+        screen=screen,
     )
+
+
+def _patched_change(view: ModelView, without_cue: torch.Tensor, with_cue: torch.Tensor, nodes: list[str],
+                    targets: torch.Tensor, base: torch.Tensor, batch_size: int, device: torch.device,
+                    position: int) -> float:
+    """Mean |change| of log p(cue-free prediction) with only ``nodes`` carrying the cue (exact patching)."""
+    logits = _log_probs(view, without_cue, batch_size, device, position, patch=(nodes, with_cue))
+    return float((logits[torch.arange(len(targets)), targets] - base).abs().mean())
+
+
+def _screen_evidence(selection: atp.Selection, attribution: torch.Tensor, exact: dict[int, float], ranked: list[str],
+                     screened: bool, exhaustive: bool) -> dict:
+    if screened:
+        method = "attribution patching (AtP*) in both directions between each pair's two runs"
+        return atp.report(selection, attribution, exact, ranked, method).to_evidence()
+    why = "exhaustive = true" if exhaustive else f"at most {atp.SCREEN_ABOVE} components"
+    return {"method": f"exact patching of every component alone ({why})", "scored": len(ranked),
+            "checked_exactly": len(ranked), "calibration": 0,
+            "spearman": atp.report(selection, attribution, exact, ranked, "").spearman}
 
 
 def _summed(a: CircuitScores, b: CircuitScores) -> CircuitScores:

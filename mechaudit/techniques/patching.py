@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from ..activations import batches
-from ..model_view import Layer, ModelView, installed, units_view
+from ..model_view import Layer, ModelView, units_view
 from .ablation_scan import AblationScanner
+from .atp import activations_and_gradients
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``metric(outputs, targets) -> (pairs,)``, e.g. :func:`~.circuits.logit_difference`."""
@@ -71,7 +72,7 @@ def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tens
     for start, batch in batches(corrupted, batch_size, device):
         stop = start + len(batch)
         chosen = targets[start:stop].to(device)
-        runs = [_with_gradients(view, layers, inputs, chosen, metric)
+        runs = [activations_and_gradients(view, layers, inputs, chosen, metric)
                 for inputs in (clean[start:stop].to(device), batch)]
         (clean_out, clean_grad), (corrupted_out, corrupted_grad) = runs
         for layer in layers:
@@ -79,25 +80,6 @@ def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tens
             gradient = units_view((clean_grad[layer.name] + corrupted_grad[layer.name]) / 2, layer)
             scores[layer.name] += (delta * gradient).sum((0, 2)).double().cpu()
     return {name: values.float() for name, values in scores.items()}
-
-
-def _with_gradients(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
-                    metric: Metric) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Each layer's activation on ``inputs`` and the gradient of the summed metric with respect to it."""
-    kept: dict[str, torch.Tensor] = {}
-
-    def keep(output: torch.Tensor, name: str) -> None:
-        if output.requires_grad:
-            output.retain_grad()
-        kept[name] = output
-    with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name)) for layer in layers), \
-            torch.enable_grad():
-        start = inputs.clone().requires_grad_(inputs.is_floating_point())
-        metric(view.model(start).float(), targets).sum().backward()
-    view.model.zero_grad(set_to_none=True)
-    outputs = {name: value.detach() for name, value in kept.items()}
-    grads = {name: value.grad if value.grad is not None else torch.zeros_like(value) for name, value in kept.items()}
-    return outputs, grads
 
 
 def exact_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, corrupted: torch.Tensor,

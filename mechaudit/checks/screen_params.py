@@ -1,0 +1,21 @@
+"""The two parameters every screened rule declares (L202, L207, L208, R304): see :mod:`mechaudit.techniques.atp`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..techniques.atp import SCREEN_ABOVE
+from .registry import param
+
+
+def exhaustive_param(done: str, over: str = "components") -> Any:
+    """``exhaustive``: ``done`` (e.g. "ablated") names the exact intervention, ``over`` what is counted."""
+    return param(False, doc=f"every component {done} exactly; otherwise more than {SCREEN_ABOVE} {over} are screened "
+                            f"by attribution patching (AtP*) and only the screen's top ones and a random calibration "
+                            f"sample are {done} exactly")
+
+
+def calibration_param(done: str, default: int = 32) -> Any:
+    """``calibration``: the size of the random sample outside the screen's top that is ``done`` exactly."""
+    return param(default, low=0, doc=f"screened: seeded random sample of the other components, {done} exactly to "
+                                     "measure the screen's agreement and what it may miss")

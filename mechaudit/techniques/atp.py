@@ -1,0 +1,212 @@
+"""Screen with gradients, confirm exactly (AtP*: Kramár, Lieberum, Shah, Nanda 2024).
+
+A rule that ranks many components by an intervention (ablation, patching) scores *every* component with the
+intervention's first-order estimate, attribution patching: ``(a_new - a) . dm/da`` from one forward and one
+backward pass per batch (Nanda 2023), and runs the exact intervention only on the screen's ``top_k`` plus a seeded
+random calibration sample of the rest. The calibration sample measures how well screen and exact agree (Spearman,
+recall of the exact top-k) and bounds what the screen may have missed (:func:`missed_effect`).
+
+Which of AtP*'s fixes apply here:
+
+* *Attention saturation (the QK fix).* AtP* recomputes the attention softmax exactly when a head's queries or
+  keys are patched. mechaudit's head components are head *outputs* (the input of the output projection), which
+  reach the model's output linearly up to later layers: the saturated softmax of the patched head itself is not
+  on the first-order path, so the QK fix has nothing to correct. Saturation in *later* heads, and any other
+  non-linearity (a ReLU a replacement switches on), is what the exact confirmation and the calibration catch.
+* *Cancellation (GradDrop).* AtP* drops one layer's gradient at a time so that effects through different paths
+  cannot cancel in the sum. Here the sum that cancels most is over samples; :func:`ablation_estimates` keeps the
+  estimate per sample, and a rule aggregates per sample (L202 counts predicted flips), so no cross-sample
+  cancellation enters the ranking. Path-wise GradDrop is not implemented; the calibration sample states what
+  cancellation (or any other failure) would have hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from scipy.stats import beta, spearmanr
+
+from ..activations import batches, hooked
+from ..model_view import Layer, ModelView, installed, units_view
+
+SCREEN_ABOVE = 256
+"""A rule screens a set of components (one layer for L202, all audited components for L207, L208 and R304) only
+when it holds more than this many; at or below it the exact intervention runs on every component, so the embedded
+examples (at most 56 units per layer, 72 heads in all) keep their exact verdicts."""
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``metric(outputs, targets) -> (samples,)``, differentiable in the outputs."""
+
+
+def activations_and_gradients(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
+                              metric: Metric) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each layer's activation on ``inputs`` and the gradient of the summed metric with respect to it (samples
+    are independent in an evaluated model, so a sample's gradient is that of its own metric). A model with frozen
+    parameters still gets gradients: an activation that does not require one is made a leaf that does."""
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(output: torch.Tensor, name: str) -> torch.Tensor | None:
+        if not output.requires_grad:  # frozen parameters before it: the gradient starts here
+            kept[name] = output.detach().requires_grad_(True)
+            return kept[name]
+        output.retain_grad()
+        kept[name] = output
+        return None
+    with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name)) for layer in layers), \
+            torch.enable_grad():
+        start = inputs.clone().requires_grad_(inputs.is_floating_point())
+        metric(view.model(start).float(), targets).sum().backward()
+    view.model.zero_grad(set_to_none=True)
+    outputs = {name: value.detach() for name, value in kept.items()}
+    grads = {name: value.grad if value.grad is not None else torch.zeros_like(value) for name, value in kept.items()}
+    return outputs, grads
+
+
+def ablation_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
+                       metric: Metric, modes: dict[str, tuple], batch_size: int = 256,
+                       device: torch.device | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """First-order change of ``metric`` per sample when each unit alone is ablated: ``{mode: {layer: (units,
+    samples)}}``. ``modes`` as for :meth:`~.ablation_scan.AblationScanner.scan`: ``(values, source)`` with
+    ``values`` {layer: (units, positions)} (zero, mean ablation) or ``source`` inputs (resample ablation)."""
+    device = device or torch.device("cpu")
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}
+    for start, batch in batches(inputs, batch_size, device):
+        stop = start + len(batch)
+        clean, grads = activations_and_gradients(view, layers, batch, targets[start:stop].to(device), metric)
+        for mode, (values, source) in modes.items():
+            replaced = (_recorded(view, layers, source[start:stop].to(device)) if source is not None else None)
+            for layer in layers:
+                act, grad = units_view(clean[layer.name], layer), units_view(grads[layer.name], layer)
+                new = (units_view(replaced[layer.name], layer) if replaced is not None
+                       else values[layer.name].to(act.device, act.dtype).unsqueeze(0))
+                parts[mode][layer.name].append(((new - act) * grad).sum(-1).T.float().cpu())
+    return {m: {name: torch.cat(p, dim=1) for name, p in per_layer.items()} for m, per_layer in parts.items()}
+
+
+def _recorded(view: ModelView, layers: list[Layer], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    seen: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), hooked(view, layers, lambda layer, output: seen.__setitem__(layer.name, output.detach())):
+        view.model(inputs)
+    return seen
+
+
+def label_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample, the label's logit minus the largest other logit (> 0 where the prediction is right)."""
+    right = logits.gather(-1, labels.view(-1, 1)).squeeze(-1)
+    other = logits.scatter(-1, labels.view(-1, 1), float("-inf")).amax(-1)
+    return right - other
+
+
+ESTIMATE_ERROR = 0.15
+"""The relative error assumed of a first-order margin change in :func:`predicted_accuracy_drop` (measured with
+``benchmarks/atp_screen.py``: 0.1-0.35 rank alike on `digits`; smaller values sharpen the flip towards a step)."""
+
+
+def predicted_accuracy_drop(estimate: torch.Tensor, margins: torch.Tensor,
+                            relative_error: float = ESTIMATE_ERROR) -> torch.Tensor:
+    """The screen's accuracy drop per unit from first-order margin changes ``estimate`` (units, samples) and the
+    clean margins (label logit minus the best other logit; > 0 where the prediction is right): per sample the
+    probability that the new margin ``m + estimate`` is still positive when the estimate is off by a normal error of
+    ``relative_error`` times its size, so the accuracy after the ablation is the mean of ``Phi((m + e) / (r |e|))``
+    (a step at 0 where the estimate is 0). Per sample, so changes of opposite sign on different samples cannot
+    cancel; smooth, so units that flip no sample yet are still ranked by how close they bring samples to flipping."""
+    base = (margins > 0).float().mean()
+    new = margins.unsqueeze(0) + estimate
+    spread = relative_error * estimate.abs() + 1e-6 * margins.abs().clamp(min=1e-6).unsqueeze(0)
+    return base - torch.special.ndtr(new / spread).mean(dim=1)
+
+
+@dataclass
+class Selection:
+    """Which components (indices into the scored list) are checked exactly, and why."""
+
+    top: list[int]
+    calibration: list[int]
+    scored: int
+
+    @property
+    def checked(self) -> list[int]:
+        return sorted(set(self.top) | set(self.calibration))
+
+    @property
+    def unchecked(self) -> int:
+        return self.scored - len(self.checked)
+
+
+def select(scores: torch.Tensor, top_k: int, calibration: int, seed: int) -> Selection:
+    """The ``top_k`` highest ``scores`` and a seeded random sample of ``calibration`` of the others."""
+    order = scores.argsort(descending=True, stable=True).tolist()
+    top, rest = order[:top_k], order[top_k:]
+    generator = torch.Generator().manual_seed(seed)
+    picked = torch.randperm(len(rest), generator=generator)[:calibration].tolist() if rest else []
+    return Selection(top, sorted(rest[i] for i in picked), len(scores))
+
+
+def everything(count: int) -> Selection:
+    """The exhaustive case: every component checked exactly, no calibration needed."""
+    return Selection(list(range(count)), [], count)
+
+
+@dataclass
+class ScreenReport:
+    """What a finding's evidence says about how its components were chosen (``evidence["screen"]``)."""
+
+    method: str
+    scored: int
+    checked: list[str]
+    calibration: int
+    spearman: float | None
+    top_k_recall: float | None
+    missed: dict = field(default_factory=dict)
+
+    def to_evidence(self) -> dict:
+        return {"method": self.method, "scored": self.scored, "checked_exactly": len(self.checked),
+                "checked": self.checked, "calibration": self.calibration, "spearman": self.spearman,
+                "top_k_recall": self.top_k_recall, "missed": self.missed}
+
+
+def report(selection: Selection, screen: torch.Tensor, exact: dict[int, float], names: list[str], method: str,
+           threshold: float | None = None, confidence: float = 0.95) -> ScreenReport:
+    """Agreement of the screen ``screen`` (all scored components) and the exact effects ``exact`` {index: effect}
+    of the checked ones: Spearman over the checked set, recall of its exact top-k by the screen's top-k (ties at
+    the k-th exact value resolved for the screen), and :func:`missed_effect` from the calibration sample."""
+    checked = selection.checked
+    screened = [float(screen[i]) for i in checked]
+    measured = [exact[i] for i in checked]
+    varied = len(checked) > 2 and len(set(screened)) > 1 and len(set(measured)) > 1
+    rho = float(spearmanr(screened, measured).correlation) if varied else None
+    recall = top_k_recall(selection.top, exact) if selection.calibration else None
+    missed = missed_effect([exact[i] for i in selection.calibration], selection.unchecked, threshold, confidence)
+    return ScreenReport(method, selection.scored, [names[i] for i in checked], len(selection.calibration), rho,
+                        recall, missed)
+
+
+def top_k_recall(top: list[int], exact: dict[int, float]) -> float | None:
+    """Share of the ``len(top)`` largest ``exact`` effects that the screen's ``top`` holds; a tie at the k-th
+    largest value counts for the screen (exact effects are often tied, e.g. accuracy drops of 0)."""
+    chosen, k = set(top), len(top)
+    if not k:
+        return None
+    best = sorted(exact, key=lambda i: (-exact[i], i not in chosen))[:k]
+    return sum(i in chosen for i in best) / k
+
+
+def missed_effect(calibration: list[float], unchecked: int, threshold: float | None,
+                  confidence: float = 0.95) -> dict:
+    """What the screen may have missed, from the exact effects of a random calibration sample of the components
+    outside its top-k: the largest of them, and (given a ``threshold``) a one-sided Clopper-Pearson bound at
+    ``confidence`` on how many of the ``unchecked`` components exceed it (with none over it in a sample of c, the
+    bound is ``1 - (1 - confidence) ** (1 / c)`` of them, about 3/c: the rule of three)."""
+    if not calibration:
+        return {"unchecked": unchecked}
+    over = sum(value > threshold for value in calibration) if threshold is not None else None
+    result = {"largest_calibration_effect": max(calibration), "unchecked": unchecked}
+    if over is not None:
+        c = len(calibration)
+        share = 1.0 if over == c else float(beta.ppf(confidence, over + 1, c - over))
+        result.update({"calibration_over_threshold": int(over), "confidence": confidence,
+                       "unchecked_over_threshold_at_most": int(math.ceil(share * unchecked))})
+    return result

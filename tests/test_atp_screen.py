@@ -1,0 +1,201 @@
+"""Screen with gradients, confirm exactly (AtP*): L202 on a layer wider than the screen's threshold ablates only the
+screen's top-k and a calibration sample exactly, finds the planted critical unit (and would not with random
+scores), passes its control, reports the screen in its evidence, and scans every unit with ``exhaustive``; L207
+screens a wide layer the same way; the ablation chunks stay within their output bound on a large-vocabulary model that cannot be traced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import write_project
+from fixtures.cue_models import cue_pairs, cued
+from fixtures.localization_toys import patching_pairs
+from fixtures.planted_circuit import PLANTED_NODES, planted, planted_data
+from fixtures.toy_models import signal_mlp
+from torch import nn
+
+import mechaudit
+from mechaudit.engine import run_audit
+from mechaudit.loading import AuditData
+from mechaudit.model_view import Layer, ModelView
+from mechaudit.spec import load_spec
+from mechaudit.techniques import ablation, atp
+from mechaudit.techniques.ablation import ablation_loop, ablation_outputs
+from mechaudit.techniques.cue_sensitivity import cue_sensitivity
+
+WIDTH, CRITICAL = 300, 137
+
+
+class WideThreeClasses(nn.Module):
+    """300 hidden units: every one but the planted ones adds a little to class 0 (no single one matters), and
+    ``rare`` planted units starting at unit 137 alone decide class 2 (one planted unit: class 2 depends on it)."""
+
+    def __init__(self, rare: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, WIDTH), nn.Linear(WIDTH, 3)
+        planted = range(CRITICAL, CRITICAL + rare)
+        with torch.no_grad():
+            for tensor in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias):
+                tensor.zero_()
+            for unit in range(WIDTH):
+                if unit not in planted:
+                    self.fc1.weight[unit, 0] = 1.0
+                    self.fc2.weight[0, unit] = 1.0 / (WIDTH - rare)
+            self.fc2.bias[1] = 0.2
+            for unit in planted:
+                self.fc1.weight[unit, 2] = 1.0
+                self.fc1.bias[unit] = -1.4
+                self.fc2.weight[2, unit] = 20.0 / rare
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+SMALL_SCREEN = {"max_class_accuracy_drop": 0.25, "screen_top_k": 4, "calibration": 4}
+
+
+def _audit(rare: int, **params):
+    inputs = torch.randn(600, 4, generator=torch.Generator().manual_seed(0))
+    model = WideThreeClasses(rare).eval()
+    labels = model(inputs).argmax(-1).detach()
+    return mechaudit.audit(model, inputs, labels=labels, select=["L202"], rules={"L202": {**SMALL_SCREEN, **params}})
+
+
+def test_the_screen_puts_the_planted_critical_unit_in_its_top_k_and_only_the_chosen_units_are_ablated() -> None:
+    result = _audit(1)
+    (finding,) = [f for f in result.findings if f.status == "fail"]
+    assert finding.location.component == f"fc1:u{CRITICAL}" and finding.metric == "class_accuracy_drop"
+    screen = finding.evidence["screen"]
+    assert screen["method"].startswith("attribution patching")
+    assert screen["scored"] == WIDTH and screen["checked_exactly"] == 8 and screen["calibration"] == 4
+    assert f"fc1:u{CRITICAL}" in screen["checked"]
+    assert screen["top_k_recall"] == 1.0
+    assert screen["missed"]["unchecked"] == WIDTH - 8 and screen["missed"]["calibration_over_threshold"] == 0
+    assert 0 < screen["missed"]["unchecked_over_threshold_at_most"] < WIDTH - 8
+
+
+def test_with_random_screen_scores_the_planted_unit_is_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def random_scores(estimate: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+        return torch.rand(estimate.shape[0], generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(atp, "predicted_accuracy_drop", random_scores)
+    assert not [f for f in _audit(1).findings if f.status == "fail"]
+
+
+def test_control_with_backups_passes_with_the_screen_in_its_evidence() -> None:
+    result = _audit(4)
+    assert not [f for f in result.findings if f.status == "fail"]
+    (summary,) = result.findings
+    assert "after the screen" in summary.message
+    assert summary.evidence["screen"]["checked_exactly"] == 8
+    assert summary.evidence["largest_class_drop"] < 0.25
+
+
+def test_exhaustive_ablates_every_unit_exactly() -> None:
+    result = _audit(1, exhaustive=True)
+    (finding,) = [f for f in result.findings if f.status == "fail"]
+    assert finding.location.component == f"fc1:u{CRITICAL}"
+    assert finding.evidence["screen"]["checked_exactly"] == WIDTH
+    assert finding.evidence["screen"]["method"].startswith("exact ablation of every unit (exhaustive")
+
+
+def test_missed_effect_bound_is_the_rule_of_three_with_nothing_over_the_threshold() -> None:
+    missed = atp.missed_effect([0.0] * 100, unchecked=1000, threshold=0.1)
+    assert missed["unchecked_over_threshold_at_most"] == 30  # 1 - 0.05 ** (1 / 100) = 2.95%
+    assert atp.missed_effect([0.2] * 10, unchecked=50, threshold=0.1)["unchecked_over_threshold_at_most"] == 50
+
+
+class LargeVocabulary(nn.Module):
+    """A next-token model whose output (samples, tokens, 5000) dwarfs its hidden layer, and that cannot be traced
+    (data-dependent branch), so its ablations run through the batched hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.head = nn.Linear(4, 16), nn.Linear(16, 5000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.fc1(x))
+        return self.head(hidden) if float(x.sum()) > -1e9 else -self.head(hidden)
+
+
+def test_batched_hook_ablation_keeps_each_chunk_of_outputs_within_its_byte_bound(monkeypatch) -> None:
+    model = LargeVocabulary().eval()
+    inputs = torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(0))
+    layer = Layer("fc1", "linear", 16, 0)
+    sizes: list[int] = []
+    forward = ablation._ablated_forward
+
+    def counted(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        sizes.append(out.numel() * out.element_size())
+        return out
+    monkeypatch.setattr(ablation, "_ablated_forward", counted)
+    bound = 4 * 8 * 3 * 5000 * 4  # four copies' logits
+    values = torch.zeros(16, 3)
+    got = ablation_outputs(model, model.fc1, layer, inputs, list(range(16)), values, 8, torch.device("cpu"),
+                           max_output_bytes=bound, reduce=lambda out, _s: out.argmax(-1))
+    assert max(sizes) <= bound and len(sizes) == 5  # one copy to measure, then chunks of four
+    expected = ablation_loop(model, model.fc1, layer, inputs, list(range(16)), values).argmax(-1)
+    assert torch.equal(got, expected)
+
+
+def _patching(**params):
+    clean, corrupted = patching_pairs(carried=True)
+    model = signal_mlp(spread=1, hidden=WIDTH)
+    inputs = torch.cat([clean, corrupted])
+    data = AuditData(inputs=inputs, labels=model(inputs).argmax(-1).detach(), pairs=(clean, corrupted))
+    (finding,) = mechaudit.audit(model, data, select=["L207"], rules={"L207": params}).findings
+    return finding
+
+
+def test_l207_screens_a_wide_layer_and_confirms_the_carrier_exactly() -> None:
+    finding = _patching(top_k=5, calibration=10)
+    assert finding.location.component == "fc1:u0" and finding.value > 0.99
+    screen = finding.evidence["screen"]
+    assert screen["scored"] == WIDTH and screen["checked_exactly"] == 15 and screen["calibration"] == 10
+    assert finding.evidence["verified"] == 15 and screen["top_k_recall"] == 1.0
+    assert screen["missed"]["largest_calibration_effect"] < 1e-6  # no other unit carries anything
+
+
+def test_l207_exhaustive_patches_every_component() -> None:
+    finding = _patching(top_k=5, exhaustive=True)
+    assert finding.location.component == "fc1:u0"
+    assert finding.evidence["verified"] == WIDTH and finding.evidence["screen"]["checked_exactly"] == WIDTH
+
+
+def test_frozen_parameters_still_give_the_screen_its_gradients() -> None:
+    model = WideThreeClasses(1).eval().requires_grad_(False)
+    inputs = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    view = ModelView.discover(model, inputs[:2])
+    layer = view.hidden_layers[0]
+    _, grads = atp.activations_and_gradients(view, [layer], inputs, model(inputs).argmax(-1),
+                                             lambda out, t: out.gather(1, t.view(-1, 1)).squeeze(1))
+    assert grads["fc1"].abs().sum() > 0
+
+
+def test_l208_screened_confirms_the_planted_pathway_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(atp, "SCREEN_ABOVE", 2)  # screen the toy's few components
+    with_cue, without_cue = cue_pairs()
+    model = cued()
+    view = ModelView.discover(model, without_cue[:2])
+    result = cue_sensitivity(view, with_cue, without_cue, top_k=2, calibration=2)
+    assert result.pathway == ["fc1:u2"] and result.pathway_share == pytest.approx(1.0, abs=1e-4)
+    assert result.screen["checked_exactly"] == 4 and result.screen["calibration"] == 2
+    assert result.screen["method"].startswith("attribution patching")
+    assert result.exact_changes["fc1:u2"] > 0 and result.exact_changes.get("fc1:u3", 0.0) == 0.0
+    exhaustive = cue_sensitivity(view, with_cue, without_cue, top_k=2, exhaustive=True)
+    assert exhaustive.pathway == ["fc1:u2"] and exhaustive.screen["checked_exactly"] == exhaustive.screen["scored"]
+
+
+def test_r304_screened_ablates_the_top_candidates_and_a_calibration_sample(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(atp, "SCREEN_ABOVE", 2)  # screen the planted circuit's few units
+    x = planted_data()
+    labels = planted().eval()(x).argmax(1).detach()
+    project = write_project(tmp_path, arrays={"inputs": x.numpy(), "labels": labels.numpy()},
+                            data_table='labels = "labels"\n', model_table='factory = "fixtures.planted_circuit:planted"',
+                            extra='[behaviour]\nkind = "class_logit"\ntarget = "0"\n[audit]\nselect = ["R304"]\n'
+                                  '[audit.rules.R304]\ncandidates = 3\ncalibration = 2\n')
+    result = run_audit(load_spec(project.spec))
+    failing = [f for f in result.findings if f.status == "fail"]
+    assert {f.location.component for f in failing} == PLANTED_NODES
+    screen = failing[0].evidence["screen"]
+    assert screen["checked_exactly"] == 5 and screen["calibration"] == 2 and screen["top_k_recall"] == 1.0
