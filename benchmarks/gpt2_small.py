@@ -1,0 +1,99 @@
+"""The default audit of a GPT-2-small-shaped model: all 144 heads and all 36,864 MLP neurons, then the opt-in
+decomposition rules on two residual streams.
+
+    pip install "mechaudit[hf]" && python benchmarks/gpt2_small.py [--blocks 12] [--prompts 64] [--quick]
+
+The model is ``transformers.GPT2Config()`` with seeded random weights (nothing is downloaded). 64 prompts of 32
+random tokens; the label is the last prompt token itself, which a random GPT-2 with tied embeddings predicts above
+chance (the token's own embedding survives in the residual stream), so the declared behaviour is present. The
+corrupted prompt replaces that token. Targets (issue 16, 2 CPU cores): the default audit <= 15 min wall and
+<= 8 GiB peak RSS. ``--blocks N`` audits the first N blocks only (a reduced run on a loaded machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from realsize import BENCHMARKS, print_run, run_audit, write_spec
+
+MODEL = f"""import sys
+sys.path.insert(0, {str(BENCHMARKS)!r})
+from shapes import gpt2
+
+
+def build(quick: bool = False):
+    return gpt2(quick)
+"""
+
+SPEC = """[model]
+name = "GPT-2-small shape, random weights"
+factory = "bench_model:build"
+factory_args = {{ quick = {quick} }}
+
+[data]
+file = "audit_data.npz"
+inputs = "inputs"
+labels = "labels"
+
+[data.pairs]
+clean = "inputs"
+corrupted = "corrupted"
+
+[task]
+kind = "next-token"
+
+[behaviour]
+kind = "label_logit"
+position = -1
+
+[audit]
+layers = {layers}
+"""
+
+
+def prompts(count: int, tokens: int, vocabulary: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random prompts labelled with their own last token; the corrupted twin has another last token."""
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(1, vocabulary, (count, tokens))
+    corrupted = inputs.copy()
+    corrupted[:, -1] = (inputs[:, -1] + rng.integers(1, vocabulary - 1, count)) % (vocabulary - 1) + 1
+    return {"inputs": inputs, "labels": inputs[:, -1].copy(), "corrupted": corrupted}
+
+
+def layer_list(names: list[str]) -> str:
+    return "[" + ", ".join(f'"{name}"' for name in names) + "]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=12, help="audit the first N blocks [12]")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="2 layers of 64: proves the script in a minute")
+    parser.add_argument("--skip-streams", action="store_true", help="only the default audit")
+    parser.add_argument("--timeout", type=float, default=3600, help="kill an audit after this many seconds")
+    args = parser.parse_args()
+    blocks = min(args.blocks, 2) if args.quick else args.blocks
+    vocabulary = 1000 if args.quick else 50257
+    data = prompts(args.prompts, args.tokens, vocabulary)
+    units = [f"transformer.h.{i}.{part}" for i in range(blocks) for part in ("attn", "mlp.c_fc")]
+    streams = [f"transformer.h.{i}" for i in sorted({blocks // 2 - 1, blocks - 1}) if i >= 0]
+    heads, neurons = (4, 256) if args.quick else (12, 3072)
+    print(f"# GPT-2-small shape{' (quick)' if args.quick else ''}: {blocks} blocks audited, {blocks * heads} heads, "
+          f"{blocks * neurons:,} MLP neurons; {args.prompts} prompts of {args.tokens} tokens")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        spec = write_spec(folder, SPEC.format(quick=str(args.quick).lower(), layers=layer_list(units)), data, MODEL)
+        run = run_audit(spec, folder / "default", timeout=args.timeout)
+        print_run("default rulebook: heads and MLP neurons", run, "<= 15 min, <= 8 GiB")
+        if not args.skip_streams:
+            spec.write_text(SPEC.format(quick=str(args.quick).lower(), layers=layer_list(streams)), encoding="utf-8")
+            run = run_audit(spec, folder / "streams", "--extend-select", "D10", timeout=args.timeout)
+            print_run(f"default rulebook + D10 on the residual streams {', '.join(streams)}", run, "-")
+
+
+if __name__ == "__main__":
+    main()
