@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ..context import AuditContext
-from ..cost import Cost, RuleCost, Sizes, edge_scores, forwards
+from ..cost import Cost, RuleCost, Sizes, checked_exactly, edge_scores, forwards
 from ..findings import Location, Measurement
 from ..techniques.circuits import circuit_graph, graph_to_json
 from ..techniques.cue_sensitivity import cue_sensitivity
@@ -98,10 +98,14 @@ class CueSensitivityEvidence(TypedDict, total=False):
 
 
 def _cost(sizes: Sizes, params: CueSensitivityParams) -> Cost:
-    """On ``samples`` cue pairs: both sides' outputs and edge attribution in both directions."""
+    """On ``samples`` cue pairs: both sides' outputs, edge attribution in both directions, then each component
+    checked exactly patched alone (every one up to the screen's threshold, else the screen's top and a
+    calibration sample; the model after its layer: about half a forward pass each)."""
     n = sizes.n(params.samples)
     scored = edge_scores(sizes, n).shared[0][1]
-    return forwards(sizes, n, 2) + scored + scored
+    exact = checked_exactly(sum(layer.units for layer in sizes.layers), params.exhaustive, params.top_k,
+                            params.calibration)
+    return forwards(sizes, n, 2 + exact / 2) + scored + scored
 
 
 COST = RuleCost(_cost, reduce="samples")
