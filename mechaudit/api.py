@@ -25,7 +25,17 @@ from .errors import InputError
 from .findings import AuditResult
 from .loading import AuditData, LoadedModel
 from .loading.data import _as_tensor, _mask, task_labels
-from .spec import TASKS, AuditSpec, DataSpec, ModelSpec, Options, check_output, parse_options
+from .spec import (
+    TASKS,
+    AuditSpec,
+    BehaviourSpec,
+    DataSpec,
+    ModelSpec,
+    Options,
+    check_output,
+    parse_behaviour,
+    parse_options,
+)
 
 API = "mechaudit.audit()"
 
@@ -34,7 +44,7 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
           masks: Mapping[str, Any] | None = None, task: str = "classification", class_names: tuple[str, ...] = (),
           rulebook: Any = None, name: str | None = None, config: str | Path | None = None,
           baseline: str | Path | dict | None = None, today: dt.date | None = None, output: str | int = "mean",
-          **options: Any) -> AuditResult:
+          behaviour: BehaviourSpec | Mapping[str, Any] | None = None, **options: Any) -> AuditResult:
     """Audit ``model`` on ``data`` (an :class:`~mechaudit.loading.AuditData`, or the inputs as a tensor or array
     with ``labels`` and ``masks`` beside them) and return the result.
 
@@ -45,7 +55,8 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
     ``tolerance``. ``config`` reads a ``pyproject.toml`` or spec first (options given here win). ``baseline``
     (a findings.json, a bundle or its content) adds the diff against it as ``result.baseline``. The model is
     put in eval mode for the audit and its training mode restored afterwards. ``output`` (regression with several
-    outputs per sample): ``"mean"`` or an output index, as ``[task] output`` in a spec.
+    outputs per sample): ``"mean"`` or an output index, as ``[task] output`` in a spec. ``behaviour`` is what the
+    circuit rules explain, as the spec's ``[behaviour]`` table (``{"kind": "class_logit", "target": "0"}``).
     """
     from .config import load_options
     from .diff import diff_results, load_result
@@ -58,6 +69,8 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
     if task not in TASKS:
         raise InputError(f"{API} task", f"'{task}' is not one of {', '.join(TASKS)}")
     check_output(output, f"{API} output")
+    if behaviour is not None and not isinstance(behaviour, BehaviourSpec):
+        behaviour = parse_behaviour(dict(behaviour), f"{API} behaviour")
     base = load_options(Path(config))[0] if config is not None else Options()
     table = {key: list(value) if isinstance(value, (tuple, list)) else value for key, value in options.items()}
     if isinstance(table.get("waivers"), Path):
@@ -69,7 +82,8 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
     audit_data = data if isinstance(data, AuditData) else _audit_data(data, labels, masks, task)
     label = name or type(model).__name__
     spec = AuditSpec(model=ModelSpec(name=label), data=DataSpec(file=Path("<memory>")), task=task,
-                     class_names=tuple(class_names), options=resolved, source=None, output=output)
+                     class_names=tuple(class_names), options=resolved, source=None, output=output,
+                     behaviour=behaviour)
     loaded = LoadedModel(model, label, f"{type(model).__module__}.{type(model).__qualname__} (in memory)",
                          {"<state_dict>": _state_digest(model)})
     training = model.training

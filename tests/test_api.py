@@ -119,3 +119,18 @@ def test_a_result_saves_its_bundle_and_sarif_through_public_methods(data, tmp_pa
     assert verified.code == 0 and "input held in memory by the audit, not re-hashed: <inputs>" in verified.out
     with pytest.raises(ValueError, match="unknown format 'xml'"):
         result.save(tmp_path / "other", formats=("xml",))
+
+
+def test_the_api_takes_the_behaviour_the_circuit_rules_explain() -> None:
+    """``behaviour`` is the spec's ``[behaviour]`` table: without it the circuit rules are skipped."""
+    from fixtures.planted_circuit import planted, planted_data
+
+    model, inputs = planted().eval(), planted_data(128)
+    labels = model(inputs).argmax(1)
+    without = mechaudit.audit(model, inputs, labels=labels, select=["R301"])
+    declared = mechaudit.audit(model, inputs, labels=labels, select=["R301"],
+                               behaviour={"kind": "class_logit", "target": "0"})
+    assert [f.status for f in without.findings] == ["skipped"]
+    assert [f.status for f in declared.findings] == ["pass"]
+    with pytest.raises(InputError, match="behaviour.kind"):
+        mechaudit.audit(model, inputs, labels=labels, select=["R301"], behaviour={"kind": "nonsense"})
