@@ -56,3 +56,12 @@ def _differences(runs: dict[int, dict]) -> list[str]:
 def test_the_example_gives_the_same_statuses_for_seeds_0_1_2(name: str, tmp_path: Path) -> None:
     runs = {seed: _statuses(name, seed, tmp_path / f"seed{seed}") for seed in SEEDS}
     assert not _differences(runs), f"{name}: statuses depend on the seed:\n" + "\n".join(_differences(runs))
+
+
+def test_a_status_that_flips_between_seeds_is_reported_with_its_values() -> None:
+    same = {("L201", "x", "flip_rate"): ("pass", 0.01)}
+    flipped = {("L201", "x", "flip_rate"): ("fail", 0.06)}
+    assert _differences({0: same, 1: dict(same), 2: dict(same)}) == []
+    lines = _differences({0: same, 1: flipped, 2: same})
+    assert lines[0] == "L201 verdict by seed: {0: 'pass', 1: 'fail', 2: 'pass'}"
+    assert "('fail', 0.06)" in lines[1]
