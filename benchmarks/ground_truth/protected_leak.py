@@ -1,8 +1,8 @@
 """A protected column leaking into the label, swept in strength (L201 flip rate, R303, L205).
 
-Data as in ``tests/fixtures/localization_toys.tabular_data``: six features and a binary ``sex`` column; the label
-follows x0 + x1 - x2 / 2 + ``strength`` * (sex - 1/2) plus noise. The same MLP is trained at each strength; strength
-0 is the control twin (the column carries no label information). Truth, from the trained model itself: the share
+Data and models from ``tests/fixtures/localization_toys`` (``tabular_data``, ``tabular_model``): six features and a
+binary ``sex`` column; the label follows x0 + x1 - x2 / 2 + ``strength`` * (sex - 1/2) plus noise. The same MLP is
+trained at each strength; strength 0 is the control twin (the column carries no label information). Truth, from the trained model itself: the share
 of audit samples whose prediction changes when ``sex`` is set to its other value (the exact counterfactual, every
 sample), and the model uses the column when that share is above L201's own threshold.
 """
@@ -10,8 +10,7 @@ sample), and the model uses the column when that share is above L201's own thres
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from fixtures.localization_toys import SEX, TABULAR_COLUMNS, TabularMLP
+from fixtures.localization_toys import SEX, TABULAR_COLUMNS, tabular_data, tabular_model
 
 from mechaudit.api import audit
 from mechaudit.loading import AuditData
@@ -21,27 +20,15 @@ from .table import Row, Verdict, findings, rule_status
 STRENGTHS = (0.0, 0.5, 1.0, 2.0, 6.0)
 QUICK_STRENGTHS = (0.0, 6.0)
 RULES = ("L201", "R303", "L205")
+BEHAVIOUR = {"kind": "logit_diff", "target": "1", "contrast": "0"}  # the decision, as the tabular tests declare it
 
 
 def leaky_data(n: int, strength: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    features = torch.randn(n, 6, generator=generator)
-    sex = (torch.rand(n, generator=generator) < 0.5).float()
-    logit = features[:, 0] + features[:, 1] - 0.5 * features[:, 2] + strength * (sex - 0.5)
-    labels = (logit + 0.3 * torch.randn(n, generator=generator) > 0).long()
-    return torch.cat([features, sex[:, None]], 1), labels
+    return tabular_data(n, strength > 0, seed, strength=strength)
 
 
-def trained(strength: float) -> TabularMLP:
-    inputs, labels = leaky_data(2000, strength, seed=0)
-    torch.manual_seed(0)
-    model = TabularMLP()
-    optimizer = torch.optim.Adam(model.parameters(), 1e-2, weight_decay=1e-3)
-    for _ in range(300):
-        optimizer.zero_grad()
-        F.cross_entropy(model(inputs), labels).backward()
-        optimizer.step()
-    return model.eval()
+def trained(strength: float) -> torch.nn.Module:
+    return tabular_model(strength > 0, strength=strength)
 
 
 @torch.no_grad()
@@ -59,7 +46,7 @@ def measure(strength: float, seed: int = 0) -> dict:
     column[SEX] = 1.0
     data = AuditData(inputs=inputs, labels=labels, protected={"sex": inputs[:, SEX].long()},
                      protected_columns={"sex": SEX}, feature_names=list(TABULAR_COLUMNS), masks={"sex": column})
-    result = audit(model, data, behaviour={"kind": "predicted_logit"}, select=list(RULES), seed=seed)
+    result = audit(model, data, behaviour=BEHAVIOUR, select=list(RULES), seed=seed)
     (l201,) = [f for f in findings(result, "L201", "flip_rate")
                if f.evidence.get("intervention", "").startswith("protected feature")] or [None]
     truth = true_flip_rate(model, inputs)
