@@ -2,9 +2,10 @@
 
 Data and models from ``tests/fixtures/localization_toys`` (``tabular_data``, ``tabular_model``): six features and a
 binary ``sex`` column; the label follows x0 + x1 - x2 / 2 + ``strength`` * (sex - 1/2) plus noise. The same MLP is
-trained at each strength; strength 0 is the control twin (the column carries no label information). Truth, from the trained model itself: the share
-of audit samples whose prediction changes when ``sex`` is set to its other value (the exact counterfactual, every
-sample), and the model uses the column when that share is above L201's own threshold.
+trained at each strength; strength 0 is the control twin (the column carries no label information). The behaviour
+R303 traces is the decision (class 1's logit minus class 0's), as the tabular tests declare it. Truth, from the
+trained model itself: the share of audit samples whose prediction changes when ``sex`` is set to its other value
+(the exact counterfactual, every sample), and the model uses the column when that share is above L201's threshold.
 """
 
 from __future__ import annotations
