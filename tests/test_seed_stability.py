@@ -2,8 +2,8 @@
 
 Each example is audited through the command line, as a user would, once per seed; every rule's verdict and every
 finding's status (keyed by rule, location and metric) must be the same for the three seeds. Measured on the
-2-core machine: every status equal for digits, digits-control, induction and induction-control (12 audits, 13 to
-68 s each under load). MiniLM is left out: one audit took 854 s on the loaded machine, too long to run three times.
+2-core machine: every status equal for digits, digits-control, induction and induction-control (12 audits, 177 s
+in all). MiniLM is left out: one audit took 854 s on the loaded machine, too long to run three times.
 """
 
 from __future__ import annotations
