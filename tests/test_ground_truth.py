@@ -51,8 +51,9 @@ def test_the_protected_column_flip_rate_matches_the_truth_and_the_control_passes
     (l201,) = [row for row in rows if row.rule == "L201"]
     assert l201.value <= 0.05                           # |L201's flip rate - the exact counterfactual flip rate|
     assert (l201.planted.status, l201.control.status) == ("fail", "pass")
-    (l205,) = [row for row in rows if row.rule == "L205"]
-    assert l205.control.status == "pass" and l205.planted.agrees
+    for rule in ("R303", "L205"):                       # flip rate 0.94 at strength 6
+        (row,) = [row for row in rows if row.rule == rule]
+        assert (row.planted.status, row.control.status) == ("fail", "pass"), rule
 
 
 @pytest.mark.slow  # trains two toy models of superposition
