@@ -134,3 +134,21 @@ def test_the_api_takes_the_behaviour_the_circuit_rules_explain() -> None:
     assert [f.status for f in declared.findings] == ["pass"]
     with pytest.raises(InputError, match="behaviour.kind"):
         mechaudit.audit(model, inputs, labels=labels, select=["R301"], behaviour={"kind": "nonsense"})
+
+
+def test_a_per_sample_mask_is_refused_by_the_circuit_rules_with_a_clear_message() -> None:
+    """Circuit input regions are one mask for every sample: a mask that differs per sample is named, not a crash;
+    the same region declared once over the input's shape runs (the control)."""
+    from fixtures.planted_circuit import planted, planted_data
+
+    model, inputs = planted().eval(), planted_data(128)
+    labels, behaviour = model(inputs).argmax(1), {"kind": "class_logit", "target": "0"}
+    region = torch.zeros(inputs.shape[1])
+    region[0] = 1.0
+    per_sample = mechaudit.audit(model, inputs, labels=labels, select=["R301"], behaviour=behaviour,
+                                 masks={"first": region.expand(len(inputs), -1).clone()})
+    shared = mechaudit.audit(model, inputs, labels=labels, select=["R301"], behaviour=behaviour,
+                             masks={"first": region})
+    (refused,) = per_sample.findings
+    assert refused.status == "error" and "'first' differs per sample" in refused.message, refused.message
+    assert [f.status for f in shared.findings] == ["pass"]

@@ -105,6 +105,10 @@ def _input_nodes(masks: dict[str, torch.Tensor], sample_shape: torch.Size) -> di
     """Input regions as nodes: one per declared mask and ``input:rest`` for the remainder (or one ``input``)."""
     if not masks:
         return {INPUT: torch.ones(sample_shape)}
+    per_sample = [name for name, mask in masks.items() if mask.dim() > len(sample_shape)]
+    if per_sample:
+        raise ValueError(f"the circuit's input regions need one mask for every sample; '{per_sample[0]}' differs "
+                         f"per sample (declare it over the input's shape {tuple(sample_shape)})")
     regions = {input_address(name): mask.expand(sample_shape) for name, mask in masks.items()}
     rest = (1 - torch.stack(list(regions.values())).amax(0)).clamp_min(0)
     if rest.sum() > 0:
