@@ -88,7 +88,7 @@ def screen_summary(findings: dict[str, Any] | None, rule_id: str) -> str:
         fields = [f"{key} {screen[key]:.3g}" if isinstance(screen[key], float) else f"{key} {screen[key]}"
                   for key in ("scored", "exact", "spearman", "recall") if screen.get(key) is not None]
         if fields:
-            parts.append(f"{finding['location'].get('layer') or '-'}: " + ", ".join(fields))
+            parts.append(f"{(finding.get('location') or {}).get('layer') or '-'}: " + ", ".join(fields))
     return "; ".join(parts[:3]) + (f"; ... ({len(parts)} in all)" if len(parts) > 3 else "") if parts else "-"
 
 
