@@ -15,9 +15,10 @@ import torch
 
 from ..activations import batches
 from ..context import AuditContext
-from ..cost import Cost, RuleCost, Sizes, checked_exactly, stats_pass, with_gradients
+from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, checked_exactly, stats_pass, with_gradients
 from ..findings import Location, Measurement
 from ..techniques import atp
+from ..techniques.ablation import MAX_OUTPUT_BYTES
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
 from .decomposition_evidence import PICTURED_UNITS, unit_pictures
@@ -146,10 +147,11 @@ class CriticalUnitsEvidence(TypedDict, total=False):
 def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
     """The screen (a forward and backward pass per ablation mode) on layers it screens, then one forward pass
     (after the layer) per exactly ablated unit and mode over the audit's samples, in chunks of up to 8192 batch
-    copies (their activations and outputs in memory)."""
+    copies whose outputs stay within the scan's output bound (their activations and outputs in memory)."""
     n, modes = sizes.n(), len(params.modes.split(","))
     batch = min(n, sizes.batch_size) or 1
-    copies = max(1, 8192 // batch)
+    output_bytes = batch * VALUE_BYTES * max(1, sizes.output_values)  # one ablated copy's outputs
+    copies = max(1, min(8192 // batch, MAX_OUTPUT_BYTES // output_bytes))
     exact = [checked_exactly(layer.units, params.exhaustive, params.screen_top_k, params.calibration)
              for layer in sizes.hidden]
     screened = sum(units < layer.units for units, layer in zip(exact, sizes.hidden))

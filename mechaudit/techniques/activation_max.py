@@ -16,6 +16,8 @@ from torch import nn
 
 from ..model_view import installed
 
+MAX_SIDE = 32  # the stored picture is average-pooled to at most this many pixels a side
+
 
 def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, shape: tuple[int, ...],
                         direction: torch.Tensor | None = None, steps: int = 128, lr: float = 0.05, jitter: int = 1,
@@ -53,6 +55,8 @@ def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, sh
         model.train(was_training)
         model.zero_grad(set_to_none=True)
     grey = image[0].detach().float().mean(0).cpu()
+    side = (min(grey.shape[0], MAX_SIDE), min(grey.shape[1], MAX_SIDE))
+    grey = F.adaptive_avg_pool2d(grey[None, None], side)[0, 0]  # a bounded picture, as exemplar tiles are
     return {"objective": round(objective_end, 4) + 0.0, "objective_start": round(objective_start, 4) + 0.0,
             "steps": int(steps), "image": [[round(float(v), 4) + 0.0 for v in row] for row in grey]}
 
