@@ -1,4 +1,4 @@
-"""The embedded examples end to end: the shortcut model fails L201, its control passes every rule."""
+"""The embedded examples end to end: the shortcut model fails L201, its control passes its gate."""
 
 from pathlib import Path
 

@@ -25,14 +25,14 @@ EXAMPLES: dict[str, Example] = {
     example.name: example
     for example in (
         Example("digits", _HERE / "digits" / "digits.toml",
-                "CNN on scikit-learn digits with a planted watermark shortcut (class 7); fails L201."),
+                "CNN on scikit-learn digits with a planted watermark shortcut (class 7); fails L201 and R303."),
         Example("digits-control", _HERE / "digits" / "digits-control.toml",
-                "The same CNN trained on the same data without the shortcut; passes every rule."),
+                "The same CNN trained without the shortcut; passes its gate (R302 warns: a dense CNN)."),
         Example("induction", _HERE / "induction" / "induction.toml",
                 "2-layer attention-only transformer with a planted induction circuit (heads blocks.0.attn:h2, "
                 "blocks.1.attn:h3); R304 warns that each is a single point of failure."),
         Example("induction-control", _HERE / "induction" / "induction-control.toml",
-                "The same transformer trained on random tokens (no repeats): no induction head; passes every rule."),
+                "The same transformer trained on random tokens: no induction head, so the behaviour is absent."),
     )
 }
 
