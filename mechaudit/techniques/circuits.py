@@ -10,7 +10,8 @@ one layer to a unit of the next layer that reads it. Every node and edge is scor
 * node ``u``: ``(x_u_ref - x_u) . dm/dx_u`` on that same tensor, the part of the next audited layer's input that
   ``u`` produced: patching all of ``u``'s edges at once, so that a unit whose whole effect runs through one
   edge scores that edge's score. Where the next layer's input does not split by unit (the last audited layer,
-  attention heads, residual streams, an unaudited module in between), on the unit's own output ``z_u``.
+  attention heads, residual streams, a skip connection or an unaudited module in between: checked on the first
+  batch, not from the shapes alone), on the unit's own output ``z_u``, and its edges are scored by autograd.
 
 Scores are the sum over samples of the *absolute* per-sample effect: with a mean reference, signed effects
 cancel across samples (a unit above its mean on half the data and below on the other half would score 0).
@@ -207,12 +208,17 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     wide: list[tuple[Layer, Layer]] = []
     unconnected: list[tuple[str, str]] = []
     total_behaviour = 0.0
+    splits: dict[str, bool] = {}
     for start in range(0, inputs.shape[0], batch_size):
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
         total_behaviour += run.metric_sum
+        if start == 0:
+            splits = {layer.name: _splits_by_unit(view, run, previous, layer)
+                      for previous, layer in zip(layers, layers[1:])}
         for index, layer in enumerate(layers):
             following = layers[index + 1] if index + 1 < len(layers) else None
-            _add(node_sums, layer.name, _node_scores(view, run, layer, following))
+            _add(node_sums, layer.name,
+                 _node_scores(view, run, layer, following if following and splits[following.name] else None))
             if index == 0:
                 module = view.module(layer)
                 if layer.kind in ("linear", "conv") and _reads_model_input(module, run.recorder.inputs[layer.name],
@@ -228,7 +234,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
             pair = (previous.name, layer.name)
             if pair in unconnected or previous in (w[0] for w in wide if w[1] is layer):
                 continue
-            scores, method = _pair_edges(view, run, previous, layer, max_passes)
+            scores, method = _pair_edges(view, run, previous, layer, max_passes, splits[layer.name])
             if method == "wide":
                 wide.append((previous, layer))
             elif scores is None:
@@ -265,7 +271,8 @@ def _scored_targets(method: str) -> int | None:
 def _node_scores(view: ModelView, run: _Batch, layer: Layer, following: Layer | None) -> torch.Tensor:
     """Per unit, the sum over samples of |(reference - clean) . dm/d(activation)| on the tensor the next audited
     layer reads from it (after its nonlinearity, pooling, flattening: the same tensor its edges patch), when that
-    input splits by unit; else on the layer's own output (the last layer, heads, residual streams)."""
+    input splits by unit (``following`` is None when :func:`_splits_by_unit` says it does not); else on the
+    layer's own output (the last layer, heads, residual streams)."""
     if following is not None and following.name in run.recorder.read:
         split = _split_input(layer, following, view.module(following), run.delta_in(following))
         read = run.recorder.read[following.name]
@@ -293,13 +300,58 @@ def _split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.T
     return x_in
 
 
+def _splits_by_unit(view: ModelView, run: _Batch, previous: Layer, layer: Layer) -> bool:
+    """Whether ``layer``'s input is, on this batch, a unit-wise function of ``previous``'s output alone, so that it
+    splits by ``previous``'s units (:func:`_split_input`). Two numeric checks beyond the shapes:
+
+    * nothing else reaches it: run on other inputs (the batch rolled by one sample, or the reference) with
+      ``previous``'s output held at its clean value, ``layer``'s input must not change (a residual sum
+      ``relu(c1(h)) + h`` does);
+    * no mixing of units: a vector-Jacobian product from ``layer``'s input back to ``previous``'s output, with
+      the cotangent's units scaled by random factors, must come back scaled unit by unit by the same factors."""
+    read, out = run.recorder.read.get(layer.name), run.recorder.outputs[previous.name]
+    module = view.module(layer)
+    if read is None or not out.requires_grad or _split_input(previous, layer, module, read.detach()) is None:
+        return False
+    other = run.batch.roll(1, 0) if run.batch.shape[0] > 1 else run.ref_batch
+    if torch.equal(other, run.batch):
+        return False
+    clean_out, clean_in = out.detach(), run.recorder.inputs[layer.name]
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(output: torch.Tensor, args: tuple) -> None:
+        seen["input"] = args[0].detach()
+    with installed([view.hook(previous, lambda output, args: clean_out), view.hook(layer, record)]), \
+            torch.no_grad():
+        view.model(other)
+    if "input" not in seen or not torch.allclose(seen["input"], clean_in, rtol=1e-4,
+                                                 atol=1e-5 * float(clean_in.abs().max().clamp_min(1e-12))):
+        return False
+    generator = torch.Generator().manual_seed(0)
+    cotangent = torch.randn(read.shape, generator=generator).to(read)
+    factors = (torch.rand(previous.size, generator=generator) + 0.5).to(read)
+    split = _split_input(previous, layer, module, cotangent)
+    scaled = (split * factors.view(1, -1, *([1] * (split.dim() - 2)))).reshape(read.shape)
+    kept = [(t, t.grad) for t in (*run.recorder.outputs.values(), *run.recorder.read.values())]
+    (plain,) = torch.autograd.grad(read, out, cotangent, retain_graph=True, allow_unused=True)
+    (back,) = torch.autograd.grad(read, out, scaled, retain_graph=True, allow_unused=True)
+    for tensor, grad in kept:  # retained gradients also collect these two products: put them back
+        tensor.grad = grad
+    if plain is None or back is None:
+        return False
+    expected = units_view(plain, previous) * factors.view(1, -1, 1)
+    return torch.allclose(units_view(back, previous), expected, rtol=1e-4,
+                          atol=1e-5 * float(expected.abs().max().clamp_min(1e-12)))
+
+
 def _pair_edges(view: ModelView, run: _Batch, previous: Layer, layer: Layer,
-                max_passes: int) -> tuple[torch.Tensor | None, str]:
+                max_passes: int, splits: bool = True) -> tuple[torch.Tensor | None, str]:
     """Edge scores (U, V) of one batch and how they were found: from the weights when ``layer``'s input splits
-    by ``previous``'s units, else by autograd; ``(None, "wide")`` for an autograd pair too wide on both sides."""
+    by ``previous``'s units (``splits``: :func:`_splits_by_unit`), else by autograd; ``(None, "wide")`` for an
+    autograd pair too wide on both sides."""
     module = view.module(layer)
     v_grad = units_view(run.grad(layer), layer)
-    split = _split_input(previous, layer, module, run.delta_in(layer))
+    split = _split_input(previous, layer, module, run.delta_in(layer)) if splits else None
     if split is not None:
         return weight_edge_scores(module, split, v_grad), "weights: every edge, read off the layer's weights"
     if min(previous.size, layer.size) > max_passes:
