@@ -40,7 +40,7 @@ from .. import linear_maps
 from ..addresses import INPUT, input_address
 from ..model_view import Layer, ModelView, installed, units_view
 from .edge_scores import EdgeBlock, EdgeScores
-from .gradient_edges import MAX_PASSES, gradient_edges, screened_gradient_edges
+from .gradient_edges import MAX_PASSES, NoDoubleBackward, gradient_edges, screened_gradient_edges
 from .weight_edges import input_edge_scores, weight_edge_scores
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -348,7 +348,7 @@ def _pair_edges(view: ModelView, run: _Batch, previous: Layer, layer: Layer,
                 max_passes: int, splits: bool = True) -> tuple[torch.Tensor | None, str]:
     """Edge scores (U, V) of one batch and how they were found: from the weights when ``layer``'s input splits
     by ``previous``'s units (``splits``: :func:`_splits_by_unit`), else by autograd; ``(None, "wide")`` for an
-    autograd pair too wide on both sides."""
+    autograd pair too wide on both sides, or too wide downstream when the path has no double backward."""
     module = view.module(layer)
     v_grad = units_view(run.grad(layer), layer)
     split = _split_input(previous, layer, module, run.delta_in(layer)) if splits else None
@@ -357,8 +357,11 @@ def _pair_edges(view: ModelView, run: _Batch, previous: Layer, layer: Layer,
     if min(previous.size, layer.size) > max_passes:
         return None, "wide"
     upstream_out = run.recorder.outputs[previous.name]
-    scores = gradient_edges(previous, upstream_out, run.delta_out(previous), layer,
-                            run.recorder.outputs[layer.name], run.grad(layer), max_passes)
+    try:
+        scores = gradient_edges(previous, upstream_out, run.delta_out(previous), layer,
+                                run.recorder.outputs[layer.name], run.grad(layer), max_passes)
+    except NoDoubleBackward:  # too wide downstream for one VJP per unit: screened, like a pair wide on both sides
+        return None, "wide"
     return scores, "autograd: every edge"
 
 

@@ -28,10 +28,17 @@ from ..model_view import Layer, from_units_view, units_view
 MAX_PASSES = 128
 
 
+class NoDoubleBackward(RuntimeError):
+    """An operation between the two layers has no double backward, and the downstream side is too wide for one
+    VJP per unit: the caller scores the pair screened (:func:`screened_gradient_edges`), not as unconnected."""
+
+
 def gradient_edges(upstream: Layer, upstream_out: torch.Tensor, upstream_delta: torch.Tensor, layer: Layer,
                    out: torch.Tensor, grad: torch.Tensor, max_passes: int = MAX_PASSES) -> torch.Tensor | None:
     """Scores (upstream units, ``layer`` units), summed over samples of |per-sample effect|, or None when the
-    pair has too many units on both sides or ``layer``'s activation does not depend on the upstream one.
+    pair has too many units on both sides or ``layer``'s activation does not depend on the upstream one. Raises
+    :class:`NoDoubleBackward` when the JVPs this pair needs are unavailable and ``layer`` is wider than
+    ``max_passes``.
 
     ``upstream_out``/``out``: the two activations on the clean run (graph attached); ``upstream_delta``: the
     upstream activation's reference minus clean value; ``grad``: dm/d``out``."""
@@ -41,9 +48,9 @@ def gradient_edges(upstream: Layer, upstream_out: torch.Tensor, upstream_delta: 
     if layer.size > upstream.size:
         try:
             return _by_upstream_unit(*args)
-        except RuntimeError:  # an operation on the path without a double backward
+        except RuntimeError as error:  # an operation on the path without a double backward
             if layer.size > max_passes:
-                return None
+                raise NoDoubleBackward(str(error).split("\n")[0]) from error
     return _by_downstream_unit(*args)
 
 
