@@ -201,25 +201,32 @@ def unit_products(sizes: Sizes, samples: int) -> float:
 def edge_scores(sizes: Sizes, samples: int) -> Cost:
     """Edge attribution patching (``techniques.circuits.edge_attribution``): a forward pass of the inputs and of
     their references and one backward pass, then every edge of consecutive audited layers scored."""
+    from .techniques.gradient_edges import MAX_PASSES
+    from .techniques.weight_edges import CHUNK_ELEMENTS
+
     n = sizes.n(samples)
+    batch = min(n, sizes.batch_size)
     layers = sizes.layers
     pairs = list(zip(layers, layers[1:]))
     edges = sum(2.0 * n * a.values * b.units for a, b in pairs)
-    # pairs read off the weights hold (samples, U, V, positions of V) contributions (techniques.circuits)
+    # pairs read off the weights: chunks of at most CHUNK_ELEMENTS contributions and their magnitudes
+    # (techniques.weight_edges), never more than the dense (batch, U, V, positions of V) tensor
     widest = max((a.units * b.values for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}), default=0)
+    weight_bytes = VALUE_BYTES * min(3.0 * batch * widest, 2.0 * CHUNK_ELEMENTS)
+    # whether a pair splits by unit is checked on the first batch: one forward of a batch and two VJPs per pair
+    check = Cost(forward=batch * len(pairs), backward=batch * len(pairs) / max(1, len(layers)), calls=2 * len(pairs))
     # pairs not read off the weights (heads, streams): min(U, V) backward passes between the two layers, each
-    # about one layer's share of the model (techniques.gradient_edges; pairs wider than 128 on both sides: none)
-    by_autograd = [min(a.units, b.units) for a, b in pairs
-                   if {"heads", "stream"} & {a.kind, b.kind} and min(a.units, b.units) <= GRADIENT_EDGE_PASSES]
+    # about one layer's share of the model (techniques.gradient_edges); pairs wider than MAX_PASSES on both sides
+    # are screened (circuits._screened_pair): one more forward (clean and reference) and backward pass over all
+    # samples, then MAX_PASSES VJPs per batch
+    autograd = [min(a.units, b.units) for a, b in pairs if {"heads", "stream"} & {a.kind, b.kind}]
+    passes = sum(p if p <= MAX_PASSES else MAX_PASSES for p in autograd)
+    screened = sum(1 for p in autograd if p > MAX_PASSES)
     share = 1.0 / max(1, len(layers))
-    part = Cost(forward=2 * n, backward=n * (1 + share * sum(by_autograd)), flops=edges,
-                calls=sizes.batches(n) * (3 + sum(by_autograd)),
-                peak_bytes=max(sizes.batch_bytes(n, 3), VALUE_BYTES * 3.0 * min(n, sizes.batch_size) * widest))
-    return Cost(shared=(("circuit_scores", part),))
-
-
-#: techniques.gradient_edges.MAX_PASSES: wider pairs (on both sides) are left unconnected.
-GRADIENT_EDGE_PASSES = 128
+    part = Cost(forward=2 * n * (1 + screened), backward=n * (1 + screened + share * passes), flops=edges,
+                calls=sizes.batches(n) * (3 * (1 + screened) + passes),
+                peak_bytes=max(sizes.batch_bytes(n, 3), weight_bytes))
+    return Cost(shared=(("circuit_scores", part + check),))
 
 
 def circuit_references(sizes: Sizes, samples: int) -> Cost:

@@ -221,3 +221,24 @@ def test_the_ablation_scan_estimate_is_an_upper_bound(data, monkeypatch) -> None
     against 7,800 estimated), so its estimate bounds the work from above."""
     entry, counter = _counted("L202", data, monkeypatch)
     assert counter.forward <= entry["forward_passes"] <= 10 * counter.forward
+
+
+def test_edge_scores_charge_screened_pairs_and_bound_weight_chunks() -> None:
+    """A heads pair wider than MAX_PASSES on both sides costs one more forward+backward pass over all samples and
+    MAX_PASSES VJPs per batch (it was free); a wide weight pair's memory is bounded by the chunks."""
+    from mechaudit.cost import LayerSize, edge_scores
+    from mechaudit.techniques.gradient_edges import MAX_PASSES
+    from mechaudit.techniques.weight_edges import CHUNK_ELEMENTS
+
+    def part(kind: str, units: int, values: int):
+        layers = tuple(LayerSize(f"l{i}", kind, units, values, True) for i in range(2))
+        sizes = Sizes(samples=1000, max_samples=1000, batch_size=100, layers=layers, input_values=4, output_values=2)
+        return edge_scores(sizes, 1000).shared[0][1]
+
+    narrow, wide = part("heads", MAX_PASSES, MAX_PASSES), part("heads", 2 * MAX_PASSES, 2 * MAX_PASSES)
+    assert wide.forward >= narrow.forward + 2000
+    assert wide.backward >= narrow.backward + 1000
+    conv = part("conv", 512, 512 * 1024)
+    activations = Sizes(samples=1000, max_samples=1000, batch_size=100, input_values=4, output_values=2,
+                        layers=(LayerSize("l0", "conv", 512, 512 * 1024, True),) * 2).batch_bytes(1000, 3)
+    assert conv.peak_bytes == max(activations, 4 * 2 * CHUNK_ELEMENTS)  # dense: 4 * 3 * 100 * 512 * 512 * 1024
