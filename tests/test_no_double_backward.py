@@ -53,6 +53,7 @@ def test_no_double_backward_is_screened_not_unconnected() -> None:
     assert choice["method"].startswith("autograd, screened: edges into the 4 of 8 units")
     block = next(b for b in scores.edges.blocks if (b.source_layer, b.target_layer) == ("fc1", "fc2"))
     assert float(block.scores.abs().max()) > 0
+    assert block.scored_units is not None and len(block.scored_units) == 4
 
 
 def test_control_with_double_backward_every_edge_is_scored() -> None:

@@ -244,9 +244,10 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                 methods[pair] = method
         view.model.zero_grad(set_to_none=True)
         del run
+    screened_units: dict[tuple[str, str], tuple[int, ...]] = {}
     for previous, layer in wide:
         _screened_pair(view, inputs, targets, behaviour, reference, means, batch_size, device, previous, layer,
-                       node_sums, max_passes, sums, methods, unconnected)
+                       node_sums, max_passes, sums, methods, unconnected, screened_units)
     nodes = {layer.address(u): score for layer in layers for u, score in enumerate(node_sums[layer.name].tolist())}
     node_layer = {layer.address(u): layer.name for layer in layers for u in range(layer.size)}
     node_layer.update({region: INPUT for region in regions})
@@ -254,7 +255,8 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     addresses[INPUT] = list(regions)
     order = {layer.name: index for index, layer in enumerate(layers)}
     blocks = [EdgeBlock(a, b, addresses[a], addresses[b], sums[(a, b)], methods[(a, b)],
-                        _scored_targets(methods[(a, b)])) for a, b in sorted(sums, key=lambda pair: order[pair[1]])]
+                        _scored_targets(methods[(a, b)]), screened_units.get((a, b)))
+              for a, b in sorted(sums, key=lambda pair: order[pair[1]])]
     return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, total_behaviour / inputs.shape[0],
                          inputs.shape[0], unconnected)
 
@@ -368,7 +370,7 @@ def _pair_edges(view: ModelView, run: _Batch, previous: Layer, layer: Layer,
 def _screened_pair(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
                    reference: torch.Tensor | None, means: dict | None, batch_size: int, device: torch.device,
                    previous: Layer, layer: Layer, node_sums: dict[str, torch.Tensor], max_passes: int,
-                   sums: dict, methods: dict, unconnected: list) -> None:
+                   sums: dict, methods: dict, unconnected: list, screened_units: dict) -> None:
     """Edges of a wide autograd pair: into the ``max_passes`` units of ``layer`` with the highest node scores,
     from every unit of ``previous`` (one VJP per chosen unit and batch)."""
     units = sorted(torch.topk(node_sums[layer.name].abs(), max_passes).indices.tolist())
@@ -383,6 +385,7 @@ def _screened_pair(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor,
             return
         block[:, units] += found.detach().double().cpu()
     sums[(previous.name, layer.name)] = block
+    screened_units[(previous.name, layer.name)] = tuple(units)
     methods[(previous.name, layer.name)] = (
         f"autograd, screened: edges into the {len(units)} of {layer.size} units of {layer.name} with the highest "
         f"node scores, from all {previous.size} units of {previous.name}; edges into the other "

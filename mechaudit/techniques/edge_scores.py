@@ -27,6 +27,7 @@ class EdgeBlock:
     scores: torch.Tensor
     method: str
     scored_targets: int | None = None  # targets whose incoming edges were scored (None: all)
+    scored_units: tuple[int, ...] | None = None  # which targets (indices) were scored, when not all
 
     def describe(self) -> dict:
         """The block as the evidence states it: which pair, how many edges, how they were chosen."""
@@ -74,9 +75,12 @@ class EdgeScores(Mapping[tuple[str, str], float]):
         return list(zip(self, self.values()))
 
     def __add__(self, other: EdgeScores) -> EdgeScores:
-        """Block-wise sums of two scorings of the same pairs (e.g. attribution patching in both directions)."""
-        return EdgeScores([EdgeBlock(a.source_layer, a.target_layer, a.sources, a.targets, a.scores + b.scores,
-                                     a.method, a.scored_targets) for a, b in zip(self.blocks, other.blocks)])
+        """Block-wise sums of two scorings of the same pairs (e.g. attribution patching in both directions). Two
+        screened blocks may have scored different targets: the sum has scored their union."""
+        pairs = [(b.source_layer, b.target_layer, b.sources, b.targets) for b in self.blocks]
+        if pairs != [(b.source_layer, b.target_layer, b.sources, b.targets) for b in other.blocks]:
+            raise ValueError("edge scores of different layer pairs or nodes cannot be added")
+        return EdgeScores([_summed_block(a, b) for a, b in zip(self.blocks, other.blocks)])
 
     def flat(self) -> torch.Tensor:
         """Every score in key order (block by block, row-major)."""
@@ -119,3 +123,23 @@ class EdgeScores(Mapping[tuple[str, str], float]):
         offsets = self._offsets()
         return [torch.from_numpy(rank[offsets[b]:offsets[b + 1]]).reshape(block.scores.shape)
                 for b, block in enumerate(self.blocks)]
+
+
+def _summed_block(a: EdgeBlock, b: EdgeBlock) -> EdgeBlock:
+    """``a + b`` for one pair; the targets scored in either (and the method saying so) when they differ."""
+    if a.scored_units == b.scored_units and a.method == b.method:
+        return EdgeBlock(a.source_layer, a.target_layer, a.sources, a.targets, a.scores + b.scores, a.method,
+                         a.scored_targets, a.scored_units)
+    if a.scored_units is None or b.scored_units is None:
+        units = None
+    else:
+        units = tuple(sorted(set(a.scored_units) | set(b.scored_units)))
+    if units is None:
+        method = f"{a.method}; added to: {b.method}" if a.method != b.method else a.method
+        return EdgeBlock(a.source_layer, a.target_layer, a.sources, a.targets, a.scores + b.scores, method)
+    total = len(a.targets)
+    method = (f"{a.method.split(':')[0]}: edges into the {len(units)} of {total} units of {a.target_layer} screened "
+              f"in either of two scorings (by node score), from all {len(a.sources)} units of {a.source_layer}; "
+              f"edges into the other {total - len(units)} units are not scored (0)")
+    return EdgeBlock(a.source_layer, a.target_layer, a.sources, a.targets, a.scores + b.scores, method,
+                     len(units), units)
