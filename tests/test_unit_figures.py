@@ -210,3 +210,27 @@ def test_token_attention_shades_the_tokens_the_last_position_reads() -> None:
                                       "example_tokens": ["a", "b", "c"]}], "01-x")
     assert figure is not None and "token 1 (b, weight 0.90)" in figure.caption
     assert token_attention_figure([{"component": "h", "example": pattern, "example_tokens": ["a"]}], "01-x") is None
+
+
+def test_per_class_evidence_keeps_the_ten_most_predicted_of_thirty_classes() -> None:
+    """30 predicted classes, class c predicted c+1 times (ties broken by index): the maps and column shares keep
+    classes 20..29 only, record all 30, and the captions say so."""
+    from mechaudit.checks.forbidden_input import _attribution_maps, _attribution_per_column
+    from mechaudit.report.figures import _heatmap_figures
+
+    predictions = torch.cat([torch.full((c + 1,), c) for c in range(30)])
+    n = len(predictions)
+    maps = _attribution_maps(torch.rand(n, 1, 8, 8), torch.zeros(1, 1, 8, 8), predictions,
+                             torch.ones(n, dtype=torch.bool), str, torch.rand(n, 1, 8, 8))
+    assert maps["classes"] == [str(c) for c in range(20, 30)] and len(maps["mean_per_class"]) == 10
+    assert maps["classes_total"] == 30
+    columns = _attribution_per_column(torch.rand(n, 4), predictions, str, None, 0)
+    assert columns["classes"] == maps["classes"] and len(columns["mean_share_per_class"]) == 10
+    assert columns["classes_total"] == 30
+    finding = {"evidence": {"attribution_maps": maps}, "location": {"component": "input:box"}}
+    assert "10 of 30 classes" in _heatmap_figures(finding, "01-x")[0].caption
+    assert "10 of 30 classes" in columns_figure(columns, "01-x").caption
+    few = _attribution_maps(torch.rand(6, 1, 8, 8), torch.zeros(1, 1, 8, 8), torch.tensor([3, 1, 1, 2, 2, 2]),
+                            torch.ones(6, dtype=torch.bool), str, torch.rand(6, 1, 8, 8))
+    assert few["classes"] == ["1", "2", "3"] and few["classes_total"] == 3
+    assert "classes, the most" not in _heatmap_figures({"evidence": {"attribution_maps": few}}, "01-x")[0].caption

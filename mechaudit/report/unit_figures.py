@@ -252,6 +252,13 @@ def _context(exemplar: Any) -> tuple[str, str, str] | None:
 
 # -- attribution per input column (tables) -------------------------------------------------------------------------
 
+def classes_shown(value: dict) -> str:
+    """" (N of M classes, the most often predicted)" when per-class evidence keeps only some classes, else ""."""
+    total, shown = value.get("classes_total"), len(value.get("classes") or [])
+    return (f" ({shown} of {total} classes, the most often predicted)"
+            if isinstance(total, int) and not isinstance(total, bool) and total > shown else "")
+
+
 def columns_figure(value: Any, prefix: str, region: str = "region") -> Figure | None:
     """Share of the attribution per input column, one group of bars per predicted class; the region's column red."""
     if not isinstance(value, dict):
@@ -276,8 +283,8 @@ def columns_figure(value: Any, prefix: str, region: str = "region") -> Figure | 
         axes[0].invert_yaxis()
         _title(figure, "Attribution per input column")
 
-    caption = (f"Mean share of each input column in the absolute attribution, per predicted class (the {region} "
-               f"column in red, then the {len(columns) - 1} columns with most attribution); a model that ignores the "
-               "protected column gives it a bar near zero.")
+    caption = (f"Mean share of each input column in the absolute attribution, per predicted class"
+               f"{classes_shown(value)} (the {region} column in red, then the {len(columns) - 1} columns with most "
+               "attribution); a model that ignores the protected column gives it a bar near zero.")
     return Figure(f"{prefix}-columns.svg", "Attribution per column", caption,
                   render_svg(prefix + "-columns", draw, (6.4, 1.0 + 0.2 * len(columns))))
