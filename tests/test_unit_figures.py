@@ -234,3 +234,29 @@ def test_per_class_evidence_keeps_the_ten_most_predicted_of_thirty_classes() -> 
                             torch.ones(6, dtype=torch.bool), str, torch.rand(6, 1, 8, 8))
     assert few["classes"] == ["1", "2", "3"] and few["classes_total"] == 3
     assert "classes, the most" not in _heatmap_figures({"evidence": {"attribution_maps": few}}, "01-x")[0].caption
+
+
+def test_on_40_tokens_the_last_position_is_the_true_last_and_the_captions_say_what_is_cut() -> None:
+    """A 40-token sequence: the evidence keeps the first 32 query rows, and also the true last query row over the
+    last 32 keys; the token figure shades that row (not query 31's) and both captions state the truncation."""
+    from types import SimpleNamespace
+
+    from mechaudit.checks.decomposition_evidence import _pattern
+    from mechaudit.model_view import Layer
+
+    torch.manual_seed(0)
+    model = AttentionOnlyTransformer(max_len=40).eval()
+    tokens = torch.randint(0, 32, (2, 40))
+    row = _pattern(SimpleNamespace(model=model, device=torch.device("cpu")), Layer("blocks.1.attn", "heads", 4, 1),
+                   3, tokens)
+    full = head_patterns(model, model.blocks[1].attn, 4, tokens)[0, 3]
+    assert row["positions"] == 40 and len(row["example"]) == 32 and row["last_row_start"] == 8
+    assert torch.allclose(torch.tensor(row["last_row"]), full[-1, 8:], atol=1e-3)
+    assert row["last_row_tokens"] == [str(t) for t in tokens[0, 8:].tolist()]
+    figure = token_attention_figure([row], "01-x")
+    strongest = int(full[-1, 8:].argmax())
+    assert f"token {strongest} ({row['last_row_tokens'][strongest]}," in figure.caption
+    assert "the last 32 of 40 tokens" in figure.caption
+    assert "the first 32 of 40 positions" in attention_figure([row], "01-x").caption
+    cut = {key: value for key, value in row.items() if not key.startswith("last_row")}  # no true last row recorded
+    assert token_attention_figure([cut], "01-x") is None
