@@ -136,3 +136,32 @@ def test_rome_needs_a_next_token_model(cli, tmp_path: Path) -> None:
     result = cli("edit", "--example", "digits", "--rome", "--prompt", "1,2", "--subject", "1", "--target-new", "3",
                  "--out", tmp_path / "x.safetensors")
     assert result.code == 2 and "next-token model" in result.err and result.err.count("\n") == 1
+
+
+def test_weights_are_renamed_into_place_before_their_page_and_the_umask_is_never_zero(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    """A failed rename of the weights leaves no page describing them (nor a temporary file); reading the umask
+    never sets a world-writable 0."""
+    import os
+
+    from mechaudit import edit_command
+
+    out, umasks, replace = tmp_path / "edited.safetensors", [], os.replace
+    real_umask = os.umask
+
+    def failing_replace(source, destination):
+        if Path(destination) == out:
+            raise OSError("disk full")
+        replace(source, destination)
+
+    def recording_umask(mask):
+        umasks.append(mask)
+        return real_umask(mask)
+    monkeypatch.setattr(edit_command.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "umask", recording_umask)
+    with pytest.raises(OSError, match="disk full"):
+        edit_command._write({"w": torch.zeros(2)}, out, "label", extra=(out.with_suffix(".html"), "<p>page</p>"))
+    assert list(tmp_path.iterdir()) == [] and umasks and 0 not in umasks
+    monkeypatch.setattr(edit_command.os, "replace", replace)
+    edit_command._write({"w": torch.zeros(2)}, out, "label", extra=(out.with_suffix(".html"), "<p>page</p>"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.html", "edited.safetensors"]
