@@ -83,6 +83,10 @@ def _spec_with(tmp_path: Path, edit: str) -> Path:
     ("[[edit.facts]]\nprompt = [1, 8, 9, 2, 7]\nsubject = [8, 9]\n", "missing key 'target_new'"),
     ("[[edit.facts]]\nprompt = \"Paris is\"\nsubject = [8, 9]\ntarget_new = 59\n", "must be a non-empty list of token"),
     ("[edit]\nlayers = \"blocks.0\"\n", "unknown key 'layers'"),
+    ("[edit]\nembedding = \"blocks.0.mlp.0\"\n[[edit.facts]]\nprompt = [1, 8, 9, 2, 7]\nsubject = [8, 9]\n"
+     "target_new = 59\n", "[edit].embedding: 'blocks.0.mlp.0' is a Linear, not a token embedding"),
+    ("[edit]\nlayer = \"blocks.0\"\n[[edit.facts]]\nprompt = [1, 8, 9, 2, 7]\nsubject = [8, 9]\ntarget_new = 59\n",
+     "[edit].layer blocks.0: is not a block's MLP output projection"),
 ])
 def test_bad_fact_declarations_are_one_line_errors(cli, tmp_path: Path, edit: str, message: str) -> None:
     out = tmp_path / "edited.safetensors"
@@ -98,7 +102,9 @@ def test_bad_fact_declarations_are_one_line_errors(cli, tmp_path: Path, edit: st
     (("--rome", "--suppress", "blocks.0.mlp.0:u1"), "does not combine"),
     (("--rome", "--prompt", "1,8,9,2,7", "--subject", "8,9", "--target-new", "999"), "outside the vocabulary"),
     (("--rome", "--prompt", "1,8,9,2,7", "--subject", "8,9", "--target-new", "59", "--layer", "blocks.0"),
-     "is not a block's MLP output projection"),
+     "--layer blocks.0: is not a block's MLP output projection"),
+    (("--rome", "--prompt", "1,8,9,2,7,7", "--subject", "8,9", "--target-new", "59"),
+     "fact [1, 8, 9, 2, 7, 7]: the model cannot run on the 6-token prompt"),
 ])
 def test_bad_rome_options_are_one_line_errors(cli, tmp_path: Path, args: tuple, message: str) -> None:
     spec = _spec_with(tmp_path, "")
