@@ -17,6 +17,7 @@ from report_cases import example_result
 from mechaudit.engine import run_audit
 from mechaudit.examples.induction.model import AttentionOnlyTransformer
 from mechaudit.report.document import build_document
+from mechaudit.report.html_report import render_html
 from mechaudit.report.unit_figures import (
     atlas_figure,
     attention_figure,
@@ -85,9 +86,9 @@ def test_flagged_induction_heads_carry_their_patterns_and_the_previous_token_hea
     document = build_document(result)
     drawn = [fig for view in document.findings for fig in view.figures if fig.name.endswith("-attention.svg")]
     assert drawn and all("attention_patterns" in fig.sources for fig in drawn)
-    for view in document.findings:  # the figure replaces the raw matrices in the evidence tables
-        assert "attention_patterns" not in view.evidence or not any(
-            "attention_patterns" in fig.sources for fig in view.figures)
+    page = render_html(result)  # the figure replaces the raw matrices in the evidence tables
+    assert "Attention patterns" in page and '"evidence-key">attention patterns<' not in page
+    assert "<th>example tokens</th>" not in page
 
 
 def test_attention_figure_draws_valid_patterns_and_skips_malformed_ones() -> None:
