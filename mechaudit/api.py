@@ -70,6 +70,9 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
         raise InputError(f"{API} task", f"'{task}' is not one of {', '.join(TASKS)}")
     check_output(output, f"{API} output")
     if behaviour is not None and not isinstance(behaviour, BehaviourSpec):
+        if not isinstance(behaviour, Mapping):
+            raise InputError(f"{API} behaviour", "must be a mapping like the spec's [behaviour] table "
+                             f"({{'kind': 'class_logit', 'target': '0'}}), not {type(behaviour).__name__}")
         behaviour = parse_behaviour(dict(behaviour), f"{API} behaviour")
     base = load_options(Path(config))[0] if config is not None else Options()
     table = {key: list(value) if isinstance(value, (tuple, list)) else value for key, value in options.items()}

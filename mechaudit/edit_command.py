@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from .checks.circuit_common import mean_values
 from .engine import prepare
 from .errors import InputError
+from .output_file import current_umask
 from .spec import AuditSpec, EditSpec
 from .techniques.direction_edit import projected_linear_state
 from .techniques.edits import HeldOut, erased, measure, suppressed_state_dict, what_if_suppressed
@@ -120,8 +121,8 @@ def edit_facts_command(spec: AuditSpec, out: Path, edit: EditSpec, layer: str | 
 
 def _write(state: dict, out: Path, label: str, metadata: dict | None = None,
            extra: tuple[Path, str] | None = None) -> None:
-    """Write atomically: temporary files in the same directory, renamed into place (``extra``, a text file
-    written beside the weights, first)."""
+    """Write atomically: temporary files in the same directory, renamed into place (the weights first, then
+    ``extra``, a text file written beside them)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     temporaries = []
     try:
@@ -131,13 +132,12 @@ def _write(state: dict, out: Path, label: str, metadata: dict | None = None,
         weights = _temporary(out, temporaries)
         save_file({k: v.contiguous() for k, v in state.items()}, weights,
                   metadata={"mechaudit_edit": NOTICE, "edit": label, **(metadata or {})})
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = current_umask()
         for temporary in temporaries:  # as readable as a plainly created file (mkstemp makes them 0600)
             os.chmod(temporary, 0o666 & ~umask)
+        os.replace(weights, out)  # the weights first: a page never describes weights that were not written
         if extra is not None:
             os.replace(page, extra[0])
-        os.replace(weights, out)
     finally:
         for temporary in temporaries:
             if os.path.exists(temporary):

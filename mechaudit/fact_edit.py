@@ -43,6 +43,9 @@ def find_modules(model: nn.Module, edit: EditSpec) -> FactModules:
 
     if edit.embedding is not None:
         embedding = (edit.embedding, get(edit.embedding, "embedding"))
+        if not isinstance(getattr(embedding[1], "num_embeddings", None), int):
+            raise InputError("[edit].embedding", f"'{edit.embedding}' is a {type(embedding[1]).__name__}, not a "
+                                                 "token embedding (nn.Embedding)")
     else:
         embeddings = [(n, m) for n, m in named.items() if isinstance(m, nn.Embedding)]
         if not embeddings:
@@ -113,10 +116,12 @@ def edit_facts(model: nn.Module, edit: EditSpec, key_data: torch.Tensor, audit_p
     chosen = layer or edit.layer
     names = [name for name, _ in modules.projections]
     if chosen is not None and chosen not in names:
-        raise InputError(f"--layer {chosen}", f"is not a block's MLP output projection (one of: {', '.join(names)})")
+        raise InputError(f"{'--layer' if layer else '[edit].layer'} {chosen}",
+                         f"is not a block's MLP output projection (one of: {', '.join(names)})")
     records, moments = [], {}
     for fact in edit.facts:
         _check_tokens(fact, vocabulary)
+        _check_runs(model, fact, device)
         true = fact.target_true if fact.target_true is not None else int(_predict(model, [fact.prompt], device)[0])
         if true == fact.target_new:
             raise InputError(f"fact {list(fact.prompt)}", f"the model already predicts {true}: nothing to edit")
@@ -217,6 +222,18 @@ def _check_tokens(fact: FactSpec, vocabulary: int) -> None:
     bad = next((t for t in tokens if t >= vocabulary), None)
     if bad is not None:
         raise InputError(f"fact {list(fact.prompt)}", f"token id {bad} is outside the vocabulary (0-{vocabulary - 1})")
+
+
+def _check_runs(model: nn.Module, fact: FactSpec, device: torch.device) -> None:
+    """InputError naming the fact when the model cannot run on one of its prompts (e.g. one longer than its
+    positions), rather than an internal error in tracing."""
+    for prompt in (fact.prompt, *fact.paraphrases, *fact.unrelated):
+        try:
+            _predict(model, [prompt], device)
+        except (RuntimeError, IndexError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"fact {list(fact.prompt)}", f"the model cannot run on the {len(prompt)}-token prompt "
+                             f"{list(prompt)} (longer than its positions?): {reason}") from None
 
 
 def _tensor(prompts: list[tuple[int, ...]], device: torch.device) -> torch.Tensor:

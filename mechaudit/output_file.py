@@ -53,7 +53,7 @@ def write_text_file(path: Path, text: str, option: str, kind: str, previous: Cal
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.write(text)
-            os.chmod(temporary, 0o666 & ~_umask())  # as readable as a plainly created file (mkstemp makes 0600)
+            os.chmod(temporary, 0o666 & ~current_umask())  # as readable as a plainly created file (mkstemp makes 0600)
             os.replace(temporary, path)
         except OSError as exc:
             raise InputError(f"{option} {path}", f"cannot be written ({exc.strerror})") from None
@@ -116,7 +116,8 @@ def _probe_writable(path: Path, shown: str) -> None:
     os.remove(probe)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting a safe 0o022 for an instant, never a world-writable 0)."""
     umask = os.umask(0o022)
     os.umask(umask)
     return umask

@@ -134,6 +134,9 @@ def test_the_api_takes_the_behaviour_the_circuit_rules_explain() -> None:
     assert [f.status for f in declared.findings] == ["pass"]
     with pytest.raises(InputError, match="behaviour.kind"):
         mechaudit.audit(model, inputs, labels=labels, select=["R301"], behaviour={"kind": "nonsense"})
+    for wrong in ("class_logit", ["kind", "class_logit"]):  # not a mapping: dict() would raise ValueError
+        with pytest.raises(InputError, match="behaviour: must be a mapping"):
+            mechaudit.audit(model, inputs, labels=labels, select=["R301"], behaviour=wrong)
 
 
 def test_a_per_sample_mask_is_refused_by_the_circuit_rules_with_a_clear_message() -> None:

@@ -83,6 +83,10 @@ def _spec_with(tmp_path: Path, edit: str) -> Path:
     ("[[edit.facts]]\nprompt = [1, 8, 9, 2, 7]\nsubject = [8, 9]\n", "missing key 'target_new'"),
     ("[[edit.facts]]\nprompt = \"Paris is\"\nsubject = [8, 9]\ntarget_new = 59\n", "must be a non-empty list of token"),
     ("[edit]\nlayers = \"blocks.0\"\n", "unknown key 'layers'"),
+    ("[edit]\nembedding = \"blocks.0.mlp.0\"\n[[edit.facts]]\nprompt = [1, 8, 9, 2, 7]\nsubject = [8, 9]\n"
+     "target_new = 59\n", "[edit].embedding: 'blocks.0.mlp.0' is a Linear, not a token embedding"),
+    ("[edit]\nlayer = \"blocks.0\"\n[[edit.facts]]\nprompt = [1, 8, 9, 2, 7]\nsubject = [8, 9]\ntarget_new = 59\n",
+     "[edit].layer blocks.0: is not a block's MLP output projection"),
 ])
 def test_bad_fact_declarations_are_one_line_errors(cli, tmp_path: Path, edit: str, message: str) -> None:
     out = tmp_path / "edited.safetensors"
@@ -98,7 +102,9 @@ def test_bad_fact_declarations_are_one_line_errors(cli, tmp_path: Path, edit: st
     (("--rome", "--suppress", "blocks.0.mlp.0:u1"), "does not combine"),
     (("--rome", "--prompt", "1,8,9,2,7", "--subject", "8,9", "--target-new", "999"), "outside the vocabulary"),
     (("--rome", "--prompt", "1,8,9,2,7", "--subject", "8,9", "--target-new", "59", "--layer", "blocks.0"),
-     "is not a block's MLP output projection"),
+     "--layer blocks.0: is not a block's MLP output projection"),
+    (("--rome", "--prompt", "1,8,9,2,7,7", "--subject", "8,9", "--target-new", "59"),
+     "fact [1, 8, 9, 2, 7, 7]: the model cannot run on the 6-token prompt"),
 ])
 def test_bad_rome_options_are_one_line_errors(cli, tmp_path: Path, args: tuple, message: str) -> None:
     spec = _spec_with(tmp_path, "")
@@ -136,3 +142,32 @@ def test_rome_needs_a_next_token_model(cli, tmp_path: Path) -> None:
     result = cli("edit", "--example", "digits", "--rome", "--prompt", "1,2", "--subject", "1", "--target-new", "3",
                  "--out", tmp_path / "x.safetensors")
     assert result.code == 2 and "next-token model" in result.err and result.err.count("\n") == 1
+
+
+def test_weights_are_renamed_into_place_before_their_page_and_the_umask_is_never_zero(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    """A failed rename of the weights leaves no page describing them (nor a temporary file); reading the umask
+    never sets a world-writable 0."""
+    import os
+
+    from mechaudit import edit_command
+
+    out, umasks, replace = tmp_path / "edited.safetensors", [], os.replace
+    real_umask = os.umask
+
+    def failing_replace(source, destination):
+        if Path(destination) == out:
+            raise OSError("disk full")
+        replace(source, destination)
+
+    def recording_umask(mask):
+        umasks.append(mask)
+        return real_umask(mask)
+    monkeypatch.setattr(edit_command.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "umask", recording_umask)
+    with pytest.raises(OSError, match="disk full"):
+        edit_command._write({"w": torch.zeros(2)}, out, "label", extra=(out.with_suffix(".html"), "<p>page</p>"))
+    assert list(tmp_path.iterdir()) == [] and umasks and 0 not in umasks
+    monkeypatch.setattr(edit_command.os, "replace", replace)
+    edit_command._write({"w": torch.zeros(2)}, out, "label", extra=(out.with_suffix(".html"), "<p>page</p>"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.html", "edited.safetensors"]

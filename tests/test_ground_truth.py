@@ -62,3 +62,15 @@ def test_polysemanticity_per_unit_agrees_with_the_weights() -> None:
     assert row.value >= 0.8
     assert row.planted.status == "fail" and row.control.status == "pass"
     assert row.planted.agrees and row.control.agrees
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--family", "mlp-path"], "invalid choice: 'mlp-path'"),
+    (["--quick", "--markdown", "table.md"], "without --quick"),
+])
+def test_the_runner_refuses_an_unknown_family_and_a_quick_table(argv: list[str], message: str, capsys) -> None:
+    from benchmarks.ground_truth.run import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

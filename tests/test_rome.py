@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from fixtures.fact_models import ATTR_BASE, ATTRIBUTES, SUBJECTS, TEMPLATES, facts, prompt, train
+from fixtures.fact_models import ATTR_BASE, ATTRIBUTES, SUBJECTS, TEMPLATES, FactModel, facts, prompt, train
 
 from mechaudit.techniques.rome import causal_trace, rank_one_edit
 
@@ -53,3 +53,15 @@ def test_tracing_locates_the_fact_and_an_edit_there_corrects_it(trained) -> None
     assert efficacy == 1.0 and generalisation == 1.0 and specificity >= 0.95
     control = _edit_scores(model, prompts, 0, len(model.blocks) - 1)  # where the trace shows no effect
     assert control[0] == 0.0 and control[1] == 0.0
+
+
+def test_the_edit_optimises_its_value_only_and_leaves_no_parameter_gradients() -> None:
+    """200 steps of backward() would fill every parameter's .grad of the edited copy (a model's worth of memory,
+    kept by the returned model); the optimisation takes the gradient of the value alone."""
+    torch.manual_seed(0)
+    model = FactModel().eval()
+    projection = model.blocks[0].mlp[2]
+    edit = rank_one_edit(model, projection, torch.tensor([prompt(0, 0)]), SUBJECT_LAST, ATTR_BASE,
+                         moment=torch.eye(projection.in_features, dtype=torch.float64), steps=3)
+    assert all(parameter.grad is None for parameter in model.parameters())
+    assert float(edit.delta.norm()) > 0  # the value did move

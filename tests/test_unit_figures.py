@@ -17,6 +17,7 @@ from report_cases import example_result
 from mechaudit.engine import run_audit
 from mechaudit.examples.induction.model import AttentionOnlyTransformer
 from mechaudit.report.document import build_document
+from mechaudit.report.html_report import render_html
 from mechaudit.report.unit_figures import (
     atlas_figure,
     attention_figure,
@@ -85,9 +86,9 @@ def test_flagged_induction_heads_carry_their_patterns_and_the_previous_token_hea
     document = build_document(result)
     drawn = [fig for view in document.findings for fig in view.figures if fig.name.endswith("-attention.svg")]
     assert drawn and all("attention_patterns" in fig.sources for fig in drawn)
-    for view in document.findings:  # the figure replaces the raw matrices in the evidence tables
-        assert "attention_patterns" not in view.evidence or not any(
-            "attention_patterns" in fig.sources for fig in view.figures)
+    page = render_html(result)  # the figure replaces the raw matrices in the evidence tables
+    assert "Attention patterns" in page and '"evidence-key">attention patterns<' not in page
+    assert "<th>example tokens</th>" not in page
 
 
 def test_attention_figure_draws_valid_patterns_and_skips_malformed_ones() -> None:
@@ -210,3 +211,53 @@ def test_token_attention_shades_the_tokens_the_last_position_reads() -> None:
                                       "example_tokens": ["a", "b", "c"]}], "01-x")
     assert figure is not None and "token 1 (b, weight 0.90)" in figure.caption
     assert token_attention_figure([{"component": "h", "example": pattern, "example_tokens": ["a"]}], "01-x") is None
+
+
+def test_per_class_evidence_keeps_the_ten_most_predicted_of_thirty_classes() -> None:
+    """30 predicted classes, class c predicted c+1 times (ties broken by index): the maps and column shares keep
+    classes 20..29 only, record all 30, and the captions say so."""
+    from mechaudit.checks.forbidden_input import _attribution_maps, _attribution_per_column
+    from mechaudit.report.figures import _heatmap_figures
+
+    predictions = torch.cat([torch.full((c + 1,), c) for c in range(30)])
+    n = len(predictions)
+    maps = _attribution_maps(torch.rand(n, 1, 8, 8), torch.zeros(1, 1, 8, 8), predictions,
+                             torch.ones(n, dtype=torch.bool), str, torch.rand(n, 1, 8, 8))
+    assert maps["classes"] == [str(c) for c in range(20, 30)] and len(maps["mean_per_class"]) == 10
+    assert maps["classes_total"] == 30
+    columns = _attribution_per_column(torch.rand(n, 4), predictions, str, None, 0)
+    assert columns["classes"] == maps["classes"] and len(columns["mean_share_per_class"]) == 10
+    assert columns["classes_total"] == 30
+    finding = {"evidence": {"attribution_maps": maps}, "location": {"component": "input:box"}}
+    assert "10 of 30 classes" in _heatmap_figures(finding, "01-x")[0].caption
+    assert "10 of 30 classes" in columns_figure(columns, "01-x").caption
+    few = _attribution_maps(torch.rand(6, 1, 8, 8), torch.zeros(1, 1, 8, 8), torch.tensor([3, 1, 1, 2, 2, 2]),
+                            torch.ones(6, dtype=torch.bool), str, torch.rand(6, 1, 8, 8))
+    assert few["classes"] == ["1", "2", "3"] and few["classes_total"] == 3
+    assert "classes, the most" not in _heatmap_figures({"evidence": {"attribution_maps": few}}, "01-x")[0].caption
+
+
+def test_on_40_tokens_the_last_position_is_the_true_last_and_the_captions_say_what_is_cut() -> None:
+    """A 40-token sequence: the evidence keeps the first 32 query rows, and also the true last query row over the
+    last 32 keys; the token figure shades that row (not query 31's) and both captions state the truncation."""
+    from types import SimpleNamespace
+
+    from mechaudit.checks.decomposition_evidence import _pattern
+    from mechaudit.model_view import Layer
+
+    torch.manual_seed(0)
+    model = AttentionOnlyTransformer(max_len=40).eval()
+    tokens = torch.randint(0, 32, (2, 40))
+    row = _pattern(SimpleNamespace(model=model, device=torch.device("cpu")), Layer("blocks.1.attn", "heads", 4, 1),
+                   3, tokens)
+    full = head_patterns(model, model.blocks[1].attn, 4, tokens)[0, 3]
+    assert row["positions"] == 40 and len(row["example"]) == 32 and row["last_row_start"] == 8
+    assert torch.allclose(torch.tensor(row["last_row"]), full[-1, 8:], atol=1e-3)
+    assert row["last_row_tokens"] == [str(t) for t in tokens[0, 8:].tolist()]
+    figure = token_attention_figure([row], "01-x")
+    strongest = int(full[-1, 8:].argmax())
+    assert f"token {strongest} ({row['last_row_tokens'][strongest]}," in figure.caption
+    assert "the last 32 of 40 tokens" in figure.caption
+    assert "the first 32 of 40 positions" in attention_figure([row], "01-x").caption
+    cut = {key: value for key, value in row.items() if not key.startswith("last_row")}  # no true last row recorded
+    assert token_attention_figure([cut], "01-x") is None

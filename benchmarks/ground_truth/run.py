@@ -69,10 +69,13 @@ def write_markdown(path: Path, rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the reduced subset (smaller sweeps, fewer samples)")
-    parser.add_argument("--family", action="append", help="run only this family (repeatable)")
+    parser.add_argument("--family", action="append", choices=list(families()),
+                        help="run only this family (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", type=Path, help="write the table between the markers of this file")
     args = parser.parse_args(argv)
+    if args.quick and args.markdown:
+        parser.error("--markdown writes the documented table: run it without --quick")
     import torch
 
     torch.set_num_threads(2)

@@ -52,7 +52,7 @@ def maximised_features(context: AuditContext, layer: Layer, dictionary: Dictiona
 PICTURED_UNITS = 3  # units pictured per finding
 PICTURED_EXEMPLARS = 6  # exemplars per unit
 PATTERN_SAMPLES = 64  # samples (or pairs) averaged in an attention pattern
-PATTERN_TOKENS = 32  # positions shown of an attention pattern (the first ones)
+PATTERN_TOKENS = 32  # positions shown of an attention pattern (the first ones; the last query's last keys)
 TUNING_SIDE = 64  # patch-position tuning only for images at most this many pixels a side (probes stay cheap)
 TUNING_SAMPLES = 64  # samples a region sweep averages over
 
@@ -90,7 +90,9 @@ def unit_pictures(context: AuditContext, addresses: list[str], inputs: torch.Ten
 
 
 def _pattern(context: AuditContext, layer: Layer, head: int, inputs: torch.Tensor) -> dict | None:
-    """The mean attention pattern of one head over ``inputs``, and that of the first sample with its tokens."""
+    """The mean attention pattern of one head over ``inputs``, and that of the first sample with its tokens (the
+    first ``PATTERN_TOKENS`` positions); on longer sequences also ``last_row``: the weights the first sample's true
+    last position gives its last ``PATTERN_TOKENS`` keys, with ``last_row_tokens`` and ``last_row_start``."""
     from ..techniques.attention_patterns import head_patterns
 
     block = dict(context.model.named_modules())[layer.name]
@@ -98,10 +100,17 @@ def _pattern(context: AuditContext, layer: Layer, head: int, inputs: torch.Tenso
     if weights is None:
         return None
     shown = weights[:, head, :PATTERN_TOKENS, :PATTERN_TOKENS]
-    tokens = inputs[0, :PATTERN_TOKENS].tolist() if inputs.dim() == 2 and not inputs.is_floating_point() else None
-    return {"component": layer.address(head), "samples": int(weights.shape[0]), "positions": int(weights.shape[-1]),
-            "mean": _rounded(shown.mean(0)), "example": _rounded(shown[0]),
-            "example_tokens": [str(t) for t in tokens] if tokens is not None else None}
+    token_ids = inputs.dim() == 2 and not inputs.is_floating_point()
+    tokens = inputs[0, :PATTERN_TOKENS].tolist() if token_ids else None
+    positions = int(weights.shape[-1])
+    row = {"component": layer.address(head), "samples": int(weights.shape[0]), "positions": positions,
+           "mean": _rounded(shown.mean(0)), "example": _rounded(shown[0]),
+           "example_tokens": [str(t) for t in tokens] if tokens is not None else None}
+    if positions > PATTERN_TOKENS:
+        start = positions - PATTERN_TOKENS
+        row.update(last_row=_rounded(weights[0, head, -1:, start:])[0], last_row_start=start,
+                   last_row_tokens=[str(t) for t in inputs[0, start:].tolist()] if token_ids else None)
+    return row
 
 
 def _unit_rows(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor, labels: torch.Tensor | None,

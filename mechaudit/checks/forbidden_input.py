@@ -160,8 +160,8 @@ class ForbiddenInputEvidence(TypedDict, total=False):
     samples: int
     samples_with_region: int
     what_if: dict
-    attribution_maps: dict
-    attribution_per_column: dict
+    attribution_maps: dict  # classes (at most MAP_CLASSES), classes_total, mean_per_class, samples, mask
+    attribution_per_column: dict  # columns, region_column, classes (at most MAP_CLASSES), classes_total, shares
     activation_atlas: dict
     exemplars: list
     activation_maximization: list
@@ -170,13 +170,22 @@ class ForbiddenInputEvidence(TypedDict, total=False):
 
 MAP_SIDE = 32  # attribution maps in the evidence are pooled to at most this many pixels a side
 MAP_SAMPLES = 3
+MAP_CLASSES = 10  # per-class maps/shares in the evidence: at most this many predicted classes (the most frequent)
+
+
+def _kept_classes(predictions: torch.Tensor) -> list[int]:
+    """The at most ``MAP_CLASSES`` most frequently predicted classes (ties by class index), in class order."""
+    classes, counts = predictions.unique(return_counts=True)
+    ranked = sorted(zip(classes.tolist(), counts.tolist()), key=lambda pair: (-pair[1], pair[0]))
+    return sorted(c for c, _ in ranked[:MAP_CLASSES])
 
 
 def _attribution_maps(attributions: torch.Tensor, mask: torch.Tensor, predictions: torch.Tensor,
                       present: torch.Tensor, class_name, inputs: torch.Tensor) -> dict | None:
     """For image inputs (samples, channels, height, width): the mean absolute attribution per predicted class
-    and of a few samples where the region is present, each with its input (summed, resp. averaged, over channels,
-    pooled to at most ``MAP_SIDE`` pixels a side), with the region's mask; None for other inputs."""
+    (at most ``MAP_CLASSES``, with ``classes_total``) and of a few samples where the region is present, each with
+    its input (summed, resp. averaged, over channels, pooled to at most ``MAP_SIDE`` pixels a side), with the
+    region's mask; None for other inputs."""
     if attributions.dim() != 4:
         return None
     height, width = attributions.shape[-2:]
@@ -185,9 +194,9 @@ def _attribution_maps(attributions: torch.Tensor, mask: torch.Tensor, prediction
     def pooled(maps: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.adaptive_avg_pool2d(maps.sum(1, keepdim=True).float(), size)[:, 0]
     maps, region = pooled(attributions), pooled(mask[:1])[0]
-    classes = predictions.unique().tolist()
+    classes = _kept_classes(predictions)
     chosen = present.nonzero().flatten()[:MAP_SAMPLES].tolist()
-    return {"classes": [class_name(c) for c in classes],
+    return {"classes": [class_name(c) for c in classes], "classes_total": len(predictions.unique()),
             "mean_per_class": [maps[predictions == c].mean(0) for c in classes],
             "samples": [{"predicted_class": class_name(int(predictions[i])), "map": maps[i],
                          "input": pooled(inputs[i:i + 1].float() / inputs.shape[1])[0]} for i in chosen],
@@ -197,14 +206,16 @@ def _attribution_maps(attributions: torch.Tensor, mask: torch.Tensor, prediction
 def _attribution_per_column(attributions: torch.Tensor, predictions: torch.Tensor, class_name,
                             feature_names: list[str] | None, column: int) -> dict | None:
     """For tables (samples, columns): each column's share of the mean absolute attribution, per predicted class
-    (at most ``MAP_SIDE`` columns: the region's and the largest others); None for other inputs."""
+    (at most ``MAP_CLASSES`` classes, with ``classes_total``; at most ``MAP_SIDE`` columns: the region's and the
+    largest others); None for other inputs."""
     if attributions.dim() != 2:
         return None
     share = attributions / attributions.sum(1, keepdim=True).clamp_min(1e-12)
     order = [column] + [c for c in share.mean(0).argsort(descending=True).tolist() if c != column][:MAP_SIDE - 1]
-    classes = predictions.unique().tolist()
+    classes = _kept_classes(predictions)
     return {"columns": [feature_names[c] if feature_names and c < len(feature_names) else f"x{c}" for c in order],
             "region_column": 0, "classes": [class_name(c) for c in classes],
+            "classes_total": len(predictions.unique()),
             "mean_share_per_class": [[round(float(v), 4) for v in share[predictions == c][:, order].mean(0)]
                                      for c in classes]}
 

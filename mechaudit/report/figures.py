@@ -140,6 +140,8 @@ def _columns_figures(finding: dict, prefix: str) -> list[Figure]:
 def _heatmap_figures(finding: dict, prefix: str) -> list[Figure]:
     """L201 on images: where the model looks, as mean absolute attribution per predicted class and for a few
     samples, the declared region outlined."""
+    from .unit_figures import classes_shown
+
     maps = finding["evidence"].get("attribution_maps")
     if not isinstance(maps, dict) or not isinstance(maps.get("mean_per_class"), list) or not maps["mean_per_class"]:
         return []
@@ -166,7 +168,8 @@ def _heatmap_figures(finding: dict, prefix: str) -> list[Figure]:
         _title(figure, f"Where the model looks, {short_label(region, TITLE_NAME_CHARS)} outlined")
 
     caption = (f"Mean absolute attribution ({finding['evidence'].get('method', 'attribution')}, to the predicted "
-               f"class) over the input, per predicted class, then {len(maps.get('samples') or [])} samples where "
+               f"class) over the input, per predicted class{classes_shown(maps)}, then "
+               f"{len(maps.get('samples') or [])} samples where "
                "the region is present"
                + (", each input (grey, titled with its predicted class) beside its attribution" if any(
                    s.get("input") is not None for s in maps.get("samples") or []) else "")

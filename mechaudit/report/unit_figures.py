@@ -45,7 +45,7 @@ def attention_figure(entries: Any, prefix: str) -> Figure | None:
     """Per head (at most 3): its mean attention pattern over the samples and that of one example with its tokens."""
     if not isinstance(entries, list):
         return None
-    heads = []
+    heads, truncated = [], []
     for entry in entries[:MAX_HEADS]:
         if not isinstance(entry, dict) or "component" not in entry:
             continue
@@ -57,6 +57,8 @@ def attention_figure(entries: Any, prefix: str) -> Figure | None:
             and len(tokens) == example.shape[1] else None
         heads.append((str(entry["component"]), mean, example if example is not None and example.shape == mean.shape
                       else None, tokens, entry.get("samples")))
+        if isinstance(entry.get("positions"), int) and entry["positions"] > mean.shape[0]:
+            truncated.append(f"{entry['component']}: the first {mean.shape[0]} of {entry['positions']} positions")
     if not heads:
         return None
     columns = 1 + any(h[2] is not None for h in heads)
@@ -84,7 +86,9 @@ def attention_figure(entries: Any, prefix: str) -> Figure | None:
     described = "; ".join(f"{name}: {_pattern_summary(mean)}" for name, mean, *_ in heads)
     caption = ("Each row of a panel is a query position, each column a key position; the colour is the weight the "
                "query gives the key (rows sum to 1). Left: the mean pattern over the samples; right: one sample, "
-               f"its tokens on the axes. {described}.")
+               "its tokens on the axes"
+               + (f" (only the first positions are shown: {'; '.join(truncated)})" if truncated else "")
+               + f". {described}.")
     return Figure(f"{prefix}-attention.svg", "Attention patterns", caption,
                   render_svg(prefix + "-attention", draw, (6.4, 0.5 + 2.7 * len(heads))))
 
@@ -102,13 +106,12 @@ def token_attention_figure(entries: Any, prefix: str) -> Figure | None:
     """Per head with tokens: the example's tokens, each highlighted by the weight the last position gives it."""
     if not isinstance(entries, list):
         return None
-    rows = []
+    rows, truncated = [], []
     for entry in entries[:MAX_HEADS]:
-        example = _matrix(entry.get("example")) if isinstance(entry, dict) else None
-        tokens = entry.get("example_tokens") if isinstance(entry, dict) else None
-        if example is not None and isinstance(tokens, list) and len(tokens) == example.shape[1] \
-                and "component" in entry:
-            rows.append((str(entry["component"]), [str(t) for t in tokens], example[-1]))
+        last = _last_row(entry)
+        if last is not None:
+            rows.append(last[:3])
+            truncated.extend([last[3]] if last[3] else [])
     if not rows:
         return None
     per_line = 16
@@ -140,10 +143,27 @@ def token_attention_figure(entries: Any, prefix: str) -> Figure | None:
 
     strongest = "; ".join(f"{name}: token {int(np.argmax(w))} ({tokens[int(np.argmax(w))]}, weight {w.max():.2f})"
                           for name, tokens, w in rows)
-    caption = ("The tokens of one sample in order (16 a line), each shaded by the attention weight the last position "
-               f"(framed in red) gives it, for each flagged head. Strongest: {strongest}.")
+    shown = f" (only its last tokens: {'; '.join(truncated)})" if truncated else ""
+    caption = (f"The tokens of one sample in order (16 a line){shown}, each shaded by the attention weight the last "
+               f"position (framed in red) gives it, for each flagged head. Strongest: {strongest}.")
     return Figure(f"{prefix}-token-attention.svg", "Token attention", caption,
                   render_svg(prefix + "-token-attention", draw, (6.4, 0.5 + 0.28 * lines)))
+
+
+def _last_row(entry: Any) -> tuple[str, list[str], np.ndarray, str] | None:
+    """(head, tokens, weights the sample's last position gives them, truncation note or "") of one pattern entry:
+    its ``last_row`` on sequences longer than the pattern, else the example's last row; None when malformed."""
+    if not isinstance(entry, dict) or "component" not in entry:
+        return None
+    last, tokens = _matrix([entry.get("last_row")]), entry.get("last_row_tokens")
+    if last is not None and isinstance(tokens, list) and len(tokens) == last.shape[1]:
+        note = f"{entry['component']}: the last {len(tokens)} of {entry.get('positions')} tokens"
+        return str(entry["component"]), [str(t) for t in tokens], last[0], note
+    example, tokens, positions = _matrix(entry.get("example")), entry.get("example_tokens"), entry.get("positions")
+    if example is None or not isinstance(tokens, list) or len(tokens) != example.shape[1] \
+            or (isinstance(positions, int) and positions > example.shape[0]):  # truncated: not the last position
+        return None
+    return str(entry["component"]), [str(t) for t in tokens], example[-1], ""
 
 
 # -- activation atlas ----------------------------------------------------------------------------------------------
@@ -252,6 +272,13 @@ def _context(exemplar: Any) -> tuple[str, str, str] | None:
 
 # -- attribution per input column (tables) -------------------------------------------------------------------------
 
+def classes_shown(value: dict) -> str:
+    """" (N of M classes, the most often predicted)" when per-class evidence keeps only some classes, else ""."""
+    total, shown = value.get("classes_total"), len(value.get("classes") or [])
+    return (f" ({shown} of {total} classes, the most often predicted)"
+            if isinstance(total, int) and not isinstance(total, bool) and total > shown else "")
+
+
 def columns_figure(value: Any, prefix: str, region: str = "region") -> Figure | None:
     """Share of the attribution per input column, one group of bars per predicted class; the region's column red."""
     if not isinstance(value, dict):
@@ -276,8 +303,8 @@ def columns_figure(value: Any, prefix: str, region: str = "region") -> Figure | 
         axes[0].invert_yaxis()
         _title(figure, "Attribution per input column")
 
-    caption = (f"Mean share of each input column in the absolute attribution, per predicted class (the {region} "
-               f"column in red, then the {len(columns) - 1} columns with most attribution); a model that ignores the "
-               "protected column gives it a bar near zero.")
+    caption = (f"Mean share of each input column in the absolute attribution, per predicted class"
+               f"{classes_shown(value)} (the {region} column in red, then the {len(columns) - 1} columns with most "
+               "attribution); a model that ignores the protected column gives it a bar near zero.")
     return Figure(f"{prefix}-columns.svg", "Attribution per column", caption,
                   render_svg(prefix + "-columns", draw, (6.4, 1.0 + 0.2 * len(columns))))

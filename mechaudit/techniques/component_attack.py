@@ -77,7 +77,8 @@ def _at(means: dict[str, torch.Tensor], scales: dict[str, torch.Tensor], name: s
 
 
 def random_sign_noise(inputs: torch.Tensor, epsilon: float, clip: tuple[float, float],
-                      generator: torch.Generator) -> torch.Tensor:
-    """Each input value moved by +-epsilon at random, clipped to ``clip``."""
+                      generator: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Each input value (where ``mask`` is 1, when given) moved by +-epsilon at random, clipped to ``clip``."""
     signs = torch.randint(0, 2, inputs.shape, generator=generator).to(inputs.dtype) * 2 - 1
-    return torch.clamp(inputs + epsilon * signs, *clip)
+    step = epsilon * signs if mask is None else epsilon * signs * mask
+    return torch.clamp(inputs + step, *clip)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..activations import model_outputs
+from .component_attack import random_sign_noise
 
 KINDS = ("region", "whole_input", "noise")
 
@@ -42,8 +43,8 @@ def attack_curves(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, ep
     for eps, attack in _attacks(model, inputs, epsilons, clip, classes, steps, batch_size, device):
         rates["region"].append(flips(attack.generate(x=x, y=y, mask=region)))
         rates["whole_input"].append(flips(attack.generate(x=x, y=y)))
-        signs = torch.randint(0, 2, x.shape, generator=generator).numpy().astype(np.float32) * 2 - 1
-        rates["noise"].append(flips(np.clip(x + eps * signs * region, *clip).astype(np.float32)))
+        rates["noise"].append(flips(random_sign_noise(torch.from_numpy(x), eps, clip, generator,
+                                                      torch.from_numpy(region))))
     return AttackCurves(list(epsilons), rates)
 
 
@@ -58,8 +59,7 @@ def untargeted_curves(model: nn.Module, inputs: torch.Tensor, epsilons: list[flo
     flips = _flips(model, before, inputs.dtype, batch_size, device)
     for eps, attack in _attacks(model, inputs, epsilons, clip, classes, steps, batch_size, device):
         rates["whole_input"].append(flips(attack.generate(x=x, y=y)))
-        signs = torch.randint(0, 2, x.shape, generator=generator).numpy().astype(np.float32) * 2 - 1
-        rates["noise"].append(flips(np.clip(x + eps * signs, *clip).astype(np.float32)))
+        rates["noise"].append(flips(random_sign_noise(torch.from_numpy(x), eps, clip, generator)))
     return AttackCurves(list(epsilons), rates)
 
 

@@ -185,11 +185,11 @@ def rank_one_edit(model: nn.Module, projection: nn.Module, prompts: torch.Tensor
     handle = projection.register_forward_hook(replace)
     try:
         for _ in range(steps):
-            optimiser.zero_grad()
             loss = -_logprob(model, prompts, new_target).mean()
             if value_penalty:
                 loss = loss + value_penalty * (value - current).pow(2).sum()
-            loss.backward()
+            # the gradient of ``value`` only: backward() would also fill every parameter's .grad (a model's worth)
+            (value.grad,) = torch.autograd.grad(loss, [value])
             optimiser.step()
             with torch.no_grad():
                 shift = value - current
