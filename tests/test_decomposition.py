@@ -193,6 +193,58 @@ def test_d104_reads_a_first_conv_layer_after_its_relu_per_position() -> None:
     assert collapsed.status == "fail" and collapsed.evidence["effective_rank"] < 1.5
 
 
+class FirstConv1d(torch.nn.Module):
+    """A first 1-D conv layer on one-channel signals (16 channels, width 5, ReLU), then a linear read-out."""
+
+    def __init__(self, filters: torch.Tensor) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, filters.shape[0], 5)
+        self.head = torch.nn.Linear(filters.shape[0], 10)
+        with torch.no_grad():
+            self.conv.weight.copy_(filters)
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(2))
+
+
+def test_d104_reads_a_mono_channel_conv1d_by_its_input_patches() -> None:
+    """A one-channel Conv1d read channel by channel would have reference rank 1 and could never fail: its input
+    patches (5 values at each position) are read instead. Random filters pass; positive multiples of one fail."""
+    from mechaudit.techniques.read_vectors import input_vectors
+
+    g = torch.Generator().manual_seed(6)
+    signals = torch.nn.functional.avg_pool1d(torch.randn(300, 1, 42, generator=g), 3, stride=1)
+    conv = torch.nn.Conv1d(2, 4, 3, padding=1, stride=2, dilation=2)
+    x = torch.randn(2, 2, 11, generator=g)
+    patches = input_vectors(conv, x) @ conv.weight.reshape(4, -1).T + conv.bias
+    assert torch.allclose(patches, conv(x).transpose(1, 2).reshape(-1, 4), atol=1e-5)
+    healthy = mechaudit.audit(FirstConv1d(torch.randn(16, 1, 5, generator=g)), signals, select=["D104"]).findings[0]
+    assert healthy.status == "pass" and healthy.evidence["input_effective_rank"] > 2
+    assert healthy.evidence["reference"] == "input"
+    scales = torch.rand(16, 1, 1, generator=g) + 0.5
+    collapsed = mechaudit.audit(FirstConv1d(scales * torch.randn(1, 1, 5, generator=g)), signals,
+                                select=["D104"]).findings[0]
+    assert collapsed.status == "fail" and collapsed.evidence["effective_rank"] < 1.5
+
+
+def test_d104_compares_a_layer_reading_a_wide_input_with_its_live_units(monkeypatch) -> None:
+    """A Linear reading 5,000 features gets no 5,000 x 5,000 covariance: it is compared with its live units, and
+    the evidence says so."""
+    from mechaudit.techniques import read_vectors
+
+    widths: list[int] = []
+    add = read_vectors.RunningCovariance.add
+    monkeypatch.setattr(read_vectors.RunningCovariance, "add",
+                        lambda self, chunk: (widths.append(chunk.shape[-1]), add(self, chunk))[1])
+    model = torch.nn.Sequential(torch.nn.Linear(5000, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    data = torch.randn(64, 5000, generator=torch.Generator().manual_seed(7))
+    finding = mechaudit.audit(model, data, select=["D104"]).findings[0]
+    assert finding.status != "error" and finding.evidence["input_effective_rank"] is None
+    assert finding.evidence["reference"].startswith("live units") and "5000 dimensions" in finding.evidence["reference"]
+    assert widths and max(widths) <= read_vectors.MAX_INPUT_WIDTH
+
+
 def test_d105_finds_planted_modules_and_warns_on_independent_units() -> None:
     g = torch.Generator().manual_seed(0)
     sources = torch.randn(3000, 2, generator=g)
