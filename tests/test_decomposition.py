@@ -358,3 +358,17 @@ def test_d103_chooses_dictionary_size_and_sparsity_from_the_data(tmp_path) -> No
     (tmp_path / "layer.safetensors").write_bytes(result.attachments["dictionaries/layer.safetensors"])
     mean, share = _recovery(truth, load_dictionary(tmp_path / "layer.safetensors").decoder)
     assert mean >= 0.93 and share >= 0.85
+
+
+def test_both_spectra_count_live_units_and_rank_alike_at_any_scale() -> None:
+    """``spectrum`` (from activations) and ``spectrum_of_covariance`` agree on live units and effective rank, and a
+    representation scaled down by 1e-6 (variances of 1e-12) keeps its rank rather than reading as empty."""
+    from mechaudit.techniques.dimensionality import spectrum, spectrum_of_covariance
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(500, 6, generator=g) @ torch.randn(6, 10, generator=g)
+    x[:, 3] = 2.0  # a dead (constant) unit
+    for scale in (1.0, 1e-6):
+        a, b = spectrum(scale * x), spectrum_of_covariance(torch.cov((scale * x).T.double()))
+        assert a.live_units == b.live_units == 9
+        assert abs(a.effective_rank - b.effective_rank) < 1e-3 and a.effective_rank > 3
