@@ -158,18 +158,20 @@ def test_d104_flags_a_collapsed_layer_and_not_a_full_rank_one() -> None:
 
 
 class FirstConv(torch.nn.Module):
-    """A first conv layer on one-channel images (32 channels, 3x3, ReLU), then a linear read-out."""
+    """A first conv layer on one-channel images (2-D filters) or signals (1-D filters), a ReLU, then a linear
+    read-out of the spatial mean."""
 
     def __init__(self, filters: torch.Tensor) -> None:
         super().__init__()
-        self.conv = torch.nn.Conv2d(1, filters.shape[0], 3)
+        conv = torch.nn.Conv2d if filters.dim() == 4 else torch.nn.Conv1d
+        self.conv = conv(1, filters.shape[0], filters.shape[2:])
         self.head = torch.nn.Linear(filters.shape[0], 10)
         with torch.no_grad():
             self.conv.weight.copy_(filters)
             self.conv.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+        return self.head(torch.relu(self.conv(x)).flatten(2).mean(2))
 
 
 def _images(n: int = 400) -> torch.Tensor:
@@ -193,21 +195,6 @@ def test_d104_reads_a_first_conv_layer_after_its_relu_per_position() -> None:
     assert collapsed.status == "fail" and collapsed.evidence["effective_rank"] < 1.5
 
 
-class FirstConv1d(torch.nn.Module):
-    """A first 1-D conv layer on one-channel signals (16 channels, width 5, ReLU), then a linear read-out."""
-
-    def __init__(self, filters: torch.Tensor) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv1d(1, filters.shape[0], 5)
-        self.head = torch.nn.Linear(filters.shape[0], 10)
-        with torch.no_grad():
-            self.conv.weight.copy_(filters)
-            self.conv.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.conv(x)).mean(2))
-
-
 def test_d104_reads_a_mono_channel_conv1d_by_its_input_patches() -> None:
     """A one-channel Conv1d read channel by channel would have reference rank 1 and could never fail: its input
     patches (5 values at each position) are read instead. Random filters pass; positive multiples of one fail."""
@@ -219,11 +206,11 @@ def test_d104_reads_a_mono_channel_conv1d_by_its_input_patches() -> None:
     x = torch.randn(2, 2, 11, generator=g)
     patches = input_vectors(conv, x) @ conv.weight.reshape(4, -1).T + conv.bias
     assert torch.allclose(patches, conv(x).transpose(1, 2).reshape(-1, 4), atol=1e-5)
-    healthy = mechaudit.audit(FirstConv1d(torch.randn(16, 1, 5, generator=g)), signals, select=["D104"]).findings[0]
+    healthy = mechaudit.audit(FirstConv(torch.randn(16, 1, 5, generator=g)), signals, select=["D104"]).findings[0]
     assert healthy.status == "pass" and healthy.evidence["input_effective_rank"] > 2
     assert healthy.evidence["reference"] == "input"
     scales = torch.rand(16, 1, 1, generator=g) + 0.5
-    collapsed = mechaudit.audit(FirstConv1d(scales * torch.randn(1, 1, 5, generator=g)), signals,
+    collapsed = mechaudit.audit(FirstConv(scales * torch.randn(1, 1, 5, generator=g)), signals,
                                 select=["D104"]).findings[0]
     assert collapsed.status == "fail" and collapsed.evidence["effective_rank"] < 1.5
 
