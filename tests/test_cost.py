@@ -2,6 +2,7 @@
 before a rule runs, and estimates that match the passes a rule really makes (counted by instrumenting the model,
 never by timing)."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -242,3 +243,14 @@ def test_edge_scores_charge_screened_pairs_and_bound_weight_chunks() -> None:
     activations = Sizes(samples=1000, max_samples=1000, batch_size=100, input_values=4, output_values=2,
                         layers=(LayerSize("l0", "conv", 512, 512 * 1024, True),) * 2).batch_bytes(1000, 3)
     assert conv.peak_bytes == max(activations, 4 * 2 * CHUNK_ELEMENTS)  # dense: 4 * 3 * 100 * 512 * 512 * 1024
+
+
+def test_probe_cost_counts_every_seeded_split_and_shuffle() -> None:
+    """L205 fits ``folds`` x (``seeds`` + ``shuffles``) fits: the estimate grows with the seeds."""
+    from mechaudit.checks.probes import ProbesParams, _cost
+    from mechaudit.cost import LayerSize
+
+    sizes = Sizes(samples=1000, max_samples=1000, batch_size=100, input_values=4, output_values=2,
+                  layers=(LayerSize("fc", "linear", 16, 16, True),))
+    one, three = (_cost(sizes, replace(ProbesParams(), seeds=s, shuffles=2)).flops for s in (1, 3))
+    assert math.isclose(three / one, 5 / 3)

@@ -158,18 +158,20 @@ def test_d104_flags_a_collapsed_layer_and_not_a_full_rank_one() -> None:
 
 
 class FirstConv(torch.nn.Module):
-    """A first conv layer on one-channel images (32 channels, 3x3, ReLU), then a linear read-out."""
+    """A first conv layer on one-channel images (2-D filters) or signals (1-D filters), a ReLU, then a linear
+    read-out of the spatial mean."""
 
     def __init__(self, filters: torch.Tensor) -> None:
         super().__init__()
-        self.conv = torch.nn.Conv2d(1, filters.shape[0], 3)
+        conv = torch.nn.Conv2d if filters.dim() == 4 else torch.nn.Conv1d
+        self.conv = conv(1, filters.shape[0], filters.shape[2:])
         self.head = torch.nn.Linear(filters.shape[0], 10)
         with torch.no_grad():
             self.conv.weight.copy_(filters)
             self.conv.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+        return self.head(torch.relu(self.conv(x)).flatten(2).mean(2))
 
 
 def _images(n: int = 400) -> torch.Tensor:
@@ -191,6 +193,43 @@ def test_d104_reads_a_first_conv_layer_after_its_relu_per_position() -> None:
     scales = torch.rand(32, 1, 1, 1, generator=g) + 0.5
     collapsed = mechaudit.audit(FirstConv(scales * one), _images(), select=["D104"]).findings[0]
     assert collapsed.status == "fail" and collapsed.evidence["effective_rank"] < 1.5
+
+
+def test_d104_reads_a_mono_channel_conv1d_by_its_input_patches() -> None:
+    """A one-channel Conv1d read channel by channel would have reference rank 1 and could never fail: its input
+    patches (5 values at each position) are read instead. Random filters pass; positive multiples of one fail."""
+    from mechaudit.techniques.read_vectors import input_vectors
+
+    g = torch.Generator().manual_seed(6)
+    signals = torch.nn.functional.avg_pool1d(torch.randn(300, 1, 42, generator=g), 3, stride=1)
+    conv = torch.nn.Conv1d(2, 4, 3, padding=1, stride=2, dilation=2)
+    x = torch.randn(2, 2, 11, generator=g)
+    patches = input_vectors(conv, x) @ conv.weight.reshape(4, -1).T + conv.bias
+    assert torch.allclose(patches, conv(x).transpose(1, 2).reshape(-1, 4), atol=1e-5)
+    healthy = mechaudit.audit(FirstConv(torch.randn(16, 1, 5, generator=g)), signals, select=["D104"]).findings[0]
+    assert healthy.status == "pass" and healthy.evidence["input_effective_rank"] > 2
+    assert healthy.evidence["reference"] == "input"
+    scales = torch.rand(16, 1, 1, generator=g) + 0.5
+    collapsed = mechaudit.audit(FirstConv(scales * torch.randn(1, 1, 5, generator=g)), signals,
+                                select=["D104"]).findings[0]
+    assert collapsed.status == "fail" and collapsed.evidence["effective_rank"] < 1.5
+
+
+def test_d104_compares_a_layer_reading_a_wide_input_with_its_live_units(monkeypatch) -> None:
+    """A Linear reading 5,000 features gets no 5,000 x 5,000 covariance: it is compared with its live units, and
+    the evidence says so."""
+    from mechaudit.techniques import read_vectors
+
+    widths: list[int] = []
+    add = read_vectors.RunningCovariance.add
+    monkeypatch.setattr(read_vectors.RunningCovariance, "add",
+                        lambda self, chunk: (widths.append(chunk.shape[-1]), add(self, chunk))[1])
+    model = torch.nn.Sequential(torch.nn.Linear(5000, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    data = torch.randn(64, 5000, generator=torch.Generator().manual_seed(7))
+    finding = mechaudit.audit(model, data, select=["D104"]).findings[0]
+    assert finding.status != "error" and finding.evidence["input_effective_rank"] is None
+    assert finding.evidence["reference"].startswith("live units") and "5000 dimensions" in finding.evidence["reference"]
+    assert widths and max(widths) <= read_vectors.MAX_INPUT_WIDTH
 
 
 def test_d105_finds_planted_modules_and_warns_on_independent_units() -> None:
@@ -306,3 +345,17 @@ def test_d103_chooses_dictionary_size_and_sparsity_from_the_data(tmp_path) -> No
     (tmp_path / "layer.safetensors").write_bytes(result.attachments["dictionaries/layer.safetensors"])
     mean, share = _recovery(truth, load_dictionary(tmp_path / "layer.safetensors").decoder)
     assert mean >= 0.93 and share >= 0.85
+
+
+def test_both_spectra_count_live_units_and_rank_alike_at_any_scale() -> None:
+    """``spectrum`` (from activations) and ``spectrum_of_covariance`` agree on live units and effective rank, and a
+    representation scaled down by 1e-6 (variances of 1e-12) keeps its rank rather than reading as empty."""
+    from mechaudit.techniques.dimensionality import spectrum, spectrum_of_covariance
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(500, 6, generator=g) @ torch.randn(6, 10, generator=g)
+    x[:, 3] = 2.0  # a dead (constant) unit
+    for scale in (1.0, 1e-6):
+        a, b = spectrum(scale * x), spectrum_of_covariance(torch.cov((scale * x).T.double()))
+        assert a.live_units == b.live_units == 9
+        assert abs(a.effective_rank - b.effective_rank) < 1e-3 and a.effective_rank > 3

@@ -60,7 +60,9 @@ def test_the_sweep_stays_within_its_budget_and_says_so() -> None:
     bounded = choose_size(vectors, base, budget=training_cost(2 * 8, 8, 64, 20) + one_pair, **kwargs)
     assert bounded.cost <= training_cost(2 * 8, 8, 64, 20) + one_pair < free.cost
     assert "budget" in bounded.reason and "budget" not in free.reason
-    assert [p.stage for p in bounded.points] == ["size", "sparsity"]
+    # fewer steps first (down to sweep_steps here), then smaller batches: more candidates fit, fewer than unbounded
+    assert bounded.batch == 32 < free.batch == 64 and bounded.steps == free.steps == 20
+    assert [p.stage for p in bounded.points][:2] == ["size", "sparsity"] and len(bounded.points) < len(free.points)
 
 
 def _within(value: float, interval: dict) -> bool:
@@ -83,3 +85,17 @@ def test_d103_reports_intervals_over_seeds_and_its_budget() -> None:
     budget = fvu.evidence["budget"]
     assert budget["steps"] == 100 < budget["steps_asked"]          # cut by the budget, down to the floor
     assert math.isclose(budget["gmac_budget"], 0.05) and fvu.evidence["buffer"]["storage"] == "memory"
+
+
+def test_d103_keeps_a_wide_layer_within_a_tiny_budget_and_says_what_it_skipped() -> None:
+    """The floors (50 steps per sweep candidate, 100 per kept dictionary) used to apply whatever the budget; a 256-wide
+    layer at 2 GMAC cannot pay for them: the sweep is skipped, the kept dictionaries train on fewer, smaller steps,
+    and the multiply-adds spent (counted as the rule counts them) stay within the budget."""
+    vectors, _ = planted_dictionary_data(dims=256, directions=512, n=300)
+    result = mechaudit.audit(Passthrough(256), vectors, select=["D103"], rules={"D103": {"budget_gmac": 2.0}})
+    evidence = next(f for f in result.findings if f.metric == "fvu").evidence
+    budget, choice = evidence["budget"], evidence["size_choice"]
+    assert "sweep skipped" in choice["reason"] and choice["candidates"] == [] and choice["expansion"] == 2
+    spent = budget["seeds"] * training_cost(evidence["features"], 256, budget["batch"], budget["steps"])
+    assert spent <= 2e9 and math.isclose(budget["gmac_spent"], round(spent / 1e9, 2))
+    assert budget["steps"] < 100 and "undertrained" in budget["reduced"]

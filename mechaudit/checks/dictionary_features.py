@@ -34,7 +34,7 @@ from ..techniques.sae import (
     tensor_stream,
     train_dictionary,
 )
-from ..techniques.sae_sweep import SizeChoice, choose_size, training_cost
+from ..techniques.sae_sweep import SizeChoice, choose_size, least_sweep_cost, training_cost
 from ..techniques.selectivity import label_selectivity
 from ..techniques.uncertainty import Interval
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
@@ -59,26 +59,29 @@ and position) of `samples` audit samples. The vectors are gathered in one stream
 buffer: at most `buffer_values` numbers (a seeded uniform subset of the vectors when there are more), in memory up
 to `memory_vectors` numbers and otherwise disk-backed (a numpy memmap in a temporary directory, removed after
 training); evaluation reads them from memory when small, else streams them from the model. Training is bounded by
-`budget_gmac` billion multiply-adds for the whole rule, shared equally by the layers: half for the sweep below
-(fewer steps per candidate, at least 50, when it would not fit; candidates that still would not fit are not tried),
-the rest for the kept dictionaries (fewer than `steps` steps, at least 100, when they would not fit); the
-evidence's `budget` states what was spent and the steps used. `seeds` dictionaries are trained with consecutive
-seeds; the first is kept and written; every gated metric carries the range over the seeds as its interval (FVU and
-purity gap per seed, instability per pair of seeds; for n seeds a further seed's value falls inside the range with
-probability (n - 1) / (n + 1), the interval's level: 0.5 for 3). Three findings per layer: `fvu`, the fraction of
-variance unexplained (fails above `max_fvu`); `instability`, one minus the mean best cosine similarity between the
-live features and those of a second dictionary trained with another seed (fails above `1 - min_seed_agreement`);
-`purity_gap`, the mean purity of the units' top samples minus that of the features' (fails above 0, like every
-metric above its threshold: features less pure than units). The evidence reports L0, live, dead and dense features,
-and the *represented features*: the distinct directions among features both seeds find (cosine above 0.9). Each
-dictionary is written to the output directory as `dictionaries/<layer>.safetensors` and shared with later rules:
-L206 dissects its features, addressed `layer:featN`. `expansion` and `k` are chosen from the data unless given (0,
-the default): a sweep on `sweep_vectors` of the layer's vectors, a fifth held out, first over the size (2, 4, 8, 16
-features per unit at k = units / 8: the smallest after which doubling lowers the held-out FVU by less than 10%),
-then over k (1, 2, 4, ... up to half the units, two seeds each, searched by bisection: the smallest whose held-out
-FVU is at most `max_fvu`, if its seeds agree at `min_seed_agreement`, else the next k up if its seeds do, else the
-smallest reaching that FVU). The evidence's `size_choice` states the choice, why, and every candidate's FVU and
-seed agreement.
+`budget_gmac` billion multiply-adds for the whole rule, shared equally by the layers, and never exceeded: half for
+the sweep below (fewer steps per candidate, at least 50, then batches down to 32 vectors, when it would not fit;
+candidates that still would not fit are not tried; when not even the first size and one pair of k fit at 50 steps of
+32 vectors, the sweep is skipped and the smallest size, 2 features per unit, is kept with k = units / 8, and
+`size_choice` says so), the rest for the kept dictionaries (fewer than `steps` steps, at least 100, then batches
+down to 32 vectors, then fewer steps still, with a `reduced` note in the evidence saying they are undertrained); the
+evidence's `budget` states what was spent and the steps and batch used. `seeds` dictionaries are trained with
+consecutive seeds; the first is kept and written; every gated metric carries the range over the seeds as its
+interval (FVU and purity gap per seed, instability per pair of seeds; for n seeds a further seed's value falls
+inside the range with probability (n - 1) / (n + 1), the interval's level: 0.5 for 3). Three findings per layer:
+`fvu`, the fraction of variance unexplained (fails above `max_fvu`); `instability`, one minus the mean best cosine
+similarity between the live features and those of a second dictionary trained with another seed (fails above `1 -
+min_seed_agreement`); `purity_gap`, the mean purity of the units' top samples minus that of the features' (fails
+above 0, like every metric above its threshold: features less pure than units). The evidence reports L0, live, dead
+and dense features, and the *represented features*: the distinct directions among features both seeds find (cosine
+above 0.9). Each dictionary is written to the output directory as `dictionaries/<layer>.safetensors` and shared with
+later rules: L206 dissects its features, addressed `layer:featN`. `expansion` and `k` are chosen from the data
+unless given (0, the default): a sweep on `sweep_vectors` of the layer's vectors, a fifth held out, first over the
+size (2, 4, 8, 16 features per unit at k = units / 8: the smallest after which doubling lowers the held-out FVU by
+less than 10%), then over k (1, 2, 4, 8, 16 and 32, those at most half the units, two seeds each, searched by
+bisection: the smallest whose held-out FVU is at most `max_fvu`, if its seeds agree at `min_seed_agreement`, else
+the next k up if its seeds do, else the smallest reaching that FVU). The evidence's `size_choice` states the choice,
+why, and every candidate's FVU and seed agreement.
 """,
     why="""
 Dictionary features are the parts many explanations are made of, but a dictionary is only evidence when it
@@ -93,26 +96,25 @@ features per unit do not fit every layer: in a 16-wide layer whose vectors combi
 at a time, that dictionary recovers 37% of the directions (mean best cosine 0.83); the sweep chooses 8 features per
 unit and k = 4 and recovers 95% (mean 0.95), while on the planted benchmark below it keeps the quality of the fixed
 choice (k = 2, 4 features per unit: 100% of the directions, mean 0.98; fixed k = 4: 0.99)
-(`tests/test_decomposition.py`). Cost of the sweep: at most 4 + 2 x 4 dictionaries of `sweep_steps` steps on at
-most `sweep_vectors` vectors per layer (about 10 s per 16- or 32-wide layer on one CPU core, as much again as
-training the kept dictionaries); give `expansion` and `k` to skip it. The budget leaves `digits` untouched (5 to 20
-of its 1,000 GMAC per layer spent). On MiniLM (64 sentences, 1,536 token vectors per 384-wide layer; two layers,
+(`tests/test_decomposition.py`). Cost of the sweep: at most 4 + 2 x 4 dictionaries of `sweep_steps` steps on at most
+`sweep_vectors` vectors per layer (about 10 s per 16- or 32-wide layer on one CPU core, as much again as training
+the kept dictionaries); give `expansion` and `k` to skip it. The budget leaves `digits` untouched (5 to 20 of its
+1,000 GMAC per layer spent). On MiniLM (64 sentences, 1,536 token vectors per 384-wide layer; two layers,
 `encoder.layer.1.attention` and `encoder.layer.2`) the rule used to take 225 s and more (sweeping up to 6,144
 features at 300 steps each), and its dictionaries (k = 4 when a budget stops the sweep early) explain the layers
 (FVU 0.03 to 0.04) but agree across seeds at only 0.46 to 0.60. At the default budget of 3,000 GMAC it spends 1,498
 GMAC per layer (sweep candidates at fewer steps, the three kept dictionaries at 326 steps): 94 s of CPU for the two
-layers, peak RSS 0.64 GB (`python benchmarks/decomposition_speed.py --minilm`; 831 s of wall time on a CPU shared
-by eight processes). The bisection chooses 2 features per unit and k = 1: FVU 0.12 [0.11, 0.14] and 0.08 [0.07,
-0.09], seed agreement 0.94 [0.93, 0.94] and 0.95 [0.95, 0.96]: a healthy model passes. Reference range on a real
-model: FVU 0.05 to 0.2, seed agreement 0.9 and above at the sparsest k that reaches `max_fvu`. Thresholds from
-measurement on planted data (128 unit directions in 32 dimensions, each active with probability 0.02): the TopK
-dictionary (k = 4) recovers them (mean best cosine 0.994, all above 0.9) with seed agreement 0.95 to 0.97 and FVU
-0.11; an under-regularised one (k = 32, or L1 with a penalty of 0 or 1e-3) reaches a better FVU (0.03 to 0.04) but
-recovers worse directions (mean 0.93) and agrees with its twin only at 0.46 to 0.49: `min_seed_agreement = 0.8`
-separates them. On `digits` (three seeds, ranges in brackets) the layers' dictionaries agree at 0.94 [0.94, 0.95],
-0.86 [0.86, 0.91] and 0.91 [0.91, 0.93] (`features.0`, `features.2`, `classifier.0`); FVU 0.08, 0.19, 0.14;
-features are not purer than units in the conv layers (gaps +0.03 [0.03, 0.05], +0.06 [0.04, 0.06]) and purer in
-`classifier.0` (-0.27).
+layers, peak RSS 0.64 GB (`python benchmarks/decomposition_speed.py --minilm`). The bisection chooses 2 features per
+unit and k = 1: FVU 0.12 [0.11, 0.14] and 0.08 [0.07, 0.09], seed agreement 0.94 [0.93, 0.94] and 0.95 [0.95, 0.96]:
+a healthy model passes. Reference range on a real model: FVU 0.05 to 0.2, seed agreement 0.9 and above at the
+sparsest k that reaches `max_fvu`. Thresholds from measurement on planted data (128 unit directions in 32
+dimensions, each active with probability 0.02): the TopK dictionary (k = 4) recovers them (mean best cosine 0.994,
+all above 0.9) with seed agreement 0.95 to 0.97 and FVU 0.11; an under-regularised one (k = 32, or L1 with a penalty
+of 0 or 1e-3) reaches a better FVU (0.03 to 0.04) but recovers worse directions (mean 0.93) and agrees with its twin
+only at 0.46 to 0.49: `min_seed_agreement = 0.8` separates them. On `digits` (three seeds, ranges in brackets) the
+layers' dictionaries agree at 0.94 [0.94, 0.95], 0.86 [0.86, 0.91] and 0.91 [0.91, 0.93] (`features.0`,
+`features.2`, `classifier.0`); FVU 0.08, 0.19, 0.14; features are not purer than units in the conv layers (gaps
++0.03 [0.03, 0.05], +0.06 [0.04, 0.06]) and purer in `classifier.0` (-0.27).
 """,
     fix="""
 Raise `steps` or lower `k` (more sparsity; the sweep's `size_choice` shows each k's seed agreement) until two
@@ -202,15 +204,19 @@ class DictionaryFeaturesEvidence(TypedDict, total=False):
 
 def _cost(sizes: Sizes, params: DictionaryParams) -> Cost:
     """Activations of ``samples`` samples, then per hidden layer the size sweep (when ``expansion`` or ``k`` is 0:
-    at most 16 dictionaries of ``sweep_steps`` steps) and two kept dictionaries of ``steps`` steps; a step is
-    about 6 x batch x width x features operations (forward and backward of encoder and decoder)."""
+    at most 4 + 2 x 5 candidates of ``sweep_steps`` steps at the smallest sizes, 2 to 4 features per unit) and
+    ``seeds`` kept dictionaries of ``steps`` steps (4 features per unit when chosen), capped by the layer's share
+    of ``budget_gmac``, which training never exceeds; a step is about 6 x batch x width x features operations
+    (forward and backward of encoder and decoder)."""
     n = sizes.n(params.samples)
-    expansion = params.expansion or 8
+    layers = sizes.hidden
+    share = params.budget_gmac * 1e9 / max(len(layers), 1) if params.budget_gmac else math.inf
     flops = 0.0
-    for layer in sizes.hidden:
-        step = 6.0 * params.batch * layer.units * expansion * layer.units
-        sweep = 0 if params.expansion and params.k else 16 * params.sweep_steps
-        flops += step * (2 * params.steps + sweep)
+    for layer in layers:
+        step = 6.0 * params.batch * layer.units * layer.units
+        sweep = 0.0 if params.expansion and params.k else step * 3 * 14 * params.sweep_steps
+        kept = step * (params.expansion or 4) * params.seeds * params.steps
+        flops += min(share, sweep + kept)
     return forwards(sizes, n) + Cost(flops=flops)
 
 
@@ -343,7 +349,8 @@ class Trained:
     buffer: dict
 
 
-MIN_STEPS = 100  # the kept dictionaries train at least this many steps, whatever the budget
+MIN_STEPS = 100  # the kept dictionaries train at least this many steps when the budget allows it
+MIN_BATCH = 32  # of at least this many vectors (smaller batches before fewer steps)
 
 
 def _train(context: AuditContext, params: DictionaryParams) -> dict[str, Trained]:
@@ -364,18 +371,40 @@ def _train(context: AuditContext, params: DictionaryParams) -> dict[str, Trained
             choice = _choose(buffer, base, width, params, context.device, budget / 2)
             config = base if choice is None else replace(base, features=choice.expansion * width, k=choice.k)
             spent = choice.cost if choice is not None else 0.0
-            per_step = training_cost(config.features, width, min(config.batch, buffer.count), 1)
-            affordable = int((budget - spent) / (params.seeds * per_step)) if math.isfinite(budget) else params.steps
-            config = replace(config, steps=min(params.steps, max(MIN_STEPS, affordable)))
+            config, reduced = _affordable(config, width, buffer.count, params, budget - spent)
             dictionaries = [train_dictionary(training, replace(config, seed=context.seed + i), layer.name,
                                              context.device) for i in range(params.seeds)]
-            spent += params.seeds * per_step * config.steps
+            spent += params.seeds * training_cost(config.features, width, config.batch, config.steps)
             trained[layer.name] = Trained(
                 dictionaries, None if choice is None else choice.as_evidence(),
                 {"gmac_spent": round(spent / 1e9, 2), "gmac_budget": round(budget / 1e9, 2) if math.isfinite(
-                    budget) else None, "steps": config.steps, "steps_asked": params.steps, "seeds": params.seeds},
+                    budget) else None, "steps": config.steps, "steps_asked": params.steps, "batch": config.batch,
+                 "seeds": params.seeds, **({"reduced": reduced} if reduced else {})},
                 buffer.describe())
     return trained
+
+
+def _affordable(config: SAEConfig, width: int, vectors: int, params: DictionaryParams,
+                budget: float) -> tuple[SAEConfig, str]:
+    """``config`` with the steps and batch that ``seeds`` dictionaries can train within ``budget`` multiply-adds:
+    fewer steps (at least ``MIN_STEPS``), then smaller batches (at least ``MIN_BATCH``), then fewer steps still
+    (at least one step of one vector); and in words what was reduced below the floors (empty when nothing was)."""
+    batch = min(config.batch, vectors)
+    if not math.isfinite(budget):
+        return replace(config, batch=batch), ""
+    per_vector = params.seeds * training_cost(config.features, width, 1, 1)  # one step of one vector, all seeds
+    floor = min(MIN_STEPS, params.steps)
+    steps = int(budget / (per_vector * batch))
+    if steps >= floor:
+        return replace(config, batch=batch, steps=min(params.steps, steps)), ""
+    smaller = max(1, min(batch, int(budget / (per_vector * floor))))
+    if smaller >= MIN_BATCH:
+        return replace(config, batch=smaller, steps=floor), f"batch lowered from {batch} to {smaller} vectors"
+    batch = min(batch, MIN_BATCH)
+    steps = max(1, min(floor, int(budget / (per_vector * batch))))
+    return replace(config, batch=batch, steps=steps), (
+        f"the budget pays for {steps} steps of {batch} vectors, below the floor of {floor} steps: the "
+        f"dictionaries are undertrained; raise budget_gmac")
 
 
 def _choose(buffer: Buffer, base: SAEConfig, width: int, params: DictionaryParams, device,
@@ -387,6 +416,11 @@ def _choose(buffer: Buffer, base: SAEConfig, width: int, params: DictionaryParam
         tuple(e for e in SWEEP_EXPANSIONS if e * width <= MAX_SWEEP_FEATURES) or SWEEP_EXPANSIONS[:1])
     ks = (base.k,) if params.k or params.kind != "topk" else (
         tuple(k for k in SWEEP_KS if k <= max(1, width // 2)))
+    least = least_sweep_cost(width, expansions)
+    if least > budget:
+        return SizeChoice(expansions[0], base.k, (), f"sweep skipped: its least run ({least / 1e9:g} GMAC) exceeds "
+                          f"the layer's sweep budget ({budget / 1e9:g} GMAC); the smallest size ({expansions[0]} per "
+                          f"unit) and k = {base.k} kept", 0.0, 0, 0)
     return choose_size(buffer.as_tensor(params.sweep_vectors), replace(base, steps=params.sweep_steps),
                        fvu_target=params.max_fvu, min_agreement=params.min_seed_agreement, k_ref=max(1, width // 8),
                        ks=ks, expansions=expansions, max_vectors=params.sweep_vectors, device=device, budget=budget)

@@ -11,7 +11,7 @@ from ..cost import Cost, RuleCost, Sizes, forwards, unit_products
 from ..findings import Location, Measurement
 from ..techniques.dimensionality import spectrum_of_covariance
 from ..techniques.layer_map import layer_map
-from ..techniques.read_vectors import describe_tensor, read_and_input_covariances
+from ..techniques.read_vectors import MAX_INPUT_WIDTH, PASS_BYTES, describe_tensor, read_and_input_covariances
 from .dead_units import FOLLOWING
 from .decomposition_common import pooled_activations
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -20,14 +20,18 @@ DOCS = RuleDocs(
     summary="A layer's representation has collapsed onto fewer directions than it reads.",
     what="""For every hidden layer, the PCA spectrum of what the next layer reads from it: the layer's output after the
 rectifying nonlinearity that follows it (ReLU, GELU, ...; none for residual streams and attention heads), at each
-position (a convolution's channels at each spatial cell, a token model's units at each token; attention heads:
-their concatenated outputs at each token), accumulated as a covariance matrix over `samples` audit samples. The
-effective rank of that spectrum is compared with the effective rank of what the layer itself reads (its input at
-each position; a 2-D convolution's input patches), capped by its number of live units: the *collapse* is `1 -
+position (a convolution's channels at each spatial cell, a token model's units at each token; attention heads: their
+concatenated outputs at each token), accumulated as a covariance matrix over `samples` audit samples. A convolution
+followed by a BatchNorm and then a ReLU is measured on its own output, before the BatchNorm and with no rectifier.
+The effective rank of that spectrum is compared with the effective rank of what the layer itself reads (its input at
+each position; a 1-D or 2-D convolution's input patches), capped by its number of live units: the *collapse* is `1 -
 log(effective rank) / log(reference)`, 0 when the layer keeps (or adds) as many directions as it reads, 1 when it
 keeps one, 0.5 when it keeps the square root of them; the finding fails when it exceeds `max_collapse`. A layer
-whose input cannot be read (no tensor argument) is compared with its live units. The evidence also gives the
-components that hold 90% and 99% of the variance.
+whose input is not read is compared with its live units, and `reference` in the evidence says why: no tensor
+argument, an input wider than 4,096 dimensions (no covariance of that size is built: a Linear reading a flattened
+512x7x7 map would need 5 GB), or a 3-D convolution (its patches are not unfolded). All layers are recorded in one
+pass over the samples (several when their covariances exceed 2 GiB together). The evidence also gives the components
+that hold 90% and 99% of the variance.
 """,
     why="""
 A collapsed layer carries far fewer independent directions than it receives: capacity is wasted, and
@@ -47,8 +51,8 @@ layer behind a full-rank one, and a conv layer whose 32 filters are positive mul
 1.0 (a healthy layer beside them: 0.10 and 0.0; `tests/test_decomposition.py`); on `digits` and `digits-control`
 the collapse is 0.27 (`features.0`), 0.26 and 0.28 (`features.2`), 0.34 and 0.36 (`classifier.0`, which narrows the
 flattened 256-value map to a few class directions). `max_collapse = 0.7` lies between them: a layer fails when it
-keeps fewer than reference^0.3 directions (fewer than 6 of 384, 2.5 of 20). Reference range of a healthy layer,
-measured on these examples and MiniLM: 0 to 0.4.
+keeps fewer than reference^0.3 directions (2.2 to 2.7 against MiniLM's input references of 13 to 26; 2.5 of 20).
+Reference range of a healthy layer, measured on these examples and MiniLM: 0 to 0.4.
 """,
     fix="""
 Check for an unintended bottleneck or an over-strong weight decay; a layer that really needs few dimensions can
@@ -88,6 +92,7 @@ class DimensionalityEvidence(TypedDict, total=False):
     live_units: int
     measured_on: str
     pooling: str
+    reference: str
     reference_rank: float
     samples: int
     units: int
@@ -95,9 +100,22 @@ class DimensionalityEvidence(TypedDict, total=False):
 
 
 def _cost(sizes: Sizes, params: DimensionalityParams) -> Cost:
-    """Activations of ``samples`` samples (one forward pass) and each layer's covariance spectrum."""
+    """One forward pass of ``samples`` samples per group of layers whose float64 covariances (output and input,
+    ``width²`` each; the input's width estimated from the layer before, 3x3 patches for a conv, capped at
+    ``MAX_INPUT_WIDTH``) fit in ``PASS_BYTES``, and the products that accumulate them."""
     n = sizes.n(params.samples)
-    return forwards(sizes, n) + Cost(flops=unit_products(sizes, n))
+    passes, held, peak, products, before = 0, PASS_BYTES + 1, 0.0, 0.0, sizes.input_values
+    for layer in sizes.hidden:
+        width = min(MAX_INPUT_WIDTH, before * (9 if layer.kind == "conv" else 1))
+        size = 8.0 * (layer.units ** 2 + width ** 2)
+        if held + size > PASS_BYTES:
+            passes, held = passes + 1, 0.0
+        held += size
+        peak = max(peak, held)
+        products += 2.0 * n * (layer.values / max(layer.units, 1)) * width ** 2
+        before = layer.units
+    scan = forwards(sizes, n, max(passes, 1))
+    return scan + Cost(flops=unit_products(sizes, n) + products, peak_bytes=scan.peak_bytes + peak)
 
 
 COST = RuleCost(_cost, reduce="samples")
@@ -112,9 +130,10 @@ def dimensionality(context: AuditContext, rule) -> list[Measurement]:
     inputs = context.data.inputs[indices]
     pooled = pooled_activations(context, params.samples)[1] if params.map_points else {}
     findings = []
+    recorded = read_and_input_covariances(context.view, list(context.view.hidden_layers), inputs, context.batch_size,
+                                          context.device, following)
     for layer in context.view.hidden_layers:
-        read, given = read_and_input_covariances(context.view, layer, inputs, context.batch_size, context.device,
-                                                 following.get(layer.name))
+        read, given = recorded[layer.name].read, recorded[layer.name].given
         result = spectrum_of_covariance(read.covariance)
         reference = spectrum_of_covariance(given.covariance).effective_rank if given is not None else None
         rank, live = result.effective_rank, min(result.live_units, max(read.count - 1, 1))
@@ -122,7 +141,9 @@ def dimensionality(context: AuditContext, rule) -> list[Measurement]:
         collapse = collapse_of(rank, ceiling)
         collapsed = collapse > params.max_collapse
         c90, c99 = result.components_for(0.9), result.components_for(0.99)
-        against = f"its input's {reference:.1f}" if reference is not None else f"{live} live units"
+        not_read = recorded[layer.name].not_read
+        against = (f"its input's {reference:.1f}" if reference is not None
+                   else f"{live} live units; input not measured: {not_read}")
         message = (f"{layer.name}: effective rank {rank:.1f} of {result.live_units} live units per position (against "
                    f"{against}: collapse {collapse:.2f}); {c90} principal components hold 90% of the variance, "
                    f"{c99} hold 99%" + ("; the layer has collapsed onto a few directions" if collapsed else ""))
@@ -132,6 +153,7 @@ def dimensionality(context: AuditContext, rule) -> list[Measurement]:
             evidence={"samples": len(indices), "vectors": read.count, "units": layer.size,
                       "live_units": result.live_units, "effective_rank": rank,
                       "effective_rank_share": rank / live if live else 0.0, "input_effective_rank": reference,
+                      "reference": "input" if reference is not None else f"live units ({not_read})",
                       "reference_rank": ceiling, "components_90": c90, "components_99": c99,
                       "explained_variance": [round(float(v), 5) for v in result.explained[:params.max_components]],
                       "measured_on": describe_tensor(layer, following.get(layer.name)),

@@ -124,9 +124,10 @@ class ProbesEvidence(TypedDict, total=False):
 
 def _cost(sizes: Sizes, params: ProbesParams) -> Cost:
     """Activations of ``samples`` samples (one forward pass) and linear probes per layer and attribute: ``folds``
-    x (1 + ``shuffles``) fits of about 100 iterations."""
+    x (``seeds`` + ``shuffles``) fits of about 100 iterations (each seeded split and each shuffle, at least one
+    shuffle: :func:`mechaudit.techniques.probes.probe`)."""
     n = sizes.n(params.samples)
-    fits = params.folds * (1 + params.shuffles) * 100
+    fits = params.folds * (max(params.seeds, 1) + max(params.shuffles, 1)) * 100
     return forwards(sizes, n) + Cost(flops=sum(2.0 * fits * n * layer.units * params.max_levels
                                                for layer in sizes.layers))
 

@@ -38,26 +38,33 @@ class Spectrum:
 
 
 def spectrum(activations: torch.Tensor, tolerance: float = 1e-10) -> Spectrum:
-    """PCA spectrum of ``activations`` (samples, units), in float64."""
+    """PCA spectrum of ``activations`` (samples, units), in float64; live units and kept components as in
+    :func:`spectrum_of_covariance` (relative to the largest, so the same at any scale)."""
     x = activations.double()
     x = x - x.mean(0, keepdim=True)
-    live = int((x.abs().amax(0) > tolerance).sum())
     if x.shape[0] < 2:
-        return Spectrum(torch.zeros(min(x.shape)), live)
-    singular = torch.linalg.svdvals(x)
-    variances = singular ** 2 / (x.shape[0] - 1)
-    variances = torch.where(variances > tolerance * max(float(variances.max()), 1.0), variances,
-                            torch.zeros_like(variances))
-    return Spectrum(variances.float(), live)
+        return Spectrum(torch.zeros(min(x.shape)), 0)
+    live = _live_units((x * x).sum(0) / (x.shape[0] - 1), tolerance)
+    variances = torch.linalg.svdvals(x) ** 2 / (x.shape[0] - 1)
+    return Spectrum(_kept(variances, tolerance).float(), live)
 
 
 def spectrum_of_covariance(covariance: torch.Tensor, tolerance: float = 1e-10) -> Spectrum:
     """The PCA spectrum from a (units, units) covariance matrix (e.g. accumulated over a stream of vectors): its
-    eigenvalues, largest first; a unit is live when its variance exceeds ``tolerance`` of the largest."""
+    eigenvalues, largest first."""
     covariance = covariance.double()
     variances = torch.linalg.eigvalsh((covariance + covariance.T) / 2).flip(0).clamp_min(0)
-    diagonal = covariance.diagonal()
-    live = int((diagonal > tolerance * max(float(diagonal.max()), 1e-30)).sum()) if diagonal.numel() else 0
-    variances = torch.where(variances > tolerance * max(float(variances.max()), 1e-30), variances,
-                            torch.zeros_like(variances))
-    return Spectrum(variances.float(), live)
+    return Spectrum(_kept(variances, tolerance).float(), _live_units(covariance.diagonal(), tolerance))
+
+
+def _live_units(variances: torch.Tensor, tolerance: float) -> int:
+    """Units whose variance exceeds ``tolerance`` of the largest unit's: *live* means this in both spectra."""
+    return int((variances > tolerance * max(float(variances.max()), 1e-30)).sum()) if variances.numel() else 0
+
+
+def _kept(variances: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """``variances`` with those below ``tolerance`` of the largest set to zero (numerical noise)."""
+    if not variances.numel():
+        return variances
+    return torch.where(variances > tolerance * max(float(variances.max()), 1e-30), variances,
+                       torch.zeros_like(variances))

@@ -10,7 +10,9 @@ input, rank one whatever the filters).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,18 +46,29 @@ def describe_tensor(layer: Layer, following: Following | None) -> str:
     return f"the layer's output (no rectifier follows it), at {where}"
 
 
+#: Inputs wider than this get no (width x width) covariance: the layer is compared with its live units instead
+#: (4,096 dimensions: a 128 MiB float64 matrix; a Linear reading a flattened 512x7x7 map would need 5 GB).
+MAX_INPUT_WIDTH = 4096
+#: Float64 rows converted at once by :meth:`RunningCovariance.add`, and input patches unfolded at once, in bytes.
+CHUNK_BYTES = 64 * 2**20
+#: Covariance matrices held during one pass over the samples, in bytes: layers are recorded in groups under it.
+PASS_BYTES = 2 * 2**30
+
+
 class RunningCovariance:
     """The (width, width) covariance of vectors added chunk by chunk (float64 sums): memory is one width x width
-    matrix, whatever the number of vectors."""
+    matrix and a bounded chunk of rows, whatever the number of vectors."""
 
     def __init__(self) -> None:
         self.count, self.total, self.gram = 0, None, None
 
     def add(self, chunk: torch.Tensor) -> None:
-        x = chunk.double().cpu()
-        self.total = x.sum(0) if self.total is None else self.total + x.sum(0)
-        self.gram = x.T @ x if self.gram is None else self.gram + x.T @ x
-        self.count += x.shape[0]
+        rows = max(1, CHUNK_BYTES // (8 * max(chunk.shape[-1], 1)))
+        for part in chunk.split(rows):
+            x = part.double().cpu()
+            self.total = x.sum(0) if self.total is None else self.total + x.sum(0)
+            self.gram = x.T @ x if self.gram is None else self.gram + x.T @ x
+            self.count += x.shape[0]
 
     @property
     def covariance(self) -> torch.Tensor:
@@ -65,43 +78,144 @@ class RunningCovariance:
         return (self.gram - self.count * torch.outer(mean, mean)) / max(self.count - 1, 1)
 
 
+def _conv_settings(module: nn.Module) -> tuple[tuple, tuple, tuple, tuple] | str:
+    """A 1-D or 2-D convolution's (kernel, dilation, padding, stride) as 2-D tuples for ``F.unfold``, or why its
+    input patches cannot be unfolded."""
+    if isinstance(module, nn.Conv3d):
+        return "a 3-D convolution's input patches are not unfolded"
+    if isinstance(module.padding, str) and module.padding != "valid":
+        return f"a convolution with padding '{module.padding}' is not unfolded"
+    padding = (0,) * len(module.kernel_size) if isinstance(module.padding, str) else module.padding
+    settings = (module.kernel_size, module.dilation, padding, module.stride)
+    return settings if isinstance(module, nn.Conv2d) else tuple((1, value[0]) if i != 2 else (0, value[0])
+                                                               for i, value in enumerate(settings))
+
+
+def input_width(module: nn.Module) -> int | str | None:
+    """The width of :func:`input_vectors` of ``module`` when its type tells it (a convolution's channels x kernel
+    cells, a Linear's input features), why its input is not read (a 3-D convolution), or None (known on reading)."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        settings = _conv_settings(module)
+        return settings if isinstance(settings, str) else module.in_channels * math.prod(module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return None
+
+
 def input_vectors(module: nn.Module, value: torch.Tensor) -> torch.Tensor:
-    """What ``module`` reads, as vectors: a 2-D convolution's input patches (channels x kernel cells, at each
-    output position), else the input's last dimension (a token's or a sample's features); ``(n, width)``."""
-    if isinstance(module, nn.Conv2d) and value.dim() == 4:
-        patches = F.unfold(value, module.kernel_size, module.dilation, module.padding, module.stride)
+    """What ``module`` reads, as vectors: a 1-D or 2-D convolution's input patches (channels x kernel cells, at each
+    output position), else the input's last dimension (a token's or a sample's features); ``(n, width)``. A 3-D
+    convolution (see :func:`input_width`) is not read here: ValueError."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        settings = _conv_settings(module)
+        if isinstance(settings, str):
+            raise ValueError(settings)
+        images = value.unsqueeze(-2) if isinstance(module, nn.Conv1d) else value
+        patches = F.unfold(images, *settings)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    if isinstance(module, nn.Conv1d) and value.dim() == 3:
-        return value.transpose(1, 2).reshape(-1, value.shape[1])
     return value.reshape(-1, value.shape[-1])
 
 
-def read_and_input_covariances(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size: int,
-                               device: torch.device, following: Following | None = None,
-                               ) -> tuple[RunningCovariance, RunningCovariance | None]:
-    """One pass over ``inputs``: the covariance of the vectors the next layer reads (the
-    layer's output at each position, rectified when a rectifier follows)
-    and of those the layer's module reads (:func:`input_vectors` of its first tensor argument; None when the
-    module takes no tensor)."""
-    module = view.model.get_submodule(layer.name)
-    function = rectifier_function(following)
-    read, given = RunningCovariance(), RunningCovariance()
+@dataclass
+class LayerCovariances:
+    """What :func:`read_and_input_covariances` recorded for one layer: the covariance of what the next layer reads,
+    that of what the layer reads (None when not read), and why it was not read."""
 
-    def on_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+    read: RunningCovariance = field(default_factory=RunningCovariance)
+    given: RunningCovariance | None = field(default_factory=RunningCovariance)
+    not_read: str | None = None
+
+
+def _estimated_bytes(view: ModelView, layer: Layer, max_input_width: int) -> int:
+    """The float64 covariances of one layer, estimated before reading (width 4,096 where its type does not say)."""
+    width = input_width(view.model.get_submodule(layer.name))
+    given = min(width, max_input_width) if isinstance(width, int) else 0 if isinstance(width, str) else max_input_width
+    read = layer.size if layer.kind in ("linear", "conv") else max_input_width
+    return 8 * (read * read + given * given)
+
+
+def layer_groups(view: ModelView, layers: list[Layer], max_input_width: int = MAX_INPUT_WIDTH,
+                 pass_bytes: int = PASS_BYTES) -> list[list[Layer]]:
+    """``layers`` in consecutive groups whose covariances fit in ``pass_bytes`` (a layer alone when it does not)."""
+    groups: list[list[Layer]] = []
+    held = pass_bytes + 1
+    for layer in layers:
+        size = _estimated_bytes(view, layer, max_input_width)
+        if held + size > pass_bytes:
+            groups.append([])
+            held = 0
+        groups[-1].append(layer)
+        held += size
+    return groups
+
+
+def read_and_input_covariances(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,
+                               device: torch.device, following: dict[str, Following] | None = None,
+                               max_input_width: int = MAX_INPUT_WIDTH, pass_bytes: int = PASS_BYTES,
+                               ) -> dict[str, LayerCovariances]:
+    """For each layer, in one pass over ``inputs`` per group of :func:`layer_groups`: the covariance of the vectors
+    the next layer reads (the layer's output at each position, rectified when a rectifier follows) and of those the
+    layer's module reads (:func:`input_vectors` of its first floating-point tensor argument). The second is not
+    built (``given`` None, ``not_read`` says why) when the module takes no such tensor, when its input is wider than
+    ``max_input_width`` or when its patches are not unfolded (a 3-D convolution)."""
+    following = following or {}
+    recorded: dict[str, LayerCovariances] = {}
+    for group in layer_groups(view, layers, max_input_width, pass_bytes):
+        handles = []
+        for layer in group:
+            module = view.model.get_submodule(layer.name)
+            record = recorded[layer.name] = LayerCovariances()
+            width = input_width(module)
+            if isinstance(width, str) or (isinstance(width, int) and width > max_input_width):
+                record.given, record.not_read = None, _too_wide(width, max_input_width)
+                continue
+            handles.append(module.register_forward_pre_hook(_input_hook(record, max_input_width), with_kwargs=True))
+        functions = {layer.name: rectifier_function(following.get(layer.name)) for layer in group}
+
+        def on_output(layer: Layer, output: torch.Tensor) -> None:
+            vectors = layer_vectors(output, layer)
+            function = functions[layer.name]
+            recorded[layer.name].read.add(function(vectors) if function is not None else vectors)
+
+        try:
+            with hooked(view, group, on_output), torch.no_grad():
+                for _, batch in batches(inputs, batch_size, device):
+                    view.model(batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+    for record in recorded.values():
+        if record.given is not None and not record.given.count:
+            record.given, record.not_read = None, record.not_read or "the layer takes no floating-point tensor"
+    return recorded
+
+
+def _too_wide(width: int | str, max_input_width: int) -> str:
+    if isinstance(width, str):
+        return width
+    return f"its input has {width} dimensions, above {max_input_width}: no covariance of that size is built"
+
+
+def _input_hook(record: LayerCovariances, max_input_width: int) -> Callable:
+    def on_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if record.given is None:
+            return
         value = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.is_floating_point()),
                      None)
-        if value is not None:
-            given.add(input_vectors(module, value.detach()))
-
-    def on_output(_layer: Layer, output: torch.Tensor) -> None:
-        vectors = layer_vectors(output, layer)
-        read.add(function(vectors) if function is not None else vectors)
-
-    handle = module.register_forward_pre_hook(on_input, with_kwargs=True)
-    try:
-        with hooked(view, [layer], on_output), torch.no_grad():
-            for _, batch in batches(inputs, batch_size, device):
-                view.model(batch)
-    finally:
-        handle.remove()
-    return read, (given if given.count else None)
+        if value is None:
+            return
+        value = value.detach()
+        width = input_width(module)
+        if width is None and value.shape[-1] > max_input_width:
+            record.given, record.not_read = None, _too_wide(value.shape[-1], max_input_width)
+            return
+        if width is None or isinstance(module, nn.Linear):  # rows as they are (no patches): chunked by add
+            record.given.add(input_vectors(module, value))
+            return
+        if value.dim() != (4 if isinstance(module, nn.Conv2d) else 3):
+            record.given, record.not_read = None, f"its input of shape {tuple(value.shape)} is not batched"
+            return
+        per_sample = width * value[0, 0].numel() * value.element_size()
+        for part in value.split(max(1, CHUNK_BYTES // per_sample)):  # unfolded patches of a few samples at once
+            record.given.add(input_vectors(module, part))
+    return on_input

@@ -14,9 +14,10 @@ Two stages, on at most ``max_vectors`` activation vectors of which a fifth is he
 
 Cost: at most ``len(expansions) + 2 * (log2(len(ks)) + 2)`` dictionaries of ``steps`` steps each, and never more than
 ``budget`` multiply-adds (:func:`training_cost`): when the first two sizes and the bisection's usual probes would
-not fit, each candidate trains fewer steps (at least 50); a candidate that would still exceed it is not trained,
-and the reason says so (the size stage keeps the largest size it could afford; the sparsity stage the best k
-tried).
+not fit, each candidate trains fewer steps (at least 50), then on smaller batches (at least 32 vectors); a candidate
+that would still exceed it is not trained, and the reason says so (the size stage keeps the largest size it could
+afford; the sparsity stage the best k tried). The least sweep (the first size and one pair of k, 50 steps of 32
+vectors: :func:`least_sweep_cost`) must fit the budget: the caller checks it and skips the sweep otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import torch
 
 from .sae import SAEConfig, evaluate, seed_agreement, tensor_stream, train_dictionary
 
-MIN_SWEEP_STEPS = 50  # a candidate trains at least this many steps, whatever the budget
+MIN_SWEEP_STEPS = 50  # a candidate trains at least this many steps
+MIN_SWEEP_BATCH = 32  # on batches of at least this many vectors (when the budget is tight, smaller batches first)
 
 
 @dataclass(frozen=True)
@@ -52,17 +54,24 @@ class SizeChoice:
     reason: str
     cost: float = 0.0           #: multiply-adds spent training the candidates
     steps: int = 0              #: optimiser steps per candidate
+    batch: int = 0              #: vectors per step
 
     def as_evidence(self) -> dict:
         return {"expansion": self.expansion, "k": self.k, "reason": self.reason,
                 "candidates": [asdict(point) for point in self.points], "gmac": round(self.cost / 1e9, 2),
-                "steps": self.steps}
+                "steps": self.steps, "batch": self.batch}
 
 
 def training_cost(features: int, dims: int, batch: int, steps: int) -> float:
     """Multiply-adds to train a dictionary: per step, the encoder and decoder products (``batch x features x
     dims`` each) forward, and twice that backward."""
     return 6.0 * batch * features * dims * steps
+
+
+def least_sweep_cost(dims: int, expansions: tuple[int, ...]) -> float:
+    """Multiply-adds of the least sweep :func:`choose_size` runs: the first size and one pair of k (three
+    dictionaries of the smallest size), ``MIN_SWEEP_STEPS`` steps of ``MIN_SWEEP_BATCH`` vectors each."""
+    return 3 * training_cost(expansions[0] * dims, dims, MIN_SWEEP_BATCH, MIN_SWEEP_STEPS)
 
 
 def choose_size(vectors: torch.Tensor, base: SAEConfig, *, fvu_target: float, min_agreement: float,
@@ -83,7 +92,11 @@ def choose_size(vectors: torch.Tensor, base: SAEConfig, *, fvu_target: float, mi
         probes = 2 * (math.ceil(math.log2(max(len(ks), 1))) + 1)
         per_step = sum(training_cost(e * dims, dims, batch, 1) for e in expansions[:2]) + probes * training_cost(
             expansions[0] * dims, dims, batch, 1)
-        base = replace(base, steps=min(base.steps, max(MIN_SWEEP_STEPS, int(budget / per_step))))
+        floor = min(MIN_SWEEP_STEPS, base.steps)
+        if per_step * floor > budget and batch > MIN_SWEEP_BATCH:  # then smaller batches
+            batch = max(MIN_SWEEP_BATCH, int(batch * budget / (per_step * floor)))
+            per_step = per_step * batch / min(base.batch, len(train))
+        base = replace(base, steps=min(base.steps, max(MIN_SWEEP_STEPS, int(budget / per_step))), batch=batch)
 
     def cost(expansion: int, fits: int = 1) -> float:
         return fits * training_cost(expansion * dims, dims, batch, base.steps)
@@ -95,7 +108,7 @@ def choose_size(vectors: torch.Tensor, base: SAEConfig, *, fvu_target: float, mi
         return dictionary, evaluate(dictionary, test_stream)
 
     def choice(expansion: int, k: int, reason: str) -> SizeChoice:
-        return SizeChoice(expansion, k, tuple(points), reason, spent[0], base.steps)
+        return SizeChoice(expansion, k, tuple(points), reason, spent[0], base.steps, batch)
 
     expansion = expansions[0]
     previous = None
