@@ -7,12 +7,14 @@ from dataclasses import replace
 import pytest
 import torch
 from conftest import toy_arrays, write_project
+from fixtures.localization_toys import patching_pairs
 from fixtures.toy_models import signal_mlp
 
 import mechaudit
 from mechaudit import calibration, cost, engine, planning
 from mechaudit.cli import main
 from mechaudit.cost import Calibration, Cost, RuleCost, Sizes
+from mechaudit.loading import AuditData
 
 #: A calibration that makes estimates deterministic: one sample-forward or -backward takes a second.
 SLOW = Calibration(forward_seconds=1.0, backward_seconds=1.0, flop_seconds=1e-12, call_seconds=0.0)
@@ -153,8 +155,11 @@ def _counted(rule_id: str, data: dict, monkeypatch: pytest.MonkeyPatch) -> tuple
         counted[rule.id] = counter
         return run
     monkeypatch.setattr(engine, "_run_rule", counting)
-    result = mechaudit.audit(model, data["inputs"], labels=data["labels"], select=[rule_id],
-                             extend_select=["D104"] if rule_id == "D104" else [], masks={"m": [1, 0, 0, 0]},
+    inputs = torch.as_tensor(data["inputs"])
+    audited = AuditData(inputs=inputs, labels=torch.as_tensor(data["labels"]), pairs=patching_pairs(256),
+                        masks={"m": torch.tensor([1, 0, 0, 0])})
+    result = mechaudit.audit(model, audited, select=[rule_id], extend_select=["D104"] if rule_id == "D104" else [],
+                             behaviour={"kind": "class_logit", "target": "0"} if rule_id == "R304" else None,
                              rule_timeout=0)
     entry = result.metadata["plan"]["rules"][0]
     assert entry["action"] == "run"
@@ -162,7 +167,7 @@ def _counted(rule_id: str, data: dict, monkeypatch: pytest.MonkeyPatch) -> tuple
     return entry, counted[rule_id]
 
 
-@pytest.mark.parametrize("rule_id", ["D101", "D104", "L201", "L204"])
+@pytest.mark.parametrize("rule_id", ["D101", "D104", "L201", "L204", "L207"])
 def test_estimated_passes_are_within_a_factor_of_two_of_the_counted_ones(data, monkeypatch, rule_id) -> None:
     entry, counter = _counted(rule_id, data, monkeypatch)
     assert 0.5 <= entry["forward_passes"] / counter.forward <= 2.0, (entry, counter.forward)
@@ -220,4 +225,11 @@ def test_the_ablation_scan_estimate_is_an_upper_bound(data, monkeypatch) -> None
     and through a Linear layer only the ablated unit's columns (measured here: 909 rows through the output layer
     against 7,800 estimated), so its estimate bounds the work from above."""
     entry, counter = _counted("L202", data, monkeypatch)
+    assert counter.forward <= entry["forward_passes"] <= 10 * counter.forward
+
+
+def test_the_single_points_estimate_is_an_upper_bound(data, monkeypatch) -> None:
+    """R304 is estimated over every audit sample; a class-logit behaviour is measured on that class's samples only
+    (about a quarter here), which the sizes cannot know, so the estimate bounds the passes from above."""
+    entry, counter = _counted("R304", data, monkeypatch)
     assert counter.forward <= entry["forward_passes"] <= 10 * counter.forward

@@ -103,7 +103,8 @@ def _cost(sizes: Sizes, params: SinglePointsParams) -> Cost:
     up to the screen's threshold, else the top candidates and a calibration sample) and per pair of candidates."""
     n = sizes.n(params.samples)
     k = params.candidates
-    alone = checked_exactly(sum(layer.units for layer in sizes.layers), params.exhaustive, k, params.calibration)
+    alone = checked_exactly(sizes.hidden_units, params.exhaustive, k, params.calibration)
+    k = min(k, alone)  # the pairs are among the checked units' top ones
     return edge_scores(sizes, n) + circuit_references(sizes, n) + forwards(sizes, n, alone + k * (k - 1) / 2)
 
 
