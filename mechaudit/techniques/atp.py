@@ -88,7 +88,10 @@ def ablation_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tenso
 
 def _recorded(view: ModelView, layers: list[Layer], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), hooked(view, layers, lambda layer, output: seen.__setitem__(layer.name, output.detach().clone())):
+
+    def keep(layer: Layer, output: torch.Tensor) -> None:
+        seen[layer.name] = output.clone()  # a copy: an in-place operation after the layer must not change it
+    with torch.no_grad(), hooked(view, layers, keep):
         view.model(inputs)
     return seen
 
