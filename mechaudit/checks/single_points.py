@@ -160,7 +160,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
                 backups.append({"removed": first, "backup": second, "effect_alone": effect_alone,
                                 "effect_when_removed": effect_without_first})
     table = [{"component": n, "behaviour_lost": loss[n]} for n in top]
-    failing = [n for n in top if loss[n] > params.max_single_loss]
+    failing = sorted((n for n in checked if loss[n] > params.max_single_loss), key=lambda n: -loss[n])
     findings = [Measurement(
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
         location=Location.of_address(n), metric="behaviour_lost", value=loss[n],
