@@ -133,9 +133,10 @@ def test_r304_control_with_a_spread_signal_has_no_single_point(tmp_path: Path) -
 def test_r304_flags_every_unit_over_the_bound_not_only_the_candidates() -> None:
     """Two units each lose more than half the behaviour alone (fc1:u0 twice it, fc1:u1 all of it, as the output
     subtracts u1's copy of the signal): with one pair candidate both still fail, both ablated exactly."""
-    import mechaudit
     from conftest import toy_arrays
     from fixtures.toy_models import signal_mlp
+
+    import mechaudit
 
     model = signal_mlp(hidden=8)
     with torch.no_grad():
