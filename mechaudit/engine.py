@@ -322,22 +322,35 @@ class RuleTimeout(BaseException):
 
 @contextmanager
 def _time_budget(seconds: int):
-    """Raise :class:`RuleTimeout` in the main thread after ``seconds`` (0: no budget; other threads: none)."""
+    """Raise :class:`RuleTimeout` in the main thread after ``seconds`` (0: no budget; other threads: none).
+
+    Re-entrant: inside an enclosing budget that runs out first, that one's handler fires at its time, and on
+    leaving, the enclosing budget is re-armed with the time it has left."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
+    outer_left, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
+    inner_first = not outer_left or seconds <= outer_left
 
-    def expire(_signum, _frame):
+    def expire(signum, frame):
+        if not inner_first and callable(previous):
+            previous(signum, frame)  # the enclosing budget ran out first: its handler raises
         raise RuleTimeout(f"exceeded its time budget of {seconds} s; lift it with --rule-timeout SECONDS "
                           "(0: no limit) or rule-timeout in [audit] / [tool.mechaudit]")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    signal.setitimer(signal.ITIMER_REAL, seconds if inner_first else outer_left, 1.0)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_left:  # the enclosing budget goes on with what it has left (soon if that is spent)
+            left = outer_left - (time.monotonic() - started)
+            unwinding = isinstance(sys.exc_info()[1], RuleTimeout)  # it has already fired: its repeat, as before
+            signal.setitimer(signal.ITIMER_REAL, left if left > 0 else outer_interval if unwinding else 1e-3,
+                             outer_interval)
 
 
 @contextmanager
