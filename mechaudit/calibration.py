@@ -5,6 +5,7 @@ operation take here (:class:`~mechaudit.cost.Calibration`), and the free memory.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,24 +20,27 @@ CALIBRATION_SAMPLES = 256
 #: Seconds one calibration forward pass should take, at most, where one sample already takes long (a large model):
 #: its batch is cut to about this, down to two samples.
 CALIBRATION_SECONDS = 2.0
+#: Timings of the forward passes and of the matrix product whose median is taken (robust to a stray slow one).
+TIMINGS = 3
 #: The smallest calibration batch from which a model call's fixed overhead is told apart from its per-sample time.
 OVERHEAD_SAMPLES = 16
 
 
 def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda run: run()) -> tuple[Sizes, Calibration]:
-    """The audit's :class:`Sizes` and this machine's :class:`Calibration`: one hooked forward pass of a batch
-    (timed; it records each layer's activation size), forward passes of one sample, one backward pass from the
-    outputs to the first audited activation (or to float inputs), and one timed matrix product. ``isolate(run)``
-    runs the calls the audit has not made before (one sample; gradients) and returns None where they fail: a model
-    may do, under gradients, what it never did in the first forward passes (the engine bounds and isolates them
-    like a rule)."""
+    """The audit's :class:`Sizes` and this machine's :class:`Calibration`: forward passes of a batch (the first
+    hooked: it records each layer's activation size) and of one sample (medians of :data:`TIMINGS`), one backward
+    pass from the outputs to the first audited activation (or to float inputs), and timed matrix products.
+    ``isolate(run)`` runs the calls the audit has not made before (one sample; gradients) and returns None where
+    they fail: a model may do, under gradients, what it never did in the first forward passes (the engine bounds
+    and isolates them like a rule)."""
     from .model_view import units_view
 
     view, data = context.view, context.data
     largest = max(1, min(context.batch_size, len(data), CALIBRATION_SAMPLES))
     first = data.inputs[:1].to(context.device)
     with torch.no_grad():
-        single = isolate(lambda: min(_timed(lambda: view.model(first), context.device) for _ in range(2)))
+        single = isolate(lambda: statistics.median(_timed(lambda: view.model(first), context.device)
+                                                   for _ in range(TIMINGS)))
     # a batch that takes about CALIBRATION_SECONDS (a large model's per-sample time is steady from a few samples)
     size = largest if not single else max(2, min(largest, int(CALIBRATION_SECONDS / single)))
     batch = data.inputs[:size].to(context.device)
@@ -52,7 +56,8 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
     with torch.no_grad():
         with installed(view.hook(layer, record(layer)) for layer in view.layers):
             hooked = _timed(lambda: outputs.append(view.model(batch)), context.device)
-        whole = min(hooked, _timed(lambda: view.model(batch), context.device))  # the faster of two
+        whole = statistics.median([hooked, *(_timed(lambda: view.model(batch), context.device)
+                                             for _ in range(TIMINGS - 1))])
     output = outputs[0]
     if single is None or len(batch) < OVERHEAD_SAMPLES:  # a large model: one sample is mostly compute
         forward, call = max(whole / len(batch), 1e-9), 0.0
@@ -110,15 +115,19 @@ def _gradient_seconds(context: Any, batch: torch.Tensor, to_inputs: bool) -> flo
         return None
 
 
-def _flop_seconds(size: int = 256, repeats: int = 4) -> float:
+def _flop_seconds(size: int = 512, repeats: int = 2) -> float:
     """Seconds per floating-point operation of a float32 matrix product on the CPU (where mechaudit's own
-    arithmetic, dictionaries and similarity, mostly runs)."""
+    arithmetic, dictionaries and similarity, mostly runs): the median of :data:`TIMINGS` timings of ``repeats``
+    products each (a single short timing varied 70-fold between processes on a loaded machine)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return max((time.perf_counter() - start) / (repeats * 2 * size ** 3), 1e-15)
+
+    def once() -> float:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        return time.perf_counter() - start
+    return max(statistics.median(once() for _ in range(TIMINGS)) / (repeats * 2 * size ** 3), 1e-15)
 
 
 def _timed(run: Callable[[], Any], device: torch.device) -> float:

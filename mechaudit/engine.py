@@ -211,19 +211,25 @@ def plan_audit(spec: AuditSpec, rulebook: Rulebook | None = None, *, loaded: Loa
 
 def _plan(context: AuditContext, rules: list[Rule], timeout: int) -> Plan:
     """Each rule's estimated cost against the rule time-out and the free memory (calibrated on this machine;
-    under torchrun, the slowest rank's calibration and the smallest free memory, so every rank plans alike)."""
-    with _bounded("model: calibrating the cost model (forward passes of the audit data)", timeout):
+    under torchrun, the slowest rank's calibration and the smallest free memory, so every rank plans alike; a
+    failure on one rank stops every rank)."""
+    with distributed.step(), _bounded("model: calibrating the cost model (forward passes of the audit data)",
+                                      timeout):
         sizes, calibration = measure(context, lambda run: _isolated(run, min(timeout or CALIBRATION_BUDGET,
                                                                              CALIBRATION_BUDGET)))
-    memory = available_bytes(context.device)
+        memory = available_bytes(context.device)
     if distributed.active():
-        agreed = distributed.reduce(torch.tensor([calibration.forward_seconds, calibration.backward_seconds,
-                                                  calibration.flop_seconds], dtype=torch.float64), "max").tolist()
-        calibration = replace(calibration, forward_seconds=agreed[0], backward_seconds=agreed[1],
-                              flop_seconds=agreed[2])
-        memory = int(distributed.reduce(torch.tensor([memory], dtype=torch.float64), "min").item())
-    return plan_rules(rules, sizes, calibration, timeout, memory,
-                      skipped=lambda rule: missing_need(rule.check.needs, context))
+        slowest = distributed.reduce(torch.tensor([calibration.forward_seconds, calibration.backward_seconds,
+                                                   calibration.flop_seconds, calibration.call_seconds],
+                                                  dtype=torch.float64), "max").tolist()
+        least = distributed.reduce(torch.tensor([memory, float(calibration.backward_measured)],
+                                                dtype=torch.float64), "min").tolist()
+        calibration = replace(calibration, forward_seconds=slowest[0], backward_seconds=slowest[1],
+                              flop_seconds=slowest[2], call_seconds=slowest[3], backward_measured=bool(least[1]))
+        memory = int(least[0])
+    with distributed.step():
+        return plan_rules(rules, sizes, calibration, timeout, memory,
+                          skipped=lambda rule: missing_need(rule.check.needs, context))
 
 
 #: Seconds the calibration's new calls of the model (one sample; a backward pass) may take before the plan does
@@ -322,22 +328,35 @@ class RuleTimeout(BaseException):
 
 @contextmanager
 def _time_budget(seconds: int):
-    """Raise :class:`RuleTimeout` in the main thread after ``seconds`` (0: no budget; other threads: none)."""
+    """Raise :class:`RuleTimeout` in the main thread after ``seconds`` (0: no budget; other threads: none).
+
+    Re-entrant: inside an enclosing budget that runs out first, that one's handler fires at its time, and on
+    leaving, the enclosing budget is re-armed with the time it has left."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
+    outer_left, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
+    inner_first = not outer_left or seconds <= outer_left
 
-    def expire(_signum, _frame):
+    def expire(signum, frame):
+        if not inner_first and callable(previous):
+            previous(signum, frame)  # the enclosing budget ran out first: its handler raises
         raise RuleTimeout(f"exceeded its time budget of {seconds} s; lift it with --rule-timeout SECONDS "
                           "(0: no limit) or rule-timeout in [audit] / [tool.mechaudit]")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    signal.setitimer(signal.ITIMER_REAL, seconds if inner_first else outer_left, 1.0)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_left:  # the enclosing budget goes on with what it has left (soon if that is spent)
+            left = outer_left - (time.monotonic() - started)
+            unwinding = isinstance(sys.exc_info()[1], RuleTimeout)  # it has already fired: its repeat, as before
+            signal.setitimer(signal.ITIMER_REAL, left if left > 0 else outer_interval if unwinding else 1e-3,
+                             outer_interval)
 
 
 @contextmanager

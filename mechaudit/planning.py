@@ -1,7 +1,9 @@
 """The plan of an audit: each rule's estimated cost (:mod:`mechaudit.cost`) against the rule time-out and the free
 memory, decided before any rule runs. A rule that would not fit is *reduced* (its declared parameter, e.g.
 ``samples``, lowered until it fits; its findings say so) or *refused* (an ``error`` finding saying how to lift the
-budget). The wall-clock time-out stays the backstop for estimates that are wrong."""
+budget). Time is judged with a safety factor (:data:`TIME_SAFETY`): a rule is reduced or refused only when its
+estimate exceeds the time-out that many times over, as the calibration behind the estimate is a wall-clock timing
+that varies with the machine's load; the wall-clock time-out stays the backstop for estimates that are wrong."""
 
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cost import GENERIC, Calibration, Cost, RuleCost, Sizes
+
+TIME_SAFETY = 2.0
+"""A rule is reduced or refused for time only when its estimate exceeds ``TIME_SAFETY`` times the rule time-out
+(the same plan whether the machine is idle or loaded; the time-out itself still stops a rule that runs over)."""
 
 
 @dataclass
@@ -129,7 +135,7 @@ def _judge(rule: Any, model: RuleCost, sizes: Sizes, calibration: Calibration, t
         return RulePlan(rule.id, cost.forward, cost.backward, cost.flops, cost.peak_bytes, cost.seconds(calibration))
 
     def fits(plan: RulePlan) -> bool:
-        return (not timeout or plan.seconds <= timeout) and plan.peak_bytes <= memory
+        return not _over_time(plan, timeout) and plan.peak_bytes <= memory
 
     first = entry(rule.params)
     if fits(first):
@@ -160,9 +166,9 @@ def _judge(rule: Any, model: RuleCost, sizes: Sizes, calibration: Calibration, t
 def _over(plan: RulePlan, timeout: int, memory: int) -> str:
     """Which budget the estimate exceeds, in words."""
     parts = []
-    if timeout and plan.seconds > timeout:
+    if _over_time(plan, timeout):
         parts.append(f"an estimated {plan.seconds:.3g} s ({_count(plan.forward)} sample-forwards, "
-                     f"{_count(plan.backward)} sample-backwards) exceeds --rule-timeout {timeout} s")
+                     f"{_count(plan.backward)} sample-backwards) exceeds {TIME_SAFETY:g} x --rule-timeout {timeout} s")
     if plan.peak_bytes > memory:
         parts.append(f"an estimated peak of {_size(plan.peak_bytes)} exceeds the {_size(memory)} of free memory")
     return " and ".join(parts)
@@ -170,11 +176,15 @@ def _over(plan: RulePlan, timeout: int, memory: int) -> str:
 
 def _lift(plan: RulePlan, timeout: int, memory: int, name: str | None) -> str:
     """How to lift the budget that refused ``plan``."""
-    if timeout and plan.seconds > timeout:
+    if _over_time(plan, timeout):
         needed = int(math.ceil(plan.seconds * 1.5 / 60) * 60)
         return (f"lift it with --rule-timeout {needed} (0: no limit)" +
                 (f" or lower the rule's {name}" if name else "") + " or --max-samples")
     return "lower --batch-size or --max-samples, or audit fewer layers (--layers)"
+
+
+def _over_time(plan: RulePlan, timeout: int) -> bool:
+    return bool(timeout) and plan.seconds > TIME_SAFETY * timeout
 
 
 def _count(value: float) -> str:

@@ -138,9 +138,24 @@ def test_batched_hook_ablation_keeps_each_chunk_of_outputs_within_its_byte_bound
     assert torch.equal(got, expected)
 
 
+CARRIER = 211
+
+
+def _carrier_moved(model: nn.Module) -> nn.Module:
+    """``signal_mlp`` with its carrier unit fc1:u0 swapped with fc1:u211 (a carrier at unit 0 would pass a test
+    that reads the wrong index as 0)."""
+    order = list(range(WIDTH))
+    order[0], order[CARRIER] = CARRIER, 0
+    with torch.no_grad():
+        model.fc1.weight.copy_(model.fc1.weight[order])
+        model.fc1.bias.copy_(model.fc1.bias[order])
+        model.fc2.weight.copy_(model.fc2.weight[:, order])
+    return model
+
+
 def _patching(**params):
     clean, corrupted = patching_pairs(carried=True)
-    model = signal_mlp(spread=1, hidden=WIDTH)
+    model = _carrier_moved(signal_mlp(spread=1, hidden=WIDTH))
     inputs = torch.cat([clean, corrupted])
     data = AuditData(inputs=inputs, labels=model(inputs).argmax(-1).detach(), pairs=(clean, corrupted))
     (finding,) = mechaudit.audit(model, data, select=["L207"], rules={"L207": params}).findings
@@ -149,7 +164,7 @@ def _patching(**params):
 
 def test_l207_screens_a_wide_layer_and_confirms_the_carrier_exactly() -> None:
     finding = _patching(top_k=5, calibration=10)
-    assert finding.location.component == "fc1:u0" and finding.value > 0.99
+    assert finding.location.component == f"fc1:u{CARRIER}" and finding.value > 0.99
     screen = finding.evidence["screen"]
     assert screen["scored"] == WIDTH and screen["checked_exactly"] == 15 and screen["calibration"] == 10
     assert finding.evidence["verified"] == 15 and screen["top_k_recall"] == 1.0
@@ -158,18 +173,52 @@ def test_l207_screens_a_wide_layer_and_confirms_the_carrier_exactly() -> None:
 
 def test_l207_exhaustive_patches_every_component() -> None:
     finding = _patching(top_k=5, exhaustive=True)
-    assert finding.location.component == "fc1:u0"
+    assert finding.location.component == f"fc1:u{CARRIER}"
     assert finding.evidence["verified"] == WIDTH and finding.evidence["screen"]["checked_exactly"] == WIDTH
 
 
+def _logit(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return out.gather(1, t.view(-1, 1)).squeeze(1)
+
+
 def test_frozen_parameters_still_give_the_screen_its_gradients() -> None:
-    model = WideThreeClasses(1).eval().requires_grad_(False)
-    inputs = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    """Token inputs take no gradient and the embedding is frozen: the hooked activation is a new leaf, which the
+    ReLU after it must not modify in place."""
+    model = cued().requires_grad_(False)
+    inputs, _ = cue_pairs()
     view = ModelView.discover(model, inputs[:2])
-    layer = view.hidden_layers[0]
-    _, grads = atp.activations_and_gradients(view, [layer], inputs, model(inputs).argmax(-1),
-                                             lambda out, t: out.gather(1, t.view(-1, 1)).squeeze(1))
-    assert grads["fc1"].abs().sum() > 0
+    layer = view.layer("fc1")
+    outputs, grads = atp.activations_and_gradients(view, [layer], inputs, model(inputs).argmax(-1), _logit)
+    assert grads["fc1"].abs().sum() > 0 and torch.allclose(outputs["fc1"], model.fc1(model.embed(inputs).flatten(1)))
+
+
+class ConvReLU(nn.Module):
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(1, 3, 3), nn.ReLU(inplace=inplace), nn.Linear(3 * 4 * 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_an_in_place_relu_after_the_layer_leaves_the_screen_unchanged(frozen: bool) -> None:
+    torch.manual_seed(0)
+    reference = ConvReLU(inplace=False).eval().requires_grad_(not frozen)
+    in_place = ConvReLU(inplace=True).eval().requires_grad_(not frozen)
+    in_place.load_state_dict(reference.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    inputs, source = torch.randn(20, 1, 6, 6, generator=generator), torch.randn(20, 1, 6, 6, generator=generator)
+    targets = reference(inputs).argmax(-1)
+    estimates = []
+    for model in (reference, in_place):
+        view = ModelView.discover(model, inputs[:2])
+        layer = view.layer("conv")
+        modes = {"zero": ({"conv": torch.zeros(3, 16)}, None), "resample": (None, source)}
+        estimates.append(atp.ablation_estimates(view, [layer], inputs, targets, _logit, modes))
+    for mode in ("zero", "resample"):
+        assert estimates[0][mode]["conv"].abs().sum() > 0
+        assert torch.allclose(estimates[0][mode]["conv"], estimates[1][mode]["conv"])
 
 
 def test_l208_screened_confirms_the_planted_pathway_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +230,8 @@ def test_l208_screened_confirms_the_planted_pathway_exactly(monkeypatch: pytest.
     assert result.pathway == ["fc1:u2"] and result.pathway_share == pytest.approx(1.0, abs=1e-4)
     assert result.screen["checked_exactly"] == 4 and result.screen["calibration"] == 2
     assert result.screen["method"].startswith("attribution patching")
-    assert result.exact_changes["fc1:u2"] > 0 and result.exact_changes.get("fc1:u3", 0.0) == 0.0
+    assert result.exact_changes["fc1:u2"] > 0 and "fc1:u3" in result.exact_changes
+    assert result.exact_changes["fc1:u3"] == 0.0
     exhaustive = cue_sensitivity(view, with_cue, without_cue, top_k=2, exhaustive=True)
     assert exhaustive.pathway == ["fc1:u2"] and exhaustive.screen["checked_exactly"] == exhaustive.screen["scored"]
 

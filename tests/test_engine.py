@@ -107,3 +107,34 @@ def test_the_engine_judges_every_measurement_by_one_rule(value, threshold, judge
     finding = measured.finding("D101", "warning")
     assert (finding.rule_id, finding.severity, finding.status) == ("D101", "warning", status)
     assert (finding.metric, finding.value, finding.threshold, finding.evidence) == ("metric", value, threshold, {"k": 1})
+
+
+def test_nested_time_budgets_keep_the_outer_bound() -> None:
+    """An inner budget (the engine's isolated calibration calls inside a bounded step) neither switches the outer
+    one off nor outlives it: the outer one fires at its own time, inside the inner one and after it."""
+    import signal
+    import time
+
+    from mechaudit.engine import RuleTimeout, _time_budget
+
+    def spin(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(RuleTimeout, match="budget of 1 s"):
+        with _time_budget(1), _time_budget(60):
+            spin(3)
+    assert time.monotonic() - started < 2
+    started = time.monotonic()
+    with pytest.raises(RuleTimeout, match="budget of 1 s"):
+        with _time_budget(1):
+            with _time_budget(60):
+                spin(0.2)
+            spin(3)  # the inner budget has ended: the outer one still runs
+    assert time.monotonic() - started < 2
+    with pytest.raises(RuleTimeout, match="budget of 1 s"):
+        with _time_budget(60), _time_budget(1):
+            spin(3)  # the inner, shorter budget fires with its own message
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

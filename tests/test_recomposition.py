@@ -130,6 +130,26 @@ def test_r304_control_with_a_spread_signal_has_no_single_point(tmp_path: Path) -
     assert finding.status == "pass" and finding.value < 0.2
 
 
+def test_r304_flags_every_unit_over_the_bound_not_only_the_candidates() -> None:
+    """Two units each lose more than half the behaviour alone (fc1:u0 twice it, fc1:u1 all of it, as the output
+    subtracts u1's copy of the signal): with one pair candidate both still fail, both ablated exactly."""
+    from conftest import toy_arrays
+    from fixtures.toy_models import signal_mlp
+
+    import mechaudit
+
+    model = signal_mlp(hidden=8)
+    with torch.no_grad():
+        model.fc1.weight[1].zero_()
+        model.fc1.weight[1, 0] = 1.0
+        model.fc2.weight[0, 0], model.fc2.weight[0, 1] = 2.0, -1.0
+    data = toy_arrays(256)
+    result = mechaudit.audit(model, data["inputs"], labels=data["labels"], select=["R304"],
+                             behaviour={"kind": "class_logit", "target": "0"}, rules={"R304": {"candidates": 1}})
+    failing = {f.location.component: f.value for f in result.findings if f.status == "fail"}
+    assert set(failing) == {"fc1:u0", "fc1:u1"} and failing["fc1:u0"] > failing["fc1:u1"] > 0.5
+
+
 def test_circuit_rules_skip_without_a_declared_behaviour(tmp_path: Path) -> None:
     # R305 is left out: it attacks the model's critical units, which needs no behaviour
     project = write_project(tmp_path, data_table='labels = "labels"',

@@ -15,7 +15,7 @@ import torch
 
 from ..activations import batches
 from ..context import AuditContext
-from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, checked_exactly, stats_pass, with_gradients
+from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, checked_exactly, forwards, stats_pass, with_gradients
 from ..findings import Location, Measurement
 from ..techniques import atp
 from ..techniques.ablation import MAX_OUTPUT_BYTES
@@ -145,10 +145,13 @@ class CriticalUnitsEvidence(TypedDict, total=False):
 
 
 def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
-    """The screen (a forward and backward pass per ablation mode) on layers it screens, then one forward pass
-    (after the layer) per exactly ablated unit and mode over the audit's samples, in chunks of up to 8192 batch
-    copies whose outputs stay within the scan's output bound (their activations and outputs in memory)."""
+    """The screen when a layer is screened (one forward and backward pass per batch for every screened layer
+    together, the margins' forward pass, and the source's forward pass when resample is among the flagged modes),
+    then one forward pass (after the layer) per exactly ablated unit and mode over the audit's samples, in chunks
+    of up to 8192 batch copies whose outputs stay within the scan's output bound (their activations and outputs in
+    memory)."""
     n, modes = sizes.n(), len(params.modes.split(","))
+    flagged = params.modes.split(",") if params.flag_on == "any" else [params.flag_on]
     batch = min(n, sizes.batch_size) or 1
     output_bytes = batch * VALUE_BYTES * max(1, sizes.output_values)  # one ablated copy's outputs
     copies = max(1, min(8192 // batch, MAX_OUTPUT_BYTES // output_bytes))
@@ -156,7 +159,8 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
              for layer in sizes.hidden]
     screened = sum(units < layer.units for units, layer in zip(exact, sizes.hidden))
     calls = sizes.batches(n) * modes * sum(-(-units // copies) for units in exact)
-    screen = with_gradients(sizes, n, modes * screened) if screened else Cost()
+    screen = (with_gradients(sizes, n, 1) + forwards(sizes, n, 1 + ("resample" in flagged)) if screened
+              else Cost())
     return stats_pass(sizes) + screen + Cost(forward=n * (modes * sum(exact) + 1), calls=calls,
                                              peak_bytes=min(copies, max(exact, default=1)) * batch
                                              * sizes.activation_bytes)

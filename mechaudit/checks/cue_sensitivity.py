@@ -99,13 +99,12 @@ class CueSensitivityEvidence(TypedDict, total=False):
 
 def _cost(sizes: Sizes, params: CueSensitivityParams) -> Cost:
     """On ``samples`` cue pairs: both sides' outputs, edge attribution in both directions, then each component
-    checked exactly patched alone (every one up to the screen's threshold, else the screen's top and a
-    calibration sample; the model after its layer: about half a forward pass each)."""
+    checked exactly patched alone (every hidden one up to the screen's threshold, else the screen's top and a
+    calibration sample; two full forward passes each: the cue's source, then the patched run)."""
     n = sizes.n(params.samples)
     scored = edge_scores(sizes, n).shared[0][1]
-    exact = checked_exactly(sum(layer.units for layer in sizes.layers), params.exhaustive, params.top_k,
-                            params.calibration)
-    return forwards(sizes, n, 2 + exact / 2) + scored + scored
+    exact = checked_exactly(sizes.hidden_units, params.exhaustive, params.top_k, params.calibration)
+    return forwards(sizes, n, 2 + 2 * exact) + scored + scored
 
 
 COST = RuleCost(_cost, reduce="samples")

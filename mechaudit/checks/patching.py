@@ -134,8 +134,7 @@ def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
     else the screen's ``top_k`` and a calibration sample; the model after each one's layer: about half a forward
     pass each)."""
     n = sizes.n(params.samples)
-    units = sum(layer.units for layer in sizes.layers)
-    exact = checked_exactly(units, params.exhaustive, params.top_k, params.calibration)
+    exact = checked_exactly(sizes.hidden_units, params.exhaustive, params.top_k, params.calibration)
     return forwards(sizes, n, 2 + exact / 2) + with_gradients(sizes, n, 2, copies=3)
 
 

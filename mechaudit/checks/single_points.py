@@ -103,7 +103,8 @@ def _cost(sizes: Sizes, params: SinglePointsParams) -> Cost:
     up to the screen's threshold, else the top candidates and a calibration sample) and per pair of candidates."""
     n = sizes.n(params.samples)
     k = params.candidates
-    alone = checked_exactly(sum(layer.units for layer in sizes.layers), params.exhaustive, k, params.calibration)
+    alone = checked_exactly(sizes.hidden_units, params.exhaustive, k, params.calibration)
+    k = min(k, alone)  # the pairs are among the checked units' top ones
     return edge_scores(sizes, n) + circuit_references(sizes, n) + forwards(sizes, n, alone + k * (k - 1) / 2)
 
 
@@ -159,7 +160,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
                 backups.append({"removed": first, "backup": second, "effect_alone": effect_alone,
                                 "effect_when_removed": effect_without_first})
     table = [{"component": n, "behaviour_lost": loss[n]} for n in top]
-    failing = [n for n in top if loss[n] > params.max_single_loss]
+    failing = sorted((n for n in checked if loss[n] > params.max_single_loss), key=lambda n: -loss[n])
     findings = [Measurement(
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
         location=Location.of_address(n), metric="behaviour_lost", value=loss[n],

@@ -45,16 +45,16 @@ def activations_and_gradients(view: ModelView, layers: list[Layer], inputs: torc
                               metric: Metric) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Each layer's activation on ``inputs`` and the gradient of the summed metric with respect to it (samples
     are independent in an evaluated model, so a sample's gradient is that of its own metric). A model with frozen
-    parameters still gets gradients: an activation that does not require one is made a leaf that does."""
+    parameters still gets gradients: an activation that does not require one is made a leaf that does. The model
+    goes on with a copy, so an in-place operation after the layer (``nn.ReLU(inplace=True)``) neither changes the
+    kept activation nor modifies the leaf."""
     kept: dict[str, torch.Tensor] = {}
 
-    def keep(output: torch.Tensor, name: str) -> torch.Tensor | None:
-        if not output.requires_grad:  # frozen parameters before it: the gradient starts here
-            kept[name] = output.detach().requires_grad_(True)
-            return kept[name]
-        output.retain_grad()
-        kept[name] = output
-        return None
+    def keep(output: torch.Tensor, name: str) -> torch.Tensor:
+        kept[name] = output if output.requires_grad else output.detach().requires_grad_(True)
+        if kept[name] is output:
+            output.retain_grad()
+        return kept[name].clone()
     with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name)) for layer in layers), \
             torch.enable_grad():
         start = inputs.clone().requires_grad_(inputs.is_floating_point())
@@ -82,13 +82,16 @@ def ablation_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tenso
                 act, grad = units_view(clean[layer.name], layer), units_view(grads[layer.name], layer)
                 new = (units_view(replaced[layer.name], layer) if replaced is not None
                        else values[layer.name].to(act.device, act.dtype).unsqueeze(0))
-                parts[mode][layer.name].append(((new - act) * grad).sum(-1).T.float().cpu())
+                parts[mode][layer.name].append(((new.float() - act.float()) * grad.float()).sum(-1).T.cpu())
     return {m: {name: torch.cat(p, dim=1) for name, p in per_layer.items()} for m, per_layer in parts.items()}
 
 
 def _recorded(view: ModelView, layers: list[Layer], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), hooked(view, layers, lambda layer, output: seen.__setitem__(layer.name, output.detach())):
+
+    def keep(layer: Layer, output: torch.Tensor) -> None:
+        seen[layer.name] = output.clone()  # a copy: an in-place operation after the layer must not change it
+    with torch.no_grad(), hooked(view, layers, keep):
         view.model(inputs)
     return seen
 

@@ -76,8 +76,8 @@ def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tens
                 for inputs in (clean[start:stop].to(device), batch)]
         (clean_out, clean_grad), (corrupted_out, corrupted_grad) = runs
         for layer in layers:
-            delta = units_view(clean_out[layer.name] - corrupted_out[layer.name], layer)
-            gradient = units_view((clean_grad[layer.name] + corrupted_grad[layer.name]) / 2, layer)
+            delta = units_view(clean_out[layer.name].float() - corrupted_out[layer.name].float(), layer)
+            gradient = units_view((clean_grad[layer.name].float() + corrupted_grad[layer.name].float()) / 2, layer)
             scores[layer.name] += (delta * gradient).sum((0, 2)).double().cpu()
     return {name: values.float() for name, values in scores.items()}
 
