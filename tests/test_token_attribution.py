@@ -88,7 +88,8 @@ def test_the_control_has_nothing_to_attribute() -> None:
 
 
 def test_the_evidence_is_left_out_for_float_inputs_and_on_failure() -> None:
-    assert token_attribution(None, torch.zeros(2, 5), None, LABELS[:2], last_logit) == {}
+    plain = types.SimpleNamespace(model=model(None), device="cpu")  # no Hugging Face embeddings: floats are features
+    assert token_attribution(plain, torch.zeros(2, 5), None, LABELS[:2], last_logit) == {}
 
     def broken(tokens):
         raise RuntimeError("boom")
@@ -125,3 +126,22 @@ def test_the_induction_audit_records_and_draws_the_token_attribution() -> None:
     rows = view.data["evidence"]["token_attribution"]
     assert [row["sample"] for row in rows] == [0, 1, 2] and all(len(row["tokens"]) == 32 for row in rows)
     assert any(figure.sources == ("token_attribution",) for figure in view.figures)
+
+
+def test_a_hugging_face_gpt2_attributes_through_its_token_embedding() -> None:
+    """Through the loader's wrapper: ``get_input_embeddings()`` (``wte``, whose weight the LM head shares), not the
+    position embedding; the scores are complete."""
+    transformers = pytest.importorskip("transformers")
+    from mechaudit.loading.huggingface import LogitsOnly
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=40, n_embd=32, n_layer=2, n_head=4, n_positions=16)
+    wrapped = LogitsOnly(transformers.GPT2LMHeadModel(config).eval())
+    tokens = torch.randint(0, 40, (2, 12))
+    corrupted = tokens.clone()
+    corrupted[:, :6] = torch.randint(0, 40, (2, 6))
+    assert input_embedding(wrapped, tokens[:1]) is wrapped.hf_model.transformer.wte
+    rows = token_attributions(wrapped, tokens, tokens[:, -1], last_logit, corrupted)
+    for row in rows:
+        assert abs(row.completeness_gap) <= 0.05 * abs(row.difference) + 1e-4, (row.completeness_gap, row.difference)
+        assert all(score == 0 for score in row.scores[6:])  # the positions both prompts share

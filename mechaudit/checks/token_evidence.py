@@ -16,10 +16,10 @@ def token_attribution(context: AuditContext, clean: torch.Tensor, corrupted: tor
                       targets: torch.Tensor, behaviour: Behaviour) -> dict:
     """``{"token_attribution": [...]}`` for a few clean prompts against their corrupted twins (or zero embeddings),
     or ``{}`` for inputs that are not token ids or when it cannot be made."""
-    if clean.dim() != 2 or clean.is_floating_point():
-        return {}
-    from ..techniques.token_attribution import token_attributions
+    from ..techniques.token_attribution import takes_token_ids, token_attributions
 
+    if not takes_token_ids(context.model, clean):
+        return {}
     try:
         rows = token_attributions(context.model, clean, targets, behaviour, corrupted, device=context.device)
     except Exception as exc:  # noqa: BLE001  a picture illustrates a finding; it never costs it

@@ -37,12 +37,21 @@ class TokenAttribution:
                 "completeness_gap": self.completeness_gap}
 
 
+def takes_token_ids(model: nn.Module, inputs: torch.Tensor) -> bool:
+    """Whether ``inputs`` (samples, positions) are token ids: integers, or whole numbers in a float tensor (as
+    pre-tokenized ids arrive outside next-token tasks) for a Hugging Face model with input embeddings."""
+    if inputs.dim() != 2:
+        return False
+    if not inputs.is_floating_point():
+        return True
+    return _hf_embeddings(model) is not None and bool((inputs == inputs.round()).all() and (inputs >= 0).all())
+
+
 def input_embedding(model: nn.Module, tokens: torch.Tensor) -> nn.Module:
     """The module that embeds token ids: Hugging Face's ``get_input_embeddings()``, else the first
     ``nn.Embedding`` that the forward pass on ``tokens`` calls."""
-    getter = getattr(model, "get_input_embeddings", None)
-    found = getter() if callable(getter) else None
-    if isinstance(found, nn.Module):
+    found = _hf_embeddings(model)
+    if found is not None:
         return found
     called: list[nn.Module] = []
     handles = [module.register_forward_hook(lambda m, i, o: called.append(m))
@@ -85,8 +94,19 @@ def token_attributions(model: nn.Module, tokens: torch.Tensor, targets: torch.Te
         difference = forward(clean, tokens, targets) - forward(baseline, tokens, targets)
     per_token = attributions.sum(-1).detach().cpu()
     first = max(0, tokens.shape[1] - MAX_TOKENS)
-    return [TokenAttribution(i, tokens[i, first:].tolist(), [float(s) for s in per_token[i, first:]], first,
+    return [TokenAttribution(i, [int(t) for t in tokens[i, first:].tolist()], [float(s) for s in per_token[i, first:]], first,
                              float(difference[i]), float(delta[i])) for i in range(len(tokens))]
+
+
+def _hf_embeddings(model: nn.Module) -> nn.Module | None:
+    """``get_input_embeddings()`` of the model or of the Hugging Face model it wraps (``hf_model``, as
+    :mod:`mechaudit.loading.huggingface` wraps them), if any."""
+    for candidate in (model, getattr(model, "hf_model", None)):
+        getter = getattr(candidate, "get_input_embeddings", None)
+        found = getter() if callable(getter) else None
+        if isinstance(found, nn.Module):
+            return found
+    return None
 
 
 def _embedded(model: nn.Module, embedding: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
