@@ -94,8 +94,8 @@ def token_attributions(model: nn.Module, tokens: torch.Tensor, targets: torch.Te
         difference = forward(clean, tokens, targets) - forward(baseline, tokens, targets)
     per_token = attributions.sum(-1).detach().cpu()
     first = max(0, tokens.shape[1] - MAX_TOKENS)
-    return [TokenAttribution(i, [int(t) for t in tokens[i, first:].tolist()], [float(s) for s in per_token[i, first:]], first,
-                             float(difference[i]), float(delta[i])) for i in range(len(tokens))]
+    return [TokenAttribution(i, [int(t) for t in tokens[i, first:].tolist()], [float(s) for s in per_token[i, first:]],
+                             first, float(difference[i]), float(delta[i])) for i in range(len(tokens))]
 
 
 def _hf_embeddings(model: nn.Module) -> nn.Module | None:
