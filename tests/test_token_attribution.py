@@ -75,6 +75,8 @@ def test_induction_attribution_concentrates_on_what_the_circuit_copies_and_is_co
         assert row.difference > 5  # 13.3, 13.4, 8.0
         assert abs(row.completeness_gap) < 1e-3 * row.difference
         assert abs(sum(row.scores) - row.difference) < 1e-3 * row.difference  # all 32 tokens are shown
+    chunked = token_attributions(model("induction"), CLEAN[:3], LABELS[:3], last_logit, CORRUPTED[:3], batch_size=7)
+    assert np.allclose([r.scores for r in chunked], [r.scores for r in rows], atol=1e-4)  # paths cut into passes
 
 
 def test_a_random_model_does_not_concentrate() -> None:
@@ -94,7 +96,7 @@ def test_the_evidence_is_left_out_for_float_inputs_and_on_failure() -> None:
     def broken(tokens):
         raise RuntimeError("boom")
 
-    context = types.SimpleNamespace(model=broken, device="cpu")
+    context = types.SimpleNamespace(model=broken, device="cpu", batch_size=64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert token_attribution(context, CLEAN[:2], CORRUPTED[:2], LABELS[:2], last_logit) == {}
@@ -103,7 +105,7 @@ def test_the_evidence_is_left_out_for_float_inputs_and_on_failure() -> None:
 
 def test_the_figure_shows_the_tokens_shaded_by_their_scores() -> None:
     built = model("induction")
-    context = types.SimpleNamespace(model=built, device="cpu")
+    context = types.SimpleNamespace(model=built, device="cpu", batch_size=64)
     evidence = token_attribution(context, CLEAN[:3], CORRUPTED[:3], LABELS[:3], last_logit)
     finding = {"evidence": {"behaviour": "logit of the correct next token", **evidence}}
     [figure] = token_attribution_figures(finding, "07-L207")

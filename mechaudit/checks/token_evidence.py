@@ -21,7 +21,8 @@ def token_attribution(context: AuditContext, clean: torch.Tensor, corrupted: tor
     if not takes_token_ids(context.model, clean):
         return {}
     try:
-        rows = token_attributions(context.model, clean, targets, behaviour, corrupted, device=context.device)
+        rows = token_attributions(context.model, clean, targets, behaviour, corrupted, device=context.device,
+                                  batch_size=context.batch_size)
     except Exception as exc:  # noqa: BLE001  a picture illustrates a finding; it never costs it
         warnings.warn(f"no token attribution: {type(exc).__name__}: {exc}", stacklevel=2)
         return {}

@@ -69,9 +69,10 @@ def input_embedding(model: nn.Module, tokens: torch.Tensor) -> nn.Module:
 
 def token_attributions(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
                        baseline_tokens: torch.Tensor | None = None, n_steps: int = N_STEPS,
-                       device: torch.device | str = "cpu") -> list[TokenAttribution]:
+                       device: torch.device | str = "cpu", batch_size: int = N_STEPS) -> list[TokenAttribution]:
     """Integrated Gradients of ``behaviour(model(tokens), targets)`` over the input embedding, for at most
-    ``MAX_SAMPLES`` samples, from the embedding of ``baseline_tokens`` (or zeros)."""
+    ``MAX_SAMPLES`` samples, from the embedding of ``baseline_tokens`` (or zeros); at most ``batch_size`` points
+    of the paths per forward and backward pass."""
     from captum.attr import IntegratedGradients
 
     tokens, targets = tokens[:MAX_SAMPLES].to(device), targets[:MAX_SAMPLES].to(device)
@@ -89,7 +90,7 @@ def token_attributions(model: nn.Module, tokens: torch.Tensor, targets: torch.Te
 
     attributions, delta = IntegratedGradients(forward).attribute(
         clean, baselines=baseline, additional_forward_args=(tokens, targets), n_steps=n_steps,
-        return_convergence_delta=True)
+        internal_batch_size=max(1, batch_size), return_convergence_delta=True)
     with torch.no_grad():
         difference = forward(clean, tokens, targets) - forward(baseline, tokens, targets)
     per_token = attributions.sum(-1).detach().cpu()
