@@ -26,6 +26,7 @@ from .circuit_common import behaviour_absent, circuit_problem, class_index
 from .decomposition_evidence import unit_pictures
 from .registry import RuleDefinition, RuleDocs, param, register
 from .screen_params import calibration_param, exhaustive_param
+from .token_evidence import token_attribution
 
 DOCS = RuleDocs(
     summary="Which components carry the behaviour that separates the clean from the corrupted input of each pair.",
@@ -126,6 +127,7 @@ class PatchingEvidence(TypedDict, total=False):
     screen: dict
     verified: int
     attention_patterns: list  # of the carrier heads, over the clean inputs (decomposition_evidence.unit_pictures)
+    token_attribution: list  # token-id models: IG per token of a few clean prompts vs their corrupted twins
 
 
 def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
@@ -201,7 +203,8 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
         evidence={**evidence, "carried": True, "carriers": carriers, "components": rows,
                   "verified": len(selection.checked), "scored": len(components),
                   "rank_correlation_attribution_exact": agreement,
-                  **unit_pictures(context, [c for c in carriers if context.view.resolve(c)[0].kind == "heads"], clean)},
+                  **unit_pictures(context, [c for c in carriers if context.view.resolve(c)[0].kind == "heads"], clean),
+                  **token_attribution(context, clean, corrupted, targets, metric)},
     )]
 
 

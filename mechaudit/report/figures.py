@@ -374,13 +374,21 @@ def _decomposition(finding: dict, prefix: str) -> list[Figure]:
     return decomposition_figures(finding, prefix)
 
 
+def patching_figures(finding: dict, prefix: str) -> list[Figure]:
+    """L207: attention patterns of carrier heads (:mod:`.decomposition_figures`) and, on token-id models, the
+    per-token attribution (:mod:`.token_figures`)."""
+    from .token_figures import token_attribution_figures
+
+    return _decomposition(finding, prefix) + token_attribution_figures(finding, prefix)
+
+
 DRAWERS: dict[str, Callable[[dict, str], list[Figure]]] = {
     "dead_units": dead_units_figures,
     "forbidden_input": forbidden_input_figures,
     "critical_units": critical_units_figures,
     "representation_drift": representation_drift_figures,
     "weakness_attack": weakness_attack_figures,
-    "patching": _decomposition,
+    "patching": patching_figures,
     "polysemantic_units": _decomposition,
     "dictionary_features": _decomposition,
     "dimensionality": _decomposition,
