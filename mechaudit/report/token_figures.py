@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .figures import FAIL_COLOR, Figure, _number, _numbers, _title, render_svg, short_label
-
-PER_LINE = 16  # tokens a line
+from .figures import Figure, _number, _numbers, _title, render_svg
+from .unit_figures import draw_token_strips, token_strip_lines
 
 
 def token_attribution_figures(finding: dict, prefix: str) -> list[Figure]:
@@ -18,32 +17,18 @@ def token_attribution_figures(finding: dict, prefix: str) -> list[Figure]:
     rows = [row for row in evidence.get("token_attribution") or [] if _row(row)]
     if not rows:
         return []
-    lines = sum(1 + -(-len(row["tokens"]) // PER_LINE) for row in rows)
+    strips = []
+    for row in rows:
+        scale = max(abs(score) for score in row["scores"]) or 1.0
+        header = (f"sample {row['sample']}: f(clean) - f(baseline) = {row['behaviour_difference']:.3g}, "
+                  f"completeness gap {row['completeness_gap']:.2g}")
+        # 0 red (lowers the behaviour), 0.5 white, 1 blue (raises it)
+        strips.append((header, row["tokens"], [0.5 + 0.5 * score / scale for score in row["scores"]],
+                       [abs(score) / scale > 0.6 for score in row["scores"]]))
+    lines = token_strip_lines(strips)
 
     def draw(figure: Any) -> None:
-        import matplotlib
-
-        colours = matplotlib.colormaps["RdBu"]
-        ax = figure.subplots()
-        ax.set_axis_off()
-        ax.set_xlim(0, PER_LINE)
-        ax.set_ylim(lines, 0)
-        y = 0.5
-        for row in rows:
-            scale = max(abs(s) for s in row["scores"]) or 1.0
-            ax.text(0, y, f"sample {row['sample']}: f(clean) - f(baseline) = {row['behaviour_difference']:.3g}, "
-                    f"completeness gap {row['completeness_gap']:.2g}", fontsize=7, fontweight="bold", va="center")
-            y += 1
-            for i, (token, score) in enumerate(zip(row["tokens"], row["scores"])):
-                x = i % PER_LINE
-                shade = 0.5 + 0.5 * score / scale  # 0 red (lowers the behaviour), 0.5 white, 1 blue (raises it)
-                ax.text(x + 0.5, y, short_label(token, 6), ha="center", va="center", fontsize=6,
-                        family="DejaVu Sans Mono", color="white" if abs(score) / scale > 0.6 else "black",
-                        bbox={"boxstyle": "square,pad=0.25", "facecolor": colours(shade),
-                              "edgecolor": FAIL_COLOR if i == len(row["tokens"]) - 1 else "#dddddd"})
-                if x == PER_LINE - 1 and i < len(row["tokens"]) - 1:
-                    y += 1
-            y += 1
+        draw_token_strips(figure, strips, "RdBu", lines)
         _title(figure, "Which input tokens carry the behaviour")
 
     behaviour = evidence.get("behaviour")

@@ -114,31 +114,12 @@ def token_attention_figure(entries: Any, prefix: str) -> Figure | None:
             truncated.extend([last[3]] if last[3] else [])
     if not rows:
         return None
-    per_line = 16
-    lines = sum(1 + -(-len(tokens) // per_line) for _, tokens, _ in rows)
+    strips = [(f"{short_label(name, 40)}: weight from the last position", tokens,
+               [float(w) for w in weights], [float(w) > 0.6 for w in weights]) for name, tokens, weights in rows]
+    lines = token_strip_lines(strips)
 
     def draw(figure: Any) -> None:
-        import matplotlib
-
-        colours = matplotlib.colormaps["Blues"]
-        ax = figure.subplots()
-        ax.set_axis_off()
-        ax.set_xlim(0, per_line)
-        ax.set_ylim(lines, 0)
-        y = 0.5
-        for name, tokens, weights in rows:
-            ax.text(0, y, f"{short_label(name, 40)}: weight from the last position", fontsize=7, fontweight="bold",
-                    va="center")
-            y += 1
-            for i, (token, weight) in enumerate(zip(tokens, weights)):
-                x = i % per_line
-                ax.text(x + 0.5, y, short_label(token, 6), ha="center", va="center", fontsize=6,
-                        family="DejaVu Sans Mono", color="white" if weight > 0.6 else "black",
-                        bbox={"boxstyle": "square,pad=0.25", "facecolor": colours(float(weight)),
-                              "edgecolor": FAIL_COLOR if i == len(tokens) - 1 else "#dddddd"})
-                if x == per_line - 1 and i < len(tokens) - 1:
-                    y += 1
-            y += 1
+        draw_token_strips(figure, strips, "Blues", lines)
         _title(figure, "Which tokens the last position attends to")
 
     strongest = "; ".join(f"{name}: token {int(np.argmax(w))} ({tokens[int(np.argmax(w))]}, weight {w.max():.2f})"
@@ -308,3 +289,37 @@ def columns_figure(value: Any, prefix: str, region: str = "region") -> Figure | 
                "attribution); a model that ignores the protected column gives it a bar near zero.")
     return Figure(f"{prefix}-columns.svg", "Attribution per column", caption,
                   render_svg(prefix + "-columns", draw, (6.4, 1.0 + 0.2 * len(columns))))
+
+
+TOKENS_A_LINE = 16
+
+
+def token_strip_lines(strips: list[tuple[str, list[str], list[float], list[bool]]]) -> int:
+    """Text lines the strips take: a header and the tokens, ``TOKENS_A_LINE`` a line, per strip."""
+    return sum(1 + -(-len(tokens) // TOKENS_A_LINE) for _, tokens, _, _ in strips)
+
+
+def draw_token_strips(figure: Any, strips: list[tuple[str, list[str], list[float], list[bool]]], colormap: str,
+                      lines: int) -> None:
+    """Each strip ``(header, tokens, shades in [0, 1], dark)``: its header, then its tokens in order, each boxed in
+    the colour map's ``shade`` (white text where ``dark``); the last token of a strip is framed in red."""
+    import matplotlib
+
+    colours = matplotlib.colormaps[colormap]
+    ax = figure.subplots()
+    ax.set_axis_off()
+    ax.set_xlim(0, TOKENS_A_LINE)
+    ax.set_ylim(lines, 0)
+    y = 0.5
+    for header, tokens, shades, dark in strips:
+        ax.text(0, y, header, fontsize=7, fontweight="bold", va="center")
+        y += 1
+        for i, (token, shade, white) in enumerate(zip(tokens, shades, dark)):
+            x = i % TOKENS_A_LINE
+            ax.text(x + 0.5, y, short_label(token, 6), ha="center", va="center", fontsize=6,
+                    family="DejaVu Sans Mono", color="white" if white else "black",
+                    bbox={"boxstyle": "square,pad=0.25", "facecolor": colours(shade),
+                          "edgecolor": FAIL_COLOR if i == len(tokens) - 1 else "#dddddd"})
+            if x == TOKENS_A_LINE - 1 and i < len(tokens) - 1:
+                y += 1
+        y += 1
