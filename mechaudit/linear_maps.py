@@ -15,7 +15,8 @@ from torch import nn
 def is_transposed(module: nn.Module) -> bool:
     """Hugging Face's ``Conv1D``, recognised by its attributes (``nf`` outputs, ``nx`` inputs, weight (nx, nf)),
     so that ``transformers`` need not be imported."""
-    weight = getattr(module, "weight", None)
+    # the parameter itself: while torch.fx traces, ``module.weight`` is a Proxy, which would make it "not linear"
+    weight = module._parameters.get("weight") if "weight" in module._parameters else getattr(module, "weight", None)
     nf, nx = getattr(module, "nf", None), getattr(module, "nx", None)
     return (isinstance(nf, int) and isinstance(nx, int) and isinstance(weight, torch.Tensor)
             and tuple(weight.shape) == (nx, nf))
