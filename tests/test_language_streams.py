@@ -78,7 +78,7 @@ def stream_audit():
     spec = load_spec(example_spec("induction"))
     options = dataclasses.replace(spec.options, layers=("blocks.0.attn", "blocks.1.attn", "blocks.0", "blocks.1"),
                                   select=("D101", "D103", "L202"), max_samples=64,
-                                  rules=(("D103", "test", {"expansion": 4, "k": 4}),))  # fixed size: no sweep
+                                  rules=(("D103", "test", {"expansion": 4, "k": 4, "seeds": 2}),))  # fixed size, two seeds
     return run_audit(spec=dataclasses.replace(spec, options=options))
 
 
