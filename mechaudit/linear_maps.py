@@ -16,7 +16,7 @@ def is_transposed(module: nn.Module) -> bool:
     """Hugging Face's ``Conv1D``, recognised by its attributes (``nf`` outputs, ``nx`` inputs, weight (nx, nf)),
     so that ``transformers`` need not be imported."""
     # the parameter itself: while torch.fx traces, ``module.weight`` is a Proxy, which would make it "not linear"
-    weight = module._parameters.get("weight") if "weight" in module._parameters else getattr(module, "weight", None)
+    weight = _own_parameter(module, "weight")
     nf, nx = getattr(module, "nf", None), getattr(module, "nx", None)
     return (isinstance(nf, int) and isinstance(nx, int) and isinstance(weight, torch.Tensor)
             and tuple(weight.shape) == (nx, nf))
@@ -48,3 +48,12 @@ def out_features(module: nn.Module) -> int:
 
 def in_features(module: nn.Module) -> int:
     return module.nx if is_transposed(module) else module.in_features
+
+
+def _own_parameter(module: nn.Module, name: str) -> object:
+    """``module``'s own parameter ``name`` (not the attribute, which torch.fx's tracer turns into a Proxy), else the
+    attribute (TorchScript modules keep their parameters in a wrapper without that lookup)."""
+    try:
+        return module._parameters[name]
+    except (KeyError, TypeError, AttributeError, RuntimeError):
+        return getattr(module, name, None)
