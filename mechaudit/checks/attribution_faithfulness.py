@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
+import numpy as np
 import torch
 
 from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, attributions, forwards, uses
 from ..findings import Measurement
 from ..techniques.attribution import METHODS
-from ..techniques.deletion import infidelity, perturbation_curves, random_scores
+from ..techniques.deletion import Curves, infidelity, perturbation_curves, random_scores
+from ..techniques.uncertainty import Interval, bootstrap
 from .attribution_common import predicted_attributions, reliability, unreliable_suffix
 from .input_baseline import BaselineParams, input_baseline
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -47,6 +49,11 @@ and 0.53-0.64): deletion curves reward them, which is why L203 checks sanity too
 better than a random order.
 Baseline: the parameter `baseline` (as in L201; default `zero`) sets what deleted elements are set to (and the
 attributions' reference); the evidence names it.
+Interval: each ratio carries a 95% percentile-bootstrap interval over the `curve_samples` samples (500 resamples,
+seeded): every sample's area above its baseline probability is computed once, for the attribution order and for
+the random orders (averaged), and each resample takes the ratio of their means, paired per sample, with the same
+cap. The random orders themselves are not redrawn. A verdict whose interval straddles `max_auc_ratio` is marked
+uncertain.
 """,
     fix="""
 Choose another attribution method (`method`), more integration steps, or a baseline that means "absent" for these
@@ -141,13 +148,27 @@ def attribution_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     findings = []
     for metric, value, what in (("deletion_auc_ratio", deletion_ratio, "deleting"),
                                 ("insertion_auc_ratio", insertion_ratio, "restoring")):
+        interval = _ratio_interval(ranked, randoms, insertion=what == "restoring", seed=context.seed)
         faster = "faster" if value < 1 else "no faster"
         findings.append(Measurement(
             f"{what} the top-attributed inputs first moves the predicted class {faster} than a random order "
             f"({metric.replace('_', ' ')} {value:.2f}; {params.method})" + unreliable_suffix(trust),
-            metric=metric, value=value, threshold=params.max_auc_ratio, evidence=evidence,
+            metric=metric, value=value, threshold=params.max_auc_ratio, evidence=evidence, interval=interval,
         ))
     return findings
+
+
+def _ratio_interval(ranked: Curves, randoms: list[Curves], insertion: bool, seed: int) -> Interval | None:
+    """Bootstrap interval over the samples of the deletion (or insertion) area ratio: per-sample areas of the
+    attribution order and of the random orders' mean, resampled in pairs, each resample's ratio by :func:`_ratio`."""
+    def areas(curves: Curves) -> np.ndarray:
+        per_sample = curves.insertion_excess_per_sample if insertion else curves.deletion_excess_per_sample
+        return per_sample.double().numpy()
+
+    ours = areas(ranked)
+    random = np.mean([areas(curves) for curves in randoms], axis=0)
+    return bootstrap(lambda idx: _ratio(float(ours[idx].mean()), float(random[idx].mean()), larger_is_better=insertion),
+                     len(ours), seed=seed)
 
 
 #: A ratio is capped here: the attribution order does at least this many times worse than a random one.

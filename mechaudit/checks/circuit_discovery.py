@@ -54,6 +54,13 @@ the unit (its activation after the nonlinearity, pooling and flattening that fol
 edges patch, so that a unit whose whole effect runs through one edge scores that edge's score), referenced to
 the mean of that tensor (or its value on the corrupted input); the last audited layer, attention heads and
 residual streams are scored on the layer's own output (what the output projection or the next block reads).
+
+No interval: this rule judges nothing, and its value, the number of edges in the graph, is a structural fact (the
+`max_edges` strongest of the edges with a score, or 0 when no audited unit changes the behaviour at all), not an
+estimate with a sampling distribution (the scores are sums over the samples, but the graph keeps the strongest
+edges without a threshold: no verdict to straddle). The verdicts built on the circuit carry their intervals in R302 (the
+circuit's faithfulness) and R304 (each node's behaviour lost); the recovered fraction of a single component, in
+L207.
 """,
     fix="""
 Nothing to fix by itself: read the circuit. If it routes through components that should not matter (a

@@ -15,9 +15,10 @@ feature's activation averaged over a sample's positions is dissected by AUROC to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
+import numpy as np
 import torch
 
 from ..addresses import FEATURE_PREFIX, format_address
@@ -25,15 +26,20 @@ from ..context import Artifact, AuditContext
 from ..cost import Cost, RuleCost, Sizes, forwards, stats_pass
 from ..findings import Measurement
 from ..model_view import units_view
+from ..techniques import resampled
 from ..techniques.dissection import (
     Detection,
     activation_maps,
     auroc_scores,
+    concept_targets,
     detections,
-    iou_scores,
+    iou_counts,
+    near_threshold,
     per_sample,
+    resampled_auroc,
     semantic_dictionary,
 )
+from ..techniques.uncertainty import Interval
 from .dictionary_features import learned_dictionaries
 from .registry import RuleDefinition, RuleDocs, param, register
 from .representation_common import sampled_activations
@@ -100,6 +106,7 @@ class DissectionEvidence(TypedDict, total=False):
     samples: int
     semantic_dictionary: list
     thresholds: dict
+    uncertain_detections: list  # unit-concept scores whose 95% interval straddles their detection threshold
     units_scored: int
 
 
@@ -116,8 +123,10 @@ COST = RuleCost(_cost, reduce="samples")
           evidence=DissectionEvidence, cost=COST)
 def dissection(context: AuditContext, rule) -> list[Measurement]:
     params: DissectionParams = rule.params
-    found, scored = context.shared(DISSECTION, params)
+    dissected = context.shared(DISSECTION, params)
+    found, scored = dissected.found, dissected.scored
     dictionary = [d.as_dict() for d in semantic_dictionary(found)]
+    uncertain = sorted([d for d in found if d.uncertain] + dissected.near_misses, key=lambda d: -d.score)
     per_concept = []
     for concept in sorted({d.concept for d in found} | set(context.data.concepts)):
         mine = [d for d in found if d.concept == concept or d.concept.startswith(f"{concept}=")]
@@ -129,9 +138,14 @@ def dissection(context: AuditContext, rule) -> list[Measurement]:
     return [Measurement(
         f"{detectors} of {scored} units detect a declared concept"
         + (f"; strongest: {dictionary[0]['component']} -> '{dictionary[0]['concept']}' "
-           f"({dictionary[0]['metric']} {dictionary[0]['score']:.2f})" if dictionary else ""),
-        metric="detectors", value=float(detectors),
+           f"({dictionary[0]['metric']} {dictionary[0]['score']:.2f})" if dictionary else "")
+        + (f" [uncertain: {len(uncertain)} unit-concept score(s) have a 95% interval that straddles the detection "
+           f"threshold, e.g. {uncertain[0].component} -> '{uncertain[0].concept}' ({uncertain[0].metric} "
+           f"{uncertain[0].score:.3g}, {uncertain[0].interval.low:.3g}..{uncertain[0].interval.high:.3g})]"
+           if uncertain else ""),
+        metric="detectors", value=float(detectors), interval=dissected.detectors_interval,
         evidence={"semantic_dictionary": dictionary[:params.max_listed], "per_concept": per_concept,
+                  "uncertain_detections": [d.as_dict() for d in uncertain[:params.max_listed]],
                   "units_scored": scored, "samples": min(params.samples, len(context.data)),
                   "thresholds": {"quantile": params.quantile, "min_iou": params.min_iou,
                                  "min_auroc": params.min_auroc}},
@@ -144,16 +158,82 @@ def dissection_dictionary(context: AuditContext) -> list[dict]:
     rule = context.rule_for_check(CHECK)
     if rule is None or not context.data.concepts or not context.view.hidden_layers:
         return []
-    return [d.as_dict() for d in semantic_dictionary(context.shared(DISSECTION, rule.params)[0])]
+    return [d.as_dict() for d in semantic_dictionary(context.shared(DISSECTION, rule.params).found)]
 
 
-def _dissect(context: AuditContext, params: DissectionParams) -> tuple[list[Detection], int]:
-    """Every detection of every unit and dictionary feature, and the number of components scored."""
+@dataclass
+class Dissected:
+    """Every detection of every unit and dictionary feature (with its interval), the number of components scored,
+    the unit-concept pairs below their threshold whose interval reaches above it, and the interval of the number
+    of detectors (the same resamples for every score)."""
+
+    found: list[Detection]
+    scored: int
+    near_misses: list[Detection] = field(default_factory=list)
+    detectors_interval: Interval | None = None
+
+
+class _Resampled:
+    """The bootstrap of every score of one dissection: the same draws of the samples for all of them."""
+
+    def __init__(self, samples: int, seed: int) -> None:
+        self.samples = samples
+        self.draws = resampled.draws(samples, seed=seed)
+        self.weights = resampled.counts(self.draws, samples)
+        self.detected: dict[str, np.ndarray] = {}  # component -> (resamples,) detector in that resample
+        self.near_misses: list[Detection] = []
+
+    def judge(self, components: list[str], scores: torch.Tensor, names: list[str], metric: str, threshold: float,
+              values: dict[tuple[int, int], np.ndarray]) -> list[Detection]:
+        """The detections of ``scores`` (units, concepts), with the intervals of the resampled ``values``
+        ((resamples,) per (unit, concept) pair); pairs below ``threshold`` whose interval straddles it are kept
+        as near misses."""
+        keys = list(values)
+        found = resampled.intervals(np.stack([values[k] for k in keys], 1), self.samples) if keys else []
+        intervals = dict(zip(keys, found))
+        for (unit, concept), column in values.items():
+            above = np.nan_to_num(column, nan=-np.inf) > threshold
+            self.detected[components[unit]] = self.detected.get(components[unit], False) | above
+            interval = intervals[(unit, concept)]
+            if float(scores[unit, concept]) <= threshold and interval is not None and interval.straddles(threshold):
+                self.near_misses.append(Detection(components[unit], names[concept], float(scores[unit, concept]),
+                                                  metric, interval, threshold))
+        return detections(components, scores, names, metric, threshold, intervals)
+
+    def iou(self, components: list[str], maps: torch.Tensor, masks: dict, params: DissectionParams) -> list[Detection]:
+        intersection, union = iou_counts(maps, masks, params.quantile)
+        scores = (intersection.sum(0) / union.sum(0).clamp_min(1)).float()
+        units, concepts = scores.shape
+        table = resampled.ratio_of_sums(intersection.flatten(1).numpy(), union.flatten(1).numpy(), self.weights)
+        table = np.nan_to_num(table, nan=0.0).reshape(len(table), units, concepts)  # no union: IoU 0
+        values = {(u, c): table[:, u, c] for u in range(units) for c in range(concepts)}
+        return self.judge(components, scores, list(masks), "iou", params.min_iou, values)
+
+    def auroc(self, components: list[str], per_unit: torch.Tensor, labels: dict, threshold: float) -> list[Detection]:
+        scores, names = auroc_scores(per_unit, labels)
+        values = {}
+        for concept, (_, positives) in enumerate(concept_targets(labels)):
+            units = near_threshold(scores[:, concept], positives, threshold).nonzero().flatten().tolist()
+            if units:
+                table = resampled_auroc(per_unit[:, units], positives, self.draws)
+                values.update({(unit, concept): table[:, i] for i, unit in enumerate(units)})
+        return self.judge(components, scores, names, "auroc", threshold, values)
+
+    def detectors_interval(self) -> Interval | None:
+        if not self.detected:
+            return resampled.intervals(np.zeros(len(self.draws)), self.samples)[0]
+        counts = np.sum([np.broadcast_to(v, len(self.draws)) for v in self.detected.values()], axis=0)
+        return resampled.intervals(counts.astype(float), self.samples)[0]
+
+
+def _dissect(context: AuditContext, params: DissectionParams) -> Dissected:
+    """Every detection of every unit and dictionary feature, with the intervals of their scores."""
     data = context.data
     indices, activations = sampled_activations(context, params.samples)
     inputs = data.inputs[indices]
     masks = {name: mask[indices] for name, mask in data.concept_masks.items()}
     labels = {name: values[indices] for name, values in data.concepts.items()}
+    boot = _Resampled(len(indices), context.seed)
     found: list[Detection] = []
     scored = 0
     for layer in context.view.hidden_layers:
@@ -163,16 +243,14 @@ def _dissect(context: AuditContext, params: DissectionParams) -> tuple[list[Dete
         if spatial:
             maps = activation_maps(context.view, layer, inputs, context.batch_size, context.device)
             if maps.dim() == inputs.dim():  # same number of spatial axes as the input
-                found += detections(components, iou_scores(maps, masks, params.quantile), list(masks), "iou",
-                                    params.min_iou)
+                found += boot.iou(components, maps, masks, params)
                 per_unit = per_sample(maps, layer)
                 rest = {k: v for k, v in labels.items() if k not in masks}
             else:
                 per_unit, rest = activations[layer.name], labels
         else:
             per_unit, rest = activations[layer.name], labels
-        scores, names = auroc_scores(per_unit, rest)
-        found += detections(components, scores, names, "auroc", params.min_auroc)
+        found += boot.auroc(components, per_unit, rest, params.min_auroc)
     for layer_name, dictionary in learned_dictionaries(context).items():
         if layer_name not in activations:
             continue
@@ -186,11 +264,10 @@ def _dissect(context: AuditContext, params: DissectionParams) -> tuple[list[Dete
         address = getattr(dictionary, "address", lambda i, name=layer_name: format_address(name, FEATURE_PREFIX, i))
         components = [address(i) for i in range(per_sample_features.shape[1])]
         scored += len(components)
-        scores, names = auroc_scores(per_sample_features, labels)
-        found += detections(components, scores, names, "auroc", params.min_auroc)
-    return found, scored
+        found += boot.auroc(components, per_sample_features, labels, params.min_auroc)
+    return Dissected(found, scored, boot.near_misses, boot.detectors_interval())
 
 
 #: Every detection of every unit and dictionary feature and the number of components scored, by the dissection
 #: rule's parameters: the semantic dictionary, computed on first use by L206 or by a rule that labels with it.
-DISSECTION: Artifact[tuple[list[Detection], int]] = Artifact("dissection", _dissect)
+DISSECTION: Artifact[Dissected] = Artifact("dissection", _dissect)

@@ -46,6 +46,16 @@ class Curves:
         """Area of the mean insertion curve above its start (the baseline's probability)."""
         return self.insertion_auc - float(self.insertion[:, 0].mean())
 
+    @property
+    def deletion_excess_per_sample(self) -> torch.Tensor:
+        """Each sample's deletion area above its own end (their mean is :attr:`deletion_excess`)."""
+        return torch.trapezoid(self.deletion, self.fractions, dim=1) - self.deletion[:, -1]
+
+    @property
+    def insertion_excess_per_sample(self) -> torch.Tensor:
+        """Each sample's insertion area above its own start (their mean is :attr:`insertion_excess`)."""
+        return torch.trapezoid(self.insertion, self.fractions, dim=1) - self.insertion[:, 0]
+
     def mean_curves(self) -> dict[str, list[float]]:
         return {"fraction": self.fractions.tolist(), "deletion": self.deletion.mean(0).tolist(),
                 "insertion": self.insertion.mean(0).tolist()}

@@ -10,6 +10,12 @@
   concept's presence (one value against the rest for a concept with several values).
 
 A unit's label is the concept it detects best; :func:`semantic_dictionary` lists them.
+
+Uncertainty: both scores are statistics over the samples, so they are resampled (percentile bootstrap, the same
+draws for every unit and concept, from per-sample values computed once): the IoU as the ratio of the resampled sums
+of per-sample intersections and unions (:func:`iou_counts`; each channel's activation threshold stays the one of
+the whole dataset), the AUROC recomputed from ranks on each resample (:func:`resampled_auroc`) for the pairs that
+could cross their threshold (:func:`near_threshold`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch.nn.functional as F
 
 from ..activations import batches, hooked
 from ..model_view import Layer, ModelView, units_view
+from .uncertainty import Interval
 
 
 @dataclass
@@ -32,14 +39,27 @@ class Detection:
     concept: str
     score: float
     metric: str
+    #: The score's bootstrap interval over the samples (:class:`~.uncertainty.Interval`), and the threshold a
+    #: detector exceeds; None where not resampled.
+    interval: Interval | None = None
+    threshold: float | None = None
 
     @property
     def method(self) -> str:
         return "network dissection (IoU)" if self.metric == "iou" else "concept AUROC (activation as a score)"
 
+    @property
+    def uncertain(self) -> bool:
+        """True when the score's interval straddles the threshold: detector or not is a coin flip."""
+        return self.interval is not None and self.threshold is not None and self.interval.straddles(self.threshold)
+
     def as_dict(self) -> dict:
-        return {"component": self.component, "concept": self.concept, "score": self.score, "metric": self.metric,
-                "method": self.method}
+        row = {"component": self.component, "concept": self.concept, "score": self.score, "metric": self.metric,
+               "method": self.method}
+        if self.interval is not None:
+            row.update(interval=[round(self.interval.low, 6), round(self.interval.high, 6)],
+                       uncertain=self.uncertain)
+        return row
 
 
 def activation_maps(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_size: int,
@@ -55,19 +75,28 @@ def activation_maps(view: ModelView, layer: Layer, inputs: torch.Tensor, batch_s
 def iou_scores(maps: torch.Tensor, masks: dict[str, torch.Tensor], quantile: float = 0.005) -> torch.Tensor:
     """(units, concepts) dataset-wide IoU of each unit's top-``quantile`` region (upsampled to the masks'
     resolution) with each concept mask; ``maps`` (samples, units, *spatial), masks (samples, *input spatial)."""
+    intersection, union = iou_counts(maps, masks, quantile)
+    return (intersection.sum(0) / union.sum(0).clamp_min(1)).float()
+
+
+def iou_counts(maps: torch.Tensor, masks: dict[str, torch.Tensor],
+               quantile: float = 0.005) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the intersection and the union (in input elements) of each unit's top-``quantile`` region with
+    each concept mask: two (samples, units, concepts) tensors, whose sums over the samples make :func:`iou_scores`
+    (and whose resampled sums its bootstrap)."""
     labels = torch.stack([mask > 0.5 for mask in masks.values()], 1)  # (samples, concepts, *input spatial)
     size = tuple(labels.shape[2:])
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-    scores = torch.zeros(maps.shape[1], labels.shape[1])
+    shape = (maps.shape[0], maps.shape[1], labels.shape[1])
+    intersection, union = torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
     for unit in range(maps.shape[1]):
         raw = maps[:, unit].flatten().double()
         threshold = torch.quantile(raw[_subsample(raw.numel())], 1 - quantile)  # at the layer's resolution
         upsampled = F.interpolate(maps[:, unit:unit + 1], size=size, mode=mode, align_corners=False)[:, 0]
         region = (upsampled > threshold).unsqueeze(1)  # (samples, 1, *spatial)
-        intersection = (region & labels).flatten(2).sum((0, 2)).double()
-        union = (region | labels).flatten(2).sum((0, 2)).double()
-        scores[unit] = (intersection / union.clamp_min(1)).float()
-    return scores
+        intersection[:, unit] = (region & labels).flatten(2).sum(2).double()
+        union[:, unit] = (region | labels).flatten(2).sum(2).double()
+    return intersection, union
 
 
 def _subsample(count: int, limit: int = 2**24) -> slice:
@@ -81,27 +110,66 @@ def auroc_scores(activations: torch.Tensor, labels: dict[str, torch.Tensor]) -> 
     from sklearn.metrics import roc_auc_score
 
     columns, names = [], []
+    for name, target in concept_targets(labels):
+        columns.append([roc_auc_score(target, activations[:, unit].numpy()) for unit in range(activations.shape[1])])
+        names.append(name)
+    if not columns:
+        return torch.zeros(activations.shape[1], 0), names
+    return torch.tensor(np.array(columns).T, dtype=torch.float32), names
+
+
+def concept_targets(labels: dict[str, torch.Tensor]) -> list[tuple[str, np.ndarray]]:
+    """Each concept value scored by AUROC and its yes/no target per sample (``concept`` for a yes/no concept,
+    ``concept=value`` for each value of another; a concept with a single value is left out)."""
+    targets = []
     for concept, values in labels.items():
         levels = values.unique().tolist()
         if len(levels) < 2:
             continue
         binary = len(levels) == 2 and set(levels) <= {0, 1}
         for level in ([1] if binary else levels):
-            target = (values == level).numpy()
-            columns.append([roc_auc_score(target, activations[:, unit].numpy())
-                            for unit in range(activations.shape[1])])
-            names.append(concept if binary else f"{concept}={level}")
-    if not columns:
-        return torch.zeros(activations.shape[1], 0), names
-    return torch.tensor(np.array(columns).T, dtype=torch.float32), names
+            targets.append((concept if binary else f"{concept}={level}", (values == level).numpy()))
+    return targets
+
+
+def near_threshold(scores: torch.Tensor, positives: np.ndarray, threshold: float, z: float = 4.0) -> torch.Tensor:
+    """(units,) which AUROCs of one concept could lie above ``threshold``: those within ``z`` Hanley-McNeil (1982)
+    standard errors below it, or above it (every detector). The others are far below in any resample, so the
+    bootstrap skips them."""
+    area = scores.double().clamp(1e-6, 1 - 1e-6)
+    n1, n2 = int(positives.sum()), int((~positives).sum())
+    q1, q2 = area / (2 - area), 2 * area ** 2 / (1 + area)
+    variance = (area * (1 - area) + (n1 - 1) * (q1 - area ** 2) + (n2 - 1) * (q2 - area ** 2)) / max(n1 * n2, 1)
+    return scores.double() + z * variance.clamp_min(0).sqrt() > threshold
+
+
+def resampled_auroc(activations: torch.Tensor, positives: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """(resamples, units) AUROC of each unit's activation (samples, units) for the yes/no ``positives`` on each
+    resample of ``draws`` (resamples, samples), by the rank-sum (Mann-Whitney) form, ties averaged; NaN on a
+    resample without both classes."""
+    from scipy.stats import rankdata
+
+    values = activations.double().numpy()
+    found = np.full((len(draws), values.shape[1]), np.nan)
+    for row, chosen in enumerate(draws):
+        target = positives[chosen]
+        n1 = int(target.sum())
+        n2 = len(target) - n1
+        if n1 and n2 and values.shape[1]:
+            ranks = rankdata(values[chosen], axis=0)
+            found[row] = (ranks[target].sum(0) - n1 * (n1 + 1) / 2) / (n1 * n2)
+    return found
 
 
 def detections(components: list[str], scores: torch.Tensor, concepts: list[str], metric: str,
-               threshold: float) -> list[Detection]:
-    """Every (unit, concept) pair scoring above ``threshold``."""
+               threshold: float, intervals: dict[tuple[int, int], Interval | None] | None = None) -> list[Detection]:
+    """Every (unit, concept) pair scoring above ``threshold``, with its interval from ``intervals`` (by
+    ``(unit, concept)`` index) where given."""
     found = []
     for unit, concept in (scores > threshold).nonzero().tolist():
-        found.append(Detection(components[unit], concepts[concept], float(scores[unit, concept]), metric))
+        interval = (intervals or {}).get((unit, concept))
+        found.append(Detection(components[unit], concepts[concept], float(scores[unit, concept]), metric,
+                               interval, threshold if interval is not None else None))
     return found
 
 

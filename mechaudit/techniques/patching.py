@@ -85,9 +85,9 @@ def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tens
 def exact_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, corrupted: torch.Tensor,
                    targets: torch.Tensor, metric: Metric, units: dict[str, list[int]] | None = None,
                    batch_size: int = 256, device: torch.device | None = None,
-                   scanner: AblationScanner | None = None) -> dict[str, torch.Tensor]:
+                   scanner: AblationScanner | None = None, per_pair: bool = False) -> dict[str, torch.Tensor]:
     """Exact effect of patching each unit (of ``units``, default all), summed over the pairs: ``{layer: (units,)}``
-    in the order of ``units[layer]``."""
+    in the order of ``units[layer]``; with ``per_pair``, each pair's effect: ``{layer: (units, pairs)}``."""
     device = device or torch.device("cpu")
     scanner = scanner or AblationScanner(view, layers, device, corrupted[:2])
     baseline = []
@@ -103,4 +103,6 @@ def exact_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, co
         return values.reshape(k, n)
 
     scanned = scanner.scan(corrupted, {"patch": (None, clean)}, batch_size, reduce=reduce, units=units)["patch"]
+    if per_pair:
+        return {name: values.double() - base for name, values in scanned.items()}
     return {name: (values.double() - base).sum(1).float() for name, values in scanned.items()}

@@ -41,6 +41,8 @@ class CascadeStep:
     module: str
     randomized: int
     rank_correlation: float
+    #: The correlation of each sample that has at least two elements to rank (their mean is ``rank_correlation``).
+    per_sample: tuple[float, ...] = ()
 
 
 @dataclass
@@ -106,8 +108,15 @@ def randomize_module(module: nn.Module) -> None:
 
 
 def rank_correlation(original: torch.Tensor, other: torch.Tensor, support: torch.Tensor) -> float:
-    """Mean over samples of the Spearman correlation of ``|original|`` and ``|other|`` over ``support``; a sample
-    whose attributions are constant on its support counts as 0 (no shared ranking)."""
+    """Mean over samples of the Spearman correlation of ``|original|`` and ``|other|`` over ``support``
+    (:func:`rank_correlations`)."""
+    return float(np.mean(rank_correlations(original, other, support)))
+
+
+def rank_correlations(original: torch.Tensor, other: torch.Tensor, support: torch.Tensor) -> list[float]:
+    """Per sample, the Spearman correlation of ``|original|`` and ``|other|`` over ``support``; a sample whose
+    attributions are constant on its support counts as 0 (no shared ranking), one with fewer than two elements
+    there is left out."""
     a, b = original.abs().flatten(1).numpy(), other.abs().flatten(1).numpy()
     keep = support.flatten(1).numpy()
     values = []
@@ -121,7 +130,7 @@ def rank_correlation(original: torch.Tensor, other: torch.Tensor, support: torch
         values.append(float(np.corrcoef(rank_a, rank_b)[0, 1]))
     if not values:
         raise ValueError("no sample has two input elements that differ from the baseline: nothing to rank")
-    return float(np.mean(values))
+    return values
 
 
 def cascading_randomization(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, attribute: AttributionFn,
@@ -147,6 +156,6 @@ def cascading_randomization(model: nn.Module, inputs: torch.Tensor, targets: tor
         for index, name in enumerate(cascade):
             randomize_module(modules[name])
             if index in checkpoints:
-                randomized = attribute(shadow, inputs, targets)
-                steps.append(CascadeStep(name, index + 1, rank_correlation(original, randomized, support)))
+                per_sample = rank_correlations(original, attribute(shadow, inputs, targets), support)
+                steps.append(CascadeStep(name, index + 1, float(np.mean(per_sample)), tuple(per_sample)))
     return RandomizationResult(steps, int(inputs.shape[0]))
