@@ -3,21 +3,25 @@ elsewhere; the semantic dictionary is shared as an artifact and carried in the e
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from fixtures.localization_toys import square_detector, square_images
 
 import mechaudit
 from mechaudit.loading import AuditData
-from mechaudit.techniques.dissection import auroc_scores, iou_scores
+from mechaudit.techniques import resampled
+from mechaudit.techniques.dissection import auroc_scores, iou_scores, near_threshold, resampled_auroc
+from mechaudit.techniques.uncertainty import bootstrap_mean
 
 
-def _audit(masks: torch.Tensor, images: torch.Tensor):
+def _audit(masks: torch.Tensor, images: torch.Tensor, **params):
     model = square_detector()
     labels = model(images).argmax(-1).detach()
     data = AuditData(inputs=images, labels=labels, concepts={"square": (masks.flatten(1).amax(1) > 0).long()},
                      concept_masks={"square": masks[:, 0]})
     data.concepts["bright"] = (images.flatten(1).amax(1) > 0.5).long()  # a per-sample label (AUROC)
-    return mechaudit.audit(model, data, select=["L206"])
+    return mechaudit.audit(model, data, select=["L206"], rules={"L206": params})
 
 
 def test_the_planted_square_detector_is_found_and_labelled() -> None:
@@ -63,3 +67,48 @@ def test_the_semantic_dictionary_is_a_shared_artifact() -> None:
     assert context.shared(DISSECTION, context.rules[0].params) is shared and entries == dissection_dictionary(context)
     labels = {row["component"]: row["concept"] for row in entries}
     assert labels["features.0:ch0"] == "watermark" and labels["features.2:ch8"] == "loop"
+
+
+def test_scores_carry_intervals_and_a_detector_at_its_threshold_is_uncertain() -> None:
+    images, masks = square_images()
+    (control,) = _audit(masks, images).findings
+    square = next(row for row in control.evidence["semantic_dictionary"] if row["component"] == "conv:ch0")
+    assert square["interval"][0] <= square["score"] <= square["interval"][1] and square["uncertain"] is False
+    assert control.interval["low"] <= control.value <= control.interval["high"]
+    assert "over 200 samples" in control.interval["method"]
+    uncertain = control.evidence["uncertain_detections"]  # e.g. an AUROC for `bright` near 0.9
+    assert ("conv:ch0", "square") not in {(row["component"], row["concept"]) for row in uncertain}
+    thresholds = {"iou": 0.04, "auroc": 0.9}
+    assert all(row["interval"][0] <= thresholds[row["metric"]] < row["interval"][1] for row in uncertain)
+    (planted,) = _audit(masks, images, min_iou=square["score"]).findings  # the threshold at the IoU itself
+    assert not [row for row in planted.evidence["semantic_dictionary"] if row["concept"] == "square"]
+    near = [row for row in planted.evidence["uncertain_detections"] if row["component"] == "conv:ch0"
+            and row["concept"] == "square"]
+    assert near and near[0]["uncertain"] is True and near[0]["interval"] == square["interval"]
+    assert "[uncertain: " in planted.message
+
+
+def test_resampled_auroc_is_the_auroc_of_each_resample() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    generator = torch.Generator().manual_seed(0)
+    positives = (torch.rand(40, generator=generator) > 0.5).numpy()
+    activations = torch.randn(40, 3, generator=generator) + torch.from_numpy(positives)[:, None].float()
+    activations[:10, 2] = 0.0  # ties, as after a ReLU
+    chosen = resampled.draws(40, resamples=5, seed=1)
+    table = resampled_auroc(activations, positives, chosen)
+    for row, index in enumerate(chosen):
+        expected = [roc_auc_score(positives[index], activations[index, unit].numpy()) for unit in range(3)]
+        assert np.allclose(table[row], expected)
+    scores, _ = auroc_scores(activations, {"c": torch.from_numpy(positives).long()})
+    assert near_threshold(scores[:, 0], positives, 0.9).tolist() == (scores[:, 0] > 0.5).tolist()  # 40 samples: wide
+
+
+def test_joint_resamples_give_the_intervals_of_the_one_statistic_bootstrap() -> None:
+    values = np.random.default_rng(0).normal(size=(30, 2))
+    weights = resampled.counts(resampled.draws(30, seed=3), 30)
+    joint = resampled.intervals(resampled.ratio_of_sums(values, np.ones(30), weights), 30)
+    for column in range(2):
+        alone = bootstrap_mean(values[:, column], seed=3)
+        assert joint[column].method == alone.method
+        assert (joint[column].low, joint[column].high) == pytest.approx((alone.low, alone.high))

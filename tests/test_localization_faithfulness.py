@@ -18,7 +18,7 @@ from mechaudit.examples import example_spec
 from mechaudit.examples.digits.model import SHORTCUT_CLASS, build
 from mechaudit.spec import load_spec
 from mechaudit.techniques import attribution
-from mechaudit.techniques.deletion import perturbation_curves, random_scores
+from mechaudit.techniques.deletion import Curves, perturbation_curves, random_scores
 
 DIGITS = Path(mechaudit.__file__).parent / "examples" / "digits"
 
@@ -36,6 +36,24 @@ def test_integrated_gradients_are_faithful_on_the_digits() -> None:
     evidence = found["deletion_auc_ratio"].evidence
     assert evidence["infidelity"] < evidence["infidelity_random_attribution"]
     assert len(evidence["curves"]) == 17 and evidence["top_inputs"][0]["element"].startswith("input[")
+
+
+QUICK = {"method": "saliency", "samples": 24, "curve_samples": 12, "steps": 4, "random_orders": 1}
+
+
+def test_each_ratio_carries_a_bootstrap_interval_and_a_ratio_at_its_threshold_is_uncertain() -> None:
+    control = _l204((("L204", "test", QUICK),))["insertion_auc_ratio"]
+    assert control.interval["low"] <= control.value <= control.interval["high"]
+    assert "over 12 samples" in control.interval["method"] and control.confidence == "certain"
+    planted = _l204((("L204", "test", {**QUICK, "max_auc_ratio": control.value}),))["insertion_auc_ratio"]
+    assert planted.value == control.value and planted.confidence == "uncertain" and "[uncertain" in planted.message
+
+
+def test_the_per_sample_areas_average_to_the_area_of_the_mean_curve() -> None:
+    curves = Curves(torch.linspace(0, 1, 3), torch.tensor([[1.0, 0.5, 0.0], [0.8, 0.8, 0.2]]),
+                    torch.tensor([[0.0, 0.5, 1.0], [0.1, 0.9, 0.9]]))
+    assert float(curves.deletion_excess_per_sample.mean()) == pytest.approx(curves.deletion_excess)
+    assert float(curves.insertion_excess_per_sample.mean()) == pytest.approx(curves.insertion_excess)
 
 
 def test_a_random_attribution_does_no_better_than_random_and_fails(monkeypatch) -> None:

@@ -16,9 +16,11 @@ import mechaudit
 from mechaudit.engine import run_audit
 from mechaudit.examples import example_spec
 from mechaudit.examples.digits.model import build
+from mechaudit.report.json_report import result_to_dict
+from mechaudit.report.sarif import sarif_log
 from mechaudit.spec import load_spec
 from mechaudit.techniques import attribution
-from mechaudit.techniques.randomization import cascading_randomization, rank_correlation
+from mechaudit.techniques.randomization import cascading_randomization, rank_correlation, rank_correlations
 
 DIGITS = Path(mechaudit.__file__).parent / "examples" / "digits"
 CPU = torch.device("cpu")
@@ -93,6 +95,9 @@ def test_a_broken_attribution_fails_l203_and_marks_l201_unreliable(monkeypatch) 
     assert "attributions unreliable" in ratio.message
     flips = next(f for f in result.findings if f.metric == "flip_rate")
     assert "attribution_reliable" not in flips.evidence  # an intervention, not an attribution
+    assert sanity.interval["low"] > 0.6 and sanity.confidence == "certain"  # fails beyond doubt
+    (reported,) = [r for r in sarif_log(result_to_dict(result))["runs"][0]["results"] if r["ruleId"] == "L203"]
+    assert reported["properties"]["interval"] == sanity.interval and reported["properties"]["confidence"] == "certain"
 
 
 def test_without_l203_the_sanity_of_l201_is_not_checked() -> None:
@@ -106,3 +111,29 @@ def test_l203_checks_every_method_the_audit_relies_on() -> None:
     result = _audit(("L201", "L203"), (("L201", "test", {"method": "saliency"}),))
     methods = {f.evidence["attribution_method"]: f.status for f in result.findings if f.rule_id == "L203"}
     assert methods == {"integrated_gradients": "pass", "saliency": "pass"}
+
+
+QUICK = {"method": "saliency", "samples": 16, "max_evaluations": 2}
+
+
+def _sanity_finding(**params):
+    (finding,) = _audit(("L203",), (("L203", "test", {**QUICK, **params}),)).findings
+    return finding
+
+
+def test_l203_carries_a_bootstrap_interval_and_flags_a_verdict_that_straddles_its_threshold() -> None:
+    control = _sanity_finding()
+    assert control.interval["low"] <= control.value <= control.interval["high"]
+    assert "over 16 samples" in control.interval["method"]
+    assert control.status == "pass" and control.confidence == "certain" and "uncertain" not in control.message
+    planted = _sanity_finding(max_rank_correlation=control.value)  # the threshold at the point estimate
+    assert planted.value == control.value and planted.interval == control.interval
+    assert planted.confidence == "uncertain" and "[uncertain: the 95% interval" in planted.message
+
+
+def test_the_cascade_keeps_each_samples_correlation() -> None:
+    original = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 5.0]])
+    other = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    support = original != 0
+    assert rank_correlations(original, other, support) == pytest.approx([1.0, -1.0])  # the third has one element
+    assert rank_correlation(original, other, support) == pytest.approx(0.0)
