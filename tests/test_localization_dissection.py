@@ -96,7 +96,7 @@ def test_resampled_auroc_is_the_auroc_of_each_resample() -> None:
     activations = torch.randn(40, 3, generator=generator) + torch.from_numpy(positives)[:, None].float()
     activations[:10, 2] = 0.0  # ties, as after a ReLU
     chosen = resampled.draws(40, resamples=5, seed=1)
-    table = resampled_auroc(activations, positives, chosen)
+    table = resampled_auroc(activations, positives, resampled.counts(chosen, 40))
     for row, index in enumerate(chosen):
         expected = [roc_auc_score(positives[index], activations[index, unit].numpy()) for unit in range(3)]
         assert np.allclose(table[row], expected)

@@ -14,8 +14,8 @@ A unit's label is the concept it detects best; :func:`semantic_dictionary` lists
 Uncertainty: both scores are statistics over the samples, so they are resampled (percentile bootstrap, the same
 draws for every unit and concept, from per-sample values computed once): the IoU as the ratio of the resampled sums
 of per-sample intersections and unions (:func:`iou_counts`; each channel's activation threshold stays the one of
-the whole dataset), the AUROC recomputed from ranks on each resample (:func:`resampled_auroc`) for the pairs that
-could cross their threshold (:func:`near_threshold`).
+the whole dataset), the AUROC as a weighted Mann-Whitney count on each resample (:func:`resampled_auroc`) for the
+pairs that could cross their threshold (:func:`near_threshold`).
 """
 
 from __future__ import annotations
@@ -143,21 +143,29 @@ def near_threshold(scores: torch.Tensor, positives: np.ndarray, threshold: float
     return scores.double() + z * variance.clamp_min(0).sqrt() > threshold
 
 
-def resampled_auroc(activations: torch.Tensor, positives: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """(resamples, units) AUROC of each unit's activation (samples, units) for the yes/no ``positives`` on each
-    resample of ``draws`` (resamples, samples), by the rank-sum (Mann-Whitney) form, ties averaged; NaN on a
-    resample without both classes."""
-    from scipy.stats import rankdata
-
+def resampled_auroc(activations: torch.Tensor, positives: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(resamples, units) AUROC of each unit's activation (samples, units) for the yes/no ``positives`` in each
+    resample, given as how many times it draws each sample (``weights``, (resamples, samples)): the Mann-Whitney
+    count of (positive, negative) pairs ordered right, ties counting half, each pair weighted by the product of
+    its draws. The samples are sorted once per unit, then every resample is a cumulative sum: no re-ranking per
+    resample. NaN on a resample without both classes."""
     values = activations.double().numpy()
-    found = np.full((len(draws), values.shape[1]), np.nan)
-    for row, chosen in enumerate(draws):
-        target = positives[chosen]
-        n1 = int(target.sum())
-        n2 = len(target) - n1
-        if n1 and n2 and values.shape[1]:
-            ranks = rankdata(values[chosen], axis=0)
-            found[row] = (ranks[target].sum(0) - n1 * (n1 + 1) / 2) / (n1 * n2)
+    weights = np.asarray(weights, dtype=float)
+    positive_weight, negative_weight = weights * positives, weights * ~positives
+    scale = positive_weight.sum(1) * negative_weight.sum(1)
+    found = np.full((len(weights), values.shape[1]), np.nan)
+    valid = scale > 0
+    for unit in range(values.shape[1]):
+        order = np.argsort(values[:, unit], kind="stable")
+        ordered = values[order, unit]
+        starts = np.r_[True, ordered[1:] != ordered[:-1]]  # where each group of tied values begins
+        group = np.cumsum(starts) - 1
+        first = np.flatnonzero(starts)
+        after = np.r_[first[1:], len(ordered)]
+        below = np.concatenate([np.zeros((len(weights), 1)), np.cumsum(negative_weight[:, order], axis=1)], 1)
+        credit = below[:, first] + 0.5 * (below[:, after] - below[:, first])  # negatives below, half the tied ones
+        counted = (positive_weight[:, order] * credit[:, group]).sum(1)
+        found[valid, unit] = counted[valid] / scale[valid]
     return found
 
 
