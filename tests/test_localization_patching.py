@@ -88,8 +88,8 @@ def test_recovered_fractions_carry_intervals_and_a_carrier_at_the_threshold_is_u
     assert control.interval["low"] <= control.value <= control.interval["high"]
     assert "over 32 pairs" in control.interval["method"] and control.confidence is None  # describes: no gate
     rows = control.evidence["components"]
-    assert all(row["recovered_interval"][0] <= row["recovered_fraction"] + 1e-9 <= row["recovered_interval"][1] + 2e-9
-               for row in rows)
+    assert all(row["recovered_interval"][0] - 1e-6 <= row["recovered_fraction"] <= row["recovered_interval"][1] + 1e-6
+               for row in rows)  # the interval rounded to 6 decimals in the evidence
     assert control.evidence["uncertain_carriers"] == [] and "uncertain" not in control.message
     second = rows[1]  # blocks.0.attn:h2, about half of the behaviour
     planted = _example_l207("induction", samples=32, min_recovered=second["recovered_fraction"])
