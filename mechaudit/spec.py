@@ -55,6 +55,9 @@ class DataSpec:
     cues: dict[str, DataRef] = field(default_factory=dict)
     #: For JSONL text data: the tokenizer, ``{"path": Path}`` or ``{"package": name, "subdir": dir}``.
     tokenizer: dict[str, Any] | None = None
+    #: How token ids read in reports when no tokenizer is declared: a vocabulary file (one token a line) or the
+    #: tokens themselves (mechaudit.loading.token_text).
+    vocabulary: Path | tuple[str, ...] | None = None
     max_length: int = 64
 
 
@@ -378,13 +381,17 @@ def _parse_weights(value: Any, where: str, resolve: _PathResolver) -> Path:
 
 
 def _parse_data(table: Any, where: str, resolve: _PathResolver) -> DataSpec:
-    table = _check_keys(table, {"file", "inputs", "labels", "tokenizer", "max_length", *_GROUPS}, where)
+    table = _check_keys(table, {"file", "inputs", "labels", "tokenizer", "vocabulary", "max_length", *_GROUPS}, where)
     if "file" not in table:
         raise InputError(where, "missing key 'file'")
     file = resolve(table["file"], f"{where}.file")
     tokenizer = _parse_tokenizer(table["tokenizer"], f"{where}.tokenizer", resolve) if "tokenizer" in table else None
     if file.suffix.lower() == ".jsonl" and tokenizer is None:
         raise InputError(where, "JSONL text data needs 'tokenizer' (a local directory, or { package, subdir })")
+    vocabulary = _parse_vocabulary(table["vocabulary"], f"{where}.vocabulary", resolve) \
+        if "vocabulary" in table else None
+    if vocabulary is not None and tokenizer is not None:
+        raise InputError(where, "give 'tokenizer' or 'vocabulary', not both (the tokenizer names the tokens)")
     max_length = _typed(table.get("max_length", 64), int, f"{where}.max_length")
     if max_length < 1:
         raise InputError(f"{where}.max_length", "must be at least 1")
@@ -403,7 +410,8 @@ def _parse_data(table: Any, where: str, resolve: _PathResolver) -> DataSpec:
         raise InputError(f"{where}.pairs", "must name exactly 'clean' and 'corrupted'")
     if groups["cues"] and set(groups["cues"]) != {"with_cue", "without_cue"}:
         raise InputError(f"{where}.cues", "must name exactly 'with_cue' and 'without_cue'")
-    return DataSpec(file=file, inputs=inputs, labels=labels, **groups, tokenizer=tokenizer, max_length=max_length)
+    return DataSpec(file=file, inputs=inputs, labels=labels, **groups, tokenizer=tokenizer, vocabulary=vocabulary,
+                    max_length=max_length)
 
 
 def _parse_tokenizer(value: Any, where: str, resolve: _PathResolver) -> dict[str, Any]:
@@ -416,6 +424,14 @@ def _parse_tokenizer(value: Any, where: str, resolve: _PathResolver) -> dict[str
     if Path(subdir).is_absolute() or ".." in Path(subdir).parts:
         raise InputError(f"{where}.subdir", f"'{subdir}' leaves the package directory (give a path inside it)")
     return {"package": _typed(table["package"], str, f"{where}.package"), "subdir": subdir}
+
+
+def _parse_vocabulary(value: Any, where: str, resolve: _PathResolver) -> Path | tuple[str, ...]:
+    if isinstance(value, str):
+        return resolve(value, where)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise InputError(where, "must be a file (one token a line) or a non-empty list of strings")
+    return tuple(value)
 
 
 def _parse_ref(value: Any, where: str, default_file: Path, resolve: _PathResolver) -> DataRef:

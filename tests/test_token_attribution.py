@@ -23,6 +23,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from mechaudit.checks.token_evidence import token_attribution  # noqa: E402
 from mechaudit.examples.induction.model import build  # noqa: E402
+from mechaudit.loading.token_text import IDS, from_vocabulary  # noqa: E402
 from mechaudit.report.token_figures import token_attribution_figures  # noqa: E402
 from mechaudit.techniques.circuits import target_logit  # noqa: E402
 from mechaudit.techniques.token_attribution import input_embedding, token_attributions  # noqa: E402
@@ -105,14 +106,19 @@ def test_the_evidence_is_left_out_for_float_inputs_and_on_failure() -> None:
 
 def test_the_figure_shows_the_tokens_shaded_by_their_scores() -> None:
     built = model("induction")
-    context = types.SimpleNamespace(model=built, device="cpu", batch_size=64)
+    context = types.SimpleNamespace(model=built, device="cpu", batch_size=64, data=types.SimpleNamespace(token_text=IDS))
     evidence = token_attribution(context, CLEAN[:3], CORRUPTED[:3], LABELS[:3], last_logit)
     finding = {"evidence": {"behaviour": "logit of the correct next token", **evidence}}
     [figure] = token_attribution_figures(finding, "07-L207")
     assert figure.sources == ("token_attribution",)
     assert "logit of the correct next token" in figure.caption and "corrupted prompt" in figure.caption
-    for token in {str(t) for t in CLEAN[0].tolist()}:
-        assert f">{token}<" in figure.svg
+    assert "t17 stands for token id 17" in figure.caption
+    for token in set(CLEAN[0].tolist()):
+        assert f">t{token}<" in figure.svg  # no vocabulary declared: ids, never invented words
+    words = [f"w{i}" if i % 2 else f"even{i}" for i in range(32)]
+    context.data.token_text = from_vocabulary(words)
+    [row, *_] = token_attribution(context, CLEAN[:3], CORRUPTED[:3], LABELS[:3], last_logit)["token_attribution"]
+    assert row["tokens"] == [words[t] for t in CLEAN[0].tolist()]
     assert token_attribution_figures({"evidence": {"token_attribution": [{"tokens": ["a"], "scores": []}]}},
                                      "x") == []
 

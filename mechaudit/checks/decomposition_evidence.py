@@ -100,16 +100,15 @@ def _pattern(context: AuditContext, layer: Layer, head: int, inputs: torch.Tenso
     if weights is None:
         return None
     shown = weights[:, head, :PATTERN_TOKENS, :PATTERN_TOKENS]
-    token_ids = inputs.dim() == 2 and not inputs.is_floating_point()
-    tokens = inputs[0, :PATTERN_TOKENS].tolist() if token_ids else None
+    names = context.data.token_text.names if token_ids(context, inputs) else None
     positions = int(weights.shape[-1])
     row = {"component": layer.address(head), "samples": int(weights.shape[0]), "positions": positions,
            "mean": _rounded(shown.mean(0)), "example": _rounded(shown[0]),
-           "example_tokens": [str(t) for t in tokens] if tokens is not None else None}
+           "example_tokens": names(inputs[0, :PATTERN_TOKENS].tolist()) if names else None}
     if positions > PATTERN_TOKENS:
         start = positions - PATTERN_TOKENS
         row.update(last_row=_rounded(weights[0, head, -1:, start:])[0], last_row_start=start,
-                   last_row_tokens=[str(t) for t in inputs[0, start:].tolist()] if token_ids else None)
+                   last_row_tokens=names(inputs[0, start:].tolist()) if names else None)
     return row
 
 
@@ -142,16 +141,26 @@ def _unit_rows(context: AuditContext, layer: Layer, unit: int, inputs: torch.Ten
         elif layer.kind != "conv" and max(inputs.shape[-2:]) <= TUNING_SIDE:  # a conv map's mean ignores position
             rows["tuning_curves"] = {"component": name, **patch_position_curve(
                 lambda batch: response(batch * (high - low) + low), tuple(inputs.shape[1:]))}
-    elif inputs.dim() == 2 and not inputs.is_floating_point() and maps.shape[1] == inputs.shape[1]:
-        tokens = [[str(t) for t in sample] for sample in inputs.tolist()]
+    elif token_ids(context, inputs) and maps.shape[1] == inputs.shape[1]:
+        tokens = [context.data.token_text.names(sample) for sample in inputs.tolist()]
         [rows["exemplars"]] = top_exemplars(maps.amax(1, keepdim=True), inputs, labels, [0], [name],
                                             top=PICTURED_EXEMPLARS, class_names=class_names, tokens=tokens,
                                             positions=maps.argmax(1))
-    elif inputs.dim() == 2 and inputs.is_floating_point():
+    elif inputs.dim() == 2 and inputs.is_floating_point() and not token_ids(context, inputs):
         [rows["exemplars"]] = top_exemplars(maps.amax(1, keepdim=True), inputs, labels, [0], [name],
                                             top=PICTURED_EXEMPLARS, class_names=class_names,
                                             feature_names=context.data.feature_names)
     return rows
+
+
+def token_ids(context: AuditContext, inputs: torch.Tensor) -> bool:
+    """Whether ``inputs`` are token ids (samples, positions): integers, or whole numbers when the spec declares a
+    tokenizer or vocabulary (token ids of a regression or classification task arrive as floats)."""
+    if inputs.dim() != 2:
+        return False
+    if not inputs.is_floating_point():
+        return True
+    return context.data.token_text.source != "ids" and bool((inputs == inputs.round()).all() and (inputs >= 0).all())
 
 
 def _unit_maps(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor) -> torch.Tensor:

@@ -26,4 +26,5 @@ def token_attribution(context: AuditContext, clean: torch.Tensor, corrupted: tor
     except Exception as exc:  # noqa: BLE001  a picture illustrates a finding; it never costs it
         warnings.warn(f"no token attribution: {type(exc).__name__}: {exc}", stacklevel=2)
         return {}
-    return {"token_attribution": [row.to_evidence() for row in rows]}
+    names = context.data.token_text.names
+    return {"token_attribution": [{**row.to_evidence(), "tokens": names(row.tokens)} for row in rows]}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +15,7 @@ from ..spec import DataRef, DataSpec
 from .arrays import is_csv, read_arrays
 from .files import DEFAULT_MAX_BYTES
 from .hashing import sha256_file
+from .token_text import IDS, TokenText, from_tokenizer, from_vocabulary, read_vocabulary
 
 
 @dataclass
@@ -34,6 +37,8 @@ class AuditData:
     #: Protected attributes that are input features (tabular data): name -> index of their input column.
     protected_columns: dict[str, int] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
+    #: The text of each token id, for figures (from the spec's tokenizer or vocabulary; else ids as ``t17``).
+    token_text: TokenText = IDS
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -47,7 +52,8 @@ class AuditData:
 def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEFAULT_MAX_BYTES) -> AuditData:
     """Read and validate every array the spec names; every file read is hashed."""
     cache: dict[Path, dict[str, np.ndarray]] = {}
-    read = _reader(spec, max_bytes)
+    tokenizer = _tokenizer_loader(spec)
+    read = _reader(spec, max_bytes, tokenizer)
 
     def _read(ref: DataRef) -> np.ndarray:
         if ref.file not in cache:
@@ -96,35 +102,55 @@ def load_data(spec: DataSpec, task: str = "classification", max_bytes: int = DEF
     if spec.cues:
         data.cues = _pair(_read(spec.cues["with_cue"]), _read(spec.cues["without_cue"]), inputs, "cues",
                           ("with_cue", "without_cue"))
+    data.token_text = _token_text(spec, tokenizer, max_bytes)
     files = {spec.file} | {ref.file for group in (spec.masks, spec.concepts, spec.protected, spec.pairs, spec.cues)
                            for ref in group.values()}
+    if isinstance(spec.vocabulary, Path):
+        files.add(spec.vocabulary)
     data.hashes = {str(path): sha256_file(path) for path in sorted(files)}
     return data
 
 
-def _reader(spec: DataSpec, max_bytes: int):
-    """``path -> {key: array}``: array files as they are, JSONL files tokenized (their text fields are the keys the
-    spec names for inputs, pairs and cues)."""
-    tokenizer = None
+def _tokenizer_loader(spec: DataSpec) -> Callable[[], Any]:
+    """The spec's tokenizer, loaded on the first call (offline; ``transformers`` is needed only then)."""
+    loaded: list = []
 
-    def read(path: Path) -> dict[str, np.ndarray]:
-        nonlocal tokenizer
-        if path.suffix.lower() != ".jsonl":
-            return read_arrays(path, max_bytes)
-        from .text import jsonl_arrays, load_tokenizer
-
-        if tokenizer is None:
+    def tokenizer():
+        if not loaded:
             from .huggingface import model_directory
+            from .text import load_tokenizer
 
             where = spec.tokenizer or {}
             directory = where["path"] if "path" in where else model_directory(
                 package=where["package"], subdir=where["subdir"], require="")
-            tokenizer = load_tokenizer(directory)
+            loaded.append(load_tokenizer(directory))
+        return loaded[0]
+    return tokenizer
+
+
+def _reader(spec: DataSpec, max_bytes: int, tokenizer: Callable[[], Any]):
+    """``path -> {key: array}``: array files as they are, JSONL files tokenized (their text fields are the keys the
+    spec names for inputs, pairs and cues)."""
+
+    def read(path: Path) -> dict[str, np.ndarray]:
+        if path.suffix.lower() != ".jsonl":
+            return read_arrays(path, max_bytes)
+        from .text import jsonl_arrays
+
         fields = {ref.key for group in (spec.pairs, spec.cues) for ref in group.values() if ref.file == path}
         if path == spec.file:
             fields.add(spec.inputs if isinstance(spec.inputs, str) else "inputs")
-        return jsonl_arrays(path, tokenizer, fields, spec.max_length, max_bytes)
+        return jsonl_arrays(path, tokenizer(), fields, spec.max_length, max_bytes)
     return read
+
+
+def _token_text(spec: DataSpec, tokenizer: Callable[[], Any], max_bytes: int) -> TokenText:
+    """How the report names token ids: the declared tokenizer, else the declared vocabulary, else ids."""
+    if spec.tokenizer is not None:
+        return from_tokenizer(tokenizer())
+    if isinstance(spec.vocabulary, Path):
+        return from_vocabulary(read_vocabulary(spec.vocabulary, max_bytes))
+    return from_vocabulary(spec.vocabulary) if spec.vocabulary else IDS
 
 
 def _pair(first: np.ndarray, second: np.ndarray, inputs: torch.Tensor, group: str,

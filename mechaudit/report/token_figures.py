@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .figures import Figure, _number, _numbers, _title, render_svg
-from .unit_figures import draw_token_strips, token_strip_lines
+from .unit_figures import TOKEN_NOTE, draw_token_strips, token_strip_lines
 
 
 def token_attribution_figures(finding: dict, prefix: str) -> list[Figure]:
@@ -39,7 +39,7 @@ def token_attribution_figures(finding: dict, prefix: str) -> list[Figure]:
                "raise the behaviour, red ones lower it, each strip scaled to its largest score; tokens the two "
                "prompts share score zero. The last token is framed in red"
                + (f"; the strip starts at position {shown}" if shown else "")
-               + ". The scores of a strip add up to f(clean) - f(baseline) up to the completeness gap.")
+               + ". The scores of a strip add up to f(clean) - f(baseline) up to the completeness gap. " + TOKEN_NOTE)
     return [Figure(f"{prefix}-token-attribution.svg", "Token attribution", caption,
                    render_svg(prefix + "-token-attribution", draw, (6.4, 0.5 + 0.28 * lines)),
                    sources=("token_attribution",))]

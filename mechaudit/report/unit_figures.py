@@ -25,6 +25,9 @@ from .figures import (
 )
 
 MAX_HEADS, MAX_CELLS, MAX_GRID, MAX_CONTEXTS, MAX_COLUMNS = 3, 256, 16, 6, 32
+#: How the figures name tokens (mechaudit.loading.token_text), said in every caption that shows tokens.
+TOKEN_NOTE = ("Tokens read as the spec's tokenizer or vocabulary decodes them; t17 stands for token id 17 where "
+              "neither is declared.")
 
 
 def _matrix(value: Any, limit: int = 64) -> np.ndarray | None:
@@ -88,7 +91,7 @@ def attention_figure(entries: Any, prefix: str) -> Figure | None:
                "query gives the key (rows sum to 1). Left: the mean pattern over the samples; right: one sample, "
                "its tokens on the axes"
                + (f" (only the first positions are shown: {'; '.join(truncated)})" if truncated else "")
-               + f". {described}.")
+               + f". {described}." + (f" {TOKEN_NOTE}" if any(h[3] for h in heads) else ""))
     return Figure(f"{prefix}-attention.svg", "Attention patterns", caption,
                   render_svg(prefix + "-attention", draw, (6.4, 0.5 + 2.7 * len(heads))))
 
@@ -126,7 +129,7 @@ def token_attention_figure(entries: Any, prefix: str) -> Figure | None:
                           for name, tokens, w in rows)
     shown = f" (only its last tokens: {'; '.join(truncated)})" if truncated else ""
     caption = (f"The tokens of one sample in order (16 a line){shown}, each shaded by the attention weight the last "
-               f"position (framed in red) gives it, for each flagged head. Strongest: {strongest}.")
+               f"position (framed in red) gives it, for each flagged head. Strongest: {strongest}. {TOKEN_NOTE}")
     return Figure(f"{prefix}-token-attention.svg", "Token attention", caption,
                   render_svg(prefix + "-token-attention", draw, (6.4, 0.5 + 0.28 * lines)))
 
@@ -237,7 +240,7 @@ def token_contexts_figure(entries: Any, prefix: str) -> Figure | None:
         _title(figure, "Contexts that activate each component the most")
 
     caption = ("For each component, the audit samples on which it activates the most (strongest first): its "
-               "activation, then the tokens around the position where it peaks, that token highlighted.")
+               f"activation, then the tokens around the position where it peaks, that token highlighted. {TOKEN_NOTE}")
     return Figure(f"{prefix}-contexts.svg", "Top-activating contexts", caption,
                   render_svg(prefix + "-contexts", draw, (6.4, 0.6 + 0.2 * lines)))
 

