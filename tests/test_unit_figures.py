@@ -24,6 +24,7 @@ from mechaudit.report.unit_figures import (
     columns_figure,
     token_attention_figure,
     token_contexts_figure,
+    unit_columns_figure,
 )
 from mechaudit.spec import load_spec
 from mechaudit.techniques.atlas import activation_atlas
@@ -203,6 +204,40 @@ def test_tables_get_attribution_per_column_with_the_leaked_column_on_top(tabular
 def test_columns_figure_skips_malformed_evidence() -> None:
     assert columns_figure({"columns": ["a"], "classes": ["0"], "mean_share_per_class": [[0.1, 0.2]]}, "x") is None
     assert columns_figure({"columns": [], "classes": [], "mean_share_per_class": []}, "x") is None
+
+
+@pytest.fixture(scope="module")
+def critical_unit_of_a_table(tmp_path_factory):
+    """L202 on the toy MLP whose unit fc1:u0 alone reads x0 (the signal); fc1:u1..u7 read x1..x3."""
+    from conftest import write_project
+
+    project = write_project(tmp_path_factory.mktemp("critical"), factory_args={"spread": 1},
+                            data_table='labels = "labels"', extra='[audit]\nselect = ["L202"]')
+    return load_spec(project.spec)
+
+
+def test_a_tabular_critical_unit_gets_bars_of_the_columns_it_reads(critical_unit_of_a_table) -> None:
+    """Planted: fc1:u0 reads only x0, so x0 takes all its attribution; control: fc1:u2 reads only x3."""
+    from mechaudit.checks.decomposition_evidence import unit_pictures
+    from mechaudit.engine import prepare
+
+    result = run_audit(critical_unit_of_a_table)
+    [finding] = [f for f in result.findings if f.status == "fail"]
+    [row] = finding.evidence["column_attribution"]
+    assert row["component"] == "fc1:u0" and row["columns"][0] == "x0" and row["shares"][0] > 0.99
+    [view] = [v for v in build_document(result).findings if v.data["rule_id"] == "L202"]
+    [figure] = [fig for fig in view.figures if fig.sources == ("column_attribution",)]
+    assert "fc1:u0: x0 (100%)" in figure.caption and ">x3<" in figure.svg
+    context, _ = prepare(critical_unit_of_a_table)
+    [other] = unit_pictures(context, ["fc1:u2"])["column_attribution"]
+    assert other["columns"][0] == "x3" and other["shares"][0] > 0.99
+
+
+def test_unit_columns_figure_skips_malformed_evidence() -> None:
+    assert unit_columns_figure([{"component": "u", "columns": ["a", "b"], "shares": [0.5]}], "x") is None
+    assert unit_columns_figure([{"component": "u", "columns": ["a"], "shares": ["high"]}], "x") is None
+    assert unit_columns_figure({"component": "u"}, "x") is None
+    assert unit_columns_figure([{"component": "u", "columns": ["a"], "shares": [1.0]}], "x") is not None
 
 
 def test_token_attention_shades_the_tokens_the_last_position_reads() -> None:

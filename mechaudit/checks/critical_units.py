@@ -142,6 +142,7 @@ class CriticalUnitsEvidence(TypedDict, total=False):
     exemplars: list
     activation_maximization: list
     tuning_curves: list
+    column_attribution: list  # tabular inputs: the flagged units' attribution per column
 
 
 def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:

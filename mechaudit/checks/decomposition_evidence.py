@@ -55,6 +55,8 @@ PATTERN_SAMPLES = 64  # samples (or pairs) averaged in an attention pattern
 PATTERN_TOKENS = 32  # positions shown of an attention pattern (the first ones; the last query's last keys)
 TUNING_SIDE = 64  # patch-position tuning only for images at most this many pixels a side (probes stay cheap)
 TUNING_SAMPLES = 64  # samples a region sweep averages over
+COLUMN_SAMPLES = 256  # tabular inputs: samples a unit's attribution per column averages over
+COLUMN_BARS = 16  # tabular inputs: columns kept per unit (those with the largest shares)
 
 
 def unit_pictures(context: AuditContext, addresses: list[str], inputs: torch.Tensor | None = None,
@@ -64,8 +66,8 @@ def unit_pictures(context: AuditContext, addresses: list[str], inputs: torch.Ten
     top-activating exemplars with each one's receptive field, an activation-maximisation image and a tuning curve:
     along the value of a declared ``region`` ``(name, mask per input)`` when one is given, else (units of a Linear
     layer) along the position of a bright patch; on token inputs, exemplar contexts with the activating token
-    marked. Keys: ``attention_patterns``, ``exemplars``, ``activation_maximization``, ``tuning_curves``; only those
-    that apply."""
+    marked; on tables, exemplar rows and the unit's attribution per input column. Keys: ``attention_patterns``,
+    ``exemplars``, ``activation_maximization``, ``tuning_curves``, ``column_attribution``; only those that apply."""
     if inputs is None:
         indices = context.sample_indices()
         inputs = context.data.inputs[indices]
@@ -150,7 +152,29 @@ def _unit_rows(context: AuditContext, layer: Layer, unit: int, inputs: torch.Ten
         [rows["exemplars"]] = top_exemplars(maps.amax(1, keepdim=True), inputs, labels, [0], [name],
                                             top=PICTURED_EXEMPLARS, class_names=class_names,
                                             feature_names=context.data.feature_names)
+        rows["column_attribution"] = _column_attribution(context, layer, unit, inputs[:COLUMN_SAMPLES])
     return rows
+
+
+def _column_attribution(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor) -> dict:
+    """Which input columns drive a unit of a tabular model: per column, the mean over ``inputs`` of |gradient x
+    (input - mean input)| of the unit's activation (Shrikumar et al. 2016's gradient x input, against the mean row),
+    as shares of their total; the :data:`COLUMN_BARS` largest, largest first."""
+    baseline = inputs.float().mean(0)
+    total = torch.zeros(inputs.shape[1], dtype=torch.float64)
+    for _, batch in batches(inputs, context.batch_size, context.device):
+        batch = batch.float().requires_grad_(True)
+        captured: list[torch.Tensor] = []
+        with installed([context.view.hook(layer, lambda out, _args: captured.append(out))]), torch.enable_grad():
+            context.model(batch)
+            (gradient,) = torch.autograd.grad(units_view(captured[-1], layer)[:, unit].sum(), [batch])
+        total += (gradient.detach() * (batch.detach() - baseline.to(batch.device))).abs().sum(0).double().cpu()
+    shares = total / total.sum() if total.sum() > 0 else total
+    order = torch.argsort(shares, descending=True, stable=True)[:COLUMN_BARS].tolist()
+    names = context.data.feature_names or [f"x{j}" for j in range(inputs.shape[1])]
+    return {"component": layer.address(unit), "samples": int(inputs.shape[0]),
+            "columns": [str(names[j]) if j < len(names) else f"x{j}" for j in order],
+            "shares": [round(float(shares[j]), 4) for j in order]}
 
 
 def token_ids(context: AuditContext, inputs: torch.Tensor) -> bool:

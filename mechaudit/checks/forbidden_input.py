@@ -166,6 +166,7 @@ class ForbiddenInputEvidence(TypedDict, total=False):
     exemplars: list
     activation_maximization: list
     tuning_curves: list
+    column_attribution: list  # tabular inputs: the traced units' attribution per column
 
 
 MAP_SIDE = 32  # attribution maps in the evidence are pooled to at most this many pixels a side

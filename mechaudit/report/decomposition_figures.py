@@ -25,7 +25,13 @@ from .figures import (
     render_svg,
     short_label,
 )
-from .unit_figures import atlas_figure, attention_figure, token_attention_figure, token_contexts_figure
+from .unit_figures import (
+    atlas_figure,
+    attention_figure,
+    token_attention_figure,
+    token_contexts_figure,
+    unit_columns_figure,
+)
 
 MAX_COMPONENTS, MAX_EXEMPLARS, MAX_CURVES, MAX_IMAGE_SIDE, MAX_LEGEND = 6, 8, 6, 256, 12
 _DRAWN = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError)
@@ -323,4 +329,5 @@ _KEYS: dict[str, Callable[[Any, str], Figure | list[Figure | None] | None]] = {
     "attention_patterns": lambda entries, prefix: [attention_figure(entries, prefix),
                                                    token_attention_figure(entries, prefix)],
     "activation_atlas": atlas_figure,
+    "column_attribution": unit_columns_figure,
 }

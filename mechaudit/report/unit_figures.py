@@ -275,23 +275,62 @@ def columns_figure(value: Any, prefix: str, region: str = "region") -> Figure | 
     if matrix is None or matrix.shape != (len(classes), len(columns)):
         return None
     marked = value.get("region_column")
-
-    def draw(figure: Any) -> None:
-        axes = figure.subplots(1, len(classes), sharey=True, squeeze=False)[0]
-        y = range(len(columns))
-        for ax, name, row in zip(axes, classes, matrix):
-            ax.barh(list(y), row, color=[FAIL_COLOR if i == marked else PASS_COLOR for i in y])
-            ax.set_title(f"predicted {short_label(name, 12)}", fontsize=7, fontweight="normal")
-            ax.set_xlabel("attribution share", fontsize=7)
-        axes[0].set_yticks(list(y), [short_label(c, 20) for c in columns])
-        axes[0].invert_yaxis()
-        _title(figure, "Attribution per input column")
-
+    panels = [(f"predicted {short_label(name, 12)}", [str(c) for c in columns], list(row))
+              for name, row in zip(classes, matrix)]
     caption = (f"Mean share of each input column in the absolute attribution, per predicted class"
                f"{classes_shown(value)} (the {region} column in red, then the {len(columns) - 1} columns with most "
                "attribution); a model that ignores the protected column gives it a bar near zero.")
     return Figure(f"{prefix}-columns.svg", "Attribution per column", caption,
-                  render_svg(prefix + "-columns", draw, (6.4, 1.0 + 0.2 * len(columns))))
+                  _column_bars(prefix + "-columns", panels, "Attribution per input column",
+                               lambda i: i == marked, shared=True))
+
+
+def unit_columns_figure(entries: Any, prefix: str) -> Figure | None:
+    """Per unit of a tabular model (at most 3): the share of its attribution per input column, largest first."""
+    if not isinstance(entries, list):
+        return None
+    panels = []
+    for entry in entries[:MAX_HEADS]:
+        if not isinstance(entry, dict) or "component" not in entry:
+            continue
+        columns, shares = entry.get("columns"), entry.get("shares")
+        if (isinstance(columns, list) and isinstance(shares, list) and 0 < len(columns) == len(shares) <= MAX_COLUMNS
+                and all(_number(v) and np.isfinite(v) for v in shares)):
+            panels.append((short_label(str(entry["component"]), 24), [str(c) for c in columns],
+                           [float(v) for v in shares]))
+    if not panels:
+        return None
+    samples = {entry.get("samples") for entry in entries[:MAX_HEADS] if isinstance(entry, dict)}
+    over = f" over {samples.pop()} audit samples" if len(samples) == 1 and isinstance(next(iter(samples)), int) \
+        else ""
+    leaders = "; ".join(f"{name}: {columns[0]} ({shares[0]:.0%})" for name, columns, shares in panels)
+    caption = ("What each unit reads: the share of each input column in the unit's attribution (|gradient x (input "
+               f"- mean input)| of its activation, averaged{over}), the columns with the largest shares, largest "
+               f"first. Largest: {leaders}. A unit that reads one column is a single point through which that column "
+               "reaches the output.")
+    return Figure(f"{prefix}-unit-columns.svg", "Attribution per column of the units", caption,
+                  _column_bars(prefix + "-unit-columns", panels, "Which input columns each unit reads",
+                               lambda i: False, shared=False))
+
+
+def _column_bars(name: str, panels: list[tuple[str, list[str], list[float]]], title: str, marked: Any,
+                 shared: bool) -> str:
+    """Horizontal bars side by side, one panel ``(title, columns, shares)`` each; bar ``i`` red where
+    ``marked(i)``; with ``shared`` the panels share the first panel's column labels."""
+    rows = max(len(columns) for _, columns, _ in panels)
+
+    def draw(figure: Any) -> None:
+        axes = figure.subplots(1, len(panels), sharey=shared, squeeze=False)[0]
+        for ax, (heading, columns, shares) in zip(axes, panels):
+            y = list(range(len(columns)))
+            ax.barh(y, shares, color=[FAIL_COLOR if marked(i) else PASS_COLOR for i in y])
+            ax.set_title(heading, fontsize=7, fontweight="normal")
+            ax.set_xlabel("attribution share", fontsize=7)
+            if not shared or ax is axes[0]:
+                ax.set_yticks(y, [short_label(c, 20) for c in columns], **({} if shared else {"fontsize": 7}))
+                ax.invert_yaxis()
+        _title(figure, title)
+    return render_svg(name, draw, (6.4, 1.0 + 0.2 * rows))
 
 
 TOKENS_A_LINE = 16
