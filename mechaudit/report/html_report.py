@@ -21,7 +21,7 @@ from markupsafe import Markup, escape
 from ..findings import AuditResult
 from ..resources import data_dir
 from .document import build_document
-from .evidence import evidence_blocks
+from .evidence import evidence_blocks, print_blocks, strongest_first
 
 MEDIA = ("html", "pdf")
 #: The report's sections in order (HTML and PDF alike): the front (verdict and mechanism), the evidence, then the
@@ -48,7 +48,7 @@ def environment() -> Environment:
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=format_number, code=inline_code, label=key_label, short=short_hash,
-                       tojson_compact=compact_json)
+                       tojson_compact=compact_json, strongest_first=strongest_first)
     return env
 
 
@@ -59,7 +59,8 @@ def render_report(result: AuditResult, medium: str) -> str:
     script = (data_dir("templates") / SCRIPT).read_text(encoding="utf-8") if medium == "html" else ""
     return environment().get_template(TEMPLATE).render(
         doc=build_document(result), medium=medium, script=Markup(script), csp=content_security_policy(script),
-        evidence_blocks=evidence_blocks, sections=SECTIONS, section_ref=section_ref)
+        evidence_blocks=print_blocks if medium == "pdf" else evidence_blocks, sections=SECTIONS,
+        section_ref=section_ref)
 
 
 def section_ref(section: str) -> Markup:
