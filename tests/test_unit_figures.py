@@ -278,17 +278,18 @@ def test_on_40_tokens_the_last_position_is_the_true_last_and_the_captions_say_wh
     from types import SimpleNamespace
 
     from mechaudit.checks.decomposition_evidence import _pattern
+    from mechaudit.loading.token_text import IDS
     from mechaudit.model_view import Layer
 
     torch.manual_seed(0)
     model = AttentionOnlyTransformer(max_len=40).eval()
     tokens = torch.randint(0, 32, (2, 40))
-    row = _pattern(SimpleNamespace(model=model, device=torch.device("cpu")), Layer("blocks.1.attn", "heads", 4, 1),
-                   3, tokens)
+    context = SimpleNamespace(model=model, device=torch.device("cpu"), data=SimpleNamespace(token_text=IDS))
+    row = _pattern(context, Layer("blocks.1.attn", "heads", 4, 1), 3, tokens)
     full = head_patterns(model, model.blocks[1].attn, 4, tokens)[0, 3]
     assert row["positions"] == 40 and len(row["example"]) == 32 and row["last_row_start"] == 8
     assert torch.allclose(torch.tensor(row["last_row"]), full[-1, 8:], atol=1e-3)
-    assert row["last_row_tokens"] == [str(t) for t in tokens[0, 8:].tolist()]
+    assert row["last_row_tokens"] == [f"t{t}" for t in tokens[0, 8:].tolist()]  # no vocabulary declared: ids
     figure = token_attention_figure([row], "01-x")
     strongest = int(full[-1, 8:].argmax())
     assert f"token {strongest} ({row['last_row_tokens'][strongest]}," in figure.caption
