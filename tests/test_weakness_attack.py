@@ -46,6 +46,25 @@ def test_an_attack_through_the_region_flips_the_shortcut_model_only() -> None:
     assert smallest["region"] is not None and control[0].evidence["smallest_epsilon"]["region"] is None
 
 
+def _weak_reader(weight: float) -> nn.Module:
+    """The toy, reading the region with ``weight`` (0: not at all)."""
+    model = _toy(False)
+    with torch.no_grad():
+        model.weight[1, 0], model.bias[1] = weight, -3.5 - weight / 2
+    return model
+
+
+def test_a_flip_rate_near_its_limit_reads_uncertain_and_one_far_from_it_certain() -> None:
+    weak = _audit(_weak_reader(0.3), epsilons="0.5", steps=5)[0]
+    control = _audit(_weak_reader(0.0), epsilons="0.5", steps=5)[0]
+    for finding in (weak, control):
+        assert finding.interval["low"] <= finding.value <= finding.interval["high"]
+        assert "200 samples" in finding.interval["method"]
+    # the region read weakly flips 13% (interval about 0.085..0.17) around the 0.1 limit: a coin flip, said so
+    assert weak.status == "fail" and weak.confidence == "uncertain" and "uncertain" in weak.message
+    assert control.status == "pass" and control.confidence == "certain" and control.interval["high"] == 0.0
+
+
 def test_a_mask_per_sample_is_read_for_the_attacked_samples() -> None:
     x = torch.rand(200, 8, generator=torch.Generator().manual_seed(0))
     masks = torch.zeros(200, 8)
@@ -140,6 +159,9 @@ def test_an_attack_that_drives_the_deciding_unit_flips_the_model_that_decides_th
     found = {f.location.component: f.evidence for f in planted}
     assert set(found) == {"hidden:u0", "out:u1"}  # the deciding unit and the logit it writes
     assert found["hidden:u0"]["ablation_flip_rate"] > 0.2 and found["hidden:u0"]["flip_rates"]["component"][0] > 0.3
+    for finding in planted + control:
+        assert finding.interval["low"] <= finding.value <= finding.interval["high"]
+        assert finding.confidence == "certain"
     for finding in control:
         assert finding.evidence["flip_rates"]["component"] == [0.0, 0.0]  # its hidden unit feeds nothing
         assert finding.evidence["flip_rates"]["whole_input"][0] > 0.3  # it is as fragile through its input

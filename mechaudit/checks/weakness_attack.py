@@ -16,6 +16,7 @@ from ..findings import Location, Measurement
 from ..model_view import units_view
 from ..techniques.component_attack import component_attack, unit_ablation_flips
 from ..techniques.region_attack import AttackCurves, attack_curves, untargeted_curves
+from ..techniques.uncertainty import bootstrap_mean
 from .circuit_common import mean_values
 from .registry import RuleDefinition, RuleDocs, param, register
 
@@ -74,6 +75,12 @@ epsilon 0.1, those of `digits-control` (`features.0:ch7`, `features.0:ch3`, `cla
 between 0.055 and 0.113, a factor 1.4 from each: a thin margin (a 95% interval on 256 samples is about +-3
 points), so the unit findings are evidence to read beside L202 rather than a sharp verdict; at 0.2 and above the
 unit attacks of both models flip more than half of the predictions.
+
+Each judged flip rate (the region attack's at `epsilon`, a unit's or component's at `component_epsilon`) carries
+a 95% percentile-bootstrap interval over the attacked samples (500 resamples, seeded) of their per-sample flips;
+the attacks are not rerun, so the interval says how much the rate rests on the samples drawn, not on PGD's
+path. A verdict whose interval straddles its limit reads `uncertain`. The predictions every attack is read against
+are the audit's own, found once.
 """,
     fix="""
 Remove the model's reliance on the region (see L201's fix: retrain without the shortcut, or erase its direction
@@ -159,12 +166,13 @@ def weakness_attack(context: AuditContext, rule) -> list[Measurement]:
     if not context.data.masks and not targets:  # e.g. the compliance rulebook (units = 0) on a model without masks
         return [Measurement("nothing to attack: the spec declares no input region ([data.masks]) and the rule "
                             "attacks no unit (units = 0 or no hidden layer, no `components`)", judged=False)]
-    return _region_findings(context, params, budgets, indices, inputs, (low, high)) + _component_findings(
-        context, params, budgets, inputs, (low, high), targets)
+    before = context.predictions[indices]  # the predictions every attack is read against, found once
+    return _region_findings(context, params, budgets, indices, inputs, before, (low, high)) + _component_findings(
+        context, params, budgets, inputs, before, (low, high), targets)
 
 
 def _region_findings(context: AuditContext, params: WeaknessAttackParams, budgets: list[float],
-                     indices, inputs, clip: tuple[float, float]) -> list[Measurement]:
+                     indices, inputs, before, clip: tuple[float, float]) -> list[Measurement]:
     """One finding per declared region: PGD confined to it against PGD on the whole input and noise in it."""
     low, high = clip
     classes = int(context.logits(context.outputs).shape[-1])
@@ -172,8 +180,8 @@ def _region_findings(context: AuditContext, params: WeaknessAttackParams, budget
     for name, mask in context.data.masks.items():
         if mask.shape == context.data.inputs.shape:  # one mask per sample
             mask = mask[indices]
-        curves = attack_curves(context.model, inputs, mask, [e * (high - low) for e in budgets], (low, high),
-                               classes, params.steps, context.batch_size, context.device, context.seed)
+        curves = attack_curves(context.model, inputs, before, mask, [e * (high - low) for e in budgets],
+                               (low, high), classes, params.steps, context.batch_size, context.device, context.seed)
         rates = curves.flip_rates
         judged = rates["region"][budgets.index(params.epsilon)]
         smallest = {kind: _fraction(curves.smallest_epsilon(kind, params.share), low, high) for kind in rates}
@@ -186,6 +194,7 @@ def _region_findings(context: AuditContext, params: WeaknessAttackParams, budget
             f"predictions flip through the region at {reached}",
             location=Location(component=input_address(name)), metric="region_attack_flip_rate", value=judged,
             threshold=params.max_flip_rate,
+            interval=bootstrap_mean(curves.flipped["region"][budgets.index(params.epsilon)], seed=context.seed),
             evidence={"epsilons": budgets, "flip_rates": {k: [round(v, 4) for v in vs] for k, vs in rates.items()},
                       "smallest_epsilon": smallest, "share": params.share, "judged_epsilon": params.epsilon,
                       "input_range": [low, high], "samples": len(inputs), "steps": params.steps,
@@ -212,7 +221,7 @@ def _component_targets(context: AuditContext, params: WeaknessAttackParams, inpu
     return targets
 
 
-def _component_findings(context: AuditContext, params: WeaknessAttackParams, budgets: list[float], inputs,
+def _component_findings(context: AuditContext, params: WeaknessAttackParams, budgets: list[float], inputs, before,
                         clip: tuple[float, float], targets: list) -> list[Measurement]:
     """One finding per target: PGD driving its units, against PGD on the whole input and noise of the same size."""
     if not targets:
@@ -220,19 +229,19 @@ def _component_findings(context: AuditContext, params: WeaknessAttackParams, bud
     low, high = clip
     classes = int(context.logits(context.outputs).shape[-1])
     absolute = [e * (high - low) for e in budgets]
-    baseline = untargeted_curves(context.model, inputs, absolute, clip, classes, params.steps, context.batch_size,
-                                 context.device, context.seed)
-    before = context.predictions[context.sample_indices(params.samples)]
+    baseline = untargeted_curves(context.model, inputs, before, absolute, clip, classes, params.steps,
+                                 context.batch_size, context.device, context.seed)
     means, scales = mean_values(context), _scales(context, inputs, [u for _, units, _ in targets for u in units])
     findings = []
     for label, units, ablation in targets:
-        rates = []
+        flipped = []
         for eps in absolute:
             perturbed = component_attack(context.view, units, means, scales, inputs, eps, clip, params.steps,
                                          context.batch_size, context.device)
             after = context.logits(model_outputs(context.model, perturbed, context.batch_size, context.device))
-            rates.append(float((after.argmax(-1) != before).float().mean()))
-        curves = AttackCurves(absolute, {"component": rates, **baseline.flip_rates})
+            flipped.append(after.argmax(-1).cpu() != before.cpu())
+        curves = AttackCurves(absolute, {"component": flipped, **baseline.flipped})
+        rates = curves.flip_rates["component"]
         at = budgets.index(params.component_epsilon)
         smallest = {kind: _fraction(curves.smallest_epsilon(kind, params.share), low, high)
                     for kind in curves.flip_rates}
@@ -247,6 +256,7 @@ def _component_findings(context: AuditContext, params: WeaknessAttackParams, bud
             f"{'it' if single else 'them'} at {reached}",
             location=location, metric="component_attack_flip_rate", value=rates[at],
             threshold=params.max_component_flip_rate,
+            interval=bootstrap_mean(flipped[at], seed=context.seed),
             evidence={"epsilons": budgets,
                       "flip_rates": {k: [round(v, 4) for v in vs] for k, vs in curves.flip_rates.items()},
                       "smallest_epsilon": smallest, "share": params.share, "judged_epsilon": params.component_epsilon,

@@ -19,26 +19,32 @@ KINDS = ("region", "whole_input", "noise")
 
 @dataclass(frozen=True)
 class AttackCurves:
-    """Flip rates per epsilon (absolute, in input units) for each kind of perturbation."""
+    """Which predictions flip, per epsilon (absolute, in input units) and kind of perturbation: a boolean per
+    attacked sample, so that a flip rate carries its bootstrap interval over the samples."""
 
     epsilons: list[float]
-    flip_rates: dict[str, list[float]]
+    flipped: dict[str, list[torch.Tensor]]
+
+    @property
+    def flip_rates(self) -> dict[str, list[float]]:
+        """The share of predictions that flip, per kind and epsilon."""
+        return {kind: [float(f.float().mean()) for f in flips] for kind, flips in self.flipped.items()}
 
     def smallest_epsilon(self, kind: str, share: float) -> float | None:
         """The smallest epsilon whose flip rate reaches ``share`` for ``kind``, or None when none does."""
         return next((e for e, r in zip(self.epsilons, self.flip_rates[kind]) if r >= share), None)
 
 
-def attack_curves(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, epsilons: list[float],
-                  clip: tuple[float, float], classes: int, steps: int, batch_size: int, device: torch.device,
-                  seed: int) -> AttackCurves:
-    """Flip rates (against the model's own predictions on ``inputs``) of PGD confined to ``mask``, PGD over the
-    whole input, and random-sign noise of size epsilon in ``mask``, for each epsilon; inputs stay in ``clip``."""
-    before = model_outputs(model, inputs, batch_size, device).argmax(-1)
+def attack_curves(model: nn.Module, inputs: torch.Tensor, before: torch.Tensor, mask: torch.Tensor,
+                  epsilons: list[float], clip: tuple[float, float], classes: int, steps: int, batch_size: int,
+                  device: torch.device, seed: int) -> AttackCurves:
+    """The predictions (against ``before``, the model's own on ``inputs``) that PGD confined to ``mask``, PGD over
+    the whole input, and random-sign noise of size epsilon in ``mask`` flip, for each epsilon; inputs stay in
+    ``clip``."""
     x, y = inputs.detach().cpu().numpy().astype(np.float32), before.cpu().numpy()
     region = np.broadcast_to(mask.detach().cpu().numpy().astype(np.float32), x.shape).copy()
     generator = torch.Generator().manual_seed(seed)
-    rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    rates: dict[str, list[torch.Tensor]] = {kind: [] for kind in KINDS}
     flips = _flips(model, before, inputs.dtype, batch_size, device)
     for eps, attack in _attacks(model, inputs, epsilons, clip, classes, steps, batch_size, device):
         rates["region"].append(flips(attack.generate(x=x, y=y, mask=region)))
@@ -48,14 +54,14 @@ def attack_curves(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, ep
     return AttackCurves(list(epsilons), rates)
 
 
-def untargeted_curves(model: nn.Module, inputs: torch.Tensor, epsilons: list[float], clip: tuple[float, float],
-                      classes: int, steps: int, batch_size: int, device: torch.device, seed: int) -> AttackCurves:
-    """Flip rates of PGD over the whole input (``whole_input``) and of random-sign noise of size epsilon over the
-    whole input (``noise``): what an attack on a component is read against."""
-    before = model_outputs(model, inputs, batch_size, device).argmax(-1)
+def untargeted_curves(model: nn.Module, inputs: torch.Tensor, before: torch.Tensor, epsilons: list[float],
+                      clip: tuple[float, float], classes: int, steps: int, batch_size: int, device: torch.device,
+                      seed: int) -> AttackCurves:
+    """The predictions (against ``before``) that PGD over the whole input (``whole_input``) and random-sign noise of
+    size epsilon over the whole input (``noise``) flip: what an attack on a component is read against."""
     x, y = inputs.detach().cpu().numpy().astype(np.float32), before.cpu().numpy()
     generator = torch.Generator().manual_seed(seed)
-    rates: dict[str, list[float]] = {"whole_input": [], "noise": []}
+    rates: dict[str, list[torch.Tensor]] = {"whole_input": [], "noise": []}
     flips = _flips(model, before, inputs.dtype, batch_size, device)
     for eps, attack in _attacks(model, inputs, epsilons, clip, classes, steps, batch_size, device):
         rates["whole_input"].append(flips(attack.generate(x=x, y=y)))
@@ -64,11 +70,13 @@ def untargeted_curves(model: nn.Module, inputs: torch.Tensor, epsilons: list[flo
 
 
 def _flips(model: nn.Module, before: torch.Tensor, dtype: torch.dtype, batch_size: int, device: torch.device):
-    """The share of predictions that ``perturbed`` inputs change from ``before``."""
-    def flips(perturbed) -> float:
+    """Which predictions ``perturbed`` inputs change from ``before`` (a boolean per sample)."""
+    before = before.cpu()
+
+    def flips(perturbed) -> torch.Tensor:
         perturbed = torch.from_numpy(perturbed) if isinstance(perturbed, np.ndarray) else perturbed
         after = model_outputs(model, perturbed.to(dtype), batch_size, device).argmax(-1)
-        return float((after != before).float().mean())
+        return after.cpu() != before
     return flips
 
 
