@@ -10,34 +10,51 @@ the two).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..activations import batches, hooked
 from ..model_view import Layer, ModelView
 from .sae import layer_vectors
+from .uncertainty import Interval, bootstrap
 
 
 class _Moments:
-    """Per-dimension running sums (float64) of vectors added chunk by chunk: their total centred variance."""
+    """Per-sample sums (float64) of vectors added batch by batch (each sample's vectors summed per dimension, and
+    their squares in all): the total centred variance of all vectors, or of a bootstrap resample of the samples."""
 
     def __init__(self) -> None:
-        self.count, self.total, self.squares = 0, 0.0, 0.0
+        self.sums: list[torch.Tensor] = []
+        self.squares: list[torch.Tensor] = []
+        self.counts: list[torch.Tensor] = []
 
-    def add(self, x: torch.Tensor) -> None:
-        x = x.double()
-        self.total = self.total + x.sum(0)
-        self.squares = self.squares + (x ** 2).sum(0)
-        self.count += x.shape[0]
+    def add(self, x: torch.Tensor, samples: int) -> None:
+        """``x``: the vectors of ``samples`` samples, sample by sample (as :func:`.sae.layer_vectors` orders them)."""
+        x = x.double().reshape(samples, -1, x.shape[-1])
+        self.sums.append(x.sum(1))
+        self.squares.append((x ** 2).sum((1, 2)))
+        self.counts.append(torch.full((samples,), float(x.shape[1]), dtype=torch.float64))
 
     @property
-    def variance(self) -> float:
-        """Sum over dimensions of the variance (the squared Frobenius norm of the centred vectors, over n - 1)."""
-        if self.count < 2:
+    def count(self) -> int:
+        return int(sum(float(c.sum()) for c in self.counts))
+
+    @property
+    def samples(self) -> int:
+        return sum(len(c) for c in self.counts)
+
+    def variance(self, weights: torch.Tensor | None = None) -> float:
+        """Sum over dimensions of the variance (the squared Frobenius norm of the centred vectors, over n - 1), of
+        every vector or with each sample's weighed by ``weights`` (the times a resample drew it)."""
+        sums, squares, counts = torch.cat(self.sums), torch.cat(self.squares), torch.cat(self.counts)
+        if weights is not None:
+            sums, squares, counts = sums * weights[:, None], squares * weights, counts * weights
+        count = float(counts.sum())
+        if count < 2:
             return 0.0
-        mean = self.total / self.count
-        return float((self.squares - self.count * mean ** 2).sum()) / (self.count - 1)
+        return float(squares.sum() - (sums.sum(0) ** 2).sum() / count) / (count - 1)
 
 
 @dataclass(frozen=True)
@@ -49,17 +66,35 @@ class StreamUpdate:
     update_variance: float
     stream_variance: float   #: the variance of the stream after the update (``after``)
     vectors: int
+    update: _Moments | None = field(default=None, repr=False, compare=False)
+    stream: _Moments | None = field(default=None, repr=False, compare=False)
 
     @property
     def share(self) -> float:
         """The update's variance over the stream's (after it), capped at 1: 0 for a block that changes nothing."""
-        return min(1.0, self.update_variance / self.stream_variance) if self.stream_variance > 0 else 0.0
+        return _share(self.update_variance, self.stream_variance)
+
+    def share_interval(self, seed: int = 0) -> Interval | None:
+        """Percentile bootstrap of :attr:`share` over the samples (each sample's tokens resampled together)."""
+        if self.update is None or self.stream is None:
+            return None
+
+        def statistic(index: np.ndarray) -> float:
+            weights = torch.from_numpy(np.bincount(index, minlength=self.stream.samples)).double()
+            return _share(self.update.variance(weights), self.stream.variance(weights))
+
+        return bootstrap(statistic, self.stream.samples, seed=seed, resamples=200)
+
+
+def _share(update_variance: float, stream_variance: float) -> float:
+    return min(1.0, update_variance / stream_variance) if stream_variance > 0 else 0.0
 
 
 def stream_updates(view: ModelView, pairs: list[tuple[Layer, Layer]], inputs: torch.Tensor, batch_size: int,
                    device: torch.device) -> list[StreamUpdate]:
     """For each ``(before, after)`` pair of readings of the same residual stream, the update between them, in one
-    streamed pass over ``inputs`` (memory: one batch of activations)."""
+    streamed pass over ``inputs`` (memory: one batch of activations, and per sample and pair two vectors of the
+    stream's width for the bootstrap)."""
     layers = list({layer.name: layer for pair in pairs for layer in pair}.values())
     update = {(a.name, b.name): _Moments() for a, b in pairs}
     stream = {(a.name, b.name): _Moments() for a, b in pairs}
@@ -70,7 +105,8 @@ def stream_updates(view: ModelView, pairs: list[tuple[Layer, Layer]], inputs: to
             captured.clear()
             view.model(batch)
             for a, b in pairs:
-                update[(a.name, b.name)].add((captured[b.name] - captured[a.name]).cpu())
-                stream[(a.name, b.name)].add(captured[b.name].cpu())
-    return [StreamUpdate(a.name, b.name, update[(a.name, b.name)].variance, stream[(a.name, b.name)].variance,
-                         stream[(a.name, b.name)].count) for a, b in pairs]
+                update[(a.name, b.name)].add((captured[b.name] - captured[a.name]).cpu(), len(batch))
+                stream[(a.name, b.name)].add(captured[b.name].cpu(), len(batch))
+    return [StreamUpdate(a.name, b.name, update[(a.name, b.name)].variance(), stream[(a.name, b.name)].variance(),
+                         stream[(a.name, b.name)].count, update[(a.name, b.name)], stream[(a.name, b.name)])
+            for a, b in pairs]
