@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.superposition import Passthrough
 from test_decomposition import ResidualStack, TwoLayers, _data
 
 import mechaudit
 from mechaudit.report import build_bundle
 from mechaudit.techniques.cka import cka_interval, gram, linear_cka
+from mechaudit.techniques.coactivation import coactivation_graph, correlation, modularity
 
 
 def _holds_its_value(finding) -> None:
@@ -97,3 +99,50 @@ def test_d107_drift_near_its_limit_is_uncertain_and_an_unchanged_layer_certain(t
     # the second layer's weights moved by 1.4x noise: drift 0.175, interval about 0.13..0.23 around the 0.2 limit
     assert by_layer["b"].status == "pass" and by_layer["b"].confidence == "uncertain"
     assert by_layer["a"].value == 0.0 and by_layer["a"].confidence == "certain"
+
+
+def test_d104_collapse_near_its_limit_is_uncertain_and_far_from_it_certain() -> None:
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(16, 16, generator=g)
+    u, v = torch.randn(16, 3, generator=g), torch.randn(3, 16, generator=g)
+    few = u @ torch.diag(torch.tensor([1.0, 0.3, 0.3])) @ v  # three directions, two of them weak
+    rank_one = torch.randn(16, 1, generator=g) @ torch.randn(1, 16, generator=g)
+    fast = {"D104": {"map_points": 0}}
+    near = mechaudit.audit(TwoLayers(full, few), _data(64), select=["D104"], rules=fast).findings
+    far = mechaudit.audit(TwoLayers(full, rank_one), _data(64), select=["D104"], rules=fast).findings
+    for finding in near + far:
+        assert "16 groups of samples" in finding.interval["method"]
+        _holds_its_value(finding)
+    # collapse 0.68 of the three-direction layer, interval about 0.59..0.71 around the 0.7 limit
+    assert near[1].status == "pass" and near[1].confidence == "uncertain" and "uncertain" in near[1].message
+    assert near[0].confidence == "certain" and near[0].status == "pass"  # the full-rank layer before it
+    assert far[1].status == "fail" and far[1].confidence == "certain"
+
+
+def test_modularity_by_matrices_equals_networkx() -> None:
+    import networkx as nx
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(200, 3, generator=g).repeat_interleave(4, 1) + torch.randn(200, 12, generator=g)
+    r = correlation(x)
+    clusters = [[0, 1, 2, 3, 5], [4, 6, 7], [8, 9, 10, 11]]
+    graph = coactivation_graph(r, list(range(12)), 0.3)
+    expected = nx.community.modularity(graph, [set(c) for c in clusters], weight="weight")
+    assert modularity(r, 0.3, clusters) == pytest.approx(expected, abs=1e-12)
+
+
+def _groups(noise: float) -> torch.Tensor:
+    """Two groups of six units, each sharing a source, under independent noise ``noise`` times its size."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(300, 2, generator=g).repeat_interleave(6, 1) + noise * torch.randn(300, 12, generator=g)
+
+
+def test_d105_modularity_near_the_correlation_floor_is_uncertain_and_clear_groups_certain() -> None:
+    near = mechaudit.audit(Passthrough(12), _groups(1.6), select=["D105"]).findings[0]
+    clear = mechaudit.audit(Passthrough(12), _groups(1.2), select=["D105"]).findings[0]
+    for finding in (near, clear):
+        assert finding.metric == "unstructured" and "300 samples" in finding.interval["method"]
+        _holds_its_value(finding)
+    # modularity 0.28 (passes), but some resamples find no module at all: 1 - modularity 0.45..1.0 straddles 0.9
+    assert near.status == "pass" and near.confidence == "uncertain"
+    assert clear.status == "pass" and clear.confidence == "certain" and clear.interval["high"] < 0.9

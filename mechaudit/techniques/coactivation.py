@@ -1,10 +1,12 @@
 """Functional modules of a layer: groups of units that activate together.
 
-Units are clustered by co-activation (agglomerative clustering with scikit-learn on the distance ``1 - r``, ``r``
-the Pearson correlation of two units' activations over the samples, average linkage); the co-activation graph
-(networkx: units as nodes, an edge where ``r`` exceeds ``min_correlation``, weighted by ``r``) scores each
-clustering by its modularity (Newman 2006), and the clustering with the highest modularity is kept (Watanabe et
-al. 2018 and Filan et al. 2021 apply modularity to neural networks' units and weights)."""
+Units are clustered by co-activation (average-linkage agglomerative clustering with SciPy on the distance ``1 - r``,
+the tree scikit-learn's ``AgglomerativeClustering`` builds, cut once per number of modules; ``r`` the Pearson
+correlation of two units' activations over the samples); the co-activation graph (networkx: units as nodes, an
+edge where ``r`` exceeds ``min_correlation``, weighted by ``r``) scores each clustering by its modularity (Newman
+2006; computed by matrix products, as networkx's ``community.modularity`` computes it on the graph), and the
+clustering with the highest modularity is kept (Watanabe et al. 2018 and Filan et al. 2021 apply modularity to
+neural networks' units and weights)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 class Modules:
     """The best clustering of a layer's live units and its modularity on the co-activation graph."""
 
-    modules: list[list[int]]   #: unit indices per module, largest module first
+    modules: list[list[int]]   #: unit indices per module, largest module first (then by first unit)
     modularity: float          #: 0 when the graph has no edge or one module is best
     graph: nx.Graph
     live_units: list[int]
@@ -42,20 +44,61 @@ def coactivation_graph(r: torch.Tensor, units: list[int], min_correlation: float
 
 def functional_modules(activations: torch.Tensor, min_correlation: float = 0.3, max_modules: int = 8) -> Modules:
     """Cluster the live units (non-constant columns) of ``activations`` and pick the most modular clustering."""
-    from sklearn.cluster import AgglomerativeClustering
-
-    live = (activations.double().std(0) > 1e-9).nonzero().flatten().tolist()
+    live = _live(activations)
     r = correlation(activations[:, live]) if live else torch.zeros(0, 0)
     graph = coactivation_graph(r, live, min_correlation)
-    best = Modules([live], 0.0, graph, live)
-    if len(live) < 4 or graph.number_of_edges() == 0:
-        return best
-    distance = (1 - r).clamp_min(0).numpy()
-    for k in range(2, min(max_modules, len(live) // 2) + 1):
-        assignment = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average").fit_predict(
-            distance)
-        modules = [[live[i] for i in range(len(live)) if assignment[i] == c] for c in range(k)]
-        score = nx.community.modularity(graph, [set(m) for m in modules], weight="weight")
-        if score > best.modularity + 1e-9:
-            best = Modules(sorted(modules, key=len, reverse=True), float(score), graph, live)
+    clusters, score = _best_clustering(r, min_correlation, max_modules)
+    if clusters is None:
+        return Modules([live], 0.0, graph, live)
+    modules = [[live[i] for i in cluster] for cluster in clusters]
+    return Modules(sorted(modules, key=lambda module: (-len(module), module[0])), score, graph, live)
+
+
+def best_modularity(activations: torch.Tensor, min_correlation: float = 0.3, max_modules: int = 8) -> float:
+    """The modularity :func:`functional_modules` finds, without building its graph (what a bootstrap recomputes)."""
+    live = _live(activations)
+    return _best_clustering(correlation(activations[:, live]), min_correlation, max_modules)[1] if live else 0.0
+
+
+def modularity(r: torch.Tensor, min_correlation: float, clusters: list[list[int]]) -> float:
+    """Newman's modularity of ``clusters`` (indices into ``r``) on the co-activation graph of the correlations
+    ``r``, by matrix products: ``sum_c A_cc / 2m - (d_c / 2m)^2`` with ``A`` the edge weights (``r`` where it
+    exceeds ``min_correlation``, off the diagonal), ``d`` their row sums and ``2m`` their total (networkx's
+    ``community.modularity`` with weights, on a dense matrix)."""
+    weights = torch.where(r > min_correlation, r, torch.zeros_like(r)).double().fill_diagonal_(0)
+    total = float(weights.sum())
+    if total <= 0:
+        return 0.0
+    member = torch.zeros(len(r), len(clusters), dtype=torch.float64)
+    for c, cluster in enumerate(clusters):
+        member[cluster, c] = 1.0
+    inside = (member * (weights @ member)).sum(0)
+    degrees = weights.sum(1) @ member
+    return float((inside / total - (degrees / total) ** 2).sum())
+
+
+def _live(activations: torch.Tensor) -> list[int]:
+    return (activations.double().std(0) > 1e-9).nonzero().flatten().tolist()
+
+
+def _best_clustering(r: torch.Tensor, min_correlation: float, max_modules: int,
+                     ) -> tuple[list[list[int]] | None, float]:
+    """The clustering of 2 to ``max_modules`` clusters of average-linkage agglomerative clustering on ``1 - r``
+    (one tree from SciPy, cut at each size, as scikit-learn's ``AgglomerativeClustering`` cuts it) with the highest
+    modularity, and that modularity; ``(None, 0.0)`` with fewer than 4 units, no edge, or no clustering above 0."""
+    n = len(r)
+    if n < 4 or not bool(torch.triu(r > min_correlation, diagonal=1).any()):
+        return None, 0.0
+    from scipy.cluster.hierarchy import cut_tree, linkage
+    from scipy.spatial.distance import squareform
+
+    distance = (1 - r).clamp_min(0).double().fill_diagonal_(0).numpy()
+    tree = linkage(squareform((distance + distance.T) / 2, checks=False), method="average")
+    best: tuple[list[list[int]] | None, float] = (None, 0.0)
+    for k in range(2, min(max_modules, n // 2) + 1):
+        assignment = cut_tree(tree, n_clusters=k).ravel()
+        clusters = [[i for i in range(n) if assignment[i] == c] for c in range(k)]
+        score = modularity(r, min_correlation, clusters)
+        if score > best[1] + 1e-9:
+            best = (clusters, score)
     return best

@@ -53,6 +53,12 @@ MAX_INPUT_WIDTH = 4096
 CHUNK_BYTES = 64 * 2**20
 #: Covariance matrices held during one pass over the samples, in bytes: layers are recorded in groups under it.
 PASS_BYTES = 2 * 2**30
+#: Groups of samples whose covariances are kept apart for the bootstrap (sample i in group i mod 16), and the
+#: most bytes one layer's groups may hold: a layer whose covariances fit fewer than ``MIN_GROUPS`` times in it
+#: (output and input both wider than about 2,900) is recorded in one group, without an interval.
+BOOTSTRAP_GROUPS = 16
+MIN_GROUPS = 8
+GROUP_BYTES = 2**30
 
 
 class RunningCovariance:
@@ -76,6 +82,47 @@ class RunningCovariance:
             raise ValueError("no vectors were added")
         mean = self.total / self.count
         return (self.gram - self.count * torch.outer(mean, mean)) / max(self.count - 1, 1)
+
+
+class GroupedCovariance:
+    """A :class:`RunningCovariance` per group of samples (sample ``i`` in group ``i mod groups``): the covariance of
+    all vectors, or of a bootstrap resample that draws whole groups (each sample's vectors stay together)."""
+
+    def __init__(self, groups: int = 1) -> None:
+        self.parts = [RunningCovariance() for _ in range(max(groups, 1))]
+
+    def add(self, chunk: torch.Tensor, first_sample: int, samples: int) -> None:
+        """``chunk``: the vectors of ``samples`` consecutive samples from ``first_sample`` on, sample by sample (a
+        chunk whose rows do not divide by its samples goes whole to its first sample's group). Vectors wider than
+        the estimate the groups were sized by, so that they would hold over ``GROUP_BYTES``, are kept in one."""
+        if not self.count and len(self.parts) > 1 and 8 * chunk.shape[-1] ** 2 * len(self.parts) > GROUP_BYTES:
+            self.parts = self.parts[:1]
+        groups = len(self.parts)
+        if groups == 1 or samples < 1 or chunk.shape[0] % samples:
+            self.parts[first_sample % groups].add(chunk)
+            return
+        group = ((first_sample + torch.arange(samples)) % groups).repeat_interleave(chunk.shape[0] // samples)
+        for g in group.unique().tolist():
+            self.parts[g].add(chunk[group.to(chunk.device) == g])
+
+    @property
+    def count(self) -> int:
+        return sum(part.count for part in self.parts)
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        return self.resampled(torch.ones(len(self.parts), dtype=torch.float64))
+
+    def resampled(self, weights: torch.Tensor) -> torch.Tensor:
+        """The covariance with each group's vectors counted ``weights[g]`` times (the times a resample drew it)."""
+        used = [(float(w), part) for w, part in zip(weights.tolist(), self.parts) if part.count and w]
+        if not used:
+            raise ValueError("no vectors were added")
+        count = sum(w * part.count for w, part in used)
+        total = sum(w * part.total for w, part in used)
+        gram = sum(w * part.gram for w, part in used)
+        mean = total / count
+        return (gram - count * torch.outer(mean, mean)) / max(count - 1, 1)
 
 
 def _conv_settings(module: nn.Module) -> tuple[tuple, tuple, tuple, tuple] | str:
@@ -119,68 +166,94 @@ def input_vectors(module: nn.Module, value: torch.Tensor) -> torch.Tensor:
 @dataclass
 class LayerCovariances:
     """What :func:`read_and_input_covariances` recorded for one layer: the covariance of what the next layer reads,
-    that of what the layer reads (None when not read), and why it was not read."""
+    that of what the layer reads (None when not read), and why it was not read; each kept per group of samples."""
 
-    read: RunningCovariance = field(default_factory=RunningCovariance)
-    given: RunningCovariance | None = field(default_factory=RunningCovariance)
+    read: GroupedCovariance = field(default_factory=GroupedCovariance)
+    given: GroupedCovariance | None = field(default_factory=GroupedCovariance)
     not_read: str | None = None
 
 
 def _estimated_bytes(view: ModelView, layer: Layer, max_input_width: int) -> int:
     """The float64 covariances of one layer, estimated before reading (width 4,096 where its type does not say)."""
     width = input_width(view.model.get_submodule(layer.name))
-    given = min(width, max_input_width) if isinstance(width, int) else 0 if isinstance(width, str) else max_input_width
-    read = layer.size if layer.kind in ("linear", "conv") else max_input_width
+    read = layer.size if layer.kind in ("linear", "conv", "stream") else _site_width(view, layer) or max_input_width
+    unknown = read if layer.kind in ("heads", "stream") else max_input_width  # they read the stream they write
+    given = min(width, max_input_width) if isinstance(width, int) else 0 if isinstance(width, str) else unknown
     return 8 * (read * read + given * given)
 
 
+def _site_width(view: ModelView, layer: Layer) -> int | None:
+    """The width of attention heads' concatenated outputs: their output projection's input features."""
+    width = input_width(view.model.get_submodule(layer.site)) if layer.site else None
+    return width if isinstance(width, int) else None
+
+
+def bootstrap_groups(view: ModelView, layer: Layer, samples: int, max_input_width: int = MAX_INPUT_WIDTH,
+                     groups: int = BOOTSTRAP_GROUPS) -> int:
+    """The groups of samples ``layer``'s covariances are kept in: ``groups`` (at most one per sample) while they
+    fit in ``GROUP_BYTES``, fewer down to ``MIN_GROUPS``, else 1 (no bootstrap)."""
+    fit = GROUP_BYTES // max(_estimated_bytes(view, layer, max_input_width), 1)
+    kept = min(groups, samples, fit)
+    return kept if kept >= min(MIN_GROUPS, groups, samples) and kept > 1 else 1
+
+
 def layer_groups(view: ModelView, layers: list[Layer], max_input_width: int = MAX_INPUT_WIDTH,
-                 pass_bytes: int = PASS_BYTES) -> list[list[Layer]]:
-    """``layers`` in consecutive groups whose covariances fit in ``pass_bytes`` (a layer alone when it does not)."""
-    groups: list[list[Layer]] = []
+                 pass_bytes: int = PASS_BYTES, groups: dict[str, int] | None = None) -> list[list[Layer]]:
+    """``layers`` in consecutive groups whose covariances (times their ``groups`` of samples) fit in
+    ``pass_bytes`` (a layer alone when it does not)."""
+    groups = groups or {}
+    passes: list[list[Layer]] = []
     held = pass_bytes + 1
     for layer in layers:
-        size = _estimated_bytes(view, layer, max_input_width)
+        size = _estimated_bytes(view, layer, max_input_width) * groups.get(layer.name, 1)
         if held + size > pass_bytes:
-            groups.append([])
+            passes.append([])
             held = 0
-        groups[-1].append(layer)
+        passes[-1].append(layer)
         held += size
-    return groups
+    return passes
 
 
 def read_and_input_covariances(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,
                                device: torch.device, following: dict[str, Following] | None = None,
                                max_input_width: int = MAX_INPUT_WIDTH, pass_bytes: int = PASS_BYTES,
-                               ) -> dict[str, LayerCovariances]:
+                               bootstrap: int = 1) -> dict[str, LayerCovariances]:
     """For each layer, in one pass over ``inputs`` per group of :func:`layer_groups`: the covariance of the vectors
     the next layer reads (the layer's output at each position, rectified when a rectifier follows) and of those the
     layer's module reads (:func:`input_vectors` of its first floating-point tensor argument). The second is not
     built (``given`` None, ``not_read`` says why) when the module takes no such tensor, when its input is wider than
-    ``max_input_width`` or when its patches are not unfolded (a 3-D convolution)."""
+    ``max_input_width`` or when its patches are not unfolded (a 3-D convolution). With ``bootstrap`` above 1, each
+    covariance is kept in up to that many groups of samples (:func:`bootstrap_groups`), for a bootstrap over them."""
     following = following or {}
     recorded: dict[str, LayerCovariances] = {}
-    for group in layer_groups(view, layers, max_input_width, pass_bytes):
+    kept = {layer.name: bootstrap_groups(view, layer, len(inputs), max_input_width, bootstrap) if bootstrap > 1 else 1
+            for layer in layers}
+    batch = {"first": 0, "samples": 0}  # the samples the current forward pass reads
+    for group in layer_groups(view, layers, max_input_width, pass_bytes, kept):
         handles = []
         for layer in group:
             module = view.model.get_submodule(layer.name)
-            record = recorded[layer.name] = LayerCovariances()
+            record = recorded[layer.name] = LayerCovariances(GroupedCovariance(kept[layer.name]),
+                                                             GroupedCovariance(kept[layer.name]))
             width = input_width(module)
             if isinstance(width, str) or (isinstance(width, int) and width > max_input_width):
                 record.given, record.not_read = None, _too_wide(width, max_input_width)
                 continue
-            handles.append(module.register_forward_pre_hook(_input_hook(record, max_input_width), with_kwargs=True))
+            handles.append(module.register_forward_pre_hook(_input_hook(record, max_input_width, batch),
+                                                            with_kwargs=True))
         functions = {layer.name: rectifier_function(following.get(layer.name)) for layer in group}
 
         def on_output(layer: Layer, output: torch.Tensor) -> None:
             vectors = layer_vectors(output, layer)
             function = functions[layer.name]
-            recorded[layer.name].read.add(function(vectors) if function is not None else vectors)
+            recorded[layer.name].read.add(function(vectors) if function is not None else vectors, batch["first"],
+                                          batch["samples"])
 
         try:
             with hooked(view, group, on_output), torch.no_grad():
-                for _, batch in batches(inputs, batch_size, device):
-                    view.model(batch)
+                for start, values in batches(inputs, batch_size, device):
+                    batch.update(first=start, samples=len(values))
+                    view.model(values)
         finally:
             for handle in handles:
                 handle.remove()
@@ -196,7 +269,7 @@ def _too_wide(width: int | str, max_input_width: int) -> str:
     return f"its input has {width} dimensions, above {max_input_width}: no covariance of that size is built"
 
 
-def _input_hook(record: LayerCovariances, max_input_width: int) -> Callable:
+def _input_hook(record: LayerCovariances, max_input_width: int, batch: dict[str, int]) -> Callable:
     def on_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if record.given is None:
             return
@@ -210,12 +283,14 @@ def _input_hook(record: LayerCovariances, max_input_width: int) -> Callable:
             record.given, record.not_read = None, _too_wide(value.shape[-1], max_input_width)
             return
         if width is None or isinstance(module, nn.Linear):  # rows as they are (no patches): chunked by add
-            record.given.add(input_vectors(module, value))
+            record.given.add(input_vectors(module, value), batch["first"], batch["samples"])
             return
         if value.dim() != (4 if isinstance(module, nn.Conv2d) else 3):
             record.given, record.not_read = None, f"its input of shape {tuple(value.shape)} is not batched"
             return
         per_sample = width * value[0, 0].numel() * value.element_size()
+        first = batch["first"]
         for part in value.split(max(1, CHUNK_BYTES // per_sample)):  # unfolded patches of a few samples at once
-            record.given.add(input_vectors(module, part))
+            record.given.add(input_vectors(module, part), first, len(part))
+            first += len(part)
     return on_input
