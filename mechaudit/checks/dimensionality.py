@@ -69,11 +69,13 @@ Reference range of a healthy layer, measured on these examples and MiniLM: 0 to 
 
 The collapse carries a 95% percentile-bootstrap interval over the audit samples, drawn in 16 groups (sample i in
 group i mod 16; fewer groups when there are fewer samples): the covariances are accumulated per group in the same
-pass, and each resample draws 16 groups with replacement, for output and input alike, and recomputes both spectra
-(200 resamples, fewer for wide layers, down to 20 at widths above about 1,000: each costs two eigendecompositions).
-Memory is 16 covariances per layer; a layer whose 16 (down to 8) would exceed 1 GiB (output and input both wider
-than about 2,900) is kept in one and has no interval. Measured: a rank-three layer of 16 units on 64 samples has
-collapse 0.68, interval 0.59 to 0.71 (uncertain against 0.7); the healthy layer before it 0.10 (0.09 to 0.10).
+pass, and each resample draws 16 groups with replacement, for output and input alike, and recomputes both
+spectra. Each resample costs two eigendecompositions: 200 resamples up to widths of about 170, fewer above, never
+under 20 (MiniLM's 384-wide layers and its 1,536-wide MLP get 20); a layer where 20 would exceed 2 x 10^11
+operations (output and input about 1,700 wide or more, e.g. a 3,072-wide MLP) has no interval, nor has one whose
+16 (down to 8) covariances would exceed 1 GiB (output and input both wider than about 2,900: it is kept in one
+group). Measured: a rank-three layer of 16 units on 64 samples has collapse 0.68, interval 0.59 to 0.71
+(uncertain against 0.7); the healthy layer before it 0.10 (0.09 to 0.10).
 """,
     fix="""
 Check for an unintended bottleneck or an over-strong weight decay; a layer that really needs few dimensions can
@@ -123,8 +125,8 @@ class DimensionalityEvidence(TypedDict, total=False):
 def _cost(sizes: Sizes, params: DimensionalityParams) -> Cost:
     """One forward pass of ``samples`` samples per group of layers whose float64 covariances (output and input,
     ``width²`` each; the input's width estimated from the layer before, 3x3 patches for a conv, capped at
-    ``MAX_INPUT_WIDTH``; kept per group of samples for the bootstrap) fit in ``PASS_BYTES``, and the products that
-    accumulate them."""
+    ``MAX_INPUT_WIDTH``; kept per group of samples for the bootstrap) fit in ``PASS_BYTES``, the products that
+    accumulate them and the bootstrap's eigendecompositions."""
     n = sizes.n(params.samples)
     passes, held, peak, products, before = 0, PASS_BYTES + 1, 0.0, 0.0, sizes.input_values
     for layer in sizes.hidden:
@@ -132,6 +134,9 @@ def _cost(sizes: Sizes, params: DimensionalityParams) -> Cost:
         size = 8.0 * (layer.units ** 2 + width ** 2)
         groups = min(BOOTSTRAP_GROUPS, n, int(GROUP_BYTES // size))
         size *= groups if groups >= min(MIN_GROUPS, n) else 1  # covariances kept per group of samples
+        cost = float(layer.units ** 3 + width ** 3)  # the bootstrap's eigendecompositions
+        if MIN_RESAMPLES * cost <= MAX_OPERATIONS:
+            products += cost * max(MIN_RESAMPLES, min(200, int(RESAMPLE_OPERATIONS / cost)))
         if held + size > PASS_BYTES:
             passes, held = passes + 1, 0.0
         held += size
@@ -190,9 +195,12 @@ def dimensionality(context: AuditContext, rule) -> list[Measurement]:
     return findings
 
 
-#: Eigendecompositions (width^3 operations each) one layer's bootstrap may spend: 200 resamples up to widths of
-#: about 400, fewer for wider layers, never under 20.
-RESAMPLE_OPERATIONS = 2.5e10
+#: A resample costs two eigendecompositions (output and input, width³ operations each): one layer's bootstrap gets
+#: 200 resamples within ``RESAMPLE_OPERATIONS`` (widths up to about 170), fewer for wider layers, never under
+#: ``MIN_RESAMPLES``; a layer whose ``MIN_RESAMPLES`` would exceed ``MAX_OPERATIONS`` gets no interval.
+RESAMPLE_OPERATIONS = 2e9
+MIN_RESAMPLES = 20
+MAX_OPERATIONS = 2e11
 
 
 def _collapse_interval(recorded: LayerCovariances, seed: int) -> Interval | None:
@@ -203,8 +211,10 @@ def _collapse_interval(recorded: LayerCovariances, seed: int) -> Interval | None
     groups = len(read.parts)
     if groups < 2 or (given is not None and len(given.parts) != groups):
         return None
-    widths = sum(c.parts[0].gram.shape[0] ** 3 for c in (read, given) if c is not None and c.parts[0].count)
-    resamples = max(20, min(200, int(RESAMPLE_OPERATIONS / max(widths, 1))))
+    cost = sum(c.parts[0].gram.shape[0] ** 3 for c in (read, given) if c is not None and c.parts[0].count)
+    if MIN_RESAMPLES * cost > MAX_OPERATIONS:
+        return None
+    resamples = max(MIN_RESAMPLES, min(200, int(RESAMPLE_OPERATIONS / max(cost, 1))))
 
     def statistic(index: np.ndarray) -> float:
         weights = torch.from_numpy(np.bincount(index, minlength=groups)).double()

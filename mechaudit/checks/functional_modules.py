@@ -40,8 +40,9 @@ exactly; twelve independent units give 0 (no edge above the correlation floor). 
 
 The warning's value, 1 - modularity, carries a 95% percentile-bootstrap interval over the audit samples
 (seeded): each resample reruns the whole search (correlations, clustering at every size, modularity) on the drawn
-samples; 200 resamples while samples x live units² stays under 10^9 (2,048 samples of 48 units), fewer above,
-never under 20 (for a 1,536-wide layer on 2,048 samples, 20 resamples cost about 10^11 operations). Measured
+samples; 200 resamples while (samples + 200) x live units² stays under 5 x 10^6 (2,048 samples of 47 units),
+fewer above, never under 20 (25 for MiniLM's 384-wide layers on 64 samples); a layer where 20 would exceed 2 x
+10^11 operations (over about 2,100 live units on 2,048 samples, 6,000 on 64) has no interval. Measured
 (`tests/test_decomposition_intervals.py`, 300 samples): two groups of six units sharing a source under noise 1.2
 times its size have modularity 0.49 (1 - modularity 0.51, interval 0.50 to 0.57: certain); under noise 1.6,
 modularity 0.28 but an interval of 0.45 to 1.0 (uncertain: in some resamples no correlation clears
@@ -128,24 +129,35 @@ def functional_modules(context: AuditContext, rule) -> list[Measurement]:
     return findings
 
 
-#: Operations (samples x live units², the correlation matrix) one layer's bootstrap may spend: 200 resamples up to
-#: 2,048 samples of 48 units, fewer for wider layers, never under 20.
+#: A resample costs about ``(samples + 200) x units²`` operations (the correlations, then the clustering tree, its
+#: cuts and their modularity, each about 50 passes over the units x units matrix at most): one layer's bootstrap
+#: gets 200 resamples within ``RESAMPLE_OPERATIONS``, fewer for wider layers, never under ``MIN_RESAMPLES``; a layer
+#: whose ``MIN_RESAMPLES`` would exceed ``MAX_OPERATIONS`` gets no interval.
 RESAMPLE_OPERATIONS = 1e9
+MIN_RESAMPLES = 20
+MAX_OPERATIONS = 2e11
 
 
 def resamples_for(samples: int, units: int) -> int:
-    return max(20, min(200, int(RESAMPLE_OPERATIONS / max(samples * units * units, 1))))
+    """Bootstrap resamples of a layer of ``units`` live units over ``samples`` samples (0: none)."""
+    cost = (samples + 200) * units * units
+    if MIN_RESAMPLES * cost > MAX_OPERATIONS:
+        return 0
+    return max(MIN_RESAMPLES, min(200, int(RESAMPLE_OPERATIONS / max(cost, 1))))
 
 
 def _interval(values: torch.Tensor, params: FunctionalModulesParams, seed: int) -> Interval | None:
     """Bootstrap interval of ``1 - modularity`` over the samples: each resample reruns the whole search (the
     correlations, the clustering at every size, the modularity of each) on the drawn samples."""
     values = values.double()
+    resamples = resamples_for(len(values), int((values.std(0) > 1e-9).sum()))
+    if not resamples:
+        return None
 
     def statistic(index: np.ndarray) -> float:
         return 1.0 - best_modularity(values[torch.from_numpy(index)], params.min_correlation, params.max_modules)
 
-    return bootstrap(statistic, len(values), seed=seed, resamples=resamples_for(*values.shape))
+    return bootstrap(statistic, len(values), seed=seed, resamples=resamples)
 
 
 def _responds_to(values: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:

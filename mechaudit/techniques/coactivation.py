@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import networkx as nx
+import numpy as np
 import torch
 
 
@@ -62,16 +63,25 @@ def best_modularity(activations: torch.Tensor, min_correlation: float = 0.3, max
 
 def modularity(r: torch.Tensor, min_correlation: float, clusters: list[list[int]]) -> float:
     """Newman's modularity of ``clusters`` (indices into ``r``) on the co-activation graph of the correlations
-    ``r``, by matrix products: ``sum_c A_cc / 2m - (d_c / 2m)^2`` with ``A`` the edge weights (``r`` where it
-    exceeds ``min_correlation``, off the diagonal), ``d`` their row sums and ``2m`` their total (networkx's
-    ``community.modularity`` with weights, on a dense matrix)."""
-    weights = torch.where(r > min_correlation, r, torch.zeros_like(r)).double().fill_diagonal_(0)
+    ``r`` (networkx's ``community.modularity`` with weights, by matrix products; see :func:`_modularity`)."""
+    labels = torch.zeros(len(r), dtype=torch.long)
+    for c, cluster in enumerate(clusters):
+        labels[cluster] = c
+    return _modularity(_edge_weights(r, min_correlation), labels)
+
+
+def _edge_weights(r: torch.Tensor, min_correlation: float) -> torch.Tensor:
+    """The co-activation graph as a dense matrix: ``r`` where it exceeds ``min_correlation``, off the diagonal."""
+    return torch.where(r > min_correlation, r, torch.zeros_like(r)).double().fill_diagonal_(0)
+
+
+def _modularity(weights: torch.Tensor, labels: torch.Tensor) -> float:
+    """``sum_c A_cc / 2m - (d_c / 2m)^2`` with ``A`` the edge weights, ``A_cc`` their sum within cluster ``c``,
+    ``d_c`` the summed degrees of its units and ``2m`` the total weight."""
     total = float(weights.sum())
     if total <= 0:
         return 0.0
-    member = torch.zeros(len(r), len(clusters), dtype=torch.float64)
-    for c, cluster in enumerate(clusters):
-        member[cluster, c] = 1.0
+    member = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).double()
     inside = (member * (weights @ member)).sum(0)
     degrees = weights.sum(1) @ member
     return float((inside / total - (degrees / total) ** 2).sum())
@@ -94,11 +104,15 @@ def _best_clustering(r: torch.Tensor, min_correlation: float, max_modules: int,
 
     distance = (1 - r).clamp_min(0).double().fill_diagonal_(0).numpy()
     tree = linkage(squareform((distance + distance.T) / 2, checks=False), method="average")
-    best: tuple[list[list[int]] | None, float] = (None, 0.0)
-    for k in range(2, min(max_modules, n // 2) + 1):
-        assignment = cut_tree(tree, n_clusters=k).ravel()
-        clusters = [[i for i in range(n) if assignment[i] == c] for c in range(k)]
-        score = modularity(r, min_correlation, clusters)
-        if score > best[1] + 1e-9:
-            best = (clusters, score)
-    return best
+    sizes = list(range(2, min(max_modules, n // 2) + 1))
+    cuts = cut_tree(tree, n_clusters=sizes)  # one column per size
+    weights = _edge_weights(r, min_correlation)
+    best_labels, best = None, 0.0
+    for column in range(len(sizes)):
+        labels = torch.from_numpy(cuts[:, column].astype(np.int64))
+        score = _modularity(weights, labels)
+        if score > best + 1e-9:
+            best_labels, best = labels, score
+    if best_labels is None:
+        return None, 0.0
+    return [(best_labels == c).nonzero().flatten().tolist() for c in range(int(best_labels.max()) + 1)], best

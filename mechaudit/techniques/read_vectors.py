@@ -119,8 +119,10 @@ class GroupedCovariance:
         if not used:
             raise ValueError("no vectors were added")
         count = sum(w * part.count for w, part in used)
-        total = sum(w * part.total for w, part in used)
-        gram = sum(w * part.gram for w, part in used)
+        total, gram = torch.zeros_like(used[0][1].total), torch.zeros_like(used[0][1].gram)
+        for w, part in used:  # in place: no temporary matrix per group
+            total.add_(part.total, alpha=w)
+            gram.add_(part.gram, alpha=w)
         mean = total / count
         return (gram - count * torch.outer(mean, mean)) / max(count - 1, 1)
 
