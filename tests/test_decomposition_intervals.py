@@ -49,12 +49,14 @@ def _seeded(build):
 
 
 def test_d106_cka_near_its_limit_is_uncertain_and_far_from_it_certain() -> None:
+    import json
+
     g = torch.Generator().manual_seed(1)
     first = torch.randn(16, 16, generator=g)
     rotation = torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
     noise = torch.randn(16, 16, generator=g)
-    near = mechaudit.audit(TwoLayers(first, rotation + 0.08 * noise, relu=False), _data(60),
-                           select=["D106"]).findings[0]
+    result = mechaudit.audit(TwoLayers(first, rotation + 0.08 * noise, relu=False), _data(60), select=["D106"])
+    near = result.findings[0]
     far = mechaudit.audit(TwoLayers(first, rotation + 0.3 * noise, relu=False), _data(60),
                           select=["D106"]).findings[0]
     for finding in (near, far):
@@ -62,6 +64,13 @@ def test_d106_cka_near_its_limit_is_uncertain_and_far_from_it_certain() -> None:
     # a rotation blurred by a little noise: CKA 0.956, interval about 0.946..0.966 around the 0.95 limit
     assert near.status == "fail" and near.confidence == "uncertain" and "uncertain" in near.message
     assert far.status == "pass" and far.confidence == "certain"
+    files = build_bundle(result, ("json", "sarif", "html"))  # every format shows the interval
+    written = json.loads(files["findings.json"])["findings"][0]
+    assert written["interval"] == near.interval and written["confidence"] == "uncertain"
+    properties = json.loads(files["findings.sarif"])["runs"][0]["results"][0]["properties"]
+    assert properties["interval"] == near.interval and properties["confidence"] == "uncertain"
+    low = f"{near.interval['low']:.3g}"
+    assert f"95% interval {low}" in files["report.html"] and "straddles 0.95" in files["report.html"]
 
 
 def test_d106_update_share_near_its_limit_is_uncertain_and_far_from_it_certain() -> None:
