@@ -5,11 +5,13 @@ Control: the same block without the skip keeps the split (edges read off the wei
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from mechaudit.model_view import ModelView
 from mechaudit.techniques.circuits import edge_attribution, target_logit
+from mechaudit.techniques.edge_patching import exact_edge_effects
 
 
 class Block(nn.Module):
@@ -53,3 +55,62 @@ def test_control_without_the_skip_the_split_is_kept() -> None:
     methods = _methods(_scores(residual=False))
     assert methods[("c0", "c1")].startswith("weights")
     assert methods[("c1", "c2")].startswith("weights")
+
+
+
+def _exact(residual: bool, zeroed: bool):
+    model = Block(residual).eval()
+    if not zeroed:
+        with torch.no_grad():
+            model.c1.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
+            model.c1.bias.normal_(0, 0.3, generator=torch.Generator().manual_seed(3))
+    inputs = torch.randn(32, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    view = ModelView.discover(model, inputs[:2])
+    targets = torch.zeros(32, dtype=torch.long)
+    scores = edge_attribution(view, inputs, targets, target_logit)
+    edges = [edge for edge in scores.edges if edge[0].startswith("c1:")]
+    return model, inputs, scores, exact_edge_effects(view, edges, inputs, targets, target_logit)
+
+
+@torch.no_grad()
+def _by_hand(model: Block, x: torch.Tensor, u: int, v: int) -> float:
+    """Edge c1:u -> c2:v patched by hand: c1's channel u set to its mean output (with the skip: only that channel's
+    output moves, the skip path stays clean) or, without the skip, the channel u of c2's input set to its mean;
+    only c2's channel v sees the change."""
+    h = torch.relu(model.c0(x))
+    a = model.c1(h)
+    mixed = torch.relu(a) + h if model.residual else torch.relu(a)
+    patched = mixed.clone()
+    if model.residual:
+        a_u = a[:, u].mean(0).expand_as(a[:, u])
+        patched[:, u] = torch.relu(a_u) + h[:, u]
+    else:
+        patched[:, u] = mixed[:, u].mean(0)
+    c2 = model.c2(mixed)
+    c2_edge = c2.clone()
+    c2_edge[:, v] = model.c2(patched)[:, v]
+    logit = model.out(torch.relu(c2).flatten(1))[:, 0]
+    return float((model.out(torch.relu(c2_edge).flatten(1))[:, 0] - logit).abs().sum())
+
+
+def test_exact_edges_in_a_residual_block_patch_the_unit_not_the_skip() -> None:
+    """The ground truth shares the numeric split check: in ``relu(c1(h)) + h`` an edge from c1 patches c1's unit
+    alone (the skip path stays clean), as by hand; a zeroed c1 (its units do nothing) has edges of exactly 0, where
+    reading c2's input split by shape alone would have patched the skip path too."""
+    model, inputs, _, exact = _exact(residual=True, zeroed=False)
+    assert len(exact) == 16
+    for (source, target), value in exact.items():
+        u, v = int(source.split(":ch")[1]), int(target.split(":ch")[1])
+        assert value == pytest.approx(_by_hand(model, inputs, u, v), rel=1e-4, abs=1e-5)
+    assert max(exact.values()) > 0.05
+    _, _, _, zeroed = _exact(residual=True, zeroed=True)
+    assert max(zeroed.values()) < 1e-6
+
+
+def test_control_exact_edges_without_the_skip_are_read_through_the_weights() -> None:
+    """Control: without the skip the split holds; the exact edges patch c2's input split by unit, as by hand."""
+    model, inputs, _, exact = _exact(residual=False, zeroed=False)
+    for (source, target), value in exact.items():
+        u, v = int(source.split(":ch")[1]), int(target.split(":ch")[1])
+        assert value == pytest.approx(_by_hand(model, inputs, u, v), rel=1e-4, abs=1e-5)
+    assert max(exact.values()) > 0.05

@@ -41,6 +41,7 @@ from ..addresses import INPUT, input_address
 from ..model_view import Layer, ModelView, installed, units_view
 from .edge_scores import EdgeBlock, EdgeScores
 from .gradient_edges import MAX_PASSES, NoDoubleBackward, gradient_edges, screened_gradient_edges
+from .unit_split import split_input, unit_splits
 from .weight_edges import input_edge_scores, weight_edge_scores
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -89,6 +90,9 @@ class CircuitScores:
     behaviour: float
     samples: int
     unconnected: list[tuple[str, str]] = field(default_factory=list)
+    read_by: dict[str, str] = field(default_factory=dict)
+    """Per layer whose node scores patch what the next audited layer reads from its units (that input splits by
+    unit: :func:`~.unit_split.unit_splits`), that next layer's name; the other layers are scored on their output."""
 
     def top_nodes(self, count: int, exclude_layers: tuple[str, ...] = ()) -> list[str]:
         candidates = [n for n in self.nodes if self.node_layer[n] not in exclude_layers]
@@ -213,8 +217,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
         total_behaviour += run.metric_sum
         if start == 0:
-            splits = {layer.name: _splits_by_unit(view, run, previous, layer)
-                      for previous, layer in zip(layers, layers[1:])}
+            splits = unit_splits(view, run.batch, run.ref_batch)
         for index, layer in enumerate(layers):
             following = layers[index + 1] if index + 1 < len(layers) else None
             _add(node_sums, layer.name,
@@ -257,8 +260,9 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     blocks = [EdgeBlock(a, b, addresses[a], addresses[b], sums[(a, b)], methods[(a, b)],
                         _scored_targets(methods[(a, b)]), screened_units.get((a, b)))
               for a, b in sorted(sums, key=lambda pair: order[pair[1]])]
+    read_by = {previous.name: layer.name for previous, layer in zip(layers, layers[1:]) if splits.get(layer.name)}
     return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, total_behaviour / inputs.shape[0],
-                         inputs.shape[0], unconnected)
+                         inputs.shape[0], unconnected, read_by)
 
 
 def _add(sums: dict, key, value: torch.Tensor) -> None:
@@ -273,87 +277,26 @@ def _scored_targets(method: str) -> int | None:
 def _node_scores(view: ModelView, run: _Batch, layer: Layer, following: Layer | None) -> torch.Tensor:
     """Per unit, the sum over samples of |(reference - clean) . dm/d(activation)| on the tensor the next audited
     layer reads from it (after its nonlinearity, pooling, flattening: the same tensor its edges patch), when that
-    input splits by unit (``following`` is None when :func:`_splits_by_unit` says it does not); else on the
+    input splits by unit (``following`` is None when :func:`unit_splits` says it does not); else on the
     layer's own output (the last layer, heads, residual streams)."""
     if following is not None and following.name in run.recorder.read:
-        split = _split_input(layer, following, view.module(following), run.delta_in(following))
+        split = split_input(layer, following, view.module(following), run.delta_in(following))
         read = run.recorder.read[following.name]
         if split is not None and read.grad is not None:
-            grad = _split_input(layer, following, view.module(following), read.grad)
+            grad = split_input(layer, following, view.module(following), read.grad)
             return (split * grad).flatten(2).sum(2).abs().sum(0)
     delta, grad = run.delta_out(layer), run.grad(layer)
     return (units_view(delta, layer) * units_view(grad, layer)).sum(dim=2).abs().sum(0)
 
 
-def _split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Tensor) -> torch.Tensor | None:
-    """``layer``'s input split by ``previous``'s units (samples, units, ...), when only unit-wise functions,
-    pooling and flattening sit between the two (MLPs, CNNs); else None."""
-    if "heads" in (previous.kind, layer.kind) or "stream" in (previous.kind, layer.kind):
-        return None
-    if layer.kind == "conv" and (module.groups != 1 or module.padding_mode != "zeros"):
-        return None
-    if linear_maps.is_linear(module):
-        features = x_in.shape[-1]
-        if x_in.dim() != 2 or features % previous.size:
-            return None
-        return x_in.reshape(x_in.shape[0], previous.size, features // previous.size)
-    if x_in.shape[1] != previous.size:
-        return None
-    return x_in
-
-
-def _splits_by_unit(view: ModelView, run: _Batch, previous: Layer, layer: Layer) -> bool:
-    """Whether ``layer``'s input is, on this batch, a unit-wise function of ``previous``'s output alone, so that it
-    splits by ``previous``'s units (:func:`_split_input`). Two numeric checks beyond the shapes:
-
-    * nothing else reaches it: run on other inputs (the batch rolled by one sample, or the reference) with
-      ``previous``'s output held at its clean value, ``layer``'s input must not change (a residual sum
-      ``relu(c1(h)) + h`` does);
-    * no mixing of units: a vector-Jacobian product from ``layer``'s input back to ``previous``'s output, with
-      the cotangent's units scaled by random factors, must come back scaled unit by unit by the same factors."""
-    read, out = run.recorder.read.get(layer.name), run.recorder.outputs[previous.name]
-    module = view.module(layer)
-    if read is None or not out.requires_grad or _split_input(previous, layer, module, read.detach()) is None:
-        return False
-    other = run.batch.roll(1, 0) if run.batch.shape[0] > 1 else run.ref_batch
-    if torch.equal(other, run.batch):
-        return False
-    clean_out, clean_in = out.detach(), run.recorder.inputs[layer.name]
-    seen: dict[str, torch.Tensor] = {}
-
-    def record(output: torch.Tensor, args: tuple) -> None:
-        seen["input"] = args[0].detach()
-    with installed([view.hook(previous, lambda output, args: clean_out), view.hook(layer, record)]), \
-            torch.no_grad():
-        view.model(other)
-    if "input" not in seen or not torch.allclose(seen["input"], clean_in, rtol=1e-4,
-                                                 atol=1e-5 * float(clean_in.abs().max().clamp_min(1e-12))):
-        return False
-    generator = torch.Generator().manual_seed(0)
-    cotangent = torch.randn(read.shape, generator=generator).to(read)
-    factors = (torch.rand(previous.size, generator=generator) + 0.5).to(read)
-    split = _split_input(previous, layer, module, cotangent)
-    scaled = (split * factors.view(1, -1, *([1] * (split.dim() - 2)))).reshape(read.shape)
-    kept = [(t, t.grad) for t in (*run.recorder.outputs.values(), *run.recorder.read.values())]
-    (plain,) = torch.autograd.grad(read, out, cotangent, retain_graph=True, allow_unused=True)
-    (back,) = torch.autograd.grad(read, out, scaled, retain_graph=True, allow_unused=True)
-    for tensor, grad in kept:  # retained gradients also collect these two products: put them back
-        tensor.grad = grad
-    if plain is None or back is None:
-        return False
-    expected = units_view(plain, previous) * factors.view(1, -1, 1)
-    return torch.allclose(units_view(back, previous), expected, rtol=1e-4,
-                          atol=1e-5 * float(expected.abs().max().clamp_min(1e-12)))
-
-
 def _pair_edges(view: ModelView, run: _Batch, previous: Layer, layer: Layer,
                 max_passes: int, splits: bool = True) -> tuple[torch.Tensor | None, str]:
     """Edge scores (U, V) of one batch and how they were found: from the weights when ``layer``'s input splits
-    by ``previous``'s units (``splits``: :func:`_splits_by_unit`), else by autograd; ``(None, "wide")`` for an
+    by ``previous``'s units (``splits``: :func:`unit_splits`), else by autograd; ``(None, "wide")`` for an
     autograd pair too wide on both sides, or too wide downstream when the path has no double backward."""
     module = view.module(layer)
     v_grad = units_view(run.grad(layer), layer)
-    split = _split_input(previous, layer, module, run.delta_in(layer)) if splits else None
+    split = split_input(previous, layer, module, run.delta_in(layer)) if splits else None
     if split is not None:
         return weight_edge_scores(module, split, v_grad), "weights: every edge, read off the layer's weights"
     if min(previous.size, layer.size) > max_passes:

@@ -1,7 +1,12 @@
 """Exact activation patching of single edges: the ground truth that edge attribution patching approximates.
 
 Patching edge ``u -> v`` replaces only ``u``'s contribution to ``v``'s input by its reference value; everything
-downstream is recomputed. Several edges share one forward pass: the batch is repeated once per edge.
+downstream is recomputed. Where ``v``'s layer input splits by ``u``'s layer's units (checked numerically, as the
+edge scores check it: :func:`~.unit_split.unit_splits`), that contribution is ``u``'s part of the input, and its
+change reaches ``v`` through ``v``'s weights; elsewhere (heads, residual streams, a skip connection in between) it
+is the change of ``v``'s activation when ``u``'s output alone is patched, everything else that reaches ``v`` held
+at its clean value (one more forward pass per source unit). Several edges share one forward pass: the batch is
+repeated once per edge.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import linear_maps
-from ..model_view import ModelView, from_units_view, installed, units_view
-from .circuits import INPUT, Behaviour, _mean_trace, _Recorder, _split_input
+from ..model_view import Layer, ModelView, from_units_view, installed, units_view
+from .circuits import INPUT, Behaviour, _mean_trace, _Recorder
+from .unit_split import split_input, unit_splits
 
 
 def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: torch.Tensor, targets: torch.Tensor,
@@ -25,7 +31,7 @@ def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: to
     model = view.model
     means = None if reference is not None else _mean_trace(view, inputs, batch_size, device)
     effects = {edge: 0.0 for edge in edges}
-    order = {layer.name: i for i, layer in enumerate(view.layers)}
+    splits: dict[str, bool] = {}
     for start in range(0, inputs.shape[0], batch_size):
         batch = inputs[start:start + batch_size].to(device)
         batch_targets = targets[start:start + batch_size].to(device)
@@ -37,14 +43,18 @@ def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: to
             ref_batch = reference[start:start + batch_size].to(device)
             with ref.recording(), torch.no_grad():
                 model(ref_batch)
-            ref_inputs = ref.inputs
+            ref_inputs, ref_outputs = ref.inputs, ref.outputs
         else:
             ref_batch = means[INPUT].expand_as(batch)
             ref_inputs = {k: v.expand_as(recorder.inputs[k]) for k, v in means["in"].items()}
+            ref_outputs = {k: v.expand_as(recorder.outputs[k]) for k, v in means["out"].items()}
+        if start == 0:
+            splits = unit_splits(view, batch, ref_batch)
+        changes_by_source = _source_changes(view, edges, splits, batch, recorder.outputs, ref_outputs)
         for chunk_start in range(0, len(edges), edges_per_pass):
             chunk = edges[chunk_start:chunk_start + edges_per_pass]
-            additions = [_edge_addition(view, order, edge, recorder.inputs, ref_inputs, batch, ref_batch, regions)
-                         for edge in chunk]
+            additions = [_edge_addition(view, edge, splits, recorder.inputs, ref_inputs, batch, ref_batch, regions,
+                                        changes_by_source) for edge in chunk]
             patched = _patched_forward(view, batch, chunk, additions)
             metric = behaviour(patched.reshape(len(chunk) * batch.shape[0], -1),
                                batch_targets.repeat(len(chunk), *([1] * (batch_targets.dim() - 1))))
@@ -54,8 +64,9 @@ def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: to
     return effects
 
 
-def _edge_addition(view: ModelView, order: dict[str, int], edge: tuple[str, str], inputs: dict, ref_inputs: dict,
-                   batch: torch.Tensor, ref_batch: torch.Tensor, regions: dict | None) -> torch.Tensor:
+def _edge_addition(view: ModelView, edge: tuple[str, str], splits: dict[str, bool], inputs: dict, ref_inputs: dict,
+                   batch: torch.Tensor, ref_batch: torch.Tensor, regions: dict | None,
+                   changes_by_source: dict[str, torch.Tensor]) -> torch.Tensor:
     """The change of the target unit's output (samples, positions) when only this edge is patched."""
     source, target = edge
     layer, v = view.resolve(target)
@@ -63,14 +74,42 @@ def _edge_addition(view: ModelView, order: dict[str, int], edge: tuple[str, str]
     if source.startswith(INPUT):
         mask = (regions or {}).get(source, torch.ones(batch.shape[1:])).to(batch.device)
         return _contribution(module, (ref_batch - batch) * mask, v)
+    if source in changes_by_source:
+        return changes_by_source[source][:, v]
     upstream, u = view.resolve(source)
     delta = ref_inputs[layer.name] - inputs[layer.name]
-    split = _split_input(upstream, layer, module, delta)
-    if split is None:
-        raise ValueError(f"edge {source} -> {target}: the layer's input does not split by unit")
+    split = split_input(upstream, layer, module, delta)
+    assert split is not None, f"{layer.name}'s input was checked to split by {upstream.name}'s units"
     only_u = torch.zeros_like(split)
     only_u[:, u] = split[:, u]
     return _contribution(module, only_u.reshape(delta.shape), v)
+
+
+def _source_changes(view: ModelView, edges: list[tuple[str, str]], splits: dict[str, bool], batch: torch.Tensor,
+                    outputs: dict, ref_outputs: dict) -> dict[str, torch.Tensor]:
+    """For each source unit of an edge whose target layer's input does not split by unit: the change of the target
+    layer's activation (samples, units, positions) when that unit's output alone is patched to its reference (one
+    forward pass per such source unit)."""
+    wanted: dict[str, Layer] = {}
+    for source, target in edges:
+        if not source.startswith(INPUT) and not splits.get(view.resolve(target)[0].name, False):
+            wanted.setdefault(source, view.resolve(target)[0])
+    changes: dict[str, torch.Tensor] = {}
+    for source, target_layer in wanted.items():
+        upstream, u = view.resolve(source)
+        seen: dict[str, torch.Tensor] = {}
+
+        def patch(output, _args, upstream=upstream, u=u):
+            units = units_view(output, upstream).clone()
+            units[:, u] = units_view(ref_outputs[upstream.name], upstream)[:, u].to(units.dtype)
+            return from_units_view(units, output, upstream)
+
+        def record(output, _args):
+            seen["out"] = output.detach()
+        with installed([view.hook(upstream, patch), view.hook(target_layer, record)]), torch.no_grad():
+            view.model(batch)
+        changes[source] = units_view(seen["out"] - outputs[target_layer.name].detach(), target_layer)
+    return changes
 
 
 def _contribution(module: nn.Module, delta: torch.Tensor, v: int) -> torch.Tensor:
