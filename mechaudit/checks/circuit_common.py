@@ -19,7 +19,7 @@ from ..techniques.circuits import (
     negative_loss,
     target_logit,
 )
-from ..techniques.node_ablation import behaviour_under_ablation
+from ..techniques.node_ablation import ReadSite, behaviour_under_ablation, read_sites
 from ..techniques.output_reduction import describe as describe_reduction
 from ..techniques.output_reduction import reduced_output, reduction_targets
 from ..techniques.uncertainty import Presence, behaviour_presence
@@ -201,9 +201,11 @@ def references(context: AuditContext, samples: int) -> References:
 def _references(context: AuditContext, samples: int) -> References:
     problem = circuit_problem(context, samples)
 
+    sites = ablation_sites(context, samples)
+
     def run(ablate: list[str]) -> torch.Tensor:
         return behaviour_under_ablation(context.view, problem.inputs, problem.targets, problem.behaviour, ablate,
-                                        mean_values(context), context.batch_size, context.device)
+                                        mean_values(context), context.batch_size, context.device, sites)
 
     intact = run([])
     return References(intact, run(hidden_nodes(context)), presence(context, problem, intact))
@@ -237,6 +239,23 @@ def hidden_nodes(context: AuditContext) -> list[str]:
 def mean_values(context: AuditContext) -> dict[str, torch.Tensor]:
     """Per layer, the mean output per unit and position: the values mean ablation writes."""
     return {name: stats.mean_map.float() for name, stats in context.unit_stats.items()}
+
+
+def ablation_sites(context: AuditContext, samples: int) -> dict[str, ReadSite]:
+    """Where R302 and R304 ablate each hidden layer's units: for a layer whose node scores (:func:`circuit_scores`)
+    read the next audited layer's input split by unit, that input (after the unit's nonlinearity, pooling,
+    flattening), written with its mean over the audit data; the other layers (whose next layer's input does not
+    split by unit: heads, residual streams, a skip connection) are ablated at their output (:func:`mean_values`)."""
+    return context.shared(ABLATION_SITES, samples)
+
+
+def _ablation_sites(context: AuditContext, samples: int) -> dict[str, ReadSite]:
+    hidden = {layer.name for layer in context.view.hidden_layers}
+    read_by = {name: reader for name, reader in circuit_scores(context, samples).read_by.items() if name in hidden}
+    return read_sites(context.view, read_by, context.data.inputs, context.batch_size, context.device)
+
+
+ABLATION_SITES: Artifact[dict[str, ReadSite]] = Artifact("ablation_sites", _ablation_sites)
 
 
 def semantic_labels(context: AuditContext) -> dict[str, str]:

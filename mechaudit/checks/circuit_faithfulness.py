@@ -14,6 +14,7 @@ from ..techniques.connected_circuits import connected_circuit, random_like
 from ..techniques.node_ablation import behaviour_under_ablation, curve_area, distance, faithfulness
 from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
 from .circuit_common import (
+    ablation_sites,
     absent_in,
     carries_behaviour,
     circuit_problem,
@@ -146,9 +147,10 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
     problem = circuit_problem(context, params.samples)
     scores = circuit_scores(context, params.samples)
     nodes = hidden_nodes(context)
-    values = mean_values(context)
+    values, sites = mean_values(context), ablation_sites(context, params.samples)
     if params.ablation == "zero":
         values = {name: torch.zeros_like(v) for name, v in values.items()}
+        sites = {name: site.zeroed() for name, site in sites.items()}
 
     shared = references(context, params.samples)  # with R304: the intact and the mean-ablated model, presence
     m_model, found = shared.intact, shared.presence
@@ -161,7 +163,7 @@ def circuit_faithfulness(context: AuditContext, rule) -> list[Measurement]:
         if key not in measured:
             measured[key] = behaviour_under_ablation(context.view, problem.inputs, problem.targets,
                                                      problem.behaviour, ablate, values, context.batch_size,
-                                                     context.device)
+                                                     context.device, sites)
         return measured[key]
 
     def f(keep: set[str]) -> float:

@@ -14,6 +14,7 @@ from ..techniques import atp
 from ..techniques.node_ablation import behaviour_under_ablation, distance
 from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
 from .circuit_common import (
+    ablation_sites,
     absent_in,
     carries_behaviour,
     circuit_problem,
@@ -117,7 +118,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     params: SinglePointsParams = rule.params
     problem = circuit_problem(context, params.samples)
     scores = circuit_scores(context, params.samples)
-    values = mean_values(context)
+    values, sites = mean_values(context), ablation_sites(context, params.samples)
     nodes = hidden_nodes(context)
     attribution = torch.tensor([abs(scores.nodes.get(n, 0.0)) for n in nodes])
     screened = len(nodes) > atp.SCREEN_ABOVE and not params.exhaustive
@@ -133,7 +134,7 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
         if key not in measured:
             measured[key] = behaviour_under_ablation(context.view, problem.inputs, problem.targets,
                                                      problem.behaviour, list(ablate), values, context.batch_size,
-                                                     context.device)
+                                                     context.device, sites)
         return measured[key]
 
     if found is not None and not found.present:

@@ -1,29 +1,82 @@
 """Mean (or zero) ablation of sets of nodes at once, to measure circuits: faithfulness, completeness,
-minimality, single points of failure (Wang et al. 2022; Mueller et al. 2025, MIB)."""
+minimality, single points of failure (Wang et al. 2022; Mueller et al. 2025, MIB).
+
+Which tensor a unit's ablation writes: by default the layer's own output (a Linear/Conv output before its
+nonlinearity; a head's part of the output projection's input). Given :class:`ReadSite` s (the circuit rules pass
+them for every layer whose node scores read the next audited layer's input, :attr:`.circuits.CircuitScores.read_by`),
+a unit of such a layer is ablated where the next layer reads it instead: its part of that layer's input (after its
+nonlinearity, pooling, flattening), replaced by its mean there, so that ablation and node scores intervene on the
+same tensor.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
-from ..model_view import ModelView, from_units_view, installed, units_view
+from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from .circuits import Behaviour
+from .unit_split import split_input
+
+
+@dataclass(frozen=True)
+class ReadSite:
+    """Where the units of ``layer`` are ablated: the input of ``reader``, the next audited layer, split by unit
+    (:func:`~.unit_split.split_input`); ``values`` (units, ...) is what ``reader`` reads from an ablated unit."""
+
+    layer: Layer
+    reader: Layer
+    values: torch.Tensor
+
+    def zeroed(self) -> "ReadSite":
+        return ReadSite(self.layer, self.reader, torch.zeros_like(self.values))
+
+
+def read_sites(view: ModelView, read_by: dict[str, str], inputs: torch.Tensor, batch_size: int,
+               device: torch.device) -> dict[str, ReadSite]:
+    """One :class:`ReadSite` per layer in ``read_by`` (layer name -> the name of the next audited layer, whose input
+    splits by its units), holding the mean over ``inputs`` of what the reader reads from each unit (one pass)."""
+    pairs = {name: (view.layer(name), view.layer(reader)) for name, reader in read_by.items()}
+    sums: dict[str, torch.Tensor] = {}
+
+    def recorder(layer: Layer, reader: Layer):
+        module = view.module(reader)
+
+        def record(_module, args: tuple) -> None:
+            split = split_input(layer, reader, module, args[0].detach()).double().sum(0).cpu()
+            sums[layer.name] = sums[layer.name] + split if layer.name in sums else split
+        return record
+    handles = (view.module(reader).register_forward_pre_hook(recorder(layer, reader))
+               for layer, reader in pairs.values())
+    with installed(handles), torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            view.model(inputs[start:start + batch_size].to(device))
+    return {name: ReadSite(layer, reader, (sums[name] / inputs.shape[0]).float())
+            for name, (layer, reader) in pairs.items() if name in sums}
 
 
 @contextmanager
-def ablated(view: ModelView, nodes: Iterable[str], values: dict[str, torch.Tensor]):
+def ablated(view: ModelView, nodes: Iterable[str], values: dict[str, torch.Tensor],
+            sites: dict[str, ReadSite] | None = None):
     """Within the context, every node (``layer:uN`` address) in ``nodes`` outputs ``values[layer][unit]``
-    (a (units, positions) tensor per layer: means for mean ablation, zeros for zero ablation)."""
+    (a (units, positions) tensor per layer: means for mean ablation, zeros for zero ablation); a node of a layer
+    in ``sites`` is ablated where the next audited layer reads it instead (:class:`ReadSite`)."""
     by_layer: dict[str, list[int]] = {}
     for address in nodes:
         layer, unit = view.resolve(address)
         by_layer.setdefault(layer.name, []).append(unit)
     hooks = []
+    reads = []
     for name, units in by_layer.items():
         layer = view.layer(name)
         index = torch.tensor(sorted(units))
+        if sites and name in sites:
+            reads.append((sites[name], index))
+            continue
         replacement = values[name]
 
         def hook(output, _inputs, layer=layer, index=index, replacement=replacement):
@@ -31,16 +84,29 @@ def ablated(view: ModelView, nodes: Iterable[str], values: dict[str, torch.Tenso
             units_out[:, index.to(output.device)] = replacement[index].to(units_out.dtype).to(output.device)
             return from_units_view(units_out, output, layer)
         hooks.append((layer, hook))
-    with installed(view.hook(layer, fn) for layer, fn in hooks):
+    with installed(chain((_read_site_hook(view, site, index) for site, index in reads),
+                         (view.hook(layer, fn) for layer, fn in hooks))):
         yield
+
+
+def _read_site_hook(view: ModelView, site: ReadSite, index: torch.Tensor) -> torch.utils.hooks.RemovableHandle:
+    """A forward pre-hook on the reader that writes ``site.values`` into the ablated units' part of its input."""
+    module = view.module(site.reader)
+
+    def pre_hook(_module, args: tuple):
+        x = args[0]
+        split = split_input(site.layer, site.reader, module, x).clone()
+        split[:, index.to(x.device)] = site.values[index].to(split.dtype).to(x.device)
+        return (split.reshape(x.shape), *args[1:])
+    return module.register_forward_pre_hook(pre_hook)
 
 
 def behaviour_under_ablation(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
                              nodes: Iterable[str], values: dict[str, torch.Tensor], batch_size: int,
-                             device: torch.device) -> torch.Tensor:
-    """Per-sample behaviour over ``inputs`` with ``nodes`` ablated (CPU tensor)."""
+                             device: torch.device, sites: dict[str, ReadSite] | None = None) -> torch.Tensor:
+    """Per-sample behaviour over ``inputs`` with ``nodes`` ablated (CPU tensor; ``sites`` as for :func:`ablated`)."""
     parts = []
-    with ablated(view, list(nodes), values), torch.no_grad():
+    with ablated(view, list(nodes), values, sites), torch.no_grad():
         for start in range(0, inputs.shape[0], batch_size):
             outputs = view.model(inputs[start:start + batch_size].to(device))
             parts.append(behaviour(outputs.float(), targets[start:start + batch_size].to(device)).cpu())

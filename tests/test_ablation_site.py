@@ -1,0 +1,100 @@
+"""R302 and R304 ablate a unit where the next layer reads it (after its ReLU), the tensor their node scores patch,
+and agree with that exact ablation done by hand. Planted: a unit off (far below its kink) on 90% of the samples and
+strongly on for the rest; its mean pre-activation is below the kink, so ablating before the ReLU writes 0, not the
+mean the next layer reads (0.1 * 100): ablated there, it loses 0.43 of the behaviour (no single point of failure),
+where the exact post-ReLU ablation loses 0.74. Control: the same unit weakly on (10 instead of 100) beside five
+units that share the rest: no single point of failure (largest loss 0.45)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mechaudit
+
+N, UNITS = 256, 6
+
+
+class SixUnits(nn.Module):
+    """fc1 copies its six inputs; the logit of class 0 is the sum of the six ReLU outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.out = nn.Linear(UNITS, UNITS), nn.Linear(UNITS, 2)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.eye(UNITS))
+            self.fc1.bias.zero_()
+            self.out.weight.zero_()
+            self.out.weight[0] = 1.0
+            self.out.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.fc1(x)))
+
+
+def _inputs(on: float) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.empty(N, UNITS)
+    x[:, 0] = torch.where(torch.arange(N) % 10 == 0, torch.tensor(on), torch.tensor(-1000.0))  # fc1:u0
+    x[:, 1:] = 50 + 8 * torch.randn(N, UNITS - 1, generator=generator)                         # always on
+    return x
+
+
+@torch.no_grad()
+def _by_hand(model: SixUnits, x: torch.Tensor, keep: set[int] | None = None, before_relu: bool = False):
+    """Exact losses (R304) of each unit mean-ablated alone after its ReLU (or before it), and the faithfulness of
+    the units ``keep`` (R302), per sample as the rules define them."""
+    z = model.fc1(x)
+    r = torch.relu(z)
+    means = torch.relu(z.mean(0)) if before_relu else r.mean(0)
+
+    def m(ablate: list[int]) -> torch.Tensor:
+        ablated = r.clone()
+        ablated[:, ablate] = means[ablate]
+        return model.out(ablated)[:, 0]
+    intact, empty = m([]), m(list(range(UNITS)))
+    span = (empty - intact).abs().mean()
+    losses = [float((m([u]) - intact).abs().mean() / span) for u in range(UNITS)]
+    rest = [u for u in range(UNITS) if u not in (keep or set())]
+    return losses, float(1 - (m(rest) - intact).abs().mean() / span)
+
+
+def _audit(on: float, rule: str):
+    model = SixUnits().eval()
+    x = _inputs(on)
+    result = mechaudit.audit(model, x, labels=torch.zeros(N, dtype=torch.long), select=[rule],
+                             behaviour={"kind": "class_logit", "target": "0"})
+    return model, x, [f for f in result.findings if f.rule_id == rule]
+
+
+def test_r304_finds_the_unit_that_is_strongly_on_for_a_tenth_of_the_samples() -> None:
+    model, x, findings = _audit(100.0, "R304")
+    exact, _ = _by_hand(model, x)
+    before, _ = _by_hand(model, x, before_relu=True)
+    assert before[0] < 0.5 < exact[0]                      # the planted gap: pre-ReLU ablation missed it
+    [finding] = findings
+    assert finding.status == "fail" and finding.location.component == "fc1:u0"
+    reported = {row["component"]: row["behaviour_lost"] for row in finding.evidence["units"]}
+    for u in range(UNITS):
+        assert reported[f"fc1:u{u}"] == pytest.approx(exact[u], rel=1e-4, abs=1e-6)
+
+
+def test_control_r304_passes_when_the_unit_is_weakly_on() -> None:
+    model, x, findings = _audit(10.0, "R304")
+    exact, _ = _by_hand(model, x)
+    [finding] = findings
+    assert finding.status == "pass"
+    reported = {row["component"]: row["behaviour_lost"] for row in finding.evidence["units"]}
+    for u in range(UNITS):
+        assert reported[f"fc1:u{u}"] == pytest.approx(exact[u], rel=1e-4, abs=1e-6)
+    assert max(exact) < 0.5
+
+
+@pytest.mark.parametrize("on", [100.0, 10.0])
+def test_r302_faithfulness_is_that_of_the_exact_post_relu_ablation(on: float) -> None:
+    model, x, findings = _audit(on, "R302")
+    [finding] = findings
+    circuit = {int(node.split(":u")[1]) for node in finding.evidence["circuit"]}
+    _, exact = _by_hand(model, x, keep=circuit)
+    assert finding.evidence["faithfulness"] == pytest.approx(exact, rel=1e-4, abs=1e-6)
