@@ -7,7 +7,9 @@ The control twin is trained on the same inputs with shuffled labels (memorisatio
 each model itself: the exact accuracy drop when one neuron is replaced by its mean over all pairs (after the
 ReLU, the value the next layer reads), neuron by neuron; the true critical neurons are those whose drop is above
 L202's threshold. Measures: the AUROC of L202's drops against the true critical set, and the largest absolute
-difference between L202's drop and the true drop over the neurons L202 reports.
+difference between L202's drop and the true drop over the neurons L202 reports. R304 (behaviour: the label's
+logit) against the same truth: the largest absolute difference between its share of the behaviour lost per neuron
+and that of the exact post-ReLU mean ablation (``true_losses``), over every neuron.
 """
 
 from __future__ import annotations
@@ -66,6 +68,35 @@ def true_drops(model: ModularMLP, inputs: torch.Tensor, labels: torch.Tensor) ->
     return drops
 
 
+@torch.no_grad()
+def true_losses(model: ModularMLP, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per neuron, the share of the label's logit lost when it alone (after its ReLU) is replaced by its mean over
+    the inputs, per sample as R304 measures it: E|m(without u) - m| / E|m(all neurons at their mean) - m|."""
+    hidden = torch.relu(model.fc1(inputs))
+    means = hidden.mean(0)
+
+    def logit(ablate: list[int]) -> torch.Tensor:
+        ablated = hidden.clone()
+        ablated[:, ablate] = means[ablate]
+        return model.out(ablated).gather(1, labels.view(-1, 1)).squeeze(1)
+    intact = logit([])
+    span = (logit(list(range(HIDDEN))) - intact).abs().mean()
+    return torch.stack([(logit([u]) - intact).abs().mean() / span for u in range(HIDDEN)])
+
+
+def r304_error(model: ModularMLP, inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> dict:
+    """R304's verdict and the largest |its loss - the true loss| over every neuron (all of them candidates)."""
+    result = audit(model, inputs, labels=labels, select=["R304"], seed=seed, behaviour={"kind": "label_logit"},
+                   rules={"R304": {"candidates": HIDDEN}})
+    reported = {row["component"]: row["behaviour_lost"] for f in findings(result, "R304", "behaviour_lost")
+                for row in f.evidence.get("units") or []}
+    truth = true_losses(model, inputs, labels)
+    critical = bool((truth > 0.5).any())
+    errors = [abs(reported[f"fc1:u{u}"] - float(truth[u])) for u in range(HIDDEN) if f"fc1:u{u}" in reported]
+    return {"status": rule_status(result, "R304"), "expected": "fail" if critical else "pass",
+            "error": max(errors) if len(errors) == HIDDEN else None}
+
+
 def fourier_share(model: ModularMLP) -> float:
     """Mean over neurons of the share of their ``a``-weights' spectrum (constant term removed) at its peak."""
     spectrum = torch.fft.rfft(model.fc1.weight.detach()[:, :P], dim=1).abs()[:, 1:] ** 2
@@ -90,7 +121,8 @@ def measure(shuffled: bool, seed: int) -> dict:
     errors = [abs(reported[name] - float(truth[u])) for u, name in enumerate(units) if name in reported]
     return {"status": rule_status(result, "L202"), "expected": "fail" if any(critical) else "pass",
             "auroc": auroc(critical, [reported.get(name, 0.0) for name in units]),
-            "error": max(errors) if errors else None, "fourier": fourier_share(model)}
+            "error": max(errors) if errors else None, "fourier": fourier_share(model),
+            "r304": r304_error(model, inputs, labels, seed)}
 
 
 def rows(quick: bool = False, seed: int = 0) -> list[Row]:
@@ -102,5 +134,8 @@ def rows(quick: bool = False, seed: int = 0) -> list[Row]:
                 control_verdict, planted_verdict),
             Row("algorithmic", name, "L202", "neuron AUROC vs true critical set", planted["auroc"],
                 control_verdict, planted_verdict),
+            Row("algorithmic", name, "R304", "max |loss - true post-ReLU loss| (all neurons)", planted["r304"]["error"],
+                Verdict(control["r304"]["status"], control["r304"]["expected"]),
+                Verdict(planted["r304"]["status"], planted["r304"]["expected"])),
             Row("algorithmic", name, "-", f"Fourier share of neuron weights (control {control['fourier']:.2f})",
                 planted["fourier"], None, None)]

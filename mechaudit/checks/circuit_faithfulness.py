@@ -51,10 +51,13 @@ With pairs, the behaviour must first be present: its clean-minus-corrupted gap m
 the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
 faithfulness is computed (`induction-control`). The unfaithfulness carries a 95% bootstrap interval over the
 samples.
-Which tensor a unit's address (`fc1:u7`) means here: units are ranked and joined by R301's scores, which patch
-what the next audited layer reads from the unit (after its nonlinearity); the ablation that measures the circuit
-writes the layer's own output (the Linear/Conv output before its nonlinearity; for heads, the head's part of the
-output projection's input) with its mean over the audit data (or 0), as L202 and R304 do.
+Which tensor a unit's address (`fc1:u7`) means here: the one R301's node scores patch, what the next audited
+layer reads from the unit (after its nonlinearity, pooling, flattening), wherever that layer's input splits by
+unit (checked numerically on one batch); the ablation writes it with its mean over the audit data (or 0). Where
+it does not split (attention heads, residual streams, a skip connection or another input reaching the next
+layer), the unit means the layer's own output (the Linear/Conv output before its nonlinearity; for heads, the
+head's part of the output projection's input), as in R301 and R304. L202 and `mechaudit edit --suppress` write
+the layer's own output everywhere.
 """,
     why="""
 A circuit that does not reproduce the model's behaviour when everything else is removed is not an
@@ -67,19 +70,22 @@ ratio above when every sample moves the same way and, unlike it, does not let op
 under mean ablation. Measured: on the planted test network (3 circuit units among 10 hidden units)
 f = 1.00 at 30% of the units, random circuits of that size 0.00, completeness 0.00; on `digits`, a small
 dense CNN whose spec declares the logit of class 7 (edges scored on its stamped-versus-unstamped pairs), the
-behaviour needs most of its 56 units: f = 0.52 (shortcut model) and 0.30 (control) at 30%, 0.62 and 0.47 at
-50%, 1.00 and 0.92 at 75% (random circuits at 30%: 0.01 and 0.05); the smallest faithful circuit has 42 units
-in both. This rule reports both as not compact, so the control fails it as the shortcut model does: R302
-judges how compact the mechanism of the declared behaviour is, not whether it uses the watermark (R303 and
-L201 tell the two apart), and a 56-unit dense CNN computes a class logit with most of its units. The default
-threshold 0.8 at 30% is the one the issue sets; lower it or raise `circuit_fraction` for models known to be
-distributed. Top units by node score are not a circuit where importance is spread: on a network whose 4 first-
-layer units each carry a quarter of the behaviour and 16 second-layer units a sixteenth each, the top 20% by
-score are the 4 first-layer units, which recover 0% (every second-layer unit ablated); the connected circuit of
-that size holds units of both layers and recovers 5% (random circuits of the same layers: 4%), and the curve
-shows the behaviour needs all 20 units (`tests/test_recomposition.py`). Cost: per audit at most 2 + `random_circuits`
-+ 16 (the curve and its random twins) + `minimality_nodes` ablated forward passes over `samples` (each ablated
-set is measured once, and the intact and fully ablated model are shared with R304).
+behaviour needs most of its 56 units: f = 0.35 (shortcut model) and 0.32 (control) at 30%, 0.69 and 0.49 at
+50%, 1.00 and 0.92 at 75% (random circuits at 30%: 0.05 and 0.01); the smallest faithful circuit has 42 units
+in both. (Ablating the Linear/Conv outputs before their ReLU instead gave 0.52 and 0.30 at 30%.) This rule
+reports both as not compact, so the control fails it as the shortcut model does: R302 judges how compact the
+mechanism of the declared behaviour is, not whether it uses the watermark (R303 and L201 tell the two apart),
+and a 56-unit dense CNN computes a class logit with most of its units. The default threshold 0.8 at 30% is the
+one the issue sets; lower it or raise `circuit_fraction` for models known to be distributed. Top units by node
+score are not a circuit where importance is spread: on a network whose 4 first-layer units each carry a quarter
+of the behaviour and 16 second-layer units a sixteenth each, the top 20% by score are the 4 first-layer units,
+which recover 0% (every second-layer unit ablated); the connected circuit of that size holds units of both
+layers and recovers 5% (random circuits of the same layers: 4%), and the curve shows the behaviour needs all 20
+units (`tests/test_recomposition.py`). On a unit off far below its kink on 90% of the samples and strongly on
+for the rest, f equals that of the exact post-ReLU mean ablation done by hand (`tests/test_ablation_site.py`).
+Cost: per audit at most 2 + `random_circuits` + 16 (the curve and its random twins) + `minimality_nodes`
+ablated forward passes over `samples` (each ablated set is measured once, and the intact and fully ablated
+model are shared with R304), and one pass over the audit data for the means the next layers read.
 """,
     fix="""
 Declare a narrower behaviour (one class, a logit difference on counterfactual pairs), audit the layers

@@ -111,7 +111,9 @@ def what_if_erased(view: ModelView, layers: list[Layer], inputs: torch.Tensor, l
 def what_if_suppressed(view: ModelView, nodes: list[str], values: dict[str, torch.Tensor], inputs: torch.Tensor,
                        labels: torch.Tensor | None, mask: torch.Tensor | None, batch_size: int,
                        device: torch.device, remove: Removal = remove_zero) -> dict:
-    """Accuracy and region flip rate before and after mean-ablating ``nodes`` (a simulation)."""
+    """Accuracy and region flip rate before and after mean-ablating ``nodes`` (a simulation) at each layer's own
+    output (before its nonlinearity), the tensor :func:`suppressed_state_dict` writes into the weights: unlike R302
+    and R304, which ablate what the next layer reads, so that the simulation and the written weights agree."""
     before = measure(view.model, inputs, labels, mask, batch_size, device, remove)
     with ablated(view, nodes, values):
         after = measure(view.model, inputs, labels, mask, batch_size, device, remove)
