@@ -98,3 +98,63 @@ def test_r302_faithfulness_is_that_of_the_exact_post_relu_ablation(on: float) ->
     circuit = {int(node.split(":u")[1]) for node in finding.evidence["circuit"]}
     _, exact = _by_hand(model, x, keep=circuit)
     assert finding.evidence["faithfulness"] == pytest.approx(exact, rel=1e-4, abs=1e-6)
+
+
+class Bypass(nn.Module):
+    """fc2 reads fc1's ReLU output split by unit, but the logits also read it directly (a second path past fc2,
+    as a U-Net skip): patching fc2's input would leave that path clean, so fc1's units are ablated at their
+    output (before the ReLU, the fallback) and every path sees it. ``bypass = False``: the control, fc2 alone."""
+
+    def __init__(self, bypass: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.out = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+        self.bypass = bypass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        logits = self.out(torch.relu(self.fc2(h)))
+        return logits + 2.0 * h[:, :2] if self.bypass else logits
+
+
+@torch.no_grad()
+def _bypass_by_hand(model: Bypass, x: torch.Tensor, before_relu: bool) -> list[float]:
+    """R304's loss of each fc1 unit ablated alone with fc2's units intact: at its pre-activation (every path)
+    or at its ReLU output (every path too: the direct one reads the same tensor)."""
+    z = model.fc1(x)
+    means = z.mean(0) if before_relu else torch.relu(z).mean(0)
+    z2 = model.fc2(torch.relu(z))
+
+    def m(ablate: list[int]) -> torch.Tensor:
+        h = torch.relu(z).clone()
+        if before_relu:
+            h[:, ablate] = torch.relu(means[ablate])
+        else:
+            h[:, ablate] = means[ablate]
+        fc2 = model.fc2(h)
+        logits = model.out(torch.relu(fc2)) + (2.0 * h[:, :2] if model.bypass else 0.0)
+        return logits[:, 0]
+    intact = m([])
+    read_by_out = torch.relu(z2).mean(0)  # every hidden unit ablated: fc2's where `out` reads them (after the ReLU)
+    h_empty = (torch.relu(means) if before_relu else means).expand_as(z)
+    empty = model.out(read_by_out.expand_as(z2)) + (2.0 * h_empty[:, :2] if model.bypass else 0.0)
+    span = (empty[:, 0] - intact).abs().mean()
+    return [float((m([u]) - intact).abs().mean() / span) for u in range(3)]
+
+
+@pytest.mark.parametrize("bypass", [True, False])
+def test_a_unit_read_past_the_next_layer_is_ablated_on_every_path(bypass: bool) -> None:
+    from mechaudit.model_view import ModelView
+    from mechaudit.techniques.circuits import edge_attribution, target_logit
+
+    model = Bypass(bypass).eval()
+    x = torch.randn(N, 3, generator=torch.Generator().manual_seed(1))
+    view = ModelView.discover(model, x[:2])
+    scores = edge_attribution(view, x, torch.zeros(N, dtype=torch.long), target_logit)
+    assert ("fc1" in scores.read_by) is not bypass
+    result = mechaudit.audit(model, x, labels=torch.zeros(N, dtype=torch.long), select=["R304"],
+                             behaviour={"kind": "class_logit", "target": "0"})
+    reported = {row["component"]: row["behaviour_lost"] for f in result.findings for row in f.evidence["units"]}
+    exact = _bypass_by_hand(model, x, before_relu=bypass)
+    for u in range(3):
+        assert reported[f"fc1:u{u}"] == pytest.approx(exact[u], rel=1e-4, abs=1e-6)

@@ -12,6 +12,9 @@ one layer to a unit of the next layer that reads it. Every node and edge is scor
   edge scores that edge's score. Where the next layer's input does not split by unit (the last audited layer,
   attention heads, residual streams, a skip connection or an unaudited module in between: checked on the first
   batch, not from the shapes alone), on the unit's own output ``z_u``, and its edges are scored by autograd.
+  Where it splits but the unit also reaches the output another way (a U-Net skip, a second head reading the
+  same activation), the node is scored on ``z_u`` too (so that it covers every path) and its edges are still
+  read off the weights (:mod:`.unit_split`).
 
 Scores are the sum over samples of the *absolute* per-sample effect: with a mean reference, signed effects
 cancel across samples (a unit above its mean on half the data and below on the other half would score 0).
@@ -41,7 +44,7 @@ from ..addresses import INPUT, input_address
 from ..model_view import Layer, ModelView, installed, units_view
 from .edge_scores import EdgeBlock, EdgeScores
 from .gradient_edges import MAX_PASSES, NoDoubleBackward, gradient_edges, screened_gradient_edges
-from .unit_split import split_input, unit_splits
+from .unit_split import UnitSplits, split_input, unit_splits
 from .weight_edges import input_edge_scores, weight_edge_scores
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,7 +95,8 @@ class CircuitScores:
     unconnected: list[tuple[str, str]] = field(default_factory=list)
     read_by: dict[str, str] = field(default_factory=dict)
     """Per layer whose node scores patch what the next audited layer reads from its units (that input splits by
-    unit: :func:`~.unit_split.unit_splits`), that next layer's name; the other layers are scored on their output."""
+    unit and is the layer's only path to the output: :func:`~.unit_split.unit_splits`), that next layer's name;
+    the other layers are scored on their output."""
 
     def top_nodes(self, count: int, exclude_layers: tuple[str, ...] = ()) -> list[str]:
         candidates = [n for n in self.nodes if self.node_layer[n] not in exclude_layers]
@@ -212,16 +216,16 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     wide: list[tuple[Layer, Layer]] = []
     unconnected: list[tuple[str, str]] = []
     total_behaviour = 0.0
-    splits: dict[str, bool] = {}
+    check = UnitSplits({}, {})
     for start in range(0, inputs.shape[0], batch_size):
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
         total_behaviour += run.metric_sum
         if start == 0:
-            splits = unit_splits(view, run.batch, run.ref_batch)
+            check = unit_splits(view, run.batch, run.ref_batch)
         for index, layer in enumerate(layers):
             following = layers[index + 1] if index + 1 < len(layers) else None
             _add(node_sums, layer.name,
-                 _node_scores(view, run, layer, following if following and splits[following.name] else None))
+                 _node_scores(view, run, layer, following if following and check.read_at(following.name) else None))
             if index == 0:
                 module = view.module(layer)
                 if layer.kind in ("linear", "conv") and _reads_model_input(module, run.recorder.inputs[layer.name],
@@ -237,7 +241,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
             pair = (previous.name, layer.name)
             if pair in unconnected or previous in (w[0] for w in wide if w[1] is layer):
                 continue
-            scores, method = _pair_edges(view, run, previous, layer, max_passes, splits[layer.name])
+            scores, method = _pair_edges(view, run, previous, layer, max_passes, check.splits[layer.name])
             if method == "wide":
                 wide.append((previous, layer))
             elif scores is None:
@@ -260,7 +264,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     blocks = [EdgeBlock(a, b, addresses[a], addresses[b], sums[(a, b)], methods[(a, b)],
                         _scored_targets(methods[(a, b)]), screened_units.get((a, b)))
               for a, b in sorted(sums, key=lambda pair: order[pair[1]])]
-    read_by = {previous.name: layer.name for previous, layer in zip(layers, layers[1:]) if splits.get(layer.name)}
+    read_by = {previous.name: layer.name for previous, layer in zip(layers, layers[1:]) if check.read_at(layer.name)}
     return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, total_behaviour / inputs.shape[0],
                          inputs.shape[0], unconnected, read_by)
 
@@ -277,8 +281,9 @@ def _scored_targets(method: str) -> int | None:
 def _node_scores(view: ModelView, run: _Batch, layer: Layer, following: Layer | None) -> torch.Tensor:
     """Per unit, the sum over samples of |(reference - clean) . dm/d(activation)| on the tensor the next audited
     layer reads from it (after its nonlinearity, pooling, flattening: the same tensor its edges patch), when that
-    input splits by unit (``following`` is None when :func:`unit_splits` says it does not); else on the
-    layer's own output (the last layer, heads, residual streams)."""
+    input splits by unit and is the layer's only path to the output (``following`` is None when
+    :func:`unit_splits` says otherwise); else on the layer's own output (the last layer, heads, residual streams,
+    a skip past the next layer)."""
     if following is not None and following.name in run.recorder.read:
         split = split_input(layer, following, view.module(following), run.delta_in(following))
         read = run.recorder.read[following.name]

@@ -6,13 +6,18 @@ A layer's input splits by ``previous``'s units when it is a unit-wise function o
 only elementwise functions (the nonlinearity), pooling and flattening sit between the two (MLPs, CNNs). Then
 unit ``u``'s part of it (after ``u``'s nonlinearity, pooling, flattening) is what the next layer reads from ``u``.
 Shapes alone cannot tell: a residual sum ``relu(c1(h)) + h`` has the shape of ``c1``'s output. So
-:func:`unit_splits` checks it numerically on one batch.
+:func:`unit_splits` checks it numerically on one batch, and also whether that input is the only way the earlier
+layer reaches the model's output (a U-Net skip or a second head reading the same activation is another): only
+then is patching a unit's part of it the same as removing the unit.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from .. import linear_maps
 from ..model_view import Layer, ModelView, installed, units_view
@@ -36,28 +41,46 @@ def split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Te
     return x_in
 
 
-def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | None = None) -> dict[str, bool]:
+@dataclass(frozen=True)
+class UnitSplits:
+    """Per pair of consecutive audited layers, keyed by the later one's name: ``splits``, whether its input splits
+    by the earlier layer's units (its edges are read off its weights); ``only_path``, whether moreover the earlier
+    layer reaches the model's output through that input alone (its units are scored and ablated there)."""
+
+    splits: dict[str, bool]
+    only_path: dict[str, bool]
+
+    def read_at(self, layer: str) -> bool:
+        """Whether ``layer``'s input is where the units of the layer before it are scored and ablated."""
+        return self.splits.get(layer, False) and self.only_path.get(layer, False)
+
+
+def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | None = None) -> UnitSplits:
     """For each pair of consecutive audited layers, keyed by the later one's name: whether its input is, on
-    ``batch``, a unit-wise function of the earlier layer's output alone (so that :func:`split_input` is right).
-    Two numeric checks beyond the shapes:
+    ``batch``, a unit-wise function of the earlier layer's output alone (so that :func:`split_input` is right),
+    and whether the earlier layer reaches the output only through it (:class:`UnitSplits`).
+    Three numeric checks beyond the shapes:
 
     * nothing else reaches it: run on other inputs (the batch rolled by one sample; for a single sample, the
       ``reference`` inputs) with the earlier
       layer's output held at its value on ``batch``, the later layer's input must not change (a residual sum
       ``relu(c1(h)) + h`` does);
     * no mixing of units: a vector-Jacobian product from the later layer's input back to the earlier layer's
-      output, with the cotangent's units scaled by random factors, must come back scaled unit by unit.
+      output, with the cotangent's units scaled by random factors, must come back scaled unit by unit;
+    * the only path (``only_path``): with the earlier layer's output set to its value on the other inputs and the
+      later layer's input held at its clean value, the model's output must not change.
 
-    One forward pass with the earlier layers' outputs made leaves of the graph, and one forward pass per candidate
-    pair (layers of heads and residual streams never split, so they cost nothing). A pair is False when there is
+    Two forward passes (one with the earlier layers' outputs made leaves of the graph), and two per candidate pair
+    (layers of heads and residual streams never split, so they cost nothing). A pair is False when there is
     nothing to compare with (a single sample and no other reference)."""
     layers = view.layers
     pairs = [(previous, layer) for previous, layer in zip(layers, layers[1:])]
     result = {layer.name: False for _, layer in pairs}
+    only_path = dict(result)
     other = batch.roll(1, 0) if batch.shape[0] > 1 else reference
     candidates = [(p, la) for p, la in pairs if "heads" not in (p.kind, la.kind) and "stream" not in (p.kind, la.kind)]
     if not candidates or other is None or other.shape != batch.shape or torch.equal(other, batch):
-        return result
+        return UnitSplits(result, only_path)
     leaves: dict[str, torch.Tensor] = {}
     reads: dict[str, torch.Tensor] = {}
 
@@ -74,11 +97,52 @@ def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | 
     sources = {p.name: p for p, _ in candidates}
     with installed([*(view.hook(p, leaf(p.name)) for p in sources.values()),
                     *(view.hook(la, read(la.name)) for _, la in candidates)]), torch.enable_grad():
-        view.model(batch)
+        clean = _tensors(view.model(batch))
     for previous, layer in candidates:
         if previous.name in leaves and layer.name in reads:
             result[layer.name] = _splits(view, previous, layer, leaves[previous.name], reads[layer.name], other)
-    return result
+    if any(result.values()):
+        elsewhere = _outputs_on(view, [p for p, la in candidates if result[la.name]], other)
+        for previous, layer in candidates:
+            if result[layer.name]:
+                only_path[layer.name] = _only_path(view, previous, layer, elsewhere[previous.name],
+                                                   reads[layer.name].detach(), batch, clean)
+    return UnitSplits(result, only_path)
+
+
+def _tensors(output) -> list[torch.Tensor]:
+    """The floating-point tensors of a model's output (a tensor, a tuple, a dict or a Hugging Face ModelOutput)."""
+    return [x.detach() for x in tree_leaves(output) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(
+        x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5 * float(y.abs().max().clamp_min(1e-12)))
+        for x, y in zip(a, b))
+
+
+def _outputs_on(view: ModelView, layers: list[Layer], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each layer's output on ``inputs`` (one forward pass)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(output: torch.Tensor, _args: tuple) -> None:
+            seen[name] = output.detach().clone()
+        return hook
+    with installed(view.hook(layer, keep(layer.name)) for layer in layers), torch.no_grad():
+        view.model(inputs)
+    return seen
+
+
+def _only_path(view: ModelView, previous: Layer, layer: Layer, moved: torch.Tensor, clean_in: torch.Tensor,
+               batch: torch.Tensor, clean: list[torch.Tensor]) -> bool:
+    """Whether the model's output on ``batch`` stays ``clean`` when ``previous``'s output is ``moved`` (its value on
+    other inputs) while ``layer``'s input is held at ``clean_in``: nothing but that input carries ``previous``."""
+    module = view.module(layer)
+    handles = (view.hook(previous, lambda _output, _args: moved),
+               module.register_forward_pre_hook(lambda _module, args: (clean_in, *args[1:])))
+    with installed(handles), torch.no_grad():
+        return _close(_tensors(view.model(batch)), clean)
 
 
 def _splits(view: ModelView, previous: Layer, layer: Layer, out: torch.Tensor, read: torch.Tensor,
