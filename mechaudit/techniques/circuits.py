@@ -221,7 +221,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
         total_behaviour += run.metric_sum
         if start == 0:
-            check = unit_splits(view, run.batch, run.ref_batch)
+            check = unit_splits(view, run.batch, run.ref_batch, run.recorder.inputs)
         for index, layer in enumerate(layers):
             following = layers[index + 1] if index + 1 < len(layers) else None
             _add(node_sums, layer.name,

@@ -49,7 +49,7 @@ def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: to
             ref_inputs = {k: v.expand_as(recorder.inputs[k]) for k, v in means["in"].items()}
             ref_outputs = {k: v.expand_as(recorder.outputs[k]) for k, v in means["out"].items()}
         if start == 0:
-            splits = unit_splits(view, batch, ref_batch).splits
+            splits = unit_splits(view, batch, ref_batch, recorder.inputs).splits
         changes_by_source = _source_changes(view, edges, splits, batch, recorder.outputs, ref_outputs)
         for chunk_start in range(0, len(edges), edges_per_pass):
             chunk = edges[chunk_start:chunk_start + edges_per_pass]

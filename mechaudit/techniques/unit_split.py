@@ -55,7 +55,8 @@ class UnitSplits:
         return self.splits.get(layer, False) and self.only_path.get(layer, False)
 
 
-def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | None = None) -> UnitSplits:
+def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | None = None,
+                inputs: dict[str, torch.Tensor] | None = None) -> UnitSplits:
     """For each pair of consecutive audited layers, keyed by the later one's name: whether its input is, on
     ``batch``, a unit-wise function of the earlier layer's output alone (so that :func:`split_input` is right),
     and whether the earlier layer reaches the output only through it (:class:`UnitSplits`).
@@ -71,14 +72,17 @@ def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | 
       later layer's input held at its clean value, the model's output must not change.
 
     Two forward passes (one with the earlier layers' outputs made leaves of the graph), and two per candidate pair
-    (layers of heads and residual streams never split, so they cost nothing). A pair is False when there is
-    nothing to compare with (a single sample and no other reference)."""
+    (layers of heads and residual streams never split, so they cost nothing; nor do pairs whose shapes cannot
+    split, when ``inputs``, each layer's input on ``batch`` as a caller already recorded it, tells so). A pair is
+    False when there is nothing to compare with (a single sample and no other reference)."""
     layers = view.layers
     pairs = [(previous, layer) for previous, layer in zip(layers, layers[1:])]
     result = {layer.name: False for _, layer in pairs}
     only_path = dict(result)
     other = batch.roll(1, 0) if batch.shape[0] > 1 else reference
-    candidates = [(p, la) for p, la in pairs if "heads" not in (p.kind, la.kind) and "stream" not in (p.kind, la.kind)]
+    candidates = [(p, la) for p, la in pairs if "heads" not in (p.kind, la.kind) and "stream" not in (p.kind, la.kind)
+                  and (inputs is None or la.name not in inputs
+                       or split_input(p, la, view.module(la), inputs[la.name]) is not None)]
     if not candidates or other is None or other.shape != batch.shape or torch.equal(other, batch):
         return UnitSplits(result, only_path)
     leaves: dict[str, torch.Tensor] = {}
