@@ -52,8 +52,9 @@ layers, 256 samples, 0.31 s at width 1,024 (2.1 million edges; the dict-based sc
 Which tensor an address such as `fc1:u7` means: a node's score patches what the next audited layer reads from
 the unit (its activation after the nonlinearity, pooling and flattening that follow it: the tensor its outgoing
 edges patch, so that a unit whose whole effect runs through one edge scores that edge's score), referenced to
-the mean of that tensor (or its value on the corrupted input); the last audited layer, attention heads and
-residual streams are scored on the layer's own output (what the output projection or the next block reads).
+the mean of that tensor (or its value on the corrupted input); the last audited layer, attention heads,
+residual streams and a unit that also reaches the output past the next layer (a skip connection) are scored on
+the layer's own output (what the output projection or the next block reads). R302 and R304 ablate the same tensor.
 
 No interval: this rule judges nothing, and its value, the number of edges in the graph, is a structural fact (the
 `max_edges` strongest of the edges with a score, or 0 when no audited unit changes the behaviour at all), not an

@@ -38,9 +38,10 @@ With pairs, the behaviour must first be present: its clean-minus-corrupted gap m
 the paired differences; otherwise one `behaviour_absent` finding (a fail) names the gap and its noise, and no
 loss is computed (`induction-control`). Each loss carries a 95% bootstrap interval over the samples.
 A unit's address (`fc1:u7`) names the tensor R301's node scores patch: what the next audited layer reads from
-the unit (after its nonlinearity, pooling, flattening), wherever that layer's input splits by unit (checked
-numerically on one batch), else the layer's own output (before its nonlinearity; a head's part of the output
-projection's input; residual streams; a skip connection in between). The ablation replaces it by its mean over
+the unit (after its nonlinearity, pooling, flattening), wherever that layer's input splits by unit and is the
+unit's only path to the output (checked numerically on one batch), else the layer's own output (before its
+nonlinearity; a head's part of the output projection's input; residual streams; a skip connection in between
+or past the next layer). The ablation replaces it by its mean over
 the audit data there, and the screen below ranks units by node scores on the same tensor. (L202 and
 `mechaudit edit --suppress` write the layer's own output everywhere.)
 """,
