@@ -55,9 +55,9 @@ Which tensor a unit's address (`fc1:u7`) means here: the one R301's node scores 
 layer reads from the unit (after its nonlinearity, pooling, flattening), wherever that layer's input splits by
 unit and is the unit's only path to the output (checked numerically on one batch); the ablation writes it with
 its mean over the audit data (or 0). Elsewhere (attention heads, residual streams, a skip connection or another
-input reaching the next layer, a skip past it), the unit means the layer's own output (the Linear/Conv output before its nonlinearity; for heads, the
-head's part of the output projection's input), as in R301 and R304. L202 and `mechaudit edit --suppress` write
-the layer's own output everywhere.
+input reaching the next layer, a skip past it), the unit means the layer's own output (the Linear/Conv output
+before its nonlinearity; for heads, the head's part of the output projection's input), as in R301 and R304.
+L202 and `mechaudit edit --suppress` write the layer's own output everywhere.
 """,
     why="""
 A circuit that does not reproduce the model's behaviour when everything else is removed is not an
