@@ -1,7 +1,8 @@
 """Capture layer activations with forward hooks, streaming over the data in batches.
 
 Nothing here holds the whole dataset's activations: :func:`unit_statistics` keeps running sums per unit.
-A check that needs per-sample activations asks for them explicitly (:func:`per_sample_activations`).
+A check that needs per-sample activations asks for them explicitly (:func:`per_sample_activations`, or
+:func:`collect_units` for what it keeps of each batch).
 """
 
 from __future__ import annotations
@@ -83,6 +84,24 @@ def unit_statistics(view: ModelView, layers: list[Layer], inputs: torch.Tensor, 
     return stats
 
 
+def collect_units(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,
+                  device: torch.device, keep: Callable[[Layer, torch.Tensor], torch.Tensor] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Per layer, what ``keep(layer, output)`` makes of each batch's output (by default its units, (samples, units,
+    positions): :func:`~mechaudit.model_view.units_view`), concatenated over ``inputs`` on the CPU. One pass in
+    batches without gradients; ``keep`` reduces a batch first (one unit, a pooling, a dtype), so that only what is
+    kept is held."""
+    chunks: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
+
+    def store(layer: Layer, output: torch.Tensor) -> None:
+        chunks[layer.name].append((units_view(output, layer) if keep is None else keep(layer, output)).cpu())
+
+    with hooked(view, layers, store), torch.no_grad():
+        for _, batch in batches(inputs, batch_size, device):
+            view.model(batch)
+    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
 POOLS = ("mean", "max", "first", "last")
 
 
@@ -93,9 +112,8 @@ def per_sample_activations(view: ModelView, layers: list[Layer], inputs: torch.T
     position (for token models: the first or last token; a head's output vector there, averaged)."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
-    chunks: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
 
-    def keep(layer: Layer, output: torch.Tensor) -> None:
+    def keep(layer: Layer, output: torch.Tensor) -> torch.Tensor:
         units = units_view(output, layer)
         if pool in ("first", "last"):
             index = 0 if pool == "first" else -1
@@ -105,12 +123,9 @@ def per_sample_activations(view: ModelView, layers: list[Layer], inputs: torch.T
                 pooled = units[..., index]
         else:
             pooled = units.mean(dim=2) if pool == "mean" else units.amax(dim=2)
-        chunks[layer.name].append(pooled.float().cpu())
+        return pooled.float()
 
-    with hooked(view, layers, keep), torch.no_grad():
-        for _, batch in batches(inputs, batch_size, device):
-            view.model(batch)
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+    return collect_units(view, layers, inputs, batch_size, device, keep)
 
 
 def model_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:

@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from ..activations import batches, hooked
+from ..activations import collect_units
 from ..context import AuditContext
 from ..model_view import Layer, installed, units_view
 from ..techniques.activation_max import maximize_activation
@@ -189,12 +189,8 @@ def token_ids(context: AuditContext, inputs: torch.Tensor) -> bool:
 
 def _unit_maps(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor) -> torch.Tensor:
     """The unit's activation at every position, ``(samples, positions)``, on the CPU."""
-    parts: list[torch.Tensor] = []
-    with hooked(context.view, [layer], lambda _l, out: parts.append(units_view(out, layer)[:, unit].float().cpu())), \
-            torch.no_grad():
-        for _, batch in batches(inputs, context.batch_size, context.device):
-            context.model(batch)
-    return torch.cat(parts)
+    return collect_units(context.view, [layer], inputs, context.batch_size, context.device,
+                         lambda _l, out: units_view(out, layer)[:, unit].float())[layer.name]
 
 
 def _receptive_fields(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor, maps: torch.Tensor,
@@ -230,16 +226,13 @@ def layer_atlas(context: AuditContext, layer: Layer, inputs: torch.Tensor, label
 
     if inputs.dim() != 4 or not inputs.is_floating_point() or len(inputs) < 4:
         return None
-    parts: list[torch.Tensor] = []
 
-    def keep(_layer: Layer, output: torch.Tensor) -> None:
+    def keep(_layer: Layer, output: torch.Tensor) -> torch.Tensor:
         units = units_view(output, layer).float()
-        parts.append((units if units[0].numel() <= MAX_DIMENSIONS else units.mean(-1, keepdim=True)).cpu())
+        return units if units[0].numel() <= MAX_DIMENSIONS else units.mean(-1, keepdim=True)
     try:
-        with hooked(context.view, [layer], keep), torch.no_grad():
-            for _, batch in batches(inputs, context.batch_size, context.device):
-                context.model(batch)
-        atlas = activation_atlas(torch.cat(parts), inputs, labels, marked, seed=context.seed)
+        activations = collect_units(context.view, [layer], inputs, context.batch_size, context.device, keep)
+        atlas = activation_atlas(activations[layer.name], inputs, labels, marked, seed=context.seed)
     except Exception as exc:  # noqa: BLE001  the atlas illustrates a finding; it never costs it
         warnings.warn(f"no activation atlas of {layer.name}: {type(exc).__name__}: {exc}", stacklevel=2)
         return None

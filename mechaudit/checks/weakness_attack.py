@@ -6,14 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
-import torch
-
-from ..activations import hooked, model_outputs
+from ..activations import collect_units, model_outputs
 from ..addresses import input_address
 from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, forwards, with_gradients
 from ..findings import Location, Measurement
-from ..model_view import units_view
 from ..techniques.component_attack import component_attack, unit_ablation_flips
 from ..techniques.region_attack import AttackCurves, attack_curves, untargeted_curves
 from ..techniques.uncertainty import bootstrap_mean
@@ -273,11 +270,8 @@ def _scales(context: AuditContext, inputs, units: list) -> dict:
     """Per layer of ``units``: each unit's standard deviation per position over ``inputs`` (the objective's
     scale, so that units of different layers weigh alike)."""
     layers = {layer.name: layer for layer, _ in units}
-    seen: dict = {}
-    with hooked(context.view, list(layers.values()),
-                lambda layer, output: seen.setdefault(layer.name, []).append(units_view(output, layer).cpu())):
-        model_outputs(context.model, inputs, context.batch_size, context.device)
-    return {name: torch.cat(parts).float().std(0) for name, parts in seen.items()}
+    seen = collect_units(context.view, list(layers.values()), inputs, context.batch_size, context.device)
+    return {name: units.float().std(0) for name, units in seen.items()}
 
 
 def _budgets(text: str, *judged: float) -> list[float]:

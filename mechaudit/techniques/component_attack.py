@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..activations import batches, model_outputs
+from ..activations import batches, collect_units, model_outputs
 from ..model_view import Layer, ModelView, installed, units_view
 
 
@@ -44,29 +44,35 @@ def component_attack(view: ModelView, units: list[tuple[Layer, int]], means: dic
     by_layer: dict[str, tuple[Layer, list[int]]] = {}
     for layer, unit in units:
         by_layer.setdefault(layer.name, (layer, []))[1].append(unit)
+    layers = [layer for layer, _ in by_layer.values()]
+    captured: dict[str, torch.Tensor] = {}
+
+    def chosen_units(layer: Layer, output: torch.Tensor) -> torch.Tensor:
+        return units_view(output, layer)[:, by_layer[layer.name][1]]
+
     for _, clean in batches(inputs, batch_size, device):
-        captured: dict[str, torch.Tensor] = {}
-
-        def capture(layer: Layer, chosen: list[int]):
-            return lambda output, _args: captured.__setitem__(layer.name, units_view(output, layer)[:, chosen])
-
-        with installed(view.hook(layer, capture(layer, chosen)) for layer, chosen in by_layer.values()):
-            with torch.no_grad():
-                model(clean)
-            at = {name: tuple(t.to(captured[name].device, captured[name].dtype)
-                              for t in _at(means, scales, name, by_layer)) for name in by_layer}
-            signs = {name: torch.where(captured[name] >= at[name][0], 1.0, -1.0) for name in by_layer}
+        before = collect_units(view, layers, clean, len(clean), device, chosen_units)  # on the CPU
+        at = {name: tuple(t.to(before[name].dtype) for t in _at(means, scales, name, by_layer)) for name in by_layer}
+        signs = {name: torch.where(before[name] >= at[name][0], 1.0, -1.0) for name in by_layer}
+        with installed(view.hook(layer, lambda output, _args, layer=layer: captured.__setitem__(
+                layer.name, chosen_units(layer, output))) for layer in layers):
             x = clean.clone()
             for _ in range(steps):
                 x.requires_grad_(True)
                 model(x)
-                objective = sum((signs[name] * (captured[name] - at[name][0]) / at[name][1]).sum() for name in at)
+                objective = sum(_pushed(captured[name], signs[name], *at[name]) for name in at)
                 gradient, = torch.autograd.grad(objective, x)
                 with torch.no_grad():
                     x = x - epsilon / 4 * gradient.sign()
                     x = torch.clamp(torch.minimum(torch.maximum(x, clean - epsilon), clean + epsilon), *clip)
         results.append(x.detach().cpu())
     return torch.cat(results)
+
+
+def _pushed(units: torch.Tensor, signs: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The objective's term of one layer, ``sum(signs * (units - mean) / scale)``, on the device of ``units``."""
+    on = units.device
+    return (signs.to(on) * (units - mean.to(on)) / scale.to(on)).sum()
 
 
 def _at(means: dict[str, torch.Tensor], scales: dict[str, torch.Tensor], name: str,

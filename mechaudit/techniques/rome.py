@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from .. import linear_maps
+from ..activations import collect_units
+from ..model_view import Layer, ModelView, installed
 
 
 def last_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -65,14 +67,11 @@ def causal_trace(model: nn.Module, embedding: nn.Module, modules: Sequence[nn.Mo
     """``{clean, corrupted, restored (modules, positions)}``: the probability of ``target`` after ``tokens``
     (1, positions), clean, with the ``subject`` positions' embeddings noised, and with each module's clean output
     restored at each position in the noised run (averaged over ``runs`` noise draws)."""
-    clean_states: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: clean_states.append(_hidden(out).detach())) for m in modules]
-    try:
-        with torch.no_grad():
-            clean = float(_logprob(model, tokens, target).exp())
-    finally:
-        for hook in hooks:
-            hook.remove()
+    view = _streams(model, modules)
+    states = collect_units(view, view.layers, tokens, len(tokens), tokens.device, lambda _layer, hidden: hidden)
+    clean_states = [states[layer.name].to(tokens.device) for layer in view.layers]
+    with torch.no_grad():
+        clean = float(_logprob(model, tokens, target).exp())
     weight = embedding.weight.detach()
     scale = 3 * float(weight.float().std())
     generator = torch.Generator().manual_seed(seed)
@@ -111,6 +110,13 @@ def causal_trace(model: nn.Module, embedding: nn.Module, modules: Sequence[nn.Mo
     return {"clean": clean, "corrupted": probability(None), "restored": restored}
 
 
+def _streams(model: nn.Module, modules: Sequence[nn.Module]) -> ModelView:
+    """``modules`` of ``model`` as layers of kind ``stream`` (their output, or its first element: a block's hidden
+    state), so that :func:`~mechaudit.activations.collect_units` reads them."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return ModelView(model, [Layer(names[id(module)], "stream", 0, order) for order, module in enumerate(modules)])
+
+
 @dataclass(frozen=True)
 class RankOneEdit:
     """The update of one projection (a Linear, or Hugging Face's Conv1D): ``weight + outer(delta, key_direction)``
@@ -128,12 +134,9 @@ class RankOneEdit:
 def projection_inputs(model: nn.Module, projection: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """The projection's inputs on ``tokens`` (samples, positions, features)."""
     seen: list[torch.Tensor] = []
-    handle = projection.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))
-    try:
-        with torch.no_grad():
-            model(tokens)
-    finally:
-        handle.remove()
+    with installed([projection.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))]), \
+            torch.no_grad():
+        model(tokens)
     return seen[0]
 
 
