@@ -33,7 +33,7 @@ from .memory import batch_size_for, halve_batch, report_retries, retried_note
 from .model_view import ModelView
 from .needs import missing_need
 from .planning import Plan, RulePlan, plan_rules
-from .portable import relative_keys
+from .portable import portable_traceback, relative_keys
 from .precision import cast_forward, dispatched, input_device
 from .rulebook import Rule, Rulebook, load_rulebook
 from .sources import anchor_files, source_locations
@@ -305,9 +305,11 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    root = project_root(spec.source or Path.cwd())
+    _portable_errors(runs, root)
     findings = [finding for run in runs for finding in run.findings]
     result = AuditResult(findings, runs, metadata, fail_on=options.fail_on,
-                         attachments=dict(context.attachments), project_root=project_root(spec.source or Path.cwd()))
+                         attachments=dict(context.attachments), project_root=root)
     return apply_waivers(result, waiver_file, today) if waiver_file is not None else result
 
 
@@ -440,6 +442,21 @@ def _error_run(rule: Rule, start: float, message: str, exc: BaseException) -> Ru
     trace = "".join(traceback.format_exception(exc, limit=-3))
     finding = Finding(rule.id, rule.severity, "error", message, evidence={"traceback": trace})
     return RuleRun(rule.id, "error", time.perf_counter() - start, [finding], reason=message)
+
+
+def _portable_errors(runs: list[RuleRun], root: Path) -> None:
+    """Write the paths in error findings (message, traceback) relative to the project ``root`` or the folder
+    Python imports them from (:func:`~mechaudit.portable.portable_traceback`): a report carries no absolute path
+    of the machine that made it."""
+    for run in runs:
+        if run.status != "error":
+            continue
+        run.reason = run.reason and portable_traceback(run.reason, root)
+        for finding in run.findings:
+            if finding.status == "error":
+                finding.message = portable_traceback(finding.message, root)
+                if isinstance(finding.evidence.get("traceback"), str):
+                    finding.evidence["traceback"] = portable_traceback(finding.evidence["traceback"], root)
 
 
 def _worst_status(findings: list[Finding]) -> str:

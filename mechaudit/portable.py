@@ -2,13 +2,16 @@
 
 A report moved to another machine (or a sample report checked into a repository) must not carry the absolute
 paths of the machine that made it; inputs inside the spec's project are recorded relative to its root (the
-nearest ancestor of the spec with ``pyproject.toml`` or ``.git``), like the manifest does.
+nearest ancestor of the spec with ``pyproject.toml`` or ``.git``), like the manifest does. An ``error``
+finding's traceback names its frames the same way (:func:`portable_traceback`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import sys
 from pathlib import Path
 
 
@@ -34,3 +37,32 @@ def portable_command(argv: list[str], cwd: Path) -> str:
             return f"{key}={relative_to_root(value, cwd)}"
         return relative_to_root(arg, cwd)
     return shlex.join(part(arg) for arg in argv)
+
+
+def portable_traceback(text: str, root: Path | None) -> str:
+    """``text`` (a traceback, or a message) with this machine's absolute paths written relative to where they lie:
+    the project ``root``, mechaudit's own folder, or a folder Python imports from (site-packages, the standard
+    library), so that a frame reads ``File "torch/nn/modules/module.py", line 1775`` on every machine. A frame in a
+    file outside all of them keeps its file name alone."""
+    folders = sorted(_import_folders(root), key=len, reverse=True)
+    if folders:
+        text = re.sub("(?<![\\w.~/\\\\-])(?:" + "|".join(map(re.escape, folders)) + ")", "", text)
+    return _FRAME.sub(lambda m: f'File "{Path(m[1]).name}"' if os.path.isabs(m[1]) else m[0], text)
+
+
+_FRAME = re.compile(r'File "([^"\n]+)"')
+
+
+def _import_folders(root: Path | None) -> set[str]:
+    """Absolute folders (with a trailing separator, as given and resolved) whose files a traceback names
+    relative to them; never a filesystem root."""
+    candidates = [root, Path(__file__).resolve().parent.parent, *sys.path]
+    folders = set()
+    for candidate in candidates:
+        if not candidate or not os.path.isabs(candidate):
+            continue
+        for form in (str(candidate), os.path.realpath(candidate)):
+            path = Path(form)
+            if path.parent != path:
+                folders.add(str(path).rstrip(os.sep) + os.sep)
+    return folders

@@ -1,11 +1,12 @@
-"""``findings.json``: the machine-readable result. Its schema is ``mechaudit/schemas/findings.schema.json``."""
+"""``findings.json``: the machine-readable result. Its schema is ``mechaudit/schemas/findings.schema.json``; its text
+is laid out by :mod:`mechaudit.report.json_text` (objects indented, lists of numbers on one line)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..findings import AuditResult, to_jsonable
+from .json_text import dumps
 
 SCHEMA_VERSION = "1.0"
 
@@ -28,4 +29,4 @@ def result_to_dict(result: AuditResult) -> dict[str, Any]:
 
 
 def render_json(result: AuditResult) -> str:
-    return json.dumps(result_to_dict(result), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return dumps(result_to_dict(result)) + "\n"
