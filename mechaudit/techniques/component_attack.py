@@ -50,12 +50,14 @@ def component_attack(view: ModelView, units: list[tuple[Layer, int]], means: dic
     def chosen_units(layer: Layer, output: torch.Tensor) -> torch.Tensor:
         return units_view(output, layer)[:, by_layer[layer.name][1]]
 
+    def capture(layer: Layer):
+        return lambda output, _args: captured.__setitem__(layer.name, chosen_units(layer, output))
+
     for _, clean in batches(inputs, batch_size, device):
         before = collect_units(view, layers, clean, len(clean), device, chosen_units)  # on the CPU
         at = {name: tuple(t.to(before[name].dtype) for t in _at(means, scales, name, by_layer)) for name in by_layer}
         signs = {name: torch.where(before[name] >= at[name][0], 1.0, -1.0) for name in by_layer}
-        with installed(view.hook(layer, lambda output, _args, layer=layer: captured.__setitem__(
-                layer.name, chosen_units(layer, output))) for layer in layers):
+        with installed(view.hook(layer, capture(layer)) for layer in layers):
             x = clean.clone()
             for _ in range(steps):
                 x.requires_grad_(True)
