@@ -39,6 +39,12 @@ def portable_command(argv: list[str], cwd: Path) -> str:
     return shlex.join(part(arg) for arg in argv)
 
 
+#: A traceback's frame line names its file so: ``File "/path/to/file.py", line 3, in f``.
+_FRAME = re.compile(r'File "([^"\n]+)"')
+#: What may precede a folder's path when it starts a path (not a character of a longer path).
+_PATH_START = r"(?<![\w.~/\\-])"
+
+
 def portable_traceback(text: str, root: Path | None) -> str:
     """``text`` (a traceback, or a message) with this machine's absolute paths written relative to where they lie:
     the project ``root``, mechaudit's own folder, or a folder Python imports from (site-packages, the standard
@@ -46,11 +52,8 @@ def portable_traceback(text: str, root: Path | None) -> str:
     file outside all of them keeps its file name alone."""
     folders = sorted(_import_folders(root), key=len, reverse=True)
     if folders:
-        text = re.sub("(?<![\\w.~/\\\\-])(?:" + "|".join(map(re.escape, folders)) + ")", "", text)
+        text = re.sub(_PATH_START + "(?:" + "|".join(map(re.escape, folders)) + ")", "", text)
     return _FRAME.sub(lambda m: f'File "{Path(m[1]).name}"' if os.path.isabs(m[1]) else m[0], text)
-
-
-_FRAME = re.compile(r'File "([^"\n]+)"')
 
 
 def _import_folders(root: Path | None) -> set[str]:
