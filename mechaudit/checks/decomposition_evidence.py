@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from ..activations import collect_units
+from ..activations import batches, collect_units
 from ..context import AuditContext
 from ..model_view import Layer, installed, units_view
 from ..techniques.activation_max import maximize_activation
