@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_project
-from fixtures.localization_toys import write_tabular
+from fixtures.localization_toys import tabular_audit_data, tabular_model, write_tabular
 
+import mechaudit
 from mechaudit.engine import run_audit
 from mechaudit.spec import load_spec
 from mechaudit.techniques.probes import probe
+
+BEHAVIOUR = {"kind": "logit_diff", "target": "1", "contrast": "0"}  # the decision, as the tabular specs declare it
 
 
 def _audit(spec_path: Path, select: tuple[str, ...], rulebook: str | None = None):
@@ -41,8 +44,8 @@ def _finding(result, rule: str):
 def test_r303_fails_the_weak_leak_on_its_pathway_effect_and_passes_the_control(leak_and_control) -> None:
     leak, control = (_finding(leak_and_control[k], "R303") for k in ("leak", "control"))
     assert leak.metric == control.metric == "protected_pathway_effect"
-    assert leak.status == "fail" and leak.value > 0.04                    # measured 0.057
-    assert control.status == "pass" and control.value < 0.015             # measured 0.006
+    assert leak.status == "fail" and leak.value > 0.08                    # measured 0.115 of the exposed rows
+    assert control.status == "pass" and control.value < 0.03              # measured 0.012
     assert control.confidence == "certain" and control.interval["high"] < leak.threshold
     assert leak.interval["low"] <= leak.value <= leak.interval["high"]
     for finding in (leak, control):  # the flow share is evidence: below the former 0.3 limit in both
@@ -52,7 +55,27 @@ def test_r303_fails_the_weak_leak_on_its_pathway_effect_and_passes_the_control(l
     assert flips.status == "fail" and flips.value > 0.08                  # measured 0.115
     effect = leak.evidence["pathway_effect"]
     assert effect["best"] == "fc1" and effect["evaluated_samples"] == 512  # cross-fitted: every sample held out
-    assert leak.value <= effect["flip_rate_before"]                        # a cut cannot carry more than flips
+    assert effect["exposed_share"] == pytest.approx(0.5, abs=0.05)        # only the rows with sex = 1 can flip
+    assert leak.value <= effect["flip_rate_before"] / effect["exposed_share"]  # a cut cannot carry more than flips
+
+
+@pytest.mark.slow
+def test_r303_follows_the_pathway_not_how_common_the_exposed_group_is() -> None:
+    """The same leaking model (strength 0.5) audited on rows of which 50% or 20% have sex = 1: the effect, a share of
+    the exposed rows, stays (measured 0.102 and 0.097) where the share of all rows fell from 0.051 to 0.020, under
+    the former limit; the control passes at 20% exposed too."""
+    findings = {}
+    for name, strength, exposed in (("half", 0.5, 0.5), ("fifth", 0.5, 0.2), ("control", 0.0, 0.2)):
+        result = mechaudit.audit(tabular_model(strength > 0, strength=strength), tabular_audit_data(strength, exposed),
+                                 behaviour=BEHAVIOUR, select=["R303"])
+        findings[name] = _finding(result, "R303")
+    half, fifth, control = findings["half"], findings["fifth"], findings["control"]
+    assert half.status == fifth.status == "fail" and abs(half.value - fifth.value) < 0.03
+    assert fifth.evidence["pathway_effect"]["exposed_share"] == pytest.approx(0.2, abs=0.01)
+    of_all = [next(row["carried_share_of_all"] for row in f.evidence["pathway_effect"]["layers"]
+                   if row["layer"] == f.evidence["pathway_effect"]["best"]) for f in (half, fifth)]
+    assert of_all[1] < 0.03 < of_all[0]                                     # the former gate missed the fifth
+    assert control.status == "pass" and control.value < 0.04               # measured 0.010
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def test_a_rulebook_only_selects_and_overrides_rules_defined_by_their_checks(tmp
     assert list(bare.rules) == ["D101", "R303"]
     for rule_id in bare.rules:
         assert bare.rules[rule_id].params == default.rules[rule_id].params
-    assert bare.rules["D101"].params.max_dead_fraction == 0.5 and bare.rules["R303"].params.max_effect == 0.03
+    assert bare.rules["D101"].params.max_dead_fraction == 0.5 and bare.rules["R303"].params.max_effect == 0.06
     assert bare.rules["R303"].docs.how == default.rules["R303"].docs.how + "\nn"
     for key in ("docs", "check", "name"):
         with pytest.raises(InputError, match=f"unknown key '{key}'.*defined by check"):

@@ -26,12 +26,16 @@ DOCS = RuleDocs(
     summary="A protected input region reaches the model's predictions through a pathway that cutting it removes.",
     what="""
 For each declared input mask (a region, or for tabular data a mask over the protected columns): the causal effect
-of the region's pathway, `protected_pathway_effect`, the share of predictions that flip when the region is removed
-(set to the `baseline`) and no longer flip when the region's pathway is cut, its direction erased at one hidden
-layer (directional ablation, as in L201's what-if), at the layer where the cut takes away the most flips. The
-direction is estimated on one half of the samples and the effect measured on the other, both ways (cross-fitted).
-Fails above `max_effect`; the value carries a 95% percentile-bootstrap interval over the samples (the layer chosen
-anew in each resample). Evidence: the share of the behaviour's attribution that flows back to the region through
+of the region's pathway, `protected_pathway_effect`: among the samples whose input the region's removal changes
+(the *exposed* samples: with the zero baseline on a binary column, those whose value is 1; on an image patch, those
+whose patch is not already black), the share whose prediction flips when the region is removed (set to the
+`baseline`) and no longer flips when the region's pathway is cut, its direction erased at one hidden layer
+(directional ablation, as in L201's what-if), at the layer where the cut takes away the most flips. The direction
+is estimated on one half of the samples and the effect measured on the other, both ways (cross-fitted). Fails
+above `max_effect`; the value carries a 95% percentile-bootstrap interval over the samples (the layer chosen anew
+in each resample). The evidence also gives, per layer, the share of *all* samples carried (`carried_share_of_all`,
+the former gate, which scales with how common the exposed group is) and of the flips (`carried_share_of_flips`),
+and the exposed share. Evidence: the share of the behaviour's attribution that flows back to the region through
 the scored edges of R301 (`protected_flow_share`: the output units' attribution is passed back layer by layer in
 proportion to the incoming edges' absolute scores; measured on the audit inputs against their mean, never on
 declared pairs, which route all of their difference through the region by construction), the effect per layer,
@@ -53,21 +57,27 @@ The gate is an intervention, not an attribution: the flow share measures where a
 decision moves, and it was not calibrated to the effect (a label that leaks a protected column so that replacing it
 flips 36% of predictions drew 0.21 of the flow, under the former 0.3 limit, and controls without a leak drew 0.14
 to 0.24). Cutting at a layer that every path crosses removes the pathway's linear part; a flip that the same cut
-causes with and without the region (collateral) does not count. Threshold, from a planted sweep
+causes with and without the region (collateral) does not count. The effect is a share of the exposed samples, not
+of all samples: the former share of all samples measured how common the exposed group was as much as how strong
+the pathway is (the same model, leak 0.5, audited on 600 rows of which 50% or 20% have sex = 1: 0.051 and 0.020 of
+all samples, the second under the former limit of 0.03; of the exposed samples 0.102 and 0.097, beside a true
+flip rate among them of 0.110 and 0.125). The share of the flips is no measure of strength either: the pathway
+carries every flip (1.000) in every model of the sweep, leak or control. Threshold, from a planted sweep
 (`benchmarks/bias_calibration.py`; `tests/test_protected_leak.py`): the tabular toy (six features and a binary
 `sex` column; the label is x0 + x1 - x2/2 plus `strength` x (sex - 1/2), noise 0.3; an MLP 7-16-16-2 trained on
-2000 samples, audited on 600 held-out ones with the decision, logit 1 minus logit 0, as the behaviour, the mask
-over the `sex` column and the zero baseline, so only the samples with sex = 1 can flip). By leak strength
-(training seeds in brackets): 0 (10 seeds): L201 flip rate 0.8% to 4.1%, flow share 0.14 to 0.24, pathway
-effect 0.004 to 0.020 (95% upper bounds at most 0.033); 0.25 (2 seeds): 4.7% and 4.9%, 0.16 and 0.13, effect 0.021
-and 0.020; 0.5 (4 seeds): 10.4% to 11.5%, 0.15 to 0.18, effect 0.047 to 0.057 (lower bounds at least 0.029); 1:
-27.1%, 0.18, 0.133; 1.5: 35.9%, 0.21, 0.178; 2: 47.7%, 0.28, 0.242; 6: 94.1%, 0.48, 0.482. The effect grows with
-the leak and is about half of L201's flip rate (which sets the column to each other value; here only removal, in
-one direction, counts); the flow share does not separate the leaks from the controls below
-strength 2. `max_effect = 0.03` lies between the controls (at most 0.020) and the leak that flips 11% of
-predictions (at least 0.047). On the embedded examples with the behaviour "logit of class 7": `digits` 0.183
-(0.146 to 0.225; 48% of the flow), `digits-control` 0.011 (0 to 0.025; 22% of the flow, which the former share gate
-failed in the compliance rulebook). On the planted test network a region holding the circuit's inputs gives 0.88
+2000 samples with a training seed, audited on 600 held-out rows with 50% or 20% sex = 1, with the decision, logit
+1 minus logit 0, as the behaviour, the mask over the `sex` column and the zero baseline, so only the rows with sex
+= 1 are exposed). Effect [95% interval] by leak strength, training seed and share exposed: 0 (seeds 0 to 5, 50%):
+0.020 [0.004, 0.036], 0.016, 0.027, 0.039 [0.019, 0.064], 0.016, 0.035; (seeds 0 to 3, 20%): 0.010, 0.029, 0.029,
+0.039 [0.008, 0.084] (true flip rates among the exposed 0.008 to 0.037: a control network still reads the column a
+little); 0.25 (seed 0): 0.051 (50%), 0.058 (20%); 0.5 (seeds 0 to 3, 50%): 0.102, 0.110, 0.110, 0.122 (lower
+bounds at least 0.065); (seeds 0 and 1, 20%): 0.097 [0.046, 0.150], 0.097; 1: 0.286 (50%), 0.272 (20%); 1.5: 0.357,
+0.320. `max_effect = 0.06` lies between the controls (at most 0.039) and the leak that flips 11% of the exposed
+predictions (at least 0.097), at either prevalence; the former gate of 0.03 on the share of all samples corresponds
+to it at 50% exposed. On the embedded examples with the behaviour "logit of class 7" (77% of the audit images
+exposed: the others' patch is already black): `digits` 0.237 (0.188 to 0.297; 0.183 of all images; 48% of the
+flow), `digits-control` 0.014 (0 to 0.032; 22% of the flow, which the former share gate failed in the compliance
+rulebook). On the planted test network a region holding the circuit's inputs gives 0.88
 (flow 100%), a region of distractor inputs 0.00. On `digits` the watermark is read by convolution channels that
 also read the digit: mean-ablating the three most specific units leaves the flip rate at 19.2% (from 18.9%) and
 lowers accuracy from 80.6% to 74.7%, while erasing the watermark's direction at `features.0` lowers it to 0.6% on
@@ -94,8 +104,9 @@ RULE = RuleDefinition("R303", "protected-pathway", "warning", DOCS)
 @dataclass(frozen=True)
 class ProtectedPathwayParams(BaselineParams):
     samples: int = param(512, low=1, doc="samples (or pairs) the behaviour is measured on")
-    max_effect: float = param(0.03, low=0.0, high=1.0, doc="fail when the region's pathway carries a larger share "
-                                                           "of the predictions (flips that go away when it is cut)")
+    max_effect: float = param(0.06, low=0.0, high=1.0, doc="fail when the region's pathway carries a larger share "
+                                                           "of the predictions its removal changes the input of "
+                                                           "(flips that go away when it is cut)")
     edit_nodes: int = param(3, low=0, doc="units on the protected pathway suppressed in the what-if edit")
 
 
@@ -154,9 +165,11 @@ def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
         if effect is None:
             carried = f"removing '{name}' changes no audited layer: it has no pathway to the decision"
         else:
+            exposed = effect.exposed / max(len(effect.flipped_before), 1)
             carried = (f"cutting the pathway of '{name}' at {effect.layers[effect.best]} stops {value:.1%} of the "
-                       f"predictions from flipping when it is removed ({effect.flipped_before.mean():.1%} flip "
-                       "without the cut)")
+                       f"predictions that its removal could flip from flipping ({exposed:.0%} of the samples change "
+                       f"when it is removed; {effect.flipped_before.mean():.1%} of all flip without the cut, "
+                       f"{effect.per_layer_of_all[effect.best]:.1%} of all are carried)")
         findings.append(Measurement(
             f"{carried}; {share:.0%} of the attribution of the {problem.description} flows from it (it covers "
             f"{float(mask.mean()):.0%} of the input); the units most specific to it: "

@@ -34,10 +34,23 @@ class PathwayEffect:
     layers: list[str]
     carried: np.ndarray          # (layers, samples): flipped before minus flipped after, in {-1, 0, 1}
     flipped_before: np.ndarray   # (samples,) bool: removing the region flips the prediction, intact model
+    changed: np.ndarray | None = None  # (samples,) bool: removing the region changes the input (None: every one)
+
+    @property
+    def exposed(self) -> int:
+        """How many held-out samples the region's removal changes at all (the only ones it can flip)."""
+        return int(self.changed.sum()) if self.changed is not None else self.carried.shape[1]
 
     @property
     def per_layer(self) -> np.ndarray:
-        """The share of held-out predictions carried by the pathway at each layer."""
+        """The share of the exposed held-out samples (those whose input the removal changes) whose prediction the
+        pathway at each layer carries: not diluted by samples the region cannot flip (with the zero baseline on a
+        binary column, those already at 0), so it follows the pathway's strength, not how common the group is."""
+        return self.carried.sum(1) / max(self.exposed, 1)
+
+    @property
+    def per_layer_of_all(self) -> np.ndarray:
+        """The share of all held-out predictions carried at each layer (scales with the exposed share)."""
         return self.carried.mean(1)
 
     @property
@@ -53,14 +66,19 @@ class PathwayEffect:
     def interval(self, seed: int = 0) -> Interval | None:
         """Percentile bootstrap over the held-out samples of :attr:`value` (the best layer chosen anew)."""
         carried = self.carried
-        return bootstrap(lambda idx: max(0.0, float(carried[:, idx].mean(1).max())), carried.shape[1],
-                         over="held-out samples", seed=seed)
+        changed = self.changed if self.changed is not None else np.ones(carried.shape[1], bool)
+        return bootstrap(lambda idx: max(0.0, float(carried[:, idx].sum(1).max()) / max(int(changed[idx].sum()), 1)),
+                         carried.shape[1], over="held-out samples", seed=seed)
 
     def to_dict(self) -> dict:
-        return {"layers": [{"layer": name, "carried_share": float(share)}
-                           for name, share in zip(self.layers, self.per_layer)],
+        flips = int(self.flipped_before.sum())
+        return {"layers": [{"layer": name, "carried_share": float(share), "carried_share_of_all": float(of_all),
+                            "carried_share_of_flips": float(row.sum() / flips) if flips else 0.0}
+                           for name, share, of_all, row in zip(self.layers, self.per_layer, self.per_layer_of_all,
+                                                               self.carried)],
                 "best": self.layers[self.best], "flip_rate_before": float(self.flipped_before.mean()),
-                "evaluated_samples": int(self.carried.shape[1]),
+                "evaluated_samples": int(self.carried.shape[1]), "exposed_samples": self.exposed,
+                "exposed_share": self.exposed / max(int(self.carried.shape[1]), 1),
                 "cut": "directional ablation of the region's mean effect at one layer (a simulation), estimated "
                        "on one half of the samples and measured on the other, both ways"}
 
@@ -88,6 +106,7 @@ def pathway_effect(view: ModelView, layers: list[Layer], inputs: torch.Tensor, m
                 != _predictions(view.model, remove(samples.inputs, samples.mask), batch_size, device)).cpu()
 
     before = torch.cat([flips(half) for half in halves])
+    changed = torch.cat([(remove(half.inputs, half.mask) != half.inputs).flatten(1).any(1) for half in halves])
     names, rows = [], []
     for layer in layers:
         after = []
@@ -102,4 +121,4 @@ def pathway_effect(view: ModelView, layers: list[Layer], inputs: torch.Tensor, m
             rows.append((before.double() - torch.cat(after).double()).numpy())
     if not rows:
         return None
-    return PathwayEffect(names, np.stack(rows), before.numpy())
+    return PathwayEffect(names, np.stack(rows), before.numpy(), changed.cpu().numpy())
