@@ -24,16 +24,18 @@ DOCS = RuleDocs(
     what="""
 For every declared concept (`[data.concepts]`) and protected attribute (`[data.protected]`), a linear probe per
 audited layer and on the model's output: a scikit-learn logistic regression on the standardised per-sample
-activations (each unit averaged over its positions; wide layers reduced to 256 principal components),
-cross-validated over `folds` stratified folds on `seeds` seeded fold splits and scored by balanced accuracy,
-chance-corrected with the same probe trained on shuffled labels (`shuffles` seeded permutations, each on a fold
-split of its own): decodability = (score - shuffled) / (1 - shuffled), 0 at the shuffled-label chance level, 1
-perfect; the evidence holds both scores and the spread of the shuffled ones. A classifier's output is read as the
-decision reads it: its logits centred per sample (softmax ignores a shift common to every class). An attribute
-with more than `max_levels` values is cut into quartiles. The evidence holds the profile across layers. Concepts
-are reported; a protected attribute fails when its decodability from the output, the layer that feeds every
-decision, exceeds `max_decodability`. The value carries a 95% percentile-bootstrap interval over the probe's
-folds (`seeds` x `folds` scores; the chance level held at its mean).
+activations (each unit averaged over its positions; wide layers reduced to 256 principal components), its classes
+weighted by their inverse frequency, cross-fitted: every sample is predicted by a probe trained on the other
+`folds` - 1 stratified folds, on `seeds` seeded fold splits, and the score is the balanced accuracy of those
+held-out predictions (mean over the splits); chance-corrected with the same probe trained on shuffled labels
+(`shuffles` seeded permutations, each on a fold split of its own): decodability = (score - shuffled) / (1 -
+shuffled), 0 at the shuffled-label chance level, 1 perfect; the evidence holds both scores and the spread of the
+shuffled ones. A classifier's output is read as the decision reads it: its logits centred per sample (softmax
+ignores a shift common to every class). An attribute with more than `max_levels` values is cut into quartiles. The
+evidence holds the profile across layers. Concepts are reported; a protected attribute fails when its
+decodability from the output, the layer that feeds every decision, exceeds `max_decodability`. The value carries a
+95% percentile-bootstrap interval over the samples: each resample rescores the held-out predictions already made
+(no refit), those of the shuffles too, which are themselves drawn with replacement.
 """,
     why="""
 A protected attribute (sex, age, ethnicity) that the decision can be decoded from shapes the decision, directly or
@@ -44,19 +46,33 @@ where a concept is represented, which is where to look for it (L206) or to inter
     how="""
 Linear probes (Alain and Bengio 2016; Belinkov 2022) with a chance level from shuffled labels in the spirit of
 control tasks (Hewitt and Liang 2019); decodability of protected attributes from representations as in Elazar and
-Goldberg (2018). Threshold, from the planted sweep of R303 (`benchmarks/bias_calibration.py`,
-`tests/test_protected_leak.py`: the tabular toy whose label leaks `sex` with a swept strength, 600 audit samples),
-decodability from the output by leak strength (training seeds in brackets), with L201's flip rate: 0 (10 seeds):
-0.000 to 0.029 (95% upper bounds at most 0.065), flips 0.8% to 4.1%; 0.25 (2): 0.070 and 0.041, flips 4.7% and
-4.9%; 0.5 (4): 0.110 to 0.126 (lower bounds at least 0.076), flips 10.4% to 11.5%; 1: 0.257 (27.1%); 1.5: 0.333
-(35.9%); 2: 0.407 (47.7%); 6: 0.926 (94.1%). `max_decodability = 0.07` lies between the controls' upper bounds
-and the lower bounds of the leak that flips 11% of predictions. Before, the output's raw logits were probed with
-two shuffles and 0.3 as the limit: a control reached 0.16 (its logits' sum, which no decision reads, carried
-`sex`) and leaks up to strength 1 (27% of predictions flipped) passed. In the strongest leak `sex` is decodable
-at 1.00 and 0.99 in the hidden layers; in its control too in the first layer (1.00), an input column passing
-through, and partly in the second (0.66), which is why only the output is judged. On the embedded examples, the
-concept `watermark` is decodable at 0.97 from the output of `digits`, which relies on it, and 0.17 from its
-control's (1.00 in both first layers); `loop` at 0.50 and 0.55.
+Goldberg (2018). The interval resamples samples, the independent unit; the former one resampled the 15 fold
+scores of 3 seeded 5-fold splits, which share their training samples, and was about a third as wide as the spread
+of the decodability over independent audit sets (`python benchmarks/bias_calibration.py --intervals`: per model 15
+independent audit sets of 600 rows; the decodability's standard deviation 0.036 to 0.063, the former interval's
+width 0.04 to 0.08, 95% of it would need 0.14 to 0.25). The new one is 0.11 to 0.18 wide and holds the mean over
+the sets in 80% to 87% of them: still narrower than a 95% interval, since the probe is not refitted per resample
+(a refit per resample costs `seeds + shuffles` cross-validations each, minutes on a real model's output); a
+Nadeau-Bengio corrected t interval over the fold scores measured about as wide (0.10 to 0.19; coverage 73% to 87%).
+Classes are weighted because the score is balanced: unweighted, the probe of a group that is 20% of the rows
+predicted the majority and scored chance (leak 0.5: 0.000, leak 1: 0.018; weighted 0.131 and 0.249).
+Threshold, from the same planted toy as R303 (`benchmarks/bias_calibration.py`, `tests/test_protected_leak.py`:
+the tabular MLP whose label leaks `sex` with a swept strength), on 15 independent audit sets of 600 rows per
+trained model: no leak (training seeds 0 to 3): mean decodability 0.037 to 0.045, above 0.07 in 20% to 40% of the
+sets, above 0.1 in 0% to 20%, above 0.12 in 0% to 7% (3 of 60); leak 0.5 (flips 11% of the exposed predictions;
+seeds 0 to 2): mean 0.161 to 0.164, above 0.12 in 73% of the sets; leak 1.5 (35%): mean 0.389, above 0.12 in every
+set. `max_decodability = 0.12` fails about one control audit in twenty and catches a leak that flips 11% of
+predictions in about three audits of four at 600 rows (the spread falls with more samples, as 1/sqrt(n)); a
+straddling interval marks the close calls. The former limit, 0.07, was set on one audit set and fails 28% of the
+control audits. In the sweep on the fixed audit set (`python benchmarks/bias_calibration.py`): controls 0.000 to
+0.011 (upper bounds at most 0.108), leak 0.25: 0.071 and 0.100, leak 0.5: 0.112 to 0.134, leak 1: 0.217 and 0.249,
+leak 1.5: 0.312 and 0.365, at 50% and 20% of the rows with sex = 1 alike. Before the chance correction, the
+output's raw logits were probed with two shuffles and 0.3 as the limit: a control reached 0.16 (its logits' sum,
+which no decision reads, carried `sex`) and leaks up to strength 1 (27% of predictions flipped) passed. In the
+strongest leak `sex` is decodable at 1.00 and 0.99 in the hidden layers; in its control too in the first layer
+(1.00), an input column passing through, and partly in the second (0.66), which is why only the output is judged.
+On the embedded examples, the concept `watermark` is decodable at 0.97 from the output of `digits`, which relies
+on it, and 0.17 from its control's (1.00 in both first layers); `loop` at 0.50 and 0.55.
 For token models `position` chooses what a unit contributes per sample: the mean over tokens (default), or
 its activation at the `first` token (a [CLS] summary) or the `last` one (where a next-token model reads); residual
 streams are audited by naming their blocks in `[audit] layers` (layer kind `stream`, units `block:dN`). On a toy
@@ -83,12 +99,12 @@ RULE = RuleDefinition("L205", "concept-probes", "warning", DOCS)
 
 @dataclass(frozen=True)
 class ProbesParams:
-    max_decodability: float = param(0.1, low=0.0, high=1.0, doc="fail when a protected attribute's chance-"
+    max_decodability: float = param(0.12, low=0.0, high=1.0, doc="fail when a protected attribute's chance-"
                                                                 "corrected decodability from the output exceeds")
     folds: int = param(5, low=2, doc="cross-validation folds (fewer when a class is rarer)")
     shuffles: int = param(5, low=1, doc="probes on shuffled labels (seeded permutations), for the chance level")
-    seeds: int = param(3, low=1, doc="seeded fold splits the probe is cross-validated on (its interval is over "
-                                     "their folds)")
+    seeds: int = param(3, low=1, doc="seeded fold splits the probe is cross-fitted on (the score is the mean "
+                                     "over them)")
     samples: int = param(2048, low=4, doc="samples probed (seeded subset)")
     max_levels: int = param(10, low=2, doc="an attribute with more distinct values is cut into quartiles")
     position: str = param("mean", choices=("mean", "first", "last"),

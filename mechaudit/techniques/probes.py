@@ -144,7 +144,7 @@ def probe(features: np.ndarray, labels: np.ndarray, folds: int = 5, shuffles: in
     folds = min(folds, int(counts.min()))
     if folds < 2:
         raise ValueError("a value of the attribute occurs on a single audit sample: cannot cross-validate")
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=regularization, max_iter=500))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=regularization, max_iter=500, class_weight="balanced"))
     rng = np.random.default_rng(seed)
 
     def held_out(target: np.ndarray, split: int) -> np.ndarray:
