@@ -72,7 +72,7 @@ which no decision reads, carried `sex`) and leaks up to strength 1 (27% of predi
 strongest leak `sex` is decodable at 1.00 and 0.99 in the hidden layers; in its control too in the first layer
 (1.00), an input column passing through, and partly in the second (0.66), which is why only the output is judged.
 On the embedded examples, the concept `watermark` is decodable at 0.97 from the output of `digits`, which relies
-on it, and 0.17 from its control's (1.00 in both first layers); `loop` at 0.50 and 0.55.
+on it, and 0.16 from its control's (1.00 in both first layers); `loop` at 0.50 and 0.57.
 For token models `position` chooses what a unit contributes per sample: the mean over tokens (default), or
 its activation at the `first` token (a [CLS] summary) or the `last` one (where a next-token model reads); residual
 streams are audited by naming their blocks in `[audit] layers` (layer kind `stream`, units `block:dN`). On a toy
