@@ -4,9 +4,11 @@ pathway is cut (its direction erased at a layer, see :mod:`.direction_edit`).
 For each layer, cross-fitted (the direction is estimated on the even-numbered samples and measured on the
 odd-numbered ones, then the other way round, so every sample is measured held out), a sample counts as *carried*
 by the pathway at that layer when removing the region flips its prediction in the intact model and no longer does
-with the region's direction erased there (``flipped before - flipped after``, per sample, in {-1, 0, 1}). The mean
-over samples is the share of predictions that the pathway through that layer carries from the region to the
-decision; the layer where it is largest is where the pathway is cut most completely. Unlike a flow of
+with the region's direction erased there (``flipped before - flipped after``, per sample, in {-1, 0, 1}). Their sum
+over the *exposed* samples (those whose input the region's removal changes, the only ones it can flip) divided by
+their number is the share of predictions that the pathway through that layer carries from the region to the
+decision, whatever share of the samples is exposed (a share of all samples would fall with how common the exposed
+group is); the layer where it is largest is where the pathway is cut most completely. Unlike a flow of
 attributions, this is an intervention: a region whose attribution share is modest but whose removal flips many
 predictions through one direction is caught; and a direction whose erasure changes predictions for other reasons
 (collateral) does not count, since the same edit applies with and without the region.
