@@ -33,8 +33,8 @@ from ..activations import batches, hooked
 from ..model_view import Layer, ModelView, installed, units_view
 
 SCREEN_ABOVE = 256
-"""A rule screens a set of components (one layer for L202, all audited components for L207, L208 and R304) only
-when it holds more than this many; at or below it the exact intervention runs on every component, so the embedded
+"""A rule screens a set of components (all audited components: L202, L207, L208 and R304) only when it holds
+more than this many; at or below it the exact intervention runs on every component, so the embedded
 examples (at most 56 units per layer, 72 heads in all) keep their exact verdicts."""
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -129,23 +129,29 @@ class Selection:
     top: list[int]
     calibration: list[int]
     scored: int
+    extra: list[int] = field(default_factory=list)
+    """Checked besides the screen's top-k and the calibration sample (L202: each layer's best-ranked units)."""
 
     @property
     def checked(self) -> list[int]:
-        return sorted(set(self.top) | set(self.calibration))
+        return sorted(set(self.top) | set(self.calibration) | set(self.extra))
 
     @property
     def unchecked(self) -> int:
         return self.scored - len(self.checked)
 
 
-def select(scores: torch.Tensor, top_k: int, calibration: int, seed: int) -> Selection:
-    """The ``top_k`` highest ``scores`` and a seeded random sample of ``calibration`` of the others."""
+def select(scores: torch.Tensor, top_k: int, calibration: int, seed: int, also: list[int] = ()) -> Selection:
+    """The ``top_k`` highest ``scores``, the indices ``also`` (kept as :attr:`Selection.extra` where not in the
+    top) and a seeded random sample of ``calibration`` of the others."""
     order = scores.argsort(descending=True, stable=True).tolist()
-    top, rest = order[:top_k], order[top_k:]
+    top = order[:top_k]
+    extra = sorted(set(also) - set(top))
+    skipped = set(extra)
+    rest = [i for i in order[top_k:] if i not in skipped]
     generator = torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(rest), generator=generator)[:calibration].tolist() if rest else []
-    return Selection(top, sorted(rest[i] for i in picked), len(scores))
+    return Selection(top, sorted(rest[i] for i in picked), len(scores), extra)
 
 
 def everything(count: int) -> Selection:
@@ -174,8 +180,8 @@ class ScreenReport:
 def report(selection: Selection, screen: torch.Tensor, exact: dict[int, float], names: list[str], method: str,
            threshold: float | None = None, confidence: float = 0.95) -> ScreenReport:
     """Agreement of the screen ``screen`` (all scored components) and the exact effects ``exact`` {index: effect}
-    of the checked ones: Spearman over the checked set, recall of its exact top-k by the screen's top-k (ties at
-    the k-th exact value resolved for the screen), and :func:`missed_effect` from the calibration sample."""
+    of the checked ones: Spearman over the checked set, the tie-aware recall of its exact top-k by the screen's
+    top-k (:func:`top_k_recall`), and :func:`missed_effect` from the calibration sample."""
     checked = selection.checked
     screened = [float(screen[i]) for i in checked]
     measured = [exact[i] for i in checked]
@@ -188,8 +194,21 @@ def report(selection: Selection, screen: torch.Tensor, exact: dict[int, float], 
 
 
 def top_k_recall(top: list[int], exact: dict[int, float]) -> float | None:
-    """Share of the ``len(top)`` largest ``exact`` effects that the screen's ``top`` holds; a tie at the k-th
-    largest value counts for the screen (exact effects are often tied, e.g. accuracy drops of 0)."""
+    """Tie-aware recall of the exact top-k by the screen's ``top`` (k = ``len(top)``): the share of the screen's
+    picks whose exact effect equals or exceeds the k-th largest of the ``exact`` effects (up to float rounding).
+    Exact effects tie often (accuracy drops move in steps of one sample; many are 0), and a pick tied with the k-th
+    value is as good as the unit it displaced. Where more picks tie at the k-th value than places are left, each
+    counts, so this can exceed the strict overlap of the two top-k sets (:func:`strict_top_k_recall`)."""
+    k = len(top)
+    if not k or not exact:
+        return None
+    kth = sorted(exact.values(), reverse=True)[min(k, len(exact)) - 1]
+    return sum(exact[i] >= kth - 1e-9 * max(1.0, abs(kth)) for i in top) / k
+
+
+def strict_top_k_recall(top: list[int], exact: dict[int, float]) -> float | None:
+    """Overlap of the screen's ``top`` with one exact top-k set, ties at the k-th value resolved for the screen
+    (each place of the exact top-k counts once)."""
     chosen, k = set(top), len(top)
     if not k:
         return None
