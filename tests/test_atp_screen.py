@@ -21,6 +21,7 @@ from mechaudit.model_view import Layer, ModelView
 from mechaudit.spec import load_spec
 from mechaudit.techniques import ablation, atp
 from mechaudit.techniques.ablation import ablation_loop, ablation_outputs
+from mechaudit.techniques.ablation_scan import AblationScanner
 from mechaudit.techniques.cue_sensitivity import cue_sensitivity
 
 WIDTH, CRITICAL = 300, 137
@@ -191,6 +192,40 @@ def test_batched_hook_ablation_keeps_each_chunk_of_outputs_within_its_byte_bound
     assert max(sizes) <= bound and len(sizes) == 5  # one copy to measure, then chunks of four
     expected = ablation_loop(model, model.fc1, layer, inputs, list(range(16)), values).argmax(-1)
     assert torch.equal(got, expected)
+
+
+class TwoHiddenUntraceable(nn.Module):
+    """Two hidden layers and a data-dependent branch (not traceable: the scan uses batched hooks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.head = nn.Linear(4, 16), nn.Linear(16, 16), nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return self.head(hidden) if float(x.sum()) > -1e9 else -self.head(hidden)
+
+
+def test_untraceable_resample_scan_captures_every_layer_s_source_in_one_pass_and_stays_exact() -> None:
+    model = TwoHiddenUntraceable().eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs, source = torch.randn(8, 4, generator=generator), torch.randn(8, 4, generator=generator)
+    view = ModelView.discover(model, inputs[:2])
+    layers = [view.layer("fc1"), view.layer("fc2")]
+    scanner = AblationScanner(view, layers, torch.device("cpu"), inputs[:2])
+    calls = []
+    model.register_forward_pre_hook(lambda _module, args: calls.append(len(args[0])))
+    units = {"fc1": [0, 5, 9], "fc2": [1, 2]}
+    zeros = {"fc1": torch.zeros(16, 1), "fc2": torch.zeros(16, 1)}
+    scanner.scan(inputs, {"zero": (zeros, None)}, batch_size=8, units=units)
+    ablations = len(calls)
+    calls.clear()
+    got = scanner.scan(inputs, {"resample": (None, source)}, batch_size=8, units=units)["resample"]
+    assert len(calls) == ablations + 1  # the source runs once for both layers
+    for layer in layers:
+        expected = ablation_loop(model, getattr(model, layer.name), layer, inputs, units[layer.name], source=source)
+        assert torch.allclose(got[layer.name], expected)
 
 
 CARRIER = 211

@@ -42,12 +42,13 @@ Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def activations_and_gradients(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
-                              metric: Metric) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                              metric: Metric, values: list[torch.Tensor] | None = None
+                              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Each layer's activation on ``inputs`` and the gradient of the summed metric with respect to it (samples
     are independent in an evaluated model, so a sample's gradient is that of its own metric). A model with frozen
     parameters still gets gradients: an activation that does not require one is made a leaf that does. The model
     goes on with a copy, so an in-place operation after the layer (``nn.ReLU(inplace=True)``) neither changes the
-    kept activation nor modifies the leaf."""
+    kept activation nor modifies the leaf. ``values``, when given, receives the metric per sample (on the CPU)."""
     kept: dict[str, torch.Tensor] = {}
 
     def keep(output: torch.Tensor, name: str) -> torch.Tensor:
@@ -58,7 +59,10 @@ def activations_and_gradients(view: ModelView, layers: list[Layer], inputs: torc
     with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name)) for layer in layers), \
             torch.enable_grad():
         start = inputs.clone().requires_grad_(inputs.is_floating_point())
-        metric(view.model(start).float(), targets).sum().backward()
+        measured = metric(view.model(start).float(), targets)
+        if values is not None:
+            values.append(measured.detach().cpu())
+        measured.sum().backward()
     view.model.zero_grad(set_to_none=True)
     outputs = {name: value.detach() for name, value in kept.items()}
     grads = {name: value.grad if value.grad is not None else torch.zeros_like(value) for name, value in kept.items()}
@@ -67,15 +71,18 @@ def activations_and_gradients(view: ModelView, layers: list[Layer], inputs: torc
 
 def ablation_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
                        metric: Metric, modes: dict[str, tuple], batch_size: int = 256,
-                       device: torch.device | None = None) -> dict[str, dict[str, torch.Tensor]]:
+                       device: torch.device | None = None, metric_values: list[torch.Tensor] | None = None
+                       ) -> dict[str, dict[str, torch.Tensor]]:
     """First-order change of ``metric`` per sample when each unit alone is ablated: ``{mode: {layer: (units,
     samples)}}``. ``modes`` as for :meth:`~.ablation_scan.AblationScanner.scan`: ``(values, source)`` with
-    ``values`` {layer: (units, positions)} (zero, mean ablation) or ``source`` inputs (resample ablation)."""
+    ``values`` {layer: (units, positions)} (zero, mean ablation) or ``source`` inputs (resample ablation).
+    ``metric_values``, when given, receives each batch's metric per sample (from the same forward pass)."""
     device = device or torch.device("cpu")
     parts: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}
     for start, batch in batches(inputs, batch_size, device):
         stop = start + len(batch)
-        clean, grads = activations_and_gradients(view, layers, batch, targets[start:stop].to(device), metric)
+        clean, grads = activations_and_gradients(view, layers, batch, targets[start:stop].to(device), metric,
+                                                 metric_values)
         for mode, (values, source) in modes.items():
             replaced = (_recorded(view, layers, source[start:stop].to(device)) if source is not None else None)
             for layer in layers:
