@@ -69,7 +69,7 @@ and a seeded random `calibration` sample of the others are ablated alone. The `s
 scored and ablated exactly, Spearman of |attribution| and exact loss, the recall of the exact top by the
 screen's, and the largest loss in the calibration sample with a one-sided 95% Clopper-Pearson bound on how many
 unchecked units lose more than `max_single_loss`. Screened, backups are looked for among the top
-`screened_pairs` candidates only (`pairs_among` in the `screen` evidence): 6 pair ablations instead of 45 at the
+`screened_pairs` candidates only (`pairs_among` in the `screen` evidence): 3 pair ablations instead of 45 at the
 default sizes, each a forward pass over the samples (issue 16: a GPT-2-small audit within 15 minutes).
 """,
     fix="""
@@ -95,7 +95,7 @@ class SinglePointsParams:
     min_compensation: float = param(0.1, low=0.0, high=1.0, doc="report a backup whose effect rises by more")
     exhaustive: bool = exhaustive_param("ablated alone")
     calibration: int = calibration_param("ablated alone")
-    screened_pairs: int = param(4, low=0, doc="screened: backups are looked for among only this many top "
+    screened_pairs: int = param(3, low=0, doc="screened: backups are looked for among only this many top "
                                               "candidates (its square of pair ablations instead of candidates')")
 
 
