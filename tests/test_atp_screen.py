@@ -122,12 +122,13 @@ def test_a_layer_without_an_exactly_ablated_unit_is_judged_on_the_screen_s_predi
     assert not any(name.startswith("side:") for name in side.evidence["screen"]["checked"])
 
 
-def test_top_k_recall_counts_picks_tied_with_the_kth_exact_value() -> None:
+def test_top_k_recall_resolves_ties_for_the_screen_and_the_lenient_variant_counts_every_tied_pick() -> None:
     exact = {0: 0.5, 1: 0.3, 2: 0.2, 3: 0.2, 4: 0.1}
-    assert atp.top_k_recall([0, 1, 3], exact) == 1.0  # unit 3 ties with the k-th exact value (unit 2's)
-    assert atp.top_k_recall([0, 1, 4], exact) == pytest.approx(2 / 3)
-    tied = {0: 0.5, 2: 0.2, 3: 0.2}  # both picks tie at the k-th value, one place left: each counts
-    assert atp.top_k_recall([2, 3], tied) == 1.0 and atp.strict_top_k_recall([2, 3], tied) == 0.5
+    for recall in (atp.top_k_recall, atp.top_k_recall_at_kth):
+        assert recall([0, 1, 3], exact) == 1.0  # unit 3 ties with the k-th exact value (unit 2's)
+        assert recall([0, 1, 4], exact) == pytest.approx(2 / 3)
+    tied = {0: 0.5, 2: 0.2, 3: 0.2}  # both picks tie at the k-th value, one place left, unit 0 missed
+    assert atp.top_k_recall([2, 3], tied) == 0.5 and atp.top_k_recall_at_kth([2, 3], tied) == 1.0
 
 
 def test_with_random_screen_scores_the_planted_unit_is_missed(monkeypatch: pytest.MonkeyPatch) -> None:

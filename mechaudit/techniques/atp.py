@@ -177,50 +177,54 @@ class ScreenReport:
     spearman: float | None
     top_k_recall: float | None
     missed: dict = field(default_factory=dict)
+    top_k_recall_at_kth: float | None = None
 
     def to_evidence(self) -> dict:
         return {"method": self.method, "scored": self.scored, "checked_exactly": len(self.checked),
                 "checked": self.checked, "calibration": self.calibration, "spearman": self.spearman,
-                "top_k_recall": self.top_k_recall, "missed": self.missed}
+                "top_k_recall": self.top_k_recall, "top_k_recall_at_kth": self.top_k_recall_at_kth,
+                "missed": self.missed}
 
 
 def report(selection: Selection, screen: torch.Tensor, exact: dict[int, float], names: list[str], method: str,
            threshold: float | None = None, confidence: float = 0.95) -> ScreenReport:
     """Agreement of the screen ``screen`` (all scored components) and the exact effects ``exact`` {index: effect}
-    of the checked ones: Spearman over the checked set, the tie-aware recall of its exact top-k by the screen's
-    top-k (:func:`top_k_recall`), and :func:`missed_effect` from the calibration sample."""
+    of the checked ones: Spearman over the checked set, the recall of its exact top-k by the screen's top-k
+    (:func:`top_k_recall`, and :func:`top_k_recall_at_kth`), and :func:`missed_effect` from the calibration
+    sample."""
     checked = selection.checked
     screened = [float(screen[i]) for i in checked]
     measured = [exact[i] for i in checked]
     varied = len(checked) > 2 and len(set(screened)) > 1 and len(set(measured)) > 1
     rho = float(spearmanr(screened, measured).correlation) if varied else None
     recall = top_k_recall(selection.top, exact) if selection.calibration else None
+    at_kth = top_k_recall_at_kth(selection.top, exact) if selection.calibration else None
     missed = missed_effect([exact[i] for i in selection.calibration], selection.unchecked, threshold, confidence)
     return ScreenReport(method, selection.scored, [names[i] for i in checked], len(selection.calibration), rho,
-                        recall, missed)
+                        recall, missed, at_kth)
 
 
 def top_k_recall(top: list[int], exact: dict[int, float]) -> float | None:
-    """Tie-aware recall of the exact top-k by the screen's ``top`` (k = ``len(top)``): the share of the screen's
-    picks whose exact effect equals or exceeds the k-th largest of the ``exact`` effects (up to float rounding).
-    Exact effects tie often (accuracy drops move in steps of one sample; many are 0), and a pick tied with the k-th
-    value is as good as the unit it displaced. Where more picks tie at the k-th value than places are left, each
-    counts, so this can exceed the strict overlap of the two top-k sets (:func:`strict_top_k_recall`)."""
-    k = len(top)
-    if not k or not exact:
-        return None
-    kth = sorted(exact.values(), reverse=True)[min(k, len(exact)) - 1]
-    return sum(exact[i] >= kth - 1e-9 * max(1.0, abs(kth)) for i in top) / k
-
-
-def strict_top_k_recall(top: list[int], exact: dict[int, float]) -> float | None:
-    """Overlap of the screen's ``top`` with one exact top-k set, ties at the k-th value resolved for the screen
-    (each place of the exact top-k counts once)."""
+    """Recall of the exact top-k by the screen's ``top`` (k = ``len(top)``): the overlap of ``top`` with one exact
+    top-k set, ties at the k-th exact value resolved for the screen (each place of the exact top-k counts once, so
+    a screen that misses a unit strictly above the k-th value loses that place however many of its picks tie)."""
     chosen, k = set(top), len(top)
     if not k:
         return None
     best = sorted(exact, key=lambda i: (-exact[i], i not in chosen))[:k]
     return sum(i in chosen for i in best) / k
+
+
+def top_k_recall_at_kth(top: list[int], exact: dict[int, float]) -> float | None:
+    """The lenient variant: the share of the screen's picks whose exact effect equals or exceeds the k-th largest
+    exact effect (up to float rounding). Every pick tied with the k-th value counts, even where more of them tie
+    than places are left; so it is 1 whenever the k-th value is the smallest one (e.g. fewer than k units drop
+    accuracy at all), and it is only read beside :func:`top_k_recall`."""
+    k = len(top)
+    if not k or not exact:
+        return None
+    kth = sorted(exact.values(), reverse=True)[min(k, len(exact)) - 1]
+    return sum(exact[i] >= kth - 1e-9 * max(1.0, abs(kth)) for i in top) / k
 
 
 def missed_effect(calibration: list[float], unchecked: int, threshold: float | None,
