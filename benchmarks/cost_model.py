@@ -1,6 +1,7 @@
 """The cost model's estimate against the measured time of each rule, on the embedded examples.
 
     python benchmarks/cost_model.py [--examples digits,induction,minilm] [--extend-select D] [--device cpu]
+    python benchmarks/cost_model.py --spec path/to/audit.toml --cpu-clock [--select L202,R304]
 
 Each example is audited in its own process (``mechaudit audit --example NAME --out DIR -q``); its findings.json
 holds the plan (``metadata.plan``: each rule's estimated forward and backward passes, memory and seconds on
@@ -8,6 +9,11 @@ this machine) and each rule's measured seconds (``rules[].seconds``). Printed pe
 measured / estimate. A ratio near 1 means the estimate is right; the plan refuses or reduces a rule only when
 its estimate exceeds ``--rule-timeout``, so an estimate that is high by a factor f makes the plan act f times
 too early, and one that is low by f leaves the wall-clock time-out to stop the rule.
+
+``--cpu-clock`` times with the audit process's CPU seconds instead of the wall clock (``time.perf_counter`` is
+``time.process_time`` there; set ``OMP_NUM_THREADS=1`` so that CPU seconds are compute seconds): the calibration
+and every rule are then timed alike however loaded the machine is, and the rule time-out is off. ``--spec``
+audits a spec instead of the examples (e.g. a reduced GPT-2-small shape from ``benchmarks/gpt2_small.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +27,16 @@ import tempfile
 from pathlib import Path
 
 
-def audit(example: str, out: Path, extra: list[str]) -> dict:
-    command = [sys.executable, "-m", "mechaudit", "audit", "--example", example, "--out", str(out), "-q", *extra]
-    subprocess.run(command, check=False)
+def audit(example: str, out: Path, extra: list[str], cpu_clock: bool = False) -> dict:
+    """Audit ``example`` (an example's name, or a spec's path) in its own process; its findings.json."""
+    target = ["--example", example] if not example.endswith(".toml") else [example]
+    argv = ["audit", *target, "--out", str(out), "-q", "--format", "json", *extra]
+    if cpu_clock:
+        argv += ["--rule-timeout", "0"]
+    code = ("import sys, time\n" + ("time.perf_counter = time.process_time\n" if cpu_clock else "")
+            + f"from mechaudit.cli import main\nsys.exit(main({argv!r}))\n")
+    subprocess.run([sys.executable, "-c", code], check=False,
+                   cwd=Path(example).parent if example.endswith(".toml") else None)
     return json.loads((out / "findings.json").read_text(encoding="utf-8"))
 
 
@@ -39,13 +52,17 @@ def main() -> None:
     parser.add_argument("--examples", default="digits,induction,minilm")
     parser.add_argument("--extend-select", default="", help="also run these (opt-in) rules, e.g. D")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--spec", default="", help="audit this spec (audit.toml) instead of the examples")
+    parser.add_argument("--select", default="", help="only these rules (comma-separated)")
+    parser.add_argument("--cpu-clock", action="store_true", help="time with the audit process's CPU seconds")
     args = parser.parse_args()
     extra = ["--device", args.device] + (["--extend-select", args.extend_select] if args.extend_select else [])
+    extra += ["--select", args.select] if args.select else []
     ratios = []
-    for example in args.examples.split(","):
+    for example in [str(Path(args.spec).resolve())] if args.spec else args.examples.split(","):
         with tempfile.TemporaryDirectory() as folder:
             try:
-                result = audit(example, Path(folder) / "out", extra)
+                result = audit(example, Path(folder) / "out", extra, args.cpu_clock)
             except FileNotFoundError:
                 print(f"{example}: no findings.json (is its extra installed?)")
                 continue

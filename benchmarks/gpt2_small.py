@@ -8,6 +8,10 @@ random tokens; the label is the last prompt token itself, which a random GPT-2 w
 chance (the token's own embedding survives in the residual stream), so the declared behaviour is present. The
 corrupted prompt replaces that token. Targets (issue 16, 2 CPU cores): the default audit <= 15 min wall and
 <= 8 GiB peak RSS. ``--blocks N`` audits the first N blocks only (a reduced run on a loaded machine).
+``--plan`` prints the default audit's plan (``mechaudit audit --plan``: each rule's estimated passes and seconds)
+and runs nothing; ``--calibration-ms FORWARD,BACKWARD`` plans with those milliseconds per sample-forward and
+sample-backward (and no per-call overhead) instead of timing this machine, so plans made under different loads
+compare (e.g. ``88.5,133``: this shape on an otherwise idle 2-core machine, measured with ``--plan``).
 """
 
 from __future__ import annotations
@@ -63,6 +67,37 @@ def prompts(count: int, tokens: int, vocabulary: int, seed: int = 0) -> dict[str
     return {"inputs": inputs, "labels": inputs[:, -1].copy(), "corrupted": corrupted}
 
 
+PLAN = """import dataclasses, sys
+import mechaudit.engine as engine
+from mechaudit.cli import main
+fixed = {fixed!r}
+measured = engine.measure
+
+
+def measure(context, isolate):
+    sizes, calibration = measured(context, isolate)
+    if fixed:
+        calibration = dataclasses.replace(calibration, forward_seconds=fixed[0] / 1e3, backward_seconds=fixed[1] / 1e3,
+                                          call_seconds=0.0)
+    return sizes, calibration
+
+
+engine.measure = measure
+sys.exit(main(["audit", "audit.toml", "--plan"]))
+"""
+
+
+def print_plan(spec: Path, calibration_ms: str) -> None:
+    """The default audit's plan, with this machine's calibration or the given milliseconds per sample."""
+    import subprocess
+    import sys
+
+    fixed = tuple(float(part) for part in calibration_ms.split(",")) if calibration_ms else None
+    done = subprocess.run([sys.executable, "-c", PLAN.format(fixed=fixed)], capture_output=True, text=True,
+                          cwd=spec.parent)
+    print("\n".join(line for line in (done.stdout + done.stderr).splitlines() if " skip " not in line))
+
+
 def layer_list(names: list[str]) -> str:
     return "[" + ", ".join(f'"{name}"' for name in names) + "]"
 
@@ -75,6 +110,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 layers of 64: proves the script in a minute")
     parser.add_argument("--skip-streams", action="store_true", help="only the default audit")
     parser.add_argument("--timeout", type=float, default=3600, help="kill an audit after this many seconds")
+    parser.add_argument("--plan", action="store_true", help="print the default audit's plan and run nothing")
+    parser.add_argument("--calibration-ms", default="", help="with --plan: FORWARD,BACKWARD ms per sample")
     args = parser.parse_args()
     blocks = min(args.blocks, 2) if args.quick else args.blocks
     vocabulary = 1000 if args.quick else 50257
@@ -87,6 +124,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         spec = write_spec(folder, SPEC.format(quick=str(args.quick).lower(), layers=layer_list(units)), data, MODEL)
+        if args.plan:
+            print_plan(spec, args.calibration_ms)
+            return
         run = run_audit(spec, folder / "default", timeout=args.timeout)
         print_run("default rulebook: heads and MLP neurons", run, "<= 15 min, <= 8 GiB")
         if not args.skip_streams:

@@ -214,7 +214,9 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
     widest = max((a.units * b.values for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}), default=0)
     weight_bytes = VALUE_BYTES * min(3.0 * batch * widest, 2.0 * CHUNK_ELEMENTS)
     # whether a pair splits by unit is checked on the first batch: one forward of a batch and two VJPs per pair
-    check = Cost(forward=batch * len(pairs), backward=batch * len(pairs) / max(1, len(layers)), calls=2 * len(pairs))
+    # that may split (both sides neurons or channels; a pair with heads or a stream never does, unchecked)
+    checked = sum(1 for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"})
+    check = Cost(forward=batch * checked, backward=batch * checked / max(1, len(layers)), calls=2 * checked)
     # pairs not read off the weights (heads, streams): min(U, V) backward passes between the two layers, each
     # about one layer's share of the model (techniques.gradient_edges); pairs wider than MAX_PASSES on both sides
     # are screened (circuits._screened_pair): one more forward (clean and reference) and backward pass over all

@@ -21,6 +21,7 @@ from mechaudit.model_view import Layer, ModelView
 from mechaudit.spec import load_spec
 from mechaudit.techniques import ablation, atp
 from mechaudit.techniques.ablation import ablation_loop, ablation_outputs
+from mechaudit.techniques.ablation_scan import AblationScanner
 from mechaudit.techniques.cue_sensitivity import cue_sensitivity
 
 WIDTH, CRITICAL = 300, 137
@@ -72,6 +73,62 @@ def test_the_screen_puts_the_planted_critical_unit_in_its_top_k_and_only_the_cho
     assert screen["top_k_recall"] == 1.0
     assert screen["missed"]["unchecked"] == WIDTH - 8 and screen["missed"]["calibration_over_threshold"] == 0
     assert 0 < screen["missed"]["unchecked_over_threshold_at_most"] < WIDTH - 8
+
+
+def test_screened_audits_run_only_the_flagged_ablation_unless_asked_for_all() -> None:
+    (one,) = [f for f in _audit(1).findings if f.status == "fail"]
+    assert one.evidence["screen"]["exact_modes"] == ["mean"] and "zero_drop" not in one.evidence
+    (every,) = [f for f in _audit(1, screened_modes="all").findings if f.status == "fail"]
+    assert every.evidence["screen"]["exact_modes"] == ["zero", "mean", "resample"] and "zero_drop" in every.evidence
+
+
+class WithSideLayer(WideThreeClasses):
+    """``WideThreeClasses`` and a narrow side layer (20 units, below the screen's threshold on its own) whose
+    small contribution to class 1 no single unit carries."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.side, self.side_out = nn.Linear(4, 20), nn.Linear(20, 3, bias=False)
+        with torch.no_grad():
+            self.side_out.weight.fill_(0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.side_out(torch.relu(self.side(x)))
+
+
+def _side_audit(**params):
+    inputs = torch.randn(600, 4, generator=torch.Generator().manual_seed(0))
+    model = WithSideLayer().eval()
+    labels = model(inputs).argmax(-1).detach()
+    return mechaudit.audit(model, inputs, labels=labels, select=["L202"], rules={"L202": {**SMALL_SCREEN, **params}})
+
+
+def test_one_budget_ranks_every_layer_together_and_layer_top_k_keeps_each_layer_s_best_unit_exact() -> None:
+    result = _side_audit(layer_top_k=1)
+    (failing,) = [f for f in result.findings if f.status == "fail" and f.metric == "class_accuracy_drop"]
+    assert failing.location.component == f"fc1:u{CRITICAL}"  # (fc2 is hidden here: the side layer adds to it)
+    screen = failing.evidence["screen"]
+    assert screen["scored"] > WIDTH + 20 - 1 and screen["screen_top_k"] == 4 and screen["calibration"] == 4
+    layers = {f.location.layer for f in result.findings}
+    assert "side" in layers  # below the threshold alone, ranked with fc1: its best unit ablated exactly
+    assert screen["checked_exactly"] <= 4 + 4 + len(layers) and screen["layer_top"] >= 1
+    assert any(name.startswith("side:") for name in screen["checked"])
+
+
+def test_a_layer_without_an_exactly_ablated_unit_is_judged_on_the_screen_s_prediction() -> None:
+    result = _side_audit(calibration=0)
+    (side,) = [f for f in result.findings if f.location.layer == "side"]
+    assert side.metric == "predicted_accuracy_drop" and side.status == "pass" and "ablated exactly" in side.message
+    assert not any(name.startswith("side:") for name in side.evidence["screen"]["checked"])
+
+
+def test_top_k_recall_resolves_ties_for_the_screen_and_the_lenient_variant_counts_every_tied_pick() -> None:
+    exact = {0: 0.5, 1: 0.3, 2: 0.2, 3: 0.2, 4: 0.1}
+    for recall in (atp.top_k_recall, atp.top_k_recall_at_kth):
+        assert recall([0, 1, 3], exact) == 1.0  # unit 3 ties with the k-th exact value (unit 2's)
+        assert recall([0, 1, 4], exact) == pytest.approx(2 / 3)
+    tied = {0: 0.5, 2: 0.2, 3: 0.2}  # both picks tie at the k-th value, one place left, unit 0 missed
+    assert atp.top_k_recall([2, 3], tied) == 0.5 and atp.top_k_recall_at_kth([2, 3], tied) == 1.0
 
 
 def test_with_random_screen_scores_the_planted_unit_is_missed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,6 +193,40 @@ def test_batched_hook_ablation_keeps_each_chunk_of_outputs_within_its_byte_bound
     assert max(sizes) <= bound and len(sizes) == 5  # one copy to measure, then chunks of four
     expected = ablation_loop(model, model.fc1, layer, inputs, list(range(16)), values).argmax(-1)
     assert torch.equal(got, expected)
+
+
+class TwoHiddenUntraceable(nn.Module):
+    """Two hidden layers and a data-dependent branch (not traceable: the scan uses batched hooks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.head = nn.Linear(4, 16), nn.Linear(16, 16), nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return self.head(hidden) if float(x.sum()) > -1e9 else -self.head(hidden)
+
+
+def test_untraceable_resample_scan_captures_every_layer_s_source_in_one_pass_and_stays_exact() -> None:
+    model = TwoHiddenUntraceable().eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs, source = torch.randn(8, 4, generator=generator), torch.randn(8, 4, generator=generator)
+    view = ModelView.discover(model, inputs[:2])
+    layers = [view.layer("fc1"), view.layer("fc2")]
+    scanner = AblationScanner(view, layers, torch.device("cpu"), inputs[:2])
+    calls = []
+    model.register_forward_pre_hook(lambda _module, args: calls.append(len(args[0])))
+    units = {"fc1": [0, 5, 9], "fc2": [1, 2]}
+    zeros = {"fc1": torch.zeros(16, 1), "fc2": torch.zeros(16, 1)}
+    scanner.scan(inputs, {"zero": (zeros, None)}, batch_size=8, units=units)
+    ablations = len(calls)
+    calls.clear()
+    got = scanner.scan(inputs, {"resample": (None, source)}, batch_size=8, units=units)["resample"]
+    assert len(calls) == ablations + 1  # the source runs once for both layers
+    for layer in layers:
+        expected = ablation_loop(model, getattr(model, layer.name), layer, inputs, units[layer.name], source=source)
+        assert torch.allclose(got[layer.name], expected)
 
 
 CARRIER = 211

@@ -136,10 +136,13 @@ class CircuitFaithfulnessEvidence(TypedDict, total=False):
 
 
 def _cost(sizes: Sizes, params: CircuitFaithfulnessParams) -> Cost:
-    """The shared edge scores and references, then one forward pass per ablated set: the circuit, its
-    complement, ``random_circuits``, two per curve point and one per ``minimality_nodes``."""
+    """The shared edge scores and references, then one forward pass per distinct ablated set: the circuit, its
+    complement, everything (unless mean-ablated: a shared reference), ``random_circuits``, two per curve point
+    (the curve's ends and the circuit's own size are measured already) and one per ``minimality_nodes``."""
     n = sizes.n(params.samples)
-    passes = 3 + params.random_circuits + 2 * len(SIZES) + params.minimality_nodes
+    inner = [size for size in SIZES if 0.0 < size < 1.0]
+    passes = (2 + (params.ablation != "mean") + params.random_circuits + 2 * len(inner)
+              - (params.circuit_fraction in inner) + params.minimality_nodes)
     return (edge_scores(sizes, n) + circuit_references(sizes, n) + forwards(sizes, n, passes))
 
 

@@ -6,6 +6,7 @@ token."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 from typing import TypedDict
@@ -13,9 +14,8 @@ from typing import TypedDict
 import numpy as np
 import torch
 
-from ..activations import batches
 from ..context import AuditContext
-from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, checked_exactly, forwards, stats_pass, with_gradients
+from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, with_gradients
 from ..findings import Location, Measurement
 from ..techniques import atp
 from ..techniques.ablation import MAX_OUTPUT_BYTES
@@ -71,26 +71,34 @@ on `digits` (`classifier.0:u12`, class 2; three units above 25 points). This rul
 does not judge them (a class of 20 samples moves 5 points per sample, so its drops are noisy at the default
 gate); the compliance rulebook does. Batched hooks bound each chunk of ablations by the bytes of its outputs
 (512 MiB before they are reduced to predictions), so a large vocabulary cannot exhaust memory.
-Screen, then confirm (AtP*, Kramar et al. 2024): a layer of more than 256 units (unless `exhaustive = true`) is
-first scored whole by attribution patching, one forward and one backward pass per batch: per sample, the
-first-order change of the label margin (label logit minus the best other logit) when the unit takes its
+Screen, then confirm (AtP*, Kramar et al. 2024): an audit of more than 256 units in all its layers together (unless
+`exhaustive = true`) is first scored whole by attribution patching, one forward and one backward pass per batch: per
+sample, the first-order change of the label margin (label logit minus the best other logit) when the unit takes its
 replacement, (a_new - a) . d margin / da; the screen's accuracy drop is the mean over samples of the probability
-that the margin changes sign when that estimate is off by a normal error of 15% of its size. Only the
-`screen_top_k` units it ranks highest and a seeded random `calibration` sample of the others are ablated exactly,
-in every mode, and the findings come from those exact drops. Each finding's `screen` evidence gives the method,
-the units scored, those ablated exactly, the calibration size, the Spearman correlation of screen and exact over
-them, the recall of their exact top-k by the screen's top-k, and what the screen may have missed: the largest
-exact drop in the calibration sample and a one-sided 95% Clopper-Pearson bound on how many unchecked units drop
-accuracy by more than `max_accuracy_drop` (about 3/c of them when none of c calibration units does). Layers of at
-most 256 units, every layer of the embedded examples, are ablated exactly, so their verdicts are the exact scan's.
-Measured (`benchmarks/atp_screen.py`, mean ablation, every unit): Spearman of screen and exact accuracy drop
-0.95 on `digits` (recall of the exact top 10: 0.8) and 1.00 on `induction` (its two planted heads are the
-screen's top two); the first-order margin change itself agrees with the exact one at 0.95 (`digits`, top-10
-recall 0.9); on the 2,048 `mlp.c_fc` neurons of a random-weight 2-layer, 256-wide GPT-2 0.86 (top-32 recall
-0.88), the screen 840x faster than the exact scan of every neuron. Of AtP*'s fixes, the QK fix does not apply
-(a head component is the head's output, after its softmax); cancellation over samples cannot happen (scored per
-sample); GradDrop (path-wise cancellation) is not implemented: the calibration bound states what any such
-failure could hide.
+that the margin changes sign when that estimate is off by a normal error of 15% of its size. Every unit of every
+layer is ranked together (one budget for the audit, not one per layer): only the `screen_top_k` units it ranks
+highest overall, each layer's `layer_top_k` best (none by default; 1 makes every layer's verdict rest on an exact
+ablation) and a seeded random `calibration` sample of all the others are ablated exactly, and the findings come from
+those exact drops; a layer none of whose units was ablated exactly gets a `predicted_accuracy_drop` finding, its
+largest drop as the screen predicts it, judged against the same threshold. Screened, only the flagged ablation runs
+exactly (`screened_modes = "flagged"`: mean by default; `all` runs every mode of `modes`): on a GPT-2-small-shaped
+audit (144 heads and 36,864 `c_fc` neurons, 64 prompts) each exact ablation is a forward pass of the 124 M-parameter
+model over every prompt, and three modes per layer did not fit 15 minutes on two cores (issue 16). Each finding's
+`screen` evidence gives the method, the units scored, those ablated exactly, the calibration size, the modes run
+exactly (`exact_modes`), the Spearman correlation of screen and exact over them, the recall of their exact top-k by
+the screen's top-k (and the lenient `top_k_recall_at_kth`), and what the screen may have missed: the largest exact
+drop in the calibration sample and a one-sided 95% Clopper-Pearson bound on how many unchecked units drop accuracy
+by more than `max_accuracy_drop` (about 3/c of them when none of c calibration units does). Audits of at most 256
+units, every embedded example, are ablated exactly in every mode, so their verdicts are the exact scan's.
+Measured (`benchmarks/atp_screen.py`, mean ablation, every unit): Spearman of screen and exact accuracy drop 0.95 on
+`digits` (recall of the exact top 10: 0.8, ties resolved for the screen: it misses two units strictly above the 10th
+drop, 4.4 and 1.9 points, while two of its picks tie at the 10th, 1.7 points; the lenient `top_k_recall_at_kth`, the
+share of picks at or above the 10th drop, is 0.9) and 1.00 on `induction` (its two planted heads are the screen's
+top two); the first-order margin change itself agrees with the exact one at 0.95 (`digits`, top-10 recall 0.9); on
+the 2,048 `mlp.c_fc` neurons of a random-weight 2-layer, 256-wide GPT-2 0.86 (top-32 recall 0.88), the screen 840x
+faster than the exact scan of every neuron. Of AtP*'s fixes, the QK fix does not apply (a head component is the
+head's output, after its softmax); cancellation over samples cannot happen (scored per sample); GradDrop (path-wise
+cancellation) is not implemented: the calibration bound states what any such failure could hide.
 """,
     fix="""
 Add redundancy (dropout, wider layers), or make sure the critical unit encodes something intended: look at
@@ -120,9 +128,14 @@ class CriticalUnitsParams:
     modes: str = param("zero,mean,resample", choices=MODE_SETS, doc="ablations measured and reported")
     flag_on: str = param("mean", choices=(*MODES, "any"), doc="which ablation's drop flags a unit")
     top_k: int = param(10, low=1, doc="units listed per layer in the evidence")
-    exhaustive: bool = exhaustive_param("ablated", "units of a layer")
-    screen_top_k: int = param(64, low=1, doc="screened layers: units the screen ranks highest, ablated exactly")
-    calibration: int = calibration_param("ablated", 64)
+    exhaustive: bool = exhaustive_param("ablated", "units in all audited layers together")
+    screen_top_k: int = param(16, low=1, doc="screened: units the screen ranks highest over all audited layers "
+                                             "together, ablated exactly")
+    layer_top_k: int = param(0, low=0, doc="screened: also each layer's units the screen ranks highest, ablated "
+                                           "exactly (1: every layer's verdict rests on an exact ablation)")
+    calibration: int = calibration_param("ablated")
+    screened_modes: str = param("flagged", choices=("flagged", "all"),
+                                doc="screened: the ablations run exactly, only the flag_on one(s) or all modes")
 
 
 class CriticalUnitsEvidence(TypedDict, total=False):
@@ -146,22 +159,26 @@ class CriticalUnitsEvidence(TypedDict, total=False):
 
 
 def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
-    """The screen when a layer is screened (one forward and backward pass per batch for every screened layer
-    together, the margins' forward pass, and the source's forward pass when resample is among the flagged modes),
-    then one forward pass (after the layer) per exactly ablated unit and mode over the audit's samples, in chunks
-    of up to 8192 batch copies whose outputs stay within the scan's output bound (their activations and outputs in
-    memory)."""
-    n, modes = sizes.n(), len(params.modes.split(","))
+    """Exact: one forward pass (after the layer) per unit and mode over the audit's samples. Screened (more than
+    the screen's threshold of units in all layers together): the screen (one forward and backward pass per batch,
+    and the source's forward pass when resample is among the flagged modes), then one
+    forward pass per exactly checked unit (the global top-k, each layer's top and the calibration sample) and run
+    mode. Ablations go in chunks of up to 8192 batch copies whose outputs stay within the scan's output bound."""
+    n = sizes.n()
     flagged = params.modes.split(",") if params.flag_on == "any" else [params.flag_on]
+    screened = is_screened(params, sizes.hidden_units)
+    modes = len(flagged if screened and params.screened_modes == "flagged" else params.modes.split(","))
     batch = min(n, sizes.batch_size) or 1
     output_bytes = batch * VALUE_BYTES * max(1, sizes.output_values)  # one ablated copy's outputs
     copies = max(1, min(8192 // batch, MAX_OUTPUT_BYTES // output_bytes))
-    exact = [checked_exactly(layer.units, params.exhaustive, params.screen_top_k, params.calibration)
-             for layer in sizes.hidden]
-    screened = sum(units < layer.units for units, layer in zip(exact, sizes.hidden))
-    calls = sizes.batches(n) * modes * sum(-(-units // copies) for units in exact)
-    screen = (with_gradients(sizes, n, 1) + forwards(sizes, n, 1 + ("resample" in flagged)) if screened
-              else Cost())
+    if screened:
+        pooled = min(sizes.hidden_units, params.screen_top_k + params.calibration)
+        exact = [min(layer.units, params.layer_top_k + pooled * layer.units / sizes.hidden_units)
+                 for layer in sizes.hidden]  # the pooled budget falls on layers by their share of the units
+    else:
+        exact = [layer.units for layer in sizes.hidden]
+    calls = sizes.batches(n) * modes * sum(math.ceil(units / copies) for units in exact)
+    screen = (with_gradients(sizes, n, 1) + forwards(sizes, n, "resample" in flagged) if screened else Cost())
     return stats_pass(sizes) + screen + Cost(forward=n * (modes * sum(exact) + 1), calls=calls,
                                              peak_bytes=min(copies, max(exact, default=1)) * batch
                                              * sizes.activation_bytes)
@@ -181,22 +198,31 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
     inputs, labels = context.data.inputs[indices], context.data.labels[indices]
     predictions = context.predictions[indices]
     layers = context.view.hidden_layers
-    replacements = _replacements(context, modes, inputs)
     flagged = modes if params.flag_on == "any" else [params.flag_on]
-    selections, screens = _screen(context, params, layers, inputs, labels, replacements, flagged)
+    screened = is_screened(params, sum(layer.size for layer in layers))
+    if screened and params.screened_modes == "flagged":
+        modes = flagged  # one ablation (the flagged one) per exactly checked unit at real size
+    replacements = _replacements(context, modes, inputs)
+    pool = _screen(context, params, layers, inputs, labels, replacements, flagged) if screened else None
+    units = pool.units() if pool else {layer.name: list(range(layer.size)) for layer in layers}
     scanner = AblationScanner(context.view, layers, context.device, inputs[:2])
     scanned = scanner.scan(inputs, replacements, batch_size=context.batch_size,
-                           reduce=lambda outputs, _samples: context.logits(outputs).argmax(-1),
-                           units={layer.name: selections[layer.name].checked for layer in layers})
+                           reduce=lambda outputs, _samples: context.logits(outputs).argmax(-1), units=units)
     classes = labels.unique().tolist()
     base_accuracy = float((predictions == labels).float().mean())
     base_class = {c: float((predictions[labels == c] == c).float().mean()) for c in classes}
     judged = [c for c in classes if int((labels == c).sum()) >= params.min_class_samples]
     base_correct = (predictions == labels).float()
+    flagged_drops = {layer.name: torch.stack([base_accuracy - (scanned[m][layer.name] == labels).float().mean(dim=1)
+                                              for m in flagged]).amax(dim=0) for layer in layers if units[layer.name]}
+    pooled_screen = pool.evidence(flagged_drops, modes, params) if pool else None
     findings = []
     for layer in layers:
-        selection = selections[layer.name]
-        ids = selection.checked  # row j of the exact results is unit ids[j]
+        ids = units[layer.name]  # row j of the exact results is unit ids[j]
+        screen = pooled_screen or _exact_evidence(layer.size, params)
+        if not ids:
+            findings.append(pool.unchecked_layer(layer, screen, params))
+            continue
         drops, class_drops, corrects = {}, {}, {}
         for mode in modes:
             correct = corrects[mode] = (scanned[mode][layer.name] == labels).float()  # (checked units, samples)
@@ -206,12 +232,11 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
 
         def interval(row: int | None = None, chosen: torch.Tensor | None = None) -> Interval | None:
             return _drop_interval(base_correct, flagged_correct, row, chosen, context.seed)
-        drop = torch.stack([drops[m] for m in flagged]).amax(dim=0)
+        drop = flagged_drops[layer.name]
         class_drop = torch.stack([class_drops[m] for m in flagged]).amax(dim=0)  # (checked units, classes)
         judged_columns = [classes.index(c) for c in judged]
         worst_class = (class_drop[:, judged_columns].amax(dim=1) if judged_columns
                        else torch.zeros(len(ids)))
-        screen = _screen_evidence(layer, selection, screens.get(layer.name), drop, params)
         ranked = drop.argsort(descending=True).tolist()
         table = [_row(layer, ids[j], j, drops, class_drop, classes, context) for j in ranked[:params.top_k]]
         critical = [j for j in ranked if drop[j] > params.max_accuracy_drop]
@@ -256,44 +281,87 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
     return findings
 
 
-def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list, inputs: torch.Tensor,
-            labels: torch.Tensor, replacements: dict, flagged: list[str]) -> tuple[dict, dict]:
-    """Per layer, the units ablated exactly (:class:`~mechaudit.techniques.atp.Selection`) and, for the screened
-    layers (more than :data:`~mechaudit.techniques.atp.SCREEN_ABOVE` units, unless ``exhaustive``), the screen's
-    predicted accuracy drop of every unit (the largest over the flagged modes)."""
-    screened = [layer for layer in layers if layer.size > atp.SCREEN_ABOVE and not params.exhaustive]
-    selections = {layer.name: atp.everything(layer.size) for layer in layers}
-    if not screened:
-        return selections, {}
+def is_screened(params: CriticalUnitsParams, units: int) -> bool:
+    """Whether the audit's ``units`` (every audited hidden layer together) are screened before exact ablation."""
+    return not params.exhaustive and units > atp.SCREEN_ABOVE
 
+
+@dataclass
+class _Pool:
+    """The screened audit: every unit of every layer scored together (index ``offsets[layer] + unit``) and the
+    :class:`~mechaudit.techniques.atp.Selection` ablated exactly."""
+
+    layers: list
+    offsets: dict[str, int]
+    scores: torch.Tensor
+    selection: atp.Selection
+
+    def units(self) -> dict[str, list[int]]:
+        """Per layer, its units ablated exactly (ascending)."""
+        chosen: dict[str, list[int]] = {layer.name: [] for layer in self.layers}
+        for index in self.selection.checked:
+            layer = self._layer_of(index)
+            chosen[layer.name].append(index - self.offsets[layer.name])
+        return chosen
+
+    def _layer_of(self, index: int):
+        return next(layer for layer in reversed(self.layers) if self.offsets[layer.name] <= index)
+
+    def unchecked_layer(self, layer, screen: dict, params: CriticalUnitsParams) -> Measurement:
+        """The finding of a layer none of whose units was ablated exactly: judged on the screen's prediction."""
+        start = self.offsets[layer.name]
+        predicted = float(self.scores[start:start + layer.size].max())
+        return Measurement(
+            f"no unit of {layer.name} was ablated exactly: none ranks among the screen's top "
+            f"{len(self.selection.top)} of all layers or fell in the calibration sample (largest predicted drop "
+            f"{predicted:.1%}; the calibration bound in the evidence covers it)",
+            location=Location.of_layer(layer.name), metric="predicted_accuracy_drop", value=predicted,
+            threshold=params.max_accuracy_drop, evidence={"screen": screen})
+
+    def evidence(self, drops: dict[str, torch.Tensor], modes: list[str], params: CriticalUnitsParams) -> dict:
+        """The ``screen`` evidence every finding carries: the pooled screen and its measured agreement."""
+        units = self.units()
+        exact = {self.offsets[name] + unit: float(drops[name][j]) for name, ids in units.items()
+                 for j, unit in enumerate(ids)}
+        names = [layer.address(u) for layer in self.layers for u in range(layer.size)]
+        found = atp.report(self.selection, self.scores, exact, names, "attribution patching (AtP*): predicted "
+                           "accuracy drop from first-order margin changes, one forward and one backward pass per "
+                           "batch, every unit of every audited layer ranked together",
+                           threshold=params.max_accuracy_drop)
+        return {**found.to_evidence(), "screen_top_k": len(self.selection.top),
+                "layer_top": len(self.selection.extra), "exact_modes": list(modes)}
+
+
+def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list, inputs: torch.Tensor,
+            labels: torch.Tensor, replacements: dict, flagged: list[str]) -> _Pool:
+    """Every unit of every layer scored by the screen (its predicted accuracy drop, the largest over the flagged
+    modes) and ranked together: the ``screen_top_k`` best overall, each layer's ``layer_top_k`` best and a seeded
+    random ``calibration`` sample of the others are ablated exactly."""
     def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return atp.label_margin(context.logits(outputs), targets)
-    estimates = atp.ablation_estimates(context.view, screened, inputs, labels, margin,
-                                       {m: replacements[m] for m in flagged}, context.batch_size, context.device)
-    with torch.no_grad():
-        margins = torch.cat([margin(context.model(batch).float(), labels[start:start + len(batch)].to(batch.device))
-                             .cpu() for start, batch in batches(inputs, context.batch_size, context.device)])
-    screens = {}
-    for layer in screened:
-        scores = torch.stack([atp.predicted_accuracy_drop(estimates[m][layer.name], margins) for m in flagged])
-        screens[layer.name] = scores.amax(dim=0)
-        selections[layer.name] = atp.select(screens[layer.name], params.screen_top_k, params.calibration, context.seed)
-    return selections, screens
+    measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
+    estimates = atp.ablation_estimates(context.view, layers, inputs, labels, margin,
+                                       {m: replacements[m] for m in flagged}, context.batch_size, context.device,
+                                       measured)
+    margins = torch.cat(measured)
+    offsets, scores, best, total = {}, [], [], 0
+    for layer in layers:
+        layer_scores = torch.stack([atp.predicted_accuracy_drop(estimates[m][layer.name], margins)
+                                    for m in flagged]).amax(dim=0)
+        offsets[layer.name] = total
+        best += [total + u for u in layer_scores.argsort(descending=True, stable=True)[:params.layer_top_k].tolist()]
+        scores.append(layer_scores)
+        total += layer.size
+    pooled = torch.cat(scores)
+    return _Pool(layers, offsets, pooled, atp.select(pooled, params.screen_top_k, params.calibration, context.seed,
+                                                     also=best))
 
 
-def _screen_evidence(layer, selection: atp.Selection, screen: torch.Tensor | None, drop: torch.Tensor,
-                     params: CriticalUnitsParams) -> dict:
-    """The ``screen`` evidence of one layer: exact for every unit, or the screen and its measured agreement."""
-    names = [layer.address(u) for u in range(layer.size)]
-    if screen is None:
-        why = "exhaustive = true" if params.exhaustive else f"at most {atp.SCREEN_ABOVE} units"
-        return {"method": f"exact ablation of every unit ({why})", "scored": layer.size,
-                "checked_exactly": layer.size, "calibration": 0}
-    exact = {unit: float(drop[j]) for j, unit in enumerate(selection.checked)}
-    found = atp.report(selection, screen, exact, names, "attribution patching (AtP*): predicted accuracy drop from "
-                       "first-order margin changes, one forward and one backward pass per batch",
-                       threshold=params.max_accuracy_drop)
-    return found.to_evidence()
+def _exact_evidence(units: int, params: CriticalUnitsParams) -> dict:
+    """The ``screen`` evidence of a layer of ``units`` units, all ablated exactly (the audit is not screened)."""
+    why = "exhaustive = true" if params.exhaustive else f"at most {atp.SCREEN_ABOVE} units"
+    return {"method": f"exact ablation of every unit ({why})", "scored": units, "checked_exactly": units,
+            "calibration": 0}
 
 
 def _drop_interval(base_correct: torch.Tensor, correct: torch.Tensor, unit: int | None, chosen: torch.Tensor | None,

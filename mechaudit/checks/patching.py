@@ -144,11 +144,16 @@ class PatchingEvidence(TypedDict, total=False):
 def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
     """On ``samples`` pairs: the clean and corrupted runs, attribution patching (two forward and backward
     passes), then the exact patch of each component checked exactly (every one up to the screen's threshold,
-    else the screen's ``top_k`` and a calibration sample; the model after each one's layer: about half a forward
-    pass each)."""
+    else the screen's ``top_k`` and a calibration sample; a forward pass each: the layers after it where the model
+    can be traced, the whole model where it cannot, as Hugging Face GPT-2) and one pass of the clean inputs they
+    are patched from; for token-id models, the evidence's integrated gradients over a few prompts (charged to
+    every model: a few hundred sample-passes)."""
+    from ..techniques.token_attribution import MAX_SAMPLES, N_STEPS
+
     n = sizes.n(params.samples)
     exact = checked_exactly(sizes.hidden_units, params.exhaustive, params.top_k, params.calibration)
-    return forwards(sizes, n, 2 + exact / 2) + with_gradients(sizes, n, 2, copies=3)
+    return (forwards(sizes, n, 3 + exact) + with_gradients(sizes, n, 2, copies=3)
+            + with_gradients(sizes, min(n, MAX_SAMPLES) * N_STEPS))
 
 
 COST = RuleCost(_cost, reduce="samples")

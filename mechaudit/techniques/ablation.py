@@ -57,6 +57,20 @@ def _capture(model: nn.Module, module: nn.Module, layer: Layer, batch: torch.Ten
     return captured[0]
 
 
+def capture_layers(model: nn.Module, sites: list[tuple[nn.Module, Layer]], inputs: torch.Tensor, batch_size: int,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """Each layer's activations on ``inputs`` as (samples, units, positions), on the CPU, from one forward pass per
+    batch for all of them (``sites``: each layer's hooked module and the layer)."""
+    parts: dict[str, list[torch.Tensor]] = {layer.name: [] for _, layer in sites}
+
+    def keep(layer: Layer):
+        return lambda output, _args: parts[layer.name].append(units_view(output, layer).detach().to("cpu", copy=True))
+    with installed([register_hook(module, layer, keep(layer)) for module, layer in sites]), torch.no_grad():
+        for _, batch in batches(inputs, batch_size, device):
+            model(batch)
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
 def ablation_loop(model: nn.Module, module: nn.Module, layer: Layer, inputs: torch.Tensor, units: list[int],
                   values: torch.Tensor | None = None, batch_size: int = 256, device: torch.device | None = None,
                   source: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,19 +94,24 @@ def ablation_loop(model: nn.Module, module: nn.Module, layer: Layer, inputs: tor
 def ablation_outputs(model: nn.Module, module: nn.Module, layer: Layer, inputs: torch.Tensor, units: list[int],
                      values: torch.Tensor | None, batch_size: int, device: torch.device,
                      max_batch: int = 8192, source: torch.Tensor | None = None,
-                     reduce: Reduce | None = None, max_output_bytes: int = MAX_OUTPUT_BYTES) -> torch.Tensor:
+                     reduce: Reduce | None = None, max_output_bytes: int = MAX_OUTPUT_BYTES,
+                     source_values: torch.Tensor | None = None) -> torch.Tensor:
     """Model outputs with each unit in ``units`` ablated alone: shape (len(units), samples, outputs).
 
     ``values`` holds the replacement per unit and position, shape (layer units, positions); zeros give zero
     ablation, the dataset mean gives mean ablation. Or ``source``, inputs like ``inputs``: each sample's unit takes
     its value on the corresponding source sample (resample ablation). Memory is bounded by :func:`chunked`:
     at most ``max_batch`` rows per forward pass and ``max_output_bytes`` of outputs per chunk, each chunk reduced
-    (``reduce``, on the device) before the next one runs.
+    (``reduce``, on the device) before the next one runs. ``source_values``: the layer's activations on all of
+    ``source`` (samples, units, positions), when already captured (:func:`capture_layers`, one pass for every
+    layer), so that resample ablation and patching do not run the source again for each layer.
     """
     check_replacement(values, source, inputs)
     outputs = []
     for start, batch in batches(inputs, batch_size, device):
-        src = None if source is None else _capture(model, module, layer, source[start:start + len(batch)].to(device))
+        stop = start + len(batch)
+        src = (None if source is None else source_values[start:stop].to(device) if source_values is not None
+               else _capture(model, module, layer, source[start:stop].to(device)))
         samples = slice(start, start + len(batch))
 
         def run(chunk: list[int], batch=batch, src=src) -> torch.Tensor:

@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from .. import linear_maps
 from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, units_view
-from .ablation import MAX_OUTPUT_BYTES, Reduce, ablation_outputs, check_replacement, chunked, write_ablations
+from .ablation import (
+    MAX_OUTPUT_BYTES,
+    Reduce,
+    ablation_outputs,
+    capture_layers,
+    check_replacement,
+    chunked,
+    write_ablations,
+)
 from .model_cut import Cut, ModelCut, quiet_fx
 
 Mode = tuple
@@ -119,13 +127,16 @@ class AblationScanner:
                                     results[mode][layer.name] = []
                                 continue
                             results[name][layer.name].append(part)
-        for layer in layers:
-            if layer.name not in cuts:
-                for name, (values, source) in modes.items():
-                    results[name][layer.name] = [ablation_outputs(
-                        self.view.model, self.view.site(layer), layer, inputs, chosen[layer.name],
-                        None if values is None else values[layer.name], batch_size, self.device, max_batch, source,
-                        reduce, max_output_bytes)]
+        hooked = [layer for layer in layers if layer.name not in cuts]
+        captured = {id(source): capture_layers(self.view.model, [(self.view.site(layer), layer) for layer in hooked],
+                                               source, batch_size, self.device)
+                    for _, source in modes.values() if source is not None and hooked}  # one pass for every layer
+        for layer in hooked:
+            for name, (values, source) in modes.items():
+                results[name][layer.name] = [ablation_outputs(
+                    self.view.model, self.view.site(layer), layer, inputs, chosen[layer.name],
+                    None if values is None else values[layer.name], batch_size, self.device, max_batch, source,
+                    reduce, max_output_bytes, None if source is None else captured[id(source)][layer.name])]
         return {name: {layer: torch.cat(parts, dim=1) for layer, parts in per_layer.items()}
                 for name, per_layer in results.items()}
 

@@ -33,8 +33,8 @@ from ..activations import batches, hooked
 from ..model_view import Layer, ModelView, installed, units_view
 
 SCREEN_ABOVE = 256
-"""A rule screens a set of components (one layer for L202, all audited components for L207, L208 and R304) only
-when it holds more than this many; at or below it the exact intervention runs on every component, so the embedded
+"""A rule screens a set of components (all audited components: L202, L207, L208 and R304) only when it holds
+more than this many; at or below it the exact intervention runs on every component, so the embedded
 examples (at most 56 units per layer, 72 heads in all) keep their exact verdicts."""
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,12 +42,13 @@ Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def activations_and_gradients(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
-                              metric: Metric) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                              metric: Metric, values: list[torch.Tensor] | None = None
+                              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Each layer's activation on ``inputs`` and the gradient of the summed metric with respect to it (samples
     are independent in an evaluated model, so a sample's gradient is that of its own metric). A model with frozen
     parameters still gets gradients: an activation that does not require one is made a leaf that does. The model
     goes on with a copy, so an in-place operation after the layer (``nn.ReLU(inplace=True)``) neither changes the
-    kept activation nor modifies the leaf."""
+    kept activation nor modifies the leaf. ``values``, when given, receives the metric per sample (on the CPU)."""
     kept: dict[str, torch.Tensor] = {}
 
     def keep(output: torch.Tensor, name: str) -> torch.Tensor:
@@ -58,7 +59,10 @@ def activations_and_gradients(view: ModelView, layers: list[Layer], inputs: torc
     with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name)) for layer in layers), \
             torch.enable_grad():
         start = inputs.clone().requires_grad_(inputs.is_floating_point())
-        metric(view.model(start).float(), targets).sum().backward()
+        measured = metric(view.model(start).float(), targets)
+        if values is not None:
+            values.append(measured.detach().cpu())
+        measured.sum().backward()
     view.model.zero_grad(set_to_none=True)
     outputs = {name: value.detach() for name, value in kept.items()}
     grads = {name: value.grad if value.grad is not None else torch.zeros_like(value) for name, value in kept.items()}
@@ -67,15 +71,18 @@ def activations_and_gradients(view: ModelView, layers: list[Layer], inputs: torc
 
 def ablation_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
                        metric: Metric, modes: dict[str, tuple], batch_size: int = 256,
-                       device: torch.device | None = None) -> dict[str, dict[str, torch.Tensor]]:
+                       device: torch.device | None = None, metric_values: list[torch.Tensor] | None = None
+                       ) -> dict[str, dict[str, torch.Tensor]]:
     """First-order change of ``metric`` per sample when each unit alone is ablated: ``{mode: {layer: (units,
     samples)}}``. ``modes`` as for :meth:`~.ablation_scan.AblationScanner.scan`: ``(values, source)`` with
-    ``values`` {layer: (units, positions)} (zero, mean ablation) or ``source`` inputs (resample ablation)."""
+    ``values`` {layer: (units, positions)} (zero, mean ablation) or ``source`` inputs (resample ablation).
+    ``metric_values``, when given, receives each batch's metric per sample (from the same forward pass)."""
     device = device or torch.device("cpu")
     parts: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}
     for start, batch in batches(inputs, batch_size, device):
         stop = start + len(batch)
-        clean, grads = activations_and_gradients(view, layers, batch, targets[start:stop].to(device), metric)
+        clean, grads = activations_and_gradients(view, layers, batch, targets[start:stop].to(device), metric,
+                                                 metric_values)
         for mode, (values, source) in modes.items():
             replaced = (_recorded(view, layers, source[start:stop].to(device)) if source is not None else None)
             for layer in layers:
@@ -129,23 +136,29 @@ class Selection:
     top: list[int]
     calibration: list[int]
     scored: int
+    extra: list[int] = field(default_factory=list)
+    """Checked besides the screen's top-k and the calibration sample (L202: each layer's best-ranked units)."""
 
     @property
     def checked(self) -> list[int]:
-        return sorted(set(self.top) | set(self.calibration))
+        return sorted(set(self.top) | set(self.calibration) | set(self.extra))
 
     @property
     def unchecked(self) -> int:
         return self.scored - len(self.checked)
 
 
-def select(scores: torch.Tensor, top_k: int, calibration: int, seed: int) -> Selection:
-    """The ``top_k`` highest ``scores`` and a seeded random sample of ``calibration`` of the others."""
+def select(scores: torch.Tensor, top_k: int, calibration: int, seed: int, also: list[int] = ()) -> Selection:
+    """The ``top_k`` highest ``scores``, the indices ``also`` (kept as :attr:`Selection.extra` where not in the
+    top) and a seeded random sample of ``calibration`` of the others."""
     order = scores.argsort(descending=True, stable=True).tolist()
-    top, rest = order[:top_k], order[top_k:]
+    top = order[:top_k]
+    extra = sorted(set(also) - set(top))
+    skipped = set(extra)
+    rest = [i for i in order[top_k:] if i not in skipped]
     generator = torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(rest), generator=generator)[:calibration].tolist() if rest else []
-    return Selection(top, sorted(rest[i] for i in picked), len(scores))
+    return Selection(top, sorted(rest[i] for i in picked), len(scores), extra)
 
 
 def everything(count: int) -> Selection:
@@ -164,37 +177,54 @@ class ScreenReport:
     spearman: float | None
     top_k_recall: float | None
     missed: dict = field(default_factory=dict)
+    top_k_recall_at_kth: float | None = None
 
     def to_evidence(self) -> dict:
         return {"method": self.method, "scored": self.scored, "checked_exactly": len(self.checked),
                 "checked": self.checked, "calibration": self.calibration, "spearman": self.spearman,
-                "top_k_recall": self.top_k_recall, "missed": self.missed}
+                "top_k_recall": self.top_k_recall, "top_k_recall_at_kth": self.top_k_recall_at_kth,
+                "missed": self.missed}
 
 
 def report(selection: Selection, screen: torch.Tensor, exact: dict[int, float], names: list[str], method: str,
            threshold: float | None = None, confidence: float = 0.95) -> ScreenReport:
     """Agreement of the screen ``screen`` (all scored components) and the exact effects ``exact`` {index: effect}
-    of the checked ones: Spearman over the checked set, recall of its exact top-k by the screen's top-k (ties at
-    the k-th exact value resolved for the screen), and :func:`missed_effect` from the calibration sample."""
+    of the checked ones: Spearman over the checked set, the recall of its exact top-k by the screen's top-k
+    (:func:`top_k_recall`, and :func:`top_k_recall_at_kth`), and :func:`missed_effect` from the calibration
+    sample."""
     checked = selection.checked
     screened = [float(screen[i]) for i in checked]
     measured = [exact[i] for i in checked]
     varied = len(checked) > 2 and len(set(screened)) > 1 and len(set(measured)) > 1
     rho = float(spearmanr(screened, measured).correlation) if varied else None
     recall = top_k_recall(selection.top, exact) if selection.calibration else None
+    at_kth = top_k_recall_at_kth(selection.top, exact) if selection.calibration else None
     missed = missed_effect([exact[i] for i in selection.calibration], selection.unchecked, threshold, confidence)
     return ScreenReport(method, selection.scored, [names[i] for i in checked], len(selection.calibration), rho,
-                        recall, missed)
+                        recall, missed, at_kth)
 
 
 def top_k_recall(top: list[int], exact: dict[int, float]) -> float | None:
-    """Share of the ``len(top)`` largest ``exact`` effects that the screen's ``top`` holds; a tie at the k-th
-    largest value counts for the screen (exact effects are often tied, e.g. accuracy drops of 0)."""
+    """Recall of the exact top-k by the screen's ``top`` (k = ``len(top)``): the overlap of ``top`` with one exact
+    top-k set, ties at the k-th exact value resolved for the screen (each place of the exact top-k counts once, so
+    a screen that misses a unit strictly above the k-th value loses that place however many of its picks tie)."""
     chosen, k = set(top), len(top)
     if not k:
         return None
     best = sorted(exact, key=lambda i: (-exact[i], i not in chosen))[:k]
     return sum(i in chosen for i in best) / k
+
+
+def top_k_recall_at_kth(top: list[int], exact: dict[int, float]) -> float | None:
+    """The lenient variant: the share of the screen's picks whose exact effect equals or exceeds the k-th largest
+    exact effect (up to float rounding). Every pick tied with the k-th value counts, even where more of them tie
+    than places are left; so it is 1 whenever the k-th value is the smallest one (e.g. fewer than k units drop
+    accuracy at all), and it is only read beside :func:`top_k_recall`."""
+    k = len(top)
+    if not k or not exact:
+        return None
+    kth = sorted(exact.values(), reverse=True)[min(k, len(exact)) - 1]
+    return sum(exact[i] >= kth - 1e-9 * max(1.0, abs(kth)) for i in top) / k
 
 
 def missed_effect(calibration: list[float], unchecked: int, threshold: float | None,
