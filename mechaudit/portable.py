@@ -43,17 +43,30 @@ def portable_command(argv: list[str], cwd: Path) -> str:
 _FRAME = re.compile(r'File "([^"\n]+)"')
 #: What may precede a folder's path when it starts a path (not a character of a longer path).
 _PATH_START = r"(?<![\w.~/\\-])"
+#: Any other absolute path left in a message (POSIX ``/a/b`` or Windows ``C:\\a\\b``), up to a space or quote;
+#: ``:`` may not precede it, so that a URL's ``//host/path`` is no path.
+_ABSOLUTE = re.compile(r"(?<![\w.~/\\:-])(?:/|[A-Za-z]:[\\/])[^\s'\"()\[\]{}<>,;|]*[^\s'\"()\[\]{}<>,;|/\\]")
 
 
 def portable_traceback(text: str, root: Path | None) -> str:
     """``text`` (a traceback, or a message) with this machine's absolute paths written relative to where they lie:
     the project ``root``, mechaudit's own folder, or a folder Python imports from (site-packages, the standard
-    library), so that a frame reads ``File "torch/nn/modules/module.py", line 1775`` on every machine. A frame in a
-    file outside all of them keeps its file name alone."""
+    library), so that a frame reads ``File "torch/nn/modules/module.py", line 1775`` on every machine. Any other
+    absolute path (a frame's file or a path in a message, outside all of them) keeps its last part alone."""
     folders = sorted(_import_folders(root), key=len, reverse=True)
     if folders:
         text = re.sub(_PATH_START + "(?:" + "|".join(map(re.escape, folders)) + ")", "", text)
-    return _FRAME.sub(lambda m: f'File "{Path(m[1]).name}"' if os.path.isabs(m[1]) else m[0], text)
+    text = _FRAME.sub(lambda m: f'File "{_last_part(m[1])}"' if _is_absolute(m[1]) else m[0], text)
+    return _ABSOLUTE.sub(lambda m: _last_part(m[0]), text)
+
+
+def _is_absolute(path: str) -> bool:
+    return path.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", path) is not None
+
+
+def _last_part(path: str) -> str:
+    """The last part of a POSIX or Windows path, on any machine: ``/a/b/c.py`` and ``C:\\a\\c.py`` -> ``c.py``."""
+    return re.split(r"[\\/]", path.rstrip("\\/"))[-1] or path
 
 
 def _import_folders(root: Path | None) -> set[str]:

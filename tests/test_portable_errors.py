@@ -35,7 +35,7 @@ def raising_checks():
 
     @register("test_raises_naming_a_file", _NoParams)
     def _naming(context, rule):
-        raise FileNotFoundError(f"no file {MISSING[-1]}")
+        raise FileNotFoundError(f"no file {MISSING[-1]} nor /home/alice/secret/data.npz")
     yield
     CHECKS.pop("test_raises_in_torch")
     CHECKS.pop("test_raises_naming_a_file")
@@ -44,12 +44,16 @@ def raising_checks():
 def test_frames_are_named_relative_to_where_they_lie(tmp_path: Path) -> None:
     torch_file = TORCH_FOLDER / "torch" / "nn" / "modules" / "linear.py"
     text = (f'  File "{torch_file}", line 134, in forward\n  File "{tmp_path / "model.py"}", line 7, in build\n'
-            f'  File "/nowhere/else/odd.py", line 3, in f\nOSError: {tmp_path / "data.npz"} and {tmp_path}-other/x')
+            f'  File "/nowhere/else/odd.py", line 3, in f\nOSError: {tmp_path / "data.npz"} and {tmp_path}-other/x\n'
+            "FileNotFoundError: No such file: '/home/alice/secret/data.npz' (see /opt/x/y.py), "
+            "nor C:\\Users\\alice\\w.npz, nor D:/share/v.npz; see https://example.org/a/b and torch/nn/c.py")
     portable = portable_traceback(text, tmp_path)
     assert 'File "torch/nn/modules/linear.py", line 134' in portable
     assert 'File "model.py", line 7' in portable and 'File "odd.py", line 3' in portable
-    assert "OSError: data.npz and " in portable
-    assert f"{tmp_path}-other/x" in portable  # a sibling folder is not inside the project: left as it is
+    assert "OSError: data.npz and x\n" in portable  # a sibling folder is outside the project: its last part alone
+    assert "No such file: 'data.npz' (see y.py), nor w.npz, nor v.npz;" in portable  # outside every known folder
+    assert "https://example.org/a/b and torch/nn/c.py" in portable  # a URL and a relative path are left as they are
+    assert not re.search(r"/home|/opt|alice|[A-Z]:[\\/]", portable) and str(tmp_path) not in portable
 
 
 def test_an_error_finding_holds_no_absolute_path_in_any_format(tmp_path: Path) -> None:
@@ -64,6 +68,7 @@ def test_an_error_finding_holds_no_absolute_path_in_any_format(tmp_path: Path) -
     in_torch, naming = result.findings
     assert re.search(r'File "torch/nn/modules/linear\.py", line \d+, in forward', in_torch.evidence["traceback"])
     assert "missing/table.npz" in naming.message and "missing/table.npz" in naming.evidence["traceback"]
+    assert "nor data.npz" in naming.message and "alice" not in naming.message + naming.evidence["traceback"]
     out = result.save(tmp_path / "out", ("json", "sarif", "html"))
     machine = {str(tmp_path), str(tmp_path.resolve()), str(TORCH_FOLDER), sys.prefix, str(Path.cwd())}
     for name in ("findings.json", "findings.sarif", "report.html"):
