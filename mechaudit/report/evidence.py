@@ -2,11 +2,15 @@
 
 Rules added later need no template of their own: a list of dicts becomes a table, a dict of scalars becomes
 rows of the measurement table, a list of scalars a short list. Long lists are cut, saying how many items are
-left out (all of them are in ``findings.json``).
+left out (all of them are in ``findings.json``); a cut never drops the rows that name what the finding judged
+(its location's component, or the row whose value it reports: the class it judged), and a table of the finding's
+metric is ordered from the judged row outwards, so that the rows kept are the ones that matter.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,35 +33,92 @@ class Block:
     more: int = 0
 
 
+@dataclass(frozen=True)
+class Focus:
+    """What a finding judged: its location's ``component``, and the ``value`` of its ``metric``."""
+
+    component: str | None = None
+    metric: str | None = None
+    value: float | None = None
+
+    @classmethod
+    def of(cls, finding: Mapping[str, Any] | None) -> Focus:
+        """The focus of a finding as findings.json writes it (no finding: none)."""
+        if not isinstance(finding, Mapping):
+            return cls()
+        location, value = finding.get("location"), finding.get("value")
+        component = location.get("component") if isinstance(location, Mapping) else None
+        return cls(component if isinstance(component, str) else None, finding.get("metric"),
+                   float(value) if _is_number(value) else None)
+
+    def names(self, row: dict) -> bool:
+        """Whether ``row`` names the component, or holds the judged value of the metric."""
+        return (self.component is not None and self.component in row.values()) or self._distance(row) == 0.0
+
+    def ordered(self, rows: list[dict]) -> list[dict]:
+        """``rows`` from the judged one outwards (by distance from the finding's value: worst first whichever way
+        the metric points) when every row holds the metric and one holds the finding's value; else unchanged."""
+        distances = [self._distance(row) for row in rows]
+        if None in distances or 0.0 not in distances:
+            return rows
+        return [row for _, row in sorted(zip(distances, rows), key=lambda pair: pair[0])]
+
+    def _distance(self, row: dict) -> float | None:
+        own = row.get(self.metric) if self.metric else None
+        if self.value is None or not _is_number(own):
+            return None
+        return 0.0 if math.isclose(own, self.value, rel_tol=1e-6, abs_tol=1e-9) else abs(own - self.value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
 def evidence_blocks(evidence: dict[str, Any], skip: tuple[str, ...] = (), max_rows: int = MAX_ROWS,
-                    max_values: int = MAX_VALUES) -> list[Block]:
+                    max_values: int = MAX_VALUES, finding: Mapping[str, Any] | None = None) -> list[Block]:
     """The blocks of ``evidence`` in key order, minus the keys in ``skip``; scalars first; tables cut after
-    ``max_rows`` rows and lists after ``max_values`` values."""
+    ``max_rows`` rows (keeping those that name what ``finding`` judged, see :class:`Focus`) and lists after
+    ``max_values`` values."""
+    focus = Focus.of(finding)
     blocks: list[Block] = []
     for key, value in evidence.items():
         if key not in skip:
-            blocks.extend(_blocks(str(key), value, max_rows, max_values))
+            blocks.extend(_blocks(str(key), value, max_rows, max_values, focus))
     return sorted(blocks, key=lambda b: b.kind != "value")
 
 
-def print_blocks(evidence: dict[str, Any], skip: tuple[str, ...] = ()) -> list[Block]:
+def print_blocks(evidence: dict[str, Any], skip: tuple[str, ...] = (),
+                 finding: Mapping[str, Any] | None = None) -> list[Block]:
     """:func:`evidence_blocks` for the PDF: shorter tables and lists."""
-    return evidence_blocks(evidence, skip, PRINT_MAX_ROWS, PRINT_MAX_VALUES)
+    return evidence_blocks(evidence, skip, PRINT_MAX_ROWS, PRINT_MAX_VALUES, finding)
 
 
 def strongest_first(rows: Any, key: str = "score") -> Any:
-    """Rows (dicts) ordered by decreasing ``|row[key]|`` when every row has a number there, else unchanged."""
-    if not isinstance(rows, list) or not all(isinstance(row, dict) and isinstance(row.get(key), (int, float))
-                                             and not isinstance(row.get(key), bool) for row in rows):
+    """Rows (dicts) ordered by decreasing ``|row[key]|`` when every row has a number there, else unchanged; input
+    nodes (``layer`` ``input``: the region a circuit starts from, scored 0) come first whatever their score."""
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and _is_number(row.get(key)) for row in rows):
         return rows
-    return sorted(rows, key=lambda row: -abs(row[key]))
+    return sorted(rows, key=lambda row: (not _is_input(row), -abs(row[key])))
 
 
-def _blocks(key: str, value: Any, max_rows: int, max_values: int) -> list[Block]:
+def _is_input(node: dict) -> bool:
+    return node.get("layer") == "input" or str(node.get("id", "")).startswith("input:")
+
+
+def _cut(rows: list[dict], max_rows: int, focus: Focus) -> list[dict]:
+    """The first ``max_rows`` rows, except that rows naming the focus are kept in place of the last others."""
+    if len(rows) <= max_rows:
+        return rows
+    named = [i for i, row in enumerate(rows) if focus.names(row)][:max_rows]
+    others = [i for i in range(len(rows)) if i not in named][:max_rows - len(named)]
+    return [rows[i] for i in sorted(named + others)]
+
+
+def _blocks(key: str, value: Any, max_rows: int, max_values: int, focus: Focus) -> list[Block]:
     if is_scalar(value):
         return [Block(key, "value", value)]
     if isinstance(value, dict) and all(is_scalar(v) for v in value.values()):
@@ -66,6 +127,6 @@ def _blocks(key: str, value: Any, max_rows: int, max_values: int) -> list[Block]
         return [Block(key, "values", value[:max_values], more=max(0, len(value) - max_values))]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         columns = list(dict.fromkeys(str(k) for row in value for k in row))
-        rows = [[row.get(c) for c in columns] for row in value[:max_rows]]
+        rows = [[row.get(c) for c in columns] for row in _cut(focus.ordered(value), max_rows, focus)]
         return [Block(key, "table", columns=columns, rows=rows, more=max(0, len(value) - max_rows))]
     return [Block(key, "json", value)]
