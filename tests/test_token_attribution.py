@@ -103,6 +103,17 @@ def test_the_evidence_is_left_out_for_float_inputs_and_on_failure() -> None:
         assert token_attribution(context, CLEAN[:2], CORRUPTED[:2], LABELS[:2], last_logit) == {}
     assert any("no token attribution" in str(w.message) for w in caught)
 
+    class Undecodable:
+        def names(self, ids):
+            raise ValueError("bad vocabulary")
+
+    context = types.SimpleNamespace(model=model("induction"), device="cpu", batch_size=64,
+                                    data=types.SimpleNamespace(token_text=Undecodable()))
+    with warnings.catch_warnings(record=True) as caught:  # naming the tokens fails: left out too, never an error
+        warnings.simplefilter("always")
+        assert token_attribution(context, CLEAN[:2], CORRUPTED[:2], LABELS[:2], last_logit) == {}
+    assert any("bad vocabulary" in str(w.message) for w in caught)
+
 
 def test_the_figure_shows_the_tokens_shaded_by_their_scores() -> None:
     built = model("induction")

@@ -69,3 +69,54 @@ def test_a_hugging_face_tokenizer_names_word_pieces_and_special_tokens() -> None
     assert names[0] == "[CLS]" and names[1] == "the" and "works" in names and names[-1] == "[PAD]"
     assert any(name.startswith("##") for name in names)  # a word piece stays marked as one
     assert text.names([len(tokenizer) + 5]) == [f"t{len(tokenizer) + 5}"]
+
+
+def _byte_level_tokenizer():
+    """A small byte-level BPE tokenizer (GPT-2's kind), trained here: nothing downloaded."""
+    pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import PreTrainedTokenizerFast
+
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    tok.train_from_iterator(["the cat saw the dog"] * 10, tokenizers.trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def test_byte_level_tokens_read_apart_with_their_leading_space() -> None:
+    tokenizer = _byte_level_tokenizer()
+    ids = tokenizer("the cat saw the é\n")["input_ids"]
+    names = from_tokenizer(tokenizer).names(ids)
+    assert tokenizer.convert_ids_to_tokens(ids)[:4] == ["the", "Ġcat", "Ġsaw", "Ġthe"]
+    assert names[:4] == ["the", "\u00b7cat", "\u00b7saw", "\u00b7the"]  # 'Ġthe' and 'the' read apart
+    assert names[-3:] == ["Ã", "©", "Ċ"]  # halves of 'é' (each decodes to U+FFFD) and a newline: raw tokens
+    assert len(set(names[-3:])) == 3 and not any("\ufffd" in name for name in names)
+
+
+class _Broken:
+    """A tokenizer that cannot name id 1 and fails to decode id 2."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def convert_ids_to_tokens(self, token: int):
+        return None if token == 1 else f"tok{token}"
+
+    decoded: list[int] = []
+
+    def decode(self, ids: list[int]) -> str:
+        self.decoded.append(ids[0])
+        if ids == [2]:
+            raise ValueError("cannot decode")
+        return f"tok{ids[0]}"
+
+
+def test_an_id_the_tokenizer_cannot_name_or_decode_reads_as_its_id() -> None:
+    tokenizer = _Broken()
+    text = from_tokenizer(tokenizer)
+    assert text.names([0, 1, 2, 3]) == ["tok0", "t1", "t2", "tok3"]
+    lazy = text.per_sample(np.array([[0, 3], [0, 0], [3, 3]]))
+    assert len(lazy) == 3 and lazy[2] == ["tok3", "tok3"] and lazy[1:] == [["tok0", "tok0"], ["tok3", "tok3"]]
+    assert sorted(tokenizer.decoded) == [0, 2, 3]  # each id decoded once (id 1 has no token to decode)

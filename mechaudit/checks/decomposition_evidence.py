@@ -144,7 +144,7 @@ def _unit_rows(context: AuditContext, layer: Layer, unit: int, inputs: torch.Ten
             rows["tuning_curves"] = {"component": name, **patch_position_curve(
                 lambda batch: response(batch * (high - low) + low), tuple(inputs.shape[1:]))}
     elif token_ids(context, inputs) and maps.shape[1] == inputs.shape[1]:
-        tokens = [context.data.token_text.names(sample) for sample in inputs.tolist()]
+        tokens = context.data.token_text.per_sample(inputs)  # decoded only for the exemplars drawn
         [rows["exemplars"]] = top_exemplars(maps.amax(1, keepdim=True), inputs, labels, [0], [name],
                                             top=PICTURED_EXEMPLARS, class_names=class_names, tokens=tokens,
                                             positions=maps.argmax(1))

@@ -23,8 +23,8 @@ def token_attribution(context: AuditContext, clean: torch.Tensor, corrupted: tor
     try:
         rows = token_attributions(context.model, clean, targets, behaviour, corrupted, device=context.device,
                                   batch_size=context.batch_size)
+        names = context.data.token_text.names
+        return {"token_attribution": [{**row.to_evidence(), "tokens": names(row.tokens)} for row in rows]}
     except Exception as exc:  # noqa: BLE001  a picture illustrates a finding; it never costs it
         warnings.warn(f"no token attribution: {type(exc).__name__}: {exc}", stacklevel=2)
         return {}
-    names = context.data.token_text.names
-    return {"token_attribution": [{**row.to_evidence(), "tokens": names(row.tokens)} for row in rows]}
