@@ -233,6 +233,28 @@ def test_a_tabular_critical_unit_gets_bars_of_the_columns_it_reads(critical_unit
     assert other["columns"][0] == "x3" and other["shares"][0] > 0.99
 
 
+def test_column_bars_that_cannot_be_made_keep_the_units_exemplars(critical_unit_of_a_table, monkeypatch) -> None:
+    """No gradient reaches the inputs (the model detaches them, as one casting float ids does): no bars, no
+    warning; the bars raising: a warning; the exemplars stay in both cases."""
+    from mechaudit.checks import decomposition_evidence
+    from mechaudit.engine import prepare
+
+    context, _ = prepare(critical_unit_of_a_table)
+    handle = context.model.register_forward_pre_hook(lambda _module, args: (args[0].detach(), *args[1:]))
+    try:
+        detached = decomposition_evidence.unit_pictures(context, ["fc1:u2"])
+    finally:
+        handle.remove()
+    assert "exemplars" in detached and "column_attribution" not in detached
+
+    def broken(*_args):
+        raise RuntimeError("no bars")
+    monkeypatch.setattr(decomposition_evidence, "_column_attribution", broken)
+    with pytest.warns(UserWarning, match="no column attribution of fc1:u2: RuntimeError: no bars"):
+        pictures = decomposition_evidence.unit_pictures(context, ["fc1:u2"])
+    assert "exemplars" in pictures and "column_attribution" not in pictures
+
+
 def test_unit_columns_figure_skips_malformed_evidence() -> None:
     assert unit_columns_figure([{"component": "u", "columns": ["a", "b"], "shares": [0.5]}], "x") is None
     assert unit_columns_figure([{"component": "u", "columns": ["a"], "shares": ["high"]}], "x") is None

@@ -152,14 +152,18 @@ def _unit_rows(context: AuditContext, layer: Layer, unit: int, inputs: torch.Ten
         [rows["exemplars"]] = top_exemplars(maps.amax(1, keepdim=True), inputs, labels, [0], [name],
                                             top=PICTURED_EXEMPLARS, class_names=class_names,
                                             feature_names=context.data.feature_names)
-        rows["column_attribution"] = _column_attribution(context, layer, unit, inputs[:COLUMN_SAMPLES])
+        try:  # the bars are a picture of their own: their failure keeps the exemplars
+            rows["column_attribution"] = _column_attribution(context, layer, unit, inputs[:COLUMN_SAMPLES])
+        except Exception as exc:  # noqa: BLE001  pictures illustrate a finding; they never cost it
+            warnings.warn(f"no column attribution of {name}: {type(exc).__name__}: {exc}", stacklevel=2)
     return rows
 
 
-def _column_attribution(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor) -> dict:
+def _column_attribution(context: AuditContext, layer: Layer, unit: int, inputs: torch.Tensor) -> dict | None:
     """Which input columns drive a unit of a tabular model: per column, the mean over ``inputs`` of |gradient x
     (input - mean input)| of the unit's activation (Shrikumar et al. 2016's gradient x input, against the mean row),
-    as shares of their total; the :data:`COLUMN_BARS` largest, largest first."""
+    as shares of their total; the :data:`COLUMN_BARS` largest, largest first. None when the unit has no gradient
+    with respect to the inputs (the model reads them as ids: rounded or cast before they reach it)."""
     baseline = inputs.float().mean(0)
     total = torch.zeros(inputs.shape[1], dtype=torch.float64)
     for _, batch in batches(inputs, context.batch_size, context.device):
@@ -167,7 +171,11 @@ def _column_attribution(context: AuditContext, layer: Layer, unit: int, inputs: 
         captured: list[torch.Tensor] = []
         with installed([context.view.hook(layer, lambda out, _args: captured.append(out))]), torch.enable_grad():
             context.model(batch)
-            (gradient,) = torch.autograd.grad(units_view(captured[-1], layer)[:, unit].sum(), [batch])
+            activation = units_view(captured[-1], layer)[:, unit].sum()
+            gradient = (torch.autograd.grad(activation, [batch], allow_unused=True)[0]
+                        if activation.requires_grad else None)
+        if gradient is None:
+            return None
         total += (gradient.detach() * (batch.detach() - baseline.to(batch.device))).abs().sum(0).double().cpu()
     shares = total / total.sum() if total.sum() > 0 else total
     order = torch.argsort(shares, descending=True, stable=True)[:COLUMN_BARS].tolist()
