@@ -120,3 +120,28 @@ def test_an_id_the_tokenizer_cannot_name_or_decode_reads_as_its_id() -> None:
     lazy = text.per_sample(np.array([[0, 3], [0, 0], [3, 3]]))
     assert len(lazy) == 3 and lazy[2] == ["tok3", "tok3"] and lazy[1:] == [["tok0", "tok0"], ["tok3", "tok3"]]
     assert sorted(tokenizer.decoded) == [0, 2, 3]  # each id decoded once (id 1 has no token to decode)
+
+
+def test_a_declared_tokenizer_loads_only_to_name_tokens_and_never_fails_the_audit(tmp_path: Path) -> None:
+    """Pre-tokenized data with a tokenizer that cannot be loaded (a missing directory here; ``transformers``
+    missing alike): the data loads, and its tokens read as ids, with one warning."""
+    _, spec = _spec(tmp_path, 'tokenizer = "no-such-tokenizer"')
+    data = load_data(spec.data, "next-token")
+    assert data.token_text.source == "tokenizer"
+    with pytest.warns(UserWarning, match="tokenizer cannot be loaded") as caught:
+        assert data.token_text.names(TOKENS[0]) == ["t0", "t1", "t2", "t3"]
+        assert data.token_text.names([5]) == ["t5"]
+    assert len(caught) == 1
+
+
+def test_a_declared_tokenizer_names_tokens_when_it_loads() -> None:
+    from mechaudit.loading.token_text import from_tokenizer_loader
+
+    calls: list[int] = []
+
+    def load():
+        calls.append(1)
+        return _Broken()
+    text = from_tokenizer_loader(load)
+    assert calls == []  # nothing loaded before a token is named
+    assert text.names([0, 1, 3]) == ["tok0", "t1", "tok3"] and calls == [1]

@@ -15,7 +15,7 @@ from ..spec import DataRef, DataSpec
 from .arrays import is_csv, read_arrays
 from .files import DEFAULT_MAX_BYTES
 from .hashing import sha256_file
-from .token_text import IDS, TokenText, from_tokenizer, from_vocabulary, read_vocabulary
+from .token_text import IDS, TokenText, from_tokenizer_loader, from_vocabulary, read_vocabulary
 
 
 @dataclass
@@ -145,9 +145,10 @@ def _reader(spec: DataSpec, max_bytes: int, tokenizer: Callable[[], Any]):
 
 
 def _token_text(spec: DataSpec, tokenizer: Callable[[], Any], max_bytes: int) -> TokenText:
-    """How the report names token ids: the declared tokenizer, else the declared vocabulary, else ids."""
+    """How the report names token ids: the declared tokenizer (loaded when a figure first names a token), else the
+    declared vocabulary, else ids."""
     if spec.tokenizer is not None:
-        return from_tokenizer(tokenizer())
+        return from_tokenizer_loader(tokenizer)
     if isinstance(spec.vocabulary, Path):
         return from_vocabulary(read_vocabulary(spec.vocabulary, max_bytes))
     return from_vocabulary(spec.vocabulary) if spec.vocabulary else IDS

@@ -14,6 +14,7 @@ token string (``âĢ``, ``Ċ``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -103,6 +104,24 @@ def from_tokenizer(tokenizer) -> TokenText:
             return raw
         space = text[0].isspace() or raw.startswith(_SPACE_PREFIXES)
         return (SPACE if space else "") + text.strip()
+    return TokenText("tokenizer", lookup)
+
+
+def from_tokenizer_loader(load: Callable[[], object]) -> TokenText:
+    """:func:`from_tokenizer` of the tokenizer ``load()`` returns, loaded when the first id is named (a report of
+    pre-tokenized data needs it only for its figures); one that cannot be loaded (``transformers`` missing, a bad
+    directory) leaves every id reading as its id, with one warning, and never fails the audit."""
+    loaded: list[Callable[[int], str | None]] = []
+
+    def lookup(token: int) -> str | None:
+        if not loaded:
+            try:
+                loaded.append(from_tokenizer(load()).lookup)
+            except Exception as exc:  # noqa: BLE001  a token's name illustrates a figure; an id reads as well
+                warnings.warn(f"token ids are shown as ids: the tokenizer cannot be loaded ({type(exc).__name__}: "
+                              f"{exc})", stacklevel=2)
+                loaded.append(lambda _token: None)
+        return loaded[0](token)
     return TokenText("tokenizer", lookup)
 
 
