@@ -23,6 +23,8 @@ def test_a_cut_keeps_the_judged_class_first_and_the_named_component() -> None:
     assert [row[0] for row in _rows({"per_class": PER_CLASS}, "per_class", FINDING)][0] == "7"
     assert [row[0] for row in _rows({"components": COMPONENTS}, "components", FINDING)] == [
         "layer.2:u0", "layer.2:u1", "layer.2:u9"]  # kept in place of the third, in the order written
+    curve = [{"size": size, "ratio": 2.0 + size} for size in range(5)]  # not per class: its order is kept
+    assert [row[0] for row in _rows({"curve": curve}, "curve", FINDING)] == [0, 1, 4]
     # control: with nothing judged, rows are cut in the order written
     assert [row[0] for row in _rows({"per_class": PER_CLASS}, "per_class", None)] == ["0", "1", "2"]
     assert [row[0] for row in _rows({"components": COMPONENTS}, "components", None)][-1] == "layer.2:u2"

@@ -56,10 +56,11 @@ class Focus:
         return (self.component is not None and self.component in row.values()) or self._distance(row) == 0.0
 
     def ordered(self, rows: list[dict]) -> list[dict]:
-        """``rows`` from the judged one outwards (by distance from the finding's value: worst first whichever way
-        the metric points) when every row holds the metric and one holds the finding's value; else unchanged."""
+        """Rows per class (a column named for the class) from the judged one outwards (by distance from the
+        finding's value: worst first whichever way the metric points) when every row holds the metric and one holds
+        the finding's value; any other table (a curve, a cascade: ordered for a reason) unchanged."""
         distances = [self._distance(row) for row in rows]
-        if None in distances or 0.0 not in distances:
+        if None in distances or 0.0 not in distances or not any("class" in str(key) for key in rows[0]):
             return rows
         return [row for _, row in sorted(zip(distances, rows), key=lambda pair: pair[0])]
 
