@@ -161,3 +161,12 @@ def test_joint_resamples_give_the_intervals_of_the_one_statistic_bootstrap() -> 
         alone = bootstrap_mean(values[:, column], seed=3)
         assert joint[column].method == alone.method
         assert (joint[column].low, joint[column].high) == pytest.approx((alone.low, alone.high))
+
+
+def test_non_finite_resamples_are_counted_and_too_many_give_no_interval() -> None:
+    values = np.random.default_rng(0).normal(size=(500, 2))
+    values[:10, 0] = np.nan  # 2% of the resamples without a value: kept, and said
+    values[:40, 1] = np.inf  # 8%: the interval would describe only the defined resamples
+    kept, dropped = resampled.intervals(values, 30)
+    assert kept is not None and "(10 without a finite value left out)" in kept.method
+    assert dropped is None
