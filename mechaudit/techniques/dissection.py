@@ -39,8 +39,8 @@ class Detection:
     concept: str
     score: float
     metric: str
-    #: The score's bootstrap interval over the samples (:class:`~.uncertainty.Interval`), and the threshold a
-    #: detector exceeds; None where not resampled.
+    #: The score's interval over the samples (bootstrap for an IoU, DeLong for an AUROC), and the threshold a
+    #: detector exceeds; None where no interval could be computed (a class with fewer than 2 samples).
     interval: Interval | None = None
     threshold: float | None = None
 
