@@ -11,7 +11,7 @@ from fixtures.localization_toys import square_detector, square_images
 import mechaudit
 from mechaudit.loading import AuditData
 from mechaudit.techniques import resampled
-from mechaudit.techniques.dissection import auroc_scores, iou_scores, near_threshold, resampled_auroc
+from mechaudit.techniques.dissection import auroc_scores, iou_counts
 from mechaudit.techniques.uncertainty import bootstrap_mean
 
 
@@ -45,9 +45,10 @@ def test_masks_drawn_elsewhere_find_no_detector() -> None:
 def test_iou_and_auroc_scores_of_the_planted_channel() -> None:
     images, masks = square_images()
     maps = square_detector().conv(images).detach()
-    iou = iou_scores(maps, {"square": masks[:, 0]})
+    intersection, union = iou_counts(maps, {"square": masks[:, 0]})
+    iou = intersection.sum(0) / union.sum(0).clamp_min(1)
     assert int(iou[:, 0].argmax()) == 0 and float(iou[0, 0]) > 0.04
-    scores, names = auroc_scores(maps.mean((2, 3)), {"bright": (masks.flatten(1).amax(1) > 0).long()})
+    scores, names, _ = auroc_scores(maps.mean((2, 3)), {"bright": (masks.flatten(1).amax(1) > 0).long()})
     assert names == ["bright"] and float(scores[0, 0]) > 0.9
 
 
@@ -75,7 +76,7 @@ def test_scores_carry_intervals_and_a_detector_at_its_threshold_is_uncertain() -
     square = next(row for row in control.evidence["semantic_dictionary"] if row["component"] == "conv:ch0")
     assert square["interval"][0] <= square["score"] <= square["interval"][1] and square["uncertain"] is False
     assert control.interval["low"] <= control.value <= control.interval["high"]
-    assert "over 200 samples" in control.interval["method"]
+    assert control.interval["method"].startswith("range of the per-score 95% intervals")
     uncertain = control.evidence["uncertain_detections"]  # e.g. an AUROC for `bright` near 0.9
     assert ("conv:ch0", "square") not in {(row["component"], row["concept"]) for row in uncertain}
     thresholds = {"iou": 0.04, "auroc": 0.9}
@@ -88,20 +89,68 @@ def test_scores_carry_intervals_and_a_detector_at_its_threshold_is_uncertain() -
     assert "[uncertain: " in planted.message
 
 
-def test_resampled_auroc_is_the_auroc_of_each_resample() -> None:
+def test_auroc_scores_match_sklearn_and_delong_intervals_cover_them() -> None:
     from sklearn.metrics import roc_auc_score
 
     generator = torch.Generator().manual_seed(0)
     positives = (torch.rand(40, generator=generator) > 0.5).numpy()
     activations = torch.randn(40, 3, generator=generator) + torch.from_numpy(positives)[:, None].float()
     activations[:10, 2] = 0.0  # ties, as after a ReLU
-    chosen = resampled.draws(40, resamples=5, seed=1)
-    table = resampled_auroc(activations, positives, resampled.counts(chosen, 40))
-    for row, index in enumerate(chosen):
-        expected = [roc_auc_score(positives[index], activations[index, unit].numpy()) for unit in range(3)]
-        assert np.allclose(table[row], expected)
-    scores, _ = auroc_scores(activations, {"c": torch.from_numpy(positives).long()})
-    assert near_threshold(scores[:, 0], positives, 0.9).tolist() == (scores[:, 0] > 0.5).tolist()  # 40 samples: wide
+    scores, names, intervals = auroc_scores(activations, {"c": torch.from_numpy(positives).long()})
+    expected = [roc_auc_score(positives, activations[:, unit].numpy()) for unit in range(3)]
+    assert names == ["c"] and np.allclose(scores[:, 0].numpy(), expected, atol=1e-6)
+    for unit in range(3):
+        interval = intervals[(unit, 0)]
+        assert interval.low < expected[unit] < interval.high and interval.method.startswith("DeLong")
+
+
+def test_delong_standard_error_matches_the_bootstrap() -> None:
+    from mechaudit.techniques.dissection import delong
+
+    rng = np.random.default_rng(1)
+    positives = rng.random(300) < 0.3
+    activations = torch.tensor(rng.normal(size=(300, 2)) + positives[:, None])
+    _, error = delong(activations, positives)
+    for unit in range(2):
+        column = activations[:, unit].numpy()
+        resamples = []
+        for _ in range(250):
+            index = rng.integers(0, 300, 300)
+            resamples.append(_auroc(positives[index], column[index]))
+        assert abs(np.std(resamples) / error[unit] - 1) < 0.15
+
+
+def _auroc(positives: np.ndarray, values: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(positives, values)
+
+
+def test_a_rare_concept_value_gets_intervals_for_every_unit_without_resampling() -> None:
+    positives = np.zeros(512, dtype=bool)
+    positives[:5] = True  # 5 positives of 512: a bootstrap of each AUROC would be needed for every unit
+    activations = torch.randn(512, 5000, generator=torch.Generator().manual_seed(0))
+    _, _, intervals = auroc_scores(activations, {"c": torch.from_numpy(positives).long()})
+    assert len(intervals) == 5000 and all(interval is not None for interval in intervals.values())
+    assert "(5 positive)" in intervals[(0, 0)].method
+
+
+def test_the_detector_count_range_holds_the_count_when_many_scores_sit_below_the_threshold() -> None:
+    """50 units at AUROC ~0.85-0.9, none above 0.9: a bootstrap of the count of scores above 0.9 gave 1.5-9, without
+    the count (0); the range of the per-score intervals holds it."""
+    from mechaudit.checks.dissection import DissectionParams, _Resampled
+
+    rng = np.random.default_rng(0)
+    positives = rng.random(512) < 0.5
+    activations = torch.tensor(rng.normal(size=(512, 50)) + 1.65 * positives[:, None])
+    boot = _Resampled(512, seed=0)
+    found = boot.auroc([f"u{i}" for i in range(50)], activations, {"c": torch.from_numpy(positives).long()},
+                       DissectionParams().min_auroc)
+    count = len({d.component for d in found})
+    assert count == 0 and boot.near_misses
+    span = boot.detectors_range(found)
+    assert span.low <= count <= span.high and span.high == len({d.component for d in boot.near_misses})
+    assert span.method.startswith("range")
 
 
 def test_joint_resamples_give_the_intervals_of_the_one_statistic_bootstrap() -> None:
@@ -112,3 +161,12 @@ def test_joint_resamples_give_the_intervals_of_the_one_statistic_bootstrap() -> 
         alone = bootstrap_mean(values[:, column], seed=3)
         assert joint[column].method == alone.method
         assert (joint[column].low, joint[column].high) == pytest.approx((alone.low, alone.high))
+
+
+def test_non_finite_resamples_are_counted_and_too_many_give_no_interval() -> None:
+    values = np.random.default_rng(0).normal(size=(500, 2))
+    values[:10, 0] = np.nan  # 2% of the resamples without a value: kept, and said
+    values[:40, 1] = np.inf  # 8%: the interval would describe only the defined resamples
+    kept, dropped = resampled.intervals(values, 30)
+    assert kept is not None and "(10 without a finite value left out)" in kept.method
+    assert dropped is None

@@ -20,7 +20,7 @@ from mechaudit.report.json_report import result_to_dict
 from mechaudit.report.sarif import sarif_log
 from mechaudit.spec import load_spec
 from mechaudit.techniques import attribution
-from mechaudit.techniques.randomization import cascading_randomization, rank_correlation, rank_correlations
+from mechaudit.techniques.randomization import cascading_randomization, rank_correlations
 
 DIGITS = Path(mechaudit.__file__).parent / "examples" / "digits"
 CPU = torch.device("cpu")
@@ -60,9 +60,9 @@ def test_randomisation_leaves_the_audited_model_untouched(digits) -> None:
 def test_rank_correlation_ignores_elements_at_the_baseline() -> None:
     inputs = torch.tensor([[0.0, 0.0, 1.0, 2.0, 3.0]])
     support = inputs != 0
-    same_zeros = rank_correlation(torch.tensor([[0.0, 0.0, 1.0, 2.0, 3.0]]), torch.tensor([[0.0, 0.0, 3.0, 2.0, 1.0]]),
-                                  support)
-    assert same_zeros == pytest.approx(-1.0)  # the shared zeros do not count as agreement
+    same_zeros = rank_correlations(torch.tensor([[0.0, 0.0, 1.0, 2.0, 3.0]]),
+                                   torch.tensor([[0.0, 0.0, 3.0, 2.0, 1.0]]), support)
+    assert same_zeros == pytest.approx([-1.0])  # the shared zeros do not count as agreement
 
 
 def _audit(select: tuple[str, ...], rules: tuple = ()):
@@ -136,4 +136,3 @@ def test_the_cascade_keeps_each_samples_correlation() -> None:
     other = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
     support = original != 0
     assert rank_correlations(original, other, support) == pytest.approx([1.0, -1.0])  # the third has one element
-    assert rank_correlation(original, other, support) == pytest.approx(0.0)

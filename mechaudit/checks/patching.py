@@ -20,7 +20,7 @@ from ..cost import Cost, RuleCost, Sizes, checked_exactly, forwards, with_gradie
 from ..findings import Location, Measurement
 from ..techniques import atp, resampled
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
-from ..techniques.patching import attribution_patching, exact_patching, metric_totals
+from ..techniques.patching import PatchingTotals, attribution_patching, exact_patching, metric_totals
 from ..techniques.uncertainty import Interval, behaviour_presence, bootstrap
 from .circuit_common import behaviour_absent, circuit_problem, class_index
 from .decomposition_evidence import unit_pictures
@@ -75,15 +75,20 @@ Measured (`benchmarks/atp_screen.py`, every component patched both ways): on the
 8 heads of a random-weight 2-layer, 256-wide GPT-2, Spearman 0.97 and recall of the exact top 32 by the screen's
 top 32 0.91, the screen 580x faster than exact patching of all; on `digits` 0.99 (top-10 recall 0.9), on
 `induction` 1.00 (its two heads the top two).
-Intervals: every exactly patched component's recovered fraction carries a 95% percentile-bootstrap interval over
-the pairs (500 resamples, seeded, the same resamples for every component, ratio of the resampled sums of its
-per-pair effects and of the per-pair gaps, both measured once: no model run per resample); the finding's interval
-is the top component's, each row of `components` has its `recovered_interval`, and the components whose interval
-straddles `min_recovered` (carrier or not by a coin flip) are listed as `uncertain_carriers` and named in the
-message. The relative effect judged against `min_effect` carries its interval too (`relative_effect_interval`);
-when it straddles `min_effect` the message says so. Measured: on `digits` (256 pairs) `features.0:ch7` recovers 0.367,
-interval 0.360-0.371, and 4 components' intervals straddle 0.1; on `induction` `blocks.1.attn:h3` 0.984
-(0.979-0.988); the relative effect of `digits-control`, 6.1%, has the interval 4.3-8.3%, below `min_effect`.
+Intervals: every exactly patched component's recovered fraction carries a 95% percentile-bootstrap interval over the
+pairs (500 resamples, seeded, the same resamples for every component, ratio of the resampled sums of its per-pair
+effects and of the per-pair gaps, both measured once: no model run per resample); the finding's interval is the top
+component's, each row of `components` has its `recovered_interval`, and the components whose interval straddles
+`min_recovered` (carrier or not by a coin flip) are listed as `uncertain_carriers` and named in the message. The
+finding's interval belongs to the component chosen as the largest of the estimates: that choice favours a component
+whose fraction came out high on these pairs (the winner's curse), so the interval, and the value, lean high when several
+components recover about as much (the top fraction measured on fresh pairs would tend to be lower, by up to the
+spread between them). `uncertain_carriers` covers only the components patched exactly: with the screen on (see above;
+`exhaustive` off) a component the screen left out has no interval and can be neither carrier nor uncertain. The relative
+effect judged against `min_effect` carries its interval too (`relative_effect_interval`); when it straddles `min_effect`
+the message says so. Measured: on `digits` (256 pairs) `features.0:ch7` recovers 0.367, interval 0.360-0.371, and 4
+components' intervals straddle 0.1; on `induction` `blocks.1.attn:h3` 0.984 (0.979-0.988); the relative effect of
+`digits-control`, 6.1%, has the interval 4.3-8.3%, below `min_effect`.
 """,
     fix="""
 Nothing to fix by itself: read which components carry the behaviour. If they carry a shortcut (a watermark, a
@@ -236,7 +241,8 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     )]
 
 
-def recovered_intervals(per_pair: dict[int, torch.Tensor], totals, seed: int) -> dict[int, Interval | None]:
+def recovered_intervals(per_pair: dict[int, torch.Tensor], totals: PatchingTotals,
+                        seed: int) -> dict[int, Interval | None]:
     """Each component's recovered fraction, ``sum patched effect / sum (clean - corrupted)`` over the pairs, as a
     percentile-bootstrap interval over the pairs (the same resamples for every component; per-pair effects already
     measured, no model run per resample)."""
@@ -250,7 +256,7 @@ def recovered_intervals(per_pair: dict[int, torch.Tensor], totals, seed: int) ->
     return dict(zip(keys, found))
 
 
-def relative_effect_interval(totals, seed: int) -> Interval | None:
+def relative_effect_interval(totals: PatchingTotals, seed: int) -> Interval | None:
     """Bootstrap interval over the pairs of the relative effect ``|sum (clean - corrupted)| / |sum clean|``."""
     clean, corrupted = (values.numpy() for values in totals.per_pair)
     return bootstrap(lambda idx: abs(clean[idx].sum() - corrupted[idx].sum()) / max(abs(clean[idx].sum()), 1e-12),

@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
-from ..activations import collect_units, model_outputs
+from ..activations import collect_units
 from ..addresses import input_address
 from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, forwards, with_gradients
 from ..findings import Location, Measurement
 from ..techniques.component_attack import component_attack, unit_ablation_flips
-from ..techniques.region_attack import AttackCurves, attack_curves, untargeted_curves
-from ..techniques.uncertainty import bootstrap_mean
+from ..techniques.region_attack import AttackCurves, attack_curves, predictions, untargeted_curves
+from ..techniques.uncertainty import proportion_interval
 from .circuit_common import mean_values
 from .registry import RuleDefinition, RuleDocs, param, register
 
@@ -74,11 +74,14 @@ points), so the unit findings are evidence to read beside L202 rather than a sha
 unit attacks of both models flip more than half of the predictions.
 
 Each judged flip rate (the region attack's at `epsilon`, a unit's or component's at `component_epsilon`) carries
-a 95% percentile-bootstrap interval over the attacked samples (500 resamples, seeded) of their per-sample flips;
-the attacks are not rerun, so the interval says how much the rate rests on the samples drawn, not on PGD's path.
-A verdict whose interval straddles its limit reads `uncertain`: on `digits`, `classifier.0:u6` (0.113, interval
-0.074 to 0.152 against 0.08) does; the region attack (0.203, interval 0.152 to 0.254 against 0.1) does not. The
-predictions every attack is read against are the audit's own, found once.
+a 95% Wilson score interval over the attacked samples (a proportion's interval: a bootstrap of the per-sample flips
+gave [0, 0] to a rate of 0, which 0 flips of 200 do not prove; Wilson's reaches 1.9%); the attacks are not rerun,
+so the interval says how much the rate rests on the samples drawn, not on PGD's path. A verdict whose interval
+straddles its limit reads `uncertain`: on `digits`, `classifier.0:u6` (0.113, interval 0.0800 to 0.158 against
+0.08) sits at the edge (its low end 0.00004 above the limit: certain, by a hair; the percentile bootstrap gave
+0.074 to 0.152, uncertain); the region attack (0.203, interval 0.158 to 0.257 against 0.1) is certain. The
+predictions every attack is read against are found once, on the attacked samples, by the same model call as the
+predictions after each attack (`region_attack.predictions`).
 """,
     fix="""
 Remove the model's reliance on the region (see L201's fix: retrain without the shortcut, or erase its direction
@@ -164,7 +167,8 @@ def weakness_attack(context: AuditContext, rule) -> list[Measurement]:
     if not context.data.masks and not targets:  # e.g. the compliance rulebook (units = 0) on a model without masks
         return [Measurement("nothing to attack: the spec declares no input region ([data.masks]) and the rule "
                             "attacks no unit (units = 0 or no hidden layer, no `components`)", judged=False)]
-    before = context.predictions[indices]  # the predictions every attack is read against, found once
+    # the predictions every attack is read against, found once, read as after each attack (same model call)
+    before = predictions(context.model, inputs, context.batch_size, context.device)
     return _region_findings(context, params, budgets, indices, inputs, before, (low, high)) + _component_findings(
         context, params, budgets, inputs, before, (low, high), targets)
 
@@ -192,7 +196,7 @@ def _region_findings(context: AuditContext, params: WeaknessAttackParams, budget
             f"predictions flip through the region at {reached}",
             location=Location(component=input_address(name)), metric="region_attack_flip_rate", value=judged,
             threshold=params.max_flip_rate,
-            interval=bootstrap_mean(curves.flipped["region"][budgets.index(params.epsilon)], seed=context.seed),
+            interval=proportion_interval(curves.flipped["region"][budgets.index(params.epsilon)]),
             evidence={"epsilons": budgets, "flip_rates": {k: [round(v, 4) for v in vs] for k, vs in rates.items()},
                       "smallest_epsilon": smallest, "share": params.share, "judged_epsilon": params.epsilon,
                       "input_range": [low, high], "samples": len(inputs), "steps": params.steps,
@@ -236,8 +240,7 @@ def _component_findings(context: AuditContext, params: WeaknessAttackParams, bud
         for eps in absolute:
             perturbed = component_attack(context.view, units, means, scales, inputs, eps, clip, params.steps,
                                          context.batch_size, context.device)
-            after = context.logits(model_outputs(context.model, perturbed, context.batch_size, context.device))
-            flipped.append(after.argmax(-1).cpu() != before.cpu())
+            flipped.append(predictions(context.model, perturbed, context.batch_size, context.device) != before.cpu())
         curves = AttackCurves(absolute, {"component": flipped, **baseline.flipped})
         rates = curves.flip_rates["component"]
         at = budgets.index(params.component_epsilon)
@@ -254,7 +257,7 @@ def _component_findings(context: AuditContext, params: WeaknessAttackParams, bud
             f"{'it' if single else 'them'} at {reached}",
             location=location, metric="component_attack_flip_rate", value=rates[at],
             threshold=params.max_component_flip_rate,
-            interval=bootstrap_mean(flipped[at], seed=context.seed),
+            interval=proportion_interval(flipped[at]),
             evidence={"epsilons": budgets,
                       "flip_rates": {k: [round(v, 4) for v in vs] for k, vs in curves.flip_rates.items()},
                       "smallest_epsilon": smallest, "share": params.share, "judged_epsilon": params.component_epsilon,

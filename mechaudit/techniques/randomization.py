@@ -107,12 +107,6 @@ def randomize_module(module: nn.Module) -> None:
             flat.copy_(flat[torch.randperm(flat.numel(), device=flat.device)])
 
 
-def rank_correlation(original: torch.Tensor, other: torch.Tensor, support: torch.Tensor) -> float:
-    """Mean over samples of the Spearman correlation of ``|original|`` and ``|other|`` over ``support``
-    (:func:`rank_correlations`)."""
-    return float(np.mean(rank_correlations(original, other, support)))
-
-
 def rank_correlations(original: torch.Tensor, other: torch.Tensor, support: torch.Tensor) -> list[float]:
     """Per sample, the Spearman correlation of ``|original|`` and ``|other|`` over ``support``; a sample whose
     attributions are constant on its support counts as 0 (no shared ranking), one with fewer than two elements

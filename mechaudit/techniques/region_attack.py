@@ -69,14 +69,20 @@ def untargeted_curves(model: nn.Module, inputs: torch.Tensor, before: torch.Tens
     return AttackCurves(list(epsilons), rates)
 
 
+def predictions(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The class the model predicts for each input (the argmax of its outputs, which ART attacks as logits): the
+    one read of a prediction before and after every attack, in the same batches, so that a flip is the
+    perturbation's and not a difference between two ways of running the model."""
+    return model_outputs(model, inputs, batch_size, device).argmax(-1).cpu()
+
+
 def _flips(model: nn.Module, before: torch.Tensor, dtype: torch.dtype, batch_size: int, device: torch.device):
     """Which predictions ``perturbed`` inputs change from ``before`` (a boolean per sample)."""
     before = before.cpu()
 
     def flips(perturbed) -> torch.Tensor:
         perturbed = torch.from_numpy(perturbed) if isinstance(perturbed, np.ndarray) else perturbed
-        after = model_outputs(model, perturbed.to(dtype), batch_size, device).argmax(-1)
-        return after.cpu() != before
+        return predictions(model, perturbed.to(dtype), batch_size, device) != before
     return flips
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .uncertainty import LEVEL, RESAMPLES, Interval
+from .uncertainty import LEVEL, RESAMPLES, Interval, percentile_interval
 
 
 def draws(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -42,19 +42,10 @@ def ratio_of_sums(numerators: np.ndarray, denominators: np.ndarray, weights: np.
 
 
 def intervals(values: np.ndarray, n: int, over: str = "samples", level: float = LEVEL) -> list[Interval | None]:
-    """The percentile interval of each column of ``values`` ``(resamples, columns)`` (finite resamples only; None
-    for a column without any, or with fewer than 2 items, as :func:`~.uncertainty.bootstrap`)."""
+    """The percentile interval of each column of ``values`` ``(resamples, columns)``
+    (:func:`~.uncertainty.percentile_interval`: non-finite resamples left out and counted in the method; None for a
+    column with more than 5% of them, or with fewer than 2 items)."""
     values = np.asarray(values, dtype=float)
     if values.ndim == 1:
         values = values[:, None]
-    tail = (1 - level) / 2 * 100
-    method = f"percentile bootstrap over {n} {over}, {len(values)} resamples"
-    found: list[Interval | None] = []
-    for column in values.T:
-        finite = column[np.isfinite(column)]
-        if n < 2 or not len(finite):
-            found.append(None)
-            continue
-        low, high = np.percentile(finite, [tail, 100 - tail])
-        found.append(Interval(float(low), float(high), method, level))
-    return found
+    return [percentile_interval(column, n, over=over, level=level) for column in values.T]

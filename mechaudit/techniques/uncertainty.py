@@ -75,6 +75,25 @@ def bootstrap_centred(statistic: Callable[[np.ndarray], float], n: int, estimate
                     "estimate", level)
 
 
+def percentile_interval(values: np.ndarray, n: int, *, over: str = "samples", level: float = LEVEL,
+                        max_dropped: float = 0.05) -> Interval | None:
+    """The percentile interval of one statistic's ``values`` over resamples of ``n`` items (``over`` names them in
+    the method). Non-finite resamples (a ratio whose resampled denominator is 0) are left out and counted in the
+    method; None with fewer than 2 items, or when more than ``max_dropped`` of the resamples are left out (the
+    interval would describe the resamples that happened to be defined, not the statistic)."""
+    values = np.asarray(values, dtype=float).ravel()
+    finite = values[np.isfinite(values)]
+    dropped = len(values) - len(finite)
+    if n < 2 or not len(finite) or dropped > max_dropped * len(values):
+        return None
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    method = f"percentile bootstrap over {n} {over}, {len(values)} resamples"
+    if dropped:
+        method += f" ({dropped} without a finite value left out)"
+    return Interval(float(low), float(high), method, level)
+
+
 def _resampled(statistic: Callable[[np.ndarray], float], n: int, resamples: int, seed: int) -> np.ndarray | None:
     """The finite values of ``statistic`` on ``resamples`` seeded draws of ``n`` indices with replacement, or None
     (fewer than 2 items, no finite value)."""
@@ -90,6 +109,19 @@ def bootstrap_mean(values, *, over: str = "samples", seed: int = 0, **kwargs) ->
     """Bootstrap interval of the mean of per-sample (or per-unit) values."""
     array = _numpy(values).astype(float).ravel()
     return bootstrap(lambda idx: float(array[idx].mean()), len(array), over=over, seed=seed, **kwargs)
+
+
+def proportion_interval(flags, *, level: float = LEVEL) -> Interval | None:
+    """Wilson score interval (Wilson 1927, through ``scipy.stats.binomtest``) of the share of true ``flags`` (a
+    boolean per sample): unlike a bootstrap of the mean of booleans, it is not [0, 0] when none is true (0 of 200
+    gives 0 to 1.9%). None without samples."""
+    from scipy.stats import binomtest
+
+    array = _numpy(flags).astype(bool).ravel()
+    if not len(array):
+        return None
+    found = binomtest(int(array.sum()), len(array)).proportion_ci(confidence_level=level, method="wilson")
+    return Interval(float(found.low), float(found.high), f"Wilson score interval over {len(array)} samples", level)
 
 
 def bootstrap_ratio_of_mean_distances(numerator: tuple, denominator: tuple, *, transform=lambda r: r,
