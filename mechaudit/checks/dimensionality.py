@@ -16,15 +16,14 @@ from ..techniques.dimensionality import spectrum_of_covariance
 from ..techniques.layer_map import layer_map
 from ..techniques.read_vectors import (
     BOOTSTRAP_GROUPS,
-    GROUP_BYTES,
     MAX_INPUT_WIDTH,
-    MIN_GROUPS,
     PASS_BYTES,
     LayerCovariances,
+    bootstrap_plan,
     describe_tensor,
     read_and_input_covariances,
 )
-from ..techniques.uncertainty import Interval, bootstrap
+from ..techniques.uncertainty import Interval, bootstrap_within
 from .dead_units import FOLLOWING
 from .decomposition_common import pooled_activations
 from .registry import RuleDefinition, RuleDocs, param, register
@@ -67,15 +66,17 @@ flattened 256-value map to a few class directions). `max_collapse = 0.7` lies be
 keeps fewer than reference^0.3 directions (2.2 to 2.7 against MiniLM's input references of 13 to 26; 2.5 of 20).
 Reference range of a healthy layer, measured on these examples and MiniLM: 0 to 0.4.
 
-The collapse carries a 95% percentile-bootstrap interval over the audit samples, drawn in 16 groups (sample i in
-group i mod 16; fewer groups when there are fewer samples): the covariances are accumulated per group in the same
-pass, and each resample draws 16 groups with replacement, for output and input alike, and recomputes both
-spectra. Each resample costs two eigendecompositions: 200 resamples up to widths of about 170, fewer above, never
-under 20 (MiniLM's 384-wide layers and its 1,536-wide MLP get 20); a layer where 20 would exceed 2 x 10^11
-operations (output and input about 1,700 wide or more, e.g. a 3,072-wide MLP) has no interval, nor has one whose
-16 (down to 8) covariances would exceed 1 GiB (output and input both wider than about 2,900: it is kept in one
-group). Measured: a rank-three layer of 16 units on 64 samples has collapse 0.68, interval 0.59 to 0.71
-(uncertain against 0.7); the healthy layer before it 0.10 (0.09 to 0.10).
+The collapse carries a 95% bootstrap interval over the audit samples, drawn in 16 groups (sample i in group i
+mod 16; fewer groups when there are fewer samples): the covariances are accumulated per group in the same pass,
+and each resample draws 16 groups with replacement, for output and input alike, and recomputes both spectra. Each
+resample costs two eigendecompositions: 200 resamples (percentile interval) up to widths of about 170, fewer
+above (normal interval: the collapse +- 1.96 standard deviations of the resamples, since 20 resamples cannot place
+a 2.5% tail), never under 20 (MiniLM's 384-wide layers and its 1,536-wide MLP get 20); a layer where 20 would
+exceed 2 x 10^11 operations (output and input about 1,700 wide or more, e.g. a 3,072-wide MLP) has no interval,
+nor has one whose 16 (down to 8) covariances would exceed 1 GiB, and such a layer is recorded in one group (one
+covariance each for output and input, no more memory than without the bootstrap). Measured: a rank-three layer of
+16 units on 64 samples has collapse 0.68, interval 0.59 to 0.71 (uncertain against 0.7); the healthy layer before
+it 0.09 (0.07 to 0.12).
 """,
     fix="""
 Check for an unintended bottleneck or an over-strong weight decay; a layer that really needs few dimensions can
@@ -131,12 +132,9 @@ def _cost(sizes: Sizes, params: DimensionalityParams) -> Cost:
     passes, held, peak, products, before = 0, PASS_BYTES + 1, 0.0, 0.0, sizes.input_values
     for layer in sizes.hidden:
         width = min(MAX_INPUT_WIDTH, before * (9 if layer.kind == "conv" else 1))
-        size = 8.0 * (layer.units ** 2 + width ** 2)
-        groups = min(BOOTSTRAP_GROUPS, n, int(GROUP_BYTES // size))
-        size *= groups if groups >= min(MIN_GROUPS, n) else 1  # covariances kept per group of samples
-        cost = float(layer.units ** 3 + width ** 3)  # the bootstrap's eigendecompositions
-        if MIN_RESAMPLES * cost <= MAX_OPERATIONS:
-            products += cost * max(MIN_RESAMPLES, min(200, int(RESAMPLE_OPERATIONS / cost)))
+        plan = bootstrap_plan(layer.units, width, n)
+        size = 8.0 * (layer.units ** 2 + width ** 2) * plan.groups  # covariances kept per group of samples
+        products += float(layer.units ** 3 + width ** 3) * plan.resamples  # the bootstrap's eigendecompositions
         if held + size > PASS_BYTES:
             passes, held = passes + 1, 0.0
         held += size
@@ -168,7 +166,7 @@ def dimensionality(context: AuditContext, rule) -> list[Measurement]:
         rank, live = result.effective_rank, min(result.live_units, max(read.count - 1, 1))
         ceiling = min(live, reference) if reference is not None else live
         collapse = collapse_of(rank, ceiling)
-        interval = _collapse_interval(recorded[layer.name], context.seed)
+        interval = _collapse_interval(recorded[layer.name], collapse, context.seed)
         collapsed = collapse > params.max_collapse
         c90, c99 = result.components_for(0.9), result.components_for(0.99)
         not_read = recorded[layer.name].not_read
@@ -195,26 +193,18 @@ def dimensionality(context: AuditContext, rule) -> list[Measurement]:
     return findings
 
 
-#: A resample costs two eigendecompositions (output and input, width³ operations each): one layer's bootstrap gets
-#: 200 resamples within ``RESAMPLE_OPERATIONS`` (widths up to about 170), fewer for wider layers, never under
-#: ``MIN_RESAMPLES``; a layer whose ``MIN_RESAMPLES`` would exceed ``MAX_OPERATIONS`` gets no interval.
-RESAMPLE_OPERATIONS = 2e9
-MIN_RESAMPLES = 20
-MAX_OPERATIONS = 2e11
-
-
-def _collapse_interval(recorded: LayerCovariances, seed: int) -> Interval | None:
-    """Bootstrap interval of the collapse over the groups of samples the covariances were kept in: each resample
-    draws whole groups with replacement, for the output and input alike, and recomputes both spectra; None when the
-    layer was kept in one group (too wide)."""
+def _collapse_interval(recorded: LayerCovariances, collapse: float, seed: int) -> Interval | None:
+    """Bootstrap interval of the ``collapse`` over the groups of samples the covariances were kept in: each resample
+    draws whole groups with replacement, for the output and input alike, and recomputes both spectra (resamples by
+    :func:`~..techniques.read_vectors.bootstrap_plan`; percentile at 200, else normal); None when the layer was
+    kept in one group (too wide)."""
     read, given = recorded.read, recorded.given
     groups = len(read.parts)
     if groups < 2 or (given is not None and len(given.parts) != groups):
         return None
-    cost = sum(c.parts[0].gram.shape[0] ** 3 for c in (read, given) if c is not None and c.parts[0].count)
-    if MIN_RESAMPLES * cost > MAX_OPERATIONS:
+    resamples = bootstrap_plan(read.width, given.width if given is not None else 0, groups, groups).resamples
+    if not resamples:
         return None
-    resamples = max(MIN_RESAMPLES, min(200, int(RESAMPLE_OPERATIONS / max(cost, 1))))
 
     def statistic(index: np.ndarray) -> float:
         weights = torch.from_numpy(np.bincount(index, minlength=groups)).double()
@@ -224,7 +214,7 @@ def _collapse_interval(recorded: LayerCovariances, seed: int) -> Interval | None
         reference = spectrum_of_covariance(given.resampled(weights)).effective_rank if given is not None else None
         return collapse_of(result.effective_rank, min(live, reference) if reference is not None else live)
 
-    return bootstrap(statistic, groups, over="groups of samples", resamples=resamples, seed=seed)
+    return bootstrap_within(statistic, groups, collapse, over="groups of samples", resamples=resamples, seed=seed)
 
 
 def collapse_of(rank: float, reference: float) -> float:

@@ -13,7 +13,7 @@ from ..cost import Cost, RuleCost, Sizes, forwards, unit_products
 from ..findings import Location, Measurement
 from ..techniques.coactivation import best_modularity
 from ..techniques.coactivation import functional_modules as find_modules
-from ..techniques.uncertainty import Interval, bootstrap
+from ..techniques.uncertainty import Interval, bootstrap_within, resample_budget
 from .decomposition_common import CLASSES, pooled_activations, reading_labels
 from .registry import RuleDefinition, RuleDocs, param, register
 
@@ -38,11 +38,12 @@ Filan et al. (2021). Measured: two planted groups of six co-varying units give m
 exactly; twelve independent units give 0 (no edge above the correlation floor). On `digits` the modularity is
 0.13, 0.21 and 0.38 (`features.0`, `features.2`, `classifier.0`).
 
-The warning's value, 1 - modularity, carries a 95% percentile-bootstrap interval over the audit samples
-(seeded): each resample reruns the whole search (correlations, clustering at every size, modularity) on the drawn
-samples; 200 resamples while (samples + 200) x live units² stays under 5 x 10^6 (2,048 samples of 47 units),
-fewer above, never under 20 (25 for MiniLM's 384-wide layers on 64 samples); a layer where 20 would exceed 2 x
-10^11 operations (over about 2,100 live units on 2,048 samples, 6,000 on 64) has no interval. Measured
+The warning's value, 1 - modularity, carries a 95% bootstrap interval over the audit samples (seeded): each
+resample reruns the whole search (correlations, clustering at every size, modularity) on the drawn samples; 200
+resamples (percentile interval) while (samples + 200) x live units² stays under 5 x 10^6 (2,048 samples of 47
+units), fewer above (normal interval: the value +- 1.96 standard deviations of the resamples), never under 20
+(25 for MiniLM's 384-wide layers on 64 samples); a layer where 20 would exceed 2 x 10^11 operations (over
+about 2,100 live units on 2,048 samples, 6,000 on 64) has no interval. Measured
 (`tests/test_decomposition_intervals.py`, 300 samples): two groups of six units sharing a source under noise 1.2
 times its size have modularity 0.49 (1 - modularity 0.51, interval 0.50 to 0.57: certain); under noise 1.6,
 modularity 0.28 but an interval of 0.45 to 1.0 (uncertain: in some resamples no correlation clears
@@ -88,7 +89,7 @@ def _cost(sizes: Sizes, params: FunctionalModulesParams) -> Cost:
     """Activations of ``samples`` samples (one forward pass) and each layer's unit correlations, once and per
     bootstrap resample."""
     n = sizes.n(params.samples)
-    resampled = sum(2.0 * n * layer.units ** 2 * resamples_for(n, layer.units) for layer in sizes.hidden)
+    resampled = sum(resample_cost(n, layer.units) * resamples_for(n, layer.units) for layer in sizes.hidden)
     return forwards(sizes, n) + Cost(flops=unit_products(sizes, n) + resampled)
 
 
@@ -119,7 +120,7 @@ def functional_modules(context: AuditContext, rule) -> list[Measurement]:
             message,
             location=Location.of_layer(layer.name), metric="unstructured", value=1.0 - found.modularity,
             threshold=1.0 - params.min_modularity, judged=judged,
-            interval=_interval(values, params, context.seed) if judged else None,
+            interval=_interval(values, params, 1.0 - found.modularity, context.seed) if judged else None,
             evidence={"samples": len(indices), "modularity": found.modularity, "live_units": len(found.live_units),
                       "edges": found.graph.number_of_edges(), "min_correlation": params.min_correlation,
                       "modules": modules,
@@ -129,26 +130,25 @@ def functional_modules(context: AuditContext, rule) -> list[Measurement]:
     return findings
 
 
-#: A resample costs about ``(samples + 200) x units²`` operations (the correlations, then the clustering tree, its
-#: cuts and their modularity, each about 50 passes over the units x units matrix at most): one layer's bootstrap
-#: gets 200 resamples within ``RESAMPLE_OPERATIONS``, fewer for wider layers, never under ``MIN_RESAMPLES``; a layer
-#: whose ``MIN_RESAMPLES`` would exceed ``MAX_OPERATIONS`` gets no interval.
+#: One layer's bootstrap gets 200 resamples within ``RESAMPLE_OPERATIONS`` (:func:`resample_cost` each), fewer for
+#: wider layers, never under 20; a layer where 20 would exceed 2 x 10^11 operations gets no interval.
 RESAMPLE_OPERATIONS = 1e9
-MIN_RESAMPLES = 20
-MAX_OPERATIONS = 2e11
+
+
+def resample_cost(samples: int, units: int) -> float:
+    """Operations of one resample: about ``(samples + 200) x units²`` (the correlations, then the clustering tree,
+    its cuts and their modularity, each about 50 passes over the units x units matrix at most)."""
+    return float(samples + 200) * units * units
 
 
 def resamples_for(samples: int, units: int) -> int:
     """Bootstrap resamples of a layer of ``units`` live units over ``samples`` samples (0: none)."""
-    cost = (samples + 200) * units * units
-    if MIN_RESAMPLES * cost > MAX_OPERATIONS:
-        return 0
-    return max(MIN_RESAMPLES, min(200, int(RESAMPLE_OPERATIONS / max(cost, 1))))
+    return resample_budget(resample_cost(samples, units), RESAMPLE_OPERATIONS)
 
 
-def _interval(values: torch.Tensor, params: FunctionalModulesParams, seed: int) -> Interval | None:
-    """Bootstrap interval of ``1 - modularity`` over the samples: each resample reruns the whole search (the
-    correlations, the clustering at every size, the modularity of each) on the drawn samples."""
+def _interval(values: torch.Tensor, params: FunctionalModulesParams, estimate: float, seed: int) -> Interval | None:
+    """Bootstrap interval of ``1 - modularity`` (``estimate``) over the samples: each resample reruns the whole
+    search (the correlations, the clustering at every size, the modularity of each) on the drawn samples."""
     values = values.double()
     resamples = resamples_for(len(values), int((values.std(0) > 1e-9).sum()))
     if not resamples:
@@ -157,7 +157,7 @@ def _interval(values: torch.Tensor, params: FunctionalModulesParams, seed: int) 
     def statistic(index: np.ndarray) -> float:
         return 1.0 - best_modularity(values[torch.from_numpy(index)], params.min_correlation, params.max_modules)
 
-    return bootstrap(statistic, len(values), seed=seed, resamples=resamples)
+    return bootstrap_within(statistic, len(values), estimate, seed=seed, resamples=resamples)
 
 
 def _responds_to(values: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:

@@ -18,7 +18,6 @@ from ..techniques.fingerprints import (
     inputs_digest,
     serialise,
 )
-from ..techniques.uncertainty import Interval
 from .decomposition_common import pooled_activations
 from .registry import RuleDefinition, RuleDocs, param, register
 
@@ -56,12 +55,14 @@ features of the input; the first layer kept) drops that layer to CKA 0.37 (RSA 0
 margin and lets a same-task retrain pass, though with less room: its units are new where its function is not.
 Fingerprints pool over positions (the mean), so a change only in spatial or token layout is not seen.
 
-The drift carries a 95% percentile-bootstrap interval over the fingerprinted samples (200 resamples up to 1,024
-samples, seeded), computed from the two stored Gram matrices (no activation is recomputed, and the baseline model
-is not needed): each resample draws the samples with replacement for both layers alike. A resample's duplicated
-samples raise CKA, so the resamples' spread is centred on the measured drift: the interval is that of the drift
-another draw of as many samples would give. Measured on `tests/fixtures/drift_models.py` (256 samples): the
-changed layer's drift 0.63 has the interval 0.59 to 0.67; the fine-tune's lies within 0.0001 of 0.
+The drift carries a 95% basic-bootstrap interval over the fingerprinted samples (`2 x CKA - quantiles`; 200
+resamples up to 1,024 samples, fewer above with the bias-corrected normal interval; seeded), computed from the two
+stored Gram matrices (no activation is recomputed, and the baseline model is not needed): each resample draws the
+samples with replacement for both layers alike. CKA is biased upward at few samples and a resample's duplicated
+samples raise it by about as much again; the basic interval subtracts that bias, so it is an interval of the
+population drift (it can lie above the measured drift), not of the drift another draw of as many samples would
+give. Measured on `tests/fixtures/drift_models.py` (256 samples): the changed layer's drift 0.63 has the interval
+0.61 to 0.68; the fine-tune's lies within 0.0001 of 0.
 """,
     fix="""
 Re-review the drifting layers: rerun the localization and recomposition rules and compare their findings with
@@ -147,7 +148,7 @@ def representation_drift(context: AuditContext, rule) -> list[Measurement]:
         findings.append(Measurement(
             f"{name} has linear CKA {row['cka']:.3f} and RSA {row['rsa']:.3f} with the baseline{label}{verdict}",
             location=Location.of_layer(name), metric="drift", value=drift, threshold=params.max_drift,
-            interval=None if cka is None else Interval(1 - cka.high, 1 - cka.low, cka.method, cka.level),
+            interval=None if cka is None else cka.complement(),
             evidence={**common, "cka": row["cka"], "rsa": row["rsa"], "baseline_layer": row["baseline_layer"],
                       "matched_by": row["matched_by"], "unmatched_baseline_layers": unmatched},
         ))

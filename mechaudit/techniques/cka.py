@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from .uncertainty import Interval, bootstrap_centred
+from .uncertainty import Interval, bootstrap_basic
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -47,10 +47,12 @@ def bootstrap_resamples(samples: int) -> int:
 
 
 def cka_interval(k: torch.Tensor, l: torch.Tensor, seed: int = 0) -> Interval | None:  # noqa: E741 - the papers' names
-    """Percentile bootstrap over the samples of the linear CKA of two representations given by their Gram matrices
-    (samples, samples; centred or not), its spread centred on the CKA of all samples (a resample's duplicated
-    samples raise CKA: on 256 samples of two related random representations, every resample lay 0.02 to 0.05
-    above it; see :func:`~.uncertainty.bootstrap_centred`). A resample weighs each sample by the times it was drawn
+    """Basic bootstrap interval over the samples of the linear CKA of two representations given by their Gram
+    matrices (samples, samples; centred or not): an interval of the population CKA. CKA is biased upward at few
+    samples, and a resample's duplicated samples raise it further by about as much, which
+    :func:`~.uncertainty.bootstrap_basic` subtracts (two related 20-dimensional Gaussian representations on 128
+    samples: population CKA 0.54, mean CKA at 128 samples 0.59; the interval held the population value in 91% of
+    150 draws, the percentile interval in none). A resample weighs each sample by the times it was drawn
     (``w``); the centred HSIC of the resampled activations is then
     ``w'(K*L)w - 2n sum_i w_i a_i b_i + n^2 alpha beta`` with ``a = Kw/n``, ``b = Lw/n``, ``alpha = w'Kw/n^2``,
     ``beta = w'Lw/n^2`` (``*`` elementwise): five matrix-vector products per resample instead of re-centring two
@@ -74,4 +76,4 @@ def cka_interval(k: torch.Tensor, l: torch.Tensor, seed: int = 0) -> Interval | 
     estimate = statistic(np.arange(n))
     if not math.isfinite(estimate):
         return None
-    return bootstrap_centred(statistic, n, estimate, resamples=bootstrap_resamples(n), seed=seed, bounds=(0.0, 1.0))
+    return bootstrap_basic(statistic, n, estimate, resamples=bootstrap_resamples(n), seed=seed, bounds=(0.0, 1.0))

@@ -61,15 +61,6 @@ def best_modularity(activations: torch.Tensor, min_correlation: float = 0.3, max
     return _best_clustering(correlation(activations[:, live]), min_correlation, max_modules)[1] if live else 0.0
 
 
-def modularity(r: torch.Tensor, min_correlation: float, clusters: list[list[int]]) -> float:
-    """Newman's modularity of ``clusters`` (indices into ``r``) on the co-activation graph of the correlations
-    ``r`` (networkx's ``community.modularity`` with weights, by matrix products; see :func:`_modularity`)."""
-    labels = torch.zeros(len(r), dtype=torch.long)
-    for c, cluster in enumerate(clusters):
-        labels[cluster] = c
-    return _modularity(_edge_weights(r, min_correlation), labels)
-
-
 def _edge_weights(r: torch.Tensor, min_correlation: float) -> torch.Tensor:
     """The co-activation graph as a dense matrix: ``r`` where it exceeds ``min_correlation``, off the diagonal."""
     return torch.where(r > min_correlation, r, torch.zeros_like(r)).double().fill_diagonal_(0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from ..activations import batches, hooked
 from ..model_view import Layer, ModelView
 from .nonlinearity import Following
 from .sae import layer_vectors
+from .uncertainty import resample_budget
 
 #: Rectifiers by the words their module or function names contain (see :mod:`.nonlinearity`); Hugging Face's
 #: tanh-approximated GELUs are read as the exact GELU (they differ by less than 1e-3).
@@ -55,10 +57,34 @@ CHUNK_BYTES = 64 * 2**20
 PASS_BYTES = 2 * 2**30
 #: Groups of samples whose covariances are kept apart for the bootstrap (sample i in group i mod 16), and the
 #: most bytes one layer's groups may hold: a layer whose covariances fit fewer than ``MIN_GROUPS`` times in it
-#: (output and input both wider than about 2,900) is recorded in one group, without an interval.
+#: is recorded in one group, without an interval (see :func:`bootstrap_plan`).
 BOOTSTRAP_GROUPS = 16
 MIN_GROUPS = 8
 GROUP_BYTES = 2**30
+#: A resample costs two eigendecompositions (output and input, width³ operations each): 200 resamples within
+#: ``RESAMPLE_OPERATIONS`` (widths up to about 170), fewer for wider layers, never under 20; a layer where 20 would
+#: exceed ``MAX_OPERATIONS`` (output and input both about 1,700 wide or more) gets none.
+RESAMPLE_OPERATIONS = 2e9
+MAX_OPERATIONS = 2e11
+
+
+class BootstrapPlan(NamedTuple):
+    """How a layer's covariances are bootstrapped: the groups of samples they are kept in, and the resamples."""
+
+    groups: int
+    resamples: int
+
+
+def bootstrap_plan(read_width: int, input_width: int, samples: int, groups: int = BOOTSTRAP_GROUPS) -> BootstrapPlan:
+    """The groups and resamples of the bootstrap of a layer whose output is ``read_width`` wide and whose input is
+    ``input_width`` wide (0: not read), over ``samples`` samples: ``groups`` (at most one per sample) while they fit in
+    ``GROUP_BYTES``, fewer down to ``MIN_GROUPS``, and resamples by :func:`~.uncertainty.resample_budget`. One group
+    and no resample when either fails: a layer that gets no interval holds one covariance, not one per group."""
+    resamples = resample_budget(float(read_width ** 3 + input_width ** 3), RESAMPLE_OPERATIONS, cap=MAX_OPERATIONS)
+    kept = min(groups, samples, GROUP_BYTES // max(8 * (read_width ** 2 + input_width ** 2), 1))
+    if not resamples or kept < 2 or kept < min(MIN_GROUPS, groups, samples):
+        return BootstrapPlan(1, 0)
+    return BootstrapPlan(kept, resamples)
 
 
 class RunningCovariance:
@@ -90,13 +116,19 @@ class GroupedCovariance:
 
     def __init__(self, groups: int = 1) -> None:
         self.parts = [RunningCovariance() for _ in range(max(groups, 1))]
+        self.partner: GroupedCovariance | None = None  #: the layer's other covariance: both keep as many groups
 
     def add(self, chunk: torch.Tensor, first_sample: int, samples: int) -> None:
         """``chunk``: the vectors of ``samples`` consecutive samples from ``first_sample`` on, sample by sample (a
-        chunk whose rows do not divide by its samples goes whole to its first sample's group). Vectors wider than
-        the estimate the groups were sized by, so that they would hold over ``GROUP_BYTES``, are kept in one."""
-        if not self.count and len(self.parts) > 1 and 8 * chunk.shape[-1] ** 2 * len(self.parts) > GROUP_BYTES:
-            self.parts = self.parts[:1]
+        chunk whose rows do not divide by its samples goes whole to its first sample's group). When the vectors are
+        wider than the estimate the groups were sized by, so that :func:`bootstrap_plan` allows fewer groups, this
+        covariance and its partner are both merged into one."""
+        if not self.count and len(self.parts) > 1:
+            other = self.partner.width if self.partner is not None else 0
+            if bootstrap_plan(chunk.shape[-1], other, len(self.parts), len(self.parts)).groups < len(self.parts):
+                for covariance in (self, self.partner):
+                    if covariance is not None:
+                        covariance.merge()
         groups = len(self.parts)
         if groups == 1 or samples < 1 or chunk.shape[0] % samples:
             self.parts[first_sample % groups].add(chunk)
@@ -108,6 +140,21 @@ class GroupedCovariance:
     @property
     def count(self) -> int:
         return sum(part.count for part in self.parts)
+
+    @property
+    def width(self) -> int:
+        """The width of the vectors added (0 before any)."""
+        return next((part.gram.shape[0] for part in self.parts if part.gram is not None), 0)
+
+    def merge(self) -> None:
+        """Keep one group: the sums of all groups (the covariance of all vectors is unchanged)."""
+        merged = RunningCovariance()
+        for part in self.parts:
+            if part.count:
+                merged.total = part.total if merged.total is None else merged.total + part.total
+                merged.gram = part.gram if merged.gram is None else merged.gram + part.gram
+                merged.count += part.count
+        self.parts = [merged]
 
     @property
     def covariance(self) -> torch.Tensor:
@@ -174,14 +221,24 @@ class LayerCovariances:
     given: GroupedCovariance | None = field(default_factory=GroupedCovariance)
     not_read: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.given is not None:
+            self.read.partner, self.given.partner = self.given, self.read
+
 
 def _estimated_bytes(view: ModelView, layer: Layer, max_input_width: int) -> int:
     """The float64 covariances of one layer, estimated before reading (width 4,096 where its type does not say)."""
+    read, given = _estimated_widths(view, layer, max_input_width)
+    return 8 * (read * read + given * given)
+
+
+def _estimated_widths(view: ModelView, layer: Layer, max_input_width: int) -> tuple[int, int]:
+    """The widths of one layer's output and input (0: not read), estimated before reading."""
     width = input_width(view.model.get_submodule(layer.name))
     read = layer.size if layer.kind in ("linear", "conv", "stream") else _site_width(view, layer) or max_input_width
     unknown = read if layer.kind in ("heads", "stream") else max_input_width  # they read the stream they write
     given = min(width, max_input_width) if isinstance(width, int) else 0 if isinstance(width, str) else unknown
-    return 8 * (read * read + given * given)
+    return read, given
 
 
 def _site_width(view: ModelView, layer: Layer) -> int | None:
@@ -192,11 +249,8 @@ def _site_width(view: ModelView, layer: Layer) -> int | None:
 
 def bootstrap_groups(view: ModelView, layer: Layer, samples: int, max_input_width: int = MAX_INPUT_WIDTH,
                      groups: int = BOOTSTRAP_GROUPS) -> int:
-    """The groups of samples ``layer``'s covariances are kept in: ``groups`` (at most one per sample) while they
-    fit in ``GROUP_BYTES``, fewer down to ``MIN_GROUPS``, else 1 (no bootstrap)."""
-    fit = GROUP_BYTES // max(_estimated_bytes(view, layer, max_input_width), 1)
-    kept = min(groups, samples, fit)
-    return kept if kept >= min(MIN_GROUPS, groups, samples) and kept > 1 else 1
+    """The groups of samples ``layer``'s covariances are kept in (:func:`bootstrap_plan` on its estimated widths)."""
+    return bootstrap_plan(*_estimated_widths(view, layer, max_input_width), samples, groups).groups
 
 
 def layer_groups(view: ModelView, layers: list[Layer], max_input_width: int = MAX_INPUT_WIDTH,

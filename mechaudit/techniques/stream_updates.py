@@ -29,6 +29,7 @@ class _Moments:
         self.sums: list[torch.Tensor] = []
         self.squares: list[torch.Tensor] = []
         self.counts: list[torch.Tensor] = []
+        self._joined: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def add(self, x: torch.Tensor, samples: int) -> None:
         """``x``: the vectors of ``samples`` samples, sample by sample (as :func:`.sae.layer_vectors` orders them)."""
@@ -36,6 +37,7 @@ class _Moments:
         self.sums.append(x.sum(1))
         self.squares.append((x ** 2).sum((1, 2)))
         self.counts.append(torch.full((samples,), float(x.shape[1]), dtype=torch.float64))
+        self._joined = None
 
     @property
     def count(self) -> int:
@@ -48,7 +50,9 @@ class _Moments:
     def variance(self, weights: torch.Tensor | None = None) -> float:
         """Sum over dimensions of the variance (the squared Frobenius norm of the centred vectors, over n - 1), of
         every vector or with each sample's weighed by ``weights`` (the times a resample drew it)."""
-        sums, squares, counts = torch.cat(self.sums), torch.cat(self.squares), torch.cat(self.counts)
+        if self._joined is None:  # joined once for all of a bootstrap's resamples
+            self._joined = torch.cat(self.sums), torch.cat(self.squares), torch.cat(self.counts)
+        sums, squares, counts = self._joined
         if weights is not None:
             sums, squares, counts = sums * weights[:, None], squares * weights, counts * weights
         count = float(counts.sum())

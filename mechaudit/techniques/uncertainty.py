@@ -4,8 +4,12 @@
   samples (or units) a metric reduces. Written on numpy rather than ``scipy.stats.bootstrap`` because the metrics
   here are statistics of *several paired* per-sample arrays (a ratio of two means, the worst class of a table),
   which one index resample expresses directly; the method (percentile) is the same.
-* :func:`bootstrap_centred`: the same spread, centred on the estimate, for statistics that a resample's duplicated
-  samples bias (linear CKA, effective rank).
+* :func:`bootstrap_basic`: the basic bootstrap (Davison & Hinkley 1997, 5.2), ``2 * estimate - quantiles``, for a
+  statistic that a resample's duplicated samples bias (linear CKA): it subtracts the bias the resamples show, so it
+  estimates the population value rather than the value expected at this many samples.
+* :func:`bootstrap_within`: the percentile bootstrap when the budget allows ``PERCENTILE_RESAMPLES`` resamples, else
+  the normal bootstrap (estimate +- z * the resamples' standard deviation), whose two moments few resamples estimate
+  far better than they estimate 2.5% tails. :func:`resample_budget` sizes the resamples by their cost.
 * :func:`behaviour_presence`: whether the gap that a ratio would divide by (clean minus corrupted, clean minus
   ablated) exceeds its sampling noise: ``|mean gap| > z * standard error`` over the paired per-sample gaps.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -40,6 +45,10 @@ class Interval:
         """True when the interval holds values on both sides of the threshold (the verdict is a coin flip)."""
         return self.low <= threshold < self.high
 
+    def complement(self) -> Interval:
+        """The interval of ``1 - metric``."""
+        return Interval(1 - self.high, 1 - self.low, self.method, self.level)
+
     def to_dict(self) -> dict:
         return {"low": round(float(self.low), 6), "high": round(float(self.high), 6), "method": self.method,
                 "level": self.level}
@@ -57,22 +66,60 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, *, over: str = "
     return Interval(float(low), float(high), f"percentile bootstrap over {n} {over}, {resamples} resamples", level)
 
 
-def bootstrap_centred(statistic: Callable[[np.ndarray], float], n: int, estimate: float, *, over: str = "samples",
-                      resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0,
-                      bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval | None:
-    """The percentile bootstrap's spread placed on ``estimate``: ``estimate - (median - low)`` to ``estimate +
-    (high - median)``, clipped to ``bounds``. For statistics that duplicated samples bias (linear CKA, effective
-    rank: a resample holds about 63% distinct samples, and CKA rises with fewer samples), whose resamples lie beside
-    the estimate rather than around it: the interval is that of the value measured on another draw of as many
-    samples, which the rule's threshold was set on. None as :func:`bootstrap`."""
+#: Fewer resamples than this estimate a 2.5% tail poorly (5 values beyond it at 200): :func:`bootstrap_within` and
+#: :func:`bootstrap_basic` then use the normal bootstrap.
+PERCENTILE_RESAMPLES = 200
+
+
+def resample_budget(cost: float, budget: float, *, most: int = 200, least: int = 20, cap: float = 2e11) -> int:
+    """Resamples of a bootstrap whose resample costs ``cost`` operations: ``most`` within ``budget``, fewer for
+    dearer ones, never under ``least``; 0 (no interval) when ``least`` would exceed ``cap``."""
+    if least * cost > cap:
+        return 0
+    return max(least, min(most, int(budget / max(cost, 1.0))))
+
+
+def bootstrap_within(statistic: Callable[[np.ndarray], float], n: int, estimate: float, *, resamples: int,
+                     over: str = "samples", level: float = LEVEL, seed: int = 0) -> Interval | None:
+    """:func:`bootstrap` with ``PERCENTILE_RESAMPLES`` or more resamples, else the normal bootstrap: ``estimate +-
+    z * sd`` of the resamples (Efron & Tibshirani 1993, 13.2). None as :func:`bootstrap`."""
+    if resamples >= PERCENTILE_RESAMPLES:
+        return bootstrap(statistic, n, over=over, resamples=resamples, level=level, seed=seed)
     values = _resampled(statistic, n, resamples, seed)
-    if values is None:
+    if values is None or len(values) < 2:
         return None
-    tail = (1 - level) / 2 * 100
-    low, middle, high = np.percentile(values, [tail, 50, 100 - tail])
-    return Interval(float(max(bounds[0], estimate - (middle - low))), float(min(bounds[1], estimate + (high - middle))),
-                    f"percentile bootstrap over {n} {over}, {resamples} resamples, its spread centred on the "
-                    "estimate", level)
+    spread = _z(level) * float(values.std(ddof=1))
+    return Interval(estimate - spread, estimate + spread, f"normal bootstrap (estimate +- {_z(level):.2f} standard "
+                    f"errors of {resamples} resamples) over {n} {over}", level)
+
+
+def bootstrap_basic(statistic: Callable[[np.ndarray], float], n: int, estimate: float, *, over: str = "samples",
+                    resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0,
+                    bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval | None:
+    """Basic bootstrap interval ``2 * estimate - high`` to ``2 * estimate - low`` (``low``, ``high``: the resamples'
+    quantiles), clipped to ``bounds``; below ``PERCENTILE_RESAMPLES`` resamples, the bias-corrected normal interval
+    ``2 * estimate - mean +- z * sd``. For a statistic that a resample's duplicated samples bias (linear CKA rises
+    with fewer distinct samples; a resample holds about 63%): the resamples lie beside the estimate by about the
+    estimate's own bias, which this subtracts, so the interval is that of the population value (not of the value
+    expected at ``n`` samples) and may exclude the estimate itself. None as :func:`bootstrap`."""
+    values = _resampled(statistic, n, resamples, seed)
+    if values is None or len(values) < 2:
+        return None
+    if resamples >= PERCENTILE_RESAMPLES:
+        tail = (1 - level) / 2 * 100
+        low, high = np.percentile(values, [tail, 100 - tail])
+        low, high, how = 2 * estimate - high, 2 * estimate - low, "basic bootstrap"
+    else:
+        centre, spread = 2 * estimate - float(values.mean()), _z(level) * float(values.std(ddof=1))
+        low, high, how = centre - spread, centre + spread, "bias-corrected normal bootstrap"
+    return Interval(float(max(bounds[0], low)), float(min(bounds[1], high)),
+                    f"{how} over {n} {over}, {resamples} resamples (of the population value: the resamples' bias "
+                    "subtracted)", level)
+
+
+def _z(level: float) -> float:
+    """The standard normal quantile of a two-sided ``level``."""
+    return NormalDist().inv_cdf(0.5 + level / 2)
 
 
 def percentile_interval(values: np.ndarray, n: int, *, over: str = "samples", level: float = LEVEL,
