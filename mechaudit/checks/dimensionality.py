@@ -214,7 +214,8 @@ def _collapse_interval(recorded: LayerCovariances, collapse: float, seed: int) -
         reference = spectrum_of_covariance(given.resampled(weights)).effective_rank if given is not None else None
         return collapse_of(result.effective_rank, min(live, reference) if reference is not None else live)
 
-    return bootstrap_within(statistic, groups, collapse, over="groups of samples", resamples=resamples, seed=seed)
+    return bootstrap_within(statistic, groups, collapse, over="groups of samples", resamples=resamples, seed=seed,
+                            bounds=(0.0, 1.0))
 
 
 def collapse_of(rank: float, reference: float) -> float:

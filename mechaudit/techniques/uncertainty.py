@@ -80,17 +80,19 @@ def resample_budget(cost: float, budget: float, *, most: int = 200, least: int =
 
 
 def bootstrap_within(statistic: Callable[[np.ndarray], float], n: int, estimate: float, *, resamples: int,
-                     over: str = "samples", level: float = LEVEL, seed: int = 0) -> Interval | None:
+                     over: str = "samples", level: float = LEVEL, seed: int = 0,
+                     bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval | None:
     """:func:`bootstrap` with ``PERCENTILE_RESAMPLES`` or more resamples, else the normal bootstrap: ``estimate +-
-    z * sd`` of the resamples (Efron & Tibshirani 1993, 13.2). None as :func:`bootstrap`."""
+    z * sd`` of the resamples (Efron & Tibshirani 1993, 13.2), clipped to ``bounds``. None as :func:`bootstrap`."""
     if resamples >= PERCENTILE_RESAMPLES:
         return bootstrap(statistic, n, over=over, resamples=resamples, level=level, seed=seed)
     values = _resampled(statistic, n, resamples, seed)
     if values is None or len(values) < 2:
         return None
     spread = _z(level) * float(values.std(ddof=1))
-    return Interval(estimate - spread, estimate + spread, f"normal bootstrap (estimate +- {_z(level):.2f} standard "
-                    f"errors of {resamples} resamples) over {n} {over}", level)
+    return Interval(max(bounds[0], estimate - spread), min(bounds[1], estimate + spread),
+                    f"normal bootstrap (estimate +- {_z(level):.2f} standard errors of {resamples} resamples) over {n} "
+                    f"{over}", level)
 
 
 def bootstrap_basic(statistic: Callable[[np.ndarray], float], n: int, estimate: float, *, over: str = "samples",
