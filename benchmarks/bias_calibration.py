@@ -8,14 +8,15 @@ training seeds) to strong (``tests/fixtures/localization_toys.py``), audited on 
   rate among the exposed rows, R303's gated effect (a share of the exposed rows) beside the share of all rows it
   was gated on before, and L205's decodability from the output, each with its 95% interval and status;
 * ``--intervals``: L205's decodability on 15 independent audit sets of 600 rows per model, its spread, the share of
-  sets above candidate thresholds, and how often the interval of each set holds the mean over the sets (its
-  coverage).
+  sets above candidate thresholds, how often the interval of each set holds the mean over the sets (its
+  coverage), and the share of sets whose interval reaches above 0.12 (a fail under ``uncertain = "fail"``).
 
 The thresholds in the rule docs of R303 and L205 come from these tables.
 
     PYTHONPATH=. python benchmarks/bias_calibration.py              # the sweep (about 5 minutes on 2 cores)
     PYTHONPATH=. python benchmarks/bias_calibration.py 0.5:1:0.2    # strength:training seed:share exposed
     PYTHONPATH=. python benchmarks/bias_calibration.py --intervals  # L205 over independent audit sets
+    PYTHONPATH=. python benchmarks/bias_calibration.py --intervals 0:0 0:1  # only these (strength:training seed)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ SWEEP = ([(0.0, seed, 0.5) for seed in range(6)] + [(0.0, seed, 0.2) for seed in
 #: (leak strength, training seed) of the independent-sets table.
 INTERVALS = [(0.0, seed) for seed in range(4)] + [(0.5, seed) for seed in range(3)] + [(1.5, 0)]
 CANDIDATES = (0.07, 0.1, 0.12)
+#: L205's ``max_decodability``: the share of sets whose interval reaches above it fails under ``uncertain = "fail"``.
+GATE = 0.12
 
 
 def _interval(finding) -> str:
@@ -89,17 +92,20 @@ def interval_row(strength: float, seed: int, sets: int = 15) -> str:
     coverage = np.mean([i.low <= centre <= i.high for i in intervals])
     width = np.mean([i.high - i.low for i in intervals])
     above = " | ".join(f"{np.mean(values > t):.2f}" for t in CANDIDATES)
+    reaching = np.mean([i.high > GATE for i in intervals])  # fails under the compliance rulebook's uncertain = "fail"
     return (f"| {strength:g} | {seed} | {centre:.3f} | {values.std(ddof=1):.3f} | {values.min():.3f} to "
-            f"{values.max():.3f} | {above} | {width:.3f} | {coverage:.2f} |")
+            f"{values.max():.3f} | {above} | {width:.3f} | {coverage:.2f} | {reaching:.2f} |")
 
 
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     if argv[:1] == ["--intervals"]:
         print("| leak strength | training seed | mean decodability | sd | range | "
-              + " | ".join(f"share above {t:g}" for t in CANDIDATES) + " | mean interval width | coverage |")
-        print("|---" * (7 + len(CANDIDATES)) + "|")
-        for strength, seed in INTERVALS:
+              + " | ".join(f"share above {t:g}" for t in CANDIDATES) + " | mean interval width | coverage "
+              f"| share of intervals above {GATE:g} |")
+        print("|---" * (8 + len(CANDIDATES)) + "|")
+        only = [(float(arg.split(":")[0]), int(arg.split(":")[1])) for arg in argv[1:]]
+        for strength, seed in only or INTERVALS:
             print(interval_row(strength, seed), flush=True)
         return
     cases = [(float(s), int(seed), float(share)) for s, seed, share in (arg.split(":") for arg in argv)] or SWEEP

@@ -8,8 +8,10 @@ defaults and docs, documentation). A rulebook holds:
 * ``uncertain``: how a verdict whose confidence interval straddles its threshold gates: ``"point"`` (default) judges
   the point estimate and flags the finding uncertain; ``"fail"`` fails an uncertain pass (a release gate should not
   pass on a coin flip). See ``docs/findings-json.md``;
-* ``[rules.ID]``: overrides of a rule it holds: ``severity``, ``opt_in``, ``note`` (a paragraph appended to the
-  rule's "how it is measured", e.g. why a compliance rulebook sets what it sets) and ``[rules.ID.params]``;
+* ``[rules.ID]``: overrides of a rule it holds: ``severity``, ``opt_in``, ``uncertain`` (the rule's own gate for an
+  uncertain verdict, e.g. where an interval's measured false-fail rate on controls is too high to gate on),
+  ``note`` (a paragraph appended to the rule's "how it is measured", e.g. why a compliance rulebook sets what it
+  sets) and ``[rules.ID.params]``;
 * or a rule of its own: ``[rules.ID]`` with ``check`` (a registered check), and ``name``, ``severity`` and
   ``docs`` unless that check defines a rule to take them from.
 
@@ -38,7 +40,7 @@ __all__ = ["DOC_SECTIONS", "RULE_ID", "Rule", "RuleDocs", "Rulebook", "load_rule
 
 RULE_ID = re.compile(r"^[DLR]\d{3}$")
 UNCERTAIN = ("point", "fail")
-_OVERRIDES = {"severity", "params", "opt_in", "note"}
+_OVERRIDES = {"severity", "params", "opt_in", "note", "uncertain"}
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def load_rulebook(name_or_path: str) -> Rulebook:
             rules[rule_id] = _defined_rule(*defined[rule_id], table, at)
         else:
             rules[rule_id] = _declared_rule(rule_id, table, at)
-        rules[rule_id] = dataclasses.replace(rules[rule_id], uncertain=uncertain)
+        rules[rule_id] = dataclasses.replace(rules[rule_id], uncertain=_uncertain(table, uncertain, at))
     if not rules:
         raise InputError(where, "holds no rule")
     return Rulebook(
@@ -174,10 +176,18 @@ def load_rulebook(name_or_path: str) -> Rulebook:
     )
 
 
+def _uncertain(table: Any, default: str, where: str) -> str:
+    """A rule's gate for an uncertain verdict: its table's ``uncertain``, else the rulebook's."""
+    value = _string(table.get("uncertain", default), f"{where}.uncertain") if isinstance(table, dict) else default
+    if value not in UNCERTAIN:
+        raise InputError(f"{where}.uncertain", f"'{value}' is not one of {', '.join(UNCERTAIN)}")
+    return value
+
+
 def _defined_rule(check: Check, definition: RuleDefinition, table: Any, where: str) -> Rule:
     """A rule defined by its check, with the rulebook's overrides (``table``)."""
     _only(table, _OVERRIDES, where, hint=f"rule {definition.id} is defined by check '{check.name}'; a rulebook may "
-                                         "override its severity, opt_in, note and params")
+                                         "override its severity, opt_in, uncertain, note and params")
     return _rule(definition.id, definition.name, check, definition.docs, definition.severity, definition.opt_in,
                  table, where)
 

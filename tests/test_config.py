@@ -174,7 +174,8 @@ def test_the_compliance_rulebook_is_the_default_made_strict() -> None:
             if key.startswith("min_") and isinstance(value, float):
                 assert value >= base.params_dict()[key], (rule_id, key)
     assert compliance.rules["L201"].params.max_flip_rate == 0.04  # clears the control's 95% interval (to 3.1%)
-    assert {r.uncertain for r in compliance.rules.values()} == {"fail"}
+    # every rule fails an uncertain pass but L205 and R303, whose intervals fail 53% and 30% of no-leak controls
+    assert {rule_id for rule_id, r in compliance.rules.items() if r.uncertain != "fail"} == {"L205", "R303"}
     assert compliance.rules["L202"].severity == "error"
 
 

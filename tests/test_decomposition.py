@@ -344,8 +344,8 @@ def test_d103_chooses_dictionary_size_and_sparsity_from_the_data(tmp_path) -> No
     sweep chooses the dictionary's size and k from held-out FVU and seed agreement and states the choice. It chooses
     k = 4 (the data's L0) where the fixed k = width / 8 = 2 leaves more than `max_fvu` unexplained, but stops the
     size at 4 features per unit (each doubling gains under 10% FVU at its reference k), below the 8 that 128
-    directions need: its dictionary recovers them at a mean best cosine of 0.70 (the fixed one 0.80), and D103's
-    instability finding fails, as it should for that dictionary (rule docs of D103)."""
+    directions need: its dictionary recovers them at a mean best cosine of 0.70 (the fixed one 0.80). This test
+    checks the choice only, not the instability finding's verdict (rule docs of D103)."""
     vectors, _ = planted_dictionary_data(dims=16, directions=128, p=4 / 128, n=6000)
     result = mechaudit.audit(Passthrough(16), vectors, select=["D103"], rules={"D103": {"samples": 6000}})
     evidence = _findings(result, "D103", "fvu")[0].evidence

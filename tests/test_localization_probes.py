@@ -7,13 +7,14 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from fixtures.localization_toys import write_tabular
 
 from mechaudit.engine import run_audit
 from mechaudit.examples import example_spec
 from mechaudit.spec import load_spec
-from mechaudit.techniques.probes import as_classes, probe, reduce_features
+from mechaudit.techniques.probes import as_classes, paired_difference, probe, reduce_features
 
 
 def _audit(spec_path: Path, select: tuple[str, ...]):
@@ -59,3 +60,34 @@ def test_l205_reports_the_concept_profile_of_the_digits() -> None:
     def from_output(finding) -> float:
         return finding.evidence["profile"][-1]["decodability"]
     assert from_output(shortcut["watermark"]) > 0.8 > 0.5 > from_output(control["watermark"])  # 0.97 against 0.32
+
+
+def test_a_paired_difference_cancels_the_noise_two_layers_share() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 6))
+    labels = (features[:, 0] + rng.normal(size=400) > 0).astype(int)
+    one, other = probe(features, labels, seed=0), probe(features + 1e-9, labels, seed=0)
+    same = paired_difference(one, other)
+    assert same.high - same.low < 0.01 < one.interval().high - one.interval().low   # the same probe twice: ~0
+    weaker = probe(features[:, 1:], labels, seed=0)                                  # lost the column: far below
+    assert paired_difference(one, weaker).low > 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 2])
+def test_l205_locates_a_concept_at_the_first_layer_not_told_apart_from_its_best(seed: int) -> None:
+    """digits' `loop` reads about 0.53 in classifier.0 and in classifier.2 (the larger of the two changes with the
+    seed: classifier.2 at seed 2); the paired intervals tell features.0 and features.2 apart from the best, not
+    classifier.0, so the finding sits at classifier.0 for every seed, with classifier.0's own decodability."""
+    spec = load_spec(example_spec("digits"))
+    spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, select=("L205",), seed=seed))
+    loop = next(f for f in run_audit(spec).findings if f.evidence["attribute"] == "loop")
+    profile = {row["layer"]: row["decodability"] for row in loop.evidence["profile"]}
+    assert loop.location.component == "classifier.0" and loop.value == profile["classifier.0"]
+    rule = loop.evidence["location_rule"]
+    assert rule["best"]["decodability"] == max(profile.values())
+    *apart, chosen = rule["tested"]
+    assert [row["layer"] for row in apart] == ["features.0", "features.2"]
+    assert all(row["interval"]["low"] > 0 for row in apart)
+    assert chosen["layer"] == "classifier.0"
+    assert chosen["interval"] is None or chosen["interval"]["low"] <= 0    # the best itself, or tied with it

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_project
 from fixtures.localization_toys import tabular_audit_data, tabular_model, write_tabular
 
 import mechaudit
 from mechaudit.engine import run_audit
 from mechaudit.spec import load_spec
+from mechaudit.techniques.pathway_effect import exposed_samples
 from mechaudit.techniques.probes import probe
 
 BEHAVIOUR = {"kind": "logit_diff", "target": "1", "contrast": "0"}  # the decision, as the tabular specs declare it
@@ -170,3 +172,26 @@ def test_probes_and_dissection_run_on_a_one_number_regression_output(tmp_path: P
     assert all(f.status in ("pass", "fail") for f in findings), [f.message for f in findings]
     protected = next(f for f in findings if f.metric == "protected_decodability")
     assert protected.evidence["profile"][-1]["features"] == 1   # the one output number, probed as one feature
+
+
+def test_exposure_ignores_rounding_noise_of_the_baseline() -> None:
+    inputs = torch.rand(4, 3, 5) + 0.5
+    removed = inputs * (1 + 1e-7)                      # a float baseline that changes nothing but the last bits
+    removed[2, 1, 3] = 0.0                             # the region really changes sample 2
+    assert exposed_samples(inputs, removed).tolist() == [False, False, True, False]
+
+
+@pytest.mark.slow
+def test_r303_does_not_judge_a_handful_of_exposed_samples() -> None:
+    """A strong leak (strength 1.5, measured 0.35 of the exposed rows) audited on rows of which 3 of 600 have
+    sex = 1: one carried flip among them would read 0.33, so the effect is reported, not judged; the same model on
+    rows of which 20% have sex = 1 (about 100 of the 512 audited exposed) fails."""
+    model = tabular_model(True, strength=1.5)
+    few = _finding(mechaudit.audit(model, tabular_audit_data(1.5, 3 / 600), behaviour=BEHAVIOUR, select=["R303"]),
+                   "R303")
+    enough = _finding(mechaudit.audit(model, tabular_audit_data(1.5, 0.2), behaviour=BEHAVIOUR, select=["R303"]),
+                      "R303")
+    assert few.evidence["pathway_effect"]["exposed_samples"] < 20 and few.status == "pass"
+    assert few.message.startswith("not judged: too few exposed samples") and few.threshold is None
+    assert enough.evidence["pathway_effect"]["exposed_samples"] >= 20
+    assert enough.status == "fail" and enough.threshold == 0.06 and enough.value > 0.2

@@ -57,11 +57,17 @@ def test_uncertain_pass_fails_only_where_the_rulebook_says_so(interval: Interval
 
 
 def test_rulebooks_declare_their_uncertain_gate(tmp_path) -> None:
-    assert {r.uncertain for r in load_rulebook("compliance").rules.values()} == {"fail"}
+    compliance = {rule_id: r.uncertain for rule_id, r in load_rulebook("compliance").rules.items()}
+    # L205 and R303 gate on their point estimate (their intervals fail 30% to 53% of no-leak controls: their notes)
+    assert {u for rule_id, u in compliance.items() if rule_id not in ("L205", "R303")} == {"fail"}
+    assert compliance["L205"] == compliance["R303"] == "point"
     assert {r.uncertain for r in load_rulebook("default").rules.values()} == {"point"}
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\nuncertain = "maybe"\n')
     with pytest.raises(InputError, match="uncertain"):
+        load_rulebook(str(bad))
+    bad.write_text('name = "bad"\n[rules.L205]\nuncertain = "maybe"\n')
+    with pytest.raises(InputError, match="L205.*uncertain"):
         load_rulebook(str(bad))
 
 

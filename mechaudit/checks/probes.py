@@ -15,7 +15,7 @@ from typing import TypedDict
 from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, forwards
 from ..findings import Location, Measurement
-from ..techniques.probes import as_classes, probe, reduce_features
+from ..techniques.probes import as_classes, paired_difference, probe, reduce_features
 from .registry import RuleDefinition, RuleDocs, param, register
 from .representation_common import OUTPUT, sampled_activations
 
@@ -32,13 +32,15 @@ held-out predictions (mean over the splits); chance-corrected with the same prob
 shuffled), 0 at the shuffled-label chance level, 1 perfect; the evidence holds both scores and the spread of the
 shuffled ones. A classifier's output is read as the decision reads it: its logits centred per sample (softmax
 ignores a shift common to every class). An attribute with more than `max_levels` values is cut into quartiles. The
-evidence holds the profile across layers. Concepts are reported, each at the first layer whose decodability is
-within 0.05 of its largest (where the concept becomes decodable: closer layers are within the probe's noise; on
-`digits` the concept `loop` reads 0.54 in `classifier.0` and 0.50 in `classifier.2`, and which of the two was
-higher changed with the seed); a protected attribute fails when its
-decodability from the output, the layer that feeds every decision, exceeds `max_decodability`. The value carries a
-95% percentile-bootstrap interval over the samples: each resample rescores the held-out predictions already made
-(no refit), those of the shuffles too, which are themselves drawn with replacement.
+evidence holds the profile across layers. Concepts are reported, each at the first layer not told apart from the
+one where it is most decodable (where the concept becomes decodable): the first layer whose paired bootstrap
+interval of the difference (largest decodability minus its own, both rescored on the same resampled samples)
+holds 0; the value is that layer's decodability, the largest and the intervals tested are in the evidence
+(`location_rule`). A protected attribute fails when its decodability from the output, the layer that feeds every
+decision, exceeds `max_decodability`. The value carries a percentile-bootstrap interval over the samples,
+nominally 95%: each resample rescores the held-out predictions already made (no refit), those of the shuffles
+too, which are themselves drawn with replacement; measured, it holds the mean over independent audit sets in 80%
+to 87% of them (below), which its method string says.
 """,
     why="""
 A protected attribute (sex, age, ethnicity) that the decision can be decoded from shapes the decision, directly or
@@ -57,6 +59,17 @@ width 0.04 to 0.08, 95% of it would need 0.14 to 0.25). The new one is 0.11 to 0
 the sets in 80% to 87% of them: still narrower than a 95% interval, since the probe is not refitted per resample
 (a refit per resample costs `seeds + shuffles` cross-validations each, minutes on a real model's output); a
 Nadeau-Bengio corrected t interval over the fold scores measured about as wide (0.10 to 0.19; coverage 73% to 87%).
+It is labelled nominal rather than widened by the measured ratio (about 1.3): the ratio was measured on one toy
+and a probe's refit noise differs with the layer and the sample size, so a scale taken from it would claim a
+coverage nobody measured on the audited model. The compliance rulebook gates L205 on the point estimate (its note:
+this interval reaches above 0.12 on 53% of control audits).
+Location of a concept: on `digits` `loop` reads 0.54 in `classifier.0` and 0.50 to 0.53 in `classifier.2`, and
+which of the two was higher changed with the seed. The noise of the difference between two layers on the same
+samples is the paired bootstrap's: `classifier.2` minus `classifier.0` 0.001 (interval -0.078 to 0.058, seed 2),
+a standard deviation of about 0.035, near the 0.036 to 0.063 over independent audit sets of the tabular toy; the
+earlier layers are told apart (`features.2` 0.14 to 0.17 below, intervals from 0.024 up; `features.0` 0.27 to
+0.37 below). `loop` is located at `classifier.0` for seeds 0 to 2 in `digits` and in `digits-control`
+(`tests/test_localization_probes.py`).
 Classes are weighted because the score is balanced: unweighted, the probe of a group that is 20% of the rows
 predicted the majority and scored chance (leak 0.5: 0.000, leak 1: 0.018; weighted 0.131 and 0.249).
 Threshold, from the same planted toy as R303 (`benchmarks/bias_calibration.py`, `tests/test_protected_leak.py`:
@@ -98,9 +111,6 @@ legitimate (a medical risk that depends on age), document it and waive the findi
     ),
 )
 RULE = RuleDefinition("L205", "concept-probes", "warning", DOCS)
-#: A concept's finding is located at the first layer whose decodability is within this of the largest: layers closer
-#: than the probe's sampling spread (standard deviation about 0.04 over audit sets of 600 samples) are not told apart.
-CONCEPT_TIE = 0.05
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,7 @@ class ProbesEvidence(TypedDict, total=False):
     classes: int
     folds: int
     kind: str
+    location_rule: dict
     position: str
     probe: str
     profile: list
@@ -188,13 +199,14 @@ def probes(context: AuditContext, rule) -> list[Measurement]:
         at_output = profile[-1]
         best = max(profile, key=lambda row: row["decodability"])
         if kind == "concept":
-            first = next(row for row in profile if row["decodability"] >= best["decodability"] - CONCEPT_TIE)
+            first, tie = _located(profile, results, context.seed)
+            evidence["location_rule"] = tie
             location = Location.of_layer(first["layer"]) if first["layer"] != OUTPUT else Location(component=OUTPUT)
             findings.append(Measurement(
                 f"concept '{name}' is decodable from {first['layer']} on (decodability {first['decodability']:.2f}; "
-                f"at most {best['decodability']:.2f}, in {best['layer']}; {at_output['decodability']:.2f} from the "
-                "output)",
-                location=location, metric="concept_decodability", value=best["decodability"], evidence=evidence,
+                f"at most {best['decodability']:.2f}, in {best['layer']}, within the probe's noise of it; "
+                f"{at_output['decodability']:.2f} from the output)",
+                location=location, metric="concept_decodability", value=first["decodability"], evidence=evidence,
             ))
             continue
         value = at_output["decodability"]
@@ -209,3 +221,22 @@ def probes(context: AuditContext, rule) -> list[Measurement]:
             interval=results[OUTPUT].interval(context.seed),
         ))
     return findings
+
+
+def _located(profile: list[dict], results: dict, seed: int) -> tuple[dict, dict]:
+    """The first layer whose decodability is not told apart from the largest: the paired bootstrap interval of the
+    difference (largest minus this layer's, the same resampled samples for both) holds 0. With the rule that led to
+    it (the best layer, and the interval of each layer tested before the one chosen)."""
+    layers = list(results)
+    best = max(range(len(profile)), key=lambda i: profile[i]["decodability"])
+    tested = []
+    for index, row in enumerate(profile):
+        gap = None if index == best else paired_difference(results[layers[best]], results[layers[index]], seed)
+        tested.append({"layer": row["layer"], "difference": profile[best]["decodability"] - row["decodability"],
+                       "interval": gap.to_dict() if gap is not None else None})
+        if index == best or (gap is not None and gap.low <= 0.0):
+            break
+    rule = {"rule": "the first layer whose paired bootstrap interval of (largest decodability - its decodability) "
+                    "holds 0", "best": {"layer": profile[best]["layer"], "decodability": profile[best]["decodability"]},
+            "tested": tested}
+    return profile[index], rule

@@ -33,7 +33,11 @@ whose patch is not already black), the share whose prediction flips when the reg
 (directional ablation, as in L201's what-if), at the layer where the cut takes away the most flips. The direction
 is estimated on one half of the samples and the effect measured on the other, both ways (cross-fitted). Fails
 above `max_effect`; the value carries a 95% percentile-bootstrap interval over the samples (the layer chosen anew
-in each resample). The evidence also gives, per layer, the share of *all* samples carried (`carried_share_of_all`,
+in each resample). A sample is exposed when an element of its input moves by more than 1e-5 (relative and
+absolute) on removal, so a baseline's rounding noise is no exposure; with fewer than `min_exposed` exposed samples
+(default 20) the effect is reported but not judged ("too few exposed samples"): one carried flip among 3 exposed
+would read 0.33. At 20, a single carried flip is 0.05, under `max_effect`, so a fail takes at least two. The
+evidence also gives, per layer, the share of *all* samples carried (`carried_share_of_all`,
 the former gate, which scales with how common the exposed group is) and of the flips (`carried_share_of_flips`),
 and the exposed share. Evidence: the share of the behaviour's attribution that flows back to the region through
 the scored edges of R301 (`protected_flow_share`: the output units' attribution is passed back layer by layer in
@@ -109,6 +113,8 @@ class ProtectedPathwayParams(BaselineParams):
                                                            "of the predictions its removal changes the input of "
                                                            "(flips that go away when it is cut)")
     edit_nodes: int = param(3, low=0, doc="units on the protected pathway suppressed in the what-if edit")
+    min_exposed: int = param(20, low=1, doc="fewer exposed samples (whose input the region's removal changes) "
+                                            "and the effect is reported, not judged")
 
 
 class ProtectedPathwayEvidence(TypedDict, total=False):
@@ -163,6 +169,7 @@ def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
         effect = pathway_effect(context.view, context.view.hidden_layers, problem.inputs, mask, context.batch_size,
                                 context.device, remove=baseline.remove)
         value = effect.value if effect is not None else 0.0
+        judged = effect is None or effect.exposed >= params.min_exposed
         if effect is None:
             carried = f"removing '{name}' changes no audited layer: it has no pathway to the decision"
         else:
@@ -171,12 +178,17 @@ def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
                        f"predictions that its removal could flip from flipping ({exposed:.0%} of the samples change "
                        f"when it is removed; {effect.flipped_before.mean():.1%} of all flip without the cut, "
                        f"{effect.per_layer_of_all[effect.best]:.1%} of all are carried)")
+            if not judged:
+                carried = (f"not judged: too few exposed samples ({effect.exposed} of {len(effect.flipped_before)} "
+                           f"change when '{name}' is removed, fewer than min_exposed = {params.min_exposed}); "
+                           + carried)
         findings.append(Measurement(
             f"{carried}; {share:.0%} of the attribution of the {problem.description} flows from it (it covers "
             f"{float(mask.mean()):.0%} of the input); the units most specific to it: "
             f"{', '.join(pathway[:3]) or 'none'}",
             location=Location(component=region), metric="protected_pathway_effect", value=value,
-            threshold=params.max_effect, interval=effect.interval(context.seed) if effect is not None else None,
+            threshold=params.max_effect if judged else None, judged=judged,
+            interval=effect.interval(context.seed) if effect is not None else None,
             evidence={"region_area_share": float(mask.mean()), "protected_flow_share": share,
                       "pathway_effect": effect.to_dict() if effect is not None else None,
                       "pathway": [{"component": n, "share_from_region": specific[n], "flow": flow[n]}

@@ -85,6 +85,18 @@ class PathwayEffect:
                        "on one half of the samples and measured on the other, both ways"}
 
 
+#: An input element counts as changed by the removal when it moves by more than this, relative to its size (plus the
+#: same absolute): a baseline computed in floating point (a mean, a blur) leaves rounding noise of about 1e-7 on
+#: elements it does not change, which must not count as exposure.
+EXPOSURE_TOLERANCE = 1e-5
+
+
+def exposed_samples(inputs: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """(samples,) bool: the samples whose input the region's removal changes beyond rounding noise."""
+    return (~torch.isclose(removed.double(), inputs.double(), rtol=EXPOSURE_TOLERANCE, atol=EXPOSURE_TOLERANCE)
+            ).flatten(1).any(1)
+
+
 def _predictions(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     return model_outputs(model, inputs, batch_size, device).argmax(-1)
 
@@ -108,7 +120,7 @@ def pathway_effect(view: ModelView, layers: list[Layer], inputs: torch.Tensor, m
                 != _predictions(view.model, remove(samples.inputs, samples.mask), batch_size, device)).cpu()
 
     before = torch.cat([flips(half) for half in halves])
-    changed = torch.cat([(remove(half.inputs, half.mask) != half.inputs).flatten(1).any(1) for half in halves])
+    changed = torch.cat([exposed_samples(half.inputs, remove(half.inputs, half.mask)) for half in halves])
     names, rows = [], []
     for layer in layers:
         after = []
