@@ -54,15 +54,15 @@ def test_a_dictionary_trained_on_a_disk_buffer_equals_one_trained_in_memory() ->
 def test_the_sweep_stays_within_its_budget_and_says_so() -> None:
     vectors, _ = planted_dictionary_data(dims=8, directions=16, n=800)
     base = SAEConfig(features=16, k=2, steps=20, batch=64)
-    kwargs = dict(fvu_target=0.3, min_agreement=0.99, ks=(1, 2, 4), expansions=(2, 4, 8))  # no size agrees
+    kwargs = dict(fvu_target=0.3, min_agreement=0.8, k_ref=1, ks=(1, 2, 4), expansions=(2, 4, 8))
     free = choose_size(vectors, base, **kwargs)
-    two_pairs = 4 * training_cost(2 * 8, 8, 64, 20)
-    bounded = choose_size(vectors, base, budget=two_pairs, **kwargs)
-    assert bounded.cost <= two_pairs < free.cost
+    one_pair = 2 * training_cost(2 * 8, 8, 64, 20)
+    bounded = choose_size(vectors, base, budget=training_cost(2 * 8, 8, 64, 20) + one_pair, **kwargs)
+    assert bounded.cost <= training_cost(2 * 8, 8, 64, 20) + one_pair < free.cost
     assert "budget" in bounded.reason and "budget" not in free.reason
     # fewer steps first (down to sweep_steps here), then smaller batches: more candidates fit, fewer than unbounded
     assert bounded.batch == 32 < free.batch == 64 and bounded.steps == free.steps == 20
-    assert len(bounded.points) < len(free.points) and {p.expansion for p in free.points} == {2, 4, 8}
+    assert [p.stage for p in bounded.points][:2] == ["size", "sparsity"] and len(bounded.points) < len(free.points)
 
 
 def _within(value: float, interval: dict) -> bool:

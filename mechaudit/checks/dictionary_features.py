@@ -44,7 +44,7 @@ from .registry import RuleDefinition, RuleDocs, param, register
 CHECK = "dictionary_features"
 STABLE_COSINE = 0.9  # two features are the same direction above this cosine similarity
 SWEEP_EXPANSIONS = (2, 4, 8, 16)  # features per unit tried when `expansion` is 0
-SWEEP_KS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # active features per vector tried when `k` is 0 (at most half the units)
+SWEEP_KS = (1, 2, 4, 8, 16, 32)  # active features per vector tried when `k` is 0 (at most half the units)
 MAX_SWEEP_FEATURES = 16384  # larger dictionaries are not tried
 
 
@@ -154,12 +154,11 @@ class DictionaryParams:
     kind: str = param("topk", choices=("topk", "l1"), doc="sparsity: TopK (Gao et al. 2024) or L1")
     expansion: int = param(0, low=0, doc="features per unit of the layer (0: chosen from the data by a sweep)")
     k: int = param(0, low=0, doc="topk: active features per vector (0: chosen from the data by a sweep)")
-    sweep_steps: int = param(800, low=1, doc="optimiser steps per dictionary of the size and sparsity sweep")
+    sweep_steps: int = param(300, low=1, doc="optimiser steps per dictionary of the size and sparsity sweep")
     sweep_vectors: int = param(16384, low=10, doc="activation vectors the sweep trains and evaluates on (a fifth "
                                                   "held out)")
     l1: float = param(1e-3, low=0.0, doc="l1: the penalty")
     steps: int = param(800, low=1, doc="optimiser steps per dictionary")
-    lr: float = param(1e-2, low=0.0, doc="Adam learning rate of every dictionary (the sweep's and the kept ones)")
     batch: int = param(512, low=1, doc="vectors per optimiser step")
     samples: int = param(1024, low=2, doc="samples whose activation vectors train the dictionaries (seeded)")
     dense_frequency: float = param(0.5, low=0.0, high=1.0, doc="a feature active on more vectors is dense")
@@ -378,7 +377,7 @@ def _train(context: AuditContext, params: DictionaryParams) -> dict[str, Trained
                          context.seed) as buffer:
             training = buffer.stream()
             base = SAEConfig(features=max(1, params.expansion) * width, kind=params.kind,
-                             k=max(1, params.k or width // 8), l1=params.l1, steps=params.steps, lr=params.lr,
+                             k=max(1, params.k or width // 8), l1=params.l1, steps=params.steps,
                              batch=params.batch, seed=context.seed)
             choice = _choose(buffer, base, width, params, context.device, budget / 2)
             config = base if choice is None else replace(base, features=choice.expansion * width, k=choice.k)
@@ -434,7 +433,7 @@ def _choose(buffer: Buffer, base: SAEConfig, width: int, params: DictionaryParam
                           f"the layer's sweep budget ({budget / 1e9:g} GMAC); the smallest size ({expansions[0]} per "
                           f"unit) and k = {base.k} kept", 0.0, 0, 0)
     return choose_size(buffer.as_tensor(params.sweep_vectors), replace(base, steps=params.sweep_steps),
-                       fvu_target=params.max_fvu, min_agreement=params.min_seed_agreement,
+                       fvu_target=params.max_fvu, min_agreement=params.min_seed_agreement, k_ref=max(1, width // 8),
                        ks=ks, expansions=expansions, max_vectors=params.sweep_vectors, device=device, budget=budget)
 
 

@@ -1,23 +1,23 @@
 """Dictionary size and sparsity chosen from the data: a small, bounded sweep on held-out vectors.
 
-On at most ``max_vectors`` activation vectors of which a fifth is held out, sizes of ``expansion`` features per
-dimension are tried for ``expansion`` in ``expansions`` (ascending). At each size, ``k`` is searched over ``ks``
-(ascending); for each ``k`` tried, two seeds are trained and the held-out FVU and their seed agreement measured.
-The smallest ``k`` whose FVU reaches ``fvu_target`` is found by bisection (the FVU falls as ``k`` grows); when its
-seeds agree at ``min_agreement``, or the next ``k``'s do, that size and ``k`` are chosen: the smallest dictionary
-that both explains the data and is reproducible. Otherwise the next size is tried: a dictionary too small for the
-data's directions needs a larger ``k`` to reconstruct them and mixes them, differently from seed to seed (in a
-16-wide layer of 128 sparse directions, 2 features per unit reach the FVU target only at k = 4, where two seeds
-agree at 0.63; reconstruction alone, each doubling of the size gaining under 10% of FVU, stops there). When no size
-gives agreeing seeds, the candidate reaching the target with the best agreement is chosen (when none reaches it, the
-largest size and ``k`` tried).
+Two stages, on at most ``max_vectors`` activation vectors of which a fifth is held out:
 
-Cost: at most ``2 * len(expansions) * (log2(len(ks)) + 2)`` dictionaries of ``steps`` steps each, and never more
-than ``budget`` multiply-adds (:func:`training_cost`): when the searches of the first two sizes would not fit, each
-candidate trains fewer steps (at least 50), then on smaller batches (at least 32 vectors); a candidate that would
-still exceed it is not trained, and the reason says so (larger sizes are not tried once a size's search cannot be
-paid for). The least sweep (one pair of k at the first size, 50 steps of 32 vectors: :func:`least_sweep_cost`) must
-fit the budget: the caller checks it and skips the sweep otherwise.
+1. *Size.* At the reference sparsity ``k_ref``, dictionaries of ``expansion`` features per dimension are trained
+   for ``expansion`` in ``expansions`` (ascending); the smallest one after which doubling the size lowers the
+   held-out FVU by less than ``min_gain`` (relative) is kept: a dictionary too small for the data's directions
+   reconstructs worse and recovers fewer of them, one larger than needed only splits them.
+2. *Sparsity.* With that size, ``k`` is searched over ``ks`` (ascending); for each ``k`` tried, two seeds are
+   trained and the held-out FVU and their seed agreement measured. The smallest ``k`` whose FVU reaches
+   ``fvu_target`` is found by bisection (the FVU falls as ``k`` grows); it is chosen when its seeds agree at
+   ``min_agreement``, else the next ``k`` when that one's do, else it; when no ``k`` reaches the target, the
+   largest tried.
+
+Cost: at most ``len(expansions) + 2 * (log2(len(ks)) + 2)`` dictionaries of ``steps`` steps each, and never more than
+``budget`` multiply-adds (:func:`training_cost`): when the first two sizes and the bisection's usual probes would
+not fit, each candidate trains fewer steps (at least 50), then on smaller batches (at least 32 vectors); a candidate
+that would still exceed it is not trained, and the reason says so (the size stage keeps the largest size it could
+afford; the sparsity stage the best k tried). The least sweep (the first size and one pair of k, 50 steps of 32
+vectors: :func:`least_sweep_cost`) must fit the budget: the caller checks it and skips the sweep otherwise.
 """
 
 from __future__ import annotations
@@ -69,13 +69,14 @@ def training_cost(features: int, dims: int, batch: int, steps: int) -> float:
 
 
 def least_sweep_cost(dims: int, expansions: tuple[int, ...]) -> float:
-    """Multiply-adds of the least sweep :func:`choose_size` runs: one pair of k at the first size (two dictionaries
-    of the smallest size), ``MIN_SWEEP_STEPS`` steps of ``MIN_SWEEP_BATCH`` vectors each."""
-    return 2 * training_cost(expansions[0] * dims, dims, MIN_SWEEP_BATCH, MIN_SWEEP_STEPS)
+    """Multiply-adds of the least sweep :func:`choose_size` runs: the first size and one pair of k (three
+    dictionaries of the smallest size), ``MIN_SWEEP_STEPS`` steps of ``MIN_SWEEP_BATCH`` vectors each."""
+    return 3 * training_cost(expansions[0] * dims, dims, MIN_SWEEP_BATCH, MIN_SWEEP_STEPS)
 
 
 def choose_size(vectors: torch.Tensor, base: SAEConfig, *, fvu_target: float, min_agreement: float,
-                ks: tuple[int, ...], expansions: tuple[int, ...], max_vectors: int = 16384, device: torch.device | str = "cpu", budget: float = math.inf) -> SizeChoice:
+                k_ref: int, ks: tuple[int, ...], expansions: tuple[int, ...], min_gain: float = 0.1,
+                max_vectors: int = 16384, device: torch.device | str = "cpu", budget: float = math.inf) -> SizeChoice:
     """Choose ``expansion`` and ``k`` for dictionaries of ``vectors`` (n, dims); see the module docstring.
     ``base`` gives the optimisation (steps, batch, kind, seed); ``budget`` bounds the multiply-adds spent."""
     generator = torch.Generator().manual_seed(base.seed)
@@ -89,7 +90,8 @@ def choose_size(vectors: torch.Tensor, base: SAEConfig, *, fvu_target: float, mi
     batch = min(base.batch, len(train))
     if math.isfinite(budget):  # fewer steps per candidate when the usual sweep would not fit the budget
         probes = 2 * (math.ceil(math.log2(max(len(ks), 1))) + 1)
-        per_step = probes * sum(training_cost(e * dims, dims, batch, 1) for e in expansions[:2])
+        per_step = sum(training_cost(e * dims, dims, batch, 1) for e in expansions[:2]) + probes * training_cost(
+            expansions[0] * dims, dims, batch, 1)
         floor = min(MIN_SWEEP_STEPS, base.steps)
         if per_step * floor > budget and batch > MIN_SWEEP_BATCH:  # then smaller batches
             batch = max(MIN_SWEEP_BATCH, int(batch * budget / (per_step * floor)))
@@ -108,63 +110,59 @@ def choose_size(vectors: torch.Tensor, base: SAEConfig, *, fvu_target: float, mi
     def choice(expansion: int, k: int, reason: str) -> SizeChoice:
         return SizeChoice(expansion, k, tuple(points), reason, spent[0], base.steps, batch)
 
-    def pair(expansion: int, k: int) -> SweepPoint:
-        """Two seeds' dictionaries of this size and ``k``: the first's held-out FVU and the seeds' agreement."""
+    expansion = expansions[0]
+    previous = None
+    note = ""
+    for candidate in expansions:
+        if previous is not None and spent[0] + cost(candidate, 3) > budget:  # its fit, then one pair of k
+            note = f"; sizes above {expansion} per unit not tried (budget of {budget / 1e9:g} GMAC)"
+            break
+        _, stats = fit(candidate, k_ref, base.seed)
+        points.append(SweepPoint("size", candidate, k_ref, stats.fvu))
+        if previous is not None and previous - stats.fvu < min_gain * previous:
+            break
+        expansion, previous = candidate, stats.fvu
+    probed: dict[int, SweepPoint] = {}
+
+    def probe(index: int) -> SweepPoint | None:
+        """Two seeds at ``ks[index]`` (None when the budget cannot pay for them; the first pair always runs)."""
+        nonlocal note
+        if index in probed:
+            return probed[index]
+        if probed and spent[0] + cost(expansion, 2) > budget:
+            if "not tried" not in note:
+                note += f"; some k not tried (budget of {budget / 1e9:g} GMAC)"
+            return None
+        k = ks[index]
         (first, stats), (second, twin_stats) = fit(expansion, k, base.seed), fit(expansion, k, base.seed + 1)
         agreement = seed_agreement(first.decoder, second.decoder, stats.frequency > 0, twin_stats.frequency > 0)
         point = SweepPoint("sparsity", expansion, k, stats.fvu, float(agreement.mean()) if len(agreement) else 0.0)
         points.append(point)
+        probed[index] = point
         return point
 
-    note = ""
-
-    def search(expansion: int) -> SweepPoint | None:
-        """The k chosen at this size when its seeds agree (the smallest k reaching the FVU target, by bisection, or
-        the next one up); None when none does or the budget stops the search."""
-        nonlocal note
-        probed: dict[int, SweepPoint] = {}
-
-        def probe(index: int) -> SweepPoint | None:
-            nonlocal note
-            if index not in probed:
-                if points and spent[0] + cost(expansion, 2) > budget:  # the first pair always runs
-                    note = note or f"; candidates not tried (budget of {budget / 1e9:g} GMAC)"
-                    return None
-                probed[index] = pair(expansion, ks[index])
-            return probed[index]
-
-        low, high = 0, len(ks) - 1
-        while low < high:
-            middle = (low + high) // 2
-            point = probe(middle)
-            if point is None:
-                return None
-            low, high = (low, middle) if point.fvu <= fvu_target else (middle + 1, high)
-        if probe(low) is None or probed[low].fvu > fvu_target:
-            return None
-        if probed[low].seed_agreement >= min_agreement:
-            return probed[low]
-        above = probe(low + 1) if low + 1 < len(ks) else None
-        return above if above is not None and above.fvu <= fvu_target and (
-            above.seed_agreement >= min_agreement) else None
-
-    for expansion in expansions:
-        if points and spent[0] + cost(expansion, 2) > budget:
-            note = note or f"; sizes from {expansion} per unit not tried (budget of {budget / 1e9:g} GMAC)"
+    # the smallest k whose FVU reaches the target, by bisection (FVU falls as k grows), then the k above it when
+    # the seeds of that one disagree (a larger k reconstructs better still but agrees less: no further)
+    low, high = 0, len(ks) - 1
+    while low < high:
+        middle = (low + high) // 2
+        point = probe(middle)
+        if point is None:
             break
-        found = search(expansion)
-        if found is not None:
-            return choice(found.expansion, found.k, f"the smallest size and k whose held-out FVU is at most "
-                                                    f"{fvu_target:g} and whose two seeds agree at {min_agreement:g} "
-                                                    f"or more{note}")
-        if note:
-            break
-    reached = [point for point in points if point.fvu <= fvu_target]
+        low, high = (low, middle) if point.fvu <= fvu_target else (middle + 1, high)
+    if low == high:
+        probe(low)
+    reached = sorted((i for i, point in probed.items() if point.fvu <= fvu_target))
     if reached:
-        best = max(reached, key=lambda point: point.seed_agreement)
-        return choice(best.expansion, best.k, f"no candidate both reaches a held-out FVU of {fvu_target:g} and has "
-                                              f"seeds agreeing at {min_agreement:g}: of those reaching it, the one "
-                                              f"whose seeds agree most{note}")
-    last = points[-1] if points else SweepPoint("sparsity", expansions[0], ks[0], math.nan)
-    return choice(last.expansion, last.k, f"no candidate reaches a held-out FVU of {fvu_target:g}: the last "
-                                          f"tried{note}")
+        first = reached[0]
+        if probed[first].seed_agreement < min_agreement and first + 1 < len(ks):
+            probe(first + 1)
+        for index in (first, first + 1):
+            point = probed.get(index)
+            if point is not None and point.fvu <= fvu_target and point.seed_agreement >= min_agreement:
+                return choice(expansion, point.k, f"the smallest k whose held-out FVU is at most {fvu_target:g} "
+                                                  f"and whose two seeds agree at {min_agreement:g} or more{note}")
+        return choice(expansion, ks[first], f"the smallest k whose held-out FVU is at most {fvu_target:g} (no "
+                                            f"candidate's seeds agree at {min_agreement:g}){note}")
+    return choice(expansion, ks[max(probed)] if probed else ks[0],
+                  f"no candidate reaches a held-out FVU of {fvu_target:g}: the largest k tried{note}")
