@@ -146,3 +146,23 @@ def test_a_bypass_constant_within_the_first_batch_is_still_found() -> None:
 
 def test_control_without_the_bypass_sorted_groups_keep_the_split() -> None:
     assert _read_by_on_sorted_groups(weight=0.0) == {"fc1": "fc2"}
+
+
+def test_a_hook_that_fails_to_install_leaves_no_hook_behind(monkeypatch) -> None:
+    from mechaudit.techniques.unit_split import unit_splits
+
+    model = Block(residual=False).eval()
+    inputs = torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    view = ModelView.discover(model, inputs[:2])
+    installs = []
+    plain_hook = ModelView.hook
+
+    def failing_second(self, layer, fn):
+        installs.append(layer.name)
+        if len(installs) == 2:
+            raise RuntimeError("planted: the second hook fails to install")
+        return plain_hook(self, layer, fn)
+    monkeypatch.setattr(ModelView, "hook", failing_second)
+    with pytest.raises(RuntimeError, match="planted"):
+        unit_splits(view, inputs, inputs.flip(0))
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())

@@ -106,7 +106,8 @@ def _source_changes(view: ModelView, edges: list[tuple[str, str]], splits: dict[
 
         def record(output, _args):
             seen["out"] = output.detach()
-        with installed([view.hook(upstream, patch), view.hook(target_layer, record)]), torch.no_grad():
+        with installed(view.hook(at, fn) for at, fn in ((upstream, patch), (target_layer, record))), \
+                torch.no_grad():
             view.model(batch)
         changes[source] = units_view(seen["out"] - outputs[target_layer.name].detach(), target_layer)
     return changes
