@@ -46,11 +46,19 @@ class UnitStats:
     active: torch.Tensor       # (units,) samples in which the unit is > 0 at some position
     total: torch.Tensor        # (units, positions) sum over samples
     always: torch.Tensor       # (units,) samples in which the unit is > 0 at every position
+    input_total: torch.Tensor | None = None  # (one sample's input shape) sum of a Linear/Conv layer's input
 
     @property
     def mean_map(self) -> torch.Tensor:
         """Mean activation per unit and position (used for mean ablation)."""
         return self.total / max(self.count, 1)
+
+    @property
+    def input_mean(self) -> torch.Tensor | None:
+        """Mean of the layer's input (a Linear or Conv layer's, fed a floating-point tensor of one shape; else
+        None): where the units of the layer before it are mean-ablated when that input splits by them
+        (:func:`~mechaudit.techniques.node_ablation.read_sites`)."""
+        return None if self.input_total is None else self.input_total / max(self.count, 1)
 
     @property
     def active_fraction(self) -> torch.Tensor:
@@ -66,22 +74,40 @@ def unit_statistics(view: ModelView, layers: list[Layer], inputs: torch.Tensor, 
                     device: torch.device) -> dict[str, UnitStats]:
     """One streaming pass over ``inputs`` computing :class:`UnitStats` for every layer."""
     stats: dict[str, UnitStats] = {}
+    readers = {layer.name for layer in layers[1:]}  # the first layer's input is read from no audited unit
 
-    def accumulate(layer: Layer, output: torch.Tensor) -> None:
-        units = units_view(output, layer).double()
+    def accumulate(layer: Layer, output: torch.Tensor, args: tuple) -> None:
+        units = units_view(output.detach(), layer).double()
         per_sample_max = units.amax(dim=2)
         batch = UnitStats(units.shape[0], per_sample_max.amax(0).cpu(), units.amin(dim=(0, 2)).cpu(),
-                          (per_sample_max > 0).sum(0).cpu(), units.sum(0).cpu(), (units.amin(dim=2) > 0).sum(0).cpu())
+                          (per_sample_max > 0).sum(0).cpu(), units.sum(0).cpu(), (units.amin(dim=2) > 0).sum(0).cpu(),
+                          _input_total(layer, args, units.shape[0]) if layer.name in readers else None)
         previous = stats.get(layer.name)
         stats[layer.name] = batch if previous is None else UnitStats(
             previous.count + batch.count, torch.maximum(previous.max, batch.max),
             torch.minimum(previous.min, batch.min), previous.active + batch.active, previous.total + batch.total,
-            previous.always + batch.always)
+            previous.always + batch.always, _added(previous.input_total, batch.input_total))
 
-    with hooked(view, layers, accumulate), torch.no_grad():
+    def hook(layer: Layer):
+        return lambda output, args: accumulate(layer, output, args)
+
+    with installed(view.hook(layer, hook(layer)) for layer in layers), torch.no_grad():
         for _, batch in batches(inputs, batch_size, device):
             view.model(batch)
     return stats
+
+
+def _input_total(layer: Layer, args: tuple, samples: int) -> torch.Tensor | None:
+    """The sum over samples of a Linear or Conv layer's floating-point input (float64, CPU); else None."""
+    x = args[0] if args else None
+    if layer.kind not in ("linear", "conv") or not isinstance(x, torch.Tensor) or not x.is_floating_point() \
+            or x.dim() < 2 or x.shape[0] != samples:
+        return None
+    return x.detach().double().sum(0).cpu()
+
+
+def _added(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return a + b if a is not None and b is not None and a.shape == b.shape else None
 
 
 def collect_units(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch_size: int,

@@ -233,5 +233,5 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
 
 def circuit_references(sizes: Sizes, samples: int) -> Cost:
     """The shared references of R302 and R304: the behaviour of the intact model, of every hidden unit ablated,
-    and on the references (presence); and one pass over the audit data for the means the next layers read."""
-    return Cost(shared=(("circuit_references", forwards(sizes, sizes.n(samples), 3) + forwards(sizes, sizes.samples)),))
+    and on the references (presence). The means the next layers read come from the audit's statistics pass."""
+    return Cost(shared=(("circuit_references", forwards(sizes, sizes.n(samples), 3)),))

@@ -8,6 +8,8 @@ sums), or combined by ``max``/``min``, so that every rank holds the same artifac
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -32,6 +34,10 @@ def statistics(view: ModelView, layers: list[Layer], inputs: torch.Tensor, batch
         return local
     if not distributed.same_everywhere(sorted(local)):
         raise RuntimeError("ranks recorded different layers (does the model's forward depend on the samples?)")
+    inputs_recorded = {name: None if local[name].input_total is None else tuple(local[name].input_total.shape)
+                       for name in local}
+    if not distributed.same_everywhere(inputs_recorded):  # a layer's input of another shape on some rank
+        local = {name: replace(stats, input_total=None) for name, stats in local.items()}
     return {name: combine(local[name]) for name in sorted(local)}
 
 
@@ -40,4 +46,5 @@ def combine(stats: UnitStats) -> UnitStats:
     count = distributed.reduce(torch.tensor([stats.count], dtype=torch.int64))
     return UnitStats(int(count.item()), distributed.reduce(stats.max, "max"), distributed.reduce(stats.min, "min"),
                      distributed.reduce(stats.active), distributed.reduce(stats.total),
-                     distributed.reduce(stats.always))
+                     distributed.reduce(stats.always),
+                     None if stats.input_total is None else distributed.reduce(stats.input_total))

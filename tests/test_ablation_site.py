@@ -212,3 +212,31 @@ def test_r304_on_digits_equals_exact_post_relu_ablation_of_every_unit() -> None:
     assert set(reported) == set(exact)
     for name, value in exact.items():
         assert reported[name] == pytest.approx(value, abs=1e-5)
+
+
+def test_read_site_means_come_from_the_statistics_pass_with_no_pass_of_their_own() -> None:
+    """The means written at the read sites are the reader's mean input over all the audit data, recorded in the
+    audit's one (sharded) statistics pass: once that pass and the circuit scores (on 32 of the 256 samples) are
+    there, the read sites run no forward pass."""
+    from mechaudit.checks.circuit_common import ablation_sites, circuit_scores
+    from mechaudit.context import AuditContext
+    from mechaudit.loading import AuditData
+    from mechaudit.model_view import ModelView
+    from mechaudit.spec import BehaviourSpec
+
+    model, x = SixUnits().eval(), _inputs(100.0)
+    context = AuditContext(ModelView.discover(model, x[:2]), AuditData(x, torch.zeros(N, dtype=torch.long)),
+                           "classification", (), torch.device("cpu"), 64, N, 0,
+                           behaviour=BehaviourSpec(kind="class_logit", target="0"))
+    circuit_scores(context, 32)
+    assert context.unit_stats
+    forwards: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _module, args: forwards.append(args[0].shape[0]))
+    try:
+        sites = ablation_sites(context, 32)
+    finally:
+        handle.remove()
+    assert forwards == []
+    with torch.no_grad():
+        exact = torch.relu(model.fc1(x)).double().mean(0)
+    assert torch.allclose(sites["fc1"].values.double().flatten(), exact, rtol=1e-6)

@@ -114,3 +114,55 @@ def test_control_exact_edges_without_the_skip_are_read_through_the_weights() -> 
         u, v = int(source.split(":ch")[1]), int(target.split(":ch")[1])
         assert value == pytest.approx(_by_hand(model, inputs, u, v), rel=1e-4, abs=1e-5)
     assert max(exact.values()) > 0.05
+
+
+class Bypass(nn.Module):
+    """``fc2`` reads ``relu(fc1(x[:, :4])) + weight * x4``: with ``weight`` != 0, a binary input feature bypasses
+    ``fc1``, so ``fc2``'s input does not split by ``fc1``'s units."""
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x[:, :4])) + self.weight * x[:, 4:5])
+
+
+def _read_by_on_sorted_groups(weight: float) -> dict[str, str]:
+    """Scored in batches of 32 on 64 samples sorted by the binary feature x4: the first batch is one group, whose
+    samples all agree on the bypass."""
+    features = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    inputs = torch.cat([features, (torch.arange(64) >= 32).float()[:, None]], 1)
+    model = Bypass(weight).eval()
+    view = ModelView.discover(model, inputs[:2])
+    return edge_attribution(view, inputs, torch.zeros(64, dtype=torch.long), target_logit, batch_size=32).read_by
+
+
+def test_a_bypass_constant_within_the_first_batch_is_still_found() -> None:
+    assert "fc1" not in _read_by_on_sorted_groups(weight=5.0)
+
+
+def test_control_without_the_bypass_sorted_groups_keep_the_split() -> None:
+    assert _read_by_on_sorted_groups(weight=0.0) == {"fc1": "fc2"}
+
+
+def test_a_hook_that_fails_to_install_leaves_no_hook_behind(monkeypatch) -> None:
+    from mechaudit.techniques.unit_split import unit_splits
+
+    model = Block(residual=False).eval()
+    inputs = torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    view = ModelView.discover(model, inputs[:2])
+    installs = []
+    plain_hook = ModelView.hook
+
+    def failing_second(self, layer, fn):
+        installs.append(layer.name)
+        if len(installs) == 2:
+            raise RuntimeError("planted: the second hook fails to install")
+        return plain_hook(self, layer, fn)
+    monkeypatch.setattr(ModelView, "hook", failing_second)
+    with pytest.raises(RuntimeError, match="planted"):
+        unit_splits(view, inputs, inputs.flip(0))
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())

@@ -65,3 +65,31 @@ def test_the_edit_optimises_its_value_only_and_leaves_no_parameter_gradients() -
                          moment=torch.eye(projection.in_features, dtype=torch.float64), steps=3)
     assert all(parameter.grad is None for parameter in model.parameters())
     assert float(edit.delta.norm()) > 0  # the value did move
+
+
+def _untrained() -> tuple[FactModel, torch.Tensor]:
+    torch.manual_seed(0)
+    return FactModel().eval(), torch.tensor([prompt(0, 0)])
+
+
+def test_the_trace_runs_the_clean_prompt_once() -> None:
+    model, tokens = _untrained()
+    forwards: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _module, _args: forwards.append(1))
+    try:
+        causal_trace(model, model.embed, list(model.blocks), tokens, [1, 2], ATTR_BASE, runs=2)
+    finally:
+        handle.remove()
+    restorations = len(model.blocks) * tokens.shape[1]
+    assert len(forwards) == 1 + 2 * (1 + restorations)  # clean; per noise draw: corrupted, each restoration
+
+
+def test_a_module_listed_twice_traces_as_once_and_a_foreign_one_is_named() -> None:
+    from mechaudit.errors import InputError
+
+    model, tokens = _untrained()
+    once = causal_trace(model, model.embed, [model.blocks[1]], tokens, [1, 2], ATTR_BASE, runs=2)["restored"]
+    twice = causal_trace(model, model.embed, [model.blocks[1]] * 2, tokens, [1, 2], ATTR_BASE, runs=2)["restored"]
+    assert torch.equal(twice, torch.cat([once, once]))
+    with pytest.raises(InputError, match="module 1 .* not part of the model"):
+        causal_trace(model, model.embed, [model.blocks[0], torch.nn.Linear(2, 2)], tokens, [1, 2], ATTR_BASE)

@@ -252,7 +252,7 @@ def ablation_sites(context: AuditContext, samples: int) -> dict[str, ReadSite]:
 def _ablation_sites(context: AuditContext, samples: int) -> dict[str, ReadSite]:
     hidden = {layer.name for layer in context.view.hidden_layers}
     read_by = {name: reader for name, reader in circuit_scores(context, samples).read_by.items() if name in hidden}
-    return read_sites(context.view, read_by, context.data.inputs, context.batch_size, context.device)
+    return read_sites(context.view, read_by, {name: stats.input_mean for name, stats in context.unit_stats.items()})
 
 
 ABLATION_SITES: Artifact[dict[str, ReadSite]] = Artifact("ablation_sites", _ablation_sites)

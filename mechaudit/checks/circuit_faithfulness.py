@@ -53,8 +53,11 @@ faithfulness is computed (`induction-control`). The unfaithfulness carries a 95%
 samples.
 Which tensor a unit's address (`fc1:u7`) means here: the one R301's node scores patch, what the next audited
 layer reads from the unit (after its nonlinearity, pooling, flattening), wherever that layer's input splits by
-unit and is the unit's only path to the output (checked numerically on one batch); the ablation writes it with
-its mean over the audit data (or 0). Elsewhere (attention heads, residual streams, a skip connection or another
+unit and is the unit's only path to the output (checked numerically on one batch, against inputs drawn at random
+from all the samples scored); the ablation writes it with its mean over the audit data, or with 0 under
+`ablation = "zero"`: the zero is written where the next layer reads the unit, after its nonlinearity, pooling or
+BatchNorm, not into the Linear/Conv output (the two differ wherever what lies between does not map 0 to 0: a
+BatchNorm's shift, a sigmoid's 0.5). Elsewhere (attention heads, residual streams, a skip connection or another
 input reaching the next layer, a skip past it), the unit means the layer's own output (the Linear/Conv output
 before its nonlinearity; for heads, the head's part of the output projection's input), as in R301 and R304.
 L202 and `mechaudit edit --suppress` write the layer's own output everywhere.
@@ -85,7 +88,7 @@ units (`tests/test_recomposition.py`). On a unit off far below its kink on 90% o
 for the rest, f equals that of the exact post-ReLU mean ablation done by hand (`tests/test_ablation_site.py`).
 Cost: per audit at most 2 + `random_circuits` + 16 (the curve and its random twins) + `minimality_nodes`
 ablated forward passes over `samples` (each ablated set is measured once, and the intact and fully ablated
-model are shared with R304), and one pass over the audit data for the means the next layers read.
+model are shared with R304); the means the next layers read are recorded in the audit's one statistics pass.
 """,
     fix="""
 Declare a narrower behaviour (one class, a logit difference on counterfactual pairs), audit the layers

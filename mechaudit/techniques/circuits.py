@@ -44,7 +44,7 @@ from ..addresses import INPUT, input_address
 from ..model_view import Layer, ModelView, installed, units_view
 from .edge_scores import EdgeBlock, EdgeScores
 from .gradient_edges import MAX_PASSES, NoDoubleBackward, gradient_edges, screened_gradient_edges
-from .unit_split import UnitSplits, split_input, unit_splits
+from .unit_split import UnitSplits, comparison_pool, split_input, unit_splits
 from .weight_edges import input_edge_scores, weight_edge_scores
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -221,7 +221,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
         total_behaviour += run.metric_sum
         if start == 0:
-            check = unit_splits(view, run.batch, run.ref_batch, run.recorder.inputs)
+            check = unit_splits(view, run.batch, comparison_pool(inputs, reference), run.recorder.inputs)
         for index, layer in enumerate(layers):
             following = layers[index + 1] if index + 1 < len(layers) else None
             _add(node_sums, layer.name,

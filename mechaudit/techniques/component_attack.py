@@ -53,9 +53,16 @@ def component_attack(view: ModelView, units: list[tuple[Layer, int]], means: dic
     def capture(layer: Layer):
         return lambda output, _args: captured.__setitem__(layer.name, chosen_units(layer, output))
 
+    placed: dict[str, torch.device] = {}
+
+    def clean_units(layer: Layer, output: torch.Tensor) -> torch.Tensor:
+        placed[layer.name] = output.device
+        return chosen_units(layer, output)
+
     for _, clean in batches(inputs, batch_size, device):
-        before = collect_units(view, layers, clean, len(clean), device, chosen_units)  # on the CPU
-        at = {name: tuple(t.to(before[name].dtype) for t in _at(means, scales, name, by_layer)) for name in by_layer}
+        before = collect_units(view, layers, clean, len(clean), device, clean_units)  # on the CPU
+        before = {name: units.to(placed[name]) for name, units in before.items()}  # where each layer runs
+        at = {name: tuple(t.to(before[name]) for t in _at(means, scales, name, by_layer)) for name in by_layer}
         signs = {name: torch.where(before[name] >= at[name][0], 1.0, -1.0) for name in by_layer}
         with installed(view.hook(layer, capture(layer)) for layer in layers):
             x = clean.clone()
@@ -72,9 +79,8 @@ def component_attack(view: ModelView, units: list[tuple[Layer, int]], means: dic
 
 
 def _pushed(units: torch.Tensor, signs: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The objective's term of one layer, ``sum(signs * (units - mean) / scale)``, on the device of ``units``."""
-    on = units.device
-    return (signs.to(on) * (units - mean.to(on)) / scale.to(on)).sum()
+    """The objective's term of one layer, ``sum(signs * (units - mean) / scale)`` (all on the device of ``units``)."""
+    return (signs * (units - mean) / scale).sum()
 
 
 def _at(means: dict[str, torch.Tensor], scales: dict[str, torch.Tensor], name: str,

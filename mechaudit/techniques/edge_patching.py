@@ -18,7 +18,7 @@ from torch import nn
 from .. import linear_maps
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from .circuits import INPUT, Behaviour, _mean_trace, _Recorder
-from .unit_split import split_input, unit_splits
+from .unit_split import comparison_pool, split_input, unit_splits
 
 
 def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: torch.Tensor, targets: torch.Tensor,
@@ -49,7 +49,7 @@ def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: to
             ref_inputs = {k: v.expand_as(recorder.inputs[k]) for k, v in means["in"].items()}
             ref_outputs = {k: v.expand_as(recorder.outputs[k]) for k, v in means["out"].items()}
         if start == 0:
-            splits = unit_splits(view, batch, ref_batch, recorder.inputs).splits
+            splits = unit_splits(view, batch, comparison_pool(inputs, reference), recorder.inputs).splits
         changes_by_source = _source_changes(view, edges, splits, batch, recorder.outputs, ref_outputs)
         for chunk_start in range(0, len(edges), edges_per_pass):
             chunk = edges[chunk_start:chunk_start + edges_per_pass]
@@ -106,7 +106,8 @@ def _source_changes(view: ModelView, edges: list[tuple[str, str]], splits: dict[
 
         def record(output, _args):
             seen["out"] = output.detach()
-        with installed([view.hook(upstream, patch), view.hook(target_layer, record)]), torch.no_grad():
+        with installed(view.hook(at, fn) for at, fn in ((upstream, patch), (target_layer, record))), \
+                torch.no_grad():
             view.model(batch)
         changes[source] = units_view(seen["out"] - outputs[target_layer.name].detach(), target_layer)
     return changes

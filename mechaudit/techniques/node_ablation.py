@@ -36,27 +36,21 @@ class ReadSite:
         return ReadSite(self.layer, self.reader, torch.zeros_like(self.values))
 
 
-def read_sites(view: ModelView, read_by: dict[str, str], inputs: torch.Tensor, batch_size: int,
-               device: torch.device) -> dict[str, ReadSite]:
+def read_sites(view: ModelView, read_by: dict[str, str], input_means: dict[str, torch.Tensor | None]
+               ) -> dict[str, ReadSite]:
     """One :class:`ReadSite` per layer in ``read_by`` (layer name -> the name of the next audited layer, whose input
-    splits by its units), holding the mean over ``inputs`` of what the reader reads from each unit (one pass)."""
-    pairs = {name: (view.layer(name), view.layer(reader)) for name, reader in read_by.items()}
-    sums: dict[str, torch.Tensor] = {}
-
-    def recorder(layer: Layer, reader: Layer):
-        module = view.module(reader)
-
-        def record(_module, args: tuple) -> None:
-            split = split_input(layer, reader, module, args[0].detach()).double().sum(0).cpu()
-            sums[layer.name] = sums[layer.name] + split if layer.name in sums else split
-        return record
-    handles = (view.module(reader).register_forward_pre_hook(recorder(layer, reader))
-               for layer, reader in pairs.values())
-    with installed(handles), torch.no_grad():
-        for start in range(0, inputs.shape[0], batch_size):
-            view.model(inputs[start:start + batch_size].to(device))
-    return {name: ReadSite(layer, reader, (sums[name] / inputs.shape[0]).float())
-            for name, (layer, reader) in pairs.items() if name in sums}
+    splits by its units), holding the mean of what the reader reads from each unit: its part of the reader's mean
+    input (``input_means``, by reader name: :attr:`~mechaudit.activations.UnitStats.input_mean`, recorded in the
+    audit's one statistics pass). A layer whose reader's mean input is unknown is left out (ablated at its output).
+    """
+    sites = {}
+    for name, reader_name in read_by.items():
+        layer, reader = view.layer(name), view.layer(reader_name)
+        mean = input_means.get(reader_name)
+        split = None if mean is None else split_input(layer, reader, view.module(reader), mean[None])
+        if split is not None:
+            sites[name] = ReadSite(layer, reader, split[0].float())
+    return sites
 
 
 @contextmanager

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from .. import linear_maps
-from ..activations import collect_units
-from ..model_view import Layer, ModelView, installed
+from ..errors import InputError
+from ..model_view import installed
 
 
 def last_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -67,11 +67,7 @@ def causal_trace(model: nn.Module, embedding: nn.Module, modules: Sequence[nn.Mo
     """``{clean, corrupted, restored (modules, positions)}``: the probability of ``target`` after ``tokens``
     (1, positions), clean, with the ``subject`` positions' embeddings noised, and with each module's clean output
     restored at each position in the noised run (averaged over ``runs`` noise draws)."""
-    view = _streams(model, modules)
-    states = collect_units(view, view.layers, tokens, len(tokens), tokens.device, lambda _layer, hidden: hidden)
-    clean_states = [states[layer.name].to(tokens.device) for layer in view.layers]
-    with torch.no_grad():
-        clean = float(_logprob(model, tokens, target).exp())
+    clean, clean_states = _clean_run(model, modules, tokens, target)
     weight = embedding.weight.detach()
     scale = 3 * float(weight.float().std())
     generator = torch.Generator().manual_seed(seed)
@@ -110,11 +106,25 @@ def causal_trace(model: nn.Module, embedding: nn.Module, modules: Sequence[nn.Mo
     return {"clean": clean, "corrupted": probability(None), "restored": restored}
 
 
-def _streams(model: nn.Module, modules: Sequence[nn.Module]) -> ModelView:
-    """``modules`` of ``model`` as layers of kind ``stream`` (their output, or its first element: a block's hidden
-    state), so that :func:`~mechaudit.activations.collect_units` reads them."""
-    names = {id(module): name for name, module in model.named_modules()}
-    return ModelView(model, [Layer(names[id(module)], "stream", 0, order) for order, module in enumerate(modules)])
+def _clean_run(model: nn.Module, modules: Sequence[nn.Module], tokens: torch.Tensor,
+               target: int) -> tuple[float, list[torch.Tensor]]:
+    """The probability of ``target`` after ``tokens`` and, from the same forward pass, each of ``modules``' output
+    (a block's: its hidden state), in the order given; one hook per distinct module."""
+    known = {id(module) for module in model.modules()}
+    for index, module in enumerate(modules):
+        if id(module) not in known:
+            raise InputError("causal trace", f"module {index} ({type(module).__name__}) is not part of the model")
+    distinct = {id(module): module for module in modules}
+    seen: dict[int, torch.Tensor] = {}
+
+    def keep(key: int):
+        return lambda _module, _inputs, output: seen.__setitem__(key, _hidden(output).detach().clone())
+    with installed(module.register_forward_hook(keep(key)) for key, module in distinct.items()), torch.no_grad():
+        clean = float(_logprob(model, tokens, target).exp())
+    for index, module in enumerate(modules):
+        if id(module) not in seen:
+            raise InputError("causal trace", f"module {index} ({type(module).__name__}) does not run on the prompt")
+    return clean, [seen[id(module)] for module in modules]
 
 
 @dataclass(frozen=True)

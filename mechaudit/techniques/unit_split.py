@@ -14,12 +14,14 @@ then is patching a unit's part of it the same as removing the unit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from .. import linear_maps
+from ..activations import collect_units
 from ..model_view import Layer, ModelView, installed, units_view
 
 
@@ -55,17 +57,18 @@ class UnitSplits:
         return self.splits.get(layer, False) and self.only_path.get(layer, False)
 
 
-def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | None = None,
+def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
                 inputs: dict[str, torch.Tensor] | None = None) -> UnitSplits:
     """For each pair of consecutive audited layers, keyed by the later one's name: whether its input is, on
     ``batch``, a unit-wise function of the earlier layer's output alone (so that :func:`split_input` is right),
     and whether the earlier layer reaches the output only through it (:class:`UnitSplits`).
     Three numeric checks beyond the shapes:
 
-    * nothing else reaches it: run on other inputs (the batch rolled by one sample; for a single sample, the
-      ``reference`` inputs) with the earlier
-      layer's output held at its value on ``batch``, the later layer's input must not change (a residual sum
-      ``relu(c1(h)) + h`` does);
+    * nothing else reaches it: run on other inputs (as many as ``batch`` holds, drawn at random with a fixed seed
+      from ``pool``, all the inputs scored and their references: :func:`comparison_pool`, so that a batch whose
+      samples agree on what bypasses the layer, as in data sorted by group, does not hide the bypass) with the
+      earlier layer's output held at its value on ``batch``, the later layer's input must not change (a residual
+      sum ``relu(c1(h)) + h`` does);
     * no mixing of units: a vector-Jacobian product from the later layer's input back to the earlier layer's
       output, with the cotangent's units scaled by random factors, must come back scaled unit by unit;
     * the only path (``only_path``): with the earlier layer's output set to its value on the other inputs and the
@@ -74,16 +77,16 @@ def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | 
     Two forward passes (one with the earlier layers' outputs made leaves of the graph), and two per candidate pair
     (layers of heads and residual streams never split, so they cost nothing; nor do pairs whose shapes cannot
     split, when ``inputs``, each layer's input on ``batch`` as a caller already recorded it, tells so). A pair is
-    False when there is nothing to compare with (a single sample and no other reference)."""
+    False when there is nothing to compare with (``pool`` holds nothing but ``batch``'s samples in its order)."""
     layers = view.layers
     pairs = [(previous, layer) for previous, layer in zip(layers, layers[1:])]
     result = {layer.name: False for _, layer in pairs}
     only_path = dict(result)
-    other = batch.roll(1, 0) if batch.shape[0] > 1 else reference
+    other = _drawn(pool, batch.shape[0]).to(batch.device)
     candidates = [(p, la) for p, la in pairs if "heads" not in (p.kind, la.kind) and "stream" not in (p.kind, la.kind)
                   and (inputs is None or la.name not in inputs
                        or split_input(p, la, view.module(la), inputs[la.name]) is not None)]
-    if not candidates or other is None or other.shape != batch.shape or torch.equal(other, batch):
+    if not candidates or other.shape != batch.shape or torch.equal(other, batch):
         return UnitSplits(result, only_path)
     leaves: dict[str, torch.Tensor] = {}
     reads: dict[str, torch.Tensor] = {}
@@ -99,8 +102,8 @@ def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | 
             reads[name] = args[0]
         return hook
     sources = {p.name: p for p, _ in candidates}
-    with installed([*(view.hook(p, leaf(p.name)) for p in sources.values()),
-                    *(view.hook(la, read(la.name)) for _, la in candidates)]), torch.enable_grad():
+    with installed(chain((view.hook(p, leaf(p.name)) for p in sources.values()),
+                         (view.hook(la, read(la.name)) for _, la in candidates))), torch.enable_grad():
         clean = _tensors(view.model(batch))
     for previous, layer in candidates:
         if previous.name in leaves and layer.name in reads:
@@ -112,6 +115,19 @@ def unit_splits(view: ModelView, batch: torch.Tensor, reference: torch.Tensor | 
                 only_path[layer.name] = _only_path(view, previous, layer, elsewhere[previous.name],
                                                    reads[layer.name].detach(), batch, clean)
     return UnitSplits(result, only_path)
+
+
+def comparison_pool(inputs: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+    """What :func:`unit_splits` draws its other inputs from: all the scored ``inputs`` and, when there are any,
+    their ``reference`` (corrupted) twins."""
+    return inputs if reference is None else torch.cat([inputs, reference])
+
+
+def _drawn(pool: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` samples of ``pool`` drawn without replacement by a seeded permutation (the first ones again
+    when ``pool`` holds fewer)."""
+    order = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(0))
+    return pool[order.repeat(-(-count // max(pool.shape[0], 1)))[:count]]
 
 
 def _tensors(output) -> list[torch.Tensor]:
@@ -126,16 +142,9 @@ def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 
 def _outputs_on(view: ModelView, layers: list[Layer], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each layer's output on ``inputs`` (one forward pass)."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep(name: str):
-        def hook(output: torch.Tensor, _args: tuple) -> None:
-            seen[name] = output.detach().clone()
-        return hook
-    with installed(view.hook(layer, keep(layer.name)) for layer in layers), torch.no_grad():
-        view.model(inputs)
-    return seen
+    """Each layer's output on ``inputs`` (one forward pass), on ``inputs``' device."""
+    outputs = collect_units(view, layers, inputs, inputs.shape[0], inputs.device, lambda _layer, output: output)
+    return {name: output.to(inputs.device) for name, output in outputs.items()}
 
 
 def _only_path(view: ModelView, previous: Layer, layer: Layer, moved: torch.Tensor, clean_in: torch.Tensor,
@@ -143,9 +152,11 @@ def _only_path(view: ModelView, previous: Layer, layer: Layer, moved: torch.Tens
     """Whether the model's output on ``batch`` stays ``clean`` when ``previous``'s output is ``moved`` (its value on
     other inputs) while ``layer``'s input is held at ``clean_in``: nothing but that input carries ``previous``."""
     module = view.module(layer)
-    handles = (view.hook(previous, lambda _output, _args: moved),
-               module.register_forward_pre_hook(lambda _module, args: (clean_in, *args[1:])))
-    with installed(handles), torch.no_grad():
+
+    def handles():
+        yield view.hook(previous, lambda _output, _args: moved)
+        yield module.register_forward_pre_hook(lambda _module, args: (clean_in, *args[1:]))
+    with installed(handles()), torch.no_grad():
         return _close(_tensors(view.model(batch)), clean)
 
 
@@ -159,11 +170,10 @@ def _splits(view: ModelView, previous: Layer, layer: Layer, out: torch.Tensor, r
 
     def record(_output: torch.Tensor, args: tuple) -> None:
         seen["input"] = args[0].detach()
-    with installed([view.hook(previous, lambda _output, _args: clean_out), view.hook(layer, record)]), \
-            torch.no_grad():
+    hooks = ((previous, lambda _output, _args: clean_out), (layer, record))
+    with installed(view.hook(at, fn) for at, fn in hooks), torch.no_grad():
         view.model(other)
-    if "input" not in seen or not torch.allclose(seen["input"], clean_in, rtol=1e-4,
-                                                 atol=1e-5 * float(clean_in.abs().max().clamp_min(1e-12))):
+    if "input" not in seen or not _close([seen["input"]], [clean_in]):
         return False
     if not read.requires_grad:
         return False
