@@ -128,6 +128,9 @@ def test_a_layer_at_most_the_threshold_wide_stays_exact_in_every_mode_beside_a_s
     assert side.evidence["screen"]["checked_exactly"] == 20 and "zero_drop" in side.evidence["top_units"][0]
     (failing,) = [f for f in result.findings if f.status == "fail" and f.location.layer == "fc1"]
     assert failing.evidence["screen"]["scored"] == WIDTH and failing.evidence["screen"]["exact_modes"] == ["mean"]
+    pooled = _side_audit(side=20, exact_narrow_units=19)  # more narrow units than that: ranked with fc1
+    (side,) = [f for f in pooled.findings if f.location.layer == "side"]
+    assert side.evidence["screen"]["scored"] == WIDTH + 20 + 3  # fc1, side and the 3-unit fc2
 
 
 def test_a_layer_without_an_exactly_ablated_unit_fails_on_its_predicted_class_critical_unit(monkeypatch) -> None:

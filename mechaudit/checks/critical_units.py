@@ -95,8 +95,13 @@ evidence gives the method, the units scored, those ablated exactly, the calibrat
 top-k by the screen's top-k (and the lenient `top_k_recall_at_kth`), and what the screen may have missed: the
 largest exact drops (overall, and for one class) in the calibration sample and a one-sided 95% Clopper-Pearson
 bound on how many unchecked units of all screened layers together drop accuracy by more than either threshold
-(about 3/c of them when none of c calibration units does). Layers of at most 256 units (every embedded example's,
-and GPT-2's 12-head attention layers) are ablated exactly in every mode, so their verdicts are the exact scan's.
+(about 3/c of them when none of c calibration units does). Layers of at most 256 units are ablated exactly in every
+mode, so their verdicts are the exact scan's: every layer of an audit without a wider one (every embedded example),
+and beside wide layers while the narrow ones hold at most `exact_narrow_units` (128) units in all (a 6-block
+encoder's 72 heads); more narrow units (GPT-2 small's 144 heads) are ranked with the wide layers, since exact
+ablation of each in every mode would cost more than the whole pooled budget. Budget on GPT-2 small's shape
+(`python benchmarks/gpt2_small.py --plan --calibration-ms 88.5,133`): L202 plans 337 s with `layer_top_k = 1` (24
+layers' best units), 201 s with 0.
 Measured (`benchmarks/atp_screen.py`, mean ablation, every unit): Spearman of screen and exact accuracy drop 0.95 on
 `digits` (recall of the exact top 10: 0.8, ties resolved for the screen: it misses two units strictly above the 10th
 drop, 4.4 and 1.9 points, while two of its picks tie at the 10th, 1.7 points; the lenient `top_k_recall_at_kth`, the
@@ -141,6 +146,9 @@ class CriticalUnitsParams:
     layer_top_k: int = param(1, low=0, doc="screened: also each layer's units the screen ranks highest, ablated "
                                            "exactly (0: a layer's verdict may rest on the screen's prediction)")
     calibration: int = calibration_param("ablated")
+    exact_narrow_units: int = param(128, low=0, doc="screened: layers of at most 256 units stay exact in every mode "
+                                                    "while they hold at most this many units in all; more are "
+                                                    "ranked with the wide layers")
     screened_modes: str = param("flagged", choices=("flagged", "all"),
                                 doc="screened: the ablations run exactly, only the flag_on one(s) or all modes")
 
@@ -179,11 +187,12 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
     batch = min(n, sizes.batch_size) or 1
     output_bytes = batch * VALUE_BYTES * max(1, sizes.output_values)  # one ablated copy's outputs
     copies = max(1, min(8192 // batch, MAX_OUTPUT_BYTES // output_bytes))
-    wide = [layer.units for layer in sizes.hidden if is_screened(params, layer.units)]
-    pooled = min(sum(wide), params.screen_top_k + params.calibration)
-    # (units ablated exactly, modes run) per layer; the pooled budget falls on wide layers by their share of units
-    exact = [(min(layer.units, params.layer_top_k + pooled * layer.units / sum(wide)), pooled_modes)
-             if is_screened(params, layer.units) else (layer.units, len(all_modes)) for layer in sizes.hidden]
+    screened = pooled(params, [layer.units for layer in sizes.hidden])
+    wide = [layer.units for layer, s in zip(sizes.hidden, screened) if s]
+    budget = min(sum(wide), params.screen_top_k + params.calibration)
+    # (units ablated exactly, modes run) per layer; the pooled budget falls on screened layers by their share
+    exact = [(min(layer.units, params.layer_top_k + budget * layer.units / sum(wide)), pooled_modes)
+             if s else (layer.units, len(all_modes)) for layer, s in zip(sizes.hidden, screened)]
     calls = sizes.batches(n) * sum(modes * math.ceil(units / copies) for units, modes in exact)
     screen = Cost()
     if wide:  # the screen's forward and backward pass, and the resample source's forward pass
@@ -225,7 +234,7 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
     classes = labels.unique().tolist()
     judged = [c for c in classes if int((labels == c).sum()) >= params.min_class_samples]
     judged_columns = [classes.index(c) for c in judged]
-    wide = [layer for layer in layers if is_screened(params, layer.size)]
+    wide = [layer for layer, screened in zip(layers, pooled(params, [layer.size for layer in layers])) if screened]
     pooled_modes = flagged if params.screened_modes == "flagged" else modes  # one ablation per unit at real size
     replacements = _replacements(context, modes, inputs)
     pool = _screen(context, params, wide, inputs, labels, replacements, flagged, judged) if wide else None
@@ -321,9 +330,17 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
 
 
 def is_screened(params: CriticalUnitsParams, units: int) -> bool:
-    """Whether a layer of ``units`` units is screened before exact ablation (every such layer of the audit is
-    ranked together); narrower layers are ablated exactly, unit by unit, in every mode."""
+    """Whether a layer of ``units`` units is too wide to be ablated exactly, unit by unit, in every mode."""
     return not params.exhaustive and units > atp.SCREEN_ABOVE
+
+
+def pooled(params: CriticalUnitsParams, sizes: list[int]) -> list[bool]:
+    """Per layer (of ``sizes`` units), whether it is screened, ranked with every other screened layer: each layer
+    wider than the screen's threshold, and the narrow ones too when the audit has a wide layer and its narrow layers
+    hold more than ``exact_narrow_units`` units in all (their exact ablation would outweigh the pooled budget)."""
+    wide = [is_screened(params, units) for units in sizes]
+    narrow = sum(units for units, screened in zip(sizes, wide) if not screened)
+    return [True] * len(sizes) if any(wide) and narrow > params.exact_narrow_units else wide
 
 
 def _unmeasured(base: float) -> Interval:
