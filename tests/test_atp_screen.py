@@ -83,12 +83,12 @@ def test_screened_audits_run_only_the_flagged_ablation_unless_asked_for_all() ->
 
 
 class WithSideLayer(WideThreeClasses):
-    """``WideThreeClasses`` and a narrow side layer (20 units, below the screen's threshold on its own) whose
-    small contribution to class 1 no single unit carries."""
+    """``WideThreeClasses`` and a side layer (``side`` units) whose small contribution to class 1 no single unit
+    carries."""
 
-    def __init__(self) -> None:
+    def __init__(self, side: int) -> None:
         super().__init__(1)
-        self.side, self.side_out = nn.Linear(4, 20), nn.Linear(20, 3, bias=False)
+        self.side, self.side_out = nn.Linear(4, side), nn.Linear(side, 3, bias=False)
         with torch.no_grad():
             self.side_out.weight.fill_(0.001)
 
@@ -96,30 +96,67 @@ class WithSideLayer(WideThreeClasses):
         return super().forward(x) + self.side_out(torch.relu(self.side(x)))
 
 
-def _side_audit(**params):
+def _side_audit(side: int = WIDTH, **params):
     inputs = torch.randn(600, 4, generator=torch.Generator().manual_seed(0))
-    model = WithSideLayer().eval()
+    model = WithSideLayer(side).eval()
     labels = model(inputs).argmax(-1).detach()
     return mechaudit.audit(model, inputs, labels=labels, select=["L202"], rules={"L202": {**SMALL_SCREEN, **params}})
 
 
-def test_one_budget_ranks_every_layer_together_and_layer_top_k_keeps_each_layer_s_best_unit_exact() -> None:
-    result = _side_audit(layer_top_k=1)
-    (failing,) = [f for f in result.findings if f.status == "fail" and f.metric == "class_accuracy_drop"]
-    assert failing.location.component == f"fc1:u{CRITICAL}"  # (fc2 is hidden here: the side layer adds to it)
+def _forced(monkeypatch: pytest.MonkeyPatch, chosen: list[int]) -> None:
+    """The screen's budget spent on ``chosen`` (pooled indices) alone, wherever it ranks the units."""
+    monkeypatch.setattr(atp, "select", lambda scores, *_args, **_kwargs: atp.Selection(chosen, [], len(scores)))
+
+
+def test_one_budget_ranks_every_wide_layer_together_and_each_layer_s_best_unit_is_ablated_exactly() -> None:
+    result = _side_audit()  # layer_top_k = 1 by default
+    (failing,) = [f for f in result.findings if f.status == "fail" and f.location.layer == "fc1"]
+    assert failing.location.component == f"fc1:u{CRITICAL}" and failing.metric == "class_accuracy_drop"
     screen = failing.evidence["screen"]
-    assert screen["scored"] > WIDTH + 20 - 1 and screen["screen_top_k"] == 4 and screen["calibration"] == 4
-    layers = {f.location.layer for f in result.findings}
-    assert "side" in layers  # below the threshold alone, ranked with fc1: its best unit ablated exactly
-    assert screen["checked_exactly"] <= 4 + 4 + len(layers) and screen["layer_top"] >= 1
+    assert screen["scored"] == 2 * WIDTH and screen["screen_top_k"] == 4 and screen["calibration"] == 4
+    (side,) = [f for f in result.findings if f.location.layer == "side"]
+    assert side.status == "pass" and side.metric == "accuracy_drop" and side.confidence != "uncertain"
+    assert side.evidence["unchecked_predicted"]["top_ranked_checked"]
+    assert screen["layer_top"] >= 1 and screen["checked_exactly"] == 4 + 4 + screen["layer_top"]
     assert any(name.startswith("side:") for name in screen["checked"])
 
 
-def test_a_layer_without_an_exactly_ablated_unit_is_judged_on_the_screen_s_prediction() -> None:
-    result = _side_audit(calibration=0)
+def test_a_layer_at_most_the_threshold_wide_stays_exact_in_every_mode_beside_a_screened_one() -> None:
+    result = _side_audit(side=20)
     (side,) = [f for f in result.findings if f.location.layer == "side"]
-    assert side.metric == "predicted_accuracy_drop" and side.status == "pass" and "ablated exactly" in side.message
-    assert not any(name.startswith("side:") for name in side.evidence["screen"]["checked"])
+    assert side.evidence["screen"]["method"].startswith("exact ablation of every unit")
+    assert side.evidence["screen"]["checked_exactly"] == 20 and "zero_drop" in side.evidence["top_units"][0]
+    (failing,) = [f for f in result.findings if f.status == "fail" and f.location.layer == "fc1"]
+    assert failing.evidence["screen"]["scored"] == WIDTH and failing.evidence["screen"]["exact_modes"] == ["mean"]
+    pooled = _side_audit(side=20, exact_narrow_units=19)  # more narrow units than that: ranked with fc1
+    (side,) = [f for f in pooled.findings if f.location.layer == "side"]
+    assert side.evidence["screen"]["scored"] == WIDTH + 20 + 3  # fc1, side and the 3-unit fc2
+
+
+def test_a_layer_without_an_exactly_ablated_unit_fails_on_its_predicted_class_critical_unit(monkeypatch) -> None:
+    _forced(monkeypatch, [WIDTH + 3])  # one unit of the side layer; fc1 (and its planted unit) unchecked
+    result = _side_audit(layer_top_k=0)
+    (fc1,) = [f for f in result.findings if f.location.layer == "fc1"]
+    assert fc1.status == "fail" and fc1.metric == "predicted_class_accuracy_drop" and fc1.value > 0.25
+    assert f"fc1:u{CRITICAL}" in fc1.message and fc1.evidence["unchecked_predicted"]["units"] == WIDTH
+    assert not any(name.startswith("fc1:") for name in fc1.evidence["screen"]["checked"])
+
+
+def test_an_unchecked_unit_predicted_over_the_overall_threshold_fails_its_layer(monkeypatch) -> None:
+    _forced(monkeypatch, [0])  # fc1:u0 (harmless) alone ablated exactly; the planted unit unchecked
+    result = _audit(1, layer_top_k=0, max_class_accuracy_drop=1.0, max_accuracy_drop=0.05)
+    (finding,) = result.findings
+    assert finding.status == "fail" and finding.metric == "predicted_accuracy_drop" and finding.value > 0.05
+    assert finding.evidence["unchecked_predicted"]["unit"] == f"fc1:u{CRITICAL}"
+
+
+def test_a_pass_that_rests_on_other_units_than_the_layer_s_top_ranked_one_is_uncertain(monkeypatch) -> None:
+    _forced(monkeypatch, [0])
+    # the control, classes not judged: no unit critical, its best unit unchecked
+    (finding,) = _audit(4, layer_top_k=0, max_class_accuracy_drop=1.0).findings
+    assert finding.status == "pass" and finding.confidence == "uncertain"
+    assert not finding.evidence["unchecked_predicted"]["top_ranked_checked"]
+    assert finding.interval["method"].startswith("unmeasured")
 
 
 def test_top_k_recall_resolves_ties_for_the_screen_and_the_lenient_variant_counts_every_tied_pick() -> None:
@@ -133,9 +170,10 @@ def test_top_k_recall_resolves_ties_for_the_screen_and_the_lenient_variant_count
 
 def test_with_random_screen_scores_the_planted_unit_is_missed(monkeypatch: pytest.MonkeyPatch) -> None:
     def random_scores(estimate: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
-        return torch.rand(estimate.shape[0], generator=torch.Generator().manual_seed(1))
+        return 0.01 * torch.rand(estimate.shape[0], generator=torch.Generator().manual_seed(1))
     monkeypatch.setattr(atp, "predicted_accuracy_drop", random_scores)
-    assert not [f for f in _audit(1).findings if f.status == "fail"]
+    (finding,) = _audit(1, layer_top_k=0).findings  # small random predictions: nothing flagged, nothing measured
+    assert finding.status == "pass" and f"fc1:u{CRITICAL}" not in finding.evidence["screen"]["checked"]
 
 
 def test_control_with_backups_passes_with_the_screen_in_its_evidence() -> None:
@@ -340,3 +378,24 @@ def test_r304_screened_ablates_the_top_candidates_and_a_calibration_sample(tmp_p
     assert {f.location.component for f in failing} == PLANTED_NODES
     screen = failing[0].evidence["screen"]
     assert screen["checked_exactly"] == 5 and screen["calibration"] == 2 and screen["top_k_recall"] == 1.0
+
+
+class SharedTwice(nn.Module):
+    """One Linear layer called twice per forward pass (weight sharing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.shared, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.shared(torch.relu(self.shared(x))))
+
+
+def test_capture_keeps_the_first_call_of_a_module_called_twice_per_forward() -> None:
+    model = SharedTwice().eval()
+    inputs = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    layer = Layer("shared", "linear", 4, 0)
+    captured = ablation.capture_layers(model, [(model.shared, layer)], inputs)
+    assert captured["shared"].shape == (6, 4, 1)
+    assert torch.allclose(captured["shared"][:, :, 0], model.shared(inputs))

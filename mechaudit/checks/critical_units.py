@@ -7,6 +7,7 @@ token."""
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import combinations
 from typing import TypedDict
@@ -17,6 +18,7 @@ import torch
 from ..context import AuditContext
 from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, with_gradients
 from ..findings import Location, Measurement
+from ..model_view import Layer
 from ..techniques import atp
 from ..techniques.ablation import MAX_OUTPUT_BYTES
 from ..techniques.ablation_scan import AblationScanner
@@ -71,25 +73,35 @@ on `digits` (`classifier.0:u12`, class 2; three units above 25 points). This rul
 does not judge them (a class of 20 samples moves 5 points per sample, so its drops are noisy at the default
 gate); the compliance rulebook does. Batched hooks bound each chunk of ablations by the bytes of its outputs
 (512 MiB before they are reduced to predictions), so a large vocabulary cannot exhaust memory.
-Screen, then confirm (AtP*, Kramar et al. 2024): an audit of more than 256 units in all its layers together (unless
-`exhaustive = true`) is first scored whole by attribution patching, one forward and one backward pass per batch: per
-sample, the first-order change of the label margin (label logit minus the best other logit) when the unit takes its
-replacement, (a_new - a) . d margin / da; the screen's accuracy drop is the mean over samples of the probability
-that the margin changes sign when that estimate is off by a normal error of 15% of its size. Every unit of every
-layer is ranked together (one budget for the audit, not one per layer): only the `screen_top_k` units it ranks
-highest overall, each layer's `layer_top_k` best (none by default; 1 makes every layer's verdict rest on an exact
-ablation) and a seeded random `calibration` sample of all the others are ablated exactly, and the findings come from
-those exact drops; a layer none of whose units was ablated exactly gets a `predicted_accuracy_drop` finding, its
-largest drop as the screen predicts it, judged against the same threshold. Screened, only the flagged ablation runs
-exactly (`screened_modes = "flagged"`: mean by default; `all` runs every mode of `modes`): on a GPT-2-small-shaped
-audit (144 heads and 36,864 `c_fc` neurons, 64 prompts) each exact ablation is a forward pass of the 124 M-parameter
-model over every prompt, and three modes per layer did not fit 15 minutes on two cores (issue 16). Each finding's
-`screen` evidence gives the method, the units scored, those ablated exactly, the calibration size, the modes run
-exactly (`exact_modes`), the Spearman correlation of screen and exact over them, the recall of their exact top-k by
-the screen's top-k (and the lenient `top_k_recall_at_kth`), and what the screen may have missed: the largest exact
-drop in the calibration sample and a one-sided 95% Clopper-Pearson bound on how many unchecked units drop accuracy
-by more than `max_accuracy_drop` (about 3/c of them when none of c calibration units does). Audits of at most 256
-units, every embedded example, are ablated exactly in every mode, so their verdicts are the exact scan's.
+Screen, then confirm (AtP*, Kramar et al. 2024): every layer of more than 256 units (unless `exhaustive = true`) is
+first scored whole by attribution patching, one forward and one backward pass per batch: per sample, the first-order
+change of the label margin (label logit minus the best other logit) when the unit takes its replacement, (a_new -
+a) . d margin / da; the screen's accuracy drop is the mean over samples of the probability that the margin changes
+sign when that estimate is off by a normal error of 15% of its size, overall and per judged class. Every unit of
+every such layer is ranked together (one budget for the audit, not one per layer) by the larger of its predicted
+overall drop over `max_accuracy_drop` and its predicted drop for one class over `max_class_accuracy_drop`: only the
+`screen_top_k` units it ranks highest overall, each layer's `layer_top_k` best (1 by default) and a seeded random
+`calibration` sample of all the others are ablated exactly, and the findings come from those exact drops. A
+screened layer's verdict also reads its unchecked units' predictions (`unchecked_predicted`): one predicted over
+either threshold fails the layer (`predicted_accuracy_drop`, `predicted_class_accuracy_drop`), and a pass whose
+layer's top-ranked unit was not ablated exactly (only with `layer_top_k = 0`, where a layer may have no exact unit
+at all) is a prediction, not a measurement: its interval is every possible drop, so the finding reads uncertain and
+a rulebook with `uncertain = "fail"` (compliance) fails it. Screened layers run only the flagged ablation exactly
+(`screened_modes = "flagged"`: mean by default; `all` runs every mode of `modes`): on a GPT-2-small-shaped audit
+(36,864 `c_fc` neurons, 64 prompts) each exact ablation is a forward pass of the 124 M-parameter model over every
+prompt, and three modes per layer did not fit 15 minutes on two cores (issue 16). Each screened finding's `screen`
+evidence gives the method, the units scored, those ablated exactly, the calibration size, the modes run exactly
+(`exact_modes`), the Spearman correlation of screen and exact overall drops over them, the recall of their exact
+top-k by the screen's top-k (and the lenient `top_k_recall_at_kth`), and what the screen may have missed: the
+largest exact drops (overall, and for one class) in the calibration sample and a one-sided 95% Clopper-Pearson
+bound on how many unchecked units of all screened layers together drop accuracy by more than either threshold
+(about 3/c of them when none of c calibration units does). Layers of at most 256 units are ablated exactly in every
+mode, so their verdicts are the exact scan's: every layer of an audit without a wider one (every embedded example),
+and beside wide layers while the narrow ones hold at most `exact_narrow_units` (128) units in all (a 6-block
+encoder's 72 heads); more narrow units (GPT-2 small's 144 heads) are ranked with the wide layers, since exact
+ablation of each in every mode would cost more than the whole pooled budget. Budget on GPT-2 small's shape
+(`python benchmarks/gpt2_small.py --plan --calibration-ms 88.5,133`): L202 plans 337 s with `layer_top_k = 1` (24
+layers' best units), 201 s with 0.
 Measured (`benchmarks/atp_screen.py`, mean ablation, every unit): Spearman of screen and exact accuracy drop 0.95 on
 `digits` (recall of the exact top 10: 0.8, ties resolved for the screen: it misses two units strictly above the 10th
 drop, 4.4 and 1.9 points, while two of its picks tie at the 10th, 1.7 points; the lenient `top_k_recall_at_kth`, the
@@ -128,12 +140,15 @@ class CriticalUnitsParams:
     modes: str = param("zero,mean,resample", choices=MODE_SETS, doc="ablations measured and reported")
     flag_on: str = param("mean", choices=(*MODES, "any"), doc="which ablation's drop flags a unit")
     top_k: int = param(10, low=1, doc="units listed per layer in the evidence")
-    exhaustive: bool = exhaustive_param("ablated", "units in all audited layers together")
+    exhaustive: bool = exhaustive_param("ablated", "units in one layer (every such layer ranked together)")
     screen_top_k: int = param(16, low=1, doc="screened: units the screen ranks highest over all audited layers "
                                              "together, ablated exactly")
-    layer_top_k: int = param(0, low=0, doc="screened: also each layer's units the screen ranks highest, ablated "
-                                           "exactly (1: every layer's verdict rests on an exact ablation)")
+    layer_top_k: int = param(1, low=0, doc="screened: also each layer's units the screen ranks highest, ablated "
+                                           "exactly (0: a layer's verdict may rest on the screen's prediction)")
     calibration: int = calibration_param("ablated")
+    exact_narrow_units: int = param(128, low=0, doc="screened: layers of at most 256 units stay exact in every mode "
+                                                    "while they hold at most this many units in all; more are "
+                                                    "ranked with the wide layers")
     screened_modes: str = param("flagged", choices=("flagged", "all"),
                                 doc="screened: the ablations run exactly, only the flag_on one(s) or all modes")
 
@@ -150,6 +165,7 @@ class CriticalUnitsEvidence(TypedDict, total=False):
     scan: str
     screen: dict
     top_units: list
+    unchecked_predicted: dict  # screened layers: the largest predicted drops of the units not ablated exactly
     zero_drop: float
     attention_patterns: list  # pictures of the flagged unit (decomposition_evidence.unit_pictures)
     exemplars: list
@@ -159,32 +175,48 @@ class CriticalUnitsEvidence(TypedDict, total=False):
 
 
 def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
-    """Exact: one forward pass (after the layer) per unit and mode over the audit's samples. Screened (more than
-    the screen's threshold of units in all layers together): the screen (one forward and backward pass per batch,
-    and the source's forward pass when resample is among the flagged modes), then one
-    forward pass per exactly checked unit (the global top-k, each layer's top and the calibration sample) and run
-    mode. Ablations go in chunks of up to 8192 batch copies whose outputs stay within the scan's output bound."""
+    """Exact: one forward pass (after the layer) per unit and mode over the audit's samples. Layers wider than the
+    screen's threshold are screened together (one forward and backward pass per batch, and the source's forward
+    pass when resample is among the flagged modes), then one forward pass per exactly checked unit (the global
+    top-k, each layer's top and the calibration sample) and run mode. Ablations go in chunks of up to 8192 batch
+    copies whose outputs stay within the scan's output bound."""
     n = sizes.n()
-    flagged = params.modes.split(",") if params.flag_on == "any" else [params.flag_on]
-    screened = is_screened(params, sizes.hidden_units)
-    modes = len(flagged if screened and params.screened_modes == "flagged" else params.modes.split(","))
+    all_modes = params.modes.split(",")
+    flagged = all_modes if params.flag_on == "any" else [params.flag_on]
+    pooled_modes = len(flagged if params.screened_modes == "flagged" else all_modes)
     batch = min(n, sizes.batch_size) or 1
     output_bytes = batch * VALUE_BYTES * max(1, sizes.output_values)  # one ablated copy's outputs
     copies = max(1, min(8192 // batch, MAX_OUTPUT_BYTES // output_bytes))
-    if screened:
-        pooled = min(sizes.hidden_units, params.screen_top_k + params.calibration)
-        exact = [min(layer.units, params.layer_top_k + pooled * layer.units / sizes.hidden_units)
-                 for layer in sizes.hidden]  # the pooled budget falls on layers by their share of the units
-    else:
-        exact = [layer.units for layer in sizes.hidden]
-    calls = sizes.batches(n) * modes * sum(math.ceil(units / copies) for units in exact)
-    screen = (with_gradients(sizes, n, 1) + forwards(sizes, n, "resample" in flagged) if screened else Cost())
-    return stats_pass(sizes) + screen + Cost(forward=n * (modes * sum(exact) + 1), calls=calls,
-                                             peak_bytes=min(copies, max(exact, default=1)) * batch
+    screened = pooled(params, [layer.units for layer in sizes.hidden])
+    wide = [layer.units for layer, s in zip(sizes.hidden, screened) if s]
+    budget = min(sum(wide), params.screen_top_k + params.calibration)
+    # (units ablated exactly, modes run) per layer; the pooled budget falls on screened layers by their share
+    exact = [(min(layer.units, params.layer_top_k + budget * layer.units / sum(wide)), pooled_modes)
+             if s else (layer.units, len(all_modes)) for layer, s in zip(sizes.hidden, screened)]
+    calls = sizes.batches(n) * sum(modes * math.ceil(units / copies) for units, modes in exact)
+    screen = Cost()
+    if wide:  # the screen's forward and backward pass, and the resample source's forward pass
+        screen = with_gradients(sizes, n, 1) + (forwards(sizes, n) if "resample" in flagged else Cost())
+    return stats_pass(sizes) + screen + Cost(forward=n * (sum(units * modes for units, modes in exact) + 1),
+                                             calls=calls,
+                                             peak_bytes=min(copies, max((u for u, _ in exact), default=1)) * batch
                                              * sizes.activation_bytes)
 
 
 COST = RuleCost(_cost)
+
+
+@dataclass
+class _Exact:
+    """One layer's exact ablations: row ``j`` of every tensor is unit ``ids[j]``."""
+
+    ids: list[int]
+    drops: dict[str, torch.Tensor]  # per mode, (units,)
+    class_drops: dict[str, torch.Tensor]  # per mode, (units, classes)
+    corrects: dict[str, torch.Tensor]  # per mode, (units, samples)
+    drop: torch.Tensor  # the largest over the flagged modes, (units,)
+    class_drop: torch.Tensor  # the largest over the flagged modes, (units, classes)
+    worst_class: torch.Tensor  # the largest over the judged classes of class_drop, (units,)
 
 
 @register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits", "predictions"), rule=RULE,
@@ -199,44 +231,58 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
     predictions = context.predictions[indices]
     layers = context.view.hidden_layers
     flagged = modes if params.flag_on == "any" else [params.flag_on]
-    screened = is_screened(params, sum(layer.size for layer in layers))
-    if screened and params.screened_modes == "flagged":
-        modes = flagged  # one ablation (the flagged one) per exactly checked unit at real size
-    replacements = _replacements(context, modes, inputs)
-    pool = _screen(context, params, layers, inputs, labels, replacements, flagged) if screened else None
-    units = pool.units() if pool else {layer.name: list(range(layer.size)) for layer in layers}
-    scanner = AblationScanner(context.view, layers, context.device, inputs[:2])
-    scanned = scanner.scan(inputs, replacements, batch_size=context.batch_size,
-                           reduce=lambda outputs, _samples: context.logits(outputs).argmax(-1), units=units)
     classes = labels.unique().tolist()
+    judged = [c for c in classes if int((labels == c).sum()) >= params.min_class_samples]
+    judged_columns = [classes.index(c) for c in judged]
+    wide = [layer for layer, screened in zip(layers, pooled(params, [layer.size for layer in layers])) if screened]
+    pooled_modes = flagged if params.screened_modes == "flagged" else modes  # one ablation per unit at real size
+    replacements = _replacements(context, modes, inputs)
+    pool = _screen(context, params, wide, inputs, labels, replacements, flagged, judged) if wide else None
+    units = {layer.name: list(range(layer.size)) for layer in layers if layer not in wide}
+    scanner = AblationScanner(context.view, layers, context.device, inputs[:2])
+
+    def scan(chosen: dict[str, list[int]], run: list[str]) -> dict:
+        return scanner.scan(inputs, {m: replacements[m] for m in run}, batch_size=context.batch_size, units=chosen,
+                            reduce=lambda outputs, _samples: context.logits(outputs).argmax(-1))
+    scanned = {m: {} for m in modes}
+    for chosen, run in ((units, modes), (pool.units() if pool else {}, pooled_modes)):
+        if any(chosen.values()):
+            for mode, per_layer in scan(chosen, run).items():
+                scanned[mode].update(per_layer)
+    if pool:
+        units.update(pool.units())
     base_accuracy = float((predictions == labels).float().mean())
     base_class = {c: float((predictions[labels == c] == c).float().mean()) for c in classes}
-    judged = [c for c in classes if int((labels == c).sum()) >= params.min_class_samples]
     base_correct = (predictions == labels).float()
-    flagged_drops = {layer.name: torch.stack([base_accuracy - (scanned[m][layer.name] == labels).float().mean(dim=1)
-                                              for m in flagged]).amax(dim=0) for layer in layers if units[layer.name]}
-    pooled_screen = pool.evidence(flagged_drops, modes, params) if pool else None
+    exact: dict[str, _Exact] = {}
+    for layer in layers:
+        ids = units[layer.name]
+        if not ids:
+            continue
+        run = pooled_modes if layer in wide else modes
+        corrects = {m: (scanned[m][layer.name] == labels).float() for m in run}  # (checked units, samples)
+        drops = {m: base_accuracy - correct.mean(dim=1) for m, correct in corrects.items()}
+        class_drops = {m: torch.stack([base_class[c] - correct[:, labels == c].mean(dim=1) for c in classes], 1)
+                       for m, correct in corrects.items()}
+        class_drop = torch.stack([class_drops[m] for m in flagged]).amax(dim=0)  # (checked units, classes)
+        exact[layer.name] = _Exact(ids, drops, class_drops, corrects,
+                                   torch.stack([drops[m] for m in flagged]).amax(dim=0), class_drop,
+                                   class_drop[:, judged_columns].amax(dim=1) if judged_columns
+                                   else torch.zeros(len(ids)))
+    pooled_screen = pool.evidence(exact, pooled_modes, params) if pool else None
     findings = []
     for layer in layers:
-        ids = units[layer.name]  # row j of the exact results is unit ids[j]
-        screen = pooled_screen or _exact_evidence(layer.size, params)
-        if not ids:
-            findings.append(pool.unchecked_layer(layer, screen, params))
+        screen = pooled_screen if layer in wide else _exact_evidence(layer.size, params)
+        if layer.name not in exact:
+            findings.append(pool.unchecked_layer(layer, screen, params, base_accuracy, base_class, judged, context))
             continue
-        drops, class_drops, corrects = {}, {}, {}
-        for mode in modes:
-            correct = corrects[mode] = (scanned[mode][layer.name] == labels).float()  # (checked units, samples)
-            drops[mode] = base_accuracy - correct.mean(dim=1)
-            class_drops[mode] = torch.stack([base_class[c] - correct[:, labels == c].mean(dim=1) for c in classes], 1)
-        flagged_correct = torch.stack([corrects[m] for m in flagged])  # (modes, checked units, samples)
+        result = exact[layer.name]
+        ids, drops, class_drop, drop, worst_class = (result.ids, result.drops, result.class_drop, result.drop,
+                                                     result.worst_class)
+        flagged_correct = torch.stack([result.corrects[m] for m in flagged])  # (modes, checked units, samples)
 
         def interval(row: int | None = None, chosen: torch.Tensor | None = None) -> Interval | None:
             return _drop_interval(base_correct, flagged_correct, row, chosen, context.seed)
-        drop = flagged_drops[layer.name]
-        class_drop = torch.stack([class_drops[m] for m in flagged]).amax(dim=0)  # (checked units, classes)
-        judged_columns = [classes.index(c) for c in judged]
-        worst_class = (class_drop[:, judged_columns].amax(dim=1) if judged_columns
-                       else torch.zeros(len(ids)))
         ranked = drop.argsort(descending=True).tolist()
         table = [_row(layer, ids[j], j, drops, class_drop, classes, context) for j in ranked[:params.top_k]]
         critical = [j for j in ranked if drop[j] > params.max_accuracy_drop]
@@ -266,34 +312,55 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
                 evidence={**_unit_evidence(j, drops, class_drop, classes, context, base_accuracy), "screen": screen},
                 interval=interval(j, labels == cls),
             ))
-        if not critical and not class_critical:
-            checked = "" if len(ids) == layer.size else f" of the {len(ids)} ablated exactly after the screen"
+        if critical or class_critical:
+            continue
+        evidence = {"base_accuracy": base_accuracy, "samples": len(indices), "top_units": table,
+                    "largest_class_drop": float(worst_class.max()), "scan": scanner.method(layer), "screen": screen}
+        if len(ids) == layer.size:
             findings.append(Measurement(
-                f"no single unit of {layer.name}{checked} is critical (largest drop {float(drop.max()):.1%}; largest "
+                f"no single unit of {layer.name} is critical (largest drop {float(drop.max()):.1%}; largest "
                 f"drop for one class {float(worst_class.max()):.1%})",
                 location=Location.of_layer(layer.name),
                 metric="accuracy_drop", value=float(drop.max()), threshold=params.max_accuracy_drop,
-                evidence={"base_accuracy": base_accuracy, "samples": len(indices), "top_units": table,
-                          "largest_class_drop": float(worst_class.max()), "scan": scanner.method(layer),
-                          "screen": screen},
-                interval=interval(),
-            ))
+                evidence=evidence, interval=interval()))
+            continue
+        findings.append(pool.partly_checked_layer(layer, drop, worst_class, evidence, interval(), params,
+                                                  base_accuracy, base_class, judged, context))
     return findings
 
 
 def is_screened(params: CriticalUnitsParams, units: int) -> bool:
-    """Whether the audit's ``units`` (every audited hidden layer together) are screened before exact ablation."""
+    """Whether a layer of ``units`` units is too wide to be ablated exactly, unit by unit, in every mode."""
     return not params.exhaustive and units > atp.SCREEN_ABOVE
+
+
+def pooled(params: CriticalUnitsParams, sizes: list[int]) -> list[bool]:
+    """Per layer (of ``sizes`` units), whether it is screened, ranked with every other screened layer: each layer
+    wider than the screen's threshold, and the narrow ones too when the audit has a wide layer and its narrow layers
+    hold more than ``exact_narrow_units`` units in all (their exact ablation would outweigh the pooled budget)."""
+    wide = [is_screened(params, units) for units in sizes]
+    narrow = sum(units for units, screened in zip(sizes, wide) if not screened)
+    return [True] * len(sizes) if any(wide) and narrow > params.exact_narrow_units else wide
+
+
+def _unmeasured(base: float) -> Interval:
+    """The interval of a drop no exact ablation measured: any accuracy after it, ``[base - 1, base]`` (certain);
+    it straddles every threshold below ``base``, so the verdict reads uncertain and ``uncertain = "fail"`` fails a
+    pass that rests on the screen's prediction."""
+    return Interval(base - 1.0, base, "unmeasured: the screen predicts this drop, no exact ablation measured it",
+                    level=1.0)
 
 
 @dataclass
 class _Pool:
-    """The screened audit: every unit of every layer scored together (index ``offsets[layer] + unit``) and the
-    :class:`~mechaudit.techniques.atp.Selection` ablated exactly."""
+    """The screened layers: every unit of every layer wider than the screen's threshold scored together (index
+    ``offsets[layer] + unit``) and the :class:`~mechaudit.techniques.atp.Selection` ablated exactly."""
 
-    layers: list
+    layers: list[Layer]
     offsets: dict[str, int]
-    scores: torch.Tensor
+    scores: torch.Tensor  # the predicted accuracy drop per unit
+    class_scores: torch.Tensor  # the predicted accuracy drop per unit and judged class, (units, judged classes)
+    ranking: torch.Tensor  # what ranks the units: the larger of both predicted drops, each over its threshold
     selection: atp.Selection
 
     def units(self) -> dict[str, list[int]]:
@@ -304,39 +371,132 @@ class _Pool:
             chosen[layer.name].append(index - self.offsets[layer.name])
         return chosen
 
-    def _layer_of(self, index: int):
-        return next(layer for layer in reversed(self.layers) if self.offsets[layer.name] <= index)
+    def _layer_of(self, index: int) -> Layer:
+        return self.layers[bisect_right([self.offsets[layer.name] for layer in self.layers], index) - 1]
 
-    def unchecked_layer(self, layer, screen: dict, params: CriticalUnitsParams) -> Measurement:
-        """The finding of a layer none of whose units was ablated exactly: judged on the screen's prediction."""
+    def _name(self, index: int) -> str:
+        layer = self._layer_of(index)
+        return layer.address(index - self.offsets[layer.name])
+
+    def unchecked(self, layer: Layer) -> dict:
+        """The screen's largest predicted drops (overall, and for one judged class) among ``layer``'s units not
+        ablated exactly, and whether the layer's top-ranked unit was."""
         start = self.offsets[layer.name]
-        predicted = float(self.scores[start:start + layer.size].max())
-        return Measurement(
-            f"no unit of {layer.name} was ablated exactly: none ranks among the screen's top "
-            f"{len(self.selection.top)} of all layers or fell in the calibration sample (largest predicted drop "
-            f"{predicted:.1%}; the calibration bound in the evidence covers it)",
-            location=Location.of_layer(layer.name), metric="predicted_accuracy_drop", value=predicted,
-            threshold=params.max_accuracy_drop, evidence={"screen": screen})
+        checked = set(self.selection.checked)
+        rest = [i for i in range(start, start + layer.size) if i not in checked]
+        top = start + int(self.ranking[start:start + layer.size].argmax())
+        found: dict = {"units": len(rest), "top_ranked_checked": top in checked}
+        if rest:
+            index = torch.tensor(rest)
+            overall = int(index[self.scores[index].argmax()])
+            found.update({"largest_predicted_drop": float(self.scores[overall]), "unit": self._name(overall)})
+            if self.class_scores.shape[1]:
+                per_class = self.class_scores[index]
+                row, column = divmod(int(per_class.argmax()), per_class.shape[1])
+                found.update({"largest_predicted_class_drop": float(per_class[row, column]),
+                              "class_unit": self._name(rest[row]), "class_column": column})
+        return found
 
-    def evidence(self, drops: dict[str, torch.Tensor], modes: list[str], params: CriticalUnitsParams) -> dict:
-        """The ``screen`` evidence every finding carries: the pooled screen and its measured agreement."""
-        units = self.units()
-        exact = {self.offsets[name] + unit: float(drops[name][j]) for name, ids in units.items()
-                 for j, unit in enumerate(ids)}
-        names = [layer.address(u) for layer in self.layers for u in range(layer.size)]
-        found = atp.report(self.selection, self.scores, exact, names, "attribution patching (AtP*): predicted "
-                           "accuracy drop from first-order margin changes, one forward and one backward pass per "
-                           "batch, every unit of every audited layer ranked together",
-                           threshold=params.max_accuracy_drop)
-        return {**found.to_evidence(), "screen_top_k": len(self.selection.top),
+    def _predicted(self, layer: Layer, found: dict, params: CriticalUnitsParams, base_accuracy: float,
+                   base_class: dict, judged: list[int], context: AuditContext, evidence: dict, checked: str
+                   ) -> Measurement | None:
+        """A failing finding when an unchecked unit's predicted drop, overall or for one class, exceeds its
+        threshold (the larger relative to its threshold); None when neither does."""
+        overall = found.get("largest_predicted_drop", 0.0)
+        class_drop = found.get("largest_predicted_class_drop", 0.0)
+        evidence = {**evidence, "unchecked_predicted": {k: v for k, v in found.items() if k != "class_column"}}
+        over_overall = overall > params.max_accuracy_drop
+        over_class = class_drop > params.max_class_accuracy_drop
+        if over_class and (not over_overall or class_drop / params.max_class_accuracy_drop
+                           > overall / max(params.max_accuracy_drop, 1e-12)):
+            cls = judged[found["class_column"]]
+            return Measurement(
+                f"the screen predicts that ablating {found['class_unit']} drops the accuracy of class "
+                f"'{context.class_name(cls)}' by {class_drop:.1%}, and it was not ablated exactly{checked}",
+                location=Location.of_layer(layer.name), metric="predicted_class_accuracy_drop", value=class_drop,
+                threshold=params.max_class_accuracy_drop, evidence=evidence, interval=_unmeasured(base_class[cls]))
+        if over_overall:
+            return Measurement(
+                f"the screen predicts that ablating {found['unit']} drops accuracy by {overall:.1%}, and it was not "
+                f"ablated exactly{checked}", location=Location.of_layer(layer.name),
+                metric="predicted_accuracy_drop", value=overall, threshold=params.max_accuracy_drop,
+                evidence=evidence, interval=_unmeasured(base_accuracy))
+        return None
+
+    def unchecked_layer(self, layer: Layer, screen: dict, params: CriticalUnitsParams, base_accuracy: float,
+                        base_class: dict, judged: list[int], context: AuditContext) -> Measurement:
+        """The finding of a layer none of whose units was ablated exactly (``layer_top_k = 0``): judged on the
+        screen's predictions, overall and per class, and never certain (see :func:`_unmeasured`)."""
+        found = self.unchecked(layer)
+        checked = " (none of this layer's units was)"
+        failing = self._predicted(layer, found, params, base_accuracy, base_class, judged, context,
+                                  {"screen": screen}, checked)
+        if failing:
+            return failing
+        overall = found.get("largest_predicted_drop", 0.0)
+        return Measurement(
+            f"no unit of {layer.name} was ablated exactly (layer_top_k = 0): its largest predicted drop is "
+            f"{overall:.1%} (for one class {found.get('largest_predicted_class_drop', 0.0):.1%}), a prediction, "
+            "not a measurement", location=Location.of_layer(layer.name), metric="predicted_accuracy_drop",
+            value=overall, threshold=params.max_accuracy_drop,
+            evidence={"screen": screen, "unchecked_predicted": {k: v for k, v in found.items()
+                                                                 if k != "class_column"}},
+            interval=_unmeasured(base_accuracy))
+
+    def partly_checked_layer(self, layer: Layer, drop: torch.Tensor, worst_class: torch.Tensor, evidence: dict,
+                             interval: Interval | None, params: CriticalUnitsParams, base_accuracy: float,
+                             base_class: dict, judged: list[int], context: AuditContext) -> Measurement:
+        """The finding of a layer some of whose units were ablated exactly, none critical: it fails on an
+        unchecked unit's predicted drop over a threshold, and its pass is uncertain (:func:`_unmeasured`) unless the
+        layer's top-ranked unit was among those ablated exactly."""
+        found = self.unchecked(layer)
+        checked = f" (of this layer's units, {layer.size - found['units']} were)"
+        failing = self._predicted(layer, found, params, base_accuracy, base_class, judged, context, evidence,
+                                  checked)
+        if failing:
+            return failing
+        return Measurement(
+            f"no single unit of {layer.name} of the {layer.size - found['units']} ablated exactly after the screen "
+            f"is critical (largest drop {float(drop.max()):.1%}; largest drop for one class "
+            f"{float(worst_class.max()):.1%}; largest predicted drop of the others "
+            f"{found.get('largest_predicted_drop', 0.0):.1%})",
+            location=Location.of_layer(layer.name), metric="accuracy_drop", value=float(drop.max()),
+            threshold=params.max_accuracy_drop,
+            evidence={**evidence, "unchecked_predicted": {k: v for k, v in found.items() if k != "class_column"}},
+            interval=interval if found["top_ranked_checked"] else _unmeasured(base_accuracy))
+
+    def evidence(self, exact: dict[str, _Exact], modes: list[str], params: CriticalUnitsParams) -> dict:
+        """The ``screen`` evidence every screened layer's finding carries: the pooled screen and its measured
+        agreement; the 'may have missed' bound counts units over either threshold (overall or one class)."""
+        overall: dict[int, float] = {}
+        worst: dict[int, float] = {}
+        for layer in self.layers:
+            if layer.name in exact:
+                result = exact[layer.name]
+                for j, unit in enumerate(result.ids):
+                    overall[self.offsets[layer.name] + unit] = float(result.drop[j])
+                    worst[self.offsets[layer.name] + unit] = float(result.worst_class[j])
+        names = {index: self._name(index) for index in self.selection.checked}
+        over = {i: overall[i] > params.max_accuracy_drop or worst[i] > params.max_class_accuracy_drop
+                for i in overall}
+        found = atp.report(self.selection, self.scores, overall, names, "attribution patching (AtP*): predicted "
+                           "accuracy drop (overall and per class) from first-order margin changes, one forward and "
+                           "one backward pass per batch, every unit of every screened layer ranked together by the "
+                           "larger of its predicted drops, each over its threshold",
+                           threshold=params.max_accuracy_drop, over=over)
+        missed = dict(found.missed)
+        if self.selection.calibration:
+            missed["largest_calibration_class_effect"] = max(worst[i] for i in self.selection.calibration)
+        return {**found.to_evidence(), "missed": missed, "screen_top_k": len(self.selection.top),
                 "layer_top": len(self.selection.extra), "exact_modes": list(modes)}
 
 
-def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list, inputs: torch.Tensor,
-            labels: torch.Tensor, replacements: dict, flagged: list[str]) -> _Pool:
-    """Every unit of every layer scored by the screen (its predicted accuracy drop, the largest over the flagged
-    modes) and ranked together: the ``screen_top_k`` best overall, each layer's ``layer_top_k`` best and a seeded
-    random ``calibration`` sample of the others are ablated exactly."""
+def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Layer], inputs: torch.Tensor,
+            labels: torch.Tensor, replacements: dict, flagged: list[str], judged: list[int]) -> _Pool:
+    """Every unit of every screened layer scored by the screen (its predicted accuracy drop, overall and per
+    judged class, the largest over the flagged modes) and ranked together by the larger of both drops, each over its
+    threshold: the ``screen_top_k`` best overall, each layer's ``layer_top_k`` best and a seeded random
+    ``calibration`` sample of the others are ablated exactly."""
     def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return atp.label_margin(context.logits(outputs), targets)
     measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
@@ -344,21 +504,30 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list, in
                                        {m: replacements[m] for m in flagged}, context.batch_size, context.device,
                                        measured)
     margins = torch.cat(measured)
-    offsets, scores, best, total = {}, [], [], 0
+    masks = [labels.cpu() == c for c in judged]
+    offsets, scores, class_scores, rankings, best, total = {}, [], [], [], [], 0
     for layer in layers:
-        layer_scores = torch.stack([atp.predicted_accuracy_drop(estimates[m][layer.name], margins)
-                                    for m in flagged]).amax(dim=0)
+        per_mode = [estimates[m][layer.name] for m in flagged]
+        layer_scores = torch.stack([atp.predicted_accuracy_drop(e, margins) for e in per_mode]).amax(dim=0)
+        per_class = torch.stack([torch.stack([atp.predicted_accuracy_drop(e[:, mask], margins[mask])
+                                              for e in per_mode]).amax(dim=0) for mask in masks], 1) \
+            if masks else torch.zeros(layer.size, 0)
+        ranking = layer_scores / max(params.max_accuracy_drop, 1e-12)
+        if masks:
+            ranking = torch.maximum(ranking, per_class.amax(dim=1) / max(params.max_class_accuracy_drop, 1e-12))
         offsets[layer.name] = total
-        best += [total + u for u in layer_scores.argsort(descending=True, stable=True)[:params.layer_top_k].tolist()]
+        best += [total + u for u in ranking.argsort(descending=True, stable=True)[:params.layer_top_k].tolist()]
         scores.append(layer_scores)
+        class_scores.append(per_class)
+        rankings.append(ranking)
         total += layer.size
-    pooled = torch.cat(scores)
-    return _Pool(layers, offsets, pooled, atp.select(pooled, params.screen_top_k, params.calibration, context.seed,
-                                                     also=best))
+    ranking = torch.cat(rankings)
+    return _Pool(layers, offsets, torch.cat(scores), torch.cat(class_scores), ranking,
+                 atp.select(ranking, params.screen_top_k, params.calibration, context.seed, also=best))
 
 
 def _exact_evidence(units: int, params: CriticalUnitsParams) -> dict:
-    """The ``screen`` evidence of a layer of ``units`` units, all ablated exactly (the audit is not screened)."""
+    """The ``screen`` evidence of a layer of ``units`` units, all ablated exactly (not screened)."""
     why = "exhaustive = true" if params.exhaustive else f"at most {atp.SCREEN_ABOVE} units"
     return {"method": f"exact ablation of every unit ({why})", "scored": units, "checked_exactly": units,
             "calibration": 0}

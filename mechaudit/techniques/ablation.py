@@ -57,18 +57,27 @@ def _capture(model: nn.Module, module: nn.Module, layer: Layer, batch: torch.Ten
     return captured[0]
 
 
-def capture_layers(model: nn.Module, sites: list[tuple[nn.Module, Layer]], inputs: torch.Tensor, batch_size: int,
-                   device: torch.device) -> dict[str, torch.Tensor]:
-    """Each layer's activations on ``inputs`` as (samples, units, positions), on the CPU, from one forward pass per
-    batch for all of them (``sites``: each layer's hooked module and the layer)."""
-    parts: dict[str, list[torch.Tensor]] = {layer.name: [] for _, layer in sites}
+def capture_layers(model: nn.Module, sites: list[tuple[nn.Module, Layer]], batch: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
+    """Each layer's activation on one ``batch`` as (samples, units, positions), from one forward pass for all of
+    them (``sites``: each layer's hooked module and the layer). A module called more than once per forward pass
+    (a shared block) keeps its first call, as the ablation hooks replace it."""
+    kept: dict[str, torch.Tensor] = {}
 
     def keep(layer: Layer):
-        return lambda output, _args: parts[layer.name].append(units_view(output, layer).detach().to("cpu", copy=True))
+        def hook(output: torch.Tensor, _args) -> None:
+            if layer.name not in kept:
+                kept[layer.name] = units_view(output, layer).detach().clone()
+        return hook
     with installed([register_hook(module, layer, keep(layer)) for module, layer in sites]), torch.no_grad():
-        for _, batch in batches(inputs, batch_size, device):
-            model(batch)
-    return {name: torch.cat(values) for name, values in parts.items()}
+        model(batch)
+    missing = [layer.name for _, layer in sites if layer.name not in kept]
+    if missing:
+        raise RuntimeError(f"layers {missing} did not run on the resample source")
+    for name, value in kept.items():
+        if len(value) != len(batch):
+            raise RuntimeError(f"layer {name} captured {len(value)} samples of the source's {len(batch)}")
+    return kept
 
 
 def ablation_loop(model: nn.Module, module: nn.Module, layer: Layer, inputs: torch.Tensor, units: list[int],

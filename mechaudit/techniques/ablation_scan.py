@@ -128,15 +128,21 @@ class AblationScanner:
                                 continue
                             results[name][layer.name].append(part)
         hooked = [layer for layer in layers if layer.name not in cuts]
-        captured = {id(source): capture_layers(self.view.model, [(self.view.site(layer), layer) for layer in hooked],
-                                               source, batch_size, self.device)
-                    for _, source in modes.values() if source is not None and hooked}  # one pass for every layer
-        for layer in hooked:
-            for name, (values, source) in modes.items():
-                results[name][layer.name] = [ablation_outputs(
-                    self.view.model, self.view.site(layer), layer, inputs, chosen[layer.name],
-                    None if values is None else values[layer.name], batch_size, self.device, max_batch, source,
-                    reduce, max_output_bytes, None if source is None else captured[id(source)][layer.name])]
+        sites = [(self.view.site(layer), layer) for layer in hooked]
+        sources = {id(source): source for _, source in modes.values() if source is not None}
+        for start, batch in (batches(inputs, batch_size, self.device) if hooked else ()):
+            stop = start + len(batch)
+            # one source pass per batch for every hooked layer, held only while this batch is ablated
+            captured = {key: capture_layers(self.view.model, sites, source[start:stop].to(self.device))
+                        for key, source in sources.items()}
+            shifted = None if reduce is None else _shifted(reduce, start)
+            for layer in hooked:
+                for name, (values, source) in modes.items():
+                    results[name][layer.name].append(ablation_outputs(
+                        self.view.model, self.view.site(layer), layer, batch, chosen[layer.name],
+                        None if values is None else values[layer.name], len(batch), self.device, max_batch,
+                        None if source is None else source[start:stop], shifted, max_output_bytes,
+                        None if source is None else captured[id(source)][layer.name]))
         return {name: {layer: torch.cat(parts, dim=1) for layer, parts in per_layer.items()}
                 for name, per_layer in results.items()}
 
@@ -151,6 +157,11 @@ class AblationScanner:
             return _chunk(cut, clean, index, values, src).float().unflatten(0, (len(chunk), n))
         return torch.cat([(reduce(out, samples) if reduce else out).cpu()
                           for out in chunked(units, n, run, max_batch, max_output_bytes)])
+
+
+def _shifted(reduce: Reduce, offset: int) -> Reduce:
+    """``reduce`` for a batch that starts at sample ``offset``: its sample slices are made absolute."""
+    return lambda outputs, samples: reduce(outputs, slice(samples.start + offset, samples.stop + offset))
 
 
 def _chunk(cut: Cut, clean: tuple, chunk: torch.Tensor, values: torch.Tensor | None,

@@ -23,7 +23,7 @@ Which of AtP*'s fixes apply here:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,9 +33,10 @@ from ..activations import batches, hooked
 from ..model_view import Layer, ModelView, installed, units_view
 
 SCREEN_ABOVE = 256
-"""A rule screens a set of components (all audited components: L202, L207, L208 and R304) only when it holds
-more than this many; at or below it the exact intervention runs on every component, so the embedded
-examples (at most 56 units per layer, 72 heads in all) keep their exact verdicts."""
+"""A rule screens a set of components only when it holds more than this many (L207, L208 and R304: all audited
+components; L202: each layer, every layer wider than this ranked together); at or below it the exact intervention
+runs on every component, so the embedded examples (at most 56 units per layer, 72 heads in all) keep their exact
+verdicts."""
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``metric(outputs, targets) -> (samples,)``, differentiable in the outputs."""
@@ -148,7 +149,7 @@ class Selection:
         return self.scored - len(self.checked)
 
 
-def select(scores: torch.Tensor, top_k: int, calibration: int, seed: int, also: list[int] = ()) -> Selection:
+def select(scores: torch.Tensor, top_k: int, calibration: int, seed: int, also: Sequence[int] = ()) -> Selection:
     """The ``top_k`` highest ``scores``, the indices ``also`` (kept as :attr:`Selection.extra` where not in the
     top) and a seeded random sample of ``calibration`` of the others."""
     order = scores.argsort(descending=True, stable=True).tolist()
@@ -186,12 +187,14 @@ class ScreenReport:
                 "missed": self.missed}
 
 
-def report(selection: Selection, screen: torch.Tensor, exact: dict[int, float], names: list[str], method: str,
-           threshold: float | None = None, confidence: float = 0.95) -> ScreenReport:
+def report(selection: Selection, screen: torch.Tensor, exact: dict[int, float],
+           names: Sequence[str] | Mapping[int, str], method: str, threshold: float | None = None,
+           confidence: float = 0.95, over: Mapping[int, bool] | None = None) -> ScreenReport:
     """Agreement of the screen ``screen`` (all scored components) and the exact effects ``exact`` {index: effect}
     of the checked ones: Spearman over the checked set, the recall of its exact top-k by the screen's top-k
     (:func:`top_k_recall`, and :func:`top_k_recall_at_kth`), and :func:`missed_effect` from the calibration
-    sample."""
+    sample. ``names`` needs only the checked indices. ``over`` {index: exceeds}, when given, says which checked
+    components exceed a threshold where one effect does not tell (e.g. an overall or a per-class threshold)."""
     checked = selection.checked
     screened = [float(screen[i]) for i in checked]
     measured = [exact[i] for i in checked]
@@ -199,7 +202,8 @@ def report(selection: Selection, screen: torch.Tensor, exact: dict[int, float], 
     rho = float(spearmanr(screened, measured).correlation) if varied else None
     recall = top_k_recall(selection.top, exact) if selection.calibration else None
     at_kth = top_k_recall_at_kth(selection.top, exact) if selection.calibration else None
-    missed = missed_effect([exact[i] for i in selection.calibration], selection.unchecked, threshold, confidence)
+    missed = missed_effect([exact[i] for i in selection.calibration], selection.unchecked, threshold, confidence,
+                           None if over is None else [over[i] for i in selection.calibration])
     return ScreenReport(method, selection.scored, [names[i] for i in checked], len(selection.calibration), rho,
                         recall, missed, at_kth)
 
@@ -228,14 +232,16 @@ def top_k_recall_at_kth(top: list[int], exact: dict[int, float]) -> float | None
 
 
 def missed_effect(calibration: list[float], unchecked: int, threshold: float | None,
-                  confidence: float = 0.95) -> dict:
+                  confidence: float = 0.95, exceeded: list[bool] | None = None) -> dict:
     """What the screen may have missed, from the exact effects of a random calibration sample of the components
     outside its top-k: the largest of them, and (given a ``threshold``) a one-sided Clopper-Pearson bound at
     ``confidence`` on how many of the ``unchecked`` components exceed it (with none over it in a sample of c, the
-    bound is ``1 - (1 - confidence) ** (1 / c)`` of them, about 3/c: the rule of three)."""
+    bound is ``1 - (1 - confidence) ** (1 / c)`` of them, about 3/c: the rule of three). ``exceeded``, when given,
+    says per calibration component whether it exceeds (instead of ``value > threshold``)."""
     if not calibration:
         return {"unchecked": unchecked}
-    over = sum(value > threshold for value in calibration) if threshold is not None else None
+    over = (sum(exceeded) if exceeded is not None
+            else sum(value > threshold for value in calibration) if threshold is not None else None)
     result = {"largest_calibration_effect": max(calibration), "unchecked": unchecked}
     if over is not None:
         c = len(calibration)
