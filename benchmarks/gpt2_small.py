@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="2 layers of 64: proves the script in a minute")
     parser.add_argument("--skip-streams", action="store_true", help="only the default audit")
+    parser.add_argument("--only-streams", action="store_true", help="only the D10 audit of the residual streams")
     parser.add_argument("--timeout", type=float, default=3600, help="kill an audit after this many seconds")
     parser.add_argument("--plan", action="store_true", help="print the default audit's plan and run nothing")
     parser.add_argument("--calibration-ms", default="", help="with --plan: FORWARD,BACKWARD ms per sample")
@@ -127,8 +128,9 @@ def main() -> None:
         if args.plan:
             print_plan(spec, args.calibration_ms)
             return
-        run = run_audit(spec, folder / "default", timeout=args.timeout)
-        print_run("default rulebook: heads and MLP neurons", run, "<= 15 min, <= 8 GiB")
+        if not args.only_streams:
+            run = run_audit(spec, folder / "default", timeout=args.timeout)
+            print_run("default rulebook: heads and MLP neurons", run, "<= 15 min, <= 8 GiB")
         if not args.skip_streams:
             spec.write_text(SPEC.format(quick=str(args.quick).lower(), layers=layer_list(streams)), encoding="utf-8")
             run = run_audit(spec, folder / "streams", "--extend-select", "D10", timeout=args.timeout)
