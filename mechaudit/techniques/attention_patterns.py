@@ -88,7 +88,9 @@ def head_patterns(model: nn.Module, block: nn.Module, heads: int, inputs: torch.
         open_.pop()
 
     try:
-        with installed([block.register_forward_pre_hook(enter), block.register_forward_hook(leave)]), \
+        hooks = (register(hook) for register, hook in ((block.register_forward_pre_hook, enter),
+                                                       (block.register_forward_hook, leave)))
+        with installed(hooks), \
                 without_fast_path(), torch.no_grad():
             model(inputs.to(device))
     finally:
