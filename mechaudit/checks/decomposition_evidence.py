@@ -6,6 +6,7 @@ finding and never cost it: one that cannot be made is left out, with a warning."
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -167,22 +168,32 @@ def _column_attribution(context: AuditContext, layer: Layer, unit: int, inputs: 
     baseline = inputs.float().mean(0)
     total = torch.zeros(inputs.shape[1], dtype=torch.float64)
     for _, batch in batches(inputs, context.batch_size, context.device):
-        batch = batch.float().requires_grad_(True)
-        captured: list[torch.Tensor] = []
-        with installed([context.view.hook(layer, lambda out, _args: captured.append(out))]), torch.enable_grad():
-            context.model(batch)
-            activation = units_view(captured[-1], layer)[:, unit].sum()
-            gradient = (torch.autograd.grad(activation, [batch], allow_unused=True)[0]
-                        if activation.requires_grad else None)
+        batch = batch.float()
+        gradient = _input_gradient(context, layer, batch, lambda units: units[:, unit])
         if gradient is None:
             return None
-        total += (gradient.detach() * (batch.detach() - baseline.to(batch.device))).abs().sum(0).double().cpu()
+        total += (gradient * (batch - baseline.to(batch.device))).abs().sum(0).double().cpu()
     shares = total / total.sum() if total.sum() > 0 else total
     order = torch.argsort(shares, descending=True, stable=True)[:COLUMN_BARS].tolist()
     names = context.data.feature_names or [f"x{j}" for j in range(inputs.shape[1])]
     return {"component": layer.address(unit), "samples": int(inputs.shape[0]),
             "columns": [str(names[j]) if j < len(names) else f"x{j}" for j in order],
             "shares": [round(float(shares[j]), 4) for j in order]}
+
+
+def _input_gradient(context: AuditContext, layer: Layer, batch: torch.Tensor,
+                    pick: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """The gradient with respect to ``batch`` of the sum of ``pick(units)``, ``units`` being ``layer``'s units view
+    on that batch; None when no gradient reaches the inputs (a model that rounds or casts them first)."""
+    batch = batch.detach().requires_grad_(True)
+    captured: list[torch.Tensor] = []
+    with installed([context.view.hook(layer, lambda out, _args: captured.append(out))]), torch.enable_grad():
+        context.model(batch)
+        picked = pick(units_view(captured[-1], layer)).sum()
+        if not picked.requires_grad:
+            return None
+        gradient = torch.autograd.grad(picked, [batch], allow_unused=True)[0]
+    return None if gradient is None else gradient.detach()
 
 
 def token_ids(context: AuditContext, inputs: torch.Tensor) -> bool:
@@ -207,13 +218,12 @@ def _receptive_fields(context: AuditContext, layer: Layer, unit: int, inputs: to
     gradient there, in tile pixels ``[top, left, bottom, right]``, exclusive), when it is smaller than the image."""
     chosen = torch.tensor([e["sample"] for e in row["exemplars"]])
     peaks = maps[chosen].argmax(1)
-    batch = inputs[chosen].to(context.device).float().requires_grad_(True)
-    captured: list[torch.Tensor] = []
-    with installed([context.view.hook(layer, lambda out, _args: captured.append(out))]), torch.enable_grad():
-        context.model(batch)
-        picked = units_view(captured[-1], layer)[torch.arange(len(chosen)), unit, peaks.to(captured[-1].device)]
-        (gradient,) = torch.autograd.grad(picked.sum(), [batch])
-    support = gradient.detach().abs().sum(1).cpu()  # (exemplars, H, W)
+    batch = inputs[chosen].to(context.device).float()
+    gradient = _input_gradient(context, layer, batch,
+                               lambda units: units[torch.arange(len(chosen)), unit, peaks.to(units.device)])
+    if gradient is None:
+        return
+    support = gradient.abs().sum(1).cpu()  # (exemplars, H, W)
     height, width = inputs.shape[-2:]
     tile_rows, tile_cols = len(row["exemplars"][0]["tile"]), len(row["exemplars"][0]["tile"][0])
     for exemplar, mask in zip(row["exemplars"], support):

@@ -61,9 +61,8 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, *, over: str = "
     values = _resampled(statistic, n, resamples, seed)
     if values is None:
         return None
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return Interval(float(low), float(high), f"percentile bootstrap over {n} {over}, {resamples} resamples", level)
+    low, high = _tails(values, level)
+    return Interval(low, high, f"percentile bootstrap over {n} {over}, {resamples} resamples", level)
 
 
 #: Fewer resamples than this estimate a 2.5% tail poorly (5 values beyond it at 200): :func:`bootstrap_within` and
@@ -108,8 +107,7 @@ def bootstrap_basic(statistic: Callable[[np.ndarray], float], n: int, estimate: 
     if values is None or len(values) < 2:
         return None
     if resamples >= PERCENTILE_RESAMPLES:
-        tail = (1 - level) / 2 * 100
-        low, high = np.percentile(values, [tail, 100 - tail])
+        low, high = _tails(values, level)
         low, high, how = 2 * estimate - high, 2 * estimate - low, "basic bootstrap"
     else:
         centre, spread = 2 * estimate - float(values.mean()), _z(level) * float(values.std(ddof=1))
@@ -117,6 +115,13 @@ def bootstrap_basic(statistic: Callable[[np.ndarray], float], n: int, estimate: 
     return Interval(float(max(bounds[0], low)), float(min(bounds[1], high)),
                     f"{how} over {n} {over}, {resamples} resamples (of the population value: the resamples' bias "
                     "subtracted)", level)
+
+
+def _tails(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of resampled ``values``."""
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _z(level: float) -> float:
@@ -135,12 +140,11 @@ def percentile_interval(values: np.ndarray, n: int, *, over: str = "samples", le
     dropped = len(values) - len(finite)
     if n < 2 or not len(finite) or dropped > max_dropped * len(values):
         return None
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(finite, [tail, 100 - tail])
+    low, high = _tails(finite, level)
     method = f"percentile bootstrap over {n} {over}, {len(values)} resamples"
     if dropped:
         method += f" ({dropped} without a finite value left out)"
-    return Interval(float(low), float(high), method, level)
+    return Interval(low, high, method, level)
 
 
 def _resampled(statistic: Callable[[np.ndarray], float], n: int, resamples: int, seed: int) -> np.ndarray | None:
