@@ -18,12 +18,12 @@ from .registry import RuleDefinition, RuleDocs, param, register
 DOCS = RuleDocs(
     summary="Two consecutive layers represent the data almost identically.",
     what="""
-Linear CKA between the per-sample activations (mean over positions) of every pair of hidden layers; the matrix is
-the evidence. A finding per consecutive pair fails when their CKA exceeds `max_cka`. Two consecutive readings of a
-residual stream (layers of kind `stream` of the same width, e.g. `encoder.layer.1` and `encoder.layer.2`) are
-similar by construction, the second being the first plus the block's update; for them the finding judges the
-update instead: per token, the variance of `stream_after - stream_before` over the variance of `stream_after`
-(the *update share*), and fails when the stream is left unchanged, one minus the update share above
+Debiased linear CKA between the per-sample activations (mean over positions) of every pair of hidden layers; the
+matrix is the evidence. A finding per consecutive pair fails when their CKA exceeds `max_cka`. Two consecutive
+readings of a residual stream (layers of kind `stream` of the same width, e.g. `encoder.layer.1` and
+`encoder.layer.2`) are similar by construction, the second being the first plus the block's update; for them the
+finding judges the update instead: per token, the variance of `stream_after - stream_before` over the variance of
+`stream_after` (the *update share*), and fails when the stream is left unchanged, one minus the update share above
 `1 - min_update_share`. A stream reading after another kind of layer (a sublayer inside the block, such as its MLP)
 is reported and not judged: the stream carries the block's input past that sublayer.
 """,
@@ -33,29 +33,37 @@ reviewer reading the model should not count it as a separate step. In residual n
 whose updates are negligible.
 """,
     how="""
-Linear centered kernel alignment (Kornblith et al. 2019); for residual streams the update's share of the stream,
-per token, as the block influence of Men et al. (2024) and the angular distance of Gromov et al. (2024) measure it.
-On MiniLM (`minilm`, 64 sentences, 24 tokens each) consecutive stream readings have CKA 0.93 to 0.99 per token
-(0.97 on token means, where the rule proposed pruning a block), while each block's update carries 23% to 52% of the
-stream's variance (`encoder.layer.0` to `.5`): unchanged share 0.48 to 0.77, and every block passes. A planted
-block whose update is scaled down to 1% has update share below 0.001 and fails; its unscaled twin passes
-(`tests/test_decomposition.py`). `min_update_share = 0.05`: a block that changes less than 5% of the stream's
-variance. Reference range of a healthy transformer block: update share 0.2 to 0.5.
+Linear centered kernel alignment (Kornblith et al. 2019), debiased: its HSIC terms are the unbiased estimator of
+Song et al. (2012), as Nguyen, Raghu and Kornblith (2021) and Davari et al. (2023) use it. The plug-in (biased) CKA
+reads high where units outnumber samples: two independent Gaussian representations 1,024 wide read 0.94 on 64
+samples and 0.80 on 256; debiased, 0.02 and 0.00 (identical and rotated representations: 1 by either;
+`benchmarks/cka_bias.py`). Debiased CKA can be slightly negative for unrelated layers; it is reported as it is
+(clipping at 0 would restore an upward bias), and only its interval is clipped to [0, 1]. For residual streams the
+update's share of the stream, per token, as the block influence of Men et al. (2024) and the angular distance of
+Gromov et al. (2024) measure it. On MiniLM (`minilm`, 64 sentences, 24 tokens each) consecutive stream readings have
+CKA 0.93 to 0.99 per token (0.96 to 0.97 on token means, debiased or not, where the rule proposed pruning a block),
+while each block's update carries 23% to 52% of the stream's variance (`encoder.layer.0` to `.5`): unchanged share
+0.48 to 0.77, and every block passes. A planted block whose update is scaled down to 1% has update share below 0.001
+and fails; its unscaled twin passes (`tests/test_decomposition.py`). `min_update_share = 0.05`: a block that changes
+less than 5% of the stream's variance. Reference range of a healthy transformer block: update share 0.2 to 0.5.
 
 Each judged value carries a 95% bootstrap interval over the audit samples (seeded). The update share: percentile
 bootstrap, 200 resamples of the samples, each sample's tokens kept together (per-sample sums are kept in the one
-pass). CKA: basic bootstrap (`2 x CKA - quantiles`; 200 resamples up to 1,024 samples; fewer above, 100 at the
-most samples, 2,048, with the bias-corrected normal interval), computed from the two layers' sample x sample Gram
-matrices without recomputing activations. CKA is biased upward at few samples, and a resample (about 63% distinct
-samples) raises it by about as much again; the basic interval subtracts that bias, so it is an interval of the
-population CKA, not of the CKA another draw of as many samples would give, and it can lie below the measured value
-(two related 20-dimensional Gaussian representations on 128 samples: population CKA 0.54, mean measured CKA 0.59;
-the interval held 0.54 in 91% of 150 draws). The verdict still compares the measured value with `max_cka`.
+pass). CKA: basic bootstrap (`2 x CKA - quantiles`; 200 resamples up to 1,024 samples; fewer above, 100 at the most
+samples, 2,048, with the bias-corrected normal interval), computed from the two layers' sample x sample Gram
+matrices without recomputing activations; a resample leaves out the pairs of copies of one sample, as the unbiased
+HSIC leaves out the diagonal, so the resamples centre on the estimate (counting those pairs would bias each resample
+upward). Two related 20-dimensional Gaussian representations on 128 samples: population CKA 0.50, mean debiased
+CKA 0.50 (biased: 0.56); the interval held 0.50 in 97 of 100 draws. Where units far outnumber samples the interval
+is conservative (256 units on 64 samples: the resamples' spread 1.7 times the estimate's). The verdict compares the
+measured value with `max_cka`.
 
 Other layers: a planted layer that rotates its input has CKA 1.00 with it; one that reads a single unit of sixteen
 has 0.35. On `digits` the two conv layers (`features.0`, `features.2`) have CKA 0.985 (0.967 in `digits-control`),
 above the 0.95 limit: the second conv layer's channels, averaged over positions, are nearly a linear re-mixing of
-the first's; `classifier.0` against `features.2`: 0.12.
+the first's; `classifier.0` against `features.2`: 0.11 (biased: 0.12). The change to the debiased estimator moved
+no verdict: on the examples and MiniLM the values moved by at most 0.025 (these representations have few effective
+dimensions, where the bias is small), so `max_cka = 0.95` stays.
 """,
     fix="""
 Try removing or narrowing the redundant layer and compare accuracy; in a residual network, look for blocks whose
@@ -63,6 +71,10 @@ update is near zero.
 """,
     references=(
         "Kornblith, Norouzi, Lee, Hinton (2019). Similarity of Neural Network Representations Revisited. ICML.",
+        "Song, Smola, Gretton, Bedo, Borgwardt (2012). Feature Selection via Dependence Maximization. JMLR 13.",
+        "Nguyen, Raghu, Kornblith (2021). Do Wide and Deep Networks Learn the Same Things? ICLR.",
+        "Davari, Horoi, Natik, Lajoie, Wolf, Belilovsky (2023). Reliability of CKA as a Similarity Measure in Deep "
+        "Learning. ICLR.",
         "Men et al. (2024). ShortGPT: Layers in Large Language Models are More Redundant Than You Expect. "
         "arXiv:2403.03853",
         "Gromov, Tirumala, Shapourian, Glorioso, Roberts (2024). The Unreasonable Ineffectiveness of the Deeper "

@@ -1,4 +1,4 @@
-"""D107: representation drift since a baseline audit, by linear CKA and RSA on stored fingerprints."""
+"""D107: representation drift since a baseline audit, by debiased linear CKA and RSA on stored fingerprints."""
 
 from __future__ import annotations
 
@@ -41,28 +41,36 @@ describe the model, even if every metric still passes: the layer must be reviewe
 the mechanism keeps its representations, so this separates the two without the old model.
 """,
     how="""
-Linear centred kernel alignment (Kornblith, Norouzi, Lee, Hinton 2019) from the two Gram matrices,
-`<K, L>_F / (||K||_F ||L||_F)`: 1 for the same representation up to rotation and scale, whatever the widths. RSA
-(Kriegeskorte, Mur, Bandettini 2008): the Spearman correlation (scipy) of the two squared-Euclidean dissimilarity
-matrices, read from the Gram matrices; it is reported beside CKA and does not judge. The samples are the audit's
-seeded subset: their SHA-256 is stored, and a baseline taken on other samples is refused (an error). Threshold,
-from measurement on a trained MLP with two hidden layers (`tests/fixtures/drift_models.py`, 256 samples): the
-same weights give CKA 1.000; a fine-tune (100 further steps at learning rate 1e-4) keeps both layers at 0.9999;
-a retrain that changes the second layer's function (re-initialised and trained, with the head, to read other
-features of the input; the first layer kept) drops that layer to CKA 0.37 (RSA 0.42) while the first stays at
-1.000; an independent retrain of the whole model on the same task from another seed gives 0.86 and 0.87 (RSA
-0.80 and 0.85). The limit, drift 0.2 (CKA 0.8), separates a changed function from a fine-tune with a wide
-margin and lets a same-task retrain pass, though with less room: its units are new where its function is not.
-Fingerprints pool over positions (the mean), so a change only in spatial or token layout is not seen.
+Linear centred kernel alignment (Kornblith, Norouzi, Lee, Hinton 2019) from the two Gram matrices, debiased: its
+HSIC terms are the unbiased estimator of Song et al. (2012) (Nguyen, Raghu, Kornblith 2021; Davari et al. 2023),
+`HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`: 1 for the same representation up to rotation and scale, whatever the
+widths, and near 0 for unrelated ones even where units outnumber the samples (the plug-in estimator reads two
+independent 1,024-wide Gaussian representations on 256 samples as CKA 0.80, drift 0.2; debiased, 0.00:
+`benchmarks/cka_bias.py`). It can read slightly below 0 (drift slightly above 1) for unrelated layers and is
+reported as it is: clipping would restore an upward bias. RSA (Kriegeskorte, Mur, Bandettini 2008): the Spearman
+correlation (scipy) of the two squared-Euclidean dissimilarity matrices, read from the Gram matrices; it is reported
+beside CKA and does not judge. The samples are the audit's seeded subset: their SHA-256 is stored, and a baseline
+taken on other samples is refused (an error). Threshold, from measurement on a trained MLP with two hidden layers
+(`tests/fixtures/drift_models.py`, 256 samples): the same weights give CKA 1.000; a fine-tune (100 further steps at
+learning rate 1e-4) keeps both layers at 0.9999; a retrain that changes the second layer's function
+(re-initialised and trained, with the head, to read other features of the input; the first layer kept) drops that
+layer to CKA 0.36 (biased: 0.37; RSA 0.42) while the first stays at 1.000; an independent retrain of the whole
+model on the same task from another seed gives 0.86 and 0.86 (biased 0.87 and 0.86; RSA 0.80 and 0.85). The
+limit, drift 0.2 (CKA 0.8), separates a changed function from a fine-tune with a wide margin and lets a same-task
+retrain pass, though with less room: its units are new where its function is not. The debiased estimator moved no
+verdict here nor on the examples (`digits` against `digits-control`, `induction` against `induction-control`:
+drifts moved by at most 0.011), so the limit stays. Fingerprints pool over positions (the mean), so a change only
+in spatial or token layout is not seen.
 
 The drift carries a 95% basic-bootstrap interval over the fingerprinted samples (`2 x CKA - quantiles`; 200
 resamples up to 1,024 samples, fewer above with the bias-corrected normal interval; seeded), computed from the two
 stored Gram matrices (no activation is recomputed, and the baseline model is not needed): each resample draws the
-samples with replacement for both layers alike. CKA is biased upward at few samples and a resample's duplicated
-samples raise it by about as much again; the basic interval subtracts that bias, so it is an interval of the
-population drift (it can lie above the measured drift), not of the drift another draw of as many samples would
-give. Measured on `tests/fixtures/drift_models.py` (256 samples): the changed layer's drift 0.63 has the interval
-0.61 to 0.68; the fine-tune's lies within 0.0001 of 0.
+samples with replacement for both layers alike, and leaves out the pairs of copies of one sample as the unbiased
+HSIC leaves out the diagonal, so the resamples centre on the estimate; it is an interval of the population drift,
+clipped to [0, 1]. Two related 20-dimensional Gaussian representations on 128 samples: the interval held the
+population CKA in 97 of 100 draws; it is conservative where units far outnumber samples (the resamples' spread 1.7
+times the estimate's at 256 units and 64 samples). Measured on `tests/fixtures/drift_models.py` (256 samples): the
+changed layer's drift 0.64 has the interval 0.60 to 0.69; the fine-tune's lies within 0.0001 of 0.
 """,
     fix="""
 Re-review the drifting layers: rerun the localization and recomposition rules and compare their findings with
@@ -71,6 +79,10 @@ find which training change moved the layer.
 """,
     references=(
         "Kornblith, Norouzi, Lee, Hinton (2019). Similarity of Neural Network Representations Revisited. ICML.",
+        "Song, Smola, Gretton, Bedo, Borgwardt (2012). Feature Selection via Dependence Maximization. JMLR 13.",
+        "Nguyen, Raghu, Kornblith (2021). Do Wide and Deep Networks Learn the Same Things? ICLR.",
+        "Davari, Horoi, Natik, Lajoie, Wolf, Belilovsky (2023). Reliability of CKA as a Similarity Measure in Deep "
+        "Learning. ICLR.",
         "Kriegeskorte, Mur, Bandettini (2008). Representational similarity analysis - connecting the branches of "
         "systems neuroscience. Frontiers in Systems Neuroscience 2:4.",
     ),

@@ -1,5 +1,5 @@
 """Representation fingerprints: a layer's centred Gram matrix on a fixed, seeded subset of the audit data, small
-enough to keep in an audit bundle, from which linear CKA (Kornblith et al. 2019) and RSA (Spearman correlation of
+enough to keep in an audit bundle, from which debiased linear CKA (:mod:`.cka`) and RSA (Spearman correlation of
 the representational dissimilarity matrices, Kriegeskorte, Mur, Bandettini 2008) against a later model's layer are
 computed without the earlier model. Centring does not change Euclidean distances, so the dissimilarity matrix is
 read from the Gram matrix: ``d_ij = K_ii + K_jj - 2 K_ij``."""
@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 
 import torch
+
+from .cka import gram_cka
 
 FORMAT = "mechaudit-representation-fingerprint/1"
 
@@ -41,13 +43,6 @@ def inputs_digest(inputs: torch.Tensor) -> str:
     digest = hashlib.sha256(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
     digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()
-
-
-def gram_cka(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741 - the papers' names
-    """Linear CKA from two centred Gram matrices: ``<K, L>_F / (||K||_F ||L||_F)``; 0 when either is zero."""
-    k, l = k.double(), l.double()  # noqa: E741
-    norms = torch.linalg.matrix_norm(k) * torch.linalg.matrix_norm(l)
-    return float((k * l).sum() / norms) if float(norms) > 0 else 0.0
 
 
 def dissimilarities(gram: torch.Tensor) -> torch.Tensor:
