@@ -74,6 +74,15 @@ def layer_kind(module: nn.Module) -> str | None:
     return None
 
 
+def sample_axis(module: nn.Module) -> int:
+    """The axis of ``module``'s batched tensor arguments that holds the samples: 1 for a sequence-first module (one
+    whose ``batch_first`` is False: ``nn.MultiheadAttention``, ``nn.LSTM``/``GRU``/``RNN``, ``nn.Transformer*``
+    layers, read as (tokens, samples, width)), else 0. Layer outputs are samples first wherever mechaudit reads them
+    (discovery skips a module whose output is not; the heads of a sequence-first ``nn.MultiheadAttention`` are
+    turned samples first by :mod:`.torch_attention`); a module's own inputs are not, so a reader of them asks here."""
+    return 1 if getattr(module, "batch_first", True) is False else 0
+
+
 def units_view(output: torch.Tensor, layer: Layer) -> torch.Tensor:
     """Reshape a layer's output to (samples, units, positions); positions are spatial cells or tokens.
 

@@ -75,6 +75,13 @@ def register_heads_hook(module: nn.MultiheadAttention, function: HeadsFn) -> _Ha
     return _Handle(hook, function)
 
 
+def recomputing(module: nn.Module) -> bool:
+    """True while ``module``'s :class:`HeadsHook` reruns it to get its heads: a hook on the module's own forward
+    (a pre-hook that reads its input) then sees a second call of the same forward pass."""
+    hook = _HOOKS.get(module) if isinstance(module, nn.MultiheadAttention) else None
+    return hook is not None and hook.running
+
+
 @contextmanager
 def without_fast_path() -> Iterator[None]:
     """Within the context, torch computes attention through the ``nn.MultiheadAttention`` modules (hookable)."""

@@ -148,6 +148,53 @@ def test_d104_collapse_near_its_limit_is_uncertain_and_far_from_it_certain() -> 
     assert far[1].status == "fail" and far[1].confidence == "certain"
 
 
+class Attend(torch.nn.Module):
+    """Token embedding, torch's attention (batch first or sequence first) whose values read three directions (two
+    weak), and a readout: the same function in either layout."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.embed, self.head = torch.nn.Linear(8, 16), torch.nn.Linear(16, 3)
+        self.attn = torch.nn.MultiheadAttention(16, 4, batch_first=batch_first)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=g))
+            self.attn.in_proj_weight[32:] = (torch.randn(16, 3, generator=g) @ torch.diag(torch.tensor([1.0, .3, .3]))
+                                             @ torch.randn(3, 16, generator=g))
+        self.batch_first = batch_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) if self.batch_first else self.embed(x).transpose(0, 1)
+        out = self.attn(h, h, h, need_weights=False)[0]
+        return self.head((out if self.batch_first else out.transpose(0, 1)).mean(1))
+
+
+def test_d104_groups_a_sequence_first_layer_by_sample_as_its_batch_first_twin() -> None:
+    """A sequence-first attention reads (tokens, samples, width): grouped by rows, its input's groups held tokens of
+    many samples, and its interval read 0.620..0.811 where the batch-first twin's reads 0.600..0.810 (collapse
+    0.70; samples whose tokens share a heavy-tailed offset: the groups differ, and mixing them narrowed the
+    interval). Before, neither had an interval: torch attention's width was not known before reading."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(64, 1, 8, generator=g) * torch.exp(1.5 * torch.randn(64, 1, 1, generator=g))
+         + 0.3 * torch.randn(64, 12, 8, generator=g))
+    fast = {"D104": {"map_points": 0}}
+    first, second = (mechaudit.audit(Attend(layout), x, select=["D104"], rules=fast).findings for layout in (True, False))
+    heads = [{f.location.component: f for f in findings}["attn"] for findings in (first, second)]
+    assert heads[0].value == pytest.approx(heads[1].value, abs=1e-6) and heads[0].value > 0.6
+    from mechaudit.model_view import ModelView
+    from mechaudit.techniques.read_vectors import read_and_input_covariances
+
+    model = Attend(False)
+    view = ModelView.discover(model, x[:2])
+    recorded = read_and_input_covariances(view, view.hidden_layers, x, 32, torch.device("cpu"), bootstrap=16)
+    assert recorded["attn"].given.count == 64 * 12  # read once per forward pass (not again when its heads are)
+    for finding in heads:
+        assert "16 groups of samples" in finding.interval["method"]  # torch attention's width: its embed_dim
+    assert heads[1].interval["low"] == pytest.approx(heads[0].interval["low"], abs=1e-6)
+    assert heads[1].interval["high"] == pytest.approx(heads[0].interval["high"], abs=1e-6)
+
+
 def test_modularity_by_matrices_equals_networkx() -> None:
     import networkx as nx
 

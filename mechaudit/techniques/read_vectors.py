@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import batches, hooked
-from ..model_view import Layer, ModelView
+from ..model_view import Layer, ModelView, sample_axis
+from ..torch_attention import recomputing
 from .nonlinearity import Following
 from .sae import layer_vectors
 from .uncertainty import resample_budget
@@ -242,8 +243,10 @@ def _estimated_widths(view: ModelView, layer: Layer, max_input_width: int) -> tu
 
 
 def _site_width(view: ModelView, layer: Layer) -> int | None:
-    """The width of attention heads' concatenated outputs: their output projection's input features."""
-    width = input_width(view.model.get_submodule(layer.site)) if layer.site else None
+    """The width of attention heads' concatenated outputs: their output projection's input features (an
+    ``nn.MultiheadAttention``'s ``embed_dim``: its projection runs inside its forward)."""
+    site = view.model.get_submodule(layer.site) if layer.site else None
+    width = site.embed_dim if isinstance(site, nn.MultiheadAttention) else input_width(site) if site else None
     return width if isinstance(width, int) else None
 
 
@@ -276,7 +279,9 @@ def read_and_input_covariances(view: ModelView, layers: list[Layer], inputs: tor
                                bootstrap: int = 1) -> dict[str, LayerCovariances]:
     """For each layer, in one pass over ``inputs`` per group of :func:`layer_groups`: the covariance of the vectors
     the next layer reads (the layer's output at each position, rectified when a rectifier follows) and of those the
-    layer's module reads (:func:`input_vectors` of its first floating-point tensor argument). The second is not
+    layer's module reads (:func:`input_vectors` of its first floating-point tensor argument, samples first:
+    :func:`~..model_view.sample_axis`; read once per forward pass, not again when torch attention's heads are
+    recomputed). The second is not
     built (``given`` None, ``not_read`` says why) when the module takes no such tensor, when its input is wider than
     ``max_input_width`` or when its patches are not unfolded (a 3-D convolution). With ``bootstrap`` above 1, each
     covariance is kept in up to that many groups of samples (:func:`bootstrap_groups`), for a bootstrap over them."""
@@ -327,13 +332,15 @@ def _too_wide(width: int | str, max_input_width: int) -> str:
 
 def _input_hook(record: LayerCovariances, max_input_width: int, batch: dict[str, int]) -> Callable:
     def on_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if record.given is None:
+        if record.given is None or recomputing(module):  # not the heads' rerun: one forward pass, one reading
             return
         value = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.is_floating_point()),
                      None)
         if value is None:
             return
         value = value.detach()
+        if value.dim() > 2 and sample_axis(module):  # (tokens, samples, width): each sample's rows together
+            value = value.movedim(sample_axis(module), 0)
         width = input_width(module)
         if width is None and value.shape[-1] > max_input_width:
             record.given, record.not_read = None, _too_wide(value.shape[-1], max_input_width)
