@@ -70,7 +70,15 @@ def gram_cka(k: torch.Tensor, l: torch.Tensor, *, debiased: bool = True) -> floa
     if not debiased or len(k) < MIN_DEBIASED_SAMPLES:
         k, l = _double_centred(k), _double_centred(l)  # noqa: E741
         return _ratio(float((k * l).sum()), float((k * k).sum()), float((l * l).sum()))
-    return _weighted_cka(_zero_diagonal(k), _zero_diagonal(l), torch.ones(len(k), dtype=torch.float64))
+    k, l, n = _zero_diagonal(k), _zero_diagonal(l), float(len(k))  # noqa: E741
+    rows = {"k": k.sum(1), "l": l.sum(1)}
+    matrices = {"k": k, "l": l}
+
+    def hsic(a: str, b: str) -> float:
+        products = float((matrices[a] * matrices[b]).sum())
+        return _hsic_terms(n, products, float(rows[a].sum()), float(rows[b].sum()), float(rows[a] @ rows[b]))
+
+    return _ratio(hsic("k", "l"), hsic("k", "k"), hsic("l", "l"))
 
 
 def _double_centred(k: torch.Tensor) -> torch.Tensor:
