@@ -64,9 +64,9 @@ above the 0.95 limit: the second conv layer's channels, averaged over positions,
 the first's; `classifier.0` against `features.2`: 0.11 (biased: 0.12). The change to the debiased estimator moved
 no verdict: on `digits`, `digits-control`, `induction` and `induction-control` the values moved by at most 0.011;
 on MiniLM's full spec (`--example minilm --select D106`) by up to 0.06, far below the limit (`encoder.layer.5`'s
-attention against the MLP before it: 0.25 biased, 0.19 debiased), and by at most 0.006 near it (token means of two
-stream readings: 0.976 and 0.945 biased, 0.974 and 0.939 debiased; not judged). These representations have few
-effective dimensions, where the bias is small, so `max_cka = 0.95` stays.
+attention against the MLP before it: 0.25 biased, 0.19 debiased), and by at most 0.006 near it (a stream reading
+against the MLP inside its block: 0.976 and 0.945 biased, 0.974 and 0.939 debiased; not judged).
+These representations have few effective dimensions, where the bias is small, so `max_cka = 0.95` stays.
 """,
     fix="""
 Try removing or narrowing the redundant layer and compare accuracy; in a residual network, look for blocks whose
