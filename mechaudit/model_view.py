@@ -76,10 +76,11 @@ def layer_kind(module: nn.Module) -> str | None:
 
 def sample_axis(module: nn.Module) -> int:
     """The axis of ``module``'s batched tensor arguments that holds the samples: 1 for a sequence-first module (one
-    whose ``batch_first`` is False: ``nn.MultiheadAttention``, ``nn.LSTM``/``GRU``/``RNN``, ``nn.Transformer*``
-    layers, read as (tokens, samples, width)), else 0. Layer outputs are samples first wherever mechaudit reads them
-    (discovery skips a module whose output is not; the heads of a sequence-first ``nn.MultiheadAttention`` are
-    turned samples first by :mod:`.torch_attention`); a module's own inputs are not, so a reader of them asks here."""
+    whose ``batch_first`` is False: ``nn.MultiheadAttention``, ``nn.LSTM``/``GRU``/``RNN``, read as (tokens, samples,
+    width); ``nn.TransformerEncoderLayer`` keeps the flag only on its attention), else 0. Layer outputs are samples
+    first wherever mechaudit reads them (discovery skips a module whose output is not; the heads of a sequence-first
+    ``nn.MultiheadAttention`` are turned samples first by :mod:`.torch_attention`); a module's own inputs are not, so a
+    reader of them asks here."""
     return 1 if getattr(module, "batch_first", True) is False else 0
 
 

@@ -81,3 +81,27 @@ def test_too_few_samples_fall_back_on_the_biased_estimator() -> None:
     x, y = _independent(3, 5, 0)
     assert linear_cka(x, y) == pytest.approx(linear_cka(x, y, debiased=False))
     assert cka_interval(gram(x), gram(y)) is None
+
+
+def test_the_interval_does_not_depend_on_how_the_gram_matrices_were_centred() -> None:
+    """The copies-masked resample is not a U-statistic, so an uncentred Gram (``x @ x.T`` of offset data) moved it
+    by about 0.3 before ``cka_interval`` centred its inputs; now both give the same interval."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(120, 8, generator=g, dtype=torch.float64)
+    y = x[:, :4] + torch.randn(120, 4, generator=g, dtype=torch.float64)
+    x, y = x + 3.0, y - 2.0
+    centred = cka_interval(gram(x), gram(y), seed=0)
+    uncentred = cka_interval(x @ x.T, y @ y.T, seed=0)
+    assert centred is not None and uncentred is not None
+    assert (uncentred.low, uncentred.high) == pytest.approx((centred.low, centred.high), abs=1e-9)
+
+
+def test_a_resample_without_variation_is_dropped_not_counted_as_zero() -> None:
+    """At 4 samples a fifth of the resamples have a non-positive self-HSIC: they give no value (NaN, which the
+    bootstrap drops) instead of a CKA of 0 that would pull the interval down."""
+    from mechaudit.techniques.cka import _weighted_cka
+
+    k = gram(torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    k = k - torch.diag(k.diagonal())
+    w = torch.tensor([4.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # one sample drawn four times: no pair of distinct samples
+    assert np.isnan(_weighted_cka(k, k, w))

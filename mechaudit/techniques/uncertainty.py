@@ -112,7 +112,8 @@ def bootstrap_basic(statistic: Callable[[np.ndarray], float], n: int, estimate: 
     else:
         centre, spread = 2 * estimate - float(values.mean()), _z(level) * float(values.std(ddof=1))
         low, high, how = centre - spread, centre + spread, "bias-corrected normal bootstrap"
-    return Interval(float(max(bounds[0], low)), float(min(bounds[1], high)),
+    low, high = (float(min(max(value, bounds[0]), bounds[1])) for value in (low, high))  # both clipped: low <= high
+    return Interval(low, high,
                     f"{how} over {n} {over}, {resamples} resamples (of the population value: the resamples' bias "
                     "subtracted)", level)
 
