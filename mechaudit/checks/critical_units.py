@@ -19,7 +19,7 @@ from ..context import AuditContext
 from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, with_gradients
 from ..findings import Location, Measurement
 from ..model_view import Layer
-from ..techniques import atp
+from ..techniques import ablation_screen, atp
 from ..techniques.ablation import MAX_OUTPUT_BYTES
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
@@ -151,6 +151,11 @@ class CriticalUnitsParams:
                                                     "ranked with the wide layers")
     screened_modes: str = param("flagged", choices=("flagged", "all"),
                                 doc="screened: the ablations run exactly, only the flag_on one(s) or all modes")
+    screen_steps: int = param(1, low=1, high=16,
+                              doc="screened: points of the path from each activation to its ablated value whose "
+                                  "gradients the screen averages (integrated gradients; 1 = first order at the "
+                                  "activation); each point after the first is one forward and backward pass per "
+                                  "screened layer and batch")
 
 
 class CriticalUnitsEvidence(TypedDict, total=False):
@@ -195,8 +200,9 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
              if s else (layer.units, len(all_modes)) for layer, s in zip(sizes.hidden, screened)]
     calls = sizes.batches(n) * sum(modes * math.ceil(units / copies) for units, modes in exact)
     screen = Cost()
-    if wide:  # the screen's forward and backward pass, and the resample source's forward pass
-        screen = with_gradients(sizes, n, 1) + (forwards(sizes, n) if "resample" in flagged else Cost())
+    if wide:  # the screen's forward and backward passes (1 + per further path point, one per layer), the source's
+        steps = 1 + (params.screen_steps - 1) * len(wide) * len(flagged)
+        screen = with_gradients(sizes, n, steps) + (forwards(sizes, n) if "resample" in flagged else Cost())
     return stats_pass(sizes) + screen + Cost(forward=n * (sum(units * modes for units, modes in exact) + 1),
                                              calls=calls,
                                              peak_bytes=min(copies, max((u for u, _ in exact), default=1)) * batch
@@ -217,6 +223,7 @@ class _Exact:
     drop: torch.Tensor  # the largest over the flagged modes, (units,)
     class_drop: torch.Tensor  # the largest over the flagged modes, (units, classes)
     worst_class: torch.Tensor  # the largest over the judged classes of class_drop, (units,)
+    margin_loss: torch.Tensor  # the largest over the flagged modes of the mean loss of label margin, (units,)
 
 
 @register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits", "predictions"), rule=RULE,
@@ -241,9 +248,15 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
     units = {layer.name: list(range(layer.size)) for layer in layers if layer not in wide}
     scanner = AblationScanner(context.view, layers, context.device, inputs[:2])
 
+    def reduce(outputs: torch.Tensor, samples: slice) -> torch.Tensor:
+        """(copies, samples, 2): the prediction and the label margin (the screen's continuous quantity)."""
+        logits = context.logits(outputs).float()
+        margins = atp.label_margin(logits.flatten(0, 1), labels[samples].to(logits.device).repeat(len(outputs)))
+        return torch.stack([logits.argmax(-1).float(), margins.view(logits.shape[:2])], -1)
+
     def scan(chosen: dict[str, list[int]], run: list[str]) -> dict:
         return scanner.scan(inputs, {m: replacements[m] for m in run}, batch_size=context.batch_size, units=chosen,
-                            reduce=lambda outputs, _samples: context.logits(outputs).argmax(-1))
+                            reduce=reduce)
     scanned = {m: {} for m in modes}
     for chosen, run in ((units, modes), (pool.units() if pool else {}, pooled_modes)):
         if any(chosen.values()):
@@ -254,13 +267,16 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
     base_accuracy = float((predictions == labels).float().mean())
     base_class = {c: float((predictions[labels == c] == c).float().mean()) for c in classes}
     base_correct = (predictions == labels).float()
+    clean_margins = atp.label_margin(context.logits(context.outputs)[indices].float(), labels)
     exact: dict[str, _Exact] = {}
     for layer in layers:
         ids = units[layer.name]
         if not ids:
             continue
         run = pooled_modes if layer in wide else modes
-        corrects = {m: (scanned[m][layer.name] == labels).float() for m in run}  # (checked units, samples)
+        corrects = {m: (scanned[m][layer.name][..., 0].long() == labels).float() for m in run}  # (units, samples)
+        margin_loss = torch.stack([clean_margins.mean() - scanned[m][layer.name][..., 1].mean(dim=1)
+                                   for m in flagged]).amax(dim=0)
         drops = {m: base_accuracy - correct.mean(dim=1) for m, correct in corrects.items()}
         class_drops = {m: torch.stack([base_class[c] - correct[:, labels == c].mean(dim=1) for c in classes], 1)
                        for m, correct in corrects.items()}
@@ -268,8 +284,8 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
         exact[layer.name] = _Exact(ids, drops, class_drops, corrects,
                                    torch.stack([drops[m] for m in flagged]).amax(dim=0), class_drop,
                                    class_drop[:, judged_columns].amax(dim=1) if judged_columns
-                                   else torch.zeros(len(ids)))
-    pooled_screen = pool.evidence(exact, pooled_modes, params) if pool else None
+                                   else torch.zeros(len(ids)), margin_loss)
+    pooled_screen = pool.evidence(exact, pooled_modes, params, context.seed) if pool else None
     findings = []
     for layer in layers:
         screen = pooled_screen if layer in wide else _exact_evidence(layer.size, params)
@@ -362,6 +378,7 @@ class _Pool:
     class_scores: torch.Tensor  # the predicted accuracy drop per unit and judged class, (units, judged classes)
     ranking: torch.Tensor  # what ranks the units: the larger of both predicted drops, each over its threshold
     selection: atp.Selection
+    margin_scores: torch.Tensor  # the predicted mean loss of label margin per unit (the first-order estimate)
 
     def units(self) -> dict[str, list[int]]:
         """Per layer, its units ablated exactly (ascending)."""
@@ -465,30 +482,43 @@ class _Pool:
             evidence={**evidence, "unchecked_predicted": {k: v for k, v in found.items() if k != "class_column"}},
             interval=interval if found["top_ranked_checked"] else _unmeasured(base_accuracy))
 
-    def evidence(self, exact: dict[str, _Exact], modes: list[str], params: CriticalUnitsParams) -> dict:
+    def evidence(self, exact: dict[str, _Exact], modes: list[str], params: CriticalUnitsParams, seed: int) -> dict:
         """The ``screen`` evidence every screened layer's finding carries: the pooled screen and its measured
         agreement; the 'may have missed' bound counts units over either threshold (overall or one class)."""
         overall: dict[int, float] = {}
         worst: dict[int, float] = {}
+        margin_loss: dict[int, float] = {}
         for layer in self.layers:
             if layer.name in exact:
                 result = exact[layer.name]
                 for j, unit in enumerate(result.ids):
                     overall[self.offsets[layer.name] + unit] = float(result.drop[j])
                     worst[self.offsets[layer.name] + unit] = float(result.worst_class[j])
+                    margin_loss[self.offsets[layer.name] + unit] = float(result.margin_loss[j])
         names = {index: self._name(index) for index in self.selection.checked}
         over = {i: overall[i] > params.max_accuracy_drop or worst[i] > params.max_class_accuracy_drop
                 for i in overall}
+        steps = params.screen_steps
         found = atp.report(self.selection, self.scores, overall, names, "attribution patching (AtP*): predicted "
-                           "accuracy drop (overall and per class) from first-order margin changes, one forward and "
-                           "one backward pass per batch, every unit of every screened layer ranked together by the "
-                           "larger of its predicted drops, each over its threshold",
+                           f"accuracy drop (overall and per class) from margin changes integrated over {steps} "
+                           "point(s) of the path to the ablated value (the first the clean activation; each other "
+                           "one forward and one backward pass per layer and batch), every unit of every screened "
+                           "layer ranked together by the larger of its predicted drops, each over its threshold",
                            threshold=params.max_accuracy_drop, over=over)
         missed = dict(found.missed)
         if self.selection.calibration:
             missed["largest_calibration_class_effect"] = max(worst[i] for i in self.selection.calibration)
+        checked = self.selection.checked
+        # the margin screen's top-k among the units checked exactly (its own top-k outside them has no exact value)
+        by_margin = sorted(checked, key=lambda i: -float(self.margin_scores[i]))[:len(self.selection.top)]
+        agreement = {
+            "accuracy_drop": ablation_screen.agreement([float(self.scores[i]) for i in checked],
+                                                       [overall[i] for i in checked], seed),
+            "margin_loss": {**ablation_screen.agreement([float(self.margin_scores[i]) for i in checked],
+                                                        [margin_loss[i] for i in checked], seed),
+                            "top_k_recall": atp.top_k_recall(by_margin, margin_loss)}}
         return {**found.to_evidence(), "missed": missed, "screen_top_k": len(self.selection.top),
-                "layer_top": len(self.selection.extra), "exact_modes": list(modes)}
+                "layer_top": len(self.selection.extra), "exact_modes": list(modes), "agreement": agreement}
 
 
 def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Layer], inputs: torch.Tensor,
@@ -500,14 +530,16 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
     def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return atp.label_margin(context.logits(outputs), targets)
     measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
-    estimates = atp.ablation_estimates(context.view, layers, inputs, labels, margin,
-                                       {m: replacements[m] for m in flagged}, context.batch_size, context.device,
-                                       measured)
+    estimates = ablation_screen.interpolated_estimates(context.view, layers, inputs, labels, margin,
+                                                       {m: replacements[m] for m in flagged}, params.screen_steps,
+                                                       context.batch_size, context.device, measured)
     margins = torch.cat(measured)
     masks = [labels.cpu() == c for c in judged]
     offsets, scores, class_scores, rankings, best, total = {}, [], [], [], [], 0
+    margin_scores = []
     for layer in layers:
         per_mode = [estimates[m][layer.name] for m in flagged]
+        margin_scores.append(torch.stack([-e.mean(dim=1) for e in per_mode]).amax(dim=0))
         layer_scores = torch.stack([atp.predicted_accuracy_drop(e, margins) for e in per_mode]).amax(dim=0)
         per_class = torch.stack([torch.stack([atp.predicted_accuracy_drop(e[:, mask], margins[mask])
                                               for e in per_mode]).amax(dim=0) for mask in masks], 1) \
@@ -523,7 +555,8 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
         total += layer.size
     ranking = torch.cat(rankings)
     return _Pool(layers, offsets, torch.cat(scores), torch.cat(class_scores), ranking,
-                 atp.select(ranking, params.screen_top_k, params.calibration, context.seed, also=best))
+                 atp.select(ranking, params.screen_top_k, params.calibration, context.seed, also=best),
+                 torch.cat(margin_scores))
 
 
 def _exact_evidence(units: int, params: CriticalUnitsParams) -> dict:

@@ -1,0 +1,94 @@
+"""L202's gradient screen of single-unit ablations: the change of the label margin per unit and sample, integrated
+along the path to the ablated value (:func:`interpolated_estimates`; one point: :func:`~.atp.ablation_estimates`),
+and the agreement of a screen with the exact ablations it stands in for (:func:`agreement`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from ..model_view import Layer, ModelView
+from . import atp
+from .uncertainty import bootstrap
+
+
+def _interpolated_gradients(view: ModelView, layers: list[Layer], batch: torch.Tensor, targets: torch.Tensor,
+                            metric, goals: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """The gradient of the summed metric at every layer of ``layers`` whose output is moved ``alpha`` of the way to
+    its ablated value ``goals[layer]`` (output-shaped), all of them in the same forward pass."""
+    from ..model_view import installed
+    kept: dict[str, torch.Tensor] = {}
+
+    def move(output: torch.Tensor, name: str) -> torch.Tensor:
+        moved = output + alpha * (goals[name].to(output.dtype) - output)
+        if not moved.requires_grad:
+            moved = moved.detach().requires_grad_(True)
+        else:
+            moved.retain_grad()
+        kept[name] = moved
+        return moved
+    with installed(view.hook(layer, lambda output, _args, name=layer.name: move(output, name)) for layer in layers), \
+            torch.enable_grad():
+        metric(view.model(batch).float(), targets).sum().backward()
+    view.model.zero_grad(set_to_none=True)
+    return {name: value.grad if value.grad is not None else torch.zeros_like(value) for name, value in kept.items()}
+
+
+def interpolated_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
+                           metric, modes: dict[str, tuple], steps: int, batch_size: int, device: torch.device,
+                           metric_values: list[torch.Tensor] | None = None, together: bool = False
+                           ) -> dict[str, dict[str, torch.Tensor]]:
+    """Integrated-gradients changes of ``metric`` per unit and sample when each unit alone is ablated (EAP-IG,
+    Hanna et al. 2024, along the straight path from the clean activation to the ablated value): the change times
+    the mean gradient at ``steps`` points ``alpha = j / steps`` of that path (a left Riemann sum). ``alpha = 0`` is
+    the clean gradient of :func:`~.atp.ablation_estimates` (``steps = 1`` is that first-order estimate); each
+    further point moves one layer at a time (every unit of it), one forward and backward pass per layer and batch,
+    so a unit-wise non-linearity after the unit (a ReLU a mean switches on) enters the estimate. Output as
+    :func:`~.atp.ablation_estimates`; ``metric_values`` receives the clean metric per sample."""
+    from ..activations import batches
+    from ..model_view import from_units_view, units_view
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}
+    for start, batch in batches(inputs, batch_size, device):
+        stop = start + len(batch)
+        chosen = targets[start:stop].to(device)
+        clean, clean_grads = atp.activations_and_gradients(view, layers, batch, chosen, metric, metric_values)
+        for mode, (values, source) in modes.items():
+            replaced = atp._recorded(view, layers, source[start:stop].to(device)) if source is not None else None
+            goals = {layer.name: replaced[layer.name] if replaced is not None else from_units_view(
+                values[layer.name].to(clean[layer.name].device, clean[layer.name].dtype).unsqueeze(0).expand(
+                    len(batch), *values[layer.name].shape), clean[layer.name], layer) for layer in layers}
+            totals = {name: grad / steps for name, grad in clean_grads.items()}
+            for group in ([layers] if together else [[layer] for layer in layers]):
+                for j in range(1, steps):
+                    moved = _interpolated_gradients(view, group, batch, chosen, metric, goals, j / steps)
+                    for name, grad in moved.items():
+                        totals[name] = totals[name] + grad / steps
+            for layer in layers:
+                act, grad = units_view(clean[layer.name], layer), units_view(totals[layer.name], layer)
+                new = units_view(goals[layer.name], layer)
+                parts[mode][layer.name].append(((new.float() - act.float()) * grad.float()).sum(-1).T.cpu())
+    return {m: {name: torch.cat(p, dim=1) for name, p in per_layer.items()} for m, per_layer in parts.items()}
+
+
+def _spearman(screen: np.ndarray, exact: np.ndarray) -> float:
+    """Spearman's rho, NaN where either side is constant (undefined)."""
+    if len(screen) < 3 or np.ptp(screen) == 0 or np.ptp(exact) == 0:
+        return float("nan")
+    return float(spearmanr(screen, exact).correlation)
+
+
+def agreement(screen: Sequence[float], exact: Sequence[float], seed: int = 0) -> dict:
+    """Spearman's rho of screen and exact values over the units checked exactly, with its 95% percentile-bootstrap
+    interval over those units (resamples where either side is constant are left out), and the share of the exact
+    values tied with another one (ties at one value, e.g. most accuracy drops exactly 0, cap what a rank correlation
+    can show)."""
+    a, b = np.asarray(screen, dtype=float), np.asarray(exact, dtype=float)
+    rho = _spearman(a, b)
+    interval = bootstrap(lambda i: _spearman(a[i], b[i]), len(a), over="checked units", seed=seed)
+    _, counts = np.unique(b, return_counts=True)
+    return {"spearman": None if np.isnan(rho) else round(rho, 6),
+            "spearman_interval": None if interval is None else [round(interval.low, 6), round(interval.high, 6)],
+            "tied_exact": round(float(counts[counts > 1].sum() / max(len(b), 1)), 6)}

@@ -1,0 +1,108 @@
+"""L202's screen integrates the margin's gradient along the path to the ablated value (``screen_steps``): a unit
+that mean ablation switches on through a ReLU (gradient 0 at its clean, negative activation) is missed by the
+first-order screen and found by the path-integrated one; its control passes either way. The screen's evidence
+states its agreement with the exact ablations on the accuracy drop and on the mean loss of label margin, each with a
+bootstrap interval."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mechaudit
+from mechaudit.techniques import ablation_screen, atp
+
+WIDTH, SWITCHED, DECOY = 300, 211, 17
+
+
+class SwitchedOn(nn.Module):
+    """300 hidden units before a ReLU. Unit 211 reads a sparse feature (0 on 80% of samples, 10 on the rest) minus
+    0.5: off on most samples, yet its mean is 1.5, so mean ablation switches it on everywhere and adds ``weight``
+    times 1.5 to class 1, which loses to class 0 by about 2 there. Unit 17 (always on) carries a Gaussian input's
+    weight 1.3 on class 0: its mean ablation flips the few samples that input pushed to class 1 back (a few percent, a
+    linear effect the first order predicts). The other units add a little to class 0."""
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, WIDTH), nn.Linear(WIDTH, 3)
+        with torch.no_grad():
+            for tensor in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias):
+                tensor.zero_()
+            self.fc1.weight[:, 1] = 1.0
+            self.fc2.weight[0] = 0.001
+            self.fc1.weight[SWITCHED] = torch.tensor([1.0, 0.0, 0.0])
+            self.fc1.bias[SWITCHED] = -0.5
+            self.fc2.weight[:, SWITCHED] = torch.tensor([0.0, weight, 0.0])
+            self.fc1.weight[DECOY] = torch.tensor([0.0, 0.0, 1.0])
+            self.fc1.bias[DECOY] = 10.0
+            self.fc2.weight[:, DECOY] = torch.tensor([1.3, 0.0, 0.0])
+            self.fc2.bias.copy_(torch.tensor([2.0 - 13.0, 0.0, -100.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _inputs(count: int = 400) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(count, 3, generator=generator)
+    inputs[:, 0] = 10.0 * (torch.rand(count, generator=generator) < 0.2)
+    return inputs
+
+
+def _audit(weight: float, steps: int):
+    inputs = _inputs()
+    model = SwitchedOn(weight).eval()
+    labels = model(inputs).argmax(-1).detach()
+    return mechaudit.audit(model, inputs, labels=labels, select=["L202"],
+                           rules={"L202": {"screen_top_k": 1, "calibration": 4, "layer_top_k": 0,
+                                           "screen_steps": steps}})
+
+
+def test_the_path_integrated_screen_finds_a_unit_that_mean_ablation_switches_on() -> None:
+    (found,) = [f for f in _audit(5.0, steps=2).findings if f.status == "fail"]
+    assert found.location.component == f"fc1:u{SWITCHED}" and found.metric == "accuracy_drop"
+    assert found.value > 0.5  # on most samples class 1 now wins
+    assert found.evidence["screen"]["top_k_recall"] == 1.0
+
+
+def test_the_first_order_screen_misses_it() -> None:
+    (finding,) = _audit(5.0, steps=1).findings  # gradient 0 where the unit is off: the decoy ranks first
+    assert finding.status == "pass" and f"fc1:u{SWITCHED}" not in finding.evidence["screen"]["checked"]
+    assert finding.evidence["screen"]["checked"][0] == f"fc1:u{DECOY}"
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_control_a_weak_switched_unit_passes_either_way(steps: int) -> None:
+    (finding,) = _audit(0.1, steps=steps).findings  # switched on, it adds 0.15 to class 1: no sample flips
+    assert finding.status == "pass" and f"fc1:u{DECOY}" in finding.evidence["screen"]["checked"]
+    assert finding.value < 0.1  # the decoy's linear drop (8.5%) is the largest
+
+
+def test_the_evidence_states_agreement_on_the_drop_and_on_the_margin_with_intervals() -> None:
+    (found,) = [f for f in _audit(5.0, steps=2).findings if f.status == "fail"]
+    screen = found.evidence["screen"]
+    drop, margin = screen["agreement"]["accuracy_drop"], screen["agreement"]["margin_loss"]
+    assert drop["spearman"] == pytest.approx(screen["spearman"], abs=1e-6)
+    for part in (drop, margin):
+        low, high = part["spearman_interval"]
+        assert -1.0 <= low <= part["spearman"] <= high <= 1.0
+        assert 0.0 <= part["tied_exact"] <= 1.0
+    assert margin["top_k_recall"] == 1.0
+
+
+def test_with_one_point_the_path_estimate_is_the_first_order_one() -> None:
+    model = SwitchedOn(5.0).eval()
+    inputs = _inputs(50)
+    labels = model(inputs).argmax(-1)
+    from mechaudit.model_view import ModelView
+    view = ModelView.discover(model, inputs[:2], ("fc1",))
+    modes = {"mean": ({"fc1": model.fc1(inputs).mean(0).detach().unsqueeze(-1)}, None)}
+    first = atp.ablation_estimates(view, view.layers, inputs, labels, atp.label_margin, modes)["mean"]["fc1"]
+    path = ablation_screen.interpolated_estimates(view, view.layers, inputs, labels, atp.label_margin, modes, 1, 256,
+                                                  torch.device("cpu"))["mean"]["fc1"]
+    assert torch.allclose(first, path)  # one point: the clean gradient alone
+    two = ablation_screen.interpolated_estimates(view, view.layers, inputs, labels, atp.label_margin, modes, 2, 256,
+                                                 torch.device("cpu"))["mean"]["fc1"]
+    off = (model.fc1(inputs)[:, SWITCHED] < 0) & (labels == 0)
+    assert (first[SWITCHED, off] == 0).all() and (two[SWITCHED, off] < 0).all()  # class 1 gains on label 0
