@@ -4,7 +4,7 @@ and the agreement of a screen with the exact ablations it stands in for (:func:`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
