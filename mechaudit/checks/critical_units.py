@@ -121,14 +121,14 @@ values (`tied_exact`). Accuracy drops move in steps of one sample: GPT-2-small's
 its checked units) measures ties more than the screen. With labels a model gets right (`python
 benchmarks/l202_screen.py --blocks 2 --sample 128 --top 16`: 2 full-width GPT-2 blocks, 6,144 `c_fc` neurons, the
 model's own predictions as labels, mean ablation) the screen's rho is 0.85 (bootstrap 0.79-0.90) over a random 128
-and 0.91 over its top 16 and 16 random units (what L202 checks), recall of the exact top 16 0.88; the first-order margin change ranks the
-exact one at 0.88 (0.81-0.93). `screen_steps` (default 1, the first order) averages the margin's gradient over more
-points of the straight path from the activation to its ablated value, one layer at a time (integrated gradients;
-EAP-IG, Hanna et al. 2024), so that a ReLU the ablation switches on (gradient 0 at the clean activation) enters the
-estimate: with 2 points the recall of `digits`' exact top 10 rises from 0.8 to 0.9 (rho 0.95 to 0.94; `python
-benchmarks/l202_screen.py --digits`), but on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to 0.62
-(moving all 3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a
-forward and backward pass per screened layer; so the default stays the first order.
+and 0.91 over its top 16 and 16 random units (what L202 checks), recall of the exact top 16 0.88; the first-order
+margin change ranks the exact one at 0.88 (0.81-0.93). `screen_steps` (default 1, the first order) averages the
+margin's gradient over more points of the straight path from the activation to its ablated value, one layer at a
+time (integrated gradients; EAP-IG, Hanna et al. 2024), so that a ReLU the ablation switches on (gradient 0 at the
+clean activation) enters the estimate: with 2 points the recall of `digits`' exact top 10 rises from 0.8 to 0.9 (rho
+0.95 to 0.94; `python benchmarks/l202_screen.py --digits`), but on the GPT-2 blocks rho falls to 0.76 and the top-16
+recall to 0.62 (moving all 3,072 neurons of a layer halfway to their means is far from ablating one), and each point
+costs a forward and backward pass per screened layer; so the default stays the first order.
 """,
     fix="""
 Add redundancy (dropout, wider layers), or make sure the critical unit encodes something intended: look at
