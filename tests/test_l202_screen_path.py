@@ -106,3 +106,13 @@ def test_with_one_point_the_path_estimate_is_the_first_order_one() -> None:
                                                  torch.device("cpu"))["mean"]["fc1"]
     off = (model.fc1(inputs)[:, SWITCHED] < 0) & (labels == 0)
     assert (first[SWITCHED, off] == 0).all() and (two[SWITCHED, off] < 0).all()  # class 1 gains on label 0
+
+
+def test_each_further_path_point_costs_a_forward_and_backward_pass_per_screened_layer() -> None:
+    from mechaudit.checks.critical_units import CriticalUnitsParams, _cost
+    from mechaudit.cost import LayerSize, Sizes
+
+    layers = tuple(LayerSize(f"l{i}", "linear", WIDTH, WIDTH, True) for i in range(3))
+    sizes = Sizes(samples=100, max_samples=100, batch_size=100, layers=layers, input_values=3, output_values=3)
+    one, three = (_cost(sizes, CriticalUnitsParams(screen_steps=steps)) for steps in (1, 3))
+    assert three.backward - one.backward == 2 * 3 * 100 and three.forward - one.forward == 2 * 3 * 100
