@@ -7,8 +7,10 @@ import re
 
 from report_cases import example_result
 
+from mechaudit.findings import AuditResult, Finding, Location, RuleRun
 from mechaudit.report.evidence import evidence_blocks, strongest_first
 from mechaudit.report.html_report import render_report
+from mechaudit.report.json_report import result_to_dict
 
 FINDING = {"location": {"component": "layer.2:u9"}, "metric": "ratio", "value": 6.0}
 PER_CLASS = [{"predicted_class": str(c), "ratio": 6.0 if c == 7 else float(c % 3)} for c in range(10)]
@@ -45,3 +47,37 @@ def test_digits_pdf_tables_keep_the_watermark_node_and_class_7() -> None:
     table = l201[l201.index(">per class<"):]
     first_row = re.search(r"<tbody>\s*<tr><td>([^<]*)</td>", table)
     assert first_row and first_row[1] == "7", "the judged class (7) opens the cut per-class table"
+
+
+def _values(evidence: dict, key: str, finding: dict | None, max_values: int = 16):
+    return next(b for b in evidence_blocks(evidence, max_values=max_values, finding=finding) if b.key == key)
+
+
+def test_a_cut_list_keeps_the_judged_component_and_value_and_counts_the_rest() -> None:
+    names = [f"layer.2:u{u}" for u in range(40)][::-1]  # the judged u9 is item 30, past a cut at 16
+    block = _values({"units": names}, "units", FINDING)
+    assert "layer.2:u9" in block.value and len(block.value) == 16 and block.more == 24
+    assert block.value[:15] == names[:15] and block.gap_before(15) and not block.gap_before(14)
+    ratios = [float(i) / 100 for i in range(50)] + [6.0]  # the judged value is the last of 51
+    block = _values({"ratios": ratios}, "ratios", FINDING, max_values=32)
+    assert block.value[-1] == 6.0 and len(block.value) == 32 and block.more == 19
+    # control: nothing judged, or a short list: the first values in order, no gap
+    block = _values({"units": names}, "units", None)
+    assert block.value == names[:16] and block.more == 24 and not any(map(block.gap_before, range(16)))
+    assert _values({"units": names[:5]}, "units", FINDING).value == names[:5]
+
+
+def test_the_html_and_pdf_show_the_judged_value_past_the_cut_and_the_count_left_out() -> None:
+    planted = Finding("R399", "warning", "fail", "a planted finding", Location.of_unit("fc1", "u3"),
+                      metric="share", value=0.5, threshold=0.1,
+                      evidence={"units": [f"fc1:u{u}" for u in range(100, 140)] + ["fc1:u3"],
+                                "shares": [0.01] * 40 + [0.5]})
+    meta = {**result_to_dict(example_result("digits"))["metadata"], "rulebook": {"name": "custom", "sha256": "0" * 64}}
+    result = AuditResult([planted], [RuleRun("R399", "fail", 0.1, [planted])], meta, fail_on="warning")
+    for medium, shown, more in (("html", 32, 9), ("pdf", 16, 25)):
+        html = render_report(result, medium)
+        for key, judged in (("units", "<code>fc1:u3</code>"), ("shares", "0.5")):
+            block = html[html.index(f">{key}<"):]
+            block = block[block.index('class="values"'):block.index("</p>", block.index('class="values"'))]
+            assert f"&hellip; {judged}" in block, (medium, key)  # kept past the cut, the gap before it marked
+            assert block.count(", ") == shown - 1 and f"and {more} more (in findings.json)" in block, (medium, key)

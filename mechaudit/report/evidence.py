@@ -2,8 +2,8 @@
 
 Rules added later need no template of their own: a list of dicts becomes a table, a dict of scalars becomes
 rows of the measurement table, a list of scalars a short list. Long lists are cut, saying how many items are
-left out (all of them are in ``findings.json``); a cut never drops the rows that name what the finding judged
-(its location's component, or the row whose value it reports: the class it judged), and a table of the finding's
+left out (all of them are in ``findings.json``); a cut never drops the rows or values that name what the finding
+judged (its location's component, or the row or value it reports: the class it judged), and a table of the finding's
 metric is ordered from the judged row outwards, so that the rows kept are the ones that matter.
 """
 
@@ -31,6 +31,12 @@ class Block:
     columns: list[str] = field(default_factory=list)
     rows: list[list[Any]] = field(default_factory=list)
     more: int = 0
+    #: A cut list (``values``): each shown value's position in the whole list, so that a gap can be marked.
+    positions: list[int] = field(default_factory=list)
+
+    def gap_before(self, shown: int) -> bool:
+        """Whether values were left out just before the ``shown``-th value shown (a judged value kept past the cut)."""
+        return 0 < shown < len(self.positions) and self.positions[shown] != self.positions[shown - 1] + 1
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,12 @@ class Focus:
     def names(self, row: dict) -> bool:
         """Whether ``row`` names the component, or holds the judged value of the metric."""
         return (self.component is not None and self.component in row.values()) or self._distance(row) == 0.0
+
+    def is_judged(self, value: Any) -> bool:
+        """Whether ``value``, an item of a list, is the component or the judged value itself."""
+        if _is_number(value):
+            return self.value is not None and math.isclose(value, self.value, rel_tol=1e-6, abs_tol=1e-9)
+        return self.component is not None and value == self.component
 
     def ordered(self, rows: list[dict]) -> list[dict]:
         """Rows per class (a column named for the class) from the judged one outwards (by distance from the
@@ -110,13 +122,14 @@ def _is_input(node: dict) -> bool:
     return node.get("layer") == "input" or str(node.get("id", "")).startswith("input:")
 
 
-def _cut(rows: list[dict], max_rows: int, focus: Focus) -> list[dict]:
-    """The first ``max_rows`` rows, except that rows naming the focus are kept in place of the last others."""
-    if len(rows) <= max_rows:
-        return rows
-    named = [i for i, row in enumerate(rows) if focus.names(row)][:max_rows]
-    others = [i for i in range(len(rows)) if i not in named][:max_rows - len(named)]
-    return [rows[i] for i in sorted(named + others)]
+def _kept(judged: list[bool], most: int) -> list[int]:
+    """The positions of the first ``most`` items, except that judged items are kept in place of the last others."""
+    if len(judged) <= most:
+        return list(range(len(judged)))
+    named = [i for i, hit in enumerate(judged) if hit][:most]
+    chosen = set(named)
+    others = [i for i in range(len(judged)) if i not in chosen][:most - len(named)]
+    return sorted(named + others)
 
 
 def _blocks(key: str, value: Any, max_rows: int, max_values: int, focus: Focus) -> list[Block]:
@@ -125,9 +138,12 @@ def _blocks(key: str, value: Any, max_rows: int, max_values: int, focus: Focus) 
     if isinstance(value, dict) and all(is_scalar(v) for v in value.values()):
         return [Block(f"{key}.{k}", "value", v) for k, v in value.items()]
     if isinstance(value, list) and all(is_scalar(v) for v in value):
-        return [Block(key, "values", value[:max_values], more=max(0, len(value) - max_values))]
+        positions = _kept([focus.is_judged(v) for v in value], max_values)
+        return [Block(key, "values", [value[i] for i in positions], more=len(value) - len(positions),
+                      positions=positions)]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         columns = list(dict.fromkeys(str(k) for row in value for k in row))
-        rows = [[row.get(c) for c in columns] for row in _cut(focus.ordered(value), max_rows, focus)]
+        ordered = focus.ordered(value)
+        rows = [[ordered[i].get(c) for c in columns] for i in _kept([focus.names(r) for r in ordered], max_rows)]
         return [Block(key, "table", columns=columns, rows=rows, more=max(0, len(value) - max_rows))]
     return [Block(key, "json", value)]
