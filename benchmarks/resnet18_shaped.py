@@ -6,6 +6,8 @@ torchvision cannot be installed next to the CPU torch here, so the model is buil
 (:func:`shapes.resnet18`, 11.2 M parameters, seeded random weights). Images are smooth random fields; the declared
 region is an 8x8 corner patch. Labels are the model's own predictions, so accuracy starts at 100% and every
 accuracy drop the rules measure is the model's. Target (issue 16, 2 CPU cores): <= 10 min wall.
+L203 fails here, and rightly: randomising weights that were random already leaves integrated gradients ranked by
+the input and the architecture (0.60, as between two independently seeded ResNet-18s; ``mechaudit explain L203``).
 """
 
 from __future__ import annotations

@@ -53,6 +53,14 @@ gradients, DeepLift, gradient SHAP and LRP keep 0.34-0.42 on `digits` and `digit
 ranking that comes from the input's own magnitudes), at most 0.44 on the tabular toys and about 0 on sparse parity;
 saliency at most 0.16; an edge detector on the input that ignores the model (tests) keeps 1.00 at every step.
 0.6 separates them.
+A model whose weights were never trained has no learned parameters for the attributions to depend on, and the
+rule may fail on it correctly: on the ResNet-18 shape with seeded random weights (`benchmarks/resnet18_shaped.py`,
+smooth random images, 16 samples) integrated gradients keep 0.60-0.62 at every step of the cascade, already after
+randomising the output layer alone, the same 0.60 as between two independently seeded ResNet-18s. It is the input
+and the architecture that rank them: `|input - baseline|` alone ranks 0.58 with them, and plain gradients of two
+random ResNet-18s still agree 0.38 (the stride and padding pattern). A trained model's attributions are judged
+against the same input part, so on images with strong contrasts in `|input - baseline|` read the cascade, and check
+saliency (no input factor) beside integrated gradients.
 Interval: the final correlation is a mean of per-sample correlations, so it carries a 95% percentile-bootstrap
 interval over the attributed samples (500 resamples of the per-sample correlations already computed, seeded; the
 randomised model itself is drawn once, with the audit's seed). A verdict whose interval straddles
