@@ -2,6 +2,8 @@
 
     python benchmarks/cost_model.py [--examples digits,induction,minilm] [--extend-select D] [--device cpu]
     python benchmarks/cost_model.py --spec path/to/audit.toml --cpu-clock [--select L202,R304]
+    python benchmarks/cost_model.py --gpt2-blocks 2,4 --prompts 8 --cpu-clock --keep runs/
+    python benchmarks/cost_model.py --gpt2-blocks 2,4 --prompts 8 --replan runs/
 
 Each example is audited in its own process (``mechaudit audit --example NAME --out DIR -q``); its findings.json
 holds the plan (``metadata.plan``: each rule's estimated forward and backward passes, memory and seconds on
@@ -14,6 +16,12 @@ too early, and one that is low by f leaves the wall-clock time-out to stop the r
 ``time.process_time`` there; set ``OMP_NUM_THREADS=1`` so that CPU seconds are compute seconds): the calibration
 and every rule are then timed alike however loaded the machine is, and the rule time-out is off. ``--spec``
 audits a spec instead of the examples (e.g. a reduced GPT-2-small shape from ``benchmarks/gpt2_small.py``).
+``--gpt2-blocks 2,4`` audits GPT-2-small-shaped models (768 wide, 12 heads, 3,072 MLP neurons per block, random
+weights) of 2 and of 4 blocks, every head and MLP neuron, on ``--prompts`` prompts of 32 tokens: how the estimate
+follows the measured time as the model gets deeper. ``--keep DIR`` saves each audit's findings.json there;
+``--replan DIR`` runs nothing but the plan, with the calibration saved in DIR's findings.json, and prints the
+current cost model's estimates against the times measured then (to check a change of the model without re-running
+the audits).
 """
 
 from __future__ import annotations
@@ -40,6 +48,63 @@ def audit(example: str, out: Path, extra: list[str], cpu_clock: bool = False) ->
     return json.loads((out / "findings.json").read_text(encoding="utf-8"))
 
 
+GPT2 = """import transformers, torch
+from mechaudit.loading.huggingface import LogitsOnly
+
+
+def build():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer={blocks})
+    config._attn_implementation = "eager"
+    return LogitsOnly(transformers.GPT2LMHeadModel(config).eval())
+"""
+
+
+def gpt2_spec(folder: Path, blocks: int, prompts: int) -> Path:
+    """A spec auditing every head and MLP neuron of a GPT-2-small-shaped model of ``blocks`` blocks."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpt2_small import SPEC, layer_list
+    from gpt2_small import prompts as make_prompts
+    from realsize import write_spec
+
+    units = [f"transformer.h.{i}.{part}" for i in range(blocks) for part in ("attn", "mlp.c_fc")]
+    spec = SPEC.format(quick="false", layers=layer_list(units)).replace("factory_args = { quick = false }\n", "")
+    return write_spec(folder, spec, make_prompts(prompts, 32, 50257), GPT2.format(blocks=blocks))
+
+
+REPLAN = """import json, sys
+from dataclasses import replace
+import mechaudit.engine as engine
+from mechaudit.cost import Calibration
+from mechaudit.spec import load_spec
+saved = {saved!r}
+measured = engine.measure
+
+
+def measure(context, isolate):
+    sizes, _ = measured(context, isolate)
+    return sizes, Calibration(saved["forward_ms_per_sample"] / 1e3, saved["backward_ms_per_sample"] / 1e3,
+                              saved["seconds_per_gflop"] / 1e9, saved["ms_per_call"] / 1e3, saved["backward_measured"])
+
+
+engine.measure = measure
+from pathlib import Path
+spec = load_spec(Path("audit.toml").resolve())
+spec = replace(spec, options=replace(spec.options, rule_timeout=0))
+print("PLAN", json.dumps(engine.plan_audit(spec).to_dict()))
+"""
+
+
+def replan(spec: Path, saved: dict) -> dict:
+    """``saved`` (a findings.json) with its plan replaced by the current cost model's, under its calibration."""
+    code = REPLAN.format(saved=saved["metadata"]["plan"]["calibration"])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=spec.parent, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PLAN ")]
+    if not lines:
+        raise RuntimeError(f"the plan failed: {(done.stdout + done.stderr)[-2000:]}")
+    return {**saved, "metadata": {**saved["metadata"], "plan": json.loads(lines[-1][5:])}}
+
+
 def rows(result: dict) -> list[tuple[str, float, float]]:
     """(rule, estimated s, measured s) for every rule the plan let run."""
     measured = {rule["id"]: rule["seconds"] for rule in result["rules"]}
@@ -53,16 +118,32 @@ def main() -> None:
     parser.add_argument("--extend-select", default="", help="also run these (opt-in) rules, e.g. D")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--spec", default="", help="audit this spec (audit.toml) instead of the examples")
+    parser.add_argument("--gpt2-blocks", default="", help="audit GPT-2-small shapes of these depths, e.g. 2,4")
+    parser.add_argument("--prompts", type=int, default=8, help="with --gpt2-blocks: prompts of 32 tokens [8]")
+    parser.add_argument("--replan", default="", help="plan only, against the findings.json saved by --keep here")
+    parser.add_argument("--keep", default="", help="copy each audit's findings.json into this folder")
     parser.add_argument("--select", default="", help="only these rules (comma-separated)")
     parser.add_argument("--cpu-clock", action="store_true", help="time with the audit process's CPU seconds")
     args = parser.parse_args()
     extra = ["--device", args.device] + (["--extend-select", args.extend_select] if args.extend_select else [])
     extra += ["--select", args.select] if args.select else []
     ratios = []
-    for example in [str(Path(args.spec).resolve())] if args.spec else args.examples.split(","):
+    specs = tempfile.TemporaryDirectory()
+    targets = ([str(gpt2_spec(Path(specs.name) / f"gpt2-{b}", int(b), args.prompts))
+                for b in args.gpt2_blocks.split(",")] if args.gpt2_blocks
+               else [str(Path(args.spec).resolve())] if args.spec else args.examples.split(","))
+    for example in targets:
         with tempfile.TemporaryDirectory() as folder:
+            name = Path(example).parent.name if example.endswith(".toml") else example
             try:
-                result = audit(example, Path(folder) / "out", extra, args.cpu_clock)
+                if args.replan:
+                    saved = json.loads((Path(args.replan) / f"{name}.json").read_text(encoding="utf-8"))
+                    result = replan(Path(example), saved)
+                else:
+                    result = audit(example, Path(folder) / "out", extra, args.cpu_clock)
+                if args.keep and not args.replan:
+                    Path(args.keep).mkdir(parents=True, exist_ok=True)
+                    (Path(args.keep) / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
             except FileNotFoundError:
                 print(f"{example}: no findings.json (is its extra installed?)")
                 continue

@@ -45,19 +45,29 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
     size = largest if not single else max(2, min(largest, int(CALIBRATION_SECONDS / single)))
     batch = data.inputs[:size].to(context.device)
     values: dict[str, int] = {}
+    reached: dict[str, list[float]] = {}  # when each layer's activation was ready, in each timed pass
 
     def record(layer):
         def hook(activation, _args):
+            _sync(context.device)
+            reached.setdefault(layer.name, []).append(time.perf_counter())
             values[layer.name] = int(units_view(activation, layer)[0].numel())
         return hook
     from .model_view import installed
 
-    outputs = []
-    with torch.no_grad():
-        with installed(view.hook(layer, record(layer)) for layer in view.layers):
-            hooked = _timed(lambda: outputs.append(view.model(batch)), context.device)
-        whole = statistics.median([hooked, *(_timed(lambda: view.model(batch), context.device)
-                                             for _ in range(TIMINGS - 1))])
+    outputs: list = []
+    timings: list[tuple[float, float]] = []  # (start, seconds) of each timed pass
+
+    def run() -> None:
+        outputs[:] = [view.model(batch)]  # the last output only
+
+    def timed() -> None:
+        start = time.perf_counter()
+        timings.append((start, _timed(run, context.device)))
+    with torch.no_grad(), installed(view.hook(layer, record(layer)) for layer in view.layers):
+        for _ in range(TIMINGS):
+            timed()
+    whole = statistics.median(seconds for _, seconds in timings)
     output = outputs[0]
     if single is None or len(batch) < OVERHEAD_SAMPLES:  # a large model: one sample is mostly compute
         forward, call = max(whole / len(batch), 1e-9), 0.0
@@ -65,13 +75,24 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
         forward = max((whole - single) / (len(batch) - 1), whole / len(batch) / 4, 1e-9)
         call = max(single - forward, 0.0)
     layers = tuple(LayerSize(layer.name, layer.kind, layer.size, values.get(layer.name, layer.size),
-                             not layer.is_output) for layer in view.layers)
+                             not layer.is_output, _share(reached.get(layer.name, []), timings))
+                   for layer in view.layers)
     sizes = Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
                   int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks))
     backward = isolate(lambda: _backward_seconds(context, batch))
     calibration = Calibration(forward, backward if backward is not None else 2 * forward, _flop_seconds(), call,
                               backward is not None)
     return sizes, calibration
+
+
+def _share(reached: list[float], timings: list[tuple[float, float]]) -> float | None:
+    """The median share of a timed forward pass spent when a layer's activation was ready (its first call in each
+    pass: a module called more than once is hooked at its first call), or None where it did not run each time."""
+    if len(reached) < len(timings) or len(reached) % len(timings):
+        return None
+    calls = len(reached) // len(timings)
+    shares = [(reached[i * calls] - start) / seconds for i, (start, seconds) in enumerate(timings) if seconds > 0]
+    return min(1.0, max(0.0, statistics.median(shares))) if shares else None
 
 
 def _backward_seconds(context: Any, batch: torch.Tensor) -> float | None:

@@ -50,13 +50,15 @@ class Cost:
 
 @dataclass(frozen=True)
 class LayerSize:
-    """One audited layer as a cost estimate sees it: units, and activation values per sample (units × positions)."""
+    """One audited layer as a cost estimate sees it: units, activation values per sample (units × positions), and
+    ``at``, the share of a forward pass's time spent when the layer's activation is ready (None: not timed)."""
 
     name: str
     kind: str
     units: int
     values: int
     hidden: bool
+    at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -218,17 +220,27 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
     checked = sum(1 for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"})
     check = Cost(forward=batch * checked, backward=batch * checked / max(1, len(layers)), calls=2 * checked)
     # pairs not read off the weights (heads, streams): min(U, V) backward passes between the two layers, each
-    # about one layer's share of the model (techniques.gradient_edges); pairs wider than MAX_PASSES on both sides
+    # the share of the model between them (techniques.gradient_edges); pairs wider than MAX_PASSES on both sides
     # are screened (circuits._screened_pair): one more forward (clean and reference) and backward pass over all
     # samples, then MAX_PASSES VJPs per batch
-    autograd = [min(a.units, b.units) for a, b in pairs if {"heads", "stream"} & {a.kind, b.kind}]
-    passes = sum(p if p <= MAX_PASSES else MAX_PASSES for p in autograd)
-    screened = sum(1 for p in autograd if p > MAX_PASSES)
-    share = 1.0 / max(1, len(layers))
-    part = Cost(forward=2 * n * (1 + screened), backward=n * (1 + screened + share * passes), flops=edges,
-                calls=sizes.batches(n) * (3 * (1 + screened) + passes),
+    autograd = [(min(a.units, b.units), between(sizes, a, b)) for a, b in pairs
+                if {"heads", "stream"} & {a.kind, b.kind}]
+    passes = sum(min(p, MAX_PASSES) * share for p, share in autograd)
+    screened = sum(1 for p, _ in autograd if p > MAX_PASSES)
+    vjps = sum(min(p, MAX_PASSES) for p, _ in autograd)
+    part = Cost(forward=2 * n * (1 + screened), backward=n * (1 + screened + passes), flops=edges,
+                calls=sizes.batches(n) * (3 * (1 + screened) + vjps),
                 peak_bytes=max(sizes.batch_bytes(n, 3), weight_bytes))
     return Cost(shared=(("circuit_scores", part + check),))
+
+
+def between(sizes: Sizes, upstream: LayerSize, layer: LayerSize) -> float:
+    """The share of a pass through the model that lies between two audited layers: from the calibration's timing
+    of where each layer's activation is ready (the shares of GPT-2's blocks are smaller than one layer's count
+    suggests: the unembedding takes most of a shallow model's time), else one audited layer's share."""
+    if upstream.at is not None and layer.at is not None and layer.at > upstream.at:
+        return layer.at - upstream.at
+    return 1.0 / max(1, len(sizes.layers))
 
 
 def circuit_references(sizes: Sizes, samples: int) -> Cost:

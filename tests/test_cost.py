@@ -301,3 +301,41 @@ def test_the_single_points_estimate_is_an_upper_bound(data, monkeypatch) -> None
     (about a quarter here), which the sizes cannot know, so the estimate bounds the passes from above."""
     entry, counter = _counted("R304", data, monkeypatch)
     assert counter.forward <= entry["forward_passes"] <= 10 * counter.forward
+
+
+class _Wait(torch.nn.Module):
+    """Identity that takes ``seconds``: where a model spends its time between (and after) audited layers."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(self.seconds)
+        return x
+
+
+def test_calibration_times_where_each_layer_is_ready_and_edges_charge_the_model_between(monkeypatch) -> None:
+    """A model that spends most of its time after its audited layers (GPT-2's unembedding) gets small shares
+    between them: measured where each layer's activation is ready, not one audited layer's share of the model."""
+    from mechaudit.cost import LayerSize, between, edge_scores
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), _Wait(0.02), torch.nn.Linear(8, 8), _Wait(0.08),
+                                torch.nn.Linear(8, 2))
+    seen = []
+    real = calibration.measure
+    monkeypatch.setattr(engine, "measure", lambda context, isolate: seen.append(real(context, isolate)) or seen[-1])
+    mechaudit.audit(model, torch.randn(32, 4), labels=torch.randint(0, 2, (32,)), select=["D101"], rule_timeout=0,
+                    layers=["0", "2"])
+    first, second = seen[0][0].layers[:2]
+    assert first.at is not None and second.at is not None
+    assert 0.1 < between(seen[0][0], first, second) < 0.35  # 0.02 s of about 0.1 s (one layer's share: 0.5)
+
+    def heads(at: tuple[float, float] | tuple[None, None]) -> float:
+        layers = tuple(LayerSize(f"l{i}", "heads", 12, 12 * 32, True, at[i]) for i in range(2))
+        sizes = Sizes(samples=100, max_samples=100, batch_size=100, layers=layers, input_values=4, output_values=2)
+        return edge_scores(sizes, 100).shared[0][1].backward
+    assert heads((0.10, 0.15)) == pytest.approx(100 * (1 + 12 * 0.05))  # 12 VJPs, each 5% of a backward pass
+    assert heads((None, None)) == pytest.approx(100 * (1 + 12 * 0.5))  # untimed: one of two layers' share
