@@ -150,7 +150,7 @@ def main() -> None:
         calibration = result["metadata"]["plan"]["calibration"]
         print(f"\n{example}: a sample-forward {calibration['forward_ms_per_sample']:.3g} ms, "
               f"a sample-backward {calibration['backward_ms_per_sample']:.3g} ms, "
-              f"a call {calibration['ms_per_call']:.3g} ms")
+              f"a call {calibration['ms_per_call']:.3g} ms, {calibration.get('threads', '?')} threads")
         print(f"{'rule':<6}{'estimated s':>12}{'measured s':>12}{'measured/est.':>15}")
         for rule, estimated, seconds in rows(result):
             ratio = seconds / estimated if estimated > 0 else math.inf

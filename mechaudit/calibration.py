@@ -81,7 +81,7 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
                   int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks))
     backward = isolate(lambda: _backward_seconds(context, batch))
     calibration = Calibration(forward, backward if backward is not None else 2 * forward, _flop_seconds(), call,
-                              backward is not None)
+                              backward is not None, torch.get_num_threads())
     return sizes, calibration
 
 

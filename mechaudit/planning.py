@@ -69,7 +69,8 @@ class Plan:
                 f"{' s' if self.rule_timeout else ''}; {_size(self.memory_bytes)} free; a sample-forward takes "
                 f"{self.calibration.forward_seconds * 1e3:.3g} ms, a sample-backward "
                 f"{self.calibration.backward_seconds * 1e3:.3g} ms"
-                f"{'' if self.calibration.backward_measured else ' (assumed: 2 forwards)'}")
+                f"{'' if self.calibration.backward_measured else ' (assumed: 2 forwards)'}"
+                f"{f' ({self.calibration.threads} threads)' if self.calibration.threads else ''}")
         rows = [f"{'rule':<6}{'action':<8}{'forward':>10}{'backward':>10}{'memory':>10}{'est. s':>9}  note"]
         for e in self.rules:
             note = "; ".join(filter(None, [", ".join(f"{k} {a} -> {b}" for k, (a, b) in e.reduced.items()),

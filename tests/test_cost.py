@@ -99,6 +99,7 @@ def test_verbose_prints_the_plan_before_running_and_findings_json_records_it(tmp
     assert [entry["rule"] for entry in plan["rules"]] == ["D101"]
     assert plan["rules"][0]["forward_passes"] == 400  # the unit statistics: one pass over the 400 samples
     assert plan["calibration"]["forward_ms_per_sample"] > 0
+    assert plan["calibration"]["threads"] == torch.get_num_threads()  # seconds hold for this many threads
     assert result["rules"][0]["seconds"] >= 0  # beside the estimate, the measured time of the same rule
 
 
