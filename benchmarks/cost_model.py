@@ -14,8 +14,10 @@ too early, and one that is low by f leaves the wall-clock time-out to stop the r
 
 ``--cpu-clock`` times with the audit process's CPU seconds instead of the wall clock (``time.perf_counter`` is
 ``time.process_time`` there; set ``OMP_NUM_THREADS=1`` so that CPU seconds are compute seconds): the calibration
-and every rule are then timed alike however loaded the machine is, and the rule time-out is off. ``--spec``
-audits a spec instead of the examples (e.g. a reduced GPT-2-small shape from ``benchmarks/gpt2_small.py``).
+and every rule are then timed alike however loaded the machine is, and the rule time-out is off. A calibration
+holds for the thread count it was timed with (``threads`` in the plan): compare estimates and times of one
+process, never a plan made with one ``OMP_NUM_THREADS`` against a run with another. ``--spec`` audits a spec
+instead of the examples (e.g. a reduced GPT-2-small shape from ``benchmarks/gpt2_small.py``).
 ``--gpt2-blocks 2,4`` audits GPT-2-small-shaped models (768 wide, 12 heads, 3,072 MLP neurons per block, random
 weights) of 2 and of 4 blocks, every head and MLP neuron, on ``--prompts`` prompts of 32 tokens: how the estimate
 follows the measured time as the model gets deeper. ``--keep DIR`` saves each audit's findings.json there;
@@ -84,7 +86,8 @@ measured = engine.measure
 def measure(context, isolate):
     sizes, _ = measured(context, isolate)
     return sizes, Calibration(saved["forward_ms_per_sample"] / 1e3, saved["backward_ms_per_sample"] / 1e3,
-                              saved["seconds_per_gflop"] / 1e9, saved["ms_per_call"] / 1e3, saved["backward_measured"])
+                              saved["seconds_per_gflop"] / 1e9, saved["ms_per_call"] / 1e3, saved["backward_measured"],
+                              saved.get("threads", 0))
 
 
 engine.measure = measure
