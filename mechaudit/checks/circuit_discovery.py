@@ -55,6 +55,11 @@ edges patch, so that a unit whose whole effect runs through one edge scores that
 the mean of that tensor (or its value on the corrupted input); the last audited layer, attention heads,
 residual streams and a unit that also reaches the output past the next layer (a skip connection) are scored on
 the layer's own output (what the output projection or the next block reads). R302 and R304 ablate the same tensor.
+A transformer MLP neuron (GPT-2's `h.0.mlp.c_fc:u300`, a Hugging Face Conv1D; BERT's
+`intermediate.dense:u7`) means its GELU output at every token, as the down projection (`c_proj`,
+`output.dense`) reads it, with its mean per token over the audit data, when that projection is the next
+audited layer; when the next audited layer is another (the next block's attention, as in the MiniLM example,
+which audits `intermediate.dense` alone), the Linear output before the GELU.
 
 No interval: this rule judges nothing, and its value, the number of edges in the graph, is a structural fact (the
 `max_edges` strongest of the edges with a score, or 0 when no audited unit changes the behaviour at all), not an

@@ -18,7 +18,7 @@ from torch import nn
 from .. import linear_maps
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from .circuits import INPUT, Behaviour, _mean_trace, _Recorder
-from .unit_split import comparison_pool, split_input, unit_splits
+from .unit_split import comparison_pool, joined, split_input, unit_splits
 
 
 def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: torch.Tensor, targets: torch.Tensor,
@@ -82,7 +82,7 @@ def _edge_addition(view: ModelView, edge: tuple[str, str], splits: dict[str, boo
     assert split is not None, f"{layer.name}'s input was checked to split by {upstream.name}'s units"
     only_u = torch.zeros_like(split)
     only_u[:, u] = split[:, u]
-    return _contribution(module, only_u.reshape(delta.shape), v)
+    return _contribution(module, joined(only_u, delta), v)
 
 
 def _source_changes(view: ModelView, edges: list[tuple[str, str]], splits: dict[str, bool], batch: torch.Tensor,
@@ -115,9 +115,9 @@ def _source_changes(view: ModelView, edges: list[tuple[str, str]], splits: dict[
 
 def _contribution(module: nn.Module, delta: torch.Tensor, v: int) -> torch.Tensor:
     """The change of unit ``v``'s output (samples, positions) caused by the layer-input change ``delta``."""
-    if linear_maps.is_linear(module):
+    if linear_maps.is_linear(module):  # on the last axis: one value per sample, or per sample and token
         weight = linear_maps.weight(module).detach()[v]
-        return (delta.reshape(delta.shape[0], -1) @ weight).unsqueeze(-1)
+        return (delta @ weight).reshape(delta.shape[0], -1)
     if module.groups != 1:
         raise ValueError("grouped convolutions are not split into edges")
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[delta.dim()]

@@ -5,7 +5,8 @@ Which tensor a unit's ablation writes: by default the layer's own output (a Line
 nonlinearity; a head's part of the output projection's input). Given :class:`ReadSite` s (the circuit rules pass
 them for every layer whose node scores read the next audited layer's input, :attr:`.circuits.CircuitScores.read_by`),
 a unit of such a layer is ablated where the next layer reads it instead: its part of that layer's input (after its
-nonlinearity, pooling, flattening), replaced by its mean there, so that ablation and node scores intervene on the
+nonlinearity, pooling, flattening; a transformer MLP neuron's GELU output at every token), replaced by its mean
+there (per position, as the unit statistics hold it), so that ablation and node scores intervene on the
 same tensor.
 """
 
@@ -20,7 +21,7 @@ import torch
 
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from .circuits import Behaviour
-from .unit_split import split_input
+from .unit_split import joined, split_input
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _read_site_hook(view: ModelView, site: ReadSite, index: torch.Tensor) -> tor
         x = args[0]
         split = split_input(site.layer, site.reader, module, x).clone()
         split[:, index.to(x.device)] = site.values[index].to(split.dtype).to(x.device)
-        return (split.reshape(x.shape), *args[1:])
+        return (joined(split, x), *args[1:])
     return module.register_forward_pre_hook(pre_hook)
 
 

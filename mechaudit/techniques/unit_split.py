@@ -28,19 +28,35 @@ from ..model_view import Layer, ModelView, installed, units_view
 def split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Tensor) -> torch.Tensor | None:
     """``layer``'s input ``x_in`` split by ``previous``'s units (samples, units, ...), when the shapes allow it
     (heads, residual streams, grouped or non-zero-padded convolutions never split); else None. A view of ``x_in``
-    where possible. Whether the split is right (nothing else reaches the input) is :func:`unit_splits`'s job."""
+    where possible. Whether the split is right (nothing else reaches the input) is :func:`unit_splits`'s job.
+
+    Linear (and Hugging Face ``Conv1D``) layers act on the last axis: a 2-D input (samples, features) splits into
+    (samples, units, features per unit) (a flattened feature map gives each unit several features); an input with
+    token (or other leading) axes, (samples, *positions, features), splits when each unit is one feature, into
+    (samples, units, *positions, 1): a transformer MLP neuron's part of the down projection's input (its GELU
+    output at every token). :func:`joined` is the inverse."""
     if "heads" in (previous.kind, layer.kind) or "stream" in (previous.kind, layer.kind):
         return None
     if layer.kind == "conv" and (module.groups != 1 or module.padding_mode != "zeros"):
         return None
     if linear_maps.is_linear(module):
         features = x_in.shape[-1]
-        if x_in.dim() != 2 or features % previous.size:
-            return None
-        return x_in.reshape(x_in.shape[0], previous.size, features // previous.size)
+        if x_in.dim() == 2 and features % previous.size == 0:
+            return x_in.reshape(x_in.shape[0], previous.size, features // previous.size)
+        if x_in.dim() > 2 and features == previous.size:
+            return x_in.unsqueeze(-1).movedim(-2, 1)
+        return None
     if x_in.shape[1] != previous.size:
         return None
     return x_in
+
+
+def joined(split: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`split_input`: ``split`` (samples, units, ...) back in the layout of the layer input
+    ``like`` it was split from."""
+    if split.dim() == like.dim():  # a convolution's input: the units are its channels already
+        return split.reshape(like.shape)
+    return split.movedim(1, -2).reshape(like.shape)  # a Linear input: the units were the last axis's features
 
 
 @dataclass(frozen=True)
@@ -181,7 +197,7 @@ def _splits(view: ModelView, previous: Layer, layer: Layer, out: torch.Tensor, r
     cotangent = torch.randn(read.shape, generator=generator).to(read)
     factors = (torch.rand(previous.size, generator=generator) + 0.5).to(read)
     split = split_input(previous, layer, module, cotangent)
-    scaled = (split * factors.view(1, -1, *([1] * (split.dim() - 2)))).reshape(read.shape)
+    scaled = joined(split * factors.view(1, -1, *([1] * (split.dim() - 2))), read)
     (plain,) = torch.autograd.grad(read, out, cotangent, retain_graph=True, allow_unused=True)
     (back,) = torch.autograd.grad(read, out, scaled, retain_graph=True, allow_unused=True)
     if plain is None or back is None:

@@ -8,6 +8,8 @@ the reference-minus-clean input and ``g`` the behaviour's gradient at ``v`` (:mo
   product of scalars is the product of their absolute values);
 * Linear, several features per unit (a flattened feature map): the per-sample contribution ``W_vu . dx_u`` by
   ``einsum``, in chunks of upstream units;
+* Linear applied at every token (a transformer MLP's down projection reading its neurons' GELU outputs):
+  ``|W_vu| * sum_n |sum_t dx_u[n, t] g_v[n, t]|``, one batched matrix product per chunk of samples;
 * Conv2d: ``(W_vu * dx_u) . g_v = sum_k W_vu[k] (sum_p g_v[p] dx_u[p + k])``: the inner sum is a per-sample weight
   gradient, one batched matrix product of the gradient with the unfolded input (``F.unfold``), in chunks of
   samples and upstream channels;
@@ -30,8 +32,11 @@ CHUNK_ELEMENTS = 2 ** 24
 def weight_edge_scores(module: nn.Module, delta: torch.Tensor, grad: torch.Tensor,
                        chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
     """Scores (upstream units, layer units) summed over samples. ``delta``: the layer input's reference-minus-clean
-    value split by upstream unit, (samples, units, features) for Linear, (samples, channels, *spatial) for Conv;
-    ``grad``: dm/d(layer output) as (samples, layer units, positions)."""
+    value split by upstream unit (:func:`~.unit_split.split_input`), (samples, units, features) or, per token,
+    (samples, units, *positions, 1) for Linear, (samples, channels, *spatial) for Conv; ``grad``: dm/d(layer
+    output) as (samples, layer units, positions)."""
+    if linear_maps.is_linear(module) and delta.dim() > 3:
+        return _linear_per_position(linear_maps.weight(module).detach(), delta.flatten(2, -2), grad, chunk_elements)
     if linear_maps.is_linear(module):
         return _linear(linear_maps.weight(module).detach(), delta, grad[..., 0], chunk_elements)
     if isinstance(module, nn.Conv2d) and not isinstance(module.padding, str):
@@ -64,6 +69,21 @@ def _linear(weight: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, chunk
         contribution = torch.einsum("vup,nup->nuv", weight[:, part], delta[:, part])
         scores[part] = torch.einsum("nuv,nv->uv", contribution.abs(), magnitude)
     return scores
+
+
+def _linear_per_position(weight: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor,
+                         chunk_elements: int) -> torch.Tensor:
+    """``delta`` (samples, units, positions, 1): one input feature per unit at every position (token)."""
+    n, units, _, features = delta.shape
+    if features != 1 or weight.shape[1] != units:
+        raise ValueError(f"a Linear layer read at every position splits one feature per unit, not {features}")
+    per_position = delta[..., 0]
+    totals = torch.zeros(units, weight.shape[0], dtype=delta.dtype, device=delta.device)
+    step = max(1, chunk_elements // max(1, units * weight.shape[0]))
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        totals += torch.bmm(per_position[part], grad[part].transpose(1, 2).to(delta.dtype)).abs().sum(0)
+    return weight.abs().T.to(delta.dtype) * totals
 
 
 def _conv2d(module: nn.Conv2d, delta: torch.Tensor, grad: torch.Tensor, chunk_elements: int) -> torch.Tensor:
