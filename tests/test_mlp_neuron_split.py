@@ -150,3 +150,41 @@ def test_per_token_weight_edges_equal_the_summed_contributions() -> None:
     # edge u -> v: per sample, sum over tokens of (W_vu dx_u[t]) g_v[t], then |.| summed over samples
     expected = torch.einsum("vu,ntu,nvt->nuv", weight, delta, grad).abs().sum(0)
     torch.testing.assert_close(scores, expected)
+
+
+def test_exact_edge_patching_from_a_neuron_into_the_down_projection_at_every_token() -> None:
+    """Patching the edge c_fc:u -> c_proj:v changes c_proj's unit v at every token by W_vu (mean_u - h_u): R301's
+    edges of a GPT-2 MLP are read off its Conv1D weight and patched as the hooks below do by hand."""
+    from mechaudit.model_view import ModelView
+    from mechaudit.techniques.circuits import at_position, edge_attribution, target_logit
+    from mechaudit.techniques.edge_patching import exact_edge_effects
+
+    model, mlp, names = _gpt2()
+    x, y = _data()
+    behaviour = at_position(target_logit, -1)
+    view = ModelView.discover(model, x[:2], only=tuple(names))
+    scores = edge_attribution(view, x, y, behaviour)
+    assert scores.read_by == {names[0]: names[1]}
+    assert scores.edges.blocks[0].method.startswith("weights")
+    edges = [(f"{names[0]}:u{u}", f"{names[1]}:u{v}") for u, v in ((0, 5), (3, 17), (40, 2))]
+    exact = exact_edge_effects(view, edges, x, y, behaviour)
+    with torch.no_grad():
+        seen = {}
+        handle = mlp.c_proj.register_forward_pre_hook(lambda _m, a: seen.__setitem__("read", a[0].clone()))
+        intact = behaviour(model(x), y)
+        handle.remove()
+        read = seen["read"]
+        weight = mlp.c_proj.weight  # (in, out)
+        for (source, target), effect in zip(edges, [exact[e] for e in edges]):
+            u, v = int(source.split(":u")[1]), int(target.split(":u")[1])
+            change = weight[u, v] * (read[..., u].mean(0) - read[..., u])  # (samples, tokens)
+
+            def add(_m, _a, out, v=v, change=change):
+                out = out.clone()
+                out[..., v] += change
+                return out
+            handle = mlp.c_proj.register_forward_hook(add)
+            by_hand = float((behaviour(model(x), y) - intact).abs().sum())
+            handle.remove()
+            assert effect == pytest.approx(by_hand, rel=1e-4, abs=1e-6)
+            assert by_hand > 0

@@ -56,7 +56,7 @@ def exact_edge_effects(view: ModelView, edges: list[tuple[str, str]], inputs: to
             additions = [_edge_addition(view, edge, splits, recorder.inputs, ref_inputs, batch, ref_batch, regions,
                                         changes_by_source) for edge in chunk]
             patched = _patched_forward(view, batch, chunk, additions)
-            metric = behaviour(patched.reshape(len(chunk) * batch.shape[0], -1),
+            metric = behaviour(patched.flatten(0, 1),  # (edges * samples, *output): logits per token kept
                                batch_targets.repeat(len(chunk), *([1] * (batch_targets.dim() - 1))))
             changes = (metric.reshape(len(chunk), batch.shape[0]) - base).abs().sum(1)
             for edge, change in zip(chunk, changes.tolist()):
@@ -127,7 +127,8 @@ def _contribution(module: nn.Module, delta: torch.Tensor, v: int) -> torch.Tenso
 
 def _patched_forward(view: ModelView, batch: torch.Tensor, chunk: list[tuple[str, str]],
                      additions: list[torch.Tensor]) -> torch.Tensor:
-    """Outputs (edges, samples, ...) with edge k's addition applied in copy k of the batch."""
+    """Outputs (edges, samples, ...) with edge k's addition applied in copy k of the batch (a next-token model's
+    logits keep their token axis, for the behaviour to read its position)."""
     k, n = len(chunk), batch.shape[0]
     by_layer: dict[str, list[tuple[int, int, torch.Tensor]]] = {}
     for index, ((_, target), addition) in enumerate(zip(chunk, additions)):
@@ -144,4 +145,5 @@ def _patched_forward(view: ModelView, batch: torch.Tensor, chunk: list[tuple[str
             return from_units_view(units.reshape(k * n, layer.size, -1), output, layer)
         hooks.append((layer, hook))
     with installed(view.hook(layer, fn) for layer, fn in hooks), torch.no_grad():
-        return view.model(batch.repeat(k, *([1] * (batch.dim() - 1)))).float().reshape(k, n, -1)
+        out = view.model(batch.repeat(k, *([1] * (batch.dim() - 1)))).float()
+        return out.reshape(k, n, *out.shape[1:]) if out.dim() > 1 else out.reshape(k, n, 1)
