@@ -13,18 +13,16 @@ import pytest
 import torch
 
 import mechaudit
+from mechaudit.loading.huggingface import LogitsOnly
 from mechaudit.model_view import Layer
 from mechaudit.techniques.unit_split import joined, split_input
 from mechaudit.techniques.weight_edges import weight_edge_scores
-
-transformers = pytest.importorskip("transformers")
-
-from mechaudit.loading.huggingface import LogitsOnly  # noqa: E402
 
 N, T, PLANTED = 64, 8, 4
 
 
 def _gpt2() -> tuple[torch.nn.Module, torch.nn.Module, list[str]]:
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=50, n_embd=64, n_layer=2, n_head=4, n_positions=16,
                                      bos_token_id=0, eos_token_id=0, attn_implementation="eager")
@@ -37,6 +35,7 @@ def _gpt2() -> tuple[torch.nn.Module, torch.nn.Module, list[str]]:
 
 
 def _bert() -> tuple[torch.nn.Module, torch.nn.Module, list[str]]:
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=64, max_position_embeddings=16, num_labels=2,
