@@ -151,6 +151,7 @@ def test_per_token_weight_edges_equal_the_summed_contributions() -> None:
     torch.testing.assert_close(scores, expected)
 
 
+@pytest.mark.slow  # edge scores and exact edge patching of a small GPT-2
 def test_exact_edge_patching_from_a_neuron_into_the_down_projection_at_every_token() -> None:
     """Patching the edge c_fc:u -> c_proj:v changes c_proj's unit v at every token by W_vu (mean_u - h_u): R301's
     edges of a GPT-2 MLP are read off its Conv1D weight and patched as the hooks below do by hand."""
