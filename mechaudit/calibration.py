@@ -8,10 +8,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
+from . import distributed
 from .cost import Calibration, LayerSize, Sizes
 
 #: Samples in the calibration batch (at most; the audit's batch size below that): per-sample time depends on the
@@ -27,14 +29,13 @@ OVERHEAD_SAMPLES = 16
 
 
 def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda run: run()) -> tuple[Sizes, Calibration]:
-    """The audit's :class:`Sizes` and this machine's :class:`Calibration`: forward passes of a batch (the first
-    hooked: it records each layer's activation size) and of one sample (medians of :data:`TIMINGS`), one backward
-    pass from the outputs to the first audited activation (or to float inputs), and timed matrix products.
+    """The audit's :class:`Sizes` and this machine's :class:`Calibration`: a hooked forward pass of a batch (each
+    layer's activation size and when it is ready), unhooked timed forward passes of the batch and of one sample
+    (medians of :data:`TIMINGS`), one backward pass from the outputs to the first audited activation (or to float
+    inputs), and timed matrix products.
     ``isolate(run)`` runs the calls the audit has not made before (one sample; gradients) and returns None where
     they fail: a model may do, under gradients, what it never did in the first forward passes (the engine bounds
     and isolates them like a rule)."""
-    from .model_view import units_view
-
     view, data = context.view, context.data
     largest = max(1, min(context.batch_size, len(data), CALIBRATION_SAMPLES))
     first = data.inputs[:1].to(context.device)
@@ -45,37 +46,16 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
     size = largest if not single else max(2, min(largest, int(CALIBRATION_SECONDS / single)))
     batch = data.inputs[:size].to(context.device)
     values: dict[str, int] = {}
-    reached: dict[str, list[float]] = {}  # when each layer's activation was ready, in each timed pass
-
-    def record(layer):
-        def hook(activation, _args):
-            _sync(context.device)
-            reached.setdefault(layer.name, []).append(time.perf_counter())
-            values[layer.name] = int(units_view(activation, layer)[0].numel())
-        return hook
-    from .model_view import installed
-
-    outputs: list = []
-    timings: list[tuple[float, float]] = []  # (start, seconds) of each timed pass
-
-    def run() -> None:
-        outputs[:] = [view.model(batch)]  # the last output only
-
-    def timed() -> None:
-        start = time.perf_counter()
-        timings.append((start, _timed(run, context.device)))
-    with torch.no_grad(), installed(view.hook(layer, record(layer)) for layer in view.layers):
-        for _ in range(TIMINGS):
-            timed()
-    whole = statistics.median(seconds for _, seconds in timings)
-    output = outputs[0]
+    with torch.no_grad():
+        whole = statistics.median(_timed(lambda: view.model(batch), context.device) for _ in range(TIMINGS))
+        output, reached = _readiness(view, batch, context.device, values)  # after the others: a warm model
     if single is None or len(batch) < OVERHEAD_SAMPLES:  # a large model: one sample is mostly compute
         forward, call = max(whole / len(batch), 1e-9), 0.0
     else:  # t(b) = call + b * per_sample, from a batch of b and of one sample
         forward = max((whole - single) / (len(batch) - 1), whole / len(batch) / 4, 1e-9)
         call = max(single - forward, 0.0)
     layers = tuple(LayerSize(layer.name, layer.kind, layer.size, values.get(layer.name, layer.size),
-                             not layer.is_output, _share(reached.get(layer.name, []), timings))
+                             not layer.is_output, reached.get(layer.name))
                    for layer in view.layers)
     sizes = Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
                   int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks))
@@ -85,14 +65,74 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
     return sizes, calibration
 
 
-def _share(reached: list[float], timings: list[tuple[float, float]]) -> float | None:
-    """The median share of a timed forward pass spent when a layer's activation was ready (its first call in each
-    pass: a module called more than once is hooked at its first call), or None where it did not run each time."""
-    if len(reached) < len(timings) or len(reached) % len(timings):
-        return None
-    calls = len(reached) // len(timings)
-    shares = [(reached[i * calls] - start) / seconds for i, (start, seconds) in enumerate(timings) if seconds > 0]
-    return min(1.0, max(0.0, statistics.median(shares))) if shares else None
+def agreed(sizes: Sizes, calibration: Calibration, memory: int) -> tuple[Sizes, Calibration, int]:
+    """What every rank plans from under torchrun, so that every rank plans alike (a rule reduced on one rank and
+    run in full on another would hang their collectives): the slowest rank's seconds, the least free memory,
+    whether every rank timed a backward pass, and each layer's readiness share averaged over the ranks (None where
+    any rank did not time it). On one process, the arguments unchanged."""
+    if not distributed.active():
+        return sizes, calibration, memory
+    slowest = distributed.reduce(torch.tensor([calibration.forward_seconds, calibration.backward_seconds,
+                                               calibration.flop_seconds, calibration.call_seconds],
+                                              dtype=torch.float64), "max").tolist()
+    least = distributed.reduce(torch.tensor([memory, float(calibration.backward_measured)],
+                                            dtype=torch.float64), "min").tolist()
+    timed = distributed.reduce(torch.tensor([float(layer.at is not None) for layer in sizes.layers],
+                                            dtype=torch.float64), "min").tolist()
+    total = distributed.reduce(torch.tensor([layer.at or 0.0 for layer in sizes.layers],
+                                            dtype=torch.float64)).tolist()
+    layers = tuple(replace(layer, at=total[i] / distributed.world_size() if timed[i] else None)
+                   for i, layer in enumerate(sizes.layers))
+    calibration = replace(calibration, forward_seconds=slowest[0], backward_seconds=slowest[1],
+                          flop_seconds=slowest[2], call_seconds=slowest[3], backward_measured=bool(least[1]))
+    return replace(sizes, layers=layers), calibration, int(least[0])
+
+
+def _readiness(view: Any, batch: torch.Tensor, device: torch.device,
+               values: dict[str, int]) -> tuple[Any, dict[str, float]]:
+    """One forward pass of ``batch`` with every audited layer hooked (a pass apart from the timed ones, whose hooks
+    would slow them: heads hooks re-run attention): the model's output, each layer's activation values per sample
+    (into ``values``) and the share of the pass spent when its activation was ready (its first call; none where it
+    did not run). On CUDA the hooks record events instead of waiting for the GPU at each layer."""
+    from .model_view import installed, units_view
+
+    mark = _marker(device)
+    reached: dict[str, Any] = {}
+
+    def record(layer):
+        def hook(activation, _args):
+            if layer.name not in reached:
+                reached[layer.name] = mark()
+            values[layer.name] = int(units_view(activation, layer)[0].numel())
+        return hook
+    with installed(view.hook(layer, record(layer)) for layer in view.layers):
+        _sync(device)
+        start = mark()
+        output = view.model(batch)
+        end = mark()
+        _sync(device)
+    seconds = _elapsed(start, end)
+    shares = {name: min(1.0, max(0.0, _elapsed(start, at) / seconds)) for name, at in reached.items()} \
+        if seconds > 0 else {}
+    return output, shares
+
+
+def _marker(device: torch.device) -> Callable[[], Any]:
+    """A mark of the present moment in the device's order of work: a recorded CUDA event (no waiting for the GPU;
+    not run in the tests, which have no GPU), else the CPU's clock."""
+    if device.type != "cuda":
+        return time.perf_counter
+
+    def event() -> Any:
+        recorded = torch.cuda.Event(enable_timing=True)
+        recorded.record()
+        return recorded
+    return event
+
+
+def _elapsed(start: Any, end: Any) -> float:
+    """Seconds between two marks of :func:`_marker` (CUDA events once the GPU has finished them)."""
+    return start.elapsed_time(end) / 1e3 if isinstance(start, torch.cuda.Event) else end - start
 
 
 def _backward_seconds(context: Any, batch: torch.Tensor) -> float | None:

@@ -220,8 +220,9 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
     weight_bytes = VALUE_BYTES * min(3.0 * batch * widest, 2.0 * CHUNK_ELEMENTS)
     # whether a pair splits by unit is checked on the first batch: one forward of a batch and two VJPs per pair
     # that may split (both sides neurons or channels; a pair with heads or a stream never does, unchecked)
-    checked = sum(1 for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"})
-    check = Cost(forward=batch * checked, backward=batch * checked / max(1, len(layers)), calls=2 * checked)
+    # (techniques.unit_split; each VJP runs from the later layer's input back to the earlier layer's output)
+    checked = [between(sizes, a, b) for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}]
+    check = Cost(forward=batch * len(checked), backward=2 * batch * sum(checked), calls=2 * len(checked))
     # pairs not read off the weights (heads, streams): min(U, V) backward passes between the two layers, each
     # the share of the model between them (techniques.gradient_edges); pairs wider than MAX_PASSES on both sides
     # are screened (circuits._screened_pair): one more forward (clean and reference) and backward pass over all
@@ -240,9 +241,10 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
 def between(sizes: Sizes, upstream: LayerSize, layer: LayerSize) -> float:
     """The share of a pass through the model that lies between two audited layers: from the calibration's timing
     of where each layer's activation is ready (the shares of GPT-2's blocks are smaller than one layer's count
-    suggests: the unembedding takes most of a shallow model's time), else one audited layer's share."""
-    if upstream.at is not None and layer.at is not None and layer.at > upstream.at:
-        return layer.at - upstream.at
+    suggests: the unembedding takes most of a shallow model's time), in either order (0 for a layer and itself),
+    else one audited layer's share."""
+    if upstream.at is not None and layer.at is not None:
+        return abs(layer.at - upstream.at)
     return 1.0 / max(1, len(sizes.layers))
 
 

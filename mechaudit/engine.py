@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import __version__, distributed
-from .calibration import available_bytes, measure
+from .calibration import agreed, available_bytes, measure
 from .config import apply_overrides, override_summary
 from .context import AuditContext
 from .errors import InputError
@@ -211,22 +211,14 @@ def plan_audit(spec: AuditSpec, rulebook: Rulebook | None = None, *, loaded: Loa
 
 def _plan(context: AuditContext, rules: list[Rule], timeout: int) -> Plan:
     """Each rule's estimated cost against the rule time-out and the free memory (calibrated on this machine;
-    under torchrun, the slowest rank's calibration and the smallest free memory, so every rank plans alike; a
-    failure on one rank stops every rank)."""
+    under torchrun, numbers every rank agrees on, :func:`~mechaudit.calibration.agreed`, so every rank plans
+    alike; a failure on one rank stops every rank)."""
     with distributed.step(), _bounded("model: calibrating the cost model (forward passes of the audit data)",
                                       timeout):
         sizes, calibration = measure(context, lambda run: _isolated(run, min(timeout or CALIBRATION_BUDGET,
                                                                              CALIBRATION_BUDGET)))
         memory = available_bytes(context.device)
-    if distributed.active():
-        slowest = distributed.reduce(torch.tensor([calibration.forward_seconds, calibration.backward_seconds,
-                                                   calibration.flop_seconds, calibration.call_seconds],
-                                                  dtype=torch.float64), "max").tolist()
-        least = distributed.reduce(torch.tensor([memory, float(calibration.backward_measured)],
-                                                dtype=torch.float64), "min").tolist()
-        calibration = replace(calibration, forward_seconds=slowest[0], backward_seconds=slowest[1],
-                              flop_seconds=slowest[2], call_seconds=slowest[3], backward_measured=bool(least[1]))
-        memory = int(least[0])
+    sizes, calibration, memory = agreed(sizes, calibration, memory)
     with distributed.step():
         return plan_rules(rules, sizes, calibration, timeout, memory,
                           skipped=lambda rule: missing_need(rule.check.needs, context))

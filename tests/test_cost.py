@@ -340,3 +340,76 @@ def test_calibration_times_where_each_layer_is_ready_and_edges_charge_the_model_
         return edge_scores(sizes, 100).shared[0][1].backward
     assert heads((0.10, 0.15)) == pytest.approx(100 * (1 + 12 * 0.05))  # 12 VJPs, each 5% of a backward pass
     assert heads((None, None)) == pytest.approx(100 * (1 + 12 * 0.5))  # untimed: one of two layers' share
+
+
+def test_between_is_the_distance_in_either_order_and_the_split_check_charges_it() -> None:
+    """The share between two layers is the same either way round and nothing between a layer and itself; the
+    check whether a linear pair splits by unit (two VJPs between the two layers) is charged that share too."""
+    from mechaudit.cost import LayerSize, between, edge_scores
+
+    first, second = (LayerSize(f"l{i}", "linear", 8, 8, True, at) for i, at in enumerate((0.1, 0.4)))
+    sizes = Sizes(samples=100, max_samples=100, batch_size=10, layers=(first, second), input_values=4,
+                  output_values=2)
+    assert between(sizes, first, second) == between(sizes, second, first) == pytest.approx(0.3)
+    assert between(sizes, first, first) == 0.0
+    assert between(sizes, first, replace(second, at=None)) == 0.5  # untimed: one of two layers' share
+    check = edge_scores(sizes, 100).shared[0][1].backward - 100  # less the shared backward pass of all samples
+    assert check == pytest.approx(2 * 10 * 0.3)
+
+
+def test_calibration_times_the_model_without_its_hooks(monkeypatch) -> None:
+    """Hooks that cost time (heads hooks re-run attention) slow only the pass that records sizes and readiness:
+    the forward seconds come from unhooked passes, like the one-sample passes they are fitted with."""
+    import time
+
+    from mechaudit import model_view
+
+    real_units_view, real_measure = model_view.units_view, calibration.measure
+
+    def slow_units_view(*args, **kwargs):
+        time.sleep(0.03)
+        return real_units_view(*args, **kwargs)
+
+    def measure(context, isolate):
+        with pytest.MonkeyPatch.context() as slow:
+            slow.setattr(model_view, "units_view", slow_units_view)
+            seen.append(real_measure(context, isolate))
+        return seen[-1]
+    seen = []
+    monkeypatch.setattr(engine, "measure", measure)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    mechaudit.audit(model, torch.randn(32, 4), labels=torch.randint(0, 2, (32,)), select=["D101"], rule_timeout=0,
+                    layers=["0", "2"])
+    sizes, measured = seen[0]
+    assert all(layer.at is not None for layer in sizes.layers)
+    assert measured.forward_seconds * 32 < 0.01  # hooked passes take 0.06 s and more
+
+
+def _agree(rank: int, world: int, init: str, result: str) -> None:
+    import torch.distributed as dist
+
+    from mechaudit.cost import LayerSize
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        shares = [(0.2, 0.5, None), (0.4, None, 0.9)][rank]
+        sizes = Sizes(samples=10, max_samples=10, batch_size=10, input_values=4, output_values=2,
+                      layers=tuple(LayerSize(f"l{i}", "linear", 8, 8, True, at) for i, at in enumerate(shares)))
+        mine = Calibration(1e-3 * (rank + 1), 2e-3, 1e-10, 0.0, rank == 0)
+        torch.save(calibration.agreed(sizes, mine, 1000 - rank), f"{result}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_the_calibration_and_the_readiness_shares(tmp_path) -> None:
+    """Under torchrun every rank plans from the same numbers (else one rank may reduce a rule another runs in
+    full, and their collectives hang): the readiness shares too, averaged, None where any rank lacks one."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_agree, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path / "result")), nprocs=2)
+    results = [torch.load(tmp_path / f"result.{rank}", weights_only=False) for rank in range(2)]
+    assert results[0] == results[1]
+    sizes, agreed, memory = results[0]
+    assert [layer.at for layer in sizes.layers] == [pytest.approx(0.3), None, None]
+    assert (agreed.forward_seconds, agreed.backward_measured, memory) == (2e-3, False, 999)
