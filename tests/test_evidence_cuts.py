@@ -81,3 +81,24 @@ def test_the_html_and_pdf_show_the_judged_value_past_the_cut_and_the_count_left_
             block = block[block.index('class="values"'):block.index("</p>", block.index('class="values"'))]
             assert f"&hellip; {judged}" in block, (medium, key)  # kept past the cut, the gap before it marked
             assert block.count(", ") == shown - 1 and f"and {more} more (in findings.json)" in block, (medium, key)
+
+
+def test_a_cut_list_marks_a_leading_gap_and_keeps_its_first_values_besides_one_judged_copy() -> None:
+    block = _values({"units": ["a", "b", "c", "x"]}, "units", {"location": {"component": "x"}}, max_values=1)
+    assert (block.value, block.more, block.gap_before(0)) == (["x"], 3, True)  # first values cut: a gap first
+    drops = [0.9, 0.8, 0.7, 0.6, 0.5] + [0.0] * 6  # the judged value 0.0 six times, past a cut at 4
+    block = _values({"drops": drops}, "drops", {"metric": "drop", "value": 0.0}, max_values=4)
+    assert block.value == [0.9, 0.8, 0.7, 0.0] and block.more == 7
+    assert [block.gap_before(i) for i in range(4)] == [False, False, False, True]
+    # control: the judged value among the first values keeps the list's head, no gap
+    block = _values({"drops": [0.0] * 6 + [0.5]}, "drops", {"metric": "drop", "value": 0.0}, max_values=4)
+    assert block.value == [0.0] * 4 and not any(map(block.gap_before, range(4)))
+
+
+def test_only_a_list_of_the_metric_holds_the_judged_value() -> None:
+    """A number equal to the finding's value by chance (an index, a flag) is not what the finding judged."""
+    finding = {"metric": "share", "value": 15.0}
+    assert _values({"index": list(range(21))}, "index", finding, max_values=4).value == [0, 1, 2, 3]
+    assert _values({"flags": [True] * 10 + [1]}, "flags", {"metric": "r", "value": 1.0}, 4).value == [True] * 4
+    # control: the list of the metric keeps it past the cut
+    assert _values({"share": list(range(21))}, "share", finding, max_values=4).value == [0, 1, 2, 15]

@@ -35,8 +35,9 @@ class Block:
     positions: list[int] = field(default_factory=list)
 
     def gap_before(self, shown: int) -> bool:
-        """Whether values were left out just before the ``shown``-th value shown (a judged value kept past the cut)."""
-        return 0 < shown < len(self.positions) and self.positions[shown] != self.positions[shown - 1] + 1
+        """Whether values were left out just before the ``shown``-th value shown (a judged value kept past the cut;
+        before the first where the list's first values were cut)."""
+        return shown < len(self.positions) and self.positions[shown] != (self.positions[shown - 1] + 1 if shown else 0)
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,12 @@ class Focus:
         """Whether ``row`` names the component, or holds the judged value of the metric."""
         return (self.component is not None and self.component in row.values()) or self._distance(row) == 0.0
 
-    def is_judged(self, value: Any) -> bool:
-        """Whether ``value``, an item of a list, is the component or the judged value itself."""
+    def is_judged(self, key: str, value: Any) -> bool:
+        """Whether ``value``, an item of the list ``key``, is the component, or the judged value in a list of the
+        metric (named for it, or its plural: a number elsewhere equal to it by chance judges nothing)."""
         if _is_number(value):
-            return self.value is not None and math.isclose(value, self.value, rel_tol=1e-6, abs_tol=1e-9)
+            return (self.value is not None and key in (self.metric, f"{self.metric}s")
+                    and math.isclose(value, self.value, rel_tol=1e-6, abs_tol=1e-9))
         return self.component is not None and value == self.component
 
     def ordered(self, rows: list[dict]) -> list[dict]:
@@ -122,11 +125,12 @@ def _is_input(node: dict) -> bool:
     return node.get("layer") == "input" or str(node.get("id", "")).startswith("input:")
 
 
-def _kept(judged: list[bool], most: int) -> list[int]:
-    """The positions of the first ``most`` items, except that judged items are kept in place of the last others."""
+def _kept(judged: list[bool], most: int, most_judged: int | None = None) -> list[int]:
+    """The positions of the first ``most`` items, except that judged items (the first ``most_judged`` of them, all
+    where None) are kept in place of the last others."""
     if len(judged) <= most:
         return list(range(len(judged)))
-    named = [i for i, hit in enumerate(judged) if hit][:most]
+    named = [i for i, hit in enumerate(judged) if hit][:min(most, most_judged or most)]
     chosen = set(named)
     others = [i for i in range(len(judged)) if i not in chosen][:most - len(named)]
     return sorted(named + others)
@@ -138,7 +142,8 @@ def _blocks(key: str, value: Any, max_rows: int, max_values: int, focus: Focus) 
     if isinstance(value, dict) and all(is_scalar(v) for v in value.values()):
         return [Block(f"{key}.{k}", "value", v) for k, v in value.items()]
     if isinstance(value, list) and all(is_scalar(v) for v in value):
-        positions = _kept([focus.is_judged(v) for v in value], max_values)
+        # one judged value is enough (a list holding it many times keeps its first values too)
+        positions = _kept([focus.is_judged(key, v) for v in value], max_values, 1)
         return [Block(key, "values", [value[i] for i in positions], more=len(value) - len(positions),
                       positions=positions)]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
