@@ -92,19 +92,27 @@ def measure(context, isolate):
 
 engine.measure = measure
 from pathlib import Path
-spec = load_spec(Path("audit.toml").resolve())
+spec = load_spec(Path({spec!r}))
 spec = replace(spec, options=replace(spec.options, rule_timeout=0))
 print("PLAN", json.dumps(engine.plan_audit(spec).to_dict()))
 """
 
 
-def replan(spec: Path, saved: dict) -> dict:
-    """``saved`` (a findings.json) with its plan replaced by the current cost model's, under its calibration."""
-    code = REPLAN.format(saved=saved["metadata"]["plan"]["calibration"])
+def replan(example: str, saved: dict) -> dict:
+    """``saved`` (a findings.json) with its plan replaced by the current cost model's, under its calibration, for
+    ``example`` (an example's name, or a spec's path)."""
+    from mechaudit.errors import InputError
+    from mechaudit.examples import example_spec
+
+    try:
+        spec = Path(example).resolve() if example.endswith(".toml") else example_spec(example)
+    except InputError as exc:
+        raise RuntimeError(str(exc)) from None
+    code = REPLAN.format(saved=saved["metadata"]["plan"]["calibration"], spec=str(spec))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=spec.parent, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("PLAN ")]
     if not lines:
-        raise RuntimeError(f"the plan failed: {(done.stdout + done.stderr)[-2000:]}")
+        raise RuntimeError(f"the plan failed: {(done.stdout + done.stderr).strip()[-2000:]}")
     return {**saved, "metadata": {**saved["metadata"], "plan": json.loads(lines[-1][5:])}}
 
 
@@ -140,8 +148,11 @@ def main() -> None:
             name = Path(example).parent.name if example.endswith(".toml") else example
             try:
                 if args.replan:
-                    saved = json.loads((Path(args.replan) / f"{name}.json").read_text(encoding="utf-8"))
-                    result = replan(Path(example), saved)
+                    kept = Path(args.replan) / f"{name}.json"
+                    if not kept.is_file():
+                        print(f"{example}: no {kept} to replan (run with --keep {args.replan} first)")
+                        continue
+                    result = replan(example, json.loads(kept.read_text(encoding="utf-8")))
                 else:
                     result = audit(example, Path(folder) / "out", extra, args.cpu_clock)
                 if args.keep and not args.replan:
@@ -149,6 +160,9 @@ def main() -> None:
                     (Path(args.keep) / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
             except FileNotFoundError:
                 print(f"{example}: no findings.json (is its extra installed?)")
+                continue
+            except RuntimeError as exc:  # the plan's own process failed: its last lines say why
+                print(f"{example}: {exc}")
                 continue
         calibration = result["metadata"]["plan"]["calibration"]
         print(f"\n{example}: a sample-forward {calibration['forward_ms_per_sample']:.3g} ms, "
