@@ -29,7 +29,6 @@ from torch import nn
 
 from mechaudit.techniques import ablation_screen, atp
 from mechaudit.techniques.ablation_scan import AblationScanner
-from mechaudit.techniques.uncertainty import bootstrap
 
 CPU = torch.device("cpu")
 
@@ -50,13 +49,26 @@ def rho(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def rho_interval(a: np.ndarray, b: np.ndarray) -> str:
-    interval = bootstrap(lambda i: rho(a[i], b[i]) if rho(a[i], b[i]) is not None else float("nan"), len(a),
-                         over="units", resamples=500)
-    return "" if interval is None else f"[{interval.low:.2f}, {interval.high:.2f}]"
+    """L202's interval (:func:`~mechaudit.techniques.ablation_screen.agreement`): none where over 5% of the
+    resamples have no rho (a constant side), with that share."""
+    found = ablation_screen.agreement(a, b)
+    if found["spearman_interval"] is None:
+        return f"none ({found['undefined_resamples']:.0%} undefined)" if found["undefined_resamples"] else ""
+    low, high = found["spearman_interval"]
+    return f"[{low:.2f}, {high:.2f}]"
 
 
 def fmt(value: float | None) -> str:
     return "  n/a" if value is None else f"{value:5.2f}"
+
+
+def scanned_clean(scanner: AblationScanner, layers: list, inputs: torch.Tensor, batch_size: int, reduce
+                  ) -> dict[str, torch.Tensor]:
+    """Per layer, the clean margins from the scanner's own passes (its first unit replaced by its own activation),
+    as L202 takes them: an ablation that changes nothing then loses exactly 0."""
+    return {name: margins[0] for name, margins in scanner.scan(
+        inputs, {"clean": (None, inputs)}, batch_size, reduce=reduce,
+        units={layer.name: [0] for layer in layers})["clean"].items()}
 
 
 def first_order(view, layers: list, inputs: torch.Tensor, labels: torch.Tensor, modes: dict, batch_size: int
@@ -146,12 +158,13 @@ def gpt2(blocks: int, prompts: int, tokens: int, sample_size: int, top: int, k: 
     scanner = AblationScanner(view, layers, CPU, inputs[:2])
     exact = scanner.scan(inputs, modes, 64, max_batch=1024, reduce=reduce, units=units)["mean"]
     print(f"exact: {len(chosen)} units in {time.perf_counter() - started:.1f}s")
-    base = float((margins > 0).float().mean())
+    clean = scanned_clean(scanner, layers, inputs, 64, reduce)
     drop, change = {}, {}
     for j, layer in enumerate(layers):
+        base = float((clean[layer.name] > 0).float().mean())
         for row, unit in enumerate(units[layer.name]):
             drop[offsets[j] + unit] = base - float((exact[layer.name][row] > 0).float().mean())
-            change[offsets[j] + unit] = float((exact[layer.name][row] - margins).mean())
+            change[offsets[j] + unit] = float((exact[layer.name][row] - clean[layer.name]).mean())
     compare(screens, drop, change, sample, k)
     if save:
         np.savez(save, sample=sample, units=sorted(drop), drop=[drop[i] for i in sorted(drop)],
@@ -173,10 +186,13 @@ def digits(k: int) -> None:
     def reduce(outputs: torch.Tensor, samples: slice) -> torch.Tensor:
         copies, n = outputs.shape[:2]
         return atp.label_margin(outputs.flatten(0, 1).float(), labels[samples].repeat(copies)).reshape(copies, n)
-    exact = AblationScanner(context.view, layers, CPU, inputs[:2]).scan(inputs, modes, 256, reduce=reduce)["mean"]
+    scanner = AblationScanner(context.view, layers, CPU, inputs[:2])
+    exact = scanner.scan(inputs, modes, 256, reduce=reduce)["mean"]
+    clean = scanned_clean(scanner, layers, inputs, 256, reduce)
     base = float((margins > 0).float().mean())
-    drops = torch.cat([base - (exact[layer.name] > 0).float().mean(1) for layer in layers]).tolist()
-    changes = torch.cat([(exact[layer.name] - margins).mean(1) for layer in layers]).tolist()
+    drops = torch.cat([(clean[layer.name] > 0).float().mean() - (exact[layer.name] > 0).float().mean(1)
+                       for layer in layers]).tolist()
+    changes = torch.cat([(exact[layer.name] - clean[layer.name]).mean(1) for layer in layers]).tolist()
     est = ablation_screen.interpolated_estimates(context.view, layers, inputs, labels, atp.label_margin, modes, 2,
                                                  256, CPU)["mean"]
     est = torch.cat([est[layer.name] for layer in layers])

@@ -6,6 +6,7 @@ bootstrap interval."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -84,10 +85,11 @@ def test_the_evidence_states_agreement_on_the_drop_and_on_the_margin_with_interv
     screen = found.evidence["screen"]
     drop, margin = screen["agreement"]["accuracy_drop"], screen["agreement"]["margin_loss"]
     assert drop["spearman"] == pytest.approx(screen["spearman"], abs=1e-6)
-    for part in (drop, margin):
-        low, high = part["spearman_interval"]
-        assert -1.0 <= low <= part["spearman"] <= high <= 1.0
-        assert 0.0 <= part["tied_exact"] <= 1.0
+    for part in (drop, margin):  # all units but the two planted ones are alike: their exact values tie
+        assert part["spearman"] == 1.0 and part["tied_exact"] == 0.8
+        # a third of the resamples draw tied units only (no rho): no interval rather than one of the others
+        assert part["spearman_interval"] is None and part["undefined_resamples"] > ablation_screen.MAX_UNDEFINED
+        assert part["interval_method"].startswith("no interval")
     assert margin["top_k_recall"] == 1.0
 
 
@@ -116,3 +118,114 @@ def test_each_further_path_point_costs_a_forward_and_backward_pass_per_screened_
     sizes = Sizes(samples=100, max_samples=100, batch_size=100, layers=layers, input_values=3, output_values=3)
     one, three = (_cost(sizes, CriticalUnitsParams(screen_steps=steps)) for steps in (1, 3))
     assert three.backward - one.backward == 2 * 3 * 100 and three.forward - one.forward == 2 * 3 * 100
+
+
+def test_without_a_calibration_sample_neither_screen_states_a_recall() -> None:
+    inputs = _inputs()
+    model = SwitchedOn(5.0).eval()
+    labels = model(inputs).argmax(-1).detach()
+    (finding, *_) = mechaudit.audit(model, inputs, labels=labels, select=["L202"],
+                                    rules={"L202": {"screen_top_k": 1, "calibration": 0, "layer_top_k": 0}}).findings
+    screen = finding.evidence["screen"]
+    assert screen["top_k_recall"] is None and screen["agreement"]["margin_loss"]["top_k_recall"] is None
+
+
+def test_the_agreement_gives_no_interval_when_most_resamples_have_no_rank_correlation() -> None:
+    rng = np.random.default_rng(0)
+    exact = np.zeros(32)
+    exact[0] = 1 / 64  # one unit's drop, the rest tied at 0: a third of the resamples miss it (no rho)
+    tied = ablation_screen.agreement(rng.random(32), exact)
+    assert tied["spearman_interval"] is None and tied["undefined_resamples"] > 0.3
+    assert tied["interval_method"].startswith("no interval") and tied["tied_exact"] == pytest.approx(31 / 32)
+    spread = ablation_screen.agreement(rng.random(32), rng.random(32))  # control: every resample defined
+    assert spread["spearman_interval"] is not None and spread["undefined_resamples"] == 0.0
+
+
+def _relu_model(inplace: bool, frozen: bool) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, WIDTH), nn.ReLU(inplace=inplace), nn.Linear(WIDTH, 3)).eval()
+    model.requires_grad_(not frozen)
+    inputs = torch.randn(60, 4)
+    return model, inputs, model(inputs).argmax(-1).detach()
+
+
+def test_the_path_estimate_is_the_same_with_an_in_place_relu_and_frozen_parameters() -> None:
+    from mechaudit.model_view import ModelView
+    found = {}
+    for inplace in (False, True):
+        for frozen in (False, True):
+            model, inputs, labels = _relu_model(inplace, frozen)
+            view = ModelView.discover(model, inputs[:2], ("0",))
+            with torch.no_grad():
+                modes = {"mean": ({"0": model[0](inputs).mean(0).unsqueeze(-1)}, None)}
+            found[inplace, frozen] = ablation_screen.interpolated_estimates(
+                view, view.layers, inputs, labels, atp.label_margin, modes, 2, 256, torch.device("cpu"))["mean"]["0"]
+    assert found[False, False].abs().max() > 0.01
+    for estimate in found.values():  # an in-place ReLU after the moved layer must still gate the moved value
+        assert torch.allclose(estimate, found[False, False], atol=1e-6)
+
+
+def test_l202_with_two_path_points_audits_a_frozen_model_with_an_in_place_relu() -> None:
+    model, inputs, labels = _relu_model(inplace=True, frozen=True)
+    findings = mechaudit.audit(model, inputs, labels=labels, select=["L202"],
+                               rules={"L202": {"screen_steps": 2, "calibration": 4}}).findings
+    assert findings and all(f.status in ("pass", "fail") for f in findings)
+    assert findings[0].evidence["screen"]["checked_exactly"] >= 1
+
+
+def test_one_path_point_is_the_first_order_estimate_itself(monkeypatch) -> None:
+    model, inputs, labels = _relu_model(inplace=False, frozen=False)
+    from mechaudit.model_view import ModelView
+    view = ModelView.discover(model, inputs[:2], ("0",))
+    with torch.no_grad():
+        modes = {"mean": ({"0": model[0](inputs).mean(0).unsqueeze(-1)}, None)}
+    first = atp.ablation_estimates(view, view.layers, inputs, labels, atp.label_margin, modes)["mean"]["0"]
+    calls = []
+    original = atp.ablation_estimates
+    monkeypatch.setattr(atp, "ablation_estimates", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    path = ablation_screen.interpolated_estimates(view, view.layers, inputs, labels, atp.label_margin, modes, 1, 256,
+                                                  torch.device("cpu"))["mean"]["0"]
+    assert calls and torch.equal(first, path)  # no copy of the gradients, no output-shaped ablated values
+
+
+class DeadUnits(nn.Module):
+    """Two 300-wide layers whose first 150 units never fire (bias -100 before a ReLU): mean ablation of one changes
+    nothing, and later layers (tanh, LayerNorm) run on the scanner's repeated batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.mid, self.norm, self.out = (nn.Linear(6, WIDTH), nn.Linear(WIDTH, WIDTH),
+                                                             nn.Linear(WIDTH, 77), nn.LayerNorm(77), nn.Linear(77, 5))
+        with torch.no_grad():
+            self.fc1.bias[:150] = -100.0
+            self.fc2.bias[:150] = -100.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return self.out(self.norm(torch.tanh(self.mid(hidden))))
+
+
+def test_an_ablation_that_changes_nothing_loses_exactly_zero_margin(monkeypatch) -> None:
+    from mechaudit.checks import critical_units
+    seen = []
+    original = critical_units._Pool.evidence
+
+    def spy(self, exact, *args):
+        seen.append(exact)
+        return original(self, exact, *args)
+    monkeypatch.setattr(critical_units._Pool, "evidence", spy)
+    torch.manual_seed(0)
+    model = DeadUnits().eval()
+    inputs = torch.randn(200, 6)
+    report = mechaudit.audit(model, inputs, labels=model(inputs).argmax(-1).detach(), select=["L202"],
+                             rules={"L202": {"flag_on": "mean", "calibration": 40}})
+    agreement = report.findings[0].evidence["screen"]["agreement"]
+    for part in agreement.values():  # a percentile interval need not hold its own estimate: only its bounds are sure
+        low, high = part["spearman_interval"]
+        assert -1.0 <= low <= high <= 1.0 and part["undefined_resamples"] <= ablation_screen.MAX_UNDEFINED
+        assert part["interval_method"].startswith("percentile bootstrap over 56 checked units, 500 resamples")
+    (exact,) = seen
+    dead = torch.cat([result.margin_loss[torch.tensor(result.ids) < 150] for name, result in exact.items()
+                      if name in ("fc1", "fc2")])
+    assert len(dead) >= 10 and (dead == 0).all()  # clean margins from the scanner's own passes: no float noise

@@ -111,24 +111,30 @@ the 2,048 `mlp.c_fc` neurons of a random-weight 2-layer, 256-wide GPT-2 0.86 (to
 faster than the exact scan of every neuron. Of AtP*'s fixes, the QK fix does not apply (a head component is the
 head's output, after its softmax); cancellation over samples cannot happen (scored per sample); GradDrop (path-wise
 cancellation) is not implemented: the calibration bound states what any such failure could hide.
-Agreement, per quantity (`screen.agreement`): the exact passes also record each checked unit's mean loss of label
-margin (the continuous quantity whose per-sample estimates the screen's drop is built from), so the evidence gives
-Spearman's rho of screen and exact for the accuracy drop (`accuracy_drop`, the same value as `spearman`) and for the
-margin (`margin_loss`, with the recall of the exact top-k by the margin estimate's top-k among the checked units),
-each with a 95% percentile-bootstrap interval over the checked units (500 resamples) and the share of tied exact
-values (`tied_exact`). Accuracy drops move in steps of one sample: GPT-2-small's shape with random weights gets 2 of
-`benchmarks/gpt2_small.py`'s 64 prompts right, so nearly every exact drop there is 0 and the drop's rho (0.652 on
-its checked units) measures ties more than the screen. With labels a model gets right (`python
-benchmarks/l202_screen.py --blocks 2 --sample 128 --top 16`: 2 full-width GPT-2 blocks, 6,144 `c_fc` neurons, the
-model's own predictions as labels, mean ablation) the screen's rho is 0.85 (bootstrap 0.79-0.90) over a random 128
-and 0.91 over its top 16 and 16 random units (what L202 checks), recall of the exact top 16 0.88; the first-order
-margin change ranks the exact one at 0.88 (0.81-0.93). `screen_steps` (default 1, the first order) averages the
-margin's gradient over more points of the straight path from the activation to its ablated value, one layer at a
-time (integrated gradients; EAP-IG, Hanna et al. 2024), so that a ReLU the ablation switches on (gradient 0 at the
-clean activation) enters the estimate: with 2 points the recall of `digits`' exact top 10 rises from 0.8 to 0.9 (rho
-0.95 to 0.94; `python benchmarks/l202_screen.py --digits`), but on the GPT-2 blocks rho falls to 0.76 and the top-16
-recall to 0.62 (moving all 3,072 neurons of a layer halfway to their means is far from ablating one), and each point
-costs a forward and backward pass per screened layer; so the default stays the first order.
+Agreement, per quantity (`screen.agreement`): the exact passes also record each checked unit's mean loss of label margin
+(the continuous quantity whose per-sample estimates the screen's drop is built from), against clean margins from the
+scanner's own passes for that layer (one unit replaced by its own activation, so an ablation that changes nothing loses
+exactly 0; the audit's clean forward pass differs from the scanner's by float noise, which breaks ties), so the evidence
+gives Spearman's rho of screen and exact for the accuracy drop (`accuracy_drop`, the same value as `spearman`) and for
+the margin (`margin_loss`, with the recall of the exact top-k by the margin estimate's top-k among the checked units),
+each with a 95% percentile-bootstrap interval over the checked units (500 resamples; a resample that leaves either side
+constant has no rho: `undefined_resamples` gives their share, and above 5% there is no interval, since the defined
+resamples would be those that happened to draw the few untied units; `interval_method` says which) and the share of tied
+exact values (`tied_exact`). Accuracy drops move in steps of one sample: GPT-2-small's shape with random weights gets 2
+of `benchmarks/gpt2_small.py`'s 64 prompts right, so nearly every exact drop there is 0 and the drop's rho (0.652 on its
+checked units) measures ties more than the screen. With labels a model gets right (`python benchmarks/l202_screen.py
+--blocks 2 --sample 128 --top 16`: 2 full-width GPT-2 blocks, 6,144 `c_fc` neurons, the model's own predictions as
+labels, mean ablation) the screen's rho is 0.85 (bootstrap 0.79-0.90) over a random 128 and 0.91 over its top 16 and 16
+random units (what L202 checks), recall of the exact top 16 0.88; the first-order margin change ranks the exact one at
+0.88 (0.81-0.93). `screen_steps` (default 1, the first order) averages the margin's gradient over more points of the
+straight path from the activation to its ablated value, one layer moved at a time while the others stay clean
+(integrated-gradients attribution patching per layer, as in Marks et al. 2024; EAP-IG, Hanna et al. 2024, interpolates
+the input instead), so that a ReLU the ablation switches on (gradient 0 at the clean activation) enters the estimate.
+For the estimator alone, run on every unit of `digits`' layers (`python benchmarks/l202_screen.py --digits`; L202 itself
+never screens them, each holds at most 256 units and is ablated exactly), 2 points raise the recall of the exact top 10
+from 0.8 to 0.9 (rho 0.95 to 0.94); on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to 0.62 (moving all
+3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a forward and backward
+pass per screened layer; so the default stays the first order.
 """,
     fix="""
 Add redundancy (dropout, wider layers), or make sure the critical unit encodes something intended: look at
@@ -143,6 +149,8 @@ affects.
         "Alignment Forum.",
         "Kramar, Lieberum, Shah, Nanda (2024). AtP*: An efficient and scalable method for localizing LLM behaviour "
         "to components. arXiv:2403.00745",
+        "Marks, Rager, Michaud, Belinkov, Bau, Mueller (2024). Sparse Feature Circuits: Discovering and Editing "
+        "Interpretable Causal Graphs in Language Models. arXiv:2403.19647",
         "Hanna, Pezzelle, Belinkov (2024). Have Faith in Faithfulness: Going Beyond Circuit Overlap When Finding "
         "Model Mechanisms. arXiv:2403.17806",
     ),
@@ -202,9 +210,9 @@ class CriticalUnitsEvidence(TypedDict, total=False):
 def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
     """Exact: one forward pass (after the layer) per unit and mode over the audit's samples. Layers wider than the
     screen's threshold are screened together (one forward and backward pass per batch, and the source's forward
-    pass when resample is among the flagged modes), then one forward pass per exactly checked unit (the global
-    top-k, each layer's top and the calibration sample) and run mode. Ablations go in chunks of up to 8192 batch
-    copies whose outputs stay within the scan's output bound."""
+    pass when resample is among the flagged modes; one forward pass for the scanner's clean margins), then one
+    forward pass per exactly checked unit (the global top-k, each layer's top and the calibration sample) and run
+    mode. Ablations go in chunks of up to 8192 batch copies whose outputs stay within the scan's output bound."""
     n = sizes.n()
     all_modes = params.modes.split(",")
     flagged = all_modes if params.flag_on == "any" else [params.flag_on]
@@ -220,9 +228,11 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
              if s else (layer.units, len(all_modes)) for layer, s in zip(sizes.hidden, screened)]
     calls = sizes.batches(n) * sum(modes * math.ceil(units / copies) for units, modes in exact)
     screen = Cost()
-    if wide:  # the screen's forward and backward passes (1 + per further path point, one per layer), the source's
+    if wide:  # the screen's forward and backward passes (1 + per further path point, one per layer), the source's,
+        # and the scanner's clean margins (at most one pass, before the layers and after each screened one)
         steps = 1 + (params.screen_steps - 1) * len(wide) * len(flagged)
-        screen = with_gradients(sizes, n, steps) + (forwards(sizes, n) if "resample" in flagged else Cost())
+        screen = with_gradients(sizes, n, steps) + (forwards(sizes, n) if "resample" in flagged else Cost()) \
+            + forwards(sizes, n)
     return stats_pass(sizes) + screen + Cost(forward=n * (sum(units * modes for units, modes in exact) + 1),
                                              calls=calls,
                                              peak_bytes=min(copies, max((u for u, _ in exact), default=1)) * batch
@@ -243,7 +253,8 @@ class _Exact:
     drop: torch.Tensor  # the largest over the flagged modes, (units,)
     class_drop: torch.Tensor  # the largest over the flagged modes, (units, classes)
     worst_class: torch.Tensor  # the largest over the judged classes of class_drop, (units,)
-    margin_loss: torch.Tensor  # the largest over the flagged modes of the mean loss of label margin, (units,)
+    margin_loss: torch.Tensor | None  # screened layers: the largest over the flagged modes of the mean loss of
+    # label margin, (units,)
 
 
 @register("critical_units", CriticalUnitsParams, needs=("layers", "labels", "logits", "predictions"), rule=RULE,
@@ -274,9 +285,9 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
         margins = atp.label_margin(logits.flatten(0, 1), labels[samples].to(logits.device).repeat(len(outputs)))
         return torch.stack([logits.argmax(-1).float(), margins.view(logits.shape[:2])], -1)
 
-    def scan(chosen: dict[str, list[int]], run: list[str]) -> dict:
-        return scanner.scan(inputs, {m: replacements[m] for m in run}, batch_size=context.batch_size, units=chosen,
-                            reduce=reduce)
+    def scan(chosen: dict[str, list[int]], run: list[str], ablations: dict | None = None) -> dict:
+        return scanner.scan(inputs, {m: (ablations or replacements)[m] for m in run}, batch_size=context.batch_size,
+                            units=chosen, reduce=reduce)
     scanned = {m: {} for m in modes}
     for chosen, run in ((units, modes), (pool.units() if pool else {}, pooled_modes)):
         if any(chosen.values()):
@@ -284,10 +295,10 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
                 scanned[mode].update(per_layer)
     if pool:
         units.update(pool.units())
+    clean_margins = _scanned_clean_margins(scan, pool, inputs)
     base_accuracy = float((predictions == labels).float().mean())
     base_class = {c: float((predictions[labels == c] == c).float().mean()) for c in classes}
     base_correct = (predictions == labels).float()
-    clean_margins = atp.label_margin(context.logits(context.outputs)[indices].float(), labels)
     exact: dict[str, _Exact] = {}
     for layer in layers:
         ids = units[layer.name]
@@ -295,8 +306,8 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
             continue
         run = pooled_modes if layer in wide else modes
         corrects = {m: (scanned[m][layer.name][..., 0].long() == labels).float() for m in run}  # (units, samples)
-        margin_loss = torch.stack([clean_margins.mean() - scanned[m][layer.name][..., 1].mean(dim=1)
-                                   for m in flagged]).amax(dim=0)
+        margin_loss = torch.stack([clean_margins[layer.name].mean() - scanned[m][layer.name][..., 1].mean(dim=1)
+                                   for m in flagged]).amax(dim=0) if layer.name in clean_margins else None
         drops = {m: base_accuracy - correct.mean(dim=1) for m, correct in corrects.items()}
         class_drops = {m: torch.stack([base_class[c] - correct[:, labels == c].mean(dim=1) for c in classes], 1)
                        for m, correct in corrects.items()}
@@ -398,7 +409,7 @@ class _Pool:
     class_scores: torch.Tensor  # the predicted accuracy drop per unit and judged class, (units, judged classes)
     ranking: torch.Tensor  # what ranks the units: the larger of both predicted drops, each over its threshold
     selection: atp.Selection
-    margin_scores: torch.Tensor  # the predicted mean loss of label margin per unit (the first-order estimate)
+    margin_scores: torch.Tensor  # the predicted mean loss of label margin per unit (the screen's estimate)
 
     def units(self) -> dict[str, list[int]]:
         """Per layer, its units ablated exactly (ascending)."""
@@ -536,7 +547,8 @@ class _Pool:
                                                        [overall[i] for i in checked], seed),
             "margin_loss": {**ablation_screen.agreement([float(self.margin_scores[i]) for i in checked],
                                                         [margin_loss[i] for i in checked], seed),
-                            "top_k_recall": atp.top_k_recall(by_margin, margin_loss)}}
+                            "top_k_recall": atp.top_k_recall(by_margin, margin_loss)
+                            if self.selection.calibration else None}}  # as the drop's: no recall without calibration
         return {**found.to_evidence(), "missed": missed, "screen_top_k": len(self.selection.top),
                 "layer_top": len(self.selection.extra), "exact_modes": list(modes), "agreement": agreement}
 
@@ -577,6 +589,19 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
     return _Pool(layers, offsets, torch.cat(scores), torch.cat(class_scores), ranking,
                  atp.select(ranking, params.screen_top_k, params.calibration, context.seed, also=best),
                  torch.cat(margin_scores))
+
+
+def _scanned_clean_margins(scan, pool: _Pool | None, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per screened layer with units checked exactly, the clean label margin per sample from the scanner's own
+    passes for that layer: its first unit replaced by its own activation (resample ablation from the audited inputs
+    themselves), so an ablation that changes nothing loses exactly 0 margin, where the clean forward pass of the
+    audit would differ from the scanner's cut by float noise and break exact ties. One chunk of one copy per layer
+    and batch, and one pass before the layers."""
+    chosen = {name: ids[:1] for name, ids in (pool.units() if pool else {}).items() if ids}
+    if not chosen:
+        return {}
+    scanned = scan(chosen, ["clean"], {"clean": (None, inputs)})["clean"]
+    return {name: margins[0, :, 1] for name, margins in scanned.items()}
 
 
 def _exact_evidence(units: int, params: CriticalUnitsParams) -> dict:

@@ -12,13 +12,20 @@ from scipy.stats import spearmanr
 
 from ..model_view import Layer, ModelView
 from . import atp
-from .uncertainty import bootstrap
+from .uncertainty import RESAMPLES, percentile_interval
+
+MAX_UNDEFINED = 0.05
+"""The largest share of bootstrap resamples without a rank correlation (a constant side) that :func:`agreement`
+still gives an interval for (the default of :func:`~.uncertainty.percentile_interval`)."""
 
 
 def _interpolated_gradients(view: ModelView, layers: list[Layer], batch: torch.Tensor, targets: torch.Tensor,
                             metric, goals: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
     """The gradient of the summed metric at every layer of ``layers`` whose output is moved ``alpha`` of the way to
-    its ablated value ``goals[layer]`` (output-shaped), all of them in the same forward pass."""
+    its ablated value ``goals[layer]`` (output-shaped), all of them in the same forward pass. As in
+    :func:`~.atp.activations_and_gradients`, the model goes on with a copy of the moved value, so an in-place
+    operation after the layer (``nn.ReLU(inplace=True)``) neither modifies a leaf (frozen parameters) nor the kept
+    tensor whose gradient is read."""
     from ..model_view import installed
     kept: dict[str, torch.Tensor] = {}
 
@@ -29,7 +36,7 @@ def _interpolated_gradients(view: ModelView, layers: list[Layer], batch: torch.T
         else:
             moved.retain_grad()
         kept[name] = moved
-        return moved
+        return moved.clone()
     with installed(view.hook(layer, lambda output, _args, name=layer.name: move(output, name)) for layer in layers), \
             torch.enable_grad():
         metric(view.model(batch).float(), targets).sum().backward()
@@ -41,13 +48,18 @@ def interpolated_estimates(view: ModelView, layers: list[Layer], inputs: torch.T
                            metric, modes: dict[str, tuple], steps: int, batch_size: int, device: torch.device,
                            metric_values: list[torch.Tensor] | None = None, together: bool = False
                            ) -> dict[str, dict[str, torch.Tensor]]:
-    """Integrated-gradients changes of ``metric`` per unit and sample when each unit alone is ablated (EAP-IG,
-    Hanna et al. 2024, along the straight path from the clean activation to the ablated value): the change times
+    """Integrated-gradients changes of ``metric`` per unit and sample when each unit alone is ablated, along the
+    straight path from the clean activation to the ablated value with one layer moved at a time (the others clean),
+    as in the integrated-gradients attribution patching of Marks et al. 2024 (EAP-IG, Hanna et al. 2024, instead
+    interpolates the model's input, every layer at once): the change times
     the mean gradient at ``steps`` points ``alpha = j / steps`` of that path (a left Riemann sum). ``alpha = 0`` is
-    the clean gradient of :func:`~.atp.ablation_estimates` (``steps = 1`` is that first-order estimate); each
-    further point moves one layer at a time (every unit of it), one forward and backward pass per layer and batch,
-    so a unit-wise non-linearity after the unit (a ReLU a mean switches on) enters the estimate. Output as
-    :func:`~.atp.ablation_estimates`; ``metric_values`` receives the clean metric per sample."""
+    the clean gradient of :func:`~.atp.ablation_estimates`, and ``steps = 1`` calls that first-order estimate
+    itself (no per-layer copy of the gradients, no output-shaped ablated values); each further point moves one layer
+    at a time (every unit of it), one forward and backward pass per layer and batch, so a unit-wise non-linearity
+    after the unit (a ReLU a mean switches on) enters the estimate. Output as :func:`~.atp.ablation_estimates`;
+    ``metric_values`` receives the clean metric per sample."""
+    if steps == 1:
+        return atp.ablation_estimates(view, layers, inputs, targets, metric, modes, batch_size, device, metric_values)
     from ..activations import batches
     from ..model_view import from_units_view, units_view
     parts: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}
@@ -80,15 +92,38 @@ def _spearman(screen: np.ndarray, exact: np.ndarray) -> float:
     return float(spearmanr(screen, exact).correlation)
 
 
+def spearman_resamples(screen: np.ndarray, exact: np.ndarray, seed: int = 0,
+                       resamples: int = RESAMPLES) -> np.ndarray:
+    """Spearman's rho of ``resamples`` seeded bootstrap resamples of the paired values, NaN where a resample makes
+    either side constant (kept, so that a caller can count them)."""
+    rng = np.random.default_rng(seed)
+    n = len(screen)
+    return np.array([_spearman(screen[i], exact[i]) for i in (rng.integers(0, n, n) for _ in range(resamples))])
+
+
 def agreement(screen: Sequence[float], exact: Sequence[float], seed: int = 0) -> dict:
     """Spearman's rho of screen and exact values over the units checked exactly, with its 95% percentile-bootstrap
-    interval over those units (resamples where either side is constant are left out), and the share of the exact
-    values tied with another one (ties at one value, e.g. most accuracy drops exactly 0, cap what a rank correlation
-    can show)."""
+    interval over those units (:func:`~.uncertainty.percentile_interval`), and the share of the exact values tied
+    with another one (ties at one value, e.g. most accuracy drops exactly 0, cap what a rank correlation can show).
+    A resample where either side is constant has no rho; ``undefined_resamples`` gives their share, and above 5% no
+    interval is given (the defined resamples would be those that happened to draw the few untied units, a biased
+    picture); ``interval_method`` says how the interval was found, or why there is none."""
     a, b = np.asarray(screen, dtype=float), np.asarray(exact, dtype=float)
     rho = _spearman(a, b)
-    interval = bootstrap(lambda i: _spearman(a[i], b[i]), len(a), over="checked units", seed=seed)
+    values = spearman_resamples(a, b, seed) if len(a) >= 2 else np.array([])
+    undefined = float(np.isnan(values).mean()) if len(values) else None
+    interval = percentile_interval(values, len(a), over="checked units", max_dropped=MAX_UNDEFINED) \
+        if len(values) else None
+    if interval is not None:
+        method = interval.method
+    elif undefined is None:
+        method = "no interval: fewer than 2 units checked"
+    else:
+        method = (f"no interval: {undefined:.0%} of {len(values)} bootstrap resamples leave screen or exact values "
+                  f"constant (no rank correlation), more than {MAX_UNDEFINED:.0%}")
     _, counts = np.unique(b, return_counts=True)
     return {"spearman": None if np.isnan(rho) else round(rho, 6),
             "spearman_interval": None if interval is None else [round(interval.low, 6), round(interval.high, 6)],
+            "interval_method": method,
+            "undefined_resamples": None if undefined is None else round(undefined, 6),
             "tied_exact": round(float(counts[counts > 1].sum() / max(len(b), 1)), 6)}
