@@ -26,6 +26,7 @@ from .circuit_common import behaviour_absent, circuit_problem, class_index
 from .decomposition_evidence import unit_pictures
 from .registry import RuleDefinition, RuleDocs, param, register
 from .screen_params import calibration_param, exhaustive_param
+from .screen_steps import screen_steps_param
 from .token_evidence import token_attribution
 
 DOCS = RuleDocs(
@@ -116,6 +117,8 @@ class PatchingParams:
     top_k: int = param(10, low=1, doc="components listed; screened: the screen's top components patched exactly")
     exhaustive: bool = exhaustive_param("patched")
     calibration: int = calibration_param("patched")
+    screen_steps: int = screen_steps_param(2, "one: the corrupted run's gradient (plain attribution patching); two: "
+                                              "the corrupted and the clean run's")
     min_recovered: float = param(0.1, low=0.0, high=1.0, doc="a component recovering at least this fraction of "
                                                              "the behaviour carries it")
     min_effect: float = param(0.1, low=0.0, doc="change of the metric between corrupted and clean inputs, as a "
@@ -157,7 +160,7 @@ def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
 
     n = sizes.n(params.samples)
     exact = checked_exactly(sizes.hidden_units, params.exhaustive, params.top_k, params.calibration)
-    return (forwards(sizes, n, 3 + exact) + with_gradients(sizes, n, 2, copies=3)
+    return (forwards(sizes, n, 3 + exact) + with_gradients(sizes, n, params.screen_steps, copies=3)
             + with_gradients(sizes, min(n, MAX_SAMPLES) * N_STEPS))
 
 
@@ -190,7 +193,8 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
         return [Measurement(f"the counterfactual barely changes the {description} ({relative:.1%} of its clean size): "
                         "no component carries a difference to localise" + effect_note,
                         metric="top_recovered_fraction", value=0.0, evidence={**evidence, "carried": False})]
-    estimated = attribution_patching(context.view, layers, clean, corrupted, targets, metric, batch, device)
+    estimated = attribution_patching(context.view, layers, clean, corrupted, targets, metric, batch, device,
+                                     params.screen_steps)
     components = [(layer, unit) for layer in layers for unit in range(layer.size)]
     names = [layer.address(unit) for layer, unit in components]
     estimate = torch.cat([estimated[layer.name] for layer in layers]) / totals.effect
@@ -214,7 +218,8 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
             for index in ordered[:params.top_k]]
     if screened:
         screen = atp.report(selection, estimate, fractions, names, "attribution patching (AtP*): (a_clean - "
-                            "a_corrupted) . dm/da, gradient averaged over both runs", threshold=params.min_recovered)
+                            f"a_corrupted) . dm/da, gradient averaged over {params.screen_steps} point(s) of the "
+                            "straight path from the corrupted to the clean run", threshold=params.min_recovered)
         evidence["screen"] = screen.to_evidence()
         agreement = screen.spearman
     else:

@@ -8,10 +8,11 @@ from typing import TypedDict
 import torch
 
 from ..context import AuditContext
-from ..cost import Cost, RuleCost, Sizes, checked_exactly, circuit_references, edge_scores, forwards
+from ..cost import Cost, RuleCost, Sizes, checked_exactly, circuit_references, edge_scores, forwards, with_gradients
 from ..findings import Location, Measurement
 from ..techniques import atp
 from ..techniques.node_ablation import behaviour_under_ablation, distance
+from ..techniques.path_attribution import mean_toward, path_estimates
 from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
 from .circuit_common import (
     ablation_sites,
@@ -26,6 +27,7 @@ from .circuit_common import (
 )
 from .registry import RuleDefinition, RuleDocs, param, register
 from .screen_params import calibration_param, exhaustive_param
+from .screen_steps import screen_steps_param
 
 DOCS = RuleDocs(
     summary="One unit alone carries most of the behaviour; some units are backups for others.",
@@ -102,6 +104,8 @@ class SinglePointsParams:
     min_compensation: float = param(0.1, low=0.0, high=1.0, doc="report a backup whose effect rises by more")
     exhaustive: bool = exhaustive_param("ablated alone")
     calibration: int = calibration_param("ablated alone")
+    screen_steps: int = screen_steps_param(1, "one: the gradient of the intact model (plain attribution "
+                                              "patching); two: also of every unit mean-ablated at once")
     screened_pairs: int = param(3, low=0, doc="screened: backups are looked for among only this many top "
                                               "candidates (its square of pair ablations instead of candidates')")
 
@@ -127,7 +131,9 @@ def _cost(sizes: Sizes, params: SinglePointsParams) -> Cost:
     k = min(k, alone)  # the pairs are among the checked units' top ones
     if alone < sizes.hidden_units:  # screened: pairs among fewer top candidates
         k = min(k, params.screened_pairs)
-    return edge_scores(sizes, n) + circuit_references(sizes, n) + forwards(sizes, n, alone + k * (k - 1) / 2)
+    screen = with_gradients(sizes, n, params.screen_steps) if alone < sizes.hidden_units else Cost()
+    return (edge_scores(sizes, n) + circuit_references(sizes, n) + screen
+            + forwards(sizes, n, alone + k * (k - 1) / 2))
 
 
 COST = RuleCost(_cost, reduce="samples")
@@ -138,11 +144,11 @@ COST = RuleCost(_cost, reduce="samples")
 def single_points(context: AuditContext, rule) -> list[Measurement]:
     params: SinglePointsParams = rule.params
     problem = circuit_problem(context, params.samples)
-    scores = circuit_scores(context, params.samples)
     values, sites = mean_values(context), ablation_sites(context, params.samples)
     nodes = hidden_nodes(context)
-    attribution = torch.tensor([abs(scores.nodes.get(n, 0.0)) for n in nodes])
     screened = len(nodes) > atp.SCREEN_ABOVE and not params.exhaustive
+    attribution = (ablation_screen(context, problem, values, sites, params.screen_steps) if screened
+                   else _edge_node_scores(context, params.samples, nodes))
     selection = (atp.select(attribution, params.candidates, params.calibration, context.seed) if screened
                  else atp.everything(len(nodes)))
 
@@ -209,9 +215,31 @@ def _screen_evidence(selection: atp.Selection, attribution: torch.Tensor, loss: 
     """How the units ablated alone were chosen, and how the attribution ranking agrees with their exact losses."""
     exact = {i: loss[nodes[i]] for i in selection.checked}
     if screened:
-        method = "attribution (AtP*): |edge attribution patching node score|, the circuit rules' shared scores"
+        method = (f"attribution (AtP*): mean over the samples of |(mean - a) . dm/da|, the first-order change of "
+                  f"the behaviour when the unit alone is mean-ablated where it is ablated exactly, gradient "
+                  f"averaged over {params.screen_steps} point(s) of the straight path to the mean")
         return atp.report(selection, attribution, exact, nodes, method, threshold=params.max_single_loss).to_evidence()
     why = "exhaustive = true" if params.exhaustive else f"at most {atp.SCREEN_ABOVE} units"
     return {"method": f"exact ablation of every circuit unit alone ({why})", "scored": len(nodes),
             "checked_exactly": len(nodes), "calibration": 0,
             "spearman": atp.report(selection, attribution, exact, nodes, "").spearman}
+
+
+def ablation_screen(context: AuditContext, problem, values: dict[str, torch.Tensor], sites: dict,
+                    steps: int) -> torch.Tensor:
+    """Per hidden unit (in :func:`hidden_nodes` order), the screen of its exact loss: the mean over the samples of
+    the absolute first-order change of the behaviour when it alone is mean-ablated, at the tensor and with the
+    values the exact ablation writes (:func:`ablation_sites`, :func:`mean_values`); the exact loss is the mean
+    absolute per-sample change too (normalised by the same span, which does not change the ranking)."""
+    layers = context.view.hidden_layers
+    estimates = path_estimates(context.view, layers, problem.inputs, problem.targets, problem.behaviour, steps,
+                               toward=mean_toward(values, sites), sites=sites, batch_size=context.batch_size,
+                               device=context.device)
+    return torch.cat([estimates[layer.name].abs().mean(1) for layer in layers])
+
+
+def _edge_node_scores(context: AuditContext, samples: int, nodes: list[str]) -> torch.Tensor:
+    """|node score| of the circuit rules' shared edge attribution, read beside the exact losses when every unit is
+    ablated exactly (its Spearman in the evidence)."""
+    scores = circuit_scores(context, samples)
+    return torch.tensor([abs(scores.nodes.get(n, 0.0)) for n in nodes])

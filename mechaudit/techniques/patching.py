@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from ..activations import batches
-from ..model_view import Layer, ModelView, units_view
+from ..model_view import Layer, ModelView
 from .ablation_scan import AblationScanner
-from .atp import activations_and_gradients
+from .path_attribution import path_estimates
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``metric(outputs, targets) -> (pairs,)``, e.g. :func:`~.circuits.logit_difference`."""
@@ -60,26 +60,18 @@ def metric_totals(view: ModelView, clean: torch.Tensor, corrupted: torch.Tensor,
 
 def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, corrupted: torch.Tensor,
                          targets: torch.Tensor, metric: Metric, batch_size: int = 256,
-                         device: torch.device | None = None) -> dict[str, torch.Tensor]:
+                         device: torch.device | None = None, steps: int = 2) -> dict[str, torch.Tensor]:
     """Estimated effect of patching each unit, summed over the pairs: ``{layer: (units,)}``.
 
-    ``(a_clean - a_corrupted) . g``, where ``g`` averages the metric's gradient at the corrupted and at the clean
-    run (the two-point trapezoid along the straight path between them): the gradient at the corrupted run alone
-    is blind to a unit that is off there (below a ReLU's kink) and that the clean input switches on, the very
-    unit that carries the difference (Kramar et al. 2024 discuss such failures of plain attribution patching)."""
-    device = device or torch.device("cpu")
-    scores = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
-    for start, batch in batches(corrupted, batch_size, device):
-        stop = start + len(batch)
-        chosen = targets[start:stop].to(device)
-        runs = [activations_and_gradients(view, layers, inputs, chosen, metric)
-                for inputs in (clean[start:stop].to(device), batch)]
-        (clean_out, clean_grad), (corrupted_out, corrupted_grad) = runs
-        for layer in layers:
-            delta = units_view(clean_out[layer.name].float() - corrupted_out[layer.name].float(), layer)
-            gradient = units_view((clean_grad[layer.name].float() + corrupted_grad[layer.name].float()) / 2, layer)
-            scores[layer.name] += (delta * gradient).sum((0, 2)).double().cpu()
-    return {name: values.float() for name, values in scores.items()}
+    ``(a_clean - a_corrupted) . g``, where ``g`` averages the metric's gradient over ``steps`` points of the
+    straight path from the corrupted to the clean run (:func:`~.path_attribution.path_estimates`). Two (the
+    default) are the corrupted and the clean run: the trapezoid whose clean end sees a unit that is off in the
+    corrupted run (below a ReLU's kink) and that the clean input switches on, the very unit that carries the
+    difference, where the gradient at the corrupted run alone (one step) is blind to it (Kramar et al. 2024);
+    more add the interior points of EAP-IG (every component interpolated at once)."""
+    estimates = path_estimates(view, layers, corrupted, targets, metric, steps, end_inputs=clean,
+                               batch_size=batch_size, device=device)
+    return {name: values.double().sum(1).float() for name, values in estimates.items()}
 
 
 def exact_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, corrupted: torch.Tensor,
