@@ -94,16 +94,18 @@ def timed(run):
 
 def l207(name: str, context, steps: list[int], k: int, sample: int) -> None:
     from mechaudit.checks.patching import PatchingParams, _problem
-    from mechaudit.techniques.patching import attribution_patching, exact_patching
+    from mechaudit.techniques.patching import attribution_patching, exact_patching, metric_totals
 
     clean, corrupted, targets, metric, _ = _problem(context, PatchingParams(samples=10_000))
     view, layers = context.view, context.view.hidden_layers
+    # ranked by recovered fraction (effect / total effect) as the rule ranks them: the sign of the total matters
+    sign = 1.0 if metric_totals(view, clean, corrupted, targets, metric).effect >= 0 else -1.0
     components = [(layer, unit) for layer in layers for unit in range(layer.size)]
     screens = {}
     for n in steps:
         scores, seconds = timed(lambda n=n: attribution_patching(view, layers, clean, corrupted, targets, metric,
                                                                  context.batch_size, context.device, n))
-        screens[f"steps={n}"] = (torch.cat([scores[layer.name] for layer in layers]), seconds)
+        screens[f"steps={n}"] = (sign * torch.cat([scores[layer.name] for layer in layers]), seconds)
 
     def exact_of(indices: list[int]) -> dict[int, float]:
         chosen: dict[str, list[int]] = {}
@@ -111,7 +113,7 @@ def l207(name: str, context, steps: list[int], k: int, sample: int) -> None:
             chosen.setdefault(components[i][0].name, []).append(components[i][1])
         found = exact_patching(view, [la for la in layers if la.name in chosen], clean, corrupted, targets, metric,
                                chosen, context.batch_size, context.device)
-        by = {(n, u): float(found[n][r]) for n, us in chosen.items() for r, u in enumerate(us)}
+        by = {(n, u): sign * float(found[n][r]) for n, us in chosen.items() for r, u in enumerate(us)}
         return {i: by[(components[i][0].name, components[i][1])] for i in indices}
     compare(f"{name} L207 (patching)", screens, exact_of, k, sample)
 

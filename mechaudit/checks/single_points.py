@@ -73,11 +73,22 @@ and on modular addition (`benchmarks/ground_truth/`) to 1e-8 (before: 0.08). A u
 and lost 0.43 (`tests/test_ablation_site.py`). 0.5 flags a unit that carries most of it alone.
 Screen, then confirm (AtP*, Kramar et al. 2024): with at most 256 circuit units (every embedded example) or
 `exhaustive = true`, every unit is ablated alone exactly and the `candidates` with the largest exact losses are
-examined (and paired); with more, the circuit rules' attribution scores rank them, and only the top `candidates`
-and a seeded random `calibration` sample of the others are ablated alone. The `screen` evidence gives the units
-scored and ablated exactly, Spearman of |attribution| and exact loss, the recall of the exact top by the
-screen's, and the largest loss in the calibration sample with a one-sided 95% Clopper-Pearson bound on how many
-unchecked units lose more than `max_single_loss`. Screened, backups are looked for among the top
+examined (and paired); with more, a screen of the very intervention confirmed ranks them: per sample the
+first-order change of the behaviour when the unit alone is mean-ablated, (mean - a) . dm/da, at the tensor and with
+the mean the exact ablation writes, averaged in absolute value over the samples as the loss is; the gradient
+averaged over `screen_steps` points of the straight path from the intact activations to the means (every unit
+moved at once, EAP-IG; one point: the intact model's gradient), one forward and backward pass per point and batch.
+Only the top `candidates` and a seeded random `calibration` sample of the others are ablated alone. The `screen`
+evidence gives the units scored and ablated exactly, Spearman of screen and exact loss over them with a 95%
+bootstrap interval over the units, the recall of the exact top by the screen's, and the largest loss in the
+calibration sample with a one-sided 95% Clopper-Pearson bound on how many unchecked units lose more than
+`max_single_loss`. Measured (`benchmarks/screen_steps.py`, Spearman over a seeded random sample of 48 units with
+its 95% bootstrap interval; top-10 recall among all units ablated exactly): MiniLM (10,056 units) 0.90
+[0.77, 0.95], recall 0.6, where the former screen (the circuit rules' signed node scores against the corrupted
+inputs: another intervention, summed over the samples) gave 0.76 [0.57, 0.87], recall 0.5; `digits` (all 56 units)
+0.998 against 0.885, recall 1.0 against 0.5; a 2-block, 64-wide GPT-2 (520 units) 0.988 against 0.951, recall 0.9
+against 0.2; `induction` 1.0 both. More points did not help (MiniLM 0.82-0.90 at 2-10 points, the others alike or
+lower, each point one more pass): `screen_steps = 1`. Screened, backups are looked for among the top
 `screened_pairs` candidates only (`pairs_among` in the `screen` evidence): 3 pair ablations instead of 45 at the
 default sizes, each a forward pass over the samples (issue 16: a GPT-2-small audit within 15 minutes).
 """,
