@@ -60,7 +60,7 @@ class SAEConfig:
     l1: float = 1e-3                #: l1: penalty on norm-weighted activations
     steps: int = 1500               #: optimiser steps
     batch: int = 512                #: vectors per step
-    lr: float = 0.0                 #: 0: ``REFERENCE_LR * sqrt(REFERENCE_FEATURES / features)`` (Gao et al. 2024)
+    lr: float = 0.0                 #: 0: ``REFERENCE_LR * sqrt(REFERENCE_FEATURES / features)``, at most REFERENCE_LR
     aux_k: int = 0                  #: topk: dead latents used by the auxiliary loss (0: 2 * k)
     dead_after: int = 200           #: steps without firing after which a latent counts as dead (for AuxK)
     seed: int = 0
@@ -69,8 +69,9 @@ class SAEConfig:
 
     @property
     def learning_rate(self) -> float:
-        """``lr``, or when 0 the reference rate scaled by one over the square root of the dictionary size."""
-        return self.lr or REFERENCE_LR * math.sqrt(REFERENCE_FEATURES / self.features)
+        """``lr``, or when 0 the reference rate scaled by one over the square root of the dictionary size (Gao et al.
+        2024), no higher for dictionaries smaller than the reference."""
+        return self.lr or REFERENCE_LR * math.sqrt(REFERENCE_FEATURES / max(self.features, REFERENCE_FEATURES))
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
