@@ -101,46 +101,48 @@ they replace. A good FVU alone proves none of the last two.
     how="""
 Sparse autoencoders as in Bricken et al. (2023) and Cunningham et al. (2023), TopK with the AuxK loss of Gao et al.
 (2024); seed agreement following Paulo and Belrose (2025). Training: Adam at a learning rate of 0.02 for 128 features,
-scaled by one over the square root of the dictionary size (Gao et al. 2024), warmed up linearly over the first 5% of
-the steps and decayed linearly to 0 over the last half; layers narrower than 48 units train `steps` and `sweep_steps`
-times 48 / width, at most 3 times (a step costs about width squared multiply-adds, so a 16-wide layer's 2,400 steps
-cost a ninth of a 48-wide layer's 800; the budget still bounds them). Measured on planted data
-(`benchmarks/ground_truth/superposition.py`: 16-wide vectors, sparse non-negative combinations of 128 random unit
-directions, about 4 active): the directions are identifiable from 4,000 vectors (scikit-learn's
+scaled by one over the square root of the dictionary size (Gao et al. 2024; no higher for smaller ones), warmed up
+linearly over the first 5% of the steps and decayed linearly to 0 over the last half; layers narrower than 48 units
+train `steps` and `sweep_steps` times 48 / width, at most 3 times (a step costs about width squared multiply-adds, so
+a 16-wide layer's 2,400 steps cost a ninth of a 48-wide layer's 800; the budget still bounds them). Measured on
+planted data (`benchmarks/ground_truth/superposition.py`: 16-wide vectors, sparse non-negative combinations of 128
+random unit directions, about 4 active): the directions are identifiable from 4,000 vectors (scikit-learn's
 `MiniBatchDictionaryLearning`, positive lasso codes, alpha 0.2, 100 passes, recovers them at a mean best cosine of
-0.945; 0.81 at 50 passes with early stopping). The previous training (a constant 2e-3, 800 steps, 300 per sweep
+0.945; 0.76 to 0.86 with its default early stopping). The previous training (a constant 2e-3, 800 steps, 300 per sweep
 candidate) kept 2 features per unit and k = 8 on them and failed (recovery 0.57, seed agreement 0.44), on 2,048
-vectors, the audit's default `max_samples`. Now, on 4,000 vectors, seeds 0 and 1: 4 and 8 features per unit, k = 4,
-recovery 0.785 and 0.893, agreement 0.81 and 0.87 (pass; seed 0's size stage stops at 4 because doubling lowers the
-FVU by 9.8%); on 8,000 vectors, seeds 0 and 2: 8 per unit (the number of directions per dimension), k = 2, recovery
-0.957 and 0.953, agreement 0.94, FVU 0.25 and 0.26 (pass); the dense Gaussian control fails at every setting
-(agreement 0.53 and 0.54 at 4,000). Each change measured alone (size fixed at 8 per unit, k = 4, 4,000 vectors, two
-seeds): the schedule with a rate of 1e-2 raised recovery from 0.83 to 0.885 and agreement from 0.74 to 0.84 after
-1,500 steps; 800 steps at 0.02 reach 0.88 and 0.82; 2,400 steps 0.89 and 0.855 (data seed 1). A decoder initialised
-from normalised data vectors did not help (0.84 and 0.76 against 0.83 and 0.74 at 2e-3; 0.88 and 0.82 against 0.885
-and 0.84 with the schedule), and dead latents are 0 to 4 of 128 with AuxK, so resampling them (Bricken et al. 2023)
-has nothing to act on: neither is used. (Figures published before, 0.944 in the ground-truth benchmark and 0.994
-below, came from planted directions drawn from the very seeded generator that initialises the seed-0 dictionary's
-decoder: that dictionary started on the truth; `tests/test_decomposition.py`,
-`benchmarks/ground_truth/superposition.py`.) Cost of the sweep: at most 4 + 2 x 4 dictionaries of `sweep_steps` steps
-on at most `sweep_vectors` vectors per layer (about 10 s per 16- or 32-wide layer on one CPU core, as much again as
-training the kept dictionaries); give `expansion` and `k` to skip it. The budget leaves `digits` untouched (5 to 20 of
-its 1,000 GMAC per layer spent). On MiniLM (64 sentences, 1,536 token vectors per 384-wide layer; two layers,
-`encoder.layer.1.attention` and `encoder.layer.2`) the rule used to take 225 s and more (sweeping up to 6,144 features
-at 300 steps each), and its dictionaries (k = 4 when a budget stops the sweep early) explain the layers (FVU 0.03 to
-0.04) but agree across seeds at only 0.46 to 0.60. At the default budget of 3,000 GMAC it spends 1,498 GMAC per layer
-(sweep candidates at fewer steps, the three kept dictionaries at 326 steps): 94 s of CPU for the two layers, peak RSS
-0.64 GB (`python benchmarks/decomposition_speed.py --minilm`). The bisection chooses 2 features per unit and k = 1:
-FVU 0.12 [0.11, 0.14] and 0.08 [0.07, 0.09], seed agreement 0.94 [0.93, 0.94] and 0.95 [0.95, 0.96]: a healthy model
-passes. Reference range on a real model: FVU 0.05 to 0.2, seed agreement 0.9 and above at the sparsest k that reaches
-`max_fvu`. Thresholds from measurement on planted data (128 unit directions in 32 dimensions, each active with
-probability 0.02, 20,000 vectors): the TopK dictionary (k = 4, 128 features) recovers them at a mean best cosine of
-0.951 (82% above 0.9), FVU 0.14, two seeds agreeing at 0.90 (0.87 in the audit on 4,000 of the vectors, 4 features per
-unit); an under-regularised one (k = 32) reaches a far better FVU but does not recover the directions and agrees with
-its twin below 0.6 (0.44 measured at a learning rate of 1e-2): `min_seed_agreement = 0.8` separates them. On `digits`
-(three seeds, ranges in brackets) the layers' dictionaries agree at 0.94 [0.94, 0.95], 0.86 [0.86, 0.91] and 0.91
-[0.91, 0.93] (`features.0`, `features.2`, `classifier.0`); FVU 0.08, 0.19, 0.14; features are not purer than units in
-the conv layers (gaps +0.03 [0.03, 0.05], +0.06 [0.04, 0.06]) and purer in `classifier.0` (-0.27).
+vectors, the audit's default `max_samples`. Now, on 4,000 vectors, seeds 0 and 1 (before the rate of dictionaries
+under 128 features was capped): 4 and 8 features per unit, k = 4, recovery 0.785 and 0.893, agreement 0.81 and 0.87
+(pass; seed 0's size stage stops at 4 because doubling lowers the FVU by 9.8%); on 8,000 vectors, seeds 0 and 2: 8 per
+unit (the number of directions per dimension), k = 2, recovery 0.957 and 0.953, agreement 0.95 and 0.93, FVU 0.25 and
+0.26 (pass); the dense Gaussian control fails at every setting (agreement 0.53 and 0.54 at 4,000, 0.535 at 8,000). On
+`digits` the rate cap matters: uncapped (0.04 for 32 features) `features.2` keeps a dictionary that leaves 35% of the
+variance unexplained. Each change measured alone (size fixed at 8 per unit, k = 4, 4,000 vectors, two seeds): the
+schedule with a rate of 1e-2 raised recovery from 0.83 to 0.885 and agreement from 0.74 to 0.84 after 1,500 steps; 800
+steps at 0.02 reach 0.88 and 0.82; 2,400 steps 0.89 and 0.855 (data seed 1). A decoder initialised from normalised
+data vectors did not help (0.84 and 0.76 against 0.83 and 0.74 at 2e-3; 0.88 and 0.82 against 0.885 and 0.84 with the
+schedule), and dead latents are 0 to 4 of 128 with AuxK, so resampling them (Bricken et al. 2023) has nothing to act
+on: neither is used. (Figures published before, 0.944 in the ground-truth benchmark and 0.994 below, came from planted
+directions drawn from the very seeded generator that initialises the seed-0 dictionary's decoder: that dictionary
+started on the truth; `tests/test_decomposition.py`, `benchmarks/ground_truth/superposition.py`.) Cost of the sweep:
+at most 4 + 2 x 4 dictionaries of `sweep_steps` steps on at most `sweep_vectors` vectors per layer (about 10 s per 16-
+or 32-wide layer on one CPU core, as much again as training the kept dictionaries); give `expansion` and `k` to skip
+it. The budget leaves `digits` untouched (5 to 20 of its 1,000 GMAC per layer spent). On MiniLM (64 sentences, 1,536
+token vectors per 384-wide layer; two layers, `encoder.layer.1.attention` and `encoder.layer.2`) the rule used to take
+225 s and more (sweeping up to 6,144 features at 300 steps each), and its dictionaries (k = 4 when a budget stops the
+sweep early) explain the layers (FVU 0.03 to 0.04) but agree across seeds at only 0.46 to 0.60. At the default budget
+of 3,000 GMAC it spends 1,498 GMAC per layer (sweep candidates at fewer steps, the three kept dictionaries at 326
+steps): 94 s of CPU for the two layers, peak RSS 0.64 GB (`python benchmarks/decomposition_speed.py --minilm`). The
+bisection chooses 2 features per unit and k = 1: FVU 0.12 [0.11, 0.14] and 0.08 [0.07, 0.09], seed agreement 0.94
+[0.93, 0.94] and 0.95 [0.95, 0.96]: a healthy model passes. Reference range on a real model: FVU 0.05 to 0.2, seed
+agreement 0.9 and above at the sparsest k that reaches `max_fvu`. Thresholds from measurement on planted data (128
+unit directions in 32 dimensions, each active with probability 0.02, 20,000 vectors): the TopK dictionary (k = 4, 128
+features) recovers them at a mean best cosine of 0.951 (82% above 0.9), FVU 0.14, two seeds agreeing at 0.90 (0.87 in
+the audit on 4,000 of the vectors, 4 features per unit); an under-regularised one (k = 32) reaches a far better FVU
+but does not recover the directions and agrees with its twin below 0.6 (0.44 measured at a learning rate of 1e-2):
+`min_seed_agreement = 0.8` separates them. On `digits` (three seeds, ranges in brackets) the layers' dictionaries
+agree at 0.94 [0.94, 0.95], 0.86 [0.86, 0.91] and 0.91 [0.91, 0.93] (`features.0`, `features.2`, `classifier.0`); FVU
+0.08, 0.19, 0.14; features are not purer than units in the conv layers (gaps +0.03 [0.03, 0.05], +0.06 [0.04, 0.06])
+and purer in `classifier.0` (-0.27).
 """,
     fix="""
 Raise `steps` or lower `k` (more sparsity; the sweep's `size_choice` shows each k's seed agreement) until two
