@@ -85,10 +85,25 @@ def test_d103_fails_a_dictionary_free_to_pick_any_basis() -> None:
 
 
 @pytest.fixture(scope="module")
-def toys() -> dict[str, mechaudit.AuditResult]:
+def toy_models() -> dict[str, torch.nn.Module]:
+    return {name: train_toy(sparsity) for name, sparsity in (("sparse", 0.99), ("dense", 0.0))}
+
+
+@pytest.fixture(scope="module")
+def toys(toy_models) -> dict[str, mechaudit.AuditResult]:
     x, labels = isolated_features()
-    return {name: mechaudit.audit(train_toy(sparsity), x, labels=labels, select=["D102", "D103"])
-            for name, sparsity in (("sparse", 0.99), ("dense", 0.0))}
+    return {name: mechaudit.audit(model, x, labels=labels, select=["D102", "D103"])
+            for name, model in toy_models.items()}
+
+
+def _distinct_rays(model, min_norm: float = 0.05) -> int:
+    """The true number of directions in the hidden layer on isolated features: feature ``i`` alone gives the ray
+    ``ReLU(W[:, i])``; rays of norm above ``min_norm`` counted once per direction (cosine above 0.9)."""
+    from mechaudit.techniques.sae import distinct_directions
+
+    rays = model.hidden.weight.detach().relu().T
+    norms = rays.norm(dim=1)
+    return distinct_directions(rays[norms > min_norm] / norms[norms > min_norm, None], 0.9)
 
 
 @pytest.mark.slow  # trains sparse autoencoders: seconds alone, minutes on a loaded machine
@@ -101,10 +116,13 @@ def test_superposition_more_represented_features_than_units_and_polysemantic(toy
 
 
 @pytest.mark.slow  # trains sparse autoencoders: seconds alone, minutes on a loaded machine
-def test_dense_features_no_superposition_control(toys) -> None:
+def test_dense_features_no_superposition_control(toys, toy_models) -> None:
     poly = _findings(toys["dense"], "D102", "polysemantic_share")[0]
     assert poly.status == "pass" and poly.value == 0.0
-    assert _findings(toys["dense"], "D103", "fvu")[0].evidence["represented_features"] <= 5
+    represented = _findings(toys["dense"], "D103", "fvu")[0].evidence["represented_features"]
+    # no more directions than the layer carries: 4 strong features and weak ones, 6 distinct rays (measured 6)
+    assert represented <= _distinct_rays(toy_models["dense"])
+    assert represented < _findings(toys["sparse"], "D103", "fvu")[0].evidence["represented_features"]
 
 
 def _unit_responses(classes_per_unit: int, units: int = 8, classes: int = 10, n: int = 2000):
