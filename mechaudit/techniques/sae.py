@@ -9,6 +9,11 @@ Cunningham et al. 2023). Two sparsity mechanisms:
 * ``l1``: a ReLU encoder with an L1 penalty on the activations weighted by the decoder norms (Conerly et al.
   2024).
 
+Optimisation: Adam with a learning rate scaled by one over the square root of the dictionary size (Gao et al. 2024),
+a linear warm-up over the first ``warmup`` share of the steps and a linear decay to 0 over the last ``decay`` share
+(on planted sparse directions the decayed dictionaries of two seeds agree at 0.84 where a constant 2e-3 left 0.74;
+rule docs of D103).
+
 Training never holds the dataset: :func:`train_dictionary` takes a *stream*, a callable that returns a fresh
 iterator of ``(n, d)`` chunks on every call (one pass over the data, e.g. one forward pass of a model in batches;
 see :func:`layer_stream`), and loops over it until ``steps`` optimiser steps are done. Memory is one chunk plus
@@ -24,6 +29,7 @@ Example (a notebook, no engine)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -40,6 +46,8 @@ Stream = Callable[[], Iterable[torch.Tensor]]
 """A fresh pass over the data on every call: an iterable of (n, d) chunks of activation vectors."""
 
 KINDS = ("topk", "l1")
+REFERENCE_LR = 2e-2       # the learning rate of a dictionary of REFERENCE_FEATURES features (see SAEConfig.lr)
+REFERENCE_FEATURES = 128
 
 
 @dataclass(frozen=True)
@@ -52,16 +60,26 @@ class SAEConfig:
     l1: float = 1e-3                #: l1: penalty on norm-weighted activations
     steps: int = 1500               #: optimiser steps
     batch: int = 512                #: vectors per step
-    lr: float = 2e-3
+    lr: float = 0.0                 #: 0: ``REFERENCE_LR * sqrt(REFERENCE_FEATURES / features)``, at most REFERENCE_LR
     aux_k: int = 0                  #: topk: dead latents used by the auxiliary loss (0: 2 * k)
     dead_after: int = 200           #: steps without firing after which a latent counts as dead (for AuxK)
     seed: int = 0
+    warmup: float = 0.05            #: share of the steps over which the learning rate rises linearly from 0
+    decay: float = 0.5              #: share of the steps (at the end) over which it falls linearly to 0
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or when 0 the reference rate scaled by one over the square root of the dictionary size (Gao et al.
+        2024), no higher for dictionaries smaller than the reference."""
+        return self.lr or REFERENCE_LR * math.sqrt(REFERENCE_FEATURES / max(self.features, REFERENCE_FEATURES))
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
         if self.features < 1 or self.k < 1 or self.steps < 1 or self.batch < 1:
             raise ValueError("features, k, steps and batch must be positive")
+        if not (0 <= self.warmup <= 1 and 0 <= self.decay <= 1 and self.lr >= 0):
+            raise ValueError("warmup and decay must be shares of the steps (0 to 1) and lr not negative")
 
 
 class SparseAutoencoder(nn.Module):
@@ -228,7 +246,8 @@ def train_dictionary(stream: Stream, config: SAEConfig, layer: str = "",
     normaliser, count = fit_normaliser(stream)
     generator = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(normaliser.mean.numel(), config.features, config.kind, config.k, generator).to(device)
-    optimiser = torch.optim.Adam(sae.parameters(), lr=config.lr)
+    optimiser = torch.optim.Adam(sae.parameters(), lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, config))
     since_fired = torch.zeros(config.features, device=device)
     history: list[float] = []
     with closing(_minibatches(stream, min(config.batch, count), generator)) as minibatches:
@@ -240,11 +259,22 @@ def train_dictionary(stream: Stream, config: SAEConfig, layer: str = "",
             loss.backward()
             _project_decoder_grad(sae)
             optimiser.step()
+            schedule.step()
             sae.normalise_decoder()
             if step % 50 == 0:
                 history.append(round(float(loss.detach()), 5))
     sae.eval()
     return Dictionary(layer, config, sae, normaliser, history)
+
+
+def _lr_factor(step: int, config: SAEConfig) -> float:
+    """The learning rate's multiplier at ``step``: a linear warm-up, a plateau, a linear decay to 0."""
+    warm, cool = config.warmup * config.steps, config.decay * config.steps
+    if step < warm:
+        return (step + 1) / warm
+    if cool and step > config.steps - cool:
+        return max(0.0, (config.steps - step) / cool)
+    return 1.0
 
 
 def _loss(sae: SparseAutoencoder, x: torch.Tensor, config: SAEConfig,
