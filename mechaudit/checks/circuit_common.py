@@ -19,7 +19,7 @@ from ..techniques.circuits import (
     negative_loss,
     target_logit,
 )
-from ..techniques.node_ablation import ReadSite, behaviour_under_ablation, read_sites
+from ..techniques.node_ablation import ReadSite, behaviour_under_ablation, read_sites, reader_input_means
 from ..techniques.output_reduction import describe as describe_reduction
 from ..techniques.output_reduction import reduced_output, reduction_targets
 from ..techniques.uncertainty import Presence, behaviour_presence
@@ -252,7 +252,12 @@ def ablation_sites(context: AuditContext, samples: int) -> dict[str, ReadSite]:
 def _ablation_sites(context: AuditContext, samples: int) -> dict[str, ReadSite]:
     hidden = {layer.name for layer in context.view.hidden_layers}
     read_by = {name: reader for name, reader in circuit_scores(context, samples).read_by.items() if name in hidden}
-    return read_sites(context.view, read_by, {name: stats.input_mean for name, stats in context.unit_stats.items()})
+    means = {name: stats.input_mean for name, stats in context.unit_stats.items()}
+    unaudited = sorted(set(read_by.values()) - set(means))  # readers the audit does not cover: one more pass
+    if unaudited:
+        means.update(reader_input_means(context.view, unaudited, context.data.inputs, context.batch_size,
+                                        context.device))
+    return read_sites(context.view, read_by, means)
 
 
 ABLATION_SITES: Artifact[dict[str, ReadSite]] = Artifact("ablation_sites", _ablation_sites)

@@ -57,9 +57,15 @@ residual streams and a unit that also reaches the output past the next layer (a 
 the layer's own output (what the output projection or the next block reads). R302 and R304 ablate the same tensor.
 A transformer MLP neuron (GPT-2's `h.0.mlp.c_fc:u300`, a Hugging Face Conv1D; BERT's
 `intermediate.dense:u7`) means its GELU output at every token, as the down projection (`c_proj`,
-`output.dense`) reads it, with its mean per token over the audit data, when that projection is the next
-audited layer; when the next audited layer is another (the next block's attention, as in the MiniLM example,
-which audits `intermediate.dense` alone), the Linear output before the GELU.
+`output.dense`) reads it, with its mean per token over the audit data: at the next audited layer's input when
+that is the projection; else (the MiniLM example and `benchmarks/gpt2_small.py` audit `intermediate.dense` /
+`c_fc` alone) at the input of its reader, the first Linear or Conv1D run after it whose input has its width,
+found on one batch and checked numerically like the next layer (unit-wise, nothing else reaches
+that input, the neurons' only path to the output); its mean input there costs one more pass over the audit data.
+Where no reader passes these checks, the Linear output before the GELU.
+Edges from such a neuron into a next audited layer that is not its reader (the next block's attention) are
+scored by autograd on the neuron's own output, the Linear output before the GELU (the change there carried through
+the GELU, the down projection and the residual stream to that layer's units, to first order).
 
 No interval: this rule judges nothing, and its value, the number of edges in the graph, is a structural fact (the
 `max_edges` strongest of the edges with a score, or 0 when no audited unit changes the behaviour at all), not an

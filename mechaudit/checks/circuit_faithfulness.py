@@ -62,9 +62,12 @@ input reaching the next layer, a skip past it), the unit means the layer's own o
 before its nonlinearity; for heads, the head's part of the output projection's input), as in R301 and R304.
 A transformer MLP neuron (GPT-2's `h.0.mlp.c_fc:u300`, a Hugging Face Conv1D; BERT's
 `intermediate.dense:u7`) means its GELU output at every token, as the down projection (`c_proj`,
-`output.dense`) reads it, with its mean per token over the audit data, when that projection is the next
-audited layer; when the next audited layer is another (the next block's attention, as in the MiniLM example,
-which audits `intermediate.dense` alone), the Linear output before the GELU.
+`output.dense`) reads it, with its mean per token over the audit data: at the next audited layer's input when
+that is the projection; else (the MiniLM example and `benchmarks/gpt2_small.py` audit `intermediate.dense` /
+`c_fc` alone) at the input of its reader, the first Linear or Conv1D run after it whose input has its width,
+found on one batch and checked numerically like the next layer (unit-wise, nothing else reaches
+that input, the neurons' only path to the output); its mean input there costs one more pass over the audit data.
+Where no reader passes these checks, the Linear output before the GELU.
 L202 and `mechaudit edit --suppress` write the layer's own output everywhere.
 """,
     why="""
