@@ -9,7 +9,7 @@ from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, edge_scores, forwards
 from ..findings import Measurement
 from ..techniques.circuits import circuit_graph, graph_to_json
-from .circuit_common import circuit_problem, circuit_scores, not_carried, semantic_labels
+from .circuit_common import MLP_NEURON_SITE, circuit_problem, circuit_scores, not_carried, semantic_labels
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -55,14 +55,7 @@ edges patch, so that a unit whose whole effect runs through one edge scores that
 the mean of that tensor (or its value on the corrupted input); the last audited layer, attention heads,
 residual streams and a unit that also reaches the output past the next layer (a skip connection) are scored on
 the layer's own output (what the output projection or the next block reads). R302 and R304 ablate the same tensor.
-A transformer MLP neuron (GPT-2's `h.0.mlp.c_fc:u300`, a Hugging Face Conv1D; BERT's
-`intermediate.dense:u7`) means its GELU output at every token, as the down projection (`c_proj`,
-`output.dense`) reads it, with its mean per token over the audit data: at the next audited layer's input when
-that is the projection; else (the MiniLM example and `benchmarks/gpt2_small.py` audit `intermediate.dense` /
-`c_fc` alone) at the input of its reader, the first Linear or Conv1D run after it whose input has its width,
-found on one batch and checked numerically like the next layer (unit-wise, nothing else reaches
-that input, the neurons' only path to the output); its mean input there costs one more pass over the audit data.
-Where no reader passes these checks, the Linear output before the GELU.
+""" + MLP_NEURON_SITE + """\
 Edges from such a neuron into a next audited layer that is not its reader (the next block's attention) are
 scored by autograd on the neuron's own output, the Linear output before the GELU (the change there carried through
 the GELU, the down projection and the residual stream to that layer's units, to first order).
