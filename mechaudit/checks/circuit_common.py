@@ -19,7 +19,7 @@ from ..techniques.circuits import (
     negative_loss,
     target_logit,
 )
-from ..techniques.node_ablation import ReadSite, behaviour_under_ablation, read_sites
+from ..techniques.node_ablation import ReadSite, behaviour_under_ablation, read_sites, reader_input_means
 from ..techniques.output_reduction import describe as describe_reduction
 from ..techniques.output_reduction import reduced_output, reduction_targets
 from ..techniques.uncertainty import Presence, behaviour_presence
@@ -231,6 +231,19 @@ def behaviour_absent(found: Presence, description: str, against: str, evidence: 
         evidence={**(evidence or {}), "presence": found.to_dict(), "gap_against": against, "carried": False})
 
 
+MLP_NEURON_SITE = """\
+A transformer MLP neuron (GPT-2's `h.0.mlp.c_fc:u300`, a Hugging Face Conv1D; BERT's
+`intermediate.dense:u7`) means its GELU output at every token, as the down projection (`c_proj`,
+`output.dense`) reads it, with its mean per token over the audit data: at the next audited layer's input when
+that is the projection; else (the MiniLM example and `benchmarks/gpt2_small.py` audit `intermediate.dense` /
+`c_fc` alone) at the input of its reader, the first Linear or Conv1D run after it whose input has its width,
+found on one batch and checked numerically like the next layer (unit-wise, nothing else reaches
+that input, the neurons' only path to the output); its mean input there costs one more pass over the audit data.
+Where no reader passes these checks, the Linear output before the GELU.
+"""
+"""What a transformer MLP neuron's address means in R301-R304 (shared by their docs)."""
+
+
 def hidden_nodes(context: AuditContext) -> list[str]:
     """The candidate circuit nodes: every unit of every hidden audited layer."""
     return [layer.address(u) for layer in context.view.hidden_layers for u in range(layer.size)]
@@ -252,7 +265,12 @@ def ablation_sites(context: AuditContext, samples: int) -> dict[str, ReadSite]:
 def _ablation_sites(context: AuditContext, samples: int) -> dict[str, ReadSite]:
     hidden = {layer.name for layer in context.view.hidden_layers}
     read_by = {name: reader for name, reader in circuit_scores(context, samples).read_by.items() if name in hidden}
-    return read_sites(context.view, read_by, {name: stats.input_mean for name, stats in context.unit_stats.items()})
+    means = {name: stats.input_mean for name, stats in context.unit_stats.items()}
+    unaudited = sorted(set(read_by.values()) - set(means))  # readers the audit does not cover: one more pass
+    if unaudited:
+        means.update(reader_input_means(context.view, unaudited, context.data.inputs, context.batch_size,
+                                        context.device))
+    return read_sites(context.view, read_by, means)
 
 
 ABLATION_SITES: Artifact[dict[str, ReadSite]] = Artifact("ablation_sites", _ablation_sites)

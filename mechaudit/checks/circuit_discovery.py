@@ -9,7 +9,7 @@ from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, edge_scores, forwards
 from ..findings import Measurement
 from ..techniques.circuits import circuit_graph, graph_to_json
-from .circuit_common import circuit_problem, circuit_scores, not_carried, semantic_labels
+from .circuit_common import MLP_NEURON_SITE, circuit_problem, circuit_scores, not_carried, semantic_labels
 from .registry import RuleDefinition, RuleDocs, param, register
 
 DOCS = RuleDocs(
@@ -55,11 +55,10 @@ edges patch, so that a unit whose whole effect runs through one edge scores that
 the mean of that tensor (or its value on the corrupted input); the last audited layer, attention heads,
 residual streams and a unit that also reaches the output past the next layer (a skip connection) are scored on
 the layer's own output (what the output projection or the next block reads). R302 and R304 ablate the same tensor.
-A transformer MLP neuron (GPT-2's `h.0.mlp.c_fc:u300`, a Hugging Face Conv1D; BERT's
-`intermediate.dense:u7`) means its GELU output at every token, as the down projection (`c_proj`,
-`output.dense`) reads it, with its mean per token over the audit data, when that projection is the next
-audited layer; when the next audited layer is another (the next block's attention, as in the MiniLM example,
-which audits `intermediate.dense` alone), the Linear output before the GELU.
+""" + MLP_NEURON_SITE + """\
+Edges from such a neuron into a next audited layer that is not its reader (the next block's attention) are
+scored by autograd on the neuron's own output, the Linear output before the GELU (the change there carried through
+the GELU, the down projection and the residual stream to that layer's units, to first order).
 
 No interval: this rule judges nothing, and its value, the number of edges in the graph, is a structural fact (the
 `max_edges` strongest of the edges with a score, or 0 when no audited unit changes the behaviour at all), not an

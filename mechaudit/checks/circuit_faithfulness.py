@@ -14,6 +14,7 @@ from ..techniques.connected_circuits import connected_circuit, random_like
 from ..techniques.node_ablation import behaviour_under_ablation, curve_area, distance, faithfulness
 from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
 from .circuit_common import (
+    MLP_NEURON_SITE,
     ablation_sites,
     absent_in,
     carries_behaviour,
@@ -60,12 +61,7 @@ BatchNorm, not into the Linear/Conv output (the two differ wherever what lies be
 BatchNorm's shift, a sigmoid's 0.5). Elsewhere (attention heads, residual streams, a skip connection or another
 input reaching the next layer, a skip past it), the unit means the layer's own output (the Linear/Conv output
 before its nonlinearity; for heads, the head's part of the output projection's input), as in R301 and R304.
-A transformer MLP neuron (GPT-2's `h.0.mlp.c_fc:u300`, a Hugging Face Conv1D; BERT's
-`intermediate.dense:u7`) means its GELU output at every token, as the down projection (`c_proj`,
-`output.dense`) reads it, with its mean per token over the audit data, when that projection is the next
-audited layer; when the next audited layer is another (the next block's attention, as in the MiniLM example,
-which audits `intermediate.dense` alone), the Linear output before the GELU.
-L202 and `mechaudit edit --suppress` write the layer's own output everywhere.
+""" + MLP_NEURON_SITE + """L202 and `mechaudit edit --suppress` write the layer's own output everywhere.
 """,
     why="""
 A circuit that does not reproduce the model's behaviour when everything else is removed is not an

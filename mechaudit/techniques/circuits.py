@@ -44,7 +44,7 @@ from ..addresses import INPUT, input_address
 from ..model_view import Layer, ModelView, installed, units_view
 from .edge_scores import EdgeBlock, EdgeScores
 from .gradient_edges import MAX_PASSES, NoDoubleBackward, gradient_edges, screened_gradient_edges
-from .unit_split import UnitSplits, comparison_pool, split_input, unit_splits
+from .unit_split import UnitSplits, comparison_pool, module_readers, reader_layer, split_input, unit_splits
 from .weight_edges import input_edge_scores, weight_edge_scores
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -94,9 +94,10 @@ class CircuitScores:
     samples: int
     unconnected: list[tuple[str, str]] = field(default_factory=list)
     read_by: dict[str, str] = field(default_factory=dict)
-    """Per layer whose node scores patch what the next audited layer reads from its units (that input splits by
-    unit and is the layer's only path to the output: :func:`~.unit_split.unit_splits`), that next layer's name;
-    the other layers are scored on their output."""
+    """Per layer whose node scores patch what a module reads from its units (that module's input splits by unit
+    and is the layer's only path to the output: :func:`~.unit_split.unit_splits`), that module's name: the next
+    audited layer, or an unaudited reader (:func:`~.unit_split.module_readers`: a transformer MLP's down projection
+    when only the up projection is audited); the other layers are scored on their output."""
 
     def top_nodes(self, count: int, exclude_layers: tuple[str, ...] = ()) -> list[str]:
         candidates = [n for n in self.nodes if self.node_layer[n] not in exclude_layers]
@@ -174,25 +175,29 @@ class _Batch:
 
 def _run(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
          reference: torch.Tensor | None, means: dict | None, start: int, batch_size: int,
-         device: torch.device) -> _Batch:
-    """Forward and backward pass of the clean batch at ``start`` (graph kept), and the reference run or means."""
+         device: torch.device, tracked: list[Layer] | None = None) -> _Batch:
+    """Forward and backward pass of the clean batch at ``start`` (graph kept), and the reference run or means;
+    ``tracked``: the layers recorded (default: the audited ones; the circuit adds unaudited readers)."""
     batch = inputs[start:start + batch_size].to(device)
     batch_targets = targets[start:start + batch_size].to(device)
-    recorder = _Recorder(view, view.layers, keep_grad=True)
+    tracked = tracked or view.layers
+    recorder = _Recorder(view, tracked, keep_grad=True)
     with recorder.recording(), torch.enable_grad():
         clean_input = batch.clone().requires_grad_(batch.is_floating_point())
         metric = behaviour(view.model(clean_input), batch_targets)
         metric.sum().backward(retain_graph=True)  # kept for the edges scored by autograd
     if reference is not None:
         ref_batch = reference[start:start + batch_size].to(device)
-        ref = _Recorder(view, view.layers, keep_grad=False)
+        ref = _Recorder(view, tracked, keep_grad=False)
         with ref.recording(), torch.no_grad():
             view.model(ref_batch)
         return _Batch(recorder, batch, ref_batch, ref.inputs, ref.outputs, float(metric.detach().sum()))
     assert means is not None
     return _Batch(recorder, batch, means[INPUT].expand_as(batch),
-                  {name: value.expand_as(recorder.inputs[name]) for name, value in means["in"].items()},
-                  {name: value.expand_as(recorder.outputs[name]) for name, value in means["out"].items()},
+                  {name: value.expand_as(recorder.inputs[name]) for name, value in means["in"].items()
+                   if name in recorder.inputs},
+                  {name: value.expand_as(recorder.outputs[name]) for name, value in means["out"].items()
+                   if name in recorder.outputs},
                   float(metric.detach().sum()))
 
 
@@ -208,7 +213,9 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     """
     device = device or torch.device("cpu")
     layers = view.layers
-    means = None if reference is not None else _mean_trace(view, inputs, batch_size, device)
+    readers = module_readers(view, inputs[:batch_size].to(device))  # one forward pass of one batch
+    tracked = layers + list({reader.name: reader for reader in readers.values()}.values())
+    means = None if reference is not None else _mean_trace(view, inputs, batch_size, device, tracked)
     regions = _input_nodes(masks or {}, inputs.shape[1:])
     node_sums = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
     sums: dict[tuple[str, str], torch.Tensor] = {}
@@ -218,14 +225,14 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     total_behaviour = 0.0
     check = UnitSplits({}, {})
     for start in range(0, inputs.shape[0], batch_size):
-        run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
+        run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device, tracked)
         total_behaviour += run.metric_sum
         if start == 0:
-            check = unit_splits(view, run.batch, comparison_pool(inputs, reference), run.recorder.inputs)
+            check = unit_splits(view, run.batch, comparison_pool(inputs, reference), run.recorder.inputs, readers)
         for index, layer in enumerate(layers):
             following = layers[index + 1] if index + 1 < len(layers) else None
-            _add(node_sums, layer.name,
-                 _node_scores(view, run, layer, following if following and check.read_at(following.name) else None))
+            reader = check.reader_of(layer.name, following.name if following else None)
+            _add(node_sums, layer.name, _node_scores(view, run, layer, reader_layer(view, reader) if reader else None))
             if index == 0:
                 module = view.module(layer)
                 if layer.kind in ("linear", "conv") and _reads_model_input(module, run.recorder.inputs[layer.name],
@@ -264,7 +271,8 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     blocks = [EdgeBlock(a, b, addresses[a], addresses[b], sums[(a, b)], methods[(a, b)],
                         _scored_targets(methods[(a, b)]), screened_units.get((a, b)))
               for a, b in sorted(sums, key=lambda pair: order[pair[1]])]
-    read_by = {previous.name: layer.name for previous, layer in zip(layers, layers[1:]) if check.read_at(layer.name)}
+    read_by = {layer.name: reader for index, layer in enumerate(layers)
+               if (reader := check.reader_of(layer.name, layers[index + 1].name if index + 1 < len(layers) else None))}
     return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, total_behaviour / inputs.shape[0],
                          inputs.shape[0], unconnected, read_by)
 
@@ -346,12 +354,13 @@ def _reads_model_input(module: nn.Module, x_in: torch.Tensor, batch: torch.Tenso
     return shape_ok and x_in.shape == batch.shape and torch.equal(x_in, batch)
 
 
-def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int,
-                device: torch.device) -> dict[str, dict[str, torch.Tensor] | torch.Tensor]:
-    """Mean input of the model and mean input and output of every layer over ``inputs`` (streamed)."""
+def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int, device: torch.device,
+                tracked: list[Layer] | None = None) -> dict[str, dict[str, torch.Tensor] | torch.Tensor]:
+    """Mean input of the model and mean input and output of every layer (of ``tracked``, default the audited
+    ones) over ``inputs`` (streamed)."""
     sums: dict[str, dict[str, torch.Tensor]] = {"in": {}, "out": {}}
     input_sum = torch.zeros(inputs.shape[1:], dtype=torch.float64)
-    recorder = _Recorder(view, view.layers, keep_grad=False)
+    recorder = _Recorder(view, tracked or view.layers, keep_grad=False)
     with recorder.recording(), torch.no_grad():
         for start in range(0, inputs.shape[0], batch_size):
             batch = inputs[start:start + batch_size].to(device)

@@ -4,7 +4,8 @@ minimality, single points of failure (Wang et al. 2022; Mueller et al. 2025, MIB
 Which tensor a unit's ablation writes: by default the layer's own output (a Linear/Conv output before its
 nonlinearity; a head's part of the output projection's input). Given :class:`ReadSite` s (the circuit rules pass
 them for every layer whose node scores read the next audited layer's input, :attr:`.circuits.CircuitScores.read_by`),
-a unit of such a layer is ablated where the next layer reads it instead: its part of that layer's input (after its
+a unit of such a layer is ablated where the next layer (or an unaudited reader, such as a transformer MLP's down
+projection: :func:`.unit_split.module_readers`) reads it instead: its part of that layer's input (after its
 nonlinearity, pooling, flattening; a transformer MLP neuron's GELU output at every token), replaced by its mean
 there (per position, as the unit statistics hold it), so that ablation and node scores intervene on the
 same tensor.
@@ -19,9 +20,10 @@ from itertools import chain
 
 import torch
 
+from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from .circuits import Behaviour
-from .unit_split import joined, split_input
+from .unit_split import joined, reader_layer, split_input
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,29 @@ def read_sites(view: ModelView, read_by: dict[str, str], input_means: dict[str, 
     """
     sites = {}
     for name, reader_name in read_by.items():
-        layer, reader = view.layer(name), view.layer(reader_name)
+        layer, reader = view.layer(name), reader_layer(view, reader_name)
         mean = input_means.get(reader_name)
         split = None if mean is None else split_input(layer, reader, view.module(reader), mean[None])
         if split is not None:
             sites[name] = ReadSite(layer, reader, split[0].float())
     return sites
+
+
+def reader_input_means(view: ModelView, names: list[str], inputs: torch.Tensor, batch_size: int,
+                       device: torch.device) -> dict[str, torch.Tensor]:
+    """The mean input (one sample's shape: per token) over ``inputs`` of each module in ``names`` (unaudited
+    readers, whose inputs the audit's statistics pass does not record): one streaming pass without gradients."""
+    totals: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        def hook(_module, args: tuple) -> None:
+            total = args[0].detach().double().sum(0).cpu()
+            totals[name] = totals[name] + total if name in totals else total
+        return hook
+    with installed(view.module(name).register_forward_pre_hook(record(name)) for name in names), torch.no_grad():
+        for _, batch in batches(inputs, batch_size, device):
+            view.model(batch)
+    return {name: total / max(inputs.shape[0], 1) for name, total in totals.items()}
 
 
 @contextmanager

@@ -13,7 +13,7 @@ then is patching a unit's part of it the same as removing the unit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 import torch
@@ -67,15 +67,66 @@ class UnitSplits:
 
     splits: dict[str, bool]
     only_path: dict[str, bool]
+    readers: dict[str, str] = field(default_factory=dict)
+    """Per audited layer, the unaudited module found by :func:`module_readers` whose input passed both checks (it
+    splits by the layer's units and is their only path to the output), when the next audited layer's input does not."""
 
     def read_at(self, layer: str) -> bool:
         """Whether ``layer``'s input is where the units of the layer before it are scored and ablated."""
         return self.splits.get(layer, False) and self.only_path.get(layer, False)
 
+    def reader_of(self, layer: str, following: str | None) -> str | None:
+        """The module at whose input ``layer``'s units are scored and ablated: the next audited layer
+        ``following`` when its input splits by them, else the unaudited reader found for ``layer``, else None
+        (they are scored and ablated at ``layer``'s own output)."""
+        if following is not None and self.read_at(following):
+            return following
+        return self.readers.get(layer)
+
+
+def module_readers(view: ModelView, batch: torch.Tensor) -> dict[str, Layer]:
+    """Per audited Linear layer (GPT-2's ``c_fc``, BERT's ``intermediate.dense``) that is read by a module the audit
+    does not cover (the down projection ``c_proj`` / ``output.dense`` when only the up projection is audited): that
+    reader, as a :class:`Layer` to hook. The reader is the first Linear or Hugging Face ``Conv1D`` called after the
+    layer (one forward pass of ``batch``) whose input's last axis has the layer's width; a candidate only:
+    :func:`unit_splits` checks numerically that its input is a unit-wise function of the layer's output alone and
+    their only path to the output. Layers whose first such module is an audited layer get none (that layer is
+    checked as the next audited layer)."""
+    modules = {name: m for name, m in view.model.named_modules() if name and linear_maps.is_linear(m)}
+    calls: list[tuple[str, torch.Size]] = []
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                calls.append((name, args[0].shape))
+        return hook
+    with installed(m.register_forward_pre_hook(record(name)) for name, m in modules.items()), torch.no_grad():
+        view.model(batch)
+    audited = {layer.name for layer in view.layers}
+    found = {}
+    for layer in view.layers:
+        first = next((i for i, (name, _) in enumerate(calls) if name == layer.name), None)
+        if layer.kind != "linear" or layer.is_output or first is None:
+            continue
+        reader = next((name for name, shape in calls[first + 1:]
+                       if name != layer.name and len(shape) >= 2 and shape[-1] == layer.size), None)
+        if reader is not None and reader not in audited:
+            found[layer.name] = reader_layer(view, reader)
+    return found
+
+
+def reader_layer(view: ModelView, name: str) -> Layer:
+    """The audited layer ``name``, or an unaudited Linear/Conv1D module of that name as a :class:`Layer` to hook."""
+    try:
+        return view.layer(name)
+    except KeyError:
+        return Layer(name, "linear", linear_maps.out_features(view.module(name)), -1)
+
 
 def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
-                inputs: dict[str, torch.Tensor] | None = None) -> UnitSplits:
-    """For each pair of consecutive audited layers, keyed by the later one's name: whether its input is, on
+                inputs: dict[str, torch.Tensor] | None = None, readers: dict[str, Layer] | None = None) -> UnitSplits:
+    """For each pair of consecutive audited layers, keyed by the later one's name (and each pair of a layer and
+    its unaudited reader in ``readers``, :func:`module_readers`, keyed by the reader's name): whether its input is, on
     ``batch``, a unit-wise function of the earlier layer's output alone (so that :func:`split_input` is right),
     and whether the earlier layer reaches the output only through it (:class:`UnitSplits`).
     Three numeric checks beyond the shapes:
@@ -96,6 +147,7 @@ def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
     False when there is nothing to compare with (``pool`` holds nothing but ``batch``'s samples in its order)."""
     layers = view.layers
     pairs = [(previous, layer) for previous, layer in zip(layers, layers[1:])]
+    pairs += [(view.layer(name), reader) for name, reader in (readers or {}).items()]
     result = {layer.name: False for _, layer in pairs}
     only_path = dict(result)
     other = _drawn(pool, batch.shape[0]).to(batch.device)
@@ -104,6 +156,7 @@ def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
                        or split_input(p, la, view.module(la), inputs[la.name]) is not None)]
     if not candidates or other.shape != batch.shape or torch.equal(other, batch):
         return UnitSplits(result, only_path)
+    found = {name: reader.name for name, reader in (readers or {}).items()}
     leaves: dict[str, torch.Tensor] = {}
     reads: dict[str, torch.Tensor] = {}
 
@@ -125,12 +178,14 @@ def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
         if previous.name in leaves and layer.name in reads:
             result[layer.name] = _splits(view, previous, layer, leaves[previous.name], reads[layer.name], other)
     if any(result.values()):
-        elsewhere = _outputs_on(view, [p for p, la in candidates if result[la.name]], other)
+        moved = {p.name: p for p, la in candidates if result[la.name]}  # a layer checked with two readers: once
+        elsewhere = _outputs_on(view, list(moved.values()), other)
         for previous, layer in candidates:
             if result[layer.name]:
                 only_path[layer.name] = _only_path(view, previous, layer, elsewhere[previous.name],
                                                    reads[layer.name].detach(), batch, clean)
-    return UnitSplits(result, only_path)
+    return UnitSplits(result, only_path, {name: reader for name, reader in found.items()
+                                          if result[reader] and only_path[reader]})
 
 
 def comparison_pool(inputs: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
