@@ -234,3 +234,66 @@ def test_r304_finds_the_unaudited_down_projection_and_ablates_after_the_gelu() -
     assert reported
     for name, lost in reported.items():
         assert lost == pytest.approx(exact[name], rel=1e-4, abs=1e-6), name
+
+
+class _Mlp(torch.nn.Module):
+    """A residual MLP over tokens; ``sequence_first`` runs its down projection on the (tokens, samples, width) GELU
+    output (``h.transpose(0, 1)``), a reader whose input's first axis is not the samples."""
+
+    def __init__(self, sequence_first: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.down, self.head = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8), torch.nn.Linear(8, 3)
+        self.sequence_first = sequence_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.gelu(self.fc(x))
+        down = self.down(h.transpose(0, 1)).transpose(0, 1) if self.sequence_first else self.down(h)
+        return self.head((x + down).mean(1))
+
+
+def _output_losses(model: _Mlp, x: torch.Tensor) -> dict[str, float]:
+    """Each fc unit's loss (class 0's logit), mean-ablated alone at fc's output, relative to all of them at once."""
+    mean = model.fc(x).mean(0)
+
+    def m(units: list[int]) -> torch.Tensor:
+        def hook(_m, _a, out):
+            out = out.clone()
+            out[..., units] = mean[:, units]
+            return out
+        handle = model.fc.register_forward_hook(hook)
+        try:
+            return model(x)[:, 0]
+        finally:
+            handle.remove()
+    with torch.no_grad():
+        intact = m([])
+        span = (m(list(range(16))) - intact).abs().mean()
+        return {f"fc:u{u}": float((m([u]) - intact).abs().mean() / span) for u in range(16)}
+
+
+@pytest.mark.parametrize("case", ["sequence_first", "readers_fail", "reader_means_fail"])
+def test_a_reader_rejected_or_failing_falls_back_to_the_layer_output(case: str, monkeypatch) -> None:
+    """A sequence-first reader is not taken (its means would sum over tokens; uneven batches broke them), and a
+    failure in the optional reader steps drops the reader: R301 and R304 run (no error finding), and R304's
+    losses are those of fc's units ablated at fc's output."""
+    import mechaudit.checks.circuit_common as circuit_common
+    import mechaudit.techniques.circuits as circuits
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("planted")
+    if case == "readers_fail":
+        monkeypatch.setattr(circuits, "module_readers", fail)
+    if case == "reader_means_fail":
+        monkeypatch.setattr(circuit_common, "reader_input_means", fail)
+    model = _Mlp(case == "sequence_first").eval()
+    torch.manual_seed(1)
+    x, y = torch.randn(50, 5, 8), torch.randint(0, 3, (50,))
+    result = mechaudit.audit(model, x, labels=y, select=["R301", "R304"], layers=["fc", "head"], batch_size=16,
+                             rules={"R304": {"exhaustive": True}}, behaviour={"kind": "class_logit", "target": "0"})
+    assert {f.rule_id: f.status for f in result.findings} == {"R301": "pass", "R304": "pass"}
+    reported = {row["component"]: row["behaviour_lost"] for row in result.findings[1].evidence["units"]}
+    exact = _output_losses(model, x)
+    assert reported
+    for name, lost in reported.items():
+        assert lost == pytest.approx(exact[name], rel=1e-4, abs=1e-6), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,8 @@ from ..techniques.node_ablation import ReadSite, behaviour_under_ablation, read_
 from ..techniques.output_reduction import describe as describe_reduction
 from ..techniques.output_reduction import reduced_output, reduction_targets
 from ..techniques.uncertainty import Presence, behaviour_presence
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -268,8 +271,12 @@ def _ablation_sites(context: AuditContext, samples: int) -> dict[str, ReadSite]:
     means = {name: stats.input_mean for name, stats in context.unit_stats.items()}
     unaudited = sorted(set(read_by.values()) - set(means))  # readers the audit does not cover: one more pass
     if unaudited:
-        means.update(reader_input_means(context.view, unaudited, context.data.inputs, context.batch_size,
-                                        context.device))
+        try:
+            means.update(reader_input_means(context.view, unaudited, context.data.inputs, context.batch_size,
+                                            context.device))
+        except Exception as error:  # noqa: BLE001 - optional: without their means, the layers ablate their output
+            _LOG.warning("R302/R304: %s dropped (MLP neurons ablated at their layer's output): %s",
+                         ", ".join(unaudited), error)
     return read_sites(context.view, read_by, means)
 
 

@@ -31,6 +31,7 @@ scored. Pairs where the later layer does not depend on the earlier one are liste
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,6 +47,8 @@ from .edge_scores import EdgeBlock, EdgeScores
 from .gradient_edges import MAX_PASSES, NoDoubleBackward, gradient_edges, screened_gradient_edges
 from .unit_split import UnitSplits, comparison_pool, module_readers, reader_layer, split_input, unit_splits
 from .weight_edges import input_edge_scores, weight_edge_scores
+
+_LOG = logging.getLogger(__name__)
 
 Behaviour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``behaviour(outputs, targets) -> per-sample metric m``; higher means more of the behaviour."""
@@ -213,9 +216,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     """
     device = device or torch.device("cpu")
     layers = view.layers
-    readers = module_readers(view, inputs[:batch_size].to(device))  # one forward pass of one batch
-    tracked = layers + list({reader.name: reader for reader in readers.values()}.values())
-    means = None if reference is not None else _mean_trace(view, inputs, batch_size, device, tracked)
+    readers, tracked, means = _readers_and_means(view, inputs, batch_size, device, reference is None)
     regions = _input_nodes(masks or {}, inputs.shape[1:])
     node_sums = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
     sums: dict[tuple[str, str], torch.Tensor] = {}
@@ -228,7 +229,14 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device, tracked)
         total_behaviour += run.metric_sum
         if start == 0:
-            check = unit_splits(view, run.batch, comparison_pool(inputs, reference), run.recorder.inputs, readers)
+            pool = comparison_pool(inputs, reference)
+            try:
+                check = unit_splits(view, run.batch, pool, run.recorder.inputs, readers)
+            except Exception as error:  # noqa: BLE001 - the optional reader pairs fail: checked without them
+                if not readers:
+                    raise
+                _dropped_readers(readers, error)
+                check = unit_splits(view, run.batch, pool, run.recorder.inputs)
         for index, layer in enumerate(layers):
             following = layers[index + 1] if index + 1 < len(layers) else None
             reader = check.reader_of(layer.name, following.name if following else None)
@@ -354,6 +362,27 @@ def _reads_model_input(module: nn.Module, x_in: torch.Tensor, batch: torch.Tenso
     return shape_ok and x_in.shape == batch.shape and torch.equal(x_in, batch)
 
 
+def _readers_and_means(view: ModelView, inputs: torch.Tensor, batch_size: int, device: torch.device,
+                       with_means: bool) -> tuple[dict[str, Layer], list[Layer], dict | None]:
+    """The unaudited readers (:func:`~.unit_split.module_readers`, one forward pass of one batch), the layers to
+    record (the audited ones and those readers) and, when ``with_means``, their mean trace (:func:`_mean_trace`).
+    The readers are optional: if finding them or their means fails, they are dropped (each layer is then scored and
+    ablated at its own output) and a warning logged."""
+    layers = view.layers
+    try:
+        readers = module_readers(view, inputs[:batch_size].to(device))
+        tracked = layers + list({reader.name: reader for reader in readers.values()}.values())
+        return readers, tracked, _mean_trace(view, inputs, batch_size, device, tracked) if with_means else None
+    except Exception as error:  # noqa: BLE001 - anything a model's forward raises; retried without readers
+        _dropped_readers({}, error)
+    return {}, layers, _mean_trace(view, inputs, batch_size, device, layers) if with_means else None
+
+
+def _dropped_readers(readers: dict[str, Layer], error: Exception) -> None:
+    names = ", ".join(sorted({reader.name for reader in readers.values()})) or "unaudited readers"
+    _LOG.warning("circuit scores: %s dropped (MLP neurons read at their layer's output): %s", names, error)
+
+
 def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int, device: torch.device,
                 tracked: list[Layer] | None = None) -> dict[str, dict[str, torch.Tensor] | torch.Tensor]:
     """Mean input of the model and mean input and output of every layer (of ``tracked``, default the audited
@@ -361,6 +390,7 @@ def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int, device: 
     sums: dict[str, dict[str, torch.Tensor]] = {"in": {}, "out": {}}
     input_sum = torch.zeros(inputs.shape[1:], dtype=torch.float64)
     recorder = _Recorder(view, tracked or view.layers, keep_grad=False)
+    audited = {layer.name for layer in view.layers}
     with recorder.recording(), torch.no_grad():
         for start in range(0, inputs.shape[0], batch_size):
             batch = inputs[start:start + batch_size].to(device)
@@ -368,6 +398,8 @@ def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int, device: 
             input_sum += batch.double().sum(0).cpu()
             for kind, store in (("in", recorder.inputs), ("out", recorder.outputs)):
                 for name, value in store.items():
+                    if name not in audited and value.shape[0] != batch.shape[0]:
+                        raise ValueError(f"{name}'s {kind}put's first axis is not the samples")
                     total = value.double().sum(0)
                     sums[kind][name] = sums[kind][name] + total if name in sums[kind] else total
     n = inputs.shape[0]

@@ -88,7 +88,8 @@ def module_readers(view: ModelView, batch: torch.Tensor) -> dict[str, Layer]:
     """Per audited Linear layer (GPT-2's ``c_fc``, BERT's ``intermediate.dense``) that is read by a module the audit
     does not cover (the down projection ``c_proj`` / ``output.dense`` when only the up projection is audited): that
     reader, as a :class:`Layer` to hook. The reader is the first Linear or Hugging Face ``Conv1D`` called after the
-    layer (one forward pass of ``batch``) whose input's last axis has the layer's width; a candidate only:
+    layer (one forward pass of ``batch``) whose input's last axis has the layer's width (and whose first axis is the
+    samples: a sequence-first reader is left out); a candidate only:
     :func:`unit_splits` checks numerically that its input is a unit-wise function of the layer's output alone and
     their only path to the output. Layers whose first such module is an audited layer get none (that layer is
     checked as the next audited layer)."""
@@ -108,10 +109,12 @@ def module_readers(view: ModelView, batch: torch.Tensor) -> dict[str, Layer]:
         first = next((i for i, (name, _) in enumerate(calls) if name == layer.name), None)
         if layer.kind != "linear" or layer.is_output or first is None:
             continue
-        reader = next((name for name, shape in calls[first + 1:]
+        reader = next(((name, shape) for name, shape in calls[first + 1:]
                        if name != layer.name and len(shape) >= 2 and shape[-1] == layer.size), None)
-        if reader is not None and reader not in audited:
-            found[layer.name] = reader_layer(view, reader)
+        # a reader whose input's first axis is not the samples (a sequence-first ``h.transpose(0, 1)``) passes the
+        # unit-wise checks, but its input means (summed over the first axis) would be wrong: rejected
+        if reader is not None and reader[0] not in audited and reader[1][0] == batch.shape[0]:
+            found[layer.name] = reader_layer(view, reader[0])
     return found
 
 
