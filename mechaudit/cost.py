@@ -223,6 +223,14 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
     # (techniques.unit_split; each VJP runs from the later layer's input back to the earlier layer's output)
     checked = [between(sizes, a, b) for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}]
     check = Cost(forward=batch * len(checked), backward=2 * batch * sum(checked), calls=2 * len(checked))
+    # unaudited readers (techniques.unit_split.module_readers): one forward of a batch to find them, then per
+    # layer that may have one the same checks (a forward, two VJPs over one audited layer's share) and the
+    # only-path forward
+    readers = len(reader_layers(sizes))
+    if readers:
+        share = 1.0 / max(1, len(layers))
+        check = check + Cost(forward=batch * (1 + 2 * readers), backward=2 * batch * share * readers,
+                             calls=1 + 4 * readers)
     # pairs not read off the weights (heads, streams): min(U, V) backward passes between the two layers, each
     # the share of the model between them (techniques.gradient_edges); pairs wider than MAX_PASSES on both sides
     # are screened (circuits._screened_pair): one more forward (clean and reference) and backward pass over all
@@ -238,6 +246,15 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
     return Cost(shared=(("circuit_scores", part + check),))
 
 
+def reader_layers(sizes: Sizes) -> list[LayerSize]:
+    """The audited layers that may be read by a module the audit does not cover (``unit_split.module_readers``):
+    hidden Linear layers that act per position (a transformer MLP's up projection, whose down projection is often
+    left out) or that no hidden audited layer follows; an upper bound (a reader found audited costs nothing)."""
+    hidden = [layer for layer in sizes.layers if layer.hidden]
+    return [layer for index, layer in enumerate(hidden) if layer.kind == "linear"
+            and (layer.values > layer.units or index == len(hidden) - 1)]
+
+
 def between(sizes: Sizes, upstream: LayerSize, layer: LayerSize) -> float:
     """The share of a pass through the model that lies between two audited layers: from the calibration's timing
     of where each layer's activation is ready (the shares of GPT-2's blocks are smaller than one layer's count
@@ -250,5 +267,7 @@ def between(sizes: Sizes, upstream: LayerSize, layer: LayerSize) -> float:
 
 def circuit_references(sizes: Sizes, samples: int) -> Cost:
     """The shared references of R302 and R304: the behaviour of the intact model, of every hidden unit ablated,
-    and on the references (presence). The means the next layers read come from the audit's statistics pass."""
-    return Cost(shared=(("circuit_references", forwards(sizes, sizes.n(samples), 3)),))
+    and on the references (presence). The means the next audited layers read come from the audit's statistics
+    pass; an unaudited reader's (:func:`reader_layers`) cost one more forward pass over all the audit's inputs."""
+    readers = forwards(sizes, sizes.samples) if reader_layers(sizes) else Cost()
+    return Cost(shared=(("circuit_references", forwards(sizes, sizes.n(samples), 3) + readers),))

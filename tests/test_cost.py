@@ -354,7 +354,26 @@ def test_between_is_the_distance_in_either_order_and_the_split_check_charges_it(
     assert between(sizes, first, first) == 0.0
     assert between(sizes, first, replace(second, at=None)) == 0.5  # untimed: one of two layers' share
     check = edge_scores(sizes, 100).shared[0][1].backward - 100  # less the shared backward pass of all samples
-    assert check == pytest.approx(2 * 10 * 0.3)
+    assert check == pytest.approx(2 * 10 * 0.3 + 2 * 10 * 0.5)  # and second's possible unaudited reader: 2 VJPs
+
+
+def test_unaudited_reader_checks_and_means_are_charged() -> None:
+    """A hidden Linear layer acting per position (a transformer MLP's up projection) may have an unaudited reader
+    (module_readers): its search (a batch forward), split checks (two forwards, two VJPs) and input means (one
+    more forward over every audit input) are charged; a per-sample Linear followed by another hidden layer is not."""
+    from mechaudit.cost import LayerSize, circuit_references, edge_scores, reader_layers
+
+    def sizes(values: int) -> Sizes:
+        layers = (LayerSize("up", "linear", 8, values, True), LayerSize("h2", "conv", 8, 8, True),
+                  LayerSize("head", "linear", 3, 3, False))
+        return Sizes(samples=200, max_samples=100, batch_size=10, layers=layers, input_values=4, output_values=3)
+    per_token, per_sample = sizes(40), sizes(8)
+    assert [layer.name for layer in reader_layers(per_token)] == ["up"]
+    assert reader_layers(per_sample) == []
+    extra = edge_scores(per_token, 100).shared[0][1].forward - edge_scores(per_sample, 100).shared[0][1].forward
+    assert extra == pytest.approx(10 * (1 + 2))
+    means = circuit_references(per_token, 100).shared[0][1].forward - circuit_references(per_sample, 100).shared[0][1].forward
+    assert means == pytest.approx(200)
 
 
 def test_calibration_times_the_model_without_its_hooks(monkeypatch) -> None:
