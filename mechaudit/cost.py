@@ -223,14 +223,14 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
     # (techniques.unit_split; each VJP runs from the later layer's input back to the earlier layer's output)
     checked = [between(sizes, a, b) for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}]
     check = Cost(forward=batch * len(checked), backward=2 * batch * sum(checked), calls=2 * len(checked))
-    # unaudited readers (techniques.unit_split.module_readers): one forward of a batch to find them, then per
-    # layer that may have one the same checks (a forward, two VJPs over one audited layer's share) and the
-    # only-path forward
+    # unaudited readers (techniques.unit_split.module_readers): one forward of a batch and a partial backward per
+    # layer that may have one to find them, then the same checks (a forward, two VJPs, each over one audited
+    # layer's share) and the only-path forward
     readers = len(reader_layers(sizes))
     if readers:
         share = 1.0 / max(1, len(layers))
-        check = check + Cost(forward=batch * (1 + 2 * readers), backward=2 * batch * share * readers,
-                             calls=1 + 4 * readers)
+        check = check + Cost(forward=batch * (1 + 2 * readers), backward=3 * batch * share * readers,
+                             calls=1 + 5 * readers)
     # pairs not read off the weights (heads, streams): min(U, V) backward passes between the two layers, each
     # the share of the model between them (techniques.gradient_edges); pairs wider than MAX_PASSES on both sides
     # are screened (circuits._screened_pair): one more forward (clean and reference) and backward pass over all

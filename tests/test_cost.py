@@ -354,7 +354,7 @@ def test_between_is_the_distance_in_either_order_and_the_split_check_charges_it(
     assert between(sizes, first, first) == 0.0
     assert between(sizes, first, replace(second, at=None)) == 0.5  # untimed: one of two layers' share
     check = edge_scores(sizes, 100).shared[0][1].backward - 100  # less the shared backward pass of all samples
-    assert check == pytest.approx(2 * 10 * 0.3 + 2 * 10 * 0.5)  # and second's possible unaudited reader: 2 VJPs
+    assert check == pytest.approx(2 * 10 * 0.3 + 3 * 10 * 0.5)  # and second's possible unaudited reader: 3 VJPs
 
 
 def test_unaudited_reader_checks_and_means_are_charged() -> None:

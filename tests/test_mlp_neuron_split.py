@@ -297,3 +297,29 @@ def test_a_reader_rejected_or_failing_falls_back_to_the_layer_output(case: str, 
     assert reported
     for name, lost in reported.items():
         assert lost == pytest.approx(exact[name], rel=1e-4, abs=1e-6), name
+
+
+class _Branch(torch.nn.Module):
+    """A sibling Linear of fc's width (``side``, on a buffer) is called before fc's down projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.side, self.down = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+        self.head = torch.nn.Linear(8, 3)
+        self.register_buffer("c", torch.randn(1, 5, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.gelu(self.fc(x))
+        side = self.side(self.c.expand(x.shape[0], -1, -1))
+        return self.head((x + side + self.down(h)).mean(1))
+
+
+def test_the_reader_is_the_first_module_of_the_width_that_reads_the_layer() -> None:
+    """``side`` has fc's width and runs first, but does not read fc: the reader found is ``down``."""
+    from mechaudit.model_view import ModelView
+    from mechaudit.techniques.unit_split import module_readers
+
+    x = torch.randn(16, 5, 8)
+    view = ModelView.discover(_Branch().eval(), x[:2], ["fc", "head"])
+    assert {name: reader.name for name, reader in module_readers(view, x).items()} == {"fc": "down"}

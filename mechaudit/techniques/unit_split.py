@@ -88,34 +88,55 @@ def module_readers(view: ModelView, batch: torch.Tensor) -> dict[str, Layer]:
     """Per audited Linear layer (GPT-2's ``c_fc``, BERT's ``intermediate.dense``) that is read by a module the audit
     does not cover (the down projection ``c_proj`` / ``output.dense`` when only the up projection is audited): that
     reader, as a :class:`Layer` to hook. The reader is the first Linear or Hugging Face ``Conv1D`` called after the
-    layer (one forward pass of ``batch``) whose input's last axis has the layer's width (and whose first axis is the
-    samples: a sequence-first reader is left out); a candidate only:
+    layer (one forward pass of ``batch``) whose input's last axis has the layer's width and depends on the layer's
+    output (a partial backward pass per module tried), if its first axis is the samples; a candidate only:
     :func:`unit_splits` checks numerically that its input is a unit-wise function of the layer's output alone and
     their only path to the output. Layers whose first such module is an audited layer get none (that layer is
     checked as the next audited layer)."""
     modules = {name: m for name, m in view.model.named_modules() if name and linear_maps.is_linear(m)}
-    calls: list[tuple[str, torch.Size]] = []
+    calls: list[tuple[str, torch.Tensor]] = []
+    leaves: dict[str, torch.Tensor] = {}
 
     def record(name: str):
         def hook(_module: nn.Module, args: tuple) -> None:
             if args and isinstance(args[0], torch.Tensor):
-                calls.append((name, args[0].shape))
+                calls.append((name, args[0]))
         return hook
-    with installed(m.register_forward_pre_hook(record(name)) for name, m in modules.items()), torch.no_grad():
+
+    def leaf(name: str):
+        def hook(output: torch.Tensor, _args: tuple) -> torch.Tensor:
+            if name in leaves:  # a layer called again (weights shared across blocks): its first call only
+                return output
+            leaves[name] = output.detach().requires_grad_(True)
+            return leaves[name].clone()  # an in-place operation after the layer must not modify the leaf
+        return hook
+    linear = [layer for layer in view.layers if layer.kind == "linear" and not layer.is_output]
+    with installed(chain((m.register_forward_pre_hook(record(name)) for name, m in modules.items()),
+                         (view.hook(layer, leaf(layer.name)) for layer in linear))), torch.enable_grad():
         view.model(batch)
     audited = {layer.name for layer in view.layers}
     found = {}
-    for layer in view.layers:
+    for layer in linear:
         first = next((i for i, (name, _) in enumerate(calls) if name == layer.name), None)
-        if layer.kind != "linear" or layer.is_output or first is None:
+        if first is None or layer.name not in leaves:
             continue
-        reader = next(((name, shape) for name, shape in calls[first + 1:]
-                       if name != layer.name and len(shape) >= 2 and shape[-1] == layer.size), None)
-        # a reader whose input's first axis is not the samples (a sequence-first ``h.transpose(0, 1)``) passes the
-        # unit-wise checks, but its input means (summed over the first axis) would be wrong: rejected
-        if reader is not None and reader[0] not in audited and reader[1][0] == batch.shape[0]:
+        # the first module of the layer's width that reads the layer's output at all (a sibling Linear of the same
+        # width on another tensor is passed over); a reader whose input's first axis is not the samples (a
+        # sequence-first ``h.transpose(0, 1)``) passes the unit-wise checks, but its input means (summed over the
+        # first axis) would be wrong: rejected
+        reader = next(((name, x) for name, x in calls[first + 1:]
+                       if name != layer.name and x.dim() >= 2 and x.shape[-1] == layer.size
+                       and _reads(x, leaves[layer.name])), None)
+        if reader is not None and reader[0] not in audited and reader[1].shape[0] == batch.shape[0]:
             found[layer.name] = reader_layer(view, reader[0])
     return found
+
+
+def _reads(x: torch.Tensor, leaf: torch.Tensor) -> bool:
+    """Whether ``x`` depends on ``leaf`` in the autograd graph (one partial backward pass)."""
+    if not x.requires_grad:
+        return False
+    return torch.autograd.grad(x, leaf, torch.ones_like(x), retain_graph=True, allow_unused=True)[0] is not None
 
 
 def reader_layer(view: ModelView, name: str) -> Layer:
