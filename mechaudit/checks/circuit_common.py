@@ -239,10 +239,11 @@ A transformer MLP neuron (GPT-2's `h.0.mlp.c_fc:u300`, a Hugging Face Conv1D; BE
 `intermediate.dense:u7`) means its GELU output at every token, as the down projection (`c_proj`,
 `output.dense`) reads it, with its mean per token over the audit data: at the next audited layer's input when
 that is the projection; else (the MiniLM example and `benchmarks/gpt2_small.py` audit `intermediate.dense` /
-`c_fc` alone) at the input of its reader, the first Linear or Conv1D run after it whose input has its width,
-found on one batch and checked numerically like the next layer (unit-wise, nothing else reaches
-that input, the neurons' only path to the output); its mean input there costs one more pass over the audit data.
-Where no reader passes these checks, the Linear output before the GELU.
+`c_fc` alone) at the input of its reader, the first Linear or Conv1D run after it whose input has its width and
+depends on its output (samples first), found on one batch and checked numerically like the next layer (unit-wise,
+nothing else reaches that input, the neurons' only path to the output); its mean input there costs one more pass
+over the audit data. Where no reader passes these checks (or a step with it fails: a warning is logged), the
+Linear output before the GELU.
 """
 """What a transformer MLP neuron's address means in R301-R304 (shared by their docs)."""
 
