@@ -142,9 +142,11 @@ def _cost(sizes: Sizes, params: SinglePointsParams) -> Cost:
     k = params.candidates
     alone = checked_exactly(sizes.hidden_units, params.exhaustive, k, params.calibration)
     k = min(k, alone)  # the pairs are among the checked units' top ones
-    if alone < sizes.hidden_units:  # screened: pairs among fewer top candidates
+    screened = sizes.hidden_units > atp.SCREEN_ABOVE and not params.exhaustive  # as the rule decides
+    if screened:  # pairs among fewer top candidates
         k = min(k, params.screened_pairs)
-    screen = with_gradients(sizes, n, params.screen_steps) if alone < sizes.hidden_units else Cost()
+    # the screen holds ~4 batch copies: the input, the activations kept for autograd, the moved sites and gradients
+    screen = with_gradients(sizes, n, params.screen_steps, copies=4) if screened else Cost()
     return (edge_scores(sizes, n) + circuit_references(sizes, n) + screen
             + forwards(sizes, n, alone + k * (k - 1) / 2))
 
