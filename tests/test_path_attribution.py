@@ -137,3 +137,22 @@ def test_a_token_axis_read_site_keeps_tokens_and_units_apart() -> None:
                          - base for u in range(6)])
     assert exact.abs().max() > 1e-3
     assert torch.allclose(found, exact, atol=1e-5)
+
+
+def test_the_screens_cost_is_charged_whenever_they_run() -> None:
+    """R304 screens above SCREEN_ABOVE units unless exhaustive, even when its top candidates and calibration
+    sample cover every unit; L207's one-step screen adds a no-grad pass over the clean inputs."""
+    from mechaudit.checks.patching import PatchingParams
+    from mechaudit.checks.patching import _cost as patching_cost
+    from mechaudit.checks.single_points import SinglePointsParams
+    from mechaudit.checks.single_points import _cost as single_points_cost
+    from mechaudit.cost import LayerSize, Sizes
+
+    units = atp.SCREEN_ABOVE + 4
+    sizes = Sizes(samples=100, max_samples=100, batch_size=50, input_values=4, output_values=2,
+                  layers=(LayerSize("h", "dense", units, units, True),))
+    covering = single_points_cost(sizes, SinglePointsParams(calibration=units))
+    exhaustive = single_points_cost(sizes, SinglePointsParams(calibration=units, exhaustive=True))
+    assert covering.backward - exhaustive.backward >= 100  # the screen's backward pass over the samples
+    one, two = (patching_cost(sizes, PatchingParams(samples=100, screen_steps=s)) for s in (1, 2))
+    assert two.backward - one.backward == 100 and two.forward == one.forward  # two points: the clean run is one
