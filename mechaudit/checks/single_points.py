@@ -89,8 +89,8 @@ calibration sample with a one-sided 95% Clopper-Pearson bound on how many unchec
 its 95% bootstrap interval; top-10 recall among all units ablated exactly): MiniLM (10,056 units) 0.994
 [0.98, 1.00], recall 0.7, where the former screen (the circuit rules' signed node scores against the corrupted
 inputs: another intervention, summed over the samples) gave 0.835 [0.69, 0.92], recall 0.6; `digits` (all 56 units)
-0.998 against 0.885, recall 1.0 against 0.5; a 2-block, 64-wide GPT-2 (520 units) 0.988 against 0.951, recall 0.9
-against 0.2; `induction` 1.0 both. More points did not help (MiniLM 0.87 / 0.93 at 2 / 5 points, the others alike or
+0.998 against 0.885, recall 1.0 against 0.5; a 2-block, 64-wide GPT-2 (520 units) 0.995 against 0.956, recall 1.0
+against 0.3; `induction` 1.0 both. More points did not help (MiniLM 0.87 / 0.93 at 2 / 5 points, the others alike or
 lower, each point one more pass): `screen_steps = 1`. Screened, backups are looked for among the top
 `screened_pairs` candidates only (`pairs_among` in the `screen` evidence): 3 pair ablations instead of 45 at the
 default sizes, each a forward pass over the samples (issue 16: a GPT-2-small audit within 15 minutes).
