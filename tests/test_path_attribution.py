@@ -91,3 +91,68 @@ def test_r304_screen_estimates_the_mean_ablation_it_confirms(monkeypatch: pytest
     assert "mean-ablated" in screen["method"] and screen["checked_exactly"] == 56
     assert screen["spearman"] > 0.95
     assert screen["top_k_recall"] >= 0.9
+
+
+class TokenMLP(nn.Module):
+    """A transformer-style MLP on (samples, tokens, features): ``fc1``'s neurons (after the GELU) are read at
+    ``fc2``'s input, per token; the output is linear in that input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(4, 6), nn.Linear(6, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc2(F.gelu(self.fc1(x))).mean(1))
+
+
+def test_a_token_axis_read_site_keeps_tokens_and_units_apart() -> None:
+    """At a read site with a token axis (an MLP neuron read at the down projection, every token), the screen's
+    alpha = 0 pass is the intact run and, the metric linear in the reader's input, its one-step estimates are the
+    exact mean-ablation effects per unit and sample (a split input reshaped instead of joined mixes tokens and
+    units: neither holds)."""
+    from mechaudit.techniques.node_ablation import behaviour_under_ablation, read_sites
+
+    torch.manual_seed(0)
+    model = TokenMLP().eval()
+    x = torch.randn(8, 5, 4)
+    view = ModelView.discover(model, x[:2], ("fc1", "fc2", "out"))
+    read_in: list[torch.Tensor] = []
+    with torch.no_grad():
+        handle = model.fc2.register_forward_pre_hook(lambda _m, args: read_in.append(args[0]))
+        intact = model(x)
+        handle.remove()
+    sites = read_sites(view, {"fc1": "fc2"}, {"fc2": read_in[0].mean(0)})
+    values = {"fc1": torch.zeros(6, 5), "fc2": torch.zeros(4, 5)}
+    outputs: list[torch.Tensor] = []
+
+    def metric(out: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+        outputs.append(out.detach().clone())
+        return out[:, 0]
+    targets, cpu = torch.zeros(8), torch.device("cpu")
+    found = path_estimates(view, [view.layer("fc1")], x, targets, metric, 1, toward=mean_toward(values, sites),
+                           sites=sites)["fc1"]
+    assert torch.allclose(outputs[0], intact, atol=1e-6)
+    base = behaviour_under_ablation(view, x, targets, metric, [], values, 256, cpu, sites)
+    exact = torch.stack([behaviour_under_ablation(view, x, targets, metric, [f"fc1:u{u}"], values, 256, cpu, sites)
+                         - base for u in range(6)])
+    assert exact.abs().max() > 1e-3
+    assert torch.allclose(found, exact, atol=1e-5)
+
+
+def test_the_screens_cost_is_charged_whenever_they_run() -> None:
+    """R304 screens above SCREEN_ABOVE units unless exhaustive, even when its top candidates and calibration
+    sample cover every unit; L207's one-step screen adds a no-grad pass over the clean inputs."""
+    from mechaudit.checks.patching import PatchingParams
+    from mechaudit.checks.patching import _cost as patching_cost
+    from mechaudit.checks.single_points import SinglePointsParams
+    from mechaudit.checks.single_points import _cost as single_points_cost
+    from mechaudit.cost import LayerSize, Sizes
+
+    units = atp.SCREEN_ABOVE + 4
+    sizes = Sizes(samples=100, max_samples=100, batch_size=50, input_values=4, output_values=2,
+                  layers=(LayerSize("h", "dense", units, units, True),))
+    covering = single_points_cost(sizes, SinglePointsParams(calibration=units))
+    exhaustive = single_points_cost(sizes, SinglePointsParams(calibration=units, exhaustive=True))
+    assert covering.backward - exhaustive.backward >= 100  # the screen's backward pass over the samples
+    one, two = (patching_cost(sizes, PatchingParams(samples=100, screen_steps=s)) for s in (1, 2))
+    assert two.backward - one.backward == 100 and two.forward == one.forward  # two points: the clean run is one

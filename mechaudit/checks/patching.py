@@ -70,16 +70,17 @@ the others are patched exactly. The `screen` evidence gives the components score
 calibration size, Spearman of estimate and exact fraction over the checked ones, the recall of their exact top-k
 by the screen's, and the largest exact fraction in the calibration sample with a one-sided 95% Clopper-Pearson
 bound on how many unchecked components recover at least `min_recovered`, and a 95% bootstrap interval of that
-Spearman over the checked components. The gradient is averaged over `screen_steps` points of the straight path from
-the corrupted to the clean activations (EAP-IG, Hanna et al. 2024: every component moved at once; the ends are the
-corrupted and the clean run, one point the corrupted run alone, blind to a unit the clean input switches on from
-below a ReLU's kink), a forward and backward pass per point and batch. Measured (`benchmarks/screen_steps.py`,
-Spearman over every component or a seeded random sample of 48, with its 95% bootstrap interval; top-10 recall among
-those patched exactly) for 1 / 2 / 3 / 5 / 10 points: `digits` 0.95 / 0.986 / 0.996 [0.99, 1.00] / 0.996 / 0.995,
-recall 0.8 / 0.9 / 1.0 / 1.0 / 1.0; a 2-block, 64-wide GPT-2 (520 components) 0.98 / 0.91 / 0.97 [0.93, 0.98] /
-0.986 / 0.992, recall 0.8 / 0.8 / 0.9 / 0.9 / 0.9; the first 4 blocks of the GPT-2-small shape (12,336
-components, 64 prompts of 16 tokens, a sample of 32) 0.86 / 0.977 / 0.989 [0.96, 1.00] / 0.984, recall 0.8 / 1.0 /
-0.9 / 0.9 (a point 8-12 s); `induction` 1.0 at every count; the screen's time 1 / 1.2 /
+Spearman over the checked components. The gradient is averaged over `screen_steps` points from the corrupted to the
+clean activations (EAP-IG, Hanna et al. 2024: every component moved at once; the ends are the corrupted and the
+clean run, the interior points the corrupted run with the components alone interpolated, so not one straight path
+where a residual stream or the embeddings reach the output past them; one point the corrupted run alone, blind to a
+unit the clean input switches on from below a ReLU's kink), a forward and backward pass per point and batch.
+Measured (`benchmarks/screen_steps.py`, Spearman over every component or a seeded random sample of 48, with its 95%
+bootstrap interval; top-10 recall among those patched exactly) for 1 / 2 / 3 / 5 / 10 points: `digits` 0.95 / 0.986
+/ 0.996 [0.99, 1.00] / 0.996 / 0.995, recall 0.8 / 0.9 / 1.0 / 1.0 / 1.0; a 2-block, 64-wide GPT-2 (520 components)
+0.98 / 0.91 / 0.97 [0.93, 0.98] / 0.986 / 0.992, recall 0.8 / 0.8 / 0.9 / 0.9 / 0.9; the first 4 blocks of the
+GPT-2-small shape (12,336 components, 64 prompts of 16 tokens, a sample of 32) 0.86 / 0.977 / 0.989 [0.96, 1.00] /
+0.984, recall 0.8 / 1.0 / 0.9 / 0.9 (a point 8-12 s); `induction` 1.0 at every count; the screen's time 1 / 1.2 /
 1.5-2.0 / 2.4-3.5 / 4.7-6.7 times one point's: `screen_steps = 3`. MiniLM (10,056 components) stays short of the
 target: on the corrupted run its similarity behaviour, the output's cosine similarity to itself, is at its maximum
 1, so a small component's patching effect is second order and no first-order screen along the joint path ranks the
@@ -166,17 +167,19 @@ class PatchingEvidence(TypedDict, total=False):
 
 
 def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
-    """On ``samples`` pairs: the clean and corrupted runs, attribution patching (two forward and backward
-    passes), then the exact patch of each component checked exactly (every one up to the screen's threshold,
-    else the screen's ``top_k`` and a calibration sample; a forward pass each: the layers after it where the model
-    can be traced, the whole model where it cannot, as Hugging Face GPT-2) and one pass of the clean inputs they
-    are patched from; for token-id models, the evidence's integrated gradients over a few prompts (charged to
-    every model: a few hundred sample-passes)."""
+    """On ``samples`` pairs: the clean and corrupted runs, attribution patching (``screen_steps`` forward and
+    backward passes; with one, a no-grad clean run for the end activations), then the exact patch of each component
+    checked exactly (every one up to the screen's threshold, else the screen's ``top_k`` and a calibration sample;
+    a forward pass each: the layers after it where the model can be traced, the whole model where it cannot, as
+    Hugging Face GPT-2) and one pass of the clean inputs they are patched from; for token-id models, the
+    evidence's integrated gradients over a few prompts (charged to every model: a few hundred sample-passes)."""
     from ..techniques.token_attribution import MAX_SAMPLES, N_STEPS
 
     n = sizes.n(params.samples)
     exact = checked_exactly(sizes.hidden_units, params.exhaustive, params.top_k, params.calibration)
-    return (forwards(sizes, n, 3 + exact) + with_gradients(sizes, n, params.screen_steps, copies=3)
+    clean_end = forwards(sizes, n, 1) if params.screen_steps == 1 else Cost()  # one step: a no-grad clean run
+    # the screen holds ~5 batch copies: both inputs' activations at the sites, the autograd graph, moved sites, grads
+    return (forwards(sizes, n, 3 + exact) + with_gradients(sizes, n, params.screen_steps, copies=5) + clean_end
             + with_gradients(sizes, min(n, MAX_SAMPLES) * N_STEPS))
 
 

@@ -63,12 +63,13 @@ def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tens
                          device: torch.device | None = None, steps: int = 2) -> dict[str, torch.Tensor]:
     """Estimated effect of patching each unit, summed over the pairs: ``{layer: (units,)}``.
 
-    ``(a_clean - a_corrupted) . g``, where ``g`` averages the metric's gradient over ``steps`` points of the
-    straight path from the corrupted to the clean run (:func:`~.path_attribution.path_estimates`). Two (the
+    ``(a_clean - a_corrupted) . g``, where ``g`` averages the metric's gradient over ``steps`` points from the
+    corrupted to the clean run (:func:`~.path_attribution.path_estimates`). Two (the
     default) are the corrupted and the clean run: the trapezoid whose clean end sees a unit that is off in the
     corrupted run (below a ReLU's kink) and that the clean input switches on, the very unit that carries the
     difference, where the gradient at the corrupted run alone (one step) is blind to it (Kramar et al. 2024);
-    more add the interior points of EAP-IG (every component interpolated at once)."""
+    more add the interior points of EAP-IG (every component interpolated at once, on the corrupted inputs: with
+    the clean run as the end point, not one straight path where anything reaches the output past the components)."""
     estimates = path_estimates(view, layers, corrupted, targets, metric, steps, end_inputs=clean,
                                batch_size=batch_size, device=device)
     return {name: values.double().sum(1).float() for name, values in estimates.items()}

@@ -11,7 +11,10 @@ activation replaced in the forward pass, the gradient passed straight through to
 ``steps`` points cost ``steps`` forward and backward passes per batch, whatever the number of components.
 :func:`path_points`: one point is plain attribution patching (the gradient at ``a``); more are the trapezoid rule
 on ``0, 1/(steps-1), ..., 1``. Where the replacement is another input's activation (patching), the end point is
-that input's own run (``end_inputs``), so two points are the two-run estimate of :mod:`.patching`.
+that input's own run (``end_inputs``), so two points are the two-run estimate of :mod:`.patching`. That path is
+then not one straight path: the interior points run the original inputs with only the hooked sites interpolated,
+while the end point is the other input's whole run (what reaches the output past the sites, as a residual stream
+or the embeddings, is the other input's there too).
 
 A site is a layer's output (:meth:`~mechaudit.model_view.ModelView.hook`) or, for a :class:`~.node_ablation.
 ReadSite`, the part of the next audited layer's input that a unit writes: where the circuit rules ablate it.
@@ -28,7 +31,7 @@ import torch
 from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from .node_ablation import ReadSite
-from .unit_split import split_input
+from .unit_split import joined, split_input
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``metric(outputs, targets) -> (samples,)``, differentiable in the outputs."""
@@ -65,8 +68,10 @@ def path_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, t
     """Per layer, the estimated change of ``metric`` per sample when each unit alone moves from its activation on
     ``inputs`` to its replacement: ``{layer: (units, samples)}``, ``(a' - a) . g`` summed over the unit's positions,
     ``g`` the gradient averaged over :func:`path_points` (``steps``). The replacement ``a'`` is ``toward(layer, a)``
-    or, given ``end_inputs`` (the same samples' counterparts), the activation on them. ``sites``: layers whose units
-    are moved where the next audited layer reads them (as :func:`~.node_ablation.ablated` ablates them)."""
+    or, given ``end_inputs`` (the same samples' counterparts), the activation on them; then the last point is
+    their own run and the interior points interpolate the sites alone (see the module's docstring).
+    ``sites``: layers whose units are moved where the next audited layer reads them (as
+    :func:`~.node_ablation.ablated` ablates them)."""
     if (toward is None) == (end_inputs is None):
         raise ValueError("give exactly one of toward and end_inputs")
     device = device or torch.device("cpu")
@@ -154,7 +159,7 @@ def _moved(view: ModelView, at: list[_Site], alpha: float | None) -> Iterator[No
         def pre_hook(_module, args: tuple):
             x = args[0]
             split = split_input(read.layer, read.reader, module, x)
-            return (carry(site, split).reshape(x.shape).clone(), *args[1:])
+            return (joined(carry(site, split), x).clone(), *args[1:])
         return module.register_forward_pre_hook(pre_hook)
 
     with installed(read_hook(site) if site.read is not None else view.hook(site.layer, output_hook(site))
