@@ -46,16 +46,17 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
     size = largest if not single else max(2, min(largest, int(CALIBRATION_SECONDS / single)))
     batch = data.inputs[:size].to(context.device)
     values: dict[str, int] = {}
+    widths: dict[str, int] = {}
     with torch.no_grad():
         whole = statistics.median(_timed(lambda: view.model(batch), context.device) for _ in range(TIMINGS))
-        output, reached = _readiness(view, batch, context.device, values)  # after the others: a warm model
+        output, reached = _readiness(view, batch, context.device, values, widths)  # after the others: a warm model
     if single is None or len(batch) < OVERHEAD_SAMPLES:  # a large model: one sample is mostly compute
         forward, call = max(whole / len(batch), 1e-9), 0.0
     else:  # t(b) = call + b * per_sample, from a batch of b and of one sample
         forward = max((whole - single) / (len(batch) - 1), whole / len(batch) / 4, 1e-9)
         call = max(single - forward, 0.0)
     layers = tuple(LayerSize(layer.name, layer.kind, layer.size, values.get(layer.name, layer.size),
-                             not layer.is_output, reached.get(layer.name))
+                             not layer.is_output, reached.get(layer.name), widths.get(layer.name, 0))
                    for layer in view.layers)
     sizes = Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
                   int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks))
@@ -89,11 +90,12 @@ def agreed(sizes: Sizes, calibration: Calibration, memory: int) -> tuple[Sizes, 
 
 
 def _readiness(view: Any, batch: torch.Tensor, device: torch.device,
-               values: dict[str, int]) -> tuple[Any, dict[str, float]]:
+               values: dict[str, int], widths: dict[str, int]) -> tuple[Any, dict[str, float]]:
     """One forward pass of ``batch`` with every audited layer hooked (a pass apart from the timed ones, whose hooks
     would slow them: heads hooks re-run attention): the model's output, each layer's activation values per sample
-    (into ``values``) and the share of the pass spent when its activation was ready (its first call; none where it
-    did not run). On CUDA the hooks record events instead of waiting for the GPU at each layer."""
+    (into ``values``; a heads layer's vector width into ``widths``) and the share of the pass spent when its
+    activation was ready (its first call; none where it did not run). On CUDA the hooks record events instead of
+    waiting for the GPU at each layer."""
     from .model_view import installed, units_view
 
     mark = _marker(device)
@@ -104,6 +106,8 @@ def _readiness(view: Any, batch: torch.Tensor, device: torch.device,
             if layer.name not in reached:
                 reached[layer.name] = mark()
             values[layer.name] = int(units_view(activation, layer)[0].numel())
+            if layer.kind == "heads":  # an activation vector is the heads' concatenated outputs at one token
+                widths[layer.name] = int(activation.shape[-1])
         return hook
     with installed(view.hook(layer, record(layer)) for layer in view.layers):
         _sync(device)

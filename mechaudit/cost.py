@@ -59,6 +59,12 @@ class LayerSize:
     values: int
     hidden: bool
     at: float | None = None
+    width: int = 0  #: numbers per activation vector (heads: the concatenated head outputs); 0: ``units``
+
+    @property
+    def vector_width(self) -> int:
+        """Numbers per activation vector at one position: ``width``, else ``units``."""
+        return self.width or self.units
 
 
 @dataclass(frozen=True)
