@@ -427,3 +427,34 @@ def test_both_spectra_count_live_units_and_rank_alike_at_any_scale() -> None:
         a, b = spectrum(scale * x), spectrum_of_covariance(torch.cov((scale * x).T.double()))
         assert a.live_units == b.live_units == 9
         assert abs(a.effective_rank - b.effective_rank) < 1e-3 and a.effective_rank > 3
+
+
+class _Attending(torch.nn.Module):
+    """Tokens through one 4-head attention layer of 16 dims (heads of 4 dims), pooled to 2 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = torch.nn.Linear(8, 16), torch.nn.Linear(16, 2)
+        self.attn = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+def test_calibration_records_a_heads_layers_vector_width(monkeypatch) -> None:
+    """What D103's cost reads: a heads layer's units are its 4 heads, its activation vectors the 16 concatenated
+    head outputs per token."""
+    from mechaudit import calibration, engine
+
+    seen = []
+
+    def measure(context, isolate):
+        seen.append(calibration.measure(context, isolate))
+        return seen[-1]
+    monkeypatch.setattr(engine, "measure", measure)
+    mechaudit.audit(_Attending(), torch.randn(16, 5, 8), labels=torch.randint(0, 2, (16,)), select=["D101"],
+                    rule_timeout=0)
+    layers = {layer.name: layer for layer in seen[0][0].layers}
+    assert (layers["attn"].kind, layers["attn"].units, layers["attn"].vector_width) == ("heads", 4, 16)
+    assert layers["embed"].vector_width == layers["embed"].units == 16

@@ -84,6 +84,7 @@ def test_d103_reports_intervals_over_seeds_and_its_budget() -> None:
     assert by_metric["purity_gap"].interval is not None
     budget = fvu.evidence["budget"]
     assert budget["steps"] == 100 < budget["steps_asked"]          # cut by the budget, down to the floor
+    assert budget["narrow_layer_factor"] == 3  # 8 units: steps raised 3 times (at most 48 / 8) before the cut
     assert math.isclose(budget["gmac_budget"], 0.05) and fvu.evidence["buffer"]["storage"] == "memory"
 
 

@@ -74,9 +74,10 @@ candidates that still would not fit are not tried; when not even the first size 
 32 vectors, the sweep is skipped and the smallest size, 2 features per unit, is kept with k = units / 8, and
 `size_choice` says so), the rest for the kept dictionaries (fewer than `steps` steps, at least 100, then batches
 down to 32 vectors, then fewer steps still, with a `reduced` note in the evidence saying they are undertrained); the
-evidence's `budget` states what was spent and the steps and batch used. `seeds` dictionaries are trained with
-consecutive seeds; the first is kept and written; every gated metric carries the range over the seeds as its
-interval (FVU and purity gap per seed, instability per pair of seeds; for n seeds a further seed's value falls
+evidence's `budget` states what was spent and the steps and batch used (`steps`, what ran; `steps_asked`, the `steps`
+parameter; `narrow_layer_factor`, the factor narrow layers raise it by before any budget cut). `seeds` dictionaries are
+trained with consecutive seeds; the first is kept and written; every gated metric carries the range over the seeds as
+its interval (FVU and purity gap per seed, instability per pair of seeds; for n seeds a further seed's value falls
 inside the range with probability (n - 1) / (n + 1), the interval's level: 0.5 for 3). Three findings per layer:
 `fvu`, the fraction of variance unexplained (fails above `max_fvu`); `instability`, one minus the mean best cosine
 similarity between the live features and those of a second dictionary trained with another seed (fails above `1 -
