@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from ..model_view import Layer, ModelView
+from ..activations import batches
+from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from . import atp
 from .uncertainty import RESAMPLES, percentile_interval
 
@@ -26,7 +27,6 @@ def _interpolated_gradients(view: ModelView, layers: list[Layer], batch: torch.T
     :func:`~.atp.activations_and_gradients`, the model goes on with a copy of the moved value, so an in-place
     operation after the layer (``nn.ReLU(inplace=True)``) neither modifies a leaf (frozen parameters) nor the kept
     tensor whose gradient is read."""
-    from ..model_view import installed
     kept: dict[str, torch.Tensor] = {}
 
     def move(output: torch.Tensor, name: str) -> torch.Tensor:
@@ -60,8 +60,6 @@ def interpolated_estimates(view: ModelView, layers: list[Layer], inputs: torch.T
     ``metric_values`` receives the clean metric per sample."""
     if steps == 1:
         return atp.ablation_estimates(view, layers, inputs, targets, metric, modes, batch_size, device, metric_values)
-    from ..activations import batches
-    from ..model_view import from_units_view, units_view
     parts: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}
     for start, batch in batches(inputs, batch_size, device):
         stop = start + len(batch)
