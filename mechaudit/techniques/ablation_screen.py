@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from . import atp
+from .resampled import draws
 from .uncertainty import RESAMPLES, percentile_interval
 
 MAX_UNDEFINED = 0.05
@@ -94,9 +95,7 @@ def spearman_resamples(screen: np.ndarray, exact: np.ndarray, seed: int = 0,
                        resamples: int = RESAMPLES) -> np.ndarray:
     """Spearman's rho of ``resamples`` seeded bootstrap resamples of the paired values, NaN where a resample makes
     either side constant (kept, so that a caller can count them)."""
-    rng = np.random.default_rng(seed)
-    n = len(screen)
-    return np.array([_spearman(screen[i], exact[i]) for i in (rng.integers(0, n, n) for _ in range(resamples))])
+    return np.array([_spearman(screen[i], exact[i]) for i in draws(len(screen), resamples, seed)])
 
 
 def agreement(screen: Sequence[float], exact: Sequence[float], seed: int = 0) -> dict:

@@ -20,9 +20,8 @@ from itertools import chain
 
 import torch
 
-from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
-from .circuits import Behaviour
+from .circuits import Behaviour, _mean_trace
 from .unit_split import joined, reader_layer, split_input
 
 
@@ -59,24 +58,11 @@ def read_sites(view: ModelView, read_by: dict[str, str], input_means: dict[str, 
 def reader_input_means(view: ModelView, names: list[str], inputs: torch.Tensor, batch_size: int,
                        device: torch.device) -> dict[str, torch.Tensor]:
     """The mean input (one sample's shape: per token) over ``inputs`` of each module in ``names`` (unaudited
-    readers, whose inputs the audit's statistics pass does not record): one streaming pass without gradients.
-    Raises ValueError when a reader's input's first axis is not the samples."""
-    totals: dict[str, torch.Tensor] = {}
-
-    samples = [0]
-
-    def record(name: str):
-        def hook(_module, args: tuple) -> None:
-            if args[0].shape[0] != samples[0]:
-                raise ValueError(f"{name}'s input's first axis is not the samples")
-            total = args[0].detach().double().sum(0).cpu()
-            totals[name] = totals[name] + total if name in totals else total
-        return hook
-    with installed(view.module(name).register_forward_pre_hook(record(name)) for name in names), torch.no_grad():
-        for _, batch in batches(inputs, batch_size, device):
-            samples[0] = batch.shape[0]
-            view.model(batch)
-    return {name: total / max(inputs.shape[0], 1) for name, total in totals.items()}
+    readers, whose inputs the audit's statistics pass does not record): the circuit rules' streamed mean trace
+    (one pass without gradients) of those modules. Raises ValueError when a reader's input's first axis is not the
+    samples."""
+    trace = _mean_trace(view, inputs, batch_size, device, [reader_layer(view, name) for name in names])
+    return {name: trace["in"][name][0] for name in names}
 
 
 @contextmanager
