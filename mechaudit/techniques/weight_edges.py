@@ -34,7 +34,10 @@ def weight_edge_scores(module: nn.Module, delta: torch.Tensor, grad: torch.Tenso
     """Scores (upstream units, layer units) summed over samples. ``delta``: the layer input's reference-minus-clean
     value split by upstream unit (:func:`~.unit_split.split_input`), (samples, units, features) or, per token,
     (samples, units, *positions, 1) for Linear, (samples, channels, *spatial) for Conv; ``grad``: dm/d(layer
-    output) as (samples, layer units, positions)."""
+    output) as (samples, layer units, positions). Computed in the wider of the two dtypes (a bfloat16 model's
+    activations with a float32 behaviour's gradient)."""
+    dtype = torch.promote_types(delta.dtype, grad.dtype)
+    delta, grad = delta.to(dtype), grad.to(dtype)
     if linear_maps.is_linear(module) and delta.dim() > 3:
         return _linear_per_position(linear_maps.weight(module).detach(), delta.flatten(2, -2), grad, chunk_elements)
     if linear_maps.is_linear(module):
@@ -48,6 +51,7 @@ def input_edge_scores(module: nn.Module, delta: torch.Tensor, grad: torch.Tensor
     """Scores (layer units,) of the edges from one input region: ``delta`` is the model input's change restricted to
     the region; the region's channels together are one node, so their contributions add up before the ``|.|``."""
     weight = linear_maps.weight(module).detach() if linear_maps.is_linear(module) else module.weight.detach()
+    delta = delta.to(weight.dtype)  # the model input stays float32 when the model runs in a lower precision
     if linear_maps.is_linear(module):
         change = delta.reshape(delta.shape[0], -1) @ weight.T
         return (change * grad[..., 0]).abs().sum(0)
@@ -58,7 +62,7 @@ def input_edge_scores(module: nn.Module, delta: torch.Tensor, grad: torch.Tensor
 
 def _linear(weight: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, chunk_elements: int) -> torch.Tensor:
     n, units, features = delta.shape
-    weight = weight.reshape(weight.shape[0], units, features)
+    weight = weight.reshape(weight.shape[0], units, features).to(delta.dtype)
     if features == 1:
         return weight[..., 0].abs().T * (delta[..., 0].abs().T @ grad.abs())
     scores = torch.empty(units, weight.shape[0], dtype=delta.dtype, device=delta.device)
@@ -87,7 +91,7 @@ def _linear_per_position(weight: torch.Tensor, delta: torch.Tensor, grad: torch.
 
 
 def _conv2d(module: nn.Conv2d, delta: torch.Tensor, grad: torch.Tensor, chunk_elements: int) -> torch.Tensor:
-    weight = module.weight.detach()
+    weight = module.weight.detach().to(delta.dtype)
     out_channels, channels = weight.shape[:2]
     kernel = weight.shape[2] * weight.shape[3]
     n, positions = delta.shape[0], grad.shape[2]
@@ -110,7 +114,7 @@ def _conv2d(module: nn.Conv2d, delta: torch.Tensor, grad: torch.Tensor, chunk_el
 
 def _grouped(module: nn.Module, delta: torch.Tensor, grad: torch.Tensor, chunk_elements: int) -> torch.Tensor:
     """Per upstream channel, its contribution to every output channel by one grouped convolution."""
-    weight = module.weight.detach()  # (V, U, *k)
+    weight = module.weight.detach().to(delta.dtype)  # (V, U, *k)
     out_channels, channels = weight.shape[:2]
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[delta.dim()]
     scores = torch.zeros(channels, out_channels, dtype=delta.dtype, device=delta.device)
