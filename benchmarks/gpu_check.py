@@ -87,7 +87,8 @@ def time_default_audit(rows: list, name: str, model: nn.Module, inputs: torch.Te
     slowest = sorted(result.rules, key=lambda run: -run.seconds)[:3]
     rows.append((f"{name}: default audit, {device}", f"{seconds:.1f}", "-",
                  ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-                 + "; slowest " + ", ".join(f"{run.rule_id} {run.seconds:.1f} s" for run in slowest)))
+                 + "; slowest " + ", ".join(f"{run.rule_id} {run.seconds:.1f} s" for run in slowest)
+                 + "".join(f"; {f.rule_id} error: {f.message[:100]}" for f in result.findings if f.status == "error")))
 
 
 def _time_gpt2(rows: list, quick: bool, device: str) -> None:

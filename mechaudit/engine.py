@@ -34,7 +34,7 @@ from .model_view import ModelView
 from .needs import missing_need
 from .planning import Plan, RulePlan, plan_rules
 from .portable import portable_traceback, relative_keys
-from .precision import cast_forward, dispatched, input_device
+from .precision import cast_forward, dispatched, exact_float32, input_device
 from .rulebook import Rule, Rulebook, load_rulebook
 from .sources import anchor_files, source_locations
 from .spec import AuditSpec, project_root
@@ -203,7 +203,8 @@ def plan_audit(spec: AuditSpec, rulebook: Rulebook | None = None, *, loaded: Loa
     """Load the model and data, check they fit, and plan the selected rules (:mod:`mechaudit.cost`) without
     running any."""
     _, rules = _selection(spec, rulebook)
-    with distributed.session(resolve_device(spec.options.device)), without_fast_path(), ModelGuard() as guard:
+    with distributed.session(resolve_device(spec.options.device)), without_fast_path(), exact_float32(), \
+            ModelGuard() as guard:
         context, _ = prepare(spec, loaded, data, guard)
         context.rules = tuple(rules)
         return _plan(context, rules, spec.options.rule_timeout)
@@ -255,7 +256,8 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
     waiver_file = load_waivers(Path(options.waivers)) if options.waivers else None  # bad file: fail before running
     started = datetime.now(timezone.utc)
     # torch's fused attention would bypass the hooks on nn.MultiheadAttention heads
-    with distributed.session(resolve_device(options.device)), without_fast_path(), ModelGuard() as guard:
+    with distributed.session(resolve_device(options.device)), without_fast_path(), exact_float32(), \
+            ModelGuard() as guard:
         context, inputs = prepare(spec, loaded, data, guard)
         context.rules = tuple(rules)
         context.baseline = baseline

@@ -35,9 +35,15 @@ def planted_checks():
     @register("test_oom_always", _NoParams)
     def _oom_always(context, rule):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    @register("test_reads_tf32", _NoParams)
+    def _reads_tf32(context, rule):
+        return [Measurement(f"conv {torch.backends.cudnn.conv.fp32_precision}, "
+                            f"matmul {torch.backends.cuda.matmul.fp32_precision}")]
     yield
     CHECKS.pop("test_oom_above_128")
     CHECKS.pop("test_oom_always")
+    CHECKS.pop("test_reads_tf32")
 
 
 def _audit(tmp_path: Path, checks: dict[str, str], **options):
@@ -68,6 +74,18 @@ def test_out_of_memory_twice_is_an_error_naming_the_retry(tmp_path: Path) -> Non
     assert run.status == "error"
     assert run.findings[0].message == ("ran out of memory (OutOfMemoryError; retried at batch size 32 after running "
                                        "out of memory at 64); lower --batch-size or --max-samples")
+
+
+def test_float32_audits_run_without_tensorfloat32_and_restore_the_flags(tmp_path: Path) -> None:
+    before = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"  # a user's setting: TF32 for matrix products too
+    try:
+        result = _audit(tmp_path, {"D903": "test_reads_tf32"})
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # restored after the audit
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before[1]
+    assert next(f for f in result.findings if f.rule_id == "D903").message == "conv ieee, matmul ieee"
+    assert torch.backends.cudnn.conv.fp32_precision == before[0] == "tf32"  # cuDNN's default, restored
 
 
 def test_batch_size_fits_the_free_memory() -> None:
