@@ -71,8 +71,8 @@ def scanned_clean(scanner: AblationScanner, layers: list, inputs: torch.Tensor, 
         units={layer.name: [0] for layer in layers})["clean"].items()}
 
 
-def first_order(view, layers: list, inputs: torch.Tensor, labels: torch.Tensor, modes: dict, batch_size: int
-                ) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+def first_order(view, layers: list, inputs: torch.Tensor, labels: torch.Tensor, modes: dict, batch_size: int,
+                raw: dict | None = None) -> tuple[dict[str, np.ndarray], torch.Tensor]:
     """The first-order screens: L202's predicted accuracy drop (relative error 0.15), the same with 0.5, and the
     predicted mean loss of label margin; and the clean margins."""
     measured: list[torch.Tensor] = []
@@ -80,6 +80,8 @@ def first_order(view, layers: list, inputs: torch.Tensor, labels: torch.Tensor, 
                                        measured)["mean"]
     margins = torch.cat(measured)
     every = torch.cat([estimates[layer.name] for layer in layers])
+    if raw is not None:
+        raw.update(first_order=every.numpy(), margins=margins.numpy())
     return {"first order (L202, r=0.15)": atp.predicted_accuracy_drop(every, margins).numpy(),
             "first order, r=0.5": atp.predicted_accuracy_drop(every, margins, 0.5).numpy(),
             "first-order margin loss": (-every.mean(1)).numpy()}, margins
@@ -108,6 +110,26 @@ def compare(screens: dict[str, np.ndarray], drop: dict[int, float], change: dict
               f"{fmt(atp.top_k_recall_at_kth(top, effects)):>7}")
 
 
+def ceilings(estimates: np.ndarray, margins: np.ndarray, clean: list[np.ndarray], drop: dict[int, float],
+             after: dict[int, np.ndarray], sample: list[int], offsets: np.ndarray) -> None:
+    """What limits the screen's rank agreement on the random sample: the per-sample first-order margin change
+    against the exact one (units ablated exactly; ``clean``: each layer's clean margins from the scanner), the rho of
+    a screen that ranks the exact drops perfectly (ties in the exact drops broken at random), and of L202's predicted
+    drop fed the exact per-sample margin changes (a perfect per-sample estimate)."""
+    base = {i: clean[int(np.searchsorted(offsets, i, side="right")) - 1] for i in after}
+    exact_change = np.concatenate([after[i] - base[i] for i in sorted(after)])
+    estimated = np.concatenate([estimates[i] for i in sorted(after)])
+    relative = np.abs(estimated - exact_change) / np.maximum(np.abs(exact_change), 1e-12)
+    d = np.array([drop[i] for i in sample])
+    rng = np.random.default_rng(0)
+    tie_break = np.mean([rho(d + 1e-9 * rng.random(len(d)), d) for _ in range(50)])
+    perfect = atp.predicted_accuracy_drop(torch.from_numpy(np.stack([after[i] - base[i] for i in sample])),
+                                          torch.from_numpy(np.stack([base[i] for i in sample]))[0]).numpy()
+    print(f"per-sample first-order margin change vs exact: rho {rho(estimated, exact_change):.2f}, median relative "
+          f"error {np.median(relative):.2f}; rho ceilings on the sample: exact drops with ties broken at random "
+          f"{tie_break:.2f}, L202's drop from exact per-sample changes {rho(perfect, d):.2f}")
+
+
 def gpt2(blocks: int, prompts: int, tokens: int, sample_size: int, top: int, k: int, last_token: bool,
          save: str = "") -> None:
     import transformers
@@ -130,7 +152,8 @@ def gpt2(blocks: int, prompts: int, tokens: int, sample_size: int, top: int, k: 
     means = {n: s.mean_map.float() for n, s in stats.items()}
     modes = {"mean": (means, None)}
     started = time.perf_counter()
-    screens, margins = first_order(view, layers, inputs, labels, modes, 64)
+    raw: dict = {}
+    screens, margins = first_order(view, layers, inputs, labels, modes, 64, raw)
     seconds = time.perf_counter() - started
     print(f"gpt2 {blocks} blocks x 3072 c_fc, {prompts} prompts of {tokens}: base accuracy "
           f"{float((margins > 0).float().mean()):.3f}, screen {seconds:.1f}s")
@@ -139,6 +162,7 @@ def gpt2(blocks: int, prompts: int, tokens: int, sample_size: int, top: int, k: 
         est = ablation_screen.interpolated_estimates(view, layers, inputs, labels, atp.label_margin, modes, steps, 64,
                                                      CPU)["mean"]
         est = torch.cat([est[layer.name] for layer in layers])
+        raw[f"path_{steps}"] = est.numpy()
         print(f"path, {steps} points: {time.perf_counter() - started:.1f}s")
         screens[f"path {steps} points"] = atp.predicted_accuracy_drop(est, margins).numpy()
         screens[f"path {steps} points margin loss"] = (-est.mean(1)).numpy()
@@ -159,16 +183,21 @@ def gpt2(blocks: int, prompts: int, tokens: int, sample_size: int, top: int, k: 
     exact = scanner.scan(inputs, modes, 64, max_batch=1024, reduce=reduce, units=units)["mean"]
     print(f"exact: {len(chosen)} units in {time.perf_counter() - started:.1f}s")
     clean = scanned_clean(scanner, layers, inputs, 64, reduce)
-    drop, change = {}, {}
+    drop, change, after = {}, {}, {}
     for j, layer in enumerate(layers):
         base = float((clean[layer.name] > 0).float().mean())
         for row, unit in enumerate(units[layer.name]):
             drop[offsets[j] + unit] = base - float((exact[layer.name][row] > 0).float().mean())
             change[offsets[j] + unit] = float((exact[layer.name][row] - clean[layer.name]).mean())
+            after[offsets[j] + unit] = exact[layer.name][row].numpy()
     compare(screens, drop, change, sample, k)
+    ceilings(raw["first_order"], margins.numpy(), [clean[layer.name].numpy() for layer in layers], drop, after,
+             sample, offsets)
     if save:
         np.savez(save, sample=sample, units=sorted(drop), drop=[drop[i] for i in sorted(drop)],
-                 change=[change[i] for i in sorted(drop)], **{name: score for name, score in screens.items()})
+                 change=[change[i] for i in sorted(drop)], after=np.stack([after[i] for i in sorted(drop)]),
+                 clean=np.stack([clean[layer.name].numpy() for layer in layers]), labels=labels.numpy(),
+                 **raw, **{name: score for name, score in screens.items()})
 
 
 def digits(k: int) -> None:
@@ -212,7 +241,8 @@ def main() -> None:
     parser.add_argument("--last-token", action="store_true",
                         help="label = the last prompt token (gpt2_small.py; 0-3%% base accuracy) instead of the "
                              "model's own prediction (100%%)")
-    parser.add_argument("--save", default="", help="write the screens and exact values to this .npz")
+    parser.add_argument("--save", default="", help="write the screens, their per-sample margin estimates, the clean "
+                                                   "margins and the exact values (per unit and sample) to this .npz")
     parser.add_argument("--digits", action="store_true", help="the embedded digits example instead")
     args = parser.parse_args()
     if args.digits:

@@ -3,7 +3,10 @@
     python benchmarks/screen_steps.py [--models digits,induction,minilm,gpt2] [--steps 1,2,3,5,10] [--sample 48]
 
 Per model and rule, each screen (``screen_steps`` points, :mod:`mechaudit.techniques.path_attribution`; for R304
-also the former screen, |edge attribution node score| towards the corrupted input) scores every hidden component;
+also the former screen, |edge attribution node score| towards the corrupted input; for L207 where the metric is
+stationary on the corrupted run, MiniLM's, also the second-order screen, :mod:`mechaudit.techniques.second_order`,
+with 4 and 16 probes, its Jacobian at the corrupted run alone or averaged with the clean run's, ``both``) scores
+every hidden component;
 the exact intervention (L207: patching the clean activation into the corrupted run, summed over the pairs; R304:
 mean ablation at the rule's ablation sites, mean |per-sample change|) runs on every component where there are at
 most 256, else on the union of each screen's top k and one seeded random sample of ``--sample`` components (the
@@ -59,8 +62,12 @@ def rho_interval(a: np.ndarray, b: np.ndarray) -> str:
 
 
 def compare(label: str, screens: dict[str, tuple[torch.Tensor, float]], exact_of, k: int, sample: int,
-            calibration: int = 16, seed: int = 0) -> None:
-    """``screens`` {name: (scores of every component, seconds)}; ``exact_of(indices) -> {index: exact}``."""
+            calibration: int = 16, seed: int = 0, carrier_at: float | None = None,
+            union: tuple[str, str] | None = None) -> None:
+    """``screens`` {name: (scores of every component, seconds)}; ``exact_of(indices) -> {index: exact}``.
+    ``carrier_at``: also measure each screen's top 3k exactly and count, per screen (and for the ``union`` of two
+    screens' top k, as L207 checks where its metric is stationary), the components measured at or above it (L207's
+    carriers) that its top k holds."""
     count = len(next(iter(screens.values()))[0])
     everything = count <= atp.SCREEN_ABOVE
     if everything:
@@ -69,6 +76,9 @@ def compare(label: str, screens: dict[str, tuple[torch.Tensor, float]], exact_of
         randoms = torch.randperm(count, generator=torch.Generator().manual_seed(seed + 1))[:sample].tolist()
     selections = {name: atp.select(scores, k, calibration, seed) for name, (scores, _) in screens.items()}
     needed = set(randoms) | {i for s in selections.values() for i in s.checked}
+    tops = {name: scores.argsort(descending=True, stable=True)[:k].tolist() for name, (scores, _) in screens.items()}
+    if carrier_at is not None:
+        needed |= {i for scores, _ in screens.values() for i in scores.argsort(descending=True)[:3 * k].tolist()}
     started = time.process_time()
     exact = exact_of(sorted(needed))
     exact_seconds = time.process_time() - started
@@ -84,6 +94,16 @@ def compare(label: str, screens: dict[str, tuple[torch.Tensor, float]], exact_of
         recall = atp.top_k_recall(top, {i: exact[i] for i in needed})
         print(f"{name:<28} {rho(a, b):>8.3f} {rho_interval(a, b):>17} {rule_rho:>9.3f} {recall:>7.2f} "
               f"{seconds:>8.2f} {seconds / max(base, 1e-9):>5.1f}x")
+    if carrier_at is not None:
+        carriers = sorted((i for i in needed if exact[i] >= carrier_at), key=lambda i: -exact[i])
+        ranks = {name: {i: r for r, i in enumerate(scores.argsort(descending=True, stable=True).tolist())}
+                 for name, (scores, _) in screens.items()}
+        print(f"carriers (exact >= {carrier_at:.3g}) among the {len(needed)} measured: {len(carriers)}; each "
+              "screen's rank of them: " + "; ".join(f"{name} {[ranks[name][i] for i in carriers]}"
+                                                     for name in screens))
+        if union:
+            held = sum(i in set(tops[union[0]]) | set(tops[union[1]]) for i in carriers)
+            print(f"top {k} of {union[0]} and of {union[1]} together: {held} of {len(carriers)} carriers")
 
 
 def timed(run):
@@ -94,18 +114,30 @@ def timed(run):
 
 def l207(name: str, context, steps: list[int], k: int, sample: int) -> None:
     from mechaudit.checks.patching import PatchingParams, _problem
+    from mechaudit.techniques import second_order
     from mechaudit.techniques.patching import attribution_patching, exact_patching, metric_totals
 
     clean, corrupted, targets, metric, _ = _problem(context, PatchingParams(samples=10_000))
     view, layers = context.view, context.view.hidden_layers
     # ranked by recovered fraction (effect / total effect) as the rule ranks them: the sign of the total matters
-    sign = 1.0 if metric_totals(view, clean, corrupted, targets, metric).effect >= 0 else -1.0
+    totals = metric_totals(view, clean, corrupted, targets, metric, first_order=True)
+    sign = 1.0 if totals.effect >= 0 else -1.0
     components = [(layer, unit) for layer in layers for unit in range(layer.size)]
     screens = {}
     for n in steps:
         scores, seconds = timed(lambda n=n: attribution_patching(view, layers, clean, corrupted, targets, metric,
                                                                  context.batch_size, context.device, n))
         screens[f"steps={n}"] = (sign * torch.cat([scores[layer.name] for layer in layers]), seconds)
+    print(f"{name}: first-order share {totals.first_order_share:.2g} (second-order screen below "
+          f"{second_order.STATIONARY})")
+    if totals.first_order_share < second_order.STATIONARY:
+        for probes in (second_order.PROBES, 4 * second_order.PROBES):
+            for both in (False, True):
+                scores, seconds = timed(lambda p=probes, b=both: second_order.second_order_patching(
+                    view, layers, corrupted, clean, targets, metric, p, context.batch_size, context.device,
+                    both_ends=b))
+                screens[f"2nd order {probes} probes{', both' if both else ''}"] = (
+                    sign * torch.cat([scores[layer.name].double().sum(1).float() for layer in layers]), seconds)
 
     def exact_of(indices: list[int]) -> dict[int, float]:
         chosen: dict[str, list[int]] = {}
@@ -115,7 +147,10 @@ def l207(name: str, context, steps: list[int], k: int, sample: int) -> None:
                                chosen, context.batch_size, context.device)
         by = {(n, u): sign * float(found[n][r]) for n, us in chosen.items() for r, u in enumerate(us)}
         return {i: by[(components[i][0].name, components[i][1])] for i in indices}
-    compare(f"{name} L207 (patching)", screens, exact_of, k, sample)
+    stationary = totals.first_order_share < second_order.STATIONARY
+    compare(f"{name} L207 (patching)", screens, exact_of, k, sample,
+            carrier_at=PatchingParams().min_recovered * abs(totals.effect),
+            union=(f"2nd order {second_order.PROBES} probes, both", "steps=3") if stationary and 3 in steps else None)
 
 
 def r304(name: str, context, steps: list[int], k: int, sample: int) -> None:

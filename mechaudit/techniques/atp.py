@@ -21,8 +21,8 @@ Which of AtP*'s fixes apply here:
   which block), which mechaudit does not know for an arbitrary model (it hooks the audited layers only), and one
   extra backward pass per block; and the disagreements measured here are not cancellations (MiniLM's L207: the
   similarity behaviour is at its maximum on the corrupted run, so its first-order term vanishes whatever the
-  paths, see :mod:`.path_attribution`). The calibration sample states what cancellation (or any other failure)
-  would have hidden.
+  paths; L207 screens such a stationary metric to second order, :mod:`.second_order`). The calibration sample
+  states what cancellation (or any other failure) would have hidden.
 * *Non-linearity along the intervention (integrated gradients).* L207 and R304 average the gradient over
   ``screen_steps`` points of the straight path to the intervention (:mod:`.path_attribution`, EAP-IG), every
   component moved at once; ``benchmarks/screen_steps.py`` measures agreement by steps.

@@ -38,24 +38,47 @@ class PatchingTotals:
     pairs: int
     #: The metric per pair on the clean and on the corrupted inputs (for the behaviour presence test).
     per_pair: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: The first-order prediction of the effect from the corrupted run's outputs, ``sum g . (y_clean - y_corrupted)``
+    #: over the pairs (``g`` the metric's gradient in the output): what a first-order screen can see at all.
+    first_order: float | None = None
 
     @property
     def effect(self) -> float:
         return self.clean - self.corrupted
 
+    @property
+    def first_order_share(self) -> float | None:
+        """``|first_order| / |effect|``: near 0 where the metric is stationary on the corrupted run (e.g. at its
+        maximum), so that every first-order term vanishes and a screen needs the second-order one
+        (:mod:`.second_order`)."""
+        return None if self.first_order is None else abs(self.first_order) / max(abs(self.effect), 1e-30)
+
 
 def metric_totals(view: ModelView, clean: torch.Tensor, corrupted: torch.Tensor, targets: torch.Tensor,
-                  metric: Metric, batch_size: int = 256, device: torch.device | None = None) -> PatchingTotals:
+                  metric: Metric, batch_size: int = 256, device: torch.device | None = None,
+                  first_order: bool = False) -> PatchingTotals:
+    """The metric per pair on both inputs (one forward pass of each) and, with ``first_order``, the first-order
+    prediction of their difference (the gradient is the metric's in the output alone, no backward pass through the
+    model)."""
     device = device or torch.device("cpu")
-    values = []
-    for inputs in (clean, corrupted):
-        parts = []
+    values: list[list[torch.Tensor]] = [[], []]
+    linear = 0.0
+    for start, batch in batches(clean, batch_size, device):
+        chosen = targets[start:start + len(batch)].to(device)
         with torch.no_grad():
-            for start, batch in batches(inputs, batch_size, device):
-                parts.append(metric(view.model(batch).float(), targets[start:start + len(batch)].to(device)).cpu())
-        values.append(torch.cat(parts).double() if parts else torch.zeros(0, dtype=torch.float64))
-    return PatchingTotals(float(values[0].sum()), float(values[1].sum()), int(clean.shape[0]),
-                          (values[0], values[1]))
+            clean_out = view.model(batch).float()
+            corrupted_out = view.model(corrupted[start:start + len(batch)].to(device)).float()
+            values[0].append(metric(clean_out, chosen).cpu())
+        point = corrupted_out.requires_grad_(first_order)
+        with torch.enable_grad():
+            measured = metric(point, chosen)
+            if first_order:
+                (grad,) = torch.autograd.grad(measured.sum(), point)
+                linear += float((grad * (clean_out - corrupted_out.detach())).double().sum())
+        values[1].append(measured.detach().cpu())
+    both = [torch.cat(v).double() if v else torch.zeros(0, dtype=torch.float64) for v in values]
+    return PatchingTotals(float(both[0].sum()), float(both[1].sum()), int(clean.shape[0]), (both[0], both[1]),
+                          linear if first_order else None)
 
 
 def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, corrupted: torch.Tensor,

@@ -1,0 +1,125 @@
+"""The second-order patching screen (``techniques/second_order.py``): where the metric is stationary on the run
+patched into (the similarity of an output to the corrupted run's own output), it estimates each component's own
+patching effect where every first-order term is 0, and L207 uses it there (and only there)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+import mechaudit
+from mechaudit.loading import AuditData
+from mechaudit.model_view import ModelView
+from mechaudit.techniques import atp
+from mechaudit.techniques.circuits import cosine_similarity
+from mechaudit.techniques.patching import attribution_patching, exact_patching, metric_totals
+from mechaudit.techniques.second_order import STATIONARY, second_order_patching
+
+WIDTH, CARRIER = 300, 211
+
+
+class Embedder(nn.Module):
+    """Inputs of 4 to an 8-wide embedding through 300 hidden units; unit 211 alone reads input 3 and writes the
+    embedding's first half strongly, the others read inputs 0-2 and write small random directions."""
+
+    def __init__(self, relu: bool = True) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.fc1, self.fc2, self.relu = nn.Linear(4, WIDTH), nn.Linear(WIDTH, 8), relu
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.randn(WIDTH, 4, generator=generator))
+            self.fc1.weight[:, 3] = 0.0
+            self.fc1.weight[CARRIER] = torch.tensor([0.0, 0.0, 0.0, 3.0])
+            self.fc1.bias.fill_(0.5)
+            self.fc2.weight.copy_(0.05 * torch.randn(8, WIDTH, generator=generator))
+            self.fc2.weight[:4, CARRIER] = 1.0
+            self.fc2.bias.copy_(torch.randn(8, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc1(x)
+        return self.fc2(torch.relu(hidden) if self.relu else hidden)
+
+
+def _pairs(count: int = 32, shift: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean inputs with input 3 at ``shift``, corrupted twins with it at 0 and inputs 0-2 moved a little."""
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randn(count, 4, generator=generator)
+    clean[:, 3] = shift
+    corrupted = clean + 0.1 * torch.randn(count, 4, generator=generator)
+    corrupted[:, 3] = 0.0
+    return clean, corrupted
+
+
+def test_at_a_stationary_metric_the_second_order_screen_matches_exact_patching_where_the_first_order_sees_nothing(
+) -> None:
+    model = Embedder(relu=False).eval()  # linear: the output's change is exactly J d, the estimate exact to 2nd order
+    clean, corrupted = _pairs(shift=0.05)  # small moves: the quadratic term is nearly the whole effect
+    view = ModelView.discover(model, clean[:2])
+    layers = [view.layer("fc1")]
+    with torch.no_grad():
+        targets = model(corrupted)  # the metric is at its maximum, 1, on the corrupted run
+    exact = exact_patching(view, layers, clean, corrupted, targets, cosine_similarity)["fc1"].double()
+    estimate = second_order_patching(view, layers, corrupted, clean, targets, cosine_similarity, probes=256)
+    estimate = estimate["fc1"].double().sum(1)
+    first = attribution_patching(view, layers, clean, corrupted, targets, cosine_similarity, steps=1)["fc1"]
+    assert float(exact.min()) < 0 and float(exact.max()) <= 1e-5  # every patch lowers the similarity (float noise)
+    assert float(first.abs().max()) < 1e-3 * float(exact.abs().max())  # the first-order screen sees nothing
+    assert int(estimate.argmin()) == int(exact.argmin()) == CARRIER
+    assert abs(float(estimate[CARRIER]) / float(exact[CARRIER]) - 1) < 0.1
+    moved = exact.abs() > 1e-2 * exact.abs().max()
+    print(int(moved.sum()), spearmanr(estimate[moved].numpy(), exact[moved].numpy()).correlation,
+          float(estimate[CARRIER]) / float(exact[CARRIER]))
+    assert spearmanr(estimate[moved].numpy(), exact[moved].numpy()).correlation > 0.9
+
+
+def test_metric_totals_report_the_share_of_the_effect_a_first_order_screen_can_see() -> None:
+    model = Embedder().eval()
+    clean, corrupted = _pairs()
+    view = ModelView.discover(model, clean[:2])
+    with torch.no_grad():
+        stationary = model(corrupted)
+    totals = metric_totals(view, clean, corrupted, stationary, cosine_similarity, first_order=True)
+    assert totals.first_order_share < 1e-5 < STATIONARY
+    target = torch.zeros(len(clean), dtype=torch.long)
+
+    def logit(outputs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:  # linear in the output: share 1
+        return outputs.gather(1, chosen.view(-1, 1)).squeeze(1)
+    assert abs(metric_totals(view, clean, corrupted, target, logit, first_order=True).first_order_share - 1) < 1e-4
+    assert metric_totals(view, clean, corrupted, target, logit).first_order_share is None
+
+
+def _similarity_audit(**params) -> mechaudit.findings.Measurement:
+    model = Embedder().eval()
+    clean, corrupted = _pairs()
+    data = AuditData(inputs=clean, pairs=(clean, corrupted))
+    (finding,) = mechaudit.audit(model, data, select=["L207"], task="regression", behaviour={"kind": "similarity"},
+                                 rules={"L207": {"top_k": 5, "calibration": 10, **params}}).findings
+    return finding
+
+
+def test_l207_screens_a_stationary_similarity_to_second_order_and_confirms_the_carrier_exactly() -> None:
+    finding = _similarity_audit()
+    screen = finding.evidence["screen"]
+    assert screen["method"].startswith("second-order") and screen["first_order_share"] < STATIONARY
+    assert finding.location.component == f"fc1:u{CARRIER}"
+    assert screen["scored"] == WIDTH and screen["top_k_recall"] == 1.0
+    assert screen["checked_exactly"] == 15 + len(screen["path_screen_checked"])  # the path screen's top, patched too
+    assert screen["spearman"] > 0.9
+
+
+def test_l207_keeps_the_path_screen_where_the_metric_is_not_stationary() -> None:
+    model = Embedder().eval()
+    clean, corrupted = _pairs()
+    view = ModelView.discover(model, clean[:2])
+    target = torch.zeros(len(clean), dtype=torch.long)
+    share = metric_totals(view, clean, corrupted, target, atp.label_margin, first_order=True).first_order_share
+    assert share > STATIONARY  # a margin of one output against the others is not at an extremum
+    data = AuditData(inputs=clean, pairs=(clean, corrupted), labels=target)
+    (finding,) = mechaudit.audit(model, data, select=["L207"], task="regression",
+                                 behaviour={"kind": "output"}, output=0,
+                                 rules={"L207": {"top_k": 5, "calibration": 10}}).findings
+    screen = finding.evidence["screen"]
+    assert screen["method"].startswith("attribution patching") and screen["first_order_share"] > STATIONARY
+    assert np.isfinite(screen["first_order_share"])
