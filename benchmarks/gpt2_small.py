@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--labels", choices=("predicted", "random"), default="predicted",
                         help="the label of each prompt: the model's own prediction [predicted] or its last token")
     parser.add_argument("--select", default="", help="audit only these rules (e.g. L202), as --select")
+    parser.add_argument("--rule-timeout", default="", help="the audit's --rule-timeout (e.g. 0 on a loaded machine)")
     args = parser.parse_args()
     blocks = min(args.blocks, 2) if args.quick else args.blocks
     vocabulary = 1000 if args.quick else 50257
@@ -155,7 +156,8 @@ def main() -> None:
         if args.plan:
             print_plan(spec, args.calibration_ms)
             return
-        select = ("--select", args.select) if args.select else ()
+        select = (("--select", args.select) if args.select else ()) + (
+            ("--rule-timeout", args.rule_timeout) if args.rule_timeout else ())
         if not args.only_streams:
             run = run_audit(spec, folder / "default", *select, timeout=args.timeout)
             print_run("default rulebook" + (f", {args.select} only" if select else "") + ": heads and MLP neurons",

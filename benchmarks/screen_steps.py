@@ -150,7 +150,7 @@ def l207(name: str, context, steps: list[int], k: int, sample: int) -> None:
     stationary = totals.first_order_share < second_order.STATIONARY
     compare(f"{name} L207 (patching)", screens, exact_of, k, sample,
             carrier_at=PatchingParams().min_recovered * abs(totals.effect),
-            union=(f"2nd order {second_order.PROBES} probes, both", "steps=3") if stationary and 3 in steps else None)
+            union=(f"2nd order {second_order.PROBES} probes", "steps=3") if stationary and 3 in steps else None)
 
 
 def r304(name: str, context, steps: list[int], k: int, sample: int) -> None:

@@ -89,24 +89,25 @@ a second-order amount, which no first-order screen ranks (integrating along the 
 interaction with all others). The screen is used where the first-order prediction of the whole patch,
 `g . (y_clean - y_corrupted)` summed over the pairs (`g` the metric's gradient in the output, from the forward passes
 the rule runs anyway), is below 1% of the metric's exact change (`screen.first_order_share`: MiniLM 5.9e-8; a logit
-difference or label logit is not stationary). It estimates each component's own effect as `g . J d + 1/2 (J d)^T H
-(J d)`, `H` the metric's Hessian in the output and `J d` the output's change (its Jacobian averaged over the corrupted
-and the clean run, the trapezoid), the quadratic term from 4 random output directions (Hutchinson; two backward
-passes each per run and batch); and the path screen's `top_k` are patched exactly too (`screen.path_screen_checked`),
-since each screen finds carriers the other misses. Measured on MiniLM (10,056 components; `python
-benchmarks/screen_steps.py --models minilm --rules L207 --steps 1,3`, a seeded random 48 and every screen's top 10
-patched exactly, 170 components): Spearman over the random 48, path screen 1 / 3 points 0.22 / 0.10 [-0.21, 0.38],
-second order with the corrupted run's Jacobian 0.51, with the trapezoid 0.86 [0.73, 0.92] (16 probes: 0.86); recall
-of the exact top 10 among the 170 by each screen's top 10: 0.2 / 0.7, 0.7, 0.6 (the exact 5th to 12th values lie
-within 0.40-0.46 of the summed similarity: 11-15 of 7.1). What decides the finding is which components are carriers
-(at least `min_recovered`): of the 4 among those 170, the 3-point path screen's top 10 holds 3, the second-order
-screen's 2, and the union both patched exactly 3 (`encoder.layer.5:d62`, `encoder.layer.2:d62` and the top one,
-`encoder.layer.2:d63`, 27%; the fourth, `encoder.layer.2:d157`, 13%, is ranked 23rd and 27th). The audit's own figures
-(`mechaudit audit mechaudit/examples/minilm/minilm.toml --select L207`, 31 components checked): Spearman 0.84
-[0.66, 0.95] and recall 0.7 over its checked set, which holds the path screen's picks that the second-order screen
-ranks low (before: the path screen alone, 26 checked, 0.665 and 0.8, 2 carriers); the screen costs about 2.3 times
-the 3-point path screen's time, which it runs as well. Not charged in the plan (`mechaudit audit --plan` cannot
-know before running whether the metric is stationary).
+difference or label logit is not stationary: `induction` 1). It estimates each component's own effect by the Taylor
+expansion at the corrupted run, `g . J d + 1/2 (J d)^T H (J d)` (`H` the metric's Hessian in the output, `J d` the
+output's first-order change), the quadratic term from 4 random output directions (Hutchinson; two backward passes
+each per batch); and the path screen's `top_k` are patched exactly too (`screen.path_screen_checked`): it ranks
+components the expansion misses, as a GELU neuron the patch switches on (`encoder.layer.0.intermediate.dense:u691`,
+5.7%, ranked 1st by the path, 2,583rd by the expansion). Measured on MiniLM (10,056 components; `python
+benchmarks/screen_steps.py --models minilm --rules L207 --steps 1,3`: a seeded random 48 and every screen's top 30
+patched exactly, 228 components), path screen with 1 / 3 points, second order, second order with the Jacobian
+averaged over both runs: Spearman over the random 48 0.22 / 0.10 [-0.21, 0.38] / 0.51 [0.25, 0.70] / 0.86 [0.73,
+0.92]; recall of the exact top 10 of the 228 by the screen's top 10 0.1 / 0.5 / 0.6 / 0.4 (the 5th to 12th exact
+effects lie within 5.7-6.6% of the behaviour); and what decides the finding, the carriers (at least
+`min_recovered`; 4 among the 228: 27%, 18%, 13%, 11%), ranked 10055, 148, 220, 10027 / 1, 6, 23, 4 / 0, 1, 3, 5 / 5,
+2, 27, 11: the second order's top 10 holds all four, the path's three (16 probes: 0, 1, 3, 4, at 3 times the
+time). The audit's own figures (`mechaudit audit mechaudit/examples/minilm/minilm.toml --select L207`,
+30 components checked): all 4 carriers found, their estimates 0.28, 0.20, 0.11, 0.10 against exact 0.27, 0.18, 0.13,
+0.11; Spearman 0.76 [0.55, 0.88] and recall 0.8 over the checked set, which holds the path screen's picks that the
+expansion ranks low (before, the path screen alone: 0.665, recall 0.8, 2 carriers). The screen costs about 1.2 times
+the 3-point path screen, which it runs as well; not charged in the plan (`mechaudit audit --plan` cannot know before
+running whether the metric is stationary).
 The QK fix does not apply (a head component is the head's output, after its softmax); GradDrop is not implemented
 (`mechaudit.techniques.atp`).
 Measured (`benchmarks/atp_screen.py`, every component patched both ways): on the 2,048 `mlp.c_fc` neurons and
@@ -247,8 +248,8 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
                                                        second_order.PROBES, batch, device, context.seed)
         estimate = torch.cat([estimated[layer.name].double().sum(1).float() for layer in layers]) / totals.effect
         method = (f"second-order patching estimate (the metric is stationary on the corrupted run: the first-order "
-                  f"term predicts {totals.first_order_share:.1e} of the effect): g . J d + 1/2 (J d)^T H (J d), J "
-                  f"averaged over the corrupted and the clean run, the Hessian term from {second_order.PROBES} "
+                  f"term predicts {totals.first_order_share:.1e} of the effect): g . J d + 1/2 (J d)^T H (J d) at "
+                  f"the corrupted run, the Hessian term from {second_order.PROBES} "
                   f"random output directions; the top {params.top_k} of the path screen ({method}) are patched "
                   "exactly too")
     names = [layer.address(unit) for layer, unit in components]
