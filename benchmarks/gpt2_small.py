@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--labels", choices=("predicted", "random"), default="predicted",
                         help="the label of each prompt: the model's own prediction [predicted] or its last token")
     parser.add_argument("--select", default="", help="audit only these rules (e.g. L202), as --select")
+    parser.add_argument("--out", default="", help="keep the audits' findings in this folder (default: discarded)")
     parser.add_argument("--rule-timeout", default="", help="the audit's --rule-timeout (e.g. 0 on a loaded machine)")
     args = parser.parse_args()
     blocks = min(args.blocks, 2) if args.quick else args.blocks
@@ -151,7 +152,7 @@ def main() -> None:
           f"{blocks * neurons:,} MLP neurons; {args.prompts} prompts of {args.tokens} tokens; labels: {args.labels} "
           f"({LABELS[args.labels]})")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(args.out or tmp)
         spec = write_spec(folder, SPEC.format(quick=str(args.quick).lower(), layers=layer_list(units)), data, MODEL)
         if args.plan:
             print_plan(spec, args.calibration_ms)

@@ -86,9 +86,10 @@ def screen_summary(findings: dict[str, Any] | None, rule_id: str) -> str:
         if not isinstance(screen, dict):
             continue
         fields = [f"{key} {screen[key]:.3g}" if isinstance(screen[key], float) else f"{key} {screen[key]}"
-                  for key in ("scored", "exact", "spearman", "recall") if screen.get(key) is not None]
-        if fields:
-            parts.append(f"{(finding.get('location') or {}).get('layer') or '-'}: " + ", ".join(fields))
+                  for key in ("scored", "checked_exactly", "spearman", "top_k_recall") if screen.get(key) is not None]
+        line = ", ".join(fields)
+        if fields and all(not part.endswith(line) for part in parts):  # a pooled screen: once
+            parts.append(f"{(finding.get('location') or {}).get('layer') or '-'}: " + line)
     return "; ".join(parts[:3]) + (f"; ... ({len(parts)} in all)" if len(parts) > 3 else "") if parts else "-"
 
 

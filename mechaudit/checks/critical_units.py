@@ -133,7 +133,12 @@ first-order margin change agrees with the exact one per unit and sample at rho 0
 while a screen ranking the exact drops perfectly would reach 0.97 (the ties) and L202's drop fed the exact per-sample
 changes 0.97. The drop's normal error model ranks alike at relative errors 0.15 and 0.5 (the printed rows: rho 0.85 and
 0.85, recall 0.88 and 0.94, one unit of 16), so `ESTIMATE_ERROR` stays 0.15; ranking by the predicted margin loss
-instead ranks the exact drops at 0.19 (a unit that lowers every margin a little flips none). <GPT2AUDIT> `screen_steps` (default 1, the first order) averages the margin's gradient over more points of the
+instead ranks the exact drops at 0.19 (a unit that lowers every margin a little flips none). The audit itself (`python
+benchmarks/gpt2_small.py --blocks 2 --select L202 --skip-streams --rule-timeout 0`, predicted labels, 6,144 `c_fc`
+neurons pooled, 32 ablated exactly): the drop's rho 0.88 [0.76, 0.94] over its checked set, recall of the exact top 16
+1.0 (`agreement.margin_loss`: 0.97 [0.91, 0.99], recall 1.0); every one of its 24 heads drops the model's own
+predictions by over 10 points (fail), no `c_fc` neuron does (largest 7.8); 11.8 min wall on a loaded machine.
+`screen_steps` (default 1, the first order) averages the margin's gradient over more points of the
 straight path from the activation to its ablated value, one layer moved at a time while the others stay clean
 (integrated-gradients attribution patching per layer, as in Marks et al. 2024; EAP-IG, Hanna et al. 2024, interpolates
 the input instead), so that a ReLU the ablation switches on (gradient 0 at the clean activation) enters the estimate.
