@@ -224,19 +224,10 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     wide: list[tuple[Layer, Layer]] = []
     unconnected: list[tuple[str, str]] = []
     total_behaviour = 0.0
-    check = UnitSplits({}, {})
+    check = _checked_splits(view, inputs, reference, batch_size, device, readers)
     for start in range(0, inputs.shape[0], batch_size):
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device, tracked)
         total_behaviour += run.metric_sum
-        if start == 0:
-            pool = comparison_pool(inputs, reference)
-            try:
-                check = unit_splits(view, run.batch, pool, run.recorder.inputs, readers)
-            except Exception as error:  # noqa: BLE001 - the optional reader pairs fail: checked without them
-                if not readers:
-                    raise
-                _dropped_readers(readers, error)
-                check = unit_splits(view, run.batch, pool, run.recorder.inputs)
         for index, layer in enumerate(layers):
             following = layers[index + 1] if index + 1 < len(layers) else None
             reader = check.reader_of(layer.name, following.name if following else None)
@@ -283,6 +274,20 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                if (reader := check.reader_of(layer.name, layers[index + 1].name if index + 1 < len(layers) else None))}
     return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, total_behaviour / inputs.shape[0],
                          inputs.shape[0], unconnected, read_by)
+
+
+def _checked_splits(view: ModelView, inputs: torch.Tensor, reference: torch.Tensor | None, batch_size: int,
+                    device: torch.device, readers: dict[str, Layer]) -> UnitSplits:
+    """:func:`unit_splits` on the first batch (with the unaudited ``readers``; without them if their pairs fail),
+    before any clean run: its forward passes never coexist with the graph a clean run keeps for its edges."""
+    batch, pool = inputs[:batch_size].to(device), comparison_pool(inputs, reference)
+    try:
+        return unit_splits(view, batch, pool, readers=readers)
+    except Exception as error:  # noqa: BLE001 - the optional reader pairs fail: checked without them
+        if not readers:
+            raise
+        _dropped_readers(readers, error)
+        return unit_splits(view, batch, pool)
 
 
 def _add(sums: dict, key, value: torch.Tensor) -> None:
