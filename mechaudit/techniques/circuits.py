@@ -130,12 +130,14 @@ def _input_nodes(masks: dict[str, torch.Tensor], sample_shape: torch.Size) -> di
 
 
 class _Recorder:
-    """Forward hooks that keep each layer's input and output (with gradients on the clean run)."""
+    """Forward hooks that keep each layer's input and output (and, with ``keep_grad``, the input as the graph holds
+    it, for the gradients :meth:`take_grads` finds)."""
 
     def __init__(self, view: ModelView, layers: list[Layer], keep_grad: bool) -> None:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self.read: dict[str, torch.Tensor] = {}  # the layer's input as the graph holds it (for its gradient)
+        self._grads: dict[int, torch.Tensor] = {}
         self._view, self._layers, self._keep_grad = view, layers, keep_grad
 
     def recording(self):
@@ -145,13 +147,23 @@ class _Recorder:
     def _hook(self, name: str, keep_grad: bool):
         def hook(output: torch.Tensor, args: tuple) -> None:
             self.inputs[name] = args[0].detach()
-            if keep_grad and output.requires_grad:
-                output.retain_grad()
             if keep_grad and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
-                args[0].retain_grad()
                 self.read[name] = args[0]
             self.outputs[name] = output
         return hook
+
+    def take_grads(self, total: torch.Tensor) -> None:
+        """The gradients of ``total`` with respect to every recorded output and read input, and to nothing else
+        (no parameter gradients: one backward pass that skips the weight gradients), the graph kept."""
+        wanted = {id(t): t for t in [*self.outputs.values(), *self.read.values()]
+                  if isinstance(t, torch.Tensor) and t.requires_grad}
+        if wanted and total.requires_grad:
+            found = torch.autograd.grad(total, list(wanted.values()), retain_graph=True, allow_unused=True)
+            self._grads = {key: grad for key, grad in zip(wanted, found) if grad is not None}
+
+    def grad(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """``d total / d tensor`` for a recorded tensor (None where ``total`` does not depend on it)."""
+        return self._grads.get(id(tensor))
 
 
 @dataclass
@@ -167,7 +179,8 @@ class _Batch:
 
     def grad(self, layer: Layer) -> torch.Tensor:
         output = self.recorder.outputs[layer.name]
-        return output.grad if output.grad is not None else torch.zeros_like(output)
+        grad = self.recorder.grad(output)
+        return grad if grad is not None else torch.zeros_like(output)
 
     def delta_in(self, layer: Layer) -> torch.Tensor:
         return self.ref_inputs[layer.name] - self.recorder.inputs[layer.name]
@@ -188,7 +201,7 @@ def _run(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour
     with recorder.recording(), torch.enable_grad():
         clean_input = batch.clone().requires_grad_(batch.is_floating_point())
         metric = behaviour(view.model(clean_input), batch_targets)
-        metric.sum().backward(retain_graph=True)  # kept for the edges scored by autograd
+        recorder.take_grads(metric.sum())  # the graph kept for the edges scored by autograd
     if reference is not None:
         ref_batch = reference[start:start + batch_size].to(device)
         ref = _Recorder(view, tracked, keep_grad=False)
@@ -307,9 +320,9 @@ def _node_scores(view: ModelView, run: _Batch, layer: Layer, following: Layer | 
     a skip past the next layer)."""
     if following is not None and following.name in run.recorder.read:
         split = split_input(layer, following, view.module(following), run.delta_in(following))
-        read = run.recorder.read[following.name]
-        if split is not None and read.grad is not None:
-            grad = split_input(layer, following, view.module(following), read.grad)
+        read_grad = run.recorder.grad(run.recorder.read[following.name])
+        if split is not None and read_grad is not None:
+            grad = split_input(layer, following, view.module(following), read_grad)
             return (split * grad).flatten(2).sum(2).abs().sum(0)
     delta, grad = run.delta_out(layer), run.grad(layer)
     return (units_view(delta, layer) * units_view(grad, layer)).sum(dim=2).abs().sum(0)
