@@ -193,14 +193,17 @@ def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
     def read(name: str):
         def hook(_output: torch.Tensor, args: tuple) -> None:
             reads[name] = args[0]
+            calls[name] = calls.get(name, 0) + 1
         return hook
+    calls: dict[str, int] = {}
     sources = {p.name: p for p, _ in candidates}
     with installed(chain((view.hook(p, leaf(p.name)) for p in sources.values()),
                          (view.hook(la, read(la.name)) for _, la in candidates))), torch.enable_grad():
         clean = _tensors(view.model(batch))
     for previous, layer in candidates:
         if previous.name in leaves and layer.name in reads:
-            result[layer.name] = _splits(view, previous, layer, leaves[previous.name], reads[layer.name], other)
+            result[layer.name] = _splits(view, previous, layer, leaves[previous.name], reads[layer.name], other,
+                                         stop=calls[layer.name] == 1)
     reads = {name: value.detach() for name, value in reads.items()}  # the graphs between leaves and reads: freed
     leaves.clear()
     if any(result.values()):
@@ -270,8 +273,14 @@ def _only_path(view: ModelView, previous: Layer, layer: Layer, moved: torch.Tens
         return _close(_tensors(view.model(batch)), clean)
 
 
+class _Seen(Exception):
+    """Raised by a hook to end a forward pass once what it records has been seen."""
+
+
 def _splits(view: ModelView, previous: Layer, layer: Layer, out: torch.Tensor, read: torch.Tensor,
-            other: torch.Tensor) -> bool:
+            other: torch.Tensor, stop: bool = False) -> bool:
+    """The first two checks of :func:`unit_splits` for one pair. ``stop``: ``layer`` runs once per forward pass
+    (as it did on ``batch``), so the pass on ``other`` ends at its input (the rest of the model is not run)."""
     module = view.module(layer)
     if not isinstance(read, torch.Tensor) or split_input(previous, layer, module, read.detach()) is None:
         return False
@@ -280,9 +289,14 @@ def _splits(view: ModelView, previous: Layer, layer: Layer, out: torch.Tensor, r
 
     def record(_output: torch.Tensor, args: tuple) -> None:
         seen["input"] = args[0].detach()
+        if stop:
+            raise _Seen
     hooks = ((previous, lambda _output, _args: clean_out), (layer, record))
     with installed(view.hook(at, fn) for at, fn in hooks), torch.no_grad():
-        view.model(other)
+        try:
+            view.model(other)
+        except _Seen:
+            pass
     if "input" not in seen or not _close([seen["input"]], [clean_in]):
         return False
     if not read.requires_grad:
