@@ -43,6 +43,7 @@ from torch import nn
 from .. import linear_maps
 from ..addresses import INPUT, input_address
 from ..model_view import Layer, ModelView, installed, units_view
+from .early_stop import EnoughSeen, all_seen, forward_until_seen
 from .edge_scores import EdgeBlock, EdgeScores
 from .gradient_edges import MAX_PASSES, NoDoubleBackward, gradient_edges, screened_gradient_edges
 from .unit_split import UnitSplits, comparison_pool, module_readers, reader_layer, split_input, unit_splits
@@ -133,8 +134,11 @@ class _Recorder:
     """Forward hooks that keep each layer's input and output (and, with ``keep_grad``, the input as the graph holds
     it, for the gradients :meth:`take_grads` finds)."""
 
-    def __init__(self, view: ModelView, layers: list[Layer], keep_grad: bool) -> None:
+    def __init__(self, view: ModelView, layers: list[Layer], keep_grad: bool,
+                 stop_after: dict[str, int] | None = None) -> None:
         self.inputs: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}  # per layer, how often it ran in the pass(es) recorded
+        self.stop_after = stop_after  # end the pass (:class:`EnoughSeen`) once every layer ran this often
         self.outputs: dict[str, torch.Tensor] = {}
         self.read: dict[str, torch.Tensor] = {}  # the layer's input as the graph holds it (for its gradient)
         self._grads: dict[int, torch.Tensor] = {}
@@ -150,6 +154,9 @@ class _Recorder:
             if keep_grad and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
                 self.read[name] = args[0]
             self.outputs[name] = output
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if all_seen(self.calls, self.stop_after):
+                raise EnoughSeen
         return hook
 
     def take_grads(self, total: torch.Tensor) -> None:
@@ -204,9 +211,9 @@ def _run(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour
         recorder.take_grads(metric.sum())  # the graph kept for the edges scored by autograd
     if reference is not None:
         ref_batch = reference[start:start + batch_size].to(device)
-        ref = _Recorder(view, tracked, keep_grad=False)
+        ref = _Recorder(view, tracked, keep_grad=False, stop_after=dict(recorder.calls))
         with ref.recording(), torch.no_grad():
-            view.model(ref_batch)
+            forward_until_seen(view.model, ref_batch)  # no logits: only the tracked layers' activations are used
         return _Batch(recorder, batch, ref_batch, ref.inputs, ref.outputs, float(metric.detach().sum()))
     assert means is not None
     return _Batch(recorder, batch, means[INPUT].expand_as(batch),
@@ -412,7 +419,9 @@ def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int, device: 
     with recorder.recording(), torch.no_grad():
         for start in range(0, inputs.shape[0], batch_size):
             batch = inputs[start:start + batch_size].to(device)
-            view.model(batch)
+            recorder.calls.clear()
+            forward_until_seen(view.model, batch)  # after the first batch, ended at the last tracked layer
+            recorder.stop_after = recorder.stop_after or dict(recorder.calls)
             input_sum += batch.double().sum(0).cpu()
             for kind, store in (("in", recorder.inputs), ("out", recorder.outputs)):
                 for name, value in store.items():

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_leaves
 from .. import linear_maps
 from ..activations import collect_units
 from ..model_view import Layer, ModelView, installed, units_view
+from .early_stop import EnoughSeen, forward_until_seen
 
 
 def split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Tensor) -> torch.Tensor | None:
@@ -273,10 +274,6 @@ def _only_path(view: ModelView, previous: Layer, layer: Layer, moved: torch.Tens
         return _close(_tensors(view.model(batch)), clean)
 
 
-class _Seen(Exception):
-    """Raised by a hook to end a forward pass once what it records has been seen."""
-
-
 def _splits(view: ModelView, previous: Layer, layer: Layer, out: torch.Tensor, read: torch.Tensor,
             other: torch.Tensor, stop: bool = False) -> bool:
     """The first two checks of :func:`unit_splits` for one pair. ``stop``: ``layer`` runs once per forward pass
@@ -290,13 +287,10 @@ def _splits(view: ModelView, previous: Layer, layer: Layer, out: torch.Tensor, r
     def record(_output: torch.Tensor, args: tuple) -> None:
         seen["input"] = args[0].detach()
         if stop:
-            raise _Seen
+            raise EnoughSeen
     hooks = ((previous, lambda _output, _args: clean_out), (layer, record))
     with installed(view.hook(at, fn) for at, fn in hooks), torch.no_grad():
-        try:
-            view.model(other)
-        except _Seen:
-            pass
+        forward_until_seen(view.model, other)
     if "input" not in seen or not _close([seen["input"]], [clean_in]):
         return False
     if not read.requires_grad:
