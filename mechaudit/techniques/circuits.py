@@ -27,6 +27,11 @@ LayerNorm, residual streams) are scored by autograd (:mod:`.gradient_edges`); wh
 are wider than ``max_passes``, only the edges into the downstream units with the highest node scores are
 scored. Pairs where the later layer does not depend on the earlier one are listed in
 :attr:`CircuitScores.unconnected`. Edge scores are held as one tensor per layer pair (:mod:`.edge_scores`).
+
+Memory: the clean pass keeps its graph (for the autograd edges) while a batch is scored, so nothing else that
+builds a graph runs beside it: the unit-split check (:func:`~.unit_split.unit_splits`) runs first, on the first
+batch. The backward pass computes the recorded activations' gradients only (no parameter gradients), and the
+reference pass and the mean trace end at the last recorded layer (:mod:`.early_stop`: no logits).
 """
 
 from __future__ import annotations
