@@ -166,9 +166,11 @@ def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
     * the only path (``only_path``): with the earlier layer's output set to its value on the other inputs and the
       later layer's input held at its clean value, the model's output must not change.
 
-    Two forward passes (one with the earlier layers' outputs made leaves of the graph), and two per candidate pair
-    (layers of heads and residual streams never split, so they cost nothing; nor do pairs whose shapes cannot
-    split, when ``inputs``, each layer's input on ``batch`` as a caller already recorded it, tells so). A pair is
+    Two forward passes (one with the earlier layers' outputs made leaves of the graph, kept only from those leaves
+    to the later layers' inputs and freed after the VJPs), and two per candidate pair, the first ending at the later
+    layer's input when that layer runs once per pass (layers of heads and residual streams never split, so they
+    cost nothing; nor do pairs whose shapes cannot split, when ``inputs``, each layer's input on ``batch`` as a
+    caller already recorded it, tells so; without ``inputs`` such a pair costs no pass of its own). A pair is
     False when there is nothing to compare with (``pool`` holds nothing but ``batch``'s samples in its order)."""
     layers = view.layers
     pairs = [(previous, layer) for previous, layer in zip(layers, layers[1:])]
