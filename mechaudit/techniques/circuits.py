@@ -27,6 +27,11 @@ LayerNorm, residual streams) are scored by autograd (:mod:`.gradient_edges`); wh
 are wider than ``max_passes``, only the edges into the downstream units with the highest node scores are
 scored. Pairs where the later layer does not depend on the earlier one are listed in
 :attr:`CircuitScores.unconnected`. Edge scores are held as one tensor per layer pair (:mod:`.edge_scores`).
+
+Memory: the clean pass keeps its graph (for the autograd edges) while a batch is scored, so nothing else that
+builds a graph runs beside it: the unit-split check (:func:`~.unit_split.unit_splits`) runs first, on the first
+batch. The backward pass computes the recorded activations' gradients only (no parameter gradients), and the
+reference pass and the mean trace end at the last recorded layer (:mod:`.early_stop`: no logits).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from torch import nn
 from .. import linear_maps
 from ..addresses import INPUT, input_address
 from ..model_view import Layer, ModelView, installed, units_view
+from .early_stop import EnoughSeen, all_seen, forward_until_seen
 from .edge_scores import EdgeBlock, EdgeScores
 from .gradient_edges import MAX_PASSES, NoDoubleBackward, gradient_edges, screened_gradient_edges
 from .unit_split import UnitSplits, comparison_pool, module_readers, reader_layer, split_input, unit_splits
@@ -130,12 +136,17 @@ def _input_nodes(masks: dict[str, torch.Tensor], sample_shape: torch.Size) -> di
 
 
 class _Recorder:
-    """Forward hooks that keep each layer's input and output (with gradients on the clean run)."""
+    """Forward hooks that keep each layer's input and output (and, with ``keep_grad``, the input as the graph holds
+    it, for the gradients :meth:`take_grads` finds)."""
 
-    def __init__(self, view: ModelView, layers: list[Layer], keep_grad: bool) -> None:
+    def __init__(self, view: ModelView, layers: list[Layer], keep_grad: bool,
+                 stop_after: dict[str, int] | None = None) -> None:
         self.inputs: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}  # per layer, how often it ran in the pass(es) recorded
+        self.stop_after = stop_after  # end the pass (:class:`EnoughSeen`) once every layer ran this often
         self.outputs: dict[str, torch.Tensor] = {}
         self.read: dict[str, torch.Tensor] = {}  # the layer's input as the graph holds it (for its gradient)
+        self._grads: dict[int, torch.Tensor] = {}
         self._view, self._layers, self._keep_grad = view, layers, keep_grad
 
     def recording(self):
@@ -145,13 +156,26 @@ class _Recorder:
     def _hook(self, name: str, keep_grad: bool):
         def hook(output: torch.Tensor, args: tuple) -> None:
             self.inputs[name] = args[0].detach()
-            if keep_grad and output.requires_grad:
-                output.retain_grad()
             if keep_grad and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
-                args[0].retain_grad()
                 self.read[name] = args[0]
             self.outputs[name] = output
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if all_seen(self.calls, self.stop_after):
+                raise EnoughSeen
         return hook
+
+    def take_grads(self, total: torch.Tensor) -> None:
+        """The gradients of ``total`` with respect to every recorded output and read input, and to nothing else
+        (no parameter gradients: one backward pass that skips the weight gradients), the graph kept."""
+        wanted = {id(t): t for t in [*self.outputs.values(), *self.read.values()]
+                  if isinstance(t, torch.Tensor) and t.requires_grad}
+        if wanted and total.requires_grad:
+            found = torch.autograd.grad(total, list(wanted.values()), retain_graph=True, allow_unused=True)
+            self._grads = {key: grad for key, grad in zip(wanted, found) if grad is not None}
+
+    def grad(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """``d total / d tensor`` for a recorded tensor (None where ``total`` does not depend on it)."""
+        return self._grads.get(id(tensor))
 
 
 @dataclass
@@ -167,7 +191,8 @@ class _Batch:
 
     def grad(self, layer: Layer) -> torch.Tensor:
         output = self.recorder.outputs[layer.name]
-        return output.grad if output.grad is not None else torch.zeros_like(output)
+        grad = self.recorder.grad(output)
+        return grad if grad is not None else torch.zeros_like(output)
 
     def delta_in(self, layer: Layer) -> torch.Tensor:
         return self.ref_inputs[layer.name] - self.recorder.inputs[layer.name]
@@ -188,12 +213,12 @@ def _run(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour
     with recorder.recording(), torch.enable_grad():
         clean_input = batch.clone().requires_grad_(batch.is_floating_point())
         metric = behaviour(view.model(clean_input), batch_targets)
-        metric.sum().backward(retain_graph=True)  # kept for the edges scored by autograd
+        recorder.take_grads(metric.sum())  # the graph kept for the edges scored by autograd
     if reference is not None:
         ref_batch = reference[start:start + batch_size].to(device)
-        ref = _Recorder(view, tracked, keep_grad=False)
+        ref = _Recorder(view, tracked, keep_grad=False, stop_after=dict(recorder.calls))
         with ref.recording(), torch.no_grad():
-            view.model(ref_batch)
+            forward_until_seen(view.model, ref_batch)  # no logits: only the tracked layers' activations are used
         return _Batch(recorder, batch, ref_batch, ref.inputs, ref.outputs, float(metric.detach().sum()))
     assert means is not None
     return _Batch(recorder, batch, means[INPUT].expand_as(batch),
@@ -224,19 +249,10 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     wide: list[tuple[Layer, Layer]] = []
     unconnected: list[tuple[str, str]] = []
     total_behaviour = 0.0
-    check = UnitSplits({}, {})
+    check = _checked_splits(view, inputs, reference, batch_size, device, readers)
     for start in range(0, inputs.shape[0], batch_size):
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device, tracked)
         total_behaviour += run.metric_sum
-        if start == 0:
-            pool = comparison_pool(inputs, reference)
-            try:
-                check = unit_splits(view, run.batch, pool, run.recorder.inputs, readers)
-            except Exception as error:  # noqa: BLE001 - the optional reader pairs fail: checked without them
-                if not readers:
-                    raise
-                _dropped_readers(readers, error)
-                check = unit_splits(view, run.batch, pool, run.recorder.inputs)
         for index, layer in enumerate(layers):
             following = layers[index + 1] if index + 1 < len(layers) else None
             reader = check.reader_of(layer.name, following.name if following else None)
@@ -285,6 +301,20 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                          inputs.shape[0], unconnected, read_by)
 
 
+def _checked_splits(view: ModelView, inputs: torch.Tensor, reference: torch.Tensor | None, batch_size: int,
+                    device: torch.device, readers: dict[str, Layer]) -> UnitSplits:
+    """:func:`unit_splits` on the first batch (with the unaudited ``readers``; without them if their pairs fail),
+    before any clean run: its forward passes never coexist with the graph a clean run keeps for its edges."""
+    batch, pool = inputs[:batch_size].to(device), comparison_pool(inputs, reference)
+    try:
+        return unit_splits(view, batch, pool, readers=readers)
+    except Exception as error:  # noqa: BLE001 - the optional reader pairs fail: checked without them
+        if not readers:
+            raise
+        _dropped_readers(readers, error)
+        return unit_splits(view, batch, pool)
+
+
 def _add(sums: dict, key, value: torch.Tensor) -> None:
     value = value.detach().double().cpu()
     sums[key] = sums[key] + value if key in sums else value
@@ -302,9 +332,9 @@ def _node_scores(view: ModelView, run: _Batch, layer: Layer, following: Layer | 
     a skip past the next layer)."""
     if following is not None and following.name in run.recorder.read:
         split = split_input(layer, following, view.module(following), run.delta_in(following))
-        read = run.recorder.read[following.name]
-        if split is not None and read.grad is not None:
-            grad = split_input(layer, following, view.module(following), read.grad)
+        read_grad = run.recorder.grad(run.recorder.read[following.name])
+        if split is not None and read_grad is not None:
+            grad = split_input(layer, following, view.module(following), read_grad)
             return (split * grad).flatten(2).sum(2).abs().sum(0)
     delta, grad = run.delta_out(layer), run.grad(layer)
     return (units_view(delta, layer) * units_view(grad, layer)).sum(dim=2).abs().sum(0)
@@ -394,7 +424,9 @@ def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int, device: 
     with recorder.recording(), torch.no_grad():
         for start in range(0, inputs.shape[0], batch_size):
             batch = inputs[start:start + batch_size].to(device)
-            view.model(batch)
+            recorder.calls.clear()
+            forward_until_seen(view.model, batch)  # after the first batch, ended at the last tracked layer
+            recorder.stop_after = recorder.stop_after or dict(recorder.calls)
             input_sum += batch.double().sum(0).cpu()
             for kind, store in (("in", recorder.inputs), ("out", recorder.outputs)):
                 for name, value in store.items():

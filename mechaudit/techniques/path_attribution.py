@@ -85,12 +85,14 @@ def path_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, t
         def run(alpha: float | None, weight: float, x: torch.Tensor) -> None:
             with _moved(view, at, alpha), torch.enable_grad():
                 start_x = x.clone().requires_grad_(x.is_floating_point())
-                metric(view.model(start_x).float(), chosen).sum().backward()
-            view.model.zero_grad(set_to_none=True)
-            for site in at:
-                grad = site.moved.grad if site.moved is not None and site.moved.grad is not None else None
+                total = metric(view.model(start_x).float(), chosen).sum()
+                carried = [site for site in at if site.moved is not None and site.moved.requires_grad]
+                found = (torch.autograd.grad(total, [site.moved for site in carried], allow_unused=True)
+                         if carried and total.requires_grad else [])  # the sites' gradients only: no weights'
+            for site, grad in zip(carried, found):
                 if grad is not None:
                     gradients[site.layer.name] = gradients[site.layer.name] + weight * grad.float()
+            for site in at:
                 site.moved = None
         run(None, points[0][1], batch)  # alpha = 0: the inputs' own run, which records ``base``
         ends = None
@@ -141,8 +143,6 @@ def _moved(view: ModelView, at: list[_Site], alpha: float | None) -> Iterator[No
             site.base = units.detach().clone()
         value = site.base if alpha is None else site.base + alpha * (site.end.to(site.base.dtype) - site.base)
         moved = units + (value - units).detach() if units.requires_grad else value.clone().requires_grad_(True)
-        if moved.requires_grad and not moved.is_leaf:
-            moved.retain_grad()
         site.moved = moved
         return moved
 

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_leaves
 from .. import linear_maps
 from ..activations import collect_units
 from ..model_view import Layer, ModelView, installed, units_view
+from .early_stop import EnoughSeen, forward_until_seen
 
 
 def split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Tensor) -> torch.Tensor | None:
@@ -165,9 +166,11 @@ def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
     * the only path (``only_path``): with the earlier layer's output set to its value on the other inputs and the
       later layer's input held at its clean value, the model's output must not change.
 
-    Two forward passes (one with the earlier layers' outputs made leaves of the graph), and two per candidate pair
-    (layers of heads and residual streams never split, so they cost nothing; nor do pairs whose shapes cannot
-    split, when ``inputs``, each layer's input on ``batch`` as a caller already recorded it, tells so). A pair is
+    Two forward passes (one with the earlier layers' outputs made leaves of the graph, kept only from those leaves
+    to the later layers' inputs and freed after the VJPs), and two per candidate pair, the first ending at the later
+    layer's input when that layer runs once per pass (layers of heads and residual streams never split, so they
+    cost nothing; nor do pairs whose shapes cannot split, when ``inputs``, each layer's input on ``batch`` as a
+    caller already recorded it, tells so; without ``inputs`` such a pair costs no pass of its own). A pair is
     False when there is nothing to compare with (``pool`` holds nothing but ``batch``'s samples in its order)."""
     layers = view.layers
     pairs = [(previous, layer) for previous, layer in zip(layers, layers[1:])]
@@ -193,21 +196,26 @@ def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
     def read(name: str):
         def hook(_output: torch.Tensor, args: tuple) -> None:
             reads[name] = args[0]
+            calls[name] = calls.get(name, 0) + 1
         return hook
+    calls: dict[str, int] = {}
     sources = {p.name: p for p, _ in candidates}
     with installed(chain((view.hook(p, leaf(p.name)) for p in sources.values()),
                          (view.hook(la, read(la.name)) for _, la in candidates))), torch.enable_grad():
         clean = _tensors(view.model(batch))
     for previous, layer in candidates:
         if previous.name in leaves and layer.name in reads:
-            result[layer.name] = _splits(view, previous, layer, leaves[previous.name], reads[layer.name], other)
+            result[layer.name] = _splits(view, previous, layer, leaves[previous.name], reads[layer.name], other,
+                                         stop=calls[layer.name] == 1)
+    reads = {name: value.detach() for name, value in reads.items()}  # the graphs between leaves and reads: freed
+    leaves.clear()
     if any(result.values()):
         moved = {p.name: p for p, la in candidates if result[la.name]}  # a layer checked with two readers: once
         elsewhere = _outputs_on(view, list(moved.values()), other)
         for previous, layer in candidates:
             if result[layer.name]:
                 only_path[layer.name] = _only_path(view, previous, layer, elsewhere[previous.name],
-                                                   reads[layer.name].detach(), batch, clean)
+                                                   reads[layer.name], batch, clean)
     return UnitSplits(result, only_path, {name: reader for name, reader in found.items()
                                           if result[reader] and only_path[reader]})
 
@@ -230,10 +238,23 @@ def _tensors(output) -> list[torch.Tensor]:
     return [x.detach() for x in tree_leaves(output) if isinstance(x, torch.Tensor) and x.is_floating_point()]
 
 
-def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return len(a) == len(b) and all(
-        x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5 * float(y.abs().max().clamp_min(1e-12)))
-        for x, y in zip(a, b))
+def _close(a: list[torch.Tensor], b: list[torch.Tensor], chunk_elements: int = 2 ** 22) -> bool:
+    """``torch.allclose`` of each pair (atol relative to ``y``'s largest magnitude), in slices of the first axis of
+    about ``chunk_elements`` numbers: a (samples, tokens, vocabulary) logit tensor is compared without
+    temporaries of its size."""
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return False
+    for x, y in zip(a, b):
+        if y.dim() == 0 or y.numel() == 0:
+            x, y = x.reshape(-1), y.reshape(-1)
+        if y.numel() == 0:
+            continue
+        largest = torch.maximum(y.max(), y.min().neg())  # |y|.max() without a temporary of y's size (NaN kept)
+        atol = 1e-5 * float(largest.clamp_min(1e-12))
+        step = max(1, chunk_elements // max(1, y[0].numel()))
+        if not all(torch.allclose(xs, ys, rtol=1e-4, atol=atol) for xs, ys in zip(x.split(step), y.split(step))):
+            return False
+    return True
 
 
 def _outputs_on(view: ModelView, layers: list[Layer], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -256,7 +277,9 @@ def _only_path(view: ModelView, previous: Layer, layer: Layer, moved: torch.Tens
 
 
 def _splits(view: ModelView, previous: Layer, layer: Layer, out: torch.Tensor, read: torch.Tensor,
-            other: torch.Tensor) -> bool:
+            other: torch.Tensor, stop: bool = False) -> bool:
+    """The first two checks of :func:`unit_splits` for one pair. ``stop``: ``layer`` runs once per forward pass
+    (as it did on ``batch``), so the pass on ``other`` ends at its input (the rest of the model is not run)."""
     module = view.module(layer)
     if not isinstance(read, torch.Tensor) or split_input(previous, layer, module, read.detach()) is None:
         return False
@@ -265,9 +288,11 @@ def _splits(view: ModelView, previous: Layer, layer: Layer, out: torch.Tensor, r
 
     def record(_output: torch.Tensor, args: tuple) -> None:
         seen["input"] = args[0].detach()
+        if stop:
+            raise EnoughSeen
     hooks = ((previous, lambda _output, _args: clean_out), (layer, record))
     with installed(view.hook(at, fn) for at, fn in hooks), torch.no_grad():
-        view.model(other)
+        forward_until_seen(view.model, other)
     if "input" not in seen or not _close([seen["input"]], [clean_in]):
         return False
     if not read.requires_grad:
