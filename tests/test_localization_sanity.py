@@ -136,3 +136,20 @@ def test_the_cascade_keeps_each_samples_correlation() -> None:
     other = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
     support = original != 0
     assert rank_correlations(original, other, support) == pytest.approx([1.0, -1.0])  # the third has one element
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: compares CUDA's randomised weights with the CPU's")
+def test_randomised_weights_are_the_same_on_cuda_and_cpu() -> None:
+    from mechaudit.techniques.randomization import randomize_module
+
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D
+    nn = torch.nn
+    for make in (lambda: nn.Linear(6, 5), lambda: nn.Conv2d(3, 4, 3), lambda: conv1d(5, 6), lambda: nn.LayerNorm(6)):
+        drawn = []
+        for device in ("cpu", "cuda"):
+            torch.manual_seed(0)
+            module = make().to(device)
+            torch.manual_seed(1)
+            randomize_module(module)
+            drawn.append([p.detach().cpu() for p in module.parameters()])
+        assert all(torch.equal(a, b) for a, b in zip(*drawn))
