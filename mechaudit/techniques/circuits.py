@@ -28,10 +28,13 @@ are wider than ``max_passes``, only the edges into the downstream units with the
 scored. Pairs where the later layer does not depend on the earlier one are listed in
 :attr:`CircuitScores.unconnected`. Edge scores are held as one tensor per layer pair (:mod:`.edge_scores`).
 
-Memory: the clean pass keeps its graph (for the autograd edges) while a batch is scored, so nothing else that
-builds a graph runs beside it: the unit-split check (:func:`~.unit_split.unit_splits`) runs first, on the first
-batch. The backward pass computes the recorded activations' gradients only (no parameter gradients), and the
-reference pass and the mean trace end at the last recorded layer (:mod:`.early_stop`: no logits).
+Memory: the clean pass keeps its graph (for the autograd edges) while a batch is scored. The unit-split check
+(:func:`~.unit_split.unit_splits`, whose first pass keeps a graph of its own) runs before any clean run, on the
+first batch, so that the two never coexist; the autograd edges (:mod:`.gradient_edges`, and the reruns of a
+screened wide pair) do build their double-backward graphs on top of the kept one, by design. The backward pass
+computes the recorded activations' gradients only (no parameter gradients). The reference pass ends at the last
+recorded layer, and so does every batch of the mean trace but the first, a full pass that counts the recorded
+layers' calls (:mod:`.early_stop`, which states the limits: no logits).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from ..model_view import Layer, ModelView, installed, units_view
 from .early_stop import EnoughSeen, all_seen, forward_until_seen
 from .edge_scores import EdgeBlock, EdgeScores
 from .gradient_edges import MAX_PASSES, NoDoubleBackward, gradient_edges, screened_gradient_edges
+from .site_grads import activation_grads
 from .unit_split import UnitSplits, comparison_pool, module_readers, reader_layer, split_input, unit_splits
 from .weight_edges import input_edge_scores, weight_edge_scores
 
@@ -166,12 +170,12 @@ class _Recorder:
 
     def take_grads(self, total: torch.Tensor) -> None:
         """The gradients of ``total`` with respect to every recorded output and read input, and to nothing else
-        (no parameter gradients: one backward pass that skips the weight gradients), the graph kept."""
+        (no parameter gradients: one backward pass that skips the weight gradients), the graph kept. Raises
+        :class:`~.site_grads.NotDifferentiable` when ``total`` has no gradient at all."""
         wanted = {id(t): t for t in [*self.outputs.values(), *self.read.values()]
                   if isinstance(t, torch.Tensor) and t.requires_grad}
-        if wanted and total.requires_grad:
-            found = torch.autograd.grad(total, list(wanted.values()), retain_graph=True, allow_unused=True)
-            self._grads = {key: grad for key, grad in zip(wanted, found) if grad is not None}
+        found = activation_grads(total, list(wanted.values()), retain_graph=True)  # raises when total has no graph
+        self._grads = {key: grad for key, grad in zip(wanted, found) if grad is not None}
 
     def grad(self, tensor: torch.Tensor) -> torch.Tensor | None:
         """``d total / d tensor`` for a recorded tensor (None where ``total`` does not depend on it)."""

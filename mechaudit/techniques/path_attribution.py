@@ -31,6 +31,7 @@ import torch
 from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from .node_ablation import ReadSite
+from .site_grads import activation_grads
 from .unit_split import joined, split_input
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,7 +72,8 @@ def path_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, t
     or, given ``end_inputs`` (the same samples' counterparts), the activation on them; then the last point is
     their own run and the interior points interpolate the sites alone (see the module's docstring).
     ``sites``: layers whose units are moved where the next audited layer reads them (as
-    :func:`~.node_ablation.ablated` ablates them)."""
+    :func:`~.node_ablation.ablated` ablates them). Raises :class:`~.site_grads.NotDifferentiable` when ``metric``
+    has no gradient (a model run under ``torch.no_grad``)."""
     if (toward is None) == (end_inputs is None):
         raise ValueError("give exactly one of toward and end_inputs")
     device = device or torch.device("cpu")
@@ -87,8 +89,7 @@ def path_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, t
                 start_x = x.clone().requires_grad_(x.is_floating_point())
                 total = metric(view.model(start_x).float(), chosen).sum()
                 carried = [site for site in at if site.moved is not None and site.moved.requires_grad]
-                found = (torch.autograd.grad(total, [site.moved for site in carried], allow_unused=True)
-                         if carried and total.requires_grad else [])  # the sites' gradients only: no weights'
+                found = activation_grads(total, [site.moved for site in carried])  # the sites' only: no weights'
             for site, grad in zip(carried, found):
                 if grad is not None:
                     gradients[site.layer.name] = gradients[site.layer.name] + weight * grad.float()

@@ -166,12 +166,15 @@ def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
     * the only path (``only_path``): with the earlier layer's output set to its value on the other inputs and the
       later layer's input held at its clean value, the model's output must not change.
 
-    Two forward passes (one with the earlier layers' outputs made leaves of the graph, kept only from those leaves
-    to the later layers' inputs and freed after the VJPs), and two per candidate pair, the first ending at the later
-    layer's input when that layer runs once per pass (layers of heads and residual streams never split, so they
-    cost nothing; nor do pairs whose shapes cannot split, when ``inputs``, each layer's input on ``batch`` as a
-    caller already recorded it, tells so; without ``inputs`` such a pair costs no pass of its own). A pair is
-    False when there is nothing to compare with (``pool`` holds nothing but ``batch``'s samples in its order)."""
+    Cost: one forward pass with the earlier layers' outputs made leaves of the graph, and two per candidate pair
+    (the first ending at the later layer's input when that layer ran once on ``batch``), and one for the only-path
+    check of the pairs that split. The graph of the first pass is kept, until the VJPs are done, behind the later
+    layers' inputs whose shape can split (:func:`split_input`): all that input depends on, which reaches past the
+    leaves to the model's input where something else feeds it (a residual sum, which the first check rejects); an
+    input whose shape cannot split is kept detached and its pair costs no pass. Layers of heads and residual streams
+    never split and cost nothing; nor do pairs whose shapes cannot split when ``inputs`` (each layer's input on
+    ``batch`` as a caller already recorded it) tells so before the first pass. A pair is False when there is
+    nothing to compare with (``pool`` holds nothing but ``batch``'s samples in its order)."""
     layers = view.layers
     pairs = [(previous, layer) for previous, layer in zip(layers, layers[1:])]
     pairs += [(view.layer(name), reader) for name, reader in (readers or {}).items()]
@@ -193,15 +196,24 @@ def unit_splits(view: ModelView, batch: torch.Tensor, pool: torch.Tensor,
             return leaves[name].clone()  # an in-place operation after the layer must not modify the leaf
         return hook
 
-    def read(name: str):
+    def read(layer: Layer):
+        module, previous = view.module(layer), [p for p, la in candidates if la.name == layer.name]
+
         def hook(_output: torch.Tensor, args: tuple) -> None:
-            reads[name] = args[0]
-            calls[name] = calls.get(name, 0) + 1
+            x = args[0]
+            # the graph behind the input is kept only where some pair's VJP check can use it: an input whose shape
+            # cannot split (``_splits`` then answers False at once) is kept detached, so that it does not hold the
+            # rest of the forward graph alive during the other pairs' passes
+            splittable = isinstance(x, torch.Tensor) and any(
+                split_input(p, layer, module, x.detach()) is not None for p in previous)
+            reads[layer.name] = x if splittable or not isinstance(x, torch.Tensor) else x.detach()
+            calls[layer.name] = calls.get(layer.name, 0) + 1
         return hook
     calls: dict[str, int] = {}
     sources = {p.name: p for p, _ in candidates}
+    targets = {la.name: la for _, la in candidates}
     with installed(chain((view.hook(p, leaf(p.name)) for p in sources.values()),
-                         (view.hook(la, read(la.name)) for _, la in candidates))), torch.enable_grad():
+                         (view.hook(la, read(la)) for la in targets.values()))), torch.enable_grad():
         clean = _tensors(view.model(batch))
     for previous, layer in candidates:
         if previous.name in leaves and layer.name in reads:
@@ -239,20 +251,21 @@ def _tensors(output) -> list[torch.Tensor]:
 
 
 def _close(a: list[torch.Tensor], b: list[torch.Tensor], chunk_elements: int = 2 ** 22) -> bool:
-    """``torch.allclose`` of each pair (atol relative to ``y``'s largest magnitude), in slices of the first axis of
-    about ``chunk_elements`` numbers: a (samples, tokens, vocabulary) logit tensor is compared without
-    temporaries of its size."""
+    """``torch.allclose`` of each pair (rtol 1e-4, atol 1e-5 of ``y``'s largest finite magnitude), compared in
+    slices of ``chunk_elements`` numbers of the flattened tensors: a (samples, tokens, vocabulary) logit tensor,
+    or one huge sample, is compared with temporaries of a slice's size (a non-contiguous tensor is copied once to
+    be flattened). False where the shapes differ or either side holds a NaN; an infinity is close only to the
+    same infinity."""
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return False
     for x, y in zip(a, b):
-        if y.dim() == 0 or y.numel() == 0:
-            x, y = x.reshape(-1), y.reshape(-1)
-        if y.numel() == 0:
-            continue
-        largest = torch.maximum(y.max(), y.min().neg())  # |y|.max() without a temporary of y's size (NaN kept)
-        atol = 1e-5 * float(largest.clamp_min(1e-12))
-        step = max(1, chunk_elements // max(1, y[0].numel()))
-        if not all(torch.allclose(xs, ys, rtol=1e-4, atol=atol) for xs, ys in zip(x.split(step), y.split(step))):
+        xs, ys = x.reshape(-1).split(chunk_elements), y.reshape(-1).split(chunk_elements)
+        if any(part.isnan().any() for part in chain(xs, ys)):
+            return False
+        largest = max((float(torch.where(part.isfinite(), part.abs(), 0).max()) for part in ys if part.numel()),
+                      default=0.0)
+        atol = 1e-5 * max(largest, 1e-12)
+        if not all(torch.allclose(x_part, y_part, rtol=1e-4, atol=atol) for x_part, y_part in zip(xs, ys)):
             return False
     return True
 
