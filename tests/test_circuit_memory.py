@@ -9,7 +9,10 @@ up projection is audited alone (its down projection found as the unaudited reade
 * the reference run and the mean trace computed the logits (samples x tokens x vocabulary) that nothing reads.
 
 Measured on the 12-block benchmark spec, R301 alone: peak RSS 12.2 GiB before, under 8 GiB after (see the report of
-issue 16); here the properties themselves, on a model of a few hundred parameters.
+issue 16); here the properties themselves, on a model of a few hundred parameters, and what the changes must not
+break: a behaviour without gradient is an error (not all-zero scores), an early stop is not caught by a model's
+``except Exception`` and equals a full pass when a recorded module runs twice, and the split check keeps no graph
+behind an input whose shape cannot split.
 """
 
 from __future__ import annotations
