@@ -14,7 +14,7 @@ from mechaudit.loading import AuditData
 from mechaudit.model_view import ModelView
 from mechaudit.techniques import atp
 from mechaudit.techniques.circuits import cosine_similarity
-from mechaudit.techniques.patching import attribution_patching, exact_patching, metric_totals
+from mechaudit.techniques.patching import PatchingTotals, attribution_patching, exact_patching, metric_totals
 from mechaudit.techniques.second_order import STATIONARY, second_order_patching
 
 WIDTH, CARRIER = 300, 211
@@ -82,6 +82,7 @@ def test_metric_totals_report_the_share_of_the_effect_a_first_order_screen_can_s
         stationary = model(corrupted)
     totals = metric_totals(view, clean, corrupted, stationary, cosine_similarity, first_order=True)
     assert totals.first_order_share < 1e-5 < STATIONARY
+    assert totals.first_order.shape == (len(clean),)
     target = torch.zeros(len(clean), dtype=torch.long)
 
     def logit(outputs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:  # linear in the output: share 1
@@ -108,6 +109,30 @@ def test_l207_screens_a_stationary_similarity_to_second_order_and_confirms_the_c
     assert screen["scored"] == WIDTH and screen["top_k_recall"] >= 0.8  # the rest: near-ties of ~3e-4
     assert screen["checked_exactly"] == 15 + len(screen["path_screen_checked"])  # the path screen's top, patched too
     assert screen["spearman"] > 0.8
+    # the path screen's own top 5 (recomputed here), every one patched exactly; some only because the path ranks them
+    model = Embedder().eval()
+    clean, corrupted = _pairs()
+    view = ModelView.discover(model, clean[:2])
+    with torch.no_grad():
+        targets = model(corrupted)
+    effect = metric_totals(view, clean, corrupted, targets, cosine_similarity).effect
+    path = attribution_patching(view, [view.layer("fc1")], clean, corrupted, targets, cosine_similarity, steps=3)
+    top = {f"fc1:u{int(i)}" for i in (path["fc1"] / effect).argsort(descending=True, stable=True)[:5]}
+    assert screen["path_screen_checked"] and set(screen["path_screen_checked"]) <= top <= set(screen["checked"])
+
+
+def test_without_probes_the_second_order_estimate_is_the_first_order_one_at_the_patched_run() -> None:
+    """Pins the direction of the move ``d`` (source minus patched run) and of the gradient: on a metric that is not
+    stationary and no Hessian probes, the estimate is plain attribution patching (one point, the corrupted run)."""
+    model = Embedder().eval()
+    clean, corrupted = _pairs()
+    view = ModelView.discover(model, clean[:2])
+    layers = [view.layer("fc1")]
+    target = torch.zeros(len(clean), dtype=torch.long)
+    estimate = second_order_patching(view, layers, corrupted, clean, target, atp.label_margin, probes=0)["fc1"]
+    first = attribution_patching(view, layers, clean, corrupted, target, atp.label_margin, steps=1)["fc1"]
+    assert float(first.abs().max()) > 0.1
+    torch.testing.assert_close(estimate.sum(1), first, rtol=1e-4, atol=1e-5)
 
 
 def test_l207_keeps_the_path_screen_where_the_metric_is_not_stationary() -> None:
@@ -124,3 +149,9 @@ def test_l207_keeps_the_path_screen_where_the_metric_is_not_stationary() -> None
     screen = finding.evidence["screen"]
     assert screen["method"].startswith("attribution patching") and screen["first_order_share"] > STATIONARY
     assert np.isfinite(screen["first_order_share"])
+
+
+def test_the_first_order_share_adds_each_pairs_term_so_opposite_pairs_do_not_cancel() -> None:
+    per_pair = (torch.tensor([2.0, 0.0], dtype=torch.float64), torch.tensor([1.0, 1.0], dtype=torch.float64))
+    totals = PatchingTotals(2.0, 2.0, 2, per_pair, torch.tensor([1.0, -1.0], dtype=torch.float64))
+    assert totals.first_order_share == 1.0  # the sums are both 0: a share of the sums would read 0 (stationary)

@@ -38,9 +38,9 @@ class PatchingTotals:
     pairs: int
     #: The metric per pair on the clean and on the corrupted inputs (for the behaviour presence test).
     per_pair: tuple[torch.Tensor, torch.Tensor] | None = None
-    #: The first-order prediction of the effect from the corrupted run's outputs, ``sum g . (y_clean - y_corrupted)``
-    #: over the pairs (``g`` the metric's gradient in the output): what a first-order screen can see at all.
-    first_order: float | None = None
+    #: The first-order prediction of each pair's change from the corrupted run's outputs, ``g . (y_clean -
+    #: y_corrupted)`` (``g`` the metric's gradient in the output): what a first-order screen can see at all.
+    first_order: torch.Tensor | None = None
 
     @property
     def effect(self) -> float:
@@ -48,21 +48,25 @@ class PatchingTotals:
 
     @property
     def first_order_share(self) -> float | None:
-        """``|first_order| / |effect|``: near 0 where the metric is stationary on the corrupted run (e.g. at its
-        maximum), so that every first-order term vanishes and a screen needs the second-order one
-        (:mod:`.second_order`)."""
-        return None if self.first_order is None else abs(self.first_order) / max(abs(self.effect), 1e-30)
+        """``sum_p |first_order_p| / sum_p |m_p(clean) - m_p(corrupted)|`` over the pairs ``p`` (per pair, so that
+        first-order terms of opposite signs cannot cancel into a small share): near 0 where the metric is stationary
+        on the corrupted run (e.g. at its maximum), so that every first-order term vanishes and a screen needs the
+        second-order one (:mod:`.second_order`); 1 for a metric linear in the output."""
+        if self.first_order is None or self.per_pair is None:
+            return None
+        changes = float((self.per_pair[0] - self.per_pair[1]).abs().sum())
+        return float(self.first_order.abs().sum()) / max(changes, 1e-30)
 
 
 def metric_totals(view: ModelView, clean: torch.Tensor, corrupted: torch.Tensor, targets: torch.Tensor,
                   metric: Metric, batch_size: int = 256, device: torch.device | None = None,
                   first_order: bool = False) -> PatchingTotals:
     """The metric per pair on both inputs (one forward pass of each) and, with ``first_order``, the first-order
-    prediction of their difference (the gradient is the metric's in the output alone, no backward pass through the
-    model)."""
+    prediction of each pair's difference (the gradient is the metric's in the output alone, no backward pass through
+    the model; reduced per pair by a batched dot product, so no output-sized temporary beyond the gradient)."""
     device = device or torch.device("cpu")
     values: list[list[torch.Tensor]] = [[], []]
-    linear = 0.0
+    linear: list[torch.Tensor] = []
     for start, batch in batches(clean, batch_size, device):
         chosen = targets[start:start + len(batch)].to(device)
         with torch.no_grad():
@@ -74,11 +78,13 @@ def metric_totals(view: ModelView, clean: torch.Tensor, corrupted: torch.Tensor,
             measured = metric(point, chosen)
             if first_order:
                 (grad,) = torch.autograd.grad(measured.sum(), point)
-                linear += float((grad * (clean_out - corrupted_out.detach())).double().sum())
+                moved = clean_out.contiguous().sub_(corrupted_out.detach()).flatten(1)  # y_clean not needed again
+                linear.append((grad.flatten(1).unsqueeze(1) @ moved.unsqueeze(2)).flatten().double().cpu())
+                del grad, moved
         values[1].append(measured.detach().cpu())
     both = [torch.cat(v).double() if v else torch.zeros(0, dtype=torch.float64) for v in values]
-    return PatchingTotals(float(both[0].sum()), float(both[1].sum()), int(clean.shape[0]), (both[0], both[1]),
-                          linear if first_order else None)
+    first = (torch.cat(linear) if linear else torch.zeros(0, dtype=torch.float64)) if first_order else None
+    return PatchingTotals(float(both[0].sum()), float(both[1].sum()), int(clean.shape[0]), (both[0], both[1]), first)
 
 
 def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, corrupted: torch.Tensor,

@@ -51,7 +51,11 @@ def second_order_patching(view: ModelView, layers: list[Layer], inputs: torch.Te
     """Per layer, the second-order estimate (see the module's docstring) of the change of ``metric`` per pair when
     each unit alone takes its activation on ``sources`` in the run on ``inputs``: ``{layer: (units, pairs)}``.
     ``both_ends``: the output's change ``J d_i`` with ``J`` averaged over the ``inputs`` and the ``sources`` run (the
-    trapezoid), else (default) the ``inputs`` run's alone."""
+    trapezoid), else (default) the ``inputs`` run's alone.
+
+    One probe at a time (its direction ``z``, ``H z`` and their backward passes, then dropped), so that besides the
+    forward graph only a few output-sized tensors are held; ``z`` is drawn by a CPU generator seeded with ``seed``
+    (the same values on any device) as bytes, then moved and cast."""
     device = device or torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
     parts: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
@@ -60,54 +64,59 @@ def second_order_patching(view: ModelView, layers: list[Layer], inputs: torch.Te
         other = sources[start:start + len(batch)].to(device)
         replaced = _recorded(view, layers, other)
         with torch.enable_grad():
-            output = view.model(batch).float().detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(metric(output, chosen).sum(), output, create_graph=True)
-            directions = [grad.detach()]
+            first = _Run(view, layers, batch, replaced)
+            runs = [first, _Run(view, layers, other, replaced, first.deltas)] if both_ends else [first]
+            point = first.output.detach().requires_grad_(True)  # the metric's derivatives in the output alone
+            (grad,) = torch.autograd.grad(metric(point, chosen).sum(), point, create_graph=True)
+            totals = _projected(runs, grad.detach())
             for _ in range(probes):
-                z = (torch.randint(0, 2, output.shape, generator=generator) * 2 - 1).to(output.device, output.dtype)
-                (hz,) = torch.autograd.grad((grad * z).sum(), output, retain_graph=True, allow_unused=True) \
+                z = torch.randint(0, 2, point.shape, generator=generator, dtype=torch.int8)
+                z = z.to(device=point.device, dtype=point.dtype).mul_(2).sub_(1)
+                (hz,) = torch.autograd.grad(torch.vdot(grad.flatten(), z.flatten()), point, retain_graph=True,
+                                            allow_unused=True) \
                     if grad.requires_grad else (None,)  # a metric linear in the output has no Hessian term
-                hz = torch.zeros_like(z) if hz is None else hz
-                directions += [z, hz]
-        runs = [batch, other] if both_ends else [batch]
-        deltas = None
-        projected = [torch.zeros(len(batch), layer.size, device=device) for _ in directions for layer in layers]
-        for run in runs:
-            found, deltas = _projections(view, layers, run, replaced, directions, deltas)
-            for j, values in enumerate(found):
-                projected[j] = projected[j] + values / len(runs)
-        per_direction = [projected[j * len(layers):(j + 1) * len(layers)] for j in range(len(directions))]
-        for i, layer in enumerate(layers):
-            total = per_direction[0][i] + sum(0.5 * per_direction[1 + 2 * k][i] * per_direction[2 + 2 * k][i]
-                                              for k in range(probes)) / max(probes, 1)
+                along_z = _projected(runs, z)
+                del z
+                along_hz = [torch.zeros_like(t) for t in along_z] if hz is None else _projected(runs, hz)
+                del hz
+                totals = [t + 0.5 * a * b / probes for t, a, b in zip(totals, along_z, along_hz)]
+            del runs, first, point, grad
+        for layer, total in zip(layers, totals):
             parts[layer.name].append(total.T.cpu())
     return {name: torch.cat(values, dim=1) for name, values in parts.items()}
 
 
-def _projections(view: ModelView, layers: list[Layer], batch: torch.Tensor, replaced: dict[str, torch.Tensor],
-                 directions: list[torch.Tensor], deltas: list[torch.Tensor] | None = None
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """For each output direction ``v`` (in order) and layer, ``d_i . J^T v`` per sample and unit (samples, units),
-    ``J`` the Jacobian of the output in the layer's activation on ``batch`` and ``d_i`` (``deltas``, else the move of
-    this run's activation to ``replaced``); and the ``d_i`` per layer."""
-    kept: dict[str, torch.Tensor] = {}
+def _projected(runs: list[_Run], direction: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, ``d_i . J^T direction`` per sample and unit, ``J`` averaged over ``runs``."""
+    found = [run.project(direction) for run in runs]
+    return [sum(values) / len(runs) for values in zip(*found)]
 
-    def keep(output: torch.Tensor, name: str) -> torch.Tensor:
-        # a leaf where nothing before it needs a gradient; else the output itself (the gradient path from the
-        # audited layers before it runs through it)
-        kept[name] = output if output.requires_grad else output.detach().requires_grad_(True)
-        return kept[name].clone()
-    found = []
-    with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name)) for layer in layers), \
-            torch.enable_grad():
-        output = view.model(batch).float()
-        leaves = [kept[layer.name] for layer in layers]
-        if deltas is None:
-            deltas = [(units_view(replaced[layer.name], layer) - units_view(kept[layer.name], layer)).detach().float()
-                      for layer in layers]
-        for direction in directions:
-            back = torch.autograd.grad(output, leaves, direction, retain_graph=True, allow_unused=True)
-            found += [torch.zeros(delta.shape[:2], device=delta.device) if b is None
-                      else (delta * units_view(b, layer).float()).sum(-1)
-                      for b, delta, layer in zip(back, deltas, layers)]
-    return found, deltas
+
+class _Run:
+    """One forward pass of ``batch`` with the audited layers' activations as gradient leaves, and the move ``d_i``
+    of each (``deltas``, else this run's activation to ``replaced``)."""
+
+    def __init__(self, view: ModelView, layers: list[Layer], batch: torch.Tensor, replaced: dict[str, torch.Tensor],
+                 deltas: list[torch.Tensor] | None = None) -> None:
+        kept: dict[str, torch.Tensor] = {}
+
+        def keep(output: torch.Tensor, name: str) -> torch.Tensor:
+            # a leaf where nothing before it needs a gradient; else the output itself (the gradient path from the
+            # audited layers before it runs through it)
+            kept[name] = output if output.requires_grad else output.detach().requires_grad_(True)
+            return kept[name].clone()
+        with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name))
+                       for layer in layers):
+            self.output = view.model(batch).float()
+        self.layers = layers
+        self.leaves = [kept[layer.name] for layer in layers]
+        self.deltas = deltas if deltas is not None else [
+            (units_view(replaced[layer.name], layer) - units_view(kept[layer.name], layer)).detach().float()
+            for layer in layers]
+
+    def project(self, direction: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer, ``d_i . J^T direction`` per sample and unit (samples, units): one backward pass."""
+        back = torch.autograd.grad(self.output, self.leaves, direction, retain_graph=True, allow_unused=True)
+        return [torch.zeros(delta.shape[:2], device=delta.device) if b is None
+                else (delta * units_view(b, layer).float()).sum(-1)
+                for b, delta, layer in zip(back, self.deltas, self.layers)]
