@@ -19,7 +19,8 @@ holds for the thread count it was timed with (``threads`` in the plan): compare 
 process, never a plan made with one ``OMP_NUM_THREADS`` against a run with another. ``--spec`` audits a spec
 instead of the examples (e.g. a reduced GPT-2-small shape from ``benchmarks/gpt2_small.py``).
 ``--gpt2-blocks 2,4`` audits GPT-2-small-shaped models (768 wide, 12 heads, 3,072 MLP neurons per block, random
-weights) of 2 and of 4 blocks, every head and MLP neuron, on ``--prompts`` prompts of 32 tokens: how the estimate
+weights) of 2 and of 4 blocks, every head and MLP neuron, on ``--prompts`` prompts of 32 tokens from
+``gpt2_small.prompts``, labelled with their own last token (``gpt2_small.py --labels random``): how the estimate
 follows the measured time as the model gets deeper. ``--keep DIR`` saves each audit's findings.json there;
 ``--replan DIR`` runs nothing but the plan, with the calibration saved in DIR's findings.json, and prints the
 current cost model's estimates against the times measured then (to check a change of the model without re-running

@@ -152,7 +152,7 @@ def main() -> None:
           f"{blocks * neurons:,} MLP neurons; {args.prompts} prompts of {args.tokens} tokens; labels: {args.labels} "
           f"({LABELS[args.labels]})")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.out or tmp)
+        folder = Path(args.out).resolve() if args.out else Path(tmp)  # audit runs from the spec folder
         spec = write_spec(folder, SPEC.format(quick=str(args.quick).lower(), layers=layer_list(units)), data, MODEL)
         if args.plan:
             print_plan(spec, args.calibration_ms)

@@ -4,11 +4,13 @@
     python benchmarks/l202_screen.py --digits
 
 GPT-2: ``transformers.GPT2Config(n_layer=blocks)`` at full width (768 wide, 12 heads, 3,072 ``mlp.c_fc`` neurons per
-block, vocabulary 50,257), seeded random weights, the prompts of ``benchmarks/gpt2_small.py`` (the label is the last
-prompt token). The model returns the logits of the last position only (the audited position), which changes no
-audited quantity and makes each exact ablation 4x cheaper. Every ``mlp.c_fc`` neuron is screened; a seeded random
-sample of ``--sample`` of them (an unbiased calibration sample) and each screen's ``--top`` units are ablated exactly
-(mean ablation, batched hooks), so every screen is compared on the same exact values.
+block, vocabulary 50,257), seeded random weights, the prompts of ``benchmarks/gpt2_small.py`` labelled, as its
+default ``--labels predicted``, with the model's own prediction at the last position (``--last-token``: the last
+prompt token, its ``--labels random``). The model returns the logits of the last position only (the audited
+position), which changes no audited quantity and makes each exact ablation 4x cheaper. Every ``mlp.c_fc`` neuron is
+screened; a seeded random sample of ``--sample`` of them (an unbiased calibration sample) and each screen's
+``--top`` units are ablated exactly (mean ablation, batched hooks), so every screen is compared on the same exact
+values.
 
 Prints, per screen (:mod:`mechaudit.techniques.ablation_screen`), the Spearman correlation with the exact accuracy
 drop and with the exact mean change of the label margin over the random sample (with a 95% bootstrap interval over
@@ -110,7 +112,7 @@ def compare(screens: dict[str, np.ndarray], drop: dict[int, float], change: dict
               f"{fmt(atp.top_k_recall_at_kth(top, effects)):>7}")
 
 
-def ceilings(estimates: np.ndarray, margins: np.ndarray, clean: list[np.ndarray], drop: dict[int, float],
+def ceilings(estimates: np.ndarray, clean: list[np.ndarray], drop: dict[int, float],
              after: dict[int, np.ndarray], sample: list[int], offsets: np.ndarray) -> None:
     """What limits the screen's rank agreement on the random sample: the per-sample first-order margin change
     against the exact one (units ablated exactly; ``clean``: each layer's clean margins from the scanner), the rho of
@@ -191,7 +193,7 @@ def gpt2(blocks: int, prompts: int, tokens: int, sample_size: int, top: int, k: 
             change[offsets[j] + unit] = float((exact[layer.name][row] - clean[layer.name]).mean())
             after[offsets[j] + unit] = exact[layer.name][row].numpy()
     compare(screens, drop, change, sample, k)
-    ceilings(raw["first_order"], margins.numpy(), [clean[layer.name].numpy() for layer in layers], drop, after,
+    ceilings(raw["first_order"], [clean[layer.name].numpy() for layer in layers], drop, after,
              sample, offsets)
     if save:
         np.savez(save, sample=sample, units=sorted(drop), drop=[drop[i] for i in sorted(drop)],

@@ -77,8 +77,10 @@ def run_audit(spec: Path, out: Path, *extra: str, timeout: float | None = None) 
 
 
 def screen_summary(findings: dict[str, Any] | None, rule_id: str) -> str:
-    """The screen's agreement with the exact interventions, as the rule's findings report it (or '-')."""
-    parts = []
+    """The screen's agreement with the exact interventions, as the rule's findings report it (or '-'). A screen
+    pooled over layers (the same ``checked`` components in every layer's finding) is shown once; layers screened
+    on their own or measured exactly (no ``checked`` list) each get their line."""
+    parts, pooled = [], set()
     for finding in (findings or {}).get("findings", []):
         if finding["rule_id"] != rule_id:
             continue
@@ -88,7 +90,9 @@ def screen_summary(findings: dict[str, Any] | None, rule_id: str) -> str:
         fields = [f"{key} {screen[key]:.3g}" if isinstance(screen[key], float) else f"{key} {screen[key]}"
                   for key in ("scored", "checked_exactly", "spearman", "top_k_recall") if screen.get(key) is not None]
         line = ", ".join(fields)
-        if fields and all(not part.endswith(line) for part in parts):  # a pooled screen: once
+        shared = json.dumps(screen, sort_keys=True, default=str) if screen.get("checked") else None
+        if fields and (shared is None or shared not in pooled):
+            pooled.add(shared)
             parts.append(f"{(finding.get('location') or {}).get('layer') or '-'}: " + line)
     return "; ".join(parts[:3]) + (f"; ... ({len(parts)} in all)" if len(parts) > 3 else "") if parts else "-"
 

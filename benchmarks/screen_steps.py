@@ -16,7 +16,8 @@ and its seeded calibration sample of 16, as the audit reports it), the recall of
 measured components by the screen's top k (:func:`mechaudit.techniques.atp.top_k_recall`), and the screen's CPU
 seconds relative to one step (the former R304 screen reuses the circuit rules' shared scores: 0).
 ``gpt2``: ``benchmarks/shapes.gpt2(quick=True)`` (2 blocks, 64 wide, 4 heads, 256
-MLP neurons per block: 520 components) on 64 random prompts of 16 tokens as in ``gpt2_small.py``; with
+MLP neurons per block: 520 components) on 64 random prompts of 16 tokens from ``gpt2_small.prompts``, labelled with
+their own last token (``gpt2_small.py --labels random``, not its default predicted labels); with
 ``--gpt2-blocks N`` the first N blocks of the full GPT-2-small shape (12 heads and 3,072 neurons per block).
 """
 

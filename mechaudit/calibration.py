@@ -59,7 +59,8 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
                              not layer.is_output, reached.get(layer.name), widths.get(layer.name, 0))
                    for layer in view.layers)
     sizes = Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
-                  int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks))
+                  int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks),
+                  context.behaviour.kind if context.behaviour is not None else "")
     backward = isolate(lambda: _backward_seconds(context, batch))
     calibration = Calibration(forward, backward if backward is not None else 2 * forward, _flop_seconds(), call,
                               backward is not None, torch.get_num_threads())

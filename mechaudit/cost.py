@@ -78,6 +78,9 @@ class Sizes:
     input_values: int
     output_values: int
     regions: int = 0
+    #: The declared ``[behaviour]``'s kind ('' without one): e.g. ``similarity``, stationary on the corrupted run by
+    #: construction, which L207 screens to second order.
+    behaviour: str = ""
 
     def n(self, requested: int | None = None) -> int:
         """Samples a rule uses when it asks for ``requested`` (``context.sample_indices``'s rule)."""

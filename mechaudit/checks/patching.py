@@ -84,30 +84,40 @@ GPT-2-small shape (12,336 components, 64 prompts of 16 tokens, a sample of 32) 0
 1.5-2.0 / 2.4-3.5 / 4.7-6.7 times one point's: `screen_steps = 3`.
 A metric stationary on the corrupted run gets a second-order screen instead (`mechaudit.techniques.second_order`):
 MiniLM's similarity behaviour, the cosine similarity of each prompt's output to its paraphrase's, is exactly 1 (its
-maximum) on the paraphrase run patched into, so every first-order term is 0 and a patch of one component lowers it by
-a second-order amount, which no first-order screen ranks (integrating along the joint path measures each component's
-interaction with all others). The screen is used where the first-order prediction of the whole patch,
-`g . (y_clean - y_corrupted)` summed over the pairs (`g` the metric's gradient in the output, from the forward passes
-the rule runs anyway), is below 1% of the metric's exact change (`screen.first_order_share`: MiniLM 5.9e-8; a logit
-difference or label logit is not stationary: `induction` 1). It estimates each component's own effect by the Taylor
-expansion at the corrupted run, `g . J d + 1/2 (J d)^T H (J d)` (`H` the metric's Hessian in the output, `J d` the
-output's first-order change), the quadratic term from 4 random output directions (Hutchinson; two backward passes
-each per batch); and the path screen's `top_k` are patched exactly too (`screen.path_screen_checked`): it ranks
-components the expansion misses, as a GELU neuron the patch switches on (`encoder.layer.0.intermediate.dense:u691`,
-5.7%, ranked 1st by the path, 2,583rd by the expansion). Measured on MiniLM (10,056 components; `python
+maximum) on the paraphrase run patched into, so every first-order term is 0 and a patch of one component lowers it
+by a second-order amount, which no first-order screen ranks (integrating along the joint path measures each
+component's interaction with all others). The screen is used where the first-order prediction of each pair's whole
+patch, `|g . (y_clean - y_corrupted)|` summed over the pairs (`g` the metric's gradient in the output, from the
+forward passes the rule runs anyway; per pair, so that pairs of opposite signs cannot cancel into a small share), is
+below 1% of the metric's exact change, `|m(clean) - m(corrupted)|` summed over the pairs
+(`screen.first_order_share`, rounded to 6 decimals in findings.json like every value, so MiniLM's reads 0.0 there;
+the screen's `method` states it to two digits: MiniLM 8.5e-8; a logit difference or label logit is not stationary:
+`induction` 1). It estimates each component's own effect by the Taylor expansion at the corrupted run, `g . J d +
+1/2 (J d)^T H (J d)` (`H` the metric's Hessian in the output, `J d` the output's first-order change), the quadratic
+term from 4 random output directions (Hutchinson; per batch a forward pass kept for autograd, a backward pass
+through the model for `g` and two per direction, and the metric's own gradient and Hessian-vector products in the
+output); and the path screen's `top_k` are patched exactly too (`screen.path_screen_checked`): it ranks components
+the expansion misses, as a GELU neuron the patch switches on (`encoder.layer.0.intermediate.dense:u691`, 5.7%,
+ranked 1st by the path, 2,583rd by the expansion). Measured on MiniLM (10,056 components; `python
 benchmarks/screen_steps.py --models minilm --rules L207 --steps 1,3`: a seeded random 48 and every screen's top 30
 patched exactly, 228 components), path screen with 1 / 3 points, second order, second order with the Jacobian
 averaged over both runs: Spearman over the random 48 0.22 / 0.10 [-0.21, 0.38] / 0.51 [0.25, 0.70] / 0.86 [0.73,
 0.92]; recall of the exact top 10 of the 228 by the screen's top 10 0.1 / 0.5 / 0.6 / 0.4 (the 5th to 12th exact
-effects lie within 5.7-6.6% of the behaviour); and what decides the finding, the carriers (at least
-`min_recovered`; 4 among the 228: 27%, 18%, 13%, 11%), ranked 10055, 148, 220, 10027 / 1, 6, 23, 4 / 0, 1, 3, 5 / 5,
-2, 27, 11: the second order's top 10 holds all four, the path's three (16 probes: 0, 1, 3, 4, at 3 times the
-time). The audit's own figures (`mechaudit audit mechaudit/examples/minilm/minilm.toml --select L207`,
-30 components checked): all 4 carriers found, their estimates 0.28, 0.20, 0.11, 0.10 against exact 0.27, 0.18, 0.13,
-0.11; Spearman 0.76 [0.55, 0.88] and recall 0.8 over the checked set, which holds the path screen's picks that the
-expansion ranks low (before, the path screen alone: 0.665, recall 0.8, 2 carriers). The screen costs about 1.2 times
-the 3-point path screen, which it runs as well; not charged in the plan (`mechaudit audit --plan` cannot know before
-running whether the metric is stationary).
+effects lie within 5.7-6.6% of the behaviour); and what decides the finding, the carriers (at least `min_recovered`;
+4 among the 228: 27%, 18%, 13%, 11%), ranked 10055, 148, 220, 10027 / 1, 6, 23, 4 / 0, 1, 3, 5 / 5, 2, 27, 11: the
+second order's top 10 holds all four, the path's three (16 probes: 0, 1, 3, 4, at 3 times the time). The audit's own
+figures (`mechaudit audit mechaudit/examples/minilm/minilm.toml --select L207`, 30 components checked): all 4
+carriers found, their estimates 0.28, 0.20, 0.11, 0.10 against exact 0.27, 0.18, 0.13, 0.11; Spearman 0.76 [0.55,
+0.88] and recall 0.8 over the checked set, which holds the path screen's picks that the expansion ranks low (before,
+the path screen alone: 0.665, recall 0.8, 2 carriers). The screen's cost grows with the output (`python
+benchmarks/second_order_cost.py`: a toy with GPT-2's output shape, 64 prompts x 32 tokens x 50,257 logits, one
+64-unit layer, so that the output dominates): 31 s and +2.3 GB of peak memory against the 3-point path screen's 8 s
+and +2.3 GB, which it runs as well (before it drew one probe at a time: 52 s, +7.3 GB) (4 times its time where the
+output is this large; on MiniLM's small outputs about 1.2 times, measured before the screen drew one probe at a
+time, and the whole rule's time is unchanged since: 21.6 s against 20.6 s); the first-order share adds nothing to
+the peak of the two runs' outputs. It is charged in the plan for a `similarity` behaviour (stationary on the
+corrupted run by construction: the one behaviour that turns it on) as a forward pass and 9 backward passes per
+batch; a metric found stationary otherwise runs it uncharged.
 The QK fix does not apply (a head component is the head's output, after its softmax); GradDrop is not implemented
 (`mechaudit.techniques.atp`).
 Measured (`benchmarks/atp_screen.py`, every component patched both ways): on the 2,048 `mlp.c_fc` neurons and
@@ -193,15 +203,29 @@ def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
     checked exactly (every one up to the screen's threshold, else the screen's ``top_k`` and a calibration sample;
     a forward pass each: the layers after it where the model can be traced, the whole model where it cannot, as
     Hugging Face GPT-2) and one pass of the clean inputs they are patched from; for token-id models, the
-    evidence's integrated gradients over a few prompts (charged to every model: a few hundred sample-passes)."""
+    evidence's integrated gradients over a few prompts (charged to every model: a few hundred sample-passes).
+    A ``similarity`` behaviour is stationary on the corrupted run by construction (the only metric that turns the
+    second-order screen on): its screen is charged too, a forward pass with gradients, the gradient's and each
+    probe's two backward passes, and the metric's own derivatives in the output (a few outputs' worth per batch)."""
     from ..techniques.token_attribution import MAX_SAMPLES, N_STEPS
 
     n = sizes.n(params.samples)
     exact = checked_exactly(sizes.hidden_units, params.exhaustive, params.top_k, params.calibration)
     clean_end = forwards(sizes, n, 1) if params.screen_steps == 1 else Cost()  # one step: a no-grad clean run
     # the screen holds ~5 batch copies: both inputs' activations at the sites, the autograd graph, moved sites, grads
-    return (forwards(sizes, n, 3 + exact) + with_gradients(sizes, n, params.screen_steps, copies=5) + clean_end
+    cost = (forwards(sizes, n, 3 + exact) + with_gradients(sizes, n, params.screen_steps, copies=5) + clean_end
             + with_gradients(sizes, min(n, MAX_SAMPLES) * N_STEPS))
+    if sizes.behaviour == "similarity" and sizes.hidden_units > atp.SCREEN_ABOVE and not params.exhaustive:
+        cost = cost + _second_order_cost(sizes, n)
+    return cost
+
+
+def _second_order_cost(sizes: Sizes, samples: int) -> Cost:
+    """The second-order screen (:func:`~.second_order.second_order_patching`): per batch one forward pass kept for
+    autograd and ``1 + 2 * PROBES`` backward passes through the model."""
+    backward = (2 * second_order.PROBES) * samples
+    return (with_gradients(sizes, samples, 1, copies=5)
+            + Cost(backward=backward, calls=2 * second_order.PROBES * sizes.batches(samples)))
 
 
 COST = RuleCost(_cost, reduce="samples")

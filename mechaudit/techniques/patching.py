@@ -24,6 +24,7 @@ from ..activations import batches
 from ..model_view import Layer, ModelView
 from .ablation_scan import AblationScanner
 from .path_attribution import path_estimates
+from .second_order import first_order_terms
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``metric(outputs, targets) -> (pairs,)``, e.g. :func:`~.circuits.logit_difference`."""
@@ -63,7 +64,7 @@ def metric_totals(view: ModelView, clean: torch.Tensor, corrupted: torch.Tensor,
                   first_order: bool = False) -> PatchingTotals:
     """The metric per pair on both inputs (one forward pass of each) and, with ``first_order``, the first-order
     prediction of each pair's difference (the gradient is the metric's in the output alone, no backward pass through
-    the model; reduced per pair by a batched dot product, so no output-sized temporary beyond the gradient)."""
+    the model; taken and reduced per chunk of pairs, so no output-sized temporary beyond the two runs' outputs)."""
     device = device or torch.device("cpu")
     values: list[list[torch.Tensor]] = [[], []]
     linear: list[torch.Tensor] = []
@@ -73,15 +74,11 @@ def metric_totals(view: ModelView, clean: torch.Tensor, corrupted: torch.Tensor,
             clean_out = view.model(batch).float()
             corrupted_out = view.model(corrupted[start:start + len(batch)].to(device)).float()
             values[0].append(metric(clean_out, chosen).cpu())
-        point = corrupted_out.requires_grad_(first_order)
-        with torch.enable_grad():
-            measured = metric(point, chosen)
+            values[1].append(metric(corrupted_out, chosen).cpu())
             if first_order:
-                (grad,) = torch.autograd.grad(measured.sum(), point)
-                moved = clean_out.contiguous().sub_(corrupted_out.detach()).flatten(1)  # y_clean not needed again
-                linear.append((grad.flatten(1).unsqueeze(1) @ moved.unsqueeze(2)).flatten().double().cpu())
-                del grad, moved
-        values[1].append(measured.detach().cpu())
+                moved = clean_out.contiguous().sub_(corrupted_out)  # in place: y_clean is not needed again
+                linear.append(first_order_terms(metric, corrupted_out, chosen, moved).cpu())
+                del moved
     both = [torch.cat(v).double() if v else torch.zeros(0, dtype=torch.float64) for v in values]
     first = (torch.cat(linear) if linear else torch.zeros(0, dtype=torch.float64)) if first_order else None
     return PatchingTotals(float(both[0].sum()), float(both[1].sum()), int(clean.shape[0]), (both[0], both[1]), first)

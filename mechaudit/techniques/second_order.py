@@ -14,9 +14,11 @@ This screen estimates each component's own effect to second order in the output,
 curvature, ``g . J'' [d_i, d_i]``, vanishes with ``g``): the Gauss-Newton approximation, exact to second order at a
 stationary point. The quadratic form is estimated for every component at once from ``probes`` random output
 directions ``z`` (Rademacher, seeded): ``E[(z . J d_i)((H z) . J d_i)] = (J d_i)^T H (J d_i)`` since ``E[z z^T] = I``
-(Hutchinson's trick, applied to ``J^T H J`` restricted to each ``d_i``). Each probe is two backward passes through
-the model (``J^T z`` and ``J^T H z``) on one forward pass of the patched run, per batch; ``H z`` is a Hessian-vector
-product of the metric alone (in the output, not through the model). Per pair, so nothing cancels across pairs.
+(Hutchinson's trick, applied to ``J^T H J`` restricted to each ``d_i``). Per batch: one forward pass of the patched
+run kept for autograd (its output also gives ``g``), one backward pass through the model for ``J^T g``, and per probe
+two (``J^T z`` and ``J^T H z``); ``g`` and ``H z`` are derivatives of the metric alone (in the output, not through the
+model), taken per chunk of samples and rebuilt per probe, so that memory does not grow with the probes. Per pair, so
+nothing cancels across pairs.
 
 ``J d_i`` is linear in ``d_i``, while a patch moves a component far (to a paraphrase's activation). Averaging ``J``
 over the patched and the source run (``both_ends``, the trapezoid along the move) ranks MiniLM's many small components
@@ -34,14 +36,15 @@ from ..model_view import Layer, ModelView, installed, units_view
 from .atp import Metric, _recorded
 
 PROBES = 4
-"""Random output directions of the Hessian term (two backward passes each per run and batch; measured on MiniLM,
-``benchmarks/screen_steps.py``)."""
+"""Random output directions of the Hessian term (two backward passes through the model each per run and batch, and a
+Hessian-vector product of the metric in the output; measured on MiniLM, ``benchmarks/screen_steps.py``)."""
 
 STATIONARY = 0.01
 """The metric counts as stationary on the patched run when the first-order prediction of patching every component at
-once, ``g . (y_source - y_patched)`` summed over the pairs, is below this share of the metric's exact change between
-the two runs (:attr:`~.patching.PatchingTotals.first_order_share`; MiniLM's similarity: 6e-8; the logit differences
-and label logits of `digits`, `induction` and GPT-2: of order 1)."""
+once, ``|g . (y_source - y_patched)|`` summed over the pairs, is below this share of the metric's exact change between
+the two runs, ``|m(source) - m(patched)|`` summed over the pairs (:attr:`~.patching.PatchingTotals.first_order_share`;
+MiniLM's similarity: 8.5e-8; the logit differences and label logits of `digits`, `induction` and GPT-2: of order
+1)."""
 
 
 def second_order_patching(view: ModelView, layers: list[Layer], inputs: torch.Tensor, sources: torch.Tensor,
@@ -66,24 +69,60 @@ def second_order_patching(view: ModelView, layers: list[Layer], inputs: torch.Te
         with torch.enable_grad():
             first = _Run(view, layers, batch, replaced)
             runs = [first, _Run(view, layers, other, replaced, first.deltas)] if both_ends else [first]
-            point = first.output.detach().requires_grad_(True)  # the metric's derivatives in the output alone
-            (grad,) = torch.autograd.grad(metric(point, chosen).sum(), point, create_graph=True)
-            totals = _projected(runs, grad.detach())
+            point = first.output.detach()  # the metric's derivatives are in the output alone
+            totals = _projected(runs, _metric_derivative(metric, point, chosen))
             for _ in range(probes):
                 z = torch.randint(0, 2, point.shape, generator=generator, dtype=torch.int8)
                 z = z.to(device=point.device, dtype=point.dtype).mul_(2).sub_(1)
-                (hz,) = torch.autograd.grad(torch.vdot(grad.flatten(), z.flatten()), point, retain_graph=True,
-                                            allow_unused=True) \
-                    if grad.requires_grad else (None,)  # a metric linear in the output has no Hessian term
                 along_z = _projected(runs, z)
+                hz = _metric_derivative(metric, point, chosen, z)
                 del z
-                along_hz = [torch.zeros_like(t) for t in along_z] if hz is None else _projected(runs, hz)
+                along_hz = _projected(runs, hz)
                 del hz
                 totals = [t + 0.5 * a * b / probes for t, a, b in zip(totals, along_z, along_hz)]
-            del runs, first, point, grad
+            del runs, first, point
         for layer, total in zip(layers, totals):
             parts[layer.name].append(total.T.cpu())
     return {name: torch.cat(values, dim=1) for name, values in parts.items()}
+
+
+CHUNK_VALUES = 2 ** 24
+"""Output values per chunk of samples whose metric derivatives are taken together (64 MB in float32): the metric is
+per sample, so its gradient and Hessian are too, and chunking bounds the metric's autograd temporaries."""
+
+
+def sample_chunks(output: torch.Tensor) -> list[slice]:
+    """Slices of ``output``'s samples of about :data:`CHUNK_VALUES` values each (at least one sample)."""
+    rows = max(1, CHUNK_VALUES // max(1, output[0].numel()))
+    return [slice(start, start + rows) for start in range(0, len(output), rows)]
+
+
+def first_order_terms(metric: Metric, output: torch.Tensor, targets: torch.Tensor,
+                      moved: torch.Tensor) -> torch.Tensor:
+    """Per sample, ``g . moved`` with ``g`` the metric's gradient in ``output`` (samples,), float64; per chunk of
+    samples, so that no output-sized tensor is made."""
+    found = []
+    for part in sample_chunks(output):
+        point = output[part].detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(metric(point, targets[part]).sum(), point)
+        found.append((grad.flatten(1).unsqueeze(1) @ moved[part].flatten(1).unsqueeze(2)).flatten().double())
+    return torch.cat(found)
+
+
+def _metric_derivative(metric: Metric, output: torch.Tensor, targets: torch.Tensor,
+                       direction: torch.Tensor | None = None) -> torch.Tensor:
+    """The metric's gradient ``g`` in ``output`` (summed over the samples), or with ``direction`` ``z`` its
+    Hessian-vector product ``H z`` (zero for a metric linear in the output), computed per chunk of samples."""
+    found = torch.zeros_like(output)
+    for part in sample_chunks(output):
+        point = output[part].detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(metric(point, targets[part]).sum(), point, create_graph=direction is not None)
+        if direction is None:
+            found[part] = grad
+        elif grad.requires_grad:  # else the metric is linear in the output: no Hessian term
+            (found[part],) = torch.autograd.grad(torch.vdot(grad.flatten(), direction[part].flatten()), point)
+    return found
 
 
 def _projected(runs: list[_Run], direction: torch.Tensor) -> list[torch.Tensor]:
