@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--select", default="", help="audit only these rules (e.g. L202), as --select")
     parser.add_argument("--out", default="", help="keep the audits' findings in this folder (default: discarded)")
     parser.add_argument("--rule-timeout", default="", help="the audit's --rule-timeout (e.g. 0 on a loaded machine)")
+    parser.add_argument("--device", default="", help="the audit's --device (e.g. cuda)")
+    parser.add_argument("--dtype", default="", help="the audit's --dtype (e.g. bfloat16)")
     args = parser.parse_args()
     blocks = min(args.blocks, 2) if args.quick else args.blocks
     vocabulary = 1000 if args.quick else 50257
@@ -157,11 +159,13 @@ def main() -> None:
         if args.plan:
             print_plan(spec, args.calibration_ms)
             return
-        select = (("--select", args.select) if args.select else ()) + (
-            ("--rule-timeout", args.rule_timeout) if args.rule_timeout else ())
+        select = tuple(item for flag, value in (("--select", args.select), ("--rule-timeout", args.rule_timeout),
+                                                ("--device", args.device), ("--dtype", args.dtype))
+                       if value for item in (flag, value))
         if not args.only_streams:
             run = run_audit(spec, folder / "default", *select, timeout=args.timeout)
-            print_run("default rulebook" + (f", {args.select} only" if select else "") + ": heads and MLP neurons",
+            print_run("default rulebook" + (f", {args.select} only" if args.select else "") + ": heads and MLP neurons"
+                      + "".join(f", {value}" for value in (args.device, args.dtype) if value),
                       run, "<= 15 min, <= 8 GiB")
         if not args.skip_streams:
             spec.write_text(SPEC.format(quick=str(args.quick).lower(), layers=layer_list(streams)), encoding="utf-8")

@@ -67,14 +67,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="128 images of 32x32: proves the script")
     parser.add_argument("--timeout", type=float, default=3600, help="kill the audit after this many seconds")
+    parser.add_argument("--device", default="", help="the audit's --device (e.g. cuda)")
+    parser.add_argument("--dtype", default="", help="the audit's --dtype (e.g. bfloat16)")
     args = parser.parse_args()
     count, size = (128, 32) if args.quick else (args.images, args.size)
     print(f"# ResNet-18 shape: {count:,} images of 3x{size}x{size}, 11.2 M parameters, 4,800 conv channels")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         spec = write_spec(folder, SPEC, images(count, size), MODEL)
-        run = run_audit(spec, folder / "out", timeout=args.timeout)
-        print_run("default rulebook", run, "<= 10 min")
+        options = [item for flag, value in (("--device", args.device), ("--dtype", args.dtype))
+                   if value for item in (flag, value)]
+        run = run_audit(spec, folder / "out", *options, timeout=args.timeout)
+        print_run("default rulebook" + "".join(f", {value}" for value in (args.device, args.dtype) if value), run,
+                  "<= 10 min")
 
 
 if __name__ == "__main__":
