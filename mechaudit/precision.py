@@ -27,7 +27,8 @@ def exact_float32() -> Iterator[None]:
     (cuDNN's default allows TF32 for convolutions: its 10-bit mantissas moved digits' L205 value by 1.1e-3 relative
     to the CPU's on an H200, against 0 without): a float32 audit computes the CPU's numbers up to summation order.
     ``--dtype bfloat16`` is the fast choice."""
-    backends = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn]
+    backends = [torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None),
+                getattr(torch.backends.cudnn, "rnn", None)]
     if not all(hasattr(backend, "fp32_precision") for backend in backends):  # torch < 2.9: the legacy flags
         legacy = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
