@@ -31,7 +31,7 @@ from shapes import gpt2, resnet18
 from torch import nn
 
 import mechaudit
-from mechaudit.testing import compare_findings
+from mechaudit.testing import compare_findings, largest_difference
 
 REPO = Path(__file__).resolve().parent.parent
 MINILM = REPO / "mechaudit" / "examples" / "minilm" / "minilm.toml"
@@ -65,22 +65,9 @@ def _verdict(reference: dict | None, other: dict | None, note: str) -> tuple[str
     differ, largest = compare_findings(reference, other)
     statuses = "identical" if not differ else f"{len(differ)} differ"
     errors = sum(f["status"] == "error" for f in other["findings"])
-    return statuses, f"{largest:.2e}{_where_largest(reference, other, largest)}" + (
+    where = largest_difference(reference, other)[1]
+    return statuses, f"{largest:.2e}" + (f" ({where})" if where else "") + (
         f"; {errors} error findings" if errors else "") + (f"; e.g. {differ[0]}" if differ else "")
-
-
-def _where_largest(reference: dict, other: dict, largest: float) -> str:
-    """`` (RULE location)`` of the finding whose value differs by ``largest`` (as compare_findings measures it)."""
-    def keyed(result: dict) -> dict:
-        return {(f["rule_id"], (f.get("location") or {}).get("component"), f.get("metric")): f.get("value")
-                for f in result["findings"]}
-
-    a, b = keyed(reference), keyed(other)
-    for key in a.keys() & b.keys():
-        x, y = a[key], b[key]
-        if largest and x is not None and y is not None and abs(x - y) / max(abs(x), abs(y), 1e-12) == largest:
-            return f" ({key[0]} {key[1] or 'model'})"
-    return ""
 
 
 def compare(rows: list, name: str, target: list[str], work: Path, device: str, dtypes: tuple[str, ...]) -> None:

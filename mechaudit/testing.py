@@ -49,17 +49,29 @@ def compare_findings(first: dict, second: dict) -> tuple[list[str], float]:
     """Compare two audits' ``findings.json`` contents (e.g. CPU vs CUDA, one process vs ``torchrun``): the
     findings whose status differs (or that only one audit has), and the largest relative difference of their values
     (``|a - b| / max(|a|, |b|, 1e-12)``)."""
-    def keyed(result: dict) -> dict:
-        return {(f["rule_id"], (f.get("location") or {}).get("component"), f.get("metric")): f
-                for f in result["findings"]}
+    a, b = _keyed(first), _keyed(second)
+    differ = [f"{_name(key)}: only in one audit" for key in a.keys() ^ b.keys()]
+    differ += [f"{_name(key)}: {a[key]['status']} vs {b[key]['status']}" for key in a.keys() & b.keys()
+               if a[key]["status"] != b[key]["status"]]
+    return sorted(differ), largest_difference(first, second)[0]
 
-    a, b = keyed(first), keyed(second)
-    differ = [f"{key[0]} {key[1] or 'model'}: only in one audit" for key in a.keys() ^ b.keys()]
-    largest = 0.0
+
+def largest_difference(first: dict, second: dict) -> tuple[float, str | None]:
+    """The largest relative difference of two audits' finding values (as :func:`compare_findings` measures it) and
+    the finding it is in (``"RULE location"``; None when no value differs)."""
+    a, b = _keyed(first), _keyed(second)
+    largest, where = 0.0, None
     for key in a.keys() & b.keys():
-        if a[key]["status"] != b[key]["status"]:
-            differ.append(f"{key[0]} {key[1] or 'model'}: {a[key]['status']} vs {b[key]['status']}")
         x, y = a[key].get("value"), b[key].get("value")
-        if x is not None and y is not None:
-            largest = max(largest, abs(x - y) / max(abs(x), abs(y), 1e-12))
-    return sorted(differ), largest
+        if x is not None and y is not None and abs(x - y) / max(abs(x), abs(y), 1e-12) > largest:
+            largest, where = abs(x - y) / max(abs(x), abs(y), 1e-12), _name(key)
+    return largest, where
+
+
+def _keyed(result: dict) -> dict:
+    return {(f["rule_id"], (f.get("location") or {}).get("component"), f.get("metric")): f
+            for f in result["findings"]}
+
+
+def _name(key: tuple) -> str:
+    return f"{key[0]} {key[1] or 'model'}"
