@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime, timezone
@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from . import __version__, distributed
+from . import __version__, deadline, distributed
 from .calibration import agreed, available_bytes, measure
 from .config import apply_overrides, override_summary
 from .context import AuditContext
@@ -323,11 +323,19 @@ class RuleTimeout(BaseException):
 
 
 @contextmanager
-def _time_budget(seconds: int):
-    """Raise :class:`RuleTimeout` in the main thread after ``seconds`` (0: no budget; other threads: none).
+def _time_budget(seconds: int) -> Iterator[deadline.Budget]:
+    """Raise :class:`RuleTimeout` in the main thread after ``seconds`` (0: no budget; other threads: none), and
+    give checks the deadline (:mod:`mechaudit.deadline`; the budget is yielded, with the exact checks it cut).
 
     Re-entrant: inside an enclosing budget that runs out first, that one's handler fires at its time, and on
     leaving, the enclosing budget is re-armed with the time it has left."""
+    with deadline.within(seconds) as budget, _alarm(seconds):
+        yield budget
+
+
+@contextmanager
+def _alarm(seconds: int) -> Iterator[None]:
+    """The timer of :func:`_time_budget`."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -403,10 +411,11 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
         if restore is not None:
             restore()
         try:
-            with _time_budget(timeout):
+            with _time_budget(timeout) as budget:
                 findings = [m.finding(rule.id, rule.severity, rule.uncertain)
                             for m in rule.check.run(context, rule)] or [
                     Finding(rule.id, rule.severity, "pass", "nothing to report")]
+            _label_cuts(findings, budget.cuts, timeout)
             break
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
             if not retries and context.batch_size > 1:
@@ -429,6 +438,20 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
                               exc)
     return RuleRun(rule.id, _worst_status(findings), time.perf_counter() - start, report_retries(findings, retries),
                    reason=retried_note(retries).lstrip("; ") or None)
+
+
+def _label_cuts(findings: list[Finding], cuts: list[deadline.Cut], timeout: int) -> None:
+    """Say in every finding of a rule whose exact checks the time budget cut (:func:`mechaudit.deadline.confirm`)
+    how many ran, and how to lift it (as the plan's reductions are labelled, evidence ``time_budget_cut``)."""
+    if not cuts:
+        return
+    note = "; ".join(cut.note() for cut in cuts)
+    for finding in findings:
+        if finding.status != "skipped":
+            finding.message += (f" [cut by the time budget ({timeout} s): {note} ran, the most important first; lift "
+                                "it with --rule-timeout SECONDS]")
+            finding.evidence["time_budget_cut"] = {"rule_timeout": timeout, "cuts": [
+                {"what": cut.what, "planned": cut.planned, "ran": cut.ran} for cut in cuts]}
 
 
 def _error_run(rule: Rule, start: float, message: str, exc: BaseException) -> RuleRun:

@@ -19,9 +19,10 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "findings"
 #: Keys every report understands, whatever the check (docs/report-evidence.md), and the engine's traceback.
 REPORT_KEYS = {"samples", "method", "interval", "caveats", "traceback", "circuit", "semantic_dictionary",
                "attribution_sanity"}
-#: Keys the engine adds to any rule's findings: its traceback, the out-of-memory retry, and the plan's reduction
-#: (``budget_reduction``) or refusal (``budget``) (mechaudit/cost.py).
-ENGINE_KEYS = {"traceback", "out_of_memory_retry", "budget_reduction", "budget"}
+#: Keys the engine adds to any rule's findings: its traceback, the out-of-memory retry, the plan's reduction
+#: (``budget_reduction``) or refusal (``budget``) (mechaudit/cost.py), and exact checks the time budget cut
+#: (``time_budget_cut``, mechaudit/deadline.py).
+ENGINE_KEYS = {"traceback", "out_of_memory_retry", "budget_reduction", "budget", "time_budget_cut"}
 
 
 def test_every_rule_declares_its_evidence() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 from typing import TypedDict
@@ -15,6 +16,7 @@ from typing import TypedDict
 import numpy as np
 import torch
 
+from .. import deadline
 from ..context import AuditContext
 from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, with_gradients
 from ..findings import Location, Measurement
@@ -147,6 +149,15 @@ never screens them, each holds at most 256 units and is ablated exactly), 2 poin
 from 0.8 to 0.9 (rho 0.95 to 0.94); on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to 0.62 (moving all
 3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a forward and backward
 pass per screened layer; so the default stays the first order.
+Time budget: the plan's estimate cannot foresee the machine's load (GPT-2-small's shape: 278 s on an idle machine,
+593 s under load, against the default 600 s time-out), so the screened units are ablated exactly in order, the
+screen's top-ranked first (its `screen_top_k`, then each layer's best), then the calibration sample in a seeded random
+order, in chunks that stop before the rule's time-out would be reached (`mechaudit/deadline.py`: 15% of the budget
+is kept for the verdicts and intervals). A cut audit's findings say how many of the planned exact ablations ran
+(`time_budget_cut`); the units left out are unchecked like any other: a layer fails on one predicted over a
+threshold, and a pass whose layer's top-ranked unit was cut is uncertain (`uncertain = "fail"` fails it); the
+agreement figures and the calibration bound are computed on the units that ran (`checked_exactly`, `calibration`).
+Raise `--rule-timeout` (0: none) to run them all.
 """,
     fix="""
 Add redundancy (dropout, wider layers), or make sure the critical unit encodes something intended: look at
@@ -301,11 +312,11 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
         return scanner.scan(inputs, {m: (ablations or replacements)[m] for m in run}, batch_size=context.batch_size,
                             units=chosen, reduce=reduce)
     scanned = {m: {} for m in modes}
-    for chosen, run in ((units, modes), (pool.units() if pool else {}, pooled_modes)):
-        if any(chosen.values()):
-            for mode, per_layer in scan(chosen, run).items():
-                scanned[mode].update(per_layer)
+    if any(units.values()):
+        for mode, per_layer in scan(units, modes).items():
+            scanned[mode].update(per_layer)
     if pool:
+        pool.confirm(scan, pooled_modes, scanned, context.seed)
         units.update(pool.units())
     clean_margins = _scanned_clean_margins(scan, pool, inputs)
     base_accuracy = float((predictions == labels).float().mean())
@@ -422,11 +433,43 @@ class _Pool:
     ranking: torch.Tensor  # what ranks the units: the larger of both predicted drops, each over its threshold
     selection: atp.Selection
     margin_scores: torch.Tensor  # the predicted mean loss of label margin per unit (the screen's estimate)
+    cut: bool = False  # whether the time budget stopped the exact ablations before the whole selection
+
+    def confirm(self, scan: Callable[[dict[str, list[int]], list[str]], dict], modes: list[str], scanned: dict,
+                seed: int) -> None:
+        """Ablate the selection exactly in ``modes``, the most important first, while the rule's time budget allows
+        (:func:`~mechaudit.deadline.confirm`): the top-ranked (the screen's top-k, then each layer's best) by rank,
+        then the calibration sample in a seeded random order (so a cut keeps a random sample). :attr:`selection`
+        keeps those that ran; their rows go to ``scanned[mode][layer]``, in each layer's ascending unit order."""
+        rows: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+        def run(chunk: list[int]) -> None:
+            chosen = self._by_layer(chunk)
+            for mode, per_layer in scan(chosen, modes).items():
+                for name, values in per_layer.items():
+                    for row, unit in enumerate(chosen[name]):
+                        rows.setdefault((name, unit), {})[mode] = values[row]
+        selection = self.selection
+        ranked = sorted(set(selection.top) | set(selection.extra), key=lambda i: (-float(self.ranking[i]), i))
+        order = torch.randperm(len(selection.calibration), generator=torch.Generator().manual_seed(seed)).tolist()
+        done = set(deadline.confirm(ranked + [selection.calibration[i] for i in order], run, "exact ablations"))
+        self.cut = len(done) < len(selection.checked)
+        self.selection = atp.Selection([i for i in selection.top if i in done],
+                                       [i for i in selection.calibration if i in done], selection.scored,
+                                       [i for i in selection.extra if i in done])
+        for name, ids in self.units().items():
+            if ids:
+                for mode in modes:
+                    scanned[mode][name] = torch.stack([rows[(name, unit)][mode] for unit in ids])
 
     def units(self) -> dict[str, list[int]]:
         """Per layer, its units ablated exactly (ascending)."""
+        return self._by_layer(self.selection.checked)
+
+    def _by_layer(self, indices: list[int]) -> dict[str, list[int]]:
+        """Per layer, the units of ``indices`` (pooled indices) in it, ascending."""
         chosen: dict[str, list[int]] = {layer.name: [] for layer in self.layers}
-        for index in self.selection.checked:
+        for index in sorted(indices):
             layer = self._layer_of(index)
             chosen[layer.name].append(index - self.offsets[layer.name])
         return chosen
@@ -485,17 +528,19 @@ class _Pool:
 
     def unchecked_layer(self, layer: Layer, screen: dict, params: CriticalUnitsParams, base_accuracy: float,
                         base_class: dict, judged: list[int], context: AuditContext) -> Measurement:
-        """The finding of a layer none of whose units was ablated exactly (``layer_top_k = 0``): judged on the
+        """The finding of a layer none of whose units was ablated exactly (``layer_top_k = 0``, or the time budget
+        ran out first): judged on the
         screen's predictions, overall and per class, and never certain (see :func:`_unmeasured`)."""
         found = self.unchecked(layer)
-        checked = " (none of this layer's units was)"
+        checked = " (none of this layer's units was" + (": the time budget ran out first)" if self.cut else ")")
         failing = self._predicted(layer, found, params, base_accuracy, base_class, judged, context,
                                   {"screen": screen}, checked)
         if failing:
             return failing
         overall = found.get("largest_predicted_drop", 0.0)
         return Measurement(
-            f"no unit of {layer.name} was ablated exactly (layer_top_k = 0): its largest predicted drop is "
+            f"no unit of {layer.name} was ablated exactly "
+            f"({'the time budget ran out first' if self.cut else 'layer_top_k = 0'}): its largest predicted drop is "
             f"{overall:.1%} (for one class {found.get('largest_predicted_class_drop', 0.0):.1%}), a prediction, "
             "not a measurement", location=Location.of_layer(layer.name), metric="predicted_accuracy_drop",
             value=overall, threshold=params.max_accuracy_drop,

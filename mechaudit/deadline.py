@@ -1,0 +1,123 @@
+"""The time a rule has left: the engine's rule time-out as a deadline that checks read, so that a check confirming
+many screened candidates exactly stops in time, with a reduced result it labels, instead of running into the
+time-out (an ``error`` finding that loses all its work).
+
+The engine enters :func:`within` with each rule's time-out (one budget per attempt, so an out-of-memory retry starts
+afresh, as its timer does); a nested budget ends at the earlier of its own deadline and the enclosing one. A check
+runs its exact checks through :func:`confirm`, most important first, and the cut, if any, is recorded on the budget
+(:class:`Cut`) for the engine to label every finding of the rule with."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+
+from . import distributed
+
+T = TypeVar("T")
+
+#: The share of a rule's time budget kept for what follows its exact checks (verdicts, bootstrap intervals,
+#: pictures of the flagged units): confirmation stops when the next chunk would eat into it.
+RESERVE = 0.15
+#: Each chunk's estimated time (the mean time per check so far, times its size) is multiplied by this, since the
+#: machine's load may grow while the chunk runs.
+SAFETY = 1.5
+
+#: The clock deadlines are read on (tests replace it with a fake one).
+clock: Callable[[], float] = time.monotonic
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Exact checks that a rule planned and did not run for lack of time: the first ``ran`` of ``planned``."""
+
+    what: str  # e.g. "exact ablations"
+    planned: int
+    ran: int
+
+    def note(self) -> str:
+        return f"{self.ran} of {self.planned} planned {self.what}"
+
+
+@dataclass
+class Budget:
+    """A rule's time budget: ``seconds`` long (0: none), ending at ``deadline`` on :data:`clock` (None: never),
+    keeping ``reserve`` seconds for the rule to finish; ``cuts`` are the confirmations it stopped early."""
+
+    seconds: float
+    deadline: float | None
+    reserve: float
+    cuts: list[Cut] = field(default_factory=list)
+
+    def left(self) -> float | None:
+        """Seconds left for exact checks (the reserve excluded), or None without a deadline."""
+        return None if self.deadline is None else self.deadline - self.reserve - clock()
+
+
+_current: ContextVar[Budget | None] = ContextVar("mechaudit_budget", default=None)
+
+
+@contextmanager
+def within(seconds: float) -> Iterator[Budget]:
+    """A budget of ``seconds`` (0: none of its own) from now, ending no later than the enclosing one; the cuts
+    recorded inside also reach the enclosing budget."""
+    outer = _current.get()
+    own = Budget(seconds, clock() + seconds, RESERVE * seconds) if seconds else Budget(0, None, 0.0)
+    if outer is not None and outer.deadline is not None and (own.deadline is None or outer.deadline < own.deadline):
+        own = Budget(own.seconds, outer.deadline, outer.reserve)
+    token = _current.set(own)
+    try:
+        yield own
+    finally:
+        _current.reset(token)
+        if outer is not None:
+            outer.cuts.extend(own.cuts)
+
+
+def current() -> Budget | None:
+    """The innermost budget, or None outside any (a check run without the engine)."""
+    return _current.get()
+
+
+def confirm(items: Sequence[T], run: Callable[[list[T]], None], what: str) -> list[T]:
+    """Run ``run`` on ``items`` in their order (most important first), in chunks, while the time left allows: the
+    first chunk is one item, each next one at most twice the last and only as many items as fit, at the mean time
+    per item so far (times :data:`SAFETY`), in the time left before the reserve. Returns the items run; when some
+    were left out, a :class:`Cut` naming ``what`` they are is recorded on the budget. Without a deadline, one chunk
+    of every item. Under torchrun every rank runs the same chunks (the smallest count any rank finds to fit)."""
+    budget = current()
+    if budget is None or budget.deadline is None:
+        if items:
+            run(list(items))
+        return list(items)
+    done, spent, size = 0, 0.0, 1
+    while done < len(items):
+        left = budget.left() or 0.0
+        per_item = spent / done * SAFETY if done else None  # None: no estimate yet, run one item
+        fits = (0 if left <= 0 else 1 if per_item is None else len(items) if not per_item
+                else math.floor(left / per_item))
+        size = _agreed(min(size, len(items) - done, fits))
+        if size <= 0:
+            break
+        start = clock()
+        run(list(items[done:done + size]))
+        spent += clock() - start
+        done += size
+        size *= 2
+    if done < len(items):
+        budget.cuts.append(Cut(what, len(items), done))
+    return list(items[:done])
+
+
+def _agreed(count: int) -> int:
+    """The smallest ``count`` over the ranks (the same on every rank; ``count`` itself in one process)."""
+    if not distributed.active():
+        return count
+    return int(distributed.reduce(torch.tensor([count], dtype=torch.long), "min")[0])

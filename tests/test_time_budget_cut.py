@@ -1,0 +1,109 @@
+"""Exact confirmation bounded by the time a rule has left (:mod:`mechaudit.deadline`): on a fake clock that charges
+each exact check a fixed time, a rule whose budget holds only some of its planned checks runs the screen's top
+candidates first, then part of the calibration sample, and every finding says it was cut; without a deadline the
+result is the full one. No wall-clock assertion: the clock is the test's."""
+
+from __future__ import annotations
+
+import pytest
+from test_l202_screen_path import DECOY, SWITCHED, SwitchedOn, _inputs
+
+import mechaudit
+from mechaudit import deadline
+from mechaudit.techniques import ablation_screen
+from mechaudit.techniques.ablation_scan import AblationScanner
+
+SCREEN = {"screen_top_k": 4, "calibration": 12, "layer_top_k": 1, "screen_steps": 2}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A fake clock on which each unit the scanner ablates (or patches) costs 10 s."""
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+    scan = AblationScanner.scan
+
+    def charged(self, inputs, modes, *args, units=None, **kwargs):
+        fake.now += 10.0 * sum(len(ids) for ids in (units or {}).values())
+        return scan(self, inputs, modes, *args, units=units, **kwargs)
+    monkeypatch.setattr(AblationScanner, "scan", charged)
+    return fake
+
+
+def _audit(timeout: int):
+    inputs = _inputs()
+    model = SwitchedOn(5.0).eval()
+    labels = model(inputs).argmax(-1).detach()
+    return mechaudit.audit(model, inputs, labels=labels, select=["L202"], rules={"L202": SCREEN},
+                           rule_timeout=timeout)
+
+
+def test_a_cut_confirms_the_top_candidates_first_and_says_so(clock: FakeClock) -> None:
+    full = _audit(0).findings
+    assert all("time_budget_cut" not in f.evidence and "cut by" not in f.message for f in full)
+    planned = full[0].evidence["screen"]["checked_exactly"]
+    # 100 s, 15 kept: chunks of 1, 2, 3, 1 and 1 units (each estimated at 1.5x the 10 s measured) fit in 85 s
+    (found,) = [f for f in _audit(100).findings if f.status == "fail"]
+    cut = found.evidence["time_budget_cut"]
+    assert cut == {"rule_timeout": 100, "cuts": [{"what": "exact ablations", "planned": planned, "ran": 8}]}
+    assert f"8 of {planned} planned exact ablations ran" in found.message and "--rule-timeout" in found.message
+    screen = found.evidence["screen"]
+    assert screen["checked_exactly"] == 8 and screen["calibration"] == 8 - screen["screen_top_k"]
+    assert screen["screen_top_k"] == SCREEN["screen_top_k"]  # every top candidate confirmed before any calibration
+    # the planted unit is confirmed exactly, as without the cut
+    assert found.location.component == f"fc1:u{SWITCHED}" and found.metric == "accuracy_drop"
+    (uncut,) = [f for f in full if f.status == "fail"]
+    assert found.value == uncut.value and f"fc1:u{DECOY}" in screen["checked"]
+
+
+def test_a_budget_the_screen_used_up_leaves_its_prediction_uncertain(clock: FakeClock,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    screen = ablation_screen.interpolated_estimates
+
+    def slow_screen(*args, **kwargs):
+        clock.now += 90.0  # of 100 s, 15 kept: no time left for an exact ablation
+        return screen(*args, **kwargs)
+    monkeypatch.setattr(ablation_screen, "interpolated_estimates", slow_screen)
+    (finding,) = _audit(100).findings
+    assert finding.evidence["time_budget_cut"]["cuts"][0]["ran"] == 0
+    assert finding.metric == "predicted_accuracy_drop" and finding.status == "fail"
+    assert "the time budget ran out first" in finding.message
+    assert finding.confidence == "uncertain"  # the screen's prediction, no measurement
+
+
+def test_confirm_runs_everything_in_one_chunk_without_a_deadline() -> None:
+    chunks: list[list[int]] = []
+    assert deadline.confirm(list(range(5)), chunks.append, "checks") == list(range(5)) and chunks == [list(range(5))]
+    with deadline.within(0) as budget:
+        deadline.confirm(list(range(3)), chunks.append, "checks")
+    assert chunks[-1] == [0, 1, 2] and not budget.cuts
+
+
+def test_a_nested_budget_ends_with_the_enclosing_one_and_reports_its_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+
+    def charge(chunk: list[int]) -> None:
+        fake.now += len(chunk)
+    with deadline.within(20) as outer:  # 3 s kept: chunks of 1, 2, 4, 6, 2 and 1 fit before 17 s (1.5 s an item)
+        with deadline.within(1000) as inner:
+            assert inner.deadline == outer.deadline
+            ran = deadline.confirm(list(range(100)), charge, "checks")
+    assert ran == list(range(16)) and fake.now == 16
+    assert outer.cuts == inner.cuts == [deadline.Cut("checks", 100, 16)]
+
+
+def test_an_inner_budget_ending_first_keeps_its_own_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+    with deadline.within(1000), deadline.within(10) as inner:
+        assert inner.deadline == 10 and inner.reserve == pytest.approx(1.5)
+    assert deadline.current() is None
