@@ -6,10 +6,16 @@ result is the full one. No wall-clock assertion: the clock is the test's."""
 from __future__ import annotations
 
 import pytest
+import torch
+from fixtures.localization_toys import patching_pairs
+from fixtures.toy_models import signal_mlp
+from test_atp_screen import CARRIER, WIDTH, _carrier_moved
 from test_l202_screen_path import DECOY, SWITCHED, SwitchedOn, _inputs
 
 import mechaudit
 from mechaudit import deadline
+from mechaudit.checks import patching as patching_check
+from mechaudit.loading import AuditData
 from mechaudit.techniques import ablation_screen
 from mechaudit.techniques.ablation_scan import AblationScanner
 
@@ -107,3 +113,39 @@ def test_an_inner_budget_ending_first_keeps_its_own_deadline(monkeypatch: pytest
     with deadline.within(1000), deadline.within(10) as inner:
         assert inner.deadline == 10 and inner.reserve == pytest.approx(1.5)
     assert deadline.current() is None
+
+
+def _patching(timeout: int):
+    clean, corrupted = patching_pairs(carried=True)
+    model = _carrier_moved(signal_mlp(spread=1, hidden=WIDTH))
+    inputs = torch.cat([clean, corrupted])
+    data = AuditData(inputs=inputs, labels=model(inputs).argmax(-1).detach(), pairs=(clean, corrupted))
+    (finding,) = mechaudit.audit(model, data, select=["L207"], rules={"L207": {"top_k": 5, "calibration": 10}},
+                                 rule_timeout=timeout).findings
+    return finding
+
+
+def test_l207_cut_patches_the_screen_s_top_first_and_lists_what_it_left(clock: FakeClock) -> None:
+    full = _patching(0)
+    assert "time_budget_cut" not in full.evidence and "unchecked_candidates" not in full.evidence
+    finding = _patching(100)  # as for L202: 8 of the 15 planned patches fit
+    assert finding.evidence["time_budget_cut"]["cuts"] == [{"what": "exact patches", "planned": 15, "ran": 8}]
+    screen = finding.evidence["screen"]
+    assert screen["checked_exactly"] == 8 and screen["calibration"] == 3 and finding.evidence["verified"] == 8
+    assert "unchecked_candidates" not in finding.evidence  # the top 5 all ran; only calibration was cut
+    assert finding.location.component == full.location.component == f"fc1:u{CARRIER}"
+    assert finding.value == full.value and "8 of 15 planned exact patches ran" in finding.message
+
+
+def test_l207_with_no_time_for_an_exact_patch_reports_the_screen_s_estimate(clock: FakeClock,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    screen = patching_check.attribution_patching
+
+    def slow_screen(*args, **kwargs):
+        clock.now += 90.0
+        return screen(*args, **kwargs)
+    monkeypatch.setattr(patching_check, "attribution_patching", slow_screen)
+    finding = _patching(100)
+    assert finding.evidence["time_budget_cut"]["cuts"][0]["ran"] == 0 and finding.evidence["verified"] == 0
+    assert len(finding.evidence["unchecked_candidates"]) == 5
+    assert finding.location.component == f"fc1:u{CARRIER}" and "a prediction, not a measurement" in finding.message

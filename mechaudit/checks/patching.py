@@ -14,11 +14,13 @@ from typing import TypedDict
 
 import torch
 
+from .. import deadline
 from ..activations import model_outputs
 from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, checked_exactly, forwards, with_gradients
 from ..findings import Location, Measurement
 from ..techniques import atp, resampled, second_order
+from ..techniques.ablation_scan import AblationScanner
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
 from ..techniques.patching import PatchingTotals, attribution_patching, exact_patching, metric_totals
 from ..techniques.uncertainty import Interval, behaviour_presence, bootstrap
@@ -138,6 +140,14 @@ effect judged against `min_effect` carries its interval too (`relative_effect_in
 the message says so. Measured: on `digits` (256 pairs) `features.0:ch7` recovers 0.367, interval 0.360-0.371, and 4
 components' intervals straddle 0.1; on `induction` `blocks.1.attn:h3` 0.984 (0.979-0.988); the relative effect of
 `digits-control`, 6.1%, has the interval 4.3-8.3%, below `min_effect`.
+Time budget: screened components are patched exactly in order, the screen's `top_k` first (then the path screen's,
+then the calibration sample in a seeded random order), in chunks that stop before the rule's time-out would be
+reached (`mechaudit/deadline.py`: 15% of the budget is kept for the intervals and the evidence), so that a loaded
+machine gives a reduced result instead of an `error`. A cut finding says how many of the planned exact patches ran
+(`time_budget_cut`); the screen's candidates left out are listed with their estimates (`unchecked_candidates`,
+named in the message: the screen's prediction stands for them, unchecked), and the carriers, the agreement figures
+and the calibration bound come from the components that ran (`screen.checked_exactly`, `screen.calibration`).
+Raise `--rule-timeout` (0: none) to patch them all.
 """,
     fix="""
 Nothing to fix by itself: read which components carry the behaviour. If they carry a shortcut (a watermark, a
@@ -195,6 +205,7 @@ class PatchingEvidence(TypedDict, total=False):
     attention_patterns: list  # of the carrier heads, over the clean inputs (decomposition_evidence.unit_pictures)
     uncertain_carriers: list  # components whose recovered fraction's interval straddles min_recovered
     token_attribution: list  # token-id models: IG per token of a few clean prompts vs their corrupted twins
+    unchecked_candidates: list  # screened candidates the time budget left unpatched: component, attribution_estimate
 
 
 def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
@@ -279,14 +290,16 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     names = [layer.address(unit) for layer, unit in components]
     selection = (atp.select(estimate, params.top_k, params.calibration, context.seed, also=also) if screened
                  else atp.everything(len(components)))
-    chosen: dict[str, list[int]] = {}
-    for index in selection.checked:
-        layer, unit = components[index]
-        chosen.setdefault(layer.name, []).append(unit)
-    exact = exact_patching(context.view, [layer for layer in layers if layer.name in chosen], clean, corrupted,
-                           targets, metric, chosen, batch, device, per_pair=True)
-    effect_of = {(name, unit): exact[name][row] for name, units in chosen.items() for row, unit in enumerate(units)}
-    per_pair = {index: effect_of[(components[index][0].name, components[index][1])] for index in selection.checked}
+    planned = selection
+    if screened:
+        per_pair, selection = _confirmed(context, components, selection, also, clean, corrupted, targets, metric)
+    else:
+        per_pair = _patched(context, components, selection.checked, clean, corrupted, targets, metric)
+    per_pair = {index: per_pair[index] for index in selection.checked}
+    unchecked = [{"component": names[index], "attribution_estimate": float(estimate[index])}
+                 for index in planned.top + [i for i in also if i in planned.extra] if index not in per_pair]
+    if unchecked:
+        evidence["unchecked_candidates"] = unchecked
     fractions = {index: float(per_pair[index].sum(0).float()) / totals.effect for index in selection.checked}
     ordered = sorted(selection.checked, key=lambda index: -fractions[index])
     intervals = recovered_intervals(per_pair, totals, context.seed)
@@ -307,11 +320,20 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     carriers = [names[index] for index in ordered if fractions[index] >= params.min_recovered]
     uncertain = [names[index] for index in ordered
                  if intervals[index] is not None and intervals[index].straddles(params.min_recovered)]
+    if not rows:  # the time budget ran out before the first exact patch: the screen's top estimate stands
+        first = unchecked[0]
+        return [Measurement(
+            f"no component was patched exactly (the time budget ran out first): the screen estimates that "
+            f"{first['component']} alone recovers {first['attribution_estimate']:.0%} of the {description}, a "
+            "prediction, not a measurement" + effect_note, location=Location.of_address(first["component"]),
+            metric="top_recovered_fraction", value=first["attribution_estimate"],
+            evidence={**evidence, "carried": True, "carriers": [], "components": [], "verified": 0,
+                      "scored": len(components)})]
     top = rows[0]
     return [Measurement(
         f"patching {top['component']} alone recovers {top['recovered_fraction']:.0%} of the {description}; "
         f"{len(carriers)} component(s) recover at least {params.min_recovered:.0%}"
-        + _uncertain_note(uncertain, params.min_recovered) + effect_note,
+        + _uncertain_note(uncertain, params.min_recovered) + _unchecked_note(unchecked) + effect_note,
         location=Location.of_address(top["component"]),
         metric="top_recovered_fraction", value=top["recovered_fraction"], interval=intervals[ordered[0]],
         evidence={**evidence, "carried": True, "carriers": carriers, "uncertain_carriers": uncertain,
@@ -321,6 +343,44 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
                   **unit_pictures(context, [c for c in carriers if context.view.resolve(c)[0].kind == "heads"], clean),
                   **token_attribution(context, clean, corrupted, targets, metric)},
     )]
+
+
+def _patched(context: AuditContext, components: list, indices: list[int], clean: torch.Tensor,
+             corrupted: torch.Tensor, targets: torch.Tensor, metric, scanner: AblationScanner | None = None
+             ) -> dict[int, torch.Tensor]:
+    """Each component of ``indices``' exact effect per pair, patched alone (clean into the corrupted run)."""
+    chosen: dict[str, list[int]] = {}
+    for index in sorted(indices):
+        layer, unit = components[index]
+        chosen.setdefault(layer.name, []).append(unit)
+    layers = [layer for layer in context.view.hidden_layers if layer.name in chosen]
+    exact = exact_patching(context.view, layers, clean, corrupted, targets, metric, chosen, context.batch_size,
+                           context.device, scanner=scanner, per_pair=True)
+    effect_of = {(name, unit): exact[name][row] for name, units in chosen.items() for row, unit in enumerate(units)}
+    return {index: effect_of[(components[index][0].name, components[index][1])] for index in indices}
+
+
+def _confirmed(context: AuditContext, components: list, selection: atp.Selection, also: list[int],
+               clean: torch.Tensor, corrupted: torch.Tensor, targets: torch.Tensor, metric
+               ) -> tuple[dict[int, torch.Tensor], atp.Selection]:
+    """The screen's selection patched exactly, the most important first, while the rule's time budget allows
+    (:func:`~mechaudit.deadline.confirm`): the screen's top-k in its order, the path screen's (``also``), then the
+    calibration sample in a seeded random order (a cut keeps a random sample). Returns the per-pair effects and the
+    selection of the components that ran."""
+    extra = set(selection.extra)
+    order = torch.randperm(len(selection.calibration), generator=torch.Generator().manual_seed(context.seed))
+    items = selection.top + [i for i in also if i in extra] + [selection.calibration[i] for i in order.tolist()]
+    layers = sorted({components[index][0].name for index in items})
+    scanner = AblationScanner(context.view, [layer for layer in context.view.hidden_layers if layer.name in layers],
+                              context.device, corrupted[:2])
+    per_pair: dict[int, torch.Tensor] = {}
+
+    def run(chunk: list[int]) -> None:
+        per_pair.update(_patched(context, components, chunk, clean, corrupted, targets, metric, scanner))
+    done = set(deadline.confirm(items, run, "exact patches"))
+    return per_pair, atp.Selection([i for i in selection.top if i in done],
+                                   [i for i in selection.calibration if i in done], selection.scored,
+                                   [i for i in selection.extra if i in done])
 
 
 def recovered_intervals(per_pair: dict[int, torch.Tensor], totals: PatchingTotals,
@@ -355,6 +415,13 @@ def _uncertain_note(uncertain: list[str], threshold: float) -> str:
     shown = ", ".join(uncertain[:3]) + (", ..." if len(uncertain) > 3 else "")
     return (f" [uncertain: the 95% interval of {len(uncertain)} component(s) ({shown}) straddles "
             f"{threshold:.0%}]")
+
+
+def _unchecked_note(unchecked: list[dict]) -> str:
+    if not unchecked:
+        return ""
+    return (f" [{len(unchecked)} of the screen's candidates not patched exactly for lack of time: its estimates "
+            f"stand for them (largest {max(row['attribution_estimate'] for row in unchecked):.0%}), unchecked]")
 
 
 def _problem(context: AuditContext, params: PatchingParams):
