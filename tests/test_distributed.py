@@ -155,3 +155,31 @@ def test_a_failing_rank_fails_the_audit_with_one_line_and_no_bundle(tmp_path: Pa
     # control: the same spec without a planted failure audits on one process
     control, _ = _audit([str(spec), "--out", str(tmp_path / "one"), "--select", "D101"], 1, tmp_path)
     assert control.returncode in (0, 1) and (tmp_path / "one" / "findings.json").is_file(), control.stderr
+
+
+def _paced(rank: int, world: int, init: str, result: str) -> None:
+    """Each rank confirms 100 items under a 20 s budget on its own fake clock, rank 1 three times slower."""
+    from mechaudit import deadline
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        now = [0.0]
+        deadline.clock = lambda: now[0]
+
+        def charge(chunk: list[int]) -> None:
+            now[0] += (1.0 if rank == 0 else 3.0) * len(chunk)
+        with deadline.within(20) as budget:
+            ran = deadline.confirm(list(range(100)), charge, "checks")
+        torch.save({"ran": ran, "cuts": budget.cuts}, f"{result}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_rank_stops_its_exact_checks_at_the_same_item(tmp_path: Path) -> None:
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_paced, args=(2, init, str(tmp_path / "result")), nprocs=2)
+    fast, slow = (torch.load(tmp_path / f"result.{rank}", weights_only=False) for rank in range(2))
+    # alone, the fast rank would run 16 items and the slow one 5: each chunk is the smaller count that fits
+    assert fast["ran"] == slow["ran"] == list(range(5))
+    assert fast["cuts"] == slow["cuts"] and fast["cuts"][0].ran == 5
