@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import write_project
 from fixtures.localization_toys import patching_pairs
+from fixtures.planted_circuit import PLANTED_NODES, planted, planted_data
 from fixtures.toy_models import signal_mlp
 from test_atp_screen import CARRIER, WIDTH, _carrier_moved
 from test_l202_screen_path import DECOY, SWITCHED, SwitchedOn, _inputs
@@ -15,8 +17,11 @@ from test_l202_screen_path import DECOY, SWITCHED, SwitchedOn, _inputs
 import mechaudit
 from mechaudit import deadline
 from mechaudit.checks import patching as patching_check
+from mechaudit.checks import single_points
+from mechaudit.config import load_spec
+from mechaudit.engine import run_audit
 from mechaudit.loading import AuditData
-from mechaudit.techniques import ablation_screen
+from mechaudit.techniques import ablation_screen, atp
 from mechaudit.techniques.ablation_scan import AblationScanner
 
 SCREEN = {"screen_top_k": 4, "calibration": 12, "layer_top_k": 1, "screen_steps": 2}
@@ -149,3 +154,39 @@ def test_l207_with_no_time_for_an_exact_patch_reports_the_screen_s_estimate(cloc
     assert finding.evidence["time_budget_cut"]["cuts"][0]["ran"] == 0 and finding.evidence["verified"] == 0
     assert len(finding.evidence["unchecked_candidates"]) == 5
     assert finding.location.component == f"fc1:u{CARRIER}" and "a prediction, not a measurement" in finding.message
+
+
+def _r304(tmp_path, monkeypatch: pytest.MonkeyPatch, timeout: int):
+    monkeypatch.setattr(atp, "SCREEN_ABOVE", 2)  # screen the planted circuit's few units
+    x = planted_data()
+    labels = planted().eval()(x).argmax(1).detach()
+    project = write_project(tmp_path, arrays={"inputs": x.numpy(), "labels": labels.numpy()},
+                            data_table='labels = "labels"\n', model_table='factory = "fixtures.planted_circuit:planted"',
+                            extra='[behaviour]\nkind = "class_logit"\ntarget = "0"\n[audit]\nselect = ["R304"]\n'
+                                  f'rule-timeout = {timeout}\n'
+                                  '[audit.rules.R304]\ncandidates = 3\ncalibration = 2\n')
+    return run_audit(load_spec(project.spec)).findings
+
+
+def test_r304_cut_ablates_the_top_candidates_first_and_the_rest_stand_as_predictions(tmp_path, clock: FakeClock,
+                                                                                      monkeypatch) -> None:
+    ablate = single_points.behaviour_under_ablation
+
+    def charged(*args, **kwargs):
+        clock.now += 10.0
+        return ablate(*args, **kwargs)
+    monkeypatch.setattr(single_points, "behaviour_under_ablation", charged)
+    # 40 s, 6 kept, 10 s an ablation: the top 2 candidates alone (1, then 1 at 15 s estimated), then 1 pair of 2
+    findings = _r304(tmp_path, monkeypatch, 40)
+    assert {f.location.component for f in findings if f.status == "fail"} == PLANTED_NODES
+    for finding in findings:
+        assert finding.evidence["time_budget_cut"]["cuts"] == [
+            {"what": "single-unit ablations", "planned": 5, "ran": 2}, {"what": "pair ablations", "planned": 2,
+                                                                        "ran": 1}]
+        assert finding.evidence["screen"]["checked_exactly"] == 2 and finding.evidence["screen"]["calibration"] == 0
+    (predicted,) = [f for f in findings if f.metric == "predicted_behaviour_lost"]
+    assert predicted.confidence == "uncertain" and "not ablated exactly" in predicted.message
+    assert [row["component"] for row in predicted.evidence["screen"]["unchecked_candidates"]] == [
+        predicted.location.component]
+    uncut = _r304(tmp_path / "uncut", monkeypatch, 0)
+    assert {f.metric for f in uncut} == {"behaviour_lost"} and all("time_budget_cut" not in f.evidence for f in uncut)

@@ -7,13 +7,14 @@ from typing import TypedDict
 
 import torch
 
+from .. import deadline
 from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, checked_exactly, circuit_references, edge_scores, forwards, with_gradients
 from ..findings import Location, Measurement
 from ..techniques import atp
 from ..techniques.node_ablation import behaviour_under_ablation, distance
 from ..techniques.path_attribution import mean_toward, path_estimates
-from ..techniques.uncertainty import bootstrap_ratio_of_mean_distances
+from ..techniques.uncertainty import Interval, bootstrap_ratio_of_mean_distances
 from .circuit_common import (
     MLP_NEURON_SITE,
     ablation_sites,
@@ -185,8 +186,13 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     span = distance(m_empty, m_model)
     if not carries_behaviour(span, m_model):
         return [not_carried(rule, problem, span, "behaviour_lost", params.max_single_loss)]
+    planned = selection
+    if screened:  # confirmed the screen's top first, while the rule's time budget allows (mechaudit.deadline)
+        selection = _confirmed(selection, lambda chunk: [m((nodes[i],)) for i in chunk], context.seed)
     checked = [nodes[i] for i in selection.checked]
     alone = {n: m((n,)) for n in checked}
+    unchecked = [{"component": nodes[i], "predicted_loss": float(attribution[i]) / span}
+                 for i in planned.top if i not in selection.checked]
 
     def lost_interval(node: str):
         return bootstrap_ratio_of_mean_distances((alone[node], m_model), (m_empty, m_model), seed=context.seed)
@@ -197,17 +203,29 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     paired = top[:params.screened_pairs] if screened else top
     if screened:
         screen["pairs_among"] = len(paired)
-    for first in paired:
-        for second in paired:
-            if first == second:
-                continue
-            effect_alone = loss[second]
-            effect_without_first = distance(m((first, second)), alone[first]) / span
-            if effect_without_first - effect_alone > params.min_compensation:
-                backups.append({"removed": first, "backup": second, "effect_alone": effect_alone,
-                                "effect_when_removed": effect_without_first})
+    pairs = [(first, second) for first in paired for second in paired if first != second]
+    if screened:
+        pairs = deadline.confirm(pairs, lambda chunk: [m(pair) for pair in chunk], "pair ablations")
+    for first, second in pairs:
+        effect_alone = loss[second]
+        effect_without_first = distance(m((first, second)), alone[first]) / span
+        if effect_without_first - effect_alone > params.min_compensation:
+            backups.append({"removed": first, "backup": second, "effect_alone": effect_alone,
+                            "effect_when_removed": effect_without_first})
     table = [{"component": n, "behaviour_lost": loss[n]} for n in top]
     failing = sorted((n for n in checked if loss[n] > params.max_single_loss), key=lambda n: -loss[n])
+    if unchecked:
+        screen["unchecked_candidates"] = unchecked
+        predicted = _predicted(unchecked, params, problem.description, table, backups, screen, not top)
+        if predicted is not None:
+            return [predicted] if not top else [predicted, *_measured(failing, loss, top, table, backups, screen,
+                                                                      lost_interval, params, problem)]
+    return _measured(failing, loss, top, table, backups, screen, lost_interval, params, problem)
+
+
+def _measured(failing: list[str], loss: dict[str, float], top: list[str], table: list[dict], backups: list[dict],
+              screen: dict, lost_interval, params: SinglePointsParams, problem) -> list[Measurement]:
+    """The findings of the units ablated alone: each one over ``max_single_loss``, or one pass."""
     findings = [Measurement(
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
         location=Location.of_address(n), metric="behaviour_lost", value=loss[n],
@@ -224,6 +242,38 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
             evidence={"units": table, "backups": backups, "screen": screen},
         ))
     return findings
+
+
+def _confirmed(selection: atp.Selection, run, seed: int) -> atp.Selection:
+    """``selection`` ablated alone by ``run`` in order of importance while the rule's time budget allows
+    (:func:`~mechaudit.deadline.confirm`): the screen's top candidates in its order, then the calibration sample in
+    a seeded random order (a cut keeps a random sample); the selection of those that ran."""
+    order = torch.randperm(len(selection.calibration), generator=torch.Generator().manual_seed(seed)).tolist()
+    done = set(deadline.confirm(selection.top + [selection.calibration[i] for i in order], run,
+                                "single-unit ablations"))
+    return atp.Selection([i for i in selection.top if i in done], [i for i in selection.calibration if i in done],
+                         selection.scored)
+
+
+def _predicted(unchecked: list[dict], params: SinglePointsParams, description: str, table: list[dict],
+               backups: list[dict], screen: dict, nothing_checked: bool) -> Measurement | None:
+    """For the screen's top candidates the time budget left unablated, their predicted loss stands: a failing
+    finding when one exceeds ``max_single_loss``, a pass when no unit was ablated at all; either reads uncertain (its
+    interval is every loss: a prediction, not a measurement). None when some units were measured and no unchecked
+    one is predicted over the threshold."""
+    worst = max(unchecked, key=lambda row: row["predicted_loss"])
+    if worst["predicted_loss"] <= params.max_single_loss and not nothing_checked:
+        return None
+    over = worst["predicted_loss"] > params.max_single_loss
+    return Measurement(
+        f"the screen predicts that removing {worst['component']} alone loses {worst['predicted_loss']:.0%} of the "
+        f"{description}, and it was not ablated exactly (the time budget ran out first)"
+        + ("" if over else ": a prediction, not a measurement"),
+        location=Location.of_address(worst["component"]) if over else None, metric="predicted_behaviour_lost",
+        value=worst["predicted_loss"], threshold=params.max_single_loss,
+        interval=Interval(0.0, max(1.0, worst["predicted_loss"]), "unmeasured: the screen predicts this loss, no "
+                          "exact ablation measured it", level=1.0),
+        evidence={"units": table, "backups": backups, "screen": screen})
 
 
 def _screen_evidence(selection: atp.Selection, attribution: torch.Tensor, loss: dict[str, float], nodes: list[str],
