@@ -16,7 +16,6 @@ from typing import TypedDict
 import numpy as np
 import torch
 
-from .. import deadline
 from ..context import AuditContext
 from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, with_gradients
 from ..findings import Location, Measurement
@@ -27,6 +26,7 @@ from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
 from .decomposition_evidence import PICTURED_UNITS, unit_pictures
 from .registry import RuleDefinition, RuleDocs, param, register
+from .screen_confirm import confirm_selection
 from .screen_params import calibration_param, exhaustive_param
 
 MODES = ("zero", "mean", "resample")
@@ -449,14 +449,10 @@ class _Pool:
                 for name, values in per_layer.items():
                     for row, unit in enumerate(chosen[name]):
                         rows.setdefault((name, unit), {})[mode] = values[row]
-        selection = self.selection
-        ranked = sorted(set(selection.top) | set(selection.extra), key=lambda i: (-float(self.ranking[i]), i))
-        order = torch.randperm(len(selection.calibration), generator=torch.Generator().manual_seed(seed)).tolist()
-        done = set(deadline.confirm(ranked + [selection.calibration[i] for i in order], run, "exact ablations"))
-        self.cut = len(done) < len(selection.checked)
-        self.selection = atp.Selection([i for i in selection.top if i in done],
-                                       [i for i in selection.calibration if i in done], selection.scored,
-                                       [i for i in selection.extra if i in done])
+        planned = self.selection
+        ranked = sorted(set(planned.top) | set(planned.extra), key=lambda i: (-float(self.ranking[i]), i))
+        self.selection = confirm_selection(planned, run, "exact ablations", seed, ranked)
+        self.cut = len(self.selection.checked) < len(planned.checked)
         for name, ids in self.units().items():
             if ids:
                 for mode in modes:

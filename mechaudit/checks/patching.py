@@ -14,7 +14,6 @@ from typing import TypedDict
 
 import torch
 
-from .. import deadline
 from ..activations import model_outputs
 from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, checked_exactly, forwards, with_gradients
@@ -27,6 +26,7 @@ from ..techniques.uncertainty import Interval, behaviour_presence, bootstrap
 from .circuit_common import behaviour_absent, circuit_problem, class_index
 from .decomposition_evidence import unit_pictures
 from .registry import RuleDefinition, RuleDocs, param, register
+from .screen_confirm import confirm_selection
 from .screen_params import calibration_param, exhaustive_param
 from .screen_steps import screen_steps_param
 from .token_evidence import token_attribution
@@ -367,20 +367,15 @@ def _confirmed(context: AuditContext, components: list, selection: atp.Selection
     (:func:`~mechaudit.deadline.confirm`): the screen's top-k in its order, the path screen's (``also``), then the
     calibration sample in a seeded random order (a cut keeps a random sample). Returns the per-pair effects and the
     selection of the components that ran."""
-    extra = set(selection.extra)
-    order = torch.randperm(len(selection.calibration), generator=torch.Generator().manual_seed(context.seed))
-    items = selection.top + [i for i in also if i in extra] + [selection.calibration[i] for i in order.tolist()]
-    layers = sorted({components[index][0].name for index in items})
+    ranked = selection.top + [i for i in also if i in set(selection.extra)]
+    layers = {components[index][0].name for index in selection.checked}
     scanner = AblationScanner(context.view, [layer for layer in context.view.hidden_layers if layer.name in layers],
                               context.device, corrupted[:2])
     per_pair: dict[int, torch.Tensor] = {}
 
     def run(chunk: list[int]) -> None:
         per_pair.update(_patched(context, components, chunk, clean, corrupted, targets, metric, scanner))
-    done = set(deadline.confirm(items, run, "exact patches"))
-    return per_pair, atp.Selection([i for i in selection.top if i in done],
-                                   [i for i in selection.calibration if i in done], selection.scored,
-                                   [i for i in selection.extra if i in done])
+    return per_pair, confirm_selection(selection, run, "exact patches", context.seed, ranked)
 
 
 def recovered_intervals(per_pair: dict[int, torch.Tensor], totals: PatchingTotals,

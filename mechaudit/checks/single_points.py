@@ -28,6 +28,7 @@ from .circuit_common import (
     references,
 )
 from .registry import RuleDefinition, RuleDocs, param, register
+from .screen_confirm import confirm_selection
 from .screen_params import calibration_param, exhaustive_param
 from .screen_steps import screen_steps_param
 
@@ -95,6 +96,15 @@ against 0.3; `induction` 1.0 both. More points did not help (MiniLM 0.87 / 0.93 
 lower, each point one more pass): `screen_steps = 1`. Screened, backups are looked for among the top
 `screened_pairs` candidates only (`pairs_among` in the `screen` evidence): 3 pair ablations instead of 45 at the
 default sizes, each a forward pass over the samples (issue 16: a GPT-2-small audit within 15 minutes).
+Time budget: screened, the units are ablated alone in order, the screen's top `candidates` first, then the
+calibration sample in a seeded random order, and then the pairs, in chunks that stop before the rule's time-out would
+be reached (`mechaudit/deadline.py`: 15% of the budget is kept for the intervals), so that a loaded machine gives a
+reduced result instead of an `error`. A cut finding says how many of the planned ablations ran (`time_budget_cut`);
+the agreement figures and the calibration bound come from the units that ran (`screen.checked_exactly`,
+`screen.calibration`); a top candidate left out keeps the screen's prediction, its first-order loss over the same
+span (`screen.unchecked_candidates`, `predicted_loss`): one predicted over `max_single_loss` fails
+(`predicted_behaviour_lost`), and since no ablation measured it, its interval is every loss and the verdict reads
+uncertain. Raise `--rule-timeout` (0: none) to ablate them all.
 """,
     fix="""
 Add redundancy where a single point of failure is unwanted (dropout, wider layers); read ablation-based
@@ -188,7 +198,8 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
         return [not_carried(rule, problem, span, "behaviour_lost", params.max_single_loss)]
     planned = selection
     if screened:  # confirmed the screen's top first, while the rule's time budget allows (mechaudit.deadline)
-        selection = _confirmed(selection, lambda chunk: [m((nodes[i],)) for i in chunk], context.seed)
+        selection = confirm_selection(selection, lambda chunk: [m((nodes[i],)) for i in chunk],
+                                      "single-unit ablations", context.seed)
     checked = [nodes[i] for i in selection.checked]
     alone = {n: m((n,)) for n in checked}
     unchecked = [{"component": nodes[i], "predicted_loss": float(attribution[i]) / span}
@@ -242,17 +253,6 @@ def _measured(failing: list[str], loss: dict[str, float], top: list[str], table:
             evidence={"units": table, "backups": backups, "screen": screen},
         ))
     return findings
-
-
-def _confirmed(selection: atp.Selection, run, seed: int) -> atp.Selection:
-    """``selection`` ablated alone by ``run`` in order of importance while the rule's time budget allows
-    (:func:`~mechaudit.deadline.confirm`): the screen's top candidates in its order, then the calibration sample in
-    a seeded random order (a cut keeps a random sample); the selection of those that ran."""
-    order = torch.randperm(len(selection.calibration), generator=torch.Generator().manual_seed(seed)).tolist()
-    done = set(deadline.confirm(selection.top + [selection.calibration[i] for i in order], run,
-                                "single-unit ablations"))
-    return atp.Selection([i for i in selection.top if i in done], [i for i in selection.calibration if i in done],
-                         selection.scored)
 
 
 def _predicted(unchecked: list[dict], params: SinglePointsParams, description: str, table: list[dict],
