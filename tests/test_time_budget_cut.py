@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_project
 from fixtures.localization_toys import patching_pairs
 from fixtures.planted_circuit import PLANTED_NODES, planted, planted_data
 from fixtures.toy_models import signal_mlp
@@ -18,8 +17,6 @@ import mechaudit
 from mechaudit import deadline
 from mechaudit.checks import patching as patching_check
 from mechaudit.checks import single_points
-from mechaudit.config import load_spec
-from mechaudit.engine import run_audit
 from mechaudit.loading import AuditData
 from mechaudit.techniques import ablation_screen, atp
 from mechaudit.techniques.ablation_scan import AblationScanner
@@ -156,19 +153,17 @@ def test_l207_with_no_time_for_an_exact_patch_reports_the_screen_s_estimate(cloc
     assert finding.location.component == f"fc1:u{CARRIER}" and "a prediction, not a measurement" in finding.message
 
 
-def _r304(tmp_path, monkeypatch: pytest.MonkeyPatch, timeout: int):
+def _r304(monkeypatch: pytest.MonkeyPatch, timeout: int):
     monkeypatch.setattr(atp, "SCREEN_ABOVE", 2)  # screen the planted circuit's few units
     x = planted_data()
-    labels = planted().eval()(x).argmax(1).detach()
-    project = write_project(tmp_path, arrays={"inputs": x.numpy(), "labels": labels.numpy()},
-                            data_table='labels = "labels"\n', model_table='factory = "fixtures.planted_circuit:planted"',
-                            extra='[behaviour]\nkind = "class_logit"\ntarget = "0"\n[audit]\nselect = ["R304"]\n'
-                                  f'rule-timeout = {timeout}\n'
-                                  '[audit.rules.R304]\ncandidates = 3\ncalibration = 2\n')
-    return run_audit(load_spec(project.spec)).findings
+    model = planted().eval()
+    return mechaudit.audit(model, x, labels=model(x).argmax(1).detach(), behaviour={"kind": "class_logit",
+                                                                                   "target": "0"},
+                           select=["R304"], rules={"R304": {"candidates": 3, "calibration": 2}},
+                           rule_timeout=timeout).findings
 
 
-def test_r304_cut_ablates_the_top_candidates_first_and_the_rest_stand_as_predictions(tmp_path, clock: FakeClock,
+def test_r304_cut_ablates_the_top_candidates_first_and_the_rest_stand_as_predictions(clock: FakeClock,
                                                                                       monkeypatch) -> None:
     ablate = single_points.behaviour_under_ablation
 
@@ -177,7 +172,7 @@ def test_r304_cut_ablates_the_top_candidates_first_and_the_rest_stand_as_predict
         return ablate(*args, **kwargs)
     monkeypatch.setattr(single_points, "behaviour_under_ablation", charged)
     # 40 s, 6 kept, 10 s an ablation: the top 2 candidates alone (1, then 1 at 15 s estimated), then 1 pair of 2
-    findings = _r304(tmp_path, monkeypatch, 40)
+    findings = _r304(monkeypatch, 40)
     assert {f.location.component for f in findings if f.status == "fail"} == PLANTED_NODES
     for finding in findings:
         assert finding.evidence["time_budget_cut"]["cuts"] == [
@@ -188,5 +183,5 @@ def test_r304_cut_ablates_the_top_candidates_first_and_the_rest_stand_as_predict
     assert predicted.confidence == "uncertain" and "not ablated exactly" in predicted.message
     assert [row["component"] for row in predicted.evidence["screen"]["unchecked_candidates"]] == [
         predicted.location.component]
-    uncut = _r304(tmp_path / "uncut", monkeypatch, 0)
+    uncut = _r304(monkeypatch, 0)
     assert {f.metric for f in uncut} == {"behaviour_lost"} and all("time_budget_cut" not in f.evidence for f in uncut)
