@@ -58,13 +58,14 @@ def test_a_cut_confirms_the_top_candidates_first_and_says_so(clock: FakeClock) -
     full = _audit(0).findings
     assert all("time_budget_cut" not in f.evidence and "cut by" not in f.message for f in full)
     planned = full[0].evidence["screen"]["checked_exactly"]
-    # 100 s, 15 kept: chunks of 1, 2, 3, 1 and 1 units (each estimated at 1.5x the 10 s measured) fit in 85 s
+    # 100 s, 15 kept, 10 s a unit and the layer's clean pass with its first chunk: chunks of 1 unit (20 s), then
+    # 2, 2 and 1 units (each estimated at 1.5 times the mean so far) fit in 85 s
     (found,) = [f for f in _audit(100).findings if f.status == "fail"]
     cut = found.evidence["time_budget_cut"]
-    assert cut == {"rule_timeout": 100, "cuts": [{"what": "exact ablations", "planned": planned, "ran": 8}]}
-    assert f"8 of {planned} planned exact ablations ran" in found.message and "--rule-timeout" in found.message
+    assert cut == {"rule_timeout": 100, "cuts": [{"what": "exact ablations", "planned": planned, "ran": 6}]}
+    assert f"6 of {planned} planned exact ablations ran" in found.message and "--rule-timeout" in found.message
     screen = found.evidence["screen"]
-    assert screen["checked_exactly"] == 8 and screen["calibration"] == 8 - screen["screen_top_k"]
+    assert screen["checked_exactly"] == 6 and screen["calibration"] == 6 - screen["screen_top_k"]
     assert screen["screen_top_k"] == SCREEN["screen_top_k"]  # every top candidate confirmed before any calibration
     # the planted unit is confirmed exactly, as without the cut
     assert found.location.component == f"fc1:u{SWITCHED}" and found.metric == "accuracy_drop"

@@ -315,10 +315,9 @@ def critical_units(context: AuditContext, rule) -> list[Measurement]:
     if any(units.values()):
         for mode, per_layer in scan(units, modes).items():
             scanned[mode].update(per_layer)
+    clean_margins = pool.confirm(scan, pooled_modes, scanned, context.seed, inputs) if pool else {}
     if pool:
-        pool.confirm(scan, pooled_modes, scanned, context.seed)
         units.update(pool.units())
-    clean_margins = _scanned_clean_margins(scan, pool, inputs)
     base_accuracy = float((predictions == labels).float().mean())
     base_class = {c: float((predictions[labels == c] == c).float().mean()) for c in classes}
     base_correct = (predictions == labels).float()
@@ -435,13 +434,19 @@ class _Pool:
     margin_scores: torch.Tensor  # the predicted mean loss of label margin per unit (the screen's estimate)
     cut: bool = False  # whether the time budget stopped the exact ablations before the whole selection
 
-    def confirm(self, scan: Callable[[dict[str, list[int]], list[str]], dict], modes: list[str], scanned: dict,
-                seed: int) -> None:
+    def confirm(self, scan: Callable[..., dict], modes: list[str], scanned: dict, seed: int,
+                inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Ablate the selection exactly in ``modes``, the most important first, while the rule's time budget allows
-        (:func:`~mechaudit.deadline.confirm`): the top-ranked (the screen's top-k, then each layer's best) by rank,
-        then the calibration sample in a seeded random order (so a cut keeps a random sample). :attr:`selection`
-        keeps those that ran; their rows go to ``scanned[mode][layer]``, in each layer's ascending unit order."""
+        (:func:`~.screen_confirm.confirm_selection`): the top-ranked (the screen's top-k, then each layer's best) by
+        rank, then the calibration sample in a seeded random order (so a cut keeps a random sample).
+        :attr:`selection` keeps those that ran; their rows go to ``scanned[mode][layer]``, in each layer's ascending
+        unit order. Returns, per layer with units ablated, the clean label margin per sample from the scanner's own
+        passes for that layer, measured with the layer's first chunk (so its time counts in the budget): the chunk's
+        first unit of it replaced by its own activation (resample ablation from the audited inputs themselves), so an
+        ablation that changes nothing loses exactly 0 margin, where the clean forward pass of the audit would differ
+        from the scanner's cut by float noise and break exact ties. One chunk of one copy per layer and batch."""
         rows: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        clean: dict[str, torch.Tensor] = {}
 
         def run(chunk: list[int]) -> None:
             chosen = self._by_layer(chunk)
@@ -449,6 +454,10 @@ class _Pool:
                 for name, values in per_layer.items():
                     for row, unit in enumerate(chosen[name]):
                         rows.setdefault((name, unit), {})[mode] = values[row]
+            new = {name: ids[:1] for name, ids in chosen.items() if ids and name not in clean}
+            if new:
+                same = scan(new, ["clean"], {"clean": (None, inputs)})["clean"]
+                clean.update({name: margins[0, :, 1] for name, margins in same.items()})
         planned = self.selection
         ranked = sorted(set(planned.top) | set(planned.extra), key=lambda i: (-float(self.ranking[i]), i))
         self.selection = confirm_selection(planned, run, "exact ablations", seed, ranked)
@@ -457,6 +466,7 @@ class _Pool:
             if ids:
                 for mode in modes:
                     scanned[mode][name] = torch.stack([rows[(name, unit)][mode] for unit in ids])
+        return clean
 
     def units(self) -> dict[str, list[int]]:
         """Per layer, its units ablated exactly (ascending)."""
@@ -642,19 +652,6 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
     return _Pool(layers, offsets, torch.cat(scores), torch.cat(class_scores), ranking,
                  atp.select(ranking, params.screen_top_k, params.calibration, context.seed, also=best),
                  torch.cat(margin_scores))
-
-
-def _scanned_clean_margins(scan, pool: _Pool | None, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per screened layer with units checked exactly, the clean label margin per sample from the scanner's own
-    passes for that layer: its first unit replaced by its own activation (resample ablation from the audited inputs
-    themselves), so an ablation that changes nothing loses exactly 0 margin, where the clean forward pass of the
-    audit would differ from the scanner's cut by float noise and break exact ties. One chunk of one copy per layer
-    and batch, and one pass before the layers."""
-    chosen = {name: ids[:1] for name, ids in (pool.units() if pool else {}).items() if ids}
-    if not chosen:
-        return {}
-    scanned = scan(chosen, ["clean"], {"clean": (None, inputs)})["clean"]
-    return {name: margins[0, :, 1] for name, margins in scanned.items()}
 
 
 def _exact_evidence(units: int, params: CriticalUnitsParams) -> dict:

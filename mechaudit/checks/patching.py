@@ -290,6 +290,8 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     names = [layer.address(unit) for layer, unit in components]
     selection = (atp.select(estimate, params.top_k, params.calibration, context.seed, also=also) if screened
                  else atp.everything(len(components)))
+    tokens = token_attribution(context, clean, corrupted, targets, metric)  # before the exact patches the time
+    # budget may cut: what runs after them must fit in its reserve
     planned = selection
     if screened:
         per_pair, selection = _confirmed(context, components, selection, also, clean, corrupted, targets, metric)
@@ -328,7 +330,7 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
             "prediction, not a measurement" + effect_note, location=Location.of_address(first["component"]),
             metric="top_recovered_fraction", value=first["attribution_estimate"],
             evidence={**evidence, "carried": True, "carriers": [], "components": [], "verified": 0,
-                      "scored": len(components)})]
+                      "scored": len(components), **tokens})]
     top = rows[0]
     return [Measurement(
         f"patching {top['component']} alone recovers {top['recovered_fraction']:.0%} of the {description}; "
@@ -341,7 +343,7 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
                   "verified": len(selection.checked), "scored": len(components),
                   "rank_correlation_attribution_exact": agreement,
                   **unit_pictures(context, [c for c in carriers if context.view.resolve(c)[0].kind == "heads"], clean),
-                  **token_attribution(context, clean, corrupted, targets, metric)},
+                  **tokens},
     )]
 
 
