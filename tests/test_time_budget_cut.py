@@ -5,8 +5,11 @@ result is the full one. No wall-clock assertion: the clock is the test's."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import pytest
 import torch
+from conftest import rulebook_with, write_project
 from fixtures.localization_toys import patching_pairs
 from fixtures.planted_circuit import PLANTED_NODES, planted, planted_data
 from fixtures.toy_models import signal_mlp
@@ -17,7 +20,11 @@ import mechaudit
 from mechaudit import deadline
 from mechaudit.checks import patching as patching_check
 from mechaudit.checks import single_points
+from mechaudit.checks.registry import CHECKS, register
+from mechaudit.engine import run_audit
+from mechaudit.findings import Measurement
 from mechaudit.loading import AuditData
+from mechaudit.spec import load_spec
 from mechaudit.techniques import ablation_screen, atp
 from mechaudit.techniques.ablation_scan import AblationScanner
 
@@ -186,3 +193,30 @@ def test_r304_cut_ablates_the_top_candidates_first_and_the_rest_stand_as_predict
         predicted.location.component]
     uncut = _r304(monkeypatch, 0)
     assert {f.metric for f in uncut} == {"behaviour_lost"} and all("time_budget_cut" not in f.evidence for f in uncut)
+
+
+@dataclass(frozen=True)
+class _NoParams:
+    pass
+
+
+def test_an_out_of_memory_retry_starts_a_fresh_budget_without_the_failed_attempt_s_cut(
+        tmp_path, clock: FakeClock) -> None:
+    @register("test_cut_then_oom", _NoParams)
+    def _cut_then_oom(context, rule):
+        if context.batch_size > 128:  # the first attempt: its time runs out, then it runs out of memory
+            clock.now += 1000.0
+            deadline.confirm(list(range(4)), lambda chunk: None, "checks")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        ran = deadline.confirm(list(range(4)), lambda chunk: None, "checks")
+        return [Measurement(f"{len(ran)} checks ran at batch size {context.batch_size}")]
+    try:
+        project = write_project(tmp_path, data_table='labels = "labels"')
+        spec = load_spec(project.spec)
+        spec = replace(spec, options=replace(spec.options, select=("D901",), batch_size=256, rule_timeout=100))
+        (run,) = run_audit(spec, rulebook_with(tmp_path, {"D901": "test_cut_then_oom"})).rules
+    finally:
+        CHECKS.pop("test_cut_then_oom")
+    (finding,) = run.findings
+    assert finding.message == "4 checks ran at batch size 128" and "out_of_memory_retry" in finding.evidence
+    assert "time_budget_cut" not in finding.evidence
