@@ -9,7 +9,6 @@ runs its exact checks through :func:`confirm`, most important first, and the cut
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -86,23 +85,29 @@ def current() -> Budget | None:
     return _current.get()
 
 
-def confirm(items: Sequence[T], run: Callable[[list[T]], None], what: str) -> list[T]:
-    """Run ``run`` on ``items`` in their order (most important first), in chunks, while the time left allows: the
-    first chunk is one item, each next one at most twice the last and only as many items as fit, at the mean time
-    per item so far (times :data:`SAFETY`), in the time left before the reserve. Returns the items run; when some
-    were left out, a :class:`Cut` naming ``what`` they are is recorded on the budget. Without a deadline, one chunk
-    of every item. Under torchrun every rank runs the same chunks (the smallest count any rank finds to fit)."""
+def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
+            weights: Sequence[float] | None = None) -> list[T]:
+    """Run ``run`` on ``items`` in their order (most important first), in chunks, while the time left allows; returns
+    the items run and, when some were left out, records a :class:`Cut` naming ``what`` they are on the budget.
+
+    The first chunk is one item; each next one at most twice the last, and only as many items as fit in half the
+    time left before the reserve (a single item: in all of it), at the mean time per unit of ``weights`` so far
+    (each item's relative cost, default 1) times :data:`SAFETY`. Without a deadline, one chunk of every item. Under
+    torchrun every rank runs the same chunks (the smallest count any rank finds to fit)."""
     budget = current()
     if budget is None or budget.deadline is None:
         if items:
             run(list(items))
         return list(items)
+    weight = [1.0] * len(items) if weights is None else [float(w) for w in weights]
     done, spent, size = 0, 0.0, 1
     while done < len(items):
         left = budget.left() or 0.0
-        per_item = spent / done * SAFETY if done else None  # None: no estimate yet, run one item
-        fits = (0 if left <= 0 else 1 if per_item is None else len(items) if not per_item
-                else math.floor(left / per_item))
+        if not done:  # no estimate yet: one item
+            fits = 1 if left > 0 else 0
+        else:
+            per_unit = spent / sum(weight[:done]) * SAFETY
+            fits = max(_fitting(weight[done:], per_unit, left / 2), min(1, _fitting(weight[done:], per_unit, left)))
         size = _agreed(min(size, len(items) - done, fits))
         if size <= 0:
             break
@@ -114,6 +119,23 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], None], what: str) -> li
     if done < len(items):
         budget.cuts.append(Cut(what, len(items), done))
     return list(items[:done])
+
+
+def running_out() -> bool:
+    """Whether the rule has less than half its reserve left: optional work (a finding's pictures) is skipped then,
+    so that the rule finishes."""
+    budget = current()
+    return budget is not None and budget.deadline is not None and budget.deadline - clock() < budget.reserve / 2
+
+
+def _fitting(weights: Sequence[float], per_unit: float, seconds: float) -> int:
+    """How many of the first ``weights`` fit in ``seconds`` at ``per_unit`` seconds per unit of weight."""
+    total = 0.0
+    for count, weight in enumerate(weights):
+        total += weight * per_unit
+        if total > seconds:
+            return count
+    return len(weights)
 
 
 def _agreed(count: int) -> int:

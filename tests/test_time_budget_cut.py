@@ -65,14 +65,15 @@ def test_a_cut_confirms_the_top_candidates_first_and_says_so(clock: FakeClock) -
     full = _audit(0).findings
     assert all("time_budget_cut" not in f.evidence and "cut by" not in f.message for f in full)
     planned = full[0].evidence["screen"]["checked_exactly"]
-    # 100 s, 15 kept, 10 s a unit and the layer's clean pass with its first chunk: chunks of 1 unit (20 s), then
-    # 2, 2 and 1 units (each estimated at 1.5 times the mean so far) fit in 85 s
+    # 100 s, 15 kept, 10 s a unit and the layer's clean pass with its first unit (weight 2): chunks of 1 unit (20
+    # s), then 2, 1, 1, 1 and 1 (each estimated at 1.5 times the mean per weight so far, within half the time left,
+    # or one unit within all of it) fit in 85 s
     (found,) = [f for f in _audit(100).findings if f.status == "fail"]
     cut = found.evidence["time_budget_cut"]
-    assert cut == {"rule_timeout": 100, "cuts": [{"what": "exact ablations", "planned": planned, "ran": 6}]}
-    assert f"6 of {planned} planned exact ablations ran" in found.message and "--rule-timeout" in found.message
+    assert cut == {"rule_timeout": 100, "cuts": [{"what": "exact ablations", "planned": planned, "ran": 7}]}
+    assert f"7 of {planned} planned exact ablations ran" in found.message and "--rule-timeout" in found.message
     screen = found.evidence["screen"]
-    assert screen["checked_exactly"] == 6 and screen["calibration"] == 6 - screen["screen_top_k"]
+    assert screen["checked_exactly"] == 7 and screen["calibration"] == 7 - screen["screen_top_k"]
     assert screen["screen_top_k"] == SCREEN["screen_top_k"]  # every top candidate confirmed before any calibration
     # the planted unit is confirmed exactly, as without the cut
     assert found.location.component == f"fc1:u{SWITCHED}" and found.metric == "accuracy_drop"
@@ -109,7 +110,7 @@ def test_a_nested_budget_ends_with_the_enclosing_one_and_reports_its_cuts(monkey
 
     def charge(chunk: list[int]) -> None:
         fake.now += len(chunk)
-    with deadline.within(20) as outer:  # 3 s kept: chunks of 1, 2, 4, 6, 2 and 1 fit before 17 s (1.5 s an item)
+    with deadline.within(20) as outer:  # 3 s kept, 1.5 s estimated an item: chunks of 1, 2, 4, 3, 2, 1, 1, 1, 1
         with deadline.within(1000) as inner:
             assert inner.deadline == outer.deadline
             ran = deadline.confirm(list(range(100)), charge, "checks")
@@ -138,7 +139,7 @@ def _patching(timeout: int):
 def test_l207_cut_patches_the_screen_s_top_first_and_lists_what_it_left(clock: FakeClock) -> None:
     full = _patching(0)
     assert "time_budget_cut" not in full.evidence and "unchecked_candidates" not in full.evidence
-    finding = _patching(100)  # as for L202: 8 of the 15 planned patches fit
+    finding = _patching(100)  # 10 s a patch, 85 s: chunks of 1, 2, 1, 1, 1, 1 and 1 of the 15 planned
     assert finding.evidence["time_budget_cut"]["cuts"] == [{"what": "exact patches", "planned": 15, "ran": 8}]
     screen = finding.evidence["screen"]
     assert screen["checked_exactly"] == 8 and screen["calibration"] == 3 and finding.evidence["verified"] == 8
@@ -220,3 +221,12 @@ def test_an_out_of_memory_retry_starts_a_fresh_budget_without_the_failed_attempt
     (finding,) = run.findings
     assert finding.message == "4 checks ran at batch size 128" and "out_of_memory_retry" in finding.evidence
     assert "time_budget_cut" not in finding.evidence
+
+
+def test_optional_work_stops_when_half_the_reserve_is_left(clock: FakeClock) -> None:
+    assert not deadline.running_out()  # no budget
+    with deadline.within(100):  # 15 s kept
+        clock.now = 92.0
+        assert not deadline.running_out()
+        clock.now = 93.0
+        assert deadline.running_out()

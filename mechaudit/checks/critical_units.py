@@ -460,13 +460,24 @@ class _Pool:
                 clean.update({name: margins[0, :, 1] for name, margins in same.items()})
         planned = self.selection
         ranked = sorted(set(planned.top) | set(planned.extra), key=lambda i: (-float(self.ranking[i]), i))
-        self.selection = confirm_selection(planned, run, "exact ablations", seed, ranked)
+        self.selection = confirm_selection(planned, run, "exact ablations", seed, ranked, self._costs)
         self.cut = len(self.selection.checked) < len(planned.checked)
         for name, ids in self.units().items():
             if ids:
                 for mode in modes:
                     scanned[mode][name] = torch.stack([rows[(name, unit)][mode] for unit in ids])
         return clean
+
+    def _costs(self, order: list[int]) -> list[float]:
+        """The relative cost of ablating each unit of ``order`` exactly, in that order: 2 passes for a layer's
+        first one (its clean margins too), else 1."""
+        seen: set[str] = set()
+        costs = []
+        for index in order:
+            name = self._layer_of(index).name
+            costs.append(1.0 if name in seen else 2.0)
+            seen.add(name)
+        return costs
 
     def units(self) -> dict[str, list[int]]:
         """Per layer, its units ablated exactly (ascending)."""

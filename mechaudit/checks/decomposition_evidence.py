@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from .. import deadline
 from ..activations import batches, collect_units
 from ..context import AuditContext
 from ..model_view import Layer, installed, units_view
@@ -75,6 +76,9 @@ def unit_pictures(context: AuditContext, addresses: list[str], inputs: torch.Ten
         labels = context.data.labels[indices] if context.data.labels is not None else None
     evidence: dict[str, list] = {}
     for address in addresses[:PICTURED_UNITS]:
+        if deadline.running_out():  # pictures never cost a finding: near the rule's time-out they are left out
+            warnings.warn(f"no pictures of {address}: the rule's time budget is running out", stacklevel=2)
+            break
         try:
             layer, unit = context.view.resolve(address)
             if unit is None:
