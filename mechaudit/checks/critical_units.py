@@ -546,8 +546,8 @@ class _Pool:
     def unchecked_layer(self, layer: Layer, screen: dict, params: CriticalUnitsParams, base_accuracy: float,
                         base_class: dict, judged: list[int], context: AuditContext) -> Measurement:
         """The finding of a layer none of whose units was ablated exactly (``layer_top_k = 0``, or the time budget
-        ran out first): judged on the
-        screen's predictions, overall and per class, and never certain (see :func:`_unmeasured`)."""
+        ran out first): judged on the screen's predictions, overall and per class, and never certain (see
+        :func:`_unmeasured`)."""
         found = self.unchecked(layer)
         checked = " (none of this layer's units was" + (": the time budget ran out first)" if self.cut else ")")
         failing = self._predicted(layer, found, params, base_accuracy, base_class, judged, context,
