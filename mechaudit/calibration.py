@@ -35,10 +35,10 @@ OVERHEAD_SAMPLES = 16
 
 def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda run: run()) -> tuple[Sizes, Calibration]:
     """The audit's :class:`Sizes` and this machine's :class:`Calibration`: a hooked forward pass of a batch (each
-    layer's activation size and when it is ready), unhooked timed forward passes of one sample, of batches doubling
-    up to :data:`OVERHEAD_SAMPLES` and of the calibration batch sized from them (the fastest of :data:`TIMINGS`),
-    one backward pass from the outputs to the first audited activation (or to float inputs), and timed matrix
-    products.
+    layer's activation size and when it is ready), unhooked timed forward passes (the fastest of :data:`TIMINGS`)
+    of one sample, of batches doubling up to :data:`OVERHEAD_SAMPLES` (on one thread where torch runs more on a
+    CPU), of the calibration batch sized from them and of :data:`OVERHEAD_SAMPLES` samples, a backward pass from
+    the outputs to the first audited activation (or to float inputs), and timed matrix products.
     ``isolate(run)`` runs the calls the audit has not made before (one sample; gradients) and returns None where
     they fail: a model may do, under gradients, what it never did in the first forward passes (the engine bounds
     and isolates them like a rule)."""
@@ -50,18 +50,20 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
         return lambda: view.model(batch)
     with torch.no_grad():
         single = isolate(lambda: _fastest(forward(1), context.device))
-        # batches of 2, 4, ... samples up to OVERHEAD_SAMPLES, one timing each, decide the calibration batch
-        timings = _doubling(lambda samples: _timed(forward(samples), context.device), single,
-                            min(largest, OVERHEAD_SAMPLES)) if single is not None else {}
-        size = calibration_size(largest, timings)
+        # batches of 2, 4, ... samples up to OVERHEAD_SAMPLES decide the calibration batch: timed on one thread
+        # where torch runs more on a CPU (no thread then waits on a descheduled one), else as the audit runs
+        cap = min(largest, OVERHEAD_SAMPLES)
+        alone: dict[int, float] = {}
+        timings: dict[int, float] = {}
+        if single is not None:
+            alone = _one_thread(lambda: _doubling(forward, cap, context.device), context.device)
+            timings = {1: single} if alone else _doubling(forward, cap, context.device, single)
+        size = calibration_size(largest, alone or timings)
         batch = data.inputs[:size].to(context.device)
         _fastest_into(timings, len(batch), lambda: view.model(batch), context.device)
-        base = _base(timings)
+        base = _base(len(batch), alone or timings)
         if base > 1:
             _fastest_into(timings, base, forward(base), context.device)
-        # on one thread (no thread waits on another): one sample and the base batch, where they are cheap
-        alone = _one_thread({samples: forward(samples) for samples in {1, base}}, context.device) \
-            if single is not None and len(batch) >= OVERHEAD_SAMPLES else {}
     values: dict[str, int] = {}
     widths: dict[str, int] = {}
     with torch.no_grad():
@@ -80,14 +82,16 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
     return sizes, calibration
 
 
-def _doubling(seconds: Callable[[int], float], single: float, cap: int) -> dict[int, float]:
-    """Seconds of batches of 2, 4, ... samples up to ``cap`` (one timing each), from one sample's ``single``,
-    stopping after the first that takes over :data:`CALIBRATION_SECONDS` (a large model)."""
-    timings = {1: single}
-    size = 1
-    while size < cap and timings[size] <= CALIBRATION_SECONDS:
+def _doubling(forward: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
+              single: float | None = None) -> dict[int, float]:
+    """Seconds of forward passes of 1 (the fastest of :data:`TIMINGS`, or ``single``), 2, 4, ... samples up to
+    ``cap`` (one timing each), stopping once they took :data:`CALIBRATION_SECONDS` in all (a large model)."""
+    timings = {1: single if single is not None else _fastest(forward(1), device)}
+    size, spent = 1, timings[1]
+    while size < cap and spent <= CALIBRATION_SECONDS:
         size = min(2 * size, cap)
-        timings[size] = seconds(size)
+        timings[size] = _timed(forward(size), device)
+        spent += timings[size]
     return timings
 
 
@@ -103,10 +107,10 @@ def calibration_size(largest: int, timings: dict[int, float]) -> int:
     return min(largest, max(2, samples, fitting))
 
 
-def _base(timings: dict[int, float]) -> int:
-    """The batch the per-sample time is measured from (see :func:`split_call`)."""
-    samples = max(timings, default=0)
-    return OVERHEAD_SAMPLES if samples >= 2 * OVERHEAD_SAMPLES and OVERHEAD_SAMPLES in timings else 1
+def _base(samples: int, probed: dict[int, float]) -> int:
+    """The batch over which a batch of ``samples`` measures the per-sample time (:func:`split_call`):
+    :data:`OVERHEAD_SAMPLES` where it was probed and ``samples`` is at least twice that, else one sample."""
+    return OVERHEAD_SAMPLES if samples >= 2 * OVERHEAD_SAMPLES and OVERHEAD_SAMPLES in probed else 1
 
 
 def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
@@ -125,7 +129,7 @@ def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
     whole = timings[samples]
     if 1 not in timings or samples < OVERHEAD_SAMPLES:
         return max(whole / samples, 1e-9), 0.0
-    base = _base(timings)
+    base = _base(samples, timings)
     alone = alone or {}
     most = max(alone, default=1)
     rate = (alone[most] - alone[1]) / (most - 1) if 1 in alone and most > 1 else 0.0  # one thread, per sample
@@ -142,15 +146,15 @@ def contended(timings: dict[int, float], alone: dict[int, float] | None) -> bool
     return bool(alone) and 1 in alone and 1 in timings and timings[1] > 2 * alone[1] + 1e-3
 
 
-def _one_thread(runs: dict[int, Callable[[], Any]], device: torch.device) -> dict[int, float]:
-    """The fastest timing of each of ``runs`` on one CPU thread (no thread waits on another); none on a GPU or
-    where torch runs one thread already."""
+def _one_thread(run: Callable[[], dict[int, float]], device: torch.device) -> dict[int, float]:
+    """``run()`` on one CPU thread (no thread waits on another); nothing on a GPU or where torch runs one thread
+    already."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2:
         return {}
     torch.set_num_threads(1)
     try:
-        return {samples: _fastest(run, device) for samples, run in runs.items()}
+        return run()
     finally:
         torch.set_num_threads(threads)
 

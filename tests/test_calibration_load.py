@@ -62,9 +62,9 @@ def calibrated(monkeypatch: pytest.MonkeyPatch, per_sample: float = PER_SAMPLE, 
 
 def test_waiting_threads_inflate_neither_the_per_sample_time_nor_the_call(monkeypatch) -> None:
     """Every call waits 0.5 s: one sample seems to take 0.5 s, which used to cut the calibration batch to four
-    samples and become the per-sample time (0.13 s, 250 times the model's). The batch is sized from a batch of
-    OVERHEAD_SAMPLES, the per-sample time is what a large batch adds over it (the wait cancels), the call is one
-    sample's time on one thread, and the plan says the threads waited."""
+    samples and become the per-sample time (0.17 s, 340 times the model's). The batch is sized from batches of up
+    to OVERHEAD_SAMPLES on one thread, the per-sample time is what a large batch adds over OVERHEAD_SAMPLES (the
+    wait cancels), the call is one sample's time on one thread, and the plan says the threads waited."""
     measured = calibrated(monkeypatch, wait=WAIT)
     assert measured.forward_seconds == pytest.approx(PER_SAMPLE, rel=0.01)
     assert measured.call_seconds == pytest.approx(CALL, rel=0.01)
