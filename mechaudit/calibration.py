@@ -9,12 +9,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from . import distributed
 from .cost import Calibration, LayerSize, Sizes
+
+T = TypeVar("T")
 
 #: Samples in the calibration batch (at most; the audit's batch size below that): per-sample time depends on the
 #: batch size (on a CPU, measured on digits: 8.5 us per sample-forward in batches of 64, 43 us in batches of 256).
@@ -38,7 +40,8 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
     layer's activation size and when it is ready), unhooked timed forward passes (the fastest of :data:`TIMINGS`)
     of one sample, of batches doubling up to :data:`OVERHEAD_SAMPLES` (on one thread where torch runs more on a
     CPU), of the calibration batch sized from them and of :data:`OVERHEAD_SAMPLES` samples, a backward pass from
-    the outputs to the first audited activation (or to float inputs), and timed matrix products.
+    the outputs to the first audited activation (or to float inputs; also on one thread where the threads waited
+    on each other or it is quick), and timed matrix products.
     ``isolate(run)`` runs the calls the audit has not made before (one sample; gradients) and returns None where
     they fail: a model may do, under gradients, what it never did in the first forward passes (the engine bounds
     and isolates them like a rule)."""
@@ -56,7 +59,7 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
         alone: dict[int, float] = {}
         timings: dict[int, float] = {}
         if single is not None:
-            alone = _one_thread(lambda: _doubling(forward, cap, context.device), context.device)
+            alone = _one_thread(lambda: _doubling(forward, cap, context.device), context.device) or {}
             timings = {1: single} if alone else _doubling(forward, cap, context.device, single)
         size = calibration_size(largest, alone or timings)
         batch = data.inputs[:size].to(context.device)
@@ -76,9 +79,12 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
                   int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks),
                   context.behaviour.kind if context.behaviour is not None else "")
     backward = isolate(lambda: _backward_seconds(context, batch))
+    waited = contended(timings, alone)
+    if backward is not None and (waited or backward * len(batch) <= CALIBRATION_SECONDS):  # the waits are bursty
+        backward = min(backward, isolate(lambda: _one_thread(lambda: _backward_seconds(context, batch),
+                                                             context.device)) or math.inf)
     calibration = Calibration(forward_seconds, backward if backward is not None else 2 * forward_seconds,
-                              _flop_seconds(), call, backward is not None, torch.get_num_threads(),
-                              contended(timings, alone))
+                              _flop_seconds(), call, backward is not None, torch.get_num_threads(), waited)
     return sizes, calibration
 
 
@@ -149,12 +155,12 @@ def contended(timings: dict[int, float], alone: dict[int, float] | None) -> bool
     return bool(alone) and 1 in alone and 1 in timings and timings[1] > 2 * alone[1] + 1e-3
 
 
-def _one_thread(run: Callable[[], dict[int, float]], device: torch.device) -> dict[int, float]:
-    """``run()`` on one CPU thread (no thread waits on another); nothing on a GPU or where torch runs one thread
+def _one_thread(run: Callable[[], T], device: torch.device) -> T | None:
+    """``run()`` on one CPU thread (no thread waits on another); None on a GPU or where torch runs one thread
     already."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2:
-        return {}
+        return None
     torch.set_num_threads(1)
     try:
         return run()
@@ -293,16 +299,17 @@ def _gradient_seconds(context: Any, batch: torch.Tensor, to_inputs: bool) -> flo
 def _flop_seconds(size: int = 512, repeats: int = 2) -> float:
     """Seconds per floating-point operation of a float32 matrix product on the CPU (where mechaudit's own
     arithmetic, dictionaries and similarity, mostly runs): the fastest of :data:`TIMINGS` timings of ``repeats``
-    products each (a single short timing varied 70-fold between processes on a loaded machine)."""
+    products each (a single short timing varied 70-fold between processes on a loaded machine), and of as many on
+    one thread where torch runs more (whose threads may wait on each other on a busy machine: 40-fold)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm-up
 
-    def once() -> float:
-        start = time.perf_counter()
+    def products() -> None:
         for _ in range(repeats):
             a @ b
-        return time.perf_counter() - start
-    return max(min(once() for _ in range(TIMINGS)) / (repeats * 2 * size ** 3), 1e-15)
+    cpu = torch.device("cpu")
+    fastest = min(_fastest(products, cpu), _one_thread(lambda: _fastest(products, cpu), cpu) or math.inf)
+    return max(fastest / (repeats * 2 * size ** 3), 1e-15)
 
 
 def _fastest(run: Callable[[], Any], device: torch.device) -> float:
