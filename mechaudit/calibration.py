@@ -126,9 +126,9 @@ def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
     with ``t(b) = call + b * per_sample``.
     Per sample: what the largest batch adds per sample over :data:`OVERHEAD_SAMPLES` samples (over one sample
     where it is under twice that): a call's waits on descheduled threads, which its size barely changes, cancel
-    out, if not their variation. It is at most the batch's average and what one thread takes per sample (its
-    batches of 1 to :data:`OVERHEAD_SAMPLES`), and at least that shared among ``threads`` (else a quarter of the
-    average): within ``threads`` times the model's time however long the threads waited. The call: one
+    out, if not their variation. It is at most the batch's average and one thread's (in its largest batch), and
+    at least a quarter of the first or the second shared among ``threads``: within ``threads`` times the model's
+    time however long the threads waited. The call: one
     sample's time less that, one sample's time being the fastest of any batch's and of one thread's (a larger
     batch never takes less time; threads waiting on each other are the machine's load, not the model's
     overhead). Below :data:`OVERHEAD_SAMPLES` samples (a large
@@ -139,10 +139,10 @@ def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
         return max(whole / samples, 1e-9), 0.0
     base = _base(samples, timings)
     alone = alone or {}
-    most = max(alone, default=1)
-    rate = (alone[most] - alone[1]) / (most - 1) if 1 in alone and most > 1 else 0.0  # one thread, per sample
-    low = rate / max(1, threads) if rate > 0 else whole / samples / 4
-    high = min(whole / samples, rate) if rate > 0 else whole / samples
+    most = max(alone, default=0)
+    average = whole / samples
+    rate = alone[most] / most if most else math.inf  # one thread's, per sample (with its calls' overhead)
+    low, high = min(average / 4, rate / max(1, threads)), min(average, rate)
     forward = max(min(max((whole - timings[base]) / (samples - base), low), high), 1e-9)
     one = min([*timings.values(), *([alone[1]] if 1 in alone else [])])
     return forward, max(one - forward, 0.0)

@@ -99,18 +99,18 @@ def test_split_call_on_timings_measured_under_load() -> None:
     """Timings of ResNet-18 at 32x32, two threads on two loaded cores (seconds; one sample slower than 42): 42
     samples add nothing measurable over 16. Without one thread's timings the per-sample time is a quarter of the
     batch's average, and the call under the fastest timing of any batch; with them (5.0 ms for one sample, 12.2 ms
-    for 16, measured on one thread), one thread's per-sample time shared by the two threads, and the call under one
-    thread's time for one sample."""
+    for 16, measured on one thread), one thread's average in 16 samples shared by the two threads, and the call
+    under one thread's time for one sample. Where the waits varied, at most one thread's average."""
     timings = {1: 1.020, 2: 1.475, 4: 1.616, 8: 1.608, 16: 0.757, 42: 0.588}
     forward, call = split_call(timings, threads=2)
     assert forward == pytest.approx(0.588 / 42 / 4) and call <= 0.588
     alone = {1: 0.0050, 16: 0.0122}
     forward, call = split_call(timings, alone, threads=2)
-    assert forward == pytest.approx((0.0122 - 0.0050) / 15 / 2)
+    assert forward == pytest.approx(0.0122 / 16 / 2)
     assert call == pytest.approx(0.0050 - forward)
     assert contended(timings, alone)
     noisy = {1: 1.0, 16: 1.0, 128: 2.5}  # the waits varied: 112 samples seem to add 13 ms each
-    assert split_call(noisy, alone, threads=2)[0] == pytest.approx((0.0122 - 0.0050) / 15)  # one thread's rate
+    assert split_call(noisy, alone, threads=2)[0] == pytest.approx(0.0122 / 16)
     assert not contended(timings, {}) and not contended({1: 0.005}, {1: 0.004})
 
 
