@@ -63,14 +63,19 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
             timings = {1: single} if alone else _doubling(forward, cap, context.device, single)
         size = calibration_size(largest, alone or timings)
         batch = data.inputs[:size].to(context.device)
-        _fastest_into(timings, len(batch), lambda: view.model(batch), context.device)
-        base = _base(len(batch), alone or timings)
+        waited = contended(timings, alone)
+        # where the threads waited, each call waits long and the one-thread bounds hold: one timing, no base
+        _fastest_into(timings, len(batch), lambda: view.model(batch), context.device, 1 if waited else TIMINGS)
+        base = _base(len(batch), {} if waited else alone or timings)
         if base > 1:
             _fastest_into(timings, base, forward(base), context.device)
     values: dict[str, int] = {}
     widths: dict[str, int] = {}
-    with torch.no_grad():
-        output, reached = _readiness(view, batch, context.device, values, widths)  # after the others: a warm model
+
+    def ready() -> tuple[Any, dict[str, float]]:
+        with torch.no_grad():  # after the others: a warm model
+            return _readiness(view, batch, context.device, values, widths)
+    output, reached = (_one_thread(ready, context.device) if waited else None) or ready()
     forward_seconds, call = split_call(timings, alone, torch.get_num_threads())
     layers = tuple(LayerSize(layer.name, layer.kind, layer.size, values.get(layer.name, layer.size),
                              not layer.is_output, reached.get(layer.name), widths.get(layer.name, 0))
@@ -78,13 +83,14 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
     sizes = Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
                   int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks),
                   context.behaviour.kind if context.behaviour is not None else "")
-    backward = isolate(lambda: _backward_seconds(context, batch))
-    waited = contended(timings, alone)
-    if backward is not None and (waited or backward * len(batch) <= CALIBRATION_SECONDS):  # the waits are bursty
-        backward = min(backward, isolate(lambda: _one_thread(lambda: _backward_seconds(context, batch),
-                                                             context.device)) or math.inf)
+    backward = None if waited else isolate(lambda: _backward_seconds(context, batch))
+    if waited or (backward is not None and backward * len(batch) <= CALIBRATION_SECONDS):  # the waits are bursty
+        alone_backward = isolate(lambda: _one_thread(lambda: _backward_seconds(context, batch), context.device))
+        backward = min(backward or math.inf, alone_backward or math.inf)
+        backward = None if backward == math.inf else backward
     calibration = Calibration(forward_seconds, backward if backward is not None else 2 * forward_seconds,
-                              _flop_seconds(), call, backward is not None, torch.get_num_threads(), waited)
+                              _flop_seconds(1 if waited else TIMINGS), call, backward is not None,
+                              torch.get_num_threads(), waited)
     return sizes, calibration
 
 
@@ -168,9 +174,10 @@ def _one_thread(run: Callable[[], T], device: torch.device) -> T | None:
         torch.set_num_threads(threads)
 
 
-def _fastest_into(timings: dict[int, float], samples: int, run: Callable[[], Any], device: torch.device) -> None:
+def _fastest_into(timings: dict[int, float], samples: int, run: Callable[[], Any], device: torch.device,
+                  repeats: int = TIMINGS) -> None:
     """``timings[samples]``: the fastest of its timing so far and :func:`_fastest`'s."""
-    timings[samples] = min(timings.get(samples, math.inf), _fastest(run, device))
+    timings[samples] = min(timings.get(samples, math.inf), _fastest(run, device, repeats))
 
 
 def agreed(sizes: Sizes, calibration: Calibration, memory: int) -> tuple[Sizes, Calibration, int]:
@@ -251,18 +258,22 @@ def _elapsed(start: Any, end: Any) -> float:
 def _backward_seconds(context: Any, batch: torch.Tensor) -> float | None:
     """Seconds per sample of a backward pass: the gradient of the summed outputs with respect to float inputs, or
     where they do not reach the outputs (token ids stored as floats), to the first audited activation; None where
-    there is nothing to differentiate. The fastest of up to :data:`TIMINGS` (fewer where one takes over
-    :data:`CALIBRATION_SECONDS`), as for the forward passes."""
+    there is nothing to differentiate. The fastest of up to :data:`TIMINGS` (fewer once they took
+    :data:`CALIBRATION_SECONDS` in all), as for the forward passes."""
     to_inputs = batch.is_floating_point()
     seconds = _gradient_seconds(context, batch, to_inputs=True) if to_inputs else None
     if seconds is None and context.view.layers:
         to_inputs = False
         seconds = _gradient_seconds(context, batch, to_inputs=False)
+    if seconds is None:
+        return None
+    spent = seconds
     for _ in range(TIMINGS - 1):
-        if seconds is None or seconds > CALIBRATION_SECONDS:
+        if spent > CALIBRATION_SECONDS:
             break
-        seconds = min(seconds, _gradient_seconds(context, batch, to_inputs) or math.inf)
-    return None if seconds is None else max(seconds / len(batch), 1e-9)
+        latest = _gradient_seconds(context, batch, to_inputs) or math.inf
+        seconds, spent = min(seconds, latest), spent + latest
+    return max(seconds / len(batch), 1e-9)
 
 
 def _gradient_seconds(context: Any, batch: torch.Tensor, to_inputs: bool) -> float | None:
@@ -296,11 +307,12 @@ def _gradient_seconds(context: Any, batch: torch.Tensor, to_inputs: bool) -> flo
         return None
 
 
-def _flop_seconds(size: int = 512, repeats: int = 2) -> float:
+def _flop_seconds(timings: int = TIMINGS, size: int = 512, repeats: int = 2) -> float:
     """Seconds per floating-point operation of a float32 matrix product on the CPU (where mechaudit's own
-    arithmetic, dictionaries and similarity, mostly runs): the fastest of :data:`TIMINGS` timings of ``repeats``
-    products each (a single short timing varied 70-fold between processes on a loaded machine), and of as many on
-    one thread where torch runs more (whose threads may wait on each other on a busy machine: 40-fold)."""
+    arithmetic, dictionaries and similarity, mostly runs): the fastest of ``timings`` timings of ``repeats``
+    products each (a single short timing varied 70-fold between processes on a loaded machine), and of
+    :data:`TIMINGS` on one thread where torch runs more (whose threads may wait on each other on a busy machine:
+    40-fold)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm-up
 
@@ -308,18 +320,19 @@ def _flop_seconds(size: int = 512, repeats: int = 2) -> float:
         for _ in range(repeats):
             a @ b
     cpu = torch.device("cpu")
-    fastest = min(_fastest(products, cpu), _one_thread(lambda: _fastest(products, cpu), cpu) or math.inf)
+    fastest = min(_fastest(products, cpu, timings), _one_thread(lambda: _fastest(products, cpu), cpu) or math.inf)
     return max(fastest / (repeats * 2 * size ** 3), 1e-15)
 
 
-def _fastest(run: Callable[[], Any], device: torch.device) -> float:
-    """The fastest of :data:`TIMINGS` timings of ``run()``, fewer where one takes over :data:`CALIBRATION_SECONDS`
-    (a large model: a long timing is less disturbed by load, and repeating it costs the most)."""
-    best = _timed(run, device)
-    for _ in range(TIMINGS - 1):
-        if best > CALIBRATION_SECONDS:
+def _fastest(run: Callable[[], Any], device: torch.device, repeats: int = TIMINGS) -> float:
+    """The fastest of ``repeats`` timings of ``run()``, fewer once they took :data:`CALIBRATION_SECONDS` in all (a
+    large model or a busy machine: a long timing is less disturbed by load, and repeating it costs the most)."""
+    best = spent = _timed(run, device)
+    for _ in range(repeats - 1):
+        if spent > CALIBRATION_SECONDS:
             break
-        best = min(best, _timed(run, device))
+        latest = _timed(run, device)
+        best, spent = min(best, latest), spent + latest
     return best
 
 
