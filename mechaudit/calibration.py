@@ -135,10 +135,9 @@ def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
     where it is under twice that): a call's waits on descheduled threads, which its size barely changes, cancel
     out, if not their variation. It is at most the batch's average and one thread's (in its largest batch), and
     at least a quarter of the first or the second shared among ``threads``: within ``threads`` times the model's
-    time however long the threads waited. The call: one
-    sample's time less that, one sample's time being the fastest of any batch's and of one thread's (a larger
-    batch never takes less time; threads waiting on each other are the machine's load, not the model's
-    overhead). Below :data:`OVERHEAD_SAMPLES` samples (a large
+    time however long the threads waited. The call: one sample's time less that, one sample's time being the
+    fastest of any batch's and of one thread's (a larger batch never takes less time; threads waiting on each
+    other are the machine's load, not the model's overhead). Below :data:`OVERHEAD_SAMPLES` samples (a large
     model: one sample is mostly compute) or without one sample's timing, all of the batch is per sample."""
     samples = max(timings)
     whole = timings[samples]

@@ -120,3 +120,13 @@ def test_split_call_fits_a_line_through_steady_timings() -> None:
     assert split_call(line) == pytest.approx((1e-3, 0.01))
     assert split_call({1: 2.5, 2: 5.0}) == (2.5, 0.0)
     assert split_call({8: 1.0}) == (1.0 / 8, 0.0)  # one sample failed
+
+
+def test_the_plan_says_when_the_threads_waited() -> None:
+    from mechaudit.cost import Calibration
+    from mechaudit.planning import Plan
+
+    waited, calm = (Plan(Calibration(1e-3, 2e-3, 1e-10, 1e-3, True, 2, contended), 0, 2**30, []).lines()[0]
+                    for contended in (True, False))
+    assert "threads waited on each other" in waited and "OMP_NUM_THREADS=1" in waited
+    assert "waited" not in calm
