@@ -114,7 +114,9 @@ class Calibration:
     (its fixed overhead), measured on this machine; ``backward_measured`` is False where no backward pass could be
     timed (then twice a forward); ``threads``: torch's intra-op threads it was measured with (0: not recorded), as
     seconds measured with one thread count do not hold for another (GPT-2 small: 94-100 ms per sample-forward
-    with one thread; each rule's time in a run with two implies 42-55 ms)."""
+    with one thread; each rule's time in a run with two implies 42-55 ms); ``contended``: the threads waited on
+    each other in the calibration (more threads than free cores: a loaded machine, where one thread may be
+    faster)."""
 
     forward_seconds: float
     backward_seconds: float
@@ -122,12 +124,13 @@ class Calibration:
     call_seconds: float = 0.0
     backward_measured: bool = True
     threads: int = 0
+    contended: bool = False
 
     def to_dict(self) -> dict:
         return {"forward_ms_per_sample": self.forward_seconds * 1e3,
                 "backward_ms_per_sample": self.backward_seconds * 1e3,
                 "ms_per_call": self.call_seconds * 1e3, "seconds_per_gflop": self.flop_seconds * 1e9,
-                "backward_measured": self.backward_measured, "threads": self.threads}
+                "backward_measured": self.backward_measured, "threads": self.threads, "contended": self.contended}
 
 
 Estimator = Callable[[Sizes, Any], Cost]

@@ -20,6 +20,11 @@ TIME_SAFETY = 2.0
 (the same plan whether the machine is idle or loaded; the time-out itself still stops a rule that runs over)."""
 
 
+#: The plan's note where the calibration's threads waited on each other.
+CONTENDED = ("; its threads waited on each other (more threads than free cores: a busy machine; estimates hold "
+             "while the load lasts), OMP_NUM_THREADS=1 may run faster")
+
+
 @dataclass
 class RulePlan:
     """One rule's line in the plan: its estimate, and what the budget does to it (``run``, ``reduce``,
@@ -70,7 +75,8 @@ class Plan:
                 f"{self.calibration.forward_seconds * 1e3:.3g} ms, a sample-backward "
                 f"{self.calibration.backward_seconds * 1e3:.3g} ms"
                 f"{'' if self.calibration.backward_measured else ' (assumed: 2 forwards)'}"
-                f"{f' ({self.calibration.threads} threads)' if self.calibration.threads else ''}")
+                f"{f' ({self.calibration.threads} threads)' if self.calibration.threads else ''}"
+                f"{CONTENDED if self.calibration.contended else ''}")
         rows = [f"{'rule':<6}{'action':<8}{'forward':>10}{'backward':>10}{'memory':>10}{'est. s':>9}  note"]
         for e in self.rules:
             note = "; ".join(filter(None, [", ".join(f"{k} {a} -> {b}" for k, (a, b) in e.reduced.items()),
