@@ -1,7 +1,12 @@
-"""Models whose forward returns a Hugging Face ``ModelOutput`` (or another mapping) holding ``logits`` are audited
-on those logits, as they are: ``BertForSequenceClassification``, ``ViTForImageClassification`` or
-``LlamaForCausalLM`` need no wrapper of the user's own. Token ids that arrive as floats (the audit data of a
-classification task is float32) are given back to such a model as integers."""
+"""The form of a model that mechaudit audits, for two common idioms that would otherwise hide its layers.
+
+* A model compiled with ``torch.compile`` is audited as the eager module it wraps (the same parameters and the same
+  function): compiled graphs do not run forward hooks, and its module paths keep no ``_orig_mod.`` prefix.
+* A model whose forward returns a Hugging Face ``ModelOutput`` (or another mapping) holding ``logits`` is audited on
+  those logits: ``BertForSequenceClassification``, ``ViTForImageClassification`` or ``LlamaForCausalLM`` need no
+  wrapper of the user's own. Token ids that arrive as floats (the audit data of a classification task is float32)
+  are given back to such a model as integers.
+"""
 
 from __future__ import annotations
 
@@ -27,9 +32,11 @@ class LogitsField(_Transparent):
         return self.hf_model(as_token_ids(inputs) if self.token_ids else inputs)[FIELD]
 
 
-def tensor_outputs(model: nn.Module, sample: torch.Tensor) -> nn.Module:
-    """``model``, or a :class:`LogitsField` around it when its forward on ``sample`` returns a mapping with a
-    ``logits`` tensor. A forward pass that fails leaves ``model`` as it is, for model discovery to report."""
+def auditable_model(model: nn.Module, sample: torch.Tensor) -> nn.Module:
+    """``model`` without a ``torch.compile`` wrapper, and in a :class:`LogitsField` when its forward on ``sample``
+    returns a mapping with a ``logits`` tensor. A forward pass that fails leaves it as it is, for model discovery
+    to report."""
+    model = eager(model)
     if isinstance(model, torch.jit.ScriptModule):
         return model
     try:
@@ -49,3 +56,9 @@ def takes_token_ids(model: nn.Module) -> bool:
 
 def as_token_ids(inputs: torch.Tensor) -> torch.Tensor:
     return inputs.long() if inputs.is_floating_point() else inputs
+
+
+def eager(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, else ``model``."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule" else model
