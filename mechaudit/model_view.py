@@ -371,6 +371,10 @@ def _no_batch_axis(shape: tuple[int, ...], batch: int) -> str:
     if batch > 1 and len(shape) >= 3 and shape[1] == batch:
         return (f"its output {shape} holds the {batch} samples on axis 1, not first (a sequence-first layout, as "
                 "batch_first=False): mechaudit audits outputs with the samples first")
+    if batch > 1 and len(shape) >= 2 and shape[0] > batch and shape[0] % batch == 0:
+        return (f"its output {shape} folds the {batch} samples and another axis into its first ({shape[0]} rows = "
+                f"{batch} x {shape[0] // batch}: tokens or windows flattened into the batch, as in OPT's MLP or Swin's "
+                "window attention): mechaudit audits outputs with one row per sample first")
     return (f"its output {shape} has no batch axis (it does not follow the {batch} samples of the forward pass: "
             "applied to a constant?)")
 
@@ -388,7 +392,9 @@ def _recorder(name: str, seen: list, stream: bool = False):
 
 
 def _head_recorder(name: str, seen: list):
-    def hook(_module, args):
+    """Record that a head block's output projection ran, with its input (the concatenated heads) for the batch-axis
+    check; ``nn.MultiheadAttention`` puts its samples first itself (:mod:`mechaudit.torch_attention`)."""
+    def hook(module, args):
         if args and isinstance(args[0], torch.Tensor):
-            seen.append((name, None))
+            seen.append((name, None if isinstance(module, nn.MultiheadAttention) else args[0]))
     return hook

@@ -163,3 +163,27 @@ def test_a_recurrent_layer_is_named_in_the_skip_and_audited_as_a_stream_when_nam
 def test_a_named_stream_the_output_does_not_read_is_refused() -> None:
     with pytest.raises(InputError, match="'rnn' cannot be audited: the model's output does not read the first"):
         mechaudit.audit(_recurrent("state"), _tokens(), select=["L202"], layers=["rnn", "head"])
+
+
+def _swin() -> nn.Module:  # window attention: heads computed on (samples x windows, tokens, width)
+    return _hf("SwinForImageClassification", "SwinConfig", image_size=8, patch_size=2, num_channels=3, embed_dim=16,
+               depths=[1], num_heads=[2], window_size=2, num_labels=3)
+
+
+def test_window_attention_folding_windows_into_the_batch_is_skipped_with_that_reason() -> None:
+    model = _swin()
+    result = mechaudit.audit(model, IMAGES, labels=_labels(model, IMAGES), select=["L202"])
+    assert not [f.message for f in result.findings if f.status == "error"]
+    reason = result.metadata["skipped_layers"]["swin.encoder.layers.0.blocks.0.attention"]
+    assert reason.startswith("its output (8, 4, 16) folds the 2 samples and another axis into its first (8 rows")
+    assert "swin.encoder.layers.0.blocks.0.mlp.fc1" in [c["layer"] for c in result.metadata["components"]]
+
+
+def test_r303_skips_token_ids_instead_of_feeding_them_a_real_valued_baseline() -> None:
+    model, tokens = _distilbert(), _tokens()
+    mask = torch.zeros(TOKENS)
+    mask[:2] = 1
+    (finding,) = mechaudit.audit(model, tokens, labels=_labels(model, tokens), masks={"first": mask}, select=["R303"],
+                                 behaviour={"kind": "predicted_logit"}).findings
+    assert (finding.status, finding.message) == ("skipped", "skipped: the inputs are token ids (integers): input "
+                                                            "attribution needs real-valued inputs")
