@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..interrupts import Interrupted
 from .data import AuditData
 from .huggingface import _Transparent
 
@@ -46,11 +47,7 @@ def auditable(model: nn.Module, data: AuditData, device: torch.device) -> tuple[
         return model, data
     if takes_token_ids(model, data.inputs[:2].to(device)):
         data = as_token_ids(data)
-    try:
-        with torch.no_grad():
-            output = model(data.inputs[:2].to(device))
-    except Exception:  # noqa: BLE001 - the discovery's forward pass reports it, with its context
-        return model, data
+    output = _forward(model, data.inputs[:2].to(device))
     if isinstance(output, Mapping) and isinstance(output.get(FIELD), torch.Tensor):
         return LogitsField(model), data
     return model, data
@@ -69,17 +66,22 @@ def takes_token_ids(model: nn.Module, sample: torch.Tensor) -> bool:
         return False
     if getattr(model, "main_input_name", None) == "input_ids":
         return True
-    with torch.no_grad():
-        try:
-            model(sample)
-            return False
-        except Exception:  # noqa: BLE001 - a model that refuses floats: tried with integers below
-            pass
-        try:
-            model(sample.long())
-            return True
-        except Exception:  # noqa: BLE001 - neither runs: the discovery's forward pass reports it
-            return False
+    return _forward(model, sample) is FAILED and _forward(model, sample.long()) is not FAILED
+
+
+FAILED = object()
+
+
+def _forward(model: nn.Module, inputs: torch.Tensor) -> object:
+    """``model(inputs)``, or :data:`FAILED` when it raises (even ``sys.exit``): model discovery runs the forward
+    pass again and reports its failure in context. An interrupt by the user, or a time-out, is not caught."""
+    try:
+        with torch.no_grad():
+            return model(inputs)
+    except Interrupted:
+        raise
+    except (Exception, KeyboardInterrupt, SystemExit):  # noqa: BLE001 - reported by the discovery's forward pass
+        return FAILED
 
 
 def as_token_ids(data: AuditData) -> AuditData:
