@@ -187,3 +187,11 @@ def test_r303_skips_token_ids_instead_of_feeding_them_a_real_valued_baseline() -
                                  behaviour={"kind": "predicted_logit"}).findings
     assert (finding.status, finding.message) == ("skipped", "skipped: the inputs are token ids (integers): input "
                                                             "attribution needs real-valued inputs")
+
+
+def test_a_hugging_face_output_without_logits_is_refused_naming_its_fields() -> None:
+    encoder = _hf("BertModel", "BertConfig", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
+                  num_attention_heads=4, intermediate_size=48, max_position_embeddings=16)
+    with pytest.raises(InputError, match=r"returns a BaseModelOutput\w* \(last_hidden_state, pooler_output\); "
+                                         r"expected a tensor of outputs \(or a Hugging Face output with logits\)"):
+        mechaudit.audit(encoder, _tokens(), select=["D101"])
