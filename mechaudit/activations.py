@@ -7,7 +7,7 @@ A check that needs per-sample activations asks for them explicitly (:func:`per_s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -161,6 +161,13 @@ def model_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int, devic
         for _, batch in batches(inputs, batch_size, device):
             output = model(batch)
             if not isinstance(output, torch.Tensor):
-                raise InputError("model", f"returns a {type(output).__name__}; expected a tensor of outputs")
+                raise InputError("model", f"returns a {_kind(output)}; expected a tensor of outputs (or a "
+                                          "Hugging Face output with logits): make forward return one tensor")
             parts.append(output.float().cpu())
     return torch.cat(parts)
+
+
+def _kind(output: object) -> str:
+    """``output``'s type, with its fields for a mapping (a Hugging Face ``ModelOutput``: ``last_hidden_state``, ...)."""
+    fields = f" ({', '.join(map(str, list(output)[:4]))})" if isinstance(output, Mapping) and output else ""
+    return f"{type(output).__name__}{fields}"

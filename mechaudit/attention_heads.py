@@ -22,10 +22,11 @@ from . import linear_maps
 HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads")  # not `heads`: too often something else
 HEAD_SIZES = ("head_dim", "head_size", "attention_head_size", "d_head", "dim_head")
 OUT_PROJECTIONS = ("output.dense", "c_proj", "o_proj", "out_proj", "out", "proj", "dense", "o", "wo", "to_out",
-                   "to_out.0")
+                   "to_out.0", "out_lin")
 FUSED_QKV = ("qkv", "c_attn", "Wqkv", "wqkv", "query_key_value", "qkv_proj", "to_qkv", "in_proj")
 SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
-                ("to_q", "to_k", "to_v"), ("self.query", "self.key", "self.value"))
+                ("to_q", "to_k", "to_v"), ("self.query", "self.key", "self.value"),
+                ("q_lin", "k_lin", "v_lin"))
 _OWNERS = ("", "self")  # BERT keeps the count on attention.self
 
 

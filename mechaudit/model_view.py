@@ -24,7 +24,10 @@ positions the tokens. Streams are only audited when named: they are not Linear o
 Discovery skips, with the reason in :attr:`ModelView.skipped`, a module whose output has no batch axis (a Linear
 layer applied to a constant, such as a learned scale) and a module that runs more than once per forward pass (a
 weight-shared block applied at every step): its statistics would mix calls, and an intervention would hit every
-call at once. Naming such a module in ``[audit] layers`` is an error that says why.
+call at once. Naming such a module in ``[audit] layers`` is an error that says why. A recurrent layer (``nn.GRU``,
+``nn.LSTM``) is audited only when named, as a stream of its output sequence; naming a module whose output tuple's
+first element the model does not read (a classifier of an RNN's final state) is an error, since interventions on
+that stream would not reach the output.
 """
 
 from __future__ import annotations
@@ -215,6 +218,13 @@ class ModelView:
         named = [name for name in only if name in skipped]
         if named:
             raise InputError("layers", f"'{named[0]}' cannot be audited: {skipped[named[0]]}")
+        unread = _unread_streams(model, sample, {name: modules[name] for name in streams})
+        if unread:
+            raise InputError("layers", f"'{unread[0]}' cannot be audited: the model's output does not read the first "
+                                       "element of its output tuple, the stream mechaudit reads and intervenes on (it "
+                                       "reads another, as a classifier of an RNN's final state h_n)")
+        skipped.update({name: RECURRENT.format(type(module).__name__) for name, module in modules.items()
+                        if isinstance(module, nn.RNNBase) and name not in only and name not in skipped})
         seen = [item for item in seen if item[0] not in skipped]
         order: dict[str, int] = {}
         for name, _ in seen:
@@ -299,6 +309,38 @@ SCRIPTED = ("ScriptModules refuse forward hooks, so no layer inside a TorchScrip
             "its layers)")
 
 
+RECURRENT = ("a recurrent layer ({}): audited only when named in [audit] layers, as a stream of its output sequence "
+             "(samples, tokens, width), for a model that reads that sequence")
+
+
+def _unread_streams(model: nn.Module, sample: torch.Tensor, streams: dict[str, nn.Module]) -> list[str]:
+    """The streams whose module returns a tuple and whose first element (what a stream hook reads and replaces) the
+    model's output does not depend on (an RNN whose final state is read): by autograd, on ``sample``."""
+    leaves: dict[str, torch.Tensor] = {}
+
+    def replace(name: str):
+        def hook(_module, _inputs, output):
+            if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor) and (
+                    output[0].is_floating_point()):
+                leaves[name] = output[0].detach().requires_grad_(True)
+                return (leaves[name], *output[1:])
+            return None
+        return hook
+
+    if not streams:
+        return []
+    handles = [module.register_forward_hook(replace(name)) for name, module in streams.items()]
+    try:
+        with installed(handles), torch.enable_grad():
+            output = model(sample)
+            if not leaves or not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return []
+            grads = torch.autograd.grad(output.float().sum(), list(leaves.values()), allow_unused=True)
+    except Exception:  # noqa: BLE001 - a model autograd cannot run through keeps its streams as they are
+        return []
+    return [name for name, grad in zip(leaves, grads) if grad is None]
+
+
 def _scripted(modules: dict[str, nn.Module]) -> list[str]:
     """The outermost TorchScript modules (path "" for a whole scripted model)."""
     found: list[str] = []
@@ -316,13 +358,25 @@ def _unauditable(seen: list[tuple[str, torch.Tensor | None]], batch: int) -> dic
     for name, output in seen:
         calls[name] = calls.get(name, 0) + 1
         if output is not None and (output.dim() == 0 or output.shape[0] != batch):
-            reasons[name] = (f"its output {tuple(output.shape)} has no batch axis (it does not follow the {batch} "
-                             "samples of the forward pass: applied to a constant?)")
+            reasons[name] = _no_batch_axis(tuple(output.shape), batch)
     for name, count in calls.items():
         if count > 1:
             reasons.setdefault(name, f"it runs {count} times per forward pass (a shared block?): its statistics would "
                                       "mix the calls; mechaudit audits modules called once")
     return reasons
+
+
+def _no_batch_axis(shape: tuple[int, ...], batch: int) -> str:
+    """Why an output whose first axis is not the samples is not audited; sequence-first layouts are named."""
+    if batch > 1 and len(shape) >= 3 and shape[1] == batch:
+        return (f"its output {shape} holds the {batch} samples on axis 1, not first (a sequence-first layout, as "
+                "batch_first=False): mechaudit audits outputs with the samples first")
+    if batch > 1 and len(shape) >= 2 and shape[0] > batch and shape[0] % batch == 0:
+        return (f"its output {shape} folds the {batch} samples and another axis into its first ({shape[0]} rows = "
+                f"{batch} x {shape[0] // batch}: tokens or windows flattened into the batch, as in OPT's MLP or Swin's "
+                "window attention): mechaudit audits outputs with one row per sample first")
+    return (f"its output {shape} has no batch axis (it does not follow the {batch} samples of the forward pass: "
+            "applied to a constant?)")
 
 
 def _recorder(name: str, seen: list, stream: bool = False):
@@ -338,7 +392,9 @@ def _recorder(name: str, seen: list, stream: bool = False):
 
 
 def _head_recorder(name: str, seen: list):
-    def hook(_module, args):
+    """Record that a head block's output projection ran, with its input (the concatenated heads) for the batch-axis
+    check; ``nn.MultiheadAttention`` puts its samples first itself (:mod:`mechaudit.torch_attention`)."""
+    def hook(module, args):
         if args and isinstance(args[0], torch.Tensor):
-            seen.append((name, None))
+            seen.append((name, None if isinstance(module, nn.MultiheadAttention) else args[0]))
     return hook

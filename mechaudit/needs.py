@@ -38,6 +38,8 @@ NEEDS: dict[str, Need] = {need.name: need for need in (
     Need("classification", lambda c: c.task == "classification", "the task is not classification"),
     Need("behaviour", lambda c: c.behaviour is not None,
          "the spec declares no [behaviour] for circuit rules to explain"),
+    Need("patch_metric", lambda c: c.task == "classification" or c.behaviour is not None,
+         "the task is not classification and the spec declares no [behaviour] to patch for"),
     Need("logits", lambda c: c.task in ("classification", "next-token") or (
         c.behaviour is not None and c.behaviour.kind in ("similarity", "output")),
         "the task is regression: the behaviour is read from logits (classification or next-token), or is a "

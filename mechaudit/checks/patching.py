@@ -242,7 +242,7 @@ def _second_order_cost(sizes: Sizes, samples: int) -> Cost:
 COST = RuleCost(_cost, reduce="samples")
 
 
-@register("patching", PatchingParams, needs=("pairs", "layers", "logits"), rule=RULE,
+@register("patching", PatchingParams, needs=("pairs", "layers", "logits", "patch_metric"), rule=RULE,
           evidence=PatchingEvidence, cost=COST)
 def patching(context: AuditContext, rule) -> list[Measurement]:
     params: PatchingParams = rule.params

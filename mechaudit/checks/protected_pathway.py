@@ -138,8 +138,8 @@ def _cost(sizes: Sizes, params: ProtectedPathwayParams) -> Cost:
 COST = RuleCost(_cost, reduce="samples")
 
 
-@register("protected_pathway", ProtectedPathwayParams, needs=("layers", "behaviour", "masks", "classification"),
-          rule=RULE,
+@register("protected_pathway", ProtectedPathwayParams,
+          needs=("layers", "behaviour", "masks", "classification", "real_inputs"), rule=RULE,
           evidence=ProtectedPathwayEvidence, cost=COST)
 def protected_pathway(context: AuditContext, rule) -> list[Measurement]:
     params: ProtectedPathwayParams = rule.params

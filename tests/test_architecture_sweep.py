@@ -1,0 +1,197 @@
+"""Architectures mechaudit was not written against, built tiny from configs (random weights, nothing downloaded) and
+audited as a user passes them: Hugging Face models as they come (a ``ModelOutput``), fused and grouped-query
+attention, ``torch.compile``, recurrent and sequence-first layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fixtures.third_party_models import view_cnn
+from torch import nn
+
+import mechaudit
+from mechaudit.errors import InputError
+from mechaudit.loading import AuditData
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, TOKENS, SAMPLES = 60, 6, 10
+
+
+def _tokens(seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, VOCAB, (SAMPLES, TOKENS), generator=torch.Generator().manual_seed(seed))
+
+
+def _hf(name: str, config: str, **values) -> nn.Module:
+    torch.manual_seed(0)
+    built = getattr(transformers, config)(**values, attn_implementation="eager")
+    return getattr(transformers, name)(built).eval()
+
+
+def _gpt2() -> nn.Module:  # fused c_attn (a Conv1D), tied embeddings
+    return _hf("GPT2LMHeadModel", "GPT2Config", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=16)
+
+
+def _llama() -> nn.Module:  # RoPE, grouped-query attention (2 key/value heads for 4 query heads), SwiGLU, RMSNorm
+    return _hf("LlamaForCausalLM", "LlamaConfig", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, intermediate_size=48, max_position_embeddings=16)
+
+
+def _distilbert() -> nn.Module:  # q_lin/k_lin/v_lin/out_lin
+    return _hf("DistilBertForSequenceClassification", "DistilBertConfig", vocab_size=VOCAB, dim=32, n_layers=2,
+               n_heads=4, hidden_dim=48, max_position_embeddings=16, num_labels=3)
+
+
+def _vit() -> nn.Module:  # a patch convolution, then .flatten(2).transpose(1, 2)
+    return _hf("ViTForImageClassification", "ViTConfig", image_size=8, patch_size=4, num_channels=3, hidden_size=32,
+               num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, num_labels=3)
+
+
+def _torch_encoder() -> nn.Module:  # nn.MultiheadAttention's fused in_proj
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 48, dropout=0.0, batch_first=True)
+    return nn.Sequential(nn.Embedding(VOCAB, 32), nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                         nn.Flatten(), nn.Linear(32 * TOKENS, 3)).eval()
+
+
+IMAGES = torch.randn(SAMPLES, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+IDIOMS = {  # model, inputs, task, the attention blocks and their head count
+    "gpt2": (_gpt2, _tokens(), "next-token", {f"transformer.h.{i}.attn": 4 for i in range(2)}),
+    "llama-gqa": (_llama, _tokens(), "next-token", {f"model.layers.{i}.self_attn": 4 for i in range(2)}),
+    "distilbert": (_distilbert, _tokens(), "classification",
+                   {f"distilbert.transformer.layer.{i}.attention": 4 for i in range(2)}),
+    "vit": (_vit, IMAGES, "classification", {f"vit.layers.{i}.attention": 4 for i in range(2)}),
+    "torch-encoder": (_torch_encoder, _tokens(), "classification", {f"1.layers.{i}.self_attn": 4 for i in range(2)}),
+}
+
+
+def _labels(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        output = model(inputs)
+    logits = output if isinstance(output, torch.Tensor) else output.logits
+    return (logits[:, -1] if logits.dim() == 3 else logits).argmax(-1)
+
+
+@pytest.mark.parametrize("name", list(IDIOMS))
+def test_models_as_they_come_are_audited_head_by_head_without_a_rule_error(name: str) -> None:
+    factory, inputs, task, heads = IDIOMS[name]
+    model = factory()  # a Hugging Face model returns a ModelOutput: audited on its logits, no wrapper
+    result = mechaudit.audit(model, inputs, labels=_labels(model, inputs), task=task, select=["D101", "L202"])
+    found = {c["layer"]: c["units"] for c in result.metadata["components"] if c["kind"] == "heads"}
+    assert found == heads
+    assert not [f.message for f in result.findings if f.status == "error"]
+    assert {f.rule_id for f in result.findings} == {"D101", "L202"}
+
+
+def test_token_ids_given_as_floats_reach_a_hugging_face_classifier_as_ids() -> None:
+    model = _distilbert()
+    tokens = _tokens()
+    result = mechaudit.audit(model, tokens.numpy().astype(np.float32), labels=_labels(model, tokens),
+                             select=["L202", "L203"], layers=["pre_classifier"])
+    statuses = {f.rule_id: (f.status, f.message) for f in result.findings}
+    assert statuses["L202"][0] in ("pass", "fail"), statuses
+    assert statuses["L203"] == ("skipped", "skipped: the inputs are token ids (integers): input attribution needs "
+                                           "real-valued inputs")  # ids are not perturbed as real values
+
+
+def test_a_compiled_model_is_audited_as_the_module_it_compiles() -> None:
+    inputs = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    eager = view_cnn()
+    labels = eager(inputs).argmax(-1).detach()
+
+    def layers(model: nn.Module) -> list[str]:
+        result = mechaudit.audit(model, inputs, labels=labels, select=["D101"])
+        assert all(f.status != "error" for f in result.findings)
+        return [c["layer"] for c in result.metadata["components"]]
+
+    assert layers(torch.compile(eager)) == layers(eager) == ["conv1", "conv2", "fc1", "fc2"]
+
+
+def test_l207_skips_a_language_model_without_a_behaviour_instead_of_failing() -> None:
+    model, inputs = _gpt2(), _tokens()
+    data = AuditData(inputs=inputs, labels=_labels(model, inputs), pairs=(inputs, _tokens(1)))
+    (finding,) = mechaudit.audit(model, data, task="next-token", select=["L207"]).findings
+    assert finding.status == "skipped"
+    assert "not classification and the spec declares no [behaviour]" in finding.message
+
+
+def test_a_sequence_first_layer_is_skipped_with_that_reason() -> None:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 24, dropout=0.0)  # batch_first=False: (tokens, samples, width)
+
+    class SequenceFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.encoder, self.head = nn.Embedding(VOCAB, 16), nn.TransformerEncoder(
+                layer, 1, enable_nested_tensor=False), nn.Linear(16, 3)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(self.embed(ids.long()).transpose(0, 1)).mean(0))
+
+    result = mechaudit.audit(SequenceFirst().eval(), _tokens(), select=["D101"])
+    skipped = result.metadata["skipped_layers"]
+    assert "holds the 2 samples on axis 1, not first (a sequence-first layout" in skipped["encoder.layers.0.linear1"]
+    assert {c["layer"]: c["kind"] for c in result.metadata["components"]}["encoder.layers.0.self_attn"] == "heads"
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, reads: str) -> None:
+        super().__init__()
+        self.reads = reads
+        self.embed, self.rnn, self.head = nn.Embedding(VOCAB, 8), nn.GRU(8, 12, batch_first=True), nn.Linear(12, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        sequence, state = self.rnn(self.embed(ids.long()))
+        return self.head(sequence[:, -1] if self.reads == "sequence" else state[-1])
+
+
+def _recurrent(reads: str) -> nn.Module:
+    torch.manual_seed(0)
+    return _Recurrent(reads).eval()
+
+
+def test_a_recurrent_layer_is_named_in_the_skip_and_audited_as_a_stream_when_named() -> None:
+    inputs = _tokens()
+    (skipped,) = mechaudit.audit(_recurrent("sequence"), inputs, select=["D101"]).findings
+    assert skipped.status == "skipped" and "left out: rnn (a recurrent layer (GRU): audited only when named" in (
+        skipped.message)
+    result = mechaudit.audit(_recurrent("sequence"), inputs, select=["D101"], layers=["rnn"])
+    assert [(c["layer"], c["kind"], c["units"]) for c in result.metadata["components"]] == [("rnn", "stream", 12)]
+
+
+def test_a_named_stream_the_output_does_not_read_is_refused() -> None:
+    with pytest.raises(InputError, match="'rnn' cannot be audited: the model's output does not read the first"):
+        mechaudit.audit(_recurrent("state"), _tokens(), select=["L202"], layers=["rnn", "head"])
+
+
+def _swin() -> nn.Module:  # window attention: heads computed on (samples x windows, tokens, width)
+    return _hf("SwinForImageClassification", "SwinConfig", image_size=8, patch_size=2, num_channels=3, embed_dim=16,
+               depths=[1], num_heads=[2], window_size=2, num_labels=3)
+
+
+def test_window_attention_folding_windows_into_the_batch_is_skipped_with_that_reason() -> None:
+    model = _swin()
+    result = mechaudit.audit(model, IMAGES, labels=_labels(model, IMAGES), select=["L202"])
+    assert not [f.message for f in result.findings if f.status == "error"]
+    reason = result.metadata["skipped_layers"]["swin.encoder.layers.0.blocks.0.attention"]
+    assert reason.startswith("its output (8, 4, 16) folds the 2 samples and another axis into its first (8 rows")
+    assert "swin.encoder.layers.0.blocks.0.mlp.fc1" in [c["layer"] for c in result.metadata["components"]]
+
+
+def test_r303_skips_token_ids_instead_of_feeding_them_a_real_valued_baseline() -> None:
+    model, tokens = _distilbert(), _tokens()
+    mask = torch.zeros(TOKENS)
+    mask[:2] = 1
+    (finding,) = mechaudit.audit(model, tokens, labels=_labels(model, tokens), masks={"first": mask}, select=["R303"],
+                                 behaviour={"kind": "predicted_logit"}).findings
+    assert (finding.status, finding.message) == ("skipped", "skipped: the inputs are token ids (integers): input "
+                                                            "attribution needs real-valued inputs")
+
+
+def test_a_hugging_face_output_without_logits_is_refused_naming_its_fields() -> None:
+    encoder = _hf("BertModel", "BertConfig", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
+                  num_attention_heads=4, intermediate_size=48, max_position_embeddings=16)
+    with pytest.raises(InputError, match=r"returns a BaseModelOutput\w* \(last_hidden_state, pooler_output\); "
+                                         r"expected a tensor of outputs \(or a Hugging Face output with logits\)"):
+        mechaudit.audit(encoder, _tokens(), select=["D101"])
