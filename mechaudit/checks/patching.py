@@ -279,12 +279,14 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     if screened and totals.first_order_share < second_order.STATIONARY:
         # every first-order term vanishes: rank by the second-order screen, and patch the path screen's top too
         also = estimate.argsort(descending=True, stable=True)[:params.top_k].tolist()
+        sites = second_order.patch_sites(context.view, layers, corrupted, clean, batch, device)
         estimated = second_order.second_order_patching(context.view, layers, corrupted, clean, targets, metric,
-                                                       second_order.PROBES, batch, device, context.seed)
+                                                       second_order.PROBES, batch, device, context.seed, sites=sites)
         estimate = torch.cat([estimated[layer.name].double().sum(1).float() for layer in layers]) / totals.effect
         method = (f"second-order patching estimate (the metric is stationary on the corrupted run: the first-order "
                   f"term predicts {totals.first_order_share:.1e} of the effect): g . J d + 1/2 (J d)^T H (J d) at "
-                  f"the corrupted run, the Hessian term from {second_order.PROBES} "
+                  f"the corrupted run ({len(sites)} layer(s) at their reader's input), the Hessian term from "
+                  f"{second_order.PROBES} "
                   f"random output directions; the top {params.top_k} of the path screen ({method}) are patched "
                   "exactly too")
     names = [layer.address(unit) for layer, unit in components]

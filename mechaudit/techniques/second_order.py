@@ -32,8 +32,11 @@ from __future__ import annotations
 import torch
 
 from ..activations import batches
-from ..model_view import Layer, ModelView, installed, units_view
-from .atp import Metric, _recorded
+from ..model_view import Layer, ModelView
+from .atp import Metric
+from .node_ablation import ReadSite
+from .path_attribution import _moved, _Site
+from .unit_split import module_readers, reader_layer
 
 PROBES = 4
 """Random output directions of the Hessian term (two backward passes through the model each per run and batch, and a
@@ -49,12 +52,14 @@ MiniLM's similarity: 8.5e-8; the logit differences and label logits of `digits`,
 
 def second_order_patching(view: ModelView, layers: list[Layer], inputs: torch.Tensor, sources: torch.Tensor,
                           targets: torch.Tensor, metric: Metric, probes: int = PROBES, batch_size: int = 256,
-                          device: torch.device | None = None, seed: int = 0, both_ends: bool = False
-                          ) -> dict[str, torch.Tensor]:
+                          device: torch.device | None = None, seed: int = 0, both_ends: bool = False,
+                          sites: dict[str, ReadSite] | None = None) -> dict[str, torch.Tensor]:
     """Per layer, the second-order estimate (see the module's docstring) of the change of ``metric`` per pair when
     each unit alone takes its activation on ``sources`` in the run on ``inputs``: ``{layer: (units, pairs)}``.
     ``both_ends``: the output's change ``J d_i`` with ``J`` averaged over the ``inputs`` and the ``sources`` run (the
-    trapezoid), else (default) the ``inputs`` run's alone.
+    trapezoid), else (default) the ``inputs`` run's alone. ``sites`` (:func:`patch_sites`): layers whose units are
+    moved where their reader reads them (after the unit's own nonlinearity), so that ``d_i`` is the exact change of
+    what the reader reads and ``J`` the Jacobian from there: a GELU neuron the patch switches on is then seen.
 
     One probe at a time (its direction ``z``, ``H z`` and their backward passes, then dropped), so that besides the
     forward graph only a few output-sized tensors are held; ``z`` is drawn by a CPU generator seeded with ``seed``
@@ -65,10 +70,11 @@ def second_order_patching(view: ModelView, layers: list[Layer], inputs: torch.Te
     for start, batch in batches(inputs, batch_size, device):
         chosen = targets[start:start + len(batch)].to(device)
         other = sources[start:start + len(batch)].to(device)
-        replaced = _recorded(view, layers, other)
+        replaced = _recorded_sites(view, layers, other, sites or {})
         with torch.enable_grad():
-            first = _Run(view, layers, batch, replaced)
-            runs = [first, _Run(view, layers, other, replaced, first.deltas)] if both_ends else [first]
+            first = _Run(view, layers, batch, replaced, sites=sites or {})
+            runs = ([first, _Run(view, layers, other, replaced, first.deltas, sites or {})] if both_ends
+                    else [first])
             point = first.output.detach()  # the metric's derivatives are in the output alone
             totals = _projected(runs, _metric_derivative(metric, point, chosen))
             for _ in range(probes):
@@ -132,30 +138,58 @@ def _projected(runs: list[_Run], direction: torch.Tensor) -> list[torch.Tensor]:
 
 
 class _Run:
-    """One forward pass of ``batch`` with the audited layers' activations as gradient leaves, and the move ``d_i``
-    of each (``deltas``, else this run's activation to ``replaced``)."""
+    """One forward pass of ``batch`` with the audited layers' sites (their output, or their reader's input split by
+    unit, :func:`patch_sites`) as gradient leaves, and the move ``d_i`` of each (``deltas``, else this run's
+    activation to ``replaced``)."""
 
-    def __init__(self, view: ModelView, layers: list[Layer], batch: torch.Tensor, replaced: dict[str, torch.Tensor],
-                 deltas: list[torch.Tensor] | None = None) -> None:
-        kept: dict[str, torch.Tensor] = {}
-
-        def keep(output: torch.Tensor, name: str) -> torch.Tensor:
-            # a leaf where nothing before it needs a gradient; else the output itself (the gradient path from the
-            # audited layers before it runs through it)
-            kept[name] = output if output.requires_grad else output.detach().requires_grad_(True)
-            return kept[name].clone()
-        with installed(view.hook(layer, lambda output, _args, name=layer.name: keep(output, name))
-                       for layer in layers):
+    def __init__(self, view: ModelView, layers: list[Layer], batch: torch.Tensor, replaced: list[torch.Tensor],
+                 deltas: list[torch.Tensor] | None = None, sites: dict[str, ReadSite] | None = None) -> None:
+        at = [_Site(layer, (sites or {}).get(layer.name)) for layer in layers]
+        with _moved(view, at, None):  # alpha None: each site records its activation and carries it on
             self.output = view.model(batch).float()
-        self.layers = layers
-        self.leaves = [kept[layer.name] for layer in layers]
+        self.leaves = [site.moved for site in at]
         self.deltas = deltas if deltas is not None else [
-            (units_view(replaced[layer.name], layer) - units_view(kept[layer.name], layer)).detach().float()
-            for layer in layers]
+            (end.float() - site.base.float()).flatten(2) for end, site in zip(replaced, at)]
 
     def project(self, direction: torch.Tensor) -> list[torch.Tensor]:
         """Per layer, ``d_i . J^T direction`` per sample and unit (samples, units): one backward pass."""
         back = torch.autograd.grad(self.output, self.leaves, direction, retain_graph=True, allow_unused=True)
         return [torch.zeros(delta.shape[:2], device=delta.device) if b is None
-                else (delta * units_view(b, layer).float()).sum(-1)
-                for b, delta, layer in zip(back, self.deltas, self.layers)]
+                else (delta * b.float().flatten(2)).sum(-1)
+                for b, delta in zip(back, self.deltas)]
+
+
+def _recorded_sites(view: ModelView, layers: list[Layer], inputs: torch.Tensor,
+                    sites: dict[str, ReadSite]) -> list[torch.Tensor]:
+    """Each layer's site's activation on ``inputs`` (samples, units, ...), one no-grad forward pass."""
+    at = [_Site(layer, sites.get(layer.name)) for layer in layers]
+    with torch.no_grad(), _moved(view, at, None):
+        view.model(inputs)
+    return [site.base for site in at]
+
+
+def patch_sites(view: ModelView, layers: list[Layer], inputs: torch.Tensor, reference: torch.Tensor,
+                batch_size: int = 256, device: torch.device | None = None) -> dict[str, ReadSite]:
+    """Per layer of ``layers`` whose units reach the output only through a module that reads them unit by unit (the
+    next audited layer, or an unaudited reader such as BERT's ``output.dense`` after ``intermediate.dense`` and its
+    GELU: :func:`~.unit_split.module_readers`, checked by :func:`~.unit_split.unit_splits` on the first batch of
+    ``inputs`` against ``reference``), a :class:`~.node_ablation.ReadSite` at that module's input (``values``
+    unused): patching a unit there with its source value is patching it at its output, and the move there is the
+    exact change after the unit's own nonlinearity. The other layers (heads, residual streams) are left out."""
+    from .circuits import _checked_splits
+
+    device = device or torch.device("cpu")
+    try:
+        readers = module_readers(view, inputs[:batch_size].to(device))
+    except Exception:  # noqa: BLE001 - optional, as for the circuit rules: the layers stay at their outputs
+        readers = {}
+    check = _checked_splits(view, inputs, reference, batch_size, device, readers)
+    order = [layer.name for layer in view.layers]
+    found = {}
+    for layer in layers:
+        index = order.index(layer.name)
+        following = order[index + 1] if index + 1 < len(order) else None
+        reader = check.reader_of(layer.name, following)
+        if reader is not None:
+            found[layer.name] = ReadSite(layer, reader_layer(view, reader), torch.zeros(0))
+    return found
