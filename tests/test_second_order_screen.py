@@ -15,7 +15,7 @@ from mechaudit.model_view import ModelView
 from mechaudit.techniques import atp
 from mechaudit.techniques.circuits import cosine_similarity
 from mechaudit.techniques.patching import PatchingTotals, attribution_patching, exact_patching, metric_totals
-from mechaudit.techniques.second_order import STATIONARY, second_order_patching
+from mechaudit.techniques.second_order import STATIONARY, patch_sites, second_order_patching
 
 WIDTH, CARRIER = 300, 211
 
@@ -74,6 +74,49 @@ def test_at_a_stationary_metric_the_second_order_screen_matches_exact_patching_w
     assert spearmanr(estimate[moved].numpy(), exact[moved].numpy()).correlation > 0.9
 
 
+def _screens(model: Embedder, clean: torch.Tensor, corrupted: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Exact patching of fc1's units and the second-order screen at fc1's output and at its reader's input."""
+    view = ModelView.discover(model, clean[:2])
+    layers = [view.layer("fc1")]
+    with torch.no_grad():
+        targets = model(corrupted)
+    exact = exact_patching(view, layers, clean, corrupted, targets, cosine_similarity)["fc1"].double()
+    sites = patch_sites(view, layers, corrupted, clean)
+    at_output, at_reader = (second_order_patching(view, layers, corrupted, clean, targets, cosine_similarity,
+                                                  probes=64, sites=chosen)["fc1"].double().sum(1)
+                            for chosen in (None, sites))
+    return exact, at_output, at_reader, sites
+
+
+def test_a_unit_the_patch_switches_on_past_its_relu_is_ranked_at_its_readers_input() -> None:
+    """The carrier is off (below its ReLU's kink) on the corrupted run and on on the clean one: at its own output
+    the Taylor expansion at the corrupted run sees a zero slope (MiniLM's GELU neurons, ranked 1,892nd); at the
+    input of ``fc2``, which reads it after the ReLU, the move is the exact change of what ``fc2`` reads."""
+    model = Embedder().eval()
+    with torch.no_grad():
+        model.fc1.bias[CARRIER] = -0.3  # corrupted: 3 * 0 - 0.3 < 0, off; clean: 3 * 0.2 - 0.3 > 0, on
+    exact, at_output, at_reader, sites = _screens(model, *_pairs(shift=0.2))  # a small move: the quadratic holds
+    assert sites["fc1"].reader.name == "fc2"
+    assert int(exact.argmin()) == CARRIER
+    assert int(at_output.argmin()) != CARRIER and abs(float(at_output[CARRIER])) < 1e-6  # blind to it
+    assert int(at_reader.argmin()) == CARRIER
+    print(float(at_reader[CARRIER]) / float(exact[CARRIER]))
+    assert abs(float(at_reader[CARRIER]) / float(exact[CARRIER]) - 1) < 0.2
+    moved = exact.abs() > 1e-2 * exact.abs().max()
+    assert spearmanr(at_reader[moved].numpy(), exact[moved].numpy()).correlation > \
+        spearmanr(at_output[moved].numpy(), exact[moved].numpy()).correlation
+
+
+def test_without_a_nonlinearity_before_the_reader_both_sites_give_the_same_estimate() -> None:
+    """Control: fc2 reads fc1's output as it is (no ReLU), so moving a unit at fc2's input is moving it at fc1's
+    output and the two estimates agree (the same Jacobian, the same move, the same probes)."""
+    exact, at_output, at_reader, sites = _screens(Embedder(relu=False).eval(), *_pairs())
+    assert sites["fc1"].reader.name == "fc2"
+    torch.testing.assert_close(at_reader, at_output, rtol=1e-4, atol=1e-7)
+    assert int(at_reader.argmin()) == int(exact.argmin()) == CARRIER
+
+
 def test_metric_totals_report_the_share_of_the_effect_a_first_order_screen_can_see() -> None:
     model = Embedder().eval()
     clean, corrupted = _pairs()
@@ -104,6 +147,7 @@ def test_l207_screens_a_stationary_similarity_to_second_order_and_confirms_the_c
     finding = _similarity_audit()
     screen = finding.evidence["screen"]
     assert screen["method"].startswith("second-order") and screen["first_order_share"] < STATIONARY
+    assert "(1 layer(s) at their reader's input)" in screen["method"]  # fc1's units moved after their ReLU
     assert finding.location.component == f"fc1:u{CARRIER}"
     assert finding.evidence["carriers"] == [f"fc1:u{CARRIER}"]
     assert screen["scored"] == WIDTH and screen["top_k_recall"] >= 0.8  # the rest: near-ties of ~3e-4

@@ -98,19 +98,26 @@ the screen's `method` states it to two digits: MiniLM 8.5e-8; a logit difference
 1/2 (J d)^T H (J d)` (`H` the metric's Hessian in the output, `J d` the output's first-order change), the quadratic
 term from 4 random output directions (Hutchinson; per batch a forward pass kept for autograd, a backward pass
 through the model for `g` and two per direction, and the metric's own gradient and Hessian-vector products in the
-output); and the path screen's `top_k` are patched exactly too (`screen.path_screen_checked`): it ranks components
-the expansion misses, as a GELU neuron the patch switches on (`encoder.layer.0.intermediate.dense:u691`, 5.7%,
-ranked 1st by the path, 2,583rd by the expansion). Measured on MiniLM (10,056 components; `python
-benchmarks/screen_steps.py --models minilm --rules L207 --steps 1,3`: a seeded random 48 and every screen's top 30
-patched exactly, 228 components), path screen with 1 / 3 points, second order, second order with the Jacobian
-averaged over both runs: Spearman over the random 48 0.22 / 0.10 [-0.21, 0.38] / 0.51 [0.25, 0.70] / 0.86 [0.73,
-0.92]; recall of the exact top 10 of the 228 by the screen's top 10 0.1 / 0.5 / 0.6 / 0.4 (the 5th to 12th exact
-effects lie within 5.7-6.6% of the behaviour); and what decides the finding, the carriers (at least `min_recovered`;
-4 among the 228: 27%, 18%, 13%, 11%), ranked 10055, 148, 220, 10027 / 1, 6, 23, 4 / 0, 1, 3, 5 / 5, 2, 27, 11: the
+output). A layer whose units reach the output only through a module that reads them unit by unit after their own
+nonlinearity (MiniLM's `intermediate.dense`, read by `output.dense` after the GELU) is moved at that module's input
+(`mechaudit.techniques.second_order.patch_sites`, the readers the circuit rules use; the `method` says how many
+layers), so that `d` is the exact change after the GELU: at the neuron's output the expansion takes the GELU's slope
+on the corrupted run alone and misranks the neurons a patch moves across its bend (Spearman over a random 160
+components, 148 of them neurons: 0.685 at the outputs with 4 probes, 0.689 with 64, 0.993 at the readers' inputs;
+`python benchmarks/minilm_patching.py --screens`). The path screen's `top_k` are patched exactly too
+(`screen.path_screen_checked`): it ranked a GELU neuron the patch switches on (`encoder.layer.0.intermediate.dense:
+u691`, 5.7%) 1st where the expansion at the neuron's output ranked it 1,892nd (15th at its reader's input). Measured
+on MiniLM (10,056 components; `python benchmarks/screen_steps.py --models minilm --rules L207 --steps 1,3`: a seeded
+random 48 and every screen's top 30 patched exactly, 228 components), path screen with 1 / 3 points, second order,
+second order with the Jacobian averaged over both runs (every unit at its output): Spearman over the random 48 0.22
+/ 0.10 [-0.21, 0.38] / 0.51 [0.25, 0.70] / 0.86 [0.73, 0.92]; recall of the exact top 10 of the 228 by the screen's
+top 10 0.1 / 0.5 / 0.6 / 0.4 (the 5th to 12th exact effects lie within 5.7-6.6% of the behaviour); and what decides
+the finding, the carriers (at least `min_recovered`; 4 among the 228: 27%, 18%, 13%, 11%), ranked 10055, 148, 220,
+10027 / 1, 6, 23, 4 / 0, 1, 3, 5 / 5, 2, 27, 11: the
 second order's top 10 holds all four, the path's three (16 probes: 0, 1, 3, 4, at 3 times the time). The audit's own
 figures (`mechaudit audit mechaudit/examples/minilm/minilm.toml --select L207`, 30 components checked): all 4
-carriers found, their estimates 0.28, 0.20, 0.11, 0.10 against exact 0.27, 0.18, 0.13, 0.11; Spearman 0.76 [0.55,
-0.88] and recall 0.8 over the checked set, which holds the path screen's picks that the expansion ranks low (before,
+carriers found, their estimates 0.28, 0.20, 0.11, 0.10 against exact 0.27, 0.18, 0.13, 0.11; Spearman 0.985
+[0.94, 1.00] and recall 0.9 over the checked set (with the neurons at their outputs: 0.76 [0.55, 0.88], recall 0.8;
 the path screen alone: 0.665, recall 0.8, 2 carriers). The screen's cost grows with the output (`python
 benchmarks/second_order_cost.py`: a toy with GPT-2's output shape, 64 prompts x 32 tokens x 50,257 logits, one
 64-unit layer, so that the output dominates): 31 s and +2.3 GB of peak memory against the 3-point path screen's 8 s
