@@ -199,3 +199,16 @@ def test_the_first_order_share_adds_each_pairs_term_so_opposite_pairs_do_not_can
     per_pair = (torch.tensor([2.0, 0.0], dtype=torch.float64), torch.tensor([1.0, 1.0], dtype=torch.float64))
     totals = PatchingTotals(2.0, 2.0, 2, per_pair, torch.tensor([1.0, -1.0], dtype=torch.float64))
     assert totals.first_order_share == 1.0  # the sums are both 0: a share of the sums would read 0 (stationary)
+
+
+def test_when_the_readers_cannot_be_checked_every_unit_stays_at_its_output(monkeypatch, caplog) -> None:
+    from mechaudit.techniques import second_order
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a forward pass that fails on other inputs")
+    monkeypatch.setattr(second_order, "_checked_splits", broken)
+    model = Embedder().eval()
+    clean, corrupted = _pairs()
+    view = ModelView.discover(model, clean[:2])
+    assert patch_sites(view, [view.layer("fc1")], corrupted, clean) == {}
+    assert "moves every unit at its output" in caplog.text
