@@ -16,10 +16,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import torch
-
-from . import distributed
-
 T = TypeVar("T")
 
 #: The share of a rule's time budget kept for what follows its exact checks (verdicts, bootstrap intervals,
@@ -69,8 +65,9 @@ def within(seconds: float) -> Iterator[Budget]:
     recorded inside also reach the enclosing budget."""
     outer = _current.get()
     own = Budget(seconds, clock() + seconds, RESERVE * seconds) if seconds else Budget(0, None, 0.0)
-    if outer is not None and outer.deadline is not None and (own.deadline is None or outer.deadline < own.deadline):
-        own = Budget(own.seconds, outer.deadline, outer.reserve)
+    if outer is not None and outer.deadline is not None and (
+            own.deadline is None or outer.deadline - outer.reserve < own.deadline - own.reserve):
+        own = Budget(own.seconds, outer.deadline, outer.reserve)  # the outer one stops exact checks earlier
     token = _current.set(own)
     try:
         yield own
@@ -92,8 +89,11 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
 
     The first chunk is one item; each next one at most twice the last, and only as many items as fit in half the
     time left before the reserve (a single item: in all of it), at the mean time per unit of ``weights`` so far
-    (each item's relative cost, default 1) times :data:`SAFETY`. Without a deadline, one chunk of every item. Under
-    torchrun every rank runs the same chunks (the smallest count any rank finds to fit)."""
+    (each item's relative cost, default 1) times :data:`SAFETY`. Without a deadline, one chunk of every item.
+
+    Rank-local: no collective is made (a rule runs inside :func:`mechaudit.distributed.step`, where a rank that
+    raises or has fewer items would leave the others waiting), so under torchrun each rank cuts on its own clock, and
+    ranks that differ are reported like any other disagreement (``ranks_agree``)."""
     budget = current()
     if budget is None or budget.deadline is None:
         if items:
@@ -108,7 +108,7 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
         else:
             per_unit = spent / sum(weight[:done]) * SAFETY
             fits = max(_fitting(weight[done:], per_unit, left / 2), min(1, _fitting(weight[done:], per_unit, left)))
-        size = _agreed(min(size, len(items) - done, fits))
+        size = min(size, len(items) - done, fits)
         if size <= 0:
             break
         start = clock()
@@ -137,9 +137,3 @@ def _fitting(weights: Sequence[float], per_unit: float, seconds: float) -> int:
             return count
     return len(weights)
 
-
-def _agreed(count: int) -> int:
-    """The smallest ``count`` over the ranks (the same on every rank; ``count`` itself in one process)."""
-    if not distributed.active():
-        return count
-    return int(distributed.reduce(torch.tensor([count], dtype=torch.long), "min")[0])

@@ -3,6 +3,7 @@ every rank with one line and no bundle; the collectives gather in sample order a
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -157,29 +158,39 @@ def test_a_failing_rank_fails_the_audit_with_one_line_and_no_bundle(tmp_path: Pa
     assert control.returncode in (0, 1) and (tmp_path / "one" / "findings.json").is_file(), control.stderr
 
 
-def _paced(rank: int, world: int, init: str, result: str) -> None:
-    """Each rank confirms 100 items under a 20 s budget on its own fake clock, rank 1 three times slower."""
+def _unequal(rank: int, world: int, init: str, result: str) -> None:
+    """Rank 0 raises in its second chunk of exact checks (an out-of-memory error, turned into an error finding on that
+    rank alone); rank 1 has more items and confirms them all. Then both exchange their results, as the engine's step
+    does: a collective inside :func:`~mechaudit.deadline.confirm` would leave one rank waiting (20 s timeout here)."""
     from mechaudit import deadline
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
     try:
         now = [0.0]
         deadline.clock = lambda: now[0]
 
         def charge(chunk: list[int]) -> None:
-            now[0] += (1.0 if rank == 0 else 3.0) * len(chunk)
-        with deadline.within(20) as budget:
-            ran = deadline.confirm(list(range(100)), charge, "checks")
-        torch.save({"ran": ran, "cuts": budget.cuts}, f"{result}.{rank}")
+            now[0] += len(chunk)
+            if rank == 0 and chunk[0] >= 1:
+                raise MemoryError("rank-local out of memory")
+        outcome: object
+        with deadline.within(1000):
+            try:
+                outcome = deadline.confirm(list(range(5 if rank == 0 else 40)), charge, "checks")
+            except MemoryError as error:
+                outcome = str(error)
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, outcome)
+        torch.save(gathered, f"{result}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_every_rank_stops_its_exact_checks_at_the_same_item(tmp_path: Path) -> None:
+def test_exact_checks_make_no_collective_so_a_failing_rank_leaves_none_waiting(tmp_path: Path) -> None:
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_paced, args=(2, init, str(tmp_path / "result")), nprocs=2)
-    fast, slow = (torch.load(tmp_path / f"result.{rank}", weights_only=False) for rank in range(2))
-    # alone, the fast rank would run 16 items and the slow one 5: each chunk is the smaller count that fits
-    assert fast["ran"] == slow["ran"] == list(range(5))
-    assert fast["cuts"] == slow["cuts"] and fast["cuts"][0].ran == 5
+    mp.spawn(_unequal, args=(2, init, str(tmp_path / "result")), nprocs=2)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"result.{rank}", weights_only=False) == ["rank-local out of memory",
+                                                                                list(range(40))]

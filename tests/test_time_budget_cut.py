@@ -74,7 +74,8 @@ def test_a_cut_confirms_the_top_candidates_first_and_says_so(clock: FakeClock) -
     assert f"7 of {planned} planned exact ablations ran" in found.message and "--rule-timeout" in found.message
     screen = found.evidence["screen"]
     assert screen["checked_exactly"] == 7 and screen["calibration"] == 7 - screen["screen_top_k"]
-    assert screen["screen_top_k"] == SCREEN["screen_top_k"]  # every top candidate confirmed before any calibration
+    assert screen["screen_top_k"] == SCREEN["screen_top_k"]  # the parameter, not the count that ran
+    assert screen["screen_top_checked"] == SCREEN["screen_top_k"]  # every top candidate confirmed before calibration
     # the planted unit is confirmed exactly, as without the cut
     assert found.location.component == f"fc1:u{SWITCHED}" and found.metric == "accuracy_drop"
     (uncut,) = [f for f in full if f.status == "fail"]
@@ -116,6 +117,46 @@ def test_a_nested_budget_ends_with_the_enclosing_one_and_reports_its_cuts(monkey
             ran = deadline.confirm(list(range(100)), charge, "checks")
     assert ran == list(range(16)) and fake.now == 16
     assert outer.cuts == inner.cuts == [deadline.Cut("checks", 100, 16)]
+
+
+def test_an_inner_budget_stops_at_the_enclosing_one_s_reserve(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+    with deadline.within(100) as outer:  # exact checks stop at 85
+        fake.now = 80.0
+        with deadline.within(19) as inner:  # ends at 99, before the outer one, but would stop at 96.15
+            assert inner.left() == pytest.approx(outer.left()) == pytest.approx(5.0)
+
+
+def test_confirm_makes_no_collective_under_torchrun(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule runs rank-locally (distributed.step): a collective inside confirm would hang the ranks when one raises
+    or has fewer items, so each rank decides its cuts on its own clock."""
+    from mechaudit import distributed
+
+    def collective(*args, **kwargs):
+        raise AssertionError("a collective inside a rule's exact checks")
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "reduce", collective)
+    monkeypatch.setattr(torch.distributed, "all_reduce", collective)
+
+    def charge(chunk: list[int]) -> None:
+        clock.now += len(chunk)
+    with deadline.within(20) as budget:  # alone: chunks of 1, 2, 4, 3, 2, 1, 1, 1, 1
+        assert deadline.confirm(list(range(100)), charge, "checks") == list(range(16))
+    assert budget.cuts == [deadline.Cut("checks", 100, 16)]
+
+
+def test_l202_names_the_time_budget_only_for_a_layer_it_cut() -> None:
+    from types import SimpleNamespace
+
+    from mechaudit.checks.critical_units import _Pool
+    layers = [SimpleNamespace(name="a", size=3), SimpleNamespace(name="b", size=3)]
+    planned = atp.Selection([0, 1], [2], 6)  # layer_top_k = 0: nothing of layer b planned
+    pool = _Pool(layers, {"a": 0, "b": 3}, torch.zeros(6), torch.zeros(6, 0), torch.zeros(6),
+                 atp.Selection([0], [], 6), torch.zeros(6), cut=True, planned=planned)
+    assert pool.cut_in(layers[0]) and not pool.cut_in(layers[1])
+    assert not _Pool(layers, {"a": 0, "b": 3}, torch.zeros(6), torch.zeros(6, 0), torch.zeros(6), planned,
+                     torch.zeros(6), planned=planned).cut_in(layers[0])
 
 
 def test_an_inner_budget_ending_first_keeps_its_own_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,6 +201,31 @@ def test_l207_with_no_time_for_an_exact_patch_reports_the_screen_s_estimate(cloc
     assert finding.evidence["time_budget_cut"]["cuts"][0]["ran"] == 0 and finding.evidence["verified"] == 0
     assert len(finding.evidence["unchecked_candidates"]) == 5
     assert finding.location.component == f"fc1:u{CARRIER}" and "a prediction, not a measurement" in finding.message
+    assert finding.metric == "predicted_top_recovered_fraction" and finding.interval["level"] == 1.0
+
+
+def test_l207_measures_the_unpatched_baseline_once_across_its_chunks(clock: FakeClock,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechaudit.techniques import patching as patching_technique
+    calls = []
+    baseline = patching_check.corrupted_metric
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return baseline(*args, **kwargs)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("exact_patching recomputed the baseline in a chunk")
+    monkeypatch.setattr(patching_check, "corrupted_metric", counted)
+    monkeypatch.setattr(patching_technique, "corrupted_metric", refused)
+    finding = _patching(100)  # 8 patches in 7 chunks
+    assert finding.evidence["verified"] == 8 and len(calls) == 1
+
+
+def test_l207_names_the_candidates_it_left_unpatched() -> None:
+    rows = [{"component": f"fc1:u{i}", "attribution_estimate": 0.5 - i / 10} for i in range(4)]
+    note = patching_check._unchecked_note(rows)
+    assert "fc1:u0 50%, fc1:u1 40%, fc1:u2 30%, ..." in note and "fc1:u3" not in note
 
 
 def _r304(monkeypatch: pytest.MonkeyPatch, timeout: int):
@@ -180,13 +246,13 @@ def test_r304_cut_ablates_the_top_candidates_first_and_the_rest_stand_as_predict
         clock.now += 10.0
         return ablate(*args, **kwargs)
     monkeypatch.setattr(single_points, "behaviour_under_ablation", charged)
-    # 40 s, 6 kept, 10 s an ablation: the top 2 candidates alone (1, then 1 at 15 s estimated), then 1 pair of 2
+    # 40 s, 6 kept, 10 s an ablation: the top 2 candidates alone (1, then 1 at 15 s estimated), then their 1 pair
+    # (an unordered pair: one pass, read both ways)
     findings = _r304(monkeypatch, 40)
     assert {f.location.component for f in findings if f.status == "fail"} == PLANTED_NODES
     for finding in findings:
         assert finding.evidence["time_budget_cut"]["cuts"] == [
-            {"what": "single-unit ablations", "planned": 5, "ran": 2}, {"what": "pair ablations", "planned": 2,
-                                                                        "ran": 1}]
+            {"what": "single-unit ablations", "planned": 5, "ran": 2}]
         assert finding.evidence["screen"]["checked_exactly"] == 2 and finding.evidence["screen"]["calibration"] == 0
     (predicted,) = [f for f in findings if f.metric == "predicted_behaviour_lost"]
     assert predicted.confidence == "uncertain" and "not ablated exactly" in predicted.message
@@ -194,6 +260,25 @@ def test_r304_cut_ablates_the_top_candidates_first_and_the_rest_stand_as_predict
         predicted.location.component]
     uncut = _r304(monkeypatch, 0)
     assert {f.metric for f in uncut} == {"behaviour_lost"} and all("time_budget_cut" not in f.evidence for f in uncut)
+
+
+def test_r304_pass_beside_unchecked_candidates_speaks_of_those_ablated_and_is_uncertain() -> None:
+    from types import SimpleNamespace
+
+    from mechaudit.techniques.uncertainty import Interval
+    loss = {"a": 0.2, "b": 0.1}
+    measured = Interval(0.15, 0.25, "bootstrap")
+    params = single_points.SinglePointsParams()
+    problem = SimpleNamespace(description="behaviour")
+
+    def judged(unchecked: list[dict]) -> Measurement:
+        (found,) = single_points._measured([], loss, ["a", "b"], [], [], {}, lambda node: measured, params, problem,
+                                           unchecked)
+        return found
+    cut = judged([{"component": "c", "predicted_loss": 0.7}])
+    assert "no single unit of the 2 ablated exactly carries" in cut.message and cut.confidence == "uncertain"
+    whole = judged([])
+    assert "no single unit carries" in whole.message and whole.confidence == "certain"
 
 
 @dataclass(frozen=True)

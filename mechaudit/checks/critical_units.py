@@ -86,9 +86,10 @@ overall drop over `max_accuracy_drop` and its predicted drop for one class over 
 `calibration` sample of all the others are ablated exactly, and the findings come from those exact drops. A
 screened layer's verdict also reads its unchecked units' predictions (`unchecked_predicted`): one predicted over
 either threshold fails the layer (`predicted_accuracy_drop`, `predicted_class_accuracy_drop`), and a pass whose
-layer's top-ranked unit was not ablated exactly (only with `layer_top_k = 0`, where a layer may have no exact unit
-at all) is a prediction, not a measurement: its interval is every possible drop, so the finding reads uncertain and
-a rulebook with `uncertain = "fail"` (compliance) fails it. Screened layers run only the flagged ablation exactly
+layer's top-ranked unit was not ablated exactly (with `layer_top_k = 0`, where a layer may have no exact unit
+at all, or when the time budget cut it, see below) is a prediction, not a measurement: its interval is every
+possible drop, so the finding reads uncertain and a rulebook with `uncertain = "fail"` (compliance) fails it.
+Screened layers run only the flagged ablation exactly
 (`screened_modes = "flagged"`: mean by default; `all` runs every mode of `modes`): on a GPT-2-small-shaped audit
 (36,864 `c_fc` neurons, 64 prompts) each exact ablation is a forward pass of the 124 M-parameter model over every
 prompt, and three modes per layer did not fit 15 minutes on two cores (issue 16). Each screened finding's `screen`
@@ -438,6 +439,7 @@ class _Pool:
     selection: atp.Selection
     margin_scores: torch.Tensor  # the predicted mean loss of label margin per unit (the screen's estimate)
     cut: bool = False  # whether the time budget stopped the exact ablations before the whole selection
+    planned: atp.Selection | None = None  # the selection before the time budget's cut (None: not confirmed yet)
 
     def confirm(self, scan: Callable[..., dict], modes: list[str], scanned: dict, seed: int,
                 inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -463,7 +465,7 @@ class _Pool:
             if new:
                 same = scan(new, ["clean"], {"clean": (None, inputs)})["clean"]
                 clean.update({name: margins[0, :, 1] for name, margins in same.items()})
-        planned = self.selection
+        planned = self.planned = self.selection
         ranked = sorted(set(planned.top) | set(planned.extra), key=lambda i: (-float(self.ranking[i]), i))
         self.selection = confirm_selection(planned, run, "exact ablations", seed, ranked, self._costs)
         self.cut = len(self.selection.checked) < len(planned.checked)
@@ -548,13 +550,22 @@ class _Pool:
                 evidence=evidence, interval=_unmeasured(base_accuracy))
         return None
 
+    def cut_in(self, layer: Layer) -> bool:
+        """Whether the time budget left out a unit of ``layer`` that the selection planned to ablate exactly."""
+        if not self.cut or self.planned is None:
+            return False
+        start = self.offsets[layer.name]
+        ran = set(self.selection.checked)
+        return any(start <= i < start + layer.size and i not in ran for i in self.planned.checked)
+
     def unchecked_layer(self, layer: Layer, screen: dict, params: CriticalUnitsParams, base_accuracy: float,
                         base_class: dict, judged: list[int], context: AuditContext) -> Measurement:
         """The finding of a layer none of whose units was ablated exactly (``layer_top_k = 0``, or the time budget
         ran out first): judged on the screen's predictions, overall and per class, and never certain (see
         :func:`_unmeasured`)."""
         found = self.unchecked(layer)
-        checked = " (none of this layer's units was" + (": the time budget ran out first)" if self.cut else ")")
+        cut = self.cut_in(layer)
+        checked = " (none of this layer's units was" + (": the time budget ran out first)" if cut else ")")
         failing = self._predicted(layer, found, params, base_accuracy, base_class, judged, context,
                                   {"screen": screen}, checked)
         if failing:
@@ -562,7 +573,7 @@ class _Pool:
         overall = found.get("largest_predicted_drop", 0.0)
         return Measurement(
             f"no unit of {layer.name} was ablated exactly "
-            f"({'the time budget ran out first' if self.cut else 'layer_top_k = 0'}): its largest predicted drop is "
+            f"({'the time budget ran out first' if cut else 'layer_top_k = 0'}): its largest predicted drop is "
             f"{overall:.1%} (for one class {found.get('largest_predicted_class_drop', 0.0):.1%}), a prediction, "
             "not a measurement", location=Location.of_layer(layer.name), metric="predicted_accuracy_drop",
             value=overall, threshold=params.max_accuracy_drop,
@@ -628,7 +639,8 @@ class _Pool:
                                                         [margin_loss[i] for i in checked], seed),
                             "top_k_recall": atp.top_k_recall(by_margin, margin_loss)
                             if self.selection.calibration else None}}  # as the drop's: no recall without calibration
-        return {**found.to_evidence(), "missed": missed, "screen_top_k": len(self.selection.top),
+        return {**found.to_evidence(), "missed": missed, "screen_top_k": params.screen_top_k,
+                "screen_top_checked": len(self.selection.top),
                 "layer_top": len(self.selection.extra), "exact_modes": list(modes), "agreement": agreement}
 
 

@@ -21,7 +21,13 @@ from ..findings import Location, Measurement
 from ..techniques import atp, resampled, second_order
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
-from ..techniques.patching import PatchingTotals, attribution_patching, exact_patching, metric_totals
+from ..techniques.patching import (
+    PatchingTotals,
+    attribution_patching,
+    corrupted_metric,
+    exact_patching,
+    metric_totals,
+)
 from ..techniques.uncertainty import Interval, behaviour_presence, bootstrap
 from .circuit_common import behaviour_absent, circuit_problem, class_index
 from .decomposition_evidence import unit_pictures
@@ -338,7 +344,10 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
             f"no component was patched exactly (the time budget ran out first): the screen estimates that "
             f"{first['component']} alone recovers {first['attribution_estimate']:.0%} of the {description}, a "
             "prediction, not a measurement" + effect_note, location=Location.of_address(first["component"]),
-            metric="top_recovered_fraction", value=first["attribution_estimate"],
+            metric="predicted_top_recovered_fraction", value=first["attribution_estimate"],
+            interval=Interval(min(0.0, first["attribution_estimate"]), max(1.0, first["attribution_estimate"]),
+                              "unmeasured: the screen estimates this fraction, no exact patch measured it",
+                              level=1.0),
             evidence={**evidence, "carried": True, "carriers": [], "components": [], "verified": 0,
                       "scored": len(components), **tokens})]
     top = rows[0]
@@ -358,16 +367,17 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
 
 
 def _patched(context: AuditContext, components: list, indices: list[int], clean: torch.Tensor,
-             corrupted: torch.Tensor, targets: torch.Tensor, metric, scanner: AblationScanner | None = None
-             ) -> dict[int, torch.Tensor]:
-    """Each component of ``indices``' exact effect per pair, patched alone (clean into the corrupted run)."""
+             corrupted: torch.Tensor, targets: torch.Tensor, metric, scanner: AblationScanner | None = None,
+             base: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """Each component of ``indices``' exact effect per pair, patched alone (clean into the corrupted run);
+    ``base``: the corrupted runs' metric when already computed."""
     chosen: dict[str, list[int]] = {}
     for index in sorted(indices):
         layer, unit = components[index]
         chosen.setdefault(layer.name, []).append(unit)
     layers = [layer for layer in context.view.hidden_layers if layer.name in chosen]
     exact = exact_patching(context.view, layers, clean, corrupted, targets, metric, chosen, context.batch_size,
-                           context.device, scanner=scanner, per_pair=True)
+                           context.device, scanner=scanner, per_pair=True, base=base)
     effect_of = {(name, unit): exact[name][row] for name, units in chosen.items() for row, unit in enumerate(units)}
     return {index: effect_of[(components[index][0].name, components[index][1])] for index in indices}
 
@@ -384,9 +394,10 @@ def _confirmed(context: AuditContext, components: list, selection: atp.Selection
     scanner = AblationScanner(context.view, [layer for layer in context.view.hidden_layers if layer.name in layers],
                               context.device, corrupted[:2])
     per_pair: dict[int, torch.Tensor] = {}
+    base = corrupted_metric(context.view, corrupted, targets, metric, context.batch_size, context.device)  # once
 
     def run(chunk: list[int]) -> None:
-        per_pair.update(_patched(context, components, chunk, clean, corrupted, targets, metric, scanner))
+        per_pair.update(_patched(context, components, chunk, clean, corrupted, targets, metric, scanner, base))
     return per_pair, confirm_selection(selection, run, "exact patches", context.seed, ranked)
 
 
@@ -427,8 +438,9 @@ def _uncertain_note(uncertain: list[str], threshold: float) -> str:
 def _unchecked_note(unchecked: list[dict]) -> str:
     if not unchecked:
         return ""
-    return (f" [{len(unchecked)} of the screen's candidates not patched exactly for lack of time: its estimates "
-            f"stand for them (largest {max(row['attribution_estimate'] for row in unchecked):.0%}), unchecked]")
+    shown = ", ".join(f"{row['component']} {row['attribution_estimate']:.0%}" for row in unchecked[:3])
+    return (f" [{len(unchecked)} of the screen's candidates not patched exactly for lack of time ({shown}"
+            f"{', ...' if len(unchecked) > 3 else ''}): the screen's estimates stand for them, unchecked]")
 
 
 def _problem(context: AuditContext, params: PatchingParams):

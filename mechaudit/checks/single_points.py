@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -124,7 +125,7 @@ RULE = RuleDefinition("R304", "single-points-of-failure", "warning", DOCS)
 @dataclass(frozen=True)
 class SinglePointsParams:
     samples: int = param(512, low=1, doc="samples (or pairs) the behaviour is measured on")
-    candidates: int = param(10, low=1, doc="top circuit units examined (pairs: candidates squared)")
+    candidates: int = param(10, low=1, doc="top circuit units examined (and paired: k(k-1)/2 pairs)")
     max_single_loss: float = param(0.5, low=0.0, high=1.0, doc="fail a unit whose removal alone loses more")
     min_compensation: float = param(0.1, low=0.0, high=1.0, doc="report a backup whose effect rises by more")
     exhaustive: bool = exhaustive_param("ablated alone")
@@ -132,7 +133,7 @@ class SinglePointsParams:
     screen_steps: int = screen_steps_param(1, "one: the gradient of the intact model (plain attribution "
                                               "patching); two: also of every unit mean-ablated at once")
     screened_pairs: int = param(3, low=0, doc="screened: backups are looked for among only this many top "
-                                              "candidates (its square of pair ablations instead of candidates')")
+                                              "candidates (k(k-1)/2 pair ablations, each read both ways)")
 
 
 class SinglePointsEvidence(TypedDict, total=False):
@@ -214,10 +215,10 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
     paired = top[:params.screened_pairs] if screened else top
     if screened:
         screen["pairs_among"] = len(paired)
-    pairs = [(first, second) for first in paired for second in paired if first != second]
+    pairs = list(itertools.combinations(paired, 2))  # one pass a pair, read both ways
     if screened:
         pairs = deadline.confirm(pairs, lambda chunk: [m(pair) for pair in chunk], "pair ablations")
-    for first, second in pairs:
+    for first, second in (ordered for pair in pairs for ordered in (pair, pair[::-1])):
         effect_alone = loss[second]
         effect_without_first = distance(m((first, second)), alone[first]) / span
         if effect_without_first - effect_alone > params.min_compensation:
@@ -230,13 +231,16 @@ def single_points(context: AuditContext, rule) -> list[Measurement]:
         predicted = _predicted(unchecked, params, problem.description, table, backups, screen, not top)
         if predicted is not None:
             return [predicted] if not top else [predicted, *_measured(failing, loss, top, table, backups, screen,
-                                                                      lost_interval, params, problem)]
-    return _measured(failing, loss, top, table, backups, screen, lost_interval, params, problem)
+                                                                      lost_interval, params, problem, unchecked)]
+    return _measured(failing, loss, top, table, backups, screen, lost_interval, params, problem, unchecked)
 
 
 def _measured(failing: list[str], loss: dict[str, float], top: list[str], table: list[dict], backups: list[dict],
-              screen: dict, lost_interval, params: SinglePointsParams, problem) -> list[Measurement]:
-    """The findings of the units ablated alone: each one over ``max_single_loss``, or one pass."""
+              screen: dict, lost_interval, params: SinglePointsParams, problem,
+              unchecked: list[dict]) -> list[Measurement]:
+    """The findings of the units ablated alone: each one over ``max_single_loss``, or one pass. With top
+    candidates left ``unchecked`` (the time budget), the pass speaks of the units ablated only and is uncertain: its
+    interval runs from the measured one's low end to a loss of 1, since an unchecked candidate may lose more."""
     findings = [Measurement(
         f"removing {n} alone loses {loss[n]:.0%} of the {problem.description}",
         location=Location.of_address(n), metric="behaviour_lost", value=loss[n],
@@ -245,11 +249,17 @@ def _measured(failing: list[str], loss: dict[str, float], top: list[str], table:
     ) for n in failing]
     if not failing:
         worst = max(top, key=lambda n: loss[n])
+        interval = lost_interval(worst)
+        of = ""
+        if unchecked:
+            of = f" of the {len(loss)} ablated exactly"
+            interval = Interval(interval.low if interval else loss[worst], 1.0, "unmeasured above: "
+                                f"{len(unchecked)} top candidate(s) were not ablated exactly", level=1.0)
         findings.append(Measurement(
-            f"no single unit carries the {problem.description} alone (largest loss {loss[worst]:.0%}, {worst}); "
+            f"no single unit{of} carries the {problem.description} alone (largest loss {loss[worst]:.0%}, {worst}); "
             f"{len(backups)} backup relation(s) found",
             metric="behaviour_lost", value=loss[worst], threshold=params.max_single_loss,
-            interval=lost_interval(worst),
+            interval=interval,
             evidence={"units": table, "backups": backups, "screen": screen},
         ))
     return findings

@@ -104,16 +104,16 @@ def attribution_patching(view: ModelView, layers: list[Layer], clean: torch.Tens
 def exact_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, corrupted: torch.Tensor,
                    targets: torch.Tensor, metric: Metric, units: dict[str, list[int]] | None = None,
                    batch_size: int = 256, device: torch.device | None = None,
-                   scanner: AblationScanner | None = None, per_pair: bool = False) -> dict[str, torch.Tensor]:
+                   scanner: AblationScanner | None = None, per_pair: bool = False,
+                   base: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Exact effect of patching each unit (of ``units``, default all), summed over the pairs: ``{layer: (units,)}``
-    in the order of ``units[layer]``; with ``per_pair``, each pair's effect: ``{layer: (units, pairs)}``."""
+    in the order of ``units[layer]``; with ``per_pair``, each pair's effect: ``{layer: (units, pairs)}``. ``base``:
+    the unpatched metric per pair (:func:`corrupted_metric`), computed here when not given (a caller patching in
+    chunks computes it once)."""
     device = device or torch.device("cpu")
     scanner = scanner or AblationScanner(view, layers, device, corrupted[:2])
-    baseline = []
-    with torch.no_grad():
-        for start, batch in batches(corrupted, batch_size, device):
-            baseline.append(metric(view.model(batch).float(), targets[start:start + len(batch)].to(device)).cpu())
-    base = torch.cat(baseline).double()
+    if base is None:
+        base = corrupted_metric(view, corrupted, targets, metric, batch_size, device)
 
     def reduce(outputs: torch.Tensor, samples: slice) -> torch.Tensor:
         k, n = outputs.shape[:2]
@@ -125,3 +125,14 @@ def exact_patching(view: ModelView, layers: list[Layer], clean: torch.Tensor, co
     if per_pair:
         return {name: values.double() - base for name, values in scanned.items()}
     return {name: (values.double() - base).sum(1).float() for name, values in scanned.items()}
+
+
+def corrupted_metric(view: ModelView, corrupted: torch.Tensor, targets: torch.Tensor, metric: Metric,
+                     batch_size: int = 256, device: torch.device | None = None) -> torch.Tensor:
+    """The metric of each corrupted run, unpatched (float64, ``(pairs,)``): the baseline of :func:`exact_patching`."""
+    device = device or torch.device("cpu")
+    baseline = []
+    with torch.no_grad():
+        for start, batch in batches(corrupted, batch_size, device):
+            baseline.append(metric(view.model(batch).float(), targets[start:start + len(batch)].to(device)).cpu())
+    return torch.cat(baseline).double()
