@@ -24,6 +24,7 @@ from torch import nn
 from .errors import InputError
 from .findings import AuditResult
 from .loading import AuditData, LoadedModel
+from .loading.auditable import eager
 from .loading.data import _as_tensor, _mask, task_labels
 from .spec import (
     TASKS,
@@ -83,6 +84,7 @@ def audit(model: nn.Module, data: AuditData | torch.Tensor | np.ndarray, *, labe
         resolved = _replace(resolved, waivers=str(Path(resolved.waivers).resolve()))
     book = rulebook if isinstance(rulebook, Rulebook) else load_rulebook(str(rulebook or resolved.rulebook))
     audit_data = data if isinstance(data, AuditData) else _audit_data(data, labels, masks, task)
+    model = eager(model)  # torch.compile's wrapper: its dtype, guard and forward hooks would not reach the layers
     label = name or type(model).__name__
     spec = AuditSpec(model=ModelSpec(name=label), data=DataSpec(file=Path("<memory>")), task=task,
                      class_names=tuple(class_names), options=resolved, source=None, output=output,

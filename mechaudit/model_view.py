@@ -208,6 +208,8 @@ class ModelView:
         seen: list[tuple[str, torch.Tensor | None]] = []
         handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in candidates.items()]
         handles += [modules[name].register_forward_hook(_recorder(name, seen, stream=True)) for name in streams]
+        tuples: set[str] = set()  # the named streams whose module returns a tuple: only they need the autograd check
+        handles += [modules[name].register_forward_hook(_tuple_recorder(name, tuples)) for name in streams]
         sites = dict(model.named_modules())
         handles += [sites[site].register_forward_pre_hook(_head_recorder(name, seen))
                     for name, (site, _) in blocks.items()]
@@ -218,7 +220,7 @@ class ModelView:
         named = [name for name in only if name in skipped]
         if named:
             raise InputError("layers", f"'{named[0]}' cannot be audited: {skipped[named[0]]}")
-        unread = _unread_streams(model, sample, {name: modules[name] for name in streams})
+        unread = _unread_streams(model, sample, {name: modules[name] for name in streams if name in tuples})
         if unread:
             raise InputError("layers", f"'{unread[0]}' cannot be audited: the model's output does not read the first "
                                        "element of its output tuple, the stream mechaudit reads and intervenes on (it "
@@ -315,15 +317,15 @@ RECURRENT = ("a recurrent layer ({}): audited only when named in [audit] layers,
 
 def _unread_streams(model: nn.Module, sample: torch.Tensor, streams: dict[str, nn.Module]) -> list[str]:
     """The streams whose module returns a tuple and whose first element (what a stream hook reads and replaces) the
-    model's output does not depend on (an RNN whose final state is read): by autograd, on ``sample``."""
+    model's output does not depend on (an RNN whose final state is read): by autograd, on ``sample``, through a
+    zero added to each first element (the graph stays whole, so a stream read through another named one counts)."""
     leaves: dict[str, torch.Tensor] = {}
 
     def replace(name: str):
         def hook(_module, _inputs, output):
-            if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor) and (
-                    output[0].is_floating_point()):
-                leaves[name] = output[0].detach().requires_grad_(True)
-                return (leaves[name], *output[1:])
+            if _tuple_stream(output):
+                leaves[name] = torch.zeros_like(output[0], requires_grad=True)
+                return (output[0] + leaves[name], *output[1:])
             return None
         return hook
 
@@ -339,6 +341,20 @@ def _unread_streams(model: nn.Module, sample: torch.Tensor, streams: dict[str, n
     except Exception:  # noqa: BLE001 - a model autograd cannot run through keeps its streams as they are
         return []
     return [name for name, grad in zip(leaves, grads) if grad is None]
+
+
+def _tuple_stream(output: object) -> bool:
+    """Whether a stream module's ``output`` is a tuple whose first element is a floating tensor."""
+    return isinstance(output, tuple) and bool(output) and isinstance(output[0], torch.Tensor) and (
+        output[0].is_floating_point())
+
+
+def _tuple_recorder(name: str, tuples: set[str]):
+    """Record that the stream ``name`` returned a tuple (:func:`_tuple_stream`)."""
+    def hook(_module, _inputs, output):
+        if _tuple_stream(output):
+            tuples.add(name)
+    return hook
 
 
 def _scripted(modules: dict[str, nn.Module]) -> list[str]:
@@ -372,9 +388,9 @@ def _no_batch_axis(shape: tuple[int, ...], batch: int) -> str:
         return (f"its output {shape} holds the {batch} samples on axis 1, not first (a sequence-first layout, as "
                 "batch_first=False): mechaudit audits outputs with the samples first")
     if batch > 1 and len(shape) >= 2 and shape[0] > batch and shape[0] % batch == 0:
-        return (f"its output {shape} folds the {batch} samples and another axis into its first ({shape[0]} rows = "
-                f"{batch} x {shape[0] // batch}: tokens or windows flattened into the batch, as in OPT's MLP or Swin's "
-                "window attention): mechaudit audits outputs with one row per sample first")
+        return (f"its output {shape} has {shape[0]} rows for the {batch} samples ({batch} x {shape[0] // batch}): "
+                "folded tokens or windows (as in OPT's MLP or Swin's window attention), or applied to a constant; "
+                "mechaudit audits outputs with one row per sample first")
     return (f"its output {shape} has no batch axis (it does not follow the {batch} samples of the forward pass: "
             "applied to a constant?)")
 

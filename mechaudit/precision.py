@@ -10,7 +10,7 @@ one reports an error finding).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
 import torch
@@ -83,8 +83,16 @@ def cast_forward(model: nn.Module, dtype: str) -> nn.Module:
 
 
 def _cast(value, dtype: torch.dtype):
+    """``value``'s floating tensors in ``dtype``: a tensor, a tuple's, or a mapping's (a Hugging Face
+    ``ModelOutput``, whose fields are set in place so that its attributes follow)."""
     if isinstance(value, torch.Tensor) and value.is_floating_point():
         return value.to(dtype)
     if isinstance(value, tuple):
         return tuple(_cast(v, dtype) for v in value)
+    if isinstance(value, MutableMapping):
+        for key in list(value):
+            value[key] = _cast(value[key], dtype)
+        return value
+    if isinstance(value, Mapping):
+        return {key: _cast(item, dtype) for key, item in value.items()}
     return value

@@ -175,7 +175,7 @@ def test_window_attention_folding_windows_into_the_batch_is_skipped_with_that_re
     result = mechaudit.audit(model, IMAGES, labels=_labels(model, IMAGES), select=["L202"])
     assert not [f.message for f in result.findings if f.status == "error"]
     reason = result.metadata["skipped_layers"]["swin.encoder.layers.0.blocks.0.attention"]
-    assert reason.startswith("its output (8, 4, 16) folds the 2 samples and another axis into its first (8 rows")
+    assert reason.startswith("its output (8, 4, 16) has 8 rows for the 2 samples (2 x 4): folded tokens or windows")
     assert "swin.encoder.layers.0.blocks.0.mlp.fc1" in [c["layer"] for c in result.metadata["components"]]
 
 
@@ -195,3 +195,126 @@ def test_a_hugging_face_output_without_logits_is_refused_naming_its_fields() -> 
     with pytest.raises(InputError, match=r"returns a BaseModelOutput\w* \(last_hidden_state, pooler_output\); "
                                          r"expected a tensor of outputs \(or a Hugging Face output with logits\)"):
         mechaudit.audit(encoder, _tokens(), select=["D101"])
+
+
+class _TupleBlock(nn.Module):  # returns (hidden states, None), as many custom and older Hugging Face blocks do
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x + torch.relu(self.fc(x)), None
+
+
+class _Stacked(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, 3)
+        self.first, self.second = ((nn.LSTM(8, 8, batch_first=True), nn.LSTM(8, 8, batch_first=True))
+                                   if kind == "lstm" else (_TupleBlock(), _TupleBlock()))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.second(self.first(self.embed(ids.long()))[0])[0][:, -1])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "block"])
+def test_stacked_streams_named_together_are_both_audited(kind: str) -> None:
+    torch.manual_seed(0)  # the first stream is read through the second: the autograd check must not cut the graph
+    result = mechaudit.audit(_Stacked(kind).eval(), _tokens(), select=["D101"], layers=["first", "second"])
+    assert [(c["layer"], c["kind"]) for c in result.metadata["components"]] == [("first", "stream"),
+                                                                                ("second", "stream")]
+
+
+def test_a_compiled_model_keeps_its_dtype_and_forward_arguments() -> None:
+    inputs = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    eager = view_cnn()
+    labels = eager(inputs).argmax(-1).detach()
+    result = mechaudit.audit(torch.compile(eager), inputs, labels=labels, select=["D101", "L202"], dtype="bfloat16")
+    assert not [f.message for f in result.findings if f.status == "error"]
+    assert {f.rule_id for f in result.findings} == {"D101", "L202"}
+
+
+def test_a_factory_returning_a_compiled_model_keeps_its_forward_arguments(tmp_path, monkeypatch) -> None:
+    from mechaudit.loading.model import load_model
+    from mechaudit.spec import ModelSpec
+
+    (tmp_path / "compiled_factory.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Scaled(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(4, 2)\n\n    def forward(self, x, scale=1.0):\n        return self.fc(x) * scale\n\n"
+        "def build():\n    torch.manual_seed(0)\n    return torch.compile(Scaled())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_model(ModelSpec(name="scaled", factory="compiled_factory:build", forward_kwargs={"scale": 100.0}),
+                        search_path=tmp_path)
+    x, module = torch.randn(2, 4), loaded.module
+    assert type(module).__name__ == "Scaled"  # the eager module, its forward bound to scale=100
+    with torch.no_grad():
+        assert torch.allclose(module(x), 100.0 * module.fc(x))
+
+
+class _DictOutput(nn.Module):  # a custom model returning a mapping with logits, a parameter of its own at the top
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.temperature = nn.Parameter(torch.tensor(2.0))
+        self.register_buffer("offset", torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.fc(x) / self.temperature + self.offset}
+
+
+def test_the_logits_field_holds_the_models_own_parameters_and_buffers() -> None:
+    from mechaudit.loading.auditable import LogitsField
+
+    model = _DictOutput()
+    wrapped = LogitsField(model)
+    assert set(wrapped.state_dict()) == set(model.state_dict()) == {"fc.weight", "fc.bias", "temperature", "offset"}
+    assert any(p is model.temperature for p in wrapped.parameters())
+
+
+def test_a_mapping_output_is_cast_back_to_float32() -> None:
+    from mechaudit.loading.auditable import auditable
+    from mechaudit.precision import cast_forward
+
+    model, tokens = _distilbert(), _tokens()
+    wrapped, _ = auditable(cast_forward(model, "bfloat16"), AuditData(inputs=tokens), torch.device("cpu"))
+    with torch.no_grad():
+        assert wrapped(tokens).dtype == torch.float32
+        assert model(tokens).logits.dtype == torch.float32  # the ModelOutput's attribute follows its item
+    assert cast_forward(_DictOutput(), "bfloat16")(torch.ones(2, 4))["logits"].dtype == torch.float32
+
+
+def test_a_stream_returning_a_tensor_costs_no_autograd_forward() -> None:
+    from mechaudit.model_view import ModelView
+
+    model = _Stacked("block").eval()
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    ModelView.discover(model, _tokens()[:2], only=("embed",))  # an nn.Embedding returns a tensor
+    assert len(calls) == 1
+    ModelView.discover(model, _tokens()[:2], only=("first",))  # a tuple: checked by autograd, a second forward
+    assert len(calls) == 3
+
+
+def test_float_token_ids_are_checked_on_every_sample_before_conversion() -> None:
+    model, tokens = _distilbert(), _tokens().float()
+    negative = tokens.clone()
+    negative[5, 2] = -3
+    with pytest.raises(InputError, match=r"audit data inputs: are token ids for this model, but 1 are negative "
+                                         r"\(first: -3 at index \[5, 2\]\)"):
+        mechaudit.audit(model, negative, labels=torch.arange(SAMPLES) % 3, select=["D101"])
+    fractional = tokens.clone()
+    fractional[5, 2] = 3.5  # not token ids: left as floats (not rounded to 3), and the model's forward fails on them
+    with pytest.raises(InputError, match="forward pass failed"):
+        mechaudit.audit(model, fractional, labels=torch.arange(SAMPLES) % 3, select=["D101"])
+
+
+def test_token_ids_are_recognised_in_two_forward_passes() -> None:
+    from mechaudit.loading.auditable import auditable
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(VOCAB, 8), nn.Flatten(), nn.Linear(8 * TOKENS, 3)).eval()  # fails on floats
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    _, data = auditable(model, AuditData(inputs=_tokens().float()), torch.device("cpu"))
+    assert data.inputs.dtype == torch.int64 and len(calls) == 2

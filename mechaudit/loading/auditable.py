@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..interrupts import Interrupted
 from .data import AuditData
 from .huggingface import _Transparent
@@ -39,34 +40,37 @@ class LogitsField(_Transparent):
 
 
 def auditable(model: nn.Module, data: AuditData, device: torch.device) -> tuple[nn.Module, AuditData]:
-    """``model`` without a ``torch.compile`` wrapper, in a :class:`LogitsField` when it returns a mapping with
-    ``logits``; ``data`` with integer inputs when they are token ids. A forward pass that fails leaves both as they
-    are, for model discovery to report."""
-    model = eager(model)
+    """``model`` in a :class:`LogitsField` when it returns a mapping with ``logits``; ``data`` with integer inputs
+    when they are token ids (at most two forward passes, on 2 samples). A forward pass that fails leaves both as
+    they are, for model discovery to report. ``model`` is already eager (:func:`eager`, at load time)."""
     if isinstance(model, torch.jit.ScriptModule):
         return model, data
-    if takes_token_ids(model, data.inputs[:2].to(device)):
-        data = as_token_ids(data)
-    output = _forward(model, data.inputs[:2].to(device))
+    sample = data.inputs[:2].to(device)
+    named_ids = getattr(model, "main_input_name", None) == "input_ids"
+    output = FAILED if named_ids and sample.is_floating_point() else _forward(model, sample)
+    if output is FAILED and sample.is_floating_point() and _whole_numbers(data):
+        as_ids = _forward(model, sample.clamp_min(0).long())  # negative ids are refused below, by name
+        if as_ids is not FAILED or named_ids:
+            data, output = as_token_ids(data), as_ids
     if isinstance(output, Mapping) and isinstance(output.get(FIELD), torch.Tensor):
         return LogitsField(model), data
     return model, data
 
 
 def eager(model: nn.Module) -> nn.Module:
-    """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, else ``model``."""
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, else ``model``: unwrapped where the
+    model is loaded, before its forward keyword arguments, dtype and input guard are attached to it."""
     inner = getattr(model, "_orig_mod", None)
     return inner if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule" else model
 
 
-def takes_token_ids(model: nn.Module, sample: torch.Tensor) -> bool:
-    """Whether ``sample`` holds float token ids for ``model``: whole numbers, and ``model`` a Hugging Face model
-    whose main input is ``input_ids`` or one whose forward fails on them as floats and runs on them as integers."""
-    if not sample.is_floating_point() or not bool((sample == sample.round()).all()) or not bool((sample >= 0).all()):
-        return False
-    if getattr(model, "main_input_name", None) == "input_ids":
-        return True
-    return _forward(model, sample) is FAILED and _forward(model, sample.long()) is not FAILED
+def _whole_numbers(data: AuditData) -> bool:
+    """Whether every input, pair and cue pair (all of them, not only the probed samples) holds whole numbers."""
+    return all(bool((tensor == tensor.round()).all()) for tensor in _tensors(data) if tensor.is_floating_point())
+
+
+def _tensors(data: AuditData) -> list[torch.Tensor]:
+    return [data.inputs, *(data.pairs or ()), *(data.cues or ())]
 
 
 FAILED = object()
@@ -85,7 +89,16 @@ def _forward(model: nn.Module, inputs: torch.Tensor) -> object:
 
 
 def as_token_ids(data: AuditData) -> AuditData:
-    """A copy of ``data`` whose inputs, pairs and cue pairs are integer token ids."""
+    """A copy of ``data`` whose inputs, pairs and cue pairs are integer token ids; raises :class:`InputError`,
+    naming them, if some are negative."""
+    for what, tensor in zip(("inputs", "pairs", "pairs", "cues", "cues"), _tensors(data)):
+        negative = (tensor < 0).nonzero()
+        if len(negative):
+            where = tuple(negative[0].tolist())
+            raise InputError(f"audit data {what}", f"are token ids for this model, but {len(negative)} are negative "
+                                                   f"(first: {tensor[where].item():g} at index {list(where)}): "
+                                                   "token ids are >= 0")
+
     def ids(pair: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None if pair is None else (pair[0].long(), pair[1].long())
 

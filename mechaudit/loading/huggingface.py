@@ -107,13 +107,18 @@ def load_pretrained(directory: Path, **kwargs) -> nn.Module:
 
 class _Transparent(nn.Module):
     """Wraps a Hugging Face model without adding a prefix to its module paths: the wrapped model's children are
-    registered under their own names, so heads keep the addresses users know (``encoder.layer.2.attention:h5``)."""
+    registered under their own names, so heads keep the addresses users know (``encoder.layer.2.attention:h5``);
+    so are its own parameters and buffers (a top-level ``temperature``), for saving and randomising them."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        object.__setattr__(self, "hf_model", model)  # not registered: its children are
+        object.__setattr__(self, "hf_model", model)  # not registered: its children, parameters and buffers are
         for name, child in model.named_children():
             self.add_module(name, child)
+        for name, parameter in model.named_parameters(recurse=False):
+            self.register_parameter(name, parameter)
+        for name, buffer in model.named_buffers(recurse=False):
+            self.register_buffer(name, buffer, persistent=name not in model._non_persistent_buffers_set)
 
 
 class SentenceEncoder(_Transparent):

@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import InputError
 from ..interrupts import Interrupted
 from ..spec import ModelSpec
+from .auditable import eager
 from .files import DEFAULT_MAX_BYTES, check_input_file
 from .forward_kwargs import bind_forward_kwargs
 from .hashing import sha256_file
@@ -48,7 +49,7 @@ def load_model(spec: ModelSpec, trust_pickle: bool = False, search_path: Path | 
 
     if spec.factory:
         _refuse_unpickling_arguments(spec.factory, spec.factory_args, trust_pickle)
-        module = _from_factory(spec.factory, spec.factory_args, search_path)
+        module = eager(_from_factory(spec.factory, spec.factory_args, search_path))  # not torch.compile's wrapper
         hashes = {}
         if spec.weights is not None:
             _check_file(spec.weights, "model weights")
