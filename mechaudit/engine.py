@@ -85,7 +85,7 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
             guard.attach(model)
     with _bounded("model: the first forward passes on the audit data", options.rule_timeout):
         with distributed.step():
-            model, data = auditable(model, data, device)  # not compiled; token ids; a ModelOutput's logits
+            model, data = auditable(model, data, device)  # token ids; a ModelOutput's logits
             view = _discover(model, data, device, options.layers)
             batch_size = batch_size_for(model, data.inputs[:2], device, options.batch_size)
         context = AuditContext(view, data, spec.task, spec.class_names, device, batch_size,
