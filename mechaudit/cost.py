@@ -215,6 +215,27 @@ def unit_products(sizes: Sizes, samples: int) -> float:
     return sum(2.0 * samples * layer.units * layer.values for layer in sizes.hidden)
 
 
+def unit_split_check(sizes: Sizes, batch: int) -> Cost:
+    """Finding the unaudited readers and checking which layers' inputs split by unit, on one batch of ``batch``
+    samples (``techniques.circuits.checked_splits``: the circuit rules and L207's second-order screen)."""
+    layers = sizes.layers
+    pairs = list(zip(layers, layers[1:]))
+    # whether a pair splits by unit: one forward of a batch and two VJPs per pair that may split (both sides
+    # neurons or channels; a pair with heads or a stream never does, unchecked) (techniques.unit_split; each VJP
+    # runs from the later layer's input back to the earlier layer's output)
+    checked = [between(sizes, a, b) for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}]
+    check = Cost(forward=batch * len(checked), backward=2 * batch * sum(checked), calls=2 * len(checked))
+    # unaudited readers (techniques.unit_split.module_readers): one forward of a batch and a partial backward per
+    # layer that may have one to find them, then the same checks (a forward, two VJPs, each over one audited
+    # layer's share) and the only-path forward
+    readers = len(reader_layers(sizes))
+    if readers:
+        share = 1.0 / max(1, len(layers))
+        check = check + Cost(forward=batch * (1 + 2 * readers), backward=3 * batch * share * readers,
+                             calls=1 + 5 * readers)
+    return check
+
+
 def edge_scores(sizes: Sizes, samples: int) -> Cost:
     """Edge attribution patching (``techniques.circuits.edge_attribution``): a forward pass of the inputs and of
     their references and one backward pass, then every edge of consecutive audited layers scored."""
@@ -230,19 +251,7 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
     # (techniques.weight_edges), never more than the dense (batch, U, V, positions of V) tensor
     widest = max((a.units * b.values for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}), default=0)
     weight_bytes = VALUE_BYTES * min(3.0 * batch * widest, 2.0 * CHUNK_ELEMENTS)
-    # whether a pair splits by unit is checked on the first batch: one forward of a batch and two VJPs per pair
-    # that may split (both sides neurons or channels; a pair with heads or a stream never does, unchecked)
-    # (techniques.unit_split; each VJP runs from the later layer's input back to the earlier layer's output)
-    checked = [between(sizes, a, b) for a, b in pairs if {a.kind, b.kind} <= {"linear", "conv"}]
-    check = Cost(forward=batch * len(checked), backward=2 * batch * sum(checked), calls=2 * len(checked))
-    # unaudited readers (techniques.unit_split.module_readers): one forward of a batch and a partial backward per
-    # layer that may have one to find them, then the same checks (a forward, two VJPs, each over one audited
-    # layer's share) and the only-path forward
-    readers = len(reader_layers(sizes))
-    if readers:
-        share = 1.0 / max(1, len(layers))
-        check = check + Cost(forward=batch * (1 + 2 * readers), backward=3 * batch * share * readers,
-                             calls=1 + 5 * readers)
+    check = unit_split_check(sizes, batch)
     # pairs not read off the weights (heads, streams): min(U, V) backward passes between the two layers, each
     # the share of the model between them (techniques.gradient_edges); pairs wider than MAX_PASSES on both sides
     # are screened (circuits._screened_pair): one more forward (clean and reference) and backward pass over all

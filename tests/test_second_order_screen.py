@@ -101,7 +101,6 @@ def test_a_unit_the_patch_switches_on_past_its_relu_is_ranked_at_its_readers_inp
     assert int(exact.argmin()) == CARRIER
     assert int(at_output.argmin()) != CARRIER and abs(float(at_output[CARRIER])) < 1e-6  # blind to it
     assert int(at_reader.argmin()) == CARRIER
-    print(float(at_reader[CARRIER]) / float(exact[CARRIER]))
     assert abs(float(at_reader[CARRIER]) / float(exact[CARRIER]) - 1) < 0.2
     moved = exact.abs() > 1e-2 * exact.abs().max()
     assert spearmanr(at_reader[moved].numpy(), exact[moved].numpy()).correlation > \
@@ -206,9 +205,74 @@ def test_when_the_readers_cannot_be_checked_every_unit_stays_at_its_output(monke
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("a forward pass that fails on other inputs")
-    monkeypatch.setattr(second_order, "_checked_splits", broken)
+    monkeypatch.setattr(second_order, "checked_splits", broken)
     model = Embedder().eval()
     clean, corrupted = _pairs()
     view = ModelView.discover(model, clean[:2])
     assert patch_sites(view, [view.layer("fc1")], corrupted, clean) == {}
     assert "moves every unit at its output" in caplog.text
+
+
+class MarkedBypass(nn.Module):
+    """fc1 reaches the output through fc2 after a ReLU and, on the samples whose input 4 is set, also directly (a
+    second path that only those inputs switch on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 40), nn.Linear(40, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc1(x)
+        return self.fc2(torch.relu(hidden)) + (x[:, 4:5] > 0.5) * hidden[:, :8] * 3
+
+
+def _marked_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    """64 pairs; the bypass is on for the last half only, so the first 16 never show it."""
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randn(64, 5, generator=generator)
+    corrupted = clean + 0.5 * torch.randn(64, 5, generator=generator)
+    for x in (clean, corrupted):
+        x[:, 4] = (torch.arange(64) >= 32).float()
+    return clean, corrupted
+
+
+def test_a_second_path_only_some_pairs_switch_on_is_caught_by_the_random_sample() -> None:
+    """The readers are checked on a seeded random sample of all the pairs: the first 16 alone (all unmarked)
+    accept fc2 as fc1's only path; the random 16 hold marked pairs and reject it, so fc1 stays at its output."""
+    from mechaudit.techniques.circuits import checked_splits
+
+    torch.manual_seed(0)
+    model = MarkedBypass().eval()
+    clean, corrupted = _marked_pairs()
+    view = ModelView.discover(model, clean[:2])
+    first = checked_splits(view, corrupted, clean, 16, torch.device("cpu"), {})
+    assert first.reader_of("fc1", "fc2") == "fc2"  # the first-16 check is blind to the bypass
+    assert patch_sites(view, [view.layer("fc1")], corrupted, clean) == {}
+
+
+def test_control_without_the_bypass_the_random_sample_accepts_the_reader() -> None:
+    torch.manual_seed(0)
+    model = MarkedBypass().eval()
+    clean, corrupted = _marked_pairs()
+    clean[:, 4], corrupted[:, 4] = 0.0, 0.0  # nothing marked: fc2 is fc1's only path
+    view = ModelView.discover(model, clean[:2])
+    sites = patch_sites(view, [view.layer("fc1")], corrupted, clean)
+    assert sites["fc1"].reader.name == "fc2"
+
+
+def test_when_finding_the_unaudited_readers_fails_it_warns_on_rank_0_only(monkeypatch, caplog) -> None:
+    from mechaudit import distributed
+    from mechaudit.techniques import second_order
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a hook that fails")
+    monkeypatch.setattr(second_order, "module_readers", broken)
+    model = Embedder().eval()
+    clean, corrupted = _pairs()
+    view = ModelView.discover(model, clean[:2])
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    assert patch_sites(view, [view.layer("fc1")], corrupted, clean)["fc1"].reader.name == "fc2"
+    assert "finding them failed" not in caplog.text
+    monkeypatch.setattr(distributed, "is_main", lambda: True)
+    patch_sites(view, [view.layer("fc1")], corrupted, clean)
+    assert "checks no unaudited reader (finding them failed: a hook that fails)" in caplog.text

@@ -16,7 +16,7 @@ import torch
 
 from ..activations import model_outputs
 from ..context import AuditContext
-from ..cost import Cost, RuleCost, Sizes, checked_exactly, forwards, with_gradients
+from ..cost import Cost, RuleCost, Sizes, checked_exactly, forwards, unit_split_check, with_gradients
 from ..findings import Location, Measurement
 from ..techniques import atp, resampled, second_order
 from ..techniques.ablation_scan import AblationScanner
@@ -110,10 +110,12 @@ nonlinearity (MiniLM's `intermediate.dense`, read by `output.dense` after the GE
 layers), so that `d` is the exact change after the GELU: at the neuron's output the expansion takes the GELU's slope
 on the corrupted run alone and misranks the neurons a patch moves across its bend (Spearman over a random 160
 components, 148 of them neurons: 0.685 at the outputs with 4 probes, 0.689 with 64, 0.993 at the readers' inputs;
-`python benchmarks/minilm_patching.py --screens`; finding and checking the readers: about 15 forward passes of
-16 pairs, 1.2 s CPU on MiniLM, not charged in the plan). The path screen's `top_k` are patched exactly too
-(`screen.path_screen_checked`): it ranked a GELU neuron the patch switches on (`encoder.layer.0.intermediate.dense:
-u691`, 5.7%) 1st where the expansion at the neuron's output ranked it 1,892nd (15th at its reader's input). Measured
+`python benchmarks/minilm_patching.py --screens`; finding and checking the readers, on a seeded random 16 pairs:
+about 15 forward passes of those, 1.2 s CPU on MiniLM, charged in the plan). The path screen's `top_k` are patched
+exactly too (`screen.path_screen_checked`): it ranked a GELU neuron the patch switches on (`encoder.layer.0.
+intermediate.dense:u691`, 5.7%) 1st where the expansion at the neuron's output ranked it 2,583rd (both in
+`screen_steps.py`, below); `minilm_patching.py --screens` ranks it 1,892nd at its output, 15th at its reader's
+input. Measured
 on MiniLM (10,056 components; `python benchmarks/screen_steps.py --models minilm --rules L207 --steps 1,3`: a seeded
 random 48 and every screen's top 30 patched exactly, 228 components), path screen with 1 / 3 points, second order,
 second order with the Jacobian averaged over both runs (every unit at its output): Spearman over the random 48 0.22
@@ -247,10 +249,12 @@ def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
 
 def _second_order_cost(sizes: Sizes, samples: int) -> Cost:
     """The second-order screen (:func:`~.second_order.second_order_patching`): per batch one forward pass kept for
-    autograd and ``1 + 2 * PROBES`` backward passes through the model."""
+    autograd and ``1 + 2 * PROBES`` backward passes through the model; before it, finding and checking the readers
+    on a sample of the pairs (:func:`~.second_order.patch_sites`)."""
     backward = (2 * second_order.PROBES) * samples
+    check = unit_split_check(sizes, min(samples, sizes.batch_size, second_order.SITE_CHECK_SAMPLES))
     return (with_gradients(sizes, samples, 1, copies=5)
-            + Cost(backward=backward, calls=2 * second_order.PROBES * sizes.batches(samples)))
+            + Cost(backward=backward, calls=2 * second_order.PROBES * sizes.batches(samples)) + check)
 
 
 COST = RuleCost(_cost, reduce="samples")

@@ -253,7 +253,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     wide: list[tuple[Layer, Layer]] = []
     unconnected: list[tuple[str, str]] = []
     total_behaviour = 0.0
-    check = _checked_splits(view, inputs, reference, batch_size, device, readers)
+    check = checked_splits(view, inputs, reference, batch_size, device, readers)
     for start in range(0, inputs.shape[0], batch_size):
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device, tracked)
         total_behaviour += run.metric_sum
@@ -305,17 +305,20 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                          inputs.shape[0], unconnected, read_by)
 
 
-def _checked_splits(view: ModelView, inputs: torch.Tensor, reference: torch.Tensor | None, batch_size: int,
-                    device: torch.device, readers: dict[str, Layer]) -> UnitSplits:
-    """:func:`unit_splits` on the first batch (with the unaudited ``readers``; without them if their pairs fail),
-    before any clean run: its forward passes never coexist with the graph a clean run keeps for its edges."""
-    batch, pool = inputs[:batch_size].to(device), comparison_pool(inputs, reference)
+def checked_splits(view: ModelView, inputs: torch.Tensor, reference: torch.Tensor | None, batch_size: int,
+                   device: torch.device, readers: dict[str, Layer], sample: torch.Tensor | None = None,
+                   rule: str = "circuit scores") -> UnitSplits:
+    """:func:`unit_splits` on the first batch, or on ``inputs[sample]`` (with the unaudited ``readers``; without
+    them, warning under ``rule``'s name, if their pairs fail), before any clean run: its forward passes never
+    coexist with the graph a clean run keeps for its edges."""
+    batch = inputs[:batch_size] if sample is None else inputs[sample]
+    batch, pool = batch.to(device), comparison_pool(inputs, reference)
     try:
         return unit_splits(view, batch, pool, readers=readers)
     except Exception as error:  # noqa: BLE001 - the optional reader pairs fail: checked without them
         if not readers:
             raise
-        _dropped_readers(readers, error)
+        _dropped_readers(readers, error, rule)
         return unit_splits(view, batch, pool)
 
 
@@ -412,9 +415,9 @@ def _readers_and_means(view: ModelView, inputs: torch.Tensor, batch_size: int, d
     return {}, layers, _mean_trace(view, inputs, batch_size, device, layers) if with_means else None
 
 
-def _dropped_readers(readers: dict[str, Layer], error: Exception) -> None:
+def _dropped_readers(readers: dict[str, Layer], error: Exception, rule: str = "circuit scores") -> None:
     names = ", ".join(sorted({reader.name for reader in readers.values()})) or "unaudited readers"
-    _LOG.warning("circuit scores: %s dropped (MLP neurons read at their layer's output): %s", names, error)
+    _LOG.warning("%s: %s dropped (MLP neurons read at their layer's output): %s", rule, names, error)
 
 
 def _mean_trace(view: ModelView, inputs: torch.Tensor, batch_size: int, device: torch.device,

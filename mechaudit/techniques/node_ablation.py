@@ -26,12 +26,18 @@ from .unit_split import joined, reader_layer, split_input
 
 
 @dataclass(frozen=True)
-class ReadSite:
-    """Where the units of ``layer`` are ablated: the input of ``reader``, the next audited layer, split by unit
-    (:func:`~.unit_split.split_input`); ``values`` (units, ...) is what ``reader`` reads from an ablated unit."""
+class Reader:
+    """The input of ``reader`` split by the units of ``layer`` (:func:`~.unit_split.split_input`)."""
 
     layer: Layer
     reader: Layer
+
+
+@dataclass(frozen=True)
+class ReadSite(Reader):
+    """Where the units of ``layer`` are ablated: the input of ``reader``, the next audited layer, split by unit
+    (:func:`~.unit_split.split_input`); ``values`` (units, ...) is what ``reader`` reads from an ablated unit."""
+
     values: torch.Tensor
 
     def zeroed(self) -> "ReadSite":

@@ -30,7 +30,7 @@ import torch
 
 from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
-from .node_ablation import ReadSite
+from .node_ablation import Reader, ReadSite
 from .site_grads import activation_grads
 from .unit_split import joined, split_input
 
@@ -54,9 +54,9 @@ def path_points(steps: int) -> list[tuple[float, float]]:
 
 
 @dataclass
-class _Site:
+class MovedSite:
     layer: Layer
-    read: ReadSite | None
+    read: Reader | None
     base: torch.Tensor | None = None    # (samples, units, ...) at alpha = 0
     end: torch.Tensor | None = None     # the replacement, broadcastable to ``base``
     moved: torch.Tensor | None = None   # the tensor carried downstream in the current pass (its grad is read)
@@ -81,11 +81,11 @@ def path_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, t
     parts: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
     for start, batch in batches(inputs, batch_size, device):
         chosen = targets[start:start + len(batch)].to(device)
-        at = [_Site(layer, (sites or {}).get(layer.name)) for layer in layers]
+        at = [MovedSite(layer, (sites or {}).get(layer.name)) for layer in layers]
         gradients = {site.layer.name: 0.0 for site in at}
 
         def run(alpha: float | None, weight: float, x: torch.Tensor) -> None:
-            with _moved(view, at, alpha), torch.enable_grad():
+            with moved_sites(view, at, alpha), torch.enable_grad():
                 start_x = x.clone().requires_grad_(x.is_floating_point())
                 total = metric(view.model(start_x).float(), chosen).sum()
                 carried = [site for site in at if site.moved is not None and site.moved.requires_grad]
@@ -104,7 +104,7 @@ def path_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, t
                 run(None, points[-1][1], other)  # alpha = 1: the counterparts' own run, which records the end
             else:
                 ends = _recording_ends(at)
-                with _moved(view, at, None), torch.no_grad():
+                with moved_sites(view, at, None), torch.no_grad():
                     view.model(other)
             _restore_bases(at, ends)
         else:
@@ -121,7 +121,7 @@ def path_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, t
     return {name: torch.cat(values, dim=1) for name, values in parts.items()}
 
 
-def _recording_ends(at: list[_Site]) -> list[torch.Tensor]:
+def _recording_ends(at: list[MovedSite]) -> list[torch.Tensor]:
     """Keep the bases aside and clear them, so that the next run records its activations as the new bases."""
     kept = [site.base for site in at]
     for site in at:
@@ -129,17 +129,17 @@ def _recording_ends(at: list[_Site]) -> list[torch.Tensor]:
     return kept
 
 
-def _restore_bases(at: list[_Site], bases: list[torch.Tensor]) -> None:
+def _restore_bases(at: list[MovedSite], bases: list[torch.Tensor]) -> None:
     for site, base in zip(at, bases):
         site.end, site.base = site.base, base
 
 
 @contextmanager
-def _moved(view: ModelView, at: list[_Site], alpha: float | None) -> Iterator[None]:
+def moved_sites(view: ModelView, at: list[MovedSite], alpha: float | None) -> Iterator[None]:
     """Within the context each site records its activation as ``base`` when it has none; with ``alpha`` it
     carries ``base + alpha (end - base)`` instead. Either way the carried tensor keeps the gradient path to the
     site's own input (a straight-through replacement) and is kept as ``site.moved`` for its gradient."""
-    def carry(site: _Site, units: torch.Tensor) -> torch.Tensor:
+    def carry(site: MovedSite, units: torch.Tensor) -> torch.Tensor:
         if site.base is None:
             site.base = units.detach().clone()
         value = site.base if alpha is None else site.base + alpha * (site.end.to(site.base.dtype) - site.base)
@@ -147,12 +147,12 @@ def _moved(view: ModelView, at: list[_Site], alpha: float | None) -> Iterator[No
         site.moved = moved
         return moved
 
-    def output_hook(site: _Site):
+    def output_hook(site: MovedSite):
         def hook(output: torch.Tensor, _args: tuple) -> torch.Tensor:
             return from_units_view(carry(site, units_view(output, site.layer)), output, site.layer).clone()
         return hook
 
-    def read_hook(site: _Site):
+    def read_hook(site: MovedSite):
         read = site.read
         assert read is not None
         module = view.module(read.reader)

@@ -46,12 +46,13 @@ import logging
 
 import torch
 
+from .. import distributed
 from ..activations import batches
 from ..model_view import Layer, ModelView
 from .atp import Metric
-from .circuits import _checked_splits
-from .node_ablation import ReadSite
-from .path_attribution import _moved, _Site
+from .circuits import checked_splits
+from .node_ablation import Reader
+from .path_attribution import MovedSite, moved_sites
 from .unit_split import module_readers, reader_layer
 
 _LOG = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ MiniLM's similarity: 8.5e-8; the logit differences and label logits of `digits`,
 def second_order_patching(view: ModelView, layers: list[Layer], inputs: torch.Tensor, sources: torch.Tensor,
                           targets: torch.Tensor, metric: Metric, probes: int = PROBES, batch_size: int = 256,
                           device: torch.device | None = None, seed: int = 0, both_ends: bool = False,
-                          sites: dict[str, ReadSite] | None = None) -> dict[str, torch.Tensor]:
+                          sites: dict[str, Reader] | None = None) -> dict[str, torch.Tensor]:
     """Per layer, the second-order estimate (see the module's docstring) of the change of ``metric`` per pair when
     each unit alone takes its activation on ``sources`` in the run on ``inputs``: ``{layer: (units, pairs)}``.
     ``both_ends``: the output's change ``J d_i`` with ``J`` averaged over the ``inputs`` and the ``sources`` run (the
@@ -161,9 +162,9 @@ class _Run:
     activation to ``replaced``)."""
 
     def __init__(self, view: ModelView, layers: list[Layer], batch: torch.Tensor, replaced: list[torch.Tensor],
-                 deltas: list[torch.Tensor] | None = None, sites: dict[str, ReadSite] | None = None) -> None:
-        at = [_Site(layer, (sites or {}).get(layer.name)) for layer in layers]
-        with _moved(view, at, None):  # alpha None: each site records its activation and carries it on
+                 deltas: list[torch.Tensor] | None = None, sites: dict[str, Reader] | None = None) -> None:
+        at = [MovedSite(layer, (sites or {}).get(layer.name)) for layer in layers]
+        with moved_sites(view, at, None):  # alpha None: each site records its activation and carries it on
             self.output = view.model(batch).float()
         self.leaves = [site.moved for site in at]
         self.deltas = deltas if deltas is not None else [
@@ -178,40 +179,49 @@ class _Run:
 
 
 def _recorded_sites(view: ModelView, layers: list[Layer], inputs: torch.Tensor,
-                    sites: dict[str, ReadSite]) -> list[torch.Tensor]:
+                    sites: dict[str, Reader]) -> list[torch.Tensor]:
     """Each layer's site's activation on ``inputs`` (samples, units, ...), one no-grad forward pass."""
-    at = [_Site(layer, sites.get(layer.name)) for layer in layers]
-    with torch.no_grad(), _moved(view, at, None):
+    at = [MovedSite(layer, sites.get(layer.name)) for layer in layers]
+    with torch.no_grad(), moved_sites(view, at, None):
         view.model(inputs)
     return [site.base for site in at]
 
 
 SITE_CHECK_SAMPLES = 16
-"""Samples of the one batch on which :func:`patch_sites` finds and checks the readers (at most the batch size): the
-checks are of structure (a bypass, a mixing of units, a second path shows on any sample), not statistics, and each
-costs forward passes of that batch (MiniLM: 15 passes, 4.7 s CPU on 64 pairs, 1.2 s on 16, the same 6 readers)."""
+"""Pairs on which :func:`patch_sites` finds and checks the readers (at most the batch size), drawn at random from all
+the pairs: each check costs forward passes of that batch (MiniLM: 15 passes, 4.7 s CPU on 64 pairs, 1.2 s on 16,
+the same 6 readers). A bypass or a mixing of units is structural and shows on any pair; a second path that only
+some inputs switch on is caught only if the sample holds such a pair (one active on a fraction ``f`` of the pairs
+is missed with probability about ``(1 - f) ** 16``: 0.85 for 1%, 0.19 for 10%)."""
+
+SITE_CHECK_SEED = 0
+"""Seed of the permutation that draws the :data:`SITE_CHECK_SAMPLES` pairs (a local generator: the same pairs on
+every run and rank, whatever the global RNG holds)."""
 
 
 def patch_sites(view: ModelView, layers: list[Layer], inputs: torch.Tensor, reference: torch.Tensor,
-                batch_size: int = 256, device: torch.device | None = None) -> dict[str, ReadSite]:
+                batch_size: int = 256, device: torch.device | None = None) -> dict[str, Reader]:
     """Per layer of ``layers`` whose units reach the output only through a module that reads them unit by unit (the
     next audited layer, or an unaudited reader such as BERT's ``output.dense`` after ``intermediate.dense`` and its
-    GELU: :func:`~.unit_split.module_readers`, checked by :func:`~.unit_split.unit_splits` on the first
-    :data:`SITE_CHECK_SAMPLES` of ``inputs`` against ``reference``), a :class:`~.node_ablation.ReadSite` at that
-    module's input (``values`` unused): patching a unit there with its source value is patching it at its output,
-    and the move there is the exact change after the unit's own nonlinearity. The other layers (heads, residual
-    streams) are left out; so is every layer, with a warning, when finding or checking the readers fails (the
-    sites are optional: the screen then moves each unit at its output)."""
+    GELU: :func:`~.unit_split.module_readers`, checked by :func:`~.unit_split.unit_splits` on a random sample of
+    :data:`SITE_CHECK_SAMPLES` pairs of ``inputs`` against ``reference``), a :class:`~.node_ablation.Reader` at that
+    module's input: patching a unit there with its source value is patching it at its output, and the move there
+    is the exact change after the unit's own nonlinearity. The other layers (heads, residual streams) are left out;
+    so is every layer, with a warning, when checking the splits fails (the sites are optional: the screen then
+    moves each unit at its output); when finding the unaudited readers fails, they are dropped with a warning (only
+    the audited layers are then readers). Warnings are logged by rank 0 alone under torchrun."""
     device = device or torch.device("cpu")
-    size = min(batch_size, SITE_CHECK_SAMPLES)
+    size = min(batch_size, SITE_CHECK_SAMPLES, len(inputs))
+    sample = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(SITE_CHECK_SEED))[:size]
     try:
-        readers = module_readers(view, inputs[:size].to(device))
-    except Exception:  # noqa: BLE001 - optional, as for the circuit rules: checked without unaudited readers
+        readers = module_readers(view, inputs[sample].to(device))
+    except Exception as error:  # noqa: BLE001 - optional, as for the circuit rules: checked without unaudited readers
+        _warn("L207: the second-order screen checks no unaudited reader (finding them failed: %s)", error)
         readers = {}
     try:
-        check = _checked_splits(view, inputs, reference, size, device, readers)
+        check = checked_splits(view, inputs, reference, size, device, readers, sample, rule="L207 second-order screen")
     except Exception as error:  # noqa: BLE001 - anything a model's forward raises: every unit at its output
-        _LOG.warning("L207: the second-order screen moves every unit at its output (readers unchecked: %s)", error)
+        _warn("L207: the second-order screen moves every unit at its output (readers unchecked: %s)", error)
         return {}
     order = [layer.name for layer in view.layers]
     found = {}
@@ -220,5 +230,11 @@ def patch_sites(view: ModelView, layers: list[Layer], inputs: torch.Tensor, refe
         following = order[index + 1] if index + 1 < len(order) else None
         reader = check.reader_of(layer.name, following)
         if reader is not None:
-            found[layer.name] = ReadSite(layer, reader_layer(view, reader), torch.zeros(0))
+            found[layer.name] = Reader(layer, reader_layer(view, reader))
     return found
+
+
+def _warn(message: str, error: Exception) -> None:
+    """Logs ``message`` with ``error`` on rank 0 (every rank runs the same check)."""
+    if distributed.is_main():
+        _LOG.warning(message, error)
