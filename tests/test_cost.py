@@ -436,16 +436,19 @@ def test_ranks_agree_on_the_calibration_and_the_readiness_shares(tmp_path) -> No
 
 def test_patching_cost_charges_the_second_order_screen_for_a_similarity_behaviour() -> None:
     """L207's similarity metric is stationary on the corrupted run by construction: its second-order screen (a
-    forward pass and 1 + 2 * PROBES backward passes per batch) is charged; other behaviours and exact runs not."""
+    forward pass and 1 + 2 * PROBES backward passes per batch, and the reader check on SITE_CHECK_SAMPLES pairs)
+    is charged; other behaviours and exact runs not."""
     from mechaudit.checks.patching import PatchingParams, _cost
-    from mechaudit.cost import LayerSize
-    from mechaudit.techniques.second_order import PROBES
+    from mechaudit.cost import LayerSize, unit_split_check
+    from mechaudit.techniques.second_order import PROBES, SITE_CHECK_SAMPLES
 
     layers = (LayerSize("fc", "linear", 1024, 1024, True),)
     plain, similarity = (Sizes(samples=100, max_samples=100, batch_size=50, input_values=4, output_values=8,
                                layers=layers, behaviour=kind) for kind in ("", "similarity"))
     base, screened = _cost(plain, PatchingParams()), _cost(similarity, PatchingParams())
-    assert screened.backward - base.backward == (1 + 2 * PROBES) * 100
-    assert screened.forward - base.forward == 100
+    check = unit_split_check(similarity, SITE_CHECK_SAMPLES)  # fc may have an unaudited reader: checked
+    assert check.forward > 0 and check.backward > 0
+    assert screened.backward - base.backward == pytest.approx((1 + 2 * PROBES) * 100 + check.backward)
+    assert screened.forward - base.forward == pytest.approx(100 + check.forward)
     exhaustive = replace(PatchingParams(), exhaustive=True)
     assert _cost(similarity, exhaustive).backward == _cost(plain, exhaustive).backward
