@@ -36,47 +36,37 @@ OVERHEAD_SAMPLES = 16
 
 
 def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda run: run()) -> tuple[Sizes, Calibration]:
-    """The audit's :class:`Sizes` and this machine's :class:`Calibration`: a hooked forward pass of a batch (each
-    layer's activation size and when it is ready), unhooked timed forward passes (the fastest of :data:`TIMINGS`)
-    of one sample, of batches doubling up to :data:`OVERHEAD_SAMPLES` (on one thread where torch runs more on a
-    CPU), of the calibration batch sized from them and of :data:`OVERHEAD_SAMPLES` samples, a backward pass from
-    the outputs to the first audited activation (or to float inputs; also on one thread where the threads waited
-    on each other or it is quick), and timed matrix products.
-    ``isolate(run)`` runs the calls the audit has not made before (one sample; gradients) and returns None where
-    they fail: a model may do, under gradients, what it never did in the first forward passes (the engine bounds
-    and isolates them like a rule)."""
-    view, data = context.view, context.data
+    """The audit's :class:`Sizes` and this machine's :class:`Calibration`: forward timings of one sample and of
+    batches doubling up to :data:`OVERHEAD_SAMPLES` (:func:`_probed_timings`), of a calibration batch sized from
+    them (:func:`calibration_size`), split into per-sample and per-call time (:func:`split_call`); a hooked pass of
+    that batch (each layer's activation size and when it is ready); a backward pass (:func:`_backward_seconds`);
+    timed matrix products. ``isolate(run)`` runs the calls the audit has not made before (one sample; one thread;
+    gradients) and returns None where they fail: a model may do there what it never did in the first forward
+    passes (the engine bounds and isolates them like a rule)."""
+    view, data, device = context.view, context.data, context.device
+    threads = torch.get_num_threads()
     largest = max(1, min(context.batch_size, len(data), CALIBRATION_SAMPLES))
 
-    def forward(samples: int) -> Callable[[], Any]:
-        batch = data.inputs[:samples].to(context.device)
-        return lambda: view.model(batch)
+    def call_with(samples: int) -> Callable[[], Any]:
+        inputs = data.inputs[:samples].to(device)
+        return lambda: view.model(inputs)
     with torch.no_grad():
-        single = isolate(lambda: _fastest(forward(1), context.device))
-        # batches of 2, 4, ... samples up to OVERHEAD_SAMPLES decide the calibration batch: timed on one thread
-        # where torch runs more on a CPU (no thread then waits on a descheduled one), else as the audit runs
-        cap = min(largest, OVERHEAD_SAMPLES)
-        alone: dict[int, float] = {}
-        timings: dict[int, float] = {}
-        if single is not None:
-            alone = _one_thread(lambda: _doubling(forward, cap, context.device), context.device) or {}
-            timings = {1: single} if alone else _doubling(forward, cap, context.device, single)
-        size = calibration_size(largest, alone or timings)
-        batch = data.inputs[:size].to(context.device)
+        timings, alone = _probed_timings(call_with, min(largest, OVERHEAD_SAMPLES), device, isolate)
         waited = contended(timings, alone)
-        # where the threads waited, each call waits long and the one-thread bounds hold: one timing, no base
-        _fastest_into(timings, len(batch), lambda: view.model(batch), context.device, 1 if waited else TIMINGS)
-        base = _base(len(batch), {} if waited else alone or timings)
+        batch = data.inputs[:calibration_size(largest, alone if waited else timings)].to(device)
+        # where the threads waited, each call waits long and one thread's rate decides: one timing, no base
+        _fastest_into(timings, len(batch), lambda: view.model(batch), device, 1 if waited else TIMINGS)
+        base = OVERHEAD_SAMPLES if not waited and len(batch) >= 2 * OVERHEAD_SAMPLES and 1 in timings else 1
         if base > 1:
-            _fastest_into(timings, base, forward(base), context.device)
+            _fastest_into(timings, base, call_with(base), device)
     values: dict[str, int] = {}
     widths: dict[str, int] = {}
 
     def ready() -> tuple[Any, dict[str, float]]:
         with torch.no_grad():  # after the others: a warm model
-            return _readiness(view, batch, context.device, values, widths)
-    output, reached = (_one_thread(ready, context.device) if waited else None) or ready()
-    forward_seconds, call = split_call(timings, alone, torch.get_num_threads())
+            return _readiness(view, batch, device, values, widths)
+    output, reached = _one_thread(ready, device, warm_up=ready) if waited else ready()
+    forward_seconds, call = split_call(timings, alone, base)
     layers = tuple(LayerSize(layer.name, layer.kind, layer.size, values.get(layer.name, layer.size),
                              not layer.is_output, reached.get(layer.name), widths.get(layer.name, 0))
                    for layer in view.layers)
@@ -84,26 +74,56 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
                   int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks),
                   context.behaviour.kind if context.behaviour is not None else "")
     backward = None if waited else isolate(lambda: _backward_seconds(context, batch))
-    if waited or (backward is not None and backward * len(batch) <= CALIBRATION_SECONDS):  # the waits are bursty
-        alone_backward = isolate(lambda: _one_thread(lambda: _backward_seconds(context, batch), context.device))
-        backward = min(backward or math.inf, alone_backward or math.inf)
-        backward = None if backward == math.inf else backward
+    # one thread's backward pass: where the threads waited, or where it is quick even at threads x longer
+    if waited or (backward is not None and backward * len(batch) * threads <= CALIBRATION_SECONDS):
+        backward = _least(backward, isolate(lambda: _one_thread(lambda: _backward_seconds(context, batch), device)))
     calibration = Calibration(forward_seconds, backward if backward is not None else 2 * forward_seconds,
-                              _flop_seconds(1 if waited else TIMINGS), call, backward is not None,
-                              torch.get_num_threads(), waited)
+                              _flop_seconds(1 if waited else TIMINGS), call, backward is not None, threads, waited)
     return sizes, calibration
 
 
-def _doubling(forward: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
-              single: float | None = None) -> dict[int, float]:
-    """Seconds of forward passes of 1 (the fastest of :data:`TIMINGS`, or ``single``), 2, 4, ... samples up to
-    ``cap`` (one timing each, the fastest of :data:`TIMINGS` for ``cap``), stopping once they took
-    :data:`CALIBRATION_SECONDS` in all (a large model)."""
-    timings = {1: single if single is not None else _fastest(forward(1), device)}
-    size, spent = 1, timings[1]
+def _probed_timings(call_with: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
+                    isolate: Callable[[Callable[[], Any]], Any]) -> tuple[dict[int, float], dict[int, float]]:
+    """Forward timings (samples -> seconds) on torch's threads and on one thread (empty where not probed): one
+    sample on each, after an untimed warm-up call (one-time work, such as compiling, oneDNN's primitives or lazy
+    initialisation, is not load), and batches doubling up to ``cap`` on one thread where the threads waited on
+    each other (:func:`contended`), else on torch's threads. One thread is probed only where it is cheap (one
+    sample on all threads, times their number, within :data:`CALIBRATION_SECONDS`), isolated (None: not probed)."""
+    single = isolate(lambda: _warmed_fastest(call_with(1), device))
+    if single is None:
+        return {}, {}
+    alone: dict[int, float] = {}
+    if single * torch.get_num_threads() <= CALIBRATION_SECONDS:
+        alone = isolate(lambda: _one_thread(lambda: _one_thread_probe(call_with, cap, device, single), device)) or {}
+    if contended({1: single}, alone):
+        return {1: single}, alone
+    return _doubling(call_with, cap, device, single), alone
+
+
+def _warmed_fastest(run: Callable[[], Any], device: torch.device) -> float:
+    """:func:`_fastest` of ``run()`` after one untimed call of it."""
+    run()
+    return _fastest(run, device)
+
+
+def _one_thread_probe(call_with: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
+                      single: float) -> dict[int, float]:
+    """Timings (samples -> seconds) on the present thread count (one, run by :func:`_one_thread`): one sample,
+    after a warm-up call (setting the thread count clears oneDNN's cache), and where ``single`` (one sample on
+    all threads) shows that the threads waited on each other, batches doubling up to ``cap``."""
+    alone = {1: _warmed_fastest(call_with(1), device)}
+    return _doubling(call_with, cap, device, alone[1]) if contended({1: single}, alone) else alone
+
+
+def _doubling(call_with: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
+              single: float) -> dict[int, float]:
+    """Seconds of forward passes of 1 (``single``), 2, 4, ... samples up to ``cap`` (one timing each, the fastest
+    of :data:`TIMINGS` for ``cap``), stopping once they took :data:`CALIBRATION_SECONDS` in all (a large model)."""
+    timings = {1: single}
+    size, spent = 1, single
     while size < cap and spent <= CALIBRATION_SECONDS:
         size = min(2 * size, cap)
-        timings[size] = (_fastest if size == cap else _timed)(forward(size), device)  # the last bounds the rest
+        timings[size] = (_fastest if size == cap else _timed)(call_with(size), device)  # the last bounds the rest
         spent += timings[size]
     return timings
 
@@ -120,38 +140,31 @@ def calibration_size(largest: int, timings: dict[int, float]) -> int:
     return min(largest, max(2, samples, fitting))
 
 
-def _base(samples: int, probed: dict[int, float]) -> int:
-    """The batch over which a batch of ``samples`` measures the per-sample time (:func:`split_call`):
-    :data:`OVERHEAD_SAMPLES` where it was probed and ``samples`` is at least twice that, else one sample."""
-    return OVERHEAD_SAMPLES if samples >= 2 * OVERHEAD_SAMPLES and OVERHEAD_SAMPLES in probed else 1
-
-
 def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
-               threads: int = 1) -> tuple[float, float]:
-    """(seconds per sample-forward, seconds of a call's fixed overhead) from the fastest timings of batches
-    (``timings``: samples -> seconds; 1, one sample, absent where it failed) and those on one thread (``alone``),
-    with ``t(b) = call + b * per_sample``.
-    Per sample: what the largest batch adds per sample over :data:`OVERHEAD_SAMPLES` samples (over one sample
-    where it is under twice that): a call's waits on descheduled threads, which its size barely changes, cancel
-    out, if not their variation. It is at most the batch's average and one thread's (in its largest batch), and
-    at least a quarter of the first or the second shared among ``threads``: within ``threads`` times the model's
-    time however long the threads waited. The call: one sample's time less that, one sample's time being the
-    fastest of any batch's and of one thread's (a larger batch never takes less time; threads waiting on each
-    other are the machine's load, not the model's overhead). Below :data:`OVERHEAD_SAMPLES` samples (a large
-    model: one sample is mostly compute) or without one sample's timing, all of the batch is per sample."""
-    samples = max(timings)
-    whole = timings[samples]
-    if 1 not in timings or samples < OVERHEAD_SAMPLES:
-        return max(whole / samples, 1e-9), 0.0
-    base = _base(samples, timings)
+               base: int = 1) -> tuple[float, float]:
+    """(seconds per sample-forward, seconds of a call's fixed overhead), fitting ``t(b) = call + b * per_sample``
+    to the fastest timings of batches (``timings``: samples -> seconds; 1 absent where one sample failed) and, where
+    probed, those on one thread (``alone``).
+
+    Per sample: what the largest batch adds per sample over ``base`` samples (a call's waits on descheduled
+    threads, the same for any batch size, cancel out), kept between a quarter of the largest batch's average and
+    that average. It is never above one thread's rate (the average of its largest batch), and where the threads
+    waited on each other it is that rate: what OMP_NUM_THREADS=1 gives. Below :data:`OVERHEAD_SAMPLES` samples (a
+    large model: one sample is mostly compute) or without one sample, all of the batch counts per sample.
+
+    The call: the fastest one-sample timing, on any thread count, less the per-sample time."""
     alone = alone or {}
-    most = max(alone, default=0)
-    average = whole / samples
-    rate = alone[most] / most if most else math.inf  # one thread's, per sample (with its calls' overhead)
-    low, high = min(average / 4, rate / max(1, threads)), min(average, rate)
-    forward = max(min(max((whole - timings[base]) / (samples - base), low), high), 1e-9)
-    one = min([*timings.values(), *([alone[1]] if 1 in alone else [])])
-    return forward, max(one - forward, 0.0)
+    samples = max(timings)
+    average = timings[samples] / samples
+    rate = alone[max(alone)] / max(alone) if alone else math.inf
+    high = min(average, rate)
+    if 1 not in timings or samples < OVERHEAD_SAMPLES:
+        return max(high, 1e-9), 0.0
+    low = rate if contended(timings, alone) else average / 4
+    added = (timings[samples] - timings[base]) / (samples - base)
+    per_sample = max(min(max(added, low), high), 1e-9)
+    one = _least(*timings.values(), alone.get(1))
+    return per_sample, max((one or 0.0) - per_sample, 0.0)
 
 
 def contended(timings: dict[int, float], alone: dict[int, float] | None) -> bool:
@@ -161,14 +174,23 @@ def contended(timings: dict[int, float], alone: dict[int, float] | None) -> bool
     return bool(alone) and 1 in alone and 1 in timings and timings[1] > 2 * alone[1] + 1e-3
 
 
-def _one_thread(run: Callable[[], T], device: torch.device) -> T | None:
-    """``run()`` on one CPU thread (no thread waits on another); None on a GPU or where torch runs one thread
-    already."""
+def _least(*seconds: float | None) -> float | None:
+    """The least of ``seconds`` that were measured (not None); None where none was."""
+    measured = [value for value in seconds if value is not None]
+    return min(measured) if measured else None
+
+
+def _one_thread(run: Callable[[], T], device: torch.device, warm_up: Callable[[], Any] | None = None) -> T | None:
+    """``run()`` on one CPU thread (no thread waits on another), after ``warm_up()`` where given (setting the
+    thread count clears oneDNN's cache: the first call after it is cold); None on a GPU or where torch runs one
+    thread already."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2:
         return None
     torch.set_num_threads(1)
     try:
+        if warm_up is not None:
+            warm_up()
         return run()
     finally:
         torch.set_num_threads(threads)
@@ -267,12 +289,7 @@ def _backward_seconds(context: Any, batch: torch.Tensor) -> float | None:
         seconds = _gradient_seconds(context, batch, to_inputs=False)
     if seconds is None:
         return None
-    spent = seconds
-    for _ in range(TIMINGS - 1):
-        if spent > CALIBRATION_SECONDS:
-            break
-        latest = _gradient_seconds(context, batch, to_inputs) or math.inf
-        seconds, spent = min(seconds, latest), spent + latest
+    seconds = _fastest_of(lambda: _gradient_seconds(context, batch, to_inputs) or math.inf, first=seconds)
     return max(seconds / len(batch), 1e-9)
 
 
@@ -320,18 +337,24 @@ def _flop_seconds(timings: int = TIMINGS, size: int = 512, repeats: int = 2) -> 
         for _ in range(repeats):
             a @ b
     cpu = torch.device("cpu")
-    fastest = min(_fastest(products, cpu, timings), _one_thread(lambda: _fastest(products, cpu), cpu) or math.inf)
+    fastest = _least(_fastest(products, cpu, timings), _one_thread(lambda: _fastest(products, cpu), cpu))
     return max(fastest / (repeats * 2 * size ** 3), 1e-15)
 
 
 def _fastest(run: Callable[[], Any], device: torch.device, repeats: int = TIMINGS) -> float:
-    """The fastest of ``repeats`` timings of ``run()``, fewer once they took :data:`CALIBRATION_SECONDS` in all (a
-    large model or a busy machine: a long timing is less disturbed by load, and repeating it costs the most)."""
-    best = spent = _timed(run, device)
+    """The fastest of ``repeats`` timings of ``run()`` (:func:`_fastest_of`)."""
+    return _fastest_of(lambda: _timed(run, device), repeats)
+
+
+def _fastest_of(timing: Callable[[], float], repeats: int = TIMINGS, first: float | None = None) -> float:
+    """The least of ``repeats`` results of ``timing()`` (``first`` counting as the first where given), fewer once
+    they took :data:`CALIBRATION_SECONDS` in all (a large model or a busy machine: a long timing is less disturbed
+    by load, and repeating it costs the most)."""
+    best = spent = first if first is not None else timing()
     for _ in range(repeats - 1):
         if spent > CALIBRATION_SECONDS:
             break
-        latest = _timed(run, device)
+        latest = timing()
         best, spent = min(best, latest), spent + latest
     return best
 

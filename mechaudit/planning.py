@@ -21,8 +21,8 @@ TIME_SAFETY = 2.0
 
 
 #: The plan's note where the calibration's threads waited on each other.
-CONTENDED = ("; its threads waited on each other (more threads than free cores: a busy machine; estimates hold "
-             "while the load lasts), OMP_NUM_THREADS=1 may run faster")
+CONTENDED = ("; the calibration's threads waited on each other (more threads than free cores: a busy machine); "
+             "the estimates leave out those waits; OMP_NUM_THREADS=1 may run faster")
 
 
 @dataclass

@@ -10,9 +10,12 @@ import mechaudit
 from mechaudit import calibration, engine
 from mechaudit.calibration import OVERHEAD_SAMPLES, calibration_size, contended, split_call
 
-#: The simulated model: each call's fixed overhead, each sample's time, and the wait every call with more than
-#: one thread makes while the machine is loaded (the same for any batch size).
+#: The simulated model: each call's fixed overhead, each sample's time on :data:`THREADS` threads (twice that on
+#: one), and the wait every call with more than one thread makes while the machine is loaded (the same for any
+#: batch size).
 CALL, PER_SAMPLE, WAIT = 2e-3, 5e-4, 0.5
+#: The torch threads the simulated audits run with.
+THREADS = 2
 
 
 class SimulatedClock:
@@ -26,63 +29,151 @@ class SimulatedClock:
 
 
 class TimedModel(torch.nn.Module):
-    """A small MLP whose calls advance ``clock`` by ``call + samples * per_sample``, plus ``wait`` when torch runs
-    more than one thread."""
+    """A small MLP whose forward passes advance ``clock`` by ``call + samples * per_sample * THREADS / threads`` (a
+    perfect speed-up) and whose backward passes by ``samples * backward * THREADS / threads``, each plus ``wait``
+    when torch runs more than one thread; the first call the calibration makes takes ``first`` more (one-time
+    work, set by :func:`calibrated`). It records each call (samples, threads, under gradients) in ``calls`` and
+    fails on one thread where ``fails_alone``."""
 
-    def __init__(self, clock: SimulatedClock, per_sample: float = PER_SAMPLE, wait: float = 0.0) -> None:
+    def __init__(self, clock: SimulatedClock, per_sample: float = PER_SAMPLE, wait: float = 0.0,
+                 backward: float = 0.0, fails_alone: bool = False) -> None:
         super().__init__()
-        self.clock, self.per_sample, self.wait = clock, per_sample, wait
+        self.clock, self.per_sample, self.wait, self.backward = clock, per_sample, wait, backward
+        self.first, self.fails_alone, self.calls = 0.0, fails_alone, []
         self.fc1, self.act, self.fc2 = torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
 
+    def tick(self, samples: int, per_sample: float, call: float = 0.0) -> None:
+        threads = torch.get_num_threads()
+        self.clock.now += call + samples * per_sample * THREADS / threads + (self.wait if threads > 1 else 0.0)
+        self.clock.now, self.first = self.clock.now + self.first, 0.0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.clock.now += CALL + len(x) * self.per_sample + (self.wait if torch.get_num_threads() > 1 else 0.0)
-        return self.fc2(self.act(self.fc1(x)))
+        if self.fails_alone and torch.get_num_threads() == 1:
+            raise RuntimeError("simulated: fails on one thread")
+        self.calls.append((len(x), torch.get_num_threads(), torch.is_grad_enabled()))
+        self.tick(len(x), self.per_sample, CALL)
+        return TimedBackward.apply(self.fc2(self.act(self.fc1(x))), self)
 
 
-def calibrated(monkeypatch: pytest.MonkeyPatch, per_sample: float = PER_SAMPLE, wait: float = 0.0):
-    """The calibration the audit of a :class:`TimedModel` measures, with two torch threads, on its clock."""
+class TimedBackward(torch.autograd.Function):
+    """The identity, whose backward pass advances the model's clock."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, model: TimedModel) -> torch.Tensor:
+        ctx.model = model
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.model.tick(len(grad), ctx.model.backward)
+        return grad, None
+
+
+def calibrated(monkeypatch: pytest.MonkeyPatch, batch_size: int = 256, first: float = 0.0, **simulated):
+    """The calibration the audit of a :class:`TimedModel` (``simulated``: its arguments) measures, with
+    :data:`THREADS` torch threads, on its clock, the first call of the calibration taking ``first`` more; and the
+    model, whose ``calls`` are the calibration's."""
     clock, seen = SimulatedClock(), []
     real = calibration.measure
+    model = TimedModel(clock, **simulated)
+    calibration_calls: list = []
 
     def measure(context, isolate):
-        with pytest.MonkeyPatch.context() as simulated:
-            simulated.setattr(calibration.time, "perf_counter", clock)
+        model.calls.clear()  # the audit's first forward passes, before the calibration
+        model.first = first
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(calibration.time, "perf_counter", clock)
             seen.append(real(context, isolate))
+        calibration_calls.extend(model.calls)
         return seen[-1]
     monkeypatch.setattr(engine, "measure", measure)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # on any machine: the simulated wait needs more than one thread
+    torch.set_num_threads(THREADS)  # on any machine: the simulated wait needs more than one thread
     try:
-        mechaudit.audit(TimedModel(clock, per_sample, wait), torch.randn(256, 4),
-                        labels=torch.randint(0, 2, (256,)), select=["D101"], rule_timeout=0, layers=["fc1", "fc2"])
+        mechaudit.audit(model, torch.randn(256, 4), labels=torch.randint(0, 2, (256,)), select=["D101"],
+                        rule_timeout=0, layers=["fc1", "fc2"], batch_size=batch_size)
     finally:
         torch.set_num_threads(threads)
-    return seen[0][1]
+    model.calls = calibration_calls
+    return seen[0][1], model
 
 
 def test_waiting_threads_inflate_neither_the_per_sample_time_nor_the_call(monkeypatch) -> None:
     """Every call waits 0.5 s: one sample seems to take 0.5 s, which used to cut the calibration batch to four
     samples and become the per-sample time (0.17 s, 340 times the model's). The batch is sized from batches of up
-    to OVERHEAD_SAMPLES on one thread, the per-sample time is what a large batch adds over OVERHEAD_SAMPLES (the
-    wait cancels), the call is one sample's time on one thread, and the plan says the threads waited."""
-    measured = calibrated(monkeypatch, wait=WAIT)
-    assert measured.forward_seconds == pytest.approx(PER_SAMPLE, rel=0.01)
-    assert measured.call_seconds == pytest.approx(CALL, rel=0.01)
-    assert measured.contended and measured.threads == 2
+    to OVERHEAD_SAMPLES on one thread, the per-sample time is one thread's rate (what OMP_NUM_THREADS=1 gives,
+    not the wait), the call is one sample's time on one thread less that, and the plan says the threads waited."""
+    measured, _ = calibrated(monkeypatch, wait=WAIT)
+    alone = (CALL + OVERHEAD_SAMPLES * PER_SAMPLE * THREADS) / OVERHEAD_SAMPLES
+    assert measured.forward_seconds == pytest.approx(alone)
+    assert measured.call_seconds == pytest.approx(CALL + PER_SAMPLE * THREADS - alone)
+    assert measured.contended and measured.threads == THREADS
+
+
+def test_a_small_batch_under_load_counts_one_threads_rate_not_the_wait(monkeypatch) -> None:
+    """Batches of 8 (under OVERHEAD_SAMPLES: all of the batch counts per sample) with every call waiting 0.5 s:
+    the per-sample time is one thread's rate in 8 samples (1.25 ms), not the waiting batch's (63 ms)."""
+    measured, _ = calibrated(monkeypatch, batch_size=8, wait=WAIT)
+    assert measured.forward_seconds == pytest.approx((CALL + 8 * PER_SAMPLE * THREADS) / 8)
+    assert measured.contended
 
 
 def test_an_unloaded_machine_is_calibrated_to_the_model_and_not_called_contended(monkeypatch) -> None:
-    """The control: no wait, the same model: the same per-sample and call times, and no note."""
-    measured = calibrated(monkeypatch)
+    """The control: no wait, the same model: the per-sample and call times on the audit's threads, and no note."""
+    measured, _ = calibrated(monkeypatch)
     assert measured.forward_seconds == pytest.approx(PER_SAMPLE, rel=0.01)
     assert measured.call_seconds == pytest.approx(CALL, rel=0.01)
     assert not measured.contended
 
 
+def test_an_unloaded_machine_sizes_the_batch_from_the_audits_threads(monkeypatch) -> None:
+    """50 ms per sample on two threads, 100 ms on one, nothing waiting: the calibration batch takes about
+    CALIBRATION_SECONDS on two threads (39 samples, not 19 as one thread's rate would give)."""
+    measured, model = calibrated(monkeypatch, per_sample=0.05)
+    assert max(samples for samples, threads, _ in model.calls if threads == THREADS) == 39
+    assert measured.forward_seconds == pytest.approx(0.05) and measured.call_seconds == pytest.approx(CALL)
+
+
+def test_one_time_work_in_the_first_call_is_not_taken_for_waiting_threads(monkeypatch) -> None:
+    """The first call takes 3 s more (compiling): an untimed warm-up call, so one sample is not seen to take 3 s
+    on two threads against 3 ms on one."""
+    measured, _ = calibrated(monkeypatch, first=3.0)
+    assert not measured.contended
+    assert measured.forward_seconds == pytest.approx(PER_SAMPLE, rel=0.01)
+
+
+def test_a_slow_model_is_not_probed_on_one_thread(monkeypatch) -> None:
+    """1.2 s per sample on two threads: one thread could take 2.4 s per call, over CALIBRATION_SECONDS (64
+    threads: 64 times as long), so no forward pass runs on one thread."""
+    _, model = calibrated(monkeypatch, per_sample=1.2)
+    assert all(threads == THREADS for _, threads, grad in model.calls if not grad)
+
+
+def test_a_model_failing_on_one_thread_is_calibrated_on_its_threads(monkeypatch) -> None:
+    """The one-thread calls are isolated: their failure leaves the calibration of the audit's threads."""
+    measured, _ = calibrated(monkeypatch, fails_alone=True)
+    assert measured.forward_seconds == pytest.approx(PER_SAMPLE, rel=0.01) and not measured.contended
+
+
+def test_one_threads_backward_pass_is_left_out_where_it_would_take_long(monkeypatch) -> None:
+    """Nothing waits and a backward pass of the 256-sample batch takes 1.3 s on two threads: on one thread it could
+    take twice that (threads times: over CALIBRATION_SECONDS), so none runs there; the two threads' time counts."""
+    measured, model = calibrated(monkeypatch, backward=5e-3)
+    assert not any(grad and threads == 1 for _, threads, grad in model.calls)
+    assert measured.backward_seconds == pytest.approx(5e-3) and measured.backward_measured
+
+
+def test_one_threads_backward_pass_counts_where_the_threads_waited(monkeypatch) -> None:
+    """Every call waits 0.5 s: the backward pass is timed on one thread only (its rate, without the wait)."""
+    measured, model = calibrated(monkeypatch, backward=5e-3, wait=WAIT)
+    assert not any(grad and threads == THREADS for _, threads, grad in model.calls)
+    assert measured.backward_seconds == pytest.approx(5e-3 * THREADS)
+
+
 def test_a_large_model_is_calibrated_on_a_few_samples(monkeypatch) -> None:
     """One sample takes 0.6 s: batches double only until one takes over CALIBRATION_SECONDS (4 samples), and all
     of the batch's time counts per sample (the call's overhead is noise beside it)."""
-    measured = calibrated(monkeypatch, per_sample=0.6)
+    measured, _ = calibrated(monkeypatch, per_sample=0.6)
     assert measured.forward_seconds == pytest.approx(0.6 + CALL / 4)
     assert measured.call_seconds == 0.0
 
@@ -99,25 +190,26 @@ def test_split_call_on_timings_measured_under_load() -> None:
     """Timings of ResNet-18 at 32x32, two threads on two loaded cores (seconds; one sample slower than 42): 42
     samples add nothing measurable over 16. Without one thread's timings the per-sample time is a quarter of the
     batch's average, and the call under the fastest timing of any batch; with them (5.0 ms for one sample, 12.2 ms
-    for 16, measured on one thread), one thread's average in 16 samples shared by the two threads, and the call
-    under one thread's time for one sample. Where the waits varied, at most one thread's average."""
+    for 16, measured on one thread), one thread's average in 16 samples (what OMP_NUM_THREADS=1 gives), and the
+    call one thread's time for one sample less that."""
     timings = {1: 1.020, 2: 1.475, 4: 1.616, 8: 1.608, 16: 0.757, 42: 0.588}
-    forward, call = split_call(timings, threads=2)
+    forward, call = split_call(timings, base=16)
     assert forward == pytest.approx(0.588 / 42 / 4) and call <= 0.588
     alone = {1: 0.0050, 16: 0.0122}
-    forward, call = split_call(timings, alone, threads=2)
-    assert forward == pytest.approx(0.0122 / 16 / 2)
+    forward, call = split_call(timings, alone, base=16)
+    assert forward == pytest.approx(0.0122 / 16)
     assert call == pytest.approx(0.0050 - forward)
     assert contended(timings, alone)
     noisy = {1: 1.0, 16: 1.0, 128: 2.5}  # the waits varied: 112 samples seem to add 13 ms each
-    assert split_call(noisy, alone, threads=2)[0] == pytest.approx(0.0122 / 16)
+    assert split_call(noisy, alone, base=16)[0] == pytest.approx(0.0122 / 16)
+    assert split_call({1: 0.5, 8: 0.506}, {1: 0.003, 8: 0.01}) == (pytest.approx(0.01 / 8), 0.0)  # a small batch
     assert not contended(timings, {}) and not contended({1: 0.005}, {1: 0.004})
 
 
 def test_split_call_fits_a_line_through_steady_timings() -> None:
     """t(b) = call + b * per_sample exactly: both recovered; below OVERHEAD_SAMPLES all of it per sample."""
     line = {b: 0.01 + b * 1e-3 for b in (1, 2, 4, 8, OVERHEAD_SAMPLES, 128)}
-    assert split_call(line) == pytest.approx((1e-3, 0.01))
+    assert split_call(line, base=OVERHEAD_SAMPLES) == pytest.approx((1e-3, 0.01))
     assert split_call({1: 2.5, 2: 5.0}) == (2.5, 0.0)
     assert split_call({8: 1.0}) == (1.0 / 8, 0.0)  # one sample failed
 
