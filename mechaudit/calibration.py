@@ -33,16 +33,22 @@ TIMINGS = 3
 #: a descheduled thread (ResNet-18 at 32x32, two threads on two busy cores: 500 ms per one-sample call, and as
 #: much CPU time, against 5 ms with one thread), which the per-sample time of a batch barely shows.
 OVERHEAD_SAMPLES = 16
+#: Seconds a forward pass of one sample on one thread may take (it may take threads times longer than on all of
+#: them: a slow model on many cores); past it, the calibration does without one thread's timings.
+PROBE_SECONDS = 5
+
+#: ``isolate(run, seconds)``: ``run()``, or None where it fails or takes over ``seconds`` (the engine's default).
+Isolate = Callable[..., Any]
 
 
-def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda run: run()) -> tuple[Sizes, Calibration]:
+def measure(context: Any, isolate: Isolate = lambda run, seconds=0: run()) -> tuple[Sizes, Calibration]:
     """The audit's :class:`Sizes` and this machine's :class:`Calibration`: forward timings of one sample and of
     batches doubling up to :data:`OVERHEAD_SAMPLES` (:func:`_probed_timings`), of a calibration batch sized from
     them (:func:`calibration_size`), split into per-sample and per-call time (:func:`split_call`); a hooked pass of
     that batch (each layer's activation size and when it is ready); a backward pass (:func:`_backward_seconds`);
     timed matrix products. ``isolate(run)`` runs the calls the audit has not made before (one sample; one thread;
-    gradients) and returns None where they fail: a model may do there what it never did in the first forward
-    passes (the engine bounds and isolates them like a rule)."""
+    gradients; optionally within ``seconds``) and returns None where they fail: a model may do there what it
+    never did in the first forward passes (the engine bounds and isolates them like a rule)."""
     view, data, device = context.view, context.data, context.device
     threads = torch.get_num_threads()
     largest = max(1, min(context.batch_size, len(data), CALIBRATION_SAMPLES))
@@ -83,36 +89,32 @@ def measure(context: Any, isolate: Callable[[Callable[[], Any]], Any] = lambda r
 
 
 def _probed_timings(call_with: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
-                    isolate: Callable[[Callable[[], Any]], Any]) -> tuple[dict[int, float], dict[int, float]]:
+                    isolate: Isolate) -> tuple[dict[int, float], dict[int, float]]:
     """Forward timings (samples -> seconds) on torch's threads and on one thread (empty where not probed): one
     sample on each, after an untimed warm-up call (one-time work, such as compiling, oneDNN's primitives or lazy
-    initialisation, is not load), and batches doubling up to ``cap`` on one thread where the threads waited on
-    each other (:func:`contended`), else on torch's threads. One thread is probed only where it is cheap (one
-    sample on all threads, times their number, within :data:`CALIBRATION_SECONDS`), isolated (None: not probed)."""
+    initialisation, is not load), and batches doubling up to ``cap`` on torch's threads unless one sample showed
+    that they waited on each other (:func:`contended`), and on one thread where they did. The calls on one thread
+    are isolated: one sample's within :data:`PROBE_SECONDS` (it may take threads times longer: a slow model on many
+    cores), the batches' within the calibration's budget; where they fail, they are not probed."""
     single = isolate(lambda: _warmed_fastest(call_with(1), device))
     if single is None:
         return {}, {}
-    alone: dict[int, float] = {}
-    if single * torch.get_num_threads() <= CALIBRATION_SECONDS:
-        alone = isolate(lambda: _one_thread(lambda: _one_thread_probe(call_with, cap, device, single), device)) or {}
-    if contended({1: single}, alone):
-        return {1: single}, alone
-    return _doubling(call_with, cap, device, single), alone
+    timings = {1: single}
+    one = isolate(lambda: _one_thread(lambda: _warmed_fastest(call_with(1), device), device), PROBE_SECONDS)
+    alone = {1: one} if one is not None else {}
+    if not contended(timings, alone):
+        timings = _doubling(call_with, cap, device, single)
+    if contended(timings, alone):
+        doubled = isolate(lambda: _one_thread(lambda: _doubling(call_with, cap, device, alone[1]), device,
+                                              warm_up=call_with(1)))
+        alone = doubled or alone
+    return timings, alone
 
 
 def _warmed_fastest(run: Callable[[], Any], device: torch.device) -> float:
     """:func:`_fastest` of ``run()`` after one untimed call of it."""
     run()
     return _fastest(run, device)
-
-
-def _one_thread_probe(call_with: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
-                      single: float) -> dict[int, float]:
-    """Timings (samples -> seconds) on the present thread count (one, run by :func:`_one_thread`): one sample,
-    after a warm-up call (setting the thread count clears oneDNN's cache), and where ``single`` (one sample on
-    all threads) shows that the threads waited on each other, batches doubling up to ``cap``."""
-    alone = {1: _warmed_fastest(call_with(1), device)}
-    return _doubling(call_with, cap, device, alone[1]) if contended({1: single}, alone) else alone
 
 
 def _doubling(call_with: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
@@ -168,10 +170,12 @@ def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
 
 
 def contended(timings: dict[int, float], alone: dict[int, float] | None) -> bool:
-    """Whether the threads waited on each other: one sample took over twice (and a millisecond more than) its
-    time on one thread (more threads than free cores; each parallel operation may then wait on a descheduled
-    thread)."""
-    return bool(alone) and 1 in alone and 1 in timings and timings[1] > 2 * alone[1] + 1e-3
+    """Whether the threads waited on each other: a batch of any size took over twice (and a millisecond more than)
+    as many times one sample's time on one thread (more threads than free cores; each parallel operation may then
+    wait on a descheduled thread, and the waits come in bursts)."""
+    if not alone or 1 not in alone:
+        return False
+    return any(seconds > 2 * samples * alone[1] + 1e-3 for samples, seconds in timings.items())
 
 
 def _least(*seconds: float | None) -> float | None:

@@ -218,8 +218,8 @@ def _plan(context: AuditContext, rules: list[Rule], timeout: int) -> Plan:
     alike; a failure on one rank stops every rank)."""
     with distributed.step(), _bounded("model: calibrating the cost model (forward passes of the audit data)",
                                       timeout):
-        sizes, calibration = measure(context, lambda run: _isolated(run, min(timeout or CALIBRATION_BUDGET,
-                                                                             CALIBRATION_BUDGET)))
+        sizes, calibration = measure(context, lambda run, seconds=CALIBRATION_BUDGET: _isolated(
+            run, min(timeout or seconds, seconds)))
         memory = available_bytes(context.device)
     sizes, calibration, memory = agreed(sizes, calibration, memory)
     with distributed.step():

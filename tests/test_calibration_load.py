@@ -3,6 +3,8 @@ operation of a call may wait a scheduler slice for a descheduled thread, which c
 a large batch (ResNet-18 at 32x32 on two busy cores: 500 ms per one-sample call against 5 ms on one thread).
 Timed on a simulated clock that the model advances, never on the real one (no timing assertions)."""
 
+import time
+
 import pytest
 import torch
 
@@ -32,25 +34,31 @@ class TimedModel(torch.nn.Module):
     """A small MLP whose forward passes advance ``clock`` by ``call + samples * per_sample * THREADS / threads`` (a
     perfect speed-up) and whose backward passes by ``samples * backward * THREADS / threads``, each plus ``wait``
     when torch runs more than one thread; the first call the calibration makes takes ``first`` more (one-time
-    work, set by :func:`calibrated`). It records each call (samples, threads, under gradients) in ``calls`` and
-    fails on one thread where ``fails_alone``."""
+    work, set by :func:`calibrated`); where not ``single_waits``, one sample does not wait. It records each call
+    (samples, threads, under gradients) in ``calls``, fails on one thread where ``fails_alone`` and sleeps there
+    ``alone_sleep`` seconds, really, without gradients."""
 
     def __init__(self, clock: SimulatedClock, per_sample: float = PER_SAMPLE, wait: float = 0.0,
-                 backward: float = 0.0, fails_alone: bool = False) -> None:
+                 backward: float = 0.0, fails_alone: bool = False, alone_sleep: float = 0.0,
+                 single_waits: bool = True) -> None:
         super().__init__()
         self.clock, self.per_sample, self.wait, self.backward = clock, per_sample, wait, backward
+        self.alone_sleep, self.single_waits = alone_sleep, single_waits
         self.first, self.fails_alone, self.calls = 0.0, fails_alone, []
         self.fc1, self.act, self.fc2 = torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
 
     def tick(self, samples: int, per_sample: float, call: float = 0.0) -> None:
         threads = torch.get_num_threads()
-        self.clock.now += call + samples * per_sample * THREADS / threads + (self.wait if threads > 1 else 0.0)
+        waits = threads > 1 and (samples > 1 or self.single_waits)
+        self.clock.now += call + samples * per_sample * THREADS / threads + (self.wait if waits else 0.0)
         self.clock.now, self.first = self.clock.now + self.first, 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fails_alone and torch.get_num_threads() == 1:
             raise RuntimeError("simulated: fails on one thread")
         self.calls.append((len(x), torch.get_num_threads(), torch.is_grad_enabled()))
+        if self.alone_sleep and torch.get_num_threads() == 1 and not torch.is_grad_enabled():
+            time.sleep(self.alone_sleep)
         self.tick(len(x), self.per_sample, CALL)
         return TimedBackward.apply(self.fc2(self.act(self.fc1(x))), self)
 
@@ -142,11 +150,22 @@ def test_one_time_work_in_the_first_call_is_not_taken_for_waiting_threads(monkey
     assert measured.forward_seconds == pytest.approx(PER_SAMPLE, rel=0.01)
 
 
-def test_a_slow_model_is_not_probed_on_one_thread(monkeypatch) -> None:
-    """1.2 s per sample on two threads: one thread could take 2.4 s per call, over CALIBRATION_SECONDS (64
-    threads: 64 times as long), so no forward pass runs on one thread."""
-    _, model = calibrated(monkeypatch, per_sample=1.2)
-    assert all(threads == THREADS for _, threads, grad in model.calls if not grad)
+def test_a_slow_one_thread_probe_is_cut_at_its_budget(monkeypatch) -> None:
+    """One sample on one thread outlasts PROBE_SECONDS (here 1 s; the model sleeps 30 s, really): the probe is cut
+    there, and the calibration does without one thread's timings."""
+    monkeypatch.setattr(calibration, "PROBE_SECONDS", 1)
+    measured, model = calibrated(monkeypatch, alone_sleep=30.0)
+    assert [call for call in model.calls if call[1] == 1 and not call[2]] == [(1, 1, False)]  # cut in the warm-up
+    assert measured.forward_seconds == pytest.approx(PER_SAMPLE, rel=0.01) and not measured.contended
+
+
+def test_waits_seen_only_in_larger_batches_still_count(monkeypatch) -> None:
+    """The waits come in bursts: one sample ran without one, the batches of 2 to 16 waited 0.5 s each. The batches
+    are then timed on one thread, whose rate counts."""
+    measured, _ = calibrated(monkeypatch, wait=WAIT, single_waits=False)
+    assert measured.contended
+    assert measured.forward_seconds == pytest.approx((CALL + OVERHEAD_SAMPLES * PER_SAMPLE * THREADS)
+                                                     / OVERHEAD_SAMPLES)
 
 
 def test_a_model_failing_on_one_thread_is_calibrated_on_its_threads(monkeypatch) -> None:
