@@ -33,8 +33,10 @@ TIMINGS = 3
 #: a descheduled thread (ResNet-18 at 32x32, two threads on two busy cores: 500 ms per one-sample call, and as
 #: much CPU time, against 5 ms with one thread), which the per-sample time of a batch barely shows.
 OVERHEAD_SAMPLES = 16
-#: Seconds a forward pass of one sample on one thread may take (it may take threads times longer than on all of
-#: them: a slow model on many cores); past it, the calibration does without one thread's timings.
+#: Seconds the one-sample probe on one thread may take in all (its warm-up call and up to :data:`TIMINGS` timings;
+#: one sample may take threads times longer there than on all threads: a slow model on many cores); past it, the
+#: calibration does without one thread's timings. Not probed where one sample on all threads, times the threads,
+#: exceeds ten times this (it would be cut, and a single long operation cannot be cut before it ends).
 PROBE_SECONDS = 5
 
 #: ``isolate(run, seconds)``: ``run()``, or None where it fails or takes over ``seconds`` (the engine's default).
@@ -57,9 +59,11 @@ def measure(context: Any, isolate: Isolate = lambda run, seconds=0: run()) -> tu
         inputs = data.inputs[:samples].to(device)
         return lambda: view.model(inputs)
     with torch.no_grad():
-        timings, alone = _probed_timings(call_with, min(largest, OVERHEAD_SAMPLES), device, isolate)
+        timings, alone, slow = _probed_timings(call_with, min(largest, OVERHEAD_SAMPLES), device, isolate)
         waited = contended(timings, alone)
-        batch = data.inputs[:calibration_size(largest, alone if waited else timings)].to(device)
+        # one sample failed or was cut after taking long: the fewest samples, not the largest batch, unisolated
+        size = min(largest, 2) if slow else calibration_size(largest, alone if waited else timings)
+        batch = data.inputs[:size].to(device)
         # where the threads waited, each call waits long and one thread's rate decides: one timing, no base
         _fastest_into(timings, len(batch), lambda: view.model(batch), device, 1 if waited else TIMINGS)
         base = OVERHEAD_SAMPLES if not waited and len(batch) >= 2 * OVERHEAD_SAMPLES and 1 in timings else 1
@@ -71,8 +75,8 @@ def measure(context: Any, isolate: Isolate = lambda run, seconds=0: run()) -> tu
     def ready() -> tuple[Any, dict[str, float]]:
         with torch.no_grad():  # after the others: a warm model
             return _readiness(view, batch, device, values, widths)
-    output, reached = _one_thread(ready, device, warm_up=ready) if waited else ready()
-    forward_seconds, call = split_call(timings, alone, base)
+    output, reached = (_one_thread(ready, device, warm_up=ready) if waited else None) or ready()
+    forward_seconds, call = split_call(timings, alone, base, waited)
     layers = tuple(LayerSize(layer.name, layer.kind, layer.size, values.get(layer.name, layer.size),
                              not layer.is_output, reached.get(layer.name), widths.get(layer.name, 0))
                    for layer in view.layers)
@@ -81,7 +85,8 @@ def measure(context: Any, isolate: Isolate = lambda run, seconds=0: run()) -> tu
                   context.behaviour.kind if context.behaviour is not None else "")
     backward = None if waited else isolate(lambda: _backward_seconds(context, batch))
     # one thread's backward pass: where the threads waited, or where it is quick even at threads x longer
-    if waited or (backward is not None and backward * len(batch) * threads <= CALIBRATION_SECONDS):
+    if device.type == "cpu" and (waited or (backward is not None
+                                            and backward * len(batch) * threads <= CALIBRATION_SECONDS)):
         backward = _least(backward, isolate(lambda: _one_thread(lambda: _backward_seconds(context, batch), device)))
     calibration = Calibration(forward_seconds, backward if backward is not None else 2 * forward_seconds,
                               _flop_seconds(1 if waited else TIMINGS), call, backward is not None, threads, waited)
@@ -89,26 +94,47 @@ def measure(context: Any, isolate: Isolate = lambda run, seconds=0: run()) -> tu
 
 
 def _probed_timings(call_with: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
-                    isolate: Isolate) -> tuple[dict[int, float], dict[int, float]]:
-    """Forward timings (samples -> seconds) on torch's threads and on one thread (empty where not probed): one
-    sample on each, after an untimed warm-up call (one-time work, such as compiling, oneDNN's primitives or lazy
-    initialisation, is not load), and batches doubling up to ``cap`` on torch's threads unless one sample showed
-    that they waited on each other (:func:`contended`), and on one thread where they did. The calls on one thread
-    are isolated: one sample's within :data:`PROBE_SECONDS` (it may take threads times longer: a slow model on many
-    cores), the batches' within the calibration's budget; where they fail, they are not probed."""
+                    isolate: Isolate) -> tuple[dict[int, float], dict[int, float], bool]:
+    """Forward timings (samples -> seconds) on torch's threads and on one thread (empty where not probed), and
+    whether the one-sample call failed or was cut only after :data:`CALIBRATION_SECONDS` (a slow model: isolate
+    does not tell a failure from its time-out): one sample on each, after an untimed warm-up call (one-time work,
+    such as compiling, oneDNN's primitives or lazy initialisation, is not load), and batches doubling up to ``cap``
+    on torch's threads unless one sample showed that they waited on each other (:func:`contended`; a batch seen to
+    wait is timed once more, warm, the fastest counting: its first call at a new shape is cold), and on one thread
+    where they did. The calls on one thread are isolated: one sample's within :data:`PROBE_SECONDS` (not probed
+    where it would surely be cut), the batches' within the calibration's budget; where they fail, they are not
+    probed. Where the batches fail on one thread, one thread's rate is one sample's, call included (an upper
+    bound)."""
+    started = time.perf_counter()
     single = isolate(lambda: _warmed_fastest(call_with(1), device))
     if single is None:
-        return {}, {}
+        return {}, {}, time.perf_counter() - started >= CALIBRATION_SECONDS
     timings = {1: single}
-    one = isolate(lambda: _one_thread(lambda: _warmed_fastest(call_with(1), device), device), PROBE_SECONDS)
+    one = None
+    if single * torch.get_num_threads() <= 10 * PROBE_SECONDS:
+        one = isolate(lambda: _one_thread(lambda: _warmed_fastest(call_with(1), device), device), PROBE_SECONDS)
     alone = {1: one} if one is not None else {}
     if not contended(timings, alone):
-        timings = _doubling(call_with, cap, device, single)
+        timings = _rechecked(_doubling(call_with, cap, device, single), alone, call_with, device)
     if contended(timings, alone):
         doubled = isolate(lambda: _one_thread(lambda: _doubling(call_with, cap, device, alone[1]), device,
                                               warm_up=call_with(1)))
         alone = doubled or alone
-    return timings, alone
+    return timings, alone, False
+
+
+def _rechecked(timings: dict[int, float], alone: dict[int, float], call_with: Callable[[int], Callable[[], Any]],
+               device: torch.device) -> dict[int, float]:
+    """``timings`` with each batch that seems to have waited (:func:`contended`) timed once more, the fastest
+    counting, up to the first that waits again: a single timing of a new shape is cold (oneDNN creates its
+    primitives: a review measured 1.3 ms for a small network's first two-sample call, 0.15 ms warm, against a
+    threshold of 1.24 ms)."""
+    for samples in sorted(timings):
+        if contended({samples: timings[samples]}, alone):
+            timings[samples] = min(timings[samples], _timed(call_with(samples), device))
+            if contended({samples: timings[samples]}, alone):
+                break
+    return timings
 
 
 def _warmed_fastest(run: Callable[[], Any], device: torch.device) -> float:
@@ -143,16 +169,18 @@ def calibration_size(largest: int, timings: dict[int, float]) -> int:
 
 
 def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
-               base: int = 1) -> tuple[float, float]:
+               base: int = 1, waited: bool | None = None) -> tuple[float, float]:
     """(seconds per sample-forward, seconds of a call's fixed overhead), fitting ``t(b) = call + b * per_sample``
     to the fastest timings of batches (``timings``: samples -> seconds; 1 absent where one sample failed) and, where
-    probed, those on one thread (``alone``).
+    probed, those on one thread (``alone``); ``waited``: whether the threads waited on each other (by default
+    :func:`contended` on these timings).
 
     Per sample: what the largest batch adds per sample over ``base`` samples (a call's waits on descheduled
     threads, the same for any batch size, cancel out), kept between a quarter of the largest batch's average and
-    that average. It is never above one thread's rate (the average of its largest batch), and where the threads
-    waited on each other it is that rate: what OMP_NUM_THREADS=1 gives. Below :data:`OVERHEAD_SAMPLES` samples (a
-    large model: one sample is mostly compute) or without one sample, all of the batch counts per sample.
+    the lesser of that average and one thread's rate (the average of its largest batch). Where the threads waited
+    on each other it is that lesser: what OMP_NUM_THREADS=1 gives. Below :data:`OVERHEAD_SAMPLES` samples (a
+    large model: one sample is mostly compute) or without one sample, all of the batch counts per sample (bounded
+    by one thread's rate).
 
     The call: the fastest one-sample timing, on any thread count, less the per-sample time."""
     alone = alone or {}
@@ -162,9 +190,13 @@ def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
     high = min(average, rate)
     if 1 not in timings or samples < OVERHEAD_SAMPLES:
         return max(high, 1e-9), 0.0
-    low = rate if contended(timings, alone) else average / 4
-    added = (timings[samples] - timings[base]) / (samples - base)
-    per_sample = max(min(max(added, low), high), 1e-9)
+    if waited is None:
+        waited = contended(timings, alone)
+    if waited:
+        per_sample = max(high, 1e-9)
+    else:
+        added = (timings[samples] - timings[base]) / (samples - base)
+        per_sample = max(min(max(added, average / 4), high), 1e-9)
     one = _least(*timings.values(), alone.get(1))
     return per_sample, max((one or 0.0) - per_sample, 0.0)
 
@@ -191,8 +223,8 @@ def _one_thread(run: Callable[[], T], device: torch.device, warm_up: Callable[[]
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2:
         return None
-    torch.set_num_threads(1)
     try:
+        torch.set_num_threads(1)  # within the try: a time-out right after it still restores the threads
         if warm_up is not None:
             warm_up()
         return run()

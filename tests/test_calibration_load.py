@@ -34,17 +34,20 @@ class TimedModel(torch.nn.Module):
     """A small MLP whose forward passes advance ``clock`` by ``call + samples * per_sample * THREADS / threads`` (a
     perfect speed-up) and whose backward passes by ``samples * backward * THREADS / threads``, each plus ``wait``
     when torch runs more than one thread; the first call the calibration makes takes ``first`` more (one-time
-    work, set by :func:`calibrated`); where not ``single_waits``, one sample does not wait. It records each call
-    (samples, threads, under gradients) in ``calls``, fails on one thread where ``fails_alone`` and sleeps there
-    ``alone_sleep`` seconds, really, without gradients."""
+    work, set by :func:`calibrated`); where not ``single_waits``, one sample does not wait; the first call of each
+    batch size of more than one sample on the audit's threads takes ``cold`` more (oneDNN's primitives for a new
+    shape). It records each call (samples, threads, under gradients) in ``calls``, fails on one thread where
+    ``fails_alone`` and sleeps there ``alone_sleep`` seconds, really, without gradients; where
+    ``single_fails_after`` is set, one sample takes that many seconds and then fails."""
 
     def __init__(self, clock: SimulatedClock, per_sample: float = PER_SAMPLE, wait: float = 0.0,
                  backward: float = 0.0, fails_alone: bool = False, alone_sleep: float = 0.0,
-                 single_waits: bool = True) -> None:
+                 single_waits: bool = True, cold: float = 0.0, single_fails_after: float | None = None) -> None:
         super().__init__()
         self.clock, self.per_sample, self.wait, self.backward = clock, per_sample, wait, backward
-        self.alone_sleep, self.single_waits = alone_sleep, single_waits
+        self.alone_sleep, self.single_waits, self.cold, self.shapes = alone_sleep, single_waits, cold, set()
         self.first, self.fails_alone, self.calls = 0.0, fails_alone, []
+        self.single_fails_after, self.calibrating = single_fails_after, False
         self.fc1, self.act, self.fc2 = torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
 
     def tick(self, samples: int, per_sample: float, call: float = 0.0) -> None:
@@ -57,6 +60,12 @@ class TimedModel(torch.nn.Module):
         if self.fails_alone and torch.get_num_threads() == 1:
             raise RuntimeError("simulated: fails on one thread")
         self.calls.append((len(x), torch.get_num_threads(), torch.is_grad_enabled()))
+        if self.calibrating and self.single_fails_after is not None and len(x) == 1:
+            self.clock.now += self.single_fails_after
+            raise RuntimeError("simulated: one sample fails")
+        if self.calibrating and len(x) > 1 and torch.get_num_threads() == THREADS and len(x) not in self.shapes:
+            self.shapes.add(len(x))
+            self.clock.now += self.cold
         if self.alone_sleep and torch.get_num_threads() == 1 and not torch.is_grad_enabled():
             time.sleep(self.alone_sleep)
         self.tick(len(x), self.per_sample, CALL)
@@ -77,28 +86,33 @@ class TimedBackward(torch.autograd.Function):
         return grad, None
 
 
-def calibrated(monkeypatch: pytest.MonkeyPatch, batch_size: int = 256, first: float = 0.0, **simulated):
-    """The calibration the audit of a :class:`TimedModel` (``simulated``: its arguments) measures, with
-    :data:`THREADS` torch threads, on its clock, the first call of the calibration taking ``first`` more; and the
-    model, whose ``calls`` are the calibration's."""
+def calibrated(monkeypatch: pytest.MonkeyPatch, batch_size: int = 256, first: float = 0.0, samples: int = 256,
+               **simulated):
+    """The calibration the audit of ``samples`` samples by a :class:`TimedModel` (``simulated``: its arguments)
+    measures, with :data:`THREADS` torch threads, on its clock, the first call of the calibration taking ``first``
+    more; and the model, whose ``calls`` are the calibration's (and ``threads_after``: torch's threads after the
+    calibration)."""
     clock, seen = SimulatedClock(), []
     real = calibration.measure
     model = TimedModel(clock, **simulated)
     calibration_calls: list = []
 
     def measure(context, isolate):
+        model.shapes.clear()
         model.calls.clear()  # the audit's first forward passes, before the calibration
-        model.first = first
+        model.first, model.calibrating = first, True
         with pytest.MonkeyPatch.context() as patched:
             patched.setattr(calibration.time, "perf_counter", clock)
             seen.append(real(context, isolate))
+        model.threads_after = torch.get_num_threads()
         calibration_calls.extend(model.calls)
+        model.calibrating = False
         return seen[-1]
     monkeypatch.setattr(engine, "measure", measure)
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)  # on any machine: the simulated wait needs more than one thread
     try:
-        mechaudit.audit(model, torch.randn(256, 4), labels=torch.randint(0, 2, (256,)), select=["D101"],
+        mechaudit.audit(model, torch.randn(samples, 4), labels=torch.randint(0, 2, (samples,)), select=["D101"],
                         rule_timeout=0, layers=["fc1", "fc2"], batch_size=batch_size)
     finally:
         torch.set_num_threads(threads)
@@ -151,12 +165,55 @@ def test_one_time_work_in_the_first_call_is_not_taken_for_waiting_threads(monkey
 
 
 def test_a_slow_one_thread_probe_is_cut_at_its_budget(monkeypatch) -> None:
-    """One sample on one thread outlasts PROBE_SECONDS (here 1 s; the model sleeps 30 s, really): the probe is cut
-    there, and the calibration does without one thread's timings."""
+    """One sample on one thread outlasts PROBE_SECONDS (here 1 s; the model sleeps 5 s, really): the probe is cut
+    there, torch's threads are restored, and the calibration does without one thread's timings."""
     monkeypatch.setattr(calibration, "PROBE_SECONDS", 1)
-    measured, model = calibrated(monkeypatch, alone_sleep=30.0)
+    measured, model = calibrated(monkeypatch, alone_sleep=5.0)
     assert [call for call in model.calls if call[1] == 1 and not call[2]] == [(1, 1, False)]  # cut in the warm-up
+    cut = model.calls.index((1, 1, False))
+    assert all(threads == THREADS for _, threads, grad in model.calls[cut + 1:] if not grad)
+    assert model.threads_after == THREADS
     assert measured.forward_seconds == pytest.approx(PER_SAMPLE, rel=0.01) and not measured.contended
+
+
+def test_a_one_thread_probe_sure_to_be_cut_is_not_made(monkeypatch) -> None:
+    """One sample takes 3 s on two threads: on one it may take 6 s, past ten times PROBE_SECONDS (here 0.5 s):
+    no one-thread call without gradients is made."""
+    monkeypatch.setattr(calibration, "PROBE_SECONDS", 0.5)
+    measured, model = calibrated(monkeypatch, per_sample=3.0)
+    assert not any(threads == 1 and not grad for _, threads, grad in model.calls)
+    assert not measured.contended
+
+
+def test_a_cold_first_call_of_a_batch_is_not_taken_for_waiting_threads(monkeypatch) -> None:
+    """Each batch size's first call takes 20 ms more (oneDNN's primitives for a new shape; the two-sample batch's
+    threshold is 13 ms): timed once more, warm, nothing waited. The control: every call waits 20 ms: contended."""
+    measured, _ = calibrated(monkeypatch, cold=0.02)
+    assert not measured.contended
+    assert measured.forward_seconds == pytest.approx(PER_SAMPLE, rel=0.01)
+    measured, _ = calibrated(monkeypatch, wait=0.02, single_waits=False)
+    assert measured.contended
+
+
+def test_a_slow_failing_sample_calibrates_on_two_samples(monkeypatch) -> None:
+    """One sample takes 61 s and then fails (as if cut at the calibration's budget): the calibration batch is two
+    samples, not the largest batch (256, unisolated: it could outlast the rule time-out). The control: one sample
+    fails at once: the largest batch."""
+    _, model = calibrated(monkeypatch, single_fails_after=61.0)
+    assert max(samples for samples, _, _ in model.calls) == 2
+    _, model = calibrated(monkeypatch, single_fails_after=0.0)
+    assert max(samples for samples, _, _ in model.calls) == 256
+
+
+@pytest.mark.parametrize("batch_size, samples", [(1, 256), (256, 10)])
+def test_small_batches_and_little_data_are_calibrated_end_to_end(monkeypatch, batch_size, samples) -> None:
+    """Batches of one sample, and ten samples of data (under OVERHEAD_SAMPLES): all of the batch counts per
+    sample."""
+    size = min(batch_size, samples)
+    measured, model = calibrated(monkeypatch, batch_size=batch_size, samples=samples)
+    assert max(calls for calls, _, _ in model.calls) == size
+    assert measured.forward_seconds == pytest.approx(PER_SAMPLE + CALL / size)
+    assert measured.call_seconds == 0.0 and not measured.contended
 
 
 def test_waits_seen_only_in_larger_batches_still_count(monkeypatch) -> None:
