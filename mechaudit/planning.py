@@ -75,7 +75,7 @@ class Plan:
                 f"{self.calibration.forward_seconds * 1e3:.3g} ms, a sample-backward "
                 f"{self.calibration.backward_seconds * 1e3:.3g} ms"
                 f"{'' if self.calibration.backward_measured else ' (assumed: 2 forwards)'}"
-                f"{f' ({self.calibration.threads} threads)' if self.calibration.threads else ''}"
+                f"{_threads(self.calibration.threads)}"
                 f"{CONTENDED if self.calibration.contended else ''}")
         rows = [f"{'rule':<6}{'action':<8}{'forward':>10}{'backward':>10}{'memory':>10}{'est. s':>9}  note"]
         for e in self.rules:
@@ -203,3 +203,8 @@ def _size(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.3g} {unit}"
     return f"{int(value)} B"
+
+
+def _threads(n: int) -> str:
+    """`` (1 thread)``, `` (2 threads)``; nothing when unknown (0)."""
+    return f" ({n} thread{'' if n == 1 else 's'})" if n else ""
