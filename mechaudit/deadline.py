@@ -65,9 +65,10 @@ def within(seconds: float) -> Iterator[Budget]:
     recorded inside also reach the enclosing budget."""
     outer = _current.get()
     own = Budget(seconds, clock() + seconds, RESERVE * seconds) if seconds else Budget(0, None, 0.0)
-    if outer is not None and outer.deadline is not None and (
-            own.deadline is None or outer.deadline - outer.reserve < own.deadline - own.reserve):
-        own = Budget(own.seconds, outer.deadline, outer.reserve)  # the outer one stops exact checks earlier
+    if outer is not None and outer.deadline is not None:  # no later than the outer one, in its end and its stop
+        deadline = outer.deadline if own.deadline is None else min(own.deadline, outer.deadline)
+        stop = min(outer.deadline - outer.reserve, deadline if own.deadline is None else own.deadline - own.reserve)
+        own = Budget(own.seconds, deadline, deadline - stop)
     token = _current.set(own)
     try:
         yield own

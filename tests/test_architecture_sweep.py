@@ -272,6 +272,17 @@ def test_the_logits_field_holds_the_models_own_parameters_and_buffers() -> None:
     assert any(p is model.temperature for p in wrapped.parameters())
 
 
+def test_the_logits_field_moved_to_a_dtype_moves_the_buffers_its_model_reads() -> None:
+    from mechaudit.loading.auditable import LogitsField
+
+    model = _DictOutput()
+    wrapped = LogitsField(model).to(torch.float64)
+    assert model.offset.dtype == model.temperature.dtype == torch.float64
+    wrapped.offset.fill_(5.0)  # the buffer the wrapper holds is the one the model's forward reads
+    with torch.no_grad():
+        assert torch.equal(wrapped(torch.zeros(1, 4, dtype=torch.float64)), (model.fc.bias / 2.0 + 5.0)[None])
+
+
 def test_a_mapping_output_is_cast_back_to_float32() -> None:
     from mechaudit.loading.auditable import auditable
     from mechaudit.precision import cast_forward
@@ -307,6 +318,28 @@ def test_float_token_ids_are_checked_on_every_sample_before_conversion() -> None
     fractional[5, 2] = 3.5  # not token ids: left as floats (not rounded to 3), and the model's forward fails on them
     with pytest.raises(InputError, match="forward pass failed"):
         mechaudit.audit(model, fractional, labels=torch.arange(SAMPLES) % 3, select=["D101"])
+
+
+def test_negative_token_ids_are_named_by_where_they_are() -> None:
+    from mechaudit.loading.auditable import as_token_ids
+
+    tokens = _tokens().float()
+    negative = tokens.clone()
+    negative[0, 0] = -1
+    with pytest.raises(InputError, match=r"audit data cues\[1\]: "):  # no pairs: the cues are not called pairs
+        as_token_ids(AuditData(inputs=tokens, cues=(tokens, negative)))
+    with pytest.raises(InputError, match=r"audit data pairs\[0\]: "):
+        as_token_ids(AuditData(inputs=tokens, pairs=(negative, tokens), cues=(tokens, tokens)))
+
+
+def test_infinite_inputs_are_not_taken_for_token_ids() -> None:
+    from mechaudit.loading.auditable import auditable
+
+    model = nn.Sequential(nn.Embedding(VOCAB, 8), nn.Flatten(), nn.Linear(8 * TOKENS, 3)).eval()  # fails on floats
+    tokens = _tokens().float()
+    tokens[3, 1] = float("inf")  # inf == round(inf): not a whole number all the same
+    _, data = auditable(model, AuditData(inputs=tokens), torch.device("cpu"))
+    assert data.inputs.is_floating_point()
 
 
 def test_token_ids_are_recognised_in_two_forward_passes() -> None:

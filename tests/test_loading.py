@@ -26,6 +26,15 @@ def test_factory_with_safetensors_and_state_dict(tmp_path: Path) -> None:
         assert list(loaded.hashes.values())[0] and len(list(loaded.hashes.values())[0]) == 64
 
 
+def test_weights_saved_from_a_compiled_model_fit_the_eager_one(tmp_path: Path) -> None:
+    reference = mlp()
+    compiled = torch.compile(reference)
+    assert all(key.startswith("_orig_mod.") for key in compiled.state_dict())
+    save_file(compiled.state_dict(), tmp_path / "w.safetensors")
+    loaded = load_model(ModelSpec("m", factory=FACTORY, weights=tmp_path / "w.safetensors"))
+    assert torch.equal(loaded.module.fc1.weight, reference.fc1.weight)
+
+
 def test_weights_that_do_not_fit(tmp_path: Path) -> None:
     save_file(mlp(hidden=3).state_dict(), tmp_path / "w.safetensors")
     with pytest.raises(InputError, match="weights do not fit the model"):
@@ -77,6 +86,13 @@ def test_malicious_pickle_does_not_run_without_opt_in(tmp_path: Path, monkeypatc
     with pytest.raises(InputError, match="refusing to unpickle"):
         load_model(ModelSpec("m", factory=FACTORY, weights=tmp_path / "evil.pt"))
     assert not marker.exists()
+
+
+def test_a_pickled_compiled_model_is_loaded_as_the_module_it_compiles(tmp_path: Path) -> None:
+    torch.save(torch.compile(mlp()), tmp_path / "compiled.pt")
+    loaded = load_model(ModelSpec("m", pickle=tmp_path / "compiled.pt"), trust_pickle=True)
+    assert type(loaded.module).__name__ != "OptimizedModule"
+    assert not any("_orig_mod" in name for name, _ in loaded.module.named_modules())
 
 
 def test_pickled_module_with_opt_in(tmp_path: Path) -> None:

@@ -167,6 +167,21 @@ def test_an_inner_budget_ending_first_keeps_its_own_deadline(monkeypatch: pytest
     assert deadline.current() is None
 
 
+def test_an_inner_budget_ending_first_keeps_its_deadline_inside_an_outer_one_stopping_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outer budget stops exact checks (at 85) before the inner one would (88.1), but the inner one still ends
+    at 89: its rule's alarm, so it keeps that deadline, with the outer one's stop."""
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+    with deadline.within(100):
+        fake.now = 83.0
+        with deadline.within(6) as inner:
+            assert inner.deadline == 89.0 and inner.deadline - inner.reserve == pytest.approx(85.0)
+            assert inner.left() == pytest.approx(2.0)
+            fake.now = 88.0
+            assert deadline.running_out()
+
+
 def _patching(timeout: int):
     clean, corrupted = patching_pairs(carried=True)
     model = _carrier_moved(signal_mlp(spread=1, hidden=WIDTH))

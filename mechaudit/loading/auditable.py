@@ -65,12 +65,18 @@ def eager(model: nn.Module) -> nn.Module:
 
 
 def _whole_numbers(data: AuditData) -> bool:
-    """Whether every input, pair and cue pair (all of them, not only the probed samples) holds whole numbers."""
-    return all(bool((tensor == tensor.round()).all()) for tensor in _tensors(data) if tensor.is_floating_point())
+    """Whether every input, pair and cue pair (all of them, not only the probed samples) holds finite whole
+    numbers (``inf == round(inf)``, so finiteness is checked apart)."""
+    return all(bool((torch.isfinite(tensor) & (tensor == tensor.round())).all())
+               for _, tensor in _tensors(data) if tensor.is_floating_point())
 
 
-def _tensors(data: AuditData) -> list[torch.Tensor]:
-    return [data.inputs, *(data.pairs or ()), *(data.cues or ())]
+def _tensors(data: AuditData) -> list[tuple[str, torch.Tensor]]:
+    """``data``'s inputs, pairs and cue pairs, each with the name an error message gives it."""
+    named = [("inputs", data.inputs)]
+    for what, pair in (("pairs", data.pairs), ("cues", data.cues)):
+        named += [(f"{what}[{index}]", tensor) for index, tensor in enumerate(pair or ())]
+    return named
 
 
 FAILED = object()
@@ -91,7 +97,7 @@ def _forward(model: nn.Module, inputs: torch.Tensor) -> object:
 def as_token_ids(data: AuditData) -> AuditData:
     """A copy of ``data`` whose inputs, pairs and cue pairs are integer token ids; raises :class:`InputError`,
     naming them, if some are negative."""
-    for what, tensor in zip(("inputs", "pairs", "pairs", "cues", "cues"), _tensors(data)):
+    for what, tensor in _tensors(data):
         negative = (tensor < 0).nonzero()
         if len(negative):
             where = tuple(negative[0].tolist())

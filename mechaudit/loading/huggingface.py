@@ -108,17 +108,17 @@ def load_pretrained(directory: Path, **kwargs) -> nn.Module:
 class _Transparent(nn.Module):
     """Wraps a Hugging Face model without adding a prefix to its module paths: the wrapped model's children are
     registered under their own names, so heads keep the addresses users know (``encoder.layer.2.attention:h5``);
-    so are its own parameters and buffers (a top-level ``temperature``), for saving and randomising them."""
+    its own parameters and buffers (a top-level ``temperature``) are the wrapper's too, for saving and randomising
+    them: the wrapper shares the model's tables of them (not copies), so what ``.to()``, a cast or an assignment
+    puts there is what the model's forward reads."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         object.__setattr__(self, "hf_model", model)  # not registered: its children, parameters and buffers are
         for name, child in model.named_children():
             self.add_module(name, child)
-        for name, parameter in model.named_parameters(recurse=False):
-            self.register_parameter(name, parameter)
-        for name, buffer in model.named_buffers(recurse=False):
-            self.register_buffer(name, buffer, persistent=name not in model._non_persistent_buffers_set)
+        for table in ("_parameters", "_buffers", "_non_persistent_buffers_set"):
+            self.__dict__[table] = model.__dict__[table]
 
 
 class SentenceEncoder(_Transparent):

@@ -49,7 +49,7 @@ def load_model(spec: ModelSpec, trust_pickle: bool = False, search_path: Path | 
 
     if spec.factory:
         _refuse_unpickling_arguments(spec.factory, spec.factory_args, trust_pickle)
-        module = eager(_from_factory(spec.factory, spec.factory_args, search_path))  # not torch.compile's wrapper
+        module = eager(_from_factory(spec.factory, spec.factory_args, search_path))
         hashes = {}
         if spec.weights is not None:
             _check_file(spec.weights, "model weights")
@@ -67,7 +67,7 @@ def load_model(spec: ModelSpec, trust_pickle: bool = False, search_path: Path | 
         assert spec.pickle is not None
         module = _from_pickle(_check_file(spec.pickle, "pickled model"), trust_pickle)
         hashes, source = {str(spec.pickle): sha256_file(spec.pickle)}, str(spec.pickle)
-    module = bind_forward_kwargs(module, spec.forward_kwargs)
+    module = bind_forward_kwargs(eager(module), spec.forward_kwargs)  # not torch.compile's wrapper, on every path
     return LoadedModel(module.eval(), spec.name, source, hashes)
 
 
@@ -187,6 +187,9 @@ def _raised(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+_COMPILED_PREFIX = "_orig_mod."
+
+
 def _load_weights(module: nn.Module, path: Path) -> None:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -206,6 +209,10 @@ def _load_weights(module: nn.Module, path: Path) -> None:
             raise InputError(str(path), f"not a readable state_dict ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(str(path), "is not a state_dict of tensors")
+    # A state_dict saved from a torch.compile wrapper prefixes every key with "_orig_mod."; the model is loaded
+    # eager (unwrapped), so the prefix is dropped when every key has it.
+    if state and all(key.startswith(_COMPILED_PREFIX) for key in state):
+        state = {key[len(_COMPILED_PREFIX):]: value for key, value in state.items()}
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
