@@ -335,8 +335,10 @@ def _unread_streams(model: nn.Module, sample: torch.Tensor, streams: dict[str, n
     try:
         with installed(handles), torch.enable_grad():
             output = model(sample)
-            if not leaves or not isinstance(output, torch.Tensor) or not output.requires_grad:
+            if not leaves or not isinstance(output, torch.Tensor):
                 return []
+            if not output.requires_grad:  # no leaf reaches the output (frozen parameters leave nothing else)
+                return list(leaves)
             grads = torch.autograd.grad(output.float().sum(), list(leaves.values()), allow_unused=True)
     except Exception:  # noqa: BLE001 - a model autograd cannot run through keeps its streams as they are
         return []

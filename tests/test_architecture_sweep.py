@@ -165,6 +165,14 @@ def test_a_named_stream_the_output_does_not_read_is_refused() -> None:
         mechaudit.audit(_recurrent("state"), _tokens(), select=["L202"], layers=["rnn", "head"])
 
 
+def test_a_stream_the_output_does_not_read_is_found_when_every_parameter_is_frozen() -> None:
+    from mechaudit.model_view import _unread_streams
+
+    frozen, reading = _recurrent("state").requires_grad_(False), _recurrent("sequence").requires_grad_(False)
+    assert _unread_streams(frozen, _tokens()[:2], {"rnn": frozen.rnn}) == ["rnn"]
+    assert _unread_streams(reading, _tokens()[:2], {"rnn": reading.rnn}) == []  # control: read
+
+
 def _swin() -> nn.Module:  # window attention: heads computed on (samples x windows, tokens, width)
     return _hf("SwinForImageClassification", "SwinConfig", image_size=8, patch_size=2, num_channels=3, embed_dim=16,
                depths=[1], num_heads=[2], window_size=2, num_labels=3)

@@ -222,19 +222,28 @@ def test_l207_with_no_time_for_an_exact_patch_reports_the_screen_s_estimate(cloc
 def test_l207_measures_the_unpatched_baseline_once_across_its_chunks(clock: FakeClock,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from mechaudit.techniques import patching as patching_technique
-    calls = []
-    baseline = patching_check.corrupted_metric
+    totals, bases = [], []
+    measure = patching_check.metric_totals
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return baseline(*args, **kwargs)
+    def kept(*args, **kwargs):
+        totals.append((args, measure(*args, **kwargs)))
+        return totals[-1][1]
+
+    def patched(*args, base=None, **kwargs):
+        bases.append(base)
+        return exact(*args, base=base, **kwargs)
 
     def refused(*args, **kwargs):
-        raise AssertionError("exact_patching recomputed the baseline in a chunk")
-    monkeypatch.setattr(patching_check, "corrupted_metric", counted)
+        raise AssertionError("the unpatched baseline measured again")
+    exact, baseline = patching_check.exact_patching, patching_technique.corrupted_metric
+    monkeypatch.setattr(patching_check, "metric_totals", kept)
+    monkeypatch.setattr(patching_check, "exact_patching", patched)
     monkeypatch.setattr(patching_technique, "corrupted_metric", refused)
-    finding = _patching(100)  # 8 patches in 7 chunks
-    assert finding.evidence["verified"] == 8 and len(calls) == 1
+    finding = _patching(100)  # 8 patches in 7 chunks, on the corrupted runs' metric metric_totals measured
+    assert finding.evidence["verified"] == 8 and len(bases) == 7 and len(totals) == 1
+    (view, _, corrupted, targets, metric, batch, device), measured = totals[0]
+    assert all(base is measured.per_pair[1] for base in bases)
+    assert torch.equal(measured.per_pair[1], baseline(view, corrupted, targets, metric, batch, device))
 
 
 def test_l207_names_the_candidates_it_left_unpatched() -> None:

@@ -24,7 +24,6 @@ from ..techniques.circuits import Behaviour, logit_difference, target_logit
 from ..techniques.patching import (
     PatchingTotals,
     attribution_patching,
-    corrupted_metric,
     exact_patching,
     metric_totals,
 )
@@ -314,9 +313,11 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     # budget may cut: what runs after them must fit in its reserve
     planned = selection
     if screened:
-        per_pair, selection = _confirmed(context, components, selection, also, clean, corrupted, targets, metric)
+        per_pair, selection = _confirmed(context, components, selection, also, clean, corrupted, targets, metric,
+                                         totals.per_pair[1])
     else:
-        per_pair = _patched(context, components, selection.checked, clean, corrupted, targets, metric)
+        per_pair = _patched(context, components, selection.checked, clean, corrupted, targets, metric,
+                            base=totals.per_pair[1])
     per_pair = {index: per_pair[index] for index in selection.checked}
     unchecked = [{"component": names[index], "attribution_estimate": float(estimate[index])}
                  for index in planned.top + [i for i in also if i in planned.extra] if index not in per_pair]
@@ -387,18 +388,18 @@ def _patched(context: AuditContext, components: list, indices: list[int], clean:
 
 
 def _confirmed(context: AuditContext, components: list, selection: atp.Selection, also: list[int],
-               clean: torch.Tensor, corrupted: torch.Tensor, targets: torch.Tensor, metric
+               clean: torch.Tensor, corrupted: torch.Tensor, targets: torch.Tensor, metric, base: torch.Tensor
                ) -> tuple[dict[int, torch.Tensor], atp.Selection]:
     """The screen's selection patched exactly, the most important first, while the rule's time budget allows
     (:func:`~mechaudit.deadline.confirm`): the screen's top-k in its order, the path screen's (``also``), then the
     calibration sample in a seeded random order (a cut keeps a random sample). Returns the per-pair effects and the
-    selection of the components that ran."""
+    selection of the components that ran. ``base``: the corrupted runs' metric per pair (:func:`metric_totals`),
+    the baseline of every chunk."""
     ranked = selection.top + [i for i in also if i in set(selection.extra)]
     layers = {components[index][0].name for index in selection.checked}
     scanner = AblationScanner(context.view, [layer for layer in context.view.hidden_layers if layer.name in layers],
                               context.device, corrupted[:2])
     per_pair: dict[int, torch.Tensor] = {}
-    base = corrupted_metric(context.view, corrupted, targets, metric, context.batch_size, context.device)  # once
 
     def run(chunk: list[int]) -> None:
         per_pair.update(_patched(context, components, chunk, clean, corrupted, targets, metric, scanner, base))
