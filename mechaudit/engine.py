@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import platform
 import random
 import re
@@ -387,10 +388,7 @@ def _planned_run(rule: Rule, entry: RulePlan | None, context: AuditContext, time
     reduced = replace(rule, params=replace(rule.params, **{k: b for k, (_, b) in entry.reduced.items()}))
     run = _run_rule(reduced, context, timeout, restore)
     note = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in entry.reduced.items())
-    for finding in run.findings:
-        if finding.status != "skipped":
-            finding.message += f" [reduced to fit the budget: {note}]"
-            finding.evidence["budget_reduction"] = entry.label()
+    _label(run.findings, f"reduced to fit the budget: {note}", "budget_reduction", entry.label())
     run.reason = "; ".join(filter(None, [run.reason, entry.reason]))
     return run
 
@@ -448,12 +446,19 @@ def _label_cuts(findings: list[Finding], cuts: list[deadline.Cut], timeout: int)
     if not cuts:
         return
     note = "; ".join(cut.note() for cut in cuts)
+    _label(findings, f"cut by the time budget ({timeout} s): {note} ran, the most important first; lift it with "
+                     "--rule-timeout SECONDS", "time_budget_cut",
+           {"rule_timeout": timeout, "cuts": [{"what": cut.what, "planned": cut.planned, "ran": cut.ran}
+                                              for cut in cuts]})
+
+
+def _label(findings: list[Finding], note: str, key: str, evidence: object) -> None:
+    """Append ``[note]`` to every finding that is not skipped and record ``evidence`` under ``key``: what the
+    budget did to a rule (the plan's reduction, the time budget's cut)."""
     for finding in findings:
         if finding.status != "skipped":
-            finding.message += (f" [cut by the time budget ({timeout} s): {note} ran, the most important first; lift "
-                                "it with --rule-timeout SECONDS]")
-            finding.evidence["time_budget_cut"] = {"rule_timeout": timeout, "cuts": [
-                {"what": cut.what, "planned": cut.planned, "ran": cut.ran} for cut in cuts]}
+            finding.message += f" [{note}]"
+            finding.evidence[key] = copy.deepcopy(evidence)  # each finding its own
 
 
 def _error_run(rule: Rule, start: float, message: str, exc: BaseException) -> RuleRun:

@@ -207,9 +207,8 @@ class ModelView:
             raise InputError("layers", f"'{unknown[0]}' is not a module of the model")
         seen: list[tuple[str, torch.Tensor | None]] = []
         handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in candidates.items()]
-        handles += [modules[name].register_forward_hook(_recorder(name, seen, stream=True)) for name in streams]
         tuples: set[str] = set()  # the named streams whose module returns a tuple: only they need the autograd check
-        handles += [modules[name].register_forward_hook(_tuple_recorder(name, tuples)) for name in streams]
+        handles += [modules[name].register_forward_hook(_recorder(name, seen, tuples)) for name in streams]
         sites = dict(model.named_modules())
         handles += [sites[site].register_forward_pre_hook(_head_recorder(name, seen))
                     for name, (site, _) in blocks.items()]
@@ -351,14 +350,6 @@ def _tuple_stream(output: object) -> bool:
         output[0].is_floating_point())
 
 
-def _tuple_recorder(name: str, tuples: set[str]):
-    """Record that the stream ``name`` returned a tuple (:func:`_tuple_stream`)."""
-    def hook(_module, _inputs, output):
-        if _tuple_stream(output):
-            tuples.add(name)
-    return hook
-
-
 def _scripted(modules: dict[str, nn.Module]) -> list[str]:
     """The outermost TorchScript modules (path "" for a whole scripted model)."""
     found: list[str] = []
@@ -397,10 +388,13 @@ def _no_batch_axis(shape: tuple[int, ...], batch: int) -> str:
             "applied to a constant?)")
 
 
-def _recorder(name: str, seen: list, stream: bool = False):
-    """Record a module's output; for a stream, the first element of a tuple output, only if (samples, tokens, w)."""
+def _recorder(name: str, seen: list, tuples: set[str] | None = None):
+    """Record a module's output; for a stream (``tuples`` given), the first element of a tuple output, only if
+    (samples, tokens, w), and in ``tuples`` whether it returned a tuple (:func:`_tuple_stream`)."""
     def hook(_module, _inputs, output):
-        if stream:
+        if tuples is not None:
+            if _tuple_stream(output):
+                tuples.add(name)
             output = output[0] if isinstance(output, tuple) and output else output
             if isinstance(output, torch.Tensor) and output.dim() == 3:
                 seen.append((name, output))

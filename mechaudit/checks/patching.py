@@ -21,12 +21,7 @@ from ..findings import Location, Measurement
 from ..techniques import atp, resampled, second_order
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.circuits import Behaviour, logit_difference, target_logit
-from ..techniques.patching import (
-    PatchingTotals,
-    attribution_patching,
-    exact_patching,
-    metric_totals,
-)
+from ..techniques.patching import PatchingTotals, attribution_patching, exact_patching, metric_totals
 from ..techniques.uncertainty import Interval, behaviour_presence, bootstrap
 from .circuit_common import behaviour_absent, circuit_problem, class_index
 from .decomposition_evidence import unit_pictures
