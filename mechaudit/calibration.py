@@ -30,9 +30,9 @@ CALIBRATION_SAMPLES = 256
 #: Timings whose fastest counts (timeit's practice: a machine's load only ever adds time).
 TIMINGS = 3
 #: Seconds the one-sample probe on one thread may take in all (a warm-up call and up to :data:`TIMINGS` timings;
-#: one thread may take threads times longer than all); past it, the calibration does without one thread's
-#: timings. Not made where one sample on all threads, times the threads, exceeds ten times this: it would be cut,
-#: and a single long operation cannot be cut before it ends.
+#: one sample may take threads times longer there than on all threads); past it, the calibration does without one
+#: thread's timings. Not made where one sample on all threads, times the threads, exceeds ten times this: it would
+#: be cut, and a single long operation cannot be cut before it ends.
 PROBE_SECONDS = 5
 
 
@@ -57,6 +57,7 @@ class _Forward:
     device: torch.device
 
     def batch(self, samples: int) -> torch.Tensor:
+        """The first ``samples`` samples, on the device."""
         return self.inputs[:samples].to(self.device)
 
     def of(self, samples: int) -> Callable[[], Any]:
@@ -109,12 +110,12 @@ def measure(context: Any, isolate: Isolate = _unisolated) -> tuple[Sizes, Calibr
         probe = _probe(forward, min(largest, OVERHEAD_SAMPLES), isolate)
         batch = forward.batch(_calibration_batch_size(largest, probe))
         timings, base = _calibration_timings(forward, probe, batch)
-    hooked = _hooked_pass(context.view, batch, context.device, probe.waited)
-    forward_seconds, call = split_call(timings, probe.alone, base, probe.waited)
-    backward = _backward_time(context, batch, probe.waited, isolate)
+    waited = probe.waited
+    hooked = _hooked_pass(context.view, batch, context.device, waited)
+    forward_seconds, call = split_call(timings, probe.alone, base, waited)
+    backward = _backward_time(context, batch, waited, isolate)
     calibration = Calibration(forward_seconds, backward if backward is not None else 2 * forward_seconds,
-                              _flop_seconds(1 if probe.waited else TIMINGS), call, backward is not None, threads,
-                              probe.waited)
+                              _flop_seconds(1 if waited else TIMINGS), call, backward is not None, threads, waited)
     return _sizes(context, hooked), calibration
 
 
