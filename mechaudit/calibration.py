@@ -132,9 +132,9 @@ def _probe(forward: _Forward, cap: int, isolate: Isolate) -> _Probe:
         return _Probe({}, {}, slow=time.perf_counter() - started >= CALIBRATION_SECONDS)
     alone = _one_sample_alone(forward, single, isolate)
     timings = {1: single}
-    if not contended(timings, alone):
+    if not contended(timings, alone):  # batches on torch's threads
         timings = _rechecked(_doubling(forward, cap, single), alone, forward)
-    if contended(timings, alone):
+    if contended(timings, alone):  # the same batches on one thread, whose rate counts
         doubled = isolate(lambda: on_one_thread(lambda: _doubling(forward, cap, alone[1]), forward.device,
                                                 warm_up=forward.of(1)))
         alone = doubled or alone
