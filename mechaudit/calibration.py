@@ -1,6 +1,7 @@
 """Calibration of the cost model on this machine: the audit's :class:`~mechaudit.cost.Sizes` (each audited
-layer's activation size) and the seconds a sample-forward, a sample-backward, a model call and a floating-point
-operation take here (:class:`~mechaudit.cost.Calibration`), and the free memory."""
+layer's activation size, and when it is ready) and the seconds a sample-forward, a sample-backward, a model call
+and a floating-point operation take here (:class:`~mechaudit.cost.Calibration`); the free memory; what every rank
+plans from under torchrun. What the forward timings say is :mod:`mechaudit.calibration_fit`'s part."""
 
 from __future__ import annotations
 
@@ -8,133 +9,204 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from . import distributed
+from .calibration_fit import CALIBRATION_SECONDS, OVERHEAD_SAMPLES, Timings, calibration_size, contended, split_call
 from .cost import Calibration, LayerSize, Sizes
+from .stopwatch import elapsed, fastest_of, least, marker, on_one_thread, sync, timed
+
+__all__ = ["CALIBRATION_SAMPLES", "CALIBRATION_SECONDS", "OVERHEAD_SAMPLES", "PROBE_SECONDS", "TIMINGS", "Isolate",
+           "agreed", "available_bytes", "calibration_size", "contended", "measure", "split_call"]
 
 T = TypeVar("T")
 
-#: Samples in the calibration batch (at most; the audit's batch size below that): per-sample time depends on the
-#: batch size (on a CPU, measured on digits: 8.5 us per sample-forward in batches of 64, 43 us in batches of 256).
+#: Samples in the calibration batch, at most (the audit's batch size below that): the per-sample time depends on
+#: the batch size (on a CPU, digits: 8.5 us per sample-forward in batches of 64, 43 us in batches of 256).
 CALIBRATION_SAMPLES = 256
-#: Seconds one calibration forward pass should take, at most, where one sample already takes long (a large model):
-#: its batch is cut to about this, down to two samples.
-CALIBRATION_SECONDS = 2.0
-#: Timings of the forward passes and of the matrix product whose fastest is taken (timeit's practice: a machine's
-#: load only ever adds time, so the fastest timing is the one least disturbed).
+#: Timings whose fastest counts (timeit's practice: a machine's load only ever adds time).
 TIMINGS = 3
-#: The smallest calibration batch from which a model call's fixed overhead is told apart from its per-sample time;
-#: the calibration batch is sized from a batch of this many samples (doubling up to it), never from one sample
-#: alone: with more threads than free cores, each parallel operation of a small call may wait a scheduler slice for
-#: a descheduled thread (ResNet-18 at 32x32, two threads on two busy cores: 500 ms per one-sample call, and as
-#: much CPU time, against 5 ms with one thread), which the per-sample time of a batch barely shows.
-OVERHEAD_SAMPLES = 16
-#: Seconds the one-sample probe on one thread may take in all (its warm-up call and up to :data:`TIMINGS` timings;
-#: one sample may take threads times longer there than on all threads: a slow model on many cores); past it, the
-#: calibration does without one thread's timings. Not probed where one sample on all threads, times the threads,
-#: exceeds ten times this (it would be cut, and a single long operation cannot be cut before it ends).
+#: Seconds the one-sample probe on one thread may take in all (a warm-up call and up to :data:`TIMINGS` timings;
+#: one sample may take threads times longer there than on all threads); past it, the calibration does without one
+#: thread's timings. Not made where one sample on all threads, times the threads, exceeds ten times this: it would
+#: be cut, and a single long operation cannot be cut before it ends.
 PROBE_SECONDS = 5
 
-#: ``isolate(run, seconds)``: ``run()``, or None where it fails or takes over ``seconds`` (the engine's default).
-Isolate = Callable[..., Any]
+
+class Isolate(Protocol):
+    """``isolate(run, seconds)``: ``run()``, or None where it fails or takes over ``seconds`` (default: the
+    engine's calibration budget)."""
+
+    def __call__(self, run: Callable[[], T], seconds: float = ..., /) -> T | None: ...
 
 
-def measure(context: Any, isolate: Isolate = lambda run, seconds=0: run()) -> tuple[Sizes, Calibration]:
-    """The audit's :class:`Sizes` and this machine's :class:`Calibration`: forward timings of one sample and of
-    batches doubling up to :data:`OVERHEAD_SAMPLES` (:func:`_probed_timings`), of a calibration batch sized from
-    them (:func:`calibration_size`), split into per-sample and per-call time (:func:`split_call`); a hooked pass of
-    that batch (each layer's activation size and when it is ready); a backward pass (:func:`_backward_seconds`);
-    timed matrix products. ``isolate(run)`` runs the calls the audit has not made before (one sample; one thread;
-    gradients; optionally within ``seconds``) and returns None where they fail: a model may do there what it
-    never did in the first forward passes (the engine bounds and isolates them like a rule)."""
-    view, data, device = context.view, context.data, context.device
+def _unisolated(run: Callable[[], T], seconds: float = 0) -> T | None:
+    """``run()``, unguarded."""
+    return run()
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """Forward passes of the model on the first samples of the audit data."""
+
+    view: Any
+    inputs: torch.Tensor
+    device: torch.device
+
+    def batch(self, samples: int) -> torch.Tensor:
+        """The first ``samples`` samples, on the device."""
+        return self.inputs[:samples].to(self.device)
+
+    def of(self, samples: int) -> Callable[[], Any]:
+        """A call of the model on ``samples`` samples (moved to the device once, not at each call)."""
+        batch = self.batch(samples)
+        return lambda: self.view.model(batch)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """Forward timings on torch's threads and on one thread (``alone``: empty where not probed); ``slow``: one
+    sample failed or was cut only after :data:`CALIBRATION_SECONDS` (isolation does not tell the two apart)."""
+
+    timings: Timings
+    alone: Timings
+    slow: bool = False
+
+    @property
+    def waited(self) -> bool:
+        """Whether the threads waited on each other (:func:`contended`)."""
+        return contended(self.timings, self.alone)
+
+
+@dataclass(frozen=True)
+class _HookedPass:
+    """A forward pass with every audited layer hooked: the model's output, the share of the pass spent when each
+    layer's activation was ready (its first call), its activation values per sample, a heads layer's vector
+    width."""
+
+    output: Any
+    ready_at: dict[str, float]
+    values: dict[str, int]
+    widths: dict[str, int]
+
+
+def measure(context: Any, isolate: Isolate = _unisolated) -> tuple[Sizes, Calibration]:
+    """The audit's :class:`Sizes` and this machine's :class:`Calibration`, from forward timings of one sample and
+    of batches up to :data:`OVERHEAD_SAMPLES` (:func:`_probe`), then of a calibration batch sized from them
+    (:func:`_calibration_timings`), split into per-sample and per-call time (:func:`split_call`); a hooked pass of
+    that batch (:func:`_hooked_pass`); a backward pass (:func:`_backward_time`); timed matrix products. Where the
+    threads waited on each other, one thread's timings count (what OMP_NUM_THREADS=1 gives).
+
+    ``isolate`` runs the calls the audit has not made before (one sample; one thread; gradients): the model may do
+    there what it never did in the audit's first forward passes (the engine bounds and isolates them like a
+    rule)."""
     threads = torch.get_num_threads()
-    largest = max(1, min(context.batch_size, len(data), CALIBRATION_SAMPLES))
-
-    def call_with(samples: int) -> Callable[[], Any]:
-        inputs = data.inputs[:samples].to(device)
-        return lambda: view.model(inputs)
+    forward = _Forward(context.view, context.data.inputs, context.device)
+    largest = max(1, min(context.batch_size, len(context.data), CALIBRATION_SAMPLES))
     with torch.no_grad():
-        timings, alone, slow = _probed_timings(call_with, min(largest, OVERHEAD_SAMPLES), device, isolate)
-        waited = contended(timings, alone)
-        # one sample failed or was cut after taking long: the fewest samples, not the largest batch, unisolated
-        size = min(largest, 2) if slow else calibration_size(largest, alone if waited else timings)
-        batch = data.inputs[:size].to(device)
-        # where the threads waited, each call waits long and one thread's rate decides: one timing, no base
-        _fastest_into(timings, len(batch), lambda: view.model(batch), device, 1 if waited else TIMINGS)
-        base = OVERHEAD_SAMPLES if not waited and len(batch) >= 2 * OVERHEAD_SAMPLES and 1 in timings else 1
-        if base > 1:
-            _fastest_into(timings, base, call_with(base), device)
-    values: dict[str, int] = {}
-    widths: dict[str, int] = {}
-
-    def ready() -> tuple[Any, dict[str, float]]:
-        with torch.no_grad():  # after the others: a warm model
-            return _readiness(view, batch, device, values, widths)
-    output, reached = (_one_thread(ready, device, warm_up=ready) if waited else None) or ready()
-    forward_seconds, call = split_call(timings, alone, base, waited)
-    layers = tuple(LayerSize(layer.name, layer.kind, layer.size, values.get(layer.name, layer.size),
-                             not layer.is_output, reached.get(layer.name), widths.get(layer.name, 0))
-                   for layer in view.layers)
-    sizes = Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
-                  int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks),
-                  context.behaviour.kind if context.behaviour is not None else "")
-    backward = None if waited else isolate(lambda: _backward_seconds(context, batch))
-    # one thread's backward pass: where the threads waited, or where it is quick even at threads x longer
-    if device.type == "cpu" and (waited or (backward is not None
-                                            and backward * len(batch) * threads <= CALIBRATION_SECONDS)):
-        backward = _least(backward, isolate(lambda: _one_thread(lambda: _backward_seconds(context, batch), device)))
+        probe = _probe(forward, min(largest, OVERHEAD_SAMPLES), isolate)
+        batch = forward.batch(_calibration_batch_size(largest, probe))
+        timings, base = _calibration_timings(forward, probe, batch)
+    waited = probe.waited
+    hooked = _hooked_pass(context.view, batch, context.device, waited)
+    forward_seconds, call = split_call(timings, probe.alone, base, waited)
+    backward = _backward_time(context, batch, waited, isolate)
     calibration = Calibration(forward_seconds, backward if backward is not None else 2 * forward_seconds,
                               _flop_seconds(1 if waited else TIMINGS), call, backward is not None, threads, waited)
-    return sizes, calibration
+    return _sizes(context, hooked), calibration
 
 
-def _probed_timings(call_with: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
-                    isolate: Isolate) -> tuple[dict[int, float], dict[int, float], bool]:
-    """Forward timings (samples -> seconds) on torch's threads and on one thread (empty where not probed), and
-    whether the one-sample call failed or was cut only after :data:`CALIBRATION_SECONDS` (a slow model: isolate
-    does not tell a failure from its time-out): one sample on each, after an untimed warm-up call (one-time work,
-    such as compiling, oneDNN's primitives or lazy initialisation, is not load), and batches doubling up to ``cap``
-    on torch's threads unless one sample showed that they waited on each other (:func:`contended`; a batch seen to
-    wait is timed once more, warm, the fastest counting: its first call at a new shape is cold), and on one thread
-    where they did. The calls on one thread are isolated: one sample's within :data:`PROBE_SECONDS` (not probed
-    where it would surely be cut), the batches' within the calibration's budget; where they fail, they are not
-    probed. Where the batches fail on one thread, one thread's rate is one sample's, call included (an upper
+def _probe(forward: _Forward, cap: int, isolate: Isolate) -> _Probe:
+    """Forward timings of one sample on torch's threads and on one thread (:func:`_one_sample_alone`), each after
+    an untimed warm-up call (one-time work, such as compiling, oneDNN's primitives or lazy initialisation, is not
+    load); then of batches doubling up to ``cap`` on torch's threads, unless one sample showed them waiting, with
+    a second timing of those that seem to wait (:func:`_rechecked`); and where the threads waited, of the same
+    batches on one thread, isolated (where that fails, one thread's rate is one sample's, call included: an upper
     bound)."""
     started = time.perf_counter()
-    single = isolate(lambda: _warmed_fastest(call_with(1), device))
+    single = isolate(lambda: _warmed_fastest(forward.of(1), forward.device))
     if single is None:
-        return {}, {}, time.perf_counter() - started >= CALIBRATION_SECONDS
+        return _Probe({}, {}, slow=time.perf_counter() - started >= CALIBRATION_SECONDS)
+    alone = _one_sample_alone(forward, single, isolate)
     timings = {1: single}
-    one = None
-    if single * torch.get_num_threads() <= 10 * PROBE_SECONDS:
-        one = isolate(lambda: _one_thread(lambda: _warmed_fastest(call_with(1), device), device), PROBE_SECONDS)
-    alone = {1: one} if one is not None else {}
-    if not contended(timings, alone):
-        timings = _rechecked(_doubling(call_with, cap, device, single), alone, call_with, device)
-    if contended(timings, alone):
-        doubled = isolate(lambda: _one_thread(lambda: _doubling(call_with, cap, device, alone[1]), device,
-                                              warm_up=call_with(1)))
+    if not contended(timings, alone):  # batches on torch's threads
+        timings = _rechecked(_doubling(forward, cap, single), alone, forward)
+    if contended(timings, alone):  # the same batches on one thread, whose rate counts
+        doubled = isolate(lambda: on_one_thread(lambda: _doubling(forward, cap, alone[1]), forward.device,
+                                                warm_up=forward.of(1)))
         alone = doubled or alone
-    return timings, alone, False
+    return _Probe(timings, alone)
 
 
-def _rechecked(timings: dict[int, float], alone: dict[int, float], call_with: Callable[[int], Callable[[], Any]],
-               device: torch.device) -> dict[int, float]:
+def _one_sample_alone(forward: _Forward, single: float, isolate: Isolate) -> Timings:
+    """``{1: seconds}`` of one sample on one thread, isolated within :data:`PROBE_SECONDS`; empty where it fails,
+    is cut, or would surely be cut (``single``, its time on torch's threads, times the threads exceeds ten times
+    that budget)."""
+    if single * torch.get_num_threads() > 10 * PROBE_SECONDS:
+        return {}
+    one = isolate(lambda: on_one_thread(lambda: _warmed_fastest(forward.of(1), forward.device), forward.device),
+                  PROBE_SECONDS)
+    return {} if one is None else {1: one}
+
+
+def _doubling(forward: _Forward, cap: int, single: float) -> Timings:
+    """Timings of 1 (``single``), 2, 4, ... samples up to ``cap`` (one each; the fastest of :data:`TIMINGS` for
+    ``cap``, which bounds the rest), stopping once they took :data:`CALIBRATION_SECONDS` in all (a large model)."""
+    timings = {1: single}
+    size, spent = 1, single
+    while size < cap and spent <= CALIBRATION_SECONDS:
+        size = min(2 * size, cap)
+        timings[size] = (_fastest if size == cap else timed)(forward.of(size), forward.device)
+        spent += timings[size]
+    return timings
+
+
+def _rechecked(timings: Timings, alone: Timings, forward: _Forward) -> Timings:
     """``timings`` with each batch that seems to have waited (:func:`contended`) timed once more, the fastest
-    counting, up to the first that waits again: a single timing of a new shape is cold (oneDNN creates its
-    primitives: a review measured 1.3 ms for a small network's first two-sample call, 0.15 ms warm, against a
-    threshold of 1.24 ms)."""
+    counting, up to the first that still waits: a new shape's first call is cold (oneDNN creates its primitives:
+    a small network's first two-sample call took 1.3 ms, 0.15 ms warm, against a threshold of 1.24 ms)."""
     for samples in sorted(timings):
         if contended({samples: timings[samples]}, alone):
-            timings[samples] = min(timings[samples], _timed(call_with(samples), device))
+            timings[samples] = min(timings[samples], timed(forward.of(samples), forward.device))
             if contended({samples: timings[samples]}, alone):
                 break
     return timings
+
+
+def _calibration_batch_size(largest: int, probe: _Probe) -> int:
+    """:func:`calibration_size` from one thread's timings where the threads waited, else from torch's; where one
+    sample failed only after long, the fewest samples (the calibration batch's calls are not isolated)."""
+    if probe.slow:
+        return min(largest, 2)
+    return calibration_size(largest, probe.alone if probe.waited else probe.timings)
+
+
+def _calibration_timings(forward: _Forward, probe: _Probe, batch: torch.Tensor) -> tuple[Timings, int]:
+    """The probe's timings with the calibration batch's, and the base :func:`split_call` compares it with:
+    :data:`OVERHEAD_SAMPLES`, timed, where the threads did not wait and the batch holds twice that; else one
+    sample. Where the threads waited, each call waits long: one timing."""
+    timings = dict(probe.timings)
+    _fastest_into(timings, len(batch), lambda: forward.view.model(batch), forward.device,
+                  1 if probe.waited else TIMINGS)
+    base = 1
+    if not probe.waited and len(batch) >= 2 * OVERHEAD_SAMPLES and 1 in timings:
+        base = OVERHEAD_SAMPLES
+        _fastest_into(timings, base, forward.of(base), forward.device)
+    return timings, base
+
+
+def _fastest_into(timings: Timings, samples: int, run: Callable[[], Any], device: torch.device,
+                  repeats: int = TIMINGS) -> None:
+    """``timings[samples]``: the fastest of its timing so far and :func:`_fastest`'s."""
+    timings[samples] = min(timings.get(samples, math.inf), _fastest(run, device, repeats))
+
+
+def _fastest(run: Callable[[], Any], device: torch.device, repeats: int = TIMINGS) -> float:
+    """The fastest of ``repeats`` timings of ``run()``, fewer once they took :data:`CALIBRATION_SECONDS`."""
+    return fastest_of(lambda: timed(run, device), repeats, CALIBRATION_SECONDS)
 
 
 def _warmed_fastest(run: Callable[[], Any], device: torch.device) -> float:
@@ -143,137 +215,24 @@ def _warmed_fastest(run: Callable[[], Any], device: torch.device) -> float:
     return _fastest(run, device)
 
 
-def _doubling(call_with: Callable[[int], Callable[[], Any]], cap: int, device: torch.device,
-              single: float) -> dict[int, float]:
-    """Seconds of forward passes of 1 (``single``), 2, 4, ... samples up to ``cap`` (one timing each, the fastest
-    of :data:`TIMINGS` for ``cap``), stopping once they took :data:`CALIBRATION_SECONDS` in all (a large model)."""
-    timings = {1: single}
-    size, spent = 1, single
-    while size < cap and spent <= CALIBRATION_SECONDS:
-        size = min(2 * size, cap)
-        timings[size] = (_fastest if size == cap else _timed)(call_with(size), device)  # the last bounds the rest
-        spent += timings[size]
-    return timings
+def _hooked_pass(view: Any, batch: torch.Tensor, device: torch.device, waited: bool) -> _HookedPass:
+    """:func:`_readiness` of ``batch``, on one thread where the threads waited (after a warm-up call: setting the
+    thread count makes the next call cold)."""
+    def run() -> _HookedPass:
+        with torch.no_grad():
+            return _readiness(view, batch, device)
+    return (on_one_thread(run, device, warm_up=run) if waited else None) or run()
 
 
-def calibration_size(largest: int, timings: dict[int, float]) -> int:
-    """Samples in the calibration batch: as many as take about :data:`CALIBRATION_SECONDS` at the per-sample time
-    of the largest batch timed so far (``timings``: samples -> seconds; a large model's per-sample time is steady
-    from a few samples), at least two and that batch, at most ``largest``; ``largest`` without timings."""
-    if not timings:
-        return largest
-    samples = max(timings)
-    seconds = timings[samples]
-    fitting = int(CALIBRATION_SECONDS * samples / seconds) if seconds > 0 else largest
-    return min(largest, max(2, samples, fitting))
-
-
-def split_call(timings: dict[int, float], alone: dict[int, float] | None = None,
-               base: int = 1, waited: bool | None = None) -> tuple[float, float]:
-    """(seconds per sample-forward, seconds of a call's fixed overhead), fitting ``t(b) = call + b * per_sample``
-    to the fastest timings of batches (``timings``: samples -> seconds; 1 absent where one sample failed) and, where
-    probed, those on one thread (``alone``); ``waited``: whether the threads waited on each other (by default
-    :func:`contended` on these timings).
-
-    Per sample: what the largest batch adds per sample over ``base`` samples (a call's waits on descheduled
-    threads, the same for any batch size, cancel out), kept between a quarter of the largest batch's average and
-    the lesser of that average and one thread's rate (the average of its largest batch). Where the threads waited
-    on each other it is that lesser: what OMP_NUM_THREADS=1 gives. Below :data:`OVERHEAD_SAMPLES` samples (a
-    large model: one sample is mostly compute) or without one sample, all of the batch counts per sample (bounded
-    by one thread's rate).
-
-    The call: the fastest one-sample timing, on any thread count, less the per-sample time."""
-    alone = alone or {}
-    samples = max(timings)
-    average = timings[samples] / samples
-    rate = alone[max(alone)] / max(alone) if alone else math.inf
-    high = min(average, rate)
-    if 1 not in timings or samples < OVERHEAD_SAMPLES:
-        return max(high, 1e-9), 0.0
-    if waited is None:
-        waited = contended(timings, alone)
-    if waited:
-        per_sample = max(high, 1e-9)
-    else:
-        added = (timings[samples] - timings[base]) / (samples - base)
-        per_sample = max(min(max(added, average / 4), high), 1e-9)
-    one = _least(*timings.values(), alone.get(1))
-    return per_sample, max((one or 0.0) - per_sample, 0.0)
-
-
-def contended(timings: dict[int, float], alone: dict[int, float] | None) -> bool:
-    """Whether the threads waited on each other: a batch of any size took over twice (and a millisecond more than)
-    as many times one sample's time on one thread (more threads than free cores; each parallel operation may then
-    wait on a descheduled thread, and the waits come in bursts)."""
-    if not alone or 1 not in alone:
-        return False
-    return any(seconds > 2 * samples * alone[1] + 1e-3 for samples, seconds in timings.items())
-
-
-def _least(*seconds: float | None) -> float | None:
-    """The least of ``seconds`` that were measured (not None); None where none was."""
-    measured = [value for value in seconds if value is not None]
-    return min(measured) if measured else None
-
-
-def _one_thread(run: Callable[[], T], device: torch.device, warm_up: Callable[[], Any] | None = None) -> T | None:
-    """``run()`` on one CPU thread (no thread waits on another), after ``warm_up()`` where given (setting the
-    thread count clears oneDNN's cache: the first call after it is cold); None on a GPU or where torch runs one
-    thread already."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2:
-        return None
-    try:
-        torch.set_num_threads(1)  # within the try: a time-out right after it still restores the threads
-        if warm_up is not None:
-            warm_up()
-        return run()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fastest_into(timings: dict[int, float], samples: int, run: Callable[[], Any], device: torch.device,
-                  repeats: int = TIMINGS) -> None:
-    """``timings[samples]``: the fastest of its timing so far and :func:`_fastest`'s."""
-    timings[samples] = min(timings.get(samples, math.inf), _fastest(run, device, repeats))
-
-
-def agreed(sizes: Sizes, calibration: Calibration, memory: int) -> tuple[Sizes, Calibration, int]:
-    """What every rank plans from under torchrun, so that every rank plans alike (a rule reduced on one rank and
-    run in full on another would hang their collectives): the slowest rank's seconds, the least free memory,
-    whether every rank timed a backward pass, whether any rank's threads waited on each other, and each layer's
-    readiness share averaged over the ranks (None where any rank did not time it). On one process, the arguments
-    unchanged."""
-    if not distributed.active():
-        return sizes, calibration, memory
-    slowest = distributed.reduce(torch.tensor([calibration.forward_seconds, calibration.backward_seconds,
-                                               calibration.flop_seconds, calibration.call_seconds],
-                                              dtype=torch.float64), "max").tolist()
-    least = distributed.reduce(torch.tensor([memory, float(calibration.backward_measured),
-                                             float(not calibration.contended)], dtype=torch.float64), "min").tolist()
-    timed = distributed.reduce(torch.tensor([float(layer.at is not None) for layer in sizes.layers],
-                                            dtype=torch.float64), "min").tolist()
-    total = distributed.reduce(torch.tensor([layer.at or 0.0 for layer in sizes.layers],
-                                            dtype=torch.float64)).tolist()
-    layers = tuple(replace(layer, at=total[i] / distributed.world_size() if timed[i] else None)
-                   for i, layer in enumerate(sizes.layers))
-    calibration = replace(calibration, forward_seconds=slowest[0], backward_seconds=slowest[1],
-                          flop_seconds=slowest[2], call_seconds=slowest[3], backward_measured=bool(least[1]),
-                          contended=not least[2])
-    return replace(sizes, layers=layers), calibration, int(least[0])
-
-
-def _readiness(view: Any, batch: torch.Tensor, device: torch.device,
-               values: dict[str, int], widths: dict[str, int]) -> tuple[Any, dict[str, float]]:
-    """One forward pass of ``batch`` with every audited layer hooked (a pass apart from the timed ones, whose hooks
-    would slow them: heads hooks re-run attention): the model's output, each layer's activation values per sample
-    (into ``values``; a heads layer's vector width into ``widths``) and the share of the pass spent when its
-    activation was ready (its first call; none where it did not run). On CUDA the hooks record events instead of
-    waiting for the GPU at each layer."""
+def _readiness(view: Any, batch: torch.Tensor, device: torch.device) -> _HookedPass:
+    """One forward pass of ``batch`` with every audited layer hooked (apart from the timed passes, which hooks would
+    slow: heads hooks re-run attention). On CUDA the hooks record events instead of waiting for the GPU."""
     from .model_view import installed, units_view
 
-    mark = _marker(device)
+    mark = marker(device)
     reached: dict[str, Any] = {}
+    values: dict[str, int] = {}
+    widths: dict[str, int] = {}
 
     def record(layer):
         def hook(activation, _args):
@@ -284,54 +243,60 @@ def _readiness(view: Any, batch: torch.Tensor, device: torch.device,
                 widths[layer.name] = int(activation.shape[-1])
         return hook
     with installed(view.hook(layer, record(layer)) for layer in view.layers):
-        _sync(device)
+        sync(device)
         start = mark()
         output = view.model(batch)
         end = mark()
-        _sync(device)
-    seconds = _elapsed(start, end)
-    shares = {name: min(1.0, max(0.0, _elapsed(start, at) / seconds)) for name, at in reached.items()} \
+        sync(device)
+    seconds = elapsed(start, end)
+    shares = {name: min(1.0, max(0.0, elapsed(start, at) / seconds)) for name, at in reached.items()} \
         if seconds > 0 else {}
-    return output, shares
+    return _HookedPass(output, shares, values, widths)
 
 
-def _marker(device: torch.device) -> Callable[[], Any]:
-    """A mark of the present moment in the device's order of work: a recorded CUDA event (no waiting for the GPU;
-    not run in the tests, which have no GPU), else the CPU's clock."""
-    if device.type != "cuda":
-        return time.perf_counter
-
-    def event() -> Any:
-        recorded = torch.cuda.Event(enable_timing=True)
-        recorded.record()
-        return recorded
-    return event
+def _sizes(context: Any, hooked: _HookedPass) -> Sizes:
+    """The audit's :class:`Sizes`: its data and batches, and each layer's size as the hooked pass saw it."""
+    data, output = context.data, hooked.output
+    layers = tuple(LayerSize(layer.name, layer.kind, layer.size, hooked.values.get(layer.name, layer.size),
+                             not layer.is_output, hooked.ready_at.get(layer.name), hooked.widths.get(layer.name, 0))
+                   for layer in context.view.layers)
+    return Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
+                 int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks),
+                 context.behaviour.kind if context.behaviour is not None else "")
 
 
-def _elapsed(start: Any, end: Any) -> float:
-    """Seconds between two marks of :func:`_marker` (CUDA events once the GPU has finished them)."""
-    return start.elapsed_time(end) / 1e3 if isinstance(start, torch.cuda.Event) else end - start
+def _backward_time(context: Any, batch: torch.Tensor, waited: bool, isolate: Isolate) -> float | None:
+    """Seconds per sample-backward (:func:`_backward_seconds`), isolated, on torch's threads unless they waited;
+    on one CPU thread too, the least counting, where they waited or where it is quick even at threads times
+    longer; None where none could be timed."""
+    def on_threads() -> float | None:
+        return _backward_seconds(context, batch)
+    seconds = None if waited else isolate(on_threads)
+    quick = seconds is not None and seconds * len(batch) * torch.get_num_threads() <= CALIBRATION_SECONDS
+    if context.device.type == "cpu" and (waited or quick):
+        seconds = least(seconds, isolate(lambda: on_one_thread(on_threads, context.device)))
+    return seconds
 
 
 def _backward_seconds(context: Any, batch: torch.Tensor) -> float | None:
     """Seconds per sample of a backward pass: the gradient of the summed outputs with respect to float inputs, or
     where they do not reach the outputs (token ids stored as floats), to the first audited activation; None where
-    there is nothing to differentiate. The fastest of up to :data:`TIMINGS` (fewer once they took
-    :data:`CALIBRATION_SECONDS` in all), as for the forward passes."""
-    to_inputs = batch.is_floating_point()
-    seconds = _gradient_seconds(context, batch, to_inputs=True) if to_inputs else None
-    if seconds is None and context.view.layers:
-        to_inputs = False
-        seconds = _gradient_seconds(context, batch, to_inputs=False)
-    if seconds is None:
-        return None
-    seconds = _fastest_of(lambda: _gradient_seconds(context, batch, to_inputs) or math.inf, first=seconds)
-    return max(seconds / len(batch), 1e-9)
+    there is nothing to differentiate. The fastest of up to :data:`TIMINGS`, as for the forward passes."""
+    leaves = ([True] if batch.is_floating_point() else []) + ([False] if context.view.layers else [])
+    for to_inputs in leaves:
+        first = _gradient_seconds(context, batch, to_inputs)
+        if first is not None:
+            seconds = fastest_of(lambda: _gradient_seconds(context, batch, to_inputs) or math.inf, TIMINGS,
+                                 CALIBRATION_SECONDS, first=first)
+            return max(seconds / len(batch), 1e-9)
+    return None
 
 
 def _gradient_seconds(context: Any, batch: torch.Tensor, to_inputs: bool) -> float | None:
     """Seconds of one backward pass of ``batch`` to its inputs or to the first audited activation, or None when
     that leaf does not reach the outputs."""
+    from .model_view import installed
+
     view = context.view
     leaves: list[torch.Tensor] = []
 
@@ -343,8 +308,6 @@ def _gradient_seconds(context: Any, batch: torch.Tensor, to_inputs: bool) -> flo
     if to_inputs:
         batch = batch.clone().requires_grad_(True)
         leaves.append(batch)
-    from .model_view import installed
-
     try:
         with torch.enable_grad(), installed([] if to_inputs else [view.hook(view.layers[0], leaf)]):
             output = view.model(batch)
@@ -354,7 +317,7 @@ def _gradient_seconds(context: Any, batch: torch.Tensor, to_inputs: bool) -> flo
         if not total.requires_grad:
             return None
         grads: list = []
-        seconds = _timed(lambda: grads.extend(torch.autograd.grad(total, leaves, allow_unused=True)), context.device)
+        seconds = timed(lambda: grads.extend(torch.autograd.grad(total, leaves, allow_unused=True)), context.device)
         return None if grads[0] is None else seconds
     except RuntimeError:  # no path from the leaf to the outputs (e.g. integer operations in between)
         return None
@@ -373,40 +336,35 @@ def _flop_seconds(timings: int = TIMINGS, size: int = 512, repeats: int = 2) -> 
         for _ in range(repeats):
             a @ b
     cpu = torch.device("cpu")
-    fastest = _least(_fastest(products, cpu, timings), _one_thread(lambda: _fastest(products, cpu), cpu))
+    on_threads = _fastest(products, cpu, timings)
+    alone = on_one_thread(lambda: _fastest(products, cpu), cpu)
+    fastest = on_threads if alone is None else min(on_threads, alone)
     return max(fastest / (repeats * 2 * size ** 3), 1e-15)
 
 
-def _fastest(run: Callable[[], Any], device: torch.device, repeats: int = TIMINGS) -> float:
-    """The fastest of ``repeats`` timings of ``run()`` (:func:`_fastest_of`)."""
-    return _fastest_of(lambda: _timed(run, device), repeats)
-
-
-def _fastest_of(timing: Callable[[], float], repeats: int = TIMINGS, first: float | None = None) -> float:
-    """The least of ``repeats`` results of ``timing()`` (``first`` counting as the first where given), fewer once
-    they took :data:`CALIBRATION_SECONDS` in all (a large model or a busy machine: a long timing is less disturbed
-    by load, and repeating it costs the most)."""
-    best = spent = first if first is not None else timing()
-    for _ in range(repeats - 1):
-        if spent > CALIBRATION_SECONDS:
-            break
-        latest = timing()
-        best, spent = min(best, latest), spent + latest
-    return best
-
-
-def _timed(run: Callable[[], Any], device: torch.device) -> float:
-    """Seconds ``run()`` takes (waiting for the GPU to finish)."""
-    _sync(device)
-    start = time.perf_counter()
-    run()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def agreed(sizes: Sizes, calibration: Calibration, memory: int) -> tuple[Sizes, Calibration, int]:
+    """What every rank plans from under torchrun, so that every rank plans alike (a rule reduced on one rank and
+    run in full on another would hang their collectives): the slowest rank's seconds, the least free memory,
+    whether every rank timed a backward pass, whether any rank's threads waited on each other, and each layer's
+    readiness share averaged over the ranks (None where any rank did not time it). On one process, the arguments
+    unchanged."""
+    if not distributed.active():
+        return sizes, calibration, memory
+    slowest = distributed.reduce(torch.tensor([calibration.forward_seconds, calibration.backward_seconds,
+                                               calibration.flop_seconds, calibration.call_seconds],
+                                              dtype=torch.float64), "max").tolist()
+    lowest = distributed.reduce(torch.tensor([memory, float(calibration.backward_measured),
+                                              float(not calibration.contended)], dtype=torch.float64), "min").tolist()
+    measured = distributed.reduce(torch.tensor([float(layer.at is not None) for layer in sizes.layers],
+                                               dtype=torch.float64), "min").tolist()
+    total = distributed.reduce(torch.tensor([layer.at or 0.0 for layer in sizes.layers],
+                                            dtype=torch.float64)).tolist()
+    layers = tuple(replace(layer, at=total[i] / distributed.world_size() if measured[i] else None)
+                   for i, layer in enumerate(sizes.layers))
+    calibration = replace(calibration, forward_seconds=slowest[0], backward_seconds=slowest[1],
+                          flop_seconds=slowest[2], call_seconds=slowest[3], backward_measured=bool(lowest[1]),
+                          contended=not lowest[2])
+    return replace(sizes, layers=layers), calibration, int(lowest[0])
 
 
 def available_bytes(device: torch.device) -> int:
