@@ -1,7 +1,8 @@
 """Calibration of the cost model on this machine: the audit's :class:`~mechaudit.cost.Sizes` (each audited
 layer's activation size, and when it is ready) and the seconds a sample-forward, a sample-backward, a model call
 and a floating-point operation take here (:class:`~mechaudit.cost.Calibration`); the free memory; what every rank
-plans from under torchrun. What the forward timings say is :mod:`mechaudit.calibration_fit`'s part."""
+plans from under torchrun. What the forward timings say, and the budgets they are made in
+(``CALIBRATION_SECONDS``, ``OVERHEAD_SAMPLES``, read there at each call), is :mod:`mechaudit.calibration_fit`'s part."""
 
 from __future__ import annotations
 
@@ -14,13 +15,12 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from . import distributed
-from .calibration_fit import CALIBRATION_SECONDS, OVERHEAD_SAMPLES, Timings, calibration_size, contended, split_call
+from . import calibration_fit, distributed
+from .calibration_fit import Timings, calibration_size, contended, split_call
 from .cost import Calibration, LayerSize, Sizes
 from .stopwatch import elapsed, fastest_of, least, marker, on_one_thread, sync, timed
 
-__all__ = ["CALIBRATION_SAMPLES", "CALIBRATION_SECONDS", "OVERHEAD_SAMPLES", "PROBE_SECONDS", "TIMINGS", "Isolate",
-           "agreed", "available_bytes", "calibration_size", "contended", "measure", "split_call"]
+__all__ = ["CALIBRATION_SAMPLES", "PROBE_SECONDS", "TIMINGS", "Isolate", "agreed", "available_bytes", "measure"]
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ class _Forward:
         """The first ``samples`` samples, on the device."""
         return self.inputs[:samples].to(self.device)
 
-    def of(self, samples: int) -> Callable[[], Any]:
+    def call(self, samples: int) -> Callable[[], Any]:
         """A call of the model on ``samples`` samples (moved to the device once, not at each call)."""
         batch = self.batch(samples)
         return lambda: self.view.model(batch)
@@ -68,17 +68,14 @@ class _Forward:
 
 @dataclass(frozen=True)
 class _Probe:
-    """Forward timings on torch's threads and on one thread (``alone``: empty where not probed); ``slow``: one
-    sample failed or was cut only after :data:`CALIBRATION_SECONDS` (isolation does not tell the two apart)."""
+    """Forward timings on torch's threads and on one thread (``alone``: empty where not probed); ``waited``: whether
+    the threads waited on each other (:func:`contended` of the two); ``slow``: one sample failed or was cut only after
+    :data:`calibration_fit.CALIBRATION_SECONDS` (isolation does not tell the two apart)."""
 
     timings: Timings
     alone: Timings
+    waited: bool = False
     slow: bool = False
-
-    @property
-    def waited(self) -> bool:
-        """Whether the threads waited on each other (:func:`contended`)."""
-        return contended(self.timings, self.alone)
 
 
 @dataclass(frozen=True)
@@ -88,35 +85,40 @@ class _HookedPass:
     width."""
 
     output: Any
-    ready_at: dict[str, float]
+    ready_share: dict[str, float]
     values: dict[str, int]
     widths: dict[str, int]
 
 
 def measure(context: Any, isolate: Isolate = _unisolated) -> tuple[Sizes, Calibration]:
     """The audit's :class:`Sizes` and this machine's :class:`Calibration`, from forward timings of one sample and
-    of batches up to :data:`OVERHEAD_SAMPLES` (:func:`_probe`), then of a calibration batch sized from them
-    (:func:`_calibration_timings`), split into per-sample and per-call time (:func:`split_call`); a hooked pass of
-    that batch (:func:`_hooked_pass`); a backward pass (:func:`_backward_time`); timed matrix products. Where the
-    threads waited on each other, one thread's timings count (what OMP_NUM_THREADS=1 gives).
+    of batches up to :data:`calibration_fit.OVERHEAD_SAMPLES` (:func:`_probe`), then of a calibration batch sized
+    from them (:func:`_calibration_timings`), split into per-sample and per-call time (:func:`split_call`); a hooked
+    pass of that batch (:func:`_hooked_pass`); a backward pass (:func:`_backward_time`); timed matrix products.
+    Where the threads waited on each other, one thread's timings count (what OMP_NUM_THREADS=1 gives).
 
     ``isolate`` runs the calls the audit has not made before (one sample; one thread; gradients): the model may do
     there what it never did in the audit's first forward passes (the engine bounds and isolates them like a
-    rule)."""
+    rule). Torch's thread count is restored however this ends (the engine's time-out repeats every second: one
+    landing in :func:`on_one_thread`'s own restore would leave one thread)."""
     threads = torch.get_num_threads()
-    forward = _Forward(context.view, context.data.inputs, context.device)
-    largest = max(1, min(context.batch_size, len(context.data), CALIBRATION_SAMPLES))
-    with torch.no_grad():
-        probe = _probe(forward, min(largest, OVERHEAD_SAMPLES), isolate)
-        batch = forward.batch(_calibration_batch_size(largest, probe))
-        timings, base = _calibration_timings(forward, probe, batch)
-    waited = probe.waited
-    hooked = _hooked_pass(context.view, batch, context.device, waited)
-    forward_seconds, call = split_call(timings, probe.alone, base, waited)
-    backward = _backward_time(context, batch, waited, isolate)
-    calibration = Calibration(forward_seconds, backward if backward is not None else 2 * forward_seconds,
-                              _flop_seconds(1 if waited else TIMINGS), call, backward is not None, threads, waited)
-    return _sizes(context, hooked), calibration
+    try:
+        forward = _Forward(context.view, context.data.inputs, context.device)
+        largest = max(1, min(context.batch_size, len(context.data), CALIBRATION_SAMPLES))
+        with torch.no_grad():
+            probe = _probe(forward, min(largest, calibration_fit.OVERHEAD_SAMPLES), isolate)
+            batch = forward.batch(_calibration_batch_size(largest, probe))
+            timings, base = _calibration_timings(forward, probe, batch)
+        hooked = _hooked_pass(context.view, batch, context.device, probe.waited)
+        forward_seconds, call = split_call(timings, probe.alone, base, probe.waited)
+        backward = _backward_time(context, batch, probe.waited, threads, isolate)
+        calibration = Calibration(forward_seconds, backward if backward is not None else 2 * forward_seconds,
+                                  _flop_seconds(1 if probe.waited else TIMINGS), call, backward is not None,
+                                  threads, probe.waited)
+        return _sizes(context, hooked), calibration
+    finally:
+        if torch.get_num_threads() != threads:  # only where changed (setting the count may clear oneDNN's cache)
+            torch.set_num_threads(threads)
 
 
 def _probe(forward: _Forward, cap: int, isolate: Isolate) -> _Probe:
@@ -127,18 +129,18 @@ def _probe(forward: _Forward, cap: int, isolate: Isolate) -> _Probe:
     batches on one thread, isolated (where that fails, one thread's rate is one sample's, call included: an upper
     bound)."""
     started = time.perf_counter()
-    single = isolate(lambda: _warmed_fastest(forward.of(1), forward.device))
+    single = isolate(lambda: _warmed_fastest(forward.call(1), forward.device))
     if single is None:
-        return _Probe({}, {}, slow=time.perf_counter() - started >= CALIBRATION_SECONDS)
+        return _Probe({}, {}, slow=time.perf_counter() - started >= calibration_fit.CALIBRATION_SECONDS)
     alone = _one_sample_alone(forward, single, isolate)
     timings = {1: single}
     if not contended(timings, alone):  # batches on torch's threads
         timings = _rechecked(_doubling(forward, cap, single), alone, forward)
     if contended(timings, alone):  # the same batches on one thread, whose rate counts
         doubled = isolate(lambda: on_one_thread(lambda: _doubling(forward, cap, alone[1]), forward.device,
-                                                warm_up=forward.of(1)))
+                                                warm_up=forward.call(1)))
         alone = doubled or alone
-    return _Probe(timings, alone)
+    return _Probe(timings, alone, waited=contended(timings, alone))
 
 
 def _one_sample_alone(forward: _Forward, single: float, isolate: Isolate) -> Timings:
@@ -147,19 +149,20 @@ def _one_sample_alone(forward: _Forward, single: float, isolate: Isolate) -> Tim
     that budget)."""
     if single * torch.get_num_threads() > 10 * PROBE_SECONDS:
         return {}
-    one = isolate(lambda: on_one_thread(lambda: _warmed_fastest(forward.of(1), forward.device), forward.device),
+    one = isolate(lambda: on_one_thread(lambda: _warmed_fastest(forward.call(1), forward.device), forward.device),
                   PROBE_SECONDS)
     return {} if one is None else {1: one}
 
 
 def _doubling(forward: _Forward, cap: int, single: float) -> Timings:
     """Timings of 1 (``single``), 2, 4, ... samples up to ``cap`` (one each; the fastest of :data:`TIMINGS` for
-    ``cap``, which bounds the rest), stopping once they took :data:`CALIBRATION_SECONDS` in all (a large model)."""
+    ``cap``, which bounds the rest), stopping once they took :data:`calibration_fit.CALIBRATION_SECONDS` in all (a
+    large model)."""
     timings = {1: single}
     size, spent = 1, single
-    while size < cap and spent <= CALIBRATION_SECONDS:
+    while size < cap and spent <= calibration_fit.CALIBRATION_SECONDS:
         size = min(2 * size, cap)
-        timings[size] = (_fastest if size == cap else timed)(forward.of(size), forward.device)
+        timings[size] = (_fastest if size == cap else timed)(forward.call(size), forward.device)
         spent += timings[size]
     return timings
 
@@ -170,7 +173,7 @@ def _rechecked(timings: Timings, alone: Timings, forward: _Forward) -> Timings:
     a small network's first two-sample call took 1.3 ms, 0.15 ms warm, against a threshold of 1.24 ms)."""
     for samples in sorted(timings):
         if contended({samples: timings[samples]}, alone):
-            timings[samples] = min(timings[samples], timed(forward.of(samples), forward.device))
+            timings[samples] = min(timings[samples], timed(forward.call(samples), forward.device))
             if contended({samples: timings[samples]}, alone):
                 break
     return timings
@@ -186,15 +189,15 @@ def _calibration_batch_size(largest: int, probe: _Probe) -> int:
 
 def _calibration_timings(forward: _Forward, probe: _Probe, batch: torch.Tensor) -> tuple[Timings, int]:
     """The probe's timings with the calibration batch's, and the base :func:`split_call` compares it with:
-    :data:`OVERHEAD_SAMPLES`, timed, where the threads did not wait and the batch holds twice that; else one
-    sample. Where the threads waited, each call waits long: one timing."""
+    :data:`calibration_fit.OVERHEAD_SAMPLES`, timed, where the threads did not wait and the batch holds twice that;
+    else one sample. Where the threads waited, each call waits long: one timing."""
     timings = dict(probe.timings)
     _fastest_into(timings, len(batch), lambda: forward.view.model(batch), forward.device,
                   1 if probe.waited else TIMINGS)
     base = 1
-    if not probe.waited and len(batch) >= 2 * OVERHEAD_SAMPLES and 1 in timings:
-        base = OVERHEAD_SAMPLES
-        _fastest_into(timings, base, forward.of(base), forward.device)
+    if not probe.waited and len(batch) >= 2 * calibration_fit.OVERHEAD_SAMPLES and 1 in timings:
+        base = calibration_fit.OVERHEAD_SAMPLES
+        _fastest_into(timings, base, forward.call(base), forward.device)
     return timings, base
 
 
@@ -205,8 +208,9 @@ def _fastest_into(timings: Timings, samples: int, run: Callable[[], Any], device
 
 
 def _fastest(run: Callable[[], Any], device: torch.device, repeats: int = TIMINGS) -> float:
-    """The fastest of ``repeats`` timings of ``run()``, fewer once they took :data:`CALIBRATION_SECONDS`."""
-    return fastest_of(lambda: timed(run, device), repeats, CALIBRATION_SECONDS)
+    """The fastest of ``repeats`` timings of ``run()``, fewer once they took
+    :data:`calibration_fit.CALIBRATION_SECONDS`."""
+    return fastest_of(lambda: timed(run, device), repeats, calibration_fit.CALIBRATION_SECONDS)
 
 
 def _warmed_fastest(run: Callable[[], Any], device: torch.device) -> float:
@@ -216,8 +220,9 @@ def _warmed_fastest(run: Callable[[], Any], device: torch.device) -> float:
 
 
 def _hooked_pass(view: Any, batch: torch.Tensor, device: torch.device, waited: bool) -> _HookedPass:
-    """:func:`_readiness` of ``batch``, on one thread where the threads waited (after a warm-up call: setting the
-    thread count makes the next call cold)."""
+    """:func:`_readiness` of ``batch``, on one thread where the threads waited, after a warm-up call there (setting
+    the thread count makes the next call cold). Only the measured (last) pass counts, for the sizes as for the
+    shares; the warm-up's records are dropped (the two differ only where the model's layers depend on the data)."""
     def run() -> _HookedPass:
         with torch.no_grad():
             return _readiness(view, batch, device)
@@ -258,23 +263,24 @@ def _sizes(context: Any, hooked: _HookedPass) -> Sizes:
     """The audit's :class:`Sizes`: its data and batches, and each layer's size as the hooked pass saw it."""
     data, output = context.data, hooked.output
     layers = tuple(LayerSize(layer.name, layer.kind, layer.size, hooked.values.get(layer.name, layer.size),
-                             not layer.is_output, hooked.ready_at.get(layer.name), hooked.widths.get(layer.name, 0))
+                             not layer.is_output, hooked.ready_share.get(layer.name), hooked.widths.get(layer.name, 0))
                    for layer in context.view.layers)
     return Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
                  int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks),
                  context.behaviour.kind if context.behaviour is not None else "")
 
 
-def _backward_time(context: Any, batch: torch.Tensor, waited: bool, isolate: Isolate) -> float | None:
-    """Seconds per sample-backward (:func:`_backward_seconds`), isolated, on torch's threads unless they waited;
-    on one CPU thread too, the least counting, where they waited or where it is quick even at threads times
-    longer; None where none could be timed."""
-    def on_threads() -> float | None:
+def _backward_time(context: Any, batch: torch.Tensor, waited: bool, threads: int,
+                   isolate: Isolate) -> float | None:
+    """Seconds per sample-backward (:func:`_backward_seconds`), isolated, on torch's ``threads`` unless they
+    waited; on one CPU thread too, the least counting, where they waited or where it is quick even at ``threads``
+    times longer; None where none could be timed."""
+    def backward_seconds() -> float | None:
         return _backward_seconds(context, batch)
-    seconds = None if waited else isolate(on_threads)
-    quick = seconds is not None and seconds * len(batch) * torch.get_num_threads() <= CALIBRATION_SECONDS
+    seconds = None if waited else isolate(backward_seconds)
+    quick = seconds is not None and seconds * len(batch) * threads <= calibration_fit.CALIBRATION_SECONDS
     if context.device.type == "cpu" and (waited or quick):
-        seconds = least(seconds, isolate(lambda: on_one_thread(on_threads, context.device)))
+        seconds = least(seconds, isolate(lambda: on_one_thread(backward_seconds, context.device)))
     return seconds
 
 
@@ -282,12 +288,13 @@ def _backward_seconds(context: Any, batch: torch.Tensor) -> float | None:
     """Seconds per sample of a backward pass: the gradient of the summed outputs with respect to float inputs, or
     where they do not reach the outputs (token ids stored as floats), to the first audited activation; None where
     there is nothing to differentiate. The fastest of up to :data:`TIMINGS`, as for the forward passes."""
-    leaves = ([True] if batch.is_floating_point() else []) + ([False] if context.view.layers else [])
-    for to_inputs in leaves:
+    # what the gradient is taken with respect to: the inputs (True) where float, then the first audited activation
+    targets = ([True] if batch.is_floating_point() else []) + ([False] if context.view.layers else [])
+    for to_inputs in targets:
         first = _gradient_seconds(context, batch, to_inputs)
         if first is not None:
             seconds = fastest_of(lambda: _gradient_seconds(context, batch, to_inputs) or math.inf, TIMINGS,
-                                 CALIBRATION_SECONDS, first=first)
+                                 calibration_fit.CALIBRATION_SECONDS, first=first)
             return max(seconds / len(batch), 1e-9)
     return None
 
@@ -336,9 +343,7 @@ def _flop_seconds(timings: int = TIMINGS, size: int = 512, repeats: int = 2) -> 
         for _ in range(repeats):
             a @ b
     cpu = torch.device("cpu")
-    on_threads = _fastest(products, cpu, timings)
-    alone = on_one_thread(lambda: _fastest(products, cpu), cpu)
-    fastest = on_threads if alone is None else min(on_threads, alone)
+    fastest = least(_fastest(products, cpu, timings), on_one_thread(lambda: _fastest(products, cpu), cpu))
     return max(fastest / (repeats * 2 * size ** 3), 1e-15)
 
 

@@ -58,8 +58,8 @@ def on_one_thread(run: Callable[[], T], device: torch.device,
 
 
 def marker(device: torch.device) -> Callable[[], Any]:
-    """A mark of the present moment in the device's order of work: a recorded CUDA event (no waiting for the GPU;
-    not run in the tests, which have no GPU), else the CPU's clock."""
+    """A mark of the present moment in the device's order of work: a recorded CUDA event (no waiting for the GPU),
+    else the CPU's clock."""
     if device.type != "cuda":
         return time.perf_counter
 

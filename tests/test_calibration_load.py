@@ -10,7 +10,7 @@ import torch
 
 import mechaudit
 from mechaudit import calibration, engine
-from mechaudit.calibration import OVERHEAD_SAMPLES, calibration_size, contended, split_call
+from mechaudit.calibration_fit import OVERHEAD_SAMPLES
 
 #: The simulated model: each call's fixed overhead, each sample's time on :data:`THREADS` threads (twice that on
 #: one), and the wait every call with more than one thread makes while the machine is loaded (the same for any
@@ -254,40 +254,30 @@ def test_a_large_model_is_calibrated_on_a_few_samples(monkeypatch) -> None:
     assert measured.call_seconds == 0.0
 
 
-def test_the_calibration_batch_follows_the_largest_batch_timed() -> None:
-    assert calibration_size(256, {1: 0.5, 2: 0.5, 4: 0.5, 8: 0.5, 16: 0.5}) == 64  # 2 s at 16 samples per 0.5 s
-    assert calibration_size(256, {1: 1e-3, 16: 1e-2}) == 256  # a fast model: the largest batch
-    assert calibration_size(256, {1: 3.0}) == 2  # one sample over CALIBRATION_SECONDS: two samples
-    assert calibration_size(1, {1: 3.0}) == 1  # a single sample of data
-    assert calibration_size(100, {}) == 100  # one sample failed: the largest batch
+def test_a_time_out_leaving_one_thread_set_still_restores_the_threads(monkeypatch) -> None:
+    """The engine's time-out repeats every second: one landing inside :func:`on_one_thread`'s own restore would
+    leave torch on one thread. Simulated by an isolation that sets one thread and times out: the calibration
+    restores the threads it started with."""
+    real, threads_after = calibration.measure, []
 
+    def cut(run, seconds=0):
+        torch.set_num_threads(1)
+        raise engine.RuleTimeout("simulated: the restore was cut")
 
-def test_split_call_on_timings_measured_under_load() -> None:
-    """Timings of ResNet-18 at 32x32, two threads on two loaded cores (seconds; one sample slower than 42): 42
-    samples add nothing measurable over 16. Without one thread's timings the per-sample time is a quarter of the
-    batch's average, and the call under the fastest timing of any batch; with them (5.0 ms for one sample, 12.2 ms
-    for 16, measured on one thread), one thread's average in 16 samples (what OMP_NUM_THREADS=1 gives), and the
-    call one thread's time for one sample less that."""
-    timings = {1: 1.020, 2: 1.475, 4: 1.616, 8: 1.608, 16: 0.757, 42: 0.588}
-    forward, call = split_call(timings, base=16)
-    assert forward == pytest.approx(0.588 / 42 / 4) and call <= 0.588
-    alone = {1: 0.0050, 16: 0.0122}
-    forward, call = split_call(timings, alone, base=16)
-    assert forward == pytest.approx(0.0122 / 16)
-    assert call == pytest.approx(0.0050 - forward)
-    assert contended(timings, alone)
-    noisy = {1: 1.0, 16: 1.0, 128: 2.5}  # the waits varied: 112 samples seem to add 13 ms each
-    assert split_call(noisy, alone, base=16)[0] == pytest.approx(0.0122 / 16)
-    assert split_call({1: 0.5, 8: 0.506}, {1: 0.003, 8: 0.01}) == (pytest.approx(0.01 / 8), 0.0)  # a small batch
-    assert not contended(timings, {}) and not contended({1: 0.005}, {1: 0.004})
-
-
-def test_split_call_fits_a_line_through_steady_timings() -> None:
-    """t(b) = call + b * per_sample exactly: both recovered; below OVERHEAD_SAMPLES all of it per sample."""
-    line = {b: 0.01 + b * 1e-3 for b in (1, 2, 4, 8, OVERHEAD_SAMPLES, 128)}
-    assert split_call(line, base=OVERHEAD_SAMPLES) == pytest.approx((1e-3, 0.01))
-    assert split_call({1: 2.5, 2: 5.0}) == (2.5, 0.0)
-    assert split_call({8: 1.0}) == (1.0 / 8, 0.0)  # one sample failed
+    def measure(context, isolate):
+        with pytest.raises(engine.RuleTimeout):
+            real(context, cut)
+        threads_after.append(torch.get_num_threads())
+        return real(context, isolate)
+    monkeypatch.setattr(engine, "measure", measure)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        mechaudit.audit(TimedModel(SimulatedClock()), torch.randn(16, 4), labels=torch.randint(0, 2, (16,)),
+                        select=["D101"], rule_timeout=0, layers=["fc1", "fc2"])
+    finally:
+        torch.set_num_threads(threads)
+    assert threads_after == [THREADS]
 
 
 def test_the_plan_says_when_the_threads_waited() -> None:
