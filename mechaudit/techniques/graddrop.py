@@ -23,13 +23,14 @@ than ``n``'s own layer, mechaudit computes, per unit ``n`` and sample ``x``::
     GradDrop(n)    = 1 / |B(n)| * sum_{d in B(n)} score(AtP_GD_d(n, .))
 
 with ``score(e) = mean_x |e(x)|`` for AtP* itself (:meth:`GradDropTerms.magnitude`; the absolute value per sample,
-so samples of opposite sign cannot cancel either) and L202's predicted accuracy drop for its screen (a per-sample
-probability of the margin going negative, >= 0 like a magnitude). ``n``'s own block is left out as in the paper
-(with the input detached its term would be plain AtP); a block that ran before ``n``'s layer (its ``order`` is
-smaller) contributes plain AtP without a pass. In a model without skips around a block (a sequential net), a
-block downstream of ``n`` is on every path and its term is 0, so GradDrop is at most plain AtP there: the L202
-screen ranks by the larger of plain AtP's and GradDrop's score, which leaves a sequential model's ranking as it
-was and raises a unit whose paths cancel.
+so samples of opposite sign cannot cancel either) and, for L202's screen, its predicted accuracy drop clipped at 0
+(:func:`~.atp.predicted_accuracy_drop`, from per-sample margin changes; clipped like a magnitude, so a gain through
+one path does not offset a loss through another). ``n``'s own block is left out as in the paper (with the input
+detached its term would be plain AtP); a block that ran before ``n``'s layer (its ``order`` is smaller) contributes
+plain AtP without a pass. L202 ranks a unit by GradDrop where it exceeds plain AtP's score (or 0), else by plain
+AtP's (:meth:`GradDropTerms.ranked`). In a model without a skip around a block (a sequential net) a block after
+``n`` is on every path and its term is 0, so GradDrop never exceeds plain AtP and the ranking stays as it was
+(``digits``); it raises a unit whose paths cancel.
 
 Cost: one forward and one backward pass per batch for every block that runs after the first screened layer
 (:func:`passes`), plus the source's forward pass per block and batch for resample ablation.
@@ -105,7 +106,7 @@ class GradDropTerms:
         ``score`` of each block's term, ``plain`` (the screen's own estimate) for the blocks before the layer."""
         terms = self.dropped[mode][layer.name]
         count = self.before[layer.name] + len(terms)
-        if not count:
+        if not terms:  # every other block ran before the layer: each term is plain AtP
             return score(plain)
         total = score(plain) * self.before[layer.name] if self.before[layer.name] else 0.0
         for term in terms:
@@ -114,8 +115,12 @@ class GradDropTerms:
 
     def ranked(self, mode: str, layer: Layer, plain: torch.Tensor,
                score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The larger of plain AtP's ``score`` and GradDrop's, per unit (what the L202 screen ranks by)."""
-        return torch.maximum(score(plain), self.score(mode, layer, plain, score))
+        """What the L202 screen ranks by, per unit: GradDrop's mean of the terms' ``score`` (each at least 0, as
+        AtP*'s magnitudes: a gain through one path does not offset a loss through another) where it exceeds plain
+        AtP's score (or 0), else plain AtP's score (which may be negative: a predicted gain)."""
+        plain_score = score(plain)
+        dropped = self.score(mode, layer, plain, lambda e: score(e).clamp(min=0))
+        return torch.where(dropped > plain_score.clamp(min=0), dropped, plain_score)
 
     def magnitude(self, mode: str, layer: Layer, plain: torch.Tensor) -> torch.Tensor:
         """AtP*'s GradDrop score per unit: the mean over blocks of the mean over samples of ``|AtP_GD_d|``."""
