@@ -4,6 +4,9 @@ ranks alike, and the formula matches a hand computation on a tiny model."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -14,46 +17,11 @@ from mechaudit.cost import LayerSize, Sizes
 from mechaudit.model_view import ModelView
 from mechaudit.techniques import atp, graddrop
 
-WIDTH, CRITICAL = 300, 137
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-
-class Cancelling(nn.Module):
-    """300 hidden units; every unit but one adds a little to class 0; unit 137 writes ``2 h`` into class 2 directly
-    and ``-2 relu(h - 1)`` through a side path (``mid``, ``mid_out``), so class 2 reads ``2 min(h, 1)``: where the
-    unit is on (h >= 2) both paths' gradients cancel exactly, yet ablating it to its mean (below 1) removes class 2.
-    ``cancel=False``: no side path (the control: class 2 reads ``2 h``)."""
-
-    def __init__(self, cancel: bool = True) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(4, WIDTH), nn.Linear(WIDTH, 3)
-        self.mid, self.mid_out = nn.Linear(WIDTH, 1), nn.Linear(1, 3, bias=False)
-        with torch.no_grad():
-            for tensor in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.mid.weight,
-                           self.mid_out.weight):
-                tensor.zero_()
-            for unit in range(WIDTH):
-                if unit != CRITICAL:
-                    self.fc1.weight[unit, 0] = 1.0
-                    self.fc2.weight[0, unit] = 1.0 / (WIDTH - 1)
-            self.fc2.bias[0], self.fc2.bias[1] = 0.6, 0.2
-            self.fc1.weight[CRITICAL, 2] = 1.0
-            self.fc2.weight[2, CRITICAL] = 2.0
-            self.mid.weight[0, CRITICAL], self.mid.bias[0] = 1.0, -1.0
-            self.mid_out.weight[2, 0] = -2.0 if cancel else 0.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = torch.relu(self.fc1(x))
-        side = self.mid_out(torch.relu(self.mid(hidden)))  # before fc2, so that fc2 is the output layer
-        return self.fc2(hidden) + side
-
-
-def planted_inputs(samples: int = 600) -> torch.Tensor:
-    """Gaussian inputs whose third feature is 0, or (on 15% of the samples) uniform in [2, 3]."""
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(samples, 4, generator=generator)
-    on = torch.rand(samples, generator=generator) < 0.15
-    inputs[:, 2] = on * (2 + torch.rand(samples, generator=generator))
-    return inputs
+from benchmarks.graddrop import CRITICAL, WIDTH, Cancelling, planted_inputs  # noqa: E402
 
 
 def _scores(cancel: bool) -> tuple[torch.Tensor, torch.Tensor]:
