@@ -14,6 +14,7 @@ from torch import nn
 import mechaudit
 from mechaudit.checks import critical_units
 from mechaudit.cost import LayerSize, Sizes
+from mechaudit.loading import AuditData
 from mechaudit.model_view import ModelView
 from mechaudit.techniques import atp, graddrop
 
@@ -152,3 +153,28 @@ def test_auto_turns_graddrop_off_past_its_pass_bound_and_the_plan_charges_the_pa
     on = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="on"))
     off = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="off"))
     assert on.backward - off.backward == 2 * 600
+
+
+def _patching(graddrop_choice: str):
+    clean = planted_inputs(200)
+    clean[:, 2] = 0.0  # the planted unit off on the clean inputs, on (h in [2, 3]) on the corrupted ones
+    corrupted = clean.clone()
+    corrupted[:, 2] = 2 + torch.rand(200, generator=torch.Generator().manual_seed(1))
+    model = Cancelling().eval()
+    inputs = torch.cat([clean, corrupted])
+    data = AuditData(inputs=inputs, labels=model(inputs).argmax(-1).detach(), pairs=(clean, corrupted))
+    (finding,) = mechaudit.audit(model, data, select=["L207"],
+                                 rules={"L207": {"top_k": 3, "calibration": 3,
+                                                 "screen_graddrop": graddrop_choice}}).findings
+    return finding
+
+
+def test_l207_with_graddrop_patches_the_cancelling_unit_and_finds_it_carries_the_behaviour() -> None:
+    """Along the whole path from the corrupted to the clean run the planted unit's gradient is 0 (both paths cancel,
+    then its ReLU is off), yet patching it alone recovers all of the logit difference."""
+    found = _patching("on")
+    assert found.location.component == f"fc1:u{CRITICAL}" and found.value > 0.99
+    assert found.evidence["screen"]["graddrop"]["used"]
+    missed = _patching("off")
+    assert f"fc1:u{CRITICAL}" not in missed.evidence["screen"]["checked"] and missed.value < 0.01
+    assert not missed.evidence["screen"]["graddrop"]["used"]

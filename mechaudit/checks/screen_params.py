@@ -31,5 +31,6 @@ def graddrop_param() -> Any:
     return param("auto", choices=("auto", "on", "off"),
                  doc="screened: also score each unit by AtP*'s GradDrop (the screen recomputed once per audited "
                      "Linear/Conv/attention block after the screened layers with that block's input detached, so "
-                     "paths whose effects cancel are scored apart) and rank by the larger of both; one forward and "
-                     f"backward pass per such block and batch; auto: on when at most {AUTO_PASSES} blocks follow")
+                     "paths whose effects cancel are scored apart), ranked by it where it exceeds plain AtP; one "
+                     f"forward and backward pass per such block and batch; auto: on when at most {AUTO_PASSES} "
+                     "blocks follow")

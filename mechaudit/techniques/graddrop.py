@@ -128,9 +128,9 @@ class GradDropTerms:
 
     def evidence(self) -> dict:
         return {"used": True, "why": self.reason, "blocks": len(self.blocks), "passes": self.passes,
-                "formula": "per unit, the mean over the blocks other than its own layer's of the screen's score of "
-                           "the estimate with that block's input detached (plain AtP for blocks before the unit); "
-                           "ranked by the larger of that and plain AtP's score"}
+                "formula": "per unit, the mean over the blocks other than its own layer's of the screen's score "
+                           "(at least 0) of its estimate with that block's input detached (plain AtP for blocks "
+                           "before the unit); the unit ranked by it where it exceeds plain AtP's score (or 0)"}
 
 
 def not_used(reason: str) -> dict:
