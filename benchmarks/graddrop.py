@@ -13,6 +13,9 @@ the rank of the planted unit, and CPU seconds of each screen with GradDrop's cos
 * the embedded ``digits`` (a sequential CNN: no block has a skip around it, GradDrop cannot change the ranking)
   and ``induction`` (a 2-layer attention-only transformer with a residual stream) over all their hidden units.
 * a random-weight 2-layer, 128-wide GPT-2 (heads and 512 ``c_fc`` neurons): the cost ratio at a real layout.
+
+L207 rows: the path screen (3 points, the rule's default) with and without GradDrop against exact patching, summed
+over the pairs (``cancelling``: clean inputs with the planted unit off, corrupted twins with it on).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from mechaudit.activations import batches
 from mechaudit.model_view import Layer, ModelView
 from mechaudit.techniques import atp, graddrop
 from mechaudit.techniques.ablation_scan import AblationScanner
+from mechaudit.techniques.circuits import logit_difference
+from mechaudit.techniques.patching import attribution_patching, exact_patching
 
 CPU = torch.device("cpu")
 WIDTH, CRITICAL = 300, 137
@@ -123,12 +128,48 @@ def compare(label: str, view: ModelView, layers: list[Layer], inputs: torch.Tens
     print(f"{label}: {len(exact_drop)} units, {terms.passes} GradDrop pass(es) per batch over {len(terms.blocks)} "
           f"blocks; CPU s: plain screen {plain_seconds:.2f}, with GradDrop {plain_seconds + drop_seconds:.2f} "
           f"({ratio:.1f}x), exact {exact_seconds:.2f}")
+    _print_rows({what: screen for what, screen in rows.items() if what.startswith("L202")}, exact_drop, k, planted)
+    _print_rows({what: screen for what, screen in rows.items() if not what.startswith("L202")}, exact_change, k,
+                planted)
+
+
+def compare_patching(label: str, view: ModelView, layers: list[Layer], clean: torch.Tensor,
+                     corrupted: torch.Tensor, targets: torch.Tensor, metric, k: int = 10, steps: int = 3,
+                     planted: int | None = None) -> None:
+    """L207: the path screen (``steps`` points, the rule's default) with and without GradDrop against exact patching
+    of every component, each summed over the pairs."""
+    plain_seconds, plain = timed(lambda: attribution_patching(view, layers, clean, corrupted, targets, metric,
+                                                              steps=steps))
+    drop_seconds, terms = timed(lambda: graddrop.graddrop_terms(view, layers, corrupted, targets, metric,
+                                                                {"patch": (None, clean)}))
+    exact_seconds, exact = timed(lambda: exact_patching(view, layers, clean, corrupted, targets, metric))
+    total = lambda e: e.sum(1)  # noqa: E731
+    rows = {"L207 patch, plain AtP": np.concatenate([plain[layer.name].numpy() for layer in layers]),
+            "L207 patch, with GradDrop": np.concatenate([terms.ranked("patch", layer, plain[layer.name].unsqueeze(1),
+                                                                      total).numpy() for layer in layers])}
+    truth = np.concatenate([exact[layer.name].numpy() for layer in layers])
+    ratio = (plain_seconds + drop_seconds) / max(plain_seconds, 1e-9)
+    print(f"{label} (L207): {len(truth)} components, {terms.passes} GradDrop pass(es); CPU s: path screen "
+          f"{plain_seconds:.2f}, with GradDrop {plain_seconds + drop_seconds:.2f} ({ratio:.1f}x), exact "
+          f"{exact_seconds:.2f}")
+    _print_rows(rows, truth, k, planted)
+
+
+def _print_rows(rows: dict, truth: np.ndarray, k: int, planted: int | None) -> None:
     for what, screen in rows.items():
-        truth = exact_drop if what.startswith("L202") else exact_change
         rho, recall = _agreement(screen, truth, k)
         order = np.argsort(-screen, kind="stable").tolist()  # ties in index order, as the screen's selection
         rank = "" if planted is None else f"  planted unit ranked {order.index(planted) + 1}/{len(screen)}"
         print(f"  {what:<28} spearman {rho:>6}  recall@{k} {recall:.2f}{rank}")
+
+
+def planted_pairs(samples: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean inputs with the planted unit off, corrupted twins with it on (h in [2, 3])."""
+    clean = planted_inputs(samples)
+    clean[:, 2] = 0.0
+    corrupted = clean.clone()
+    corrupted[:, 2] = 2 + torch.rand(samples, generator=torch.Generator().manual_seed(1))
+    return clean, corrupted
 
 
 def planted() -> None:
@@ -139,9 +180,17 @@ def planted() -> None:
         with torch.no_grad():
             means = {"fc1": torch.relu(model.fc1(inputs)).mean(0).unsqueeze(-1)}
         compare(label, view, [view.layer("fc1")], inputs, labels, means, k=4, planted=CRITICAL)
+        clean, corrupted = planted_pairs()
+        with torch.no_grad():
+            ranked = model(corrupted).argsort(-1, descending=True)
+            first = model(clean).argmax(-1)
+        targets = torch.stack([first, torch.where(ranked[:, 0] == first, ranked[:, 1], ranked[:, 0])], 1)
+        compare_patching(label, view, [view.layer("fc1")], clean, corrupted, targets, logit_difference, k=4,
+                         planted=CRITICAL)
 
 
 def example(name: str, k: int) -> None:
+    from mechaudit.checks.patching import PatchingParams, _problem
     from mechaudit.engine import prepare
     from mechaudit.examples import example_spec
     from mechaudit.spec import load_spec
@@ -151,6 +200,8 @@ def example(name: str, k: int) -> None:
     means = {n: s.mean_map.float() for n, s in context.unit_stats.items()}
     compare(name, context.view, context.view.hidden_layers, context.data.inputs[indices],
             context.data.labels[indices], means, context.logits, k)
+    clean, corrupted, targets, metric, _ = _problem(context, PatchingParams(samples=10_000))
+    compare_patching(name, context.view, context.view.hidden_layers, clean, corrupted, targets, metric, k)
 
 
 def gpt2(layers_count: int = 2, width: int = 128, prompts: int = 32, tokens: int = 8, k: int = 16) -> None:
@@ -170,7 +221,16 @@ def gpt2(layers_count: int = 2, width: int = 128, prompts: int = 32, tokens: int
     with torch.no_grad():
         labels = last(model(inputs)).argmax(-1)
     means = {n: s.mean_map.float() for n, s in unit_statistics(view, view.layers, inputs, 64, CPU).items()}
-    compare(f"gpt2 {layers_count}x{width} random", view, view.layers, inputs, labels, means, last, k, 64)
+    label = f"gpt2 {layers_count}x{width} random"
+    compare(label, view, view.layers, inputs, labels, means, last, k, 64)
+    corrupted = torch.randint(0, 2048, (prompts, tokens), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ranked = last(model(corrupted)).argsort(-1, descending=True)
+    targets = torch.stack([labels, torch.where(ranked[:, 0] == labels, ranked[:, 1], ranked[:, 0])], 1)
+
+    def metric(outputs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        return logit_difference(outputs[:, -1] if outputs.dim() == 3 else outputs, chosen)
+    compare_patching(label, view, view.layers, inputs, corrupted, targets, metric, k)
 
 
 def main() -> None:

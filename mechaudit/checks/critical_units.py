@@ -150,6 +150,16 @@ never screens them, each holds at most 256 units and is ablated exactly), 2 poin
 from 0.8 to 0.9 (rho 0.95 to 0.94); on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to 0.62 (moving all
 3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a forward and backward
 pass per screened layer; so the default stays the first order.
+`screen_graddrop` adds AtP*'s cancellation fix (GradDrop, `mechaudit.techniques.graddrop`): the screen is recomputed
+once per audited Linear, Conv or attention block that runs after a screened layer, with that block's input detached
+(a skip or branch around it still carries gradient), and a unit is ranked by the mean over the blocks other than its
+own of those estimates' predicted drops (each at least 0; plain AtP for the blocks before it) where that exceeds plain
+AtP's. `python benchmarks/graddrop.py`: a unit whose two paths cancel at first order, whose mean ablation removes a
+class, is ranked 138th of 300 (tied at 0) by plain AtP and 1st with GradDrop; the control without the second path, and
+`digits` (sequential: GradDrop cannot exceed plain AtP there; rho 0.948, top-10 recall 0.8), `induction` (1.0) and a
+random 2-layer GPT-2's 1,032 units (0.525) rank as before. Each block costs a forward and backward pass per batch
+(GPT-2-small's shape: 24 blocks); `auto` (default) runs it when at most 4 follow the first screened layer. The
+screen's `graddrop` evidence says whether it ran, why, and over how many blocks.
 Time budget: the plan's estimate cannot foresee the machine's load (GPT-2-small's shape: 278 s on an idle machine,
 593 s under load, against the default 600 s time-out; issue 16), so the screened units are ablated exactly in order, the
 screen's top-ranked first (its `screen_top_k`, then each layer's best), then the calibration sample in a seeded random
