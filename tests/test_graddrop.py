@@ -15,7 +15,7 @@ import mechaudit
 from mechaudit.checks import critical_units
 from mechaudit.cost import LayerSize, Sizes
 from mechaudit.loading import AuditData
-from mechaudit.model_view import ModelView
+from mechaudit.model_view import ModelView, installed
 from mechaudit.techniques import atp, graddrop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -178,3 +178,24 @@ def test_l207_with_graddrop_patches_the_cancelling_unit_and_finds_it_carries_the
     missed = _patching("off")
     assert f"fc1:u{CRITICAL}" not in missed.evidence["screen"]["checked"] and missed.value < 0.01
     assert not missed.evidence["screen"]["graddrop"]["used"]
+
+
+class KeywordBlock(nn.Module):
+    """A block called with its input as a keyword (as Hugging Face attention modules often are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(3, 3)
+
+    def forward(self, *, hidden: torch.Tensor, scale: tuple[torch.Tensor, float]) -> torch.Tensor:
+        return self.inner(hidden) * scale[0] * scale[1]
+
+
+def test_dropping_a_block_detaches_its_keyword_and_nested_inputs_and_leaves_the_skip_path() -> None:
+    block, start = KeywordBlock(), torch.ones(2, 3, requires_grad=True)
+    factor = start.sum(1, keepdim=True)
+    with installed([graddrop._detach_inputs(block)]):
+        out = start + block(hidden=start * 2, scale=(factor, 2.0))
+    out.sum().backward()
+    assert torch.equal(start.grad, torch.ones(2, 3))  # the skip path alone
+    assert block.inner.weight.grad is not None  # the block's own parameters still get their gradient
