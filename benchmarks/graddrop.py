@@ -1,6 +1,6 @@
 """AtP*'s GradDrop (:mod:`mechaudit.techniques.graddrop`) against plain attribution patching, on every component.
 
-    python benchmarks/graddrop.py [--skip-gpt2]
+    python benchmarks/graddrop.py [--skip-gpt2] [--cost LAYERS]
 
 For L202's screen (mean ablation): the predicted accuracy drop of plain AtP and of GradDrop (the larger of plain's
 and GradDrop's, as L202 ranks) against the exact accuracy drop of every unit, and AtP*'s own GradDrop magnitude
@@ -233,11 +233,47 @@ def gpt2(layers_count: int = 2, width: int = 128, prompts: int = 32, tokens: int
     compare_patching(label, view, view.layers, inputs, corrupted, targets, metric, k)
 
 
+def gpt2_cost(layers_count: int, prompts: int = 16, tokens: int = 32) -> None:
+    """CPU seconds of L202's first-order screen and of its GradDrop passes on a random GPT2Config()-shaped model
+    (768 wide, 12 heads, 3,072 ``c_fc`` neurons per layer) of ``layers_count`` layers: heads and all neurons."""
+    import transformers
+
+    from mechaudit.activations import unit_statistics
+    from mechaudit.loading.huggingface import LogitsOnly
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=layers_count, n_positions=tokens, attn_implementation="eager")
+    model = LogitsOnly(transformers.GPT2LMHeadModel(config).eval())
+    inputs = torch.randint(0, config.vocab_size, (prompts, tokens), generator=torch.Generator().manual_seed(0))
+    names = [f"transformer.h.{i}.{part}" for i in range(layers_count) for part in ("attn", "mlp.c_fc")]
+    view = ModelView.discover(model, inputs[:2], tuple(names))
+    last = lambda out: out[:, -1]  # noqa: E731
+    with torch.no_grad():
+        labels = last(model(inputs)).argmax(-1)
+    means = {n: s.mean_map.float() for n, s in unit_statistics(view, view.layers, inputs, 16, CPU).items()}
+
+    def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return atp.label_margin(last(outputs), targets)
+    modes = {"mean": (means, None)}
+    plain_seconds, _ = timed(lambda: atp.ablation_estimates(view, view.layers, inputs, labels, margin, modes, 16))
+    drop_seconds, terms = timed(lambda: graddrop.graddrop_terms(view, view.layers, inputs, labels, margin, modes,
+                                                                16))
+    print(f"gpt2 {layers_count}x768 (GPT2Config shape), {prompts} prompts x {tokens} tokens: "
+          f"{sum(layer.size for layer in view.layers)} units, {terms.passes} GradDrop passes; CPU s: screen "
+          f"{plain_seconds:.1f}, GradDrop {drop_seconds:.1f} ({drop_seconds / max(plain_seconds, 1e-9):.1f}x the "
+          "screen)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-gpt2", action="store_true")
+    parser.add_argument("--cost", type=int, metavar="LAYERS", help="only the screen's and GradDrop's CPU time on a "
+                                                                   "GPT2Config()-shaped model of LAYERS layers")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.cost:
+        gpt2_cost(args.cost)
+        return
     planted()
     example("digits", 10)
     example("induction", 2)
