@@ -20,7 +20,7 @@ Which of AtP*'s fixes apply here:
   GradDrop score is the mean over the blocks other than its own of its estimate's score with that block dropped
   (plain AtP for blocks that ran before it; one forward and backward pass per later block and batch). L202 and
   L207 rank a unit by it where it exceeds plain AtP's (``screen_graddrop``; ``auto`` runs it when at most
-  :data:`.graddrop.AUTO_PASSES` blocks follow, not on GPT-2-small's 24). The sum that cancels across samples is
+  :data:`.graddrop.AUTO_PASSES` blocks follow, not on GPT-2-small's 23). The sum that cancels across samples is
   kept apart anyway: :func:`ablation_estimates` keeps the estimate per sample, and a rule aggregates per sample
   (L202 counts predicted flips; R304 averages the absolute per-sample change, as its exact loss does). A
   stationary metric (MiniLM's L207 similarity, at its maximum on the corrupted run) has no first-order term
