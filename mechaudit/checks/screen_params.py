@@ -1,10 +1,11 @@
-"""The two parameters every screened rule declares (L202, L207, L208, R304): see :mod:`mechaudit.techniques.atp`."""
+"""The parameters screened rules declare (L202, L207, L208, R304; GradDrop: L202): see :mod:`..techniques.atp`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..techniques.atp import SCREEN_ABOVE
+from ..techniques.graddrop import AUTO_PASSES
 from .registry import param
 
 
@@ -23,3 +24,13 @@ def calibration_param(done: str, default: int = 16) -> Any:
     the unchecked share over it is 17%."""
     return param(default, low=0, doc=f"screened: seeded random sample of the other components, {done} exactly to "
                                      "measure the screen's agreement and what it may miss")
+
+
+def graddrop_param() -> Any:
+    """``screen_graddrop``: whether the screen adds AtP*'s GradDrop (:mod:`mechaudit.techniques.graddrop`)."""
+    return param("auto", choices=("auto", "on", "off"),
+                 doc="screened: also score each unit by AtP*'s GradDrop (the screen recomputed once per audited "
+                     "Linear/Conv/attention block after the screened layers with that block's input detached, so "
+                     "paths whose effects cancel are scored apart), ranked by it where it exceeds plain AtP; one "
+                     f"forward and backward pass per such block and batch; auto: on when at most {AUTO_PASSES} "
+                     "blocks follow")

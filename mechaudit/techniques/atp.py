@@ -14,15 +14,18 @@ Which of AtP*'s fixes apply here:
   on the first-order path, so the QK fix has nothing to correct. Saturation in *later* heads, and any other
   non-linearity (a ReLU a replacement switches on), is what the exact confirmation and the calibration catch.
 * *Cancellation (GradDrop).* AtP* drops one layer's gradient at a time so that effects through different paths
-  cannot cancel in the sum. Here the sum that cancels most is over samples; :func:`ablation_estimates` keeps the
-  estimate per sample, and a rule aggregates per sample (L202 counts predicted flips; R304 averages the absolute
-  per-sample change, as its exact loss does), so no cross-sample cancellation enters the ranking. Path-wise
-  GradDrop is not implemented: it needs the model's residual structure (which module writes into the stream of
-  which block), which mechaudit does not know for an arbitrary model (it hooks the audited layers only), and one
-  extra backward pass per block; and the disagreements measured here are not cancellations (MiniLM's L207: the
-  similarity behaviour is at its maximum on the corrupted run, so its first-order term vanishes whatever the
-  paths; L207 screens such a stationary metric to second order, :mod:`.second_order`). The calibration sample
-  states what cancellation (or any other failure) would have hidden.
+  cannot cancel in the sum. :mod:`.graddrop` builds it for any model from the audited layers alone: a *block* is
+  the module of an audited Linear, Conv or attention layer (heads: the attention module), dropping it detaches
+  that module's input in the forward pass (a skip or branch around it still carries gradient), and a unit's
+  GradDrop score is the mean over the blocks other than its own of its estimate's score with that block dropped
+  (plain AtP for blocks that ran before it; one forward and backward pass per later block and batch). L202 and
+  L207 rank a unit by it where it exceeds plain AtP's (``screen_graddrop``; ``auto`` runs it when at most
+  :data:`.graddrop.AUTO_PASSES` blocks follow, not on GPT-2-small's 23). The sum that cancels across samples is
+  kept apart anyway: :func:`ablation_estimates` keeps the estimate per sample, and a rule aggregates per sample
+  (L202 counts predicted flips; R304 averages the absolute per-sample change, as its exact loss does). A
+  stationary metric (MiniLM's L207 similarity, at its maximum on the corrupted run) has no first-order term
+  whatever the paths; L207 screens it to second order (:mod:`.second_order`). The calibration sample states
+  what cancellation (or any other failure) would have hidden.
 * *Non-linearity along the intervention (integrated gradients).* L207 and R304 average the gradient over
   ``screen_steps`` points of the straight path to the intervention (:mod:`.path_attribution`, EAP-IG), every
   component moved at once; ``benchmarks/screen_steps.py`` measures agreement by steps.
