@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from ..context import AuditContext
-from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, with_gradients
+from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, unit_split_check, with_gradients
 from ..findings import Location, Measurement
 from ..model_view import Layer
-from ..techniques import ablation_screen, atp
+from ..techniques import ablation_screen, atp, second_order
 from ..techniques.ablation import MAX_OUTPUT_BYTES
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
@@ -238,8 +238,9 @@ class CriticalUnitsEvidence(TypedDict, total=False):
 
 def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
     """Exact: one forward pass (after the layer) per unit and mode over the audit's samples. Layers wider than the
-    screen's threshold are screened together (one forward and backward pass per batch, and the source's forward
-    pass when resample is among the flagged modes; one forward pass for the scanner's clean margins), then one
+    screen's threshold are screened together (one forward and backward pass per batch, and per flagged mode one
+    forward pass of the source or of the ablated values, for the readers' inputs; one forward pass for the scanner's
+    clean margins; the readers' check on a sample), then one
     forward pass per exactly checked unit (the global top-k, each layer's top and the calibration sample) and run
     mode. Ablations go in chunks of up to 8192 batch copies whose outputs stay within the scan's output bound."""
     n = sizes.n()
@@ -257,11 +258,12 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
              if s else (layer.units, len(all_modes)) for layer, s in zip(sizes.hidden, screened)]
     calls = sizes.batches(n) * sum(modes * math.ceil(units / copies) for units, modes in exact)
     screen = Cost()
-    if wide:  # the screen's forward and backward passes (1 + per further path point, one per layer), the source's,
-        # and the scanner's clean margins (at most one pass, before the layers and after each screened one)
+    if wide:  # the screen's forward and backward passes (1 + per further path point, one per layer), the source's
+        # or the ablated values' pass per flagged mode (the readers' inputs), the scanner's clean margins (at most one
+        # pass, before the layers and after each screened one), and finding and checking the readers on a sample
         steps = 1 + (params.screen_steps - 1) * len(wide) * len(flagged)
-        screen = with_gradients(sizes, n, steps) + (forwards(sizes, n) if "resample" in flagged else Cost()) \
-            + forwards(sizes, n)
+        screen = with_gradients(sizes, n, steps) + forwards(sizes, n, len(flagged)) + forwards(sizes, n) \
+            + unit_split_check(sizes, min(n, sizes.batch_size, second_order.SITE_CHECK_SAMPLES))
     return stats_pass(sizes) + screen + Cost(forward=n * (sum(units * modes for units, modes in exact) + 1),
                                              calls=calls,
                                              peak_bytes=min(copies, max((u for u, _ in exact), default=1)) * batch
@@ -653,9 +655,11 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
     def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return atp.label_margin(context.logits(outputs), targets)
     measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
+    sites = second_order.patch_sites(context.view, layers, inputs, None, context.batch_size, context.device,
+                                     rule="L202: the screen")  # units read after their nonlinearity: moved there
     estimates = ablation_screen.interpolated_estimates(context.view, layers, inputs, labels, margin,
                                                        {m: replacements[m] for m in flagged}, params.screen_steps,
-                                                       context.batch_size, context.device, measured)
+                                                       context.batch_size, context.device, measured, sites=sites)
     margins = torch.cat(measured)
     masks = [labels.cpu() == c for c in judged]
     offsets, scores, class_scores, rankings, best, total = {}, [], [], [], [], 0
