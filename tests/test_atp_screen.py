@@ -516,3 +516,45 @@ def test_two_path_points_at_the_reader_s_input_stay_exact_for_a_metric_linear_th
     two = ablation_screen.interpolated_estimates(view, view.layers, inputs, targets, _first_logit,
                                                  {"mean": modes["mean"]}, 2, 64, torch.device("cpu"), sites=sites)
     assert torch.allclose(two["mean"]["fc1"], _exact_changes(model, hidden, mean.unsqueeze(0)), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gpt2_s_mlp_neurons_are_moved_at_c_proj_s_input_after_the_gelu() -> None:
+    transformers = pytest.importorskip("transformers")
+    from mechaudit.loading.huggingface import LogitsOnly
+    from mechaudit.techniques import ablation_screen, second_order
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=40, n_embd=32, n_layer=1, n_head=4, n_positions=8,
+                                     attn_implementation="eager")
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    model = LogitsOnly(hf)
+    inputs = torch.randint(0, 40, (24, 8), generator=torch.Generator().manual_seed(0))
+    name = "transformer.h.0.mlp.c_fc"
+    view = ModelView.discover(model, inputs[:2], (name,))
+    mlp = hf.transformer.h[0].mlp
+    seen = {}
+    handle = mlp.c_fc.register_forward_hook(lambda _m, _a, out: seen.__setitem__("pre", out.detach()))
+    with torch.no_grad():
+        labels = model(inputs)[:, -1].argmax(-1)
+    handle.remove()
+    mean = seen["pre"].mean(0)  # (tokens, neurons)
+
+    def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return atp.label_margin(outputs[:, -1], targets)
+    sites = second_order.patch_sites(view, view.layers, inputs, None, 24, torch.device("cpu"), rule="test")
+    assert sites[name].reader.name == "transformer.h.0.mlp.c_proj"
+    modes = {"mean": ({name: mean.T}, None)}
+    found = ablation_screen.interpolated_estimates(view, view.layers, inputs, labels, margin, modes, 1, 24,
+                                                   torch.device("cpu"), sites=sites)["mean"][name]
+    # independently: (act(mean) - act(a)) . d margin / d(c_proj's input), per neuron summed over the tokens
+    read = {}
+
+    def keep(_module, args):
+        read["x"] = args[0].detach().requires_grad_(True)
+        return (read["x"],)
+    handle = mlp.c_proj.register_forward_pre_hook(keep)
+    margin(model(inputs), labels).sum().backward()
+    handle.remove()
+    expected = ((mlp.act(mean).unsqueeze(0) - read["x"].detach()) * read["x"].grad).sum(1).T
+    assert torch.allclose(found, expected, atol=1e-5)

@@ -78,7 +78,14 @@ gate); the compliance rulebook does. Batched hooks bound each chunk of ablations
 Screen, then confirm (AtP*, Kramar et al. 2024): every layer of more than 256 units (unless `exhaustive = true`) is
 first scored whole by attribution patching, one forward and one backward pass per batch: per sample, the first-order
 change of the label margin (label logit minus the best other logit) when the unit takes its replacement, (a_new -
-a) . d margin / da; the screen's accuracy drop is the mean over samples of the probability that the margin changes
+a) . d margin / da. Where a layer's units reach the output only through a module that reads them one by one after
+their own nonlinearity (the next audited Conv or Linear after a ReLU and a max-pool, an MLP's down projection after
+the GELU; found and checked on 16 samples, `mechaudit.techniques.second_order.patch_sites`, as for L207's second-order
+screen), each unit is moved at that module's input instead (`mechaudit.techniques.site_ablation`): the move there is
+the exact change of what the reader reads, f(a_new) - f(a), where the gradient at the unit's output takes the
+nonlinearity's slope at the clean value (0 for a ReLU unit that is off, however far its mean switches it on); one
+more forward pass per batch and flagged mode, with every audited layer ablated at once, gives the ablated values
+there. The screen's accuracy drop is the mean over samples of the probability that the margin changes
 sign when that estimate is off by a normal error of 15% of its size, overall and per judged class. Every unit of
 every such layer is ranked together (one budget for the audit, not one per layer) by the larger of its predicted
 overall drop over `max_accuracy_drop` and its predicted drop for one class over `max_class_accuracy_drop`: only the
@@ -147,9 +154,10 @@ straight path from the activation to its ablated value, one layer moved at a tim
 the input instead), so that a ReLU the ablation switches on (gradient 0 at the clean activation) enters the estimate.
 For the estimator alone, run on every unit of `digits`' layers (`python benchmarks/l202_screen.py --digits`; L202 itself
 never screens them, each holds at most 256 units and is ablated exactly), 2 points raise the recall of the exact top 10
-from 0.8 to 0.9 (rho 0.95 to 0.94); on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to 0.62 (moving all
-3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a forward and backward
-pass per screened layer; so the default stays the first order.
+from 0.8 to 0.9 (rho 0.95 to 0.94) at the units' outputs (that benchmark moves them there; at the readers' inputs one
+point reaches 0.9, rho 0.98, and two 0.9, rho 0.95); on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to
+0.62 (moving all 3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a
+forward and backward pass per screened layer; so the default stays the first order.
 Time budget: the plan's estimate cannot foresee the machine's load (GPT-2-small's shape: 278 s on an idle machine,
 593 s under load, against the default 600 s time-out; issue 16), so the screened units are ablated exactly in order, the
 screen's top-ranked first (its `screen_top_k`, then each layer's best), then the calibration sample in a seeded random

@@ -30,7 +30,8 @@ benchmarks/minilm_patching.py --screens``, 160 random components of 10,056 patch
 Spearman of screen and exact at the outputs 0.685 with 4 probes and 0.689 with 64 (MLP neurons 0.66, the 12 stream
 dimensions 1.00), at the readers' inputs 0.993 with 4 probes (MLP neurons 0.991) and 0.998 with 16; the GELU neuron
 ``encoder.layer.0.intermediate.dense:u691`` (5.7% of the behaviour) ranked 1,892nd at its output, 15th at its
-reader's input. The heads and the residual streams stay at their outputs (nothing reads them unit by unit).
+reader's input. The heads and the residual streams stay at their outputs (nothing reads them unit by unit). L202's
+first-order ablation screen moves its units at the same sites (:mod:`.site_ablation`), for the same reason.
 
 ``J d_i`` is linear in ``d_i``, while a patch moves a component far (to a paraphrase's activation). Averaging ``J``
 over the patched and the source run (``both_ends``, the trapezoid along the move) ranks MiniLM's many small components

@@ -101,7 +101,8 @@ def _ablated_sites(view: ModelView, layers: list[Layer], sites: Mapping[str, Rea
         def replace(layer: Layer):
             def hook(output: torch.Tensor, _args: tuple) -> torch.Tensor:
                 value = values[layer.name].to(output.device, output.dtype)
-                return from_units_view(value.unsqueeze(0).expand(len(output), *value.shape), output, layer).clone()
+                expanded = value.unsqueeze(0).expand(len(output), *value.shape)
+                return from_units_view(expanded, output, layer).clone(memory_format=torch.contiguous_format)
             return hook
         with torch.no_grad(), installed(view.hook(layer, replace(layer)) for layer in layers), \
                 moved_sites(view, read, None):
