@@ -112,13 +112,21 @@ encoder's 72 heads); more narrow units (GPT-2 small's 144 heads) are ranked with
 ablation of each in every mode would cost more than the whole pooled budget. Budget on GPT-2 small's shape
 (`python benchmarks/gpt2_small.py --plan --calibration-ms 88.5,133`): L202 plans 337 s with `layer_top_k = 1` (24
 layers' best units), 201 s with 0.
-Measured (`benchmarks/atp_screen.py`, mean ablation, every unit): Spearman of screen and exact accuracy drop 0.95 on
-`digits` (recall of the exact top 10: 0.8, ties resolved for the screen: it misses two units strictly above the 10th
-drop, 4.4 and 1.9 points, while two of its picks tie at the 10th, 1.7 points; the lenient `top_k_recall_at_kth`, the
-share of picks at or above the 10th drop, is 0.9) and 1.00 on `induction` (its two planted heads are the screen's
-top two); the first-order margin change itself agrees with the exact one at 0.95 (`digits`, top-10 recall 0.9); on
-the 2,048 `mlp.c_fc` neurons of a random-weight 2-layer, 256-wide GPT-2 0.86 (top-32 recall 0.88), the screen 840x
-faster than the exact scan of every neuron. Of AtP*'s fixes, the QK fix does not apply (a head component is the
+Measured (`python benchmarks/atp_screen.py`, mean ablation, every unit; in brackets the same screen with every unit
+moved at its output, as before the readers' inputs): Spearman of screen and exact accuracy drop on `digits` 0.984
+(0.948), recall of the exact top 10 0.9 (0.8). That top 10 is not unique: 9 units drop accuracy by more than 1.7
+points (6 of 360 samples) and 4 tie at 1.7 for the 10th place; the recall resolves such ties for the screen, each
+place counted once (the lenient `top_k_recall_at_kth`, the share of picks at or above the 10th drop, is 0.9 either
+way). At the outputs the screen missed `classifier.0:u5` (4.4 points, the second largest drop; ranked 15th: its
+pre-activation is below 0 on most samples, its mean above) and `classifier.0:u16` (1.9 points, ranked 16th); at the
+readers' inputs u5 ranks 2nd, and u16 (18th) is still missed: its mean margin loss is estimated at 0.46 against an
+exact 0.81, because the ablation changes which other class is the best, a kink of the margin itself. `induction`:
+1.00 (its two planted heads are the screen's top two; heads stay at their outputs). The first-order margin change
+agrees with the exact one at 0.956 (0.953) on `digits`, top-10 recall 0.8 (0.9). On the 2,048 `mlp.c_fc` neurons of a
+random-weight 2-layer, 256-wide GPT-2 (read by `c_proj` after the GELU): accuracy drop 0.896 (0.860), top-32 recall
+0.94 (0.88); margin change 0.966 (0.941), recall 0.84 (0.78); the screen, with the readers' check, 437x faster than
+the exact scan of every neuron (1,144x at the outputs).
+Of AtP*'s fixes, the QK fix does not apply (a head component is the
 head's output, after its softmax); cancellation over samples cannot happen (scored per sample); GradDrop (path-wise
 cancellation) is not implemented: the calibration bound states what any such failure could hide.
 Agreement, per quantity (`screen.agreement`): the exact passes also record each checked unit's mean loss of label margin

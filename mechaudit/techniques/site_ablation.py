@@ -16,7 +16,9 @@ Measured on every unit of `digits` (``python benchmarks/atp_screen.py``; its 56 
 outputs, all read unit by unit): Spearman of the screen's and the exact accuracy drop 0.948 at the outputs, 0.984
 at the readers' inputs; recall of the exact top 10, 0.8 and 0.9. ``classifier.0:u5`` (exact drop 4.4 points, the
 second largest) ranked 15th at its output and 2nd at its reader's input: its pre-activation is below 0 on most
-samples and its mean is above, so the ablation switches it on where its gradient is 0.
+samples and its mean is above, so the ablation switches it on where its gradient is 0. On the 2,048 ``mlp.c_fc``
+neurons of a random-weight 2-layer, 256-wide GPT-2 (read by ``c_proj`` after the GELU): Spearman 0.860 at the
+outputs, 0.896 at the readers' inputs; recall of the exact top 32, 0.88 and 0.94.
 """
 
 from __future__ import annotations
