@@ -4,7 +4,10 @@
 
 * L202 (mean ablation): the screen's predicted accuracy drop (:func:`mechaudit.techniques.atp.
   predicted_accuracy_drop` from one forward and one backward pass per batch) against the exact accuracy drop of the
-  fast ablation scan, per unit; and the first-order change of the label margin against its exact change.
+  fast ablation scan, per unit; and the first-order change of the label margin against its exact change. As in the
+  rule, units whose reader reads them one by one after their nonlinearity are moved at its input
+  (:mod:`mechaudit.techniques.site_ablation`); where any are, the rows ``at outputs`` give the same screen with every
+  unit moved at its output (the screen before the readers' inputs).
 * L207 (patching): attribution patching against exact patching (both summed over the pairs).
 
 On the embedded `digits` and `induction` examples (all units / heads) and on a random-weight Hugging Face
@@ -28,12 +31,11 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from mechaudit.activations import batches
 from mechaudit.engine import prepare
 from mechaudit.examples import example_spec
 from mechaudit.model_view import ModelView
 from mechaudit.spec import load_spec
-from mechaudit.techniques import atp
+from mechaudit.techniques import ablation_screen, atp, second_order
 from mechaudit.techniques.ablation_scan import AblationScanner
 from mechaudit.techniques.patching import attribution_patching, exact_patching
 
@@ -69,12 +71,14 @@ def l202(model: str, view: ModelView, layers: list, inputs: torch.Tensor, labels
         return atp.label_margin(logits(outputs), targets)
     modes = {"mean": (means, None)}
 
-    def screen():
-        estimates = atp.ablation_estimates(view, layers, inputs, labels, margin, modes, batch_size, CPU)["mean"]
-        with torch.no_grad():
-            margins = torch.cat([margin(view.model(b).float(), labels[s:s + len(b)]) for s, b in
-                                 batches(inputs, batch_size, CPU)])
-        return estimates, margins
+    def screen(sites: dict | None = None):
+        """As L202's screen: the units whose reader reads them one by one are moved at its input."""
+        if sites is None:
+            sites = second_order.patch_sites(view, layers, inputs, None, batch_size, CPU, rule="L202: the screen")
+        measured: list[torch.Tensor] = []
+        estimates = ablation_screen.interpolated_estimates(view, layers, inputs, labels, margin, modes, 1,
+                                                           batch_size, CPU, measured, sites=sites)["mean"]
+        return estimates, torch.cat(measured), sites
 
     def reduce(outputs: torch.Tensor, samples: slice) -> torch.Tensor:
         copies, n = outputs.shape[:2]
@@ -83,18 +87,24 @@ def l202(model: str, view: ModelView, layers: list, inputs: torch.Tensor, labels
     def exact():
         scanner = AblationScanner(view, layers, CPU, inputs[:2])
         return scanner.scan(inputs, modes, batch_size, reduce=reduce)["mean"]
-    screen_seconds, (estimates, margins) = timed(screen)
+    screen_seconds, (estimates, margins, sites) = timed(screen)
     exact_seconds, exact_margins = timed(exact)
     base_correct = (margins > 0).float()
-    predicted = np.concatenate([atp.predicted_accuracy_drop(estimates[layer.name], margins).numpy()
-                                for layer in layers])
     drops = np.concatenate([(base_correct.mean() - (exact_margins[layer.name] > 0).float().mean(1)).numpy()
                             for layer in layers])
     change = np.concatenate([(exact_margins[layer.name] - margins).mean(1).numpy() for layer in layers])
-    first_order = np.concatenate([estimates[layer.name].mean(1).numpy() for layer in layers])
     seconds = (screen_seconds, exact_seconds)
-    show(model, "L202 accuracy drop (mean abl.)", len(drops), k, predicted, drops, seconds)
-    show(model, "L202 margin change (mean abl.)", len(drops), k, -first_order, -change, seconds)
+    runs = [("", estimates)]
+    if sites:  # the same screen with every unit at its output, as before the readers' inputs
+        output_seconds, (at_outputs, _, _) = timed(lambda: screen({}))
+        runs.append((", at outputs", at_outputs))
+    for where, found in runs:
+        predicted = np.concatenate([atp.predicted_accuracy_drop(found[layer.name], margins).numpy()
+                                    for layer in layers])
+        first_order = np.concatenate([found[layer.name].mean(1).numpy() for layer in layers])
+        timing = seconds if not where else (output_seconds, exact_seconds)
+        show(model, f"L202 accuracy drop{where}", len(drops), k, predicted, drops, timing)
+        show(model, f"L202 margin change{where}", len(drops), k, -first_order, -change, timing)
 
 
 def l207(model: str, view: ModelView, layers: list, clean, corrupted, targets, metric, k: int,

@@ -399,3 +399,162 @@ def test_capture_keeps_the_first_call_of_a_module_called_twice_per_forward() -> 
     captured = ablation.capture_layers(model, [(model.shared, layer)], inputs)
     assert captured["shared"].shape == (6, 4, 1)
     assert torch.allclose(captured["shared"][:, :, 0], model.shared(inputs))
+
+
+class ReluMlp(nn.Module):
+    """A pre-ReLU hidden layer read unit by unit by the output layer (``bypass``: also read whole by a second
+    Linear, so the output layer is not its only path)."""
+
+    def __init__(self, bypass: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(4, 12), nn.Linear(12, 3)
+        self.skip = nn.Linear(12, 3) if bypass else None
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc1(x)
+
+    def rest(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.fc2(torch.relu(h))
+        return out + self.skip(h) if self.skip is not None else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.hidden(x))
+
+
+class ReluConv(nn.Module):
+    """A pre-ReLU conv layer read through ReLU, max-pool and flattening by the output layer, both audited (as in
+    `digits`; an unaudited reader is looked for after Linear layers only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(1, 5, 3, padding=1), nn.Linear(5 * 2 * 2, 3)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def rest(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.max_pool2d(torch.relu(h), 2), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.hidden(x))
+
+
+def _first_logit(outputs: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+    return outputs[:, 0]  # linear in the output layer's input: a first-order estimate there is exact
+
+
+def _site_problem(model: nn.Module, shape: tuple[int, ...]):
+    from mechaudit.techniques import second_order
+
+    inputs = torch.randn(64, *shape, generator=torch.Generator().manual_seed(1))
+    names = ("fc1",) if isinstance(model, ReluMlp) else ("conv", "fc")
+    view = ModelView.discover(model.eval(), inputs[:2], names)
+    name = names[0]
+    with torch.no_grad():
+        hidden = model.hidden(inputs)
+    means = hidden.mean(0).flatten(1) if hidden.dim() == 4 else hidden.mean(0).unsqueeze(-1)
+    source = inputs.roll(1, 0)
+    values = {layer.name: means if layer.name == name else torch.zeros(layer.size, 1) for layer in view.layers}
+    modes = {"mean": (values, None), "resample": (None, source)}
+    sites = second_order.patch_sites(view, view.layers, inputs, None, 64, torch.device("cpu"), rule="test")
+    return view, inputs, hidden, means.view_as(hidden[0]), model.hidden(source).detach(), modes, sites
+
+
+def _exact_changes(model: nn.Module, hidden: torch.Tensor, replacement: torch.Tensor) -> torch.Tensor:
+    """(units, samples): the first logit's change when each unit alone takes ``replacement`` (broadcast)."""
+    with torch.no_grad():
+        clean = model.rest(hidden)[:, 0]
+        changes = []
+        for unit in range(hidden.shape[1]):
+            ablated = hidden.clone()
+            ablated[:, unit] = replacement.expand_as(hidden)[:, unit]
+            changes.append(model.rest(ablated)[:, 0] - clean)
+    return torch.stack(changes)
+
+
+@pytest.mark.parametrize("model, shape", [(ReluMlp(), (4,)), (ReluConv(), (1, 4, 4))], ids=["mlp", "conv-pool"])
+def test_at_the_reader_s_input_the_screen_of_a_pre_relu_unit_is_its_exact_ablation(model, shape) -> None:
+    from mechaudit.techniques import ablation_screen
+
+    view, inputs, hidden, mean, resampled, modes, sites = _site_problem(model, shape)
+    layer = view.layers[0]
+    assert set(sites) == {layer.name} and sites[layer.name].reader.name == ("fc2" if layer.name == "fc1" else "fc")
+    targets = torch.zeros(len(inputs), dtype=torch.long)
+    cpu = torch.device("cpu")
+    at_reader = ablation_screen.interpolated_estimates(view, view.layers, inputs, targets, _first_logit, modes, 1, 24,
+                                                       cpu, sites=sites)
+    at_output = ablation_screen.interpolated_estimates(view, view.layers, inputs, targets, _first_logit, modes, 1, 24,
+                                                       cpu)
+    for mode, replacement in (("mean", mean.unsqueeze(0)), ("resample", resampled)):
+        exact = _exact_changes(model, hidden, replacement)
+        assert torch.allclose(at_reader[mode][layer.name], exact, atol=1e-5)  # the ReLU's kink crossed exactly
+        # at the output the ReLU's slope at the clean value stands in for it: units it switches are misjudged
+        assert (at_output[mode][layer.name] - exact).abs().max() > 0.1 * exact.abs().max()
+
+
+def test_a_unit_read_past_its_reader_keeps_its_output_and_the_screen_its_first_order_estimate() -> None:
+    from mechaudit.techniques import ablation_screen
+
+    model = ReluMlp(bypass=True)
+    view, inputs, hidden, mean, resampled, modes, sites = _site_problem(model, (4,))
+    assert sites == {}  # fc2 is not fc1's only path: no reader's input to move its units at
+    targets = model(inputs).argmax(-1).detach()
+    found = ablation_screen.interpolated_estimates(view, view.layers, inputs, targets, atp.label_margin, modes, 1, 64,
+                                                   torch.device("cpu"), sites=sites)
+    plain = atp.ablation_estimates(view, view.layers, inputs, targets, atp.label_margin, modes)
+    assert all(torch.equal(found[m]["fc1"], plain[m]["fc1"]) for m in modes)
+
+
+def test_two_path_points_at_the_reader_s_input_stay_exact_for_a_metric_linear_there() -> None:
+    from mechaudit.techniques import ablation_screen
+
+    model = ReluMlp()
+    view, inputs, hidden, mean, _, modes, sites = _site_problem(model, (4,))
+    targets = torch.zeros(len(inputs), dtype=torch.long)
+    two = ablation_screen.interpolated_estimates(view, view.layers, inputs, targets, _first_logit,
+                                                 {"mean": modes["mean"]}, 2, 64, torch.device("cpu"), sites=sites)
+    assert torch.allclose(two["mean"]["fc1"], _exact_changes(model, hidden, mean.unsqueeze(0)), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gpt2_s_mlp_neurons_are_moved_at_c_proj_s_input_after_the_gelu() -> None:
+    transformers = pytest.importorskip("transformers")
+    from mechaudit.loading.huggingface import LogitsOnly
+    from mechaudit.techniques import ablation_screen, second_order
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=40, n_embd=32, n_layer=1, n_head=4, n_positions=8,
+                                     attn_implementation="eager")
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    model = LogitsOnly(hf)
+    inputs = torch.randint(0, 40, (24, 8), generator=torch.Generator().manual_seed(0))
+    name = "transformer.h.0.mlp.c_fc"
+    view = ModelView.discover(model, inputs[:2], (name,))
+    mlp = hf.transformer.h[0].mlp
+    seen = {}
+    handle = mlp.c_fc.register_forward_hook(lambda _m, _a, out: seen.__setitem__("pre", out.detach()))
+    with torch.no_grad():
+        labels = model(inputs)[:, -1].argmax(-1)
+    handle.remove()
+    mean = seen["pre"].mean(0)  # (tokens, neurons)
+
+    def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return atp.label_margin(outputs[:, -1], targets)
+    sites = second_order.patch_sites(view, view.layers, inputs, None, 24, torch.device("cpu"), rule="test")
+    assert sites[name].reader.name == "transformer.h.0.mlp.c_proj"
+    modes = {"mean": ({name: mean.T}, None)}
+    found = ablation_screen.interpolated_estimates(view, view.layers, inputs, labels, margin, modes, 1, 24,
+                                                   torch.device("cpu"), sites=sites)["mean"][name]
+    # independently: (act(mean) - act(a)) . d margin / d(c_proj's input), per neuron summed over the tokens
+    read = {}
+
+    def keep(_module, args):
+        read["x"] = args[0].detach().requires_grad_(True)
+        return (read["x"],)
+    handle = mlp.c_proj.register_forward_pre_hook(keep)
+    margin(model(inputs), labels).sum().backward()
+    handle.remove()
+    expected = ((mlp.act(mean).unsqueeze(0) - read["x"].detach()) * read["x"].grad).sum(1).T
+    assert torch.allclose(found, expected, atol=1e-5)

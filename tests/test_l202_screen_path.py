@@ -1,6 +1,7 @@
 """L202's screen integrates the margin's gradient along the path to the ablated value (``screen_steps``): a unit
 that mean ablation switches on through a ReLU (gradient 0 at its clean, negative activation) is missed by the
-first-order screen and found by the path-integrated one; its control passes either way. The screen's evidence
+first-order screen at the unit's output and found by the path-integrated one, and by the first-order one at its
+reader's input (after the ReLU, :mod:`mechaudit.techniques.site_ablation`); its control passes either way. The screen's evidence
 states its agreement with the exact ablations on the accuracy drop and on the mean loss of label margin, each with a
 bootstrap interval."""
 
@@ -67,7 +68,17 @@ def test_the_path_integrated_screen_finds_a_unit_that_mean_ablation_switches_on(
     assert found.evidence["screen"]["top_k_recall"] == 1.0
 
 
-def test_the_first_order_screen_misses_it() -> None:
+def test_the_first_order_screen_finds_it_at_its_reader_s_input() -> None:
+    # fc2 reads fc1's units one by one after the ReLU: moved there, the switched unit's move is ReLU(mean) - 0
+    (found,) = [f for f in _audit(5.0, steps=1).findings if f.status == "fail"]
+    assert found.location.component == f"fc1:u{SWITCHED}" and found.value > 0.5
+    assert found.evidence["screen"]["top_k_recall"] == 1.0
+
+
+def test_at_its_output_the_first_order_screen_misses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechaudit.techniques import second_order
+
+    monkeypatch.setattr(second_order, "patch_sites", lambda *args, **kwargs: {})  # every unit at its output
     (finding,) = _audit(5.0, steps=1).findings  # gradient 0 where the unit is off: the decoy ranks first
     assert finding.status == "pass" and f"fc1:u{SWITCHED}" not in finding.evidence["screen"]["checked"]
     assert finding.evidence["screen"]["checked"][0] == f"fc1:u{DECOY}"

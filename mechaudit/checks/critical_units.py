@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from ..context import AuditContext
-from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, with_gradients
+from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, unit_split_check, with_gradients
 from ..findings import Location, Measurement
 from ..model_view import Layer
-from ..techniques import ablation_screen, atp, graddrop
+from ..techniques import ablation_screen, atp, graddrop, second_order
 from ..techniques.ablation import MAX_OUTPUT_BYTES
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
@@ -78,7 +78,14 @@ gate); the compliance rulebook does. Batched hooks bound each chunk of ablations
 Screen, then confirm (AtP*, Kramar et al. 2024): every layer of more than 256 units (unless `exhaustive = true`) is
 first scored whole by attribution patching, one forward and one backward pass per batch: per sample, the first-order
 change of the label margin (label logit minus the best other logit) when the unit takes its replacement, (a_new -
-a) . d margin / da; the screen's accuracy drop is the mean over samples of the probability that the margin changes
+a) . d margin / da. Where a layer's units reach the output only through a module that reads them one by one after
+their own nonlinearity (the next audited Conv or Linear after a ReLU and a max-pool, an MLP's down projection after
+the GELU; found and checked on 16 samples, `mechaudit.techniques.second_order.patch_sites`, as for L207's second-order
+screen), each unit is moved at that module's input instead (`mechaudit.techniques.site_ablation`): the move there is
+the exact change of what the reader reads, f(a_new) - f(a), where the gradient at the unit's output takes the
+nonlinearity's slope at the clean value (0 for a ReLU unit that is off, however far its mean switches it on); one
+more forward pass per batch and flagged mode, with every audited layer ablated at once, gives the ablated values
+there. The screen's accuracy drop is the mean over samples of the probability that the margin changes
 sign when that estimate is off by a normal error of 15% of its size, overall and per judged class. Every unit of
 every such layer is ranked together (one budget for the audit, not one per layer) by the larger of its predicted
 overall drop over `max_accuracy_drop` and its predicted drop for one class over `max_class_accuracy_drop`: only the
@@ -105,13 +112,21 @@ encoder's 72 heads); more narrow units (GPT-2 small's 144 heads) are ranked with
 ablation of each in every mode would cost more than the whole pooled budget. Budget on GPT-2 small's shape
 (`python benchmarks/gpt2_small.py --plan --calibration-ms 88.5,133`): L202 plans 337 s with `layer_top_k = 1` (24
 layers' best units), 201 s with 0.
-Measured (`benchmarks/atp_screen.py`, mean ablation, every unit): Spearman of screen and exact accuracy drop 0.95 on
-`digits` (recall of the exact top 10: 0.8, ties resolved for the screen: it misses two units strictly above the 10th
-drop, 4.4 and 1.9 points, while two of its picks tie at the 10th, 1.7 points; the lenient `top_k_recall_at_kth`, the
-share of picks at or above the 10th drop, is 0.9) and 1.00 on `induction` (its two planted heads are the screen's
-top two); the first-order margin change itself agrees with the exact one at 0.95 (`digits`, top-10 recall 0.9); on
-the 2,048 `mlp.c_fc` neurons of a random-weight 2-layer, 256-wide GPT-2 0.86 (top-32 recall 0.88), the screen 840x
-faster than the exact scan of every neuron. Of AtP*'s fixes, the QK fix does not apply (a head component is the
+Measured (`python benchmarks/atp_screen.py`, mean ablation, every unit; in brackets the same screen with every unit
+moved at its output, as before the readers' inputs): Spearman of screen and exact accuracy drop on `digits` 0.984
+(0.948), recall of the exact top 10 0.9 (0.8). That top 10 is not unique: 9 units drop accuracy by more than 1.7
+points (6 of 360 samples) and 4 tie at 1.7 for the 10th place; the recall resolves such ties for the screen, each
+place counted once (the lenient `top_k_recall_at_kth`, the share of picks at or above the 10th drop, is 0.9 either
+way). At the outputs the screen missed `classifier.0:u5` (4.4 points, the second largest drop; ranked 15th: its
+pre-activation is below 0 on most samples, its mean above) and `classifier.0:u16` (1.9 points, ranked 16th); at the
+readers' inputs u5 ranks 2nd, and u16 (18th) is still missed: its mean margin loss is estimated at 0.46 against an
+exact 0.81, because the ablation changes which other class is the best, a kink of the margin itself. `induction`:
+1.00 (its two planted heads are the screen's top two; heads stay at their outputs). The first-order margin change
+agrees with the exact one at 0.956 (0.953) on `digits`, top-10 recall 0.8 (0.9). On the 2,048 `mlp.c_fc` neurons of a
+random-weight 2-layer, 256-wide GPT-2 (read by `c_proj` after the GELU): accuracy drop 0.896 (0.860), top-32 recall
+0.94 (0.88); margin change 0.966 (0.941), recall 0.84 (0.78); the screen, with the readers' check, 437x faster than
+the exact scan of every neuron (1,144x at the outputs).
+Of AtP*'s fixes, the QK fix does not apply (a head component is the
 head's output, after its softmax); cancellation over samples cannot happen (scored per sample); GradDrop (path-wise
 cancellation) is not implemented: the calibration bound states what any such failure could hide.
 Agreement, per quantity (`screen.agreement`): the exact passes also record each checked unit's mean loss of label margin
@@ -147,9 +162,10 @@ straight path from the activation to its ablated value, one layer moved at a tim
 the input instead), so that a ReLU the ablation switches on (gradient 0 at the clean activation) enters the estimate.
 For the estimator alone, run on every unit of `digits`' layers (`python benchmarks/l202_screen.py --digits`; L202 itself
 never screens them, each holds at most 256 units and is ablated exactly), 2 points raise the recall of the exact top 10
-from 0.8 to 0.9 (rho 0.95 to 0.94); on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to 0.62 (moving all
-3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a forward and backward
-pass per screened layer; so the default stays the first order.
+from 0.8 to 0.9 (rho 0.95 to 0.94) at the units' outputs (that benchmark moves them there; at the readers' inputs one
+point reaches 0.9, rho 0.98, and two 0.9, rho 0.95); on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to
+0.62 (moving all 3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a
+forward and backward pass per screened layer; so the default stays the first order.
 `screen_graddrop` adds AtP*'s cancellation fix (GradDrop, `mechaudit.techniques.graddrop`): the screen is recomputed
 once per audited Linear, Conv or attention block that runs after a screened layer, with that block's input detached
 (a skip or branch around it still carries gradient), and a unit is ranked by the mean over the blocks other than its
@@ -250,8 +266,9 @@ class CriticalUnitsEvidence(TypedDict, total=False):
 
 def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
     """Exact: one forward pass (after the layer) per unit and mode over the audit's samples. Layers wider than the
-    screen's threshold are screened together (one forward and backward pass per batch, and the source's forward
-    pass when resample is among the flagged modes; one forward pass for the scanner's clean margins), then one
+    screen's threshold are screened together (one forward and backward pass per batch, and per flagged mode one
+    forward pass of the source or of the ablated values, for the readers' inputs; one forward pass for the scanner's
+    clean margins; the readers' check on a sample), then one
     forward pass per exactly checked unit (the global top-k, each layer's top and the calibration sample) and run
     mode. Ablations go in chunks of up to 8192 batch copies whose outputs stay within the scan's output bound."""
     n = sizes.n()
@@ -269,11 +286,12 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
              if s else (layer.units, len(all_modes)) for layer, s in zip(sizes.hidden, screened)]
     calls = sizes.batches(n) * sum(modes * math.ceil(units / copies) for units, modes in exact)
     screen = Cost()
-    if wide:  # the screen's forward and backward passes (1 + per further path point, one per layer), the source's,
-        # and the scanner's clean margins (at most one pass, before the layers and after each screened one)
+    if wide:  # the screen's forward and backward passes (1 + per further path point, one per layer), the source's
+        # or the ablated values' pass per flagged mode (the readers' inputs), the scanner's clean margins (at most one
+        # pass, before the layers and after each screened one), and finding and checking the readers on a sample
         steps = 1 + (params.screen_steps - 1) * len(wide) * len(flagged)
-        screen = with_gradients(sizes, n, steps) + (forwards(sizes, n) if "resample" in flagged else Cost()) \
-            + forwards(sizes, n)
+        screen = with_gradients(sizes, n, steps) + forwards(sizes, n, len(flagged)) + forwards(sizes, n) \
+            + unit_split_check(sizes, min(n, sizes.batch_size, second_order.SITE_CHECK_SAMPLES))
         drops = graddrop.passes([layer.kind for layer in sizes.hidden], screened)  # AtP*'s GradDrop, when on
         if graddrop.enabled(params.screen_graddrop, drops)[0]:
             screen = screen + with_gradients(sizes, n, drops) + (forwards(sizes, n, drops) if "resample" in flagged
@@ -672,9 +690,11 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
     def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return atp.label_margin(context.logits(outputs), targets)
     measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
+    sites = second_order.patch_sites(context.view, layers, inputs, None, context.batch_size, context.device,
+                                     rule="L202: the screen")  # units read after their nonlinearity: moved there
     estimates = ablation_screen.interpolated_estimates(context.view, layers, inputs, labels, margin,
                                                        {m: replacements[m] for m in flagged}, params.screen_steps,
-                                                       context.batch_size, context.device, measured)
+                                                       context.batch_size, context.device, measured, sites=sites)
     margins = torch.cat(measured)
     dropped, dropped_evidence = graddrop.screen_terms(params.screen_graddrop, context.view, layers, inputs, labels,
                                                       margin, {m: replacements[m] for m in flagged},

@@ -1,10 +1,11 @@
 """L202's gradient screen of single-unit ablations: the change of the label margin per unit and sample, integrated
-along the path to the ablated value (:func:`interpolated_estimates`; one point: :func:`~.atp.ablation_estimates`),
+along the path to the ablated value (:func:`interpolated_estimates`; one point: :func:`~.atp.ablation_estimates`;
+at the units' readers' inputs: :mod:`.site_ablation`),
 and the agreement of a screen with the exact ablations it stands in for (:func:`agreement`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +14,9 @@ from scipy.stats import spearmanr
 from ..activations import batches
 from ..model_view import Layer, ModelView, from_units_view, installed, units_view
 from . import atp
+from .node_ablation import Reader
 from .resampled import draws
+from .site_ablation import site_ablation_estimates
 from .uncertainty import RESAMPLES, percentile_interval
 
 MAX_UNDEFINED = 0.05
@@ -47,8 +50,8 @@ def _interpolated_gradients(view: ModelView, layers: list[Layer], batch: torch.T
 
 def interpolated_estimates(view: ModelView, layers: list[Layer], inputs: torch.Tensor, targets: torch.Tensor,
                            metric, modes: dict[str, tuple], steps: int, batch_size: int, device: torch.device,
-                           metric_values: list[torch.Tensor] | None = None, together: bool = False
-                           ) -> dict[str, dict[str, torch.Tensor]]:
+                           metric_values: list[torch.Tensor] | None = None, together: bool = False,
+                           sites: Mapping[str, Reader] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Integrated-gradients changes of ``metric`` per unit and sample when each unit alone is ablated, along the
     straight path from the clean activation to the ablated value with one layer moved at a time (the others clean),
     as in the integrated-gradients attribution patching of Marks et al. 2024 (EAP-IG, Hanna et al. 2024, instead
@@ -58,7 +61,12 @@ def interpolated_estimates(view: ModelView, layers: list[Layer], inputs: torch.T
     itself (no per-layer copy of the gradients, no output-shaped ablated values); each further point moves one layer
     at a time (every unit of it), one forward and backward pass per layer and batch, so a unit-wise non-linearity
     after the unit (a ReLU a mean switches on) enters the estimate. Output as :func:`~.atp.ablation_estimates`;
-    ``metric_values`` receives the clean metric per sample."""
+    ``metric_values`` receives the clean metric per sample. ``sites`` (:func:`~.second_order.patch_sites`): layers
+    whose units are moved at their reader's input, after their own nonlinearity (:mod:`.site_ablation`; one layer
+    moved at a time, whatever ``together`` says)."""
+    if sites:
+        return site_ablation_estimates(view, layers, inputs, targets, metric, modes, sites, steps, batch_size, device,
+                                       metric_values)
     if steps == 1:
         return atp.ablation_estimates(view, layers, inputs, targets, metric, modes, batch_size, device, metric_values)
     parts: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}

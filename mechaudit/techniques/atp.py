@@ -29,6 +29,12 @@ Which of AtP*'s fixes apply here:
 * *Non-linearity along the intervention (integrated gradients).* L207 and R304 average the gradient over
   ``screen_steps`` points of the straight path to the intervention (:mod:`.path_attribution`, EAP-IG), every
   component moved at once; ``benchmarks/screen_steps.py`` measures agreement by steps.
+* *A unit's own nonlinearity.* A unit audited before its ReLU or GELU (a Linear or Conv output) is moved, where its
+  reader reads it one by one after the nonlinearity, at that reader's input (:func:`.second_order.patch_sites`):
+  the move there is the exact change of what the reader reads, where the gradient at the unit's output takes the
+  nonlinearity's slope at the clean value (0 for a ReLU unit that is off, however far the ablation switches it on).
+  L202's screen (:mod:`.site_ablation`; on `digits` Spearman 0.948 to 0.984, recall of the exact top 10 0.8 to
+  0.9) and L207's second-order screen do; :func:`ablation_estimates` itself moves every unit at its output.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ benchmarks/minilm_patching.py --screens``, 160 random components of 10,056 patch
 Spearman of screen and exact at the outputs 0.685 with 4 probes and 0.689 with 64 (MLP neurons 0.66, the 12 stream
 dimensions 1.00), at the readers' inputs 0.993 with 4 probes (MLP neurons 0.991) and 0.998 with 16; the GELU neuron
 ``encoder.layer.0.intermediate.dense:u691`` (5.7% of the behaviour) ranked 1,892nd at its output, 15th at its
-reader's input. The heads and the residual streams stay at their outputs (nothing reads them unit by unit).
+reader's input. The heads and the residual streams stay at their outputs (nothing reads them unit by unit). L202's
+first-order ablation screen moves its units at the same sites (:mod:`.site_ablation`), for the same reason.
 
 ``J d_i`` is linear in ``d_i``, while a patch moves a component far (to a paraphrase's activation). Averaging ``J``
 over the patched and the source run (``both_ends``, the trapezoid along the move) ranks MiniLM's many small components
@@ -206,8 +207,9 @@ def site_check_sample(count: int, size: int) -> torch.Tensor:
     return torch.randperm(count, generator=torch.Generator().manual_seed(SITE_CHECK_SEED))[:size]
 
 
-def patch_sites(view: ModelView, layers: list[Layer], inputs: torch.Tensor, reference: torch.Tensor,
-                batch_size: int = 256, device: torch.device | None = None) -> dict[str, Reader]:
+def patch_sites(view: ModelView, layers: list[Layer], inputs: torch.Tensor, reference: torch.Tensor | None,
+                batch_size: int = 256, device: torch.device | None = None,
+                rule: str = "L207: the second-order screen") -> dict[str, Reader]:
     """Per layer of ``layers`` whose units reach the output only through a module that reads them unit by unit (the
     next audited layer, or an unaudited reader such as BERT's ``output.dense`` after ``intermediate.dense`` and its
     GELU: :func:`~.unit_split.module_readers`, checked by :func:`~.unit_split.unit_splits` on a random sample of
@@ -216,19 +218,20 @@ def patch_sites(view: ModelView, layers: list[Layer], inputs: torch.Tensor, refe
     is the exact change after the unit's own nonlinearity. The other layers (heads, residual streams) are left out;
     so is every layer, with a warning, when checking the splits fails (the sites are optional: the screen then
     moves each unit at its output); when finding the unaudited readers fails, they are dropped with a warning (only
-    the audited layers are then readers). Warnings are logged by rank 0 alone under torchrun."""
+    the audited layers are then readers). Warnings name ``rule`` and are logged by rank 0 alone under torchrun
+    (L202's screen calls it too, with ``reference`` None: the comparison inputs are drawn from ``inputs`` alone)."""
     device = device or torch.device("cpu")
     size = min(batch_size, SITE_CHECK_SAMPLES, len(inputs))
     sample = site_check_sample(len(inputs), size)
     try:
         readers = module_readers(view, inputs[sample].to(device))
     except Exception as error:  # noqa: BLE001 - optional, as for the circuit rules: checked without unaudited readers
-        _warn("L207: the second-order screen checks no unaudited reader (finding them failed: %s)", error)
+        _warn(f"{rule} checks no unaudited reader (finding them failed: %s)", error)
         readers = {}
     try:
-        check = checked_splits(view, inputs, reference, size, device, readers, sample, rule="L207 second-order screen")
+        check = checked_splits(view, inputs, reference, size, device, readers, sample, rule=rule)
     except Exception as error:  # noqa: BLE001 - anything a model's forward raises: every unit at its output
-        _warn("L207: the second-order screen moves every unit at its output (readers unchecked: %s)", error)
+        _warn(f"{rule} moves every unit at its output (readers unchecked: %s)", error)
         return {}
     order = [layer.name for layer in view.layers]
     found = {}
