@@ -445,11 +445,10 @@ def test_the_edge_loop_makes_no_collective_under_torchrun(batch_clock: FakeClock
     monkeypatch.setattr(distributed, "reduce", collective)
     monkeypatch.setattr(torch.distributed, "all_reduce", collective)
     monkeypatch.setattr(torch.distributed, "broadcast", collective)
-    from fixtures.planted_circuit import planted as build
     from mechaudit.model_view import ModelView
     from mechaudit.techniques import circuits
     x = planted_data(256)
-    model = build().eval()
+    model = planted().eval()
     view = ModelView.discover(model, x[:2])
     with deadline.within(60) as budget:
         found = circuits.edge_attribution(view, x, torch.zeros(256, dtype=torch.long), circuits.target_logit,
