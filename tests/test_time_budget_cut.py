@@ -343,19 +343,26 @@ def test_optional_work_stops_when_half_the_reserve_is_left(clock: FakeClock) -> 
 
 # -- the edge-scoring loops (R301, L208) and L208's exact patches ----------------------------------------------------
 
+def _charged(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, seconds: float,
+             fake: FakeClock | None = None) -> FakeClock:
+    """The fake clock (a new one, or ``fake``) installed as the deadlines' clock, advanced by ``seconds`` on each
+    call of ``owner.name``."""
+    fake = fake or FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+    real = getattr(owner, name)
+
+    def charged(*args, **kwargs):
+        fake.now += seconds
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, charged)
+    return fake
+
+
 @pytest.fixture
 def batch_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """A fake clock on which each batch of edge scoring (a clean and a reference run) costs 10 s."""
     from mechaudit.techniques import circuits
-    fake = FakeClock()
-    monkeypatch.setattr(deadline, "clock", fake)
-    run = circuits._run
-
-    def charged(*args, **kwargs):
-        fake.now += 10.0
-        return run(*args, **kwargs)
-    monkeypatch.setattr(circuits, "_run", charged)
-    return fake
+    return _charged(monkeypatch, circuits, "_run", 10.0)
 
 
 def _circuit(timeout: int, select: tuple[str, ...] = ("R301",)):
@@ -393,12 +400,7 @@ def test_a_rule_reading_cut_circuit_scores_is_labelled_too(batch_clock: FakeCloc
 def test_no_time_for_one_batch_of_edge_scores_is_an_error_not_a_hang(batch_clock: FakeClock,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from mechaudit.techniques import circuits
-    splits = circuits.checked_splits
-
-    def slow(*args, **kwargs):
-        batch_clock.now += 90.0
-        return splits(*args, **kwargs)
-    monkeypatch.setattr(circuits, "checked_splits", slow)
+    _charged(monkeypatch, circuits, "checked_splits", 90.0, batch_clock)
     (finding,) = _circuit(100)
     assert finding.status == "error" and "before one batch of edge scores" in finding.message
     assert "--rule-timeout" in finding.message
@@ -411,14 +413,7 @@ def test_wide_pairs_are_screened_while_time_is_left_and_the_rest_listed_unscored
     from test_gradient_edges import _setup
 
     from mechaudit.techniques import circuits
-    fake = FakeClock()
-    monkeypatch.setattr(deadline, "clock", fake)
-    screen = circuits._screened_pair
-
-    def charged(*args, **kwargs):
-        fake.now += 30.0
-        return screen(*args, **kwargs)
-    monkeypatch.setattr(circuits, "_screened_pair", charged)
+    _charged(monkeypatch, circuits, "_screened_pair", 30.0)
     _, view, clean, corrupted, target = _setup(("blocks.0.attn", "blocks.0.mlp.0", "blocks.1.attn"))
 
     def scores(seconds: int):
@@ -460,15 +455,7 @@ def test_the_edge_loop_makes_no_collective_under_torchrun(batch_clock: FakeClock
 def patch_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """A fake clock on which each exact patch of L208 costs 10 s."""
     from mechaudit.techniques import cue_sensitivity
-    fake = FakeClock()
-    monkeypatch.setattr(deadline, "clock", fake)
-    patch = cue_sensitivity._patched_change
-
-    def charged(*args, **kwargs):
-        fake.now += 10.0
-        return patch(*args, **kwargs)
-    monkeypatch.setattr(cue_sensitivity, "_patched_change", charged)
-    return fake
+    return _charged(monkeypatch, cue_sensitivity, "_patched_change", 10.0)
 
 
 def _cues(model: torch.nn.Module, timeout: int):
@@ -507,12 +494,7 @@ def test_l208_with_no_time_for_an_exact_patch_measures_the_attribution_s_pathway
     from fixtures.cue_models import cued
 
     from mechaudit.techniques import cue_sensitivity
-    attribute = cue_sensitivity.edge_attribution
-
-    def slow(*args, **kwargs):
-        patch_clock.now += 45.0  # two directions: 90 of 100 s
-        return attribute(*args, **kwargs)
-    monkeypatch.setattr(cue_sensitivity, "edge_attribution", slow)
+    _charged(monkeypatch, cue_sensitivity, "edge_attribution", 45.0, patch_clock)  # two directions: 90 of 100 s
     finding = _cues(cued(), 100)
     # the first direction's attribution took one batch at 45 s, the second found none left (its scores left out)
     assert finding.evidence["time_budget_cut"]["cuts"] == [{"what": "edge-scoring batches", "planned": 1, "ran": 0},
