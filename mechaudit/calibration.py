@@ -267,7 +267,8 @@ def _sizes(context: Any, hooked: _HookedPass) -> Sizes:
                    for layer in context.view.layers)
     return Sizes(len(data), context.max_samples, context.batch_size, layers, int(data.inputs[0].numel()),
                  int(output[0].numel()) if isinstance(output, torch.Tensor) else 0, len(data.masks),
-                 context.behaviour.kind if context.behaviour is not None else "")
+                 context.behaviour.kind if context.behaviour is not None else "",
+                 len(data.pairs[0]) if data.pairs is not None else 0)
 
 
 def _backward_time(context: Any, batch: torch.Tensor, waited: bool, threads: int,

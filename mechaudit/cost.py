@@ -8,7 +8,9 @@ Each rule's estimator lives beside its check (``register(..., cost=RuleCost(...)
 :class:`Sizes` (the audited layers with their widths and positions, the data size, the inputs and outputs per
 sample) and the rule's parameters; a check without one gets :func:`generic_cost`. Shared artifacts (the unit
 statistics, the circuit scores, ...) are charged to the first rule of the audit that needs them; a rule that
-uses an artifact another rule defines (L201 reads L203's sanity verdict) names it with a cost of None.
+uses an artifact another rule defines (L201 reads L203's sanity verdict) names it with a cost of None. What torch
+imports on first use, once per process (sympy for the first vector-Jacobian product with a cotangent, 0.3 s), is
+no rule's work and no unit here: the engine imports it before the rules run (:mod:`mechaudit.lazy_imports`).
 
 A :class:`Calibration`, measured once per audit on this machine (:mod:`mechaudit.calibration`), turns units into
 seconds; the plan (:mod:`mechaudit.planning`) holds each rule to the rule time-out and the free memory.
@@ -81,6 +83,9 @@ class Sizes:
     #: The declared ``[behaviour]``'s kind ('' without one): e.g. ``similarity``, stationary on the corrupted run by
     #: construction, which L207 screens to second order.
     behaviour: str = ""
+    #: Declared counterfactual pairs (0: none): the circuit scores against them and against the mean activations
+    #: (R303's) are then two artifacts, each paid once.
+    pairs: int = 0
 
     def n(self, requested: int | None = None) -> int:
         """Samples a rule uses when it asks for ``requested`` (``context.sample_indices``'s rule)."""
@@ -236,9 +241,11 @@ def unit_split_check(sizes: Sizes, batch: int) -> Cost:
     return check
 
 
-def edge_scores(sizes: Sizes, samples: int) -> Cost:
+def edge_scores(sizes: Sizes, samples: int, paired: bool = True) -> Cost:
     """Edge attribution patching (``techniques.circuits.edge_attribution``): a forward pass of the inputs and of
-    their references and one backward pass, then every edge of consecutive audited layers scored."""
+    their references (or, against the mean activations, of the mean trace) and one backward pass, then every edge
+    of consecutive audited layers scored. One shared artifact per reference and sample count (``circuit_common.
+    circuit_scores``): against the declared pairs (``paired`` and the audit declares some), else the means."""
     from .techniques.gradient_edges import MAX_PASSES
     from .techniques.weight_edges import CHUNK_ELEMENTS
 
@@ -264,7 +271,8 @@ def edge_scores(sizes: Sizes, samples: int) -> Cost:
     part = Cost(forward=2 * n * (1 + screened), backward=n * (1 + screened + passes), flops=edges,
                 calls=sizes.batches(n) * (3 * (1 + screened) + vjps),
                 peak_bytes=max(sizes.batch_bytes(n, 3), weight_bytes))
-    return Cost(shared=(("circuit_scores", part + check),))
+    reference = "pairs" if paired and sizes.pairs else "means"
+    return Cost(shared=((f"circuit_scores:{reference}:{n}", part + check),))
 
 
 def reader_layers(sizes: Sizes) -> list[LayerSize]:

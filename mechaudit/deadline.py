@@ -122,6 +122,14 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
     return list(items[:done])
 
 
+def record(cuts: Sequence[Cut]) -> None:
+    """Record ``cuts`` on the current budget, each once: the cuts of a shared artifact (the circuit scores) that
+    an earlier rule computed within its budget, so that every rule whose findings rest on it is labelled too."""
+    budget = current()
+    if budget is not None:
+        budget.cuts.extend(cut for cut in cuts if not any(cut is seen for seen in budget.cuts))
+
+
 def running_out() -> bool:
     """Whether the rule has less than half its reserve left: optional work (a finding's pictures) is skipped then,
     so that the rule finishes."""

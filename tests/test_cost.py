@@ -196,7 +196,7 @@ def _counted(rule_id: str, data: dict, monkeypatch: pytest.MonkeyPatch) -> tuple
     audited = AuditData(inputs=inputs, labels=torch.as_tensor(data["labels"]), pairs=patching_pairs(256),
                         masks={"m": torch.tensor([1, 0, 0, 0])})
     result = mechaudit.audit(model, audited, select=[rule_id], extend_select=["D104"] if rule_id == "D104" else [],
-                             behaviour={"kind": "class_logit", "target": "0"} if rule_id == "R304" else None,
+                             behaviour={"kind": "class_logit", "target": "0"} if rule_id in ("R303", "R304") else None,
                              rule_timeout=0)
     entry = result.metadata["plan"]["rules"][0]
     assert entry["action"] == "run"
@@ -210,6 +210,15 @@ def test_estimated_passes_are_within_a_factor_of_two_of_the_counted_ones(data, m
     assert 0.5 <= entry["forward_passes"] / counter.forward <= 2.0, (entry, counter.forward)
     if counter.backward or entry["backward_passes"]:
         assert 0.5 <= entry["backward_passes"] / max(counter.backward, 1) <= 2.0, (entry, counter.backward)
+
+
+def test_r303_estimate_counts_its_what_if_and_pathway_passes(data, monkeypatch) -> None:
+    """R303 runs 12 + 7 x (hidden layers) passes per region (what-if edits and the cross-fitted pathway effect on
+    halves of the samples) beside its own edge scores against the means: the estimate is within a factor of two of
+    the counted forward passes (it charged 6 passes and no edge scores). Backward passes are not compared: the
+    split check's VJPs end before the output layer the counter hooks."""
+    entry, counter = _counted("R303", data, monkeypatch)
+    assert 0.5 <= entry["forward_passes"] / counter.forward <= 2.0, (entry, counter.forward)
 
 
 # -- the planner on its own -----------------------------------------------------------------------------------
@@ -452,3 +461,41 @@ def test_patching_cost_charges_the_second_order_screen_for_a_similarity_behaviou
     assert screened.forward - base.forward == pytest.approx(100 + check.forward)
     exhaustive = replace(PatchingParams(), exhaustive=True)
     assert _cost(similarity, exhaustive).backward == _cost(plain, exhaustive).backward
+
+
+def test_circuit_scores_against_pairs_and_against_means_are_two_artifacts() -> None:
+    """With pairs declared, R301 scores against them and R303 against the mean activations: two computations,
+    each charged once (R303's was free, read as R301's); without pairs both read one."""
+    from mechaudit.checks.circuit_discovery import CircuitDiscoveryParams
+    from mechaudit.checks.circuit_discovery import _cost as r301
+    from mechaudit.checks.protected_pathway import ProtectedPathwayParams
+    from mechaudit.checks.protected_pathway import _cost as r303
+    from mechaudit.cost import LayerSize
+
+    layers = (LayerSize("fc1", "linear", 8, 8, True), LayerSize("fc2", "linear", 2, 2, False))
+    for pairs, artifacts in ((100, 2), (0, 1)):
+        sizes = Sizes(samples=100, max_samples=100, batch_size=10, layers=layers, input_values=4, output_values=2,
+                      regions=1, pairs=pairs)
+        names = {name for name, _ in r301(sizes, CircuitDiscoveryParams()).shared + r303(
+            sizes, ProtectedPathwayParams()).shared}
+        assert len(names) == artifacts, names
+
+
+def test_the_autograd_shape_checks_are_imported_before_the_rules_run(monkeypatch) -> None:
+    """torch imports its symbolic-shape module (and sympy: 0.3 s) on the first VJP with a cotangent; the engine
+    imports it before the first rule when a rule that runs has backward passes, so that no rule's time includes it."""
+    from mechaudit import lazy_imports
+
+    calls: list[str] = []
+    monkeypatch.setattr(lazy_imports.importlib, "import_module", lambda name: calls.append(name))
+    assert lazy_imports.import_for_gradients([0.0, 0.0]) == 0.0 and not calls
+    lazy_imports.import_for_gradients([0.0, 5.0])
+    assert calls == [lazy_imports.AUTOGRAD_SHAPE_CHECKS]
+    order: list[str] = []
+    monkeypatch.setattr(engine, "import_for_gradients",
+                        lambda passes: order.append(f"import {sorted(passes)}"))
+    real_run = engine._run_rule
+    monkeypatch.setattr(engine, "_run_rule", lambda rule, *a, **k: (order.append(rule.id), real_run(rule, *a, **k))[1])
+    data = toy_arrays(64)
+    mechaudit.audit(signal_mlp(), data["inputs"], labels=data["labels"], select=["D101", "L201"], rule_timeout=0)
+    assert order[1:] == ["D101", "L201"] and order[0].startswith("import [0") and not order[0].endswith("[0, 0]")

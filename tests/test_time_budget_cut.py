@@ -339,3 +339,165 @@ def test_optional_work_stops_when_half_the_reserve_is_left(clock: FakeClock) -> 
         assert not deadline.running_out()
         clock.now = 93.0
         assert deadline.running_out()
+
+
+# -- the edge-scoring loops (R301, L208) and L208's exact patches ----------------------------------------------------
+
+def _charged(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, seconds: float,
+             fake: FakeClock | None = None) -> FakeClock:
+    """The fake clock (a new one, or ``fake``) installed as the deadlines' clock, advanced by ``seconds`` on each
+    call of ``owner.name``."""
+    fake = fake or FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+    real = getattr(owner, name)
+
+    def charged(*args, **kwargs):
+        fake.now += seconds
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, charged)
+    return fake
+
+
+@pytest.fixture
+def batch_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A fake clock on which each batch of edge scoring (a clean and a reference run) costs 10 s."""
+    from mechaudit.techniques import circuits
+    return _charged(monkeypatch, circuits, "_run", 10.0)
+
+
+def _circuit(timeout: int, select: tuple[str, ...] = ("R301",)):
+    x = planted_data(256)
+    model = planted().eval()
+    data = AuditData(inputs=x, labels=model(x).argmax(1).detach(), masks={"m": torch.ones(x.shape[1])})
+    return mechaudit.audit(model, data, behaviour={"kind": "class_logit", "target": "0"}, select=list(select),
+                           batch_size=32, rule_timeout=timeout).findings
+
+
+def test_r301_cut_scores_the_first_batches_and_says_how_many(batch_clock: FakeClock) -> None:
+    (full,) = _circuit(0)
+    assert "time_budget_cut" not in full.evidence and full.evidence["samples"] == 256
+    # 60 s, 9 kept, 10 s a batch: chunks of 1, 1, 1 and 1 batches (1.5 x 10 s estimated each, within half the
+    # time left, or one within all of it) fit in 51 s: 4 of the 8 batches of 32 samples
+    (cut,) = _circuit(60)
+    assert cut.evidence["time_budget_cut"]["cuts"] == [{"what": "edge-scoring batches", "planned": 8, "ran": 4}]
+    assert cut.evidence["samples"] == 128 and "4 of 8 planned edge-scoring batches ran" in cut.message
+    # the planted circuit is still the strongest part of the graph: scored on fewer samples, not a different one
+    assert cut.evidence["top_nodes"][0]["component"] == full.evidence["top_nodes"][0]["component"]
+    def carrying(finding) -> set:
+        return {(e["source"], e["target"]) for e in finding.evidence["circuit"]["edges"] if e["score"] > 0}
+    assert carrying(cut) == carrying(full) and ("fc1:u0", "fc2:u0") in carrying(cut)
+
+
+def test_a_rule_reading_cut_circuit_scores_is_labelled_too(batch_clock: FakeClock) -> None:
+    """R303 reads the scores R301 computed (and cut) within its own budget: its findings rest on them, so they say
+    so; on a machine with time, neither is labelled."""
+    cut = _circuit(60, ("R301", "R302"))
+    assert {f.rule_id for f in cut if "time_budget_cut" in f.evidence} == {"R301", "R302"}
+    assert all("edge-scoring batches" in f.message for f in cut if f.rule_id == "R302")
+    assert not [f for f in _circuit(0, ("R301", "R302")) if "time_budget_cut" in f.evidence]
+
+
+def test_no_time_for_one_batch_of_edge_scores_is_an_error_not_a_hang(batch_clock: FakeClock,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechaudit.techniques import circuits
+    _charged(monkeypatch, circuits, "checked_splits", 90.0, batch_clock)
+    (finding,) = _circuit(100)
+    assert finding.status == "error" and "before one batch of edge scores" in finding.message
+    assert "--rule-timeout" in finding.message
+
+
+def test_wide_pairs_are_screened_while_time_is_left_and_the_rest_listed_unscored(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two attention-head pairs wider than ``max_passes`` on both sides: with time for one, the second is named in
+    ``edge_choice`` as not scored and no edge of it is invented; with time for both, both are scored."""
+    from test_gradient_edges import _setup
+
+    from mechaudit.techniques import circuits
+    _charged(monkeypatch, circuits, "_screened_pair", 30.0)
+    _, view, clean, corrupted, target = _setup(("blocks.0.attn", "blocks.0.mlp.0", "blocks.1.attn"))
+
+    def scores(seconds: int):
+        with deadline.within(seconds) as budget:
+            found = circuits.edge_attribution(view, clean, target, circuits.at_position(circuits.target_logit, -1),
+                                              reference=corrupted, max_passes=1)
+        return found, budget
+    full, whole = scores(0)
+    assert not full.unscored and not whole.cuts and len(full.edges.blocks) == 2
+    cut, budget = scores(60)  # 30 s a pair, 51 s: the first (30 s), then the second estimated at 45 s > 21 s
+    assert cut.unscored == [(view.layers[1].name, view.layers[2].name)] and len(cut.edges.blocks) == 1
+    assert budget.cuts == cut.cuts == [deadline.Cut("screened layer pairs", 2, 1)]
+    assert "not scored: the rule's time budget ran out" in cut.edge_choice()[-1]["method"]
+    assert torch.equal(cut.edges.blocks[0].scores, full.edges.blocks[0].scores)
+
+
+def test_the_edge_loop_makes_no_collective_under_torchrun(batch_clock: FakeClock,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechaudit import distributed
+
+    def collective(*args, **kwargs):
+        raise AssertionError("a collective inside the edge-scoring loop")
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "reduce", collective)
+    monkeypatch.setattr(torch.distributed, "all_reduce", collective)
+    monkeypatch.setattr(torch.distributed, "broadcast", collective)
+    from mechaudit.model_view import ModelView
+    from mechaudit.techniques import circuits
+    x = planted_data(256)
+    model = planted().eval()
+    view = ModelView.discover(model, x[:2])
+    with deadline.within(60) as budget:
+        found = circuits.edge_attribution(view, x, torch.zeros(256, dtype=torch.long), circuits.target_logit,
+                                          batch_size=32)
+    assert found.samples == 128 and budget.cuts == [deadline.Cut("edge-scoring batches", 8, 4)]
+
+
+@pytest.fixture
+def patch_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A fake clock on which each exact patch of L208 costs 10 s."""
+    from mechaudit.techniques import cue_sensitivity
+    return _charged(monkeypatch, cue_sensitivity, "_patched_change", 10.0)
+
+
+def _cues(model: torch.nn.Module, timeout: int):
+    from fixtures.cue_models import cue_pairs
+    with_cue, without_cue = cue_pairs()
+    data = AuditData(inputs=without_cue, labels=model(without_cue).argmax(1).detach(), cues=(with_cue, without_cue))
+    (finding,) = mechaudit.audit(model, data, select=["L208"], rule_timeout=timeout).findings
+    return finding
+
+
+def test_l208_cut_patches_the_strongest_candidates_first_and_a_fail_stands(patch_clock: FakeClock) -> None:
+    from fixtures.cue_models import cued
+    full = _cues(cued(), 0)
+    assert "time_budget_cut" not in full.evidence and "unchecked_candidates" not in full.evidence["screen"]
+    # 40 s, 6 kept: 1 patch (10 s), then 1 (estimated 15 s, within all 24 s left, not half), then none (14 s left)
+    cut = _cues(cued(), 40)
+    assert cut.evidence["time_budget_cut"]["cuts"] == [{"what": "exact patches", "planned": 6, "ran": 2}]
+    assert cut.evidence["screen"]["checked_exactly"] == 2 and cut.evidence["screen"]["unchecked_count"] == 4
+    assert cut.status == full.status == "fail" and cut.value == full.value
+    assert cut.location.component == "fc1:u2" and cut.confidence == "certain"  # an exact flip rate over 0.05
+
+
+def test_l208_pass_beside_unpatched_candidates_is_uncertain(patch_clock: FakeClock) -> None:
+    from fixtures.cue_models import cue_control
+    full = _cues(cue_control(), 0)
+    assert full.status == "pass" and full.confidence == "certain" and "not patched alone" not in full.message
+    cut = _cues(cue_control(), 40)
+    assert cut.status == "pass" and cut.confidence == "uncertain" and cut.interval["high"] == 1.0
+    assert "4 candidate(s) not patched alone for lack of time" in cut.message
+    estimates = [row["attribution_estimate"] for row in cut.evidence["screen"]["unchecked_candidates"]]
+    assert len(estimates) == 4 and estimates == sorted(estimates, reverse=True)  # the weakest left, strongest first
+
+
+def test_l208_with_no_time_for_an_exact_patch_measures_the_attribution_s_pathway(
+        patch_clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fixtures.cue_models import cued
+
+    from mechaudit.techniques import cue_sensitivity
+    _charged(monkeypatch, cue_sensitivity, "edge_attribution", 45.0, patch_clock)  # two directions: 90 of 100 s
+    finding = _cues(cued(), 100)
+    # the first direction's attribution took one batch at 45 s, the second found none left (its scores left out)
+    assert finding.evidence["time_budget_cut"]["cuts"] == [{"what": "edge-scoring batches", "planned": 1, "ran": 0},
+                                                           {"what": "exact patches", "planned": 6, "ran": 0}]
+    assert finding.evidence["screen"]["pathway_chosen_by"].startswith("attribution")
+    assert finding.status == "fail" and finding.location.component == "fc1:u2"  # measured exactly all the same

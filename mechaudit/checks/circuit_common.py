@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import deadline
 from ..context import Artifact, AuditContext
 from ..findings import Measurement
 from ..techniques.circuits import (
@@ -147,8 +148,12 @@ def _runner_up(context: AuditContext, inputs: torch.Tensor, first: torch.Tensor)
 
 def circuit_scores(context: AuditContext, samples: int, use_pairs: bool = True) -> CircuitScores:
     """Edge attribution patching scores for the declared behaviour (shared by R301-R304): on :func:`circuit_problem`,
-    against the pairs' corrupted inputs, or the mean over the inputs when there are no pairs (or not ``use_pairs``)."""
-    return context.shared(CIRCUIT_SCORES, samples, use_pairs and context.data.pairs is not None)
+    against the pairs' corrupted inputs, or the mean over the inputs when there are no pairs (or not ``use_pairs``).
+    What the time budget of the rule that computed them cut (fewer samples, wide pairs unscored) is recorded on the
+    calling rule's budget too (:func:`mechaudit.deadline.record`), so that its findings say so."""
+    scores = context.shared(CIRCUIT_SCORES, samples, use_pairs and context.data.pairs is not None)
+    deadline.record(scores.cuts)
+    return scores
 
 
 def _scores(context: AuditContext, samples: int, paired: bool) -> CircuitScores:

@@ -48,6 +48,12 @@ per unit; a batched per-sample weight gradient per Conv2d pair), computed once p
 R301-R304 (and R303 when no pairs are declared), in chunks of bounded memory: on an MLP of three hidden
 layers, 256 samples, 0.31 s at width 1,024 (2.1 million edges; the dict-based scoring it replaced: 67 s) and
 1.4 s at 2,048, where the old one needed 4 GiB tensors (`benchmarks/circuit_speed.py`).
+Time budget: the samples are scored batch by batch, then the screened wide pairs one by one, in chunks that stop
+before the rule's time-out would be reached (`mechaudit/deadline.py`), so that a loaded machine gives a reduced
+result instead of an `error`: the scores of the first batches' samples (`samples` says how many), and wide pairs
+left unscored listed in `edge_choice` ("not scored: the rule's time budget ran out"). Every finding of R301, and of
+R302-R304 that read the same scores, says what was cut (`time_budget_cut`). Raise `--rule-timeout` (0: none) to
+score everything.
 
 Which tensor an address such as `fc1:u7` means: a node's score patches what the next audited layer reads from
 the unit (its activation after the nonlinearity, pooling and flattening that follow it: the tensor its outgoing

@@ -10,8 +10,9 @@ from ..cost import Cost, RuleCost, Sizes, checked_exactly, edge_scores, forwards
 from ..findings import Location, Measurement
 from ..techniques.circuits import circuit_graph, graph_to_json
 from ..techniques.cue_sensitivity import cue_sensitivity
-from ..techniques.uncertainty import bootstrap_mean
+from ..techniques.uncertainty import Interval, bootstrap_mean
 from .registry import RuleDefinition, RuleDocs, param, register
+from .screen_confirm import confirm_selection
 from .screen_params import calibration_param, exhaustive_param
 
 DOCS = RuleDocs(
@@ -51,6 +52,15 @@ patched alone exactly, and the pathway is the fewest of them by exact change cov
 The `screen` evidence gives the components scored and patched alone, the calibration size, Spearman of
 attribution and exact change, the recall of the exact top by the screen's, and the largest change in the
 calibration sample; each pathway row its exact change alone (`exact_change`).
+Time budget: the attribution runs batch by batch, and the components are patched alone in order, the screen's
+`top_k` (or, unscreened, every component by attribution) first, then the calibration sample in a seeded random
+order, in chunks that stop before the rule's time-out would be reached (`mechaudit/deadline.py`: 15% of the budget
+is kept for the pathway's patched run and the interval), so that a loaded machine gives a reduced result instead of
+an `error`. A cut finding says what ran (`time_budget_cut`: batches of pairs attributed, exact patches). The
+pathway is chosen among the components patched (with none patched, by attribution), and its flip rate is still
+measured exactly: a fail stands; a pass with candidates left unpatched (`screen.unchecked_candidates`, with
+`screen.unchecked_count`) is uncertain, its interval running up to 1, since an unpatched component may carry more
+of the cue. Raise `--rule-timeout` (0: none) to patch them all.
 """,
     fix="""
 Retrain with the cue randomised or counterbalanced (data augmentation with the pairs), ablate or steer the
@@ -117,7 +127,9 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
     with_cue, without_cue = (half[:params.samples] for half in context.data.cues)
     position = context.behaviour.position if context.behaviour is not None else -1
     result = cue_sensitivity(context.view, with_cue, without_cue, position, params.top_k, params.coverage,
-                             context.batch_size, context.device, params.exhaustive, params.calibration, context.seed)
+                             context.batch_size, context.device, params.exhaustive, params.calibration, context.seed,
+                             confirm=lambda selection, run: confirm_selection(selection, run, "exact patches",
+                                                                              context.seed))
     scores = result.scores
     graph = circuit_graph(scores, params.max_edges)
     keep = set(result.pathway)
@@ -127,12 +139,20 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
               "share": scores.nodes[node] / (sum(scores.nodes[n] for n in keep) or 1.0)} for node in result.pathway]
     where = result.pathway[0] if result.pathway else None
     location = Location.of_address(where) if where else None
+    interval = bootstrap_mean(result.pathway_flips, seed=context.seed) if result.pathway_flips is not None else None
+    cut = ""
+    if result.unchecked and result.pathway_flip_rate <= params.max_flip_rate:
+        # a pass among the components patched: a candidate left unpatched may join a pathway that flips more
+        cut = (f" [{result.unchecked} candidate(s) not patched alone for lack of time: the pathway was chosen among "
+               f"the {len(changes)} patched{'' if changes else ' (none: by attribution)'}, so this pass is uncertain]")
+        interval = Interval(interval.low if interval else result.pathway_flip_rate, 1.0,
+                            f"unmeasured above: {result.unchecked} candidate(s) were not patched alone", level=1.0)
     return [Measurement(
         f"the cue flips {result.total_flip_rate:.1%} of {result.samples} predictions; through "
         f"{len(result.pathway)} component(s) ({', '.join(result.pathway[:3]) or 'none'}) alone it flips "
-        f"{result.pathway_flip_rate:.1%} and carries {result.pathway_share:.0%} of the output's change",
+        f"{result.pathway_flip_rate:.1%} and carries {result.pathway_share:.0%} of the output's change{cut}",
         location=location, metric="cue_flip_rate", value=result.pathway_flip_rate, threshold=params.max_flip_rate,
-        interval=bootstrap_mean(result.pathway_flips, seed=context.seed) if result.pathway_flips is not None else None,
+        interval=interval,
         evidence={"pairs": result.samples, "total_flip_rate": result.total_flip_rate,
                   "total_change": result.total_change, "pathway_change": result.pathway_change,
                   "pathway_share": result.pathway_share, "pathway": table, "pathway_graph": pathway_graph,

@@ -130,9 +130,15 @@ class ProtectedPathwayEvidence(TypedDict, total=False):
 
 
 def _cost(sizes: Sizes, params: ProtectedPathwayParams) -> Cost:
-    """The shared edge scores, then per region the attribution flow and what-if edits (``edit_nodes``)."""
+    """The edge scores against the mean activations (shared with R301 only without pairs), the behaviour's
+    predictions, then per region, in passes over the samples (with labels; half a pass on a held-out half):
+    the units' what-if (accuracy with and without the region, and its flips, before and after: 8), the
+    direction's what-if (the held-out half before: 2; per hidden layer the direction on the other half and the
+    held-out half after: 3) and the pathway effect (flips on both halves: 2; per hidden layer both halves'
+    directions and flips: 4)."""
     n = sizes.n(params.samples)
-    return edge_scores(sizes, n) + forwards(sizes, n, 1 + max(1, sizes.regions) * (params.edit_nodes + 2))
+    per_region = 12 + 7 * len(sizes.hidden)
+    return edge_scores(sizes, n, paired=False) + forwards(sizes, n, 1 + max(1, sizes.regions) * per_region)
 
 
 COST = RuleCost(_cost, reduce="samples")

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import linear_maps
+from .. import deadline, linear_maps
 from ..addresses import INPUT, input_address
 from ..model_view import Layer, ModelView, installed, units_view
 from .early_stop import EnoughSeen, all_seen, forward_until_seen
@@ -95,6 +95,10 @@ def at_position(behaviour: Behaviour, position: int) -> Behaviour:
     return read
 
 
+class NoTimeToScore(TimeoutError):
+    """The rule's time budget (:mod:`mechaudit.deadline`) ran out before one batch of samples was scored."""
+
+
 @dataclass
 class CircuitScores:
     """Attribution-patching scores of every node and edge (summed over samples), and the behaviour itself."""
@@ -111,6 +115,11 @@ class CircuitScores:
     and is the layer's only path to the output: :func:`~.unit_split.unit_splits`), that module's name: the next
     audited layer, or an unaudited reader (:func:`~.unit_split.module_readers`: a transformer MLP's down projection
     when only the up projection is audited); the other layers are scored on their output."""
+    unscored: list[tuple[str, str]] = field(default_factory=list)
+    """Wide layer pairs whose screened edges the rule's time budget left unscored (:mod:`mechaudit.deadline`)."""
+    cuts: list[deadline.Cut] = field(default_factory=list)
+    """What the time budget cut while these scores were computed (fewer batches of samples, pairs unscored): every
+    rule that reads the scores records them (:func:`mechaudit.deadline.record`), so its findings say so."""
 
     def top_nodes(self, count: int, exclude_layers: tuple[str, ...] = ()) -> list[str]:
         candidates = [n for n in self.nodes if self.node_layer[n] not in exclude_layers]
@@ -121,7 +130,10 @@ class CircuitScores:
         return [block.describe() for block in self.edges.blocks] + [
             {"source": a, "target": b, "edges": 0,
              "method": "unconnected: the later layer's activation does not depend on the earlier one"}
-            for a, b in self.unconnected]
+            for a, b in self.unconnected] + [
+            {"source": a, "target": b, "edges": 0,
+             "method": "not scored: the rule's time budget ran out before this wide pair's screened edges"}
+            for a, b in self.unscored]
 
 
 def _input_nodes(masks: dict[str, torch.Tensor], sample_shape: torch.Size) -> dict[str, torch.Tensor]:
@@ -242,6 +254,12 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     ``reference`` holds the corrupted inputs paired with ``inputs``; without it, the reference activations are
     the means over ``inputs``. Pairs scored by autograd with more than ``max_passes`` units on both sides get the
     edges into their ``max_passes`` best-scored downstream units (one more forward and backward pass per batch).
+
+    Within a rule's time budget (:mod:`mechaudit.deadline`) the batches run in order, in chunks, while the time
+    left allows; the scores are then those of the first batches' samples (``samples`` says how many), and the wide
+    pairs are screened on the same samples while time is left (those left out: :attr:`CircuitScores.unscored`).
+    The cuts are recorded on the budget and in :attr:`CircuitScores.cuts`. No collective is made (rank-local, as
+    :func:`mechaudit.deadline.confirm`). Without a deadline, everything runs, as before.
     """
     device = device or torch.device("cpu")
     layers = view.layers
@@ -254,42 +272,31 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     unconnected: list[tuple[str, str]] = []
     total_behaviour = 0.0
     check = checked_splits(view, inputs, reference, batch_size, device, readers)
-    for start in range(0, inputs.shape[0], batch_size):
-        run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device, tracked)
-        total_behaviour += run.metric_sum
-        for index, layer in enumerate(layers):
-            following = layers[index + 1] if index + 1 < len(layers) else None
-            reader = check.reader_of(layer.name, following.name if following else None)
-            _add(node_sums, layer.name, _node_scores(view, run, layer, reader_layer(view, reader) if reader else None))
-            if index == 0:
-                module = view.module(layer)
-                if layer.kind in ("linear", "conv") and _reads_model_input(module, run.recorder.inputs[layer.name],
-                                                                             run.batch):
-                    grad = units_view(run.grad(layer), layer)
-                    delta = run.ref_batch - run.batch
-                    scores = torch.stack([input_edge_scores(module, delta * mask.to(device), grad)
-                                          for mask in regions.values()])
-                    _add(sums, (INPUT, layer.name), scores)
-                    methods[(INPUT, layer.name)] = "weights: every edge from each input region"
-                continue
-            previous = layers[index - 1]
-            pair = (previous.name, layer.name)
-            if pair in unconnected or previous in (w[0] for w in wide if w[1] is layer):
-                continue
-            scores, method = _pair_edges(view, run, previous, layer, max_passes, check.splits[layer.name])
-            if method == "wide":
-                wide.append((previous, layer))
-            elif scores is None:
-                unconnected.append(pair)
-            else:
-                _add(sums, pair, scores)
-                methods[pair] = method
-        view.model.zero_grad(set_to_none=True)
-        del run
-    screened_units: dict[tuple[str, str], tuple[int, ...]] = {}
-    for previous, layer in wide:
-        _screened_pair(view, inputs, targets, behaviour, reference, means, batch_size, device, previous, layer,
-                       node_sums, max_passes, sums, methods, unconnected, screened_units)
+
+    def score(starts: list[int]) -> None:
+        nonlocal total_behaviour
+        for start in starts:
+            run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device, tracked)
+            total_behaviour += run.metric_sum
+            _score_batch(view, run, layers, check, regions, node_sums, sums, methods, wide, unconnected, max_passes,
+                         device)
+            view.model.zero_grad(set_to_none=True)
+            del run
+    with deadline.within(0) as budget:  # the batches, then the wide pairs, while the rule's time budget allows
+        starts = deadline.confirm(list(range(0, inputs.shape[0], batch_size)), score, "edge-scoring batches")
+        scored = min(inputs.shape[0], len(starts) * batch_size)
+        if inputs.shape[0] and not scored:
+            raise NoTimeToScore("the rule's time budget ran out before one batch of edge scores: lift it with "
+                                "--rule-timeout SECONDS")
+        screened_units: dict[tuple[str, str], tuple[int, ...]] = {}
+
+        def screen(chosen: list[tuple[Layer, Layer]]) -> None:
+            for previous, layer in chosen:
+                _screened_pair(view, inputs[:scored], targets[:scored], behaviour,
+                               None if reference is None else reference[:scored], means, batch_size, device,
+                               previous, layer, node_sums, max_passes, sums, methods, unconnected, screened_units)
+        done = deadline.confirm(wide, screen, "screened layer pairs")
+        unscored = [(previous.name, layer.name) for previous, layer in wide[len(done):]]
     nodes = {layer.address(u): score for layer in layers for u, score in enumerate(node_sums[layer.name].tolist())}
     node_layer = {layer.address(u): layer.name for layer in layers for u in range(layer.size)}
     node_layer.update({region: INPUT for region in regions})
@@ -301,8 +308,43 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
               for a, b in sorted(sums, key=lambda pair: order[pair[1]])]
     read_by = {layer.name: reader for index, layer in enumerate(layers)
                if (reader := check.reader_of(layer.name, layers[index + 1].name if index + 1 < len(layers) else None))}
-    return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, total_behaviour / inputs.shape[0],
-                         inputs.shape[0], unconnected, read_by)
+    return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, total_behaviour / scored, scored,
+                         unconnected, read_by, unscored, list(budget.cuts))
+
+
+def _score_batch(view: ModelView, run: _Batch, layers: list[Layer], check: UnitSplits,
+                 regions: dict[str, torch.Tensor], node_sums: dict[str, torch.Tensor], sums: dict, methods: dict,
+                 wide: list[tuple[Layer, Layer]], unconnected: list[tuple[str, str]], max_passes: int,
+                 device: torch.device) -> None:
+    """One batch's node scores and edge scores, added to ``node_sums`` and ``sums``; a pair too wide to score here
+    joins ``wide`` (scored afterwards, screened), one whose later layer does not read the earlier ``unconnected``."""
+    for index, layer in enumerate(layers):
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        reader = check.reader_of(layer.name, following.name if following else None)
+        _add(node_sums, layer.name, _node_scores(view, run, layer, reader_layer(view, reader) if reader else None))
+        if index == 0:
+            module = view.module(layer)
+            if layer.kind in ("linear", "conv") and _reads_model_input(module, run.recorder.inputs[layer.name],
+                                                                         run.batch):
+                grad = units_view(run.grad(layer), layer)
+                delta = run.ref_batch - run.batch
+                scores = torch.stack([input_edge_scores(module, delta * mask.to(device), grad)
+                                      for mask in regions.values()])
+                _add(sums, (INPUT, layer.name), scores)
+                methods[(INPUT, layer.name)] = "weights: every edge from each input region"
+            continue
+        previous = layers[index - 1]
+        pair = (previous.name, layer.name)
+        if pair in unconnected or previous in (w[0] for w in wide if w[1] is layer):
+            continue
+        scores, method = _pair_edges(view, run, previous, layer, max_passes, check.splits[layer.name])
+        if method == "wide":
+            wide.append((previous, layer))
+        elif scores is None:
+            unconnected.append(pair)
+        else:
+            _add(sums, pair, scores)
+            methods[pair] = method
 
 
 def checked_splits(view: ModelView, inputs: torch.Tensor, reference: torch.Tensor | None, batch_size: int,

@@ -22,7 +22,7 @@ versus not, a swapped name), the technique
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -32,7 +32,21 @@ import torch.nn.functional as F
 from ..activations import batches, hooked
 from ..model_view import ModelView, from_units_view, installed, units_view
 from . import atp
-from .circuits import CircuitScores, edge_attribution, logits_at
+from .circuits import CircuitScores, NoTimeToScore, edge_attribution, logits_at
+
+Confirm = Callable[[atp.Selection, Callable[[list[int]], object]], atp.Selection]
+"""``confirm(selection, run)``: run the exact check ``run`` on chunks of ``selection``'s components, the most
+important first, and return the selection of those that ran (the rule's: bounded by its time budget)."""
+
+
+def confirm_all(selection: atp.Selection, run: Callable[[list[int]], object]) -> atp.Selection:
+    """Every component of ``selection``, at once (no time budget)."""
+    run(selection.checked)
+    return selection
+
+
+#: Unpatched candidates named in the evidence when the time budget cut the exact patches (the count is given too).
+UNCHECKED_SHOWN = 10
 
 
 @dataclass
@@ -52,6 +66,8 @@ class CueResult:
     exact_changes: dict[str, float] | None = None
     #: How the exactly patched components were chosen and how the attribution agrees with them (evidence).
     screen: dict | None = None
+    #: Top candidates (or, unscreened, components) the time budget left unpatched: the pathway may miss them.
+    unchecked: int = 0
 
     @property
     def pathway_share(self) -> float:
@@ -62,8 +78,10 @@ class CueResult:
 def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.Tensor, position: int = -1,
                     top_k: int = 10, coverage: float = 0.8, batch_size: int = 256,
                     device: torch.device | None = None, exhaustive: bool = False, calibration: int = 32,
-                    seed: int = 0) -> CueResult:
-    """Measure and localise the output's dependence on the cue (see the module docstring)."""
+                    seed: int = 0, confirm: Confirm = confirm_all) -> CueResult:
+    """Measure and localise the output's dependence on the cue (see the module docstring). ``confirm`` runs the
+    exact patches (the rule's: the screen's top first, within its time budget); the candidates it leaves out are
+    counted in :attr:`CueResult.unchecked` and named in the screen's evidence."""
     device = device or torch.device("cpu")
     without_logits = _log_probs(view, without_cue, batch_size, device, position)
     targets = without_logits.argmax(-1)
@@ -72,29 +90,49 @@ def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.
     def log_p(outputs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(logits_at(outputs, position).float(), -1).gather(1, chosen.view(-1, 1)).squeeze(1)
 
-    forward, backward = (edge_attribution(view, clean, targets, log_p, reference=reference, batch_size=batch_size,
-                                          device=device)
-                         for clean, reference in ((without_cue, with_cue), (with_cue, without_cue)))
-    scores = _summed(forward, backward)
+    forward = edge_attribution(view, without_cue, targets, log_p, reference=with_cue, batch_size=batch_size,
+                               device=device)
+    kept = forward.samples  # fewer than all when the time budget cut the first scoring: the second scores the same
+    try:
+        backward = edge_attribution(view, with_cue[:kept], targets[:kept], log_p, reference=without_cue[:kept],
+                                    batch_size=batch_size, device=device)
+    except NoTimeToScore:  # the time budget ran out (a cut, recorded): the first direction's scores stand alone
+        backward = None
+    scores = _summed(forward, backward) if backward is not None else forward
     hidden = {layer.name for layer in view.hidden_layers}
     ranked = [n for n in sorted(scores.nodes, key=lambda n: -scores.nodes[n]) if scores.node_layer[n] in hidden]
     attribution = torch.tensor([scores.nodes[n] for n in ranked], dtype=torch.float64)
     screened = len(ranked) > atp.SCREEN_ABOVE and not exhaustive
-    selection = atp.select(attribution, top_k, calibration, seed) if screened else atp.everything(len(ranked))
+    planned = atp.select(attribution, top_k, calibration, seed) if screened else atp.everything(len(ranked))
     rows = torch.arange(len(targets))
     base = without_logits[rows, targets]
-    exact = {i: _patched_change(view, without_cue, with_cue, [ranked[i]], targets, base, batch_size, device,
-                                position) for i in selection.checked}
-    by_exact = sorted(exact, key=lambda i: -exact[i])
-    total = sum(max(exact[i], 0.0) for i in by_exact)
+    exact: dict[int, float] = {}
+
+    def run(chunk: list[int]) -> None:
+        exact.update({i: _patched_change(view, without_cue, with_cue, [ranked[i]], targets, base, batch_size,
+                                         device, position) for i in chunk})
+    selection = confirm(planned, run)
+    unchecked = [i for i in planned.top if i not in exact]
+    # the pathway: by exact change among the components patched; with none patched (the time budget ran out first),
+    # by attribution, so that what flows through the screen's best candidates is still measured exactly
+    change = exact if exact else {i: float(attribution[i]) for i in planned.top}
+    by_change = sorted(change, key=lambda i: -change[i])
+    total = sum(max(change[i], 0.0) for i in by_change)
     pathway: list[str] = []
     covered = 0.0
-    for i in by_exact[:top_k]:
-        if exact[i] <= 0 or covered >= coverage * total:
+    for i in by_change[:top_k]:
+        if change[i] <= 0 or covered >= coverage * total:
             break
         pathway.append(ranked[i])
-        covered += exact[i]
+        covered += change[i]
     screen = _screen_evidence(selection, attribution, exact, ranked, screened, exhaustive)
+    if unchecked:
+        screen["unchecked_candidates"] = [
+            {"component": ranked[i], "attribution_estimate": float(attribution[i] / scores.samples)}
+            for i in unchecked[:UNCHECKED_SHOWN]]
+        screen["unchecked_count"] = len(unchecked)
+        if not exact:
+            screen["pathway_chosen_by"] = "attribution (no component was patched alone before the time ran out)"
     patched_logits = _log_probs(view, without_cue, batch_size, device, position,
                                 patch=(pathway, with_cue)) if pathway else without_logits
     return CueResult(
@@ -108,6 +146,7 @@ def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.
         pathway_flips=(patched_logits.argmax(-1) != targets).cpu(),
         exact_changes={ranked[i]: value for i, value in exact.items()},
         screen=screen,
+        unchecked=len(unchecked),
     )
 
 
@@ -126,7 +165,7 @@ def _screen_evidence(selection: atp.Selection, attribution: torch.Tensor, exact:
         return atp.report(selection, attribution, exact, ranked, method).to_evidence()
     why = "exhaustive = true" if exhaustive else f"at most {atp.SCREEN_ABOVE} components"
     return {"method": f"exact patching of every component alone ({why})", "scored": len(ranked),
-            "checked_exactly": len(ranked), "calibration": 0,
+            "checked_exactly": len(selection.checked), "calibration": 0,
             "spearman": atp.report(selection, attribution, exact, ranked, "").spearman}
 
 
