@@ -172,6 +172,8 @@ def _plan(layer: Layer, nodes: list[fx.Node], modules: dict[str, nn.Module]) -> 
     """Where to cut for ``layer``, or why it cannot be cut."""
     if layer.kind == "stream":
         return "a residual stream may be a tuple's first element: scanned with hooks"
+    if not layer.layout.is_samples_first:  # the cut's values are read and repeated samples first
+        return f"its output holds {layer.layout.describe()}: scanned with hooks, which see it samples first"
     if layer.kind == "heads":
         sites = [n for n in nodes if n.op == "call_module" and n.target == layer.site]
         if len(sites) != 1 or len(sites[0].args) != 1 or sites[0].kwargs or not isinstance(sites[0].args[0], fx.Node):

@@ -28,8 +28,9 @@ from .early_stop import EnoughSeen, forward_until_seen
 
 def split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Tensor) -> torch.Tensor | None:
     """``layer``'s input ``x_in`` split by ``previous``'s units (samples, units, ...), when the shapes allow it
-    (heads, residual streams, grouped or non-zero-padded convolutions never split); else None. A view of ``x_in``
-    where possible. Whether the split is right (nothing else reaches the input) is :func:`unit_splits`'s job.
+    (heads, residual streams, grouped or non-zero-padded convolutions, layers not samples first never split); else
+    None. A view of ``x_in`` where possible. Whether the split is right (nothing else reaches the input) is
+    :func:`unit_splits`'s job.
 
     Linear (and Hugging Face ``Conv1D``) layers act on the last axis: a 2-D input (samples, features) splits into
     (samples, units, features per unit) (a flattened feature map gives each unit several features); an input with
@@ -37,6 +38,8 @@ def split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Te
     (samples, units, *positions, 1): a transformer MLP neuron's part of the down projection's input (its GELU
     output at every token). :func:`joined` is the inverse."""
     if "heads" in (previous.kind, layer.kind) or "stream" in (previous.kind, layer.kind):
+        return None
+    if not (previous.layout.is_samples_first and layer.layout.is_samples_first):  # a reader's own input is not turned
         return None
     if layer.kind == "conv" and (module.groups != 1 or module.padding_mode != "zeros"):
         return None
