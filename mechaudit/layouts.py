@@ -61,6 +61,12 @@ class Layout:
         samples = like.shape[0] // self.rows
         return value.reshape(samples, self.rows, *like.shape[1:]).movedim(0, self.axis).reshape(like.shape)
 
+    def fits(self, value: torch.Tensor) -> bool:
+        """Whether ``value`` can be in this layout (for any number of samples)."""
+        if self.rows > 1:
+            return value.dim() >= 2 and value.shape[0] % self.rows == 0
+        return value.dim() > self.axis + 1
+
     def holds(self, value: torch.Tensor, samples: int) -> bool:
         """Whether ``value`` (a layer module's own input, say) holds ``samples`` samples in this layout."""
         if self.rows > 1:

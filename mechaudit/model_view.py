@@ -149,11 +149,47 @@ def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.h
             if replaced is None:
                 return None
             return (replaced, *output[1:]) if isinstance(output, tuple) else replaced
-        return site.register_forward_hook(stream_hook)
+        hook = stream_hook
+    else:
+        def hook(_module: nn.Module, args: tuple, output):
+            return fn(output, args)
+    if layer.layout.is_samples_first:
+        return site.register_forward_hook(hook)
+    return _input_samples_first(site, layer.layout, hook)
 
-    def hook(_module: nn.Module, args: tuple, output):
-        return fn(output, args)
-    return site.register_forward_hook(hook)
+
+class _Handles:
+    """Several hook handles removed as one."""
+
+    def __init__(self, *handles: torch.utils.hooks.RemovableHandle) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _input_samples_first(site: nn.Module, layout: Layout, hook: Callable) -> _Handles:
+    """``hook`` (a forward hook) given the site's first input samples first, as a view that the module reads (a
+    pre-hook passes it on in the module's layout), so that a hook function keeping it for its gradient keeps a
+    tensor of the graph: for a layer not samples first whose input has the output's leading axes (a Linear
+    layer's)."""
+    held: list[torch.Tensor] = []
+
+    def pre_hook(_module: nn.Module, args: tuple):
+        held.clear()
+        if not args or not isinstance(args[0], torch.Tensor) or not layout.fits(args[0]):
+            return None
+        held.append(layout.samples_first(args[0]))
+        return (layout.restored(held[0], args[0]), *args[1:])
+
+    def forward_hook(module: nn.Module, args: tuple, output):
+        first = output[0] if isinstance(output, tuple) and output else output
+        if held and isinstance(first, torch.Tensor) and layout.matches(args[0], first):
+            args = (held[0], *args[1:])
+        held.clear()
+        return hook(module, args, output)
+    return _Handles(site.register_forward_pre_hook(pre_hook), site.register_forward_hook(forward_hook))
 
 
 @contextmanager
@@ -169,19 +205,16 @@ def installed(handles: Iterable[torch.utils.hooks.RemovableHandle]) -> Iterator[
 
 
 def _samples_first(layout: Layout, fn: LayerHook) -> LayerHook:
-    """``fn`` called on the activation samples first (and on the site's first input, when it is the activation or
-    has the activation's leading axes, as a Linear layer's input); what it returns, or the view it was given (which
-    it may have edited in place, or kept for its gradient), goes back to the module in the module's layout."""
+    """``fn`` called on the activation samples first (also as the site's first input when it is the activation, as
+    for heads; a Linear layer's input is turned by :func:`_input_samples_first`); what it returns, or the view it was
+    given (which it may have edited in place, or kept for its gradient), goes back in the module's layout."""
     if layout.is_samples_first:
         return fn
 
     def call(activation: torch.Tensor, args: tuple):
         view = layout.samples_first(activation)
-        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if first is activation:
+        if args and args[0] is activation:
             args = (view, *args[1:])
-        elif first is not None and layout.matches(first, activation):
-            args = (layout.samples_first(first), *args[1:])
         replaced = fn(view, args)
         return layout.restored(view if replaced is None else replaced, activation)
     return call

@@ -28,9 +28,8 @@ from .early_stop import EnoughSeen, forward_until_seen
 
 def split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Tensor) -> torch.Tensor | None:
     """``layer``'s input ``x_in`` split by ``previous``'s units (samples, units, ...), when the shapes allow it
-    (heads, residual streams, grouped or non-zero-padded convolutions, layers not samples first never split); else
-    None. A view of ``x_in`` where possible. Whether the split is right (nothing else reaches the input) is
-    :func:`unit_splits`'s job.
+    (heads, residual streams, grouped or non-zero-padded convolutions never split); else None. A view of ``x_in``
+    where possible. Whether the split is right (nothing else reaches the input) is :func:`unit_splits`'s job.
 
     Linear (and Hugging Face ``Conv1D``) layers act on the last axis: a 2-D input (samples, features) splits into
     (samples, units, features per unit) (a flattened feature map gives each unit several features); an input with
@@ -38,8 +37,6 @@ def split_input(previous: Layer, layer: Layer, module: nn.Module, x_in: torch.Te
     (samples, units, *positions, 1): a transformer MLP neuron's part of the down projection's input (its GELU
     output at every token). :func:`joined` is the inverse."""
     if "heads" in (previous.kind, layer.kind) or "stream" in (previous.kind, layer.kind):
-        return None
-    if not (previous.layout.is_samples_first and layer.layout.is_samples_first):  # a reader's own input is not turned
         return None
     if layer.kind == "conv" and (module.groups != 1 or module.padding_mode != "zeros"):
         return None
@@ -114,7 +111,8 @@ def module_readers(view: ModelView, batch: torch.Tensor) -> dict[str, Layer]:
             leaves[name] = output.detach().requires_grad_(True)
             return leaves[name].clone()  # an in-place operation after the layer must not modify the leaf
         return hook
-    linear = [layer for layer in view.layers if layer.kind == "linear" and not layer.is_output]
+    linear = [layer for layer in view.layers if layer.kind == "linear" and not layer.is_output
+              and layer.layout.is_samples_first]  # a reader's input is read as the module gets it: samples first
     with installed(chain((m.register_forward_pre_hook(record(name)) for name, m in modules.items()),
                          (view.hook(layer, leaf(layer.name)) for layer in linear))), torch.enable_grad():
         view.model(batch)
@@ -287,7 +285,8 @@ def _only_path(view: ModelView, previous: Layer, layer: Layer, moved: torch.Tens
 
     def handles():
         yield view.hook(previous, lambda _output, _args: moved)
-        yield module.register_forward_pre_hook(lambda _module, args: (clean_in, *args[1:]))
+        yield module.register_forward_pre_hook(lambda _module, args: (layer.layout.restored(clean_in, args[0]),
+                                                                      *args[1:]))
     with installed(handles()), torch.no_grad():
         return _close(_tensors(view.model(batch)), clean)
 
