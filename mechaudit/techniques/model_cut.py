@@ -38,6 +38,14 @@ def quiet_fx() -> Iterator[None]:
         yield
 
 
+class NothingToCut(ValueError):
+    """The model traces, but none of the layers can be cut: ``skipped`` says why for each."""
+
+    def __init__(self, skipped: dict[str, str]) -> None:
+        super().__init__("no layer can be cut: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        self.skipped = skipped
+
+
 @dataclass
 class Cut:
     """The model cut at one layer (see the module docstring)."""
@@ -100,7 +108,7 @@ class ModelCut:
             else:
                 plans[layer.name] = plan
         if not plans:
-            raise ValueError("no layer can be cut: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+            raise NothingToCut(skipped)
         exported = list(dict.fromkeys(node for plan in plans.values() for node in plan.exported))
         last = max(nodes.index(node) for node in exported)
         upstream = _upstream(traced, nodes[:last + 1], exported)
