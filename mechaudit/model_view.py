@@ -21,13 +21,18 @@ the first element of its output tuple) is one vector per token, (samples, tokens
 block (``encoder.layer.2``, ``blocks.1``). Its units are the stream's dimensions, ``blocks.1:d17``, and its
 positions the tokens. Streams are only audited when named: they are not Linear or Conv modules.
 
-Discovery skips, with the reason in :attr:`ModelView.skipped`, a module whose output has no batch axis (a Linear
-layer applied to a constant, such as a learned scale) and a module that runs more than once per forward pass (a
-weight-shared block applied at every step): its statistics would mix calls, and an intervention would hit every
-call at once. Naming such a module in ``[audit] layers`` is an error that says why. A recurrent layer (``nn.GRU``,
-``nn.LSTM``) is audited only when named, as a stream of its output sequence; naming a module whose output tuple's
-first element the model does not read (a classifier of an RNN's final state) is an error, since interventions on
-that stream would not reach the output.
+A layer whose output does not hold the samples first is audited all the same when discovery verifies where they
+are (:mod:`mechaudit.layouts`): on axis 1, as in torch's ``nn.TransformerEncoder`` with its default
+``batch_first=False``, or in rows folded per sample, as in OPT's MLP (``fc1`` on ``hidden_states.reshape(-1,
+width)``) or Swin's window attention; every hook then sees it samples first (:func:`register_hook`).
+
+Discovery skips, with the reason in :attr:`ModelView.skipped`, a module whose output has no batch axis it can verify
+(a Linear layer applied to a constant, such as a learned scale), a convolution applied to folded rows, and a module
+that runs more than once per forward pass (a weight-shared block applied at every step): its statistics would mix
+calls, and an intervention would hit every call at once. Naming such a module in ``[audit] layers`` is an error
+that says why. A recurrent layer (``nn.GRU``, ``nn.LSTM``) is audited only when named, as a stream of its output
+sequence; naming a module whose output tuple's first element the model does not read (a classifier of an RNN's
+final state) is an error, since interventions on that stream would not reach the output.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from . import linear_maps
 from .addresses import UNIT_PREFIXES, format_address, parse_address
 from .attention_heads import find_attention_blocks
 from .errors import InputError
+from .layouts import SAMPLES_FIRST, Layout, candidates, verified_layout
 from .torch_attention import register_heads_hook, without_fast_path
 
 
@@ -57,6 +63,9 @@ class Layer:
     is_output: bool = False
     #: Module path whose forward is hooked, when not ``name`` (heads: the output projection, hooked at its input).
     site: str = ""
+    #: Where the activation holds the samples, verified at discovery (:mod:`mechaudit.layouts`); hooks see it
+    #: samples first whatever it is.
+    layout: Layout = SAMPLES_FIRST
 
     @property
     def prefix(self) -> str:
@@ -81,9 +90,9 @@ def sample_axis(module: nn.Module) -> int:
     """The axis of ``module``'s batched tensor arguments that holds the samples: 1 for a sequence-first module (one
     whose ``batch_first`` is False: ``nn.MultiheadAttention``, ``nn.LSTM``/``GRU``/``RNN``, read as (tokens, samples,
     width); ``nn.TransformerEncoderLayer`` keeps the flag only on its attention), else 0. Layer outputs are samples
-    first wherever mechaudit reads them (discovery skips a module whose output is not; the heads of a sequence-first
-    ``nn.MultiheadAttention`` are turned samples first by :mod:`.torch_attention`); a module's own inputs are not, so a
-    reader of them asks here."""
+    first wherever mechaudit reads them (:func:`register_hook` turns them so by the layer's verified
+    :class:`~.layouts.Layout`; the heads of a sequence-first ``nn.MultiheadAttention`` are turned samples first by
+    :mod:`.torch_attention`); a module's own inputs are not, so a reader of them asks here (or the layer's layout)."""
     return 1 if getattr(module, "batch_first", True) is False else 0
 
 
@@ -122,8 +131,9 @@ def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.h
     Linear/Conv: a forward hook, the activation is the module's output. Heads: a forward pre-hook on the output
     projection, the activation is its input (the concatenated heads); a returned tensor replaces that input
     (``nn.MultiheadAttention``: the same through :func:`~mechaudit.torch_attention.register_heads_hook`).
+    Whatever the layer's :class:`~.layouts.Layout`, ``fn`` sees the activation samples first (:func:`_samples_first`).
     """
-    fn = _naming_layer(layer, fn)
+    fn = _naming_layer(layer, _samples_first(layer.layout, fn))
     if layer.kind == "heads" and isinstance(site, nn.MultiheadAttention):
         return register_heads_hook(site, fn)
     if layer.kind == "heads":
@@ -139,11 +149,47 @@ def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.h
             if replaced is None:
                 return None
             return (replaced, *output[1:]) if isinstance(output, tuple) else replaced
-        return site.register_forward_hook(stream_hook)
+        hook = stream_hook
+    else:
+        def hook(_module: nn.Module, args: tuple, output):
+            return fn(output, args)
+    if layer.layout.is_samples_first:
+        return site.register_forward_hook(hook)
+    return _input_samples_first(site, layer.layout, hook)
 
-    def hook(_module: nn.Module, args: tuple, output):
-        return fn(output, args)
-    return site.register_forward_hook(hook)
+
+class _Handles:
+    """Several hook handles removed as one."""
+
+    def __init__(self, *handles: torch.utils.hooks.RemovableHandle) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _input_samples_first(site: nn.Module, layout: Layout, hook: Callable) -> _Handles:
+    """``hook`` (a forward hook) given the site's first input samples first, as a view that the module reads (a
+    pre-hook passes it on in the module's layout), so that a hook function keeping it for its gradient keeps a
+    tensor of the graph: for a layer not samples first whose input has the output's leading axes (a Linear
+    layer's)."""
+    held: list[torch.Tensor] = []
+
+    def pre_hook(_module: nn.Module, args: tuple):
+        held.clear()
+        if not args or not isinstance(args[0], torch.Tensor) or not layout.fits(args[0]):
+            return None
+        held.append(layout.samples_first(args[0]))
+        return (layout.restored(held[0], args[0]), *args[1:])
+
+    def forward_hook(module: nn.Module, args: tuple, output):
+        first = output[0] if isinstance(output, tuple) and output else output
+        if held and isinstance(first, torch.Tensor) and layout.matches(args[0], first):
+            args = (held[0], *args[1:])
+        held.clear()
+        return hook(module, args, output)
+    return _Handles(site.register_forward_pre_hook(pre_hook), site.register_forward_hook(forward_hook))
 
 
 @contextmanager
@@ -156,6 +202,22 @@ def installed(handles: Iterable[torch.utils.hooks.RemovableHandle]) -> Iterator[
         for handle in handles:
             stack.callback(handle.remove)
         yield
+
+
+def _samples_first(layout: Layout, fn: LayerHook) -> LayerHook:
+    """``fn`` called on the activation samples first (also as the site's first input when it is the activation, as
+    for heads; a Linear layer's input is turned by :func:`_input_samples_first`); what it returns, or the view it was
+    given (which it may have edited in place, or kept for its gradient), goes back in the module's layout."""
+    if layout.is_samples_first:
+        return fn
+
+    def call(activation: torch.Tensor, args: tuple):
+        view = layout.samples_first(activation)
+        if args and args[0] is activation:
+            args = (view, *args[1:])
+        replaced = fn(view, args)
+        return layout.restored(view if replaced is None else replaced, activation)
+    return call
 
 
 def _naming_layer(layer: Layer, fn: LayerHook) -> LayerHook:
@@ -192,7 +254,8 @@ class ModelView:
     @classmethod
     def discover(cls, model: nn.Module, sample: torch.Tensor, only: tuple[str, ...] = ()) -> "ModelView":
         """Run ``sample`` through ``model`` once, recording which Linear/Conv layers and attention blocks run and
-        in what order (an attention block when its output projection runs)."""
+        in what order (an attention block when its output projection runs); once more, on the samples reordered,
+        when an output's samples are not surely on axis 0 (:func:`_layouts`)."""
         modules = dict(model.named_modules())
         scripted = _scripted(modules)
         inside = [name for name in only if any(name == s or name.startswith(f"{s}.") or not s for s in scripted)]
@@ -205,17 +268,20 @@ class ModelView:
         unknown = [name for name in only if name not in candidates and name not in blocks and name not in streams]
         if unknown:
             raise InputError("layers", f"'{unknown[0]}' is not a module of the model")
-        seen: list[tuple[str, torch.Tensor | None]] = []
-        handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in candidates.items()]
         tuples: set[str] = set()  # the named streams whose module returns a tuple: only they need the autograd check
-        handles += [modules[name].register_forward_hook(_recorder(name, seen, tuples)) for name in streams]
-        sites = dict(model.named_modules())
-        handles += [sites[site].register_forward_pre_hook(_head_recorder(name, seen))
-                    for name, (site, _) in blocks.items()]
-        with installed(handles), torch.no_grad(), without_fast_path():
-            output = model(sample)
+
+        def recorded(inputs: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor | None]], object]:
+            seen: list[tuple[str, torch.Tensor | None]] = []
+            handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in candidates.items()]
+            handles += [modules[name].register_forward_hook(_recorder(name, seen, tuples)) for name in streams]
+            handles += [modules[site].register_forward_pre_hook(_head_recorder(name, seen))
+                        for name, (site, _) in blocks.items()]
+            with installed(handles), torch.no_grad(), without_fast_path():
+                return seen, model(inputs)
+        seen, output = recorded(sample)
+        layouts = _layouts(seen, sample, recorded)
         skipped = {name or "(the whole model)": SCRIPTED for name in scripted}
-        skipped.update(_unauditable(seen, sample.shape[0]))
+        skipped.update(_unauditable(seen, sample.shape[0], layouts, candidates))
         named = [name for name in only if name in skipped]
         if named:
             raise InputError("layers", f"'{named[0]}' cannot be audited: {skipped[named[0]]}")
@@ -238,17 +304,19 @@ class ModelView:
         layers = []
         for name, index in order.items():
             if name in blocks:
-                layers.append(Layer(name, "heads", blocks[name][1], index, site=blocks[name][0]))
+                layers.append(Layer(name, "heads", blocks[name][1], index, site=blocks[name][0],
+                                    layout=layouts.get(name, SAMPLES_FIRST)))
                 continue
             if name in streams:
-                layers.append(Layer(name, "stream", int(dict(seen)[name].shape[-1]), index))
+                layers.append(Layer(name, "stream", int(dict(seen)[name].shape[-1]), index,
+                                    layout=layouts.get(name, SAMPLES_FIRST)))
                 continue
             module = candidates[name]
             kind = layer_kind(module)
             size = linear_maps.out_features(module) if kind == "linear" else module.out_channels
             is_output = last is not None and name == last[0] and isinstance(output, torch.Tensor) and (
                 last[1].shape == output.shape)
-            layers.append(Layer(name, kind, size, index, is_output))
+            layers.append(Layer(name, kind, size, index, is_output, layout=layouts.get(name, SAMPLES_FIRST)))
         if only:
             layers = [layer for layer in layers if layer.name in only]
         return cls(model, layers, skipped, found.notes)
@@ -294,7 +362,8 @@ class ModelView:
     def describe(self) -> list[dict]:
         """One entry per layer; a layer inside an attention block whose heads are not split carries its note."""
         return [{"layer": layer.name, "kind": layer.kind, "units": layer.size, "unit_prefix": layer.prefix,
-                 "output": layer.is_output, **({"note": note} if (note := self.note(layer.name)) else {})}
+                 "output": layer.is_output, **({"note": note} if (note := self.note(layer.name)) else {}),
+                 **({} if layer.layout.is_samples_first else {"layout": layer.layout.describe()})}
                 for layer in self.layers]
 
     def note(self, name: str) -> str | None:
@@ -360,13 +429,43 @@ def _scripted(modules: dict[str, nn.Module]) -> list[str]:
     return found
 
 
-def _unauditable(seen: list[tuple[str, torch.Tensor | None]], batch: int) -> dict[str, str]:
-    """Modules that ran but cannot be audited, with the reason: no batch axis, or several calls per forward."""
+def _layouts(seen: list[tuple[str, torch.Tensor | None]], sample: torch.Tensor,
+             recorded: Callable[[torch.Tensor], tuple[list, object]]) -> dict[str, Layout]:
+    """The verified layout of each output recorded once whose samples are not (or not surely) on axis 0: by one more
+    forward pass on the samples in another order (:func:`~.layouts.verified_layout`), run only when one is needed."""
+    batch = sample.shape[0]
+    counts: dict[str, int] = {}
+    for name, _ in seen:
+        counts[name] = counts.get(name, 0) + 1
+    unsure = {name: output for name, output in seen if counts[name] == 1 and output is not None and output.dim()
+              and any(not layout.is_samples_first for layout in candidates(tuple(output.shape), batch))}
+    if batch < 2 or not unsure:
+        return {}
+    order = torch.arange(batch).roll(1)
+    again = dict(recorded(sample[order.to(sample.device)])[0])
+    found = {}
+    for name, output in unsure.items():
+        layout = verified_layout(output, again[name], batch, order.to(output.device)) if isinstance(
+            again.get(name), torch.Tensor) else None
+        if layout is not None and not layout.is_samples_first:
+            found[name] = layout
+    return found
+
+
+def _unauditable(seen: list[tuple[str, torch.Tensor | None]], batch: int, layouts: dict[str, Layout] | None = None,
+                 modules: dict[str, nn.Module] | None = None) -> dict[str, str]:
+    """Modules that ran but cannot be audited, with the reason: no batch axis (none verified in ``layouts``), a
+    convolution on folded rows, or several calls per forward."""
+    layouts, modules = layouts or {}, modules or {}
     calls: dict[str, int] = {}
     reasons = {}
     for name, output in seen:
         calls[name] = calls.get(name, 0) + 1
-        if output is not None and (output.dim() == 0 or output.shape[0] != batch):
+        if name in layouts and isinstance(modules.get(name), (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            reasons[name] = (f"its output {tuple(output.shape)} holds {layouts[name].describe()}: a convolution on "
+                             "folded frames or windows is not audited (mechaudit audits convolutions with one row "
+                             "per sample)")
+        elif name not in layouts and output is not None and (output.dim() == 0 or output.shape[0] != batch):
             reasons[name] = _no_batch_axis(tuple(output.shape), batch)
     for name, count in calls.items():
         if count > 1:
@@ -378,12 +477,13 @@ def _unauditable(seen: list[tuple[str, torch.Tensor | None]], batch: int) -> dic
 def _no_batch_axis(shape: tuple[int, ...], batch: int) -> str:
     """Why an output whose first axis is not the samples is not audited; sequence-first layouts are named."""
     if batch > 1 and len(shape) >= 3 and shape[1] == batch:
-        return (f"its output {shape} holds the {batch} samples on axis 1, not first (a sequence-first layout, as "
-                "batch_first=False): mechaudit audits outputs with the samples first")
+        return (f"its output {shape} has the size of the {batch} samples on axis 1, but does not follow them when "
+                "they are reordered (checked at discovery): mechaudit audits outputs whose samples it can locate")
     if batch > 1 and len(shape) >= 2 and shape[0] > batch and shape[0] % batch == 0:
-        return (f"its output {shape} has {shape[0]} rows for the {batch} samples ({batch} x {shape[0] // batch}): "
-                "folded tokens or windows (as in OPT's MLP or Swin's window attention), or applied to a constant; "
-                "mechaudit audits outputs with one row per sample first")
+        return (f"its output {shape} has {shape[0]} rows for the {batch} samples ({batch} x {shape[0] // batch}), "
+                "but they do not follow the samples when these are reordered (checked at discovery): not each "
+                "sample's rows together nor row by row (mixed across samples, or applied to a constant); mechaudit "
+                "audits outputs whose samples it can locate")
     return (f"its output {shape} has no batch axis (it does not follow the {batch} samples of the forward pass: "
             "applied to a constant?)")
 

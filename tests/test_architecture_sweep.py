@@ -1,6 +1,7 @@
 """Architectures mechaudit was not written against, built tiny from configs (random weights, nothing downloaded) and
 audited as a user passes them: Hugging Face models as they come (a ``ModelOutput``), fused and grouped-query
-attention, ``torch.compile``, recurrent and sequence-first layers."""
+attention, ``torch.compile``, recurrent and sequence-first layers, rows folded per sample (OPT's MLP, Swin's
+windows)."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def test_l207_skips_a_language_model_without_a_behaviour_instead_of_failing() ->
     assert "not classification and the spec declares no [behaviour]" in finding.message
 
 
-def test_a_sequence_first_layer_is_skipped_with_that_reason() -> None:
+def test_a_sequence_first_layer_is_audited_samples_first() -> None:
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, 24, dropout=0.0)  # batch_first=False: (tokens, samples, width)
 
@@ -130,9 +131,10 @@ def test_a_sequence_first_layer_is_skipped_with_that_reason() -> None:
             return self.head(self.encoder(self.embed(ids.long()).transpose(0, 1)).mean(0))
 
     result = mechaudit.audit(SequenceFirst().eval(), _tokens(), select=["D101"])
-    skipped = result.metadata["skipped_layers"]
-    assert "holds the 2 samples on axis 1, not first (a sequence-first layout" in skipped["encoder.layers.0.linear1"]
-    assert {c["layer"]: c["kind"] for c in result.metadata["components"]}["encoder.layers.0.self_attn"] == "heads"
+    assert not result.metadata.get("skipped_layers")
+    components = {c["layer"]: (c["kind"], c.get("layout")) for c in result.metadata["components"]}
+    assert components["encoder.layers.0.linear1"] == ("linear", "samples on axis 1 (sequence-first)")
+    assert components["encoder.layers.0.self_attn"] == ("heads", None)  # its heads are turned samples first
 
 
 class _Recurrent(nn.Module):
@@ -178,13 +180,34 @@ def _swin() -> nn.Module:  # window attention: heads computed on (samples x wind
                depths=[1], num_heads=[2], window_size=2, num_labels=3)
 
 
-def test_window_attention_folding_windows_into_the_batch_is_skipped_with_that_reason() -> None:
-    model = _swin()
+def test_window_attention_folding_windows_into_the_batch_is_audited_by_sample() -> None:
+    model = _swin()  # windows are folded sample-major (Swin's window_partition): verified at discovery
     result = mechaudit.audit(model, IMAGES, labels=_labels(model, IMAGES), select=["L202"])
     assert not [f.message for f in result.findings if f.status == "error"]
-    reason = result.metadata["skipped_layers"]["swin.encoder.layers.0.blocks.0.attention"]
-    assert reason.startswith("its output (8, 4, 16) has 8 rows for the 2 samples (2 x 4): folded tokens or windows")
-    assert "swin.encoder.layers.0.blocks.0.mlp.fc1" in [c["layer"] for c in result.metadata["components"]]
+    assert not result.metadata.get("skipped_layers")
+    components = {c["layer"]: (c["kind"], c["units"], c.get("layout")) for c in result.metadata["components"]}
+    folded = "4 rows per sample folded into axis 0 (each sample's rows together)"
+    assert components["swin.encoder.layers.0.blocks.0.attention"] == ("heads", 2, folded)
+    assert components["swin.encoder.layers.0.blocks.0.attention.q_proj"] == ("linear", 16, folded)
+    assert components["swin.encoder.layers.0.blocks.0.mlp.fc1"][2] is None
+
+
+def _opt() -> nn.Module:  # the MLP runs on hidden_states.reshape(-1, width): (samples x tokens, width)
+    return _hf("OPTForSequenceClassification", "OPTConfig", vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
+               num_attention_heads=2, ffn_dim=24, max_position_embeddings=16, word_embed_proj_dim=16, num_labels=3,
+               pad_token_id=0)
+
+
+def test_opts_folded_mlp_is_audited_by_sample() -> None:
+    model, tokens = _opt(), _tokens()
+    result = mechaudit.audit(model, tokens, labels=_labels(model, tokens), select=["D101", "L202"])
+    assert not [f.message for f in result.findings if f.status == "error"]
+    assert not result.metadata.get("skipped_layers")
+    components = {c["layer"]: (c["units"], c.get("layout")) for c in result.metadata["components"]}
+    assert components["model.decoder.layers.0.fc1"] == (24, "6 rows per sample folded into axis 0 (each sample's "
+                                                            "rows together)")
+    assert {f.location.layer for f in result.findings if f.rule_id == "L202"} >= {"model.decoder.layers.0.fc1",
+                                                                                  "model.decoder.layers.0.fc2"}
 
 
 def test_r303_skips_token_ids_instead_of_feeding_them_a_real_valued_baseline() -> None:

@@ -44,7 +44,7 @@ def maximised_features(context: AuditContext, layer: Layer, dictionary: Dictiona
     for feature in features:
         result = maximize_activation(context.model, module, 0, shape, direction=dictionary.decoder[feature],
                                      steps=MAX_STEPS, seed=context.seed, device=context.device,
-                                     value_range=(low, high))
+                                     value_range=(low, high), layout=layer.layout)
         rows.append({"component": dictionary.address(feature), **result})
     return rows
 

@@ -26,7 +26,7 @@ from .ablation import (
     chunked,
     write_ablations,
 )
-from .model_cut import Cut, ModelCut, quiet_fx
+from .model_cut import Cut, ModelCut, NothingToCut, quiet_fx
 
 Mode = tuple
 """``(values, source)``: ``values`` {layer name: (units, positions) replacement} for zero or mean ablation, or
@@ -42,6 +42,8 @@ class AblationScanner:
             with quiet_fx():
                 self.cut: ModelCut | None = ModelCut.build(view, layers, sample.to(device))
             self.reasons = dict(self.cut.skipped)
+        except NothingToCut as exc:
+            self.cut, self.reasons = None, dict(exc.skipped)
         except Exception as exc:  # noqa: BLE001  not traceable: the hook-based path is exact too
             self.cut = None
             self.reasons = {layer.name: f"the model cannot be traced ({type(exc).__name__})" for layer in layers}

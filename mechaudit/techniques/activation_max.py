@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layouts import SAMPLES_FIRST, Layout
 from ..model_view import installed
 
 MAX_SIDE = 32  # the stored picture is average-pooled to at most this many pixels a side
@@ -22,12 +23,14 @@ MAX_SIDE = 32  # the stored picture is average-pooled to at most this many pixel
 def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, shape: tuple[int, ...],
                         direction: torch.Tensor | None = None, steps: int = 128, lr: float = 0.05, jitter: int = 1,
                         blur_every: int = 4, seed: int = 0, device: str | torch.device = "cpu",
-                        value_range: tuple[float, float] = (0.0, 1.0), centre: bool = False) -> dict:
+                        value_range: tuple[float, float] = (0.0, 1.0), centre: bool = False,
+                        layout: Layout = SAMPLES_FIRST) -> dict:
     """Optimise one image of ``shape`` ``(C, H, W)`` to maximise ``unit`` of ``layer_module`` (or ``direction``).
 
     ``centre``: for a convolution, maximise the unit at the centre of its map (the "neuron" objective of Olah et
     al. 2017: a pattern within one receptive field) instead of its mean over the map (the "channel" objective,
-    which a uniformly bright image often maximises).
+    which a uniformly bright image often maximises). ``layout``: the layer's (:attr:`~..model_view.Layer.layout`),
+    to read its output samples first.
 
     Returns ``{"objective", "objective_start", "steps", "image"}``; ``image`` is the optimised input's mean over
     channels as a 2-D list (4 decimals). The model's parameters get no gradients and its training mode is restored.
@@ -44,7 +47,8 @@ def maximize_activation(model: nn.Module, layer_module: nn.Module, unit: int, sh
     was_training = model.training
     model.eval()
     try:
-        with installed([layer_module.register_forward_hook(lambda _m, _i, out: captured.append(_first(out)))]):
+        with installed([layer_module.register_forward_hook(
+                lambda _m, _i, out: captured.append(layout.samples_first(_first(out))))]):
             objective = _objective_fn(model, captured, unit, direction, centre)
             with torch.no_grad():
                 objective_start = float(objective(image))

@@ -38,6 +38,14 @@ def quiet_fx() -> Iterator[None]:
         yield
 
 
+class NothingToCut(ValueError):
+    """The model traces, but none of the layers can be cut: ``skipped`` says why for each."""
+
+    def __init__(self, skipped: dict[str, str]) -> None:
+        super().__init__("no layer can be cut: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        self.skipped = skipped
+
+
 @dataclass
 class Cut:
     """The model cut at one layer (see the module docstring)."""
@@ -100,7 +108,7 @@ class ModelCut:
             else:
                 plans[layer.name] = plan
         if not plans:
-            raise ValueError("no layer can be cut: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+            raise NothingToCut(skipped)
         exported = list(dict.fromkeys(node for plan in plans.values() for node in plan.exported))
         last = max(nodes.index(node) for node in exported)
         upstream = _upstream(traced, nodes[:last + 1], exported)
@@ -172,6 +180,8 @@ def _plan(layer: Layer, nodes: list[fx.Node], modules: dict[str, nn.Module]) -> 
     """Where to cut for ``layer``, or why it cannot be cut."""
     if layer.kind == "stream":
         return "a residual stream may be a tuple's first element: scanned with hooks"
+    if not layer.layout.is_samples_first:  # the cut's values are read and repeated samples first
+        return f"its output holds {layer.layout.describe()}: scanned with hooks, which see it samples first"
     if layer.kind == "heads":
         sites = [n for n in nodes if n.op == "call_module" and n.target == layer.site]
         if len(sites) != 1 or len(sites[0].args) != 1 or sites[0].kwargs or not isinstance(sites[0].args[0], fx.Node):

@@ -106,10 +106,10 @@ def _read_site_hook(view: ModelView, site: ReadSite, index: torch.Tensor) -> tor
     module = view.module(site.reader)
 
     def pre_hook(_module, args: tuple):
-        x = args[0]
+        x = site.reader.layout.samples_first(args[0])  # as the reader's hooks see it
         split = split_input(site.layer, site.reader, module, x).clone()
         split[:, index.to(x.device)] = site.values[index].to(split.dtype).to(x.device)
-        return (joined(split, x), *args[1:])
+        return (site.reader.layout.restored(joined(split, x), args[0]), *args[1:])
     return module.register_forward_pre_hook(pre_hook)
 
 

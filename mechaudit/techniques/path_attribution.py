@@ -158,9 +158,9 @@ def moved_sites(view: ModelView, at: list[MovedSite], alpha: float | None) -> It
         module = view.module(read.reader)
 
         def pre_hook(_module, args: tuple):
-            x = args[0]
+            x = read.reader.layout.samples_first(args[0])  # as the reader's hooks see it
             split = split_input(read.layer, read.reader, module, x)
-            return (joined(carry(site, split), x).clone(), *args[1:])
+            return (read.reader.layout.restored(joined(carry(site, split), x).clone(), args[0]), *args[1:])
         return module.register_forward_pre_hook(pre_hook)
 
     with installed(read_hook(site) if site.read is not None else view.hook(site.layer, output_hook(site))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import batches, hooked
+from ..layouts import SAMPLES_FIRST, Layout
 from ..model_view import Layer, ModelView, sample_axis
 from ..torch_attention import recomputing
 from .nonlinearity import Following
@@ -300,7 +301,7 @@ def read_and_input_covariances(view: ModelView, layers: list[Layer], inputs: tor
             if isinstance(width, str) or (isinstance(width, int) and width > max_input_width):
                 record.given, record.not_read = None, _too_wide(width, max_input_width)
                 continue
-            handles.append(module.register_forward_pre_hook(_input_hook(record, max_input_width, batch),
+            handles.append(module.register_forward_pre_hook(_input_hook(record, max_input_width, batch, layer.layout),
                                                             with_kwargs=True))
         functions = {layer.name: rectifier_function(following.get(layer.name)) for layer in group}
 
@@ -330,7 +331,8 @@ def _too_wide(width: int | str, max_input_width: int) -> str:
     return f"its input has {width} dimensions, above {max_input_width}: no covariance of that size is built"
 
 
-def _input_hook(record: LayerCovariances, max_input_width: int, batch: dict[str, int]) -> Callable:
+def _input_hook(record: LayerCovariances, max_input_width: int, batch: dict[str, int],
+                layout: Layout = SAMPLES_FIRST) -> Callable:
     def on_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if record.given is None or recomputing(module):  # not the heads' rerun: one forward pass, one reading
             return
@@ -341,6 +343,8 @@ def _input_hook(record: LayerCovariances, max_input_width: int, batch: dict[str,
         value = value.detach()
         if value.dim() > 2 and sample_axis(module):  # (tokens, samples, width): each sample's rows together
             value = value.movedim(sample_axis(module), 0)
+        elif not layout.is_samples_first and layout.holds(value, batch["samples"]):  # as the layer's own output
+            value = layout.samples_first(value)
         width = input_width(module)
         if width is None and value.shape[-1] > max_input_width:
             record.given, record.not_read = None, _too_wide(value.shape[-1], max_input_width)

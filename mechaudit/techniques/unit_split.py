@@ -111,7 +111,8 @@ def module_readers(view: ModelView, batch: torch.Tensor) -> dict[str, Layer]:
             leaves[name] = output.detach().requires_grad_(True)
             return leaves[name].clone()  # an in-place operation after the layer must not modify the leaf
         return hook
-    linear = [layer for layer in view.layers if layer.kind == "linear" and not layer.is_output]
+    linear = [layer for layer in view.layers if layer.kind == "linear" and not layer.is_output
+              and layer.layout.is_samples_first]  # a reader's input is read as the module gets it: samples first
     with installed(chain((m.register_forward_pre_hook(record(name)) for name, m in modules.items()),
                          (view.hook(layer, leaf(layer.name)) for layer in linear))), torch.enable_grad():
         view.model(batch)
@@ -284,7 +285,8 @@ def _only_path(view: ModelView, previous: Layer, layer: Layer, moved: torch.Tens
 
     def handles():
         yield view.hook(previous, lambda _output, _args: moved)
-        yield module.register_forward_pre_hook(lambda _module, args: (clean_in, *args[1:]))
+        yield module.register_forward_pre_hook(lambda _module, args: (layer.layout.restored(clean_in, args[0]),
+                                                                      *args[1:]))
     with installed(handles()), torch.no_grad():
         return _close(_tensors(view.model(batch)), clean)
 

@@ -1,0 +1,235 @@
+"""Layers whose output does not hold the samples first (torch's default ``batch_first=False`` encoder, rows folded
+as in OPT's MLP) are audited, and measure the same as their samples-first twins; a layout that cannot be verified
+stays skipped with its reason."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import mechaudit
+from mechaudit.layouts import Layout
+from mechaudit.loading import AuditData
+from mechaudit.model_view import ModelView, installed
+from mechaudit.techniques.ablation_scan import AblationScanner
+
+VOCAB, WIDTH, SAMPLES = 40, 16, 24
+
+
+class Encoder(nn.Module):
+    """Embedding, one ``nn.TransformerEncoderLayer`` (ReLU MLP 16 -> 24 -> 16), mean over tokens, a classifier;
+    sequence-first (torch's default) or batch-first, with the same parameter names."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        layer = nn.TransformerEncoderLayer(WIDTH, 2, 24, dropout=0.0, batch_first=batch_first)
+        self.embed, self.head = nn.Embedding(VOCAB, WIDTH), nn.Linear(WIDTH, 3)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids.long())
+        if self.batch_first:
+            return self.head(self.encoder(x).mean(1))
+        return self.head(self.encoder(x.transpose(0, 1)).mean(0))
+
+
+class Folded(nn.Module):
+    """A token MLP applied to rows: ``fold`` "samples" folds them as OPT does (``x.reshape(-1, width)``), "tokens"
+    as a sequence-first model's ``x.transpose(0, 1).reshape(-1, width)``, "mixed" scrambles them across samples
+    (a fixed permutation of all rows: no sample's rows can be located), None keeps (samples, tokens, width)."""
+
+    def __init__(self, fold: str | None) -> None:
+        super().__init__()
+        self.fold = fold
+        self.embed, self.fc1, self.fc2, self.head = (nn.Embedding(VOCAB, WIDTH), nn.Linear(WIDTH, 24),
+                                                     nn.Linear(24, WIDTH), nn.Linear(WIDTH, 3))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids.long())
+        samples, tokens, width = x.shape
+        if self.fold is None:
+            return self.head(self.fc2(torch.relu(self.fc1(x))).mean(1))
+        rows = x.reshape(-1, width) if self.fold == "samples" else x.transpose(0, 1).reshape(-1, width)
+        if self.fold == "mixed":
+            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
+            return self.head(self.fc2(torch.relu(self.fc1(rows[order])))[order.argsort()].reshape(
+                samples, tokens, width).mean(1))
+        hidden = self.fc2(torch.relu(self.fc1(rows)))
+        if self.fold == "tokens":
+            return self.head(hidden.reshape(tokens, samples, width).mean(0))
+        return self.head(hidden.reshape(samples, tokens, width).mean(1))
+
+
+def _twins(kind: str, fold: str = "samples") -> tuple[nn.Module, nn.Module]:
+    """(the model to test, its samples-first twin with the same weights)."""
+    torch.manual_seed(0)
+    tested = Encoder(False) if kind == "encoder" else Folded(fold)
+    twin = Encoder(True) if kind == "encoder" else Folded(None)
+    twin.load_state_dict(tested.state_dict())
+    return tested.eval(), twin.eval()
+
+
+def _ids(tokens: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, VOCAB, (SAMPLES, tokens), generator=torch.Generator().manual_seed(seed))
+
+
+def _data(model: nn.Module, tokens: int) -> AuditData:
+    ids = _ids(tokens)
+    with torch.no_grad():
+        labels = model(ids).argmax(-1)
+    concept = (torch.arange(SAMPLES) % 2).float()
+    return AuditData(inputs=ids, labels=labels, pairs=(ids, _ids(tokens, 1)), cues=(ids, _ids(tokens, 1)),
+                     concepts={"even": concept})
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    """Where two evidence trees differ (numbers beyond a relative 1e-3), but for how the scan ran (hooks for a layer
+    not samples first, perhaps a traced cut for its twin)."""
+    a, b = (x.tolist() if hasattr(x, "tolist") and not isinstance(x, (int, float)) else x for x in (a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
+        return [d for key in a if key != "scan" for d in _differences(a[key], b[key], f"{path}.{key}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} != {len(b)} items"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        same = math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-5) or (math.isnan(a) and math.isnan(b))
+        return [] if same else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def _same_findings(tested: nn.Module, twin: nn.Module, data: AuditData, select: list[str]) -> list:
+    results = [mechaudit.audit(model, data, select=select, behaviour={"kind": "predicted_logit"})
+               for model in (tested, twin)]
+    ours, theirs = (result.findings for result in results)
+    assert [(f.rule_id, f.status, f.message) for f in ours] == [(f.rule_id, f.status, f.message) for f in theirs]
+    for mine, other in zip(ours, theirs):
+        assert not _differences(mine.evidence, other.evidence), (mine.rule_id, _differences(mine.evidence,
+                                                                                            other.evidence)[:5])
+    assert all(f.status != "error" for f in ours)
+    return results
+
+
+@pytest.mark.parametrize("tokens", [6, 2])  # 2 tokens for 2 discovery samples: the shape alone cannot tell
+def test_a_sequence_first_encoder_is_audited_and_measures_as_its_batch_first_twin(tokens: int) -> None:
+    tested, twin = _twins("encoder")
+    result, _ = _same_findings(tested, twin, _data(twin, tokens), ["D101", "L202", "L207"])
+    layouts = {c["layer"]: c.get("layout") for c in result.metadata["components"]}
+    assert layouts["encoder.layers.0.linear1"] == layouts["encoder.layers.0.linear2"] == (
+        "samples on axis 1 (sequence-first)")
+    assert layouts["head"] is None and not result.metadata.get("skipped_layers")
+    l202 = {f.location.layer for f in result.findings if f.rule_id == "L202"}
+    assert {"encoder.layers.0.linear1", "encoder.layers.0.linear2"} <= l202
+
+
+def test_every_units_ablation_effect_matches_the_twin_through_hooks_and_the_traced_cut() -> None:
+    tested, twin = _twins("folded")
+    ids = _ids(6)
+    outputs, methods = [], []
+    for model in (tested, twin):
+        view = ModelView.discover(model, ids[:2])
+        layers = [view.layer("fc1"), view.layer("fc2")]
+        scanner = AblationScanner(view, layers, torch.device("cpu"), ids[:4])
+        values = {layer.name: torch.zeros(layer.size, 6) for layer in layers}
+        outputs.append(scanner.scan(ids, {"zero": (values, None)})["zero"])
+        methods.append(" ".join(scanner.method(layer) for layer in layers))
+    assert methods[0].startswith("batched forward hooks (its output holds 6 rows per sample folded into axis 0")
+    assert "hooks" not in methods[1]  # the unfolded twin's scan is the traced cut: an independent path
+    for name, size in (("fc1", 24), ("fc2", WIDTH)):
+        assert outputs[0][name].shape == (size, SAMPLES, 3)
+        assert torch.allclose(outputs[0][name], outputs[1][name], atol=1e-5)
+
+
+def test_dead_units_planted_in_a_sequence_first_layer_are_found_as_in_the_twin() -> None:
+    tested, twin = _twins("encoder")
+    for model in (tested, twin):
+        with torch.no_grad():
+            model.encoder.layers[0].linear1.weight[:6] = 0.0
+            model.encoder.layers[0].linear1.bias[:6] = -1.0  # 6 of 24 units never activate after the ReLU
+    result, _ = _same_findings(tested, twin, _data(twin, 6), ["D101"])
+    dead = [f for f in result.findings if f.location and f.location.layer == "encoder.layers.0.linear1"]
+    assert any("6 of 24 units of encoder.layers.0.linear1 never activate" in f.message for f in dead)
+
+
+def test_circuit_rules_on_a_sequence_first_encoder_match_the_twin() -> None:
+    tested, twin = _twins("encoder")
+    _same_findings(tested, twin, _data(twin, 6), ["L208", "R301", "R302", "R304"])
+
+
+@pytest.mark.parametrize("fold, described", [
+    ("samples", "6 rows per sample folded into axis 0 (each sample's rows together)"),
+    ("tokens", "6 rows per sample folded into axis 0 (row by row, the samples inside each)")])
+def test_folded_rows_are_audited_and_measure_as_the_unfolded_twin(fold: str, described: str) -> None:
+    tested, twin = _twins("folded", fold)
+    result, _ = _same_findings(tested, twin, _data(twin, 6), ["D101", "L202", "L207"])
+    layouts = {c["layer"]: c.get("layout") for c in result.metadata["components"]}
+    assert layouts == {"fc1": described, "fc2": described, "head": None}
+
+
+def test_rows_mixed_across_samples_stay_skipped_with_the_reason() -> None:
+    tested, _ = _twins("folded", "mixed")
+    result = mechaudit.audit(tested, _data(tested, 6), select=["D101"])
+    skipped = result.metadata["skipped_layers"]
+    assert set(skipped) == {"fc1", "fc2"}
+    assert skipped["fc1"].startswith("its output (12, 24) has 12 rows for the 2 samples (2 x 6), but they do not "
+                                     "follow the samples when these are reordered")
+    assert [c["layer"] for c in result.metadata["components"]] == ["head"]
+
+
+class _Frames(nn.Module):  # a video idiom: one convolution applied to every frame, frames folded into the batch
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        samples, frames = video.shape[:2]
+        maps = self.conv(video.flatten(0, 1))
+        return self.head(maps.mean((2, 3)).reshape(samples, frames, -1).mean(1))
+
+
+def test_a_convolution_on_folded_frames_stays_skipped_naming_its_layout() -> None:
+    video = torch.randn(4, 3, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    view = ModelView.discover(_Frames().eval(), video[:2])
+    assert view.skipped["conv"] == ("its output (6, 4, 6, 6) holds 3 rows per sample folded into axis 0 (each "
+                                    "sample's rows together): a convolution on folded frames or windows is not "
+                                    "audited (mechaudit audits convolutions with one row per sample)")
+
+
+def test_hooks_see_the_samples_first_their_edits_in_place_and_inputs_on_the_graph() -> None:
+    tested, twin = _twins("encoder")
+    ids = _ids(6)[:3]
+    seen = {}
+    for name, model in (("tested", tested), ("twin", twin)):
+        view = ModelView.discover(model, ids[:2])
+        layer = view.layer("encoder.layers.0.linear2")
+
+        def keep(output, args, name=name):
+            seen[name] = (output.detach().clone(), args[0])
+            output[:, :, 3] = 0.0  # in place, returning nothing: reaches the model all the same
+
+        with installed([view.hook(layer, keep)]):
+            out = model(ids)
+            (grad,) = torch.autograd.grad(out.sum(), seen[name][1])  # the input given to the hook is on the graph
+        seen[name] = (*seen[name], grad, out.detach())
+    assert seen["tested"][0].shape == (3, 6, WIDTH)
+    for mine, other in zip(seen["tested"], seen["twin"]):
+        assert torch.allclose(mine, other, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(seen["tested"][3], twin(ids), atol=1e-4)  # the edit changed the output
+
+
+@pytest.mark.parametrize("layout, shape", [(Layout(1), (5, 3, 4)), (Layout(0, 5), (15, 4)), (Layout(0, 5), (15, 2, 4)),
+                                           (Layout(1, 5), (15, 4)), (Layout(1, 5), (15, 2, 4))])
+def test_a_layout_round_trips_and_puts_each_samples_rows_together(layout: Layout, shape: tuple) -> None:
+    value = torch.randn(shape)
+    first = layout.samples_first(value)
+    assert first.shape[0] == 3 and torch.equal(layout.restored(first, value), value)
+    rows = value.reshape(3, 5, -1) if layout.axis == 0 else value.reshape(5, 3, -1).transpose(0, 1)
+    assert torch.equal(first.reshape(3, -1), rows.reshape(3, -1)) if layout.rows > 1 else torch.equal(
+        first, value.transpose(0, 1))
