@@ -84,13 +84,15 @@ def current() -> Budget | None:
 
 
 def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
-            weights: Sequence[float] | None = None) -> list[T]:
+            weights: Sequence[float] | None = None, estimate: float | None = None) -> list[T]:
     """Run ``run`` on ``items`` in their order (most important first), in chunks, while the time left allows; returns
     the items run and, when some were left out, records a :class:`Cut` naming ``what`` they are on the budget.
 
     The first chunk is one item; each next one at most twice the last, and only as many items as fit in half the
     time left before the reserve (a single item: in all of it), at the mean time per unit of ``weights`` so far
-    (each item's relative cost, default 1) times :data:`SAFETY`. Without a deadline, one chunk of every item.
+    (each item's relative cost, default 1) times :data:`SAFETY`. Before any item ran, that mean is ``estimate``
+    (seconds per unit of weight, measured on similar work: the first item is then run only if it fits) or, without
+    one, unknown: the first item runs whenever any time is left. Without a deadline, one chunk of every item.
 
     Rank-local: no collective is made (a rule runs inside :func:`mechaudit.distributed.step`, where a rank that
     raises or has fewer items would leave the others waiting), so under torchrun each rank cuts on its own clock, and
@@ -104,10 +106,13 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
     done, spent, size = 0, 0.0, 1
     while done < len(items):
         left = budget.left() or 0.0
-        if not done:  # no estimate yet: one item
+        if done:
+            per_unit: float | None = spent / sum(weight[:done]) * SAFETY
+        else:
+            per_unit = None if estimate is None else estimate * SAFETY
+        if per_unit is None:  # no estimate yet: one item
             fits = 1 if left > 0 else 0
         else:
-            per_unit = spent / sum(weight[:done]) * SAFETY
             fits = max(_fitting(weight[done:], per_unit, left / 2), min(1, _fitting(weight[done:], per_unit, left)))
         size = min(size, len(items) - done, fits)
         if size <= 0:

@@ -105,6 +105,23 @@ def test_confirm_runs_everything_in_one_chunk_without_a_deadline() -> None:
     assert chunks[-1] == [0, 1, 2] and not budget.cuts
 
 
+def test_a_prior_estimate_keeps_the_first_item_from_starting_when_it_does_not_fit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+
+    def charge(chunk: list[int]) -> None:
+        fake.now += 10.0 * len(chunk)
+    with deadline.within(100) as budget:
+        fake.now = 80.0  # 5 s left before the reserve
+        assert deadline.confirm([0, 1], charge, "checks", estimate=10.0) == [] and fake.now == 80.0
+        assert budget.cuts == [deadline.Cut("checks", 2, 0)]
+        assert deadline.confirm([0, 1], charge, "checks") == [0] and fake.now == 90.0  # no estimate: the first runs
+    fake.now = 0.0
+    with deadline.within(100):  # the control: 10 s estimated (15 with the safety margin) fits in 85 s
+        assert deadline.confirm([0, 1], charge, "checks", estimate=10.0) == [0, 1]
+
+
 def test_a_nested_budget_ends_with_the_enclosing_one_and_reports_its_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeClock()
     monkeypatch.setattr(deadline, "clock", fake)
@@ -430,6 +447,32 @@ def test_wide_pairs_are_screened_while_time_is_left_and_the_rest_listed_unscored
     assert torch.equal(cut.edges.blocks[0].scores, full.edges.blocks[0].scores)
 
 
+def test_a_batch_cut_leaves_no_time_to_start_a_wide_pair_it_cannot_finish(batch_clock: FakeClock) -> None:
+    """8 samples in batches of 1 at 10 s a run, 100 s (15 kept): the batches (chunks of 1, 2, 1, 1, 1, 1 and 1)
+    use the time up to 80 s. A screened wide pair reruns every batch scored (80 s), so with 5 s left it must not
+    start (it used to, ending at 160 s: past the rule's time-out, an error that loses everything); the control,
+    with time, scores both pairs."""
+    from test_gradient_edges import VOCAB, _setup
+
+    from mechaudit.techniques import circuits
+    _, view, clean, _, _ = _setup(("blocks.0.attn", "blocks.0.mlp.0", "blocks.1.attn"))
+    torch.manual_seed(1)
+    clean, corrupted = torch.randint(0, VOCAB, (2, 8, clean.shape[1]))
+
+    def scores(seconds: int):
+        batch_clock.now = 0.0
+        with deadline.within(seconds) as budget:
+            found = circuits.edge_attribution(view, clean, torch.full((8,), 3), circuits.at_position(
+                circuits.target_logit, -1), reference=corrupted, batch_size=1, max_passes=1)
+        return found, budget
+    with_time, whole = scores(1000)
+    assert not with_time.unscored and not whole.cuts and with_time.samples == 8 and len(with_time.edges.blocks) == 2
+    cut, budget = scores(100)
+    assert batch_clock.now <= budget.deadline - budget.reserve  # finished in time: nothing started that overran
+    assert batch_clock.now == 80.0 and cut.samples == 8 and len(cut.unscored) == 2 and not cut.edges.blocks
+    assert budget.cuts == cut.cuts == [deadline.Cut("screened layer pairs", 2, 0)]
+
+
 def test_the_edge_loop_makes_no_collective_under_torchrun(batch_clock: FakeClock,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from mechaudit import distributed
@@ -496,8 +539,10 @@ def test_l208_with_no_time_for_an_exact_patch_measures_the_attribution_s_pathway
     from mechaudit.techniques import cue_sensitivity
     _charged(monkeypatch, cue_sensitivity, "edge_attribution", 45.0, patch_clock)  # two directions: 90 of 100 s
     finding = _cues(cued(), 100)
-    # the first direction's attribution took one batch at 45 s, the second found none left (its scores left out)
-    assert finding.evidence["time_budget_cut"]["cuts"] == [{"what": "edge-scoring batches", "planned": 1, "ran": 0},
-                                                           {"what": "exact patches", "planned": 6, "ran": 0}]
+    # the first direction's attribution took one batch at 45 s; the second's batch, estimated at 1.5 x 45 s, does
+    # not fit the 40 s left (its scores left out), nor does an exact patch
+    assert finding.evidence["time_budget_cut"]["cuts"] == [
+        {"what": "edge-scoring batches (cued run's gradient)", "planned": 1, "ran": 0},
+        {"what": "exact patches", "planned": 6, "ran": 0}]
     assert finding.evidence["screen"]["pathway_chosen_by"].startswith("attribution")
     assert finding.status == "fail" and finding.location.component == "fc1:u2"  # measured exactly all the same

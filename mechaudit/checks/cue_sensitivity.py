@@ -128,8 +128,8 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
     position = context.behaviour.position if context.behaviour is not None else -1
     result = cue_sensitivity(context.view, with_cue, without_cue, position, params.top_k, params.coverage,
                              context.batch_size, context.device, params.exhaustive, params.calibration, context.seed,
-                             confirm=lambda selection, run: confirm_selection(selection, run, "exact patches",
-                                                                              context.seed))
+                             confirm=lambda selection, run, estimate: confirm_selection(
+                                 selection, run, "exact patches", context.seed, estimate=estimate))
     scores = result.scores
     graph = circuit_graph(scores, params.max_edges)
     keep = set(result.pathway)

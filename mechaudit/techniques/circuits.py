@@ -248,7 +248,8 @@ def _run(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour
 def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
                      reference: torch.Tensor | None = None, masks: dict[str, torch.Tensor] | None = None,
                      batch_size: int = 256, device: torch.device | None = None,
-                     max_passes: int = MAX_PASSES) -> CircuitScores:
+                     max_passes: int = MAX_PASSES, seconds_per_batch: float | None = None,
+                     what: str = "edge-scoring batches") -> CircuitScores:
     """Score every node and edge of ``view``'s layers for ``behaviour`` (see the module docstring).
 
     ``reference`` holds the corrupted inputs paired with ``inputs``; without it, the reference activations are
@@ -258,8 +259,11 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     Within a rule's time budget (:mod:`mechaudit.deadline`) the batches run in order, in chunks, while the time
     left allows; the scores are then those of the first batches' samples (``samples`` says how many), and the wide
     pairs are screened on the same samples while time is left (those left out: :attr:`CircuitScores.unscored`).
-    The cuts are recorded on the budget and in :attr:`CircuitScores.cuts`. No collective is made (rank-local, as
-    :func:`mechaudit.deadline.confirm`). Without a deadline, everything runs, as before.
+    A screened pair costs about what all the batches scored cost (a clean and a reference run per batch, plus
+    ``max_passes`` VJPs), so it starts only when that estimate fits; ``seconds_per_batch`` (measured on similar work,
+    e.g. the other direction of L208's scores) lets the first batch wait for time too. ``what``: the batches' name
+    in a cut. The cuts are recorded on the budget and in :attr:`CircuitScores.cuts`. No collective is made
+    (rank-local, as :func:`mechaudit.deadline.confirm`). Without a deadline, everything runs, as before.
     """
     device = device or torch.device("cpu")
     layers = view.layers
@@ -282,8 +286,14 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                          device)
             view.model.zero_grad(set_to_none=True)
             del run
+    # a budget of no time of its own, inside the rule's: it ends with the rule's, and collects the cuts made here
+    # (the rule's budget may already hold others) for CircuitScores.cuts, so that later rules reading these cached
+    # scores are labelled with them; they reach the rule's budget too when it closes
     with deadline.within(0) as budget:  # the batches, then the wide pairs, while the rule's time budget allows
-        starts = deadline.confirm(list(range(0, inputs.shape[0], batch_size)), score, "edge-scoring batches")
+        began = deadline.clock()
+        starts = deadline.confirm(list(range(0, inputs.shape[0], batch_size)), score, what,
+                                  estimate=seconds_per_batch)
+        batches_took = deadline.clock() - began  # about what each screened pair costs: the same batches' runs again
         scored = min(inputs.shape[0], len(starts) * batch_size)
         if inputs.shape[0] and not scored:
             raise NoTimeToScore("the rule's time budget ran out before one batch of edge scores: lift it with "
@@ -295,7 +305,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
                 _screened_pair(view, inputs[:scored], targets[:scored], behaviour,
                                None if reference is None else reference[:scored], means, batch_size, device,
                                previous, layer, node_sums, max_passes, sums, methods, unconnected, screened_units)
-        done = deadline.confirm(wide, screen, "screened layer pairs")
+        done = deadline.confirm(wide, screen, "screened layer pairs", estimate=batches_took)
         unscored = [(previous.name, layer.name) for previous, layer in wide[len(done):]]
     nodes = {layer.address(u): score for layer in layers for u, score in enumerate(node_sums[layer.name].tolist())}
     node_layer = {layer.address(u): layer.name for layer in layers for u in range(layer.size)}
