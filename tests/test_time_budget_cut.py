@@ -527,6 +527,9 @@ def test_l208_pass_beside_unpatched_candidates_is_uncertain(patch_clock: FakeClo
     assert full.status == "pass" and full.confidence == "certain" and "not patched alone" not in full.message
     cut = _cues(cue_control(), 40)
     assert cut.status == "pass" and cut.confidence == "uncertain" and cut.interval["high"] == 1.0
+    # the low end is the bootstrap's, at its level; the method says why the high end is 1
+    assert cut.interval["level"] == full.interval["level"] == 0.95 and cut.interval["low"] == full.interval["low"]
+    assert "the 95% interval" in cut.message and "not patched alone" in cut.interval["method"]
     assert "4 candidate(s) not patched alone for lack of time" in cut.message
     estimates = [row["attribution_estimate"] for row in cut.evidence["screen"]["unchecked_candidates"]]
     assert len(estimates) == 4 and estimates == sorted(estimates, reverse=True)  # the weakest left, strongest first

@@ -145,8 +145,12 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
         # a pass among the components patched: a candidate left unpatched may join a pathway that flips more
         cut = (f" [{result.unchecked} candidate(s) not patched alone for lack of time: the pathway was chosen among "
                f"the {len(changes)} patched{'' if changes else ' (none: by attribution)'}, so this pass is uncertain]")
+        # the low end stays the bootstrap's (at its level); the method says why the high end is 1
         interval = Interval(interval.low if interval else result.pathway_flip_rate, 1.0,
-                            f"unmeasured above: {result.unchecked} candidate(s) were not patched alone", level=1.0)
+                            f"{interval.method if interval else 'no bootstrap'}, for the low end; 1 above: "
+                            f"{result.unchecked} candidate(s) were not patched alone, so the flip rate through a "
+                            "pathway holding them is not measured",
+                            level=interval.level if interval else 1.0)
     return [Measurement(
         f"the cue flips {result.total_flip_rate:.1%} of {result.samples} predictions; through "
         f"{len(result.pathway)} component(s) ({', '.join(result.pathway[:3]) or 'none'}) alone it flips "
