@@ -414,6 +414,7 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
             restore()
         try:
             with _time_budget(timeout) as budget:
+                budget.rule = rule.id  # names the rule in the cuts of a shared artifact that later rules read
                 findings = [m.finding(rule.id, rule.severity, rule.uncertain)
                             for m in rule.check.run(context, rule)] or [
                     Finding(rule.id, rule.severity, "pass", "nothing to report")]

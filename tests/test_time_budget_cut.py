@@ -406,12 +406,41 @@ def test_r301_cut_scores_the_first_batches_and_says_how_many(batch_clock: FakeCl
 
 
 def test_a_rule_reading_cut_circuit_scores_is_labelled_too(batch_clock: FakeClock) -> None:
-    """R303 reads the scores R301 computed (and cut) within its own budget: its findings rest on them, so they say
-    so; on a machine with time, neither is labelled."""
+    """R302 reads the scores R301 computed (and cut) within its own budget: its findings rest on them, so they say
+    so, naming R301 (whose budget to raise); on a machine with time, neither is labelled."""
     cut = _circuit(60, ("R301", "R302"))
     assert {f.rule_id for f in cut if "time_budget_cut" in f.evidence} == {"R301", "R302"}
-    assert all("edge-scoring batches" in f.message for f in cut if f.rule_id == "R302")
+    assert all("4 of 8 planned edge-scoring batches ran" in f.message for f in cut if f.rule_id == "R301")
+    assert all("4 of 8 planned edge-scoring batches (by R301, for the circuit scores this rule reads) ran"
+               in f.message for f in cut if f.rule_id == "R302")
     assert not [f for f in _circuit(0, ("R301", "R302")) if "time_budget_cut" in f.evidence]
+
+
+def test_a_rule_computing_the_circuit_scores_for_its_exact_checks_gives_them_a_share_of_its_time(
+        batch_clock: FakeClock) -> None:
+    """R302 computing the scores itself gives them half its 60 s (15% of it kept): batches of 10 s stop at 20 s
+    (R301, whose result they are, scores 4 in all of its 60 s), so R302's ablations keep the rest of its time."""
+    r302 = _circuit(60, ("R302",))
+    assert r302 and all(f.evidence["time_budget_cut"]["cuts"] == [
+        {"what": "edge-scoring batches", "planned": 8, "ran": 2}] for f in r302)
+    (r301,) = _circuit(60)
+    assert r301.evidence["time_budget_cut"]["cuts"][0]["ran"] == 4
+
+
+def test_rules_asking_for_more_samples_than_there_are_share_one_computation_of_the_circuit_scores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyed on the samples they resolve to (as the cost model charges them once), not the parameter."""
+    from mechaudit.checks import circuit_common
+    calls: list[int] = []
+    real = circuit_common.edge_attribution
+    monkeypatch.setattr(circuit_common, "edge_attribution",
+                        lambda view, inputs, *a, **k: (calls.append(len(inputs)), real(view, inputs, *a, **k))[1])
+    x = planted_data(64)
+    model = planted().eval()
+    mechaudit.audit(model, AuditData(inputs=x, labels=model(x).argmax(1).detach()),
+                    behaviour={"kind": "class_logit", "target": "0"}, select=["R301", "R302"],
+                    rules={"R301": {"samples": 300}, "R302": {"samples": 400}})
+    assert calls == [64]
 
 
 def test_no_time_for_one_batch_of_edge_scores_is_an_error_not_a_hang(batch_clock: FakeClock,
