@@ -578,3 +578,41 @@ def test_l208_with_no_time_for_an_exact_patch_measures_the_attribution_s_pathway
         {"what": "exact patches", "planned": 6, "ran": 0}]
     assert finding.evidence["screen"]["pathway_chosen_by"].startswith("attribution")
     assert finding.status == "fail" and finding.location.component == "fc1:u2"  # measured exactly all the same
+
+
+def _wide_cued(width: int = 300) -> torch.nn.Module:
+    """``cued``'s network with ``width`` hidden units (above atp.SCREEN_ABOVE, so that the exact patches are
+    screened): its 6 units, and dead ones beside them."""
+    from fixtures.cue_models import cued
+    small, model = cued(), cued()
+    model.fc1 = torch.nn.Linear(small.fc1.in_features, width)
+    model.fc2 = torch.nn.Linear(width, 2)
+    with torch.no_grad():
+        for tensor in (*model.fc1.parameters(), *model.fc2.parameters()):
+            tensor.zero_()
+        model.fc1.weight[:6] = small.fc1.weight
+        model.fc2.weight[:, :6] = small.fc2.weight
+    return model.eval()
+
+
+def test_l208_screened_cut_patches_the_top_then_a_seeded_random_calibration_sample(patch_clock: FakeClock) -> None:
+    assert _wide_cued().fc1.out_features > atp.SCREEN_ABOVE
+    full = _cues(_wide_cued(), 0)
+    planned = full.evidence["screen"]["checked_exactly"]
+    assert full.evidence["screen"]["calibration"] > 0 and planned < 300  # the screened path
+    # 200 s, 30 kept, 10 s a patch: chunks of 1, 2, 4, 3, 2, 1, 1, 1 and 1 fit in 170 s
+    cut = _cues(_wide_cued(), 200)
+    assert cut.evidence["time_budget_cut"]["cuts"] == [{"what": "exact patches", "planned": planned, "ran": 16}]
+    screen = cut.evidence["screen"]
+    top = full.evidence["screen"]["checked"][:planned - full.evidence["screen"]["calibration"]]
+    assert screen["checked"][:len(top)] == top  # every top candidate patched before any calibration one
+    sample = screen["checked"][len(top):]
+    assert len(sample) == screen["calibration"] == 16 - len(top) and set(sample) < set(full.evidence["screen"]["checked"])
+    assert sample != full.evidence["screen"]["checked"][len(top):len(top) + len(sample)]  # a random order, not by index
+    assert _cues(_wide_cued(), 200).evidence["screen"]["checked"] == screen["checked"]  # seeded
+    assert cut.status == full.status == "fail" and cut.value == full.value and cut.location.component == "fc1:u2"
+
+
+def test_a_generous_finite_budget_gives_the_findings_of_none(patch_clock: FakeClock) -> None:
+    full, generous = _cues(_wide_cued(), 0), _cues(_wide_cued(), 3600)
+    assert generous.to_dict() == full.to_dict()
