@@ -546,6 +546,7 @@ def test_l208_cut_patches_the_strongest_candidates_first_and_a_fail_stands(patch
     cut = _cues(cued(), 40)
     assert cut.evidence["time_budget_cut"]["cuts"] == [{"what": "exact patches", "planned": 6, "ran": 2}]
     assert cut.evidence["screen"]["checked_exactly"] == 2 and cut.evidence["screen"]["unchecked_count"] == 4
+    assert cut.evidence["screen"]["method"].endswith("; cut by the time budget: 2 of the 6 planned patched")
     assert cut.status == full.status == "fail" and cut.value == full.value
     assert cut.location.component == "fc1:u2" and cut.confidence == "certain"  # an exact flip rate over 0.05
 

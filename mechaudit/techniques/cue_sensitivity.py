@@ -138,7 +138,11 @@ def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.
         pathway.append(ranked[i])
         covered += change[i]
     screen = _screen_evidence(selection, attribution, exact, ranked, screened, exhaustive)
+    if len(selection.checked) < len(planned.checked):
+        screen["method"] += (f"; cut by the time budget: {len(selection.checked)} of the {len(planned.checked)} "
+                             "planned patched")
     if unchecked:
+        # as the pathway rows' scores: the attribution summed over both directions' pairs, divided by their count
         screen["unchecked_candidates"] = [
             {"component": ranked[i], "attribution_estimate": float(attribution[i] / scores.samples)}
             for i in unchecked[:UNCHECKED_SHOWN]]
