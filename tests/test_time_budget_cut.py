@@ -617,3 +617,8 @@ def test_l208_screened_cut_patches_the_top_then_a_seeded_random_calibration_samp
 def test_a_generous_finite_budget_gives_the_findings_of_none(patch_clock: FakeClock) -> None:
     full, generous = _cues(_wide_cued(), 0), _cues(_wide_cued(), 3600)
     assert generous.to_dict() == full.to_dict()
+
+
+def test_a_generous_finite_budget_gives_the_circuit_findings_of_none(batch_clock: FakeClock) -> None:
+    full, generous = _circuit(0, ("R301", "R302")), _circuit(3600, ("R301", "R302"))
+    assert [f.to_dict() for f in generous] == [f.to_dict() for f in full]
