@@ -10,7 +10,7 @@ sample) and the rule's parameters; a check without one gets :func:`generic_cost`
 statistics, the circuit scores, ...) are charged to the first rule of the audit that needs them; a rule that
 uses an artifact another rule defines (L201 reads L203's sanity verdict) names it with a cost of None. What torch
 imports on first use, once per process (sympy for the first vector-Jacobian product with a cotangent, 0.3 s), is
-no rule's work and no unit here: the engine imports it before the rules run (:mod:`mechaudit.lazy_imports`).
+no rule's work and no unit here: the engine pays it before the rules run (:mod:`mechaudit.lazy_imports`).
 
 A :class:`Calibration`, measured once per audit on this machine (:mod:`mechaudit.calibration`), turns units into
 seconds; the plan (:mod:`mechaudit.planning`) holds each rule to the rule time-out and the free memory.

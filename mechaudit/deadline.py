@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,6 +36,7 @@ class Cut:
     what: str  # e.g. "exact ablations"
     planned: int
     ran: int
+    rule: str = ""  # the rule whose budget made the cut ("": unknown, a budget the engine did not name)
 
     def note(self) -> str:
         return f"{self.ran} of {self.planned} planned {self.what}"
@@ -44,12 +45,14 @@ class Cut:
 @dataclass
 class Budget:
     """A rule's time budget: ``seconds`` long (0: none), ending at ``deadline`` on :data:`clock` (None: never),
-    keeping ``reserve`` seconds for the rule to finish; ``cuts`` are the confirmations it stopped early."""
+    keeping ``reserve`` seconds for the rule to finish; ``cuts`` are the confirmations it stopped early; ``rule``:
+    the rule it bounds (set by the engine; a nested budget inherits it)."""
 
     seconds: float
     deadline: float | None
     reserve: float
     cuts: list[Cut] = field(default_factory=list)
+    rule: str = ""
 
     def left(self) -> float | None:
         """Seconds left for exact checks (the reserve excluded), or None without a deadline."""
@@ -69,6 +72,8 @@ def within(seconds: float) -> Iterator[Budget]:
         deadline = outer.deadline if own.deadline is None else min(own.deadline, outer.deadline)
         stop = min(outer.deadline - outer.reserve, deadline if own.deadline is None else own.deadline - own.reserve)
         own = Budget(own.seconds, deadline, deadline - stop)
+    if outer is not None:
+        own.rule = outer.rule
     token = _current.set(own)
     try:
         yield own
@@ -84,13 +89,15 @@ def current() -> Budget | None:
 
 
 def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
-            weights: Sequence[float] | None = None) -> list[T]:
+            weights: Sequence[float] | None = None, estimate: float | None = None) -> list[T]:
     """Run ``run`` on ``items`` in their order (most important first), in chunks, while the time left allows; returns
     the items run and, when some were left out, records a :class:`Cut` naming ``what`` they are on the budget.
 
     The first chunk is one item; each next one at most twice the last, and only as many items as fit in half the
     time left before the reserve (a single item: in all of it), at the mean time per unit of ``weights`` so far
-    (each item's relative cost, default 1) times :data:`SAFETY`. Without a deadline, one chunk of every item.
+    (each item's relative cost, default 1) times :data:`SAFETY`. Before any item ran, that mean is ``estimate``
+    (seconds per unit of weight, measured on similar work: the first item is then run only if it fits) or, without
+    one, unknown: the first item runs whenever any time is left. Without a deadline, one chunk of every item.
 
     Rank-local: no collective is made (a rule runs inside :func:`mechaudit.distributed.step`, where a rank that
     raises or has fewer items would leave the others waiting), so under torchrun each rank cuts on its own clock, and
@@ -104,10 +111,13 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
     done, spent, size = 0, 0.0, 1
     while done < len(items):
         left = budget.left() or 0.0
-        if not done:  # no estimate yet: one item
+        if done:
+            per_unit: float | None = spent / sum(weight[:done]) * SAFETY
+        else:
+            per_unit = None if estimate is None else estimate * SAFETY
+        if per_unit is None:  # no estimate yet: one item
             fits = 1 if left > 0 else 0
         else:
-            per_unit = spent / sum(weight[:done]) * SAFETY
             fits = max(_fitting(weight[done:], per_unit, left / 2), min(1, _fitting(weight[done:], per_unit, left)))
         size = min(size, len(items) - done, fits)
         if size <= 0:
@@ -118,16 +128,23 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
         done += size
         size *= 2
     if done < len(items):
-        budget.cuts.append(Cut(what, len(items), done))
+        budget.cuts.append(Cut(what, len(items), done, budget.rule))
     return list(items[:done])
 
 
-def record(cuts: Sequence[Cut]) -> None:
-    """Record ``cuts`` on the current budget, each once: the cuts of a shared artifact (the circuit scores) that
-    an earlier rule computed within its budget, so that every rule whose findings rest on it is labelled too."""
+def record(cuts: Sequence[Cut], artifact: str) -> None:
+    """Record ``cuts`` on the current budget, each once: the cuts of a shared ``artifact`` (the circuit scores)
+    that an earlier rule computed within its budget, so that every rule whose findings rest on it is labelled too,
+    with the rule that made the cut named (the budget to raise is that rule's)."""
     budget = current()
-    if budget is not None:
-        budget.cuts.extend(cut for cut in cuts if not any(cut is seen for seen in budget.cuts))
+    if budget is None:
+        return
+    for cut in cuts:
+        if cut.rule and cut.rule != budget.rule:
+            cut = replace(cut, what=f"{cut.what} (by {cut.rule}, for the {artifact} this rule reads)",
+                          rule=budget.rule)
+        if cut not in budget.cuts:
+            budget.cuts.append(cut)
 
 
 def running_out() -> bool:

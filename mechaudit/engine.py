@@ -29,7 +29,7 @@ from .errors import InputError
 from .findings import AuditResult, Finding, RuleRun
 from .interrupts import Interrupted
 from .isolation import ModelGuard
-from .lazy_imports import import_for_gradients
+from .lazy_imports import warm_up_gradients
 from .loading import AuditData, LoadedModel, load_data, load_model
 from .loading.auditable import auditable
 from .memory import batch_size_for, halve_batch, report_retries, retried_note
@@ -268,7 +268,7 @@ def run_audit(spec: AuditSpec, rulebook: Rulebook | None = None, progress: bool 
         plan = _plan(context, rules, options.rule_timeout)
         if on_plan is not None and distributed.is_main():
             on_plan(plan)
-        import_for_gradients(entry.backward for entry in plan.rules if entry.action in ("run", "reduce"))
+        warm_up_gradients(entry.backward for entry in plan.rules if entry.action in ("run", "reduce"))
         if distributed.active() and context.view.layers:
             context.unit_stats  # sharded artifacts are built by all ranks together, before any rule runs
         with distributed.step():
@@ -414,6 +414,7 @@ def _run_rule(rule: Rule, context: AuditContext, timeout: int = 0,
             restore()
         try:
             with _time_budget(timeout) as budget:
+                budget.rule = rule.id  # names the rule in the cuts of a shared artifact that later rules read
                 findings = [m.finding(rule.id, rule.severity, rule.uncertain)
                             for m in rule.check.run(context, rule)] or [
                     Finding(rule.id, rule.severity, "pass", "nothing to report")]

@@ -105,6 +105,23 @@ def test_confirm_runs_everything_in_one_chunk_without_a_deadline() -> None:
     assert chunks[-1] == [0, 1, 2] and not budget.cuts
 
 
+def test_a_prior_estimate_keeps_the_first_item_from_starting_when_it_does_not_fit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+
+    def charge(chunk: list[int]) -> None:
+        fake.now += 10.0 * len(chunk)
+    with deadline.within(100) as budget:
+        fake.now = 80.0  # 5 s left before the reserve
+        assert deadline.confirm([0, 1], charge, "checks", estimate=10.0) == [] and fake.now == 80.0
+        assert budget.cuts == [deadline.Cut("checks", 2, 0)]
+        assert deadline.confirm([0, 1], charge, "checks") == [0] and fake.now == 90.0  # no estimate: the first runs
+    fake.now = 0.0
+    with deadline.within(100):  # the control: 10 s estimated (15 with the safety margin) fits in 85 s
+        assert deadline.confirm([0, 1], charge, "checks", estimate=10.0) == [0, 1]
+
+
 def test_a_nested_budget_ends_with_the_enclosing_one_and_reports_its_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeClock()
     monkeypatch.setattr(deadline, "clock", fake)
@@ -389,12 +406,41 @@ def test_r301_cut_scores_the_first_batches_and_says_how_many(batch_clock: FakeCl
 
 
 def test_a_rule_reading_cut_circuit_scores_is_labelled_too(batch_clock: FakeClock) -> None:
-    """R303 reads the scores R301 computed (and cut) within its own budget: its findings rest on them, so they say
-    so; on a machine with time, neither is labelled."""
+    """R302 reads the scores R301 computed (and cut) within its own budget: its findings rest on them, so they say
+    so, naming R301 (whose budget to raise); on a machine with time, neither is labelled."""
     cut = _circuit(60, ("R301", "R302"))
     assert {f.rule_id for f in cut if "time_budget_cut" in f.evidence} == {"R301", "R302"}
-    assert all("edge-scoring batches" in f.message for f in cut if f.rule_id == "R302")
+    assert all("4 of 8 planned edge-scoring batches ran" in f.message for f in cut if f.rule_id == "R301")
+    assert all("4 of 8 planned edge-scoring batches (by R301, for the circuit scores this rule reads) ran"
+               in f.message for f in cut if f.rule_id == "R302")
     assert not [f for f in _circuit(0, ("R301", "R302")) if "time_budget_cut" in f.evidence]
+
+
+def test_a_rule_computing_the_circuit_scores_for_its_exact_checks_gives_them_a_share_of_its_time(
+        batch_clock: FakeClock) -> None:
+    """R302 computing the scores itself gives them half its 60 s (15% of it kept): batches of 10 s stop at 20 s
+    (R301, whose result they are, scores 4 in all of its 60 s), so R302's ablations keep the rest of its time."""
+    r302 = _circuit(60, ("R302",))
+    assert r302 and all(f.evidence["time_budget_cut"]["cuts"] == [
+        {"what": "edge-scoring batches", "planned": 8, "ran": 2}] for f in r302)
+    (r301,) = _circuit(60)
+    assert r301.evidence["time_budget_cut"]["cuts"][0]["ran"] == 4
+
+
+def test_rules_asking_for_more_samples_than_there_are_share_one_computation_of_the_circuit_scores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyed on the samples they resolve to (as the cost model charges them once), not the parameter."""
+    from mechaudit.checks import circuit_common
+    calls: list[int] = []
+    real = circuit_common.edge_attribution
+    monkeypatch.setattr(circuit_common, "edge_attribution",
+                        lambda view, inputs, *a, **k: (calls.append(len(inputs)), real(view, inputs, *a, **k))[1])
+    x = planted_data(64)
+    model = planted().eval()
+    mechaudit.audit(model, AuditData(inputs=x, labels=model(x).argmax(1).detach()),
+                    behaviour={"kind": "class_logit", "target": "0"}, select=["R301", "R302"],
+                    rules={"R301": {"samples": 300}, "R302": {"samples": 400}})
+    assert calls == [64]
 
 
 def test_no_time_for_one_batch_of_edge_scores_is_an_error_not_a_hang(batch_clock: FakeClock,
@@ -428,6 +474,32 @@ def test_wide_pairs_are_screened_while_time_is_left_and_the_rest_listed_unscored
     assert budget.cuts == cut.cuts == [deadline.Cut("screened layer pairs", 2, 1)]
     assert "not scored: the rule's time budget ran out" in cut.edge_choice()[-1]["method"]
     assert torch.equal(cut.edges.blocks[0].scores, full.edges.blocks[0].scores)
+
+
+def test_a_batch_cut_leaves_no_time_to_start_a_wide_pair_it_cannot_finish(batch_clock: FakeClock) -> None:
+    """8 samples in batches of 1 at 10 s a run, 100 s (15 kept): the batches (chunks of 1, 2, 1, 1, 1, 1 and 1)
+    use the time up to 80 s. A screened wide pair reruns every batch scored (80 s), so with 5 s left it must not
+    start (it used to, ending at 160 s: past the rule's time-out, an error that loses everything); the control,
+    with time, scores both pairs."""
+    from test_gradient_edges import VOCAB, _setup
+
+    from mechaudit.techniques import circuits
+    _, view, clean, _, _ = _setup(("blocks.0.attn", "blocks.0.mlp.0", "blocks.1.attn"))
+    torch.manual_seed(1)
+    clean, corrupted = torch.randint(0, VOCAB, (2, 8, clean.shape[1]))
+
+    def scores(seconds: int):
+        batch_clock.now = 0.0
+        with deadline.within(seconds) as budget:
+            found = circuits.edge_attribution(view, clean, torch.full((8,), 3), circuits.at_position(
+                circuits.target_logit, -1), reference=corrupted, batch_size=1, max_passes=1)
+        return found, budget
+    with_time, whole = scores(1000)
+    assert not with_time.unscored and not whole.cuts and with_time.samples == 8 and len(with_time.edges.blocks) == 2
+    cut, budget = scores(100)
+    assert batch_clock.now <= budget.deadline - budget.reserve  # finished in time: nothing started that overran
+    assert batch_clock.now == 80.0 and cut.samples == 8 and len(cut.unscored) == 2 and not cut.edges.blocks
+    assert budget.cuts == cut.cuts == [deadline.Cut("screened layer pairs", 2, 0)]
 
 
 def test_the_edge_loop_makes_no_collective_under_torchrun(batch_clock: FakeClock,
@@ -474,6 +546,7 @@ def test_l208_cut_patches_the_strongest_candidates_first_and_a_fail_stands(patch
     cut = _cues(cued(), 40)
     assert cut.evidence["time_budget_cut"]["cuts"] == [{"what": "exact patches", "planned": 6, "ran": 2}]
     assert cut.evidence["screen"]["checked_exactly"] == 2 and cut.evidence["screen"]["unchecked_count"] == 4
+    assert cut.evidence["screen"]["method"].endswith("; cut by the time budget: 2 of the 6 planned patched")
     assert cut.status == full.status == "fail" and cut.value == full.value
     assert cut.location.component == "fc1:u2" and cut.confidence == "certain"  # an exact flip rate over 0.05
 
@@ -484,6 +557,9 @@ def test_l208_pass_beside_unpatched_candidates_is_uncertain(patch_clock: FakeClo
     assert full.status == "pass" and full.confidence == "certain" and "not patched alone" not in full.message
     cut = _cues(cue_control(), 40)
     assert cut.status == "pass" and cut.confidence == "uncertain" and cut.interval["high"] == 1.0
+    # the low end is the bootstrap's, at its level; the method says why the high end is 1
+    assert cut.interval["level"] == full.interval["level"] == 0.95 and cut.interval["low"] == full.interval["low"]
+    assert "the 95% interval" in cut.message and "not patched alone" in cut.interval["method"]
     assert "4 candidate(s) not patched alone for lack of time" in cut.message
     estimates = [row["attribution_estimate"] for row in cut.evidence["screen"]["unchecked_candidates"]]
     assert len(estimates) == 4 and estimates == sorted(estimates, reverse=True)  # the weakest left, strongest first
@@ -496,8 +572,53 @@ def test_l208_with_no_time_for_an_exact_patch_measures_the_attribution_s_pathway
     from mechaudit.techniques import cue_sensitivity
     _charged(monkeypatch, cue_sensitivity, "edge_attribution", 45.0, patch_clock)  # two directions: 90 of 100 s
     finding = _cues(cued(), 100)
-    # the first direction's attribution took one batch at 45 s, the second found none left (its scores left out)
-    assert finding.evidence["time_budget_cut"]["cuts"] == [{"what": "edge-scoring batches", "planned": 1, "ran": 0},
-                                                           {"what": "exact patches", "planned": 6, "ran": 0}]
+    # the first direction's attribution took one batch at 45 s; the second's batch, estimated at 1.5 x 45 s, does
+    # not fit the 40 s left (its scores left out), nor does an exact patch
+    assert finding.evidence["time_budget_cut"]["cuts"] == [
+        {"what": "edge-scoring batches (cued run's gradient)", "planned": 1, "ran": 0},
+        {"what": "exact patches", "planned": 6, "ran": 0}]
     assert finding.evidence["screen"]["pathway_chosen_by"].startswith("attribution")
     assert finding.status == "fail" and finding.location.component == "fc1:u2"  # measured exactly all the same
+
+
+def _wide_cued(width: int = 300) -> torch.nn.Module:
+    """``cued``'s network with ``width`` hidden units (above atp.SCREEN_ABOVE, so that the exact patches are
+    screened): its 6 units, and dead ones beside them."""
+    from fixtures.cue_models import cued
+    small, model = cued(), cued()
+    model.fc1 = torch.nn.Linear(small.fc1.in_features, width)
+    model.fc2 = torch.nn.Linear(width, 2)
+    with torch.no_grad():
+        for tensor in (*model.fc1.parameters(), *model.fc2.parameters()):
+            tensor.zero_()
+        model.fc1.weight[:6] = small.fc1.weight
+        model.fc2.weight[:, :6] = small.fc2.weight
+    return model.eval()
+
+
+def test_l208_screened_cut_patches_the_top_then_a_seeded_random_calibration_sample(patch_clock: FakeClock) -> None:
+    assert _wide_cued().fc1.out_features > atp.SCREEN_ABOVE
+    full = _cues(_wide_cued(), 0)
+    planned = full.evidence["screen"]["checked_exactly"]
+    assert full.evidence["screen"]["calibration"] > 0 and planned < 300  # the screened path
+    # 200 s, 30 kept, 10 s a patch: chunks of 1, 2, 4, 3, 2, 1, 1, 1 and 1 fit in 170 s
+    cut = _cues(_wide_cued(), 200)
+    assert cut.evidence["time_budget_cut"]["cuts"] == [{"what": "exact patches", "planned": planned, "ran": 16}]
+    screen = cut.evidence["screen"]
+    top = full.evidence["screen"]["checked"][:planned - full.evidence["screen"]["calibration"]]
+    assert screen["checked"][:len(top)] == top  # every top candidate patched before any calibration one
+    sample = screen["checked"][len(top):]
+    assert len(sample) == screen["calibration"] == 16 - len(top) and set(sample) < set(full.evidence["screen"]["checked"])
+    assert sample != full.evidence["screen"]["checked"][len(top):len(top) + len(sample)]  # a random order, not by index
+    assert _cues(_wide_cued(), 200).evidence["screen"]["checked"] == screen["checked"]  # seeded
+    assert cut.status == full.status == "fail" and cut.value == full.value and cut.location.component == "fc1:u2"
+
+
+def test_a_generous_finite_budget_gives_the_findings_of_none(patch_clock: FakeClock) -> None:
+    full, generous = _cues(_wide_cued(), 0), _cues(_wide_cued(), 3600)
+    assert generous.to_dict() == full.to_dict()
+
+
+def test_a_generous_finite_budget_gives_the_circuit_findings_of_none(batch_clock: FakeClock) -> None:
+    full, generous = _circuit(0, ("R301", "R302")), _circuit(3600, ("R301", "R302"))
+    assert [f.to_dict() for f in generous] == [f.to_dict() for f in full]

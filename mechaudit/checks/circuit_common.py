@@ -53,7 +53,17 @@ def circuit_problem(context: AuditContext, samples: int, use_pairs: bool = True)
     """Build (once per audit) the tensors for the spec's ``[behaviour]``: on the declared pairs' clean inputs
     (reference: their corrupted twins) when there are pairs and ``use_pairs``, else on the audit inputs; for a
     next-token model, the behaviour reads the logits at the declared token position."""
-    return context.shared(CIRCUIT_PROBLEM, samples, use_pairs and context.data.pairs is not None)
+    paired = use_pairs and context.data.pairs is not None
+    return context.shared(CIRCUIT_PROBLEM, _resolved(context, samples, paired), paired)
+
+
+def _resolved(context: AuditContext, samples: int, paired: bool) -> int:
+    """How many samples :func:`_build_problem` takes for ``samples``: the artifacts' key, so that rules asking for
+    different counts that resolve alike (``samples`` above the data or ``--max-samples``) share them, as the cost
+    model charges them once (:func:`mechaudit.cost.edge_scores` keys on the same count)."""
+    if paired:
+        return min(samples, context.data.pairs[0].shape[0])
+    return len(context.sample_indices(samples))
 
 
 def _problem(context: AuditContext, samples: int, paired: bool) -> CircuitProblem:
@@ -146,13 +156,25 @@ def _runner_up(context: AuditContext, inputs: torch.Tensor, first: torch.Tensor)
     return outputs.argmax(-1)
 
 
-def circuit_scores(context: AuditContext, samples: int, use_pairs: bool = True) -> CircuitScores:
+#: The share of a rule's time budget that computing the circuit scores may take when they are not the rule's own
+#: result (R302-R304 read them, then run their exact checks: ablations, the pathway's patches), so that the exact
+#: checks keep the rest; the scores keep 15% of that share in reserve (:data:`mechaudit.deadline.RESERVE`), so they
+#: stop at about 43% of the rule's budget. R301, whose result they are, gives them all of it.
+SCORING_SHARE = 0.5
+
+
+def circuit_scores(context: AuditContext, samples: int, use_pairs: bool = True,
+                   share: float = SCORING_SHARE) -> CircuitScores:
     """Edge attribution patching scores for the declared behaviour (shared by R301-R304): on :func:`circuit_problem`,
     against the pairs' corrupted inputs, or the mean over the inputs when there are no pairs (or not ``use_pairs``).
-    What the time budget of the rule that computed them cut (fewer samples, wide pairs unscored) is recorded on the
-    calling rule's budget too (:func:`mechaudit.deadline.record`), so that its findings say so."""
-    scores = context.shared(CIRCUIT_SCORES, samples, use_pairs and context.data.pairs is not None)
-    deadline.record(scores.cuts)
+    Computed (once per audit) within ``share`` of the calling rule's time budget. What the time budget of the rule
+    that computed them cut (fewer samples, wide pairs unscored) is recorded on the calling rule's budget too
+    (:func:`mechaudit.deadline.record`, naming that rule), so that its findings say so."""
+    paired = use_pairs and context.data.pairs is not None
+    budget = deadline.current()
+    with deadline.within(share * budget.seconds if budget is not None else 0):
+        scores = context.shared(CIRCUIT_SCORES, _resolved(context, samples, paired), paired)
+    deadline.record(scores.cuts, "circuit scores")
     return scores
 
 

@@ -122,7 +122,7 @@ COST = RuleCost(_cost, reduce="samples")
 def circuit_discovery(context: AuditContext, rule) -> list[Measurement]:
     params: CircuitDiscoveryParams = rule.params
     problem = circuit_problem(context, params.samples)
-    scores = circuit_scores(context, params.samples)
+    scores = circuit_scores(context, params.samples, share=1.0)  # the scores are this rule's result: all its time
     if not scores.edges.any_scored() and not any(scores.nodes.values()):
         return [not_carried(rule, problem, 0.0, "circuit_edges", None)]  # e.g. a control without the mechanism
     labels = semantic_labels(context)

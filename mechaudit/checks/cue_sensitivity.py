@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
+import networkx as nx
+
 from ..context import AuditContext
 from ..cost import Cost, RuleCost, Sizes, checked_exactly, edge_scores, forwards
 from ..findings import Location, Measurement
@@ -59,8 +61,12 @@ is kept for the pathway's patched run and the interval), so that a loaded machin
 an `error`. A cut finding says what ran (`time_budget_cut`: batches of pairs attributed, exact patches). The
 pathway is chosen among the components patched (with none patched, by attribution), and its flip rate is still
 measured exactly: a fail stands; a pass with candidates left unpatched (`screen.unchecked_candidates`, with
-`screen.unchecked_count`) is uncertain, its interval running up to 1, since an unpatched component may carry more
-of the cue. Raise `--rule-timeout` (0: none) to patch them all.
+`screen.unchecked_count`; each with its `attribution_estimate`, the attribution summed over both directions' pairs
+scored, divided by their count, as the pathway rows' `score`) is uncertain, its interval running up to 1 (the low
+end stays the bootstrap's), since an unpatched component may carry more of the cue. With none patched,
+`screen.pathway_chosen_by` says the pathway was chosen by attribution. A second direction cut shorter than the
+first is summed with it: its batches are the first pairs of the first's. Raise `--rule-timeout` (0: none) to patch
+them all.
 """,
     fix="""
 Retrain with the cue randomised or counterbalanced (data augmentation with the pairs), ablate or steer the
@@ -120,6 +126,16 @@ def _cost(sizes: Sizes, params: CueSensitivityParams) -> Cost:
 COST = RuleCost(_cost, reduce="samples")
 
 
+def pathway_subgraph(graph: nx.DiGraph, pathway: list[str]) -> nx.DiGraph:
+    """The nodes of ``pathway`` in ``graph`` and the edges between them, in the pathway's order (a networkx
+    subgraph view iterates a set, whose order differs between processes, and so would the reports)."""
+    sub = nx.DiGraph(**graph.graph)
+    sub.add_nodes_from((node, graph.nodes[node]) for node in pathway if node in graph)
+    sub.add_edges_from((source, target, graph.edges[source, target]) for source in sub for target in graph.adj[source]
+                       if target in sub)
+    return sub
+
+
 @register("cue_sensitivity", CueSensitivityParams, needs=("layers", "cues", "logits", "predictions"), rule=RULE,
           evidence=CueSensitivityEvidence, cost=COST)
 def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
@@ -128,12 +144,12 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
     position = context.behaviour.position if context.behaviour is not None else -1
     result = cue_sensitivity(context.view, with_cue, without_cue, position, params.top_k, params.coverage,
                              context.batch_size, context.device, params.exhaustive, params.calibration, context.seed,
-                             confirm=lambda selection, run: confirm_selection(selection, run, "exact patches",
-                                                                              context.seed))
+                             confirm=lambda selection, run, estimate: confirm_selection(
+                                 selection, run, "exact patches", context.seed, estimate=estimate))
     scores = result.scores
     graph = circuit_graph(scores, params.max_edges)
     keep = set(result.pathway)
-    pathway_graph = graph_to_json(graph.subgraph(n for n in graph if n in keep).copy())
+    pathway_graph = graph_to_json(pathway_subgraph(graph, result.pathway))
     changes = result.exact_changes or {}
     table = [{"component": node, "score": scores.nodes[node] / scores.samples, "exact_change": changes.get(node),
               "share": scores.nodes[node] / (sum(scores.nodes[n] for n in keep) or 1.0)} for node in result.pathway]
@@ -145,8 +161,12 @@ def cue_sensitivity_check(context: AuditContext, rule) -> list[Measurement]:
         # a pass among the components patched: a candidate left unpatched may join a pathway that flips more
         cut = (f" [{result.unchecked} candidate(s) not patched alone for lack of time: the pathway was chosen among "
                f"the {len(changes)} patched{'' if changes else ' (none: by attribution)'}, so this pass is uncertain]")
+        # the low end stays the bootstrap's (at its level); the method says why the high end is 1
         interval = Interval(interval.low if interval else result.pathway_flip_rate, 1.0,
-                            f"unmeasured above: {result.unchecked} candidate(s) were not patched alone", level=1.0)
+                            f"{interval.method if interval else 'no bootstrap'}, for the low end; 1 above: "
+                            f"{result.unchecked} candidate(s) were not patched alone, so the flip rate through a "
+                            "pathway holding them is not measured",
+                            level=interval.level if interval else 1.0)
     return [Measurement(
         f"the cue flips {result.total_flip_rate:.1%} of {result.samples} predictions; through "
         f"{len(result.pathway)} component(s) ({', '.join(result.pathway[:3]) or 'none'}) alone it flips "

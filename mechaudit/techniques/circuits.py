@@ -195,6 +195,22 @@ class _Recorder:
 
 
 @dataclass
+class _Sums:
+    """What :func:`edge_attribution`'s batches and screened pairs add up: per layer, the node scores summed over
+    samples (``nodes``); per layer pair, the edge scores (``edges``) and how they were found (``methods``); the pairs
+    too wide to score batch by batch (``wide``, screened afterwards), those whose later layer does not read the
+    earlier (``unconnected``), the units each screened pair scored into, and the behaviour summed over samples."""
+
+    nodes: dict[str, torch.Tensor]
+    edges: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    methods: dict[tuple[str, str], str] = field(default_factory=dict)
+    wide: list[tuple[Layer, Layer]] = field(default_factory=list)
+    unconnected: list[tuple[str, str]] = field(default_factory=list)
+    screened_units: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+    behaviour: float = 0.0
+
+
+@dataclass
 class _Batch:
     """One batch's clean run (activations, inputs and gradients recorded) and its reference activations."""
 
@@ -248,7 +264,8 @@ def _run(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour
 def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
                      reference: torch.Tensor | None = None, masks: dict[str, torch.Tensor] | None = None,
                      batch_size: int = 256, device: torch.device | None = None,
-                     max_passes: int = MAX_PASSES) -> CircuitScores:
+                     max_passes: int = MAX_PASSES, seconds_per_batch: float | None = None,
+                     what: str = "edge-scoring batches") -> CircuitScores:
     """Score every node and edge of ``view``'s layers for ``behaviour`` (see the module docstring).
 
     ``reference`` holds the corrupted inputs paired with ``inputs``; without it, the reference activations are
@@ -258,70 +275,70 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     Within a rule's time budget (:mod:`mechaudit.deadline`) the batches run in order, in chunks, while the time
     left allows; the scores are then those of the first batches' samples (``samples`` says how many), and the wide
     pairs are screened on the same samples while time is left (those left out: :attr:`CircuitScores.unscored`).
-    The cuts are recorded on the budget and in :attr:`CircuitScores.cuts`. No collective is made (rank-local, as
-    :func:`mechaudit.deadline.confirm`). Without a deadline, everything runs, as before.
+    A screened pair costs about what all the batches scored cost (a clean and a reference run per batch, plus
+    ``max_passes`` VJPs), so it starts only when that estimate fits; ``seconds_per_batch`` (measured on similar work,
+    e.g. the other direction of L208's scores) lets the first batch wait for time too. ``what``: the batches' name
+    in a cut. The cuts are recorded on the budget and in :attr:`CircuitScores.cuts`. No collective is made
+    (rank-local, as :func:`mechaudit.deadline.confirm`). Without a deadline, everything runs, as before.
     """
     device = device or torch.device("cpu")
     layers = view.layers
     readers, tracked, means = _readers_and_means(view, inputs, batch_size, device, reference is None)
     regions = _input_nodes(masks or {}, inputs.shape[1:])
-    node_sums = {layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers}
-    sums: dict[tuple[str, str], torch.Tensor] = {}
-    methods: dict[tuple[str, str], str] = {}
-    wide: list[tuple[Layer, Layer]] = []
-    unconnected: list[tuple[str, str]] = []
-    total_behaviour = 0.0
+    found = _Sums({layer.name: torch.zeros(layer.size, dtype=torch.float64) for layer in layers})
     check = checked_splits(view, inputs, reference, batch_size, device, readers)
 
     def score(starts: list[int]) -> None:
-        nonlocal total_behaviour
         for start in starts:
             run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device, tracked)
-            total_behaviour += run.metric_sum
-            _score_batch(view, run, layers, check, regions, node_sums, sums, methods, wide, unconnected, max_passes,
-                         device)
+            found.behaviour += run.metric_sum
+            _score_batch(view, run, layers, check, regions, found, max_passes, device)
             view.model.zero_grad(set_to_none=True)
             del run
+    # a budget of no time of its own, inside the rule's: it ends with the rule's, and collects the cuts made here
+    # (the rule's budget may already hold others) for CircuitScores.cuts, so that later rules reading these cached
+    # scores are labelled with them; they reach the rule's budget too when it closes
     with deadline.within(0) as budget:  # the batches, then the wide pairs, while the rule's time budget allows
-        starts = deadline.confirm(list(range(0, inputs.shape[0], batch_size)), score, "edge-scoring batches")
+        began = deadline.clock()
+        starts = deadline.confirm(list(range(0, inputs.shape[0], batch_size)), score, what,
+                                  estimate=seconds_per_batch)
+        batches_took = deadline.clock() - began  # about what each screened pair costs: the same batches' runs again
         scored = min(inputs.shape[0], len(starts) * batch_size)
         if inputs.shape[0] and not scored:
             raise NoTimeToScore("the rule's time budget ran out before one batch of edge scores: lift it with "
                                 "--rule-timeout SECONDS")
-        screened_units: dict[tuple[str, str], tuple[int, ...]] = {}
 
         def screen(chosen: list[tuple[Layer, Layer]]) -> None:
             for previous, layer in chosen:
                 _screened_pair(view, inputs[:scored], targets[:scored], behaviour,
                                None if reference is None else reference[:scored], means, batch_size, device,
-                               previous, layer, node_sums, max_passes, sums, methods, unconnected, screened_units)
-        done = deadline.confirm(wide, screen, "screened layer pairs")
-        unscored = [(previous.name, layer.name) for previous, layer in wide[len(done):]]
-    nodes = {layer.address(u): score for layer in layers for u, score in enumerate(node_sums[layer.name].tolist())}
+                               previous, layer, found, max_passes)
+        done = deadline.confirm(found.wide, screen, "screened layer pairs", estimate=batches_took)
+        unscored = [(previous.name, layer.name) for previous, layer in found.wide[len(done):]]
+    nodes = {layer.address(u): score for layer in layers for u, score in enumerate(found.nodes[layer.name].tolist())}
     node_layer = {layer.address(u): layer.name for layer in layers for u in range(layer.size)}
     node_layer.update({region: INPUT for region in regions})
     addresses = {layer.name: [layer.address(u) for u in range(layer.size)] for layer in layers}
     addresses[INPUT] = list(regions)
     order = {layer.name: index for index, layer in enumerate(layers)}
-    blocks = [EdgeBlock(a, b, addresses[a], addresses[b], sums[(a, b)], methods[(a, b)],
-                        _scored_targets(methods[(a, b)]), screened_units.get((a, b)))
-              for a, b in sorted(sums, key=lambda pair: order[pair[1]])]
+    blocks = [EdgeBlock(a, b, addresses[a], addresses[b], found.edges[(a, b)], found.methods[(a, b)],
+                        _scored_targets(found.methods[(a, b)]), found.screened_units.get((a, b)))
+              for a, b in sorted(found.edges, key=lambda pair: order[pair[1]])]
     read_by = {layer.name: reader for index, layer in enumerate(layers)
                if (reader := check.reader_of(layer.name, layers[index + 1].name if index + 1 < len(layers) else None))}
-    return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, total_behaviour / scored, scored,
-                         unconnected, read_by, unscored, list(budget.cuts))
+    return CircuitScores(layers, nodes, EdgeScores(blocks), node_layer, found.behaviour / scored, scored,
+                         found.unconnected, read_by, unscored, list(budget.cuts))
 
 
 def _score_batch(view: ModelView, run: _Batch, layers: list[Layer], check: UnitSplits,
-                 regions: dict[str, torch.Tensor], node_sums: dict[str, torch.Tensor], sums: dict, methods: dict,
-                 wide: list[tuple[Layer, Layer]], unconnected: list[tuple[str, str]], max_passes: int,
-                 device: torch.device) -> None:
-    """One batch's node scores and edge scores, added to ``node_sums`` and ``sums``; a pair too wide to score here
-    joins ``wide`` (scored afterwards, screened), one whose later layer does not read the earlier ``unconnected``."""
+                 regions: dict[str, torch.Tensor], found: _Sums, max_passes: int, device: torch.device) -> None:
+    """One batch's node scores and edge scores, added to ``found``; a pair too wide to score here joins
+    ``found.wide`` (scored afterwards, screened), one whose later layer does not read the earlier
+    ``found.unconnected``."""
     for index, layer in enumerate(layers):
         following = layers[index + 1] if index + 1 < len(layers) else None
         reader = check.reader_of(layer.name, following.name if following else None)
-        _add(node_sums, layer.name, _node_scores(view, run, layer, reader_layer(view, reader) if reader else None))
+        _add(found.nodes, layer.name, _node_scores(view, run, layer, reader_layer(view, reader) if reader else None))
         if index == 0:
             module = view.module(layer)
             if layer.kind in ("linear", "conv") and _reads_model_input(module, run.recorder.inputs[layer.name],
@@ -330,21 +347,21 @@ def _score_batch(view: ModelView, run: _Batch, layers: list[Layer], check: UnitS
                 delta = run.ref_batch - run.batch
                 scores = torch.stack([input_edge_scores(module, delta * mask.to(device), grad)
                                       for mask in regions.values()])
-                _add(sums, (INPUT, layer.name), scores)
-                methods[(INPUT, layer.name)] = "weights: every edge from each input region"
+                _add(found.edges, (INPUT, layer.name), scores)
+                found.methods[(INPUT, layer.name)] = "weights: every edge from each input region"
             continue
         previous = layers[index - 1]
         pair = (previous.name, layer.name)
-        if pair in unconnected or previous in (w[0] for w in wide if w[1] is layer):
+        if pair in found.unconnected or previous in (w[0] for w in found.wide if w[1] is layer):
             continue
         scores, method = _pair_edges(view, run, previous, layer, max_passes, check.splits[layer.name])
         if method == "wide":
-            wide.append((previous, layer))
+            found.wide.append((previous, layer))
         elif scores is None:
-            unconnected.append(pair)
+            found.unconnected.append(pair)
         else:
-            _add(sums, pair, scores)
-            methods[pair] = method
+            _add(found.edges, pair, scores)
+            found.methods[pair] = method
 
 
 def checked_splits(view: ModelView, inputs: torch.Tensor, reference: torch.Tensor | None, batch_size: int,
@@ -412,24 +429,24 @@ def _pair_edges(view: ModelView, run: _Batch, previous: Layer, layer: Layer,
 
 def _screened_pair(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
                    reference: torch.Tensor | None, means: dict | None, batch_size: int, device: torch.device,
-                   previous: Layer, layer: Layer, node_sums: dict[str, torch.Tensor], max_passes: int,
-                   sums: dict, methods: dict, unconnected: list, screened_units: dict) -> None:
-    """Edges of a wide autograd pair: into the ``max_passes`` units of ``layer`` with the highest node scores,
-    from every unit of ``previous`` (one VJP per chosen unit and batch)."""
-    units = sorted(torch.topk(node_sums[layer.name].abs(), max_passes).indices.tolist())
+                   previous: Layer, layer: Layer, found: _Sums, max_passes: int) -> None:
+    """Edges of a wide autograd pair, added to ``found``: into the ``max_passes`` units of ``layer`` with the
+    highest node scores, from every unit of ``previous`` (one VJP per chosen unit and batch)."""
+    pair = (previous.name, layer.name)
+    units = sorted(torch.topk(found.nodes[layer.name].abs(), max_passes).indices.tolist())
     block = torch.zeros(previous.size, layer.size, dtype=torch.float64)
     for start in range(0, inputs.shape[0], batch_size):
         run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
-        found = screened_gradient_edges(previous, run.recorder.outputs[previous.name], run.delta_out(previous),
-                                        layer, run.recorder.outputs[layer.name], run.grad(layer), units)
+        scores = screened_gradient_edges(previous, run.recorder.outputs[previous.name], run.delta_out(previous),
+                                         layer, run.recorder.outputs[layer.name], run.grad(layer), units)
         view.model.zero_grad(set_to_none=True)
-        if found is None:
-            unconnected.append((previous.name, layer.name))
+        if scores is None:
+            found.unconnected.append(pair)
             return
-        block[:, units] += found.detach().double().cpu()
-    sums[(previous.name, layer.name)] = block
-    screened_units[(previous.name, layer.name)] = tuple(units)
-    methods[(previous.name, layer.name)] = (
+        block[:, units] += scores.detach().double().cpu()
+    found.edges[pair] = block
+    found.screened_units[pair] = tuple(units)
+    found.methods[pair] = (
         f"autograd, screened: edges into the {len(units)} of {layer.size} units of {layer.name} with the highest "
         f"node scores, from all {previous.size} units of {previous.name}; edges into the other "
         f"{layer.size - len(units)} units are not scored (0)")

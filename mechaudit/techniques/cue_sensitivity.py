@@ -22,6 +22,7 @@ versus not, a swapped name), the technique
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,17 +30,19 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from .. import deadline
 from ..activations import batches, hooked
 from ..model_view import ModelView, from_units_view, installed, units_view
 from . import atp
 from .circuits import CircuitScores, NoTimeToScore, edge_attribution, logits_at
 
-Confirm = Callable[[atp.Selection, Callable[[list[int]], object]], atp.Selection]
-"""``confirm(selection, run)``: run the exact check ``run`` on chunks of ``selection``'s components, the most
-important first, and return the selection of those that ran (the rule's: bounded by its time budget)."""
+Confirm = Callable[[atp.Selection, Callable[[list[int]], object], float], atp.Selection]
+"""``confirm(selection, run, estimate)``: run the exact check ``run`` on chunks of ``selection``'s components, the
+most important first, and return the selection of those that ran (the rule's: bounded by its time budget, with
+``estimate`` the seconds one check is expected to take before one has run)."""
 
 
-def confirm_all(selection: atp.Selection, run: Callable[[list[int]], object]) -> atp.Selection:
+def confirm_all(selection: atp.Selection, run: Callable[[list[int]], object], estimate: float = 0.0) -> atp.Selection:
     """Every component of ``selection``, at once (no time budget)."""
     run(selection.checked)
     return selection
@@ -90,14 +93,21 @@ def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.
     def log_p(outputs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(logits_at(outputs, position).float(), -1).gather(1, chosen.view(-1, 1)).squeeze(1)
 
+    began = deadline.clock()
     forward = edge_attribution(view, without_cue, targets, log_p, reference=with_cue, batch_size=batch_size,
-                               device=device)
+                               device=device, what="edge-scoring batches (cue-free run's gradient)")
     kept = forward.samples  # fewer than all when the time budget cut the first scoring: the second scores the same
+    # the first direction's time per batch (its set-up included: an over-estimate) lets the second's first batch,
+    # and then the first exact patch, start only when it fits
+    per_batch = (deadline.clock() - began) / max(1, math.ceil(kept / batch_size))
     try:
         backward = edge_attribution(view, with_cue[:kept], targets[:kept], log_p, reference=without_cue[:kept],
-                                    batch_size=batch_size, device=device)
+                                    batch_size=batch_size, device=device, seconds_per_batch=per_batch,
+                                    what="edge-scoring batches (cued run's gradient)")
     except NoTimeToScore:  # the time budget ran out (a cut, recorded): the first direction's scores stand alone
         backward = None
+    # a second direction cut short is summed with the first over more samples: its batches are the first ones of
+    # the same pairs, so the scores stay sums over samples, of both directions on the first, of one on the rest
     scores = _summed(forward, backward) if backward is not None else forward
     hidden = {layer.name for layer in view.hidden_layers}
     ranked = [n for n in sorted(scores.nodes, key=lambda n: -scores.nodes[n]) if scores.node_layer[n] in hidden]
@@ -111,7 +121,9 @@ def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.
     def run(chunk: list[int]) -> None:
         exact.update({i: _patched_change(view, without_cue, with_cue, [ranked[i]], targets, base, batch_size,
                                          device, position) for i in chunk})
-    selection = confirm(planned, run)
+    # an exact patch runs every pair twice forward: about half a scored batch per batch of pairs (a forward and a
+    # backward pass, of about two forwards, and the reference's forward)
+    selection = confirm(planned, run, per_batch / 2 * math.ceil(len(targets) / batch_size))
     unchecked = [i for i in planned.top if i not in exact]
     # the pathway: by exact change among the components patched; with none patched (the time budget ran out first),
     # by attribution, so that what flows through the screen's best candidates is still measured exactly
@@ -126,7 +138,11 @@ def cue_sensitivity(view: ModelView, with_cue: torch.Tensor, without_cue: torch.
         pathway.append(ranked[i])
         covered += change[i]
     screen = _screen_evidence(selection, attribution, exact, ranked, screened, exhaustive)
+    if len(selection.checked) < len(planned.checked):
+        screen["method"] += (f"; cut by the time budget: {len(selection.checked)} of the {len(planned.checked)} "
+                             "planned patched")
     if unchecked:
+        # as the pathway rows' scores: the attribution summed over both directions' pairs, divided by their count
         screen["unchecked_candidates"] = [
             {"component": ranked[i], "attribution_estimate": float(attribution[i] / scores.samples)}
             for i in unchecked[:UNCHECKED_SHOWN]]
