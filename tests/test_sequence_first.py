@@ -362,3 +362,23 @@ def test_rome_refuses_a_projection_on_folded_rows() -> None:
         rank_one_edit(model, fc2, prompts, 2, 3, key_data=_ids(5)[:4], steps=1)
     with pytest.raises(InputError, match=r"reads or writes \(5, 16\) for prompts \(1, 5\)"):
         causal_trace(model, model.model.decoder.embed_tokens, [fc2], prompts, [1, 2], 3, runs=1)
+
+
+def test_path_estimates_at_a_folded_readers_input_match_the_twin() -> None:
+    """fc1's units moved where fc2 (folded rows) reads them: the read site turns fc2's input samples first."""
+    from mechaudit.techniques.circuits import target_logit
+    from mechaudit.techniques.node_ablation import read_sites
+    from mechaudit.techniques.path_attribution import mean_toward, path_estimates
+
+    tested, twin = _twins("folded")
+    ids, estimates = _ids(6)[:8], []
+    with torch.no_grad():
+        read = torch.relu(twin.fc1(twin.embed(ids))).mean(0)  # fc2's mean input per sample, (tokens, 24)
+        targets = twin(ids).argmax(-1)
+    for model in (tested, twin):
+        view = ModelView.discover(model, ids[:2])
+        sites = read_sites(view, {"fc1": "fc2"}, {"fc2": read})
+        estimates.append(path_estimates(view, [view.layer("fc1")], ids, targets, target_logit, steps=2,
+                                        toward=mean_toward({}, sites), sites=sites)["fc1"])
+    assert estimates[0].shape == (24, 8) and estimates[0].abs().sum() > 0
+    assert torch.allclose(estimates[0], estimates[1], atol=1e-5)
