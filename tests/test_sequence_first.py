@@ -382,3 +382,19 @@ def test_path_estimates_at_a_folded_readers_input_match_the_twin() -> None:
                                         toward=mean_toward({}, sites), sites=sites)["fc1"])
     assert estimates[0].shape == (24, 8) and estimates[0].abs().sum() > 0
     assert torch.allclose(estimates[0], estimates[1], atol=1e-5)
+
+
+def test_input_covariances_of_rows_folded_row_by_row_keep_each_samples_rows_in_its_group() -> None:
+    """With a bootstrap, sample i's vectors go to group i mod groups: a Linear input folded row by row is turned
+    samples first before it is split, so each group holds the same vectors as the twin's."""
+    from mechaudit.techniques.read_vectors import read_and_input_covariances
+
+    tested, twin = _twins("folded", "tokens")
+    ids, groups = _ids(6), []
+    for model in (tested, twin):
+        view = ModelView.discover(model, ids[:2])
+        recorded = read_and_input_covariances(view, [view.layer("fc2")], ids, 8, torch.device("cpu"), bootstrap=4)
+        groups.append([part.gram for part in recorded["fc2"].given.parts])
+    assert len(groups[0]) > 1
+    for mine, other in zip(*groups):
+        assert torch.allclose(mine, other, atol=1e-4)
