@@ -121,6 +121,9 @@ def from_units_view(units: torch.Tensor, like: torch.Tensor, layer: Layer) -> to
     return units.reshape(like.movedim(-1, 1).shape).movedim(1, -1)
 
 
+Recorded = tuple[str, "torch.Tensor | None"]
+"""A module that ran at discovery and its output (None for ``nn.MultiheadAttention``'s heads)."""
+
 LayerHook = Callable[[torch.Tensor, tuple], "torch.Tensor | None"]
 """``fn(activation, site_inputs)``: called on every forward of a layer; a tensor it returns replaces the activation."""
 
@@ -133,6 +136,11 @@ def register_hook(site: nn.Module, layer: Layer, fn: LayerHook,
     projection, the activation is its input (the concatenated heads); a returned tensor replaces that input
     (``nn.MultiheadAttention``: the same through :func:`~mechaudit.torch_attention.register_heads_hook`).
     Whatever the layer's :class:`~.layouts.Layout`, ``fn`` sees the activation samples first (:func:`_samples_first`).
+    On a layer not samples first every hook replaces the output, by the (possibly edited) view it gave ``fn`` put
+    back in the module's layout, so that a view ``fn`` keeps stays on the graph; where that view is a copy (folded
+    rows of an output with 3 dimensions or more: ``Layout(k, rows)``), a kept activation does not see later in-place
+    edits of the output by other hooks. ``batch``: the batch size of the forward pass running now
+    (:class:`~.layouts.BatchSize`, as :meth:`ModelView.hook` gives it), to check each output's rows per sample.
     """
     fn = _naming_layer(layer, _samples_first(layer.layout, fn, batch))
     if layer.kind == "heads" and isinstance(site, nn.MultiheadAttention):
@@ -288,8 +296,7 @@ class ModelView:
             raise InputError("layers", f"'{unknown[0]}' is not a module of the model")
         tuples: set[str] = set()  # the named streams whose module returns a tuple: only they need the autograd check
 
-        def recorded(inputs: torch.Tensor, names: set[str] | None = None) -> tuple[list[tuple[str, torch.Tensor | None]],
-                                                                                    object]:
+        def recorded(inputs: torch.Tensor, names: set[str] | None = None) -> tuple[list[Recorded], object]:
             """Each module's output on ``inputs`` (only those of ``names``, when given), and the model's."""
             seen: list[tuple[str, torch.Tensor | None]] = []
             wanted = (lambda name: True) if names is None else names.__contains__
@@ -459,8 +466,8 @@ def _scripted(modules: dict[str, nn.Module]) -> list[str]:
     return found
 
 
-def _layouts(seen: list[tuple[str, torch.Tensor | None]], sample: torch.Tensor,
-             recorded: Callable[..., tuple[list, object]]) -> tuple[dict[str, Layout], dict[str, str]]:
+def _layouts(seen: list[Recorded], sample: torch.Tensor, recorded: Callable[..., tuple[list[Recorded], object]]
+             ) -> tuple[dict[str, Layout], dict[str, str]]:
     """The verified layout of each output recorded once whose samples are not (or not surely) on axis 0: by one more
     forward pass on the samples in another order (:func:`~.layouts.verified_layout`), run only when one is needed,
     recording only the outputs in doubt, with the RNG state restored after it (the audit's draws do not move).
