@@ -403,6 +403,10 @@ class ModelView:
                  **({} if layer.layout.is_samples_first else {"layout": layer.layout.describe()})}
                 for layer in self.layers]
 
+    def layouts(self) -> dict[str, str]:
+        """Each layer not samples first, and where its output holds the samples (:class:`~.layouts.Layout`)."""
+        return {layer.name: layer.layout.describe() for layer in self.layers if not layer.layout.is_samples_first}
+
     def note(self, name: str) -> str | None:
         """The note on the attention block that holds (or is) the module ``name``, if any."""
         for block, note in self.notes.items():
