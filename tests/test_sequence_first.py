@@ -398,3 +398,28 @@ def test_input_covariances_of_rows_folded_row_by_row_keep_each_samples_rows_in_i
     assert len(groups[0]) > 1
     for mine, other in zip(*groups):
         assert torch.allclose(mine, other, atol=1e-4)
+
+
+def test_a_bfloat16_output_reordered_within_rounding_still_verifies() -> None:
+    before = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # 2 samples x 3 rows
+    order = torch.tensor([1, 0])
+    after = before.reshape(2, 3, 8)[order].reshape(6, 8) * (1 + 2 ** -7)  # one bfloat16 ulp off, as batching may
+    assert verified_layout(before, after, 2, order) == Layout(0, 3)
+    assert verified_layout(before.float(), after.float() * (1 + 1e-2), 2, order) is None  # float32: not rounding
+
+
+def test_discoverys_second_forward_leaves_the_random_state_as_one_forward_does() -> None:
+    class Drawing(Folded):  # draws from the global RNG in its forward pass, as dropout in training mode does
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            torch.rand(3)
+            return super().forward(ids)
+
+    torch.manual_seed(0)
+    model = Drawing("samples").eval()
+    ids = _ids(6)[:2]
+    torch.manual_seed(1)
+    assert not ModelView.discover(model, ids).layer("fc1").layout.is_samples_first  # two forward passes
+    drawn = torch.rand(4)
+    torch.manual_seed(1)
+    model(ids)
+    assert torch.equal(drawn, torch.rand(4))
