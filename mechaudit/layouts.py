@@ -12,7 +12,10 @@ A layout is never guessed from shapes alone: :func:`verified_layout` takes the o
 on the same samples in another order, and accepts the first candidate layout under which the output follows the
 samples exactly (and the samples' outputs differ, so the check says something). A folded layer's positions are its
 rows for that sample in the layer's own order (Swin: window by window, after the shifted windows' roll), not the
-input's token order.
+input's token order. The rows per sample are those of discovery: on every later forward pass a hook put by
+:meth:`~.model_view.ModelView.hook` checks the output against that pass's batch size (:class:`BatchSize`) and
+raises :class:`LayoutError` on another row count (other token lengths, packed tokens) rather than split it
+wrongly.
 """
 
 from __future__ import annotations
