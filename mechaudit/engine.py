@@ -90,6 +90,9 @@ def prepare(spec: AuditSpec, loaded: LoadedModel | None = None,
             model, data = auditable(model, data, device)  # token ids; a ModelOutput's logits
             view = _discover(model, data, device, options.layers)
             batch_size = batch_size_for(model, data.inputs[:2], device, options.batch_size)
+        if not distributed.same_everywhere(view.layouts()):  # verified by a forward pass on each rank
+            raise InputError("model", "the ranks verified different sample layouts of its layers at discovery (a "
+                                      "forward pass that is not deterministic?): " + str(view.layouts()))
         context = AuditContext(view, data, spec.task, spec.class_names, device, batch_size,
                                options.max_samples, options.seed, behaviour=spec.behaviour, output=spec.output)
         if guard is not None:

@@ -12,7 +12,10 @@ A layout is never guessed from shapes alone: :func:`verified_layout` takes the o
 on the same samples in another order, and accepts the first candidate layout under which the output follows the
 samples exactly (and the samples' outputs differ, so the check says something). A folded layer's positions are its
 rows for that sample in the layer's own order (Swin: window by window, after the shifted windows' roll), not the
-input's token order.
+input's token order. The rows per sample are those of discovery: on every later forward pass a hook put by
+:meth:`~.model_view.ModelView.hook` checks the output against that pass's batch size (:class:`BatchSize`) and
+raises :class:`LayoutError` on another row count (other token lengths, packed tokens) rather than split it
+wrongly.
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ import torch
 
 @dataclass(frozen=True)
 class Layout:
-    """``axis``: the axis holding the samples (0 or 1); ``rows`` > 1: axis 0 holds ``rows`` rows per sample, folded
-    sample-major (axis 0: (samples, rows)) or row-major (axis 1: (rows, samples)), as ``x.reshape(-1, width)`` of a
-    samples-first or a sequence-first tensor leaves them."""
+    """Where an output holds its samples.
+
+    ``rows`` == 1: the samples are on axis ``axis`` (0: samples first; 1: sequence-first, (tokens, samples, ...)).
+    ``rows`` > 1: axis 0 holds ``rows`` rows per sample, and ``axis`` names the fold order of axis 0, as
+    ``x.reshape(-1, width)`` leaves it: 0, sample-major ((samples, rows), from a samples-first tensor); 1, row-major
+    ((rows, samples), from a sequence-first tensor). Either way ``axis`` is the axis the samples take once axis 0 is
+    unflattened."""
 
     axis: int = 0
     rows: int = 1
@@ -41,15 +48,27 @@ class Layout:
         order = "each sample's rows together" if self.axis == 0 else "row by row, the samples inside each"
         return f"{self.rows} rows per sample folded into axis 0 ({order})"
 
-    def samples_first(self, value: torch.Tensor) -> torch.Tensor:
+    def samples_first(self, value: torch.Tensor, samples: int | None = None) -> torch.Tensor:
         """``value`` in this layout as (samples, ...): folded rows become positions, merged with the next axis when
-        there is one ((samples x k, m, w) -> (samples, k x m, w)). A view where the memory allows it."""
+        there is one ((samples x k, m, w) -> (samples, k x m, w)). A view where the memory allows it.
+
+        ``samples``: the forward pass's batch size (:class:`BatchSize`), when known: an output that does not hold
+        exactly that many samples (another row count per sample than at discovery: other token lengths, packed
+        tokens) raises :class:`LayoutError`."""
         if self.rows == 1:
+            if samples is not None and (value.dim() <= self.axis or value.shape[self.axis] != samples):
+                raise LayoutError(f"its output {tuple(value.shape)} does not hold the {samples} samples of this "
+                                  f"forward pass on axis {self.axis}, as at discovery")
             return value.movedim(self.axis, 0)
-        if value.shape[0] % self.rows:
-            raise ValueError(f"an output with {value.shape[0]} rows does not hold {self.rows} rows per sample, as the "
-                             "layer did at discovery (inputs of another length?)")
-        samples = value.shape[0] // self.rows
+        if samples is None:
+            if value.shape[0] % self.rows:
+                raise LayoutError(f"an output with {value.shape[0]} rows does not hold {self.rows} rows per sample, "
+                                  "as the layer did at discovery (inputs of another length?)")
+            samples = value.shape[0] // self.rows
+        elif value.shape[0] != samples * self.rows:
+            raise LayoutError(f"its output {tuple(value.shape)} does not hold {self.rows} rows for each of the "
+                              f"{samples} samples of this forward pass, as at discovery (inputs of another length, "
+                              "or packed tokens?): mechaudit cannot tell which rows are whose")
         split = value.unflatten(0, (samples, self.rows) if self.axis == 0 else (self.rows, samples))
         split = split.movedim(self.axis, 0)
         return split.flatten(1, 2) if value.dim() > 2 else split
@@ -61,23 +80,38 @@ class Layout:
         samples = like.shape[0] // self.rows
         return value.reshape(samples, self.rows, *like.shape[1:]).movedim(0, self.axis).reshape(like.shape)
 
-    def fits(self, value: torch.Tensor) -> bool:
-        """Whether ``value`` can be in this layout (for any number of samples)."""
+    def fits(self, value: torch.Tensor, samples: int | None = None) -> bool:
+        """Whether ``value`` (a layer module's own input, say) can be in this layout: for ``samples`` samples when
+        given, else for any number."""
         if self.rows > 1:
-            return value.dim() >= 2 and value.shape[0] % self.rows == 0
-        return value.dim() > self.axis + 1
+            return value.dim() >= 2 and (value.shape[0] % self.rows == 0 if samples is None else
+                                         value.shape[0] == samples * self.rows)
+        return value.dim() > self.axis + 1 and (samples is None or value.shape[self.axis] == samples)
 
-    def holds(self, value: torch.Tensor, samples: int) -> bool:
-        """Whether ``value`` (a layer module's own input, say) holds ``samples`` samples in this layout."""
-        if self.rows > 1:
-            return value.dim() >= 2 and value.shape[0] == samples * self.rows
-        return value.dim() > self.axis + 1 and value.shape[self.axis] == samples
 
-    def matches(self, value: torch.Tensor, like: torch.Tensor) -> bool:
-        """Whether ``value`` (a Linear layer's input, say) has the leading axes of the output ``like``, so that it
-        is in the same layout."""
-        lead = self.axis + 1 if self.rows == 1 else 1
-        return value.dim() == like.dim() and value.shape[:lead] == like.shape[:lead]
+class LayoutError(ValueError):
+    """An output does not hold the samples as its layer's layout, verified at discovery, says."""
+
+
+class BatchSize:
+    """The batch size of the forward pass of a model running now (axis 0 of its first tensor argument, as mechaudit
+    passes its samples), recorded by hooks :meth:`track` puts on the model; None outside one."""
+
+    def __init__(self) -> None:
+        self.now: int | None = None
+
+    def __call__(self) -> int | None:
+        return self.now
+
+    def track(self, model: torch.nn.Module) -> tuple[torch.utils.hooks.RemovableHandle, ...]:
+        def start(_module, args: tuple, kwargs: dict) -> None:
+            first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim()), None)
+            self.now = None if first is None else int(first.shape[0])
+
+        def end(_module, _args, _output) -> None:
+            self.now = None  # a forward cut short by a BaseException (EnoughSeen) is overwritten by the next one
+        return (model.register_forward_pre_hook(start, with_kwargs=True),
+                model.register_forward_hook(end, always_call=True))
 
 
 SAMPLES_FIRST = Layout()
@@ -101,11 +135,16 @@ def verified_layout(before: torch.Tensor, after: torch.Tensor, batch: int, order
     when no candidate follows the samples, or the samples' outputs are too alike to tell."""
     if before.shape != after.shape or not before.is_floating_point():
         return None
-    before, after = before.detach().float(), after.detach().float()
-    tolerance = 1e-4 * (1.0 + float(before.abs().amax())) if before.numel() else 0.0
+    before, after = before.detach(), after.detach()
+    rtol = RELATIVE_TOLERANCE.get(before.dtype, 1e-4)  # batch order moves a float computation by a few ulps
+    atol = rtol * (1.0 + float(before.abs().amax())) if before.numel() else 0.0
     for layout in candidates(tuple(before.shape), batch):
-        ours, theirs = layout.samples_first(before), layout.samples_first(after)
-        if torch.allclose(theirs, ours[order], rtol=1e-4, atol=tolerance) and not torch.allclose(
-                theirs, ours, rtol=1e-4, atol=tolerance):
+        ours, theirs = layout.samples_first(before, batch), layout.samples_first(after, batch)
+        if torch.allclose(theirs, ours[order], rtol=rtol, atol=atol) and not torch.allclose(
+                theirs, ours, rtol=rtol, atol=atol):
             return layout
     return None
+
+
+#: The relative tolerance of :func:`verified_layout` per dtype (1e-4 otherwise): a few hundred ulps of the format.
+RELATIVE_TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 5e-2, torch.float64: 1e-8}

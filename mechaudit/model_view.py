@@ -48,7 +48,7 @@ from . import linear_maps
 from .addresses import UNIT_PREFIXES, format_address, parse_address
 from .attention_heads import find_attention_blocks
 from .errors import InputError
-from .layouts import SAMPLES_FIRST, Layout, candidates, verified_layout
+from .layouts import SAMPLES_FIRST, BatchSize, Layout, LayoutError, candidates, verified_layout
 from .torch_attention import register_heads_hook, without_fast_path
 
 
@@ -121,19 +121,28 @@ def from_units_view(units: torch.Tensor, like: torch.Tensor, layer: Layer) -> to
     return units.reshape(like.movedim(-1, 1).shape).movedim(1, -1)
 
 
+Recorded = tuple[str, "torch.Tensor | None"]
+"""A module that ran at discovery and its output (None for ``nn.MultiheadAttention``'s heads)."""
+
 LayerHook = Callable[[torch.Tensor, tuple], "torch.Tensor | None"]
 """``fn(activation, site_inputs)``: called on every forward of a layer; a tensor it returns replaces the activation."""
 
 
-def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.hooks.RemovableHandle:
+def register_hook(site: nn.Module, layer: Layer, fn: LayerHook,
+                  batch: Callable[[], int | None] = lambda: None) -> torch.utils.hooks.RemovableHandle:
     """Hook ``layer`` at its site module: the one place where mechaudit reads or overwrites an activation.
 
     Linear/Conv: a forward hook, the activation is the module's output. Heads: a forward pre-hook on the output
     projection, the activation is its input (the concatenated heads); a returned tensor replaces that input
     (``nn.MultiheadAttention``: the same through :func:`~mechaudit.torch_attention.register_heads_hook`).
     Whatever the layer's :class:`~.layouts.Layout`, ``fn`` sees the activation samples first (:func:`_samples_first`).
+    On a layer not samples first every hook replaces the output, by the (possibly edited) view it gave ``fn`` put
+    back in the module's layout, so that a view ``fn`` keeps stays on the graph; where that view is a copy (folded
+    rows of an output with 3 dimensions or more: ``Layout(k, rows)``), a kept activation does not see later in-place
+    edits of the output by other hooks. ``batch``: the batch size of the forward pass running now
+    (:class:`~.layouts.BatchSize`, as :meth:`ModelView.hook` gives it), to check each output's rows per sample.
     """
-    fn = _naming_layer(layer, _samples_first(layer.layout, fn))
+    fn = _naming_layer(layer, _samples_first(layer.layout, fn, batch))
     if layer.kind == "heads" and isinstance(site, nn.MultiheadAttention):
         return register_heads_hook(site, fn)
     if layer.kind == "heads":
@@ -155,7 +164,7 @@ def register_hook(site: nn.Module, layer: Layer, fn: LayerHook) -> torch.utils.h
             return fn(output, args)
     if layer.layout.is_samples_first:
         return site.register_forward_hook(hook)
-    return _input_samples_first(site, layer.layout, hook)
+    return _input_samples_first(site, layer, hook, batch)
 
 
 class _Handles:
@@ -169,27 +178,37 @@ class _Handles:
             handle.remove()
 
 
-def _input_samples_first(site: nn.Module, layout: Layout, hook: Callable) -> _Handles:
+def _input_samples_first(site: nn.Module, layer: Layer, hook: Callable, batch: Callable[[], int | None]) -> _Handles:
     """``hook`` (a forward hook) given the site's first input samples first, as a view that the module reads (a
     pre-hook passes it on in the module's layout), so that a hook function keeping it for its gradient keeps a
-    tensor of the graph: for a layer not samples first whose input has the output's leading axes (a Linear
-    layer's)."""
-    held: list[torch.Tensor] = []
+    tensor of the graph: for a layer not samples first whose input is in the output's layout (a Linear layer's).
+    Where a pre-hook registered later replaced the input, the input the module read is turned afresh (a view made
+    after the forward: right in value, but no gradient reaches it through the module)."""
+    layout = layer.layout
+    kept: dict[str, torch.Tensor] = {}  # "view": what the hook sees; "passed": the exact tensor passed on
 
     def pre_hook(_module: nn.Module, args: tuple):
-        held.clear()
-        if not args or not isinstance(args[0], torch.Tensor) or not layout.fits(args[0]):
+        kept.clear()
+        if not args or not isinstance(args[0], torch.Tensor) or not layout.fits(args[0], batch()):
             return None
-        held.append(layout.samples_first(args[0]))
-        return (layout.restored(held[0], args[0]), *args[1:])
+        kept["view"] = layout.samples_first(args[0], batch())
+        kept["passed"] = layout.restored(kept["view"], args[0])
+        return (kept["passed"], *args[1:])
 
     def forward_hook(module: nn.Module, args: tuple, output):
-        first = output[0] if isinstance(output, tuple) and output else output
-        if held and isinstance(first, torch.Tensor) and layout.matches(args[0], first):
-            args = (held[0], *args[1:])
-        held.clear()
+        try:
+            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if first is not None and kept and first is kept["passed"]:
+                args = (kept["view"], *args[1:])
+            elif first is not None and layout.fits(first, batch()):
+                args = (layout.samples_first(first, batch()), *args[1:])
+        finally:
+            kept.clear()  # also when the module raised: nothing keeps the graph alive
+        if output is None:  # called after the module raised (always_call)
+            return None
         return hook(module, args, output)
-    return _Handles(site.register_forward_pre_hook(pre_hook), site.register_forward_hook(forward_hook))
+    return _Handles(site.register_forward_pre_hook(_naming_layer(layer, pre_hook)),
+                    site.register_forward_hook(forward_hook, always_call=True))
 
 
 @contextmanager
@@ -204,7 +223,7 @@ def installed(handles: Iterable[torch.utils.hooks.RemovableHandle]) -> Iterator[
         yield
 
 
-def _samples_first(layout: Layout, fn: LayerHook) -> LayerHook:
+def _samples_first(layout: Layout, fn: LayerHook, batch: Callable[[], int | None]) -> LayerHook:
     """``fn`` called on the activation samples first (also as the site's first input when it is the activation, as
     for heads; a Linear layer's input is turned by :func:`_input_samples_first`); what it returns, or the view it was
     given (which it may have edited in place, or kept for its gradient), goes back in the module's layout."""
@@ -212,7 +231,7 @@ def _samples_first(layout: Layout, fn: LayerHook) -> LayerHook:
         return fn
 
     def call(activation: torch.Tensor, args: tuple):
-        view = layout.samples_first(activation)
+        view = layout.samples_first(activation, batch())
         if args and args[0] is activation:
             args = (view, *args[1:])
         replaced = fn(view, args)
@@ -220,11 +239,18 @@ def _samples_first(layout: Layout, fn: LayerHook) -> LayerHook:
     return call
 
 
-def _naming_layer(layer: Layer, fn: LayerHook) -> LayerHook:
-    """``fn``, with any exception it raises tagged with the layer (``failed_layer``), which the engine names."""
-    def call(activation: torch.Tensor, args: tuple):
+def _naming_layer(layer: Layer, fn: Callable) -> Callable:
+    """``fn``, with any exception it raises tagged with the layer (``failed_layer``), which the engine names; a
+    :class:`~.layouts.LayoutError` also names it in its message."""
+    def call(*args):
         try:
-            return fn(activation, args)
+            return fn(*args)
+        except LayoutError as exc:
+            if getattr(exc, "failed_layer", None) is not None:
+                raise
+            named = LayoutError(f"layer {layer.name}: {exc}")
+            named.failed_layer = layer.name  # type: ignore[attr-defined]
+            raise named from None
         except Exception as exc:
             if getattr(exc, "failed_layer", None) is None:
                 exc.failed_layer = layer.name  # type: ignore[attr-defined]
@@ -270,18 +296,22 @@ class ModelView:
             raise InputError("layers", f"'{unknown[0]}' is not a module of the model")
         tuples: set[str] = set()  # the named streams whose module returns a tuple: only they need the autograd check
 
-        def recorded(inputs: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor | None]], object]:
+        def recorded(inputs: torch.Tensor, names: set[str] | None = None) -> tuple[list[Recorded], object]:
+            """Each module's output on ``inputs`` (only those of ``names``, when given), and the model's."""
             seen: list[tuple[str, torch.Tensor | None]] = []
-            handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in candidates.items()]
-            handles += [modules[name].register_forward_hook(_recorder(name, seen, tuples)) for name in streams]
+            wanted = (lambda name: True) if names is None else names.__contains__
+            handles = [m.register_forward_hook(_recorder(name, seen)) for name, m in candidates.items() if wanted(name)]
+            handles += [modules[name].register_forward_hook(_recorder(name, seen, tuples)) for name in streams
+                        if wanted(name)]
             handles += [modules[site].register_forward_pre_hook(_head_recorder(name, seen))
-                        for name, (site, _) in blocks.items()]
+                        for name, (site, _) in blocks.items() if wanted(name)]
             with installed(handles), torch.no_grad(), without_fast_path():
                 return seen, model(inputs)
         seen, output = recorded(sample)
-        layouts = _layouts(seen, sample, recorded)
+        layouts, unchecked = _layouts(seen, sample, recorded)
         skipped = {name or "(the whole model)": SCRIPTED for name in scripted}
         skipped.update(_unauditable(seen, sample.shape[0], layouts, candidates))
+        skipped.update(unchecked)
         named = [name for name in only if name in skipped]
         if named:
             raise InputError("layers", f"'{named[0]}' cannot be audited: {skipped[named[0]]}")
@@ -314,9 +344,11 @@ class ModelView:
             module = candidates[name]
             kind = layer_kind(module)
             size = linear_maps.out_features(module) if kind == "linear" else module.out_channels
+            layout = layouts.get(name, SAMPLES_FIRST)
             is_output = last is not None and name == last[0] and isinstance(output, torch.Tensor) and (
-                last[1].shape == output.shape)
-            layers.append(Layer(name, kind, size, index, is_output, layout=layouts.get(name, SAMPLES_FIRST)))
+                layout.fits(last[1], sample.shape[0])) and (  # its logits, in any layout
+                layout.samples_first(last[1], sample.shape[0]).shape == output.shape)
+            layers.append(Layer(name, kind, size, index, is_output, layout=layout))
         if only:
             layers = [layer for layer in layers if layer.name in only]
         return cls(model, layers, skipped, found.notes)
@@ -334,8 +366,13 @@ class ModelView:
         return self._modules[layer.site or layer.name]
 
     def hook(self, layer: Layer, fn: LayerHook) -> torch.utils.hooks.RemovableHandle:
-        """:func:`register_hook` at ``layer``'s site."""
-        return register_hook(self.site(layer), layer, fn)
+        """:func:`register_hook` at ``layer``'s site; for a layer not samples first, with the model's batch size
+        recorded on every forward (:class:`~.layouts.BatchSize`), so that an output holding another number of
+        rows per sample than at discovery raises (naming the layer) instead of splitting the samples wrongly."""
+        if layer.layout.is_samples_first:
+            return register_hook(self.site(layer), layer, fn)
+        batch = BatchSize()
+        return _Handles(*batch.track(self.model), register_hook(self.site(layer), layer, fn, batch))
 
     def layer(self, name: str) -> Layer:
         if name not in self._by_name:
@@ -365,6 +402,10 @@ class ModelView:
                  "output": layer.is_output, **({"note": note} if (note := self.note(layer.name)) else {}),
                  **({} if layer.layout.is_samples_first else {"layout": layer.layout.describe()})}
                 for layer in self.layers]
+
+    def layouts(self) -> dict[str, str]:
+        """Each layer not samples first, and where its output holds the samples (:class:`~.layouts.Layout`)."""
+        return {layer.name: layer.layout.describe() for layer in self.layers if not layer.layout.is_samples_first}
 
     def note(self, name: str) -> str | None:
         """The note on the attention block that holds (or is) the module ``name``, if any."""
@@ -429,10 +470,12 @@ def _scripted(modules: dict[str, nn.Module]) -> list[str]:
     return found
 
 
-def _layouts(seen: list[tuple[str, torch.Tensor | None]], sample: torch.Tensor,
-             recorded: Callable[[torch.Tensor], tuple[list, object]]) -> dict[str, Layout]:
+def _layouts(seen: list[Recorded], sample: torch.Tensor, recorded: Callable[..., tuple[list[Recorded], object]]
+             ) -> tuple[dict[str, Layout], dict[str, str]]:
     """The verified layout of each output recorded once whose samples are not (or not surely) on axis 0: by one more
-    forward pass on the samples in another order (:func:`~.layouts.verified_layout`), run only when one is needed."""
+    forward pass on the samples in another order (:func:`~.layouts.verified_layout`), run only when one is needed,
+    recording only the outputs in doubt, with the RNG state restored after it (the audit's draws do not move).
+    Also, for the outputs in doubt that cannot be checked because the discovery samples are all the same, why."""
     batch = sample.shape[0]
     counts: dict[str, int] = {}
     for name, _ in seen:
@@ -440,16 +483,26 @@ def _layouts(seen: list[tuple[str, torch.Tensor | None]], sample: torch.Tensor,
     unsure = {name: output for name, output in seen if counts[name] == 1 and output is not None and output.dim()
               and any(not layout.is_samples_first for layout in candidates(tuple(output.shape), batch))}
     if batch < 2 or not unsure:
-        return {}
+        return {}, {}
     order = torch.arange(batch).roll(1)
-    again = dict(recorded(sample[order.to(sample.device)])[0])
+    reordered = sample[order.to(sample.device)]
+    if torch.equal(reordered, sample):
+        return {}, {name: ALIKE.format(tuple(output.shape), batch) for name, output in unsure.items()
+                    if output.shape[0] != batch}
+    devices = [sample.device] if sample.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        again = dict(recorded(reordered, set(unsure))[0])
     found = {}
     for name, output in unsure.items():
         layout = verified_layout(output, again[name], batch, order.to(output.device)) if isinstance(
             again.get(name), torch.Tensor) else None
         if layout is not None and not layout.is_samples_first:
             found[name] = layout
-    return found
+    return found, {}
+
+
+ALIKE = ("its output {} is not samples first for the {} discovery samples, and where they are cannot be checked: "
+         "the discovery samples are all the same (give distinct inputs)")
 
 
 def _unauditable(seen: list[tuple[str, torch.Tensor | None]], batch: int, layouts: dict[str, Layout] | None = None,
@@ -478,12 +531,13 @@ def _no_batch_axis(shape: tuple[int, ...], batch: int) -> str:
     """Why an output whose first axis is not the samples is not audited; sequence-first layouts are named."""
     if batch > 1 and len(shape) >= 3 and shape[1] == batch:
         return (f"its output {shape} has the size of the {batch} samples on axis 1, but does not follow them when "
-                "they are reordered (checked at discovery): mechaudit audits outputs whose samples it can locate")
+                "they are reordered (checked at discovery; or the forward pass is not deterministic): mechaudit "
+                "audits outputs whose samples it can locate")
     if batch > 1 and len(shape) >= 2 and shape[0] > batch and shape[0] % batch == 0:
         return (f"its output {shape} has {shape[0]} rows for the {batch} samples ({batch} x {shape[0] // batch}), "
                 "but they do not follow the samples when these are reordered (checked at discovery): not each "
-                "sample's rows together nor row by row (mixed across samples, or applied to a constant); mechaudit "
-                "audits outputs whose samples it can locate")
+                "sample's rows together nor row by row (mixed across samples, applied to a constant, or a forward "
+                "pass that is not deterministic); mechaudit audits outputs whose samples it can locate")
     return (f"its output {shape} has no batch axis (it does not follow the {batch} samples of the forward pass: "
             "applied to a constant?)")
 

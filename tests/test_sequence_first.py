@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import mechaudit
-from mechaudit.layouts import Layout
+from mechaudit.layouts import Layout, verified_layout
 from mechaudit.loading import AuditData
 from mechaudit.model_view import ModelView, installed
 from mechaudit.techniques.ablation_scan import AblationScanner
@@ -233,3 +233,193 @@ def test_a_layout_round_trips_and_puts_each_samples_rows_together(layout: Layout
     rows = value.reshape(3, 5, -1) if layout.axis == 0 else value.reshape(5, 3, -1).transpose(0, 1)
     assert torch.equal(first.reshape(3, -1), rows.reshape(3, -1)) if layout.rows > 1 else torch.equal(
         first, value.transpose(0, 1))
+
+
+# -- review fixes: the output layer in any layout, rows per sample checked per forward, the input pre-hook by
+# identity, identical discovery samples, activation maximisation and pictures on folded windows, ROME's guard ------
+
+class _LastLayer(nn.Module):
+    """The logits written sequence-first ((tokens, samples, vocab), turned back) or folded (samples x tokens, vocab)."""
+
+    def __init__(self, fold: str) -> None:
+        super().__init__()
+        self.fold = fold
+        self.embed, self.fc, self.head = nn.Embedding(VOCAB, WIDTH), nn.Linear(WIDTH, WIDTH), nn.Linear(WIDTH, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc(self.embed(ids.long())))
+        if self.fold == "sequence":
+            return self.head(x.transpose(0, 1)).transpose(0, 1)
+        return self.head(x.reshape(-1, WIDTH)).reshape(*ids.shape, 5)
+
+
+@pytest.mark.parametrize("fold", ["sequence", "rows"])
+def test_a_last_layer_not_samples_first_is_still_the_output_layer(fold: str) -> None:
+    torch.manual_seed(0)
+    view = ModelView.discover(_LastLayer(fold).eval(), _ids(6)[:2])
+    assert not view.layer("head").layout.is_samples_first
+    assert view.layer("head").is_output and [layer.name for layer in view.hidden_layers] == ["fc"]
+
+
+def test_another_number_of_rows_per_sample_than_at_discovery_raises_naming_the_layer() -> None:
+    tested, _ = _twins("folded")
+    view = ModelView.discover(tested, _ids(6)[:2])  # 6 rows per sample
+    with installed([view.hook(view.layer("fc1"), lambda output, _args: None)]), torch.no_grad():
+        assert tested(_ids(6)[:3]).shape == (3, 3)
+        with pytest.raises(ValueError, match="layer fc1: .*6 rows for each of the 3 samples"):
+            tested(_ids(4)[:3])  # 12 rows: a multiple of 6, which would read as 2 samples of 6 rows
+
+
+def test_a_later_pre_hook_replacing_the_input_is_what_the_hook_sees() -> None:
+    tested, twin = _twins("folded")
+    ids, seen = _ids(6)[:3], {}
+    for name, model in (("tested", tested), ("twin", twin)):
+        view = ModelView.discover(model, ids[:2])
+        with installed([view.hook(view.layer("fc2"), lambda _output, args, name=name: seen.__setitem__(name, args[0])),
+                        model.fc2.register_forward_pre_hook(lambda _m, args: (args[0] * 2.0,))]), torch.no_grad():
+            model(ids)
+    assert seen["tested"].shape == (3, 6, 24) and torch.allclose(seen["tested"], seen["twin"], atol=1e-6)
+
+
+def test_identical_discovery_samples_do_not_pass_for_a_layout() -> None:
+    rows = torch.randn(3, 4).repeat(2, 1)  # 2 identical samples' 3 rows, row by row: reordering changes nothing
+    assert verified_layout(rows, rows.clone(), 2, torch.tensor([1, 0])) is None
+    tested, _ = _twins("folded", "tokens")
+    view = ModelView.discover(tested, _ids(6)[:1].repeat(2, 1))
+    assert view.skipped["fc1"] == ("its output (12, 24) is not samples first for the 2 discovery samples, and where "
+                                   "they are cannot be checked: the discovery samples are all the same (give distinct "
+                                   "inputs)")
+
+
+def test_a_samples_first_model_gets_no_second_discovery_forward() -> None:
+    for model, forwards in ((_twins("folded")[1], 1), (_twins("folded")[0], 2)):
+        calls: list[int] = []
+        with installed([model.register_forward_pre_hook(lambda _m, args: calls.append(len(args[0])))]):
+            ModelView.discover(model, _ids(6)[:2])
+        assert len(calls) == forwards
+
+
+class _Windows(nn.Module):
+    """Swin's idiom: 2x2 patches of an 8x8 image, 4 windows of 4 patches each, a Linear on (samples x windows,
+    patches, width) when ``fold``, else on (samples, patches, width)."""
+
+    def __init__(self, fold: bool) -> None:
+        super().__init__()
+        self.fold = fold
+        self.patch, self.fc, self.head = nn.Conv2d(3, 8, 2, stride=2), nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(image).flatten(2).transpose(1, 2)  # (samples, 16, 8)
+        if self.fold:
+            return self.head(torch.relu(self.fc(tokens.reshape(-1, 4, 8))).reshape(len(image), 16, 6).mean(1))
+        return self.head(torch.relu(self.fc(tokens)).mean(1))
+
+
+def _windows() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    tested, twin = _Windows(True).eval(), _Windows(False).eval()
+    twin.load_state_dict(tested.state_dict())
+    return tested, twin, torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def test_activation_maximisation_reads_every_window_of_a_folded_layer() -> None:
+    from mechaudit.techniques.activation_max import maximize_activation
+
+    tested, twin, images = _windows()
+    layout = ModelView.discover(tested, images[:2]).layer("fc").layout
+    assert layout == Layout(0, 4)
+    results = [maximize_activation(model, model.fc, 2, (3, 8, 8), steps=8, layout=given)
+               for model, given in ((tested, layout), (twin, Layout()))]
+    assert results[0]["objective"] == pytest.approx(results[1]["objective"], abs=1e-3)
+    assert torch.allclose(torch.tensor(results[0]["image"]), torch.tensor(results[1]["image"]), atol=1e-3)
+
+
+def test_unit_pictures_of_a_folded_layer_maximise_the_unit_over_every_window() -> None:
+    from mechaudit.checks.decomposition_evidence import unit_pictures
+    from mechaudit.context import AuditContext
+
+    tested, twin, images = _windows()
+    rows = []
+    for model in (tested, twin):
+        context = AuditContext(ModelView.discover(model, images[:2]), AuditData(images, torch.zeros(8).long()),
+                               "classification", (), torch.device("cpu"), 64, 8, 0)
+        rows.append(unit_pictures(context, ["fc:u2"])["activation_maximization"][0])
+    assert rows[0]["objective"] == pytest.approx(rows[1]["objective"], abs=1e-3)  # each patch reaches the same peak
+    assert torch.allclose(torch.tensor(rows[0]["image"]), torch.tensor(rows[1]["image"]), atol=1e-3)  # every one
+
+
+def test_rome_refuses_a_projection_on_folded_rows() -> None:
+    transformers = pytest.importorskip("transformers")
+    from mechaudit.errors import InputError
+    from mechaudit.techniques.rome import causal_trace, rank_one_edit
+
+    torch.manual_seed(0)
+    config = transformers.OPTConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                    num_attention_heads=2, max_position_embeddings=16, word_embed_proj_dim=16)
+    model = transformers.OPTForCausalLM(config).eval()
+    fc2, prompts = model.model.decoder.layers[0].fc2, _ids(5)[:1]
+    with pytest.raises(InputError, match=r"reads or writes \(20, 32\) for prompts \(4, 5\)"):
+        rank_one_edit(model, fc2, prompts, 2, 3, key_data=_ids(5)[:4], steps=1)
+    with pytest.raises(InputError, match=r"reads or writes \(5, 16\) for prompts \(1, 5\)"):
+        causal_trace(model, model.model.decoder.embed_tokens, [fc2], prompts, [1, 2], 3, runs=1)
+
+
+def test_path_estimates_at_a_folded_readers_input_match_the_twin() -> None:
+    """fc1's units moved where fc2 (folded rows) reads them: the read site turns fc2's input samples first."""
+    from mechaudit.techniques.circuits import target_logit
+    from mechaudit.techniques.node_ablation import read_sites
+    from mechaudit.techniques.path_attribution import mean_toward, path_estimates
+
+    tested, twin = _twins("folded")
+    ids, estimates = _ids(6)[:8], []
+    with torch.no_grad():
+        read = torch.relu(twin.fc1(twin.embed(ids))).mean(0)  # fc2's mean input per sample, (tokens, 24)
+        targets = twin(ids).argmax(-1)
+    for model in (tested, twin):
+        view = ModelView.discover(model, ids[:2])
+        sites = read_sites(view, {"fc1": "fc2"}, {"fc2": read})
+        estimates.append(path_estimates(view, [view.layer("fc1")], ids, targets, target_logit, steps=2,
+                                        toward=mean_toward({}, sites), sites=sites)["fc1"])
+    assert estimates[0].shape == (24, 8) and estimates[0].abs().sum() > 0
+    assert torch.allclose(estimates[0], estimates[1], atol=1e-5)
+
+
+def test_input_covariances_of_rows_folded_row_by_row_keep_each_samples_rows_in_its_group() -> None:
+    """With a bootstrap, sample i's vectors go to group i mod groups: a Linear input folded row by row is turned
+    samples first before it is split, so each group holds the same vectors as the twin's."""
+    from mechaudit.techniques.read_vectors import read_and_input_covariances
+
+    tested, twin = _twins("folded", "tokens")
+    ids, groups = _ids(6), []
+    for model in (tested, twin):
+        view = ModelView.discover(model, ids[:2])
+        recorded = read_and_input_covariances(view, [view.layer("fc2")], ids, 8, torch.device("cpu"), bootstrap=4)
+        groups.append([part.gram for part in recorded["fc2"].given.parts])
+    assert len(groups[0]) > 1
+    for mine, other in zip(*groups):
+        assert torch.allclose(mine, other, atol=1e-4)
+
+
+def test_a_bfloat16_output_reordered_within_rounding_still_verifies() -> None:
+    before = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # 2 samples x 3 rows
+    order = torch.tensor([1, 0])
+    after = before.reshape(2, 3, 8)[order].reshape(6, 8) * (1 + 2 ** -7)  # one bfloat16 ulp off, as batching may
+    assert verified_layout(before, after, 2, order) == Layout(0, 3)
+    assert verified_layout(before.float(), after.float() * (1 + 1e-2), 2, order) is None  # float32: not rounding
+
+
+def test_discoverys_second_forward_leaves_the_random_state_as_one_forward_does() -> None:
+    class Drawing(Folded):  # draws from the global RNG in its forward pass, as dropout in training mode does
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            torch.rand(3)
+            return super().forward(ids)
+
+    torch.manual_seed(0)
+    model = Drawing("samples").eval()
+    ids = _ids(6)[:2]
+    torch.manual_seed(1)
+    assert not ModelView.discover(model, ids).layer("fc1").layout.is_samples_first  # two forward passes
+    drawn = torch.rand(4)
+    torch.manual_seed(1)
+    model(ids)
+    assert torch.equal(drawn, torch.rand(4))

@@ -138,7 +138,7 @@ def _unit_rows(context: AuditContext, layer: Layer, unit: int, inputs: torch.Ten
         low, high = float(inputs.min()), float(inputs.max())
         rows["activation_maximization"] = {"component": name, **maximize_activation(
             context.model, module, unit, tuple(inputs.shape[1:]), steps=MAX_STEPS, seed=context.seed,
-            device=context.device, value_range=(low, high), centre=layer.kind == "conv")}
+            device=context.device, value_range=(low, high), centre=layer.kind == "conv", layout=layer.layout)}
 
         def response(batch: torch.Tensor) -> torch.Tensor:
             return _unit_maps(context, layer, unit, batch).mean(1)

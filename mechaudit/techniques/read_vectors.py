@@ -343,8 +343,8 @@ def _input_hook(record: LayerCovariances, max_input_width: int, batch: dict[str,
         value = value.detach()
         if value.dim() > 2 and sample_axis(module):  # (tokens, samples, width): each sample's rows together
             value = value.movedim(sample_axis(module), 0)
-        elif not layout.is_samples_first and layout.holds(value, batch["samples"]):  # as the layer's own output
-            value = layout.samples_first(value)
+        elif not layout.is_samples_first and layout.fits(value, batch["samples"]):  # as the layer's own output
+            value = layout.samples_first(value, batch["samples"])
         width = input_width(module)
         if width is None and value.shape[-1] > max_input_width:
             record.given, record.not_read = None, _too_wide(value.shape[-1], max_input_width)

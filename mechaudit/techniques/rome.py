@@ -124,7 +124,19 @@ def _clean_run(model: nn.Module, modules: Sequence[nn.Module], tokens: torch.Ten
     for index, module in enumerate(modules):
         if id(module) not in seen:
             raise InputError("causal trace", f"module {index} ({type(module).__name__}) does not run on the prompt")
+        _per_token("causal trace", f"module {index} ({type(module).__name__})", seen[id(module)], tokens)
     return clean, [seen[id(module)] for module in modules]
+
+
+def _per_token(what: str, module: str, value: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Refuse a module whose tensor is not one vector per token, samples first, (samples, positions, width):
+    OPT's ``fc2`` runs on its rows folded into (samples x positions, width), where ``value[:, position]`` would
+    be a feature, not a token."""
+    if value.dim() < 3 or tuple(value.shape[:2]) != tuple(tokens.shape[:2]):
+        raise InputError(what, f"{module} reads or writes {tuple(value.shape)} for prompts {tuple(tokens.shape)}, "
+                               "not one vector per token with the prompts first (rows folded, or sequence-first): "
+                               "tracing and editing need (prompts, positions, width); name a module that has it "
+                               "([edit].projection)")
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,7 @@ def projection_inputs(model: nn.Module, projection: nn.Module, tokens: torch.Ten
     with installed([projection.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))]), \
             torch.no_grad():
         model(tokens)
+    _per_token("ROME", f"projection {type(projection).__name__}", seen[0], tokens)
     return seen[0]
 
 
