@@ -478,9 +478,9 @@ def test_wide_pairs_are_screened_while_time_is_left_and_the_rest_listed_unscored
 
 def test_a_batch_cut_leaves_no_time_to_start_a_wide_pair_it_cannot_finish(batch_clock: FakeClock) -> None:
     """8 samples in batches of 1 at 10 s a run, 100 s (15 kept): the batches (chunks of 1, 2, 1, 1, 1, 1 and 1)
-    use the time up to 80 s. A screened wide pair reruns every batch scored (80 s), so with 5 s left it must not
-    start (it used to, ending at 160 s: past the rule's time-out, an error that loses everything); the control,
-    with time, scores both pairs."""
+    use the time up to 80 s. A screened wide pair's first unit reruns every batch scored (80 s), so with 5 s left it
+    must not start (it used to, ending at 160 s: past the rule's time-out, an error that loses everything); the
+    control, with time, scores both pairs."""
     from test_gradient_edges import VOCAB, _setup
 
     from mechaudit.techniques import circuits
@@ -622,3 +622,54 @@ def test_a_generous_finite_budget_gives_the_findings_of_none(patch_clock: FakeCl
 def test_a_generous_finite_budget_gives_the_circuit_findings_of_none(batch_clock: FakeClock) -> None:
     full, generous = _circuit(0, ("R301", "R302")), _circuit(3600, ("R301", "R302"))
     assert [f.to_dict() for f in generous] == [f.to_dict() for f in full]
+
+
+def _mlp_pair_scores(clock: FakeClock, seconds: int):
+    """The two MLPs' pair of a 2-block pre-LN transformer (32 units each, scored by autograd through the residual
+    stream and LayerNorm), screened into its 16 best-scored units, on 4 samples in batches of 1."""
+    from test_gradient_edges import VOCAB, _setup
+
+    from mechaudit.techniques import circuits
+    _, view, clean, _, _ = _setup(("blocks.0.mlp.0", "blocks.1.mlp.0"))
+    torch.manual_seed(1)
+    clean, corrupted = torch.randint(0, VOCAB, (2, 4, clean.shape[1]))
+    clock.now = 0.0
+    with deadline.within(seconds) as budget:
+        found = circuits.edge_attribution(view, clean, torch.full((4,), 3), circuits.at_position(
+            circuits.target_logit, -1), reference=corrupted, batch_size=1, max_passes=16)
+    return found, budget
+
+
+def test_a_screened_pair_the_time_left_does_not_hold_keeps_its_best_units_and_ends_in_time(
+        batch_clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 s a run and 5 s a VJP (per unit and batch): the 4 batches take 40 s, and the pair's 16 units would take
+    360 s more (4 reruns and 64 VJPs), far more than its prior estimate of one rerun of the batches (40 s). Within
+    400 s (60 kept) it used to start whole and end at 400 s, past the deadline (in the engine, an error that loses
+    everything); now its units run in chunks (1, 1, 1 and 1 unit of 60 s, each estimated at 1.5 times the mean so
+    far within half the time left, or one within all of it), best-scored first, and it ends at 280 s with the edges
+    into its top 4 units, as scored with time, and says so. The control, with time, gives the scores of none."""
+    from mechaudit.techniques import circuits
+    vjps = circuits.screened_gradient_edges
+
+    def charged(*args, **kwargs):
+        batch_clock.now += 5.0 * len(args[-1])
+        return vjps(*args, **kwargs)
+    monkeypatch.setattr(circuits, "screened_gradient_edges", charged)
+    full, _ = _mlp_pair_scores(batch_clock, 0)
+    generous, whole = _mlp_pair_scores(batch_clock, 100000)
+    assert not whole.cuts and [b.scores for b in generous.edges.blocks] and all(
+        torch.equal(a.scores, b.scores) and a.method == b.method for a, b in zip(full.edges.blocks,
+                                                                               generous.edges.blocks))
+    (every,) = full.edges.blocks
+    assert every.scored_targets == 16 and "edges into the 16 of 32 units" in every.method
+    cut, budget = _mlp_pair_scores(batch_clock, 400)
+    assert batch_clock.now == 280.0 <= budget.deadline - budget.reserve and cut.samples == 4 and not cut.unscored
+    assert budget.cuts == cut.cuts == [deadline.Cut("top units of blocks.1.mlp.0 screened for edges from "
+                                                    "blocks.0.mlp.0", 16, 4)]
+    (block,) = cut.edges.blocks
+    best = torch.topk(torch.tensor([full.nodes[f"blocks.1.mlp.0:u{u}"] for u in range(32)]).abs(), 4).indices
+    assert block.scored_units == tuple(sorted(best.tolist())) and block.scored_targets == 4
+    assert "edges into the 4 of the planned 16 units" in block.method and "(cut by the time budget)" in block.method
+    assert torch.equal(block.scores[:, best], every.scores[:, best]) and block.scores.sum() == block.scores[:, best].sum()
+    assert block.describe()["edges"] == 32 * 4
+

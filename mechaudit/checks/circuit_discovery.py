@@ -50,10 +50,14 @@ layers, 256 samples, 0.31 s at width 1,024 (2.1 million edges; the dict-based sc
 1.4 s at 2,048, where the old one needed 4 GiB tensors (`benchmarks/circuit_speed.py`).
 Time budget: the samples are scored batch by batch, then the screened wide pairs one by one, in chunks that stop
 before the rule's time-out would be reached (`mechaudit/deadline.py`), so that a loaded machine gives a reduced
-result instead of an `error`: the scores of the first batches' samples (`samples` says how many), and wide pairs
-left unscored listed in `edge_choice` ("not scored: the rule's time budget ran out"). Every finding of R301, and of
-R302-R304 that read the same scores, says what was cut (`time_budget_cut`). Raise `--rule-timeout` (0: none) to
-score everything.
+result instead of an `error`: the scores of the first batches' samples (`samples` says how many), a wide pair cut
+partway with the edges into its best-scored units only (its units run in chunks, highest node score first; its
+`edge_choice` method says "k of the planned m units ... (cut by the time budget)"), and wide pairs left unscored
+listed in `edge_choice` ("not scored: the rule's time budget ran out"). Every finding of R301, and of
+R302-R304 that read the same scores, says what was cut (`time_budget_cut`). When R302-R304 compute the shared
+scores themselves (R301 not selected, or at another sample count), the scoring runs within
+`circuit_common.SCORING_SHARE` (0.5) of their budget (about 43% of it after the scoring's reserve), so that their
+exact checks keep the rest. Raise `--rule-timeout` (0: none) to score everything.
 
 Which tensor an address such as `fc1:u7` means: a node's score patches what the next audited layer reads from
 the unit (its activation after the nonlinearity, pooling and flattening that follow it: the tensor its outgoing

@@ -275,8 +275,10 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     Within a rule's time budget (:mod:`mechaudit.deadline`) the batches run in order, in chunks, while the time
     left allows; the scores are then those of the first batches' samples (``samples`` says how many), and the wide
     pairs are screened on the same samples while time is left (those left out: :attr:`CircuitScores.unscored`).
-    A screened pair costs about what all the batches scored cost (a clean and a reference run per batch, plus
-    ``max_passes`` VJPs), so it starts only when that estimate fits; ``seconds_per_batch`` (measured on similar work,
+    A screened pair scores its chosen units in chunks, best-scored first, while time is left (each chunk reruns the
+    scored batches and makes its units' VJPs: :func:`_screened_pair`), so it starts only when its first unit, about
+    what all the batches scored cost, fits, and a pair cut partway keeps the edges into the units it scored (its
+    method says so, and the cut is recorded); ``seconds_per_batch`` (measured on similar work,
     e.g. the other direction of L208's scores) lets the first batch wait for time too. ``what``: the batches' name
     in a cut. The cuts are recorded on the budget and in :attr:`CircuitScores.cuts`. No collective is made
     (rank-local, as :func:`mechaudit.deadline.confirm`). Without a deadline, everything runs, as before.
@@ -312,9 +314,11 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
             for previous, layer in chosen:
                 _screened_pair(view, inputs[:scored], targets[:scored], behaviour,
                                None if reference is None else reference[:scored], means, batch_size, device,
-                               previous, layer, found, max_passes)
-        done = deadline.confirm(found.wide, screen, "screened layer pairs", estimate=batches_took)
-        unscored = [(previous.name, layer.name) for previous, layer in found.wide[len(done):]]
+                               previous, layer, found, max_passes, estimate=batches_took)
+        deadline.confirm(found.wide, screen, "screened layer pairs", estimate=batches_took)
+        unscored = [(previous.name, layer.name) for previous, layer in found.wide
+                    if (previous.name, layer.name) not in found.edges
+                    and (previous.name, layer.name) not in found.unconnected]
     nodes = {layer.address(u): score for layer in layers for u, score in enumerate(found.nodes[layer.name].tolist())}
     node_layer = {layer.address(u): layer.name for layer in layers for u in range(layer.size)}
     node_layer.update({region: INPUT for region in regions})
@@ -429,27 +433,50 @@ def _pair_edges(view: ModelView, run: _Batch, previous: Layer, layer: Layer,
 
 def _screened_pair(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor, behaviour: Behaviour,
                    reference: torch.Tensor | None, means: dict | None, batch_size: int, device: torch.device,
-                   previous: Layer, layer: Layer, found: _Sums, max_passes: int) -> None:
+                   previous: Layer, layer: Layer, found: _Sums, max_passes: int, estimate: float | None = None) -> None:
     """Edges of a wide autograd pair, added to ``found``: into the ``max_passes`` units of ``layer`` with the
-    highest node scores, from every unit of ``previous`` (one VJP per chosen unit and batch)."""
+    highest node scores, from every unit of ``previous`` (one VJP per chosen unit and batch).
+
+    The chosen units, highest node score first, are the items of a :func:`mechaudit.deadline.confirm`: each chunk
+    reruns every batch (a clean and a reference run) and makes its units' VJPs, so a pair the time left does not hold
+    keeps the edges into its best-scored units (the cut recorded), and one left no time for its first unit is not
+    added to ``found.edges`` (the caller lists it unscored). ``estimate``: a prior for the first unit's seconds (about
+    one run of every batch). Each unit's edges are computed alone and summed over the batches in order, so the scores
+    are those of one chunk of all units."""
     pair = (previous.name, layer.name)
-    units = sorted(torch.topk(found.nodes[layer.name].abs(), max_passes).indices.tolist())
+    planned = torch.topk(found.nodes[layer.name].abs(), max_passes).indices.tolist()  # highest node score first
     block = torch.zeros(previous.size, layer.size, dtype=torch.float64)
-    for start in range(0, inputs.shape[0], batch_size):
-        run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
-        scores = screened_gradient_edges(previous, run.recorder.outputs[previous.name], run.delta_out(previous),
-                                         layer, run.recorder.outputs[layer.name], run.grad(layer), units)
-        view.model.zero_grad(set_to_none=True)
-        if scores is None:
-            found.unconnected.append(pair)
+    independent = []
+
+    def score(units: list[int]) -> None:
+        if independent:
             return
-        block[:, units] += scores.detach().double().cpu()
+        for start in range(0, inputs.shape[0], batch_size):
+            run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
+            scores = screened_gradient_edges(previous, run.recorder.outputs[previous.name], run.delta_out(previous),
+                                             layer, run.recorder.outputs[layer.name], run.grad(layer), units)
+            view.model.zero_grad(set_to_none=True)
+            del run
+            if scores is None:
+                independent.append(pair)
+                return
+            block[:, units] += scores.detach().double().cpu()
+    done = deadline.confirm(planned, score, f"top units of {layer.name} screened for edges from {previous.name}",
+                            estimate=estimate)
+    if independent:
+        found.unconnected.append(pair)
+        return
+    if not done:
+        return
+    units = sorted(done)
     found.edges[pair] = block
     found.screened_units[pair] = tuple(units)
+    chosen = (f"the {len(units)} of the planned {len(planned)} units of {layer.name} with the highest node scores "
+              f"(cut by the time budget)" if len(units) < len(planned) else
+              f"the {len(units)} of {layer.size} units of {layer.name} with the highest node scores")
     found.methods[pair] = (
-        f"autograd, screened: edges into the {len(units)} of {layer.size} units of {layer.name} with the highest "
-        f"node scores, from all {previous.size} units of {previous.name}; edges into the other "
-        f"{layer.size - len(units)} units are not scored (0)")
+        f"autograd, screened: edges into {chosen}, from all {previous.size} units of {previous.name}; edges into "
+        f"the other {layer.size - len(units)} units are not scored (0)")
 
 
 def _reads_model_input(module: nn.Module, x_in: torch.Tensor, batch: torch.Tensor) -> bool:
