@@ -6,6 +6,7 @@ token."""
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_right
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from .decomposition_evidence import PICTURED_UNITS, unit_pictures
 from .registry import RuleDefinition, RuleDocs, param, register
 from .screen_confirm import confirm_selection
 from .screen_params import calibration_param, exhaustive_param, graddrop_param
+
+_LOG = logging.getLogger(__name__)
 
 MODES = ("zero", "mean", "resample")
 #: Every non-empty combination of modes, in canonical order ("zero", "zero,mean", ..., "zero,mean,resample").
@@ -293,9 +296,10 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
         screen = with_gradients(sizes, n, steps) + forwards(sizes, n, len(flagged)) + forwards(sizes, n) \
             + unit_split_check(sizes, min(n, sizes.batch_size, second_order.SITE_CHECK_SAMPLES))
         drops = graddrop.passes([layer.kind for layer in sizes.hidden], screened)  # AtP*'s GradDrop, when on
-        if graddrop.enabled(params.screen_graddrop, drops)[0]:
-            screen = screen + with_gradients(sizes, n, drops) + (forwards(sizes, n, drops) if "resample" in flagged
-                                                                 else Cost())
+        if graddrop.enabled(params.screen_graddrop, drops)[0]:  # the screen's gradient passes again per block (the
+            # ablated values and sources are shared); held: a float per block, mode, unit and sample
+            screen = screen + with_gradients(sizes, n, drops * steps) \
+                + Cost(peak_bytes=drops * len(flagged) * sum(wide) * n * 4)
     return stats_pass(sizes) + screen + Cost(forward=n * (sum(units * modes for units, modes in exact) + 1),
                                              calls=calls,
                                              peak_bytes=min(copies, max((u for u, _ in exact), default=1)) * batch
@@ -477,6 +481,7 @@ class _Pool:
     cut: bool = False  # whether the time budget stopped the exact ablations before the whole selection
     planned: atp.Selection | None = None  # the selection before the time budget's cut (None: not confirmed yet)
     graddrop: dict | None = None  # whether and how AtP*'s GradDrop scored the units (techniques.graddrop)
+    sites: dict | None = None  # the layers moved at their readers' inputs, and why the screen fell back if it did
 
     def confirm(self, scan: Callable[..., dict], modes: list[str], scanned: dict, seed: int,
                 inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -657,10 +662,14 @@ class _Pool:
         over = {i: overall[i] > params.max_accuracy_drop or worst[i] > params.max_class_accuracy_drop
                 for i in overall}
         steps = params.screen_steps
+        sites = self.sites or {"at_readers_input": [], "fallback": None}
+        where = (f"{len(sites['at_readers_input'])} layer(s) at their reader's input, the others at their output"
+                 + (" (fell back to the outputs: the readers' inputs failed)" if sites["fallback"] else ""))
         found = atp.report(self.selection, self.scores, overall, names, "attribution patching (AtP*): predicted "
                            f"accuracy drop (overall and per class) from margin changes integrated over {steps} "
                            "point(s) of the path to the ablated value (the first the clean activation; each other "
-                           "one forward and one backward pass per layer and batch), every unit of every screened "
+                           "one forward and one backward pass per layer and batch; "
+                           f"{where}), every unit of every screened "
                            "layer ranked together by the larger of its predicted drops, each over its threshold",
                            threshold=params.max_accuracy_drop, over=over)
         missed = dict(found.missed)
@@ -678,7 +687,8 @@ class _Pool:
                             if self.selection.calibration else None}}  # as the drop's: no recall without calibration
         return {**found.to_evidence(), "missed": missed, "screen_top_k": params.screen_top_k,
                 "screen_top_checked": len(self.selection.top),
-                "layer_top": len(self.selection.extra), "exact_modes": list(modes), "agreement": agreement}
+                "layer_top": len(self.selection.extra), "exact_modes": list(modes), "agreement": agreement,
+                "sites": sites}
 
 
 def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Layer], inputs: torch.Tensor,
@@ -689,16 +699,25 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
     ``calibration`` sample of the others are ablated exactly."""
     def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return atp.label_margin(context.logits(outputs), targets)
-    measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
     sites = second_order.patch_sites(context.view, layers, inputs, None, context.batch_size, context.device,
                                      rule="L202: the screen")  # units read after their nonlinearity: moved there
-    estimates = ablation_screen.interpolated_estimates(context.view, layers, inputs, labels, margin,
-                                                       {m: replacements[m] for m in flagged}, params.screen_steps,
-                                                       context.batch_size, context.device, measured, sites=sites)
+    modes = {m: replacements[m] for m in flagged}
+    fallback = ""
+    try:
+        measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
+        estimates, dropped, dropped_evidence = graddrop.site_screen(
+            params.screen_graddrop, context.view, layers, inputs, labels, margin, modes, sites, params.screen_steps,
+            context.batch_size, context.device, measured)
+    except Exception as error:  # noqa: BLE001 - the readers' inputs are optional: every unit at its output
+        if not sites:
+            raise
+        fallback = f"moving units at their readers' inputs failed ({type(error).__name__}: {error}); at the outputs"
+        _LOG.warning("L202: the screen %s", fallback)
+        sites, measured = {}, []
+        estimates, dropped, dropped_evidence = graddrop.site_screen(
+            params.screen_graddrop, context.view, layers, inputs, labels, margin, modes, sites, params.screen_steps,
+            context.batch_size, context.device, measured)
     margins = torch.cat(measured)
-    dropped, dropped_evidence = graddrop.screen_terms(params.screen_graddrop, context.view, layers, inputs, labels,
-                                                      margin, {m: replacements[m] for m in flagged},
-                                                      context.batch_size, context.device)
     masks = [labels.cpu() == c for c in judged]
     offsets, scores, class_scores, rankings, best, total = {}, [], [], [], [], 0
     margin_scores = []
@@ -707,8 +726,8 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
         margin_scores.append(torch.stack([-e.mean(dim=1) for e in per_mode]).amax(dim=0))
         layer_scores = torch.stack([graddrop.ranked(dropped, m, layer, e, lambda t: atp.predicted_accuracy_drop(
             t, margins)) for m, e in zip(flagged, per_mode)]).amax(dim=0)
-        per_class = torch.stack([torch.stack([graddrop.ranked(dropped, m, layer, e, lambda t, k=mask: atp.
-                                                              predicted_accuracy_drop(t[:, k], margins[k]))
+        per_class = torch.stack([torch.stack([graddrop.ranked(dropped, m, layer, e, lambda t, k=mask:
+                                                              atp.predicted_accuracy_drop(t[:, k], margins[k]))
                                               for m, e in zip(flagged, per_mode)]).amax(dim=0) for mask in masks], 1) \
             if masks else torch.zeros(layer.size, 0)
         ranking = layer_scores / max(params.max_accuracy_drop, 1e-12)
@@ -723,7 +742,8 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
     ranking = torch.cat(rankings)
     return _Pool(layers, offsets, torch.cat(scores), torch.cat(class_scores), ranking,
                  atp.select(ranking, params.screen_top_k, params.calibration, context.seed, also=best),
-                 torch.cat(margin_scores), graddrop=dropped_evidence)
+                 torch.cat(margin_scores), graddrop=dropped_evidence,
+                 sites={"at_readers_input": sorted(sites), "fallback": fallback or None})
 
 
 def _exact_evidence(units: int, params: CriticalUnitsParams) -> dict:

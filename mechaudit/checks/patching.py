@@ -9,6 +9,7 @@ the components that carry the behaviour by their exact recovered fractions.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -250,8 +251,9 @@ def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
         cost = cost + _second_order_cost(sizes, n)
     elif sizes.hidden_units > atp.SCREEN_ABOVE and not params.exhaustive:  # AtP*'s GradDrop, when on
         drops = graddrop.passes([layer.kind for layer in sizes.hidden], [True] * len(sizes.hidden))
-        if graddrop.enabled(params.screen_graddrop, drops)[0]:
-            cost = cost + with_gradients(sizes, n, drops) + forwards(sizes, n, drops)
+        if graddrop.enabled(params.screen_graddrop, drops)[0]:  # the path screen once more per block
+            cost = cost + with_gradients(sizes, n, params.screen_steps * drops, copies=5) \
+                + (forwards(sizes, n, drops) if params.screen_steps == 1 else Cost())
     return cost
 
 
@@ -296,14 +298,18 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
         return [Measurement(f"the counterfactual barely changes the {description} ({relative:.1%} of its clean size): "
                         "no component carries a difference to localise" + effect_note,
                         metric="top_recovered_fraction", value=0.0, evidence={**evidence, "carried": False})]
-    path = attribution_patching(context.view, layers, clean, corrupted, targets, metric, batch, device,
-                                params.screen_steps)
+    def path_screen() -> dict[str, torch.Tensor]:
+        return attribution_patching(context.view, layers, clean, corrupted, targets, metric, batch, device,
+                                    params.screen_steps)
+    began = time.perf_counter()
+    path = path_screen()
+    seconds = time.perf_counter() - began
     method = ("attribution patching (AtP*): (a_clean - a_corrupted) . dm/da, gradient averaged over "
               f"{params.screen_steps} point(s) of the straight path from the corrupted to the clean run")
     also: list[int] = []
     first_order = screened and totals.first_order_share >= second_order.STATIONARY
-    dropped, dropped_evidence = graddrop.screen_terms(params.screen_graddrop, context.view, layers, corrupted,
-                                                      targets, metric, {"patch": (None, clean)}, batch, device) \
+    dropped, dropped_evidence = graddrop.path_screen(params.screen_graddrop, context.view, layers, path_screen,
+                                                     seconds) \
         if first_order else (None, graddrop.not_used("stationary metric" if screened else "not screened"))
     estimate = torch.cat([graddrop.ranked(dropped, "patch", layer, path[layer.name].unsqueeze(1),
                                           lambda e: e.sum(1) / totals.effect) for layer in layers])
