@@ -192,6 +192,42 @@ def planted() -> None:
                          planted=CRITICAL)
 
 
+class ResidualMlp(nn.Module):
+    """A random residual MLP: embed, ``depth`` blocks ``h + down(relu(up(h)))``, a 4-class readout."""
+
+    def __init__(self, width: int = 16, hidden: int = 64, depth: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.out = nn.Linear(8, width), nn.Linear(width, 4)
+        self.up = nn.ModuleList(nn.Linear(width, hidden) for _ in range(depth))
+        self.down = nn.ModuleList(nn.Linear(hidden, width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for up, down in zip(self.up, self.down):
+            h = h + down(torch.relu(up(h)))
+        return self.out(h)
+
+
+def residual(k: int = 10) -> None:
+    """GradDrop on a residual net (where it can exceed plain AtP): every ``up`` neuron, read by ``down`` after the
+    ReLU (at its reader's input, as L202 moves it), blocks ``up`` and ``down`` of every layer."""
+    model, inputs = ResidualMlp().eval(), torch.randn(512, 8, generator=torch.Generator().manual_seed(0))
+    names = tuple(f"{part}.{i}" for i in range(3) for part in ("up", "down"))
+    view = ModelView.discover(model, inputs[:2], names)
+    with torch.no_grad():
+        labels = model(inputs).argmax(-1)
+        means = {f"up.{i}": model.up[i](_stream(model, inputs, i)).mean(0).unsqueeze(-1) for i in range(3)}
+    compare("residual mlp", view, [view.layer(f"up.{i}") for i in range(3)], inputs, labels, means, k=k)
+
+
+def _stream(model: ResidualMlp, x: torch.Tensor, upto: int) -> torch.Tensor:
+    h = model.embed(x)
+    for up, down in list(zip(model.up, model.down))[:upto]:
+        h = h + down(torch.relu(up(h)))
+    return h
+
+
 def example(name: str, k: int) -> None:
     from mechaudit.checks.patching import PatchingParams, _problem
     from mechaudit.engine import prepare
@@ -279,6 +315,7 @@ def main() -> None:
         gpt2_cost(args.cost)
         return
     planted()
+    residual()
     example("digits", 10)
     example("induction", 2)
     if not args.skip_gpt2:

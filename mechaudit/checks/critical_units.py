@@ -87,8 +87,10 @@ the GELU; found and checked on 16 samples, `mechaudit.techniques.second_order.pa
 screen), each unit is moved at that module's input instead (`mechaudit.techniques.site_ablation`): the move there is
 the exact change of what the reader reads, f(a_new) - f(a), where the gradient at the unit's output takes the
 nonlinearity's slope at the clean value (0 for a ReLU unit that is off, however far its mean switches it on); one
-more forward pass per batch and flagged mode, with every audited layer ablated at once, gives the ablated values
-there. The screen's accuracy drop is the mean over samples of the probability that the margin changes
+more forward pass per batch and flagged mode, with every such layer ablated at once (stopped after the last reader),
+gives the ablated values there. The `screen` evidence's `sites` names the layers moved there and, where moving them
+failed (e.g. a reader that did not run), why the screen fell back to every unit at its output (a warning too); its
+`method` says how many. The screen's accuracy drop is the mean over samples of the probability that the margin changes
 sign when that estimate is off by a normal error of 15% of its size, overall and per judged class. Every unit of
 every such layer is ranked together (one budget for the audit, not one per layer) by the larger of its predicted
 overall drop over `max_accuracy_drop` and its predicted drop for one class over `max_class_accuracy_drop`: only the
@@ -130,8 +132,8 @@ random-weight 2-layer, 256-wide GPT-2 (read by `c_proj` after the GELU): accurac
 0.94 (0.88); margin change 0.966 (0.941), recall 0.84 (0.78); the screen, with the readers' check, 437x faster than
 the exact scan of every neuron (1,144x at the outputs).
 Of AtP*'s fixes, the QK fix does not apply (a head component is the
-head's output, after its softmax); cancellation over samples cannot happen (scored per sample); GradDrop (path-wise
-cancellation) is not implemented: the calibration bound states what any such failure could hide.
+head's output, after its softmax); cancellation over samples cannot happen (scored per sample); path-wise cancellation
+is GradDrop's (`screen_graddrop`, below); the calibration bound states what any other failure could hide.
 Agreement, per quantity (`screen.agreement`): the exact passes also record each checked unit's mean loss of label margin
 (the continuous quantity whose per-sample estimates the screen's drop is built from), against clean margins from the
 scanner's own passes for that layer (one unit replaced by its own activation, so an ablation that changes nothing loses
@@ -165,21 +167,16 @@ straight path from the activation to its ablated value, one layer moved at a tim
 the input instead), so that a ReLU the ablation switches on (gradient 0 at the clean activation) enters the estimate.
 For the estimator alone, run on every unit of `digits`' layers (`python benchmarks/l202_screen.py --digits`; L202 itself
 never screens them, each holds at most 256 units and is ablated exactly), 2 points raise the recall of the exact top 10
-from 0.8 to 0.9 (rho 0.95 to 0.94) at the units' outputs (that benchmark moves them there; at the readers' inputs one
-point reaches 0.9, rho 0.98, and two 0.9, rho 0.95); on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to
-0.62 (moving all 3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a
-forward and backward pass per screened layer; so the default stays the first order.
-`screen_graddrop` adds AtP*'s cancellation fix (GradDrop, `mechaudit.techniques.graddrop`): the screen is recomputed
-once per audited Linear, Conv or attention block that runs after a screened layer, with that block's input detached
-(a skip or branch around it still carries gradient), and a unit is ranked by the mean over the blocks other than its
-own of those estimates' predicted drops (each at least 0; plain AtP for the blocks before it) where that exceeds plain
-AtP's. `python benchmarks/graddrop.py`: a unit whose two paths cancel at first order, whose mean ablation removes a
-class, is ranked 138th of 300 (tied at 0) by plain AtP and 1st with GradDrop; the control without the second path, and
-`digits` (sequential: GradDrop cannot exceed plain AtP there; rho 0.948, top-10 recall 0.8), `induction` (1.0) and a
-random 2-layer GPT-2's 1,032 units (0.525) rank as before. Each block costs a forward and backward pass per batch:
-on GPT-2-small's shape (`--cost 12`, heads and all 36,864 `c_fc` neurons, 16 prompts of 32 tokens) 23 passes took
-98 s CPU against the screen's 4.7 s (20.8x), so `auto` (default) runs it only when at most 4 blocks follow the first
-screened layer. The screen's `graddrop` evidence says whether it ran, why, and over how many blocks.
+from 0.8 to 0.9 (rho 0.95 to 0.94) at the units' outputs (that benchmark moves them there); on the GPT-2 blocks
+rho falls to 0.76 and the top-16 recall to 0.62 (moving all 3,072 neurons of a layer halfway to their means is far
+from ablating one), and each point costs a forward and backward pass per screened layer; so the default stays the
+first order.
+`screen_graddrop` adds AtP*'s cancellation fix, GradDrop (`mechaudit.techniques.graddrop`, where it is explained and
+measured): the screen is rerun with the same estimator (same sites, ablated values and path points) once per audited
+block after the first screened layer with that block's write detached, and a unit is ranked by the mean of those
+estimates' predicted drops where that exceeds plain AtP's; `auto` (default) runs it when at most 4 blocks follow.
+The margin scores (`agreement.margin_loss`) stay plain AtP. The screen's `graddrop` evidence says whether it ran, why,
+and over how many blocks (`done`: `k of K blocks` where the time budget stopped it).
 Time budget: the plan's estimate cannot foresee the machine's load (GPT-2-small's shape: 278 s on an idle machine,
 593 s under load, against the default 600 s time-out; issue 16), so the screened units are ablated exactly in order, the
 screen's top-ranked first (its `screen_top_k`, then each layer's best), then the calibration sample in a seeded random
