@@ -325,3 +325,42 @@ def test_l207_cost_charges_the_path_screen_once_more_per_block() -> None:
         n = sizes.n(patching.PatchingParams().samples)
         assert on.backward - off.backward == pytest.approx(2 * steps * n)  # two blocks after the first layer
         assert on.forward - off.forward == pytest.approx(2 * steps * n + (2 * n if steps == 1 else 0))
+
+
+class Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(4, 8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+class MlpNet(nn.Module):
+    """A sequential stack (not one block), a residual MLP module (one block written by ``down``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack, self.mlp, self.out = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4)), Mlp(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stack(x)
+        return self.out(h + self.mlp(h))
+
+
+def test_an_mlp_module_is_one_block_written_by_its_last_linear_and_a_sequential_is_not() -> None:
+    model, x = MlpNet().eval(), torch.randn(6, 3)
+    view = ModelView.discover(model, x[:2])
+    found = graddrop.blocks(view.layers, model)
+    assert [(b.name, sorted(b.members)) for b in found] == [
+        ("stack.0", ["stack.0"]), ("stack.1", ["stack.1"]), ("mlp.down", ["mlp.down", "mlp.up"])]
+    assert len(graddrop.blocks(view.layers)) == 4  # without the model: no module classes to group by
+    layer = view.layer("stack.1")
+    modes = {"zero": ({"stack.1": torch.zeros(4, 1)}, None)}
+    _, terms, evidence = _site_screen(view, [layer], x, x, lambda out, _t: out[:, 0], modes)
+    assert evidence["passes"] == 1  # the MLP once, not twice
+
+    h = model.stack(x).detach().requires_grad_(True)
+    model.out(h + model.mlp(h).detach())[:, 0].sum().backward()
+    (term,) = terms.dropped["zero"]["stack.1"]
+    assert torch.allclose(term, (-h.detach() * h.grad).T, atol=1e-6)  # the skip alone
