@@ -129,7 +129,8 @@ exact 0.81, because the ablation changes which other class is the best, a kink o
 1.00 (its two planted heads are the screen's top two; heads stay at their outputs). The first-order margin change
 agrees with the exact one at 0.956 (0.953) on `digits`, top-10 recall 0.8 (0.9). On the 2,048 `mlp.c_fc` neurons of a
 random-weight 2-layer, 256-wide GPT-2 (read by `c_proj` after the GELU): accuracy drop 0.896 (0.860), top-32 recall
-0.94 (0.88); margin change 0.966 (0.941), recall 0.84 (0.78); the screen, with the readers' check, 437x faster than
+0.94 (0.88), and 0.883 / 0.94 with GradDrop, which `auto` runs there (2 blocks; `digits` and `induction`
+unchanged); margin change 0.966 (0.941), recall 0.84 (0.78); the screen, with the readers' check, 437x faster than
 the exact scan of every neuron (1,144x at the outputs).
 Of AtP*'s fixes, the QK fix does not apply (a head component is the
 head's output, after its softmax); cancellation over samples cannot happen (scored per sample); path-wise cancellation
