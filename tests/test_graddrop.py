@@ -364,3 +364,23 @@ def test_an_mlp_module_is_one_block_written_by_its_last_linear_and_a_sequential_
     model.out(h + model.mlp(h).detach())[:, 0].sum().backward()
     (term,) = terms.dropped["zero"]["stack.1"]
     assert torch.allclose(term, (-h.detach() * h.grad).T, atol=1e-6)  # the skip alone
+
+
+def test_graddrop_stops_where_the_time_budget_ends_and_says_how_many_blocks_ran(monkeypatch) -> None:
+    from mechaudit import deadline
+
+    now = [0.0]
+    monkeypatch.setattr(deadline, "clock", lambda: now[0])
+    model, x = TinyTransformer().eval(), torch.randn(2, 3, 3)
+    view = ModelView.discover(model, x)
+    layers = [view.layer("embed"), view.layer("attn")]
+
+    def estimate() -> dict[str, torch.Tensor]:
+        now[0] += 1.0  # each path screen takes a second
+        return {layer.name: torch.ones(layer.size) for layer in layers}
+    with deadline.within(4.0):  # 3.4 s before the reserve: a block of 1 s (x1.5 safety) fits twice
+        terms, evidence = graddrop.path_screen("on", view, layers, estimate, 1.0)
+    assert evidence["passes"] == 2 and evidence["planned"] == 3 and evidence["done"] == "2 of 3 blocks"
+    assert len(terms.dropped["patch"]["embed"]) == 2  # the mean is over the blocks done
+    _, unbounded = graddrop.path_screen("on", view, layers, estimate, 1.0)
+    assert unbounded["done"] == "3 blocks"
