@@ -157,6 +157,12 @@ def test_auto_turns_graddrop_off_past_its_pass_bound_and_the_plan_charges_the_pa
               LayerSize("mid_out", "linear", 3, 3, True), LayerSize("fc2", "linear", 3, 3, False))
     sizes = Sizes(samples=600, max_samples=600, batch_size=256, layers=layers, input_values=4, output_values=3)
     assert graddrop.passes([layer.kind for layer in sizes.hidden], [True, False, False]) == 2
+    gpt2 = [f"transformer.h.{i}.{part}" for i in range(2)
+            for part in ("attn.c_attn", "attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    kinds = ["linear", "heads", "linear", "linear", "linear"] * 2
+    assert graddrop.passes(kinds, [True] * 10) == 9  # without names: every layer a block (an upper bound)
+    assert graddrop.passes(kinds, [True] * 10, gpt2) == 3  # attention and MLP one block each, as the rule runs
+    assert graddrop.passes(["conv", "conv", "linear"], [True] * 3, ["features.0", "features.3", "classifier.0"]) == 2
     on = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="on"))
     off = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="off"))
     assert on.backward - off.backward == 2 * 600

@@ -156,12 +156,25 @@ def downstream(all_blocks: Sequence[Block], screened: Sequence[Layer]) -> list[B
             if any(block.order > layer.order and layer.name not in block.members for layer in screened)]
 
 
-def passes(kinds: Sequence[str], screened: Sequence[bool]) -> int:
+def passes(kinds: Sequence[str], screened: Sequence[bool], names: Sequence[str] | None = None) -> int:
     """The cost model's count of GradDrop passes per batch: ``kinds`` of the hidden layers in forward order (e.g.
-    from :class:`~mechaudit.cost.Sizes`), ``screened`` whether each is screened (an upper bound: the cost model
-    knows no module paths to merge nested blocks by)."""
+    from :class:`~mechaudit.cost.Sizes`), ``screened`` whether each is screened. Given their ``names``, blocks are
+    merged as :func:`blocks` merges them, an MLP told by its names alone (Linear siblings not named by an index, as a
+    ``Sequential``'s or ``ModuleList``'s children are); without, every Linear, Conv
+    and heads layer counts (an upper bound)."""
     first = next((i for i, s in enumerate(screened) if s), None)
-    return 0 if first is None else sum(1 for kind in kinds[first + 1:] if kind in BLOCK_KINDS)
+    if first is None:
+        return 0
+    if names is None:
+        return sum(1 for kind in kinds[first + 1:] if kind in BLOCK_KINDS)
+    layers = [Layer(name, kind, 1, order) for order, (name, kind) in enumerate(zip(names, kinds))]
+    found = blocks(layers)
+    merged: dict[str, Block] = {}
+    for block in found:
+        parent, _, child = block.name.rpartition(".")
+        key = parent if block.layer.kind != "heads" and parent and not child.isdigit() else block.name
+        merged[key] = Block(block.layer, block.members | (merged[key].members if key in merged else frozenset()))
+    return len(downstream(list(merged.values()), [layer for layer, s in zip(layers, screened) if s]))
 
 
 def enabled(choice: str, extra_passes: int) -> tuple[bool, str]:
