@@ -6,8 +6,10 @@
   predicted_accuracy_drop` from one forward and one backward pass per batch) against the exact accuracy drop of the
   fast ablation scan, per unit; and the first-order change of the label margin against its exact change. As in the
   rule, units whose reader reads them one by one after their nonlinearity are moved at its input
-  (:mod:`mechaudit.techniques.site_ablation`); where any are, the rows ``at outputs`` give the same screen with every
-  unit moved at its output (the screen before the readers' inputs).
+  (:mod:`mechaudit.techniques.site_ablation`), and AtP*'s GradDrop runs as the rule's default ``screen_graddrop =
+  auto`` decides (:mod:`mechaudit.techniques.graddrop`; the rows ``no GradDrop`` drop it); where any layer is at its
+  reader's input, the rows ``at outputs`` give the screen with every unit moved at its output, without GradDrop (the
+  screen before the readers' inputs). The margin rows are plain AtP (L202's margin scores do not use GradDrop).
 * L207 (patching): attribution patching against exact patching (both summed over the pairs).
 
 On the embedded `digits` and `induction` examples (all units / heads) and on a random-weight Hugging Face
@@ -35,7 +37,7 @@ from mechaudit.engine import prepare
 from mechaudit.examples import example_spec
 from mechaudit.model_view import ModelView
 from mechaudit.spec import load_spec
-from mechaudit.techniques import ablation_screen, atp, second_order
+from mechaudit.techniques import atp, graddrop, second_order
 from mechaudit.techniques.ablation_scan import AblationScanner
 from mechaudit.techniques.patching import attribution_patching, exact_patching
 
@@ -71,14 +73,17 @@ def l202(model: str, view: ModelView, layers: list, inputs: torch.Tensor, labels
         return atp.label_margin(logits(outputs), targets)
     modes = {"mean": (means, None)}
 
-    def screen(sites: dict | None = None):
-        """As L202's screen: the units whose reader reads them one by one are moved at its input."""
+    def screen(sites: dict | None = None, choice: str = "auto"):
+        """As L202's screen: the units whose reader reads them one by one are moved at its input, GradDrop as the
+        rule's default (``screen_graddrop = auto``)."""
         if sites is None:
             sites = second_order.patch_sites(view, layers, inputs, None, batch_size, CPU, rule="L202: the screen")
         measured: list[torch.Tensor] = []
-        estimates = ablation_screen.interpolated_estimates(view, layers, inputs, labels, margin, modes, 1,
-                                                           batch_size, CPU, measured, sites=sites)["mean"]
-        return estimates, torch.cat(measured), sites
+        estimates, terms, evidence = graddrop.site_screen(choice, view, layers, inputs, labels, margin, modes, sites,
+                                                          1, batch_size, CPU, measured)
+        print(f"{model}: L202 screen, {len(sites)} of {len(layers)} layer(s) at their reader's input; GradDrop "
+              f"{evidence.get('done', 'off')} ({evidence['why']})")
+        return estimates["mean"], torch.cat(measured), sites, terms
 
     def reduce(outputs: torch.Tensor, samples: slice) -> torch.Tensor:
         copies, n = outputs.shape[:2]
@@ -87,22 +92,24 @@ def l202(model: str, view: ModelView, layers: list, inputs: torch.Tensor, labels
     def exact():
         scanner = AblationScanner(view, layers, CPU, inputs[:2])
         return scanner.scan(inputs, modes, batch_size, reduce=reduce)["mean"]
-    screen_seconds, (estimates, margins, sites) = timed(screen)
+    screen_seconds, (estimates, margins, sites, terms) = timed(screen)
     exact_seconds, exact_margins = timed(exact)
     base_correct = (margins > 0).float()
     drops = np.concatenate([(base_correct.mean() - (exact_margins[layer.name] > 0).float().mean(1)).numpy()
                             for layer in layers])
     change = np.concatenate([(exact_margins[layer.name] - margins).mean(1).numpy() for layer in layers])
     seconds = (screen_seconds, exact_seconds)
-    runs = [("", estimates)]
-    if sites:  # the same screen with every unit at its output, as before the readers' inputs
-        output_seconds, (at_outputs, _, _) = timed(lambda: screen({}))
-        runs.append((", at outputs", at_outputs))
-    for where, found in runs:
-        predicted = np.concatenate([atp.predicted_accuracy_drop(found[layer.name], margins).numpy()
-                                    for layer in layers])
+    runs = [("", estimates, terms)]
+    if terms is not None:  # the same screen without GradDrop
+        runs.append((", no GradDrop", estimates, None))
+    if sites:  # the same screen with every unit at its output, as before the readers' inputs (no GradDrop)
+        output_seconds, (at_outputs, _, _, _) = timed(lambda: screen({}, "off"))
+        runs.append((", at outputs", at_outputs, None))
+    for where, found, dropped in runs:
+        predicted = np.concatenate([graddrop.ranked(dropped, "mean", layer, found[layer.name], lambda e: atp.
+                                                    predicted_accuracy_drop(e, margins)).numpy() for layer in layers])
         first_order = np.concatenate([found[layer.name].mean(1).numpy() for layer in layers])
-        timing = seconds if not where else (output_seconds, exact_seconds)
+        timing = seconds if where != ", at outputs" else (output_seconds, exact_seconds)
         show(model, f"L202 accuracy drop{where}", len(drops), k, predicted, drops, timing)
         show(model, f"L202 margin change{where}", len(drops), k, -first_order, -change, timing)
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from mechaudit.activations import batches
 from mechaudit.model_view import Layer, ModelView
-from mechaudit.techniques import atp, graddrop
+from mechaudit.techniques import ablation_screen, atp, graddrop, second_order
 from mechaudit.techniques.ablation_scan import AblationScanner
 from mechaudit.techniques.circuits import logit_difference
 from mechaudit.techniques.patching import attribution_patching, exact_patching
@@ -98,10 +98,13 @@ def compare(label: str, view: ModelView, layers: list[Layer], inputs: torch.Tens
     def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return atp.label_margin(logits(outputs), targets)
     modes = {"mean": (means, None)}
-    plain_seconds, plain = timed(lambda: atp.ablation_estimates(view, layers, inputs, labels, margin, modes,
-                                                                batch_size, CPU)["mean"])
-    drop_seconds, terms = timed(lambda: graddrop.graddrop_terms(view, layers, inputs, labels, margin, modes,
-                                                                batch_size, CPU))
+    sites = second_order.patch_sites(view, layers, inputs, None, batch_size, CPU, rule="L202: the screen")
+    plain_seconds, plain = timed(lambda: ablation_screen.interpolated_estimates(
+        view, layers, inputs, labels, margin, modes, 1, batch_size, CPU, sites=sites)["mean"])
+    both_seconds, (_, terms, _) = timed(lambda: graddrop.site_screen("on", view, layers, inputs, labels, margin,
+                                                                     modes, sites, 1, batch_size, CPU))
+    drop_seconds = max(both_seconds - plain_seconds, 0.0)
+    print(f"{label}: {len(sites)} of {len(layers)} layer(s) at their reader's input (as L202)")
     with torch.no_grad():
         margins = torch.cat([margin(view.model(b).float(), labels[s:s + len(b)])
                              for s, b in batches(inputs, batch_size, CPU)])
@@ -140,8 +143,8 @@ def compare_patching(label: str, view: ModelView, layers: list[Layer], clean: to
     of every component, each summed over the pairs."""
     plain_seconds, plain = timed(lambda: attribution_patching(view, layers, clean, corrupted, targets, metric,
                                                               steps=steps))
-    drop_seconds, terms = timed(lambda: graddrop.graddrop_terms(view, layers, corrupted, targets, metric,
-                                                                {"patch": (None, clean)}))
+    drop_seconds, (terms, _) = timed(lambda: graddrop.path_screen("on", view, layers, lambda: attribution_patching(
+        view, layers, clean, corrupted, targets, metric, steps=steps), 0.0))
     exact_seconds, exact = timed(lambda: exact_patching(view, layers, clean, corrupted, targets, metric))
     total = lambda e: e.sum(1)  # noqa: E731
     rows = {"L207 patch, plain AtP": np.concatenate([plain[layer.name].numpy() for layer in layers]),
@@ -187,6 +190,42 @@ def planted() -> None:
         targets = torch.stack([first, torch.where(ranked[:, 0] == first, ranked[:, 1], ranked[:, 0])], 1)
         compare_patching(label, view, [view.layer("fc1")], clean, corrupted, targets, logit_difference, k=4,
                          planted=CRITICAL)
+
+
+class ResidualMlp(nn.Module):
+    """A random residual MLP: embed, ``depth`` blocks ``h + down(relu(up(h)))``, a 4-class readout."""
+
+    def __init__(self, width: int = 16, hidden: int = 64, depth: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.out = nn.Linear(8, width), nn.Linear(width, 4)
+        self.up = nn.ModuleList(nn.Linear(width, hidden) for _ in range(depth))
+        self.down = nn.ModuleList(nn.Linear(hidden, width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for up, down in zip(self.up, self.down):
+            h = h + down(torch.relu(up(h)))
+        return self.out(h)
+
+
+def residual(k: int = 10) -> None:
+    """GradDrop on a residual net (where it can exceed plain AtP): every ``up`` neuron, read by ``down`` after the
+    ReLU (at its reader's input, as L202 moves it), blocks ``up`` and ``down`` of every layer."""
+    model, inputs = ResidualMlp().eval(), torch.randn(512, 8, generator=torch.Generator().manual_seed(0))
+    names = tuple(f"{part}.{i}" for i in range(3) for part in ("up", "down"))
+    view = ModelView.discover(model, inputs[:2], names)
+    with torch.no_grad():
+        labels = model(inputs).argmax(-1)
+        means = {f"up.{i}": model.up[i](_stream(model, inputs, i)).mean(0).unsqueeze(-1) for i in range(3)}
+    compare("residual mlp", view, [view.layer(f"up.{i}") for i in range(3)], inputs, labels, means, k=k)
+
+
+def _stream(model: ResidualMlp, x: torch.Tensor, upto: int) -> torch.Tensor:
+    h = model.embed(x)
+    for up, down in list(zip(model.up, model.down))[:upto]:
+        h = h + down(torch.relu(up(h)))
+    return h
 
 
 def example(name: str, k: int) -> None:
@@ -256,8 +295,9 @@ def gpt2_cost(layers_count: int, prompts: int = 16, tokens: int = 32) -> None:
         return atp.label_margin(last(outputs), targets)
     modes = {"mean": (means, None)}
     plain_seconds, _ = timed(lambda: atp.ablation_estimates(view, view.layers, inputs, labels, margin, modes, 16))
-    drop_seconds, terms = timed(lambda: graddrop.graddrop_terms(view, view.layers, inputs, labels, margin, modes,
-                                                                16))
+    both_seconds, (_, terms, _) = timed(lambda: graddrop.site_screen("on", view, view.layers, inputs, labels, margin,
+                                                                     modes, {}, 1, 16, CPU))
+    drop_seconds = max(both_seconds - plain_seconds, 0.0)
     print(f"gpt2 {layers_count}x768 (GPT2Config shape), {prompts} prompts x {tokens} tokens: "
           f"{sum(layer.size for layer in view.layers)} units, {terms.passes} GradDrop passes; CPU s: screen "
           f"{plain_seconds:.1f}, GradDrop {drop_seconds:.1f} ({drop_seconds / max(plain_seconds, 1e-9):.1f}x the "
@@ -275,6 +315,7 @@ def main() -> None:
         gpt2_cost(args.cost)
         return
     planted()
+    residual()
     example("digits", 10)
     example("induction", 2)
     if not args.skip_gpt2:

@@ -558,3 +558,125 @@ def test_gpt2_s_mlp_neurons_are_moved_at_c_proj_s_input_after_the_gelu() -> None
     handle.remove()
     expected = ((mlp.act(mean).unsqueeze(0) - read["x"].detach()) * read["x"].grad).sum(1).T
     assert torch.allclose(found, expected, atol=1e-5)
+
+
+class ReluChain(nn.Module):
+    """fc1 -> ReLU -> fc2 -> ReLU -> fc3: fc1 read unit by unit by fc2, fc2 by fc3 (``bypass``: fc2 also read
+    whole by ``skip``, so it stays at its output)."""
+
+    def __init__(self, bypass: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 10), nn.Linear(10, 6), nn.Linear(6, 3)
+        self.skip = nn.Linear(6, 3) if bypass else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc2(torch.relu(self.fc1(x)))
+        out = self.fc3(torch.relu(h))
+        return out + self.skip(h) if self.skip is not None else out
+
+
+def _chain_problem(bypass: bool, zero: bool):
+    from mechaudit.techniques import second_order
+
+    model = ReluChain(bypass).eval()
+    inputs = torch.randn(48, 4, generator=torch.Generator().manual_seed(4))
+    view = ModelView.discover(model, inputs[:2], ("fc1", "fc2"))
+    with torch.no_grad():
+        h1 = model.fc1(inputs)
+        h2 = model.fc2(torch.relu(h1))
+    values = {"fc1": (torch.zeros(10) if zero else h1.mean(0)).unsqueeze(-1),
+              "fc2": (torch.zeros(6) if zero else h2.mean(0)).unsqueeze(-1)}
+    sites = second_order.patch_sites(view, view.layers, inputs, None, 48, torch.device("cpu"), rule="test")
+    return model, view, inputs, {"m": (values, None)}, sites
+
+
+@pytest.mark.parametrize("zero", [False, True], ids=["mean", "zero"])
+def test_two_read_sites_in_series_at_once_equal_one_at_a_time(zero: bool) -> None:
+    from mechaudit.techniques import ablation_screen
+
+    model, view, inputs, modes, sites = _chain_problem(bypass=False, zero=zero)
+    assert set(sites) == {"fc1", "fc2"}
+    targets = torch.zeros(len(inputs), dtype=torch.long)
+    cpu = torch.device("cpu")
+    both = ablation_screen.interpolated_estimates(view, view.layers, inputs, targets, _first_logit, modes, 1, 16,
+                                                  cpu, sites=sites)["m"]
+    for layer in view.layers:
+        alone = ablation_screen.interpolated_estimates(view, [layer], inputs, targets, _first_logit, modes, 1, 16,
+                                                       cpu, sites={layer.name: sites[layer.name]})["m"]
+        assert torch.allclose(both[layer.name], alone[layer.name], atol=1e-6)
+    with torch.no_grad():  # fc2, read by the output layer (linear there): exact, the ReLU crossed
+        h2 = model.fc2(torch.relu(model.fc1(inputs)))
+        value = modes["m"][0]["fc2"][:, 0]
+        exact = torch.stack([model.fc3(torch.relu(torch.where(torch.arange(6) == u, value, h2)))[:, 0]
+                             - model.fc3(torch.relu(h2))[:, 0] for u in range(6)])
+    assert torch.allclose(both["fc2"], exact, atol=1e-5)
+
+
+def test_a_mixed_call_moves_the_read_layer_at_its_reader_and_keeps_the_bypassed_one_at_its_output() -> None:
+    from mechaudit.techniques import ablation_screen
+
+    model, view, inputs, modes, sites = _chain_problem(bypass=True, zero=False)
+    assert set(sites) == {"fc1"}  # fc2 is also read whole by skip
+    targets = model(inputs).argmax(-1).detach()
+    cpu = torch.device("cpu")
+    mixed = ablation_screen.interpolated_estimates(view, view.layers, inputs, targets, atp.label_margin, modes, 1,
+                                                   16, cpu, sites=sites)["m"]
+    alone = ablation_screen.interpolated_estimates(view, [view.layer("fc1")], inputs, targets, atp.label_margin,
+                                                   modes, 1, 16, cpu, sites=sites)["m"]
+    plain = atp.ablation_estimates(view, view.layers, inputs, targets, atp.label_margin, modes)["m"]
+    assert torch.allclose(mixed["fc1"], alone["fc1"], atol=1e-6)
+    assert torch.allclose(mixed["fc2"], plain["fc2"], atol=1e-6)
+    assert (mixed["fc1"] - plain["fc1"]).abs().max() > 1e-3  # fc1 really moved elsewhere
+
+
+def test_two_path_points_at_the_reader_s_input_follow_a_metric_quadratic_there() -> None:
+    """A metric quadratic in the reader's input (the square of the first logit): two left Riemann points, 0 and
+    1/2, of the straight path at the reader's input give ``delta . (g(0) + g(1/2)) / 2``, computed here by hand;
+    points elsewhere (the unit's pre-activation, the trapezoid's 0 and 1) give another value."""
+    from mechaudit.techniques import ablation_screen
+
+    model = ReluMlp()
+    view, inputs, hidden, mean, _, modes, sites = _site_problem(model, (4,))
+    targets = torch.zeros(len(inputs), dtype=torch.long)
+
+    def square(outputs: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+        return outputs[:, 0] ** 2
+    two = ablation_screen.interpolated_estimates(view, view.layers, inputs, targets, square, {"mean": modes["mean"]},
+                                                 2, 64, torch.device("cpu"), sites=sites)["mean"]["fc1"]
+    start, end = torch.relu(hidden), torch.relu(mean).unsqueeze(0).expand_as(hidden)
+
+    def gradient(alpha: float) -> torch.Tensor:
+        read = (start + alpha * (end - start)).detach().requires_grad_(True)
+        (model.fc2(read)[:, 0] ** 2).sum().backward()
+        return read.grad
+    expected = ((end - start) * (gradient(0.0) + gradient(0.5)) / 2).T
+    assert torch.allclose(two, expected, atol=1e-5)
+    trapezoid = ((end - start) * (gradient(0.0) + gradient(1.0)) / 2).T
+    assert (trapezoid - expected).abs().max() > 1e-3  # the test tells the interpolation points apart
+
+
+def test_l202_falls_back_to_the_outputs_when_the_readers_inputs_fail(monkeypatch) -> None:
+    from mechaudit.techniques import graddrop
+
+    original = graddrop.site_screen
+
+    def failing(choice, view, layers, inputs, targets, metric, modes, sites, *args):
+        if sites:
+            raise RuntimeError("reader broke")
+        return original(choice, view, layers, inputs, targets, metric, modes, sites, *args)
+    monkeypatch.setattr(graddrop, "site_screen", failing)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 300), nn.ReLU(), nn.Linear(300, 3)).eval()
+    inputs = torch.randn(120, 4)
+    findings = mechaudit.audit(model, inputs, labels=model(inputs).argmax(-1).detach(), select=["L202"],
+                               rules={"L202": {"calibration": 4}}).findings
+    screen = findings[0].evidence["screen"]
+    assert findings[0].status in ("pass", "fail")
+    assert screen["sites"]["at_readers_input"] == [] and "reader broke" in screen["sites"]["fallback"]
+    assert "fell back to the outputs" in screen["method"]
+    monkeypatch.setattr(graddrop, "site_screen", original)
+    fine = mechaudit.audit(model, inputs, labels=model(inputs).argmax(-1).detach(), select=["L202"],
+                           rules={"L202": {"calibration": 4}}).findings[0].evidence["screen"]
+    assert fine["sites"] == {"at_readers_input": ["0"], "fallback": None}
+    assert "1 layer(s) at their reader's input" in fine["method"]

@@ -15,7 +15,7 @@ import mechaudit
 from mechaudit.checks import critical_units
 from mechaudit.cost import LayerSize, Sizes
 from mechaudit.loading import AuditData
-from mechaudit.model_view import ModelView, installed
+from mechaudit.model_view import ModelView, installed, units_view
 from mechaudit.techniques import atp, graddrop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,8 +33,15 @@ def _scores(cancel: bool) -> tuple[torch.Tensor, torch.Tensor]:
     layer = view.layer("fc1")
     modes = {"mean": ({"fc1": torch.relu(model.fc1(inputs)).mean(0).detach().unsqueeze(-1)}, None)}
     plain = atp.ablation_estimates(view, [layer], inputs, labels, atp.label_margin, modes)["mean"]["fc1"]
-    terms = graddrop.graddrop_terms(view, [layer], inputs, labels, atp.label_margin, modes)
+    same, terms, _ = _site_screen(view, [layer], inputs, labels, atp.label_margin, modes)
+    assert torch.allclose(same["mean"]["fc1"], plain, atol=1e-6)  # the same estimator as plain AtP's
     return plain.abs().mean(1), terms.magnitude("mean", layer, plain)
+
+
+def _site_screen(view, layers, inputs, targets, metric, modes, sites=None, steps=1):
+    """L202's screen with GradDrop on: (plain estimates, terms, evidence)."""
+    return graddrop.site_screen("on", view, layers, inputs, targets, metric, modes, sites or {}, steps, 256,
+                                torch.device("cpu"))
 
 
 def _exact_margin_change(model: Cancelling, inputs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -103,7 +110,7 @@ def test_formula_matches_a_hand_computation() -> None:
     def output(out: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
         return out[:, 0]
     plain = atp.ablation_estimates(view, [layer], inputs, inputs, output, modes)["zero"]["a"]
-    terms = graddrop.graddrop_terms(view, [layer], inputs, inputs, output, modes)
+    _, terms, _ = _site_screen(view, [layer], inputs, inputs, output, modes)
     a = torch.cat([2 * inputs, 6 * inputs], 1).T  # (units, samples)
     assert torch.allclose(plain, torch.stack([0 * a[0], a[1]]), atol=1e-6)  # -a (1 + beta gamma): 0 and +a1
     assert terms.passes == 2 and terms.before["a"] == 1 and len(terms.dropped["zero"]["a"]) == 2
@@ -150,6 +157,12 @@ def test_auto_turns_graddrop_off_past_its_pass_bound_and_the_plan_charges_the_pa
               LayerSize("mid_out", "linear", 3, 3, True), LayerSize("fc2", "linear", 3, 3, False))
     sizes = Sizes(samples=600, max_samples=600, batch_size=256, layers=layers, input_values=4, output_values=3)
     assert graddrop.passes([layer.kind for layer in sizes.hidden], [True, False, False]) == 2
+    gpt2 = [f"transformer.h.{i}.{part}" for i in range(2)
+            for part in ("attn.c_attn", "attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    kinds = ["linear", "heads", "linear", "linear", "linear"] * 2
+    assert graddrop.passes(kinds, [True] * 10) == 9  # without names: every layer a block (an upper bound)
+    assert graddrop.passes(kinds, [True] * 10, gpt2) == 3  # attention and MLP one block each, as the rule runs
+    assert graddrop.passes(["conv", "conv", "linear"], [True] * 3, ["features.0", "features.3", "classifier.0"]) == 2
     on = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="on"))
     off = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="off"))
     assert on.backward - off.backward == 2 * 600
@@ -180,22 +193,200 @@ def test_l207_with_graddrop_patches_the_cancelling_unit_and_finds_it_carries_the
     assert not missed.evidence["screen"]["graddrop"]["used"]
 
 
-class KeywordBlock(nn.Module):
-    """A block called with its input as a keyword (as Hugging Face attention modules often are)."""
+class SkipAttention(nn.Module):
+    """Two-head self-attention whose residual skip is inside the module (as BERT's ``LayerNorm(dense(ctx) + x)``)."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.num_heads = 2
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(width, width) for _ in range(4))
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, w = x.shape
+        q, k, v = (p(x).view(b, t, 2, w // 2).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        weights = torch.softmax(q @ k.transpose(-1, -2) / (w // 2) ** 0.5, dim=-1)
+        return (weights @ v).transpose(1, 2).reshape(b, t, w)
+
+    def forward(self, x: torch.Tensor, drop: bool = False) -> torch.Tensor:
+        context = self.context(x)
+        return x + self.o_proj(context.detach() if drop else context)
+
+
+class TinyTransformer(nn.Module):
+    """embed -> attention (skip inside) -> MLP (skip outside: up, ReLU, down) -> out, read at the last token."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.inner = nn.Linear(3, 3)
+        torch.manual_seed(0)
+        self.embed, self.attn = nn.Linear(3, 4), SkipAttention()
+        self.up, self.down, self.out = nn.Linear(4, 8), nn.Linear(8, 4), nn.Linear(4, 2)
 
-    def forward(self, *, hidden: torch.Tensor, scale: tuple[torch.Tensor, float]) -> torch.Tensor:
-        return self.inner(hidden) * scale[0] * scale[1]
+    def forward(self, x: torch.Tensor, drop: str = "") -> torch.Tensor:
+        h = self.attn(self.embed(x), drop=drop == "attn")
+        mlp = self.down(torch.relu(self.up(h)))
+        return self.out((h + (mlp.detach() if drop == "mlp" else mlp))[:, -1])
 
 
-def test_dropping_a_block_detaches_its_keyword_and_nested_inputs_and_leaves_the_skip_path() -> None:
-    block, start = KeywordBlock(), torch.ones(2, 3, requires_grad=True)
-    factor = start.sum(1, keepdim=True)
-    with installed([graddrop._detach_inputs(block)]):
-        out = start + block(hidden=start * 2, scale=(factor, 2.0))
-    out.sum().backward()
-    assert torch.equal(start.grad, torch.ones(2, 3))  # the skip path alone
-    assert block.inner.weight.grad is not None  # the block's own parameters still get their gradient
+def _first_order(model: TinyTransformer, x: torch.Tensor, drop: str) -> torch.Tensor:
+    """By hand: embed's zero-ablation estimate per unit and sample with ``drop``'s write detached."""
+    h = model.embed(x).detach().requires_grad_(True)
+    attended = model.attn(h, drop=drop == "attn")
+    mlp = model.down(torch.relu(model.up(attended)))
+    out = model.out((attended + (mlp.detach() if drop == "mlp" else mlp))[:, -1])
+    out[:, 0].sum().backward()
+    return (-h.detach() * h.grad).sum(1).T  # (units, samples): zero ablation, summed over tokens
+
+
+def test_transformer_blocks_merge_the_attention_projections_and_keep_the_inner_skip() -> None:
+    model, x = TinyTransformer().eval(), torch.randn(5, 3, 3, generator=torch.Generator().manual_seed(1))
+    view = ModelView.discover(model, x[:2])
+    found = graddrop.blocks(view.layers)
+    assert [b.name for b in found] == ["embed", "attn", "up", "down"]  # q/k/v/o inside attn: one block
+    assert {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj"} <= found[1].members
+    layers = [view.layer("embed"), view.layer("attn")]
+    clean, _ = atp.activations_and_gradients(view, layers, x, x, lambda out, _t: out[:, 0])
+    modes = {"zero": ({layer.name: torch.zeros_like(units_view(clean[layer.name], layer)[0]) for layer in layers},
+                      None)}
+
+    def output(out: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+        return out[:, 0]
+    plain, terms, evidence = _site_screen(view, layers, x, x, output, modes)
+    assert evidence["passes"] == 3 and evidence["done"] == "3 blocks"
+    by_block = dict(zip(["attn", "up", "down"], terms.dropped["zero"]["embed"]))
+    assert len(by_block) == 3 and terms.before["embed"] == 0
+    # dropping the attention's write: the skip inside it still carries embed's effect (not 0), exactly as by hand
+    assert by_block["attn"].abs().max() > 1e-3
+    assert torch.allclose(by_block["attn"], _first_order(model, x, "attn"), atol=1e-5)
+    assert torch.allclose(by_block["up"], _first_order(model, x, "mlp"), atol=1e-5)
+    assert torch.allclose(plain["zero"]["embed"], _first_order(model, x, ""), atol=1e-5)
+    # the heads inside the dropped MLP's upstream keep their gradient: their terms past the MLP are not 0
+    heads_terms = terms.dropped["zero"]["attn"]
+    assert len(heads_terms) == 2 and all(t.abs().max() > 1e-4 for t in heads_terms)
+    for module in model.modules():  # every detach hook removed
+        assert not module._forward_pre_hooks and not module._forward_hooks
+
+
+def test_dropping_removes_its_hook_after_an_exception() -> None:
+    model, x = TinyTransformer().eval(), torch.randn(2, 3, 3)
+    view = ModelView.discover(model, x)
+    for block in graddrop.blocks(view.layers):
+        with pytest.raises(RuntimeError), graddrop.dropping(view, block):
+            raise RuntimeError("inside")
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+class Sequential3(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(3, 6), nn.Linear(6, 5), nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_a_block_that_reads_a_unit_at_its_input_cuts_it_whatever_the_hook_order() -> None:
+    """fc1 moved at fc2's input (after its ReLU); dropping fc2 (on every path) must give 0 however the hooks are
+    registered, and a sequential net's GradDrop must stay plain AtP. A detach of fc2's *input* registered before the
+    site's hook would hand the site a fresh leaf and give plain AtP instead (checked: the trap is real)."""
+    from mechaudit.techniques.node_ablation import Reader
+    from mechaudit.techniques.path_attribution import MovedSite, moved_sites
+
+    model, x = Sequential3().eval(), torch.randn(16, 3, generator=torch.Generator().manual_seed(3))
+    view = ModelView.discover(model, x[:2])
+    fc1, fc2 = view.layer("fc1"), view.layer("fc2")
+    block = next(b for b in graddrop.blocks(view.layers) if b.name == "fc2")
+
+    def site_grad(first: str) -> torch.Tensor | None:
+        site = MovedSite(fc1, Reader(fc1, fc2))
+        detach_input = lambda _m, args: (args[0].detach(),)  # noqa: E731 - the trap's hook
+        contexts = {"drop": lambda: graddrop.dropping(view, block),
+                    "input": lambda: installed([model.fc2.register_forward_pre_hook(detach_input)]),
+                    "site": lambda: moved_sites(view, [site], None)}
+        with contexts[first](), contexts["site" if first != "site" else "drop"](), torch.enable_grad():
+            total = model(x)[:, 0].sum()
+            return torch.autograd.grad(total, site.moved, allow_unused=True)[0] if total.requires_grad else None
+    for first in ("drop", "site"):
+        grad = site_grad(first)
+        assert grad is None or not grad.any()
+    trap = site_grad("input")
+    assert trap is not None and trap.abs().max() > 1e-4  # the input detach registered first does not cut it
+    modes = {"zero": ({"fc1": torch.zeros(6, 1)}, None)}
+    plain, terms, evidence = _site_screen(view, [fc1], x, x, lambda out, _t: out[:, 0], modes,
+                                          sites={"fc1": Reader(fc1, fc2)})
+    assert terms.zero["fc1"] == 1 and not terms.dropped["zero"]["fc1"]  # fc2 on every path: left out
+    assert torch.equal(terms.ranked("zero", fc1, plain["zero"]["fc1"], lambda e: e.abs().mean(1)),
+                       plain["zero"]["fc1"].abs().mean(1))
+
+
+def test_l207_cost_charges_the_path_screen_once_more_per_block() -> None:
+    from mechaudit.checks import patching
+
+    layers = tuple(LayerSize(f"l{i}", "linear", 200, 200, True) for i in range(3)) + (
+        LayerSize("out", "linear", 3, 3, False),)
+    sizes = Sizes(samples=100, max_samples=100, batch_size=50, layers=layers, input_values=4, output_values=3)
+    for steps in (1, 3):
+        on = patching._cost(sizes, patching.PatchingParams(screen_graddrop="on", screen_steps=steps))
+        off = patching._cost(sizes, patching.PatchingParams(screen_graddrop="off", screen_steps=steps))
+        n = sizes.n(patching.PatchingParams().samples)
+        assert on.backward - off.backward == pytest.approx(2 * steps * n)  # two blocks after the first layer
+        assert on.forward - off.forward == pytest.approx(2 * steps * n + (2 * n if steps == 1 else 0))
+
+
+class Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(4, 8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+class MlpNet(nn.Module):
+    """A sequential stack (not one block), a residual MLP module (one block written by ``down``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack, self.mlp, self.out = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4)), Mlp(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stack(x)
+        return self.out(h + self.mlp(h))
+
+
+def test_an_mlp_module_is_one_block_written_by_its_last_linear_and_a_sequential_is_not() -> None:
+    model, x = MlpNet().eval(), torch.randn(6, 3)
+    view = ModelView.discover(model, x[:2])
+    found = graddrop.blocks(view.layers, model)
+    assert [(b.name, sorted(b.members)) for b in found] == [
+        ("stack.0", ["stack.0"]), ("stack.1", ["stack.1"]), ("mlp.down", ["mlp.down", "mlp.up"])]
+    assert len(graddrop.blocks(view.layers)) == 4  # without the model: no module classes to group by
+    layer = view.layer("stack.1")
+    modes = {"zero": ({"stack.1": torch.zeros(4, 1)}, None)}
+    _, terms, evidence = _site_screen(view, [layer], x, x, lambda out, _t: out[:, 0], modes)
+    assert evidence["passes"] == 1  # the MLP once, not twice
+
+    h = model.stack(x).detach().requires_grad_(True)
+    model.out(h + model.mlp(h).detach())[:, 0].sum().backward()
+    (term,) = terms.dropped["zero"]["stack.1"]
+    assert torch.allclose(term, (-h.detach() * h.grad).T, atol=1e-6)  # the skip alone
+
+
+def test_graddrop_stops_where_the_time_budget_ends_and_says_how_many_blocks_ran(monkeypatch) -> None:
+    from mechaudit import deadline
+
+    now = [0.0]
+    monkeypatch.setattr(deadline, "clock", lambda: now[0])
+    model, x = TinyTransformer().eval(), torch.randn(2, 3, 3)
+    view = ModelView.discover(model, x)
+    layers = [view.layer("embed"), view.layer("attn")]
+
+    def estimate() -> dict[str, torch.Tensor]:
+        now[0] += 1.0  # each path screen takes a second
+        return {layer.name: torch.ones(layer.size) for layer in layers}
+    with deadline.within(4.0):  # 3.4 s before the reserve: a block of 1 s (x1.5 safety) fits twice
+        terms, evidence = graddrop.path_screen("on", view, layers, estimate, 1.0)
+    assert evidence["passes"] == 2 and evidence["planned"] == 3 and evidence["done"] == "2 of 3 blocks"
+    assert len(terms.dropped["patch"]["embed"]) == 2  # the mean is over the blocks done
+    _, unbounded = graddrop.path_screen("on", view, layers, estimate, 1.0)
+    assert unbounded["done"] == "3 blocks"

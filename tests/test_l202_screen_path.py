@@ -1,9 +1,9 @@
 """L202's screen integrates the margin's gradient along the path to the ablated value (``screen_steps``): a unit
 that mean ablation switches on through a ReLU (gradient 0 at its clean, negative activation) is missed by the
 first-order screen at the unit's output and found by the path-integrated one, and by the first-order one at its
-reader's input (after the ReLU, :mod:`mechaudit.techniques.site_ablation`); its control passes either way. The screen's evidence
-states its agreement with the exact ablations on the accuracy drop and on the mean loss of label margin, each with a
-bootstrap interval."""
+reader's input (after the ReLU, :mod:`mechaudit.techniques.site_ablation`); its control passes either way. The
+screen's evidence states its agreement with the exact ablations on the accuracy drop and on the mean loss of label
+margin, each with a bootstrap interval."""
 
 from __future__ import annotations
 
@@ -127,8 +127,11 @@ def test_each_further_path_point_costs_a_forward_and_backward_pass_per_screened_
 
     layers = tuple(LayerSize(f"l{i}", "linear", WIDTH, WIDTH, True) for i in range(3))
     sizes = Sizes(samples=100, max_samples=100, batch_size=100, layers=layers, input_values=3, output_values=3)
-    one, three = (_cost(sizes, CriticalUnitsParams(screen_steps=steps)) for steps in (1, 3))
+    one, three = (_cost(sizes, CriticalUnitsParams(screen_steps=steps, screen_graddrop="off")) for steps in (1, 3))
     assert three.backward - one.backward == 2 * 3 * 100 and three.forward - one.forward == 2 * 3 * 100
+    # GradDrop (auto: 2 blocks after l0) reruns every point of the screen once per block
+    one, three = (_cost(sizes, CriticalUnitsParams(screen_steps=steps, screen_graddrop="auto")) for steps in (1, 3))
+    assert three.backward - one.backward == pytest.approx((1 + 2) * 2 * 3 * 100)
 
 
 def test_without_a_calibration_sample_neither_screen_states_a_recall() -> None:

@@ -6,6 +6,7 @@ token."""
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_right
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from .decomposition_evidence import PICTURED_UNITS, unit_pictures
 from .registry import RuleDefinition, RuleDocs, param, register
 from .screen_confirm import confirm_selection
 from .screen_params import calibration_param, exhaustive_param, graddrop_param
+
+_LOG = logging.getLogger(__name__)
 
 MODES = ("zero", "mean", "resample")
 #: Every non-empty combination of modes, in canonical order ("zero", "zero,mean", ..., "zero,mean,resample").
@@ -84,8 +87,10 @@ the GELU; found and checked on 16 samples, `mechaudit.techniques.second_order.pa
 screen), each unit is moved at that module's input instead (`mechaudit.techniques.site_ablation`): the move there is
 the exact change of what the reader reads, f(a_new) - f(a), where the gradient at the unit's output takes the
 nonlinearity's slope at the clean value (0 for a ReLU unit that is off, however far its mean switches it on); one
-more forward pass per batch and flagged mode, with every audited layer ablated at once, gives the ablated values
-there. The screen's accuracy drop is the mean over samples of the probability that the margin changes
+more forward pass per batch and flagged mode, with every such layer ablated at once (stopped after the last reader),
+gives the ablated values there. The `screen` evidence's `sites` names the layers moved there and, where moving them
+failed (e.g. a reader that did not run), why the screen fell back to every unit at its output (a warning too); its
+`method` says how many. The screen's accuracy drop is the mean over samples of the probability that the margin changes
 sign when that estimate is off by a normal error of 15% of its size, overall and per judged class. Every unit of
 every such layer is ranked together (one budget for the audit, not one per layer) by the larger of its predicted
 overall drop over `max_accuracy_drop` and its predicted drop for one class over `max_class_accuracy_drop`: only the
@@ -124,11 +129,12 @@ exact 0.81, because the ablation changes which other class is the best, a kink o
 1.00 (its two planted heads are the screen's top two; heads stay at their outputs). The first-order margin change
 agrees with the exact one at 0.956 (0.953) on `digits`, top-10 recall 0.8 (0.9). On the 2,048 `mlp.c_fc` neurons of a
 random-weight 2-layer, 256-wide GPT-2 (read by `c_proj` after the GELU): accuracy drop 0.896 (0.860), top-32 recall
-0.94 (0.88); margin change 0.966 (0.941), recall 0.84 (0.78); the screen, with the readers' check, 437x faster than
+0.94 (0.88), and 0.883 / 0.94 with GradDrop, which `auto` runs there (2 blocks; `digits` and `induction`
+unchanged); margin change 0.966 (0.941), recall 0.84 (0.78); the screen, with the readers' check, 437x faster than
 the exact scan of every neuron (1,144x at the outputs).
 Of AtP*'s fixes, the QK fix does not apply (a head component is the
-head's output, after its softmax); cancellation over samples cannot happen (scored per sample); GradDrop (path-wise
-cancellation) is not implemented: the calibration bound states what any such failure could hide.
+head's output, after its softmax); cancellation over samples cannot happen (scored per sample); path-wise cancellation
+is GradDrop's (`screen_graddrop`, below); the calibration bound states what any other failure could hide.
 Agreement, per quantity (`screen.agreement`): the exact passes also record each checked unit's mean loss of label margin
 (the continuous quantity whose per-sample estimates the screen's drop is built from), against clean margins from the
 scanner's own passes for that layer (one unit replaced by its own activation, so an ablation that changes nothing loses
@@ -162,21 +168,16 @@ straight path from the activation to its ablated value, one layer moved at a tim
 the input instead), so that a ReLU the ablation switches on (gradient 0 at the clean activation) enters the estimate.
 For the estimator alone, run on every unit of `digits`' layers (`python benchmarks/l202_screen.py --digits`; L202 itself
 never screens them, each holds at most 256 units and is ablated exactly), 2 points raise the recall of the exact top 10
-from 0.8 to 0.9 (rho 0.95 to 0.94) at the units' outputs (that benchmark moves them there; at the readers' inputs one
-point reaches 0.9, rho 0.98, and two 0.9, rho 0.95); on the GPT-2 blocks rho falls to 0.76 and the top-16 recall to
-0.62 (moving all 3,072 neurons of a layer halfway to their means is far from ablating one), and each point costs a
-forward and backward pass per screened layer; so the default stays the first order.
-`screen_graddrop` adds AtP*'s cancellation fix (GradDrop, `mechaudit.techniques.graddrop`): the screen is recomputed
-once per audited Linear, Conv or attention block that runs after a screened layer, with that block's input detached
-(a skip or branch around it still carries gradient), and a unit is ranked by the mean over the blocks other than its
-own of those estimates' predicted drops (each at least 0; plain AtP for the blocks before it) where that exceeds plain
-AtP's. `python benchmarks/graddrop.py`: a unit whose two paths cancel at first order, whose mean ablation removes a
-class, is ranked 138th of 300 (tied at 0) by plain AtP and 1st with GradDrop; the control without the second path, and
-`digits` (sequential: GradDrop cannot exceed plain AtP there; rho 0.948, top-10 recall 0.8), `induction` (1.0) and a
-random 2-layer GPT-2's 1,032 units (0.525) rank as before. Each block costs a forward and backward pass per batch:
-on GPT-2-small's shape (`--cost 12`, heads and all 36,864 `c_fc` neurons, 16 prompts of 32 tokens) 23 passes took
-98 s CPU against the screen's 4.7 s (20.8x), so `auto` (default) runs it only when at most 4 blocks follow the first
-screened layer. The screen's `graddrop` evidence says whether it ran, why, and over how many blocks.
+from 0.8 to 0.9 (rho 0.95 to 0.94) at the units' outputs (that benchmark moves them there); on the GPT-2 blocks
+rho falls to 0.76 and the top-16 recall to 0.62 (moving all 3,072 neurons of a layer halfway to their means is far
+from ablating one), and each point costs a forward and backward pass per screened layer; so the default stays the
+first order.
+`screen_graddrop` adds AtP*'s cancellation fix, GradDrop (`mechaudit.techniques.graddrop`, where it is explained and
+measured): the screen is rerun with the same estimator (same sites, ablated values and path points) once per audited
+block after the first screened layer with that block's write detached, and a unit is ranked by the mean of those
+estimates' predicted drops where that exceeds plain AtP's; `auto` (default) runs it when at most 4 blocks follow.
+The margin scores (`agreement.margin_loss`) stay plain AtP. The screen's `graddrop` evidence says whether it ran, why,
+and over how many blocks (`done`: `k of K blocks` where the time budget stopped it).
 Time budget: the plan's estimate cannot foresee the machine's load (GPT-2-small's shape: 278 s on an idle machine,
 593 s under load, against the default 600 s time-out; issue 16), so the screened units are ablated exactly in order, the
 screen's top-ranked first (its `screen_top_k`, then each layer's best), then the calibration sample in a seeded random
@@ -292,10 +293,12 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
         steps = 1 + (params.screen_steps - 1) * len(wide) * len(flagged)
         screen = with_gradients(sizes, n, steps) + forwards(sizes, n, len(flagged)) + forwards(sizes, n) \
             + unit_split_check(sizes, min(n, sizes.batch_size, second_order.SITE_CHECK_SAMPLES))
-        drops = graddrop.passes([layer.kind for layer in sizes.hidden], screened)  # AtP*'s GradDrop, when on
-        if graddrop.enabled(params.screen_graddrop, drops)[0]:
-            screen = screen + with_gradients(sizes, n, drops) + (forwards(sizes, n, drops) if "resample" in flagged
-                                                                 else Cost())
+        drops = graddrop.passes([layer.kind for layer in sizes.hidden], screened,  # AtP*'s GradDrop, when on
+                                [layer.name for layer in sizes.hidden])
+        if graddrop.enabled(params.screen_graddrop, drops)[0]:  # the screen's gradient passes again per block (the
+            # ablated values and sources are shared); held: a float per block, mode, unit and sample
+            screen = screen + with_gradients(sizes, n, drops * steps) \
+                + Cost(peak_bytes=drops * len(flagged) * sum(wide) * n * 4)
     return stats_pass(sizes) + screen + Cost(forward=n * (sum(units * modes for units, modes in exact) + 1),
                                              calls=calls,
                                              peak_bytes=min(copies, max((u for u, _ in exact), default=1)) * batch
@@ -477,6 +480,7 @@ class _Pool:
     cut: bool = False  # whether the time budget stopped the exact ablations before the whole selection
     planned: atp.Selection | None = None  # the selection before the time budget's cut (None: not confirmed yet)
     graddrop: dict | None = None  # whether and how AtP*'s GradDrop scored the units (techniques.graddrop)
+    sites: dict | None = None  # the layers moved at their readers' inputs, and why the screen fell back if it did
 
     def confirm(self, scan: Callable[..., dict], modes: list[str], scanned: dict, seed: int,
                 inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -657,10 +661,14 @@ class _Pool:
         over = {i: overall[i] > params.max_accuracy_drop or worst[i] > params.max_class_accuracy_drop
                 for i in overall}
         steps = params.screen_steps
+        sites = self.sites or {"at_readers_input": [], "fallback": None}
+        where = (f"{len(sites['at_readers_input'])} layer(s) at their reader's input, the others at their output"
+                 + (" (fell back to the outputs: the readers' inputs failed)" if sites["fallback"] else ""))
         found = atp.report(self.selection, self.scores, overall, names, "attribution patching (AtP*): predicted "
                            f"accuracy drop (overall and per class) from margin changes integrated over {steps} "
                            "point(s) of the path to the ablated value (the first the clean activation; each other "
-                           "one forward and one backward pass per layer and batch), every unit of every screened "
+                           "one forward and one backward pass per layer and batch; "
+                           f"{where}), every unit of every screened "
                            "layer ranked together by the larger of its predicted drops, each over its threshold",
                            threshold=params.max_accuracy_drop, over=over)
         missed = dict(found.missed)
@@ -678,7 +686,8 @@ class _Pool:
                             if self.selection.calibration else None}}  # as the drop's: no recall without calibration
         return {**found.to_evidence(), "missed": missed, "screen_top_k": params.screen_top_k,
                 "screen_top_checked": len(self.selection.top),
-                "layer_top": len(self.selection.extra), "exact_modes": list(modes), "agreement": agreement}
+                "layer_top": len(self.selection.extra), "exact_modes": list(modes), "agreement": agreement,
+                "sites": sites}
 
 
 def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Layer], inputs: torch.Tensor,
@@ -689,16 +698,25 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
     ``calibration`` sample of the others are ablated exactly."""
     def margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return atp.label_margin(context.logits(outputs), targets)
-    measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
     sites = second_order.patch_sites(context.view, layers, inputs, None, context.batch_size, context.device,
                                      rule="L202: the screen")  # units read after their nonlinearity: moved there
-    estimates = ablation_screen.interpolated_estimates(context.view, layers, inputs, labels, margin,
-                                                       {m: replacements[m] for m in flagged}, params.screen_steps,
-                                                       context.batch_size, context.device, measured, sites=sites)
+    modes = {m: replacements[m] for m in flagged}
+    fallback = ""
+    try:
+        measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
+        estimates, dropped, dropped_evidence = graddrop.site_screen(
+            params.screen_graddrop, context.view, layers, inputs, labels, margin, modes, sites, params.screen_steps,
+            context.batch_size, context.device, measured)
+    except Exception as error:  # noqa: BLE001 - the readers' inputs are optional: every unit at its output
+        if not sites:
+            raise
+        fallback = f"moving units at their readers' inputs failed ({type(error).__name__}: {error}); at the outputs"
+        _LOG.warning("L202: the screen %s", fallback)
+        sites, measured = {}, []
+        estimates, dropped, dropped_evidence = graddrop.site_screen(
+            params.screen_graddrop, context.view, layers, inputs, labels, margin, modes, sites, params.screen_steps,
+            context.batch_size, context.device, measured)
     margins = torch.cat(measured)
-    dropped, dropped_evidence = graddrop.screen_terms(params.screen_graddrop, context.view, layers, inputs, labels,
-                                                      margin, {m: replacements[m] for m in flagged},
-                                                      context.batch_size, context.device)
     masks = [labels.cpu() == c for c in judged]
     offsets, scores, class_scores, rankings, best, total = {}, [], [], [], [], 0
     margin_scores = []
@@ -707,8 +725,8 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
         margin_scores.append(torch.stack([-e.mean(dim=1) for e in per_mode]).amax(dim=0))
         layer_scores = torch.stack([graddrop.ranked(dropped, m, layer, e, lambda t: atp.predicted_accuracy_drop(
             t, margins)) for m, e in zip(flagged, per_mode)]).amax(dim=0)
-        per_class = torch.stack([torch.stack([graddrop.ranked(dropped, m, layer, e, lambda t, k=mask: atp.
-                                                              predicted_accuracy_drop(t[:, k], margins[k]))
+        per_class = torch.stack([torch.stack([graddrop.ranked(dropped, m, layer, e, lambda t, k=mask:
+                                                              atp.predicted_accuracy_drop(t[:, k], margins[k]))
                                               for m, e in zip(flagged, per_mode)]).amax(dim=0) for mask in masks], 1) \
             if masks else torch.zeros(layer.size, 0)
         ranking = layer_scores / max(params.max_accuracy_drop, 1e-12)
@@ -723,7 +741,8 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
     ranking = torch.cat(rankings)
     return _Pool(layers, offsets, torch.cat(scores), torch.cat(class_scores), ranking,
                  atp.select(ranking, params.screen_top_k, params.calibration, context.seed, also=best),
-                 torch.cat(margin_scores), graddrop=dropped_evidence)
+                 torch.cat(margin_scores), graddrop=dropped_evidence,
+                 sites={"at_readers_input": sorted(sites), "fallback": fallback or None})
 
 
 def _exact_evidence(units: int, params: CriticalUnitsParams) -> dict:

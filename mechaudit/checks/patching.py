@@ -9,6 +9,7 @@ the components that carry the behaviour by their exact recovered fractions.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -84,15 +85,12 @@ bootstrap interval; top-10 recall among those patched exactly) for 1 / 2 / 3 / 5
 GPT-2-small shape (12,336 components, 64 prompts of 16 tokens, a sample of 32) 0.86 / 0.977 / 0.989 [0.96, 1.00] /
 0.984, recall 0.8 / 1.0 / 0.9 / 0.9 (a point 8-12 s); `induction` 1.0 at every count; the screen's time 1 / 1.2 /
 1.5-2.0 / 2.4-3.5 / 4.7-6.7 times one point's: `screen_steps = 3`.
-`screen_graddrop` adds AtP*'s cancellation fix (GradDrop, `mechaudit.techniques.graddrop`) to a first-order screen:
-the corrupted run's estimate recomputed once per audited Linear, Conv or attention block after the first layer, with
-that block's input detached, and a component ranked by the mean over the blocks other than its own of those
-estimates (each at least 0; the path screen's for blocks before it) where that exceeds the path screen's.
-`python benchmarks/graddrop.py`: a unit whose two paths cancel (its gradient is 0 along the whole path, yet patching
-it alone recovers the whole logit difference) is ranked 138th of 300 by the path screen, 1st with GradDrop; `digits`
-(rho 0.996, top-10 recall 1.0) and `induction` (1.0) rank as before, a random 2-layer GPT-2's 1,032 components 0.977
-/ 0.962 (top-16 recall 0.81 both). One forward and backward pass per block and batch; `auto` (default) runs it when
-at most 4 blocks follow the first layer; a stationary metric (second-order screen) does not use it.
+`screen_graddrop` adds AtP*'s cancellation fix (GradDrop, `mechaudit.techniques.graddrop`, where it is explained and
+measured) to the first-order screen: the path screen itself (same steps, same end runs) rerun once per audited block
+after the first layer with that block's write detached, and a component ranked by the mean of those estimates (each
+at least 0) where that exceeds the path screen's; `screen_steps` passes per block and batch, as the time budget
+allows; `auto` (default) runs it when at most 4 blocks follow the first layer; a stationary metric (second-order
+screen) does not use it. On a random 2-layer GPT-2 it costs a little agreement (Spearman 0.977 to 0.965).
 A metric stationary on the corrupted run gets a second-order screen instead (`mechaudit.techniques.second_order`):
 MiniLM's similarity behaviour, the cosine similarity of each prompt's output to its paraphrase's, is exactly 1 (its
 maximum) on the paraphrase run patched into, so every first-order term is 0 and a patch of one component lowers it
@@ -139,7 +137,7 @@ time, and the whole rule's time is unchanged since: 21.6 s against 20.6 s); the 
 the peak of the two runs' outputs. It is charged in the plan for a `similarity` behaviour (stationary on the
 corrupted run by construction: the one behaviour that turns it on) as a forward pass and 9 backward passes per
 batch; a metric found stationary otherwise runs it uncharged.
-The QK fix does not apply (a head component is the head's output, after its softmax); GradDrop is not implemented
+The QK fix does not apply (a head component is the head's output, after its softmax); GradDrop: above
 (`mechaudit.techniques.atp`).
 Measured (`benchmarks/atp_screen.py`, every component patched both ways): on the 2,048 `mlp.c_fc` neurons and
 8 heads of a random-weight 2-layer, 256-wide GPT-2, Spearman 0.97 and recall of the exact top 32 by the screen's
@@ -249,9 +247,11 @@ def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
     if sizes.behaviour == "similarity" and sizes.hidden_units > atp.SCREEN_ABOVE and not params.exhaustive:
         cost = cost + _second_order_cost(sizes, n)
     elif sizes.hidden_units > atp.SCREEN_ABOVE and not params.exhaustive:  # AtP*'s GradDrop, when on
-        drops = graddrop.passes([layer.kind for layer in sizes.hidden], [True] * len(sizes.hidden))
-        if graddrop.enabled(params.screen_graddrop, drops)[0]:
-            cost = cost + with_gradients(sizes, n, drops) + forwards(sizes, n, drops)
+        drops = graddrop.passes([layer.kind for layer in sizes.hidden], [True] * len(sizes.hidden),
+                                [layer.name for layer in sizes.hidden])
+        if graddrop.enabled(params.screen_graddrop, drops)[0]:  # the path screen once more per block
+            cost = cost + with_gradients(sizes, n, params.screen_steps * drops, copies=5) \
+                + (forwards(sizes, n, drops) if params.screen_steps == 1 else Cost())
     return cost
 
 
@@ -296,14 +296,18 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
         return [Measurement(f"the counterfactual barely changes the {description} ({relative:.1%} of its clean size): "
                         "no component carries a difference to localise" + effect_note,
                         metric="top_recovered_fraction", value=0.0, evidence={**evidence, "carried": False})]
-    path = attribution_patching(context.view, layers, clean, corrupted, targets, metric, batch, device,
-                                params.screen_steps)
+    def path_screen() -> dict[str, torch.Tensor]:
+        return attribution_patching(context.view, layers, clean, corrupted, targets, metric, batch, device,
+                                    params.screen_steps)
+    began = time.perf_counter()
+    path = path_screen()
+    seconds = time.perf_counter() - began
     method = ("attribution patching (AtP*): (a_clean - a_corrupted) . dm/da, gradient averaged over "
               f"{params.screen_steps} point(s) of the straight path from the corrupted to the clean run")
     also: list[int] = []
     first_order = screened and totals.first_order_share >= second_order.STATIONARY
-    dropped, dropped_evidence = graddrop.screen_terms(params.screen_graddrop, context.view, layers, corrupted,
-                                                      targets, metric, {"patch": (None, clean)}, batch, device) \
+    dropped, dropped_evidence = graddrop.path_screen(params.screen_graddrop, context.view, layers, path_screen,
+                                                     seconds) \
         if first_order else (None, graddrop.not_used("stationary metric" if screened else "not screened"))
     estimate = torch.cat([graddrop.ranked(dropped, "patch", layer, path[layer.name].unsqueeze(1),
                                           lambda e: e.sum(1) / totals.effect) for layer in layers])

@@ -1,4 +1,5 @@
-"""The parameters screened rules declare (L202, L207, L208, R304; GradDrop: L202): see :mod:`..techniques.atp`."""
+"""The parameters screened rules declare (L202, L207, L208, R304; GradDrop: L202 and L207): see
+:mod:`..techniques.atp`."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def calibration_param(done: str, default: int = 16) -> Any:
 def graddrop_param() -> Any:
     """``screen_graddrop``: whether the screen adds AtP*'s GradDrop (:mod:`mechaudit.techniques.graddrop`)."""
     return param("auto", choices=("auto", "on", "off"),
-                 doc="screened: also score each unit by AtP*'s GradDrop (the screen recomputed once per audited "
-                     "Linear/Conv/attention block after the screened layers with that block's input detached, so "
-                     "paths whose effects cancel are scored apart), ranked by it where it exceeds plain AtP; one "
-                     f"forward and backward pass per such block and batch; auto: on when at most {AUTO_PASSES} "
-                     "blocks follow")
+                 doc="screened: also score each unit by AtP*'s GradDrop (the screen's own estimate rerun once per "
+                     "audited Linear/Conv/attention block after the first screened layer with that block's write "
+                     "detached, so paths whose effects cancel are scored apart), ranked by it where it exceeds plain "
+                     "AtP; the screen's gradient passes once more per such block, as the time budget allows; auto: "
+                     f"on when at most {AUTO_PASSES} blocks follow the first screened layer")

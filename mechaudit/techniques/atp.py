@@ -14,13 +14,8 @@ Which of AtP*'s fixes apply here:
   on the first-order path, so the QK fix has nothing to correct. Saturation in *later* heads, and any other
   non-linearity (a ReLU a replacement switches on), is what the exact confirmation and the calibration catch.
 * *Cancellation (GradDrop).* AtP* drops one layer's gradient at a time so that effects through different paths
-  cannot cancel in the sum. :mod:`.graddrop` builds it for any model from the audited layers alone: a *block* is
-  the module of an audited Linear, Conv or attention layer (heads: the attention module), dropping it detaches
-  that module's input in the forward pass (a skip or branch around it still carries gradient), and a unit's
-  GradDrop score is the mean over the blocks other than its own of its estimate's score with that block dropped
-  (plain AtP for blocks that ran before it; one forward and backward pass per later block and batch). L202 and
-  L207 rank a unit by it where it exceeds plain AtP's (``screen_graddrop``; ``auto`` runs it when at most
-  :data:`.graddrop.AUTO_PASSES` blocks follow, not on GPT-2-small's 23). The sum that cancels across samples is
+  cannot cancel in the sum: :mod:`.graddrop` (L202 and L207, ``screen_graddrop``; how blocks are found from the
+  audited layers alone, what it costs and what it measures are there). The sum that cancels across samples is
   kept apart anyway: :func:`ablation_estimates` keeps the estimate per sample, and a rule aggregates per sample
   (L202 counts predicted flips; R304 averages the absolute per-sample change, as its exact loss does). A
   stationary metric (MiniLM's L207 similarity, at its maximum on the corrupted run) has no first-order term
