@@ -88,7 +88,7 @@ def current() -> Budget | None:
     return _current.get()
 
 
-def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
+def confirm(items: Sequence[T], run: Callable[[list[T]], float | None], what: str,
             weights: Sequence[float] | None = None, estimate: float | None = None) -> list[T]:
     """Run ``run`` on ``items`` in their order (most important first), in chunks, while the time left allows; returns
     the items run and, when some were left out, records a :class:`Cut` naming ``what`` they are on the budget.
@@ -98,6 +98,11 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
     (each item's relative cost, default 1) times :data:`SAFETY`. Before any item ran, that mean is ``estimate``
     (seconds per unit of weight, measured on similar work: the first item is then run only if it fits) or, without
     one, unknown: the first item runs whenever any time is left. Without a deadline, one chunk of every item.
+
+    A ``run`` whose chunks cost a fixed time whatever their size (e.g. a rerun of the batches before the items' own
+    work) returns that part of the chunk's seconds, measured: it is left out of the time per unit, the next chunk
+    is charged it once, and chunks are then sized by the time left alone (no doubling, which would pay it again
+    and again).
 
     Rank-local: no collective is made (a rule runs inside :func:`mechaudit.distributed.step`, where a rank that
     raises or has fewer items would leave the others waiting), so under torchrun each rank cuts on its own clock, and
@@ -109,27 +114,49 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
         return list(items)
     weight = [1.0] * len(items) if weights is None else [float(w) for w in weights]
     done, spent, size = 0, 0.0, 1
+    fixed: float | None = None  # the fixed part of the last chunk's time, when ``run`` reports one
+    fixed_spent = 0.0
     while done < len(items):
         left = budget.left() or 0.0
         if done:
-            per_unit: float | None = spent / sum(weight[:done]) * SAFETY
+            per_unit: float | None = max(spent - fixed_spent, 0.0) / sum(weight[:done]) * SAFETY
         else:
             per_unit = None if estimate is None else estimate * SAFETY
         if per_unit is None:  # no estimate yet: one item
             fits = 1 if left > 0 else 0
         else:
-            fits = max(_fitting(weight[done:], per_unit, left / 2), min(1, _fitting(weight[done:], per_unit, left)))
-        size = min(size, len(items) - done, fits)
+            room = left - (fixed or 0.0) * SAFETY
+            fits = max(_fitting(weight[done:], per_unit, room / 2), min(1, _fitting(weight[done:], per_unit, room)))
+        size = min(size if fixed is None else len(items), len(items) - done, fits)
         if size <= 0:
             break
         start = clock()
-        run(list(items[done:done + size]))
+        reported = run(list(items[done:done + size]))
         spent += clock() - start
+        if isinstance(reported, float):
+            fixed = reported
+            fixed_spent += reported
         done += size
         size *= 2
     if done < len(items):
         budget.cuts.append(Cut(what, len(items), done, budget.rule))
     return list(items[:done])
+
+
+def starts(items: Sequence[T], run: Callable[[T], object], what: str, first: float) -> list[T]:
+    """Run ``run`` on each of ``items`` in order while the time left holds ``first`` seconds (times :data:`SAFETY`):
+    for items that stop themselves in time once started (each a :func:`confirm` of its own) and cost about
+    ``first`` to start. Returns the items run; those never started are recorded as a :class:`Cut` naming ``what``."""
+    budget = current()
+    ran: list[T] = []
+    for item in items:
+        if budget is not None and budget.deadline is not None and (budget.left() or 0.0) < first * SAFETY:
+            break
+        run(item)
+        ran.append(item)
+    if budget is not None and len(ran) < len(items):
+        budget.cuts.append(Cut(what, len(items), len(ran), budget.rule))
+    return ran
 
 
 def record(cuts: Sequence[Cut], artifact: str) -> None:

@@ -459,7 +459,13 @@ def test_wide_pairs_are_screened_while_time_is_left_and_the_rest_listed_unscored
     from test_gradient_edges import _setup
 
     from mechaudit.techniques import circuits
-    _charged(monkeypatch, circuits, "_screened_pair", 30.0)
+    fake = _charged(monkeypatch, circuits, "_score_batch", 10.0)  # the one batch: 10 s
+    screened = circuits._screened_pair
+
+    def charged_after(*args, **kwargs):  # a pair costs 30 s, charged once it ran (its own units are not cut here)
+        screened(*args, **kwargs)
+        fake.now += 30.0
+    monkeypatch.setattr(circuits, "_screened_pair", charged_after)
     _, view, clean, corrupted, target = _setup(("blocks.0.attn", "blocks.0.mlp.0", "blocks.1.attn"))
 
     def scores(seconds: int):
@@ -469,7 +475,8 @@ def test_wide_pairs_are_screened_while_time_is_left_and_the_rest_listed_unscored
         return found, budget
     full, whole = scores(0)
     assert not full.unscored and not whole.cuts and len(full.edges.blocks) == 2
-    cut, budget = scores(60)  # 30 s a pair, 51 s: the first (30 s), then the second estimated at 45 s > 21 s
+    cut, budget = scores(60)  # 51 s before the reserve: the batch (10 s), the first pair (30 s); 11 s left do not
+    # hold the second pair's first unit (a rerun of the batch: 10 s x SAFETY)
     assert cut.unscored == [(view.layers[1].name, view.layers[2].name)] and len(cut.edges.blocks) == 1
     assert budget.cuts == cut.cuts == [deadline.Cut("screened layer pairs", 2, 1)]
     assert "not scored: the rule's time budget ran out" in cut.edge_choice()[-1]["method"]
@@ -645,9 +652,10 @@ def test_a_screened_pair_the_time_left_does_not_hold_keeps_its_best_units_and_en
     """10 s a run and 5 s a VJP (per unit and batch): the 4 batches take 40 s, and the pair's 16 units would take
     360 s more (4 reruns and 64 VJPs), far more than its prior estimate of one rerun of the batches (40 s). Within
     400 s (60 kept) it used to start whole and end at 400 s, past the deadline (in the engine, an error that loses
-    everything); now its units run in chunks (1, 1, 1 and 1 unit of 60 s, each estimated at 1.5 times the mean so
-    far within half the time left, or one within all of it), best-scored first, and it ends at 280 s with the edges
-    into its top 4 units, as scored with time, and says so. The control, with time, gives the scores of none."""
+    everything); now its units run in chunks, best-scored first: each chunk reports its reruns (40 s) as a fixed
+    cost, so after the first unit (60 s) each chunk holds the units whose VJPs (20 s each, 1.5 times that estimated)
+    fit in half the time left after one more rerun: 3, then 1; it ends at 260 s with the edges into its top 5
+    units, as scored with time, and says so. The control, with time, gives the scores of none."""
     from mechaudit.techniques import circuits
     vjps = circuits.screened_gradient_edges
 
@@ -663,13 +671,62 @@ def test_a_screened_pair_the_time_left_does_not_hold_keeps_its_best_units_and_en
     (every,) = full.edges.blocks
     assert every.scored_targets == 16 and "edges into the 16 of 32 units" in every.method
     cut, budget = _mlp_pair_scores(batch_clock, 400)
-    assert batch_clock.now == 280.0 <= budget.deadline - budget.reserve and cut.samples == 4 and not cut.unscored
+    assert batch_clock.now == 260.0 <= budget.deadline - budget.reserve and cut.samples == 4 and not cut.unscored
     assert budget.cuts == cut.cuts == [deadline.Cut("top units of blocks.1.mlp.0 screened for edges from "
-                                                    "blocks.0.mlp.0", 16, 4)]
+                                                    "blocks.0.mlp.0", 16, 5)]
     (block,) = cut.edges.blocks
-    best = torch.topk(torch.tensor([full.nodes[f"blocks.1.mlp.0:u{u}"] for u in range(32)]).abs(), 4).indices
-    assert block.scored_units == tuple(sorted(best.tolist())) and block.scored_targets == 4
-    assert "edges into the 4 of the planned 16 units" in block.method and "(cut by the time budget)" in block.method
+    best = torch.topk(torch.tensor([full.nodes[f"blocks.1.mlp.0:u{u}"] for u in range(32)]).abs(), 5).indices
+    assert block.scored_units == tuple(sorted(best.tolist())) and block.scored_targets == 5
+    assert "edges into the 5 of the planned 16 units" in block.method and "(cut by the time budget)" in block.method
     assert torch.equal(block.scores[:, best], every.scores[:, best]) and block.scores.sum() == block.scores[:, best].sum()
-    assert block.describe()["edges"] == 32 * 4
+    assert block.describe()["edges"] == 32 * 5
 
+
+
+def test_a_chunk_s_fixed_cost_is_paid_once_more_not_once_per_doubling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run reporting a fixed cost per chunk (a rerun of the batches) gets, after its first item, the rest in one
+    chunk when it fits; with doubling chunks the 100 s rerun would be paid 8 times for 128 items."""
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+    chunks: list[int] = []
+
+    def charge(chunk: list[int]) -> float:
+        chunks.append(len(chunk))
+        fake.now += 100.0 + 0.2 * len(chunk)
+        return 100.0
+    with deadline.within(1000):
+        assert deadline.confirm(list(range(128)), charge, "units", estimate=100.0) == list(range(128))
+    assert chunks == [1, 127] and fake.now == pytest.approx(225.6)
+    fake.now, chunks[:] = 0.0, []
+    with deadline.within(1000) as budget:  # the control: unreported, the rerun is priced per unit and paid per chunk
+        done = deadline.confirm(list(range(128)), lambda chunk: charge(chunk) and None, "units", estimate=100.0)
+    assert len(chunks) > 2 and len(done) < 128 and budget.cuts
+
+
+def test_a_tight_budget_with_a_fixed_cost_per_chunk_takes_what_fits_in_the_time_left(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reviewer's case: the rerun costs 100 s, each unit 0.2 s; with 500 s left after the batches (600 s budget,
+    90 kept) 128 units fit, where chunks priced per unit (rerun included) kept 3."""
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+
+    def charge(chunk: list[int]) -> float:
+        fake.now += 100.0 + 0.2 * len(chunk)
+        return 100.0
+    with deadline.within(600) as budget:
+        fake.now = 100.0
+        done = deadline.confirm(list(range(128)), charge, "units", estimate=100.0)
+    assert len(done) == 128 and not budget.cuts and fake.now < 510.0
+
+
+def test_pairs_start_while_one_unit_s_rerun_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+    started: list[str] = []
+
+    def run(item: str) -> None:
+        started.append(item)
+        fake.now += 30.0
+    with deadline.within(100) as budget:  # 85 s before the reserve; each start needs 15 s (10 x SAFETY)
+        assert deadline.starts(["a", "b", "c", "d"], run, "pairs", first=10.0) == ["a", "b", "c"]
+    assert budget.cuts == [deadline.Cut("pairs", 4, 3)]

@@ -310,12 +310,12 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
             raise NoTimeToScore("the rule's time budget ran out before one batch of edge scores: lift it with "
                                 "--rule-timeout SECONDS")
 
-        def screen(chosen: list[tuple[Layer, Layer]]) -> None:
-            for previous, layer in chosen:
-                _screened_pair(view, inputs[:scored], targets[:scored], behaviour,
-                               None if reference is None else reference[:scored], means, batch_size, device,
-                               previous, layer, found, max_passes, estimate=batches_took)
-        deadline.confirm(found.wide, screen, "screened layer pairs", estimate=batches_took)
+        def screen(pair: tuple[Layer, Layer]) -> None:
+            _screened_pair(view, inputs[:scored], targets[:scored], behaviour,
+                           None if reference is None else reference[:scored], means, batch_size, device,
+                           *pair, found, max_passes, estimate=batches_took)
+        # each pair cuts its own units (a rerun of the batches, then VJPs): it starts while one unit's rerun fits
+        deadline.starts(found.wide, screen, "screened layer pairs", first=batches_took)
         unscored = [(previous.name, layer.name) for previous, layer in found.wide
                     if (previous.name, layer.name) not in found.edges
                     and (previous.name, layer.name) not in found.unconnected]
@@ -326,7 +326,7 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     addresses[INPUT] = list(regions)
     order = {layer.name: index for index, layer in enumerate(layers)}
     blocks = [EdgeBlock(a, b, addresses[a], addresses[b], found.edges[(a, b)], found.methods[(a, b)],
-                        _scored_targets(found.methods[(a, b)]), found.screened_units.get((a, b)))
+                        _scored_targets(found.screened_units.get((a, b))), found.screened_units.get((a, b)))
               for a, b in sorted(found.edges, key=lambda pair: order[pair[1]])]
     read_by = {layer.name: reader for index, layer in enumerate(layers)
                if (reader := check.reader_of(layer.name, layers[index + 1].name if index + 1 < len(layers) else None))}
@@ -390,8 +390,8 @@ def _add(sums: dict, key, value: torch.Tensor) -> None:
     sums[key] = sums[key] + value if key in sums else value
 
 
-def _scored_targets(method: str) -> int | None:
-    return int(method.split("edges into the ")[1].split(" ")[0]) if "edges into the " in method else None
+def _scored_targets(units: tuple[int, ...] | None) -> int | None:
+    return None if units is None else len(units)
 
 
 def _node_scores(view: ModelView, run: _Batch, layer: Layer, following: Layer | None) -> torch.Tensor:
@@ -448,19 +448,24 @@ def _screened_pair(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor,
     block = torch.zeros(previous.size, layer.size, dtype=torch.float64)
     independent = []
 
-    def score(units: list[int]) -> None:
+    def score(units: list[int]) -> float:
+        """The chunk's VJPs; returns the seconds its reruns of the batches took (the chunk's fixed cost)."""
+        reruns = 0.0
         if independent:
-            return
+            return reruns
         for start in range(0, inputs.shape[0], batch_size):
+            began = deadline.clock()
             run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
+            reruns += deadline.clock() - began
             scores = screened_gradient_edges(previous, run.recorder.outputs[previous.name], run.delta_out(previous),
                                              layer, run.recorder.outputs[layer.name], run.grad(layer), units)
             view.model.zero_grad(set_to_none=True)
             del run
             if scores is None:
                 independent.append(pair)
-                return
+                return reruns
             block[:, units] += scores.detach().double().cpu()
+        return reruns
     done = deadline.confirm(planned, score, f"top units of {layer.name} screened for edges from {previous.name}",
                             estimate=estimate)
     if independent:
