@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,18 @@ from fixtures.toy_models import signal_labels
 from mechaudit.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n N``), each worker takes its share of the cores for torch's threads, unless
+    OMP_NUM_THREADS says otherwise: N workers of all-core thread pools would oversubscribe the cores, where
+    OpenMP's waiting threads spin and every parallel operation waits for a descheduled one."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the audits the tests run in subprocesses
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -85,3 +98,33 @@ def rulebook_with(tmp_path: Path, checks: dict[str, str]):
 
 def read_findings(out: Path) -> dict:
     return json.loads((out / "findings.json").read_text(encoding="utf-8"))
+
+
+#: The tests that share :func:`example_audit` run on one pytest-xdist worker (``--dist loadgroup``), so that each
+#: example audit runs once per session there too.
+EXAMPLE_AUDITS = "example_audits"
+
+
+@pytest.fixture(scope="session")
+def example_audit(tmp_path_factory):
+    """``example_audit(name, seed=0) -> (exit code, findings.json)``: ``mechaudit audit --example NAME [--seed SEED]
+    --format json -q`` through the command line, in process, run once per session for each name and seed (seed 0 is
+    the default: no ``--seed``). The findings are read afresh at each call: a test may change them."""
+    runs: dict[tuple[str, int], tuple[int, Path]] = {}
+
+    def run(name: str, seed: int = 0) -> tuple[int, dict]:
+        if (name, seed) not in runs:
+            out = tmp_path_factory.mktemp(f"{name}-seed{seed}") / "out"
+            seeded = ["--seed", str(seed)] if seed else []
+            code = main(["audit", "--example", name, *seeded, "--format", "json", "--out", str(out), "-q"])
+            runs[name, seed] = (code, out)
+        code, out = runs[name, seed]
+        return code, read_findings(out)
+    return run
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "example_audit" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(EXAMPLE_AUDITS))

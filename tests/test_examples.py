@@ -3,21 +3,14 @@
 from pathlib import Path
 
 import pytest
-from conftest import read_findings
 
 from mechaudit.examples import EXAMPLES
 
 
 @pytest.fixture(scope="module")
-def audits(tmp_path_factory) -> dict[str, tuple[int, dict]]:
-    from mechaudit.cli import main
-
-    results = {}
-    for name in ("digits", "digits-control"):
-        out = tmp_path_factory.mktemp(name) / "out"
-        code = main(["audit", "--example", name, "--format", "json", "--out", str(out), "-q"])
-        results[name] = (code, read_findings(out))
-    return results
+def audits(example_audit) -> dict[str, tuple[int, dict]]:
+    """``mechaudit audit --example NAME --format json`` of both (shared with the other tests of the examples)."""
+    return {name: example_audit(name) for name in ("digits", "digits-control")}
 
 
 def test_digits_fails_the_gate_on_l201(audits) -> None:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import read_findings
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from mechaudit.activations import unit_statistics
-from mechaudit.cli import main
 from mechaudit.examples import EXAMPLES
 from mechaudit.examples.induction.model import PLANTED_HEADS, build
 from mechaudit.examples.induction.train import pattern_scores
@@ -84,13 +82,9 @@ def test_control_has_no_induction_head() -> None:
 
 
 @pytest.fixture(scope="module")
-def audits(tmp_path_factory) -> dict[str, tuple[int, dict]]:
-    results = {}
-    for name in ("induction", "induction-control"):
-        out = tmp_path_factory.mktemp(name) / "out"
-        code = main(["audit", "--example", name, "--format", "json", "--out", str(out), "-q"])
-        results[name] = (code, read_findings(out))
-    return results
+def audits(example_audit) -> dict[str, tuple[int, dict]]:
+    """``mechaudit audit --example NAME --format json`` of both (shared with the other tests of the examples)."""
+    return {name: example_audit(name) for name in ("induction", "induction-control")}
 
 
 def test_circuit_rules_recover_the_planted_heads(audits) -> None:

@@ -4,6 +4,7 @@ output and its control's is not; the probe is chance-corrected; concepts get a l
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,13 @@ from mechaudit.techniques.probes import as_classes, paired_difference, probe, re
 def _audit(spec_path: Path, select: tuple[str, ...]):
     spec = load_spec(spec_path)
     return run_audit(dataclasses.replace(spec, options=dataclasses.replace(spec.options, select=select)))
+
+
+@functools.cache
+def _example_l205(name: str, seed: int = 0):
+    """L205 alone on an embedded example, audited once per session for the tests that read it. Do not mutate."""
+    spec = load_spec(example_spec(name))
+    return run_audit(dataclasses.replace(spec, options=dataclasses.replace(spec.options, select=("L205",), seed=seed)))
 
 
 def test_the_probe_is_chance_corrected() -> None:
@@ -52,8 +60,8 @@ def test_l205_flags_a_protected_attribute_the_output_carries_and_passes_its_cont
 
 
 def test_l205_reports_the_concept_profile_of_the_digits() -> None:
-    shortcut = {f.evidence["attribute"]: f for f in _audit(example_spec("digits"), ("L205",)).findings}
-    control = {f.evidence["attribute"]: f for f in _audit(example_spec("digits-control"), ("L205",)).findings}
+    shortcut = {f.evidence["attribute"]: f for f in _example_l205("digits").findings}
+    control = {f.evidence["attribute"]: f for f in _example_l205("digits-control").findings}
     assert {f.status for f in (*shortcut.values(), *control.values())} == {"pass"}  # concepts are reported
     assert shortcut["watermark"].metric == "concept_decodability"
 
@@ -79,9 +87,7 @@ def test_l205_locates_a_concept_at_the_first_layer_not_told_apart_from_its_best(
     """digits' `loop` reads about 0.53 in classifier.0 and in classifier.2 (the larger of the two changes with the
     seed: classifier.2 at seed 2); the paired intervals tell features.0 and features.2 apart from the best, not
     classifier.0, so the finding sits at classifier.0 for every seed, with classifier.0's own decodability."""
-    spec = load_spec(example_spec("digits"))
-    spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, select=("L205",), seed=seed))
-    loop = next(f for f in run_audit(spec).findings if f.evidence["attribute"] == "loop")
+    loop = next(f for f in _example_l205("digits", seed).findings if f.evidence["attribute"] == "loop")
     profile = {row["layer"]: row["decodability"] for row in loop.evidence["profile"]}
     assert loop.location.component == "classifier.0" and loop.value == profile["classifier.0"]
     rule = loop.evidence["location_rule"]

@@ -5,12 +5,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 from fixtures.compliance import SARIF_SCHEMA, audit_dict, failing_project, write_waivers
+from report_cases import example_result
 
-from mechaudit.engine import run_audit
 from mechaudit.examples import EXAMPLES, example_spec
 from mechaudit.report.json_report import result_to_dict
 from mechaudit.report.sarif import FINGERPRINT, fingerprint, sarif_log
-from mechaudit.spec import load_spec
 
 
 def _results(log: dict) -> dict[tuple, dict]:
@@ -29,7 +28,7 @@ def log(project) -> dict:
 
 @pytest.fixture(scope="module")
 def example_logs() -> dict[str, dict]:
-    return {name: sarif_log(result_to_dict(run_audit(load_spec(example_spec(name))))) for name in EXAMPLES}
+    return {name: sarif_log(result_to_dict(example_result(name))) for name in EXAMPLES}  # audited once per session
 
 
 def test_every_example_validates_against_the_sarif_schema(example_logs, log) -> None:

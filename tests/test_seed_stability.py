@@ -8,12 +8,7 @@ in all). MiniLM is left out: one audit took 854 s on the loaded machine, too lon
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-
-from mechaudit.cli import main
 
 SEEDS = (0, 1, 2)
 ORDER = ("error", "fail", "pass", "skipped")
@@ -22,10 +17,12 @@ ORDER = ("error", "fail", "pass", "skipped")
 Key = tuple[str, "str | None", "str | None"]
 
 
-def _statuses(name: str, seed: int, out: Path) -> dict[Key, list[tuple[str, float | None]]]:
-    code = main(["audit", "--example", name, "--seed", str(seed), "--format", "json", "--out", str(out), "-q"])
+def _statuses(example_audit, name: str, seed: int) -> dict[Key, list[tuple[str, float | None]]]:
+    """``mechaudit audit --example NAME --seed SEED --format json`` (conftest's ``example_audit``: each audit runs
+    once per session, shared with the other tests of the examples)."""
+    code, data = example_audit(name, seed)
     assert code in (0, 1), f"{name} --seed {seed}: exit {code}"
-    return _grouped(json.loads((out / "findings.json").read_text(encoding="utf-8"))["findings"])
+    return _grouped(data["findings"])
 
 
 def _grouped(findings: list[dict]) -> dict[Key, list[tuple[str, float | None]]]:
@@ -65,8 +62,8 @@ def _differences(runs: dict[int, dict]) -> list[str]:
 
 @pytest.mark.slow  # 3 full audits per example
 @pytest.mark.parametrize("name", ["digits", "digits-control", "induction", "induction-control"])
-def test_the_example_gives_the_same_statuses_for_seeds_0_1_2(name: str, tmp_path: Path) -> None:
-    runs = {seed: _statuses(name, seed, tmp_path / f"seed{seed}") for seed in SEEDS}
+def test_the_example_gives_the_same_statuses_for_seeds_0_1_2(name: str, example_audit) -> None:
+    runs = {seed: _statuses(example_audit, name, seed) for seed in SEEDS}
     assert not _differences(runs), f"{name}: statuses depend on the seed:\n" + "\n".join(_differences(runs))
 
 

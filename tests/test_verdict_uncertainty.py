@@ -133,9 +133,11 @@ def test_compliance_fails_an_uncertain_pass_that_default_flags(tmp_path) -> None
 
 @pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES)
-def test_statuses_do_not_depend_on_the_seed(tmp_path, example: str) -> None:
+def test_statuses_do_not_depend_on_the_seed(example_audit, example: str) -> None:
+    """The audits of tests/test_seed_stability.py (run once per session by conftest's ``example_audit``), compared
+    finding by finding here."""
     def statuses(seed: int) -> dict:
-        _, data = _audit(tmp_path, example, "--seed", str(seed))
+        _, data = example_audit(example, seed)
         return {(f["rule_id"], (f["location"] or {}).get("component"), f["metric"]): f["status"]
                 for f in data["findings"]}
 

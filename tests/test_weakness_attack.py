@@ -81,29 +81,36 @@ def test_bad_budgets_are_an_error_finding() -> None:
     assert [f.status for f in findings] == ["error"] and "comma-separated" in findings[0].message
 
 
-@pytest.mark.slow  # PGD on 256 digits at six budgets: seconds alone
-def test_digits_watermark_is_attackable_and_the_control_is_not(cli, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def r305_findings(tmp_path_factory) -> dict[str, list[dict]]:
+    """``mechaudit audit --example NAME --select R305`` of both digits examples, run once for the tests below."""
     import json
 
+    from mechaudit.cli import main
+
+    findings = {}
+    for example in ("digits", "digits-control"):
+        out = tmp_path_factory.mktemp("r305") / example
+        main(["audit", "--example", example, "--select", "R305", "--out", str(out), "-q"])
+        findings[example] = json.loads((out / "findings.json").read_text())["findings"]
+    return findings
+
+
+@pytest.mark.slow  # PGD on 256 digits at six budgets: seconds alone
+def test_digits_watermark_is_attackable_and_the_control_is_not(r305_findings) -> None:
     values = {}
     for example in ("digits", "digits-control"):
-        out = tmp_path / example
-        cli("audit", "--example", example, "--select", "R305", "--out", out, "-q")
-        finding = json.loads((out / "findings.json").read_text())["findings"][0]
+        finding = r305_findings[example][0]
         values[example] = (finding["status"], finding["value"])
     assert values["digits"][0] == "fail" and values["digits"][1] > 0.15
     assert values["digits-control"][0] == "pass" and values["digits-control"][1] < 0.06
 
 
 @pytest.mark.slow  # the unit scan and PGD driving three units of each model at six budgets
-def test_digits_critical_units_are_reachable_and_the_controls_less(cli, tmp_path) -> None:
-    import json
-
+def test_digits_critical_units_are_reachable_and_the_controls_less(r305_findings) -> None:
     units = {}
     for example in ("digits", "digits-control"):
-        out = tmp_path / example
-        cli("audit", "--example", example, "--select", "R305", "--out", out, "-q")
-        findings = json.loads((out / "findings.json").read_text())["findings"]
+        findings = r305_findings[example]
         units[example] = [(f["status"], f["value"]) for f in findings if f["evidence"]["target"] == "unit"]
     assert len(units["digits"]) == 3 and len(units["digits-control"]) == 3
     assert "fail" in [status for status, _ in units["digits"]] and max(v for _, v in units["digits"]) > 0.1
