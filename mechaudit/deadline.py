@@ -42,6 +42,13 @@ class Cut:
         return f"{self.ran} of {self.planned} planned {self.what}"
 
 
+@dataclass(frozen=True)
+class Fixed:
+    """What a :func:`confirm` ``run`` returns when its chunks cost ``seconds`` whatever their size (measured)."""
+
+    seconds: float
+
+
 @dataclass
 class Budget:
     """A rule's time budget: ``seconds`` long (0: none), ending at ``deadline`` on :data:`clock` (None: never),
@@ -88,7 +95,7 @@ def current() -> Budget | None:
     return _current.get()
 
 
-def confirm(items: Sequence[T], run: Callable[[list[T]], float | None], what: str,
+def confirm(items: Sequence[T], run: Callable[[list[T]], object], what: str,
             weights: Sequence[float] | None = None, estimate: float | None = None) -> list[T]:
     """Run ``run`` on ``items`` in their order (most important first), in chunks, while the time left allows; returns
     the items run and, when some were left out, records a :class:`Cut` naming ``what`` they are on the budget.
@@ -100,9 +107,9 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], float | None], what: st
     one, unknown: the first item runs whenever any time is left. Without a deadline, one chunk of every item.
 
     A ``run`` whose chunks cost a fixed time whatever their size (e.g. a rerun of the batches before the items' own
-    work) returns that part of the chunk's seconds, measured: it is left out of the time per unit, the next chunk
-    is charged it once, and chunks are then sized by the time left alone (no doubling, which would pay it again
-    and again).
+    work) returns that part of the chunk's seconds, measured, as :class:`Fixed`: it is left out of the time per
+    unit, the next chunk is charged it once, and once the items' own time has measured above zero chunks are sized
+    by the time left alone (no doubling, which would pay it again and again).
 
     Rank-local: no collective is made (a rule runs inside :func:`mechaudit.distributed.step`, where a rank that
     raises or has fewer items would leave the others waiting), so under torchrun each rank cuts on its own clock, and
@@ -127,15 +134,16 @@ def confirm(items: Sequence[T], run: Callable[[list[T]], float | None], what: st
         else:
             room = left - (fixed or 0.0) * SAFETY
             fits = max(_fitting(weight[done:], per_unit, room / 2), min(1, _fitting(weight[done:], per_unit, room)))
-        size = min(size if fixed is None else len(items), len(items) - done, fits)
+        measured = fixed is not None and spent > fixed_spent  # the items' own time, not only the fixed cost
+        size = min(len(items) if measured else size, len(items) - done, fits)
         if size <= 0:
             break
         start = clock()
         reported = run(list(items[done:done + size]))
         spent += clock() - start
-        if isinstance(reported, float):
-            fixed = reported
-            fixed_spent += reported
+        if isinstance(reported, Fixed):
+            fixed = reported.seconds
+            fixed_spent += reported.seconds
         done += size
         size *= 2
     if done < len(items):

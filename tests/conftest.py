@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if workers and "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = max(1, cores // int(workers))
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the audits the tests run in subprocesses
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # also for the subprocesses tests start (CLI, torchrun)
         torch.set_num_threads(threads)
 
 

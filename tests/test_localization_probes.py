@@ -24,7 +24,7 @@ def _audit(spec_path: Path, select: tuple[str, ...]):
 
 
 @functools.cache
-def _example_l205(name: str, seed: int = 0):
+def _example_l205(name: str, seed: int):
     """L205 alone on an embedded example, audited once per session for the tests that read it. Do not mutate."""
     spec = load_spec(example_spec(name))
     return run_audit(dataclasses.replace(spec, options=dataclasses.replace(spec.options, select=("L205",), seed=seed)))
@@ -60,8 +60,8 @@ def test_l205_flags_a_protected_attribute_the_output_carries_and_passes_its_cont
 
 
 def test_l205_reports_the_concept_profile_of_the_digits() -> None:
-    shortcut = {f.evidence["attribute"]: f for f in _example_l205("digits").findings}
-    control = {f.evidence["attribute"]: f for f in _example_l205("digits-control").findings}
+    shortcut = {f.evidence["attribute"]: f for f in _example_l205("digits", 0).findings}
+    control = {f.evidence["attribute"]: f for f in _example_l205("digits-control", 0).findings}
     assert {f.status for f in (*shortcut.values(), *control.values())} == {"pass"}  # concepts are reported
     assert shortcut["watermark"].metric == "concept_decodability"
 

@@ -690,10 +690,10 @@ def test_a_chunk_s_fixed_cost_is_paid_once_more_not_once_per_doubling(monkeypatc
     monkeypatch.setattr(deadline, "clock", fake)
     chunks: list[int] = []
 
-    def charge(chunk: list[int]) -> float:
+    def charge(chunk: list[int]) -> deadline.Fixed:
         chunks.append(len(chunk))
         fake.now += 100.0 + 0.2 * len(chunk)
-        return 100.0
+        return deadline.Fixed(100.0)
     with deadline.within(1000):
         assert deadline.confirm(list(range(128)), charge, "units", estimate=100.0) == list(range(128))
     assert chunks == [1, 127] and fake.now == pytest.approx(225.6)
@@ -710,9 +710,9 @@ def test_a_tight_budget_with_a_fixed_cost_per_chunk_takes_what_fits_in_the_time_
     fake = FakeClock()
     monkeypatch.setattr(deadline, "clock", fake)
 
-    def charge(chunk: list[int]) -> float:
+    def charge(chunk: list[int]) -> deadline.Fixed:
         fake.now += 100.0 + 0.2 * len(chunk)
-        return 100.0
+        return deadline.Fixed(100.0)
     with deadline.within(600) as budget:
         fake.now = 100.0
         done = deadline.confirm(list(range(128)), charge, "units", estimate=100.0)

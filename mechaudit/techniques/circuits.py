@@ -448,11 +448,11 @@ def _screened_pair(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor,
     block = torch.zeros(previous.size, layer.size, dtype=torch.float64)
     independent = []
 
-    def score(units: list[int]) -> float:
+    def score(units: list[int]) -> deadline.Fixed:
         """The chunk's VJPs; returns the seconds its reruns of the batches took (the chunk's fixed cost)."""
         reruns = 0.0
         if independent:
-            return reruns
+            return deadline.Fixed(reruns)
         for start in range(0, inputs.shape[0], batch_size):
             began = deadline.clock()
             run = _run(view, inputs, targets, behaviour, reference, means, start, batch_size, device)
@@ -463,9 +463,9 @@ def _screened_pair(view: ModelView, inputs: torch.Tensor, targets: torch.Tensor,
             del run
             if scores is None:
                 independent.append(pair)
-                return reruns
+                return deadline.Fixed(reruns)
             block[:, units] += scores.detach().double().cpu()
-        return reruns
+        return deadline.Fixed(reruns)
     done = deadline.confirm(planned, score, f"top units of {layer.name} screened for edges from {previous.name}",
                             estimate=estimate)
     if independent:
