@@ -384,9 +384,38 @@ def test_graddrop_stops_where_the_time_budget_ends_and_says_how_many_blocks_ran(
     def estimate() -> dict[str, torch.Tensor]:
         now[0] += 1.0  # each path screen takes a second
         return {layer.name: torch.ones(layer.size) for layer in layers}
-    with deadline.within(4.0):  # 3.4 s before the reserve: a block of 1 s (x1.5 safety) fits twice
+    with deadline.within(8.0):  # 6.8 s before the reserve, half for GradDrop: a 1 s block (x1.5 safety) fits twice
         terms, evidence = graddrop.path_screen("on", view, layers, estimate, 1.0)
     assert evidence["passes"] == 2 and evidence["planned"] == 3 and evidence["done"] == "2 of 3 blocks"
     assert len(terms.dropped["patch"]["embed"]) == 2  # the mean is over the blocks done
     _, unbounded = graddrop.path_screen("on", view, layers, estimate, 1.0)
     assert unbounded["done"] == "3 blocks"
+
+
+@pytest.mark.parametrize("time_left", [False, True])
+def test_l202_graddrop_on_one_batch_runs_no_drop_without_time_and_counts_what_ran(monkeypatch, time_left) -> None:
+    from mechaudit import deadline
+    from mechaudit.techniques import site_ablation
+
+    now = [0.0]
+    monkeypatch.setattr(deadline, "clock", lambda: now[0])
+    gradient_passes = [0]
+    original = site_ablation._site_grads
+
+    def counted(*args, **kwargs):
+        gradient_passes[0] += 1
+        return original(*args, **kwargs)
+    monkeypatch.setattr(site_ablation, "_site_grads", counted)
+    model, inputs = Cancelling().eval(), planted_inputs()  # one batch of 600 samples
+    view = ModelView.discover(model, inputs[:2])
+    layer = view.layer("fc1")
+    modes = {"mean": ({"fc1": torch.relu(model.fc1(inputs)).mean(0).detach().unsqueeze(-1)}, None)}
+    with deadline.within(100.0):
+        if not time_left:
+            now[0] = 90.0  # past the reserve: nothing left
+        _, terms, evidence = graddrop.site_screen("on", view, [layer], inputs, model(inputs).argmax(-1),
+                                                  atp.label_margin, modes, {}, 1, 1024, torch.device("cpu"))
+    ran = 2 if time_left else 0  # mid and mid_out run after fc1
+    assert gradient_passes[0] == 1 + ran  # the plain pass and one per block run
+    assert evidence["passes"] == ran and evidence["planned"] == 2
+    assert evidence["done"] == ("2 blocks" if time_left else "0 of 2 blocks")

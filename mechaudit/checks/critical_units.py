@@ -17,11 +17,12 @@ from typing import TypedDict
 import numpy as np
 import torch
 
+from .. import deadline
 from ..context import AuditContext
 from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, unit_split_check, with_gradients
 from ..findings import Location, Measurement
 from ..model_view import Layer
-from ..techniques import ablation_screen, atp, graddrop, second_order
+from ..techniques import ablation_screen, atp, graddrop, second_order, site_ablation
 from ..techniques.ablation import MAX_OUTPUT_BYTES
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
@@ -690,6 +691,13 @@ class _Pool:
                 "sites": sites}
 
 
+_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)
+_READERS_FAILED = (site_ablation.SiteNotRun, RuntimeError, ValueError, IndexError)
+"""What moving units at their readers' inputs may raise where a reader does not run or reads in a way the hooks do
+not expect (a torch op's error is a RuntimeError); the screen then moves them at their outputs. Memory errors
+(:data:`_MEMORY`, a RuntimeError for CUDA) are not among them: the engine retries the rule with half the batch."""
+
+
 def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Layer], inputs: torch.Tensor,
             labels: torch.Tensor, replacements: dict, flagged: list[str], judged: list[int]) -> _Pool:
     """Every unit of every screened layer scored by the screen (its predicted accuracy drop, overall and per
@@ -702,14 +710,19 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
                                      rule="L202: the screen")  # units read after their nonlinearity: moved there
     modes = {m: replacements[m] for m in flagged}
     fallback = ""
+    began = deadline.clock()
     try:
         measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
         estimates, dropped, dropped_evidence = graddrop.site_screen(
             params.screen_graddrop, context.view, layers, inputs, labels, margin, modes, sites, params.screen_steps,
             context.batch_size, context.device, measured)
-    except Exception as error:  # noqa: BLE001 - the readers' inputs are optional: every unit at its output
-        if not sites:
-            raise
+    except _MEMORY:
+        raise  # the engine retries the rule with half the batch
+    except _READERS_FAILED as error:  # the readers' inputs are optional: every unit at its output
+        budget = deadline.current()
+        left = None if budget is None else budget.left()
+        if not sites or (left is not None and left < (deadline.clock() - began) * deadline.SAFETY):
+            raise  # no readers to leave out, or no time to screen again
         fallback = f"moving units at their readers' inputs failed ({type(error).__name__}: {error}); at the outputs"
         _LOG.warning("L202: the screen %s", fallback)
         sites, measured = {}, []
