@@ -307,7 +307,7 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     also: list[int] = []
     first_order = screened and totals.first_order_share >= second_order.STATIONARY
     dropped, dropped_evidence = graddrop.path_screen(params.screen_graddrop, context.view, layers, path_screen,
-                                                     seconds) \
+                                                     seconds, clean[:graddrop.PROBE_SAMPLES].to(device)) \
         if first_order else (None, graddrop.not_used("stationary metric" if screened else "not screened"))
     estimate = torch.cat([graddrop.ranked(dropped, "patch", layer, path[layer.name].unsqueeze(1),
                                           lambda e: e.sum(1) / totals.effect) for layer in layers])
