@@ -90,8 +90,9 @@ the exact change of what the reader reads, f(a_new) - f(a), where the gradient a
 nonlinearity's slope at the clean value (0 for a ReLU unit that is off, however far its mean switches it on); one
 more forward pass per batch and flagged mode, with every such layer ablated at once (stopped after the last reader),
 gives the ablated values there. The `screen` evidence's `sites` names the layers moved there and, where moving them
-failed (e.g. a reader that did not run), why the screen fell back to every unit at its output (a warning too); its
-`method` says how many. The screen's accuracy drop is the mean over samples of the probability that the margin changes
+failed (a reader that did not run, or a torch error in the hooks there; not a memory error, left to the engine's
+retry with half the batch, nor where the time left would not hold the screen again), why the screen fell back to
+every unit at its output (a warning too); its `method` says how many. The screen's accuracy drop is the mean over samples of the probability that the margin changes
 sign when that estimate is off by a normal error of 15% of its size, overall and per judged class. Every unit of
 every such layer is ranked together (one budget for the audit, not one per layer) by the larger of its predicted
 overall drop over `max_accuracy_drop` and its predicted drop for one class over `max_class_accuracy_drop`: only the

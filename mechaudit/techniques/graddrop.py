@@ -21,8 +21,9 @@ merged into it; the Linear and Conv children of one MLP-like module (GPT-2's ``c
 ``Sequential`` or ``ModuleList``) are one block written by the last of them where a probe on two inputs verifies
 that detaching the last one's write cuts every gradient to the others' outputs (:func:`blocks`; one forward and
 backward pass per such module; a wrapped model's Linears or a transformer block holding its projections directly
-stay separate blocks): GPT-2's default view, five audited modules per layer, gives two blocks per layer. Discovery audits only modules that run once per forward
-pass, so a block's write is detached once (a module called more than once is not audited, hence never a block).
+stay separate blocks): GPT-2's default view, five audited modules per layer, gives two blocks per layer. Discovery
+audits only modules that run once per forward pass, so a block's write is detached once (a module called more than
+once is not audited, hence never a block).
 The forward pass is unchanged; nothing upstream of the block receives gradient through its write; everything around
 it still does. Detaching the write (never the block's input) makes the result independent of the order in which
 hooks are registered: the screen's own hook at the same place (a unit moved at its reader's input, a carried leaf)
@@ -37,20 +38,21 @@ same sites, ablated values and integration points as L202's plain screen; for L2
 
 ``B(n)``: the blocks other than ``n``'s own, less those whose term is identically 0 for every unit of ``n``'s layer
 (a block on every path, as in a sequential net: dropping it says nothing about cancellation) and those whose terms
-equal an earlier block's (an MLP's up and down projections kept as two blocks cut the same path: counted once). A block that runs
-before ``n``'s layer contributes plain AtP without a pass. ``score(e) = mean_x |e(x)|`` for AtP* itself
-(:meth:`GradDropTerms.magnitude`), L202's predicted accuracy drop clipped at 0 (so a gain through one path does not
-offset a loss through another), L207's summed recovered share clipped at 0. The screens rank a unit by GradDrop
-where it exceeds plain AtP's score (or 0), else by plain AtP's (:meth:`GradDropTerms.ranked`); in a sequential net
-every later block is left out, GradDrop equals plain AtP and the ranking stays as it was (``digits``). L202's margin
-scores (its ``margin_loss`` agreement) stay plain AtP.
+equal an earlier block's (an MLP's up and down projections kept as two blocks cut the same path: counted once).
+A block that runs before ``n``'s layer contributes plain AtP without a pass. ``score(e) = mean_x |e(x)|`` for AtP*
+itself (:meth:`GradDropTerms.magnitude`), L202's predicted accuracy drop clipped at 0 (so a gain through one path
+does not offset a loss through another), L207's summed recovered share clipped at 0. The screens rank a unit by
+GradDrop where it exceeds plain AtP's score (or 0), else by plain AtP's (:meth:`GradDropTerms.ranked`); in a
+sequential net every later block is left out, GradDrop equals plain AtP and the ranking stays as it was
+(``digits``). L202's margin scores (its ``margin_loss`` agreement) stay plain AtP.
 
 Cost: one forward and one backward pass per batch for every block that runs after the first screened layer
 (:func:`passes`; L202: the ablated values and the resample source are recorded once per batch and shared; L207:
 ``screen_steps`` passes per block, and with one step the clean run). Each block is started (L202: on each batch)
 only while half the rule's time left when GradDrop began (:data:`SHARE`, :mod:`mechaudit.deadline`; the other half
 is the exact confirmation's) allows it at the pace of the plain screen; a screen that stops early reports ``k of K
-blocks``, counting the blocks run on every batch, and averages over them. Held: per block and mode, a float per unit and sample.
+blocks``, counting the blocks run on every batch, and averages over them. Held: per block and mode, a float per
+unit and sample.
 
 Measured (``python benchmarks/graddrop.py``; L202's drop against the exact mean-ablation accuracy drop, Spearman /
 recall of the exact top k; L207 against exact patching): a unit whose two paths cancel at first order, whose mean
@@ -284,9 +286,9 @@ class GradDropTerms:
                 "planned": self.planned, "done": done, "left_out_as_zero": dict(self.zero or {}),
                 "left_out_as_same": dict(self.same or {}),
                 "formula": "per unit, the mean over the blocks other than its own layer's (less those on every "
-                           "path: term identically 0, and those whose term is an earlier block's) of the screen's score (at least 0) of its own estimate with "
-                           "that block's write detached (plain AtP for blocks before the unit); the unit ranked by "
-                           "it where it exceeds plain AtP's score (or 0)"}
+                           "path: term identically 0, and those whose term is an earlier block's) of the screen's "
+                           "score (at least 0) of its own estimate with that block's write detached (plain AtP for "
+                           "blocks before the unit); the unit ranked by it where it exceeds plain AtP's score (or 0)"}
 
 
 def not_used(reason: str) -> dict:
