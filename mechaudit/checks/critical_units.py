@@ -94,7 +94,8 @@ failed (a reader that did not run, or a torch error in the hooks there; not a me
 retry with half the batch, nor where the time left would not hold the screen again), why the screen fell back to
 every unit at its output (a warning too); its `method` says how many. The screen's accuracy drop is the mean over
 samples of the probability that the margin changes sign when that estimate is off by a normal error of 15% of its
-size, overall and per judged class. Every unit of every such layer is ranked together (one budget for the audit, not one per layer) by the larger of its predicted
+size, overall and per judged class. Every unit of
+every such layer is ranked together (one budget for the audit, not one per layer) by the larger of its predicted
 overall drop over `max_accuracy_drop` and its predicted drop for one class over `max_class_accuracy_drop`: only the
 `screen_top_k` units it ranks highest overall, each layer's `layer_top_k` best (1 by default) and a seeded random
 `calibration` sample of all the others are ablated exactly, and the findings come from those exact drops. A
