@@ -163,6 +163,13 @@ def test_auto_turns_graddrop_off_past_its_pass_bound_and_the_plan_charges_the_pa
     kinds = ["linear", "heads", "linear", "linear", "linear"] * 2
     assert graddrop.passes(kinds, [True] * 10) == 9  # without names: every layer a block (an upper bound)
     assert graddrop.passes(kinds, [True] * 10, gpt2) == 3  # attention and MLP one block each, as the rule runs
+    assert graddrop.passes(kinds, [True] * 10, gpt2, merged=False) == 5  # c_fc and c_proj apart: the probe refused
+    assert graddrop.charged("on", kinds, [True] * 10, gpt2) == 5 and graddrop.charged("auto", kinds, [True] * 10,
+                                                                                      gpt2) == 4
+    assert graddrop.charged("off", kinds, [True] * 10, gpt2) == 0
+    wrapped = ["net.fc1", "net.mid", "net.mid_out"]  # the names merge them all; the probe keeps them apart (2 passes)
+    assert graddrop.passes(["linear"] * 3, [True, False, False], wrapped) == 0
+    assert graddrop.charged("auto", ["linear"] * 3, [True, False, False], wrapped) == 2
     assert graddrop.passes(["conv", "conv", "linear"], [True] * 3, ["features.0", "features.3", "classifier.0"]) == 2
     on = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="on"))
     off = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="off"))

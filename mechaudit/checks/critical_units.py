@@ -296,9 +296,9 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
         steps = 1 + (params.screen_steps - 1) * len(wide) * len(flagged)
         screen = with_gradients(sizes, n, steps) + forwards(sizes, n, len(flagged)) + forwards(sizes, n) \
             + unit_split_check(sizes, min(n, sizes.batch_size, second_order.SITE_CHECK_SAMPLES))
-        drops = graddrop.passes([layer.kind for layer in sizes.hidden], screened,  # AtP*'s GradDrop, when on
-                                [layer.name for layer in sizes.hidden])
-        if graddrop.enabled(params.screen_graddrop, drops)[0]:  # the screen's gradient passes again per block (the
+        drops = graddrop.charged(params.screen_graddrop, [layer.kind for layer in sizes.hidden], screened,
+                                 [layer.name for layer in sizes.hidden])  # AtP*'s GradDrop, when on
+        if drops:  # the screen's gradient passes again per block (the
             # ablated values and sources are shared); held: a float per block, mode, unit and sample
             screen = screen + with_gradients(sizes, n, drops * steps) \
                 + Cost(peak_bytes=drops * len(flagged) * sum(wide) * n * 4)

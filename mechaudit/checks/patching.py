@@ -247,9 +247,9 @@ def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
     if sizes.behaviour == "similarity" and sizes.hidden_units > atp.SCREEN_ABOVE and not params.exhaustive:
         cost = cost + _second_order_cost(sizes, n)
     elif sizes.hidden_units > atp.SCREEN_ABOVE and not params.exhaustive:  # AtP*'s GradDrop, when on
-        drops = graddrop.passes([layer.kind for layer in sizes.hidden], [True] * len(sizes.hidden),
-                                [layer.name for layer in sizes.hidden])
-        if graddrop.enabled(params.screen_graddrop, drops)[0]:  # the path screen once more per block
+        drops = graddrop.charged(params.screen_graddrop, [layer.kind for layer in sizes.hidden],
+                                 [True] * len(sizes.hidden), [layer.name for layer in sizes.hidden])
+        if drops:  # the path screen once more per block
             cost = cost + with_gradients(sizes, n, params.screen_steps * drops, copies=5) \
                 + (forwards(sizes, n, drops) if params.screen_steps == 1 else Cost())
     return cost

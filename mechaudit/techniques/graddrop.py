@@ -47,7 +47,8 @@ sequential net every later block is left out, GradDrop equals plain AtP and the 
 (``digits``). L202's margin scores (its ``margin_loss`` agreement) stay plain AtP.
 
 Cost: one forward and one backward pass per batch for every block that runs after the first screened layer
-(:func:`passes`; L202: the ablated values and the resample source are recorded once per batch and shared; L207:
+(:func:`passes`; the plan, which cannot run the probe, charges the most the run may spend, :func:`charged`; L202:
+the ablated values and the resample source are recorded once per batch and shared; L207:
 ``screen_steps`` passes per block, and with one step the clean run). Each block is started (L202: on each batch)
 only while half the rule's time left when GradDrop began (:data:`SHARE`, :mod:`mechaudit.deadline`; the other half
 is the exact confirmation's) allows it at the pace of the plain screen; a screen that stops early reports ``k of K
@@ -196,14 +197,15 @@ def downstream(all_blocks: Sequence[Block], screened: Sequence[Layer]) -> list[B
             if any(block.order > layer.order and layer.name not in block.members for layer in screened)]
 
 
-def passes(kinds: Sequence[str], screened: Sequence[bool], names: Sequence[str] | None = None) -> int:
+def passes(kinds: Sequence[str], screened: Sequence[bool], names: Sequence[str] | None = None,
+           merged: bool = True) -> int:
     """The cost model's count of GradDrop passes per batch: ``kinds`` of the hidden layers in forward order (e.g.
     from :class:`~mechaudit.cost.Sizes`), ``screened`` whether each is screened. Given their ``names``, blocks are
-    merged as :func:`blocks` merges them where its probe verifies an MLP, told here by the names alone, without
-    running the model (Linear siblings not named by an index, as a ``Sequential``'s or ``ModuleList``'s children
-    are): where the probe does not verify the merge (a wrapped model's Linears, a transformer block holding its
-    projections directly), the run has more blocks than planned, and ``auto`` decides on the run's own count (see
-    :func:`site_screen`); without ``names``, every Linear, Conv and heads layer counts (an upper bound)."""
+    formed as :func:`blocks` forms them, and with ``merged`` an MLP's Linear siblings are merged as its probe would
+    verify, told here by the names alone (siblings not named by an index, as a ``Sequential``'s or ``ModuleList``'s
+    children are): a lower bound where the probe refuses a merge (a wrapped model's Linears, a transformer block
+    holding its projections directly); without ``merged``, none is (an upper bound; :func:`charged` uses both);
+    without ``names``, every Linear, Conv and heads layer counts (an upper bound)."""
     first = next((i for i, s in enumerate(screened) if s), None)
     if first is None:
         return 0
@@ -211,12 +213,27 @@ def passes(kinds: Sequence[str], screened: Sequence[bool], names: Sequence[str] 
         return sum(1 for kind in kinds[first + 1:] if kind in BLOCK_KINDS)
     layers = [Layer(name, kind, 1, order) for order, (name, kind) in enumerate(zip(names, kinds))]
     found = blocks(layers)
-    merged: dict[str, Block] = {}
+    chosen = [layer for layer, s in zip(layers, screened) if s]
+    if not merged:
+        return len(downstream(found, chosen))
+    by_parent: dict[str, Block] = {}
     for block in found:
         parent, _, child = block.name.rpartition(".")
         key = parent if block.layer.kind != "heads" and parent and not child.isdigit() else block.name
-        merged[key] = Block(block.layer, block.members | (merged[key].members if key in merged else frozenset()))
-    return len(downstream(list(merged.values()), [layer for layer, s in zip(layers, screened) if s]))
+        by_parent[key] = Block(block.layer, block.members | (by_parent[key].members if key in by_parent
+                                                             else frozenset()))
+    return len(downstream(list(by_parent.values()), chosen))
+
+
+def charged(choice: str, kinds: Sequence[str], screened: Sequence[bool], names: Sequence[str]) -> int:
+    """The GradDrop passes per batch the cost model charges for ``screen_graddrop = choice`` (0: off), without
+    running the model: the run's count lies between :func:`passes` with and without the MLP merges (its probe
+    decides), so this is the largest count in that range that ``choice`` would run (the upper bound for ``on``; for
+    ``auto``, the largest at most :data:`AUTO_PASSES`): never less than the run spends, and more where the probe
+    merges. The probe itself (one forward and backward pass of :data:`PROBE_SAMPLES` inputs per candidate MLP) is
+    not charged."""
+    low, high = passes(kinds, screened, names), passes(kinds, screened, names, merged=False)
+    return max((count for count in range(low, high + 1) if enabled(choice, count)[0]), default=0)
 
 
 def enabled(choice: str, extra_passes: int) -> tuple[bool, str]:
