@@ -656,27 +656,57 @@ def test_two_path_points_at_the_reader_s_input_follow_a_metric_quadratic_there()
     assert (trapezoid - expected).abs().max() > 1e-3  # the test tells the interpolation points apart
 
 
-def test_l202_falls_back_to_the_outputs_when_the_readers_inputs_fail(monkeypatch) -> None:
+class SkipsItsReader(nn.Module):
+    """``fc1`` -> ReLU -> ``fc2`` (its reader, the output), except on a batch holding a sample whose last feature is
+    above 50: there the output is ``other`` of the ReLU's output, and ``fc2`` does not run (``skip`` False: the
+    control, ``fc2`` always)."""
+
+    def __init__(self, skip: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.other = nn.Linear(4, 300), nn.Linear(300, 3), nn.Linear(300, 3)
+        self.skip = skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.fc1(x))
+        return self.other(hidden) if self.skip and bool((x[:, 3] > 50).any()) else self.fc2(hidden)
+
+
+def _reader_skipping_inputs() -> torch.Tensor:
+    from mechaudit.techniques.second_order import SITE_CHECK_SAMPLES, site_check_sample
+
+    inputs = torch.randn(120, 4, generator=torch.Generator().manual_seed(0))
+    checked = set(site_check_sample(len(inputs), SITE_CHECK_SAMPLES).tolist())
+    inputs[next(i for i in range(len(inputs)) if i not in checked), 3] = 100.0  # not among the readers' check
+    return inputs
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_l202_falls_back_to_the_outputs_when_a_reader_does_not_run_in_the_screen(skip: bool) -> None:
+    model, inputs = SkipsItsReader(skip).eval(), _reader_skipping_inputs()
+    finding = mechaudit.audit(model, inputs, labels=model(inputs).argmax(-1).detach(), select=["L202"],
+                              rules={"L202": {"calibration": 4}}).findings[0]
+    screen = finding.evidence["screen"]
+    assert finding.status in ("pass", "fail")
+    if skip:
+        assert screen["sites"]["at_readers_input"] == [] and "SiteNotRun" in screen["sites"]["fallback"]
+        assert "fell back to the outputs" in screen["method"]
+    else:
+        assert screen["sites"] == {"at_readers_input": ["fc1"], "fallback": None}
+        assert "1 layer(s) at their reader's input" in screen["method"]
+
+
+def test_l202_leaves_a_memory_error_of_the_screen_to_the_engine_s_retry(monkeypatch) -> None:
     from mechaudit.techniques import graddrop
 
-    original = graddrop.site_screen
+    calls = []
 
-    def failing(choice, view, layers, inputs, targets, metric, modes, sites, *args):
-        if sites:
-            raise RuntimeError("reader broke")
-        return original(choice, view, layers, inputs, targets, metric, modes, sites, *args)
-    monkeypatch.setattr(graddrop, "site_screen", failing)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 300), nn.ReLU(), nn.Linear(300, 3)).eval()
-    inputs = torch.randn(120, 4)
-    findings = mechaudit.audit(model, inputs, labels=model(inputs).argmax(-1).detach(), select=["L202"],
-                               rules={"L202": {"calibration": 4}}).findings
-    screen = findings[0].evidence["screen"]
-    assert findings[0].status in ("pass", "fail")
-    assert screen["sites"]["at_readers_input"] == [] and "reader broke" in screen["sites"]["fallback"]
-    assert "fell back to the outputs" in screen["method"]
-    monkeypatch.setattr(graddrop, "site_screen", original)
-    fine = mechaudit.audit(model, inputs, labels=model(inputs).argmax(-1).detach(), select=["L202"],
-                           rules={"L202": {"calibration": 4}}).findings[0].evidence["screen"]
-    assert fine["sites"] == {"at_readers_input": ["0"], "fallback": None}
-    assert "1 layer(s) at their reader's input" in fine["method"]
+    def out_of_memory(choice, view, layers, inputs, targets, metric, modes, sites, steps, batch_size, *args):
+        calls.append((bool(sites), batch_size))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(graddrop, "site_screen", out_of_memory)
+    model, inputs = SkipsItsReader(skip=False).eval(), _reader_skipping_inputs()
+    finding = mechaudit.audit(model, inputs, labels=model(inputs).argmax(-1).detach(), select=["L202"],
+                              rules={"L202": {"calibration": 4}}, batch_size=64).findings[0]
+    assert finding.status == "error" and "ran out of memory" in finding.message
+    assert calls == [(True, 64), (True, 32)]  # never rerun at the outputs; the engine's retry with half the batch

@@ -99,8 +99,9 @@ class TwoPaths(nn.Module):
 
 
 def test_formula_matches_a_hand_computation() -> None:
-    """Zero ablation of a_i: plain AtP = -a_i (1 + beta_i gamma); dropping b or c leaves the direct path, -a_i; pre
-    runs before a (plain); a's own block is left out: GradDrop(a_i) = mean_x (|plain| + 2 |a_i|) / 3."""
+    """Zero ablation of a_i: plain AtP = -a_i (1 + beta_i gamma); dropping b or c leaves the direct path, -a_i (the
+    same path cut twice: counted once); pre runs before a (plain); a's own block is left out: GradDrop(a_i) =
+    mean_x (|plain| + |a_i|) / 2."""
     model, inputs = TwoPaths().eval(), torch.linspace(-1.0, 2.0, 7).unsqueeze(-1)
     view = ModelView.discover(model, inputs[:2])
     layer = view.layer("a")
@@ -113,10 +114,10 @@ def test_formula_matches_a_hand_computation() -> None:
     _, terms, _ = _site_screen(view, [layer], inputs, inputs, output, modes)
     a = torch.cat([2 * inputs, 6 * inputs], 1).T  # (units, samples)
     assert torch.allclose(plain, torch.stack([0 * a[0], a[1]]), atol=1e-6)  # -a (1 + beta gamma): 0 and +a1
-    assert terms.passes == 2 and terms.before["a"] == 1 and len(terms.dropped["zero"]["a"]) == 2
-    for term in terms.dropped["zero"]["a"]:
-        assert torch.allclose(term, -a, atol=1e-6)
-    expected = (plain.abs().mean(1) + 2 * a.abs().mean(1)) / 3
+    assert terms.passes == 2 and terms.before["a"] == 1 and len(terms.dropped["zero"]["a"]) == 1
+    assert terms.same == {"a": 1} and terms.evidence()["left_out_as_same"] == {"a": 1}
+    assert torch.allclose(terms.dropped["zero"]["a"][0], -a, atol=1e-6)
+    expected = (plain.abs().mean(1) + a.abs().mean(1)) / 2
     assert torch.allclose(terms.magnitude("zero", layer, plain), expected, atol=1e-6)
 
 
@@ -162,6 +163,13 @@ def test_auto_turns_graddrop_off_past_its_pass_bound_and_the_plan_charges_the_pa
     kinds = ["linear", "heads", "linear", "linear", "linear"] * 2
     assert graddrop.passes(kinds, [True] * 10) == 9  # without names: every layer a block (an upper bound)
     assert graddrop.passes(kinds, [True] * 10, gpt2) == 3  # attention and MLP one block each, as the rule runs
+    assert graddrop.passes(kinds, [True] * 10, gpt2, merged=False) == 5  # c_fc and c_proj apart: the probe refused
+    assert graddrop.charged("on", kinds, [True] * 10, gpt2) == 5 and graddrop.charged("auto", kinds, [True] * 10,
+                                                                                      gpt2) == 4
+    assert graddrop.charged("off", kinds, [True] * 10, gpt2) == 0
+    wrapped = ["net.fc1", "net.mid", "net.mid_out"]  # the names merge them all; the probe keeps them apart (2 passes)
+    assert graddrop.passes(["linear"] * 3, [True, False, False], wrapped) == 0
+    assert graddrop.charged("auto", ["linear"] * 3, [True, False, False], wrapped) == 2
     assert graddrop.passes(["conv", "conv", "linear"], [True] * 3, ["features.0", "features.3", "classifier.0"]) == 2
     on = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="on"))
     off = critical_units._cost(sizes, critical_units.CriticalUnitsParams(screen_graddrop="off"))
@@ -252,8 +260,10 @@ def test_transformer_blocks_merge_the_attention_projections_and_keep_the_inner_s
         return out[:, 0]
     plain, terms, evidence = _site_screen(view, layers, x, x, output, modes)
     assert evidence["passes"] == 3 and evidence["done"] == "3 blocks"
-    by_block = dict(zip(["attn", "up", "down"], terms.dropped["zero"]["embed"]))
-    assert len(by_block) == 3 and terms.before["embed"] == 0
+    by_block = dict(zip(["attn", "up"], terms.dropped["zero"]["embed"]))
+    assert len(terms.dropped["zero"]["embed"]) == 2 and terms.before["embed"] == 0
+    # up and down, top-level Linears, are two blocks cutting one path: down's term is up's, counted once
+    assert evidence["left_out_as_same"] == {"embed": 1, "attn": 1}
     # dropping the attention's write: the skip inside it still carries embed's effect (not 0), exactly as by hand
     assert by_block["attn"].abs().max() > 1e-3
     assert torch.allclose(by_block["attn"], _first_order(model, x, "attn"), atol=1e-5)
@@ -261,7 +271,7 @@ def test_transformer_blocks_merge_the_attention_projections_and_keep_the_inner_s
     assert torch.allclose(plain["zero"]["embed"], _first_order(model, x, ""), atol=1e-5)
     # the heads inside the dropped MLP's upstream keep their gradient: their terms past the MLP are not 0
     heads_terms = terms.dropped["zero"]["attn"]
-    assert len(heads_terms) == 2 and all(t.abs().max() > 1e-4 for t in heads_terms)
+    assert len(heads_terms) == 1 and all(t.abs().max() > 1e-4 for t in heads_terms)
     for module in model.modules():  # every detach hook removed
         assert not module._forward_pre_hooks and not module._forward_hooks
 
@@ -357,10 +367,10 @@ class MlpNet(nn.Module):
 def test_an_mlp_module_is_one_block_written_by_its_last_linear_and_a_sequential_is_not() -> None:
     model, x = MlpNet().eval(), torch.randn(6, 3)
     view = ModelView.discover(model, x[:2])
-    found = graddrop.blocks(view.layers, model)
+    found = graddrop.blocks(view.layers, view, x[:2])
     assert [(b.name, sorted(b.members)) for b in found] == [
         ("stack.0", ["stack.0"]), ("stack.1", ["stack.1"]), ("mlp.down", ["mlp.down", "mlp.up"])]
-    assert len(graddrop.blocks(view.layers)) == 4  # without the model: no module classes to group by
+    assert len(graddrop.blocks(view.layers)) == 4  # without a probe: nothing verified, nothing merged
     layer = view.layer("stack.1")
     modes = {"zero": ({"stack.1": torch.zeros(4, 1)}, None)}
     _, terms, evidence = _site_screen(view, [layer], x, x, lambda out, _t: out[:, 0], modes)
@@ -383,10 +393,122 @@ def test_graddrop_stops_where_the_time_budget_ends_and_says_how_many_blocks_ran(
 
     def estimate() -> dict[str, torch.Tensor]:
         now[0] += 1.0  # each path screen takes a second
-        return {layer.name: torch.ones(layer.size) for layer in layers}
-    with deadline.within(4.0):  # 3.4 s before the reserve: a block of 1 s (x1.5 safety) fits twice
+        return {layer.name: torch.full((layer.size,), now[0]) for layer in layers}  # a term per block
+    with deadline.within(8.0):  # 6.8 s before the reserve, half for GradDrop: a 1 s block (x1.5 safety) fits twice
         terms, evidence = graddrop.path_screen("on", view, layers, estimate, 1.0)
     assert evidence["passes"] == 2 and evidence["planned"] == 3 and evidence["done"] == "2 of 3 blocks"
     assert len(terms.dropped["patch"]["embed"]) == 2  # the mean is over the blocks done
     _, unbounded = graddrop.path_screen("on", view, layers, estimate, 1.0)
     assert unbounded["done"] == "3 blocks"
+
+
+@pytest.mark.parametrize("time_left", [False, True])
+def test_l202_graddrop_on_one_batch_runs_no_drop_without_time_and_counts_what_ran(monkeypatch, time_left) -> None:
+    from mechaudit import deadline
+    from mechaudit.techniques import site_ablation
+
+    now = [0.0]
+    monkeypatch.setattr(deadline, "clock", lambda: now[0])
+    gradient_passes = [0]
+    original = site_ablation._site_grads
+
+    def counted(*args, **kwargs):
+        gradient_passes[0] += 1
+        return original(*args, **kwargs)
+    monkeypatch.setattr(site_ablation, "_site_grads", counted)
+    model, inputs = Cancelling().eval(), planted_inputs()  # one batch of 600 samples
+    view = ModelView.discover(model, inputs[:2])
+    layer = view.layer("fc1")
+    modes = {"mean": ({"fc1": torch.relu(model.fc1(inputs)).mean(0).detach().unsqueeze(-1)}, None)}
+    with deadline.within(100.0):
+        if not time_left:
+            now[0] = 90.0  # past the reserve: nothing left
+        _, terms, evidence = graddrop.site_screen("on", view, [layer], inputs, model(inputs).argmax(-1),
+                                                  atp.label_margin, modes, {}, 1, 1024, torch.device("cpu"))
+    ran = 2 if time_left else 0  # mid and mid_out run after fc1
+    assert gradient_passes[0] == 1 + ran  # the plain pass and one per block run
+    assert evidence["passes"] == ran and evidence["planned"] == 2
+    assert evidence["done"] == ("2 blocks" if time_left else "0 of 2 blocks")
+
+
+class Wrapped(nn.Module):
+    """A model held by a wrapper (``self.net = model``, as Lightning modules do)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.net = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+def test_a_wrapped_model_keeps_its_linears_as_blocks_and_graddrop_still_ranks_the_planted_unit_first(cancel) -> None:
+    model, inputs = Wrapped(Cancelling(cancel)).eval(), planted_inputs()
+    view = ModelView.discover(model, inputs[:2])
+    found = graddrop.blocks(view.layers, view, inputs[:2])
+    assert [(b.name, sorted(b.members)) for b in found] == [
+        ("net.fc1", ["net.fc1"]), ("net.mid", ["net.mid"]), ("net.mid_out", ["net.mid_out"])]  # fc1 reaches fc2
+    layer = view.layer("net.fc1")
+    modes = {"mean": ({"net.fc1": torch.relu(model.net.fc1(inputs)).mean(0).detach().unsqueeze(-1)}, None)}
+    labels = model(inputs).argmax(-1)
+    plain, terms, evidence = graddrop.site_screen("auto", view, [layer], inputs, labels, atp.label_margin, modes, {},
+                                                  1, 256, torch.device("cpu"))
+    assert evidence["used"] and evidence["passes"] == 2  # not "auto: no block runs after a screened layer"
+    dropped = terms.magnitude("mean", layer, plain["mean"]["net.fc1"])
+    assert dropped.argmax().item() == CRITICAL
+
+
+class CustomBlock(nn.Module):
+    """A transformer block holding its projections directly: q, k, v, o (attention, not discovered as heads here:
+    one head over the whole width) and fc1, fc2 (the MLP), with both residual skips."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(width, 8), nn.Linear(8, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2), dim=-1)
+        h = x + self.o(weights @ self.v(x))
+        return h + self.fc2(torch.relu(self.fc1(h)))
+
+
+class CustomNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.block, self.head = nn.Linear(3, 4), CustomBlock(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(x))[:, -1])
+
+
+def test_a_block_holding_attention_and_mlp_projections_directly_is_not_merged_into_one() -> None:
+    model, x = CustomNet().eval(), torch.randn(4, 3, 3)
+    view = ModelView.discover(model, x[:2])
+    names = [b.name for b in graddrop.blocks(view.layers, view, x[:2])]
+    assert "block.fc2" in names and "block.o" in names  # the MLP's write is not the only way out of the attention
+    assert names == [b.name for b in graddrop.blocks(view.layers)]  # nothing verified to merge: as without a probe
+
+
+def test_tiny_gpt2_has_two_blocks_per_layer_as_the_cost_model_counts() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=8, bos_token_id=0,
+                                     eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    tokens = torch.randint(0, 50, (2, 6))
+    view = ModelView.discover(model, tokens)
+    found = graddrop.blocks(view.layers, view, tokens)
+    for i in range(2):
+        prefix = f"transformer.h.{i}"
+        heads = next(b for b in found if b.layer.kind == "heads" and b.name.startswith(prefix))
+        assert {f"{prefix}.attn.c_attn", f"{prefix}.attn.c_proj"} <= heads.members
+        mlp = next(b for b in found if b.name == f"{prefix}.mlp.c_proj")
+        assert mlp.members == {f"{prefix}.mlp.c_fc", f"{prefix}.mlp.c_proj"}
+    assert len([b for b in found if b.name.startswith("transformer.h.")]) == 4  # two per layer
+    hidden = [layer for layer in view.layers if not layer.is_output]
+    screened = [layer.name == found[0].name for layer in hidden]
+    assert graddrop.passes([layer.kind for layer in hidden], screened, [layer.name for layer in hidden]) == \
+        len(graddrop.downstream(found, [view.layer(found[0].name)]))

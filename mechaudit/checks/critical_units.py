@@ -17,11 +17,12 @@ from typing import TypedDict
 import numpy as np
 import torch
 
+from .. import deadline
 from ..context import AuditContext
 from ..cost import VALUE_BYTES, Cost, RuleCost, Sizes, forwards, stats_pass, unit_split_check, with_gradients
 from ..findings import Location, Measurement
 from ..model_view import Layer
-from ..techniques import ablation_screen, atp, graddrop, second_order
+from ..techniques import ablation_screen, atp, graddrop, second_order, site_ablation
 from ..techniques.ablation import MAX_OUTPUT_BYTES
 from ..techniques.ablation_scan import AblationScanner
 from ..techniques.uncertainty import Interval, bootstrap
@@ -89,9 +90,11 @@ the exact change of what the reader reads, f(a_new) - f(a), where the gradient a
 nonlinearity's slope at the clean value (0 for a ReLU unit that is off, however far its mean switches it on); one
 more forward pass per batch and flagged mode, with every such layer ablated at once (stopped after the last reader),
 gives the ablated values there. The `screen` evidence's `sites` names the layers moved there and, where moving them
-failed (e.g. a reader that did not run), why the screen fell back to every unit at its output (a warning too); its
-`method` says how many. The screen's accuracy drop is the mean over samples of the probability that the margin changes
-sign when that estimate is off by a normal error of 15% of its size, overall and per judged class. Every unit of
+failed (a reader that did not run, or a torch error in the hooks there; not a memory error, left to the engine's
+retry with half the batch, nor where the time left would not hold the screen again), why the screen fell back to
+every unit at its output (a warning too); its `method` says how many. The screen's accuracy drop is the mean over
+samples of the probability that the margin changes sign when that estimate is off by a normal error of 15% of its
+size, overall and per judged class. Every unit of
 every such layer is ranked together (one budget for the audit, not one per layer) by the larger of its predicted
 overall drop over `max_accuracy_drop` and its predicted drop for one class over `max_class_accuracy_drop`: only the
 `screen_top_k` units it ranks highest overall, each layer's `layer_top_k` best (1 by default) and a seeded random
@@ -293,9 +296,9 @@ def _cost(sizes: Sizes, params: CriticalUnitsParams) -> Cost:
         steps = 1 + (params.screen_steps - 1) * len(wide) * len(flagged)
         screen = with_gradients(sizes, n, steps) + forwards(sizes, n, len(flagged)) + forwards(sizes, n) \
             + unit_split_check(sizes, min(n, sizes.batch_size, second_order.SITE_CHECK_SAMPLES))
-        drops = graddrop.passes([layer.kind for layer in sizes.hidden], screened,  # AtP*'s GradDrop, when on
-                                [layer.name for layer in sizes.hidden])
-        if graddrop.enabled(params.screen_graddrop, drops)[0]:  # the screen's gradient passes again per block (the
+        drops = graddrop.charged(params.screen_graddrop, [layer.kind for layer in sizes.hidden], screened,
+                                 [layer.name for layer in sizes.hidden])  # AtP*'s GradDrop, when on
+        if drops:  # the screen's gradient passes again per block (the
             # ablated values and sources are shared); held: a float per block, mode, unit and sample
             screen = screen + with_gradients(sizes, n, drops * steps) \
                 + Cost(peak_bytes=drops * len(flagged) * sum(wide) * n * 4)
@@ -690,6 +693,13 @@ class _Pool:
                 "sites": sites}
 
 
+_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)
+_READERS_FAILED = (site_ablation.SiteNotRun, RuntimeError, ValueError, IndexError)
+"""What moving units at their readers' inputs may raise where a reader does not run or reads in a way the hooks do
+not expect (a torch op's error is a RuntimeError); the screen then moves them at their outputs. Memory errors
+(:data:`_MEMORY`, a RuntimeError for CUDA) are not among them: the engine retries the rule with half the batch."""
+
+
 def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Layer], inputs: torch.Tensor,
             labels: torch.Tensor, replacements: dict, flagged: list[str], judged: list[int]) -> _Pool:
     """Every unit of every screened layer scored by the screen (its predicted accuracy drop, overall and per
@@ -702,14 +712,19 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
                                      rule="L202: the screen")  # units read after their nonlinearity: moved there
     modes = {m: replacements[m] for m in flagged}
     fallback = ""
+    began = deadline.clock()
     try:
         measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
         estimates, dropped, dropped_evidence = graddrop.site_screen(
             params.screen_graddrop, context.view, layers, inputs, labels, margin, modes, sites, params.screen_steps,
             context.batch_size, context.device, measured)
-    except Exception as error:  # noqa: BLE001 - the readers' inputs are optional: every unit at its output
-        if not sites:
-            raise
+    except _MEMORY:
+        raise  # the engine retries the rule with half the batch
+    except _READERS_FAILED as error:  # the readers' inputs are optional: every unit at its output
+        budget = deadline.current()
+        left = None if budget is None else budget.left()
+        if not sites or (left is not None and left < (deadline.clock() - began) * deadline.SAFETY):
+            raise  # no readers to leave out, or no time to screen again
         fallback = f"moving units at their readers' inputs failed ({type(error).__name__}: {error}); at the outputs"
         _LOG.warning("L202: the screen %s", fallback)
         sites, measured = {}, []

@@ -247,9 +247,9 @@ def _cost(sizes: Sizes, params: PatchingParams) -> Cost:
     if sizes.behaviour == "similarity" and sizes.hidden_units > atp.SCREEN_ABOVE and not params.exhaustive:
         cost = cost + _second_order_cost(sizes, n)
     elif sizes.hidden_units > atp.SCREEN_ABOVE and not params.exhaustive:  # AtP*'s GradDrop, when on
-        drops = graddrop.passes([layer.kind for layer in sizes.hidden], [True] * len(sizes.hidden),
-                                [layer.name for layer in sizes.hidden])
-        if graddrop.enabled(params.screen_graddrop, drops)[0]:  # the path screen once more per block
+        drops = graddrop.charged(params.screen_graddrop, [layer.kind for layer in sizes.hidden],
+                                 [True] * len(sizes.hidden), [layer.name for layer in sizes.hidden])
+        if drops:  # the path screen once more per block
             cost = cost + with_gradients(sizes, n, params.screen_steps * drops, copies=5) \
                 + (forwards(sizes, n, drops) if params.screen_steps == 1 else Cost())
     return cost
@@ -307,7 +307,7 @@ def patching(context: AuditContext, rule) -> list[Measurement]:
     also: list[int] = []
     first_order = screened and totals.first_order_share >= second_order.STATIONARY
     dropped, dropped_evidence = graddrop.path_screen(params.screen_graddrop, context.view, layers, path_screen,
-                                                     seconds) \
+                                                     seconds, clean[:graddrop.PROBE_SAMPLES].to(device)) \
         if first_order else (None, graddrop.not_used("stationary metric" if screened else "not screened"))
     estimate = torch.cat([graddrop.ranked(dropped, "patch", layer, path[layer.name].unsqueeze(1),
                                           lambda e: e.sum(1) / totals.effect) for layer in layers])

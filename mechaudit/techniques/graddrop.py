@@ -18,9 +18,12 @@ concatenated heads at the output projection's input, so a residual skip inside t
 ``LayerNorm(dense(context) + input)``, still carries gradient). A Linear inside an audited attention module, or its
 output projection, belongs to that attention's block; a Linear or Conv nested inside another block's module is
 merged into it; the Linear and Conv children of one MLP-like module (GPT-2's ``c_fc`` and ``c_proj``; not a
-``Sequential`` or ``ModuleList``) are one block written by the last of them (:func:`blocks`): GPT-2's default view,
-five audited modules per layer, gives two blocks per layer. Discovery audits only modules that run once per forward
-pass, so a block's write is detached once (a module called more than once is not audited, hence never a block).
+``Sequential`` or ``ModuleList``) are one block written by the last of them where a probe on two inputs verifies
+that detaching the last one's write cuts every gradient to the others' outputs (:func:`blocks`; one forward and
+backward pass per such module; a wrapped model's Linears or a transformer block holding its projections directly
+stay separate blocks): GPT-2's default view, five audited modules per layer, gives two blocks per layer. Discovery
+audits only modules that run once per forward pass, so a block's write is detached once (a module called more than
+once is not audited, hence never a block).
 The forward pass is unchanged; nothing upstream of the block receives gradient through its write; everything around
 it still does. Detaching the write (never the block's input) makes the result independent of the order in which
 hooks are registered: the screen's own hook at the same place (a unit moved at its reader's input, a carried leaf)
@@ -34,19 +37,23 @@ same sites, ablated values and integration points as L202's plain screen; for L2
     GradDrop(n)    = 1 / |B(n)| * sum_{d in B(n)} score(AtP_GD_d(n, .))
 
 ``B(n)``: the blocks other than ``n``'s own, less those whose term is identically 0 for every unit of ``n``'s layer
-(a block on every path, as in a sequential net: dropping it says nothing about cancellation). A block that runs
-before ``n``'s layer contributes plain AtP without a pass. ``score(e) = mean_x |e(x)|`` for AtP* itself
-(:meth:`GradDropTerms.magnitude`), L202's predicted accuracy drop clipped at 0 (so a gain through one path does not
-offset a loss through another), L207's summed recovered share clipped at 0. The screens rank a unit by GradDrop
-where it exceeds plain AtP's score (or 0), else by plain AtP's (:meth:`GradDropTerms.ranked`); in a sequential net
-every later block is left out, GradDrop equals plain AtP and the ranking stays as it was (``digits``). L202's margin
-scores (its ``margin_loss`` agreement) stay plain AtP.
+(a block on every path, as in a sequential net: dropping it says nothing about cancellation) and those whose terms
+equal an earlier block's (an MLP's up and down projections kept as two blocks cut the same path: counted once).
+A block that runs before ``n``'s layer contributes plain AtP without a pass. ``score(e) = mean_x |e(x)|`` for AtP*
+itself (:meth:`GradDropTerms.magnitude`), L202's predicted accuracy drop clipped at 0 (so a gain through one path
+does not offset a loss through another), L207's summed recovered share clipped at 0. The screens rank a unit by
+GradDrop where it exceeds plain AtP's score (or 0), else by plain AtP's (:meth:`GradDropTerms.ranked`); in a
+sequential net every later block is left out, GradDrop equals plain AtP and the ranking stays as it was
+(``digits``). L202's margin scores (its ``margin_loss`` agreement) stay plain AtP.
 
 Cost: one forward and one backward pass per batch for every block that runs after the first screened layer
-(:func:`passes`; L202: the ablated values and the resample source are recorded once per batch and shared; L207:
-``screen_steps`` passes per block, and with one step the clean run). Each block is started only while the rule's
-time budget (:mod:`mechaudit.deadline`) allows it at the pace of the plain screen; a screen that stops early reports
-``k of K blocks`` and averages over the blocks done. Held: per block and mode, a float per unit and sample.
+(:func:`passes`; the plan, which cannot run the probe, charges the most the run may spend, :func:`charged`; L202:
+the ablated values and the resample source are recorded once per batch and shared; L207:
+``screen_steps`` passes per block, and with one step the clean run). Each block is started (L202: on each batch)
+only while half the rule's time left when GradDrop began (:data:`SHARE`, :mod:`mechaudit.deadline`; the other half
+is the exact confirmation's) allows it at the pace of the plain screen; a screen that stops early reports ``k of K
+blocks``, counting the blocks run on every batch, and averages over them. Held: per block and mode, a float per
+unit and sample.
 
 Measured (``python benchmarks/graddrop.py``; L202's drop against the exact mean-ablation accuracy drop, Spearman /
 recall of the exact top k; L207 against exact patching): a unit whose two paths cancel at first order, whose mean
@@ -66,8 +73,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from .. import deadline
 from ..model_view import Layer, ModelView, installed
@@ -98,13 +107,15 @@ class Block:
         return self.layer.order
 
 
-def blocks(layers: Sequence[Layer], model: torch.nn.Module | None = None) -> list[Block]:
+def blocks(layers: Sequence[Layer], view: ModelView | None = None, probe: torch.Tensor | None = None) -> list[Block]:
     """The GradDrop blocks among ``layers`` (a view's layers, in forward order): every hidden heads layer, with the
     Linear layers inside its attention module or at its output projection; every other hidden Linear and Conv
-    layer not nested inside an earlier block's module. Given ``model``, the Linear and Conv layers that are children
-    of one module of the model's own class (an MLP: GPT-2's ``c_fc`` and ``c_proj``, LLaMA's gate, up and down
-    projections; not a ``Sequential``, ``ModuleList`` or the model itself) are one block whose write is the last of
-    them (the one that writes the module's output)."""
+    layer not nested inside an earlier block's module. Given ``view`` and ``probe`` (a few inputs), the Linear and
+    Conv layers that are the children of one module (not a ``Sequential``, ``ModuleList`` or ``ModuleDict``) are one
+    block written by the last of them (an MLP: GPT-2's ``c_fc`` and ``c_proj``, LLaMA's gate, up and down
+    projections) where :func:`_writes_alone` verifies that the last one's write is the only way from the others to
+    the output; else, as without a probe, each is a block of its own (a wrapped model, ``self.net = model``, or a
+    transformer block holding its projections directly, would otherwise become one block)."""
     hidden = [layer for layer in layers if layer.kind in BLOCK_KINDS and not layer.is_output]
     heads = [layer for layer in hidden if layer.kind == "heads"]
 
@@ -116,32 +127,62 @@ def blocks(layers: Sequence[Layer], model: torch.nn.Module | None = None) -> lis
         if layer.kind == "heads" or any(layer.name in block.members for block in found):
             continue
         holder = next((block for block in found if inside(layer, block.layer)), None)
-        group = _group(layer, model, found)
         if holder is not None:
             found[found.index(holder)] = Block(holder.layer, holder.members | {layer.name})
-        elif group is not None:  # a later sibling in one MLP: the block's write moves to it
-            found[found.index(group)] = Block(layer, group.members | {layer.name})
         else:
             found.append(Block(layer, frozenset([layer.name])))
+    if view is not None and probe is not None:
+        found = _merged(found, view, probe)
     return sorted(found, key=lambda block: block.order)
 
 
 _CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
 
 
-def _group(layer: Layer, model: torch.nn.Module | None, found: list[Block]) -> Block | None:
-    """The block of an earlier Linear or Conv sibling of ``layer`` in one MLP-like parent module, if any."""
-    parent = layer.name.rpartition(".")[0]
-    if model is None or not parent:
-        return None
+def _merged(found: list[Block], view: ModelView, probe: torch.Tensor) -> list[Block]:
+    """``found`` with the single-layer Linear and Conv blocks that are children of one module (not a container)
+    merged into one, written by the last, where :func:`_writes_alone` verifies it."""
+    siblings: dict[str, list[Block]] = {}
+    for block in found:
+        parent = block.name.rpartition(".")[0]
+        if block.layer.kind != "heads" and block.members == {block.name} and parent:
+            siblings.setdefault(parent, []).append(block)
+    for parent, group in siblings.items():
+        group = sorted(group, key=lambda block: block.order)
+        if len(group) < 2 or isinstance(view.model.get_submodule(parent), _CONTAINERS):
+            continue
+        if _writes_alone(view, [block.layer for block in group], probe):
+            found = [block for block in found if block not in group]
+            found.append(Block(group[-1].layer, frozenset(name for block in group for name in block.members)))
+    return found
+
+
+def _writes_alone(view: ModelView, siblings: Sequence[Layer], probe: torch.Tensor) -> bool:
+    """Whether, on one forward and backward pass of ``probe`` with the last of ``siblings``' write detached, no
+    gradient reaches the others' outputs (the graph has no path from them to the output but through the last one).
+    False where the pass fails (other than for memory)."""
+    leaves: list[torch.Tensor] = []
+
+    def leaf(output: torch.Tensor, _args: tuple) -> torch.Tensor:
+        leaves.append(output.detach().requires_grad_(True))
+        return leaves[-1]
+    *earlier, last = siblings
     try:
-        module = model.get_submodule(parent)
-    except AttributeError:
-        return None
-    if isinstance(module, _CONTAINERS):
-        return None
-    return next((block for block in found if block.layer.kind != "heads"
-                 and block.layer.name.rpartition(".")[0] == parent), None)
+        with torch.enable_grad(), installed(chain((view.hook(layer, leaf) for layer in earlier),
+                                                  [view.hook(last, lambda output, _args: output.detach())])):
+            total = sum((x.float().sum() for x in tree_leaves(view.model(probe))
+                         if isinstance(x, torch.Tensor) and x.requires_grad), torch.zeros(()))
+            if len(leaves) != len(earlier):
+                return False  # a sibling did not run, or ran twice
+            if not total.requires_grad:
+                return True
+            return all(g is None for g in torch.autograd.grad(total, leaves, allow_unused=True))
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError):  # a model that fails on the probe: not merged
+        return False
+    finally:
+        view.model.zero_grad(set_to_none=True)
 
 
 def own(all_blocks: Sequence[Block], layer: Layer) -> Block | None:
@@ -156,12 +197,15 @@ def downstream(all_blocks: Sequence[Block], screened: Sequence[Layer]) -> list[B
             if any(block.order > layer.order and layer.name not in block.members for layer in screened)]
 
 
-def passes(kinds: Sequence[str], screened: Sequence[bool], names: Sequence[str] | None = None) -> int:
+def passes(kinds: Sequence[str], screened: Sequence[bool], names: Sequence[str] | None = None,
+           merged: bool = True) -> int:
     """The cost model's count of GradDrop passes per batch: ``kinds`` of the hidden layers in forward order (e.g.
     from :class:`~mechaudit.cost.Sizes`), ``screened`` whether each is screened. Given their ``names``, blocks are
-    merged as :func:`blocks` merges them, an MLP told by its names alone (Linear siblings not named by an index, as a
-    ``Sequential``'s or ``ModuleList``'s children are); without, every Linear, Conv
-    and heads layer counts (an upper bound)."""
+    formed as :func:`blocks` forms them, and with ``merged`` an MLP's Linear siblings are merged as its probe would
+    verify, told here by the names alone (siblings not named by an index, as a ``Sequential``'s or ``ModuleList``'s
+    children are): a lower bound where the probe refuses a merge (a wrapped model's Linears, a transformer block
+    holding its projections directly); without ``merged``, none is (an upper bound; :func:`charged` uses both);
+    without ``names``, every Linear, Conv and heads layer counts (an upper bound)."""
     first = next((i for i, s in enumerate(screened) if s), None)
     if first is None:
         return 0
@@ -169,12 +213,27 @@ def passes(kinds: Sequence[str], screened: Sequence[bool], names: Sequence[str] 
         return sum(1 for kind in kinds[first + 1:] if kind in BLOCK_KINDS)
     layers = [Layer(name, kind, 1, order) for order, (name, kind) in enumerate(zip(names, kinds))]
     found = blocks(layers)
-    merged: dict[str, Block] = {}
+    chosen = [layer for layer, s in zip(layers, screened) if s]
+    if not merged:
+        return len(downstream(found, chosen))
+    by_parent: dict[str, Block] = {}
     for block in found:
         parent, _, child = block.name.rpartition(".")
         key = parent if block.layer.kind != "heads" and parent and not child.isdigit() else block.name
-        merged[key] = Block(block.layer, block.members | (merged[key].members if key in merged else frozenset()))
-    return len(downstream(list(merged.values()), [layer for layer, s in zip(layers, screened) if s]))
+        by_parent[key] = Block(block.layer, block.members | (by_parent[key].members if key in by_parent
+                                                             else frozenset()))
+    return len(downstream(list(by_parent.values()), chosen))
+
+
+def charged(choice: str, kinds: Sequence[str], screened: Sequence[bool], names: Sequence[str]) -> int:
+    """The GradDrop passes per batch the cost model charges for ``screen_graddrop = choice`` (0: off), without
+    running the model: the run's count lies between :func:`passes` with and without the MLP merges (its probe
+    decides), so this is the largest count in that range that ``choice`` would run (the upper bound for ``on``; for
+    ``auto``, the largest at most :data:`AUTO_PASSES`): never less than the run spends, and more where the probe
+    merges. The probe itself (one forward and backward pass of :data:`PROBE_SAMPLES` inputs per candidate MLP) is
+    not charged."""
+    low, high = passes(kinds, screened, names), passes(kinds, screened, names, merged=False)
+    return max((count for count in range(low, high + 1) if enabled(choice, count)[0]), default=0)
 
 
 def enabled(choice: str, extra_passes: int) -> tuple[bool, str]:
@@ -210,6 +269,7 @@ class GradDropTerms:
     passes: int = 0
     planned: int = 0  # blocks after the first screened layer; ``passes`` of them ran in the time budget
     zero: dict[str, int] | None = None  # per screened layer: blocks left out, their terms identically 0
+    same: dict[str, int] | None = None  # per screened layer: blocks left out, their terms those of an earlier one
 
     def score(self, mode: str, layer: Layer, plain: torch.Tensor,
               score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -241,10 +301,11 @@ class GradDropTerms:
         done = f"{self.passes} of {self.planned} blocks" if self.passes < self.planned else f"{self.passes} blocks"
         return {"used": True, "why": self.reason, "blocks": len(self.blocks), "passes": self.passes,
                 "planned": self.planned, "done": done, "left_out_as_zero": dict(self.zero or {}),
+                "left_out_as_same": dict(self.same or {}),
                 "formula": "per unit, the mean over the blocks other than its own layer's (less those on every "
-                           "path: term identically 0) of the screen's score (at least 0) of its own estimate with "
-                           "that block's write detached (plain AtP for blocks before the unit); the unit ranked by "
-                           "it where it exceeds plain AtP's score (or 0)"}
+                           "path: term identically 0, and those whose term is an earlier block's) of the screen's "
+                           "score (at least 0) of its own estimate with that block's write detached (plain AtP for "
+                           "blocks before the unit); the unit ranked by it where it exceeds plain AtP's score (or 0)"}
 
 
 def not_used(reason: str) -> dict:
@@ -266,6 +327,7 @@ def collect(all_blocks: Sequence[Block], layers: Sequence[Layer], modes: Sequenc
               for layer in layers}
     dropped: dict[str, dict[str, list[torch.Tensor]]] = {m: {layer.name: [] for layer in layers} for m in modes}
     zero = {layer.name: 0 for layer in layers}
+    same = {layer.name: 0 for layer in layers}
     for block in all_blocks:
         if block.name not in per_block:
             continue
@@ -276,26 +338,46 @@ def collect(all_blocks: Sequence[Block], layers: Sequence[Layer], modes: Sequenc
             if all(not bool(t.any()) for t in terms):
                 zero[layer.name] += 1
                 continue
+            kept = [dropped[m][layer.name] for m in modes]
+            if any(all(torch.allclose(t, k[i], rtol=1e-5, atol=1e-8) for t, k in zip(terms, kept))
+                   for i in range(len(kept[0]))):
+                same[layer.name] += 1  # one path counted once: an MLP's up and down projections as two blocks
+                continue
             for mode, term in zip(modes, terms):
                 dropped[mode][layer.name].append(term)
-    return GradDropTerms([b.name for b in all_blocks], dropped, before, reason, len(per_block), planned, zero)
+    return GradDropTerms([b.name for b in all_blocks], dropped, before, reason, len(per_block), planned, zero, same)
 
 
-def _planned(choice: str, view: ModelView, layers: list[Layer]) -> tuple[list[Block], list[Block], bool, str]:
-    every = blocks(view.layers, view.model)
+def _planned(choice: str, view: ModelView, layers: list[Layer], probe: torch.Tensor | None
+             ) -> tuple[list[Block], list[Block], bool, str]:
+    every = blocks(view.layers, view, None if choice == "off" else probe)
     passing = downstream(every, layers)
     on, why = enabled(choice, len(passing))
     return every, passing, on, why
 
 
+PROBE_SAMPLES = 2
+"""Inputs the verification of an MLP merge runs on (:func:`_writes_alone`: one forward and backward pass each)."""
+
+SHARE = 0.5
+"""GradDrop's share of the rule's time left when its first block is asked for: the rest is left to the exact
+confirmation of the screen's top units, which runs after it."""
+
+
 def _how_many(count: int) -> Callable[[float], int]:
-    """How many of ``count`` blocks fit the time budget, given one block's expected seconds."""
+    """How many of ``count`` blocks fit GradDrop's share (:data:`SHARE`) of the time budget left at the first call,
+    less the time spent since, given one block's expected seconds (times :data:`~mechaudit.deadline.SAFETY`)."""
+    began: list[float] = []  # the clock and the share at the first call
+
     def fit(seconds: float) -> int:
         budget = deadline.current()
         left = None if budget is None else budget.left()
         if left is None or seconds <= 0:
             return count
-        return max(0, min(count, int(left / (seconds * deadline.SAFETY))))
+        if not began:
+            began.extend([deadline.clock(), left * SHARE])
+        room = began[1] - (deadline.clock() - began[0])
+        return max(0, min(count, int(room / (seconds * deadline.SAFETY))))
     return fit
 
 
@@ -310,7 +392,7 @@ def site_screen(choice: str, view: ModelView, layers: list[Layer], inputs: torch
     from .ablation_screen import interpolated_estimates
     from .site_ablation import site_ablation_terms
 
-    every, passing, on, why = _planned(choice, view, layers)
+    every, passing, on, why = _planned(choice, view, layers, inputs[:PROBE_SAMPLES].to(device))
     if not on:
         return (interpolated_estimates(view, layers, inputs, targets, metric, modes, steps, batch_size, device,
                                        metric_values, sites=sites), None, not_used(why))
@@ -324,11 +406,12 @@ def site_screen(choice: str, view: ModelView, layers: list[Layer], inputs: torch
 
 
 def path_screen(choice: str, view: ModelView, layers: list[Layer], estimate: Callable[[], dict[str, torch.Tensor]],
-                seconds: float) -> tuple[GradDropTerms | None, dict]:
+                seconds: float, probe: torch.Tensor | None = None) -> tuple[GradDropTerms | None, dict]:
     """L207's GradDrop terms: ``estimate()`` (its plain path screen, :func:`~.patching.attribution_patching`,
     ``{layer: (units,)}`` summed over the pairs) rerun once per block with that block's write detached, while the
-    time budget allows another run of ``seconds`` (the plain screen's); mode ``"patch"``."""
-    every, passing, on, why = _planned(choice, view, layers)
+    time budget allows another run of ``seconds`` (the plain screen's); mode ``"patch"``. ``probe``: a few inputs
+    to verify the MLP merges on (:func:`blocks`; without, none is merged)."""
+    every, passing, on, why = _planned(choice, view, layers, probe)
     if not on:
         return None, not_used(why)
     done: dict[str, dict[str, dict[str, torch.Tensor]]] = {}

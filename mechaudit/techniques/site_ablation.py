@@ -26,7 +26,7 @@ outputs, 0.896 at the readers' inputs; recall of the exact top 32, 0.88 and 0.94
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -70,9 +70,11 @@ def site_ablation_terms(view: ModelView, layers: list[Layer], inputs: torch.Tens
                         how_many: Callable[[float], int] | None = None) -> tuple[Estimates, list[Estimates]]:
     """:func:`site_ablation_estimates` (plain), and the same estimate once more within each of ``drops`` (every
     gradient pass, the integration points' too, run inside that context; the sites, their clean values and their
-    ablated values are shared: recorded once per batch and mode). ``how_many(seconds)``, given the time one more
-    estimate over all batches is expected to take (measured on the first batch), says how many of ``drops`` run
-    (the first ones; default all). Raises :class:`SiteNotRun` where a reader in ``sites`` does not run."""
+    ablated values are shared: recorded once per batch and mode). ``how_many(seconds)``, given the time one drop's
+    estimate over the batches left is expected to take (the plain run's time on the batch, times the batches left),
+    says how many more drops fit: it is asked before each drop on each batch, and a drop that does not fit is not
+    run, nor any after it (one started on an earlier batch is discarded: only drops run on every batch are
+    returned). Raises :class:`SiteNotRun` where a reader in ``sites`` does not run."""
     device = device or torch.device("cpu")
     count = len(drops)
     runs: list[Drop] = [nullcontext, *drops]
@@ -83,7 +85,13 @@ def site_ablation_terms(view: ModelView, layers: list[Layer], inputs: torch.Tens
         source_batch = {m: None if source is None else source[start:start + len(batch)].to(device)
                         for m, (_, source) in modes.items()}
         ended: dict[str, list[torch.Tensor]] = {}  # per mode, the sites' ablated values: shared by every run
-        for run_index, run in enumerate(runs[:count + 1]):
+        seconds = 0.0  # the plain run's on this batch
+        for run_index, run in enumerate(runs):
+            if run_index > count:
+                break
+            if run_index and how_many is not None and how_many(seconds * (total_batches - index)) < 1:
+                count = run_index - 1  # this drop and the later ones do not fit: not run
+                break
             clean = [MovedSite(layer, sites.get(layer.name)) for layer in layers]
             began = time.perf_counter()
             with run():
@@ -102,8 +110,8 @@ def site_ablation_terms(view: ModelView, layers: list[Layer], inputs: torch.Tens
                     for site, end, grad in zip(clean, ends, totals):
                         delta = end.to(site.base.device, site.base.dtype).float() - site.base.float()
                         parts[run_index][mode][site.layer.name].append((delta * grad).flatten(2).sum(-1).T.cpu())
-            if run_index == 0 and index == 0 and how_many is not None:
-                count = min(count, max(0, how_many((time.perf_counter() - began) * total_batches)))
+            if run_index == 0:
+                seconds = time.perf_counter() - began
     estimates = [{m: {name: torch.cat(p, dim=1) for name, p in per_layer.items()} for m, per_layer in part.items()}
                  for part in parts[:count + 1]]
     return estimates[0], estimates[1:]
@@ -150,12 +158,12 @@ def _ablated_sites(view: ModelView, layers: list[Layer], sites: Mapping[str, Rea
                 expanded = value.unsqueeze(0).expand(len(output), *value.shape)
                 return from_units_view(expanded, output, layer).clone(memory_format=torch.contiguous_format)
             return hook
-        _record(view, read, batch, [view.hook(end.layer, replace(end.layer)) for end in read])
+        _record(view, read, batch, (view.hook(end.layer, replace(end.layer)) for end in read))
     return [end.base if end.read is not None else values[end.layer.name].to(batch.device).unsqueeze(0)
             for end in ends]
 
 
-def _record(view: ModelView, ends: list[MovedSite], inputs: torch.Tensor, handles: list) -> None:
+def _record(view: ModelView, ends: list[MovedSite], inputs: torch.Tensor, handles: Iterable) -> None:
     """Record every site of ``ends`` on a no-grad pass of ``inputs`` (with the hooks ``handles``, removed after),
     ended once the last site has recorded; raises :class:`SiteNotRun` where a site did not run."""
     def stop(*_args) -> None:
@@ -167,7 +175,7 @@ def _record(view: ModelView, ends: list[MovedSite], inputs: torch.Tensor, handle
             return view.module(end.read.reader).register_forward_pre_hook(stop)
         return view.hook(end.layer, lambda _output, _args: stop())
     with torch.no_grad(), installed(handles), moved_sites(view, ends, None), \
-            installed([stopper(end) for end in ends]):
+            installed(stopper(end) for end in ends):
         forward_until_seen(view.model, inputs)
     missing = [end.layer.name for end in ends if end.base is None]
     if missing:
