@@ -33,5 +33,5 @@ def graddrop_param() -> Any:
                  doc="screened: also score each unit by AtP*'s GradDrop (the screen's own estimate rerun once per "
                      "audited Linear/Conv/attention block after the first screened layer with that block's write "
                      "detached, so paths whose effects cancel are scored apart), ranked by it where it exceeds plain "
-                     "AtP; the screen's gradient passes once more per such block, as the time budget allows; auto: "
+                     "AtP; the screen's gradient passes once more per such block, within half the time left; auto: "
                      f"on when at most {AUTO_PASSES} blocks follow the first screened layer")
