@@ -712,12 +712,15 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
                                      rule="L202: the screen")  # units read after their nonlinearity: moved there
     modes = {m: replacements[m] for m in flagged}
     fallback = ""
+    measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
+
+    def screen() -> tuple:
+        measured.clear()
+        return graddrop.site_screen(params.screen_graddrop, context.view, layers, inputs, labels, margin, modes,
+                                    sites, params.screen_steps, context.batch_size, context.device, measured)
     began = deadline.clock()
     try:
-        measured: list[torch.Tensor] = []  # the clean margins, from the screen's own forward passes
-        estimates, dropped, dropped_evidence = graddrop.site_screen(
-            params.screen_graddrop, context.view, layers, inputs, labels, margin, modes, sites, params.screen_steps,
-            context.batch_size, context.device, measured)
+        estimates, dropped, dropped_evidence = screen()
     except _MEMORY:
         raise  # the engine retries the rule with half the batch
     except _READERS_FAILED as error:  # the readers' inputs are optional: every unit at its output
@@ -727,10 +730,8 @@ def _screen(context: AuditContext, params: CriticalUnitsParams, layers: list[Lay
             raise  # no readers to leave out, or no time to screen again
         fallback = f"moving units at their readers' inputs failed ({type(error).__name__}: {error}); at the outputs"
         _LOG.warning("L202: the screen %s", fallback)
-        sites, measured = {}, []
-        estimates, dropped, dropped_evidence = graddrop.site_screen(
-            params.screen_graddrop, context.view, layers, inputs, labels, margin, modes, sites, params.screen_steps,
-            context.batch_size, context.device, measured)
+        sites = {}
+        estimates, dropped, dropped_evidence = screen()
     margins = torch.cat(measured)
     masks = [labels.cpu() == c for c in judged]
     offsets, scores, class_scores, rankings, best, total = {}, [], [], [], [], 0

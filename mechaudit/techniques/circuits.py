@@ -326,7 +326,8 @@ def edge_attribution(view: ModelView, inputs: torch.Tensor, targets: torch.Tenso
     addresses[INPUT] = list(regions)
     order = {layer.name: index for index, layer in enumerate(layers)}
     blocks = [EdgeBlock(a, b, addresses[a], addresses[b], found.edges[(a, b)], found.methods[(a, b)],
-                        _scored_targets(found.screened_units.get((a, b))), found.screened_units.get((a, b)))
+                        len(found.screened_units[(a, b)]) if (a, b) in found.screened_units else None,
+                        found.screened_units.get((a, b)))
               for a, b in sorted(found.edges, key=lambda pair: order[pair[1]])]
     read_by = {layer.name: reader for index, layer in enumerate(layers)
                if (reader := check.reader_of(layer.name, layers[index + 1].name if index + 1 < len(layers) else None))}
@@ -388,10 +389,6 @@ def checked_splits(view: ModelView, inputs: torch.Tensor, reference: torch.Tenso
 def _add(sums: dict, key, value: torch.Tensor) -> None:
     value = value.detach().double().cpu()
     sums[key] = sums[key] + value if key in sums else value
-
-
-def _scored_targets(units: tuple[int, ...] | None) -> int | None:
-    return None if units is None else len(units)
 
 
 def _node_scores(view: ModelView, run: _Batch, layer: Layer, following: Layer | None) -> torch.Tensor:
